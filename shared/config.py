@@ -1,0 +1,179 @@
+"""Typed configuration: defaults < TOML file (``AURA_CONFIG``) < environment (``AURA_*``).
+
+Every setting has one name used everywhere: the TOML key ``nats_url`` is the environment variable
+``AURA_NATS_URL``.  A bad value fails at start with :class:`ConfigError` naming the setting, never later
+in the middle of a cycle.  Exchange credentials are deliberately *not* here: only the executor reads them
+(see ``services.executor.secrets``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+SERVICE_NAMES = ("ingest", "signal", "risk", "executor", "optimizer")
+DEFAULT_HEALTH_PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    home: str = "./var"
+    nats_url: str = "nats://127.0.0.1:4222"
+    health_host: str = "127.0.0.1"
+    ingest_port: int = 8101
+    signal_port: int = 8102
+    risk_port: int = 8103
+    executor_port: int = 8104
+    optimizer_port: int = 8105
+    timeframe: str = "1d"
+    # Replay: where the bundled history lives, how fast cycles come, how much history each snapshot carries.
+    replay_dir: str = str(REPO_ROOT / "data" / "replay")
+    replay_interval_s: float = 1.0
+    replay_start: str = ""
+    snapshot_bars: int = 400
+    # Where cycles come from: "replay" (bundled history, the default) or "sync" (the provider chain into the
+    # Parquet cache under $AURA_HOME/cache, polled every ingest_poll_s; universe = symbols or markets.json).
+    ingest_source: str = "replay"
+    ingest_poll_s: float = 60.0
+    symbols: str = ""
+    cycle_timeout_s: float = 30.0
+    # Paper broker.
+    paper_cash_usdt: float = 10_000.0
+    paper_fee_rate: float = 0.001
+    paper_slippage_bps: float = 5.0
+    # Execution safety.
+    dry_run: bool = True
+    exchange_id: str = "binance"
+    exchange_api_url: str = ""  # override the exchange REST base (the simulator, a proxy); "" = the real one
+    testnet: bool = False
+    max_order_usdt: float = 1_000_000.0
+    # Risk tick between signal cycles: SL/TP and drawdown on the latest prices every this many seconds (0 = off).
+    risk_tick_s: float = 60.0
+    # Risk signing: the private key is only ever read by the risk service, the public key by the executor.
+    risk_private_key_file: str = ""
+    risk_public_key_file: str = ""
+    dedup_window_s: float = 120.0
+    log_level: str = "INFO"
+
+    def port_for(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def private_key_path(self) -> Path:
+        return Path(self.risk_private_key_file) if self.risk_private_key_file else self.home_path / "keys" / "risk.key"
+
+    @property
+    def public_key_path(self) -> Path:
+        return Path(self.risk_public_key_file) if self.risk_public_key_file else self.home_path / "keys" / "risk.pub"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.home_path / "executor" / "journal.sqlite"
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(f"expected an integer, got {raw!r}")
+            return int(raw)
+        if kind is float:
+            value = float(raw)
+            if value != value:  # NaN is never a valid setting
+                raise ValueError("NaN is not allowed")
+            return value
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name} (env AURA_{name.upper()}): {exc}") from exc
+
+
+def _validate(s: Settings) -> None:
+    for svc in SERVICE_NAMES:
+        port = s.port_for(svc)
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"setting {svc}_port (env AURA_{svc.upper()}_PORT): {port} is not a TCP port")
+    if not s.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise ConfigError(f"setting nats_url (env AURA_NATS_URL): {s.nats_url!r} is not a nats:// URL")
+    checks = {
+        "replay_interval_s": s.replay_interval_s >= 0,
+        "snapshot_bars": s.snapshot_bars >= 50,
+        "cycle_timeout_s": s.cycle_timeout_s > 0,
+        "ingest_poll_s": s.ingest_poll_s > 0,
+        "paper_cash_usdt": s.paper_cash_usdt > 0,
+        "paper_fee_rate": 0 <= s.paper_fee_rate < 0.05,
+        "paper_slippage_bps": 0 <= s.paper_slippage_bps < 500,
+        "max_order_usdt": s.max_order_usdt > 0,
+        "risk_tick_s": s.risk_tick_s >= 0,
+        "dedup_window_s": s.dedup_window_s >= 1,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"setting {name} (env AURA_{name.upper()}): value {getattr(s, name)!r} is out of range")
+    if s.ingest_source not in ("replay", "sync"):
+        raise ConfigError(f"setting ingest_source (env AURA_INGEST_SOURCE): {s.ingest_source!r} is not replay or sync")
+    if s.timeframe not in ("1h", "4h", "1d"):
+        raise ConfigError(f"setting timeframe (env AURA_TIMEFRAME): {s.timeframe!r} is not one of 1h, 4h, 1d")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"setting log_level (env AURA_LOG_LEVEL): {s.log_level!r} is not a log level")
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from defaults, the optional TOML file and the environment; raise ConfigError if bad."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    config_file = env.get("AURA_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"setting config (env AURA_CONFIG): file {config_file!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"setting config (env AURA_CONFIG): {config_file!r} is not valid TOML: {exc}") from exc
+        section = data.get("aura", data)
+        for key, raw in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"setting {key} in {config_file}: unknown setting")
+            values[key] = _coerce(key, raw, _FIELDS[key].default)
+    for name, field in _FIELDS.items():
+        env_key = f"AURA_{name.upper()}"
+        if env_key in env and env[env_key] != "":
+            values[name] = _coerce(name, env[env_key], field.default)
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def settings_for_command(prog: str) -> Settings | None:
+    """Settings for a CLI command, or None after printing the named bad setting (the command exits 2)."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None

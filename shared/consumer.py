@@ -1,0 +1,61 @@
+"""Consume contracts from a durable pull subscription with one error policy for every service.
+
+- malformed / wrong-version message: dead-lettered with the reason, terminated (never redelivered)
+- :class:`Reject` raised by the handler (bad data, bad signature...): dead-lettered, terminated
+- any other exception: logged and redelivered after a delay; after ``MAX_DELIVERIES`` it is dead-lettered,
+  so a poison message can neither crash the service nor loop forever, and nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from nats.aio.msg import Msg
+
+from shared.bus import dead_letter
+from shared.contracts import Contract, ContractError, decode
+from shared.logging import error
+from shared.service import ServiceContext
+
+MAX_DELIVERIES = 5
+C = TypeVar("C", bound=Contract)
+
+
+class Reject(Exception):
+    """The message is well-formed but must not be processed; ``reason`` is a short machine tag."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable[[C], Awaitable[None]]) -> None:
+    try:
+        obj = decode(msg.data, kind)
+    except ContractError as exc:
+        ctx.health.inc("dead_letters")
+        await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
+        await msg.term()
+        return
+    try:
+        await handler(obj)
+    except Reject as exc:
+        ctx.health.inc("dead_letters")
+        ctx.health.inc(f"rejected_{exc.reason}")
+        await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc), msg.data)
+        await msg.term()
+        return
+    except Exception as exc:
+        deliveries = msg.metadata.num_delivered if msg.metadata else 1
+        ctx.health.inc("handler_errors")
+        if deliveries >= MAX_DELIVERIES:
+            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "handler_failed",
+                              f"{type(exc).__name__}: {exc} (after {deliveries} deliveries)", msg.data)
+            await msg.term()
+        else:
+            error(ctx.logger, "HANDLER_ERROR", "processing failed; will retry", subject=msg.subject,
+                  delivery=deliveries, error=f"{type(exc).__name__}: {exc}")
+            await msg.nak(delay=min(2.0 * deliveries, 10.0))
+        return
+    await msg.ack()

@@ -1,0 +1,231 @@
+"""Message contracts: every message on the bus is a versioned msgspec Struct defined here, once.
+
+Each contract names the subject it travels on and the JetStream stream that holds it (see ``STREAMS``).
+Ids are content hashes (never random, never wall-clock) so that a retry republishes the *same* id and
+JetStream's duplicate window plus the executor's journal drop it.  Wall-clock fields (``emitted_at_ms``,
+``committed_at_ms``) exist only for latency measurement and are excluded from every id and signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class ContractError(ValueError):
+    """A message could not be decoded, has the wrong version, or fails validation."""
+
+
+class Contract(msgspec.Struct, kw_only=True, frozen=True):
+    SUBJECT: ClassVar[str] = ""
+    v: int = SCHEMA_VERSION
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """Deterministic JSON (dict keys sorted) used for ids, digests and signatures."""
+    return msgspec.json.encode(obj, order="deterministic")
+
+
+def content_id(obj: Any, prefix: str = "", length: int = 24) -> str:
+    return prefix + hashlib.sha256(canonical_bytes(obj)).hexdigest()[:length]
+
+
+# --- ingest -> signal -----------------------------------------------------------------------------------
+
+
+class MarketRuleMsg(msgspec.Struct, frozen=True):
+    symbol: str
+    step_size: float
+    tick_size: float
+    min_qty: float
+    min_notional: float
+
+
+class DataReady(Contract, frozen=True):
+    """A complete candle snapshot for the universe; the candles live in the object store under ``digest``."""
+
+    SUBJECT: ClassVar[str] = "aura.data.ready"
+    cycle_id: str
+    timeframe: str
+    as_of_ms: int  # open time of the last closed bar in the snapshot
+    digest: str  # sha256 of the encoded panel = object name in the candle object store
+    symbols: list[str]
+    bars: int
+    markets: list[MarketRuleMsg]
+    emitted_at_ms: int = 0
+
+
+class DataStale(Contract, frozen=True):
+    """The snapshot for ``cycle_id`` is incomplete or stale: no service may trade on it."""
+
+    SUBJECT: ClassVar[str] = "aura.data.stale"
+    cycle_id: str
+    timeframe: str
+    reason: str
+    missing: list[str] = []
+
+
+# --- signal -> risk ----------------------------------------------------------------------------------------
+
+
+class TargetPortfolio(Contract, frozen=True):
+    SUBJECT: ClassVar[str] = "aura.signal.targets"
+    target_id: str
+    cycle_id: str
+    as_of_ms: int
+    data_digest: str
+    params_version: int
+    params_digest: str
+    regime: str
+    weights: dict[str, float]
+    prices: dict[str, float]
+    markets: list[MarketRuleMsg]
+    expected_returns: dict[str, float] = {}  # per-bar forecast per symbol: feeds risk's cost-benefit gate
+    signal_state: dict[str, Any] = {}
+    emitted_at_ms: int = 0
+
+
+# --- risk -> executor ---------------------------------------------------------------------------------------
+
+
+class PlanLeg(msgspec.Struct, frozen=True):
+    index: int
+    symbol: str
+    side: str  # "buy" | "sell"
+    qty: float
+    ref_price: float
+    reason: str
+
+
+class PlanBody(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything the executor needs; signed by risk as a whole (see shared.signing)."""
+
+    plan_id: str
+    cycle_id: str
+    as_of_ms: int
+    data_digest: str
+    target_id: str
+    params_version: int
+    params_digest: str
+    basis_snapshot_id: str  # the executor state this plan was computed against
+    gate: str
+    halted: bool
+    legs: list[PlanLeg]
+    reasons: list[str]
+    prices: dict[str, float]
+
+
+def plan_id_for(body_without_id: dict[str, Any]) -> str:
+    return content_id(body_without_id, prefix="p-")
+
+
+class ApprovedPlan(Contract, frozen=True):
+    SUBJECT: ClassVar[str] = "aura.plans.approved"
+    plan: PlanBody
+    signature: str  # hex Ed25519 signature over canonical_bytes(plan)
+    key_id: str  # fingerprint of the risk public key
+    emitted_at_ms: int = 0
+
+
+class CycleAborted(Contract, frozen=True):
+    """A stage could not finish a cycle (bad data, stale data, no basis): the executor journals it."""
+
+    SUBJECT: ClassVar[str] = "aura.plans.aborted"
+    cycle_id: str
+    stage: str
+    reason: str
+
+
+# --- executor -> everyone ---------------------------------------------------------------------------------
+
+
+class FillMsg(Contract, frozen=True):
+    SUBJECT: ClassVar[str] = "aura.exec.fills"
+    fill_id: str
+    cycle_id: str
+    plan_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+
+
+class PortfolioSnapshot(Contract, frozen=True):
+    SUBJECT: ClassVar[str] = "aura.exec.snapshots"
+    snapshot_id: str
+    cycle_id: str
+    plan_id: str
+    status: str  # "genesis" | "executed" | "partial" | "rejected" | "aborted"
+    cash: float
+    holdings: dict[str, float]
+    entry_prices: dict[str, float]
+    equity: float
+    equity_history: list[float]
+    committed_at_ms: int = 0
+
+
+# --- dead letters -----------------------------------------------------------------------------------------
+
+
+class DeadLetter(Contract, frozen=True):
+    SUBJECT: ClassVar[str] = "aura.dlq"  # + "." + service
+    service: str
+    subject: str
+    reason: str
+    error: str
+    payload: bytes
+    received_at_ms: int
+
+
+# --- streams, buckets -------------------------------------------------------------------------------------
+
+
+class StreamSpec(msgspec.Struct, frozen=True):
+    name: str
+    subjects: list[str]
+    max_age_s: float
+    max_msgs: int = -1
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("AURA_DATA", [DataReady.SUBJECT, DataStale.SUBJECT], max_age_s=7 * 86400),
+    StreamSpec("AURA_TARGETS", [TargetPortfolio.SUBJECT], max_age_s=7 * 86400),
+    # Aborted-cycle notices share the plans stream so the executor's single consumer sees them in cycle order
+    # and closes every cycle in its journal; they carry no legs and are never executed.
+    StreamSpec("AURA_PLANS", [ApprovedPlan.SUBJECT, CycleAborted.SUBJECT], max_age_s=30 * 86400),
+    StreamSpec("AURA_EXEC", [FillMsg.SUBJECT, PortfolioSnapshot.SUBJECT], max_age_s=30 * 86400),
+    StreamSpec("AURA_DLQ", [DeadLetter.SUBJECT + ".>"], max_age_s=30 * 86400),
+)
+PLANS_FILTER = "aura.plans.>"
+STREAM_OF_SUBJECT = {subj: spec.name for spec in STREAMS for subj in spec.subjects}
+CANDLE_BUCKET = "aura_candles"  # object store: encoded panels by digest
+PARAMS_BUCKET = "aura_params"  # KV: live strategy parameters (key "strategy"); revision = params version
+STATE_BUCKET = "aura_state"  # KV: service state that must survive restarts (replay cursor, regime, halt latch)
+
+
+def encode(msg: Contract) -> bytes:
+    return msgspec.json.encode(msg)
+
+
+T = TypeVar("T", bound="Contract")
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    """Decode and check the schema version; raise ContractError with a readable reason."""
+    try:
+        probe = msgspec.json.decode(data, type=dict[str, Any])
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"malformed JSON: {exc}") from exc
+    version = probe.get("v")
+    if version != SCHEMA_VERSION:
+        raise ContractError(f"{kind.__name__}: unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ContractError(f"{kind.__name__}: {exc}") from exc

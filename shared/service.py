@@ -1,0 +1,97 @@
+"""The thin shell every service shares: settings, logging, bus, health app, clean shutdown.
+
+A service is an ``async def body(ctx)`` that runs until ``ctx.stop`` is set.  Bad configuration exits at
+start with status 2 and a message naming the setting; SIGTERM/SIGINT stop the service cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from shared.bus import connect, ensure_streams
+from shared.config import ConfigError, Settings, load_settings
+from shared.health import HealthState, start_health_server, stop_health_server
+from shared.logging import error, info, setup_logging
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: Settings
+    logger: logging.Logger
+    nc: NATS
+    js: JetStreamContext
+    health: HealthState
+    stop: asyncio.Event
+
+
+ServiceBody = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging.Logger) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health = HealthState(service=name)
+    server = await start_health_server(health, settings.health_host, settings.port_for(name))
+    info(logger, "BOOT", f"{name} health app listening", host=settings.health_host, port=settings.port_for(name))
+
+    def on_bus(up: bool) -> None:
+        health.bus_connected = up
+
+    nc = await connect(settings.nats_url, name, logger, on_bus)
+    js = nc.jetstream()
+    await ensure_streams(js, settings.dedup_window_s)
+    ctx = ServiceContext(name, settings, logger, nc, js, health, stop)
+    body_task = asyncio.create_task(body(ctx), name=f"{name}-body")
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({body_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if body_task in done and body_task.exception() is not None:
+        exc = body_task.exception()
+        error(logger, "FATAL", f"{name} stopped on an unexpected error", error=f"{type(exc).__name__}: {exc}")
+        code = 1
+    stop.set()
+    if not body_task.done():
+        try:
+            await asyncio.wait_for(body_task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            body_task.cancel()
+    stop_task.cancel()
+    info(logger, "SHUTDOWN", f"{name} stopping")
+    # Every publish was already confirmed by a PubAck, so a flush and close lose nothing; drain() would
+    # wait on the pull subscriptions' in-flight fetches and stall shutdown.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.flush(), timeout=2)
+    with contextlib.suppress(Exception):
+        await nc.close()
+    await stop_health_server(server)
+    return code
+
+
+def run_service(name: str, body: ServiceBody) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"aura-{name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logger = setup_logging(name, settings.log_level)
+    info(logger, "BOOT", f"{name} starting", nats_url=settings.nats_url, home=str(settings.home_path))
+    try:
+        return asyncio.run(_run(name, settings, body, logger))
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, RuntimeError, SystemExit) as exc:
+        # Start-up failures (port taken, NATS unreachable, missing key) end with one clear line, not a loop.
+        error(logger, "FATAL", f"{name} could not start: {exc}")
+        return 1
