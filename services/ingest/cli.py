@@ -1,0 +1,193 @@
+"""``aura data sync``: fill the candle cache from the providers, with a progress bar and a coverage table.
+
+    aura data sync --exchange binance --timeframe 1d --symbols BTC/USDT,ETH/USDT --since 2020-01-01 [--until 2025-06-30]
+    python -m services.ingest.cli data sync ...   (same thing without the console script)
+
+Configuration comes from the environment:
+
+* ``AURA_HOME``: the cache lives in ``$AURA_HOME/cache/<exchange>/<timeframe>/<BASE>_<QUOTE>.parquet``;
+* ``AURA_BINANCE_ARCHIVE_URL`` (default https://data.binance.vision);
+* ``AURA_BINANCE_API_URL`` (default https://api.binance.com) and ``AURA_<EXCHANGE>_API_URL`` for any other
+  ccxt exchange: the REST base the tail feeds use;
+* ``AURA_COINGECKO_URL`` (default https://api.coingecko.com);
+* optional: ``AURA_INGEST_TAIL_EXCHANGES`` (more ccxt exchanges after the cache's own, comma separated),
+  ``AURA_INGEST_PROVIDERS`` (default ``archive,tail,coingecko``), ``AURA_INGEST_LOOKBACK_BARS``.
+
+Exit status: 0 when the sync did what was possible (gaps nobody can fill are reported, not errors),
+1 when a symbol hit a real error (e.g. the cache is not writable), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Range, interval_ms
+from services.ingest.sync import IngestConfig, SyncReport, sync
+from shared.logging import setup_logging
+
+_DAY = 86_400_000
+
+
+def parse_time(text: str) -> int:
+    """'2020-01-01' or '2020-01-01T12:00[:00][Z]' (UTC) -> ms."""
+    raw = text.strip().removesuffix("Z")
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"):
+        try:
+            return int(datetime.strptime(raw, fmt).replace(tzinfo=UTC).timestamp() * 1000)
+        except ValueError:
+            continue
+    raise argparse.ArgumentTypeError(f"not a UTC date/time: {text!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)")
+
+
+def add_data_parser(subparsers: Any) -> None:
+    """Register ``data sync`` on an argparse subparsers object (each leaf sets ``func(args) -> int``)."""
+    data = subparsers.add_parser("data", help="market data cache")
+    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    data_sub.required = True
+    p = data_sub.add_parser("sync", help="fill the candle cache from the archive, the exchange and CoinGecko")
+    p.add_argument("--exchange", default="binance", help="ccxt exchange id whose candles are cached (default binance)")
+    p.add_argument("--timeframe", default="1d", choices=SUPPORTED_TIMEFRAMES)
+    p.add_argument("--symbols", required=True, help="comma-separated, e.g. BTC/USDT,ETH/USDT")
+    p.add_argument("--since", type=parse_time, default=None, help="first candle (UTC date), default: 2017-07-01")
+    p.add_argument("--until", default=None, help="last day to include (UTC date, inclusive), default: up to now")
+    p.add_argument("--now", type=parse_time, default=None, help=argparse.SUPPRESS)  # tests/replays: pretend time
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run_sync)
+
+
+def _until_ms(text: str | None) -> int | None:
+    if text is None:
+        return None
+    ms = parse_time(text)
+    # A bare date means "through the end of that day"; an explicit time is taken as the last open time.
+    return ms + _DAY - 1 if len(text.strip()) == 10 else ms
+
+
+class ProgressBar:
+    """A one-line bar on stderr, redrawn in place (plain text when stderr is not a terminal)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30, prefix: str = "") -> None:
+        self.total, self.width, self.prefix = total, width, prefix
+        self.stream = stream if stream is not None else sys.stderr
+        self._last_filled = -1
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        filled = int(self.width * done / max(total, 1))
+        tty = self.stream.isatty()
+        if not tty and done < total and filled == self._last_filled:
+            return  # in a log file, one line per step of the bar is plenty
+        self._last_filled = filled
+        bar = "#" * filled + "." * (self.width - filled)
+        line = f"{self.prefix}[{bar}] {done}/{total} {label:<14} {time.monotonic() - self.started:6.1f}s"
+        end = "\n" if done >= total or not tty else ""
+        self.stream.write(("\r" if tty else "") + line + end)
+        self.stream.flush()
+
+
+def _day(ms: int | None, iv: int) -> str:
+    if ms is None:
+        return "-"
+    fmt = "%Y-%m-%d" if iv >= _DAY else "%Y-%m-%d %H:%M"
+    return time.strftime(fmt, time.gmtime(ms / 1000))
+
+
+def _span(r: Range, iv: int) -> str:
+    return f"{_day(r[0], iv)}..{_day(r[1] - iv, iv)}"
+
+
+def provider_stretches(ranges_by_provider: dict[str, list[Range]]) -> dict[str, list[Range]]:
+    """Each provider's spans joined across holes no other provider filled (exchange gaps stay in the gap list)."""
+    spans = sorted((r[0], r[1], name) for name, rs in ranges_by_provider.items() for r in rs)
+    out: dict[str, list[Range]] = {}
+    prev_name = None
+    for start, end, name in spans:
+        if name == prev_name:
+            out[name][-1] = (out[name][-1][0], end)
+        else:
+            out.setdefault(name, []).append((start, end))
+        prev_name = name
+    return out
+
+
+def format_summary(report: SyncReport) -> str:
+    """The coverage table printed at the end of ``data sync``, then every gap on its own line."""
+    iv = interval_ms(report.timeframe)
+    header = ("symbol", "rows", "added", "first", "last", "complete", "gaps", "providers")
+    lines: list[tuple[str, ...]] = []
+    gap_lines: list[str] = []
+    for sym, r in report.symbols.items():
+        if r.error:
+            lines.append((sym, "-", "-", "-", "-", "no", "-", f"ERROR: {r.error}"))
+            continue
+        providers = "; ".join(
+            f"{name} {', '.join(_span(x, iv) for x in ranges)}"
+            + (f" [{','.join(r.flags[name])}]" if r.flags.get(name) else "")
+            for name, ranges in provider_stretches(r.ranges_by_provider).items()
+        ) or "-"
+        pending = len(r.pending_gaps)
+        gaps = f"{len(r.gaps) - pending} confirmed" + (f", {pending} PENDING" if pending else "") if r.gaps else "none"
+        lines.append((sym, str(r.rows), str(r.rows_added), _day(r.first_ms, iv), _day(r.last_ms, iv),
+                      "yes" if r.complete else "no", gaps, providers))
+        for g in r.gaps:
+            verdict = f"confirmed by {', '.join(g.by)}" if g.confirmed else f"PENDING ({'; '.join(g.by)})"
+            where = ""
+            if g.confirmed and r.first_ms is not None and g.end == r.first_ms:
+                where = "  (before the first candle: not listed yet)"
+            elif g.confirmed and r.last_ms is not None and g.start == r.last_ms + iv:
+                where = "  (after the last candle: delisted or halted)"
+            gap_lines.append(
+                f"  {sym}  {_span((g.start, g.end), iv)}  {(g.end - g.start) // iv} candles  {verdict}{where}")
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header) - 1)]
+    out = ["  ".join(row[i].ljust(widths[i]) for i in range(len(widths))) + "  " + row[-1] for row in [header, *lines]]
+    if gap_lines:
+        out += ["gaps (no candle stored; confirmed = the exchange's own sources say none exists):", *gap_lines]
+    out.append(
+        f"complete: {'yes' if report.complete else 'no'}  requests: {report.requests}  "
+        f"rows added: {report.rows_added}  time: {report.seconds:.1f}s"
+    )
+    return "\n".join(out)
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    if not symbols:
+        print("error: --symbols is empty", file=sys.stderr)
+        return 2
+    try:
+        until = _until_ms(args.until)
+    except argparse.ArgumentTypeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        # Run from the `aura` script nobody configured logging yet. Data warnings (gaps, rejects,
+        # disagreements) still show as tagged JSON lines; per-symbol info lines only on request.
+        setup_logging("ingest", level=os.environ.get("AURA_LOG_LEVEL") or "WARNING")
+    now_ms = args.now if args.now is not None else int(time.time() * 1000)
+    config = IngestConfig.from_env()
+    bar = None if args.no_progress else ProgressBar(len(symbols))
+    if bar is not None:
+        bar(0, len(symbols), "")
+    report = sync(symbols, args.exchange, args.timeframe, args.since, until, config, now_ms, progress=bar)
+    print(format_summary(report))
+    return 1 if any(r.error for r in report.symbols.values()) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aura", description="AURA market data tools")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    add_data_parser(sub)
+    args = parser.parse_args(argv)
+    setup_logging("ingest", level=os.environ.get("AURA_LOG_LEVEL") or "WARNING")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

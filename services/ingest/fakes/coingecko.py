@@ -1,0 +1,111 @@
+"""Fake CoinGecko public API (v3): coins list, OHLC and market_chart, built from the real Binance candles.
+
+* ``/api/v3/coins/list``: ``[{"id", "symbol", "name"}]`` for the coins the data has.
+* ``/api/v3/coins/{id}/ohlc?vs_currency=usd&days=N``: ``[[close time ms, o, h, l, c], ...]`` - stamped with
+  the candle's *close* time like the real one; 4-hour candles for 3-30 days (the 4h data), 4-day candles
+  beyond (aggregated from the daily data), plus the still-forming newest candle stamped ``now`` as the real
+  API does.  1-2 days would be 30-minute candles, which the data does not have: answered 400.
+* ``/api/v3/coins/{id}/market_chart?vs_currency=usd&days=N``: ``prices`` / ``market_caps`` /
+  ``total_volumes`` pairs, hourly up to 90 days (1h data), daily beyond (1d closes).
+* ``/api/v3/ping``.  Unknown coin: 404 ``{"error": "coin not found"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.ingest.fakes.market import MarketData
+from services.ingest.fakes.server import FakeServer, Reply
+from services.ingest.providers.coingecko import COIN_IDS
+
+_H4 = 14_400_000
+_DAY = 86_400_000
+
+
+class FakeCoinGecko(FakeServer):
+    def __init__(self, data: MarketData, now_ms: int) -> None:
+        super().__init__()
+        self.data = data
+        self.now_ms = now_ms
+        self.ids = {cid: base for base, cid in COIN_IDS.items()}
+
+    def kind_of(self, path: str) -> str:
+        return path.rsplit("/", 1)[-1]
+
+    def route(self, path: str, query: dict[str, str], fault: str | None) -> Reply:
+        parts = path.strip("/").split("/")
+        if path == "/api/v3/ping":
+            return Reply.json({"gecko_says": "(V3) To the Moon!"})
+        if path == "/api/v3/coins/list":
+            have = set(self.data.stems("1d"))
+            return Reply.json([{"id": cid, "symbol": base.lower(), "name": cid.replace("-", " ").title()}
+                               for cid, base in sorted(self.ids.items()) if f"{base}_USDT" in have])
+        if len(parts) == 5 and parts[:3] == ["api", "v3", "coins"] and parts[4] in ("ohlc", "market_chart"):
+            base = self.ids.get(parts[3])
+            if base is None or self.data.arrays("1d", f"{base}_USDT") is None:
+                return Reply.json({"error": "coin not found"}, 404)
+            days_raw = query.get("days", "")
+            days = 100_000 if days_raw == "max" else int(days_raw) if days_raw.isdigit() else 0
+            if days < 1 or query.get("vs_currency", "").lower() != "usd":
+                return Reply.json({"error": "invalid days or vs_currency"}, 400)
+            stem = f"{base}_USDT"
+            return self.ohlc(stem, days) if parts[4] == "ohlc" else self.market_chart(stem, days)
+        return Reply.json({"error": "not found"}, 404)
+
+    def ohlc(self, stem: str, days: int) -> Reply:
+        if days <= 2:
+            return Reply.json({"error": "fake: no 30-minute candles in the data"}, 400)
+        since = self.now_ms - days * _DAY
+        if days <= 30:
+            arr = self.data.between("4h", stem, since - _H4, self.now_ms + 1)
+            if arr is None:
+                return Reply.json([])
+            ts, o, h, lo, c = (arr[k] for k in ("timestamp", "open", "high", "low", "close"))
+            size = _H4
+        else:
+            arr = self.data.between("1d", stem, since - 4 * _DAY, self.now_ms + 1)
+            if arr is None:
+                return Reply.json([])
+            ts, o, h, lo, c = _blocks(arr, 4 * _DAY)
+            size = 4 * _DAY
+        rows: list[list[Any]] = []
+        for i in range(len(ts)):
+            close_time = int(ts[i]) + size
+            if close_time <= since:
+                continue
+            # A candle not closed yet is sent stamped with "now", as CoinGecko does for its newest point.
+            stamp = close_time if close_time <= self.now_ms else self.now_ms
+            rows.append([stamp, float(o[i]), float(h[i]), float(lo[i]), float(c[i])])
+        return Reply.json(rows)
+
+    def market_chart(self, stem: str, days: int) -> Reply:
+        since = self.now_ms - days * _DAY
+        tf = "1h" if days <= 90 else "1d"
+        arr = self.data.between(tf, stem, since, self.now_ms + 1)
+        if arr is None:
+            return Reply.json({"prices": [], "market_caps": [], "total_volumes": []})
+        step = 3_600_000 if tf == "1h" else _DAY
+        # A price point is the close at the end of each candle; volume is a USD figure like CoinGecko's.
+        points = [(int(t) + step, float(c), float(v) * float(c))
+                  for t, c, v in zip(arr["timestamp"], arr["close"], arr["volume"], strict=True)
+                  if int(t) + step <= self.now_ms]
+        return Reply.json({
+            "prices": [[t, c] for t, c, _ in points],
+            "market_caps": [[t, 0.0] for t, _, _ in points],
+            "total_volumes": [[t, q] for t, _, q in points],
+        })
+
+
+def _blocks(arr: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, ...]:
+    """Aggregate daily candles into epoch-aligned blocks of ``size`` ms (a real OHLC aggregation)."""
+    key = arr["timestamp"] - arr["timestamp"] % size
+    starts, first = np.unique(key, return_index=True)
+    bounds = np.append(first, len(key))
+    o = arr["open"][first]
+    c = arr["close"][bounds[1:] - 1]
+    h = np.maximum.reduceat(arr["high"], first)
+    lo = np.minimum.reduceat(arr["low"], first)
+    del starts
+    return key[first], o, h, lo, c

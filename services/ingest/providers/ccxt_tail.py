@@ -1,0 +1,211 @@
+"""Tail feed: the real ccxt client's ``fetch_ohlcv`` against one exchange's REST API.
+
+Used for what the archive does not have yet (today, yesterday) and to confirm exchange gaps.  Paginated
+with ``since``/``limit`` (and ``until``), rate-limited by ccxt (``enableRateLimit``).  The base URL can be
+pointed anywhere (the local fake in tests) by rewriting the host of every URL in ``exchange.urls['api']``.
+
+For Binance, markets are loaded from ``/api/v3/exchangeInfo`` only (spot, no currencies, no margin lists):
+those are the only public calls needed for ``fetch_ohlcv`` and they need no API key.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import polars as pl
+
+from services.ingest.coverage import coalesce, normalize
+from services.ingest.providers.base import (
+    Breaker,
+    FetchRequest,
+    FetchResult,
+    Range,
+    SerialFetch,
+    empty_candles,
+    unified_symbol,
+)
+
+if TYPE_CHECKING:
+    import ccxt
+
+
+def _ccxt() -> Any:
+    # Imported on first use: ccxt takes seconds to import, and a sync that finds the cache fresh never needs it.
+    import ccxt
+
+    return ccxt
+
+
+def rewrite_api_urls(api: Any, base_url: str) -> Any:
+    """Same structure as ccxt's ``urls['api']`` with every URL's scheme and host replaced by ``base_url``'s.
+
+    A path on ``base_url`` is prefixed to each URL's own path ('http://h:1/x' + '/api/v3' -> 'http://h:1/x/api/v3').
+    """
+    target = urlsplit(base_url.rstrip("/"))
+    if isinstance(api, str):
+        parts = urlsplit(api)
+        if not parts.scheme:
+            return api
+        return urlunsplit((target.scheme, target.netloc, target.path + parts.path, parts.query, parts.fragment))
+    if isinstance(api, dict):
+        return {k: rewrite_api_urls(v, base_url) for k, v in api.items()}
+    return api
+
+
+def make_exchange(
+    exchange_id: str, *, api_url: str | None = None, rate_limit_ms: int | None = None, timeout_s: float = 20.0
+) -> ccxt.Exchange:
+    """A public (key-less) ccxt client with rate limiting on, optionally pointed at ``api_url``."""
+    ccxt = _ccxt()
+    cls = getattr(ccxt, exchange_id, None)
+    if cls is None:
+        raise ValueError(f"ccxt has no exchange {exchange_id!r}")
+    ex: ccxt.Exchange = cls({"enableRateLimit": True, "timeout": int(timeout_s * 1000)})
+    if rate_limit_ms is not None:
+        ex.rateLimit = rate_limit_ms
+    if api_url:
+        ex.urls["api"] = rewrite_api_urls(ex.urls["api"], api_url)
+    if exchange_id.startswith("binance"):
+        # Spot markets only: load_markets then needs /api/v3/exchangeInfo and nothing private.
+        ex.options["fetchMarkets"] = {"types": ["spot"], "loadAllOptions": False}
+        ex.options["fetchCurrencies"] = False
+        ex.options["fetchMargins"] = False
+    return ex
+
+
+class CcxtTailProvider(SerialFetch):
+    """One exchange through ccxt.  Authoritative only for its own exchange's cache."""
+
+    def __init__(
+        self,
+        exchange_id: str,
+        *,
+        api_url: str | None = None,
+        rate_limit_ms: int | None = None,
+        timeout_s: float = 20.0,
+        page_limit: int | None = None,
+        cooldown_s: float = 60.0,
+    ) -> None:
+        self.exchange_id = exchange_id
+        self.breaker = Breaker(cooldown_s)
+        self.name = f"ccxt:{exchange_id}"
+        self.api_url = api_url
+        self.rate_limit_ms = rate_limit_ms
+        self.timeout_s = timeout_s
+        self._page_limit = page_limit
+        self._ex: ccxt.Exchange | None = None
+        self._markets_loaded = False
+        SerialFetch.__init__(self)  # a ccxt client is not meant to be shared between threads
+
+    # -- Provider interface
+    def authoritative(self, exchange: str) -> bool:
+        return exchange == self.exchange_id
+
+    def supports(self, exchange: str, symbol: str, timeframe: str) -> bool:
+        return timeframe in (self._exchange().timeframes or {})
+
+    def close(self) -> None:
+        self._ex = None
+        self._markets_loaded = False
+
+    # -- internals
+    def _exchange(self) -> ccxt.Exchange:
+        if self._ex is None:
+            ex = make_exchange(self.exchange_id, api_url=self.api_url, rate_limit_ms=self.rate_limit_ms,
+                               timeout_s=self.timeout_s)
+            original = ex.fetch
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                # Every HTTP call ccxt makes goes through Exchange.fetch: count them all.
+                self._requests += 1
+                return original(*args, **kwargs)
+
+            ex.fetch = counted  # type: ignore[method-assign]
+            self._ex = ex
+        return self._ex
+
+    def page_limit(self) -> int:
+        if self._page_limit:
+            return self._page_limit
+        features = (self._exchange().features or {}).get("spot") or {}
+        return int((features.get("fetchOHLCV") or {}).get("limit") or 500)
+
+    def _fetch(self, request: FetchRequest) -> FetchResult:
+        ccxt = _ccxt()
+        result = FetchResult(provider=self.name)
+        ranges = normalize(list(request.ranges))
+        if self.breaker.open:
+            result.failed = [(s, e, f"not asked: {self.name} unavailable ({self.breaker.reason})") for s, e in ranges]
+            return result
+        ex = self._exchange()
+        try:
+            if not self._markets_loaded:
+                ex.load_markets()
+                self._markets_loaded = True
+        except ccxt.BaseError as exc:
+            if isinstance(exc, ccxt.NetworkError):
+                self.breaker.trip(type(exc).__name__)
+            result.failed = [(s, e, f"load_markets: {type(exc).__name__}") for s, e in ranges]
+            return result
+        symbol = unified_symbol(request.symbol)
+        if symbol not in ex.markets:
+            return result  # not listed on this exchange: unavailable, not a failure
+        iv = request.interval_ms
+        limit = self.page_limit()
+        rows: list[list[Any]] = []
+        answered: list[Range] = []
+        # Small holes close together (exchange outages) are asked in one page instead of one page each.
+        padded = normalize([(max(0, s - request.lookback_ms), e) for s, e in ranges])
+        pending = coalesce(padded, max_span=limit * iv)
+        for i, (start, end) in enumerate(pending):
+            since = start
+            try:
+                while since < end:
+                    # The range reaching the present is asked open-ended, like a live tail: the exchange then
+                    # also sends the forming candle, which the caller drops (never stored).
+                    params = {} if end + iv > request.now_ms else {"until": end - 1}
+                    page = ex.fetch_ohlcv(symbol, request.timeframe, since=since, limit=limit, params=params)
+                    rows.extend(page)
+                    inside = [r[0] for r in page if since <= r[0] < end]
+                    if len(page) < limit or not inside:
+                        # A short page means the exchange has nothing more up to ``until``.
+                        answered.append((since, end))
+                        break
+                    nxt = max(inside) + iv
+                    answered.append((since, nxt))
+                    if nxt <= since:
+                        break
+                    since = nxt
+            except ccxt.BadSymbol:
+                break
+            except ccxt.BaseError as exc:
+                reason = f"{type(exc).__name__}"
+                if isinstance(exc, ccxt.NetworkError):  # down, timeouts, rate limits (DDoSProtection, 429)
+                    self.breaker.trip(reason)
+                # Down or rate limited: do not hammer it with the remaining ranges either.
+                result.failed = [(since, end, reason)] + [(s, e, reason) for s, e in pending[i + 1:]]
+                break
+        result.answered = normalize(answered)
+        result.frame = _to_frame(rows)
+        return result
+
+
+def _to_frame(rows: list[list[Any]]) -> pl.DataFrame:
+    if not rows:
+        return empty_candles()
+    return pl.DataFrame(
+        {
+            "timestamp": [int(r[0]) for r in rows],
+            "open": [_f(r[1]) for r in rows],
+            "high": [_f(r[2]) for r in rows],
+            "low": [_f(r[3]) for r in rows],
+            "close": [_f(r[4]) for r in rows],
+            "volume": [_f(r[5]) for r in rows],
+        },
+        schema=empty_candles().schema,
+    )
+
+
+def _f(value: Any) -> float:
+    return float("nan") if value is None else float(value)

@@ -1,0 +1,121 @@
+"""Ingest service shell: reveal one closed bar per cycle, ship the snapshot through NATS, announce it.
+
+The candles travel in the JetStream object store under their content digest, so no other service reads
+ingest's files.  Cycles are paced by the executor: the next "data ready" goes out only after the previous
+cycle has ended in the executor's journal (its snapshot arrives) or ``cycle_timeout_s`` passed, so every
+plan is computed against the portfolio the previous plan left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from nats.aio.msg import Msg
+from nats.js.object_store import ObjectStore
+
+from services.ingest.replay import ReplayStep, load_market_rules
+from services.ingest.sources import ReplaySource, SyncSource, universe_symbols
+from shared.bus import candle_store, kv_get, publish, state_kv
+from shared.candles import digest, encode_panel
+from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
+from shared.logging import info, warn
+from shared.service import ServiceContext
+
+CURSOR_KEY = "ingest.cursor"
+
+
+async def run(ctx: ServiceContext) -> None:
+    s = ctx.settings
+    rules = load_market_rules(Path(s.replay_dir) / "markets.json")
+    markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
+               for _, r in sorted(rules.items())]
+    store = await candle_store(ctx.js)
+    kv = await state_kv(ctx.js)
+    cursor_key = f"{CURSOR_KEY}.{s.ingest_source}.{s.timeframe}"
+    raw, _ = await kv_get(kv, cursor_key)
+    last_done = int(raw) if raw is not None else None
+    source: ReplaySource | SyncSource
+    if s.ingest_source == "sync":
+        source = SyncSource(s, universe_symbols(s, rules), last_done, ctx.logger, s.exchange_id)
+    else:
+        source = ReplaySource(s, last_done, ctx.logger)
+
+    ended: dict[str, asyncio.Event] = {}
+    attempts: dict[str, int] = {}
+
+    async def on_snapshot(msg: Msg) -> None:
+        try:
+            snap = decode(msg.data, PortfolioSnapshot)
+        except Exception:
+            return
+        ended.setdefault(snap.cycle_id, asyncio.Event()).set()
+
+    await ctx.nc.subscribe(PortfolioSnapshot.SUBJECT, cb=on_snapshot)
+    ctx.health.checks["source"] = lambda: (True, source.describe())
+    ctx.health.set("last_cycle_unix", 0)
+    interval = s.replay_interval_s if s.ingest_source == "replay" else s.ingest_poll_s
+    last_cycle_at = -interval
+
+    while not ctx.stop.is_set():
+        wait = interval - (time.monotonic() - last_cycle_at)
+        if wait > 0:
+            try:
+                await asyncio.wait_for(ctx.stop.wait(), timeout=wait)
+                break
+            except TimeoutError:
+                pass
+        last_cycle_at = time.monotonic()
+        if source.exhausted:
+            info(ctx.logger, "REPLAY", "end of bundled history reached; idle until stopped")
+            await ctx.stop.wait()
+            break
+        step = await source.next_step()
+        if step is None:
+            continue
+        done = ended.setdefault(step.cycle_id, asyncio.Event())
+        attempt = attempts[step.cycle_id] = attempts.get(step.cycle_id, 0) + 1
+        await _publish_step(ctx, step, markets, store, attempt)
+        try:
+            await asyncio.wait_for(done.wait(), timeout=s.cycle_timeout_s)
+            await kv.put(cursor_key, str(step.as_of_ms).encode())
+            source.done(step)
+            attempts.pop(step.cycle_id, None)
+            ctx.health.inc("cycles_completed")
+            ctx.health.set("last_cycle_unix", time.time())
+        except TimeoutError:
+            # The cycle did not end in the journal: publish the same snapshot again rather than skip a bar.
+            # The message id carries the attempt so the stream's duplicate window does not swallow the retry;
+            # downstream ids (target, plan, clientOrderId) are content hashes, so a second copy is harmless.
+            warn(ctx.logger, "CYCLE_TIMEOUT", "cycle did not end in the journal in time; retrying it",
+                 cycle_id=step.cycle_id, timeout_s=s.cycle_timeout_s)
+            ctx.health.inc("cycle_timeouts")
+        ended.pop(step.cycle_id, None)
+
+
+async def _publish_step(ctx: ServiceContext, step: ReplayStep, markets: list[MarketRuleMsg],
+                        store: ObjectStore, attempt: int = 1) -> None:
+    s = ctx.settings
+    if step.snapshot is None:
+        stale = DataStale(cycle_id=step.cycle_id, timeframe=s.timeframe, reason="incomplete snapshot",
+                          missing=list(step.missing))
+        await publish(ctx.js, stale, msg_id=f"stale-{step.cycle_id}-a{attempt}")
+        await publish(ctx.js, CycleAborted(cycle_id=step.cycle_id, stage="ingest",
+                                           reason=f"stale data: missing {','.join(step.missing)}"),
+                      msg_id=f"abort-ingest-{step.cycle_id}-a{attempt}")
+        warn(ctx.logger, "DATA_STALE", "snapshot incomplete; cycle aborted", cycle_id=step.cycle_id,
+             missing=list(step.missing))
+        ctx.health.inc("stale_snapshots")
+        return
+    blob = encode_panel(step.snapshot)
+    content = digest(blob)
+    await store.put(content, blob)
+    symbols = set(step.snapshot.symbols)
+    ready = DataReady(cycle_id=step.cycle_id, timeframe=s.timeframe, as_of_ms=step.as_of_ms, digest=content,
+                      symbols=list(step.snapshot.symbols), bars=len(step.snapshot.timestamps),
+                      markets=[m for m in markets if m.symbol in symbols], emitted_at_ms=int(time.time() * 1000))
+    await publish(ctx.js, ready, msg_id=f"ready-{step.cycle_id}-{content[:16]}-a{attempt}")
+    ctx.health.inc("data_ready_published")
+    info(ctx.logger, "DATA_READY", "snapshot published", cycle_id=step.cycle_id, digest=content[:16],
+         symbols=len(symbols))

@@ -1,0 +1,125 @@
+"""Where ingest's cycles come from: the bundled replay, or the provider chain into the Parquet cache.
+
+Both yield :class:`ReplayStep` values (a complete snapshot, or the list of symbols missing from it) so the
+service loop that publishes them is one piece of code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aura.strategy.types import MarketRule
+from services.ingest.cache import load_panel
+from services.ingest.providers.base import Provider, interval_ms
+from services.ingest.replay import (
+    ReplayStep,
+    cycle_id_for,
+    first_index_at_or_after,
+    load_history,
+    replay_step,
+)
+from services.ingest.sync import IngestConfig, build_providers, sync
+from shared.config import Settings
+from shared.logging import info, warn
+
+
+def parse_date_ms(text: str) -> int:
+    return calendar.timegm(time.strptime(text, "%Y-%m-%d")) * 1000
+
+
+class ReplaySource:
+    """Reveal one bar of the bundled history per cycle, resuming after ``last_done_ms``."""
+
+    def __init__(self, settings: Settings, last_done_ms: int | None, logger: logging.Logger) -> None:
+        self.settings = settings
+        self.history = load_history(Path(settings.replay_dir), settings.timeframe)
+        info(logger, "BOOT", "replay history loaded", symbols=len(self.history.symbols),
+             bars=len(self.history.timestamps), first_ms=int(self.history.timestamps[0]),
+             last_ms=int(self.history.timestamps[-1]))
+        if last_done_ms is not None:
+            self.index = first_index_at_or_after(self.history, last_done_ms + interval_ms(settings.timeframe))
+            info(logger, "BOOT", "resuming replay after the last completed cycle", last_as_of_ms=last_done_ms)
+        else:
+            first = int(self.history.timestamps[0])
+            start = parse_date_ms(settings.replay_start) if settings.replay_start else first
+            self.index = max(first_index_at_or_after(self.history, start),
+                             min(settings.snapshot_bars, len(self.history.timestamps) - 1))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.index >= len(self.history.timestamps)
+
+    def describe(self) -> str:
+        return f"replay cursor {self.index}/{len(self.history.timestamps)}"
+
+    async def next_step(self) -> ReplayStep | None:
+        if self.exhausted:
+            return None
+        return replay_step(self.history, self.index, self.settings.snapshot_bars, self.settings.timeframe)
+
+    def done(self, step: ReplayStep) -> None:
+        self.index = step.index + 1
+
+
+@dataclass
+class SyncSource:
+    """Poll the provider chain; one cycle per newly closed bar, published only when the universe is complete."""
+
+    settings: Settings
+    symbols: list[str]
+    last_done_ms: int | None
+    logger: logging.Logger
+    exchange: str = "binance"
+    config: IngestConfig | None = None  # None: from the AURA_* environment
+    clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
+    # Built once and reused: each provider keeps its loaded markets and its circuit breaker between polls.
+    _providers: list[Provider] | None = field(default=None, init=False)
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return f"sync source, last completed bar {self.last_done_ms}"
+
+    async def next_step(self) -> ReplayStep | None:
+        s = self.settings
+        iv = interval_ms(s.timeframe)
+        now_ms = self.clock_ms()
+        last_closed = (now_ms // iv - 1) * iv
+        if self.last_done_ms is not None and self.last_done_ms >= last_closed:
+            return None  # nothing new has closed yet
+        config = self.config or IngestConfig.from_env(home=str(s.home_path))
+        since = last_closed - (s.snapshot_bars + 10) * iv
+        # The chain does blocking HTTP and file I/O: keep it off the event loop so health stays responsive.
+        if self._providers is None:
+            self._providers = build_providers(config, self.exchange)
+        report = await asyncio.to_thread(sync, self.symbols, self.exchange, s.timeframe, since, None, config, now_ms,
+                                         providers=self._providers)
+        info(self.logger, "SYNC", "provider chain ran", complete=report.complete, requests=report.requests,
+             rows_added=report.rows_added, seconds=round(report.seconds, 3))
+        cycle_id = cycle_id_for(s.timeframe, last_closed)
+        if not report.complete:
+            missing = tuple(sym for sym, r in report.symbols.items() if not r.complete)
+            warn(self.logger, "DATA_STALE", "cache incomplete after sync", cycle_id=cycle_id, missing=list(missing))
+            return ReplayStep(-1, last_closed, cycle_id, None, missing)
+        panel = load_panel(config.cache_root, self.exchange, s.timeframe, self.symbols,
+                           start_ms=last_closed - (s.snapshot_bars - 1) * iv, end_ms=last_closed)
+        if len(panel.timestamps) == 0 or int(panel.timestamps[-1]) != last_closed:
+            return ReplayStep(-1, last_closed, cycle_id, None, tuple(self.symbols))
+        return replay_step(panel, len(panel.timestamps) - 1, s.snapshot_bars, s.timeframe)
+
+    def done(self, step: ReplayStep) -> None:
+        self.last_done_ms = step.as_of_ms
+
+
+def universe_symbols(settings: Settings, rules: dict[str, MarketRule]) -> list[str]:
+    if settings.symbols:
+        return [sym.strip() for sym in settings.symbols.split(",") if sym.strip()]
+    return sorted(rules)

@@ -1,0 +1,496 @@
+"""Fill the per-symbol cache from the provider chain: the API the ingest service shell calls.
+
+``sync(symbols, exchange, timeframe, since_ms, until_ms, config, now_ms) -> SyncReport``
+
+For each symbol the *window* is every candle open time ``t`` on the timeframe grid with
+``since_ms <= t <= min(until_ms, last closed candle at now_ms)``.  What the coverage map already resolves
+(candles held, confirmed gaps) is never asked again; when nothing is missing a sync makes zero requests.
+Each missing range goes to the providers in priority order (archive, tail feeds, CoinGecko); each fills
+what it has and the rest moves on.  A candle is never invented: what nobody has stays a gap.
+
+**complete** (per symbol, and for the report when true for every symbol): every open time in the window
+either has a candle in the cache or lies in a *confirmed* gap, i.e. at least one authoritative provider
+(a source of this exchange's own candles: its archive or its API) answered that no candle exists there and
+no authoritative provider failed on it.  Anything else (a provider down, rate limited, corrupt, or a range
+nobody serves) is a *pending* gap: recorded with the reason, reported, asked again on the next sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from services.ingest import cache
+from services.ingest.coverage import (
+    Coverage,
+    Disagreement,
+    Gap,
+    align_up,
+    attribute,
+    build_spans,
+    combine,
+    cross_check,
+    intersect,
+    member,
+    normalize,
+    rebuild_gaps,
+    runs,
+    sorted_unique,
+    split_new,
+    subtract,
+    union,
+)
+from services.ingest.providers.base import (
+    FetchRequest,
+    Provider,
+    Range,
+    interval_ms,
+    last_closed_open,
+    unified_symbol,
+)
+from services.ingest.providers.binance_archive import BinanceArchiveProvider
+from services.ingest.providers.ccxt_tail import CcxtTailProvider
+from services.ingest.providers.coingecko import CoinGeckoProvider
+from services.ingest.validation import drop_forming, find_jumps, report_issues, validate_candles
+from shared.logging import info, warn
+
+log = logging.getLogger("aura.ingest")
+
+DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
+DEFAULT_BINANCE_API_URL = "https://api.binance.com"
+DEFAULT_COINGECKO_URL = "https://api.coingecko.com"
+# Binance spot opened in July 2017: nothing to ask for before that.
+DEFAULT_SINCE_MS = 1_498_867_200_000  # 2017-07-01 00:00 UTC
+UNKNOWN_PROVIDER = "cache"  # rows found in a cache file whose coverage sidecar was missing or stale
+_API_URL_ENV = re.compile(r"^AURA_([A-Z0-9]+)_API_URL$")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    cache_root: Path
+    archive_url: str = DEFAULT_ARCHIVE_URL
+    coingecko_url: str = DEFAULT_COINGECKO_URL
+    api_urls: Mapping[str, str] = field(default_factory=dict)  # ccxt exchange id -> REST base URL override
+    tail_exchanges: tuple[str, ...] = ()  # more ccxt exchanges asked after the cache's own exchange
+    providers: tuple[str, ...] = ("archive", "tail", "coingecko")  # provider kinds, in priority order
+    lookback_bars: int = 10  # fetch this much before each missing range: indicator warm-up, edge cross-check
+    archive_workers: int = 8
+    http_timeout_s: float = 20.0
+    ccxt_rate_limit_ms: int | None = None  # None: the exchange's own ccxt rateLimit
+    ccxt_page_limit: int | None = None  # None: the exchange's own maximum page size
+    coingecko_min_interval_s: float = 2.5  # the free tier allows ~30 calls per minute
+    coingecko_max_retries: int = 3
+    max_retry_after_s: float = 60.0
+    provider_cooldown_s: float = 60.0  # a provider that is down or limiting us is left alone this long
+    tol_same_venue: float = 1e-9  # archive vs API of the same exchange: the same numbers, bit for bit
+    tol_other_venue: float = 0.02  # another exchange or CoinGecko's USD aggregate: close, not equal
+    jump_flag_ratio: float = 10.0
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, home: str | None = None, **overrides: Any
+    ) -> IngestConfig:
+        """Config from ``AURA_*`` variables (see the module docs of cli.py for the list)."""
+        env = dict(os.environ if env is None else env)
+        root = Path(home or env.get("AURA_HOME") or "./var").expanduser().resolve() / "cache"
+        api_urls = {m.group(1).lower(): v for k, v in env.items() if (m := _API_URL_ENV.match(k)) and v}
+        kwargs: dict[str, Any] = {
+            "cache_root": root,
+            "archive_url": env.get("AURA_BINANCE_ARCHIVE_URL") or DEFAULT_ARCHIVE_URL,
+            "coingecko_url": env.get("AURA_COINGECKO_URL") or DEFAULT_COINGECKO_URL,
+            "api_urls": api_urls,
+        }
+        if env.get("AURA_INGEST_TAIL_EXCHANGES"):
+            kwargs["tail_exchanges"] = _csv(env["AURA_INGEST_TAIL_EXCHANGES"])
+        if env.get("AURA_INGEST_PROVIDERS"):
+            kwargs["providers"] = _csv(env["AURA_INGEST_PROVIDERS"])
+        for key, name, kind in (
+            ("AURA_INGEST_LOOKBACK_BARS", "lookback_bars", int),
+            ("AURA_INGEST_CCXT_RATE_LIMIT_MS", "ccxt_rate_limit_ms", int),
+            ("AURA_COINGECKO_MIN_INTERVAL_S", "coingecko_min_interval_s", float),
+        ):
+            if env.get(key):
+                kwargs[name] = kind(env[key])
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def coerce(cls, config: Any) -> IngestConfig:
+        """Accept an IngestConfig, or anything settings-like with a ``home`` (shared.config.Settings)."""
+        if isinstance(config, IngestConfig):
+            return config
+        home = getattr(config, "home", None)
+        if home is None:
+            raise TypeError("config must be an IngestConfig or have a 'home' attribute")
+        return cls.from_env(home=str(home))
+
+
+@dataclass
+class SymbolReport:
+    symbol: str
+    window: Range | None = None  # [first, last + interval) of the candles asked for
+    rows: int = 0  # rows in the cache file after the sync
+    rows_added: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+    added_by_provider: dict[str, int] = field(default_factory=dict)
+    ranges_by_provider: dict[str, list[Range]] = field(default_factory=dict)  # whole cache file
+    gaps: list[Gap] = field(default_factory=list)  # inside the window: confirmed and pending
+    requests: dict[str, int] = field(default_factory=dict)
+    flags: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"coingecko": ["no_volume"]}
+    issues: dict[str, int] = field(default_factory=dict)  # validation counters ("reject.nan_price": 2)
+    disagreements: int = 0
+    forming_dropped: int = 0
+    complete: bool = False
+    error: str | None = None
+    # fetch_s: wall time inside providers (network + parsing); parse_s: of which turning bytes into candles;
+    # merge_s: everything else (read cache, validate, merge, cross-check, write).
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def request_count(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def pending_gaps(self) -> list[Gap]:
+        return [g for g in self.gaps if not g.confirmed]
+
+
+@dataclass
+class SyncReport:
+    exchange: str
+    timeframe: str
+    since_ms: int
+    until_ms: int | None
+    now_ms: int
+    last_closed_ms: int
+    symbols: dict[str, SymbolReport] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return all(r.complete for r in self.symbols.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(r.request_count for r in self.symbols.values())
+
+    @property
+    def rows_added(self) -> int:
+        return sum(r.rows_added for r in self.symbols.values())
+
+    def timing(self, key: str) -> float:
+        return sum(r.timings.get(key, 0.0) for r in self.symbols.values())
+
+
+def build_providers(config: IngestConfig, exchange: str) -> list[Provider]:
+    """The provider chain for ``exchange``'s cache, in priority order (no network use here)."""
+    chain: list[Provider] = []
+    for kind in config.providers:
+        if kind == "archive":
+            if exchange == "binance":
+                chain.append(BinanceArchiveProvider(config.archive_url, workers=config.archive_workers,
+                                                    timeout_s=config.http_timeout_s,
+                                                    cooldown_s=config.provider_cooldown_s))
+        elif kind == "tail":
+            for ex_id in dict.fromkeys((exchange, *config.tail_exchanges)):
+                chain.append(CcxtTailProvider(ex_id, api_url=config.api_urls.get(ex_id),
+                                              rate_limit_ms=config.ccxt_rate_limit_ms,
+                                              timeout_s=config.http_timeout_s, page_limit=config.ccxt_page_limit,
+                                              cooldown_s=config.provider_cooldown_s))
+        elif kind == "coingecko":
+            chain.append(CoinGeckoProvider(config.coingecko_url, timeout_s=config.http_timeout_s,
+                                           min_interval_s=config.coingecko_min_interval_s,
+                                           max_retries=config.coingecko_max_retries,
+                                           max_retry_after_s=config.max_retry_after_s, sleep=config.sleep,
+                                           cooldown_s=config.provider_cooldown_s))
+        else:
+            raise ValueError(f"unknown provider kind {kind!r} (expected archive, tail, coingecko)")
+    return chain
+
+
+def sync(
+    symbols: Sequence[str],
+    exchange: str,
+    timeframe: str,
+    since_ms: int | None,
+    until_ms: int | None,
+    config: Any,
+    now_ms: int,
+    *,
+    providers: Sequence[Provider] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> SyncReport:
+    """Bring the cache of ``symbols`` up to date; never raises for provider trouble (see the report)."""
+    cfg = IngestConfig.coerce(config)
+    iv = interval_ms(timeframe)
+    started = time.perf_counter()
+    since = align_up(DEFAULT_SINCE_MS if since_ms is None else since_ms, iv)
+    last = last_closed_open(now_ms, iv)
+    if until_ms is not None:
+        last = min(last, until_ms - until_ms % iv)
+    window = [(since, last + iv)] if last >= since else []
+    report = SyncReport(exchange, timeframe, since, until_ms, now_ms, last_closed_open(now_ms, iv))
+    chain = list(providers) if providers is not None else build_providers(cfg, exchange)
+    try:
+        for i, raw in enumerate(symbols):
+            sym = unified_symbol(raw)
+            t0 = time.perf_counter()
+            try:
+                rep = _sync_symbol(sym, exchange, timeframe, window, chain, cfg, now_ms, report.counters)
+                rep.timings["merge_s"] = time.perf_counter() - t0 - rep.timings.get("fetch_s", 0.0)
+            except Exception as exc:  # a bug or an unwritable cache: report it, carry on with the others
+                log.error(f"{sym}: {type(exc).__name__}: {exc}", exc_info=True,
+                          extra={"tag": "SYNC_ERROR", "fields": {"symbol": sym}})
+                rep = SymbolReport(sym, error=f"{type(exc).__name__}: {exc}")
+            report.symbols[sym] = rep
+            if progress is not None:
+                progress(i + 1, len(symbols), sym)
+    finally:
+        if providers is None:
+            for p in chain:
+                p.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class _State:
+    """What one symbol's sync has learnt so far (all ranges normalized)."""
+
+    names: list[str]
+    frames: list[pl.DataFrame]
+    codes: list[np.ndarray]
+    known_ts: np.ndarray
+    unfilled: list[Range]
+    auth_names: set[str]  # providers whose candles are this exchange's own (incl. unattributed cache rows)
+    confirmed_before: list[Range]  # gaps confirmed by earlier syncs: never filled by padding rows
+    empty_by: dict[str, list[Range]] = field(default_factory=dict)  # authoritative "no candle here"
+    failed_auth: list[Range] = field(default_factory=list)
+    notes: list[tuple[int, int, str]] = field(default_factory=list)  # why a range could not be answered
+    flags: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _sync_symbol(
+    sym: str,
+    exchange: str,
+    timeframe: str,
+    window: list[Range],
+    chain: Sequence[Provider],
+    cfg: IngestConfig,
+    now_ms: int,
+    counters: Counter[str],
+) -> SymbolReport:
+    iv = interval_ms(timeframe)
+    path = cache.candle_path(cfg.cache_root, exchange, timeframe, sym)
+    rep = SymbolReport(sym, window=window[0] if window else None)
+    with cache.symbol_lock(path):
+        cached = cache.read_candles(path)
+        ts_cached = cached["timestamp"].to_numpy()
+        cov = cache.read_coverage(path)
+        rebuilt = cov is None or not cov.matches(ts_cached) or cov.interval_ms != iv
+        if rebuilt:
+            if cov is not None or len(ts_cached):
+                warn(log, "CACHE_MISMATCH", f"{sym}: coverage sidecar missing or stale, rebuilt from the rows",
+                     symbol=sym, rows=len(ts_cached))
+            # Rows we cannot attribute are kept (they passed validation when written) but nothing else is
+            # assumed: holes between them are unresolved and will be asked again.
+            cov = Coverage(exchange, sym, timeframe, iv, flags=cov.flags if cov is not None else {})
+            cov.spans = build_spans(ts_cached, np.zeros(len(ts_cached), dtype=np.int16), [UNKNOWN_PROVIDER], iv)
+            _stamp(cov, ts_cached, now_ms)
+        names: list[str] = []
+        codes_cached = attribute(ts_cached, cov.spans, names, UNKNOWN_PROVIDER)
+        missing = subtract(window, cov.resolved())
+        if not missing:
+            # Fresh: the cache already holds (or has confirmed absent) every closed candle asked for.
+            if rebuilt:
+                cache.write_coverage(path, cov)
+            _finish_report(rep, cov, window)
+            return rep
+        auth_names = {p.name for p in chain if p.authoritative(exchange)} | {UNKNOWN_PROVIDER}
+        st = _State(names, [cached], [codes_cached], ts_cached, missing, auth_names,
+                    [(g.start, g.end) for g in cov.gaps if g.confirmed])
+        for provider in chain:
+            _ask(provider, st, sym, exchange, timeframe, cfg, now_ms, counters, rep)
+
+        frame, codes = combine(st.frames, st.codes)
+        ts = frame["timestamp"].to_numpy()
+        new_mask = ~member(ts, ts_cached)
+        jumps = find_jumps(ts, frame["close"].to_numpy(), new_mask, cfg.jump_flag_ratio)
+        report_issues(log, jumps, counters, symbol=sym, timeframe=timeframe)
+        for j in jumps:
+            rep.issues[f"{j.action}.{j.kind}"] = rep.issues.get(f"{j.action}.{j.kind}", 0) + 1
+
+        still = intersect(st.unfilled, window)
+        confirmed = subtract(intersect(still, all_empty(st)), st.failed_auth)
+        pending = subtract(still, confirmed)
+        confirmed_gaps = [(r, _confirmers(r, st.empty_by)) for r in confirmed]
+        pending_gaps = [Gap(s, e, False, _notes_for((s, e), st.notes)) for s, e in pending]
+        for g in pending_gaps:
+            warn(log, "DATA_GAP", f"{sym} {timeframe}: no candles for {_iso(g.start)}..{_iso(g.end - iv)}",
+                 symbol=sym, start=g.start, end=g.end, reasons=list(g.by))
+        rep.rows_added = int(new_mask.sum())
+        cov.spans = build_spans(ts, codes, st.names, iv)
+        cov.gaps = rebuild_gaps(cov.gaps, window, confirmed_gaps, pending_gaps,
+                                filled=[(sp.start, sp.end) for sp in cov.spans])
+        for name, flags in st.flags.items():
+            cov.flags[name] = sorted(set(cov.flags.get(name, [])) | flags)
+        _stamp(cov, ts, now_ms)
+        cov.disagreements += rep.disagreements
+        if rep.rows_added:
+            cache.write_candles(path, frame)
+        # The sidecar goes second: a crash between the two leaves a stale sidecar, detected by its row
+        # stamp on the next sync (rows kept, coverage rebuilt), never a sidecar claiming rows that are not there.
+        cache.write_coverage(path, cov)
+    _finish_report(rep, cov, window)
+    info(log, "SYNC_SYMBOL", f"{sym} {timeframe}: +{rep.rows_added} rows, {rep.request_count} requests, "
+         f"complete={rep.complete}", symbol=sym, added=rep.added_by_provider, requests=rep.requests,
+         pending=len(rep.pending_gaps))
+    return rep
+
+
+def _ask(
+    provider: Provider,
+    st: _State,
+    sym: str,
+    exchange: str,
+    timeframe: str,
+    cfg: IngestConfig,
+    now_ms: int,
+    counters: Counter[str],
+    rep: SymbolReport,
+) -> None:
+    """One provider's turn: ask for what is still unfilled, keep what is new, learn what it says is absent."""
+    iv = interval_ms(timeframe)
+    auth = provider.authoritative(exchange)
+    todo = st.unfilled
+    if not auth:
+        # Where the exchange itself says "no candle", a candle from another venue would be an invention.
+        todo = subtract(todo, all_empty(st))
+    if not todo or not provider.supports(exchange, sym, timeframe):
+        return
+    pad = cfg.lookback_bars * iv
+    # Rows a provider sends from the lookback padding are kept too when the cache lacks them (warm-up
+    # history); where the cache has them they are cross-checked instead.  Never inside a confirmed gap.
+    no_fill = st.confirmed_before if auth else union(st.confirmed_before, all_empty(st))
+    asked = subtract(normalize([(max(0, s - pad), e) for s, e in todo]), no_fill)
+    started = time.perf_counter()
+    result = provider.fetch(FetchRequest(exchange, sym, timeframe, tuple(todo), now_ms, lookback_ms=pad))
+    rep.timings["fetch_s"] = rep.timings.get("fetch_s", 0.0) + time.perf_counter() - started
+    rep.timings["parse_s"] = rep.timings.get("parse_s", 0.0) + result.parse_s
+    rep.requests[provider.name] = rep.requests.get(provider.name, 0) + result.requests
+    counters[f"requests.{provider.name}"] += result.requests
+
+    checked = validate_candles(result.frame, iv, allow_nan_volume="no_volume" in result.flags)
+    report_issues(log, checked.issues, counters, symbol=sym, timeframe=timeframe, provider=provider.name)
+    for issue in checked.issues:
+        key = f"{issue.action}.{issue.kind}"
+        rep.issues[key] = rep.issues.get(key, 0) + 1
+    frame, forming = drop_forming(checked.frame, iv, now_ms)
+    rep.forming_dropped += forming
+    counters["forming_dropped"] += forming
+
+    new, overlap = split_new(frame, asked, st.known_ts)
+    if overlap.height:
+        diffs = _cross_check(st, overlap, auth, cfg)
+        if diffs:
+            rep.disagreements += len(diffs)
+            counters["disagreements"] += len(diffs)
+            counters[f"disagreements.{provider.name}"] += len(diffs)
+            for d in diffs[:20]:
+                warn(log, "DATA_DISAGREE", f"{sym} {timeframe} {d.column} at {_iso(d.timestamp)}: kept {d.kept!r}, "
+                     f"{provider.name} says {d.other!r} ({d.rel:.3%})", symbol=sym, provider=provider.name,
+                     ts=d.timestamp, column=d.column, kept=d.kept, other=d.other, rel=d.rel)
+    if new.height:
+        if provider.name not in st.names:
+            st.names.append(provider.name)
+        st.frames.append(new)
+        st.codes.append(np.full(new.height, st.names.index(provider.name), dtype=np.int16))
+        new_ts = new["timestamp"].to_numpy()  # sorted, unique and disjoint from known_ts (split_new)
+        st.known_ts = new_ts if len(st.known_ts) == 0 else np.sort(np.concatenate((st.known_ts, new_ts)), kind="stable")
+        st.unfilled = subtract(st.unfilled, runs(new_ts, iv))
+        rep.added_by_provider[provider.name] = rep.added_by_provider.get(provider.name, 0) + new.height
+        if result.flags:
+            st.flags.setdefault(provider.name, set()).update(result.flags)
+
+    rejected = checked.rejected_ts
+    failed = [(s, e) for s, e, _ in result.failed] + [(int(t), int(t) + iv) for t in rejected]
+    st.notes.extend((s, e, f"{provider.name}: {why}") for s, e, why in result.failed)
+    st.notes.extend((int(t), int(t) + iv, f"{provider.name}: rejected candle") for t in rejected)
+    if auth:
+        returned = sorted_unique(result.frame["timestamp"].to_numpy())
+        empty = subtract(result.answered, runs(returned[returned % iv == 0], iv))
+        st.empty_by[provider.name] = union(st.empty_by.get(provider.name, []), empty)
+        st.failed_auth = union(st.failed_auth, failed)
+    supplied = runs(new["timestamp"].to_numpy(), iv)
+    unavailable = subtract(todo, union(union(result.answered, failed), supplied))
+    st.notes.extend((s, e, f"{provider.name}: does not have it") for s, e in unavailable)
+
+
+def all_empty(st: _State) -> list[Range]:
+    return normalize([r for rs in st.empty_by.values() for r in rs])
+
+
+def _cross_check(st: _State, overlap: pl.DataFrame, auth: bool, cfg: IngestConfig) -> list[Disagreement]:
+    """Compare a provider's rows with the candles already held, at the tolerance the pair of sources deserves.
+
+    Two sources of the exchange's own candles (its archive, its API) must agree exactly, volume included;
+    anything involving another venue or CoinGecko's USD aggregate only roughly, and on prices only.
+    """
+    frames = [f.with_columns(_src=pl.Series(c)) for f, c in zip(st.frames, st.codes, strict=True) if f.height]
+    known = pl.concat(frames, how="vertical").join(overlap.select("timestamp"), on="timestamp", how="semi")
+    auth_codes = [i for i, name in enumerate(st.names) if name in st.auth_names]
+    same = known["_src"].is_in(auth_codes) if auth else pl.Series([False] * known.height)
+    out = cross_check(known.filter(same).drop("_src"), overlap, cfg.tol_same_venue, compare_volume=True)
+    out += cross_check(known.filter(~same).drop("_src"), overlap, cfg.tol_other_venue, compare_volume=False)
+    return sorted(out, key=lambda d: (d.timestamp, d.column))
+
+
+def _stamp(cov: Coverage, ts: np.ndarray, now_ms: int) -> None:
+    """Record which rows this map describes, so a sidecar left behind by a crash is recognised as stale."""
+    cov.rows = len(ts)
+    cov.first_ms = int(ts[0]) if len(ts) else None
+    cov.last_ms = int(ts[-1]) if len(ts) else None
+    cov.updated_ms = now_ms
+
+
+def _confirmers(r: Range, empty_by: dict[str, list[Range]]) -> tuple[str, ...]:
+    return tuple(sorted(name for name, rs in empty_by.items() if intersect([r], rs)))
+
+
+def _notes_for(r: Range, notes: list[tuple[int, int, str]]) -> tuple[str, ...]:
+    found = [text for s, e, text in notes if s < r[1] and e > r[0]]
+    return tuple(dict.fromkeys(found)) or ("no provider has it",)
+
+
+def _finish_report(rep: SymbolReport, cov: Coverage, window: list[Range]) -> None:
+    rep.rows = cov.rows
+    rep.first_ms, rep.last_ms = cov.first_ms, cov.last_ms
+    rep.ranges_by_provider = cov.provider_ranges()
+    rep.flags = {k: list(v) for k, v in cov.flags.items() if k in rep.ranges_by_provider}
+    rep.gaps = [
+        Gap(max(g.start, window[0][0]), min(g.end, window[0][1]), g.confirmed, g.by)
+        for g in cov.gaps
+        if window and g.start < window[0][1] and g.end > window[0][0]
+    ]
+    rep.complete = rep.error is None and not subtract(window, cov.resolved())
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
