@@ -1,0 +1,113 @@
+"""Where the risk tick gets its latest prices: the newest replay snapshot, or public exchange tickers.
+
+Replay (dry run): the closes of the newest ``DataReady`` snapshot, fetched from the candle object store and
+checked against its digest, exactly as the signal service reads it.  Live: the exchange's public ticker
+endpoint through ccxt *without keys* (exchange keys are read by the executor only).  Market rules come from
+the newest ``DataReady`` (the same the cycle used), or from the exchange's public market list if there is none.
+A failed read returns None: the tick's sync guard decides what that means, never this module.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.executor.brokers.base import BrokerError
+from shared.bus import candle_store, last_message
+from shared.candles import decode_panel, digest
+from shared.contracts import DataReady, MarketRuleMsg, content_id, decode
+from shared.logging import warn
+from shared.service import ServiceContext
+
+
+@dataclass(frozen=True)
+class PriceRead:
+    prices: dict[str, float]
+    markets: list[MarketRuleMsg]
+    as_of_ms: int
+    digest: str  # what the prices came from (snapshot digest, or a content id of the ticker answer)
+
+
+class PriceSource(Protocol):
+    name: str
+
+    async def read(self, symbols: list[str]) -> PriceRead | None: ...
+
+    async def close(self) -> None: ...
+
+
+class ReplayPrices:
+    """The newest DataReady snapshot's last closes (the replay has no price newer than its newest bar)."""
+
+    name = "replay (newest DataReady snapshot)"
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self._cache: tuple[str, dict[str, float]] | None = None
+
+    async def newest(self) -> DataReady | None:
+        raw = await last_message(self.ctx.js, DataReady.SUBJECT)
+        return decode(raw, DataReady) if raw is not None else None
+
+    async def read(self, symbols: list[str]) -> PriceRead | None:
+        try:
+            ready = await self.newest()
+            if ready is None:
+                return None
+            if self._cache is None or self._cache[0] != ready.digest:
+                blob = await (await candle_store(self.ctx.js)).get(ready.digest)
+                data = blob.data or b""
+                if digest(data) != ready.digest:
+                    warn(self.ctx.logger, "RISK_TICK", "candle object does not match its digest; no prices",
+                         digest=ready.digest[:16])
+                    return None
+                panel = decode_panel(data)
+                closes = {s: float(p) for s, p in zip(panel.symbols, panel.close[-1], strict=True)
+                          if math.isfinite(float(p)) and float(p) > 0}
+                self._cache = (ready.digest, closes)
+        except Exception as exc:
+            warn(self.ctx.logger, "RISK_TICK", "could not read the newest snapshot's prices", error=str(exc)[:200])
+            return None
+        return PriceRead(dict(self._cache[1]), list(ready.markets), ready.as_of_ms, ready.digest)
+
+    async def close(self) -> None:
+        return None
+
+
+class LivePrices:
+    """Public ticker prices from the exchange (no credentials), rules from the newest DataReady."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        from services.executor.brokers.ccxt_broker import CcxtBroker
+
+        s = ctx.settings
+        self.ctx = ctx
+        self.replay = ReplayPrices(ctx)
+        self.client = CcxtBroker(s.exchange_id, base_url=s.exchange_api_url or None, testnet=s.testnet,
+                                 logger=ctx.logger)
+        self.name = f"live public tickers ({s.exchange_id})"
+
+    async def read(self, symbols: list[str]) -> PriceRead | None:
+        try:
+            prices = await self.client.fetch_prices(symbols) if symbols else {}
+            ready = await self.replay.newest()
+            if ready is not None:
+                markets = list(ready.markets)
+            else:
+                rules = await self.client.load_markets()
+                markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
+                           for s, r in sorted(rules.items()) if s in symbols]
+        except (BrokerError, Exception) as exc:
+            warn(self.ctx.logger, "RISK_TICK", "ticker read failed", error=f"{type(exc).__name__}: {exc}"[:200])
+            return None
+        now = int(time.time() * 1000)
+        return PriceRead(prices, markets, now, content_id({"prices": prices, "at": now}, prefix="tickers-"))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def make_price_source(ctx: ServiceContext) -> PriceSource:
+    return ReplayPrices(ctx) if ctx.settings.dry_run else LivePrices(ctx)

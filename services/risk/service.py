@@ -1,0 +1,265 @@
+"""Risk service shell: the only process that can approve a plan (it alone holds the signing key).
+
+For each target it reads the executor's newest portfolio snapshot (the plan's basis), the exact parameter
+version the signal stage used, and the kill-switch latch, runs ``risk_plan`` (gates in order: kill-switch,
+stop-loss/take-profit, cost-benefit) and signs the result.
+
+Between cycles a risk tick (every ``AURA_RISK_TICK_S``) runs the kill-switch and the stops on the latest prices
+(replay: the newest ``DataReady`` snapshot's closes; live: public ticker prices, no keys here), logging
+[RISK_TICK] every tick and [SL_CHECK] per position.  When it triggers, the exit plan goes through the same path
+as a cycle plan: a signed ``PlanBody`` whose basis is the latest snapshot, verified by the executor.
+Ticks and targets are serialised, and neither starts from a basis while a plan it published is still in flight,
+so a tick can never make the next cycle's plan stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.js.kv import KeyValue
+
+from aura.strategy.pipeline import RiskOutcome, risk_plan
+from aura.strategy.types import MarketRule, Targets
+from services.risk.cli import HALT_KEY  # one definition, shared with `aura risk reset`
+from services.risk.prices import PriceRead, PriceSource, make_price_source
+from services.risk.sync_guard import GuardState
+from services.risk.tick import TickDecision, evaluate_tick, latch_after, portfolio_state, tick_target
+from shared.bus import durable_pull, kv_get, last_message, publish, pull_loop, state_kv
+from shared.consumer import Reject, handle
+from shared.contracts import (
+    CycleAborted,
+    MarketRuleMsg,
+    PlanBody,
+    PlanLeg,
+    PortfolioSnapshot,
+    TargetPortfolio,
+    decode,
+    plan_id_for,
+)
+from shared.live_params import ParamsError, load_params
+from shared.logging import error, info, warn
+from shared.service import ServiceContext
+from shared.signing import load_private_key, sign_plan
+
+INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a plan this service just published
+
+
+def build_plan_body(target: TargetPortfolio, basis: PortfolioSnapshot, outcome: RiskOutcome,
+                    params_version: int) -> PlanBody:
+    """Pure: the same target, basis and outcome always give the same body and plan id."""
+    legs = [PlanLeg(i, leg.symbol, leg.side, leg.qty, leg.ref_price, leg.reason) for i, leg in enumerate(outcome.legs)]
+    fields: dict[str, Any] = {
+        "cycle_id": target.cycle_id, "as_of_ms": target.as_of_ms, "data_digest": target.data_digest,
+        "target_id": target.target_id, "params_version": params_version, "params_digest": target.params_digest,
+        "basis_snapshot_id": basis.snapshot_id, "gate": outcome.gate, "halted": outcome.halted,
+        "legs": legs, "reasons": outcome.reasons, "prices": target.prices,
+    }
+    return PlanBody(plan_id=plan_id_for(fields), **fields)
+
+
+def rules_of(markets: list[MarketRuleMsg]) -> dict[str, MarketRule]:
+    return {m.symbol: MarketRule(m.symbol, m.step_size, m.tick_size, m.min_qty, m.min_notional) for m in markets}
+
+
+async def read_halted(kv: KeyValue) -> bool:
+    raw, _ = await kv_get(kv, HALT_KEY)
+    return bool(raw and msgspec.json.decode(raw).get("halted"))
+
+
+@dataclass
+class InFlight:
+    plan_id: str
+    since: float  # monotonic
+
+
+class Risk:
+    def __init__(self, ctx: ServiceContext, kv: KeyValue, prices: PriceSource) -> None:
+        s = ctx.settings
+        self.ctx = ctx
+        self.kv = kv
+        self.prices = prices
+        self.key = load_private_key(s.private_key_path)
+        # Buys are budgeted with fee *and* slippage, or the last buy of a full rebalance overdraws the cash.
+        self.cost_rate = s.paper_fee_rate + s.paper_slippage_bps / 10_000.0
+        self.lock = asyncio.Lock()  # one decision at a time: a tick never interleaves with a target
+        self.inflight: InFlight | None = None
+        self.guard = GuardState()
+        self.marks: dict[str, float] = {}
+
+    # -- basis --------------------------------------------------------------------------------------------
+    async def latest_snapshot(self) -> PortfolioSnapshot | None:
+        raw = await last_message(self.ctx.js, PortfolioSnapshot.SUBJECT)
+        return decode(raw, PortfolioSnapshot) if raw is not None else None
+
+    async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
+        """The newest snapshot, once the plan this service published last has been closed by the executor (or
+        ``wait_inflight_s`` ran out: a plan the executor refused never gets a snapshot)."""
+        deadline = time.monotonic() + wait_inflight_s
+        for _ in range(50):  # the executor publishes a genesis snapshot at boot: give it a moment on a cold start
+            snap = await self.latest_snapshot()
+            if snap is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            return None
+        while self.inflight is not None and snap.plan_id != self.inflight.plan_id:
+            if time.monotonic() >= deadline or self.settled(snap):
+                break
+            await asyncio.sleep(0.05)
+            snap = await self.latest_snapshot() or snap
+        if self.inflight is not None and snap.plan_id == self.inflight.plan_id:
+            self.inflight = None
+        return snap
+
+    def settled(self, snap: PortfolioSnapshot) -> bool:
+        """Whether the plan published last is closed in ``snap`` (or so old it never will be: refused)."""
+        if self.inflight is None:
+            return True
+        if snap.plan_id == self.inflight.plan_id or \
+                time.monotonic() - self.inflight.since > self.ctx.settings.cycle_timeout_s:
+            self.inflight = None
+            return True
+        return False
+
+    async def latch(self, cycle_id: str, outcome: RiskOutcome, halted: bool) -> None:
+        if latch_after(halted, outcome) and not halted:
+            await self.kv.put(HALT_KEY, msgspec.json.encode({"halted": True, "cycle_id": cycle_id,
+                                                             "drawdown": outcome.drawdown}))
+            warn(self.ctx.logger, "KILL_SWITCH", "rolling drawdown breached; liquidating and latching halt",
+                 cycle_id=cycle_id, drawdown=round(outcome.drawdown, 4))
+
+    async def sign_and_publish(self, body: PlanBody) -> None:
+        approved = sign_plan(body, self.key)
+        approved = msgspec.structs.replace(approved, emitted_at_ms=int(time.time() * 1000))
+        await publish(self.ctx.js, approved, msg_id=body.plan_id)
+        self.inflight = InFlight(body.plan_id, time.monotonic())
+
+    # -- cycles -------------------------------------------------------------------------------------------
+    async def on_target(self, target: TargetPortfolio) -> None:
+        async with self.lock:
+            await self._on_target(target)
+
+    async def _on_target(self, target: TargetPortfolio) -> None:
+        ctx = self.ctx
+        basis = await self.basis(INFLIGHT_WAIT_S)
+        if basis is None:
+            await publish(ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk", reason="no portfolio basis"),
+                          msg_id=f"abort-risk-{target.cycle_id}")
+            raise Reject("no_basis", "no executor snapshot available; cycle aborted")
+        try:
+            params, version = await load_params(ctx.js, revision=target.params_version)
+        except ParamsError as exc:
+            raise Reject("bad_params", str(exc)) from exc
+        halted = await read_halted(self.kv)
+        targets = Targets(weights=dict(target.weights), regime=target.regime,
+                          expected_returns=dict(target.expected_returns))
+        outcome = risk_plan(targets, portfolio_state(basis, halted), dict(target.prices), rules_of(target.markets),
+                            params, self.cost_rate)
+        await self.latch(target.cycle_id, outcome, halted)
+        body = build_plan_body(target, basis, outcome, version)
+        await self.sign_and_publish(body)
+        self.marks.update({s: p for s, p in target.prices.items() if p > 0})
+        ctx.health.inc("plans_approved")
+        ctx.health.set("drawdown", outcome.drawdown)
+        ctx.health.set("halted", int(outcome.halted))
+        info(ctx.logger, "PLAN_APPROVED", "plan signed and published", cycle_id=body.cycle_id, plan_id=body.plan_id,
+             gate=body.gate, legs=len(body.legs), basis=basis.snapshot_id, params_version=version)
+
+    # -- ticks --------------------------------------------------------------------------------------------
+    async def tick_loop(self) -> None:
+        period = self.ctx.settings.risk_tick_s
+        while not self.ctx.stop.is_set():
+            try:
+                await asyncio.wait_for(self.ctx.stop.wait(), timeout=period)
+                return
+            except TimeoutError:
+                pass
+            try:
+                async with self.lock:
+                    await self.tick()
+            except Exception as exc:  # a failed tick is logged and retried next period, never fatal
+                self.ctx.health.inc("risk_tick_errors")
+                error(self.ctx.logger, "RISK_TICK", "risk tick failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def tick(self) -> TickDecision | None:
+        ctx = self.ctx
+        ctx.health.inc("risk_ticks")
+        basis = await self.latest_snapshot()
+        if basis is None:
+            info(ctx.logger, "RISK_TICK", "tick skipped: no portfolio snapshot yet")
+            return None
+        if not self.settled(basis):
+            info(ctx.logger, "RISK_TICK", "tick skipped: a plan is in flight", plan_id=self.inflight and
+                 self.inflight.plan_id)
+            return None
+        params, version = await load_params(ctx.js)
+        halted = await read_halted(self.kv)
+        held = sorted(s for s, q in basis.holdings.items() if q > 0)
+        read: PriceRead | None = await self.prices.read(held)
+        if read is None and not held:
+            # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.
+            read = PriceRead({}, [], int(time.time() * 1000), "no-prices")
+        prices = read.prices if read is not None else None
+        rules = rules_of(read.markets) if read is not None else {}
+        decision = evaluate_tick(basis, prices, rules, params, self.cost_rate, halted, self.guard, self.marks)
+        self.guard = decision.guard
+        for check in decision.checks:
+            info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,
+                 entry=check.entry, price=check.price, stop_level=check.stop_level, take_level=check.take_level,
+                 verdict=check.verdict)
+        outcome = decision.outcome
+        info(ctx.logger, "RISK_TICK", f"tick: {decision.action}", action=decision.action, basis=basis.snapshot_id,
+             positions=len(held), halted=halted, price_read=decision.price_verdict.status,
+             equity=round(outcome.equity, 2) if outcome else None,
+             drawdown=round(outcome.drawdown, 4) if outcome else None, params_version=version)
+        if read is not None:
+            self.marks.update({s: p for s, p in read.prices.items() if p > 0})
+        if outcome is None:
+            warn(ctx.logger, "SYNC_GUARD", "price read incomplete; not acting on it", missing=decision.price_verdict
+                 .shortfall, reason=decision.price_verdict.reason)
+            return decision
+        assert read is not None
+        ctx.health.set("drawdown", outcome.drawdown)
+        target = tick_target(basis, read.prices, read.markets, params, version, read.as_of_ms, read.digest)
+        await self.latch(target.cycle_id, outcome, halted)
+        if outcome.legs:
+            body = build_plan_body(target, basis, outcome, version)
+            await self.sign_and_publish(body)
+            ctx.health.inc("tick_plans")
+            warn(ctx.logger, "RISK_TICK", "tick triggered: exit plan signed and published", cycle_id=body.cycle_id,
+                 plan_id=body.plan_id, gate=body.gate, legs=[f"{x.side} {x.qty} {x.symbol} ({x.reason})"
+                                                            for x in body.legs], basis=basis.snapshot_id)
+        return decision
+
+
+async def run(ctx: ServiceContext) -> None:
+    s = ctx.settings
+    if not s.private_key_path.is_file():
+        # Never mint a key here: the executor trusts one public key, and a silently new pair would only
+        # get every plan rejected. `aura keygen` (or the compose keygen job) creates the pair once.
+        raise RuntimeError(f"risk private key missing at {s.private_key_path} (setting risk_private_key_file); "
+                           "run `aura keygen`")
+    kv = await state_kv(ctx.js)
+    source = make_price_source(ctx)
+    risk = Risk(ctx, kv, source)
+    sub = await durable_pull(ctx.js, TargetPortfolio.SUBJECT, durable="risk", ack_wait_s=30)
+    ctx.health.checks["signing_key"] = lambda: (True, "loaded")
+    ticker = asyncio.create_task(risk.tick_loop()) if s.risk_tick_s > 0 else None
+    info(ctx.logger, "BOOT", "risk ready", tick_s=s.risk_tick_s, prices=source.name)
+
+    async def on_msg(msg: Any) -> None:
+        await handle(ctx, msg, TargetPortfolio, risk.on_target)
+
+    try:
+        await pull_loop(sub, on_msg, ctx.stop, ctx.logger)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ticker
+        await source.close()

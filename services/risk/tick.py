@@ -1,0 +1,113 @@
+"""The risk tick between signal cycles, as pure functions: SL/TP and drawdown on the latest prices.
+
+The gates themselves are the strategy's (``aura.strategy.pipeline.risk_plan`` with ``targets=None`` runs the
+kill-switch and the stops, ``aura.strategy.risk_gates.stop_trigger`` decides each stop): this module only adds
+what a tick needs around them, so the tick can never decide differently from a cycle on the same inputs:
+
+* ``sl_checks``: one line per position for the [SL_CHECK] log (entry, price, levels, verdict).
+* ``evaluate_tick``: the sync guard on the price read first (a held symbol missing from a ticker answer right
+  after an error must not be valued at nothing and trip the kill-switch), then ``risk_plan``.
+* ``latch_after``: the kill-switch latch, which only an operator clears (``aura risk reset``).
+* ``tick_target``: the synthetic target a tick plan is built from, so it goes through the *same* signed
+  ``PlanBody`` path as a cycle plan, with a deterministic cycle id.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aura.strategy.params import StrategyParams, params_digest
+from aura.strategy.pipeline import PortfolioState, RiskOutcome, risk_plan
+from aura.strategy.risk_gates import NO_STOP, STOP_LOSS, stop_trigger
+from aura.strategy.types import MarketRule
+from services.risk.sync_guard import CONFIRMED, IN_SYNC, GuardState, Verdict, observe
+from shared.contracts import MarketRuleMsg, PortfolioSnapshot, TargetPortfolio, content_id
+
+# A missing price must be missing on this many consecutive ticks before the tick acts without it.
+PRICE_CONFIRM_READS = 3
+
+
+@dataclass(frozen=True)
+class SlCheck:
+    symbol: str
+    qty: float
+    entry: float
+    price: float  # nan when this tick has no price for the symbol
+    stop_level: float  # nan when the stop-loss is disabled
+    take_level: float  # nan when the take-profit is disabled
+    verdict: str  # "hold" | "stop_loss" | "take_profit" | "no_price" | "no_entry"
+
+
+@dataclass(frozen=True)
+class TickDecision:
+    action: str  # "none" | "exit" (stops hit) | "liquidate" (kill-switch / latched halt) | "wait" (guard)
+    outcome: RiskOutcome | None  # None when the guard held the tick back
+    checks: list[SlCheck]
+    price_verdict: Verdict
+    guard: GuardState  # fold into the next tick
+
+
+def sl_checks(snapshot: PortfolioSnapshot, prices: dict[str, float], params: StrategyParams) -> list[SlCheck]:
+    out = []
+    for symbol, qty in sorted(snapshot.holdings.items()):
+        entry = float(snapshot.entry_prices.get(symbol, math.nan))
+        price = float(prices.get(symbol, math.nan))
+        stop = entry * (1.0 - params.stop_loss) if params.stop_loss > 0 and entry > 0 else math.nan
+        take = entry * (1.0 + params.take_profit) if params.take_profit > 0 and entry > 0 else math.nan
+        if not price > 0:
+            verdict = "no_price"
+        elif not entry > 0:
+            verdict = "no_entry"
+        else:
+            kind, _ = stop_trigger(entry, price, price, price, params.stop_loss, params.take_profit)
+            verdict = "hold" if kind == NO_STOP else ("stop_loss" if kind == STOP_LOSS else "take_profit")
+        out.append(SlCheck(symbol, float(qty), entry, price, stop, take, verdict))
+    return out
+
+
+def latch_after(halted_before: bool, outcome: RiskOutcome) -> bool:
+    """The kill-switch latch: once set it stays set (only ``aura risk reset`` clears it)."""
+    return halted_before or outcome.gate == "kill_switch"
+
+
+def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, rules: dict[str, MarketRule],
+                  params: StrategyParams, cost_rate: float, halted: bool, guard: GuardState,
+                  marks: dict[str, float]) -> TickDecision:
+    """Decide one tick. ``prices=None``: the read failed. ``marks``: last good price per symbol.
+
+    A held symbol without a price is a shortfall for the sync guard: until it is confirmed on consecutive
+    ticks the tick does nothing (``wait``).  Once confirmed (a delisted or halted market), the tick runs with
+    that symbol valued at its last known mark, never at zero: a missing quote is not a loss.
+    """
+    expected = {s: 1.0 for s, q in snapshot.holdings.items() if q > 0}
+    present = {s: 1.0 for s, p in (prices or {}).items() if p and p > 0}
+    verdict, guard = observe(guard, expected, None if prices is None else present,
+                             confirm_reads=PRICE_CONFIRM_READS)
+    checks = sl_checks(snapshot, prices or {}, params)
+    if verdict.status not in (IN_SYNC, CONFIRMED):
+        return TickDecision("wait", None, checks, verdict, guard)
+    usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
+    fallback = {**snapshot.entry_prices, **marks}
+    outcome = risk_plan(None, portfolio_state(snapshot, halted), usable, rules, params, cost_rate, marks=fallback)
+    action = "none" if not outcome.legs else ("liquidate" if outcome.halted else "exit")
+    return TickDecision(action, outcome, checks, verdict, guard)
+
+
+def portfolio_state(snap: PortfolioSnapshot, halted: bool) -> PortfolioState:
+    """The executor's snapshot as the decision core's portfolio (cycle plans and ticks alike)."""
+    return PortfolioState(cash=snap.cash, holdings=dict(snap.holdings), entry_prices=dict(snap.entry_prices),
+                          equity_history=tuple(snap.equity_history), halted=halted)
+
+
+def tick_target(snapshot: PortfolioSnapshot, prices: dict[str, float], markets: list[MarketRuleMsg],
+                params: StrategyParams, params_version: int, as_of_ms: int, data_digest: str) -> TargetPortfolio:
+    """The target a tick plan is built from: no weights (the tick never buys), the latest prices, and a
+    cycle id that is a content hash of what the tick saw, so a repeated tick on the same inputs makes the same
+    plan (JetStream dedup and the executor's journal drop it) and the executor closes it like any cycle."""
+    seen = {"basis": snapshot.snapshot_id, "prices": prices, "params_version": params_version, "as_of": as_of_ms}
+    cycle_id = content_id(seen, prefix="tick-", length=16)
+    body = {"cycle_id": cycle_id, "as_of_ms": as_of_ms, "data_digest": data_digest, "params_version": params_version,
+            "params_digest": params_digest(params), "regime": "tick", "weights": {}, "prices": prices,
+            "markets": markets}
+    return TargetPortfolio(target_id=content_id(body, prefix="t-"), **body)  # type: ignore[arg-type]

@@ -1,0 +1,116 @@
+"""Signal service shell: candles from the object store -> compute_targets -> TargetPortfolio.
+
+State between cycles (regime hysteresis) lives in the state KV bucket keyed with the cycle it was made for,
+so a redelivered "data ready" recomputes from the same input state and yields the same target.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from aura.strategy.params import StrategyParams, params_digest
+from aura.strategy.schedule import is_decision_bar, timeframe_ms
+from aura.strategy.signal import compute_targets
+from aura.strategy.state import SignalState
+from aura.strategy.types import Panel
+from shared.bus import candle_store, durable_pull, kv_get, publish, pull_loop, state_kv
+from shared.candles import decode_panel, digest
+from shared.consumer import Reject, handle
+from shared.contracts import CycleAborted, DataReady, TargetPortfolio, content_id
+from shared.live_params import load_params
+from shared.logging import info
+from shared.service import ServiceContext
+
+STATE_KEY = "signal.state"
+
+
+def check_panel(panel: Panel, ready: DataReady) -> None:
+    """Refuse a snapshot that does not match its announcement or carries impossible prices."""
+    if list(panel.symbols) != ready.symbols:
+        raise Reject("bad_data", f"snapshot symbols {panel.symbols} != announced {ready.symbols}")
+    if len(panel.timestamps) == 0 or int(panel.timestamps[-1]) != ready.as_of_ms:
+        raise Reject("bad_data", f"snapshot does not end at as_of {ready.as_of_ms}")
+    if np.any(np.diff(panel.timestamps) <= 0):
+        raise Reject("bad_data", "snapshot timestamps are not strictly increasing")
+    last = panel.close[-1]
+    if np.any(~np.isfinite(last)) or np.any(last <= 0):
+        bad = [s for s, p in zip(panel.symbols, last, strict=True) if not (np.isfinite(p) and p > 0)]
+        raise Reject("bad_data", f"non-positive or NaN last close for {bad}")
+    finite = panel.close[np.isfinite(panel.close)]
+    if np.any(finite <= 0):
+        raise Reject("bad_data", "snapshot holds non-positive closes")
+
+
+def make_target(ready: DataReady, panel: Panel, params: StrategyParams, params_version: int,
+                state_in: SignalState | None) -> tuple[TargetPortfolio, SignalState]:
+    """Pure: the target the signal stage publishes for ``ready`` (``emitted_at_ms`` left at 0)."""
+    targets, state_out = compute_targets(panel, params, state_in)
+    prices = {s: float(p) for s, p in zip(panel.symbols, panel.close[-1], strict=True)}
+    body: dict[str, Any] = {"cycle_id": ready.cycle_id, "as_of_ms": ready.as_of_ms, "data_digest": ready.digest,
+                            "params_version": params_version, "params_digest": params_digest(params),
+                            "regime": targets.regime, "weights": targets.weights, "prices": prices,
+                            "markets": ready.markets, "expected_returns": targets.expected_returns,
+                            "signal_state": state_out.to_dict()}
+    return TargetPortfolio(target_id=content_id(body, prefix="t-"), **body), state_out
+
+
+async def run(ctx: ServiceContext) -> None:
+    store = await candle_store(ctx.js)
+    kv = await state_kv(ctx.js)
+    sub = await durable_pull(ctx.js, DataReady.SUBJECT, durable="signal", ack_wait_s=30)
+    last_cycle = {"at": 0.0}
+    ctx.health.checks["consumer"] = lambda: (True, "durable consumer 'signal' bound")
+
+    async def on_ready(ready: DataReady) -> None:
+        try:
+            blob = await store.get(ready.digest)
+        except (ObjectNotFoundError, NotFoundError) as exc:
+            raise Reject("missing_candles", f"object {ready.digest[:16]} not in candle store: {exc}") from exc
+        # Any other failure (a timeout right after a reconnect) propagates: the consumer redelivers it.
+        data = blob.data or b""
+        if digest(data) != ready.digest:
+            raise Reject("digest_mismatch", f"candle object does not hash to {ready.digest[:16]}")
+        panel = decode_panel(data)
+        check_panel(panel, ready)
+        params, version = await load_params(ctx.js)
+        if not is_decision_bar(ready.as_of_ms, timeframe_ms(ready.timeframe), params.rebalance_every):
+            # Same schedule as the backtester: between decision bars only the risk tick acts.
+            await publish(ctx.js, CycleAborted(cycle_id=ready.cycle_id, stage="signal",
+                                               reason=f"not a decision bar (rebalance_every={params.rebalance_every})"),
+                          msg_id=f"abort-signal-{ready.cycle_id}")
+            return
+        state_in = await _state_for(kv, ready.cycle_id)
+        target, state_out = make_target(ready, panel, params, version, state_in)
+        await kv.put(STATE_KEY, msgspec.json.encode({"cycle_id": ready.cycle_id, "before": _dict(state_in),
+                                                      "after": state_out.to_dict()}))
+        target = msgspec.structs.replace(target, emitted_at_ms=int(time.time() * 1000))
+        await publish(ctx.js, target, msg_id=target.target_id)
+        last_cycle["at"] = time.time()
+        ctx.health.inc("targets_published")
+        ctx.health.set("params_version", version)
+        info(ctx.logger, "TARGETS", "target portfolio published", cycle_id=ready.cycle_id, regime=target.regime,
+             weights=target.weights, params_version=version)
+
+    async def on_msg(msg: Any) -> None:
+        await handle(ctx, msg, DataReady, on_ready)
+
+    await pull_loop(sub, on_msg, ctx.stop, ctx.logger)
+
+
+def _dict(state: SignalState | None) -> dict[str, Any] | None:
+    return state.to_dict() if state is not None else None
+
+
+async def _state_for(kv: Any, cycle_id: str) -> SignalState | None:
+    """The state to feed cycle ``cycle_id``: the stored input if this cycle is being redone, else the output."""
+    raw, _ = await kv_get(kv, STATE_KEY)
+    if raw is None:
+        return None
+    doc = msgspec.json.decode(raw)
+    chosen = doc.get("before") if doc.get("cycle_id") == cycle_id else doc.get("after")
+    return SignalState.from_dict(chosen) if chosen else None
