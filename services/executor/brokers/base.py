@@ -1,0 +1,102 @@
+"""The one interface every broker implements: the paper broker (dry-run) and the generic CCXT broker.
+
+The executor only ever talks to this interface, so idempotency and crash reconciliation are written once.
+All methods are coroutines (the executor is one asyncio task handling one plan at a time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aura.strategy.types import MarketRule
+
+
+class BrokerError(Exception):
+    """Base class; ``transient`` errors may be retried with the same clientOrderId."""
+
+    transient = False
+
+
+class TransientBrokerError(BrokerError):
+    """Network error, 5xx, or a read that failed: retry later, nothing is known to have changed."""
+
+    transient = True
+
+
+class RateLimitedError(TransientBrokerError):
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AmbiguousOrderError(TransientBrokerError):
+    """The order request was sent but no answer came back: it may or may not exist on the exchange.
+
+    Never resend blindly: look it up by clientOrderId first.
+    """
+
+
+class DuplicateOrderError(BrokerError):
+    """The exchange already has an order with this clientOrderId: it exists; look it up, never place again."""
+
+
+class OrderRejectedError(BrokerError):
+    """Final rejection (insufficient balance, filter failure, ...). ``code`` is the exchange's code."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Fill:
+    trade_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float  # in quote currency (USDT)
+    ts_ms: int
+
+
+@dataclass(frozen=True)
+class OrderState:
+    client_order_id: str
+    exchange_order_id: str
+    symbol: str
+    side: str
+    status: str  # "open" | "partially_filled" | "filled" | "canceled" | "rejected" | "expired"
+    qty: float
+    filled_qty: float
+    avg_price: float
+    fills: tuple[Fill, ...] = field(default_factory=tuple)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in ("filled", "canceled", "rejected", "expired")
+
+
+class Broker(Protocol):
+    name: str
+
+    async def load_markets(self) -> dict[str, MarketRule]: ...
+
+    async def fetch_free_balances(self) -> dict[str, float]:
+        """Free balance per asset ("USDT", "BTC", ...). Raises TransientBrokerError on failure."""
+        ...
+
+    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]: ...
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float) -> OrderState:
+        """Place a market order. ``ref_price`` is what the plan assumed (the paper broker fills around it)."""
+        ...
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        """The order as the exchange knows it, by clientOrderId; None when the exchange says it does not exist."""
+        ...
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState | None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,356 @@
+"""The generic CCXT broker: real exchanges (Binance by default), their testnets, or the local simulator.
+
+Money safety lives in the error mapping.  Whatever happens after an order request has left this process and
+no clear answer came back (timeout, dropped connection, 5xx, "execution status unknown") is
+:class:`AmbiguousOrderError`: the order may exist, so the caller must look it up by clientOrderId before
+anything else.  Only an explicit exchange verdict (an error code) is a final :class:`OrderRejectedError`.
+Binance error codes are read from the response body first and ccxt's exception class second, because ccxt
+maps the same code differently by URL (e.g. -1021 is ``BadRequest`` on api.binance.com but ``InvalidNonce``, a
+network error, elsewhere) and maps "Duplicate order sent." to a plain ``InvalidOrder``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import ccxt
+import ccxt.async_support as ccxt_async
+
+from aura.strategy.types import MarketRule
+from services.executor.brokers.base import (
+    AmbiguousOrderError,
+    BrokerError,
+    DuplicateOrderError,
+    Fill,
+    OrderRejectedError,
+    OrderState,
+    RateLimitedError,
+    TransientBrokerError,
+)
+from shared.logging import info, register_secret, warn
+
+_BINANCE_LIKE = {"binance", "binanceus"}
+_CODE_RE = re.compile(r'"code"\s*:\s*(-?\d+)')
+_STATUS = {"NEW": "open", "PENDING_NEW": "open", "PARTIALLY_FILLED": "partially_filled", "FILLED": "filled",
+           "CANCELED": "canceled", "PENDING_CANCEL": "open", "REJECTED": "rejected", "EXPIRED": "expired",
+           "EXPIRED_IN_MATCH": "expired"}
+_UNIFIED_STATUS = {"closed": "filled", "canceled": "canceled", "cancelled": "canceled", "expired": "expired",
+                   "rejected": "rejected"}
+# Binance answers these before anything reaches the matching engine: nothing was done, retrying is safe.
+_AUTH_CODES = {-1002, -1022, -2014, -2015}
+_UNKNOWN_OUTCOME_CODES = {-1000, -1001, -1006, -1007, -1008, -1004}  # "execution status unknown" family
+_NOT_FOUND_CODES = {-2011, -2013}
+
+
+def _rewrite(urls: Any, base_url: str) -> Any:
+    base = urlsplit(base_url)
+    if isinstance(urls, str):
+        parts = urlsplit(urls)
+        return parts._replace(scheme=base.scheme, netloc=base.netloc).geturl() if parts.netloc else urls
+    if isinstance(urls, dict):
+        return {k: _rewrite(v, base_url) for k, v in urls.items()}
+    return urls
+
+
+def make_ccxt_exchange(exchange_id: str = "binance", *, api_key: str = "", secret: str = "",
+                       base_url: str | None = None, async_: bool = True, timeout_ms: int = 10_000,
+                       enable_rate_limit: bool = True, adjust_for_time_difference: bool = True,
+                       testnet: bool = False, options: dict[str, Any] | None = None) -> Any:
+    """A spot-only ccxt client; ``base_url`` points every API host at the simulator (or a proxy/testnet)."""
+    module = ccxt_async if async_ else ccxt
+    cls = getattr(module, exchange_id, None)
+    if cls is None:
+        raise ValueError(f"ccxt has no exchange {exchange_id!r}")
+    opts: dict[str, Any] = {
+        "defaultType": "spot",
+        "fetchMarkets": {"types": ["spot"]},  # no futures/options exchangeInfo calls
+        "fetchCurrencies": False,  # would hit sapi/capital endpoints a spot key may not reach
+        "fetchMargins": False,
+        "adjustForTimeDifference": adjust_for_time_difference,  # a drifting clock otherwise means -1021
+        **(options or {}),
+    }
+    exchange = cls({"apiKey": api_key, "secret": secret, "enableRateLimit": enable_rate_limit,
+                    "timeout": timeout_ms, "options": opts})
+    if testnet and not base_url:
+        exchange.set_sandbox_mode(True)
+    if base_url:
+        exchange.urls["api"] = _rewrite(exchange.urls["api"], base_url.rstrip("/"))
+    return exchange
+
+
+def make_ccxt_binance(base_url: str | None, api_key: str, secret: str, async_: bool = True, **kwargs: Any) -> Any:
+    return make_ccxt_exchange("binance", api_key=api_key, secret=secret, base_url=base_url, async_=async_, **kwargs)
+
+
+def exchange_code(exc: BaseException) -> int | None:
+    """The exchange's own error code, from the response body ccxt quotes in the message."""
+    match = _CODE_RE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ccxt.OrderNotFound) or exchange_code(exc) in _NOT_FOUND_CODES
+
+
+class CcxtBroker:
+    def __init__(self, exchange_id: str = "binance", *, api_key: str = "", secret: str = "",
+                 base_url: str | None = None, timeout_ms: int = 10_000, enable_rate_limit: bool = True,
+                 adjust_for_time_difference: bool = True, testnet: bool = False,
+                 options: dict[str, Any] | None = None, logger: logging.Logger | None = None) -> None:
+        register_secret(api_key)
+        register_secret(secret)
+        self.name = f"ccxt:{exchange_id}"
+        self.exchange_id = exchange_id
+        self.log = logger or logging.getLogger("aura.executor.ccxt")
+        self.exchange = make_ccxt_exchange(exchange_id, api_key=api_key, secret=secret, base_url=base_url,
+                                           timeout_ms=timeout_ms, enable_rate_limit=enable_rate_limit,
+                                           adjust_for_time_difference=adjust_for_time_difference,
+                                           testnet=testnet, options=options)
+        self._binance = exchange_id in _BINANCE_LIKE
+        # Balances can never predate a fill we have seen; an account snapshot older than that is stale.
+        self._balance_floor_ms = 0
+
+    # --- error mapping -----------------------------------------------------------------------------------------
+
+    def _retry_after(self) -> float:
+        headers = getattr(self.exchange, "last_response_headers", None) or {}
+        for key, value in headers.items():
+            if str(key).lower() == "retry-after":
+                try:
+                    return max(0.0, float(value))
+                except (TypeError, ValueError):
+                    break
+        return 1.0
+
+    def _code(self, exc: BaseException) -> int | None:
+        """The exchange's code from the message, else from the last body if it is this error's body.
+
+        ccxt quotes only ``msg`` for errors it maps by message (e.g. insufficient balance), so the code has to
+        come from the raw body; matching the ``msg`` makes sure it is not some other request's answer.
+        """
+        code = exchange_code(exc)
+        if code is not None:
+            return code
+        try:
+            body = json.loads(getattr(self.exchange, "last_http_response", None) or "null")
+        except (TypeError, ValueError):
+            return None
+        if isinstance(body, dict) and isinstance(body.get("code"), int) and body.get("msg") and \
+                str(body["msg"]) in str(exc):
+            return int(body["code"])
+        return None
+
+    def map_error(self, exc: BaseException, *, placing: bool) -> BrokerError:
+        """Translate a ccxt (or transport) exception; ``placing`` = it came from an order-creating request."""
+        code, text = self._code(exc), str(exc)
+        if isinstance(exc, ccxt.DuplicateOrderId) or "Duplicate order sent" in text:
+            return DuplicateOrderError(text)
+        if code in _AUTH_CODES or (code is None and isinstance(exc, ccxt.AuthenticationError)):
+            return BrokerError(f"exchange rejected the credentials: {text}")
+        if code in (-1003, -1015) or isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
+            return RateLimitedError(text, retry_after_s=self._retry_after())
+        if code == -1021 or isinstance(exc, ccxt.InvalidNonce):
+            return TransientBrokerError(f"request timestamp outside the exchange's recvWindow: {text}")
+        if code in _UNKNOWN_OUTCOME_CODES or isinstance(exc, ccxt.NetworkError | ccxt.OperationFailed):
+            return AmbiguousOrderError(text) if placing else TransientBrokerError(text)
+        if isinstance(exc, ccxt.InsufficientFunds | ccxt.InvalidOrder | ccxt.BadRequest) or (
+                code is not None and isinstance(exc, ccxt.ExchangeError)):
+            return OrderRejectedError(text, code=code) if placing else BrokerError(text)
+        # No verdict from the exchange (ccxt wrapped a transport error, or something unexpected).
+        return AmbiguousOrderError(text) if placing else TransientBrokerError(text)
+
+    # --- symbols and markets ---------------------------------------------------------------------------------------
+
+    async def _markets(self) -> dict[str, Any]:
+        try:
+            return await self.exchange.load_markets()
+        except Exception as exc:
+            raise self.map_error(exc, placing=False) from exc
+
+    async def _symbol(self, symbol: str) -> str:
+        """Accept "BTC/USDT", "BTC_USDT" or the exchange id "BTCUSDT"; return ccxt's unified symbol."""
+        markets = await self._markets()
+        if symbol in markets:
+            return symbol
+        candidate = symbol.replace("_", "/")
+        if candidate in markets:
+            return candidate
+        by_id = self.exchange.markets_by_id or {}
+        if symbol in by_id:
+            return by_id[symbol][0]["symbol"]
+        raise OrderRejectedError(f"unknown symbol {symbol!r} on {self.exchange_id}", code=-1121)
+
+    async def load_markets(self) -> dict[str, MarketRule]:
+        markets = await self._markets()
+        rules: dict[str, MarketRule] = {}
+        for symbol, m in markets.items():
+            if not m.get("spot") or m.get("active") is False:
+                continue
+            rules[symbol] = self._rule(symbol, m)
+        return rules
+
+    @staticmethod
+    def _rule(symbol: str, m: dict[str, Any]) -> MarketRule:
+        filters = {f.get("filterType"): f for f in (m.get("info") or {}).get("filters", []) if isinstance(f, dict)}
+        lot, price = filters.get("LOT_SIZE", {}), filters.get("PRICE_FILTER", {})
+        notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
+        limits, precision = m.get("limits") or {}, m.get("precision") or {}
+
+        def num(*values: Any) -> float:
+            for v in values:
+                if v not in (None, ""):
+                    return float(v)
+            return 0.0
+
+        step = num(lot.get("stepSize"), precision.get("amount"))
+        return MarketRule(symbol=symbol, step_size=step, tick_size=num(price.get("tickSize"), precision.get("price")),
+                          min_qty=num(lot.get("minQty"), (limits.get("amount") or {}).get("min"), step),
+                          min_notional=num(notional.get("minNotional"), notional.get("notional"),
+                                           (limits.get("cost") or {}).get("min")))
+
+    # --- reads -------------------------------------------------------------------------------------------------------
+
+    async def fetch_free_balances(self) -> dict[str, float]:
+        try:
+            balance = await self.exchange.fetch_balance()
+        except Exception as exc:
+            raise self.map_error(exc, placing=False) from exc
+        raw = balance.get("info") if isinstance(balance.get("info"), dict) else {}
+        if self._binance and raw.get("balances") == []:
+            # Binance lists every asset, zero or not: an empty list is a glitch, not an empty account.
+            raise TransientBrokerError("exchange returned an empty balance list")
+        updated = int(raw.get("updateTime") or 0)
+        if updated and updated < self._balance_floor_ms:
+            raise TransientBrokerError(f"stale balance snapshot (updateTime {updated} < last fill "
+                                       f"{self._balance_floor_ms})")
+        self._balance_floor_ms = max(self._balance_floor_ms, updated)
+        free = balance.get("free") or {}
+        return {asset: float(v) for asset, v in free.items() if v is not None}
+
+    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
+        """Last price per symbol; a symbol the exchange does not list or price is simply absent."""
+        unified: dict[str, str] = {}
+        for asked in symbols:
+            try:
+                unified[asked] = await self._symbol(asked)
+            except OrderRejectedError:
+                continue
+        if not unified:
+            return {}
+        try:
+            tickers = await self.exchange.fetch_tickers(sorted(set(unified.values())))
+        except Exception as exc:
+            raise self.map_error(exc, placing=False) from exc
+        out: dict[str, float] = {}
+        for asked, sym in unified.items():
+            last = (tickers.get(sym) or {}).get("last")
+            if last:  # never invent a price
+                out[asked] = float(last)
+        return out
+
+    # --- orders ----------------------------------------------------------------------------------------------------
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float) -> OrderState:
+        sym = await self._symbol(symbol)
+        if side not in ("buy", "sell"):
+            raise OrderRejectedError(f"bad side {side!r}")
+        try:
+            amount = float(self.exchange.amount_to_precision(sym, qty))
+        except ccxt.BaseError as exc:  # below one lot step: never sent
+            raise OrderRejectedError(f"{sym} qty {qty} rounds to nothing: {exc}") from exc
+        params = {"newClientOrderId": client_order_id} if self._binance else {"clientOrderId": client_order_id}
+        info(self.log, "BROKER", "placing market order", symbol=sym, side=side, qty=amount,
+             client_order_id=client_order_id, ref_price=ref_price)
+        try:
+            # price=None on purpose: with a price ccxt turns a Binance market buy into a quoteOrderQty order.
+            order = await self.exchange.create_order(sym, "market", side, amount, None, params)
+        except Exception as exc:
+            mapped = self.map_error(exc, placing=True)
+            warn(self.log, "BROKER", "market order failed", symbol=sym, client_order_id=client_order_id,
+                 error=type(mapped).__name__, detail=str(exc)[:300])
+            raise mapped from exc
+        state = await self._state(sym, order, client_order_id, fills_from_order=True)
+        info(self.log, "BROKER", "market order answered", symbol=sym, client_order_id=client_order_id,
+             status=state.status, filled_qty=state.filled_qty, avg_price=state.avg_price)
+        return state
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        sym = await self._symbol(symbol)
+        try:
+            order = await self.exchange.fetch_order("", sym, self._lookup_params(client_order_id))
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise self.map_error(exc, placing=False) from exc
+        return await self._state(sym, order, client_order_id, fills_from_order=False)
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        sym = await self._symbol(symbol)
+        try:
+            order = await self.exchange.cancel_order("", sym, self._lookup_params(client_order_id))
+        except Exception as exc:
+            if is_not_found(exc):  # unknown, or already final (Binance says -2011 for a filled order)
+                return await self.fetch_order(sym, client_order_id)
+            raise self.map_error(exc, placing=False) from exc
+        return await self._state(sym, order, client_order_id, fills_from_order=False)
+
+    async def close(self) -> None:
+        await self.exchange.close()
+
+    def _lookup_params(self, client_order_id: str) -> dict[str, str]:
+        return {"origClientOrderId": client_order_id} if self._binance else {"clientOrderId": client_order_id}
+
+    # --- order conversion -------------------------------------------------------------------------------------------
+
+    async def _state(self, sym: str, order: dict[str, Any], client_order_id: str, *,
+                     fills_from_order: bool) -> OrderState:
+        raw = order.get("info") or {}
+        status = _STATUS.get(str(raw.get("status", "")).upper())
+        filled = float(order.get("filled") or 0.0)
+        if status is None:
+            unified = str(order.get("status") or "open")
+            status = _UNIFIED_STATUS.get(unified, "partially_filled" if filled > 0 else "open")
+        trades = (order.get("trades") or []) if fills_from_order else []
+        if not fills_from_order and filled > 0:
+            trades = await self._order_trades(sym, str(order.get("id")))
+        ts = int(order.get("lastTradeTimestamp") or order.get("timestamp") or 0)
+        fills = tuple(self._fill(sym, order, t, ts) for t in trades)
+        if filled > 0 or status == "canceled":
+            self._balance_floor_ms = max(self._balance_floor_ms, max([ts, *(f.ts_ms for f in fills)]))
+        cost = float(order.get("cost") or 0.0)
+        avg = float(order.get("average") or 0.0) or (cost / filled if filled else 0.0)
+        # Always our id: we placed or looked the order up by it, and Binance's cancel answer carries the
+        # *cancel request's* clientOrderId (the original is in origClientOrderId), which would orphan fills.
+        return OrderState(client_order_id=client_order_id,
+                          exchange_order_id=str(order.get("id") or ""), symbol=sym,
+                          side=str(order.get("side") or ""), status=status,
+                          qty=float(order.get("amount") or 0.0), filled_qty=filled, avg_price=avg, fills=fills)
+
+    async def _order_trades(self, sym: str, order_id: str) -> list[dict[str, Any]]:
+        params = {"orderId": order_id} if self._binance else {}
+        try:
+            trades = await self.exchange.fetch_my_trades(sym, None, None, params)
+        except Exception as exc:
+            raise self.map_error(exc, placing=False) from exc
+        return [t for t in trades if str(t.get("order")) == order_id]
+
+    def _fill(self, sym: str, order: dict[str, Any], trade: dict[str, Any], order_ts: int) -> Fill:
+        price, qty = float(trade.get("price") or 0.0), float(trade.get("amount") or 0.0)
+        base, quote = sym.split("/")[0], sym.split("/")[-1].split(":")[0]
+        fee_quote = 0.0
+        for fee in trade.get("fees") or ([trade["fee"]] if trade.get("fee") else []):
+            cost, currency = float(fee.get("cost") or 0.0), fee.get("currency")
+            if currency == quote:
+                fee_quote += cost
+            elif currency == base:
+                fee_quote += cost * price
+            elif cost:
+                # e.g. paid in BNB: no price for it here; say so rather than silently under-report costs.
+                warn(self.log, "BROKER", "fee in a third currency not converted", currency=currency, cost=cost)
+        return Fill(trade_id=str(trade.get("id") or ""), symbol=sym, side=str(trade.get("side") or order.get("side")),
+                    qty=qty, price=price, fee=fee_quote, ts_ms=int(trade.get("timestamp") or order_ts or 0))

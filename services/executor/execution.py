@@ -1,0 +1,268 @@
+"""Execute one approved plan against a broker, journaling every step before it happens.
+
+Idempotency rules, in order of importance:
+1. Every leg has a deterministic clientOrderId (hash of plan id and leg index); a retry reuses it.
+2. The intent is committed to the journal *before* the network call.
+3. After an ambiguous failure (timeout, 5xx, lost response) the order is looked up by clientOrderId first;
+   it is re-sent only when the exchange confirms it has never seen it.
+4. A duplicate-id rejection means "the order exists": it is fetched, never placed again.
+5. Fills are journaled by trade id (INSERT OR IGNORE), so a fill seen twice is counted once.
+6. "Not found" is only final once a request still travelling could no longer be accepted: the exchange refuses
+   a signed request older than its recvWindow, so a lookup is trusted ``settle_s`` after the last send.  Before
+   that, a lost request may still land; resending then would book the order twice (Binance checks duplicate
+   clientOrderIds only among *open* orders, so a filled first copy does not stop a second one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aura.strategy.rebalance import floor_to_step
+from aura.strategy.types import MarketRule
+from services.executor.brokers.base import (
+    AmbiguousOrderError,
+    Broker,
+    DuplicateOrderError,
+    OrderRejectedError,
+    OrderState,
+    RateLimitedError,
+    TransientBrokerError,
+)
+from services.executor.brokers.client_order_id import client_order_id
+from services.executor.brokers.paper import base_asset
+from services.executor.journal import Journal, now_ms
+from shared.contracts import PlanBody, PlanLeg
+from shared.logging import info, warn
+
+FINAL_INTENT_STATES = ("filled", "partial", "rejected", "skipped", "canceled")
+MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange: look it up before anything
+DEFAULT_SETTLE_S = 11.0  # ccxt's Binance recvWindow (10 s) plus the 1 s a timestamp may run ahead
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    max_order_usdt: float
+    max_attempts: int = 6
+    backoff_s: float = 0.2
+    fill_poll_s: float = 0.1
+    fill_timeout_s: float = 10.0
+    # How long after sending a request its arrival at the exchange is still possible (see rule 6).  Must be at
+    # least the recvWindow the broker signs with; tests against the simulator shrink both together.
+    settle_s: float = DEFAULT_SETTLE_S
+    min_notional_margin: float = 0.01
+
+
+@dataclass
+class ExecutionResult:
+    status: str = "executed"  # "executed" | "partial"
+    reasons: list[str] = field(default_factory=list)
+    new_fills: list[tuple[str, str, str, float, float, float]] = field(default_factory=list)  # tid,cid,sym,q,p,fee
+
+
+async def free_balance_with_retry(broker: Broker, asset: str, limits: ExecutionLimits,
+                                  logger: logging.Logger) -> float | None:
+    """Free balance of ``asset``; a transient failure is retried, not taken as "zero" (the sell clamp must
+    not abort a sell because one balance read failed)."""
+    for attempt in range(1, limits.max_attempts + 1):
+        try:
+            return (await broker.fetch_free_balances()).get(asset, 0.0)
+        except TransientBrokerError as exc:
+            warn(logger, "SELL_CLAMP", "balance fetch failed; retrying", asset=asset, attempt=attempt, error=str(exc))
+            await asyncio.sleep(limits.backoff_s * attempt)
+    return None
+
+
+def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
+              limits: ExecutionLimits) -> tuple[float, str]:
+    """(qty to send, reason). qty 0 means skip with that reason. Pure."""
+    if rule is None:
+        return 0.0, f"no market rules for {leg.symbol}"
+    qty = leg.qty
+    reason = ""
+    if leg.side == "sell" and free_base is not None and qty > free_base:
+        qty = floor_to_step(free_base, rule.step_size)
+        reason = f"sell clamped to free balance {free_base}"
+    if qty * leg.ref_price > limits.max_order_usdt:
+        qty = floor_to_step(limits.max_order_usdt / leg.ref_price, rule.step_size)
+        reason = f"capped at max_order_usdt={limits.max_order_usdt}"
+    qty = floor_to_step(qty, rule.step_size)
+    # The exchange checks the notional at *its* price: keep a margin so a small move since the plan's price
+    # turns a borderline leg into a logged skip here, never into a NOTIONAL rejection there.
+    floor = rule.min_notional * (1.0 + limits.min_notional_margin)
+    if qty < rule.min_qty or qty * leg.ref_price < floor:
+        return 0.0, (f"below exchange minimum (qty {qty} vs min {rule.min_qty}, notional "
+                     f"{qty * leg.ref_price:.2f} vs min {rule.min_notional} + {limits.min_notional_margin:.0%})")
+    return qty, reason
+
+
+async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: float, cid: str,
+                           limits: ExecutionLimits, logger: logging.Logger) -> OrderState | None:
+    """Place (or find) the order for ``cid``. Raises OrderRejectedError on a final rejection."""
+    last_sent = 0.0  # monotonic time of the last request that may have reached the exchange
+    for attempt in range(1, limits.max_attempts + 1):
+        try:
+            if attempt > 1:
+                journal.mark_intent(cid, "sent")  # a new send time: the restart path settles on the latest one
+            last_sent = time.monotonic()
+            return await broker.place_market_order(leg.symbol, leg.side, qty, cid, leg.ref_price)
+        except DuplicateOrderError:
+            info(logger, "IDEMPOTENCY", "duplicate clientOrderId: order exists, fetching it", cid=cid)
+            found = await _lookup(broker, leg.symbol, cid, limits, logger)
+            if found is not None:
+                return found
+        except OrderRejectedError:
+            raise
+        except RateLimitedError as exc:
+            # Refused before the matching engine (Binance answers 429 without booking): waiting is all it takes.
+            warn(logger, "RATE_LIMIT", "rate limited; backing off", cid=cid, retry_after_s=exc.retry_after_s)
+            await asyncio.sleep(min(exc.retry_after_s, 30.0))
+            continue
+        except (AmbiguousOrderError, TransientBrokerError) as exc:
+            warn(logger, "AMBIGUOUS", "order request outcome unknown; looking it up by clientOrderId", cid=cid,
+                 attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+            found = await settled_lookup(broker, leg.symbol, cid, limits, logger,
+                                         settle_left_s=limits.settle_s - (time.monotonic() - last_sent))
+            if found is not None:
+                return found
+            # The exchange confirms it never received the order, after the request could no longer arrive:
+            # resending the same id is safe.
+        await asyncio.sleep(limits.backoff_s * attempt)
+    raise TransientBrokerError(f"order {cid} not confirmed after {limits.max_attempts} attempts")
+
+
+async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits, logger: logging.Logger,
+                         settle_left_s: float) -> OrderState | None:
+    """Look ``cid`` up; a "not found" is trusted only once ``settle_left_s`` has run out (rule 6)."""
+    found = await _lookup(broker, symbol, cid, limits, logger)
+    if found is None and settle_left_s > 0:
+        info(logger, "IDEMPOTENCY", "order not found yet; waiting until a late request can no longer land",
+             cid=cid, wait_s=round(settle_left_s, 3))
+        await asyncio.sleep(settle_left_s)
+        found = await _lookup(broker, symbol, cid, limits, logger)
+    return found
+
+
+async def _lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits,
+                  logger: logging.Logger) -> OrderState | None:
+    for attempt in range(1, limits.max_attempts + 1):
+        try:
+            return await broker.fetch_order(symbol, cid)
+        except TransientBrokerError as exc:
+            warn(logger, "AMBIGUOUS", "order lookup failed; retrying", cid=cid, attempt=attempt, error=str(exc))
+            await asyncio.sleep(limits.backoff_s * attempt)
+    raise TransientBrokerError(f"could not look up order {cid}")
+
+
+async def wait_final(broker: Broker, order: OrderState, cid: str, limits: ExecutionLimits) -> OrderState:
+    """Poll a working order until it is final; cancel the rest after ``fill_timeout_s`` (partial fill)."""
+    deadline = time.monotonic() + limits.fill_timeout_s
+    while not order.is_final and time.monotonic() < deadline:
+        await asyncio.sleep(limits.fill_poll_s)
+        try:
+            order = await broker.fetch_order(order.symbol, cid) or order
+        except TransientBrokerError:
+            continue
+    if not order.is_final:
+        canceled = await broker.cancel_order(order.symbol, cid)
+        order = canceled or order
+        if not order.is_final:  # the cancel answer was not final: ask once more, by our id
+            order = await broker.fetch_order(order.symbol, cid) or order
+    return order
+
+
+def journal_order(journal: Journal, cycle_id: str, order: OrderState, result: ExecutionResult,
+                  cid: str | None = None) -> None:
+    """Journal the order and its fills under ``cid`` (ours), not the id in the answer: a Binance cancel answer
+    carries the *cancel request's* clientOrderId, which would orphan the fills from their intent."""
+    cid = cid or order.client_order_id
+    journal.upsert_order(cid, cycle_id, order.exchange_order_id, order.symbol, order.side, order.status,
+                         order.qty, order.filled_qty, order.avg_price)
+    for f in order.fills:
+        if journal.record_fill(f.trade_id, cycle_id, cid, f.symbol, f.side, f.qty, f.price, f.fee, f.ts_ms):
+            result.new_fills.append((f.trade_id, cid, f.symbol, f.qty, f.price, f.fee))
+
+
+def final_status(order: OrderState) -> str:
+    if order.filled_qty >= order.qty - 1e-12 and order.filled_qty > 0:
+        return "filled"
+    return "partial" if order.filled_qty > 0 else "canceled"
+
+
+async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
+                       limits: ExecutionLimits, logger: logging.Logger) -> ExecutionResult:
+    """Execute (or finish executing) ``plan``; safe to call again for the same plan after a crash."""
+    result = ExecutionResult()
+    # Journal every intent up front (one commit) so a crash at any later point leaves a complete record.
+    journal.begin()
+    for leg in plan.legs:
+        journal.record_intent(client_order_id(plan.plan_id, leg.index), plan.cycle_id, plan.plan_id, leg.index,
+                              leg.symbol, leg.side, leg.qty, leg.ref_price)
+    journal.commit()
+    for leg in plan.legs:  # sells come first in a plan: they free the cash the buys need
+        cid = client_order_id(plan.plan_id, leg.index)
+        status, reason, updated_ms = journal.intent_state(cid)
+        if status in FINAL_INTENT_STATES:
+            # Done before a restart; a leg that did not fully fill still makes the plan "partial".
+            if status in ("partial", "rejected", "canceled"):
+                result.status = "partial"
+                result.reasons.append(f"leg {leg.index} {leg.symbol}: {status} before a restart ({reason})")
+            continue
+        if status in MAYBE_ON_EXCHANGE:
+            # A previous run may have placed it: find it; only a settled "not found" allows placing it.
+            settle_left = limits.settle_s - (now_ms() - updated_ms) / 1000.0 if status == "sent" else 0.0
+            found = await settled_lookup(broker, leg.symbol, cid, limits, logger, settle_left)
+            if found is not None:
+                info(logger, "IDEMPOTENCY", "order from before a restart found; not placing it again", cid=cid,
+                     status=found.status)
+                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result)
+                continue
+            journal.begin()
+            journal.set_intent_status(cid, "unsent", "exchange has no such order")
+            journal.commit()
+        free = None
+        if leg.side == "sell":
+            free = await free_balance_with_retry(broker, base_asset(leg.symbol), limits, logger)
+        qty, note = clamp_leg(leg, rules.get(leg.symbol), free, limits)
+        if note:
+            result.reasons.append(f"leg {leg.index} {leg.symbol}: {note}")
+        if qty <= 0:
+            journal.begin()
+            journal.set_intent_status(cid, "skipped", note)
+            journal.commit()
+            info(logger, "SKIP", "leg skipped", cid=cid, symbol=leg.symbol, reason=note)
+            continue
+        journal.begin()
+        journal.set_intent_status(cid, "sent", note)
+        journal.commit()
+        try:
+            order = await place_idempotent(broker, journal, leg, qty, cid, limits, logger)
+        except OrderRejectedError as exc:
+            journal.begin()
+            journal.set_intent_status(cid, "rejected", f"{exc} (code {exc.code})")
+            journal.commit()
+            result.status = "partial"
+            result.reasons.append(f"leg {leg.index} {leg.symbol} rejected (code {exc.code}): {exc}")
+            warn(logger, "REJECT", "order rejected by the exchange", cid=cid, symbol=leg.symbol, code=exc.code,
+                 error=str(exc))
+            continue
+        assert order is not None
+        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result)
+    return result
+
+
+async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str,
+                        order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult) -> None:
+    """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills."""
+    order = await wait_final(broker, order, cid, limits)
+    final = final_status(order)
+    journal.begin()
+    journal_order(journal, plan.cycle_id, order, result, cid)
+    journal.set_intent_status(cid, final, note)
+    journal.commit()
+    if final != "filled":
+        result.status = "partial"
+        result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "
+                              f"(exchange status {order.status})")

@@ -1,0 +1,265 @@
+"""The executor's SQLite journal (WAL): the single source of truth for what AURA did.
+
+Only the executor opens this file for writing.  Every row carries the cycle id.  Intents are committed
+*before* the network call that places them, so after a crash the journal always knows which orders may
+exist on the exchange and reconciliation can look each one up by its clientOrderId.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cycle_id TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plans (
+    plan_id TEXT PRIMARY KEY,
+    cycle_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    params_version INTEGER NOT NULL,
+    basis_snapshot_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    received_ts_ms INTEGER NOT NULL,
+    committed_ts_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS intents (
+    client_order_id TEXT PRIMARY KEY,
+    cycle_id TEXT NOT NULL,
+    plan_id TEXT NOT NULL,
+    leg_index INTEGER NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    qty REAL NOT NULL,
+    ref_price REAL NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_ts_ms INTEGER NOT NULL,
+    updated_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    client_order_id TEXT PRIMARY KEY,
+    cycle_id TEXT NOT NULL,
+    exchange_order_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    status TEXT NOT NULL,
+    qty REAL NOT NULL,
+    filled_qty REAL NOT NULL,
+    avg_price REAL NOT NULL,
+    updated_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fills (
+    trade_id TEXT PRIMARY KEY,
+    cycle_id TEXT NOT NULL,
+    client_order_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    qty REAL NOT NULL,
+    price REAL NOT NULL,
+    fee REAL NOT NULL,
+    ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    snapshot_id TEXT NOT NULL UNIQUE,
+    cycle_id TEXT NOT NULL,
+    plan_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cash REAL NOT NULL,
+    holdings TEXT NOT NULL,
+    entry_prices TEXT NOT NULL,
+    equity REAL NOT NULL,
+    committed_ts_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_events_cycle ON events(cycle_id);
+CREATE INDEX IF NOT EXISTS idx_intents_status ON intents(status);
+CREATE INDEX IF NOT EXISTS idx_fills_order ON fills(client_order_id);
+"""
+
+# Intent life cycle: pending (journaled, not yet sent) -> sent (request on the wire) -> final states.
+OPEN_INTENT_STATES = ("pending", "sent", "acked")  # "unsent": reconciled, exchange never saw it
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    seq: int
+    snapshot_id: str
+    cycle_id: str
+    plan_id: str
+    status: str
+    cash: float
+    holdings: dict[str, float]
+    entry_prices: dict[str, float]
+    equity: float
+    committed_ts_ms: int
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a cycle commits atomically.
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions ---------------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def event(self, cycle_id: str, kind: str, **detail: Any) -> None:
+        self.db.execute("INSERT INTO events(cycle_id, ts_ms, kind, detail) VALUES (?,?,?,?)",
+                        (cycle_id, now_ms(), kind, json.dumps(detail, sort_keys=True, default=str)))
+
+    def record_plan(self, plan_id: str, cycle_id: str, gate: str, params_version: int, basis: str, body: str,
+                    reasons: list[str], status: str = "received") -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO plans(plan_id, cycle_id, status, gate, params_version, basis_snapshot_id, body,"
+            " reasons, received_ts_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+            (plan_id, cycle_id, status, gate, params_version, basis, body, json.dumps(reasons), now_ms()))
+
+    def set_plan_status(self, plan_id: str, status: str, reasons: list[str] | None = None) -> None:
+        if reasons is None:
+            self.db.execute("UPDATE plans SET status=?, committed_ts_ms=? WHERE plan_id=?",
+                            (status, now_ms(), plan_id))
+        else:
+            self.db.execute("UPDATE plans SET status=?, reasons=?, committed_ts_ms=? WHERE plan_id=?",
+                            (status, json.dumps(reasons), now_ms(), plan_id))
+
+    def record_intent(self, cid: str, cycle_id: str, plan_id: str, leg_index: int, symbol: str, side: str,
+                      qty: float, ref_price: float, status: str = "pending", reason: str = "") -> None:
+        ts = now_ms()
+        self.db.execute(
+            "INSERT OR IGNORE INTO intents(client_order_id, cycle_id, plan_id, leg_index, symbol, side, qty, ref_price,"
+            " status, reason, created_ts_ms, updated_ts_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (cid, cycle_id, plan_id, leg_index, symbol, side, qty, ref_price, status, reason, ts, ts))
+
+    def set_intent_status(self, cid: str, status: str, reason: str = "") -> None:
+        self.db.execute("UPDATE intents SET status=?, reason=?, updated_ts_ms=? WHERE client_order_id=?",
+                        (status, reason, now_ms(), cid))
+
+    def mark_intent(self, cid: str, status: str) -> None:
+        """Change the status (and its time) but keep the reason, e.g. "sent" again on a retry."""
+        self.db.execute("UPDATE intents SET status=?, updated_ts_ms=? WHERE client_order_id=?",
+                        (status, now_ms(), cid))
+
+    def upsert_order(self, cid: str, cycle_id: str, exchange_order_id: str, symbol: str, side: str, status: str,
+                     qty: float, filled_qty: float, avg_price: float) -> None:
+        self.db.execute(
+            "INSERT INTO orders(client_order_id, cycle_id, exchange_order_id, symbol, side, status, qty, filled_qty,"
+            " avg_price, updated_ts_ms) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(client_order_id) DO UPDATE SET"
+            " exchange_order_id=excluded.exchange_order_id, status=excluded.status, filled_qty=excluded.filled_qty,"
+            " avg_price=excluded.avg_price, updated_ts_ms=excluded.updated_ts_ms",
+            (cid, cycle_id, exchange_order_id, symbol, side, status, qty, filled_qty, avg_price, now_ms()))
+
+    def record_fill(self, trade_id: str, cycle_id: str, cid: str, symbol: str, side: str, qty: float, price: float,
+                    fee: float, ts_ms: int) -> bool:
+        """Insert a fill once; returns False when the trade id was already journaled (no double count)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO fills(trade_id, cycle_id, client_order_id, symbol, side, qty, price, fee, ts_ms)"
+            " VALUES (?,?,?,?,?,?,?,?,?)", (trade_id, cycle_id, cid, symbol, side, qty, price, fee, ts_ms))
+        return cur.rowcount == 1
+
+    def record_snapshot(self, snapshot_id: str, cycle_id: str, plan_id: str, status: str, cash: float,
+                        holdings: dict[str, float], entry_prices: dict[str, float], equity: float) -> int:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO snapshots(snapshot_id, cycle_id, plan_id, status, cash, holdings, entry_prices,"
+            " equity, committed_ts_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+            (snapshot_id, cycle_id, plan_id, status, cash, json.dumps(holdings, sort_keys=True),
+             json.dumps(entry_prices, sort_keys=True), equity, now_ms()))
+        return int(cur.lastrowid or 0)
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def executed_plan_for_cycle(self, cycle_id: str) -> str | None:
+        """The plan that already ran for ``cycle_id`` (any final status), if one did."""
+        row = self.db.execute("SELECT plan_id FROM plans WHERE cycle_id=? AND status IN ('executed','partial')"
+                              " LIMIT 1", (cycle_id,)).fetchone()
+        return row[0] if row else None
+
+    def plan_status(self, plan_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
+        return row[0] if row else None
+
+    def latest_snapshot(self) -> SnapshotRow | None:
+        row = self.db.execute("SELECT seq, snapshot_id, cycle_id, plan_id, status, cash, holdings, entry_prices,"
+                              " equity, committed_ts_ms FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return SnapshotRow(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]),
+                           row[8], row[9])
+
+    def equity_history(self, limit: int) -> list[float]:
+        rows = self.db.execute("SELECT equity FROM snapshots ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [r[0] for r in reversed(rows)]
+
+    def open_intents(self) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(OPEN_INTENT_STATES))
+        cur = self.db.execute(f"SELECT client_order_id, cycle_id, plan_id, leg_index, symbol, side, qty, ref_price,"
+                              f" status, updated_ts_ms FROM intents WHERE status IN ({marks})"
+                              f" ORDER BY created_ts_ms, client_order_id", OPEN_INTENT_STATES)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def intent_state(self, cid: str) -> tuple[str, str, int]:
+        """(status, reason, updated_ts_ms) of one intent; raises KeyError if it was never journaled."""
+        row = self.db.execute("SELECT status, reason, updated_ts_ms FROM intents WHERE client_order_id=?",
+                              (cid,)).fetchone()
+        if row is None:
+            raise KeyError(cid)
+        return str(row[0]), str(row[1]), int(row[2])
+
+    def unfinished_plans(self) -> list[str]:
+        """Plans journaled as received/executing but never committed (the executor died mid-plan), oldest first."""
+        rows = self.db.execute("SELECT plan_id FROM plans WHERE status IN ('received', 'executing')"
+                               " ORDER BY received_ts_ms, rowid").fetchall()
+        return [r[0] for r in rows]
+
+    def plan_body(self, plan_id: str) -> str | None:
+        row = self.db.execute("SELECT body FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def fills_for(self, cid: str) -> list[tuple[str, float, float, float]]:
+        return self.db.execute("SELECT trade_id, qty, price, fee FROM fills WHERE client_order_id=?",
+                               (cid,)).fetchall()
+
+    def initial_cash(self) -> float | None:
+        row = self.db.execute("SELECT cash FROM snapshots WHERE status='genesis' ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
+    def all_fills(self) -> list[tuple[str, str, float, float, float]]:
+        """(symbol, side, qty, price, fee) in the order they were journaled."""
+        return self.db.execute("SELECT symbol, side, qty, price, fee FROM fills ORDER BY rowid").fetchall()
+
+    def count(self, table: str) -> int:
+        if table not in ("events", "plans", "intents", "orders", "fills", "snapshots"):
+            raise ValueError(table)
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

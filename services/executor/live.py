@@ -1,0 +1,19 @@
+"""The live broker: generic CCXT with credentials only the executor reads."""
+
+from __future__ import annotations
+
+import logging
+
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.secrets import load_credentials
+from shared.config import Settings
+from shared.logging import info
+
+
+def make_live_broker(settings: Settings, logger: logging.Logger) -> CcxtBroker:
+    creds = load_credentials()
+    broker = CcxtBroker(settings.exchange_id, api_key=creds.api_key, secret=creds.api_secret,
+                        base_url=settings.exchange_api_url or None, testnet=settings.testnet, logger=logger)
+    info(logger, "BOOT", "live broker configured", exchange=settings.exchange_id, testnet=settings.testnet,
+         base_url=settings.exchange_api_url or "default")
+    return broker

@@ -1,0 +1,58 @@
+"""Boot reconciliation, logged [BOOT]: settle every intent the journal left open before a crash.
+
+For each intent that was pending/sent/acked (journaled, maybe on the wire): look the order up by clientOrderId.
+- found: journal the order and any fills that arrived while we were down; the intent is final, or "acked"
+  while the order is still working (the resumed plan waits for it or cancels the rest).
+- not found and never sent ("pending"): mark it "unsent" so the resumed plan places it (with the same id).
+- not found although "sent": trusted only once the request can no longer land (``settle_s`` after it was
+  sent, see ``execution`` rule 6); until then we wait and ask again — nothing is re-sent on a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.executor.brokers.base import Broker, TransientBrokerError
+from services.executor.execution import DEFAULT_SETTLE_S, ExecutionResult, final_status, journal_order
+from services.executor.journal import Journal, now_ms
+from shared.logging import info, warn
+
+
+async def reconcile(journal: Journal, broker: Broker, logger: logging.Logger,
+                    settle_s: float = DEFAULT_SETTLE_S) -> dict[str, int]:
+    counts = {"open": 0, "found": 0, "unsent": 0, "new_fills": 0, "unreachable": 0}
+    for intent in journal.open_intents():
+        counts["open"] += 1
+        cid, symbol = intent["client_order_id"], intent["symbol"]
+        try:
+            order = await broker.fetch_order(symbol, cid)
+            if order is None and intent["status"] == "sent":
+                wait_s = settle_s - (now_ms() - int(intent["updated_ts_ms"])) / 1000.0
+                if wait_s > 0:
+                    info(logger, "BOOT", "sent order not found yet; waiting until a late request can no longer "
+                         "land", cid=cid, wait_s=round(wait_s, 3))
+                    await asyncio.sleep(wait_s)
+                    order = await broker.fetch_order(symbol, cid)
+        except TransientBrokerError as exc:
+            counts["unreachable"] += 1
+            warn(logger, "BOOT", "could not reach the exchange for an open intent; left open", cid=cid,
+                 error=str(exc))
+            continue
+        journal.begin()
+        if order is None:
+            journal.set_intent_status(cid, "unsent", "exchange has no such order")
+            counts["unsent"] += 1
+        else:
+            result = ExecutionResult()
+            journal_order(journal, intent["cycle_id"], order, result, cid)
+            counts["new_fills"] += len(result.new_fills)
+            if order.is_final:
+                journal.set_intent_status(cid, final_status(order), "reconciled at boot")
+            else:
+                journal.set_intent_status(cid, "acked", "working on the exchange at boot")
+            counts["found"] += 1
+        journal.event(intent["cycle_id"], "reconciled", cid=cid, found=order is not None)
+        journal.commit()
+    info(logger, "BOOT", "reconciliation finished", **counts)
+    return counts

@@ -1,0 +1,221 @@
+"""One plan's life cycle in the journal, without the bus: genesis, sync check, execute, snapshot, recovery.
+
+The executor service wraps these with NATS (signature and basis checks, ack after commit, publishing), and
+the crash-trial driver calls exactly the same functions in a process it kills with SIGKILL, so the crash
+harness proves the code path that trades, not a copy of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+
+from aura.strategy.types import MarketRule
+from services.executor.brokers.base import Broker, TransientBrokerError
+from services.executor.brokers.paper import QUOTE, base_asset
+from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan
+from services.executor.journal import Journal
+from services.executor.portfolio import Portfolio, portfolio_from_fills
+from services.executor.reconcile import reconcile
+from services.risk.sync_guard import CONFIRMED, IN_SYNC, GuardState, Tolerance, Verdict, observe
+from shared.contracts import PlanBody, PortfolioSnapshot, canonical_bytes, content_id
+from shared.logging import error, info, warn
+
+EQUITY_HISTORY = 365
+FINAL_PLAN_STATES = ("executed", "partial", "rejected")
+# Float sums of fills against the exchange's 8-decimal ledger differ by ~1e-9 per fill: not a missing position.
+HOLDINGS_TOLERANCE = Tolerance(abs_tol=1e-5, rel_tol=1e-6)
+
+
+@dataclass(frozen=True)
+class SyncCheck:
+    """Live mode: verify journal holdings against exchange balances before a new plan (see sync_guard)."""
+
+    confirm_reads: int = 3
+    max_reads: int = 8
+    delay_s: float = 0.5
+
+
+@dataclass
+class PlanRun:
+    plan_id: str
+    cycle_id: str
+    status: str  # "executed" | "partial" | "rejected"
+    reasons: list[str] = field(default_factory=list)
+    new_fills: list[tuple[str, str, str, float, float, float]] = field(default_factory=list)
+    snapshot_id: str = ""
+    already_final: bool = False  # journaled before: nothing was done this time (a redelivery)
+
+
+# --- portfolio and snapshots ---------------------------------------------------------------------------------
+
+
+def journal_portfolio(journal: Journal) -> Portfolio:
+    initial = journal.initial_cash()
+    return portfolio_from_fills(initial if initial is not None else 0.0, journal.all_fills())
+
+
+def ensure_genesis(journal: Journal, cash: float) -> bool:
+    """Write the genesis snapshot once; True if it was written now."""
+    if journal.latest_snapshot() is not None:
+        return False
+    journal.begin()
+    journal.record_snapshot(content_id({"genesis": cash}, prefix="s-"), "genesis", "", "genesis", cash, {}, {}, cash)
+    journal.event("genesis", "genesis", cash=cash)
+    journal.commit()
+    return True
+
+
+def current_snapshot(journal: Journal) -> PortfolioSnapshot:
+    row = journal.latest_snapshot()
+    assert row is not None, "genesis snapshot is written at boot"
+    return PortfolioSnapshot(snapshot_id=row.snapshot_id, cycle_id=row.cycle_id, plan_id=row.plan_id,
+                             status=row.status, cash=row.cash, holdings=row.holdings,
+                             entry_prices=row.entry_prices, equity=row.equity,
+                             equity_history=journal.equity_history(EQUITY_HISTORY),
+                             committed_at_ms=row.committed_ts_ms)
+
+
+def write_snapshot(journal: Journal, cycle_id: str, plan_id: str, status: str, marks: dict[str, float]) -> str:
+    """Inside an open transaction: journal the portfolio the fills imply, closing ``cycle_id``."""
+    pf = journal_portfolio(journal)
+    equity = round(pf.equity(marks), 8)
+    ident = {"cycle_id": cycle_id, "plan_id": plan_id, "status": status, "cash": pf.cash, "holdings": pf.holdings}
+    snapshot_id = content_id(ident, prefix="s-")
+    journal.record_snapshot(snapshot_id, cycle_id, plan_id, status, pf.cash, pf.holdings, pf.entry_prices, equity)
+    journal.event(cycle_id, "cycle_committed", status=status, plan_id=plan_id, snapshot_id=snapshot_id,
+                  equity=equity)
+    return snapshot_id
+
+
+# --- the sync guard where positions are read from the broker --------------------------------------------------
+
+
+def expected_balances(journal: Journal) -> dict[str, float]:
+    pf = journal_portfolio(journal)
+    out = {QUOTE: pf.cash}
+    for symbol, qty in pf.holdings.items():
+        out[base_asset(symbol)] = out.get(base_asset(symbol), 0.0) + qty
+    return out
+
+
+async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logger, check: SyncCheck,
+                          expected: dict[str, float] | None = None) -> Verdict:
+    """Read exchange balances until the journal's holdings are confirmed present, or a shortfall is confirmed
+    on consecutive good reads.  Returns the last verdict (READ_FAILED / UNCONFIRMED if reads ran out)."""
+    want = expected if expected is not None else expected_balances(journal)
+    state = GuardState()
+    verdict = Verdict("read_failed", {}, 0, "no read made")
+    for attempt in range(1, check.max_reads + 1):
+        try:
+            observed: dict[str, float] | None = await broker.fetch_free_balances()
+        except TransientBrokerError as exc:
+            observed = None
+            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, error=str(exc)[:200])
+        verdict, state = observe(state, want, observed, confirm_reads=check.confirm_reads,
+                                 tolerance=HOLDINGS_TOLERANCE)
+        if verdict.status == IN_SYNC:
+            if attempt > 1:
+                info(logger, "SYNC_GUARD", "exchange balances match the journal again; the earlier read was a "
+                     "glitch", attempt=attempt)
+            return verdict
+        if verdict.status == CONFIRMED:
+            return verdict
+        if verdict.shortfall:
+            warn(logger, "SYNC_GUARD", "exchange shows less than the journal; not acting on an unconfirmed read",
+                 attempt=attempt, shortfall=verdict.shortfall, reason=verdict.reason)
+        await asyncio.sleep(check.delay_s)
+    return verdict
+
+
+async def confirmed_free_quote(broker: Broker, logger: logging.Logger, delay_s: float = 0.5,
+                               max_reads: int = 20) -> float:
+    """Free quote balance, trusted only when two consecutive successful reads agree (a glitched empty read
+    right after an error must not become the journal's starting capital)."""
+    last: float | None = None
+    for attempt in range(1, max_reads + 1):
+        try:
+            value = float((await broker.fetch_free_balances()).get(QUOTE, 0.0))
+        except TransientBrokerError as exc:
+            last = None
+            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, error=str(exc)[:200])
+            await asyncio.sleep(delay_s)
+            continue
+        if last is not None and HOLDINGS_TOLERANCE.allows(last, value) and HOLDINGS_TOLERANCE.allows(value, last):
+            return value
+        last = value
+        await asyncio.sleep(delay_s)
+    raise TransientBrokerError("exchange balances could not be read consistently")
+
+
+# --- one plan -------------------------------------------------------------------------------------------------
+
+
+async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
+                   limits: ExecutionLimits, logger: logging.Logger, marks: dict[str, float],
+                   sync: SyncCheck | None = None) -> PlanRun:
+    """Execute ``plan`` (or finish it after a crash) and close its cycle with a snapshot, idempotently.
+
+    ``sync`` (live mode): before a *new* plan, the journal's holdings must be confirmed on the exchange.  A
+    confirmed shortfall rejects the plan (no order, no liquidation: a human must look); reads that never
+    confirm anything raise TransientBrokerError so the plan is retried later.  A plan already under way is
+    finished without the check: its own orders may be what the balances are missing.
+    """
+    status = journal.plan_status(plan.plan_id)
+    if status in FINAL_PLAN_STATES:
+        return PlanRun(plan.plan_id, plan.cycle_id, str(status), already_final=True)
+    marks.update(plan.prices)
+    if status is None and sync is not None:
+        verdict = await verify_holdings(journal, broker, logger, sync)
+        if verdict.status == CONFIRMED:
+            reasons = [*plan.reasons, f"sync guard: exchange balances short of the journal {verdict.shortfall} "
+                       f"({verdict.reason}); plan refused, nothing traded"]
+            error(logger, "SYNC_GUARD", "exchange balances confirmed short of the journal; refusing the plan",
+                  plan_id=plan.plan_id, cycle_id=plan.cycle_id, shortfall=verdict.shortfall)
+            journal.begin()
+            journal.record_plan(plan.plan_id, plan.cycle_id, plan.gate, plan.params_version,
+                                plan.basis_snapshot_id, canonical_bytes(plan).decode(), reasons, status="rejected")
+            journal.event(plan.cycle_id, "plan_rejected", reason="out_of_sync", plan_id=plan.plan_id,
+                          shortfall=verdict.shortfall)
+            snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, "rejected", marks)
+            journal.commit()
+            return PlanRun(plan.plan_id, plan.cycle_id, "rejected", reasons, snapshot_id=snapshot_id)
+        if verdict.status != IN_SYNC:
+            raise TransientBrokerError(f"holdings could not be verified on the exchange ({verdict.reason})")
+    journal.begin()
+    journal.record_plan(plan.plan_id, plan.cycle_id, plan.gate, plan.params_version, plan.basis_snapshot_id,
+                        canonical_bytes(plan).decode(), plan.reasons)
+    journal.set_plan_status(plan.plan_id, "executing")
+    journal.event(plan.cycle_id, "plan_received" if status is None else "plan_resumed", plan_id=plan.plan_id,
+                  legs=len(plan.legs), gate=plan.gate)
+    journal.commit()
+    result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger)
+    reasons = [*plan.reasons, *result.reasons]
+    journal.begin()
+    journal.set_plan_status(plan.plan_id, result.status, reasons)
+    snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, result.status, marks)
+    journal.commit()
+    return PlanRun(plan.plan_id, plan.cycle_id, result.status, reasons, result.new_fills, snapshot_id)
+
+
+def journaled_plan(journal: Journal, plan_id: str) -> PlanBody:
+    body = journal.plan_body(plan_id)
+    if body is None:
+        raise KeyError(plan_id)
+    return msgspec.json.decode(body, type=PlanBody)
+
+
+async def recover(journal: Journal, broker: Broker, rules: dict[str, MarketRule], limits: ExecutionLimits,
+                  logger: logging.Logger, marks: dict[str, float]) -> list[PlanRun]:
+    """Boot: reconcile open intents, then finish every plan a crash interrupted (its body was verified and
+    journaled before any order).  The bus redelivers the same plan later; it then finds it final."""
+    await reconcile(journal, broker, logger, settle_s=limits.settle_s)
+    runs = []
+    for plan_id in journal.unfinished_plans():
+        plan = journaled_plan(journal, plan_id)
+        info(logger, "BOOT", "finishing a plan interrupted by a crash", plan_id=plan_id, cycle_id=plan.cycle_id)
+        runs.append(await run_plan(plan, broker, journal, rules, limits, logger, marks))
+    return runs

@@ -1,0 +1,271 @@
+"""Executor service shell: one approved plan at a time, journaled to SQLite, acked only after the commit.
+
+The executor is the only process that opens the journal for writing and the only one that reads exchange
+keys.  It consumes the plans stream through one durable pull consumer with ``max_ack_pending=1``; a plan
+whose Ed25519 signature does not verify against the risk public key is journaled as rejected,
+dead-lettered and counted, never executed.  Every cycle (executed, rejected or aborted upstream) ends in a
+snapshot row, which it then publishes so the next cycle is computed on the new portfolio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from aura.strategy.types import MarketRule
+from services.executor.brokers.base import Broker, TransientBrokerError
+from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
+from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
+from services.executor.journal import Journal
+from services.executor.portfolio import portfolio_from_fills
+from services.executor.runner import (
+    FINAL_PLAN_STATES,
+    PlanRun,
+    SyncCheck,
+    confirmed_free_quote,
+    current_snapshot,
+    ensure_genesis,
+    recover,
+    run_plan,
+    write_snapshot,
+)
+from services.ingest.replay import load_market_rules
+from shared.bus import dead_letter, durable_pull, publish, pull_loop
+from shared.contracts import (
+    PLANS_FILTER,
+    ApprovedPlan,
+    ContractError,
+    CycleAborted,
+    FillMsg,
+    PlanBody,
+    PortfolioSnapshot,
+    decode,
+)
+from shared.logging import error, info, warn
+from shared.service import ServiceContext
+from shared.signing import SignatureError, load_public_key, verify_plan
+
+# After a crash the unacked plan comes back this long after it was delivered (boot recovery has usually
+# finished it already, so the redelivery is only acked); a live plan heartbeats to keep it from expiring.
+ACK_WAIT_S = 30.0
+
+
+class Executor:
+    def __init__(self, ctx: ServiceContext, journal: Journal, broker: Broker, rules: dict[str, MarketRule]) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.broker = broker
+        self.rules = rules
+        # The paper broker cannot receive a request late (it lives and dies with this process), so a lookup
+        # "not found" is final at once; a real exchange gets its recvWindow to settle (execution rule 6).
+        settle = 0.0 if ctx.settings.dry_run else DEFAULT_SETTLE_S
+        self.limits = ExecutionLimits(max_order_usdt=ctx.settings.max_order_usdt, settle_s=settle)
+        self.public_key = load_public_key(ctx.settings.public_key_path)
+        self.marks: dict[str, float] = {}
+        # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
+        self.sync = None if ctx.settings.dry_run else SyncCheck()
+
+    # -- state ------------------------------------------------------------------------------------------
+    def current_snapshot(self) -> PortfolioSnapshot:
+        return current_snapshot(self.journal)
+
+    def write_snapshot(self, cycle_id: str, plan_id: str, status: str) -> PortfolioSnapshot:
+        """Inside an open transaction: journal the portfolio the fills imply, closing ``cycle_id``."""
+        write_snapshot(self.journal, cycle_id, plan_id, status, self.marks)
+        return self.current_snapshot()
+
+    async def genesis_cash(self) -> float:
+        s = self.ctx.settings
+        if s.dry_run:
+            return s.paper_cash_usdt
+        # Live: the journal starts with what the exchange really holds (at most the configured capital), read
+        # twice in a row alike so a glitched first read cannot make the journal believe in money that is not
+        # there (every plan would then be refused by the sync guard) or miss money that is.
+        cash = await confirmed_free_quote(self.broker, self.ctx.logger)
+        return min(cash, s.paper_cash_usdt)
+
+    async def boot(self) -> None:
+        if self.journal.latest_snapshot() is None:
+            cash = await self.genesis_cash()
+            ensure_genesis(self.journal, cash)
+            info(self.ctx.logger, "BOOT", "genesis snapshot written", cash=cash)
+        try:
+            runs = await recover(self.journal, self.broker, self.rules, self.limits, self.ctx.logger, self.marks)
+        except TransientBrokerError as exc:
+            # The exchange is unreachable: the interrupted plan stays "executing" and its redelivery finishes it.
+            runs = []
+            warn(self.ctx.logger, "BOOT", "could not finish an interrupted plan yet; its redelivery will",
+                 error=str(exc))
+        snap = self.current_snapshot()
+        for run in runs:
+            info(self.ctx.logger, "CYCLE_COMMITTED", "interrupted plan finished at boot", cycle_id=run.cycle_id,
+                 plan_id=run.plan_id, status=run.status, fills=len(run.new_fills))
+            await self._publish_fills_of(run)
+        await publish(self.ctx.js, snap, msg_id=snap.snapshot_id)
+        info(self.ctx.logger, "BOOT", "executor ready", snapshot_id=snap.snapshot_id, cycle_id=snap.cycle_id,
+             cash=snap.cash, holdings=snap.holdings, broker=self.broker.name)
+
+    # -- plans ------------------------------------------------------------------------------------------
+    async def on_message(self, msg: Msg) -> None:
+        if msg.subject == CycleAborted.SUBJECT:
+            await self._guarded(msg, self._on_aborted)
+        else:
+            await self._guarded(msg, self._on_plan)
+
+    async def _guarded(self, msg: Msg, handler: Any) -> None:
+        try:
+            await handler(msg)
+        except Exception as exc:
+            # Leave the message unacked: JetStream redelivers it and the journal makes the retry idempotent.
+            self.journal.rollback()
+            self.ctx.health.inc("handler_errors")
+            error(self.ctx.logger, "EXEC_ERROR", "plan handling failed; will be redelivered", subject=msg.subject,
+                  error=f"{type(exc).__name__}: {exc}")
+            await msg.nak(delay=2.0)
+
+    async def _reject(self, msg: Msg, reason: str, detail: str, cycle_id: str, plan_id: str = "") -> None:
+        self.ctx.health.inc("plans_rejected")
+        self.ctx.health.inc(f"plans_rejected_{reason}")
+        self.journal.begin()
+        self.journal.event(cycle_id or "unknown", "plan_rejected", reason=reason, detail=detail, plan_id=plan_id)
+        self.journal.commit()
+        await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject, reason, detail, msg.data)
+        await msg.term()
+
+    async def _on_plan(self, msg: Msg) -> None:
+        try:
+            approved = decode(msg.data, ApprovedPlan)
+        except ContractError as exc:
+            await self._reject(msg, "malformed", str(exc), "unknown")
+            return
+        plan = approved.plan
+        try:
+            verify_plan(approved, self.public_key)
+        except SignatureError as exc:
+            warn(self.ctx.logger, "FORGED_PLAN", "plan signature does not verify; refusing it", cycle_id=plan.cycle_id,
+                 plan_id=plan.plan_id)
+            await self._reject(msg, "bad_signature", str(exc), plan.cycle_id, plan.plan_id)
+            return
+        status = self.journal.plan_status(plan.plan_id)
+        if status in FINAL_PLAN_STATES:
+            info(self.ctx.logger, "IDEMPOTENCY", "plan already journaled; acking the redelivery", plan_id=plan.plan_id)
+            await msg.ack()
+            await self._publish_snapshot(self.current_snapshot())
+            return
+        earlier = self.journal.executed_plan_for_cycle(plan.cycle_id) if status is None else None
+        if earlier is not None:
+            # A late copy of this cycle's data (ingest retries after a timeout) produced a second plan on the
+            # new basis: one cycle trades once, whatever arrives twice.
+            await self._reject(msg, "cycle_done", f"cycle {plan.cycle_id} already executed by plan {earlier}",
+                               plan.cycle_id, plan.plan_id)
+            await self._publish_snapshot(self.current_snapshot())
+            return
+        current = self.current_snapshot()
+        if status is None and plan.basis_snapshot_id != current.snapshot_id:
+            # Computed on a portfolio that no longer exists (an older plan ran since): never execute it.
+            await self._reject(msg, "stale_basis", f"basis {plan.basis_snapshot_id} != current "
+                               f"{current.snapshot_id}", plan.cycle_id, plan.plan_id)
+            return
+        if isinstance(self.broker, PaperBroker):
+            self.broker.prices.update(plan.prices)
+        heartbeat = asyncio.create_task(self._keep_in_progress(msg))
+        try:
+            run = await run_plan(plan, self.broker, self.journal, self.rules, self.limits, self.ctx.logger,
+                                 self.marks, self.sync)
+        finally:
+            heartbeat.cancel()
+        snap = self.current_snapshot()
+        await msg.ack()  # only after the commit
+        await self._publish_fills_of(run)
+        await self._publish_snapshot(snap)
+        if run.status == "rejected":
+            self.ctx.health.inc("plans_rejected")
+            self.ctx.health.inc("plans_rejected_out_of_sync")
+        else:
+            self.ctx.health.inc("plans_executed")
+        self.ctx.health.inc("fills", len(run.new_fills))
+        self.ctx.health.set("equity", snap.equity)
+        self.ctx.health.set("last_commit_unix", time.time())
+        info(self.ctx.logger, "CYCLE_COMMITTED", "plan executed and journaled", cycle_id=plan.cycle_id,
+             plan_id=plan.plan_id, status=run.status, fills=len(run.new_fills), equity=snap.equity)
+
+    @staticmethod
+    async def _keep_in_progress(msg: Msg) -> None:
+        """Tell JetStream a long plan (partial fills, settle waits) is still being worked on, so the short
+        ack_wait only matters when this process is gone; a redelivery would be harmless, only wasteful."""
+        while True:
+            await asyncio.sleep(ACK_WAIT_S / 3)
+            try:
+                await msg.in_progress()
+            except Exception:
+                return
+
+    async def _on_aborted(self, msg: Msg) -> None:
+        try:
+            aborted = decode(msg.data, CycleAborted)
+        except ContractError as exc:
+            await self._reject(msg, "malformed", str(exc), "unknown")
+            return
+        self.journal.begin()
+        self.journal.event(aborted.cycle_id, "cycle_aborted", stage=aborted.stage, reason=aborted.reason)
+        snap = self.write_snapshot(aborted.cycle_id, "", "aborted")
+        self.journal.commit()
+        await msg.ack()
+        await self._publish_snapshot(snap)
+        self.ctx.health.inc("cycles_aborted")
+        warn(self.ctx.logger, "CYCLE_ABORTED", "cycle ended without a plan", cycle_id=aborted.cycle_id,
+             stage=aborted.stage, reason=aborted.reason)
+
+    async def _publish_snapshot(self, snap: PortfolioSnapshot) -> None:
+        await publish(self.ctx.js, snap, msg_id=snap.snapshot_id)
+
+    async def _publish_fills_of(self, run: PlanRun) -> None:
+        if not run.new_fills:
+            return
+        body = self.journal.plan_body(run.plan_id)
+        sides = {}
+        if body is not None:
+            sides = {leg.symbol: leg.side for leg in msgspec.json.decode(body, type=PlanBody).legs}
+        for trade_id, cid, symbol, qty, price, fee in run.new_fills:
+            await publish(self.ctx.js, FillMsg(fill_id=trade_id, cycle_id=run.cycle_id, plan_id=run.plan_id,
+                                               client_order_id=cid, symbol=symbol, side=sides.get(symbol, ""),
+                                               qty=qty, price=price, fee=fee), msg_id=trade_id)
+
+
+def make_broker(ctx: ServiceContext, journal: Journal) -> Broker:
+    s = ctx.settings
+    if s.dry_run:
+        # The paper venue trades the bundled markets with their real Binance lot/notional rules.
+        rules = load_market_rules(Path(s.replay_dir) / "markets.json")
+        initial = journal.initial_cash()
+        pf = portfolio_from_fills(initial if initial is not None else s.paper_cash_usdt, journal.all_fills())
+        balances = {QUOTE: pf.cash, **{base_asset(sym): q for sym, q in pf.holdings.items()}}
+        return PaperBroker(balances, rules, s.paper_fee_rate, s.paper_slippage_bps)
+    from services.executor.live import make_live_broker
+
+    return make_live_broker(s, ctx.logger)
+
+
+async def run(ctx: ServiceContext) -> None:
+    s = ctx.settings
+    if not s.public_key_path.is_file():
+        raise RuntimeError(f"risk public key missing at {s.public_key_path} (setting risk_public_key_file); "
+                           "run `aura keygen`")
+    journal = Journal(s.journal_path)
+    broker = make_broker(ctx, journal)
+    executor = Executor(ctx, journal, broker, await broker.load_markets())
+    await executor.boot()
+    sub = await durable_pull(ctx.js, PLANS_FILTER, durable="executor", ack_wait_s=ACK_WAIT_S, max_ack_pending=1,
+                             stream="AURA_PLANS")
+    ctx.health.checks["journal"] = lambda: (True, str(s.journal_path.name))
+    ctx.health.checks["mode"] = lambda: (True, "dry-run (paper broker)" if s.dry_run else f"live {s.exchange_id}")
+    try:
+        await pull_loop(sub, executor.on_message, ctx.stop, ctx.logger)
+    finally:
+        await broker.close()
+        journal.close()
