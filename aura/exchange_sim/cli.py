@@ -1,0 +1,84 @@
+"""``aura exchange-sim``: serve the simulator on a local port until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from aura.exchange_sim.engine import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, default_data_dir
+from aura.exchange_sim.server import SimServer
+
+
+def _balance(raw: str) -> tuple[str, str]:
+    asset, sep, amount = raw.partition("=")
+    if not sep or not asset:
+        raise argparse.ArgumentTypeError(f"expected ASSET=AMOUNT, got {raw!r}")
+    try:
+        float(amount)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad amount in {raw!r}") from exc
+    return asset.upper(), amount
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed at start)")
+    p.add_argument("--api-key", default=DEFAULT_API_KEY)
+    p.add_argument("--api-secret", default=DEFAULT_API_SECRET)
+    p.add_argument("--balance", type=_balance, action="append", default=None, metavar="ASSET=AMOUNT",
+                   help="starting free balance, repeatable (default USDT=10000)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="candle folder (BASE_QUOTE.parquet files) or replay root with binance/<tf>/")
+    p.add_argument("--timeframe", default="1d")
+    p.add_argument("--symbols", default="", help="comma-separated Binance ids to serve (default: all in --data)")
+    p.add_argument("--start", default=None, help="replay clock start, ISO date or ms (default: a year before the end)")
+    p.add_argument("--fee-rate", type=float, default=0.001)
+    p.add_argument("--market-fill-chunks", type=int, default=1)
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    balances: dict[str, Any] = dict(args.balance) if args.balance else {"USDT": 10_000}
+    symbols = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()) or None
+    return SimConfig(data_dir=args.data or default_data_dir(), timeframe=args.timeframe, symbols=symbols,
+                     start=args.start, balances=balances, api_key=args.api_key, api_secret=args.api_secret,
+                     fee_rate=args.fee_rate, market_fill_chunks=args.market_fill_chunks)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        server = SimServer(config=config_from_args(args), host=args.host, port=args.port)
+    except (OSError, ValueError) as exc:
+        print(f"exchange-sim: cannot start: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        done.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    server.start()
+    # One machine-readable line so scripts (and tests) can find the port picked for --port 0.
+    print(json.dumps({"exchange_sim": f"http://{args.host}:{server.port}", "symbols": server.sim.market.listed(),
+                      "clock_ms": server.sim.market.clock_ms}), flush=True)
+    done.wait()
+    server.stop()
+    return 0
+
+
+def add_exchange_sim_parser(subparsers: Any) -> None:
+    """Register ``exchange-sim`` on an argparse subparsers object (the ``aura`` console script)."""
+    p = subparsers.add_parser("exchange-sim", help="run the local Binance Spot simulator")
+    _add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aura exchange-sim", description=__doc__)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))

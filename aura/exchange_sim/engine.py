@@ -1,0 +1,428 @@
+"""The simulated exchange: one spot account, its orders, and fills against the replayed prices.
+
+Everything here is synchronous and guarded by one lock; the HTTP layer calls in from many threads.
+Fills are deterministic: prices come from the replay (or a pinned price), partial fills follow the
+configured chunk counts, and the only randomness (optional price jitter) comes from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from aura.exchange_sim.errors import (
+    BinanceError,
+    duplicate_order,
+    filter_failure,
+    illegal_chars,
+    mandatory,
+    order_does_not_exist,
+    unknown_order_sent,
+)
+from aura.exchange_sim.faults import FaultBook
+from aura.exchange_sim.ledger import ZERO, Balances, Order, Trade, floor_to, q8
+from aura.exchange_sim.market import Market
+
+DEFAULT_API_KEY = "aura-sim-key"
+DEFAULT_API_SECRET = "aura-sim-secret"
+CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
+_DECIMAL_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_data_dir() -> Path:
+    """The repo's bundled replay set, else the shared real-data folder beside the repo."""
+    bundled = _REPO_ROOT / "data" / "replay"
+    if (bundled / "binance" / "1d").is_dir():
+        return bundled
+    return Path(os.environ.get("AURA_SHARED_DATA", _REPO_ROOT.parent / "shared" / "data"))
+
+
+@dataclass
+class SimConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    timeframe: str = "1d"
+    symbols: tuple[str, ...] | None = None  # None: every file in the data folder
+    start: int | str | None = None  # replay clock start (ms or ISO date); default one year before the end
+    balances: dict[str, float | str] = field(default_factory=lambda: {"USDT": 10_000})
+    api_key: str = DEFAULT_API_KEY
+    api_secret: str = DEFAULT_API_SECRET
+    fee_rate: float = 0.001  # charged in the quote asset on every fill
+    spread_bps: float = 0.0
+    jitter_bps: float = 0.0  # seeded random extra slippage against the taker
+    seed: int = 0
+    market_fill_chunks: int = 1  # >1: a market order fills one chunk now and one per later query/step
+    market_expire_after_chunks: int = 0  # >0: after this many chunks the rest EXPIRES (thin book)
+    limit_fill_chunks: int = 1
+    fill_on_query: bool = True  # GET /order moves a working order one chunk on (the "successive queries")
+    duplicate_scope: str = "all"  # "all": any known clientOrderId is a duplicate; "open": only unfinished
+    clock_skew_ms: int = 0  # server clock = wall clock + skew (to provoke -1021)
+    rules: dict[str, dict[str, float]] = field(default_factory=dict)  # per-symbol filter overrides
+
+
+_LIVE_KEYS = {"fee_rate", "spread_bps", "jitter_bps", "market_fill_chunks", "market_expire_after_chunks",
+              "limit_fill_chunks", "fill_on_query", "duplicate_scope", "clock_skew_ms"}
+
+
+def _coerce(value: Any, expected: type) -> Any:
+    if expected is bool and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return expected(value)
+
+
+def parse_decimal(name: str, raw: str | None, *, required: bool = False) -> Decimal | None:
+    if raw is None or raw == "":
+        if required:
+            raise mandatory(name)
+        return None
+    if not _DECIMAL_RE.match(raw):
+        raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$")
+    try:
+        return Decimal(raw)
+    except InvalidOperation as exc:  # pragma: no cover - the regex already rules this out
+        raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$") from exc
+
+
+class ExchangeSim:
+    def __init__(self, config: SimConfig | None = None, *, wall_ms: Callable[[], int] | None = None) -> None:
+        self.config = config or SimConfig()
+        self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        self.lock = threading.RLock()
+        self.market = Market(Path(self.config.data_dir), timeframe=self.config.timeframe,
+                             symbols=self.config.symbols, start=self.config.start, rule_overrides=self.config.rules,
+                             spread_bps=self.config.spread_bps)
+        initial = {a.upper(): Decimal(str(v)) for a, v in self.config.balances.items()}
+        for s in self.market.series.values():
+            initial.setdefault(s.base, ZERO)
+            initial.setdefault(s.quote, ZERO)
+        self.balances = Balances(initial, self.now_ms())
+        self.faults = FaultBook()
+        self._rng = random.Random(self.config.seed)
+        self._orders: dict[int, Order] = {}
+        self._by_client: dict[tuple[str, str], Order] = {}
+        self._trades: list[Trade] = []
+        self._next_order_id = 1
+        self._next_trade_id = 1
+        self._served_snapshot: dict[str, Any] | None = None
+
+    # --- time ---------------------------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return self._wall_ms() + self.config.clock_skew_ms
+
+    # --- control (tests and /_sim/*) ------------------------------------------------------------------------
+
+    def configure(self, **changes: Any) -> None:
+        unknown = set(changes) - _LIVE_KEYS
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)} at run time; allowed: {sorted(_LIVE_KEYS)}")
+        with self.lock:
+            for key, value in changes.items():
+                setattr(self.config, key, _coerce(value, type(getattr(self.config, key))))
+            self.market.spread = Decimal(str(self.config.spread_bps)) / Decimal(20_000)
+
+    def set_price(self, symbol: str, price: float | str | Decimal) -> None:
+        with self.lock:
+            self.market.set_price(symbol, Decimal(str(price)))
+            self._work_all()
+
+    def advance(self, bars: int = 1) -> None:
+        with self.lock:
+            self.market.advance(bars)
+            self._work_all()
+
+    def step(self) -> None:
+        """Move every working order one chunk on, as a later matching pass on the exchange would."""
+        with self.lock:
+            self._work_all()
+
+    def set_balance(self, asset: str, free: float | str | Decimal) -> None:
+        with self.lock:
+            self.balances.set_free(asset.upper(), Decimal(str(free)), self.now_ms())
+
+    def price(self, symbol: str) -> Decimal:
+        with self.lock:
+            return self.market.price(symbol)
+
+    def free(self, asset: str) -> Decimal:
+        with self.lock:
+            return self.balances.free.get(asset, ZERO)
+
+    def order_by_client_id(self, symbol: str, client_order_id: str) -> Order | None:
+        with self.lock:
+            return self._by_client.get((symbol, client_order_id))
+
+    def request_counts(self) -> dict[str, int]:
+        """Exchange API requests received so far, per "METHOD /path" (control endpoints not counted)."""
+        return self.faults.counts()
+
+    def orders(self) -> list[Order]:
+        with self.lock:
+            return list(self._orders.values())
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "clock_ms": self.market.clock_ms, "interval": self.market.interval,
+                "prices": {s: str(self.market.price(s)) for s in self.market.listed()},
+                "balances": {a: {"free": str(self.balances.free[a]), "locked": str(self.balances.locked[a])}
+                             for a in sorted(self.balances.free)},
+                "orders": [o.query_json() for o in self._orders.values()],
+                "trades": [t.my_trade_json() for t in self._trades],
+                "requests": self.faults.counts(), "faults": self.faults.pending(),
+            }
+
+    # --- account ----------------------------------------------------------------------------------------------
+
+    def account(self, fault_kind: str | None = None, omit_zero: bool = False) -> dict[str, Any]:
+        with self.lock:
+            if fault_kind == "stale_balance" and self._served_snapshot is not None:
+                return self._served_snapshot
+            fee = str(q8(Decimal(str(self.config.fee_rate))))
+            balances = self.balances.snapshot()
+            if omit_zero:
+                balances = [b for b in balances if Decimal(b["free"]) or Decimal(b["locked"])]
+            body = {"makerCommission": 10, "takerCommission": 10, "buyerCommission": 0, "sellerCommission": 0,
+                    "commissionRates": {"maker": fee, "taker": fee, "buyer": "0.00000000", "seller": "0.00000000"},
+                    "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
+                    "requireSelfTradePrevention": False, "preventSor": False, "updateTime": self.balances.update_ms,
+                    "accountType": "SPOT", "balances": balances, "permissions": ["SPOT"], "uid": 1}
+            if fault_kind == "empty_balance":
+                return {**body, "balances": []}
+            if fault_kind == "stale_balance":  # nothing served yet: the first snapshot is the stale one
+                return body
+            self._served_snapshot = body
+            return body
+
+    # --- orders -------------------------------------------------------------------------------------------------
+
+    def new_order(self, p: dict[str, str]) -> dict[str, Any]:
+        with self.lock:
+            return self._new_order(p)
+
+    def _new_order(self, p: dict[str, str]) -> dict[str, Any]:
+        m = self.market
+        symbol = p.get("symbol", "")
+        m.series_of(symbol)
+        side, otype = p.get("side", ""), p.get("type", "")
+        if not side:
+            raise mandatory("side")
+        if side not in ("BUY", "SELL"):
+            raise BinanceError(-1117, "Invalid side.")
+        if not otype:
+            raise mandatory("type")
+        if otype not in ("MARKET", "LIMIT"):
+            raise BinanceError(-1116, "Invalid orderType.")
+        cid = p.get("newClientOrderId") or f"sim{self._next_order_id:020d}"
+        if not CLIENT_ID_RE.match(cid):
+            raise illegal_chars("newClientOrderId", "^[a-zA-Z0-9-_]{1,36}$")
+        resp_type = p.get("newOrderRespType", "FULL")
+        if resp_type not in ("ACK", "RESULT", "FULL"):
+            raise illegal_chars("newOrderRespType", "ACK, RESULT, FULL")
+        qty = parse_decimal("quantity", p.get("quantity"))
+        quote_qty = parse_decimal("quoteOrderQty", p.get("quoteOrderQty"))
+        price = parse_decimal("price", p.get("price"))
+        tif = p.get("timeInForce", "")
+        if not m.is_trading(symbol):
+            raise BinanceError(-1013, "Market is closed.")
+        rules = m.rules[symbol]
+        bid, ask = m.bid_ask(symbol)
+        if otype == "MARKET":
+            for extra, value in (("timeInForce", tif), ("price", price)):
+                if value:
+                    raise BinanceError(-1106, f"Parameter '{extra}' sent when not required.")
+            if qty is None and quote_qty is None:
+                raise BinanceError(-1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were "
+                                          "empty/null!")
+            if qty is not None and quote_qty is not None:
+                raise BinanceError(-1106, "Parameter 'quoteOrderQty' sent when not required.")
+            if qty is None:
+                # Binance spends up to quoteOrderQty; here it becomes the largest lot that fits at the ask.
+                qty = floor_to(quote_qty / ask, rules.step_size) if quote_qty else ZERO
+            ref_price, tif = (ask if side == "BUY" else bid), "GTC"
+        else:
+            if not tif:
+                raise mandatory("timeInForce")
+            if tif not in ("GTC", "IOC", "FOK"):
+                raise BinanceError(-1115, "Invalid timeInForce.")
+            if quote_qty is not None:
+                raise BinanceError(-1106, "Parameter 'quoteOrderQty' sent when not required.")
+            if price is None:
+                raise mandatory("price")
+            if qty is None:
+                raise mandatory("quantity")
+            if price < rules.min_price or price > rules.max_price or (price - rules.min_price) % rules.tick_size:
+                raise filter_failure("PRICE_FILTER")
+            ref_price = price
+        if qty < rules.min_qty or qty > rules.max_qty or (qty - rules.min_qty) % rules.step_size:
+            raise filter_failure("LOT_SIZE")
+        if qty * ref_price < rules.min_notional:
+            raise filter_failure("NOTIONAL")
+        known = self._by_client.get((symbol, cid))
+        if known is not None and (self.config.duplicate_scope == "all" or not known.is_final):
+            raise duplicate_order()
+        now = self.now_ms()
+        base, quote = m.series[symbol].base, m.series[symbol].quote
+        fee = Decimal(str(self.config.fee_rate))
+        lock_asset, lock_amount = (quote, q8(qty * ref_price * (1 + fee))) if side == "BUY" else (base, qty)
+        self.balances.lock(lock_asset, lock_amount, now)  # raises -2010 insufficient balance
+        order = Order(order_id=self._next_order_id, client_order_id=cid, symbol=symbol, side=side, type=otype,
+                      time_in_force=tif, orig_qty=qty, price=price if otype == "LIMIT" else ZERO,
+                      orig_quote_qty=quote_qty or ZERO, time_ms=now, update_ms=now, lock_asset=lock_asset,
+                      locked=lock_amount)
+        self._next_order_id += 1
+        self._orders[order.order_id] = order
+        self._by_client[(symbol, cid)] = order
+        fills_before = len(order.trades)
+        if otype == "LIMIT" and tif == "FOK":
+            if self._marketable(order):
+                while not order.is_final:
+                    self._fill_chunk(order, taker=True, whole=True, now=now)
+            else:
+                self._finish(order, "EXPIRED", now)
+        else:
+            self._work(order, taker=True, now=now)  # same ms as transactTime, as Binance's first fills are
+            if otype == "LIMIT" and tif == "IOC" and not order.is_final:
+                self._finish(order, "EXPIRED", now)
+        return order.new_order_json(resp_type, order.trades[fills_before:])
+
+    def _find(self, p: dict[str, str]) -> Order | None:
+        symbol = p.get("symbol", "")
+        self.market.series_of(symbol)
+        order_id, cid = p.get("orderId"), p.get("origClientOrderId")
+        if not order_id and not cid:
+            raise BinanceError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were "
+                                      "empty/null!")
+        if order_id:
+            if not order_id.isdigit():
+                raise illegal_chars("orderId", "^[0-9]{1,20}$")
+            order = self._orders.get(int(order_id))
+            return order if order is not None and order.symbol == symbol else None
+        return self._by_client.get((symbol, cid or ""))
+
+    def get_order(self, p: dict[str, str]) -> dict[str, Any]:
+        with self.lock:
+            order = self._find(p)
+            if order is None:
+                raise order_does_not_exist()
+            if self.config.fill_on_query and not order.is_final:
+                self._work(order, taker=False)
+            return order.query_json()
+
+    def cancel_order(self, p: dict[str, str]) -> dict[str, Any]:
+        with self.lock:
+            order = self._find(p)
+            if order is None or order.is_final:
+                raise unknown_order_sent()
+            self._finish(order, "CANCELED")
+            cancel_id = p.get("newClientOrderId") or f"simcancel{order.order_id:016d}"
+            return order.cancel_json(cancel_id, self.now_ms())
+
+    def open_orders(self, symbol: str | None) -> list[dict[str, Any]]:
+        with self.lock:
+            if symbol:
+                self.market.series_of(symbol)
+            return [o.query_json() for o in self._orders.values()
+                    if not o.is_final and (not symbol or o.symbol == symbol)]
+
+    def my_trades(self, p: dict[str, str]) -> list[dict[str, Any]]:
+        with self.lock:
+            symbol = p.get("symbol", "")
+            self.market.series_of(symbol)
+            ints = {}
+            for name in ("orderId", "fromId", "startTime", "endTime", "limit"):
+                raw = p.get(name)
+                if raw:
+                    if not raw.isdigit():
+                        raise illegal_chars(name, "^[0-9]{1,20}$")
+                    ints[name] = int(raw)
+            limit = ints.get("limit", 500)
+            if not 1 <= limit <= 1000:
+                raise BinanceError(-1130, "Invalid data sent for a parameter.")
+            out = [t for t in self._trades if t.symbol == symbol
+                   and ("orderId" not in ints or t.order_id == ints["orderId"])
+                   and t.trade_id >= ints.get("fromId", 0)
+                   and ints.get("startTime", 0) <= t.time_ms <= ints.get("endTime", 1 << 62)]
+            return [t.my_trade_json() for t in out[:limit]]
+
+    # --- matching -----------------------------------------------------------------------------------------------
+
+    def _marketable(self, order: Order) -> bool:
+        if order.type == "MARKET":
+            return True
+        bid, ask = self.market.bid_ask(order.symbol)
+        return ask <= order.price if order.side == "BUY" else bid >= order.price
+
+    def _work_all(self) -> None:
+        for order in list(self._orders.values()):
+            if not order.is_final and self.market.is_trading(order.symbol):
+                self._work(order, taker=False)
+
+    def _work(self, order: Order, *, taker: bool, now: int | None = None) -> None:
+        now = now if now is not None else self.now_ms()
+        if not order.is_final and self._marketable(order):
+            self._fill_chunk(order, taker=taker or order.type == "MARKET", whole=False, now=now)
+        limit = self.config.market_expire_after_chunks
+        if order.type == "MARKET" and not order.is_final and limit and order.chunks_done >= limit:
+            self._finish(order, "EXPIRED", now)
+
+    def _fill_chunk(self, order: Order, *, taker: bool, whole: bool, now: int) -> None:
+        m = self.market
+        rules = m.rules[order.symbol]
+        chunks = self.config.market_fill_chunks if order.type == "MARKET" else self.config.limit_fill_chunks
+        qty = order.remaining
+        if not whole and chunks > 1 and order.chunks_done + 1 < chunks:
+            qty = min(qty, floor_to(order.orig_qty / chunks, rules.step_size)) or qty
+        bid, ask = m.bid_ask(order.symbol)
+        buy = order.side == "BUY"
+        if order.type == "LIMIT" and not taker:
+            price = order.price  # a resting order fills at its own price
+        else:
+            price = ask if buy else bid
+            if self.config.jitter_bps:
+                slip = Decimal(str(self._rng.uniform(0, self.config.jitter_bps))) / Decimal(10_000)
+                price = m.on_tick(order.symbol, price * (1 + slip if buy else 1 - slip))
+        cost = q8(price * qty)
+        commission = q8(cost * Decimal(str(self.config.fee_rate)))
+        share = order.locked if qty == order.remaining else q8(order.locked * qty / order.remaining)
+        self.balances.unlock(order.lock_asset, share, now)
+        order.locked -= share
+        base, quote = m.series[order.symbol].base, m.series[order.symbol].quote
+        if buy:
+            if self.balances.free[quote] < cost + commission:
+                self._finish(order, "EXPIRED", now)  # the price ran away from the lock: nothing more fills
+                return
+            self.balances.move(quote, -(cost + commission), now)
+            self.balances.move(base, qty, now)
+        else:
+            self.balances.move(base, -qty, now)
+            self.balances.move(quote, cost - commission, now)
+        trade = Trade(self._next_trade_id, order.order_id, order.symbol, buy, not taker, price, qty, commission,
+                      quote, now)
+        self._next_trade_id += 1
+        self._trades.append(trade)
+        order.trades.append(trade)
+        order.executed_qty += qty
+        order.cum_quote += cost
+        order.chunks_done += 1
+        order.update_ms = now
+        order.status = "FILLED" if order.remaining == 0 else "PARTIALLY_FILLED"
+        if order.status == "FILLED" and order.locked:
+            self.balances.unlock(order.lock_asset, order.locked, now)
+            order.locked = ZERO
+
+    def _finish(self, order: Order, status: str, now: int | None = None) -> None:
+        now = now if now is not None else self.now_ms()
+        if order.locked:
+            self.balances.unlock(order.lock_asset, order.locked, now)
+            order.locked = ZERO
+        order.status = status
+        order.update_ms = now

@@ -1,0 +1,191 @@
+"""`aura up`: the whole system on one machine (embedded nats-server + five service processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from aura.natsd import NatsServer, free_port, port_is_free, start_nats
+from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings
+from shared.signing import generate_keypair
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str]
+    logs: Path
+    nats: NatsServer | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def dead(self) -> list[tuple[str, int]]:
+        return [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+def _say(msg: str) -> None:
+    print(f"[aura] {msg}", flush=True)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
+    home = settings.home_path
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stack = Stack(settings, env, logs)
+    if generate_keypair(settings.private_key_path, settings.public_key_path):
+        _say(f"created the risk signing key pair in {settings.private_key_path.parent}")
+    if "AURA_NATS_URL" not in env:
+        port = 4222
+        if not port_is_free(port):
+            port = free_port()
+            _say(f"port 4222 is taken; starting the embedded nats-server on free port {port} instead")
+        stack.nats = start_nats(home / "nats", port, logs / "nats-server.log")
+        env["AURA_NATS_URL"] = stack.nats.url
+        _say(f"embedded nats-server (JetStream, store {home / 'nats'}) at {stack.nats.url}")
+    else:
+        _say(f"using the NATS server at {env['AURA_NATS_URL']}")
+    for name in SERVICE_NAMES:
+        with open(logs / f"{name}.log", "ab") as log:
+            stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stdout=log,
+                                                 stderr=subprocess.STDOUT, start_new_session=True)
+    return stack
+
+
+def wait_ready(stack: Stack, timeout_s: float = 60.0) -> float:
+    """Seconds until every /readyz answered 200; raises RuntimeError if a service died or time ran out."""
+    t0 = time.monotonic()
+    pending = set(SERVICE_NAMES)
+    s = stack.settings
+    with httpx.Client(timeout=1.0) as client:
+        while pending:
+            if stack.dead():
+                raise RuntimeError(_death_report(stack))
+            if time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(f"services not ready after {timeout_s:.0f}s: {sorted(pending)}")
+            for name in sorted(pending):
+                try:
+                    if client.get(f"http://{s.health_host}:{s.port_for(name)}/readyz").status_code == 200:
+                        pending.discard(name)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def _death_report(stack: Stack) -> str:
+    parts = []
+    for name, code in stack.dead():
+        parts.append(f"service {name} exited with status {code}; last log lines ({stack.logs / (name + '.log')}):\n"
+                     f"{tail(stack.logs / f'{name}.log')}")
+    return "\n".join(parts)
+
+
+def committed_cycles(journal: Path, after_seq: int) -> list[tuple[int, str, str, float]]:
+    """(seq, cycle_id, status, equity) of snapshots journaled after ``after_seq``; read-only access."""
+    if not journal.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        try:
+            return db.execute("SELECT seq, cycle_id, status, equity FROM snapshots WHERE seq > ? AND status != "
+                              "'genesis' ORDER BY seq", (after_seq,)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+
+
+def last_seq(journal: Path) -> int:
+    if not journal.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        try:
+            row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM snapshots").fetchone()
+            return int(row[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_timeout_s: float = 60.0) -> int:
+    env = dict(os.environ)
+    if replay_interval_s is not None:
+        env["AURA_REPLAY_INTERVAL_S"] = str(replay_interval_s)
+    try:
+        settings = load_settings(env)
+    except ConfigError as exc:
+        print(f"aura up: configuration error: {exc}", file=sys.stderr)
+        return 2
+    env["AURA_HOME"] = str(settings.home_path)
+    stop_requested = {"flag": False}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop_requested["flag"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.monotonic()
+    stack = start_stack(settings, env)
+    journal = settings.journal_path
+    start_seq = last_seq(journal)
+    try:
+        try:
+            ready_s = wait_ready(stack, ready_timeout_s)
+        except RuntimeError as exc:
+            print(f"aura up: {exc}", file=sys.stderr)
+            return 1
+        _say(f"all five services ready in {time.monotonic() - t0:.2f}s (readiness wait {ready_s:.2f}s)")
+        for name in SERVICE_NAMES:
+            url = f"http://{settings.health_host}:{settings.port_for(name)}/readyz"
+            _say(f"  {name:<9} {url}  log {stack.logs}/{name}.log")
+        _say(f"journal: {journal}  (sqlite3 {journal} 'select * from snapshots order by seq desc limit 5')")
+        _say("press Ctrl-C to stop" if cycles is None else f"running until {cycles} cycles end in the journal")
+        seen = start_seq
+        done = 0
+        while not stop_requested["flag"]:
+            if stack.dead():
+                print(f"aura up: {_death_report(stack)}", file=sys.stderr)
+                return 1
+            for seq, cycle_id, status, equity in committed_cycles(journal, seen):
+                seen = seq
+                done += 1
+                _say(f"cycle {cycle_id} {status:<9} equity {equity:,.2f} USDT  ({done} this run)")
+            if cycles is not None and done >= cycles:
+                _say(f"{done} cycles ended in the journal; shutting down")
+                return 0
+            time.sleep(0.2)
+        _say("stopping")
+        return 0
+    finally:
+        stack.stop()
+        _say("all processes stopped")
