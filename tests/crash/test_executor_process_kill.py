@@ -1,0 +1,197 @@
+"""kill -9 the real ``python -m services.executor`` (live mode, against the exchange simulator) in the middle of a
+signed plan published over a real nats-server, restart it, and check the books end to end.
+
+The kill lands at the worst moment: the first order is booked on the exchange but its answer has not reached
+the executor (the simulator holds the response), so the journal says "sent" and nothing else.  The restarted
+executor must find that order by its clientOrderId instead of placing it again, finish the plan, publish the
+snapshot, ack the bus redelivery of the same plan without trading, and go on with the next plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, Fault, SimConfig, SimServer
+from aura.natsd import free_port
+from services.executor.brokers.client_order_id import client_order_id
+from services.executor.portfolio import portfolio_from_fills
+from shared.bus import publish
+from shared.contracts import STREAM_OF_SUBJECT, ApprovedPlan, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
+from shared.signing import generate_keypair, load_private_key, sign_plan
+from tests.conftest import NatsEndpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _last_snapshot(url: str) -> PortfolioSnapshot | None:
+    nc = await nats.connect(url)
+    try:
+        raw = await nc.jetstream().get_last_msg(STREAM_OF_SUBJECT[PortfolioSnapshot.SUBJECT],
+                                                PortfolioSnapshot.SUBJECT)
+        return decode(raw.data, PortfolioSnapshot)
+    except Exception:
+        return None
+    finally:
+        await nc.close()
+
+
+async def _publish(url: str, plan: ApprovedPlan) -> None:
+    nc = await nats.connect(url)
+    try:
+        await publish(nc.jetstream(), plan, msg_id=plan.plan.plan_id)
+    finally:
+        await nc.close()
+
+
+def journal(home: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    path = home / "executor" / "journal.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []  # schema not created yet
+    finally:
+        db.close()
+
+
+class Executor:
+    """The executor as an operator runs it: its own process, its own log file."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.runs = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.runs += 1
+        with open(self.logs / f"executor-{self.runs}.log", "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.executor"], env=self.env, cwd=REPO,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        return self.proc
+
+    def log(self) -> str:
+        return (self.logs / f"executor-{self.runs}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def sim(shared_data_dir: Path) -> Iterator[SimServer]:
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+                       start="2024-01-01", balances={"USDT": 10_000},
+                       duplicate_scope="open")  # as Binance: a filled order's id can be booked again
+    with SimServer(config=config) as server:
+        yield server
+
+
+def signed(key_path: Path, basis: str, cycle: str, legs: list[tuple[str, str, float]],
+           prices: dict[str, float]) -> ApprovedPlan:
+    fields: dict[str, Any] = {
+        "cycle_id": cycle, "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 0,
+        "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass", "halted": False, "reasons": [],
+        "prices": prices, "legs": [PlanLeg(i, s, side, q, prices[s], "enter") for i, (s, side, q) in enumerate(legs)]}
+    return sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields), load_private_key(key_path))
+
+
+def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpoint, sim: SimServer,
+                                                          tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    generate_keypair(home / "keys" / "risk.key", home / "keys" / "risk.pub")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
+    env.update({"AURA_HOME": str(home), "AURA_NATS_URL": nats_binary.url, "AURA_DRY_RUN": "false",
+                "AURA_EXCHANGE_API_URL": sim.base_url, "AURA_EXCHANGE_API_KEY": DEFAULT_API_KEY,
+                "AURA_EXCHANGE_API_SECRET": DEFAULT_API_SECRET, "AURA_EXECUTOR_PORT": str(free_port()),
+                "AURA_LOG_LEVEL": "INFO"})
+    executor = Executor(env, tmp_path)
+    prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in ("BTC/USDT", "ETH/USDT", "SOL/USDT")}
+    try:
+        first = executor.start()
+        genesis = wait_for("the genesis snapshot", lambda: asyncio.run(_last_snapshot(nats_binary.url)))
+        assert genesis.status == "genesis" and genesis.cash == 10_000
+        plan = signed(home / "keys" / "risk.key", genesis.snapshot_id, "kill-1",
+                      [("BTC/USDT", "buy", 0.05), ("ETH/USDT", "buy", 1.0), ("SOL/USDT", "buy", 10.0)], prices)
+        # Leg 0 is booked, then its answer is held back: the executor sits waiting for it when it dies.
+        sim.sim.faults.add(Fault("timeout", "POST", "/api/v3/order", delay_s=30.0))
+        asyncio.run(_publish(nats_binary.url, plan))
+        wait_for("the first order to be booked", lambda: len(sim.sim.orders()) == 1)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        assert first.returncode == -signal.SIGKILL
+        cid0 = client_order_id(plan.plan.plan_id, 0)
+        assert journal(home, "SELECT status FROM plans") == [("executing",)]
+        assert journal(home, "SELECT status FROM intents WHERE client_order_id=?", (cid0,)) == [("sent",)]
+        assert journal(home, "SELECT COUNT(*) FROM fills") == [(0,)]  # the fill is on the exchange only
+        sim.sim.faults.clear()
+
+        executor.start()  # the restart: reconcile, finish the interrupted plan, publish its snapshot
+        wait_for("the interrupted plan to finish", lambda: journal(
+            home, "SELECT status FROM plans WHERE plan_id=?", (plan.plan.plan_id,)) == [("executed",)])
+        snap = wait_for("its snapshot on the bus", lambda: (s := asyncio.run(_last_snapshot(nats_binary.url))) and
+                        s.plan_id == plan.plan.plan_id and s)
+        assert snap.status == "executed" and set(snap.holdings) == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
+        log = executor.log()
+        assert "reconciliation finished" in log and "finishing a plan interrupted by a crash" in log
+        assert sim.sim.faults.counts()["POST /api/v3/order"] == 3, "an order was placed twice"
+
+        # JetStream redelivers the plan the dead process never acked: acked as journaled, nothing traded.
+        wait_for("the redelivery to be acked", lambda: "plan already journaled" in executor.log(), timeout=90)
+        assert sim.sim.faults.counts()["POST /api/v3/order"] == 3
+
+        # And the system goes on: the next plan, computed on the new snapshot, executes (after the live sync
+        # check of journal holdings against exchange balances).
+        follow = signed(home / "keys" / "risk.key", snap.snapshot_id, "kill-2",
+                        [("ETH/USDT", "sell", 1.0), ("BTC/USDT", "buy", 0.01)], prices)
+        asyncio.run(_publish(nats_binary.url, follow))
+        wait_for("the next plan", lambda: journal(
+            home, "SELECT status FROM plans WHERE plan_id=?", (follow.plan.plan_id,)) == [("executed",)])
+    finally:
+        executor.stop()
+
+    # The books: one exchange order per clientOrderId, all known to the journal, same fills, same balances.
+    orders = sim.sim.orders()
+    per_cid = Counter(o.client_order_id for o in orders)
+    assert len(orders) == 5 and set(per_cid.values()) == {1}
+    intents = {r[0] for r in journal(home, "SELECT client_order_id FROM intents")}
+    assert set(per_cid) == intents
+    fills = {r[0]: r[1] for r in journal(home, "SELECT trade_id, client_order_id FROM fills")}
+    assert fills == {str(t.trade_id): o.client_order_id for o in orders for t in o.trades}
+    rows = journal(home, "SELECT symbol, side, qty, price, fee FROM fills ORDER BY rowid")
+    pf = portfolio_from_fills(10_000.0, rows)
+    assert float(sim.sim.free("USDT")) == pytest.approx(pf.cash, abs=1e-5)
+    for symbol, qty in pf.holdings.items():
+        assert float(sim.sim.free(symbol.split("/")[0])) == pytest.approx(qty, abs=1e-9)
+    assert pf.holdings == {"BTC/USDT": pytest.approx(0.06), "SOL/USDT": pytest.approx(10.0)}

@@ -1,0 +1,276 @@
+"""CcxtBroker over HTTP against the exchange simulator: states, fills, and every error mapping."""
+
+from __future__ import annotations
+
+import io
+import logging
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from aura.exchange_sim import Fault, SimServer
+from aura.strategy.types import MarketRule
+from services.executor.brokers.base import (
+    AmbiguousOrderError,
+    BrokerError,
+    DuplicateOrderError,
+    OrderRejectedError,
+    OrderState,
+    RateLimitedError,
+    TransientBrokerError,
+)
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.client_order_id import client_order_id
+from shared.logging import JsonFormatter
+from tests.executor_broker.conftest import run_with_broker
+
+pytestmark = pytest.mark.integration
+
+ORDER = ("POST", "/api/v3/order")
+CID = client_order_id("plan-test", 0)
+
+
+def test_load_markets_free_balances_and_prices(sim_server: SimServer, shared_data_dir: Path) -> None:
+    async def scenario(b: CcxtBroker) -> None:
+        rules = await b.load_markets()
+        assert rules["BTC/USDT"] == MarketRule("BTC/USDT", step_size=1e-5, tick_size=0.01, min_qty=1e-5,
+                                               min_notional=5.0)
+        assert rules["ETH/USDT"].step_size == 1e-4
+        assert (await b.fetch_free_balances())["USDT"] == 10_000
+        prices = await b.fetch_prices(["BTC/USDT", "ETHUSDT", "DOGE/USDT"])  # DOGE is not listed: absent
+        assert prices == {"BTC/USDT": float(sim_server.sim.price("BTCUSDT")),
+                          "ETHUSDT": float(sim_server.sim.price("ETHUSDT"))}
+
+    run_with_broker(sim_server, scenario)
+
+
+def test_market_order_state_fills_and_fetch_agree(sim_server: SimServer) -> None:
+    price = float(sim_server.sim.price("BTCUSDT"))
+
+    async def scenario(b: CcxtBroker) -> tuple[OrderState, OrderState | None]:
+        placed = await b.place_market_order("BTC/USDT", "buy", 0.0123456789, CID, ref_price=price)
+        return placed, await b.fetch_order("BTC/USDT", CID)
+
+    placed, fetched = run_with_broker(sim_server, scenario)
+    assert placed.status == "filled" and placed.is_final and placed.client_order_id == CID
+    assert placed.qty == 0.01234 and placed.filled_qty == 0.01234  # truncated to the lot step
+    assert placed.avg_price == price and len(placed.fills) == 1
+    fill = placed.fills[0]
+    assert fill.fee == pytest.approx(0.01234 * price * 0.001, abs=1e-8)  # commission has 8 decimals
+    assert fill.side == "buy" and fill.qty == 0.01234 and fill.price == price
+    assert fetched is not None and fetched.fills == placed.fills
+    assert fetched.exchange_order_id == placed.exchange_order_id
+    assert sim_server.sim.free("BTC") == Decimal("0.01234")
+
+
+def test_accept_then_timeout_is_ambiguous_and_lookup_proves_no_double_fill(sim_server: SimServer) -> None:
+    sim_server.sim.faults.add(Fault("timeout", *ORDER, delay_s=1.5))
+
+    async def scenario(b: CcxtBroker) -> OrderState | None:
+        with pytest.raises(AmbiguousOrderError):
+            await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        found = await b.fetch_order("BTC/USDT", CID)
+        with pytest.raises(DuplicateOrderError):  # a blind resend is refused by the exchange
+            await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        return found
+
+    found = run_with_broker(sim_server, scenario, timeout_ms=400)
+    assert found is not None and found.status == "filled" and found.filled_qty == 0.01 and len(found.fills) == 1
+    assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.01")
+
+
+@pytest.mark.parametrize(("fault", "booked"), [
+    (Fault("drop", *ORDER), True),  # response lost after booking
+    (Fault("drop", *ORDER, process=False), False),  # request lost before booking
+    (Fault("http_error", *ORDER, status=503, process=False), False),
+    (Fault("http_error", *ORDER, status=500, process=True), True),  # Binance: "execution status unknown"
+    (Fault("http_error", *ORDER, status=502, body="<html>Bad Gateway</html>"), False),
+])
+def test_lost_or_failed_order_answers_are_ambiguous(sim_server: SimServer, fault: Fault, booked: bool) -> None:
+    sim_server.sim.faults.add(fault)
+
+    async def scenario(b: CcxtBroker) -> OrderState | None:
+        with pytest.raises(AmbiguousOrderError):
+            await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        found = await b.fetch_order("BTC/USDT", CID)
+        assert (found is not None) is booked
+        if found is None:  # the exchange confirms it never saw it: now (and only now) resending is safe
+            found = await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        return found
+
+    final = run_with_broker(sim_server, scenario)
+    assert final is not None and final.status == "filled"
+    assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.01")
+
+
+def test_read_failures_are_transient_not_ambiguous(sim_server: SimServer) -> None:
+    sim_server.sim.faults.add(Fault("http_error", "GET", "/api/v3/account", status=503))
+    # count=2: aiohttp itself retries an idempotent GET once when a kept-alive connection drops (never a POST).
+    sim_server.sim.faults.add(Fault("drop", "GET", "/api/v3/order", process=False, count=2))
+
+    async def scenario(b: CcxtBroker) -> None:
+        with pytest.raises(TransientBrokerError) as err:
+            await b.fetch_free_balances()
+        assert not isinstance(err.value, AmbiguousOrderError)
+        with pytest.raises(TransientBrokerError):
+            await b.fetch_order("BTC/USDT", CID)
+        assert await b.fetch_order("BTC/USDT", CID) is None
+
+    run_with_broker(sim_server, scenario)
+
+
+@pytest.mark.parametrize("target", [ORDER, ("GET", "/api/v3/account")])
+def test_rate_limit_carries_retry_after(sim_server: SimServer, target: tuple[str, str]) -> None:
+    sim_server.sim.faults.add(Fault("rate_limit", *target, retry_after_s=7))
+
+    async def scenario(b: CcxtBroker) -> None:
+        with pytest.raises(RateLimitedError) as err:
+            if target == ORDER:
+                await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+            else:
+                await b.fetch_free_balances()
+        assert err.value.retry_after_s == 7.0 and err.value.transient
+
+    run_with_broker(sim_server, scenario)
+    assert sim_server.sim.orders() == []
+
+
+@pytest.mark.parametrize(("symbol", "side", "qty", "code"), [
+    ("BTC/USDT", "buy", 1.0, -2010),  # ~42k USDT with 10k: insufficient balance
+    ("ETH/USDT", "sell", 0.5, -2010),  # nothing to sell
+    ("BTC/USDT", "buy", 0.00002, -1013),  # ~0.85 USDT: NOTIONAL filter
+    ("DOGE/USDT", "buy", 10, -1121),  # not listed here
+])
+def test_final_rejections_carry_the_exchange_code(sim_server: SimServer, symbol: str, side: str, qty: float,
+                                                  code: int) -> None:
+    async def scenario(b: CcxtBroker) -> None:
+        with pytest.raises(OrderRejectedError) as err:
+            await b.place_market_order(symbol, side, qty, CID, ref_price=0)
+        assert err.value.code == code and not err.value.transient
+
+    run_with_broker(sim_server, scenario)
+    assert sim_server.sim.orders() == []
+
+
+def test_quantity_below_one_lot_is_rejected_without_a_request(sim_server: SimServer) -> None:
+    async def scenario(b: CcxtBroker) -> None:
+        await b.load_markets()
+        with pytest.raises(OrderRejectedError):
+            await b.place_market_order("BTC/USDT", "buy", 0.000004, CID, ref_price=0)
+
+    run_with_broker(sim_server, scenario)
+    assert "POST /api/v3/order" not in sim_server.sim.faults.counts()
+
+
+def test_bad_credentials_are_a_permanent_error(sim_server: SimServer) -> None:
+    async def scenario(b: CcxtBroker) -> None:
+        with pytest.raises(BrokerError) as err:
+            await b.fetch_free_balances()
+        assert type(err.value) is BrokerError and not err.value.transient
+
+    run_with_broker(sim_server, scenario, secret="not-the-secret")
+
+
+def test_clock_skew_is_transient_and_cured_by_time_adjustment(sim_server: SimServer) -> None:
+    sim_server.sim.configure(clock_skew_ms=30_000)
+
+    async def failing(b: CcxtBroker) -> None:
+        with pytest.raises(TransientBrokerError) as err:
+            await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        assert not isinstance(err.value, AmbiguousOrderError)  # -1021 is a clear "not done"
+
+    async def adjusted(b: CcxtBroker) -> OrderState:
+        return await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+
+    run_with_broker(sim_server, failing)
+    assert sim_server.sim.orders() == []
+    assert run_with_broker(sim_server, adjusted, adjust_for_time_difference=True).status == "filled"
+
+
+def test_empty_and_stale_balances_are_transient(sim_server: SimServer) -> None:
+    async def scenario(b: CcxtBroker) -> None:
+        assert (await b.fetch_free_balances())["BTC"] == 0
+        await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        sim_server.sim.faults.add(Fault("empty_balance", "GET", "/api/v3/account"))
+        with pytest.raises(TransientBrokerError, match="empty balance"):
+            await b.fetch_free_balances()
+        sim_server.sim.faults.add(Fault("stale_balance", "GET", "/api/v3/account"))
+        with pytest.raises(TransientBrokerError, match="stale"):
+            await b.fetch_free_balances()
+        assert (await b.fetch_free_balances())["BTC"] == 0.01
+
+    run_with_broker(sim_server, scenario)
+
+
+@pytest.mark.parametrize("sim_server", [{"market_fill_chunks": 3}], indirect=True)
+def test_partial_fills_are_reflected_until_filled(sim_server: SimServer) -> None:
+    async def scenario(b: CcxtBroker) -> list[OrderState]:
+        states = [await b.place_market_order("ETH/USDT", "buy", 0.3, CID, ref_price=0)]
+        for _ in range(2):
+            got = await b.fetch_order("ETH/USDT", CID)
+            assert got is not None
+            states.append(got)
+        return states
+
+    first, second, third = run_with_broker(sim_server, scenario)
+    assert [s.status for s in (first, second, third)] == ["partially_filled", "partially_filled", "filled"]
+    assert [len(s.fills) for s in (first, second, third)] == [1, 2, 3]
+    assert first.filled_qty == pytest.approx(0.1) and second.filled_qty == pytest.approx(0.2)
+    assert sum(f.qty for f in third.fills) == pytest.approx(0.3) and third.filled_qty == pytest.approx(0.3)
+    assert len({f.trade_id for f in third.fills}) == 3
+    assert sim_server.sim.free("ETH") == Decimal("0.3")
+
+
+@pytest.mark.parametrize("sim_server", [{"market_fill_chunks": 4, "market_expire_after_chunks": 2}], indirect=True)
+def test_expired_remainder_is_final_with_partial_fill(sim_server: SimServer) -> None:
+    async def scenario(b: CcxtBroker) -> OrderState | None:
+        await b.place_market_order("BTC/USDT", "buy", 0.04, CID, ref_price=0)
+        return await b.fetch_order("BTC/USDT", CID)
+
+    state = run_with_broker(sim_server, scenario)
+    assert state is not None and state.status == "expired" and state.is_final
+    assert state.filled_qty == pytest.approx(0.02) and len(state.fills) == 2
+
+
+@pytest.mark.parametrize("sim_server", [{"market_fill_chunks": 3}], indirect=True)
+def test_cancel_partially_filled_then_again_then_unknown(sim_server: SimServer) -> None:
+    async def scenario(b: CcxtBroker) -> None:
+        await b.place_market_order("BTC/USDT", "buy", 0.03, CID, ref_price=0)
+        canceled = await b.cancel_order("BTC/USDT", CID)
+        assert canceled is not None and canceled.status == "canceled" and canceled.filled_qty == pytest.approx(0.01)
+        assert canceled.client_order_id == CID  # not the id Binance gives the cancel request itself
+        assert len(canceled.fills) == 1
+        again = await b.cancel_order("BTC/USDT", CID)  # already final: its state, not an error
+        assert again is not None and again.status == "canceled"
+        assert await b.cancel_order("BTC/USDT", "never-sent") is None
+        assert await b.fetch_order("BTC/USDT", "never-sent") is None
+
+    run_with_broker(sim_server, scenario)
+    assert sim_server.sim.free("BTC") == Decimal("0.01")
+
+
+def test_credentials_never_reach_the_logs(sim_server: SimServer) -> None:
+    key, secret = "KEY-5f1c0a9e-never-log-me", "SECRET-b7e2d4-never-log-me"
+    sim_server.sim.config.api_key, sim_server.sim.config.api_secret = key, secret
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("executor"))
+    logger = logging.getLogger("aura.test.ccxt_broker")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    sim_server.sim.faults.add(Fault("http_error", *ORDER, status=500, process=True))
+
+    async def scenario(b: CcxtBroker) -> None:
+        logger.info("configured with %s / %s", key, secret)  # even an explicit slip is masked
+        with pytest.raises(AmbiguousOrderError):
+            await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        await b.place_market_order("BTC/USDT", "buy", 0.01, client_order_id("plan-test", 1), ref_price=0)
+
+    try:
+        run_with_broker(sim_server, scenario, api_key=key, secret=secret, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "placing market order" in text and "market order failed" in text
+    assert key not in text and secret not in text

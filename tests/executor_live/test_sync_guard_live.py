@@ -1,0 +1,85 @@
+"""[SYNC_GUARD] where positions are read from the broker: the executor verifies the journal's holdings against the
+exchange's balances before each new plan (live mode), through run_plan + CcxtBroker + the simulator.
+
+The dangerous read is a *plausible* one the broker cannot recognise as a glitch: after a restart (a new broker,
+so no fill seen yet to date balances by) a 5xx, then a stale account snapshot from before the last fills,
+showing no BTC although the journal holds some.  Acting on it would halt trading (refuse the plan) for nothing.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from aura.exchange_sim import Fault
+from services.executor.brokers.base import TransientBrokerError
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.client_order_id import client_order_id
+from services.executor.runner import PlanRun, SyncCheck, run_plan
+from shared.contracts import PlanBody
+from tests.executor_live.conftest import LIMITS, Rig
+
+pytestmark = pytest.mark.integration
+ACCOUNT = ("GET", "/api/v3/account")
+SYNC = SyncCheck(confirm_reads=3, max_reads=6, delay_s=0.01)
+
+
+def live_plan(rig: Rig, plan: PlanBody) -> PlanRun:
+    """One executor process life: a fresh broker (as after a restart), run_plan with the live sync check."""
+
+    async def scenario(b: CcxtBroker) -> PlanRun:
+        return await run_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log, {}, SYNC)
+
+    return rig.run(scenario)
+
+
+def bought_btc(rig: Rig) -> None:
+    first = rig.plan(("BTC/USDT", "buy", 0.05))
+    assert live_plan(rig, first).status == "executed"  # its sync read is now the simulator's last snapshot
+    assert rig.server.sim.free("BTC") == Decimal("0.05")
+
+
+def test_stale_empty_position_right_after_a_5xx_neither_halts_nor_liquidates(rig: Rig) -> None:
+    bought_btc(rig)
+    rig.server.sim.faults.add(Fault("http_error", *ACCOUNT, status=503))
+    rig.server.sim.faults.add(Fault("stale_balance", *ACCOUNT))  # the pre-buy snapshot: no BTC at all
+    posts = rig.posts()
+    plan = rig.plan(("ETH/USDT", "buy", 0.5))
+    run = live_plan(rig, plan)
+    # The guard read again and found the BTC: the plan ran. Without it the stale read would refuse the plan.
+    assert run.status == "executed", run.reasons
+    assert rig.journal.plan_status(plan.plan_id) == "executed"
+    assert rig.posts() == posts + 1 and rig.server.sim.free("ETH") == Decimal("0.5")
+    assert rig.server.sim.free("BTC") == Decimal("0.05"), "a position was sold on a glitched read"
+    warned = rig.records.fields("SYNC_GUARD")
+    assert any(f.get("shortfall", {}).get("BTC") == pytest.approx(0.05) for f in warned)
+    assert "right after a failed read" in " ".join(str(f.get("reason")) for f in warned)
+    assert not [r for r in rig.records.records if r.levelname == "ERROR" and getattr(r, "tag", "") == "SYNC_GUARD"]
+
+
+def test_a_shortfall_confirmed_on_consecutive_reads_refuses_the_plan_without_trading(rig: Rig) -> None:
+    bought_btc(rig)
+    rig.server.sim.set_balance("BTC", "0")  # the position really left the account (outside this system)
+    posts = rig.posts()
+    plan = rig.plan(("ETH/USDT", "buy", 0.5))
+    run = live_plan(rig, plan)
+    assert run.status == "rejected" and "sync guard" in run.reasons[-1]
+    assert rig.posts() == posts, "an order was sent although the books disagree"
+    assert rig.journal.plan_status(plan.plan_id) == "rejected"
+    snap = rig.journal.latest_snapshot()
+    assert snap is not None and snap.plan_id == plan.plan_id and snap.status == "rejected"
+    assert snap.holdings == {"BTC/USDT": 0.05}  # the journal is not rewritten from one side's say-so
+    assert rig.records.tagged("SYNC_GUARD")[-1].startswith("exchange balances confirmed short")
+    with pytest.raises(KeyError):  # no intent was even journaled
+        rig.journal.intent_state(client_order_id(plan.plan_id, 0))
+
+
+def test_reads_that_keep_failing_leave_the_plan_for_a_retry(rig: Rig) -> None:
+    bought_btc(rig)
+    rig.server.sim.faults.add(Fault("http_error", *ACCOUNT, status=503, count=SYNC.max_reads))
+    plan = rig.plan(("ETH/USDT", "buy", 0.5))
+    with pytest.raises(TransientBrokerError, match="could not be verified"):
+        live_plan(rig, plan)
+    assert rig.journal.plan_status(plan.plan_id) is None  # not journaled: the redelivery decides afresh
+    assert live_plan(rig, plan).status == "executed"

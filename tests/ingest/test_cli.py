@@ -1,0 +1,104 @@
+"""``aura data sync`` end to end: exit codes, progress bar on stderr, coverage table on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from services.ingest.cli import add_data_parser, main, parse_time
+from tests.conftest import REPO_ROOT
+from tests.ingest.conftest import source
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(tmp_path: Path, archive, api, gecko, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {
+        "AURA_HOME": str(tmp_path / "home"),
+        "AURA_BINANCE_ARCHIVE_URL": archive.url,
+        "AURA_BINANCE_API_URL": api.url,
+        "AURA_COINGECKO_URL": gecko.url,
+        "AURA_INGEST_CCXT_RATE_LIMIT_MS": "1",
+        "AURA_COINGECKO_MIN_INTERVAL_S": "0",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def test_add_data_parser_registers_data_sync() -> None:
+    parser = argparse.ArgumentParser(prog="aura")
+    add_data_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", "sync", "--symbols", "BTC/USDT", "--since", "2020-01-01"])
+    assert callable(args.func) and args.exchange == "binance" and args.timeframe == "1d"
+    assert args.since == parse_time("2020-01-01")
+
+
+def test_cli_sync_prints_progress_and_coverage_table(env, capsys, data, shared_data_dir: Path) -> None:
+    src = source(shared_data_dir, "1d", "ETH_USDT")
+    holed = src.filter(~pl.col("timestamp").is_between(parse_time("2024-03-10"), parse_time("2024-03-11")))
+    data.set("1d", "ETH_USDT", holed)  # two days nobody has
+    code = main(["data", "sync", "--exchange", "binance", "--timeframe", "1d", "--symbols", "BTC/USDT,ETH/USDT",
+                 "--since", "2024-01-01", "--until", "2024-06-30", "--now", "2024-12-06"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "2/2 ETH/USDT" in err and "[##############################]" in err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["symbol", "rows", "added", "first", "last", "complete", "gaps", "providers"]
+    btc = next(line for line in lines if line.startswith("BTC/USDT")).split()
+    assert btc[:6] == ["BTC/USDT", "182", "182", "2024-01-01", "2024-06-30", "yes"]
+    assert btc[6:] == ["none", "binance_archive", "2024-01-01..2024-06-30"]
+    eth = next(line for line in lines if line.startswith("ETH/USDT")).split()
+    assert eth[1] == "180" and eth[6:8] == ["1", "confirmed"]
+    assert "  ETH/USDT  2024-03-10..2024-03-11  2 candles  confirmed by binance_archive, ccxt:binance" in lines
+    assert lines[-1].startswith("complete: yes")
+    cached = pl.read_parquet(Path(env["AURA_HOME"]) / "cache/binance/1d/ETH_USDT.parquet")
+    assert_frame_equal(cached, holed.filter(pl.col("timestamp").is_between(parse_time("2024-01-01"),
+                                                                           parse_time("2024-06-30"))))
+
+
+def test_cli_reports_pending_gaps_but_exits_zero(env, archive, api, gecko, capsys) -> None:
+    for server in (archive, api, gecko):
+        server.set_fault("down")
+    code = main(["data", "sync", "--symbols", "BTC/USDT", "--since", "2024-01-01", "--now", "2024-12-06",
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "[#" not in err and "[DATA_GAP]" in err  # tagged log lines, no progress bar
+    assert "PENDING" in out and out.strip().splitlines()[-1].startswith("complete: no")
+
+
+def test_cli_real_error_exits_nonzero(env, tmp_path: Path, monkeypatch, capsys) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("AURA_HOME", str(blocker))  # the cache cannot be created under a file
+    code = main(["data", "sync", "--symbols", "BTC/USDT", "--since", "2024-11-01", "--now", "2024-12-06",
+                 "--no-progress"])
+    assert code == 1 and "ERROR" in capsys.readouterr().out
+
+
+def test_cli_bad_date_is_a_usage_error(env) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "sync", "--symbols", "BTC/USDT", "--since", "yesterday"])
+    assert exc.value.code == 2
+
+
+def test_python_dash_m_end_to_end(env, shared_data_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.ingest.cli", "data", "sync", "--symbols", "SOL/USDT", "--timeframe", "4h",
+         "--since", "2024-06-01", "--until", "2024-06-30", "--now", "2024-12-06"],
+        cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SOL/USDT" in proc.stdout and "complete: yes" in proc.stdout
+    cached = pl.read_parquet(Path(env["AURA_HOME"]) / "cache/binance/4h/SOL_USDT.parquet")
+    src = source(shared_data_dir, "4h", "SOL_USDT")
+    assert_frame_equal(cached, src.filter(pl.col("timestamp").is_between(parse_time("2024-06-01"),
+                                                                         parse_time("2024-06-30T20:00"))))

@@ -1,0 +1,130 @@
+"""Each provider alone, through the real HTTP clients against the fakes: the cache equals the source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from services.ingest.cache import coverage_path
+from services.ingest.providers.ccxt_tail import make_exchange, rewrite_api_urls
+from services.ingest.sync import sync
+from tests.ingest.conftest import DAY, HOUR, NOW, SETTLED, T2017, T2024, cached, ms, source
+
+pytestmark = pytest.mark.integration
+
+
+def test_archive_alone_full_daily_history(make_config, archive, api, gecko, shared_data_dir: Path) -> None:
+    cfg = make_config(providers=("archive",))
+    start = ms("2017-08-01")  # the listing month: its file proves there was nothing before 2017-08-17
+    report = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert_frame_equal(cached(cfg, "1d", "BTC_USDT"), source(shared_data_dir, "1d", "BTC_USDT"))
+    assert rep.complete and report.complete
+    assert rep.ranges_by_provider == {"binance_archive": [(ms("2017-08-17"), NOW)]}
+    assert [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(start, ms("2017-08-17"), True)]
+    # 88 complete months (2017-08..2024-11) + 5 December days, each zip with its CHECKSUM. Nobody else asked.
+    assert archive.counts["zip"] == 93 and archive.counts["checksum"] == 93
+    assert api.total == 0 and gecko.total == 0
+    assert rep.requests == {"binance_archive": 186}
+
+
+def test_archive_alone_hourly_with_exchange_outages(make_config, shared_data_dir: Path) -> None:
+    cfg = make_config(providers=("archive",))
+    start, end = ms("2018-01-01"), ms("2018-03-31T23:00")
+    report = sync(["ETH/USDT"], "binance", "1h", start, end, cfg, NOW)
+    src = source(shared_data_dir, "1h", "ETH_USDT").filter(pl.col("timestamp").is_between(start, end))
+    got = cached(cfg, "1h", "ETH_USDT")
+    # Lookback padding may store a few candles before ``since``; inside the window it is the source exactly.
+    assert_frame_equal(got.filter(pl.col("timestamp") >= start), src)
+    rep = report.symbols["ETH/USDT"]
+    missing = sorted(set(range(start, end + HOUR, HOUR)) - set(src["timestamp"].to_list()))
+    gap_hours = sorted(t for g in rep.gaps for t in range(g.start, g.end, HOUR))
+    assert gap_hours == missing and len(missing) >= 33  # the 2018-02-08/09 outage among them
+    assert all(g.confirmed for g in rep.gaps) and rep.complete
+
+
+def test_ccxt_tail_alone(make_config, archive, api, shared_data_dir: Path) -> None:
+    cfg = make_config(providers=("tail",))
+    report = sync(["BTC/USDT", "ETH/USDT"], "binance", "1d", T2017, None, cfg, NOW)
+    for stem in ("BTC_USDT", "ETH_USDT"):
+        assert_frame_equal(cached(cfg, "1d", stem), source(shared_data_dir, "1d", stem))
+    rep = report.symbols["BTC/USDT"]
+    assert rep.complete and rep.ranges_by_provider == {"ccxt:binance": [(ms("2017-08-17"), NOW)]}
+    # load_markets once (exchangeInfo only: spot, no currencies, no margin), then 1000-candle pages.
+    assert api.counts["exchangeInfo"] == 1 and api.counts["klines"] == 6
+    assert archive.total == 0
+    assert all("limit=1000" in p for p in api.paths if "klines" in p)
+
+
+def test_ccxt_tail_hourly_paginates_exactly(make_config, shared_data_dir: Path) -> None:
+    cfg = make_config(providers=("tail",), lookback_bars=0)
+    start, end = ms("2024-01-01"), ms("2024-03-31T23:00")
+    sync(["SOL/USDT"], "binance", "1h", start, end, cfg, NOW)
+    src = source(shared_data_dir, "1h", "SOL_USDT").filter(pl.col("timestamp").is_between(start, end))
+    assert_frame_equal(cached(cfg, "1h", "SOL_USDT"), src)
+
+
+def test_coingecko_alone_daily_from_4h_pieces_without_volume(make_config, archive, api, gecko,
+                                                             shared_data_dir: Path) -> None:
+    cfg = make_config(providers=("coingecko",))
+    start = NOW - 29 * DAY
+    # At midnight the last 4h piece of 2024-12-05 has just closed: CoinGecko may not have settled it yet.
+    early = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW).symbols["BTC/USDT"]
+    assert early.last_ms == NOW - 2 * DAY and [(g.start, g.confirmed) for g in early.gaps] == [(NOW - DAY, False)]
+    assert gecko.paths == ["/api/v3/coins/bitcoin/ohlc?vs_currency=usd&days=30"]
+    gecko.now_ms = SETTLED
+    gecko.reset_counts()
+    report = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, SETTLED)
+    got = cached(cfg, "1d", "BTC_USDT")
+    src = source(shared_data_dir, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start - 10 * DAY)
+    assert got.height >= 29 and got["timestamp"].max() == NOW - DAY
+    expected = src.filter(pl.col("timestamp").is_in(got["timestamp"].to_list()))
+    assert_frame_equal(got.drop("volume"), expected.drop("volume"))  # OHLC exact from six real 4h candles
+    assert got["volume"].is_nan().all()  # no volume, and the data says so
+    rep = report.symbols["BTC/USDT"]
+    assert rep.flags == {"coingecko": ["no_volume"]} and rep.complete
+    sidecar = json.loads(coverage_path(cfg.cache_root / "binance/1d/BTC_USDT.parquet").read_text())
+    assert sidecar["flags"] == {"coingecko": ["no_volume"]}
+    assert gecko.paths == ["/api/v3/coins/bitcoin/ohlc?vs_currency=usd&days=7"]  # only the pending day asked
+    assert archive.total == 0 and api.total == 0
+
+
+def test_coingecko_alone_4h_and_nothing_older_than_its_window(make_config, gecko, shared_data_dir: Path) -> None:
+    cfg = make_config(providers=("coingecko",), lookback_bars=0)
+    gecko.now_ms = SETTLED
+    report = sync(["ETH/USDT"], "binance", "4h", ms("2024-01-01"), None, cfg, SETTLED)
+    got = cached(cfg, "4h", "ETH_USDT")
+    src = source(shared_data_dir, "4h", "ETH_USDT").filter(pl.col("timestamp") >= NOW - 30 * DAY)
+    assert_frame_equal(got.drop("volume"), src.drop("volume"))
+    rep = report.symbols["ETH/USDT"]
+    # Everything before CoinGecko's 30-day window is a pending gap: nobody could answer, nothing invented.
+    assert not rep.complete
+    assert [(g.start, g.confirmed) for g in rep.gaps] == [(ms("2024-01-01"), False)]
+    assert rep.gaps[0].end == NOW - 30 * DAY and "coingecko: does not have it" in rep.gaps[0].by
+
+
+def test_rewrite_api_urls_points_every_endpoint_at_the_base() -> None:
+    api = {"public": "https://api.binance.com/api/v3", "sapi": "https://api.binance.com/sapi/v1",
+           "nested": {"x": "https://fapi.binance.com/fapi/v1"}}
+    out = rewrite_api_urls(api, "http://127.0.0.1:9/prefix")
+    assert out == {"public": "http://127.0.0.1:9/prefix/api/v3", "sapi": "http://127.0.0.1:9/prefix/sapi/v1",
+                   "nested": {"x": "http://127.0.0.1:9/prefix/fapi/v1"}}
+    ex = make_exchange("binance", api_url="http://127.0.0.1:9")
+    assert ex.urls["api"]["public"] == "http://127.0.0.1:9/api/v3" and ex.enableRateLimit
+
+
+def test_coingecko_ohlc_conversion_needs_six_pieces() -> None:
+    from services.ingest.providers.coingecko import ohlc_to_candles
+
+    day = T2024
+    rows = [[day + (i + 1) * 4 * HOUR, 10.0 + i, 20.0 + i, 5.0 + i, 11.0 + i] for i in range(6)]
+    rows += [[day + DAY + 4 * HOUR, 1.0, 2.0, 0.5, 1.5]]  # next day: only one piece -> no candle
+    rows += [[day + DAY + 4 * HOUR + 123, 1.0, 2.0, 0.5, 1.5]]  # a partial "now" point: not a candle
+    out = ohlc_to_candles(rows, "1d")
+    assert out["timestamp"].to_list() == [day]
+    assert out.row(0)[1:5] == (10.0, 25.0, 5.0, 16.0) and np.isnan(out["volume"][0])

@@ -1,0 +1,345 @@
+"""The provider chain end to end: fall-through on faults, gaps kept as gaps, freshness, cross-checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from services.ingest.cache import coverage_path
+from services.ingest.fakes import FakeBinanceApi, MarketData
+from services.ingest.sync import IngestConfig, sync
+from shared.config import Settings
+from tests.ingest.conftest import DAY, NOW, SETTLED, T2017, cached, ms, source
+
+pytestmark = pytest.mark.integration
+
+SINCE = ms("2024-01-01")
+
+
+def assert_source_from(got: pl.DataFrame, src: pl.DataFrame, start: int) -> None:
+    """From ``start`` on the cache is the source exactly; before it (lookback padding) a real slice of it."""
+    assert_frame_equal(got.filter(pl.col("timestamp") >= start), src.filter(pl.col("timestamp") >= start))
+    before = got.filter(pl.col("timestamp") < start)
+    assert_frame_equal(before, src.join(before.select("timestamp"), on="timestamp", how="semi"))
+    assert before.height <= 10
+
+
+def btc(shared: Path) -> pl.DataFrame:
+    return source(shared, "1d", "BTC_USDT")
+
+
+@pytest.mark.parametrize("fault", ["corrupt_zip", "bad_checksum"])
+def test_bad_archive_file_rejected_and_next_provider_used(fault, make_config, archive, api, gecko,
+                                                          shared_data_dir: Path, caplog) -> None:
+    archive.set_fault(fault, match="BTCUSDT-1d-2024-03")
+    cfg = make_config()
+    with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+    assert rep.ranges_by_provider["ccxt:binance"] == [(ms("2024-03-01"), ms("2024-04-01"))]
+    assert rep.added_by_provider["ccxt:binance"] == 31 and rep.complete
+    assert any(r.tag == "DATA_REJECT" and "2024-03" in r.getMessage() for r in caplog.records)
+    assert gecko.total == 0  # the tail had it: the fallback was never bothered
+
+
+def test_file_in_an_unknown_time_unit_is_refused_alone(make_config, archive, api, shared_data_dir: Path,
+                                                       caplog) -> None:
+    archive.set_fault("seconds_timestamps", match="BTCUSDT-1d-2024-05")
+    cfg = make_config()
+    with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+    assert rep.ranges_by_provider["ccxt:binance"] == [(ms("2024-05-01"), ms("2024-06-01"))]  # only May replaced
+    assert any(r.tag == "DATA_REJECT" and "BTCUSDT-1d-2024-05" in r.getMessage() for r in caplog.records)
+
+
+def test_rejected_candle_is_asked_from_the_next_provider(make_config, shared_data_dir: Path, archive,
+                                                         gecko) -> None:
+    bad_day = ms("2024-11-20")
+    src = source(shared_data_dir, "1d", "ETH_USDT")
+    broken = MarketData(shared_data_dir)
+    broken.set("1d", "ETH_USDT", src.with_columns(  # high below low on one day: impossible, rejected
+        high=pl.when(pl.col("timestamp") == bad_day).then(pl.col("low") * 0.5).otherwise(pl.col("high"))))
+    archive.set_fault("404")
+    with FakeBinanceApi(broken, NOW) as bad_api:
+        cfg = make_config(api_urls={"binance": bad_api.url})
+        report = sync(["ETH/USDT"], "binance", "1d", ms("2024-11-10"), None, cfg, NOW)
+    rep = report.symbols["ETH/USDT"]
+    assert rep.issues == {"reject.high_below_low": 1} and report.counters["reject.high_below_low"] == 1
+    assert rep.ranges_by_provider["coingecko"] == [(bad_day, bad_day + DAY)] and rep.complete
+    row = cached(cfg, "1d", "ETH_USDT").filter(pl.col("timestamp") == bad_day)
+    assert row["high"][0] == src.filter(pl.col("timestamp") == bad_day)["high"][0]  # the real one, from CoinGecko
+    assert gecko.counts["ohlc"] == 1
+
+
+@pytest.mark.parametrize("fault", ["down", "500", "429"])
+def test_archive_unusable_falls_through_to_tail(fault, make_config, archive, api, shared_data_dir: Path) -> None:
+    archive.set_fault(fault)
+    cfg = make_config()
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+    rep = report.symbols["BTC/USDT"]
+    assert list(rep.ranges_by_provider) == ["ccxt:binance"] and rep.complete
+
+
+def test_archive_and_tail_down_coingecko_fills_recent_days_without_volume(make_config, archive, api, gecko,
+                                                                          shared_data_dir: Path) -> None:
+    archive.set_fault("down")
+    api.set_fault("429", retry_after="1")
+    gecko.now_ms = SETTLED
+    cfg = make_config()
+    start = NOW - 20 * DAY
+    report = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED)
+    rep = report.symbols["ETH/USDT"]
+    got = cached(cfg, "1d", "ETH_USDT")
+    src = source(shared_data_dir, "1d", "ETH_USDT").filter(pl.col("timestamp") >= start)
+    assert_frame_equal(got.filter(pl.col("timestamp") >= start).drop("volume"), src.drop("volume"))
+    assert got["volume"].is_nan().all()
+    assert list(rep.ranges_by_provider) == ["coingecko"] and rep.flags == {"coingecko": ["no_volume"]}
+    assert rep.complete  # every candle is there (from the fallback, flagged)
+    assert api.counts["exchangeInfo"] == 1 and api.counts["klines"] == 0  # 429 on load_markets: no hammering
+
+
+def test_everyone_down_leaves_pending_gaps_and_invents_nothing(make_config, archive, api, gecko) -> None:
+    for server in (archive, api, gecko):
+        server.set_fault("down")
+    cfg = make_config()
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert not report.complete and rep.rows == 0 and rep.error is None
+    assert [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(SINCE, NOW, False)]
+    notes = " ".join(rep.gaps[0].by)
+    assert "binance_archive: network" in notes and "ccxt:binance" in notes and "coingecko" in notes
+    assert not (cfg.cache_root / "binance/1d/BTC_USDT.parquet").exists()
+
+
+def test_concurrent_syncs_of_one_symbol_lose_nothing(make_config, shared_data_dir: Path) -> None:
+    import threading
+
+    cfg = make_config(providers=("archive",))
+    windows = [(ms("2021-01-01"), ms("2021-12-31")), (ms("2023-01-01"), ms("2023-12-31"))]
+    reports = []
+    threads = [threading.Thread(target=lambda w=w: reports.append(
+        sync(["BTC/USDT"], "binance", "1d", w[0], w[1], cfg, NOW))) for w in windows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reports) == 2 and all(r.complete for r in reports)
+    got = cached(cfg, "1d", "BTC_USDT")
+    src = btc(shared_data_dir)
+    for start, end in windows:  # both writers' rows are there: the per-symbol lock serialised them
+        assert_frame_equal(got.filter(pl.col("timestamp").is_between(start, end)),
+                           src.filter(pl.col("timestamp").is_between(start, end)))
+    sidecar = json.loads(coverage_path(cfg.cache_root / "binance/1d/BTC_USDT.parquet").read_text())
+    assert sidecar["rows"] == got.height
+
+
+def test_a_down_provider_is_not_hammered(make_config, archive, api, gecko) -> None:
+    for server in (archive, api, gecko):
+        server.set_fault("down")
+    cfg = make_config(archive_workers=2)
+    symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+    report = sync(symbols, "binance", "1d", NOW - 20 * DAY, None, cfg, SETTLED)
+    first, *others = (report.symbols[s] for s in symbols)
+    # Each provider fails once (plus what was already in flight), then is left alone for the cooldown.
+    assert archive.total <= 2 and api.total == 1 and gecko.total == 1
+    assert all(r.request_count == 0 for r in others) and first.request_count == archive.total + 2
+    assert any("not asked" in note for r in others for g in r.gaps for note in g.by)
+    assert not report.complete
+
+
+def test_gap_nobody_has_stays_a_confirmed_gap(make_config, data: MarketData, archive, api, gecko,
+                                              shared_data_dir: Path) -> None:
+    src = source(shared_data_dir, "1d", "BTC_USDT")
+    hole = (ms("2024-11-10"), ms("2024-11-13"))  # three days the exchange "never produced"
+    holed = src.filter(~pl.col("timestamp").is_between(hole[0], hole[1] - 1))
+    data.set("1d", "BTC_USDT", holed)
+    cfg = make_config()
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), holed, SINCE)
+    gaps = [(g.start, g.end, g.confirmed, g.by) for g in rep.gaps]
+    assert gaps == [(hole[0], hole[1], True, ("binance_archive", "ccxt:binance"))]
+    assert rep.complete
+    # CoinGecko has those days (it is another source) but the exchange said "no candle": not asked, not filled.
+    assert gecko.total == 0
+
+
+def test_unconfirmed_gap_is_pending_then_retried_alone(make_config, data: MarketData, archive, api,
+                                                       shared_data_dir: Path) -> None:
+    src = source(shared_data_dir, "1d", "BTC_USDT")
+    hole = (ms("2024-06-10"), ms("2024-06-12"))
+    data.set("1d", "BTC_USDT", src.filter(~pl.col("timestamp").is_between(hole[0], hole[1] - 1)))
+    api.set_fault("500")  # the archive says "no candle", but the exchange API cannot be asked: not proven
+    cfg = make_config(providers=("archive", "tail"))
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert not rep.complete
+    assert [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(hole[0], hole[1], False)]
+    assert any("ccxt:binance" in note for note in rep.gaps[0].by)
+
+    api.clear_faults()
+    archive.reset_counts()
+    api.reset_counts()
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert rep.complete and [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(hole[0], hole[1], True)]
+    # Only the pending range was asked again: June's archive file, then one klines page.
+    assert archive.counts["zip"] == 1 and "2024-06" in archive.paths[-1]
+    assert api.counts["klines"] == 1
+
+
+def test_forming_candle_never_stored(make_config, archive, api, shared_data_dir: Path) -> None:
+    now = ms("2024-12-05T12:00")
+    archive.now_ms = api.now_ms = now
+    archive.set_fault("404", match="/daily/")  # today's days are not in the archive yet: the tail serves them
+    cfg = make_config()
+    report = sync(["BTC/USDT"], "binance", "1d", ms("2024-11-01"), None, cfg, now)
+    got = cached(cfg, "1d", "BTC_USDT")
+    assert got["timestamp"].max() == ms("2024-12-04")  # the 2024-12-05 candle is still forming at 12:00
+    rep = report.symbols["BTC/USDT"]
+    assert rep.forming_dropped == 1 and rep.complete
+    assert rep.ranges_by_provider["ccxt:binance"] == [(ms("2024-12-01"), ms("2024-12-05"))]
+    assert any("klines" in p and "endTime" not in p for p in api.paths)  # asked open-ended, like a live tail
+    assert_frame_equal(got.filter(pl.col("timestamp") >= ms("2024-12-01")),
+                       source(shared_data_dir, "1d", "BTC_USDT").filter(
+                           pl.col("timestamp").is_between(ms("2024-12-01"), ms("2024-12-04"))))
+
+
+def test_second_sync_makes_zero_requests(make_config, archive, api, gecko) -> None:
+    cfg = make_config()
+    first = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW)
+    assert first.complete and first.requests > 0
+    for server in (archive, api, gecko):
+        server.reset_counts()
+    second = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW)
+    assert second.complete and second.requests == 0 and second.rows_added == 0
+    assert archive.total == api.total == gecko.total == 0
+    # Later in the same day nothing new has closed: still zero.
+    third = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW + 23 * 3_600_000)
+    assert third.requests == 0 and archive.total == api.total == 0
+
+
+def test_incremental_sync_asks_only_for_new_days(make_config, data: MarketData, archive, api,
+                                                 shared_data_dir: Path) -> None:
+    full = source(shared_data_dir, "1d", "BTC_USDT")
+    cfg = make_config()
+    archive.now_ms = api.now_ms = ms("2024-12-03")
+    data.set("1d", "BTC_USDT", full.filter(pl.col("timestamp") < ms("2024-12-03")))
+    assert sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, ms("2024-12-03")).complete
+    archive.reset_counts()
+    api.reset_counts()
+    data.set("1d", "BTC_USDT", full)
+    archive.now_ms = api.now_ms = NOW
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    assert report.complete and report.symbols["BTC/USDT"].rows_added == 3
+    zips = sorted(p.rsplit("/", 1)[-1] for p in archive.paths if p.endswith(".zip"))
+    # Three daily files: lookback padding never costs the archive an extra file.
+    assert zips == [f"BTCUSDT-1d-2024-12-0{d}.zip" for d in range(3, 6)]
+    assert api.total == 0
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+
+
+def test_overlap_disagreement_logged_and_counted(make_config, shared_data_dir: Path, archive, caplog) -> None:
+    # A second exchange API whose data differs on one day: asked for the padding, it disagrees with the cache.
+    other = MarketData(shared_data_dir)
+    src = source(shared_data_dir, "1d", "BTC_USDT")
+    bad_day = ms("2024-11-28")
+    # Still a valid candle (close moved to the day's low), so validation passes it and the cross-check sees it.
+    other.set("1d", "BTC_USDT", src.with_columns(
+        close=pl.when(pl.col("timestamp") == bad_day).then(pl.col("low")).otherwise(pl.col("close"))))
+    with FakeBinanceApi(other, NOW) as api2:
+        cfg = make_config(api_urls={"binance": api2.url})
+        archive.now_ms = ms("2024-12-03")
+        sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, ms("2024-12-03"))
+        archive.now_ms = NOW
+        archive.set_fault("404", match="/daily/")  # the new days must come from the tail, with its padding
+        with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+            report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert rep.disagreements == 1 and report.counters["disagreements"] == 1
+    line = [r for r in caplog.records if getattr(r, "tag", None) == "DATA_DISAGREE"]
+    assert len(line) == 1 and "close" in line[0].getMessage() and "2024-11-28" in line[0].getMessage()
+    kept = cached(cfg, "1d", "BTC_USDT").filter(pl.col("timestamp") == bad_day)["close"][0]
+    assert kept == src.filter(pl.col("timestamp") == bad_day)["close"][0]  # the archive's value stays
+
+
+def test_cross_venue_overlap_is_checked_loosely(make_config, shared_data_dir: Path, archive, api) -> None:
+    from services.ingest.fakes import FakeCoinGecko
+
+    usd = MarketData(shared_data_dir)  # CoinGecko's USD aggregate: 0.1% off Binance's USDT prices
+    four_h = source(shared_data_dir, "4h", "BTC_USDT")
+    usd.set("4h", "BTC_USDT", four_h.with_columns(*(pl.col(c) * 1.001 for c in ("open", "high", "low", "close"))))
+    early = ms("2024-12-03T01:00")
+    with FakeCoinGecko(usd, early) as gecko:
+        cfg = make_config(coingecko_url=gecko.url)
+        archive.set_fault("404")
+        api.set_fault("down")
+        first = sync(["BTC/USDT"], "binance", "1d", ms("2024-11-20"), None, cfg, early)
+        assert list(first.symbols["BTC/USDT"].ranges_by_provider) == ["coingecko"]
+        api.clear_faults()
+        second = sync(["BTC/USDT"], "binance", "1d", ms("2024-11-20"), None, cfg, SETTLED)
+    rep = second.symbols["BTC/USDT"]
+    # The tail's padding overlapped ten CoinGecko days: 0.1% apart is normal across venues, not an alarm.
+    assert rep.disagreements == 0 and rep.complete
+    # (CoinGecko's 14-day answer also covered 2024-11-19: kept as lookback history)
+    assert rep.ranges_by_provider == {"coingecko": [(ms("2024-11-19"), ms("2024-12-03"))],
+                                      "ccxt:binance": [(ms("2024-12-03"), NOW)]}
+
+
+def test_second_tail_exchange_fills_when_the_own_exchange_is_down(make_config, shared_data_dir: Path, archive,
+                                                                  api) -> None:
+    archive.set_fault("404")
+    api.set_fault("down")
+    with FakeBinanceApi(MarketData(shared_data_dir), NOW) as us:
+        cfg = make_config(tail_exchanges=("binanceus",), api_urls={"binance": api.url, "binanceus": us.url})
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    rep = report.symbols["BTC/USDT"]
+    assert list(rep.ranges_by_provider) == ["ccxt:binanceus"] and rep.complete
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+
+
+def test_coingecko_429_backs_off_with_retry_after(make_config, archive, api, gecko) -> None:
+    archive.set_fault("down")
+    api.set_fault("down")
+    gecko.set_fault("429", times=2, retry_after="7")
+    gecko.now_ms = SETTLED
+    cfg = make_config()
+    report = sync(["BTC/USDT"], "binance", "1d", NOW - 10 * DAY, None, cfg, SETTLED)
+    assert report.complete and gecko.counts["ohlc"] == 3
+    assert cfg.sleep.__self__ == make_config.sleeps  # the injected sleep recorded the waits
+    assert make_config.sleeps == [7.0, 7.0]
+
+
+def test_stale_sidecar_is_rebuilt_without_losing_rows(make_config, archive, api, shared_data_dir: Path,
+                                                       caplog) -> None:
+    cfg = make_config()
+    sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    path = cfg.cache_root / "binance/1d/BTC_USDT.parquet"
+    coverage_path(path).write_text("{ torn")
+    with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    assert any(getattr(r, "tag", None) == "CACHE_MISMATCH" for r in caplog.records)
+    assert report.complete and report.symbols["BTC/USDT"].rows_added == 0
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+    assert json.loads(coverage_path(path).read_text())["rows"] == cached(cfg, "1d", "BTC_USDT").height
+
+
+def test_settings_like_config_and_until(tmp_path: Path, archive, api, monkeypatch, shared_data_dir: Path) -> None:
+    monkeypatch.setenv("AURA_BINANCE_ARCHIVE_URL", archive.url)
+    monkeypatch.setenv("AURA_BINANCE_API_URL", api.url)
+    settings = Settings(home=str(tmp_path / "home"))
+    report = sync(["ETH/USDT"], "binance", "1d", ms("2021-01-01"), ms("2021-12-31"), settings, NOW)
+    cfg = IngestConfig.coerce(settings)
+    assert cfg.cache_root == tmp_path / "home" / "cache" and cfg.api_urls["binance"] == api.url
+    got = cached(cfg, "1d", "ETH_USDT")
+    assert got["timestamp"].max() == ms("2021-12-31") and report.complete
+    assert report.symbols["ETH/USDT"].window == (ms("2021-01-01"), ms("2022-01-01"))

@@ -1,0 +1,53 @@
+"""The ingest service's live source: provider chain -> cache -> one complete snapshot per closed bar."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.ingest.fakes.archive import FakeBinanceArchive
+from services.ingest.fakes.binance_api import FakeBinanceApi
+from services.ingest.fakes.coingecko import FakeCoinGecko
+from services.ingest.sources import SyncSource
+from shared.candles import digest, encode_panel
+from shared.config import load_settings
+from tests.ingest.conftest import NOW, source
+
+pytestmark = pytest.mark.integration
+SYMBOLS = ["BTC/USDT", "ETH/USDT"]
+
+
+def _source(tmp_path: Path, config: object) -> SyncSource:
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
+    return SyncSource(settings, SYMBOLS, None, logging.getLogger("t"), config=config,  # type: ignore[arg-type]
+                      clock_ms=lambda: NOW + 300_000)
+
+
+def test_complete_universe_gives_the_last_closed_bar(tmp_path: Path, make_config, shared_data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    src = _source(tmp_path, make_config())
+    step = asyncio.run(src.next_step())
+    assert step is not None and step.snapshot is not None
+    assert step.as_of_ms == NOW - 86_400_000 and step.cycle_id == "1d-20241205T0000"
+    assert step.snapshot.symbols == tuple(SYMBOLS)
+    assert len(step.snapshot.timestamps) == 60
+    btc = source(shared_data_dir, "1d", "BTC_USDT").tail(60)
+    np.testing.assert_array_equal(step.snapshot.close[:, 0], btc["close"].to_numpy())
+    # The same cache gives the same bytes, hence the same digest, on a second poll.
+    again = asyncio.run(_source(tmp_path, make_config()).next_step())
+    assert again is not None and again.snapshot is not None
+    assert digest(encode_panel(again.snapshot)) == digest(encode_panel(step.snapshot))
+    src.done(step)
+    assert asyncio.run(src.next_step()) is None  # nothing new closed: no work, no requests
+
+
+def test_providers_down_give_a_stale_step(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
+                                          api: FakeBinanceApi, gecko: FakeCoinGecko) -> None:
+    for server in (archive, api, gecko):
+        server.set_fault("500")
+    step = asyncio.run(_source(tmp_path, make_config()).next_step())
+    assert step is not None and step.snapshot is None
+    assert set(step.missing) == set(SYMBOLS)

@@ -1,0 +1,100 @@
+"""The risk tick's pure decision: SL/TP checks, the kill-switch on the latest prices, and the sync guard on an
+incomplete price read (a held symbol missing from the answer must never count as worth nothing)."""
+
+from __future__ import annotations
+
+import math
+
+from aura.strategy.params import StrategyParams
+from aura.strategy.types import MarketRule
+from services.risk.sync_guard import GuardState
+from services.risk.tick import evaluate_tick, sl_checks, tick_target
+from shared.contracts import MarketRuleMsg, PortfolioSnapshot
+
+RULES = {s: MarketRule(s, 0.0001, 0.01, 0.0001, 5.0) for s in ("BTC/USDT", "ETH/USDT")}
+MARKETS = [MarketRuleMsg(s, 0.0001, 0.01, 0.0001, 5.0) for s in RULES]
+PARAMS = StrategyParams(stop_loss=0.15, take_profit=0.5, kill_switch_drawdown=0.25, kill_switch_window=30)
+
+
+def snapshot(**over: object) -> PortfolioSnapshot:
+    fields: dict[str, object] = {
+        "snapshot_id": "s-1", "cycle_id": "1d-20240101T0000", "plan_id": "p-1", "status": "executed",
+        "cash": 1000.0, "holdings": {"BTC/USDT": 0.2, "ETH/USDT": 1.0},
+        "entry_prices": {"BTC/USDT": 40_000.0, "ETH/USDT": 2000.0}, "equity": 11_000.0,
+        "equity_history": [10_000.0, 11_000.0]}
+    fields.update(over)
+    return PortfolioSnapshot(**fields)  # type: ignore[arg-type]
+
+
+def tick(prices: dict[str, float] | None, guard: GuardState | None = None, halted: bool = False,
+         snap: PortfolioSnapshot | None = None, marks: dict[str, float] | None = None):  # type: ignore[no-untyped-def]
+    return evaluate_tick(snap or snapshot(), prices, RULES, PARAMS, 0.001, halted, guard or GuardState(),
+                         marks or {})
+
+
+def test_sl_checks_report_every_position_with_its_levels() -> None:
+    checks = {c.symbol: c for c in sl_checks(snapshot(), {"BTC/USDT": 33_000.0, "ETH/USDT": 3100.0}, PARAMS)}
+    assert checks["BTC/USDT"].verdict == "stop_loss" and checks["BTC/USDT"].stop_level == 34_000.0
+    assert checks["ETH/USDT"].verdict == "take_profit" and checks["ETH/USDT"].take_level == 3000.0
+    calm = sl_checks(snapshot(), {"BTC/USDT": 41_000.0}, PARAMS)
+    assert [c.verdict for c in calm] == ["hold", "no_price"] and math.isnan(calm[1].price)
+
+
+def test_quiet_tick_does_nothing() -> None:
+    decision = tick({"BTC/USDT": 41_000.0, "ETH/USDT": 2100.0})
+    assert decision.action == "none" and decision.outcome is not None and decision.outcome.legs == []
+
+
+def test_stop_loss_on_the_latest_price_makes_an_exit() -> None:
+    decision = tick({"BTC/USDT": 33_000.0, "ETH/USDT": 2100.0})
+    assert decision.action == "exit" and decision.outcome is not None
+    assert [(x.side, x.symbol, x.qty, x.reason) for x in decision.outcome.legs] == [
+        ("sell", "BTC/USDT", 0.2, "stop_loss")]
+    assert not decision.outcome.halted
+
+
+def test_drawdown_on_the_latest_prices_trips_the_kill_switch() -> None:
+    # 1000 cash + 0.2 BTC at 28k (5600) + 1 ETH at 1500 = 8100: 26% below the 11000 peak.
+    decision = tick({"BTC/USDT": 28_000.0, "ETH/USDT": 1500.0})
+    assert decision.action == "liquidate" and decision.outcome is not None
+    assert decision.outcome.gate == "kill_switch"
+    assert sorted(x.symbol for x in decision.outcome.legs) == ["BTC/USDT", "ETH/USDT"]
+
+
+def test_a_latched_halt_liquidates_what_is_left() -> None:
+    decision = tick({"BTC/USDT": 41_000.0, "ETH/USDT": 2100.0}, halted=True)
+    assert decision.action == "liquidate" and decision.outcome is not None
+    assert decision.outcome.gate == "halted"
+
+
+def test_partial_price_read_right_after_an_error_neither_liquidates_nor_halts() -> None:
+    # BTC (8000 of 11000 equity) missing from the answer: valued at nothing it would be a 73% drawdown.
+    failed = tick(None)
+    assert failed.action == "wait" and failed.outcome is None
+    partial = tick({"ETH/USDT": 2100.0}, guard=failed.guard)
+    assert partial.action == "wait" and partial.outcome is None, "acted on an unconfirmed price read"
+    assert partial.price_verdict.shortfall == {"BTC/USDT": 1.0}
+    assert "right after a failed read" in partial.price_verdict.reason
+    back = tick({"BTC/USDT": 41_000.0, "ETH/USDT": 2100.0}, guard=partial.guard)
+    assert back.action == "none"
+
+
+def test_a_confirmed_missing_price_is_valued_at_its_last_mark_not_at_zero() -> None:
+    guard = GuardState()
+    for _ in range(2):
+        decision = tick({"ETH/USDT": 2100.0}, guard=guard, marks={"BTC/USDT": 41_000.0})
+        assert decision.action == "wait"
+        guard = decision.guard
+    decision = tick({"ETH/USDT": 2100.0}, guard=guard, marks={"BTC/USDT": 41_000.0})
+    assert decision.price_verdict.status == "confirmed" and decision.outcome is not None
+    assert decision.action == "none" and not decision.outcome.halted  # BTC counted at 41k, not at 0
+    assert decision.outcome.equity == 1000.0 + 0.2 * 41_000.0 + 2100.0
+
+
+def test_tick_target_is_deterministic_and_never_buys() -> None:
+    prices = {"BTC/USDT": 33_000.0, "ETH/USDT": 2100.0}
+    a = tick_target(snapshot(), prices, MARKETS, PARAMS, 3, 1_700_000_000_000, "digest")
+    b = tick_target(snapshot(), dict(reversed(prices.items())), MARKETS, PARAMS, 3, 1_700_000_000_000, "digest")
+    assert a == b and a.cycle_id.startswith("tick-") and a.weights == {}
+    other = tick_target(snapshot(snapshot_id="s-2"), prices, MARKETS, PARAMS, 3, 1_700_000_000_000, "digest")
+    assert other.cycle_id != a.cycle_id  # a new basis is a new tick cycle

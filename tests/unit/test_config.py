@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, load_settings
+
+
+def test_defaults_are_valid() -> None:
+    s = load_settings({})
+    assert s.dry_run is True
+    assert [s.port_for(n) for n in ("ingest", "signal", "risk", "executor", "optimizer")] == list(range(8101, 8106))
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"AURA_EXECUTOR_PORT": "abc"}, "executor_port"),
+    ({"AURA_RISK_PORT": "70000"}, "risk_port"),
+    ({"AURA_DRY_RUN": "maybe"}, "dry_run"),
+    ({"AURA_NATS_URL": "http://x"}, "nats_url"),
+    ({"AURA_PAPER_FEE_RATE": "nan"}, "paper_fee_rate"),
+    ({"AURA_TIMEFRAME": "2m"}, "timeframe"),
+])
+def test_bad_setting_is_named(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env)
+
+
+def test_toml_file_then_env_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "aura.toml"
+    cfg.write_text('[aura]\nreplay_interval_s = 3.5\nmax_order_usdt = 250\n')
+    s = load_settings({"AURA_CONFIG": str(cfg), "AURA_MAX_ORDER_USDT": "100"})
+    assert s.replay_interval_s == 3.5
+    assert s.max_order_usdt == 100.0
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "aura.toml"
+    cfg.write_text('[aura]\nmax_order_usd = 250\n')
+    with pytest.raises(ConfigError, match="max_order_usd"):
+        load_settings({"AURA_CONFIG": str(cfg)})

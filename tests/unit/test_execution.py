@@ -1,0 +1,167 @@
+"""Executor idempotency with the paper broker and a real SQLite journal (faults injected by wrappers)."""
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from aura.strategy.types import MarketRule
+from services.executor.brokers.base import AmbiguousOrderError, OrderState, TransientBrokerError
+from services.executor.brokers.client_order_id import CLIENT_ORDER_ID_RE, client_order_id
+from services.executor.brokers.paper import PaperBroker
+from services.executor.execution import ExecutionLimits, clamp_leg, execute_plan
+from services.executor.journal import Journal
+from services.executor.portfolio import portfolio_from_fills
+from services.executor.reconcile import reconcile
+from shared.contracts import PlanBody, PlanLeg, plan_id_for
+
+LOG = logging.getLogger("test")
+RULES = {"BTC/USDT": MarketRule("BTC/USDT", 0.00001, 0.01, 0.00001, 5.0),
+         "ETH/USDT": MarketRule("ETH/USDT", 0.0001, 0.01, 0.0001, 5.0)}
+LIMITS = ExecutionLimits(max_order_usdt=1e9, backoff_s=0.0, fill_poll_s=0.0)
+
+
+def plan(legs: list[PlanLeg], cycle: str = "1d-20240101T0000") -> PlanBody:
+    fields = {"cycle_id": cycle, "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 1,
+              "params_digest": "p", "basis_snapshot_id": "s", "gate": "pass", "halted": False, "legs": legs,
+              "reasons": [], "prices": {"BTC/USDT": 40000.0, "ETH/USDT": 2000.0}}
+    return PlanBody(plan_id=plan_id_for(fields), **fields)  # type: ignore[arg-type]
+
+
+BUYS = [PlanLeg(0, "BTC/USDT", "buy", 0.1, 40000.0, "enter"), PlanLeg(1, "ETH/USDT", "buy", 2.0, 2000.0, "enter")]
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.fixture()
+def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "j.sqlite")
+    assert j.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    return j
+
+
+def paper(cash: float = 10_000.0, **held: float) -> PaperBroker:
+    return PaperBroker({"USDT": cash, **held}, RULES, fee_rate=0.001, slippage_bps=0.0)
+
+
+def test_redelivered_plan_never_places_twice(journal: Journal) -> None:
+    broker = paper()
+    p = plan(BUYS)
+    first = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
+    again = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
+    assert len(first.new_fills) == 2 and again.new_fills == []
+    assert journal.count("fills") == 2 and journal.count("orders") == 2
+    assert len(broker.orders) == 2
+
+
+class AcceptThenTimeout(PaperBroker):
+    """The exchange accepts the order but the answer is lost, once."""
+
+    def __init__(self, *a: object, **k: object) -> None:
+        super().__init__(*a, **k)  # type: ignore[arg-type]
+        self.lost = 0
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float) -> OrderState:
+        state = await super().place_market_order(symbol, side, qty, client_order_id, ref_price)
+        if self.lost == 0:
+            self.lost += 1
+            raise AmbiguousOrderError("read timed out after the request was sent")
+        return state
+
+
+def test_ambiguous_timeout_is_resolved_by_lookup_not_resend(journal: Journal) -> None:
+    broker = AcceptThenTimeout({"USDT": 10_000.0}, RULES, fee_rate=0.001, slippage_bps=0.0)
+    result = run(execute_plan(plan(BUYS), broker, journal, RULES, LIMITS, LOG))
+    assert broker.lost == 1
+    assert len(result.new_fills) == 2 and len(broker.orders) == 2
+    assert broker.balances["BTC"] == pytest.approx(0.1)
+
+
+def test_crash_after_send_is_reconciled_at_boot(journal: Journal) -> None:
+    broker = paper()
+    p = plan(BUYS)
+    cid = client_order_id(p.plan_id, 0)
+    # Simulate a crash right after the order reached the exchange: intent "sent", nothing else journaled.
+    journal.begin()
+    journal.record_intent(cid, p.cycle_id, p.plan_id, 0, "BTC/USDT", "buy", 0.1, 40000.0, status="sent")
+    journal.commit()
+    run(broker.place_market_order("BTC/USDT", "buy", 0.1, cid, 40000.0))
+    counts = run(reconcile(journal, broker, LOG))
+    assert counts == {"open": 1, "found": 1, "unsent": 0, "new_fills": 1, "unreachable": 0}
+    result = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
+    assert [f[2] for f in result.new_fills] == ["ETH/USDT"]  # the BTC leg is not placed again
+    assert journal.count("fills") == 2 and len(broker.orders) == 2
+
+
+def test_intent_never_sent_is_marked_unsent_and_then_placed_once(journal: Journal) -> None:
+    broker = paper()
+    p = plan(BUYS[:1])
+    journal.begin()
+    journal.record_intent(client_order_id(p.plan_id, 0), p.cycle_id, p.plan_id, 0, "BTC/USDT", "buy", 0.1, 40000.0)
+    journal.commit()
+    assert run(reconcile(journal, broker, LOG))["unsent"] == 1
+    run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
+    assert journal.count("fills") == 1
+
+
+class FlakyBalances(PaperBroker):
+    def __init__(self, *a: object, failures: int = 2, **k: object) -> None:
+        super().__init__(*a, **k)  # type: ignore[arg-type]
+        self.failures = failures
+
+    async def fetch_free_balances(self) -> dict[str, float]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientBrokerError("balance endpoint 503")
+        return await super().fetch_free_balances()
+
+
+def test_sell_clamp_retries_a_failed_balance_read_and_clamps(journal: Journal) -> None:
+    broker = FlakyBalances({"USDT": 0.0, "BTC": 0.05}, RULES, fee_rate=0.001, slippage_bps=0.0, failures=2)
+    sell = plan([PlanLeg(0, "BTC/USDT", "sell", 0.0512, 40000.0, "exit")])
+    result = run(execute_plan(sell, broker, journal, RULES, LIMITS, LOG))
+    assert broker.failures == 0
+    assert result.status == "executed", result.reasons
+    assert broker.balances["BTC"] == pytest.approx(0.0)
+    assert "clamped" in " ".join(result.reasons)
+
+
+def test_clamp_leg_rules() -> None:
+    leg = PlanLeg(0, "BTC/USDT", "buy", 1.0, 40000.0, "enter")
+    assert clamp_leg(leg, RULES["BTC/USDT"], None, ExecutionLimits(max_order_usdt=1000.0))[0] == 0.025
+    tiny = PlanLeg(0, "BTC/USDT", "buy", 0.0001, 40000.0, "enter")
+    qty, why = clamp_leg(tiny, RULES["BTC/USDT"], None, LIMITS)
+    assert qty == 0.0 and "below exchange minimum" in why
+
+
+def test_portfolio_is_the_sum_of_fills() -> None:
+    pf = portfolio_from_fills(1000.0, [("BTC/USDT", "buy", 0.01, 40000.0, 0.4),
+                                       ("BTC/USDT", "buy", 0.01, 20000.0, 0.2),
+                                       ("BTC/USDT", "sell", 0.01, 30000.0, 0.3)])
+    assert pf.holdings == {"BTC/USDT": 0.01}
+    assert pf.entry_prices["BTC/USDT"] == pytest.approx(30000.0)
+    assert pf.cash == pytest.approx(1000 - 400.4 - 200.2 + 299.7)
+
+
+def test_client_order_ids_are_deterministic_and_valid() -> None:
+    ids = {client_order_id(f"p-{i}", leg) for i in range(200) for leg in range(5)}
+    assert len(ids) == 1000
+    assert all(CLIENT_ORDER_ID_RE.match(c) for c in ids)
+    assert client_order_id("p-1", 0) == client_order_id("p-1", 0)
+
+
+def test_full_exit_after_float_noisy_fills_is_not_an_overdraft(journal: Journal) -> None:
+    # 0.7 - 0.4 is 0.29999999999999993 in floats: the exchange (and the paper venue) holds 0.3.
+    broker = paper(cash=100_000.0)
+    run(execute_plan(plan([PlanLeg(0, "BTC/USDT", "buy", 0.7, 40000.0, "enter")], "c1"), broker, journal, RULES,
+                     LIMITS, LOG))
+    run(execute_plan(plan([PlanLeg(0, "BTC/USDT", "sell", 0.4, 40000.0, "trim")], "c2"), broker, journal, RULES,
+                     LIMITS, LOG))
+    result = run(execute_plan(plan([PlanLeg(0, "BTC/USDT", "sell", 0.3, 40000.0, "exit")], "c3"), broker, journal,
+                              RULES, LIMITS, LOG))
+    assert result.status == "executed", result.reasons
+    assert broker.balances["BTC"] == 0.0
