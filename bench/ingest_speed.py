@@ -1,0 +1,165 @@
+"""Ingest speed: cold sync from the local archive server, then warm panel loads from the cache.
+
+1. A fake data.binance.vision (services.ingest.fakes) runs in a *separate process* (a real CDN does not share
+   our GIL) and serves monthly/daily zips + CHECKSUMs built from /work/shared/data.  Its zips are built before
+   the clock starts: this measures the client, not the fake.
+2. Cold sync, archive provider only, full history (since 2017-07-01) into an empty temporary cache:
+   the 17 hourly symbols (~794k candles), then the 41 daily symbols.  Every cached file is then compared
+   with the source parquet (must be equal).  Figures:
+   * ``cold_sync_candles_per_s``: candles / wall time, everything included (HTTP, checksums, unzip, parse,
+     validation, merge, atomic Parquet writes);
+   * ``parse_merge_candles_per_s``: candles / (CPU time turning verified zip bytes into candles, summed over
+     the download threads + wall time of validate/merge/cross-check/write), i.e. the same run without HTTP.
+3. Warm loads (files in the page cache) of ``load_panel`` for 41x1d and 17x1h: best of N after one warm-up.
+
+Progress goes to stderr; the LAST printed line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+NOW_MS = 1_733_443_200_000  # 2024-12-06 00:00 UTC: the day after the shared data ends
+
+
+def _data_dir() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("AURA_SHARED_DATA", root.parent / "shared" / "data")).resolve()
+
+
+def _serve(conn: mp.connection.Connection, data_dir: str, timeframes: list[str]) -> None:
+    """Child process: run the fake archive until told to stop."""
+    from services.ingest.fakes import FakeBinanceArchive, MarketData
+
+    data = MarketData(data_dir)
+    server = FakeBinanceArchive(data, NOW_MS).start()
+    built = sum(server.prebuild(tf, data.stems(tf)) for tf in timeframes)
+    conn.send((server.url, built))
+    conn.recv()
+    conn.send(server.total)
+    server.stop()
+
+
+def cold_sync(url: str, cache_root: Path, timeframe: str, symbols: list[str], workers: int) -> dict[str, float]:
+    from services.ingest.cli import ProgressBar
+    from services.ingest.sync import IngestConfig, sync
+
+    cfg = IngestConfig(cache_root=cache_root, archive_url=url, providers=("archive",), archive_workers=workers)
+    started = time.perf_counter()
+    bar = ProgressBar(len(symbols), width=20, prefix=f"cold sync {timeframe} ")
+    report = sync(symbols, "binance", timeframe, None, None, cfg, NOW_MS, progress=bar)
+    wall = time.perf_counter() - started
+    errors = {s: r.error for s, r in report.symbols.items() if r.error}
+    if errors:
+        raise SystemExit(f"sync errors: {errors}")
+    candles = report.rows_added
+    parse_merge = report.timing("parse_s") + report.timing("merge_s")
+    return {
+        "candles": candles,
+        "wall_s": wall,
+        "requests": report.requests,
+        "parse_s": report.timing("parse_s"),
+        "merge_s": report.timing("merge_s"),
+        "candles_per_s": candles / wall,
+        "parse_merge_candles_per_s": candles / parse_merge if parse_merge else float("nan"),
+    }
+
+
+def verify(cache_root: Path, data_dir: Path, timeframe: str, stems: list[str]) -> None:
+    import polars as pl
+
+    for stem in stems:
+        got = pl.read_parquet(cache_root / "binance" / timeframe / f"{stem}.parquet")
+        want = pl.read_parquet(data_dir / "binance" / timeframe / f"{stem}.parquet")
+        if not got.equals(want):
+            raise SystemExit(f"cache differs from the source for {timeframe} {stem}")
+
+
+def warm_load_ms(root: Path, timeframe: str, repeats: int) -> tuple[float, tuple[int, int]]:
+    from services.ingest.cache import load_panel
+
+    panel = load_panel(root, "binance", timeframe)  # warm-up: page cache, imports, thread pool
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        panel = load_panel(root, "binance", timeframe)
+        best = min(best, time.perf_counter() - started)
+    return best * 1000, panel.close.shape
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=8, help="archive download threads (default 8)")
+    ap.add_argument("--repeats", type=int, default=15, help="warm loads per panel (best is reported)")
+    args = ap.parse_args()
+    data_dir = _data_dir()
+
+    # Pay one-off costs (imports compile from source here, first CSV parse) before any clock starts.
+    from services.ingest.fakes.archive import build_kline_csv
+    from services.ingest.fakes.market import MarketData
+    from services.ingest.providers.binance_archive import parse_kline_csv
+    from shared.logging import setup_logging
+
+    setup_logging("ingest", "ERROR")
+    sample = MarketData(data_dir).arrays("1d", "BTC_USDT")
+    parse_kline_csv(build_kline_csv({k: v[:5] for k, v in sample.items()}, 86_400_000, False))
+
+    print("starting the fake archive (separate process) and building its zips...", file=sys.stderr)
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=_serve, args=(child, str(data_dir), ["1h", "1d"]), daemon=True)
+    proc.start()
+    url, built = parent.recv()
+    print(f"fake archive at {url}: {built} monthly zips ready", file=sys.stderr)
+
+    stems_1h = sorted(p.stem for p in (data_dir / "binance" / "1h").glob("*.parquet"))
+    stems_1d = sorted(p.stem for p in (data_dir / "binance" / "1d").glob("*.parquet"))
+    with tempfile.TemporaryDirectory(prefix="aura-ingest-bench-") as tmp:
+        cache_root = Path(tmp) / "cache"
+        h = cold_sync(url, cache_root, "1h", [s.replace("_", "/") for s in stems_1h], args.workers)
+        print(f"cold 1h: {h['candles']:,} candles in {h['wall_s']:.2f}s = {h['candles_per_s']:,.0f} candles/s "
+              f"end to end ({h['requests']} requests); parse {h['parse_s']:.2f}s + merge {h['merge_s']:.2f}s "
+              f"= {h['parse_merge_candles_per_s']:,.0f} candles/s parsed and merged", file=sys.stderr)
+        d = cold_sync(url, cache_root, "1d", [s.replace("_", "/") for s in stems_1d], args.workers)
+        print(f"cold 1d: {d['candles']:,} candles in {d['wall_s']:.2f}s ({d['requests']} requests)", file=sys.stderr)
+        verify(cache_root, data_dir, "1h", stems_1h)
+        verify(cache_root, data_dir, "1d", stems_1d)
+        print("verified: every cached file equals its source parquet", file=sys.stderr)
+
+        load_1d, shape_1d = warm_load_ms(cache_root, "1d", args.repeats)
+        load_1h, shape_1h = warm_load_ms(cache_root, "1h", args.repeats)
+        shared_1d, _ = warm_load_ms(data_dir, "1d", args.repeats)
+        shared_1h, _ = warm_load_ms(data_dir, "1h", args.repeats)
+        print(f"warm load_panel from the cache: 1d {shape_1d} {load_1d:.1f} ms, 1h {shape_1h} {load_1h:.1f} ms "
+              f"(from /work/shared/data: {shared_1d:.1f} / {shared_1h:.1f} ms)", file=sys.stderr)
+
+    parent.send("stop")
+    served = parent.recv()
+    proc.join(timeout=10)
+    figures = {
+        "cold_sync_candles_per_s": round(h["candles_per_s"]),
+        "cold_sync_parse_merge_candles_per_s": round(h["parse_merge_candles_per_s"]),
+        "cold_sync_candles": h["candles"],
+        "cold_sync_s": round(h["wall_s"], 3),
+        "cold_sync_requests": h["requests"],
+        "cold_sync_1d_s": round(d["wall_s"], 3),
+        "warm_load_1d_ms": round(load_1d, 2),
+        "warm_load_1h_ms": round(load_1h, 2),
+        "warm_load_shared_1d_ms": round(shared_1d, 2),
+        "warm_load_shared_1h_ms": round(shared_1h, 2),
+        "archive_requests_served": served,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
