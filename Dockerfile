@@ -58,5 +58,8 @@ RUN mkdir -p /var/lib/aura/executor /var/lib/aura/keys/private /var/lib/aura/key
     && chown -R aura:aura /var/lib/aura /var/cache/aura
 
 USER aura:aura
+# Compile the numba decision kernels into NUMBA_CACHE_DIR now, as the service user, so a container starts
+# with a warm cache instead of compiling for tens of seconds at its first boot (aura/warmup.py).
+RUN python -m aura.warmup
 EXPOSE 8101 8102 8103 8104 8105
 CMD ["aura", "--help"]

@@ -16,6 +16,9 @@ $(UV):
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
+	# Compile the numba decision kernels into the on-disk cache once, so the first `make up` or test run
+	# does not spend its first cycle compiling (aura/warmup.py).
+	$(VENV)/bin/python -m aura.warmup
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,47 @@ class ServiceContext:
 
 
 ServiceBody = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def warm_decision_kernels(ctx: ServiceContext) -> bool:
+    """Compile the numba decision kernels before the service takes work; False if stopped meanwhile.
+
+    A cold compile takes tens of seconds.  Run inside the event loop it would stall the health app and the
+    NATS pings for that long (a supervisor would see a hung process), so it runs in a daemon thread while
+    /readyz reports ``kernels: compiling``.  Daemon, so a SIGTERM during the compile is not held up by it.
+    """
+    from aura.warmup import compile_decision_kernels  # numba import only in the services that decide
+
+    ctx.health.checks["kernels"] = lambda: (False, "compiling decision kernels")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+
+    def settle(result: float | None, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result or 0.0)
+
+    def work() -> None:
+        try:
+            seconds = compile_decision_kernels()
+        except BaseException as exc:  # reported on the loop, where the service decides what it means
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, seconds, None)
+
+    threading.Thread(target=work, name=f"{ctx.name}-kernel-warmup", daemon=True).start()
+    stopped = asyncio.create_task(ctx.stop.wait())
+    await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not done.done():
+        return False
+    seconds = done.result()
+    ctx.health.checks["kernels"] = lambda: (True, f"compiled in {seconds:.1f}s")
+    info(ctx.logger, "BOOT", "decision kernels ready", seconds=round(seconds, 2))
+    return True
 
 
 async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging.Logger) -> int:

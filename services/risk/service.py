@@ -43,7 +43,7 @@ from shared.contracts import (
 )
 from shared.live_params import ParamsError, load_params
 from shared.logging import error, info, warn
-from shared.service import ServiceContext
+from shared.service import ServiceContext, warm_decision_kernels
 from shared.signing import load_private_key, sign_plan
 
 INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a plan this service just published
@@ -244,6 +244,8 @@ async def run(ctx: ServiceContext) -> None:
         # get every plan rejected. `aura keygen` (or the compose keygen job) creates the pair once.
         raise RuntimeError(f"risk private key missing at {s.private_key_path} (setting risk_private_key_file); "
                            "run `aura keygen`")
+    if not await warm_decision_kernels(ctx):
+        return
     kv = await state_kv(ctx.js)
     source = make_price_source(ctx)
     risk = Risk(ctx, kv, source)

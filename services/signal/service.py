@@ -24,7 +24,7 @@ from shared.consumer import Reject, handle
 from shared.contracts import CycleAborted, DataReady, TargetPortfolio, content_id
 from shared.live_params import load_params
 from shared.logging import info
-from shared.service import ServiceContext
+from shared.service import ServiceContext, warm_decision_kernels
 
 STATE_KEY = "signal.state"
 
@@ -60,6 +60,8 @@ def make_target(ready: DataReady, panel: Panel, params: StrategyParams, params_v
 
 
 async def run(ctx: ServiceContext) -> None:
+    if not await warm_decision_kernels(ctx):
+        return
     store = await candle_store(ctx.js)
     kv = await state_kv(ctx.js)
     sub = await durable_pull(ctx.js, DataReady.SUBJECT, durable="signal", ack_wait_s=30)
