@@ -8,6 +8,7 @@ Host ports are picked free at run time and passed as AURA_<SERVICE>_HOST_PORT, s
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -124,6 +125,40 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
+# The host side of a published port (podman's DNAT rules, or docker-proxy) can lag the container's own
+# health check by a moment after `up --wait` returns; CI once saw a connection accepted and never answered.
+# A bounded wait, with every attempt reported on failure, tells a slow network path from a hung service.
+PUBLISHED_PORT_DEADLINE_S = 60
+
+
+def http_get_published(stack: Stack, service: str, path: str) -> tuple[int, str]:
+    url = f"http://127.0.0.1:{stack.host_ports[service]}{path}"
+    deadline = time.monotonic() + PUBLISHED_PORT_DEADLINE_S
+    attempts: list[str] = []
+    while True:
+        started = time.monotonic()
+        try:
+            return http_get(url)
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, bad status lines
+            attempts.append(f"{time.monotonic() - started:.1f}s: {type(exc).__name__}: {exc}")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1)
+    inside = stack.exec_in(service, ["python", "-c", INSIDE_PROBE.format(port=SERVICE_PORTS[service], path=path)])
+    pytest.fail(
+        f"{service}: {url} did not answer within {PUBLISHED_PORT_DEADLINE_S}s "
+        f"({len(attempts)} attempts; last: {attempts[-3:]}); the same request inside the container gave "
+        f"exit {inside.returncode}: {(inside.stdout or inside.stderr).strip()[-300:]}{stack.diagnostics()}"
+    )
+
+
+SERVICE_PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105}
+INSIDE_PROBE = (
+    "import urllib.request as u; "
+    "r = u.urlopen('http://127.0.0.1:{port}{path}', timeout=5); print(r.status, r.read()[:200])"
+)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     reason = engine_unavailable_reason()
@@ -156,12 +191,11 @@ def stack() -> Iterator[Stack]:
 
 def test_every_service_is_healthy_and_ready_through_its_published_port(stack: Stack) -> None:
     for name in SERVICES:
-        base = f"http://127.0.0.1:{stack.host_ports[name]}"
-        status, body = http_get(f"{base}/healthz")
+        status, body = http_get_published(stack, name, "/healthz")
         assert status == 200, f"{name} /healthz -> {status}: {body[:300]}{stack.diagnostics()}"
-        status, body = http_get(f"{base}/readyz")
+        status, body = http_get_published(stack, name, "/readyz")
         assert status == 200, f"{name} /readyz -> {status}: {body[:300]}{stack.diagnostics()}"
-        status, body = http_get(f"{base}/metrics")
+        status, body = http_get_published(stack, name, "/metrics")
         assert status == 200, f"{name} /metrics -> {status}"
         assert "# TYPE" in body, f"{name} /metrics is not Prometheus text: {body[:300]}"
 
