@@ -168,6 +168,9 @@ class PortfolioSnapshot(Contract, frozen=True):
     equity: float
     equity_history: list[float]
     committed_at_ms: int = 0
+    # Commit time (ms UTC) of each equity_history point, oldest first. Risk uses it to measure the
+    # kill-switch's drawdown only from an operator's reset onwards. Empty from producers without it.
+    equity_history_ms: list[int] = []
 
 
 # --- dead letters -----------------------------------------------------------------------------------------

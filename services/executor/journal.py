@@ -217,9 +217,12 @@ class Journal:
         return SnapshotRow(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]),
                            row[8], row[9])
 
-    def equity_history(self, limit: int) -> list[float]:
-        rows = self.db.execute("SELECT equity FROM snapshots ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        return [r[0] for r in reversed(rows)]
+    def equity_history(self, limit: int) -> tuple[list[float], list[int]]:
+        """The last ``limit`` snapshot equities and their commit times (ms), oldest first."""
+        rows = self.db.execute("SELECT equity, committed_ts_ms FROM snapshots ORDER BY seq DESC LIMIT ?",
+                               (limit,)).fetchall()
+        rows.reverse()
+        return [r[0] for r in rows], [int(r[1]) for r in rows]
 
     def open_intents(self) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(OPEN_INTENT_STATES))

@@ -72,10 +72,11 @@ def ensure_genesis(journal: Journal, cash: float) -> bool:
 def current_snapshot(journal: Journal) -> PortfolioSnapshot:
     row = journal.latest_snapshot()
     assert row is not None, "genesis snapshot is written at boot"
+    equity, equity_ms = journal.equity_history(EQUITY_HISTORY)
     return PortfolioSnapshot(snapshot_id=row.snapshot_id, cycle_id=row.cycle_id, plan_id=row.plan_id,
                              status=row.status, cash=row.cash, holdings=row.holdings,
                              entry_prices=row.entry_prices, equity=row.equity,
-                             equity_history=journal.equity_history(EQUITY_HISTORY),
+                             equity_history=equity, equity_history_ms=equity_ms,
                              committed_at_ms=row.committed_ts_ms)
 
 

@@ -3,6 +3,8 @@
 The kill-switch latches: once the rolling drawdown breaches its threshold the risk service liquidates and every
 later plan stays in cash until an operator resets it here.  A reset is written as a new revision (not a delete)
 so the bucket's history shows who reset it and when; the risk service reads it at its next cycle or tick.
+Its ``reset_at_ms`` re-arms the switch: drawdown is measured from equity committed after the reset
+(``services.risk.tick.equity_since_reset``), so the peak before the crash cannot latch it again.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         if args.risk_command == "reset":
             out = asyncio.run(_reset(settings.nats_url, args.reason))
             was = "was latched" if out["was"].get("halted") else "was not latched"
-            print(f"[KILL_SWITCH] latch cleared ({was}); trading resumes at the next cycle", file=sys.stderr)
+            print(f"[KILL_SWITCH] latch cleared ({was}); trading resumes at the next cycle, with the drawdown "
+                  "measured from the equity at this reset", file=sys.stderr)
         else:
             out = asyncio.run(_status(settings.nats_url))
     except Exception as exc:

@@ -28,7 +28,7 @@ from aura.strategy.types import MarketRule, Targets
 from services.risk.cli import HALT_KEY  # one definition, shared with `aura risk reset`
 from services.risk.prices import PriceRead, PriceSource, make_price_source
 from services.risk.sync_guard import GuardState
-from services.risk.tick import TickDecision, evaluate_tick, latch_after, portfolio_state, tick_target
+from services.risk.tick import Latch, TickDecision, evaluate_tick, latch_after, portfolio_state, tick_target
 from shared.bus import durable_pull, kv_get, last_message, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
 from shared.contracts import (
@@ -66,9 +66,9 @@ def rules_of(markets: list[MarketRuleMsg]) -> dict[str, MarketRule]:
     return {m.symbol: MarketRule(m.symbol, m.step_size, m.tick_size, m.min_qty, m.min_notional) for m in markets}
 
 
-async def read_halted(kv: KeyValue) -> bool:
+async def read_latch(kv: KeyValue) -> Latch:
     raw, _ = await kv_get(kv, HALT_KEY)
-    return bool(raw and msgspec.json.decode(raw).get("halted"))
+    return Latch.from_doc(msgspec.json.decode(raw) if raw else None)
 
 
 @dataclass
@@ -155,12 +155,12 @@ class Risk:
             params, version = await load_params(ctx.js, revision=target.params_version)
         except ParamsError as exc:
             raise Reject("bad_params", str(exc)) from exc
-        halted = await read_halted(self.kv)
+        latch = await read_latch(self.kv)
         targets = Targets(weights=dict(target.weights), regime=target.regime,
                           expected_returns=dict(target.expected_returns))
-        outcome = risk_plan(targets, portfolio_state(basis, halted), dict(target.prices), rules_of(target.markets),
+        outcome = risk_plan(targets, portfolio_state(basis, latch), dict(target.prices), rules_of(target.markets),
                             params, self.cost_rate)
-        await self.latch(target.cycle_id, outcome, halted)
+        await self.latch(target.cycle_id, outcome, latch.halted)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
         self.marks.update({s: p for s, p in target.prices.items() if p > 0})
@@ -198,7 +198,8 @@ class Risk:
                  self.inflight.plan_id)
             return None
         params, version = await load_params(ctx.js)
-        halted = await read_halted(self.kv)
+        latch = await read_latch(self.kv)
+        halted = latch.halted
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
         read: PriceRead | None = await self.prices.read(held)
         if read is None and not held:
@@ -206,7 +207,7 @@ class Risk:
             read = PriceRead({}, [], int(time.time() * 1000), "no-prices")
         prices = read.prices if read is not None else None
         rules = rules_of(read.markets) if read is not None else {}
-        decision = evaluate_tick(basis, prices, rules, params, self.cost_rate, halted, self.guard, self.marks)
+        decision = evaluate_tick(basis, prices, rules, params, self.cost_rate, latch, self.guard, self.marks)
         self.guard = decision.guard
         for check in decision.checks:
             info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,

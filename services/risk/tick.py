@@ -8,6 +8,8 @@ what a tick needs around them, so the tick can never decide differently from a c
 * ``evaluate_tick``: the sync guard on the price read first (a held symbol missing from a ticker answer right
   after an error must not be valued at nothing and trip the kill-switch), then ``risk_plan``.
 * ``latch_after``: the kill-switch latch, which only an operator clears (``aura risk reset``).
+* ``Latch`` / ``portfolio_state``: a reset also re-arms the kill-switch from the equity at the reset, or the
+  pre-crash peak still inside the rolling window would trip it again on the very next cycle.
 * ``tick_target``: the synthetic target a tick plan is built from, so it goes through the *same* signed
   ``PlanBody`` path as a cycle plan, with a deterministic cycle id.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.pipeline import PortfolioState, RiskOutcome, risk_plan
@@ -26,6 +29,19 @@ from shared.contracts import MarketRuleMsg, PortfolioSnapshot, TargetPortfolio, 
 
 # A missing price must be missing on this many consecutive ticks before the tick acts without it.
 PRICE_CONFIRM_READS = 3
+
+
+@dataclass(frozen=True)
+class Latch:
+    """The kill-switch latch as stored in the state bucket (``risk.halted``)."""
+
+    halted: bool = False
+    reset_at_ms: int = 0  # the last operator reset; drawdown is measured from equity committed after it
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> Latch:
+        doc = doc or {}
+        return cls(halted=bool(doc.get("halted")), reset_at_ms=int(doc.get("reset_at_ms") or 0))
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,7 @@ def latch_after(halted_before: bool, outcome: RiskOutcome) -> bool:
 
 
 def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, rules: dict[str, MarketRule],
-                  params: StrategyParams, cost_rate: float, halted: bool, guard: GuardState,
+                  params: StrategyParams, cost_rate: float, latch: Latch, guard: GuardState,
                   marks: dict[str, float]) -> TickDecision:
     """Decide one tick. ``prices=None``: the read failed. ``marks``: last good price per symbol.
 
@@ -89,15 +105,30 @@ def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, 
         return TickDecision("wait", None, checks, verdict, guard)
     usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
     fallback = {**snapshot.entry_prices, **marks}
-    outcome = risk_plan(None, portfolio_state(snapshot, halted), usable, rules, params, cost_rate, marks=fallback)
+    outcome = risk_plan(None, portfolio_state(snapshot, latch), usable, rules, params, cost_rate, marks=fallback)
     action = "none" if not outcome.legs else ("liquidate" if outcome.halted else "exit")
     return TickDecision(action, outcome, checks, verdict, guard)
 
 
-def portfolio_state(snap: PortfolioSnapshot, halted: bool) -> PortfolioState:
+def equity_since_reset(snap: PortfolioSnapshot, reset_at_ms: int) -> tuple[float, ...]:
+    """The equity points the kill-switch may look at: those committed after the last operator reset.
+
+    Without this, ``aura risk reset`` after a liquidation would be undone at once: the book sits in cash
+    25% under a peak that is still inside the rolling window, so the next cycle trips and latches again and
+    trading cannot resume until that peak ages out (up to ``kill_switch_window`` cycles).  A snapshot
+    without commit times (an older producer) keeps its whole history: never less protection than before.
+    """
+    history = tuple(snap.equity_history)
+    stamps = snap.equity_history_ms
+    if reset_at_ms <= 0 or len(stamps) != len(history):
+        return history
+    return tuple(e for e, at in zip(history, stamps, strict=True) if at > reset_at_ms)
+
+
+def portfolio_state(snap: PortfolioSnapshot, latch: Latch) -> PortfolioState:
     """The executor's snapshot as the decision core's portfolio (cycle plans and ticks alike)."""
     return PortfolioState(cash=snap.cash, holdings=dict(snap.holdings), entry_prices=dict(snap.entry_prices),
-                          equity_history=tuple(snap.equity_history), halted=halted)
+                          equity_history=equity_since_reset(snap, latch.reset_at_ms), halted=latch.halted)
 
 
 def tick_target(snapshot: PortfolioSnapshot, prices: dict[str, float], markets: list[MarketRuleMsg],

@@ -8,7 +8,7 @@ import math
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import MarketRule
 from services.risk.sync_guard import GuardState
-from services.risk.tick import evaluate_tick, sl_checks, tick_target
+from services.risk.tick import Latch, evaluate_tick, portfolio_state, sl_checks, tick_target
 from shared.contracts import MarketRuleMsg, PortfolioSnapshot
 
 RULES = {s: MarketRule(s, 0.0001, 0.01, 0.0001, 5.0) for s in ("BTC/USDT", "ETH/USDT")}
@@ -27,9 +27,10 @@ def snapshot(**over: object) -> PortfolioSnapshot:
 
 
 def tick(prices: dict[str, float] | None, guard: GuardState | None = None, halted: bool = False,
-         snap: PortfolioSnapshot | None = None, marks: dict[str, float] | None = None):  # type: ignore[no-untyped-def]
-    return evaluate_tick(snap or snapshot(), prices, RULES, PARAMS, 0.001, halted, guard or GuardState(),
-                         marks or {})
+         snap: PortfolioSnapshot | None = None, marks: dict[str, float] | None = None,
+         reset_at_ms: int = 0):  # type: ignore[no-untyped-def]
+    return evaluate_tick(snap or snapshot(), prices, RULES, PARAMS, 0.001, Latch(halted, reset_at_ms),
+                         guard or GuardState(), marks or {})
 
 
 def test_sl_checks_report_every_position_with_its_levels() -> None:
@@ -98,3 +99,35 @@ def test_tick_target_is_deterministic_and_never_buys() -> None:
     assert a == b and a.cycle_id.startswith("tick-") and a.weights == {}
     other = tick_target(snapshot(snapshot_id="s-2"), prices, MARKETS, PARAMS, 3, 1_700_000_000_000, "digest")
     assert other.cycle_id != a.cycle_id  # a new basis is a new tick cycle
+
+
+# --- after an operator reset ----------------------------------------------------------------------------------
+
+# The book right after a kill-switch liquidation: all cash, 30% under a peak still inside the 30-point window.
+LIQUIDATED = snapshot(cash=7_000.0, holdings={}, entry_prices={}, equity=7_000.0,
+                      equity_history=[10_000.0, 9_000.0, 7_000.0], equity_history_ms=[1_000, 2_000, 3_000])
+
+
+def test_a_reset_rearms_the_kill_switch_from_the_equity_at_the_reset() -> None:
+    # Without the reset point the old peak would trip it again at once: the latch could never be cleared.
+    assert tick({}, snap=LIQUIDATED).outcome.gate == "kill_switch"  # type: ignore[union-attr]
+    after_reset = tick({}, snap=LIQUIDATED, reset_at_ms=3_500)
+    assert after_reset.action == "none" and after_reset.outcome is not None
+    assert after_reset.outcome.gate != "kill_switch" and after_reset.outcome.drawdown == 0.0
+
+
+def test_after_a_reset_a_new_drawdown_from_the_new_peak_still_trips_it() -> None:
+    # Bought back in after the reset at t=4000 (equity 7000), then fell 30%: the re-armed switch fires.
+    snap = snapshot(cash=700.0, holdings={"BTC/USDT": 0.2}, entry_prices={"BTC/USDT": 31_500.0}, equity=7_000.0,
+                    equity_history=[10_000.0, 7_000.0, 7_000.0], equity_history_ms=[1_000, 3_000, 4_000])
+    decision = tick({"BTC/USDT": 21_000.0}, snap=snap, reset_at_ms=3_500)  # 700 + 4200 = 4900, -30% from 7000
+    assert decision.action == "liquidate" and decision.outcome is not None
+    assert decision.outcome.gate == "kill_switch"
+
+
+def test_equity_before_the_reset_is_left_out_and_old_snapshots_keep_their_history() -> None:
+    assert portfolio_state(LIQUIDATED, Latch(False, 2_500)).equity_history == (7_000.0,)
+    assert portfolio_state(LIQUIDATED, Latch(False, 0)).equity_history == (10_000.0, 9_000.0, 7_000.0)
+    untimed = snapshot(equity_history=[10_000.0, 7_000.0])  # a producer without commit times
+    assert portfolio_state(untimed, Latch(False, 2_500)).equity_history == (10_000.0, 7_000.0)
+    assert portfolio_state(LIQUIDATED, Latch(True, 0)).halted

@@ -17,7 +17,7 @@ from aura.strategy.signal import compute_targets
 from aura.warmup import compile_decision_kernels
 from services.ingest.replay import load_history, load_market_rules, replay_step
 from services.risk.sync_guard import GuardState
-from services.risk.tick import evaluate_tick
+from services.risk.tick import Latch, evaluate_tick
 from shared.candles import decode_panel, encode_panel
 from shared.contracts import PortfolioSnapshot
 
@@ -55,7 +55,7 @@ def test_live_cycle_and_tick_after_warmup_compile_nothing_new() -> None:
     snapshot = PortfolioSnapshot(snapshot_id="s", cycle_id="c", plan_id="p", status="executed", cash=5_000.0,
                                  holdings={held: 0.1}, entry_prices={held: prices[held] * 1.3}, equity=6_000.0,
                                  equity_history=[10_000.0, 9_000.0])
-    decision = evaluate_tick(snapshot, prices, rules, params, 0.001, False, GuardState(), {})
+    decision = evaluate_tick(snapshot, prices, rules, params, 0.001, Latch(), GuardState(), {})
     assert decision.checks and decision.checks[0].verdict in ("hold", "stop_loss")
 
     after = compiled_signatures()
