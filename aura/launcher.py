@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from aura.natsd import NatsServer, free_port, port_is_free, start_nats
+from services.executor.secrets import CREDENTIAL_ENV
 from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings
 from shared.signing import generate_keypair
 
@@ -55,6 +56,13 @@ def tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment one service process gets: exchange credentials reach the executor and nobody else."""
+    if name == "executor":
+        return dict(env)
+    return {k: v for k, v in env.items() if k not in CREDENTIAL_ENV}
+
+
 def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
     home = settings.home_path
     logs = home / "logs"
@@ -74,7 +82,8 @@ def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
         _say(f"using the NATS server at {env['AURA_NATS_URL']}")
     for name in SERVICE_NAMES:
         with open(logs / f"{name}.log", "ab") as log:
-            stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stdout=log,
+            stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
+                                                 env=service_env(name, env), stdout=log,
                                                  stderr=subprocess.STDOUT, start_new_session=True)
     return stack
 

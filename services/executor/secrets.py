@@ -15,6 +15,10 @@ from pathlib import Path
 from shared.config import ConfigError
 from shared.logging import register_secret
 
+# Every environment variable that carries or points at exchange credentials. Launchers hand these to the
+# executor process only (aura/launcher.py; docker-compose.yml sets them on the executor service alone).
+CREDENTIAL_ENV = ("AURA_EXCHANGE_API_KEY", "AURA_EXCHANGE_API_SECRET", "AURA_EXCHANGE_SECRETS_FILE")
+
 
 @dataclass(frozen=True)
 class ExchangeCredentials:

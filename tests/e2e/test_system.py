@@ -30,11 +30,16 @@ from tests.conftest import NatsEndpoint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+# Sentinel exchange credentials in the launcher's environment (dry run: nothing uses them). They must reach
+# the executor process only, and show up in no log and no HTTP answer.
+SENTINEL_KEY = "sentinel-key-9f3c2a"
+SENTINEL_SECRET = "sentinel-secret-7b1e4d"
 
 
 def stack_env(home: Path, nats_url: str | None, interval: float = 0.05) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update({"AURA_HOME": str(home), "AURA_REPLAY_INTERVAL_S": str(interval), "AURA_LOG_LEVEL": "INFO"})
+    env.update({"AURA_HOME": str(home), "AURA_REPLAY_INTERVAL_S": str(interval), "AURA_LOG_LEVEL": "INFO",
+                "AURA_EXCHANGE_API_KEY": SENTINEL_KEY, "AURA_EXCHANGE_API_SECRET": SENTINEL_SECRET})
     if nats_url:
         env["AURA_NATS_URL"] = nats_url
     for name in SERVICE_NAMES:
@@ -148,6 +153,27 @@ def test_health_endpoints(stack: Stack) -> None:
             metrics = client.get(f"{base}/metrics").text
             assert f'aura_bus_connected{{service="{name}"}} 1' in metrics
         assert "aura_plans_executed" in client.get(f"http://{s.health_host}:{s.port_for('executor')}/metrics").text
+
+
+def test_exchange_keys_reach_only_the_executor(stack: Stack) -> None:
+    def environ(pid: int) -> bytes:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+
+    for name, proc in stack.procs.items():
+        assert proc.poll() is None, f"{name} is not running"
+        has_key = SENTINEL_KEY.encode() in environ(proc.pid) or SENTINEL_SECRET.encode() in environ(proc.pid)
+        assert has_key == (name == "executor"), f"{name}: exchange credentials in its environment = {has_key}"
+    s = stack.settings
+    with httpx.Client(timeout=2) as client:
+        for name in SERVICE_NAMES:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                body = client.get(f"http://{s.health_host}:{s.port_for(name)}{path}").text
+                assert SENTINEL_KEY not in body and SENTINEL_SECRET not in body, f"{name}{path} shows a key"
+    logs = sorted(stack.logs.glob("*.log"))
+    assert {p.stem for p in logs} >= set(SERVICE_NAMES)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert SENTINEL_KEY not in text and SENTINEL_SECRET not in text, f"{log.name} contains a key"
 
 
 def _forged_plan(tmp: Path, cycle_id: str) -> ApprovedPlan:
