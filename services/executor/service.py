@@ -36,6 +36,7 @@ from services.executor.runner import (
 )
 from services.ingest.replay import load_market_rules
 from shared.bus import dead_letter, durable_pull, publish, pull_loop
+from shared.consumer import MAX_DELIVERIES
 from shared.contracts import (
     PLANS_FILTER,
     ApprovedPlan,
@@ -53,6 +54,9 @@ from shared.signing import SignatureError, load_public_key, verify_plan
 # After a crash the unacked plan comes back this long after it was delivered (boot recovery has usually
 # finished it already, so the redelivery is only acked); a live plan heartbeats to keep it from expiring.
 ACK_WAIT_S = 30.0
+# A failing message is redelivered after min(RETRY_BASE_S * delivery, RETRY_MAX_S).
+RETRY_BASE_S = 2.0
+RETRY_MAX_S = 30.0
 
 
 class Executor:
@@ -69,6 +73,10 @@ class Executor:
         self.marks: dict[str, float] = {}
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         self.sync = None if ctx.settings.dry_run else SyncCheck()
+        # A plan that failed after it started executing: it is retried, never dropped, and readiness says so.
+        self.stuck: str | None = None
+        ctx.health.checks["plans"] = lambda: (self.stuck is None, "ok" if self.stuck is None else
+                                              f"plan {self.stuck} keeps failing mid-execution; see [EXEC_ERROR]")
 
     # -- state ------------------------------------------------------------------------------------------
     def current_snapshot(self) -> PortfolioSnapshot:
@@ -118,15 +126,57 @@ class Executor:
             await self._guarded(msg, self._on_plan)
 
     async def _guarded(self, msg: Msg, handler: Any) -> None:
+        """Run ``handler``; on an unexpected error, retry or dead-letter depending on what is at stake.
+
+        A plan that has begun executing (its row is in the journal) is retried for as long as it fails:
+        orders of it may be live at the exchange, and dropping it would leave them unreconciled, so later
+        plans wait behind it and /readyz reports it.  A message that never started (a plan with no journal
+        row, an abort notice) is dead-lettered after ``MAX_DELIVERIES``, so one poison message cannot block
+        the executor forever; the rejection is journaled and nothing is lost (the dead letter keeps it).
+        """
         try:
             await handler(msg)
         except Exception as exc:
-            # Leave the message unacked: JetStream redelivers it and the journal makes the retry idempotent.
             self.journal.rollback()
             self.ctx.health.inc("handler_errors")
+            deliveries = msg.metadata.num_delivered if msg.metadata else 1
+            detail = f"{type(exc).__name__}: {exc}"
+            cycle_id, plan_id, started = self._progress_of(msg)
+            if started:
+                self.stuck = plan_id
+            elif deliveries >= MAX_DELIVERIES:
+                await self._give_up(msg, f"{detail} (after {deliveries} deliveries)", cycle_id, plan_id)
+                return
             error(self.ctx.logger, "EXEC_ERROR", "plan handling failed; will be redelivered", subject=msg.subject,
-                  error=f"{type(exc).__name__}: {exc}")
-            await msg.nak(delay=2.0)
+                  cycle_id=cycle_id, plan_id=plan_id, started=started, delivery=deliveries, error=detail)
+            await msg.nak(delay=min(RETRY_BASE_S * deliveries, RETRY_MAX_S))
+        else:
+            if self.stuck is not None and self._progress_of(msg)[1] == self.stuck:
+                self.stuck = None
+
+    def _progress_of(self, msg: Msg) -> tuple[str, str, bool]:
+        """(cycle id, plan id, whether the plan has a journal row) of a message whose handling failed."""
+        if msg.subject == CycleAborted.SUBJECT:
+            return "", "", False
+        try:
+            plan = decode(msg.data, ApprovedPlan).plan
+        except ContractError:
+            return "", "", False
+        try:
+            return plan.cycle_id, plan.plan_id, self.journal.plan_status(plan.plan_id) is not None
+        except Exception:
+            return plan.cycle_id, plan.plan_id, True  # the journal cannot say: assume orders may be out
+
+    async def _give_up(self, msg: Msg, detail: str, cycle_id: str, plan_id: str) -> None:
+        try:
+            await self._reject(msg, "handler_failed", detail, cycle_id, plan_id)
+        except Exception as exc:  # the journal itself is failing: the dead letter still keeps the message
+            self.journal.rollback()
+            error(self.ctx.logger, "EXEC_ERROR", "could not journal the rejection; dead-lettering anyway",
+                  plan_id=plan_id, error=f"{type(exc).__name__}: {exc}")
+            await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject, "handler_failed", detail,
+                              msg.data)
+            await msg.term()
 
     async def _reject(self, msg: Msg, reason: str, detail: str, cycle_id: str, plan_id: str = "") -> None:
         self.ctx.health.inc("plans_rejected")
