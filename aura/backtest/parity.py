@@ -47,13 +47,10 @@ def decision_bars(panel: Panel, params: StrategyParams, bar_ms: int, first: int,
 def live_cycles(panel: Panel, params: StrategyParams, bar_ms: int, first: int, last: int,
                 portfolio_states: Sequence[PortfolioState] | Callable[[int], PortfolioState],
                 rules: dict[str, MarketRule], fee_rate: float, signal_state: SignalState | None = None,
-                *, contract_targets: bool = False) -> list[LiveCycle]:
+                ) -> list[LiveCycle]:
     """One LiveCycle per signal cycle in ``[first, last]``.
 
     ``portfolio_states``: one state per cycle in order, or a function of the decision bar.
-    ``contract_targets=True`` rebuilds the targets the way the risk service does today from the
-    TargetPortfolio message (weights and regime only): without expected returns the cost-benefit gain test
-    is skipped, which is a real live/backtest difference until the message carries them.
     """
     bars = decision_bars(panel, params, bar_ms, first, last)
     if not callable(portfolio_states) and len(portfolio_states) != len(bars):
@@ -64,8 +61,7 @@ def live_cycles(panel: Panel, params: StrategyParams, bar_ms: int, first: int, l
         targets, state = compute_targets(panel.upto(t), params, state)
         portfolio = portfolio_states(t) if callable(portfolio_states) else portfolio_states[k]
         prices = {s: float(p) for s, p in zip(panel.symbols, panel.close[t], strict=True) if p > 0}
-        seen = Targets(weights=dict(targets.weights), regime=targets.regime) if contract_targets else targets
-        outcome = risk_plan(seen, portfolio, prices, rules, params, fee_rate)
+        outcome = risk_plan(targets, portfolio, prices, rules, params, fee_rate)
         out.append(LiveCycle(t, int(panel.timestamps[t]), targets, state, outcome))
     return out
 

@@ -62,6 +62,12 @@ def build_plan_body(target: TargetPortfolio, basis: PortfolioSnapshot, outcome: 
     return PlanBody(plan_id=plan_id_for(fields), **fields)
 
 
+def targets_of(target: TargetPortfolio) -> Targets:
+    """What risk_plan needs from the signal stage's message: weights, regime and the return forecasts that
+    feed the cost-benefit gate (without them the gate's gain test would be skipped)."""
+    return Targets(weights=dict(target.weights), regime=target.regime, expected_returns=dict(target.expected_returns))
+
+
 def rules_of(markets: list[MarketRuleMsg]) -> dict[str, MarketRule]:
     return {m.symbol: MarketRule(m.symbol, m.step_size, m.tick_size, m.min_qty, m.min_notional) for m in markets}
 
@@ -156,10 +162,8 @@ class Risk:
         except ParamsError as exc:
             raise Reject("bad_params", str(exc)) from exc
         latch = await read_latch(self.kv)
-        targets = Targets(weights=dict(target.weights), regime=target.regime,
-                          expected_returns=dict(target.expected_returns))
-        outcome = risk_plan(targets, portfolio_state(basis, latch), dict(target.prices), rules_of(target.markets),
-                            params, self.cost_rate)
+        outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), dict(target.prices),
+                            rules_of(target.markets), params, self.cost_rate)
         await self.latch(target.cycle_id, outcome, latch.halted)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
