@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
@@ -29,6 +31,9 @@ from shared.contracts import (
 from shared.logging import error, info, warn
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+# How long a message waits before it comes back when its dead letter could not be stored, or when a handler
+# defect escaped: long enough not to spin, short enough that nothing sits unnoticed.
+DEAD_LETTER_RETRY_S = 5.0
 
 
 async def connect(url: str, name: str, logger: logging.Logger,
@@ -88,15 +93,30 @@ async def publish(js: JetStreamContext, msg: Contract, msg_id: str, subject: str
 
 
 async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str, subject: str, reason: str,
-                      err: str, payload: bytes) -> None:
-    """Record a message we refuse, with the reason, on ``aura.dlq.<service>``; nothing is dropped silently."""
+                      err: str, payload: bytes) -> bool:
+    """Record a message we refuse, with the reason, on ``aura.dlq.<service>``; nothing is dropped silently.
+
+    False when the record could not be stored: the caller must then keep the original message (nak it, not
+    term it), or the payload would exist nowhere.
+    """
     letter = DeadLetter(service=service, subject=subject, reason=reason, error=err[:2000], payload=payload,
                         received_at_ms=int(time.time() * 1000))
     error(logger, "DEAD_LETTER", f"{reason}: {err[:300]}", subject=subject, bytes=len(payload))
     try:
         await js.publish(f"{DeadLetter.SUBJECT}.{service}", encode(letter), timeout=5)
-    except Exception as exc:  # the log line above still carries the reason
-        error(logger, "DEAD_LETTER", "could not publish dead letter", error=str(exc))
+    except Exception as exc:
+        error(logger, "DEAD_LETTER", "could not publish dead letter; keeping the message for redelivery",
+              error=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
+async def settle_refused(msg: Msg, recorded: bool) -> None:
+    """Finish a refused message: terminate it once its dead letter is stored, else redeliver it later."""
+    if recorded:
+        await msg.term()
+    else:
+        await msg.nak(delay=DEAD_LETTER_RETRY_S)
 
 
 async def key_value(js: JetStreamContext, bucket: str, history: int = 5) -> KeyValue:
@@ -173,4 +193,12 @@ async def pull_loop(sub: JetStreamContext.PullSubscription, handler: Callable[[A
             await asyncio.sleep(0.5)
             continue
         for msg in msgs:
-            await handler(msg)
+            try:
+                await handler(msg)
+            except Exception as exc:
+                # Handlers settle their own messages; this is the backstop for a defect that escapes one, so a
+                # bad message costs a log line and a delayed redelivery, never the service process.
+                error(logger, "HANDLER_ERROR", "unhandled error; message redelivered later", subject=msg.subject,
+                      error=f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=DEAD_LETTER_RETRY_S)

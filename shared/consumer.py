@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from nats.aio.msg import Msg
 
-from shared.bus import dead_letter
+from shared.bus import dead_letter, settle_refused
 from shared.contracts import Contract, ContractError, decode
 from shared.logging import error
 from shared.service import ServiceContext
@@ -35,24 +35,24 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
         obj = decode(msg.data, kind)
     except ContractError as exc:
         ctx.health.inc("dead_letters")
-        await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
-        await msg.term()
+        await settle_refused(msg, await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc),
+                                                    msg.data))
         return
     try:
         await handler(obj)
     except Reject as exc:
         ctx.health.inc("dead_letters")
         ctx.health.inc(f"rejected_{exc.reason}")
-        await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc), msg.data)
-        await msg.term()
+        await settle_refused(msg, await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc),
+                                                    msg.data))
         return
     except Exception as exc:
         deliveries = msg.metadata.num_delivered if msg.metadata else 1
         ctx.health.inc("handler_errors")
         if deliveries >= MAX_DELIVERIES:
-            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "handler_failed",
-                              f"{type(exc).__name__}: {exc} (after {deliveries} deliveries)", msg.data)
-            await msg.term()
+            await settle_refused(msg, await dead_letter(
+                ctx.js, ctx.logger, ctx.name, msg.subject, "handler_failed",
+                f"{type(exc).__name__}: {exc} (after {deliveries} deliveries)", msg.data))
         else:
             error(ctx.logger, "HANDLER_ERROR", "processing failed; will retry", subject=msg.subject,
                   delivery=deliveries, error=f"{type(exc).__name__}: {exc}")

@@ -225,6 +225,8 @@ def decode(data: bytes, kind: type[T]) -> T:
         probe = msgspec.json.decode(data, type=dict[str, Any])
     except msgspec.DecodeError as exc:
         raise ContractError(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # a few KB of nested brackets: refuse it like any other bad payload
+        raise ContractError("malformed JSON: nested too deeply") from exc
     version = probe.get("v")
     if version != SCHEMA_VERSION:
         raise ContractError(f"{kind.__name__}: unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
@@ -232,3 +234,5 @@ def decode(data: bytes, kind: type[T]) -> T:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise ContractError(f"{kind.__name__}: {exc}") from exc
+    except RecursionError as exc:
+        raise ContractError(f"{kind.__name__}: nested too deeply") from exc

@@ -35,7 +35,7 @@ from services.executor.runner import (
     write_snapshot,
 )
 from services.ingest.replay import load_market_rules
-from shared.bus import dead_letter, durable_pull, publish, pull_loop
+from shared.bus import dead_letter, durable_pull, publish, pull_loop, settle_refused
 from shared.consumer import MAX_DELIVERIES
 from shared.contracts import (
     PLANS_FILTER,
@@ -174,9 +174,8 @@ class Executor:
             self.journal.rollback()
             error(self.ctx.logger, "EXEC_ERROR", "could not journal the rejection; dead-lettering anyway",
                   plan_id=plan_id, error=f"{type(exc).__name__}: {exc}")
-            await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject, "handler_failed", detail,
-                              msg.data)
-            await msg.term()
+            await settle_refused(msg, await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject,
+                                                        "handler_failed", detail, msg.data))
 
     async def _reject(self, msg: Msg, reason: str, detail: str, cycle_id: str, plan_id: str = "") -> None:
         self.ctx.health.inc("plans_rejected")
@@ -184,8 +183,8 @@ class Executor:
         self.journal.begin()
         self.journal.event(cycle_id or "unknown", "plan_rejected", reason=reason, detail=detail, plan_id=plan_id)
         self.journal.commit()
-        await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject, reason, detail, msg.data)
-        await msg.term()
+        await settle_refused(msg, await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject, reason,
+                                                    detail, msg.data))
 
     async def _on_plan(self, msg: Msg) -> None:
         try:
