@@ -1,4 +1,5 @@
-"""The executor's policy for a plan whose handling keeps failing, on a real nats-server and journal.
+"""The executor's refusals and failure policy on a real nats-server and journal: a stale basis, an aborted
+cycle, and a plan whose handling keeps failing:
 
 * Not started (no journal row): dead-lettered after MAX_DELIVERIES with reason ``handler_failed`` and the
   rejection journaled, so one poison plan cannot block every later plan (the consumer has
@@ -25,7 +26,16 @@ from services.executor import service as executor_service
 from shared.bus import connect, ensure_streams, last_message, publish
 from shared.config import SERVICE_NAMES, Settings, load_settings
 from shared.consumer import MAX_DELIVERIES
-from shared.contracts import ApprovedPlan, DeadLetter, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
+from shared.contracts import (
+    ApprovedPlan,
+    CycleAborted,
+    DeadLetter,
+    PlanBody,
+    PlanLeg,
+    PortfolioSnapshot,
+    decode,
+    plan_id_for,
+)
 from shared.health import HealthState
 from shared.service import ServiceContext
 from shared.signing import generate_keypair, load_private_key, sign_plan
@@ -76,12 +86,13 @@ async def snapshot(js: Any) -> PortfolioSnapshot:
     return decode(raw, PortfolioSnapshot)
 
 
-async def send_buy(ctx: ServiceContext, cycle_id: str) -> PlanBody:
-    """A plan signed with the risk key on the current basis: it passes every check before execution."""
-    basis = await snapshot(ctx.js)
+async def send_buy(ctx: ServiceContext, cycle_id: str, basis_id: str | None = None) -> PlanBody:
+    """A plan signed with the risk key on the current basis (unless ``basis_id``): it passes every check
+    before execution."""
+    basis = basis_id or (await snapshot(ctx.js)).snapshot_id
     fields: dict[str, Any] = {
         "cycle_id": cycle_id, "as_of_ms": 1_704_067_200_000, "data_digest": "d", "target_id": f"t-{cycle_id}",
-        "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis.snapshot_id, "gate": "pass",
+        "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass",
         "halted": False, "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.01, 40_000.0, "enter")], "reasons": [],
         "prices": {"BTC/USDT": 40_000.0}}
     body = PlanBody(plan_id=plan_id_for(fields), **fields)
@@ -187,3 +198,50 @@ def test_a_plan_that_fails_mid_execution_is_retried_until_it_goes_through(
     assert journal(settings, "SELECT status FROM plans") == [("executed",)]
     resumed = journal(settings, "SELECT count(*) FROM events WHERE kind='plan_resumed'")[0][0]
     assert resumed == failures, "each redelivery resumes the journaled plan instead of starting it anew"
+
+
+def test_a_cycle_aborted_upstream_still_ends_in_the_journal(nats_server: NatsEndpoint, tmp_path: Path) -> None:
+    """Every cycle ends in SQLite: one that ingest (stale data) or signal (no decision bar) aborts gets an
+    event and an 'aborted' snapshot under its cycle id, and that snapshot is published for the next cycle."""
+    settings = settings_for(tmp_path / "home", nats_server.url)
+
+    async def scenario() -> PortfolioSnapshot:
+        async with executor(settings) as ctx:
+            abort = CycleAborted(cycle_id="1d-20240105T0000", stage="ingest", reason="stale data: missing ETH/USDT")
+            await publish(ctx.js, abort, msg_id="abort-ingest-1d-20240105T0000-a1")
+
+            async def ended() -> PortfolioSnapshot | None:
+                snap = await snapshot(ctx.js)
+                return snap if snap.cycle_id == abort.cycle_id else None
+
+            return await until(ended, "the aborted cycle's snapshot")
+
+    snap = asyncio.run(scenario())
+    assert snap.status == "aborted" and snap.plan_id == ""
+    rows = journal(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis'")
+    assert rows == [("1d-20240105T0000", "aborted")]
+    events = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='cycle_aborted'")
+    assert len(events) == 1 and events[0][0] == "1d-20240105T0000" and "missing ETH/USDT" in events[0][1]
+
+
+def test_a_signed_plan_on_a_portfolio_that_no_longer_exists_is_refused(nats_server: NatsEndpoint,
+                                                                        tmp_path: Path) -> None:
+    """Correctly signed, new cycle, but computed on an older snapshot: executing it would trade on holdings
+    that have changed since, so it is dead-lettered as stale_basis and nothing is journaled or ordered."""
+    settings = settings_for(tmp_path / "home", nats_server.url)
+
+    async def scenario() -> list[DeadLetter]:
+        async with executor(settings) as ctx:
+            await send_buy(ctx, "1d-20240101T0000", basis_id="s-a-portfolio-from-before")
+
+            async def lettered() -> list[DeadLetter]:
+                return [d for d in await dead_letters(ctx) if d.reason == "stale_basis"]
+
+            return await until(lettered, "the stale-basis dead letter")
+
+    letters = asyncio.run(scenario())
+    assert len(letters) == 1 and "s-a-portfolio-from-before" in letters[0].error
+    assert journal(settings, "SELECT count(*) FROM plans")[0][0] == 0
+    assert journal(settings, "SELECT count(*) FROM intents")[0][0] == 0
+    rejected = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='plan_rejected'")
+    assert len(rejected) == 1 and "stale_basis" in rejected[0][1]
