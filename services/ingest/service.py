@@ -44,6 +44,9 @@ async def run(ctx: ServiceContext) -> None:
 
     ended: dict[str, asyncio.Event] = {}
     attempts: dict[str, int] = {}
+    # The stale cycle the executor has already closed as aborted while the source keeps retrying its bar: one
+    # abort per bar is enough for the journal, so further stale polls of it publish nothing.
+    aborted_stale: str | None = None
 
     async def on_snapshot(msg: Msg) -> None:
         try:
@@ -74,13 +77,23 @@ async def run(ctx: ServiceContext) -> None:
         step = await source.next_step()
         if step is None:
             continue
+        if step.snapshot is None and step.cycle_id == aborted_stale:
+            continue
         done = ended.setdefault(step.cycle_id, asyncio.Event())
         attempt = attempts[step.cycle_id] = attempts.get(step.cycle_id, 0) + 1
         await _publish_step(ctx, step, markets, store, attempt)
         try:
             await asyncio.wait_for(done.wait(), timeout=s.cycle_timeout_s)
-            await kv.put(cursor_key, str(step.as_of_ms).encode())
-            source.done(step)
+            if source.done(step):
+                await kv.put(cursor_key, str(step.as_of_ms).encode())
+                aborted_stale = None
+            else:
+                # Sync mode: the bar's data may still arrive, so the cursor stays and the next poll retries it;
+                # a later complete publish of this cycle id is fine (the executor refuses only a cycle that
+                # already has an executed plan, and an aborted one has none).
+                aborted_stale = step.cycle_id
+                info(ctx.logger, "DATA_STALE", "stale bar kept; asking for it again at the next poll",
+                     cycle_id=step.cycle_id, poll_s=interval)
             attempts.pop(step.cycle_id, None)
             ctx.health.inc("cycles_completed")
             ctx.health.set("last_cycle_unix", time.time())

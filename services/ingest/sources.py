@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aura.strategy.types import MarketRule
 from services.ingest.cache import load_panel
-from services.ingest.providers.base import Provider, interval_ms
+from services.ingest.providers.base import Provider, interval_ms, last_closed_open
 from services.ingest.replay import (
     ReplayStep,
     cycle_id_for,
@@ -63,8 +63,11 @@ class ReplaySource:
             return None
         return replay_step(self.history, self.index, self.settings.snapshot_bars, self.settings.timeframe)
 
-    def done(self, step: ReplayStep) -> None:
+    def done(self, step: ReplayStep) -> bool:
+        """End ``step``'s bar; True: persist the cursor.  A hole in bundled history never fills, so a stale
+        step ends its bar like a complete one."""
         self.index = step.index + 1
+        return True
 
 
 @dataclass
@@ -80,19 +83,29 @@ class SyncSource:
     clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
     # Built once and reused: each provider keeps its loaded markets and its circuit breaker between polls.
     _providers: list[Provider] | None = field(default=None, init=False)
+    # A closed bar whose snapshot was stale: the cursor stays before it and every poll asks for it again,
+    # because its data may still arrive (one 5xx at the bar boundary) until a newer bar has closed.
+    _retrying_ms: int | None = field(default=None, init=False)
 
     @property
     def exhausted(self) -> bool:
         return False
 
     def describe(self) -> str:
-        return f"sync source, last completed bar {self.last_done_ms}"
+        retrying = f", retrying stale bar {self._retrying_ms}" if self._retrying_ms is not None else ""
+        return f"sync source, last completed bar {self.last_done_ms}{retrying}"
 
     async def next_step(self) -> ReplayStep | None:
         s = self.settings
         iv = interval_ms(s.timeframe)
         now_ms = self.clock_ms()
-        last_closed = (now_ms // iv - 1) * iv
+        last_closed = last_closed_open(now_ms, iv)
+        if self._retrying_ms is not None and last_closed > self._retrying_ms:
+            # Trading a stale bar now would act on a past price while a newer bar is already known.
+            warn(self.logger, "BAR_SKIPPED", "stale bar never completed before a newer bar closed; moving on to "
+                 "the newest", cycle_id=cycle_id_for(s.timeframe, self._retrying_ms),
+                 next_cycle_id=cycle_id_for(s.timeframe, last_closed))
+            self._retrying_ms = None
         if self.last_done_ms is not None and self.last_done_ms >= last_closed:
             return None  # nothing new has closed yet
         config = self.config or IngestConfig.from_env(home=str(s.home_path))
@@ -113,10 +126,22 @@ class SyncSource:
                            start_ms=last_closed - (s.snapshot_bars - 1) * iv, end_ms=last_closed)
         if len(panel.timestamps) == 0 or int(panel.timestamps[-1]) != last_closed:
             return ReplayStep(-1, last_closed, cycle_id, None, tuple(self.symbols))
-        return replay_step(panel, len(panel.timestamps) - 1, s.snapshot_bars, s.timeframe)
+        step = replay_step(panel, len(panel.timestamps) - 1, s.snapshot_bars, s.timeframe)
+        if step.snapshot is not None and self._retrying_ms == last_closed:
+            info(self.logger, "DATA_RECOVERED", "stale bar is complete on a later poll", cycle_id=cycle_id)
+        return step
 
-    def done(self, step: ReplayStep) -> None:
+    def done(self, step: ReplayStep) -> bool:
+        """End ``step``'s cycle; True: the bar is done and the cursor is to be persisted.
+
+        A stale step is not done: the next poll asks the providers for the same bar again (see ``next_step``).
+        """
+        if step.snapshot is None:
+            self._retrying_ms = step.as_of_ms
+            return False
+        self._retrying_ms = None
         self.last_done_ms = step.as_of_ms
+        return True
 
 
 def universe_symbols(settings: Settings, rules: dict[str, MarketRule]) -> list[str]:

@@ -51,3 +51,40 @@ def test_providers_down_give_a_stale_step(tmp_path: Path, make_config, archive: 
     step = asyncio.run(_source(tmp_path, make_config()).next_step())
     assert step is not None and step.snapshot is None
     assert set(step.missing) == set(SYMBOLS)
+
+
+def test_stale_bar_is_asked_again_until_complete(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
+                                                  api: FakeBinanceApi, gecko: FakeCoinGecko) -> None:
+    for server in (archive, api, gecko):
+        server.set_fault("500")
+    src = _source(tmp_path, make_config(provider_cooldown_s=0.0))
+    stale = asyncio.run(src.next_step())
+    assert stale is not None and stale.snapshot is None and stale.cycle_id == "1d-20241205T0000"
+    assert src.done(stale) is False  # the cursor stays: the bar is not forfeited
+    assert src.last_done_ms is None
+    for server in (archive, api, gecko):
+        server.clear_faults()
+    # The next poll (same bar, a minute later in real life) finds the data and publishes the same cycle.
+    again = asyncio.run(src.next_step())
+    assert again is not None and again.snapshot is not None and again.cycle_id == stale.cycle_id
+    assert src.done(again) is True and src.last_done_ms == again.as_of_ms
+    assert asyncio.run(src.next_step()) is None
+
+
+def test_stale_bar_is_given_up_once_a_newer_bar_closed(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
+                                                       api: FakeBinanceApi, gecko: FakeCoinGecko,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    for server in (archive, api, gecko):
+        server.set_fault("500")
+    now = {"ms": NOW + 300_000}
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
+    src = SyncSource(settings, SYMBOLS, None, logging.getLogger("t"),
+                     config=make_config(provider_cooldown_s=0.0), clock_ms=lambda: now["ms"])
+    stale = asyncio.run(src.next_step())
+    assert stale is not None and not src.done(stale)
+    now["ms"] += 86_400_000
+    with caplog.at_level(logging.WARNING, logger="t"):
+        newer = asyncio.run(src.next_step())
+    assert newer is not None and newer.cycle_id == "1d-20241206T0000"
+    skipped = [r for r in caplog.records if getattr(r, "tag", None) == "BAR_SKIPPED"]
+    assert len(skipped) == 1 and skipped[0].fields["cycle_id"] == stale.cycle_id  # type: ignore[attr-defined]
