@@ -67,6 +67,7 @@ class DataStale(Contract, frozen=True):
     timeframe: str
     reason: str
     missing: list[str] = []
+    as_of_ms: int = 0  # open time of the bar that is incomplete; risk refuses targets on older data
 
 
 # --- signal -> risk ----------------------------------------------------------------------------------------

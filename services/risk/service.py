@@ -10,6 +10,10 @@ Between cycles a risk tick (every ``AURA_RISK_TICK_S``) runs the kill-switch and
 as a cycle plan: a signed ``PlanBody`` whose basis is the latest snapshot, verified by the executor.
 Ticks and targets are serialised, and neither starts from a basis while a plan it published is still in flight,
 so a tick can never make the next cycle's plan stale.
+
+Ingest's ``DataStale`` notice (an incomplete snapshot) means "do not trade on it": that bar never produces a
+target, and risk refuses any target computed on data older than the newest notice (logged [DATA_STALE],
+dead-lettered ``stale_data``, the cycle aborted so it still ends in the journal).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from aura.strategy.pipeline import RiskOutcome, risk_plan
@@ -29,10 +34,12 @@ from services.risk.cli import HALT_KEY  # one definition, shared with `aura risk
 from services.risk.prices import PriceRead, PriceSource, make_price_source
 from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, TickDecision, evaluate_tick, latch_after, portfolio_state, tick_target
-from shared.bus import durable_pull, kv_get, last_message, publish, pull_loop, state_kv
+from shared.bus import dead_letter, durable_pull, kv_get, last_message, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
 from shared.contracts import (
+    ContractError,
     CycleAborted,
+    DataStale,
     MarketRuleMsg,
     PlanBody,
     PlanLeg,
@@ -96,6 +103,8 @@ class Risk:
         self.inflight: InFlight | None = None
         self.guard = GuardState()
         self.marks: dict[str, float] = {}
+        # The newest bar ingest declared incomplete: a target computed on data older than it is superseded.
+        self.stale: DataStale | None = None
 
     # -- basis --------------------------------------------------------------------------------------------
     async def latest_snapshot(self) -> PortfolioSnapshot | None:
@@ -150,8 +159,24 @@ class Risk:
         async with self.lock:
             await self._on_target(target)
 
+    def on_stale(self, stale: DataStale, at_boot: bool = False) -> None:
+        if self.stale is not None and stale.as_of_ms < self.stale.as_of_ms:
+            return
+        self.stale = stale
+        self.ctx.health.set("stale_as_of_ms", stale.as_of_ms)
+        text = "newest stale-data notice at boot" if at_boot else "ingest reports an incomplete snapshot"
+        warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
+             missing=stale.missing, reason=stale.reason)
+
     async def _on_target(self, target: TargetPortfolio) -> None:
         ctx = self.ctx
+        if self.stale is not None and target.as_of_ms < self.stale.as_of_ms:
+            # A target on a bar older than one ingest already declared incomplete (signal lagged behind the
+            # data): its prices are superseded by a bar we cannot see in full, so it is not traded.
+            reason = f"data stale since {self.stale.cycle_id}; target on older data refused"
+            await publish(ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk", reason=reason),
+                          msg_id=f"abort-risk-{target.cycle_id}")
+            raise Reject("stale_data", reason)
         basis = await self.basis(INFLIGHT_WAIT_S)
         if basis is None:
             await publish(ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk", reason="no portfolio basis"),
@@ -254,6 +279,19 @@ async def run(ctx: ServiceContext) -> None:
     kv = await state_kv(ctx.js)
     source = make_price_source(ctx)
     risk = Risk(ctx, kv, source)
+    async def on_stale(msg: Msg) -> None:
+        try:
+            risk.on_stale(decode(msg.data, DataStale))
+        except ContractError as exc:
+            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
+
+    # A plain subscription is enough: every notice also stays in its stream, and the newest one is read once
+    # here (after subscribing, so none falls between) to cover those published while risk was down.
+    await ctx.nc.subscribe(DataStale.SUBJECT, cb=on_stale)
+    raw = await last_message(ctx.js, DataStale.SUBJECT)
+    if raw is not None:
+        with contextlib.suppress(ContractError):
+            risk.on_stale(decode(raw, DataStale), at_boot=True)
     sub = await durable_pull(ctx.js, TargetPortfolio.SUBJECT, durable="risk", ack_wait_s=30)
     ctx.health.checks["signing_key"] = lambda: (True, "loaded")
     ticker = asyncio.create_task(risk.tick_loop()) if s.risk_tick_s > 0 else None

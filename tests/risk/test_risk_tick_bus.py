@@ -33,10 +33,14 @@ from shared.config import SERVICE_NAMES, Settings, load_settings
 from shared.contracts import (
     ApprovedPlan,
     DataReady,
+    DataStale,
+    DeadLetter,
     MarketRuleMsg,
     PlanBody,
     PlanLeg,
     PortfolioSnapshot,
+    TargetPortfolio,
+    content_id,
     decode,
     plan_id_for,
 )
@@ -304,3 +308,50 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     assert any(path.startswith("GET /api/v3/ticker") for path in requests)
     signed = {"GET /api/v3/account", "POST /api/v3/order", "GET /api/v3/order", "GET /api/v3/myTrades"}
     assert not signed & set(requests), f"the risk service called a private endpoint: {requests}"
+
+
+def test_a_target_on_data_older_than_a_stale_notice_is_not_traded(nats_server: NatsEndpoint,
+                                                                   tmp_path: Path) -> None:
+    """Ingest declared bar T0+2d incomplete; a target computed on T0+1d (signal lagging) is superseded: risk
+    refuses it (dead letter stale_data, the cycle aborted and journaled). A target on the stale bar itself,
+    once ingest completes it on a later poll, is approved as usual."""
+    settings = settings_for(tmp_path / "home", nats_server.url)
+    capture = Capture()
+
+    def target(day: int) -> TargetPortfolio:
+        fields: dict[str, Any] = {
+            "cycle_id": f"1d-2024010{1 + day}T0000", "as_of_ms": T0 + day * DAY, "data_digest": "d",
+            "params_version": 0, "params_digest": "p", "regime": "bear", "weights": {},
+            "prices": {"BTC/USDT": 40_000.0}, "markets": []}
+        return TargetPortfolio(target_id=content_id(fields, prefix="t-"), **fields)
+
+    async def cycle_snapshot(js: Any, cycle_id: str) -> PortfolioSnapshot | None:
+        snap = await snapshot(js)
+        return snap if snap.cycle_id == cycle_id else None
+
+    async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot, list[bytes]]:
+        async with system(settings, capture) as js:
+            await publish(js, DataStale(cycle_id="1d-20240103T0000", timeframe="1d", reason="incomplete snapshot",
+                                        missing=["ETH/USDT"], as_of_ms=T0 + 2 * DAY), msg_id="stale-20240103")
+
+            async def noticed() -> bool:
+                return bool(capture.fields("DATA_STALE"))
+
+            await until(noticed, "risk to log the stale notice")
+            late, same_bar = target(1), target(2)
+            await publish(js, late, msg_id=late.target_id)
+            refused = await until(lambda: cycle_snapshot(js, late.cycle_id), "the late target's cycle to end")
+            await publish(js, same_bar, msg_id=same_bar.target_id)
+            approved = await until(lambda: cycle_snapshot(js, same_bar.cycle_id), "the completed bar's cycle")
+            sub = await js.subscribe("aura.dlq.risk", ordered_consumer=True)
+            letters = [(await sub.next_msg(timeout=5)).data]
+            return refused, approved, letters
+
+    refused, approved, letters = asyncio.run(scenario())
+    assert refused.status == "aborted" and refused.plan_id == ""
+    assert approved.status == "executed" and approved.plan_id != ""
+    letter = decode(letters[0], DeadLetter)
+    assert letter.reason == "stale_data" and "1d-20240103T0000" in letter.error
+    assert decode(letter.payload, TargetPortfolio).cycle_id == "1d-20240102T0000"
+    events = journal(settings, "SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='1d-20240102T0000'")
+    assert len(events) == 1 and "data stale since 1d-20240103T0000" in events[0][0]
