@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from services.ingest.providers.base import close_cutoff
 from shared.logging import warn
 
 REJECT = "reject"
@@ -118,10 +119,11 @@ def find_jumps(ts: np.ndarray, close: np.ndarray, new_mask: np.ndarray, ratio: f
 
 
 def drop_forming(frame: pl.DataFrame, iv: int, now_ms: int) -> tuple[pl.DataFrame, int]:
-    """Remove candles still forming at ``now_ms`` (open + interval > now).  Returns (frame, rows dropped)."""
+    """Remove candles not closed at ``now_ms`` (open + interval > close_cutoff(now), i.e. within the close
+    grace of the providers' base module).  Returns (frame, rows dropped)."""
     if frame.height == 0:
         return frame, 0
-    closed = frame["timestamp"].to_numpy() + iv <= now_ms
+    closed = frame["timestamp"].to_numpy() + iv <= close_cutoff(now_ms)
     if closed.all():
         return frame, 0
     return frame.filter(pl.Series(closed)), int((~closed).sum())

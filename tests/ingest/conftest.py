@@ -9,12 +9,16 @@ import polars as pl
 import pytest
 
 from services.ingest.fakes import FakeBinanceApi, FakeBinanceArchive, FakeCoinGecko, MarketData
+from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.sync import IngestConfig
 
 DAY = 86_400_000
 HOUR = 3_600_000
 # The shared data ends with the 2024-12-05 daily candle: "now" is the next midnight unless a test moves it.
 NOW = 1_733_443_200_000  # 2024-12-06 00:00 UTC
+# Our clock when a test syncs "at NOW": a candle counts as closed only once the close grace after its close is
+# over, so this is the first moment the 2024-12-05 candle the fakes publish at NOW is taken.
+NOW_SYNC = NOW + CLOSE_GRACE_MS
 SETTLED = NOW + HOUR  # CoinGecko publishes a completed UTC day at 00:35: its fallback tests run at 01:00
 T2017 = 1_483_228_800_000  # 2017-01-01
 T2024 = 1_704_067_200_000  # 2024-01-01

@@ -11,6 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from services.ingest.fakes import build_kline_csv, build_zip, checksum_body
+from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.providers.binance_archive import (
     ArchiveFormatError,
     normalize_open_times,
@@ -103,7 +104,7 @@ def test_2025_archive_files_in_microseconds_sync_exactly(data, archive, make_con
     assert first_line.startswith(b"1735689600000000,")  # 16 digits: microseconds on the wire
 
     cfg = make_config(providers=("archive",))
-    report = sync(["BTC/USDT"], "binance", "1d", ms("2025-01-01"), None, cfg, ms("2025-03-02"))
+    report = sync(["BTC/USDT"], "binance", "1d", ms("2025-01-01"), None, cfg, ms("2025-03-02") + CLOSE_GRACE_MS)
     assert report.complete, report.symbols["BTC/USDT"].gaps
     assert_frame_equal(cached(cfg, "1d", "BTC_USDT"), relabelled)
     assert archive.counts["zip"] == 3  # 2025-01, 2025-02 monthly + 2025-03-01 daily

@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from services.ingest.cache import coverage_path
 from services.ingest.providers.ccxt_tail import make_exchange, rewrite_api_urls
 from services.ingest.sync import sync
-from tests.ingest.conftest import DAY, HOUR, NOW, SETTLED, T2017, T2024, cached, ms, source
+from tests.ingest.conftest import DAY, HOUR, NOW, NOW_SYNC, SETTLED, T2017, T2024, cached, ms, source
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_archive_alone_full_daily_history(make_config, archive, api, gecko, shared_data_dir: Path) -> None:
     cfg = make_config(providers=("archive",))
     start = ms("2017-08-01")  # the listing month: its file proves there was nothing before 2017-08-17
-    report = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert_frame_equal(cached(cfg, "1d", "BTC_USDT"), source(shared_data_dir, "1d", "BTC_USDT"))
     assert rep.complete and report.complete
@@ -36,7 +36,7 @@ def test_archive_alone_full_daily_history(make_config, archive, api, gecko, shar
 def test_archive_alone_hourly_with_exchange_outages(make_config, shared_data_dir: Path) -> None:
     cfg = make_config(providers=("archive",))
     start, end = ms("2018-01-01"), ms("2018-03-31T23:00")
-    report = sync(["ETH/USDT"], "binance", "1h", start, end, cfg, NOW)
+    report = sync(["ETH/USDT"], "binance", "1h", start, end, cfg, NOW_SYNC)
     src = source(shared_data_dir, "1h", "ETH_USDT").filter(pl.col("timestamp").is_between(start, end))
     got = cached(cfg, "1h", "ETH_USDT")
     # Lookback padding may store a few candles before ``since``; inside the window it is the source exactly.
@@ -50,7 +50,7 @@ def test_archive_alone_hourly_with_exchange_outages(make_config, shared_data_dir
 
 def test_ccxt_tail_alone(make_config, archive, api, shared_data_dir: Path) -> None:
     cfg = make_config(providers=("tail",))
-    report = sync(["BTC/USDT", "ETH/USDT"], "binance", "1d", T2017, None, cfg, NOW)
+    report = sync(["BTC/USDT", "ETH/USDT"], "binance", "1d", T2017, None, cfg, NOW_SYNC)
     for stem in ("BTC_USDT", "ETH_USDT"):
         assert_frame_equal(cached(cfg, "1d", stem), source(shared_data_dir, "1d", stem))
     rep = report.symbols["BTC/USDT"]
@@ -64,7 +64,7 @@ def test_ccxt_tail_alone(make_config, archive, api, shared_data_dir: Path) -> No
 def test_ccxt_tail_hourly_paginates_exactly(make_config, shared_data_dir: Path) -> None:
     cfg = make_config(providers=("tail",), lookback_bars=0)
     start, end = ms("2024-01-01"), ms("2024-03-31T23:00")
-    sync(["SOL/USDT"], "binance", "1h", start, end, cfg, NOW)
+    sync(["SOL/USDT"], "binance", "1h", start, end, cfg, NOW_SYNC)
     src = source(shared_data_dir, "1h", "SOL_USDT").filter(pl.col("timestamp").is_between(start, end))
     assert_frame_equal(cached(cfg, "1h", "SOL_USDT"), src)
 
@@ -74,7 +74,7 @@ def test_coingecko_alone_daily_from_4h_pieces_without_volume(make_config, archiv
     cfg = make_config(providers=("coingecko",))
     start = NOW - 29 * DAY
     # At midnight the last 4h piece of 2024-12-05 has just closed: CoinGecko may not have settled it yet.
-    early = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW).symbols["BTC/USDT"]
+    early = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC).symbols["BTC/USDT"]
     assert early.last_ms == NOW - 2 * DAY and [(g.start, g.confirmed) for g in early.gaps] == [(NOW - DAY, False)]
     assert gecko.paths == ["/api/v3/coins/bitcoin/ohlc?vs_currency=usd&days=30"]
     gecko.now_ms = SETTLED

@@ -12,9 +12,10 @@ from polars.testing import assert_frame_equal
 
 from services.ingest.cache import coverage_path
 from services.ingest.fakes import FakeBinanceApi, MarketData
+from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.sync import IngestConfig, sync
 from shared.config import Settings
-from tests.ingest.conftest import DAY, NOW, SETTLED, T2017, cached, ms, source
+from tests.ingest.conftest import DAY, NOW, NOW_SYNC, SETTLED, T2017, cached, ms, source
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def test_bad_archive_file_rejected_and_next_provider_used(fault, make_config, ar
     archive.set_fault(fault, match="BTCUSDT-1d-2024-03")
     cfg = make_config()
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
-        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
     assert rep.ranges_by_provider["ccxt:binance"] == [(ms("2024-03-01"), ms("2024-04-01"))]
@@ -53,7 +54,7 @@ def test_file_in_an_unknown_time_unit_is_refused_alone(make_config, archive, api
     archive.set_fault("seconds_timestamps", match="BTCUSDT-1d-2024-05")
     cfg = make_config()
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
-        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
     assert rep.ranges_by_provider["ccxt:binance"] == [(ms("2024-05-01"), ms("2024-06-01"))]  # only May replaced
@@ -70,7 +71,7 @@ def test_rejected_candle_is_asked_from_the_next_provider(make_config, shared_dat
     archive.set_fault("404")
     with FakeBinanceApi(broken, NOW) as bad_api:
         cfg = make_config(api_urls={"binance": bad_api.url})
-        report = sync(["ETH/USDT"], "binance", "1d", ms("2024-11-10"), None, cfg, NOW)
+        report = sync(["ETH/USDT"], "binance", "1d", ms("2024-11-10"), None, cfg, NOW_SYNC)
     rep = report.symbols["ETH/USDT"]
     assert rep.issues == {"reject.high_below_low": 1} and report.counters["reject.high_below_low"] == 1
     assert rep.ranges_by_provider["coingecko"] == [(bad_day, bad_day + DAY)] and rep.complete
@@ -83,7 +84,7 @@ def test_rejected_candle_is_asked_from_the_next_provider(make_config, shared_dat
 def test_archive_unusable_falls_through_to_tail(fault, make_config, archive, api, shared_data_dir: Path) -> None:
     archive.set_fault(fault)
     cfg = make_config()
-    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
     rep = report.symbols["BTC/USDT"]
     assert list(rep.ranges_by_provider) == ["ccxt:binance"] and rep.complete
@@ -111,7 +112,7 @@ def test_everyone_down_leaves_pending_gaps_and_invents_nothing(make_config, arch
     for server in (archive, api, gecko):
         server.set_fault("down")
     cfg = make_config()
-    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert not report.complete and rep.rows == 0 and rep.error is None
     assert [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(SINCE, NOW, False)]
@@ -127,7 +128,7 @@ def test_concurrent_syncs_of_one_symbol_lose_nothing(make_config, shared_data_di
     windows = [(ms("2021-01-01"), ms("2021-12-31")), (ms("2023-01-01"), ms("2023-12-31"))]
     reports = []
     threads = [threading.Thread(target=lambda w=w: reports.append(
-        sync(["BTC/USDT"], "binance", "1d", w[0], w[1], cfg, NOW))) for w in windows]
+        sync(["BTC/USDT"], "binance", "1d", w[0], w[1], cfg, NOW_SYNC))) for w in windows]
     for t in threads:
         t.start()
     for t in threads:
@@ -163,7 +164,7 @@ def test_gap_nobody_has_stays_a_confirmed_gap(make_config, data: MarketData, arc
     holed = src.filter(~pl.col("timestamp").is_between(hole[0], hole[1] - 1))
     data.set("1d", "BTC_USDT", holed)
     cfg = make_config()
-    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), holed, SINCE)
     gaps = [(g.start, g.end, g.confirmed, g.by) for g in rep.gaps]
@@ -180,7 +181,7 @@ def test_unconfirmed_gap_is_pending_then_retried_alone(make_config, data: Market
     data.set("1d", "BTC_USDT", src.filter(~pl.col("timestamp").is_between(hole[0], hole[1] - 1)))
     api.set_fault("500")  # the archive says "no candle", but the exchange API cannot be asked: not proven
     cfg = make_config(providers=("archive", "tail"))
-    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert not rep.complete
     assert [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(hole[0], hole[1], False)]
@@ -189,7 +190,7 @@ def test_unconfirmed_gap_is_pending_then_retried_alone(make_config, data: Market
     api.clear_faults()
     archive.reset_counts()
     api.reset_counts()
-    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert rep.complete and [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(hole[0], hole[1], True)]
     # Only the pending range was asked again: June's archive file, then one klines page.
@@ -216,11 +217,11 @@ def test_forming_candle_never_stored(make_config, archive, api, shared_data_dir:
 
 def test_second_sync_makes_zero_requests(make_config, archive, api, gecko) -> None:
     cfg = make_config()
-    first = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW)
+    first = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW_SYNC)
     assert first.complete and first.requests > 0
     for server in (archive, api, gecko):
         server.reset_counts()
-    second = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW)
+    second = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW_SYNC)
     assert second.complete and second.requests == 0 and second.rows_added == 0
     assert archive.total == api.total == gecko.total == 0
     # Later in the same day nothing new has closed: still zero.
@@ -234,12 +235,12 @@ def test_incremental_sync_asks_only_for_new_days(make_config, data: MarketData, 
     cfg = make_config()
     archive.now_ms = api.now_ms = ms("2024-12-03")
     data.set("1d", "BTC_USDT", full.filter(pl.col("timestamp") < ms("2024-12-03")))
-    assert sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, ms("2024-12-03")).complete
+    assert sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, ms("2024-12-03") + CLOSE_GRACE_MS).complete
     archive.reset_counts()
     api.reset_counts()
     data.set("1d", "BTC_USDT", full)
     archive.now_ms = api.now_ms = NOW
-    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     assert report.complete and report.symbols["BTC/USDT"].rows_added == 3
     zips = sorted(p.rsplit("/", 1)[-1] for p in archive.paths if p.endswith(".zip"))
     # Three daily files: lookback padding never costs the archive an extra file.
@@ -263,7 +264,7 @@ def test_overlap_disagreement_logged_and_counted(make_config, shared_data_dir: P
         archive.now_ms = NOW
         archive.set_fault("404", match="/daily/")  # the new days must come from the tail, with its padding
         with caplog.at_level(logging.WARNING, logger="aura.ingest"):
-            report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+            report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert rep.disagreements == 1 and report.counters["disagreements"] == 1
     line = [r for r in caplog.records if getattr(r, "tag", None) == "DATA_DISAGREE"]
@@ -301,7 +302,7 @@ def test_second_tail_exchange_fills_when_the_own_exchange_is_down(make_config, s
     api.set_fault("down")
     with FakeBinanceApi(MarketData(shared_data_dir), NOW) as us:
         cfg = make_config(tail_exchanges=("binanceus",), api_urls={"binance": api.url, "binanceus": us.url})
-        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert list(rep.ranges_by_provider) == ["ccxt:binanceus"] and rep.complete
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
@@ -322,11 +323,11 @@ def test_coingecko_429_backs_off_with_retry_after(make_config, archive, api, gec
 def test_stale_sidecar_is_rebuilt_without_losing_rows(make_config, archive, api, shared_data_dir: Path,
                                                        caplog) -> None:
     cfg = make_config()
-    sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+    sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     path = cfg.cache_root / "binance/1d/BTC_USDT.parquet"
     coverage_path(path).write_text("{ torn")
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
-        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW)
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     assert any(getattr(r, "tag", None) == "CACHE_MISMATCH" for r in caplog.records)
     assert report.complete and report.symbols["BTC/USDT"].rows_added == 0
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
@@ -337,9 +338,46 @@ def test_settings_like_config_and_until(tmp_path: Path, archive, api, monkeypatc
     monkeypatch.setenv("AURA_BINANCE_ARCHIVE_URL", archive.url)
     monkeypatch.setenv("AURA_BINANCE_API_URL", api.url)
     settings = Settings(home=str(tmp_path / "home"))
-    report = sync(["ETH/USDT"], "binance", "1d", ms("2021-01-01"), ms("2021-12-31"), settings, NOW)
+    report = sync(["ETH/USDT"], "binance", "1d", ms("2021-01-01"), ms("2021-12-31"), settings, NOW_SYNC)
     cfg = IngestConfig.coerce(settings)
     assert cfg.cache_root == tmp_path / "home" / "cache" and cfg.api_urls["binance"] == api.url
     got = cached(cfg, "1d", "ETH_USDT")
     assert got["timestamp"].max() == ms("2021-12-31") and report.complete
     assert report.symbols["ETH/USDT"].window == (ms("2021-01-01"), ms("2022-01-01"))
+
+
+def test_candle_still_forming_on_a_lagging_exchange_is_not_taken(make_config, data: MarketData, api,
+                                                                 shared_data_dir: Path) -> None:
+    """The exchange's clock trails ours by 300 ms: right after the boundary it still sends the candle as forming."""
+    boundary = ms("2024-12-05T12:00")
+    hour = boundary - 3_600_000
+    real = source(shared_data_dir, "1h", "ETH_USDT").filter(pl.col("timestamp") < boundary)
+    forming = real.with_columns(  # what the exchange's forming candle looks like: not the final numbers
+        close=pl.when(pl.col("timestamp") == hour).then(pl.col("open")).otherwise(pl.col("close")),
+        volume=pl.when(pl.col("timestamp") == hour).then(pl.col("volume") * 0.3).otherwise(pl.col("volume")))
+    data.set("1h", "ETH_USDT", forming)
+    api.now_ms = boundary - 300
+    cfg = make_config(providers=("tail",))
+    start = boundary - 2 * DAY
+    early = sync(["ETH/USDT"], "binance", "1h", start, None, cfg, boundary + 100).symbols["ETH/USDT"]
+    assert early.complete and early.forming_dropped == 1
+    assert cached(cfg, "1h", "ETH_USDT")["timestamp"].max() == hour - 3_600_000  # 11:00 is not taken yet
+    # Once the grace is over the exchange has finished the candle, and its final numbers are what is stored.
+    data.set("1h", "ETH_USDT", real)
+    api.now_ms = boundary + CLOSE_GRACE_MS
+    later = sync(["ETH/USDT"], "binance", "1h", start, None, cfg, boundary + CLOSE_GRACE_MS).symbols["ETH/USDT"]
+    assert later.complete and later.rows_added == 1
+    assert_frame_equal(cached(cfg, "1h", "ETH_USDT").filter(pl.col("timestamp") >= start),
+                       real.filter(pl.col("timestamp") >= start))
+
+
+def test_within_the_close_grace_a_fresh_cache_makes_zero_requests(make_config, archive, api, gecko) -> None:
+    cfg = make_config()
+    two_days_before = NOW - 2 * DAY  # the cache holds every candle up to and including this one
+    assert sync(["BTC/USDT"], "binance", "1d", SINCE, two_days_before, cfg, NOW_SYNC).complete
+    for server in (archive, api, gecko):
+        server.reset_counts()
+    # One second after midnight the 2024-12-05 candle does not count as closed yet: nothing to ask for.
+    report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW + 1_000)
+    assert report.complete and report.requests == 0 and report.last_closed_ms == two_days_before
+    assert archive.total == api.total == gecko.total == 0

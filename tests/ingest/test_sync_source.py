@@ -12,6 +12,7 @@ import pytest
 from services.ingest.fakes.archive import FakeBinanceArchive
 from services.ingest.fakes.binance_api import FakeBinanceApi
 from services.ingest.fakes.coingecko import FakeCoinGecko
+from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.sources import SyncSource
 from shared.candles import digest, encode_panel
 from shared.config import load_settings
@@ -88,3 +89,16 @@ def test_stale_bar_is_given_up_once_a_newer_bar_closed(tmp_path: Path, make_conf
     assert newer is not None and newer.cycle_id == "1d-20241206T0000"
     skipped = [r for r in caplog.records if getattr(r, "tag", None) == "BAR_SKIPPED"]
     assert len(skipped) == 1 and skipped[0].fields["cycle_id"] == stale.cycle_id  # type: ignore[attr-defined]
+
+
+def test_bar_inside_the_close_grace_is_not_asked_yet(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
+                                                     api: FakeBinanceApi, gecko: FakeCoinGecko) -> None:
+    now = {"ms": NOW + 1_000}  # one second after the 2024-12-05 candle's close
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
+    src = SyncSource(settings, SYMBOLS, NOW - 2 * 86_400_000, logging.getLogger("t"), config=make_config(),
+                     clock_ms=lambda: now["ms"])
+    assert asyncio.run(src.next_step()) is None  # the last completed bar is still the newest closed one
+    assert archive.total == api.total == gecko.total == 0
+    now["ms"] = NOW + CLOSE_GRACE_MS
+    step = asyncio.run(src.next_step())
+    assert step is not None and step.snapshot is not None and step.cycle_id == "1d-20241205T0000"

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.validation import FLAG, REJECT, drop_forming, find_jumps, report_issues, validate_candles
 from shared.logging import JsonFormatter
 
@@ -85,7 +86,12 @@ def test_price_jumps_are_flagged_not_rejected() -> None:
 
 def test_forming_candle_dropped() -> None:
     frame = candles([(T0, *GOOD), (T0 + IV, *GOOD)])
-    kept, dropped = drop_forming(frame, IV, now_ms=T0 + IV + 1)  # the second candle closes at T0 + 2h
+    kept, dropped = drop_forming(frame, IV, now_ms=T0 + IV + CLOSE_GRACE_MS)  # the second closes at T0 + 2h
     assert kept["timestamp"].to_list() == [T0] and dropped == 1
-    kept, dropped = drop_forming(frame, IV, now_ms=T0 + 2 * IV)  # exactly at its close it is closed
+    # Exactly at its close it is not taken yet: the exchange's clock may trail ours (close grace).
+    kept, dropped = drop_forming(frame, IV, now_ms=T0 + 2 * IV)
+    assert kept["timestamp"].to_list() == [T0] and dropped == 1
+    kept, dropped = drop_forming(frame, IV, now_ms=T0 + 2 * IV + CLOSE_GRACE_MS - 1)
+    assert dropped == 1
+    kept, dropped = drop_forming(frame, IV, now_ms=T0 + 2 * IV + CLOSE_GRACE_MS)
     assert kept.height == 2 and dropped == 0

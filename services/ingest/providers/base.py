@@ -48,9 +48,22 @@ def interval_ms(timeframe: str) -> int:
     return int(timeframe[:-1]) * _UNIT_MS[timeframe[-1]]
 
 
+# A candle counts as closed only this long after its nominal close (open + interval).  The exchange's clock, and
+# the moment its kline feed finalises a candle, can trail ours by a fraction of a second even with NTP: asked
+# right at the boundary, it still sends the forming candle as the newest one, and a candle taken as closed is
+# stored for good (its slot is resolved, never asked again).  5 s is far beyond any healthy clock skew and costs
+# little: a bar is picked up at most one poll later.  Every "is it closed" decision goes through close_cutoff.
+CLOSE_GRACE_MS = 5_000
+
+
+def close_cutoff(now_ms: int) -> int:
+    """The latest close time (open + interval) a candle may have and still count as closed at ``now_ms``."""
+    return now_ms - CLOSE_GRACE_MS
+
+
 def last_closed_open(now_ms: int, iv: int) -> int:
-    """Open time of the newest candle that is closed at ``now_ms`` (its open + interval <= now)."""
-    return (now_ms // iv) * iv - iv
+    """Open time of the newest candle that is closed at ``now_ms`` (open + interval <= close_cutoff(now))."""
+    return (close_cutoff(now_ms) // iv) * iv - iv
 
 
 def split_symbol(symbol: str) -> tuple[str, str]:

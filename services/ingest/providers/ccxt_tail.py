@@ -22,6 +22,7 @@ from services.ingest.providers.base import (
     FetchResult,
     Range,
     SerialFetch,
+    close_cutoff,
     empty_candles,
     unified_symbol,
 )
@@ -162,9 +163,9 @@ class CcxtTailProvider(SerialFetch):
             since = start
             try:
                 while since < end:
-                    # The range reaching the present is asked open-ended, like a live tail: the exchange then
-                    # also sends the forming candle, which the caller drops (never stored).
-                    params = {} if end + iv > request.now_ms else {"until": end - 1}
+                    # The range reaching the newest closed candle is asked open-ended, like a live tail: the
+                    # exchange then also sends the forming candle, which the caller drops (never stored).
+                    params = {} if end + iv > close_cutoff(request.now_ms) else {"until": end - 1}
                     page = ex.fetch_ohlcv(symbol, request.timeframe, since=since, limit=limit, params=params)
                     rows.extend(page)
                     inside = [r[0] for r in page if since <= r[0] < end]
