@@ -387,7 +387,20 @@ def _ask(
     no_fill = st.confirmed_before if auth else union(st.confirmed_before, all_empty(st))
     asked = subtract(normalize([(max(0, s - pad), e) for s, e in todo]), no_fill)
     started = time.perf_counter()
-    result = provider.fetch(FetchRequest(exchange, sym, timeframe, tuple(todo), now_ms, lookback_ms=pad))
+    try:
+        result = provider.fetch(FetchRequest(exchange, sym, timeframe, tuple(todo), now_ms, lookback_ms=pad))
+    except Exception as exc:
+        # Providers report upstream trouble in ``failed``; an exception is a provider bug or data it does not
+        # recognise.  Loud (traceback), but it fails this provider only: the rest of the chain still gets its turn.
+        rep.timings["fetch_s"] = rep.timings.get("fetch_s", 0.0) + time.perf_counter() - started
+        log.error(f"{sym} {timeframe}: provider {provider.name} raised {type(exc).__name__}: {exc}", exc_info=True,
+                  extra={"tag": "PROVIDER_ERROR", "fields": {"symbol": sym, "provider": provider.name,
+                                                             "error": type(exc).__name__}})
+        counters[f"provider_errors.{provider.name}"] += 1
+        st.notes.extend((s, e, f"{provider.name}: raised {type(exc).__name__}") for s, e in todo)
+        if auth:
+            st.failed_auth = union(st.failed_auth, todo)  # it answered nothing: no gap can be confirmed by it
+        return
     rep.timings["fetch_s"] = rep.timings.get("fetch_s", 0.0) + time.perf_counter() - started
     rep.timings["parse_s"] = rep.timings.get("parse_s", 0.0) + result.parse_s
     rep.requests[provider.name] = rep.requests.get(provider.name, 0) + result.requests

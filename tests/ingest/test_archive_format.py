@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,11 @@ def test_2025_archive_files_in_microseconds_sync_exactly(data, archive, make_con
     assert report.complete, report.symbols["BTC/USDT"].gaps
     assert_frame_equal(cached(cfg, "1d", "BTC_USDT"), relabelled)
     assert archive.counts["zip"] == 3  # 2025-01, 2025-02 monthly + 2025-03-01 daily
+
+
+def test_zip_flagged_encrypted_is_a_bad_zip_not_a_runtime_error() -> None:
+    from services.ingest.fakes.archive import flag_encrypted
+
+    body = build_zip("BTCUSDT-1d-2024-01.csv", REAL_MS)
+    with pytest.raises(zipfile.BadZipFile, match="encrypted"):
+        unzip_single(flag_encrypted(body))

@@ -34,7 +34,7 @@ def btc(shared: Path) -> pl.DataFrame:
     return source(shared, "1d", "BTC_USDT")
 
 
-@pytest.mark.parametrize("fault", ["corrupt_zip", "bad_checksum"])
+@pytest.mark.parametrize("fault", ["corrupt_zip", "encrypted_flag", "bad_checksum"])
 def test_bad_archive_file_rejected_and_next_provider_used(fault, make_config, archive, api, gecko,
                                                           shared_data_dir: Path, caplog) -> None:
     archive.set_fault(fault, match="BTCUSDT-1d-2024-03")
@@ -381,3 +381,58 @@ def test_within_the_close_grace_a_fresh_cache_makes_zero_requests(make_config, a
     report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW + 1_000)
     assert report.complete and report.requests == 0 and report.last_closed_ms == two_days_before
     assert archive.total == api.total == gecko.total == 0
+
+
+def test_coingecko_answer_of_the_wrong_shape_fails_coingecko_only(make_config, archive, api, gecko,
+                                                                  shared_data_dir: Path, caplog) -> None:
+    gecko.set_fault("wrong_shape", match="/ohlc")
+    gecko.now_ms = SETTLED
+    cfg = make_config(providers=("coingecko", "tail"))  # CoinGecko asked first: its failure must fall through
+    start = NOW - 20 * DAY
+    with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+        report = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED)
+    rep = report.symbols["ETH/USDT"]
+    assert rep.error is None and rep.complete and list(rep.ranges_by_provider) == ["ccxt:binance"]
+    assert gecko.counts["ohlc"] == 1
+    assert any(r.tag == "DATA_REJECT" and "coingecko" in r.getMessage() for r in caplog.records)
+    # Last in the chain, the same answer leaves a pending gap that says why, not an errored symbol.
+    archive.set_fault("404", match="/daily/")
+    api.set_fault("500")
+    later = sync(["ETH/USDT"], "binance", "1d", start, None, make_config(cache_root=cfg.cache_root / "x"), SETTLED)
+    rep = later.symbols["ETH/USDT"]
+    assert rep.error is None and not rep.complete
+    assert any("coingecko: unusable answer" in why for g in rep.pending_gaps for why in g.by)
+
+
+class _Broken:
+    """A provider with a bug: it raises instead of reporting trouble in ``failed``."""
+
+    name = "broken"
+
+    def authoritative(self, exchange: str) -> bool:
+        return True
+
+    def supports(self, exchange: str, symbol: str, timeframe: str) -> bool:
+        return True
+
+    def fetch(self, request: object) -> object:
+        raise KeyError("bug")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_provider_that_raises_fails_alone_and_loudly(make_config, archive, api, shared_data_dir: Path,
+                                                       caplog) -> None:
+    from services.ingest.sync import build_providers
+
+    cfg = make_config()
+    chain = [_Broken(), *build_providers(cfg, "binance")]
+    with caplog.at_level(logging.ERROR, logger="aura.ingest"):
+        report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC, providers=chain)  # type: ignore[list-item]
+    rep = report.symbols["BTC/USDT"]
+    assert rep.error is None and rep.complete and "broken" not in rep.ranges_by_provider
+    assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
+    assert report.counters["provider_errors.broken"] == 1
+    [line] = [r for r in caplog.records if r.tag == "PROVIDER_ERROR"]
+    assert "broken" in line.getMessage() and "KeyError" in line.getMessage() and line.exc_info is not None

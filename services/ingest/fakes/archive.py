@@ -11,8 +11,10 @@ Columns the shared data does not have are filled with stand-ins that no consumer
 volume x close, trades = 0, taker volumes = 0.
 
 App-specific faults: ``corrupt_zip`` (damaged zip bytes *with a matching checksum*, so only the unzip can
-notice), ``bad_checksum`` (a good zip whose CHECKSUM names another digest) and ``seconds_timestamps`` (a
-well-formed, correctly checksummed file whose open times are in seconds: a unit the client must refuse).
+notice), ``encrypted_flag`` (the same zip with its "encrypted" flag bit set, checksum matching: damage that
+makes Python's zipfile raise RuntimeError instead of BadZipFile), ``bad_checksum`` (a good zip whose CHECKSUM
+names another digest) and ``seconds_timestamps`` (a well-formed, correctly checksummed file whose open times
+are in seconds: a unit the client must refuse).
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ def corrupt(zip_bytes: bytes) -> bytes:
     mid = len(data) // 3
     for i in range(mid, min(mid + 16, len(data))):
         data[i] ^= 0xFF
+    return bytes(data)
+
+
+def flag_encrypted(zip_bytes: bytes) -> bytes:
+    """Set the "encrypted" general-purpose bit in the local and the central header (one flipped bit each)."""
+    data = bytearray(zip_bytes)
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        data[data.find(signature) + flag_offset] |= 0x1
     return bytes(data)
 
 
@@ -162,6 +172,8 @@ class FakeBinanceArchive(FakeServer):
         name, body = found
         if fault == "corrupt_zip":
             body = corrupt(body)
+        elif fault == "encrypted_flag":
+            body = flag_encrypted(body)
         elif fault == "seconds_timestamps":
             body = self.in_seconds(path, name)
         if path.endswith(".CHECKSUM"):

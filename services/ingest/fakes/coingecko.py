@@ -8,6 +8,9 @@
 * ``/api/v3/coins/{id}/market_chart?vs_currency=usd&days=N``: ``prices`` / ``market_caps`` /
   ``total_volumes`` pairs, hourly up to 90 days (1h data), daily beyond (1d closes).
 * ``/api/v3/ping``.  Unknown coin: 404 ``{"error": "coin not found"}``.
+
+App-specific fault: ``wrong_shape`` answers OHLC with HTTP 200 and a JSON object instead of rows (what a
+proxy or an API change can send): the client must treat it as malformed, not crash.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class FakeCoinGecko(FakeServer):
             if days < 1 or query.get("vs_currency", "").lower() != "usd":
                 return Reply.json({"error": "invalid days or vs_currency"}, 400)
             stem = f"{base}_USDT"
+            if fault == "wrong_shape":
+                return Reply.json({"status": {"error_code": 10005, "error_message": "fake: not OHLC rows"}})
             return self.ohlc(stem, days) if parts[4] == "ohlc" else self.market_chart(stem, days)
         return Reply.json({"error": "not found"}, 404)
 

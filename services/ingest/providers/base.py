@@ -140,7 +140,11 @@ class Breaker:
 
 
 class Provider(Protocol):
-    """A source of candles.  ``fetch`` must not raise for network/data problems: report them in ``failed``."""
+    """A source of candles.  ``fetch`` must not raise for network/data problems: report them in ``failed``.
+
+    If it raises anyway (a bug), sync logs ``[PROVIDER_ERROR]`` with the traceback and treats every range it
+    was asked for as failed by this provider, so the rest of the chain is still asked.
+    """
 
     name: str
 

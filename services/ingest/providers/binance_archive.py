@@ -116,14 +116,17 @@ def unzip_single(data: bytes) -> bytes:
 
     zipfile reads the directory; a deflated member is then inflated in one call, with zlib-ng when it is
     installed (~2x faster than the stdlib zlib; ccxt depends on it) and both release the GIL.  Anything
-    unusual (stored, encrypted, other methods) goes through ``zipfile`` itself.
+    unusual (stored, other methods) goes through ``zipfile`` itself; an encrypted member is refused.
     """
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         infos = [i for i in zf.infolist() if not i.filename.endswith("/")]
         if len(infos) != 1:
             raise zipfile.BadZipFile(f"expected one file in the zip, found {len(infos)}")
         info = infos[0]
-        if info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:
+        if info.flag_bits & 0x1:
+            # The archive never encrypts; the bit set means damage (zipfile would raise RuntimeError for it).
+            raise zipfile.BadZipFile(f"member {info.filename!r} is flagged encrypted")
+        if info.compress_type != zipfile.ZIP_DEFLATED:
             return zf.read(info)  # zipfile verifies the member's CRC while reading
     header = data[info.header_offset : info.header_offset + 30]
     if len(header) != 30 or header[:4] != b"PK\x03\x04":

@@ -21,6 +21,7 @@ before retrying, a few times, then the range is reported failed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -30,6 +31,9 @@ import polars as pl
 
 from services.ingest.coverage import intersect, normalize
 from services.ingest.providers.base import Breaker, FetchRequest, FetchResult, SerialFetch, empty_candles, split_symbol
+from shared.logging import warn
+
+log = logging.getLogger("aura.ingest.coingecko")
 
 _H4 = 4 * 3_600_000
 _DAY = 86_400_000
@@ -56,9 +60,9 @@ def ohlc_to_candles(rows: list[list[float]], timeframe: str, settled_before_ms: 
     Rows stamped after ``settled_before_ms`` are ignored: CoinGecko refreshes every 15 minutes and publishes
     a completed UTC day 35 minutes after midnight, so a candle that only just closed may not be final yet.
     """
-    if not rows:
+    arr = ohlc_rows(rows)
+    if len(arr) == 0:
         return empty_candles()
-    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
     if settled_before_ms is not None:
         arr = arr[arr[:, 0] <= settled_before_ms]
     open_ts = arr[:, 0].astype(np.int64) - _H4
@@ -84,6 +88,27 @@ def ohlc_to_candles(rows: list[list[float]], timeframe: str, settled_before_ms: 
         lo.append(piece[:, 3].min())
         c.append(piece[-1, 4])
     return _frame(np.array(out_ts, dtype=np.int64), np.array(o), np.array(h), np.array(lo), np.array(c))
+
+
+def ohlc_rows(doc: object) -> np.ndarray:
+    """CoinGecko's OHLC body as an (n, 5) float array; ValueError for any other shape.
+
+    A 200 can still carry something else (an error object from a proxy, a changed API): that is CoinGecko
+    failing, to be reported as such, never an exception that takes the whole symbol's sync down.
+    """
+    if not isinstance(doc, list):
+        raise ValueError(f"OHLC answer is a {type(doc).__name__}, not a list of rows")
+    if not doc:
+        return np.empty((0, 5))
+    try:
+        arr = np.asarray(doc, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"OHLC rows are not numbers: {exc}") from exc
+    if arr.ndim != 2 or arr.shape[1] != 5:
+        raise ValueError(f"OHLC rows have shape {arr.shape}, expected (n, 5)")
+    if not np.isfinite(arr[:, 0]).all():
+        raise ValueError("OHLC row without a usable timestamp")
+    return arr
 
 
 def _frame(ts: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> pl.DataFrame:
@@ -175,8 +200,10 @@ class CoinGeckoProvider(SerialFetch):
         except httpx.HTTPError as exc:
             self.breaker.trip(type(exc).__name__)
             result.failed = [(s, e, f"{type(exc).__name__}") for s, e in wanted]
-        except ValueError as exc:  # not JSON, or not OHLC rows
-            result.failed = [(s, e, f"{type(exc).__name__}") for s, e in wanted]
+        except ValueError as exc:  # not JSON, not OHLC rows, no coin list: CoinGecko failed, nothing is kept
+            warn(log, "DATA_REJECT", f"coingecko: unusable answer for {request.symbol}: {exc}",
+                 symbol=request.symbol, provider=self.name, error=type(exc).__name__)
+            result.failed = [(s, e, f"unusable answer: {type(exc).__name__}") for s, e in wanted]
         return result
 
     def _coin_id(self, base: str) -> str | None:
@@ -186,8 +213,12 @@ class CoinGeckoProvider(SerialFetch):
             resp = self._get("/api/v3/coins/list", {})
             if resp.status_code != 200:
                 raise ValueError(f"coins/list http {resp.status_code}")
-            self._coins_list = resp.json()
-        matches = [c["id"] for c in self._coins_list if str(c.get("symbol", "")).upper() == base]
+            doc = resp.json()
+            if not isinstance(doc, list) or not all(isinstance(c, dict) for c in doc):
+                raise ValueError("coins/list answer is not a list of coins")
+            self._coins_list = doc
+        matches = [str(c["id"]) for c in self._coins_list
+                   if c.get("id") and str(c.get("symbol", "")).upper() == base]
         # Tickers are not unique on CoinGecko (many tokens call themselves "ETH"): guessing would mean
         # storing some other coin's prices, so an ambiguous ticker is simply unavailable.
         return matches[0] if len(matches) == 1 else None
