@@ -13,6 +13,7 @@ from polars.testing import assert_frame_equal
 from services.ingest.cache import coverage_path
 from services.ingest.providers.ccxt_tail import make_exchange, rewrite_api_urls
 from services.ingest.sync import sync
+from services.ingest.validation import FLAG, REJECT, validate_candles
 from tests.ingest.conftest import DAY, HOUR, NOW, NOW_SYNC, SETTLED, T2017, T2024, cached, ms, source
 
 pytestmark = pytest.mark.integration
@@ -128,3 +129,20 @@ def test_coingecko_ohlc_conversion_needs_six_pieces() -> None:
     out = ohlc_to_candles(rows, "1d")
     assert out["timestamp"].to_list() == [day]
     assert out.row(0)[1:5] == (10.0, 25.0, 5.0, 16.0) and np.isnan(out["volume"][0])
+
+
+def test_coingecko_duplicate_times_reach_validation_never_a_silent_pick() -> None:
+    from services.ingest.providers.coingecko import ohlc_to_candles
+
+    h4 = 4 * HOUR
+    piece = [[T2024 + (i + 1) * h4, 10.0 + i, 20.0 + i, 5.0 + i, 11.0 + i] for i in range(6)]
+    other = [T2024 + 3 * h4, 12.0, 30.0, 1.0, 29.0]  # a second, different third piece of 2024-01-01
+    for timeframe, iv in (("4h", h4), ("1d", DAY)):
+        conflicting = validate_candles(ohlc_to_candles([*piece, other], timeframe), iv, allow_nan_volume=True)
+        [issue] = conflicting.issues
+        assert (issue.kind, issue.action) == ("duplicate_conflict", REJECT)
+        assert issue.timestamp == (T2024 + 2 * h4 if timeframe == "4h" else T2024)
+        assert issue.timestamp not in conflicting.frame["timestamp"].to_list()
+        identical = validate_candles(ohlc_to_candles([*piece, piece[2]], timeframe), iv, allow_nan_volume=True)
+        assert [(i.kind, i.action) for i in identical.issues] == [("duplicate", FLAG)]
+        assert_frame_equal(identical.frame, ohlc_to_candles(piece, timeframe))

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 
 from services.ingest.cache import coverage_path
 from services.ingest.fakes import FakeBinanceApi, MarketData
-from services.ingest.providers.base import CLOSE_GRACE_MS
+from services.ingest.providers.base import CLOSE_GRACE_MS, interval_ms
 from services.ingest.sync import IngestConfig, sync
 from shared.config import Settings
 from tests.ingest.conftest import DAY, NOW, NOW_SYNC, SETTLED, T2017, cached, ms, source
@@ -436,3 +436,24 @@ def test_a_provider_that_raises_fails_alone_and_loudly(make_config, archive, api
     assert report.counters["provider_errors.broken"] == 1
     [line] = [r for r in caplog.records if r.tag == "PROVIDER_ERROR"]
     assert "broken" in line.getMessage() and "KeyError" in line.getMessage() and line.exc_info is not None
+
+
+@pytest.mark.parametrize("timeframe", ["4h", "1d"])
+def test_conflicting_coingecko_duplicates_are_rejected_loudly(timeframe, make_config, archive, api, gecko,
+                                                              caplog) -> None:
+    archive.set_fault("down")
+    api.set_fault("500")
+    gecko.set_fault("duplicate_conflict", match="/ohlc")
+    gecko.now_ms = SETTLED
+    cfg = make_config()
+    with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+        report = sync(["ETH/USDT"], "binance", timeframe, NOW - 10 * DAY, None, cfg, SETTLED)
+    rep = report.symbols["ETH/USDT"]
+    assert report.counters["reject.duplicate_conflict"] == 1 and rep.issues == {"reject.duplicate_conflict": 1}
+    [line] = [r for r in caplog.records if r.tag == "DATA_REJECT"]
+    assert "duplicate_conflict" in line.getMessage() and line.fields["provider"] == "coingecko"
+    # Neither copy is stored: the candle stays a pending gap (asked again next time), the rest is filled.
+    [gap] = rep.pending_gaps
+    assert gap.start == line.fields["ts"] and gap.end - gap.start == interval_ms(timeframe)
+    assert "coingecko: rejected candle" in gap.by
+    assert gap.start not in cached(cfg, timeframe, "ETH_USDT")["timestamp"].to_list()

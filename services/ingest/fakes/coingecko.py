@@ -9,8 +9,11 @@
   ``total_volumes`` pairs, hourly up to 90 days (1h data), daily beyond (1d closes).
 * ``/api/v3/ping``.  Unknown coin: 404 ``{"error": "coin not found"}``.
 
-App-specific fault: ``wrong_shape`` answers OHLC with HTTP 200 and a JSON object instead of rows (what a
-proxy or an API change can send): the client must treat it as malformed, not crash.
+App-specific faults: ``wrong_shape`` answers OHLC with HTTP 200 and a JSON object instead of rows (what a
+proxy or an API change can send): the client must treat it as malformed, not crash.  ``duplicate_conflict``
+adds a second, different row for the close time of the middle OHLC row (same open and low, twice the high,
+closing there, so a daily candle built from it differs too): which one is right cannot be known, so neither
+may be stored silently.
 """
 
 from __future__ import annotations
@@ -56,10 +59,10 @@ class FakeCoinGecko(FakeServer):
             stem = f"{base}_USDT"
             if fault == "wrong_shape":
                 return Reply.json({"status": {"error_code": 10005, "error_message": "fake: not OHLC rows"}})
-            return self.ohlc(stem, days) if parts[4] == "ohlc" else self.market_chart(stem, days)
+            return self.ohlc(stem, days, fault) if parts[4] == "ohlc" else self.market_chart(stem, days)
         return Reply.json({"error": "not found"}, 404)
 
-    def ohlc(self, stem: str, days: int) -> Reply:
+    def ohlc(self, stem: str, days: int, fault: str | None = None) -> Reply:
         if days <= 2:
             return Reply.json({"error": "fake: no 30-minute candles in the data"}, 400)
         since = self.now_ms - days * _DAY
@@ -83,6 +86,9 @@ class FakeCoinGecko(FakeServer):
             # A candle not closed yet is sent stamped with "now", as CoinGecko does for its newest point.
             stamp = close_time if close_time <= self.now_ms else self.now_ms
             rows.append([stamp, float(o[i]), float(h[i]), float(lo[i]), float(c[i])])
+        if fault == "duplicate_conflict" and rows:
+            stamp, op, hi, low, _ = rows[len(rows) // 2]
+            rows.insert(len(rows) // 2 + 1, [stamp, op, 2 * hi, low, 2 * hi])
         return Reply.json(rows)
 
     def market_chart(self, stem: str, days: int) -> Reply:

@@ -59,6 +59,10 @@ def ohlc_to_candles(rows: list[list[float]], timeframe: str, settled_before_ms: 
 
     Rows stamped after ``settled_before_ms`` are ignored: CoinGecko refreshes every 15 minutes and publishes
     a completed UTC day 35 minutes after midnight, so a candle that only just closed may not be final yet.
+
+    A time CoinGecko sends twice stays twice (a ``1d`` day is then built once per copy of its pieces): which
+    copy is right is not ours to guess, so the validation every provider's rows go through sees both, flags
+    identical copies and rejects conflicting ones (tagged line, counter, asked elsewhere), never a silent pick.
     """
     arr = ohlc_rows(rows)
     if len(arr) == 0:
@@ -70,23 +74,25 @@ def ohlc_to_candles(rows: list[list[float]], timeframe: str, settled_before_ms: 
     arr, open_ts = arr[aligned], open_ts[aligned]
     order = np.argsort(open_ts, kind="stable")
     arr, open_ts = arr[order], open_ts[order]
-    _, first = np.unique(open_ts, return_index=True)
-    arr, open_ts = arr[first], open_ts[first]
     if timeframe == "4h":
         return _frame(open_ts, arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4])
     if timeframe != "1d":
         raise ValueError(f"CoinGecko cannot build {timeframe} candles")
     day = open_ts - open_ts % _DAY
-    days, start, count = np.unique(day, return_index=True, return_counts=True)
-    full = count == 6  # six distinct 4h pieces (duplicates removed above): a complete UTC day
     out_ts, o, h, lo, c = [], [], [], [], []
-    for d, s, n in zip(days[full], start[full], count[full], strict=True):
-        piece = arr[s : s + n]
-        out_ts.append(int(d))
-        o.append(piece[0, 1])
-        h.append(piece[:, 2].max())
-        lo.append(piece[:, 3].min())
-        c.append(piece[-1, 4])
+    for d in np.unique(day):
+        at = np.flatnonzero(day == d)
+        slots, inverse, copies = np.unique(open_ts[at], return_inverse=True, return_counts=True)
+        if len(slots) != 6:  # six distinct 4h pieces make a complete UTC day; a day missing one is skipped
+            continue
+        for k in range(int(copies.max())):
+            # The k-th copy of each piece (its last one when it has fewer): every copy sent ends up in a day.
+            piece = arr[[at[inverse == j][min(k, copies[j] - 1)] for j in range(6)]]
+            out_ts.append(int(d))
+            o.append(piece[0, 1])
+            h.append(piece[:, 2].max())
+            lo.append(piece[:, 3].min())
+            c.append(piece[-1, 4])
     return _frame(np.array(out_ts, dtype=np.int64), np.array(o), np.array(h), np.array(lo), np.array(c))
 
 
