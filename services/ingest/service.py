@@ -112,7 +112,7 @@ async def _publish_step(ctx: ServiceContext, step: ReplayStep, markets: list[Mar
     s = ctx.settings
     if step.snapshot is None:
         stale = DataStale(cycle_id=step.cycle_id, timeframe=s.timeframe, reason="incomplete snapshot",
-                          missing=list(step.missing))
+                          missing=list(step.missing), as_of_ms=step.as_of_ms)
         await publish(ctx.js, stale, msg_id=f"stale-{step.cycle_id}-a{attempt}")
         await publish(ctx.js, CycleAborted(cycle_id=step.cycle_id, stage="ingest",
                                            reason=f"stale data: missing {','.join(step.missing)}"),

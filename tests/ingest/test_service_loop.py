@@ -121,6 +121,7 @@ def test_stale_bar_keeps_the_cursor_and_is_published_once_complete(tmp_path: Pat
     # The cursor moved only when the bar was really done.
     assert rec.kv_puts == [("ingest.cursor.sync.1d", str(BAR).encode())]
     assert isinstance(rec.published[0][1], DataStale)
+    assert rec.published[0][1].as_of_ms == BAR  # risk refuses targets on data older than this bar
 
 
 def test_replay_source_moves_past_a_stale_bar(tmp_path: Path) -> None:
