@@ -155,8 +155,12 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
 def test_live_services_sign_the_backtesters_plans(services: dict[str, str]) -> None:
     compared = asyncio.run(_drive(services))
     assert len(compared) == CYCLES
-    traded = 0
+    traded = held = 0
     for cycle_id, live, expected in compared:
         assert live == expected, f"{cycle_id}: live plan differs from the backtester's"
         traded += b'"legs":[]' not in live
+        held += b'"gate":"hold"' in live
     assert traded >= 3, "the window should contain real trades, or the comparison proves little"
+    # The cost-benefit gate needs the forecasts that travel in the target message: a window where it never
+    # holds could not show them missing.
+    assert held >= 1, "the window should contain a cost-benefit hold"
