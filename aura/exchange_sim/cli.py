@@ -10,7 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from aura.exchange_sim.engine import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, default_data_dir
+from aura.exchange_sim.engine import (
+    DEFAULT_API_KEY,
+    DEFAULT_API_SECRET,
+    FEE_ASSETS,
+    SimConfig,
+    default_data_dir,
+)
 from aura.exchange_sim.server import SimServer
 
 
@@ -38,6 +44,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", default="", help="comma-separated Binance ids to serve (default: all in --data)")
     p.add_argument("--start", default=None, help="replay clock start, ISO date or ms (default: a year before the end)")
     p.add_argument("--fee-rate", type=float, default=0.001)
+    p.add_argument("--fee-asset", choices=FEE_ASSETS, default="received",
+                   help="received (Binance without BNB: a buy's fee in the coins bought, a sell's in the quote; "
+                        "default) or quote (every fee in the quote asset)")
     p.add_argument("--market-fill-chunks", type=int, default=1)
 
 
@@ -46,7 +55,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     symbols = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()) or None
     return SimConfig(data_dir=args.data or default_data_dir(), timeframe=args.timeframe, symbols=symbols,
                      start=args.start, balances=balances, api_key=args.api_key, api_secret=args.api_secret,
-                     fee_rate=args.fee_rate, market_fill_chunks=args.market_fill_chunks)
+                     fee_rate=args.fee_rate, fee_asset=args.fee_asset,
+                     market_fill_chunks=args.market_fill_chunks)
 
 
 def run(args: argparse.Namespace) -> int:

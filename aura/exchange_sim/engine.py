@@ -55,7 +55,11 @@ class SimConfig:
     balances: dict[str, float | str] = field(default_factory=lambda: {"USDT": 10_000})
     api_key: str = DEFAULT_API_KEY
     api_secret: str = DEFAULT_API_SECRET
-    fee_rate: float = 0.001  # charged in the quote asset on every fill
+    fee_rate: float = 0.001  # of what the fill gives, in the asset named by ``fee_asset``
+    # "received": Binance without a BNB discount, the fee comes out of the asset the fill credits (a buy's in
+    # the base asset, a sell's in the quote asset).  "quote": always in the quote asset (older simulator
+    # behaviour, and what a quote-only venue does).
+    fee_asset: str = "received"
     spread_bps: float = 0.0
     jitter_bps: float = 0.0  # seeded random extra slippage against the taker
     seed: int = 0
@@ -68,8 +72,9 @@ class SimConfig:
     rules: dict[str, dict[str, float]] = field(default_factory=dict)  # per-symbol filter overrides
 
 
-_LIVE_KEYS = {"fee_rate", "spread_bps", "jitter_bps", "market_fill_chunks", "market_expire_after_chunks",
-              "limit_fill_chunks", "fill_on_query", "duplicate_scope", "clock_skew_ms"}
+FEE_ASSETS = ("received", "quote")
+_LIVE_KEYS = {"fee_rate", "fee_asset", "spread_bps", "jitter_bps", "market_fill_chunks",
+              "market_expire_after_chunks", "limit_fill_chunks", "fill_on_query", "duplicate_scope", "clock_skew_ms"}
 
 
 def _coerce(value: Any, expected: type) -> Any:
@@ -91,9 +96,15 @@ def parse_decimal(name: str, raw: str | None, *, required: bool = False) -> Deci
         raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$") from exc
 
 
+def _check_fee_asset(value: str) -> None:
+    if value not in FEE_ASSETS:
+        raise ValueError(f"fee_asset must be one of {FEE_ASSETS}, got {value!r}")
+
+
 class ExchangeSim:
     def __init__(self, config: SimConfig | None = None, *, wall_ms: Callable[[], int] | None = None) -> None:
         self.config = config or SimConfig()
+        _check_fee_asset(self.config.fee_asset)
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self.lock = threading.RLock()
         self.market = Market(Path(self.config.data_dir), timeframe=self.config.timeframe,
@@ -124,6 +135,8 @@ class ExchangeSim:
         unknown = set(changes) - _LIVE_KEYS
         if unknown:
             raise ValueError(f"cannot change {sorted(unknown)} at run time; allowed: {sorted(_LIVE_KEYS)}")
+        if "fee_asset" in changes:
+            _check_fee_asset(str(changes["fee_asset"]))
         with self.lock:
             for key, value in changes.items():
                 setattr(self.config, key, _coerce(value, type(getattr(self.config, key))))
@@ -271,7 +284,8 @@ class ExchangeSim:
             raise duplicate_order()
         now = self.now_ms()
         base, quote = m.series[symbol].base, m.series[symbol].quote
-        fee = Decimal(str(self.config.fee_rate))
+        # A buy locks the quote it will spend, plus the fee only when the fee will be taken in the quote asset.
+        fee = Decimal(str(self.config.fee_rate)) if self.config.fee_asset == "quote" else ZERO
         lock_asset, lock_amount = (quote, q8(qty * ref_price * (1 + fee))) if side == "BUY" else (base, qty)
         self.balances.lock(lock_asset, lock_amount, now)  # raises -2010 insufficient balance
         order = Order(order_id=self._next_order_id, client_order_id=cid, symbol=symbol, side=side, type=otype,
@@ -391,22 +405,30 @@ class ExchangeSim:
                 slip = Decimal(str(self._rng.uniform(0, self.config.jitter_bps))) / Decimal(10_000)
                 price = m.on_tick(order.symbol, price * (1 + slip if buy else 1 - slip))
         cost = q8(price * qty)
-        commission = q8(cost * Decimal(str(self.config.fee_rate)))
+        rate = Decimal(str(self.config.fee_rate))
+        base, quote = m.series[order.symbol].base, m.series[order.symbol].quote
+        if buy and self.config.fee_asset == "received":
+            # Binance without BNB: a buy's commission is taken from the coins bought (0.1 BTC bought, 0.0999
+            # credited), and reported in that asset in myTrades and the order response's fills.
+            commission, commission_asset = q8(qty * rate), base
+        else:
+            commission, commission_asset = q8(cost * rate), quote
+        quote_fee = commission if commission_asset == quote else ZERO
+        base_fee = commission if commission_asset == base else ZERO
         share = order.locked if qty == order.remaining else q8(order.locked * qty / order.remaining)
         self.balances.unlock(order.lock_asset, share, now)
         order.locked -= share
-        base, quote = m.series[order.symbol].base, m.series[order.symbol].quote
         if buy:
-            if self.balances.free[quote] < cost + commission:
+            if self.balances.free[quote] < cost + quote_fee:
                 self._finish(order, "EXPIRED", now)  # the price ran away from the lock: nothing more fills
                 return
-            self.balances.move(quote, -(cost + commission), now)
-            self.balances.move(base, qty, now)
+            self.balances.move(quote, -(cost + quote_fee), now)
+            self.balances.move(base, qty - base_fee, now)
         else:
-            self.balances.move(base, -qty, now)
-            self.balances.move(quote, cost - commission, now)
+            self.balances.move(base, -(qty + base_fee), now)
+            self.balances.move(quote, cost - quote_fee, now)
         trade = Trade(self._next_trade_id, order.order_id, order.symbol, buy, not taker, price, qty, commission,
-                      quote, now)
+                      commission_asset, now)
         self._next_trade_id += 1
         self._trades.append(trade)
         order.trades.append(trade)

@@ -14,7 +14,7 @@ Each trial is an honest crash of a real process:
   In some trials the recovery itself is killed once more before a final recovery.
 * Verification against the simulator's own books: no clientOrderId booked twice, no simulator order the
   journal does not know, no working order left behind, the journal's fills are exactly the simulator's trades,
-  and the journal's portfolio (``portfolio_from_fills``) equals the simulator's balances within fee rounding.
+  and the journal's portfolio (``portfolio_from_fills``) equals the simulator's balances exactly.
 
 The simulator runs in its own process (``python -m aura.exchange_sim``) so it survives every kill, and it
 checks duplicate clientOrderIds among *open* orders only, as Binance does: a blind resend of a filled order
@@ -42,6 +42,7 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,8 +67,6 @@ RECV_WINDOW_MS = 500  # the simulator refuses a signed request older than this..
 SETTLE_S = 0.6  # ...so a "not found" this long after the last send is final (execution rule 6)
 FINAL_SIM_STATUSES = {"FILLED", "CANCELED", "EXPIRED", "REJECTED"}
 FINAL_INTENTS = {"filled", "partial", "rejected", "skipped", "canceled"}
-CASH_TOLERANCE = 1e-5  # USDT: the simulator books 8-decimal amounts, the journal sums floats
-QTY_TOLERANCE = 1e-9
 
 
 # --- the simulator, in its own process ------------------------------------------------------------------------
@@ -384,13 +383,15 @@ def verify(journal_path: Path, plans: list[PlanBody], orders: list[dict[str, Any
 
     def total(asset: str) -> float:
         b = balances.get(asset) or {"free": "0", "locked": "0"}
-        return float(b["free"]) + float(b["locked"])
+        return float(Decimal(b["free"]) + Decimal(b["locked"]))
 
-    if abs(total("USDT") - pf.cash) > CASH_TOLERANCE:
+    # Exactly, no tolerance: the journal sums the exchange's own 8-decimal amounts the way the exchange does,
+    # each fee out of the asset it was taken in (a buy's from the coins bought, the simulator's default).
+    if total("USDT") != pf.cash:
         violations.append(f"cash: journal {pf.cash} != exchange {total('USDT')}")
     held = {sym.split("/")[0]: q for sym, q in pf.holdings.items()}
     for asset in assets:
-        if abs(total(asset) - held.get(asset, 0.0)) > QTY_TOLERANCE:
+        if total(asset) != held.get(asset, 0.0):
             violations.append(f"{asset}: journal {held.get(asset, 0.0)} != exchange {total(asset)}")
     return violations, len(fills), statuses
 

@@ -181,7 +181,8 @@ def journal_order(journal: Journal, cycle_id: str, order: OrderState, result: Ex
     journal.upsert_order(cid, cycle_id, order.exchange_order_id, order.symbol, order.side, order.status,
                          order.qty, order.filled_qty, order.avg_price)
     for f in order.fills:
-        if journal.record_fill(f.trade_id, cycle_id, cid, f.symbol, f.side, f.qty, f.price, f.fee, f.ts_ms):
+        if journal.record_fill(f.trade_id, cycle_id, cid, f.symbol, f.side, f.qty, f.price, f.fee, f.ts_ms,
+                               fee_base=f.fee_base, fee_quote=f.fee_quote):
             result.new_fills.append((f.trade_id, cid, f.symbol, f.qty, f.price, f.fee))
 
 

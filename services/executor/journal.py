@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.executor.portfolio import FillRow
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,7 +71,9 @@ CREATE TABLE IF NOT EXISTS fills (
     qty REAL NOT NULL,
     price REAL NOT NULL,
     fee REAL NOT NULL,
-    ts_ms INTEGER NOT NULL
+    ts_ms INTEGER NOT NULL,
+    fee_base REAL NOT NULL DEFAULT 0,
+    fee_quote REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,6 +91,15 @@ CREATE INDEX IF NOT EXISTS idx_events_cycle ON events(cycle_id);
 CREATE INDEX IF NOT EXISTS idx_intents_status ON intents(status);
 CREATE INDEX IF NOT EXISTS idx_fills_order ON fills(client_order_id);
 """
+
+# Columns added to ``fills`` after the first release, with the statement that fills an older row's value.
+# Before them a fill's whole fee (``fee``, valued in the quote asset) was charged to cash: an old row keeps
+# exactly that meaning (fee_quote = fee, nothing out of the holding), so an existing journal's books do not move.
+FILL_FEE_MIGRATION = (
+    "ALTER TABLE fills ADD COLUMN fee_base REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE fills ADD COLUMN fee_quote REAL NOT NULL DEFAULT 0",
+    "UPDATE fills SET fee_quote = fee",
+)
 
 # Intent life cycle: pending (journaled, not yet sent) -> sent (request on the wire) -> final states.
 OPEN_INTENT_STATES = ("pending", "sent", "acked")  # "unsent": reconciled, exchange never saw it
@@ -119,7 +132,28 @@ class Journal:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._migrate()
         self.path = path
+
+    def _fill_columns(self) -> set[str]:
+        return {str(r[1]) for r in self.db.execute("PRAGMA table_info(fills)")}
+
+    def _migrate(self) -> None:
+        """Bring a journal file written by an older release up to the current ``fills`` columns, atomically."""
+        if "fee_base" in self._fill_columns():
+            return
+        # Straight on the connection, not self.begin()/commit(): a subclass (the crash trials' journal) hooks
+        # those and is not built yet while this runs.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if "fee_base" not in self._fill_columns():  # another opener may have migrated while we waited
+                for statement in FILL_FEE_MIGRATION:
+                    self.db.execute(statement)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -182,11 +216,16 @@ class Journal:
             (cid, cycle_id, exchange_order_id, symbol, side, status, qty, filled_qty, avg_price, now_ms()))
 
     def record_fill(self, trade_id: str, cycle_id: str, cid: str, symbol: str, side: str, qty: float, price: float,
-                    fee: float, ts_ms: int) -> bool:
-        """Insert a fill once; returns False when the trade id was already journaled (no double count)."""
+                    fee: float, ts_ms: int, *, fee_base: float, fee_quote: float) -> bool:
+        """Insert a fill once; returns False when the trade id was already journaled (no double count).
+
+        ``fee`` is the quote-valued figure for reporting; ``fee_base`` / ``fee_quote`` are what the exchange took
+        from each asset and what the balances are derived from (see ``Fill``).  Keyword-only so no caller can
+        put a quote amount where a base amount belongs."""
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO fills(trade_id, cycle_id, client_order_id, symbol, side, qty, price, fee, ts_ms)"
-            " VALUES (?,?,?,?,?,?,?,?,?)", (trade_id, cycle_id, cid, symbol, side, qty, price, fee, ts_ms))
+            "INSERT OR IGNORE INTO fills(trade_id, cycle_id, client_order_id, symbol, side, qty, price, fee, ts_ms,"
+            " fee_base, fee_quote) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (trade_id, cycle_id, cid, symbol, side, qty, price, fee, ts_ms, fee_base, fee_quote))
         return cur.rowcount == 1
 
     def record_snapshot(self, snapshot_id: str, cycle_id: str, plan_id: str, status: str, cash: float,
@@ -250,17 +289,20 @@ class Journal:
         row = self.db.execute("SELECT body FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
         return None if row is None else str(row[0])
 
-    def fills_for(self, cid: str) -> list[tuple[str, float, float, float]]:
-        return self.db.execute("SELECT trade_id, qty, price, fee FROM fills WHERE client_order_id=?",
-                               (cid,)).fetchall()
+    def fills_for(self, cid: str) -> list[tuple[str, float, float, float, float, float]]:
+        """(trade_id, qty, price, fee valued in quote, fee in base, fee in quote) of one order's fills."""
+        return self.db.execute("SELECT trade_id, qty, price, fee, fee_base, fee_quote FROM fills"
+                               " WHERE client_order_id=? ORDER BY rowid", (cid,)).fetchall()
 
     def initial_cash(self) -> float | None:
         row = self.db.execute("SELECT cash FROM snapshots WHERE status='genesis' ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else float(row[0])
 
-    def all_fills(self) -> list[tuple[str, str, float, float, float]]:
-        """(symbol, side, qty, price, fee) in the order they were journaled."""
-        return self.db.execute("SELECT symbol, side, qty, price, fee FROM fills ORDER BY rowid").fetchall()
+    def all_fills(self) -> list[FillRow]:
+        """Every fill as (symbol, side, qty, price, fee in base, fee in quote), in the order journaled: the
+        input of ``portfolio_from_fills``."""
+        rows = self.db.execute("SELECT symbol, side, qty, price, fee_base, fee_quote FROM fills ORDER BY rowid")
+        return [FillRow(*r) for r in rows.fetchall()]
 
     def count(self, table: str) -> int:
         if table not in ("events", "plans", "intents", "orders", "fills", "snapshots"):

@@ -31,16 +31,19 @@ def journal_books(path: Path) -> tuple[set[str], dict[str, str], float, dict[str
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         intents = {r[0] for r in db.execute("SELECT client_order_id FROM intents")}
-        fills = db.execute("SELECT trade_id, client_order_id, symbol, side, qty, price, fee FROM fills").fetchall()
+        fills = db.execute("SELECT trade_id, client_order_id, symbol, side, qty, price, fee_base, fee_quote"
+                           " FROM fills").fetchall()
         cash = float(db.execute("SELECT cash FROM snapshots WHERE status='genesis' ORDER BY seq LIMIT 1").fetchone()[0])
     finally:
         db.close()
     held: dict[str, float] = {}
-    for _, _, symbol, side, qty, price, fee in fills:
+    for _, _, symbol, side, qty, price, fee_base, fee_quote in fills:
+        # Each fee out of the asset the exchange took it in: a buy's from the coins bought (fee_base, the
+        # simulator's default, as Binance without BNB), a sell's from the USDT received (fee_quote).
         sign = 1.0 if side == "buy" else -1.0
-        cash -= sign * qty * price + fee
+        cash -= sign * qty * price + fee_quote
         base = symbol.split("/")[0]
-        held[base] = held.get(base, 0.0) + sign * qty
+        held[base] = held.get(base, 0.0) + sign * qty - fee_base
     return intents, {str(f[0]): f[1] for f in fills}, cash, held
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +46,41 @@ def test_ohlcv_stops_at_the_clock_and_advances(client: Any, sim_server: SimServe
     assert nxt[-1][4] == pytest.approx(close_on(candle_dir, "BTC_USDT", "2024-01-02"))
 
 
+@pytest.mark.parametrize("sim_server", [{}, {"fee_asset": "quote"}], indirect=True, ids=["received", "quote"])
 def test_market_buy_then_sell_moves_balances_by_price_and_fee(client: Any, sim_server: SimServer) -> None:
+    # Default ("received"), as Binance without BNB: the buy's fee comes out of the BTC bought, the sell's out of
+    # the USDT received.  "quote": every fee out of USDT (the simulator's older behaviour).
+    # Rounding named as the simulator's books name it: ccxt changes this thread's decimal context to round half up.
+    in_base = sim_server.sim.config.fee_asset == "received"
     price = sim_server.sim.price("BTCUSDT")
     assert client.fetch_balance()["free"]["USDT"] == 10_000
     buy = client.create_order("BTC/USDT", "market", "buy", 0.05, None, {"newClientOrderId": "buy-1"})
     assert buy["clientOrderId"] == "buy-1" and buy["status"] == "closed"
     assert d(buy["filled"]) == d("0.05") and d(buy["average"]) == price
     cost = price * d("0.05")
-    assert d(buy["fee"]["cost"]) == (cost * FEE).quantize(Decimal("1e-8")) and buy["fee"]["currency"] == "USDT"
+    buy_fee = ((d("0.05") if in_base else cost) * FEE).quantize(Decimal("1e-8"), ROUND_HALF_EVEN)
+    assert d(buy["fee"]["cost"]) == buy_fee and buy["fee"]["currency"] == ("BTC" if in_base else "USDT")
+    fill = buy["info"]["fills"][0]  # the FULL response's fills carry the commission as Binance reports it
+    assert d(fill["commission"]) == buy_fee and fill["commissionAsset"] == ("BTC" if in_base else "USDT")
     bal = client.fetch_balance()
-    assert d(bal["free"]["USDT"]) == Decimal(10_000) - (cost + cost * FEE).quantize(Decimal("1e-8"))
-    assert d(bal["free"]["BTC"]) == d("0.05")
+    assert d(bal["free"]["USDT"]) == Decimal(10_000) - cost - (0 if in_base else buy_fee)
+    assert d(bal["free"]["BTC"]) == d("0.05") - (buy_fee if in_base else 0)
 
+    held = d(bal["free"]["BTC"])  # all of it: 0.04995 BTC when the fee was taken from the coins
     sim_server.sim.set_price("BTCUSDT", price * 2)  # the position doubles
-    sell = client.create_order("BTC/USDT", "market", "sell", 0.05, None, {"newClientOrderId": "sell-1"})
+    sell = client.create_order("BTC/USDT", "market", "sell", float(held), None, {"newClientOrderId": "sell-1"})
     assert d(sell["average"]) == price * 2
     after = client.fetch_balance()
-    proceeds = price * 2 * d("0.05")
-    assert d(after["free"]["USDT"]) == d(bal["free"]["USDT"]) + proceeds - (proceeds * FEE).quantize(Decimal("1e-8"))
+    proceeds = price * 2 * held
+    sell_fee = (proceeds * FEE).quantize(Decimal("1e-8"), ROUND_HALF_EVEN)
+    assert d(sell["fee"]["cost"]) == sell_fee and sell["fee"]["currency"] == "USDT"  # a sell receives USDT
+    assert d(after["free"]["USDT"]) == d(bal["free"]["USDT"]) + proceeds - sell_fee
     assert d(after["free"]["BTC"]) == 0
+
+    trades = client.fetch_my_trades("BTC/USDT")  # myTrades reports each commission in its own asset too
+    assert [(t["side"], d(t["fee"]["cost"]), t["fee"]["currency"]) for t in trades] == [
+        ("buy", buy_fee, "BTC" if in_base else "USDT"), ("sell", sell_fee, "USDT")]
+    assert [t["info"]["commissionAsset"] for t in trades] == ["BTC" if in_base else "USDT", "USDT"]
 
 
 def test_fetch_order_by_client_order_id_and_my_trades(client: Any) -> None:
@@ -82,7 +98,7 @@ def test_duplicate_client_order_id_is_rejected_and_nothing_fills_twice(client: A
     with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent"):
         client.create_order("BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "once"})
     assert len(sim_server.sim.orders()) == 1
-    assert sim_server.sim.free("BTC") == d("0.01")
+    assert sim_server.sim.free("BTC") == d("0.00999")  # one buy of 0.01, its 0.1% fee taken in BTC
 
 
 def test_insufficient_balance(client: Any, sim_server: SimServer) -> None:
@@ -111,13 +127,13 @@ def test_limit_order_rests_locks_funds_then_fills_at_its_price(client: Any, sim_
     order = client.create_order("BTC/USDT", "limit", "buy", 0.01, float(limit), {"newClientOrderId": "lim-1"})
     assert order["status"] == "open" and order["filled"] == 0
     assert [o["clientOrderId"] for o in client.fetch_open_orders("BTC/USDT")] == ["lim-1"]
-    locked = (limit * d("0.01") * (1 + FEE)).quantize(Decimal("1e-8"))
+    locked = (limit * d("0.01")).quantize(Decimal("1e-8"))  # the fee will be taken in BTC: no USDT locked for it
     assert d(client.fetch_balance()["used"]["USDT"]) == locked
     sim_server.sim.set_price("BTCUSDT", limit - 100)  # price falls through the limit
     filled = client.fetch_order("", "BTC/USDT", {"origClientOrderId": "lim-1"})
     assert filled["status"] == "closed" and d(filled["average"]) == limit  # maker fills at its own price
     bal = client.fetch_balance()
-    assert d(bal["used"]["USDT"]) == 0 and d(bal["free"]["BTC"]) == d("0.01")
+    assert d(bal["used"]["USDT"]) == 0 and d(bal["free"]["BTC"]) == d("0.00999")  # 0.01 less its fee in BTC
     with pytest.raises(ccxt.OrderNotFound, match="-2011"):  # a filled order cannot be canceled
         client.cancel_order("", "BTC/USDT", {"origClientOrderId": "lim-1"})
 
@@ -152,8 +168,9 @@ def test_market_order_fills_in_chunks_across_queries(client: Any, sim_server: Si
     trades = client.fetch_my_trades("BTC/USDT")
     assert sum(d(t["amount"]) for t in trades) == d("0.03") and len(trades) == 3
     price = sim_server.sim.price("BTCUSDT")
-    spent = sum((price * d("0.01") * (1 + FEE)).quantize(Decimal("1e-8")) for _ in range(3))
+    spent = sum((price * d("0.01")).quantize(Decimal("1e-8")) for _ in range(3))  # fees are taken in BTC
     assert d(client.fetch_balance()["free"]["USDT"]) == Decimal(10_000) - spent
+    assert d(client.fetch_balance()["free"]["BTC"]) == d("0.03") - 3 * (d("0.01") * FEE)
     assert d(client.fetch_balance()["used"]["USDT"]) == 0
 
 

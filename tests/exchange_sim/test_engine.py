@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import pytest
@@ -63,3 +63,31 @@ def test_orders_on_a_halted_symbol_are_refused(candle_dir: Path) -> None:
     with pytest.raises(BinanceError, match="Market is closed") as err:
         sim.new_order({"symbol": "MATICUSDT", "side": "BUY", "type": "MARKET", "quantity": "10"})
     assert err.value.code == -1013 and sim.orders() == []
+
+
+
+def _buy_then_sell_all(sim: ExchangeSim) -> list[tuple[str, Decimal]]:
+    """(commission asset, commission) of a 0.01 BTC market buy and a market sell of all the BTC it left."""
+    sim.new_order({"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": "b"})
+    sim.new_order({"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": str(sim.free("BTC")),
+                   "newClientOrderId": "s"})
+    return [(t.commission_asset, t.commission) for o in sim.orders() for t in o.trades]
+
+
+def test_fees_are_taken_in_the_asset_received_by_default_and_in_quote_on_request(candle_dir: Path) -> None:
+    received = ExchangeSim(make_config(candle_dir))
+    price = received.price("BTCUSDT")
+    sold = Decimal("0.00999") * price  # the 0.01 BTC bought less its fee, taken in BTC
+    sell_fee = (sold * Decimal("0.001")).quantize(Decimal("1e-8"), ROUND_HALF_EVEN)
+    assert _buy_then_sell_all(received) == [("BTC", Decimal("0.00001")), ("USDT", sell_fee)]
+    assert received.free("BTC") == 0
+    assert received.free("USDT") == Decimal(10_000) - Decimal("0.01") * price + sold - sell_fee
+
+    quote = ExchangeSim(make_config(candle_dir, fee_asset="quote"))
+    assert [asset for asset, _ in _buy_then_sell_all(quote)] == ["USDT", "USDT"] and quote.free("BTC") == 0
+    with pytest.raises(ValueError, match="fee_asset"):
+        ExchangeSim(make_config(candle_dir, fee_asset="BNB"))
+    with pytest.raises(ValueError, match="fee_asset"):
+        quote.configure(fee_asset="base")
+    quote.configure(fee_asset="received")  # changeable at run time, like the fee rate
+    assert quote.config.fee_asset == "received"

@@ -32,7 +32,7 @@ def test_accept_then_timeout_books_the_order_although_the_client_timed_out(sim_s
     assert time.monotonic() - started < 0.9  # the client gave up at its own timeout
     order = sim_server.sim.order_by_client_id("BTCUSDT", "lost-1")
     assert order is not None and order.status == "FILLED"
-    assert sim_server.sim.free("BTC") == Decimal("0.01")
+    assert sim_server.sim.free("BTC") == Decimal("0.00999")  # 0.01 less its fee, taken in BTC
     assert client.fetch_order("", "BTC/USDT", {"origClientOrderId": "lost-1"})["status"] == "closed"
 
 
@@ -86,7 +86,7 @@ def test_empty_and_stale_balances(sim_server: SimServer, client: Any) -> None:
     stale = client.fetch_balance()
     assert stale["free"]["BTC"] == 0 and stale["info"]["updateTime"] == before["info"]["updateTime"]
     fresh = client.fetch_balance()
-    assert fresh["free"]["BTC"] == 0.01 and fresh["info"]["updateTime"] > before["info"]["updateTime"]
+    assert fresh["free"]["BTC"] == 0.00999 and fresh["info"]["updateTime"] > before["info"]["updateTime"]
 
 
 def test_fault_count_and_matching(sim_server: SimServer, client: Any) -> None:
@@ -95,7 +95,7 @@ def test_fault_count_and_matching(sim_server: SimServer, client: Any) -> None:
     for _ in range(2):
         with pytest.raises(ccxt.OperationFailed):
             client.fetch_balance()
-    assert client.fetch_balance()["free"]["BTC"] == 0.01
+    assert client.fetch_balance()["free"]["BTC"] == 0.00999  # 0.01 bought, its fee taken in BTC
     assert sim_server.sim.faults.pending() == []
 
 

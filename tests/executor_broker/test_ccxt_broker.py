@@ -57,11 +57,13 @@ def test_market_order_state_fills_and_fetch_agree(sim_server: SimServer) -> None
     assert placed.qty == 0.01234 and placed.filled_qty == 0.01234  # truncated to the lot step
     assert placed.avg_price == price and len(placed.fills) == 1
     fill = placed.fills[0]
+    # Binance without BNB takes a buy's fee in the coins bought: 0.00001234 BTC, valued at the fill price.
+    assert fill.fee_base == 0.00001234 and fill.fee_quote == 0.0
     assert fill.fee == pytest.approx(0.01234 * price * 0.001, abs=1e-8)  # commission has 8 decimals
     assert fill.side == "buy" and fill.qty == 0.01234 and fill.price == price
-    assert fetched is not None and fetched.fills == placed.fills
+    assert fetched is not None and fetched.fills == placed.fills  # myTrades and the FULL answer agree
     assert fetched.exchange_order_id == placed.exchange_order_id
-    assert sim_server.sim.free("BTC") == Decimal("0.01234")
+    assert sim_server.sim.free("BTC") == Decimal("0.01232766")  # 0.01234 less the fee
 
 
 def test_accept_then_timeout_is_ambiguous_and_lookup_proves_no_double_fill(sim_server: SimServer) -> None:
@@ -77,7 +79,55 @@ def test_accept_then_timeout_is_ambiguous_and_lookup_proves_no_double_fill(sim_s
 
     found = run_with_broker(sim_server, scenario, timeout_ms=400)
     assert found is not None and found.status == "filled" and found.filled_qty == 0.01 and len(found.fills) == 1
-    assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.01")
+    # One buy of 0.01 BTC, its 0.1% fee taken in BTC.
+    assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.00999")
+
+
+@pytest.mark.parametrize("sim_server", [{}, {"fee_asset": "quote"}], indirect=True, ids=["received", "quote"])
+def test_fills_carry_the_fee_in_the_asset_the_exchange_took_it_in(sim_server: SimServer) -> None:
+    in_base = sim_server.sim.config.fee_asset == "received"
+    price = float(sim_server.sim.price("ETHUSDT"))
+
+    async def scenario(b: CcxtBroker) -> tuple[OrderState, OrderState]:
+        buy = await b.place_market_order("ETH/USDT", "buy", 0.5, CID, ref_price=price)
+        held = (await b.fetch_free_balances())["ETH"]
+        sell = await b.place_market_order("ETH/USDT", "sell", held, client_order_id("plan-test", 1), ref_price=price)
+        return buy, sell
+
+    buy, sell = run_with_broker(sim_server, scenario)
+    (bought,), (sold,) = buy.fills, sell.fills
+    buy_trade, sell_trade = sim_server.sim.orders()[0].trades[0], sim_server.sim.orders()[1].trades[0]
+    if in_base:  # Binance without BNB: out of the ETH received
+        assert (bought.fee_base, bought.fee_quote) == (0.0005, 0.0) and buy_trade.commission_asset == "ETH"
+        assert bought.fee == pytest.approx(0.0005 * price)  # still reported in USDT
+    else:
+        assert (bought.fee_base, bought.fee_quote) == (0.0, float(buy_trade.commission))
+        assert bought.fee == bought.fee_quote and buy_trade.commission_asset == "USDT"
+    assert sold.qty == (0.4995 if in_base else 0.5)  # the whole holding the account really had
+    assert (sold.fee_base, sold.fee_quote) == (0.0, float(sell_trade.commission))  # a sell receives USDT
+    assert sell_trade.commission_asset == "USDT" and sold.fee == sold.fee_quote
+    assert sim_server.sim.free("ETH") == 0
+
+
+def test_a_fee_in_a_third_asset_moves_neither_cash_nor_holding_and_is_logged(sim_server: SimServer) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("aura.test.ccxt_broker.bnb_fee")
+    logger.addHandler(handler)
+    trade = {"id": "7", "side": "buy", "price": 40_000.0, "amount": 0.01, "timestamp": 1,
+             "fee": {"cost": 0.0002, "currency": "BNB"}}
+
+    async def scenario(b: CcxtBroker) -> None:
+        fill = b._fill("BTC/USDT", {"side": "buy"}, trade, 0)
+        # BNB balances are not tracked by the journal: nothing out of BTC or USDT, and nothing made up.
+        assert (fill.fee_base, fill.fee_quote, fill.fee) == (0.0, 0.0, 0.0) and fill.qty == 0.01
+
+    try:
+        run_with_broker(sim_server, scenario, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert any("third currency" in r.getMessage() for r in records)
 
 
 @pytest.mark.parametrize(("fault", "booked"), [
@@ -101,7 +151,8 @@ def test_lost_or_failed_order_answers_are_ambiguous(sim_server: SimServer, fault
 
     final = run_with_broker(sim_server, scenario)
     assert final is not None and final.status == "filled"
-    assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.01")
+    # One buy of 0.01 BTC, its 0.1% fee taken in BTC.
+    assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.00999")
 
 
 def test_read_failures_are_transient_not_ambiguous(sim_server: SimServer) -> None:
@@ -198,7 +249,7 @@ def test_empty_and_stale_balances_are_transient(sim_server: SimServer) -> None:
         sim_server.sim.faults.add(Fault("stale_balance", "GET", "/api/v3/account"))
         with pytest.raises(TransientBrokerError, match="stale"):
             await b.fetch_free_balances()
-        assert (await b.fetch_free_balances())["BTC"] == 0.01
+        assert (await b.fetch_free_balances())["BTC"] == 0.00999  # 0.01 less its fee, taken in BTC
 
     run_with_broker(sim_server, scenario)
 
@@ -219,7 +270,8 @@ def test_partial_fills_are_reflected_until_filled(sim_server: SimServer) -> None
     assert first.filled_qty == pytest.approx(0.1) and second.filled_qty == pytest.approx(0.2)
     assert sum(f.qty for f in third.fills) == pytest.approx(0.3) and third.filled_qty == pytest.approx(0.3)
     assert len({f.trade_id for f in third.fills}) == 3
-    assert sim_server.sim.free("ETH") == Decimal("0.3")
+    assert [f.fee_base for f in third.fills] == [0.0001] * 3  # each chunk's fee in the ETH it bought
+    assert sim_server.sim.free("ETH") == Decimal("0.2997")
 
 
 @pytest.mark.parametrize("sim_server", [{"market_fill_chunks": 4, "market_expire_after_chunks": 2}], indirect=True)
@@ -247,7 +299,7 @@ def test_cancel_partially_filled_then_again_then_unknown(sim_server: SimServer) 
         assert await b.fetch_order("BTC/USDT", "never-sent") is None
 
     run_with_broker(sim_server, scenario)
-    assert sim_server.sim.free("BTC") == Decimal("0.01")
+    assert sim_server.sim.free("BTC") == Decimal("0.00999")  # the one chunk of 0.01 less its fee in BTC
 
 
 def test_credentials_never_reach_the_logs(sim_server: SimServer) -> None:

@@ -20,6 +20,7 @@ from services.executor.brokers.client_order_id import client_order_id
 from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan
 from services.executor.runner import PlanRun, run_plan
 from shared.contracts import PlanBody
+from shared.health import HealthState
 from tests.executor_live.conftest import LIMITS, Rig
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def intent(rig: Rig, plan: PlanBody, index: int) -> tuple[str, str]:
     return status, reason
 
 
-def journal_fills(rig: Rig, plan: PlanBody, index: int) -> list[tuple[str, float, float, float]]:
+def journal_fills(rig: Rig, plan: PlanBody, index: int) -> list[tuple[str, float, float, float, float, float]]:
     return rig.journal.fills_for(client_order_id(plan.plan_id, index))
 
 
@@ -65,7 +66,7 @@ def test_accept_then_time_out_finds_the_order_and_places_it_once(rig: Rig) -> No
     assert result.status == "executed", result.reasons
     assert rig.posts() == 1, "the order was sent again although the exchange had booked it"
     assert rig.sim_orders_by_cid() == {client_order_id(plan.plan_id, 0): 1}
-    assert rig.server.sim.free("BTC") == Decimal("0.01")
+    assert rig.server.sim.free("BTC") == Decimal("0.00999")  # 0.01 bought once, its fee taken in BTC
     assert intent(rig, plan, 0)[0] == "filled"
     assert [f[0] for f in journal_fills(rig, plan, 0)] == sim_trade_ids(rig, plan, 0, "BTCUSDT")
     assert rig.records.tagged("AMBIGUOUS"), "the lost answer was not treated as ambiguous"
@@ -85,7 +86,8 @@ def test_lost_response_and_5xx_never_double_place(rig: Rig, fault: Fault, posts:
     assert result.status == "executed", result.reasons
     assert rig.posts() == posts + 1  # + the untouched second leg
     assert rig.sim_orders_by_cid() == {client_order_id(plan.plan_id, 0): 1, client_order_id(plan.plan_id, 1): 1}
-    assert rig.server.sim.free("ETH") == Decimal("0.5") and rig.server.sim.free("BTC") == Decimal("0.01")
+    # Each bought once, less its 0.1% fee taken in the coin bought.
+    assert rig.server.sim.free("ETH") == Decimal("0.4995") and rig.server.sim.free("BTC") == Decimal("0.00999")
     assert rig.journal.count("fills") == 2
     if posts == 2:  # a resend only after a request still in flight could no longer land (rule 6)
         assert time.monotonic() - started >= LIMITS.settle_s
@@ -101,7 +103,7 @@ def test_rate_limit_retry_after_is_honoured_without_a_duplicate(rig: Rig) -> Non
     assert waited >= 1.0, f"Retry-After of 1 s not honoured (retried after {waited:.3f} s)"
     assert rig.posts() == 2 and rig.sim_orders_by_cid() == {client_order_id(plan.plan_id, 0): 1}
     assert [f.get("retry_after_s") for f in rig.records.fields("RATE_LIMIT")] == [1.0]
-    assert rig.server.sim.free("BTC") == Decimal("0.01")
+    assert rig.server.sim.free("BTC") == Decimal("0.00999")  # 0.01 bought once, its fee taken in BTC
 
 
 # --- partial fills -----------------------------------------------------------------------------------------------
@@ -119,9 +121,10 @@ def test_partial_fill_plan_is_partial_with_reasons_and_fills_journaled(rig: Rig)
         assert intent(rig, plan, index)[0] == "partial"
         ids = sim_trade_ids(rig, plan, index, symbol)
         assert len(ids) == 2 and sorted(f[0] for f in journal_fills(rig, plan, index)) == sorted(ids)
-    assert rig.server.sim.free("BTC") == Decimal("0.02")  # what the journal says we hold is what we hold
+    # What the journal says we hold is what we hold: half filled, less the fees taken in the coins bought.
+    assert rig.server.sim.free("BTC") == Decimal("0.01998") and rig.server.sim.free("ETH") == Decimal("0.1998")
     snap = rig.journal.latest_snapshot()
-    assert snap is not None and snap.holdings == {"BTC/USDT": 0.02, "ETH/USDT": 0.2}
+    assert snap is not None and snap.holdings == {"BTC/USDT": 0.01998, "ETH/USDT": 0.1998}
 
 
 @pytest.mark.parametrize("rig", [{"market_fill_chunks": 3}], indirect=True)
@@ -129,7 +132,7 @@ def test_working_order_is_polled_until_filled(rig: Rig) -> None:
     plan = rig.plan(("ETH/USDT", "buy", 0.3))
     result = execute(rig, plan)
     assert result.status == "executed" and intent(rig, plan, 0)[0] == "filled"
-    assert len(journal_fills(rig, plan, 0)) == 3 and rig.server.sim.free("ETH") == Decimal("0.3")
+    assert len(journal_fills(rig, plan, 0)) == 3 and rig.server.sim.free("ETH") == Decimal("0.2997")  # less fees
 
 
 @pytest.mark.parametrize("rig", [{"market_fill_chunks": 3, "fill_on_query": False}], indirect=True)
@@ -143,7 +146,7 @@ def test_stuck_order_is_cancelled_and_its_fills_stay_with_it(rig: Rig) -> None:
     # Binance answers a cancel with the *cancel request's* clientOrderId: the fills must stay with our order.
     assert [r[0] for r in rig.journal.db.execute("SELECT client_order_id FROM orders")] == [cid]
     assert rig.journal.db.execute("SELECT status FROM orders").fetchone()[0] == "canceled"
-    assert len(journal_fills(rig, plan, 0)) == 1 and rig.server.sim.free("ETH") == Decimal("0.1")
+    assert len(journal_fills(rig, plan, 0)) == 1 and rig.server.sim.free("ETH") == Decimal("0.0999")  # less fee
 
 
 # --- final rejections: the leg is rejected with the exchange's code, the others go on ---------------------------
@@ -156,7 +159,7 @@ def test_insufficient_balance_rejects_the_leg_with_its_code_and_the_rest_continu
     status, reason = intent(rig, plan, 0)
     assert status == "rejected" and "-2010" in reason
     assert any("leg 0 BTC/USDT rejected (code -2010)" in r for r in run.reasons)
-    assert intent(rig, plan, 1)[0] == "filled" and rig.server.sim.free("ETH") == Decimal("0.5")
+    assert intent(rig, plan, 1)[0] == "filled" and rig.server.sim.free("ETH") == Decimal("0.4995")  # less fee
     assert rig.server.sim.order_by_client_id("BTCUSDT", client_order_id(plan.plan_id, 0)) is None
 
 
@@ -259,7 +262,7 @@ def test_the_executor_takes_its_cap_from_aura_max_order_usdt(tmp_path: Path) -> 
 
     settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_MAX_ORDER_USDT": "250", "AURA_DRY_RUN": "false"})
     generate_keypair(settings.private_key_path, settings.public_key_path)
-    ctx = SimpleNamespace(settings=settings, logger=logging.getLogger("test"))
+    ctx = SimpleNamespace(settings=settings, logger=logging.getLogger("test"), health=HealthState("executor"))
     executor = Executor(ctx, None, None, {})  # type: ignore[arg-type]
     assert executor.limits.max_order_usdt == 250.0
     assert executor.limits.settle_s >= 10.0  # live: a lookup settles past ccxt's 10 s recvWindow

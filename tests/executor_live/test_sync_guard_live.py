@@ -37,7 +37,7 @@ def live_plan(rig: Rig, plan: PlanBody) -> PlanRun:
 def bought_btc(rig: Rig) -> None:
     first = rig.plan(("BTC/USDT", "buy", 0.05))
     assert live_plan(rig, first).status == "executed"  # its sync read is now the simulator's last snapshot
-    assert rig.server.sim.free("BTC") == Decimal("0.05")
+    assert rig.server.sim.free("BTC") == Decimal("0.04995")  # 0.05 less its fee, taken in BTC
 
 
 def test_stale_empty_position_right_after_a_5xx_neither_halts_nor_liquidates(rig: Rig) -> None:
@@ -50,10 +50,10 @@ def test_stale_empty_position_right_after_a_5xx_neither_halts_nor_liquidates(rig
     # The guard read again and found the BTC: the plan ran. Without it the stale read would refuse the plan.
     assert run.status == "executed", run.reasons
     assert rig.journal.plan_status(plan.plan_id) == "executed"
-    assert rig.posts() == posts + 1 and rig.server.sim.free("ETH") == Decimal("0.5")
-    assert rig.server.sim.free("BTC") == Decimal("0.05"), "a position was sold on a glitched read"
+    assert rig.posts() == posts + 1 and rig.server.sim.free("ETH") == Decimal("0.4995")  # 0.5 less its fee
+    assert rig.server.sim.free("BTC") == Decimal("0.04995"), "a position was sold on a glitched read"
     warned = rig.records.fields("SYNC_GUARD")
-    assert any(f.get("shortfall", {}).get("BTC") == pytest.approx(0.05) for f in warned)
+    assert any(f.get("shortfall", {}).get("BTC") == pytest.approx(0.04995) for f in warned)
     assert "right after a failed read" in " ".join(str(f.get("reason")) for f in warned)
     assert not [r for r in rig.records.records if r.levelname == "ERROR" and getattr(r, "tag", "") == "SYNC_GUARD"]
 
@@ -69,7 +69,7 @@ def test_a_shortfall_confirmed_on_consecutive_reads_refuses_the_plan_without_tra
     assert rig.journal.plan_status(plan.plan_id) == "rejected"
     snap = rig.journal.latest_snapshot()
     assert snap is not None and snap.plan_id == plan.plan_id and snap.status == "rejected"
-    assert snap.holdings == {"BTC/USDT": 0.05}  # the journal is not rewritten from one side's say-so
+    assert snap.holdings == {"BTC/USDT": 0.04995}  # the journal is not rewritten from one side's say-so
     assert rig.records.tagged("SYNC_GUARD")[-1].startswith("exchange balances confirmed short")
     with pytest.raises(KeyError):  # no intent was even journaled
         rig.journal.intent_state(client_order_id(plan.plan_id, 0))

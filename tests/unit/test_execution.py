@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -139,12 +140,69 @@ def test_clamp_leg_rules() -> None:
 
 
 def test_portfolio_is_the_sum_of_fills() -> None:
-    pf = portfolio_from_fills(1000.0, [("BTC/USDT", "buy", 0.01, 40000.0, 0.4),
-                                       ("BTC/USDT", "buy", 0.01, 20000.0, 0.2),
-                                       ("BTC/USDT", "sell", 0.01, 30000.0, 0.3)])
+    # (symbol, side, qty, price, fee in base, fee in quote)
+    pf = portfolio_from_fills(1000.0, [("BTC/USDT", "buy", 0.01, 40000.0, 0.0, 0.4),
+                                       ("BTC/USDT", "buy", 0.01, 20000.0, 0.0, 0.2),
+                                       ("BTC/USDT", "sell", 0.01, 30000.0, 0.0, 0.3)])
     assert pf.holdings == {"BTC/USDT": 0.01}
     assert pf.entry_prices["BTC/USDT"] == pytest.approx(30000.0)
-    assert pf.cash == pytest.approx(1000 - 400.4 - 200.2 + 299.7)
+    assert pf.cash == 699.1  # 1000 - 400.4 - 200.2 + 299.7, summed in decimal like the exchange's books
+
+
+def test_a_fee_comes_out_of_the_asset_it_was_taken_in() -> None:
+    # Binance without BNB: buying 0.1 BTC credits 0.0999 BTC and costs exactly 0.1 * price in USDT; the sell's
+    # fee comes out of the USDT received.  The journal must hold exactly what the exchange holds.
+    bought = portfolio_from_fills(10_000.0, [("BTC/USDT", "buy", 0.1, 44179.55, 0.0001, 0.0)])
+    assert bought.holdings == {"BTC/USDT": 0.0999} and bought.cash == 5582.045
+    assert bought.entry_prices["BTC/USDT"] == pytest.approx(44179.55)  # the price paid per coin, fee aside
+    sold = portfolio_from_fills(10_000.0, [("BTC/USDT", "buy", 0.1, 44179.55, 0.0001, 0.0),
+                                           ("BTC/USDT", "sell", 0.0999, 44179.55, 0.0, 4.41353704)])
+    assert sold.holdings == {} and sold.cash == 9991.16850796  # a full exit leaves no phantom remainder
+    # A fee paid in BNB is in neither column (the journal does not track BNB): cash and coins move by the trade.
+    bnb = portfolio_from_fills(10_000.0, [("BTC/USDT", "buy", 0.1, 44179.55, 0.0, 0.0)])
+    assert bnb.holdings == {"BTC/USDT": 0.1} and bnb.cash == 5582.045
+
+
+def test_journal_balances_equal_the_paper_venue_exactly(journal: Journal) -> None:
+    broker = paper()
+    legs = [PlanLeg(0, "BTC/USDT", "buy", 0.03, 40000.03, "enter"), PlanLeg(1, "ETH/USDT", "buy", 1.2345, 2000.07,
+                                                                            "enter")]
+    run(execute_plan(plan(legs, "c1"), broker, journal, RULES, LIMITS, LOG))
+    run(execute_plan(plan([PlanLeg(0, "BTC/USDT", "sell", 0.01, 41000.01, "trim")], "c2"), broker, journal, RULES,
+                     LIMITS, LOG))
+    pf = portfolio_from_fills(10_000.0, journal.all_fills())
+    assert pf.cash == broker.balances["USDT"]
+    assert {s.split("/")[0]: q for s, q in pf.holdings.items()} == {"BTC": broker.balances["BTC"],
+                                                                    "ETH": broker.balances["ETH"]}
+    assert [f[4:] for f in journal.all_fills()] == [(0.0, round(0.03 * 40000.03 * 0.001, 8)),
+                                                    (0.0, round(1.2345 * 2000.07 * 0.001, 8)),
+                                                    (0.0, round(0.01 * 41000.01 * 0.001, 8))]
+
+
+def test_a_journal_from_before_the_fee_columns_opens_with_its_books_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""CREATE TABLE fills (trade_id TEXT PRIMARY KEY, cycle_id TEXT NOT NULL,
+        client_order_id TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL, qty REAL NOT NULL,
+        price REAL NOT NULL, fee REAL NOT NULL, ts_ms INTEGER NOT NULL);
+        INSERT INTO fills VALUES ('t1', 'c1', 'o1', 'BTC/USDT', 'buy', 0.1, 40000.0, 4.0, 1);""")
+    old.commit()
+    old.close()
+    j = Journal(path)
+    try:
+        assert j.fills_for("o1") == [("t1", 0.1, 40000.0, 4.0, 0.0, 4.0)]  # the old fee was charged to cash
+        assert portfolio_from_fills(10_000.0, j.all_fills()).cash == 5996.0
+        assert j.record_fill("t2", "c2", "o2", "BTC/USDT", "buy", 0.1, 40000.0, 4.0, 2, fee_base=0.0001,
+                             fee_quote=0.0)
+    finally:
+        j.close()
+    j = Journal(path)  # opened again: already migrated, nothing rewritten
+    try:
+        assert j.fills_for("o1") == [("t1", 0.1, 40000.0, 4.0, 0.0, 4.0)]
+        pf = portfolio_from_fills(10_000.0, j.all_fills())
+        assert pf.holdings == {"BTC/USDT": 0.1999} and pf.cash == 1996.0
+    finally:
+        j.close()
 
 
 def test_client_order_ids_are_deterministic_and_valid() -> None:

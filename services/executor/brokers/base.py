@@ -51,13 +51,24 @@ class OrderRejectedError(BrokerError):
 
 @dataclass(frozen=True)
 class Fill:
+    """One trade of an order.  The fee is kept twice: valued in the quote asset for reporting (``fee``), and
+    as the exchange actually took it (``fee_base`` / ``fee_quote``), because that is what moves the balances.
+
+    Binance without a BNB discount charges the fee in the asset *received*: a buy of 0.1 BTC credits 0.0999
+    BTC, a sell's fee comes out of the USDT proceeds.  A base-asset fee must come out of the journal's holding,
+    not its cash, or the journal believes in coins that do not exist.  A fee paid in a third asset (BNB) is in
+    neither field: BNB balances are not tracked by the journal.
+    """
+
     trade_id: str
     symbol: str
     side: str
-    qty: float
+    qty: float  # the traded quantity (base asset), before any fee
     price: float
-    fee: float  # in quote currency (USDT)
+    fee: float  # the whole fee valued in the quote asset (a base fee at the fill price), for reporting only
     ts_ms: int
+    fee_base: float  # fee charged in the base asset: the holding grows by qty - fee_base on a buy
+    fee_quote: float  # fee charged in the quote asset: comes out of cash
 
 
 @dataclass(frozen=True)

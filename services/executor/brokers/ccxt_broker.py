@@ -342,15 +342,19 @@ class CcxtBroker:
     def _fill(self, sym: str, order: dict[str, Any], trade: dict[str, Any], order_ts: int) -> Fill:
         price, qty = float(trade.get("price") or 0.0), float(trade.get("amount") or 0.0)
         base, quote = sym.split("/")[0], sym.split("/")[-1].split(":")[0]
-        fee_quote = 0.0
+        # Keep the fee in the asset it was taken from: Binance takes a buy's fee out of the coins bought, and a
+        # journal that charged it to cash instead would hold coins the account does not have.
+        fee_base = fee_quote = 0.0
         for fee in trade.get("fees") or ([trade["fee"]] if trade.get("fee") else []):
             cost, currency = float(fee.get("cost") or 0.0), fee.get("currency")
             if currency == quote:
                 fee_quote += cost
             elif currency == base:
-                fee_quote += cost * price
+                fee_base += cost
             elif cost:
-                # e.g. paid in BNB: no price for it here; say so rather than silently under-report costs.
+                # e.g. paid in BNB: the journal does not track BNB balances, so this fee moves neither its cash
+                # nor its holdings, and there is no price for it here; say so rather than under-report silently.
                 warn(self.log, "BROKER", "fee in a third currency not converted", currency=currency, cost=cost)
         return Fill(trade_id=str(trade.get("id") or ""), symbol=sym, side=str(trade.get("side") or order.get("side")),
-                    qty=qty, price=price, fee=fee_quote, ts_ms=int(trade.get("timestamp") or order_ts or 0))
+                    qty=qty, price=price, fee=fee_quote + fee_base * price,
+                    ts_ms=int(trade.get("timestamp") or order_ts or 0), fee_base=fee_base, fee_quote=fee_quote)

@@ -1,8 +1,9 @@
 """Paper broker: the dry-run implementation of the Broker interface, with exchange-like behaviour.
 
 Fills market orders immediately at the plan's reference price moved against us by ``slippage_bps``,
-charges ``fee_rate`` in USDT, and enforces the same rules a real exchange does (lot step, min quantity,
-min notional, balance), answering with the same error classes the CCXT broker raises.
+charges ``fee_rate`` in USDT on buys and sells alike (``Fill.fee_quote``), and enforces the same rules a
+real exchange does (lot step, min quantity, min notional, balance), answering with the same error classes
+the CCXT broker raises.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class PaperBroker:
             raise OrderRejectedError("Filter failure: LOT_SIZE", code=-1013)
         if notional < rule.min_notional:
             raise OrderRejectedError("Filter failure: NOTIONAL", code=-1013)
-        fee = notional * self.fee_rate
+        # Reported with 8 decimals, as an exchange reports a commission: the journal sums the reported amounts.
+        fee = _ledger(notional * self.fee_rate)
         asset = base_asset(symbol)
         if side == "buy":
             if _ledger(notional + fee) > self.balances.get(QUOTE, 0.0):
@@ -75,7 +77,9 @@ class PaperBroker:
             self._credit(asset, -qty)
             self._credit(QUOTE, notional - fee)
         trade_id = "pt-" + hashlib.sha256(client_order_id.encode()).hexdigest()[:20]
-        fill = Fill(trade_id, symbol, side, qty, price, fee, 0)
+        # Always charged in the quote asset (cash), unlike Binance without BNB, which takes a buy's fee out of
+        # the coins bought: the paper venue's own balances are all that must agree with the journal here.
+        fill = Fill(trade_id, symbol, side, qty, price, fee, 0, fee_base=0.0, fee_quote=fee)
         state = OrderState(client_order_id, "po-" + trade_id[3:], symbol, side, "filled", qty, qty, price, (fill,))
         self.orders[client_order_id] = state
         return state
