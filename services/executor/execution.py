@@ -62,17 +62,37 @@ class ExecutionResult:
     new_fills: list[tuple[str, str, str, float, float, float]] = field(default_factory=list)  # tid,cid,sym,q,p,fee
 
 
+# The longest Retry-After honoured inside one request loop; a longer ban ends the attempt (the plan is retried).
+MAX_RETRY_AFTER_S = 30.0
+
+
+def rate_limit_pause(exc: TransientBrokerError) -> float:
+    """The exchange's Retry-After for a 429 (capped), else 0.  Every request loop honours it: hammering after
+    a 429 is what Binance escalates to an IP ban."""
+    return min(exc.retry_after_s, MAX_RETRY_AFTER_S) if isinstance(exc, RateLimitedError) else 0.0
+
+
+def retry_delay(exc: TransientBrokerError, attempt: int, limits: ExecutionLimits) -> float:
+    """How long to wait before the next attempt: the linear backoff, or the Retry-After if longer."""
+    return max(limits.backoff_s * attempt, rate_limit_pause(exc))
+
+
 async def free_balance_with_retry(broker: Broker, asset: str, limits: ExecutionLimits,
-                                  logger: logging.Logger) -> float | None:
-    """Free balance of ``asset``; a transient failure is retried, not taken as "zero" (the sell clamp must
-    not abort a sell because one balance read failed)."""
+                                  logger: logging.Logger) -> float:
+    """Free balance of ``asset`` for the sell clamp.  A transient failure is retried, never taken as "zero"
+    (that would skip the sell); if every attempt fails this raises TransientBrokerError rather than let the
+    sell go out unclamped: an unclamped sell above the free balance is rejected for good (-2010) and the exit
+    would be lost, whereas a raised error leaves the intent unsent and the plan is retried on redelivery."""
     for attempt in range(1, limits.max_attempts + 1):
         try:
             return (await broker.fetch_free_balances()).get(asset, 0.0)
         except TransientBrokerError as exc:
-            warn(logger, "SELL_CLAMP", "balance fetch failed; retrying", asset=asset, attempt=attempt, error=str(exc))
-            await asyncio.sleep(limits.backoff_s * attempt)
-    return None
+            wait = retry_delay(exc, attempt, limits)
+            warn(logger, "SELL_CLAMP", "balance fetch failed; retrying", asset=asset, attempt=attempt,
+                 retry_in_s=wait, error=str(exc))
+            await asyncio.sleep(wait)
+    raise TransientBrokerError(f"free {asset} balance unreadable after {limits.max_attempts} attempts; "
+                               "sell not placed unclamped")
 
 
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
@@ -118,7 +138,7 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
         except RateLimitedError as exc:
             # Refused before the matching engine (Binance answers 429 without booking): waiting is all it takes.
             warn(logger, "RATE_LIMIT", "rate limited; backing off", cid=cid, retry_after_s=exc.retry_after_s)
-            await asyncio.sleep(min(exc.retry_after_s, 30.0))
+            await asyncio.sleep(retry_delay(exc, attempt, limits))
             continue
         except (AmbiguousOrderError, TransientBrokerError) as exc:
             warn(logger, "AMBIGUOUS", "order request outcome unknown; looking it up by clientOrderId", cid=cid,
@@ -151,8 +171,10 @@ async def _lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits
         try:
             return await broker.fetch_order(symbol, cid)
         except TransientBrokerError as exc:
-            warn(logger, "AMBIGUOUS", "order lookup failed; retrying", cid=cid, attempt=attempt, error=str(exc))
-            await asyncio.sleep(limits.backoff_s * attempt)
+            wait = retry_delay(exc, attempt, limits)
+            warn(logger, "AMBIGUOUS", "order lookup failed; retrying", cid=cid, attempt=attempt, retry_in_s=wait,
+                 error=str(exc))
+            await asyncio.sleep(wait)
     raise TransientBrokerError(f"could not look up order {cid}")
 
 

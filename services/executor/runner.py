@@ -16,7 +16,7 @@ import msgspec
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE, base_asset
-from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan
+from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan, rate_limit_pause
 from services.executor.journal import Journal
 from services.executor.portfolio import Portfolio, portfolio_from_fills
 from services.executor.reconcile import reconcile
@@ -111,11 +111,13 @@ async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logg
     state = GuardState()
     verdict = Verdict("read_failed", {}, 0, "no read made")
     for attempt in range(1, check.max_reads + 1):
+        pause = check.delay_s
         try:
             observed: dict[str, float] | None = await broker.fetch_free_balances()
         except TransientBrokerError as exc:
             observed = None
-            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, error=str(exc)[:200])
+            pause = max(pause, rate_limit_pause(exc))
+            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, retry_in_s=pause, error=str(exc)[:200])
         verdict, state = observe(state, want, observed, confirm_reads=check.confirm_reads,
                                  tolerance=HOLDINGS_TOLERANCE)
         if verdict.status == IN_SYNC:
@@ -128,8 +130,9 @@ async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logg
         if verdict.shortfall:
             warn(logger, "SYNC_GUARD", "exchange shows less than the journal; not acting on an unconfirmed read",
                  attempt=attempt, shortfall=verdict.shortfall, reason=verdict.reason)
-        await asyncio.sleep(check.delay_s)
+        await asyncio.sleep(pause)
     return verdict
+
 
 
 async def confirmed_free_quote(broker: Broker, logger: logging.Logger, delay_s: float = 0.5,
@@ -142,8 +145,9 @@ async def confirmed_free_quote(broker: Broker, logger: logging.Logger, delay_s: 
             value = float((await broker.fetch_free_balances()).get(QUOTE, 0.0))
         except TransientBrokerError as exc:
             last = None
-            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, error=str(exc)[:200])
-            await asyncio.sleep(delay_s)
+            pause = max(delay_s, rate_limit_pause(exc))
+            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, retry_in_s=pause, error=str(exc)[:200])
+            await asyncio.sleep(pause)
             continue
         if last is not None and HOLDINGS_TOLERANCE.allows(last, value) and HOLDINGS_TOLERANCE.allows(value, last):
             return value

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from aura.exchange_sim import Fault
+from services.executor.brokers.base import TransientBrokerError
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.brokers.client_order_id import client_order_id
 from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan
@@ -210,6 +211,30 @@ def test_stale_balance_read_is_retried_not_used_for_the_clamp(rig: Rig) -> None:
     assert result.status == "executed" and intent(rig, sell, 0)[0] == "filled", result.reasons
     assert rig.server.sim.free("BTC") == Decimal("0")
     assert any("stale" in str(f.get("error")) for f in rig.records.fields("SELL_CLAMP"))
+
+
+def test_unreadable_balance_never_sends_the_sell_unclamped(rig: Rig) -> None:
+    """Every balance read fails: the sell must not go out at the plan's size (-2010, the exit lost for good);
+    the plan raises a transient error, the intent stays unsent, and the retry clamps and sells."""
+    rig.server.sim.set_balance("BTC", "0.05")  # less than the plan believes
+    sell = rig.plan(("BTC/USDT", "sell", 0.1))
+    rig.server.sim.faults.add(Fault("empty_balance", *ACCOUNT, count=LIMITS.max_attempts))
+    with pytest.raises(TransientBrokerError, match="sell not placed unclamped"):
+        execute(rig, sell)
+    assert rig.posts() == 0 and intent(rig, sell, 0)[0] == "pending"
+    result = execute(rig, sell)  # the redelivery, once balances read again
+    assert result.status == "executed" and intent(rig, sell, 0)[0] == "filled", result.reasons
+    assert rig.posts() == 1 and rig.server.sim.free("BTC") == Decimal("0")
+    assert any("sell clamped to free balance" in r for r in result.reasons)
+
+
+def test_balance_reads_honour_retry_after(rig: Rig) -> None:
+    execute(rig, rig.plan(("BTC/USDT", "buy", 0.02)))
+    rig.server.sim.faults.add(Fault("rate_limit", *ACCOUNT, retry_after_s=2.0))  # whole seconds, as HTTP sends
+    result = execute(rig, rig.plan(("BTC/USDT", "sell", 0.01)))
+    assert result.status == "executed", result.reasons
+    waits = [f.get("retry_in_s") for f in rig.records.fields("SELL_CLAMP")]
+    assert waits == [2.0], f"the balance retry did not wait the exchange's Retry-After: {waits}"
 
 
 # --- the sell clamp, the minimum notional and the per-order cap ------------------------------------------------------
