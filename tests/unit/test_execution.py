@@ -44,8 +44,23 @@ def journal(tmp_path: Path) -> Journal:
     return j
 
 
-def paper(cash: float = 10_000.0, **held: float) -> PaperBroker:
-    return PaperBroker({"USDT": cash, **held}, RULES, fee_rate=0.001, slippage_bps=0.0)
+class CountingPaper(PaperBroker):
+    """The paper venue, counting every placement request. The paper broker itself refuses a clientOrderId it
+    has seen and dedups fills by trade id, so its books alone would hide an executor that resends: the count
+    of requests is what shows it."""
+
+    def __init__(self, *a: object, **k: object) -> None:
+        super().__init__(*a, **k)  # type: ignore[arg-type]
+        self.place_calls = 0
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float) -> OrderState:
+        self.place_calls += 1
+        return await super().place_market_order(symbol, side, qty, client_order_id, ref_price)
+
+
+def paper(cash: float = 10_000.0, **held: float) -> CountingPaper:
+    return CountingPaper({"USDT": cash, **held}, RULES, fee_rate=0.001, slippage_bps=0.0)
 
 
 def test_redelivered_plan_never_places_twice(journal: Journal) -> None:
@@ -55,10 +70,10 @@ def test_redelivered_plan_never_places_twice(journal: Journal) -> None:
     again = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
     assert len(first.new_fills) == 2 and again.new_fills == []
     assert journal.count("fills") == 2 and journal.count("orders") == 2
-    assert len(broker.orders) == 2
+    assert len(broker.orders) == 2 and broker.place_calls == 2
 
 
-class AcceptThenTimeout(PaperBroker):
+class AcceptThenTimeout(CountingPaper):
     """The exchange accepts the order but the answer is lost, once."""
 
     def __init__(self, *a: object, **k: object) -> None:
@@ -79,6 +94,7 @@ def test_ambiguous_timeout_is_resolved_by_lookup_not_resend(journal: Journal) ->
     result = run(execute_plan(plan(BUYS), broker, journal, RULES, LIMITS, LOG))
     assert broker.lost == 1
     assert len(result.new_fills) == 2 and len(broker.orders) == 2
+    assert broker.place_calls == 2, "the ambiguous order was resent instead of looked up"
     assert broker.balances["BTC"] == pytest.approx(0.1)
 
 
@@ -96,6 +112,7 @@ def test_crash_after_send_is_reconciled_at_boot(journal: Journal) -> None:
     result = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
     assert [f[2] for f in result.new_fills] == ["ETH/USDT"]  # the BTC leg is not placed again
     assert journal.count("fills") == 2 and len(broker.orders) == 2
+    assert broker.place_calls == 2  # the one made before the "crash", then ETH only
 
 
 def test_intent_never_sent_is_marked_unsent_and_then_placed_once(journal: Journal) -> None:
