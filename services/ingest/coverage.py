@@ -9,6 +9,10 @@ The coverage map answers "what do we know about every candle in a window?" with 
 * anything else is **unresolved**: never asked, or asked and nobody could answer.  Unresolved parts of a
   requested window are kept as *pending* gaps (with the reason) and are asked again on the next sync.
 
+Candles held from a fallback (a provider that is not the exchange's own source, e.g. CoinGecko without
+volume) are also listed as **provisional**: resolved, but asked again from the exchange's own sources on
+later syncs (for a bounded time) and replaced when they have them.
+
 Nothing here reads a clock or does I/O: callers pass data in and get data back.
 """
 
@@ -159,6 +163,7 @@ class Coverage:
     last_ms: int | None = None
     updated_ms: int = 0
     disagreements: int = 0  # cumulative cross-check disagreements seen for this file
+    provisional: list[Range] = field(default_factory=list)  # held from a fallback; the exchange's own still wanted
 
     def resolved(self) -> list[Range]:
         """Where the cache knows the truth: candles held, or confirmed to not exist."""
@@ -179,6 +184,7 @@ class Coverage:
         doc["flags"] = {k: list(v) for k, v in self.flags.items()}
         doc["spans"] = [[s.start, s.end, s.provider, s.rows] for s in self.spans]
         doc["gaps"] = [{"start": g.start, "end": g.end, "confirmed": g.confirmed, "by": list(g.by)} for g in self.gaps]
+        doc["provisional"] = [[a, b] for a, b in self.provisional]
         return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
@@ -199,6 +205,8 @@ class Coverage:
             last_ms=doc.get("last_ms"),
             updated_ms=int(doc.get("updated_ms", 0)),
             disagreements=int(doc.get("disagreements", 0)),
+            # Sidecars written before provisional ranges existed have none: their fallback rows stay as they are.
+            provisional=normalize([(int(a), int(b)) for a, b in doc.get("provisional", [])]),
         )
 
     def matches(self, ts: np.ndarray) -> bool:

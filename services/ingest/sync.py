@@ -13,6 +13,11 @@ either has a candle in the cache or lies in a *confirmed* gap, i.e. at least one
 (a source of this exchange's own candles: its archive or its API) answered that no candle exists there and
 no authoritative provider failed on it.  Anything else (a provider down, rate limited, corrupt, or a range
 nobody serves) is a *pending* gap: recorded with the reason, reported, asked again on the next sync.
+
+Candles a fallback supplied (CoinGecko: no volume) are *provisional*: they count as held, but while they
+opened less than ``provisional_days`` ago each sync asks the exchange's own sources for them again (before
+any fallback's turn) and replaces them with what those supply; when there is nothing provisional in the
+window, a fresh cache still makes zero requests.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from services.ingest.coverage import (
     build_spans,
     combine,
     cross_check,
+    in_ranges,
     intersect,
     member,
     normalize,
@@ -94,6 +100,10 @@ class IngestConfig:
     provider_cooldown_s: float = 60.0  # a provider that is down or limiting us is left alone this long
     tol_same_venue: float = 1e-9  # archive vs API of the same exchange: the same numbers, bit for bit
     tol_other_venue: float = 0.02  # another exchange or CoinGecko's USD aggregate: close, not equal
+    # How long fallback candles are asked again from the exchange's own sources: ample for an outage to end
+    # and the archive to publish its days, short enough that a slot the exchange never serves stops costing
+    # requests.  Past it they are kept as they are.
+    provisional_days: float = 7.0
     jump_flag_ratio: float = 10.0
     sleep: Callable[[float], None] = time.sleep
 
@@ -142,9 +152,10 @@ class SymbolReport:
     window: Range | None = None  # [first, last + interval) of the candles asked for
     rows: int = 0  # rows in the cache file after the sync
     rows_added: int = 0
+    rows_replaced: int = 0  # provisional (fallback) candles replaced by the exchange's own
     first_ms: int | None = None
     last_ms: int | None = None
-    added_by_provider: dict[str, int] = field(default_factory=dict)
+    added_by_provider: dict[str, int] = field(default_factory=dict)  # incl. provisional candles replaced
     ranges_by_provider: dict[str, list[Range]] = field(default_factory=dict)  # whole cache file
     gaps: list[Gap] = field(default_factory=list)  # inside the window: confirmed and pending
     requests: dict[str, int] = field(default_factory=dict)
@@ -281,6 +292,13 @@ class _State:
     failed_auth: list[Range] = field(default_factory=list)
     notes: list[tuple[int, int, str]] = field(default_factory=list)  # why a range could not be answered
     flags: dict[str, set[str]] = field(default_factory=dict)
+    # Provisional rows taken out of the cache while the exchange's own sources are asked for their slots.
+    held: pl.DataFrame | None = None
+    held_codes: np.ndarray | None = None
+    replaced: pl.DataFrame | None = None  # held rows the exchange's own sources supplied again
+    replaced_codes: np.ndarray | None = None
+    replaced_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fallback_added: list[Range] = field(default_factory=list)  # new rows from non-authoritative providers
 
 
 def _sync_symbol(
@@ -312,22 +330,38 @@ def _sync_symbol(
             _stamp(cov, ts_cached, now_ms)
         names: list[str] = []
         codes_cached = attribute(ts_cached, cov.spans, names, UNKNOWN_PROVIDER)
+        live = [(align_up(now_ms - int(cfg.provisional_days * 86_400_000), iv), now_ms + iv)]
+        expired = _expire_provisional(cov, live, sym, timeframe, cfg)
         missing = subtract(window, cov.resolved())
-        if not missing:
+        # Only the exchange's own sources can replace a fallback's candles, and only when one is asked first.
+        own_first = bool(chain) and chain[0].authoritative(exchange)
+        recheck = intersect(cov.provisional, window) if own_first else []
+        if not missing and not recheck:
             # Fresh: the cache already holds (or has confirmed absent) every closed candle asked for.
-            if rebuilt:
+            if rebuilt or expired:
                 cache.write_coverage(path, cov)
             _finish_report(rep, cov, window)
             return rep
         auth_names = {p.name for p in chain if p.authoritative(exchange)} | {UNKNOWN_PROVIDER}
-        st = _State(names, [cached], [codes_cached], ts_cached, missing, auth_names,
+        st = _State(names, [cached], [codes_cached], ts_cached, union(missing, recheck), auth_names,
                     [(g.start, g.end) for g in cov.gaps if g.confirmed])
+        held = in_ranges(ts_cached, recheck)
+        if held.any():
+            # Taken out so the exchange's own rows for these slots count as new; put back if they do not come.
+            st.held, st.held_codes = cached.filter(pl.Series(held)), codes_cached[held]
+            st.frames, st.codes = [cached.filter(pl.Series(~held))], [codes_cached[~held]]
+            st.known_ts = ts_cached[~held]
         for provider in chain:
+            if not provider.authoritative(exchange):
+                _restore_held(st, iv)  # a fallback is not asked again for what it already supplied
             _ask(provider, st, sym, exchange, timeframe, cfg, now_ms, counters, rep)
+        _restore_held(st, iv)
 
         frame, codes = combine(st.frames, st.codes)
         ts = frame["timestamp"].to_numpy()
-        new_mask = ~member(ts, ts_cached)
+        added_mask = ~member(ts, ts_cached)
+        replaced_mask = member(ts, st.replaced_ts)
+        new_mask = added_mask | replaced_mask
         jumps = find_jumps(ts, frame["close"].to_numpy(), new_mask, cfg.jump_flag_ratio)
         report_issues(log, jumps, counters, symbol=sym, timeframe=timeframe)
         for j in jumps:
@@ -341,7 +375,22 @@ def _sync_symbol(
         for g in pending_gaps:
             warn(log, "DATA_GAP", f"{sym} {timeframe}: no candles for {_iso(g.start)}..{_iso(g.end - iv)}",
                  symbol=sym, start=g.start, end=g.end, reasons=list(g.by))
-        rep.rows_added = int(new_mask.sum())
+        rep.rows_added = int(added_mask.sum())
+        rep.rows_replaced = int(replaced_mask.sum())
+        if st.replaced is not None and st.replaced_codes is not None and rep.rows_replaced:
+            by = sorted({st.names[int(c)] for c in codes[replaced_mask]})
+            info(log, "DATA_REPLACED", f"{sym} {timeframe}: {rep.rows_replaced} fallback candles replaced by "
+                 f"{', '.join(by)}", symbol=sym, rows=rep.rows_replaced, by=by)
+            # The fallback's numbers are checked against the exchange's as any other venue's would be.
+            kept = frame.join(st.replaced.select("timestamp"), on="timestamp", how="semi")
+            for code in np.unique(st.replaced_codes):
+                other = st.replaced.filter(pl.Series(st.replaced_codes == code))
+                _disagreements(cross_check(kept, other, cfg.tol_other_venue, compare_volume=False),
+                               st.names[int(code)], sym, timeframe, counters, rep)
+        # Settled: replaced, or the exchange's own sources all answered that no candle exists there.
+        own_empty = subtract(intersect(recheck, all_empty(st)), st.failed_auth)
+        settled = union(runs(st.replaced_ts, iv), own_empty)
+        cov.provisional = union(subtract(cov.provisional, settled), intersect(st.fallback_added, live))
         cov.spans = build_spans(ts, codes, st.names, iv)
         cov.gaps = rebuild_gaps(cov.gaps, window, confirmed_gaps, pending_gaps,
                                 filled=[(sp.start, sp.end) for sp in cov.spans])
@@ -349,15 +398,15 @@ def _sync_symbol(
             cov.flags[name] = sorted(set(cov.flags.get(name, [])) | flags)
         _stamp(cov, ts, now_ms)
         cov.disagreements += rep.disagreements
-        if rep.rows_added:
+        if rep.rows_added or rep.rows_replaced:
             cache.write_candles(path, frame)
         # The sidecar goes second: a crash between the two leaves a stale sidecar, detected by its row
         # stamp on the next sync (rows kept, coverage rebuilt), never a sidecar claiming rows that are not there.
         cache.write_coverage(path, cov)
     _finish_report(rep, cov, window)
-    info(log, "SYNC_SYMBOL", f"{sym} {timeframe}: +{rep.rows_added} rows, {rep.request_count} requests, "
-         f"complete={rep.complete}", symbol=sym, added=rep.added_by_provider, requests=rep.requests,
-         pending=len(rep.pending_gaps))
+    info(log, "SYNC_SYMBOL", f"{sym} {timeframe}: +{rep.rows_added} rows, {rep.rows_replaced} replaced, "
+         f"{rep.request_count} requests, complete={rep.complete}", symbol=sym, added=rep.added_by_provider,
+         requests=rep.requests, pending=len(rep.pending_gaps))
     return rep
 
 
@@ -417,15 +466,7 @@ def _ask(
 
     new, overlap = split_new(frame, asked, st.known_ts)
     if overlap.height:
-        diffs = _cross_check(st, overlap, auth, cfg)
-        if diffs:
-            rep.disagreements += len(diffs)
-            counters["disagreements"] += len(diffs)
-            counters[f"disagreements.{provider.name}"] += len(diffs)
-            for d in diffs[:20]:
-                warn(log, "DATA_DISAGREE", f"{sym} {timeframe} {d.column} at {_iso(d.timestamp)}: kept {d.kept!r}, "
-                     f"{provider.name} says {d.other!r} ({d.rel:.3%})", symbol=sym, provider=provider.name,
-                     ts=d.timestamp, column=d.column, kept=d.kept, other=d.other, rel=d.rel)
+        _disagreements(_cross_check(st, overlap, auth, cfg), provider.name, sym, timeframe, counters, rep)
     if new.height:
         if provider.name not in st.names:
             st.names.append(provider.name)
@@ -435,6 +476,8 @@ def _ask(
         st.known_ts = new_ts if len(st.known_ts) == 0 else np.sort(np.concatenate((st.known_ts, new_ts)), kind="stable")
         st.unfilled = subtract(st.unfilled, runs(new_ts, iv))
         rep.added_by_provider[provider.name] = rep.added_by_provider.get(provider.name, 0) + new.height
+        if not auth:
+            st.fallback_added = union(st.fallback_added, runs(new_ts, iv))
         if result.flags:
             st.flags.setdefault(provider.name, set()).update(result.flags)
 
@@ -450,6 +493,50 @@ def _ask(
     supplied = runs(new["timestamp"].to_numpy(), iv)
     unavailable = subtract(todo, union(union(result.answered, failed), supplied))
     st.notes.extend((s, e, f"{provider.name}: does not have it") for s, e in unavailable)
+
+
+def _restore_held(st: _State, iv: int) -> None:
+    """Put back the provisional rows the exchange's own sources did not replace (kept, still provisional)."""
+    if st.held is None or st.held_codes is None:
+        return
+    held, codes = st.held, st.held_codes
+    st.held = st.held_codes = None
+    ts = held["timestamp"].to_numpy()
+    replaced = member(ts, st.known_ts)
+    st.replaced, st.replaced_codes, st.replaced_ts = held.filter(pl.Series(replaced)), codes[replaced], ts[replaced]
+    back = ~replaced
+    if back.any():
+        back_ts = ts[back]
+        st.frames.append(held.filter(pl.Series(back)))
+        st.codes.append(codes[back])
+        st.known_ts = np.sort(np.concatenate((st.known_ts, back_ts)), kind="stable")
+        st.unfilled = subtract(st.unfilled, runs(back_ts, iv))
+
+
+def _expire_provisional(cov: Coverage, live: list[Range], sym: str, timeframe: str, cfg: IngestConfig) -> bool:
+    """Stop asking for fallback candles opened before the ``live`` range (they stay); True if any stopped."""
+    kept = intersect(cov.provisional, live)
+    if kept == cov.provisional:
+        return False
+    old = subtract(cov.provisional, kept)
+    info(log, "DATA_PROVISIONAL", f"{sym} {timeframe}: fallback candles up to {_iso(old[-1][1] - cov.interval_ms)} "
+         f"kept for good: the exchange's own sources did not supply them in {cfg.provisional_days:g} days",
+         symbol=sym, ranges=old)
+    cov.provisional = kept
+    return True
+
+
+def _disagreements(diffs: list[Disagreement], provider: str, sym: str, timeframe: str, counters: Counter[str],
+                   rep: SymbolReport) -> None:
+    if not diffs:
+        return
+    rep.disagreements += len(diffs)
+    counters["disagreements"] += len(diffs)
+    counters[f"disagreements.{provider}"] += len(diffs)
+    for d in diffs[:20]:
+        warn(log, "DATA_DISAGREE", f"{sym} {timeframe} {d.column} at {_iso(d.timestamp)}: kept {d.kept!r}, "
+             f"{provider} says {d.other!r} ({d.rel:.3%})", symbol=sym, provider=provider, ts=d.timestamp,
+             column=d.column, kept=d.kept, other=d.other, rel=d.rel)
 
 
 def all_empty(st: _State) -> list[Range]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import polars as pl
@@ -95,3 +96,14 @@ def test_split_new_and_cross_check() -> None:
     diffs = cross_check(known, overlap, tol=0.01, compare_volume=True)
     assert [(d.timestamp, d.column) for d in diffs] == [(10, "close")]
     assert cross_check(known, overlap, tol=0.1, compare_volume=True) == []
+
+
+def test_provisional_ranges_round_trip_and_old_sidecars_have_none() -> None:
+    cov = Coverage("binance", "BTC/USDT", "4h", IV, spans=[Span(0, 30, "coingecko", 3)], rows=3, first_ms=0,
+                   last_ms=20, provisional=[(10, 30)])
+    back = Coverage.from_json(cov.to_json())
+    assert back == cov and back.provisional == [(10, 30)]
+    assert back.resolved() == [(0, 30)]  # provisional candles are held: a cycle does not wait for them
+    doc = json.loads(cov.to_json())
+    del doc["provisional"]  # a sidecar written before provisional ranges existed
+    assert Coverage.from_json(json.dumps(doc)).provisional == []

@@ -289,11 +289,12 @@ def test_cross_venue_overlap_is_checked_loosely(make_config, shared_data_dir: Pa
         api.clear_faults()
         second = sync(["BTC/USDT"], "binance", "1d", ms("2024-11-20"), None, cfg, SETTLED)
     rep = second.symbols["BTC/USDT"]
-    # The tail's padding overlapped ten CoinGecko days: 0.1% apart is normal across venues, not an alarm.
-    assert rep.disagreements == 0 and rep.complete
+    # The tail's padding overlapped ten CoinGecko days, and it replaced the three of the last week (provisional):
+    # 0.1% apart is normal across venues, not an alarm.
+    assert rep.disagreements == 0 and rep.complete and rep.rows_replaced == 3
     # (CoinGecko's 14-day answer also covered 2024-11-19: kept as lookback history)
-    assert rep.ranges_by_provider == {"coingecko": [(ms("2024-11-19"), ms("2024-12-03"))],
-                                      "ccxt:binance": [(ms("2024-12-03"), NOW)]}
+    assert rep.ranges_by_provider == {"coingecko": [(ms("2024-11-19"), ms("2024-11-30"))],
+                                      "ccxt:binance": [(ms("2024-11-30"), NOW)]}
 
 
 def test_second_tail_exchange_fills_when_the_own_exchange_is_down(make_config, shared_data_dir: Path, archive,
@@ -457,3 +458,66 @@ def test_conflicting_coingecko_duplicates_are_rejected_loudly(timeframe, make_co
     assert gap.start == line.fields["ts"] and gap.end - gap.start == interval_ms(timeframe)
     assert "coingecko: rejected candle" in gap.by
     assert gap.start not in cached(cfg, timeframe, "ETH_USDT")["timestamp"].to_list()
+
+
+def _gecko_fill(make_config, archive, api, gecko) -> tuple[IngestConfig, int]:
+    """Archive and API down at 01:00 after the 2024-12-05 close: CoinGecko fills the last 20 days (no volume)."""
+    archive.set_fault("down")
+    api.set_fault("429", retry_after="1")
+    gecko.now_ms = SETTLED
+    cfg = make_config(provider_cooldown_s=0.0)
+    start = NOW - 20 * DAY
+    first = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED).symbols["ETH/USDT"]
+    assert first.complete and list(first.ranges_by_provider) == ["coingecko"]
+    for server in (archive, api, gecko):
+        server.clear_faults()
+        server.reset_counts()
+    return cfg, start
+
+
+def test_fallback_candles_are_replaced_once_the_exchange_is_back(make_config, archive, api, gecko,
+                                                                 shared_data_dir: Path, caplog) -> None:
+    cfg, start = _gecko_fill(make_config, archive, api, gecko)
+    later = SETTLED + 3_600_000
+    with caplog.at_level(logging.INFO, logger="aura.ingest"):
+        rep = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, later).symbols["ETH/USDT"]
+    week = ms("2024-11-30")  # the days opened within provisional_days (7) of the second sync
+    assert rep.complete and rep.rows_replaced == 6 and rep.rows_added == 0 and rep.disagreements == 0
+    assert list(rep.ranges_by_provider) == ["coingecko", "binance_archive"]
+    assert rep.ranges_by_provider["coingecko"][-1][1] == week and rep.ranges_by_provider["binance_archive"] == [
+        (week, NOW)]
+    assert gecko.total == 0  # the fallback is not asked again for what it already supplied
+    got = cached(cfg, "1d", "ETH_USDT")
+    real = source(shared_data_dir, "1d", "ETH_USDT")
+    assert_frame_equal(got.filter(pl.col("timestamp") >= week), real.filter(pl.col("timestamp") >= week))
+    assert got.filter(pl.col("timestamp") < week)["volume"].is_nan().all()
+    assert any(r.tag == "DATA_REPLACED" and "binance_archive" in r.getMessage() for r in caplog.records)
+    # Nothing provisional left in the window: the next sync is free again.
+    for server in (archive, api, gecko):
+        server.reset_counts()
+    again = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, later)
+    assert again.requests == 0 and archive.total == api.total == gecko.total == 0
+
+
+def test_fallback_candles_are_kept_while_the_exchange_is_still_down(make_config, archive, api, gecko) -> None:
+    cfg, start = _gecko_fill(make_config, archive, api, gecko)
+    before = cached(cfg, "1d", "ETH_USDT")
+    archive.set_fault("down")
+    api.set_fault("500")
+    rep = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED + 3_600_000).symbols["ETH/USDT"]
+    assert rep.complete and rep.rows_replaced == 0 and list(rep.ranges_by_provider) == ["coingecko"]
+    assert archive.total > 0 and gecko.total == 0  # asked the exchange again, not the fallback
+    assert_frame_equal(cached(cfg, "1d", "ETH_USDT"), before)
+    sidecar = json.loads(coverage_path(cfg.cache_root / "binance/1d/ETH_USDT.parquet").read_text())
+    assert sidecar["provisional"] == [[ms("2024-11-30"), NOW]]  # still wanted next time
+
+
+def test_fallback_candles_are_asked_again_for_a_bounded_time(make_config, archive, api, gecko, caplog) -> None:
+    cfg, start = _gecko_fill(make_config, archive, api, gecko)
+    with caplog.at_level(logging.INFO, logger="aura.ingest"):
+        report = sync(["ETH/USDT"], "binance", "1d", start, NOW - DAY, cfg, SETTLED + 8 * DAY)
+    rep = report.symbols["ETH/USDT"]
+    assert rep.complete and report.requests == 0 and list(rep.ranges_by_provider) == ["coingecko"]
+    assert any(r.tag == "DATA_PROVISIONAL" for r in caplog.records)
+    sidecar = json.loads(coverage_path(cfg.cache_root / "binance/1d/ETH_USDT.parquet").read_text())
+    assert sidecar["provisional"] == []
