@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from shared.contracts import (
 from shared.health import HealthState
 from shared.service import ServiceContext
 from shared.signing import generate_keypair, load_private_key, sign_plan
+from tests.bus_helpers import snapshot, until
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -68,22 +69,6 @@ async def executor(settings: Settings) -> AsyncIterator[ServiceContext]:
             await asyncio.wait_for(task, timeout=15)
         finally:
             await nc.close()
-
-
-async def until(probe: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def snapshot(js: Any) -> PortfolioSnapshot:
-    raw = await last_message(js, PortfolioSnapshot.SUBJECT)
-    assert raw is not None
-    return decode(raw, PortfolioSnapshot)
 
 
 async def send_buy(ctx: ServiceContext, cycle_id: str, basis_id: str | None = None) -> PlanBody:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from shared.contracts import (
 from shared.health import HealthState
 from shared.service import ServiceContext
 from shared.signing import generate_keypair, load_private_key, load_public_key, sign_plan, verify_plan
+from tests.bus_helpers import snapshot, until
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -106,22 +107,6 @@ async def system(settings: Settings, capture: Capture) -> AsyncIterator[Any]:
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise AssertionError(f"a service body failed: {task.exception()!r}")
-
-
-async def until(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def snapshot(js: Any) -> PortfolioSnapshot:
-    raw = await last_message(js, PortfolioSnapshot.SUBJECT)
-    assert raw is not None
-    return decode(raw, PortfolioSnapshot)
 
 
 async def buy(js: Any, settings: Settings, qty: float, price: float) -> PortfolioSnapshot:
