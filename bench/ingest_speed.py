@@ -28,7 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.ingest.providers.base import CLOSE_GRACE_MS
+
 NOW_MS = 1_733_443_200_000  # 2024-12-06 00:00 UTC: the day after the shared data ends
+# The sync runs just past the close grace, so the last day (closing exactly at NOW_MS) counts as closed.
+SYNC_NOW_MS = NOW_MS + CLOSE_GRACE_MS
 
 
 def _data_dir() -> Path:
@@ -56,7 +60,7 @@ def cold_sync(url: str, cache_root: Path, timeframe: str, symbols: list[str], wo
     cfg = IngestConfig(cache_root=cache_root, archive_url=url, providers=("archive",), archive_workers=workers)
     started = time.perf_counter()
     bar = ProgressBar(len(symbols), width=20, prefix=f"cold sync {timeframe} ")
-    report = sync(symbols, "binance", timeframe, None, None, cfg, NOW_MS, progress=bar)
+    report = sync(symbols, "binance", timeframe, None, None, cfg, SYNC_NOW_MS, progress=bar)
     wall = time.perf_counter() - started
     errors = {s: r.error for s, r in report.symbols.items() if r.error}
     if errors:
