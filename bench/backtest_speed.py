@@ -249,13 +249,18 @@ def _touch_all() -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("AURA_SHARED_DATA", REPO.parent / "shared/data")))
-    ap.add_argument("--sets", type=int, default=512, help="parameter sets per grid (>= 500 for the report)")
-    ap.add_argument("--vbt-combos", type=int, default=32)
-    ap.add_argument("--quick", action="store_true", help="64 sets, 8 vectorbt combinations, no compile timing")
+    ap.add_argument("--sets", type=int, default=None, help="parameter sets per grid (default 512; >= 500 for the "
+                    "report)")
+    ap.add_argument("--vbt-combos", type=int, default=None,
+                    help="vectorbt combinations for 1d (default 32; 0 skips vectorbt and its ratios)")
+    ap.add_argument("--quick", action="store_true", help="defaults of 64 sets, 8 vectorbt combinations; no compile "
+                    "timing, no result file")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "backtest_speed.json")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.sets, args.vbt_combos = 64, 8
+    if args.sets is None:
+        args.sets = 64 if args.quick else 512
+    if args.vbt_combos is None:
+        args.vbt_combos = 8 if args.quick else 32
     report: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_avg_at_start": os.getloadavg()},
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         report["compile"] = compile_time()
         print(f"numba: cold compile {report['compile']['cold_compile_cpu_s']:.1f}s CPU, "
               f"cached load {report['compile']['cached_load_cpu_s']:.1f}s CPU", file=sys.stderr)
-    for tf, vbt_combos in (("1d", args.vbt_combos), ("1h", max(4, args.vbt_combos // 4))):
+    for tf, vbt_combos in (("1d", args.vbt_combos), ("1h", max(4, args.vbt_combos // 4) if args.vbt_combos else 0)):
         res = workload(args.data, tf, args.sets, vbt_combos)
         report[tf] = res
         ind, st, ix, prof = res["indicators"], res["staged"], res["independent"], res["profile"]
@@ -289,12 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         "evals_per_s_1h": round(h["independent"]["evals_per_s"], 1),
         "evals_per_s_1d_staged": round(d["staged"]["evals_per_s"], 1),
         "evals_per_s_1h_staged": round(h["staged"]["evals_per_s"], 1),
-        "vectorbt_combos_per_s_1d": round(d["vectorbt"]["combos_per_s"], 2),
-        "vectorbt_ratio_1d": round(d["independent"]["evals_per_s"] / d["vectorbt"]["combos_per_s"], 1),
-        "vectorbt_ratio_1d_staged": round(d["staged"]["evals_per_s"] / d["vectorbt"]["combos_per_s"], 1),
-        "vectorbt_ratio_1h": round(h["independent"]["evals_per_s"] / h["vectorbt"]["combos_per_s"], 1),
         "sets_per_grid": args.sets,
     }
+    if d["vectorbt"] and h["vectorbt"]:
+        summary.update({
+            "vectorbt_combos_per_s_1d": round(d["vectorbt"]["combos_per_s"], 2),
+            "vectorbt_ratio_1d": round(d["independent"]["evals_per_s"] / d["vectorbt"]["combos_per_s"], 1),
+            "vectorbt_ratio_1d_staged": round(d["staged"]["evals_per_s"] / d["vectorbt"]["combos_per_s"], 1),
+            "vectorbt_ratio_1h": round(h["independent"]["evals_per_s"] / h["vectorbt"]["combos_per_s"], 1),
+        })
     report["summary"] = summary
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)

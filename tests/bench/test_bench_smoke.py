@@ -1,0 +1,42 @@
+"""Every benchmark still runs and ends with its JSON line (small sizes; no figure is judged here).
+
+Benchmarks are not timed assertions, but they rot silently when the code under them changes: this session's
+fee and close-grace fixes each broke one without any test noticing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+CASES = {
+    "cycle_latency": (["--cycles", "5"], {"p50_ms", "p99_ms", "all_ready_s"}),
+    "executor_speed": (["-n", "20", "--plans", "2", "--legs", "4"],
+                       {"executor_intents_per_s", "plan_path_intents_per_s"}),
+    "crash_trials": (["--trials", "4"], {"crash_trials_per_min", "violations"}),
+    "ingest_speed": (["--repeats", "1"], {"cold_sync_parse_merge_candles_per_s", "warm_load_1d_ms", "warm_load_1h_ms"}),
+    # vectorbt is in the bench dependency group, not the test one: the smoke run leaves it out.
+    "backtest_speed": (["--quick", "--sets", "8", "--vbt-combos", "0"], {"evals_per_s_1d", "evals_per_s_1h"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_runs_and_ends_with_its_figures(name: str, tmp_path: Path, shared_data_dir: Path) -> None:
+    args, keys = CASES[name]
+    if name == "backtest_speed":
+        args = [*args, "--data", str(shared_data_dir), "--out", str(tmp_path / "backtest_speed.json")]
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=540, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, f"bench/{name}.py exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    figures = json.loads(last)
+    assert keys <= set(figures), f"bench/{name}.py's last line lacks {keys - set(figures)}: {last}"
+    if name == "crash_trials":
+        assert figures["violations"] == 0
