@@ -16,6 +16,25 @@ from typing import Any
 
 from services.executor.portfolio import FillRow
 
+# Exchanges number trades per symbol (Binance does), so a trade id is unique only within its order's symbol:
+# the key is (client_order_id, trade_id), or a trade of one symbol would be dropped as a "duplicate" of
+# another symbol's trade with the same number.
+FILLS_COLUMNS = """
+    trade_id TEXT NOT NULL,
+    cycle_id TEXT NOT NULL,
+    client_order_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    qty REAL NOT NULL,
+    price REAL NOT NULL,
+    fee REAL NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    fee_base REAL NOT NULL DEFAULT 0,
+    fee_quote REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_order_id, trade_id)
+"""
+FILL_FIELDS = "trade_id, cycle_id, client_order_id, symbol, side, qty, price, fee, ts_ms, fee_base, fee_quote"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,19 +81,7 @@ CREATE TABLE IF NOT EXISTS orders (
     avg_price REAL NOT NULL,
     updated_ts_ms INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS fills (
-    trade_id TEXT PRIMARY KEY,
-    cycle_id TEXT NOT NULL,
-    client_order_id TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    side TEXT NOT NULL,
-    qty REAL NOT NULL,
-    price REAL NOT NULL,
-    fee REAL NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    fee_base REAL NOT NULL DEFAULT 0,
-    fee_quote REAL NOT NULL DEFAULT 0
-);
+CREATE TABLE IF NOT EXISTS fills (FILLS_COLUMNS);
 CREATE TABLE IF NOT EXISTS snapshots (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     snapshot_id TEXT NOT NULL UNIQUE,
@@ -90,7 +97,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE INDEX IF NOT EXISTS idx_events_cycle ON events(cycle_id);
 CREATE INDEX IF NOT EXISTS idx_intents_status ON intents(status);
 CREATE INDEX IF NOT EXISTS idx_fills_order ON fills(client_order_id);
-"""
+""".replace("FILLS_COLUMNS", FILLS_COLUMNS)
 
 # Columns added to ``fills`` after the first release, with the statement that fills an older row's value.
 # Before them a fill's whole fee (``fee``, valued in the quote asset) was charged to cash: an old row keeps
@@ -99,6 +106,15 @@ FILL_FEE_MIGRATION = (
     "ALTER TABLE fills ADD COLUMN fee_base REAL NOT NULL DEFAULT 0",
     "ALTER TABLE fills ADD COLUMN fee_quote REAL NOT NULL DEFAULT 0",
     "UPDATE fills SET fee_quote = fee",
+)
+# The first release keyed fills by trade_id alone; SQLite cannot change a key in place, so the table is
+# rebuilt with the same rows in the same order (``all_fills`` reads them by rowid).
+FILL_KEY_MIGRATION = (
+    f"CREATE TABLE fills_keyed ({FILLS_COLUMNS})",
+    f"INSERT INTO fills_keyed ({FILL_FIELDS}) SELECT {FILL_FIELDS} FROM fills ORDER BY rowid",
+    "DROP TABLE fills",
+    "ALTER TABLE fills_keyed RENAME TO fills",
+    "CREATE INDEX IF NOT EXISTS idx_fills_order ON fills(client_order_id)",
 )
 
 # Intent life cycle: pending (journaled, not yet sent) -> sent (request on the wire) -> final states.
@@ -135,20 +151,28 @@ class Journal:
         self._migrate()
         self.path = path
 
-    def _fill_columns(self) -> set[str]:
-        return {str(r[1]) for r in self.db.execute("PRAGMA table_info(fills)")}
+    def _fill_migrations(self) -> list[str]:
+        """The statements that bring this file's ``fills`` table to the current layout (none when current)."""
+        info = self.db.execute("PRAGMA table_info(fills)").fetchall()
+        columns = {str(r[1]) for r in info}
+        key = [str(r[1]) for r in sorted(info, key=lambda r: r[5]) if r[5] > 0]
+        todo: list[str] = []
+        if "fee_base" not in columns:
+            todo += FILL_FEE_MIGRATION
+        if key != ["client_order_id", "trade_id"]:
+            todo += FILL_KEY_MIGRATION
+        return todo
 
     def _migrate(self) -> None:
-        """Bring a journal file written by an older release up to the current ``fills`` columns, atomically."""
-        if "fee_base" in self._fill_columns():
+        """Bring a journal file written by an older release up to the current ``fills`` table, atomically."""
+        if not self._fill_migrations():
             return
         # Straight on the connection, not self.begin()/commit(): a subclass (the crash trials' journal) hooks
         # those and is not built yet while this runs.
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            if "fee_base" not in self._fill_columns():  # another opener may have migrated while we waited
-                for statement in FILL_FEE_MIGRATION:
-                    self.db.execute(statement)
+            for statement in self._fill_migrations():  # asked again: another opener may have migrated meanwhile
+                self.db.execute(statement)
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
@@ -217,14 +241,13 @@ class Journal:
 
     def record_fill(self, trade_id: str, cycle_id: str, cid: str, symbol: str, side: str, qty: float, price: float,
                     fee: float, ts_ms: int, *, fee_base: float, fee_quote: float) -> bool:
-        """Insert a fill once; returns False when the trade id was already journaled (no double count).
+        """Insert a fill once; returns False when this order's trade id was already journaled (no double count).
 
         ``fee`` is the quote-valued figure for reporting; ``fee_base`` / ``fee_quote`` are what the exchange took
         from each asset and what the balances are derived from (see ``Fill``).  Keyword-only so no caller can
         put a quote amount where a base amount belongs."""
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO fills(trade_id, cycle_id, client_order_id, symbol, side, qty, price, fee, ts_ms,"
-            " fee_base, fee_quote) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR IGNORE INTO fills({FILL_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (trade_id, cycle_id, cid, symbol, side, qty, price, fee, ts_ms, fee_base, fee_quote))
         return cur.rowcount == 1
 

@@ -283,7 +283,8 @@ class Executor:
         for trade_id, cid, symbol, qty, price, fee in run.new_fills:
             await publish(self.ctx.js, FillMsg(fill_id=trade_id, cycle_id=run.cycle_id, plan_id=run.plan_id,
                                                client_order_id=cid, symbol=symbol, side=sides.get(symbol, ""),
-                                               qty=qty, price=price, fee=fee), msg_id=trade_id)
+                                               qty=qty, price=price, fee=fee),
+                          msg_id=f"fill-{cid}-{trade_id}")  # trade ids repeat across symbols
 
 
 def make_broker(ctx: ServiceContext, journal: Journal) -> Broker:
