@@ -61,11 +61,12 @@ async def warm_decision_kernels(ctx: ServiceContext) -> bool:
 
     def work() -> None:
         try:
-            seconds = compile_decision_kernels()
+            outcome: tuple[float | None, BaseException | None] = (compile_decision_kernels(), None)
         except BaseException as exc:  # reported on the loop, where the service decides what it means
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, seconds, None)
+            outcome = (None, exc)
+        # The service may have stopped (and closed its loop) while this thread compiled: nobody is waiting then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=work, name=f"{ctx.name}-kernel-warmup", daemon=True).start()
     stopped = asyncio.create_task(ctx.stop.wait())
