@@ -7,6 +7,7 @@ start with status 2 and a message naming the setting; SIGTERM/SIGINT stop the se
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -48,27 +49,16 @@ async def warm_decision_kernels(ctx: ServiceContext) -> bool:
     from aura.warmup import compile_decision_kernels  # numba import only in the services that decide
 
     ctx.health.checks["kernels"] = lambda: (False, "compiling decision kernels")
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[float] = loop.create_future()
-
-    def settle(result: float | None, exc: BaseException | None) -> None:
-        if done.done():
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            done.set_result(result or 0.0)
+    compiled: concurrent.futures.Future[float] = concurrent.futures.Future()
 
     def work() -> None:
         try:
-            outcome: tuple[float | None, BaseException | None] = (compile_decision_kernels(), None)
+            compiled.set_result(compile_decision_kernels())
         except BaseException as exc:  # reported on the loop, where the service decides what it means
-            outcome = (None, exc)
-        # The service may have stopped (and closed its loop) while this thread compiled: nobody is waiting then.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, *outcome)
+            compiled.set_exception(exc)
 
     threading.Thread(target=work, name=f"{ctx.name}-kernel-warmup", daemon=True).start()
+    done = asyncio.wrap_future(compiled)
     stopped = asyncio.create_task(ctx.stop.wait())
     await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
