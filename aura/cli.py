@@ -70,7 +70,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
                       "live services use it from their next cycle")
                 return 0
             params, version = await load_params(js)
-            doc = msgspec.json.decode(msgspec.json.encode(params))
+            doc = msgspec.to_builtins(params)
             print(msgspec.json.format(msgspec.json.encode({"version": version, "digest": params_digest(params),
                                                            "params": doc}), indent=2).decode())
             return 0

@@ -18,6 +18,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from shared.candles import digest
 from shared.contracts import (
     CANDLE_BUCKET,
     PARAMS_BUCKET,
@@ -85,11 +86,18 @@ async def ensure_streams(js: JetStreamContext, dedup_window_s: float) -> None:
             await js.update_stream(config)
 
 
-async def publish(js: JetStreamContext, msg: Contract, msg_id: str, subject: str | None = None) -> js_api.PubAck:
+async def publish(js: JetStreamContext, msg: Contract, msg_id: str) -> js_api.PubAck:
     """Publish to the message's stream with ``Nats-Msg-Id`` = its deterministic id (dedup on retry)."""
-    subj = subject or msg.SUBJECT
-    stream = STREAM_OF_SUBJECT.get(subj) or STREAM_OF_SUBJECT.get(msg.SUBJECT)
-    return await js.publish(subj, encode(msg), stream=stream, headers={MSG_ID_HEADER: msg_id}, timeout=5)
+    return await js.publish(msg.SUBJECT, encode(msg), stream=STREAM_OF_SUBJECT.get(msg.SUBJECT),
+                            headers={MSG_ID_HEADER: msg_id}, timeout=5)
+
+
+async def verified_candles(store: ObjectStore, content_digest: str) -> bytes | None:
+    """The candle object named ``content_digest``; None when its bytes do not hash to that name.  An absent
+    object raises the object store's not-found error, a bus failure its own error: callers decide."""
+    blob = await store.get(content_digest)
+    data = blob.data or b""
+    return data if digest(data) == content_digest else None
 
 
 async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str, subject: str, reason: str,
@@ -122,7 +130,7 @@ async def settle_refused(msg: Msg, recorded: bool) -> None:
 async def key_value(js: JetStreamContext, bucket: str, history: int = 5) -> KeyValue:
     try:
         return await js.key_value(bucket)
-    except (NotFoundError, BadRequestError, Exception):
+    except Exception:  # absent (or not yet visible after a restart): create it, or bind to a racing creator
         try:
             return await js.create_key_value(js_api.KeyValueConfig(bucket=bucket, history=history,
                                                                    storage=js_api.StorageType.FILE))

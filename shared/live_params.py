@@ -32,9 +32,9 @@ def parse_params(raw: bytes) -> StrategyParams:
 
 async def load_params(js: JetStreamContext, revision: int | None = None) -> tuple[StrategyParams, int]:
     """(params, version). ``revision`` pins an exact version; None takes the newest."""
-    kv = await params_kv(js)
     if revision == 0:
         return StrategyParams(), 0
+    kv = await params_kv(js)
     try:
         entry = await kv.get(PARAMS_KEY, revision=revision) if revision else await kv.get(PARAMS_KEY)
     except Exception as exc:

@@ -7,7 +7,7 @@ every live cycle runs on an explicit, versioned parameter set rather than on cod
 
 from __future__ import annotations
 
-from aura.strategy.params import StrategyParams, params_digest
+from aura.strategy.params import params_digest
 from shared.live_params import load_params, promote_params
 from shared.logging import info
 from shared.service import ServiceContext
@@ -15,8 +15,7 @@ from shared.service import ServiceContext
 
 async def run(ctx: ServiceContext) -> None:
     params, version = await load_params(ctx.js)
-    if version == 0:
-        params = StrategyParams()
+    if version == 0:  # load_params gave the shipped defaults: make them version 1
         version = await promote_params(ctx.js, params)
         info(ctx.logger, "PROMOTE", "seeded the shipped default parameters", version=version,
              digest=params_digest(params))

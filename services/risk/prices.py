@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.executor.brokers.base import BrokerError
-from shared.bus import candle_store, last_message
-from shared.candles import decode_panel, digest
+from shared.bus import candle_store, last_message, verified_candles
+from shared.candles import decode_panel
 from shared.contracts import DataReady, MarketRuleMsg, content_id, decode
 from shared.logging import warn
 from shared.service import ServiceContext
@@ -57,9 +56,8 @@ class ReplayPrices:
             if ready is None:
                 return None
             if self._cache is None or self._cache[0] != ready.digest:
-                blob = await (await candle_store(self.ctx.js)).get(ready.digest)
-                data = blob.data or b""
-                if digest(data) != ready.digest:
+                data = await verified_candles(await candle_store(self.ctx.js), ready.digest)
+                if data is None:
                     warn(self.ctx.logger, "RISK_TICK", "candle object does not match its digest; no prices",
                          digest=ready.digest[:16])
                     return None
@@ -99,7 +97,7 @@ class LivePrices:
                 rules = await self.client.load_markets()
                 markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
                            for s, r in sorted(rules.items()) if s in symbols]
-        except (BrokerError, Exception) as exc:
+        except Exception as exc:
             warn(self.ctx.logger, "RISK_TICK", "ticker read failed", error=f"{type(exc).__name__}: {exc}"[:200])
             return None
         now = int(time.time() * 1000)

@@ -97,13 +97,12 @@ def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, 
     that symbol valued at its last known mark, never at zero: a missing quote is not a loss.
     """
     expected = {s: 1.0 for s, q in snapshot.holdings.items() if q > 0}
-    present = {s: 1.0 for s, p in (prices or {}).items() if p and p > 0}
-    verdict, guard = observe(guard, expected, None if prices is None else present,
+    usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
+    verdict, guard = observe(guard, expected, None if prices is None else dict.fromkeys(usable, 1.0),
                              confirm_reads=PRICE_CONFIRM_READS)
     checks = sl_checks(snapshot, prices or {}, params)
     if verdict.status not in (IN_SYNC, CONFIRMED):
         return TickDecision("wait", None, checks, verdict, guard)
-    usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
     fallback = {**snapshot.entry_prices, **marks}
     outcome = risk_plan(None, portfolio_state(snapshot, latch), usable, rules, params, cost_rate, marks=fallback)
     action = "none" if not outcome.legs else ("liquidate" if outcome.halted else "exit")

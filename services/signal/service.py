@@ -18,8 +18,8 @@ from aura.strategy.schedule import is_decision_bar, timeframe_ms
 from aura.strategy.signal import compute_targets
 from aura.strategy.state import SignalState
 from aura.strategy.types import Panel
-from shared.bus import candle_store, durable_pull, kv_get, publish, pull_loop, state_kv
-from shared.candles import decode_panel, digest
+from shared.bus import candle_store, durable_pull, kv_get, publish, pull_loop, state_kv, verified_candles
+from shared.candles import decode_panel
 from shared.consumer import Reject, handle
 from shared.contracts import CycleAborted, DataReady, TargetPortfolio, content_id
 from shared.live_params import load_params
@@ -65,17 +65,15 @@ async def run(ctx: ServiceContext) -> None:
     store = await candle_store(ctx.js)
     kv = await state_kv(ctx.js)
     sub = await durable_pull(ctx.js, DataReady.SUBJECT, durable="signal", ack_wait_s=30)
-    last_cycle = {"at": 0.0}
     ctx.health.checks["consumer"] = lambda: (True, "durable consumer 'signal' bound")
 
     async def on_ready(ready: DataReady) -> None:
         try:
-            blob = await store.get(ready.digest)
+            data = await verified_candles(store, ready.digest)
         except (ObjectNotFoundError, NotFoundError) as exc:
             raise Reject("missing_candles", f"object {ready.digest[:16]} not in candle store: {exc}") from exc
         # Any other failure (a timeout right after a reconnect) propagates: the consumer redelivers it.
-        data = blob.data or b""
-        if digest(data) != ready.digest:
+        if data is None:
             raise Reject("digest_mismatch", f"candle object does not hash to {ready.digest[:16]}")
         panel = decode_panel(data)
         check_panel(panel, ready)
@@ -92,7 +90,6 @@ async def run(ctx: ServiceContext) -> None:
                                                       "after": state_out.to_dict()}))
         target = msgspec.structs.replace(target, emitted_at_ms=int(time.time() * 1000))
         await publish(ctx.js, target, msg_id=target.target_id)
-        last_cycle["at"] = time.time()
         ctx.health.inc("targets_published")
         ctx.health.set("params_version", version)
         info(ctx.logger, "TARGETS", "target portfolio published", cycle_id=ready.cycle_id, regime=target.regime,
