@@ -54,7 +54,7 @@ from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import BrokerError, OrderState, TransientBrokerError
 from services.executor.brokers.ccxt_broker import CcxtBroker, make_ccxt_binance
-from services.executor.execution import ExecutionLimits
+from services.executor.execution import FINAL_INTENT_STATES, ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.runner import FINAL_PLAN_STATES, SyncCheck, ensure_genesis, recover, run_plan
@@ -66,7 +66,6 @@ GENESIS_USDT = 10_000.0
 RECV_WINDOW_MS = 500  # the simulator refuses a signed request older than this...
 SETTLE_S = 0.6  # ...so a "not found" this long after the last send is final (execution rule 6)
 FINAL_SIM_STATUSES = {"FILLED", "CANCELED", "EXPIRED", "REJECTED"}
-FINAL_INTENTS = {"filled", "partial", "rejected", "skipped", "canceled"}
 
 
 # --- the simulator, in its own process ------------------------------------------------------------------------
@@ -373,7 +372,7 @@ def verify(journal_path: Path, plans: list[PlanBody], orders: list[dict[str, Any
         if tid in journal_trades and journal_trades[tid][0] != cid_of_order[int(t["orderId"])]:
             violations.append(f"fill {tid} journaled under the wrong order {journal_trades[tid][0]}")
     for cid, status in intents.items():
-        if status not in FINAL_INTENTS:
+        if status not in FINAL_INTENT_STATES:
             violations.append(f"intent {cid} left {status}")
     for p, status in zip(plans, statuses, strict=True):
         if status not in FINAL_PLAN_STATES or status == "rejected":

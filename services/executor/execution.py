@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
@@ -36,6 +38,8 @@ from services.executor.brokers.paper import base_asset
 from services.executor.journal import Journal, now_ms
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
+
+T = TypeVar("T")
 
 FINAL_INTENT_STATES = ("filled", "partial", "rejected", "skipped", "canceled")
 MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange: look it up before anything
@@ -83,16 +87,25 @@ async def free_balance_with_retry(broker: Broker, asset: str, limits: ExecutionL
     (that would skip the sell); if every attempt fails this raises TransientBrokerError rather than let the
     sell go out unclamped: an unclamped sell above the free balance is rejected for good (-2010) and the exit
     would be lost, whereas a raised error leaves the intent unsent and the plan is retried on redelivery."""
+    balances = await _retried(broker.fetch_free_balances, limits, logger, "SELL_CLAMP",
+                              "balance fetch failed; retrying",
+                              f"free {asset} balance unreadable after {limits.max_attempts} attempts; "
+                              "sell not placed unclamped", asset=asset)
+    return balances.get(asset, 0.0)
+
+
+async def _retried(call: Callable[[], Awaitable[T]], limits: ExecutionLimits, logger: logging.Logger, tag: str,
+                   retrying: str, gave_up: str, **fields: object) -> T:
+    """``call()``, retried on a transient broker error (waiting the backoff or the exchange's Retry-After)
+    up to ``limits.max_attempts`` times; then TransientBrokerError(``gave_up``)."""
     for attempt in range(1, limits.max_attempts + 1):
         try:
-            return (await broker.fetch_free_balances()).get(asset, 0.0)
+            return await call()
         except TransientBrokerError as exc:
             wait = retry_delay(exc, attempt, limits)
-            warn(logger, "SELL_CLAMP", "balance fetch failed; retrying", asset=asset, attempt=attempt,
-                 retry_in_s=wait, error=str(exc))
+            warn(logger, tag, retrying, **fields, attempt=attempt, retry_in_s=wait, error=str(exc))
             await asyncio.sleep(wait)
-    raise TransientBrokerError(f"free {asset} balance unreadable after {limits.max_attempts} attempts; "
-                               "sell not placed unclamped")
+    raise TransientBrokerError(gave_up)
 
 
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
@@ -167,15 +180,8 @@ async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: Executio
 
 async def _lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits,
                   logger: logging.Logger) -> OrderState | None:
-    for attempt in range(1, limits.max_attempts + 1):
-        try:
-            return await broker.fetch_order(symbol, cid)
-        except TransientBrokerError as exc:
-            wait = retry_delay(exc, attempt, limits)
-            warn(logger, "AMBIGUOUS", "order lookup failed; retrying", cid=cid, attempt=attempt, retry_in_s=wait,
-                 error=str(exc))
-            await asyncio.sleep(wait)
-    raise TransientBrokerError(f"could not look up order {cid}")
+    return await _retried(lambda: broker.fetch_order(symbol, cid), limits, logger, "AMBIGUOUS",
+                          "order lookup failed; retrying", f"could not look up order {cid}", cid=cid)
 
 
 async def wait_final(broker: Broker, order: OrderState, cid: str, limits: ExecutionLimits) -> OrderState:

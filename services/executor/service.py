@@ -220,8 +220,6 @@ class Executor:
             await self._reject(msg, "stale_basis", f"basis {plan.basis_snapshot_id} != current "
                                f"{current.snapshot_id}", plan.cycle_id, plan.plan_id)
             return
-        if isinstance(self.broker, PaperBroker):
-            self.broker.prices.update(plan.prices)
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
             run = await run_plan(plan, self.broker, self.journal, self.rules, self.limits, self.ctx.logger,
