@@ -107,10 +107,6 @@ def in_ranges(ts: np.ndarray, ranges: list[Range]) -> np.ndarray:
     return ok
 
 
-def count_candles(ranges: list[Range], iv: int) -> int:
-    return sum((end - start) // iv for start, end in ranges)
-
-
 def align_up(t: int, iv: int) -> int:
     return -(-t // iv) * iv
 
@@ -168,9 +164,6 @@ class Coverage:
     def resolved(self) -> list[Range]:
         """Where the cache knows the truth: candles held, or confirmed to not exist."""
         return normalize([(s.start, s.end) for s in self.spans] + [(g.start, g.end) for g in self.gaps if g.confirmed])
-
-    def pending(self) -> list[Gap]:
-        return [g for g in self.gaps if not g.confirmed]
 
     def provider_ranges(self) -> dict[str, list[Range]]:
         out: dict[str, list[Range]] = {}

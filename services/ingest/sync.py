@@ -363,9 +363,7 @@ def _sync_symbol(
         replaced_mask = member(ts, st.replaced_ts)
         new_mask = added_mask | replaced_mask
         jumps = find_jumps(ts, frame["close"].to_numpy(), new_mask, cfg.jump_flag_ratio)
-        report_issues(log, jumps, counters, symbol=sym, timeframe=timeframe)
-        for j in jumps:
-            rep.issues[f"{j.action}.{j.kind}"] = rep.issues.get(f"{j.action}.{j.kind}", 0) + 1
+        report_issues(log, jumps, counters, tally=rep.issues, symbol=sym, timeframe=timeframe)
 
         still = intersect(st.unfilled, window)
         confirmed = subtract(intersect(still, all_empty(st)), st.failed_auth)
@@ -456,10 +454,8 @@ def _ask(
     counters[f"requests.{provider.name}"] += result.requests
 
     checked = validate_candles(result.frame, iv, allow_nan_volume="no_volume" in result.flags)
-    report_issues(log, checked.issues, counters, symbol=sym, timeframe=timeframe, provider=provider.name)
-    for issue in checked.issues:
-        key = f"{issue.action}.{issue.kind}"
-        rep.issues[key] = rep.issues.get(key, 0) + 1
+    report_issues(log, checked.issues, counters, tally=rep.issues, symbol=sym, timeframe=timeframe,
+                  provider=provider.name)
     frame, forming = drop_forming(checked.frame, iv, now_ms)
     rep.forming_dropped += forming
     counters["forming_dropped"] += forming

@@ -130,13 +130,18 @@ def drop_forming(frame: pl.DataFrame, iv: int, now_ms: int) -> tuple[pl.DataFram
 
 
 def report_issues(
-    logger: logging.Logger, issues: list[Issue] | tuple[Issue, ...], counters: Counter[str], **context: object
+    logger: logging.Logger, issues: list[Issue] | tuple[Issue, ...], counters: Counter[str], *,
+    tally: dict[str, int] | None = None, **context: object
 ) -> None:
-    """Log every issue kind with its tag and count it (``reject.<kind>`` / ``flag.<kind>``)."""
+    """Log every issue kind with its tag and count it (``reject.<kind>`` / ``flag.<kind>``) in ``counters``
+    and, when given, in ``tally`` too (a per-symbol report)."""
     if not issues:
         return
     for issue in issues:
-        counters[f"{issue.action}.{issue.kind}"] += 1
+        key = f"{issue.action}.{issue.kind}"
+        counters[key] += 1
+        if tally is not None:
+            tally[key] = tally.get(key, 0) + 1
     for issue in issues[:_MAX_LINES_PER_BATCH]:
         tag = "DATA_REJECT" if issue.action == REJECT else "DATA_FLAG"
         warn(logger, tag, f"{issue.kind} at {issue.timestamp}: {issue.detail}", kind=issue.kind,

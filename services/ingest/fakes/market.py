@@ -55,10 +55,6 @@ class MarketData:
         lo, hi = np.searchsorted(ts, start, side="left"), np.searchsorted(ts, end, side="left")
         return {c: v[lo:hi] for c, v in arr.items()}
 
-    def frame(self, timeframe: str, stem: str) -> pl.DataFrame | None:
-        arr = self.arrays(timeframe, stem)
-        return None if arr is None else pl.DataFrame({c: arr[c] for c in COLUMNS})
-
 
 def stem_of_pair(pair: str) -> str | None:
     """'BTCUSDT' -> 'BTC_USDT' (the fakes only know USDT pairs, like the shared data)."""

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-_GENERIC_FAULTS = ("down", "404", "429", "500")
+_GENERIC_FAULTS = ("404", "429", "500")  # answered with an error status; "down" drops the connection
 
 
 @dataclass
@@ -154,7 +154,7 @@ class FakeServer:
         if fault == "down":
             handler.close_connection = True
             return
-        if fault in ("404", "500", "429"):
+        if fault in _GENERIC_FAULTS:
             headers = {"Retry-After": self._last_retry_after} if fault == "429" else {}
             reply = Reply.json({"code": -1, "msg": f"fake fault {fault}"}, int(fault), headers)
         else:

@@ -33,7 +33,15 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from services.ingest.coverage import intersect, normalize
-from services.ingest.providers.base import Breaker, FetchRequest, FetchResult, Range, empty_candles, split_symbol
+from services.ingest.providers.base import (
+    SUPPORTED_TIMEFRAMES,
+    Breaker,
+    FetchRequest,
+    FetchResult,
+    Range,
+    empty_candles,
+    split_symbol,
+)
 from shared.logging import warn
 
 try:
@@ -48,7 +56,6 @@ KLINE_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
     "taker_buy_base", "taker_buy_quote", "ignore",
 )
-ARCHIVE_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 _MS_BAND = (10**12, 10**13)  # 2001-09-09 .. 2286-11-20 in milliseconds
 _US_BAND = (10**15, 10**16)  # the same years in microseconds
 _DAY = 86_400_000
@@ -269,7 +276,7 @@ class BinanceArchiveProvider:
         return exchange == "binance"
 
     def supports(self, exchange: str, symbol: str, timeframe: str) -> bool:
-        return exchange == "binance" and timeframe in ARCHIVE_TIMEFRAMES
+        return exchange == "binance" and timeframe in SUPPORTED_TIMEFRAMES
 
     def fetch(self, request: FetchRequest) -> FetchResult:
         base, quote = split_symbol(request.symbol)

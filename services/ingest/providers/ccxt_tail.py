@@ -17,6 +17,7 @@ import polars as pl
 
 from services.ingest.coverage import coalesce, normalize
 from services.ingest.providers.base import (
+    CANDLE_SCHEMA,
     Breaker,
     FetchRequest,
     FetchResult,
@@ -204,7 +205,7 @@ def _to_frame(rows: list[list[Any]]) -> pl.DataFrame:
             "close": [_f(r[4]) for r in rows],
             "volume": [_f(r[5]) for r in rows],
         },
-        schema=empty_candles().schema,
+        schema=CANDLE_SCHEMA,
     )
 
 

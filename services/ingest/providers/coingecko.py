@@ -30,7 +30,15 @@ import numpy as np
 import polars as pl
 
 from services.ingest.coverage import intersect, normalize
-from services.ingest.providers.base import Breaker, FetchRequest, FetchResult, SerialFetch, empty_candles, split_symbol
+from services.ingest.providers.base import (
+    CANDLE_SCHEMA,
+    Breaker,
+    FetchRequest,
+    FetchResult,
+    SerialFetch,
+    empty_candles,
+    split_symbol,
+)
 from shared.logging import warn
 
 log = logging.getLogger("aura.ingest.coingecko")
@@ -120,7 +128,7 @@ def ohlc_rows(doc: object) -> np.ndarray:
 def _frame(ts: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame(
         {"timestamp": ts, "open": o, "high": h, "low": lo, "close": c, "volume": np.full(len(ts), np.nan)},
-        schema=empty_candles().schema,
+        schema=CANDLE_SCHEMA,
     )
 
 
