@@ -12,6 +12,7 @@ from shared.config import settings_for_command
 
 # Subcommands contributed by other packages: (module, function that registers them on the subparsers).
 PLUGGED_COMMANDS = (
+    ("aura.params_cli", "add_params_parser"),
     ("aura.backtest.cli", "add_backtest_parser"),
     ("services.ingest.cli", "add_data_parser"),
     ("aura.exchange_sim.cli", "add_exchange_sim_parser"),
@@ -26,58 +27,71 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from shared.signing import generate_keypair
+    from shared.credentials import PRINCIPALS, CredentialError, KeyLayout, ensure_credentials, hand_over
 
     settings = settings_for_command("aura keygen")
     if settings is None:
         return 2
-    private = Path(args.private) if args.private else settings.private_key_path
-    public = Path(args.public) if args.public else settings.public_key_path
-    created = generate_keypair(private, public)
-    print(f"{'created' if created else 'kept existing'} risk key pair: private {private}, public {public}")
+    layout = KeyLayout(Path(args.keys_dir).resolve()) if args.keys_dir else settings.keys
+    try:
+        created = ensure_credentials(layout)
+        for owner in args.owner:
+            principal, _, ids = owner.partition("=")
+            uid, _, gid = ids.partition(":")
+            if principal not in PRINCIPALS or not uid.isdigit() or not gid.isdigit():
+                print(f"aura keygen: --owner {owner!r} is not PRINCIPAL=UID:GID with PRINCIPAL one of {PRINCIPALS}",
+                      file=sys.stderr)
+                return 2
+            hand_over(layout, principal, int(uid), int(gid))
+    except (OSError, CredentialError) as exc:
+        print(f"aura keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'created ' + str(len(created)) if created else 'kept all existing'} keys and bus credentials under "
+          f"{layout.root}")
     return 0
 
 
-def _cmd_params(args: argparse.Namespace) -> int:
+def _cmd_bus(args: argparse.Namespace) -> int:
     import asyncio
 
-    import msgspec
-    import nats
+    from shared.bus import BusUnavailable, session
+    from shared.bus_access import TlsFiles, matrix_markdown, server_config
+    from shared.credentials import CredentialError, bus_users
+    from shared.provision import provision_bus
 
-    from aura.strategy.params import params_digest
-    from shared.live_params import ParamsError, load_params, parse_params, promote_params
-
-    settings = settings_for_command("aura params")
+    settings = settings_for_command("aura bus")
     if settings is None:
         return 2
-
-    if args.action == "set" and not args.file:
-        print("aura params set: a JSON parameter file is required", file=sys.stderr)
-        return 2
-
-    async def go() -> int:
-        nc = await nats.connect(settings.nats_url, connect_timeout=3, max_reconnect_attempts=1)
+    if args.bus_command == "matrix":
+        sys.stdout.write(matrix_markdown())
+        return 0
+    if args.bus_command == "config":
+        tls = TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None
         try:
-            js = nc.jetstream()
-            if args.action == "set":
-                try:
-                    params = parse_params(Path(args.file).read_bytes())
-                except (OSError, ParamsError) as exc:
-                    print(f"aura params set: {exc}", file=sys.stderr)
-                    return 2
-                version = await promote_params(js, params)
-                print(f"promoted parameter version {version} (digest {params_digest(params)}); "
-                      "live services use it from their next cycle")
-                return 0
-            params, version = await load_params(js)
-            doc = msgspec.to_builtins(params)
-            print(msgspec.json.format(msgspec.json.encode({"version": version, "digest": params_digest(params),
-                                                           "params": doc}), indent=2).decode())
-            return 0
-        finally:
-            await nc.close()
+            text = server_config(bus_users(settings.keys), args.host, args.port, args.store, tls, args.monitor_port)
+        except CredentialError as exc:
+            print(f"aura bus config: {exc}", file=sys.stderr)
+            return 1
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            out.chmod(0o644 if args.world_readable else 0o600)
+        else:
+            sys.stdout.write(text)
+        return 0
 
-    return asyncio.run(go())
+    async def provision() -> None:
+        async with session(settings, "operator", timeout_s=5) as nc:
+            await provision_bus(nc.jetstream(), settings.dedup_window_s)
+
+    try:
+        asyncio.run(provision())
+    except (BusUnavailable, CredentialError) as exc:
+        print(f"aura bus provision: {exc}", file=sys.stderr)
+        return 1
+    print("streams, buckets and durable consumers provisioned")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,14 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--replay-interval", type=float, default=None,
                       help="seconds between replayed cycles (env AURA_REPLAY_INTERVAL_S)")
     p_up.set_defaults(func=_cmd_up)
-    p_key = sub.add_parser("keygen", help="create the risk Ed25519 key pair if missing")
-    p_key.add_argument("--private", default=None)
-    p_key.add_argument("--public", default=None)
+    p_key = sub.add_parser("keygen", help="create every missing signing key and bus credential (never replaces)")
+    p_key.add_argument("--keys-dir", default=None, help="where (default: setting keys_dir, $AURA_HOME/keys)")
+    p_key.add_argument("--owner", action="append", default=[], metavar="PRINCIPAL=UID:GID",
+                       help="hand keys/PRINCIPAL to this OS user (compose runs each service as its own user)")
     p_key.set_defaults(func=_cmd_keygen)
-    p_params = sub.add_parser("params", help="show or promote the live strategy parameters (KV bucket aura_params)")
-    p_params.add_argument("action", choices=["show", "set"])
-    p_params.add_argument("file", nargs="?", help="JSON parameter document for `set`")
-    p_params.set_defaults(func=_cmd_params)
+    p_bus = sub.add_parser("bus", help="the NATS bus: provision it, print its server config or permission matrix")
+    bus_sub = p_bus.add_subparsers(dest="bus_command", required=True)
+    bus_sub.add_parser("provision", help="create or update every stream, bucket and durable consumer (operator)")
+    bus_sub.add_parser("matrix", help="print the permission matrix (Markdown)")
+    p_conf = bus_sub.add_parser("config", help="print (or write) the nats-server config for the keys in keys_dir")
+    p_conf.add_argument("--host", default="127.0.0.1", help="address the server listens on")
+    p_conf.add_argument("--port", type=int, default=4222, help="client port")
+    p_conf.add_argument("--store", default="/data", help="JetStream store directory")
+    p_conf.add_argument("--monitor-port", type=int, default=None, help="HTTP monitoring port on 127.0.0.1")
+    p_conf.add_argument("--tls-cert", default=None, help="server certificate (PEM): serve TLS")
+    p_conf.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    p_conf.add_argument("--out", default=None, help="write here instead of stdout (mode 0600)")
+    p_conf.add_argument("--world-readable", action="store_true",
+                        help="write --out with mode 0644 (a server running as another user must read it)")
+    p_bus.set_defaults(func=_cmd_bus)
     for module_name, register in PLUGGED_COMMANDS:
         adder: Callable[[argparse._SubParsersAction], None] = getattr(  # type: ignore[type-arg]
             importlib.import_module(module_name), register)

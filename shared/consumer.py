@@ -36,7 +36,7 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
     except ContractError as exc:
         ctx.health.inc("dead_letters")
         await settle_refused(msg, await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc),
-                                                    msg.data))
+                                                    msg.data), ctx.logger)
         return
     try:
         await handler(obj)
@@ -44,7 +44,7 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
         ctx.health.inc("dead_letters")
         ctx.health.inc(f"rejected_{exc.reason}")
         await settle_refused(msg, await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc),
-                                                    msg.data))
+                                                    msg.data), ctx.logger)
         return
     except Exception as exc:
         deliveries = msg.metadata.num_delivered if msg.metadata else 1
@@ -52,7 +52,7 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
         if deliveries >= MAX_DELIVERIES:
             await settle_refused(msg, await dead_letter(
                 ctx.js, ctx.logger, ctx.name, msg.subject, "handler_failed",
-                f"{type(exc).__name__}: {exc} (after {deliveries} deliveries)", msg.data))
+                f"{type(exc).__name__}: {exc} (after {deliveries} deliveries)", msg.data), ctx.logger)
         else:
             error(ctx.logger, "HANDLER_ERROR", "processing failed; will retry", subject=msg.subject,
                   delivery=deliveries, error=f"{type(exc).__name__}: {exc}")

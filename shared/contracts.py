@@ -133,12 +133,19 @@ class ApprovedPlan(Contract, frozen=True):
 
 
 class CycleAborted(Contract, frozen=True):
-    """A stage could not finish a cycle (bad data, stale data, no basis): the executor journals it."""
+    """A stage could not finish a cycle (bad data, stale data, no basis): the executor journals it.
+
+    Each stage publishes on its own subject (``aura.plans.aborted.<stage>``, see :func:`subject_of`), so the
+    server's permissions, not the message, say who sent it; the executor refuses a ``stage`` that differs.
+    """
 
     SUBJECT: ClassVar[str] = "aura.plans.aborted"
     cycle_id: str
     stage: str
     reason: str
+
+
+ABORT_STAGES = ("ingest", "signal", "risk")
 
 
 # --- executor -> everyone ---------------------------------------------------------------------------------
@@ -172,9 +179,19 @@ class PortfolioSnapshot(Contract, frozen=True):
     # Commit time (ms UTC) of each equity_history point, oldest first. Risk uses it to measure the
     # kill-switch's drawdown only from an operator's reset onwards. Empty from producers without it.
     equity_history_ms: list[int] = []
+    # Ed25519 signature by the executor over the snapshot with these two fields empty (shared.signing):
+    # risk plans on a snapshot only if it verifies, so no other bus client can invent a portfolio.
+    signature: str = ""
+    key_id: str = ""
 
 
 # --- dead letters -----------------------------------------------------------------------------------------
+
+
+# A dead letter carries at most this much of the refused payload (plus its size and sha256), so it always fits
+# the DLQ stream's message limit however large the refused message was; the full message stays in its own
+# stream (limits retention) until that stream's max_age.
+DEAD_LETTER_PAYLOAD_PREFIX = 4096
 
 
 class DeadLetter(Contract, frozen=True):
@@ -183,34 +200,97 @@ class DeadLetter(Contract, frozen=True):
     subject: str
     reason: str
     error: str
-    payload: bytes
+    payload: bytes  # the first DEAD_LETTER_PAYLOAD_PREFIX bytes of the refused message
     received_at_ms: int
+    payload_size: int = 0
+    payload_sha256: str = ""
 
 
 # --- streams, buckets -------------------------------------------------------------------------------------
 
 
+KIB = 1024
+MIB = 1024 * KIB
+# The server's max_payload: the largest legitimate message is one 128 KiB chunk of a candle object.
+MAX_PAYLOAD = 256 * KIB
+
+
 class StreamSpec(msgspec.Struct, frozen=True):
+    """A stream with its limits set on purpose: no message, and no flood of them, can grow it without bound.
+
+    ``max_msg_size``: the biggest legitimate message is a few KB (a snapshot with 365 equity points is ~15 KB);
+    the server refuses anything larger at publish time, before a consumer ever sees it.
+    """
+
     name: str
     subjects: list[str]
     max_age_s: float
+    max_bytes: int
+    max_msg_size: int = 64 * KIB
     max_msgs: int = -1
 
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("AURA_DATA", [DataReady.SUBJECT, DataStale.SUBJECT], max_age_s=7 * 86400),
-    StreamSpec("AURA_TARGETS", [TargetPortfolio.SUBJECT], max_age_s=7 * 86400),
+    StreamSpec("AURA_DATA", [DataReady.SUBJECT, DataStale.SUBJECT], max_age_s=7 * 86400, max_bytes=256 * MIB),
+    StreamSpec("AURA_TARGETS", [TargetPortfolio.SUBJECT], max_age_s=7 * 86400, max_bytes=256 * MIB),
     # Aborted-cycle notices share the plans stream so the executor's single consumer sees them in cycle order
     # and closes every cycle in its journal; they carry no legs and are never executed.
-    StreamSpec("AURA_PLANS", [ApprovedPlan.SUBJECT, CycleAborted.SUBJECT], max_age_s=30 * 86400),
-    StreamSpec("AURA_EXEC", [FillMsg.SUBJECT, PortfolioSnapshot.SUBJECT], max_age_s=30 * 86400),
-    StreamSpec("AURA_DLQ", [DeadLetter.SUBJECT + ".>"], max_age_s=30 * 86400),
+    StreamSpec("AURA_PLANS", [ApprovedPlan.SUBJECT, CycleAborted.SUBJECT + ".*"], max_age_s=30 * 86400,
+               max_bytes=256 * MIB),
+    StreamSpec("AURA_EXEC", [FillMsg.SUBJECT, PortfolioSnapshot.SUBJECT], max_age_s=30 * 86400,
+               max_bytes=512 * MIB),
+    StreamSpec("AURA_DLQ", [DeadLetter.SUBJECT + ".>"], max_age_s=30 * 86400, max_bytes=256 * MIB,
+               max_msg_size=16 * KIB),
 )
 PLANS_FILTER = "aura.plans.>"
-STREAM_OF_SUBJECT = {subj: spec.name for spec in STREAMS for subj in spec.subjects}
 CANDLE_BUCKET = "aura_candles"  # object store: encoded panels by digest
 PARAMS_BUCKET = "aura_params"  # KV: live strategy parameters (key "strategy"); revision = params version
 STATE_BUCKET = "aura_state"  # KV: service state that must survive restarts (replay cursor, regime, halt latch)
+
+
+class ConsumerSpec(msgspec.Struct, frozen=True):
+    """A durable pull consumer.  Provisioned by the operator (``aura bus provision``), never by the service that
+    reads it: a service that may create consumers could also create push consumers that make the server
+    deliver stored messages to subjects it may not publish on (nats-server issue 8274)."""
+
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 1
+
+
+CONSUMERS: dict[str, ConsumerSpec] = {
+    "signal": ConsumerSpec("AURA_DATA", "signal", DataReady.SUBJECT),
+    "risk": ConsumerSpec("AURA_TARGETS", "risk", TargetPortfolio.SUBJECT),
+    # After a crash the unacked plan comes back this long after it was delivered (boot recovery has usually
+    # finished it already); a live plan heartbeats (in-progress acks) to keep it from expiring.
+    "executor": ConsumerSpec("AURA_PLANS", "executor", PLANS_FILTER),
+}
+
+
+def subject_of(msg: Contract) -> str:
+    """The subject ``msg`` is published on: a stage's abort notices go on the stage's own subject."""
+    if isinstance(msg, CycleAborted):
+        return f"{CycleAborted.SUBJECT}.{msg.stage}"
+    return msg.SUBJECT
+
+
+def stream_of(subject: str) -> str:
+    """The stream that stores ``subject`` (token-wise match against each stream's subject filters)."""
+    tokens = subject.split(".")
+    for spec in STREAMS:
+        for pattern in spec.subjects:
+            parts = pattern.split(".")
+            if parts[-1] == ">" and len(tokens) >= len(parts) and _match(tokens[:len(parts) - 1], parts[:-1]):
+                return spec.name
+            if len(tokens) == len(parts) and _match(tokens, parts):
+                return spec.name
+    raise KeyError(f"no stream stores subject {subject!r}")
+
+
+def _match(tokens: list[str], parts: list[str]) -> bool:
+    return all(p in ("*", t) for t, p in zip(tokens, parts, strict=True))
 
 
 def encode(msg: Contract) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import signal
 import sys
@@ -19,8 +18,9 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from shared.bus import connect, ensure_streams
+from shared.bus import BusNotProvisioned, close, connect
 from shared.config import ConfigError, Settings, load_settings
+from shared.credentials import CredentialError
 from shared.health import HealthState, start_health_server, stop_health_server
 from shared.logging import error, info, setup_logging
 
@@ -82,9 +82,8 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
     def on_bus(up: bool) -> None:
         health.bus_connected = up
 
-    nc = await connect(settings.nats_url, name, logger, on_bus)
+    nc = await connect(settings, name, logger, on_bus)
     js = nc.jetstream()
-    await ensure_streams(js, settings.dedup_window_s)
     ctx = ServiceContext(name, settings, logger, nc, js, health, stop)
     body_task = asyncio.create_task(body(ctx), name=f"{name}-body")
     stop_task = asyncio.create_task(stop.wait())
@@ -92,7 +91,10 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
     code = 0
     if body_task in done and body_task.exception() is not None:
         exc = body_task.exception()
-        error(logger, "FATAL", f"{name} stopped on an unexpected error", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, CredentialError | BusNotProvisioned | ConfigError):
+            error(logger, "FATAL", f"{name} could not start: {exc}")  # a setup problem, said plainly
+        else:
+            error(logger, "FATAL", f"{name} stopped on an unexpected error", error=f"{type(exc).__name__}: {exc}")
         code = 1
     stop.set()
     if not body_task.done():
@@ -104,10 +106,7 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
     info(logger, "SHUTDOWN", f"{name} stopping")
     # Every publish was already confirmed by a PubAck, so a flush and close lose nothing; drain() would
     # wait on the pull subscriptions' in-flight fetches and stall shutdown.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.flush(), timeout=2)
-    with contextlib.suppress(Exception):
-        await nc.close()
+    await close(nc)
     await stop_health_server(server)
     return code
 
@@ -119,12 +118,12 @@ def run_service(name: str, body: ServiceBody) -> int:
         print(f"aura-{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     logger = setup_logging(name, settings.log_level)
-    info(logger, "BOOT", f"{name} starting", nats_url=settings.nats_url, home=str(settings.home_path))
+    info(logger, "BOOT", f"{name} starting", nats_url=settings.nats_url or "(run file)", home=str(settings.home_path))
     try:
         return asyncio.run(_run(name, settings, body, logger))
     except KeyboardInterrupt:
         return 0
-    except (OSError, RuntimeError, SystemExit) as exc:
+    except (OSError, RuntimeError, SystemExit, ConfigError, CredentialError) as exc:
         # Start-up failures (port taken, NATS unreachable, missing key) end with one clear line, not a loop.
         error(logger, "FATAL", f"{name} could not start: {exc}")
         return 1

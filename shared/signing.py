@@ -1,8 +1,11 @@
-"""Ed25519 signing of approved plans.
+"""Ed25519 signing of what crosses the bus and must not be forged.
 
-Only the risk service holds the private key; the executor holds the public key and refuses any plan whose
-signature does not verify.  That is what makes the risk gate non-bypassable: a process that can publish on
-the bus still cannot produce a plan the executor will run.
+Only the risk service holds the private key that signs plans; the executor holds the public key and refuses
+any plan whose signature does not verify.  That is what makes the risk gate non-bypassable: a process that
+can publish on the bus still cannot produce a plan the executor will run.  The same scheme signs the
+executor's portfolio snapshots (verified by risk), the kill-switch latch (risk) and parameter documents
+(optimizer or operator): :func:`sign_struct` / :func:`verify_struct` over the canonical bytes of a struct
+whose ``signature`` and ``key_id`` fields are empty.  Where the key files live: ``shared.credentials``.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any, TypeVar
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.contracts import ApprovedPlan, PlanBody, canonical_bytes
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class SignatureError(ValueError):
@@ -77,3 +84,27 @@ def verify_plan(plan: ApprovedPlan, key: Ed25519PublicKey) -> None:
         key.verify(bytes.fromhex(plan.signature), canonical_bytes(plan.plan))
     except (InvalidSignature, ValueError) as exc:
         raise SignatureError("signature does not verify") from exc
+
+
+def _unsigned_bytes(obj: Any) -> bytes:
+    return canonical_bytes(msgspec.structs.replace(obj, signature="", key_id=""))
+
+
+def sign_struct(obj: S, key: Ed25519PrivateKey) -> S:
+    """``obj`` with its ``signature`` and ``key_id`` fields set (a frozen struct with both fields)."""
+    return msgspec.structs.replace(obj, signature=key.sign(_unsigned_bytes(obj)).hex(),
+                                   key_id=key_id(key.public_key()))
+
+
+def verify_struct(obj: Any, keys: dict[str, Ed25519PublicKey]) -> str:
+    """The name of the key in ``keys`` that signed ``obj``; SignatureError if none did."""
+    for name, key in keys.items():
+        if obj.key_id == key_id(key):
+            try:
+                key.verify(bytes.fromhex(obj.signature), _unsigned_bytes(obj))
+            except (InvalidSignature, ValueError) as exc:
+                raise SignatureError(f"signature by {name}'s key does not verify") from exc
+            return name
+    if not obj.signature:
+        raise SignatureError("unsigned")
+    raise SignatureError(f"signed by unknown key {obj.key_id!r}")

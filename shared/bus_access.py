@@ -1,0 +1,207 @@
+"""Who may do what on the bus: the permission matrix, written once, and the nats-server configuration made from it.
+
+Every principal (five services and the operator's CLI) authenticates with its own NKey; anonymous clients are
+refused.  Each may publish, consume, read or write exactly what the matrix below grants, down to single
+subjects, KV keys and durable consumers, and nothing else: the server refuses the rest.  ARCHITECTURE.md shows
+the same matrix (``python -m shared.bus_access`` prints it; a test keeps the two equal), and
+``tests/security/test_permission_matrix.py`` walks it against a running server with every credential.
+
+Design points, each a defence the threat model asks for:
+
+* Streams, buckets and durable consumers are provisioned by the operator (``provision_bus``); no service can
+  create, change or delete one.  In particular no service may create consumers: a push consumer makes the
+  server deliver stored messages to any subject its creator names (nats-server issue 8274), a way to publish
+  around the publish permissions.
+* Reads use direct gets whose subject names what is read (``$JS.API.DIRECT.GET.<stream>.<subject>``), so a
+  reader is granted single subjects and single KV keys, not whole streams.
+* Each principal gets replies on its own inbox prefix (``_INBOX_<principal>``), so no client can read another's
+  request replies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from shared.contracts import (
+    CANDLE_BUCKET,
+    CONSUMERS,
+    MAX_PAYLOAD,
+    PARAMS_BUCKET,
+    STATE_BUCKET,
+    ApprovedPlan,
+    CycleAborted,
+    DataReady,
+    DataStale,
+    DeadLetter,
+    FillMsg,
+    PortfolioSnapshot,
+    TargetPortfolio,
+    stream_of,
+)
+from shared.credentials import PRINCIPALS
+
+# Access words (the cells of the matrix).
+PUBLISH, CONSUME, READ, SUBSCRIBE, WRITE, MANAGE = "publish", "consume", "read", "subscribe", "write", "manage"
+SERVICES = PRINCIPALS[:-1]
+
+
+def inbox_prefix(principal: str) -> str:
+    return f"_INBOX_{principal}"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One row of the matrix: a subject, a KV key pattern, an object bucket, or stream management."""
+
+    label: str
+    kind: str  # "subject" | "kv" | "object" | "admin"
+    grants: dict[str, tuple[str, ...]]  # principal -> access words
+    subject: str = ""
+    bucket: str = ""
+    key: str = ""  # KV key or key pattern (NATS wildcards)
+    revisions: bool = False  # KV: readers may also read older revisions by sequence (parameter versions)
+
+    def nats(self, principal: str) -> tuple[list[str], list[str]]:
+        """(publish, subscribe) subjects granting ``principal`` its access to this resource."""
+        pub: list[str] = []
+        sub: list[str] = []
+        for access in self.grants.get(principal, ()):
+            if self.kind == "subject":
+                stream = stream_of(self.subject) if access in (READ, CONSUME) else ""
+                if access == PUBLISH:
+                    pub.append(self.subject)
+                elif access == SUBSCRIBE:
+                    sub.append(self.subject)
+                elif access == READ:
+                    pub.append(f"$JS.API.DIRECT.GET.{stream}.{self.subject}")
+                elif access == CONSUME:
+                    spec = CONSUMERS[principal]
+                    pub += [f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
+                            f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}",
+                            f"$JS.ACK.{spec.stream}.{spec.durable}.>"]
+            elif self.kind == "kv":
+                stream = f"KV_{self.bucket}"
+                pub.append(f"$JS.API.STREAM.INFO.{stream}")
+                if access == WRITE:
+                    pub.append(f"$KV.{self.bucket}.{self.key}")
+                elif access == READ:
+                    pub.append(f"$JS.API.DIRECT.GET.{stream}.$KV.{self.bucket}.{self.key}")
+                    if self.revisions:
+                        pub.append(f"$JS.API.DIRECT.GET.{stream}")
+            elif self.kind == "object":
+                stream = f"OBJ_{self.bucket}"
+                pub += [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
+                if access == WRITE:
+                    # nats-py's ObjectStore.put binds the bucket, looks the name up, and purges the chunks of an
+                    # object it replaces.
+                    pub += [f"$O.{self.bucket}.>", f"$JS.API.STREAM.INFO.{stream}",
+                            f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.STREAM.PURGE.{stream}"]
+            elif self.kind == "admin" and access == MANAGE:
+                # The API, and flow-control replies of the ordered consumers the operator reads through.
+                pub += ["$JS.API.>", "$JS.FC.>"]
+        return pub, sub
+
+
+def _subject(subject: str, **grants: tuple[str, ...]) -> Resource:
+    return Resource(subject, "subject", dict(grants), subject=subject)
+
+
+def _kv(bucket: str, key: str, revisions: bool = False, **grants: tuple[str, ...]) -> Resource:
+    return Resource(f"KV `{bucket}` key `{key}`", "kv", dict(grants), bucket=bucket, key=key, revisions=revisions)
+
+
+R, W, P, C, S = (READ,), (WRITE,), (PUBLISH,), (CONSUME,), (SUBSCRIBE,)
+RW = (READ, WRITE)
+
+MATRIX: tuple[Resource, ...] = (
+    _subject(DataReady.SUBJECT, ingest=P, signal=C, risk=R, executor=R, operator=R),
+    _subject(DataStale.SUBJECT, ingest=P, risk=(SUBSCRIBE, READ), executor=R, operator=R),
+    _subject(TargetPortfolio.SUBJECT, signal=P, risk=C, operator=R),
+    _subject(ApprovedPlan.SUBJECT, risk=P, executor=C, operator=R),
+    *(_subject(f"{CycleAborted.SUBJECT}.{stage}", **{stage: P}, executor=C, operator=R)
+      for stage in ("ingest", "signal", "risk")),
+    _subject(FillMsg.SUBJECT, executor=P, operator=R),
+    _subject(PortfolioSnapshot.SUBJECT, executor=P, ingest=S, risk=R, operator=R),
+    *(_subject(f"{DeadLetter.SUBJECT}.{svc}", **{svc: P}, operator=R) for svc in SERVICES),
+    Resource(f"object store `{CANDLE_BUCKET}`", "object", {"ingest": W, "signal": R, "risk": R, "operator": R},
+             bucket=CANDLE_BUCKET),
+    _kv(PARAMS_BUCKET, "strategy", revisions=True, optimizer=RW, operator=RW, signal=R, risk=R),
+    _kv(STATE_BUCKET, "ingest.>", ingest=RW, operator=R),
+    _kv(STATE_BUCKET, "signal.>", signal=RW, operator=R),
+    _kv(STATE_BUCKET, "risk.>", risk=RW, operator=R),
+    _kv(STATE_BUCKET, "operator.>", operator=RW, risk=R),
+    Resource("JetStream management: create/update streams, buckets, durable consumers", "admin",
+             {"operator": (MANAGE,)}),
+)
+
+# The operator manages JetStream but may not destroy what the system keeps as its record.
+OPERATOR_DENY = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=list)
+    publish_deny: list[str] = field(default_factory=list)
+
+
+def permissions(principal: str) -> Permissions:
+    pub: list[str] = []
+    sub: list[str] = [f"{inbox_prefix(principal)}.>"]
+    for row in MATRIX:
+        p, s = row.nats(principal)
+        pub += [x for x in p if x not in pub]
+        sub += [x for x in s if x not in sub]
+    deny = list(OPERATOR_DENY) if principal == "operator" else []
+    return Permissions(pub, sub, deny)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_file: str
+    key_file: str
+
+
+def server_config(users: dict[str, str], host: str, port: int, store_dir: str, tls: TlsFiles | None = None,
+                  monitor_port: int | None = None) -> str:
+    """The nats-server configuration (JSON is valid NATS config syntax): NKey users with their permissions,
+    JetStream, payload and connection limits, optional TLS.  ``users``: principal -> public NKey."""
+    entries = []
+    for principal in PRINCIPALS:
+        perm = permissions(principal)
+        publish: dict[str, list[str]] = {"allow": perm.publish}
+        if perm.publish_deny:
+            publish["deny"] = perm.publish_deny
+        entries.append({"nkey": users[principal], "permissions": {"publish": publish,
+                                                                  "subscribe": {"allow": perm.subscribe}}})
+    conf: dict[str, object] = {
+        "host": host, "port": port,
+        "max_payload": MAX_PAYLOAD,
+        "max_connections": 512,
+        "max_control_line": 4096,
+        "jetstream": {"store_dir": store_dir, "max_file_store": 8 * 1024**3, "max_memory_store": 256 * 1024**2},
+        "authorization": {"users": entries, "timeout": 2},
+    }
+    if tls is not None:
+        conf["tls"] = {"cert_file": tls.cert_file, "key_file": tls.key_file, "timeout": 2}
+    if monitor_port is not None:
+        conf["http"] = f"127.0.0.1:{monitor_port}"
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def matrix_markdown() -> str:
+    """The permission matrix as the Markdown table ARCHITECTURE.md carries."""
+    head = "| resource | " + " | ".join(PRINCIPALS) + " |"
+    rule = "|---|" + "---|" * len(PRINCIPALS)
+    rows = []
+    for row in MATRIX:
+        label = row.label if row.kind != "subject" else f"`{row.label}`"
+        cells = [", ".join(row.grants.get(p, ())) or "·" for p in PRINCIPALS]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(matrix_markdown())
