@@ -1,53 +1,236 @@
-"""Live strategy parameters from the JetStream KV bucket (hot reload between cycles, never mid-cycle).
+"""Live strategy parameters: signed, versioned documents in the KV bucket ``aura_params`` (key ``strategy``).
 
-The KV revision is the parameter *version*: the signal service reads the newest revision at the start of
-a cycle and records it in the target; risk then fetches exactly that revision, so one cycle never mixes
-two parameter sets even if the optimizer promotes a new one while the cycle is in flight.
-Version 0 means "no document promoted yet": the shipped defaults.
+The KV revision is the parameter *version*: the signal service reads the newest valid revision at the start of
+a cycle and records it in the target; risk then fetches exactly that revision, so one cycle never mixes two
+parameter sets even if a new one is promoted while the cycle is in flight.  Version 0 means "no document
+promoted yet": the shipped defaults.
+
+Every document is signed (Ed25519) by the optimizer or the operator and says who promoted it and why.  A
+reader verifies the signature against the keys it pinned (``shared.credentials.trusted_keys``) and validates
+the parameters; a document that fails is refused, logged ``[PARAMS_REFUSED]`` and counted, and the reader
+keeps running on the last valid version (:class:`ParamsTracker`), so a bad document can never stop the risk
+tick's stop-loss checks.
 """
 
 from __future__ import annotations
 
-import msgspec
-from nats.js import JetStreamContext
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
 
-from aura.strategy.params import StrategyParams, validate_params
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+
+from aura.strategy.params import FIELDS, StrategyParams, params_digest, validate_params
 from shared.bus import params_kv
+from shared.health import HealthState
+from shared.logging import error, info
+from shared.signing import SignatureError, sign_struct, verify_struct
 
 PARAMS_KEY = "strategy"
+# Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
+SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params"})
 
 
 class ParamsError(ValueError):
     pass
 
 
-def parse_params(raw: bytes) -> StrategyParams:
+class ParamsDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    params: StrategyParams
+    promoted_by: str
+    reason: str
+    promoted_at_ms: int
+    record: dict[str, Any] = {}  # the optimizer's gate record (report digest, folds, test values)
+    signature: str = ""
+    key_id: str = ""
+
+
+def validated(params: StrategyParams) -> StrategyParams:
     try:
-        params = msgspec.json.decode(raw, type=StrategyParams)
         validate_params(params)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-        raise ParamsError(f"invalid parameter document: {exc}") from exc
+    except ValueError as exc:
+        raise ParamsError(f"invalid parameters: {exc}") from exc
     return params
 
 
-async def load_params(js: JetStreamContext, revision: int | None = None) -> tuple[StrategyParams, int]:
-    """(params, version). ``revision`` pins an exact version; None takes the newest."""
-    if revision == 0:
-        return StrategyParams(), 0
+def params_from_user(doc: Any, base: StrategyParams) -> StrategyParams:
+    """Parameters from a document a person wrote: the bare parameters or what `aura params show` printed.
+
+    Unknown keys are an error that names them; keys left out keep their value in ``base`` (the live version),
+    so ``{"top_k": 2}`` changes one knob instead of silently resetting the others to the shipped defaults.
+    """
+    if not isinstance(doc, dict):
+        raise ParamsError("a parameter document is a JSON object")
+    if "params" in doc:
+        unknown = sorted(set(doc) - SHOW_KEYS)
+        if unknown:
+            raise ParamsError(f"unknown keys {unknown} around 'params' (allowed: {sorted(SHOW_KEYS)})")
+        doc = doc["params"]
+        if not isinstance(doc, dict):
+            raise ParamsError("'params' must be a JSON object")
+    unknown = sorted(set(doc) - set(FIELDS))
+    if unknown:
+        raise ParamsError(f"unknown parameters {unknown}")
+    merged = {**msgspec.to_builtins(base), **doc}
+    try:
+        params = msgspec.convert(merged, type=StrategyParams)
+    except msgspec.ValidationError as exc:
+        raise ParamsError(f"invalid parameters: {exc}") from exc
+    return validated(params)
+
+
+def sign_document(params: StrategyParams, key: Ed25519PrivateKey, promoted_by: str, reason: str,
+                  record: dict[str, Any] | None = None, now_ms: int | None = None) -> ParamsDocument:
+    doc = ParamsDocument(params=validated(params), promoted_by=promoted_by, reason=reason,
+                         promoted_at_ms=int(time.time() * 1000) if now_ms is None else now_ms, record=record or {})
+    return sign_struct(doc, key)
+
+
+def verify_document(raw: bytes, trusted: dict[str, Ed25519PublicKey]) -> tuple[ParamsDocument, str]:
+    """(document, signer name); ParamsError if it is malformed, unsigned, forged or out of range."""
+    try:
+        doc = msgspec.json.decode(raw, type=ParamsDocument)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ParamsError(f"malformed parameter document: {exc}") from exc
+    try:
+        signer = verify_struct(doc, trusted)
+    except SignatureError as exc:
+        raise ParamsError(f"parameter document refused: {exc}") from exc
+    validated(doc.params)
+    return doc, signer
+
+
+async def promote(js: JetStreamContext, doc: ParamsDocument) -> int:
+    """Write a signed document; returns its version.  Only the optimizer and the operator may (permissions)."""
+    kv = await params_kv(js)
+    return int(await kv.put(PARAMS_KEY, msgspec.json.encode(doc)))
+
+
+async def _entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int] | None:
     kv = await params_kv(js)
     try:
         entry = await kv.get(PARAMS_KEY, revision=revision) if revision else await kv.get(PARAMS_KEY)
-    except Exception as exc:
-        if revision:
-            raise ParamsError(f"parameter version {revision} not found: {exc}") from exc
-        return StrategyParams(), 0
+    except (KeyNotFoundError, NotFoundError):
+        return None
     if entry.value is None:
-        return StrategyParams(), 0
-    return parse_params(entry.value), int(entry.revision or 0)
+        return None
+    return entry.value, int(entry.revision or 0)
 
 
-async def promote_params(js: JetStreamContext, params: StrategyParams) -> int:
-    """Publish a validated parameter set; returns its version. Only the optimizer (or an operator) calls it."""
-    validate_params(params)
+async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
+                       revision: int | None = None) -> tuple[StrategyParams, int, ParamsDocument | None]:
+    """(params, version, document) of ``revision`` (None: the newest); ParamsError if it is missing or invalid.
+    Version 0 (or an empty bucket when asking for the newest) is the shipped defaults."""
+    if revision == 0:
+        return StrategyParams(), 0, None
+    found = await _entry(js, revision)
+    if found is None:
+        if revision:
+            raise ParamsError(f"parameter version {revision} not found")
+        return StrategyParams(), 0, None
+    raw, version = found
+    doc, _ = verify_document(raw, trusted)
+    return doc.params, version, doc
+
+
+async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
+                  ) -> list[tuple[int, ParamsDocument | None, str]]:
+    """Every stored version, oldest first: (version, document or None, why it is refused or "")."""
     kv = await params_kv(js)
-    return int(await kv.put(PARAMS_KEY, msgspec.json.encode(params)))
+    try:
+        entries = await kv.history(PARAMS_KEY)
+    except (KeyNotFoundError, NoKeysError, NotFoundError):  # nothing promoted yet
+        return []
+    out: list[tuple[int, ParamsDocument | None, str]] = []
+    for entry in entries:
+        if entry.value is None:
+            continue
+        try:
+            doc, _ = verify_document(entry.value, trusted)
+            out.append((int(entry.revision or 0), doc, ""))
+        except ParamsError as exc:
+            out.append((int(entry.revision or 0), None, str(exc)))
+    return out
+
+
+class ParamsTracker:
+    """The newest *valid* parameter version, for a service that reads the newest (signal, the risk tick).
+
+    A refused newer version leaves the last valid one in force; readiness stays green (the service keeps
+    doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest
+    version, older versions are tried newest first, then the shipped defaults.
+    """
+
+    def __init__(self, js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], health: HealthState,
+                 logger: logging.Logger) -> None:
+        self.js, self.trusted, self.health, self.logger = js, trusted, health, logger
+        self.params, self.version = StrategyParams(), 0
+        self.loaded = False
+        self.refused: dict[int, str] = {}
+        health.checks["params"] = self.check
+
+    def check(self) -> tuple[bool, str]:
+        text = f"version {self.version} digest {params_digest(self.params)}"
+        newest_refused = max(self.refused, default=0)
+        if newest_refused > self.version:
+            text += f"; refused version {newest_refused}: {self.refused[newest_refused][:200]}"
+        return True, text
+
+    def _refuse(self, version: int, why: str) -> None:
+        if version in self.refused:
+            return
+        self.refused[version] = why
+        self.health.inc("params_refused")
+        self.health.set("params_refused_version", version)
+        error(self.logger, "PARAMS_REFUSED", "parameter document refused; keeping the last valid version",
+              version=version, error=why[:300], in_force=self.version)
+
+    async def follow(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
+        """Re-read the newest version every ``period_s`` until ``stop``, so a refused document shows in readiness
+        and metrics when it is written, not only at the next cycle."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period_s)
+                return
+            try:
+                await self.current()
+            except Exception as exc:  # the bus is down: the next cycle or poll will tell
+                self.health.inc("params_read_errors")
+                error(self.logger, "PARAMS", "could not read the parameter bucket", error=f"{type(exc).__name__}: "
+                      f"{exc}"[:200])
+
+    async def current(self) -> tuple[StrategyParams, int]:
+        found = await _entry(self.js, None)
+        if found is None:
+            self.loaded = True
+            return self.params, self.version
+        raw, newest = found
+        if newest == self.version and self.loaded:
+            return self.params, self.version
+        candidates: list[tuple[bytes, int]] = [(raw, newest)]
+        if not self.loaded:  # at start: fall back through older versions if the newest is bad
+            for revision in range(newest - 1, max(0, newest - 64), -1):
+                older = await _entry(self.js, revision)
+                if older is not None:
+                    candidates.append(older)
+        for data, version in candidates:
+            if version in self.refused:
+                continue
+            try:
+                doc, signer = verify_document(data, self.trusted)
+            except ParamsError as exc:
+                self._refuse(version, str(exc))
+                continue
+            if version != self.version:
+                info(self.logger, "PARAMS", "parameter version in force", version=version, signer=signer,
+                     promoted_by=doc.promoted_by, digest=params_digest(doc.params))
+            self.params, self.version = doc.params, version
+            break
+        self.loaded = True
+        self.health.set("params_version", self.version)
+        return self.params, self.version

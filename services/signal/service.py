@@ -6,23 +6,25 @@ so a redelivered "data ready" recomputes from the same input state and yields th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import msgspec
 import numpy as np
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import NotFoundError
 
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.schedule import is_decision_bar, timeframe_ms
 from aura.strategy.signal import compute_targets
 from aura.strategy.state import SignalState
 from aura.strategy.types import Panel
-from shared.bus import candle_store, durable_pull, kv_get, publish, pull_loop, state_kv, verified_candles
+from shared.bus import RedeliveryAlarm, durable_pull, kv_get, publish, pull_loop, state_kv, verified_candles
 from shared.candles import decode_panel
 from shared.consumer import Reject, handle
-from shared.contracts import CycleAborted, DataReady, TargetPortfolio, content_id
-from shared.live_params import load_params
+from shared.contracts import CONSUMERS, CycleAborted, DataReady, TargetPortfolio, content_id
+from shared.credentials import PARAMS_SIGNERS, trusted_keys
+from shared.live_params import ParamsTracker
 from shared.logging import info
 from shared.service import ServiceContext, warm_decision_kernels
 
@@ -62,22 +64,24 @@ def make_target(ready: DataReady, panel: Panel, params: StrategyParams, params_v
 async def run(ctx: ServiceContext) -> None:
     if not await warm_decision_kernels(ctx):
         return
-    store = await candle_store(ctx.js)
     kv = await state_kv(ctx.js)
-    sub = await durable_pull(ctx.js, DataReady.SUBJECT, durable="signal", ack_wait_s=30)
-    ctx.health.checks["consumer"] = lambda: (True, "durable consumer 'signal' bound")
+    tracker = ParamsTracker(ctx.js, trusted_keys(ctx.settings.keys, "signal", PARAMS_SIGNERS), ctx.health, ctx.logger)
+    await tracker.current()
+    follower = asyncio.create_task(tracker.follow(ctx.stop))
+    sub = await durable_pull(ctx.js, CONSUMERS["signal"])
+    alarm = RedeliveryAlarm(ctx.health, "signal")
 
     async def on_ready(ready: DataReady) -> None:
         try:
-            data = await verified_candles(store, ready.digest)
-        except (ObjectNotFoundError, NotFoundError) as exc:
+            data = await verified_candles(ctx.js, ready.digest)
+        except NotFoundError as exc:
             raise Reject("missing_candles", f"object {ready.digest[:16]} not in candle store: {exc}") from exc
         # Any other failure (a timeout right after a reconnect) propagates: the consumer redelivers it.
         if data is None:
             raise Reject("digest_mismatch", f"candle object does not hash to {ready.digest[:16]}")
         panel = decode_panel(data)
         check_panel(panel, ready)
-        params, version = await load_params(ctx.js)
+        params, version = await tracker.current()
         if not is_decision_bar(ready.as_of_ms, timeframe_ms(ready.timeframe), params.rebalance_every):
             # Same schedule as the backtester: between decision bars only the risk tick acts.
             await publish(ctx.js, CycleAborted(cycle_id=ready.cycle_id, stage="signal",
@@ -98,7 +102,10 @@ async def run(ctx: ServiceContext) -> None:
     async def on_msg(msg: Any) -> None:
         await handle(ctx, msg, DataReady, on_ready)
 
-    await pull_loop(sub, on_msg, ctx.stop, ctx.logger)
+    try:
+        await pull_loop(sub, on_msg, ctx.stop, ctx.logger, alarm)
+    finally:
+        follower.cancel()
 
 
 def _dict(state: SignalState | None) -> dict[str, Any] | None:

@@ -1,0 +1,139 @@
+"""``aura params show|set|history|diff|rollback``: the live strategy parameters as an operator handles them.
+
+Every command talks to the system running on this AURA_HOME (its run file) or ``AURA_NATS_URL``, as the
+operator, and never creates anything on the bus.  ``show`` prints a document ``set`` accepts back, so
+``aura params show > p.json``, an edit, and ``aura params set p.json --reason ...`` changes exactly what was
+edited; unknown keys are an error that names them.  Every promoted version is signed with the operator's key
+and records who promoted it and why; ``rollback`` promotes an older version's parameters as a new version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aura.strategy.params import FIELDS, StrategyParams, params_digest
+from shared.bus import BusNotProvisioned, BusUnavailable, session
+from shared.config import Settings, settings_for_command
+from shared.credentials import PARAMS_SIGNERS, CredentialError, signing_key, trusted_keys
+from shared.live_params import (
+    ParamsDocument,
+    ParamsError,
+    history,
+    params_from_user,
+    promote,
+    read_version,
+    sign_document,
+)
+
+
+def shown(version: int, doc: ParamsDocument | None, params: StrategyParams) -> dict[str, Any]:
+    """The document `show` prints (and `set` accepts back)."""
+    out: dict[str, Any] = {"version": version, "digest": params_digest(params)}
+    if doc is not None:
+        out.update(promoted_by=doc.promoted_by, reason=doc.reason, promoted_at_ms=doc.promoted_at_ms)
+        if doc.record:
+            out["record"] = doc.record
+    out["params"] = msgspec.to_builtins(params)
+    return out
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z" if ms else "-"
+
+
+def _diff(a: StrategyParams, b: StrategyParams) -> list[tuple[str, Any, Any]]:
+    return [(f, getattr(a, f), getattr(b, f)) for f in FIELDS if getattr(a, f) != getattr(b, f)]
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    async with session(settings, "operator") as nc:  # first: "no system running" says so before any key check
+        trusted = trusted_keys(settings.keys, "operator", PARAMS_SIGNERS)
+        js = nc.jetstream()
+        if args.action == "show":
+            params, version, doc = await read_version(js, trusted, args.version)
+            print(json.dumps(shown(version, doc, params), indent=2))
+            return 0
+        if args.action == "history":
+            for version, doc, problem in await history(js, trusted):
+                if doc is None:
+                    print(f"{version:>4}  REFUSED  {problem}")
+                else:
+                    print(f"{version:>4}  {params_digest(doc.params)}  {_when(doc.promoted_at_ms)}  "
+                          f"{doc.promoted_by}  {doc.reason}")
+            return 0
+        if args.action == "diff":
+            a = (await read_version(js, trusted, args.a))[0]
+            b = (await read_version(js, trusted, args.b))[0]
+            changes = _diff(a, b)
+            for name, old, new in changes:
+                print(f"{name}: {old} -> {new}")
+            if not changes:
+                print(f"versions {args.a} and {args.b} hold the same parameters")
+            return 0
+        # The base is the newest *valid* version: a refused newer document must not stop the operator fixing it.
+        valid = [(v, d) for v, d, _ in await history(js, trusted) if d is not None]
+        version, current = (valid[-1][0], valid[-1][1].params) if valid else (0, StrategyParams())
+        if args.action == "set":
+            try:
+                doc = json.loads(Path(args.file).read_text())
+            except (OSError, ValueError) as exc:
+                raise ParamsError(f"cannot read {args.file}: {exc}") from exc
+            params = params_from_user(doc, current)
+            reason = args.reason
+        else:  # rollback
+            params = (await read_version(js, trusted, args.version))[0]
+            reason = f"rollback to version {args.version}: {args.reason}"
+        changes = _diff(current, params)
+        if not changes:
+            print(f"no change: version {version} already holds these parameters", file=sys.stderr)
+            return 0
+        signed = sign_document(params, signing_key(settings.keys, "operator"), f"operator:{getpass.getuser()}",
+                               reason)
+        new_version = await promote(js, signed)
+        for name, old, new in changes:
+            print(f"  {name}: {old} -> {new}", file=sys.stderr)
+        print(f"promoted parameter version {new_version} (digest {params_digest(params)}); live services use it "
+              "from their next cycle")
+        return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_for_command("aura params")
+    if settings is None:
+        return 2
+    try:
+        return asyncio.run(_run(settings, args))
+    except ParamsError as exc:
+        print(f"aura params {args.action}: {exc}", file=sys.stderr)
+        return 2
+    except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
+        print(f"aura params: {exc}", file=sys.stderr)
+        return 1
+
+
+def add_params_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("params", help="show, promote, compare or roll back the live strategy parameters")
+    sub = p.add_subparsers(dest="action", required=True)
+    show = sub.add_parser("show", help="print a version (default: the newest) as a document `set` accepts")
+    show.add_argument("--version", type=int, default=None, help="the version to show")
+    put = sub.add_parser("set", help="promote the parameters in a JSON file as a new version")
+    put.add_argument("file", help="JSON: bare parameters, or what `params show` printed; omitted keys keep "
+                                  "their live value")
+    put.add_argument("--reason", required=True, help="why: recorded with the version")
+    sub.add_parser("history", help="every stored version: digest, time, who promoted it and why")
+    diff = sub.add_parser("diff", help="the parameters that differ between two versions")
+    diff.add_argument("a", type=int, help="a version")
+    diff.add_argument("b", type=int, help="another version")
+    back = sub.add_parser("rollback", help="promote an older version's parameters as a new version")
+    back.add_argument("version", type=int, help="the version to return to")
+    back.add_argument("--reason", required=True, help="why: recorded with the new version")
+    p.set_defaults(func=run)
