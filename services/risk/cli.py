@@ -1,10 +1,10 @@
-"""``aura risk status|reset``: inspect or clear the kill-switch latch (KV ``risk.halted`` in ``aura_state``).
+"""``aura risk status|reset``: inspect the kill-switch latch, or ask risk to clear it.
 
 The kill-switch latches: once the rolling drawdown breaches its threshold the risk service liquidates and every
-later plan stays in cash until an operator resets it here.  A reset is written as a new revision (not a delete)
-so the bucket's history shows who reset it and when; the risk service reads it at its next cycle or tick.
-Its ``reset_at_ms`` re-arms the switch: drawdown is measured from equity committed after the reset
-(``services.risk.tick.equity_since_reset``), so the peak before the crash cannot latch it again.
+later plan stays in cash until an operator resets it.  Only risk may write the latch (bus permissions), so a
+reset is a request: this command writes ``operator.reset`` signed with the operator's key, and risk applies it
+at its next cycle or tick (``services.risk.latch``), which re-arms the switch from the equity at that moment.
+Both keys keep their history in the bucket, so who reset it, when and why stays visible.
 """
 
 from __future__ import annotations
@@ -18,36 +18,45 @@ import time
 from typing import Any
 
 import msgspec
-import nats
 
-from shared.bus import kv_get, state_kv
-from shared.config import settings_for_command
+from services.risk.latch import RESET_KEY, read_latch, read_reset, reset_request
+from shared.bus import BusNotProvisioned, BusUnavailable, session, state_kv
+from shared.config import Settings, settings_for_command
+from shared.credentials import CredentialError, signing_key, trusted_key
 
-HALT_KEY = "risk.halted"  # the same key services.risk.service latches (kept here so the CLI imports no service)
-
-
-async def _status(url: str) -> dict[str, Any]:
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1)
-    try:
-        raw, revision = await kv_get(await state_kv(nc.jetstream()), HALT_KEY)
-        doc = msgspec.json.decode(raw) if raw else {"halted": False}
-        return {**doc, "revision": revision}
-    finally:
-        await nc.close()
+APPLY_WAIT_S = 10.0  # how long `reset` waits to see risk apply the request
 
 
-async def _reset(url: str, reason: str) -> dict[str, Any]:
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1)
-    try:
+async def _status(settings: Settings) -> dict[str, Any]:
+    async with session(settings, "operator") as nc:
         kv = await state_kv(nc.jetstream())
-        raw, _ = await kv_get(kv, HALT_KEY)
-        before = msgspec.json.decode(raw) if raw else {"halted": False}
-        doc = {"halted": False, "reset_by": getpass.getuser(), "reset_at_ms": int(time.time() * 1000),
-               "reason": reason, "was": before}
-        revision = await kv.put(HALT_KEY, msgspec.json.encode(doc))
-        return {**doc, "revision": int(revision)}
-    finally:
-        await nc.close()
+        latch, revision, problem = await read_latch(kv, trusted_key(settings.keys, "operator", "risk"))
+        reset, _ = await read_reset(kv, trusted_key(settings.keys, "operator", "operator"))
+        out: dict[str, Any] = {**msgspec.to_builtins(latch), "revision": revision}
+        out.pop("signature", None)
+        if problem:
+            out["problem"] = problem
+        if reset is not None and reset.requested_at_ms > latch.reset_at_ms:
+            out["pending_reset"] = {"requested_at_ms": reset.requested_at_ms, "by": reset.requested_by,
+                                    "reason": reset.reason}
+        return out
+
+
+async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]:
+    request = reset_request(f"operator:{getpass.getuser()}", reason, signing_key(settings.keys, "operator"))
+    risk_key = trusted_key(settings.keys, "operator", "risk")
+    async with session(settings, "operator") as nc:
+        kv = await state_kv(nc.jetstream())
+        was = (await read_latch(kv, risk_key))[0].halted  # an unverifiable latch reads as latched
+        await kv.put(RESET_KEY, msgspec.json.encode(request))
+        deadline = time.monotonic() + APPLY_WAIT_S
+        while time.monotonic() < deadline:
+            latch, _, _ = await read_latch(kv, risk_key)
+            if latch.reset_at_ms >= request.requested_at_ms:
+                return {"halted": latch.halted, "was_latched": was, "reset_at_ms": latch.reset_at_ms,
+                        "reset_by": latch.reset_by, "reason": latch.reason}, True
+            await asyncio.sleep(0.2)
+        return {"requested_at_ms": request.requested_at_ms, "was_latched": was, "reason": reason}, False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,14 +65,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.risk_command == "reset":
-            out = asyncio.run(_reset(settings.nats_url, args.reason))
-            was = "was latched" if out["was"].get("halted") else "was not latched"
-            print(f"[KILL_SWITCH] latch cleared ({was}); trading resumes at the next cycle, with the drawdown "
-                  "measured from the equity at this reset", file=sys.stderr)
+            out, applied = asyncio.run(_reset(settings, args.reason))
+            if applied:
+                print(f"[KILL_SWITCH] latch cleared by risk ({'was' if out['was_latched'] else 'was not'} latched); "
+                      "trading resumes at the next cycle, with the drawdown measured from the equity at this reset",
+                      file=sys.stderr)
+            else:
+                print("[KILL_SWITCH] reset recorded; risk applies it at its next cycle or tick (it did not within "
+                      f"{APPLY_WAIT_S:.0f}s: is the risk service running?)", file=sys.stderr)
         else:
-            out = asyncio.run(_status(settings.nats_url))
-    except Exception as exc:
-        print(f"aura risk: cannot reach NATS at {settings.nats_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            out = asyncio.run(_status(settings))
+    except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
+        print(f"aura risk: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(out, sort_keys=True))
     return 0
@@ -71,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
 def add_risk_parser(subparsers: Any) -> None:
     """Register ``risk status`` / ``risk reset`` on an argparse subparsers object (the ``aura`` console script)."""
-    p = subparsers.add_parser("risk", help="inspect or reset the kill-switch latch (AURA_NATS_URL)")
+    p = subparsers.add_parser("risk", help="inspect or reset the kill-switch latch")
     sub = p.add_subparsers(dest="risk_command", required=True)
-    sub.add_parser("status", help="show the kill-switch latch")
-    reset = sub.add_parser("reset", help="clear the kill-switch latch so trading can resume")
+    sub.add_parser("status", help="show the kill-switch latch (and a reset risk has not applied yet)")
+    reset = sub.add_parser("reset", help="ask risk to clear the kill-switch latch so trading can resume")
     reset.add_argument("--reason", default="operator reset", help="recorded with the reset")
     p.set_defaults(func=run)
 

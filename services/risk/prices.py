@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.bus import candle_store, last_message, verified_candles
+from shared.bus import last_message, verified_candles
 from shared.candles import decode_panel
 from shared.contracts import DataReady, MarketRuleMsg, content_id, decode
 from shared.logging import warn
@@ -56,7 +56,7 @@ class ReplayPrices:
             if ready is None:
                 return None
             if self._cache is None or self._cache[0] != ready.digest:
-                data = await verified_candles(await candle_store(self.ctx.js), ready.digest)
+                data = await verified_candles(self.ctx.js, ready.digest)
                 if data is None:
                     warn(self.ctx.logger, "RISK_TICK", "candle object does not match its digest; no prices",
                          digest=ready.digest[:16])

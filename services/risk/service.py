@@ -13,7 +13,13 @@ so a tick can never make the next cycle's plan stale.
 
 Ingest's ``DataStale`` notice (an incomplete snapshot) means "do not trade on it": that bar never produces a
 target, and risk refuses any target computed on data older than the newest notice (logged [DATA_STALE],
-dead-lettered ``stale_data``, the cycle aborted so it still ends in the journal).
+dead-lettered ``stale_data``, the cycle aborted so it still ends in the journal).  A notice dated more than one
+bar in the future is refused (dead-lettered ``stale_out_of_bounds``): it would block every later target.
+
+Nothing a peer publishes is trusted as is (``services.risk.inputs``, ``services.risk.verify``): a target is
+planned only on the prices, rules and forecasts of the data ingest announced for its cycle, a snapshot only if
+the executor signed it, parameters only if the optimizer or operator signed them.  A target that disagrees is
+refused ([FORGED_TARGET], dead-lettered, counted) and its cycle ends in the journal as aborted.
 """
 
 from __future__ import annotations
@@ -22,21 +28,23 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
 
 from aura.strategy.pipeline import RiskOutcome, risk_plan
+from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule, Targets
-from services.risk.cli import HALT_KEY  # one definition, shared with `aura risk reset`
+from services.risk.inputs import RiskInputs
 from services.risk.prices import PriceRead, PriceSource, make_price_source
 from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, TickDecision, evaluate_tick, latch_after, portfolio_state, tick_target
-from shared.bus import dead_letter, durable_pull, kv_get, last_message, publish, pull_loop, state_kv
+from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_target
+from shared.bus import RedeliveryAlarm, dead_letter, durable_pull, last_message, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
 from shared.contracts import (
+    CONSUMERS,
     ContractError,
     CycleAborted,
     DataStale,
@@ -48,12 +56,14 @@ from shared.contracts import (
     decode,
     plan_id_for,
 )
-from shared.live_params import ParamsError, load_params
+from shared.credentials import PARAMS_SIGNERS, trusted_keys
+from shared.live_params import ParamsError, ParamsTracker
 from shared.logging import error, info, warn
 from shared.service import ServiceContext, warm_decision_kernels
-from shared.signing import load_private_key, sign_plan
+from shared.signing import sign_plan
 
 INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a plan this service just published
+MAX_CYCLE_ID = 64  # an abort is published only for a cycle id this short (a forged target's may be anything)
 
 
 def build_plan_body(target: TargetPortfolio, basis: PortfolioSnapshot, outcome: RiskOutcome,
@@ -79,11 +89,6 @@ def rules_of(markets: list[MarketRuleMsg]) -> dict[str, MarketRule]:
     return {m.symbol: MarketRule(m.symbol, m.step_size, m.tick_size, m.min_qty, m.min_notional) for m in markets}
 
 
-async def read_latch(kv: KeyValue) -> Latch:
-    raw, _ = await kv_get(kv, HALT_KEY)
-    return Latch.from_doc(msgspec.json.decode(raw) if raw else None)
-
-
 @dataclass
 class InFlight:
     plan_id: str
@@ -91,12 +96,12 @@ class InFlight:
 
 
 class Risk:
-    def __init__(self, ctx: ServiceContext, kv: KeyValue, prices: PriceSource) -> None:
+    def __init__(self, ctx: ServiceContext, inputs: RiskInputs, prices: PriceSource, params: ParamsTracker) -> None:
         s = ctx.settings
         self.ctx = ctx
-        self.kv = kv
+        self.inputs = inputs
         self.prices = prices
-        self.key = load_private_key(s.private_key_path)
+        self.params = params
         # Buys are budgeted with fee *and* slippage, or the last buy of a full rebalance overdraws the cash.
         self.cost_rate = s.paper_fee_rate + s.paper_slippage_bps / 10_000.0
         self.lock = asyncio.Lock()  # one decision at a time: a tick never interleaves with a target
@@ -107,16 +112,12 @@ class Risk:
         self.stale: DataStale | None = None
 
     # -- basis --------------------------------------------------------------------------------------------
-    async def latest_snapshot(self) -> PortfolioSnapshot | None:
-        raw = await last_message(self.ctx.js, PortfolioSnapshot.SUBJECT)
-        return decode(raw, PortfolioSnapshot) if raw is not None else None
-
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
-        """The newest snapshot, once the plan this service published last has been closed by the executor (or
-        ``wait_inflight_s`` ran out: a plan the executor refused never gets a snapshot)."""
+        """The newest verified snapshot, once the plan this service published last has been closed by the
+        executor (or ``wait_inflight_s`` ran out: a plan the executor refused never gets a snapshot)."""
         deadline = time.monotonic() + wait_inflight_s
         for _ in range(50):  # the executor publishes a genesis snapshot at boot: give it a moment on a cold start
-            snap = await self.latest_snapshot()
+            snap = await self.inputs.snapshot()
             if snap is not None:
                 break
             await asyncio.sleep(0.1)
@@ -126,7 +127,7 @@ class Risk:
             if time.monotonic() >= deadline or self.settled(snap):
                 break
             await asyncio.sleep(0.05)
-            snap = await self.latest_snapshot() or snap
+            snap = await self.inputs.snapshot() or snap
         if self.inflight is not None and snap.plan_id == self.inflight.plan_id:
             self.inflight = None
         return snap
@@ -141,15 +142,14 @@ class Risk:
             return True
         return False
 
-    async def latch(self, cycle_id: str, outcome: RiskOutcome, halted: bool) -> None:
-        if latch_after(halted, outcome) and not halted:
-            await self.kv.put(HALT_KEY, msgspec.json.encode({"halted": True, "cycle_id": cycle_id,
-                                                             "drawdown": outcome.drawdown}))
+    async def latch(self, cycle_id: str, outcome: RiskOutcome, latch: Latch) -> None:
+        if latch_after(latch.halted, outcome) and not latch.halted:
+            await self.inputs.set_latched(cycle_id, outcome.drawdown, latch.reset_at_ms)
             warn(self.ctx.logger, "KILL_SWITCH", "rolling drawdown breached; liquidating and latching halt",
                  cycle_id=cycle_id, drawdown=round(outcome.drawdown, 4))
 
     async def sign_and_publish(self, body: PlanBody) -> None:
-        approved = sign_plan(body, self.key)
+        approved = sign_plan(body, self.inputs.key)
         approved = msgspec.structs.replace(approved, emitted_at_ms=int(time.time() * 1000))
         await publish(self.ctx.js, approved, msg_id=body.plan_id)
         self.inflight = InFlight(body.plan_id, time.monotonic())
@@ -160,6 +160,13 @@ class Risk:
             await self._on_target(target)
 
     def on_stale(self, stale: DataStale, at_boot: bool = False) -> None:
+        """Adopt a stale-data notice; Reject one dated more than a bar ahead of now or of another timeframe."""
+        s = self.ctx.settings
+        bar = timeframe_ms(s.timeframe)
+        if stale.timeframe != s.timeframe or stale.as_of_ms > int(time.time() * 1000) + bar:
+            self.ctx.health.inc("stale_notices_refused")
+            raise Reject("stale_out_of_bounds", f"stale notice for {stale.cycle_id} ({stale.timeframe}, as of "
+                         f"{stale.as_of_ms}) is not a {s.timeframe} bar at most one bar ahead of now")
         if self.stale is not None and stale.as_of_ms < self.stale.as_of_ms:
             return
         self.stale = stale
@@ -168,31 +175,53 @@ class Risk:
         warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
              missing=stale.missing, reason=stale.reason)
 
+    async def refuse(self, target: TargetPortfolio, reason: str, detail: str, forged: bool = False) -> NoReturn:
+        """Refuse ``target``: its cycle ends in the journal as aborted, the message is dead-lettered."""
+        if forged:
+            self.ctx.health.inc("forged_targets")
+            error(self.ctx.logger, "FORGED_TARGET", f"target refused: {detail}"[:500], cycle_id=target.cycle_id[:80],
+                  target_id=target.target_id[:80])
+        if 0 < len(target.cycle_id) <= MAX_CYCLE_ID:
+            await publish(self.ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk",
+                                                    reason=f"{reason}: {detail}"[:500]),
+                          msg_id=f"abort-risk-{target.cycle_id}")
+        raise Reject(reason, detail)
+
     async def _on_target(self, target: TargetPortfolio) -> None:
         ctx = self.ctx
         if self.stale is not None and target.as_of_ms < self.stale.as_of_ms:
             # A target on a bar older than one ingest already declared incomplete (signal lagged behind the
             # data): its prices are superseded by a bar we cannot see in full, so it is not traded.
-            reason = f"data stale since {self.stale.cycle_id}; target on older data refused"
-            await publish(ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk", reason=reason),
-                          msg_id=f"abort-risk-{target.cycle_id}")
-            raise Reject("stale_data", reason)
+            await self.refuse(target, "stale_data", f"data stale since {self.stale.cycle_id}; target on older data "
+                              "refused")
+        ready = await self.inputs.newest_ready()
+        try:
+            check_announcement(target, ready)
+        except SupersededTarget as exc:
+            await self.refuse(target, "superseded", str(exc))
+        except ForgedTarget as exc:
+            await self.refuse(target, "forged_target", str(exc), forged=True)
+        assert ready is not None
+        try:
+            params, version = await self.inputs.params_at(target.params_version)
+        except ParamsError as exc:
+            await self.refuse(target, "bad_params", str(exc), forged=True)
+        panel = await self.inputs.panel(ready.digest)
+        try:
+            prices = check_target(target, ready, panel, params)
+        except ForgedTarget as exc:
+            await self.refuse(target, "forged_target", str(exc), forged=True)
         basis = await self.basis(INFLIGHT_WAIT_S)
         if basis is None:
-            await publish(ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk", reason="no portfolio basis"),
-                          msg_id=f"abort-risk-{target.cycle_id}")
-            raise Reject("no_basis", "no executor snapshot available; cycle aborted")
-        try:
-            params, version = await load_params(ctx.js, revision=target.params_version)
-        except ParamsError as exc:
-            raise Reject("bad_params", str(exc)) from exc
-        latch = await read_latch(self.kv)
-        outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), dict(target.prices),
-                            rules_of(target.markets), params, self.cost_rate)
-        await self.latch(target.cycle_id, outcome, latch.halted)
+            await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
+        assert basis is not None
+        latch = await self.inputs.latch()
+        outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
+                            params, self.cost_rate)
+        await self.latch(target.cycle_id, outcome, latch)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
-        self.marks.update({s: p for s, p in target.prices.items() if p > 0})
+        self.marks.update(prices)
         ctx.health.inc("plans_approved")
         ctx.health.set("drawdown", outcome.drawdown)
         ctx.health.set("halted", int(outcome.halted))
@@ -218,16 +247,16 @@ class Risk:
     async def tick(self) -> TickDecision | None:
         ctx = self.ctx
         ctx.health.inc("risk_ticks")
-        basis = await self.latest_snapshot()
+        basis = await self.inputs.snapshot()
         if basis is None:
-            info(ctx.logger, "RISK_TICK", "tick skipped: no portfolio snapshot yet")
+            info(ctx.logger, "RISK_TICK", "tick skipped: no verified portfolio snapshot")
             return None
         if not self.settled(basis):
             info(ctx.logger, "RISK_TICK", "tick skipped: a plan is in flight", plan_id=self.inflight and
                  self.inflight.plan_id)
             return None
-        params, version = await load_params(ctx.js)
-        latch = await read_latch(self.kv)
+        params, version = await self.params.current()
+        latch = await self.inputs.latch()
         halted = latch.halted
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
         read: PriceRead | None = await self.prices.read(held)
@@ -256,7 +285,7 @@ class Risk:
         assert read is not None
         ctx.health.set("drawdown", outcome.drawdown)
         target = tick_target(basis, read.prices, read.markets, params, version, read.as_of_ms, read.digest)
-        await self.latch(target.cycle_id, outcome, halted)
+        await self.latch(target.cycle_id, outcome, latch)
         if outcome.legs:
             body = build_plan_body(target, basis, outcome, version)
             await self.sign_and_publish(body)
@@ -272,27 +301,38 @@ async def run(ctx: ServiceContext) -> None:
     if not s.private_key_path.is_file():
         # Never mint a key here: the executor trusts one public key, and a silently new pair would only
         # get every plan rejected. `aura keygen` (or the compose keygen job) creates the pair once.
-        raise RuntimeError(f"risk private key missing at {s.private_key_path} (setting risk_private_key_file); "
-                           "run `aura keygen`")
+        raise RuntimeError(f"risk private key missing at {s.private_key_path} (setting keys_dir); run `aura keygen`")
+    kv = await state_kv(ctx.js)
+    inputs = RiskInputs(ctx.js, kv, s, ctx.health, ctx.logger)
     if not await warm_decision_kernels(ctx):
         return
-    kv = await state_kv(ctx.js)
     source = make_price_source(ctx)
-    risk = Risk(ctx, kv, source)
+    tracker = ParamsTracker(ctx.js, trusted_keys(s.keys, "risk", PARAMS_SIGNERS), ctx.health, ctx.logger)
+    await tracker.current()
+    follower = asyncio.create_task(tracker.follow(ctx.stop))
+    risk = Risk(ctx, inputs, source, tracker)
+
     async def on_stale(msg: Msg) -> None:
         try:
             risk.on_stale(decode(msg.data, DataStale))
         except ContractError as exc:
             await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
+        except Reject as exc:
+            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc), msg.data)
 
     # A plain subscription is enough: every notice also stays in its stream, and the newest one is read once
     # here (after subscribing, so none falls between) to cover those published while risk was down.
     await ctx.nc.subscribe(DataStale.SUBJECT, cb=on_stale)
     raw = await last_message(ctx.js, DataStale.SUBJECT)
     if raw is not None:
-        with contextlib.suppress(ContractError):
+        try:
             risk.on_stale(decode(raw, DataStale), at_boot=True)
-    sub = await durable_pull(ctx.js, TargetPortfolio.SUBJECT, durable="risk", ack_wait_s=30)
+        except (ContractError, Reject) as exc:
+            warn(ctx.logger, "DATA_STALE", "newest stale-data notice at boot refused", error=str(exc)[:300])
+            await dead_letter(ctx.js, ctx.logger, ctx.name, DataStale.SUBJECT, getattr(exc, "reason", "malformed"),
+                              f"at boot: {exc}", raw)
+    sub = await durable_pull(ctx.js, CONSUMERS["risk"])
+    alarm = RedeliveryAlarm(ctx.health, "risk")
     ctx.health.checks["signing_key"] = lambda: (True, "loaded")
     ticker = asyncio.create_task(risk.tick_loop()) if s.risk_tick_s > 0 else None
     info(ctx.logger, "BOOT", "risk ready", tick_s=s.risk_tick_s, prices=source.name)
@@ -301,8 +341,9 @@ async def run(ctx: ServiceContext) -> None:
         await handle(ctx, msg, TargetPortfolio, risk.on_target)
 
     try:
-        await pull_loop(sub, on_msg, ctx.stop, ctx.logger)
+        await pull_loop(sub, on_msg, ctx.stop, ctx.logger, alarm)
     finally:
+        follower.cancel()
         if ticker is not None:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1,0 +1,142 @@
+"""Everything risk reads from the bus, each verified before use: the executor's snapshot (signed), the
+kill-switch latch (signed by risk, reset only by a signed operator request), ingest's newest announcement and
+the candle object it names (digest-checked), and parameter versions (signed by the optimizer or operator).
+
+A compromised peer keeps its own bus rights; what it publishes is checked here, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from aura.strategy.params import StrategyParams
+from aura.strategy.types import Panel
+from services.risk.latch import LatchDoc, applied, read_latch, read_reset, write_latch
+from services.risk.tick import Latch
+from shared.bus import last_message, verified_candles
+from shared.candles import decode_panel
+from shared.config import Settings
+from shared.consumer import Reject
+from shared.contracts import ContractError, DataReady, PortfolioSnapshot, decode
+from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_key, trusted_keys
+from shared.health import HealthState
+from shared.live_params import ParamsError, read_version
+from shared.logging import error, warn
+from shared.signing import SignatureError, verify_struct
+
+SEEN_SNAPSHOTS = 4096  # snapshot ids remembered with their content digest
+
+
+class RiskInputs:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, settings: Settings, health: HealthState,
+                 logger: logging.Logger) -> None:
+        self.js, self.kv, self.health, self.logger = js, kv, health, logger
+        layout = settings.keys
+        self.key = signing_key(layout, "risk")
+        self.own_public = self.key.public_key()
+        self.executor_key = trusted_key(layout, "risk", "executor")
+        self.params_keys = trusted_keys(layout, "risk", PARAMS_SIGNERS)
+        self.seen: OrderedDict[str, str] = OrderedDict()
+        self._panel: tuple[str, Panel] | None = None
+        # The newest snapshot and latch that verified: a forged newer one is refused and these stay in force
+        # (the executor's own book has not changed because somebody published a fake of it).
+        self.last_snapshot: PortfolioSnapshot | None = None
+        self.last_latch: LatchDoc | None = None
+
+    # -- the executor's portfolio ---------------------------------------------------------------------------
+    async def snapshot(self) -> PortfolioSnapshot | None:
+        """The newest snapshot that verifies.  A newest one that does not is logged [FORGED_SNAPSHOT] and
+        counted, and the last verified one stays the basis (None if none verified yet)."""
+        raw = await last_message(self.js, PortfolioSnapshot.SUBJECT)
+        if raw is None:
+            return None
+        try:
+            snap = decode(raw, PortfolioSnapshot)
+            verify_struct(snap, {"executor": self.executor_key})
+        except (ContractError, SignatureError) as exc:
+            return self._forged(f"newest snapshot refused: {exc}")
+        content = hashlib.sha256(msgspec.json.encode(snap)).hexdigest()
+        known = self.seen.get(snap.snapshot_id)
+        if known is not None and known != content:
+            return self._forged(f"snapshot {snap.snapshot_id} seen before with other contents")
+        self.seen[snap.snapshot_id] = content
+        self.seen.move_to_end(snap.snapshot_id)
+        while len(self.seen) > SEEN_SNAPSHOTS:
+            self.seen.popitem(last=False)
+        self.last_snapshot = snap
+        return snap
+
+    def _forged(self, detail: str) -> PortfolioSnapshot | None:
+        self.health.inc("forged_snapshots")
+        error(self.logger, "FORGED_SNAPSHOT", detail, basis=self.last_snapshot.snapshot_id if self.last_snapshot
+              else None)
+        return self.last_snapshot
+
+    # -- the kill-switch latch ------------------------------------------------------------------------------
+    async def latch(self) -> Latch:
+        """The latch in force, after applying an operator reset newer than the last one applied.
+
+        A stored latch that does not verify leaves the last verified one in force; with none (a start on a
+        tampered bucket) it counts as latched: fail closed, until an operator reset rewrites it signed.
+        """
+        doc, _, problem = await read_latch(self.kv, self.own_public)
+        if problem:
+            self.health.inc("forged_state")
+            fallback = self.last_latch or LatchDoc(halted=True, reason="unverifiable latch at start")
+            error(self.logger, "FORGED_STATE", "kill-switch latch does not verify; keeping the last verified one",
+                  error=problem, halted=fallback.halted)
+            doc = fallback
+            if self.last_latch is not None:  # repair the store with what risk itself wrote last
+                await write_latch(self.kv, doc, self.key)
+        reset, reset_problem = await read_reset(self.kv, self.params_keys["operator"])
+        if reset_problem:
+            self.health.inc("forged_state")
+            error(self.logger, "FORGED_STATE", "operator reset request does not verify; ignoring it",
+                  error=reset_problem)
+        elif reset is not None and reset.requested_at_ms > doc.reset_at_ms:
+            was = doc.halted
+            doc = applied(doc, reset)
+            await write_latch(self.kv, doc, self.key)
+            warn(self.logger, "KILL_SWITCH", "operator reset applied; drawdown is measured from the equity at the "
+                 "reset on", was_latched=was, reset_by=reset.requested_by, reason=reset.reason,
+                 reset_at_ms=reset.requested_at_ms)
+        self.last_latch = doc
+        return Latch(halted=doc.halted, reset_at_ms=doc.reset_at_ms)
+
+    async def set_latched(self, cycle_id: str, drawdown: float, reset_at_ms: int) -> None:
+        doc = LatchDoc(halted=True, cycle_id=cycle_id, drawdown=drawdown, reset_at_ms=reset_at_ms)
+        await write_latch(self.kv, doc, self.key)
+        self.last_latch = doc
+
+    # -- data -----------------------------------------------------------------------------------------------
+    async def newest_ready(self) -> DataReady | None:
+        raw = await last_message(self.js, DataReady.SUBJECT)
+        return decode(raw, DataReady) if raw is not None else None
+
+    async def panel(self, content_digest: str) -> Panel:
+        """The candle panel named ``content_digest``, fetched and digest-checked (cached: one per cycle)."""
+        if self._panel is not None and self._panel[0] == content_digest:
+            return self._panel[1]
+        try:
+            data = await verified_candles(self.js, content_digest)
+        except NotFoundError as exc:
+            raise Reject("missing_candles", f"object {content_digest[:16]} not in candle store") from exc
+        if data is None:
+            raise Reject("digest_mismatch", f"candle object does not hash to {content_digest[:16]}")
+        panel = decode_panel(data)
+        self._panel = (content_digest, panel)
+        return panel
+
+    async def params_at(self, version: int) -> tuple[StrategyParams, int]:
+        params, version, _ = await read_version(self.js, self.params_keys, version)
+        return params, version
+
+
+__all__ = ["ParamsError", "RiskInputs"]
