@@ -267,6 +267,10 @@ class Journal:
                               " LIMIT 1", (cycle_id,)).fetchone()
         return row[0] if row else None
 
+    def cycle_closed(self, cycle_id: str) -> bool:
+        """Whether a snapshot already closes ``cycle_id``."""
+        return self.db.execute("SELECT 1 FROM snapshots WHERE cycle_id=? LIMIT 1", (cycle_id,)).fetchone() is not None
+
     def plan_status(self, plan_id: str) -> str | None:
         row = self.db.execute("SELECT status FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
         return row[0] if row else None

@@ -3,8 +3,12 @@
 The executor is the only process that opens the journal for writing and the only one that reads exchange
 keys.  It consumes the plans stream through one durable pull consumer with ``max_ack_pending=1``; a plan
 whose Ed25519 signature does not verify against the risk public key is journaled as rejected,
-dead-lettered and counted, never executed.  Every cycle (executed, rejected or aborted upstream) ends in a
-snapshot row, which it then publishes so the next cycle is computed on the new portfolio.
+dead-lettered and counted, never executed.  The risk public key it trusts is pinned at first start
+(``shared.credentials.trusted_key``): a swapped ``risk.pub`` stops it at boot.  Every cycle (executed, rejected
+or aborted upstream) ends in a snapshot row, which it signs and publishes so the next cycle is computed on the
+new portfolio.  An abort notice closes a cycle only if ingest announced that cycle (the newest ``DataReady`` or
+``DataStale``) and it is not closed yet: a notice for any other id is journaled as an event and never becomes an
+equity point the kill-switch would count.
 """
 
 from __future__ import annotations
@@ -35,28 +39,31 @@ from services.executor.runner import (
     write_snapshot,
 )
 from services.ingest.replay import load_market_rules
-from shared.bus import dead_letter, durable_pull, publish, pull_loop, settle_refused
+from shared.bus import RedeliveryAlarm, dead_letter, durable_pull, last_message, publish, pull_loop, settle_refused
 from shared.consumer import MAX_DELIVERIES
 from shared.contracts import (
-    PLANS_FILTER,
+    CONSUMERS,
     ApprovedPlan,
     ContractError,
     CycleAborted,
+    DataReady,
+    DataStale,
     FillMsg,
     PlanBody,
     PortfolioSnapshot,
     decode,
+    subject_of,
 )
+from shared.credentials import signing_key, trusted_key
 from shared.logging import error, info, warn
 from shared.service import ServiceContext
-from shared.signing import SignatureError, load_public_key, verify_plan
+from shared.signing import SignatureError, sign_struct, verify_plan
 
-# After a crash the unacked plan comes back this long after it was delivered (boot recovery has usually
-# finished it already, so the redelivery is only acked); a live plan heartbeats to keep it from expiring.
-ACK_WAIT_S = 30.0
+ACK_WAIT_S = CONSUMERS["executor"].ack_wait_s
 # A failing message is redelivered after min(RETRY_BASE_S * delivery, RETRY_MAX_S).
 RETRY_BASE_S = 2.0
 RETRY_MAX_S = 30.0
+MAX_ID = 80  # ids from the bus are journaled at most this long (a refused message's may be anything)
 
 
 class Executor:
@@ -69,7 +76,8 @@ class Executor:
         # "not found" is final at once; a real exchange gets its recvWindow to settle (execution rule 6).
         settle = 0.0 if ctx.settings.dry_run else DEFAULT_SETTLE_S
         self.limits = ExecutionLimits(max_order_usdt=ctx.settings.max_order_usdt, settle_s=settle)
-        self.public_key = load_public_key(ctx.settings.public_key_path)
+        self.public_key = trusted_key(ctx.settings.keys, "executor", "risk")
+        self.snapshot_key = signing_key(ctx.settings.keys, "executor")
         self.marks: dict[str, float] = {}
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         self.sync = None if ctx.settings.dry_run else SyncCheck()
@@ -80,7 +88,7 @@ class Executor:
 
     # -- state ------------------------------------------------------------------------------------------
     def current_snapshot(self) -> PortfolioSnapshot:
-        return current_snapshot(self.journal)
+        return sign_struct(current_snapshot(self.journal), self.snapshot_key)
 
     def write_snapshot(self, cycle_id: str, plan_id: str, status: str) -> PortfolioSnapshot:
         """Inside an open transaction: journal the portfolio the fills imply, closing ``cycle_id``."""
@@ -120,7 +128,7 @@ class Executor:
 
     # -- plans ------------------------------------------------------------------------------------------
     async def on_message(self, msg: Msg) -> None:
-        if msg.subject == CycleAborted.SUBJECT:
+        if msg.subject.startswith(CycleAborted.SUBJECT + "."):
             await self._guarded(msg, self._on_aborted)
         else:
             await self._guarded(msg, self._on_plan)
@@ -156,7 +164,7 @@ class Executor:
 
     def _progress_of(self, msg: Msg) -> tuple[str, str, bool]:
         """(cycle id, plan id, whether the plan has a journal row) of a message whose handling failed."""
-        if msg.subject == CycleAborted.SUBJECT:
+        if msg.subject.startswith(CycleAborted.SUBJECT + "."):
             return "", "", False
         try:
             plan = decode(msg.data, ApprovedPlan).plan
@@ -175,16 +183,17 @@ class Executor:
             error(self.ctx.logger, "EXEC_ERROR", "could not journal the rejection; dead-lettering anyway",
                   plan_id=plan_id, error=f"{type(exc).__name__}: {exc}")
             await settle_refused(msg, await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject,
-                                                        "handler_failed", detail, msg.data))
+                                                        "handler_failed", detail, msg.data), self.ctx.logger)
 
     async def _reject(self, msg: Msg, reason: str, detail: str, cycle_id: str, plan_id: str = "") -> None:
         self.ctx.health.inc("plans_rejected")
         self.ctx.health.inc(f"plans_rejected_{reason}")
         self.journal.begin()
-        self.journal.event(cycle_id or "unknown", "plan_rejected", reason=reason, detail=detail, plan_id=plan_id)
+        self.journal.event(cycle_id[:MAX_ID] or "unknown", "plan_rejected", reason=reason, detail=detail[:2000],
+                           plan_id=plan_id[:MAX_ID])
         self.journal.commit()
         await settle_refused(msg, await dead_letter(self.ctx.js, self.ctx.logger, self.ctx.name, msg.subject, reason,
-                                                    detail, msg.data))
+                                                    detail, msg.data), self.ctx.logger)
 
     async def _on_plan(self, msg: Msg) -> None:
         try:
@@ -204,7 +213,7 @@ class Executor:
         if status in FINAL_PLAN_STATES:
             info(self.ctx.logger, "IDEMPOTENCY", "plan already journaled; acking the redelivery", plan_id=plan.plan_id)
             await msg.ack()
-            await self._publish_snapshot(self.current_snapshot())
+            await self._publish_snapshot(self.current_snapshot(), again=True)
             return
         earlier = self.journal.executed_plan_for_cycle(plan.cycle_id) if status is None else None
         if earlier is not None:
@@ -212,13 +221,15 @@ class Executor:
             # new basis: one cycle trades once, whatever arrives twice.
             await self._reject(msg, "cycle_done", f"cycle {plan.cycle_id} already executed by plan {earlier}",
                                plan.cycle_id, plan.plan_id)
-            await self._publish_snapshot(self.current_snapshot())
+            await self._publish_snapshot(self.current_snapshot(), again=True)
             return
         current = self.current_snapshot()
         if status is None and plan.basis_snapshot_id != current.snapshot_id:
             # Computed on a portfolio that no longer exists (an older plan ran since): never execute it.
             await self._reject(msg, "stale_basis", f"basis {plan.basis_snapshot_id} != current "
                                f"{current.snapshot_id}", plan.cycle_id, plan.plan_id)
+            # Say again what the book is: if a newer (forged) message hid it, risk plans on it next time.
+            await self._publish_snapshot(current, again=True)
             return
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
@@ -252,11 +263,45 @@ class Executor:
             except Exception:
                 return
 
+    async def _announced(self) -> set[str]:
+        """The cycle ids ingest announced last: the newest DataReady's and the newest DataStale's."""
+        out = set()
+        for kind in (DataReady, DataStale):
+            raw = await last_message(self.ctx.js, kind.SUBJECT)
+            if raw is not None:
+                try:
+                    out.add(decode(raw, kind).cycle_id)
+                except ContractError:
+                    continue
+        return out
+
     async def _on_aborted(self, msg: Msg) -> None:
         try:
             aborted = decode(msg.data, CycleAborted)
         except ContractError as exc:
             await self._reject(msg, "malformed", str(exc), "unknown")
+            return
+        if subject_of(aborted) != msg.subject:
+            await self._reject(msg, "wrong_stage", f"abort for stage {aborted.stage[:40]!r} sent on {msg.subject}",
+                               aborted.cycle_id)
+            return
+        if self.journal.cycle_closed(aborted.cycle_id):
+            info(self.ctx.logger, "IDEMPOTENCY", "cycle already closed; abort notice acked", cycle_id=aborted.cycle_id,
+                 stage=aborted.stage)
+            await msg.ack()
+            await self._publish_snapshot(self.current_snapshot(), again=True)
+            return
+        if aborted.cycle_id not in await self._announced():
+            # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
+            # that dilute the kill-switch's rolling window without a single price behind them.
+            self.ctx.health.inc("aborts_ignored")
+            warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce; journaled as "
+                 "an event only", cycle_id=aborted.cycle_id[:MAX_ID], stage=aborted.stage)
+            self.journal.begin()
+            self.journal.event(aborted.cycle_id[:MAX_ID], "abort_ignored", stage=aborted.stage,
+                               reason=aborted.reason[:500])
+            self.journal.commit()
+            await msg.ack()
             return
         self.journal.begin()
         self.journal.event(aborted.cycle_id, "cycle_aborted", stage=aborted.stage, reason=aborted.reason)
@@ -268,8 +313,12 @@ class Executor:
         warn(self.ctx.logger, "CYCLE_ABORTED", "cycle ended without a plan", cycle_id=aborted.cycle_id,
              stage=aborted.stage, reason=aborted.reason)
 
-    async def _publish_snapshot(self, snap: PortfolioSnapshot) -> None:
-        await publish(self.ctx.js, snap, msg_id=snap.snapshot_id)
+    async def _publish_snapshot(self, snap: PortfolioSnapshot, again: bool = False) -> None:
+        """Publish ``snap`` (signed by current_snapshot).  ``again``: a snapshot already published, said once
+        more so it is the newest message on its subject (risk and ingest read that one); its own id would be
+        dropped by the stream's duplicate window, so this copy gets a fresh message id."""
+        msg_id = f"{snap.snapshot_id}.again-{time.time_ns()}" if again else snap.snapshot_id
+        await publish(self.ctx.js, snap, msg_id=msg_id)
 
     async def _publish_fills_of(self, run: PlanRun) -> None:
         if not run.new_fills:
@@ -301,19 +350,20 @@ def make_broker(ctx: ServiceContext, journal: Journal) -> Broker:
 
 async def run(ctx: ServiceContext) -> None:
     s = ctx.settings
-    if not s.public_key_path.is_file():
-        raise RuntimeError(f"risk public key missing at {s.public_key_path} (setting risk_public_key_file); "
-                           "run `aura keygen`")
+    # Keys first: a swapped risk key or a missing signing key stops the executor before it touches the journal
+    # or the exchange (Executor loads them again; both reads are idempotent).
+    trusted_key(s.keys, "executor", "risk")
+    signing_key(s.keys, "executor")
     journal = Journal(s.journal_path)
     broker = make_broker(ctx, journal)
     executor = Executor(ctx, journal, broker, await broker.load_markets())
     await executor.boot()
-    sub = await durable_pull(ctx.js, PLANS_FILTER, durable="executor", ack_wait_s=ACK_WAIT_S, max_ack_pending=1,
-                             stream="AURA_PLANS")
+    sub = await durable_pull(ctx.js, CONSUMERS["executor"])
+    alarm = RedeliveryAlarm(ctx.health, "executor")
     ctx.health.checks["journal"] = lambda: (True, str(s.journal_path.name))
     ctx.health.checks["mode"] = lambda: (True, "dry-run (paper broker)" if s.dry_run else f"live {s.exchange_id}")
     try:
-        await pull_loop(sub, executor.on_message, ctx.stop, ctx.logger)
+        await pull_loop(sub, executor.on_message, ctx.stop, ctx.logger, alarm)
     finally:
         await broker.close()
         journal.close()

@@ -17,7 +17,7 @@ from nats.js.object_store import ObjectStore
 
 from services.ingest.replay import ReplayStep, load_market_rules
 from services.ingest.sources import ReplaySource, SyncSource, universe_symbols
-from shared.bus import candle_store, kv_get, publish, state_kv
+from shared.bus import candle_writer, kv_get, publish, state_kv
 from shared.candles import digest, encode_panel
 from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
 from shared.logging import info, warn
@@ -31,7 +31,7 @@ async def run(ctx: ServiceContext) -> None:
     rules = load_market_rules(Path(s.replay_dir) / "markets.json")
     markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
                for _, r in sorted(rules.items())]
-    store = await candle_store(ctx.js)
+    store = await candle_writer(ctx.js)
     kv = await state_kv(ctx.js)
     cursor_key = f"{CURSOR_KEY}.{s.ingest_source}.{s.timeframe}"
     raw, _ = await kv_get(kv, cursor_key)
