@@ -10,6 +10,9 @@
 FROM python:3.11-slim AS lock
 # Keep in step with UV_VERSION in the Makefile: that uv wrote uv.lock.
 ARG UV_VERSION=0.13.9
+# Versions come from uv.lock alone: a pip constraints file named by a base image's pip config (some build
+# hosts copy theirs in, with a path that does not exist in the image) must neither apply nor break the build.
+ENV PIP_CONSTRAINT=/dev/null
 RUN pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
 WORKDIR /src
 COPY pyproject.toml uv.lock ./
@@ -21,11 +24,18 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CONSTRAINT=/dev/null
 
-# Unprivileged user with a fixed uid/gid, so volume ownership is predictable across rebuilds.
+# Unprivileged users with fixed uids in one group, so volume ownership is predictable across rebuilds: `aura`
+# builds the kernel cache, and each service runs as its own user (docker-compose.yml `user:`), so a service can
+# read its own key volume and no other service's.
 RUN groupadd --system --gid 10001 aura \
-    && useradd --system --uid 10001 --gid aura --home-dir /app --no-create-home --shell /usr/sbin/nologin aura
+    && useradd --system --uid 10001 --gid aura --home-dir /app --no-create-home --shell /usr/sbin/nologin aura \
+    && for entry in ingest:10011 signal:10012 risk:10013 executor:10014 optimizer:10015 operator:10016; do \
+         useradd --system --uid "${entry#*:}" --gid aura --home-dir /app --no-create-home \
+                 --shell /usr/sbin/nologin "aura-${entry%%:*}"; \
+       done
 
 # Third-party dependencies, exactly the versions in uv.lock (layer reused until the lock changes).
 COPY --from=lock /requirements.txt /tmp/requirements.txt
@@ -44,22 +54,29 @@ RUN pip install --no-cache-dir --no-deps /tmp/aura-src && rm -rf /tmp/aura-src
 WORKDIR /app
 COPY data /app/data
 
-# State lives under AURA_HOME. The directories that compose mounts named volumes on are created here,
-# owned by the service user, so a fresh volume inherits that ownership (and the private-key directory
-# its 0700 mode).
+# State lives under AURA_HOME. The directories that compose mounts named volumes on are created here, owned
+# by the user that uses them, so a fresh volume inherits that ownership and mode (keygen, as root, hands
+# each key volume over again on every start: `aura keygen --owner`).
 # numba's cache=True needs a writable cache dir; site-packages is root-owned, so without this every
-# `@njit(cache=True)` import fails for the service user ("no locator available").
+# `@njit(cache=True)` import fails for the service users ("no locator available"). Group-writable (setgid
+# aura), so every service user can load and refresh it.
 ENV AURA_HOME=/var/lib/aura \
     AURA_REPLAY_DIR=/app/data/replay \
     AURA_HEALTH_HOST=0.0.0.0 \
     NUMBA_CACHE_DIR=/var/cache/aura/numba
-RUN mkdir -p /var/lib/aura/executor /var/lib/aura/keys/private /var/lib/aura/keys/public /var/cache/aura/numba \
-    && chmod 0700 /var/lib/aura/keys/private \
-    && chown -R aura:aura /var/lib/aura /var/cache/aura
+RUN mkdir -p /var/lib/aura/executor /var/lib/aura/cache /var/lib/aura/keys/public /var/cache/aura/numba /etc/nats \
+    && for p in ingest signal risk executor optimizer operator; do \
+         mkdir -p "/var/lib/aura/keys/$p" && chown "aura-$p:aura" "/var/lib/aura/keys/$p" \
+         && chmod 0700 "/var/lib/aura/keys/$p"; \
+       done \
+    && chown aura:aura /var/lib/aura && chown aura-executor:aura /var/lib/aura/executor \
+    && chown aura-ingest:aura /var/lib/aura/cache \
+    && chown aura:aura /var/cache/aura /var/cache/aura/numba && chmod 2775 /var/cache/aura/numba
 
 USER aura:aura
-# Compile the numba decision kernels into NUMBA_CACHE_DIR now, as the service user, so a container starts
-# with a warm cache instead of compiling for tens of seconds at its first boot (aura/warmup.py).
-RUN python -m aura.warmup
+# Compile the numba decision kernels into NUMBA_CACHE_DIR now, as the image user, so a container starts with
+# a warm cache instead of compiling for tens of seconds at its first boot (aura/warmup.py); umask 002 keeps
+# the cache files writable by the group every service user is in.
+RUN umask 002 && python -m aura.warmup
 EXPOSE 8101 8102 8103 8104 8105
 CMD ["aura", "--help"]

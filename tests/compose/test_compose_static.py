@@ -19,7 +19,10 @@ import pytest
 
 from tests.compose.compose_cli import COMPOSE_FILE, PORTS, SERVICES, clean_env, compose_binary, run_compose
 
-AURA_IMAGE_SERVICES = ("keygen", *SERVICES)
+AURA_IMAGE_SERVICES = ("keygen", "provision", "operator", *SERVICES)
+PRINCIPALS = (*SERVICES, "operator")
+UIDS = {"ingest": 10011, "signal": 10012, "risk": 10013, "executor": 10014, "optimizer": 10015, "operator": 10016}
+KEYS = "/var/lib/aura/keys"
 SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSPHRASE)", re.IGNORECASE)
 
 
@@ -32,7 +35,9 @@ def empty_env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def resolved_config(env_file: Path, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = run_compose(["config", "--format", "json"], env=clean_env(extra_env), env_file=env_file)
+    # With the "tools" profile, so the operator's CLI service is checked too.
+    result = run_compose(["--profile", "tools", "config", "--format", "json"], env=clean_env(extra_env),
+                         env_file=env_file)
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     config: dict[str, Any] = json.loads(result.stdout)
     return config
@@ -131,19 +136,36 @@ def test_a_broken_copy_is_rejected(
 # --- NATS ---------------------------------------------------------------------------------------------------
 
 
-def test_nats_runs_jetstream_with_a_volume_and_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+def test_nats_runs_the_generated_config_with_a_volume_and_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     nats = services["nats"]
     assert nats["image"] == "nats:2.10-alpine"
-    command = nats["command"]
-    assert "-js" in command
-    store = flag_value(command, "-sd")
-    assert flag_value(command, "-m") == "8222"
+    config_path = flag_value(nats["command"], "-c")
+    config_mount = mount_for_path(nats, config_path)
+    assert config_mount is not None and config_mount.get("read_only") is True
+    # keygen writes that config (JetStream store, monitoring port, NKey users) into the same volume.
+    keygen_command = services["keygen"]["command"][-1]
+    assert f"--out {config_path}" in keygen_command
+    assert mount_for_path(services["keygen"], config_path)["source"] == config_mount["source"]  # type: ignore[index]
+    store = re.search(r"--store (\S+)", keygen_command).group(1)  # type: ignore[union-attr]
     store_mount = mount_for_path(nats, store)
     assert store_mount is not None and store_mount["type"] == "volume", f"JetStream store {store} is not on a volume"
+    assert "--monitor-port 8222" in keygen_command
+    assert services_mounting(services, config_mount["source"]) == {"keygen", "nats"}
+    assert nats["depends_on"]["keygen"]["condition"] == "service_completed_successfully"
     test = nats["healthcheck"]["test"]
     assert test[0] == "CMD" and "wget" in test
     assert "http://127.0.0.1:8222/healthz?js-enabled-only=true" in test
     assert "ports" not in nats or all(p.get("host_ip") == "127.0.0.1" for p in nats["ports"])
+
+
+def test_the_bus_is_provisioned_by_the_operator_before_any_service(services: dict[str, dict[str, Any]]) -> None:
+    provision = services["provision"]
+    assert provision["command"] == ["aura", "bus", "provision"]
+    assert provision["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert provision.get("restart", "no") == "no"
+    assert provision["user"] == f"{UIDS['operator']}:10001"
+    for name in SERVICES:
+        assert services[name]["depends_on"]["provision"]["condition"] == "service_completed_successfully", name
 
 
 # --- the five services --------------------------------------------------------------------------------------
@@ -183,8 +205,12 @@ def test_service_wiring(services: dict[str, dict[str, Any]], name: str) -> None:
     assert svc["healthcheck"]["retries"] >= 10
 
     assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
-    if name in ("risk", "executor"):
-        assert svc["depends_on"]["keygen"]["condition"] == "service_completed_successfully"
+    # Its own user, its own key volume (rw: it writes its pins there), the public keys read-only.
+    assert svc["user"] == f"{UIDS[name]}:10001"
+    own = mount_for_path(svc, f"{KEYS}/{name}/bus.nk")
+    assert own is not None and own["source"].endswith(f"keys-{name}") and not own.get("read_only", False)
+    public = mount_for_path(svc, f"{KEYS}/public/risk.pub")
+    assert public is not None and public.get("read_only") is True
 
 
 def test_healthcheck_arguments_survive_podman(services: dict[str, dict[str, Any]]) -> None:
@@ -237,47 +263,63 @@ def test_host_ports_can_be_moved_by_environment(empty_env_file: Path) -> None:
 # --- keys, secrets and the journal --------------------------------------------------------------------------
 
 
-def test_keygen_is_a_one_shot_writing_both_keys(services: dict[str, dict[str, Any]]) -> None:
+def test_keygen_is_a_one_shot_without_network_that_hands_each_key_volume_to_its_user(
+        services: dict[str, dict[str, Any]]) -> None:
     keygen = services["keygen"]
     command = keygen["command"]
-    assert command[:2] == ["aura", "keygen"]
+    assert command[:2] == ["sh", "-c"] and command[2].startswith("aura keygen --keys-dir " + KEYS)
     assert keygen.get("restart", "no") == "no"
     assert "ports" not in keygen and "healthcheck" not in keygen
-    for flag in ("--private", "--public"):
-        mount = mount_for_path(keygen, flag_value(command, flag))
-        assert mount is not None and mount["type"] == "volume", f"keygen {flag} key is not written to a volume"
-        assert not mount.get("read_only", False)
+    # The only container that runs as root: it must chown each key volume, and it is reachable by nothing.
+    assert keygen["user"] == "0:0" and keygen["network_mode"] == "none"
+    for principal in PRINCIPALS:
+        assert f"--owner {principal}={UIDS[principal]}:10001" in command[2]
+        mount = mount_for_path(keygen, f"{KEYS}/{principal}/bus.nk")
+        assert mount is not None and mount["type"] == "volume" and not mount.get("read_only", False)
+    public = mount_for_path(keygen, f"{KEYS}/public/risk.pub")
+    assert public is not None and not public.get("read_only", False)
 
 
-def test_private_key_volume_is_mounted_only_in_keygen_and_risk(services: dict[str, dict[str, Any]]) -> None:
-    private_path = flag_value(services["keygen"]["command"], "--private")
-    private_mount = mount_for_path(services["keygen"], private_path)
-    assert private_mount is not None
-    assert services_mounting(services, private_mount["source"]) == {"keygen", "risk"}
-
-    risk = services["risk"]
-    assert risk["environment"]["AURA_RISK_PRIVATE_KEY_FILE"] == private_path
-    risk_mount = mount_for_path(risk, private_path)
-    assert risk_mount is not None and risk_mount["source"] == private_mount["source"]
-    assert risk_mount.get("read_only") is True, "risk must mount the private key read-only"
-
-    holders = {name for name, svc in services.items() if "AURA_RISK_PRIVATE_KEY_FILE" in (svc.get("environment") or {})}
-    assert holders == {"risk"}
-    # The public-key volume must not be the same volume (else the executor could read the private key).
-    public_mount = mount_for_path(services["keygen"], flag_value(services["keygen"]["command"], "--public"))
-    assert public_mount is not None and public_mount["source"] != private_mount["source"]
+@pytest.mark.parametrize("principal", PRINCIPALS)
+def test_each_private_key_volume_is_mounted_only_where_it_belongs(services: dict[str, dict[str, Any]],
+                                                                  principal: str) -> None:
+    source = mount_for_path(services["keygen"], f"{KEYS}/{principal}/bus.nk")["source"]  # type: ignore[index]
+    holders = {"keygen", principal} if principal != "operator" else {"keygen", "provision", "operator"}
+    assert services_mounting(services, source) == holders
 
 
-def test_executor_reads_the_public_key_read_only(services: dict[str, dict[str, Any]]) -> None:
-    public_path = flag_value(services["keygen"]["command"], "--public")
-    public_mount = mount_for_path(services["keygen"], public_path)
-    assert public_mount is not None
-    executor = services["executor"]
-    assert executor["environment"]["AURA_RISK_PUBLIC_KEY_FILE"] == public_path
-    exec_mount = mount_for_path(executor, public_path)
-    assert exec_mount is not None and exec_mount["source"] == public_mount["source"]
-    assert exec_mount.get("read_only") is True
-    assert services_mounting(services, public_mount["source"]) <= {"keygen", "risk", "executor"}
+def test_public_keys_are_read_only_for_everyone_but_keygen(services: dict[str, dict[str, Any]]) -> None:
+    source = mount_for_path(services["keygen"], f"{KEYS}/public/risk.pub")["source"]  # type: ignore[index]
+    for name in services_mounting(services, source) - {"keygen"}:
+        assert mount_for_path(services[name], f"{KEYS}/public/risk.pub").get("read_only") is True, name  # type: ignore[union-attr]
+
+
+def test_keygen_writes_a_server_config_that_admits_exactly_the_generated_keys(tmp_path: Path) -> None:
+    """What the keygen job runs, run here: the config names every principal's NKey with its permissions."""
+    from shared.bus_access import permissions
+    from shared.credentials import KeyLayout, bus_public_key
+
+    env = clean_env({"AURA_HOME": str(tmp_path)})
+    keys, conf = tmp_path / "keys", tmp_path / "nats.conf"
+    for args in (["keygen", "--keys-dir", str(keys)],
+                 ["bus", "config", "--host", "0.0.0.0", "--port", "4222", "--store", "/data", "--monitor-port",
+                  "8222", "--out", str(conf), "--world-readable"]):
+        done = subprocess.run([sys.executable, "-m", "aura.cli", *args], env=env | {"AURA_KEYS_DIR": str(keys)},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    doc = json.loads(conf.read_text())
+    assert (doc["host"], doc["port"], doc["jetstream"]["store_dir"], doc["http"]) == ("0.0.0.0", 4222, "/data",
+                                                                                   "127.0.0.1:8222")
+    users = {u["nkey"]: u["permissions"] for u in doc["authorization"]["users"]}
+    layout = KeyLayout(keys)
+    for principal in PRINCIPALS:
+        perm = users[bus_public_key(layout, principal)]
+        assert perm["publish"]["allow"] == permissions(principal).publish
+        assert perm["subscribe"]["allow"] == permissions(principal).subscribe
+    assert len(users) == len(PRINCIPALS)
+    assert oct(conf.stat().st_mode & 0o777) == "0o644"  # public NKeys only: the nats container must read it
+    for principal in PRINCIPALS:
+        assert oct((keys / principal / "bus.nk").stat().st_mode & 0o777) == "0o600"
 
 
 def test_only_the_executor_has_exchange_credentials(config: dict[str, Any]) -> None:
@@ -327,7 +369,14 @@ def test_journal_volume_is_executor_only(services: dict[str, dict[str, Any]]) ->
 
 
 def test_no_service_runs_privileged_or_as_root(services: dict[str, dict[str, Any]]) -> None:
+    uids = []
     for name, svc in services.items():
         assert not svc.get("privileged"), name
-        assert svc.get("user") in (None, ""), f"{name} overrides the image's non-root user"
         assert svc.get("network_mode") != "host", name
+        if name in ("keygen", "nats"):
+            continue  # keygen: root without network (checked above); nats: the upstream image
+        uid = int(str(svc["user"]).split(":")[0])
+        assert uid != 0, f"{name} runs as root"
+        uids.append(uid)
+    # One user per service (provision and the operator's CLI share the operator's).
+    assert len(set(uids)) == len(SERVICES) + 1

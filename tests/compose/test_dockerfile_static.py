@@ -47,7 +47,11 @@ def test_numba_can_cache_as_the_service_user() -> None:
     assert match, "NUMBA_CACHE_DIR is not set in the runtime image"
     cache_dir = match.group(1)
     runs = " ".join(args for op, args in stage if op == "RUN")
-    assert re.search(r"chown -R aura:aura [^&]*" + re.escape(cache_dir.rsplit("/", 1)[0]), runs)
+    assert re.search(r"chown aura:aura [^&]*" + re.escape(cache_dir), runs)
+    # Each service runs as its own user in group aura: the cache must be group-writable, setgid, and the
+    # kernels compiled into it at build time must stay writable by the group.
+    assert re.search(r"chmod 2775 " + re.escape(cache_dir), runs)
+    assert re.search(r"umask 002 && python -m aura\.warmup", runs)
 
 
 def test_no_buildkit_only_features() -> None:

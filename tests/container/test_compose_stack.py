@@ -35,8 +35,38 @@ JOURNAL_TIMEOUT_S = 240
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(UP_TIMEOUT_S + JOURNAL_TIMEOUT_S + 400)]
 MIN_SNAPSHOTS = 2
 JOURNAL = "/var/lib/aura/executor/journal.sqlite"
-PRIVATE_KEY = "/var/lib/aura/keys/private/risk.key"
-PUBLIC_KEY = "/var/lib/aura/keys/public/risk.pub"
+KEYS = "/var/lib/aura/keys"
+PUBLIC_KEY = f"{KEYS}/public/risk.pub"
+PRINCIPALS = (*SERVICES, "operator")
+# An anonymous client on the compose network, and one holding a service's own credential that tries a publish
+# outside its rights (ingest publishing a plan). Printed outcome: "refused ..." or "accepted ...".
+ANONYMOUS_PROBE = (
+    "import asyncio,nats\n"
+    "async def main():\n"
+    "    try:\n"
+    "        nc = await nats.connect('nats://nats:4222', allow_reconnect=False, connect_timeout=3,"
+    " max_reconnect_attempts=0)\n"
+    "    except Exception as exc:\n"
+    "        print('refused', exc); return\n"
+    "    print('accepted'); await nc.close()\n"
+    "asyncio.run(main())\n"
+)
+FORBIDDEN_PUBLISH_PROBE = (
+    "import asyncio,nats\n"
+    "async def main():\n"
+    "    errs = []\n"
+    "    async def cb(e): errs.append(str(e))\n"
+    "    seed = open('/var/lib/aura/keys/ingest/bus.nk').read().strip()\n"
+    "    nc = await nats.connect('nats://nats:4222', nkeys_seed_str=seed, inbox_prefix='_INBOX_ingest',"
+    " error_cb=cb)\n"
+    "    try:\n"
+    "        await nc.jetstream().publish('aura.plans.approved', b'{}', timeout=2)\n"
+    "        print('accepted')\n"
+    "    except Exception as exc:\n"
+    "        print('refused', errs or exc)\n"
+    "    await nc.close()\n"
+    "asyncio.run(main())\n"
+)
 
 
 def engine_unavailable_reason() -> str | None:
@@ -209,25 +239,44 @@ def test_compose_reports_every_container_healthy_and_keygen_done(stack: Stack) -
     for name in ("nats", *SERVICES):
         assert by_service[name]["State"] == "running", f"{name}: {by_service[name]}"
         assert by_service[name]["Health"] == "healthy", f"{name}: {by_service[name]}"
-    assert by_service["keygen"]["State"] == "exited" and by_service["keygen"]["ExitCode"] == 0, by_service["keygen"]
+    for one_shot in ("keygen", "provision"):
+        assert by_service[one_shot]["State"] == "exited" and by_service[one_shot]["ExitCode"] == 0, \
+            by_service[one_shot]
 
 
 def test_keys_are_where_they_belong_and_nowhere_else(stack: Stack) -> None:
-    def exists(service: str, path: str) -> bool:
-        result = stack.exec_in(
-            service, ["python", "-c", f"import os,sys; sys.exit(0 if os.path.isfile({path!r}) else 1)"]
-        )
-        assert result.returncode in (0, 1), f"exec in {service} failed: {result.stderr}"
+    def readable(service: str, path: str) -> bool:
+        result = stack.exec_in(service, ["python", "-c", f"open({path!r}).read()"])
         return result.returncode == 0
 
-    assert exists("risk", PRIVATE_KEY), "risk can't see its signing key"
-    assert exists("executor", PUBLIC_KEY), "executor can't see the verification key"
-    for service in ("ingest", "signal", "executor", "optimizer"):
-        assert not exists(service, PRIVATE_KEY), f"{service} can read the risk private key"
+    for service in SERVICES:
+        assert readable(service, f"{KEYS}/{service}/bus.nk"), f"{service} can't read its own bus credential"
+        assert readable(service, PUBLIC_KEY), f"{service} can't read the public keys"
+        for other in PRINCIPALS:
+            if other != service:
+                assert not readable(service, f"{KEYS}/{other}/bus.nk"), f"{service} can read {other}'s credential"
+    assert readable("risk", f"{KEYS}/risk/signing.key"), "risk can't see its signing key"
+    assert readable("executor", f"{KEYS}/executor/signing.key"), "executor can't see its snapshot-signing key"
     for service in ("ingest", "signal", "risk", "optimizer"):
-        assert not exists(service, JOURNAL), f"{service} can see the executor journal"
-    whoami = stack.exec_in("executor", ["id", "-u"])
-    assert whoami.returncode == 0 and whoami.stdout.strip() != "0", "services must not run as root"
+        assert not readable(service, JOURNAL), f"{service} can read the executor journal"
+    uids = {}
+    for service in SERVICES:
+        whoami = stack.exec_in(service, ["id", "-u"])
+        assert whoami.returncode == 0, whoami.stderr
+        uids[service] = whoami.stdout.strip()
+    assert "0" not in uids.values(), f"services must not run as root: {uids}"
+    assert len(set(uids.values())) == len(SERVICES), f"each service runs as its own user: {uids}"
+
+
+def test_the_bus_refuses_anonymous_clients_and_rights_a_service_does_not_hold(stack: Stack) -> None:
+    anonymous = stack.exec_in("ingest", ["python", "-c", ANONYMOUS_PROBE])
+    assert anonymous.returncode == 0, anonymous.stderr
+    assert anonymous.stdout.startswith("refused") and "authorization violation" in anonymous.stdout.lower(), \
+        anonymous.stdout
+    forbidden = stack.exec_in("ingest", ["python", "-c", FORBIDDEN_PUBLISH_PROBE])
+    assert forbidden.returncode == 0, forbidden.stderr
+    assert forbidden.stdout.startswith("refused") and "permissions violation" in forbidden.stdout.lower(), \
+        forbidden.stdout
 
 
 def test_cycles_reach_the_executor_journal(stack: Stack) -> None:
