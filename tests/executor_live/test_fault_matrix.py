@@ -283,10 +283,10 @@ def test_max_order_usdt_caps_every_order(rig: Rig) -> None:
 def test_the_executor_takes_its_cap_from_aura_max_order_usdt(tmp_path: Path) -> None:
     from services.executor.service import Executor
     from shared.config import load_settings
-    from shared.signing import generate_keypair
+    from shared.credentials import ensure_credentials
 
     settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_MAX_ORDER_USDT": "250", "AURA_DRY_RUN": "false"})
-    generate_keypair(settings.private_key_path, settings.public_key_path)
+    ensure_credentials(settings.keys)
     ctx = SimpleNamespace(settings=settings, logger=logging.getLogger("test"), health=HealthState("executor"))
     executor = Executor(ctx, None, None, {})  # type: ignore[arg-type]
     assert executor.limits.max_order_usdt == 250.0

@@ -93,7 +93,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[ReplayStep
     async def kv_get(kv: object, key: str) -> tuple[None, int]:
         return None, 0
 
-    monkeypatch.setattr(service, "candle_store", store)
+    monkeypatch.setattr(service, "candle_writer", store)
     monkeypatch.setattr(service, "state_kv", kv)
     monkeypatch.setattr(service, "kv_get", kv_get)
     monkeypatch.setattr(service, "publish", rec.publish)

@@ -1,41 +1,225 @@
-"""`aura params show|set` against a real nats-server: validated promotion, visible version."""
+"""`aura params show|set|history|diff|rollback` (and the bus lookup `aura risk` shares) against a real, secured
+nats-server: the CLI finds the bus through AURA_HOME / AURA_NATS_URL, acts as the operator, promotes only
+validated, signed versions that record who and why, and never creates anything on the bus when it reads."""
 
+from __future__ import annotations
+
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
+from aura.natsd import free_port, start_bus
+from aura.strategy.params import StrategyParams, params_digest
+from shared.bus import kv_get, params_kv, session
+from shared.config import load_settings
+from shared.contracts import PARAMS_BUCKET, STATE_BUCKET
+from shared.credentials import ensure_credentials
+from shared.live_params import PARAMS_KEY
 from tests.conftest import NatsEndpoint
 
 pytestmark = pytest.mark.integration
+SHOW_KEYS = {"version", "digest", "promoted_by", "reason", "promoted_at_ms", "params"}
+DEFAULTS: dict[str, Any] = msgspec.to_builtins(StrategyParams())
 
 
-def aura(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")} | {"AURA_NATS_URL": nats_url}
-    return subprocess.run([sys.executable, "-m", "aura.cli", *args], env=env, capture_output=True, text=True,
+def run_aura(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `aura` console script with exactly ``env``'s AURA_* settings (none inherited from the caller)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")} | env
+    return subprocess.run([sys.executable, "-m", "aura.cli", *args], env=clean, capture_output=True, text=True,
                           timeout=60)
 
 
+def aura(bus: NatsEndpoint, *args: str) -> subprocess.CompletedProcess[str]:
+    """`aura ...` as the operator of the system on ``bus`` (its AURA_HOME keys, its URL)."""
+    proc = run_aura({"AURA_HOME": str(bus.home), "AURA_NATS_URL": bus.url}, *args)
+    return proc
+
+
+def show(bus: NatsEndpoint, *args: str) -> dict[str, Any]:
+    proc = aura(bus, "params", "show", *args)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def set_params(bus: NatsEndpoint, tmp_path: Path, doc: dict[str, Any], reason: str,
+               name: str = "p.json") -> subprocess.CompletedProcess[str]:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return aura(bus, "params", "set", str(path), "--reason", reason)
+
+
+def live_version(bus: NatsEndpoint) -> int:
+    """The newest stored parameter version, read by the operator in-process (0: none promoted)."""
+
+    async def read() -> int:
+        async with session(bus.settings(), "operator") as nc:
+            return (await kv_get(await params_kv(nc.jetstream()), PARAMS_KEY))[1]
+
+    return asyncio.run(read())
+
+
+def promoted(bus: NatsEndpoint, tmp_path: Path, doc: dict[str, Any], reason: str) -> int:
+    before = live_version(bus)
+    proc = set_params(bus, tmp_path, doc, reason)
+    assert proc.returncode == 0, proc.stderr
+    after = live_version(bus)
+    assert after > before and f"promoted parameter version {after} " in proc.stdout, proc.stdout
+    return after
+
+
 def test_show_then_set_then_show(nats_server: NatsEndpoint, tmp_path: Path) -> None:
-    shown = aura(nats_server.url, "params", "show")
-    assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["version"] == 0  # nothing promoted yet: shipped defaults
-    doc = json.loads(shown.stdout)["params"]
-    doc["top_k"] = 2
-    good = tmp_path / "p.json"
-    good.write_text(json.dumps(doc))
-    promoted = aura(nats_server.url, "params", "set", str(good))
-    assert promoted.returncode == 0, promoted.stderr
-    after = json.loads(aura(nats_server.url, "params", "show").stdout)
-    assert after["version"] >= 1 and after["params"]["top_k"] == 2
+    """The round trip: what `show` prints, with one value edited, is what `set` promotes, and nothing else."""
+    first = show(nats_server)
+    assert first["version"] == 0  # nothing promoted yet: shipped defaults
+    assert first["params"] == DEFAULTS
+    assert first["digest"] == params_digest(StrategyParams())
+    assert set(first) <= SHOW_KEYS
+    first["params"]["top_k"] = 2
+    proc = set_params(nats_server, tmp_path, first, "fewer names")
+    assert proc.returncode == 0, proc.stderr
+    assert "top_k: 3 -> 2" in proc.stderr
+    after = show(nats_server)
+    assert set(after) == SHOW_KEYS
+    assert after["version"] >= 1 and after["params"] == {**DEFAULTS, "top_k": 2}
+    assert after["digest"] == params_digest(StrategyParams(**{**DEFAULTS, "top_k": 2}))
+    assert after["promoted_by"].startswith("operator:") and after["reason"] == "fewer names"
+    assert after["promoted_at_ms"] > 0
+    # And again from a promoted version's document (with its promoted_by/reason/... around the params).
+    after["params"]["stop_loss"] = 0.1
+    proc = set_params(nats_server, tmp_path, after, "tighter stop")
+    assert proc.returncode == 0, proc.stderr
+    again = show(nats_server)
+    assert again["version"] > after["version"]
+    assert again["params"] == {**DEFAULTS, "top_k": 2, "stop_loss": 0.1} and again["reason"] == "tighter stop"
+
+
+def test_omitted_keys_keep_their_live_value(nats_server: NatsEndpoint, tmp_path: Path) -> None:
+    promoted(nats_server, tmp_path, {"top_k": 2}, "one knob")
+    promoted(nats_server, tmp_path, {"stop_loss": 0.1}, "another knob")
+    assert show(nats_server)["params"] == {**DEFAULTS, "top_k": 2, "stop_loss": 0.1}
+
+
+def test_set_requires_a_reason(nats_server: NatsEndpoint, tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"top_k": 2}))
+    proc = aura(nats_server, "params", "set", str(path))
+    assert proc.returncode == 2 and "--reason" in proc.stderr
+    assert live_version(nats_server) == 0
 
 
 def test_out_of_range_parameters_are_refused(nats_server: NatsEndpoint, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"top_k": 10_000}))
-    proc = aura(nats_server.url, "params", "set", str(bad))
+    proc = set_params(nats_server, tmp_path, {"top_k": 10_000}, "too many", name="bad.json")
     assert proc.returncode == 2 and "top_k" in proc.stderr
-    assert json.loads(aura(nats_server.url, "params", "show").stdout)["version"] == 0
+    assert "Traceback" not in proc.stderr
+    assert live_version(nats_server) == 0
+
+
+@pytest.mark.parametrize("doc, named", [
+    ({"top_k": 2, "top_kk": 4}, "top_kk"),  # a misspelt parameter
+    ({"params": {**DEFAULTS, "top_k": 2}, "version": 0, "comment": "x"}, "comment"),  # beside show's keys
+    ({"params": {**DEFAULTS, "momentum": 5}}, "momentum"),  # inside show's document
+])
+def test_unknown_keys_are_refused_by_name(nats_server: NatsEndpoint, tmp_path: Path, doc: dict[str, Any],
+                                          named: str) -> None:
+    proc = set_params(nats_server, tmp_path, doc, "typo")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+    assert live_version(nats_server) == 0, "an unknown key promoted something"
+
+
+def test_history_diff_and_rollback(nats_server: NatsEndpoint, tmp_path: Path) -> None:
+    v1 = promoted(nats_server, tmp_path, {"top_k": 2}, "first change")
+    v2 = promoted(nats_server, tmp_path, {"top_k": 4, "stop_loss": 0.1}, "second change")
+
+    hist = aura(nats_server, "params", "history")
+    assert hist.returncode == 0, hist.stderr
+    lines = hist.stdout.strip().splitlines()
+    assert len(lines) == 2, hist.stdout
+    for line, version, reason, params in ((lines[0], v1, "first change", {**DEFAULTS, "top_k": 2}),
+                                          (lines[1], v2, "second change", {**DEFAULTS, "top_k": 4, "stop_loss": 0.1})):
+        assert line.split()[0] == str(version)
+        assert params_digest(StrategyParams(**params)) in line
+        assert "operator:" in line and line.endswith(reason)
+
+    diff = aura(nats_server, "params", "diff", str(v1), str(v2))
+    assert diff.returncode == 0, diff.stderr
+    assert sorted(diff.stdout.strip().splitlines()) == ["stop_loss: 0.15 -> 0.1", "top_k: 2 -> 4"]
+    same = aura(nats_server, "params", "diff", str(v1), str(v1))
+    assert same.returncode == 0 and "same parameters" in same.stdout
+    against_defaults = aura(nats_server, "params", "diff", "0", str(v1))
+    assert against_defaults.stdout.strip() == "top_k: 3 -> 2"
+
+    back = aura(nats_server, "params", "rollback", str(v1), "--reason", "second change hurt")
+    assert back.returncode == 0, back.stderr
+    now = show(nats_server)
+    assert now["version"] > v2, "a rollback is a new version, not a rewrite of history"
+    assert now["params"] == show(nats_server, "--version", str(v1))["params"] == {**DEFAULTS, "top_k": 2}
+    assert now["promoted_by"].startswith("operator:")
+    assert now["reason"] == f"rollback to version {v1}: second change hurt"
+    assert show(nats_server, "--version", str(v2))["params"]["top_k"] == 4  # history is kept
+
+    missing = aura(nats_server, "params", "rollback", "99", "--reason", "no such version")
+    assert missing.returncode == 2 and "99" in missing.stderr
+    assert live_version(nats_server) == now["version"]
+
+
+def one_line_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert proc.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [("params", "show"), ("risk", "status")])
+def test_with_no_system_running_the_cli_says_so_in_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    one_line_failure(run_aura({"AURA_HOME": str(empty)}, *command))
+    assert list(empty.iterdir()) == [], "a read command with no system running wrote into AURA_HOME"
+    # A home that has its keys (a system that ran once and was stopped): the line says no system is running.
+    keyed = load_settings({"AURA_HOME": str(tmp_path / "stopped-home")})
+    ensure_credentials(keyed.keys)
+    line = one_line_failure(run_aura({"AURA_HOME": str(keyed.home_path)}, *command))
+    assert "no AURA system is running" in line, line
+
+
+def test_read_commands_create_nothing_on_an_unprovisioned_bus(tmp_path: Path) -> None:
+    """A secured server with no streams or buckets (not AURA's, or not provisioned yet): reads fail in one line
+    naming `aura bus provision` and leave the server as they found it."""
+    settings = load_settings({"AURA_HOME": str(tmp_path / "home")})
+    ensure_credentials(settings.keys)
+    server = start_bus(settings, free_port())
+    try:
+        env = {"AURA_HOME": str(settings.home_path), "AURA_NATS_URL": server.url}
+        for command in (("params", "show"), ("params", "history"), ("params", "diff", "1", "2"),
+                        ("risk", "status")):
+            line = one_line_failure(run_aura(env, *command))
+            assert "aura bus provision" in line, line
+
+        async def streams() -> tuple[list[str], dict[str, bool]]:
+            async with session(load_settings(env), "operator") as nc:
+                js = nc.jetstream()
+                exists = {}
+                for bucket in (PARAMS_BUCKET, STATE_BUCKET):
+                    try:
+                        await js.stream_info(f"KV_{bucket}")
+                        exists[bucket] = True
+                    except NotFoundError:
+                        exists[bucket] = False
+                return [s.config.name for s in await js.streams_info()], exists
+
+        names, exists = asyncio.run(streams())
+        assert exists == {PARAMS_BUCKET: False, STATE_BUCKET: False}
+        assert names == [], f"a read command created {names}"
+    finally:
+        server.stop()

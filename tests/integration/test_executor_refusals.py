@@ -1,5 +1,7 @@
-"""The executor's refusals and failure policy on a real nats-server and journal: a stale basis, an aborted
-cycle, and a plan whose handling keeps failing:
+"""The executor's refusals and failure policy on a real, secured nats-server and journal: a stale basis, an
+aborted cycle (closed only if ingest announced it last; any other abort is an event, never an equity point),
+and a plan whose handling keeps failing.  Every other party plays with its own credential (risk publishes
+plans, ingest announces data, each stage aborts on its own subject, the operator reads dead letters):
 
 * Not started (no journal row): dead-lettered after MAX_DELIVERIES with reason ``handler_failed`` and the
   rejection journaled, so one poison plan cannot block every later plan (the consumer has
@@ -11,24 +13,28 @@ cycle, and a plan whose handling keeps failing:
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
+from nats.js import JetStreamContext
 
-from aura.natsd import free_port
+from aura.strategy.types import Panel
 from services.executor import runner
 from services.executor import service as executor_service
-from shared.bus import connect, ensure_streams, last_message, publish
-from shared.config import SERVICE_NAMES, Settings, load_settings
+from shared.bus import candle_writer, publish
+from shared.candles import digest, encode_panel
+from shared.config import Settings
 from shared.consumer import MAX_DELIVERIES
 from shared.contracts import (
     ApprovedPlan,
     CycleAborted,
+    DataReady,
+    DataStale,
     DeadLetter,
     PlanBody,
     PlanLeg,
@@ -36,71 +42,62 @@ from shared.contracts import (
     decode,
     plan_id_for,
 )
-from shared.health import HealthState
+from shared.credentials import signing_key
 from shared.service import ServiceContext
-from shared.signing import generate_keypair, load_private_key, sign_plan
-from tests.bus_helpers import snapshot, until
+from shared.signing import sign_plan
+from tests.bus_helpers import Capture, dead_letters, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+DAY = 86_400_000
 
 
-def settings_for(home: Path, url: str) -> Settings:
-    env = {"AURA_HOME": str(home), "AURA_NATS_URL": url}
-    env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
-    return load_settings(env)
+@dataclass
+class Rig:
+    """The executor's service body (its own connection and rights) and the parties around it, each on its own
+    credential: risk publishes plans and reads the basis snapshot, ingest announces cycles and aborts them,
+    signal aborts cycles, the operator reads dead letters and checks state."""
+
+    ctx: ServiceContext
+    risk: JetStreamContext
+    ingest: JetStreamContext
+    signal: JetStreamContext
+    operator: JetStreamContext
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
 
 
 @asynccontextmanager
-async def executor(settings: Settings) -> AsyncIterator[ServiceContext]:
-    generate_keypair(settings.private_key_path, settings.public_key_path)
-    logger = logging.getLogger("aura.test.executor-poison")
-    nc = await connect(settings.nats_url, "executor", logger)
-    js = nc.jetstream()
-    await ensure_streams(js, settings.dedup_window_s)
-    ctx = ServiceContext("executor", settings, logger, nc, js, HealthState(service="executor"), asyncio.Event())
-    task = asyncio.create_task(executor_service.run(ctx))
-    await until(lambda: last_message(js, PortfolioSnapshot.SUBJECT), "the genesis snapshot")
-    try:
-        yield ctx
-    finally:
-        ctx.stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=15)
-        finally:
-            await nc.close()
+async def executor(bus: NatsEndpoint, capture: Capture | None = None) -> AsyncIterator[Rig]:
+    settings = bus.settings()
+    async with running(settings, "executor", handler=capture) as contexts, \
+            role_connections(settings, "risk", "ingest", "signal", "operator") as others:
+        yield Rig(contexts["executor"], **others)
 
 
-async def send_buy(ctx: ServiceContext, cycle_id: str, basis_id: str | None = None) -> PlanBody:
-    """A plan signed with the risk key on the current basis (unless ``basis_id``): it passes every check
-    before execution."""
-    basis = basis_id or (await snapshot(ctx.js)).snapshot_id
+async def send_buy(rig: Rig, cycle_id: str, basis_id: str | None = None) -> PlanBody:
+    """A plan signed with the risk key on the current basis (unless ``basis_id``), published by risk: it passes
+    every check before execution."""
+    basis = basis_id or (await snapshot(rig.risk)).snapshot_id
     fields: dict[str, Any] = {
         "cycle_id": cycle_id, "as_of_ms": 1_704_067_200_000, "data_digest": "d", "target_id": f"t-{cycle_id}",
         "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass",
         "halted": False, "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.01, 40_000.0, "enter")], "reasons": [],
         "prices": {"BTC/USDT": 40_000.0}}
     body = PlanBody(plan_id=plan_id_for(fields), **fields)
-    await publish(ctx.js, sign_plan(body, load_private_key(ctx.settings.private_key_path)), msg_id=body.plan_id)
+    await publish(rig.risk, sign_plan(body, signing_key(rig.settings.keys, "risk")), msg_id=body.plan_id)
     return body
 
 
-async def executed(ctx: ServiceContext, body: PlanBody) -> PortfolioSnapshot | None:
-    snap = await snapshot(ctx.js)
+async def executed(rig: Rig, body: PlanBody) -> PortfolioSnapshot | None:
+    snap = await snapshot(rig.operator)
     return snap if snap.plan_id == body.plan_id and snap.status in ("executed", "partial") else None
 
 
-async def dead_letters(ctx: ServiceContext) -> list[DeadLetter]:
-    sub = await ctx.js.subscribe(f"{DeadLetter.SUBJECT}.executor", ordered_consumer=True)
-    out = []
-    try:
-        while True:
-            try:
-                out.append(decode((await sub.next_msg(timeout=0.5)).data, DeadLetter))
-            except Exception:
-                return out
-    finally:
-        await sub.unsubscribe()
+async def executor_letters(rig: Rig) -> list[DeadLetter]:
+    return await dead_letters(rig.operator, "executor")
 
 
 def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
@@ -112,8 +109,8 @@ def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
 
 
 def test_a_plan_that_fails_before_it_starts_is_dead_lettered_and_does_not_block_the_next(
-        nats_server: NatsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settings_for(tmp_path / "home", nats_server.url)
+        nats_server: NatsEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = nats_server.settings()
     monkeypatch.setattr(executor_service, "RETRY_BASE_S", 0.05)
     real_run_plan = executor_service.run_plan
     calls = {"n": 0}
@@ -123,18 +120,18 @@ def test_a_plan_that_fails_before_it_starts_is_dead_lettered_and_does_not_block_
         raise RuntimeError("injected defect before anything is journaled")
 
     async def scenario() -> tuple[list[DeadLetter], PortfolioSnapshot]:
-        async with executor(settings) as ctx:
+        async with executor(nats_server) as rig:
             monkeypatch.setattr(executor_service, "run_plan", broken_run_plan)
-            poison = await send_buy(ctx, "1d-20240101T0000")
+            poison = await send_buy(rig, "1d-20240101T0000")
 
             async def lettered() -> list[DeadLetter]:
-                return [d for d in await dead_letters(ctx) if d.reason == "handler_failed"]
+                return [d for d in await executor_letters(rig) if d.reason == "handler_failed"]
 
             letters = await until(lettered, "the poison plan's dead letter")
             assert decode(letters[0].payload, ApprovedPlan).plan.plan_id == poison.plan_id
             monkeypatch.setattr(executor_service, "run_plan", real_run_plan)
-            follower = await send_buy(ctx, "1d-20240102T0000")
-            snap = await until(lambda: executed(ctx, follower), "the next plan to execute")
+            follower = await send_buy(rig, "1d-20240102T0000")
+            snap = await until(lambda: executed(rig, follower), "the next plan to execute")
             return letters, snap
 
     letters, snap = asyncio.run(scenario())
@@ -146,8 +143,8 @@ def test_a_plan_that_fails_before_it_starts_is_dead_lettered_and_does_not_block_
 
 
 def test_a_plan_that_fails_mid_execution_is_retried_until_it_goes_through(
-        nats_server: NatsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settings_for(tmp_path / "home", nats_server.url)
+        nats_server: NatsEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = nats_server.settings()
     monkeypatch.setattr(executor_service, "RETRY_BASE_S", 0.05)
     real_execute = runner.execute_plan
     failures = MAX_DELIVERIES + 2  # more failures than a not-started message would be given
@@ -162,16 +159,16 @@ def test_a_plan_that_fails_mid_execution_is_retried_until_it_goes_through(
     monkeypatch.setattr(runner, "execute_plan", flaky_execute)
 
     async def scenario() -> tuple[list[tuple[bool, str]], PortfolioSnapshot, list[DeadLetter], tuple[bool, str]]:
-        async with executor(settings) as ctx:
-            body = await send_buy(ctx, "1d-20240101T0000")
+        async with executor(nats_server) as rig:
+            body = await send_buy(rig, "1d-20240101T0000")
             seen: list[tuple[bool, str]] = []
 
             async def done() -> PortfolioSnapshot | None:
-                seen.append(ctx.health.checks["plans"]())
-                return await executed(ctx, body)
+                seen.append(rig.ctx.health.checks["plans"]())
+                return await executed(rig, body)
 
             snap = await until(done, "the stuck plan to go through")
-            return seen, snap, await dead_letters(ctx), ctx.health.checks["plans"]()
+            return seen, snap, await executor_letters(rig), rig.ctx.health.checks["plans"]()
 
     seen, snap, letters, after = asyncio.run(scenario())
     assert calls["n"] == failures + 1
@@ -185,42 +182,112 @@ def test_a_plan_that_fails_mid_execution_is_retried_until_it_goes_through(
     assert resumed == failures, "each redelivery resumes the journaled plan instead of starting it anew"
 
 
-def test_a_cycle_aborted_upstream_still_ends_in_the_journal(nats_server: NatsEndpoint, tmp_path: Path) -> None:
+def candles(as_of_ms: int) -> bytes:
+    t = 5
+    close = np.array([[40_000.0], [40_100.0], [40_200.0], [40_300.0], [40_400.0]])
+    return encode_panel(Panel(("BTC/USDT",), as_of_ms - np.arange(t - 1, -1, -1, dtype=np.int64) * DAY, close,
+                              close * 1.01, close * 0.99, close, np.full((t, 1), 1e6)))
+
+
+async def announce_ready(rig: Rig, cycle_id: str, as_of_ms: int) -> None:
+    """Ingest's announcement of a complete snapshot: the candle object, then its DataReady."""
+    blob = candles(as_of_ms)
+    await (await candle_writer(rig.ingest)).put(digest(blob), blob)
+    ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=as_of_ms, digest=digest(blob),
+                      symbols=["BTC/USDT"], bars=5, markets=[])
+    await publish(rig.ingest, ready, msg_id=f"ready-{cycle_id}")
+
+
+async def cycle_snapshot(rig: Rig, cycle_id: str) -> PortfolioSnapshot | None:
+    snap = await snapshot(rig.operator)
+    return snap if snap.cycle_id == cycle_id else None
+
+
+def test_a_cycle_aborted_upstream_still_ends_in_the_journal(nats_server: NatsEndpoint) -> None:
     """Every cycle ends in SQLite: one that ingest (stale data) or signal (no decision bar) aborts gets an
-    event and an 'aborted' snapshot under its cycle id, and that snapshot is published for the next cycle."""
-    settings = settings_for(tmp_path / "home", nats_server.url)
+    event and an 'aborted' snapshot under its cycle id, and that snapshot is published for the next cycle.
+    Each abort comes from its stage's own credential, for the cycle ingest announced last."""
+    settings = nats_server.settings()
+    stale_cycle, skipped_cycle = "1d-20240105T0000", "1d-20240106T0000"
 
-    async def scenario() -> PortfolioSnapshot:
-        async with executor(settings) as ctx:
-            abort = CycleAborted(cycle_id="1d-20240105T0000", stage="ingest", reason="stale data: missing ETH/USDT")
-            await publish(ctx.js, abort, msg_id="abort-ingest-1d-20240105T0000-a1")
+    async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot]:
+        async with executor(nats_server) as rig:
+            stale = DataStale(cycle_id=stale_cycle, timeframe="1d", reason="missing ETH/USDT", missing=["ETH/USDT"],
+                              as_of_ms=1_704_412_800_000)
+            await publish(rig.ingest, stale, msg_id=f"stale-{stale_cycle}")
+            abort = CycleAborted(cycle_id=stale_cycle, stage="ingest", reason="stale data: missing ETH/USDT")
+            await publish(rig.ingest, abort, msg_id=f"abort-ingest-{stale_cycle}")
+            first = await until(lambda: cycle_snapshot(rig, stale_cycle), "the stale cycle's snapshot")
 
-            async def ended() -> PortfolioSnapshot | None:
-                snap = await snapshot(ctx.js)
-                return snap if snap.cycle_id == abort.cycle_id else None
+            await announce_ready(rig, skipped_cycle, 1_704_499_200_000)
+            skipped = CycleAborted(cycle_id=skipped_cycle, stage="signal", reason="not a decision bar")
+            await publish(rig.signal, skipped, msg_id=f"abort-signal-{skipped_cycle}")
+            second = await until(lambda: cycle_snapshot(rig, skipped_cycle), "the skipped cycle's snapshot")
+            return first, second
 
-            return await until(ended, "the aborted cycle's snapshot")
+    first, second = asyncio.run(scenario())
+    for snap in (first, second):
+        assert snap.status == "aborted" and snap.plan_id == ""
+        assert snap.signature and snap.key_id, "the executor signs every snapshot it publishes"
+    rows = journal(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis' ORDER BY rowid")
+    assert rows == [(stale_cycle, "aborted"), (skipped_cycle, "aborted")]
+    events = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='cycle_aborted' ORDER BY id")
+    assert [e[0] for e in events] == [stale_cycle, skipped_cycle]
+    assert "missing ETH/USDT" in events[0][1] and "not a decision bar" in events[1][1]
+    assert journal(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(0,)]
 
-    snap = asyncio.run(scenario())
-    assert snap.status == "aborted" and snap.plan_id == ""
+
+def test_an_abort_for_a_cycle_ingest_did_not_announce_is_only_an_event(nats_server: NatsEndpoint) -> None:
+    """Aborts for cycles that are not the newest announced one (junk ids, an old cycle) never close a cycle:
+    no snapshot row, no equity point for the kill-switch window; each is journaled as `abort_ignored`."""
+    settings = nats_server.settings()
+    capture = Capture()
+    old, newest = "1d-20240105T0000", "1d-20240106T0000"
+
+    async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot]:
+        async with executor(nats_server, capture) as rig:
+            genesis = await snapshot(rig.operator)
+            await announce_ready(rig, old, 1_704_412_800_000)
+            await announce_ready(rig, newest, 1_704_499_200_000)
+            for stage, js, cycle in (("risk", rig.risk, "junk-0001"), ("ingest", rig.ingest, "junk-0002"),
+                                     ("signal", rig.signal, old)):  # announced, but no longer the newest
+                abort = CycleAborted(cycle_id=cycle, stage=stage, reason="flood")
+                await publish(js, abort, msg_id=f"abort-{stage}-{cycle}")
+
+            async def ignored() -> bool:
+                return journal(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(3,)]
+
+            await until(ignored, "the three aborts to be journaled as ignored")
+            await asyncio.sleep(0.5)
+            unchanged = await snapshot(rig.operator)
+            # The newest announced cycle still closes normally.
+            await publish(rig.signal, CycleAborted(cycle_id=newest, stage="signal", reason="not a decision bar"),
+                          msg_id=f"abort-signal-{newest}")
+            closed = await until(lambda: cycle_snapshot(rig, newest), "the newest cycle's snapshot")
+            assert unchanged == genesis, "an ignored abort published a new snapshot"
+            return unchanged, closed
+
+    unchanged, closed = asyncio.run(scenario())
+    assert unchanged.status == "genesis" and closed.status == "aborted"
     rows = journal(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis'")
-    assert rows == [("1d-20240105T0000", "aborted")]
-    events = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='cycle_aborted'")
-    assert len(events) == 1 and events[0][0] == "1d-20240105T0000" and "missing ETH/USDT" in events[0][1]
+    assert rows == [(newest, "aborted")], "an abort for an unannounced cycle became an equity point"
+    ignored = journal(settings, "SELECT cycle_id FROM events WHERE kind='abort_ignored' ORDER BY id")
+    assert [r[0] for r in ignored] == ["junk-0001", "junk-0002", old]
+    assert journal(settings, "SELECT cycle_id FROM events WHERE kind='cycle_aborted'") == [(newest,)]
+    assert len(capture.fields("UNKNOWN_CYCLE")) == 3
 
 
-def test_a_signed_plan_on_a_portfolio_that_no_longer_exists_is_refused(nats_server: NatsEndpoint,
-                                                                        tmp_path: Path) -> None:
+def test_a_signed_plan_on_a_portfolio_that_no_longer_exists_is_refused(nats_server: NatsEndpoint) -> None:
     """Correctly signed, new cycle, but computed on an older snapshot: executing it would trade on holdings
     that have changed since, so it is dead-lettered as stale_basis and nothing is journaled or ordered."""
-    settings = settings_for(tmp_path / "home", nats_server.url)
+    settings = nats_server.settings()
 
     async def scenario() -> list[DeadLetter]:
-        async with executor(settings) as ctx:
-            await send_buy(ctx, "1d-20240101T0000", basis_id="s-a-portfolio-from-before")
+        async with executor(nats_server) as rig:
+            await send_buy(rig, "1d-20240101T0000", basis_id="s-a-portfolio-from-before")
 
             async def lettered() -> list[DeadLetter]:
-                return [d for d in await dead_letters(ctx) if d.reason == "stale_basis"]
+                return [d for d in await executor_letters(rig) if d.reason == "stale_basis"]
 
             return await until(lettered, "the stale-basis dead letter")
 

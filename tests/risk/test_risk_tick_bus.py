@@ -1,146 +1,102 @@
-"""The risk tick end to end on a real nats-server: the risk service and the executor (paper) run their real
-``run(ctx)`` bodies; prices come from the newest DataReady snapshot in the candle object store.
+"""The risk tick end to end on a real, secured nats-server: the risk service and the executor (paper) run their
+real ``run(ctx)`` bodies, each on its own connection with its own credential; prices come from the newest
+DataReady snapshot in the candle object store.
+
+The test plays the other roles with their own credentials: ingest (candle objects, DataReady, DataStale),
+signal (targets), risk (a cycle plan signed with the risk key), the executor (a signed snapshot) and the
+operator (reading state and dead letters, ``aura risk reset``).
 
 When the tick triggers it must publish a signed exit plan through the same path as a cycle plan (basis = the
 latest snapshot), which the executor verifies and executes; the kill-switch latch must hold until
-``aura risk reset`` clears it.
+``aura risk reset`` has risk clear it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import hashlib
+import json
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import pytest
 
-from aura.natsd import free_port
+from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
-from services.executor import service as executor_service
 from services.ingest.replay import load_market_rules
-from services.risk import service as risk_service
-from services.risk.cli import HALT_KEY
 from services.risk.cli import main as risk_cli
-from shared.bus import candle_store, connect, ensure_streams, kv_get, last_message, publish, state_kv
-from shared.candles import digest, encode_panel
-from shared.config import SERVICE_NAMES, Settings, load_settings
+from services.risk.latch import LatchDoc, read_latch
+from services.signal.service import make_target
+from shared.bus import last_message, publish, state_kv
+from shared.config import Settings
 from shared.contracts import (
     ApprovedPlan,
-    DataReady,
     DataStale,
-    DeadLetter,
-    MarketRuleMsg,
     PlanBody,
     PlanLeg,
     PortfolioSnapshot,
-    TargetPortfolio,
-    content_id,
     decode,
+    encode,
     plan_id_for,
 )
-from shared.health import HealthState
-from shared.service import ServiceContext
-from shared.signing import generate_keypair, load_private_key, load_public_key, sign_plan, verify_plan
-from tests.bus_helpers import snapshot, until
+from shared.credentials import signing_key
+from shared.signing import load_public_key, sign_plan, verify_plan
+from tests.bus_helpers import (
+    Capture,
+    announce_panel,
+    approved_plans,
+    dead_letters,
+    executor_signed,
+    market_msgs,
+    replay_signal_state,
+    replay_snapshot,
+    role_connections,
+    running,
+    snapshot,
+    until,
+)
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
+STALE_BAR = 701  # a complete bar of the bundled replay (mid-2019), the one before it complete too
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def fields(self, tag: str) -> list[dict[str, Any]]:
-        return [{"msg": r.getMessage(), **(getattr(r, "fields", None) or {})} for r in self.records
-                if getattr(r, "tag", None) == tag]
+def tick_settings(nats_server: NatsEndpoint, **extra: str) -> Settings:
+    """Settings of the bus's AURA_HOME (its keys), a fast risk tick, debug logs, free health ports."""
+    return nats_server.settings(AURA_RISK_TICK_S="0.2", AURA_LOG_LEVEL="DEBUG", **extra)
 
 
-def settings_for(home: Path, url: str) -> Settings:
-    env = {"AURA_HOME": str(home), "AURA_NATS_URL": url, "AURA_RISK_TICK_S": "0.2", "AURA_LOG_LEVEL": "DEBUG"}
-    env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
-    return load_settings(env)
-
-
-@asynccontextmanager
-async def system(settings: Settings, capture: Capture) -> AsyncIterator[Any]:
-    """Executor and risk bodies as tasks, each with its own NATS connection, like two processes."""
-    generate_keypair(settings.private_key_path, settings.public_key_path)
-    contexts, tasks = [], []
-    for name, body in (("executor", executor_service.run), ("risk", risk_service.run)):
-        logger = logging.getLogger(f"aura.test.{name}")
-        logger.setLevel(logging.DEBUG)
-        logger.addHandler(capture)
-        nc = await connect(settings.nats_url, name, logger)
-        js = nc.jetstream()
-        await ensure_streams(js, settings.dedup_window_s)
-        ctx = ServiceContext(name, settings, logger, nc, js, HealthState(service=name), asyncio.Event())
-        contexts.append(ctx)
-        tasks.append(asyncio.create_task(body(ctx)))
-        if name == "executor":  # the genesis snapshot first, as compose orders them
-            await until(lambda js=js: last_message(js, PortfolioSnapshot.SUBJECT), "the genesis snapshot")
-    try:
-        yield contexts[0].js
-    finally:
-        for ctx in contexts:
-            ctx.stop.set()
-        for task in tasks:
-            try:
-                await asyncio.wait_for(task, timeout=15)
-            except Exception:
-                task.cancel()
-        for ctx in contexts:
-            await ctx.nc.close()
-            ctx.logger.removeHandler(capture)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise AssertionError(f"a service body failed: {task.exception()!r}")
-
-
-async def buy(js: Any, settings: Settings, qty: float, price: float) -> PortfolioSnapshot:
-    """A cycle plan (signed with the risk key, as the risk service would) that buys BTC."""
-    basis = await snapshot(js)
+async def buy(js_risk: Any, settings: Settings, qty: float, price: float) -> PortfolioSnapshot:
+    """Play risk (its connection, its key): a cycle plan that buys BTC on the newest snapshot."""
+    basis = await snapshot(js_risk)
     fields: dict[str, Any] = {
         "cycle_id": "1d-20240101T0000", "as_of_ms": T0, "data_digest": "d", "target_id": "t", "params_version": 0,
         "params_digest": "p", "basis_snapshot_id": basis.snapshot_id, "gate": "pass", "halted": False,
         "legs": [PlanLeg(0, "BTC/USDT", "buy", qty, price, "enter")], "reasons": [], "prices": {"BTC/USDT": price}}
     body = PlanBody(plan_id=plan_id_for(fields), **fields)
-    await publish(js, sign_plan(body, load_private_key(settings.private_key_path)), msg_id=body.plan_id)
+    await publish(js_risk, sign_plan(body, signing_key(settings.keys, "risk")), msg_id=body.plan_id)
 
     async def bought() -> PortfolioSnapshot | None:
-        snap = await snapshot(js)
+        snap = await snapshot(js_risk)
         return snap if snap.plan_id == body.plan_id else None
 
     return await until(bought, "the buy to be executed")
 
 
-async def market_moves(js: Any, settings: Settings, btc_close: float) -> str:
-    """A DataReady whose newest bar closes BTC at ``btc_close`` (ETH flat), stored like ingest stores it."""
+async def market_moves(js_ingest: Any, settings: Settings, btc_close: float) -> str:
+    """Play ingest: a DataReady whose newest bar closes BTC at ``btc_close`` (ETH flat), its candle object
+    stored first, as ingest does."""
     rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
     symbols = ("BTC/USDT", "ETH/USDT")
     closes = np.array([[40_000.0, 2000.0], [btc_close, 2000.0]])
     panel = Panel(symbols, np.array([T0, T0 + DAY], dtype=np.int64), closes, closes, closes, closes,
                   np.ones_like(closes))
-    blob = encode_panel(panel)
-    content = digest(blob)
-    await (await candle_store(js)).put(content, blob)
-    markets = [MarketRuleMsg(s, rules[s].step_size, rules[s].tick_size, rules[s].min_qty, rules[s].min_notional)
-               for s in symbols]
-    await publish(js, DataReady(cycle_id="1d-20240102T0000", timeframe="1d", as_of_ms=T0 + DAY, digest=content,
-                                symbols=list(symbols), bars=2, markets=markets), msg_id=f"ready-{content[:16]}")
-    return content
+    ready = await announce_panel(js_ingest, panel, "1d-20240102T0000", market_msgs(symbols, rules))
+    return ready.digest
 
 
 def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
@@ -152,17 +108,18 @@ def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
 
 
 def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_executes(
-        nats_server: NatsEndpoint, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "home", nats_server.url)
+        nats_server: NatsEndpoint) -> None:
+    settings = tick_settings(nats_server)
     capture = Capture()
 
     async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot, ApprovedPlan]:
-        async with system(settings, capture) as js:
-            holding = await buy(js, settings, 0.1, 40_000.0)
-            content = await market_moves(js, settings, 33_000.0)  # -17.5%: below the 15% stop
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+            holding = await buy(js["risk"], settings, 0.1, 40_000.0)
+            content = await market_moves(js["ingest"], settings, 33_000.0)  # -17.5%: below the 15% stop
 
             async def exited() -> PortfolioSnapshot | None:
-                snap = await snapshot(js)
+                snap = await snapshot(js["operator"])
                 return snap if snap.cycle_id.startswith("tick-") else None
 
             after = await until(exited, "the stop-loss exit")
@@ -173,7 +130,7 @@ def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_execu
                            for r in capture.records[seen:])
 
             await until(quiet_tick, "a quiet tick after the exit")
-            raw = await last_message(js, ApprovedPlan.SUBJECT)
+            raw = await last_message(js["operator"], ApprovedPlan.SUBJECT)
             assert raw is not None
             approved = decode(raw, ApprovedPlan)
             assert approved.plan.data_digest == content
@@ -197,33 +154,41 @@ def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_execu
     assert sum(1 for t in ticks if "exit plan signed" in t["msg"]) == 1
 
 
-def test_kill_switch_on_a_tick_latches_until_aura_risk_reset(nats_server: NatsEndpoint, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = settings_for(tmp_path / "home", nats_server.url)
+def test_kill_switch_on_a_tick_latches_until_aura_risk_reset(nats_server: NatsEndpoint,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    settings = tick_settings(nats_server)
     capture = Capture()
+    # `aura risk reset` finds the bus as an operator would: this AURA_HOME (its keys) and this server.
+    monkeypatch.setenv("AURA_HOME", str(nats_server.home))
     monkeypatch.setenv("AURA_NATS_URL", nats_server.url)
+    risk_public = load_public_key(settings.public_key_path)
 
-    async def latch(js: Any) -> dict[str, Any]:
-        raw, _ = await kv_get(await state_kv(js), HALT_KEY)
-        return msgspec.json.decode(raw) if raw else {}
+    async def latch(js_operator: Any) -> tuple[LatchDoc, int]:
+        """The latch as the operator reads it: verified against risk's public key."""
+        doc, revision, problem = await read_latch(await state_kv(js_operator), risk_public)
+        assert problem == "", f"the latch does not verify: {problem}"
+        return doc, revision
 
     def tick_lines() -> int:
         return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
 
-    async def scenario() -> tuple[dict[str, Any], PortfolioSnapshot, dict[str, Any], dict[str, Any]]:
-        async with system(settings, capture) as js:
-            await buy(js, settings, 0.2, 40_000.0)  # 80% of the book in BTC
-            await market_moves(js, settings, 25_000.0)  # equity 10k -> ~7k: a 30% drawdown
+    async def scenario() -> tuple[LatchDoc, PortfolioSnapshot, tuple[LatchDoc, int], tuple[LatchDoc, int]]:
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+            await buy(js["risk"], settings, 0.2, 40_000.0)  # 80% of the book in BTC
+            await market_moves(js["ingest"], settings, 25_000.0)  # equity 10k -> ~7k: a 30% drawdown
 
             async def liquidated() -> PortfolioSnapshot | None:
-                snap = await snapshot(js)
+                snap = await snapshot(js["operator"])
                 return snap if snap.cycle_id.startswith("tick-") else None
 
             after = await until(liquidated, "the kill-switch liquidation")
-            latched = await latch(js)
+            latched, _ = await latch(js["operator"])
+            capsys.readouterr()
             code = await asyncio.to_thread(risk_cli, ["reset", "--reason", "test"])
             assert code == 0
-            cleared = await latch(js)
+            cleared = await latch(js["operator"])
             # The reset must stick: the book is in cash ~30% under a peak still inside the rolling window,
             # and ticks after the reset must measure drawdown from the reset on, not latch again at once.
             seen = tick_lines()
@@ -232,20 +197,29 @@ def test_kill_switch_on_a_tick_latches_until_aura_risk_reset(nats_server: NatsEn
                 return tick_lines() >= seen + 5
 
             await until(ticked_since_reset, "five risk ticks after the reset")
-            return latched, after, cleared, await latch(js)
+            return latched, after, cleared, await latch(js["operator"])
 
-    latched, after, cleared, later = asyncio.run(scenario())
-    assert latched["halted"] is True and latched["drawdown"] >= 0.25
+    latched, after, (cleared, cleared_rev), later = asyncio.run(scenario())
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert latched.halted is True and latched.drawdown >= 0.25
     assert after.holdings == {}
     gate = journal(settings, f"SELECT gate FROM plans WHERE plan_id='{after.plan_id}'")
     assert gate == [("kill_switch",)]
-    assert cleared["halted"] is False and cleared["was"]["halted"] is True and cleared["reason"] == "test"
-    assert later == cleared, f"the kill-switch latched again after the operator reset: {later}"
-    assert len(capture.fields("KILL_SWITCH")) == 1
+    # Risk applied the operator's signed request: the latch it signed says it is clear, who cleared it and why.
+    assert cleared.halted is False and cleared.reason == "test" and cleared.reset_by.startswith("operator:")
+    assert cleared.reset_at_ms > 0 and cleared.drawdown == latched.drawdown
+    assert printed["halted"] is False and printed["was_latched"] is True and printed["reason"] == "test"
+    assert printed["reset_by"] == cleared.reset_by and printed["reset_at_ms"] == cleared.reset_at_ms
+    assert later == (cleared, cleared_rev), f"the kill-switch latched again after the operator reset: {later}"
+    kills = capture.fields("KILL_SWITCH")
+    breached = [k for k in kills if k["msg"].startswith("rolling drawdown breached")]
+    resets = [k for k in kills if k["msg"].startswith("operator reset applied")]
+    assert len(breached) == 1 and len(resets) == 1 and len(kills) == 2, kills
+    assert resets[0]["was_latched"] is True and resets[0]["reason"] == "test"
+    assert resets[0]["reset_by"] == cleared.reset_by
 
 
-def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, tmp_path: Path,
-                                                     shared_data_dir: Path) -> None:
+def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, shared_data_dir: Path) -> None:
     """Live mode: prices from the exchange's public ticker endpoint (here the simulator), never with keys."""
     from aura.exchange_sim import SimConfig, SimServer
 
@@ -254,34 +228,20 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     capture = Capture()
     with SimServer(config=config) as sim:
         price = float(sim.sim.price("BTCUSDT"))
-        env = {"AURA_HOME": str(tmp_path / "home"), "AURA_NATS_URL": nats_server.url, "AURA_RISK_TICK_S": "0.2",
-               "AURA_DRY_RUN": "false", "AURA_EXCHANGE_API_URL": sim.base_url}
-        env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
-        settings = load_settings(env)
-        generate_keypair(settings.private_key_path, settings.public_key_path)
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=sim.base_url)
 
         async def scenario() -> ApprovedPlan:
-            logger = logging.getLogger("aura.test.risk.live")
-            logger.setLevel(logging.DEBUG)
-            logger.addHandler(capture)
-            nc = await connect(settings.nats_url, "risk", logger)
-            js = nc.jetstream()
-            await ensure_streams(js, settings.dedup_window_s)
-            # The executor's snapshot: 0.1 BTC bought 25% above today's price, so the stop-loss is hit.
-            basis = PortfolioSnapshot(snapshot_id="s-live", cycle_id="1d-20240101T0000", plan_id="p-0",
-                                      status="executed", cash=5000.0, holdings={"BTC/USDT": 0.1},
-                                      entry_prices={"BTC/USDT": price * 1.25}, equity=5000.0 + 0.1 * price,
-                                      equity_history=[5000.0 + 0.1 * price])
-            await publish(js, basis, msg_id=basis.snapshot_id)
-            ctx = ServiceContext("risk", settings, logger, nc, js, HealthState(service="risk"), asyncio.Event())
-            task = asyncio.create_task(risk_service.run(ctx))
-            try:
-                raw = await until(lambda: last_message(js, ApprovedPlan.SUBJECT), "the live stop-loss plan")
-            finally:
-                ctx.stop.set()
-                await asyncio.wait_for(task, timeout=15)
-                await nc.close()
-                logger.removeHandler(capture)
+            async with role_connections(settings, "executor", "operator") as js:
+                # The executor's snapshot (signed with its key, published on its connection): 0.1 BTC bought 25%
+                # above today's price, so the stop-loss is hit.
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-live", cycle_id="1d-20240101T0000", plan_id="p-0", status="executed",
+                    cash=5000.0, holdings={"BTC/USDT": 0.1}, entry_prices={"BTC/USDT": price * 1.25},
+                    equity=5000.0 + 0.1 * price, equity_history=[5000.0 + 0.1 * price]))
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk", handler=capture):
+                    raw = await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT),
+                                      "the live stop-loss plan")
             return decode(raw, ApprovedPlan)
 
         approved = asyncio.run(scenario())
@@ -293,50 +253,59 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     assert any(path.startswith("GET /api/v3/ticker") for path in requests)
     signed = {"GET /api/v3/account", "POST /api/v3/order", "GET /api/v3/order", "GET /api/v3/myTrades"}
     assert not signed & set(requests), f"the risk service called a private endpoint: {requests}"
+    assert not capture.fields("FORGED_SNAPSHOT"), "risk refused the executor-signed snapshot"
 
 
-def test_a_target_on_data_older_than_a_stale_notice_is_not_traded(nats_server: NatsEndpoint,
-                                                                   tmp_path: Path) -> None:
-    """Ingest declared bar T0+2d incomplete; a target computed on T0+1d (signal lagging) is superseded: risk
-    refuses it (dead letter stale_data, the cycle aborted and journaled). A target on the stale bar itself,
-    once ingest completes it on a later poll, is approved as usual."""
-    settings = settings_for(tmp_path / "home", nats_server.url)
+def test_a_target_on_data_older_than_a_stale_notice_is_not_traded(nats_server: NatsEndpoint) -> None:
+    """Ingest announced bar t, then declared bar t+1 incomplete; the signal stage's (real) target on bar t arrives
+    after that notice (signal lagging): risk refuses it (dead letter stale_data, the cycle aborted and
+    journaled). A target on the stale bar itself, once ingest completes it on a later poll, is approved and
+    executed as usual."""
+    settings = tick_settings(nats_server)
     capture = Capture()
+    params = StrategyParams()  # version 0: nothing promoted
+    late_cycle, late_panel, late_markets = replay_snapshot(STALE_BAR - 1, settings.snapshot_bars)
+    stale_cycle, stale_panel, stale_markets = replay_snapshot(STALE_BAR, settings.snapshot_bars)
+    stale_as_of = int(stale_panel.timestamps[-1])
+    warm = replay_signal_state(STALE_BAR - 6, STALE_BAR - 2, params, settings.snapshot_bars)  # a confirmed regime
 
-    def target(day: int) -> TargetPortfolio:
-        fields: dict[str, Any] = {
-            "cycle_id": f"1d-2024010{1 + day}T0000", "as_of_ms": T0 + day * DAY, "data_digest": "d",
-            "params_version": 0, "params_digest": "p", "regime": "bear", "weights": {},
-            "prices": {"BTC/USDT": 40_000.0}, "markets": []}
-        return TargetPortfolio(target_id=content_id(fields, prefix="t-"), **fields)
-
-    async def cycle_snapshot(js: Any, cycle_id: str) -> PortfolioSnapshot | None:
-        snap = await snapshot(js)
+    async def cycle_snapshot(js_operator: Any, cycle_id: str) -> PortfolioSnapshot | None:
+        snap = await snapshot(js_operator)
         return snap if snap.cycle_id == cycle_id else None
 
-    async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot, list[bytes]]:
-        async with system(settings, capture) as js:
-            await publish(js, DataStale(cycle_id="1d-20240103T0000", timeframe="1d", reason="incomplete snapshot",
-                                        missing=["ETH/USDT"], as_of_ms=T0 + 2 * DAY), msg_id="stale-20240103")
+    async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot, bytes, list[Any], list[ApprovedPlan]]:
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "signal", "operator") as js:
+            late_ready = await announce_panel(js["ingest"], late_panel, late_cycle, late_markets)
+            late, state = make_target(late_ready, late_panel, params, 0, warm)
+            await publish(js["ingest"], DataStale(cycle_id=stale_cycle, timeframe="1d", reason="incomplete snapshot",
+                                                  missing=["ETH/USDT"], as_of_ms=stale_as_of),
+                          msg_id=f"stale-{stale_cycle}")
 
             async def noticed() -> bool:
                 return bool(capture.fields("DATA_STALE"))
 
             await until(noticed, "risk to log the stale notice")
-            late, same_bar = target(1), target(2)
-            await publish(js, late, msg_id=late.target_id)
-            refused = await until(lambda: cycle_snapshot(js, late.cycle_id), "the late target's cycle to end")
-            await publish(js, same_bar, msg_id=same_bar.target_id)
-            approved = await until(lambda: cycle_snapshot(js, same_bar.cycle_id), "the completed bar's cycle")
-            sub = await js.subscribe("aura.dlq.risk", ordered_consumer=True)
-            letters = [(await sub.next_msg(timeout=5)).data]
-            return refused, approved, letters
+            await publish(js["signal"], late, msg_id=late.target_id)
+            refused = await until(lambda: cycle_snapshot(js["operator"], late_cycle), "the late target's cycle to end")
+            ready = await announce_panel(js["ingest"], stale_panel, stale_cycle, stale_markets)  # completed
+            same_bar, _ = make_target(ready, stale_panel, params, 0, state)
+            await publish(js["signal"], same_bar, msg_id=same_bar.target_id)
+            approved = await until(lambda: cycle_snapshot(js["operator"], stale_cycle), "the completed bar's cycle")
+            return (refused, approved, encode(late), await dead_letters(js["operator"], "risk"),
+                    await approved_plans(js["operator"]))
 
-    refused, approved, letters = asyncio.run(scenario())
+    refused, approved, late_bytes, letters, plans = asyncio.run(scenario())
     assert refused.status == "aborted" and refused.plan_id == ""
     assert approved.status == "executed" and approved.plan_id != ""
-    letter = decode(letters[0], DeadLetter)
-    assert letter.reason == "stale_data" and "1d-20240103T0000" in letter.error
-    assert decode(letter.payload, TargetPortfolio).cycle_id == "1d-20240102T0000"
-    events = journal(settings, "SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='1d-20240102T0000'")
-    assert len(events) == 1 and "data stale since 1d-20240103T0000" in events[0][0]
+    assert len(letters) == 1, [x.reason for x in letters]
+    letter = letters[0]
+    assert letter.reason == "stale_data" and stale_cycle in letter.error
+    assert letter.payload_sha256 == hashlib.sha256(late_bytes).hexdigest()  # the late target itself
+    assert late_bytes.startswith(letter.payload)
+    events = journal(settings, f"SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='{late_cycle}'")
+    assert len(events) == 1 and f"data stale since {stale_cycle}" in events[0][0]
+    # The late target's cycle never got a plan; the completed bar's plan is the one the executor ran.
+    assert [p.plan.cycle_id for p in plans] == [stale_cycle] and plans[0].plan.plan_id == approved.plan_id
+    assert [leg.side for leg in plans[0].plan.legs] and approved.holdings, "the completed bar's plan should trade"
+    assert not capture.fields("FORGED_TARGET")

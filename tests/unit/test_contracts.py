@@ -2,11 +2,12 @@ import msgspec
 import pytest
 
 from shared.contracts import (
+    ABORT_STAGES,
     SCHEMA_VERSION,
-    STREAM_OF_SUBJECT,
     STREAMS,
     ApprovedPlan,
     ContractError,
+    CycleAborted,
     DataReady,
     PlanBody,
     PlanLeg,
@@ -14,6 +15,8 @@ from shared.contracts import (
     decode,
     encode,
     plan_id_for,
+    stream_of,
+    subject_of,
 )
 
 
@@ -59,4 +62,12 @@ def test_every_subject_belongs_to_exactly_one_stream() -> None:
     subjects = [s for spec in STREAMS for s in spec.subjects]
     assert len(subjects) == len(set(subjects))
     for kind in (DataReady, ApprovedPlan):
-        assert kind.SUBJECT in STREAM_OF_SUBJECT
+        assert stream_of(kind.SUBJECT)
+    # Each stage's abort notices go on its own subject, which the plans stream stores.
+    for stage in ABORT_STAGES:
+        subject = subject_of(CycleAborted(cycle_id="c", stage=stage, reason="r"))
+        assert subject == f"aura.plans.aborted.{stage}" and stream_of(subject) == "AURA_PLANS"
+    with pytest.raises(KeyError):
+        stream_of("aura.plans.aborted")  # the bare prefix is no subject any stage publishes on
+    with pytest.raises(KeyError):
+        stream_of("aura.nowhere")
