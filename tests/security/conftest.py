@@ -1,0 +1,160 @@
+"""A running AURA system to attack: `aura up`'s launcher on an authenticated nats-server, replaying the last days
+of the bundled history until it is idle, so that "nothing changed" can be checked exactly.
+
+The attacker is a client that reaches the NATS port: with no credential, or holding one service's NKey (a
+compromised service keeps its own rights, never its peers' signing keys).  After each attack the journal and
+the book must be unchanged, and every service still ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from aura.launcher import Stack, start_stack, wait_ready
+from aura.natsd import NatsServer, free_port, start_bus
+from shared.bus import client_options
+from shared.config import SERVICE_NAMES, Settings, load_settings
+from shared.contracts import DeadLetter
+from shared.credentials import ensure_credentials
+from tests.bus_helpers import dead_letters
+
+REPLAY_START = "2024-11-24"  # the bundled history ends 2024-12-05: 12 cycles, then idle
+MIN_CYCLES = 12
+
+
+@dataclass(frozen=True)
+class Book:
+    """What an attack must not change: every journal table that moves money, and the portfolio."""
+
+    tables: dict[str, int]
+    cash: float
+    holdings: dict[str, float]
+    last_snapshot: str
+
+
+@dataclass
+class System:
+    stack: Stack
+    server: NatsServer
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def journal(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(f"file:{self.settings.journal_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def book(self) -> Book:
+        tables = {t: int(self.journal(f"SELECT count(*) FROM {t}")[0][0])
+                  for t in ("plans", "intents", "orders", "fills", "snapshots")}
+        snapshot_id, cash, holdings = self.journal(
+            "SELECT snapshot_id, cash, holdings FROM snapshots ORDER BY seq DESC LIMIT 1")[0]
+        return Book(tables, float(cash), json.loads(holdings), str(snapshot_id))
+
+    def events_since(self, seq: int) -> list[tuple[str, str, str]]:
+        return [(str(k), str(c), str(d)) for k, c, d in
+                self.journal("SELECT kind, cycle_id, detail FROM events WHERE id > ? ORDER BY id", (seq,))]
+
+    def last_event_seq(self) -> int:
+        return int(self.journal("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+
+    def ready(self) -> dict[str, int]:
+        s = self.settings
+        with httpx.Client(timeout=3) as client:
+            return {n: client.get(f"http://{s.health_host}:{s.port_for(n)}/readyz").status_code for n in SERVICE_NAMES}
+
+    def metrics(self, service: str) -> str:
+        s = self.settings
+        return httpx.get(f"http://{s.health_host}:{s.port_for(service)}/metrics", timeout=3).text
+
+    def counter(self, service: str, name: str) -> float:
+        for line in self.metrics(service).splitlines():
+            if line.startswith(f"aura_{name}{{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def log_lines(self, service: str, tag: str) -> list[dict[str, Any]]:
+        path = self.stack.logs / f"{service}.log"
+        out = []
+        for line in path.read_text(errors="replace").splitlines():
+            if f'"tag":"{tag}"' in line:
+                out.append(json.loads(line))
+        return out
+
+    async def connect(self, principal: str | None) -> nats.NATS:
+        """A client on this system's bus: anonymous (None) or holding ``principal``'s NKey."""
+        options = client_options(self.settings, principal) if principal else {}
+        return await nats.connect(self.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
+                                  error_cb=_collect, **options)
+
+    def dead_letters(self, service: str) -> list[DeadLetter]:
+        async def read() -> list[DeadLetter]:
+            nc = await self.connect("operator")
+            try:
+                return await dead_letters(nc.jetstream(), service)
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
+
+
+ERRORS: list[str] = []
+
+
+async def _collect(exc: Exception) -> None:
+    ERRORS.append(str(exc))
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    home = tmp_path_factory.mktemp("attacked") / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
+    env.update({"AURA_HOME": str(home), "AURA_REPLAY_START": REPLAY_START, "AURA_REPLAY_INTERVAL_S": "0.1",
+                "AURA_RISK_TICK_S": "0.5", "AURA_LOG_LEVEL": "INFO"})
+    env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
+    settings = load_settings(env)
+    ensure_credentials(settings.keys)
+    # The bus `aura up` would start (same config, same keys), on a free port: never the machine's 4222.
+    server = start_bus(settings, free_port())
+    env["AURA_NATS_URL"] = server.url
+    stack = start_stack(load_settings(env), env)
+    system = System(stack, server, stack.settings)
+    try:
+        wait_ready(stack, 90)
+
+        def idle() -> bool:
+            done = system.journal("SELECT count(*) FROM snapshots WHERE status != 'genesis'")[0][0]
+            return done >= MIN_CYCLES
+
+        wait_until(idle, f"{MIN_CYCLES} replayed cycles", timeout=120)
+        time.sleep(1.5)  # the last cycle's snapshot published, a few risk ticks run
+        yield system
+    finally:
+        stack.stop()
+        server.stop()

@@ -1,0 +1,352 @@
+"""Every attack issue 8 lists, replayed against a running system (tests/security/conftest.py): as an anonymous
+client, and as a client holding one service's credential.  For each: refused, nothing executed, the journal
+and the book unchanged, every service still ready.  Tests run in file order; the last one proves the system
+still trades a genuine new cycle after all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aura.strategy.params import StrategyParams
+from aura.strategy.types import Panel
+from services.ingest.replay import cycle_id_for
+from services.risk.latch import HALT_KEY, read_latch
+from shared.bus import MSG_ID_HEADER, candle_writer, last_message, publish
+from shared.candles import decode_panel, digest, encode_panel
+from shared.contracts import (
+    ApprovedPlan,
+    CycleAborted,
+    DataReady,
+    DataStale,
+    PortfolioSnapshot,
+    TargetPortfolio,
+    decode,
+    encode,
+)
+from shared.credentials import trusted_key
+from shared.live_params import sign_document
+from shared.signing import sign_struct
+from tests.bus_helpers import reforged_target
+from tests.security.conftest import ERRORS, System, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+SERVICES = ("ingest", "signal", "risk", "executor", "optimizer")
+DAY = 86_400_000
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def js_publish(system: System, principal: str | None, subject: str, payload: bytes,
+                     msg_id: str | None = None) -> str:
+    """'refused: ...' when the bus refuses the connection or the publish, else 'stored'."""
+    ERRORS.clear()
+    try:
+        nc = await system.connect(principal)
+    except Exception as exc:
+        return f"refused: {exc}"
+    try:
+        headers = {MSG_ID_HEADER: msg_id} if msg_id else None
+        await nc.jetstream().publish(subject, payload, timeout=2, headers=headers)
+        return "stored"
+    except Exception as exc:
+        await asyncio.sleep(0.05)
+        return f"refused: {exc} {ERRORS}"
+    finally:
+        await nc.close()
+
+
+def assert_untouched(system: System, before: Any, why: str) -> None:
+    time.sleep(1.5)  # long enough for risk to plan and the executor to trade, were anything accepted
+    after = system.book()
+    assert after == before, f"{why}: the journal or the book changed: {before} -> {after}"
+    assert set(system.ready().values()) == {200}, f"{why}: a service is no longer ready: {system.ready()}"
+
+
+async def newest(system: System, kind: type[Any]) -> Any:
+    nc = await system.connect("operator")
+    try:
+        raw = await last_message(nc.jetstream(), kind.SUBJECT)
+        return decode(raw, kind) if raw is not None else None
+    finally:
+        await nc.close()
+
+
+# --- 1. forged targets -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("principal", [None, "ingest", "risk", "executor", "optimizer"])
+def test_only_signal_may_publish_a_target(system: System, principal: str | None) -> None:
+    before = system.book()
+    genuine = run(newest(system, TargetPortfolio))
+    outcome = run(js_publish(system, principal, TargetPortfolio.SUBJECT, encode(reforged_target(genuine))))
+    assert outcome.startswith("refused"), f"{principal}: {outcome}"
+    assert_untouched(system, before, f"a target from {principal or 'an anonymous client'}")
+
+
+def _forgeries(genuine: TargetPortfolio, held: str) -> dict[str, TargetPortfolio]:
+    btc = "BTC/USDT"
+    return {
+        # The issue's attack: a copied target for a new cycle, 95% BTC, a forecast that clears the cost gate.
+        "new cycle, 95% BTC, forecast 0.5": reforged_target(genuine, cycle_id="1d-20991231T0000",
+                                                          weights={btc: 0.95}, expected_returns={btc: 0.5}),
+        "this cycle, 95% BTC, forecast 0.5": reforged_target(genuine, weights={btc: 0.95},
+                                                           expected_returns={**genuine.expected_returns, btc: 0.5}),
+        "BTC priced at 1/90": reforged_target(genuine, weights={btc: 0.95},
+                                            prices={**genuine.prices, btc: genuine.prices[btc] / 90}),
+        "held coin priced at 0": reforged_target(genuine, prices={**genuine.prices, held: 0.0}),
+        "weights above 1": reforged_target(genuine, weights={btc: 0.8, "ETH/USDT": 0.8}),
+        "negative weight": reforged_target(genuine, weights={btc: 1.0, "ETH/USDT": -0.5}),
+        "NaN weight": reforged_target(genuine, weights={btc: math.nan}),
+        "1,500 unknown symbols": reforged_target(genuine, weights={f"\u0416{i:04d}/USDT": 0.0005
+                                                                 for i in range(1500)}),
+    }
+
+
+def test_a_compromised_signal_cannot_get_a_forged_target_signed(system: System) -> None:
+    genuine = run(newest(system, TargetPortfolio))
+    held = next(iter(system.book().holdings), "BTC/USDT")
+    plans_before = run(newest(system, ApprovedPlan))
+    letters_before = len(system.dead_letters("risk"))
+    forged_before = system.counter("risk", "forged_targets")
+    for what, target in _forgeries(genuine, held).items():
+        before = system.book()
+        outcome = run(js_publish(system, "signal", TargetPortfolio.SUBJECT, encode(target), msg_id=target.target_id))
+        assert outcome == "stored", f"{what}: the signal credential may publish targets: {outcome}"
+        assert_untouched(system, before, what)
+    letters = system.dead_letters("risk")[letters_before:]
+    # A new cycle id is not the cycle ingest announced (superseded); NaN cannot even be sent as JSON (it
+    # arrives as null: malformed); every other forgery is caught against the data (forged_target).
+    assert sorted(letter.reason for letter in letters) == sorted(
+        ["superseded", "malformed", *["forged_target"] * 6]), [(x.reason, x.error[:80]) for x in letters]
+    assert system.counter("risk", "forged_targets") == forged_before + 6
+    assert len(system.log_lines("risk", "FORGED_TARGET")) >= 6
+    newest_plan = run(newest(system, ApprovedPlan))
+    assert newest_plan == plans_before, "risk signed a plan for a forged target"
+
+
+def test_a_target_too_large_for_the_stream_is_refused_by_the_server(system: System) -> None:
+    genuine = run(newest(system, TargetPortfolio))
+    huge = reforged_target(genuine, weights={f"\u0416{i:05d}/USDT": 0.0001 for i in range(10_000)})
+    before = system.book()
+    outcome = run(js_publish(system, "signal", TargetPortfolio.SUBJECT, encode(huge)))
+    assert outcome.startswith("refused") and "maximum" in outcome.lower(), outcome
+    assert_untouched(system, before, "10,000 symbols")
+
+
+# --- 2. parameters ---------------------------------------------------------------------------------------------
+
+
+def _reckless() -> StrategyParams:
+    return StrategyParams(kill_switch_drawdown=1.0, stop_loss=0.0)
+
+
+@pytest.mark.parametrize("principal", [None, "ingest", "signal", "risk", "executor"])
+def test_only_the_optimizer_and_the_operator_may_write_parameters(system: System, principal: str | None) -> None:
+    outcome = run(js_publish(system, principal, "$KV.aura_params.strategy", msgspec.json.encode(_reckless())))
+    assert outcome.startswith("refused"), f"{principal}: {outcome}"
+
+
+@pytest.mark.parametrize("document", ["unsigned reckless", "garbage", "signed by an unknown key"])
+def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(system: System,
+                                                                              document: str) -> None:
+    docs = {
+        "unsigned reckless": msgspec.json.encode({"params": msgspec.to_builtins(_reckless()), "promoted_by": "x",
+                                                  "reason": "x", "promoted_at_ms": 1}),
+        "garbage": json.dumps({"top_k": "lots"}).encode(),
+        "signed by an unknown key": msgspec.json.encode(sign_document(_reckless(), Ed25519PrivateKey.generate(),
+                                                                      "optimizer", "attack")),
+    }
+    before = system.book()
+    version_before = system.counter("risk", "params_version")
+    refused_before = {svc: system.counter(svc, "params_refused") for svc in ("signal", "risk")}
+    ticks_before = len(system.log_lines("risk", "RISK_TICK"))
+    assert run(js_publish(system, "optimizer", "$KV.aura_params.strategy", docs[document])) == "stored"
+    for svc in ("signal", "risk"):
+        wait_until(lambda svc=svc: system.counter(svc, "params_refused") > refused_before[svc],
+                   f"{svc} to refuse the {document} document", timeout=30)
+    # Stop-loss checks go on, on the last valid version: ticks keep coming and none fails.
+    wait_until(lambda: len(system.log_lines("risk", "RISK_TICK")) >= ticks_before + 4, "four more risk ticks")
+    assert system.counter("risk", "params_version") == version_before
+    assert not [x for x in system.log_lines("risk", "RISK_TICK") if "failed" in x["msg"]]
+    assert_untouched(system, before, f"a {document} parameter document")
+
+
+# --- 3. state: the latch, the reset request, snapshots -------------------------------------------------------
+
+
+@pytest.mark.parametrize("principal", [None, "ingest", "signal", "executor", "optimizer", "operator"])
+def test_only_risk_may_write_the_latch(system: System, principal: str | None) -> None:
+    outcome = run(js_publish(system, principal, f"$KV.aura_state.{HALT_KEY}", b'{"halted": true}'))
+    assert outcome.startswith("refused"), f"{principal}: {outcome}"
+
+
+@pytest.mark.parametrize("principal", [None, "ingest", "signal", "risk", "executor", "optimizer"])
+def test_only_the_operator_may_ask_for_a_reset(system: System, principal: str | None) -> None:
+    outcome = run(js_publish(system, principal, "$KV.aura_state.operator.reset", b'{"requested_at_ms": 9e15}'))
+    assert outcome.startswith("refused"), f"{principal}: {outcome}"
+
+
+def test_an_unsigned_latch_written_with_risks_bus_key_is_not_believed(system: System) -> None:
+    """A stolen NKey without the signing key: the latch is refused, the verified one stays and is restored."""
+    before = system.book()
+    forged_before = system.counter("risk", "forged_state")
+    assert run(js_publish(system, "risk", f"$KV.aura_state.{HALT_KEY}", b'{"halted": true}')) == "stored"
+    wait_until(lambda: system.counter("risk", "forged_state") > forged_before, "risk to refuse the latch")
+    assert_untouched(system, before, "an unsigned latch")
+
+    async def latch() -> Any:
+        nc = await system.connect("operator")
+        try:
+            kv = await nc.jetstream().key_value("aura_state")
+            return await read_latch(kv, trusted_key(system.settings.keys, "operator", "risk"))
+        finally:
+            await nc.close()
+
+    doc, _, problem = wait_until(lambda: (got := run(latch())) and not got[2] and got, "the latch to be restored")
+    assert problem == "" and doc.halted is False
+
+
+def test_a_snapshot_with_a_fake_equity_peak_does_not_reach_risk(system: System) -> None:
+    genuine = run(newest(system, PortfolioSnapshot))
+    fake = msgspec.structs.replace(genuine, equity_history=[*genuine.equity_history[:-1], genuine.equity * 10,
+                                                            genuine.equity], signature="", key_id="")
+    for principal in (None, "ingest", "signal", "risk", "optimizer"):
+        outcome = run(js_publish(system, principal, PortfolioSnapshot.SUBJECT, encode(fake)))
+        assert outcome.startswith("refused"), f"{principal}: {outcome}"
+    # With the executor's bus key but not its signing key: unsigned, or signed by another key.
+    before = system.book()
+    forged_before = system.counter("risk", "forged_snapshots")
+    for variant in (fake, sign_struct(fake, Ed25519PrivateKey.generate())):
+        assert run(js_publish(system, "executor", PortfolioSnapshot.SUBJECT, encode(variant))) == "stored"
+    wait_until(lambda: system.counter("risk", "forged_snapshots") > forged_before, "risk to refuse the snapshot")
+    assert_untouched(system, before, "a snapshot with a fake equity peak")
+    assert not [x for x in system.log_lines("risk", "KILL_SWITCH") if "breached" in x["msg"]]
+
+
+# --- 4. oversized and malformed messages -------------------------------------------------------------------------
+
+
+def test_an_oversized_message_is_refused_by_the_server(system: System) -> None:
+    big = b'{"v":1,"x":"' + b"A" * 900_000 + b'"}'
+
+    async def over_max_payload() -> str:
+        nc = await system.connect("risk")
+        nc._max_payload = 10 * len(big)  # skip the client's own check: the server must refuse it
+        try:
+            await nc.publish("aura.plans.approved", big)
+            await nc.flush(timeout=2)
+            await asyncio.sleep(0.5)
+            return "connected" if nc.is_connected else "closed"
+        except Exception as exc:
+            return f"refused: {exc}"
+        finally:
+            await nc.close()
+
+    before = system.book()
+    outcome = run(over_max_payload())
+    assert outcome != "connected", "the server accepted a 0.9 MB message"
+    # Under max_payload but over the stream's per-message limit: refused at publish, never stored.
+    outcome = run(js_publish(system, "risk", "aura.plans.approved", b'{"v":1,"x":"' + b"A" * 100_000 + b'"}'))
+    assert outcome.startswith("refused") and "maximum" in outcome.lower(), outcome
+    assert_untouched(system, before, "oversized messages")
+
+
+def test_a_malformed_plan_is_dead_lettered_within_bounds_and_the_executor_moves_on(system: System) -> None:
+    payload = b'{"v":1,"x":"' + b"A" * 60_000 + b'"}'  # fits the stream, is no plan
+    before = system.book()
+    letters_before = len(system.dead_letters("executor"))
+    assert run(js_publish(system, "risk", "aura.plans.approved", payload)) == "stored"
+    letters = wait_until(lambda: system.dead_letters("executor")[letters_before:], "the executor's dead letter")
+    (letter,) = letters
+    assert letter.reason == "malformed" and letter.payload_size == len(payload)
+    assert len(letter.payload) <= 4096 and len(encode(letter)) < 16 * 1024
+    assert_untouched(system, before, "a malformed plan")
+
+
+# --- 5. notices ------------------------------------------------------------------------------------------------
+
+
+def test_a_stale_notice_from_the_far_future_is_refused(system: System) -> None:
+    notice = DataStale(cycle_id="1d-99991231T0000", timeframe="1d", reason="attack", as_of_ms=9_000_000_000_000_000)
+    for principal in (None, "signal", "risk", "executor", "optimizer"):
+        assert run(js_publish(system, principal, DataStale.SUBJECT, encode(notice))).startswith("refused"), principal
+    refused_before = system.counter("risk", "stale_notices_refused")
+    assert run(js_publish(system, "ingest", DataStale.SUBJECT, encode(notice))) == "stored"
+    wait_until(lambda: system.counter("risk", "stale_notices_refused") > refused_before, "risk to refuse the notice")
+    assert system.dead_letters("risk")[-1].reason == "stale_out_of_bounds"
+
+
+def test_aborts_for_unknown_cycles_never_become_equity_points(system: System) -> None:
+    before = system.book()
+    events_from = system.last_event_seq()
+    history_before = run(newest(system, PortfolioSnapshot)).equity_history
+    # A stage may abort only on its own subject...
+    wrong = CycleAborted(cycle_id="1d-20241206T0000", stage="ingest", reason="attack")
+    assert run(js_publish(system, "signal", "aura.plans.aborted.ingest", encode(wrong))).startswith("refused")
+    # ...and an abort for a cycle ingest never announced adds no equity point, however many arrive.
+    for i in range(150):
+        junk = CycleAborted(cycle_id=f"junk-{i}", stage="signal", reason="attack")
+        assert run(js_publish(system, "signal", "aura.plans.aborted.signal", encode(junk),
+                              msg_id=f"junk-{i}")) == "stored"
+    wait_until(lambda: len([e for e in system.events_since(events_from) if e[0] == "abort_ignored"]) >= 150,
+               "the executor to journal 150 ignored aborts")
+    assert_untouched(system, before, "150 junk aborts")
+    assert run(newest(system, PortfolioSnapshot)).equity_history == history_before
+    assert {e[0] for e in system.events_since(events_from)} == {"abort_ignored"}
+
+
+# --- after every attack: the system still trades a genuine cycle -------------------------------------------------
+
+
+def test_zz_after_every_attack_a_genuine_new_cycle_is_still_planned_and_executed(system: System) -> None:
+    """Ingest announces one more bar (the last one again, a day later): signal, risk and the executor still do
+    their job, on the verified basis, whatever was thrown at them above."""
+
+    async def announce() -> str:
+        from shared.bus import verified_candles
+
+        operator = await system.connect("operator")  # reads what ingest published last (ingest cannot)
+        try:
+            ready = decode(await last_message(operator.jetstream(), DataReady.SUBJECT), DataReady)
+            panel = decode_panel(await verified_candles(operator.jetstream(), ready.digest))
+        finally:
+            await operator.close()
+
+        def shifted(a: np.ndarray) -> np.ndarray:  # one bar on, the last bar repeated
+            return np.vstack([a[1:], a[-1:]])
+
+        stamps = np.append(panel.timestamps[1:], panel.timestamps[-1] + DAY)
+        nxt = Panel(panel.symbols, stamps, shifted(panel.open), shifted(panel.high), shifted(panel.low),
+                    shifted(panel.close), shifted(panel.volume))
+        blob = encode_panel(nxt)
+        as_of = int(stamps[-1])
+        cycle = cycle_id_for("1d", as_of)
+        nc = await system.connect("ingest")
+        try:
+            js = nc.jetstream()
+            await (await candle_writer(js)).put(digest(blob), blob)
+            await publish(js, msgspec.structs.replace(ready, cycle_id=cycle, as_of_ms=as_of, digest=digest(blob)),
+                          msg_id=f"ready-{cycle}")
+            return cycle
+        finally:
+            await nc.close()
+
+    cycle = run(announce())
+    wait_until(lambda: system.journal("SELECT status FROM snapshots WHERE cycle_id=?", (cycle,)),
+               f"cycle {cycle} to end in the journal", timeout=60)
+    (status,) = system.journal("SELECT status FROM snapshots WHERE cycle_id=?", (cycle,))[0]
+    assert status in ("executed", "partial"), status
+    assert set(system.ready().values()) == {200}

@@ -1,0 +1,92 @@
+"""The issue's most expensive attack, against a live executor trading on the exchange simulator.
+
+A compromised signal service published a target with BTC priced at 1/90 of the exchange's price; risk signed
+it and the live executor bought 2.06 BTC for 89,999.72 USDT under a 1,000 USDT cap.  Here the real risk and
+executor bodies run live (the executor through ccxt against the simulator, risk on its public tickers), the
+test plays ingest (the day's candles, at the exchange's prices) and the compromised signal.  The target is
+refused: no plan is signed, no order reaches the exchange, and the exchange's balances do not move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside the scenario's event loop
+from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
+from aura.strategy.params import StrategyParams
+from aura.strategy.types import Panel
+from services.ingest.replay import cycle_id_for, load_market_rules
+from services.signal.service import make_target
+from shared.bus import last_message
+from shared.contracts import (
+    ApprovedPlan,
+    DeadLetter,
+    TargetPortfolio,
+    encode,
+)
+from shared.health import HealthState
+from tests.bus_helpers import (
+    announce_panel,
+    dead_letters,
+    market_msgs,
+    reforged_target,
+    role_connections,
+    running,
+    until,
+)
+from tests.conftest import NatsEndpoint
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+DAY = 86_400_000
+SYMBOLS = ("BTC/USDT", "ETH/USDT")
+
+
+def test_a_target_priced_at_one_ninetieth_never_reaches_the_exchange(nats_server: NatsEndpoint, tmp_path: Path,
+                                                                     shared_data_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01", balances={"USDT": 100_000})
+    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
+    with SimServer(config=config) as sim:
+        settings = nats_server.settings(AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=sim.base_url,
+                                        AURA_MAX_ORDER_USDT="1000", AURA_RISK_TICK_S="0.3",
+                                        AURA_PAPER_CASH_USDT="100000")
+        prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in SYMBOLS}
+        balances_before = sim.sim.state()["balances"]
+
+        async def scenario() -> tuple[list[DeadLetter], bytes | None, HealthState]:
+            async with running(settings, "executor", "risk") as services, \
+                    role_connections(settings, "ingest", "signal", "operator") as js:
+                # Ingest: 120 days of candles ending at the exchange's price today.
+                t = 120
+                stamps = np.arange(t, dtype=np.int64) * DAY + 1_704_067_200_000 - (t - 1) * DAY
+                closes = np.array([[prices[s] * (1 + 0.001 * (i - t)) for s in SYMBOLS] for i in range(t)])
+                panel = Panel(SYMBOLS, stamps, closes, closes * 1.01, closes * 0.99, closes, np.full_like(closes, 1e9))
+                rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
+                ready = await announce_panel(js["ingest"], panel, cycle_id_for("1d", int(stamps[-1])),
+                                             market_msgs(SYMBOLS, rules))
+                # The compromised signal: the genuine target of the day, then BTC at 1/90 and 95% in it.
+                genuine, _ = make_target(ready, panel, StrategyParams(), 0, None)
+                forged = reforged_target(genuine, weights={"BTC/USDT": 0.95},
+                                         prices={**genuine.prices, "BTC/USDT": genuine.prices["BTC/USDT"] / 90})
+                await js["signal"].publish(TargetPortfolio.SUBJECT, encode(forged), timeout=5)
+                found = await until(lambda: dead_letters(js["operator"], "risk"),
+                                    "risk's dead letter for the forged target", 60)
+                await asyncio.sleep(1.0)  # a few risk ticks on live tickers; nothing may trade
+                plan = await last_message(js["operator"], ApprovedPlan.SUBJECT)
+                return found, plan, services["risk"].health
+
+        found, plan, risk_health = asyncio.run(scenario())
+        assert [letter.reason for letter in found] == ["forged_target"], [(x.reason, x.error) for x in found]
+        assert "BTC/USDT" in found[0].error and "prices differ" in found[0].error
+        assert plan is None, "risk signed a plan"
+        assert risk_health.counters.get("forged_targets") == 1
+        requests: dict[str, Any] = sim.sim.request_counts()
+        assert "POST /api/v3/order" not in requests, f"an order reached the exchange: {requests}"
+        assert sim.sim.state()["balances"] == balances_before

@@ -1,0 +1,207 @@
+"""The bus's permission matrix, walked against a real nats-server with every credential.
+
+For each principal (and an anonymous client) every operation that could move money or state is attempted:
+publishing on each pipeline subject, writing each KV key, writing the candle object store, creating, changing
+or deleting streams and consumers, reading and consuming.  What the server allows is compared with a table
+written here from the issue's requirements, independently of ``shared.bus_access.MATRIX``: a wrong edit of
+the matrix fails this test even though the server would faithfully enforce it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats
+import pytest
+
+from shared.bus import client_options
+from shared.bus_access import inbox_prefix, matrix_markdown
+from shared.contracts import CONSUMERS
+from shared.credentials import PRINCIPALS
+from tests.conftest import REPO_ROOT, NatsEndpoint
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+ALL = set(PRINCIPALS)
+
+# subject -> who may publish on it (the issue: only ingest publishes data and stale notices, only signal
+# targets, only risk approved plans, only the executor fills and snapshots; each stage its own aborts and
+# each service its own dead letters).
+PUBLISH = {
+    "aura.data.ready": {"ingest"},
+    "aura.data.stale": {"ingest"},
+    "aura.signal.targets": {"signal"},
+    "aura.plans.approved": {"risk"},
+    "aura.plans.aborted.ingest": {"ingest"},
+    "aura.plans.aborted.signal": {"signal"},
+    "aura.plans.aborted.risk": {"risk"},
+    "aura.exec.fills": {"executor"},
+    "aura.exec.snapshots": {"executor"},
+    **{f"aura.dlq.{svc}": {svc} for svc in ("ingest", "signal", "risk", "executor", "optimizer")},
+}
+# KV key -> who may write it: parameters by the optimizer and the operator; the latch by risk alone; each
+# service its own state; the operator's reset request by the operator alone.
+KV_WRITE = {
+    ("aura_params", "strategy"): {"optimizer", "operator"},
+    ("aura_state", "risk.halted"): {"risk"},
+    ("aura_state", "operator.reset"): {"operator"},
+    ("aura_state", "ingest.cursor.replay.1d"): {"ingest"},
+    ("aura_state", "signal.state"): {"signal"},
+}
+OBJECT_WRITE = {"ingest"}
+# Stream and consumer management: the operator provisions; nobody deletes or purges.
+MANAGE = {
+    "$JS.API.STREAM.CREATE.EVIL": {"operator"},
+    "$JS.API.STREAM.UPDATE.AURA_PLANS": {"operator"},
+    "$JS.API.STREAM.DELETE.AURA_PLANS": set(),
+    "$JS.API.STREAM.PURGE.AURA_PLANS": set(),
+    "$JS.API.STREAM.MSG.DELETE.AURA_PLANS": set(),
+    "$JS.API.CONSUMER.DURABLE.CREATE.AURA_PLANS.evil": {"operator"},
+    # An ephemeral push consumer delivering stored plans to a subject of the attacker's choice.
+    "$JS.API.CONSUMER.CREATE.AURA_PLANS": {"operator"},
+    "$JS.API.CONSUMER.DELETE.AURA_PLANS.executor": {"operator"},
+}
+# Direct reads of the newest message on a subject: what each service consumes, and the operator.
+READ = {
+    "aura.data.ready": {"risk", "executor", "operator"},
+    "aura.data.stale": {"risk", "executor", "operator"},
+    "aura.exec.snapshots": {"risk", "operator"},
+    "aura.plans.approved": {"operator"},
+    "aura.signal.targets": {"operator"},
+}
+STREAMS = {"aura.data.ready": "AURA_DATA", "aura.data.stale": "AURA_DATA", "aura.exec.snapshots": "AURA_EXEC",
+           "aura.plans.approved": "AURA_PLANS", "aura.signal.targets": "AURA_TARGETS"}
+# Durable consumers: each only by its own service (the operator manages, and can read through any).
+CONSUME = {spec.durable: {name, "operator"} for name, spec in CONSUMERS.items()}
+
+
+class Probe:
+    """One connection; classifies each request as allowed (a reply came) or refused (the server said so)."""
+
+    def __init__(self, nc: Any, errors: list[str]) -> None:
+        self.nc, self.errors = nc, errors
+
+    async def attempt(self, subject: str, payload: bytes = b"{}", headers: dict[str, str] | None = None) -> str:
+        try:
+            await self.nc.request(subject, payload, timeout=1.5, headers=headers)
+            return "allowed"
+        except Exception:
+            await asyncio.sleep(0.05)
+            if any(f'"{subject.lower()}"' in e.lower() for e in self.errors):
+                return "refused"
+            return "no answer"
+
+
+async def probe_for(endpoint: NatsEndpoint, principal: str) -> Probe:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    options = client_options(endpoint.settings(), principal)
+    nc = await nats.connect(endpoint.url, error_cb=on_error, allow_reconnect=False, **options)
+    return Probe(nc, errors)
+
+
+def consumer_create(stream: str, durable: str | None = None) -> bytes:
+    config: dict[str, Any] = {"ack_policy": "explicit", "deliver_subject": "aura.plans.approved"}
+    if durable:
+        config = {"durable_name": durable, "ack_policy": "explicit"}
+    return json.dumps({"stream_name": stream, "config": config}).encode()
+
+
+async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
+    probe = await probe_for(endpoint, principal)
+    jobs: dict[str, Any] = {}
+    for subject in PUBLISH:
+        jobs[f"publish {subject}"] = probe.attempt(subject)
+    for bucket, key in KV_WRITE:
+        jobs[f"kv {bucket}/{key}"] = probe.attempt(f"$KV.{bucket}.{key}")
+    jobs["object write"] = probe.attempt("$O.aura_candles.C.probe")
+    for api in MANAGE:
+        body = b"{}"
+        if api.startswith("$JS.API.STREAM.CREATE"):
+            body = json.dumps({"name": "EVIL", "subjects": ["evil.>"]}).encode()
+        elif ".CONSUMER.DURABLE.CREATE." in api:
+            body = consumer_create("AURA_PLANS", "evil")
+        elif api.endswith("CONSUMER.CREATE.AURA_PLANS"):
+            body = consumer_create("AURA_PLANS")
+        jobs[f"manage {api}"] = probe.attempt(api, body)
+    for subject, stream in STREAMS.items():
+        jobs[f"read {subject}"] = probe.attempt(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
+    for durable, spec in ((s.durable, s) for s in CONSUMERS.values()):
+        jobs[f"consume {durable}"] = probe.attempt(f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{durable}",
+                                                   json.dumps({"batch": 1, "no_wait": True}).encode())
+    results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    # A plain subscription to the plans subject: nobody may listen in on it outside JetStream.
+    await probe.nc.subscribe("aura.plans.approved")
+    await probe.nc.flush()
+    await asyncio.sleep(0.2)
+    results["subscribe aura.plans.approved"] = (
+        "refused" if any("subscription to \"aura.plans.approved\"" in e.lower() for e in probe.errors) else "allowed")
+    await probe.nc.close()
+    return results
+
+
+def expected(principal: str) -> dict[str, str]:
+    def word(ok: bool) -> str:
+        return "allowed" if ok else "refused"
+
+    out = {f"publish {s}": word(principal in who) for s, who in PUBLISH.items()}
+    out.update({f"kv {b}/{k}": word(principal in who) for (b, k), who in KV_WRITE.items()})
+    out["object write"] = word(principal in OBJECT_WRITE)
+    out.update({f"manage {api}": word(principal in who) for api, who in MANAGE.items()})
+    out.update({f"read {s}": word(principal in who) for s, who in READ.items()})
+    out.update({f"consume {d}": word(principal in who) for d, who in CONSUME.items()})
+    out["subscribe aura.plans.approved"] = word(False)  # plans are read through JetStream, never tapped
+    return out
+
+
+@pytest.mark.parametrize("principal", PRINCIPALS)
+def test_each_credential_holds_exactly_the_rights_the_matrix_grants(nats_server: NatsEndpoint,
+                                                                     principal: str) -> None:
+    observed = asyncio.run(walk(nats_server, principal))
+    want = expected(principal)
+    wrong = {op: (observed[op], want[op]) for op in want if observed[op] != want[op]}
+    assert not wrong, f"{principal}: (observed, required) differ for {wrong}"
+
+
+def test_an_anonymous_client_gets_no_connection(nats_server: NatsEndpoint) -> None:
+    async def scenario() -> str:
+        try:
+            nc = await nats.connect(nats_server.url, allow_reconnect=False, max_reconnect_attempts=0,
+                                    connect_timeout=3, error_cb=_quiet)
+        except Exception as exc:
+            return str(exc)
+        await nc.close()
+        return "connected"
+
+    assert "authorization violation" in asyncio.run(scenario()).lower()
+
+
+def test_a_credential_cannot_borrow_another_principals_inbox(nats_server: NatsEndpoint) -> None:
+    """Replies to one principal's requests (publish acks, API answers) are readable by that principal only."""
+
+    async def scenario() -> list[str]:
+        probe = await probe_for(nats_server, "signal")
+        await probe.nc.subscribe(f"{inbox_prefix('risk')}.>")
+        await probe.nc.flush()
+        await asyncio.sleep(0.2)
+        await probe.nc.close()
+        return probe.errors
+
+    errors = asyncio.run(scenario())
+    assert any("permissions violation for subscription" in e.lower() for e in errors), errors
+
+
+def test_architecture_md_shows_the_matrix_the_server_is_configured_with() -> None:
+    text = (REPO_ROOT / "ARCHITECTURE.md").read_text()
+    begin, end = "<!-- permission-matrix:begin -->", "<!-- permission-matrix:end -->"
+    assert begin in text and end in text, "ARCHITECTURE.md lacks the permission matrix markers"
+    shown = text.split(begin, 1)[1].split(end, 1)[0].strip()
+    assert shown == matrix_markdown().strip(), "ARCHITECTURE.md's matrix is out of date: `aura bus matrix` prints it"
+
+
+async def _quiet(_exc: Exception) -> None:
+    return None
