@@ -1,8 +1,8 @@
 """Ingest speed: cold sync from the local archive server, then warm panel loads from the cache.
 
-1. A fake data.binance.vision (services.ingest.fakes) runs in a *separate process* (a real CDN does not share
-   our GIL) and serves monthly/daily zips + CHECKSUMs built from /work/shared/data.  Its zips are built before
-   the clock starts: this measures the client, not the fake.
+1. The venue simulator's data.binance.vision face (aura.exchange_sim) runs in a *separate process* (a real CDN
+   does not share our GIL) and serves monthly/daily zips + CHECKSUMs built from /work/shared/data.  Its zips
+   are built before the clock starts: this measures the client, not the simulator.
 2. Cold sync, archive provider only, full history (since 2017-07-01) into an empty temporary cache:
    the 17 hourly symbols (~794k candles), then the 41 daily symbols.  Every cached file is then compared
    with the source parquet (must be equal).  Figures:
@@ -41,15 +41,14 @@ def _data_dir() -> Path:
 
 
 def _serve(conn: mp.connection.Connection, data_dir: str, timeframes: list[str]) -> None:
-    """Child process: run the fake archive until told to stop."""
-    from services.ingest.fakes import FakeBinanceArchive, MarketData
+    """Child process: run the venue simulator (its clock stopped at NOW_MS) until told to stop."""
+    from aura.exchange_sim import SimConfig, SimServer
 
-    data = MarketData(data_dir)
-    server = FakeBinanceArchive(data, NOW_MS).start()
-    built = sum(server.prebuild(tf, data.stems(tf)) for tf in timeframes)
-    conn.send((server.url, built))
+    server = SimServer(config=SimConfig(data_dir=Path(data_dir), speed=0, now=NOW_MS)).start()
+    built = sum(server.archive.prebuild(tf, server.sim.store.stems(tf)) for tf in timeframes)
+    conn.send((server.base_url, built))
     conn.recv()
-    conn.send(server.total)
+    conn.send(sum(server.sim.request_counts().values()))
     server.stop()
 
 
@@ -108,21 +107,22 @@ def main() -> None:
     data_dir = _data_dir()
 
     # Pay one-off costs (imports compile from source here, first CSV parse) before any clock starts.
-    from services.ingest.fakes.archive import build_kline_csv
-    from services.ingest.fakes.market import MarketData
+    from aura.exchange_sim.archive import build_kline_csv
+    from aura.exchange_sim.candles import CandleStore
     from services.ingest.providers.binance_archive import parse_kline_csv
     from shared.logging import setup_logging
 
     setup_logging("ingest", "ERROR")
-    sample = MarketData(data_dir).arrays("1d", "BTC_USDT")
+    sample = CandleStore(data_dir).arrays("1d", "BTC_USDT")
+    assert sample is not None
     parse_kline_csv(build_kline_csv({k: v[:5] for k, v in sample.items()}, 86_400_000, False))
 
-    print("starting the fake archive (separate process) and building its zips...", file=sys.stderr)
+    print("starting the venue simulator (separate process) and building its archive zips...", file=sys.stderr)
     parent, child = mp.get_context("spawn").Pipe()
     proc = mp.get_context("spawn").Process(target=_serve, args=(child, str(data_dir), ["1h", "1d"]), daemon=True)
     proc.start()
     url, built = parent.recv()
-    print(f"fake archive at {url}: {built} monthly zips ready", file=sys.stderr)
+    print(f"simulated archive at {url}: {built} monthly zips ready", file=sys.stderr)
 
     stems_1h = sorted(p.stem for p in (data_dir / "binance" / "1h").glob("*.parquet"))
     stems_1d = sorted(p.stem for p in (data_dir / "binance" / "1d").glob("*.parquet"))

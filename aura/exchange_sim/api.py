@@ -1,18 +1,18 @@
 """Binance Spot REST semantics, independent of the HTTP plumbing: routing, parameters, authentication.
 
-Signed endpoints follow Binance's rules: ``X-MBX-APIKEY`` header, HMAC-SHA256 of the query string
-concatenated with the form body (without the ``signature`` pair), ``timestamp`` within ``recvWindow``
-(default 5000 ms, at most 60000) and never more than 1000 ms ahead of the server clock.
+Public market data (time, exchangeInfo, tickers, klines of every timeframe the store has) and the signed
+trading endpoints, all from the one market at the simulator's clock.  Signed endpoints follow Binance's rules:
+``X-MBX-APIKEY`` header, HMAC-SHA256 of the query string concatenated with the form body (without the
+``signature`` pair), ``timestamp`` within ``recvWindow`` (default 5000 ms, at most 60000) and never more than
+1000 ms ahead of the server clock (see ``SimClock.judge`` for what "in sync" means on a simulated clock).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -21,19 +21,9 @@ from aura.exchange_sim.errors import BinanceError, illegal_chars, internal_error
 from aura.exchange_sim.faults import Fault
 from aura.exchange_sim.ledger import fmt
 from aura.exchange_sim.market import parse_symbols_param
+from aura.exchange_sim.reply import Response, json_response
 
 log = logging.getLogger("aura.exchange_sim")
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(status, json.dumps(obj, separators=(",", ":")).encode(), dict(headers or {}))
 
 
 def _strip_signature(raw: str) -> str:
@@ -84,6 +74,7 @@ class BinanceApi:
                     raise BinanceError(-1020, "This operation is not supported.", status=405)
                 raise BinanceError(-1020, "This operation is not supported.", status=404)
             handler, signed = route
+            self.sim.tick()
             params = self._params(query, body)
             if signed:
                 self._authenticate(query, body, headers, params)
@@ -125,10 +116,10 @@ class BinanceApi:
         recv_window = _int_param(p, "recvWindow", 5000) or 0
         if recv_window > 60_000:
             raise BinanceError(-1131, "recvWindow must be less than 60000")
-        now = self.sim.now_ms()
-        if timestamp > now + 1000:
+        miss = self.sim.clock.judge(timestamp, recv_window, cfg.clock_skew_ms)
+        if miss == "ahead":
             raise BinanceError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
-        if now - timestamp > recv_window:
+        if miss:
             raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
 
     # --- public handlers ------------------------------------------------------------------------------------

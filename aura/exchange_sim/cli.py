@@ -1,4 +1,4 @@
-"""``aura exchange-sim``: serve the simulator on a local port until interrupted."""
+"""``aura exchange-sim``: serve the venue simulator on a local port until interrupted."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from aura.exchange_sim.engine import (
+from aura.exchange_sim.config import (
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,
     FEE_ASSETS,
@@ -31,6 +31,17 @@ def _balance(raw: str) -> tuple[str, str]:
     return asset.upper(), amount
 
 
+def speed_arg(raw: str) -> float:
+    """``--speed``: x real time, >= 0."""
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad speed {raw!r}") from exc
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"speed must be >= 0, got {raw!r}")
+    return value
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed at start)")
@@ -42,7 +53,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="candle folder (BASE_QUOTE.parquet files) or replay root with binance/<tf>/")
     p.add_argument("--timeframe", default="1d")
     p.add_argument("--symbols", default="", help="comma-separated Binance ids to serve (default: all in --data)")
-    p.add_argument("--start", default=None, help="replay clock start, ISO date or ms (default: a year before the end)")
+    p.add_argument("--start", default=None,
+                   help="first price bar, ISO date or ms: the clock starts when it closes (default: a year before "
+                        "the data ends)")
+    p.add_argument("--speed", type=speed_arg, default=1.0,
+                   help="clock speed, x real time (86400: a daily bar per second; 0: stands still until "
+                        "POST /_sim/clock)")
     p.add_argument("--fee-rate", type=float, default=0.001)
     p.add_argument("--fee-asset", choices=FEE_ASSETS, default="received",
                    help="received (Binance without BNB: a buy's fee in the coins bought, a sell's in the quote; "
@@ -54,8 +70,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     balances: dict[str, Any] = dict(args.balance) if args.balance else {"USDT": 10_000}
     symbols = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()) or None
     return SimConfig(data_dir=args.data or default_data_dir(), timeframe=args.timeframe, symbols=symbols,
-                     start=args.start, balances=balances, api_key=args.api_key, api_secret=args.api_secret,
-                     fee_rate=args.fee_rate, fee_asset=args.fee_asset,
+                     start=args.start, speed=args.speed, balances=balances, api_key=args.api_key,
+                     api_secret=args.api_secret, fee_rate=args.fee_rate, fee_asset=args.fee_asset,
                      market_fill_chunks=args.market_fill_chunks)
 
 
@@ -74,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, _stop)
     server.start()
     # One machine-readable line so scripts (and tests) can find the port picked for --port 0.
-    print(json.dumps({"exchange_sim": f"http://{args.host}:{server.port}", "symbols": server.sim.market.listed(),
-                      "clock_ms": server.sim.market.clock_ms}), flush=True)
+    base = f"http://{args.host}:{server.port}"
+    print(json.dumps({"exchange_sim": base, "archive": base, "coingecko": base + "/coingecko",
+                      "symbols": server.sim.market.listed(), "clock_ms": server.sim.market.clock_ms,
+                      "now_ms": server.sim.now_ms(), "speed": server.sim.clock.speed}), flush=True)
     done.wait()
     server.stop()
     return 0
@@ -83,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_exchange_sim_parser(subparsers: Any) -> None:
     """Register ``exchange-sim`` on an argparse subparsers object (the ``aura`` console script)."""
-    p = subparsers.add_parser("exchange-sim", help="run the local Binance Spot simulator")
+    p = subparsers.add_parser("exchange-sim", help="run the venue simulator (Binance Spot API, archive, CoinGecko)")
     _add_arguments(p)
     p.set_defaults(func=run)
 

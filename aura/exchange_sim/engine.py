@@ -1,23 +1,31 @@
-"""The simulated exchange: one spot account, its orders, and fills against the replayed prices.
+"""The simulated exchange: one spot account, its orders, and fills at the market's prices at the clock.
 
 Everything here is synchronous and guarded by one lock; the HTTP layer calls in from many threads.
-Fills are deterministic: prices come from the replay (or a pinned price), partial fills follow the
+Fills are deterministic: prices come from the candles (or a pinned price), partial fills follow the
 configured chunk counts, and the only randomness (optional price jitter) comes from a seeded generator.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
+from aura.exchange_sim.candles import CandleStore
+from aura.exchange_sim.clock import SimClock, parse_ms
+from aura.exchange_sim.config import (
+    DEFAULT_API_KEY,
+    DEFAULT_API_SECRET,
+    FEE_ASSETS,
+    LIVE_KEYS,
+    SimConfig,
+    check_fee_asset,
+    coerce,
+    default_data_dir,
+)
 from aura.exchange_sim.errors import (
     BinanceError,
     duplicate_order,
@@ -31,56 +39,10 @@ from aura.exchange_sim.faults import FaultBook
 from aura.exchange_sim.ledger import ZERO, Balances, Order, Trade, floor_to, q8
 from aura.exchange_sim.market import Market
 
-DEFAULT_API_KEY = "aura-sim-key"
-DEFAULT_API_SECRET = "aura-sim-secret"
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 _DECIMAL_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def default_data_dir() -> Path:
-    """The repo's bundled replay set, else the shared real-data folder beside the repo."""
-    bundled = _REPO_ROOT / "data" / "replay"
-    if (bundled / "binance" / "1d").is_dir():
-        return bundled
-    return Path(os.environ.get("AURA_SHARED_DATA", _REPO_ROOT.parent / "shared" / "data"))
-
-
-@dataclass
-class SimConfig:
-    data_dir: Path = field(default_factory=default_data_dir)
-    timeframe: str = "1d"
-    symbols: tuple[str, ...] | None = None  # None: every file in the data folder
-    start: int | str | None = None  # replay clock start (ms or ISO date); default one year before the end
-    balances: dict[str, float | str] = field(default_factory=lambda: {"USDT": 10_000})
-    api_key: str = DEFAULT_API_KEY
-    api_secret: str = DEFAULT_API_SECRET
-    fee_rate: float = 0.001  # of what the fill gives, in the asset named by ``fee_asset``
-    # "received": Binance without a BNB discount, the fee comes out of the asset the fill credits (a buy's in
-    # the base asset, a sell's in the quote asset).  "quote": always in the quote asset (older simulator
-    # behaviour, and what a quote-only venue does).
-    fee_asset: str = "received"
-    spread_bps: float = 0.0
-    jitter_bps: float = 0.0  # seeded random extra slippage against the taker
-    seed: int = 0
-    market_fill_chunks: int = 1  # >1: a market order fills one chunk now and one per later query/step
-    market_expire_after_chunks: int = 0  # >0: after this many chunks the rest EXPIRES (thin book)
-    limit_fill_chunks: int = 1
-    fill_on_query: bool = True  # GET /order moves a working order one chunk on (the "successive queries")
-    duplicate_scope: str = "all"  # "all": any known clientOrderId is a duplicate; "open": only unfinished
-    clock_skew_ms: int = 0  # server clock = wall clock + skew (to provoke -1021)
-    rules: dict[str, dict[str, float]] = field(default_factory=dict)  # per-symbol filter overrides
-
-
-FEE_ASSETS = ("received", "quote")
-_LIVE_KEYS = {"fee_rate", "fee_asset", "spread_bps", "jitter_bps", "market_fill_chunks",
-              "market_expire_after_chunks", "limit_fill_chunks", "fill_on_query", "duplicate_scope", "clock_skew_ms"}
-
-
-def _coerce(value: Any, expected: type) -> Any:
-    if expected is bool and isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return expected(value)
+# Imported from here by older callers (services.executor.crash_trials): the configuration lives in config.py.
+__all__ = ["DEFAULT_API_KEY", "DEFAULT_API_SECRET", "FEE_ASSETS", "ExchangeSim", "SimConfig", "default_data_dir"]
 
 
 def parse_decimal(name: str, raw: str | None, *, required: bool = False) -> Decimal | None:
@@ -96,20 +58,20 @@ def parse_decimal(name: str, raw: str | None, *, required: bool = False) -> Deci
         raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$") from exc
 
 
-def _check_fee_asset(value: str) -> None:
-    if value not in FEE_ASSETS:
-        raise ValueError(f"fee_asset must be one of {FEE_ASSETS}, got {value!r}")
-
-
 class ExchangeSim:
+    """The venue: one candle store, one clock, one market over them, one account trading on it."""
+
     def __init__(self, config: SimConfig | None = None, *, wall_ms: Callable[[], int] | None = None) -> None:
         self.config = config or SimConfig()
-        _check_fee_asset(self.config.fee_asset)
-        self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        check_fee_asset(self.config.fee_asset)
         self.lock = threading.RLock()
-        self.market = Market(Path(self.config.data_dir), timeframe=self.config.timeframe,
-                             symbols=self.config.symbols, start=self.config.start, rule_overrides=self.config.rules,
+        self.store = CandleStore(self.config.data_dir, self.config.timeframe, self.config.symbols)
+        self.market = Market(self.store, timeframe=self.config.timeframe, rule_overrides=self.config.rules,
                              spread_bps=self.config.spread_bps)
+        first = parse_ms(self.config.now)
+        self.clock = SimClock(self.market.close_of(parse_ms(self.config.start)) if first is None else first,
+                              self.config.speed, wall_ms)
+        self.market.now = self.clock.now_ms
         initial = {a.upper(): Decimal(str(v)) for a, v in self.config.balances.items()}
         for s in self.market.series.values():
             initial.setdefault(s.base, ZERO)
@@ -127,19 +89,28 @@ class ExchangeSim:
     # --- time ---------------------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return self._wall_ms() + self.config.clock_skew_ms
+        """The server's time: the simulated clock (plus a skew fault, if any)."""
+        return self.clock.now_ms() + self.config.clock_skew_ms
+
+    def tick(self) -> None:
+        """Let resting orders see a price bar that closed since the last request (the clock moves by itself)."""
+        with self.lock:
+            self.market.bar_index()
+            if self.market.moved:
+                self.market.moved = False
+                self._work_all()
 
     # --- control (tests and /_sim/*) ------------------------------------------------------------------------
 
     def configure(self, **changes: Any) -> None:
-        unknown = set(changes) - _LIVE_KEYS
+        unknown = set(changes) - LIVE_KEYS
         if unknown:
-            raise ValueError(f"cannot change {sorted(unknown)} at run time; allowed: {sorted(_LIVE_KEYS)}")
+            raise ValueError(f"cannot change {sorted(unknown)} at run time; allowed: {sorted(LIVE_KEYS)}")
         if "fee_asset" in changes:
-            _check_fee_asset(str(changes["fee_asset"]))
+            check_fee_asset(str(changes["fee_asset"]))
         with self.lock:
             for key, value in changes.items():
-                setattr(self.config, key, _coerce(value, type(getattr(self.config, key))))
+                setattr(self.config, key, coerce(value, type(getattr(self.config, key))))
             self.market.spread = Decimal(str(self.config.spread_bps)) / Decimal(20_000)
 
     def set_price(self, symbol: str, price: float | str | Decimal) -> None:
@@ -148,9 +119,20 @@ class ExchangeSim:
             self._work_all()
 
     def advance(self, bars: int = 1) -> None:
+        """Move the clock ``bars`` price bars on (or back), to the close of that bar; the data's ends bound it."""
         with self.lock:
-            self.market.advance(bars)
-            self._work_all()
+            last = len(self.market.timeline) - 1
+            i = min(last, max(0, self.market.bar_index() + bars))
+            self.set_clock(int(self.market.timeline[i]))
+
+    def set_clock(self, bar_ms: int) -> None:
+        """Make the bar open at (or before) ``bar_ms`` the price bar: the clock jumps to its close."""
+        self.set_now(self.market.close_of(bar_ms))
+
+    def set_now(self, now_ms: int) -> None:
+        with self.lock:
+            self.clock.set(now_ms)
+            self.tick()
 
     def step(self) -> None:
         """Move every working order one chunk on, as a later matching pass on the exchange would."""
@@ -184,7 +166,8 @@ class ExchangeSim:
     def state(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "clock_ms": self.market.clock_ms, "interval": self.market.interval,
+                "clock_ms": self.market.clock_ms, "now_ms": self.now_ms(), "speed": self.clock.speed,
+                "interval": self.market.interval,
                 "prices": {s: str(self.market.price(s)) for s in self.market.listed()},
                 "balances": {a: {"free": str(self.balances.free[a]), "locked": str(self.balances.locked[a])}
                              for a in sorted(self.balances.free)},

@@ -1,101 +1,138 @@
-"""The replay clock and everything public a client can ask about the market.
+"""Everything public a client can ask about the market, at the simulator's clock.
 
-The clock points at one bar of the union timeline of all loaded symbols.  A symbol is listed once its first
-bar has opened and TRADING until its data ends (after that it is in BREAK, as a halted Binance pair is).
-Klines and tickers never show a bar after the clock: the simulator has no lookahead either.
+The *price bar* is the newest bar of the trading timeframe that has closed at ``now``; a symbol's price is that
+bar's close unless a test pinned another one (a pin lasts until the next bar closes).  So the trading API
+prices from exactly the candles ingest's providers can fetch.  Klines, tickers, the archive and CoinGecko
+never show a candle after the clock: closed candles as they are, the one still forming at ``now`` with only
+what is known of it (its open and the current price).  No lookahead anywhere.
+
+A symbol is listed once its first bar has closed and TRADING until its data ends (after that it is in BREAK,
+as a halted Binance pair is); ``delisted`` ones are gone from the exchange altogether.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import numpy as np
 
+from aura.exchange_sim.candles import Arrays, CandleStore, pair_of
+from aura.exchange_sim.clock import wall_clock_ms
 from aura.exchange_sim.errors import BinanceError, invalid_symbol, mandatory
 from aura.exchange_sim.ledger import fmt
-from aura.exchange_sim.market_data import (
-    SymbolRules,
-    SymbolSeries,
-    dec,
-    derive_rules,
-    infer_interval,
-    interval_ms,
-    load_rules_file,
-    load_series,
-    resolve_candle_dir,
-    rules_from_mapping,
-)
+from aura.exchange_sim.market_data import SymbolRules, dec, derive_rules, load_rules_file, rules_from_mapping
+from services.ingest.providers.base import interval_ms
 
 _ORDER_TYPES = ["LIMIT", "MARKET"]
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_series(candle_dir: str, only: frozenset[str] | None) -> dict[str, SymbolSeries]:
-    # Read-only arrays, shared by every simulator a test session starts on the same folder.
-    return load_series(Path(candle_dir), set(only) if only is not None else None)
+@dataclass(frozen=True)
+class SymbolSeries:
+    symbol_id: str  # Binance id, "BTCUSDT"
+    stem: str  # file stem, "BTC_USDT"
+    base: str
+    quote: str
+    ts: np.ndarray  # int64 candle open times, ascending
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
 
-
-def parse_start(start: int | str | None) -> int | None:
-    if start is None or start == "":
-        return None
-    if isinstance(start, int):
-        return start
-    if start.isdigit():
-        return int(start)
-    return int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp() * 1000)
+    def index_at(self, bar_ms: int) -> int:
+        """Index of the last bar opened at or before ``bar_ms``; -1 before listing."""
+        return int(np.searchsorted(self.ts, bar_ms, side="right")) - 1
 
 
 class Market:
-    def __init__(self, data_dir: Path, *, timeframe: str = "1d", symbols: tuple[str, ...] | None = None,
-                 start: int | str | None = None, rule_overrides: dict[str, dict[str, float]] | None = None,
-                 spread_bps: float = 0.0) -> None:
-        candle_dir = resolve_candle_dir(Path(data_dir), timeframe)
-        only = frozenset(s.replace("/", "").replace("_", "").upper() for s in symbols) if symbols else None
-        self.series = _cached_series(str(candle_dir.resolve()), only)
-        self.interval = infer_interval(self.series)
-        self.interval_ms = interval_ms(self.interval)
-        self.timeline = np.unique(np.concatenate([s.ts for s in self.series.values()]))
-        start_ms = parse_start(start)
-        if start_ms is None:
-            self.index = max(0, len(self.timeline) - 366)  # a year of bars left to advance through
-        else:
-            self.index = max(0, int(np.searchsorted(self.timeline, start_ms, side="right")) - 1)
+    def __init__(self, store: CandleStore, *, timeframe: str = "1d",
+                 rule_overrides: dict[str, dict[str, float]] | None = None, spread_bps: float = 0.0) -> None:
+        self.store = store
+        self.interval = timeframe
+        self.interval_ms = interval_ms(timeframe)
+        self.now: Callable[[], int] = wall_clock_ms  # the engine plugs its clock in
         self.spread = Decimal(str(spread_bps)) / Decimal(20_000)  # half-spread as a fraction
         self.overrides: dict[str, Decimal] = {}
-        file_rules = load_rules_file(candle_dir)
-        overrides = {k.replace("/", "").replace("_", "").upper(): v for k, v in (rule_overrides or {}).items()}
+        self.delisted: set[str] = set()
         self.rules: dict[str, SymbolRules] = {}
-        for sym, s in self.series.items():
-            derived = derive_rules(float(s.close[-1]))
-            raw = {**file_rules.get(sym, {}), **overrides.get(sym, {})}
-            self.rules[sym] = rules_from_mapping(raw, derived) if raw else derived
+        self._file_rules = load_rules_file(store.trading_dir)
+        self._rule_overrides = {k.replace("/", "").replace("_", "").upper(): v
+                                for k, v in (rule_overrides or {}).items()}
+        self._version = -1
+        self._series: dict[str, SymbolSeries] = {}
+        self.timeline = np.empty(0, dtype=np.int64)
+        if not self.series:
+            raise FileNotFoundError(f"no BASE_QUOTE.parquet candles found in {store.trading_dir}")
+        self._bar: int | None = None
+        self.moved = False  # the price bar changed since the engine last looked (it re-works resting orders)
+
+    # --- the candles of the trading timeframe ---------------------------------------------------------------
+
+    @property
+    def series(self) -> dict[str, SymbolSeries]:
+        if self._version != self.store.version:
+            self._load()
+        return self._series
+
+    def _timeline(self) -> np.ndarray:
+        """Every open time of the trading timeframe over all symbols (rebuilt after an override)."""
+        if self._version != self.store.version:
+            self._load()
+        return self.timeline
+
+    def _load(self) -> None:
+        self._version = self.store.version
+        out = {}
+        for stem in self.store.stems(self.interval):
+            arr = self.store.arrays(self.interval, stem)
+            if arr is None:
+                continue
+            base, _, quote = stem.partition("_")
+            sym = pair_of(stem)
+            out[sym] = SymbolSeries(sym, stem, base, quote, arr["timestamp"], arr["open"], arr["high"], arr["low"],
+                                    arr["close"], arr["volume"])
+            if sym not in self.rules:
+                raw = {**self._file_rules.get(sym, {}), **self._rule_overrides.get(sym, {})}
+                derived = derive_rules(float(arr["close"][-1]))
+                self.rules[sym] = rules_from_mapping(raw, derived) if raw else derived
+        self._series = out
+        self.timeline = np.unique(np.concatenate([s.ts for s in out.values()])) if out else self.timeline
 
     # --- clock and prices ---------------------------------------------------------------------------------
 
+    def bar_index(self) -> int:
+        """Index in ``timeline`` of the price bar (the newest closed at now); -1 before the first closes."""
+        i = int(np.searchsorted(self._timeline(), self.now() - self.interval_ms, side="right")) - 1
+        if i != self._bar:
+            self._bar, self.moved = i, True
+            self.overrides.clear()
+        return i
+
     @property
     def clock_ms(self) -> int:
-        return int(self.timeline[self.index])
+        """Open time of the price bar."""
+        i = self.bar_index()
+        return int(self.timeline[i]) if i >= 0 else self.now() - self.interval_ms
 
-    def advance(self, bars: int = 1) -> None:
-        self.index = min(len(self.timeline) - 1, max(0, self.index + bars))
-        self.overrides.clear()
-
-    def set_clock(self, ms: int) -> None:
-        self.index = max(0, int(np.searchsorted(self.timeline, ms, side="right")) - 1)
-        self.overrides.clear()
+    def close_of(self, bar_ms: int | None) -> int:
+        """When the bar open at ``bar_ms`` closes (None: a year before the data ends): a clock time."""
+        timeline = self._timeline()
+        i = max(0, len(timeline) - 366) if bar_ms is None else int(np.searchsorted(timeline, bar_ms, "right")) - 1
+        return int(timeline[max(0, i)]) + self.interval_ms
 
     def listed(self) -> list[str]:
-        return [sym for sym, s in self.series.items() if s.index_at(self.clock_ms) >= 0]
+        bar = self.clock_ms
+        return [sym for sym, s in self.series.items() if sym not in self.delisted and s.index_at(bar) >= 0]
 
     def series_of(self, symbol: str | None) -> SymbolSeries:
         if not symbol:
             raise mandatory("symbol")
         s = self.series.get(symbol)
-        if s is None or s.index_at(self.clock_ms) < 0:
+        if s is None or symbol in self.delisted or s.index_at(self.clock_ms) < 0:
             raise invalid_symbol()
         return s
 
@@ -125,7 +162,45 @@ class Market:
             return p, p
         return self.on_tick(symbol, p * (1 - self.spread)), self.on_tick(symbol, p * (1 + self.spread))
 
-    # --- public endpoints -----------------------------------------------------------------------------------
+    # --- candles as a client sees them ------------------------------------------------------------------------
+
+    def candles(self, timeframe: str, stem: str, start: int, end: int) -> Arrays | None:
+        """Rows with ``start <= open < end`` visible now: closed ones as they are, the forming one (if any) with
+        its open and the current price only (for other timeframes than the trading one: its open), no volume."""
+        now = self.now()
+        rows = self.store.between(timeframe, stem, start, min(end, now + 1))
+        if rows is None or not len(rows["timestamp"]) or int(rows["timestamp"][-1]) + interval_ms(timeframe) <= now:
+            return rows
+        o = float(rows["open"][-1])
+        p = o
+        if timeframe == self.interval:
+            with contextlib.suppress(BinanceError):  # its first bar is forming: not listed yet, no price
+                p = float(self.price(pair_of(stem)))
+        rows = {c: v.copy() for c, v in rows.items()}  # the store's arrays are read-only
+        rows["high"][-1], rows["low"][-1], rows["close"][-1], rows["volume"][-1] = max(o, p), min(o, p), p, 0.0
+        return rows
+
+    def klines(self, symbol: str, interval: str | None, start: int | None, end: int | None,
+               limit: int) -> list[list[object]]:
+        s = self.series_of(symbol)
+        if not interval:
+            raise mandatory("interval")
+        if interval not in self.store.timeframes():
+            raise BinanceError(-1120, "Invalid interval.")
+        rows = self.candles(interval, s.stem, start or 0, (end + 1) if end is not None else 1 << 62)
+        if rows is None:
+            return []
+        cut = slice(0, limit) if start is not None else slice(max(0, len(rows["timestamp"]) - limit), None)
+        iv = interval_ms(interval)
+        out: list[list[object]] = []
+        for t, o, h, lo, c, v in zip(*(rows[k][cut] for k in ("timestamp", "open", "high", "low", "close",
+                                                                "volume")), strict=True):
+            close, vol = dec(float(c)), dec(float(v))
+            out.append([int(t), fmt(dec(float(o))), fmt(dec(float(h))), fmt(dec(float(lo))), fmt(close), fmt(vol),
+                        int(t) + iv - 1, fmt(vol * close), 0, "0.00000000", "0.00000000", "0"])
+        return out
+
+    # --- symbols and tickers ----------------------------------------------------------------------------------
 
     def symbol_info(self, symbol: str) -> dict[str, object]:
         s, r = self.series[symbol], self.rules[symbol]
@@ -179,28 +254,6 @@ class Market:
 
     def ticker_price(self, symbol: str) -> dict[str, object]:
         return {"symbol": symbol, "price": fmt(self.price(symbol))}
-
-    def klines(self, symbol: str, interval: str | None, start: int | None, end: int | None,
-               limit: int) -> list[list[object]]:
-        s = self.series_of(symbol)
-        if not interval:
-            raise mandatory("interval")
-        if interval != self.interval:
-            raise BinanceError(-1120, "Invalid interval.")
-        last = s.index_at(self.clock_ms)
-        if end is not None:
-            last = min(last, s.index_at(end))
-        first = 0 if start is None else int(np.searchsorted(s.ts, start, side="left"))
-        if start is None:
-            first = max(0, last - limit + 1)
-        rows = []
-        for i in range(first, min(last + 1, first + limit)):
-            close = self.price(symbol) if i == s.index_at(self.clock_ms) else dec(float(s.close[i]))
-            vol = dec(float(s.volume[i]))
-            rows.append([int(s.ts[i]), fmt(dec(float(s.open[i]))), fmt(dec(float(s.high[i]))),
-                         fmt(dec(float(s.low[i]))), fmt(close), fmt(vol), int(s.ts[i]) + self.interval_ms - 1,
-                         fmt(vol * close), 0, "0.00000000", "0.00000000", "0"])
-        return rows
 
 
 def parse_symbols_param(raw: str | None) -> list[str] | None:

@@ -1,9 +1,8 @@
-"""Replayed candles and trading rules: the simulator's only source of prices.
+"""Trading rules of the simulated symbols, and exact decimals of the candles' floats.
 
-Prices come from real Binance daily (or 4h/1h) candles on disk.  A replay clock points at one bar; a
-symbol's "current price" is that bar's close unless a test has pinned another price.  Rules come from the
-repo's ``markets.json`` (Binance's published filters) when it lists the symbol, otherwise they are derived
-from the price level the way Binance sizes ticks and lots, so every symbol in the data can trade.
+Rules come from the repo's ``markets.json`` (Binance's published filters) when it lists the symbol, otherwise
+they are derived from the price level the way Binance sizes ticks and lots, so every symbol in the data can
+trade.
 """
 
 from __future__ import annotations
@@ -13,12 +12,6 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-
-import numpy as np
-import polars as pl
-
-_TIMEFRAMES_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000,
-                  "1d": 86_400_000}
 
 
 def dec(value: float | int | str) -> Decimal:
@@ -35,60 +28,6 @@ class SymbolRules:
     min_price: Decimal
     max_price: Decimal
     min_notional: Decimal
-
-
-@dataclass(frozen=True)
-class SymbolSeries:
-    symbol_id: str  # Binance id, "BTCUSDT"
-    base: str
-    quote: str
-    ts: np.ndarray  # int64 candle open times, ascending
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
-
-    def index_at(self, clock_ms: int) -> int:
-        """Index of the last bar opened at or before ``clock_ms``; -1 before listing."""
-        return int(np.searchsorted(self.ts, clock_ms, side="right")) - 1
-
-
-def resolve_candle_dir(data_dir: Path, timeframe: str = "1d") -> Path:
-    """Accept either a folder of ``BASE_QUOTE.parquet`` files or a replay root holding ``binance/<tf>/``."""
-    nested = data_dir / "binance" / timeframe
-    return nested if nested.is_dir() else data_dir
-
-
-def load_series(candle_dir: Path, only: set[str] | None = None) -> dict[str, SymbolSeries]:
-    out: dict[str, SymbolSeries] = {}
-    for path in sorted(candle_dir.glob("*_*.parquet")):
-        base, _, quote = path.stem.partition("_")
-        symbol_id = f"{base}{quote}"
-        if only is not None and symbol_id not in only:
-            continue
-        df = pl.read_parquet(path, columns=["timestamp", "open", "high", "low", "close", "volume"])
-        if df.height == 0:
-            continue
-        cols = {c: df[c].to_numpy() for c in df.columns}
-        out[symbol_id] = SymbolSeries(symbol_id, base, quote, cols["timestamp"].astype(np.int64), cols["open"],
-                                      cols["high"], cols["low"], cols["close"], cols["volume"])
-    if not out:
-        raise FileNotFoundError(f"no BASE_QUOTE.parquet candles found in {candle_dir}")
-    return out
-
-
-def infer_interval(series: dict[str, SymbolSeries]) -> str:
-    diffs = [int(np.median(np.diff(s.ts))) for s in series.values() if len(s.ts) > 1]
-    step = min(diffs) if diffs else _TIMEFRAMES_MS["1d"]
-    for name, ms in _TIMEFRAMES_MS.items():
-        if ms == step:
-            return name
-    return "1d"
-
-
-def interval_ms(interval: str) -> int:
-    return _TIMEFRAMES_MS[interval]
 
 
 def load_rules_file(candle_dir: Path) -> dict[str, dict[str, float]]:

@@ -1,7 +1,12 @@
-"""The simulator behind a real HTTP socket (stdlib ThreadingHTTPServer), startable in-process or from the CLI.
+"""The simulator behind one real HTTP socket (stdlib ThreadingHTTPServer), startable in-process or from the CLI.
 
-Fault injection lives here because the interesting faults are about the transport: a response held back
-past the client's timeout, or a connection closed after the order was already booked.
+One port serves every face of the one venue, told apart by path: ``/data/...`` the data.binance.vision
+archive, ``/coingecko/api/v3/...`` CoinGecko, ``/_sim/...`` the control endpoints, everything else the Binance
+Spot API (market data and trading).  So ``base_url`` is at once ``AURA_BINANCE_ARCHIVE_URL``,
+``AURA_BINANCE_API_URL`` and ``AURA_EXCHANGE_API_URL``, and ``coingecko_url`` is ``AURA_COINGECKO_URL``.
+
+Transport faults live here because they are about the transport: a response held back past the client's
+timeout, or a connection closed after the order was already booked.  Content faults go to the face.
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from aura.exchange_sim.api import BinanceApi, Response, json_response
+from aura.exchange_sim.api import BinanceApi
+from aura.exchange_sim.archive import Archive
+from aura.exchange_sim.clock import parse_ms
+from aura.exchange_sim.coingecko import CoinGecko
 from aura.exchange_sim.engine import ExchangeSim, SimConfig
 from aura.exchange_sim.errors import internal_error, too_many_requests
-from aura.exchange_sim.faults import Fault
+from aura.exchange_sim.faults import CONTENT_KINDS, Fault
+from aura.exchange_sim.reply import Response, json_response
 
 CONTROL_PREFIX = "/_sim/"
 
@@ -65,10 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._handle("PUT")
 
-    def _send(self, resp: Response, content_type: str = "application/json;charset=UTF-8") -> None:
+    def _send(self, resp: Response) -> None:
         try:
             self.send_response(resp.status)
-            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Type", resp.content_type)
             self.send_header("Content-Length", str(len(resp.body)))
             for key, value in resp.headers.items():
                 self.send_header(key, value)
@@ -96,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(owner.control(method, split.path, body))
             return
         sim = owner.sim
-        sim.faults.count_request(method, split.path)
+        sim.faults.count_request(method, split.path, split.query)
         fault = sim.faults.take(method, split.path)
         if fault is not None and not fault.process:
             if fault.kind == "rate_limit":
@@ -110,8 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
-        resp = owner.api.handle(method, split.path, split.query, body, headers, fault)
-        if fault is None or fault.kind in ("empty_balance", "stale_balance"):
+        resp = owner.route(method, split.path, split.query, body, headers, fault)
+        if fault is None or fault.kind in CONTENT_KINDS:
             self._send(resp)
         elif fault.kind == "http_error":  # processed, then a 5xx: Binance's "execution status unknown"
             self._send_http_error(fault)
@@ -123,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_http_error(self, fault: Fault) -> None:
         if fault.body is not None:
-            self._send(Response(fault.status, fault.body.encode()), content_type="text/plain")
+            self._send(Response(fault.status, fault.body.encode(), content_type="text/plain"))
         else:
             self._send(json_response(internal_error().body(), fault.status))
 
@@ -135,6 +144,8 @@ class SimServer:
                  config: SimConfig | None = None) -> None:
         self.sim = sim or ExchangeSim(config)
         self.api = BinanceApi(self.sim)
+        self.archive = Archive(self.sim.store, self.sim.clock.now_ms)
+        self.coingecko = CoinGecko(self.sim.market)
         self.stopping = threading.Event()
         self._httpd = _HTTPServer((host, port), self)
         self._thread: threading.Thread | None = None
@@ -145,7 +156,24 @@ class SimServer:
 
     @property
     def base_url(self) -> str:
+        """The Binance API and the archive (AURA_EXCHANGE_API_URL, AURA_BINANCE_API_URL, ..._ARCHIVE_URL)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def coingecko_url(self) -> str:
+        return self.base_url + CoinGecko.PREFIX
+
+    def route(self, method: str, path: str, query: str, body: str, headers: dict[str, str],
+              fault: Fault | None) -> Response:
+        """The face that owns ``path`` answers."""
+        if path.startswith(Archive.PREFIX) or path.startswith(CoinGecko.PREFIX + "/"):
+            if method != "GET":
+                return json_response({"error": "only GET"}, 405)
+            if path.startswith(Archive.PREFIX):
+                return self.archive.handle(path, fault)
+            with self.sim.lock:  # the forming candle reads the current (maybe pinned) price
+                return self.coingecko.handle(path[len(CoinGecko.PREFIX):], dict(parse_qsl(query)), fault)
+        return self.api.handle(method, path, query, body, headers, fault)
 
     def start(self) -> SimServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -193,10 +221,14 @@ class SimServer:
                     sim.faults.add(Fault.from_dict(raw))
             elif route == ("DELETE", "faults"):
                 sim.faults.clear()
+            elif route == ("POST", "clock"):  # {"now_ms": ms or ISO, "speed": x real time}
+                if "now_ms" in data:
+                    sim.set_now(parse_ms(data["now_ms"]) or 0)
+                if "speed" in data:
+                    sim.clock.set_speed(float(data["speed"]))
             elif route == ("POST", "prices"):
                 if "clock_ms" in data:
-                    with sim.lock:
-                        sim.market.set_clock(int(data["clock_ms"]))
+                    sim.set_clock(int(data["clock_ms"]))
                 if data.get("advance"):
                     sim.advance(int(data["advance"]))
                 for symbol, price in (data.get("prices") or {}).items():

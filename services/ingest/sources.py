@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aura.strategy.types import MarketRule
 from services.ingest.cache import load_panel
 from services.ingest.providers.base import Provider, interval_ms, last_closed_open
+from services.ingest.providers.ccxt_tail import make_exchange
 from services.ingest.replay import (
     ReplayStep,
     cycle_id_for,
@@ -70,6 +72,40 @@ class ReplaySource:
         return True
 
 
+class VenueClock:
+    """The exchange's clock (its server time, read at each poll): which bar has closed is the venue's call.
+
+    Live, it is this machine's clock within NTP; against the venue simulator in a rehearsal it is years behind
+    and runs many times faster, and the bars it has closed are the only ones it serves.  When the exchange
+    cannot be asked, its offset from the local clock at the last good read stands in (local clock at first),
+    so one failed read never makes ingest jump to another date.
+    """
+
+    def __init__(self, exchange_id: str, api_url: str | None, logger: logging.Logger) -> None:
+        self.exchange_id = exchange_id
+        self.api_url = api_url
+        self.logger = logger
+        self._client: Any = None
+        self._offset_ms = 0
+        self._failing = False
+
+    def __call__(self) -> int:
+        local = int(time.time() * 1000)
+        try:
+            if self._client is None:
+                self._client = make_exchange(self.exchange_id, api_url=self.api_url, timeout_s=5.0)
+            server = int(self._client.fetch_time())
+        except Exception as exc:  # unreachable, or an exchange ccxt cannot ask for its time
+            if not self._failing:
+                warn(self.logger, "VENUE_CLOCK", "exchange time unreadable; using its last known offset",
+                     exchange=self.exchange_id, offset_ms=self._offset_ms, error=f"{type(exc).__name__}: {exc}")
+            self._failing = True
+            return local + self._offset_ms
+        self._failing = False
+        self._offset_ms = server - local
+        return server
+
+
 @dataclass
 class SyncSource:
     """Poll the provider chain; one cycle per newly closed bar, published only when the universe is complete."""
@@ -80,7 +116,7 @@ class SyncSource:
     logger: logging.Logger
     exchange: str = "binance"
     config: IngestConfig | None = None  # None: from the AURA_* environment
-    clock_ms: Callable[[], int] = field(default=lambda: int(time.time() * 1000))
+    clock_ms: Callable[[], int] | None = None  # None: the exchange's clock (VenueClock)
     # Built once and reused: each provider keeps its loaded markets and its circuit breaker between polls.
     _providers: list[Provider] | None = field(default=None, init=False)
     # A closed bar whose snapshot was stale: the cursor stays before it and every poll asks for it again,
@@ -98,7 +134,10 @@ class SyncSource:
     async def next_step(self) -> ReplayStep | None:
         s = self.settings
         iv = interval_ms(s.timeframe)
-        now_ms = self.clock_ms()
+        config = self.config or IngestConfig.from_env(home=str(s.home_path))
+        if self.clock_ms is None:
+            self.clock_ms = VenueClock(self.exchange, config.api_urls.get(self.exchange), self.logger)
+        now_ms = await asyncio.to_thread(self.clock_ms)  # the venue's clock is an HTTP request
         last_closed = last_closed_open(now_ms, iv)
         if self._retrying_ms is not None and last_closed > self._retrying_ms:
             # Trading a stale bar now would act on a past price while a newer bar is already known.
@@ -108,7 +147,6 @@ class SyncSource:
             self._retrying_ms = None
         if self.last_done_ms is not None and self.last_done_ms >= last_closed:
             return None  # nothing new has closed yet
-        config = self.config or IngestConfig.from_env(home=str(s.home_path))
         since = last_closed - (s.snapshot_bars + 10) * iv
         # The chain does blocking HTTP and file I/O: keep it off the event loop so health stays responsive.
         if self._providers is None:

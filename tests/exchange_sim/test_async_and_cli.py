@@ -69,5 +69,8 @@ def test_subcommand_registration() -> None:
     assert callable(args.func) and args.port == 9999
     cfg = config_from_args(args)
     assert cfg.balances == {"USDT": "25"} and cfg.api_key == "aura-sim-key" and cfg.api_secret == "aura-sim-secret"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["exchange-sim", "--balance", "nonsense"])
+    assert cfg.speed == 1.0  # real time unless asked
+    assert config_from_args(parser.parse_args(["exchange-sim", "--speed", "86400"])).speed == 86_400
+    for bad in (["--balance", "nonsense"], ["--speed", "-1"], ["--speed", "fast"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["exchange-sim", *bad])

@@ -39,11 +39,16 @@ def test_ticker_is_the_real_close_at_the_replay_clock(client: Any, candle_dir: P
 def test_ohlcv_stops_at_the_clock_and_advances(client: Any, sim_server: SimServer, candle_dir: Path) -> None:
     bars = client.fetch_ohlcv("BTC/USDT", "1d", limit=5)
     assert len(bars) == 5
-    assert bars[-1][0] == sim_server.sim.market.clock_ms  # nothing after the clock: no lookahead
+    # The price bar is the newest closed one; after it only the bar forming now, showing no more than its open
+    # and the current price (no lookahead), as Binance sends the forming candle too.
+    assert bars[-2][0] == sim_server.sim.market.clock_ms and bars[-2][4] == close_on(candle_dir, "BTC_USDT", START)
+    forming = bars[-1]
+    assert forming[0] == bars[-2][0] + 86_400_000 <= sim_server.sim.now_ms() < forming[0] + 86_400_000
+    assert forming[4] == float(sim_server.sim.price("BTCUSDT")) and forming[5] == 0
     sim_server.sim.advance(1)
     nxt = client.fetch_ohlcv("BTC/USDT", "1d", limit=5)
-    assert nxt[-1][0] == bars[-1][0] + 86_400_000
-    assert nxt[-1][4] == pytest.approx(close_on(candle_dir, "BTC_USDT", "2024-01-02"))
+    assert nxt[-2][0] == bars[-2][0] + 86_400_000
+    assert nxt[-2][4] == pytest.approx(close_on(candle_dir, "BTC_USDT", "2024-01-02"))
 
 
 @pytest.mark.parametrize("sim_server", [{}, {"fee_asset": "quote"}], indirect=True, ids=["received", "quote"])

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from services.ingest.fakes import build_kline_csv, build_zip, checksum_body
+from aura.exchange_sim.archive import build_kline_csv, build_zip, checksum_body, flag_encrypted
 from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.providers.binance_archive import (
     ArchiveFormatError,
@@ -59,7 +59,7 @@ def test_checksum_body() -> None:
         parse_checksum("not a checksum", "x.zip")
 
 
-def test_fake_zip_round_trip_is_exact_for_real_rows(shared_data_dir: Path) -> None:
+def test_simulated_zip_round_trip_is_exact_for_real_rows(shared_data_dir: Path) -> None:
     src = source(shared_data_dir, "1h", "ETH_USDT").head(2000)
     arrays = {c: src[c].to_numpy() for c in src.columns}
     for micros in (False, True):
@@ -88,8 +88,9 @@ def test_plan_skips_days_not_over_yet() -> None:
 
 
 @pytest.mark.integration
-def test_2025_archive_files_in_microseconds_sync_exactly(data, archive, make_config, shared_data_dir: Path) -> None:
-    """Real BTC rows of Jan-Feb 2024 relabelled 366 days later (2025-01-01..2025-03-01): the fake writes µs.
+def test_2025_archive_files_in_microseconds_sync_exactly(data, venue, archive, make_config,
+                                                        shared_data_dir: Path) -> None:
+    """Real BTC rows of Jan-Feb 2024 relabelled 366 days later (2025-01-01..2025-03-01): the archive writes µs.
 
     January and February come as monthly files, 2025-03-01 as a daily file (March is the current month).
     """
@@ -98,10 +99,10 @@ def test_2025_archive_files_in_microseconds_sync_exactly(data, archive, make_con
     relabelled = real.with_columns(pl.col("timestamp") + 366 * DAY)
     assert relabelled["timestamp"][0] == ms("2025-01-01")
     data.set("1d", "BTC_USDT", relabelled)
-    archive.now_ms = ms("2025-03-02")
+    venue.sim.set_now(ms("2025-03-02"))
 
     zip_path = "/data/spot/monthly/klines/BTCUSDT/1d/BTCUSDT-1d-2025-01.zip"
-    first_line = unzip_single(archive.zip_for(zip_path)[1]).split(b"\n")[0]
+    first_line = unzip_single(venue.archive.zip_for(zip_path)[1]).split(b"\n")[0]
     assert first_line.startswith(b"1735689600000000,")  # 16 digits: microseconds on the wire
 
     cfg = make_config(providers=("archive",))
@@ -112,8 +113,6 @@ def test_2025_archive_files_in_microseconds_sync_exactly(data, archive, make_con
 
 
 def test_zip_flagged_encrypted_is_a_bad_zip_not_a_runtime_error() -> None:
-    from services.ingest.fakes.archive import flag_encrypted
-
     body = build_zip("BTCUSDT-1d-2024-01.csv", REAL_MS)
     with pytest.raises(zipfile.BadZipFile, match="encrypted"):
         unzip_single(flag_encrypted(body))

@@ -66,8 +66,8 @@ def test_cli_sync_prints_progress_and_coverage_table(env, capsys, data, shared_d
 
 
 def test_cli_reports_pending_gaps_but_exits_zero(env, archive, api, gecko, capsys) -> None:
-    for server in (archive, api, gecko):
-        server.set_fault("down")
+    for face in (archive, api, gecko):
+        face.fault("drop")
     code = main(["data", "sync", "--symbols", "BTC/USDT", "--since", "2024-01-01", "--now", "2024-12-06",
                  "--no-progress"])
     out, err = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Each provider alone, through the real HTTP clients against the fakes: the cache equals the source."""
+"""Each provider alone, through the real HTTP clients against the venue simulator: the cache equals the source."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_ccxt_tail_hourly_paginates_exactly(make_config, shared_data_dir: Path) 
     assert_frame_equal(cached(cfg, "1h", "SOL_USDT"), src)
 
 
-def test_coingecko_alone_daily_from_4h_pieces_without_volume(make_config, archive, api, gecko,
+def test_coingecko_alone_daily_from_4h_pieces_without_volume(make_config, venue, archive, api, gecko,
                                                              shared_data_dir: Path) -> None:
     cfg = make_config(providers=("coingecko",))
     start = NOW - 29 * DAY
@@ -78,7 +78,7 @@ def test_coingecko_alone_daily_from_4h_pieces_without_volume(make_config, archiv
     early = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC).symbols["BTC/USDT"]
     assert early.last_ms == NOW - 2 * DAY and [(g.start, g.confirmed) for g in early.gaps] == [(NOW - DAY, False)]
     assert gecko.paths == ["/api/v3/coins/bitcoin/ohlc?vs_currency=usd&days=30"]
-    gecko.now_ms = SETTLED
+    venue.sim.set_now(SETTLED)
     gecko.reset_counts()
     report = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, SETTLED)
     got = cached(cfg, "1d", "BTC_USDT")
@@ -95,9 +95,9 @@ def test_coingecko_alone_daily_from_4h_pieces_without_volume(make_config, archiv
     assert archive.total == 0 and api.total == 0
 
 
-def test_coingecko_alone_4h_and_nothing_older_than_its_window(make_config, gecko, shared_data_dir: Path) -> None:
+def test_coingecko_alone_4h_and_nothing_older_than_its_window(make_config, venue, shared_data_dir: Path) -> None:
     cfg = make_config(providers=("coingecko",), lookback_bars=0)
-    gecko.now_ms = SETTLED
+    venue.sim.set_now(SETTLED)
     report = sync(["ETH/USDT"], "binance", "4h", ms("2024-01-01"), None, cfg, SETTLED)
     got = cached(cfg, "4h", "ETH_USDT")
     src = source(shared_data_dir, "4h", "ETH_USDT").filter(pl.col("timestamp") >= NOW - 30 * DAY)

@@ -11,11 +11,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from services.ingest.cache import coverage_path
-from services.ingest.fakes import FakeBinanceApi, MarketData
 from services.ingest.providers.base import CLOSE_GRACE_MS, interval_ms
 from services.ingest.sync import IngestConfig, sync
 from shared.config import Settings
-from tests.ingest.conftest import DAY, NOW, NOW_SYNC, SETTLED, T2017, cached, ms, source
+from tests.ingest.conftest import DAY, NOW, NOW_SYNC, SETTLED, T2017, cached, ms, other_venue, source
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +36,7 @@ def btc(shared: Path) -> pl.DataFrame:
 @pytest.mark.parametrize("fault", ["corrupt_zip", "encrypted_flag", "bad_checksum"])
 def test_bad_archive_file_rejected_and_next_provider_used(fault, make_config, archive, api, gecko,
                                                           shared_data_dir: Path, caplog) -> None:
-    archive.set_fault(fault, match="BTCUSDT-1d-2024-03")
+    archive.fault(fault, "BTCUSDT-1d-2024-03")
     cfg = make_config()
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
         report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
@@ -51,7 +50,7 @@ def test_bad_archive_file_rejected_and_next_provider_used(fault, make_config, ar
 
 def test_file_in_an_unknown_time_unit_is_refused_alone(make_config, archive, api, shared_data_dir: Path,
                                                        caplog) -> None:
-    archive.set_fault("seconds_timestamps", match="BTCUSDT-1d-2024-05")
+    archive.fault("seconds_timestamps", "BTCUSDT-1d-2024-05")
     cfg = make_config()
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
         report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
@@ -65,12 +64,11 @@ def test_rejected_candle_is_asked_from_the_next_provider(make_config, shared_dat
                                                          gecko) -> None:
     bad_day = ms("2024-11-20")
     src = source(shared_data_dir, "1d", "ETH_USDT")
-    broken = MarketData(shared_data_dir)
-    broken.set("1d", "ETH_USDT", src.with_columns(  # high below low on one day: impossible, rejected
-        high=pl.when(pl.col("timestamp") == bad_day).then(pl.col("low") * 0.5).otherwise(pl.col("high"))))
-    archive.set_fault("404")
-    with FakeBinanceApi(broken, NOW) as bad_api:
-        cfg = make_config(api_urls={"binance": bad_api.url})
+    archive.fault("http_error", status=404)
+    with other_venue(shared_data_dir) as bad_api:  # its exchange API sends an impossible candle
+        bad_api.sim.store.set("1d", "ETH_USDT", src.with_columns(  # high below low on one day: rejected
+            high=pl.when(pl.col("timestamp") == bad_day).then(pl.col("low") * 0.5).otherwise(pl.col("high"))))
+        cfg = make_config(api_urls={"binance": bad_api.base_url})
         report = sync(["ETH/USDT"], "binance", "1d", ms("2024-11-10"), None, cfg, NOW_SYNC)
     rep = report.symbols["ETH/USDT"]
     assert rep.issues == {"reject.high_below_low": 1} and report.counters["reject.high_below_low"] == 1
@@ -80,9 +78,10 @@ def test_rejected_candle_is_asked_from_the_next_provider(make_config, shared_dat
     assert gecko.counts["ohlc"] == 1
 
 
-@pytest.mark.parametrize("fault", ["down", "500", "429"])
+@pytest.mark.parametrize("fault", [{"kind": "drop"}, {"kind": "http_error", "status": 500},
+                                   {"kind": "rate_limit"}], ids=["down", "500", "429"])
 def test_archive_unusable_falls_through_to_tail(fault, make_config, archive, api, shared_data_dir: Path) -> None:
-    archive.set_fault(fault)
+    archive.fault(**fault)
     cfg = make_config()
     report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
@@ -90,11 +89,11 @@ def test_archive_unusable_falls_through_to_tail(fault, make_config, archive, api
     assert list(rep.ranges_by_provider) == ["ccxt:binance"] and rep.complete
 
 
-def test_archive_and_tail_down_coingecko_fills_recent_days_without_volume(make_config, archive, api, gecko,
+def test_archive_and_tail_down_coingecko_fills_recent_days_without_volume(make_config, venue, archive, api, gecko,
                                                                           shared_data_dir: Path) -> None:
-    archive.set_fault("down")
-    api.set_fault("429", retry_after="1")
-    gecko.now_ms = SETTLED
+    archive.fault("drop")
+    api.fault("rate_limit", retry_after_s=1)
+    venue.sim.set_now(SETTLED)
     cfg = make_config()
     start = NOW - 20 * DAY
     report = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED)
@@ -109,8 +108,8 @@ def test_archive_and_tail_down_coingecko_fills_recent_days_without_volume(make_c
 
 
 def test_everyone_down_leaves_pending_gaps_and_invents_nothing(make_config, archive, api, gecko) -> None:
-    for server in (archive, api, gecko):
-        server.set_fault("down")
+    for face in (archive, api, gecko):
+        face.fault("drop")
     cfg = make_config()
     report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
@@ -144,8 +143,8 @@ def test_concurrent_syncs_of_one_symbol_lose_nothing(make_config, shared_data_di
 
 
 def test_a_down_provider_is_not_hammered(make_config, archive, api, gecko) -> None:
-    for server in (archive, api, gecko):
-        server.set_fault("down")
+    for face in (archive, api, gecko):
+        face.fault("drop")
     cfg = make_config(archive_workers=2)
     symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
     report = sync(symbols, "binance", "1d", NOW - 20 * DAY, None, cfg, SETTLED)
@@ -157,7 +156,7 @@ def test_a_down_provider_is_not_hammered(make_config, archive, api, gecko) -> No
     assert not report.complete
 
 
-def test_gap_nobody_has_stays_a_confirmed_gap(make_config, data: MarketData, archive, api, gecko,
+def test_gap_nobody_has_stays_a_confirmed_gap(make_config, data, archive, api, gecko,
                                               shared_data_dir: Path) -> None:
     src = source(shared_data_dir, "1d", "BTC_USDT")
     hole = (ms("2024-11-10"), ms("2024-11-13"))  # three days the exchange "never produced"
@@ -174,12 +173,12 @@ def test_gap_nobody_has_stays_a_confirmed_gap(make_config, data: MarketData, arc
     assert gecko.total == 0
 
 
-def test_unconfirmed_gap_is_pending_then_retried_alone(make_config, data: MarketData, archive, api,
+def test_unconfirmed_gap_is_pending_then_retried_alone(make_config, data, archive, api,
                                                        shared_data_dir: Path) -> None:
     src = source(shared_data_dir, "1d", "BTC_USDT")
     hole = (ms("2024-06-10"), ms("2024-06-12"))
     data.set("1d", "BTC_USDT", src.filter(~pl.col("timestamp").is_between(hole[0], hole[1] - 1)))
-    api.set_fault("500")  # the archive says "no candle", but the exchange API cannot be asked: not proven
+    api.fault("http_error", status=500)  # the archive says "no candle", but the exchange API cannot be asked
     cfg = make_config(providers=("archive", "tail"))
     report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
@@ -198,10 +197,10 @@ def test_unconfirmed_gap_is_pending_then_retried_alone(make_config, data: Market
     assert api.counts["klines"] == 1
 
 
-def test_forming_candle_never_stored(make_config, archive, api, shared_data_dir: Path) -> None:
+def test_forming_candle_never_stored(make_config, venue, archive, api, shared_data_dir: Path) -> None:
     now = ms("2024-12-05T12:00")
-    archive.now_ms = api.now_ms = now
-    archive.set_fault("404", match="/daily/")  # today's days are not in the archive yet: the tail serves them
+    venue.sim.set_now(now)
+    archive.fault("http_error", "/daily/", status=404)  # today's days are not in the archive yet: the tail serves them
     cfg = make_config()
     report = sync(["BTC/USDT"], "binance", "1d", ms("2024-11-01"), None, cfg, now)
     got = cached(cfg, "1d", "BTC_USDT")
@@ -219,8 +218,8 @@ def test_second_sync_makes_zero_requests(make_config, archive, api, gecko) -> No
     cfg = make_config()
     first = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW_SYNC)
     assert first.complete and first.requests > 0
-    for server in (archive, api, gecko):
-        server.reset_counts()
+    for face in (archive, api, gecko):
+        face.reset_counts()
     second = sync(["BTC/USDT", "SOL/USDT"], "binance", "1d", T2017, None, cfg, NOW_SYNC)
     assert second.complete and second.requests == 0 and second.rows_added == 0
     assert archive.total == api.total == gecko.total == 0
@@ -229,17 +228,17 @@ def test_second_sync_makes_zero_requests(make_config, archive, api, gecko) -> No
     assert third.requests == 0 and archive.total == api.total == 0
 
 
-def test_incremental_sync_asks_only_for_new_days(make_config, data: MarketData, archive, api,
+def test_incremental_sync_asks_only_for_new_days(make_config, venue, data, archive, api,
                                                  shared_data_dir: Path) -> None:
     full = source(shared_data_dir, "1d", "BTC_USDT")
     cfg = make_config()
-    archive.now_ms = api.now_ms = ms("2024-12-03")
+    venue.sim.set_now(ms("2024-12-03"))
     data.set("1d", "BTC_USDT", full.filter(pl.col("timestamp") < ms("2024-12-03")))
     assert sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, ms("2024-12-03") + CLOSE_GRACE_MS).complete
     archive.reset_counts()
     api.reset_counts()
     data.set("1d", "BTC_USDT", full)
-    archive.now_ms = api.now_ms = NOW
+    venue.sim.set_now(NOW)
     report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     assert report.complete and report.symbols["BTC/USDT"].rows_added == 3
     zips = sorted(p.rsplit("/", 1)[-1] for p in archive.paths if p.endswith(".zip"))
@@ -249,20 +248,20 @@ def test_incremental_sync_asks_only_for_new_days(make_config, data: MarketData, 
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
 
 
-def test_overlap_disagreement_logged_and_counted(make_config, shared_data_dir: Path, archive, caplog) -> None:
+def test_overlap_disagreement_logged_and_counted(make_config, shared_data_dir: Path, venue, archive,
+                                                 caplog) -> None:
     # A second exchange API whose data differs on one day: asked for the padding, it disagrees with the cache.
-    other = MarketData(shared_data_dir)
     src = source(shared_data_dir, "1d", "BTC_USDT")
     bad_day = ms("2024-11-28")
-    # Still a valid candle (close moved to the day's low), so validation passes it and the cross-check sees it.
-    other.set("1d", "BTC_USDT", src.with_columns(
-        close=pl.when(pl.col("timestamp") == bad_day).then(pl.col("low")).otherwise(pl.col("close"))))
-    with FakeBinanceApi(other, NOW) as api2:
-        cfg = make_config(api_urls={"binance": api2.url})
-        archive.now_ms = ms("2024-12-03")
+    with other_venue(shared_data_dir) as api2:
+        # Still a valid candle (close moved to the day's low): validation passes it, the cross-check sees it.
+        api2.sim.store.set("1d", "BTC_USDT", src.with_columns(
+            close=pl.when(pl.col("timestamp") == bad_day).then(pl.col("low")).otherwise(pl.col("close"))))
+        cfg = make_config(api_urls={"binance": api2.base_url})
+        venue.sim.set_now(ms("2024-12-03"))
         sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, ms("2024-12-03"))
-        archive.now_ms = NOW
-        archive.set_fault("404", match="/daily/")  # the new days must come from the tail, with its padding
+        venue.sim.set_now(NOW)
+        archive.fault("http_error", "/daily/", status=404)  # the new days must come from the tail, with padding
         with caplog.at_level(logging.WARNING, logger="aura.ingest"):
             report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
@@ -274,16 +273,14 @@ def test_overlap_disagreement_logged_and_counted(make_config, shared_data_dir: P
 
 
 def test_cross_venue_overlap_is_checked_loosely(make_config, shared_data_dir: Path, archive, api) -> None:
-    from services.ingest.fakes import FakeCoinGecko
-
-    usd = MarketData(shared_data_dir)  # CoinGecko's USD aggregate: 0.1% off Binance's USDT prices
     four_h = source(shared_data_dir, "4h", "BTC_USDT")
-    usd.set("4h", "BTC_USDT", four_h.with_columns(*(pl.col(c) * 1.001 for c in ("open", "high", "low", "close"))))
     early = ms("2024-12-03T01:00")
-    with FakeCoinGecko(usd, early) as gecko:
-        cfg = make_config(coingecko_url=gecko.url)
-        archive.set_fault("404")
-        api.set_fault("down")
+    with other_venue(shared_data_dir, early) as usd:  # CoinGecko's USD aggregate: 0.1% off Binance's USDT
+        usd.sim.store.set("4h", "BTC_USDT", four_h.with_columns(
+            *(pl.col(c) * 1.001 for c in ("open", "high", "low", "close"))))
+        cfg = make_config(coingecko_url=usd.coingecko_url)
+        archive.fault("http_error", status=404)
+        api.fault("drop")
         first = sync(["BTC/USDT"], "binance", "1d", ms("2024-11-20"), None, cfg, early)
         assert list(first.symbols["BTC/USDT"].ranges_by_provider) == ["coingecko"]
         api.clear_faults()
@@ -299,21 +296,21 @@ def test_cross_venue_overlap_is_checked_loosely(make_config, shared_data_dir: Pa
 
 def test_second_tail_exchange_fills_when_the_own_exchange_is_down(make_config, shared_data_dir: Path, archive,
                                                                   api) -> None:
-    archive.set_fault("404")
-    api.set_fault("down")
-    with FakeBinanceApi(MarketData(shared_data_dir), NOW) as us:
-        cfg = make_config(tail_exchanges=("binanceus",), api_urls={"binance": api.url, "binanceus": us.url})
+    archive.fault("http_error", status=404)
+    api.fault("drop")
+    with other_venue(shared_data_dir) as us:
+        cfg = make_config(tail_exchanges=("binanceus",), api_urls={"binance": api.url, "binanceus": us.base_url})
         report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW_SYNC)
     rep = report.symbols["BTC/USDT"]
     assert list(rep.ranges_by_provider) == ["ccxt:binanceus"] and rep.complete
     assert_source_from(cached(cfg, "1d", "BTC_USDT"), btc(shared_data_dir), SINCE)
 
 
-def test_coingecko_429_backs_off_with_retry_after(make_config, archive, api, gecko) -> None:
-    archive.set_fault("down")
-    api.set_fault("down")
-    gecko.set_fault("429", times=2, retry_after="7")
-    gecko.now_ms = SETTLED
+def test_coingecko_429_backs_off_with_retry_after(make_config, venue, archive, api, gecko) -> None:
+    archive.fault("drop")
+    api.fault("drop")
+    gecko.fault("rate_limit", count=2, retry_after_s=7)
+    venue.sim.set_now(SETTLED)
     cfg = make_config()
     report = sync(["BTC/USDT"], "binance", "1d", NOW - 10 * DAY, None, cfg, SETTLED)
     assert report.complete and gecko.counts["ohlc"] == 3
@@ -347,25 +344,20 @@ def test_settings_like_config_and_until(tmp_path: Path, archive, api, monkeypatc
     assert report.symbols["ETH/USDT"].window == (ms("2021-01-01"), ms("2022-01-01"))
 
 
-def test_candle_still_forming_on_a_lagging_exchange_is_not_taken(make_config, data: MarketData, api,
-                                                                 shared_data_dir: Path) -> None:
-    """The exchange's clock trails ours by 300 ms: right after the boundary it still sends the candle as forming."""
+def test_candle_still_forming_on_a_lagging_exchange_is_not_taken(make_config, venue, shared_data_dir: Path) -> None:
+    """The exchange's clock trails ours by 300 ms: right after the boundary it still sends the candle as forming
+    (with its open and the price so far only: not the final numbers)."""
     boundary = ms("2024-12-05T12:00")
     hour = boundary - 3_600_000
     real = source(shared_data_dir, "1h", "ETH_USDT").filter(pl.col("timestamp") < boundary)
-    forming = real.with_columns(  # what the exchange's forming candle looks like: not the final numbers
-        close=pl.when(pl.col("timestamp") == hour).then(pl.col("open")).otherwise(pl.col("close")),
-        volume=pl.when(pl.col("timestamp") == hour).then(pl.col("volume") * 0.3).otherwise(pl.col("volume")))
-    data.set("1h", "ETH_USDT", forming)
-    api.now_ms = boundary - 300
+    venue.sim.set_now(boundary - 300)
     cfg = make_config(providers=("tail",))
     start = boundary - 2 * DAY
     early = sync(["ETH/USDT"], "binance", "1h", start, None, cfg, boundary + 100).symbols["ETH/USDT"]
     assert early.complete and early.forming_dropped == 1
     assert cached(cfg, "1h", "ETH_USDT")["timestamp"].max() == hour - 3_600_000  # 11:00 is not taken yet
     # Once the grace is over the exchange has finished the candle, and its final numbers are what is stored.
-    data.set("1h", "ETH_USDT", real)
-    api.now_ms = boundary + CLOSE_GRACE_MS
+    venue.sim.set_now(boundary + CLOSE_GRACE_MS)
     later = sync(["ETH/USDT"], "binance", "1h", start, None, cfg, boundary + CLOSE_GRACE_MS).symbols["ETH/USDT"]
     assert later.complete and later.rows_added == 1
     assert_frame_equal(cached(cfg, "1h", "ETH_USDT").filter(pl.col("timestamp") >= start),
@@ -376,18 +368,18 @@ def test_within_the_close_grace_a_fresh_cache_makes_zero_requests(make_config, a
     cfg = make_config()
     two_days_before = NOW - 2 * DAY  # the cache holds every candle up to and including this one
     assert sync(["BTC/USDT"], "binance", "1d", SINCE, two_days_before, cfg, NOW_SYNC).complete
-    for server in (archive, api, gecko):
-        server.reset_counts()
+    for face in (archive, api, gecko):
+        face.reset_counts()
     # One second after midnight the 2024-12-05 candle does not count as closed yet: nothing to ask for.
     report = sync(["BTC/USDT"], "binance", "1d", SINCE, None, cfg, NOW + 1_000)
     assert report.complete and report.requests == 0 and report.last_closed_ms == two_days_before
     assert archive.total == api.total == gecko.total == 0
 
 
-def test_coingecko_answer_of_the_wrong_shape_fails_coingecko_only(make_config, archive, api, gecko,
+def test_coingecko_answer_of_the_wrong_shape_fails_coingecko_only(make_config, venue, archive, api, gecko,
                                                                   shared_data_dir: Path, caplog) -> None:
-    gecko.set_fault("wrong_shape", match="/ohlc")
-    gecko.now_ms = SETTLED
+    gecko.fault("wrong_shape", "/ohlc")
+    venue.sim.set_now(SETTLED)
     cfg = make_config(providers=("coingecko", "tail"))  # CoinGecko asked first: its failure must fall through
     start = NOW - 20 * DAY
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
@@ -397,8 +389,8 @@ def test_coingecko_answer_of_the_wrong_shape_fails_coingecko_only(make_config, a
     assert gecko.counts["ohlc"] == 1
     assert any(r.tag == "DATA_REJECT" and "coingecko" in r.getMessage() for r in caplog.records)
     # Last in the chain, the same answer leaves a pending gap that says why, not an errored symbol.
-    archive.set_fault("404", match="/daily/")
-    api.set_fault("500")
+    archive.fault("http_error", "/daily/", status=404)
+    api.fault("http_error", status=500)
     later = sync(["ETH/USDT"], "binance", "1d", start, None, make_config(cache_root=cfg.cache_root / "x"), SETTLED)
     rep = later.symbols["ETH/USDT"]
     assert rep.error is None and not rep.complete
@@ -440,12 +432,12 @@ def test_a_provider_that_raises_fails_alone_and_loudly(make_config, archive, api
 
 
 @pytest.mark.parametrize("timeframe", ["4h", "1d"])
-def test_conflicting_coingecko_duplicates_are_rejected_loudly(timeframe, make_config, archive, api, gecko,
+def test_conflicting_coingecko_duplicates_are_rejected_loudly(timeframe, make_config, venue, archive, api, gecko,
                                                               caplog) -> None:
-    archive.set_fault("down")
-    api.set_fault("500")
-    gecko.set_fault("duplicate_conflict", match="/ohlc")
-    gecko.now_ms = SETTLED
+    archive.fault("drop")
+    api.fault("http_error", status=500)
+    gecko.fault("duplicate_conflict", "/ohlc")
+    venue.sim.set_now(SETTLED)
     cfg = make_config()
     with caplog.at_level(logging.WARNING, logger="aura.ingest"):
         report = sync(["ETH/USDT"], "binance", timeframe, NOW - 10 * DAY, None, cfg, SETTLED)
@@ -462,16 +454,16 @@ def test_conflicting_coingecko_duplicates_are_rejected_loudly(timeframe, make_co
 
 def _gecko_fill(make_config, archive, api, gecko) -> tuple[IngestConfig, int]:
     """Archive and API down at 01:00 after the 2024-12-05 close: CoinGecko fills the last 20 days (no volume)."""
-    archive.set_fault("down")
-    api.set_fault("429", retry_after="1")
-    gecko.now_ms = SETTLED
+    archive.fault("drop")
+    api.fault("rate_limit", retry_after_s=1)
+    gecko.venue.sim.set_now(SETTLED)
     cfg = make_config(provider_cooldown_s=0.0)
     start = NOW - 20 * DAY
     first = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED).symbols["ETH/USDT"]
     assert first.complete and list(first.ranges_by_provider) == ["coingecko"]
-    for server in (archive, api, gecko):
-        server.clear_faults()
-        server.reset_counts()
+    for face in (archive, api, gecko):
+        face.clear_faults()
+        face.reset_counts()
     return cfg, start
 
 
@@ -493,8 +485,8 @@ def test_fallback_candles_are_replaced_once_the_exchange_is_back(make_config, ar
     assert got.filter(pl.col("timestamp") < week)["volume"].is_nan().all()
     assert any(r.tag == "DATA_REPLACED" and "binance_archive" in r.getMessage() for r in caplog.records)
     # Nothing provisional left in the window: the next sync is free again.
-    for server in (archive, api, gecko):
-        server.reset_counts()
+    for face in (archive, api, gecko):
+        face.reset_counts()
     again = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, later)
     assert again.requests == 0 and archive.total == api.total == gecko.total == 0
 
@@ -502,8 +494,8 @@ def test_fallback_candles_are_replaced_once_the_exchange_is_back(make_config, ar
 def test_fallback_candles_are_kept_while_the_exchange_is_still_down(make_config, archive, api, gecko) -> None:
     cfg, start = _gecko_fill(make_config, archive, api, gecko)
     before = cached(cfg, "1d", "ETH_USDT")
-    archive.set_fault("down")
-    api.set_fault("500")
+    archive.fault("drop")
+    api.fault("http_error", status=500)
     rep = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED + 3_600_000).symbols["ETH/USDT"]
     assert rep.complete and rep.rows_replaced == 0 and list(rep.ranges_by_provider) == ["coingecko"]
     assert archive.total > 0 and gecko.total == 0  # asked the exchange again, not the fallback

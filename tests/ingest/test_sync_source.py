@@ -9,14 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.ingest.fakes.archive import FakeBinanceArchive
-from services.ingest.fakes.binance_api import FakeBinanceApi
-from services.ingest.fakes.coingecko import FakeCoinGecko
 from services.ingest.providers.base import CLOSE_GRACE_MS
 from services.ingest.sources import SyncSource
 from shared.candles import digest, encode_panel
 from shared.config import load_settings
-from tests.ingest.conftest import NOW, source
+from tests.ingest.conftest import NOW, Face, source
 
 pytestmark = pytest.mark.integration
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
@@ -45,26 +42,26 @@ def test_complete_universe_gives_the_last_closed_bar(tmp_path: Path, make_config
     assert asyncio.run(src.next_step()) is None  # nothing new closed: no work, no requests
 
 
-def test_providers_down_give_a_stale_step(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
-                                          api: FakeBinanceApi, gecko: FakeCoinGecko) -> None:
-    for server in (archive, api, gecko):
-        server.set_fault("500")
+def test_providers_down_give_a_stale_step(tmp_path: Path, make_config, archive: Face,  # type: ignore[no-untyped-def]
+                                          api: Face, gecko: Face) -> None:
+    for face in (archive, api, gecko):
+        face.fault("http_error", status=500)
     step = asyncio.run(_source(tmp_path, make_config()).next_step())
     assert step is not None and step.snapshot is None
     assert set(step.missing) == set(SYMBOLS)
 
 
-def test_stale_bar_is_asked_again_until_complete(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
-                                                  api: FakeBinanceApi, gecko: FakeCoinGecko) -> None:
-    for server in (archive, api, gecko):
-        server.set_fault("500")
+def test_stale_bar_is_asked_again_until_complete(tmp_path: Path, make_config, archive: Face,  # type: ignore[no-untyped-def]
+                                                  api: Face, gecko: Face) -> None:
+    for face in (archive, api, gecko):
+        face.fault("http_error", status=500)
     src = _source(tmp_path, make_config(provider_cooldown_s=0.0))
     stale = asyncio.run(src.next_step())
     assert stale is not None and stale.snapshot is None and stale.cycle_id == "1d-20241205T0000"
     assert src.done(stale) is False  # the cursor stays: the bar is not forfeited
     assert src.last_done_ms is None
-    for server in (archive, api, gecko):
-        server.clear_faults()
+    for face in (archive, api, gecko):
+        face.clear_faults()
     # The next poll (same bar, a minute later in real life) finds the data and publishes the same cycle.
     again = asyncio.run(src.next_step())
     assert again is not None and again.snapshot is not None and again.cycle_id == stale.cycle_id
@@ -72,11 +69,11 @@ def test_stale_bar_is_asked_again_until_complete(tmp_path: Path, make_config, ar
     assert asyncio.run(src.next_step()) is None
 
 
-def test_stale_bar_is_given_up_once_a_newer_bar_closed(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
-                                                       api: FakeBinanceApi, gecko: FakeCoinGecko,
+def test_stale_bar_is_given_up_once_a_newer_bar_closed(tmp_path: Path, make_config, archive: Face,  # type: ignore[no-untyped-def]
+                                                       api: Face, gecko: Face,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    for server in (archive, api, gecko):
-        server.set_fault("500")
+    for face in (archive, api, gecko):
+        face.fault("http_error", status=500)
     now = {"ms": NOW + 300_000}
     settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
     src = SyncSource(settings, SYMBOLS, None, logging.getLogger("t"),
@@ -91,8 +88,8 @@ def test_stale_bar_is_given_up_once_a_newer_bar_closed(tmp_path: Path, make_conf
     assert len(skipped) == 1 and skipped[0].fields["cycle_id"] == stale.cycle_id  # type: ignore[attr-defined]
 
 
-def test_bar_inside_the_close_grace_is_not_asked_yet(tmp_path: Path, make_config, archive: FakeBinanceArchive,  # type: ignore[no-untyped-def]
-                                                     api: FakeBinanceApi, gecko: FakeCoinGecko) -> None:
+def test_bar_inside_the_close_grace_is_not_asked_yet(tmp_path: Path, make_config, archive: Face,  # type: ignore[no-untyped-def]
+                                                     api: Face, gecko: Face) -> None:
     now = {"ms": NOW + 1_000}  # one second after the 2024-12-05 candle's close
     settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
     src = SyncSource(settings, SYMBOLS, NOW - 2 * 86_400_000, logging.getLogger("t"), config=make_config(),
@@ -102,3 +99,17 @@ def test_bar_inside_the_close_grace_is_not_asked_yet(tmp_path: Path, make_config
     now["ms"] = NOW + CLOSE_GRACE_MS
     step = asyncio.run(src.next_step())
     assert step is not None and step.snapshot is not None and step.cycle_id == "1d-20241205T0000"
+
+
+def test_which_bar_closed_is_the_exchanges_call_not_the_local_clock(tmp_path: Path, make_config, venue,  # type: ignore[no-untyped-def]
+                                                                    api: Face) -> None:
+    """Without an injected clock the source asks the exchange for its time: here a venue in 2024 (the machine
+    says otherwise).  When the exchange cannot be asked, its last known offset stands in."""
+    venue.sim.set_now(NOW + 300_000)
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
+    src = SyncSource(settings, SYMBOLS, None, logging.getLogger("t"), config=make_config())
+    step = asyncio.run(src.next_step())
+    assert step is not None and step.snapshot is not None and step.cycle_id == "1d-20241205T0000"
+    assert api.counts["time"] == 1
+    api.fault("drop", "/api/v3/time")
+    assert src.clock_ms is not None and abs(src.clock_ms() - (NOW + 300_000)) < 60_000

@@ -9,7 +9,7 @@ from tests.ingest.conftest import DAY, NOW
 
 
 @pytest.mark.integration
-def test_refresh_daily_and_mark_delisted(make_config, api) -> None:
+def test_refresh_daily_and_mark_delisted(make_config, venue, api) -> None:
     cfg = make_config()
     uni = refresh_universe("binance", cfg, NOW)
     assert api.counts == {"exchangeInfo": 1, "24hr": 1}
@@ -25,7 +25,7 @@ def test_refresh_daily_and_mark_delisted(make_config, api) -> None:
     assert refresh_universe("binance", cfg, NOW + DAY - 1).entries == uni.entries
     assert api.total == 0  # refreshed less than a day ago: no request
 
-    api.delisted = {"DOGEUSDT"}  # gone from exchangeInfo entirely
+    venue.sim.market.delisted.add("DOGEUSDT")  # gone from exchangeInfo entirely
     later = refresh_universe("binance", cfg, NOW + DAY)
     doge = later.entries["DOGE/USDT"]
     assert doge.delisted and not doge.active and doge.delisted_ms == NOW + DAY
@@ -36,12 +36,12 @@ def test_refresh_daily_and_mark_delisted(make_config, api) -> None:
 @pytest.mark.integration
 def test_refresh_failure_keeps_previous_or_raises(make_config, api) -> None:
     cfg = make_config()
-    api.set_fault("down")
+    api.fault("drop")
     with pytest.raises(UniverseError):
         refresh_universe("binance", cfg, NOW)
     api.clear_faults()
     first = refresh_universe("binance", cfg, NOW)
-    api.set_fault("500")
+    api.fault("http_error", status=500)
     again = refresh_universe("binance", cfg, NOW + 2 * DAY)
     assert again.refreshed_ms == NOW and again.entries == first.entries  # stale but usable, and says so
 

@@ -250,7 +250,7 @@ class _Outcome:
 
 
 class BinanceArchiveProvider:
-    """Provider over data.binance.vision (or any server with its layout, e.g. the local fake)."""
+    """Provider over data.binance.vision (or any server with its layout, e.g. the venue simulator)."""
 
     name = "binance_archive"
 

@@ -2,7 +2,7 @@
 
 Used for what the archive does not have yet (today, yesterday) and to confirm exchange gaps.  Paginated
 with ``since``/``limit`` (and ``until``), rate-limited by ccxt (``enableRateLimit``).  The base URL can be
-pointed anywhere (the local fake in tests) by rewriting the host of every URL in ``exchange.urls['api']``.
+pointed anywhere (the venue simulator) by rewriting the host of every URL in ``exchange.urls['api']``.
 
 For Binance, markets are loaded from ``/api/v3/exchangeInfo`` only (spot, no currencies, no margin lists):
 those are the only public calls needed for ``fetch_ohlcv`` and they need no API key.

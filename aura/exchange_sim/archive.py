@@ -1,20 +1,16 @@
-"""Fake data.binance.vision: monthly and daily kline zips plus ``.CHECKSUM`` files, built in memory.
+"""The data.binance.vision face: monthly and daily kline zips plus ``.CHECKSUM`` files, built in memory.
 
 Same paths, same zip layout (one header-less CSV with the twelve kline columns, prices as 8-decimal
 strings), same ``"<sha256>  <name>"`` checksum body as the real archive.  Open/close times are written in
 milliseconds before 2025 and in microseconds from 2025 on, like the real spot archive.
 
-Publication follows the real rules, relative to the fake's ``now_ms``: a monthly file exists once its
-month is over, a daily file once its day is over; no rows in the period -> 404.
+Publication follows the real rules at the simulator's clock: a monthly file exists once its month is over, a
+daily file once its day is over; no rows in the period -> 404.  So the archive never holds a candle the trading
+API has not priced from yet.
 
-Columns the shared data does not have are filled with stand-ins that no consumer reads: quote volume =
-volume x close, trades = 0, taker volumes = 0.
-
-App-specific faults: ``corrupt_zip`` (damaged zip bytes *with a matching checksum*, so only the unzip can
-notice), ``encrypted_flag`` (the same zip with its "encrypted" flag bit set, checksum matching: damage that
-makes Python's zipfile raise RuntimeError instead of BadZipFile), ``bad_checksum`` (a good zip whose CHECKSUM
-names another digest) and ``seconds_timestamps`` (a well-formed, correctly checksummed file whose open times
-are in seconds: a unit the client must refuse).
+Columns the candles do not have are filled with stand-ins that no consumer reads: quote volume =
+volume x close, trades = 0, taker volumes = 0.  Content faults (see ``faults.py``): ``corrupt_zip``,
+``encrypted_flag``, ``bad_checksum``, ``seconds_timestamps``.
 """
 
 from __future__ import annotations
@@ -22,14 +18,18 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 
-from services.ingest.fakes.market import INTERVALS, MarketData, stem_of_pair
-from services.ingest.fakes.server import FakeServer, Reply
+from aura.exchange_sim.candles import CandleStore, pair_of
+from aura.exchange_sim.faults import Fault
+from aura.exchange_sim.reply import Response
+from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, interval_ms
 
 MICROS_FROM_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC: the spot archive writes µs from here on
 _PATH = re.compile(
@@ -94,20 +94,18 @@ def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-class FakeBinanceArchive(FakeServer):
-    def __init__(self, data: MarketData, now_ms: int) -> None:
-        super().__init__()
-        self.data = data
+class Archive:
+    PREFIX = "/data/"
+
+    def __init__(self, store: CandleStore, now_ms: Callable[[], int]) -> None:
+        self.store = store
         self.now_ms = now_ms
         self._zips: dict[tuple[str, ...], bytes | None] = {}
         self._version = -1
+        self._lock = threading.Lock()
 
-    def kind_of(self, path: str) -> str:
-        if path.endswith(".CHECKSUM"):
-            return "checksum"
-        return "zip" if path.endswith(".zip") else "other"
-
-    def period(self, m: re.Match[str]) -> tuple[int, int]:
+    @staticmethod
+    def period(m: re.Match[str]) -> tuple[int, int]:
         y, mo = int(m["y"]), int(m["m"])
         if m["freq"] == "monthly":
             start = datetime(y, mo, 1, tzinfo=UTC)
@@ -119,34 +117,37 @@ class FakeBinanceArchive(FakeServer):
     def zip_for(self, path: str) -> tuple[str, bytes] | None:
         """(zip name, zip bytes) for an archive path (with or without .CHECKSUM), None if not published."""
         m = _PATH.match(path)
-        if m is None or m["tf"] not in INTERVALS:
+        if m is None or m["tf"] not in SUPPORTED_TIMEFRAMES:
             return None
-        stem = stem_of_pair(m["pair"])
+        stem = self.store.stem_of(m["tf"], m["pair"])
         start, end = self.period(m)
-        if stem is None or end > self.now_ms:  # files appear only once their period is over
+        if stem is None or end > self.now_ms():  # files appear only once their period is over
             return None
-        if self._version != self.data.version:
-            self._zips.clear()
-            self._version = self.data.version
         key = (m["tf"], stem, m["name"])
-        if key not in self._zips:
-            rows = self.data.between(m["tf"], stem, start, end)
-            if rows is None or len(rows["timestamp"]) == 0:
-                self._zips[key] = None
-            else:
-                csv = build_kline_csv(rows, INTERVALS[m["tf"]], micros=start >= MICROS_FROM_MS)
-                self._zips[key] = build_zip(m["name"].removesuffix(".zip") + ".csv", csv)
-        body = self._zips[key]
+        with self._lock:
+            if self._version != self.store.version:
+                self._zips.clear()
+                self._version = self.store.version
+            if key in self._zips:
+                body = self._zips[key]
+                return None if body is None else (m["name"], body)
+        rows = self.store.between(m["tf"], stem, start, end)
+        body = None
+        if rows is not None and len(rows["timestamp"]):
+            csv = build_kline_csv(rows, interval_ms(m["tf"]), micros=start >= MICROS_FROM_MS)
+            body = build_zip(m["name"].removesuffix(".zip") + ".csv", csv)
+        with self._lock:
+            self._zips[key] = body
         return None if body is None else (m["name"], body)
 
     def prebuild(self, timeframe: str, stems: list[str]) -> int:
-        """Build every published monthly zip of ``stems`` now (benchmarks time the client, not the fake)."""
+        """Build every published monthly zip of ``stems`` now (benchmarks time the client, not the server)."""
         count = 0
         for stem in stems:
-            arr = self.data.arrays(timeframe, stem)
-            if arr is None or not len(arr["timestamp"]):
+            arr = self.store.arrays(timeframe, stem)
+            if arr is None:
                 continue
-            pair = stem.replace("_", "")
+            pair = pair_of(stem)
             first = datetime.fromtimestamp(arr["timestamp"][0] / 1000, tz=UTC)
             month = datetime(first.year, first.month, 1, tzinfo=UTC)
             while _ms(month) <= arr["timestamp"][-1]:
@@ -160,25 +161,27 @@ class FakeBinanceArchive(FakeServer):
         m = _PATH.match(path)
         assert m is not None
         start, end = self.period(m)
-        rows = self.data.between(m["tf"], stem_of_pair(m["pair"]) or "", start, end)
+        rows = self.store.between(m["tf"], self.store.stem_of(m["tf"], m["pair"]) or "", start, end)
         assert rows is not None
         rows = {**rows, "timestamp": rows["timestamp"] // 1000}
-        return build_zip(name.removesuffix(".zip") + ".csv", build_kline_csv(rows, INTERVALS[m["tf"]] // 1000, False))
+        iv_s = interval_ms(m["tf"]) // 1000
+        return build_zip(name.removesuffix(".zip") + ".csv", build_kline_csv(rows, iv_s, False))
 
-    def route(self, path: str, query: dict[str, str], fault: str | None) -> Reply:
+    def handle(self, path: str, fault: Fault | None) -> Response:
         found = self.zip_for(path)
         if found is None:
-            return Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
+            return Response(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
         name, body = found
-        if fault == "corrupt_zip":
+        kind = fault.kind if fault is not None else None
+        if kind == "corrupt_zip":
             body = corrupt(body)
-        elif fault == "encrypted_flag":
+        elif kind == "encrypted_flag":
             body = flag_encrypted(body)
-        elif fault == "seconds_timestamps":
+        elif kind == "seconds_timestamps":
             body = self.in_seconds(path, name)
         if path.endswith(".CHECKSUM"):
             digest = checksum_body(body, name)
-            if fault == "bad_checksum":
+            if kind == "bad_checksum":
                 digest = checksum_body(body + b"x", name)
-            return Reply(200, digest, "text/plain")
-        return Reply(200, body, "application/zip")
+            return Response(200, digest, content_type="text/plain")
+        return Response(200, body, content_type="application/zip")
