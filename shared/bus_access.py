@@ -131,7 +131,7 @@ MATRIX: tuple[Resource, ...] = (
     _kv(STATE_BUCKET, "ingest.>", ingest=RW, operator=R),
     _kv(STATE_BUCKET, "signal.>", signal=RW, operator=R),
     _kv(STATE_BUCKET, "risk.>", risk=RW, operator=R),
-    _kv(STATE_BUCKET, "operator.>", operator=RW, risk=R),
+    _kv(STATE_BUCKET, "operator.>", operator=RW, risk=R, executor=R),  # reset (risk), adopt (executor) requests
     Resource("JetStream management: create/update streams, buckets, durable consumers", "admin",
              {"operator": (MANAGE,)}),
 )

@@ -65,6 +65,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     exchange_api_url: str = ""  # override the exchange REST base (the simulator, a proxy); "" = the real one
     testnet: bool = False
     max_order_usdt: float = 1_000_000.0
+    # Live only: a leg whose plan price is further than this from the exchange's price is refused ([PRICE_GUARD]).
+    max_price_deviation: float = 0.02
+    # Live only: a plan on a data bar that closed more than one bar plus this grace before the exchange's clock
+    # is refused ([STALE_PLAN]).
+    plan_grace_s: float = 300.0
+    # Live only: exchange holdings the journal does not know, worth less than this, are dust, not a surplus.
+    reconcile_dust_usdt: float = 5.0
     # Risk tick between signal cycles: SL/TP and drawdown on the latest prices every this many seconds (0 = off).
     risk_tick_s: float = 60.0
     # Key material (shared.credentials): "" = $AURA_HOME/keys. Each principal reads only keys/<itself>/ and
@@ -150,6 +157,9 @@ def _validate(s: Settings) -> None:
         "paper_fee_rate": 0 <= s.paper_fee_rate < 0.05,
         "paper_slippage_bps": 0 <= s.paper_slippage_bps < 500,
         "max_order_usdt": s.max_order_usdt > 0,
+        "max_price_deviation": 0 < s.max_price_deviation < 0.5,
+        "plan_grace_s": s.plan_grace_s >= 0,
+        "reconcile_dust_usdt": s.reconcile_dust_usdt >= 0,
         "risk_tick_s": s.risk_tick_s >= 0,
         "dedup_window_s": s.dedup_window_s >= 1,
     }
@@ -158,6 +168,10 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"setting {name} (env AURA_{name.upper()}): value {getattr(s, name)!r} is out of range")
     if s.ingest_source not in ("replay", "sync"):
         raise ConfigError(f"setting ingest_source (env AURA_INGEST_SOURCE): {s.ingest_source!r} is not replay or sync")
+    if not s.dry_run and s.ingest_source == "replay":
+        raise ConfigError("settings dry_run (env AURA_DRY_RUN=false) and ingest_source (env AURA_INGEST_SOURCE="
+                          "replay): live trading on replayed history would send real orders built from old prices; "
+                          "set AURA_INGEST_SOURCE=sync (live data) or keep AURA_DRY_RUN=true")
     if s.timeframe not in ("1h", "4h", "1d"):
         raise ConfigError(f"setting timeframe (env AURA_TIMEFRAME): {s.timeframe!r} is not one of 1h, 4h, 1d")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

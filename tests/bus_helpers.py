@@ -25,16 +25,19 @@ from shared.contracts import (
     DataReady,
     DeadLetter,
     MarketRuleMsg,
+    PlanBody,
+    PlanLeg,
     PortfolioSnapshot,
     TargetPortfolio,
     content_id,
     decode,
+    plan_id_for,
     stream_of,
 )
 from shared.credentials import signing_key
 from shared.health import HealthState
 from shared.service import ServiceContext
-from shared.signing import sign_struct
+from shared.signing import sign_plan, sign_struct
 
 
 class Capture(logging.Handler):
@@ -91,11 +94,12 @@ async def role_connections(settings: Any, *principals: str) -> AsyncIterator[dic
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Any, *names: str, handler: logging.Handler | None = None,
+async def running(settings: Any, *names: str, handler: logging.Handler | None = None, await_genesis: bool = True,
                   ) -> AsyncIterator[dict[str, ServiceContext]]:
     """Service bodies (``run(ctx)`` of executor, risk, signal) as tasks, each on its own connection with its own
     credential, like separate processes, in the order given; the executor's genesis snapshot is awaited before
-    the next one starts, as compose orders them.  On exit every body is stopped; one that failed fails the test."""
+    the next one starts (unless ``await_genesis`` is False), as compose orders them.  On exit every body is
+    stopped; one that failed fails the test."""
     bodies = {"executor": executor_service.run, "risk": risk_service.run, "signal": signal_service.run}
     contexts: dict[str, ServiceContext] = {}
     tasks = []
@@ -111,7 +115,7 @@ async def running(settings: Any, *names: str, handler: logging.Handler | None = 
                                      asyncio.Event())
                 contexts[name] = ctx
                 tasks.append(asyncio.create_task(bodies[name](ctx)))
-                if name == "executor":
+                if name == "executor" and await_genesis:
                     await until(lambda: last_message(op["operator"], PortfolioSnapshot.SUBJECT), "the genesis snapshot",
                                 60)
         yield contexts
@@ -231,3 +235,17 @@ def replay_signal_state(first: int, upto: int, params: Any, snapshot_bars: int =
                           symbols=list(panel.symbols), bars=len(panel.timestamps), markets=markets)
         _, state = make_target(ready, panel, params, 0, state)
     return state
+
+
+async def publish_buy(js_risk: Any, settings: Any, cycle_id: str, basis_id: str, qty: float = 0.01,
+                      price: float = 40_000.0, as_of_ms: int = 1_704_067_200_000) -> PlanBody:
+    """Play risk (its connection, its key): a plan that buys ``qty`` BTC on the basis ``basis_id``; it passes
+    every check before execution."""
+    fields: dict[str, Any] = {
+        "cycle_id": cycle_id, "as_of_ms": as_of_ms, "data_digest": "d", "target_id": f"t-{cycle_id}",
+        "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis_id, "gate": "pass",
+        "halted": False, "legs": [PlanLeg(0, "BTC/USDT", "buy", qty, price, "enter")], "reasons": [],
+        "prices": {"BTC/USDT": price}}
+    body = PlanBody(plan_id=plan_id_for(fields), **fields)
+    await publish(js_risk, sign_plan(body, signing_key(settings.keys, "risk")), msg_id=body.plan_id)
+    return body

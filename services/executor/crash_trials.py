@@ -57,7 +57,7 @@ from services.executor.brokers.ccxt_broker import CcxtBroker, make_ccxt_binance
 from services.executor.execution import FINAL_INTENT_STATES, ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
-from services.executor.runner import FINAL_PLAN_STATES, SyncCheck, ensure_genesis, recover, run_plan
+from services.executor.runner import FINAL_PLAN_STATES, LivePolicy, SyncCheck, ensure_genesis, recover, run_plan
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT")
@@ -93,6 +93,12 @@ class SimProcess:
 
     def state(self) -> dict[str, Any]:
         return self.control("GET", "state")  # type: ignore[no-any-return]
+
+    def server_time(self) -> int:
+        """The exchange's clock (what the executor measures a plan's age against)."""
+        resp = self.http.get("/api/v3/time")
+        resp.raise_for_status()
+        return int(resp.json()["serverTime"])
 
     def close(self) -> None:
         self.http.close()
@@ -158,12 +164,15 @@ class CrashBroker:
         return await self._call("balances", self.inner.fetch_free_balances)  # type: ignore[no-any-return]
 
     async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
-        return await self.inner.fetch_prices(symbols)
+        return await self._call("prices", lambda: self.inner.fetch_prices(symbols))  # type: ignore[no-any-return]
+
+    async def fetch_time(self) -> int:
+        return await self._call("time", self.inner.fetch_time)  # type: ignore[no-any-return]
 
     async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float) -> OrderState:
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
         return await self._call("place", lambda: self.inner.place_market_order(  # type: ignore[no-any-return]
-            symbol, side, qty, client_order_id, ref_price))
+            symbol, side, qty, client_order_id, ref_price, quote_amount))
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         return await self._call("fetch", lambda: self.inner.fetch_order(  # type: ignore[no-any-return]
@@ -186,6 +195,9 @@ def limits() -> ExecutionLimits:
 
 
 SYNC = SyncCheck(confirm_reads=3, max_reads=8, delay_s=0.02)
+# The live path as the executor service runs it: plans checked against the exchange's clock, every new leg
+# priced and budgeted at the exchange's price (quote-amount buys), so the crash points cover those calls too.
+LIVE = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * 86_400_000 + 300_000)
 
 
 def make_broker(sim_url: str, markets: dict[str, Any], logger: logging.Logger) -> CcxtBroker:
@@ -205,7 +217,7 @@ async def executor_run(journal: Journal, broker: Any, plans: list[PlanBody], log
     if boot:
         for attempt in range(20):
             try:
-                await recover(journal, broker, rules, limits(), logger, marks)
+                await recover(journal, broker, rules, limits(), logger, marks, LIVE)
                 break
             except TransientBrokerError:
                 journal.rollback()
@@ -214,7 +226,7 @@ async def executor_run(journal: Journal, broker: Any, plans: list[PlanBody], log
     for plan in plans:
         for attempt in range(20):  # a handler error is a nak: the plan comes back
             try:
-                run = await run_plan(plan, broker, journal, rules, limits(), logger, marks, SYNC)
+                run = await run_plan(plan, broker, journal, rules, limits(), logger, marks, SYNC, LIVE)
                 statuses.append(run.status)
                 break
             except TransientBrokerError:
@@ -304,7 +316,7 @@ class TrialResult:
 
 
 def build_plans(rng: random.Random, trial: int, prices: dict[str, float],
-                rules: dict[str, MarketRule]) -> list[PlanBody]:
+                rules: dict[str, MarketRule], as_of_ms: int) -> list[PlanBody]:
     """Two plans per trial: buys, then sells (some larger than held, so the sell clamp works) plus new buys."""
     symbols = sorted(prices)
     first = rng.sample(symbols, 3)
@@ -334,7 +346,7 @@ def build_plans(rng: random.Random, trial: int, prices: dict[str, float],
     plans = []
     for n, legs in enumerate((legs_a, legs_b)):
         fields: dict[str, Any] = {
-            "cycle_id": f"crash-{trial}-{n}", "as_of_ms": trial, "data_digest": "crash-trial", "target_id": "t",
+            "cycle_id": f"crash-{trial}-{n}", "as_of_ms": as_of_ms, "data_digest": "crash-trial", "target_id": "t",
             "params_version": 0, "params_digest": "p", "basis_snapshot_id": f"trial-{trial}-{n}", "gate": "pass",
             "halted": False, "legs": legs, "reasons": [], "prices": prices}
         plans.append(PlanBody(plan_id=plan_id_for(fields), **fields))
@@ -422,8 +434,9 @@ class Harness:
     def close(self) -> None:
         self.sim.close()
 
-    def reset_sim(self, config: dict[str, Any]) -> tuple[int, dict[str, float]]:
-        """Fresh balances, the trial's fill behaviour, the next bar's prices; returns (first order id, prices)."""
+    def reset_sim(self, config: dict[str, Any]) -> tuple[int, dict[str, float], int]:
+        """Fresh balances, the trial's fill behaviour, the next bar's prices; returns (first order id, prices,
+        the open time of the bar the plans are made on: the one that just closed by the exchange's clock)."""
         self.sim.control("DELETE", "faults")
         self.sim.control("POST", "config", {"duplicate_scope": "open", "fill_on_query": True,
                                             "market_fill_chunks": 1, "market_expire_after_chunks": 0, **config})
@@ -432,7 +445,7 @@ class Harness:
         state = self.sim.state()
         first_order_id = max([int(o["orderId"]) for o in state["orders"]] + [0]) + 1
         prices = {f"{s[:-4]}/USDT": float(p) for s, p in state["prices"].items()}
-        return first_order_id, prices
+        return first_order_id, prices, self.sim.server_time() - 86_400_000
 
     def genesis(self, path: Path) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -469,8 +482,8 @@ class Harness:
         """Count the crash points of clean runs and time them, to draw kill points and kill delays from."""
         points, durations = [], []
         for n in range(runs):
-            _, prices = self.reset_sim({})
-            plans = build_plans(random.Random(self.seed * 7 + n), -1 - n, prices, self.rules)
+            _, prices, clock = self.reset_sim({})
+            plans = build_plans(random.Random(self.seed * 7 + n), -1 - n, prices, self.rules, clock)
             path = self.workdir / f"calibrate-{n}.sqlite"
             self.genesis(path)
             count = self.workdir / f"calibrate-{n}.count"
@@ -487,8 +500,8 @@ class Harness:
     def run_trial(self, trial: int) -> TrialResult:
         t0 = time.monotonic()
         spec = self.spec(trial)
-        first_order_id, prices = self.reset_sim(spec.sim_config)
-        plans = build_plans(random.Random(self.seed * 31 + trial), trial, prices, self.rules)
+        first_order_id, prices, clock = self.reset_sim(spec.sim_config)
+        plans = build_plans(random.Random(self.seed * 31 + trial), trial, prices, self.rules, clock)
         if spec.faults:
             self.sim.control("POST", "faults", spec.faults)
         path = self.workdir / f"trial-{trial:04d}.sqlite"

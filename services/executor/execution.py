@@ -60,6 +60,22 @@ class ExecutionLimits:
 
 
 @dataclass
+class LiveGuard:
+    """Live only: what the exchange's own prices and the journal's cash let one plan spend.
+
+    The plan's prices are risk's reference, not the market: before each new leg the exchange's price is read,
+    a leg whose reference is more than ``max_price_deviation`` away is refused ([PRICE_GUARD]), and the caps
+    (``max_order_usdt``, min notional) are checked at the exchange's price.  Buys spend a quote amount
+    (``quoteOrderQty``), never more than ``cash``: the journal's free cash when the plan started, plus what its
+    sells brought in.
+    """
+
+    max_price_deviation: float
+    cash: float
+    fee_rate: float = 0.001  # kept back from each buy's budget for a fee charged in the quote asset
+
+
+@dataclass
 class ExecutionResult:
     status: str = "executed"  # "executed" | "partial"
     reasons: list[str] = field(default_factory=list)
@@ -87,14 +103,14 @@ async def free_balance_with_retry(broker: Broker, asset: str, limits: ExecutionL
     (that would skip the sell); if every attempt fails this raises TransientBrokerError rather than let the
     sell go out unclamped: an unclamped sell above the free balance is rejected for good (-2010) and the exit
     would be lost, whereas a raised error leaves the intent unsent and the plan is retried on redelivery."""
-    balances = await _retried(broker.fetch_free_balances, limits, logger, "SELL_CLAMP",
+    balances = await retried(broker.fetch_free_balances, limits, logger, "SELL_CLAMP",
                               "balance fetch failed; retrying",
                               f"free {asset} balance unreadable after {limits.max_attempts} attempts; "
                               "sell not placed unclamped", asset=asset)
     return balances.get(asset, 0.0)
 
 
-async def _retried(call: Callable[[], Awaitable[T]], limits: ExecutionLimits, logger: logging.Logger, tag: str,
+async def retried(call: Callable[[], Awaitable[T]], limits: ExecutionLimits, logger: logging.Logger, tag: str,
                    retrying: str, gave_up: str, **fields: object) -> T:
     """``call()``, retried on a transient broker error (waiting the backoff or the exchange's Retry-After)
     up to ``limits.max_attempts`` times; then TransientBrokerError(``gave_up``)."""
@@ -109,30 +125,55 @@ async def _retried(call: Callable[[], Awaitable[T]], limits: ExecutionLimits, lo
 
 
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
-              limits: ExecutionLimits) -> tuple[float, str]:
-    """(qty to send, reason). qty 0 means skip with that reason. Pure."""
+              limits: ExecutionLimits, price: float | None = None) -> tuple[float, str]:
+    """(qty to send, reason). qty 0 means skip with that reason. Pure.  ``price``: what the notional is
+    checked at (live: the exchange's; paper: the plan's reference)."""
     if rule is None:
         return 0.0, f"no market rules for {leg.symbol}"
+    px = leg.ref_price if price is None else price
     qty = leg.qty
     reason = ""
     if leg.side == "sell" and free_base is not None and qty > free_base:
         qty = floor_to_step(free_base, rule.step_size)
         reason = f"sell clamped to free balance {free_base}"
-    if qty * leg.ref_price > limits.max_order_usdt:
-        qty = floor_to_step(limits.max_order_usdt / leg.ref_price, rule.step_size)
+    if qty * px > limits.max_order_usdt:
+        qty = floor_to_step(limits.max_order_usdt / px, rule.step_size)
         reason = f"capped at max_order_usdt={limits.max_order_usdt}"
     qty = floor_to_step(qty, rule.step_size)
-    # The exchange checks the notional at *its* price: keep a margin so a small move since the plan's price
+    # The exchange checks the notional at *its* price: keep a margin so a small move since the price read
     # turns a borderline leg into a logged skip here, never into a NOTIONAL rejection there.
     floor = rule.min_notional * (1.0 + limits.min_notional_margin)
-    if qty < rule.min_qty or qty * leg.ref_price < floor:
+    if qty < rule.min_qty or qty * px < floor:
         return 0.0, (f"below exchange minimum (qty {qty} vs min {rule.min_qty}, notional "
-                     f"{qty * leg.ref_price:.2f} vs min {rule.min_notional} + {limits.min_notional_margin:.0%})")
+                     f"{qty * px:.2f} vs min {rule.min_notional} + {limits.min_notional_margin:.0%})")
     return qty, reason
 
 
+def price_refusal(leg: PlanLeg, price: float, max_deviation: float) -> str:
+    """Why a leg must not trade at the exchange's ``price`` ("" if it may). Pure."""
+    if not price > 0:
+        return f"price guard: the exchange gives no price for {leg.symbol}"
+    deviation = abs(leg.ref_price / price - 1.0)
+    if deviation > max_deviation:
+        return (f"price guard: plan price {leg.ref_price:.8g} is {deviation:.1%} away from the exchange's "
+                f"{price:.8g} (limit {max_deviation:.1%})")
+    return ""
+
+
+def buy_budget(qty: float, price: float, rule: MarketRule, limits: ExecutionLimits, guard: LiveGuard,
+               ) -> tuple[float, str]:
+    """(quote amount to spend, reason); 0 means skip.  The notional at the exchange's price, capped by
+    ``max_order_usdt`` and by the plan's cash left (less the fee).  Pure."""
+    budget = min(qty * price, limits.max_order_usdt, guard.cash / (1.0 + guard.fee_rate))
+    reason = "" if budget >= qty * price else f"buy limited to {budget:.2f} quote (cap or the journal's free cash)"
+    if budget < rule.min_notional * (1.0 + limits.min_notional_margin):
+        return 0.0, f"cash left {guard.cash:.2f} buys less than the minimum notional {rule.min_notional}"
+    return budget, reason
+
+
 async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: float, cid: str,
-                           limits: ExecutionLimits, logger: logging.Logger) -> OrderState | None:
+                           limits: ExecutionLimits, logger: logging.Logger,
+                           quote_amount: float | None = None) -> OrderState | None:
     """Place (or find) the order for ``cid``. Raises OrderRejectedError on a final rejection."""
     last_sent = 0.0  # monotonic time of the last request that may have reached the exchange
     for attempt in range(1, limits.max_attempts + 1):
@@ -140,7 +181,7 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
             if attempt > 1:
                 journal.mark_intent(cid, "sent")  # a new send time: the restart path settles on the latest one
             last_sent = time.monotonic()
-            return await broker.place_market_order(leg.symbol, leg.side, qty, cid, leg.ref_price)
+            return await broker.place_market_order(leg.symbol, leg.side, qty, cid, leg.ref_price, quote_amount)
         except DuplicateOrderError:
             info(logger, "IDEMPOTENCY", "duplicate clientOrderId: order exists, fetching it", cid=cid)
             found = await _lookup(broker, leg.symbol, cid, limits, logger)
@@ -180,7 +221,7 @@ async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: Executio
 
 async def _lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits,
                   logger: logging.Logger) -> OrderState | None:
-    return await _retried(lambda: broker.fetch_order(symbol, cid), limits, logger, "AMBIGUOUS",
+    return await retried(lambda: broker.fetch_order(symbol, cid), limits, logger, "AMBIGUOUS",
                           "order lookup failed; retrying", f"could not look up order {cid}", cid=cid)
 
 
@@ -220,9 +261,18 @@ def final_status(order: OrderState) -> str:
     return "partial" if order.filled_qty > 0 else "canceled"
 
 
+async def live_price(broker: Broker, symbol: str, limits: ExecutionLimits, logger: logging.Logger) -> float:
+    """The exchange's price now (retried); 0.0 when the exchange lists no price for ``symbol``."""
+    prices = await retried(lambda: broker.fetch_prices([symbol]), limits, logger, "PRICE_GUARD",
+                            "price read failed; retrying", f"price of {symbol} unreadable", symbol=symbol)
+    return float(prices.get(symbol, 0.0))
+
+
 async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
-                       limits: ExecutionLimits, logger: logging.Logger) -> ExecutionResult:
-    """Execute (or finish executing) ``plan``; safe to call again for the same plan after a crash."""
+                       limits: ExecutionLimits, logger: logging.Logger,
+                       guard: LiveGuard | None = None) -> ExecutionResult:
+    """Execute (or finish executing) ``plan``; safe to call again for the same plan after a crash.
+    ``guard`` (live): new legs are priced, capped and budgeted at the exchange's price (:class:`LiveGuard`)."""
     result = ExecutionResult()
     # Journal every intent up front (one commit) so a crash at any later point leaves a complete record.
     journal.begin()
@@ -246,7 +296,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             if found is not None:
                 info(logger, "IDEMPOTENCY", "order from before a restart found; not placing it again", cid=cid,
                      status=found.status)
-                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result)
+                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, guard)
                 continue
             journal.begin()
             journal.set_intent_status(cid, "unsent", "exchange has no such order")
@@ -254,7 +304,27 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         free = None
         if leg.side == "sell":
             free = await free_balance_with_retry(broker, base_asset(leg.symbol), limits, logger)
-        qty, note = clamp_leg(leg, rules.get(leg.symbol), free, limits)
+        price, quote_amount = leg.ref_price, None
+        if guard is not None:
+            price = await live_price(broker, leg.symbol, limits, logger)
+            refusal = price_refusal(leg, price, guard.max_price_deviation)
+            if refusal:
+                journal.begin()
+                journal.set_intent_status(cid, "skipped", refusal)
+                journal.event(plan.cycle_id, "price_guard", client_order_id=cid, symbol=leg.symbol,
+                              ref_price=leg.ref_price, exchange_price=price)
+                journal.commit()
+                result.status = "partial"
+                result.reasons.append(f"leg {leg.index} {leg.symbol}: {refusal}")
+                warn(logger, "PRICE_GUARD", "leg refused: its price is not the exchange's", cid=cid,
+                     symbol=leg.symbol, ref_price=leg.ref_price, exchange_price=price)
+                continue
+        qty, note = clamp_leg(leg, rules.get(leg.symbol), free, limits, price)
+        if guard is not None and leg.side == "buy" and qty > 0:
+            quote_amount, budget_note = buy_budget(qty, price, rules[leg.symbol], limits, guard)
+            note = "; ".join(x for x in (note, budget_note) if x)
+            if quote_amount <= 0:
+                qty = 0.0
         if note:
             result.reasons.append(f"leg {leg.index} {leg.symbol}: {note}")
         if qty <= 0:
@@ -267,7 +337,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         journal.set_intent_status(cid, "sent", note)
         journal.commit()
         try:
-            order = await place_idempotent(broker, journal, leg, qty, cid, limits, logger)
+            order = await place_idempotent(broker, journal, leg, qty, cid, limits, logger, quote_amount)
         except OrderRejectedError as exc:
             journal.begin()
             journal.set_intent_status(cid, "rejected", f"{exc} (code {exc.code})")
@@ -278,15 +348,20 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                  error=str(exc))
             continue
         assert order is not None
-        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result)
+        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, guard)
     return result
 
 
 async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str,
-                        order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult) -> None:
+                        order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult,
+                        guard: LiveGuard | None = None) -> None:
     """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills."""
     order = await wait_final(broker, order, cid, limits)
     final = final_status(order)
+    if guard is not None:  # what this order took from (buy) or gave to (sell) the plan's cash
+        for f in order.fills:
+            notional = f.qty * f.price
+            guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
     journal.begin()
     journal_order(journal, plan.cycle_id, order, result, cid)
     journal.set_intent_status(cid, final, note)

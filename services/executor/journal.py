@@ -7,6 +7,7 @@ exist on the exchange and reconciliation can look each one up by its clientOrder
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
@@ -125,6 +126,23 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# What SQLite or the OS says when the journal's *environment* fails (a read-only file system, a full disk, a
+# lock held by another process), as opposed to a fault of what is being written.  A plan that meets one is
+# never dropped: it waits, unacknowledged, until the journal can take it again.
+_ENVIRONMENT_ERRORS = ("readonly", "read-only", "disk i/o error", "database or disk is full", "database is locked",
+                       "unable to open database", "database table is locked")
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def journal_fault(exc: BaseException) -> str | None:
+    """Why the journal cannot be written right now, if ``exc`` is such an environmental fault; else None."""
+    if isinstance(exc, sqlite3.OperationalError) and any(e in str(exc).lower() for e in _ENVIRONMENT_ERRORS):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class SnapshotRow:
     seq: int
@@ -191,7 +209,13 @@ class Journal:
 
     def rollback(self) -> None:
         if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                # The fault that made us roll back (a full disk, a lost lock) may fail the rollback too: SQLite
+                # then rolls the transaction back itself, which is all that is needed.
+                if self.db.in_transaction:
+                    raise
 
     # -- writes ---------------------------------------------------------------------------------------
     def event(self, cycle_id: str, kind: str, **detail: Any) -> None:
@@ -266,6 +290,11 @@ class Journal:
         row = self.db.execute("SELECT plan_id FROM plans WHERE cycle_id=? AND status IN ('executed','partial')"
                               " LIMIT 1", (cycle_id,)).fetchone()
         return row[0] if row else None
+
+    def last_event_cycle(self, kind: str) -> str | None:
+        """The cycle id of the newest event of ``kind`` (None: none)."""
+        row = self.db.execute("SELECT cycle_id FROM events WHERE kind=? ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
+        return str(row[0]) if row else None
 
     def cycle_closed(self, cycle_id: str) -> bool:
         """Whether a snapshot already closes ``cycle_id``."""

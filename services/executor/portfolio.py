@@ -24,8 +24,8 @@ class FillRow(NamedTuple):
     """A journaled fill as the portfolio needs it (``Journal.all_fills``), in execution order."""
 
     symbol: str
-    side: str
-    qty: float  # traded quantity, before any fee
+    side: str  # "buy" | "sell" | "adopt" (an operator's adoption of the exchange's balances, see books.py)
+    qty: float  # traded quantity, before any fee (adopt: the change, negative for coins the exchange lacks)
     price: float
     fee_base: float  # fee charged in the base asset: out of the holding
     fee_quote: float  # fee charged in the quote asset: out of cash
@@ -68,6 +68,18 @@ def _sum_fills(cash: Decimal, fills: Iterable[tuple[str, str, float, float, floa
     cost: dict[str, float] = {}  # quote spent on the open position, for the average entry price
     for symbol, side, q, price, fee_base, fee_quote in fills:
         dq, fb = _dec(q), _dec(fee_base)
+        if side == "adopt":  # no trade: the operator recorded what the exchange really holds
+            if "/" not in symbol:  # the quote asset itself: cash
+                cash += dq
+                continue
+            held = qty.get(symbol, ZERO)
+            left = held + dq
+            if dq > ZERO:
+                cost[symbol] = cost.get(symbol, 0.0) + float(dq) * price
+            elif held > ZERO:
+                cost[symbol] = cost.get(symbol, 0.0) * float(max(ZERO, left) / held)
+            qty[symbol] = left
+            continue
         notional = _q8(dq * _dec(price))  # the exchange books each trade's quote amount to 8 decimals
         held = qty.get(symbol, ZERO)
         if side == "buy":

@@ -16,7 +16,14 @@ import msgspec
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE, base_asset
-from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan, rate_limit_pause
+from services.executor.execution import (
+    ExecutionLimits,
+    ExecutionResult,
+    LiveGuard,
+    execute_plan,
+    rate_limit_pause,
+    retried,
+)
 from services.executor.journal import Journal
 from services.executor.portfolio import Portfolio, portfolio_from_fills
 from services.executor.reconcile import reconcile
@@ -39,6 +46,19 @@ class SyncCheck:
     delay_s: float = 0.5
 
 
+@dataclass(frozen=True)
+class LivePolicy:
+    """Live mode: what is checked against the exchange before and while a plan trades (see LiveGuard).
+
+    ``plan_max_age_ms``: a new plan whose data bar opened longer ago than this (two bars plus a grace: the bar
+    closed more than one bar plus the grace before now) is refused, by the exchange's clock ([STALE_PLAN]).
+    """
+
+    max_price_deviation: float
+    plan_max_age_ms: int
+    fee_rate: float = 0.001
+
+
 @dataclass
 class PlanRun:
     plan_id: str
@@ -48,6 +68,7 @@ class PlanRun:
     new_fills: list[tuple[str, str, str, float, float, float]] = field(default_factory=list)
     snapshot_id: str = ""
     already_final: bool = False  # journaled before: nothing was done this time (a redelivery)
+    refusal: str = ""  # why a rejected plan was refused ("stale_plan", "out_of_sync")
 
 
 # --- portfolio and snapshots ---------------------------------------------------------------------------------
@@ -135,59 +156,56 @@ async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logg
 
 
 
-async def confirmed_free_quote(broker: Broker, logger: logging.Logger, delay_s: float = 0.5,
-                               max_reads: int = 20) -> float:
-    """Free quote balance, trusted only when two consecutive successful reads agree (a glitched empty read
-    right after an error must not become the journal's starting capital)."""
-    last: float | None = None
-    for attempt in range(1, max_reads + 1):
-        try:
-            value = float((await broker.fetch_free_balances()).get(QUOTE, 0.0))
-        except TransientBrokerError as exc:
-            last = None
-            pause = max(delay_s, rate_limit_pause(exc))
-            warn(logger, "SYNC_GUARD", "balance read failed", attempt=attempt, retry_in_s=pause, error=str(exc)[:200])
-            await asyncio.sleep(pause)
-            continue
-        if last is not None and HOLDINGS_TOLERANCE.allows(last, value) and HOLDINGS_TOLERANCE.allows(value, last):
-            return value
-        last = value
-        await asyncio.sleep(delay_s)
-    raise TransientBrokerError("exchange balances could not be read consistently")
-
-
 # --- one plan -------------------------------------------------------------------------------------------------
+
+
+def refuse_plan(journal: Journal, plan: PlanBody, marks: dict[str, float], reason: str, detail: str,
+                **fields: object) -> PlanRun:
+    """Journal ``plan`` as rejected (nothing traded) and close its cycle with a snapshot."""
+    reasons = [*plan.reasons, f"{detail}; plan refused, nothing traded"]
+    journal.begin()
+    journal.record_plan(plan.plan_id, plan.cycle_id, plan.gate, plan.params_version, plan.basis_snapshot_id,
+                        canonical_bytes(plan).decode(), reasons, status="rejected")
+    journal.event(plan.cycle_id, "plan_rejected", reason=reason, plan_id=plan.plan_id, **fields)
+    snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, "rejected", marks)
+    journal.commit()
+    return PlanRun(plan.plan_id, plan.cycle_id, "rejected", reasons, snapshot_id=snapshot_id, refusal=reason)
 
 
 async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
                    limits: ExecutionLimits, logger: logging.Logger, marks: dict[str, float],
-                   sync: SyncCheck | None = None) -> PlanRun:
+                   sync: SyncCheck | None = None, live: LivePolicy | None = None) -> PlanRun:
     """Execute ``plan`` (or finish it after a crash) and close its cycle with a snapshot, idempotently.
 
+    ``live``: a *new* plan on data older than ``plan_max_age_ms`` by the exchange's clock is refused, and every
+    new leg is priced, capped and budgeted at the exchange's price (LiveGuard).
     ``sync`` (live mode): before a *new* plan, the journal's holdings must be confirmed on the exchange.  A
     confirmed shortfall rejects the plan (no order, no liquidation: a human must look); reads that never
     confirm anything raise TransientBrokerError so the plan is retried later.  A plan already under way is
-    finished without the check: its own orders may be what the balances are missing.
+    finished without the checks: its own orders may be what the balances are missing.
     """
     status = journal.plan_status(plan.plan_id)
     if status in FINAL_PLAN_STATES:
         return PlanRun(plan.plan_id, plan.cycle_id, str(status), already_final=True)
     marks.update(plan.prices)
+    if status is None and live is not None:
+        now = await retried(broker.fetch_time, limits, logger, "STALE_PLAN", "exchange clock unreadable; retrying",
+                            "exchange clock unreadable")
+        age_ms = now - plan.as_of_ms
+        if age_ms > live.plan_max_age_ms:
+            error(logger, "STALE_PLAN", "plan on data too old for the exchange's clock; refusing it",
+                  plan_id=plan.plan_id, cycle_id=plan.cycle_id, as_of_ms=plan.as_of_ms, exchange_ms=now,
+                  max_age_ms=live.plan_max_age_ms)
+            return refuse_plan(journal, plan, marks, "stale_plan", f"stale plan: data of {plan.as_of_ms} is "
+                               f"{age_ms / 1000:.0f}s old by the exchange's clock (limit "
+                               f"{live.plan_max_age_ms / 1000:.0f}s)", as_of_ms=plan.as_of_ms, exchange_ms=now)
     if status is None and sync is not None:
         verdict = await verify_holdings(journal, broker, logger, sync)
         if verdict.status == CONFIRMED:
-            reasons = [*plan.reasons, f"sync guard: exchange balances short of the journal {verdict.shortfall} "
-                       f"({verdict.reason}); plan refused, nothing traded"]
             error(logger, "SYNC_GUARD", "exchange balances confirmed short of the journal; refusing the plan",
                   plan_id=plan.plan_id, cycle_id=plan.cycle_id, shortfall=verdict.shortfall)
-            journal.begin()
-            journal.record_plan(plan.plan_id, plan.cycle_id, plan.gate, plan.params_version,
-                                plan.basis_snapshot_id, canonical_bytes(plan).decode(), reasons, status="rejected")
-            journal.event(plan.cycle_id, "plan_rejected", reason="out_of_sync", plan_id=plan.plan_id,
-                          shortfall=verdict.shortfall)
-            snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, "rejected", marks)
-            journal.commit()
-            return PlanRun(plan.plan_id, plan.cycle_id, "rejected", reasons, snapshot_id=snapshot_id)
+            return refuse_plan(journal, plan, marks, "out_of_sync", f"sync guard: exchange balances short of the "
+                               f"journal {verdict.shortfall} ({verdict.reason})", shortfall=verdict.shortfall)
         if verdict.status != IN_SYNC:
             raise TransientBrokerError(f"holdings could not be verified on the exchange ({verdict.reason})")
     journal.begin()
@@ -197,7 +215,9 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     journal.event(plan.cycle_id, "plan_received" if status is None else "plan_resumed", plan_id=plan.plan_id,
                   legs=len(plan.legs), gate=plan.gate)
     journal.commit()
-    result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger)
+    guard = None if live is None else LiveGuard(live.max_price_deviation, journal_portfolio(journal).cash,
+                                                  live.fee_rate)
+    result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger, guard)
     reasons = [*plan.reasons, *result.reasons]
     journal.begin()
     journal.set_plan_status(plan.plan_id, result.status, reasons)
@@ -214,7 +234,7 @@ def journaled_plan(journal: Journal, plan_id: str) -> PlanBody:
 
 
 async def recover(journal: Journal, broker: Broker, rules: dict[str, MarketRule], limits: ExecutionLimits,
-                  logger: logging.Logger, marks: dict[str, float]) -> list[PlanRun]:
+                  logger: logging.Logger, marks: dict[str, float], live: LivePolicy | None = None) -> list[PlanRun]:
     """Boot: reconcile open intents, then finish every plan a crash interrupted (its body was verified and
     journaled before any order).  The bus redelivers the same plan later; it then finds it final."""
     await reconcile(journal, broker, logger, settle_s=limits.settle_s)
@@ -222,5 +242,5 @@ async def recover(journal: Journal, broker: Broker, rules: dict[str, MarketRule]
     for plan_id in journal.unfinished_plans():
         plan = journaled_plan(journal, plan_id)
         info(logger, "BOOT", "finishing a plan interrupted by a crash", plan_id=plan_id, cycle_id=plan.cycle_id)
-        runs.append(await run_plan(plan, broker, journal, rules, limits, logger, marks))
+        runs.append(await run_plan(plan, broker, journal, rules, limits, logger, marks, live=live))
     return runs

@@ -14,32 +14,42 @@ equity point the kill-switch would count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
+from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
+from services.executor.boot import make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
-from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
 from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
-from services.executor.journal import Journal
-from services.executor.portfolio import portfolio_from_fills
+from services.executor.journal import Journal, journal_fault
+from services.executor.reconciler import Reconciler
 from services.executor.runner import (
     FINAL_PLAN_STATES,
+    LivePolicy,
     PlanRun,
     SyncCheck,
-    confirmed_free_quote,
     current_snapshot,
     ensure_genesis,
     recover,
     run_plan,
     write_snapshot,
 )
-from services.ingest.replay import load_market_rules
-from shared.bus import RedeliveryAlarm, dead_letter, durable_pull, last_message, publish, pull_loop, settle_refused
+from shared.bus import (
+    RedeliveryAlarm,
+    dead_letter,
+    durable_pull,
+    last_message,
+    publish,
+    pull_loop,
+    settle_refused,
+    state_kv,
+)
 from shared.consumer import MAX_DELIVERIES
 from shared.contracts import (
     CONSUMERS,
@@ -67,7 +77,8 @@ MAX_ID = 80  # ids from the bus are journaled at most this long (a refused messa
 
 
 class Executor:
-    def __init__(self, ctx: ServiceContext, journal: Journal, broker: Broker, rules: dict[str, MarketRule]) -> None:
+    def __init__(self, ctx: ServiceContext, journal: Journal, broker: Broker, rules: dict[str, MarketRule],
+                 reconciler_kv: KeyValue | None = None) -> None:
         self.ctx = ctx
         self.journal = journal
         self.broker = broker
@@ -80,9 +91,22 @@ class Executor:
         self.snapshot_key = signing_key(ctx.settings.keys, "executor")
         self.marks: dict[str, float] = {}
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
-        self.sync = None if ctx.settings.dry_run else SyncCheck()
+        s = ctx.settings
+        self.sync = None if s.dry_run else SyncCheck()
+        self.live = None if s.dry_run else LivePolicy(
+            max_price_deviation=s.max_price_deviation,
+            plan_max_age_ms=2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000),
+            # Kept back from each buy's budget for a quote-asset fee: above Binance's standard taker rate, so a
+            # plan's last buy never overdraws the cash.
+            fee_rate=0.002)
+        self.reconciler = None if reconciler_kv is None else Reconciler(
+            s, journal, broker, self.limits, reconciler_kv, ctx.health, ctx.logger, self.marks, self.adopted)
         # A plan that failed after it started executing: it is retried, never dropped, and readiness says so.
         self.stuck: str | None = None
+        # The journal's environment is failing (read-only, full, locked): plans wait; readiness says why.
+        self.io_fault: str | None = None
+        ctx.health.checks["journal"] = lambda: (self.io_fault is None, "writable" if self.io_fault is None else
+                                                f"cannot write the journal ({self.io_fault}); plans wait")
         ctx.health.checks["plans"] = lambda: (self.stuck is None, "ok" if self.stuck is None else
                                               f"plan {self.stuck} keeps failing mid-execution; see [EXEC_ERROR]")
 
@@ -95,28 +119,29 @@ class Executor:
         write_snapshot(self.journal, cycle_id, plan_id, status, self.marks)
         return self.current_snapshot()
 
-    async def genesis_cash(self) -> float:
-        s = self.ctx.settings
-        if s.dry_run:
-            return s.paper_cash_usdt
-        # Live: the journal starts with what the exchange really holds (at most the configured capital), read
-        # twice in a row alike so a glitched first read cannot make the journal believe in money that is not
-        # there (every plan would then be refused by the sync guard) or miss money that is.
-        cash = await confirmed_free_quote(self.broker, self.ctx.logger)
-        return min(cash, s.paper_cash_usdt)
-
     async def boot(self) -> None:
-        if self.journal.latest_snapshot() is None:
-            cash = await self.genesis_cash()
+        if self.reconciler is not None and self.journal.latest_snapshot() is None:
+            # Live: genesis from the exchange's balances; an empty journal beside coins on the exchange waits for
+            # the operator's adoption ([RECONCILE]), with no snapshot at all.
+            if not await self.reconciler.genesis():
+                warn(self.ctx.logger, "BOOT", "executor waiting for `aura journal adopt`", reason=self.reconciler.halt)
+                return
+        elif self.journal.latest_snapshot() is None:
+            cash = self.ctx.settings.paper_cash_usdt
             ensure_genesis(self.journal, cash)
             info(self.ctx.logger, "BOOT", "genesis snapshot written", cash=cash)
         try:
-            runs = await recover(self.journal, self.broker, self.rules, self.limits, self.ctx.logger, self.marks)
+            runs = await recover(self.journal, self.broker, self.rules, self.limits, self.ctx.logger, self.marks,
+                                 self.live)
         except TransientBrokerError as exc:
             # The exchange is unreachable: the interrupted plan stays "executing" and its redelivery finishes it.
             runs = []
             warn(self.ctx.logger, "BOOT", "could not finish an interrupted plan yet; its redelivery will",
                  error=str(exc))
+        if self.reconciler is not None and not self.journal.unfinished_plans():
+            # Only once recovery finished what a crash interrupted: its orders are on the exchange before they
+            # are in the journal, and would look like coins the journal does not know.
+            await self.reconciler.check_books()
         snap = self.current_snapshot()
         for run in runs:
             info(self.ctx.logger, "CYCLE_COMMITTED", "interrupted plan finished at boot", cycle_id=run.cycle_id,
@@ -125,6 +150,14 @@ class Executor:
         await publish(self.ctx.js, snap, msg_id=snap.snapshot_id)
         info(self.ctx.logger, "BOOT", "executor ready", snapshot_id=snap.snapshot_id, cycle_id=snap.cycle_id,
              cash=snap.cash, holdings=snap.holdings, broker=self.broker.name)
+
+    async def adopted(self) -> None:
+        """Once the operator's adoption made the books agree: say the new book (the first one, if the journal
+        was empty)."""
+        snap = self.current_snapshot()
+        await self._publish_snapshot(snap, again=True)
+        info(self.ctx.logger, "RECONCILE", "trading resumes on the adopted book", snapshot_id=snap.snapshot_id,
+             cash=snap.cash, holdings=snap.holdings)
 
     # -- plans ------------------------------------------------------------------------------------------
     async def on_message(self, msg: Msg) -> None:
@@ -145,10 +178,20 @@ class Executor:
         try:
             await handler(msg)
         except Exception as exc:
-            self.journal.rollback()
+            with contextlib.suppress(Exception):
+                self.journal.rollback()
             self.ctx.health.inc("handler_errors")
             deliveries = msg.metadata.num_delivered if msg.metadata else 1
             detail = f"{type(exc).__name__}: {exc}"
+            fault = journal_fault(exc)
+            if fault is not None:
+                # The disk, not the plan: never dead-lettered, retried with backoff until the journal takes it.
+                self.io_fault = fault
+                self.ctx.health.inc("journal_faults")
+                error(self.ctx.logger, "JOURNAL_FAULT", "journal cannot be written; plan kept for redelivery",
+                      subject=msg.subject, delivery=deliveries, error=fault)
+                await msg.nak(delay=min(RETRY_BASE_S * deliveries, RETRY_MAX_S))
+                return
             cycle_id, plan_id, started = self._progress_of(msg)
             if started:
                 self.stuck = plan_id
@@ -159,6 +202,9 @@ class Executor:
                   cycle_id=cycle_id, plan_id=plan_id, started=started, delivery=deliveries, error=detail)
             await msg.nak(delay=min(RETRY_BASE_S * deliveries, RETRY_MAX_S))
         else:
+            if self.io_fault is not None:
+                info(self.ctx.logger, "JOURNAL_FAULT", "journal writable again", was=self.io_fault)
+                self.io_fault = None
             if self.stuck is not None and self._progress_of(msg)[1] == self.stuck:
                 self.stuck = None
 
@@ -223,6 +269,10 @@ class Executor:
                                plan.cycle_id, plan.plan_id)
             await self._publish_snapshot(self.current_snapshot(), again=True)
             return
+        if status is None and self.reconciler is not None and not await self.reconciler.before_plan():
+            await self._reject(msg, "reconcile_halt", f"trading halted: {self.reconciler.halt}", plan.cycle_id,
+                               plan.plan_id)
+            return
         current = self.current_snapshot()
         if status is None and plan.basis_snapshot_id != current.snapshot_id:
             # Computed on a portfolio that no longer exists (an older plan ran since): never execute it.
@@ -234,7 +284,7 @@ class Executor:
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
             run = await run_plan(plan, self.broker, self.journal, self.rules, self.limits, self.ctx.logger,
-                                 self.marks, self.sync)
+                                 self.marks, self.sync, self.live)
         finally:
             heartbeat.cancel()
         snap = self.current_snapshot()
@@ -243,7 +293,7 @@ class Executor:
         await self._publish_snapshot(snap)
         if run.status == "rejected":
             self.ctx.health.inc("plans_rejected")
-            self.ctx.health.inc("plans_rejected_out_of_sync")
+            self.ctx.health.inc(f"plans_rejected_{run.refusal}")
         else:
             self.ctx.health.inc("plans_executed")
         self.ctx.health.inc("fills", len(run.new_fills))
@@ -334,36 +384,39 @@ class Executor:
                           msg_id=f"fill-{cid}-{trade_id}")  # trade ids repeat across symbols
 
 
-def make_broker(ctx: ServiceContext, journal: Journal) -> Broker:
-    s = ctx.settings
-    if s.dry_run:
-        # The paper venue trades the bundled markets with their real Binance lot/notional rules.
-        rules = load_market_rules(Path(s.replay_dir) / "markets.json")
-        initial = journal.initial_cash()
-        pf = portfolio_from_fills(initial if initial is not None else s.paper_cash_usdt, journal.all_fills())
-        balances = {QUOTE: pf.cash, **{base_asset(sym): q for sym, q in pf.holdings.items()}}
-        return PaperBroker(balances, rules, s.paper_fee_rate, s.paper_slippage_bps)
-    from services.executor.live import make_live_broker
-
-    return make_live_broker(s, ctx.logger)
-
-
 async def run(ctx: ServiceContext) -> None:
     s = ctx.settings
     # Keys first: a swapped risk key or a missing signing key stops the executor before it touches the journal
     # or the exchange (Executor loads them again; both reads are idempotent).
     trusted_key(s.keys, "executor", "risk")
     signing_key(s.keys, "executor")
-    journal = Journal(s.journal_path)
-    broker = make_broker(ctx, journal)
-    executor = Executor(ctx, journal, broker, await broker.load_markets())
-    await executor.boot()
+    journal = await open_journal(ctx)
+    if journal is None:
+        return  # stopped while waiting for a writable journal
+    broker = make_broker(s, ctx.logger, journal)
+    kv = None if s.dry_run else await state_kv(ctx.js)  # the operator's adoption requests (live only)
+    executor = Executor(ctx, journal, broker, await broker.load_markets(), kv)
+    while not ctx.stop.is_set():
+        try:
+            await executor.boot()
+            executor.io_fault = None
+            break
+        except Exception as exc:  # a journal that fails mid-boot (disk full): wait, red, never a crash loop
+            with contextlib.suppress(Exception):
+                journal.rollback()
+            executor.io_fault = journal_fault(exc)
+            if executor.io_fault is None:
+                raise
+            error(ctx.logger, "JOURNAL_FAULT", "journal cannot be written at boot; waiting", error=executor.io_fault)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stop.wait(), timeout=RETRY_BASE_S)
     sub = await durable_pull(ctx.js, CONSUMERS["executor"])
     alarm = RedeliveryAlarm(ctx.health, "executor")
-    ctx.health.checks["journal"] = lambda: (True, str(s.journal_path.name))
     ctx.health.checks["mode"] = lambda: (True, "dry-run (paper broker)" if s.dry_run else f"live {s.exchange_id}")
     try:
         await pull_loop(sub, executor.on_message, ctx.stop, ctx.logger, alarm)
     finally:
+        if executor.reconciler is not None:
+            executor.reconciler.close()
         await broker.close()
         journal.close()

@@ -19,10 +19,11 @@ from typing import Any
 
 import msgspec
 
-from services.risk.latch import RESET_KEY, read_latch, read_reset, reset_request
+from services.risk.latch import read_latch
 from shared.bus import BusNotProvisioned, BusUnavailable, session, state_kv
 from shared.config import Settings, settings_for_command
 from shared.credentials import CredentialError, signing_key, trusted_key
+from shared.operator_requests import RESET_KEY, operator_request, read_request, write_request
 
 APPLY_WAIT_S = 10.0  # how long `reset` waits to see risk apply the request
 
@@ -31,7 +32,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
     async with session(settings, "operator") as nc:
         kv = await state_kv(nc.jetstream())
         latch, revision, problem = await read_latch(kv, trusted_key(settings.keys, "operator", "risk"))
-        reset, _ = await read_reset(kv, trusted_key(settings.keys, "operator", "operator"))
+        reset, _ = await read_request(kv, RESET_KEY, trusted_key(settings.keys, "operator", "operator"))
         out: dict[str, Any] = {**msgspec.to_builtins(latch), "revision": revision}
         out.pop("signature", None)
         if problem:
@@ -43,12 +44,12 @@ async def _status(settings: Settings) -> dict[str, Any]:
 
 
 async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]:
-    request = reset_request(f"operator:{getpass.getuser()}", reason, signing_key(settings.keys, "operator"))
+    request = operator_request(f"operator:{getpass.getuser()}", reason, signing_key(settings.keys, "operator"))
     risk_key = trusted_key(settings.keys, "operator", "risk")
     async with session(settings, "operator") as nc:
         kv = await state_kv(nc.jetstream())
         was = (await read_latch(kv, risk_key))[0].halted  # an unverifiable latch reads as latched
-        await kv.put(RESET_KEY, msgspec.json.encode(request))
+        await write_request(kv, RESET_KEY, request)
         deadline = time.monotonic() + APPLY_WAIT_S
         while time.monotonic() < deadline:
             latch, _, _ = await read_latch(kv, risk_key)

@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
-from services.risk.latch import LatchDoc, applied, read_latch, read_reset, write_latch
+from services.risk.latch import LatchDoc, applied, read_latch, write_latch
 from services.risk.tick import Latch
 from shared.bus import last_message, verified_candles
 from shared.candles import decode_panel
@@ -29,6 +29,7 @@ from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_key, trusted
 from shared.health import HealthState
 from shared.live_params import ParamsError, read_version
 from shared.logging import error, warn
+from shared.operator_requests import RESET_KEY, read_request
 from shared.signing import SignatureError, verify_struct
 
 SEEN_SNAPSHOTS = 4096  # snapshot ids remembered with their content digest
@@ -95,7 +96,7 @@ class RiskInputs:
             doc = fallback
             if self.last_latch is not None:  # repair the store with what risk itself wrote last
                 await write_latch(self.kv, doc, self.key)
-        reset, reset_problem = await read_reset(self.kv, self.params_keys["operator"])
+        reset, reset_problem = await read_request(self.kv, RESET_KEY, self.params_keys["operator"])
         if reset_problem:
             self.health.inc("forged_state")
             error(self.logger, "FORGED_STATE", "operator reset request does not verify; ignoring it",

@@ -2,8 +2,8 @@
 
 * ``risk.halted``: written only by risk (bus permissions) and signed with risk's key; verified when read.  A
   latch that does not verify counts as latched (fail closed) and is logged ``[FORGED_STATE]``.
-* ``operator.reset``: written only by the operator (``aura risk reset``) and signed with the operator's key.
-  Risk applies a reset newer than the last one it applied at its next cycle or tick: it writes a new, signed,
+* ``operator.reset``: a signed operator request (``shared.operator_requests``, ``aura risk reset``).  Risk
+  applies a reset newer than the last one it applied at its next cycle or tick: it writes a new, signed,
   unlatched ``risk.halted`` whose ``reset_at_ms`` re-arms the kill-switch from the equity at the reset
   (``services.risk.tick.equity_since_reset``).  An old reset written again changes nothing.
 """
@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nats.js.kv import KeyValue
 
 from shared.bus import kv_get
+from shared.operator_requests import OperatorRequest
 from shared.signing import SignatureError, sign_struct, verify_struct
 
 HALT_KEY = "risk.halted"
-RESET_KEY = "operator.reset"
 
 
 class LatchDoc(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,14 +31,6 @@ class LatchDoc(msgspec.Struct, frozen=True, kw_only=True):
     reset_by: str = ""
     reason: str = ""
     updated_at_ms: int = 0
-    signature: str = ""
-    key_id: str = ""
-
-
-class ResetRequest(msgspec.Struct, frozen=True, kw_only=True):
-    requested_at_ms: int
-    requested_by: str
-    reason: str
     signature: str = ""
     key_id: str = ""
 
@@ -69,26 +61,7 @@ async def write_latch(kv: KeyValue, doc: LatchDoc, key: Ed25519PrivateKey) -> in
     return int(await kv.put(HALT_KEY, msgspec.json.encode(sign_struct(doc, key))))
 
 
-async def read_reset(kv: KeyValue, operator_key: Ed25519PublicKey) -> tuple[ResetRequest | None, str]:
-    """(the operator's newest verified reset request, problem)."""
-    raw, _ = await kv_get(kv, RESET_KEY)
-    if raw is None:
-        return None, ""
-    try:
-        doc = _decode(raw, ResetRequest)
-        verify_struct(doc, {"operator": operator_key})
-    except SignatureError as exc:
-        return None, str(exc)
-    assert isinstance(doc, ResetRequest)
-    return doc, ""
-
-
-def reset_request(by: str, reason: str, key: Ed25519PrivateKey, now_ms: int | None = None) -> ResetRequest:
-    at = int(time.time() * 1000) if now_ms is None else now_ms
-    return sign_struct(ResetRequest(requested_at_ms=at, requested_by=by, reason=reason), key)
-
-
-def applied(latch: LatchDoc, reset: ResetRequest) -> LatchDoc:
+def applied(latch: LatchDoc, reset: OperatorRequest) -> LatchDoc:
     """The latch after applying ``reset`` (pure)."""
     return LatchDoc(halted=False, reset_at_ms=reset.requested_at_ms, reset_by=reset.requested_by,
                     reason=reset.reason, cycle_id=latch.cycle_id, drawdown=latch.drawdown)

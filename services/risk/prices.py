@@ -34,6 +34,11 @@ class PriceSource(Protocol):
 
     async def read(self, symbols: list[str]) -> PriceRead | None: ...
 
+    async def exchange_ms(self) -> int | None:
+        """The venue's clock (live), None where there is no venue (the replay): what a plan's age is measured
+        against, never the local clock.  Raises on a failed read."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -70,6 +75,9 @@ class ReplayPrices:
             return None
         return PriceRead(dict(self._cache[1]), list(ready.markets), ready.as_of_ms, ready.digest)
 
+    async def exchange_ms(self) -> int | None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -102,6 +110,9 @@ class LivePrices:
             return None
         now = int(time.time() * 1000)
         return PriceRead(prices, markets, now, content_id({"prices": prices, "at": now}, prefix="tickers-"))
+
+    async def exchange_ms(self) -> int | None:
+        return await self.client.fetch_time()
 
     async def close(self) -> None:
         await self.client.close()

@@ -104,6 +104,8 @@ class Risk:
         self.params = params
         # Buys are budgeted with fee *and* slippage, or the last buy of a full rebalance overdraws the cash.
         self.cost_rate = s.paper_fee_rate + s.paper_slippage_bps / 10_000.0
+        # Live: a target on a bar that closed more than one bar plus the grace before the venue's clock is refused.
+        self.max_age_ms = 2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000)
         self.lock = asyncio.Lock()  # one decision at a time: a tick never interleaves with a target
         self.inflight: InFlight | None = None
         self.guard = GuardState()
@@ -194,6 +196,12 @@ class Risk:
             # data): its prices are superseded by a bar we cannot see in full, so it is not traded.
             await self.refuse(target, "stale_data", f"data stale since {self.stale.cycle_id}; target on older data "
                               "refused")
+        now = await self.prices.exchange_ms()
+        if now is not None and now - target.as_of_ms > self.max_age_ms:
+            warn(ctx.logger, "STALE_PLAN", "target on data too old for the exchange's clock; not planning on it",
+                 cycle_id=target.cycle_id, as_of_ms=target.as_of_ms, exchange_ms=now, max_age_ms=self.max_age_ms)
+            await self.refuse(target, "stale_plan", f"data of {target.as_of_ms} is {(now - target.as_of_ms) / 1000:.0f}"
+                              f"s old by the exchange's clock (limit {self.max_age_ms / 1000:.0f}s)")
         ready = await self.inputs.newest_ready()
         try:
             check_announcement(target, ready)

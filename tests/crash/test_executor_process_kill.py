@@ -115,10 +115,11 @@ def sim(shared_data_dir: Path) -> Iterator[SimServer]:
 
 
 def signed(settings: Settings, basis: str, cycle: str, legs: list[tuple[str, str, float]],
-           prices: dict[str, float]) -> ApprovedPlan:
-    """A plan signed with risk's key (the one the executor pins at its first start)."""
+           prices: dict[str, float], as_of_ms: int) -> ApprovedPlan:
+    """A plan signed with risk's key (the one the executor pins at its first start), made on the bar that
+    opened at ``as_of_ms`` (live: the exchange's clock decides whether that is fresh)."""
     fields: dict[str, Any] = {
-        "cycle_id": cycle, "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 0,
+        "cycle_id": cycle, "as_of_ms": as_of_ms, "data_digest": "d", "target_id": "t", "params_version": 0,
         "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass", "halted": False, "reasons": [],
         "prices": prices, "legs": [PlanLeg(i, s, side, q, prices[s], "enter") for i, (s, side, q) in enumerate(legs)]}
     return sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields), signing_key(settings.keys, "risk"))
@@ -138,7 +139,7 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
     home = nats_binary.home
     settings = nats_binary.settings()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update(nats_binary.env(AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=sim.base_url,
+    env.update(nats_binary.env(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
                                AURA_EXCHANGE_API_KEY=DEFAULT_API_KEY, AURA_EXCHANGE_API_SECRET=DEFAULT_API_SECRET,
                                AURA_LOG_LEVEL="INFO"))
     executor = Executor(env, tmp_path)
@@ -148,7 +149,8 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
         genesis = wait_for("the genesis snapshot", lambda: asyncio.run(_last_snapshot(settings)))
         assert genesis.status == "genesis" and genesis.cash == 10_000 and signed_by_executor(settings, genesis)
         plan = signed(settings, genesis.snapshot_id, "kill-1",
-                      [("BTC/USDT", "buy", 0.05), ("ETH/USDT", "buy", 1.0), ("SOL/USDT", "buy", 10.0)], prices)
+                      [("BTC/USDT", "buy", 0.05), ("ETH/USDT", "buy", 1.0), ("SOL/USDT", "buy", 10.0)], prices,
+                      int(sim.sim.now_ms()) - 86_400_000)
         # Leg 0 is booked, then its answer is held back: the executor sits waiting for it when it dies.
         sim.sim.faults.add(Fault("timeout", "POST", "/api/v3/order", delay_s=30.0))
         asyncio.run(_publish(settings, plan))
@@ -180,7 +182,8 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
         # And the system goes on: the next plan, computed on the new snapshot, executes (after the live sync
         # check of journal holdings against exchange balances).
         follow = signed(settings, snap.snapshot_id, "kill-2",
-                        [("ETH/USDT", "sell", 1.0), ("BTC/USDT", "buy", 0.01)], prices)
+                        [("ETH/USDT", "sell", 1.0), ("BTC/USDT", "buy", 0.01)], prices,
+                        int(sim.sim.now_ms()) - 86_400_000)
         asyncio.run(_publish(settings, follow))
         wait_for("the next plan", lambda: journal(
             home, "SELECT status FROM plans WHERE plan_id=?", (follow.plan.plan_id,)) == [("executed",)])
@@ -200,6 +203,8 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
     assert float(sim.sim.free("USDT")) == pf.cash  # exactly: the journal sums the exchange's 8-decimal amounts
     for symbol, qty in pf.holdings.items():
         assert float(sim.sim.free(symbol.split("/")[0])) == qty
-    # Each buy's 0.1% fee was taken in the coin bought (0.05 + 0.01 BTC, 10 SOL); the ETH sell (1.0 planned,
-    # 0.999 held) was clamped to the holding and left none behind.
-    assert pf.holdings == {"BTC/USDT": 0.05994, "SOL/USDT": 9.99}
+    # Each buy's 0.1% fee was taken in the coin bought (0.05 BTC, 10 SOL; the follow-up buy spent 0.01 BTC's
+    # worth at the plan's price as a quote amount, so a hair less BTC at the exchange's ask); the ETH sell (1.0
+    # planned, 0.999 held) was clamped to the holding and left none behind.
+    assert set(pf.holdings) == {"BTC/USDT", "SOL/USDT"} and pf.holdings["SOL/USDT"] == 9.99
+    assert 0.05994 - 0.0001 < pf.holdings["BTC/USDT"] <= 0.05994

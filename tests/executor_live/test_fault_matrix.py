@@ -285,7 +285,8 @@ def test_the_executor_takes_its_cap_from_aura_max_order_usdt(tmp_path: Path) -> 
     from shared.config import load_settings
     from shared.credentials import ensure_credentials
 
-    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_MAX_ORDER_USDT": "250", "AURA_DRY_RUN": "false"})
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_MAX_ORDER_USDT": "250", "AURA_DRY_RUN": "false",
+                              "AURA_INGEST_SOURCE": "sync"})
     ensure_credentials(settings.keys)
     ctx = SimpleNamespace(settings=settings, logger=logging.getLogger("test"), health=HealthState("executor"))
     executor = Executor(ctx, None, None, {})  # type: ignore[arg-type]

@@ -33,7 +33,9 @@ from shared.bus import last_message, publish, state_kv
 from shared.config import Settings
 from shared.contracts import (
     ApprovedPlan,
+    DataReady,
     DataStale,
+    DeadLetter,
     PlanBody,
     PlanLeg,
     PortfolioSnapshot,
@@ -67,7 +69,7 @@ STALE_BAR = 701  # a complete bar of the bundled replay (mid-2019), the one befo
 
 def tick_settings(nats_server: NatsEndpoint, **extra: str) -> Settings:
     """Settings of the bus's AURA_HOME (its keys), a fast risk tick, debug logs, free health ports."""
-    return nats_server.settings(AURA_RISK_TICK_S="0.2", AURA_LOG_LEVEL="DEBUG", **extra)
+    return nats_server.settings(**{"AURA_RISK_TICK_S": "0.2", "AURA_LOG_LEVEL": "DEBUG", **extra})
 
 
 async def buy(js_risk: Any, settings: Settings, qty: float, price: float) -> PortfolioSnapshot:
@@ -228,7 +230,8 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     capture = Capture()
     with SimServer(config=config) as sim:
         price = float(sim.sim.price("BTCUSDT"))
-        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=sim.base_url)
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
+                                 AURA_EXCHANGE_API_URL=sim.base_url)
 
         async def scenario() -> ApprovedPlan:
             async with role_connections(settings, "executor", "operator") as js:
@@ -254,6 +257,39 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     signed = {"GET /api/v3/account", "POST /api/v3/order", "GET /api/v3/order", "GET /api/v3/myTrades"}
     assert not signed & set(requests), f"the risk service called a private endpoint: {requests}"
     assert not capture.fields("FORGED_SNAPSHOT"), "risk refused the executor-signed snapshot"
+
+
+def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats_server: NatsEndpoint,
+                                                                          shared_data_dir: Path) -> None:
+    """Live mode: a target whose data bar closed more than one bar plus the grace before the exchange's clock (not
+    the local clock: the simulator's is in 2024) is refused ([STALE_PLAN], dead letter stale_plan), never planned."""
+    from aura.exchange_sim import SimConfig, SimServer
+
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01")
+    capture = Capture()
+    with SimServer(config=config) as sim:
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
+                                 AURA_EXCHANGE_API_URL=sim.base_url)
+        exchange_now = int(sim.sim.now_ms())
+        cycle_id, panel, markets = replay_snapshot(2300)  # a bar of 2023 in the bundled replay: months old
+        ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=int(panel.timestamps[-1]), digest="d",
+                          symbols=list(panel.symbols), bars=len(panel.timestamps), markets=markets)
+        target, _ = make_target(ready, panel, StrategyParams(), 0, None)
+
+        async def scenario() -> tuple[list[DeadLetter], bytes | None]:
+            async with role_connections(settings, "signal", "operator") as js, \
+                    running(settings, "risk", handler=capture):
+                await publish(js["signal"], target, msg_id=target.target_id)
+                letters = await until(lambda: dead_letters(js["operator"], "risk"), "risk's dead letter")
+                return letters, await last_message(js["operator"], ApprovedPlan.SUBJECT)
+
+        letters, plan = asyncio.run(scenario())
+    assert target.as_of_ms < exchange_now - 2 * DAY
+    assert [x.reason for x in letters] == ["stale_plan"], [(x.reason, x.error) for x in letters]
+    assert plan is None
+    (line,) = capture.fields("STALE_PLAN")
+    assert line["exchange_ms"] >= exchange_now and line["as_of_ms"] == target.as_of_ms
 
 
 def test_a_target_on_data_older_than_a_stale_notice_is_not_traded(nats_server: NatsEndpoint) -> None:

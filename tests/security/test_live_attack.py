@@ -54,8 +54,9 @@ def test_a_target_priced_at_one_ninetieth_never_reaches_the_exchange(nats_server
     monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
     monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
     with SimServer(config=config) as sim:
-        settings = nats_server.settings(AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=sim.base_url,
-                                        AURA_MAX_ORDER_USDT="1000", AURA_RISK_TICK_S="0.3",
+        settings = nats_server.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
+                                        AURA_EXCHANGE_API_URL=sim.base_url, AURA_MAX_ORDER_USDT="1000",
+                                        AURA_RISK_TICK_S="0.3",
                                         AURA_PAPER_CASH_USDT="100000")
         prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in SYMBOLS}
         balances_before = sim.sim.state()["balances"]

@@ -18,6 +18,7 @@ def test_defaults_are_valid() -> None:
     ({"AURA_NATS_URL": "http://x"}, "nats_url"),
     ({"AURA_PAPER_FEE_RATE": "nan"}, "paper_fee_rate"),
     ({"AURA_TIMEFRAME": "2m"}, "timeframe"),
+    ({"AURA_MAX_PRICE_DEVIATION": "0.9"}, "max_price_deviation"),
 ])
 def test_bad_setting_is_named(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -37,3 +38,10 @@ def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
     cfg.write_text('[aura]\nmax_order_usd = 250\n')
     with pytest.raises(ConfigError, match="max_order_usd"):
         load_settings({"AURA_CONFIG": str(cfg)})
+
+
+def test_live_trading_on_replayed_history_is_a_configuration_error() -> None:
+    """AURA_DRY_RUN=false with the default replay source once sent real orders built from 2020 candles."""
+    with pytest.raises(ConfigError, match=r"dry_run .*AURA_DRY_RUN=false.* ingest_source .*AURA_INGEST_SOURCE=replay"):
+        load_settings({"AURA_DRY_RUN": "false"})
+    assert load_settings({"AURA_DRY_RUN": "false", "AURA_INGEST_SOURCE": "sync"}).dry_run is False

@@ -54,9 +54,9 @@ class CountingPaper(PaperBroker):
         self.place_calls = 0
 
     async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float) -> OrderState:
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
         self.place_calls += 1
-        return await super().place_market_order(symbol, side, qty, client_order_id, ref_price)
+        return await super().place_market_order(symbol, side, qty, client_order_id, ref_price, quote_amount)
 
 
 def paper(cash: float = 10_000.0, **held: float) -> CountingPaper:
@@ -81,8 +81,8 @@ class AcceptThenTimeout(CountingPaper):
         self.lost = 0
 
     async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float) -> OrderState:
-        state = await super().place_market_order(symbol, side, qty, client_order_id, ref_price)
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
+        state = await super().place_market_order(symbol, side, qty, client_order_id, ref_price, quote_amount)
         if self.lost == 0:
             self.lost += 1
             raise AmbiguousOrderError("read timed out after the request was sent")

@@ -99,9 +99,15 @@ class Broker(Protocol):
 
     async def fetch_prices(self, symbols: list[str]) -> dict[str, float]: ...
 
+    async def fetch_time(self) -> int:
+        """The venue's clock (ms UTC): what "now" means for the freshness of a plan, never the local clock."""
+        ...
+
     async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float) -> OrderState:
-        """Place a market order. ``ref_price`` is what the plan assumed (the paper broker fills around it)."""
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
+        """Place a market order. ``ref_price`` is what the plan assumed (the paper broker fills around it).
+        ``quote_amount`` (buys): spend exactly this much quote instead of buying ``qty`` (Binance
+        ``quoteOrderQty``), so the notional cannot exceed what was checked against the caps."""
         ...
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:

@@ -254,21 +254,35 @@ class CcxtBroker:
 
     # --- orders ----------------------------------------------------------------------------------------------------
 
+    async def fetch_time(self) -> int:
+        try:
+            return int(await self.exchange.fetch_time())
+        except Exception as exc:
+            raise self.map_error(exc, placing=False) from exc
+
     async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float) -> OrderState:
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
         sym = await self._symbol(symbol)
         if side not in ("buy", "sell"):
             raise OrderRejectedError(f"bad side {side!r}")
+        params = {"newClientOrderId": client_order_id} if self._binance else {"clientOrderId": client_order_id}
+        by_cost = side == "buy" and quote_amount is not None and bool(self.exchange.has.get(
+            "createMarketBuyOrderWithCost"))
         try:
             amount = float(self.exchange.amount_to_precision(sym, qty))
+            cost = float(self.exchange.cost_to_precision(sym, quote_amount)) if by_cost else None
         except ccxt.BaseError as exc:  # below one lot step: never sent
-            raise OrderRejectedError(f"{sym} qty {qty} rounds to nothing: {exc}") from exc
-        params = {"newClientOrderId": client_order_id} if self._binance else {"clientOrderId": client_order_id}
-        info(self.log, "BROKER", "placing market order", symbol=sym, side=side, qty=amount,
+            raise OrderRejectedError(f"{sym} qty {qty} / cost {quote_amount} rounds to nothing: {exc}") from exc
+        info(self.log, "BROKER", "placing market order", symbol=sym, side=side, qty=amount, quote_amount=cost,
              client_order_id=client_order_id, ref_price=ref_price)
         try:
-            # price=None on purpose: with a price ccxt turns a Binance market buy into a quoteOrderQty order.
-            order = await self.exchange.create_order(sym, "market", side, amount, None, params)
+            if cost is not None:
+                # Spend exactly ``cost`` (Binance quoteOrderQty): the notional is what the caps were checked on,
+                # whatever the price does between our price read and the match.
+                order = await self.exchange.create_market_buy_order_with_cost(sym, cost, params)
+            else:
+                # price=None on purpose: with a price ccxt turns a Binance market buy into a quoteOrderQty order.
+                order = await self.exchange.create_order(sym, "market", side, amount, None, params)
         except Exception as exc:
             mapped = self.map_error(exc, placing=True)
             warn(self.log, "BROKER", "market order failed", symbol=sym, client_order_id=client_order_id,

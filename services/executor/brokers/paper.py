@@ -9,6 +9,7 @@ the CCXT broker raises.
 from __future__ import annotations
 
 import hashlib
+import time
 
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
@@ -49,15 +50,20 @@ class PaperBroker:
     async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
         return {s: self.prices[s] for s in symbols if s in self.prices}
 
+    async def fetch_time(self) -> int:
+        return int(time.time() * 1000)
+
     async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float) -> OrderState:
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
         if client_order_id in self.orders:
             raise DuplicateOrderError(f"Duplicate order sent. ({client_order_id})")
         rule = self.rules.get(symbol)
         if rule is None:
             raise OrderRejectedError(f"Invalid symbol {symbol}", code=-1121)
-        qty = floor_to_step(qty, rule.step_size)
         price = ref_price * (1 + self.slippage if side == "buy" else 1 - self.slippage)
+        if side == "buy" and quote_amount is not None:  # like quoteOrderQty: the largest lot the amount buys
+            qty = quote_amount / price
+        qty = floor_to_step(qty, rule.step_size)
         notional = qty * price
         if qty < rule.min_qty:
             raise OrderRejectedError("Filter failure: LOT_SIZE", code=-1013)
@@ -79,7 +85,7 @@ class PaperBroker:
         trade_id = "pt-" + hashlib.sha256(client_order_id.encode()).hexdigest()[:20]
         # Always charged in the quote asset (cash), unlike Binance without BNB, which takes a buy's fee out of
         # the coins bought: the paper venue's own balances are all that must agree with the journal here.
-        fill = Fill(trade_id, symbol, side, qty, price, fee, 0, fee_base=0.0, fee_quote=fee)
+        fill = Fill(trade_id, symbol, side, qty, price, fee, int(time.time() * 1000), fee_base=0.0, fee_quote=fee)
         state = OrderState(client_order_id, "po-" + trade_id[3:], symbol, side, "filled", qty, qty, price, (fill,))
         self.orders[client_order_id] = state
         return state

@@ -1,0 +1,150 @@
+"""The journal never silently disagrees with the exchange: both books compared, in both directions (live mode).
+
+The sync guard (``runner.verify_holdings``) stops a plan when the exchange holds *less* than the journal.  This
+module catches the other direction too: coins the journal does not know (a lost WAL, a manual buy, a deposit)
+and a journal that is empty while the exchange holds coins.  Either halts trading ([RECONCILE], /readyz red)
+until the operator runs ``aura journal adopt``: the executor then records the exchange's balances, at the
+exchange's prices, as an ``adopt`` entry of the journal (an event with what changed and why), never as a
+silent new genesis.  Differences worth less than ``reconcile_dust_usdt`` are dust, not a disagreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from services.executor.brokers.base import Broker, TransientBrokerError
+from services.executor.brokers.paper import QUOTE
+from services.executor.execution import ExecutionLimits, rate_limit_pause, retried
+from services.executor.journal import Journal, now_ms
+from services.executor.runner import HOLDINGS_TOLERANCE, expected_balances, write_snapshot
+from shared.logging import warn
+
+
+@dataclass(frozen=True)
+class BookDiff:
+    """exchange minus journal, per asset, for differences beyond dust (quote value in ``values``)."""
+
+    diff: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
+    unpriced: tuple[str, ...] = ()  # differing assets the exchange gives no USDT price for (reported only)
+
+    @property
+    def surplus(self) -> dict[str, float]:
+        return {a: d for a, d in self.diff.items() if d > 0}
+
+    @property
+    def shortfall(self) -> dict[str, float]:
+        return {a: -d for a, d in self.diff.items() if d < 0}
+
+    @property
+    def clean(self) -> bool:
+        return not self.diff
+
+    def describe(self) -> str:
+        parts = [f"{a} {d:+.8g} (~{self.values[a]:.2f} {QUOTE})" for a, d in sorted(self.diff.items())]
+        return ", ".join(parts) or "none"
+
+
+def compare_books(journal: dict[str, float], exchange: dict[str, float], prices: dict[str, float],
+                  dust_quote: float) -> BookDiff:
+    """What the exchange holds beyond the journal (positive) or short of it (negative), worth more than dust.
+
+    ``prices``: asset -> price in the quote asset.  More quote on the exchange than in the journal is the
+    normal case (the journal trades with at most the configured capital) and is no disagreement; less is.
+    Pure.
+    """
+    diff: dict[str, float] = {}
+    values: dict[str, float] = {}
+    unpriced: list[str] = []
+    for asset in sorted(set(journal) | set(exchange)):
+        held, seen = journal.get(asset, 0.0), exchange.get(asset, 0.0)
+        if HOLDINGS_TOLERANCE.allows(held, seen) and HOLDINGS_TOLERANCE.allows(seen, held):
+            continue
+        delta = seen - held
+        if asset == QUOTE:
+            if delta < -dust_quote:
+                diff[asset], values[asset] = delta, -delta
+            continue
+        price = prices.get(asset, 0.0)
+        if not price > 0:
+            unpriced.append(asset)
+            continue
+        if abs(delta) * price > dust_quote:
+            diff[asset], values[asset] = delta, abs(delta) * price
+    return BookDiff(diff, values, tuple(unpriced))
+
+
+async def confirmed_balances(broker: Broker, logger: logging.Logger, reads: int = 2, delay_s: float = 0.5,
+                             max_reads: int = 20) -> dict[str, float]:
+    """Free balances, trusted once ``reads`` consecutive successful reads agree (a glitched or stale snapshot
+    must neither create a surplus nor hide one)."""
+    last: dict[str, float] | None = None
+    agreeing = 0
+    for attempt in range(1, max_reads + 1):
+        try:
+            current = await broker.fetch_free_balances()
+        except TransientBrokerError as exc:
+            last, agreeing = None, 0
+            pause = max(delay_s, rate_limit_pause(exc))
+            warn(logger, "RECONCILE", "balance read failed", attempt=attempt, retry_in_s=pause, error=str(exc)[:200])
+            await asyncio.sleep(pause)
+            continue
+        same = last is not None and set(last) == set(current) and all(
+            HOLDINGS_TOLERANCE.allows(last[a], current[a]) and HOLDINGS_TOLERANCE.allows(current[a], last[a])
+            for a in current)
+        agreeing = agreeing + 1 if same else 1
+        last = current
+        if agreeing >= reads:
+            return current
+        await asyncio.sleep(delay_s)
+    raise TransientBrokerError("exchange balances could not be read consistently")
+
+
+async def prices_of(broker: Broker, assets: list[str], limits: ExecutionLimits, logger: logging.Logger,
+                    ) -> dict[str, float]:
+    """asset -> price in the quote asset now (assets without a USDT market are absent)."""
+    wanted = [a for a in assets if a != QUOTE]
+    if not wanted:
+        return {}
+    quotes = await retried(lambda: broker.fetch_prices([f"{a}/{QUOTE}" for a in wanted]), limits, logger,
+                           "RECONCILE", "price read failed; retrying", "prices unreadable")
+    return {sym.split("/")[0]: p for sym, p in quotes.items()}
+
+
+async def read_books(journal: Journal, broker: Broker, limits: ExecutionLimits, logger: logging.Logger,
+                     dust_quote: float, empty_journal: bool = False) -> tuple[BookDiff, dict[str, float],
+                                                                            dict[str, float]]:
+    """(difference, the exchange's balances, prices).  ``empty_journal``: compare against nothing held."""
+    exchange = await confirmed_balances(broker, logger)
+    mine = {QUOTE: exchange.get(QUOTE, 0.0)} if empty_journal else expected_balances(journal)
+    prices = await prices_of(broker, sorted(set(mine) | set(exchange)), limits, logger)
+    return compare_books(mine, exchange, prices, dust_quote), exchange, prices
+
+
+def adopt(journal: Journal, diff: BookDiff, prices: dict[str, float], request_at_ms: int, requested_by: str,
+          reason: str, marks: dict[str, float]) -> str:
+    """Inside one transaction: record the exchange's balances for every differing asset, at ``prices``, and
+    close it with an ``adopted`` snapshot; returns the snapshot id.  Shortfalls of coins lower the holding,
+    a cash shortfall lowers the cash; a cash surplus is left alone (the capital cap)."""
+    cycle_id = f"adopt-{request_at_ms}"
+    at = now_ms()
+    journal.begin()
+    for asset, delta in sorted(diff.diff.items()):
+        symbol = asset if asset == QUOTE else f"{asset}/{QUOTE}"
+        price = 1.0 if asset == QUOTE else prices[asset]
+        journal.record_fill(f"adopt-{asset}", cycle_id, cycle_id, symbol, "adopt", delta, price, 0.0, at,
+                            fee_base=0.0, fee_quote=0.0)
+    journal.event(cycle_id, "adopted", requested_at_ms=request_at_ms, requested_by=requested_by, reason=reason,
+                  changes=diff.diff, values=diff.values, prices={a: prices.get(a) for a in diff.diff})
+    marks.update({f"{a}/{QUOTE}": p for a, p in prices.items()})
+    snapshot_id = write_snapshot(journal, cycle_id, "", "adopted", marks)
+    journal.commit()
+    return snapshot_id
+
+
+def last_adoption_ms(journal: Journal) -> int:
+    """The request time of the newest adoption applied (0: none), so a request is applied once."""
+    cycle_id = journal.last_event_cycle("adopted")
+    return int(cycle_id.removeprefix("adopt-")) if cycle_id else 0

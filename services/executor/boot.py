@@ -1,0 +1,60 @@
+"""What the executor needs before its first plan: a journal it can write, and its broker.
+
+A journal that cannot be opened or written at start (a read-only file system, a full disk, a lock another
+process holds) is waited for with /readyz red and the reason, never a crash loop: a supervisor restarting the
+process every few seconds fixes nothing and hides the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from services.executor.brokers.base import Broker
+from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
+from services.executor.journal import Journal, journal_fault
+from services.executor.portfolio import portfolio_from_fills
+from services.ingest.replay import load_market_rules
+from shared.config import Settings
+from shared.logging import error, info
+from shared.service import ServiceContext
+
+RETRY_S = 2.0
+
+
+async def open_journal(ctx: ServiceContext) -> Journal | None:
+    """The journal, once it can be opened and written; None if the service is stopped meanwhile."""
+    path = ctx.settings.journal_path
+    fault: str | None = None
+    ctx.health.checks["journal"] = lambda: (False, f"cannot open the journal ({fault})" if fault else "opening")
+    while not ctx.stop.is_set():
+        try:
+            journal = Journal(path)
+        except Exception as exc:
+            fault = journal_fault(exc)
+            if fault is None:
+                raise
+            error(ctx.logger, "JOURNAL_FAULT", "journal cannot be opened for writing; waiting", path=str(path),
+                  error=fault)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stop.wait(), timeout=RETRY_S)
+            continue
+        if fault is not None:
+            info(ctx.logger, "JOURNAL_FAULT", "journal writable again", path=str(path))
+        return journal
+    return None
+
+
+def make_broker(settings: Settings, logger: logging.Logger, journal: Journal) -> Broker:
+    if settings.dry_run:
+        # The paper venue trades the bundled markets with their real Binance lot/notional rules.
+        rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
+        initial = journal.initial_cash()
+        pf = portfolio_from_fills(initial if initial is not None else settings.paper_cash_usdt, journal.all_fills())
+        balances = {QUOTE: pf.cash, **{base_asset(sym): q for sym, q in pf.holdings.items()}}
+        return PaperBroker(balances, rules, settings.paper_fee_rate, settings.paper_slippage_bps)
+    from services.executor.live import make_live_broker  # ccxt: imported only where it trades
+
+    return make_live_broker(settings, logger)

@@ -1,0 +1,132 @@
+"""Live mode: keep trading only while the journal and the exchange agree ([RECONCILE]), adopt on request.
+
+At boot and before each new plan the two books are compared (``books.read_books``).  A disagreement beyond
+dust halts trading: every new plan is refused (journaled), /readyz turns red with what differs, and nothing
+is written to the journal in the exchange's name until an operator asks for it with ``aura journal adopt``
+(a signed request, ``operator.adopt`` in ``aura_state``, that the executor verifies against the operator key it
+pinned).  An empty journal beside an exchange that holds coins is such a disagreement: no silent genesis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.js.kv import KeyValue
+
+from services.executor.books import BookDiff, adopt, compare_books, last_adoption_ms, read_books
+from services.executor.brokers.base import Broker
+from services.executor.brokers.paper import QUOTE
+from services.executor.execution import ExecutionLimits
+from services.executor.journal import Journal
+from services.executor.runner import ensure_genesis, expected_balances
+from shared.config import Settings
+from shared.credentials import trusted_key
+from shared.health import HealthState
+from shared.logging import error, info, warn
+from shared.operator_requests import ADOPT_KEY, read_request
+
+POLL_S = 2.0  # how often a halted executor looks for the operator's adoption request
+
+
+class Reconciler:
+    """``on_agree`` runs once an adoption made the books agree (the executor publishes the adopted book)."""
+
+    def __init__(self, settings: Settings, journal: Journal, broker: Broker, limits: ExecutionLimits,
+                 kv: KeyValue, health: HealthState, logger: logging.Logger, marks: dict[str, float],
+                 on_agree: Callable[[], Awaitable[None]]) -> None:
+        self.settings, self.journal, self.broker, self.limits = settings, journal, broker, limits
+        self.kv, self.health, self.logger, self.marks = kv, health, logger, marks
+        self.on_agree = on_agree
+        self.operator_key = trusted_key(settings.keys, "executor", "operator")
+        self.halt: str | None = None  # why trading is halted ([RECONCILE]); None: the books agree
+        self._waiter: asyncio.Task[None] | None = None
+        health.checks["books"] = lambda: (self.halt is None, "journal == exchange" if self.halt is None else
+                                          f"halted: {self.halt}; run `aura journal adopt`")
+
+    def _halt(self, why: str, diff: BookDiff) -> None:
+        if self.halt != why:
+            error(self.logger, "RECONCILE", f"trading halted: {why}", differences=diff.diff, values=diff.values,
+                  unpriced=list(diff.unpriced))
+            self.health.inc("reconcile_halts")
+        self.halt = why
+        if self._waiter is None or self._waiter.done():  # look for the operator's adoption, plans or not
+            self._waiter = asyncio.get_running_loop().create_task(self._wait_for_adoption())
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.cancel()
+
+    async def genesis(self) -> bool:
+        """First start (an empty journal): genesis from the exchange's cash, or a halt if the exchange already
+        holds coins (a lost journal must never become a silent new genesis).  False: wait for an adoption."""
+        diff, exchange, _ = await read_books(self.journal, self.broker, self.limits, self.logger,
+                                             self.settings.reconcile_dust_usdt, empty_journal=True)
+        if diff.surplus:
+            self._halt(f"the journal is empty while the exchange holds {diff.describe()}", diff)
+            return False
+        cash = min(exchange.get(QUOTE, 0.0), self.settings.paper_cash_usdt)  # at most the configured capital
+        ensure_genesis(self.journal, cash)
+        info(self.logger, "BOOT", "genesis snapshot written", cash=cash)
+        return True
+
+    async def check_books(self) -> bool:
+        """Compare the books (after boot recovery finished what a crash interrupted); True if they agree."""
+        diff, _, _ = await read_books(self.journal, self.broker, self.limits, self.logger,
+                                      self.settings.reconcile_dust_usdt)
+        return self.check(diff)
+
+    def check(self, diff: BookDiff) -> bool:
+        if diff.clean:
+            if self.halt is not None:
+                info(self.logger, "RECONCILE", "journal and exchange agree again")
+            self.halt = None
+            return True
+        self._halt(f"exchange and journal differ: {diff.describe()}", diff)
+        return False
+
+    async def before_plan(self) -> bool:
+        """Compare the books before a new plan; True if it may trade."""
+        if self.halt is not None:
+            await self.try_adopt()
+            if self.halt is not None:
+                return False
+        return await self.check_books()
+
+    async def try_adopt(self) -> bool:
+        """Apply a verified adoption request newer than the last one applied; True if the books now agree."""
+        request, problem = await read_request(self.kv, ADOPT_KEY, self.operator_key)
+        if problem:
+            warn(self.logger, "RECONCILE", "adoption request refused", error=problem)
+        if request is None or request.requested_at_ms <= last_adoption_ms(self.journal):
+            return False
+        dust = self.settings.reconcile_dust_usdt
+        empty = self.journal.latest_snapshot() is None
+        diff, exchange, prices = await read_books(self.journal, self.broker, self.limits, self.logger, dust, empty)
+        if empty:
+            ensure_genesis(self.journal, min(exchange.get(QUOTE, 0.0), self.settings.paper_cash_usdt))
+            diff = compare_books(expected_balances(self.journal), exchange, prices, dust)
+        snapshot_id = adopt(self.journal, diff, prices, request.requested_at_ms, request.requested_by,
+                            request.reason, self.marks)
+        warn(self.logger, "RECONCILE", "operator adoption applied: the journal now records the exchange's "
+             "balances", snapshot_id=snapshot_id, changes=diff.diff, by=request.requested_by, reason=request.reason)
+        self.health.inc("adoptions")
+        if not self.check(compare_books(expected_balances(self.journal), exchange, prices, dust)):
+            return False
+        await self.on_agree()
+        return True
+
+    async def _wait_for_adoption(self) -> None:
+        """While halted, look for the operator's request every POLL_S until the books agree."""
+        while self.halt is not None:
+            try:
+                await self.try_adopt()
+            except Exception as exc:  # the exchange or the bus is down: try again at the next poll
+                with contextlib.suppress(Exception):
+                    self.journal.rollback()
+                warn(self.logger, "RECONCILE", "adoption check failed; retrying", error=f"{type(exc).__name__}: "
+                     f"{exc}"[:200])
+            if self.halt is not None:
+                await asyncio.sleep(POLL_S)

@@ -1,0 +1,54 @@
+"""Signed requests from the operator to a service that alone may act on them.
+
+Some state has one writer: the kill-switch latch is risk's, the journal is the executor's.  An operator who
+wants it changed (``aura risk reset``, ``aura journal adopt``) writes a request, signed with the operator's key,
+to a key of ``aura_state`` only the operator may write (``operator.<what>``); the owning service verifies it
+against the operator key it pinned, applies a request newer than the last one it applied, and records it.
+A request written again changes nothing: it is not newer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.js.kv import KeyValue
+
+from shared.bus import kv_get
+from shared.signing import SignatureError, sign_struct, verify_struct
+
+RESET_KEY = "operator.reset"  # kill-switch reset, applied by risk
+ADOPT_KEY = "operator.adopt"  # adopt the exchange's balances into the journal, applied by the executor
+
+
+class OperatorRequest(msgspec.Struct, frozen=True, kw_only=True):
+    requested_at_ms: int
+    requested_by: str
+    reason: str
+    signature: str = ""
+    key_id: str = ""
+
+
+def operator_request(by: str, reason: str, key: Ed25519PrivateKey, now_ms: int | None = None) -> OperatorRequest:
+    at = int(time.time() * 1000) if now_ms is None else now_ms
+    return sign_struct(OperatorRequest(requested_at_ms=at, requested_by=by, reason=reason), key)
+
+
+async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey) -> tuple[OperatorRequest | None, str]:
+    """(the newest verified request under ``key``, problem).  Unset: (None, "")."""
+    raw, _ = await kv_get(kv, key)
+    if raw is None:
+        return None, ""
+    try:
+        request = msgspec.json.decode(raw, type=OperatorRequest)
+        verify_struct(request, {"operator": operator_key})
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, f"malformed request: {exc}"
+    except SignatureError as exc:
+        return None, str(exc)
+    return request, ""
+
+
+async def write_request(kv: KeyValue, key: str, request: OperatorRequest) -> int:
+    return int(await kv.put(key, msgspec.json.encode(request)))

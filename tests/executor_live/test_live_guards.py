@@ -1,0 +1,101 @@
+"""Spending is bounded at the exchange's price, and old plans are refused by the exchange's clock (live mode),
+through run_plan + CcxtBroker + the simulator.
+
+The incidents: a BTC buy planned at 15,590 filled at 67,767 (the plan's price was 2020's), and with a cap of 500
+a TRX buy filled for 2,199.91 USDT, because the cap and the quantity were computed at the plan's price.  Now
+each new leg reads the exchange's price first; a leg priced too far from it is refused ([PRICE_GUARD]); buys
+spend a quote amount (quoteOrderQty) checked against the cap and the journal's free cash at that price.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.execution import ExecutionLimits
+from services.executor.runner import LivePolicy, PlanRun, run_plan
+from shared.contracts import PlanBody, PlanLeg, plan_id_for
+from tests.executor_live.conftest import LIMITS, Rig
+
+pytestmark = pytest.mark.integration
+DAY = 86_400_000
+LIVE = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * DAY + 300_000)
+
+
+def exchange_now(rig: Rig) -> int:
+    return int(rig.server.sim.now_ms())
+
+
+def plan_at(rig: Rig, legs: list[tuple[str, str, float, float]], as_of_ms: int | None = None) -> PlanBody:
+    """A plan of (symbol, side, qty, reference price) legs made on the bar that just closed by the exchange's
+    clock, unless ``as_of_ms``."""
+    rig.plans += 1
+    fields: dict[str, Any] = {
+        "cycle_id": f"live-{rig.plans}", "as_of_ms": as_of_ms if as_of_ms is not None else exchange_now(rig) - DAY,
+        "data_digest": "d", "target_id": "t", "params_version": 0, "params_digest": "p",
+        "basis_snapshot_id": f"b-{rig.plans}", "gate": "pass", "halted": False, "reasons": [],
+        "prices": {sym: px for sym, _, _, px in legs},
+        "legs": [PlanLeg(i, sym, side, qty, px, "test") for i, (sym, side, qty, px) in enumerate(legs)]}
+    return PlanBody(plan_id=plan_id_for(fields), **fields)
+
+
+def live_run(rig: Rig, plan: PlanBody, limits: ExecutionLimits = LIMITS) -> PlanRun:
+    async def scenario(b: CcxtBroker) -> PlanRun:
+        return await run_plan(plan, b, rig.journal, await b.load_markets(), limits, rig.log, {}, live=LIVE)
+
+    return rig.run(scenario)
+
+
+def spent(rig: Rig, before: Decimal) -> Decimal:
+    return before - rig.server.sim.free("USDT")
+
+
+def test_a_plan_priced_90x_off_spends_nothing(rig: Rig) -> None:
+    """A signed plan whose BTC price is the exchange's / 90 would buy 90x the coins: every such leg is refused."""
+    btc = rig.price("BTC/USDT")
+    before = rig.server.sim.free("USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 90 * 1000 / btc, btc / 90)])  # 1,000 USDT at the plan's price
+    run = live_run(rig, plan)
+    assert rig.posts() == 0, "an order reached the exchange"
+    assert spent(rig, before) == 0
+    assert run.status == "partial" and any("price guard" in r for r in run.reasons), run.reasons
+    assert rig.journal.intent_state(f"{rig.journal.db.execute('SELECT client_order_id FROM intents').fetchone()[0]}"
+                                    )[0] == "skipped"
+    assert rig.journal.db.execute("SELECT count(*) FROM events WHERE kind='price_guard'").fetchone()[0] == 1
+    assert rig.records.fields("PRICE_GUARD")
+
+
+def test_a_huge_buy_at_the_right_price_spends_at_most_the_cap(rig: Rig) -> None:
+    btc = rig.price("BTC/USDT")
+    before = rig.server.sim.free("USDT")
+    capped = ExecutionLimits(**{**LIMITS.__dict__, "max_order_usdt": 500.0})
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 1.0, btc)]), capped)  # ~1 BTC wanted
+    assert run.status == "executed", run.reasons
+    assert Decimal("490") <= spent(rig, before) <= Decimal("500"), spent(rig, before)
+    assert any("capped at max_order_usdt=500" in r or "buy limited" in r for r in run.reasons), run.reasons
+
+
+def test_a_plan_never_spends_more_than_the_journals_free_cash(rig: Rig) -> None:
+    """The journal holds 10,000 USDT; the plan wants 2 x 6,000: the second buy gets what is left, not more."""
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    rig.server.sim.set_balance("USDT", 50_000)  # the exchange has more: the journal's cash is the limit
+    before = rig.server.sim.free("USDT")
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 6000 / btc, btc), ("ETH/USDT", "buy", 6000 / eth, eth)]))
+    assert spent(rig, before) <= Decimal("10000"), spent(rig, before)
+    assert spent(rig, before) >= Decimal("9900")  # the second buy used what was left (less its fee margin)
+    assert any("buy limited" in r for r in run.reasons), run.reasons
+
+
+def test_a_plan_on_data_older_than_a_bar_plus_the_grace_is_refused(rig: Rig) -> None:
+    btc = rig.price("BTC/USDT")
+    old = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)], as_of_ms=exchange_now(rig) - 3 * DAY)
+    run = live_run(rig, old)
+    assert run.status == "rejected" and run.refusal == "stale_plan", run.reasons
+    assert rig.posts() == 0
+    assert rig.journal.plan_status(old.plan_id) == "rejected"
+    assert rig.records.fields("STALE_PLAN")
+    fresh = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)])
+    assert live_run(rig, fresh).status == "executed"

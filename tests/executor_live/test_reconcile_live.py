@@ -1,0 +1,177 @@
+"""The journal never silently disagrees with the exchange: the live executor's real body on a real bus, against
+the simulator.
+
+The incident: after a kill -9 with nothing checkpointed, deleting journal.sqlite-wal and restarting made the
+executor write a new genesis and forget 0.0601 BTC and 0.416 ETH held at the exchange, with /readyz green.
+Now an empty journal beside an account with coins, or coins the journal does not know, halts trading
+([RECONCILE], /readyz red, every new plan refused) until ``aura journal adopt``; the executor then records the
+exchange's balances at its prices as a journaled adoption and trades again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside a scenario's event loop
+from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
+from services.executor.books import BookDiff, compare_books
+from services.executor.portfolio import portfolio_from_fills
+from shared.contracts import PortfolioSnapshot
+from tests.bus_helpers import dead_letters, publish_buy, role_connections, running, snapshot, until
+from tests.conftest import NatsEndpoint
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+DAY = 86_400_000
+
+
+# --- the comparison itself (pure) ------------------------------------------------------------------------------
+
+
+def test_compare_books_finds_both_directions_beyond_dust() -> None:
+    prices = {"BTC": 40_000.0, "ETH": 2_000.0, "DOGE": 0.1}
+    journal = {"USDT": 1_000.0, "BTC": 0.05}
+    exchange = {"USDT": 5_000.0, "BTC": 0.0, "ETH": 0.5, "DOGE": 10.0, "XYZ": 3.0}
+    diff = compare_books(journal, exchange, prices, dust_quote=5.0)
+    assert diff.surplus == {"ETH": 0.5}  # DOGE: 1 USDT of dust; USDT above the journal: the capital cap
+    assert diff.shortfall == {"BTC": 0.05}
+    assert diff.unpriced == ("XYZ",)
+    assert compare_books({"USDT": 10.0}, {"USDT": 10.0}, prices, 5.0) == BookDiff()
+    assert compare_books({"USDT": 100.0}, {"USDT": 50.0}, prices, 5.0).shortfall == {"USDT": 50.0}
+
+
+def test_an_adoption_changes_holdings_and_never_the_cash_it_did_not_name() -> None:
+    fills = [("BTC/USDT", "buy", 0.1, 40_000.0, 0.0, 4.0), ("ETH/USDT", "adopt", 0.5, 2_000.0, 0.0, 0.0),
+             ("BTC/USDT", "adopt", -0.04, 41_000.0, 0.0, 0.0), ("USDT", "adopt", -100.0, 1.0, 0.0, 0.0)]
+    pf = portfolio_from_fills(10_000.0, fills)
+    assert pf.holdings == {"BTC/USDT": pytest.approx(0.06), "ETH/USDT": 0.5}
+    assert pf.cash == pytest.approx(10_000.0 - 4_000.0 - 4.0 - 100.0)
+    assert pf.entry_prices["ETH/USDT"] == 2_000.0 and pf.entry_prices["BTC/USDT"] == pytest.approx(40_000.0)
+
+
+# --- the live executor ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sim(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01", balances={"USDT": 10_000})
+    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
+    with SimServer(config=config) as server:
+        yield server
+
+
+def live_settings(bus: NatsEndpoint, sim: SimServer) -> Any:
+    return bus.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
+                        AURA_PAPER_CASH_USDT="10000")
+
+
+def adopt_with_the_cli(bus: NatsEndpoint) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")} | {"AURA_HOME": str(bus.home),
+                                                                              "AURA_NATS_URL": bus.url}
+    return subprocess.run([sys.executable, "-m", "aura.cli", "journal", "adopt", "--reason",
+                           "lost WAL, checked by hand"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def books_check(health: Any) -> str:
+    return str(health.readiness()[1].get("books", ""))
+
+
+def test_an_empty_journal_beside_coins_halts_until_adopted_then_trades(nats_server: NatsEndpoint,
+                                                                         sim: SimServer) -> None:
+    settings = live_settings(nats_server, sim)
+    sim.sim.set_balance("BTC", "0.0601")  # what a lost journal forgets
+    sim.sim.set_balance("ETH", "0.416")
+    btc = float(sim.sim.price("BTCUSDT"))
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js, \
+                running(settings, "executor", await_genesis=False) as services:
+            health = services["executor"].health
+
+            async def halted() -> str | None:
+                text = books_check(health)
+                return text if text.startswith("halted") else None
+
+            why = await until(halted, "the executor to halt on the empty journal", timeout=60)
+            assert await asyncio.to_thread(lambda: services["executor"].settings.journal_path.exists())
+            no_snapshot = await _no_snapshot(js["operator"])
+            adopted = await asyncio.to_thread(adopt_with_the_cli, nats_server)
+            snap = await snapshot(js["operator"])
+            plan = await publish_buy(js["risk"], settings, "1d-20240102T0000", snap.snapshot_id, qty=0.01, price=btc,
+                                     as_of_ms=int(sim.sim.now_ms()) - DAY)
+
+            async def executed() -> PortfolioSnapshot | None:
+                s = await snapshot(js["operator"])
+                return s if s.plan_id == plan.plan_id else None
+
+            after = await until(executed, "a plan to trade after the adoption", timeout=60)
+            return {"why": why, "no_snapshot": no_snapshot, "adopted": adopted, "snap": snap, "after": after,
+                    "green": books_check(health)}
+
+    out = asyncio.run(scenario())
+    assert "the journal is empty while the exchange holds" in out["why"] and "BTC" in out["why"], out["why"]
+    assert out["no_snapshot"], "the executor wrote a genesis beside coins it does not know"
+    assert out["adopted"].returncode == 0, out["adopted"].stderr
+    snap = out["snap"]
+    assert snap.status == "adopted" and snap.holdings == {"BTC/USDT": 0.0601, "ETH/USDT": 0.416}
+    assert snap.cash == 10_000.0
+    assert out["after"].status == "executed" and out["green"] == "journal == exchange"
+    # The books agree exactly: the adopted coins plus what the plan bought, fees taken in the coin bought.
+    assert out["after"].holdings["BTC/USDT"] == float(sim.sim.free("BTC")) > 0.0601
+    assert out["after"].holdings["ETH/USDT"] == float(sim.sim.free("ETH")) == 0.416
+
+
+def test_coins_the_journal_does_not_know_halt_trading_until_adopted(nats_server: NatsEndpoint,
+                                                                     sim: SimServer) -> None:
+    settings = live_settings(nats_server, sim)
+    btc = float(sim.sim.price("BTCUSDT"))
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js, \
+                running(settings, "executor") as services:
+            health = services["executor"].health
+            basis = (await snapshot(js["operator"])).snapshot_id
+            sim.sim.set_balance("ETH", "0.5")  # a deposit (or a manual buy) the journal never saw
+            refused = await publish_buy(js["risk"], settings, "1d-20240102T0000", basis, price=btc,
+                                        as_of_ms=int(sim.sim.now_ms()) - DAY)
+
+            async def letter() -> Any:
+                found = [x for x in await dead_letters(js["operator"], "executor") if x.reason == "reconcile_halt"]
+                return found[0] if found else None
+
+            dead = await until(letter, "the plan to be refused while halted", timeout=60)
+            red = books_check(health)
+            adopted = await asyncio.to_thread(adopt_with_the_cli, nats_server)
+            snap = await snapshot(js["operator"])
+            plan = await publish_buy(js["risk"], settings, "1d-20240103T0000", snap.snapshot_id, price=btc,
+                                     as_of_ms=int(sim.sim.now_ms()) - DAY)
+
+            async def executed() -> PortfolioSnapshot | None:
+                s = await snapshot(js["operator"])
+                return s if s.plan_id == plan.plan_id else None
+
+            return {"dead": dead, "red": red, "adopted": adopted, "snap": snap, "refused": refused,
+                    "after": await until(executed, "a plan to trade after the adoption", timeout=60)}
+
+    out = asyncio.run(scenario())
+    assert out["red"].startswith("halted") and "ETH +0.5" in out["red"], out["red"]
+    assert out["dead"].error.startswith("trading halted"), out["dead"].error
+    assert out["adopted"].returncode == 0, out["adopted"].stderr
+    assert out["snap"].status == "adopted" and out["snap"].holdings == {"ETH/USDT": 0.5}
+    assert out["after"].status == "executed" and out["after"].holdings["ETH/USDT"] == 0.5
+    assert out["after"].holdings["BTC/USDT"] == float(sim.sim.free("BTC")) < 0.01, "the refused plan traded"
+
+
+async def _no_snapshot(js_operator: Any) -> bool:
+    from shared.bus import last_message
+
+    return await last_message(js_operator, PortfolioSnapshot.SUBJECT) is None
