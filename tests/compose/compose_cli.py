@@ -14,6 +14,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+# Layered over COMPOSE_FILE for live trading: `docker compose -f docker-compose.yml -f docker-compose.live.yml`.
+LIVE_COMPOSE_FILE = REPO_ROOT / "docker-compose.live.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 
 SERVICES = ("ingest", "signal", "risk", "executor", "optimizer")
@@ -44,18 +46,23 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def run_compose(
     args: Sequence[str],
     *,
-    compose_file: Path = COMPOSE_FILE,
+    compose_file: Path | Sequence[Path] = COMPOSE_FILE,
     env: Mapping[str, str] | None = None,
     timeout: float = 60,
     env_file: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``docker-compose -f <file> [--env-file F] <args>`` and capture its output (never raises on exit code)."""
-    cmd = [str(compose_binary()), "-f", str(compose_file)]
+    """Run ``docker-compose -f <file> [-f <override>...] [--env-file F] <args>`` and capture its output (never
+    raises on exit code).  Several files are layered in order, as ``docker compose -f a -f b`` does."""
+    files = [compose_file] if isinstance(compose_file, Path) else list(compose_file)
+    cmd = [str(compose_binary())]
+    for path in files:
+        cmd += ["-f", str(path)]
     if env_file is not None:
         cmd += ["--env-file", str(env_file)]
     return subprocess.run(
         [*cmd, *args],
-        cwd=compose_file.parent,
+        # Run from the first file's directory, as an operator does from the repo.
+        cwd=files[0].parent,
         env=dict(env) if env is not None else clean_env(),
         capture_output=True,
         text=True,

@@ -322,18 +322,15 @@ def test_keygen_writes_a_server_config_that_admits_exactly_the_generated_keys(tm
         assert oct((keys / principal / "bus.nk").stat().st_mode & 0o777) == "0o600"
 
 
-def test_only_the_executor_has_exchange_credentials(config: dict[str, Any]) -> None:
-    services = config["services"]
-    for name, svc in services.items():
-        names = set(svc.get("environment") or {})
-        exchange_vars = {n for n in names if "EXCHANGE" in n}
-        secrets = {s["source"] for s in svc.get("secrets") or []}
-        if name == "executor":
-            assert {"AURA_EXCHANGE_API_KEY", "AURA_EXCHANGE_API_SECRET"} <= exchange_vars
-        else:
-            assert not exchange_vars, f"{name} must not see exchange credentials: {exchange_vars}"
-            assert not secrets, f"{name} must not mount secrets: {secrets}"
-    assert services["executor"]["environment"]["AURA_DRY_RUN"] == "true", "dry-run must be the default"
+def test_no_exchange_credentials_reach_any_container(config: dict[str, Any]) -> None:
+    # The base file is dry-run only and reads no keys; live keys come only as the secret file of
+    # docker-compose.live.yml (tests/compose/test_compose_live.py).
+    assert "secrets" not in config
+    for name, svc in config["services"].items():
+        exchange_vars = {n for n in svc.get("environment") or {} if "EXCHANGE" in n}
+        assert not exchange_vars, f"{name} must not see exchange credentials: {exchange_vars}"
+        assert not svc.get("secrets"), f"{name} must not mount secrets"
+    assert config["services"]["executor"]["environment"]["AURA_DRY_RUN"] == "true", "dry-run must be the default"
 
 
 def test_no_secret_value_is_hard_coded(config: dict[str, Any], empty_env_file: Path) -> None:
@@ -342,13 +339,12 @@ def test_no_secret_value_is_hard_coded(config: dict[str, Any], empty_env_file: P
         for var, value in (svc.get("environment") or {}).items():
             if SECRET_NAME.search(var) and not var.endswith("_FILE"):
                 assert value in ("", None), f"{name}: {var} has a hard-coded value"
-    # ...and what the caller exports reaches the executor, and nobody else.
+    # ...and keys the caller exports reach no container at all.
     sentinel = {"AURA_EXCHANGE_API_KEY": "sentinel-key-123", "AURA_EXCHANGE_API_SECRET": "sentinel-secret-456"}
-    svcs = resolved_config(empty_env_file, sentinel)["services"]
-    for name, svc in svcs.items():
-        blob = json.dumps(svc)
-        seen = [v for v in sentinel.values() if v in blob]
-        assert seen == (list(sentinel.values()) if name == "executor" else []), name
+    resolved = resolved_config(empty_env_file, sentinel)
+    blob = json.dumps(resolved)
+    assert not [v for v in sentinel.values() if v in blob]
+    assert not [k for k in sentinel if k in blob]
     # The raw file assigns credentials only through ${VAR} / ${VAR:-} references.
     for line in COMPOSE_FILE.read_text().splitlines():
         match = re.match(r"\s*([A-Z0-9_]*(?:KEY|SECRET|TOKEN|PASSWORD)[A-Z0-9_]*)\s*[:=]\s*(\S.*)$", line)
