@@ -13,9 +13,11 @@ from shared.config import settings_for_command
 # Subcommands contributed by other packages: (module, function that registers them on the subparsers).
 PLUGGED_COMMANDS = (
     ("aura.params_cli", "add_params_parser"),
+    ("aura.journal_cli", "add_journal_parser"),
     ("aura.backtest.cli", "add_backtest_parser"),
     ("services.ingest.cli", "add_data_parser"),
     ("aura.exchange_sim.cli", "add_exchange_sim_parser"),
+    ("aura.rehearse", "add_rehearse_parser"),
     ("services.risk.cli", "add_risk_parser"),
 )
 

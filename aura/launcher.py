@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -179,14 +180,18 @@ def last_seq(journal: Path) -> int:
         return 0
 
 
-def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_timeout_s: float = 60.0) -> int:
-    env = dict(os.environ)
+def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_timeout_s: float = 60.0, *,
+       env: dict[str, str] | None = None, on_cycle: Callable[[int, str], None] | None = None,
+       prog: str = "aura up") -> int:
+    """Run the system until Ctrl-C (or ``cycles`` journaled cycles); ``env`` instead of os.environ, and
+    ``on_cycle(n, cycle_id)`` once the n-th cycle of this run ended in the journal (`aura rehearse` uses both)."""
+    env = dict(os.environ if env is None else env)
     if replay_interval_s is not None:
         env["AURA_REPLAY_INTERVAL_S"] = str(replay_interval_s)
     try:
         settings = load_settings(env)
     except ConfigError as exc:
-        print(f"aura up: configuration error: {exc}", file=sys.stderr)
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return 2
     env["AURA_HOME"] = str(settings.home_path)
     stop_requested = {"flag": False}
@@ -200,7 +205,7 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
     try:
         stack = start_stack(settings, env)
     except (HomeLocked, CredentialError, BusUnavailable, ConfigError, RuntimeError, TimeoutError) as exc:
-        print(f"aura up: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     journal = settings.journal_path
     start_seq = last_seq(journal)
@@ -208,7 +213,7 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
         try:
             ready_s = wait_ready(stack, ready_timeout_s)
         except RuntimeError as exc:
-            print(f"aura up: {exc}", file=sys.stderr)
+            print(f"{prog}: {exc}", file=sys.stderr)
             return 1
         _say(f"all five services ready in {time.monotonic() - t0:.2f}s (readiness wait {ready_s:.2f}s)")
         for name in SERVICE_NAMES:
@@ -220,12 +225,14 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
         done = 0
         while not stop_requested["flag"]:
             if stack.dead():
-                print(f"aura up: {_death_report(stack)}", file=sys.stderr)
+                print(f"{prog}: {_death_report(stack)}", file=sys.stderr)
                 return 1
             for seq, cycle_id, status, equity in committed_cycles(journal, seen):
                 seen = seq
                 done += 1
                 _say(f"cycle {cycle_id} {status:<9} equity {equity:,.2f} USDT  ({done} this run)")
+                if on_cycle is not None:
+                    on_cycle(done, cycle_id)
             if cycles is not None and done >= cycles:
                 _say(f"{done} cycles ended in the journal; shutting down")
                 return 0
