@@ -49,13 +49,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     replay_interval_s: float = 1.0
     replay_start: str = ""
     snapshot_bars: int = 400
-    # Where cycles come from: "replay" (bundled history, the default) or "sync" (the provider chain into the
-    # Parquet cache under $AURA_HOME/cache, polled every ingest_poll_s; universe = symbols or markets.json).
+    # Where cycles come from: "replay" (bundled history and its markets.json, the default) or "sync" (the
+    # provider chain into the Parquet cache under $AURA_HOME/cache, polled every ingest_poll_s, with the venue's
+    # own market rules; universe = symbols if set, else the venue's USDT pairs, see services/ingest/venue.py).
     ingest_source: str = "replay"
     ingest_poll_s: float = 60.0
     symbols: str = ""
+    # Sync mode: the venue's market rules and the universe are read again at least this often (by the venue's
+    # clock: a day of market time, also in an accelerated rehearsal); live risk re-reads the taker fee as often.
+    markets_refresh_s: float = 86_400.0
+    # Sync mode without symbols: the universe is at most this many of the venue's trading USDT pairs, largest
+    # 24h quote volume first (held pairs that still trade stay in it until sold).  The bound keeps a target
+    # message well under the streams' 64 KiB limit.
+    universe_max: int = 40
     cycle_timeout_s: float = 30.0
-    # Paper broker.
+    # Paper broker.  Risk's cost gate prices trades at paper_fee_rate + paper_slippage_bps in a dry run; live,
+    # at the venue's taker fee + paper_slippage_bps (services/risk/costs.py).
     paper_cash_usdt: float = 10_000.0
     paper_fee_rate: float = 0.001
     paper_slippage_bps: float = 5.0
@@ -153,6 +162,8 @@ def _validate(s: Settings) -> None:
         "snapshot_bars": s.snapshot_bars >= 50,
         "cycle_timeout_s": s.cycle_timeout_s > 0,
         "ingest_poll_s": s.ingest_poll_s > 0,
+        "markets_refresh_s": 0 < s.markets_refresh_s <= 86_400,  # "at least daily"
+        "universe_max": 1 <= s.universe_max <= 100,
         "paper_cash_usdt": s.paper_cash_usdt > 0,
         "paper_fee_rate": 0 <= s.paper_fee_rate < 0.05,
         "paper_slippage_bps": 0 <= s.paper_slippage_bps < 500,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker
 from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
 from services.executor.journal import Journal, journal_fault
@@ -47,10 +48,24 @@ async def open_journal(ctx: ServiceContext) -> Journal | None:
     return None
 
 
-def make_broker(settings: Settings, logger: logging.Logger, journal: Journal) -> Broker:
+async def paper_rules(settings: Settings, logger: logging.Logger) -> dict[str, MarketRule]:
+    """The rules the paper venue enforces: the bundled markets' real Binance rules on the replay; on live data
+    (a shadow run), the venue's own public rules, the ones ingest carries in every DataReady."""
+    if settings.ingest_source != "sync":
+        return load_market_rules(Path(settings.replay_dir) / "markets.json")
+    from services.executor.brokers.ccxt_broker import CcxtBroker  # public markets only: no keys
+
+    venue = CcxtBroker(settings.exchange_id, base_url=settings.exchange_api_url or None, testnet=settings.testnet,
+                       logger=logger)
+    try:
+        return await venue.load_markets()
+    finally:
+        await venue.close()
+
+
+async def make_broker(settings: Settings, logger: logging.Logger, journal: Journal) -> Broker:
     if settings.dry_run:
-        # The paper venue trades the bundled markets with their real Binance lot/notional rules.
-        rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
+        rules = await paper_rules(settings, logger)
         initial = journal.initial_cash()
         pf = portfolio_from_fills(initial if initial is not None else settings.paper_cash_usdt, journal.all_fills())
         balances = {QUOTE: pf.cash, **{base_asset(sym): q for sym, q in pf.holdings.items()}}

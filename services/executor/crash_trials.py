@@ -59,6 +59,7 @@ from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.runner import FINAL_PLAN_STATES, LivePolicy, SyncCheck, ensure_genesis, recover, run_plan
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
+from shared.market_rules import rule_from_ccxt
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT")
 START_DATE = "2023-01-01"
@@ -427,7 +428,7 @@ class Harness:
         ex = make_ccxt_binance(self.sim.url, DEFAULT_API_KEY, DEFAULT_API_SECRET, async_=False,
                                enable_rate_limit=False, adjust_for_time_difference=False)
         self.markets: dict[str, Any] = dict(ex.load_markets())
-        self.rules = {sym: CcxtBroker._rule(sym, m) for sym, m in self.markets.items()}
+        self.rules = {sym: rule_from_ccxt(sym, m) for sym, m in self.markets.items()}
         self.points_calibrated = 0
         self.duration_calibrated = 0.0
 

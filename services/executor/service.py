@@ -393,7 +393,7 @@ async def run(ctx: ServiceContext) -> None:
     journal = await open_journal(ctx)
     if journal is None:
         return  # stopped while waiting for a writable journal
-    broker = make_broker(s, ctx.logger, journal)
+    broker = await make_broker(s, ctx.logger, journal)
     kv = None if s.dry_run else await state_kv(ctx.js)  # the operator's adoption requests (live only)
     executor = Executor(ctx, journal, broker, await broker.load_markets(), kv)
     while not ctx.stop.is_set():

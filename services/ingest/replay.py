@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class ReplayStep:
     cycle_id: str
     snapshot: Panel | None  # None when the snapshot is incomplete
     missing: tuple[str, ...]
+    # The market rules announced with the snapshot (replay: markets.json; sync: the venue's); None: none known.
+    rules: Mapping[str, MarketRule] | None = None
+    reason: str = ""  # why a stale step is stale, when it is not missing candles
 
 
 def first_index_at_or_after(panel: Panel, start_ms: int) -> int:

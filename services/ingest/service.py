@@ -9,14 +9,14 @@ plan is computed against the portfolio the previous plan left behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.js.object_store import ObjectStore
 
-from services.ingest.replay import ReplayStep, load_market_rules
-from services.ingest.sources import ReplaySource, SyncSource, universe_symbols
+from services.ingest.replay import ReplayStep
+from services.ingest.sources import ReplaySource, SyncSource, fixed_symbols
 from shared.bus import candle_writer, kv_get, publish, state_kv
 from shared.candles import digest, encode_panel
 from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
@@ -24,21 +24,26 @@ from shared.logging import info, warn
 from shared.service import ServiceContext
 
 CURSOR_KEY = "ingest.cursor"
+# The pairs the portfolio holds, from the executor's newest snapshot: kept here so that the first cycle after a
+# restart (before any snapshot arrives) still keeps held pairs in the universe (services/ingest/venue.py).
+HELD_KEY = "ingest.held"
 
 
 async def run(ctx: ServiceContext) -> None:
     s = ctx.settings
-    rules = load_market_rules(Path(s.replay_dir) / "markets.json")
-    markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
-               for _, r in sorted(rules.items())]
     store = await candle_writer(ctx.js)
     kv = await state_kv(ctx.js)
     cursor_key = f"{CURSOR_KEY}.{s.ingest_source}.{s.timeframe}"
     raw, _ = await kv_get(kv, cursor_key)
     last_done = int(raw) if raw is not None else None
     source: ReplaySource | SyncSource
+    live: SyncSource | None = None
+    held_key = f"{HELD_KEY}.{s.timeframe}"
     if s.ingest_source == "sync":
-        source = SyncSource(s, universe_symbols(s, rules), last_done, ctx.logger, s.exchange_id)
+        # The market rules come from the venue with each step; the bundled markets.json is never read here.
+        source = live = SyncSource(s, fixed_symbols(s), last_done, ctx.logger, s.exchange_id)
+        raw_held, _ = await kv_get(kv, held_key)
+        live.held = _held_of(raw_held)
     else:
         source = ReplaySource(s, last_done, ctx.logger)
 
@@ -54,9 +59,23 @@ async def run(ctx: ServiceContext) -> None:
         except Exception:
             return
         ended.setdefault(snap.cycle_id, asyncio.Event()).set()
+        if live is None:
+            return
+        # Only the executor may publish snapshots (bus permissions); what they hold only ever adds pairs the
+        # venue trades to the universe, or names a delisted one in a report, so the signature is not needed here.
+        held = {sym for sym, qty in snap.holdings.items() if qty > 0}
+        if held != live.held:
+            live.held = held
+            try:
+                await kv.put(held_key, json.dumps(sorted(held)).encode())
+            except Exception as exc:  # the next snapshot writes it again; only a restart would miss it
+                warn(ctx.logger, "UNIVERSE", "could not store the held pairs", error=f"{type(exc).__name__}: {exc}")
 
     await ctx.nc.subscribe(PortfolioSnapshot.SUBJECT, cb=on_snapshot)
     ctx.health.checks["source"] = lambda: (True, source.describe())
+    if live is not None:
+        # The universe in force, when it last changed, where the rules come from, held pairs delisted.
+        ctx.health.checks["universe"] = lambda: (True, live.universe_detail())
     ctx.health.set("last_cycle_unix", 0)
     interval = s.replay_interval_s if s.ingest_source == "replay" else s.ingest_poll_s
     last_cycle_at = -interval
@@ -81,7 +100,7 @@ async def run(ctx: ServiceContext) -> None:
             continue
         done = ended.setdefault(step.cycle_id, asyncio.Event())
         attempt = attempts[step.cycle_id] = attempts.get(step.cycle_id, 0) + 1
-        await _publish_step(ctx, step, markets, store, attempt)
+        await _publish_step(ctx, step, store, attempt)
         try:
             await asyncio.wait_for(done.wait(), timeout=s.cycle_timeout_s)
             if source.done(step):
@@ -107,27 +126,44 @@ async def run(ctx: ServiceContext) -> None:
         ended.pop(step.cycle_id, None)
 
 
-async def _publish_step(ctx: ServiceContext, step: ReplayStep, markets: list[MarketRuleMsg],
-                        store: ObjectStore, attempt: int = 1) -> None:
+def _held_of(raw: bytes | None) -> set[str]:
+    try:
+        value = json.loads(raw) if raw is not None else []
+    except ValueError:
+        return set()
+    return {str(sym) for sym in value} if isinstance(value, list) else set()
+
+
+async def _publish_step(ctx: ServiceContext, step: ReplayStep, store: ObjectStore, attempt: int = 1) -> None:
     s = ctx.settings
     if step.snapshot is None:
-        stale = DataStale(cycle_id=step.cycle_id, timeframe=s.timeframe, reason="incomplete snapshot",
+        reason = step.reason or "incomplete snapshot"
+        stale = DataStale(cycle_id=step.cycle_id, timeframe=s.timeframe, reason=reason,
                           missing=list(step.missing), as_of_ms=step.as_of_ms)
         await publish(ctx.js, stale, msg_id=f"stale-{step.cycle_id}-a{attempt}")
         await publish(ctx.js, CycleAborted(cycle_id=step.cycle_id, stage="ingest",
-                                           reason=f"stale data: missing {','.join(step.missing)}"),
+                                           reason=f"stale data: {step.reason}" if step.reason
+                                           else f"stale data: missing {','.join(step.missing)}"),
                       msg_id=f"abort-ingest-{step.cycle_id}-a{attempt}")
-        warn(ctx.logger, "DATA_STALE", "snapshot incomplete; cycle aborted", cycle_id=step.cycle_id,
+        warn(ctx.logger, "DATA_STALE", f"{reason}; cycle aborted", cycle_id=step.cycle_id,
              missing=list(step.missing))
         ctx.health.inc("stale_snapshots")
         return
     blob = encode_panel(step.snapshot)
     content = digest(blob)
     await store.put(content, blob)
+    rules = step.rules or {}
     symbols = set(step.snapshot.symbols)
+    # The rules travel with the data they were read for: risk rounds with them and checks targets against them.
+    markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
+               for sym, r in sorted(rules.items()) if sym in symbols]
+    unruled = sorted(symbols - set(rules))
+    if unruled:  # never expected (sync: universe and rules come from one read); risk will not trade these
+        warn(ctx.logger, "MARKETS_STALE", "snapshot symbols without market rules: they cannot be traded this cycle",
+             cycle_id=step.cycle_id, symbols=unruled)
     ready = DataReady(cycle_id=step.cycle_id, timeframe=s.timeframe, as_of_ms=step.as_of_ms, digest=content,
                       symbols=list(step.snapshot.symbols), bars=len(step.snapshot.timestamps),
-                      markets=[m for m in markets if m.symbol in symbols], emitted_at_ms=int(time.time() * 1000))
+                      markets=markets, emitted_at_ms=int(time.time() * 1000))
     await publish(ctx.js, ready, msg_id=f"ready-{step.cycle_id}-{content[:16]}-a{attempt}")
     ctx.health.inc("data_ready_published")
     info(ctx.logger, "DATA_READY", "snapshot published", cycle_id=step.cycle_id, digest=content[:16],

@@ -11,11 +11,10 @@ import calendar
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from aura.strategy.types import MarketRule
 from services.ingest.cache import load_panel
 from services.ingest.providers.base import Provider, interval_ms, last_closed_open
 from services.ingest.providers.ccxt_tail import make_exchange
@@ -24,9 +23,11 @@ from services.ingest.replay import (
     cycle_id_for,
     first_index_at_or_after,
     load_history,
+    load_market_rules,
     replay_step,
 )
 from services.ingest.sync import IngestConfig, build_providers, sync
+from services.ingest.venue import MarketsUnavailable, VenueUniverse
 from shared.config import Settings
 from shared.logging import info, warn
 
@@ -36,11 +37,13 @@ def parse_date_ms(text: str) -> int:
 
 
 class ReplaySource:
-    """Reveal one bar of the bundled history per cycle, resuming after ``last_done_ms``."""
+    """Reveal one bar of the bundled history per cycle, resuming after ``last_done_ms``; the rules are the
+    bundled ``markets.json`` (the replay's venue is the past, whose rules no exchange serves)."""
 
     def __init__(self, settings: Settings, last_done_ms: int | None, logger: logging.Logger) -> None:
         self.settings = settings
         self.history = load_history(Path(settings.replay_dir), settings.timeframe)
+        self.rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
         info(logger, "BOOT", "replay history loaded", symbols=len(self.history.symbols),
              bars=len(self.history.timestamps), first_ms=int(self.history.timestamps[0]),
              last_ms=int(self.history.timestamps[-1]))
@@ -63,7 +66,8 @@ class ReplaySource:
     async def next_step(self) -> ReplayStep | None:
         if self.exhausted:
             return None
-        return replay_step(self.history, self.index, self.settings.snapshot_bars, self.settings.timeframe)
+        step = replay_step(self.history, self.index, self.settings.snapshot_bars, self.settings.timeframe)
+        return replace(step, rules=self.rules)
 
     def done(self, step: ReplayStep) -> bool:
         """End ``step``'s bar; True: persist the cursor.  A hole in bundled history never fills, so a stale
@@ -108,15 +112,20 @@ class VenueClock:
 
 @dataclass
 class SyncSource:
-    """Poll the provider chain; one cycle per newly closed bar, published only when the universe is complete."""
+    """Poll the provider chain; one cycle per newly closed bar, published only when the universe is complete,
+    with the venue's market rules (``services/ingest/venue.py``: the universe in force and its rules)."""
 
     settings: Settings
-    symbols: list[str]
+    symbols: list[str] | None  # a fixed universe (AURA_SYMBOLS); None or empty: the venue's, by the screen
     last_done_ms: int | None
     logger: logging.Logger
     exchange: str = "binance"
     config: IngestConfig | None = None  # None: from the AURA_* environment
     clock_ms: Callable[[], int] | None = None  # None: the exchange's clock (VenueClock)
+    venue: VenueUniverse | None = None  # None: made on first use, from the settings and config
+    # The portfolio's holdings, as the executor's newest snapshot says (the service keeps this current): held
+    # pairs stay in the universe until sold, or are reported once the venue stops trading them.
+    held: set[str] = field(default_factory=set)
     # Built once and reused: each provider keeps its loaded markets and its circuit breaker between polls.
     _providers: list[Provider] | None = field(default=None, init=False)
     # A closed bar whose snapshot was stale: the cursor stays before it and every poll asks for it again,
@@ -147,27 +156,39 @@ class SyncSource:
             self._retrying_ms = None
         if self.last_done_ms is not None and self.last_done_ms >= last_closed:
             return None  # nothing new has closed yet
+        cycle_id = cycle_id_for(s.timeframe, last_closed)
+        if self.venue is None:
+            self.venue = VenueUniverse(s, config, self.logger, self.exchange, fixed=tuple(self.symbols or ()) or None)
+        try:
+            # The universe and the rules come first: they say which candles this cycle needs.
+            view = await asyncio.to_thread(self.venue.update, now_ms, set(self.held))
+        except MarketsUnavailable as exc:
+            return ReplayStep(-1, last_closed, cycle_id, None, self.venue.expected(),
+                              reason=f"market rules unreadable: {exc}"[:400])
+        symbols = list(view.symbols)
         since = last_closed - (s.snapshot_bars + 10) * iv
         # The chain does blocking HTTP and file I/O: keep it off the event loop so health stays responsive.
         if self._providers is None:
             self._providers = build_providers(config, self.exchange)
-        report = await asyncio.to_thread(sync, self.symbols, self.exchange, s.timeframe, since, None, config, now_ms,
+        report = await asyncio.to_thread(sync, symbols, self.exchange, s.timeframe, since, None, config, now_ms,
                                          providers=self._providers)
         info(self.logger, "SYNC", "provider chain ran", complete=report.complete, requests=report.requests,
              rows_added=report.rows_added, seconds=round(report.seconds, 3))
-        cycle_id = cycle_id_for(s.timeframe, last_closed)
         if not report.complete:
             missing = tuple(sym for sym, r in report.symbols.items() if not r.complete)
             warn(self.logger, "DATA_STALE", "cache incomplete after sync", cycle_id=cycle_id, missing=list(missing))
             return ReplayStep(-1, last_closed, cycle_id, None, missing)
-        panel = load_panel(config.cache_root, self.exchange, s.timeframe, self.symbols,
+        panel = load_panel(config.cache_root, self.exchange, s.timeframe, symbols,
                            start_ms=last_closed - (s.snapshot_bars - 1) * iv, end_ms=last_closed)
         if len(panel.timestamps) == 0 or int(panel.timestamps[-1]) != last_closed:
-            return ReplayStep(-1, last_closed, cycle_id, None, tuple(self.symbols))
+            return ReplayStep(-1, last_closed, cycle_id, None, tuple(symbols))
         step = replay_step(panel, len(panel.timestamps) - 1, s.snapshot_bars, s.timeframe)
         if step.snapshot is not None and self._retrying_ms == last_closed:
             info(self.logger, "DATA_RECOVERED", "stale bar is complete on a later poll", cycle_id=cycle_id)
-        return step
+        return replace(step, rules=view.rules)
+
+    def universe_detail(self) -> str:
+        return self.venue.describe() if self.venue is not None else "venue universe not read yet"
 
     def done(self, step: ReplayStep) -> bool:
         """End ``step``'s cycle; True: the bar is done and the cursor is to be persisted.
@@ -182,7 +203,7 @@ class SyncSource:
         return True
 
 
-def universe_symbols(settings: Settings, rules: dict[str, MarketRule]) -> list[str]:
-    if settings.symbols:
-        return [sym.strip() for sym in settings.symbols.split(",") if sym.strip()]
-    return sorted(rules)
+def fixed_symbols(settings: Settings) -> list[str] | None:
+    """AURA_SYMBOLS as a list: an explicit, fixed universe; None when unset (sync mode: the venue's screen)."""
+    symbols = [sym.strip() for sym in settings.symbols.split(",") if sym.strip()]
+    return symbols or None

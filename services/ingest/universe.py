@@ -125,18 +125,21 @@ def refresh_universe(
     quote: str = "USDT",
     force: bool = False,
     max_age_ms: int = DAY_MS,
+    client: Any = None,
 ) -> Universe:
     """The universe, refreshed from the exchange if the stored one is older than ``max_age_ms``.
 
     On a network failure the previous universe is returned unchanged (its ``refreshed_ms`` tells its age);
-    with no previous one, :class:`UniverseError`.
+    with no previous one, :class:`UniverseError`.  ``client``: a ccxt client to ask instead of a new one (the
+    ingest service passes the one it has just loaded the markets with, so they are read once, not twice).
     """
     cfg = IngestConfig.coerce(config)
     previous = load_universe(cfg.cache_root, exchange)
     if previous is not None and not force and previous.quote == quote and now_ms - previous.refreshed_ms < max_age_ms:
         return previous
-    ex = make_exchange(exchange, api_url=cfg.api_urls.get(exchange), rate_limit_ms=cfg.ccxt_rate_limit_ms,
-                       timeout_s=cfg.http_timeout_s)
+    ex = client if client is not None else make_exchange(
+        exchange, api_url=cfg.api_urls.get(exchange), rate_limit_ms=cfg.ccxt_rate_limit_ms,
+        timeout_s=cfg.http_timeout_s)
     import ccxt  # already imported by make_exchange; here for the exception types
 
     try:

@@ -3,7 +3,8 @@
 Replay (dry run): the closes of the newest ``DataReady`` snapshot, fetched from the candle object store and
 checked against its digest, exactly as the signal service reads it.  Live: the exchange's public ticker
 endpoint through ccxt *without keys* (exchange keys are read by the executor only).  Market rules come from
-the newest ``DataReady`` (the same the cycle used), or from the exchange's public market list if there is none.
+the newest ``DataReady`` (the same the cycle used), or from the exchange's public market list if there is none;
+the taker fee of the cost gate from that public market list (``services/risk/costs.py``).
 A failed read returns None: the tick's sync guard decides what that means, never this module.
 """
 
@@ -18,6 +19,7 @@ from shared.bus import last_message, verified_candles
 from shared.candles import decode_panel
 from shared.contracts import DataReady, MarketRuleMsg, content_id, decode
 from shared.logging import warn
+from shared.market_rules import QUOTE, taker_fee
 from shared.service import ServiceContext
 
 
@@ -37,6 +39,11 @@ class PriceSource(Protocol):
     async def exchange_ms(self) -> int | None:
         """The venue's clock (live), None where there is no venue (the replay): what a plan's age is measured
         against, never the local clock.  Raises on a failed read."""
+        ...
+
+    async def taker_fee(self) -> float | None:
+        """The venue's taker fee (live: its public markets), None where there is no venue.  Raises on a failed
+        read."""
         ...
 
     async def close(self) -> None: ...
@@ -78,6 +85,9 @@ class ReplayPrices:
     async def exchange_ms(self) -> int | None:
         return None
 
+    async def taker_fee(self) -> float | None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -113,6 +123,14 @@ class LivePrices:
 
     async def exchange_ms(self) -> int | None:
         return await self.client.fetch_time()
+
+    async def taker_fee(self) -> float | None:
+        # Reloaded: a fee read once at boot would otherwise be ccxt's first answer for the life of the process.
+        markets = await self.client.exchange.load_markets(True)
+        fee = taker_fee(markets, QUOTE)
+        if fee is None:
+            raise ValueError(f"{self.ctx.settings.exchange_id} states no taker fee for its {QUOTE} pairs")
+        return fee
 
     async def close(self) -> None:
         await self.client.close()

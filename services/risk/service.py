@@ -2,7 +2,8 @@
 
 For each target it reads the executor's newest portfolio snapshot (the plan's basis), the exact parameter
 version the signal stage used, and the kill-switch latch, runs ``risk_plan`` (gates in order: kill-switch,
-stop-loss/take-profit, cost-benefit) and signs the result.
+stop-loss/take-profit, cost-benefit) and signs the result.  Costs are priced at fee + slippage
+(``services/risk/costs.py``: the paper broker's fee in a dry run, the venue's taker fee live).
 
 Between cycles a risk tick (every ``AURA_RISK_TICK_S``) runs the kill-switch and the stops on the latest prices
 (replay: the newest ``DataReady`` snapshot's closes; live: public ticker prices, no keys here), logging
@@ -36,6 +37,7 @@ from nats.aio.msg import Msg
 from aura.strategy.pipeline import RiskOutcome, risk_plan
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule, Targets
+from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.prices import PriceRead, PriceSource, make_price_source
 from services.risk.sync_guard import GuardState
@@ -96,14 +98,15 @@ class InFlight:
 
 
 class Risk:
-    def __init__(self, ctx: ServiceContext, inputs: RiskInputs, prices: PriceSource, params: ParamsTracker) -> None:
+    def __init__(self, ctx: ServiceContext, inputs: RiskInputs, prices: PriceSource, params: ParamsTracker,
+                 costs: Costs) -> None:
         s = ctx.settings
         self.ctx = ctx
         self.inputs = inputs
         self.prices = prices
         self.params = params
-        # Buys are budgeted with fee *and* slippage, or the last buy of a full rebalance overdraws the cash.
-        self.cost_rate = s.paper_fee_rate + s.paper_slippage_bps / 10_000.0
+        # Fee + slippage per unit of notional (dry run: the paper broker's; live: the venue's taker fee).
+        self.costs = costs
         # Live: a target on a bar that closed more than one bar plus the grace before the venue's clock is refused.
         self.max_age_ms = 2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000)
         self.lock = asyncio.Lock()  # one decision at a time: a tick never interleaves with a target
@@ -224,8 +227,12 @@ class Risk:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
         latch = await self.inputs.latch()
+        cost = await self.costs.current()
+        # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a
+        # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
+        marks = {**basis.entry_prices, **self.marks}
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
-                            params, self.cost_rate)
+                            params, cost.rate, marks=marks)
         await self.latch(target.cycle_id, outcome, latch)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
@@ -273,7 +280,8 @@ class Risk:
             read = PriceRead({}, [], int(time.time() * 1000), "no-prices")
         prices = read.prices if read is not None else None
         rules = rules_of(read.markets) if read is not None else {}
-        decision = evaluate_tick(basis, prices, rules, params, self.cost_rate, latch, self.guard, self.marks)
+        cost = await self.costs.current()
+        decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks)
         self.guard = decision.guard
         for check in decision.checks:
             info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,
@@ -315,10 +323,15 @@ async def run(ctx: ServiceContext) -> None:
     if not await warm_decision_kernels(ctx):
         return
     source = make_price_source(ctx)
+    costs = Costs(s, source, ctx.logger)
+    ctx.health.checks["cost_rate"] = costs.readiness
+    if await costs.boot(ctx.stop) is None:  # live: no plan is priced before the venue's fee is known
+        await source.close()
+        return
     tracker = ParamsTracker(ctx.js, trusted_keys(s.keys, "risk", PARAMS_SIGNERS), ctx.health, ctx.logger)
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
-    risk = Risk(ctx, inputs, source, tracker)
+    risk = Risk(ctx, inputs, source, tracker, costs)
 
     async def on_stale(msg: Msg) -> None:
         try:

@@ -47,6 +47,12 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     "AURA_PLAN_GRACE_S": ("120", VENUE),
     "AURA_RECONCILE_DUST_USDT": ("3", VENUE),
     "AURA_PAPER_CASH_USDT": ("5000", frozenset({"executor"})),
+    # Trading costs: risk's cost gate (slippage live and dry; the paper fee in a dry run) and the paper broker.
+    "AURA_PAPER_FEE_RATE": ("0.00075", VENUE),
+    "AURA_PAPER_SLIPPAGE_BPS": ("8", VENUE),
+    # How often the venue's market rules and universe (ingest) and its taker fee (risk) are read again.
+    "AURA_MARKETS_REFRESH_S": ("43200", frozenset({"ingest", "risk"})),
+    "AURA_UNIVERSE_MAX": ("25", frozenset({"ingest"})),
     # Ingest's sync source and provider chain (shared/config.py and services/ingest/sync.py).
     "AURA_INGEST_POLL_S": ("45", frozenset({"ingest"})),
     "AURA_SYMBOLS": ("BTC/USDT,ETH/USDT", frozenset({"ingest"})),
@@ -184,10 +190,14 @@ def test_every_service_runs_live_as_its_code_reads_it(live: dict[str, Any], name
             "binance", False, "http://venue.test:9009")
         assert (settings.max_order_usdt, settings.max_price_deviation, settings.plan_grace_s,
                 settings.reconcile_dust_usdt) == (250.0, 0.015, 120.0, 3.0)
+    if name in VENUE:
+        assert (settings.paper_fee_rate, settings.paper_slippage_bps) == (0.00075, 8.0)
     if name == "executor":
         assert settings.paper_cash_usdt == 5000.0
+    if name in ("ingest", "risk"):
+        assert settings.markets_refresh_s == 43200.0
     if name == "ingest":
-        assert (settings.ingest_poll_s, settings.symbols) == (45.0, "BTC/USDT,ETH/USDT")
+        assert (settings.ingest_poll_s, settings.symbols, settings.universe_max) == (45.0, "BTC/USDT,ETH/USDT", 25)
 
 
 @pytest.mark.parametrize("var", [*LIVE_SETTINGS, *FIXED])

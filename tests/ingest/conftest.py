@@ -144,3 +144,12 @@ def make_config(tmp_path: Path, archive: Face, api: Face, gecko: Face):
 
     factory.sleeps = sleeps  # type: ignore[attr-defined]
     return factory
+
+
+def top_by_volume(venue: SimServer, n: int) -> list[str]:
+    """The universe screen computed independently of ingest, from the simulator's own market at its clock: the
+    trading USDT pairs, largest 24h quote volume first."""
+    market = venue.sim.market
+    vols = {sym: float(market.ticker_24h(sym)["quoteVolume"]) for sym in market.listed()
+            if market.is_trading(sym) and market.series[sym].quote == "USDT"}
+    return [f"{market.series[s].base}/{market.series[s].quote}" for s in sorted(vols, key=lambda s: (-vols[s], s))[:n]]

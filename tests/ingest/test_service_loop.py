@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import types
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from services.ingest.replay import ReplayStep
 from shared.config import load_settings
 from shared.contracts import CycleAborted, DataReady, DataStale, PortfolioSnapshot, encode
 from shared.health import HealthState
+from tests.ingest.conftest import NOW, Face, top_by_volume
 
 BAR = 1_733_356_800_000  # 2024-12-05 00:00 UTC
 CYCLE = "1d-20241205T0000"
@@ -29,11 +32,15 @@ class ScriptedSource:
         self.steps = steps
         self.stop = stop
         self.done_calls: list[str] = []
+        self.held: set[str] = set()  # what the service tells a sync source the portfolio holds
 
     exhausted = False
 
     def describe(self) -> str:
         return "scripted"
+
+    def universe_detail(self) -> str:
+        return "scripted universe"
 
     async def next_step(self) -> ReplayStep | None:
         if not self.steps:
@@ -53,6 +60,7 @@ class Recorder:
         self.published: list[tuple[str, Any]] = []
         self.kv_puts: list[tuple[str, bytes]] = []
         self.on_snapshot: Any = None
+        self.holdings: dict[str, float] = {}  # what the executor's snapshots say the portfolio holds
 
     async def subscribe(self, subject: str, cb: Any) -> None:
         assert subject == PortfolioSnapshot.SUBJECT
@@ -63,7 +71,7 @@ class Recorder:
         if isinstance(msg, CycleAborted | DataReady):  # what the executor's journal does, in one step
             snap = PortfolioSnapshot(snapshot_id=f"s{len(self.published)}", cycle_id=msg.cycle_id, plan_id="",
                                      status="aborted" if isinstance(msg, CycleAborted) else "executed", cash=1.0,
-                                     holdings={}, entry_prices={}, equity=1.0, equity_history=[])
+                                     holdings=dict(self.holdings), entry_prices={}, equity=1.0, equity_history=[])
             await self.on_snapshot(types.SimpleNamespace(data=encode(snap)))
 
     async def put(self, key: str, value: bytes) -> None:
@@ -133,3 +141,89 @@ def test_replay_source_moves_past_a_stale_bar(tmp_path: Path) -> None:
     # A hole in bundled history never fills: waiting for it would stall the replay for good.
     assert src.done(ReplayStep(start, 0, "x", None, ("BTC/USDT",))) is True
     assert src.index == start + 1
+
+
+# --- the real sync source against the venue simulator, NATS replaced by recorders -------------------------------
+
+
+@pytest.mark.integration
+def test_sync_cycles_carry_the_venues_rules_and_universe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         venue: Any, api: Face,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Unreadable rules: a stale cycle.  Then each DataReady carries the venue's rules of that moment (BTC's lot
+    step changed on the venue between two cycles) for the screened universe plus a held pair still trading;
+    a held pair the venue halted is reported, never in the data."""
+    day = 86_400_000
+    venue.sim.set_now(NOW - day + 300_000)  # the 2024-12-04 bar has closed
+    for var, value in {"AURA_BINANCE_ARCHIVE_URL": venue.base_url, "AURA_BINANCE_API_URL": venue.base_url,
+                       "AURA_COINGECKO_URL": venue.coingecko_url, "AURA_INGEST_CCXT_RATE_LIMIT_MS": "1",
+                       "AURA_COINGECKO_MIN_INTERVAL_S": "0"}.items():
+        monkeypatch.setenv(var, value)
+    api.fault("http_error", "exchangeInfo", status=500)
+    rec = Recorder()
+    # What the executor's snapshots said before this restart, and say until the first cycle: LINK (screened
+    # out, still trading) and MATIC (halted on the venue).
+    rec.holdings = {"LINK/USDT": 3.0, "MATIC/USDT": 50.0}
+    stop = asyncio.Event()
+    health = HealthState("ingest")
+    readiness: list[str] = []
+    tops: list[set[str]] = []  # the screen computed from the venue's own market at each DataReady
+
+    async def publish(js: object, msg: Any, msg_id: str) -> None:
+        if isinstance(msg, DataStale):
+            api.clear_faults()  # the venue answers again by the next poll
+        if isinstance(msg, DataReady):
+            readiness.append(health.readiness()[1]["universe"])
+            tops.append(set(top_by_volume(venue, 3)))
+            if len(readiness) == 1:
+                rec.holdings = {"MATIC/USDT": 50.0}  # the first cycle's plan sold LINK; MATIC cannot be sold
+                rules = venue.sim.market.rules
+                rules["BTCUSDT"] = dataclasses.replace(rules["BTCUSDT"], step_size=Decimal("0.001"))
+                venue.sim.set_now(NOW + 300_000)  # a day on: the next bar closes, the rules are due again
+            else:
+                stop.set()
+        await rec.publish(js, msg, msg_id)
+
+    async def store(js: object) -> Any:
+        async def put(name: str, blob: bytes) -> None:
+            return None
+
+        return types.SimpleNamespace(put=put)
+
+    async def kv(js: object) -> Recorder:
+        return rec
+
+    async def kv_get(kv: object, key: str) -> tuple[bytes | None, int]:
+        return (b'["LINK/USDT", "MATIC/USDT"]', 1) if key == "ingest.held.1d" else (None, 0)
+
+    monkeypatch.setattr(service, "candle_writer", store)
+    monkeypatch.setattr(service, "state_kv", kv)
+    monkeypatch.setattr(service, "kv_get", kv_get)
+    monkeypatch.setattr(service, "publish", publish)
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_INGEST_SOURCE": "sync", "AURA_UNIVERSE_MAX": "3",
+                              "AURA_SNAPSHOT_BARS": "60", "AURA_INGEST_POLL_S": "0.01", "AURA_CYCLE_TIMEOUT_S": "5"})
+    ctx = types.SimpleNamespace(name="ingest", settings=settings, logger=logging.getLogger("t.ingest"),
+                                nc=types.SimpleNamespace(subscribe=rec.subscribe), js=object(), health=health,
+                                stop=stop)
+    with caplog.at_level(logging.INFO, logger="t.ingest"):
+        asyncio.run(asyncio.wait_for(service.run(ctx), 120))  # type: ignore[arg-type]
+
+    kinds = [type(m).__name__ for _, m in rec.published]
+    assert kinds == ["DataStale", "CycleAborted", "DataReady", "DataReady"]
+    stale = rec.published[0][1]
+    assert stale.cycle_id == "1d-20241204T0000" and stale.reason.startswith("market rules unreadable")
+    first, second = rec.published[2][1], rec.published[3][1]
+    assert (first.cycle_id, second.cycle_id) == ("1d-20241204T0000", "1d-20241205T0000")
+    assert "LINK/USDT" not in tops[0] | tops[1]
+    assert set(first.symbols) == tops[0] | {"LINK/USDT"}  # held and trading: kept until sold
+    assert set(second.symbols) == tops[1]  # sold: it leaves
+    for ready in (first, second):
+        assert [m.symbol for m in ready.markets] == sorted(ready.symbols)
+    step = {ready.cycle_id: {m.symbol: m.step_size for m in ready.markets} for ready in (first, second)}
+    assert step["1d-20241204T0000"]["BTC/USDT"] == 1e-05 and step["1d-20241205T0000"]["BTC/USDT"] == 0.001
+    assert all("DELISTED but held: MATIC/USDT" in text for text in readiness)
+    delisted = [r for r in caplog.records if getattr(r, "tag", None) == "DELISTED"]
+    assert [r.fields["symbol"] for r in delisted] == ["MATIC/USDT"] * 2  # type: ignore[attr-defined]  # once a day
+    assert all("MATIC/USDT" not in ready.symbols for ready in (first, second))
+    assert ("ingest.held.1d", b'["MATIC/USDT"]') in rec.kv_puts  # for the first cycle after a restart
+    assert any(getattr(r, "tag", None) == "MARKETS_STALE" for r in caplog.records)

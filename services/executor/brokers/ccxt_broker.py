@@ -32,6 +32,7 @@ from services.executor.brokers.base import (
     TransientBrokerError,
 )
 from shared.logging import info, register_secret, warn
+from shared.market_rules import rules_from_ccxt
 
 _BINANCE_LIKE = {"binance", "binanceus"}
 _CODE_RE = re.compile(r'"code"\s*:\s*(-?\d+)')
@@ -185,32 +186,7 @@ class CcxtBroker:
         raise OrderRejectedError(f"unknown symbol {symbol!r} on {self.exchange_id}", code=-1121)
 
     async def load_markets(self) -> dict[str, MarketRule]:
-        markets = await self._markets()
-        rules: dict[str, MarketRule] = {}
-        for symbol, m in markets.items():
-            if not m.get("spot") or m.get("active") is False:
-                continue
-            rules[symbol] = self._rule(symbol, m)
-        return rules
-
-    @staticmethod
-    def _rule(symbol: str, m: dict[str, Any]) -> MarketRule:
-        filters = {f.get("filterType"): f for f in (m.get("info") or {}).get("filters", []) if isinstance(f, dict)}
-        lot, price = filters.get("LOT_SIZE", {}), filters.get("PRICE_FILTER", {})
-        notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
-        limits, precision = m.get("limits") or {}, m.get("precision") or {}
-
-        def num(*values: Any) -> float:
-            for v in values:
-                if v not in (None, ""):
-                    return float(v)
-            return 0.0
-
-        step = num(lot.get("stepSize"), precision.get("amount"))
-        return MarketRule(symbol=symbol, step_size=step, tick_size=num(price.get("tickSize"), precision.get("price")),
-                          min_qty=num(lot.get("minQty"), (limits.get("amount") or {}).get("min"), step),
-                          min_notional=num(notional.get("minNotional"), notional.get("notional"),
-                                           (limits.get("cost") or {}).get("min")))
+        return rules_from_ccxt(await self._markets())
 
     # --- reads -------------------------------------------------------------------------------------------------------
 
