@@ -34,15 +34,14 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
     try:
         obj = decode(msg.data, kind)
     except ContractError as exc:
-        ctx.health.inc("dead_letters")
+        ctx.health.inc("dead_letters", reason="malformed")
         await settle_refused(msg, await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc),
                                                     msg.data), ctx.logger)
         return
     try:
         await handler(obj)
     except Reject as exc:
-        ctx.health.inc("dead_letters")
-        ctx.health.inc(f"rejected_{exc.reason}")
+        ctx.health.inc("dead_letters", reason=exc.reason)
         await settle_refused(msg, await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc),
                                                     msg.data), ctx.logger)
         return
@@ -50,6 +49,7 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
         deliveries = msg.metadata.num_delivered if msg.metadata else 1
         ctx.health.inc("handler_errors")
         if deliveries >= MAX_DELIVERIES:
+            ctx.health.inc("dead_letters", reason="handler_failed")
             await settle_refused(msg, await dead_letter(
                 ctx.js, ctx.logger, ctx.name, msg.subject, "handler_failed",
                 f"{type(exc).__name__}: {exc} (after {deliveries} deliveries)", msg.data), ctx.logger)

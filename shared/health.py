@@ -1,7 +1,8 @@
 """Health app every service runs: /healthz (alive), /readyz (bus + own readiness), /metrics (Prometheus).
 
 The app runs inside the service's own event loop (uvicorn.Server as a task), so a service that is stuck
-stops answering /healthz too, which is what a supervisor needs to see.
+stops answering /healthz too, which is what a supervisor needs to see.  /metrics is prometheus-client's
+exposition of the metrics declared in ``shared.metrics`` (OpenMetrics when the scraper asks for it).
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ import contextlib
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import exposition as prometheus_text
+from prometheus_client.openmetrics import exposition as openmetrics_text
+
+from shared.metrics import METRICS, owned_by
 
 
 @dataclass
@@ -24,14 +31,61 @@ class HealthState:
     started_at: float = field(default_factory=time.time)
     # Extra readiness conditions: name -> callable returning (ok, detail).  No secrets in details.
     checks: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
+    # Plain mirrors of what was counted and set (all labels summed), for in-process tests and logs.
     counters: dict[str, float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    _metrics: dict[str, Any] = field(default_factory=dict)
 
-    def inc(self, name: str, by: float = 1.0) -> None:
+    def __post_init__(self) -> None:
+        Gauge("aura_up", "1 while the service runs", ["service"], registry=self.registry).labels(self.service).set(1)
+        Gauge("aura_uptime_seconds", "Seconds since the service started", ["service"],
+              registry=self.registry).labels(self.service).set_function(lambda: time.time() - self.started_at)
+        Gauge("aura_bus_connected", "1 while the service is connected to NATS", ["service"],
+              registry=self.registry).labels(self.service).set_function(lambda: float(self.bus_connected))
+        Gauge("aura_ready", "1 while /readyz answers 200", ["service"],
+              registry=self.registry).labels(self.service).set_function(lambda: float(self.readiness()[0]))
+        # Everything this service exports is there from its start: a counter that never fired reads 0, so a
+        # dashboard or an alert on it works before the first event (labelled ones appear with their labels).
+        for name, spec in owned_by(self.service).items():
+            if spec.labels:
+                self._metric(name)
+            else:
+                self._series(name, {})
+
+    def _metric(self, name: str) -> Any:
+        spec = METRICS.get(name)
+        if spec is None:
+            raise KeyError(f"metric {name!r} is not declared in shared/metrics.py METRICS")
+        metric = self._metrics.get(name)
+        if metric is None:
+            names = ["service", *spec.labels]
+            if spec.kind == "counter":
+                metric = Counter(f"aura_{name}", spec.help, names, registry=self.registry)
+            elif spec.kind == "gauge":
+                metric = Gauge(f"aura_{name}", spec.help, names, registry=self.registry)
+            else:
+                metric = Histogram(f"aura_{name}", spec.help, names, buckets=spec.buckets, registry=self.registry)
+            self._metrics[name] = metric
+        return metric
+
+    def _series(self, name: str, labels: dict[str, str]) -> Any:
+        metric = self._metric(name)
+        spec = METRICS[name]
+        if set(labels) != set(spec.labels):
+            raise ValueError(f"metric {name!r} takes labels {spec.labels}, got {sorted(labels)}")
+        return metric.labels(self.service, *(str(labels[k]) for k in spec.labels))
+
+    def inc(self, name: str, by: float = 1.0, **labels: str) -> None:
+        self._series(name, labels).inc(by)
         self.counters[name] = self.counters.get(name, 0.0) + by
 
-    def set(self, name: str, value: float) -> None:
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self._series(name, labels).set(value)
         self.gauges[name] = value
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self._series(name, labels).observe(value)
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         detail = {"bus": "connected" if self.bus_connected else "disconnected"}
@@ -45,16 +99,11 @@ class HealthState:
             ok = ok and passed
         return ok, detail
 
-    def prometheus(self) -> str:
-        lines = [f'aura_up{{service="{self.service}"}} 1',
-                 f'aura_uptime_seconds{{service="{self.service}"}} {time.time() - self.started_at:.3f}',
-                 f'aura_bus_connected{{service="{self.service}"}} {int(self.bus_connected)}']
-        for kind, values in (("counter", self.counters), ("gauge", self.gauges)):
-            for name, value in sorted(values.items()):
-                metric = f"aura_{name}"
-                lines.append(f"# TYPE {metric} {kind}")
-                lines.append(f'{metric}{{service="{self.service}"}} {value}')
-        return "\n".join(lines) + "\n"
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type): OpenMetrics when the scraper accepts it, else Prometheus text 0.0.4."""
+        if "application/openmetrics-text" in accept:
+            return openmetrics_text.generate_latest(self.registry), openmetrics_text.CONTENT_TYPE_LATEST
+        return prometheus_text.generate_latest(self.registry), prometheus_text.CONTENT_TYPE_LATEST
 
 
 def build_app(state: HealthState) -> FastAPI:
@@ -70,8 +119,9 @@ def build_app(state: HealthState) -> FastAPI:
         return JSONResponse({"service": state.service, "ready": ok, "checks": detail}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
-        return PlainTextResponse(state.prometheus(), media_type="text/plain; version=0.0.4")
+    def metrics(request: Request) -> PlainTextResponse:
+        body, content_type = state.exposition(request.headers.get("accept", ""))
+        return PlainTextResponse(body, headers={"Content-Type": content_type})
 
     return app
 

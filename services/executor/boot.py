@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 from aura.strategy.types import MarketRule
-from services.executor.brokers.base import Broker
+from services.executor.brokers.base import Broker, OrderState
 from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
 from services.executor.journal import Journal, journal_fault
 from services.executor.portfolio import portfolio_from_fills
 from services.ingest.replay import load_market_rules
 from shared.config import Settings
+from shared.health import HealthState
 from shared.logging import error, info
 from shared.service import ServiceContext
 
@@ -46,6 +49,25 @@ async def open_journal(ctx: ServiceContext) -> Journal | None:
             info(ctx.logger, "JOURNAL_FAULT", "journal writable again", path=str(path))
         return journal
     return None
+
+
+class TimedBroker:
+    """The broker, each order request's round trip observed as ``aura_order_seconds`` (what an operator watches
+    when the exchange slows down); everything else passes straight through."""
+
+    def __init__(self, inner: Broker, health: HealthState) -> None:
+        self.inner, self.health = inner, health
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str, ref_price: float,
+                                 quote_amount: float | None = None) -> OrderState:
+        started = time.monotonic()
+        try:
+            return await self.inner.place_market_order(symbol, side, qty, client_order_id, ref_price, quote_amount)
+        finally:
+            self.health.observe("order_seconds", time.monotonic() - started, side=side)
 
 
 async def paper_rules(settings: Settings, logger: logging.Logger) -> dict[str, MarketRule]:

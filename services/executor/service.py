@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
-from services.executor.boot import make_broker, open_journal
+from services.executor.boot import TimedBroker, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
 from services.executor.journal import Journal, journal_fault
@@ -232,8 +232,8 @@ class Executor:
                                                         "handler_failed", detail, msg.data), self.ctx.logger)
 
     async def _reject(self, msg: Msg, reason: str, detail: str, cycle_id: str, plan_id: str = "") -> None:
-        self.ctx.health.inc("plans_rejected")
-        self.ctx.health.inc(f"plans_rejected_{reason}")
+        self.ctx.health.inc("plans_rejected", reason=reason)
+        self.ctx.health.inc("dead_letters", reason=reason)
         self.journal.begin()
         self.journal.event(cycle_id[:MAX_ID] or "unknown", "plan_rejected", reason=reason, detail=detail[:2000],
                            plan_id=plan_id[:MAX_ID])
@@ -292,12 +292,12 @@ class Executor:
         await self._publish_fills_of(run)
         await self._publish_snapshot(snap)
         if run.status == "rejected":
-            self.ctx.health.inc("plans_rejected")
-            self.ctx.health.inc(f"plans_rejected_{run.refusal}")
+            self.ctx.health.inc("plans_rejected", reason=run.refusal)
         else:
             self.ctx.health.inc("plans_executed")
         self.ctx.health.inc("fills", len(run.new_fills))
         self.ctx.health.set("equity", snap.equity)
+        self.ctx.health.set("exposure", 1.0 - snap.cash / snap.equity if snap.equity > 0 else 0.0)
         self.ctx.health.set("last_commit_unix", time.time())
         info(self.ctx.logger, "CYCLE_COMMITTED", "plan executed and journaled", cycle_id=plan.cycle_id,
              plan_id=plan.plan_id, status=run.status, fills=len(run.new_fills), equity=snap.equity)
@@ -393,7 +393,7 @@ async def run(ctx: ServiceContext) -> None:
     journal = await open_journal(ctx)
     if journal is None:
         return  # stopped while waiting for a writable journal
-    broker = await make_broker(s, ctx.logger, journal)
+    broker = TimedBroker(await make_broker(s, ctx.logger, journal), ctx.health)
     kv = None if s.dry_run else await state_kv(ctx.js)  # the operator's adoption requests (live only)
     executor = Executor(ctx, journal, broker, await broker.load_markets(), kv)
     while not ctx.stop.is_set():

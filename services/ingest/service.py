@@ -100,9 +100,12 @@ async def run(ctx: ServiceContext) -> None:
             continue
         done = ended.setdefault(step.cycle_id, asyncio.Event())
         attempt = attempts[step.cycle_id] = attempts.get(step.cycle_id, 0) + 1
+        published_at = time.monotonic()
         await _publish_step(ctx, step, store, attempt)
         try:
             await asyncio.wait_for(done.wait(), timeout=s.cycle_timeout_s)
+            if step.snapshot is not None:  # a whole cycle: data announced -> the executor's journal closed it
+                ctx.health.observe("cycle_seconds", time.monotonic() - published_at)
             if source.done(step):
                 await kv.put(cursor_key, str(step.as_of_ms).encode())
                 aborted_stale = None

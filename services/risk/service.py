@@ -237,7 +237,7 @@ class Risk:
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
         self.marks.update(prices)
-        ctx.health.inc("plans_approved")
+        ctx.health.inc("plans_approved", gate=body.gate)
         ctx.health.set("drawdown", outcome.drawdown)
         ctx.health.set("halted", int(outcome.halted))
         info(ctx.logger, "PLAN_APPROVED", "plan signed and published", cycle_id=body.cycle_id, plan_id=body.plan_id,
@@ -306,6 +306,7 @@ class Risk:
             body = build_plan_body(target, basis, outcome, version)
             await self.sign_and_publish(body)
             ctx.health.inc("tick_plans")
+            ctx.health.inc("plans_approved", gate=body.gate)
             warn(ctx.logger, "RISK_TICK", "tick triggered: exit plan signed and published", cycle_id=body.cycle_id,
                  plan_id=body.plan_id, gate=body.gate, legs=[f"{x.side} {x.qty} {x.symbol} ({x.reason})"
                                                             for x in body.legs], basis=basis.snapshot_id)

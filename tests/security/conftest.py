@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aura.launcher import Stack, start_stack, wait_ready
 from aura.natsd import NatsServer, free_port, start_bus
@@ -84,10 +85,10 @@ class System:
         return httpx.get(f"http://{s.health_host}:{s.port_for(service)}/metrics", timeout=3).text
 
     def counter(self, service: str, name: str) -> float:
-        for line in self.metrics(service).splitlines():
-            if line.startswith(f"aura_{name}{{"):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        """A counter's total (or a gauge's value) in ``service``'s /metrics, all labels summed (0: not yet)."""
+        wanted = {f"aura_{name}", f"aura_{name}_total"}
+        return sum(sample.value for family in text_string_to_metric_families(self.metrics(service))
+                   for sample in family.samples if sample.name in wanted)
 
     def log_lines(self, service: str, tag: str) -> list[dict[str, Any]]:
         path = self.stack.logs / f"{service}.log"

@@ -1,0 +1,88 @@
+"""Every metric an AURA service exports, declared once: name, kind, help text, labels.
+
+Services count through ``HealthState.inc/set/observe`` (shared/health.py) by the short name here; the exported
+name is ``aura_<name>`` (``_total`` added to counters by prometheus-client), every series carries the
+``service`` label, and a name missing from this catalog is an error, so no metric goes out without its help
+text.  ``deploy/grafana/aura.json`` queries these names; a test checks each query names one that exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Latency buckets: a cycle takes milliseconds on the paper broker and seconds live; an order a few hundred ms.
+CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ORDER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+ALL = ("ingest", "signal", "risk", "executor", "optimizer")
+INGEST, SIGNAL, RISK, EXECUTOR = ("ingest",), ("signal",), ("risk",), ("executor",)
+PARAMS_READERS = ("signal", "risk", "optimizer")
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str  # "counter" | "gauge" | "histogram"
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    owners: tuple[str, ...] = ALL  # the services that export it (each from its start, at zero)
+
+
+def _c(help_text: str, *labels: str, owners: tuple[str, ...] = ALL) -> Metric:
+    return Metric("counter", help_text, labels, owners=owners)
+
+
+def _g(help_text: str, *labels: str, owners: tuple[str, ...] = ALL) -> Metric:
+    return Metric("gauge", help_text, labels, owners=owners)
+
+
+def owned_by(service: str) -> dict[str, Metric]:
+    return {name: m for name, m in METRICS.items() if service in m.owners}
+
+
+METRICS: dict[str, Metric] = {
+    # every service
+    "dead_letters": _c("Messages refused and recorded on aura.dlq.<service>", "reason"),
+    "handler_errors": _c("Message handlings that failed and were retried or dead-lettered"),
+    "params_refused": _c("Parameter documents refused (unsigned, forged or invalid)", owners=PARAMS_READERS),
+    "params_read_errors": _c("Failed reads of the parameter bucket", owners=PARAMS_READERS),
+    "params_version": _g("Parameter version in force", owners=PARAMS_READERS),
+    "params_refused_version": _g("Newest parameter version refused", owners=PARAMS_READERS),
+    # ingest
+    "data_ready_published": _c("Complete candle snapshots announced (DataReady)", owners=INGEST),
+    "stale_snapshots": _c("Incomplete snapshots announced as stale (DataStale)", owners=INGEST),
+    "cycles_completed": _c("Cycles that ended in the executor's journal", owners=INGEST),
+    "cycle_timeouts": _c("Cycles republished because they did not end in time", owners=INGEST),
+    "cycle_seconds": Metric("histogram", "From a DataReady to the executor's snapshot closing its cycle",
+                            buckets=CYCLE_BUCKETS, owners=INGEST),
+    "last_cycle_unix": _g("Unix time of the last cycle that ended", owners=INGEST),
+    # signal
+    "targets_published": _c("Target portfolios published", owners=SIGNAL),
+    # risk
+    "plans_approved": _c("Plans risk signed, by the gate that decided them", "gate", owners=RISK),
+    "tick_plans": _c("Exit plans the risk tick signed (stops, kill-switch)", owners=RISK),
+    "risk_ticks": _c("Risk ticks run", owners=RISK),
+    "risk_tick_errors": _c("Risk ticks that failed", owners=RISK),
+    "forged_targets": _c("Targets refused because they disagree with the data they name", owners=RISK),
+    "forged_snapshots": _c("Snapshots refused (unsigned, forged, or a known id with other contents)", owners=RISK),
+    "forged_state": _c("Latch or operator requests that did not verify", owners=RISK),
+    "stale_notices_refused": _c("Stale-data notices refused (out of bounds)", owners=RISK),
+    "drawdown": _g("Rolling drawdown the kill-switch measures", owners=RISK),
+    "halted": _g("1 while the kill-switch is latched", owners=RISK),
+    "stale_as_of_ms": _g("Bar time of the newest stale-data notice", owners=RISK),
+    # executor
+    "plans_executed": _c("Plans executed (all or part of their legs filled)", owners=EXECUTOR),
+    "plans_rejected": _c("Plans refused, by reason", "reason", owners=EXECUTOR),
+    "fills": _c("Fills journaled", owners=EXECUTOR),
+    "cycles_aborted": _c("Cycles closed as aborted", owners=EXECUTOR),
+    "aborts_ignored": _c("Abort notices for cycles ingest did not announce", owners=EXECUTOR),
+    "journal_faults": _c("Plan handlings that met a journal the disk would not write", owners=EXECUTOR),
+    "reconcile_halts": _c("Times trading halted because journal and exchange disagreed", owners=EXECUTOR),
+    "adoptions": _c("Operator adoptions of the exchange's balances applied", owners=EXECUTOR),
+    "order_seconds": Metric("histogram", "From an order request to the exchange's answer", ("side",),
+                            ORDER_BUCKETS, owners=EXECUTOR),
+    "equity": _g("Portfolio equity in the quote currency", owners=EXECUTOR),
+    "exposure": _g("Share of equity held in coins", owners=EXECUTOR),
+    "last_commit_unix": _g("Unix time of the last journal commit closing a cycle", owners=EXECUTOR),
+}
