@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from shared.config import settings_for_command
@@ -98,6 +99,7 @@ def _cmd_bus(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aura", description="AURA momentum-rotation trading system")
+    parser.add_argument("--version", action="version", version=f"aura {package_version('aura')}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the whole system locally (embedded nats-server + five services)")
     p_up.add_argument("--cycles", type=int, default=None, help="exit 0 once N cycles have ended in the journal")

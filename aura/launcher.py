@@ -115,20 +115,33 @@ def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
         stack.stop()
         raise
     for name in SERVICE_NAMES:
-        with open(logs / f"{name}.log", "ab") as log:
-            stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
-                                                 env=service_env(name, env), stdout=log,
-                                                 stderr=subprocess.STDOUT, start_new_session=True)
+        start_service(stack, name)
     return stack
 
 
-def wait_ready(stack: Stack, timeout_s: float = 60.0) -> float:
-    """Seconds until every /readyz answered 200; raises RuntimeError if a service died or time ran out."""
+def start_service(stack: Stack, name: str) -> subprocess.Popen[bytes]:
+    """Start (or restart, after it died) one service process of ``stack``, appending to its log."""
+    with open(stack.logs / f"{name}.log", "ab") as log:
+        stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
+                                             env=service_env(name, stack.env), stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+    return stack.procs[name]
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while the system was starting."""
+
+
+def wait_ready(stack: Stack, timeout_s: float = 60.0, stop: Callable[[], bool] = lambda: False) -> float:
+    """Seconds until every /readyz answered 200; raises RuntimeError if a service died or time ran out, and
+    Interrupted as soon as ``stop()`` says so (a Ctrl-C during start must not wait for readiness)."""
     t0 = time.monotonic()
     pending = set(SERVICE_NAMES)
     s = stack.settings
     with httpx.Client(timeout=1.0) as client:
         while pending:
+            if stop():
+                raise Interrupted
             if stack.dead():
                 raise RuntimeError(_death_report(stack))
             if time.monotonic() - t0 > timeout_s:
@@ -211,7 +224,10 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
     start_seq = last_seq(journal)
     try:
         try:
-            ready_s = wait_ready(stack, ready_timeout_s)
+            ready_s = wait_ready(stack, ready_timeout_s, stop=lambda: stop_requested["flag"])
+        except Interrupted:
+            _say("stopping (interrupted while starting)")
+            return 130
         except RuntimeError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1

@@ -45,13 +45,14 @@ def speed_arg(raw: str) -> float:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed at start)")
-    p.add_argument("--api-key", default=DEFAULT_API_KEY)
-    p.add_argument("--api-secret", default=DEFAULT_API_SECRET)
+    p.add_argument("--api-key", default=DEFAULT_API_KEY, help="the API key it accepts (printed at start)")
+    p.add_argument("--api-secret", default=DEFAULT_API_SECRET,
+                   help="the secret signed requests must use (a test venue: printed at start too)")
     p.add_argument("--balance", type=_balance, action="append", default=None, metavar="ASSET=AMOUNT",
                    help="starting free balance, repeatable (default USDT=10000)")
     p.add_argument("--data", type=Path, default=None,
                    help="candle folder (BASE_QUOTE.parquet files) or replay root with binance/<tf>/")
-    p.add_argument("--timeframe", default="1d")
+    p.add_argument("--timeframe", default="1d", help="candle interval of the market it serves (default 1d)")
     p.add_argument("--symbols", default="", help="comma-separated Binance ids to serve (default: all in --data)")
     p.add_argument("--start", default=None,
                    help="first price bar, ISO date or ms: the clock starts when it closes (default: a year before "
@@ -59,11 +60,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=speed_arg, default=1.0,
                    help="clock speed, x real time (86400: a daily bar per second; 0: stands still until "
                         "POST /_sim/clock)")
-    p.add_argument("--fee-rate", type=float, default=0.001)
+    p.add_argument("--fee-rate", type=float, default=0.001, help="fee per fill (default 0.001, Binance's taker)")
     p.add_argument("--fee-asset", choices=FEE_ASSETS, default="received",
                    help="received (Binance without BNB: a buy's fee in the coins bought, a sell's in the quote; "
                         "default) or quote (every fee in the quote asset)")
-    p.add_argument("--market-fill-chunks", type=int, default=1)
+    p.add_argument("--market-fill-chunks", type=int, default=1,
+                   help="fill each market order in this many chunks, one per poll (thin book; default 1)")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -94,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"exchange_sim": base, "archive": base, "coingecko": base + "/coingecko",
                       "symbols": server.sim.market.listed(), "clock_ms": server.sim.market.clock_ms,
                       "now_ms": server.sim.now_ms(), "speed": server.sim.clock.speed}), flush=True)
+    # And for a person: what to give the executor (a simulator's test key, never a real one).
+    print(f"exchange-sim: accepting API key {args.api_key} with secret {args.api_secret}; point the executor at it "
+          f"with AURA_EXCHANGE_API_URL={base} AURA_EXCHANGE_API_KEY={args.api_key} "
+          f"AURA_EXCHANGE_API_SECRET={args.api_secret}", file=sys.stderr, flush=True)
     done.wait()
     server.stop()
     return 0

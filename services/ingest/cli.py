@@ -13,21 +13,28 @@ Configuration comes from the environment:
 * optional: ``AURA_INGEST_TAIL_EXCHANGES`` (more ccxt exchanges after the cache's own, comma separated),
   ``AURA_INGEST_PROVIDERS`` (default ``archive,tail,coingecko``), ``AURA_INGEST_LOOKBACK_BARS``.
 
-Exit status: 0 when the sync did what was possible (gaps nobody can fill are reported, not errors),
-1 when a symbol hit a real error (e.g. the cache is not writable), 2 for bad arguments.
+Exit status: 0 when every symbol is complete (gaps the exchange's own sources confirm are reported, not
+errors), 1 when the result is incomplete (a provider unreachable, a gap still pending) or a symbol hit an error
+(e.g. the cache is not writable), 2 for bad arguments.  Log lines are printed above the progress bar (rich), so
+the two never mix.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
-from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Range, interval_ms
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Range, interval_ms, unified_symbol
 from services.ingest.sync import IngestConfig, SyncReport, sync
 from shared.logging import setup_logging
 
@@ -69,26 +76,45 @@ def _until_ms(text: str | None) -> int | None:
     return ms + _DAY - 1 if len(text.strip()) == 10 else ms
 
 
-class ProgressBar:
-    """A one-line bar on stderr, redrawn in place (plain text when stderr is not a terminal)."""
+class ConsoleLogHandler(logging.Handler):
+    """Log records, formatted as usual, printed through the rich console: while the progress bar is live they
+    appear above it instead of tearing it apart."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30, prefix: str = "") -> None:
-        self.total, self.width, self.prefix = total, width, prefix
-        self.stream = stream if stream is not None else sys.stderr
-        self._last_filled = -1
-        self.started = time.monotonic()
+    def __init__(self, console: Console, formatter: logging.Formatter | None) -> None:
+        super().__init__()
+        self.console = console
+        if formatter is not None:
+            self.setFormatter(formatter)
 
-    def __call__(self, done: int, total: int, label: str) -> None:
-        filled = int(self.width * done / max(total, 1))
-        tty = self.stream.isatty()
-        if not tty and done < total and filled == self._last_filled:
-            return  # in a log file, one line per step of the bar is plenty
-        self._last_filled = filled
-        bar = "#" * filled + "." * (self.width - filled)
-        line = f"{self.prefix}[{bar}] {done}/{total} {label:<14} {time.monotonic() - self.started:6.1f}s"
-        end = "\n" if done >= total or not tty else ""
-        self.stream.write(("\r" if tty else "") + line + end)
-        self.stream.flush()
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # a log line must never break the sync
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A rich progress bar on stderr for ``total`` symbols, with the root logger's lines printed above it."""
+    if not enabled:
+        yield None
+        return
+    console = Console(stderr=True)
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    formatter = saved[0].formatter if saved else None
+    root.handlers = [ConsoleLogHandler(console, formatter)]
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("", total=total)
+
+            def update(done: int, _total: int, label: str) -> None:
+                progress.update(task, completed=done, description=label)
+
+            yield update
+    finally:
+        root.handlers = saved
 
 
 def _day(ms: int | None, iv: int) -> str:
@@ -156,9 +182,13 @@ def format_summary(report: SyncReport) -> str:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    try:  # BTCUSDT, BTC_USDT and BTC/USDT are one symbol; anything else is refused here, in one line
+        symbols = [unified_symbol(s) for s in args.symbols.split(",") if s.strip()]
+    except ValueError as exc:
+        print(f"aura data sync: {exc}", file=sys.stderr)
+        return 2
     if not symbols:
-        print("error: --symbols is empty", file=sys.stderr)
+        print("aura data sync: --symbols is empty", file=sys.stderr)
         return 2
     try:
         until = _until_ms(args.until)
@@ -171,12 +201,16 @@ def run_sync(args: argparse.Namespace) -> int:
         setup_logging("ingest", level=os.environ.get("AURA_LOG_LEVEL") or "WARNING")
     now_ms = args.now if args.now is not None else int(time.time() * 1000)
     config = IngestConfig.from_env()
-    bar = None if args.no_progress else ProgressBar(len(symbols))
-    if bar is not None:
-        bar(0, len(symbols), "")
-    report = sync(symbols, args.exchange, args.timeframe, args.since, until, config, now_ms, progress=bar)
+    with progress_bar(len(symbols), not args.no_progress) as bar:
+        report = sync(symbols, args.exchange, args.timeframe, args.since, until, config, now_ms, progress=bar)
     print(format_summary(report))
-    return 1 if any(r.error for r in report.symbols.values()) else 0
+    errors = [sym for sym, r in report.symbols.items() if r.error]
+    if errors or not report.complete:
+        incomplete = [sym for sym, r in report.symbols.items() if not r.complete]
+        print(f"aura data sync: incomplete: {', '.join(incomplete)}" + (f" (errors: {', '.join(errors)})"
+                                                                         if errors else ""), file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

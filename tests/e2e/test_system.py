@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -555,8 +556,31 @@ def test_aura_up_cycles_exits_zero(tmp_path: Path) -> None:
     assert ended is not None and int(ended.group(1)) >= 3, proc.stdout
     db = sqlite3.connect(tmp_path / "home" / "executor" / "journal.sqlite")
     assert db.execute("SELECT COUNT(*) FROM snapshots WHERE status != 'genesis'").fetchone()[0] >= 3
-    # A clean stop leaves no run file behind for the CLI to follow.
+    # A clean stop leaves no run file behind for the CLI to follow, and no service took it for a lost bus.
     assert live_run((tmp_path / "home").resolve()) is None and not (tmp_path / "home" / "run.json").exists()
+    for name in SERVICE_NAMES:
+        log = (tmp_path / "home" / "logs" / f"{name}.log").read_text()
+        assert "disconnected from NATS" not in log, f"{name} logged a disconnect on a clean stop"
+
+
+def test_ctrl_c_while_aura_up_is_starting_stops_at_once(tmp_path: Path) -> None:
+    """SIGINT used to be ignored until every service was ready (13 s later)."""
+    env = stack_env(tmp_path / "home")
+    proc = subprocess.Popen([*AURA_CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the bus is up and the services are starting, none of them ready yet
+        if "embedded nats-server" in line:
+            break
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 130, out + err
+    assert "interrupted while starting" in out and "all processes stopped" in out, out
+    assert elapsed < 20, f"Ctrl-C took {elapsed:.1f}s to stop a starting system"
+    assert "all five services ready" not in out
 
 
 def test_aura_up_reports_a_dead_service(tmp_path: Path) -> None:

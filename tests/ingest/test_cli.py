@@ -50,7 +50,8 @@ def test_cli_sync_prints_progress_and_coverage_table(env, capsys, data, shared_d
                  "--since", "2024-01-01", "--until", "2024-06-30", "--now", "2024-12-06"])
     out, err = capsys.readouterr()
     assert code == 0
-    assert "2/2 ETH/USDT" in err and "[##############################]" in err
+    bar = [line for line in err.splitlines() if "2/2" in line]
+    assert len(bar) == 1 and bar[0].startswith("ETH/USDT") and "━" in bar[0], err  # rich's finished bar
     lines = out.strip().splitlines()
     assert lines[0].split() == ["symbol", "rows", "added", "first", "last", "complete", "gaps", "providers"]
     btc = next(line for line in lines if line.startswith("BTC/USDT")).split()
@@ -65,14 +66,36 @@ def test_cli_sync_prints_progress_and_coverage_table(env, capsys, data, shared_d
                                                                            parse_time("2024-06-30"))))
 
 
-def test_cli_reports_pending_gaps_but_exits_zero(env, archive, api, gecko, capsys) -> None:
+def test_cli_reports_pending_gaps_and_exits_nonzero_when_incomplete(env, archive, api, gecko, capsys) -> None:
+    """Offline, nothing could be fetched: the table says so, and so does the exit status (a script that runs
+    `aura data sync && aura backtest ...` must not go on as if the data were there)."""
     for face in (archive, api, gecko):
         face.fault("drop")
-    code = main(["data", "sync", "--symbols", "BTC/USDT", "--since", "2024-01-01", "--now", "2024-12-06",
+    code = main(["data", "sync", "--symbols", "BTCUSDT", "--since", "2024-01-01", "--now", "2024-12-06",
                  "--no-progress"])
     out, err = capsys.readouterr()
-    assert code == 0 and "[#" not in err and "[DATA_GAP]" in err  # tagged log lines, no progress bar
+    assert code == 1 and "━" not in err and "[DATA_GAP]" in err  # tagged log lines, no progress bar
     assert "PENDING" in out and out.strip().splitlines()[-1].startswith("complete: no")
+    assert err.strip().splitlines()[-1] == "aura data sync: incomplete: BTC/USDT"
+
+
+def test_cli_log_lines_stay_out_of_the_progress_bar(env, archive, api, gecko, capsys) -> None:
+    """Warnings during a sync (here every provider failing) print as whole lines of their own, never inside the
+    bar's line."""
+    for face in (archive, api, gecko):
+        face.fault("drop")
+    main(["data", "sync", "--symbols", "BTC/USDT,ETH/USDT", "--since", "2024-11-01", "--now", "2024-12-06"])
+    _, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert any(line.startswith("{") and "[DATA_GAP]" in line and line.endswith("}") for line in lines), err
+    assert all("━" not in line for line in lines if line.startswith("{")), "a log line was torn by the bar"
+
+
+@pytest.mark.parametrize("symbol", ["BTC", "BTC/", "BTC/USDT/X", "??USDT"])
+def test_a_symbol_that_is_no_pair_is_refused_in_one_line(env, capsys, symbol: str) -> None:
+    code = main(["data", "sync", "--symbols", symbol, "--since", "2024-01-01", "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "is not BASE/QUOTE" in err and "Traceback" not in err
 
 
 def test_cli_real_error_exits_nonzero(env, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -66,13 +66,24 @@ def last_closed_open(now_ms: int, iv: int) -> int:
     return (close_cutoff(now_ms) // iv) * iv - iv
 
 
+# Quote currencies recognised in an exchange id with no separator ("BTCUSDT"), longest first so that FDUSD
+# is not read as ...USD.
+KNOWN_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "TRY", "BTC", "ETH", "BNB")
+
+
 def split_symbol(symbol: str) -> tuple[str, str]:
-    """'BTC/USDT' or 'BTC_USDT' -> ('BTC', 'USDT')."""
-    sep = "/" if "/" in symbol else "_"
-    base, _, quote = symbol.partition(sep)
-    if not base or not quote:
-        raise ValueError(f"symbol {symbol!r} is not BASE/QUOTE")
-    return base.upper(), quote.upper()
+    """'BTC/USDT', 'BTC_USDT', 'BTC-USDT' or the exchange id 'BTCUSDT' -> ('BTC', 'USDT'); ValueError otherwise."""
+    text = symbol.strip().upper()
+    for sep in ("/", "_", "-"):
+        if sep in text:
+            base, _, quote = text.partition(sep)
+            break
+    else:
+        quote = next((q for q in KNOWN_QUOTES if text.endswith(q) and len(text) > len(q)), "")
+        base = text[: len(text) - len(quote)] if quote else ""
+    if not base or not quote or not base.isalnum() or not quote.isalnum():
+        raise ValueError(f"symbol {symbol!r} is not BASE/QUOTE (e.g. BTC/USDT, BTC_USDT or BTCUSDT)")
+    return base, quote
 
 
 def unified_symbol(symbol: str) -> str:
