@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,12 @@ async def publish_buy(js_risk: Any, settings: Any, cycle_id: str, basis_id: str,
     body = PlanBody(plan_id=plan_id_for(fields), **fields)
     await publish(js_risk, sign_plan(body, signing_key(settings.keys, "risk")), msg_id=body.plan_id)
     return body
+
+
+def journal_rows(settings: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of the executor's journal, opened read-only (as every reader but the executor must)."""
+    db = sqlite3.connect(f"file:{settings.journal_path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()

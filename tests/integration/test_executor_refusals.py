@@ -13,7 +13,6 @@ plans, ingest announces data, each stage aborts on its own subject, the operator
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from shared.contracts import (
 from shared.credentials import signing_key
 from shared.service import ServiceContext
 from shared.signing import sign_plan
-from tests.bus_helpers import Capture, dead_letters, role_connections, running, snapshot, until
+from tests.bus_helpers import Capture, dead_letters, journal_rows, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -100,14 +99,6 @@ async def executor_letters(rig: Rig) -> list[DeadLetter]:
     return await dead_letters(rig.operator, "executor")
 
 
-def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{settings.journal_path}?mode=ro", uri=True, timeout=2)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
 def test_a_plan_that_fails_before_it_starts_is_dead_lettered_and_does_not_block_the_next(
         nats_server: NatsEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = nats_server.settings()
@@ -138,7 +129,7 @@ def test_a_plan_that_fails_before_it_starts_is_dead_lettered_and_does_not_block_
     assert calls["n"] == MAX_DELIVERIES, "tried exactly MAX_DELIVERIES times before giving up"
     assert len(letters) == 1 and f"after {MAX_DELIVERIES} deliveries" in letters[0].error
     assert snap.holdings.get("BTC/USDT", 0) > 0
-    rejected = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='plan_rejected'")
+    rejected = journal_rows(settings, "SELECT cycle_id, detail FROM events WHERE kind='plan_rejected'")
     assert [r[0] for r in rejected] == ["1d-20240101T0000"] and "handler_failed" in rejected[0][1]
 
 
@@ -177,8 +168,8 @@ def test_a_plan_that_fails_mid_execution_is_retried_until_it_goes_through(
     stuck = [text for ok, text in seen if not ok]
     assert stuck and "keeps failing mid-execution" in stuck[0], "readiness never reported the stuck plan"
     assert after == (True, "ok"), "readiness did not recover once the plan went through"
-    assert journal(settings, "SELECT status FROM plans") == [("executed",)]
-    resumed = journal(settings, "SELECT count(*) FROM events WHERE kind='plan_resumed'")[0][0]
+    assert journal_rows(settings, "SELECT status FROM plans") == [("executed",)]
+    resumed = journal_rows(settings, "SELECT count(*) FROM events WHERE kind='plan_resumed'")[0][0]
     assert resumed == failures, "each redelivery resumes the journaled plan instead of starting it anew"
 
 
@@ -229,12 +220,12 @@ def test_a_cycle_aborted_upstream_still_ends_in_the_journal(nats_server: NatsEnd
     for snap in (first, second):
         assert snap.status == "aborted" and snap.plan_id == ""
         assert snap.signature and snap.key_id, "the executor signs every snapshot it publishes"
-    rows = journal(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis' ORDER BY rowid")
+    rows = journal_rows(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis' ORDER BY rowid")
     assert rows == [(stale_cycle, "aborted"), (skipped_cycle, "aborted")]
-    events = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='cycle_aborted' ORDER BY id")
+    events = journal_rows(settings, "SELECT cycle_id, detail FROM events WHERE kind='cycle_aborted' ORDER BY id")
     assert [e[0] for e in events] == [stale_cycle, skipped_cycle]
     assert "missing ETH/USDT" in events[0][1] and "not a decision bar" in events[1][1]
-    assert journal(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(0,)]
+    assert journal_rows(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(0,)]
 
 
 def test_an_abort_for_a_cycle_ingest_did_not_announce_is_only_an_event(nats_server: NatsEndpoint) -> None:
@@ -255,7 +246,7 @@ def test_an_abort_for_a_cycle_ingest_did_not_announce_is_only_an_event(nats_serv
                 await publish(js, abort, msg_id=f"abort-{stage}-{cycle}")
 
             async def ignored() -> bool:
-                return journal(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(3,)]
+                return journal_rows(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(3,)]
 
             await until(ignored, "the three aborts to be journaled as ignored")
             await asyncio.sleep(0.5)
@@ -269,11 +260,11 @@ def test_an_abort_for_a_cycle_ingest_did_not_announce_is_only_an_event(nats_serv
 
     unchanged, closed = asyncio.run(scenario())
     assert unchanged.status == "genesis" and closed.status == "aborted"
-    rows = journal(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis'")
+    rows = journal_rows(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis'")
     assert rows == [(newest, "aborted")], "an abort for an unannounced cycle became an equity point"
-    ignored = journal(settings, "SELECT cycle_id FROM events WHERE kind='abort_ignored' ORDER BY id")
+    ignored = journal_rows(settings, "SELECT cycle_id FROM events WHERE kind='abort_ignored' ORDER BY id")
     assert [r[0] for r in ignored] == ["junk-0001", "junk-0002", old]
-    assert journal(settings, "SELECT cycle_id FROM events WHERE kind='cycle_aborted'") == [(newest,)]
+    assert journal_rows(settings, "SELECT cycle_id FROM events WHERE kind='cycle_aborted'") == [(newest,)]
     assert len(capture.fields("UNKNOWN_CYCLE")) == 3
 
 
@@ -293,7 +284,7 @@ def test_a_signed_plan_on_a_portfolio_that_no_longer_exists_is_refused(nats_serv
 
     letters = asyncio.run(scenario())
     assert len(letters) == 1 and "s-a-portfolio-from-before" in letters[0].error
-    assert journal(settings, "SELECT count(*) FROM plans")[0][0] == 0
-    assert journal(settings, "SELECT count(*) FROM intents")[0][0] == 0
-    rejected = journal(settings, "SELECT cycle_id, detail FROM events WHERE kind='plan_rejected'")
+    assert journal_rows(settings, "SELECT count(*) FROM plans")[0][0] == 0
+    assert journal_rows(settings, "SELECT count(*) FROM intents")[0][0] == 0
+    rejected = journal_rows(settings, "SELECT cycle_id, detail FROM events WHERE kind='plan_rejected'")
     assert len(rejected) == 1 and "stale_basis" in rejected[0][1]

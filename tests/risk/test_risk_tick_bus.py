@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from tests.bus_helpers import (
     approved_plans,
     dead_letters,
     executor_signed,
+    journal_rows,
     market_msgs,
     replay_signal_state,
     replay_snapshot,
@@ -101,14 +101,6 @@ async def market_moves(js_ingest: Any, settings: Settings, btc_close: float) -> 
     return ready.digest
 
 
-def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{settings.journal_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
 def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_executes(
         nats_server: NatsEndpoint) -> None:
     settings = tick_settings(nats_server)
@@ -144,7 +136,7 @@ def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_execu
     assert plan.basis_snapshot_id == holding.snapshot_id and plan.cycle_id == after.cycle_id
     assert [(x.side, x.symbol, x.qty, x.reason) for x in plan.legs] == [("sell", "BTC/USDT", 0.1, "stop_loss")]
     assert after.holdings == {} and after.status == "executed" and after.plan_id == plan.plan_id
-    assert journal(settings, f"SELECT status, gate FROM plans WHERE plan_id='{plan.plan_id}'") == [("executed",
+    assert journal_rows(settings, f"SELECT status, gate FROM plans WHERE plan_id='{plan.plan_id}'") == [("executed",
                                                                                                     "pass")]
     ticks = capture.fields("RISK_TICK")
     assert any(t.get("action") == "exit" for t in ticks) and any("exit plan signed" in t["msg"] for t in ticks)
@@ -205,7 +197,7 @@ def test_kill_switch_on_a_tick_latches_until_aura_risk_reset(nats_server: NatsEn
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert latched.halted is True and latched.drawdown >= 0.25
     assert after.holdings == {}
-    gate = journal(settings, f"SELECT gate FROM plans WHERE plan_id='{after.plan_id}'")
+    gate = journal_rows(settings, f"SELECT gate FROM plans WHERE plan_id='{after.plan_id}'")
     assert gate == [("kill_switch",)]
     # Risk applied the operator's signed request: the latch it signed says it is clear, who cleared it and why.
     assert cleared.halted is False and cleared.reason == "test" and cleared.reset_by.startswith("operator:")
@@ -339,7 +331,7 @@ def test_a_target_on_data_older_than_a_stale_notice_is_not_traded(nats_server: N
     assert letter.reason == "stale_data" and stale_cycle in letter.error
     assert letter.payload_sha256 == hashlib.sha256(late_bytes).hexdigest()  # the late target itself
     assert late_bytes.startswith(letter.payload)
-    events = journal(settings, f"SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='{late_cycle}'")
+    events = journal_rows(settings, f"SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='{late_cycle}'")
     assert len(events) == 1 and f"data stale since {stale_cycle}" in events[0][0]
     # The late target's cycle never got a plan; the completed bar's plan is the one the executor ran.
     assert [p.plan.cycle_id for p in plans] == [stale_cycle] and plans[0].plan.plan_id == approved.plan_id

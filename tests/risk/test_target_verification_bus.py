@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from tests.bus_helpers import (
     announce_panel,
     approved_plans,
     dead_letters,
+    journal_rows,
     reforged_target,
     replay_signal_state,
     replay_snapshot,
@@ -124,14 +124,6 @@ async def rig(nats_server: NatsEndpoint, before_boot: Callable[[dict[str, Any]],
             yield the_rig
 
 
-def journal(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{settings.journal_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
 def forged_lines(capture: Capture, target: TargetPortfolio) -> list[dict[str, Any]]:
     return [x for x in capture.fields("FORGED_TARGET") if x.get("target_id") == target.target_id]
 
@@ -164,7 +156,7 @@ def assert_refused_as_forged(r: Rig, forged: list[TargetPortfolio], letters: lis
         lines = forged_lines(r.capture, target)
         assert len(lines) == 1 and detail in lines[0]["msg"], lines
     cycle = forged[0].cycle_id
-    events = journal(r.settings, f"SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='{cycle}'")
+    events = journal_rows(r.settings, f"SELECT detail FROM events WHERE kind='cycle_aborted' AND cycle_id='{cycle}'")
     assert len(events) == 1 and '"stage": "risk"' in events[0][0] and "forged_target" in events[0][0], events
 
 
