@@ -1,0 +1,198 @@
+"""The promotion gate: a walk-forward winner goes live only if every test passes; otherwise it says which failed.
+
+Input is the out-of-sample record of the selection procedure: for each fold, the winner chosen on that fold's
+training bars (all four stages, successive halving) and the incumbent (the live parameters), both evaluated
+on the fold's validation window, with the benchmarks on the same bars (objective.WindowResult).  The gate
+refuses, with an exception, a record whose winner was chosen on bars that reach into its validation window
+(or lie after it, or closer than the embargo): that is a bug in the caller, not a "no".
+
+Tests, each with its threshold in GateSettings:
+
+* ``beats_<B>_every_window``: compounded return after costs above buy-and-hold B on every validation window;
+* ``beats_incumbent``: the objective on the validation windows above the incumbent's on the same windows;
+* ``deflated_sharpe``: DSR of the excess returns over each benchmark on the concatenated validation windows,
+  deflated by ALL trials of the run (pruned ones included) and their Sharpe dispersion; the worst benchmark's
+  DSR must reach ``dsr_min``;
+* ``pbo``: probability of backtest overfitting by CSCV over the selection runs' candidate matrices (CSCV is
+  by definition computed on the data selection saw: it re-splits it), pooled over the runs (the share of all
+  their splits with logit <= 0);
+* ``spa_<B>``: Hansen's SPA p-value against each benchmark on the concatenated validation windows.
+
+An honest "no" is a correct result; nothing here is a reason to loosen a threshold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aura.backtest.metrics import bars_per_year
+from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, selection_leaks
+from aura.optimize.objective import BENCHMARK_NAMES, ObjectiveSettings, WindowResult, sharpe, validation_score
+from aura.optimize.stats import DeflatedSharpe, deflated_sharpe, pbo_cscv, spa_pvalue
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    benchmarks: tuple[str, ...] = BENCHMARK_NAMES  # every one must be beaten; a missing one is an error
+    min_window_margin: float = 0.0  # compounded-return lead over each benchmark required on every window
+    dsr_min: float = 0.95
+    pbo_max: float = 0.2
+    spa_alpha: float = 0.05
+    cscv_partitions: int = 16  # S (the paper's choice); each selection matrix needs >= 2 * S bars
+    spa_reps: int = 2000
+    spa_block_size: int | None = None  # None: sqrt(T), arch's default
+    spa_seed: int = 0  # the bootstrap is seeded: the same inputs give the same decision
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationRecord:
+    fold: Fold
+    winner: WindowResult  # the fold's winner on fold.validate
+    incumbent: WindowResult  # the live parameters on the same window
+    selected_on: tuple[TrainWindow, ...]  # every window the fold's winner was ranked on, all stages
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    value: float
+    threshold: float
+    margin: float  # by how much it passed (> 0) or failed (< 0), in the value's unit
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WindowFigures:
+    fold: int
+    start: int
+    stop: int
+    strategy: float  # compounded return after costs
+    incumbent: float
+    benchmarks: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    checks: tuple[Check, ...]
+    windows: tuple[WindowFigures, ...]
+    n_trials: int
+    validation_score: float
+    incumbent_score: float
+    oos_sharpe: float  # annualised Sharpe of the strategy's concatenated validation returns
+    oos_excess_sharpe: dict[str, float]  # annualised, per benchmark
+    dsr: dict[str, DeflatedSharpe]
+    pbo: float
+    spa_pvalues: dict[str, float]
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"PROMOTE: all {len(self.checks)} tests passed ({self.n_trials} trials counted)"
+        parts = [f"{c.name} {c.value:.4g} vs {c.threshold:.4g} (short by {-c.margin:.4g})"
+                 + (f": {c.detail}" if c.detail else "") for c in self.failed]
+        return "NO PROMOTION: " + "; ".join(parts)
+
+
+def _compound(r: np.ndarray) -> float:
+    return float(np.prod(1.0 + r) - 1.0)
+
+
+def _check_records(records: Sequence[ValidationRecord], settings: GateSettings) -> list[ValidationRecord]:
+    if not records:
+        raise ValueError("the gate needs at least one validation window")
+    ordered = sorted(records, key=lambda r: r.fold.validate.start)
+    for prev, rec in itertools.pairwise(ordered):
+        if prev.fold.validate.overlaps(rec.fold.validate):
+            raise ValueError(f"validation windows of folds {prev.fold.index} and {rec.fold.index} overlap")
+    for rec in ordered:
+        leaks = selection_leaks(rec.selected_on, rec.fold)
+        if leaks:
+            raise ValueError("winner chosen on bars it is judged on: " + "; ".join(leaks))
+        for who, res in (("winner", rec.winner), ("incumbent", rec.incumbent)):
+            if not isinstance(res.window, ValidationWindow) or res.window != rec.fold.validate:
+                raise ValueError(f"fold {rec.fold.index}: the {who} was evaluated on {res.window}, not on the "
+                                 f"fold's validation window {rec.fold.validate}")
+            if tuple(sorted(res.bench_names)) != tuple(sorted(settings.benchmarks)):
+                raise ValueError(f"fold {rec.fold.index}: benchmarks {res.bench_names}, the gate needs "
+                                 f"{settings.benchmarks}")
+        if not np.array_equal(rec.winner.bench, rec.incumbent.bench):
+            raise ValueError(f"fold {rec.fold.index}: winner and incumbent were set against different benchmark "
+                             "returns (calendars not aligned)")
+    return ordered
+
+
+def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[np.ndarray],
+                   selection_matrices: Sequence[np.ndarray], settings: GateSettings = GateSettings(),
+                   objective: ObjectiveSettings | None = None) -> GateDecision:
+    """Decide.  ``trial_sharpes``: one array per halving run of the whole optimisation (every fold, every stage)
+    with the per-bar Sharpe of each of its trials on the run's smallest budget, pruned trials included
+    (SuccessiveHalving.trial_sharpes()); ``selection_matrices``: one objective.excess_matrix per halving run
+    (every candidate on the run's smallest budget)."""
+    ordered = _check_records(records, settings)
+    objective = objective or ObjectiveSettings()
+    trial_sharpes = [np.asarray(t, dtype=np.float64) for t in trial_sharpes]
+    n_trials = sum(len(t) for t in trial_sharpes)
+    names = ordered[0].winner.bench_names
+    checks: list[Check] = []
+    windows = []
+    for rec in ordered:
+        w = rec.winner
+        windows.append(WindowFigures(rec.fold.index, w.window.start, w.window.stop, _compound(w.returns),
+                                     _compound(rec.incumbent.returns),
+                                     {n: _compound(w.bench[b]) for b, n in enumerate(names)}))
+    for name in names:
+        leads = [(f.fold, f.strategy - f.benchmarks[name]) for f in windows]
+        worst = min(lead for _, lead in leads)
+        behind = [f"fold {k} {lead:+.2%}" for k, lead in leads if not lead > settings.min_window_margin]
+        checks.append(Check(f"beats_{name}_every_window", not behind, worst, settings.min_window_margin,
+                            worst - settings.min_window_margin,
+                            f"behind on {len(behind)} of {len(leads)} windows: {', '.join(behind)}" if behind else ""))
+    v_score = validation_score([r.winner for r in ordered], objective)
+    i_score = validation_score([r.incumbent for r in ordered], objective)
+    checks.append(Check("beats_incumbent", v_score > i_score, v_score, i_score, v_score - i_score))
+
+    strat = np.concatenate([r.winner.returns for r in ordered])
+    bench = np.concatenate([r.winner.bench for r in ordered], axis=1)
+    dsr = {name: deflated_sharpe(strat - bench[b], trial_sharpes) for b, name in enumerate(names)}
+    worst_dsr = min((d.dsr for d in dsr.values()), key=lambda v: -math.inf if math.isnan(v) else v)
+    checks.append(Check("deflated_sharpe", worst_dsr >= settings.dsr_min, worst_dsr, settings.dsr_min,
+                        worst_dsr - settings.dsr_min,
+                        ", ".join(f"{n} {d.dsr:.3f} (SR {d.sharpe:.4f}/bar vs SR0 {d.sr0:.4f}, N={d.n_trials}, "
+                                  f"T={d.n_obs})" for n, d in dsr.items())))
+
+    if not selection_matrices:
+        raise ValueError("PBO needs the candidate matrix of at least one selection run")
+    for m in selection_matrices:
+        if np.ndim(m) != 3 or np.shape(m)[0] != len(names):
+            raise ValueError(f"a selection matrix must be (benchmarks={len(names)}, bars, candidates), got "
+                             f"{np.shape(m)}")
+    cscv = [pbo_cscv(m, settings.cscv_partitions) for m in selection_matrices]
+    logits = np.concatenate([c.logits for c in cscv])
+    pbo = float(np.mean(logits <= 0)) if len(logits) else math.nan  # no run with a choice: nothing shows skill
+    skipped = sum(1 for c in cscv if c.distinct < 2)
+    checks.append(Check("pbo", pbo <= settings.pbo_max, pbo, settings.pbo_max, settings.pbo_max - pbo,
+                        f"{len(logits)} splits over {len(cscv) - skipped} selection runs"
+                        + (f" ({skipped} without two distinct candidates)" if skipped else "")))
+
+    spa = {name: spa_pvalue(strat, bench[b], settings.spa_reps, settings.spa_block_size, settings.spa_seed)
+           for b, name in enumerate(names)}
+    for name, p in spa.items():
+        checks.append(Check(f"spa_{name}", p <= settings.spa_alpha, p, settings.spa_alpha, settings.spa_alpha - p))
+
+    ann = math.sqrt(bars_per_year(ordered[0].winner.bar_ms))
+    return GateDecision(
+        passed=all(c.passed for c in checks), checks=tuple(checks), windows=tuple(windows),
+        n_trials=n_trials, validation_score=v_score, incumbent_score=i_score,
+        oos_sharpe=float(sharpe(strat)) * ann,
+        oos_excess_sharpe={n: float(sharpe(strat - bench[b])) * ann for b, n in enumerate(names)},
+        dsr=dsr, pbo=pbo, spa_pvalues=spa)

@@ -1,0 +1,216 @@
+"""The four staged grids of the walk-forward optimizer, read from one TOML file and checked against params.py.
+
+The shipped file is ``aura/optimize/grids.toml`` (``load_grids()`` without a path reads it through
+importlib.resources, so it works from a wheel too).  Every name is checked against ``StrategyParams``,
+``PARAM_RANGES`` and ``INT_PARAMS`` when the file is loaded, and every error names the file, the stage and
+the key, because a typo in a grid would otherwise silently optimise nothing.
+
+Stage order is the design's: (1) composite-score weights, (2) screen thresholds, (3) regime and hysteresis,
+(4) risk.  ``Stage.expand(base)`` gives the stage's candidates around ``base``; the coordinator passes the
+previous stage's winner as ``base``, which is how each stage fixes the winners of the one before.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aura.strategy.params import FIELDS, INT_PARAMS, PARAM_RANGES, StrategyParams, validate_params
+
+STAGE_NAMES: tuple[str, ...] = ("score_weights", "screen", "regime", "risk")
+_STAGE_KEYS = frozenset({"name", "title", "grid", "pending"})
+_TOP_KEYS = frozenset({"base", "stage"})
+
+Value = int | float
+Axis = tuple[str, tuple[Value, ...]]
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used; the message names the file, the stage and the key."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str
+    axes: tuple[Axis, ...]  # (parameter, values) in file order: the product's order
+    pending: tuple[Axis, ...] = ()  # parameters params.py does not define yet: listed, not evaluated
+
+    @property
+    def size(self) -> int:
+        """Number of combinations (before StrategyParams refuses any)."""
+        n = 1
+        for _, values in self.axes:
+            n *= len(values)
+        return n
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.axes)
+
+    def _combinations(self, base: StrategyParams) -> list[tuple[dict[str, Value], StrategyParams | str]]:
+        out: list[tuple[dict[str, Value], StrategyParams | str]] = []
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            changes = dict(zip(self.names, combo, strict=True))
+            params = msgspec.structs.replace(base, **changes)
+            try:
+                validate_params(params)
+            except ValueError as exc:
+                out.append((changes, str(exc)))
+                continue
+            out.append((changes, params))
+        return out
+
+    def expand(self, base: StrategyParams) -> tuple[StrategyParams, ...]:
+        """Every valid combination of this stage's values on top of ``base``, in product order.
+
+        A stage without axes has one candidate, ``base`` itself.  Raises GridError if ``base`` leaves no
+        valid combination (e.g. every breadth_bull in the grid lies below the base's breadth_bear).
+        """
+        found = tuple(p for _, p in self._combinations(base) if isinstance(p, StrategyParams))
+        if not found:
+            raise GridError(f"stage {self.name!r}: no combination is a valid parameter set on this base "
+                            f"({self.refusals(base)[:1]})")
+        return found
+
+    def refusals(self, base: StrategyParams) -> list[str]:
+        """Why combinations were left out of ``expand(base)`` (for the report)."""
+        return [f"{changes}: {why}" for changes, why in self._combinations(base) if isinstance(why, str)]
+
+
+@dataclass(frozen=True)
+class Grids:
+    stages: tuple[Stage, ...]
+    base: tuple[tuple[str, Value], ...]  # applied to the starting parameters before stage 1
+    source: str  # where the grids came from, for the report
+
+    def apply_base(self, params: StrategyParams) -> StrategyParams:
+        out = msgspec.structs.replace(params, **dict(self.base))
+        try:
+            validate_params(out)
+        except ValueError as exc:
+            raise GridError(f"{self.source}: [base] makes an invalid parameter set: {exc}") from exc
+        return out
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r}; stages are {[s.name for s in self.stages]}")
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return tuple(name for s in self.stages for name, _ in s.pending)
+
+
+def shipped_grids_text() -> str:
+    return resources.files("aura.optimize").joinpath("grids.toml").read_text(encoding="utf-8")
+
+
+def load_grids(path: str | Path | None = None) -> Grids:
+    """The grids of ``path``, or the shipped ones when ``path`` is None."""
+    if path is None:
+        return parse_grids(shipped_grids_text(), "aura/optimize/grids.toml (shipped)")
+    return parse_grids(Path(path).read_text(encoding="utf-8"), str(path))
+
+
+def parse_grids(text: str, source: str = "<grids>") -> Grids:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GridError(f"{source}: not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise GridError(f"{source}: unknown top-level key {unknown[0]!r} (allowed: [base] and [[stage]])")
+    base_doc = doc.get("base", {})
+    if not isinstance(base_doc, Mapping):
+        raise GridError(f"{source}: [base] must be a table of parameter = value")
+    base = tuple((name, _check_value(source, "[base]", name, value)) for name, value in base_doc.items())
+    stages_doc = doc.get("stage", [])
+    if not isinstance(stages_doc, list):
+        raise GridError(f"{source}: stages must be an array of tables ([[stage]])")
+    names = [s.get("name") if isinstance(s, Mapping) else None for s in stages_doc]
+    if tuple(names) != STAGE_NAMES:
+        raise GridError(f"{source}: the stages must be {list(STAGE_NAMES)} in this order, found {names}")
+    stages = tuple(_parse_stage(source, s) for s in stages_doc)
+    seen: dict[str, str] = {}
+    for stage in stages:
+        for name in stage.names:
+            if name in seen:
+                raise GridError(f"{source}: parameter {name!r} is in stage {seen[name]!r} and in stage "
+                                f"{stage.name!r}; a later stage would undo the winner of the earlier one")
+            seen[name] = stage.name
+    return Grids(stages, base, source)
+
+
+def _parse_stage(source: str, doc: Mapping[str, Any]) -> Stage:
+    name = str(doc["name"])
+    where = f"stage {name!r}"
+    unknown = sorted(set(doc) - _STAGE_KEYS)
+    if unknown:
+        raise GridError(f"{source}: {where}: unknown key {unknown[0]!r} (allowed: {sorted(_STAGE_KEYS)})")
+    grid, pending_doc = doc.get("grid", {}), doc.get("pending", {})
+    for key, table in (("grid", grid), ("pending", pending_doc)):
+        if not isinstance(table, Mapping):
+            raise GridError(f"{source}: {where}: [stage.{key}] must be a table of parameter = [values]")
+    axes: list[Axis] = []
+    for param, values in grid.items():
+        _check_name(source, where, param)
+        axes.append((param, _check_values(source, where, param, values)))
+    pending: list[Axis] = []
+    for param, values in pending_doc.items():
+        if param in grid:
+            raise GridError(f"{source}: {where}: {param!r} is both in the grid and pending")
+        if param in FIELDS:  # params.py defines it now: it joins the grid, checked like any other knob
+            axes.append((param, _check_values(source, where, param, values)))
+        elif not isinstance(values, list) or not values:
+            raise GridError(f"{source}: {where}: pending {param!r} must be a non-empty list of values")
+        else:
+            pending.append((param, tuple(values)))
+    return Stage(name, str(doc.get("title", name)), tuple(axes), tuple(pending))
+
+
+def _check_name(source: str, where: str, name: str) -> None:
+    if name in FIELDS and name in PARAM_RANGES:
+        return
+    if name in FIELDS:
+        raise GridError(f"{source}: {where}: parameter {name!r} has no range in PARAM_RANGES, so the optimizer "
+                        "may not vary it")
+    close = difflib.get_close_matches(name, FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise GridError(f"{source}: {where}: unknown parameter {name!r}{hint}; a knob that params.py does not define "
+                    "yet belongs under [stage.pending]")
+
+
+def _check_values(source: str, where: str, name: str, values: Any) -> tuple[Value, ...]:
+    if not isinstance(values, list) or not values:
+        raise GridError(f"{source}: {where}: {name!r} must be a non-empty list of values, got {values!r}")
+    out = tuple(_check_value(source, where, name, v) for v in values)
+    if len(set(out)) != len(out):
+        raise GridError(f"{source}: {where}: {name!r} lists a value twice: {list(values)}")
+    return out
+
+
+def _check_value(source: str, where: str, name: str, value: Any) -> Value:
+    _check_name(source, where, name)
+    lo, hi = PARAM_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise GridError(f"{source}: {where}: {name!r} = {value!r} is not a number")
+    if name in INT_PARAMS:
+        if not isinstance(value, int):
+            raise GridError(f"{source}: {where}: {name!r} = {value!r} must be a whole number (an integer knob)")
+        checked: Value = int(value)
+    else:
+        checked = float(value)  # 1 and 1.0 must give the same parameter set (and the same digest)
+    if not lo <= checked <= hi:
+        raise GridError(f"{source}: {where}: {name!r} = {value!r} is outside its range [{lo}, {hi}] "
+                        "(PARAM_RANGES in aura/strategy/params.py)")
+    return checked

@@ -1,0 +1,209 @@
+"""The multiple-testing statistics of the promotion gate, as plain functions of return arrays.
+
+* Deflated Sharpe Ratio (Bailey and Lopez de Prado 2014, "The Deflated Sharpe Ratio: Correcting for Selection
+  Bias, Backtest Overfitting and Non-Normality"): the probability that the true Sharpe ratio exceeds the one
+  the best of N trials would reach by luck alone.
+* Probability of backtest overfitting by combinatorially symmetric cross-validation (Bailey, Borwein, Lopez de
+  Prado and Zhu 2015, "The Probability of Backtest Overfitting"): how often the in-sample best is below the
+  median out of sample.
+* Hansen's (2005) test for superior predictive ability, through ``arch.bootstrap.SPA``.
+
+Sharpe ratios here are per bar (not annualised), as the formulas require; T is a number of bars.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+
+
+def moments(x: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, sample standard deviation (ddof 1), skewness, kurtosis) of a series.
+
+    Skewness m3 / m2^1.5 and kurtosis m4 / m2^2 from the central moments m_k = mean((x - mean)^k); the kurtosis
+    is NOT excess: a normal distribution has 3.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 2 or not np.all(np.isfinite(x)):
+        raise ValueError("moments need a finite 1-d series of at least two values")
+    mean = float(np.mean(x))
+    d = x - mean
+    m2 = float(np.mean(d * d))
+    if m2 == 0.0:
+        return mean, 0.0, 0.0, 3.0  # a constant: no dispersion, treated as normal-shaped
+    return mean, float(np.std(x, ddof=1)), float(np.mean(d ** 3)) / m2 ** 1.5, float(np.mean(d ** 4)) / m2 ** 2
+
+
+def expected_max_sharpe(trial_sharpes: np.ndarray | Sequence[np.ndarray]) -> tuple[float, int]:
+    """(SR0, N): the Sharpe ratio the best of N trials reaches by luck when every true Sharpe is 0 (paper, eq. 2):
+
+        SR0 = sqrt(V[SR_n]) * ((1 - g) * Z^-1(1 - 1/N) + g * Z^-1(1 - 1/(N e)))
+
+    g the Euler-Mascheroni constant, Z^-1 the standard normal quantile, N the number of trials and V the
+    variance (ddof 1) of their Sharpe ratios.  ``trial_sharpes`` is one array, or one array per selection run:
+    then V is the pooled variance *within* runs (each run's trials around that run's mean, sum of squares over
+    sum(n_run) - runs).  The paper's trials all share one sample; in a walk-forward every fold is its own
+    sample, and the market of a fold moves every candidate of that fold alike, which is not dispersion between
+    trials.  One trial (or no dispersion) means no selection: SR0 = 0.
+    """
+    groups = [np.asarray(trial_sharpes, dtype=np.float64)] if isinstance(trial_sharpes, np.ndarray) else [
+        np.asarray(g, dtype=np.float64) for g in trial_sharpes]
+    if not groups or any(g.ndim != 1 or not np.all(np.isfinite(g)) for g in groups):
+        raise ValueError("trial Sharpe ratios must be finite 1-d arrays")
+    n = sum(len(g) for g in groups)
+    dof = n - sum(1 for g in groups if len(g))
+    if n == 0:
+        raise ValueError("no trials")
+    if n == 1 or dof <= 0:
+        return 0.0, n
+    var = sum(float(np.sum((g - g.mean()) ** 2)) for g in groups if len(g)) / dof
+    sr0 = math.sqrt(var) * ((1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / n)
+                            + EULER_GAMMA * _NORMAL.inv_cdf(1 - 1 / (n * math.e)))
+    return sr0, n
+
+
+def probabilistic_sharpe(sr: float, sr0: float, n_obs: int, skew: float, kurtosis: float) -> float:
+    """PSR(SR0) = Z((SR - SR0) sqrt(T - 1) / sqrt(1 - skew SR + (kurtosis - 1) / 4 SR^2)), kurtosis non-excess.
+
+    NaN when the denominator is not positive (a skew so extreme that the approximation breaks down).
+    """
+    denom = 1.0 - skew * sr + (kurtosis - 1.0) / 4.0 * sr * sr
+    if n_obs < 2 or not denom > 0:
+        return math.nan
+    return _NORMAL.cdf((sr - sr0) * math.sqrt(n_obs - 1) / math.sqrt(denom))
+
+
+@dataclass(frozen=True)
+class DeflatedSharpe:
+    dsr: float  # probability that the true Sharpe ratio exceeds sr0
+    sharpe: float  # of the series tested, per bar
+    sr0: float  # expected maximum Sharpe ratio of the trials under the null
+    skew: float
+    kurtosis: float  # non-excess
+    n_obs: int
+    n_trials: int
+
+
+def deflated_sharpe(returns: np.ndarray, trial_sharpes: np.ndarray | Sequence[np.ndarray]) -> DeflatedSharpe:
+    """DSR of ``returns`` (per bar) given the per-bar Sharpe ratios of ALL trials, pruned ones included (one
+    array, or one per selection run: see expected_max_sharpe)."""
+    mean, std, skew, kurt = moments(returns)
+    sr = mean / std if std > 0 else 0.0
+    sr0, n_trials = expected_max_sharpe(trial_sharpes)
+    return DeflatedSharpe(probabilistic_sharpe(sr, sr0, len(returns), skew, kurt), sr, sr0, skew, kurt,
+                          len(returns), n_trials)
+
+
+@dataclass(frozen=True)
+class CSCV:
+    pbo: float  # share of splits whose in-sample best ranks at or below the out-of-sample median (logit <= 0)
+    logits: np.ndarray  # one per split: ln(w / (1 - w)), w = out-of-sample rank of the in-sample best / (N + 1)
+    n_partitions: int
+    rows_used: int  # rows kept (the oldest T mod S rows are dropped so that the S blocks are equal)
+    distinct: int  # N: trials with distinct returns (NaN PBO and no logits when fewer than two)
+
+
+def pbo_cscv(perf: np.ndarray, n_partitions: int = 16, chunk: int = 512) -> CSCV:
+    """Probability of backtest overfitting of choosing, among N trials, the one with the best Sharpe ratio.
+
+    ``perf`` is (T, N) per-bar returns of N trials on the same T bars, or (B, T, N): excess returns over B
+    benchmarks, and a trial's performance on a set of bars is then its worst Sharpe ratio over the benchmarks
+    (the objective's rule).  The T bars are cut into S contiguous blocks; every choice of S/2 blocks is an
+    in-sample set and the other S/2 blocks its out-of-sample set (C(S, S/2) splits, each split seen both
+    ways).  Per split: the in-sample best (ties: the lowest column), its out-of-sample rank r among the N
+    (1 = worst; ties share the mean rank), w = r / (N + 1), logit ln(w / (1 - w)).  PBO = share of logits <= 0.
+
+    Trials whose returns are identical on these bars are one strategy here and count once (the first): a stop
+    that never triggers makes a grid of stop levels into copies, and copies tie at the median rank (logit 0),
+    which would read as overfitting where there was no choice at all.
+    """
+    x = np.asarray(perf, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None, :, :]
+    if x.ndim != 3 or not np.all(np.isfinite(x)):
+        raise ValueError("perf must be a finite (T, N) or (B, T, N) array")
+    s = int(n_partitions)
+    _, t_len, n = x.shape
+    if s < 2 or s % 2:
+        raise ValueError(f"CSCV needs an even number of partitions >= 2, got {s}")
+    if n < 2:
+        raise ValueError("CSCV compares at least two trials")
+    m = t_len // s
+    if m < 2:
+        raise ValueError(f"{t_len} bars cannot be cut into {s} blocks of at least 2 bars")
+    x = x[:, t_len - m * s:, :]  # keep the most recent S * m bars
+    _, first = np.unique(x.transpose(2, 0, 1).reshape(n, -1), axis=0, return_index=True)
+    x = x[:, :, np.sort(first)]
+    n = x.shape[2]
+    if n < 2:
+        return CSCV(math.nan, np.empty(0), s, m * s, n)
+    # Per block sums of the demeaned returns (demeaning keeps the variance from cancelling): any union of blocks
+    # then has its mean and variance from S numbers instead of a pass over its bars.
+    col_mean = x.mean(axis=1, keepdims=True)
+    d = (x - col_mean).reshape(x.shape[0], s, m, n)
+    bsum, bsq = d.sum(axis=2), (d * d).sum(axis=2)  # (B, S, N)
+    tol = 1e-9 * np.max(np.abs(x), axis=1)  # (B, N): a deviation below this is rounding, i.e. zero
+    half = s // 2
+    combos = np.array(list(itertools.combinations(range(s), half)), dtype=np.int64)
+    logits = np.empty(len(combos))
+    total_sum, total_sq = bsum.sum(axis=1), bsq.sum(axis=1)
+    for lo in range(0, len(combos), chunk):
+        idx = combos[lo:lo + chunk]
+        is_sum, is_sq = bsum[:, idx, :].sum(axis=2), bsq[:, idx, :].sum(axis=2)  # (B, c, N)
+        is_perf = _union_sharpe(is_sum, is_sq, half * m, col_mean, tol).min(axis=0)  # (c, N)
+        oos_perf = _union_sharpe(total_sum[:, None, :] - is_sum, total_sq[:, None, :] - is_sq, half * m, col_mean,
+                                 tol).min(axis=0)
+        best = np.argmax(is_perf, axis=1)  # first maximum: the lowest column wins ties
+        chosen = oos_perf[np.arange(len(idx)), best][:, None]
+        rank = (oos_perf < chosen).sum(axis=1) + ((oos_perf == chosen).sum(axis=1) + 1) / 2.0
+        w = rank / (n + 1)
+        logits[lo:lo + len(idx)] = np.log(w / (1 - w))
+    return CSCV(float(np.mean(logits <= 0)), logits, s, m * s, n)
+
+
+def _union_sharpe(dsum: np.ndarray, dsq: np.ndarray, k: int, col_mean: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """Sharpe ratio (ddof 1) of k bars from the sums of their demeaned values and squares: (B, c, N)."""
+    dmean = dsum / k
+    var = np.maximum(dsq - k * dmean * dmean, 0.0) / (k - 1)
+    sd = np.sqrt(var)
+    mean = dmean + col_mean  # col_mean (B, 1, N) broadcasts over the splits
+    ok = sd > tol[:, None, :]
+    return np.where(ok, mean / np.where(ok, sd, 1.0), 0.0)
+
+
+def spa_pvalue(strategy: np.ndarray, benchmark: np.ndarray, reps: int = 2000, block_size: int | None = None,
+               seed: int = 0) -> float:
+    """Hansen's SPA p-value (the "consistent" one) of H0: no strategy beats the benchmark.
+
+    ``strategy`` is (T,) or (T, k) per-bar returns, ``benchmark`` (T,) on the same bars; losses are negative
+    returns.  Stationary bootstrap with ``block_size`` (None: arch's default, sqrt(T)) and a fixed seed, so the
+    same inputs give the same p-value.  A return difference that is constant over time is decided without the
+    bootstrap: arch counts bootstrap maxima strictly above the observed one, and with no variation none is, so
+    a strategy identical to its benchmark would get p = 0, "significantly better"; here it gets 1 (and a
+    strategy that beats it by the same positive amount every bar gets 0).
+    """
+    from arch.bootstrap import SPA  # imported here: arch (with pandas, scipy) is only needed by the gate
+
+    s = np.asarray(strategy, dtype=np.float64)
+    b = np.asarray(benchmark, dtype=np.float64)
+    if s.ndim == 1:
+        s = s[:, None]
+    if b.ndim != 1 or s.shape[0] != b.shape[0] or s.shape[0] < 2:
+        raise ValueError(f"strategy {s.shape} and benchmark {b.shape} are not on the same bars")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(b))):
+        raise ValueError("SPA needs finite returns")
+    diff = s - b[:, None]
+    scale = max(float(np.max(np.abs(s))), float(np.max(np.abs(b))), 1e-300)
+    if np.all(np.ptp(diff, axis=0) <= 1e-12 * scale):  # constant up to rounding
+        return 0.0 if float(np.max(np.mean(diff, axis=0))) > 1e-12 * scale else 1.0
+    test = SPA(-b, -s, block_size=block_size, reps=reps, seed=seed)
+    test.compute()
+    return float(test.pvalues["consistent"])

@@ -1,0 +1,125 @@
+"""The promotion gate on synthetic out-of-sample records: what passes, what fails and by how much, what is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aura.optimize.folds import Fold, TrainWindow, ValidationWindow
+from aura.optimize.gate import GateSettings, ValidationRecord, promotion_gate
+from aura.optimize.objective import WindowResult
+
+DAY_MS = 86_400_000
+NAMES = ("GOLD", "SPY")
+
+
+def fold(k: int) -> Fold:
+    # train 200, embargo 10, validate 100, step 100
+    return Fold(k, TrainWindow(100 * k, 100 * k + 200), ValidationWindow(100 * k + 210, 100 * k + 310), 10)
+
+
+def records(strategy_mean: float = 0.004, incumbent_mean: float = 0.001, seed: int = 0,
+            ) -> list[ValidationRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(3):
+        f = fold(k)
+        bench = rng.normal(0.0003, 0.01, (2, 100))
+        win = WindowResult(f.validate, rng.normal(strategy_mean, 0.01, 100), bench, NAMES, DAY_MS, 5.0, 40)
+        inc = WindowResult(f.validate, rng.normal(incumbent_mean, 0.01, 100), bench, NAMES, DAY_MS, 5.0, 40)
+        out.append(ValidationRecord(f, win, inc, (f.train, f.train.recent(67))))
+    return out
+
+
+def trial_sharpes() -> list[np.ndarray]:
+    return [np.linspace(-0.05, 0.05, 50), np.linspace(0.0, 0.1, 50)]  # 100 trials, two selection runs
+
+
+def dominated_matrix(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.0, 0.01, (2, 64, 1))
+    return base + np.array([0.0, 0.001, 0.002, 0.01])[None, None, :] + rng.normal(0, 0.001, (2, 64, 4))
+
+
+def test_a_clear_winner_passes_every_test() -> None:
+    d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500))
+    assert d.passed, d.summary()
+    assert [c.name for c in d.checks] == ["beats_GOLD_every_window", "beats_SPY_every_window", "beats_incumbent",
+                                          "deflated_sharpe", "pbo", "spa_GOLD", "spa_SPY"]
+    assert all(c.margin > 0 for c in d.checks)
+    assert d.n_trials == 100
+    assert d.pbo == 0.0
+    assert d.dsr["GOLD"].n_obs == 300 and d.dsr["SPY"].n_trials == 100
+    assert [w.fold for w in d.windows] == [0, 1, 2]
+    assert d.summary().startswith("PROMOTE")
+    again = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500))
+    assert again.checks == d.checks and again.spa_pvalues == d.spa_pvalues  # seeded, deterministic
+
+
+def test_one_window_behind_a_benchmark_fails_and_says_where_and_by_how_much() -> None:
+    recs = records()
+    w = recs[1].winner
+    lagging = WindowResult(w.window, w.returns - 0.006, w.bench, NAMES, DAY_MS, w.turnover, w.trades)
+    recs[1] = ValidationRecord(recs[1].fold, lagging, recs[1].incumbent, recs[1].selected_on)
+    d = promotion_gate(recs, trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=200))
+    assert not d.passed
+    failed = {c.name: c for c in d.failed}
+    assert "beats_GOLD_every_window" in failed and "beats_SPY_every_window" in failed
+    gold = failed["beats_GOLD_every_window"]
+    lead = d.windows[1].strategy - d.windows[1].benchmarks["GOLD"]
+    assert gold.value == pytest.approx(lead) and gold.margin == pytest.approx(lead) and lead < 0
+    assert "behind on 1 of 3 windows: fold 1" in gold.detail
+    assert "NO PROMOTION" in d.summary() and "beats_GOLD_every_window" in d.summary()
+
+
+def test_worse_than_the_incumbent_fails() -> None:
+    d = promotion_gate(records(strategy_mean=0.004, incumbent_mean=0.008), trial_sharpes(), [dominated_matrix()],
+                       GateSettings(spa_reps=200))
+    inc = next(c for c in d.checks if c.name == "beats_incumbent")
+    assert not inc.passed and inc.margin == pytest.approx(d.validation_score - d.incumbent_score) and inc.margin < 0
+
+
+def test_many_dispersed_trials_deflate_a_modest_sharpe() -> None:
+    recs = records(strategy_mean=0.0015, incumbent_mean=0.0)
+    d = promotion_gate(recs, [np.random.default_rng(5).normal(0, 0.1, 5000)], [dominated_matrix()],
+                       GateSettings(spa_reps=200))
+    dsr = next(c for c in d.checks if c.name == "deflated_sharpe")
+    assert not dsr.passed and dsr.value < 0.5 and "N=5000" in dsr.detail
+
+
+def test_noise_selection_fails_pbo() -> None:
+    rng = np.random.default_rng(9)
+    noise = [rng.normal(0, 0.01, (2, 64, 20)) for _ in range(4)]
+    d = promotion_gate(records(), trial_sharpes(), noise, GateSettings(spa_reps=200))
+    pbo = next(c for c in d.checks if c.name == "pbo")
+    assert not pbo.passed and pbo.value > 0.2 and pbo.margin == pytest.approx(0.2 - pbo.value)
+    assert f"{4 * 12870} splits over 4 selection runs" in pbo.detail
+
+
+def test_no_edge_over_benchmarks_fails_spa() -> None:
+    d = promotion_gate(records(strategy_mean=0.0003, incumbent_mean=0.0), trial_sharpes(), [dominated_matrix()],
+                       GateSettings(spa_reps=500))
+    spa = [c for c in d.checks if c.name.startswith("spa_")]
+    assert all(not c.passed and c.value > 0.05 for c in spa)
+
+
+def test_leaks_and_misaligned_records_are_refused_not_answered() -> None:
+    recs = records()
+    r = recs[0]
+    leak = ValidationRecord(r.fold, r.winner, r.incumbent, (TrainWindow(0, 250),))  # reaches into validation
+    with pytest.raises(ValueError, match="winner chosen on bars it is judged on"):
+        promotion_gate([leak, *recs[1:]], trial_sharpes(), [dominated_matrix()])
+    other = WindowResult(recs[1].fold.validate, r.incumbent.returns, r.incumbent.bench, NAMES, DAY_MS, 5.0, 4)
+    with pytest.raises(ValueError, match="the incumbent was evaluated on"):
+        promotion_gate([ValidationRecord(r.fold, r.winner, other, r.selected_on)], trial_sharpes(),
+                       [dominated_matrix()])
+    only_spy = WindowResult(r.fold.validate, r.winner.returns, r.winner.bench[1:], ("SPY",), DAY_MS, 5.0, 4)
+    with pytest.raises(ValueError, match="the gate needs"):
+        promotion_gate([ValidationRecord(r.fold, only_spy, only_spy, r.selected_on)], trial_sharpes(),
+                       [dominated_matrix()])
+    with pytest.raises(ValueError, match="PBO needs"):
+        promotion_gate(recs, trial_sharpes(), [])
+    f9 = Fold(9, TrainWindow(0, 200), ValidationWindow(250, 350), 10)
+    w9 = WindowResult(f9.validate, r.winner.returns, r.winner.bench, NAMES, DAY_MS, 5.0, 4)
+    with pytest.raises(ValueError, match="validation windows of folds 0 and 9 overlap"):
+        promotion_gate([recs[0], ValidationRecord(f9, w9, w9, (f9.train,))], trial_sharpes(), [dominated_matrix()])
