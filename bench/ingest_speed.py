@@ -53,13 +53,13 @@ def _serve(conn: mp.connection.Connection, data_dir: str, timeframes: list[str])
 
 
 def cold_sync(url: str, cache_root: Path, timeframe: str, symbols: list[str], workers: int) -> dict[str, float]:
-    from services.ingest.cli import ProgressBar
+    from services.ingest.cli import progress_bar
     from services.ingest.sync import IngestConfig, sync
 
     cfg = IngestConfig(cache_root=cache_root, archive_url=url, providers=("archive",), archive_workers=workers)
     started = time.perf_counter()
-    bar = ProgressBar(len(symbols), width=20, prefix=f"cold sync {timeframe} ")
-    report = sync(symbols, "binance", timeframe, None, None, cfg, SYNC_NOW_MS, progress=bar)
+    with progress_bar(len(symbols), enabled=True) as bar:
+        report = sync(symbols, "binance", timeframe, None, None, cfg, SYNC_NOW_MS, progress=bar)
     wall = time.perf_counter() - started
     errors = {s: r.error for s, r in report.symbols.items() if r.error}
     if errors:
