@@ -21,7 +21,7 @@ import numpy as np
 
 from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import PortfolioState, risk_plan
-from aura.strategy.risk_gates import stop_trigger
+from aura.strategy.risk_gates import kill_switch_after, rearm_due, stop_trigger
 from aura.strategy.signal import compute_targets
 from aura.strategy.types import MarketRule, Panel
 from shared.candles import decode_panel, encode_panel
@@ -60,6 +60,10 @@ def compile_decision_kernels(params: StrategyParams | None = None) -> float:
     risk_plan(None, state, prices, rules, params, 0.001)  # the tick path: stops and kill-switch without targets
     price = prices[_SYMBOLS[1]]
     stop_trigger(price * 1.5, price, price, price, params.stop_loss, params.take_profit)  # the tick's [SL_CHECK]
+    # The latch policy risk applies around each decision (services.risk.service: rearm, latch), with the Python
+    # types it passes: bools and integer times.
+    rearm_due(True, False, _DAY_MS, 2 * _DAY_MS, params.kill_switch_cooldown, _DAY_MS)
+    kill_switch_after(False, True, False, False, 0, _DAY_MS)
     return time.perf_counter() - started
 
 

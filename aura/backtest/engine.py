@@ -2,17 +2,19 @@
 
 At every bar ``t`` of the run, in this order:
 
-1. legs planned at the previous close fill at this bar's open (``fill_at="open"``);
-2. the decision at the close of ``t``: on a signal bar ``compute_targets(panel.upto(t), ...)``, then on every
+1. legs planned at the previous close fill at this bar's open (``fill_at="open"``), each at most
+   ``max_participation`` of the bar's volume, with square-root impact on top of the slippage (execution.py);
+2. a latched kill-switch whose cooldown has run re-arms (risk_gates.rearm_due), its drawdown measured from here;
+3. the decision at the close of ``t``: on a signal bar ``compute_targets(panel.upto(t), ...)``, then on every
    bar ``risk_plan`` (kill-switch and stops run on every bar, the rebalance only on signal bars), with the
    bar's open/high/low so that stops are intrabar;
-3. stop exits fill at their trigger price inside bar ``t``; the rebalance legs wait for the next open (or fill
+4. stop exits fill at their trigger price inside bar ``t``; the rebalance legs wait for the next open (or fill
    at this close with ``fill_at="close"``);
-4. a symbol whose data ends at ``t`` while the run goes on is sold at its last close ("data_end", e.g. MATIC
+5. a symbol whose data ends at ``t`` while the run goes on is sold at its last close ("data_end", e.g. MATIC
    ends 2023-04-18 in the shared data because the *sources* end, not the market).  Holding it on would mean
    valuing it at a price that no longer exists; this uses one bar of foresight about the series' end (not
    about any price) and is reported as its own trade reason;
-5. equity is marked at the close (a held symbol without a close on a bar keeps its last close as the mark).
+6. equity is marked at the close (a held symbol without a close on a bar keeps its last close as the mark).
 
 The decision at ``t`` only ever sees ``panel.upto(t)`` and fills happen strictly afterwards: no lookahead.
 The fast path (fast.py) implements this same loop in numba and a test pins both to identical trades.
@@ -31,11 +33,22 @@ from typing import Any
 import numpy as np
 
 from aura.backtest.data import last_valid_index
-from aura.backtest.execution import average_entry, buy_fill, mark_row, remaining_after_sell, sell_fill, tradable
+from aura.backtest.execution import (
+    DEFAULT_MAX_PARTICIPATION,
+    average_entry,
+    default_impact,
+    fill_leg,
+    impact_slippage,
+    mark_row,
+    remaining_after_sell,
+    sell_fill,
+    tradable,
+)
 from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import PortfolioState, RiskOutcome, portfolio_value, risk_plan
 from aura.strategy.rebalance import R_DATA_END, REASONS
 from aura.strategy.regime import REGIME_NAMES
+from aura.strategy.risk_gates import kill_switch_after, rearm_due
 from aura.strategy.schedule import is_decision_bar
 from aura.strategy.signal import compute_targets
 from aura.strategy.state import SignalState
@@ -50,14 +63,27 @@ class BacktestConfig:
     bar_ms: int  # bar length of the timeframe (schedule.timeframe_ms)
     initial_cash: float = 10_000.0
     fee_rate: float = 0.001  # Binance spot taker
-    slippage: float = 0.0005  # per side, against the trader
+    slippage: float = 0.0005  # per side, against the trader: the half spread (impact comes on top)
     fill_at: str = "open"  # "open": next bar's open (default); "close": the decision bar's close
     start: int = 0  # first bar of the run (earlier bars are warm-up history only)
     end: int = -1  # last bar of the run, inclusive (-1: the panel's last bar)
+    # Capacity: a leg fills at most this share of its bar's volume, the rest is dropped (inf: no cap).
+    max_participation: float = DEFAULT_MAX_PARTICIPATION
+    # Square-root impact, slippage + coefficient * sqrt(participation); None: execution.default_impact(bar_ms).
+    impact_coefficient: float | None = None
 
     def __post_init__(self) -> None:
         if self.fill_at not in ("open", "close"):
             raise ValueError(f"fill_at must be 'open' or 'close', not {self.fill_at!r}")
+        if not self.max_participation > 0:
+            raise ValueError(f"max_participation must be > 0 (inf: no cap), not {self.max_participation!r}")
+        if self.impact_coefficient is not None and not self.impact_coefficient >= 0:
+            raise ValueError(f"impact_coefficient must be >= 0, not {self.impact_coefficient!r}")
+
+    @property
+    def impact(self) -> float:
+        """The impact coefficient in force (the timeframe's default unless one was given)."""
+        return default_impact(self.bar_ms) if self.impact_coefficient is None else float(self.impact_coefficient)
 
 
 @dataclass
@@ -103,13 +129,33 @@ class BacktestResult:
     regime: np.ndarray  # int code into regime.REGIME_NAMES, per bar (regime in force after that bar)
     trades: Trades
     bar_ms: int
-    halted_bar: int = -1  # run bar index where the kill-switch latched (-1: never)
+    halted_bar: int = -1  # run bar index where the kill-switch first latched (-1: never)
     skipped_legs: int = 0  # legs that found no tradable bar to fill on
     first_bar: int = 0  # panel row of the run's first bar (trade ``bar`` values are panel rows)
+    halted: np.ndarray | None = None  # per run bar: the kill-switch latched after that bar's decision
+    capped_bar: int = -1  # run bar index where kill_switch_cap latched it for good (-1: never)
+    capped_legs: int = 0  # legs the participation cap cut (filled in part or not at all)
+    capped_notional: float = 0.0  # what the cap dropped, at the legs' reference prices (USDT)
 
     def bar_time(self, bar: int) -> int:
         """Open time (ms) of a panel row inside the run."""
         return int(self.timestamps[bar - self.first_bar])
+
+    @property
+    def halts(self) -> int:
+        """How many times the kill-switch latched."""
+        h = self.halted_mask
+        return int(np.sum(h[1:] & ~h[:-1]) + (h[0] if len(h) else 0))
+
+    @property
+    def rearms(self) -> int:
+        """How many times it re-armed by itself (after its cooldown)."""
+        h = self.halted_mask
+        return int(np.sum(h[:-1] & ~h[1:]))
+
+    @property
+    def halted_mask(self) -> np.ndarray:
+        return self.halted if self.halted is not None else np.zeros(len(self.equity), dtype=np.bool_)
 
     @property
     def exposure(self) -> np.ndarray:
@@ -143,32 +189,38 @@ class _Book:
         return out
 
 
-def _execute(book: _Book, leg_j: int, side: int, qty: float, ref_px: float, reason: int, at: int, bar: int,
-             cfg: BacktestConfig, rule: MarketRule, trades: Trades) -> bool:
+@dataclass
+class _Counts:
+    skipped: int = 0  # legs that could not fill at all
+    capped: int = 0  # legs the participation cap cut
+    capped_notional: float = 0.0
+
+
+def _execute(book: _Book, leg_j: int, side: int, qty: float, ref_px: float, volume: float, reason: int, at: int,
+             bar: int, cfg: BacktestConfig, impact: float, rule: MarketRule, trades: Trades, counts: _Counts) -> None:
+    """One leg on a tradable bar through execution.fill_leg (the fast kernel makes the same call)."""
+    held = book.hold.get(leg_j, 0.0)
+    filled, px, cash_delta, fee, dropped = fill_leg(
+        side, qty, held, ref_px, volume, book.cash, rule.step_size, rule.min_qty, rule.min_notional, cfg.slippage,
+        impact, cfg.max_participation, cfg.fee_rate)
+    if dropped > 0:
+        counts.capped += 1
+        counts.capped_notional += dropped * ref_px
+    if not filled > 0:
+        counts.skipped += 0 if dropped > 0 else 1
+        return
+    book.cash += cash_delta
     if side < 0:
-        held = book.hold.get(leg_j, 0.0)
-        qty = min(qty, held)
-        if qty <= 0:
-            return False
-        px, proceeds, fee = sell_fill(qty, ref_px, cfg.slippage, cfg.fee_rate)
-        book.cash += proceeds
-        rest = remaining_after_sell(held, qty, rule.step_size)
+        rest = remaining_after_sell(held, filled, rule.step_size)
         if rest > 0:
             book.hold[leg_j] = rest
         else:
             book.hold.pop(leg_j, None)
             book.entry.pop(leg_j, None)
     else:
-        qty, px, spent, fee = buy_fill(qty, ref_px, cfg.slippage, cfg.fee_rate, book.cash, rule.step_size,
-                                       rule.min_qty, rule.min_notional)
-        if qty <= 0:
-            return False
-        held = book.hold.get(leg_j, 0.0)
-        book.entry[leg_j] = average_entry(held, book.entry.get(leg_j, 0.0), qty, px)
-        book.hold[leg_j] = held + qty
-        book.cash -= spent
-    trades.add(bar, leg_j, side, qty, px, fee, reason, at)
-    return True
+        book.entry[leg_j] = average_entry(held, book.entry.get(leg_j, 0.0), filled, px)
+        book.hold[leg_j] = held + filled
+    trades.add(bar, leg_j, side, filled, px, fee, reason, at)
 
 
 def run_reference(panel: Panel, params: StrategyParams, cfg: BacktestConfig, rules: dict[str, MarketRule],
@@ -188,34 +240,48 @@ def run_reference(panel: Panel, params: StrategyParams, cfg: BacktestConfig, rul
     col = {s: j for j, s in enumerate(syms)}
     book = _Book(cfg.initial_cash)
     trades = Trades()
+    impact = cfg.impact
     eq_hist: deque[float] = deque(maxlen=max(1, params.kill_switch_window - 1))
-    halted = False
-    halted_bar = -1
+    peak = 0.0  # highest decision equity of the run: the backtest's "since the last reset" (it has no reset)
+    halted = capped = False
+    latched_ms = 0
+    halted_bar = capped_bar = -1
     sig_state: SignalState | None = None
     regime = 0
     pending: list[Leg] = []
-    skipped = 0
+    counts = _Counts()
     mark = np.full(n, np.nan)
     run_len = max(0, end - start + 1)
     equity = np.zeros(run_len)
     cash = np.zeros(run_len)
     regimes = np.zeros(run_len, dtype=np.int8)
+    halted_mask = np.zeros(run_len, dtype=np.bool_)
     cycles: list[Cycle] = []
+
+    def execute(j: int, side: int, qty: float, ref_px: float, reason: int, at: int, t: int) -> None:
+        _execute(book, j, side, qty, ref_px, float(panel.volume[t, j]), reason, at, t, cfg, impact, leg_rules[j],
+                 trades, counts)
+
     for t in range(start, end + 1):
         i = t - start
+        now_ms = int(panel.timestamps[t])
         # 1. fills at this bar's open
         for leg in pending:
             j = col[leg.symbol]
-            side = 1 if leg.side == "buy" else -1
-            if not tradable(panel.open[t, j], panel.volume[t, j]) or not _execute(
-                    book, j, side, leg.qty, float(panel.open[t, j]), REASONS.index(leg.reason), AT_OPEN, t, cfg,
-                    leg_rules[j], trades):
-                skipped += 1
+            if tradable(panel.open[t, j], panel.volume[t, j]):
+                execute(j, 1 if leg.side == "buy" else -1, leg.qty, float(panel.open[t, j]),
+                        REASONS.index(leg.reason), AT_OPEN, t)
+            else:
+                counts.skipped += 1
         pending = []
-        # 2. decision at the close of t
+        # 2. a latched kill-switch whose cooldown has run re-arms, drawdown measured from here on
+        if rearm_due(halted, capped, latched_ms, now_ms, params.kill_switch_cooldown, cfg.bar_ms):
+            halted = False
+            eq_hist.clear()
+        # 3. decision at the close of t
         targets = None
         sig_in = sig_state
-        if is_decision_bar(int(panel.timestamps[t]), cfg.bar_ms, params.rebalance_every):
+        if is_decision_bar(now_ms, cfg.bar_ms, params.rebalance_every):
             targets, sig_state = compute_targets(panel.upto(t), params, sig_state)
             regime = REGIME_NAMES.index(targets.regime)
         mark_row(panel.close[t], mark)
@@ -228,6 +294,7 @@ def run_reference(panel: Panel, params: StrategyParams, cfg: BacktestConfig, rul
             entry_prices={syms[j]: e for j, e in book.entry.items()},
             equity_history=tuple(eq_hist),
             halted=halted,
+            peak_equity=peak,
         )
         outcome = risk_plan(targets, state, prices, rules, params, cfg.fee_rate,
                             opens={syms[j]: float(open_t[j]) for j in bar_ok},
@@ -237,43 +304,47 @@ def run_reference(panel: Panel, params: StrategyParams, cfg: BacktestConfig, rul
         if record_cycles:
             cycles.append(Cycle(t, state, sig_in, targets, outcome))
         eq_hist.append(outcome.equity)
-        if outcome.halted and not halted:
+        peak = max(peak, outcome.equity)
+        if outcome.halted and halted_bar < 0:
             halted_bar = i
-        halted = outcome.halted
-        # 3. stops fill inside this bar; the rest at the next open or at this close
+        halted, capped, latched_ms = kill_switch_after(halted, outcome.halted, capped, outcome.capped, latched_ms,
+                                                       now_ms)
+        if capped and capped_bar < 0:
+            capped_bar = i
+        halted_mask[i] = halted
+        # 4. stops fill inside this bar; the rest at the next open or at this close
         for leg in outcome.legs:
             j = col[leg.symbol]
             side = 1 if leg.side == "buy" else -1
-            if leg.reason in ("stop_loss", "take_profit"):
-                ok = tradable(close_t[j], panel.volume[t, j]) and _execute(
-                    book, j, side, leg.qty, leg.ref_price, REASONS.index(leg.reason), AT_INTRABAR, t, cfg,
-                    leg_rules[j], trades)
-                skipped += 0 if ok else 1
-            elif cfg.fill_at == "close":
-                ok = tradable(close_t[j], panel.volume[t, j]) and _execute(
-                    book, j, side, leg.qty, float(close_t[j]), REASONS.index(leg.reason), AT_CLOSE, t, cfg,
-                    leg_rules[j], trades)
-                skipped += 0 if ok else 1
-            else:
+            is_stop = leg.reason in ("stop_loss", "take_profit")
+            if not (is_stop or cfg.fill_at == "close"):
                 pending.append(leg)
-        # 4. series that end here while the run goes on: sell at the last close
+            elif tradable(close_t[j], panel.volume[t, j]):
+                execute(j, side, leg.qty, leg.ref_price if is_stop else float(close_t[j]),
+                        REASONS.index(leg.reason), AT_INTRABAR if is_stop else AT_CLOSE, t)
+            else:
+                counts.skipped += 1
+        # 5. series that end here while the run goes on: sell at the last close (never capped: nothing could
+        #    sell the rest later; it pays the impact of its size)
         if t < t_len - 1:
             for j in sorted(book.hold):
                 if last[j] == t:
                     qty = book.hold[j]
-                    px, proceeds, fee = sell_fill(qty, float(close_t[j]), cfg.slippage, cfg.fee_rate)
+                    slip = impact_slippage(qty, float(panel.volume[t, j]), cfg.slippage, impact)
+                    px, proceeds, fee = sell_fill(qty, float(close_t[j]), slip, cfg.fee_rate)
                     book.cash += proceeds
                     del book.hold[j]
                     book.entry.pop(j, None)
                     trades.add(t, j, -1, qty, px, fee, R_DATA_END, AT_CLOSE)
-        # 5. mark to market at the close
+        # 6. mark to market at the close
         equity[i] = portfolio_value(book.cash, book.holdings_array(n), close_t, mark)
         cash[i] = book.cash
         regimes[i] = regime
         if progress is not None:
             progress(i + 1, run_len)
     result = BacktestResult(syms, panel.timestamps[start:end + 1].copy(), equity, cash, regimes, trades, cfg.bar_ms,
-                            halted_bar, skipped, start)
+                            halted_bar, counts.skipped, start, halted_mask, capped_bar, counts.capped,
+                            counts.capped_notional)
     return result, cycles
 
 

@@ -7,7 +7,7 @@ selector, the sizing, the gates and the rebalance (pipeline.plan_core, on the sa
 ``risk_plan`` builds: held or targeted names in name order) and the fills (execution.py).  What differs is
 only the bookkeeping around them (arrays instead of Panel slices and dicts).
 tests/backtest/test_fast_parity.py asserts identical trades and equity on real data for several parameter
-sets.
+sets.  The portfolio pass lives in portfolio_kernel.py, the signal pass here.
 
 ``IndicatorCache`` computes each tensor once per distinct lookback (and min_history / normalisation), so a
 grid of parameter sets shares them; ``run_fast`` then costs one kernel call per parameter set.
@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, types
-from numba.extending import intrinsic
-from numba.np.arrayobj import populate_array
+from numba import njit
 
 from aura.backtest.data import last_valid_index
-from aura.backtest.engine import AT_CLOSE, AT_INTRABAR, AT_OPEN, BacktestConfig, BacktestResult, Trades
-from aura.backtest.execution import average_entry, buy_fill, remaining_after_sell, sell_fill, tradable
+from aura.backtest.engine import BacktestConfig, BacktestResult, Trades
+from aura.backtest.portfolio_kernel import exec_array, portfolio_pass
+from aura.backtest.refcount import alive as _alive
+from aura.backtest.refcount import uncounted as _uncounted
 from aura.strategy.indicators import (
     DRAWDOWN,
     MOMENTUM,
@@ -45,9 +45,6 @@ from aura.strategy.packing import (
     F_EXP_BEAR,
     F_EXP_BULL,
     F_EXP_SIDE,
-    F_KS_DD,
-    F_SL,
-    F_TP,
     F_W_DD,
     F_W_ML,
     F_W_MS,
@@ -57,76 +54,19 @@ from aura.strategy.packing import (
     I_K_BEAR,
     I_K_BULL,
     I_K_SIDE,
-    I_KS_WINDOW,
     I_VOTE_STEP,
     I_VOTES,
     pack_params,
     signal_key,
 )
 from aura.strategy.params import StrategyParams
-from aura.strategy.pipeline import (
-    L_PX,
-    L_QTY,
-    L_REASON,
-    L_SIDE,
-    L_SYM,
-    P_ENTRY,
-    P_ER,
-    P_HIGH,
-    P_HOLD,
-    P_LOW,
-    P_MIN_NOTIONAL,
-    P_MIN_QTY,
-    P_OPEN,
-    P_PX,
-    P_ROWS,
-    P_RULE,
-    P_SCALE,
-    P_STEP,
-    P_UNITS,
-    P_W,
-    plan_rows,
-)
-from aura.strategy.rebalance import R_DATA_END, R_STOP_LOSS, R_TAKE_PROFIT, rule_arrays
+from aura.strategy.rebalance import rule_arrays
 from aura.strategy.regime import NO_CANDIDATE, btc_trend, raw_regime, regime_step
-from aura.strategy.risk_gates import drawdown_from_peak, stop_trigger
 from aura.strategy.score import composite_value, expected_return, normalize_row
 from aura.strategy.screen import passes_screen
 from aura.strategy.selector import regime_book
 from aura.strategy.signal import breadth_at, btc_column, choose_into, name_ranks
 from aura.strategy.types import MarketRule, Panel
-
-
-@intrinsic
-def _uncounted(typingctx, arr):  # type: ignore[no-untyped-def]
-    """The same array without its reference-count handle (meminfo NULL): numba increfs and decrefs every array
-    variable a called or inlined function binds, atomically, and the portfolio pass plans on most bars with
-    dozens of such bindings (pipeline.plan_rows' arguments and their row views).  Only for scratch buffers
-    that the kernel owns for its whole run and never returns: the owner keeps the memory alive."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        src = context.make_array(sig.args[0])(context, builder, value=args[0])
-        out = context.make_array(sig.return_type)(context, builder)
-        populate_array(out, data=src.data, shape=src.shape, strides=src.strides, itemsize=src.itemsize,
-                       meminfo=None)
-        return out._getvalue()
-
-    return arr(arr), codegen
-
-
-@intrinsic
-def _alive(typingctx, arr):  # type: ignore[no-untyped-def]
-    """A use of ``arr`` that emits no code: called after the last use of its ``_uncounted`` aliases, it keeps
-    numba from releasing the owner (numba releases a variable after its last use) while they are in use."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return context.get_dummy_value()
-
-    return types.none(arr), codegen
 
 
 @njit(cache=True)
@@ -287,6 +227,7 @@ class Market:
     marks: np.ndarray
     last: np.ndarray
     rules: tuple[np.ndarray, ...]  # rebalance.rule_arrays: has_rule, step, step_scale, step_units, min_qty, ...
+    ts: np.ndarray  # bar open times, int64: the kill-switch cooldown's clock
 
     @classmethod
     def build(cls, panel: Panel, rules: dict[str, MarketRule]) -> Market:
@@ -299,34 +240,8 @@ class Market:
 
         return cls(panel, cache, by_symbol(panel.open), by_symbol(panel.high), by_symbol(panel.low),
                    by_symbol(panel.close), by_symbol(panel.volume), by_symbol(cache.marks()),
-                   last_valid_index(panel), rule_arrays(panel.symbols, rules))
-
-
-@njit(cache=True, inline="always")
-def _record(nt: int, cap: int, t: int, j: int, side: int, qty: float, px: float, fee: float, reason: int,
-            at: int, tr_bar: np.ndarray, tr_sym: np.ndarray, tr_side: np.ndarray, tr_qty: np.ndarray,
-            tr_px: np.ndarray, tr_fee: np.ndarray, tr_reason: np.ndarray, tr_at: np.ndarray) -> int:
-    if nt < cap:
-        tr_bar[nt] = t
-        tr_sym[nt] = j
-        tr_side[nt] = side
-        tr_qty[nt] = qty
-        tr_px[nt] = px
-        tr_fee[nt] = fee
-        tr_reason[nt] = reason
-        tr_at[nt] = at
-    return nt + 1
-
-
-@njit(cache=True)
-def _held_list(hold: np.ndarray, held: np.ndarray) -> int:
-    """Indices of non-zero holdings in column (= name) order; rebuilt only when a position opens or closes."""
-    c = 0
-    for j in range(hold.shape[0]):
-        if hold[j] != 0:
-            held[c] = j
-            c += 1
-    return c
+                   last_valid_index(panel), rule_arrays(panel.symbols, rules),
+                   np.ascontiguousarray(panel.timestamps, dtype=np.int64))
 
 
 @njit(cache=True)
@@ -416,234 +331,6 @@ def signal_pass(dmask: np.ndarray, z_ms: np.ndarray, z_ml: np.ndarray, z_tr: np.
     return regimes, n_targets, t_sym, t_w
 
 
-@njit(cache=True)
-def portfolio_pass(dmask: np.ndarray, n_targets: np.ndarray, t_sym: np.ndarray, t_w: np.ndarray,
-                   opn: np.ndarray, high: np.ndarray, low: np.ndarray,
-                   close: np.ndarray, volume: np.ndarray, marks: np.ndarray, last: np.ndarray,
-                   has_rule: np.ndarray, step: np.ndarray, step_scale: np.ndarray, step_units: np.ndarray,
-                   min_qty: np.ndarray, min_notional: np.ndarray, er_t: np.ndarray, ip: np.ndarray,
-                   fp: np.ndarray, cash0: float, fee: float, slip: float, fill_close: bool, start: int, end: int,
-                   out_equity: np.ndarray, out_cash: np.ndarray, tr_bar: np.ndarray, tr_sym: np.ndarray,
-                   tr_side: np.ndarray, tr_qty: np.ndarray, tr_px: np.ndarray, tr_fee: np.ndarray,
-                   tr_reason: np.ndarray, tr_at: np.ndarray) -> tuple[int, int, int]:
-    """engine.run_reference given the signal pass's targets.  Candle arrays are symbol-major (N, T): between
-    signals the pass only reads the few held symbols bar after bar, and hourly bar-major rows would drag
-    whole cache lines of every other symbol through memory.  Returns (trades written, halted run-bar or -1,
-    skipped legs); trades written > capacity means the trade buffers were too small (the caller retries)."""
-    n, t_len = close.shape
-    cap = tr_bar.shape[0]
-    hold = np.zeros(n)
-    entry = np.zeros(n)
-    held = np.zeros(n, dtype=np.int64)
-    n_held = 0
-    # compact arrays over the plan's symbols (held or targeted, name order), as risk_plan builds them
-    rel = np.zeros(n, dtype=np.int64)
-    c_sym = np.zeros((P_ROWS, n))  # pipeline.plan_rows' inputs
-    work = np.zeros((3, n))
-    legs_i = np.zeros((3, 2 * n), dtype=np.int64)
-    legs_f = np.zeros((2, 2 * n))
-    # uncounted aliases of what each plan call binds (the arrays above own the memory)
-    u_sym, u_work, u_legs_i, u_legs_f = _uncounted(c_sym), _uncounted(work), _uncounted(legs_i), _uncounted(legs_f)
-    u_ip, u_fp = _uncounted(ip), _uncounted(fp)
-    # and of the trade columns each _record binds (arguments: the caller owns them)
-    ut_bar, ut_sym, ut_side, ut_qty = _uncounted(tr_bar), _uncounted(tr_sym), _uncounted(tr_side), _uncounted(tr_qty)
-    ut_px, ut_fee, ut_reason, ut_at = _uncounted(tr_px), _uncounted(tr_fee), _uncounted(tr_reason), _uncounted(tr_at)
-    pend_sym = np.zeros(2 * n, dtype=np.int64)
-    pend_side = np.zeros(2 * n, dtype=np.int64)
-    pend_qty = np.zeros(2 * n)
-    pend_reason = np.zeros(2 * n, dtype=np.int64)
-    n_pend = 0
-    window = ip[I_KS_WINDOW]
-    run_len = end - start + 1
-    # Monotonic deque (run-bar index, equity) for the peak over the last ``window`` risk ticks, this one
-    # included (risk_gates.rolling_drawdown).  Linear buffers: no wrap-around arithmetic in the hot loop.
-    dq_pos = np.zeros(max(1, run_len), dtype=np.int64)
-    dq_val = np.zeros(max(1, run_len))
-    dq_head = 0
-    dq_tail = 0
-    cash = cash0
-    halted = False
-    halted_bar = -1
-    skipped = 0
-    nt = 0
-    d = -1
-    for t in range(start, end + 1):
-        i = t - start
-        changed = False
-        # 1. fills at this bar's open
-        for p in range(n_pend):
-            j = pend_sym[p]
-            if not tradable(opn[j, t], volume[j, t]):
-                skipped += 1
-                continue
-            before = hold[j]
-            if pend_side[p] < 0:
-                qty = min(pend_qty[p], hold[j])
-                if qty <= 0:
-                    skipped += 1
-                    continue
-                px, proceeds, f = sell_fill(qty, opn[j, t], slip, fee)
-                cash += proceeds
-                hold[j] = remaining_after_sell(hold[j], qty, step[j])
-                if hold[j] == 0.0:
-                    entry[j] = 0.0
-            else:
-                qty, px, spent, f = buy_fill(pend_qty[p], opn[j, t], slip, fee, cash, step[j], min_qty[j],
-                                             min_notional[j])
-                if qty <= 0:
-                    skipped += 1
-                    continue
-                entry[j] = average_entry(hold[j], entry[j], qty, px)
-                hold[j] = hold[j] + qty
-                cash -= spent
-            changed = changed or (before == 0.0) != (hold[j] == 0.0)
-            nt = _record(nt, cap, t, j, pend_side[p], qty, px, f, pend_reason[p], AT_OPEN, ut_bar, ut_sym,
-                         ut_side, ut_qty, ut_px, ut_fee, ut_reason, ut_at)
-        n_pend = 0
-        if changed:
-            n_held = _held_list(hold, held)
-        # 2. decision at the close
-        decision = dmask[t]
-        n_target = 0
-        if decision:
-            d += 1  # index of this decision in the signal pass's sparse targets
-            n_target = n_targets[d]
-        eq = cash  # pipeline.portfolio_value over the held names, in name order
-        for h in range(n_held):
-            j = held[h]
-            pj = close[j, t] if close[j, t] > 0 else marks[j, t]
-            if pj > 0:
-                eq += hold[j] * pj
-        while dq_tail > dq_head and dq_val[dq_tail - 1] <= eq:
-            dq_tail -= 1
-        dq_pos[dq_tail] = i
-        dq_val[dq_tail] = eq
-        dq_tail += 1
-        while dq_pos[dq_head] <= i - window:
-            dq_head += 1
-        liquidate = halted or drawdown_from_peak(eq, dq_val[dq_head]) >= fp[F_KS_DD]
-        if liquidate and not halted:
-            halted_bar = i
-        halted = liquidate
-        n_legs = 0
-        need_plan = liquidate or n_target > 0 or (decision and n_held > 0)
-        if not need_plan:
-            # A risk tick without a signal only acts on a stop: look for one before building the plan inputs.
-            for h in range(n_held):
-                j = held[h]
-                if close[j, t] > 0 and opn[j, t] > 0 and has_rule[j] and hold[j] > 0:
-                    kind, _px = stop_trigger(entry[j], opn[j, t], high[j, t], low[j, t], fp[F_SL], fp[F_TP])
-                    if kind != 0:
-                        need_plan = True
-                        break
-        if need_plan and (n_held > 0 or n_target > 0):
-            # risk_plan's symbol set: held or targeted, merged in name (= column) order
-            m = 0
-            h = 0
-            g = 0
-            while h < n_held or g < n_target:
-                jh = held[h] if h < n_held else n
-                jg = t_sym[d, g] if g < n_target else n
-                j = min(jh, jg)
-                c_sym[P_W, m] = t_w[d, g] if jg == j else 0.0
-                c_sym[P_ER, m] = er_t[t, j] if jg == j else 0.0
-                if jh == j:
-                    h += 1
-                if jg == j:
-                    g += 1
-                rel[m] = j
-                c_sym[P_HOLD, m] = hold[j]
-                c_sym[P_ENTRY, m] = entry[j]
-                c_sym[P_PX, m] = close[j, t]
-                ok = close[j, t] > 0 and opn[j, t] > 0
-                c_sym[P_OPEN, m] = opn[j, t] if ok else np.nan
-                c_sym[P_HIGH, m] = high[j, t] if ok else np.nan
-                c_sym[P_LOW, m] = low[j, t] if ok else np.nan
-                c_sym[P_RULE, m] = 1.0 if has_rule[j] else 0.0
-                c_sym[P_STEP, m] = step[j]
-                c_sym[P_SCALE, m] = step_scale[j]
-                c_sym[P_UNITS, m] = step_units[j]
-                c_sym[P_MIN_QTY, m] = min_qty[j]
-                c_sym[P_MIN_NOTIONAL, m] = min_notional[j]
-                m += 1
-            n_legs, _gate = plan_rows(m, liquidate, decision, True, u_sym, cash, fee, u_ip, u_fp, u_work, u_legs_i,
-                                      u_legs_f)
-        # 3. stops inside this bar; the rest now (fill at close) or at the next open
-        changed = False
-        for b in range(n_legs):
-            j = rel[legs_i[L_SYM, b]]
-            r = legs_i[L_REASON, b]
-            side = legs_i[L_SIDE, b]
-            is_stop = R_STOP_LOSS <= r <= R_TAKE_PROFIT  # the two stop reasons have adjacent codes
-            if not (is_stop or fill_close):
-                pend_sym[n_pend] = j
-                pend_side[n_pend] = side
-                pend_qty[n_pend] = legs_f[L_QTY, b]
-                pend_reason[n_pend] = r
-                n_pend += 1
-                continue
-            if not tradable(close[j, t], volume[j, t]):
-                skipped += 1
-                continue
-            ref = legs_f[L_PX, b] if is_stop else close[j, t]
-            at = AT_INTRABAR if is_stop else AT_CLOSE
-            before = hold[j]
-            if side < 0:
-                qty = min(legs_f[L_QTY, b], hold[j])
-                if qty <= 0:
-                    skipped += 1
-                    continue
-                px, proceeds, f = sell_fill(qty, ref, slip, fee)
-                cash += proceeds
-                hold[j] = remaining_after_sell(hold[j], qty, step[j])
-                if hold[j] == 0.0:
-                    entry[j] = 0.0
-            else:
-                qty, px, spent, f = buy_fill(legs_f[L_QTY, b], ref, slip, fee, cash, step[j], min_qty[j],
-                                             min_notional[j])
-                if qty <= 0:
-                    skipped += 1
-                    continue
-                entry[j] = average_entry(hold[j], entry[j], qty, px)
-                hold[j] = hold[j] + qty
-                cash -= spent
-            changed = changed or (before == 0.0) != (hold[j] == 0.0)
-            nt = _record(nt, cap, t, j, side, qty, px, f, r, at, ut_bar, ut_sym, ut_side, ut_qty, ut_px,
-                         ut_fee, ut_reason, ut_at)
-        if changed:
-            n_held = _held_list(hold, held)
-        # 4. series that end here while the run goes on
-        if t < t_len - 1:
-            for h in range(n_held):
-                j = held[h]
-                if last[j] == t:
-                    px, proceeds, f = sell_fill(hold[j], close[j, t], slip, fee)
-                    cash += proceeds
-                    nt = _record(nt, cap, t, j, -1, hold[j], px, f, R_DATA_END, AT_CLOSE, ut_bar, ut_sym,
-                                 ut_side, ut_qty, ut_px, ut_fee, ut_reason, ut_at)
-                    hold[j] = 0.0
-                    entry[j] = 0.0
-                    changed = True
-            if changed:
-                n_held = _held_list(hold, held)
-        # 5. mark to market
-        eq = cash
-        for h in range(n_held):
-            j = held[h]
-            pj = close[j, t] if close[j, t] > 0 else marks[j, t]
-            if pj > 0:
-                eq += hold[j] * pj
-        out_equity[i] = eq
-        out_cash[i] = cash
-    _alive(c_sym)  # the owners of the uncounted aliases live until here
-    _alive(work)
-    _alive(legs_i)
-    _alive(legs_f)
-    _alive(ip)
-    _alive(fp)
-    return nt, halted_bar, skipped
-
-
 def kernel_inputs(market: Market, params: StrategyParams) -> tuple[np.ndarray, ...]:
     """The tensors a parameter set's signal pass reads (from the shared cache), in argument order."""
     c = market.cache
@@ -703,6 +390,8 @@ def run_fast(market: Market, params: StrategyParams, cfg: BacktestConfig, trade_
     er_t = market.cache.expected_returns(params.momentum_lookback)
     eq = np.empty(run_len)  # the kernel writes every run bar
     cash = np.empty(run_len)
+    halted = np.zeros(run_len, dtype=np.bool_)
+    xp = exec_array(cfg)
     while True:
         # Written up to the count the kernel returns, read no further (and copied out below, so a result
         # does not keep the whole buffers alive).
@@ -710,13 +399,14 @@ def run_fast(market: Market, params: StrategyParams, cfg: BacktestConfig, trade_
               np.empty(trade_capacity, dtype=np.int64), np.empty(trade_capacity), np.empty(trade_capacity),
               np.empty(trade_capacity), np.empty(trade_capacity, dtype=np.int64),
               np.empty(trade_capacity, dtype=np.int64))
-        nt, halted_bar, skipped = portfolio_pass(
+        nt, halted_bar, skipped, capped_bar, capped_legs, capped_notional = portfolio_pass(
             dmask, n_targets, t_sym, t_w, market.opn, market.high, market.low, market.close, market.volume,
-            market.marks, market.last, *market.rules, er_t, ip, fp,
-            cfg.initial_cash, cfg.fee_rate, cfg.slippage, cfg.fill_at == "close", start, end, eq, cash, *tr)
+            market.marks, market.last, *market.rules, er_t, ip, fp, xp, market.ts, cfg.bar_ms,
+            cfg.fill_at == "close", start, end, eq, cash, halted, *tr)
         if nt <= trade_capacity:
             break
         trade_capacity = 2 * nt
     trades = Trades(*(a[:nt].copy() for a in tr))
     return BacktestResult(panel.symbols, panel.timestamps[start:end + 1].copy(), eq, cash, regime.copy(), trades,
-                          cfg.bar_ms, int(halted_bar), int(skipped), start)
+                          cfg.bar_ms, int(halted_bar), int(skipped), start, halted, int(capped_bar),
+                          int(capped_legs), float(capped_notional))

@@ -7,14 +7,21 @@ the session that closes at about 21:00 UTC on D (20:00 in US summer time; 21:00 
 safe bound), so it becomes usable at the first crypto bar whose *close* is at or after D 21:00 UTC: for
 daily crypto bars that is the bar of day D itself (it closes at D+1 00:00); weekends and US holidays carry
 the last close forward (a held ETF is worth its last price; nothing is invented).
+
+From the fills (any engine's ``Trades``): the intrabar drawdown bound, round trips and monthly returns.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
+from aura.backtest.engine import AT_OPEN, Trades
+from aura.backtest.execution import remaining_after_sell
+from aura.strategy.rebalance import R_DATA_END, REASONS
 
 DAY_MS = 86_400_000
 US_CLOSE_MS = 21 * 3_600_000  # 21:00 UTC after the label date's midnight
@@ -106,3 +113,127 @@ def benchmark_block(equity: np.ndarray | None, initial: float, bar_ms: int) -> d
     if equity is None:
         return {"available": False}
     return {"available": True, **performance(equity, initial, bar_ms)}
+
+
+def equity_at_lows(trades: Trades, first_bar: int, cash: np.ndarray, initial: float, low: np.ndarray,
+                   marks: np.ndarray) -> np.ndarray:
+    """Per run bar: the book with every position held through the bar marked at the bar's low.
+
+    Held through the bar = held after the fills at its open (stops, fills at the close and ``data_end`` sales
+    happen later in the bar, at prices at or above its low, so marking those positions at the low as well only
+    deepens the bound).  Cash is the cash after the open fills.  A symbol without a low in a bar is marked at its
+    last close (``marks``).  ``low`` and ``marks`` are the run's rows (T_run, N); fills are replayed from
+    ``trades``, so any engine's result will do.
+    """
+    run_len, n = low.shape
+    d_open = np.zeros((run_len, n))
+    d_later = np.zeros((run_len, n))
+    cash_open = np.concatenate([[initial], cash[:-1]]) if run_len else np.zeros(0)
+    for bar, sym, side, qty, px, fee, _reason, at in trades.rows():
+        i = bar - first_bar
+        if at == AT_OPEN:
+            d_open[i, sym] += side * qty
+            cash_open[i] += qty * px - fee if side < 0 else -(qty * px + fee)
+        else:
+            d_later[i, sym] += side * qty
+    held = np.cumsum(d_open + d_later, axis=0) - d_later
+    price = np.where(low > 0, low, marks)
+    return cash_open + np.nansum(np.where(np.abs(held) > 1e-12, held * price, 0.0), axis=1)
+
+
+def intrabar_drawdown(equity: np.ndarray, equity_low: np.ndarray, initial: float) -> np.ndarray:
+    """Per bar, the drawdown of the low-marked book from the highest close (or the initial capital) before it.
+
+    A bound on the true drawdown of the book between closes, deeper than close-to-close: every position is
+    assumed at its low at the same moment.  Peaks are closes, never intrabar highs (a path through a high then a
+    low inside one bar is not modelled)."""
+    if len(equity) == 0:
+        return np.zeros(0)
+    peak = np.maximum.accumulate(np.concatenate([[initial], equity]))[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(peak > 0, np.maximum(0.0, 1.0 - equity_low / peak), 0.0)
+
+
+def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar_time: np.ndarray, first_bar: int,
+                bar_ms: int, final_marks: np.ndarray) -> list[dict[str, Any]]:
+    """Flat-to-flat positions from the fills, in the order they close (open ones last, marked at the end).
+
+    A trip opens with a buy on a flat symbol and closes with the sell that leaves it flat, by the engines' own
+    rule (``execution.remaining_after_sell``: less than half a lot left is nothing), adds and trims in between.
+    Prices are quantity-weighted averages, slippage included; cost and proceeds include the fees, and so does the
+    P&L.  A fill's time is its bar's open for fills at the open and its close otherwise (intrabar stops included:
+    when inside the bar is not known).  ``steps``: lot step per column; ``bar_time``: open time (ms) per run bar;
+    ``final_marks``: last close per column (an open trip is valued there, without fee or slippage).
+    """
+    open_trips: dict[int, dict[str, Any]] = {}
+    hold: dict[int, float] = {}
+    out: list[dict[str, Any]] = []
+    for bar, sym, side, qty, px, fee, reason, at in trades.rows():
+        at_ms = int(bar_time[bar - first_bar]) + (0 if at == AT_OPEN else bar_ms)
+        trip = open_trips.get(sym)
+        if trip is None:
+            if side < 0:
+                continue  # nothing held: cannot happen in a run that starts flat
+            trip = open_trips[sym] = {"symbol": symbols[sym], "entry_ms": at_ms, "bought": 0.0, "bought_at": 0.0,
+                                      "cost": 0.0, "sold": 0.0, "sold_at": 0.0, "proceeds": 0.0, "fills": 0}
+        trip["fills"] += 1
+        if side > 0:
+            trip["bought"] += qty
+            trip["bought_at"] += qty * px
+            trip["cost"] += qty * px + fee
+            hold[sym] = hold.get(sym, 0.0) + qty
+            continue
+        trip["sold"] += qty
+        trip["sold_at"] += qty * px
+        trip["proceeds"] += qty * px - fee
+        hold[sym] = 0.0 if reason == R_DATA_END else remaining_after_sell(hold[sym], qty, float(steps[sym]))
+        if hold[sym] == 0.0:
+            out.append(_close_trip(open_trips.pop(sym), at_ms, REASONS[reason], bar_ms, False))
+    end_ms = int(bar_time[-1]) + bar_ms if len(bar_time) else 0
+    for sym in sorted(open_trips):
+        trip = open_trips[sym]
+        left = hold[sym]
+        trip["proceeds"] += left * float(final_marks[sym])  # marked, not sold: no fee, no slippage
+        trip["sold_at"] += left * float(final_marks[sym])
+        trip["sold"] += left
+        out.append(_close_trip(trip, end_ms, "open", bar_ms, True))
+    return out
+
+
+def _close_trip(trip: dict[str, Any], exit_ms: int, reason: str, bar_ms: int, is_open: bool) -> dict[str, Any]:
+    pnl = trip["proceeds"] - trip["cost"]
+    return {
+        "symbol": trip["symbol"], "entry_time": trip["entry_ms"], "exit_time": exit_ms,
+        "entry_price": trip["bought_at"] / trip["bought"] if trip["bought"] > 0 else math.nan,
+        "exit_price": trip["sold_at"] / trip["sold"] if trip["sold"] > 0 else math.nan,
+        "qty": trip["bought"], "cost": trip["cost"], "proceeds": trip["proceeds"], "pnl": pnl,
+        "return": pnl / trip["cost"] if trip["cost"] > 0 else math.nan,
+        "holding_bars": (exit_ms - trip["entry_ms"]) / bar_ms, "fills": trip["fills"], "exit_reason": reason,
+        "open": is_open,
+    }
+
+
+def round_trip_stats(trips: list[dict[str, Any]]) -> dict[str, Any]:
+    closed = [t for t in trips if not t["open"]]
+    pnl = np.array([t["pnl"] for t in closed])
+    held = np.array([t["holding_bars"] for t in closed])
+    return {
+        "closed": len(closed), "open": len(trips) - len(closed),
+        "win_rate": float(np.mean(pnl > 0)) if len(pnl) else math.nan,
+        "mean_pnl": float(np.mean(pnl)) if len(pnl) else math.nan,
+        "median_holding_bars": float(np.median(held)) if len(held) else math.nan,
+        "mean_holding_bars": float(np.mean(held)) if len(held) else math.nan,
+    }
+
+
+def monthly_returns(bar_open_ms: np.ndarray, equity: np.ndarray, initial: float) -> dict[str, float]:
+    """Return per calendar month (UTC, by bar open time): its last equity over the previous month's last (the
+    initial capital for the first month, which may be partial)."""
+    out: dict[str, float] = {}
+    prev = initial
+    months = [datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m") for ms in bar_open_ms]
+    for i, month in enumerate(months):
+        if i + 1 == len(months) or months[i + 1] != month:
+            out[month] = float(equity[i] / prev - 1.0) if prev > 0 else math.nan
+            prev = float(equity[i])
+    return out

@@ -14,21 +14,21 @@ INT_FIELDS: tuple[str, ...] = (
     "momentum_lookback", "momentum_long_lookback", "min_history", "sma_length", "drawdown_window",
     "vol_window", "liquidity_window", "normalization", "vote_offsets", "vote_step", "regime_sma",
     "regime_confirm", "top_k", "top_k_sideways", "top_k_bear", "weighting", "sizing", "kill_switch_window",
-    "cost_benefit_horizon", "rebalance_every",
+    "cost_benefit_horizon", "rebalance_every", "kill_switch_cooldown",
 )
 FLOAT_FIELDS: tuple[str, ...] = (
     "min_quote_volume", "screen_min_momentum", "screen_max_drawdown", "w_mom_short", "w_mom_long", "w_trend",
     "w_vol_adj", "w_drawdown", "breadth_bull", "breadth_bear", "exposure_bull", "exposure_sideways",
     "exposure_bear", "max_weight", "kelly_fraction", "kill_switch_drawdown", "stop_loss", "take_profit",
-    "cost_benefit_margin", "expected_slippage", "min_trade_usdt", "cash_buffer", "rebalance_band",
+    "cost_benefit_margin", "expected_slippage", "min_trade_usdt", "cash_buffer", "rebalance_band", "kill_switch_cap",
 )
 
 (I_MOM, I_MOM_LONG, I_MIN_HIST, I_SMA, I_DD_WIN, I_VOL_WIN, I_LIQ_WIN, I_NORM, I_VOTES, I_VOTE_STEP,
  I_REGIME_SMA, I_CONFIRM, I_K_BULL, I_K_SIDE, I_K_BEAR, I_WEIGHTING, I_SIZING, I_KS_WINDOW, I_CB_HORIZON,
- I_REBALANCE_EVERY) = range(len(INT_FIELDS))
+ I_REBALANCE_EVERY, I_KS_COOLDOWN) = range(len(INT_FIELDS))
 (F_MIN_QV, F_MIN_MOM, F_MAX_DD, F_W_MS, F_W_ML, F_W_TR, F_W_VA, F_W_DD, F_B_BULL, F_B_BEAR, F_EXP_BULL,
  F_EXP_SIDE, F_EXP_BEAR, F_MAX_W, F_KELLY, F_KS_DD, F_SL, F_TP, F_CB_MARGIN, F_EXP_SLIP, F_MIN_TRADE,
- F_CASH_BUFFER, F_BAND) = range(len(FLOAT_FIELDS))
+ F_CASH_BUFFER, F_BAND, F_KS_CAP) = range(len(FLOAT_FIELDS))
 
 
 def pack_params(p: StrategyParams) -> tuple[np.ndarray, np.ndarray]:

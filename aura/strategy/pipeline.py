@@ -38,7 +38,14 @@ from aura.strategy.rebalance import (
     rebalance_core,
     rule_arrays,
 )
-from aura.strategy.risk_gates import STOP_LOSS, cost_benefit_adjust, kill_switch, rolling_drawdown, stop_trigger
+from aura.strategy.risk_gates import (
+    STOP_LOSS,
+    cost_benefit_adjust,
+    drawdown_from_peak,
+    kill_switch_fires,
+    rolling_drawdown,
+    stop_trigger,
+)
 from aura.strategy.types import Leg, MarketRule, Targets
 
 GATE_PASS = 0
@@ -53,8 +60,11 @@ class PortfolioState:
     cash: float
     holdings: dict[str, float]  # base-asset quantity per symbol
     entry_prices: dict[str, float] = field(default_factory=dict)  # average entry, for stop-loss reachability
-    equity_history: tuple[float, ...] = ()  # equity at each past cycle, oldest first
-    halted: bool = False  # kill-switch latched until an operator resets it
+    equity_history: tuple[float, ...] = ()  # equity at each past cycle since the last reset or re-arm, oldest first
+    halted: bool = False  # kill-switch latched (until it re-arms after its cooldown, or an operator resets it)
+    # Highest equity since the last operator reset, before this decision (kill_switch_cap's peak).  The rolling
+    # history restarts at every re-arm and is bounded, so it cannot carry this peak; 0: only the history.
+    peak_equity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class RiskOutcome:
     reasons: list[str]
     drawdown: float
     equity: float = 0.0  # the equity the gates saw (append it to equity_history for the next cycle)
+    drawdown_since_reset: float = 0.0  # from the peak since the last operator reset (kill_switch_cap's measure)
+    capped: bool = False  # that drawdown reached kill_switch_cap: the latch holds until an operator reset
 
 
 @njit(cache=True)
@@ -194,7 +206,11 @@ def risk_plan(
     equity = float(portfolio_value(float(state.cash), holdings, price, mark))
     history = (*state.equity_history, equity)
     drawdown = rolling_drawdown(history, params.kill_switch_window)
-    liquidate = state.halted or kill_switch(history, params)
+    peak = max(float(state.peak_equity), *history)
+    since_reset = float(drawdown_from_peak(equity, peak))
+    fires, cap_hit = kill_switch_fires(drawdown, equity, peak, float(params.kill_switch_drawdown),
+                                       float(params.kill_switch_cap))
+    liquidate = state.halted or bool(fires)
     weights = np.array([float(targets.weights.get(s, 0.0)) if targets else 0.0 for s in symbols])
     er_map = targets.expected_returns if targets is not None else {}
     er = np.array([float(er_map.get(s, 0.0)) for s in symbols], dtype=np.float64)
@@ -217,6 +233,9 @@ def risk_plan(
     if liquidate:
         gate_name = "halted" if state.halted else "kill_switch"
         reasons.append(f"rolling drawdown {drawdown:.2%}; liquidate")
+    if cap_hit:
+        reasons.append(f"drawdown since the last reset {since_reset:.2%} reached the cap "
+                       f"{params.kill_switch_cap:.2%}: latched until an operator reset")
     for leg in legs:
         if leg.reason in ("stop_loss", "take_profit"):
             entry_px = state.entry_prices.get(leg.symbol, math.nan)
@@ -225,4 +244,4 @@ def risk_plan(
         reasons.append("cost-benefit: expected gain of the buys does not cover their cost; holding")
     if targets is not None and not er_map and not liquidate:
         reasons.append("cost-benefit: no expected returns in targets; gain test skipped")
-    return RiskOutcome(legs, gate_name, liquidate, reasons, drawdown, equity)
+    return RiskOutcome(legs, gate_name, liquidate, reasons, drawdown, equity, since_reset, bool(cap_hit))

@@ -2,6 +2,18 @@
 
 Each gate is usable on its own (and tested on its own); ``pipeline.risk_plan`` chains them in the order the
 design fixes.  The array versions are numba functions because the fast backtest kernel calls them too.
+
+The kill-switch's latch policy (``kill_switch_fires``, ``rearm_due``, ``kill_switch_after``) is written once
+here and used by the reference backtest, the fast kernel and the live risk service alike.  Times are bar open
+times in ms (the backtest's bar, the live target's or tick's ``as_of_ms``), never a wall clock, so a cooldown
+counts bars of data and a replay re-arms exactly where the backtest does:
+
+* the switch fires when the rolling drawdown reaches ``kill_switch_drawdown`` or the drawdown since the last
+  operator reset reaches ``kill_switch_cap`` (below 1.0; the latter marks the latch *capped*);
+* a latched, uncapped switch re-arms once ``kill_switch_cooldown`` bars have passed since it latched (0: never
+  by itself).  The caller then measures the rolling drawdown from the re-arm on, or the peak that latched it,
+  still inside the window, would latch it again at once;
+* a capped latch stays until an operator reset, whatever the cooldown.
 """
 
 from __future__ import annotations
@@ -35,6 +47,35 @@ def rolling_drawdown(equity: Sequence[float], window: int) -> float:
 def kill_switch(equity: Sequence[float], params: StrategyParams) -> bool:
     """True when the rolling drawdown reaches the threshold: liquidate everything (and latch ``halted``)."""
     return rolling_drawdown(equity, params.kill_switch_window) >= params.kill_switch_drawdown
+
+
+@njit(cache=True, inline="always")
+def kill_switch_fires(rolling_dd: float, equity: float, peak: float, threshold: float, cap: float,
+                      ) -> tuple[bool, bool]:
+    """(the switch fires, the cap is reached): the rolling drawdown against ``threshold``, the drawdown of
+    ``equity`` from ``peak`` (the highest since the last reset) against ``cap``.  A cap of 1.0 or more is off
+    (nothing to compute: the fast kernel calls this on every bar)."""
+    cap_hit = cap < 1.0 and drawdown_from_peak(equity, peak) >= cap
+    return rolling_dd >= threshold or cap_hit, cap_hit
+
+
+@njit(cache=True, inline="always")
+def rearm_due(halted: bool, capped: bool, latched_ms: int, now_ms: int, cooldown: int, bar_ms: int) -> bool:
+    """Whether a latched switch re-arms at the decision on the bar opening at ``now_ms``."""
+    return halted and not capped and cooldown > 0 and now_ms - latched_ms >= cooldown * bar_ms
+
+
+@njit(cache=True, inline="always")
+def kill_switch_after(halted: bool, liquidate: bool, capped: bool, cap_hit: bool, latched_ms: int,
+                      now_ms: int) -> tuple[bool, bool, int]:
+    """The latch after a decision that liquidated or not: (halted, capped, latched_ms).
+
+    ``latched_ms`` moves only when the switch newly latches: the cooldown counts from the first bar of a halt,
+    not from its last liquidation.  ``capped`` is cleared only by an operator reset, which is not a decision.
+    """
+    if liquidate and not halted:
+        latched_ms = now_ms
+    return liquidate, capped or cap_hit, latched_ms
 
 
 @njit(cache=True, inline="always")

@@ -6,6 +6,7 @@ carries the last ``snapshot_bars`` bars of every symbol listed by then.
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from collections.abc import Mapping
@@ -20,6 +21,16 @@ from services.ingest.cache import load_panel
 
 def cycle_id_for(timeframe: str, as_of_ms: int) -> str:
     return f"{timeframe}-{time.strftime('%Y%m%dT%H%M', time.gmtime(as_of_ms / 1000))}"
+
+
+def as_of_of_cycle(cycle_id: str) -> int | None:
+    """The bar open time (ms) a cycle id of :func:`cycle_id_for` names; None for any other id (genesis, a risk
+    tick's ``tick-...``)."""
+    _, _, stamp = cycle_id.partition("-")
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M")) * 1000
+    except ValueError:
+        return None
 
 
 def load_history(root: Path, timeframe: str, exchange: str = "binance") -> Panel:

@@ -1,9 +1,11 @@
 """``aura risk status|reset``: inspect the kill-switch latch, or ask risk to clear it.
 
 The kill-switch latches: once the rolling drawdown breaches its threshold the risk service liquidates and every
-later plan stays in cash until an operator resets it.  Only risk may write the latch (bus permissions), so a
-reset is a request: this command writes ``operator.reset`` signed with the operator's key, and risk applies it
-at its next cycle or tick (``services.risk.latch``), which re-arms the switch from the equity at that moment.
+later plan stays in cash until it re-arms by itself (``kill_switch_cooldown`` bars of data later; ``status`` shows
+when) or an operator resets it; past ``kill_switch_cap`` only an operator can.  Only risk may write the latch
+(bus permissions), so a reset is a request: this command writes ``operator.reset`` signed with the operator's
+key, and risk applies it at its next cycle or tick (``services.risk.latch``), which re-arms the switch from the
+equity at that moment.
 Both keys keep their history in the bucket, so who reset it, when and why stays visible.
 """
 
@@ -15,11 +17,12 @@ import getpass
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from services.risk.latch import read_latch
+from services.risk.latch import LatchDoc, read_latch
 from shared.bus import BusNotProvisioned, BusUnavailable, session, state_kv
 from shared.config import Settings, settings_for_command
 from shared.credentials import CredentialError, signing_key, trusted_key
@@ -37,6 +40,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
         out.pop("signature", None)
         if problem:
             out["problem"] = problem
+        out.update(rearm_status(latch))
         if reset is not None and reset.requested_at_ms > latch.reset_at_ms:
             out["pending_reset"] = {"requested_at_ms": reset.requested_at_ms, "by": reset.requested_by,
                                     "reason": reset.reason}
@@ -58,6 +62,27 @@ async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]
                         "reset_by": latch.reset_by, "reason": latch.reason}, True
             await asyncio.sleep(0.2)
         return {"requested_at_ms": request.requested_at_ms, "was_latched": was, "reason": reason}, False
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def rearm_status(latch: LatchDoc) -> dict[str, Any]:
+    """How the latch clears, for an operator: by itself at a data-bar time, or only by a reset."""
+    if not latch.halted:
+        return {"rearm": None}
+    out: dict[str, Any] = {"latched_at": _iso(latch.latched_at_ms) if latch.latched_at_ms else None}
+    if latch.capped:
+        out["rearm"] = ("only by `aura risk reset` (capped: the drawdown since the last reset reached "
+                        "kill_switch_cap, or the stored latch did not verify at a start)")
+    elif latch.rearm_at_ms:
+        out["rearm_at"] = _iso(latch.rearm_at_ms)
+        out["rearm"] = (f"by itself at the first cycle or tick on data of {out['rearm_at']} or later "
+                        "(kill_switch_cooldown), or by `aura risk reset`")
+    else:
+        out["rearm"] = "only by `aura risk reset` (kill_switch_cooldown is 0)"
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

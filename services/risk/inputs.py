@@ -19,7 +19,7 @@ from nats.js.kv import KeyValue
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.risk.latch import LatchDoc, applied, read_latch, write_latch
-from services.risk.tick import Latch
+from services.risk.tick import Latch, latch_view
 from shared.bus import last_message, verified_candles
 from shared.candles import decode_panel
 from shared.config import Settings
@@ -90,7 +90,8 @@ class RiskInputs:
         doc, _, problem = await read_latch(self.kv, self.own_public)
         if problem:
             self.health.inc("forged_state")
-            fallback = self.last_latch or LatchDoc(halted=True, reason="unverifiable latch at start")
+            # capped: an unverifiable latch at a start is cleared by an operator only, never by a cooldown
+            fallback = self.last_latch or LatchDoc(halted=True, capped=True, reason="unverifiable latch at start")
             error(self.logger, "FORGED_STATE", "kill-switch latch does not verify; keeping the last verified one",
                   error=problem, halted=fallback.halted)
             doc = fallback
@@ -109,10 +110,10 @@ class RiskInputs:
                  "reset on", was_latched=was, reset_by=reset.requested_by, reason=reset.reason,
                  reset_at_ms=reset.requested_at_ms)
         self.last_latch = doc
-        return Latch(halted=doc.halted, reset_at_ms=doc.reset_at_ms)
+        return latch_view(doc)
 
-    async def set_latched(self, cycle_id: str, drawdown: float, reset_at_ms: int) -> None:
-        doc = LatchDoc(halted=True, cycle_id=cycle_id, drawdown=drawdown, reset_at_ms=reset_at_ms)
+    async def store_latch(self, doc: LatchDoc) -> None:
+        """Store ``doc`` (signed) as the latch in force."""
         await write_latch(self.kv, doc, self.key)
         self.last_latch = doc
 

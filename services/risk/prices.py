@@ -96,13 +96,12 @@ class LivePrices:
     """Public ticker prices from the exchange (no credentials), rules from the newest DataReady."""
 
     def __init__(self, ctx: ServiceContext) -> None:
-        from services.executor.brokers.ccxt_broker import CcxtBroker
+        from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url
 
         s = ctx.settings
         self.ctx = ctx
         self.replay = ReplayPrices(ctx)
-        self.client = CcxtBroker(s.exchange_id, base_url=s.exchange_api_url or None, testnet=s.testnet,
-                                 logger=ctx.logger)
+        self.client = CcxtBroker(s.exchange_id, base_url=venue_url(s), testnet=s.testnet, logger=ctx.logger)
         self.name = f"live public tickers ({s.exchange_id})"
 
     async def read(self, symbols: list[str]) -> PriceRead | None:

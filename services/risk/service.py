@@ -12,6 +12,11 @@ as a cycle plan: a signed ``PlanBody`` whose basis is the latest snapshot, verif
 Ticks and targets are serialised, and neither starts from a basis while a plan it published is still in flight,
 so a tick can never make the next cycle's plan stale.
 
+The kill-switch latch ([KILL_SWITCH]) follows the strategy's policy (``aura.strategy.risk_gates``): it latches when
+the rolling drawdown breaches its threshold (or the drawdown since the last reset reaches ``kill_switch_cap``), and
+a latched, uncapped switch re-arms by itself ``kill_switch_cooldown`` bars of data after it latched (counted on
+the targets' and ticks' ``as_of_ms``, never on a clock); ``aura risk reset`` clears it at any time.
+
 Ingest's ``DataStale`` notice (an incomplete snapshot) means "do not trade on it": that bar never produces a
 target, and risk refuses any target computed on data older than the newest notice (logged [DATA_STALE],
 dead-lettered ``stale_data``, the cycle aborted so it still ends in the journal).  A notice dated more than one
@@ -34,14 +39,25 @@ from typing import Any, NoReturn
 import msgspec
 from nats.aio.msg import Msg
 
+from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import RiskOutcome, risk_plan
+from aura.strategy.risk_gates import rearm_due
 from aura.strategy.schedule import timeframe_ms
-from aura.strategy.types import MarketRule, Targets
 from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
+from services.risk.latch import LatchDoc, after_decision, rearmed
+from services.risk.plan_body import build_plan_body, rules_of, targets_of
 from services.risk.prices import PriceRead, PriceSource, make_price_source
 from services.risk.sync_guard import GuardState
-from services.risk.tick import Latch, TickDecision, evaluate_tick, latch_after, portfolio_state, tick_target
+from services.risk.tick import (
+    Latch,
+    TickDecision,
+    committed_peak,
+    evaluate_tick,
+    latch_view,
+    portfolio_state,
+    tick_target,
+)
 from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_target
 from shared.bus import RedeliveryAlarm, dead_letter, durable_pull, last_message, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
@@ -50,13 +66,10 @@ from shared.contracts import (
     ContractError,
     CycleAborted,
     DataStale,
-    MarketRuleMsg,
     PlanBody,
-    PlanLeg,
     PortfolioSnapshot,
     TargetPortfolio,
     decode,
-    plan_id_for,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
 from shared.live_params import ParamsError, ParamsTracker
@@ -66,29 +79,6 @@ from shared.signing import sign_plan
 
 INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a plan this service just published
 MAX_CYCLE_ID = 64  # an abort is published only for a cycle id this short (a forged target's may be anything)
-
-
-def build_plan_body(target: TargetPortfolio, basis: PortfolioSnapshot, outcome: RiskOutcome,
-                    params_version: int) -> PlanBody:
-    """Pure: the same target, basis and outcome always give the same body and plan id."""
-    legs = [PlanLeg(i, leg.symbol, leg.side, leg.qty, leg.ref_price, leg.reason) for i, leg in enumerate(outcome.legs)]
-    fields: dict[str, Any] = {
-        "cycle_id": target.cycle_id, "as_of_ms": target.as_of_ms, "data_digest": target.data_digest,
-        "target_id": target.target_id, "params_version": params_version, "params_digest": target.params_digest,
-        "basis_snapshot_id": basis.snapshot_id, "gate": outcome.gate, "halted": outcome.halted,
-        "legs": legs, "reasons": outcome.reasons, "prices": target.prices,
-    }
-    return PlanBody(plan_id=plan_id_for(fields), **fields)
-
-
-def targets_of(target: TargetPortfolio) -> Targets:
-    """What risk_plan needs from the signal stage's message: weights, regime and the return forecasts that
-    feed the cost-benefit gate (without them the gate's gain test would be skipped)."""
-    return Targets(weights=dict(target.weights), regime=target.regime, expected_returns=dict(target.expected_returns))
-
-
-def rules_of(markets: list[MarketRuleMsg]) -> dict[str, MarketRule]:
-    return {m.symbol: MarketRule(m.symbol, m.step_size, m.tick_size, m.min_qty, m.min_notional) for m in markets}
 
 
 @dataclass
@@ -108,7 +98,8 @@ class Risk:
         # Fee + slippage per unit of notional (dry run: the paper broker's; live: the venue's taker fee).
         self.costs = costs
         # Live: a target on a bar that closed more than one bar plus the grace before the venue's clock is refused.
-        self.max_age_ms = 2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000)
+        self.bar_ms = timeframe_ms(s.timeframe)  # the kill-switch cooldown's unit
+        self.max_age_ms = 2 * self.bar_ms + int(s.plan_grace_s * 1000)
         self.lock = asyncio.Lock()  # one decision at a time: a tick never interleaves with a target
         self.inflight: InFlight | None = None
         self.guard = GuardState()
@@ -147,11 +138,39 @@ class Risk:
             return True
         return False
 
-    async def latch(self, cycle_id: str, outcome: RiskOutcome, latch: Latch) -> None:
-        if latch_after(latch.halted, outcome) and not latch.halted:
-            await self.inputs.set_latched(cycle_id, outcome.drawdown, latch.reset_at_ms)
+    async def rearm(self, latch: Latch, params: StrategyParams, as_of_ms: int, basis: PortfolioSnapshot) -> Latch:
+        """Re-arm a latched switch whose cooldown has run by the bar ``as_of_ms`` (0: no data time, no re-arm)."""
+        doc = self.inputs.last_latch
+        latched_ms = latch.latched_at_ms or as_of_ms  # unknown: stamped at this decision, the cooldown starts here
+        if doc is None or as_of_ms <= 0 or not rearm_due(latch.halted, latch.capped, latched_ms, as_of_ms,
+                                                          params.kill_switch_cooldown, self.bar_ms):
+            return latch
+        doc = rearmed(doc, as_of_ms, basis.committed_at_ms, committed_peak(basis, latch))
+        await self.inputs.store_latch(doc)
+        warn(self.ctx.logger, "KILL_SWITCH", "re-armed after its cooldown; drawdown is measured from here on",
+             latched_at_ms=latch.latched_at_ms, rearmed_at_ms=as_of_ms, cooldown_bars=params.kill_switch_cooldown)
+        return latch_view(doc)
+
+    async def latch(self, cycle_id: str, outcome: RiskOutcome, latch: Latch, params: StrategyParams,
+                    as_of_ms: int, basis: PortfolioSnapshot) -> None:
+        """Keep the latch in step with the decision: latched, capped, when it re-arms, the cap's peak."""
+        doc = self.inputs.last_latch or LatchDoc(halted=latch.halted)
+        new = after_decision(doc, outcome, cycle_id, as_of_ms, params.kill_switch_cooldown, self.bar_ms,
+                             committed_peak(basis, latch))
+        # A higher peak alone is written only while the cap is on (it is what the cap measures from); otherwise it
+        # rides along with the next write, so an uneventful cycle never rewrites the latch.
+        material = msgspec.structs.replace(new, peak_equity=doc.peak_equity) != doc
+        if not material and not (params.kill_switch_cap < 1.0 and new.peak_equity != doc.peak_equity):
+            return
+        await self.inputs.store_latch(new)
+        if new.halted and not doc.halted:
             warn(self.ctx.logger, "KILL_SWITCH", "rolling drawdown breached; liquidating and latching halt",
-                 cycle_id=cycle_id, drawdown=round(outcome.drawdown, 4))
+                 cycle_id=cycle_id, drawdown=round(outcome.drawdown, 4), latched_at_ms=new.latched_at_ms,
+                 rearm_at_ms=new.rearm_at_ms)
+        if new.capped and not doc.capped:
+            warn(self.ctx.logger, "KILL_SWITCH", "drawdown since the last reset reached the cap; latched until "
+                 "`aura risk reset`", cycle_id=cycle_id, drawdown_since_reset=round(outcome.drawdown_since_reset, 4),
+                 cap=params.kill_switch_cap)
 
     async def sign_and_publish(self, body: PlanBody) -> None:
         approved = sign_plan(body, self.inputs.key)
@@ -226,14 +245,14 @@ class Risk:
         if basis is None:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
-        latch = await self.inputs.latch()
+        latch = await self.rearm(await self.inputs.latch(), params, target.as_of_ms, basis)
         cost = await self.costs.current()
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
                             params, cost.rate, marks=marks)
-        await self.latch(target.cycle_id, outcome, latch)
+        await self.latch(target.cycle_id, outcome, latch, params, target.as_of_ms, basis)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
         self.marks.update(prices)
@@ -272,12 +291,14 @@ class Risk:
             return None
         params, version = await self.params.current()
         latch = await self.inputs.latch()
-        halted = latch.halted
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
         read: PriceRead | None = await self.prices.read(held)
+        data_ms = read.as_of_ms if read is not None else 0  # the data's time: what the cooldown counts on
         if read is None and not held:
             # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.
             read = PriceRead({}, [], int(time.time() * 1000), "no-prices")
+        latch = await self.rearm(latch, params, data_ms, basis)
+        halted = latch.halted
         prices = read.prices if read is not None else None
         rules = rules_of(read.markets) if read is not None else {}
         cost = await self.costs.current()
@@ -301,7 +322,7 @@ class Risk:
         assert read is not None
         ctx.health.set("drawdown", outcome.drawdown)
         target = tick_target(basis, read.prices, read.markets, params, version, read.as_of_ms, read.digest)
-        await self.latch(target.cycle_id, outcome, latch)
+        await self.latch(target.cycle_id, outcome, latch, params, data_ms, basis)
         if outcome.legs:
             body = build_plan_body(target, basis, outcome, version)
             await self.sign_and_publish(body)

@@ -7,9 +7,11 @@ what a tick needs around them, so the tick can never decide differently from a c
 * ``sl_checks``: one line per position for the [SL_CHECK] log (entry, price, levels, verdict).
 * ``evaluate_tick``: the sync guard on the price read first (a held symbol missing from a ticker answer right
   after an error must not be valued at nothing and trip the kill-switch), then ``risk_plan``.
-* ``latch_after``: the kill-switch latch, which only an operator clears (``aura risk reset``).
-* ``Latch`` / ``portfolio_state``: a reset also re-arms the kill-switch from the equity at the reset, or the
-  pre-crash peak still inside the rolling window would trip it again on the very next cycle.
+* ``latch_after``: whether the kill-switch is latched after a decision (``services.risk.latch.after_decision``
+  keeps the whole latch: when it latched, whether it is capped, when it re-arms).
+* ``Latch`` / ``portfolio_state``: a reset, or a re-arm after the cooldown, measures the kill-switch's rolling
+  drawdown from that moment on, or the pre-crash peak still inside the window would trip it again at once;
+  ``kill_switch_cap`` measures from the last operator reset (its peak kept in the latch).
 * ``tick_target``: the synthetic target a tick plan is built from, so it goes through the *same* signed
   ``PlanBody`` path as a cycle plan, with a deterministic cycle id.
 """
@@ -33,15 +35,32 @@ PRICE_CONFIRM_READS = 3
 
 @dataclass(frozen=True)
 class Latch:
-    """The kill-switch latch as stored in the state bucket (``risk.halted``)."""
+    """The kill-switch latch as the decision needs it (from ``risk.halted``, ``services.risk.latch.LatchDoc``)."""
 
     halted: bool = False
-    reset_at_ms: int = 0  # the last operator reset; drawdown is measured from equity committed after it
+    reset_at_ms: int = 0  # the last operator reset: kill_switch_cap's drawdown counts equity committed after it
+    equity_since_ms: int = 0  # the rolling drawdown counts equity committed after this (reset or re-arm)
+    peak_equity: float = 0.0  # highest committed equity since the reset, as the latch recorded it
+    capped: bool = False
+    latched_at_ms: int = 0  # data-bar time it latched at (0: unknown)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any] | None) -> Latch:
         doc = doc or {}
-        return cls(halted=bool(doc.get("halted")), reset_at_ms=int(doc.get("reset_at_ms") or 0))
+        return cls(halted=bool(doc.get("halted")), reset_at_ms=int(doc.get("reset_at_ms") or 0),
+                   equity_since_ms=int(doc.get("equity_since_ms") or 0),
+                   peak_equity=float(doc.get("peak_equity") or 0.0), capped=bool(doc.get("capped")),
+                   latched_at_ms=int(doc.get("latched_at_ms") or 0))
+
+    @property
+    def window_since_ms(self) -> int:
+        return max(self.reset_at_ms, self.equity_since_ms)
+
+
+def latch_view(doc: Any) -> Latch:
+    """The decision's view of a ``LatchDoc`` (any object with its fields)."""
+    return Latch(halted=doc.halted, reset_at_ms=doc.reset_at_ms, equity_since_ms=doc.equity_since_ms,
+                 peak_equity=doc.peak_equity, capped=doc.capped, latched_at_ms=doc.latched_at_ms)
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,8 @@ def sl_checks(snapshot: PortfolioSnapshot, prices: dict[str, float], params: Str
 
 
 def latch_after(halted_before: bool, outcome: RiskOutcome) -> bool:
-    """The kill-switch latch: once set it stays set (only ``aura risk reset`` clears it)."""
+    """The kill-switch latch after a decision: once set it stays set until it re-arms (after its cooldown, before
+    the next decision) or ``aura risk reset`` clears it."""
     return halted_before or outcome.gate == "kill_switch"
 
 
@@ -124,10 +144,17 @@ def equity_since_reset(snap: PortfolioSnapshot, reset_at_ms: int) -> tuple[float
     return tuple(e for e, at in zip(history, stamps, strict=True) if at > reset_at_ms)
 
 
+def committed_peak(snap: PortfolioSnapshot, latch: Latch) -> float:
+    """The highest equity committed since the last operator reset: the snapshot's points after it (at most its
+    last EQUITY_HISTORY) and the peak the latch recorded (0.0 if neither has any)."""
+    return max((latch.peak_equity, *equity_since_reset(snap, latch.reset_at_ms)))
+
+
 def portfolio_state(snap: PortfolioSnapshot, latch: Latch) -> PortfolioState:
     """The executor's snapshot as the decision core's portfolio (cycle plans and ticks alike)."""
     return PortfolioState(cash=snap.cash, holdings=dict(snap.holdings), entry_prices=dict(snap.entry_prices),
-                          equity_history=equity_since_reset(snap, latch.reset_at_ms), halted=latch.halted)
+                          equity_history=equity_since_reset(snap, latch.window_since_ms), halted=latch.halted,
+                          peak_equity=committed_peak(snap, latch))
 
 
 def tick_target(snapshot: PortfolioSnapshot, prices: dict[str, float], markets: list[MarketRuleMsg],

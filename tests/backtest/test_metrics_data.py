@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 
 from aura.backtest.data import default_rules, last_valid_index, list_symbols, load_benchmark, load_panel
+from aura.backtest.engine import AT_CLOSE, AT_INTRABAR, AT_OPEN, Trades
 from aura.backtest.metrics import (
     align_equity_benchmark,
     bars_per_year,
     buy_and_hold,
+    equity_at_lows,
+    intrabar_drawdown,
+    monthly_returns,
     performance,
+    round_trips,
     trading_stats,
 )
+from aura.strategy.rebalance import R_ENTER, R_EXIT, R_STOP_LOSS, R_TRIM
 from aura.strategy.types import Panel
 
 DAY = 86_400_000
@@ -43,6 +49,44 @@ def test_trading_stats() -> None:
                       np.r_[np.zeros(65), np.full(300, 0.5)], DAY)
     assert s == {"turnover": pytest.approx(1.0), "fees_paid": 1.0, "time_in_market": pytest.approx(300 / 365),
                  "trades": 2, "traded_notional": 1000.0}
+
+
+def test_intrabar_bound_marks_what_was_held_through_each_bar_at_its_low() -> None:
+    # 2000 cash; 10 units bought at bar 1's open at 100 (fee 1); bar 2 stops out 4 of them at 85 (fee 0.34).
+    trades = Trades([1, 2], [0, 0], [1, -1], [10.0, 4.0], [100.0, 85.0], [1.0, 0.34], [R_ENTER, R_STOP_LOSS],
+                    [AT_OPEN, AT_INTRABAR])
+    cash = np.array([2000.0, 999.0, 999.0 + 340.0 - 0.34])
+    low = np.array([[95.0], [90.0], [80.0]])
+    eq_low = equity_at_lows(trades, 0, cash, 2000.0, low, np.full((3, 1), 100.0))
+    # Bar 0: nothing held.  Bar 1: the open buy is held through the bar.  Bar 2: all 10 units were held when
+    # the bar opened (the stop sold 4 inside it, above its low): marking all 10 at the low is the bound.
+    assert eq_low.tolist() == [2000.0, 999.0 + 900.0, 999.0 + 800.0]
+    equity = np.array([2000.0, 2049.0, 1949.0])
+    dd = intrabar_drawdown(equity, eq_low, 2000.0)
+    assert dd == pytest.approx([0.0, 1 - 1899 / 2000, 1 - 1799 / 2049])  # peaks: the closes before each bar
+
+
+def test_round_trips_run_flat_to_flat_with_fees_in_the_pnl() -> None:
+    trades = Trades([0, 2, 3, 3, 5], [0, 0, 0, 1, 1], [1, -1, -1, 1, 1], [2.0, 1.0, 1.0, 5.0, 5.0],
+                    [10.0, 12.0, 13.0, 4.0, 5.0], [0.02, 0.012, 0.013, 0.02, 0.025],
+                    [R_ENTER, R_TRIM, R_EXIT, R_ENTER, R_ENTER], [AT_OPEN, AT_OPEN, AT_CLOSE, AT_OPEN, AT_OPEN])
+    bar_time = np.arange(6, dtype=np.int64) * DAY
+    trips = round_trips(trades, ("A_USDT", "B_USDT"), np.array([0.01, 0.01]), bar_time, 0, DAY,
+                        np.array([13.0, 6.0]))
+    a, b = trips
+    assert (a["symbol"], a["open"], a["fills"], a["exit_reason"]) == ("A_USDT", False, 3, "exit")
+    assert a["entry_price"] == 10.0 and a["exit_price"] == 12.5
+    assert a["pnl"] == pytest.approx((12 - 0.012) + (13 - 0.013) - (20 + 0.02))
+    assert a["entry_time"] == 0 and a["exit_time"] == 4 * DAY and a["holding_bars"] == 4.0  # bar 3's close
+    # still open at the end: marked at the last close, without a fee
+    assert (b["symbol"], b["open"], b["qty"], b["entry_price"], b["exit_price"]) == ("B_USDT", True, 10.0, 4.5, 6.0)
+    assert b["pnl"] == pytest.approx(60.0 - (45.0 + 0.045))
+
+
+def test_monthly_returns_chain_to_the_total() -> None:
+    jan31, feb1, mar1 = 1_706_659_200_000, 1_706_745_600_000, 1_709_251_200_000  # 2024-01-31, 02-01, 03-01
+    months = monthly_returns(np.array([jan31, feb1, mar1]), np.array([110.0, 99.0, 121.0]), 100.0)
+    assert months == {"2024-01": pytest.approx(0.1), "2024-02": pytest.approx(-0.1), "2024-03": pytest.approx(2 / 9)}
 
 
 def test_an_equity_close_is_used_only_once_it_has_happened() -> None:

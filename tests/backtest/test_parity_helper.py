@@ -11,7 +11,7 @@ from aura.strategy.pipeline import risk_plan
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule, Panel
 from services.ingest.replay import replay_step
-from services.risk.service import targets_of
+from services.risk.plan_body import targets_of
 from services.signal.service import make_target
 from shared.contracts import DataReady, TargetPortfolio, decode, encode
 

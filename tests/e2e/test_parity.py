@@ -33,7 +33,7 @@ from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import Panel
 from services.ingest.replay import load_history, load_market_rules, replay_step
 from services.risk.latch import LatchDoc, write_latch
-from services.risk.service import build_plan_body
+from services.risk.plan_body import build_plan_body
 from services.signal.service import make_target
 from shared.bus import candle_writer, publish, state_kv
 from shared.candles import digest, encode_panel

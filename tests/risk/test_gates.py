@@ -8,8 +8,10 @@ array core the backtest kernel shares; it is exercised through ``risk_plan``, th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import msgspec
 import pytest
 
 from aura.strategy.params import StrategyParams
@@ -54,6 +56,20 @@ def test_kill_switch_latches_until_reset() -> None:
     reset = risk_plan(Targets({"BTC/USDT": 0.5}, "bull"), PortfolioState(cash=1000.0, holdings={"BTC/USDT": 0.01},
                       equity_history=(1000.0,)), {"BTC/USDT": 40_000.0}, RULES, PARAMS, 0.001)
     assert not reset.halted and not latch_after(False, reset)
+
+
+def test_kill_switch_cap_measures_from_the_peak_since_the_last_reset() -> None:
+    # The rolling window (restarted by a re-arm) sees 700 -> 650, -7%; the book is 41% under its 1100 peak since
+    # the last reset, beyond a 40% cap: it fires, and the outcome says the cap did (the latch then stays).
+    capped = msgspec.structs.replace(PARAMS, kill_switch_cap=0.4)
+    state = PortfolioState(cash=650.0, holdings={}, equity_history=(700.0,), peak_equity=1100.0)
+    out = risk_plan(None, state, {}, RULES, capped, 0.001)
+    assert out.halted and out.capped and out.gate == "kill_switch"
+    assert out.drawdown == pytest.approx(1 - 650 / 700) and out.drawdown_since_reset == pytest.approx(1 - 650 / 1100)
+    assert any("reached the cap" in r for r in out.reasons)
+    calm = risk_plan(None, dataclasses.replace(state, peak_equity=1000.0), {}, RULES, capped, 0.001)
+    assert not calm.halted and not calm.capped  # 35% under the peak: inside the cap
+    assert not risk_plan(None, state, {}, RULES, PARAMS, 0.001).halted  # the cap is off by default (1.0)
 
 
 # --- gate 2: stop-loss / take-profit ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ operator (reading state and dead letters, ``aura risk reset``).
 
 When the tick triggers it must publish a signed exit plan through the same path as a cycle plan (basis = the
 latest snapshot), which the executor verifies and executes; the kill-switch latch must hold until
-``aura risk reset`` has risk clear it.
+``aura risk reset`` has risk clear it, or, with a ``kill_switch_cooldown``, until that many bars of data later.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from shared.contracts import (
     plan_id_for,
 )
 from shared.credentials import signing_key
+from shared.live_params import promote, sign_document
 from shared.signing import load_public_key, sign_plan, verify_plan
 from tests.bus_helpers import (
     Capture,
@@ -89,15 +90,15 @@ async def buy(js_risk: Any, settings: Settings, qty: float, price: float) -> Por
     return await until(bought, "the buy to be executed")
 
 
-async def market_moves(js_ingest: Any, settings: Settings, btc_close: float) -> str:
-    """Play ingest: a DataReady whose newest bar closes BTC at ``btc_close`` (ETH flat), its candle object
-    stored first, as ingest does."""
+async def market_moves(js_ingest: Any, settings: Settings, btc_close: float, day: int = 1) -> str:
+    """Play ingest: a DataReady whose newest bar (the bar of 2024-01-01 + ``day`` days, its as_of_ms) closes BTC at
+    ``btc_close`` (ETH flat), its candle object stored first, as ingest does."""
     rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
     symbols = ("BTC/USDT", "ETH/USDT")
     closes = np.array([[40_000.0, 2000.0], [btc_close, 2000.0]])
-    panel = Panel(symbols, np.array([T0, T0 + DAY], dtype=np.int64), closes, closes, closes, closes,
-                  np.ones_like(closes))
-    ready = await announce_panel(js_ingest, panel, "1d-20240102T0000", market_msgs(symbols, rules))
+    panel = Panel(symbols, np.array([T0 + (day - 1) * DAY, T0 + day * DAY], dtype=np.int64), closes, closes, closes,
+                  closes, np.ones_like(closes))
+    ready = await announce_panel(js_ingest, panel, f"1d-202401{day + 1:02d}T0000", market_msgs(symbols, rules))
     return ready.digest
 
 
@@ -211,6 +212,92 @@ def test_kill_switch_on_a_tick_latches_until_aura_risk_reset(nats_server: NatsEn
     assert len(breached) == 1 and len(resets) == 1 and len(kills) == 2, kills
     assert resets[0]["was_latched"] is True and resets[0]["reason"] == "test"
     assert resets[0]["reset_by"] == cleared.reset_by
+
+
+def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_server: NatsEndpoint,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """kill_switch_cooldown=2: the tick that latches on the bar of 2024-01-02 re-arms on the first decision on data
+    of 2024-01-04 or later.  Ticks on the same data never re-arm it, however long the wall clock runs; `aura risk
+    status` says when it will; once re-armed, the drawdown counts from the re-arm, so the old peak does not latch
+    it again."""
+    settings = tick_settings(nats_server)
+    capture = Capture()
+    monkeypatch.setenv("AURA_HOME", str(nats_server.home))
+    monkeypatch.setenv("AURA_NATS_URL", nats_server.url)
+    risk_public = load_public_key(settings.public_key_path)
+    params = StrategyParams(kill_switch_cooldown=2)
+
+    async def latch(js_operator: Any) -> tuple[LatchDoc, int]:
+        doc, revision, problem = await read_latch(await state_kv(js_operator), risk_public)
+        assert problem == "", f"the latch does not verify: {problem}"
+        return doc, revision
+
+    def tick_lines() -> int:
+        return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
+
+    async def ticks(n: int) -> None:
+        seen = tick_lines()
+
+        async def ticked() -> bool:
+            return tick_lines() >= seen + n
+
+        await until(ticked, f"{n} risk ticks")
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with role_connections(settings, "ingest", "risk", "operator") as js:
+            await promote(js["operator"], sign_document(params, signing_key(settings.keys, "operator"),
+                                                        "operator:test", "re-arm after two bars"))
+            async with running(settings, "executor", "risk", handler=capture):
+                await buy(js["risk"], settings, 0.2, 40_000.0)  # 80% of the book in BTC
+                await market_moves(js["ingest"], settings, 25_000.0, day=1)  # a 30% drawdown on 2024-01-02
+
+                async def latched() -> LatchDoc | None:
+                    doc, _ = await latch(js["operator"])
+                    return doc if doc.halted else None
+
+                out["latched"] = await until(latched, "the kill-switch to latch")
+                await ticks(4)  # the same bar again and again: no re-arm, whatever the clock says
+                out["still"] = await latch(js["operator"])
+                capsys.readouterr()
+                assert await asyncio.to_thread(risk_cli, ["status"]) == 0
+                out["status"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                await market_moves(js["ingest"], settings, 25_000.0, day=2)  # one bar later: still latched
+                await ticks(3)
+                out["one_bar"] = await latch(js["operator"])
+                await market_moves(js["ingest"], settings, 25_000.0, day=3)  # two bars later: re-armed
+
+                async def rearmed() -> LatchDoc | None:
+                    doc, _ = await latch(js["operator"])
+                    return doc if not doc.halted else None
+
+                out["rearmed"] = await until(rearmed, "the kill-switch to re-arm")
+                rearmed_rev = (await latch(js["operator"]))[1]
+                await ticks(5)
+                out["later"] = await latch(js["operator"])
+                out["rearmed_rev"] = rearmed_rev
+        return out
+
+    out = asyncio.run(scenario())
+    latched, rearmed = out["latched"], out["rearmed"]
+    assert latched.latched_at_ms == T0 + DAY and latched.rearm_at_ms == T0 + 3 * DAY and not latched.capped
+    assert latched.drawdown >= 0.25
+    assert out["still"][0].halted and out["still"][0].rearm_at_ms == T0 + 3 * DAY
+    assert out["one_bar"][0].halted, "re-armed one bar after latching with a cooldown of two"
+    status = out["status"]
+    assert status["halted"] is True and status["rearm_at"] == "2024-01-04T00:00Z" and "by itself" in status["rearm"]
+    assert rearmed.rearmed_at_ms == T0 + 3 * DAY and rearmed.rearm_at_ms == 0 and rearmed.reset_at_ms == 0
+    assert rearmed.equity_since_ms > 0  # the rolling drawdown counts equity committed after the re-arm only
+    # Re-armed for good: the book is in cash ~30% under a peak still inside the window, and later ticks did not
+    # latch it again.
+    assert out["later"] == (rearmed, out["rearmed_rev"]), f"latched again after the re-arm: {out['later']}"
+    kills = capture.fields("KILL_SWITCH")
+    breached = [k for k in kills if k["msg"].startswith("rolling drawdown breached")]
+    rearms = [k for k in kills if k["msg"].startswith("re-armed after its cooldown")]
+    assert len(breached) == 1 and len(rearms) == 1 and len(kills) == 2, kills
+    assert rearms[0]["rearmed_at_ms"] == T0 + 3 * DAY and rearms[0]["cooldown_bars"] == 2
+    assert breached[0]["rearm_at_ms"] == T0 + 3 * DAY
 
 
 def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, shared_data_dir: Path) -> None:

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import math
 
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import MarketRule
+from services.risk.cli import rearm_status
+from services.risk.latch import LatchDoc, _LatchDocV1, after_decision, applied, rearmed, verified_latch
 from services.risk.sync_guard import GuardState
-from services.risk.tick import Latch, evaluate_tick, portfolio_state, sl_checks, tick_target
+from services.risk.tick import Latch, evaluate_tick, latch_view, portfolio_state, sl_checks, tick_target
 from shared.contracts import MarketRuleMsg, PortfolioSnapshot
+from shared.operator_requests import OperatorRequest
+from shared.signing import SignatureError, sign_struct
 
 RULES = {s: MarketRule(s, 0.0001, 0.01, 0.0001, 5.0) for s in ("BTC/USDT", "ETH/USDT")}
 MARKETS = [MarketRuleMsg(s, 0.0001, 0.01, 0.0001, 5.0) for s in RULES]
@@ -131,3 +139,67 @@ def test_equity_before_the_reset_is_left_out_and_old_snapshots_keep_their_histor
     untimed = snapshot(equity_history=[10_000.0, 7_000.0])  # a producer without commit times
     assert portfolio_state(untimed, Latch(False, 2_500)).equity_history == (10_000.0, 7_000.0)
     assert portfolio_state(LIQUIDATED, Latch(True, 0)).halted
+
+
+# --- the re-arm policy ------------------------------------------------------------------------------------------
+
+DAY = 86_400_000
+
+
+def test_a_latch_records_the_bar_it_latched_on_and_when_it_rearms() -> None:
+    fired = tick({"BTC/USDT": 28_000.0, "ETH/USDT": 1500.0}).outcome
+    assert fired is not None and fired.gate == "kill_switch"
+    doc = after_decision(LatchDoc(halted=False), fired, "tick-a", 5 * DAY, 3, DAY, 11_000.0)
+    assert (doc.halted, doc.capped, doc.latched_at_ms, doc.rearm_at_ms) == (True, False, 5 * DAY, 8 * DAY)
+    assert doc.cycle_id == "tick-a" and doc.drawdown == fired.drawdown and doc.peak_equity == 11_000.0
+    # A later decision while latched changes nothing: nothing to write.
+    held = tick({"BTC/USDT": 28_000.0, "ETH/USDT": 1500.0}, halted=True).outcome
+    assert held is not None and after_decision(doc, held, "tick-b", 6 * DAY, 3, DAY, 11_000.0) == doc
+    # Cooldown 0 (the default): it never re-arms by itself; the parameters in force decide, so the latch follows.
+    assert after_decision(doc, held, "tick-b", 6 * DAY, 0, DAY, 11_000.0).rearm_at_ms == 0
+    # A latch whose bar is unknown (written before the policy, or latched with no data time) starts its
+    # cooldown at the next decision with data, never at a guess.
+    legacy = after_decision(LatchDoc(halted=True), held, "c", 9 * DAY, 3, DAY, 0.0)
+    assert (legacy.latched_at_ms, legacy.rearm_at_ms) == (9 * DAY, 12 * DAY)
+
+
+def test_a_rearmed_latch_measures_the_rolling_drawdown_from_the_rearm_and_the_cap_from_the_reset() -> None:
+    latched = LatchDoc(halted=True, latched_at_ms=DAY, rearm_at_ms=3 * DAY, cycle_id="c", drawdown=0.3)
+    doc = rearmed(latched, 3 * DAY, 3_000, 10_000.0)  # the basis was committed at 3000: its points are before
+    assert (doc.halted, doc.rearm_at_ms, doc.rearmed_at_ms, doc.equity_since_ms) == (False, 0, 3 * DAY, 3_000)
+    state = portfolio_state(LIQUIDATED, latch_view(doc))
+    assert state.equity_history == () and not state.halted and state.peak_equity == 10_000.0
+    calm = evaluate_tick(LIQUIDATED, {}, RULES, PARAMS, 0.001, latch_view(doc), GuardState(), {})
+    assert calm.outcome is not None and not calm.outcome.halted and calm.outcome.drawdown == 0.0
+    # ... while a cap of 25% still sees the 10,000 peak since the (never made) reset: 30% under it, latched for good
+    capped = msgspec.structs.replace(PARAMS, kill_switch_cap=0.25)
+    out = evaluate_tick(LIQUIDATED, {}, RULES, capped, 0.001, latch_view(doc), GuardState(), {}).outcome
+    assert out is not None and out.halted and out.capped
+    after = after_decision(doc, out, "tick-c", 4 * DAY, 3, DAY, 10_000.0)
+    assert after.halted and after.capped and after.rearm_at_ms == 0 and after.latched_at_ms == 4 * DAY
+    # An operator reset clears even a capped latch, and the cap's peak restarts from there.
+    reset = applied(after, OperatorRequest(requested_at_ms=5_000, requested_by="operator:x", reason="r"))
+    assert (reset.halted, reset.capped, reset.peak_equity, reset.equity_since_ms) == (False, False, 0.0, 5_000)
+
+
+def test_status_says_how_the_latch_clears() -> None:
+    assert rearm_status(LatchDoc(halted=False)) == {"rearm": None}
+    timed = rearm_status(LatchDoc(halted=True, latched_at_ms=DAY, rearm_at_ms=3 * DAY))
+    assert timed["rearm_at"] == "1970-01-04T00:00Z" and "by itself" in timed["rearm"]
+    assert "cooldown is 0" in rearm_status(LatchDoc(halted=True, latched_at_ms=DAY))["rearm"]
+    assert "capped" in rearm_status(LatchDoc(halted=True, capped=True))["rearm"]
+
+
+def test_a_latch_signed_before_the_rearm_policy_still_verifies_and_nothing_can_be_added_to_it() -> None:
+    key = Ed25519PrivateKey.generate()
+    old = sign_struct(_LatchDocV1(halted=True, cycle_id="c", drawdown=0.3, reset_at_ms=7), key)
+    raw = msgspec.json.encode(old)
+    doc = verified_latch(raw, key.public_key())
+    assert doc.halted and doc.cycle_id == "c" and doc.latched_at_ms == 0 and not doc.capped
+    tampered = msgspec.json.encode({**msgspec.to_builtins(old), "rearm_at_ms": 1})  # not covered by its signature
+    with pytest.raises(SignatureError):
+        verified_latch(tampered, key.public_key())
+    new = sign_struct(LatchDoc(halted=True, latched_at_ms=DAY, rearm_at_ms=3 * DAY), key)
+    assert verified_latch(msgspec.json.encode(new), key.public_key()) == new
+    with pytest.raises(SignatureError):
+        verified_latch(msgspec.json.encode(msgspec.structs.replace(new, rearm_at_ms=DAY)), key.public_key())

@@ -14,6 +14,9 @@ from aura.strategy.risk_gates import (
     TAKE_PROFIT,
     cost_benefit_adjust,
     kill_switch,
+    kill_switch_after,
+    kill_switch_fires,
+    rearm_due,
     rolling_drawdown,
     stop_trigger,
 )
@@ -32,6 +35,30 @@ def test_kill_switch_trips_at_the_threshold() -> None:
     assert kill_switch([100.0, 75.0], p)
     assert not kill_switch([100.0, 75.01], p)
     assert not kill_switch([100.0, 1e-9], StrategyParams(kill_switch_drawdown=1.0))  # 1.0 never trips
+
+
+def test_kill_switch_fires_on_the_rolling_drawdown_or_on_the_cap_since_the_reset() -> None:
+    # (rolling drawdown, equity, peak since the reset, threshold, cap)
+    assert kill_switch_fires(0.25, 90.0, 100.0, 0.25, 1.0) == (True, False)
+    assert kill_switch_fires(0.1, 50.0, 100.0, 0.25, 0.5) == (True, True)  # the cap fires it, and says so
+    assert kill_switch_fires(0.1, 51.0, 100.0, 0.25, 0.5) == (False, False)
+    assert kill_switch_fires(0.1, 0.0, 100.0, 0.25, 1.0) == (False, False)  # a cap of 1.0 is off
+
+
+def test_a_latched_switch_rearms_after_its_cooldown_in_bars_unless_capped() -> None:
+    day = 86_400_000
+    assert not rearm_due(True, False, 5 * day, 7 * day, 3, day)
+    assert rearm_due(True, False, 5 * day, 8 * day, 3, day)  # three bars after the bar it latched on
+    assert not rearm_due(True, False, 5 * day, 500 * day, 0, day)  # cooldown 0: only an operator reset
+    assert not rearm_due(True, True, 5 * day, 500 * day, 3, day)  # capped: only an operator reset
+    assert not rearm_due(False, False, 5 * day, 500 * day, 3, day)  # not latched: nothing to re-arm
+
+
+def test_the_latch_after_a_decision_counts_its_cooldown_from_the_first_bar_of_the_halt() -> None:
+    assert kill_switch_after(False, True, False, False, 0, 7) == (True, False, 7)  # latches on bar 7
+    assert kill_switch_after(True, True, False, False, 7, 9) == (True, False, 7)  # still the bar it latched on
+    assert kill_switch_after(True, True, False, True, 7, 9) == (True, True, 7)  # the cap reached while halted
+    assert kill_switch_after(False, False, False, False, 7, 12) == (False, False, 7)  # re-armed and calm
 
 
 def test_stop_loss_intrabar_at_the_level_or_at_a_gapped_open() -> None:

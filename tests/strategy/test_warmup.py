@@ -13,9 +13,11 @@ from numba.core.dispatcher import Dispatcher
 
 from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import PortfolioState, risk_plan
+from aura.strategy.risk_gates import rearm_due
 from aura.strategy.signal import compute_targets
 from aura.warmup import compile_decision_kernels
 from services.ingest.replay import load_history, load_market_rules, replay_step
+from services.risk.latch import LatchDoc, after_decision
 from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, evaluate_tick
 from shared.candles import decode_panel, encode_panel
@@ -57,6 +59,10 @@ def test_live_cycle_and_tick_after_warmup_compile_nothing_new() -> None:
                                  equity_history=[10_000.0, 9_000.0])
     decision = evaluate_tick(snapshot, prices, rules, params, 0.001, Latch(), GuardState(), {})
     assert decision.checks and decision.checks[0].verdict in ("hold", "stop_loss")
+    # and the latch transitions risk runs around each decision (a re-arm check, the latch after it)
+    assert decision.outcome is not None
+    after_decision(LatchDoc(halted=False), decision.outcome, "c", int(panel.timestamps[-1]), 3, 86_400_000, 6_000.0)
+    rearm_due(True, False, int(panel.timestamps[-2]), int(panel.timestamps[-1]), 3, 86_400_000)
 
     after = compiled_signatures()
     grown = {k: (before.get(k, 0), v) for k, v in after.items() if v != before.get(k, 0)}

@@ -1,0 +1,33 @@
+"""The plan risk signs, built from a target, its basis and the gates' outcome: pure, so the same inputs always give
+the same body and plan id (the determinism the backtest parity tests check)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aura.strategy.pipeline import RiskOutcome
+from aura.strategy.types import MarketRule, Targets
+from shared.contracts import MarketRuleMsg, PlanBody, PlanLeg, PortfolioSnapshot, TargetPortfolio, plan_id_for
+
+
+def build_plan_body(target: TargetPortfolio, basis: PortfolioSnapshot, outcome: RiskOutcome,
+                    params_version: int) -> PlanBody:
+    """Pure: the same target, basis and outcome always give the same body and plan id."""
+    legs = [PlanLeg(i, leg.symbol, leg.side, leg.qty, leg.ref_price, leg.reason) for i, leg in enumerate(outcome.legs)]
+    fields: dict[str, Any] = {
+        "cycle_id": target.cycle_id, "as_of_ms": target.as_of_ms, "data_digest": target.data_digest,
+        "target_id": target.target_id, "params_version": params_version, "params_digest": target.params_digest,
+        "basis_snapshot_id": basis.snapshot_id, "gate": outcome.gate, "halted": outcome.halted,
+        "legs": legs, "reasons": outcome.reasons, "prices": target.prices,
+    }
+    return PlanBody(plan_id=plan_id_for(fields), **fields)
+
+
+def targets_of(target: TargetPortfolio) -> Targets:
+    """What risk_plan needs from the signal stage's message: weights, regime and the return forecasts that
+    feed the cost-benefit gate (without them the gate's gain test would be skipped)."""
+    return Targets(weights=dict(target.weights), regime=target.regime, expected_returns=dict(target.expected_returns))
+
+
+def rules_of(markets: list[MarketRuleMsg]) -> dict[str, MarketRule]:
+    return {m.symbol: MarketRule(m.symbol, m.step_size, m.tick_size, m.min_qty, m.min_notional) for m in markets}
