@@ -1,5 +1,6 @@
 # One image for every AURA service; docker-compose.yml picks the process with its `command`
-# (python -m services.ingest|signal|risk|executor|optimizer, or `aura keygen` for the one-shot key job).
+# (python -m services.ingest|signal|risk|executor|optimizer|console, services.optimizer.worker for the optimizer's
+# workers, or `aura keygen` for the one-shot key job).
 #
 # Classic Dockerfile on purpose: no BuildKit features (no RUN --mount, no heredocs), so that podman/buildah
 # and `DOCKER_BUILDKIT=0` build it the same as Docker does.
@@ -32,7 +33,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # read its own key volume and no other service's.
 RUN groupadd --system --gid 10001 aura \
     && useradd --system --uid 10001 --gid aura --home-dir /app --no-create-home --shell /usr/sbin/nologin aura \
-    && for entry in ingest:10011 signal:10012 risk:10013 executor:10014 optimizer:10015 operator:10016; do \
+    && for entry in ingest:10011 signal:10012 risk:10013 executor:10014 optimizer:10015 operator:10016 \
+                    console:10017 worker:10018; do \
          useradd --system --uid "${entry#*:}" --gid aura --home-dir /app --no-create-home \
                  --shell /usr/sbin/nologin "aura-${entry%%:*}"; \
        done
@@ -65,7 +67,7 @@ ENV AURA_HOME=/var/lib/aura \
     AURA_HEALTH_HOST=0.0.0.0 \
     NUMBA_CACHE_DIR=/var/cache/aura/numba
 RUN mkdir -p /var/lib/aura/executor /var/lib/aura/cache /var/lib/aura/keys/public /var/cache/aura/numba /etc/nats \
-    && for p in ingest signal risk executor optimizer operator; do \
+    && for p in ingest signal risk executor optimizer operator console worker; do \
          mkdir -p "/var/lib/aura/keys/$p" && chown "aura-$p:aura" "/var/lib/aura/keys/$p" \
          && chmod 0700 "/var/lib/aura/keys/$p"; \
        done \
@@ -78,5 +80,5 @@ USER aura:aura
 # a warm cache instead of compiling for tens of seconds at its first boot (aura/warmup.py); umask 002 keeps
 # the cache files writable by the group every service user is in.
 RUN umask 002 && python -m aura.warmup
-EXPOSE 8101 8102 8103 8104 8105
+EXPOSE 8100 8101 8102 8103 8104 8105
 CMD ["aura", "--help"]

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: install up test test-fast lint bench clean
+.PHONY: install browser up test test-fast lint bench clean
 
 $(UV):
 	$(PY) -m venv .tools
@@ -21,12 +21,23 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(VENV)/bin/python -m aura.warmup
 	touch $(STAMP)
 
-install: $(STAMP)
+# The console's browser tests drive Debian's chromium through its chromedriver (packages chromium and
+# chromium-driver; nothing downloads a browser of its own). Installed here when missing and running as root
+# (CI, this project's machines); otherwise the tests skip saying how to install them (in CI they fail instead).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; } || echo "could not install chromium; the browser tests will say so"; \
+	else echo "note: the browser tests need chromium and chromium-driver (sudo apt-get install chromium chromium-driver)"; fi
+
+install: $(STAMP) browser
 
 up: $(STAMP)
 	$(VENV)/bin/aura up
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

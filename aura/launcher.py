@@ -1,4 +1,4 @@
-"""`aura up`: the whole system on one machine (embedded nats-server + five service processes).
+"""`aura up`: the whole system on one machine (embedded nats-server + the five services and the console).
 
 Start-up order: take the AURA_HOME lock (one `aura up` per home), create missing keys and bus credentials,
 start the authenticated nats-server (unless AURA_NATS_URL names one), provision streams, buckets and durable
@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,6 +25,7 @@ from aura.natsd import NatsServer, free_port, port_is_free, start_bus
 from services.executor.secrets import CREDENTIAL_ENV
 from shared.bus import BusUnavailable, session
 from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings
+from shared.contracts import ConsumerSpec
 from shared.credentials import CredentialError, ensure_credentials
 from shared.provision import provision_bus
 from shared.runfile import HomeLocked, RunInfo, acquire_home, clear_run, write_run
@@ -79,13 +80,15 @@ def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in CREDENTIAL_ENV}
 
 
-async def _provision(settings: Settings) -> None:
+async def _provision(settings: Settings, consumers: Mapping[str, ConsumerSpec] | None = None) -> None:
     async with session(settings, "operator", timeout_s=5) as nc:
-        await provision_bus(nc.jetstream(), settings.dedup_window_s)
+        await provision_bus(nc.jetstream(), settings.dedup_window_s, consumers=consumers)
 
 
-def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
-    """Start everything; raises HomeLocked, CredentialError, BusUnavailable or RuntimeError with one clear line."""
+def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str, ConsumerSpec] | None = None,
+                ) -> Stack:
+    """Start everything; raises HomeLocked, CredentialError, BusUnavailable or RuntimeError with one clear line.
+    ``consumers``: durable consumer settings instead of the product's (the rehearsal lab's shorter ack wait)."""
     home = settings.home_path
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def start_stack(settings: Settings, env: dict[str, str]) -> Stack:
             _say(f"using the NATS server at {settings.nats_url} (it must admit the NKeys in "
                  f"{settings.keys.bus_users})")
         settings = stack.settings = load_settings(env)
-        asyncio.run(_provision(settings))
+        asyncio.run(_provision(settings, consumers))
         write_run(home, RunInfo(env["AURA_NATS_URL"], os.getpid(),
                                 {n: f"http://{settings.health_host}:{settings.port_for(n)}/readyz"
                                  for n in SERVICE_NAMES}, int(time.time() * 1000)))
@@ -231,11 +234,13 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
         except RuntimeError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
-        _say(f"all five services ready in {time.monotonic() - t0:.2f}s (readiness wait {ready_s:.2f}s)")
+        _say(f"all {len(SERVICE_NAMES)} processes ready in {time.monotonic() - t0:.2f}s (readiness wait "
+             f"{ready_s:.2f}s)")
         for name in SERVICE_NAMES:
             url = f"http://{settings.health_host}:{settings.port_for(name)}/readyz"
             _say(f"  {name:<9} {url}  log {stack.logs}/{name}.log")
         _say(f"journal: {journal}  (sqlite3 {journal} 'select * from snapshots order by seq desc limit 5')")
+        _say(f"console: http://{settings.health_host}:{settings.console_port}/  (read-only dashboard)")
         _say("press Ctrl-C to stop" if cycles is None else f"running until {cycles} cycles end in the journal")
         seen = start_seq
         done = 0

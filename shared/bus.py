@@ -144,10 +144,16 @@ async def session(settings: Settings, principal: str, timeout_s: float = 3.0) ->
     async def quiet(_exc: Exception) -> None:  # nats-py would print a traceback per failed attempt
         return None
 
+    # nats-py discards a server only when max_reconnect_attempts > 0 (with 0 a refused port is retried forever):
+    # one retry, and an overall bound in case a half-open socket never answers.
     try:
-        nc = await nats.connect(url, connect_timeout=timeout_s, max_reconnect_attempts=0, allow_reconnect=False,
-                                error_cb=quiet, **options)
+        nc = await asyncio.wait_for(
+            nats.connect(url, connect_timeout=timeout_s, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                         allow_reconnect=False, error_cb=quiet, **options),
+            timeout=2 * timeout_s + 1)
     except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            exc = TimeoutError(f"no answer within {2 * timeout_s + 1:g} s")
         reason = str(exc) or type(exc).__name__
         raise BusUnavailable(f"cannot reach the AURA bus at {url} as {principal}: {reason}") from None
     try:
@@ -174,6 +180,23 @@ async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
     except NotFoundError:
         return None
     return raw.data
+
+
+async def stored_messages(js: JetStreamContext, stream: str, subject: str, after_seq: int = 0,
+                          limit: int = 1000) -> list[js_api.RawStreamMsg]:
+    """At most ``limit`` messages on ``subject`` (wildcards allowed) stored in ``stream`` after ``after_seq``,
+    oldest first: direct gets by sequence, so a reader pages through history without a consumer (and without the
+    right to create one, see shared.bus_access)."""
+    out: list[js_api.RawStreamMsg] = []
+    seq = after_seq + 1
+    while len(out) < limit:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, direct=True, next=True)
+        except NotFoundError:
+            break
+        out.append(msg)
+        seq = int(msg.seq or 0) + 1
+    return out
 
 
 async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:

@@ -1,8 +1,8 @@
 """Who may do what on the bus: the permission matrix, written once, and the nats-server configuration made from it.
 
-Every principal (five services and the operator's CLI) authenticates with its own NKey; anonymous clients are
-refused.  Each may publish, consume, read or write exactly what the matrix below grants, down to single
-subjects, KV keys and durable consumers, and nothing else: the server refuses the rest.  ARCHITECTURE.md shows
+Every principal (five services, the read-only console and the operator's CLI) authenticates with its own NKey;
+anonymous clients are refused.  Each may publish, consume, read or write exactly what the matrix below grants, down
+to single subjects, KV keys and durable consumers, and nothing else: the server refuses the rest.  ARCHITECTURE.md shows
 the same matrix (``python -m shared.bus_access`` prints it; a test keeps the two equal), and
 ``tests/security/test_permission_matrix.py`` walks it against a running server with every credential.
 
@@ -16,6 +16,9 @@ Design points, each a defence the threat model asks for:
   reader is granted single subjects and single KV keys, not whole streams.
 * Each principal gets replies on its own inbox prefix (``_INBOX_<principal>``), so no client can read another's
   request replies.
+* The console (the dashboard and the alerts) reads whole streams by sequence and consumes the events through its
+  own durable consumer; it may publish nothing, write nothing, manage nothing.  It serves a web page, so it is the
+  principal most exposed: if it is compromised, the attacker can read what the dashboard shows, nothing more.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from shared.contracts import (
     CANDLE_BUCKET,
     CONSUMERS,
     MAX_PAYLOAD,
+    OPT_INPUTS_BUCKET,
     PARAMS_BUCKET,
     STATE_BUCKET,
     ApprovedPlan,
@@ -36,15 +40,18 @@ from shared.contracts import (
     DataStale,
     DeadLetter,
     FillMsg,
+    OptResult,
+    OptTask,
     PortfolioSnapshot,
+    ServiceEvent,
     TargetPortfolio,
     stream_of,
 )
-from shared.credentials import PRINCIPALS
+from shared.credentials import PIPELINE, PRINCIPALS
 
 # Access words (the cells of the matrix).
 PUBLISH, CONSUME, READ, SUBSCRIBE, WRITE, MANAGE = "publish", "consume", "read", "subscribe", "write", "manage"
-SERVICES = PRINCIPALS[:-1]
+SERVICES = PIPELINE
 
 
 def inbox_prefix(principal: str) -> str:
@@ -56,7 +63,7 @@ class Resource:
     """One row of the matrix: a subject, a KV key pattern, an object bucket, or stream management."""
 
     label: str
-    kind: str  # "subject" | "kv" | "object" | "admin"
+    kind: str  # "subject" | "stream" | "kv" | "object" | "admin"
     grants: dict[str, tuple[str, ...]]  # principal -> access words
     subject: str = ""
     bucket: str = ""
@@ -81,6 +88,11 @@ class Resource:
                     pub += [f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
                             f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}",
                             f"$JS.ACK.{spec.stream}.{spec.durable}.>"]
+            elif self.kind == "stream" and access == READ:
+                # Every message of the stream by sequence (and the newest of any of its subjects), and its info
+                # (first and last sequence): a reader that pages through history, never a consumer.
+                pub += [f"$JS.API.DIRECT.GET.{self.bucket}", f"$JS.API.DIRECT.GET.{self.bucket}.>",
+                        f"$JS.API.STREAM.INFO.{self.bucket}"]
             elif self.kind == "kv":
                 stream = f"KV_{self.bucket}"
                 pub.append(f"$JS.API.STREAM.INFO.{stream}")
@@ -108,6 +120,14 @@ def _subject(subject: str, **grants: tuple[str, ...]) -> Resource:
     return Resource(subject, "subject", dict(grants), subject=subject)
 
 
+# The streams the console reads whole: the trading pipeline's record, nothing else (not the optimizer's queues).
+CONSOLE_STREAMS = ("AURA_DATA", "AURA_TARGETS", "AURA_PLANS", "AURA_EXEC", "AURA_DLQ", "AURA_EVENTS")
+
+
+def _stream(name: str, **grants: tuple[str, ...]) -> Resource:
+    return Resource(f"stream `{name}`: every message, by sequence", "stream", dict(grants), bucket=name)
+
+
 def _kv(bucket: str, key: str, revisions: bool = False, **grants: tuple[str, ...]) -> Resource:
     return Resource(f"KV `{bucket}` key `{key}`", "kv", dict(grants), bucket=bucket, key=key, revisions=revisions)
 
@@ -125,13 +145,27 @@ MATRIX: tuple[Resource, ...] = (
     _subject(FillMsg.SUBJECT, executor=P, operator=R),
     _subject(PortfolioSnapshot.SUBJECT, executor=P, ingest=S, risk=R, operator=R),
     *(_subject(f"{DeadLetter.SUBJECT}.{svc}", **{svc: P}, operator=R) for svc in SERVICES),
-    Resource(f"object store `{CANDLE_BUCKET}`", "object", {"ingest": W, "signal": R, "risk": R, "operator": R},
-             bucket=CANDLE_BUCKET),
-    _kv(PARAMS_BUCKET, "strategy", revisions=True, optimizer=RW, operator=RW, signal=R, risk=R),
+    # Each service tells of its own events only: the subject, not the message, says who is speaking.
+    *(_subject(f"{ServiceEvent.SUBJECT}.{svc}", **{svc: P}, console=C, operator=R) for svc in SERVICES),
+    # The dashboard pages through the trading record (recent plans, fills, snapshots, dead letters, events).
+    *(_stream(name, console=R, operator=R) for name in CONSOLE_STREAMS),
+    Resource(f"object store `{CANDLE_BUCKET}`", "object",
+             {"ingest": W, "signal": R, "risk": R, "console": R, "operator": R}, bucket=CANDLE_BUCKET),
+    _kv(PARAMS_BUCKET, "strategy", revisions=True, optimizer=RW, operator=RW, signal=R, risk=R, console=R),
     _kv(STATE_BUCKET, "ingest.>", ingest=RW, operator=R),
     _kv(STATE_BUCKET, "signal.>", signal=RW, operator=R),
-    _kv(STATE_BUCKET, "risk.>", risk=RW, operator=R),
+    _kv(STATE_BUCKET, "risk.>", risk=RW, console=R, operator=R),  # the console shows the kill-switch latch
     _kv(STATE_BUCKET, "operator.>", operator=RW, risk=R, executor=R),  # reset (risk), adopt (executor) requests
+    # The optimizer's latest decision (key optimizer.decision, issue 10), shown by the console.
+    _kv(STATE_BUCKET, "optimizer.>", optimizer=RW, console=R, operator=R),
+    # The optimizer's work queue (issue 10): the coordinator (the optimizer principal) publishes tasks, writes their
+    # inputs and reads the results; workers take tasks, read the inputs, answer, and dead-letter what fails.
+    # Workers may do nothing else: no parameters, no state, no trading subject.
+    _subject(OptTask.SUBJECT, optimizer=P, worker=C, operator=R),
+    _subject(OptResult.SUBJECT, worker=P, optimizer=C, operator=R),
+    _subject(f"{DeadLetter.SUBJECT}.worker", worker=P, operator=R),
+    Resource(f"object store `{OPT_INPUTS_BUCKET}`", "object", {"optimizer": W, "worker": R, "operator": R},
+             bucket=OPT_INPUTS_BUCKET),
     Resource("JetStream management: create/update streams, buckets, durable consumers", "admin",
              {"operator": (MANAGE,)}),
 )

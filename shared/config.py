@@ -18,8 +18,10 @@ import msgspec
 
 from shared.credentials import KeyLayout
 
-SERVICE_NAMES = ("ingest", "signal", "risk", "executor", "optimizer")
-DEFAULT_HEALTH_PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105}
+# Every process `aura up` and compose start: the five pipeline services and the read-only console.
+SERVICE_NAMES = ("ingest", "signal", "risk", "executor", "optimizer", "console")
+DEFAULT_HEALTH_PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105,
+                        "console": 8100}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,6 +45,25 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     risk_port: int = 8103
     executor_port: int = 8104
     optimizer_port: int = 8105
+    # An optimizer worker's health app (python -m services.optimizer.worker; not started by `aura up`).  Compose
+    # runs each scaled worker in its own container on this port, unpublished; `aura optimize` gives each local
+    # worker a free port.
+    worker_port: int = 8106
+    # The console: its web page, /readyz and /metrics on this port (services/console).
+    console_port: int = 8100
+    # Where the console finds the other services' /readyz: this host ("" = health_host, or 127.0.0.1 when that
+    # is 0.0.0.0); "{service}" is replaced by the service's name (compose: each service is its own host).
+    console_peer_host: str = ""
+    console_refresh_s: float = 1.0  # how often the console re-reads the bus for the page
+    # Alerts (services/console/notify.py): apprise URLs, comma-separated (tgram://TOKEN/CHAT, discord://...,
+    # slack://..., mailto://..., json://host/path); empty = no alerts sent (the page still lists the events).
+    # A URL can hold a bot token: it is never logged or shown.
+    notify_urls: str = ""
+    notify_down_after_s: float = 120.0  # a service down or not ready this long is alerted (and again when back)
+    notify_dedup_s: float = 600.0  # the same alert again within this window is not sent again
+    notify_rate_limit: int = 20  # at most this many alerts per notify_rate_window_s; the rest are summed up
+    notify_rate_window_s: float = 600.0
+    notify_summary_hour_utc: int = 0  # the daily summary goes out at this UTC hour; -1 = no daily summary
     timeframe: str = "1d"
     # Replay: where the bundled history lives, how fast cycles come, how much history each snapshot carries.
     replay_dir: str = str(REPO_ROOT / "data" / "replay")
@@ -73,6 +94,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     exchange_id: str = "binance"
     exchange_api_url: str = ""  # override the exchange REST base (the simulator, a proxy); "" = the real one
     testnet: bool = False
+    # With testnet on, the testnet's REST base ("" = ccxt's sandbox URLs; a simulator playing the testnet).
+    # exchange_api_url never applies then: no address of the main venue is reached while testnet is on.
+    exchange_testnet_url: str = ""
     max_order_usdt: float = 1_000_000.0
     # Live only: a leg whose plan price is further than this from the exchange's price is refused ([PRICE_GUARD]).
     max_price_deviation: float = 0.02
@@ -173,6 +197,13 @@ def _validate(s: Settings) -> None:
         "reconcile_dust_usdt": s.reconcile_dust_usdt >= 0,
         "risk_tick_s": s.risk_tick_s >= 0,
         "dedup_window_s": s.dedup_window_s >= 1,
+        "console_refresh_s": 0.1 <= s.console_refresh_s <= 60,
+        "worker_port": 1 <= s.worker_port <= 65535,
+        "notify_down_after_s": s.notify_down_after_s > 0,
+        "notify_dedup_s": s.notify_dedup_s >= 0,
+        "notify_rate_limit": s.notify_rate_limit >= 1,
+        "notify_rate_window_s": s.notify_rate_window_s > 0,
+        "notify_summary_hour_utc": -1 <= s.notify_summary_hour_utc <= 23,
     }
     for name, ok in checks.items():
         if not ok:

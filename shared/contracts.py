@@ -206,6 +206,70 @@ class DeadLetter(Contract, frozen=True):
     payload_sha256: str = ""
 
 
+# --- events: what an operator should hear about -------------------------------------------------------------
+
+
+class ServiceEvent(Contract, frozen=True):
+    """Something an operator should be told (the kill-switch latched, a dead letter, stale data, a price-guard
+    refusal, a reconcile halt...), published by the service it happened in on its own subject
+    ``aura.events.<service>`` (shared/events.py turns tagged log lines into these).  The console reads them and
+    sends the alerts, so no trading path ever waits on a notification service.  Bounded: ``text`` at most
+    EVENT_TEXT_MAX characters, at most EVENT_FIELDS_MAX ``fields`` of at most EVENT_FIELD_MAX characters each."""
+
+    SUBJECT: ClassVar[str] = "aura.events"  # + "." + service
+    event_id: str
+    service: str
+    kind: str  # the permanent log tag it came from: KILL_SWITCH, DEAD_LETTER, DATA_STALE, PRICE_GUARD, ...
+    severity: str  # "info" | "warning" | "error"
+    text: str
+    at_ms: int
+    fields: dict[str, str] = {}
+
+
+EVENT_TEXT_MAX, EVENT_FIELDS_MAX, EVENT_FIELD_MAX = 1000, 16, 300
+EVENT_SEVERITIES = ("info", "warning", "error")
+
+
+# --- the optimizer's work queue (issue 10): coordinator -> workers -> coordinator ---------------------------
+
+
+class OptWindow(msgspec.Struct, frozen=True):
+    start: int  # bars start .. stop - 1 of the inputs' panel
+    stop: int
+
+
+class OptTask(Contract, frozen=True):
+    """A batch of work for the optimizer's workers (aura/optimize/tasks.py): every parameter set on every window
+    (kind "eval"), or one CSCV over a matrix object (kind "cscv").  Everything a worker needs is here or in the
+    object it names, so any worker gives the same answer; ``task_id`` is a content hash of the rest."""
+
+    SUBJECT: ClassVar[str] = "aura.optimize.tasks"
+    task_id: str
+    kind: str  # "eval" | "cscv"
+    inputs: str  # digest (object name in OPT_INPUTS_BUCKET): panel, rules and benchmarks, or a CSCV matrix
+    engine: str  # fingerprint of the evaluation code: a worker running other code refuses the task
+    settings: str  # canonical JSON of the evaluation settings (backtest costs and execution; CSCV partitions)
+    params: list[dict[str, Any]] = []
+    windows: list[OptWindow] = []
+
+
+class OptOutcome(msgspec.Struct, frozen=True):
+    key: str  # content hash of (inputs, engine, settings, parameters, window): the result's name in the store
+    values: bytes  # float64 little-endian: the strategy's per-bar returns (eval), or one logit per split (cscv)
+    turnover: float = 0.0  # eval: traded notional / mean equity, per year
+    trades: int = 0
+    rows_used: int = 0  # cscv: bars kept (a multiple of the partitions)
+    distinct: int = 0  # cscv: candidates with distinct returns
+
+
+class OptResult(Contract, frozen=True):
+    SUBJECT: ClassVar[str] = "aura.optimize.results"
+    task_id: str
+    outcomes: list[OptOutcome]
+    error: str = ""  # the task failed on its last delivery (or no worker may run it): the run stops with this
+    deliveries: int = 1  # > 1: the task came back (its worker died, or failed on it) before this answer
+
+
 # --- streams, buckets -------------------------------------------------------------------------------------
 
 
@@ -228,6 +292,7 @@ class StreamSpec(msgspec.Struct, frozen=True):
     max_bytes: int
     max_msg_size: int = 64 * KIB
     max_msgs: int = -1
+    retention: str = "limits"  # "workqueue": a message is removed once its consumer acks it (optimizer tasks)
 
 
 STREAMS: tuple[StreamSpec, ...] = (
@@ -241,10 +306,22 @@ STREAMS: tuple[StreamSpec, ...] = (
                max_bytes=512 * MIB),
     StreamSpec("AURA_DLQ", [DeadLetter.SUBJECT + ".>"], max_age_s=30 * 86400, max_bytes=256 * MIB,
                max_msg_size=16 * KIB),
+    # An event is at most ~6 KB (text and fields are capped); a week of them is what the console shows.
+    StreamSpec("AURA_EVENTS", [ServiceEvent.SUBJECT + ".>"], max_age_s=7 * 86400, max_bytes=64 * MIB,
+               max_msg_size=8 * KIB),
+    # The optimizer's tasks: gone once a worker acks them; a day bounds what a dead coordinator leaves behind.  A
+    # task holds at most 32 parameter sets of ~1.3 KB.
+    StreamSpec("AURA_OPT_TASKS", [OptTask.SUBJECT], max_age_s=86400, max_bytes=256 * MIB, max_msg_size=64 * KIB,
+               retention="workqueue"),
+    # Results: at most ~18k bars of float64 returns in base64 per task (the coordinator sizes tasks so), or one
+    # CSCV's 12,870 logits (S = 16).
+    StreamSpec("AURA_OPT_RESULTS", [OptResult.SUBJECT], max_age_s=86400, max_bytes=1024 * MIB,
+               max_msg_size=192 * KIB),
 )
 PLANS_FILTER = "aura.plans.>"
 CANDLE_BUCKET = "aura_candles"  # object store: encoded panels by digest
 PARAMS_BUCKET = "aura_params"  # KV: live strategy parameters (key "strategy"); revision = params version
+OPT_INPUTS_BUCKET = "aura_opt_inputs"  # object store: the optimizer's inputs (panel, rules, benchmarks) by digest
 STATE_BUCKET = "aura_state"  # KV: service state that must survive restarts (replay cursor, regime, halt latch)
 
 
@@ -258,6 +335,10 @@ class ConsumerSpec(msgspec.Struct, frozen=True):
     filter_subject: str
     ack_wait_s: float = 30.0
     max_ack_pending: int = 1
+    # True: created at the stream's end, so what was stored before it existed is never delivered (events older
+    # than the console are history on the dashboard, not alerts to send now).
+    deliver_new: bool = False
+    max_deliver: int = -1  # deliveries before the server gives up on a message (-1: never)
 
 
 CONSUMERS: dict[str, ConsumerSpec] = {
@@ -266,6 +347,16 @@ CONSUMERS: dict[str, ConsumerSpec] = {
     # After a crash the unacked plan comes back this long after it was delivered (boot recovery has usually
     # finished it already); a live plan heartbeats (in-progress acks) to keep it from expiring.
     "executor": ConsumerSpec("AURA_PLANS", "executor", PLANS_FILTER),
+    # The console's alerts: at least once across console restarts (the durable remembers what was acked).
+    "console": ConsumerSpec("AURA_EVENTS", "console", ServiceEvent.SUBJECT + ".>", max_ack_pending=64,
+                            deliver_new=True),
+    # The optimizer's work queue: every worker pulls from this one durable.  A task not acked within ack_wait_s
+    # (its worker died) goes to another worker; a long task keeps its claim with in-progress acks; after
+    # max_deliver deliveries the worker dead-letters it and answers with the error.
+    "worker": ConsumerSpec("AURA_OPT_TASKS", "worker", OptTask.SUBJECT, ack_wait_s=10.0, max_ack_pending=256,
+                           max_deliver=5),
+    # The coordinator's results (one coordinator per bus at a time): acked once stored in its own result store.
+    "optimizer": ConsumerSpec("AURA_OPT_RESULTS", "optimizer", OptResult.SUBJECT, max_ack_pending=1024),
 }
 
 
@@ -273,6 +364,8 @@ def subject_of(msg: Contract) -> str:
     """The subject ``msg`` is published on: a stage's abort notices go on the stage's own subject."""
     if isinstance(msg, CycleAborted):
         return f"{CycleAborted.SUBJECT}.{msg.stage}"
+    if isinstance(msg, ServiceEvent):
+        return f"{ServiceEvent.SUBJECT}.{msg.service}"
     return msg.SUBJECT
 
 

@@ -27,8 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.signing import generate_keypair, load_private_key, load_public_key
 
-# Every identity on the bus: the five services and the operator (the `aura` CLI).
-PRINCIPALS = ("ingest", "signal", "risk", "executor", "optimizer", "operator")
+# The five services of the trading pipeline: each publishes its own messages, events and dead letters.
+PIPELINE = ("ingest", "signal", "risk", "executor", "optimizer")
+# Every identity on the bus: the pipeline, the read-only web console, and the operator (the `aura` CLI).  The
+# console has its own credential rather than the operator's so that a compromised console (a web-facing
+# process) can read but never write: it holds no publish, KV-write or management right (shared/bus_access.py).
+# The optimizer's workers (issue 10) have their own credential too: they run many at a time, on any machine, so
+# they may only take evaluation tasks, answer them and read the inputs; never touch the live parameters.
+PRINCIPALS = (*PIPELINE, "worker", "console", "operator")
 # What each signer signs: risk plans and the kill-switch latch; executor portfolio snapshots; optimizer and
 # operator parameter documents (operator also kill-switch resets).
 SIGNERS = ("risk", "executor", "optimizer", "operator")

@@ -106,7 +106,11 @@ class HealthState:
         return prometheus_text.generate_latest(self.registry), prometheus_text.CONTENT_TYPE_LATEST
 
 
-def build_app(state: HealthState) -> FastAPI:
+# Adds a service's own pages to its health app (the console's dashboard), before it starts serving.
+Routes = Callable[[FastAPI], None]
+
+
+def build_app(state: HealthState, routes: Routes | None = None) -> FastAPI:
     app = FastAPI(title=f"aura-{state.service}", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
@@ -123,6 +127,8 @@ def build_app(state: HealthState) -> FastAPI:
         body, content_type = state.exposition(request.headers.get("accept", ""))
         return PlainTextResponse(body, headers={"Content-Type": content_type})
 
+    if routes is not None:
+        routes(app)
     return app
 
 
@@ -134,8 +140,9 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def start_health_server(state: HealthState, host: str, port: int) -> _EmbeddedServer:
-    config = uvicorn.Config(build_app(state), host=host, port=port, log_level="warning", access_log=False,
+async def start_health_server(state: HealthState, host: str, port: int,
+                              routes: Routes | None = None) -> _EmbeddedServer:
+    config = uvicorn.Config(build_app(state, routes), host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off")
     server = _EmbeddedServer(config)
 

@@ -23,10 +23,11 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from aura.strategy.params import FIELDS, StrategyParams, params_digest, validate_params
-from shared.bus import params_kv
+from shared.bus import params_kv, stored_messages
+from shared.contracts import PARAMS_BUCKET
 from shared.health import HealthState
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_struct
@@ -140,21 +141,21 @@ async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey
 
 async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
                   ) -> list[tuple[int, ParamsDocument | None, str]]:
-    """Every stored version, oldest first: (version, document or None, why it is refused or "")."""
-    kv = await params_kv(js)
-    try:
-        entries = await kv.history(PARAMS_KEY)
-    except (KeyNotFoundError, NoKeysError, NotFoundError):  # nothing promoted yet
-        return []
+    """Every stored version, oldest first: (version, document or None, why it is refused or "").
+
+    Read with direct gets by revision (nats-py's ``kv.history`` would create a consumer), so any principal with
+    read rights on the key's revisions may call it: the operator's CLI and the console alike."""
+    await params_kv(js)  # a clear BusNotProvisioned when the bucket does not exist
+    entries = await stored_messages(js, f"KV_{PARAMS_BUCKET}", f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}", limit=1000)
     out: list[tuple[int, ParamsDocument | None, str]] = []
     for entry in entries:
-        if entry.value is None:
+        if not entry.data:  # a delete marker
             continue
         try:
-            doc, _ = verify_document(entry.value, trusted)
-            out.append((int(entry.revision or 0), doc, ""))
+            doc, _ = verify_document(entry.data, trusted)
+            out.append((int(entry.seq or 0), doc, ""))
         except ParamsError as exc:
-            out.append((int(entry.revision or 0), None, str(exc)))
+            out.append((int(entry.seq or 0), None, str(exc)))
     return out
 
 

@@ -15,8 +15,10 @@ CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 ORDER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# The pipeline services.  The console publishes nothing (no dead letters, no parameters), so it shares only the
+# generic metrics that mean something for a reader: handler errors (its event handling) and the health gauges.
 ALL = ("ingest", "signal", "risk", "executor", "optimizer")
-INGEST, SIGNAL, RISK, EXECUTOR = ("ingest",), ("signal",), ("risk",), ("executor",)
+INGEST, SIGNAL, RISK, EXECUTOR, CONSOLE = ("ingest",), ("signal",), ("risk",), ("executor",), ("console",)
 PARAMS_READERS = ("signal", "risk", "optimizer")
 
 
@@ -44,7 +46,7 @@ def owned_by(service: str) -> dict[str, Metric]:
 METRICS: dict[str, Metric] = {
     # every service
     "dead_letters": _c("Messages refused and recorded on aura.dlq.<service>", "reason"),
-    "handler_errors": _c("Message handlings that failed and were retried or dead-lettered"),
+    "handler_errors": _c("Message handlings that failed and were retried or dead-lettered", owners=(*ALL, "console")),
     "params_refused": _c("Parameter documents refused (unsigned, forged or invalid)", owners=PARAMS_READERS),
     "params_read_errors": _c("Failed reads of the parameter bucket", owners=PARAMS_READERS),
     "params_version": _g("Parameter version in force", owners=PARAMS_READERS),
@@ -85,4 +87,20 @@ METRICS: dict[str, Metric] = {
     "equity": _g("Portfolio equity in the quote currency", owners=EXECUTOR),
     "exposure": _g("Share of equity held in coins", owners=EXECUTOR),
     "last_commit_unix": _g("Unix time of the last journal commit closing a cycle", owners=EXECUTOR),
+    # every service except the console: events published for the console's alerts (shared/events.py)
+    "events_published": _c("Events published for the alerts, by kind", "kind"),
+    "events_dropped": _c("Events not published (bus unreachable, too many in flight): logged, never raised"),
+    # console
+    "console_refreshes": _c("Reads of the bus that refreshed the dashboard", owners=CONSOLE),
+    "console_refresh_errors": _c("Dashboard refreshes that failed (the bus unreachable, a read refused)",
+                                 owners=CONSOLE),
+    "console_refresh_seconds": Metric("histogram", "Time one dashboard refresh took to read the bus",
+                                      buckets=CYCLE_BUCKETS, owners=CONSOLE),
+    "console_unverified": _c("Messages the console did not show because their signature did not verify", "what",
+                             owners=CONSOLE),
+    "events_received": _c("Service events the console consumed, by kind", "kind", owners=CONSOLE),
+    "events_refused": _c("Events refused: malformed, or naming another service than their subject", owners=CONSOLE),
+    "alerts": _c("Alerts by outcome: sent, failed, duplicate (deduplicated), limited (rate limit), dropped",
+                 "outcome", owners=CONSOLE),
+    "services_down": _g("Services the console sees down or not ready", owners=CONSOLE),
 }

@@ -21,7 +21,8 @@ from nats.js import JetStreamContext
 from shared.bus import BusNotProvisioned, close, connect
 from shared.config import ConfigError, Settings, load_settings
 from shared.credentials import CredentialError
-from shared.health import HealthState, start_health_server, stop_health_server
+from shared.events import install_event_bridge
+from shared.health import HealthState, Routes, start_health_server, stop_health_server
 from shared.logging import error, info, setup_logging
 
 
@@ -70,13 +71,14 @@ async def warm_decision_kernels(ctx: ServiceContext) -> bool:
     return True
 
 
-async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging.Logger) -> int:
+async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging.Logger, routes: Routes | None,
+               events: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health = HealthState(service=name)
-    server = await start_health_server(health, settings.health_host, settings.port_for(name))
+    server = await start_health_server(health, settings.health_host, settings.port_for(name), routes)
     info(logger, "BOOT", f"{name} health app listening", host=settings.health_host, port=settings.port_for(name))
 
     def on_bus(up: bool) -> None:
@@ -84,6 +86,8 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
 
     nc = await connect(settings, name, logger, on_bus)
     js = nc.jetstream()
+    # Tagged log lines an operator should hear about become events for the console's alerts (shared/events.py).
+    bridge = install_event_bridge(logger, js, name, health) if events else None
     ctx = ServiceContext(name, settings, logger, nc, js, health, stop)
     body_task = asyncio.create_task(body(ctx), name=f"{name}-body")
     stop_task = asyncio.create_task(stop.wait())
@@ -104,6 +108,9 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
             body_task.cancel()
     stop_task.cancel()
     info(logger, "SHUTDOWN", f"{name} stopping")
+    if bridge is not None:
+        await bridge.drain()
+        logger.removeHandler(bridge)
     # Every publish was already confirmed by a PubAck, so a flush and close lose nothing; drain() would
     # wait on the pull subscriptions' in-flight fetches and stall shutdown.
     await close(nc)
@@ -111,7 +118,9 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
     return code
 
 
-def run_service(name: str, body: ServiceBody) -> int:
+def run_service(name: str, body: ServiceBody, routes: Routes | None = None, events: bool = True) -> int:
+    """Run ``body`` as service ``name``; ``routes`` adds pages to its health app (the console's dashboard);
+    ``events=False`` for a principal that may not publish events (the console)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -120,7 +129,7 @@ def run_service(name: str, body: ServiceBody) -> int:
     logger = setup_logging(name, settings.log_level)
     info(logger, "BOOT", f"{name} starting", nats_url=settings.nats_url or "(run file)", home=str(settings.home_path))
     try:
-        return asyncio.run(_run(name, settings, body, logger))
+        return asyncio.run(_run(name, settings, body, logger, routes, events))
     except KeyboardInterrupt:
         return 0
     except (OSError, RuntimeError, SystemExit, ConfigError, CredentialError) as exc:

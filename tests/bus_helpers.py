@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from nats.js.errors import NotFoundError
 
 from services.executor import service as executor_service
 from services.ingest.replay import load_history, load_market_rules, replay_step
 from services.risk import service as risk_service
 from services.signal import service as signal_service
 from services.signal.service import make_target
-from shared.bus import candle_writer, close, connect, last_message, publish
+from shared.bus import candle_writer, close, connect, last_message, publish, stored_messages
 from shared.candles import digest, encode_panel
 from shared.contracts import (
     ApprovedPlan,
@@ -179,15 +178,8 @@ async def stream_messages(js_operator: Any, subject: str) -> list[bytes]:
     deterministic, no consumer, no idle wait (the operator may direct-get from any stream)."""
 
 
-    out: list[bytes] = []
-    seq = 1
-    while True:
-        try:
-            msg = await js_operator.get_msg(stream_of(subject), seq=seq, subject=subject, direct=True, next=True)
-        except NotFoundError:
-            return out
-        out.append(msg.data or b"")
-        seq = int(msg.seq or 0) + 1
+    return [msg.data or b"" for msg in await stored_messages(js_operator, stream_of(subject), subject,
+                                                            limit=1_000_000)]
 
 
 async def dead_letters(js_operator: Any, service: str) -> list[DeadLetter]:

@@ -18,8 +18,8 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 LIVE_COMPOSE_FILE = REPO_ROOT / "docker-compose.live.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 
-SERVICES = ("ingest", "signal", "risk", "executor", "optimizer")
-PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105}
+SERVICES = ("ingest", "signal", "risk", "executor", "optimizer", "console")
+PORTS = {"ingest": 8101, "signal": 8102, "risk": 8103, "executor": 8104, "optimizer": 8105, "console": 8100}
 
 
 def compose_binary() -> Path:

@@ -19,9 +19,13 @@ import pytest
 
 from tests.compose.compose_cli import COMPOSE_FILE, PORTS, SERVICES, clean_env, compose_binary, run_compose
 
-AURA_IMAGE_SERVICES = ("keygen", "provision", "operator", *SERVICES)
-PRINCIPALS = (*SERVICES, "operator")
-UIDS = {"ingest": 10011, "signal": 10012, "risk": 10013, "executor": 10014, "optimizer": 10015, "operator": 10016}
+# The optimizer's workers (issue 10): a scalable service without a host port, principal `worker`.
+WORKER = "optimizer-worker"
+AURA_IMAGE_SERVICES = ("keygen", "provision", "operator", *SERVICES, WORKER)
+PRINCIPALS = (*SERVICES, "worker", "operator")
+UIDS = {"ingest": 10011, "signal": 10012, "risk": 10013, "executor": 10014, "optimizer": 10015, "operator": 10016,
+        "console": 10017, "worker": 10018}
+HOLDERS = {"operator": {"provision", "operator"}, "worker": {WORKER}}  # principal -> services that hold its keys
 KEYS = "/var/lib/aura/keys"
 SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSPHRASE)", re.IGNORECASE)
 
@@ -284,7 +288,7 @@ def test_keygen_is_a_one_shot_without_network_that_hands_each_key_volume_to_its_
 def test_each_private_key_volume_is_mounted_only_where_it_belongs(services: dict[str, dict[str, Any]],
                                                                   principal: str) -> None:
     source = mount_for_path(services["keygen"], f"{KEYS}/{principal}/bus.nk")["source"]  # type: ignore[index]
-    holders = {"keygen", principal} if principal != "operator" else {"keygen", "provision", "operator"}
+    holders = {"keygen", *HOLDERS.get(principal, {principal})}
     assert services_mounting(services, source) == holders
 
 
@@ -374,5 +378,24 @@ def test_no_service_runs_privileged_or_as_root(services: dict[str, dict[str, Any
         uid = int(str(svc["user"]).split(":")[0])
         assert uid != 0, f"{name} runs as root"
         uids.append(uid)
-    # One user per service (provision and the operator's CLI share the operator's).
-    assert len(set(uids)) == len(SERVICES) + 1
+    # One user per service (provision and the operator's CLI share the operator's; the workers have theirs).
+    assert len(set(uids)) == len(SERVICES) + 2
+
+
+def test_optimizer_workers_scale_with_their_own_user_and_key_volume_only(services: dict[str, dict[str, Any]]) -> None:
+    """`docker compose up --scale optimizer-worker=N`: nothing in the service pins one instance (no container name,
+    no host port), each runs as the worker user with the worker's key volume alone, after the bus is provisioned."""
+    svc = services[WORKER]
+    assert svc["command"] == ["python", "-m", "services.optimizer.worker"]
+    assert "container_name" not in svc and not svc.get("ports"), "a scaled service cannot pin a name or host port"
+    assert svc["user"] == f"{UIDS['worker']}:10001"
+    own = mount_for_path(svc, f"{KEYS}/worker/bus.nk")
+    assert own is not None and own["source"].endswith("keys-worker") and not own.get("read_only", False)
+    public = mount_for_path(svc, f"{KEYS}/public/risk.pub")
+    assert public is not None and public.get("read_only") is True
+    assert {m["source"] for m in mounts(svc)} == {own["source"], public["source"]}  # and nothing else
+    assert mount_for_path(svc, f"{KEYS}/optimizer/signing.key") is None, "a worker must never hold the optimizer's key"
+    assert svc["environment"]["AURA_WORKER_PORT"] == "8106"
+    assert "http://127.0.0.1:8106/readyz" in svc["healthcheck"]["test"][3]
+    assert svc["depends_on"]["provision"]["condition"] == "service_completed_successfully"
+    assert svc["depends_on"]["nats"]["condition"] == "service_healthy"

@@ -27,7 +27,7 @@ ALL = set(PRINCIPALS)
 
 # subject -> who may publish on it (the issue: only ingest publishes data and stale notices, only signal
 # targets, only risk approved plans, only the executor fills and snapshots; each stage its own aborts and
-# each service its own dead letters).
+# each service its own dead letters and its own events).  The console publishes nothing at all.
 PUBLISH = {
     "aura.data.ready": {"ingest"},
     "aura.data.stale": {"ingest"},
@@ -39,6 +39,13 @@ PUBLISH = {
     "aura.exec.fills": {"executor"},
     "aura.exec.snapshots": {"executor"},
     **{f"aura.dlq.{svc}": {svc} for svc in ("ingest", "signal", "risk", "executor", "optimizer")},
+    **{f"aura.events.{svc}": {svc} for svc in ("ingest", "signal", "risk", "executor", "optimizer")},
+    "aura.events.console": set(),
+    # The optimizer's work queue: only the coordinator (optimizer) hands out tasks, only workers answer them, and
+    # a worker dead-letters on its own subject.
+    "aura.optimize.tasks": {"optimizer"},
+    "aura.optimize.results": {"worker"},
+    "aura.dlq.worker": {"worker"},
 }
 # KV key -> who may write it: parameters by the optimizer and the operator; the latch by risk alone; each
 # service its own state; the operator's reset request by the operator alone.
@@ -48,8 +55,10 @@ KV_WRITE = {
     ("aura_state", "operator.reset"): {"operator"},
     ("aura_state", "ingest.cursor.replay.1d"): {"ingest"},
     ("aura_state", "signal.state"): {"signal"},
+    ("aura_state", "optimizer.decision"): {"optimizer"},  # the optimizer's latest decision, shown by the console
 }
 OBJECT_WRITE = {"ingest"}
+OPT_INPUTS_WRITE = {"optimizer"}  # the optimizer's inputs object store: the coordinator writes, workers only read
 # Stream and consumer management: the operator provisions; nobody deletes or purges.
 MANAGE = {
     "$JS.API.STREAM.CREATE.EVIL": {"operator"},
@@ -62,16 +71,23 @@ MANAGE = {
     "$JS.API.CONSUMER.CREATE.AURA_PLANS": {"operator"},
     "$JS.API.CONSUMER.DELETE.AURA_PLANS.executor": {"operator"},
 }
-# Direct reads of the newest message on a subject: what each service consumes, and the operator.
+# Direct reads of the newest message on a subject: what each service consumes, the operator, and the read-only
+# console, which shows everything.
 READ = {
-    "aura.data.ready": {"risk", "executor", "operator"},
-    "aura.data.stale": {"risk", "executor", "operator"},
-    "aura.exec.snapshots": {"risk", "operator"},
-    "aura.plans.approved": {"operator"},
-    "aura.signal.targets": {"operator"},
+    "aura.data.ready": {"risk", "executor", "operator", "console"},
+    "aura.data.stale": {"risk", "executor", "operator", "console"},
+    "aura.exec.snapshots": {"risk", "operator", "console"},
+    "aura.plans.approved": {"operator", "console"},
+    "aura.signal.targets": {"operator", "console"},
+    "aura.events.risk": {"operator", "console"},
+    "aura.optimize.results": {"operator"},  # the coordinator consumes them; a worker cannot read them
 }
 STREAMS = {"aura.data.ready": "AURA_DATA", "aura.data.stale": "AURA_DATA", "aura.exec.snapshots": "AURA_EXEC",
-           "aura.plans.approved": "AURA_PLANS", "aura.signal.targets": "AURA_TARGETS"}
+           "aura.plans.approved": "AURA_PLANS", "aura.signal.targets": "AURA_TARGETS",
+           "aura.events.risk": "AURA_EVENTS", "aura.optimize.results": "AURA_OPT_RESULTS"}
+# Reading a stream's history by sequence (what the console's pages need): the console and the operator only.
+HISTORY = {"AURA_PLANS": {"operator", "console"}, "AURA_EXEC": {"operator", "console"},
+           "AURA_DLQ": {"operator", "console"}, "AURA_EVENTS": {"operator", "console"}}
 # Durable consumers: each only by its own service (the operator manages, and can read through any).
 CONSUME = {spec.durable: {name, "operator"} for name, spec in CONSUMERS.items()}
 
@@ -122,6 +138,7 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
     for bucket, key in KV_WRITE:
         jobs[f"kv {bucket}/{key}"] = probe.attempt(f"$KV.{bucket}.{key}")
     jobs["object write"] = probe.attempt("$O.aura_candles.C.probe")
+    jobs["object write aura_opt_inputs"] = probe.attempt("$O.aura_opt_inputs.C.probe")
     for api in MANAGE:
         body = b"{}"
         if api.startswith("$JS.API.STREAM.CREATE"):
@@ -133,6 +150,8 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
         jobs[f"manage {api}"] = probe.attempt(api, body)
     for subject, stream in STREAMS.items():
         jobs[f"read {subject}"] = probe.attempt(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
+    for stream in HISTORY:
+        jobs[f"history {stream}"] = probe.attempt(f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": 1}).encode())
     for durable, spec in ((s.durable, s) for s in CONSUMERS.values()):
         jobs[f"consume {durable}"] = probe.attempt(f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{durable}",
                                                    json.dumps({"batch": 1, "no_wait": True}).encode())
@@ -154,8 +173,10 @@ def expected(principal: str) -> dict[str, str]:
     out = {f"publish {s}": word(principal in who) for s, who in PUBLISH.items()}
     out.update({f"kv {b}/{k}": word(principal in who) for (b, k), who in KV_WRITE.items()})
     out["object write"] = word(principal in OBJECT_WRITE)
+    out["object write aura_opt_inputs"] = word(principal in OPT_INPUTS_WRITE)
     out.update({f"manage {api}": word(principal in who) for api, who in MANAGE.items()})
     out.update({f"read {s}": word(principal in who) for s, who in READ.items()})
+    out.update({f"history {s}": word(principal in who) for s, who in HISTORY.items()})
     out.update({f"consume {d}": word(principal in who) for d, who in CONSUME.items()})
     out["subscribe aura.plans.approved"] = word(False)  # plans are read through JetStream, never tapped
     return out

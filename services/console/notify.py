@@ -1,0 +1,209 @@
+"""Alerts through apprise: the services' events, a service down too long, a daily summary.
+
+Sending is the console's job alone, so no trading path ever waits on a chat service: the services publish
+events (shared/events.py) and go on; the console decides here what to send, and one worker sends it from a
+thread (apprise's ``notify`` blocks on the network), so neither the page nor the event consumer waits either.
+
+* **Deduplicated**: an alert with the same key (service, kind and text of an event; "down:<service>"...) within
+  ``notify_dedup_s`` of the last one sent is not sent again (counted ``duplicate``).
+* **Rate-limited**: at most ``notify_rate_limit`` alerts per ``notify_rate_window_s``.  The rest are counted
+  (``limited``) and summed up in one message once the window has room again: a burst costs one line, and
+  nothing is dropped without a word.
+* **Bounded**: at most QUEUE_MAX alerts wait to be sent; beyond that they are counted ``dropped``.
+
+A notification URL can hold a bot token (``tgram://TOKEN/CHAT``): each is registered as a secret, so no log line
+shows it, and only its scheme is ever named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import apprise
+
+from shared.contracts import ServiceEvent
+from shared.health import HealthState
+from shared.logging import error, info, register_secret, warn
+
+QUEUE_MAX = 256
+NOTIFY_TYPES = {"info": apprise.NotifyType.INFO, "warning": apprise.NotifyType.WARNING,
+                "error": apprise.NotifyType.FAILURE}
+
+
+@dataclass(frozen=True)
+class Alert:
+    key: str  # what makes two alerts "the same" for deduplication
+    title: str
+    body: str
+    severity: str = "warning"  # info | warning | error
+
+
+def alert_for_event(event: ServiceEvent) -> Alert:
+    details = ", ".join(f"{k}={v}" for k, v in list(event.fields.items())[:6])
+    return Alert(key=f"event:{event.service}:{event.kind}:{event.text}", title=f"AURA {event.service}: {event.kind}",
+                 body=event.text + (f" ({details})" if details else ""), severity=event.severity)
+
+
+def parse_urls(text: str) -> list[str]:
+    return [url.strip() for url in text.split(",") if url.strip()]
+
+
+class Notifier:
+    def __init__(self, urls: list[str], dedup_s: float, limit: int, window_s: float, health: HealthState,
+                 logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
+        self.dedup_s, self.limit, self.window_s = dedup_s, limit, window_s
+        self.health, self.logger, self.clock = health, logger, clock
+        self.apprise = apprise.Apprise()
+        self.targets = 0
+        for url in urls:
+            register_secret(url)
+            if self.apprise.add(url):
+                self.targets += 1
+            else:
+                error(logger, "NOTIFY", "notification URL not understood by apprise; ignored",
+                      scheme=url.partition("://")[0][:20])
+        self.queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self.last_sent: dict[str, float] = {}
+        self.sent_at: deque[float] = deque()
+        self.held_back: Counter[str] = Counter()
+
+    def _expire(self, now: float) -> None:
+        while self.sent_at and now - self.sent_at[0] >= self.window_s:
+            self.sent_at.popleft()
+        for key in [k for k, t in self.last_sent.items() if now - t >= self.dedup_s]:
+            del self.last_sent[key]
+
+    def offer(self, alert: Alert) -> str:
+        """Decide now (never waits): "queued", "duplicate", "limited", "dropped", or "off" without any URL."""
+        now = self.clock()
+        self._expire(now)
+        if alert.key in self.last_sent:
+            outcome = "duplicate"
+        elif len(self.sent_at) >= self.limit:
+            self.held_back[alert.title] += 1
+            outcome = "limited"
+        else:
+            self.last_sent[alert.key] = now
+            self.sent_at.append(now)
+            outcome = self._enqueue(alert)
+        if outcome in ("duplicate", "limited", "dropped"):
+            self.health.inc("alerts", outcome=outcome)
+        return outcome
+
+    def _enqueue(self, alert: Alert) -> str:
+        if not self.targets:
+            return "off"
+        try:
+            self.queue.put_nowait(alert)
+        except asyncio.QueueFull:
+            return "dropped"
+        return "queued"
+
+    def release_held_back(self) -> None:
+        """Once the window has room again, one message sums up what the rate limit held back."""
+        now = self.clock()
+        self._expire(now)
+        if not self.held_back or len(self.sent_at) >= self.limit:
+            return
+        total = sum(self.held_back.values())
+        lines = [f"{n} x {title}" for title, n in self.held_back.most_common(10)]
+        self.held_back.clear()
+        self.sent_at.append(now)
+        self._enqueue(Alert(key=f"held:{now}", title=f"AURA: {total} alerts held back by the rate limit",
+                            body="\n".join(lines), severity="warning"))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The one sender: takes queued alerts and sends each from a thread, until ``stop``."""
+        while not stop.is_set():
+            try:
+                alert = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+            except TimeoutError:
+                self.release_held_back()
+                continue
+            await self.send(alert)
+
+    async def send(self, alert: Alert) -> bool:
+        try:
+            ok = bool(await asyncio.to_thread(self.apprise.notify, body=alert.body, title=alert.title,
+                                              notify_type=NOTIFY_TYPES.get(alert.severity, apprise.NotifyType.INFO)))
+        except Exception as exc:  # a plugin that raises instead of returning False
+            warn(self.logger, "NOTIFY", "alert could not be sent", title=alert.title, error=type(exc).__name__)
+            ok = False
+        self.health.inc("alerts", outcome="sent" if ok else "failed")
+        if ok:
+            info(self.logger, "NOTIFY", "alert sent", title=alert.title)
+        else:
+            warn(self.logger, "NOTIFY", "alert not delivered by every target", title=alert.title)
+        return ok
+
+
+class DownTracker:
+    """A service alerted once it has been down or not ready for ``after_s``, and again when it is back."""
+
+    def __init__(self, after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.after_s, self.clock = after_s, clock
+        self.since: dict[str, float] = {}
+        self.alerted: set[str] = set()
+
+    def update(self, name: str, ready: bool, detail: str) -> Alert | None:
+        now = self.clock()
+        if ready:
+            self.since.pop(name, None)
+            if name in self.alerted:
+                self.alerted.discard(name)
+                return Alert(f"up:{name}", f"AURA {name} is ready again", f"{name} answers /readyz 200 again", "info")
+            return None
+        start = self.since.setdefault(name, now)
+        if now - start >= self.after_s and name not in self.alerted:
+            self.alerted.add(name)
+            return Alert(f"down:{name}", f"AURA {name} down",
+                         f"{name} has been down or not ready for {now - start:.0f} s: {detail}", "error")
+        return None
+
+    def down(self) -> int:
+        return len(self.since)
+
+
+# --- the daily summary ---------------------------------------------------------------------------------------
+
+
+def summary_due(now_s: float, hour: int, last_day: str) -> str:
+    """Today's UTC date if the summary hour has come and today's summary was not sent yet, else ""."""
+    if hour < 0:
+        return ""
+    day = time.strftime("%Y-%m-%d", time.gmtime(now_s))
+    return day if time.gmtime(now_s).tm_hour >= hour and day != last_day else ""
+
+
+def daily_summary(day: str, state: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]]) -> Alert:
+    """One message: equity and its change over the last 24 h, drawdown, positions, the latch, the parameter
+    version, services not ready and the day's events by kind."""
+    pf = state.get("portfolio") or {}
+    lines = []
+    if pf:
+        line = f"equity {pf['equity']:,.2f} USDT"
+        chart = state.get("chart") or {}
+        commits, points = chart.get("commit_ms") or [], chart.get("equity") or []
+        cutoff = int(time.time() * 1000) - 86_400_000
+        before = [p["value"] for ms, p in zip(commits, points, strict=False) if ms <= cutoff]
+        if before and before[-1] > 0:
+            line += f" ({(pf['equity'] / before[-1] - 1) * 100:+.2f}% in 24 h)"
+        lines += [line, f"drawdown {pf.get('drawdown', 0.0) * 100:.1f}%, exposure {pf.get('exposure', 0.0) * 100:.0f}%",
+                  "positions: " + (", ".join(f"{p['symbol']} {p['qty']:g}" for p in pf.get("positions", []))
+                                   or "none")]
+    latch = state.get("latch") or {}
+    lines.append("kill-switch LATCHED" if latch.get("halted") else "kill-switch armed")
+    lines.append(f"parameters version {(state.get('params') or {}).get('version', 0)}")
+    down = sorted(n for n, s in services.items() if not s.get("ready"))
+    lines.append("services not ready: " + ", ".join(down) if down else "all services ready")
+    since = int(time.time() * 1000) - 86_400_000
+    kinds = Counter(e["kind"] for e in state.get("events") or [] if e.get("at_ms", 0) >= since)
+    if kinds:
+        lines.append("events: " + ", ".join(f"{k} x{n}" for k, n in kinds.most_common()))
+    return Alert(f"summary:{day}", f"AURA daily summary {day}", "\n".join(lines), "info")

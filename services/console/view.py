@@ -1,0 +1,315 @@
+"""What the console knows, read from the bus incrementally with direct gets: no consumer, nothing written.
+
+Each refresh reads only what is new since the last one (a cursor per stream), checks signatures the way the
+services do (snapshots by the executor, plans by risk, parameter documents by the optimizer or the operator,
+the kill-switch latch by risk) and keeps bounded recent lists.  ``state()`` is the JSON the page polls.
+
+Sources, all on the bus so the console works the same under `aura up` and in compose (where the journal volume
+is the executor's alone): the newest signed snapshot (holdings, entry prices, cash, the journal's equity
+history with commit times), every snapshot's cycle id (to put each equity point at its bar's time), approved
+plans and aborted cycles (``AURA_PLANS``), fills, dead letters, events, the newest ``DataReady`` and its candle
+object (prices, BTC), the parameter bucket and the latch.  Open orders are not on the bus: under `aura up` the
+journal is opened read-only for them when it is there (:func:`open_orders`); elsewhere the page says unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from aura.backtest.data import BENCHMARKS, load_benchmark
+from aura.strategy.params import StrategyParams
+from aura.strategy.schedule import timeframe_ms
+from services.console.chart import PriceSeries, candle_series, daily_benchmark_series, drawdown, equity_chart
+from services.executor.journal import OPEN_INTENT_STATES
+from services.risk.latch import read_latch
+from shared.bus import kv_get, last_message, state_kv, stored_messages, verified_candles
+from shared.candles import decode_panel
+from shared.config import Settings
+from shared.contracts import (
+    PLANS_FILTER,
+    ApprovedPlan,
+    ContractError,
+    CycleAborted,
+    DataReady,
+    DataStale,
+    DeadLetter,
+    FillMsg,
+    PortfolioSnapshot,
+    ServiceEvent,
+    TargetPortfolio,
+    decode,
+    stream_of,
+)
+from shared.credentials import PARAMS_SIGNERS, trusted_key, trusted_keys
+from shared.health import HealthState
+from shared.live_params import ParamsError, history, read_version
+from shared.signing import SignatureError, verify_plan, verify_struct
+
+RECENT = 50  # rows kept per list
+BACKLOG = 5000  # at the first read, start this many stream sequences before the end (bounded start-up)
+PER_REFRESH = 2000  # messages read per stream per refresh at most (a long backlog fills in over a few)
+COMMITS_KEPT = 4000  # commit time -> cycle id of this many snapshots (the equity history holds 365)
+BTC = "BTC/USDT"
+# The optimizer's latest decision (issue 10) will be the JSON document at this KV key, written by the optimizer
+# alone (shared/bus_access.py grants it); until one exists the page shows "no decision yet".
+DECISION_KEY = "optimizer.decision"
+
+
+def _clip(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def open_orders(journal: Path) -> dict[str, Any]:
+    """Orders that may be live on the exchange, from the executor's journal opened read-only; ``known`` False
+    when this process cannot see the journal (compose keeps it in the executor's own volume)."""
+    if not journal.is_file():
+        return {"known": False, "why": "the journal is not visible to the console (compose: executor's volume)",
+                "rows": []}
+    marks = ",".join("?" * len(OPEN_INTENT_STATES))
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = db.execute(
+                "SELECT i.client_order_id, i.cycle_id, i.symbol, i.side, i.qty, i.ref_price, i.status,"
+                " COALESCE(o.status, ''), COALESCE(o.filled_qty, 0), i.updated_ts_ms FROM intents i LEFT JOIN"
+                f" orders o USING(client_order_id) WHERE i.status IN ({marks}) ORDER BY i.created_ts_ms",
+                OPEN_INTENT_STATES).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return {"known": False, "why": f"journal unreadable: {exc}", "rows": []}
+    keys = ("client_order_id", "cycle_id", "symbol", "side", "qty", "ref_price", "intent", "order", "filled_qty",
+            "updated_ms")
+    return {"known": True, "why": "", "rows": [dict(zip(keys, r, strict=True)) for r in rows]}
+
+
+def position_rows(holdings: dict[str, float], entry_prices: dict[str, float], prices: dict[str, float],
+                  ) -> tuple[list[dict[str, Any]], float]:
+    """(one row per held symbol: qty, entry, newest price, value, P&L; the value of them all) for the page and
+    for ``aura status``, whose positions come from the journal when it can see it."""
+    positions = []
+    held = 0.0
+    for symbol, qty in sorted(holdings.items()):
+        entry = float(entry_prices.get(symbol, 0.0))
+        price = prices.get(symbol)
+        value = qty * price if price is not None else None
+        held += value or 0.0
+        pnl = (price - entry) * qty if price is not None and entry > 0 else None
+        positions.append({"symbol": symbol, "qty": qty, "entry": entry, "price": price, "value": value,
+                          "pnl": pnl, "pnl_pct": (price / entry - 1.0) * 100 if pnl is not None else None})
+    return positions, held
+
+
+class BusView:
+    """``holder``: whose pinned public keys verify what is read (the console's, or the operator's for
+    ``aura status``); ``backlog``: how far back the first read of each stream starts (a one-shot command needs
+    only the recent rows, not the console's long history)."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings, health: HealthState, logger: logging.Logger, *,
+                 holder: str = "console", backlog: int = BACKLOG) -> None:
+        self.js, self.settings, self.health, self.logger = js, settings, health, logger
+        keys = settings.keys
+        self.executor_key = {"executor": trusted_key(keys, holder, "executor")}
+        self.risk_key = trusted_key(keys, holder, "risk")
+        self.params_keys = trusted_keys(keys, holder, PARAMS_SIGNERS)
+        self.backlog = backlog
+        self.bar_ms = timeframe_ms(settings.timeframe)
+        self.cursors: dict[str, int] = {}
+        self.snapshot: PortfolioSnapshot | None = None
+        self.cycle_of_commit: OrderedDict[int, str] = OrderedDict()
+        self.plans: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.fills: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.events: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.data: dict[str, Any] = {}
+        self.panel_digest = ""
+        self.prices: dict[str, float] = {}
+        self.benchmarks: dict[str, PriceSeries] = {}
+        for name in BENCHMARKS:  # bundled daily closes; they end where the shipped files end
+            found = load_benchmark(Path(settings.replay_dir), name)
+            if found is not None:
+                self.benchmarks[name] = daily_benchmark_series(found[0].tolist(), found[1].tolist())
+        self.params: dict[str, Any] = {"version": 0, "history": []}
+        self.live_params: StrategyParams | None = None  # the newest valid version's values (None: not read yet)
+        self.latch: dict[str, Any] = {}
+        self.decision: dict[str, Any] | None = None
+        self.regime = ""
+        self.state_bucket: KeyValue | None = None
+
+    # --- reading ----------------------------------------------------------------------------------------------
+
+    async def _new(self, subject: str, stream: str = "") -> list[Any]:
+        """Messages on ``subject`` stored since the last call (the first call starts ``backlog`` sequences back)."""
+        stream = stream or stream_of(subject)
+        if subject not in self.cursors:
+            info = await self.js.stream_info(stream)
+            self.cursors[subject] = max(0, int(info.state.last_seq) - self.backlog)
+        msgs = await stored_messages(self.js, stream, subject, self.cursors[subject], limit=PER_REFRESH)
+        if msgs:
+            self.cursors[subject] = int(msgs[-1].seq or 0)
+        return msgs
+
+    def _unverified(self, what: str) -> None:
+        self.health.inc("console_unverified", what=what)
+
+    async def refresh(self) -> None:
+        await self._snapshots()
+        await self._plans()
+        for msg in await self._new(FillMsg.SUBJECT):
+            with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                f = decode(msg.data, FillMsg)
+                self.fills.appendleft({"cycle_id": f.cycle_id, "symbol": f.symbol, "side": f.side, "qty": f.qty,
+                                       "price": f.price, "fee": f.fee})
+        for msg in await self._new(DeadLetter.SUBJECT + ".>", "AURA_DLQ"):
+            with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                d = decode(msg.data, DeadLetter)
+                self.dead_letters.appendleft({"service": msg.subject.rsplit(".", 1)[-1], "subject": d.subject,
+                                              "reason": d.reason, "error": _clip(d.error), "at_ms": d.received_at_ms})
+        for msg in await self._new(ServiceEvent.SUBJECT + ".>", "AURA_EVENTS"):
+            with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                e = decode(msg.data, ServiceEvent)
+                self.events.appendleft({"service": msg.subject.rsplit(".", 1)[-1], "kind": e.kind,
+                                        "severity": e.severity, "text": _clip(e.text), "at_ms": e.at_ms})
+        await self._market()
+        await self._params()
+        await self._state()
+
+    async def _snapshots(self) -> None:
+        for msg in await self._new(PortfolioSnapshot.SUBJECT):
+            try:
+                snap = decode(msg.data, PortfolioSnapshot)
+                verify_struct(snap, self.executor_key)
+            except (ContractError, SignatureError):
+                self._unverified("snapshot")
+                continue
+            self.cycle_of_commit[int(snap.committed_at_ms)] = snap.cycle_id
+            while len(self.cycle_of_commit) > COMMITS_KEPT:
+                self.cycle_of_commit.popitem(last=False)
+            self.snapshot = snap
+
+    async def _plans(self) -> None:
+        for msg in await self._new(PLANS_FILTER, stream_of(ApprovedPlan.SUBJECT)):
+            if msg.subject == ApprovedPlan.SUBJECT:
+                try:
+                    signed = decode(msg.data, ApprovedPlan)
+                    verify_plan(signed, self.risk_key)
+                except (ContractError, SignatureError):
+                    self._unverified("plan")
+                    continue
+                plan = signed.plan
+                self.plans.appendleft({"kind": "plan", "cycle_id": plan.cycle_id, "gate": plan.gate,
+                                       "halted": plan.halted, "legs": [f"{leg.side} {leg.qty:g} {leg.symbol}"
+                                                                       for leg in plan.legs][:12],
+                                       "reasons": [_clip(r, 160) for r in plan.reasons][:8],
+                                       "params_version": plan.params_version, "at_ms": signed.emitted_at_ms})
+            else:
+                with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                    aborted = decode(msg.data, CycleAborted)
+                    stage = msg.subject.rsplit(".", 1)[-1]  # the subject, not the message, says who sent it
+                    self.plans.appendleft({"kind": "aborted", "cycle_id": aborted.cycle_id,
+                                           "gate": f"aborted by {stage}", "halted": False, "legs": [],
+                                           "reasons": [_clip(aborted.reason)], "params_version": None, "at_ms": 0})
+
+    async def _market(self) -> None:
+        raw = await last_message(self.js, DataReady.SUBJECT)
+        if raw is not None:
+            with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                ready = decode(raw, DataReady)
+                self.data["ready"] = {"cycle_id": ready.cycle_id, "as_of_ms": ready.as_of_ms,
+                                      "symbols": len(ready.symbols)}
+                if ready.digest != self.panel_digest:
+                    await self._panel(ready.digest)
+        stale = await last_message(self.js, DataStale.SUBJECT)
+        if stale is not None:
+            with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                s = decode(stale, DataStale)
+                self.data["stale"] = {"cycle_id": s.cycle_id, "reason": _clip(s.reason), "as_of_ms": s.as_of_ms}
+        target = await last_message(self.js, TargetPortfolio.SUBJECT)
+        if target is not None:
+            with contextlib.suppress(ContractError):  # malformed: the sender's problem, skip it
+                self.regime = decode(target, TargetPortfolio).regime
+
+    async def _panel(self, digest: str) -> None:
+        """Prices and BTC's closes from the candle object the newest DataReady names (digest-checked)."""
+        try:
+            blob = await verified_candles(self.js, digest)
+        except NotFoundError:  # expired from the object store: keep the last prices
+            return
+        if blob is None:
+            self._unverified("candles")
+            return
+        panel = decode_panel(blob)
+        self.panel_digest = digest
+        for j, symbol in enumerate(panel.symbols):
+            column = panel.close[:, j]
+            valid = [float(c) for c in column if c == c and c > 0]
+            if valid:
+                self.prices[symbol] = valid[-1]
+            if symbol == BTC:
+                self.benchmarks["BTC"] = candle_series(panel.timestamps.tolist(), column.tolist(), self.bar_ms)
+
+    async def _params(self) -> None:
+        try:
+            params, version, doc = await read_version(self.js, self.params_keys)
+        except ParamsError as exc:  # the newest document does not verify: signal and risk keep the last valid one
+            self.params["refused"] = _clip(str(exc))
+            return
+        self.live_params = params
+        if version == self.params.get("version") and self.params.get("history"):
+            return
+        rows = [{"version": v, "promoted_by": d.promoted_by if d else "", "reason": _clip(d.reason if d else why),
+                 "at_ms": d.promoted_at_ms if d else 0, "valid": d is not None}
+                for v, d, why in await history(self.js, self.params_keys)]
+        self.params = {"version": version, "promoted_by": doc.promoted_by if doc else "defaults",
+                       "reason": _clip(doc.reason) if doc else "", "at_ms": doc.promoted_at_ms if doc else 0,
+                       "history": rows[-20:][::-1]}
+
+    async def _state(self) -> None:
+        if self.state_bucket is None:
+            self.state_bucket = await state_kv(self.js)
+        kv = self.state_bucket
+        latch, _, problem = await read_latch(kv, self.risk_key)
+        self.latch = {"halted": latch.halted, "cycle_id": latch.cycle_id, "drawdown": latch.drawdown,
+                      "reset_at_ms": latch.reset_at_ms, "reason": _clip(problem or latch.reason)}
+        raw, _ = await kv_get(kv, DECISION_KEY)
+        if raw is not None:
+            try:
+                doc = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                doc = {"unreadable": _clip(raw.decode(errors="replace"))}
+            self.decision = doc if isinstance(doc, dict) else {"value": _clip(str(doc))}
+
+    # --- the page's JSON --------------------------------------------------------------------------------------
+
+    def portfolio(self) -> dict[str, Any]:
+        snap = self.snapshot
+        if snap is None:
+            return {}
+        positions, held = position_rows(snap.holdings, snap.entry_prices, self.prices)
+        history = list(snap.equity_history)
+        return {"cycle_id": snap.cycle_id, "status": snap.status, "equity": snap.equity, "cash": snap.cash,
+                "committed_at_ms": snap.committed_at_ms, "positions": positions,
+                "exposure": held / snap.equity if snap.equity > 0 else 0.0,
+                "drawdown": drawdown(history)[-1] if history else 0.0}
+
+    def state(self) -> dict[str, Any]:
+        snap = self.snapshot
+        chart = equity_chart(snap.equity_history, snap.equity_history_ms, self.cycle_of_commit, self.bar_ms,
+                             self.benchmarks) if snap is not None and snap.equity_history else None
+        return {"portfolio": self.portfolio(), "chart": chart, "plans": list(self.plans)[:20],
+                "fills": list(self.fills)[:20], "dead_letters": list(self.dead_letters)[:20],
+                "events": list(self.events)[:20], "data": self.data, "regime": self.regime, "params": self.params,
+                "latch": self.latch,
+                "optimizer": {"decision": self.decision, "source": f"KV aura_state key {DECISION_KEY}"},
+                "refreshed_at_ms": int(time.time() * 1000)}

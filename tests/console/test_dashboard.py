@@ -1,0 +1,169 @@
+"""The console's page in a real headless browser (Debian's chromium through selenium) against a running system:
+the page loads everything from the console itself, the chart holds the journal's equity points, a new cycle
+appears without a reload, and with the bus down the page says so (and recovers when it is back).
+
+The tests run in file order on one system: first while the replay is still trading, then once it is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import hashlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aura.natsd import start_bus
+from services.console.service import STATIC
+from shared.bus import close, connect, last_message
+from shared.contracts import PortfolioSnapshot, decode
+from tests.console.conftest import ConsoleSystem, start_system, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+VENDORED_JS = "vendor/lightweight-charts-5.3.0/lightweight-charts.standalone.production.js"
+VENDORED_SHA256 = "338a625ece52c5b85fb026e222dad5d0f365f745060afbfae96bda91636142e9"
+REPLAY_START = "2024-10-10"  # the bundled history ends 2024-12-05: ~57 cycles, then idle
+INTERVAL_S = 0.7  # slow enough that cycles are still coming while the first tests run
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleSystem]:
+    system = start_system(tmp_path_factory.mktemp("console") / "home", REPLAY_START, INTERVAL_S)
+    try:
+        yield system
+    finally:
+        system.stack.stop()
+        system.server.stop()
+
+
+def js(driver: Any, script: str) -> Any:
+    return driver.execute_script(script)
+
+
+def page_equity(driver: Any) -> list[dict[str, float]]:
+    return js(driver, "return window.auraConsole ? window.auraConsole.equity() : []") or []
+
+
+def bus_snapshot(system: ConsoleSystem) -> PortfolioSnapshot:
+    async def read() -> PortfolioSnapshot:
+        nc = await connect(system.settings, "operator", logging.getLogger("test"), connect_timeout_s=10)
+        try:
+            raw = await last_message(nc.jetstream(), PortfolioSnapshot.SUBJECT)
+            assert raw is not None
+            return decode(raw, PortfolioSnapshot)
+        finally:
+            await close(nc)
+
+    return asyncio.run(read())
+
+
+def test_the_vendored_chart_library_is_the_pinned_build_with_its_license() -> None:
+    path = STATIC / VENDORED_JS
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == VENDORED_SHA256
+    assert "Lightweight Charts™ v5.3.0" in path.read_text()[:400]
+    license_text = (path.parent / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert "TradingView" in (path.parent / "NOTICE").read_text()
+    assert VENDORED_JS in (STATIC / "index.html").read_text()
+
+
+def test_the_page_loads_everything_from_the_console(system: ConsoleSystem, browser: Any) -> None:
+    browser.get(system.url + "/")
+    wait_until(lambda: js(browser, "return window.auraConsole && window.auraConsole.polls") >= 1, "the first poll")
+    wait_until(lambda: len(page_equity(browser)) >= 2, "equity points on the chart")
+    assert browser.title == "AURA console"
+    assert js(browser, "return document.querySelectorAll('#equity-chart canvas').length") > 0
+    assert js(browser, "return typeof window.LightweightCharts.createChart") == "function"
+    origin = system.url
+    resources = js(browser, "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(name.startswith(origin) for name in resources), resources
+    served = httpx.get(f"{origin}/static/{VENDORED_JS}", timeout=5).content
+    assert hashlib.sha256(served).hexdigest() == VENDORED_SHA256
+    headers = httpx.get(origin + "/", timeout=5).headers
+    assert "default-src 'self'" in headers["content-security-policy"]
+    # Every panel drew: services polled, plans listed, the optimizer slot says it has nothing yet.
+    wait_until(lambda: js(browser, "return document.querySelectorAll('#services tr').length") >= 6, "service rows")
+    assert "ready" in browser.find_element("id", "services").text
+    assert "no decision yet" in browser.find_element("id", "optimizer").text
+    wait_until(lambda: "pass" in browser.find_element("id", "plans").text, "plans with their gate")
+    assert browser.find_element("id", "banner").get_attribute("hidden") is not None  # the bus is up: no banner
+    severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, severe
+
+
+def test_a_new_cycle_appears_without_a_reload(system: ConsoleSystem, browser: Any) -> None:
+    js(browser, "window.__sameDocument = 'yes'")
+    before = len(page_equity(browser))
+    cycle_before = browser.find_element("id", "cycle").text
+    wait_until(lambda: len(page_equity(browser)) > before, "a new equity point on the chart", timeout=60)
+    wait_until(lambda: browser.find_element("id", "cycle").text != cycle_before, "the new cycle in the header", 30)
+    assert js(browser, "return window.__sameDocument") == "yes", "the page was reloaded"
+    assert js(browser, "return performance.getEntriesByType('navigation').length") == 1
+
+
+def test_the_chart_holds_the_journals_points(system: ConsoleSystem, browser: Any) -> None:
+    # Once the replay is idle, the chart must hold exactly the journal's equity history (the newest signed snapshot
+    # carries the last 365 points of the journal, with their commit times).
+    def idle() -> bool:
+        first = system.cycles()
+        time.sleep(3 * INTERVAL_S + 1)
+        return first == system.cycles() and first > 10
+
+    wait_until(idle, "the replay to finish", timeout=180, every=0.1)
+    rows = system.journal("SELECT equity, committed_ts_ms FROM snapshots ORDER BY seq DESC LIMIT 365")[::-1]
+    snap = bus_snapshot(system)
+    assert [r[0] for r in rows] == list(snap.equity_history)
+    assert [r[1] for r in rows] == list(snap.equity_history_ms)
+    wait_until(lambda: len(page_equity(browser)) == len(rows), f"{len(rows)} points on the chart", timeout=30)
+    points = page_equity(browser)
+    assert [p["value"] for p in points] == pytest.approx([r[0] for r in rows], rel=1e-12)
+    times = [p["time"] for p in points]
+    assert all(b > a for a, b in itertools.pairwise(times)), "chart times must increase"
+    # Bar cycles sit at their bar's close: the last point is the close of the last replayed day.
+    last_cycle = system.journal("SELECT cycle_id FROM snapshots ORDER BY seq DESC LIMIT 1")[0][0]
+    assert last_cycle.startswith("1d-")
+    assert times[-1] * 1000 == calendar.timegm(time.strptime(last_cycle[3:], "%Y%m%dT%H%M")) * 1000 + 86_400_000
+    # Benchmarks start where the equity starts (the same money at the first point) and are on the same times.
+    for name in ("BTC", "SPY", "GOLD"):
+        series = js(browser, f"return window.auraConsole.benchmark('{name}')")
+        assert series, f"{name} missing"
+        assert math.isclose(series[0]["value"], points[0]["value"], rel_tol=1e-9) or series[0]["time"] > times[0]
+        assert {p["time"] for p in series} <= set(times)
+    # The positions table holds the snapshot's holdings.
+    state = httpx.get(system.url + "/api/state", timeout=5).json()
+    holdings = {p["symbol"] for p in state["portfolio"]["positions"]}
+    assert holdings == set(snap.holdings)
+    table = browser.find_element("id", "positions").text
+    assert all(symbol in table for symbol in holdings)
+    assert state["open_orders"]["known"] is True  # under `aura up` the journal is read (read-only) for them
+
+
+def test_a_screenshot_of_the_page(system: ConsoleSystem, browser: Any, tmp_path: Path) -> None:
+    shot = tmp_path / "console.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_with_the_bus_down_the_page_says_so(system: ConsoleSystem, browser: Any) -> None:
+    banner = browser.find_element("id", "banner")
+    port = system.server.port
+    system.server.stop()
+    try:
+        wait_until(lambda: banner.get_attribute("hidden") is None and "bus is down" in banner.text,
+                   "the bus-down banner", timeout=30)
+        assert js(browser, "return document.body.dataset.bus") == "down"
+        assert len(page_equity(browser)) > 0, "the page keeps the last figures"
+        assert json.loads(httpx.get(system.url + "/api/state", timeout=5).text)["bus"]["connected"] is False
+        assert httpx.get(f"http://127.0.0.1:{system.settings.console_port}/readyz", timeout=5).status_code == 503
+    finally:
+        system.server = start_bus(system.settings, port)  # the same bus comes back on its port and store
+    wait_until(lambda: banner.get_attribute("hidden") is not None, "the banner to go once the bus is back", 60)
+    assert js(browser, "return document.body.dataset.bus") == "up"
