@@ -33,7 +33,7 @@ import numpy as np
 from aura.backtest.metrics import bars_per_year
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, selection_leaks
 from aura.optimize.objective import BENCHMARK_NAMES, ObjectiveSettings, WindowResult, sharpe, validation_score
-from aura.optimize.stats import DeflatedSharpe, deflated_sharpe, pbo_cscv, spa_pvalue
+from aura.optimize.stats import CSCV, DeflatedSharpe, deflated_sharpe, pbo_cscv, spa_pvalue
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,14 @@ def _check_records(records: Sequence[ValidationRecord], settings: GateSettings) 
 
 def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[np.ndarray],
                    selection_matrices: Sequence[np.ndarray], settings: GateSettings = GateSettings(),
-                   objective: ObjectiveSettings | None = None) -> GateDecision:
+                   objective: ObjectiveSettings | None = None, cscv: Sequence[CSCV] | None = None,
+                   ) -> GateDecision:
     """Decide.  ``trial_sharpes``: one array per halving run of the whole optimisation (every fold, every stage)
     with the per-bar Sharpe of each of its trials on the run's smallest budget, pruned trials included
     (SuccessiveHalving.trial_sharpes()); ``selection_matrices``: one objective.excess_matrix per halving run
-    (every candidate on the run's smallest budget)."""
+    (every candidate on the run's smallest budget).  ``cscv``: ``pbo_cscv`` of each of those matrices already
+    computed (the distributed coordinator has its workers compute them while the search goes on; the check is
+    the same), in which case ``selection_matrices`` may be empty."""
     ordered = _check_records(records, settings)
     objective = objective or ObjectiveSettings()
     trial_sharpes = [np.asarray(t, dtype=np.float64) for t in trial_sharpes]
@@ -170,13 +173,17 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
                         ", ".join(f"{n} {d.dsr:.3f} (SR {d.sharpe:.4f}/bar vs SR0 {d.sr0:.4f}, N={d.n_trials}, "
                                   f"T={d.n_obs})" for n, d in dsr.items())))
 
-    if not selection_matrices:
-        raise ValueError("PBO needs the candidate matrix of at least one selection run")
-    for m in selection_matrices:
-        if np.ndim(m) != 3 or np.shape(m)[0] != len(names):
-            raise ValueError(f"a selection matrix must be (benchmarks={len(names)}, bars, candidates), got "
-                             f"{np.shape(m)}")
-    cscv = [pbo_cscv(m, settings.cscv_partitions) for m in selection_matrices]
+    if cscv is None:
+        if not selection_matrices:
+            raise ValueError("PBO needs the candidate matrix of at least one selection run")
+        for m in selection_matrices:
+            if np.ndim(m) != 3 or np.shape(m)[0] != len(names):
+                raise ValueError(f"a selection matrix must be (benchmarks={len(names)}, bars, candidates), got "
+                                 f"{np.shape(m)}")
+        cscv = [pbo_cscv(m, settings.cscv_partitions) for m in selection_matrices]
+    elif not cscv or any(c.n_partitions != settings.cscv_partitions for c in cscv):
+        raise ValueError(f"PBO needs the CSCV of at least one selection run, each on {settings.cscv_partitions} "
+                         "partitions")
     logits = np.concatenate([c.logits for c in cscv])
     pbo = float(np.mean(logits <= 0)) if len(logits) else math.nan  # no run with a choice: nothing shows skill
     skipped = sum(1 for c in cscv if c.distinct < 2)

@@ -1,9 +1,11 @@
-"""Optimizer service shell.
+"""Optimizer service shell: keeps a signed parameter document in force.
 
 With the operator, the only writer of the live parameter bucket; every document it writes is signed with its
-own key.  The walk-forward search itself is not built yet (its issue is scheduled after the bus and live
-safety); today the service makes sure a signed, validated parameter document exists, so every live cycle
-runs on an explicit, versioned parameter set rather than on code defaults.
+own key.  At start, when no valid version exists, it makes the shipped defaults version 1, so every live cycle
+runs on an explicit, versioned parameter set rather than on code defaults.  The walk-forward search is not run
+here: `aura optimize` coordinates it (services/optimizer/coordinator.py), evaluation tasks go to the worker
+processes (services/optimizer/worker.py) over the JetStream work queue, and a winner the gate passes is promoted
+through services/optimizer/promote.py, which signal and risk then hot-reload like any other version.
 """
 
 from __future__ import annotations

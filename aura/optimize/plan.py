@@ -1,0 +1,251 @@
+"""A whole walk-forward run as a state machine that a coordinator drives while remote workers evaluate.
+
+walkforward.py runs the procedure in one loop around an ``evaluate`` callback.  A coordinator cannot: its answers
+come later, in any order, some twice, some stored by an earlier life of the coordinator.  ``WalkForwardRun``
+holds the same procedure as data.  Every selection (one per fold, plus the final one on the newest training
+window) advances stage by stage and rung by rung, all selections at once since they are independent (that is
+what keeps many workers busy); once a fold's selection is done, its winner and the incumbent are evaluated on
+the fold's validation window, and every winner once on its whole training window (its in-sample figure).
+
+The coordinator asks ``requests()`` for what is missing and calls ``advance(lookup)`` with a function that finds
+an answer by request (in its result store) or returns None.  Nothing else changes the state, so replaying the
+stored answers after a restart reaches the state the run had, whatever their order; and given the same answers
+it chooses exactly what ``walkforward.select`` and ``walkforward.validate_fold`` choose (tests/optimize).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aura.optimize.folds import Fold, TrainWindow, ValidationWindow
+from aura.optimize.gate import GateDecision, GateSettings, ValidationRecord, promotion_gate
+from aura.optimize.grids import Grids
+from aura.optimize.halving import SuccessiveHalving, Task, history_budgets
+from aura.optimize.objective import ObjectiveSettings, WindowResult, excess_matrix, selection_score
+from aura.optimize.stats import CSCV
+from aura.optimize.walkforward import Selection, StageRun
+from aura.strategy.params import StrategyParams, params_digest
+
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One evaluation the run needs: a parameter set on a window (a training window ranks, a validation window
+    judges)."""
+
+    params: StrategyParams
+    window: TrainWindow | ValidationWindow
+    digest: str = field(default="", compare=False)  # params_digest(params), when the caller knows it already
+
+    @property
+    def ident(self) -> tuple[str, type, int, int]:
+        # A coordinator asks for the identity of every pending request on every answer: hash the parameters once.
+        if not self.digest:
+            object.__setattr__(self, "digest", params_digest(self.params))
+        return (self.digest, type(self.window), self.window.start, self.window.stop)
+
+
+Lookup = Callable[[Request], WindowResult | None]
+
+
+def rung_sizes(n: int, rungs: int, eta: int) -> list[int]:
+    """How many of ``n`` candidates each rung evaluates (SuccessiveHalving.keep, rung after rung)."""
+    sizes = [n]
+    for _ in range(rungs - 1):
+        sizes.append(max(1, sizes[-1] // eta))
+    return sizes
+
+
+class SelectionState:
+    """One selection (``walkforward.select``) as a state machine: the open stage's halving, the finished stages."""
+
+    def __init__(self, label: str, train: TrainWindow, grids: Grids, start: StrategyParams, min_budget: int,
+                 eta: int, objective: ObjectiveSettings) -> None:
+        self.label, self.train, self.grids, self.eta, self.objective = label, train, grids, eta, objective
+        self.budgets = history_budgets(len(train), eta, min_budget)
+        self.base = grids.apply_base(start)
+        self.runs: list[StageRun] = []
+        self._cands: dict[str, StrategyParams] = {}
+        self._sh: SuccessiveHalving | None = None
+        self._first: dict[str, WindowResult] = {}
+        self._open_next_stage()
+
+    def _open_next_stage(self) -> None:
+        """Open the next stage with a choice; a stage with one candidate decides itself (as in select())."""
+        self._sh = None
+        while len(self.runs) < len(self.grids.stages):
+            stage = self.grids.stages[len(self.runs)]
+            cands = {params_digest(p): p for p in stage.expand(self.base)}
+            if len(cands) == 1:
+                self.base = next(iter(cands.values()))
+                self.runs.append(StageRun(stage.name, cands, None, self.base, None))
+                continue
+            self._cands, self._first = cands, {}
+            self._sh = SuccessiveHalving(list(cands), self.budgets, self.eta)
+            return
+
+    @property
+    def done(self) -> bool:
+        return len(self.runs) == len(self.grids.stages)
+
+    @property
+    def stage(self) -> str:
+        """The stage being searched (or "done")."""
+        return self.grids.stages[len(self.runs)].name if not self.done else "done"
+
+    def pending(self) -> list[tuple[Task, Request]]:
+        if self._sh is None:
+            return []
+        return [(t, Request(self._cands[t.candidate], self.train.recent(t.budget), t.candidate))
+                for t in self._sh.next_batch()]
+
+    def advance(self, lookup: Lookup) -> int:
+        """Record every answer ``lookup`` has for the open rung, rung after rung, stage after stage."""
+        recorded = 0
+        while self._sh is not None:
+            answered = [(task, result) for task, req in self.pending() if (result := lookup(req)) is not None]
+            if not answered:
+                break
+            # One batch is the rest of one rung, so recording all of it can finish the stage only at its end.
+            for task, result in answered:
+                if task.rung == 0:
+                    self._first[task.candidate] = result
+                self._sh.record(task, selection_score([result], self.objective))
+                recorded += 1
+            if self._sh.done:
+                winner = self._sh.winner
+                assert winner is not None
+                self.base = self._cands[winner]
+                self.runs.append(StageRun(self.grids.stages[len(self.runs)].name, self._cands, self._sh, self.base,
+                                          excess_matrix([self._first[c] for c in self._cands])))
+                self._open_next_stage()
+        return recorded
+
+    def selection(self) -> Selection:
+        if not self.done:
+            raise RuntimeError(f"selection {self.label} is still in stage {self.stage}")
+        return Selection(self.train, self.base, tuple(self.runs))
+
+    def evaluations(self) -> int:
+        """Halving evaluations recorded so far (every rung, pruned candidates included)."""
+        done = sum(r.halving.n_evaluations for r in self.runs if r.halving)
+        return done + (self._sh.n_evaluations if self._sh else 0)
+
+    def planned(self) -> int:
+        """Evaluations this selection will have made in all (later stages estimated from their grid sizes)."""
+        total = sum(r.halving.n_evaluations for r in self.runs if r.halving)
+        for k, stage in enumerate(self.grids.stages[len(self.runs):]):
+            n = len(self._cands) if k == 0 and self._sh is not None else stage.size
+            total += sum(rung_sizes(n, len(self.budgets), self.eta)) if n > 1 else 0
+        return total
+
+
+class WalkForwardRun:
+    """Every fold's selection and validation, and the final selection, as one state machine."""
+
+    def __init__(self, folds: Sequence[Fold], final_train: TrainWindow, grids: Grids, incumbent: StrategyParams,
+                 min_budget: int, eta: int = 3, objective: ObjectiveSettings | None = None) -> None:
+        if not folds:
+            raise ValueError("a walk-forward run needs at least one fold")
+        self.folds = tuple(folds)
+        self.incumbent = incumbent
+        self.objective = objective or ObjectiveSettings()
+        self.folds_by_label = {f"fold {f.index}": f for f in self.folds}
+        self.selections = [SelectionState(label, f.train, grids, incumbent, min_budget, eta, self.objective)
+                           for label, f in self.folds_by_label.items()]
+        self.selections.append(SelectionState(FINAL, final_train, grids, incumbent, min_budget, eta,
+                                              self.objective))
+        self.validation: dict[str, ValidationRecord] = {}
+        self.in_sample: dict[str, WindowResult] = {}  # selection label -> its winner on its whole training window
+
+    # --- driving it ---------------------------------------------------------------------------------------------
+    def _after(self) -> list[tuple[str, str, Request]]:
+        """(selection, what, request) for finished selections: validation (folds) and the in-sample figure."""
+        out = []
+        for sel in self.selections:
+            if not sel.done:
+                continue
+            fold = self.folds_by_label.get(sel.label)
+            if fold is not None and sel.label not in self.validation:
+                out += [(sel.label, "winner", Request(sel.base, fold.validate)),
+                        (sel.label, "incumbent", Request(self.incumbent, fold.validate))]
+            if sel.label not in self.in_sample:
+                out.append((sel.label, "in_sample", Request(sel.base, sel.train)))
+        return out
+
+    def requests(self) -> list[Request]:
+        """Every evaluation the run needs now and has no answer for, each once, in a fixed order."""
+        seen: set[tuple[str, type, int, int]] = set()
+        out = []
+        for req in [r for s in self.selections for _, r in s.pending()] + [r for _, _, r in self._after()]:
+            if req.ident not in seen:
+                seen.add(req.ident)
+                out.append(req)
+        return out
+
+    def advance(self, lookup: Lookup) -> int:
+        """Take every answer ``lookup`` has; returns how many were recorded."""
+        recorded = sum(s.advance(lookup) for s in self.selections)
+        pending: dict[str, dict[str, WindowResult]] = {}
+        for label, what, req in self._after():
+            result = lookup(req)
+            if result is not None:
+                pending.setdefault(label, {})[what] = result
+        for label, found in pending.items():
+            if "in_sample" in found:
+                self.in_sample[label] = found["in_sample"]
+                recorded += 1
+            if "winner" in found and "incumbent" in found:
+                fold = self.folds_by_label[label]
+                selected_on = self.selection(label).selected_on
+                self.validation[label] = ValidationRecord(fold, found["winner"], found["incumbent"], selected_on)
+                recorded += 2
+        return recorded
+
+    # --- where it stands --------------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return (all(s.done for s in self.selections) and len(self.validation) == len(self.folds)
+                and len(self.in_sample) == len(self.selections))
+
+    def selection(self, label: str) -> Selection:
+        return next(s for s in self.selections if s.label == label).selection()
+
+    @property
+    def fold_selections(self) -> list[SelectionState]:
+        return [s for s in self.selections if s.label != FINAL]
+
+    def matrices(self) -> list[np.ndarray]:
+        """The CSCV inputs known so far: each finished fold stage's candidate matrix, in fold then stage order
+        (with every fold done: the order the gate takes them in)."""
+        return [r.matrix for s in self.fold_selections for r in s.runs if r.matrix is not None]
+
+    def evaluations(self) -> int:
+        return sum(s.evaluations() for s in self.selections) + 2 * len(self.validation) + len(self.in_sample)
+
+    def planned(self) -> int:
+        return sum(s.planned() for s in self.selections) + 2 * len(self.folds) + len(self.selections)
+
+    def stages(self) -> dict[str, str]:
+        return {s.label: s.stage for s in self.selections}
+
+    # --- the verdict ------------------------------------------------------------------------------------------------
+    @property
+    def winner(self) -> StrategyParams:
+        """The parameters that would go live: the final selection's winner."""
+        return self.selection(FINAL).winner
+
+    def decide(self, settings: GateSettings, cscv: Sequence[CSCV] | None = None) -> GateDecision:
+        """The promotion gate on the folds' record (``cscv``: the matrices' CSCV computed elsewhere, in order)."""
+        if not self.done:
+            raise RuntimeError("the run is not finished")
+        records = [self.validation[label] for label in self.folds_by_label]
+        selections = [s.selection() for s in self.fold_selections]
+        trial_sharpes = [t for s in selections for t in s.trial_sharpes]
+        if cscv is not None:
+            return promotion_gate(records, trial_sharpes, [], settings, self.objective, cscv=cscv)
+        return promotion_gate(records, trial_sharpes, self.matrices(), settings, self.objective)

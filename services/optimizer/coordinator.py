@@ -1,0 +1,279 @@
+"""The optimizer's coordinator on the bus: drives a walk-forward run (aura/optimize/plan.py) with remote workers.
+
+It runs as the ``optimizer`` principal.  It writes the run's inputs (panel, rules, benchmarks) to the object store
+``aura_opt_inputs`` under their digest, publishes tasks on the work queue ``aura.optimize.tasks``, and takes the
+answers from its durable consumer on ``aura.optimize.results``.  Every answer goes into its own result store (a
+SQLite file, never the executor's journal) under its content key, and is acked only once stored; the run pulls
+what it needs from that store.  So:
+
+* a task redelivered after its worker died (kill -9) answers under the same keys with the same numbers: stored
+  once, it changes nothing;
+* a restarted coordinator with the same store replays what was stored, dispatches only what is missing, and the
+  results the previous one had not acked yet are delivered to it;
+* a task nobody answered for ``stall_s`` (its message lost) is published again.
+
+One coordinator per bus at a time: they would share the results consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from aura.backtest.engine import BacktestConfig
+from aura.optimize.gate import GateDecision, GateSettings
+from aura.optimize.objective import WindowResult
+from aura.optimize.plan import Request, WalkForwardRun
+from aura.optimize.stats import CSCV
+from aura.optimize.tasks import (
+    MAX_CSCV_SPLITS,
+    EvalInputs,
+    batches,
+    cscv_key,
+    cscv_result,
+    cscv_task,
+    digest,
+    encode_matrix,
+    engine_fingerprint,
+    eval_key,
+    eval_task,
+    settings_json,
+    window_result,
+)
+from shared.bus import MSG_ID_HEADER, durable_pull
+from shared.contracts import CONSUMERS, OPT_INPUTS_BUCKET, ContractError, OptOutcome, OptResult, OptTask, decode, encode
+from shared.logging import info, warn
+
+
+class RunFailed(RuntimeError):
+    """A task failed on every delivery (or no worker may run it): the run cannot finish."""
+
+
+class ResultStore:
+    """The coordinator's answers by content key, in one SQLite file (WAL).  A second, different answer for a key
+    means an evaluation is not deterministic: refused loudly rather than silently kept or replaced."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # A commit survives a crash of this process; after a power loss the newest answers may be computed again.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, outcome BLOB NOT NULL)")
+        self.db.commit()
+        self._cache: dict[str, OptOutcome] = {}
+
+    def get(self, key: str) -> OptOutcome | None:
+        found = self._cache.get(key)
+        if found is None:
+            row = self.db.execute("SELECT outcome FROM outcomes WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                found = self._cache[key] = msgspec.msgpack.decode(row[0], type=OptOutcome)
+        return found
+
+    def put(self, outcomes: list[OptOutcome]) -> int:
+        """Store what is new (one transaction); returns how many keys were new."""
+        new = 0
+        with self.db:
+            for o in outcomes:
+                known = self.get(o.key)
+                if known is not None:
+                    if known != o:
+                        raise RunFailed(f"two different answers for {o.key}: the evaluation is not deterministic "
+                                        "(workers running other numerical libraries?)")
+                    continue
+                self.db.execute("INSERT INTO outcomes (key, outcome) VALUES (?, ?)", (o.key, msgspec.msgpack.encode(o)))
+                self._cache[o.key] = o
+                new += 1
+        return new
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class Progress:
+    evaluations: int = 0  # evaluations the run has recorded (replayed ones included)
+    planned: int = 0  # what it will have made in all (an estimate until the last stage opens)
+    replayed: int = 0  # answers found in the store at the start (a resumed run)
+    received: int = 0  # answers received from workers in this life
+    redelivered: int = 0  # answers to tasks delivered more than once (a worker died or failed on them)
+    tasks: int = 0  # tasks published in this life
+    phase: str = "starting"
+    stages: dict[str, str] = field(default_factory=dict)
+
+
+class Coordinator:
+    def __init__(self, js: JetStreamContext, run: WalkForwardRun, inputs: EvalInputs, cfg: BacktestConfig,
+                 store: ResultStore, gate: GateSettings, logger: logging.Logger,
+                 on_progress: Callable[[Progress], None] | None = None, stall_s: float = 60.0) -> None:
+        self.js, self.run, self.inputs, self.store, self.gate, self.logger = js, run, inputs, store, gate, logger
+        self.on_progress = on_progress
+        self.stall_s = stall_s
+        self.blob = inputs.encode()
+        self.inputs_digest = digest(self.blob)
+        self.engine = engine_fingerprint()
+        self.settings = settings_json(cfg)
+        self.progress = Progress()
+        # Task message ids are unique to this life: a task published again after a restart or a stall must reach
+        # the queue even inside the duplicate window; answers are keyed by content, so a duplicate costs only time.
+        self.session = os.urandom(4).hex()
+        self._dispatched: dict[str, float] = {}  # answer key -> when its task was published
+        self._keys: dict[tuple[str, type, int, int], str] = {}
+        self._our_tasks: set[str] = set()
+        # CSCV on the workers when its answer fits a message; otherwise the gate computes it here.
+        self.remote_cscv = math.comb(gate.cscv_partitions, gate.cscv_partitions // 2) <= MAX_CSCV_SPLITS
+        self._matrices: dict[tuple[str, str], tuple[str, bytes]] = {}  # (selection, stage) -> (cscv key, blob)
+
+    # --- names and lookups ------------------------------------------------------------------------------------
+    def key(self, req: Request) -> str:
+        found = self._keys.get(req.ident)
+        if found is None:
+            found = self._keys[req.ident] = eval_key(self.inputs_digest, self.engine, self.settings, req.params,
+                                                     req.window)
+        return found
+
+    def lookup(self, req: Request) -> WindowResult | None:
+        outcome = self.store.get(self.key(req))
+        return None if outcome is None else window_result(outcome, req.window, self.inputs.benchmarks)
+
+    def _cscv_inputs(self) -> dict[tuple[str, str], tuple[str, bytes]]:
+        """Every finished fold stage's matrix, as (CSCV key, bytes): known once, then kept."""
+        for sel in self.run.fold_selections:
+            for stage in sel.runs:
+                if stage.matrix is not None and (sel.label, stage.stage) not in self._matrices:
+                    blob = encode_matrix(stage.matrix)
+                    self._matrices[sel.label, stage.stage] = (cscv_key(digest(blob), self.engine,
+                                                                       self.gate.cscv_partitions), blob)
+        return self._matrices
+
+    def cscv(self) -> list[CSCV] | None:
+        """The CSCV of every fold stage in the gate's order, or None while one is missing."""
+        if not self.remote_cscv or not self.run.done:
+            return None
+        found = []
+        for sel in self.run.fold_selections:
+            for stage in sel.runs:
+                if stage.matrix is None:
+                    continue
+                outcome = self.store.get(self._cscv_inputs()[sel.label, stage.stage][0])
+                if outcome is None:
+                    return None
+                found.append(cscv_result(outcome, self.gate.cscv_partitions))
+        return found
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    async def execute(self) -> GateDecision:
+        """Run to the end and return the gate's decision."""
+        await self._put_object(self.inputs_digest, self.blob)
+        sub = await durable_pull(self.js, CONSUMERS["optimizer"])
+        while self.run.advance(self.lookup):
+            pass
+        self.progress.replayed = self.run.evaluations()
+        if self.progress.replayed:
+            info(self.logger, "OPTIMIZE", "resumed from the result store", replayed=self.progress.replayed,
+                 store=str(self.store.path))
+        last_answer = time.monotonic()
+        changed = True
+        while True:
+            if changed:  # the state only moves when answers arrive: no rescan of every pending request otherwise
+                while self.run.advance(self.lookup):
+                    pass
+                cscv = self.cscv()
+                if self.run.done and (cscv is not None or not self.remote_cscv):
+                    break
+                self._report("searching" if not self.run.done else "deflating (CSCV)")
+                await self._dispatch()
+            changed = await self._collect(sub)
+            if changed:
+                last_answer = time.monotonic()
+            elif time.monotonic() - last_answer > self.stall_s:
+                warn(self.logger, "OPTIMIZE", "no answer for a while; publishing the missing tasks again (are "
+                     "workers running?)", waiting=len(self._dispatched), seconds=round(self.stall_s))
+                self._dispatched.clear()
+                last_answer, changed = time.monotonic(), True
+        self._report("judging")
+        decision = self.run.decide(self.gate, cscv)
+        self._report("done")
+        return decision
+
+    async def _dispatch(self) -> None:
+        now = time.monotonic()
+        wanted = [r for r in self.run.requests() if self.key(r) not in self._dispatched]
+        tasks = []
+        for params, window in batches([(r.params, r.window) for r in wanted]):
+            tasks.append(eval_task(self.inputs_digest, self.engine, self.settings, params, [window]))
+        for r in wanted:
+            self._dispatched[self.key(r)] = now
+        if self.remote_cscv:
+            for key, blob in self._cscv_inputs().values():
+                if key in self._dispatched or self.store.get(key) is not None:
+                    continue
+                matrix_digest = digest(blob)
+                await self._put_object(matrix_digest, blob)
+                tasks.append(cscv_task(matrix_digest, self.engine, self.gate.cscv_partitions))
+                self._dispatched[key] = now
+        # Published together: each publish waits for its ack, and workers should not wait for the last one.
+        await asyncio.gather(*(self._publish(task, self.progress.tasks + i) for i, task in enumerate(tasks)))
+        self.progress.tasks += len(tasks)
+
+    async def _publish(self, task: OptTask, number: int) -> None:
+        self._our_tasks.add(task.task_id)
+        await self.js.publish(OptTask.SUBJECT, encode(task), stream="AURA_OPT_TASKS",
+                              headers={MSG_ID_HEADER: f"{task.task_id}.{self.session}.{number}"}, timeout=10)
+
+    async def _collect(self, sub: JetStreamContext.PullSubscription) -> bool:
+        """Store and ack the answers waiting (at most a short wait); True if any arrived."""
+        try:
+            msgs = await sub.fetch(256, timeout=0.2)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return False
+        for msg in msgs:
+            try:
+                result = decode(msg.data, OptResult)
+            except ContractError as exc:
+                warn(self.logger, "OPTIMIZE", "unreadable result dropped", error=str(exc)[:200])
+                await msg.term()
+                continue
+            if result.error:
+                if result.task_id in self._our_tasks:
+                    raise RunFailed(f"task {result.task_id} failed: {result.error}")
+                warn(self.logger, "OPTIMIZE", "a task of another run failed", task=result.task_id,
+                     error=result.error[:200])
+            self.progress.received += self.store.put(list(result.outcomes))
+            if result.deliveries > 1:
+                self.progress.redelivered += 1
+            await msg.ack()
+        return bool(msgs)
+
+    async def _put_object(self, name: str, blob: bytes) -> None:
+        store = await self.js.object_store(OPT_INPUTS_BUCKET)
+        try:
+            await store.get_info(name)
+            return  # content-named: an object of that name holds these bytes already
+        except NotFoundError:
+            pass
+        await store.put(name, blob)
+
+    def _report(self, phase: str) -> None:
+        p = self.progress
+        p.phase, p.stages = phase, self.run.stages()
+        p.evaluations, p.planned = self.run.evaluations(), self.run.planned()
+        if self.on_progress is not None:
+            self.on_progress(p)

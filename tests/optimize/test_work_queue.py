@@ -1,0 +1,217 @@
+"""The optimizer's work queue on a real secured nats-server, with real worker processes
+(``python -m services.optimizer.worker``, each with the ``worker`` credential):
+
+* two workers share the queue and the run's decision, report and trials equal the in-process run's, byte for byte;
+* a worker killed with kill -9 in the middle of a task changes nothing: its task comes back, the result is identical;
+* a coordinator that dies mid-run and starts again on the same result store resumes: it replays what was stored,
+  asks only for the rest, and reaches the identical result;
+* the worker's credential can touch nothing but the queue: aura_params (read or write), trading subjects, the
+  coordinator's results and the inputs it writes are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aura.optimize.report import decision_bytes, decision_document, trials_frame
+from aura.optimize.report_html import render_html
+from aura.optimize_cli import LocalWorker, start_workers, stop_workers
+from aura.optimize_job import OptimizeJob, coordinate_async, local_record, prepare_job
+from services.optimizer.coordinator import ResultStore
+from tests.conftest import REPO_ROOT, NatsEndpoint
+from tests.optimize.test_end_to_end import TINY
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+REPLAY = REPO_ROOT / "data" / "replay"
+LOG = logging.getLogger("aura.test.optimize")
+
+
+@pytest.fixture(scope="module")
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsEndpoint]:
+    """A secured, provisioned nats-server as tests/conftest.py makes one (module-wide: workers take ~10 s to start)."""
+    endpoint = NatsEndpoint(tmp_path_factory.mktemp("optbus"))
+    yield endpoint
+    endpoint.stop()
+
+
+class Pool:
+    """Local worker processes on the test bus, each with the worker credential of the bus's home."""
+
+    def __init__(self, endpoint: NatsEndpoint, logs: Path) -> None:
+        self.endpoint, self.logs, self.workers = endpoint, logs, []  # type: ignore[var-annotated]
+
+    def ensure(self, n: int) -> list[LocalWorker]:
+        self.workers = [w for w in self.workers if w.poll() is None]
+        if len(self.workers) < n:
+            self.workers += start_workers(n - len(self.workers), self.endpoint.settings(), self.logs)
+        deadline = time.monotonic() + 240
+        while not all(self.ready(w) for w in self.workers):
+            assert time.monotonic() < deadline, "workers not ready; see " + str(self.logs)
+            assert all(w.poll() is None for w in self.workers), "a worker died while starting; see " + str(self.logs)
+            time.sleep(0.2)
+        return self.workers
+
+    @staticmethod
+    def status(worker: LocalWorker) -> dict[str, Any]:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            return dict(httpx.get(f"http://127.0.0.1:{worker.port}/readyz", timeout=2).json())
+        return {}
+
+    def ready(self, worker: LocalWorker) -> bool:
+        return bool(self.status(worker).get("ready"))
+
+    def stop(self) -> None:
+        stop_workers(self.workers)
+
+
+@pytest.fixture(scope="module")
+def pool(bus: NatsEndpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    workers = Pool(bus, tmp_path_factory.mktemp("worker-logs"))
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture(scope="module")
+def grids_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("grids") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def job_for(symbols: list[str], grids: Path | None, folds: int) -> OptimizeJob:
+    return prepare_job(argparse.Namespace(data=REPLAY, timeframe="1d", symbols=",".join(symbols), grids=grids,
+                                          anchored=False, folds=folds, min_budget=None, eta=3, spa_reps=300))
+
+
+def outputs(record: Any) -> tuple[bytes, bytes, str]:
+    doc = decision_document(record)
+    return decision_bytes(doc), trials_frame(record).write_ipc(None).getvalue(), render_html(record, doc)
+
+
+def run_on(bus: NatsEndpoint, job: OptimizeJob, store_path: Path) -> tuple[Any, Any]:
+    store = ResultStore(store_path)
+    try:
+        return asyncio.run(coordinate_async(job, bus.settings(), store, LOG))
+    finally:
+        store.close()
+
+
+def test_two_workers_share_the_queue_and_give_the_in_process_result(bus: NatsEndpoint, pool: Pool, grids_file: Path,
+                                                                    tmp_path: Path) -> None:
+    workers = pool.ensure(2)
+    job = job_for(["BTC_USDT", "ETH_USDT", "BNB_USDT", "XRP_USDT", "LTC_USDT"], grids_file, folds=2)
+    record, progress = run_on(bus, job, tmp_path / "results.sqlite")
+    assert outputs(record) == outputs(local_record(job))
+    assert progress.replayed == 0 and progress.received >= record.run.evaluations() // 2
+    answered = [int(Pool.status(w)["checks"]["tasks"].split()[0]) for w in workers]
+    assert all(n > 0 for n in answered), f"each worker should have taken tasks: {answered}"
+
+
+def test_a_worker_killed_mid_task_changes_nothing(bus: NatsEndpoint, pool: Pool, tmp_path: Path) -> None:
+    """The shipped grids on one fold (hundreds of evaluations, tasks of up to 32): worker A is frozen and killed
+    while its readiness says it is inside a task with evaluations still to go; its task comes back after the ack
+    wait (10 s) to the other worker, and the result is the in-process one."""
+    victim, _ = pool.ensure(2)
+    job = job_for(["ADA_USDT", "BTC_USDT", "DOGE_USDT", "ETH_USDT", "SOL_USDT", "XRP_USDT"], None, folds=1)
+    store = ResultStore(tmp_path / "results.sqlite")
+    killed: dict[str, str] = {}
+
+    async def scenario() -> Any:
+        work = asyncio.create_task(coordinate_async(job, bus.settings(), store, LOG))
+        while not killed and not work.done():
+            text = await asyncio.to_thread(lambda: Pool.status(victim).get("checks", {}).get("tasks", ""))
+            if "working on" in text:
+                done, total = (int(x) for x in text.split(": ")[-1].split()[0:3:2])
+                if done <= total - 2:  # at least two evaluations to go: the stop lands inside the task
+                    os.kill(victim.proc.pid, signal.SIGSTOP)
+                    os.kill(victim.proc.pid, signal.SIGKILL)
+                    killed["task"] = text
+            await asyncio.sleep(0.005)
+        return await work
+
+    try:
+        record, progress = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert killed, "the worker was never seen inside a task"
+    victim.proc.wait(timeout=10)
+    assert progress.redelivered >= 1, f"the killed worker's task ({killed['task']}) was not answered again"
+    assert outputs(record) == outputs(local_record(job))
+
+
+def test_a_restarted_coordinator_resumes_from_its_store(bus: NatsEndpoint, pool: Pool, grids_file: Path,
+                                                        tmp_path: Path) -> None:
+    pool.ensure(2)
+    job = job_for(["BTC_USDT", "ETH_USDT", "LTC_USDT", "XRP_USDT"], grids_file, folds=3)
+    path = tmp_path / "results.sqlite"
+    store = ResultStore(path)
+
+    async def first_life() -> None:
+        work = asyncio.create_task(coordinate_async(job, bus.settings(), store, LOG))
+        while len(store) < 30:
+            assert not work.done(), "the run ended before the coordinator could be stopped"
+            await asyncio.sleep(0.01)
+        work.cancel()  # the coordinator dies: nothing more is acked, its connection goes away
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+
+    asyncio.run(first_life())
+    stored = len(store)
+    store.close()
+    record, progress = run_on(bus, job, path)
+    assert progress.replayed > 0, "the second life replayed nothing"
+    assert progress.received < record.run.evaluations(), "the second life asked for everything again"
+    assert stored >= 30
+    assert outputs(record) == outputs(local_record(job))
+
+
+def test_the_worker_credential_reaches_the_queue_and_nothing_else(bus: NatsEndpoint) -> None:
+    from nats.js.errors import KeyNotFoundError
+
+    from shared.bus import close, read_object
+    from shared.contracts import OPT_INPUTS_BUCKET
+    from shared.live_params import PARAMS_KEY
+
+    async def scenario() -> dict[str, str]:
+        outcomes = {}
+        nc = await bus.connect("worker")
+        js = nc.jetstream()
+
+        async def attempt(name: str, coro: Any) -> None:
+            try:
+                await asyncio.wait_for(coro, timeout=4)
+                outcomes[name] = "allowed"
+            except KeyNotFoundError:
+                outcomes[name] = "allowed"  # the read went through; the key just does not exist
+            except Exception as exc:  # a refused request is never answered: a timeout, or the server's error
+                outcomes[name] = f"refused ({type(exc).__name__})"
+
+        await asyncio.gather(
+            attempt("bind aura_params", js.key_value("aura_params")),
+            attempt("read aura_params", js.get_last_msg("KV_aura_params", f"$KV.aura_params.{PARAMS_KEY}",
+                                                        direct=True)),
+            attempt("write aura_params", js.publish(f"$KV.aura_params.{PARAMS_KEY}", b"{}", timeout=3)),
+            attempt("publish a plan", js.publish("aura.plans.approved", b"{}", timeout=3)),
+            attempt("publish a task", js.publish("aura.optimize.tasks", b"{}", timeout=3)),
+            attempt("write the inputs", js.publish(f"$O.{OPT_INPUTS_BUCKET}.C.x", b"{}", timeout=3)),
+            attempt("read the results", js.get_last_msg("AURA_OPT_RESULTS", "aura.optimize.results", direct=True)),
+            attempt("read an input object", read_object(js, OPT_INPUTS_BUCKET, "nothing-here")))
+        await close(nc)
+        return outcomes
+
+    got = asyncio.run(scenario())
+    allowed = {k for k, v in got.items() if v == "allowed"}
+    assert allowed <= {"read an input object"}, got
+    assert got["read an input object"] in ("allowed", "refused (NotFoundError)"), got  # permitted, object absent
