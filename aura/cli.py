@@ -20,6 +20,8 @@ PLUGGED_COMMANDS = (
     ("aura.exchange_sim.cli", "add_exchange_sim_parser"),
     ("aura.rehearse", "add_rehearse_parser"),
     ("services.risk.cli", "add_risk_parser"),
+    ("aura.optimize_cli", "add_optimize_parser"),
+    ("aura.status_cli", "add_status_parsers"),
 )
 
 
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aura", description="AURA momentum-rotation trading system")
     parser.add_argument("--version", action="version", version=f"aura {package_version('aura')}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_up = sub.add_parser("up", help="run the whole system locally (embedded nats-server + five services)")
+    p_up = sub.add_parser("up", help="run the whole system locally (embedded nats-server, five services, the console)")
     p_up.add_argument("--cycles", type=int, default=None, help="exit 0 once N cycles have ended in the journal")
     p_up.add_argument("--replay-interval", type=float, default=None,
                       help="seconds between replayed cycles (env AURA_REPLAY_INTERVAL_S)")

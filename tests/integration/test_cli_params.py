@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,13 @@ def test_with_no_system_running_the_cli_says_so_in_one_line(tmp_path: Path, comm
     ensure_credentials(keyed.keys)
     line = one_line_failure(run_aura({"AURA_HOME": str(keyed.home_path)}, *command))
     assert "no AURA system is running" in line, line
+    # Keys present and an explicit URL where nothing listens (a stopped compose bus): nats-py, told not to
+    # reconnect, used to retry the refused port forever; the command must answer in one line, promptly.
+    dead_port = free_port()
+    started = time.monotonic()
+    line = one_line_failure(run_aura({"AURA_HOME": str(keyed.home_path),
+                                      "AURA_NATS_URL": f"nats://127.0.0.1:{dead_port}"}, *command))
+    assert "cannot reach the AURA bus" in line and time.monotonic() - started < 30, line
 
 
 def test_read_commands_create_nothing_on_an_unprovisioned_bus(tmp_path: Path) -> None:

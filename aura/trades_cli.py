@@ -1,0 +1,320 @@
+"""``aura trades`` and ``aura pnl [--daily]``: what the executor's journal says was traded and earned.
+
+The journal is opened read-only (an SQLite ``mode=ro`` URI): only the executor writes it, and a report must
+never take its write lock or change a byte of it.  It is visible where the executor runs (``aura up`` on this
+AURA_HOME, or inside the executor's container); elsewhere these commands say so in one line.
+
+Round trips are the backtest's own (``aura.backtest.metrics.round_trips``): the journal's fills are adapted into
+its ``Trades`` input, so a live trip and a backtested trip are matched, priced and charged by the same rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Lot step handed to the round-trip matcher: what is left of a position below half of it is nothing.  The
+# executor's books keep 8 decimals (a holding is one when it rounds to >= 1e-8), so half of 1e-8 is the same line.
+BOOKS_STEP = 1e-8
+DAY_MS = 86_400_000
+
+
+class JournalUnavailable(RuntimeError):
+    """The journal is not visible from here, or cannot be read: said in one line."""
+
+
+def open_journal(path: Path) -> sqlite3.Connection:
+    """The journal, read-only; JournalUnavailable if it is not there or not readable."""
+    if not path.is_file():
+        raise JournalUnavailable(f"no journal at {path} (it is visible where the executor runs: `aura up` on this "
+                                 "AURA_HOME, or the executor's container)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        db.execute("SELECT 1 FROM snapshots LIMIT 1")
+    except sqlite3.Error as exc:
+        raise JournalUnavailable(f"journal {path} unreadable: {exc}") from None
+    return db
+
+
+def utc(ms: int | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime(fmt) if ms else "-"
+
+
+def clean(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no NaN, and a script should not have to guess."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+# --- the journal's rows --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalFill:
+    ts_ms: int
+    symbol: str
+    side: str  # "buy" | "sell" | "adopt"
+    qty: float
+    price: float
+    fee_base: float
+    fee_quote: float
+    reason: str  # the plan leg's reason ("enter", "stop_loss"...); "" when the fill belongs to no plan leg
+
+
+def journal_fills(db: sqlite3.Connection) -> list[JournalFill]:
+    """Every fill in journal order, with the reason of the plan leg it executed (intent -> plan body)."""
+    rows = db.execute(
+        "SELECT f.ts_ms, f.symbol, f.side, f.qty, f.price, f.fee_base, f.fee_quote, i.plan_id, i.leg_index"
+        " FROM fills f LEFT JOIN intents i ON i.client_order_id = f.client_order_id ORDER BY f.rowid").fetchall()
+    legs: dict[str, dict[int, str]] = {}
+    out = []
+    for ts, symbol, side, qty, price, fee_base, fee_quote, plan_id, leg_index in rows:
+        if plan_id is not None and plan_id not in legs:
+            legs[plan_id] = leg_reasons(db, plan_id)
+        reason = legs.get(plan_id or "", {}).get(leg_index, "")
+        out.append(JournalFill(int(ts), symbol, side, float(qty), float(price), float(fee_base), float(fee_quote),
+                               reason))
+    return out
+
+
+def leg_reasons(db: sqlite3.Connection, plan_id: str) -> dict[int, str]:
+    """leg index -> reason, from the plan body the executor journaled (canonical JSON of the signed plan)."""
+    row = db.execute("SELECT body FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
+    try:
+        legs = json.loads(row[0]).get("legs", []) if row else []
+        return {int(leg["index"]): str(leg["reason"]) for leg in legs}
+    except (ValueError, AttributeError, KeyError, TypeError):  # not the executor's JSON: no reasons, no crash
+        return {}
+
+
+def equity_points(db: sqlite3.Connection) -> list[tuple[str, str, float, int]]:
+    """(cycle_id, status, equity, committed_ts_ms) of every snapshot, oldest first."""
+    return [(str(c), str(s), float(e), int(t)) for c, s, e, t in db.execute(
+        "SELECT cycle_id, status, equity, committed_ts_ms FROM snapshots ORDER BY seq").fetchall()]
+
+
+# --- round trips: the backtest's matcher on the journal's fills ---------------------------------------------------
+
+
+def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], as_of_ms: int) -> list[dict[str, Any]]:
+    """Round trips of ``fills`` by ``aura.backtest.metrics.round_trips``; open ones valued at ``marks`` (NaN P&L
+    where a symbol has no mark).  Times are the fills' own: one "bar" per fill, a bar lasting 1 ms."""
+    from aura.backtest.engine import AT_OPEN, Trades
+    from aura.backtest.metrics import round_trips
+    from aura.strategy.rebalance import R_DATA_END, R_ENTER, R_EXIT, REASONS
+
+    symbols = tuple(sorted({f.symbol for f in fills if "/" in f.symbol}))  # adopted quote cash is no position
+    column = {s: j for j, s in enumerate(symbols)}
+    trades, times = Trades(), []
+    for f in fills:
+        if f.symbol not in column:
+            continue
+        buy = f.side == "buy" or (f.side == "adopt" and f.qty > 0)  # an adoption moves coins at its price, no fee
+        qty = abs(f.qty)
+        # The matcher counts coins held and money spent; a fee taken from the coins changes the coins (fewer
+        # bought, more sold) and is charged at the fill's price, so cost and proceeds are exactly the cash moved.
+        coins = qty - f.fee_base if buy else qty + f.fee_base
+        fee = f.fee_quote + f.fee_base * f.price
+        code = REASONS.index(f.reason) if f.reason in REASONS else (R_ENTER if buy else R_EXIT)
+        if code == R_DATA_END:  # the backtest's end-of-data close; nothing live is one
+            code = R_EXIT
+        trades.add(len(times), column[f.symbol], 1 if buy else -1, coins, f.price, fee, code, AT_OPEN)
+        times.append(f.ts_ms)
+    times.append(as_of_ms)  # open trips end here (plus the 1 ms "bar")
+    final = np.array([marks.get(s, math.nan) for s in symbols], dtype=float)
+    trips = round_trips(trades, symbols, np.full(len(symbols), BOOKS_STEP), np.array(times, dtype=np.int64), 0, 1,
+                        final)
+    for trip in trips:
+        trip["holding_ms"] = int(trip.pop("holding_bars"))
+        if trip["open"]:
+            trip["exit_time"] = None
+    return trips
+
+
+def trips_summary(trips: list[dict[str, Any]]) -> dict[str, Any]:
+    from aura.backtest.metrics import round_trip_stats
+
+    stats = round_trip_stats([{**t, "holding_bars": t["holding_ms"]} for t in trips])  # "bars" of 1 ms here
+    realized = sum(t["pnl"] for t in trips if not t["open"])
+    return {"closed": stats["closed"], "open": stats["open"], "win_rate": stats["win_rate"],
+            "mean_pnl": stats["mean_pnl"], "realized_pnl": realized,
+            "median_holding_h": stats["median_holding_bars"] / 3_600_000}
+
+
+def held_for(ms: int) -> str:
+    minutes = ms // 60_000
+    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
+    return f"{days}d {hours}h" if days else f"{hours}h {mins}m" if hours else f"{mins}m"
+
+
+# --- daily P&L -----------------------------------------------------------------------------------------------------
+
+
+def daily_pnl(points: list[tuple[str, str, float, int]], bar_ms: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per UTC day: the equity the day ended on, its change from the day before (the first day: from the
+    first snapshot, the genesis capital) and the cycles it held; and the totals.  A point's day is that of the
+    close of the bar its cycle traded (the console's chart times): live that is the day it was committed, in a
+    replay the market's day, not the minute it was replayed."""
+    from services.console.chart import point_times_ms
+
+    if not points:
+        return [], {"days": 0, "cycles": 0, "pnl": 0.0, "return": math.nan, "start_equity": math.nan,
+                    "end_equity": math.nan}
+    # point_times_ms finds each point's cycle by its commit time: two snapshots committed in the same millisecond
+    # are kept apart by a millisecond, or one would take the other's cycle (and day).
+    commits: list[int] = []
+    for p in points:
+        commits.append(max(p[3], commits[-1] + 1) if commits else p[3])
+    times = point_times_ms(commits, {ms: p[0] for ms, p in zip(commits, points, strict=True)}, bar_ms)
+    rows: list[dict[str, Any]] = []
+    before = points[0][2]
+    for (_, status, equity, _), t in zip(points, times, strict=True):
+        day = utc(t, "%Y-%m-%d")
+        if not rows or rows[-1]["day"] != day:
+            start = rows[-1]["end_equity"] if rows else before
+            rows.append({"day": day, "start_equity": start, "end_equity": equity, "cycles": 0})
+        rows[-1]["end_equity"] = equity
+        rows[-1]["cycles"] += status != "genesis"
+    for row in rows:
+        row["pnl"] = row["end_equity"] - row["start_equity"]
+        row["return"] = row["pnl"] / row["start_equity"] if row["start_equity"] > 0 else math.nan
+    end = rows[-1]["end_equity"]
+    totals = {"days": len(rows), "cycles": sum(r["cycles"] for r in rows), "pnl": sum(r["pnl"] for r in rows),
+              "return": end / before - 1.0 if before > 0 else math.nan, "start_equity": before, "end_equity": end}
+    return rows, totals
+
+
+# --- the commands ----------------------------------------------------------------------------------------------------
+
+
+def _money(x: float | None, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:+,.2f}" if signed else f"{x:,.2f}"
+
+
+def _pct(x: float | None) -> str:
+    return f"{x * 100:+.2f}%" if x is not None and math.isfinite(x) else "-"
+
+
+def colored(x: float | None, text: str) -> str:
+    """``text`` in green for a gain, red for a loss (rich markup); as is for nothing or zero."""
+    if x is None or not math.isfinite(x) or x == 0:
+        return text
+    return f"[{'green' if x > 0 else 'red'}]{text}[/]"
+
+
+def make_console() -> Any:
+    from rich.console import Console
+
+    # Piped or captured output gets a fixed width: rich's 80-column default would fold the tables.
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
+def run_trades(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from shared.config import settings_for_command
+
+    settings = settings_for_command("aura trades")
+    if settings is None:
+        return 2
+    try:
+        db = open_journal(settings.journal_path)
+        try:
+            fills = journal_fills(db)
+        finally:
+            db.close()
+    except (JournalUnavailable, sqlite3.Error) as exc:
+        print(f"aura trades: {exc}", file=sys.stderr)
+        return 1
+    trips = round_trips_from_fills(fills, {}, int(time.time() * 1000))
+    summary = trips_summary(trips)
+    shown = trips[-args.limit:] if args.limit > 0 else trips
+    if args.json:
+        print(json.dumps(clean({"trips": shown, "summary": summary}), indent=2, sort_keys=True))
+        return 0
+    table = Table(title=f"Round trips (journal {settings.journal_path}; open trips: P&L in `aura status`)")
+    for name in ("symbol", "entry", "exit", "qty", "entry px", "exit px", "P&L", "return", "held", "exit reason"):
+        table.add_column(name, justify="left" if name in ("symbol", "entry", "exit", "exit reason") else "right")
+    for t in shown:
+        pnl = None if t["open"] else t["pnl"]
+        table.add_row(t["symbol"], utc(t["entry_time"]), "open" if t["open"] else utc(t["exit_time"]),
+                      f"{t['qty']:.8g}", f"{t['entry_price']:.8g}",
+                      "-" if t["open"] else f"{t['exit_price']:.8g}", colored(pnl, _money(pnl, True)),
+                      "-" if t["open"] else _pct(t["return"]), held_for(t["holding_ms"]),
+                      "open" if t["open"] else t["exit_reason"])
+    console = make_console()
+    console.print(table)
+    win, median_h = summary["win_rate"], summary["median_holding_h"]
+    console.print(f"{summary['closed']} closed, {summary['open']} open; realized P&L "
+                  f"{_money(summary['realized_pnl'], True)} USDT; win rate "
+                  f"{f'{win * 100:.0f}%' if math.isfinite(win) else '-'}; median holding "
+                  f"{held_for(int(median_h * 3_600_000)) if math.isfinite(median_h) else '-'}")
+    return 0
+
+
+def run_pnl(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from aura.strategy.schedule import timeframe_ms
+    from shared.config import settings_for_command
+
+    settings = settings_for_command("aura pnl")
+    if settings is None:
+        return 2
+    try:
+        db = open_journal(settings.journal_path)
+        try:
+            points = equity_points(db)
+        finally:
+            db.close()
+    except (JournalUnavailable, sqlite3.Error) as exc:
+        print(f"aura pnl: {exc}", file=sys.stderr)
+        return 1
+    rows, totals = daily_pnl(points, timeframe_ms(settings.timeframe))
+    shown = rows[-args.days:] if args.daily and args.days > 0 else rows if args.daily else []
+    if args.json:
+        print(json.dumps(clean({"daily": shown, "totals": totals}), indent=2, sort_keys=True))
+        return 0
+    console = make_console()
+    if args.daily:
+        table = Table(title="Daily P&L (UTC days; journal snapshots)")
+        for name in ("day", "cycles", "start equity", "end equity", "P&L", "return"):
+            table.add_column(name, justify="left" if name == "day" else "right")
+        for r in shown:
+            table.add_row(r["day"], str(r["cycles"]), _money(r["start_equity"]), _money(r["end_equity"]),
+                          colored(r["pnl"], _money(r["pnl"], True)), _pct(r["return"]))
+        if len(shown) < len(rows):
+            table.caption = f"the last {len(shown)} of {len(rows)} days (--days); totals over all of them"
+        console.print(table)
+    console.print(f"{totals['days']} days, {totals['cycles']} cycles: equity {_money(totals['start_equity'])} -> "
+                  f"{_money(totals['end_equity'])} USDT, P&L {_money(totals['pnl'], True)} ({_pct(totals['return'])})")
+    return 0
+
+
+def add_trades_parsers(subparsers: Any) -> None:
+    p = subparsers.add_parser("trades", help="round trips from the journal: entry, exit, qty, P&L, holding time")
+    p.add_argument("--limit", type=int, default=50, help="show the last N round trips (0 = all); default 50")
+    p.add_argument("--json", action="store_true", help="print JSON (every trip shown and the summary) for scripts")
+    p.set_defaults(func=run_trades)
+    p = subparsers.add_parser("pnl", help="equity and P&L from the journal's snapshots, in total or per UTC day")
+    p.add_argument("--daily", action="store_true", help="one row per UTC day (equity at its end, P&L, return)")
+    p.add_argument("--days", type=int, default=30, help="with --daily, show the last N days (0 = all); default 30")
+    p.add_argument("--json", action="store_true", help="print JSON (the daily rows shown and the totals)")
+    p.set_defaults(func=run_pnl)
