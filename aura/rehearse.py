@@ -140,6 +140,22 @@ def books(journal: Path, venue: SimServer) -> list[str]:
             if abs(held.get(asset, 0.0) - exchange.get(asset, 0.0)) > 1e-9]
 
 
+def make_venue(settings: Settings, first_bar: int | None, data_dir: Path | None = None,
+               cash: float | None = None) -> SimServer:
+    """The venue simulator of a rehearsal (not yet serving: use it as a context manager): its clock stands a
+    minute past the close of the ``first_bar`` day until the rehearsal sets it running."""
+    config = SimConfig(data_dir=data_dir or default_data_dir(), timeframe=settings.timeframe, start=first_bar,
+                       speed=0.0, balances={"USDT": cash if cash is not None else settings.paper_cash_usdt},
+                       api_key=DEFAULT_API_KEY, api_secret=DEFAULT_API_SECRET)
+    venue = SimServer(config=config)
+    try:
+        venue.sim.set_now(venue.sim.now_ms() + WAIT_AFTER_CLOSE_MS)
+    except BaseException:
+        venue.stop()  # its socket is bound already
+        raise
+    return venue
+
+
 def rehearse(start: str, speed: float = DEFAULT_SPEED, cycles: int | None = None, data_dir: Path | None = None,
              cash: float | None = None, ready_timeout_s: float = 120.0) -> int:
     try:
@@ -152,16 +168,12 @@ def rehearse(start: str, speed: float = DEFAULT_SPEED, cycles: int | None = None
         print(f"aura rehearse: --speed must be > 0 (the clock must run), got {speed:g}", file=sys.stderr)
         return 2
     home = settings.home_path / "rehearsals" / f"{start}-x{speed:g}-{time.strftime('%Y%m%dT%H%M%S')}"
-    config = SimConfig(data_dir=data_dir or default_data_dir(), timeframe=settings.timeframe, start=first_bar,
-                       speed=0.0, balances={"USDT": cash if cash is not None else settings.paper_cash_usdt},
-                       api_key=DEFAULT_API_KEY, api_secret=DEFAULT_API_SECRET)
     try:
-        venue = SimServer(config=config)
+        venue = make_venue(settings, first_bar, data_dir, cash)
     except (OSError, ValueError) as exc:
         print(f"aura rehearse: cannot start the venue simulator: {exc}", file=sys.stderr)
         return 2
     with venue:
-        venue.sim.set_now(venue.sim.now_ms() + WAIT_AFTER_CLOSE_MS)
         symbols = universe(settings, venue)
         if not symbols:
             print(f"aura rehearse: the simulator lists none of the pairs of {settings.replay_dir}/markets.json on "

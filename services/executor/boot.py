@@ -75,10 +75,9 @@ async def paper_rules(settings: Settings, logger: logging.Logger) -> dict[str, M
     (a shadow run), the venue's own public rules, the ones ingest carries in every DataReady."""
     if settings.ingest_source != "sync":
         return load_market_rules(Path(settings.replay_dir) / "markets.json")
-    from services.executor.brokers.ccxt_broker import CcxtBroker  # public markets only: no keys
+    from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url  # public markets only: no keys
 
-    venue = CcxtBroker(settings.exchange_id, base_url=settings.exchange_api_url or None, testnet=settings.testnet,
-                       logger=logger)
+    venue = CcxtBroker(settings.exchange_id, base_url=venue_url(settings), testnet=settings.testnet, logger=logger)
     try:
         return await venue.load_markets()
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url
 from services.executor.secrets import load_credentials
 from shared.config import Settings
 from shared.logging import info
@@ -13,7 +13,7 @@ from shared.logging import info
 def make_live_broker(settings: Settings, logger: logging.Logger) -> CcxtBroker:
     creds = load_credentials()
     broker = CcxtBroker(settings.exchange_id, api_key=creds.api_key, secret=creds.api_secret,
-                        base_url=settings.exchange_api_url or None, testnet=settings.testnet, logger=logger)
+                        base_url=venue_url(settings), testnet=settings.testnet, logger=logger)
     info(logger, "BOOT", "live broker configured", exchange=settings.exchange_id, testnet=settings.testnet,
-         base_url=settings.exchange_api_url or "default")
+         base_url=venue_url(settings) or "default")
     return broker

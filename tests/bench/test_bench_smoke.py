@@ -21,9 +21,16 @@ CASES = {
     "executor_speed": (["-n", "20", "--plans", "2", "--legs", "4"],
                        {"executor_intents_per_s", "plan_path_intents_per_s"}),
     "crash_trials": (["--trials", "4"], {"crash_trials_per_min", "violations"}),
+    "live_cycle": (["--cycles", "3", "--kills", "3"], {"bar_close_to_orders_acked_p50_ms",
+                                                       "bar_close_to_orders_acked_p99_ms", "kill_trials_per_min",
+                                                       "violations"}),
     "ingest_speed": (["--repeats", "1"], {"cold_sync_parse_merge_candles_per_s", "warm_load_1d_ms", "warm_load_1h_ms"}),
     # vectorbt is in the bench dependency group, not the test one: the smoke run leaves it out.
     "backtest_speed": (["--quick", "--sets", "8", "--vbt-combos", "0"], {"evals_per_s_1d", "evals_per_s_1h"}),
+    # The optimizer on five bundled symbols, one fold, the tiny grids of tests/optimize, one worker.
+    "optimize_speed": (["--data", str(REPO / "data" / "replay"), "--symbols", "BTC_USDT,ETH_USDT,BNB_USDT,XRP_USDT,"
+                        "LTC_USDT", "--folds", "1", "--workers", "1", "--spa-reps", "200"],
+                       {"wall_s_1_workers", "evaluations", "full_grid_evaluations", "fewer_bars_x", "same_winner"}),
 }
 
 
@@ -32,11 +39,16 @@ def test_benchmark_runs_and_ends_with_its_figures(name: str, tmp_path: Path, sha
     args, keys = CASES[name]
     if name == "backtest_speed":
         args = [*args, "--data", str(shared_data_dir), "--out", str(tmp_path / "backtest_speed.json")]
+    if name == "optimize_speed":
+        from tests.optimize.test_end_to_end import TINY
+
+        (tmp_path / "tiny.toml").write_text(TINY)
+        args = [*args, "--grids", str(tmp_path / "tiny.toml")]
     proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=540, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, f"bench/{name}.py exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     last = proc.stdout.strip().splitlines()[-1]
     figures = json.loads(last)
     assert keys <= set(figures), f"bench/{name}.py's last line lacks {keys - set(figures)}: {last}"
-    if name == "crash_trials":
+    if name in ("crash_trials", "live_cycle"):
         assert figures["violations"] == 0

@@ -31,6 +31,7 @@ from services.executor.brokers.base import (
     RateLimitedError,
     TransientBrokerError,
 )
+from shared.config import Settings
 from shared.logging import info, register_secret, warn
 from shared.market_rules import rules_from_ccxt
 
@@ -61,7 +62,9 @@ def make_ccxt_exchange(exchange_id: str = "binance", *, api_key: str = "", secre
                        base_url: str | None = None, async_: bool = True, timeout_ms: int = 10_000,
                        enable_rate_limit: bool = True, adjust_for_time_difference: bool = True,
                        testnet: bool = False, options: dict[str, Any] | None = None) -> Any:
-    """A spot-only ccxt client; ``base_url`` points every API host at the simulator (or a proxy/testnet)."""
+    """A spot-only ccxt client.  ``testnet``: the exchange's testnet URLs (ccxt's sandbox mode; an exchange
+    without one is an error, never a silent mainnet).  ``base_url`` then points every host of that URL set at
+    the simulator (or a proxy)."""
     module = ccxt_async if async_ else ccxt
     cls = getattr(module, exchange_id, None)
     if cls is None:
@@ -76,11 +79,17 @@ def make_ccxt_exchange(exchange_id: str = "binance", *, api_key: str = "", secre
     }
     exchange = cls({"apiKey": api_key, "secret": secret, "enableRateLimit": enable_rate_limit,
                     "timeout": timeout_ms, "options": opts})
-    if testnet and not base_url:
+    if testnet:
         exchange.set_sandbox_mode(True)
     if base_url:
         exchange.urls["api"] = _rewrite(exchange.urls["api"], base_url.rstrip("/"))
     return exchange
+
+
+def venue_url(settings: Settings) -> str | None:
+    """The REST base of the venue the settings trade on: with ``testnet`` the testnet's (exchange_testnet_url,
+    else ccxt's sandbox hosts), never exchange_api_url, which names the main venue; None = ccxt's own hosts."""
+    return (settings.exchange_testnet_url if settings.testnet else settings.exchange_api_url) or None
 
 
 def make_ccxt_binance(base_url: str | None, api_key: str, secret: str, async_: bool = True, **kwargs: Any) -> Any:
