@@ -5,6 +5,10 @@ operator, and never creates anything on the bus.  ``show`` prints a document ``s
 ``aura params show > p.json``, an edit, and ``aura params set p.json --reason ...`` changes exactly what was
 edited; unknown keys are an error that names them.  Every promoted version is signed with the operator's key
 and records who promoted it and why; ``rollback`` promotes an older version's parameters as a new version.
+
+Parameters count their lookbacks in bars: ``show`` prints the ``timeframe`` a version was made for, ``set``
+accepts one (absent: the live version's), and it is signed into the document's record, because signal and
+risk refuse a version made for other bars than the ones they trade.
 """
 
 from __future__ import annotations
@@ -20,17 +24,19 @@ from typing import Any
 
 import msgspec
 
-from aura.strategy.params import FIELDS, StrategyParams, params_digest
+from aura.strategy.params import FIELDS, PARAMS_TIMEFRAME, StrategyParams, params_digest
 from shared.bus import BusNotProvisioned, BusUnavailable, session
 from shared.config import Settings, settings_for_command
 from shared.credentials import PARAMS_SIGNERS, CredentialError, signing_key, trusted_keys
 from shared.live_params import (
     ParamsDocument,
     ParamsError,
+    document_timeframe,
     history,
     params_from_user,
     promote,
     read_version,
+    same_timeframe,
     sign_document,
 )
 
@@ -42,6 +48,8 @@ def shown(version: int, doc: ParamsDocument | None, params: StrategyParams) -> d
         out.update(promoted_by=doc.promoted_by, reason=doc.reason, promoted_at_ms=doc.promoted_at_ms)
         if doc.record:
             out["record"] = doc.record
+    # Beside the parameters, so that an edited `show` given back to `set` keeps the bars they count.
+    out["timeframe"] = document_timeframe(doc) if doc is not None else PARAMS_TIMEFRAME
     out["params"] = msgspec.to_builtins(params)
     return out
 
@@ -82,23 +90,33 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         # The base is the newest *valid* version: a refused newer document must not stop the operator fixing it.
         valid = [(v, d) for v, d, _ in await history(js, trusted) if d is not None]
         version, current = (valid[-1][0], valid[-1][1].params) if valid else (0, StrategyParams())
+        current_tf = document_timeframe(valid[-1][1]) if valid else PARAMS_TIMEFRAME
         if args.action == "set":
             try:
                 doc = json.loads(Path(args.file).read_text())
             except (OSError, ValueError) as exc:
                 raise ParamsError(f"cannot read {args.file}: {exc}") from exc
-            params = params_from_user(doc, current)
+            params, timeframe = params_from_user(doc, current, current_tf)
+            if not same_timeframe(timeframe, current_tf):
+                print(f"  the file is for {timeframe} bars, version {version} for {current_tf} bars: parameters "
+                      f"it leaves out keep their durations (scaled to {timeframe} bars)", file=sys.stderr)
             reason = args.reason
-        else:  # rollback
-            params = (await read_version(js, trusted, args.version))[0]
+        else:  # rollback: the old version's parameters with the bars they were made for
+            params, _, old_doc = await read_version(js, trusted, args.version)
+            timeframe = document_timeframe(old_doc) if old_doc is not None else PARAMS_TIMEFRAME
             reason = f"rollback to version {args.version}: {args.reason}"
         changes = _diff(current, params)
-        if not changes:
+        relabelled = not same_timeframe(timeframe, current_tf)
+        if not changes and not relabelled:
             print(f"no change: version {version} already holds these parameters", file=sys.stderr)
             return 0
+        # Daily documents keep the record they always had (none): only another timeframe needs saying.
+        record = None if same_timeframe(timeframe, PARAMS_TIMEFRAME) else {"timeframe": timeframe}
         signed = sign_document(params, signing_key(settings.keys, "operator"), f"operator:{getpass.getuser()}",
-                               reason)
+                               reason, record=record)
         new_version = await promote(js, signed)
+        if relabelled:
+            print(f"  timeframe: {current_tf} -> {timeframe}", file=sys.stderr)
         for name, old, new in changes:
             print(f"  {name}: {old} -> {new}", file=sys.stderr)
         print(f"promoted parameter version {new_version} (digest {params_digest(params)}); live services use it "
@@ -127,7 +145,8 @@ def add_params_parser(subparsers: Any) -> None:
     show.add_argument("--version", type=int, default=None, help="the version to show")
     put = sub.add_parser("set", help="promote the parameters in a JSON file as a new version")
     put.add_argument("file", help="JSON: bare parameters, or what `params show` printed; omitted keys keep "
-                                  "their live value")
+                                  "their live value; an optional \"timeframe\" (\"1d\", \"4h\", \"1h\") names "
+                                  "the bars its lookbacks count (default: the live version's)")
     put.add_argument("--reason", required=True, help="why: recorded with the version")
     sub.add_parser("history", help="every stored version: digest, time, who promoted it and why")
     diff = sub.add_parser("diff", help="the parameters that differ between two versions")

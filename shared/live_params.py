@@ -10,6 +10,13 @@ reader verifies the signature against the keys it pinned (``shared.credentials.t
 the parameters; a document that fails is refused, logged ``[PARAMS_REFUSED]`` and counted, and the reader
 keeps running on the last valid version (:class:`ParamsTracker`), so a bad document can never stop the risk
 tick's stop-loss checks.
+
+Parameters count their lookbacks in bars, so a document says which bars: ``record["timeframe"]`` (absent: the
+daily bars the shipped defaults count in, ``PARAMS_TIMEFRAME``; it lives in the signed record rather than in a new
+field so documents signed before it existed still verify).  A document is validated against the ranges of its
+own timeframe, and a service refuses one made for another timeframe than the one it runs on (``[TIMEFRAME]``):
+daily lookbacks read as hourly bars are a different, untested strategy.  Version 0 on such a system is the
+shipped defaults scaled to its bars (``default_params``), never the daily values.
 """
 
 from __future__ import annotations
@@ -25,7 +32,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from aura.strategy.params import FIELDS, StrategyParams, params_digest, validate_params
+from aura.strategy.params import (
+    FIELDS,
+    PARAMS_TIMEFRAME,
+    StrategyParams,
+    params_digest,
+    rescale,
+    timeframe_factor,
+    validate_params,
+)
 from shared.bus import params_kv, stored_messages
 from shared.contracts import PARAMS_BUCKET
 from shared.health import HealthState
@@ -34,7 +49,8 @@ from shared.signing import SignatureError, sign_struct, verify_struct
 
 PARAMS_KEY = "strategy"
 # Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
-SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params"})
+SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params",
+                       "timeframe"})
 
 
 class ParamsError(ValueError):
@@ -51,22 +67,77 @@ class ParamsDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     key_id: str = ""
 
 
-def validated(params: StrategyParams) -> StrategyParams:
+def known_timeframe(timeframe: Any, where: str) -> str:
+    """``timeframe`` if it names a bar length ("1d", "4h", "1h"); ParamsError naming ``where`` otherwise."""
+    if not isinstance(timeframe, str):
+        raise ParamsError(f"{where}: timeframe must be a string like \"1d\" or \"1h\", not {timeframe!r}")
     try:
-        validate_params(params)
+        timeframe_factor(PARAMS_TIMEFRAME, timeframe)
+    except (ValueError, ZeroDivisionError) as exc:  # "0h" parses, but is no bar length
+        raise ParamsError(f"{where}: unknown timeframe {timeframe!r} (expected one like \"1d\", \"4h\" or "
+                          "\"1h\")") from exc
+    return timeframe
+
+
+def same_timeframe(a: str, b: str) -> bool:
+    """Bars of the same length ("24h" counts like "1d"): what decides whether a lookback means the same."""
+    return timeframe_factor(a, b) == 1.0
+
+
+def record_timeframe(record: dict[str, Any]) -> str:
+    """The timeframe a signed record declares; documents from before the key existed were all daily."""
+    return known_timeframe(record.get("timeframe", PARAMS_TIMEFRAME), "parameter document record")
+
+
+def document_timeframe(doc: ParamsDocument) -> str:
+    """The timeframe whose bars ``doc``'s lookbacks count (``record["timeframe"]``, absent: 1d)."""
+    return record_timeframe(doc.record)
+
+
+def default_params(timeframe: str = PARAMS_TIMEFRAME) -> StrategyParams:
+    """Version 0 on a system running ``timeframe`` bars: the shipped (daily) defaults at the same durations."""
+    return rescale(StrategyParams(), PARAMS_TIMEFRAME, timeframe).params
+
+
+def check_timeframe(doc: ParamsDocument, timeframe: str, version: int) -> None:
+    """ParamsError unless ``doc`` was made for ``timeframe`` bars, saying how to fix it."""
+    made_for = document_timeframe(doc)
+    if same_timeframe(made_for, timeframe):
+        return
+    raise ParamsError(
+        f"parameter version {version} counts its lookbacks in {made_for} bars and this system runs on {timeframe} "
+        f"bars: refused, so nothing trades on {made_for} lookbacks counted as {timeframe} bars; promote parameters "
+        f"made for {timeframe} (`aura params set FILE --reason ...` with \"timeframe\": \"{timeframe}\" in FILE, "
+        f"or `aura optimize --timeframe {timeframe} --promote`)")
+
+
+def validated(params: StrategyParams, timeframe: str = PARAMS_TIMEFRAME) -> StrategyParams:
+    try:
+        validate_params(params, timeframe)
     except ValueError as exc:
         raise ParamsError(f"invalid parameters: {exc}") from exc
     return params
 
 
-def params_from_user(doc: Any, base: StrategyParams) -> StrategyParams:
-    """Parameters from a document a person wrote: the bare parameters or what `aura params show` printed.
+def params_from_user(doc: Any, base: StrategyParams,
+                     base_timeframe: str = PARAMS_TIMEFRAME) -> tuple[StrategyParams, str]:
+    """(parameters, timeframe) from a document a person wrote: the bare parameters or what `aura params show`
+    printed, either with an optional top-level ``"timeframe"`` (the bars its lookbacks count).
 
-    Unknown keys are an error that names them; keys left out keep their value in ``base`` (the live version),
-    so ``{"top_k": 2}`` changes one knob instead of silently resetting the others to the shipped defaults.
+    Unknown keys are an error that names them; keys left out keep their value in ``base`` (the live version,
+    counted in ``base_timeframe`` bars), so ``{"top_k": 2}`` changes one knob instead of silently resetting the
+    others to the shipped defaults.  Without a timeframe the document is for ``base_timeframe``; with another
+    one the left-out keys keep their live *durations* (``base`` is rescaled), since their bar counts would mean
+    something else there.  The result is validated with the ranges of its timeframe.
     """
     if not isinstance(doc, dict):
         raise ParamsError("a parameter document is a JSON object")
+    doc = dict(doc)
+    timeframe = base_timeframe
+    if "timeframe" in doc:
+        timeframe = known_timeframe(doc.pop("timeframe"), "\"timeframe\" in the parameter document")
+        if not same_timeframe(timeframe, base_timeframe):
+            base = rescale(base, base_timeframe, timeframe).params
     if "params" in doc:
         unknown = sorted(set(doc) - SHOW_KEYS)
         if unknown:
@@ -82,12 +153,14 @@ def params_from_user(doc: Any, base: StrategyParams) -> StrategyParams:
         params = msgspec.convert(merged, type=StrategyParams)
     except msgspec.ValidationError as exc:
         raise ParamsError(f"invalid parameters: {exc}") from exc
-    return validated(params)
+    return validated(params, timeframe), timeframe
 
 
 def sign_document(params: StrategyParams, key: Ed25519PrivateKey, promoted_by: str, reason: str,
                   record: dict[str, Any] | None = None, now_ms: int | None = None) -> ParamsDocument:
-    doc = ParamsDocument(params=validated(params), promoted_by=promoted_by, reason=reason,
+    # Validated with the ranges of the timeframe the record declares: a 30-day momentum is 720 hourly bars.
+    timeframe = record_timeframe(record or {})
+    doc = ParamsDocument(params=validated(params, timeframe), promoted_by=promoted_by, reason=reason,
                          promoted_at_ms=int(time.time() * 1000) if now_ms is None else now_ms, record=record or {})
     return sign_struct(doc, key)
 
@@ -102,7 +175,7 @@ def verify_document(raw: bytes, trusted: dict[str, Ed25519PublicKey]) -> tuple[P
         signer = verify_struct(doc, trusted)
     except SignatureError as exc:
         raise ParamsError(f"parameter document refused: {exc}") from exc
-    validated(doc.params)
+    validated(doc.params, document_timeframe(doc))
     return doc, signer
 
 
@@ -123,19 +196,25 @@ async def _entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int
     return entry.value, int(entry.revision or 0)
 
 
-async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
-                       revision: int | None = None) -> tuple[StrategyParams, int, ParamsDocument | None]:
+async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], revision: int | None = None,
+                       timeframe: str | None = None) -> tuple[StrategyParams, int, ParamsDocument | None]:
     """(params, version, document) of ``revision`` (None: the newest); ParamsError if it is missing or invalid.
-    Version 0 (or an empty bucket when asking for the newest) is the shipped defaults."""
+    Version 0 (or an empty bucket when asking for the newest) is the shipped defaults.
+
+    With ``timeframe`` (a service reading for the bars it trades) a document made for other bars is refused too,
+    and version 0 is the defaults scaled to ``timeframe`` (what ParamsTracker uses, so the digests agree)."""
+    defaults = StrategyParams() if timeframe is None else default_params(timeframe)
     if revision == 0:
-        return StrategyParams(), 0, None
+        return defaults, 0, None
     found = await _entry(js, revision)
     if found is None:
         if revision:
             raise ParamsError(f"parameter version {revision} not found")
-        return StrategyParams(), 0, None
+        return defaults, 0, None
     raw, version = found
     doc, _ = verify_document(raw, trusted)
+    if timeframe is not None:
+        check_timeframe(doc, timeframe, version)
     return doc.params, version, doc
 
 
@@ -164,13 +243,16 @@ class ParamsTracker:
 
     A refused newer version leaves the last valid one in force; readiness stays green (the service keeps
     doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest
-    version, older versions are tried newest first, then the shipped defaults.
+    version, older versions are tried newest first, then the shipped defaults (scaled to ``timeframe``).
+    A document made for other bars than ``timeframe`` (the service's ``settings.timeframe``) is refused the
+    same way, logged ``[TIMEFRAME]``.
     """
 
     def __init__(self, js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], health: HealthState,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, *, timeframe: str = PARAMS_TIMEFRAME) -> None:
         self.js, self.trusted, self.health, self.logger = js, trusted, health, logger
-        self.params, self.version = StrategyParams(), 0
+        self.timeframe = known_timeframe(timeframe, "ParamsTracker")
+        self.params, self.version = default_params(timeframe), 0
         self.loaded = False
         self.refused: dict[int, str] = {}
         health.checks["params"] = self.check
@@ -182,14 +264,14 @@ class ParamsTracker:
             text += f"; refused version {newest_refused}: {self.refused[newest_refused][:200]}"
         return True, text
 
-    def _refuse(self, version: int, why: str) -> None:
+    def _refuse(self, version: int, why: str, tag: str = "PARAMS_REFUSED") -> None:
         if version in self.refused:
             return
         self.refused[version] = why
         self.health.inc("params_refused")
         self.health.set("params_refused_version", version)
-        error(self.logger, "PARAMS_REFUSED", "parameter document refused; keeping the last valid version",
-              version=version, error=why[:300], in_force=self.version)
+        error(self.logger, tag, "parameter document refused; keeping the last valid version",
+              version=version, error=why[:400], in_force=self.version)
 
     async def follow(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
         """Re-read the newest version every ``period_s`` until ``stop``, so a refused document shows in readiness
@@ -226,6 +308,11 @@ class ParamsTracker:
                 doc, signer = verify_document(data, self.trusted)
             except ParamsError as exc:
                 self._refuse(version, str(exc))
+                continue
+            try:
+                check_timeframe(doc, self.timeframe, version)
+            except ParamsError as exc:
+                self._refuse(version, str(exc), tag="TIMEFRAME")
                 continue
             if version != self.version:
                 info(self.logger, "PARAMS", "parameter version in force", version=version, signer=signer,

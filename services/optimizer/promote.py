@@ -16,9 +16,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js import JetStreamContext
 
-from aura.strategy.params import StrategyParams
+from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams
 from shared.bus import state_kv
-from shared.live_params import ParamsError, history, promote, read_version, sign_document
+from shared.live_params import ParamsError, document_timeframe, history, promote, read_version, sign_document
 
 DECISION_KEY = "optimizer.decision"
 
@@ -42,14 +42,29 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
 
 async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey],
                          winner: StrategyParams, record: dict[str, Any], reason: str, incumbent_version: int,
-                         ) -> int:
+                         timeframe: str = PARAMS_TIMEFRAME) -> int:
     """Write the signed winner; returns its version.  Refused if the version in force is not the incumbent the
-    run was judged against (someone promoted or rolled back meanwhile)."""
+    run was judged against (someone promoted or rolled back meanwhile).
+
+    ``timeframe`` is the run's: the record says which bars the winner's lookbacks count, so a system on other
+    bars refuses it ([TIMEFRAME]) instead of trading them miscounted, and it is validated with that
+    timeframe's ranges."""
     _, now = await live_incumbent(js, trusted)
     if now != incumbent_version:
         raise PromotionRefused(f"the live parameter version is {now}, the run was judged against version "
                                f"{incumbent_version}: not promoting; run the optimizer again")
-    return await promote(js, sign_document(winner, key, promoted_by="optimizer", reason=reason, record=record))
+    # The version in force says which bars the system trades: a winner for other bars would only be refused by
+    # signal and risk ([TIMEFRAME]) after it is written, so it is not written.
+    try:
+        in_force = (await read_version(js, trusted, now))[2] if now > 0 else None
+    except ParamsError:
+        in_force = None
+    if in_force is not None and document_timeframe(in_force) != timeframe:
+        raise PromotionRefused(f"the live parameters (version {now}) are for {document_timeframe(in_force)} bars, "
+                               f"this run chose parameters for {timeframe} bars: not promoting")
+    signed = sign_document(winner, key, promoted_by="optimizer", reason=reason,
+                           record={**record, "timeframe": timeframe})
+    return await promote(js, signed)
 
 
 async def publish_decision(js: JetStreamContext, summary: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 With the operator, the only writer of the live parameter bucket; every document it writes is signed with its
 own key.  At start, when no valid version exists, it makes the shipped defaults version 1, so every live cycle
-runs on an explicit, versioned parameter set rather than on code defaults.  The walk-forward search is not run
+runs on an explicit, versioned parameter set rather than on code defaults (scaled to the system's
+timeframe when it is not 1d: the defaults count daily bars).  The walk-forward search is not run
 here: `aura optimize` coordinates it (services/optimizer/coordinator.py), evaluation tasks go to the worker
 processes (services/optimizer/worker.py) over the JetStream work queue, and a winner the gate passes is promoted
 through services/optimizer/promote.py, which signal and risk then hot-reload like any other version.
@@ -10,22 +11,40 @@ through services/optimizer/promote.py, which signal and risk then hot-reload lik
 
 from __future__ import annotations
 
-from aura.strategy.params import StrategyParams, params_digest
+from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, params_digest, rescale
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
-from shared.live_params import ParamsTracker, promote, sign_document
-from shared.logging import info
+from shared.live_params import ParamsDocument, ParamsTracker, promote, same_timeframe, sign_document
+from shared.logging import info, warn
 from shared.service import ServiceContext
 
 
-async def run(ctx: ServiceContext) -> None:
+def seed_document(ctx: ServiceContext) -> ParamsDocument:
+    """Version 1 for a system with nothing valid: the shipped defaults, in the bars the system trades.
+
+    The defaults count daily bars; on 1h they are scaled to the same durations (x24) and the record says
+    "timeframe": "1h", so signal and risk take them up instead of refusing them.  On 1d the document is the
+    one this service always wrote (no record)."""
     key = signing_key(ctx.settings.keys, "optimizer")
+    timeframe = ctx.settings.timeframe
+    if same_timeframe(timeframe, PARAMS_TIMEFRAME):
+        return sign_document(StrategyParams(), key, promoted_by="optimizer", reason="seed: the shipped defaults")
+    scaled = rescale(StrategyParams(), PARAMS_TIMEFRAME, timeframe)
+    # What was scaled, field by field: the operator sees which lookbacks the system now counts in its bars.
+    say = warn if scaled.clamped else info  # a clamp means a duration could not be kept exactly
+    say(ctx.logger, "TIMEFRAME", scaled.summary(), timeframe=timeframe, factor=scaled.factor,
+        clamped=list(scaled.clamped))
+    return sign_document(scaled.params, key, promoted_by="optimizer",
+                         reason=f"seed: the shipped defaults scaled from {PARAMS_TIMEFRAME} to {timeframe} bars",
+                         record={"timeframe": timeframe})
+
+
+async def run(ctx: ServiceContext) -> None:
     tracker = ParamsTracker(ctx.js, trusted_keys(ctx.settings.keys, "optimizer", PARAMS_SIGNERS), ctx.health,
-                            ctx.logger)
+                            ctx.logger, timeframe=ctx.settings.timeframe)
     params, version = await tracker.current()
-    if version == 0:  # nothing valid promoted yet: make the shipped defaults version 1, signed
-        doc = sign_document(StrategyParams(), key, promoted_by="optimizer", reason="seed: the shipped defaults")
-        version = await promote(ctx.js, doc)
+    if version == 0:  # nothing valid promoted yet (for this timeframe): make the shipped defaults version 1, signed
+        version = await promote(ctx.js, seed_document(ctx))
         params, version = await tracker.current()
         info(ctx.logger, "PROMOTE", "seeded the shipped default parameters", version=version,
-             digest=params_digest(params))
+             digest=params_digest(params), timeframe=ctx.settings.timeframe)
     await tracker.follow(ctx.stop)  # keeps readiness and metrics telling which version is in force

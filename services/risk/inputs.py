@@ -44,6 +44,7 @@ class RiskInputs:
         self.own_public = self.key.public_key()
         self.executor_key = trusted_key(layout, "risk", "executor")
         self.params_keys = trusted_keys(layout, "risk", PARAMS_SIGNERS)
+        self.timeframe = settings.timeframe  # parameter versions made for other bars are refused (bad_params)
         self.seen: OrderedDict[str, str] = OrderedDict()
         self._panel: tuple[str, Panel] | None = None
         # The newest snapshot and latch that verified: a forged newer one is refused and these stay in force
@@ -137,7 +138,8 @@ class RiskInputs:
         return panel
 
     async def params_at(self, version: int) -> tuple[StrategyParams, int]:
-        params, version, _ = await read_version(self.js, self.params_keys, version)
+        # With the timeframe, version 0 is the defaults scaled as signal's tracker scales them (same digest).
+        params, version, _ = await read_version(self.js, self.params_keys, version, timeframe=self.timeframe)
         return params, version
 
 

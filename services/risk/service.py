@@ -350,7 +350,8 @@ async def run(ctx: ServiceContext) -> None:
     if await costs.boot(ctx.stop) is None:  # live: no plan is priced before the venue's fee is known
         await source.close()
         return
-    tracker = ParamsTracker(ctx.js, trusted_keys(s.keys, "risk", PARAMS_SIGNERS), ctx.health, ctx.logger)
+    tracker = ParamsTracker(ctx.js, trusted_keys(s.keys, "risk", PARAMS_SIGNERS), ctx.health, ctx.logger,
+                            timeframe=s.timeframe)
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
     risk = Risk(ctx, inputs, source, tracker, costs)

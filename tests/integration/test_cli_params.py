@@ -27,7 +27,7 @@ from shared.live_params import PARAMS_KEY
 from tests.conftest import NatsEndpoint
 
 pytestmark = pytest.mark.integration
-SHOW_KEYS = {"version", "digest", "promoted_by", "reason", "promoted_at_ms", "params"}
+SHOW_KEYS = {"version", "digest", "promoted_by", "reason", "promoted_at_ms", "timeframe", "params"}
 DEFAULTS: dict[str, Any] = msgspec.to_builtins(StrategyParams())
 
 

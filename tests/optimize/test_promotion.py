@@ -101,6 +101,7 @@ def test_a_yes_is_promoted_signed_hot_reloaded_listed_and_undone(nats_server: Na
     for name, (params, version, doc) in seen.items():
         assert version == 2 and params == yes.run.winner, name
         assert doc.promoted_by == "optimizer" and doc.record["report_sha256"] == digests[DECISION], name
+        assert doc.record["timeframe"] == "1d", name  # the run's bars: a system on other bars refuses it
         assert doc.record["tests"]["deflated_sharpe"]["value"] == min(d.dsr for d in yes.decision.dsr.values())
         assert [f["fold"] for f in doc.record["folds"]] == [f.index for f in yes.run.folds]
         assert set(doc.record["spa_pvalues"]) == {"GOLD", "SPY"} and "pbo" in doc.record
