@@ -16,10 +16,11 @@ import math
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,9 @@ import numpy as np
 # executor's books keep 8 decimals (a holding is one when it rounds to >= 1e-8), so half of 1e-8 is the same line.
 BOOKS_STEP = 1e-8
 DAY_MS = 86_400_000
+
+
+T = TypeVar("T")
 
 
 class JournalUnavailable(RuntimeError):
@@ -226,6 +230,19 @@ def make_console() -> Any:
     return Console(width=None if sys.stdout.isatty() else 140)
 
 
+def read_journal(path: Path, read: Callable[[sqlite3.Connection], T], prog: str) -> T | None:
+    """``read`` on the journal opened read-only; None after saying in one line why it could not be read."""
+    try:
+        db = open_journal(path)
+        try:
+            return read(db)
+        finally:
+            db.close()
+    except (JournalUnavailable, sqlite3.Error) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
 def run_trades(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -234,14 +251,8 @@ def run_trades(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura trades")
     if settings is None:
         return 2
-    try:
-        db = open_journal(settings.journal_path)
-        try:
-            fills = journal_fills(db)
-        finally:
-            db.close()
-    except (JournalUnavailable, sqlite3.Error) as exc:
-        print(f"aura trades: {exc}", file=sys.stderr)
+    fills = read_journal(settings.journal_path, journal_fills, "aura trades")
+    if fills is None:
         return 1
     trips = round_trips_from_fills(fills, {}, int(time.time() * 1000))
     summary = trips_summary(trips)
@@ -278,14 +289,8 @@ def run_pnl(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura pnl")
     if settings is None:
         return 2
-    try:
-        db = open_journal(settings.journal_path)
-        try:
-            points = equity_points(db)
-        finally:
-            db.close()
-    except (JournalUnavailable, sqlite3.Error) as exc:
-        print(f"aura pnl: {exc}", file=sys.stderr)
+    points = read_journal(settings.journal_path, equity_points, "aura pnl")
+    if points is None:
         return 1
     rows, totals = daily_pnl(points, timeframe_ms(settings.timeframe))
     shown = rows[-args.days:] if args.daily and args.days > 0 else rows if args.daily else []

@@ -251,3 +251,28 @@ def journal_rows(settings: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tu
         return db.execute(sql, args).fetchall()
     finally:
         db.close()
+
+
+def launch_system(home: Path, **env_extra: str) -> tuple[Any, Any, dict[str, str]]:
+    """(stack, bus, env) of a whole system as `aura up` runs it, on its own authenticated nats-server and free
+    ports (never the machine's 4222), with this process's AURA_* settings left out and ``env_extra`` added.
+    Not yet ready: the caller waits (``aura.launcher.wait_ready``) and stops both."""
+    import os
+
+    from aura.launcher import start_stack
+    from aura.natsd import free_port, start_bus
+    from shared.config import SERVICE_NAMES, load_settings
+    from shared.credentials import ensure_credentials
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
+    env.update({"AURA_HOME": str(home), "AURA_LOG_LEVEL": "INFO", **env_extra})
+    env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
+    settings = load_settings(env)
+    ensure_credentials(settings.keys)
+    server = start_bus(settings, free_port())
+    env["AURA_NATS_URL"] = server.url
+    try:
+        return start_stack(load_settings(env), env), server, env
+    except BaseException:
+        server.stop()
+        raise

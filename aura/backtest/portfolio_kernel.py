@@ -67,6 +67,22 @@ def _record(nt: int, cap: int, t: int, j: int, side: int, qty: float, px: float,
     return nt + 1
 
 
+@njit(cache=True, inline="always")
+def _book_fill(hold: np.ndarray, entry: np.ndarray, step: np.ndarray, j: int, side: int, qty: float,
+               px: float) -> bool:
+    """Book one fill of symbol ``j`` into the holdings and average entries (in place); True if the symbol
+    went from flat to held or back (the held list must then be rebuilt)."""
+    before = hold[j]
+    if side < 0:
+        hold[j] = remaining_after_sell(hold[j], qty, step[j])
+        if hold[j] == 0.0:
+            entry[j] = 0.0
+    else:
+        entry[j] = average_entry(hold[j], entry[j], qty, px)
+        hold[j] = hold[j] + qty
+    return (before == 0.0) != (hold[j] == 0.0)
+
+
 @njit(cache=True)
 def _held_list(hold: np.ndarray, held: np.ndarray) -> int:
     """Indices of non-zero holdings in column (= name) order; rebuilt only when a position opens or closes."""
@@ -155,16 +171,8 @@ def portfolio_pass(dmask: np.ndarray, n_targets: np.ndarray, t_sym: np.ndarray, 
             if not qty > 0:
                 skipped += 0 if dropped > 0 else 1
                 continue
-            before = hold[j]
             cash += dcash
-            if pend_side[p] < 0:
-                hold[j] = remaining_after_sell(hold[j], qty, step[j])
-                if hold[j] == 0.0:
-                    entry[j] = 0.0
-            else:
-                entry[j] = average_entry(hold[j], entry[j], qty, px)
-                hold[j] = hold[j] + qty
-            changed = changed or (before == 0.0) != (hold[j] == 0.0)
+            changed = _book_fill(hold, entry, step, j, pend_side[p], qty, px) or changed
             nt = _record(nt, cap, t, j, pend_side[p], qty, px, f, pend_reason[p], AT_OPEN, ut_bar, ut_sym,
                          ut_side, ut_qty, ut_px, ut_fee, ut_reason, ut_at)
         n_pend = 0
@@ -273,16 +281,8 @@ def portfolio_pass(dmask: np.ndarray, n_targets: np.ndarray, t_sym: np.ndarray, 
             if not qty > 0:
                 skipped += 0 if dropped > 0 else 1
                 continue
-            before = hold[j]
             cash += dcash
-            if side < 0:
-                hold[j] = remaining_after_sell(hold[j], qty, step[j])
-                if hold[j] == 0.0:
-                    entry[j] = 0.0
-            else:
-                entry[j] = average_entry(hold[j], entry[j], qty, px)
-                hold[j] = hold[j] + qty
-            changed = changed or (before == 0.0) != (hold[j] == 0.0)
+            changed = _book_fill(hold, entry, step, j, side, qty, px) or changed
             nt = _record(nt, cap, t, j, side, qty, px, f, r, at, ut_bar, ut_sym, ut_side, ut_qty, ut_px,
                          ut_fee, ut_reason, ut_at)
         if changed:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from aura.launcher import Stack, start_stack, wait_ready
-from aura.natsd import NatsServer, free_port, start_bus
-from shared.config import SERVICE_NAMES, Settings, load_settings
-from shared.credentials import ensure_credentials
+from aura.launcher import Stack, wait_ready
+from aura.natsd import NatsServer
+from shared.config import Settings
+from tests.bus_helpers import journal_rows, launch_system
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Without the background-networking flags chromium dials out at start (updates, sync, field trials), and this
@@ -41,11 +40,7 @@ class ConsoleSystem:
         return f"http://127.0.0.1:{self.settings.console_port}"
 
     def journal(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(f"file:{self.settings.journal_path}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return journal_rows(self.settings, sql, args)
 
     def cycles(self) -> int:
         return int(self.journal("SELECT count(*) FROM snapshots WHERE status != 'genesis'")[0][0])
@@ -62,15 +57,8 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0, e
 
 
 def start_system(home: Path, replay_start: str, interval_s: float, **extra: str) -> ConsoleSystem:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update({"AURA_HOME": str(home), "AURA_REPLAY_START": replay_start, "AURA_REPLAY_INTERVAL_S": str(interval_s),
-                "AURA_LOG_LEVEL": "INFO", "AURA_CONSOLE_REFRESH_S": "0.5", **extra})
-    env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
-    settings = load_settings(env)
-    ensure_credentials(settings.keys)
-    server = start_bus(settings, free_port())
-    env["AURA_NATS_URL"] = server.url
-    stack = start_stack(load_settings(env), env)
+    stack, server, env = launch_system(home, AURA_REPLAY_START=replay_start, AURA_REPLAY_INTERVAL_S=str(interval_s),
+                                       AURA_CONSOLE_REFRESH_S="0.5", **extra)
     try:
         wait_ready(stack, 120)
     except BaseException:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,13 +20,12 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aura.launcher import Stack, start_stack, wait_ready
-from aura.natsd import NatsServer, free_port, start_bus
+from aura.launcher import Stack, wait_ready
+from aura.natsd import NatsServer
 from shared.bus import client_options
-from shared.config import SERVICE_NAMES, Settings, load_settings
+from shared.config import SERVICE_NAMES, Settings
 from shared.contracts import DeadLetter
-from shared.credentials import ensure_credentials
-from tests.bus_helpers import dead_letters
+from tests.bus_helpers import dead_letters, journal_rows, launch_system
 
 REPLAY_START = "2024-11-24"  # the bundled history ends 2024-12-05: 12 cycles, then idle
 MIN_CYCLES = 12
@@ -55,11 +52,7 @@ class System:
         return self.server.url
 
     def journal(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(f"file:{self.settings.journal_path}?mode=ro", uri=True, timeout=5)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return journal_rows(self.settings, sql, args)
 
     def book(self) -> Book:
         tables = {t: int(self.journal(f"SELECT count(*) FROM {t}")[0][0])
@@ -135,16 +128,8 @@ def wait_until(predicate: Any, what: str, timeout: float = 60.0) -> Any:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     home = tmp_path_factory.mktemp("attacked") / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update({"AURA_HOME": str(home), "AURA_REPLAY_START": REPLAY_START, "AURA_REPLAY_INTERVAL_S": "0.1",
-                "AURA_RISK_TICK_S": "0.5", "AURA_LOG_LEVEL": "INFO"})
-    env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
-    settings = load_settings(env)
-    ensure_credentials(settings.keys)
-    # The bus `aura up` would start (same config, same keys), on a free port: never the machine's 4222.
-    server = start_bus(settings, free_port())
-    env["AURA_NATS_URL"] = server.url
-    stack = start_stack(load_settings(env), env)
+    stack, server, _ = launch_system(home, AURA_REPLAY_START=REPLAY_START, AURA_REPLAY_INTERVAL_S="0.1",
+                                     AURA_RISK_TICK_S="0.5")
     system = System(stack, server, stack.settings)
     try:
         wait_ready(stack, 90)
