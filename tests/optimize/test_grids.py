@@ -48,14 +48,9 @@ def test_shipped_grids_load_in_design_order() -> None:
 
 
 @pytest.mark.parametrize("knob", ["kill_switch_cooldown", "kill_switch_cap"])
-def test_kill_switch_re_arm_slot_in_stage_4(knob: str) -> None:
+def test_kill_switch_re_arm_policy_is_in_stage_4(knob: str) -> None:
     risk = load_grids().stage("risk")
-    if knob in FIELDS:  # issue 10 A.1 landed: the slot joined stage 4's grid by itself
-        assert knob in risk.names
-        assert knob not in dict(risk.pending)
-    else:  # not yet: listed as pending, not evaluated
-        assert knob in dict(risk.pending)
-        assert knob not in risk.names
+    assert knob in FIELDS and knob in risk.names and knob not in dict(risk.pending)
 
 
 def test_pending_knob_joins_the_grid_once_params_defines_it() -> None:
