@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest_speed.py
 	$(VENV)/bin/python bench/executor_speed.py
 	$(VENV)/bin/python bench/crash_trials.py
+	$(VENV)/bin/python bench/live_cycle.py
+	$(VENV)/bin/python bench/optimize_speed.py
 
 clean:
 	rm -rf $(VENV) .tools var

@@ -21,7 +21,7 @@ CASES = {
     "executor_speed": (["-n", "20", "--plans", "2", "--legs", "4"],
                        {"executor_intents_per_s", "plan_path_intents_per_s"}),
     "crash_trials": (["--trials", "4"], {"crash_trials_per_min", "violations"}),
-    "live_cycle": (["--cycles", "3", "--kills", "3"], {"bar_close_to_orders_acked_p50_ms",
+    "live_cycle": (["--cycles", "2", "--kills", "2"], {"bar_close_to_orders_acked_p50_ms",
                                                        "bar_close_to_orders_acked_p99_ms", "kill_trials_per_min",
                                                        "violations"}),
     "ingest_speed": (["--repeats", "1"], {"cold_sync_parse_merge_candles_per_s", "warm_load_1d_ms", "warm_load_1h_ms"}),
