@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -34,7 +34,9 @@ from shared.contracts import (
     STATE_BUCKET,
     ConsumerSpec,
     Contract,
+    ContractError,
     DeadLetter,
+    decode,
     encode,
     stream_of,
     subject_of,
@@ -43,6 +45,8 @@ from shared.credentials import CredentialError, bus_seed
 from shared.health import HealthState
 from shared.logging import error, info, register_secret, warn
 from shared.runfile import resolve_nats_url
+
+C = TypeVar("C", bound=Contract)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 # How long a message waits before it comes back when its dead letter could not be stored, or when a handler
@@ -180,6 +184,32 @@ async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
     except NotFoundError:
         return None
     return raw.data
+
+
+async def newest_valid(js: JetStreamContext, kind: type[C], max_back: int = 64) -> C | None:
+    """The newest message on ``kind``'s subject that decodes as ``kind``, stepping back by sequence past malformed
+    ones (at most ``max_back`` stream messages): junk on a subject is not an announcement, and must not hide the
+    real one from a reader that checks against it.  None if there is none within reach."""
+    stream = stream_of(kind.SUBJECT)
+    try:
+        msg = await js.get_last_msg(stream, kind.SUBJECT, direct=True)
+    except NotFoundError:
+        return None
+    seq = int(msg.seq or 0)
+    for _ in range(max_back):
+        if msg is not None and msg.subject == kind.SUBJECT:
+            try:
+                return decode(msg.data or b"", kind)
+            except ContractError:
+                pass
+        seq -= 1
+        if seq < 1:
+            return None
+        try:
+            msg = await js.get_msg(stream, seq=seq, direct=True)
+        except NotFoundError:  # removed by the stream's limits: nothing older is there either
+            return None
+    return None
 
 
 async def stored_messages(js: JetStreamContext, stream: str, subject: str, after_seq: int = 0,

@@ -148,7 +148,10 @@ MATRIX: tuple[Resource, ...] = (
     # Each service tells of its own events only: the subject, not the message, says who is speaking.
     *(_subject(f"{ServiceEvent.SUBJECT}.{svc}", **{svc: P}, console=C, operator=R) for svc in SERVICES),
     # The dashboard pages through the trading record (recent plans, fills, snapshots, dead letters, events).
-    *(_stream(name, console=R, operator=R) for name in CONSOLE_STREAMS),
+    *(_stream(name, console=R, operator=R) for name in CONSOLE_STREAMS if name != "AURA_DATA"),
+    # Risk and the executor check a target or an abort against ingest's newest *valid* announcement, so they may
+    # step back past a malformed message on the data subjects (which they already read) by sequence.
+    _stream("AURA_DATA", console=R, operator=R, risk=R, executor=R),
     Resource(f"object store `{CANDLE_BUCKET}`", "object",
              {"ingest": W, "signal": R, "risk": R, "console": R, "operator": R}, bucket=CANDLE_BUCKET),
     _kv(PARAMS_BUCKET, "strategy", revisions=True, optimizer=RW, operator=RW, signal=R, risk=R, console=R),

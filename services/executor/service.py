@@ -44,7 +44,7 @@ from shared.bus import (
     RedeliveryAlarm,
     dead_letter,
     durable_pull,
-    last_message,
+    newest_valid,
     publish,
     pull_loop,
     settle_refused,
@@ -316,13 +316,10 @@ class Executor:
     async def _announced(self) -> set[str]:
         """The cycle ids ingest announced last: the newest DataReady's and the newest DataStale's."""
         out = set()
-        for kind in (DataReady, DataStale):
-            raw = await last_message(self.ctx.js, kind.SUBJECT)
-            if raw is not None:
-                try:
-                    out.add(decode(raw, kind).cycle_id)
-                except ContractError:
-                    continue
+        for kind in (DataReady, DataStale):  # a malformed message on either subject is stepped over
+            announced = await newest_valid(self.ctx.js, kind)
+            if announced is not None:
+                out.add(announced.cycle_id)
         return out
 
     async def _on_aborted(self, msg: Msg) -> None:

@@ -20,7 +20,7 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.risk.latch import LatchDoc, applied, read_latch, write_latch
 from services.risk.tick import Latch, latch_view
-from shared.bus import last_message, verified_candles
+from shared.bus import last_message, newest_valid, verified_candles
 from shared.candles import decode_panel
 from shared.config import Settings
 from shared.consumer import Reject
@@ -120,8 +120,8 @@ class RiskInputs:
 
     # -- data -----------------------------------------------------------------------------------------------
     async def newest_ready(self) -> DataReady | None:
-        raw = await last_message(self.js, DataReady.SUBJECT)
-        return decode(raw, DataReady) if raw is not None else None
+        """Ingest's newest valid announcement (a malformed message on the subject is stepped over, not used)."""
+        return await newest_valid(self.js, DataReady)
 
     async def panel(self, content_digest: str) -> Panel:
         """The candle panel named ``content_digest``, fetched and digest-checked (cached: one per cycle)."""

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.bus import last_message, verified_candles
+from shared.bus import newest_valid, verified_candles
 from shared.candles import decode_panel
-from shared.contracts import DataReady, MarketRuleMsg, content_id, decode
+from shared.contracts import DataReady, MarketRuleMsg, content_id
 from shared.logging import warn
 from shared.market_rules import QUOTE, taker_fee
 from shared.service import ServiceContext
@@ -59,8 +59,7 @@ class ReplayPrices:
         self._cache: tuple[str, dict[str, float]] | None = None
 
     async def newest(self) -> DataReady | None:
-        raw = await last_message(self.ctx.js, DataReady.SUBJECT)
-        return decode(raw, DataReady) if raw is not None else None
+        return await newest_valid(self.ctx.js, DataReady)
 
     async def read(self, symbols: list[str]) -> PriceRead | None:
         try:

@@ -28,6 +28,7 @@ from shared.bus import publish, state_kv
 from shared.config import Settings
 from shared.contracts import (
     ApprovedPlan,
+    DataReady,
     DataStale,
     DeadLetter,
     PortfolioSnapshot,
@@ -373,3 +374,25 @@ def test_a_far_future_stale_notice_found_at_boot_is_not_adopted(nats_server: Nat
     assert executed.plan_id and executed.status == "executed"
     assert r.health["risk"].counters.get("stale_notices_refused") == 1
     assert not [x for x in r.capture.fields("DATA_STALE") if x.get("cycle_id") == "1d-forged"]
+
+
+def test_junk_on_the_data_subject_does_not_hide_the_real_announcement(nats_server: NatsEndpoint) -> None:
+    """Malformed messages on aura.data.ready right after ingest's genuine announcement (a broken or compromised
+    ingest; CI once caught this race in the system test): risk still checks the genuine target against the real
+    announcement and approves it, and the executor still knows the cycle was announced, so nothing stalls."""
+
+    async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot, list[DeadLetter]]:
+        async with rig(nats_server) as r:
+            target, ready = await r.next_cycle()
+            wrong = msgspec.json.decode(encode(ready))
+            wrong["v"] = 99
+            for junk in (b"\x00not json", msgspec.json.encode(wrong)):
+                await r.js["ingest"].publish(DataReady.SUBJECT, junk, stream="AURA_DATA")
+            await r.publish_target(target)
+            executed = await r.cycle_closed(target.cycle_id, "executed")
+            # The next cycle: its announcement is the newest again, and it runs as usual.
+            return executed, await r.genuine_cycle_executes(), await dead_letters(r.js["operator"], "risk")
+
+    first, second, letters = asyncio.run(scenario())
+    assert first.plan_id and second.plan_id and first.cycle_id != second.cycle_id
+    assert letters == [], [(x.reason, x.error) for x in letters]
