@@ -58,7 +58,7 @@ from services.risk.tick import (
     portfolio_state,
     tick_target,
 )
-from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_target
+from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_data_time, check_target
 from shared.bus import RedeliveryAlarm, dead_letter, durable_pull, last_message, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
 from shared.contracts import (
@@ -219,11 +219,12 @@ class Risk:
             await self.refuse(target, "stale_data", f"data stale since {self.stale.cycle_id}; target on older data "
                               "refused")
         now = await self.prices.exchange_ms()
-        if now is not None and now - target.as_of_ms > self.max_age_ms:
-            warn(ctx.logger, "STALE_PLAN", "target on data too old for the exchange's clock; not planning on it",
-                 cycle_id=target.cycle_id, as_of_ms=target.as_of_ms, exchange_ms=now, max_age_ms=self.max_age_ms)
-            await self.refuse(target, "stale_plan", f"data of {target.as_of_ms} is {(now - target.as_of_ms) / 1000:.0f}"
-                              f"s old by the exchange's clock (limit {self.max_age_ms / 1000:.0f}s)")
+        why = check_data_time(target.as_of_ms, now, self.bar_ms, self.max_age_ms)
+        if why is not None:
+            warn(ctx.logger, "STALE_PLAN", "target on data the exchange's clock refutes; not planning on it",
+                 cycle_id=target.cycle_id, as_of_ms=target.as_of_ms, exchange_ms=now, why=why)
+            await self.refuse(target, "stale_plan" if why.startswith("stale") else "future_data", why,
+                              forged=not why.startswith("stale"))
         ready = await self.inputs.newest_ready()
         try:
             check_announcement(target, ready)

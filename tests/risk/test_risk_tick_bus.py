@@ -338,10 +338,10 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     assert not capture.fields("FORGED_SNAPSHOT"), "risk refused the executor-signed snapshot"
 
 
-def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats_server: NatsEndpoint,
-                                                                          shared_data_dir: Path) -> None:
-    """Live mode: a target whose data bar closed more than one bar plus the grace before the exchange's clock (not
-    the local clock: the simulator's is in 2024) is refused ([STALE_PLAN], dead letter stale_plan), never planned."""
+def live_target_refusal(nats_server: NatsEndpoint, shared_data_dir: Path, bar: int,
+                        ) -> tuple[Any, int, list[DeadLetter], bytes | None, Capture]:
+    """Live risk (its clock: the simulator's, at 2024-01-01) handed the signal stage's genuine target for replay
+    ``bar``: (target, the exchange's time, risk's dead letters, the newest approved plan, the log)."""
     from aura.exchange_sim import SimConfig, SimServer
 
     config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
@@ -351,7 +351,7 @@ def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats
         settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
                                  AURA_EXCHANGE_API_URL=sim.base_url)
         exchange_now = int(sim.sim.now_ms())
-        cycle_id, panel, markets = replay_snapshot(2300)  # a bar of 2023 in the bundled replay: months old
+        cycle_id, panel, markets = replay_snapshot(bar)
         ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=int(panel.timestamps[-1]), digest="d",
                           symbols=list(panel.symbols), bars=len(panel.timestamps), markets=markets)
         target, _ = make_target(ready, panel, StrategyParams(), 0, None)
@@ -364,11 +364,32 @@ def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats
                 return letters, await last_message(js["operator"], ApprovedPlan.SUBJECT)
 
         letters, plan = asyncio.run(scenario())
-    assert target.as_of_ms < exchange_now - 2 * DAY
+    return target, exchange_now, letters, plan, capture
+
+
+def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats_server: NatsEndpoint,
+                                                                          shared_data_dir: Path) -> None:
+    """Live mode: a target whose data bar closed more than one bar plus the grace before the exchange's clock (not
+    the local clock: the simulator's is in 2024) is refused ([STALE_PLAN], dead letter stale_plan), never planned."""
+    target, exchange_now, letters, plan, capture = live_target_refusal(nats_server, shared_data_dir, 2300)
+    assert target.as_of_ms < exchange_now - 2 * DAY  # a bar of 2023 in the bundled replay: months old
     assert [x.reason for x in letters] == ["stale_plan"], [(x.reason, x.error) for x in letters]
     assert plan is None
     (line,) = capture.fields("STALE_PLAN")
     assert line["exchange_ms"] >= exchange_now and line["as_of_ms"] == target.as_of_ms
+
+
+def test_live_risk_refuses_a_target_on_a_bar_the_exchange_has_not_closed(nats_server: NatsEndpoint,
+                                                                        shared_data_dir: Path) -> None:
+    """Live mode: data dated after the exchange's clock (a compromised ingest's announcement; the kill-switch
+    counts its cooldown on these times, so it would re-arm early) is refused as future_data, never planned."""
+    target, exchange_now, letters, plan, capture = live_target_refusal(nats_server, shared_data_dir, 2400)
+    assert target.as_of_ms > exchange_now + 30 * DAY  # a bar of March 2024, the simulator at 2024-01-01
+    assert [x.reason for x in letters] == ["future_data"], [(x.reason, x.error) for x in letters]
+    assert plan is None
+    (line,) = capture.fields("STALE_PLAN")
+    assert line["why"].startswith("future") and line["as_of_ms"] == target.as_of_ms
+    assert any(x.get("target_id") == target.target_id for x in capture.fields("FORGED_TARGET"))
 
 
 def test_a_target_on_data_older_than_a_stale_notice_is_not_traded(nats_server: NatsEndpoint) -> None:

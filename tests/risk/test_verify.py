@@ -18,6 +18,7 @@ from services.risk.verify import (
     ForgedTarget,
     SupersededTarget,
     check_announcement,
+    check_data_time,
     check_target,
     verified_prices,
 )
@@ -214,3 +215,16 @@ def test_verified_prices_keep_only_positive_finite_closes(genuine: tuple[TargetP
     prices = verified_prices(bad)
     assert set(prices) == set(panel.symbols) - {"ETH/USDT", "BTC/USDT", "LTC/USDT"}
     assert all(np.isfinite(p) and p > 0 for p in prices.values())
+
+
+def test_data_time_against_the_exchanges_clock() -> None:
+    day, grace = 86_400_000, 600_000
+    max_age = 2 * day + grace
+    closed = 10 * day  # the bar opening at day 10 closes at day 11
+    assert check_data_time(closed, None, day, max_age) is None  # replay: no exchange clock, nothing to check
+    assert check_data_time(closed, 11 * day + 60_000, day, max_age) is None  # a minute after its close
+    assert check_data_time(closed, closed + max_age, day, max_age) is None  # the last moment it may be planned
+    assert (check_data_time(closed, closed + max_age + 1, day, max_age) or "").startswith("stale")
+    assert check_data_time(closed, 11 * day - day // 2, day, max_age) is None  # half a bar of clock skew
+    assert (check_data_time(closed, 11 * day - day // 2 - 1, day, max_age) or "").startswith("future")
+    assert (check_data_time(closed + 30 * day, 11 * day, day, max_age) or "").startswith("future")
