@@ -87,6 +87,9 @@ class SuccessiveHalving:
         self.eta = eta
         self._order = {c: i for i, c in enumerate(self.candidates)}
         self._results: list[dict[str, SelectionScore]] = [{} for _ in self.budgets]
+        # A complete rung's ranking cannot change (record() refuses a different second answer), and the
+        # coordinator asks for it on every answer: ranked once.
+        self._promoted: dict[int, tuple[str, ...]] = {}
 
     # --- driving it ------------------------------------------------------------------------------------------
     def next_batch(self) -> list[Task]:
@@ -137,12 +140,15 @@ class SuccessiveHalving:
 
     def promoted(self, rung: int) -> tuple[str, ...]:
         """Who went on from ``rung`` (best first); empty until the rung is complete."""
+        known = self._promoted.get(rung)
+        if known is not None:
+            return known
         if len(self._results[rung]) < len(self._entrants(rung)):
             return ()
         ranked = self._ranked(rung)
-        if rung == len(self.budgets) - 1:
-            return ranked[:1]
-        return ranked[:self.keep(len(ranked))]
+        went_on = ranked[:1] if rung == len(self.budgets) - 1 else ranked[:self.keep(len(ranked))]
+        self._promoted[rung] = went_on
+        return went_on
 
     def pruned(self, rung: int) -> tuple[str, ...]:
         """Who stopped at ``rung`` (in candidate order); empty until the rung is complete."""

@@ -75,8 +75,13 @@ class ResultStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, outcome BLOB NOT NULL)")
         self.db.commit()
         self._cache: dict[str, OptOutcome] = {}
+        # Every key held, in memory: a coordinator asks for every pending request on every answer, and most are
+        # not there yet; a miss must not cost a query.
+        self._keys: set[str] = {k for (k,) in self.db.execute("SELECT key FROM outcomes")}
 
     def get(self, key: str) -> OptOutcome | None:
+        if key not in self._keys:
+            return None
         found = self._cache.get(key)
         if found is None:
             row = self.db.execute("SELECT outcome FROM outcomes WHERE key = ?", (key,)).fetchone()
@@ -86,19 +91,21 @@ class ResultStore:
 
     def put(self, outcomes: list[OptOutcome]) -> int:
         """Store what is new (one transaction); returns how many keys were new."""
-        new = 0
+        fresh: dict[str, OptOutcome] = {}
         with self.db:
             for o in outcomes:
-                known = self.get(o.key)
+                known = fresh.get(o.key) or self.get(o.key)
                 if known is not None:
                     if known != o:
                         raise RunFailed(f"two different answers for {o.key}: the evaluation is not deterministic "
                                         "(workers running other numerical libraries?)")
                     continue
                 self.db.execute("INSERT INTO outcomes (key, outcome) VALUES (?, ?)", (o.key, msgspec.msgpack.encode(o)))
-                self._cache[o.key] = o
-                new += 1
-        return new
+                fresh[o.key] = o
+        # Known in memory only once committed: a refused batch is rolled back and leaves nothing behind.
+        self._cache.update(fresh)
+        self._keys.update(fresh)
+        return len(fresh)
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
@@ -244,6 +251,7 @@ class Coordinator:
             msgs = await sub.fetch(256, timeout=0.2)
         except (TimeoutError, nats.errors.TimeoutError):
             return False
+        readable, outcomes = [], []
         for msg in msgs:
             try:
                 result = decode(msg.data, OptResult)
@@ -256,9 +264,13 @@ class Coordinator:
                     raise RunFailed(f"task {result.task_id} failed: {result.error}")
                 warn(self.logger, "OPTIMIZE", "a task of another run failed", task=result.task_id,
                      error=result.error[:200])
-            self.progress.received += self.store.put(list(result.outcomes))
+            outcomes += result.outcomes
             if result.deliveries > 1:
                 self.progress.redelivered += 1
+            readable.append(msg)
+        # One transaction for the whole fetch, then the acks: an answer is acknowledged only once it is stored.
+        self.progress.received += self.store.put(outcomes)
+        for msg in readable:
             await msg.ack()
         return bool(msgs)
 
