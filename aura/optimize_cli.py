@@ -205,7 +205,7 @@ def _run(job: Any, args: argparse.Namespace, settings: Settings, system_url: str
     incumbent_version = 0
     if args.promote:
         try:
-            job.incumbent, incumbent_version = session.read_incumbent(settings, system_url)
+            job.incumbent, incumbent_version = session.read_incumbent(settings, system_url, job.inputs.timeframe)
         except Exception as exc:
             print(f"{PROG}: --promote needs the running system's parameters: {exc}", file=sys.stderr)
             return 1

@@ -31,6 +31,7 @@ from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.schedule import timeframe_ms
 from services.optimizer.coordinator import Coordinator, Progress, ResultStore, RunFailed
 from shared.config import Settings, load_settings
+from shared.live_params import default_params
 from shared.logging import JsonFormatter
 
 RunFailedError = RunFailed
@@ -95,7 +96,7 @@ def prepare_job(args: argparse.Namespace) -> OptimizeJob:
     return OptimizeJob(inputs, BacktestConfig(bar_ms=timeframe_ms(args.timeframe)), grids,
                        hashlib.sha256(text.encode()).hexdigest(), spec, folds, final_train_window(n_bars, spec),
                        args.eta, min_budget, GateSettings(spa_reps=args.spa_reps), ObjectiveSettings(),
-                       StrategyParams(), survivorship_caveat(args.data))
+                       default_params(args.timeframe), survivorship_caveat(args.data))
 
 
 def file_logger(path: Path) -> logging.Logger:
@@ -201,7 +202,8 @@ def system_settings(settings: Settings, url: str) -> Settings:
                           **({"AURA_KEYS_DIR": settings.keys_dir} if settings.keys_dir else {})}) if url else settings
 
 
-def read_incumbent(settings: Settings, url: str) -> tuple[StrategyParams, int]:
+def read_incumbent(settings: Settings, url: str, timeframe: str) -> tuple[StrategyParams, int]:
+    """The system's parameters in force for a run on ``timeframe`` bars; PromotionRefused if they count others."""
     from services.optimizer.promote import live_incumbent
     from shared.bus import session
     from shared.credentials import PARAMS_SIGNERS, trusted_keys
@@ -211,7 +213,7 @@ def read_incumbent(settings: Settings, url: str) -> tuple[StrategyParams, int]:
 
     async def read() -> tuple[StrategyParams, int]:
         async with session(system, "optimizer", timeout_s=5) as nc:
-            return await live_incumbent(nc.jetstream(), trusted)
+            return await live_incumbent(nc.jetstream(), trusted, timeframe)
 
     return asyncio.run(read())
 

@@ -18,7 +18,16 @@ from nats.js import JetStreamContext
 
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams
 from shared.bus import state_kv
-from shared.live_params import ParamsError, document_timeframe, history, promote, read_version, sign_document
+from shared.live_params import (
+    ParamsError,
+    default_params,
+    document_timeframe,
+    history,
+    promote,
+    read_version,
+    same_timeframe,
+    sign_document,
+)
 
 DECISION_KEY = "optimizer.decision"
 
@@ -27,41 +36,43 @@ class PromotionRefused(RuntimeError):
     """The gate said yes, but the system is no longer where the run started from."""
 
 
-async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey]) -> tuple[StrategyParams, int]:
-    """(parameters, version) in force: the newest version that verifies, as signal and risk choose it at a start
-    (version 0: nothing promoted yet, the shipped defaults)."""
+async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
+                         timeframe: str = PARAMS_TIMEFRAME) -> tuple[StrategyParams, int]:
+    """(parameters, version) in force for a run on ``timeframe`` bars: the newest version that verifies, as signal
+    and risk choose it at a start (version 0: nothing promoted yet, the shipped defaults at the same durations in
+    ``timeframe`` bars).
+
+    PromotionRefused when the version in force counts other bars: a winner for ``timeframe`` would only be
+    refused by signal and risk ([TIMEFRAME]) once written, and comparing it with parameters counted in other bars
+    would judge it against a strategy the system does not run."""
     try:
-        params, version, _ = await read_version(js, trusted)
-        return params, version
+        params, version, doc = await read_version(js, trusted)
     except ParamsError:
-        for version, doc, _why in reversed(await history(js, trusted)):
-            if doc is not None:
-                return doc.params, version
-        return StrategyParams(), 0
+        valid = [(v, found) for v, found, _why in await history(js, trusted) if found is not None]
+        version, doc = valid[-1] if valid else (0, None)
+        params = doc.params if doc is not None else StrategyParams()
+    if doc is None:
+        return default_params(timeframe), version
+    if not same_timeframe(document_timeframe(doc), timeframe):
+        raise PromotionRefused(f"the live parameters (version {version}) are for {document_timeframe(doc)} bars, "
+                               f"this run chooses parameters for {timeframe} bars: not promoting (run the "
+                               f"optimizer with --timeframe {document_timeframe(doc)})")
+    return params, version
 
 
 async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey],
                          winner: StrategyParams, record: dict[str, Any], reason: str, incumbent_version: int,
                          timeframe: str = PARAMS_TIMEFRAME) -> int:
     """Write the signed winner; returns its version.  Refused if the version in force is not the incumbent the
-    run was judged against (someone promoted or rolled back meanwhile).
+    run was judged against (someone promoted or rolled back meanwhile), or counts other bars than the run's.
 
     ``timeframe`` is the run's: the record says which bars the winner's lookbacks count, so a system on other
     bars refuses it ([TIMEFRAME]) instead of trading them miscounted, and it is validated with that
     timeframe's ranges."""
-    _, now = await live_incumbent(js, trusted)
+    _, now = await live_incumbent(js, trusted, timeframe)
     if now != incumbent_version:
         raise PromotionRefused(f"the live parameter version is {now}, the run was judged against version "
                                f"{incumbent_version}: not promoting; run the optimizer again")
-    # The version in force says which bars the system trades: a winner for other bars would only be refused by
-    # signal and risk ([TIMEFRAME]) after it is written, so it is not written.
-    try:
-        in_force = (await read_version(js, trusted, now))[2] if now > 0 else None
-    except ParamsError:
-        in_force = None
-    if in_force is not None and document_timeframe(in_force) != timeframe:
-        raise PromotionRefused(f"the live parameters (version {now}) are for {document_timeframe(in_force)} bars, "
-                               f"this run chose parameters for {timeframe} bars: not promoting")
     signed = sign_document(winner, key, promoted_by="optimizer", reason=reason,
                            record={**record, "timeframe": timeframe})
     return await promote(js, signed)

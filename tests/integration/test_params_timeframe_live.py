@@ -277,13 +277,18 @@ def test_a_daily_winner_is_not_written_onto_an_hourly_system(nats_server: NatsEn
         keys = nats_server.settings().keys
         trusted = trusted_keys(keys, "optimizer", PARAMS_SIGNERS)
         try:
+            # Nothing promoted yet: an hourly run is judged against the defaults at the same durations in hours.
+            assert await live_incumbent(nc.jetstream(), trusted, "1h") == (HOURLY.params, 0)
             hourly = await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"), trusted, HOURLY.params,
-                                          {}, "hourly in force", (await live_incumbent(nc.jetstream(), trusted))[1],
-                                          timeframe="1h")
+                                          {}, "hourly in force", 0, timeframe="1h")
+            # A daily run is refused before its search (the incumbent would be counted in other bars) ...
+            with pytest.raises(PromotionRefused, match="for 1h bars"):
+                await live_incumbent(nc.jetstream(), trusted, "1d")
+            # ... and its winner before it is written.
             with pytest.raises(PromotionRefused, match="for 1h bars"):
                 await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"), trusted, StrategyParams(), {},
                                      "a daily winner", hourly, timeframe="1d")
-            return hourly, (await live_incumbent(nc.jetstream(), trusted))[1]
+            return hourly, (await live_incumbent(nc.jetstream(), trusted, "1h"))[1]
         finally:
             await close(nc)
 

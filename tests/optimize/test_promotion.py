@@ -133,3 +133,15 @@ def test_a_no_promotes_nothing_and_a_moved_incumbent_blocks_a_yes(nats_server: N
     assert optimize_job.promote(yes, optimize_job.write(yes, tmp_path / "yes"), nats_server.settings(), "", 1,
                                 optimize_job.Say(True)) == 1
     assert all(v == 2 for _, v, _ in asyncio.run(in_force(nats_server)).values())
+
+
+def test_an_hourly_run_is_judged_against_the_defaults_counted_in_hours(shared_data_dir: Path) -> None:
+    """Without --promote the incumbent is the shipped set at the same durations in the run's bars: on 1h a daily
+    lookback of 30 bars would be 30 hours, a strategy nobody runs."""
+    from shared.live_params import default_params
+
+    job = optimize_job.prepare_job(argparse.Namespace(
+        data=shared_data_dir, timeframe="1h", symbols="BTC_USDT,ETH_USDT", grids=None, anchored=False, folds=1,
+        min_budget=None, eta=3, spa_reps=300))
+    assert job.incumbent == default_params("1h") != StrategyParams()
+    assert job.incumbent.regime_sma == 24 * StrategyParams().regime_sma
