@@ -75,8 +75,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 if doc is None:
                     print(f"{version:>4}  REFUSED  {problem}")
                 else:
-                    print(f"{version:>4}  {params_digest(doc.params)}  {_when(doc.promoted_at_ms)}  "
-                          f"{doc.promoted_by}  {doc.reason}")
+                    # The bars its lookbacks count: a system on other bars refuses the version ([TIMEFRAME]).
+                    print(f"{version:>4}  {params_digest(doc.params)}  {document_timeframe(doc):>3}  "
+                          f"{_when(doc.promoted_at_ms)}  {doc.promoted_by}  {doc.reason}")
             return 0
         if args.action == "diff":
             a = (await read_version(js, trusted, args.a))[0]
@@ -148,7 +149,7 @@ def add_params_parser(subparsers: Any) -> None:
                                   "their live value; an optional \"timeframe\" (\"1d\", \"4h\", \"1h\") names "
                                   "the bars its lookbacks count (default: the live version's)")
     put.add_argument("--reason", required=True, help="why: recorded with the version")
-    sub.add_parser("history", help="every stored version: digest, time, who promoted it and why")
+    sub.add_parser("history", help="every stored version: digest, timeframe, time, who promoted it and why")
     diff = sub.add_parser("diff", help="the parameters that differ between two versions")
     diff.add_argument("a", type=int, help="a version")
     diff.add_argument("b", type=int, help="another version")

@@ -53,7 +53,15 @@ from shared.contracts import (
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_key, trusted_keys
 from shared.health import HealthState
-from shared.live_params import ParamsError, history, read_version
+from shared.live_params import (
+    ParamsDocument,
+    ParamsError,
+    default_params,
+    document_timeframe,
+    history,
+    read_version,
+    same_timeframe,
+)
 from shared.signing import SignatureError, verify_plan, verify_struct
 
 RECENT = 50  # rows kept per list
@@ -124,6 +132,7 @@ class BusView:
         self.risk_key = trusted_key(keys, holder, "risk")
         self.params_keys = trusted_keys(keys, holder, PARAMS_SIGNERS)
         self.backlog = backlog
+        self.timeframe = settings.timeframe
         self.bar_ms = timeframe_ms(settings.timeframe)
         self.cursors: dict[str, int] = {}
         self.snapshot: PortfolioSnapshot | None = None
@@ -260,20 +269,31 @@ class BusView:
                 self.benchmarks["BTC"] = candle_series(panel.timestamps.tolist(), column.tolist(), self.bar_ms)
 
     async def _params(self) -> None:
+        doc: ParamsDocument | None
         try:
-            params, version, doc = await read_version(self.js, self.params_keys)
-        except ParamsError as exc:  # the newest document does not verify: signal and risk keep the last valid one
-            self.params["refused"] = _clip(str(exc))
-            return
+            # With the system's timeframe, as signal and risk read it: a version counted in other bars is refused.
+            params, version, doc = await read_version(self.js, self.params_keys, timeframe=self.timeframe)
+            refused = ""
+        except ParamsError as exc:
+            refused = _clip(str(exc))
+        else:
+            if version == self.params.get("version") and self.params.get("history"):
+                self.live_params = params
+                return
+        stored = await history(self.js, self.params_keys)
+        if refused:  # signal and risk keep the newest valid version for their bars (ParamsTracker): so does this
+            usable = [(v, d) for v, d, _ in stored
+                      if d is not None and same_timeframe(document_timeframe(d), self.timeframe)]
+            version, doc = usable[-1] if usable else (0, None)
+            params = doc.params if doc is not None else default_params(self.timeframe)
         self.live_params = params
-        if version == self.params.get("version") and self.params.get("history"):
-            return
         rows = [{"version": v, "promoted_by": d.promoted_by if d else "", "reason": _clip(d.reason if d else why),
-                 "at_ms": d.promoted_at_ms if d else 0, "valid": d is not None}
-                for v, d, why in await history(self.js, self.params_keys)]
+                 "at_ms": d.promoted_at_ms if d else 0, "valid": d is not None,
+                 "timeframe": document_timeframe(d) if d else ""}
+                for v, d, why in stored]
         self.params = {"version": version, "promoted_by": doc.promoted_by if doc else "defaults",
                        "reason": _clip(doc.reason) if doc else "", "at_ms": doc.promoted_at_ms if doc else 0,
-                       "history": rows[-20:][::-1]}
+                       "history": rows[-20:][::-1], **({"refused": refused} if refused else {})}
 
     async def _state(self) -> None:
         if self.state_bucket is None:

@@ -213,6 +213,29 @@ def test_status_shows_the_journals_books_priced_from_the_bus(system: tuple[Setti
     assert journal_opens and all(d.startswith("file:") and d.endswith("?mode=ro") for d in journal_opens)
 
 
+def test_status_names_a_version_counted_in_other_bars_and_keeps_the_one_in_force(
+        system: tuple[Settings, NatsEndpoint], capsys: pytest.CaptureFixture[str]) -> None:
+    """An hourly document promoted onto this daily system is refused by signal and risk ([TIMEFRAME]); status
+    shows the version they keep (the newest valid one for 1d bars) and names the refusal."""
+    settings, _ = system
+
+    async def promote_hourly() -> int:
+        async with role_connections(settings, "operator") as js:
+            doc = sign_document(StrategyParams(stop_loss=0.2), signing_key(settings.keys, "operator"),
+                                "operator:test", "hourly set", record={"timeframe": "1h"})
+            return await promote(js["operator"], doc)
+
+    hourly = asyncio.run(promote_hourly())
+    code, out, err = cli(capsys, "status", "--json")
+    assert code == 0, err
+    params = json.loads(out)["params"]
+    assert params["version"] == 1 and params["stop_loss"] == STOP_LOSS and params["reason"] == "tighter stop"
+    assert "1h" in params["refused"]
+    assert [(h["version"], h["timeframe"]) for h in params["history"]] == [(hourly, "1h"), (1, "1d")]
+    code, out, err = cli(capsys, "status")
+    assert code == 0 and "NEWEST REFUSED" in out and "v1 by operator:test" in out
+
+
 def test_status_with_the_bus_down_says_so_in_one_line_and_shows_the_journal(
         system: tuple[Settings, NatsEndpoint], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -147,6 +147,7 @@ def test_history_diff_and_rollback(nats_server: NatsEndpoint, tmp_path: Path) ->
     for line, version, reason, params in ((lines[0], v1, "first change", {**DEFAULTS, "top_k": 2}),
                                           (lines[1], v2, "second change", {**DEFAULTS, "top_k": 4, "stop_loss": 0.1})):
         assert line.split()[0] == str(version)
+        assert line.split()[2] == "1d"  # the bars the version's lookbacks count
         assert params_digest(StrategyParams(**params)) in line
         assert "operator:" in line and line.endswith(reason)
 

@@ -151,8 +151,9 @@ function drawParams(s) {
     ["why", p.reason || "–"], ["when", when(p.at_ms)]];
   if (p.refused) pairs.push(["newest refused", p.refused, "bad"]);
   kv("params", pairs);
-  table("params-history", ["version", "by", "why", "when"], (p.history || []).map((h) => [
-    [h.version, h.valid ? "num" : "num bad"], h.promoted_by || "(refused)", h.reason, when(h.at_ms)]), "no history");
+  table("params-history", ["version", "bars", "by", "why", "when"], (p.history || []).map((h) => [
+    [h.version, h.valid ? "num" : "num bad"], h.timeframe || "–", h.promoted_by || "(refused)", h.reason,
+    when(h.at_ms)]), "no history");
 }
 
 function drawOptimizer(s) {
