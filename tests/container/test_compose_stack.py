@@ -297,3 +297,37 @@ def test_cycles_reach_the_executor_journal(stack: Stack) -> None:
         f"fewer than {MIN_SNAPSHOTS} snapshots in {JOURNAL} after {JOURNAL_TIMEOUT_S}s "
         f"(last: {last}){stack.diagnostics()}"
     )
+
+
+def test_the_optimizer_coordinates_the_compose_workers_and_a_no_changes_nothing(stack: Stack) -> None:
+    """README's compose coordinator: `aura optimize --workers 0 --promote` run as the optimizer (its credential and
+    key), its tasks answered by the `optimizer-worker` service over the bus; the gate's "no" on this small run
+    leaves the live parameters as they were, and the decision reaches aura_state for the console."""
+    params_before = stack.run(["run", "--rm", "-T", "operator", "aura", "params", "show"], timeout=120)
+    assert params_before.returncode == 0, params_before.stderr[-2000:]
+    optimize = stack.run(
+        ["run", "--rm", "-T", "optimizer", "aura", "optimize", "--nats-url", "nats://nats:4222", "--workers", "0",
+         "--data", "/app/data/replay", "--symbols", "BTC_USDT,ETH_USDT,BNB_USDT", "--folds", "1",
+         "--spa-reps", "200", "--out", "/tmp/out", "--state", "/tmp/state", "--promote", "--quiet"],
+        timeout=600,
+    )
+    assert optimize.returncode == 0, f"{optimize.stdout[-3000:]}\n{optimize.stderr[-3000:]}{stack.diagnostics()}"
+    said = optimize.stderr  # the command's lines go to stderr, beside its progress display
+    assert "1 folds + the final selection" in said, said[-3000:]
+    assert "NO PROMOTION" in said and "the live parameters are unchanged" in said, said[-3000:]
+    params_after = stack.run(["run", "--rm", "-T", "operator", "aura", "params", "show"], timeout=120)
+    assert params_after.stdout == params_before.stdout
+    # The console reads the decision from aura_state (every few seconds): its own API, inside its container.
+    read_state = ("import json, urllib.request as u; "
+                  "print(json.dumps(json.load(u.urlopen('http://127.0.0.1:8100/api/state', timeout=5))['optimizer']))")
+    deadline, seen = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        answer = stack.exec_in("console", ["python", "-c", read_state])
+        seen = answer.stdout.strip() or answer.stderr.strip()[-500:]
+        decision = json.loads(answer.stdout).get("decision") if answer.returncode == 0 else None
+        if decision is not None:
+            assert decision["promoted"] is False and decision["version"] is None, decision
+            assert "NO PROMOTION" in decision["verdict"], decision
+            return
+        time.sleep(2)
+    pytest.fail(f"the console never showed the optimizer's decision (last: {seen}){stack.diagnostics()}")
