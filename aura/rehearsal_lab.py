@@ -36,7 +36,7 @@ from aura.exchange_sim.clock import parse_ms
 from aura.launcher import Stack, committed_cycles, start_service, start_stack, tail, wait_ready
 from aura.natsd import NatsServer, free_port, start_bus
 from aura.rehearse import DEFAULT_SPEED, Pacer, make_venue, rehearsal_env, universe
-from services.executor.crash_trials import verify
+from services.executor.venue_books import verify
 from shared import contracts
 from shared.config import SERVICE_NAMES, load_settings
 from shared.credentials import ensure_credentials
@@ -271,7 +271,7 @@ def cycle_bar_ms(cycle_id: str) -> int | None:
 def check_books(journal: Path, venue: SimServer) -> list[str]:
     """Every way the journal and the simulator's books disagree (empty: they agree exactly).
 
-    Run with the executor stopped.  The invariants of ``services/executor/crash_trials.verify`` (no clientOrderId
+    Run with the executor stopped.  The invariants of ``services/executor/venue_books.verify`` (no clientOrderId
     booked twice, no exchange order the journal does not know, no working order left, the journal's fills are the
     exchange's trades under the right order, every intent final, balances equal to the last 1e-8) plus: each
     journaled fill at exactly the price, quantity and fee the exchange booked.

@@ -54,7 +54,8 @@ def _serve(conn: mp.connection.Connection, data_dir: str, timeframes: list[str])
 
 def cold_sync(url: str, cache_root: Path, timeframe: str, symbols: list[str], workers: int) -> dict[str, float]:
     from services.ingest.cli import progress_bar
-    from services.ingest.sync import IngestConfig, sync
+    from services.ingest.sync import sync
+    from services.ingest.sync_config import IngestConfig
 
     cfg = IngestConfig(cache_root=cache_root, archive_url=url, providers=("archive",), archive_workers=workers)
     started = time.perf_counter()

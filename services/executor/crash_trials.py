@@ -20,6 +20,9 @@ The simulator runs in its own process (``python -m aura.exchange_sim``) so it su
 checks duplicate clientOrderIds among *open* orders only, as Binance does: a blind resend of a filled order
 would be booked a second time, and the verification would see it.
 
+The child's side (the simulator process, the crash points, the executor path in a forked child) is
+crash_child.py; the verification is venue_books.py, which the rehearsals share.
+
 ``python -m services.executor.crash_trials --trials 200 --seed 7 --workers 2`` prints a summary; the last line
 is JSON.  The same seed gives the same trials (plans, faults, crash points, kill delays).
 """
@@ -32,259 +35,26 @@ import json
 import logging
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
-
-import httpx
+from typing import Any
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from aura.exchange_sim.engine import default_data_dir
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
-from services.executor.brokers.base import BrokerError, OrderState, TransientBrokerError
-from services.executor.brokers.ccxt_broker import CcxtBroker, make_ccxt_binance
-from services.executor.execution import FINAL_INTENT_STATES, ExecutionLimits
+from services.executor.brokers.ccxt_broker import make_ccxt_binance
+from services.executor.crash_child import GENESIS_USDT, SYMBOLS, SimProcess, executor_run, fork_child, make_broker
 from services.executor.journal import Journal
-from services.executor.portfolio import portfolio_from_fills
-from services.executor.runner import FINAL_PLAN_STATES, LivePolicy, SyncCheck, ensure_genesis, recover, run_plan
+from services.executor.runner import ensure_genesis
+from services.executor.venue_books import verify
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
 from shared.market_rules import rule_from_ccxt
-
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT")
-START_DATE = "2023-01-01"
-GENESIS_USDT = 10_000.0
-RECV_WINDOW_MS = 500  # the simulator refuses a signed request older than this...
-SETTLE_S = 0.6  # ...so a "not found" this long after the last send is final (execution rule 6)
-FINAL_SIM_STATUSES = {"FILLED", "CANCELED", "EXPIRED", "REJECTED"}
-
-
-# --- the simulator, in its own process ------------------------------------------------------------------------
-
-
-class SimProcess:
-    """``python -m aura.exchange_sim`` on a free port, driven through its /_sim control endpoints."""
-
-    def __init__(self, data_dir: Path, symbols: tuple[str, ...] = SYMBOLS, start: str = START_DATE) -> None:
-        cmd = [sys.executable, "-m", "aura.exchange_sim", "--port", "0", "--data", str(data_dir), "--symbols",
-               ",".join(symbols), "--start", start, "--balance", f"USDT={GENESIS_USDT}"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.kill()
-            raise RuntimeError("exchange simulator did not start")
-        self.url: str = json.loads(line)["exchange_sim"]
-        self.http = httpx.Client(base_url=self.url, timeout=10)
-
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        resp = self.http.request(method, f"/_sim/{path}", json=body)
-        resp.raise_for_status()
-        return resp.json()
-
-    def state(self) -> dict[str, Any]:
-        return self.control("GET", "state")  # type: ignore[no-any-return]
-
-    def server_time(self) -> int:
-        """The exchange's clock (what the executor measures a plan's age against)."""
-        resp = self.http.get("/api/v3/time")
-        resp.raise_for_status()
-        return int(resp.json()["serverTime"])
-
-    def close(self) -> None:
-        self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-# --- crash points inside a child process -----------------------------------------------------------------------
-
-
-class CrashPoints:
-    """Counts the crash points a run passes; SIGKILLs its own process at point ``kill_at`` (0 = never)."""
-
-    def __init__(self, kill_at: int = 0) -> None:
-        self.kill_at = kill_at
-        self.passed = 0
-
-    def hit(self, label: str) -> None:
-        self.passed += 1
-        if self.kill_at and self.passed == self.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 of this very process: nothing runs after this line
-
-
-class CrashJournal(Journal):
-    """The real journal; a crash point before and after every commit (a transaction lost or just made)."""
-
-    def __init__(self, path: Path, points: CrashPoints) -> None:
-        super().__init__(path)
-        self.points = points
-
-    def commit(self) -> None:
-        self.points.hit("commit.before")
-        super().commit()
-        self.points.hit("commit.after")
-
-
-class CrashBroker:
-    """The real CcxtBroker; a crash point before each request and after each answer (or error) came back."""
-
-    def __init__(self, inner: CcxtBroker, points: CrashPoints) -> None:
-        self.inner = inner
-        self.points = points
-        self.name = inner.name
-
-    async def _call(self, label: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        self.points.hit(f"{label}.before")
-        try:
-            out = await call()
-        except BrokerError:
-            self.points.hit(f"{label}.raised")
-            raise
-        self.points.hit(f"{label}.after")
-        return out
-
-    async def load_markets(self) -> dict[str, MarketRule]:
-        return await self.inner.load_markets()
-
-    async def fetch_free_balances(self) -> dict[str, float]:
-        return await self._call("balances", self.inner.fetch_free_balances)  # type: ignore[no-any-return]
-
-    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
-        return await self._call("prices", lambda: self.inner.fetch_prices(symbols))  # type: ignore[no-any-return]
-
-    async def fetch_time(self) -> int:
-        return await self._call("time", self.inner.fetch_time)  # type: ignore[no-any-return]
-
-    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
-                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
-        return await self._call("place", lambda: self.inner.place_market_order(  # type: ignore[no-any-return]
-            symbol, side, qty, client_order_id, ref_price, quote_amount))
-
-    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
-        return await self._call("fetch", lambda: self.inner.fetch_order(  # type: ignore[no-any-return]
-            symbol, client_order_id))
-
-    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState | None:
-        return await self._call("cancel", lambda: self.inner.cancel_order(  # type: ignore[no-any-return]
-            symbol, client_order_id))
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-# --- the executor path, as a process runs it -------------------------------------------------------------------
-
-
-def limits() -> ExecutionLimits:
-    return ExecutionLimits(max_order_usdt=1_000_000.0, max_attempts=6, backoff_s=0.01, fill_poll_s=0.005,
-                           fill_timeout_s=0.5, settle_s=SETTLE_S)
-
-
-SYNC = SyncCheck(confirm_reads=3, max_reads=8, delay_s=0.02)
-# The live path as the executor service runs it: plans checked against the exchange's clock, every new leg
-# priced and budgeted at the exchange's price (quote-amount buys), so the crash points cover those calls too.
-LIVE = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * 86_400_000 + 300_000)
-
-
-def make_broker(sim_url: str, markets: dict[str, Any], logger: logging.Logger) -> CcxtBroker:
-    broker = CcxtBroker(api_key=DEFAULT_API_KEY, secret=DEFAULT_API_SECRET, base_url=sim_url, timeout_ms=400,
-                        enable_rate_limit=False, adjust_for_time_difference=False,
-                        options={"recvWindow": RECV_WINDOW_MS}, logger=logger)
-    # Markets fetched once by the parent: a restart would fetch the same exchangeInfo, this only saves time.
-    broker.exchange.set_markets(markets)
-    return broker
-
-
-async def executor_run(journal: Journal, broker: Any, plans: list[PlanBody], logger: logging.Logger,
-                       boot: bool) -> list[str]:
-    """What the executor does: (boot recovery), then every plan as the bus delivers it, retried like a nak."""
-    rules = await broker.load_markets()
-    marks: dict[str, float] = {}
-    if boot:
-        for attempt in range(20):
-            try:
-                await recover(journal, broker, rules, limits(), logger, marks, LIVE)
-                break
-            except TransientBrokerError:
-                journal.rollback()
-                await asyncio.sleep(0.05 * (attempt + 1))
-    statuses = []
-    for plan in plans:
-        for attempt in range(20):  # a handler error is a nak: the plan comes back
-            try:
-                run = await run_plan(plan, broker, journal, rules, limits(), logger, marks, SYNC, LIVE)
-                statuses.append(run.status)
-                break
-            except TransientBrokerError:
-                journal.rollback()
-                await asyncio.sleep(0.05 * (attempt + 1))
-        else:
-            statuses.append(str(journal.plan_status(plan.plan_id)))
-    return statuses
-
-
-def _child(journal_path: Path, sim_url: str, markets: dict[str, Any], plans: list[PlanBody], kill_at: int,
-           boot: bool, logger: logging.Logger, count_file: Path | None = None) -> NoReturn:
-    """Runs in the forked child: never returns, never runs the parent's cleanup (os._exit)."""
-    code = 0
-    try:
-        points = CrashPoints(kill_at)
-
-        async def go() -> None:
-            journal = CrashJournal(journal_path, points)
-            broker = CrashBroker(make_broker(sim_url, markets, logger), points)
-            try:
-                await executor_run(journal, broker, plans, logger, boot)
-            finally:
-                await broker.close()
-                journal.close()
-
-        asyncio.run(go())
-        if count_file is not None:
-            count_file.write_text(str(points.passed))
-    except BaseException:
-        traceback.print_exc()
-        code = 3
-    os._exit(code)
-
-
-def fork_child(journal_path: Path, sim_url: str, markets: dict[str, Any], plans: list[PlanBody], kill_at: int,
-               boot: bool, logger: logging.Logger, delay_s: float = 0.0,
-               count_file: Path | None = None) -> tuple[bool, int]:
-    """Fork a child running the executor path; returns (died of SIGKILL, raw wait status)."""
-    if threading.active_count() != 1:
-        raise RuntimeError("fork needs a single-threaded parent (a thread could hold a lock the child needs)")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        _child(journal_path, sim_url, markets, plans, kill_at, boot, logger, count_file)
-    if delay_s > 0:
-        deadline = time.monotonic() + delay_s
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
-            time.sleep(min(0.002, max(0.0, deadline - time.monotonic())))
-        os.kill(pid, signal.SIGKILL)  # alive or a zombie not yet reaped: the pid cannot have been reused
-    _, status = os.waitpid(pid, 0)
-    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
-
 
 # --- one trial -------------------------------------------------------------------------------------------------
 
@@ -352,60 +122,6 @@ def build_plans(rng: random.Random, trial: int, prices: dict[str, float],
             "halted": False, "legs": legs, "reasons": [], "prices": prices}
         plans.append(PlanBody(plan_id=plan_id_for(fields), **fields))
     return plans
-
-
-def verify(journal_path: Path, plans: list[PlanBody], orders: list[dict[str, Any]], trades: list[dict[str, Any]],
-           balances: dict[str, dict[str, str]], assets: list[str]) -> tuple[list[str], int, list[str]]:
-    """(violations, fills, plan statuses): the journal against the simulator's own books for one trial."""
-    violations: list[str] = []
-    j = Journal(journal_path)
-    try:
-        intents = {r[0]: r[1] for r in j.db.execute("SELECT client_order_id, status FROM intents")}
-        fills = j.db.execute("SELECT trade_id, client_order_id, qty FROM fills").fetchall()
-        statuses = [str(j.plan_status(p.plan_id)) for p in plans]
-        snapshots = {r[0] for r in j.db.execute("SELECT plan_id FROM snapshots")}
-        pf = portfolio_from_fills(j.initial_cash() or 0.0, j.all_fills())
-    finally:
-        j.close()
-    for cid, n in Counter(o["clientOrderId"] for o in orders).items():
-        if n > 1:
-            violations.append(f"double fill: clientOrderId {cid} booked {n} times on the exchange")
-        if cid not in intents:
-            violations.append(f"unknown order: exchange order {cid} is not in the journal")
-    for o in orders:
-        if o["status"] not in FINAL_SIM_STATUSES:
-            violations.append(f"working order left behind: {o['clientOrderId']} {o['status']}")
-    sim_trades = {str(t["id"]): t for t in trades}
-    journal_trades = {str(tid): (cid, qty) for tid, cid, qty in fills}
-    if set(sim_trades) != set(journal_trades):
-        violations.append(f"fills differ: exchange-only {sorted(set(sim_trades) - set(journal_trades))}, "
-                          f"journal-only {sorted(set(journal_trades) - set(sim_trades))}")
-    cid_of_order = {int(o["orderId"]): o["clientOrderId"] for o in orders}
-    for tid, t in sim_trades.items():
-        if tid in journal_trades and journal_trades[tid][0] != cid_of_order[int(t["orderId"])]:
-            violations.append(f"fill {tid} journaled under the wrong order {journal_trades[tid][0]}")
-    for cid, status in intents.items():
-        if status not in FINAL_INTENT_STATES:
-            violations.append(f"intent {cid} left {status}")
-    for p, status in zip(plans, statuses, strict=True):
-        if status not in FINAL_PLAN_STATES or status == "rejected":
-            violations.append(f"plan {p.plan_id} ended {status}")
-        if p.plan_id not in snapshots:
-            violations.append(f"plan {p.plan_id} has no snapshot")
-
-    def total(asset: str) -> float:
-        b = balances.get(asset) or {"free": "0", "locked": "0"}
-        return float(Decimal(b["free"]) + Decimal(b["locked"]))
-
-    # Exactly, no tolerance: the journal sums the exchange's own 8-decimal amounts the way the exchange does,
-    # each fee out of the asset it was taken in (a buy's from the coins bought, the simulator's default).
-    if total("USDT") != pf.cash:
-        violations.append(f"cash: journal {pf.cash} != exchange {total('USDT')}")
-    held = {sym.split("/")[0]: q for sym, q in pf.holdings.items()}
-    for asset in assets:
-        if total(asset) != held.get(asset, 0.0):
-            violations.append(f"{asset}: journal {held.get(asset, 0.0)} != exchange {total(asset)}")
-    return violations, len(fills), statuses
 
 
 def quiet_logger() -> logging.Logger:

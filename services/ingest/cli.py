@@ -35,7 +35,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Range, interval_ms, unified_symbol
-from services.ingest.sync import IngestConfig, SyncReport, sync
+from services.ingest.sync import sync
+from services.ingest.sync_config import IngestConfig, SyncReport
 from shared.logging import setup_logging
 
 _DAY = 86_400_000

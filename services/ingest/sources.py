@@ -26,7 +26,8 @@ from services.ingest.replay import (
     load_market_rules,
     replay_step,
 )
-from services.ingest.sync import IngestConfig, build_providers, sync
+from services.ingest.sync import sync
+from services.ingest.sync_config import IngestConfig, build_providers
 from services.ingest.venue import MarketsUnavailable, VenueUniverse
 from shared.config import Settings
 from shared.logging import info, warn

@@ -17,7 +17,7 @@ from typing import Any
 
 from services.ingest import cache
 from services.ingest.providers.ccxt_tail import make_exchange
-from services.ingest.sync import IngestConfig
+from services.ingest.sync_config import IngestConfig
 from shared.logging import info, warn
 
 log = logging.getLogger("aura.ingest.universe")

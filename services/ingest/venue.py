@@ -33,7 +33,7 @@ from typing import Any
 
 from aura.strategy.types import MarketRule
 from services.ingest.providers.ccxt_tail import make_exchange
-from services.ingest.sync import IngestConfig
+from services.ingest.sync_config import IngestConfig
 from services.ingest.universe import UniverseError, refresh_universe
 from shared.config import Settings
 from shared.logging import info, warn

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.executor.secrets import CREDENTIAL_ENV
-from services.ingest.sync import IngestConfig
+from services.ingest.sync_config import IngestConfig
 from shared.config import ConfigError, Settings, load_settings
 from tests.compose.compose_cli import COMPOSE_FILE, LIVE_COMPOSE_FILE, REPO_ROOT, SERVICES, clean_env, run_compose
 
@@ -65,7 +65,7 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     "AURA_INGEST_CCXT_RATE_LIMIT_MS": ("250", frozenset({"ingest"})),
     "AURA_COINGECKO_MIN_INTERVAL_S": ("3.5", frozenset({"ingest"})),
 }
-# Read by ingest's provider chain from the environment (services/ingest/sync.py IngestConfig.from_env).
+# Read by ingest's provider chain from the environment (services/ingest/sync_config.py IngestConfig.from_env).
 INGEST_CHAIN = frozenset({"AURA_BINANCE_ARCHIVE_URL", "AURA_BINANCE_API_URL", "AURA_COINGECKO_URL",
                           "AURA_INGEST_PROVIDERS", "AURA_INGEST_TAIL_EXCHANGES", "AURA_INGEST_LOOKBACK_BARS",
                           "AURA_INGEST_CCXT_RATE_LIMIT_MS", "AURA_COINGECKO_MIN_INTERVAL_S"})
@@ -218,7 +218,7 @@ def test_the_override_adds_nothing_but_the_listed_settings(live: dict[str, Any],
 
 
 def test_ingest_reads_the_provider_chain_settings(live: dict[str, Any]) -> None:
-    """Read by services/ingest/sync.py straight from the environment, not through Settings."""
+    """Read by services/ingest/sync_config.py straight from the environment, not through Settings."""
     config = IngestConfig.from_env(environment(live["services"]["ingest"]))
     assert (config.archive_url, config.coingecko_url, dict(config.api_urls)) == (
         "http://archive.test:9101", "http://coingecko.test:9103", {"binance": "http://api.test:9102"})

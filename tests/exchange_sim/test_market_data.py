@@ -18,7 +18,8 @@ import pytest
 
 from aura.exchange_sim import ExchangeSim, Fault, SimConfig, SimServer
 from services.ingest.providers.base import CLOSE_GRACE_MS
-from services.ingest.sync import IngestConfig, sync
+from services.ingest.sync import sync
+from services.ingest.sync_config import IngestConfig
 from tests.exchange_sim.conftest import close_on, sync_client
 from tests.ingest.conftest import DAY, HOUR, NOW, ms
 

@@ -21,7 +21,7 @@ import pytest
 from aura.exchange_sim import Fault, SimConfig, SimServer
 from aura.exchange_sim.candles import CandleStore
 from services.ingest.providers.base import CLOSE_GRACE_MS
-from services.ingest.sync import IngestConfig
+from services.ingest.sync_config import IngestConfig
 
 DAY = 86_400_000
 HOUR = 3_600_000

@@ -12,7 +12,8 @@ from polars.testing import assert_frame_equal
 
 from services.ingest.cache import coverage_path
 from services.ingest.providers.base import CLOSE_GRACE_MS, interval_ms
-from services.ingest.sync import IngestConfig, sync
+from services.ingest.sync import sync
+from services.ingest.sync_config import IngestConfig
 from shared.config import Settings
 from tests.ingest.conftest import DAY, NOW, NOW_SYNC, SETTLED, T2017, cached, ms, other_venue, source
 
@@ -417,7 +418,7 @@ class _Broken:
 
 def test_a_provider_that_raises_fails_alone_and_loudly(make_config, archive, api, shared_data_dir: Path,
                                                        caplog) -> None:
-    from services.ingest.sync import build_providers
+    from services.ingest.sync_config import build_providers
 
     cfg = make_config()
     chain = [_Broken(), *build_providers(cfg, "binance")]
