@@ -8,14 +8,17 @@ STAMP := $(VENV)/.installed
 
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: install browser up test test-fast lint bench clean
+.PHONY: install browser bytecode up test test-fast lint bench clean
 
 $(UV):
 	$(PY) -m venv .tools
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	# --compile-bytecode: every process the system and the tests start (services, CLI calls, workers) then
+	# loads its libraries' bytecode instead of compiling them again, which matters where PYTHONDONTWRITEBYTECODE
+	# is set (about 2 s less per process start here).
+	$(UV) sync --frozen --compile-bytecode
 	# Compile the numba decision kernels into the on-disk cache once, so the first `make up` or test run
 	# does not spend its first cycle compiling (aura/warmup.py).
 	$(VENV)/bin/python -m aura.warmup
@@ -34,21 +37,25 @@ browser:
 
 install: $(STAMP) browser
 
-up: $(STAMP)
+# The project's own modules, compiled the same way (only what changed since the last time).
+bytecode: $(STAMP)
+	$(VENV)/bin/python -m compileall -q -j 0 aura services shared
+
+up: $(STAMP) bytecode
 	$(VENV)/bin/aura up
 
-test: $(STAMP) browser
+test: $(STAMP) browser bytecode
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) bytecode
 	$(VENV)/bin/python -m pytest -m "not slow and not container" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(UV) sync --frozen --group bench
+	$(UV) sync --frozen --compile-bytecode --group bench
 	$(VENV)/bin/python bench/cycle_latency.py
 	$(VENV)/bin/python bench/backtest_speed.py
 	$(VENV)/bin/python bench/ingest_speed.py
