@@ -46,18 +46,17 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
     refused by signal and risk ([TIMEFRAME]) once written, and comparing it with parameters counted in other bars
     would judge it against a strategy the system does not run."""
     try:
-        params, version, doc = await read_version(js, trusted)
+        _, version, doc = await read_version(js, trusted)
     except ParamsError:
         valid = [(v, found) for v, found, _why in await history(js, trusted) if found is not None]
         version, doc = valid[-1] if valid else (0, None)
-        params = doc.params if doc is not None else StrategyParams()
     if doc is None:
         return default_params(timeframe), version
     if not same_timeframe(document_timeframe(doc), timeframe):
         raise PromotionRefused(f"the live parameters (version {version}) are for {document_timeframe(doc)} bars, "
                                f"this run chooses parameters for {timeframe} bars: not promoting (run the "
                                f"optimizer with --timeframe {document_timeframe(doc)})")
-    return params, version
+    return doc.params, version
 
 
 async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey],
