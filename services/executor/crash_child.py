@@ -234,15 +234,21 @@ def _child(journal_path: Path, sim_url: str, markets: dict[str, Any], plans: lis
     os._exit(code)
 
 
-def fork_child(journal_path: Path, sim_url: str, markets: dict[str, Any], plans: list[PlanBody], kill_at: int,
-               boot: bool, logger: logging.Logger, delay_s: float = 0.0,
-               count_file: Path | None = None) -> tuple[bool, int]:
-    """Fork a child running the executor path; returns (died of SIGKILL, raw wait status)."""
+def fork_single_threaded() -> int:
+    """``os.fork()`` from a parent with no other thread (one could hold a lock the child needs), its buffered
+    output flushed first so the child does not write it a second time."""
     if threading.active_count() != 1:
         raise RuntimeError("fork needs a single-threaded parent (a thread could hold a lock the child needs)")
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    return os.fork()
+
+
+def fork_child(journal_path: Path, sim_url: str, markets: dict[str, Any], plans: list[PlanBody], kill_at: int,
+               boot: bool, logger: logging.Logger, delay_s: float = 0.0,
+               count_file: Path | None = None) -> tuple[bool, int]:
+    """Fork a child running the executor path; returns (died of SIGKILL, raw wait status)."""
+    pid = fork_single_threaded()
     if pid == 0:
         _child(journal_path, sim_url, markets, plans, kill_at, boot, logger, count_file)
     if delay_s > 0:

@@ -37,7 +37,6 @@ import os
 import random
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -49,7 +48,15 @@ from aura.exchange_sim.engine import default_data_dir
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.ccxt_broker import make_ccxt_binance
-from services.executor.crash_child import GENESIS_USDT, SYMBOLS, SimProcess, executor_run, fork_child, make_broker
+from services.executor.crash_child import (
+    GENESIS_USDT,
+    SYMBOLS,
+    SimProcess,
+    executor_run,
+    fork_child,
+    fork_single_threaded,
+    make_broker,
+)
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis
 from services.executor.venue_books import verify
@@ -312,11 +319,7 @@ def run_parallel(trials: int, seed: int, workdir: Path, workers: int = 1, data_d
     started = time.monotonic()
     pids = []
     for w in range(workers):
-        if threading.active_count() != 1:
-            raise RuntimeError("fork needs a single-threaded parent")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
+        pid = fork_single_threaded()
         if pid == 0:
             code = 0
             try:
