@@ -147,7 +147,8 @@ class SuccessiveHalving:
             return ()
         ranked = self._ranked(rung)
         went_on = ranked[:1] if rung == len(self.budgets) - 1 else ranked[:self.keep(len(ranked))]
-        self._promoted[rung] = went_on
+        if went_on:  # a rung nobody has reached yet is "complete" with no one in it: not final, not kept
+            self._promoted[rung] = went_on
         return went_on
 
     def pruned(self, rung: int) -> tuple[str, ...]:

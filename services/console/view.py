@@ -276,6 +276,8 @@ class BusView:
             refused = ""
         except ParamsError as exc:
             refused = _clip(str(exc))
+            if refused == self.params.get("refused") and self.params.get("history"):
+                return  # the same refusal as the last read: what is in force has not changed
         else:
             if version == self.params.get("version") and self.params.get("history"):
                 self.live_params = params

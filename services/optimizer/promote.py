@@ -52,10 +52,13 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
         version, doc = valid[-1] if valid else (0, None)
     if doc is None:
         return default_params(timeframe), version
+    # The newest valid version says which bars the system trades; if it is itself refused there (a version for
+    # other bars set by hand), the operator sorts that out first: guessing could write a winner nobody trades.
     if not same_timeframe(document_timeframe(doc), timeframe):
-        raise PromotionRefused(f"the live parameters (version {version}) are for {document_timeframe(doc)} bars, "
-                               f"this run chooses parameters for {timeframe} bars: not promoting (run the "
-                               f"optimizer with --timeframe {document_timeframe(doc)})")
+        raise PromotionRefused(f"the newest parameter version ({version}) counts {document_timeframe(doc)} bars, "
+                               f"this run chooses parameters for {timeframe} bars: not promoting. Run the optimizer "
+                               f"with --timeframe {document_timeframe(doc)}, or, if the system trades {timeframe} "
+                               f"bars (and refuses version {version}), roll back to a {timeframe} version first")
     return doc.params, version
 
 

@@ -53,7 +53,7 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     # How often the venue's market rules and universe (ingest) and its taker fee (risk) are read again.
     "AURA_MARKETS_REFRESH_S": ("43200", frozenset({"ingest", "risk"})),
     "AURA_UNIVERSE_MAX": ("25", frozenset({"ingest"})),
-    # Ingest's sync source and provider chain (shared/config.py and services/ingest/sync.py).
+    # Ingest's sync source and provider chain (shared/config.py and services/ingest/sync_config.py).
     "AURA_INGEST_POLL_S": ("45", frozenset({"ingest"})),
     "AURA_SYMBOLS": ("BTC/USDT,ETH/USDT", frozenset({"ingest"})),
     "AURA_BINANCE_ARCHIVE_URL": ("http://archive.test:9101", frozenset({"ingest"})),

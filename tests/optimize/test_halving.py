@@ -49,6 +49,22 @@ def test_counts_per_rung_and_pruned_trials_are_counted() -> None:
     assert sh.next_batch() == []
 
 
+def test_looking_at_the_ladder_mid_run_changes_nothing() -> None:
+    """Progress views (ladder, trials, pruned) taken before a rung is reached must not fix its outcome."""
+    cands = [f"c{i}" for i in range(9)]
+    values = {c: float(i) for i, c in enumerate(cands)}
+    watched = SuccessiveHalving(cands, budgets=(3, 9, 27), eta=3)
+    while not watched.done:
+        watched.ladder(), watched.trials(), [watched.pruned(r) for r in range(3)]
+        for task in watched.next_batch():
+            watched.record(task, score(values[task.candidate] + task.rung * 0.01, task.budget))
+    plain = SuccessiveHalving(cands, budgets=(3, 9, 27), eta=3)
+    run(plain, values)
+    assert [len(r.candidates) for r in watched.ladder()] == [9, 3, 1]
+    assert watched.ladder() == plain.ladder() and watched.trials() == plain.trials()
+    assert watched.winner == plain.winner == "c8"
+
+
 @pytest.mark.parametrize("n,eta,sizes", [(10, 3, [10, 3, 1]), (4, 3, [4, 1, 1]), (1, 3, [1, 1, 1]),
                                          (16, 2, [16, 8, 4])])
 def test_best_one_over_eta_rounded_down_at_least_one(n: int, eta: int, sizes: list[int]) -> None:
