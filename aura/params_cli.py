@@ -33,6 +33,7 @@ from shared.live_params import (
     ParamsError,
     document_timeframe,
     history,
+    last_valid,
     params_from_user,
     promote,
     read_version,
@@ -89,9 +90,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"versions {args.a} and {args.b} hold the same parameters")
             return 0
         # The base is the newest *valid* version: a refused newer document must not stop the operator fixing it.
-        valid = [(v, d) for v, d, _ in await history(js, trusted) if d is not None]
-        version, current = (valid[-1][0], valid[-1][1].params) if valid else (0, StrategyParams())
-        current_tf = document_timeframe(valid[-1][1]) if valid else PARAMS_TIMEFRAME
+        version, in_force = last_valid(await history(js, trusted))
+        current = in_force.params if in_force is not None else StrategyParams()
+        current_tf = document_timeframe(in_force) if in_force is not None else PARAMS_TIMEFRAME
         if args.action == "set":
             try:
                 doc = json.loads(Path(args.file).read_text())

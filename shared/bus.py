@@ -197,7 +197,7 @@ async def newest_valid(js: JetStreamContext, kind: type[C], max_back: int = 64) 
         return None
     seq = int(msg.seq or 0)
     for _ in range(max_back):
-        if msg is not None and msg.subject == kind.SUBJECT:
+        if msg.subject == kind.SUBJECT:
             try:
                 return decode(msg.data or b"", kind)
             except ContractError:

@@ -238,6 +238,16 @@ async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
     return out
 
 
+def last_valid(stored: list[tuple[int, ParamsDocument | None, str]], timeframe: str | None = None,
+               ) -> tuple[int, ParamsDocument | None]:
+    """The newest (version, document) of ``history()``'s list that verified and, with ``timeframe``, was made
+    for those bars; (0, None) when there is none (the shipped defaults)."""
+    for version, doc, _why in reversed(stored):
+        if doc is not None and (timeframe is None or same_timeframe(document_timeframe(doc), timeframe)):
+            return version, doc
+    return 0, None
+
+
 class ParamsTracker:
     """The newest *valid* parameter version, for a service that reads the newest (signal, the risk tick).
 

@@ -59,8 +59,8 @@ from shared.live_params import (
     default_params,
     document_timeframe,
     history,
+    last_valid,
     read_version,
-    same_timeframe,
 )
 from shared.signing import SignatureError, verify_plan, verify_struct
 
@@ -284,9 +284,7 @@ class BusView:
                 return
         stored = await history(self.js, self.params_keys)
         if refused:  # signal and risk keep the newest valid version for their bars (ParamsTracker): so does this
-            usable = [(v, d) for v, d, _ in stored
-                      if d is not None and same_timeframe(document_timeframe(d), self.timeframe)]
-            version, doc = usable[-1] if usable else (0, None)
+            version, doc = last_valid(stored, self.timeframe)
             params = doc.params if doc is not None else default_params(self.timeframe)
         self.live_params = params
         rows = [{"version": v, "promoted_by": d.promoted_by if d else "", "reason": _clip(d.reason if d else why),

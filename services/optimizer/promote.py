@@ -23,6 +23,7 @@ from shared.live_params import (
     default_params,
     document_timeframe,
     history,
+    last_valid,
     promote,
     read_version,
     same_timeframe,
@@ -48,8 +49,7 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
     try:
         _, version, doc = await read_version(js, trusted)
     except ParamsError:
-        valid = [(v, found) for v, found, _why in await history(js, trusted) if found is not None]
-        version, doc = valid[-1] if valid else (0, None)
+        version, doc = last_valid(await history(js, trusted))
     if doc is None:
         return default_params(timeframe), version
     # The newest valid version says which bars the system trades; if it is itself refused there (a version for
