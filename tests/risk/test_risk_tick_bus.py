@@ -32,7 +32,6 @@ from shared.bus import last_message, publish, state_kv
 from shared.config import Settings
 from shared.contracts import (
     ApprovedPlan,
-    DataReady,
     DataStale,
     DeadLetter,
     PlanBody,
@@ -341,7 +340,8 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
 def live_target_refusal(nats_server: NatsEndpoint, shared_data_dir: Path, bar: int,
                         ) -> tuple[Any, int, list[DeadLetter], bytes | None, Capture]:
     """Live risk (its clock: the simulator's, at 2024-01-01) handed the signal stage's genuine target for replay
-    ``bar``: (target, the exchange's time, risk's dead letters, the newest approved plan, the log)."""
+    ``bar``, announced by ingest with its candle object as a real cycle is (so nothing but the data's time can
+    make risk refuse it): (target, the exchange's time, risk's dead letters, the newest approved plan, the log)."""
     from aura.exchange_sim import SimConfig, SimServer
 
     config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
@@ -352,18 +352,28 @@ def live_target_refusal(nats_server: NatsEndpoint, shared_data_dir: Path, bar: i
                                  AURA_EXCHANGE_API_URL=sim.base_url)
         exchange_now = int(sim.sim.now_ms())
         cycle_id, panel, markets = replay_snapshot(bar)
-        ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=int(panel.timestamps[-1]), digest="d",
-                          symbols=list(panel.symbols), bars=len(panel.timestamps), markets=markets)
-        target, _ = make_target(ready, panel, StrategyParams(), 0, None)
 
-        async def scenario() -> tuple[list[DeadLetter], bytes | None]:
-            async with role_connections(settings, "signal", "operator") as js, \
-                    running(settings, "risk", handler=capture):
-                await publish(js["signal"], target, msg_id=target.target_id)
-                letters = await until(lambda: dead_letters(js["operator"], "risk"), "risk's dead letter")
-                return letters, await last_message(js["operator"], ApprovedPlan.SUBJECT)
+        async def scenario() -> tuple[Any, list[DeadLetter], bytes | None]:
+            async with role_connections(settings, "ingest", "signal", "executor", "operator") as js:
+                # A genesis basis signed by the executor: the plan has something to be made on.
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-genesis", cycle_id="genesis", plan_id="", status="genesis", cash=10_000.0,
+                    holdings={}, entry_prices={}, equity=10_000.0, equity_history=[10_000.0]))
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk", handler=capture):
+                    ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+                    target, _ = make_target(ready, panel, StrategyParams(), 0, None)
+                    await publish(js["signal"], target, msg_id=target.target_id)
 
-        letters, plan = asyncio.run(scenario())
+                    async def answered() -> tuple[list[DeadLetter], bytes | None] | None:
+                        letters = await dead_letters(js["operator"], "risk")
+                        plan = await last_message(js["operator"], ApprovedPlan.SUBJECT)
+                        return (letters, plan) if letters or plan else None
+
+                    letters, plan = await until(answered, "risk's dead letter or plan")
+                    return target, letters, plan
+
+        target, letters, plan = asyncio.run(scenario())
     return target, exchange_now, letters, plan, capture
 
 
