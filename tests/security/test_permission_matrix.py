@@ -139,15 +139,6 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
         jobs[f"kv {bucket}/{key}"] = probe.attempt(f"$KV.{bucket}.{key}")
     jobs["object write"] = probe.attempt("$O.aura_candles.C.probe")
     jobs["object write aura_opt_inputs"] = probe.attempt("$O.aura_opt_inputs.C.probe")
-    for api in MANAGE:
-        body = b"{}"
-        if api.startswith("$JS.API.STREAM.CREATE"):
-            body = json.dumps({"name": "EVIL", "subjects": ["evil.>"]}).encode()
-        elif ".CONSUMER.DURABLE.CREATE." in api:
-            body = consumer_create("AURA_PLANS", "evil")
-        elif api.endswith("CONSUMER.CREATE.AURA_PLANS"):
-            body = consumer_create("AURA_PLANS")
-        jobs[f"manage {api}"] = probe.attempt(api, body)
     for subject, stream in STREAMS.items():
         jobs[f"read {subject}"] = probe.attempt(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
     for stream in HISTORY:
@@ -156,6 +147,19 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
         jobs[f"consume {durable}"] = probe.attempt(f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{durable}",
                                                    json.dumps({"batch": 1, "no_wait": True}).encode())
     results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    # Management goes second: the operator may delete the executor's consumer, and a pull on a consumer deleted
+    # a moment earlier has no responder, so running both at once made "consume executor" a race.
+    manage: dict[str, Any] = {}
+    for api in MANAGE:
+        body = b"{}"
+        if api.startswith("$JS.API.STREAM.CREATE"):
+            body = json.dumps({"name": "EVIL", "subjects": ["evil.>"]}).encode()
+        elif ".CONSUMER.DURABLE.CREATE." in api:
+            body = consumer_create("AURA_PLANS", "evil")
+        elif api.endswith("CONSUMER.CREATE.AURA_PLANS"):
+            body = consumer_create("AURA_PLANS")
+        manage[f"manage {api}"] = probe.attempt(api, body)
+    results.update(zip(manage, await asyncio.gather(*manage.values()), strict=True))
     # A plain subscription to the plans subject: nobody may listen in on it outside JetStream.
     await probe.nc.subscribe("aura.plans.approved")
     await probe.nc.flush()
