@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,23 +128,29 @@ def test_a_worker_killed_mid_task_changes_nothing(bus: NatsEndpoint, pool: Pool,
     job = job_for(["ADA_USDT", "BTC_USDT", "DOGE_USDT", "ETH_USDT", "SOL_USDT", "XRP_USDT"], None, folds=1)
     store = ResultStore(tmp_path / "results.sqlite")
     killed: dict[str, str] = {}
+    finished = threading.Event()
 
-    async def scenario() -> Any:
-        work = asyncio.create_task(coordinate_async(job, bus.settings(), store, LOG))
-        while not killed and not work.done():
-            text = await asyncio.to_thread(lambda: Pool.status(victim).get("checks", {}).get("tasks", ""))
+    def stop_inside_a_task() -> None:
+        # Read and kill in one thread: the coordinator shares this process's event loop, and a status handed back
+        # to the loop could wait there for tens of milliseconds while the worker finishes the task it describes.
+        while not finished.is_set():
+            text = Pool.status(victim).get("checks", {}).get("tasks", "")
             if "working on" in text:
                 done, total = (int(x) for x in text.split(": ")[-1].split()[0:3:2])
-                if done <= total - 2:  # at least two evaluations to go: the stop lands inside the task
+                if total - done >= max(8, total // 2):  # half the task still to go: the stop lands inside it
                     os.kill(victim.proc.pid, signal.SIGSTOP)
                     os.kill(victim.proc.pid, signal.SIGKILL)
                     killed["task"] = text
-            await asyncio.sleep(0.005)
-        return await work
+                    return
+            time.sleep(0.001)
 
+    watcher = threading.Thread(target=stop_inside_a_task, daemon=True)
+    watcher.start()
     try:
-        record, progress = asyncio.run(scenario())
+        record, progress = asyncio.run(coordinate_async(job, bus.settings(), store, LOG))
     finally:
+        finished.set()
+        watcher.join(timeout=10)
         store.close()
     assert killed, "the worker was never seen inside a task"
     victim.proc.wait(timeout=10)
