@@ -15,12 +15,13 @@ it chooses exactly what ``walkforward.select`` and ``walkforward.validate_fold``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from aura.optimize.folds import Fold, TrainWindow, ValidationWindow
+from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, Window
 from aura.optimize.gate import GateDecision, GateSettings, ValidationRecord, promotion_gate
 from aura.optimize.grids import Grids
 from aura.optimize.halving import SuccessiveHalving, Task, history_budgets
@@ -41,12 +42,12 @@ class Request:
     window: TrainWindow | ValidationWindow
     digest: str = field(default="", compare=False)  # params_digest(params), when the caller knows it already
 
-    @property
+    @functools.cached_property
     def ident(self) -> tuple[str, type, int, int]:
-        # A coordinator asks for the identity of every pending request on every answer: hash the parameters once.
-        if not self.digest:
-            object.__setattr__(self, "digest", params_digest(self.params))
-        return (self.digest, type(self.window), self.window.start, self.window.stop)
+        # A coordinator asks for the identity of every pending request on every answer: computed once (the
+        # parameters' hash above all).  cached_property writes the instance's __dict__, which frozen allows.
+        digest = self.digest or params_digest(self.params)
+        return (digest, type(self.window), self.window.start, self.window.stop)
 
 
 Lookup = Callable[[Request], WindowResult | None]
@@ -67,16 +68,22 @@ class SelectionState:
                  eta: int, objective: ObjectiveSettings) -> None:
         self.label, self.train, self.grids, self.eta, self.objective = label, train, grids, eta, objective
         self.budgets = history_budgets(len(train), eta, min_budget)
+        self._windows = {b: train.recent(b) for b in self.budgets}
         self.base = grids.apply_base(start)
         self.runs: list[StageRun] = []
         self._cands: dict[str, StrategyParams] = {}
         self._sh: SuccessiveHalving | None = None
         self._first: dict[str, WindowResult] = {}
+        # The open rung's unanswered tasks with their requests, built once per rung: a coordinator asks for them
+        # after every batch of answers, and rebuilding thousands of requests each time was most of its CPU.
+        self._open: dict[Task, Request] = {}
+        self._open_rung: int | None = None
         self._open_next_stage()
 
     def _open_next_stage(self) -> None:
         """Open the next stage with a choice; a stage with one candidate decides itself (as in select())."""
         self._sh = None
+        self._open, self._open_rung = {}, None
         while len(self.runs) < len(self.grids.stages):
             stage = self.grids.stages[len(self.runs)]
             cands = {params_digest(p): p for p in stage.expand(self.base)}
@@ -100,8 +107,19 @@ class SelectionState:
     def pending(self) -> list[tuple[Task, Request]]:
         if self._sh is None:
             return []
-        return [(t, Request(self._cands[t.candidate], self.train.recent(t.budget), t.candidate))
-                for t in self._sh.next_batch()]
+        rung = self._sh.current_rung
+        if rung != self._open_rung:
+            self._open_rung = rung
+            self._open = {t: Request(self._cands[t.candidate], self._windows[t.budget], t.candidate)
+                          for t in self._sh.next_batch()}
+        return list(self._open.items())
+
+    @property
+    def open_window(self) -> TrainWindow | None:
+        """The window every task of the open rung runs on (a rung has one budget), None when done."""
+        if self._sh is None or self._sh.current_rung is None:
+            return None
+        return self._windows[self.budgets[self._sh.current_rung]]
 
     def advance(self, lookup: Lookup) -> int:
         """Record every answer ``lookup`` has for the open rung, rung after rung, stage after stage."""
@@ -115,6 +133,7 @@ class SelectionState:
                 if task.rung == 0:
                     self._first[task.candidate] = result
                 self._sh.record(task, selection_score([result], self.objective))
+                del self._open[task]
                 recorded += 1
             if self._sh.done:
                 winner = self._sh.winner
@@ -187,9 +206,12 @@ class WalkForwardRun:
                 out.append(req)
         return out
 
-    def advance(self, lookup: Lookup) -> int:
-        """Take every answer ``lookup`` has; returns how many were recorded."""
-        recorded = sum(s.advance(lookup) for s in self.selections)
+    def advance(self, lookup: Lookup, windows: Collection[Window] | None = None) -> int:
+        """Take every answer ``lookup`` has; returns how many were recorded.  ``windows``: the windows of the
+        answers that arrived since the last call, when the caller knows them; a selection whose open rung runs on
+        another window has nothing new and is not scanned (None: scan every selection)."""
+        recorded = sum(s.advance(lookup) for s in self.selections
+                       if windows is None or s.open_window in windows)
         pending: dict[str, dict[str, WindowResult]] = {}
         for label, what, req in self._after():
             result = lookup(req)

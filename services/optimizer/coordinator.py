@@ -33,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from aura.backtest.engine import BacktestConfig
+from aura.optimize.folds import Window
 from aura.optimize.gate import GateDecision, GateSettings
 from aura.optimize.objective import WindowResult
 from aura.optimize.plan import Request, WalkForwardRun
@@ -143,6 +144,11 @@ class Coordinator:
         self.session = os.urandom(4).hex()
         self._dispatched: dict[str, float] = {}  # answer key -> when its task was published
         self._keys: dict[tuple[str, type, int, int], str] = {}
+        # The window of every evaluation published in this life, and the windows answered since the run last
+        # advanced: the run scans only the selections those answers can move (None: scan them all, as after an
+        # answer to a task of an earlier life, whose window this life does not know).
+        self._window_of: dict[str, Window] = {}
+        self._touched: set[Window] | None = None
         self._our_tasks: set[str] = set()
         # CSCV on the workers when its answer fits a message; otherwise the gate computes it here.
         self.remote_cscv = math.comb(gate.cscv_partitions, gate.cscv_partitions // 2) <= MAX_CSCV_SPLITS
@@ -200,7 +206,8 @@ class Coordinator:
         changed = True
         while True:
             if changed:  # the state only moves when answers arrive: no rescan of every pending request otherwise
-                while self.run.advance(self.lookup):
+                touched, self._touched = self._touched, set()
+                while self.run.advance(self.lookup, touched):
                     pass
                 cscv = self.cscv()
                 if self.run.done and (cscv is not None or not self.remote_cscv):
@@ -228,6 +235,7 @@ class Coordinator:
             tasks.append(eval_task(self.inputs_digest, self.engine, self.settings, params, [window]))
         for r in wanted:
             self._dispatched[self.key(r)] = now
+            self._window_of[self.key(r)] = r.window
         if self.remote_cscv:
             for key, blob in self._cscv_inputs().values():
                 if key in self._dispatched or self.store.get(key) is not None:
@@ -270,6 +278,11 @@ class Coordinator:
             readable.append(msg)
         # One transaction for the whole fetch, then the acks: an answer is acknowledged only once it is stored.
         self.progress.received += self.store.put(outcomes)
+        windows = [self._window_of.get(o.key) for o in outcomes if not o.key.startswith("c-")]
+        if self._touched is not None and all(w is not None for w in windows):
+            self._touched.update(w for w in windows if w is not None)
+        else:
+            self._touched = None
         for msg in readable:
             await msg.ack()
         return bool(msgs)

@@ -74,6 +74,32 @@ def test_any_order_of_partial_answers_reaches_the_reference(replay_market: Marke
     assert set(run.in_sample) == {*run.folds_by_label, FINAL}
 
 
+def test_told_which_windows_were_answered_it_reaches_the_reference(replay_market: Market,
+                                                                  replay_benchmarks: BenchmarkCloses,
+                                                                  reference: Any) -> None:
+    """The coordinator passes the windows of the answers that arrived: only selections open on them are scanned,
+    and the run still chooses what the reference chooses."""
+    selections, decision, live = reference
+    answers, rng = Answers(replay_market, replay_benchmarks), random.Random(11)
+    run, taken_late = new_run(replay_market), 0
+    while not run.done:
+        wanted = run.requests()
+        rng.shuffle(wanted)
+        part = wanted[:max(1, len(wanted) // 3)]
+        for req in part:
+            answers.compute(req)
+        # Answers whose windows nobody mentions stay unread by the selections; told their windows, they are taken.
+        searched = sum(sel.evaluations() for sel in run.selections)
+        run.advance(answers.lookup, set())
+        assert sum(sel.evaluations() for sel in run.selections) == searched
+        run.advance(answers.lookup, {r.window for r in part})
+        taken_late += sum(sel.evaluations() for sel in run.selections) - searched
+    assert taken_late > 0
+    assert [run.selection(f"fold {f.index}").winner for f in run.folds] == [s.winner for s in selections]
+    assert run.winner == live.winner
+    assert run.decide(GATE).checks == decision.checks
+
+
 def test_a_restart_replays_stored_answers_in_any_order(replay_market: Market, replay_benchmarks: BenchmarkCloses,
                                                        reference: Any) -> None:
     answers = Answers(replay_market, replay_benchmarks)
