@@ -65,9 +65,10 @@ class Pool:
         return self.workers
 
     @staticmethod
-    def status(worker: LocalWorker) -> dict[str, Any]:
+    def status(worker: LocalWorker, client: httpx.Client | None = None) -> dict[str, Any]:
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            return dict(httpx.get(f"http://127.0.0.1:{worker.port}/readyz", timeout=2).json())
+            url = f"http://127.0.0.1:{worker.port}/readyz"
+            return dict((client.get(url) if client else httpx.get(url, timeout=2)).json())
         return {}
 
     def ready(self, worker: LocalWorker) -> bool:
@@ -133,16 +134,18 @@ def test_a_worker_killed_mid_task_changes_nothing(bus: NatsEndpoint, pool: Pool,
     def stop_inside_a_task() -> None:
         # Read and kill in one thread: the coordinator shares this process's event loop, and a status handed back
         # to the loop could wait there for tens of milliseconds while the worker finishes the task it describes.
-        while not finished.is_set():
-            text = Pool.status(victim).get("checks", {}).get("tasks", "")
-            if "working on" in text:
-                done, total = (int(x) for x in text.split(": ")[-1].split()[0:3:2])
-                if total - done >= max(8, total // 2):  # half the task still to go: the stop lands inside it
-                    os.kill(victim.proc.pid, signal.SIGSTOP)
-                    os.kill(victim.proc.pid, signal.SIGKILL)
-                    killed["task"] = text
-                    return
-            time.sleep(0.001)
+        # One client for every read: a new one per read costs tens of ms, and a task lasts a few tens of ms.
+        with httpx.Client(timeout=2) as client:
+            while not finished.is_set():
+                text = Pool.status(victim, client).get("checks", {}).get("tasks", "")
+                if "working on" in text:
+                    done, total = (int(x) for x in text.split(": ")[-1].split()[0:3:2])
+                    if total - done >= max(8, total // 2):  # half the task still to go: the stop lands inside it
+                        os.kill(victim.proc.pid, signal.SIGSTOP)
+                        os.kill(victim.proc.pid, signal.SIGKILL)
+                        killed["task"] = text
+                        return
+                time.sleep(0.001)
 
     watcher = threading.Thread(target=stop_inside_a_task, daemon=True)
     watcher.start()
