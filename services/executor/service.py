@@ -18,12 +18,12 @@ import contextlib
 import time
 from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
+from services.executor.announce import publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
@@ -32,7 +32,6 @@ from services.executor.reconciler import Reconciler
 from services.executor.runner import (
     FINAL_PLAN_STATES,
     LivePolicy,
-    PlanRun,
     SyncCheck,
     current_snapshot,
     ensure_genesis,
@@ -58,8 +57,6 @@ from shared.contracts import (
     CycleAborted,
     DataReady,
     DataStale,
-    FillMsg,
-    PlanBody,
     PortfolioSnapshot,
     decode,
     subject_of,
@@ -146,7 +143,7 @@ class Executor:
         for run in runs:
             info(self.ctx.logger, "CYCLE_COMMITTED", "interrupted plan finished at boot", cycle_id=run.cycle_id,
                  plan_id=run.plan_id, status=run.status, fills=len(run.new_fills))
-            await self._publish_fills_of(run)
+            await publish_fills(self.ctx.js, self.journal, run)
         await publish(self.ctx.js, snap, msg_id=snap.snapshot_id)
         info(self.ctx.logger, "BOOT", "executor ready", snapshot_id=snap.snapshot_id, cycle_id=snap.cycle_id,
              cash=snap.cash, holdings=snap.holdings, broker=self.broker.name)
@@ -155,7 +152,7 @@ class Executor:
         """Once the operator's adoption made the books agree: say the new book (the first one, if the journal
         was empty)."""
         snap = self.current_snapshot()
-        await self._publish_snapshot(snap, again=True)
+        await publish_snapshot(self.ctx.js, snap, again=True)
         info(self.ctx.logger, "RECONCILE", "trading resumes on the adopted book", snapshot_id=snap.snapshot_id,
              cash=snap.cash, holdings=snap.holdings)
 
@@ -259,7 +256,7 @@ class Executor:
         if status in FINAL_PLAN_STATES:
             info(self.ctx.logger, "IDEMPOTENCY", "plan already journaled; acking the redelivery", plan_id=plan.plan_id)
             await msg.ack()
-            await self._publish_snapshot(self.current_snapshot(), again=True)
+            await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
             return
         earlier = self.journal.executed_plan_for_cycle(plan.cycle_id) if status is None else None
         if earlier is not None:
@@ -267,7 +264,7 @@ class Executor:
             # new basis: one cycle trades once, whatever arrives twice.
             await self._reject(msg, "cycle_done", f"cycle {plan.cycle_id} already executed by plan {earlier}",
                                plan.cycle_id, plan.plan_id)
-            await self._publish_snapshot(self.current_snapshot(), again=True)
+            await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
             return
         if status is None and self.reconciler is not None and not await self.reconciler.before_plan():
             await self._reject(msg, "reconcile_halt", f"trading halted: {self.reconciler.halt}", plan.cycle_id,
@@ -279,7 +276,7 @@ class Executor:
             await self._reject(msg, "stale_basis", f"basis {plan.basis_snapshot_id} != current "
                                f"{current.snapshot_id}", plan.cycle_id, plan.plan_id)
             # Say again what the book is: if a newer (forged) message hid it, risk plans on it next time.
-            await self._publish_snapshot(current, again=True)
+            await publish_snapshot(self.ctx.js, current, again=True)
             return
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
@@ -289,8 +286,8 @@ class Executor:
             heartbeat.cancel()
         snap = self.current_snapshot()
         await msg.ack()  # only after the commit
-        await self._publish_fills_of(run)
-        await self._publish_snapshot(snap)
+        await publish_fills(self.ctx.js, self.journal, run)
+        await publish_snapshot(self.ctx.js, snap)
         if run.status == "rejected":
             self.ctx.health.inc("plans_rejected", reason=run.refusal)
         else:
@@ -336,7 +333,7 @@ class Executor:
             info(self.ctx.logger, "IDEMPOTENCY", "cycle already closed; abort notice acked", cycle_id=aborted.cycle_id,
                  stage=aborted.stage)
             await msg.ack()
-            await self._publish_snapshot(self.current_snapshot(), again=True)
+            await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
             return
         if aborted.cycle_id not in await self._announced():
             # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
@@ -355,30 +352,10 @@ class Executor:
         snap = self.write_snapshot(aborted.cycle_id, "", "aborted")
         self.journal.commit()
         await msg.ack()
-        await self._publish_snapshot(snap)
+        await publish_snapshot(self.ctx.js, snap)
         self.ctx.health.inc("cycles_aborted")
         warn(self.ctx.logger, "CYCLE_ABORTED", "cycle ended without a plan", cycle_id=aborted.cycle_id,
              stage=aborted.stage, reason=aborted.reason)
-
-    async def _publish_snapshot(self, snap: PortfolioSnapshot, again: bool = False) -> None:
-        """Publish ``snap`` (signed by current_snapshot).  ``again``: a snapshot already published, said once
-        more so it is the newest message on its subject (risk and ingest read that one); its own id would be
-        dropped by the stream's duplicate window, so this copy gets a fresh message id."""
-        msg_id = f"{snap.snapshot_id}.again-{time.time_ns()}" if again else snap.snapshot_id
-        await publish(self.ctx.js, snap, msg_id=msg_id)
-
-    async def _publish_fills_of(self, run: PlanRun) -> None:
-        if not run.new_fills:
-            return
-        body = self.journal.plan_body(run.plan_id)
-        sides = {}
-        if body is not None:
-            sides = {leg.symbol: leg.side for leg in msgspec.json.decode(body, type=PlanBody).legs}
-        for trade_id, cid, symbol, qty, price, fee in run.new_fills:
-            await publish(self.ctx.js, FillMsg(fill_id=trade_id, cycle_id=run.cycle_id, plan_id=run.plan_id,
-                                               client_order_id=cid, symbol=symbol, side=sides.get(symbol, ""),
-                                               qty=qty, price=price, fee=fee),
-                          msg_id=f"fill-{cid}-{trade_id}")  # trade ids repeat across symbols
 
 
 async def run(ctx: ServiceContext) -> None:
