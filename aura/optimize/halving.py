@@ -90,6 +90,7 @@ class SuccessiveHalving:
         # A complete rung's ranking cannot change (record() refuses a different second answer), and the
         # coordinator asks for it on every answer: ranked once.
         self._promoted: dict[int, tuple[str, ...]] = {}
+        self._entered: dict[int, tuple[str, ...]] = {}
 
     # --- driving it ------------------------------------------------------------------------------------------
     def next_batch(self) -> list[Task]:
@@ -204,8 +205,14 @@ class SuccessiveHalving:
     def _entrants(self, rung: int) -> tuple[str, ...]:
         if rung == 0:
             return self.candidates
+        known = self._entered.get(rung)
+        if known is not None:
+            return known
         went_on = set(self.promoted(rung - 1))
-        return tuple(c for c in self.candidates if c in went_on)
+        entrants = tuple(c for c in self.candidates if c in went_on)
+        if went_on:  # fixed once the rung below is complete (promoted() is then final): asked on every answer
+            self._entered[rung] = entrants
+        return entrants
 
     def _ranked(self, rung: int) -> tuple[str, ...]:
         results = self._results[rung]
