@@ -42,6 +42,7 @@ from shared.contracts import OptOutcome, OptTask, OptWindow, content_id
 INPUTS_MAGIC = "aura-opt-inputs-v1"
 MATRIX_MAGIC = "aura-opt-matrix-v1"
 EVAL, CSCV_KIND = "eval", "cscv"
+CSCV_KEY_PREFIX = "c-"
 # Task sizes.  A task is worth a bus round trip (~1 ms) only if it carries tens of milliseconds of work; it must
 # also stay small enough that several workers share a rung (the ladder's upper rungs have few candidates) and
 # that its answer fits the results stream's 192 KiB messages: 16,000 bars of float64 returns are 125 KiB in
@@ -160,7 +161,12 @@ def eval_key(inputs: str, engine: str, settings: str, params: StrategyParams, wi
 
 
 def cscv_key(matrix_digest: str, engine: str, partitions: int) -> str:
-    return content_id(["cscv", matrix_digest, engine, partitions], prefix="c-", length=40)
+    return content_id(["cscv", matrix_digest, engine, partitions], prefix=CSCV_KEY_PREFIX, length=40)
+
+
+def is_cscv_key(key: str) -> bool:
+    """Whether an answer's key names a CSCV (not one evaluation on a window)."""
+    return key.startswith(CSCV_KEY_PREFIX)
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------------

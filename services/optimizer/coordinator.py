@@ -50,6 +50,7 @@ from aura.optimize.tasks import (
     engine_fingerprint,
     eval_key,
     eval_task,
+    is_cscv_key,
     settings_json,
     window_result,
 )
@@ -234,8 +235,9 @@ class Coordinator:
         for params, window in batches([(r.params, r.window) for r in wanted]):
             tasks.append(eval_task(self.inputs_digest, self.engine, self.settings, params, [window]))
         for r in wanted:
-            self._dispatched[self.key(r)] = now
-            self._window_of[self.key(r)] = r.window
+            key = self.key(r)
+            self._dispatched[key] = now
+            self._window_of[key] = r.window
         if self.remote_cscv:
             for key, blob in self._cscv_inputs().values():
                 if key in self._dispatched or self.store.get(key) is not None:
@@ -278,7 +280,7 @@ class Coordinator:
             readable.append(msg)
         # One transaction for the whole fetch, then the acks: an answer is acknowledged only once it is stored.
         self.progress.received += self.store.put(outcomes)
-        windows = [self._window_of.get(o.key) for o in outcomes if not o.key.startswith("c-")]
+        windows = [self._window_of.get(o.key) for o in outcomes if not is_cscv_key(o.key)]
         if self._touched is not None and all(w is not None for w in windows):
             self._touched.update(w for w in windows if w is not None)
         else:
