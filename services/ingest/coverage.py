@@ -161,6 +161,13 @@ class Coverage:
     disagreements: int = 0  # cumulative cross-check disagreements seen for this file
     provisional: list[Range] = field(default_factory=list)  # held from a fallback; the exchange's own still wanted
 
+    def stamp(self, ts: np.ndarray, now_ms: int) -> None:
+        """Record which rows this map describes, so a sidecar left behind by a crash is recognised as stale."""
+        self.rows = len(ts)
+        self.first_ms = int(ts[0]) if len(ts) else None
+        self.last_ms = int(ts[-1]) if len(ts) else None
+        self.updated_ms = now_ms
+
     def resolved(self) -> list[Range]:
         """Where the cache knows the truth: candles held, or confirmed to not exist."""
         return normalize([(s.start, s.end) for s in self.spans] + [(g.start, g.end) for g in self.gaps if g.confirmed])

@@ -167,7 +167,7 @@ def _sync_symbol(
             # assumed: holes between them are unresolved and will be asked again.
             cov = Coverage(exchange, sym, timeframe, iv, flags=cov.flags if cov is not None else {})
             cov.spans = build_spans(ts_cached, np.zeros(len(ts_cached), dtype=np.int16), [UNKNOWN_PROVIDER], iv)
-            _stamp(cov, ts_cached, now_ms)
+            cov.stamp(ts_cached, now_ms)
         names: list[str] = []
         codes_cached = attribute(ts_cached, cov.spans, names, UNKNOWN_PROVIDER)
         live = [(align_up(now_ms - int(cfg.provisional_days * 86_400_000), iv), now_ms + iv)]
@@ -180,7 +180,7 @@ def _sync_symbol(
             # Fresh: the cache already holds (or has confirmed absent) every closed candle asked for.
             if rebuilt or expired:
                 cache.write_coverage(path, cov)
-            _finish_report(rep, cov, window)
+            rep.finish(cov, window)
             return rep
         auth_names = {p.name for p in chain if p.authoritative(exchange)} | {UNKNOWN_PROVIDER}
         st = _State(names, [cached], [codes_cached], ts_cached, union(missing, recheck), auth_names,
@@ -234,14 +234,14 @@ def _sync_symbol(
                                 filled=[(sp.start, sp.end) for sp in cov.spans])
         for name, flags in st.flags.items():
             cov.flags[name] = sorted(set(cov.flags.get(name, [])) | flags)
-        _stamp(cov, ts, now_ms)
+        cov.stamp(ts, now_ms)
         cov.disagreements += rep.disagreements
         if rep.rows_added or rep.rows_replaced:
             cache.write_candles(path, frame)
         # The sidecar goes second: a crash between the two leaves a stale sidecar, detected by its row
         # stamp on the next sync (rows kept, coverage rebuilt), never a sidecar claiming rows that are not there.
         cache.write_coverage(path, cov)
-    _finish_report(rep, cov, window)
+    rep.finish(cov, window)
     info(log, "SYNC_SYMBOL", f"{sym} {timeframe}: +{rep.rows_added} rows, {rep.rows_replaced} replaced, "
          f"{rep.request_count} requests, complete={rep.complete}", symbol=sym, added=rep.added_by_provider,
          requests=rep.requests, pending=len(rep.pending_gaps))
@@ -394,14 +394,6 @@ def _cross_check(st: _State, overlap: pl.DataFrame, auth: bool, cfg: IngestConfi
     return sorted(out, key=lambda d: (d.timestamp, d.column))
 
 
-def _stamp(cov: Coverage, ts: np.ndarray, now_ms: int) -> None:
-    """Record which rows this map describes, so a sidecar left behind by a crash is recognised as stale."""
-    cov.rows = len(ts)
-    cov.first_ms = int(ts[0]) if len(ts) else None
-    cov.last_ms = int(ts[-1]) if len(ts) else None
-    cov.updated_ms = now_ms
-
-
 def _confirmers(r: Range, empty_by: dict[str, list[Range]]) -> tuple[str, ...]:
     return tuple(sorted(name for name, rs in empty_by.items() if intersect([r], rs)))
 
@@ -409,19 +401,6 @@ def _confirmers(r: Range, empty_by: dict[str, list[Range]]) -> tuple[str, ...]:
 def _notes_for(r: Range, notes: list[tuple[int, int, str]]) -> tuple[str, ...]:
     found = [text for s, e, text in notes if s < r[1] and e > r[0]]
     return tuple(dict.fromkeys(found)) or ("no provider has it",)
-
-
-def _finish_report(rep: SymbolReport, cov: Coverage, window: list[Range]) -> None:
-    rep.rows = cov.rows
-    rep.first_ms, rep.last_ms = cov.first_ms, cov.last_ms
-    rep.ranges_by_provider = cov.provider_ranges()
-    rep.flags = {k: list(v) for k, v in cov.flags.items() if k in rep.ranges_by_provider}
-    rep.gaps = [
-        Gap(max(g.start, window[0][0]), min(g.end, window[0][1]), g.confirmed, g.by)
-        for g in cov.gaps
-        if window and g.start < window[0][1] and g.end > window[0][0]
-    ]
-    rep.complete = rep.error is None and not subtract(window, cov.resolved())
 
 
 def _iso(ms: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.ingest.coverage import Gap
+from services.ingest.coverage import Coverage, Gap, subtract
 from services.ingest.providers.base import Provider, Range
 from services.ingest.providers.binance_archive import BinanceArchiveProvider
 from services.ingest.providers.ccxt_tail import CcxtTailProvider
@@ -119,6 +119,19 @@ class SymbolReport:
     @property
     def pending_gaps(self) -> list[Gap]:
         return [g for g in self.gaps if not g.confirmed]
+
+    def finish(self, cov: Coverage, window: list[Range]) -> None:
+        """Fill in what the coverage map says after the sync: rows, providers, gaps inside the window, complete."""
+        self.rows = cov.rows
+        self.first_ms, self.last_ms = cov.first_ms, cov.last_ms
+        self.ranges_by_provider = cov.provider_ranges()
+        self.flags = {k: list(v) for k, v in cov.flags.items() if k in self.ranges_by_provider}
+        self.gaps = [
+            Gap(max(g.start, window[0][0]), min(g.end, window[0][1]), g.confirmed, g.by)
+            for g in cov.gaps
+            if window and g.start < window[0][1] and g.end > window[0][0]
+        ]
+        self.complete = self.error is None and not subtract(window, cov.resolved())
 
 
 @dataclass
