@@ -8,54 +8,28 @@ configured chunk counts, and the only randomness (optional price jitter) comes f
 from __future__ import annotations
 
 import random
-import re
 import threading
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from aura.exchange_sim.candles import CandleStore
 from aura.exchange_sim.clock import SimClock, parse_ms
-from aura.exchange_sim.config import (
-    DEFAULT_API_KEY,
-    DEFAULT_API_SECRET,
-    FEE_ASSETS,
-    LIVE_KEYS,
-    SimConfig,
-    check_fee_asset,
-    coerce,
-    default_data_dir,
-)
+from aura.exchange_sim.config import LIVE_KEYS, SimConfig, check_fee_asset, coerce
 from aura.exchange_sim.errors import (
+    CLIENT_ID_RE,
     BinanceError,
     duplicate_order,
     filter_failure,
     illegal_chars,
     mandatory,
     order_does_not_exist,
+    parse_decimal,
     unknown_order_sent,
 )
 from aura.exchange_sim.faults import FaultBook
 from aura.exchange_sim.ledger import ZERO, Balances, Order, Trade, floor_to, q8
 from aura.exchange_sim.market import Market
-
-CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
-_DECIMAL_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
-# Imported from here by older callers (services.executor.crash_trials): the configuration lives in config.py.
-__all__ = ["DEFAULT_API_KEY", "DEFAULT_API_SECRET", "FEE_ASSETS", "ExchangeSim", "SimConfig", "default_data_dir"]
-
-
-def parse_decimal(name: str, raw: str | None, *, required: bool = False) -> Decimal | None:
-    if raw is None or raw == "":
-        if required:
-            raise mandatory(name)
-        return None
-    if not _DECIMAL_RE.match(raw):
-        raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$")
-    try:
-        return Decimal(raw)
-    except InvalidOperation as exc:  # pragma: no cover - the regex already rules this out
-        raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$") from exc
 
 
 class ExchangeSim:

@@ -7,6 +7,8 @@ wording exactly or a client would see a different exception class against the si
 from __future__ import annotations
 
 import math
+import re
+from decimal import Decimal, InvalidOperation
 
 
 class BinanceError(Exception):
@@ -67,3 +69,22 @@ def too_many_requests(retry_after_s: float) -> BinanceError:
 
 def internal_error() -> BinanceError:
     return BinanceError(-1001, "Internal error; unable to process your request. Please try again.", status=500)
+
+
+# Request parameters are checked with Binance's own patterns, and refused with the errors above.
+CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
+_DECIMAL_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
+
+
+def parse_decimal(name: str, raw: str | None, *, required: bool = False) -> Decimal | None:
+    """A decimal request parameter (quantity, price), or None when absent; Binance's error when malformed."""
+    if raw is None or raw == "":
+        if required:
+            raise mandatory(name)
+        return None
+    if not _DECIMAL_RE.match(raw):
+        raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$")
+    try:
+        return Decimal(raw)
+    except InvalidOperation as exc:  # pragma: no cover - the regex already rules this out
+        raise illegal_chars(name, "^([0-9]{1,20})(\\.[0-9]{1,20})?$") from exc

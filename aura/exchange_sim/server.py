@@ -25,7 +25,8 @@ from aura.exchange_sim.api import BinanceApi
 from aura.exchange_sim.archive import Archive
 from aura.exchange_sim.clock import parse_ms
 from aura.exchange_sim.coingecko import CoinGecko
-from aura.exchange_sim.engine import ExchangeSim, SimConfig
+from aura.exchange_sim.config import SimConfig
+from aura.exchange_sim.engine import ExchangeSim
 from aura.exchange_sim.errors import internal_error, too_many_requests
 from aura.exchange_sim.faults import CONTENT_KINDS, Fault
 from aura.exchange_sim.reply import Response, json_response

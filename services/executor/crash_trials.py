@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
-from aura.exchange_sim.engine import default_data_dir
+from aura.exchange_sim.config import default_data_dir
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.ccxt_broker import make_ccxt_binance
