@@ -48,6 +48,17 @@ from shared.contracts import (
     stream_of,
 )
 from shared.credentials import PIPELINE, PRINCIPALS
+from shared.state_keys import (
+    ADOPT_KEY,
+    DECISION_KEY,
+    HALT_KEY,
+    INGEST_KEYS,
+    INGEST_SOURCES,
+    PARAMS_KEY,
+    RESET_KEY,
+    SIGNAL_STATE_KEY,
+    TIMEFRAMES,
+)
 
 # Access words (the cells of the matrix).
 PUBLISH, CONSUME, READ, SUBSCRIBE, WRITE, MANAGE = "publish", "consume", "read", "subscribe", "write", "manage"
@@ -67,7 +78,7 @@ class Resource:
     grants: dict[str, tuple[str, ...]]  # principal -> access words
     subject: str = ""
     bucket: str = ""
-    key: str = ""  # KV key or key pattern (NATS wildcards)
+    keys: tuple[str, ...] = ()  # KV: the exact keys (never a wildcard: shared/state_keys.py says why)
     revisions: bool = False  # KV: readers may also read older revisions by sequence (parameter versions)
 
     def nats(self, principal: str) -> tuple[list[str], list[str]]:
@@ -97,9 +108,9 @@ class Resource:
                 stream = f"KV_{self.bucket}"
                 pub.append(f"$JS.API.STREAM.INFO.{stream}")
                 if access == WRITE:
-                    pub.append(f"$KV.{self.bucket}.{self.key}")
+                    pub += [f"$KV.{self.bucket}.{key}" for key in self.keys]
                 elif access == READ:
-                    pub.append(f"$JS.API.DIRECT.GET.{stream}.$KV.{self.bucket}.{self.key}")
+                    pub += [f"$JS.API.DIRECT.GET.{stream}.$KV.{self.bucket}.{key}" for key in self.keys]
                     if self.revisions:
                         pub.append(f"$JS.API.DIRECT.GET.{stream}")
             elif self.kind == "object":
@@ -128,8 +139,13 @@ def _stream(name: str, **grants: tuple[str, ...]) -> Resource:
     return Resource(f"stream `{name}`: every message, by sequence", "stream", dict(grants), bucket=name)
 
 
-def _kv(bucket: str, key: str, revisions: bool = False, **grants: tuple[str, ...]) -> Resource:
-    return Resource(f"KV `{bucket}` key `{key}`", "kv", dict(grants), bucket=bucket, key=key, revisions=revisions)
+def _kv(bucket: str, keys: tuple[str, ...], revisions: bool = False, label: str = "",
+        **grants: tuple[str, ...]) -> Resource:
+    if any("*" in k or ">" in k for k in keys):
+        raise ValueError(f"KV grants name exact keys, not patterns: {keys}")
+    label = label or ", ".join(f"`{k}`" for k in keys)
+    return Resource(f"KV `{bucket}` {'key' if len(keys) == 1 else 'keys'} {label}", "kv", dict(grants), bucket=bucket,
+                    keys=keys, revisions=revisions)
 
 
 R, W, P, C, S = (READ,), (WRITE,), (PUBLISH,), (CONSUME,), (SUBSCRIBE,)
@@ -154,13 +170,17 @@ MATRIX: tuple[Resource, ...] = (
     _stream("AURA_DATA", console=R, operator=R, risk=R, executor=R),
     Resource(f"object store `{CANDLE_BUCKET}`", "object",
              {"ingest": W, "signal": R, "risk": R, "console": R, "operator": R}, bucket=CANDLE_BUCKET),
-    _kv(PARAMS_BUCKET, "strategy", revisions=True, optimizer=RW, operator=RW, signal=R, risk=R, console=R),
-    _kv(STATE_BUCKET, "ingest.>", ingest=RW, operator=R),
-    _kv(STATE_BUCKET, "signal.>", signal=RW, operator=R),
-    _kv(STATE_BUCKET, "risk.>", risk=RW, console=R, operator=R),  # the console shows the kill-switch latch
-    _kv(STATE_BUCKET, "operator.>", operator=RW, risk=R, executor=R),  # reset (risk), adopt (executor) requests
-    # The optimizer's latest decision (key optimizer.decision, issue 10), shown by the console.
-    _kv(STATE_BUCKET, "optimizer.>", optimizer=RW, console=R, operator=R),
+    _kv(PARAMS_BUCKET, (PARAMS_KEY,), revisions=True, optimizer=RW, operator=RW, signal=R, risk=R, console=R),
+    # Exact keys only: a wildcard would let a writer fill the shared bucket with keys of its own (state_keys.py).
+    _kv(STATE_BUCKET, INGEST_KEYS, label=f"`ingest.cursor.<source>.<timeframe>`, `ingest.held.<timeframe>` "
+        f"({len(INGEST_KEYS)} keys: sources {', '.join(INGEST_SOURCES)}; timeframes {', '.join(TIMEFRAMES)})",
+        ingest=RW, operator=R),
+    _kv(STATE_BUCKET, (SIGNAL_STATE_KEY,), signal=RW, operator=R),
+    _kv(STATE_BUCKET, (HALT_KEY,), risk=RW, console=R, operator=R),  # the console shows the kill-switch latch
+    # Reset (applied by risk) and adopt (applied by the executor) requests, signed by the operator.
+    _kv(STATE_BUCKET, (RESET_KEY, ADOPT_KEY), operator=RW, risk=R, executor=R),
+    # The optimizer's latest decision (issue 10), shown by the console.
+    _kv(STATE_BUCKET, (DECISION_KEY,), optimizer=RW, console=R, operator=R),
     # The optimizer's work queue (issue 10): the coordinator (the optimizer principal) publishes tasks, writes their
     # inputs and reads the results; workers take tasks, read the inputs, answer, and dead-letter what fails.
     # Workers may do nothing else: no parameters, no state, no trading subject.

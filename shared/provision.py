@@ -55,12 +55,16 @@ def stream_configs(dedup_window_s: float) -> list[js_api.StreamConfig]:
             storage=js_api.StorageType.FILE, retention=js_api.RetentionPolicy.LIMITS,
             discard=js_api.DiscardPolicy.OLD, max_age=ttl, max_bytes=max_bytes, max_msg_size=MAX_PAYLOAD,
             allow_rollup_hdrs=True, allow_direct=True))
+    # Buckets refuse rollup headers: a `Nats-Rollup: all` published on the one key a principal may write would purge
+    # every other key of the bucket (risk's latch among them).  AURA never purges a key, so nothing needs them.
+    # Each writer is granted exact keys (shared/state_keys.py), so history x value size x keys bounds what all
+    # writers can store below max_bytes: nobody can fill a bucket against another's writes.
     for bucket, (history, value_size, max_bytes) in BUCKETS.items():
         configs.append(js_api.StreamConfig(
             name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"], storage=js_api.StorageType.FILE,
             retention=js_api.RetentionPolicy.LIMITS, discard=js_api.DiscardPolicy.NEW, max_msgs_per_subject=history,
-            max_bytes=max_bytes, max_msg_size=value_size, allow_rollup_hdrs=True, deny_delete=True,
-            allow_direct=True, duplicate_window=120.0))
+            max_bytes=max_bytes, max_msg_size=value_size, allow_rollup_hdrs=False, deny_delete=True,
+            deny_purge=True, allow_direct=True, duplicate_window=120.0))
     return configs
 
 

@@ -7,6 +7,7 @@ still trades a genuine new cycle after all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -36,7 +37,9 @@ from shared.contracts import (
 )
 from shared.credentials import trusted_key
 from shared.live_params import sign_document
+from shared.provision import BUCKETS
 from shared.signing import sign_struct
+from shared.state_keys import DECISION_KEY, SIGNAL_STATE_KEY, WRITERS, ingest_cursor_key, state_bytes_bound
 from tests.bus_helpers import reforged_target
 from tests.security.conftest import ERRORS, System, wait_until
 
@@ -50,7 +53,7 @@ def run(coro: Awaitable[Any]) -> Any:
 
 
 async def js_publish(system: System, principal: str | None, subject: str, payload: bytes,
-                     msg_id: str | None = None) -> str:
+                     msg_id: str | None = None, headers: dict[str, str] | None = None) -> str:
     """'refused: ...' when the bus refuses the connection or the publish, else 'stored'."""
     ERRORS.clear()
     try:
@@ -58,7 +61,7 @@ async def js_publish(system: System, principal: str | None, subject: str, payloa
     except Exception as exc:
         return f"refused: {exc}"
     try:
-        headers = {MSG_ID_HEADER: msg_id} if msg_id else None
+        headers = {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})} or None
         await nc.jetstream().publish(subject, payload, timeout=2, headers=headers)
         return "stored"
     except Exception as exc:
@@ -234,6 +237,62 @@ def test_a_snapshot_with_a_fake_equity_peak_does_not_reach_risk(system: System) 
     wait_until(lambda: system.counter("risk", "forged_snapshots") > forged_before, "risk to refuse the snapshot")
     assert_untouched(system, before, "a snapshot with a fake equity peak")
     assert not [x for x in system.log_lines("risk", "KILL_SWITCH") if "breached" in x["msg"]]
+
+
+async def state_entries(system: System) -> dict[str, tuple[int, bytes]]:
+    """Every aura_state key that exists: key -> (revision, value), read with the operator's credential."""
+    nc = await system.connect("operator")
+    try:
+        kv = await nc.jetstream().key_value("aura_state")
+        out = {}
+        for key in (k for keys in WRITERS.values() for k in keys):
+            with contextlib.suppress(Exception):
+                entry = await kv.get(key)
+                out[key] = (int(entry.revision or 0), bytes(entry.value or b""))
+        return out
+    finally:
+        await nc.close()
+
+
+def test_a_rollup_on_a_writers_own_key_cannot_purge_the_latch(system: System) -> None:
+    """`Nats-Rollup: all` on the one key a service may write would purge every key of the bucket, the latch too."""
+    before = run(state_entries(system))
+    assert HALT_KEY in before and SIGNAL_STATE_KEY in before, f"the keys this attack targets exist: {sorted(before)}"
+    for principal, key in (("signal", SIGNAL_STATE_KEY), ("ingest", ingest_cursor_key("replay", "1d")),
+                           ("optimizer", DECISION_KEY)):
+        outcome = run(js_publish(system, principal, f"$KV.aura_state.{key}", b"{}", headers={"Nats-Rollup": "all"}))
+        assert outcome.startswith("refused"), f"{principal}: {outcome}"
+    assert run(state_entries(system)) == before
+
+
+def test_a_writer_cannot_fill_the_state_bucket_against_the_latch(system: System) -> None:
+    """A compromised signal writes keys of its own (refused: exact keys only) and floods its one key with more
+    than the bucket holds; the bucket stays bounded and risk can still write the latch."""
+    for key in ("signal.flood.1", "signal.state.x", "risk.other", "ingest.cursor.evil.1d"):
+        outcome = run(js_publish(system, "signal", f"$KV.aura_state.{key}", b"{}"))
+        assert outcome.startswith("refused"), f"{key}: {outcome}"
+    before = run(state_entries(system))
+    value = b"x" * (60 * 1024)
+
+    async def flood() -> tuple[int, int]:
+        nc = await system.connect("signal")
+        try:
+            js = nc.jetstream()
+            for _ in range(1100):  # 66 MB: more than the bucket's 64 MiB
+                await js.publish(f"$KV.aura_state.{SIGNAL_STATE_KEY}", value, timeout=5)
+            info = await js.stream_info("KV_aura_state")
+            await js.publish(f"$KV.aura_state.{SIGNAL_STATE_KEY}", before[SIGNAL_STATE_KEY][1])  # signal's own back
+            return int(info.state.bytes), int(info.config.max_bytes or 0)
+        finally:
+            await nc.close()
+
+    used, limit = run(flood())
+    history, value_size, _ = BUCKETS["aura_state"]
+    assert used < state_bytes_bound(history, value_size) + value_size < limit, f"{used} bytes of {limit}"
+    # Risk's latch write still lands (the same signed document again: the state risk holds does not change).
+    assert run(js_publish(system, "risk", f"$KV.aura_state.{HALT_KEY}", before[HALT_KEY][1])) == "stored"
+    after = run(state_entries(system))
+    assert after[HALT_KEY][1] == before[HALT_KEY][1] and after[SIGNAL_STATE_KEY][1] == before[SIGNAL_STATE_KEY][1]
 
 
 # --- 4. oversized and malformed messages -------------------------------------------------------------------------

@@ -10,16 +10,22 @@ the matrix fails this test even though the server would faithfully enforce it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
+from aura.natsd import free_port, nats_server_binary
 from shared.bus import client_options
-from shared.bus_access import inbox_prefix, matrix_markdown
+from shared.bus_access import inbox_prefix, matrix_markdown, permissions
 from shared.contracts import CONSUMERS
 from shared.credentials import PRINCIPALS
+from shared.provision import BUCKETS, provision_bus, stream_configs
+from shared.state_keys import WRITERS, state_bytes_bound
 from tests.conftest import REPO_ROOT, NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -56,6 +62,13 @@ KV_WRITE = {
     ("aura_state", "ingest.cursor.replay.1d"): {"ingest"},
     ("aura_state", "signal.state"): {"signal"},
     ("aura_state", "optimizer.decision"): {"optimizer"},  # the optimizer's latest decision, shown by the console
+    # Keys nobody was granted, beside each writer's own: exact keys only, so no writer can add keys of its own and
+    # fill the bucket that holds the latch.
+    ("aura_state", "ingest.cursor.evil.1d"): set(),
+    ("aura_state", "signal.flood"): set(),
+    ("aura_state", "risk.other"): set(),
+    ("aura_state", "optimizer.other"): set(),
+    ("aura_state", "operator.other"): set(),
 }
 OBJECT_WRITE = {"ingest"}
 OPT_INPUTS_WRITE = {"optimizer"}  # the optimizer's inputs object store: the coordinator writes, workers only read
@@ -233,3 +246,54 @@ def test_architecture_md_shows_the_matrix_the_server_is_configured_with() -> Non
 
 async def _quiet(_exc: Exception) -> None:
     return None
+
+
+def test_what_all_writers_can_keep_in_the_state_bucket_is_below_its_limit() -> None:
+    """Exact keys x history x value size: no writer, nor all of them together, can fill aura_state."""
+    history, value_size, max_bytes = BUCKETS["aura_state"]
+    config = next(c for c in stream_configs(120.0) if c.name == "KV_aura_state")
+    assert config.allow_rollup_hdrs is False and config.deny_purge and config.deny_delete
+    assert config.max_msgs_per_subject == history and config.max_msg_size == value_size
+    assert state_bytes_bound(history, value_size) * 2 < max_bytes == config.max_bytes
+    granted = {s.split("$KV.aura_state.", 1)[1] for p in PRINCIPALS for s in permissions(p).publish
+               if s.startswith("$KV.aura_state.")}
+    assert granted == {k for keys in WRITERS.values() for k in keys}, "the matrix grants exactly the named keys"
+
+
+
+def test_a_bus_provisioned_before_the_state_limits_is_brought_under_them(tmp_path: Path) -> None:
+    """A bus whose state bucket still accepts rollups and purges (the earlier provisioning) is updated in place by the
+    next `aura bus provision` / `aura up`, keys kept: the defence reaches deployed systems, not only new ones.  (A
+    bare JetStream server: the earlier configuration cannot be recreated on a bus provisioned the new way, where the
+    server refuses to take deny_purge back.)"""
+    port = free_port()
+    server = subprocess.Popen([nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def scenario() -> tuple[bool, bool, bytes, str]:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=10)
+        try:
+            js = nc.jetstream()
+            new = next(c for c in stream_configs(120.0) if c.name == "KV_aura_state")
+            await js.add_stream(dataclasses.replace(new, allow_rollup_hdrs=True, deny_purge=False))
+            kv = await js.key_value("aura_state")
+            await kv.put("risk.halted", b"kept")
+            await provision_bus(js, 120.0)
+            info = await js.stream_info("KV_aura_state")
+            try:
+                await js.publish("$KV.aura_state.signal.state", b"{}", headers={"Nats-Rollup": "all"})
+                rollup = "accepted"
+            except Exception as exc:
+                rollup = str(exc)
+            kept = (await kv.get("risk.halted")).value or b""
+            return bool(info.config.allow_rollup_hdrs), bool(info.config.deny_purge), kept, rollup
+        finally:
+            await nc.close()
+
+    try:
+        rollups, deny_purge, kept, rollup = asyncio.run(scenario())
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert (rollups, deny_purge, kept) == (False, True, b"kept")
+    assert "rollup not permitted" in rollup
