@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from shared.credentials import KeyLayout
+from shared.state_keys import INGEST_SOURCES, TIMEFRAMES
 
 # Every process `aura up` and compose start: the five pipeline services and the read-only console.
 SERVICE_NAMES = ("ingest", "signal", "risk", "executor", "optimizer", "console")
@@ -208,14 +209,16 @@ def _validate(s: Settings) -> None:
     for name, ok in checks.items():
         if not ok:
             raise ConfigError(f"setting {name} (env AURA_{name.upper()}): value {getattr(s, name)!r} is out of range")
-    if s.ingest_source not in ("replay", "sync"):
-        raise ConfigError(f"setting ingest_source (env AURA_INGEST_SOURCE): {s.ingest_source!r} is not replay or sync")
+    if s.ingest_source not in INGEST_SOURCES:
+        raise ConfigError(f"setting ingest_source (env AURA_INGEST_SOURCE): {s.ingest_source!r} is not one of "
+                          f"{', '.join(INGEST_SOURCES)}")
     if not s.dry_run and s.ingest_source == "replay":
         raise ConfigError("settings dry_run (env AURA_DRY_RUN=false) and ingest_source (env AURA_INGEST_SOURCE="
                           "replay): live trading on replayed history would send real orders built from old prices; "
                           "set AURA_INGEST_SOURCE=sync (live data) or keep AURA_DRY_RUN=true")
-    if s.timeframe not in ("1h", "4h", "1d"):
-        raise ConfigError(f"setting timeframe (env AURA_TIMEFRAME): {s.timeframe!r} is not one of 1h, 4h, 1d")
+    if s.timeframe not in TIMEFRAMES:
+        raise ConfigError(f"setting timeframe (env AURA_TIMEFRAME): {s.timeframe!r} is not one of "
+                          f"{', '.join(TIMEFRAMES)}")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"setting log_level (env AURA_LOG_LEVEL): {s.log_level!r} is not a log level")
 

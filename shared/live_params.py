@@ -46,8 +46,8 @@ from shared.contracts import PARAMS_BUCKET
 from shared.health import HealthState
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_struct
+from shared.state_keys import PARAMS_KEY
 
-PARAMS_KEY = "strategy"
 # Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
 SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params",
                        "timeframe"})

@@ -17,9 +17,11 @@ from nats.js.kv import KeyValue
 
 from shared.bus import kv_get
 from shared.signing import SignatureError, sign_struct, verify_struct
+from shared.state_keys import ADOPT_KEY, RESET_KEY
 
-RESET_KEY = "operator.reset"  # kill-switch reset, applied by risk
-ADOPT_KEY = "operator.adopt"  # adopt the exchange's balances into the journal, applied by the executor
+# The keys are named in shared/state_keys.py; importers of the requests find them here too.
+__all__ = ["ADOPT_KEY", "RESET_KEY", "OperatorRequest", "operator_request", "read_request", "write_request"]
+
 
 
 class OperatorRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -63,15 +63,15 @@ from shared.live_params import (
     read_version,
 )
 from shared.signing import SignatureError, verify_plan, verify_struct
+from shared.state_keys import DECISION_KEY
 
 RECENT = 50  # rows kept per list
 BACKLOG = 5000  # at the first read, start this many stream sequences before the end (bounded start-up)
 PER_REFRESH = 2000  # messages read per stream per refresh at most (a long backlog fills in over a few)
 COMMITS_KEPT = 4000  # commit time -> cycle id of this many snapshots (the equity history holds 365)
 BTC = "BTC/USDT"
-# The optimizer's latest decision (issue 10) will be the JSON document at this KV key, written by the optimizer
-# alone (shared/bus_access.py grants it); until one exists the page shows "no decision yet".
-DECISION_KEY = "optimizer.decision"
+# The optimizer's latest decision (issue 10) is the JSON document at shared.state_keys.DECISION_KEY, written by the
+# optimizer alone (shared/bus_access.py grants it); until one exists the page shows "no decision yet".
 
 
 def _clip(text: str, n: int = 300) -> str:

@@ -22,23 +22,21 @@ from shared.candles import digest, encode_panel
 from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
 from shared.logging import info, warn
 from shared.service import ServiceContext
-
-CURSOR_KEY = "ingest.cursor"
-# The pairs the portfolio holds, from the executor's newest snapshot: kept here so that the first cycle after a
-# restart (before any snapshot arrives) still keeps held pairs in the universe (services/ingest/venue.py).
-HELD_KEY = "ingest.held"
+from shared.state_keys import ingest_cursor_key, ingest_held_key
 
 
 async def run(ctx: ServiceContext) -> None:
     s = ctx.settings
     store = await candle_writer(ctx.js)
     kv = await state_kv(ctx.js)
-    cursor_key = f"{CURSOR_KEY}.{s.ingest_source}.{s.timeframe}"
+    cursor_key = ingest_cursor_key(s.ingest_source, s.timeframe)
     raw, _ = await kv_get(kv, cursor_key)
     last_done = int(raw) if raw is not None else None
     source: ReplaySource | SyncSource
     live: SyncSource | None = None
-    held_key = f"{HELD_KEY}.{s.timeframe}"
+    # The pairs the portfolio holds, from the executor's newest snapshot: kept so that the first cycle after a
+    # restart (before any snapshot arrives) still keeps held pairs in the universe (services/ingest/venue.py).
+    held_key = ingest_held_key(s.timeframe)
     if s.ingest_source == "sync":
         # The market rules come from the venue with each step; the bundled markets.json is never read here.
         source = live = SyncSource(s, fixed_symbols(s), last_done, ctx.logger, s.exchange_id)

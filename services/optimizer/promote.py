@@ -29,8 +29,7 @@ from shared.live_params import (
     same_timeframe,
     sign_document,
 )
-
-DECISION_KEY = "optimizer.decision"
+from shared.state_keys import DECISION_KEY
 
 
 class PromotionRefused(RuntimeError):

@@ -27,8 +27,7 @@ from aura.strategy.risk_gates import kill_switch_after
 from shared.bus import kv_get
 from shared.operator_requests import OperatorRequest
 from shared.signing import SignatureError, sign_struct, verify_struct
-
-HALT_KEY = "risk.halted"
+from shared.state_keys import HALT_KEY
 
 
 class LatchDoc(msgspec.Struct, frozen=True, kw_only=True):

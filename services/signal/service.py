@@ -27,8 +27,7 @@ from shared.credentials import PARAMS_SIGNERS, trusted_keys
 from shared.live_params import ParamsTracker
 from shared.logging import info
 from shared.service import ServiceContext, warm_decision_kernels
-
-STATE_KEY = "signal.state"
+from shared.state_keys import SIGNAL_STATE_KEY as STATE_KEY
 
 
 def check_panel(panel: Panel, ready: DataReady) -> None:
