@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aura.backtest.data import default_rules, load_benchmark, load_panel
+from aura.backtest.data import default_rules, load_benchmark, load_panel, resolve_symbols
 from aura.backtest.engine import BacktestConfig
 from aura.optimize.folds import Fold, FoldSpec, TrainWindow, default_fold_spec, final_train_window, walk_forward_folds
 from aura.optimize.gate import GateSettings
@@ -79,7 +79,7 @@ def load_inputs(data: Path, timeframe: str, symbols: list[str] | None) -> EvalIn
 
 
 def prepare_job(args: argparse.Namespace) -> OptimizeJob:
-    symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
+    symbols = resolve_symbols(args.data, args.timeframe, args.symbols.split(",")) if args.symbols else None
     inputs = load_inputs(args.data, args.timeframe, symbols)
     grids = load_grids(args.grids)
     text = args.grids.read_text(encoding="utf-8") if args.grids else shipped_grids_text()

@@ -9,6 +9,7 @@ fill on them, see execution.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import polars as pl
 
 from aura.strategy.types import MarketRule, Panel
 from services.ingest.cache import load_panel as cache_load_panel
+from services.ingest.cache import select_symbols
 
 _COLUMNS = ("open", "high", "low", "close", "volume")
 BENCHMARKS = ("SPY", "GOLD")
@@ -27,6 +29,12 @@ def list_symbols(data_dir: Path, timeframe: str) -> list[str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"no candle folder {folder}")
     return sorted(p.stem for p in folder.glob("*.parquet"))
+
+
+def resolve_symbols(data_dir: Path, timeframe: str, symbols: Sequence[str]) -> list[str]:
+    """``symbols`` as file stems of DIR/binance/TIMEFRAME, in the order given; ValueError naming every symbol
+    the folder does not hold, and what it holds (``aura backtest`` and ``aura optimize`` alike)."""
+    return select_symbols(symbols, list_symbols(data_dir, timeframe), str(Path(data_dir) / "binance" / timeframe))
 
 
 def load_panel(data_dir: Path, timeframe: str, symbols: list[str] | None = None,

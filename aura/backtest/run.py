@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from aura.backtest.data import BENCHMARKS, default_rules, list_symbols, load_benchmark, load_panel, rules_from_json
+from aura.backtest.data import BENCHMARKS, default_rules, load_benchmark, load_panel, resolve_symbols, rules_from_json
 from aura.backtest.engine import FILL_AT, BacktestConfig, BacktestResult, run_reference, trades_digest
 from aura.backtest.execution import DEFAULT_MAX_PARTICIPATION
 from aura.backtest.fast import Market, mark_tensor, run_fast
@@ -48,7 +48,6 @@ from aura.strategy.regime import REGIME_NAMES
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.signal import btc_column
 from aura.strategy.types import MarketRule, Panel
-from services.ingest.providers.base import file_stem
 
 DAY_MS = 86_400_000
 
@@ -111,29 +110,6 @@ def run_params(spec: RunSpec) -> Rescaled:
     scaled = rescale(spec.params, spec.params_timeframe, spec.timeframe)
     validate_params(scaled.params, spec.timeframe)
     return scaled
-
-
-def resolve_symbols(data_dir: Path, timeframe: str, symbols: tuple[str, ...]) -> list[str]:
-    """``symbols`` as file stems of the candle folder, in the order given, duplicates dropped.  ValueError naming
-    every symbol the folder does not hold (and what it holds): a typo must not become an empty column."""
-    available = list_symbols(data_dir, timeframe)
-    names: list[str] = []
-    unknown: list[str] = []
-    for raw in symbols:
-        try:
-            stem = file_stem(raw)
-        except ValueError:
-            stem = ""
-        if stem not in available:
-            unknown.append(raw.strip() or repr(raw))
-        elif stem not in names:
-            names.append(stem)
-    if unknown:
-        raise ValueError(f"unknown symbol{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
-                         f"{Path(data_dir) / 'binance' / timeframe} holds {', '.join(available) or 'nothing'}")
-    if not names:
-        raise ValueError("--symbols names no symbol")
-    return names
 
 
 def prepare(spec: RunSpec) -> tuple[Panel, dict[str, MarketRule], str, BacktestConfig]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from services.ingest.cache import select_symbols
 from services.ingest.providers.base import CANDLE_COLUMNS, SUPPORTED_TIMEFRAMES
 
 Arrays = dict[str, np.ndarray]
@@ -55,8 +56,13 @@ class CandleStore:
     def __init__(self, data_dir: Path | str, timeframe: str = "1d", symbols: tuple[str, ...] | None = None) -> None:
         self.folders = _folders(Path(data_dir), timeframe)
         self.trading_dir = self.folders[timeframe]
-        # Binance ids ("BTCUSDT") the simulator serves; None: every file.
-        self.only = frozenset(s.replace("/", "").replace("_", "").upper() for s in symbols) if symbols else None
+        # Binance ids ("BTCUSDT") the simulator serves; None: every file.  A symbol the trading folder does not
+        # hold is refused here, naming what it holds: otherwise a typo silently serves a smaller market.
+        self.only = None
+        if symbols:
+            on_disk = sorted(p.stem for p in self.trading_dir.glob("*_*.parquet"))
+            stems = select_symbols(symbols, on_disk, str(self.trading_dir), label=pair_of)
+            self.only = frozenset(pair_of(s) for s in stems)
         self._overrides: dict[tuple[str, str], Arrays | None] = {}
         self._lock = threading.Lock()
         self.version = 0  # bumped by every override so derived caches (zips, timelines) rebuild

@@ -133,6 +133,31 @@ def list_symbols(root: Path | str, exchange: str, timeframe: str) -> list[str]:
     return sorted(unified_symbol(p.name.removesuffix(".parquet")) for p in directory.glob("[!.]*.parquet"))
 
 
+def select_symbols(requested: Sequence[str], available: Sequence[str], where: str,
+                   label: Callable[[str], str] = str) -> list[str]:
+    """``requested`` (any spelling ``file_stem`` reads) as file stems out of ``available``, in the order given,
+    duplicates dropped.  ValueError naming every requested symbol that is not there, and what ``where`` holds
+    (each stem shown as ``label`` spells it): a typo must not become an empty column, a silently smaller market
+    or a "no bars" message about something else.  The one check of every command that takes ``--symbols``."""
+    names: list[str] = []
+    unknown: list[str] = []
+    for raw in requested:
+        try:
+            stem = file_stem(raw)
+        except ValueError:
+            stem = ""
+        if stem not in available:
+            unknown.append(raw.strip() or repr(raw))
+        elif stem not in names:
+            names.append(stem)
+    if unknown:
+        held = ", ".join(label(s) for s in available) or "nothing"
+        raise ValueError(f"unknown symbol{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: {where} holds {held}")
+    if not names:
+        raise ValueError("--symbols names no symbol")
+    return names
+
+
 # -------------------------------------------------------------------------------------------------- panel
 
 
