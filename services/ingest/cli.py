@@ -60,11 +60,13 @@ def add_data_parser(subparsers: Any) -> None:
     data_sub.required = True
     p = data_sub.add_parser("sync", help="fill the candle cache from the archive, the exchange and CoinGecko")
     p.add_argument("--exchange", default="binance", help="ccxt exchange id whose candles are cached (default binance)")
-    p.add_argument("--timeframe", default="1d", choices=SUPPORTED_TIMEFRAMES)
+    p.add_argument("--timeframe", default="1d", choices=SUPPORTED_TIMEFRAMES, help="candle interval (default 1d)")
     p.add_argument("--symbols", required=True, help="comma-separated, e.g. BTC/USDT,ETH/USDT")
     p.add_argument("--since", type=parse_time, default=None, help="first candle (UTC date), default: 2017-07-01")
     p.add_argument("--until", default=None, help="last day to include (UTC date, inclusive), default: up to now")
-    p.add_argument("--now", type=parse_time, default=None, help=argparse.SUPPRESS)  # tests/replays: pretend time
+    p.add_argument("--now", type=parse_time, default=None,
+                   help="pretend the clock reads this UTC time: which bars count as closed (a test and replay "
+                        "hook; default: the real clock)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run_sync)
 
