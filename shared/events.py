@@ -31,12 +31,15 @@ from shared.logging import redact, warn
 # Tag -> the lowest level that makes it an event.  INFO where the good news matters too (the kill-switch
 # re-armed, the books agreeing again); WARNING where INFO lines are routine (a stale bar asked for again).
 EVENT_TAGS: dict[str, int] = {
-    "KILL_SWITCH": logging.INFO,  # latched by drawdown; re-armed by `aura risk reset`
+    "KILL_SWITCH": logging.INFO,  # latched by drawdown; re-armed after its cooldown or by `aura risk reset`
     "DEAD_LETTER": logging.WARNING,  # any refused message: a plan the executor refused, a forged target, ...
     "DATA_STALE": logging.WARNING,  # a cycle announced stale and aborted
     "PRICE_GUARD": logging.WARNING,  # a leg refused: its price is not the exchange's
     "RECONCILE": logging.INFO,  # trading halted on a book mismatch, an adoption, the books agreeing again
     "STALE_PLAN": logging.WARNING,  # a plan on data too old for the exchange's clock
+    # A plan refused on confirmed short balances.  ERROR only: the guard's WARNING lines (a failed read, a
+    # shortfall seen once) are the transient reads it exists to sit out, and would page someone on every 5xx.
+    "SYNC_GUARD": logging.ERROR,
     "FORGED_PLAN": logging.WARNING,
     "FORGED_TARGET": logging.WARNING,
     "FORGED_SNAPSHOT": logging.WARNING,
