@@ -179,9 +179,19 @@ def test_health_endpoints(stack: Stack) -> None:
 
 def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_that_exist(stack: Stack) -> None:
     """Every service's /metrics parses with the strict OpenMetrics parser (HELP, TYPE, _total counters); every
-    series a query of the shipped Grafana dashboard names is exported by some service of a running system."""
+    series a query of the shipped Grafana dashboard names is exported by some service of a running system; the
+    shipped Prometheus example scrapes every one of them (the console too)."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+    # The shipped scrape example reaches every process whose /metrics is parsed below, at its default port.
+    # (read as text: pyyaml is no declared dependency; comments are cut so a commented-out target does not count)
+    config = "\n".join(line.partition("#")[0] for line in (REPO / "deploy" / "prometheus.yml").read_text().splitlines())
+    scraped = set(re.findall(r"""["']([\w.-]+:\d+)["']""", config))
+    assert scraped, "deploy/prometheus.yml names no target"
+    defaults = Settings()
+    unscraped = {name: defaults.port_for(name) for name in SERVICE_NAMES
+                 if f"127.0.0.1:{defaults.port_for(name)}" not in scraped}
+    assert unscraped == {}, f"deploy/prometheus.yml does not scrape {unscraped}"
     wait_for(lambda: executed_cycles(stack) >= 2, what="two executed cycles (orders placed, latencies observed)")
     s = stack.settings
     exported: set[str] = set()  # family names, as PromQL names them (a counter's family is its name sans _total)
