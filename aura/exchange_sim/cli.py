@@ -45,9 +45,11 @@ def speed_arg(raw: str) -> float:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (printed at start)")
-    p.add_argument("--api-key", default=DEFAULT_API_KEY, help="the API key it accepts (printed at start)")
+    # The defaults are a test venue's, never a real exchange's: showing them saves starting it to find them.
+    p.add_argument("--api-key", default=DEFAULT_API_KEY,
+                   help="the API key it accepts (default %(default)s; printed at start)")
     p.add_argument("--api-secret", default=DEFAULT_API_SECRET,
-                   help="the secret signed requests must use (a test venue: printed at start too)")
+                   help="the secret signed requests must use (default %(default)s; printed at start too)")
     p.add_argument("--balance", type=_balance, action="append", default=None, metavar="ASSET=AMOUNT",
                    help="starting free balance, repeatable (default USDT=10000)")
     p.add_argument("--data", type=Path, default=None,
