@@ -20,7 +20,8 @@ the targets' and ticks' ``as_of_ms``, never on a clock); ``aura risk reset`` cle
 Ingest's ``DataStale`` notice (an incomplete snapshot) means "do not trade on it": that bar never produces a
 target, and risk refuses any target computed on data older than the newest notice (logged [DATA_STALE],
 dead-lettered ``stale_data``, the cycle aborted so it still ends in the journal).  A notice dated more than one
-bar in the future is refused (dead-lettered ``stale_out_of_bounds``): it would block every later target.
+bar after the exchange's clock (live) or the newest announced bar (replay) is refused (dead-lettered
+``stale_out_of_bounds``): it would block every later target.
 
 Nothing a peer publishes is trusted as is (``services.risk.inputs``, ``services.risk.verify``): a target is
 planned only on the prices, rules and forecasts of the data ingest announced for its cycle, a snapshot only if
@@ -183,14 +184,15 @@ class Risk:
         async with self.lock:
             await self._on_target(target)
 
-    def on_stale(self, stale: DataStale, at_boot: bool = False) -> None:
+    async def on_stale(self, stale: DataStale, at_boot: bool = False) -> None:
         """Adopt a stale-data notice; Reject one dated more than a bar ahead of now or of another timeframe."""
         s = self.ctx.settings
         bar = timeframe_ms(s.timeframe)
-        if stale.timeframe != s.timeframe or stale.as_of_ms > int(time.time() * 1000) + bar:
+        now, clock = await self._data_clock()
+        if stale.timeframe != s.timeframe or stale.as_of_ms > now + bar:
             self.ctx.health.inc("stale_notices_refused")
             raise Reject("stale_out_of_bounds", f"stale notice for {stale.cycle_id} ({stale.timeframe}, as of "
-                         f"{stale.as_of_ms}) is not a {s.timeframe} bar at most one bar ahead of now")
+                         f"{stale.as_of_ms}) is not a {s.timeframe} bar at most one bar ahead of {clock} ({now})")
         if self.stale is not None and stale.as_of_ms < self.stale.as_of_ms:
             return
         self.stale = stale
@@ -198,6 +200,18 @@ class Risk:
         text = "newest stale-data notice at boot" if at_boot else "ingest reports an incomplete snapshot"
         warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
              missing=stale.missing, reason=stale.reason)
+
+    async def _data_clock(self) -> tuple[int, str]:
+        """"Now" for a stale notice: the exchange's clock (live), the newest announced bar (replay: by the local
+        clock a notice dated today would block every replayed target), else the local clock."""
+        with contextlib.suppress(Exception):
+            venue = await self.prices.exchange_ms()
+            if venue is not None:
+                return int(venue), "the exchange's clock"
+            ready = await self.inputs.newest_ready()
+            if ready is not None:
+                return ready.as_of_ms, "the newest announced bar"
+        return int(time.time() * 1000), "the local clock"
 
     async def refuse(self, target: TargetPortfolio, reason: str, detail: str, forged: bool = False) -> NoReturn:
         """Refuse ``target``: its cycle ends in the journal as aborted, the message is dead-lettered."""
@@ -359,7 +373,7 @@ async def run(ctx: ServiceContext) -> None:
 
     async def on_stale(msg: Msg) -> None:
         try:
-            risk.on_stale(decode(msg.data, DataStale))
+            await risk.on_stale(decode(msg.data, DataStale))
         except ContractError as exc:
             await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
         except Reject as exc:
@@ -371,7 +385,7 @@ async def run(ctx: ServiceContext) -> None:
     raw = await last_message(ctx.js, DataStale.SUBJECT)
     if raw is not None:
         try:
-            risk.on_stale(decode(raw, DataStale), at_boot=True)
+            await risk.on_stale(decode(raw, DataStale), at_boot=True)
         except (ContractError, Reject) as exc:
             warn(ctx.logger, "DATA_STALE", "newest stale-data notice at boot refused", error=str(exc)[:300])
             await dead_letter(ctx.js, ctx.logger, ctx.name, DataStale.SUBJECT, getattr(exc, "reason", "malformed"),
