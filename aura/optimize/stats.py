@@ -6,7 +6,8 @@
 * Probability of backtest overfitting by combinatorially symmetric cross-validation (Bailey, Borwein, Lopez de
   Prado and Zhu 2015, "The Probability of Backtest Overfitting"): how often the in-sample best is below the
   median out of sample.
-* Hansen's (2005) test for superior predictive ability, through ``arch.bootstrap.SPA``.
+* Hansen's (2005) test for superior predictive ability, through ``arch.bootstrap.SPA``: whether the best of
+  the k models a search compared beats a benchmark, the search's data snooping accounted for.
 
 Sharpe ratios here are per bar (not annualised), as the formulas require; T is a number of bars.
 """
@@ -209,14 +210,8 @@ def spa_pvalue(strategy: np.ndarray, benchmark: np.ndarray, reps: int = 2000, bl
     """Hansen's SPA p-value (the "consistent" one) of H0: no strategy beats the benchmark.
 
     ``strategy`` is (T,) or (T, k) per-bar returns, ``benchmark`` (T,) on the same bars; losses are negative
-    returns.  Stationary bootstrap with ``block_size`` (None: arch's default, sqrt(T)) and a fixed seed, so the
-    same inputs give the same p-value.  A return difference that is constant over time is decided without the
-    bootstrap: arch counts bootstrap maxima strictly above the observed one, and with no variation none is, so
-    a strategy identical to its benchmark would get p = 0, "significantly better"; here it gets 1 (and a
-    strategy that beats it by the same positive amount every bar gets 0).
+    returns, so the loss differential is the excess return (spa_excess_pvalue).
     """
-    from arch.bootstrap import SPA  # imported here: arch (with pandas, scipy) is only needed by the gate
-
     s = np.asarray(strategy, dtype=np.float64)
     b = np.asarray(benchmark, dtype=np.float64)
     if s.ndim == 1:
@@ -225,10 +220,43 @@ def spa_pvalue(strategy: np.ndarray, benchmark: np.ndarray, reps: int = 2000, bl
         raise ValueError(f"strategy {s.shape} and benchmark {b.shape} are not on the same bars")
     if not (np.all(np.isfinite(s)) and np.all(np.isfinite(b))):
         raise ValueError("SPA needs finite returns")
-    diff = s - b[:, None]
     scale = max(float(np.max(np.abs(s))), float(np.max(np.abs(b))), 1e-300)
+    return spa_excess_pvalue(s - b[:, None], reps, block_size, seed, scale)
+
+
+def spa_excess_pvalue(excess: np.ndarray, reps: int = 2000, block_size: int | None = None, seed: int = 0,
+                      scale: float | None = None) -> float:
+    """Hansen's SPA p-value (the "consistent" one) that the best of k models does not beat the benchmark.
+
+    ``excess`` is (T,) or (T, k): each model's per-bar return minus the benchmark's on the same T bars, which is
+    arch's loss differential (benchmark loss - model loss, losses being negative returns).  This is the
+    data-snooping test proper when the k columns are every model the search compared: the bootstrap takes the
+    maximum over all k, so each extra candidate raises the bar the best one must clear.
+
+    Stationary bootstrap with ``block_size`` (None: arch's default, sqrt(T)) and a fixed seed, so the same
+    inputs give the same p-value.  Identical columns are kept once: the bootstrap indices depend on T only and
+    every model's statistics on its own column, so a copy changes no maximum, only the cost.  A difference that
+    is constant over time (up to 1e-12 x ``scale``, default the largest absolute excess) is decided without the
+    bootstrap: arch counts bootstrap maxima strictly above the observed one, and with no variation none is, so
+    a strategy identical to its benchmark would get p = 0, "significantly better"; here it gets 1 (and a
+    strategy that beats it by the same positive amount every bar gets 0).
+    """
+    from arch.bootstrap import SPA  # imported here: arch (with pandas, scipy) is only needed by the gate
+
+    diff = np.asarray(excess, dtype=np.float64)
+    if diff.ndim == 1:
+        diff = diff[:, None]
+    if diff.ndim != 2 or diff.shape[0] < 2 or diff.shape[1] < 1:
+        raise ValueError(f"SPA needs a (T >= 2, k >= 1) excess matrix, got {diff.shape}")
+    if not np.all(np.isfinite(diff)):
+        raise ValueError("SPA needs finite returns")
+    if scale is None:
+        scale = max(float(np.max(np.abs(diff))), 1e-300)
     if np.all(np.ptp(diff, axis=0) <= 1e-12 * scale):  # constant up to rounding
         return 0.0 if float(np.max(np.mean(diff, axis=0))) > 1e-12 * scale else 1.0
-    test = SPA(-b, -s, block_size=block_size, reps=reps, seed=seed)
+    _, first = np.unique(diff.T, axis=0, return_index=True)
+    diff = np.ascontiguousarray(diff[:, np.sort(first)])
+    # benchmark loss 0, model losses -excess: arch's loss differential 0 - (-excess) is the excess, bit for bit
+    test = SPA(np.zeros(diff.shape[0]), -diff, block_size=block_size, reps=reps, seed=seed)
     test.compute()
     return float(test.pvalues["consistent"])

@@ -14,6 +14,7 @@ from aura.optimize.stats import (
     expected_max_sharpe,
     moments,
     pbo_cscv,
+    spa_excess_pvalue,
     spa_pvalue,
 )
 
@@ -184,3 +185,62 @@ def test_spa_constant_lead_is_decided_without_bootstrap() -> None:
     bench = np.random.default_rng(13).normal(0.0, 0.01, 100)
     assert spa_pvalue(bench + 0.001, bench) == 0.0
     assert spa_pvalue(bench - 0.001, bench) == 1.0
+
+
+def _spa_by_hand(excess: np.ndarray, block: int, reps: int, seed: int) -> float:
+    """Hansen's consistent SPA p-value written out: the same stationary-bootstrap indices as arch draws (they depend
+    on T and the seed only), the kernel variance of Hansen (2005, eq. (5) with the stationary bootstrap's
+    weights), the log-log threshold that drops clearly inferior models from the recentring, and the share of
+    bootstrap maxima strictly above the observed best mean."""
+    from arch.bootstrap import StationaryBootstrap
+
+    t, k = excess.shape
+    means = excess.mean(axis=0)
+    q = 1.0 / block
+    var = np.empty(k)
+    for j in range(k):
+        d = excess[:, j] - means[j]
+        v = float(np.sum(d * d)) / t
+        for i in range(1, t):
+            kappa = (1 - i / t) * (1 - q) ** i + (i / t) * (1 - q) ** (t - i)
+            v += 2 * kappa * float(np.dot(d[: t - i], d[i:])) / t
+        var[j] = v
+    keep = means >= -np.sqrt(var / t * 2 * np.log(np.log(t)))
+    centre = np.where(keep, means, 0.0)
+    above = 0
+    for (idx,), _ in StationaryBootstrap(block, np.arange(t), seed=seed).bootstrap(reps):
+        above += max(float(np.mean(excess[idx, j])) - centre[j] for j in range(k)) > means.max()
+    return above / reps
+
+
+def test_multi_model_spa_matches_a_hand_computation() -> None:
+    rng = np.random.default_rng(21)
+    t = 40
+    # one model with an edge, one with none, one clearly worse (left out of the recentring), and a copy of the
+    # first (a copy changes nothing: it is dropped before the bootstrap)
+    edge, none, worse = rng.normal(0.002, 0.01, t), rng.normal(0.0, 0.01, t), rng.normal(-0.01, 0.01, t)
+    excess = np.column_stack([edge, none, worse, edge])
+    expected = _spa_by_hand(excess[:, :3], block=5, reps=400, seed=3)
+    assert 0.0 < expected < 1.0  # a case the bootstrap decides, not a corner
+    assert spa_excess_pvalue(excess, reps=400, block_size=5, seed=3) == pytest.approx(expected, abs=1e-12)
+    assert spa_excess_pvalue(excess[:, :3], reps=400, block_size=5, seed=3) == pytest.approx(expected, abs=1e-12)
+    bench = rng.normal(0.0, 0.01, t)  # the returns form: the same excess, the same p-value
+    assert spa_pvalue(excess + bench[:, None], bench, reps=400, block_size=5, seed=3) == pytest.approx(expected,
+                                                                                                        abs=1e-9)
+
+
+def test_many_noise_trials_raise_the_p_value_of_a_lucky_best() -> None:
+    """The multiple-testing effect: the best trial alone looks superior; searched among 400 trials of the same
+    volatility and no edge it is what the best of a search finds by luck, and the SPA says so."""
+    rng = np.random.default_rng(22)
+    t = 250
+    lucky = rng.normal(0.0, 0.01, t)
+    lucky += 0.0015 - lucky.mean()  # an in-sample mean excess of 0.15%/bar: t-stat about 2.4
+    noise = rng.normal(0.0, 0.01, (t, 400))
+    noise -= noise.mean(axis=0)  # no edge in sample either: the lucky trial stays the best one
+    alone = spa_excess_pvalue(lucky, reps=1000, seed=0)
+    few = spa_excess_pvalue(np.column_stack([lucky, noise[:, :10]]), reps=1000, seed=0)
+    searched = spa_excess_pvalue(np.column_stack([lucky, noise]), reps=1000, seed=0)
+    assert alone <= 0.01
+    assert alone < few < searched
+    assert searched > 0.5
