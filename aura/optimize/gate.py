@@ -11,12 +11,18 @@ Tests, each with its threshold in GateSettings:
 * ``beats_<B>_every_window``: compounded return after costs above buy-and-hold B on every validation window;
 * ``beats_incumbent``: the objective on the validation windows above the incumbent's on the same windows;
 * ``deflated_sharpe``: DSR of the excess returns over each benchmark on the concatenated validation windows,
-  deflated by ALL trials of the run (pruned ones included) and their Sharpe dispersion; the worst benchmark's
+  deflated by ALL trials of the run (every fold's selection and the final one, pruned trials included) and
+  their Sharpe dispersion (pooled within selection runs: see stats.expected_max_sharpe); the worst benchmark's
   DSR must reach ``dsr_min``;
 * ``pbo``: probability of backtest overfitting by CSCV over the selection runs' candidate matrices (CSCV is
   by definition computed on the data selection saw: it re-splits it), pooled over the runs (the share of all
   their splits with logit <= 0);
-* ``spa_<B>``: Hansen's SPA p-value against each benchmark on the concatenated validation windows.
+* ``spa_<B>``: Hansen's SPA against each benchmark, as the data-snooping test it is: per fold, the models are
+  every trial of every stage of that fold's selection (pruned ones included) on the one window they were all
+  compared on, the smallest halving budget of the fold's training window (the CSCV matrices, stage after stage),
+  so the p-value is that of "the best of everything this search tried beats B".  The gate's p-value is the
+  largest over the folds: the search must find a superior model in every fold, as the winner must beat B on
+  every validation window.  A fold whose selection had no choice (no matrix) has no such evidence: NaN, a fail.
 
 An honest "no" is a correct result; nothing here is a reason to loosen a threshold.
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +39,7 @@ import numpy as np
 from aura.backtest.metrics import bars_per_year
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, selection_leaks
 from aura.optimize.objective import BENCHMARK_NAMES, ObjectiveSettings, WindowResult, sharpe, validation_score
-from aura.optimize.stats import CSCV, DeflatedSharpe, deflated_sharpe, pbo_cscv, spa_pvalue
+from aura.optimize.stats import CSCV, DeflatedSharpe, deflated_sharpe, pbo_cscv, spa_excess_pvalue
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class GateSettings:
     pbo_max: float = 0.2
     spa_alpha: float = 0.05
     cscv_partitions: int = 16  # S (the paper's choice); each selection matrix needs >= 2 * S bars
-    spa_reps: int = 2000
+    spa_reps: int = 2000  # about 0.4 s per fold and benchmark at 243 bars x 432 models: workers compute them
     spa_block_size: int | None = None  # None: sqrt(T), arch's default
     spa_seed: int = 0  # the bootstrap is seeded: the same inputs give the same decision
 
@@ -78,6 +84,26 @@ class WindowFigures:
 
 
 @dataclass(frozen=True)
+class SpaFold:
+    """One fold's SPA: its selection's trials on their common window, against each benchmark."""
+
+    fold: int
+    models: int  # trials of every stage of the fold's selection (0: no stage had a choice)
+    pvalues: dict[str, float]
+
+
+def spa_fold(fold: int, matrix: np.ndarray | None, names: Sequence[str], settings: GateSettings) -> SpaFold:
+    """SPA per benchmark of a fold's selection matrix (B, bars, models): walkforward.Selection.spa_matrix."""
+    if matrix is None:
+        return SpaFold(fold, 0, {n: math.nan for n in names})
+    if np.ndim(matrix) != 3 or np.shape(matrix)[0] != len(names):
+        raise ValueError(f"an SPA matrix must be (benchmarks={len(names)}, bars, models), got {np.shape(matrix)}")
+    return SpaFold(fold, int(np.shape(matrix)[2]), {
+        n: spa_excess_pvalue(matrix[b], settings.spa_reps, settings.spa_block_size, settings.spa_seed)
+        for b, n in enumerate(names)})
+
+
+@dataclass(frozen=True)
 class GateDecision:
     passed: bool
     checks: tuple[Check, ...]
@@ -89,7 +115,8 @@ class GateDecision:
     oos_excess_sharpe: dict[str, float]  # annualised, per benchmark
     dsr: dict[str, DeflatedSharpe]
     pbo: float
-    spa_pvalues: dict[str, float]
+    spa_pvalues: dict[str, float]  # per benchmark, the largest over the folds
+    spa_folds: tuple[SpaFold, ...]
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -134,13 +161,16 @@ def _check_records(records: Sequence[ValidationRecord], settings: GateSettings) 
 def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[np.ndarray],
                    selection_matrices: Sequence[np.ndarray], settings: GateSettings = GateSettings(),
                    objective: ObjectiveSettings | None = None, cscv: Sequence[CSCV] | None = None,
-                   ) -> GateDecision:
-    """Decide.  ``trial_sharpes``: one array per halving run of the whole optimisation (every fold, every stage)
-    with the per-bar Sharpe of each of its trials on the run's smallest budget, pruned trials included
-    (SuccessiveHalving.trial_sharpes()); ``selection_matrices``: one objective.excess_matrix per halving run
-    (every candidate on the run's smallest budget).  ``cscv``: ``pbo_cscv`` of each of those matrices already
-    computed (the distributed coordinator has its workers compute them while the search goes on; the check is
-    the same), in which case ``selection_matrices`` may be empty."""
+                   spa_matrices: Mapping[int, np.ndarray | None] | None = None,
+                   spa: Sequence[SpaFold] | None = None) -> GateDecision:
+    """Decide.  ``trial_sharpes``: one array per halving run of the whole optimisation (every fold's selection
+    and the final one, every stage) with the per-bar Sharpe of each of its trials on the run's smallest budget,
+    pruned trials included (SuccessiveHalving.trial_sharpes()); ``selection_matrices``: one
+    objective.excess_matrix per fold halving run (every candidate on the run's smallest budget).  ``cscv``:
+    ``pbo_cscv`` of each of those matrices already computed (the distributed coordinator has its workers compute
+    them while the search goes on; the check is the same), in which case ``selection_matrices`` may be empty.
+    ``spa_matrices``: per fold index, its selection's stage matrices side by side (Selection.spa_matrix), or
+    ``spa``: their ``spa_fold`` already computed; one of the two, covering every fold of ``records``."""
     ordered = _check_records(records, settings)
     objective = objective or ObjectiveSettings()
     trial_sharpes = [np.asarray(t, dtype=np.float64) for t in trial_sharpes]
@@ -191,10 +221,20 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
                         f"{len(logits)} splits over {len(cscv) - skipped} selection runs"
                         + (f" ({skipped} without two distinct candidates)" if skipped else "")))
 
-    spa = {name: spa_pvalue(strat, bench[b], settings.spa_reps, settings.spa_block_size, settings.spa_seed)
-           for b, name in enumerate(names)}
-    for name, p in spa.items():
-        checks.append(Check(f"spa_{name}", p <= settings.spa_alpha, p, settings.spa_alpha, settings.spa_alpha - p))
+    folds = [r.fold.index for r in ordered]
+    if spa is None:
+        if spa_matrices is None or any(k not in spa_matrices for k in folds):
+            raise ValueError(f"SPA needs every fold's selection matrix (folds {folds})")
+        spa = [spa_fold(k, spa_matrices[k], names, settings) for k in folds]
+    by_fold = {s.fold: s for s in spa}
+    if any(k not in by_fold for k in folds):
+        raise ValueError(f"SPA needs every fold's p-values (folds {folds}, given {sorted(by_fold)})")
+    spa = [by_fold[k] for k in folds]
+    # The largest over the folds (NaN, a fold without evidence, wins: NaN fails the check).
+    worst_p = {n: max((s.pvalues[n] for s in spa), key=lambda v: math.inf if math.isnan(v) else v) for n in names}
+    for name, p in worst_p.items():
+        checks.append(Check(f"spa_{name}", p <= settings.spa_alpha, p, settings.spa_alpha, settings.spa_alpha - p,
+                            ", ".join(f"fold {s.fold} {s.pvalues[name]:.4f} ({s.models} models)" for s in spa)))
 
     ann = math.sqrt(bars_per_year(ordered[0].winner.bar_ms))
     return GateDecision(
@@ -202,4 +242,4 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
         n_trials=n_trials, validation_score=v_score, incumbent_score=i_score,
         oos_sharpe=float(sharpe(strat)) * ann,
         oos_excess_sharpe={n: float(sharpe(strat - bench[b])) * ann for b, n in enumerate(names)},
-        dsr=dsr, pbo=pbo, spa_pvalues=spa)
+        dsr=dsr, pbo=pbo, spa_pvalues=worst_p, spa_folds=tuple(spa))

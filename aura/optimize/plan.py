@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, Window
-from aura.optimize.gate import GateDecision, GateSettings, ValidationRecord, promotion_gate
+from aura.optimize.gate import GateDecision, GateSettings, SpaFold, ValidationRecord, promotion_gate
 from aura.optimize.grids import Grids
 from aura.optimize.halving import SuccessiveHalving, Task, history_budgets
 from aura.optimize.objective import ObjectiveSettings, WindowResult, excess_matrix, selection_score
@@ -246,6 +246,10 @@ class WalkForwardRun:
         (with every fold done: the order the gate takes them in)."""
         return [r.matrix for s in self.fold_selections for r in s.runs if r.matrix is not None]
 
+    def spa_matrices(self) -> dict[int, np.ndarray | None]:
+        """Per fold index, its selection's SPA models (Selection.spa_matrix); every fold must be selected."""
+        return {self.folds_by_label[s.label].index: s.selection().spa_matrix for s in self.fold_selections}
+
     def evaluations(self) -> int:
         return sum(s.evaluations() for s in self.selections) + 2 * len(self.validation) + len(self.in_sample)
 
@@ -261,13 +265,17 @@ class WalkForwardRun:
         """The parameters that would go live: the final selection's winner."""
         return self.selection(FINAL).winner
 
-    def decide(self, settings: GateSettings, cscv: Sequence[CSCV] | None = None) -> GateDecision:
-        """The promotion gate on the folds' record (``cscv``: the matrices' CSCV computed elsewhere, in order)."""
+    def decide(self, settings: GateSettings, cscv: Sequence[CSCV] | None = None,
+               spa: Sequence[SpaFold] | None = None) -> GateDecision:
+        """The promotion gate on the folds' record (``cscv``: the matrices' CSCV computed elsewhere, in order;
+        ``spa``: each fold's SPA computed elsewhere)."""
         if not self.done:
             raise RuntimeError("the run is not finished")
         records = [self.validation[label] for label in self.folds_by_label]
-        selections = [s.selection() for s in self.fold_selections]
-        trial_sharpes = [t for s in selections for t in s.trial_sharpes]
-        if cscv is not None:
-            return promotion_gate(records, trial_sharpes, [], settings, self.objective, cscv=cscv)
-        return promotion_gate(records, trial_sharpes, self.matrices(), settings, self.objective)
+        # N counts the final selection's trials too: its winner is the one that would go live.
+        trial_sharpes = [t for s in self.selections for t in s.selection().trial_sharpes]
+        if spa is None:
+            return promotion_gate(records, trial_sharpes, [] if cscv is not None else self.matrices(), settings,
+                                  self.objective, cscv=cscv, spa_matrices=self.spa_matrices())
+        return promotion_gate(records, trial_sharpes, [] if cscv is not None else self.matrices(), settings,
+                              self.objective, cscv=cscv, spa=spa)

@@ -114,9 +114,9 @@ def trial_counts(run: WalkForwardRun) -> dict[str, int]:
             made_bars += sum(t.budget for t in trials)
             full += len(stage.candidates)
             full_bars += len(stage.candidates) * stage.halving.budgets[-1]
-            if sel.label != FINAL:
-                counted += stage.halving.n_trials
-                pruned += sum(1 for t in trials if t.status == PRUNED)
+            # Every selection's trials count, the final one's too: its winner is the one that would go live.
+            counted += stage.halving.n_trials
+            pruned += sum(1 for t in trials if t.status == PRUNED)
     return {"counted": counted, "pruned_evaluations": pruned, "evaluations": made, "evaluation_bars": made_bars,
             "full_grid_evaluations": full, "full_grid_bars": full_bars}
 
@@ -150,6 +150,7 @@ def decision_document(rec: RunRecord) -> dict[str, Any]:
         "dsr": {name: dataclasses.asdict(x) for name, x in d.dsr.items()},
         "pbo": d.pbo,
         "spa_pvalues": d.spa_pvalues,
+        "spa_by_fold": [{"fold": f.fold, "models": f.models, **f.pvalues} for f in d.spa_folds],
         "trials": trial_counts(run),
         "sharpe": {"in_sample": is_mean, "out_of_sample": d.oos_sharpe, "gap": is_mean - d.oos_sharpe,
                    "out_of_sample_excess": d.oos_excess_sharpe, "per_fold": per_fold,

@@ -132,8 +132,13 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
             num(x["kurtosis"], ".2f"), str(x["n_obs"]), str(x["n_trials"])] for n, x in doc["dsr"].items()]
     parts += ["<h2>Multiple testing</h2>", table(["benchmark", "DSR", "SR/bar", "SR0/bar", "skew", "kurtosis", "T",
                                                  "N"], dsr),
-              f"<p>PBO (CSCV, S = {rec.gate.cscv_partitions}): {num(doc['pbo'])}. SPA p-values: "
-              + ", ".join(f"{esc(k)} {num(v)}" for k, v in doc["spa_pvalues"].items()) + ".</p>"]
+              f"<p>PBO (CSCV, S = {rec.gate.cscv_partitions}): {num(doc['pbo'])}. SPA p-values (the largest over "
+              "the folds): " + ", ".join(f"{esc(k)} {num(v)}" for k, v in doc["spa_pvalues"].items()) + ". Per "
+              "fold, Hansen's SPA of the best of every trial that fold's selection made (pruned ones included), on "
+              "the window they were all compared on:</p>",
+              table(["fold", "models", *map(esc, doc["spa_pvalues"])],
+                    [[str(f["fold"]), str(f["models"]), *(num(f[k]) for k in doc["spa_pvalues"])]
+                     for f in doc["spa_by_fold"]])]
     parts += ["<h2>Successive halving: the ladder of every selection</h2>",
               "<p>candidates@budget (bars of recent training history) per rung; the best 1/"
               f"{rec.eta} go on.</p>", _ladders(rec)]

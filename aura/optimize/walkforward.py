@@ -63,6 +63,17 @@ class Selection:
     def matrices(self) -> list[np.ndarray]:
         return [s.matrix for s in self.stages if s.matrix is not None]
 
+    @property
+    def spa_matrix(self) -> np.ndarray | None:
+        """Every trial of every stage on the window they all share, the smallest budget (B, bars, trials): the
+        models of this selection's SPA (gate.spa_fold).  None when no stage had a choice."""
+        found = self.matrices
+        if not found:
+            return None
+        if len({m.shape[:2] for m in found}) != 1:
+            raise ValueError(f"stage matrices on different windows: {[m.shape for m in found]}")
+        return np.concatenate(found, axis=2)
+
 
 def select(evaluate: Evaluate, train: TrainWindow, grids: Grids, start: StrategyParams, min_budget: int,
            eta: int = 3, objective: ObjectiveSettings | None = None) -> Selection:

@@ -61,10 +61,12 @@ def walk_forward(market: Market, benchmarks: BenchmarkCloses) -> tuple[list[Sele
         s = select(evaluate, f.train, grids, incumbent, SPEC.min_budget)
         selections.append(s)
         records.append(validate_fold(evaluate, f, s, incumbent))
-    decision = promotion_gate(records, [t for s in selections for t in s.trial_sharpes],
-                              [m for s in selections for m in s.matrices], GateSettings(spa_reps=500))
     live = select(evaluate, final_train_window(len(market.panel.timestamps), SPEC), grids, incumbent,
                   SPEC.min_budget)
+    # N counts the final selection's trials too; SPA per fold on that fold's selection
+    decision = promotion_gate(records, [t for s in [*selections, live] for t in s.trial_sharpes],
+                              [m for s in selections for m in s.matrices], GateSettings(spa_reps=500),
+                              spa_matrices={f.index: s.spa_matrix for f, s in zip(folds, selections, strict=True)})
     return selections, decision, live
 
 
@@ -86,8 +88,11 @@ def test_walk_forward_end_to_end(replay_market: Market, replay_benchmarks: Bench
                        (TINY_NAMES[r.stage]))
         assert all(m.shape == (2, 41, len(r.candidates)) for r, m in zip(
             [r for r in s.stages if r.matrix is not None], s.matrices, strict=True))
-    # every trial of every fold and stage is counted, pruned ones included: 3 folds x (9 + 2 + 2 + 4)
-    assert decision.n_trials == 3 * 17
+    # every trial of every selection (3 folds and the final one) and stage is counted, pruned ones included
+    assert decision.n_trials == 4 * 17
+    # each fold's SPA has every trial of its four stages as models, on the smallest budget
+    assert [f.models for f in decision.spa_folds] == [17, 17, 17]
+    assert all(s.spa_matrix is not None and s.spa_matrix.shape == (2, 41, 17) for s in selections)
     assert [c.name for c in decision.checks] == ["beats_GOLD_every_window", "beats_SPY_every_window",
                                                  "beats_incumbent", "deflated_sharpe", "pbo", "spa_GOLD", "spa_SPY"]
     assert decision.passed == all(c.passed for c in decision.checks)

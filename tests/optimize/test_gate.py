@@ -41,8 +41,14 @@ def dominated_matrix(seed: int = 0) -> np.ndarray:
     return base + np.array([0.0, 0.001, 0.002, 0.01])[None, None, :] + rng.normal(0, 0.001, (2, 64, 4))
 
 
+def edges() -> dict[int, np.ndarray]:
+    """Per fold of records(), a selection whose best trial clearly beats both benchmarks."""
+    return {k: dominated_matrix(k) for k in range(3)}
+
+
 def test_a_clear_winner_passes_every_test() -> None:
-    d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500))
+    d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500),
+                       spa_matrices=edges())
     assert d.passed, d.summary()
     assert [c.name for c in d.checks] == ["beats_GOLD_every_window", "beats_SPY_every_window", "beats_incumbent",
                                           "deflated_sharpe", "pbo", "spa_GOLD", "spa_SPY"]
@@ -52,8 +58,10 @@ def test_a_clear_winner_passes_every_test() -> None:
     assert d.dsr["GOLD"].n_obs == 300 and d.dsr["SPY"].n_trials == 100
     assert [w.fold for w in d.windows] == [0, 1, 2]
     assert d.summary().startswith("PROMOTE")
-    again = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500))
+    again = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500),
+                           spa_matrices=edges())
     assert again.checks == d.checks and again.spa_pvalues == d.spa_pvalues  # seeded, deterministic
+    assert [f.fold for f in d.spa_folds] == [0, 1, 2] and [f.models for f in d.spa_folds] == [4, 4, 4]
 
 
 def test_one_window_behind_a_benchmark_fails_and_says_where_and_by_how_much() -> None:
@@ -61,7 +69,7 @@ def test_one_window_behind_a_benchmark_fails_and_says_where_and_by_how_much() ->
     w = recs[1].winner
     lagging = WindowResult(w.window, w.returns - 0.006, w.bench, NAMES, DAY_MS, w.turnover, w.trades)
     recs[1] = ValidationRecord(recs[1].fold, lagging, recs[1].incumbent, recs[1].selected_on)
-    d = promotion_gate(recs, trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=200))
+    d = promotion_gate(recs, trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=200), spa_matrices=edges())
     assert not d.passed
     failed = {c.name: c for c in d.failed}
     assert "beats_GOLD_every_window" in failed and "beats_SPY_every_window" in failed
@@ -74,7 +82,7 @@ def test_one_window_behind_a_benchmark_fails_and_says_where_and_by_how_much() ->
 
 def test_worse_than_the_incumbent_fails() -> None:
     d = promotion_gate(records(strategy_mean=0.004, incumbent_mean=0.008), trial_sharpes(), [dominated_matrix()],
-                       GateSettings(spa_reps=200))
+                       GateSettings(spa_reps=200), spa_matrices=edges())
     inc = next(c for c in d.checks if c.name == "beats_incumbent")
     assert not inc.passed and inc.margin == pytest.approx(d.validation_score - d.incumbent_score) and inc.margin < 0
 
@@ -82,7 +90,7 @@ def test_worse_than_the_incumbent_fails() -> None:
 def test_many_dispersed_trials_deflate_a_modest_sharpe() -> None:
     recs = records(strategy_mean=0.0015, incumbent_mean=0.0)
     d = promotion_gate(recs, [np.random.default_rng(5).normal(0, 0.1, 5000)], [dominated_matrix()],
-                       GateSettings(spa_reps=200))
+                       GateSettings(spa_reps=200), spa_matrices=edges())
     dsr = next(c for c in d.checks if c.name == "deflated_sharpe")
     assert not dsr.passed and dsr.value < 0.5 and "N=5000" in dsr.detail
 
@@ -90,17 +98,38 @@ def test_many_dispersed_trials_deflate_a_modest_sharpe() -> None:
 def test_noise_selection_fails_pbo() -> None:
     rng = np.random.default_rng(9)
     noise = [rng.normal(0, 0.01, (2, 64, 20)) for _ in range(4)]
-    d = promotion_gate(records(), trial_sharpes(), noise, GateSettings(spa_reps=200))
+    d = promotion_gate(records(), trial_sharpes(), noise, GateSettings(spa_reps=200), spa_matrices=edges())
     pbo = next(c for c in d.checks if c.name == "pbo")
     assert not pbo.passed and pbo.value > 0.2 and pbo.margin == pytest.approx(0.2 - pbo.value)
     assert f"{4 * 12870} splits over 4 selection runs" in pbo.detail
 
 
-def test_no_edge_over_benchmarks_fails_spa() -> None:
-    d = promotion_gate(records(strategy_mean=0.0003, incumbent_mean=0.0), trial_sharpes(), [dominated_matrix()],
-                       GateSettings(spa_reps=500))
+def test_a_search_of_noise_fails_spa_and_every_fold_must_show_an_edge() -> None:
+    """SPA is on each fold's selection (every trial, on their common window), not on the validation record: a
+    clear out-of-sample winner found by a search whose trials were noise fails, and one fold of noise is enough
+    (the gate takes the largest p-value over the folds)."""
+    rng = np.random.default_rng(10)
+    noise = {k: rng.normal(0.0, 0.01, (2, 64, 40)) for k in range(3)}
+    d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500),
+                       spa_matrices=noise)
     spa = [c for c in d.checks if c.name.startswith("spa_")]
+    assert [c.name for c in spa] == ["spa_GOLD", "spa_SPY"]
     assert all(not c.passed and c.value > 0.05 for c in spa)
+    assert [f.models for f in d.spa_folds] == [40, 40, 40]
+    one_bad = {**edges(), 1: noise[1]}
+    d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500),
+                       spa_matrices=one_bad)
+    for name in ("GOLD", "SPY"):
+        per_fold = [f.pvalues[name] for f in d.spa_folds]
+        assert per_fold[0] <= 0.05 and per_fold[2] <= 0.05 < per_fold[1]
+        assert d.spa_pvalues[name] == max(per_fold)
+        check = next(c for c in d.checks if c.name == f"spa_{name}")
+        assert not check.passed and check.value == per_fold[1] and "fold 1 " in check.detail
+    no_choice = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=200),
+                               spa_matrices={**edges(), 2: None})
+    assert "spa_GOLD" in {c.name for c in no_choice.failed} and no_choice.spa_folds[2].models == 0
+    with pytest.raises(ValueError, match="SPA needs every fold"):
+        promotion_gate(records(), trial_sharpes(), [dominated_matrix()], spa_matrices={0: dominated_matrix()})
 
 
 def test_leaks_and_misaligned_records_are_refused_not_answered() -> None:
@@ -108,18 +137,19 @@ def test_leaks_and_misaligned_records_are_refused_not_answered() -> None:
     r = recs[0]
     leak = ValidationRecord(r.fold, r.winner, r.incumbent, (TrainWindow(0, 250),))  # reaches into validation
     with pytest.raises(ValueError, match="winner chosen on bars it is judged on"):
-        promotion_gate([leak, *recs[1:]], trial_sharpes(), [dominated_matrix()])
+        promotion_gate([leak, *recs[1:]], trial_sharpes(), [dominated_matrix()], spa_matrices=edges())
     other = WindowResult(recs[1].fold.validate, r.incumbent.returns, r.incumbent.bench, NAMES, DAY_MS, 5.0, 4)
     with pytest.raises(ValueError, match="the incumbent was evaluated on"):
         promotion_gate([ValidationRecord(r.fold, r.winner, other, r.selected_on)], trial_sharpes(),
-                       [dominated_matrix()])
+                       [dominated_matrix()], spa_matrices=edges())
     only_spy = WindowResult(r.fold.validate, r.winner.returns, r.winner.bench[1:], ("SPY",), DAY_MS, 5.0, 4)
     with pytest.raises(ValueError, match="the gate needs"):
         promotion_gate([ValidationRecord(r.fold, only_spy, only_spy, r.selected_on)], trial_sharpes(),
-                       [dominated_matrix()])
+                       [dominated_matrix()], spa_matrices=edges())
     with pytest.raises(ValueError, match="PBO needs"):
-        promotion_gate(recs, trial_sharpes(), [])
+        promotion_gate(recs, trial_sharpes(), [], spa_matrices=edges())
     f9 = Fold(9, TrainWindow(0, 200), ValidationWindow(250, 350), 10)
     w9 = WindowResult(f9.validate, r.winner.returns, r.winner.bench, NAMES, DAY_MS, 5.0, 4)
     with pytest.raises(ValueError, match="validation windows of folds 0 and 9 overlap"):
-        promotion_gate([recs[0], ValidationRecord(f9, w9, w9, (f9.train,))], trial_sharpes(), [dominated_matrix()])
+        promotion_gate([recs[0], ValidationRecord(f9, w9, w9, (f9.train,))], trial_sharpes(), [dominated_matrix()],
+                       spa_matrices=edges())

@@ -12,7 +12,7 @@ import pytest
 from aura.backtest.engine import BacktestConfig
 from aura.backtest.fast import Market, SignalCache
 from aura.optimize.folds import final_train_window, walk_forward_folds
-from aura.optimize.gate import GateSettings
+from aura.optimize.gate import GateSettings, spa_fold
 from aura.optimize.grids import parse_grids
 from aura.optimize.objective import BenchmarkCloses, WindowResult, evaluate_window
 from aura.optimize.plan import FINAL, Request, WalkForwardRun, rung_sizes
@@ -123,7 +123,7 @@ def test_a_restart_replays_stored_answers_in_any_order(replay_market: Market, re
     assert again.decide(GATE).checks == reference[1].checks
 
 
-def test_cscv_computed_elsewhere_gives_the_gates_own_verdict(replay_market: Market,
+def test_cscv_and_spa_computed_elsewhere_give_the_gates_own_verdict(replay_market: Market,
                                                              replay_benchmarks: BenchmarkCloses) -> None:
     answers = Answers(replay_market, replay_benchmarks)
     run = new_run(replay_market)
@@ -133,6 +133,8 @@ def test_cscv_computed_elsewhere_gives_the_gates_own_verdict(replay_market: Mark
         run.advance(answers.lookup)
     remote = [pbo_cscv(m, GATE.cscv_partitions) for m in run.matrices()]
     assert run.decide(GATE, cscv=remote) == run.decide(GATE)
+    spa = [spa_fold(k, m, ("GOLD", "SPY"), GATE) for k, m in reversed(run.spa_matrices().items())]  # any order
+    assert run.decide(GATE, cscv=remote, spa=spa) == run.decide(GATE)
     with pytest.raises(ValueError, match="partitions"):
         run.decide(GATE, cscv=[pbo_cscv(m, 8) for m in run.matrices()])
 
