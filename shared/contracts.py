@@ -240,26 +240,29 @@ class OptWindow(msgspec.Struct, frozen=True):
 
 class OptTask(Contract, frozen=True):
     """A batch of work for the optimizer's workers (aura/optimize/tasks.py): every parameter set on every window
-    (kind "eval"), or one CSCV over a matrix object (kind "cscv").  Everything a worker needs is here or in the
-    object it names, so any worker gives the same answer; ``task_id`` is a content hash of the rest."""
+    (kind "eval"), or one CSCV or one SPA over a matrix object (kind "cscv", "spa").  Everything a worker needs
+    is here or in the object it names, so any worker gives the same answer; ``task_id`` is a content hash of the
+    rest."""
 
     SUBJECT: ClassVar[str] = "aura.optimize.tasks"
     task_id: str
-    kind: str  # "eval" | "cscv"
-    inputs: str  # digest (object name in OPT_INPUTS_BUCKET): panel, rules and benchmarks, or a CSCV matrix
+    kind: str  # "eval" | "cscv" | "spa"
+    inputs: str  # digest (object name in OPT_INPUTS_BUCKET): panel, rules and benchmarks, or a CSCV/SPA matrix
     engine: str  # fingerprint of the evaluation code: a worker running other code refuses the task
-    settings: str  # canonical JSON of the evaluation settings (backtest costs and execution; CSCV partitions)
+    settings: str  # canonical JSON of the settings (backtest costs and execution; CSCV partitions; SPA bootstrap)
     params: list[dict[str, Any]] = []
     windows: list[OptWindow] = []
 
 
 class OptOutcome(msgspec.Struct, frozen=True):
     key: str  # content hash of (inputs, engine, settings, parameters, window): the result's name in the store
-    values: bytes  # float64 little-endian: the strategy's per-bar returns (eval), or one logit per split (cscv)
+    # float64 little-endian: the strategy's per-bar returns (eval), one logit per split (cscv), or one p-value
+    # per benchmark (spa)
+    values: bytes
     turnover: float = 0.0  # eval: traded notional / mean equity, per year
     trades: int = 0
     rows_used: int = 0  # cscv: bars kept (a multiple of the partitions)
-    distinct: int = 0  # cscv: candidates with distinct returns
+    distinct: int = 0  # cscv: candidates with distinct returns; spa: models (every trial of the selection)
 
 
 class OptResult(Contract, frozen=True):

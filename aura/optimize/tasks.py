@@ -1,7 +1,9 @@
 """The optimizer's unit of distributed work, pure: what a task holds, how a result is named, how a worker computes it.
 
 A coordinator turns the requests of a walk-forward run (plan.py) into tasks (``OptTask`` in shared/contracts.py):
-a batch of parameter sets x windows to evaluate (kind "eval"), or one CSCV over a candidate matrix (kind "cscv").
+a batch of parameter sets x windows to evaluate (kind "eval"), or one CSCV over a candidate matrix (kind "cscv"), or
+one fold selection's SPA over its matrix of every trial (kind "spa": a few tenths of a second per benchmark, too much
+to leave on the coordinator while the workers idle).
 A task names its inputs by digest: one object in the optimizer's object store holding the candle panel, the
 market rules and the benchmark closes (``EvalInputs``), or a matrix (``encode_matrix``).  So every worker that
 runs the same code computes the same bytes, and a worker running other code says so instead of answering
@@ -32,8 +34,9 @@ import numpy as np
 from aura.backtest.engine import BacktestConfig
 from aura.backtest.fast import Market, SignalCache
 from aura.optimize.folds import TrainWindow, ValidationWindow, Window
+from aura.optimize.gate import SpaFold
 from aura.optimize.objective import BenchmarkCloses, WindowResult, evaluate_window
-from aura.optimize.stats import CSCV, pbo_cscv
+from aura.optimize.stats import CSCV, pbo_cscv, spa_excess_pvalue
 from aura.strategy.params import StrategyParams, validate_params
 from aura.strategy.types import MarketRule, Panel
 from shared.candles import decode_panel, encode_panel
@@ -41,8 +44,8 @@ from shared.contracts import OptOutcome, OptTask, OptWindow, content_id
 
 INPUTS_MAGIC = "aura-opt-inputs-v1"
 MATRIX_MAGIC = "aura-opt-matrix-v1"
-EVAL, CSCV_KIND = "eval", "cscv"
-CSCV_KEY_PREFIX = "c-"
+EVAL, CSCV_KIND, SPA_KIND = "eval", "cscv", "spa"
+EVAL_KEY_PREFIX, CSCV_KEY_PREFIX, SPA_KEY_PREFIX = "e-", "c-", "s-"
 # Task sizes.  A task is worth a bus round trip (~1 ms) only if it carries tens of milliseconds of work; it must
 # also stay small enough that several workers share a rung (the ladder's upper rungs have few candidates) and
 # that its answer fits the results stream's 192 KiB messages: 16,000 bars of float64 returns are 125 KiB in
@@ -131,7 +134,7 @@ def engine_fingerprint() -> str:
             h.update(f"{package}/{name}\n".encode() + root.joinpath(name).read_bytes())
     for name in ("objective.py", "stats.py", "tasks.py"):
         h.update(f"aura.optimize/{name}\n".encode() + resources.files("aura.optimize").joinpath(name).read_bytes())
-    for dist in ("numpy", "numba"):
+    for dist in ("numpy", "numba", "arch"):  # arch: its bootstrap draws the SPA's p-values
         h.update(f"{dist}=={metadata.version(dist)}\n".encode())
     return h.hexdigest()[:32]
 
@@ -157,16 +160,25 @@ def config_from_json(text: str) -> BacktestConfig:
 def eval_key(inputs: str, engine: str, settings: str, params: StrategyParams, window: Window) -> str:
     """The name of one evaluation's answer (the window's kind does not change the numbers, so it is left out)."""
     return content_id(["eval", inputs, engine, settings, msgspec.to_builtins(params), [window.start, window.stop]],
-                      prefix="e-", length=40)
+                      prefix=EVAL_KEY_PREFIX, length=40)
 
 
 def cscv_key(matrix_digest: str, engine: str, partitions: int) -> str:
     return content_id(["cscv", matrix_digest, engine, partitions], prefix=CSCV_KEY_PREFIX, length=40)
 
 
-def is_cscv_key(key: str) -> bool:
-    """Whether an answer's key names a CSCV (not one evaluation on a window)."""
-    return key.startswith(CSCV_KEY_PREFIX)
+def spa_key(matrix_digest: str, engine: str, settings: str) -> str:
+    return content_id(["spa", matrix_digest, engine, settings], prefix=SPA_KEY_PREFIX, length=40)
+
+
+def spa_settings(reps: int, block_size: int | None, seed: int) -> str:
+    """The SPA bootstrap's settings as canonical JSON (a task's ``settings``, part of its answer's key)."""
+    return json.dumps({"block_size": block_size, "reps": reps, "seed": seed}, separators=(",", ":"), sort_keys=True)
+
+
+def is_eval_key(key: str) -> bool:
+    """Whether an answer's key names one evaluation on a window (not a statistic: a CSCV, an SPA)."""
+    return key.startswith(EVAL_KEY_PREFIX)
 
 
 # --- tasks ----------------------------------------------------------------------------------------------------------
@@ -183,6 +195,11 @@ def eval_task(inputs: str, engine: str, settings: str, params: Sequence[Strategy
 def cscv_task(matrix_digest: str, engine: str, partitions: int) -> OptTask:
     body = {"kind": CSCV_KIND, "inputs": matrix_digest, "engine": engine,
             "settings": json.dumps({"partitions": partitions})}
+    return OptTask(task_id=content_id(body, prefix="t-", length=32), **body)
+
+
+def spa_task(matrix_digest: str, engine: str, settings: str) -> OptTask:
+    body = {"kind": SPA_KIND, "inputs": matrix_digest, "engine": engine, "settings": settings}
     return OptTask(task_id=content_id(body, prefix="t-", length=32), **body)
 
 
@@ -245,6 +262,8 @@ def warm_up() -> float:
         pass
     # The CSCV kernel too, on a matrix decoded as a task's is: a worker's first CSCV task must not compile it.
     run_cscv(cscv_task("warm-up", "warm-up", 16), decode_matrix(encode_matrix(rng.normal(0, 0.01, (2, 64, 3)))))
+    # And the SPA: its first call imports arch, pandas and scipy.
+    run_spa(spa_task("warm-up", "warm-up", spa_settings(10, None, 0)), rng.normal(0, 0.01, (2, 64, 3)))
     return time.perf_counter() - started
 
 
@@ -265,6 +284,15 @@ def run_cscv(task: OptTask, matrix: np.ndarray) -> OptOutcome:
                       distinct=result.distinct)
 
 
+def run_spa(task: OptTask, matrix: np.ndarray) -> OptOutcome:
+    """One fold selection's SPA: a p-value per benchmark row of its (B, bars, models) excess matrix."""
+    doc = json.loads(task.settings)
+    pvalues = [spa_excess_pvalue(matrix[b], int(doc["reps"]), doc["block_size"], int(doc["seed"]))
+               for b in range(matrix.shape[0])]
+    return OptOutcome(spa_key(task.inputs, task.engine, task.settings), np.asarray(pvalues, dtype="<f8").tobytes(),
+                      distinct=int(matrix.shape[2]))
+
+
 # --- the coordinator's side: outcomes back into the core's types ------------------------------------------------
 
 
@@ -279,6 +307,13 @@ def cscv_result(outcome: OptOutcome, partitions: int) -> CSCV:
     logits = np.frombuffer(outcome.values, dtype="<f8").copy()
     pbo = float(np.mean(logits <= 0)) if len(logits) else math.nan
     return CSCV(pbo, logits, partitions, int(outcome.rows_used), int(outcome.distinct))
+
+
+def spa_result(outcome: OptOutcome, fold: int, names: Sequence[str]) -> SpaFold:
+    pvalues = np.frombuffer(outcome.values, dtype="<f8")
+    if len(pvalues) != len(names):
+        raise TaskError(f"an SPA answer with {len(pvalues)} p-values for benchmarks {list(names)}")
+    return SpaFold(fold, int(outcome.distinct), {n: float(p) for n, p in zip(names, pvalues, strict=True)})
 
 
 def inputs_document(inputs: EvalInputs) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from aura.optimize.tasks import (
     CSCV_KIND,
     EVAL,
+    SPA_KIND,
     EvalInputs,
     Evaluator,
     TaskError,
@@ -34,6 +35,7 @@ from aura.optimize.tasks import (
     digest,
     engine_fingerprint,
     run_cscv,
+    run_spa,
     warm_up,
 )
 from shared.bus import (
@@ -129,12 +131,13 @@ class Worker:
                 self.step = (len(outcomes), self.step[1])
                 await beat.tick()
             return outcomes
-        if task.kind == CSCV_KIND:
+        if task.kind in (CSCV_KIND, SPA_KIND):
             data = await read_object(self.ctx.js, OPT_INPUTS_BUCKET, task.inputs)
             if digest(data) != task.inputs:
                 raise ValueError(f"object {task.inputs[:16]} does not hash to its name")
             await beat.tick()
-            return [run_cscv(task, decode_matrix(data))]
+            run = run_cscv if task.kind == CSCV_KIND else run_spa
+            return [run(task, decode_matrix(data))]
         raise TaskError(f"unknown task kind {task.kind!r}")
 
     async def evaluator(self, inputs: str) -> Evaluator:

@@ -12,6 +12,7 @@ from aura.backtest.data import default_rules
 from aura.backtest.engine import BacktestConfig
 from aura.backtest.fast import Market, SignalCache
 from aura.optimize.folds import TrainWindow, ValidationWindow, Window
+from aura.optimize.gate import GateSettings, spa_fold
 from aura.optimize.objective import BenchmarkCloses, evaluate_window
 from aura.optimize.stats import pbo_cscv
 from aura.optimize.tasks import (
@@ -29,8 +30,14 @@ from aura.optimize.tasks import (
     engine_fingerprint,
     eval_key,
     eval_task,
+    is_eval_key,
     run_cscv,
+    run_spa,
     settings_json,
+    spa_key,
+    spa_result,
+    spa_settings,
+    spa_task,
     window_result,
 )
 from aura.strategy.params import StrategyParams
@@ -112,6 +119,23 @@ def test_a_cscv_task_answers_the_gates_statistic() -> None:
     want = pbo_cscv(matrix, 16)
     assert (got.pbo, got.rows_used, got.distinct, got.n_partitions) == (want.pbo, want.rows_used, want.distinct, 16)
     np.testing.assert_array_equal(got.logits, want.logits)
+
+
+def test_an_spa_task_answers_the_gates_statistic_under_a_key_of_its_settings() -> None:
+    rng = np.random.default_rng(2)
+    matrix = rng.normal(0, 0.01, size=(2, 64, 6)) + np.array([0.004, 0.0])[:, None, None]  # an edge on GOLD only
+    blob = encode_matrix(matrix)
+    gate = GateSettings(spa_reps=300, spa_seed=4)
+    settings = spa_settings(gate.spa_reps, gate.spa_block_size, gate.spa_seed)
+    task = spa_task(digest(blob), engine_fingerprint(), settings)
+    outcome = run_spa(task, decode_matrix(blob))
+    got = spa_result(outcome, 5, ("GOLD", "SPY"))
+    assert got == spa_fold(5, matrix, ("GOLD", "SPY"), gate)  # what the gate computes in-process, bit for bit
+    assert got.models == 6 and got.pvalues["GOLD"] < 0.05 < got.pvalues["SPY"]
+    assert outcome.key == spa_key(digest(blob), engine_fingerprint(), settings)
+    assert outcome.key != spa_key(digest(blob), engine_fingerprint(), spa_settings(301, None, 4))
+    assert is_eval_key(outcome.key) is False and is_eval_key(eval_key("i", "e", "s", StrategyParams(),
+                                                                      Window(0, 5)))
 
 
 def test_window_type_is_kept_for_the_core() -> None:
