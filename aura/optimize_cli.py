@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aura.optimize.gate import GateSettings
 from shared.config import ConfigError, Settings, load_settings, settings_for_command
 
 PROG = "aura optimize"
@@ -62,6 +63,13 @@ def add_optimize_parser(subparsers: Any) -> None:
                    help="smallest training history in bars (default: the timeframe's; the training length = the "
                         "full grid, no halving)")
     p.add_argument("--spa-reps", type=int, default=2000, help="bootstrap replications of the SPA test")
+    gate = GateSettings()
+    p.add_argument("--dsr-min", type=float, default=gate.dsr_min,
+                   help=f"the gate's smallest Deflated Sharpe Ratio, in [0, 1] (default {gate.dsr_min})")
+    p.add_argument("--pbo-max", type=float, default=gate.pbo_max,
+                   help=f"the gate's largest probability of backtest overfitting, in [0, 1] (default {gate.pbo_max})")
+    p.add_argument("--spa-alpha", type=float, default=gate.spa_alpha,
+                   help=f"the gate's largest SPA p-value against each benchmark, in [0, 1] (default {gate.spa_alpha})")
     p.add_argument("--state", type=Path, default=None,
                    help="result store and embedded bus (default $AURA_HOME/optimize)")
     p.add_argument("--nats-url", default=None, help="work on this running system's bus (default: AURA_NATS_URL, "

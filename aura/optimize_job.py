@@ -78,6 +78,15 @@ def load_inputs(data: Path, timeframe: str, symbols: list[str] | None) -> EvalIn
     return EvalInputs(timeframe, panel, default_rules(panel).rules, bench)
 
 
+def gate_settings(args: argparse.Namespace) -> GateSettings:
+    """The gate's settings from the command line; GateSettings refuses a threshold outside [0, 1] (ValueError).
+    A namespace without a threshold (a caller other than the CLI) gets the default."""
+    default = GateSettings()
+    return GateSettings(dsr_min=getattr(args, "dsr_min", default.dsr_min),
+                        pbo_max=getattr(args, "pbo_max", default.pbo_max),
+                        spa_alpha=getattr(args, "spa_alpha", default.spa_alpha), spa_reps=args.spa_reps)
+
+
 def prepare_job(args: argparse.Namespace) -> OptimizeJob:
     symbols = resolve_symbols(args.data, args.timeframe, args.symbols.split(",")) if args.symbols else None
     inputs = load_inputs(args.data, args.timeframe, symbols)
@@ -95,7 +104,7 @@ def prepare_job(args: argparse.Namespace) -> OptimizeJob:
         raise ValueError(f"--min-budget must lie in [1, {spec.train}] bars")
     return OptimizeJob(inputs, BacktestConfig(bar_ms=timeframe_ms(args.timeframe)), grids,
                        hashlib.sha256(text.encode()).hexdigest(), spec, folds, final_train_window(n_bars, spec),
-                       args.eta, min_budget, GateSettings(spa_reps=args.spa_reps), ObjectiveSettings(),
+                       args.eta, min_budget, gate_settings(args), ObjectiveSettings(),
                        default_params(args.timeframe), survivorship_caveat(args.data))
 
 

@@ -54,6 +54,16 @@ class GateSettings:
     spa_block_size: int | None = None  # None: sqrt(T), arch's default
     spa_seed: int = 0  # the bootstrap is seeded: the same inputs give the same decision
 
+    def __post_init__(self) -> None:
+        # Thresholds are settings (aura optimize --dsr-min, --pbo-max, --spa-alpha), so they are checked here: a
+        # probability outside [0, 1] would make its test always pass or always fail without saying so.
+        for name in ("dsr_min", "pbo_max", "spa_alpha"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"gate threshold {name} must lie in [0, 1], got {value}")
+        if self.spa_reps < 1:
+            raise ValueError(f"spa_reps must be at least 1, got {self.spa_reps}")
+
 
 @dataclass(frozen=True, eq=False)
 class ValidationRecord:
