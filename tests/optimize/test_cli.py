@@ -78,9 +78,12 @@ def test_outputs_are_complete_identical_and_survive_a_kill_9(tmp_path: Path) -> 
         c["name"] for c in doc["checks"] if not c["passed"]]
     assert all({"strategy", "GOLD", "SPY", "incumbent", "dates"} <= set(w) for w in doc["windows"])
     assert set(doc["dsr"]) == set(doc["spa_pvalues"]) == {"GOLD", "SPY"} and 0 <= doc["pbo"] <= 1
-    assert doc["trials"]["counted"] == 2 * (9 + 2 + 2 + 4) and doc["trials"]["pruned_evaluations"] > 0
+    # two folds' selections and the final one, every trial of every stage
+    assert doc["trials"]["counted"] == 3 * (9 + 2 + 2 + 4) and doc["trials"]["pruned_evaluations"] > 0
+    assert [(f["fold"], f["models"]) for f in doc["spa_by_fold"]] == [(6, 17), (7, 17)]
+    assert doc["spa_pvalues"] == {b: max(f[b] for f in doc["spa_by_fold"]) for b in ("GOLD", "SPY")}
     assert {"in_sample", "out_of_sample", "gap", "per_fold"} <= set(doc["sharpe"])
-    assert "survivor" in doc["universe"]["survivorship"]
+    assert doc["universe"]["survivorship"].startswith("From README.md: Survivorship bias")  # the data's own words
     trials = pl.read_parquet(tmp_path / "a" / "trials.parquet")
     assert set(trials["status"]) >= {"pruned", "winner"} and set(trials["selection"]) == {"fold 6", "fold 7", "final"}
     html = (tmp_path / "a" / "report.html").read_text()
