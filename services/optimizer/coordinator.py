@@ -158,7 +158,7 @@ class Coordinator:
         # CSCV on the workers when its answer fits a message; otherwise the gate computes it here.
         self.remote_cscv = math.comb(gate.cscv_partitions, gate.cscv_partitions // 2) <= MAX_CSCV_SPLITS
         self._matrices: dict[tuple[str, str], tuple[str, bytes]] = {}  # (selection, stage) -> (cscv key, blob)
-        # Each fold selection's SPA on the workers too (about 0.4 s per benchmark at 432 models: seconds in all);
+        # Each fold selection's SPA on the workers too (about 0.2 s per benchmark at 432 models: seconds in all);
         # a selection without a choice has no matrix and no task (its p-values are NaN, decided here).
         self.spa_settings = spa_settings(gate.spa_reps, gate.spa_block_size, gate.spa_seed)
         self._spa_matrices: dict[str, tuple[str, bytes] | None] = {}  # selection label -> (spa key, blob)
