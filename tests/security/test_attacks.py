@@ -35,7 +35,7 @@ from shared.contracts import (
     decode,
     encode,
 )
-from shared.credentials import trusted_key
+from shared.credentials import signing_key, trusted_key
 from shared.live_params import sign_document
 from shared.provision import BUCKETS
 from shared.signing import sign_struct
@@ -235,6 +235,14 @@ def test_a_snapshot_with_a_fake_equity_peak_does_not_reach_risk(system: System) 
     for variant in (fake, sign_struct(fake, Ed25519PrivateKey.generate())):
         assert run(js_publish(system, "executor", PortfolioSnapshot.SUBJECT, encode(variant))) == "stored"
     wait_until(lambda: system.counter("risk", "forged_snapshots") > forged_before, "risk to refuse the snapshot")
+    # With the executor's signing key too: a snapshot id risk already holds, republished with other contents, is
+    # refused all the same (risk remembers what each id it verified said).
+    forged_before = system.counter("risk", "forged_snapshots")
+    resigned = sign_struct(fake, signing_key(system.settings.keys, "executor"))
+    assert resigned.snapshot_id == genuine.snapshot_id
+    assert run(js_publish(system, "executor", PortfolioSnapshot.SUBJECT, encode(resigned))) == "stored"
+    wait_until(lambda: system.counter("risk", "forged_snapshots") > forged_before, "risk to refuse the re-signed id")
+    assert any("seen before with other contents" in x["msg"] for x in system.log_lines("risk", "FORGED_SNAPSHOT"))
     assert_untouched(system, before, "a snapshot with a fake equity peak")
     assert not [x for x in system.log_lines("risk", "KILL_SWITCH") if "breached" in x["msg"]]
 
