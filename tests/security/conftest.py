@@ -73,6 +73,11 @@ class System:
         with httpx.Client(timeout=3) as client:
             return {n: client.get(f"http://{s.health_host}:{s.port_for(n)}/readyz").status_code for n in SERVICE_NAMES}
 
+    def readiness(self, service: str) -> dict[str, Any]:
+        """``service``'s /readyz body: ready, and each check's text."""
+        s = self.settings
+        return dict(httpx.get(f"http://{s.health_host}:{s.port_for(service)}/readyz", timeout=3).json())
+
     def metrics(self, service: str) -> str:
         s = self.settings
         return httpx.get(f"http://{s.health_host}:{s.port_for(service)}/metrics", timeout=3).text

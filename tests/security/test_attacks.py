@@ -184,6 +184,10 @@ def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(
     wait_until(lambda: len(system.log_lines("risk", "RISK_TICK")) >= ticks_before + 4, "four more risk ticks")
     assert system.counter("risk", "params_version") == version_before
     assert not [x for x in system.log_lines("risk", "RISK_TICK") if "failed" in x["msg"]]
+    # Still ready, on the last valid version, and /readyz says which version was refused (the operator's cue).
+    for svc in ("signal", "risk"):
+        body = system.readiness(svc)
+        assert body["ready"] is True and "refused version" in str(body["checks"]), f"{svc}: {body}"
     assert_untouched(system, before, f"a {document} parameter document")
 
 
