@@ -177,8 +177,10 @@ MATRIX: tuple[Resource, ...] = (
         ingest=RW, operator=R),
     _kv(STATE_BUCKET, (SIGNAL_STATE_KEY,), signal=RW, operator=R),
     _kv(STATE_BUCKET, (HALT_KEY,), risk=RW, console=R, operator=R),  # the console shows the kill-switch latch
-    # Reset (applied by risk) and adopt (applied by the executor) requests, signed by the operator.
-    _kv(STATE_BUCKET, (RESET_KEY, ADOPT_KEY), operator=RW, risk=R, executor=R),
+    # Reset (applied by risk) and adopt (applied by the executor) requests, signed by the operator; each read only
+    # by the service that applies it.
+    _kv(STATE_BUCKET, (RESET_KEY,), operator=RW, risk=R),
+    _kv(STATE_BUCKET, (ADOPT_KEY,), operator=RW, executor=R),
     # The optimizer's latest decision (issue 10), shown by the console.
     _kv(STATE_BUCKET, (DECISION_KEY,), optimizer=RW, console=R, operator=R),
     # The optimizer's work queue (issue 10): the coordinator (the optimizer principal) publishes tasks, writes their

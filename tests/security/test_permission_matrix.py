@@ -1,8 +1,9 @@
 """The bus's permission matrix, walked against a real nats-server with every credential.
 
 For each principal (and an anonymous client) every operation that could move money or state is attempted:
-publishing on each pipeline subject, writing each KV key, writing the candle object store, creating, changing
-or deleting streams and consumers, reading and consuming.  What the server allows is compared with a table
+publishing on each pipeline subject, writing and reading each KV key, writing and reading the object stores, acking
+and reading another principal's consumer, creating, changing or deleting streams and consumers, reading and
+consuming.  What the server allows is compared with a table
 written here from the issue's requirements, independently of ``shared.bus_access.MATRIX``: a wrong edit of
 the matrix fails this test even though the server would faithfully enforce it.
 """
@@ -95,6 +96,26 @@ READ = {
     "aura.events.risk": {"operator", "console"},
     "aura.optimize.results": {"operator"},  # the coordinator consumes them; a worker cannot read them
 }
+# KV keys -> who may read them: each service the keys it consumes, the console what the dashboard shows, the
+# operator everything.
+KV_READ = {
+    ("aura_params", "strategy"): {"signal", "risk", "optimizer", "console", "operator"},
+    ("aura_state", "risk.halted"): {"risk", "console", "operator"},
+    ("aura_state", "operator.reset"): {"risk", "operator"},
+    ("aura_state", "operator.adopt"): {"executor", "operator"},
+    ("aura_state", "signal.state"): {"signal", "operator"},
+    ("aura_state", "ingest.cursor.replay.1d"): {"ingest", "operator"},
+    ("aura_state", "optimizer.decision"): {"optimizer", "console", "operator"},
+}
+# Object stores -> who may read them: the candles (ingest writes them; signal and risk plan on them), the
+# optimizer's inputs (the coordinator writes them, workers evaluate on them).
+OBJECT_READ = {
+    "aura_candles": {"ingest", "signal", "risk", "console", "operator"},
+    "aura_opt_inputs": {"optimizer", "worker", "operator"},
+}
+# Another principal's durable consumer: its info (the operator manages) and its acks (its owner alone).
+CONSUMER_INFO = {"executor": {"executor", "operator"}, "risk": {"risk", "operator"}}
+CONSUMER_ACK = {"executor": {"executor"}, "risk": {"risk"}}
 STREAMS = {"aura.data.ready": "AURA_DATA", "aura.data.stale": "AURA_DATA", "aura.exec.snapshots": "AURA_EXEC",
            "aura.plans.approved": "AURA_PLANS", "aura.signal.targets": "AURA_TARGETS",
            "aura.events.risk": "AURA_EVENTS", "aura.optimize.results": "AURA_OPT_RESULTS"}
@@ -159,7 +180,24 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
     for durable, spec in ((s.durable, s) for s in CONSUMERS.values()):
         jobs[f"consume {durable}"] = probe.attempt(f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{durable}",
                                                    json.dumps({"batch": 1, "no_wait": True}).encode())
+    for bucket, key in KV_READ:
+        jobs[f"kv read {bucket}/{key}"] = probe.attempt(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}", b"")
+    for bucket in OBJECT_READ:
+        jobs[f"object read {bucket}"] = probe.attempt(f"$JS.API.DIRECT.GET.OBJ_{bucket}",
+                                                      json.dumps({"seq": 1}).encode())
+    for durable in CONSUMER_INFO:
+        spec = CONSUMERS[durable]
+        jobs[f"consumer info {durable}"] = probe.attempt(f"$JS.API.CONSUMER.INFO.{spec.stream}.{durable}", b"")
     results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    # Acks are published, not requested (nobody answers an ack): refused shows as the server's permission error.
+    for durable in CONSUMER_ACK:
+        spec = CONSUMERS[durable]
+        subject = f"$JS.ACK.{spec.stream}.{durable}.1.1.1.1700000000000000000.0"
+        await probe.nc.publish(subject, b"+ACK")
+        await probe.nc.flush()
+        await asyncio.sleep(0.2)
+        results[f"ack {durable}"] = ("refused" if any(f'"{subject.lower()}"' in e.lower() for e in probe.errors)
+                                     else "allowed")
     # Management goes second: the operator may delete the executor's consumer, and a pull on a consumer deleted
     # a moment earlier has no responder, so running both at once made "consume executor" a race.
     manage: dict[str, Any] = {}
@@ -195,6 +233,10 @@ def expected(principal: str) -> dict[str, str]:
     out.update({f"read {s}": word(principal in who) for s, who in READ.items()})
     out.update({f"history {s}": word(principal in who) for s, who in HISTORY.items()})
     out.update({f"consume {d}": word(principal in who) for d, who in CONSUME.items()})
+    out.update({f"kv read {b}/{k}": word(principal in who) for (b, k), who in KV_READ.items()})
+    out.update({f"object read {b}": word(principal in who) for b, who in OBJECT_READ.items()})
+    out.update({f"consumer info {d}": word(principal in who) for d, who in CONSUMER_INFO.items()})
+    out.update({f"ack {d}": word(principal in who) for d, who in CONSUMER_ACK.items()})
     out["subscribe aura.plans.approved"] = word(False)  # plans are read through JetStream, never tapped
     return out
 
