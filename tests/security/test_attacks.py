@@ -10,8 +10,12 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,7 +23,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aura.strategy.params import StrategyParams
+from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
 from services.ingest.replay import cycle_id_for
 from services.risk.latch import HALT_KEY, read_latch
@@ -385,6 +389,31 @@ def test_aborts_for_unknown_cycles_never_become_equity_points(system: System) ->
 
 
 # --- after every attack: the system still trades a genuine cycle -------------------------------------------------
+
+
+def test_zy_beside_every_refused_write_the_operators_cli_edit_is_live_in_signal_and_risk(system: System,
+                                                                                       tmp_path: Path) -> None:
+    """Not an attack: the legitimate path still works.  `aura params show`, one value edited, `aura params set`
+    (as the operator, through the run's bus), and the running signal and risk hot-reload it between cycles."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
+    env |= {"AURA_HOME": str(system.settings.home_path), "AURA_NATS_URL": system.url}
+
+    def aura(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aura.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    shown = aura("params", "show")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    doc["params"]["take_profit"] = 5.0  # exit at +500%: changes no trade here, and is seen in the digest
+    edited = tmp_path / "params.json"
+    edited.write_text(json.dumps(doc))
+    promoted = aura("params", "set", str(edited), "--reason", "round trip")
+    assert promoted.returncode == 0, promoted.stderr
+    digest_now = params_digest(msgspec.convert(doc["params"], StrategyParams))
+    for svc in ("signal", "risk"):
+        wait_until(lambda svc=svc: f"version {doc['version'] + 1} digest {digest_now}"
+                   in str(system.readiness(svc)["checks"]), f"{svc} to run on the edited parameters", timeout=30)
 
 
 def test_zz_after_every_attack_a_genuine_new_cycle_is_still_planned_and_executed(system: System) -> None:
