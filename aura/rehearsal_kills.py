@@ -206,6 +206,11 @@ class KillRun:
         out += [f"plan {p} left {s}" for p, s in open_plans]
         if self.report.cycles_after_kills < self.settle_cycles:
             out.append(f"only {self.report.cycles_after_kills} cycles after the last kill")
+        # A restart must reconcile to agreeing books: a [RECONCILE] halt would stop trading (its cycles then end
+        # "rejected", which the statuses alone would not tell from a plan refused for being stale).
+        out += [f"executor halted trading on a book mismatch: {line[:300]}"
+                for line in lab.log_since("executor", 0).splitlines()
+                if "RECONCILE" in line and "trading halted" in line]
         return out
 
     # --- one kill --------------------------------------------------------------------------------------------
