@@ -78,7 +78,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_poll_s: float = 60.0
     symbols: str = ""
     # Sync mode: the venue's market rules and the universe are read again at least this often (by the venue's
-    # clock: a day of market time, also in an accelerated rehearsal); live risk re-reads the taker fee as often.
+    # clock: a day of market time, also in an accelerated rehearsal); live risk re-reads the taker fee as often,
+    # and the executor the rules it places orders by (also at once for a plan naming a pair they lack).
     markets_refresh_s: float = 86_400.0
     # Sync mode without symbols: the universe is at most this many of the venue's trading USDT pairs, largest
     # 24h quote volume first (held pairs that still trade stay in it until sold).  The bound keeps a target

@@ -129,8 +129,8 @@ class CrashBroker:
         self.points.hit(f"{label}.after")
         return out
 
-    async def load_markets(self) -> dict[str, MarketRule]:
-        return await self.inner.load_markets()
+    async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
+        return await self.inner.load_markets(reload)
 
     async def fetch_free_balances(self) -> dict[str, float]:
         return await self._call("balances", self.inner.fetch_free_balances)  # type: ignore[no-any-return]

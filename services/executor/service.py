@@ -28,6 +28,7 @@ from services.executor.boot import TimedBroker, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
 from services.executor.journal import Journal, journal_fault
+from services.executor.markets import MarketRules
 from services.executor.reconciler import Reconciler
 from services.executor.runner import (
     FINAL_PLAN_STATES,
@@ -79,7 +80,7 @@ class Executor:
         self.ctx = ctx
         self.journal = journal
         self.broker = broker
-        self.rules = rules
+        self.markets = MarketRules(broker, rules, ctx.settings.markets_refresh_s, ctx.logger, ctx.health)
         # The paper broker cannot receive a request late (it lives and dies with this process), so a lookup
         # "not found" is final at once; a real exchange gets its recvWindow to settle (execution rule 6).
         settle = 0.0 if ctx.settings.dry_run else DEFAULT_SETTLE_S
@@ -128,8 +129,8 @@ class Executor:
             ensure_genesis(self.journal, cash)
             info(self.ctx.logger, "BOOT", "genesis snapshot written", cash=cash)
         try:
-            runs = await recover(self.journal, self.broker, self.rules, self.limits, self.ctx.logger, self.marks,
-                                 self.live)
+            runs = await recover(self.journal, self.broker, self.markets.rules, self.limits, self.ctx.logger,
+                                 self.marks, self.live)
         except TransientBrokerError as exc:
             # The exchange is unreachable: the interrupted plan stays "executing" and its redelivery finishes it.
             runs = []
@@ -278,9 +279,11 @@ class Executor:
             # Say again what the book is: if a newer (forged) message hid it, risk plans on it next time.
             await publish_snapshot(self.ctx.js, current, again=True)
             return
+        # Rules read again if due, or if the plan names a pair listed since they were read.
+        rules = await self.markets.for_symbols(leg.symbol for leg in plan.legs)
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
-            run = await run_plan(plan, self.broker, self.journal, self.rules, self.limits, self.ctx.logger,
+            run = await run_plan(plan, self.broker, self.journal, rules, self.limits, self.ctx.logger,
                                  self.marks, self.sync, self.live)
         finally:
             heartbeat.cancel()

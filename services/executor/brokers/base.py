@@ -91,7 +91,9 @@ class OrderState:
 class Broker(Protocol):
     name: str
 
-    async def load_markets(self) -> dict[str, MarketRule]: ...
+    async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
+        """Rules of every tradable market.  ``reload``: ask the exchange again, never a client's cached copy."""
+        ...
 
     async def fetch_free_balances(self) -> dict[str, float]:
         """Free balance per asset ("USDT", "BTC", ...). Raises TransientBrokerError on failure."""

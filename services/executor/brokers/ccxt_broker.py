@@ -175,9 +175,9 @@ class CcxtBroker:
 
     # --- symbols and markets ---------------------------------------------------------------------------------------
 
-    async def _markets(self) -> dict[str, Any]:
+    async def _markets(self, reload: bool = False) -> dict[str, Any]:
         try:
-            return await self.exchange.load_markets()
+            return await self.exchange.load_markets(reload)
         except Exception as exc:
             raise self.map_error(exc, placing=False) from exc
 
@@ -194,8 +194,10 @@ class CcxtBroker:
             return by_id[symbol][0]["symbol"]
         raise OrderRejectedError(f"unknown symbol {symbol!r} on {self.exchange_id}", code=-1121)
 
-    async def load_markets(self) -> dict[str, MarketRule]:
-        return rules_from_ccxt(await self._markets())
+    async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
+        # reload=True: ccxt asks the exchange again and replaces its cache, which _symbol and the order
+        # precision read too, so a pair listed since the last read can also be placed.
+        return rules_from_ccxt(await self._markets(reload))
 
     # --- reads -------------------------------------------------------------------------------------------------------
 

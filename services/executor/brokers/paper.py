@@ -41,8 +41,8 @@ class PaperBroker:
         self.prices: dict[str, float] = {}
         self.orders: dict[str, OrderState] = {}
 
-    async def load_markets(self) -> dict[str, MarketRule]:
-        return dict(self.rules)
+    async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
+        return dict(self.rules)  # the paper venue's rules never change: nothing to reload
 
     async def fetch_free_balances(self) -> dict[str, float]:
         return dict(self.balances)

@@ -1,0 +1,52 @@
+"""Helpers for tests of the live executor's real service body on a real bus against the exchange simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aura.exchange_sim import SimServer
+from shared.bus import publish
+from shared.contracts import PlanBody, PlanLeg, PortfolioSnapshot, plan_id_for
+from shared.credentials import signing_key
+from shared.signing import sign_plan
+from tests.bus_helpers import journal_rows, snapshot
+from tests.conftest import NatsEndpoint
+
+DAY = 86_400_000
+
+
+def live_settings(bus: NatsEndpoint, sim: SimServer, **extra: str) -> Any:
+    return bus.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
+                        AURA_PAPER_CASH_USDT="10000", **extra)
+
+
+async def publish_plan(js_risk: Any, settings: Any, sim: SimServer, cycle_id: str, basis_id: str,
+                       *legs: tuple[str, str, float]) -> PlanBody:
+    """Play risk: a signed plan of (symbol, side, qty) legs at the simulator's prices, on data of the bar the
+    simulator's clock just closed (fresh by the exchange's clock)."""
+    prices = {sym: float(sim.sim.price(sym.replace("/", ""))) for sym, _, _ in legs}
+    fields: dict[str, Any] = {
+        "cycle_id": cycle_id, "as_of_ms": int(sim.sim.now_ms()) - DAY, "data_digest": "d",
+        "target_id": f"t-{cycle_id}", "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis_id,
+        "gate": "pass", "halted": False, "reasons": [], "prices": prices,
+        "legs": [PlanLeg(i, sym, side, qty, prices[sym], "enter") for i, (sym, side, qty) in enumerate(legs)]}
+    body = PlanBody(plan_id=plan_id_for(fields), **fields)
+    await publish(js_risk, sign_plan(body, signing_key(settings.keys, "risk")), msg_id=body.plan_id)
+    return body
+
+
+def closed_by(js_operator: Any, body: PlanBody) -> Any:
+    """A probe for ``until``: the newest snapshot, once it is the one that closed ``body``'s cycle."""
+
+    async def probe() -> PortfolioSnapshot | None:
+        snap = await snapshot(js_operator)
+        return snap if snap.plan_id == body.plan_id else None
+
+    return probe
+
+
+def intents(settings: Any, body: PlanBody) -> list[tuple[str, str, str]]:
+    """(symbol, status, reason) of each leg of ``body`` as the journal has it."""
+    rows = journal_rows(settings, "SELECT symbol, status, reason FROM intents WHERE plan_id=? ORDER BY leg_index",
+                        (body.plan_id,))
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
