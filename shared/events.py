@@ -46,6 +46,7 @@ EVENT_TAGS: dict[str, int] = {
     "FORGED_STATE": logging.WARNING,
     "PARAMS_REFUSED": logging.WARNING,
     "JOURNAL_FAULT": logging.WARNING,
+    "EXCHANGE_DOWN": logging.INFO,  # the exchange not answering (plans wait), and when it answers again
     "MARKETS": logging.WARNING,  # the executor's market rules could not be reloaded
     "MARKETS_STALE": logging.WARNING,
     "DELISTED": logging.WARNING,

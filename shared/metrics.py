@@ -82,6 +82,8 @@ METRICS: dict[str, Metric] = {
     "journal_faults": _c("Plan handlings that met a journal the disk would not write", owners=EXECUTOR),
     "reconcile_halts": _c("Times trading halted because journal and exchange disagreed", owners=EXECUTOR),
     "adoptions": _c("Operator adoptions of the exchange's balances applied", owners=EXECUTOR),
+    "exchange_faults": _c("Plan handlings (or boots) that met an exchange not answering; kept for redelivery",
+                          owners=EXECUTOR),
     "markets_reloads": _c("Market rules read again from the exchange (due, or a plan named a new symbol)",
                           owners=EXECUTOR),
     "markets_reload_failures": _c("Market rule reloads that failed (the rules in force were kept)",

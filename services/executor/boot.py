@@ -18,6 +18,7 @@ from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, OrderState
 from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
 from services.executor.journal import Journal, journal_fault
+from services.executor.outage import is_exchange_outage
 from services.executor.portfolio import portfolio_from_fills
 from services.ingest.replay import load_market_rules
 from shared.config import Settings
@@ -49,6 +50,30 @@ async def open_journal(ctx: ServiceContext) -> Journal | None:
             info(ctx.logger, "JOURNAL_FAULT", "journal writable again", path=str(path))
         return journal
     return None
+
+
+async def boot_when_possible(ctx: ServiceContext, executor: Any) -> None:
+    """``executor.boot()``, tried again while the journal cannot be written (disk full) or the exchange does not
+    answer: wait with /readyz red and the reason, never a crash loop (boot is idempotent)."""
+    while not ctx.stop.is_set():
+        try:
+            await executor.boot()
+            executor.io_fault = None
+            executor.outage.answered()
+            return
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                executor.journal.rollback()
+            if is_exchange_outage(exc):
+                executor.outage.failed(exc, at="boot")
+            else:
+                executor.io_fault = journal_fault(exc)
+                if executor.io_fault is None:
+                    raise
+                error(ctx.logger, "JOURNAL_FAULT", "journal cannot be written at boot; waiting",
+                      error=executor.io_fault)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stop.wait(), timeout=RETRY_S)
 
 
 class TimedBroker:

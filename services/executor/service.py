@@ -24,11 +24,12 @@ from nats.js.kv import KeyValue
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
 from services.executor.announce import publish_fills, publish_snapshot
-from services.executor.boot import TimedBroker, make_broker, open_journal
+from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
 from services.executor.journal import Journal, journal_fault
 from services.executor.markets import MarketRules
+from services.executor.outage import ExchangeOutage, is_exchange_outage
 from services.executor.reconciler import Reconciler
 from services.executor.runner import (
     FINAL_PLAN_STATES,
@@ -105,6 +106,7 @@ class Executor:
         self.io_fault: str | None = None
         ctx.health.checks["journal"] = lambda: (self.io_fault is None, "writable" if self.io_fault is None else
                                                 f"cannot write the journal ({self.io_fault}); plans wait")
+        self.outage = ExchangeOutage(ctx.health, ctx.logger)  # the exchange unreachable: plans wait, never dropped
         ctx.health.checks["plans"] = lambda: (self.stuck is None, "ok" if self.stuck is None else
                                               f"plan {self.stuck} keeps failing mid-execution; see [EXEC_ERROR]")
 
@@ -118,6 +120,8 @@ class Executor:
         return self.current_snapshot()
 
     async def boot(self) -> None:
+        if not self.markets.rules:
+            self.markets.rules = await self.broker.load_markets()
         if self.reconciler is not None and self.journal.latest_snapshot() is None:
             # Live: genesis from the exchange's balances; an empty journal beside coins on the exchange waits for
             # the operator's adoption ([RECONCILE]), with no snapshot at all.
@@ -172,6 +176,8 @@ class Executor:
         plans wait behind it and /readyz reports it.  A message that never started (a plan with no journal
         row, an abort notice) is dead-lettered after ``MAX_DELIVERIES``, so one poison message cannot block
         the executor forever; the rejection is journaled and nothing is lost (the dead letter keeps it).
+        The journal's disk failing or the exchange not answering is no fault of the message: it waits, with
+        backoff and /readyz red, however long that lasts (see ``outage.py``).
         """
         try:
             await handler(msg)
@@ -193,7 +199,12 @@ class Executor:
             cycle_id, plan_id, started = self._progress_of(msg)
             if started:
                 self.stuck = plan_id
-            elif deliveries >= MAX_DELIVERIES:
+            if is_exchange_outage(exc):
+                self.outage.failed(exc, subject=msg.subject, cycle_id=cycle_id, plan_id=plan_id, started=started,
+                                   delivery=deliveries)
+                await msg.nak(delay=min(RETRY_BASE_S * deliveries, RETRY_MAX_S))
+                return
+            if not started and deliveries >= MAX_DELIVERIES:
                 await self._give_up(msg, f"{detail} (after {deliveries} deliveries)", cycle_id, plan_id)
                 return
             error(self.ctx.logger, "EXEC_ERROR", "plan handling failed; will be redelivered", subject=msg.subject,
@@ -203,6 +214,8 @@ class Executor:
             if self.io_fault is not None:
                 info(self.ctx.logger, "JOURNAL_FAULT", "journal writable again", was=self.io_fault)
                 self.io_fault = None
+            if not msg.subject.startswith(CycleAborted.SUBJECT + "."):  # an abort notice asks nothing of it
+                self.outage.answered()
             if self.stuck is not None and self._progress_of(msg)[1] == self.stuck:
                 self.stuck = None
 
@@ -372,21 +385,9 @@ async def run(ctx: ServiceContext) -> None:
         return  # stopped while waiting for a writable journal
     broker = TimedBroker(await make_broker(s, ctx.logger, journal), ctx.health)
     kv = None if s.dry_run else await state_kv(ctx.js)  # the operator's adoption requests (live only)
-    executor = Executor(ctx, journal, broker, await broker.load_markets(), kv)
-    while not ctx.stop.is_set():
-        try:
-            await executor.boot()
-            executor.io_fault = None
-            break
-        except Exception as exc:  # a journal that fails mid-boot (disk full): wait, red, never a crash loop
-            with contextlib.suppress(Exception):
-                journal.rollback()
-            executor.io_fault = journal_fault(exc)
-            if executor.io_fault is None:
-                raise
-            error(ctx.logger, "JOURNAL_FAULT", "journal cannot be written at boot; waiting", error=executor.io_fault)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.stop.wait(), timeout=RETRY_BASE_S)
+    # No rules yet: boot reads them, retried like the rest of boot while the exchange does not answer.
+    executor = Executor(ctx, journal, broker, {}, kv)
+    await boot_when_possible(ctx, executor)
     sub = await durable_pull(ctx.js, CONSUMERS["executor"])
     alarm = RedeliveryAlarm(ctx.health, "executor")
     ctx.health.checks["mode"] = lambda: (True, "dry-run (paper broker)" if s.dry_run else f"live {s.exchange_id}")

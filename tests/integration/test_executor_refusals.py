@@ -5,7 +5,8 @@ plans, ingest announces data, each stage aborts on its own subject, the operator
 
 * Not started (no journal row): dead-lettered after MAX_DELIVERIES with reason ``handler_failed`` and the
   rejection journaled, so one poison plan cannot block every later plan (the consumer has
-  max_ack_pending=1).
+  max_ack_pending=1).  This is for faults of the plan's handling; an exchange that does not answer is never
+  a reason to drop a plan (tests/executor_live/test_exchange_outage.py).
 * Started (its row says "executing", orders may be live): retried for as long as it fails, never
   dead-lettered, and /readyz says which plan is stuck until it goes through.
 """
