@@ -6,6 +6,14 @@ and a journal that is empty while the exchange holds coins.  Either halts tradin
 until the operator runs ``aura journal adopt``: the executor then records the exchange's balances, at the
 exchange's prices, as an ``adopt`` entry of the journal (an event with what changed and why), never as a
 silent new genesis.  Differences worth less than ``reconcile_dust_usdt`` are dust, not a disagreement.
+
+A coin the exchange gives no USDT price for cannot be valued, so "worth less than dust" cannot be decided for
+it; it is never silently left out (``BookDiff.unpriced_qty``).  The rule: if the journal holds the coin and the
+two quantities differ (beyond the holdings tolerance), trading halts like any other disagreement: a position
+the journal values and trades is not what the exchange holds.  If the journal does not hold it at all (an
+airdrop, a delisted pair's leftovers, a deposit of a coin with no USDT market), it cannot be part of equity, and
+halting all trading over what may be dust is worse than the disagreement; it is reported instead, with both
+quantities, at every comparison ([RECONCILE] warning, counted, shown in /readyz), for an operator to handle.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE
 from services.executor.execution import ExecutionLimits, rate_limit_pause, retried
 from services.executor.journal import Journal, now_ms
-from services.executor.runner import HOLDINGS_TOLERANCE, expected_balances, write_snapshot
+from services.executor.runner import HOLDINGS_TOLERANCE, expected_balances, journal_portfolio, write_snapshot
 from shared.logging import warn
 
 
@@ -28,7 +36,9 @@ class BookDiff:
 
     diff: dict[str, float] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)
-    unpriced: tuple[str, ...] = ()  # differing assets the exchange gives no USDT price for (reported only)
+    unpriced: tuple[str, ...] = ()  # differing assets the exchange gives no USDT price for
+    # asset -> (journal quantity, exchange quantity), for every asset in ``unpriced``
+    unpriced_qty: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def surplus(self) -> dict[str, float]:
@@ -39,12 +49,27 @@ class BookDiff:
         return {a: -d for a, d in self.diff.items() if d < 0}
 
     @property
+    def unpriced_held(self) -> dict[str, tuple[float, float]]:
+        """Unpriced coins the journal holds, at a quantity the exchange does not: these halt trading."""
+        return {a: q for a, q in self.unpriced_qty.items() if not HOLDINGS_TOLERANCE.allows(q[0], 0.0)}
+
+    @property
+    def unpriced_unknown(self) -> dict[str, tuple[float, float]]:
+        """Unpriced coins only the exchange holds: reported at every comparison, never a halt."""
+        return {a: q for a, q in self.unpriced_qty.items() if a not in self.unpriced_held}
+
+    @property
     def clean(self) -> bool:
-        return not self.diff
+        return not self.diff and not self.unpriced_held
 
     def describe(self) -> str:
         parts = [f"{a} {d:+.8g} (~{self.values[a]:.2f} {QUOTE})" for a, d in sorted(self.diff.items())]
+        parts += describe_unpriced(self.unpriced_held)
         return ", ".join(parts) or "none"
+
+
+def describe_unpriced(unpriced: dict[str, tuple[float, float]]) -> list[str]:
+    return [f"{a} journal {j:.8g} vs exchange {x:.8g} (no {QUOTE} price)" for a, (j, x) in sorted(unpriced.items())]
 
 
 def compare_books(journal: dict[str, float], exchange: dict[str, float], prices: dict[str, float],
@@ -57,7 +82,7 @@ def compare_books(journal: dict[str, float], exchange: dict[str, float], prices:
     """
     diff: dict[str, float] = {}
     values: dict[str, float] = {}
-    unpriced: list[str] = []
+    unpriced: dict[str, tuple[float, float]] = {}
     for asset in sorted(set(journal) | set(exchange)):
         held, seen = journal.get(asset, 0.0), exchange.get(asset, 0.0)
         if HOLDINGS_TOLERANCE.allows(held, seen) and HOLDINGS_TOLERANCE.allows(seen, held):
@@ -69,11 +94,11 @@ def compare_books(journal: dict[str, float], exchange: dict[str, float], prices:
             continue
         price = prices.get(asset, 0.0)
         if not price > 0:
-            unpriced.append(asset)
+            unpriced[asset] = (held, seen)
             continue
         if abs(delta) * price > dust_quote:
             diff[asset], values[asset] = delta, abs(delta) * price
-    return BookDiff(diff, values, tuple(unpriced))
+    return BookDiff(diff, values, tuple(unpriced), unpriced)
 
 
 async def confirmed_balances(broker: Broker, logger: logging.Logger, reads: int = 2, delay_s: float = 0.5,
@@ -127,17 +152,22 @@ def adopt(journal: Journal, diff: BookDiff, prices: dict[str, float], request_at
           reason: str, marks: dict[str, float]) -> str:
     """Inside one transaction: record the exchange's balances for every differing asset, at ``prices``, and
     close it with an ``adopted`` snapshot; returns the snapshot id.  Shortfalls of coins lower the holding,
-    a cash shortfall lowers the cash; a cash surplus is left alone (the capital cap)."""
+    a cash shortfall lowers the cash; a cash surplus is left alone (the capital cap).  A held coin with no price
+    (``unpriced_held``) takes the exchange's quantity at the journal's entry price: an adoption moves no cash, and
+    without this an operator could never clear the halt it caused."""
     cycle_id = f"adopt-{request_at_ms}"
     at = now_ms()
+    entries = journal_portfolio(journal).entry_prices
+    changes = dict(diff.diff)
+    changes.update({a: seen - held for a, (held, seen) in diff.unpriced_held.items()})
     journal.begin()
-    for asset, delta in sorted(diff.diff.items()):
+    for asset, delta in sorted(changes.items()):
         symbol = asset if asset == QUOTE else f"{asset}/{QUOTE}"
-        price = 1.0 if asset == QUOTE else prices[asset]
+        price = 1.0 if asset == QUOTE else prices.get(asset) or entries.get(symbol, 0.0)
         journal.record_fill(f"adopt-{asset}", cycle_id, cycle_id, symbol, "adopt", delta, price, 0.0, at,
                             fee_base=0.0, fee_quote=0.0)
     journal.event(cycle_id, "adopted", requested_at_ms=request_at_ms, requested_by=requested_by, reason=reason,
-                  changes=diff.diff, values=diff.values, prices={a: prices.get(a) for a in diff.diff})
+                  changes=changes, values=diff.values, prices={a: prices.get(a) for a in changes})
     marks.update({f"{a}/{QUOTE}": p for a, p in prices.items()})
     snapshot_id = write_snapshot(journal, cycle_id, "", "adopted", marks)
     journal.commit()

@@ -5,6 +5,8 @@ dust halts trading: every new plan is refused (journaled), /readyz turns red wit
 is written to the journal in the exchange's name until an operator asks for it with ``aura journal adopt``
 (a signed request, ``operator.adopt`` in ``aura_state``, that the executor verifies against the operator key it
 pinned).  An empty journal beside an exchange that holds coins is such a disagreement: no silent genesis.
+Coins without a USDT price follow ``books``' rule: a held one that differs halts; one the journal does not hold
+is reported at every comparison ([RECONCILE] warning, ``reconcile_unpriced``, /readyz detail), never silent.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 
-from services.executor.books import BookDiff, adopt, compare_books, last_adoption_ms, read_books
+from services.executor.books import BookDiff, adopt, compare_books, describe_unpriced, last_adoption_ms, read_books
 from services.executor.brokers.base import Broker
 from services.executor.brokers.paper import QUOTE
 from services.executor.execution import ExecutionLimits
@@ -42,14 +44,31 @@ class Reconciler:
         self.on_agree = on_agree
         self.operator_key = trusted_key(settings.keys, "executor", "operator")
         self.halt: str | None = None  # why trading is halted ([RECONCILE]); None: the books agree
+        self.unpriced = ""  # coins with no USDT price only the exchange holds, as of the last comparison
         self._waiter: asyncio.Task[None] | None = None
-        health.checks["books"] = lambda: (self.halt is None, "journal == exchange" if self.halt is None else
-                                          f"halted: {self.halt}; run `aura journal adopt`")
+        health.checks["books"] = self._readiness
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.halt is not None:
+            return False, f"halted: {self.halt}; run `aura journal adopt`"
+        note = f"; not in the journal, no {QUOTE} price: {self.unpriced}" if self.unpriced else ""
+        return True, "journal == exchange" + note
+
+    def _report_unpriced(self, diff: BookDiff) -> None:
+        """Every comparison: coins the exchange holds that the journal does not, and that have no price."""
+        unknown = diff.unpriced_unknown
+        self.unpriced = ", ".join(describe_unpriced(unknown))
+        self.health.set("reconcile_unpriced_assets", float(len(unknown)))
+        if unknown:
+            self.health.inc("reconcile_unpriced")
+            warn(self.logger, "RECONCILE", "the exchange holds coins the journal does not and gives no USDT price "
+                 "for them: not in equity, not traded; check them by hand", coins=self.unpriced,
+                 quantities={a: {"journal": j, "exchange": x} for a, (j, x) in sorted(unknown.items())})
 
     def _halt(self, why: str, diff: BookDiff) -> None:
         if self.halt != why:
             error(self.logger, "RECONCILE", f"trading halted: {why}", differences=diff.diff, values=diff.values,
-                  unpriced=list(diff.unpriced))
+                  unpriced={a: {"journal": j, "exchange": x} for a, (j, x) in sorted(diff.unpriced_qty.items())})
             self.health.inc("reconcile_halts")
         self.halt = why
         if self._waiter is None or self._waiter.done():  # look for the operator's adoption, plans or not
@@ -64,6 +83,7 @@ class Reconciler:
         holds coins (a lost journal must never become a silent new genesis).  False: wait for an adoption."""
         diff, exchange, _ = await read_books(self.journal, self.broker, self.limits, self.logger,
                                              self.settings.reconcile_dust_usdt, empty_journal=True)
+        self._report_unpriced(diff)
         if diff.surplus:
             self._halt(f"the journal is empty while the exchange holds {diff.describe()}", diff)
             return False
@@ -79,6 +99,7 @@ class Reconciler:
         return self.check(diff)
 
     def check(self, diff: BookDiff) -> bool:
+        self._report_unpriced(diff)
         if diff.clean:
             if self.halt is not None:
                 info(self.logger, "RECONCILE", "journal and exchange agree again")

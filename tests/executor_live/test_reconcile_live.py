@@ -23,10 +23,13 @@ import pytest
 import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside a scenario's event loop
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
 from services.executor.books import BookDiff, compare_books
+from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
+from services.executor.runner import ensure_genesis, write_snapshot
 from shared.contracts import PortfolioSnapshot
-from tests.bus_helpers import dead_letters, publish_buy, role_connections, running, snapshot, until
+from tests.bus_helpers import Capture, dead_letters, publish_buy, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
+from tests.executor_live.live_service import closed_by, publish_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 DAY = 86_400_000
@@ -45,6 +48,22 @@ def test_compare_books_finds_both_directions_beyond_dust() -> None:
     assert diff.unpriced == ("XYZ",)
     assert compare_books({"USDT": 10.0}, {"USDT": 10.0}, prices, 5.0) == BookDiff()
     assert compare_books({"USDT": 100.0}, {"USDT": 50.0}, prices, 5.0).shortfall == {"USDT": 50.0}
+
+
+def test_a_coin_without_a_price_is_never_left_out_of_the_comparison() -> None:
+    """The exchange gives no USDT price: the difference cannot be valued, so it is never dropped as dust.  A
+    coin only the exchange holds is reported (not a halt: it is no part of equity and may be an airdrop); a
+    coin the journal holds at another quantity than the exchange's halts trading."""
+    unknown = compare_books({"USDT": 100.0}, {"USDT": 100.0, "LUNA": 5000.0}, {}, 5.0)
+    assert unknown.unpriced_unknown == {"LUNA": (0.0, 5000.0)} and unknown.unpriced_held == {}
+    assert unknown.clean, "a coin the journal does not hold and nobody can price halted trading"
+    held = compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 5000.0}, {}, 5.0)
+    assert held.unpriced_held == {"LUNA": (10.0, 5000.0)} and not held.clean
+    assert "LUNA journal 10 vs exchange 5000 (no USDT price)" in held.describe()
+    short = compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 2.0}, {}, 5.0)
+    assert not short.clean and short.unpriced_held == {"LUNA": (10.0, 2.0)}
+    same = compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 10.0}, {}, 5.0)
+    assert same == BookDiff()
 
 
 def test_an_adoption_changes_holdings_and_never_the_cash_it_did_not_name() -> None:
@@ -169,6 +188,80 @@ def test_coins_the_journal_does_not_know_halt_trading_until_adopted(nats_server:
     assert out["snap"].status == "adopted" and out["snap"].holdings == {"ETH/USDT": 0.5}
     assert out["after"].status == "executed" and out["after"].holdings["ETH/USDT"] == 0.5
     assert out["after"].holdings["BTC/USDT"] == float(sim.sim.free("BTC")) < 0.01, "the refused plan traded"
+
+
+def test_unpriced_coins_the_journal_does_not_hold_are_reported_at_every_comparison(nats_server: NatsEndpoint,
+                                                                                   sim: SimServer) -> None:
+    settings = live_settings(nats_server, sim)
+    sim.sim.set_balance("LUNA", "5000")  # no LUNA/USDT market: the exchange gives no price for it
+    capture = Capture()
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js, \
+                running(settings, "executor", handler=capture) as services:
+            health = services["executor"].health
+            out: dict[str, Any] = {"boot": books_check(health), "boot_reports": health.counters["reconcile_unpriced"]}
+            basis = (await snapshot(js["operator"])).snapshot_id
+            body = await publish_plan(js["risk"], settings, sim, "1d-a", basis, ("ETH/USDT", "buy", 0.1))
+            out["bought"] = await until(closed_by(js["operator"], body), "the plan to trade", timeout=60)
+            out["reports"] = health.counters["reconcile_unpriced"]
+            out["gauge"] = health.gauges["reconcile_unpriced_assets"]
+            return out
+
+    out = asyncio.run(scenario())
+    # Not held by the journal: no part of equity, so genesis and trading go on, but never silently.
+    assert out["boot"] == ("journal == exchange; not in the journal, no USDT price: LUNA journal 0 vs exchange "
+                           "5000 (no USDT price)"), out["boot"]
+    assert out["boot_reports"] >= 1 and out["reports"] > out["boot_reports"], "not reported at every comparison"
+    assert out["gauge"] == 1.0
+    assert out["bought"].status == "executed" and out["bought"].holdings["ETH/USDT"] > 0
+    warned = [f for f in capture.fields("RECONCILE") if "LUNA" in str(f.get("coins", ""))]
+    assert len(warned) >= 3 and warned[0]["quantities"] == {"LUNA": {"journal": 0.0, "exchange": 5000.0}}
+
+
+def test_an_unpriced_coin_the_journal_holds_at_another_quantity_halts_until_adopted(nats_server: NatsEndpoint,
+                                                                                   sim: SimServer) -> None:
+    """LUNA's USDT market is gone (no price), the journal holds 10, the exchange 5000: trading halts."""
+    settings = live_settings(nats_server, sim)
+    settings.journal_path.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(settings.journal_path)  # the journal of an earlier run, which bought 10 LUNA at 1 USDT
+    ensure_genesis(journal, 10_000.0)
+    journal.begin()
+    journal.record_fill("seed-1", "1d-seed", "seed-0", "LUNA/USDT", "buy", 10.0, 1.0, 0.0, 1, fee_base=0.0,
+                        fee_quote=0.0)
+    write_snapshot(journal, "1d-seed", "", "executed", {})
+    journal.commit()
+    journal.close()
+    sim.sim.set_balance("LUNA", "5000")
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js, \
+                running(settings, "executor") as services:
+            health = services["executor"].health
+            basis = (await snapshot(js["operator"])).snapshot_id
+            await publish_plan(js["risk"], settings, sim, "1d-b", basis, ("BTC/USDT", "buy", 0.01))
+
+            async def letter() -> Any:
+                found = [x for x in await dead_letters(js["operator"], "executor") if x.reason == "reconcile_halt"]
+                return found[0] if found else None
+
+            out: dict[str, Any] = {"dead": await until(letter, "the plan to be refused while halted", timeout=60)}
+            out["red"] = health.readiness()
+            out["adopted"] = await asyncio.to_thread(adopt_with_the_cli, nats_server)
+            basis = (await snapshot(js["operator"])).snapshot_id
+            body = await publish_plan(js["risk"], settings, sim, "1d-c", basis, ("BTC/USDT", "buy", 0.01))
+            out["after"] = await until(closed_by(js["operator"], body), "a plan to trade after adoption", timeout=60)
+            return out
+
+    out = asyncio.run(scenario())
+    ok, detail = out["red"]
+    assert not ok and detail["books"].startswith("halted"), detail
+    assert "LUNA journal 10 vs exchange 5000 (no USDT price)" in detail["books"], detail
+    assert "no USDT price" in out["dead"].error
+    assert out["adopted"].returncode == 0, out["adopted"].stderr
+    assert out["after"].status == "executed", "the adoption did not clear the halt"
+    assert out["after"].holdings["LUNA/USDT"] == 5000.0
+    assert out["after"].holdings["BTC/USDT"] == float(sim.sim.free("BTC")) > 0
 
 
 async def _no_snapshot(js_operator: Any) -> bool:
