@@ -18,6 +18,7 @@ from services.executor.secrets import CREDENTIAL_ENV
 from services.ingest.sync_config import IngestConfig
 from shared.config import ConfigError, Settings, load_settings
 from tests.compose.compose_cli import COMPOSE_FILE, LIVE_COMPOSE_FILE, REPO_ROOT, SERVICES, clean_env, run_compose
+from tests.compose.settings_readers import settings_read_by
 
 LAYERED = (COMPOSE_FILE, LIVE_COMPOSE_FILE)
 EXECUTOR_USER = "10014:10001"
@@ -41,6 +42,7 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     "AURA_EXCHANGE_ID": ("binance", frozenset({"ingest", "risk", "executor"})),
     "AURA_TESTNET": ("false", VENUE),
     "AURA_EXCHANGE_API_URL": ("http://venue.test:9009", VENUE),
+    "AURA_EXCHANGE_TESTNET_URL": ("http://testnet.test:9010", VENUE),
     # Plan limits both risk and the executor enforce.
     "AURA_MAX_ORDER_USDT": ("250", VENUE),
     "AURA_MAX_PRICE_DEVIATION": ("0.015", VENUE),
@@ -50,8 +52,9 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     # Trading costs: risk's cost gate (slippage live and dry; the paper fee in a dry run) and the paper broker.
     "AURA_PAPER_FEE_RATE": ("0.00075", VENUE),
     "AURA_PAPER_SLIPPAGE_BPS": ("8", VENUE),
-    # How often the venue's market rules and universe (ingest) and its taker fee (risk) are read again.
-    "AURA_MARKETS_REFRESH_S": ("43200", frozenset({"ingest", "risk"})),
+    # How often the venue's market rules and universe (ingest), its taker fee (risk) and the rules orders are
+    # placed by (executor) are read again.
+    "AURA_MARKETS_REFRESH_S": ("43200", frozenset({"ingest", "risk", "executor"})),
     "AURA_UNIVERSE_MAX": ("25", frozenset({"ingest"})),
     # Ingest's sync source and provider chain (shared/config.py and services/ingest/sync_config.py).
     "AURA_INGEST_POLL_S": ("45", frozenset({"ingest"})),
@@ -71,6 +74,22 @@ INGEST_CHAIN = frozenset({"AURA_BINANCE_ARCHIVE_URL", "AURA_BINANCE_API_URL", "A
                           "AURA_INGEST_CCXT_RATE_LIMIT_MS", "AURA_COINGECKO_MIN_INTERVAL_S"})
 # Not from the caller: the fixed path inside the executor where the secret appears.
 FIXED = {"AURA_EXCHANGE_SECRETS_FILE": (SECRET_TARGET, frozenset({"executor"}))}
+# Settings some service's code reads (tests/compose/settings_readers.py) that the live file leaves at the code's
+# default on purpose: each means the same, with the same default, in a dry run, and the base file does not pass it
+# either.  Any other setting a service reads must reach it live; a new one fails the test until it is passed or
+# listed here with its reason.
+NOT_LIVE = {
+    "AURA_NATS_TLS_CA_FILE": "TLS for a bus spanning machines; compose's bus is on the services' own network",
+    "AURA_REPLAY_START": "the replay source only",
+    "AURA_SNAPSHOT_BARS": "bars per snapshot: the strategy's history, the same for both sources",
+    "AURA_CYCLE_TIMEOUT_S": "pacing between services, the same for both sources",
+    "AURA_RISK_TICK_S": "the stop-loss tick's interval, the same in a dry run",
+    "AURA_CONSOLE_REFRESH_S": "the dashboard's refresh",
+    "AURA_NOTIFY_DEDUP_S": "alert tuning (the base file passes the alert targets)",
+    "AURA_NOTIFY_RATE_LIMIT": "alert tuning",
+    "AURA_NOTIFY_RATE_WINDOW_S": "alert tuning",
+    "AURA_NOTIFY_SUMMARY_HOUR_UTC": "alert tuning",
+}
 
 
 @pytest.fixture(scope="module")
@@ -186,15 +205,15 @@ def test_every_service_runs_live_as_its_code_reads_it(live: dict[str, Any], name
     assert settings.ingest_source == "sync"
     assert settings.timeframe == "4h"
     if name in VENUE:
-        assert (settings.exchange_id, settings.testnet, settings.exchange_api_url) == (
-            "binance", False, "http://venue.test:9009")
+        assert (settings.exchange_id, settings.testnet, settings.exchange_api_url,
+                settings.exchange_testnet_url) == ("binance", False, "http://venue.test:9009", "http://testnet.test:9010")
         assert (settings.max_order_usdt, settings.max_price_deviation, settings.plan_grace_s,
                 settings.reconcile_dust_usdt) == (250.0, 0.015, 120.0, 3.0)
     if name in VENUE:
         assert (settings.paper_fee_rate, settings.paper_slippage_bps) == (0.00075, 8.0)
     if name == "executor":
         assert settings.paper_cash_usdt == 5000.0
-    if name in ("ingest", "risk"):
+    if name in ("ingest", "risk", "executor"):
         assert settings.markets_refresh_s == 43200.0
     if name == "ingest":
         assert (settings.ingest_poll_s, settings.symbols, settings.universe_max) == (45.0, "BTC/USDT,ETH/USDT", 25)
@@ -215,6 +234,28 @@ def test_the_override_adds_nothing_but_the_listed_settings(live: dict[str, Any],
         added = set(environment(svc)) - set(environment(base["services"][name]))
         expected = {var for var, (_, readers) in (LIVE_SETTINGS | FIXED).items() if name in readers}
         assert added == expected - set(environment(base["services"][name])), name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_setting_a_services_code_reads_reaches_it_live(live: dict[str, Any], name: str) -> None:
+    """The other direction, derived from the code: a setting a service reads but the live file does not pass
+    would silently run at its default live (AURA_EXCHANGE_TESTNET_URL did, in risk and the executor)."""
+    env = environment(live["services"][name])
+    missing = sorted(var for var in settings_read_by(name) - set(NOT_LIVE) if var not in env)
+    assert not missing, f"{name} reads {missing} but the live file does not pass them"
+
+
+def test_the_derived_readers_see_what_the_services_read() -> None:
+    """The scan behind the test above finds the reads it must (else that test would pass on an empty scan), and
+    every exemption is a setting some service reads and the live file does not pass."""
+    assert {"AURA_EXCHANGE_TESTNET_URL", "AURA_MARKETS_REFRESH_S", "AURA_MAX_ORDER_USDT",
+            "AURA_RECONCILE_DUST_USDT"} <= settings_read_by("executor")
+    assert {"AURA_EXCHANGE_TESTNET_URL", "AURA_TESTNET", "AURA_RISK_TICK_S"} <= settings_read_by("risk")
+    assert {"AURA_SYMBOLS", "AURA_UNIVERSE_MAX", "AURA_INGEST_SOURCE"} <= settings_read_by("ingest")
+    assert "AURA_PAPER_CASH_USDT" not in settings_read_by("signal")
+    read = set().union(*(settings_read_by(name) for name in SERVICES))
+    assert set(NOT_LIVE) <= read, sorted(set(NOT_LIVE) - read)
+    assert not set(NOT_LIVE) & set(LIVE_SETTINGS), "a setting the live file passes is listed as not live"
 
 
 def test_ingest_reads_the_provider_chain_settings(live: dict[str, Any]) -> None:
