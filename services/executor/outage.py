@@ -33,8 +33,8 @@ class ExchangeOutage:
     def failed(self, exc: BaseException, **fields: object) -> None:
         self.reason = f"{type(exc).__name__}: {exc}"[:300]
         self.health.inc("exchange_faults")
-        error(self.logger, "EXCHANGE_DOWN", "exchange unreachable; kept for redelivery, never dead-lettered",
-              error=self.reason, **fields)
+        error(self.logger, "EXCHANGE_DOWN", "exchange unreachable; waiting for it (a plan is redelivered, never "
+              "dead-lettered)", error=self.reason, **fields)
 
     def answered(self) -> None:
         """A handler that needed the exchange went through: the outage, if any, is over."""

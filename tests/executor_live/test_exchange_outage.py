@@ -97,7 +97,42 @@ def test_a_plan_waits_through_an_exchange_outage_and_trades_after_it(nats_server
     assert all(not ok for ok, d in out["seen"] if d["exchange"] != "reachable")
     assert out["after"] == "reachable"
     down = capture.fields("EXCHANGE_DOWN")
-    failed = [f for f in down if "kept for redelivery" in f["msg"]]
+    failed = [f for f in down if "exchange unreachable" in f["msg"]]
     assert {f["plan_id"] for f in failed} == {out["body"].plan_id} and deliveries() >= MAX_DELIVERIES + 3
     assert any("balances" in f["error"] for f in failed) and any("clock" in f["error"] for f in failed), failed
     assert [f for f in down if "answers again" in f["msg"]], "no log line when the exchange answered again"
+
+
+def test_an_exchange_down_at_boot_is_waited_for_not_a_crash(nats_server: NatsEndpoint, sim: SimServer,
+                                                             quick_retries: None) -> None:
+    """Boot needs the exchange (its rules, and its balances for the genesis): while it does not answer the
+    executor waits with /readyz red, then boots; it never crashes into a supervisor's restart loop."""
+    settings = live_settings(nats_server, sim)
+    capture = Capture()
+    sim.sim.faults.add(Fault("http_error", "GET", "/api/v3/account", count=None, status=503))
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "operator") as js, \
+                running(settings, "executor", handler=capture, await_genesis=False) as services:
+            health = services["executor"].health
+
+            async def waited() -> bool:
+                return len([f for f in capture.fields("EXCHANGE_DOWN") if f.get("at") == "boot"]) >= 2
+
+            await until(waited, "boot to be retried while the exchange is down", timeout=60)
+            during = health.readiness()
+            sim.sim.faults.clear()
+            async def published() -> Any:
+                try:
+                    return await snapshot(js["operator"])
+                except AssertionError:  # none yet
+                    return None
+
+            genesis = await until(published, "the genesis once the exchange answers", 60)
+            return {"during": during, "genesis": genesis, "after": health.readiness()[1]["exchange"]}
+
+    out = asyncio.run(scenario())
+    ok, detail = out["during"]
+    assert not ok and detail["exchange"].startswith("exchange unreachable"), detail
+    assert out["genesis"].status == "genesis" and out["genesis"].cash == 10_000.0
+    assert out["after"] == "reachable"
