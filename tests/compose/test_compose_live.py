@@ -43,11 +43,11 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     "AURA_TESTNET": ("false", VENUE),
     "AURA_EXCHANGE_API_URL": ("http://venue.test:9009", VENUE),
     "AURA_EXCHANGE_TESTNET_URL": ("http://testnet.test:9010", VENUE),
-    # Plan limits both risk and the executor enforce.
-    "AURA_MAX_ORDER_USDT": ("250", VENUE),
-    "AURA_MAX_PRICE_DEVIATION": ("0.015", VENUE),
+    # A plan's age both risk and the executor refuse beyond; what a plan may spend, the executor's alone.
     "AURA_PLAN_GRACE_S": ("120", VENUE),
-    "AURA_RECONCILE_DUST_USDT": ("3", VENUE),
+    "AURA_MAX_ORDER_USDT": ("250", frozenset({"executor"})),
+    "AURA_MAX_PRICE_DEVIATION": ("0.015", frozenset({"executor"})),
+    "AURA_RECONCILE_DUST_USDT": ("3", frozenset({"executor"})),
     "AURA_PAPER_CASH_USDT": ("5000", frozenset({"executor"})),
     # Trading costs: risk's cost gate (slippage live and dry; the paper fee in a dry run) and the paper broker.
     "AURA_PAPER_FEE_RATE": ("0.00075", VENUE),
@@ -207,12 +207,13 @@ def test_every_service_runs_live_as_its_code_reads_it(live: dict[str, Any], name
     if name in VENUE:
         assert (settings.exchange_id, settings.testnet, settings.exchange_api_url,
                 settings.exchange_testnet_url) == ("binance", False, "http://venue.test:9009", "http://testnet.test:9010")
-        assert (settings.max_order_usdt, settings.max_price_deviation, settings.plan_grace_s,
-                settings.reconcile_dust_usdt) == (250.0, 0.015, 120.0, 3.0)
+        assert settings.plan_grace_s == 120.0
     if name in VENUE:
         assert (settings.paper_fee_rate, settings.paper_slippage_bps) == (0.00075, 8.0)
     if name == "executor":
         assert settings.paper_cash_usdt == 5000.0
+        assert (settings.max_order_usdt, settings.max_price_deviation, settings.reconcile_dust_usdt) == (
+            250.0, 0.015, 3.0)
     if name in ("ingest", "risk", "executor"):
         assert settings.markets_refresh_s == 43200.0
     if name == "ingest":
@@ -234,6 +235,18 @@ def test_the_override_adds_nothing_but_the_listed_settings(live: dict[str, Any],
         added = set(environment(svc)) - set(environment(base["services"][name]))
         expected = {var for var, (_, readers) in (LIVE_SETTINGS | FIXED).items() if name in readers}
         assert added == expected - set(environment(base["services"][name])), name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_no_service_is_given_a_live_setting_its_code_does_not_read(live: dict[str, Any], name: str) -> None:
+    """Least privilege for settings too: a limit passed to a service that never reads it reads as a check it does
+    not make (risk was once given the executor's spending limits)."""
+    # The mode settings are checked against each other by every process at start (shared/config.py), and
+    # ingest's provider chain is read from the environment by IngestConfig: neither is a field access the
+    # derivation sees.
+    given = {var for var in LIVE_SETTINGS if var in environment(live["services"][name])} - {
+        "AURA_DRY_RUN", "AURA_INGEST_SOURCE", "AURA_TIMEFRAME"} - INGEST_CHAIN
+    assert given <= settings_read_by(name), sorted(given - settings_read_by(name))
 
 
 @pytest.mark.parametrize("name", SERVICES)
