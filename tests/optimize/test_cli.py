@@ -68,6 +68,30 @@ def workers_of(state: Path) -> list[int]:
     return found
 
 
+def section(html: str, heading: str) -> str:
+    """The report's text from the <h2> that starts with ``heading`` to the next <h2>."""
+    start = html.index(f"<h2>{heading}")
+    end = html.find("<h2>", start + 4)
+    return html[start:end if end > 0 else len(html)]
+
+
+def assert_report_contents(html: str) -> None:
+    """What the charts hold, not only that they exist: every validation window's chart draws the winner, the
+    incumbent, gold and SPY (in the report's colours); each stage of the TINY grid has its heatmap with one cell
+    per value pair of its two widest axes (3x3, 2x1, 2x1, 2x2) and the winner's cell outlined; every selection
+    (two folds and the final one) has its halving ladder row."""
+    windows = section(html, "Validation windows").split("<figure>")[1:]
+    assert len(windows) == 2, "one chart per validation window"
+    for chart in windows:
+        for colour in ("#1f5fbf", "#888888", "#c9a227", "#2e8b57"):  # winner, incumbent, GOLD, SPY
+            assert f'stroke="{colour}"' in chart, colour
+    heatmaps = section(html, "A heatmap per stage").split("<figure>")[1:]
+    assert [h.count('width="56" height="56"') for h in heatmaps] == [9, 2, 2, 4]
+    assert [h.count('stroke-width="3"') for h in heatmaps] == [1, 1, 1, 1]
+    ladder = section(html, "Successive halving")
+    assert all(f">{label}</td>" in ladder for label in ("fold 6", "fold 7", "final")), ladder[:500]
+
+
 def test_outputs_are_complete_identical_and_survive_a_kill_9(tmp_path: Path) -> None:
     env = clean_env(AURA_HOME=str(tmp_path / "home"))
     first = subprocess.run(command(tmp_path, "a", "state-a", 2), env=env, capture_output=True, text=True,
@@ -90,6 +114,7 @@ def test_outputs_are_complete_identical_and_survive_a_kill_9(tmp_path: Path) -> 
     for part in ("Validation windows", "heatmap per stage", "ladder", "In-sample against out-of-sample",
                  "Survivorship", "<svg"):
         assert part in html, part
+    assert_report_contents(html)
 
     # The same inputs with one worker and another state, killed with -9 half-way, then run again.
     state_b = tmp_path / "state-b"
