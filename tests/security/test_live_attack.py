@@ -26,6 +26,7 @@ from shared.bus import last_message
 from shared.contracts import (
     ApprovedPlan,
     DeadLetter,
+    PortfolioSnapshot,
     TargetPortfolio,
     encode,
 )
@@ -34,9 +35,11 @@ from tests.bus_helpers import (
     announce_panel,
     dead_letters,
     market_msgs,
+    publish_buy,
     reforged_target,
     role_connections,
     running,
+    snapshot,
     until,
 )
 from tests.conftest import NatsEndpoint
@@ -91,3 +94,45 @@ def test_a_target_priced_at_one_ninetieth_never_reaches_the_exchange(nats_server
         requests: dict[str, Any] = sim.sim.request_counts()
         assert "POST /api/v3/order" not in requests, f"an order reached the exchange: {requests}"
         assert sim.sim.state()["balances"] == balances_before
+
+
+def test_plans_signed_with_risks_key_spend_at_most_the_cap_at_the_exchanges_price(
+        nats_server: NatsEndpoint, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compromised risk signs what it likes; the live executor still bounds spending at the exchange's price.
+    Under AURA_MAX_ORDER_USDT=1000: a signed plan with BTC at 1/90 of the exchange's price (1,000 USDT at the
+    plan's price, 90,000 at the exchange's) buys nothing ([PRICE_GUARD]); a signed plan for a whole BTC at a
+    price just inside the guard spends at most the cap."""
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01", balances={"USDT": 100_000})
+    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
+    with SimServer(config=config) as sim:
+        settings = nats_server.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
+                                        AURA_EXCHANGE_API_URL=sim.base_url, AURA_MAX_ORDER_USDT="1000",
+                                        AURA_PAPER_CASH_USDT="100000")
+        btc = float(sim.sim.price("BTCUSDT"))
+        as_of = int(sim.sim.now_ms()) // DAY * DAY - DAY  # the bar that just closed by the exchange's clock
+        usdt = lambda: float(sim.sim.free("USDT"))  # noqa: E731
+
+        async def scenario() -> tuple[PortfolioSnapshot, float, PortfolioSnapshot, float]:
+            async with running(settings, "executor"), role_connections(settings, "risk", "operator") as js:
+                outcomes = []
+                # The second plan's price is 1.5% under the exchange's, inside the 2% guard: a cap checked at the
+                # plan's price (with the quantity in coins) would spend 1,015 USDT.
+                for n, (qty, price) in enumerate(((90 * 1000 / btc, btc / 90), (1.0, btc * 0.985))):
+                    before = usdt()
+                    basis = (await snapshot(js["operator"])).snapshot_id
+                    body = await publish_buy(js["risk"], settings, cycle_id_for("1d", as_of - n * DAY), basis,
+                                             qty=qty, price=price, as_of_ms=as_of)
+
+                    async def done(plan_id: str = body.plan_id) -> PortfolioSnapshot | None:
+                        snap = await snapshot(js["operator"])
+                        return snap if snap.plan_id == plan_id else None
+
+                    outcomes += [await until(done, f"plan {n} to end in a snapshot", 60), before - usdt()]
+                return outcomes[0], outcomes[1], outcomes[2], outcomes[3]
+
+        guarded, spent_guarded, capped, spent_capped = asyncio.run(scenario())
+    assert spent_guarded == 0.0 and guarded.holdings.get("BTC/USDT", 0.0) == 0.0, (guarded.status, spent_guarded)
+    assert 900.0 <= spent_capped <= 1000.0, spent_capped
+    assert capped.holdings.get("BTC/USDT", 0.0) == pytest.approx(spent_capped / btc, rel=0.02)
