@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -89,6 +92,43 @@ def test_cli_log_lines_stay_out_of_the_progress_bar(env, archive, api, gecko, ca
     lines = err.splitlines()
     assert any(line.startswith("{") and "[DATA_GAP]" in line and line.endswith("}") for line in lines), err
     assert all("━" not in line for line in lines if line.startswith("{")), "a log line was torn by the bar"
+
+
+def test_in_a_terminal_log_lines_stay_out_of_the_live_bar(env, archive, api, gecko) -> None:
+    """The same where it matters: in a real terminal (a pty), rich draws the bar live and redraws it in place; a
+    log line written around it would land on the bar's line.  Every log line must arrive whole, on its own."""
+    for face in (archive, api, gecko):
+        face.fault("drop")
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "services.ingest.cli", "data", "sync", "--symbols",
+                             "BTC/USDT,ETH/USDT", "--since", "2024-11-01", "--now", "2024-12-06"],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=REPO_ROOT,
+                            env={**os.environ, **env, "TERM": "xterm-256color", "COLUMNS": "160"})
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=30)
+    os.close(master)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    pieces = [p for p in re.split(r"[\r\n]", plain) if p.strip()]
+    assert any("━" in p for p in pieces), f"no live bar was drawn (not a terminal?): {plain[-2000:]}"
+    logs = [p for p in pieces if "[DATA_GAP]" in p or '"tag"' in p]
+    assert logs, plain[-2000:]
+    torn = [p for p in logs if not (p.startswith("{") and p.rstrip().endswith("}")) or "━" in p]
+    assert not torn, torn[:3]
 
 
 @pytest.mark.parametrize("symbol", ["BTC", "BTC/", "BTC/USDT/X", "??USDT"])
