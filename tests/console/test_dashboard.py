@@ -145,6 +145,26 @@ def test_the_chart_holds_the_journals_points(system: ConsoleSystem, browser: Any
     table = browser.find_element("id", "positions").text
     assert all(symbol in table for symbol in holdings)
     assert state["open_orders"]["known"] is True  # under `aura up` the journal is read (read-only) for them
+    # Once idle nothing is open: the table says so, and no note says the orders are unknown.
+    open_rows = system.journal("SELECT count(*) FROM intents WHERE status IN ('pending', 'sent', 'acked')")[0][0]
+    assert len(state["open_orders"]["rows"]) == open_rows
+    if not open_rows:
+        assert "no open orders" in browser.find_element("id", "orders").text
+    assert browser.find_element("id", "orders-note").text == ""
+    # The drawdown chart: the fall from the running peak of the same points, in percent.
+    peak, want = 0.0, []
+    for equity, _ in rows:
+        peak = max(peak, equity)
+        want.append(100.0 * (equity / peak - 1.0))
+    dd = js(browser, "return window.auraConsole.drawdown()")
+    assert [p["time"] for p in dd] == times
+    assert [p["value"] for p in dd] == pytest.approx(want, abs=1e-4)
+    # The parameters in force and their history, as the bus holds them.
+    params = state["params"]
+    kv_text = browser.find_element("id", "params").text
+    assert f"version in force\n{params['version']}" in kv_text or f"version in force {params['version']}" in kv_text
+    history_rows = js(browser, "return document.querySelectorAll('#params-history tr').length")
+    assert history_rows == len(params["history"]) + 1 if params["history"] else history_rows >= 1
 
 
 def test_a_screenshot_of_the_page(system: ConsoleSystem, browser: Any, tmp_path: Path) -> None:

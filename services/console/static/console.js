@@ -176,7 +176,8 @@ function drawEvents(s) {
 // --- the poll -------------------------------------------------------------------------------------------------
 
 const api = { state: null, polls: 0, failures: 0, equity: () => (charts.series ? charts.series.equity.data() : []),
-  benchmark: (name) => (charts.series ? charts.series[name].data() : []) };
+  benchmark: (name) => (charts.series ? charts.series[name].data() : []),
+  drawdown: () => (charts.drawdown ? charts.drawdown.data() : []) };
 window.auraConsole = api;  // for the browser tests and for curious operators in the devtools
 
 async function poll() {
