@@ -14,6 +14,8 @@ import itertools
 import json
 import logging
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +167,23 @@ def test_the_chart_holds_the_journals_points(system: ConsoleSystem, browser: Any
     assert f"version in force\n{params['version']}" in kv_text or f"version in force {params['version']}" in kv_text
     history_rows = js(browser, "return document.querySelectorAll('#params-history tr').length")
     assert history_rows == len(params["history"]) + 1 if params["history"] else history_rows >= 1
+
+
+def test_aura_status_on_the_running_system_shows_the_journals_positions(system: ConsoleSystem) -> None:
+    """`aura status --json` against the running system (its AURA_HOME, bus and health ports, as `aura up` leaves
+    them): every service ready, the bus reachable, and the positions the journal holds, with their quantities."""
+    proc = subprocess.run([sys.executable, "-m", "aura.cli", "status", "--json"], env=system.env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["bus"]["reachable"] is True, report["bus"]
+    assert {name: s["ready"] for name, s in report["services"].items()} == dict.fromkeys(report["services"], True)
+    cycle_id, holdings = system.journal("SELECT cycle_id, holdings FROM snapshots ORDER BY seq DESC LIMIT 1")[0]
+    held = {sym: qty for sym, qty in json.loads(holdings).items() if qty}
+    assert held, "the replay ends holding coins (late 2024): positions to compare"
+    shown = {p["symbol"]: p["qty"] for p in report["portfolio"]["positions"]}
+    assert report["portfolio"]["cycle_id"] == cycle_id
+    assert shown == pytest.approx(held), (shown, held)
 
 
 def test_a_screenshot_of_the_page(system: ConsoleSystem, browser: Any, tmp_path: Path) -> None:
