@@ -22,6 +22,7 @@ from services.executor.execution import ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
+from tests.executor_live.live_service import live_venue
 
 T = TypeVar("T")
 RECV_WINDOW_MS = 300
@@ -120,3 +121,10 @@ def rig(shared_data_dir: Path, tmp_path: Path, request: pytest.FixtureRequest) -
         finally:
             journal.close()
             log.removeHandler(records)
+
+
+@pytest.fixture()
+def sim(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
+    """The exchange simulator a live executor service trades on (tests/executor_live/live_service.py)."""
+    with live_venue(shared_data_dir, monkeypatch) as server:
+        yield server

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from aura.exchange_sim import SimServer
+import pytest
+
+from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
 from shared.bus import publish
 from shared.contracts import PlanBody, PlanLeg, PortfolioSnapshot, plan_id_for
 from shared.credentials import signing_key
@@ -15,9 +20,22 @@ from tests.conftest import NatsEndpoint
 DAY = 86_400_000
 
 
+@contextlib.contextmanager
+def live_venue(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch, usdt: float = 10_000) -> Iterator[SimServer]:
+    """The exchange simulator on the shared daily candles (BTC and ETH, from 2024-01-01) with ``usdt`` of cash,
+    and the executor's keys for it in the environment (where the live executor reads them)."""
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01", balances={"USDT": usdt})
+    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
+    with SimServer(config=config) as server:
+        yield server
+
+
 def live_settings(bus: NatsEndpoint, sim: SimServer, **extra: str) -> Any:
-    return bus.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
-                        AURA_PAPER_CASH_USDT="10000", **extra)
+    """A live executor's settings on ``bus`` trading on ``sim`` (10,000 USDT of capital unless ``extra`` says)."""
+    return bus.settings(**{"AURA_DRY_RUN": "false", "AURA_INGEST_SOURCE": "sync",
+                           "AURA_EXCHANGE_API_URL": sim.base_url, "AURA_PAPER_CASH_USDT": "10000", **extra})
 
 
 async def publish_plan(js_risk: Any, settings: Any, sim: SimServer, cycle_id: str, basis_id: str,

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside a scenario's event loop
-from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, Fault, SimConfig, SimServer
+from aura.exchange_sim import Fault, SimServer
 from services.executor import books
 from services.executor import service as executor_service
 from services.executor.execution import ExecutionLimits
@@ -32,14 +30,6 @@ from tests.executor_live.live_service import closed_by, intents, live_settings, 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-@pytest.fixture()
-def sim(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01", balances={"USDT": 10_000})
-    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
-    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
-    with SimServer(config=config) as server:
-        yield server
 
 
 @pytest.fixture()

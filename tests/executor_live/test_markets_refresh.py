@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside a scenario's event loop
-from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, Fault, SimConfig, SimServer
+from aura.exchange_sim import Fault, SimServer
 from tests.bus_helpers import Capture, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
 from tests.executor_live.live_service import closed_by, intents, live_settings, publish_plan
@@ -26,14 +24,6 @@ from tests.executor_live.live_service import closed_by, intents, live_settings, 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-@pytest.fixture()
-def sim(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01", balances={"USDT": 10_000})
-    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
-    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
-    with SimServer(config=config) as server:
-        yield server
 
 
 def set_min_notional(sim: SimServer, symbol: str, value: str) -> None:

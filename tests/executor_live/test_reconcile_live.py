@@ -14,14 +14,12 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside a scenario's event loop
-from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
+from aura.exchange_sim import SimServer
 from services.executor.books import BookDiff, compare_books
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
@@ -29,7 +27,7 @@ from services.executor.runner import ensure_genesis, write_snapshot
 from shared.contracts import PortfolioSnapshot
 from tests.bus_helpers import Capture, dead_letters, publish_buy, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
-from tests.executor_live.live_service import closed_by, publish_plan
+from tests.executor_live.live_service import closed_by, live_settings, publish_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 DAY = 86_400_000
@@ -78,19 +76,6 @@ def test_an_adoption_changes_holdings_and_never_the_cash_it_did_not_name() -> No
 # --- the live executor ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def sim(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01", balances={"USDT": 10_000})
-    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
-    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
-    with SimServer(config=config) as server:
-        yield server
-
-
-def live_settings(bus: NatsEndpoint, sim: SimServer) -> Any:
-    return bus.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
-                        AURA_PAPER_CASH_USDT="10000")
 
 
 def adopt_with_the_cli(bus: NatsEndpoint) -> subprocess.CompletedProcess[str]:

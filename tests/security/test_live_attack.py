@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside the scenario's event loop
-from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.ingest.replay import cycle_id_for, load_market_rules
@@ -43,6 +42,7 @@ from tests.bus_helpers import (
     until,
 )
 from tests.conftest import NatsEndpoint
+from tests.executor_live.live_service import live_settings, live_venue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 DAY = 86_400_000
@@ -52,15 +52,9 @@ SYMBOLS = ("BTC/USDT", "ETH/USDT")
 def test_a_target_priced_at_one_ninetieth_never_reaches_the_exchange(nats_server: NatsEndpoint, tmp_path: Path,
                                                                      shared_data_dir: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01", balances={"USDT": 100_000})
-    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
-    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
-    with SimServer(config=config) as sim:
-        settings = nats_server.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
-                                        AURA_EXCHANGE_API_URL=sim.base_url, AURA_MAX_ORDER_USDT="1000",
-                                        AURA_RISK_TICK_S="0.3",
-                                        AURA_PAPER_CASH_USDT="100000")
+    with live_venue(shared_data_dir, monkeypatch, usdt=100_000) as sim:
+        settings = live_settings(nats_server, sim, AURA_MAX_ORDER_USDT="1000", AURA_RISK_TICK_S="0.3",
+                                 AURA_PAPER_CASH_USDT="100000")
         prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in SYMBOLS}
         balances_before = sim.sim.state()["balances"]
 
@@ -102,14 +96,8 @@ def test_plans_signed_with_risks_key_spend_at_most_the_cap_at_the_exchanges_pric
     Under AURA_MAX_ORDER_USDT=1000: a signed plan with BTC at 1/90 of the exchange's price (1,000 USDT at the
     plan's price, 90,000 at the exchange's) buys nothing ([PRICE_GUARD]); a signed plan for a whole BTC at a
     price just inside the guard spends at most the cap."""
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01", balances={"USDT": 100_000})
-    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", DEFAULT_API_KEY)
-    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", DEFAULT_API_SECRET)
-    with SimServer(config=config) as sim:
-        settings = nats_server.settings(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
-                                        AURA_EXCHANGE_API_URL=sim.base_url, AURA_MAX_ORDER_USDT="1000",
-                                        AURA_PAPER_CASH_USDT="100000")
+    with live_venue(shared_data_dir, monkeypatch, usdt=100_000) as sim:
+        settings = live_settings(nats_server, sim, AURA_MAX_ORDER_USDT="1000", AURA_PAPER_CASH_USDT="100000")
         btc = float(sim.sim.price("BTCUSDT"))
         as_of = int(sim.sim.now_ms()) // DAY * DAY - DAY  # the bar that just closed by the exchange's clock
         usdt = lambda: float(sim.sim.free("USDT"))  # noqa: E731
