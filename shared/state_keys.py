@@ -28,7 +28,8 @@ def ingest_cursor_key(source: str, timeframe: str) -> str:
 
 
 def ingest_held_key(timeframe: str) -> str:
-    """Where ingest keeps the bar it is holding back (stale, asked for again), per timeframe."""
+    """Where ingest keeps the pairs the portfolio holds (from the newest snapshot), per timeframe: held pairs stay
+    in the universe after a restart, before the first snapshot arrives."""
     return f"ingest.held.{timeframe}"
 
 

@@ -20,8 +20,8 @@ the targets' and ticks' ``as_of_ms``, never on a clock); ``aura risk reset`` cle
 Ingest's ``DataStale`` notice (an incomplete snapshot) means "do not trade on it": that bar never produces a
 target, and risk refuses any target computed on data older than the newest notice (logged [DATA_STALE],
 dead-lettered ``stale_data``, the cycle aborted so it still ends in the journal).  A notice dated more than one
-bar after the exchange's clock (live) or the newest announced bar (replay) is refused (dead-lettered
-``stale_out_of_bounds``): it would block every later target.
+bar after the data's clock (``stale.py``) is refused (dead-lettered ``stale_out_of_bounds``): it would block every
+later target.
 
 Nothing a peer publishes is trusted as is (``services.risk.inputs``, ``services.risk.verify``): a target is
 planned only on the prices, rules and forecasts of the data ingest announced for its cycle, a snapshot only if
@@ -49,6 +49,7 @@ from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
 from services.risk.prices import PriceRead, PriceSource, make_price_source
+from services.risk.stale import notice_clock
 from services.risk.sync_guard import GuardState
 from services.risk.tick import (
     Latch,
@@ -185,33 +186,22 @@ class Risk:
             await self._on_target(target)
 
     async def on_stale(self, stale: DataStale, at_boot: bool = False) -> None:
-        """Adopt a stale-data notice; Reject one dated more than a bar ahead of now or of another timeframe."""
-        s = self.ctx.settings
-        bar = timeframe_ms(s.timeframe)
-        now, clock = await self._data_clock()
-        if stale.timeframe != s.timeframe or stale.as_of_ms > now + bar:
-            self.ctx.health.inc("stale_notices_refused")
-            raise Reject("stale_out_of_bounds", f"stale notice for {stale.cycle_id} ({stale.timeframe}, as of "
-                         f"{stale.as_of_ms}) is not a {s.timeframe} bar at most one bar ahead of {clock} ({now})")
-        if self.stale is not None and stale.as_of_ms < self.stale.as_of_ms:
-            return
-        self.stale = stale
-        self.ctx.health.set("stale_as_of_ms", stale.as_of_ms)
-        text = "newest stale-data notice at boot" if at_boot else "ingest reports an incomplete snapshot"
-        warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
-             missing=stale.missing, reason=stale.reason)
-
-    async def _data_clock(self) -> tuple[int, str]:
-        """"Now" for a stale notice: the exchange's clock (live), the newest announced bar (replay: by the local
-        clock a notice dated today would block every replayed target), else the local clock."""
-        with contextlib.suppress(Exception):
-            venue = await self.prices.exchange_ms()
-            if venue is not None:
-                return int(venue), "the exchange's clock"
-            ready = await self.inputs.newest_ready()
-            if ready is not None:
-                return ready.as_of_ms, "the newest announced bar"
-        return int(time.time() * 1000), "the local clock"
+        """Adopt a stale-data notice; Reject one of another timeframe or dated more than a bar ahead (stale.py).
+        Under the cycle lock: a target on older data must not slip through while the clock is read."""
+        async with self.lock:
+            s = self.ctx.settings
+            now, clock = await notice_clock(self.prices, self.inputs, s.ingest_source, self.stale)
+            if stale.timeframe != s.timeframe or stale.as_of_ms > now + self.bar_ms:
+                self.ctx.health.inc("stale_notices_refused")
+                raise Reject("stale_out_of_bounds", f"stale notice for {stale.cycle_id} ({stale.timeframe}, as of "
+                             f"{stale.as_of_ms}) is not a {s.timeframe} bar at most one bar after {clock} ({now})")
+            if self.stale is not None and stale.as_of_ms < self.stale.as_of_ms:
+                return
+            self.stale = stale
+            self.ctx.health.set("stale_as_of_ms", stale.as_of_ms)
+            text = "newest stale-data notice at boot" if at_boot else "ingest reports an incomplete snapshot"
+            warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
+                 missing=stale.missing, reason=stale.reason)
 
     async def refuse(self, target: TargetPortfolio, reason: str, detail: str, forged: bool = False) -> NoReturn:
         """Refuse ``target``: its cycle ends in the journal as aborted, the message is dead-lettered."""
