@@ -8,9 +8,10 @@ exchange's prices, as an ``adopt`` entry of the journal (an event with what chan
 silent new genesis.  Differences worth less than ``reconcile_dust_usdt`` are dust, not a disagreement.
 
 A coin the exchange gives no USDT price for cannot be valued, so "worth less than dust" cannot be decided for
-it; it is never silently left out (``BookDiff.unpriced_qty``).  The rule: if the journal holds the coin and the
-two quantities differ (beyond the holdings tolerance), trading halts like any other disagreement: a position
-the journal values and trades is not what the exchange holds.  If the journal does not hold it at all (an
+it; it is never silently left out (``BookDiff.unpriced_qty``).  The rule: if the journal holds the coin, the
+difference is valued at the journal's own price for it (its entry, ``journal_marks``): beyond dust, trading halts
+like any other disagreement (a position the journal values and trades is not what the exchange holds), and a
+ticker that momentarily quotes nothing does not halt over dust.  If the journal does not hold it at all (an
 airdrop, a delisted pair's leftovers, a deposit of a coin with no USDT market), it cannot be part of equity, and
 halting all trading over what may be dust is worse than the disagreement; it is reported instead, with both
 quantities, at every comparison ([RECONCILE] warning, counted, shown in /readyz), for an operator to handle.
@@ -39,6 +40,7 @@ class BookDiff:
     unpriced: tuple[str, ...] = ()  # differing assets the exchange gives no USDT price for
     # asset -> (journal quantity, exchange quantity), for every asset in ``unpriced``
     unpriced_qty: dict[str, tuple[float, float]] = field(default_factory=dict)
+    marked: tuple[str, ...] = ()  # differing assets valued at the journal's price (the exchange quoted none)
 
     @property
     def surplus(self) -> dict[str, float]:
@@ -63,7 +65,9 @@ class BookDiff:
         return not self.diff and not self.unpriced_held
 
     def describe(self) -> str:
-        parts = [f"{a} {d:+.8g} (~{self.values[a]:.2f} {QUOTE})" for a, d in sorted(self.diff.items())]
+        parts = [f"{a} {d:+.8g} (~{self.values[a]:.2f} {QUOTE}"
+                 + (f" at the journal's price: no {QUOTE} quote now)" if a in self.marked else ")")
+                 for a, d in sorted(self.diff.items())]
         parts += describe_unpriced(self.unpriced_held)
         return ", ".join(parts) or "none"
 
@@ -73,16 +77,19 @@ def describe_unpriced(unpriced: dict[str, tuple[float, float]]) -> list[str]:
 
 
 def compare_books(journal: dict[str, float], exchange: dict[str, float], prices: dict[str, float],
-                  dust_quote: float) -> BookDiff:
+                  dust_quote: float, marks: dict[str, float] | None = None) -> BookDiff:
     """What the exchange holds beyond the journal (positive) or short of it (negative), worth more than dust.
 
     ``prices``: asset -> price in the quote asset.  More quote on the exchange than in the journal is the
     normal case (the journal trades with at most the configured capital) and is no disagreement; less is.
+    ``marks``: asset -> the journal's own price for a coin it holds (``journal_marks``), used when the exchange
+    quotes none at the moment (a ticker without a last price), so a dust difference does not halt trading.
     Pure.
     """
     diff: dict[str, float] = {}
     values: dict[str, float] = {}
     unpriced: dict[str, tuple[float, float]] = {}
+    marked: list[str] = []
     for asset in sorted(set(journal) | set(exchange)):
         held, seen = journal.get(asset, 0.0), exchange.get(asset, 0.0)
         if HOLDINGS_TOLERANCE.allows(held, seen) and HOLDINGS_TOLERANCE.allows(seen, held):
@@ -93,12 +100,23 @@ def compare_books(journal: dict[str, float], exchange: dict[str, float], prices:
                 diff[asset], values[asset] = delta, -delta
             continue
         price = prices.get(asset, 0.0)
+        if not price > 0 and held and (marks or {}).get(asset, 0.0) > 0:
+            price = (marks or {})[asset]
+            marked.append(asset)
         if not price > 0:
             unpriced[asset] = (held, seen)
             continue
         if abs(delta) * price > dust_quote:
             diff[asset], values[asset] = delta, abs(delta) * price
-    return BookDiff(diff, values, tuple(unpriced), unpriced)
+    return BookDiff(diff, values, tuple(unpriced), unpriced, tuple(a for a in marked if a in diff))
+
+
+def journal_marks(journal: Journal) -> dict[str, float]:
+    """asset -> the price the journal entered each coin it holds at (its newest snapshot)."""
+    snap = journal.latest_snapshot()
+    if snap is None:
+        return {}
+    return {sym.split("/")[0]: float(px) for sym, px in snap.entry_prices.items() if px and float(px) > 0}
 
 
 async def confirmed_balances(broker: Broker, logger: logging.Logger, reads: int = 2, delay_s: float = 0.5,
@@ -145,7 +163,8 @@ async def read_books(journal: Journal, broker: Broker, limits: ExecutionLimits, 
     exchange = await confirmed_balances(broker, logger)
     mine = {QUOTE: exchange.get(QUOTE, 0.0)} if empty_journal else expected_balances(journal)
     prices = await prices_of(broker, sorted(set(mine) | set(exchange)), limits, logger)
-    return compare_books(mine, exchange, prices, dust_quote), exchange, prices
+    marks = {} if empty_journal else journal_marks(journal)
+    return compare_books(mine, exchange, prices, dust_quote, marks), exchange, prices
 
 
 def adopt(journal: Journal, diff: BookDiff, prices: dict[str, float], request_at_ms: int, requested_by: str,

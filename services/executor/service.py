@@ -214,8 +214,6 @@ class Executor:
             if self.io_fault is not None:
                 info(self.ctx.logger, "JOURNAL_FAULT", "journal writable again", was=self.io_fault)
                 self.io_fault = None
-            if not msg.subject.startswith(CycleAborted.SUBJECT + "."):  # an abort notice asks nothing of it
-                self.outage.answered()
             if self.stuck is not None and self._progress_of(msg)[1] == self.stuck:
                 self.stuck = None
 
@@ -298,6 +296,7 @@ class Executor:
         try:
             run = await run_plan(plan, self.broker, self.journal, rules, self.limits, self.ctx.logger,
                                  self.marks, self.sync, self.live)
+            self.outage.answered()  # the exchange answered this plan's reads (a refusal before them says nothing)
         finally:
             heartbeat.cancel()
         snap = self.current_snapshot()

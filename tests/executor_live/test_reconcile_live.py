@@ -62,6 +62,13 @@ def test_a_coin_without_a_price_is_never_left_out_of_the_comparison() -> None:
     assert not short.clean and short.unpriced_held == {"LUNA": (10.0, 2.0)}
     same = compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 10.0}, {}, 5.0)
     assert same == BookDiff()
+    # A coin the journal holds whose ticker quotes nothing at the moment is valued at the journal's own price: a
+    # dust difference is no disagreement, a real one still is.
+    assert compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 11.0}, {}, 5.0).unpriced_held
+    assert compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 11.0}, {}, 5.0,
+                         marks={"LUNA": 0.01}).clean
+    marked = compare_books({"USDT": 100.0, "LUNA": 10.0}, {"USDT": 100.0, "LUNA": 2.0}, {}, 5.0, marks={"LUNA": 4.0})
+    assert not marked.clean and marked.shortfall == {"LUNA": pytest.approx(8.0)}
 
 
 def test_an_adoption_changes_holdings_and_never_the_cash_it_did_not_name() -> None:
@@ -241,8 +248,9 @@ def test_an_unpriced_coin_the_journal_holds_at_another_quantity_halts_until_adop
     out = asyncio.run(scenario())
     ok, detail = out["red"]
     assert not ok and detail["books"].startswith("halted"), detail
-    assert "LUNA journal 10 vs exchange 5000 (no USDT price)" in detail["books"], detail
-    assert "no USDT price" in out["dead"].error
+    # Valued at the journal's own price for LUNA (the exchange quotes none), and said so.
+    assert "LUNA +4990" in detail["books"] and "at the journal's price: no USDT quote now" in detail["books"], detail
+    assert "LUNA +4990" in out["dead"].error
     assert out["adopted"].returncode == 0, out["adopted"].stderr
     assert out["after"].status == "executed", "the adoption did not clear the halt"
     assert out["after"].holdings["LUNA/USDT"] == 5000.0
