@@ -233,13 +233,20 @@ def spa_excess_pvalue(excess: np.ndarray, reps: int = 2000, block_size: int | No
     data-snooping test proper when the k columns are every model the search compared: the bootstrap takes the
     maximum over all k, so each extra candidate raises the bar the best one must clear.
 
-    Stationary bootstrap with ``block_size`` (None: arch's default, sqrt(T)) and a fixed seed, so the same
+    Studentized, as Hansen (2005) defines the statistic: each column is divided by its long-run standard
+    deviation (his kernel estimate with the stationary bootstrap's weights, ``hac_variance``) before arch runs the
+    test.  arch 8.0's ``SPA.compute`` compares raw means (its variances only choose the columns to recentre), which
+    is White's Reality Check: among trials of unequal volatility the most volatile would decide the p-value.  On
+    the scaled columns arch's raw maximum is Hansen's max of d_k / omega_k, its bootstrap maxima the studentized
+    ones, and its recentring rule (mean >= -sqrt(var / T * 2 log log T)) unchanged, since it is scale-free.
+
+    Stationary bootstrap with ``block_size`` (None: arch's default, int(sqrt(T))) and a fixed seed, so the same
     inputs give the same p-value.  Identical columns are kept once: the bootstrap indices depend on T only and
-    every model's statistics on its own column, so a copy changes no maximum, only the cost.  A difference that
-    is constant over time (up to 1e-12 x ``scale``, default the largest absolute excess) is decided without the
-    bootstrap: arch counts bootstrap maxima strictly above the observed one, and with no variation none is, so
-    a strategy identical to its benchmark would get p = 0, "significantly better"; here it gets 1 (and a
-    strategy that beats it by the same positive amount every bar gets 0).
+    every model's statistics on its own column, so a copy changes no maximum, only the cost.  A column constant
+    over time (up to 1e-12 x ``scale``, default the largest absolute excess) has no deviation to divide by: a
+    constant lead is an edge no bootstrap can shake (p = 0), a constant tie or loss can never be the superior
+    model and is left out (all of them: p = 1, where arch, counting maxima strictly above the observed one, would
+    call a strategy identical to its benchmark "significantly better").
     """
     from arch.bootstrap import SPA  # imported here: arch (with pandas, scipy) is only needed by the gate
 
@@ -252,11 +259,34 @@ def spa_excess_pvalue(excess: np.ndarray, reps: int = 2000, block_size: int | No
         raise ValueError("SPA needs finite returns")
     if scale is None:
         scale = max(float(np.max(np.abs(diff))), 1e-300)
-    if np.all(np.ptp(diff, axis=0) <= 1e-12 * scale):  # constant up to rounding
-        return 0.0 if float(np.max(np.mean(diff, axis=0))) > 1e-12 * scale else 1.0
+    tol = 1e-12 * scale
+    flat = np.ptp(diff, axis=0) <= tol  # constant up to rounding
+    if np.any(flat & (np.mean(diff, axis=0) > tol)):
+        return 0.0
+    diff = diff[:, ~flat]
+    if diff.shape[1] == 0:
+        return 1.0
     _, first = np.unique(diff.T, axis=0, return_index=True)
-    diff = np.ascontiguousarray(diff[:, np.sort(first)])
+    diff = diff[:, np.sort(first)]
+    block = int(block_size) if block_size is not None else int(np.sqrt(diff.shape[0]))
+    var = hac_variance(diff, block)
+    # The kernel estimate is positive in practice; where rounding makes it not, the plain variance stands in.
+    var = np.where(var > 0, var, np.var(diff, axis=0))
+    scaled = np.ascontiguousarray(diff / np.sqrt(var))
     # benchmark loss 0, model losses -excess: arch's loss differential 0 - (-excess) is the excess, bit for bit
-    test = SPA(np.zeros(diff.shape[0]), -diff, block_size=block_size, reps=reps, seed=seed)
+    test = SPA(np.zeros(scaled.shape[0]), -scaled, block_size=block, reps=reps, seed=seed)
     test.compute()
     return float(test.pvalues["consistent"])
+
+
+def hac_variance(diff: np.ndarray, block_size: int) -> np.ndarray:
+    """(k,) long-run variance of each column of (T, k) ``diff``: Hansen (2005) eq. (5), the kernel of the
+    stationary bootstrap with mean block length ``block_size`` (what arch computes for its recentring rule)."""
+    t = diff.shape[0]
+    q = 1.0 / block_size
+    d = diff - diff.mean(axis=0)
+    var = np.einsum("tk,tk->k", d, d) / t
+    for i in range(1, t):
+        kappa = (1.0 - i / t) * (1.0 - q) ** i + (i / t) * (1.0 - q) ** (t - i)
+        var += 2.0 * kappa * np.einsum("tk,tk->k", d[: t - i], d[i:]) / t
+    return var

@@ -191,7 +191,7 @@ def _spa_by_hand(excess: np.ndarray, block: int, reps: int, seed: int) -> float:
     """Hansen's consistent SPA p-value written out: the same stationary-bootstrap indices as arch draws (they depend
     on T and the seed only), the kernel variance of Hansen (2005, eq. (5) with the stationary bootstrap's
     weights), the log-log threshold that drops clearly inferior models from the recentring, and the share of
-    bootstrap maxima strictly above the observed best mean."""
+    bootstrap maxima of the studentized means, d*_k / omega_k, strictly above the observed best d_k / omega_k."""
     from arch.bootstrap import StationaryBootstrap
 
     t, k = excess.shape
@@ -206,10 +206,13 @@ def _spa_by_hand(excess: np.ndarray, block: int, reps: int, seed: int) -> float:
             v += 2 * kappa * float(np.dot(d[: t - i], d[i:])) / t
         var[j] = v
     keep = means >= -np.sqrt(var / t * 2 * np.log(np.log(t)))
-    centre = np.where(keep, means, 0.0)
+    omega = np.sqrt(var)
+    # Each column scaled first, as the statistic's ratio; the same arithmetic order as on scaled data.
+    z = excess / omega
+    z_means, z_centre = z.mean(axis=0), np.where(keep, z.mean(axis=0), 0.0)
     above = 0
     for (idx,), _ in StationaryBootstrap(block, np.arange(t), seed=seed).bootstrap(reps):
-        above += max(float(np.mean(excess[idx, j])) - centre[j] for j in range(k)) > means.max()
+        above += max(float(np.mean(z[idx, j])) - z_centre[j] for j in range(k)) > z_means.max()
     return above / reps
 
 
@@ -227,6 +230,20 @@ def test_multi_model_spa_matches_a_hand_computation() -> None:
     bench = rng.normal(0.0, 0.01, t)  # the returns form: the same excess, the same p-value
     assert spa_pvalue(excess + bench[:, None], bench, reps=400, block_size=5, seed=3) == pytest.approx(expected,
                                                                                                         abs=1e-9)
+
+
+def test_the_spa_is_studentized_so_volatile_noise_does_not_decide_it() -> None:
+    """A trial with a real edge (t-stat about 4) among 50 trials of no edge and ten times its volatility: by raw
+    means (White's Reality Check, arch's compute) the noisy trials' bootstrap maxima swamp it; Hansen's
+    studentized statistic still finds it superior."""
+    rng = np.random.default_rng(23)
+    t = 250
+    edge = rng.normal(0.0, 0.01, t)
+    edge += 0.0025 - edge.mean()
+    noise = rng.normal(0.0, 0.1, (t, 50))
+    noise -= noise.mean(axis=0)
+    assert spa_excess_pvalue(edge, reps=1000, seed=0) <= 0.01
+    assert spa_excess_pvalue(np.column_stack([edge, noise]), reps=1000, seed=0) <= 0.05
 
 
 def test_many_noise_trials_raise_the_p_value_of_a_lucky_best() -> None:
