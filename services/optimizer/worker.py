@@ -137,7 +137,12 @@ class Worker:
                 raise ValueError(f"object {task.inputs[:16]} does not hash to its name")
             await beat.tick()
             run = run_cscv if task.kind == CSCV_KIND else run_spa
-            return [run(task, decode_matrix(data))]
+            # A statistic is one long call (an SPA on 730 bars x 432 trials takes seconds): in a thread, so the
+            # heartbeat keeps the task ours past its ack wait and /readyz answers meanwhile.
+            job = asyncio.create_task(asyncio.to_thread(run, task, decode_matrix(data)))
+            while not (await asyncio.wait({job}, timeout=1.0))[0]:
+                await beat.tick()
+            return [job.result()]
         raise TaskError(f"unknown task kind {task.kind!r}")
 
     async def evaluator(self, inputs: str) -> Evaluator:
