@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -99,3 +100,30 @@ def test_each_alert_kind_of_the_issue_reaches_the_console_as_an_alert(what: str,
 def test_routine_lines_of_the_same_tags_are_not_alerted(what: str, service: str, log: Log, tag: str,
                                                         text: str) -> None:
     assert published_by(service, log, tag, text) == [], what
+
+
+# How each alerted line starts in the code that writes it (the test's texts above are abridged): its level and tag
+# are read there, so a service that lowered an alerted line's level (SYNC_GUARD's refusal to a warning, say) would
+# no longer be alerted, and fails here.
+WRITTEN_AS = {
+    "kill-switch latched": ("services/risk", '"rolling drawdown breached'),
+    "kill-switch re-armed": ("services/risk", '"re-armed after its cooldown'),
+    "kill-switch reset": ("services/risk", '"operator reset applied'),
+    "plan refused: stale": ("services/executor", '"plan on data too old'),
+    "plan refused: forged": ("services/executor", '"plan signature does not verify'),
+    "plan refused: sync guard": ("services/executor", '"exchange balances confirmed short'),
+    "dead-lettered": ("shared", 'f"{reason}: '),
+    "stale data": ("services/ingest", 'f"{reason}; cycle aborted"'),
+    "price guard": ("services/executor", '"leg refused: its price'),
+}
+
+
+@pytest.mark.parametrize(("what", "service", "log", "tag", "text"), ALERTED, ids=[case[0] for case in ALERTED])
+def test_each_alerted_line_is_written_at_that_level_by_the_code(what: str, service: str, log: Log, tag: str,
+                                                                text: str) -> None:
+    from tests.conftest import REPO_ROOT
+
+    folder, start = WRITTEN_AS[what]
+    call = re.compile(rf"\b{log.__name__}\(\s*[\w.]+,\s*\"{tag}\",\s*{re.escape(start)}")
+    sources = sorted((REPO_ROOT / folder).rglob("*.py"))
+    assert any(call.search(path.read_text()) for path in sources), f"{what}: no {log.__name__}(..., {tag!r}, {start}"
