@@ -9,9 +9,10 @@ the book must be unchanged, and every service still ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aura.launcher import Stack, wait_ready
 from aura.natsd import NatsServer
-from shared.bus import client_options
+from shared.bus import MSG_ID_HEADER, client_options, last_message
 from shared.config import SERVICE_NAMES, Settings
-from shared.contracts import DeadLetter
+from shared.contracts import DeadLetter, decode
+from shared.state_keys import WRITERS
 from tests.bus_helpers import dead_letters, journal_rows, launch_system
 
 REPLAY_START = "2024-11-24"  # the bundled history ends 2024-12-05: 12 cycles, then idle
@@ -149,3 +151,60 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     finally:
         stack.stop()
         server.stop()
+
+
+# --- what the attack tests do on the running system ----------------------------------------------------------
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def js_publish(system: System, principal: str | None, subject: str, payload: bytes,
+                     msg_id: str | None = None, headers: dict[str, str] | None = None) -> str:
+    """'refused: ...' when the bus refuses the connection or the publish, else 'stored'."""
+    ERRORS.clear()
+    try:
+        nc = await system.connect(principal)
+    except Exception as exc:
+        return f"refused: {exc}"
+    try:
+        headers = {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})} or None
+        await nc.jetstream().publish(subject, payload, timeout=2, headers=headers)
+        return "stored"
+    except Exception as exc:
+        await asyncio.sleep(0.05)
+        return f"refused: {exc} {ERRORS}"
+    finally:
+        await nc.close()
+
+
+def assert_untouched(system: System, before: Any, why: str) -> None:
+    time.sleep(1.5)  # long enough for risk to plan and the executor to trade, were anything accepted
+    after = system.book()
+    assert after == before, f"{why}: the journal or the book changed: {before} -> {after}"
+    assert set(system.ready().values()) == {200}, f"{why}: a service is no longer ready: {system.ready()}"
+
+
+async def newest(system: System, kind: type[Any]) -> Any:
+    nc = await system.connect("operator")
+    try:
+        raw = await last_message(nc.jetstream(), kind.SUBJECT)
+        return decode(raw, kind) if raw is not None else None
+    finally:
+        await nc.close()
+
+
+async def state_entries(system: System) -> dict[str, tuple[int, bytes]]:
+    """Every aura_state key that exists: key -> (revision, value), read with the operator's credential."""
+    nc = await system.connect("operator")
+    try:
+        kv = await nc.jetstream().key_value("aura_state")
+        out = {}
+        for key in (k for keys in WRITERS.values() for k in keys):
+            with contextlib.suppress(Exception):
+                entry = await kv.get(key)
+                out[key] = (int(entry.revision or 0), bytes(entry.value or b""))
+        return out
+    finally:
+        await nc.close()

@@ -7,14 +7,12 @@ still trades a genuine new cycle after all of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
 from services.ingest.replay import cycle_id_for
 from services.risk.latch import HALT_KEY, read_latch
-from shared.bus import MSG_ID_HEADER, candle_writer, last_message, publish
+from shared.bus import candle_writer, last_message, publish
 from shared.candles import decode_panel, digest, encode_panel
 from shared.contracts import (
     ApprovedPlan,
@@ -43,52 +41,13 @@ from shared.credentials import signing_key, trusted_key
 from shared.live_params import sign_document
 from shared.provision import BUCKETS
 from shared.signing import sign_struct
-from shared.state_keys import DECISION_KEY, SIGNAL_STATE_KEY, WRITERS, ingest_cursor_key, state_bytes_bound
+from shared.state_keys import DECISION_KEY, SIGNAL_STATE_KEY, ingest_cursor_key, state_bytes_bound
 from tests.bus_helpers import reforged_target
-from tests.security.conftest import ERRORS, System, wait_until
+from tests.security.conftest import System, assert_untouched, js_publish, newest, run, state_entries, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 SERVICES = ("ingest", "signal", "risk", "executor", "optimizer")
 DAY = 86_400_000
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def js_publish(system: System, principal: str | None, subject: str, payload: bytes,
-                     msg_id: str | None = None, headers: dict[str, str] | None = None) -> str:
-    """'refused: ...' when the bus refuses the connection or the publish, else 'stored'."""
-    ERRORS.clear()
-    try:
-        nc = await system.connect(principal)
-    except Exception as exc:
-        return f"refused: {exc}"
-    try:
-        headers = {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})} or None
-        await nc.jetstream().publish(subject, payload, timeout=2, headers=headers)
-        return "stored"
-    except Exception as exc:
-        await asyncio.sleep(0.05)
-        return f"refused: {exc} {ERRORS}"
-    finally:
-        await nc.close()
-
-
-def assert_untouched(system: System, before: Any, why: str) -> None:
-    time.sleep(1.5)  # long enough for risk to plan and the executor to trade, were anything accepted
-    after = system.book()
-    assert after == before, f"{why}: the journal or the book changed: {before} -> {after}"
-    assert set(system.ready().values()) == {200}, f"{why}: a service is no longer ready: {system.ready()}"
-
-
-async def newest(system: System, kind: type[Any]) -> Any:
-    nc = await system.connect("operator")
-    try:
-        raw = await last_message(nc.jetstream(), kind.SUBJECT)
-        return decode(raw, kind) if raw is not None else None
-    finally:
-        await nc.close()
 
 
 # --- 1. forged targets -----------------------------------------------------------------------------------------
@@ -253,21 +212,6 @@ def test_a_snapshot_with_a_fake_equity_peak_does_not_reach_risk(system: System) 
     assert any("seen before with other contents" in x["msg"] for x in system.log_lines("risk", "FORGED_SNAPSHOT"))
     assert_untouched(system, before, "a snapshot with a fake equity peak")
     assert not [x for x in system.log_lines("risk", "KILL_SWITCH") if "breached" in x["msg"]]
-
-
-async def state_entries(system: System) -> dict[str, tuple[int, bytes]]:
-    """Every aura_state key that exists: key -> (revision, value), read with the operator's credential."""
-    nc = await system.connect("operator")
-    try:
-        kv = await nc.jetstream().key_value("aura_state")
-        out = {}
-        for key in (k for keys in WRITERS.values() for k in keys):
-            with contextlib.suppress(Exception):
-                entry = await kv.get(key)
-                out[key] = (int(entry.revision or 0), bytes(entry.value or b""))
-        return out
-    finally:
-        await nc.close()
 
 
 def test_a_rollup_on_a_writers_own_key_cannot_purge_the_latch(system: System) -> None:
