@@ -68,7 +68,18 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         trusted = trusted_keys(settings.keys, "operator", PARAMS_SIGNERS)
         js = nc.jetstream()
         if args.action == "show":
-            params, version, doc = await read_version(js, trusted, args.version)
+            wanted = args.version
+            if wanted is None:
+                # The version in force, as signal and risk run it: the newest *valid* one.  A newer refused one
+                # (a forgery, a bad document) is named, not shown, and must not keep the operator from editing.
+                stored = await history(js, trusted)
+                wanted, _ = last_valid(stored)
+                refused = [(v, why) for v, d, why in stored if d is None and v > wanted]
+                if refused:
+                    print(f"aura params show: showing version {wanted}, the one in force; newer version(s) "
+                          f"{', '.join(str(v) for v, _ in refused)} refused ({refused[-1][1][:200]})",
+                          file=sys.stderr)
+            params, version, doc = await read_version(js, trusted, wanted)
             print(json.dumps(shown(version, doc, params), indent=2))
             return 0
         if args.action == "history":
@@ -143,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
 def add_params_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("params", help="show, promote, compare or roll back the live strategy parameters")
     sub = p.add_subparsers(dest="action", required=True)
-    show = sub.add_parser("show", help="print a version (default: the newest) as a document `set` accepts")
+    show = sub.add_parser("show", help="print a version (default: the one in force, the newest valid) as a document "
+                                       "`set` accepts")
     show.add_argument("--version", type=int, default=None, help="the version to show")
     put = sub.add_parser("set", help="promote the parameters in a JSON file as a new version")
     put.add_argument("file", help="JSON: bare parameters, or what `params show` printed; omitted keys keep "

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.errors import NotFoundError
 
 from aura.natsd import free_port, start_bus
@@ -23,7 +24,7 @@ from shared.bus import kv_get, params_kv, session
 from shared.config import load_settings
 from shared.contracts import PARAMS_BUCKET, STATE_BUCKET
 from shared.credentials import ensure_credentials
-from shared.live_params import PARAMS_KEY
+from shared.live_params import PARAMS_KEY, sign_document
 from tests.conftest import NatsEndpoint
 
 pytestmark = pytest.mark.integration
@@ -100,6 +101,33 @@ def test_show_then_set_then_show(nats_server: NatsEndpoint, tmp_path: Path) -> N
     again = show(nats_server)
     assert again["version"] > after["version"]
     assert again["params"] == {**DEFAULTS, "top_k": 2, "stop_loss": 0.1} and again["reason"] == "tighter stop"
+
+
+def test_show_gives_the_version_in_force_when_a_newer_one_is_refused(nats_server: NatsEndpoint,
+                                                                     tmp_path: Path) -> None:
+    """A forged document stored as the newest version (a compromised optimizer) is refused by the services; `show`
+    prints the version they run, names the refused one on stderr, and the operator can still edit and `set`."""
+    assert set_params(nats_server, tmp_path, {"top_k": 4}, "four names").returncode == 0
+    in_force = show(nats_server)
+
+    async def forge() -> None:
+        nc = await nats_server.connect("optimizer")
+        try:
+            kv = await params_kv(nc.jetstream())
+            forged = sign_document(StrategyParams(top_k=9), Ed25519PrivateKey.generate(), "optimizer", "forged")
+            await kv.put(PARAMS_KEY, msgspec.json.encode(forged))
+        finally:
+            await nc.close()
+
+    asyncio.run(forge())
+    proc = aura(nats_server, "params", "show")
+    assert proc.returncode == 0, proc.stderr
+    shown_now = json.loads(proc.stdout)
+    assert shown_now == in_force and shown_now["params"]["top_k"] == 4
+    assert f"newer version(s) {in_force['version'] + 1} refused" in proc.stderr, proc.stderr
+    shown_now["params"]["top_k"] = 5
+    assert set_params(nats_server, tmp_path, shown_now, "five names").returncode == 0
+    assert show(nats_server)["params"]["top_k"] == 5
 
 
 def test_omitted_keys_keep_their_live_value(nats_server: NatsEndpoint, tmp_path: Path) -> None:
