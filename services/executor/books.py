@@ -9,7 +9,7 @@ silent new genesis.  Differences worth less than ``reconcile_dust_usdt`` are dus
 
 A coin the exchange gives no USDT price for cannot be valued, so "worth less than dust" cannot be decided for
 it; it is never silently left out (``BookDiff.unpriced_qty``).  The rule: if the journal holds the coin, the
-difference is valued at the journal's own price for it (its entry, ``journal_marks``): beyond dust, trading halts
+difference is valued at the journal's own price for it (its entry price): beyond dust, trading halts
 like any other disagreement (a position the journal values and trades is not what the exchange holds), and a
 ticker that momentarily quotes nothing does not halt over dust.  If the journal does not hold it at all (an
 airdrop, a delisted pair's leftovers, a deposit of a coin with no USDT market), it cannot be part of equity, and
@@ -24,10 +24,15 @@ import logging
 from dataclasses import dataclass, field
 
 from services.executor.brokers.base import Broker, TransientBrokerError
-from services.executor.brokers.paper import QUOTE
+from services.executor.brokers.paper import QUOTE, base_asset
 from services.executor.execution import ExecutionLimits, rate_limit_pause, retried
 from services.executor.journal import Journal, now_ms
-from services.executor.runner import HOLDINGS_TOLERANCE, expected_balances, journal_portfolio, write_snapshot
+from services.executor.runner import (
+    HOLDINGS_TOLERANCE,
+    journal_portfolio,
+    portfolio_balances,
+    write_snapshot,
+)
 from shared.logging import warn
 
 
@@ -82,7 +87,7 @@ def compare_books(journal: dict[str, float], exchange: dict[str, float], prices:
 
     ``prices``: asset -> price in the quote asset.  More quote on the exchange than in the journal is the
     normal case (the journal trades with at most the configured capital) and is no disagreement; less is.
-    ``marks``: asset -> the journal's own price for a coin it holds (``journal_marks``), used when the exchange
+    ``marks``: asset -> the journal's own price for a coin it holds (its entry, ``read_books``), used when the exchange
     quotes none at the moment (a ticker without a last price), so a dust difference does not halt trading.
     Pure.
     """
@@ -109,14 +114,6 @@ def compare_books(journal: dict[str, float], exchange: dict[str, float], prices:
         if abs(delta) * price > dust_quote:
             diff[asset], values[asset] = delta, abs(delta) * price
     return BookDiff(diff, values, tuple(unpriced), unpriced, tuple(a for a in marked if a in diff))
-
-
-def journal_marks(journal: Journal) -> dict[str, float]:
-    """asset -> the price the journal entered each coin it holds at (its newest snapshot)."""
-    snap = journal.latest_snapshot()
-    if snap is None:
-        return {}
-    return {sym.split("/")[0]: float(px) for sym, px in snap.entry_prices.items() if px and float(px) > 0}
 
 
 async def confirmed_balances(broker: Broker, logger: logging.Logger, reads: int = 2, delay_s: float = 0.5,
@@ -161,9 +158,15 @@ async def read_books(journal: Journal, broker: Broker, limits: ExecutionLimits, 
                                                                             dict[str, float]]:
     """(difference, the exchange's balances, prices).  ``empty_journal``: compare against nothing held."""
     exchange = await confirmed_balances(broker, logger)
-    mine = {QUOTE: exchange.get(QUOTE, 0.0)} if empty_journal else expected_balances(journal)
+    if empty_journal:
+        mine, marks = {QUOTE: exchange.get(QUOTE, 0.0)}, {}
+    else:
+        # The journal's own price of each coin it holds (its entry) values a difference the exchange quotes no
+        # price for: from the same portfolio the balances come from, read once.
+        pf = journal_portfolio(journal)
+        mine = portfolio_balances(pf)
+        marks = {base_asset(sym): px for sym, px in pf.entry_prices.items() if px > 0}
     prices = await prices_of(broker, sorted(set(mine) | set(exchange)), limits, logger)
-    marks = {} if empty_journal else journal_marks(journal)
     return compare_books(mine, exchange, prices, dust_quote, marks), exchange, prices
 
 

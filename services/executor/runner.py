@@ -117,7 +117,11 @@ def write_snapshot(journal: Journal, cycle_id: str, plan_id: str, status: str, m
 
 
 def expected_balances(journal: Journal) -> dict[str, float]:
-    pf = journal_portfolio(journal)
+    return portfolio_balances(journal_portfolio(journal))
+
+
+def portfolio_balances(pf: Portfolio) -> dict[str, float]:
+    """asset -> quantity the exchange should hold for ``pf`` (the quote asset: its cash)."""
     out = {QUOTE: pf.cash}
     for symbol, qty in pf.holdings.items():
         out[base_asset(symbol)] = out.get(base_asset(symbol), 0.0) + qty
