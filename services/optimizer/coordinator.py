@@ -157,11 +157,12 @@ class Coordinator:
         self._our_tasks: set[str] = set()
         # CSCV on the workers when its answer fits a message; otherwise the gate computes it here.
         self.remote_cscv = math.comb(gate.cscv_partitions, gate.cscv_partitions // 2) <= MAX_CSCV_SPLITS
-        self._matrices: dict[tuple[str, str], tuple[str, bytes]] = {}  # (selection, stage) -> (cscv key, blob)
+        # (selection, stage) -> the stage's CSCV task (answer key, matrix digest, matrix bytes)
+        self._matrices: dict[tuple[str, str], tuple[str, str, bytes]] = {}
         # Each fold selection's SPA on the workers too (about 0.2 s per benchmark at 432 models: seconds in all);
         # a selection without a choice has no matrix and no task (its p-values are NaN, decided here).
         self.spa_settings = spa_settings(gate.spa_reps, gate.spa_block_size, gate.spa_seed)
-        self._spa_matrices: dict[str, tuple[str, bytes] | None] = {}  # selection label -> (spa key, blob)
+        self._spa_matrices: dict[str, tuple[str, str, bytes] | None] = {}  # selection label -> its SPA task
 
     # --- names and lookups ------------------------------------------------------------------------------------
     def key(self, req: Request) -> str:
@@ -175,14 +176,14 @@ class Coordinator:
         outcome = self.store.get(self.key(req))
         return None if outcome is None else window_result(outcome, req.window, self.inputs.benchmarks)
 
-    def _cscv_inputs(self) -> dict[tuple[str, str], tuple[str, bytes]]:
-        """Every finished fold stage's matrix, as (CSCV key, bytes): known once, then kept."""
+    def _cscv_inputs(self) -> dict[tuple[str, str], tuple[str, str, bytes]]:
+        """Every finished fold stage's matrix, as (CSCV key, digest, bytes): known once, then kept."""
         for sel in self.run.fold_selections:
             for stage in sel.runs:
                 if stage.matrix is not None and (sel.label, stage.stage) not in self._matrices:
                     blob = encode_matrix(stage.matrix)
-                    self._matrices[sel.label, stage.stage] = (cscv_key(digest(blob), self.engine,
-                                                                       self.gate.cscv_partitions), blob)
+                    self._matrices[sel.label, stage.stage] = (
+                        cscv_key(digest(blob), self.engine, self.gate.cscv_partitions), digest(blob), blob)
         return self._matrices
 
     def cscv(self) -> list[CSCV] | None:
@@ -200,14 +201,15 @@ class Coordinator:
                 found.append(cscv_result(outcome, self.gate.cscv_partitions))
         return found
 
-    def _spa_inputs(self) -> dict[str, tuple[str, bytes] | None]:
-        """Every finished fold selection's SPA matrix, as (SPA key, bytes), or None without one: known once."""
+    def _spa_inputs(self) -> dict[str, tuple[str, str, bytes] | None]:
+        """Every finished fold selection's SPA matrix, as (SPA key, digest, bytes), or None without one: known
+        once."""
         for sel in self.run.fold_selections:
             if sel.done and sel.label not in self._spa_matrices:
                 matrix = sel.selection().spa_matrix
                 blob = None if matrix is None else encode_matrix(matrix)
                 self._spa_matrices[sel.label] = None if blob is None else (
-                    spa_key(digest(blob), self.engine, self.spa_settings), blob)
+                    spa_key(digest(blob), self.engine, self.spa_settings), digest(blob), blob)
         return self._spa_matrices
 
     def spa(self) -> list[SpaFold] | None:
@@ -273,21 +275,16 @@ class Coordinator:
             key = self.key(r)
             self._dispatched[key] = now
             self._window_of[key] = r.window
-        if self.remote_cscv:
-            for key, blob in self._cscv_inputs().values():
-                if key in self._dispatched or self.store.get(key) is not None:
-                    continue
-                matrix_digest = digest(blob)
-                await self._put_object(matrix_digest, blob)
-                tasks.append(cscv_task(matrix_digest, self.engine, self.gate.cscv_partitions))
-                self._dispatched[key] = now
-        for entry in self._spa_inputs().values():
-            if entry is None or entry[0] in self._dispatched or self.store.get(entry[0]) is not None:
+        # The statistics not yet asked for: each matrix once in the object store, then its task (CSCV or SPA).
+        statistics = [(entry, cscv_task, self.gate.cscv_partitions)
+                      for entry in (self._cscv_inputs().values() if self.remote_cscv else ())]
+        statistics += [(entry, spa_task, self.spa_settings) for entry in self._spa_inputs().values() if entry]
+        for (key, matrix_digest, blob), make_task, setting in statistics:
+            if key in self._dispatched or self.store.get(key) is not None:
                 continue
-            matrix_digest = digest(entry[1])
-            await self._put_object(matrix_digest, entry[1])
-            tasks.append(spa_task(matrix_digest, self.engine, self.spa_settings))
-            self._dispatched[entry[0]] = now
+            await self._put_object(matrix_digest, blob)
+            tasks.append(make_task(matrix_digest, self.engine, setting))  # type: ignore[operator]
+            self._dispatched[key] = now
         # Published together: each publish waits for its ack, and workers should not wait for the last one.
         await asyncio.gather(*(self._publish(task, self.progress.tasks + i) for i, task in enumerate(tasks)))
         self.progress.tasks += len(tasks)
