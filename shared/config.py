@@ -102,6 +102,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_order_usdt: float = 1_000_000.0
     # Live only: a leg whose plan price is further than this from the exchange's price is refused ([PRICE_GUARD]).
     max_price_deviation: float = 0.02
+    # Capacity (risk, dry run and live alike): no leg is more than this share of its market's volume in the bar
+    # the plan was decided on; the rest is cut, and the plan's reasons say so (aura/strategy/capacity.py).  The
+    # backtest's --max-participation applies the same rule to the bar a leg fills in.
+    max_participation: float = 0.10
     # Live only: a plan on a data bar that closed more than one bar plus this grace before the exchange's clock
     # is refused ([STALE_PLAN]).
     plan_grace_s: float = 300.0
@@ -195,6 +199,7 @@ def _validate(s: Settings) -> None:
         "paper_slippage_bps": 0 <= s.paper_slippage_bps < 500,
         "max_order_usdt": s.max_order_usdt > 0,
         "max_price_deviation": 0 < s.max_price_deviation < 0.5,
+        "max_participation": 0 < s.max_participation <= 1,
         "plan_grace_s": s.plan_grace_s >= 0,
         "reconcile_dust_usdt": s.reconcile_dust_usdt >= 0,
         "risk_tick_s": s.risk_tick_s >= 0,

@@ -5,7 +5,8 @@ nothing and the leg is dropped; the next cycle plans again.  Slippage moves the 
 the fee is charged in USDT on the traded notional.
 
 Capacity (``fill_leg``): a leg fills at most ``max_participation`` of the volume traded in the bar it fills
-in; the rest is dropped (counted by the engines; the next cycle plans again from what was filled).  Its
+in (``aura.strategy.capacity``: live risk applies the same rule to the bar it decides on); the rest is
+dropped (counted by the engines; the next cycle plans again from what was filled).  Its
 *participation* is its quantity over the bar's traded quantity, which is its notional over the bar's quote
 volume when both are valued at one price (the candles carry base volume; the bar's VWAP is not known).
 
@@ -34,12 +35,15 @@ import math
 import numpy as np
 from numba import njit
 
+from aura.strategy.capacity import DEFAULT_MAX_PARTICIPATION, participation_cap
 from aura.strategy.rebalance import floor_to_step_nb
 
 DAY_MS = 86_400_000
-DEFAULT_MAX_PARTICIPATION = 0.10
 IMPACT_Y = 0.5  # the square-root law's constant (see the module docstring)
 IMPACT_DAILY_SIGMA = 0.06  # median daily volatility of the bundled universe
+
+
+__all__ = ["DEFAULT_MAX_PARTICIPATION", "default_impact", "fill_leg"]
 
 
 def default_impact(bar_ms: int) -> float:
@@ -134,11 +138,9 @@ def fill_leg(side: int, qty: float, held: float, ref_price: float, volume: float
         if qty <= 0:
             return 0.0, math.nan, 0.0, 0.0, 0.0
     want = qty
-    room = max_part * volume
-    if qty > room:
-        qty = floor_to_step_nb(room, step)
-        if qty <= 0 or qty < min_qty or qty * ref_price < min_notional:
-            return 0.0, math.nan, 0.0, 0.0, want
+    qty = participation_cap(qty, volume, max_part, step, min_qty, min_notional, ref_price)
+    if qty <= 0 < want:
+        return 0.0, math.nan, 0.0, 0.0, want
     slip = impact_slippage(qty, volume, slippage, impact)
     if side < 0:
         px, proceeds, fee = sell_fill(qty, ref_price, slip, fee_rate)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from aura.strategy.capacity import cap_legs
 from aura.strategy.packing import (
     F_BAND,
     F_CASH_BUFFER,
@@ -185,6 +186,8 @@ def risk_plan(
     lows: dict[str, float] | None = None,
     opens: dict[str, float] | None = None,
     marks: dict[str, float] | None = None,
+    volumes: dict[str, float] | None = None,
+    max_participation: float = math.inf,
 ) -> RiskOutcome:
     """Kill-switch -> stop-loss / take-profit -> cost-benefit, then the lot-rounded rebalance.
 
@@ -193,7 +196,9 @@ def risk_plan(
     ``highs``/``lows``/``opens`` (backtest) make the stops intrabar: a stop is hit if the bar's low reached
     it, and exits at the stop level or at the open if the bar gapped through it.  Without them the stops
     are checked on ``prices`` alone.  ``marks`` value holdings that have no trade price (a gap in the data)
-    so that a missing price never looks like a loss to the kill-switch.
+    so that a missing price never looks like a loss to the kill-switch.  ``volumes`` (live risk: the decision
+    bar's base volumes) cap every leg at ``max_participation`` of them (capacity.py; the backtest caps at the
+    bar it fills in instead, so it passes none).
 
     Without ``targets.expected_returns`` the cost-benefit gain test is skipped (the band still applies) and
     the reasons say so: a forecast that is not there must not silently freeze the book.
@@ -229,6 +234,9 @@ def risk_plan(
                         buf.reason)
     legs = buf.legs(symbols, n)
     reasons: list[str] = []
+    if volumes is not None:
+        legs, cut = cap_legs(legs, volumes, max_participation, rules)
+        reasons.extend(cut)
     gate_name = GATES[gate]
     if liquidate:
         gate_name = "halted" if state.halted else "kill_switch"

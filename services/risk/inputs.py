@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from aura.strategy.capacity import decision_bar_volumes
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.risk.latch import LatchDoc, applied, read_latch, write_latch
@@ -136,6 +137,16 @@ class RiskInputs:
         panel = decode_panel(data)
         self._panel = (content_digest, panel)
         return panel
+
+    async def bar_volumes(self, logger: logging.Logger) -> dict[str, float]:
+        """The newest verified snapshot's last-bar volumes, which cap a tick's exits; none readable: {} (every
+        leg then says in the plan's reasons that it was not capped)."""
+        try:
+            ready = await self.newest_ready()
+            return decision_bar_volumes(await self.panel(ready.digest)) if ready is not None else {}
+        except Exception as exc:
+            warn(logger, "RISK_TICK", "no bar volumes for the participation cap", error=str(exc)[:200])
+            return {}
 
     async def params_at(self, version: int) -> tuple[StrategyParams, int]:
         # With the timeframe, version 0 is the defaults scaled as signal's tracker scales them (same digest).

@@ -40,6 +40,7 @@ from typing import Any, NoReturn
 import msgspec
 from nats.aio.msg import Msg
 
+from aura.strategy.capacity import decision_bar_volumes
 from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import RiskOutcome, risk_plan
 from aura.strategy.risk_gates import rearm_due
@@ -108,6 +109,7 @@ class Risk:
         self.marks: dict[str, float] = {}
         # The newest bar ingest declared incomplete: a target computed on data older than it is superseded.
         self.stale: DataStale | None = None
+        self.max_participation = s.max_participation  # of the decision bar's volume, per leg (capacity.py)
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -256,7 +258,8 @@ class Risk:
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
-                            params, cost.rate, marks=marks)
+                            params, cost.rate, marks=marks, volumes=decision_bar_volumes(panel),
+                            max_participation=self.max_participation)
         await self.latch(target.cycle_id, outcome, latch, params, target.as_of_ms, basis)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
@@ -307,7 +310,9 @@ class Risk:
         prices = read.prices if read is not None else None
         rules = rules_of(read.markets) if read is not None else {}
         cost = await self.costs.current()
-        decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks)
+        volumes = await self.inputs.bar_volumes(ctx.logger)
+        decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks, volumes,
+                                 self.max_participation)
         self.guard = decision.guard
         for check in decision.checks:
             info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,

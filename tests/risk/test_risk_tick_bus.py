@@ -96,7 +96,7 @@ async def market_moves(js_ingest: Any, settings: Settings, btc_close: float, day
     symbols = ("BTC/USDT", "ETH/USDT")
     closes = np.array([[40_000.0, 2000.0], [btc_close, 2000.0]])
     panel = Panel(symbols, np.array([T0 + (day - 1) * DAY, T0 + day * DAY], dtype=np.int64), closes, closes, closes,
-                  closes, np.ones_like(closes))
+                  closes, np.full_like(closes, 50_000.0))  # a day's volume, far above these orders' 10% cap
     ready = await announce_panel(js_ingest, panel, f"1d-202401{day + 1:02d}T0000", market_msgs(symbols, rules))
     return ready.digest
 

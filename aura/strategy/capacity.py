@@ -1,0 +1,85 @@
+"""Capacity: no leg may be more than ``max_participation`` of the volume its market trades in one bar.
+
+One rule, two places it is applied, because they know different bars:
+
+* the backtest (``aura.backtest.execution.fill_leg``) caps each leg against the volume of the bar it fills in,
+  which history tells it;
+* live risk (``pipeline.risk_plan`` with ``volumes``) cannot know the volume of the bar its orders will fill
+  in, so it caps against the bar the plan was decided on, the last closed one: the best estimate there is,
+  and the one a trader would look at.
+
+A capped leg is cut to the cap, lot-floored, and dropped whole when the cut falls below the exchange's
+minimums (a smaller order than the plan's is a new order, and the exchange would refuse that one); what is
+cut is not carried over: the next cycle plans again from what was filled, as after a partial fill.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from numba import njit
+
+from aura.strategy.rebalance import floor_to_step_nb
+from aura.strategy.types import Leg, MarketRule, Panel
+
+DEFAULT_MAX_PARTICIPATION = 0.10  # the backtest's default and risk's (shared/config.py max_participation)
+
+
+@njit(cache=True, inline="always")
+def participation_cap(qty: float, volume: float, max_part: float, step: float, min_qty: float,
+                      min_notional: float, price: float) -> float:
+    """The part of ``qty`` that may be sent against a bar that traded ``volume`` (base units): all of it
+    within ``max_part`` of the volume, else that share lot-floored, 0 when the cut is below the minimums.
+    A NaN volume caps nothing here: the callers decide what an unknown volume means."""
+    room = max_part * volume
+    if not qty > room:
+        return qty
+    cut = floor_to_step_nb(room, step)
+    if cut <= 0 or cut < min_qty or cut * price < min_notional:
+        return 0.0
+    return cut
+
+
+def cap_legs(legs: list[Leg], volumes: dict[str, float], max_participation: float,
+             rules: dict[str, MarketRule]) -> tuple[list[Leg], list[str]]:
+    """(the legs the cap leaves, a reason for every leg it cut or dropped).
+
+    ``volumes``: each symbol's base volume in the decision bar.  A symbol with no finite volume there (a gap
+    in the data) is not capped, and the reasons say so; a volume of 0 (no trade in the bar: a halted market)
+    caps the leg to nothing.  ``max_participation`` of ``inf`` caps nothing.
+    """
+    if math.isinf(max_participation):
+        return list(legs), []
+    kept: list[Leg] = []
+    reasons: list[str] = []
+    for leg in legs:
+        volume = float(volumes.get(leg.symbol, math.nan))
+        if not math.isfinite(volume) or volume < 0:
+            reasons.append(f"participation cap: {leg.symbol} has no volume in the decision bar; {leg.side} of "
+                           f"{leg.qty:.8g} not capped")
+            kept.append(leg)
+            continue
+        rule = rules.get(leg.symbol)
+        step, min_qty, min_notional = (rule.step_size, rule.min_qty, rule.min_notional) if rule else (0.0, 0.0, 0.0)
+        qty = float(participation_cap(leg.qty, volume, max_participation, step, min_qty, min_notional,
+                                      leg.ref_price))
+        if qty == leg.qty:
+            kept.append(leg)
+            continue
+        limit = f"{max_participation:.3g} of the decision bar's volume {volume:.8g}"
+        if qty > 0:
+            kept.append(replace(leg, qty=qty))
+            reasons.append(f"participation cap: {leg.symbol} {leg.side} cut from {leg.qty:.8g} to {qty:.8g} "
+                           f"({limit})")
+        else:
+            reasons.append(f"participation cap: {leg.symbol} {leg.side} of {leg.qty:.8g} dropped ({limit} is "
+                           "below the exchange minimums)")
+    return kept, reasons
+
+
+def decision_bar_volumes(panel: Panel) -> dict[str, float]:
+    """Each symbol's base volume in the panel's last bar (NaN where it has no candle there)."""
+    if len(panel.timestamps) == 0:
+        return {}
+    return {s: float(v) for s, v in zip(panel.symbols, panel.volume[-1], strict=True)}

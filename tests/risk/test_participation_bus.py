@@ -1,0 +1,55 @@
+"""Live risk caps every leg at ``AURA_MAX_PARTICIPATION`` of its market's volume in the decision bar (issue 10
+A.2, "live risk too"), on a real secured nats-server with the risk and executor service bodies.
+
+The replay's capital is far too small to reach 10% of any market's volume, so the cap is set to 1e-7 of it:
+BTC's buy (about 80,000 BTC traded that day) is cut to 0.008 BTC, and LINK's (1.34 LINK, 3.6 USDT) falls below
+the exchange's minimum notional of 5 USDT and is dropped.  The plan says so in its reasons, and the executor
+fills exactly the capped quantities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from aura.strategy.capacity import decision_bar_volumes
+from aura.strategy.rebalance import floor_to_step
+from tests.bus_helpers import approved_plans, replay_snapshot
+from tests.conftest import NatsEndpoint
+from tests.risk.test_target_verification_bus import FIRST_BAR, rig
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+CAP = 1e-7
+
+
+def test_live_risk_caps_each_leg_at_its_share_of_the_decision_bars_volume(nats_server: NatsEndpoint) -> None:
+    async def scenario() -> tuple:
+        async with rig(nats_server, AURA_MAX_PARTICIPATION=str(CAP)) as r:
+            target, _ = await r.next_cycle()
+            await r.publish_target(target)
+            snap = await r.cycle_closed(target.cycle_id, "executed")
+            plans = [p for p in await approved_plans(r.js["operator"]) if p.plan.cycle_id == target.cycle_id]
+            return target, plans, snap, r
+
+    _, plans, snap, r = asyncio.run(scenario())
+    _, panel, markets = replay_snapshot(FIRST_BAR, r.settings.snapshot_bars)
+    volumes = decision_bar_volumes(panel)
+    steps = {m.symbol: m.step_size for m in markets}
+    assert len(plans) == 1, "one plan for the cycle"
+    body = plans[0].plan
+    assert body.legs, "the genuine target buys something"
+    for leg in body.legs:
+        assert leg.qty <= CAP * volumes[leg.symbol] * (1 + 1e-9), f"{leg} is above the cap"
+    pattern = re.compile(r"participation cap: (\S+) buy cut from (\S+) to (\S+)")
+    cut = [m.groups() for x in body.reasons if (m := pattern.match(x))]
+    dropped = [x for x in body.reasons if re.match(r"participation cap: \S+ buy of \S+ dropped", x)]
+    assert cut, f"no leg was cut: {body.reasons}"
+    assert dropped, f"no leg fell below the minimums: {body.reasons}"
+    for symbol, before, after in cut:
+        assert float(before) > float(after) == floor_to_step(CAP * volumes[symbol], steps[symbol])
+        assert float(after) == next(x.qty for x in body.legs if x.symbol == symbol)
+    # The executor bought exactly what the capped plan says (a market buy fills its quantity on the paper broker).
+    assert {x.symbol: x.qty for x in body.legs} == pytest.approx({s: q for s, q in snap.holdings.items() if q > 0})
+    assert r.capture.fields("PLAN_APPROVED")
