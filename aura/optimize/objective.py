@@ -52,6 +52,9 @@ class BenchmarkCloses:
     bar_open_ms: np.ndarray  # (T,) the panel's bar open times
     bar_ms: int
     closes: np.ndarray  # (B, T)
+    # returns() per window, read-only: a coordinator turns thousands of answers on a handful of windows into
+    # WindowResults, and each asked for the same benchmark returns again.
+    _returns: dict[tuple[int, int], np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def align(cls, series: Mapping[str, tuple[np.ndarray, np.ndarray]], bar_open_ms: np.ndarray, bar_ms: int,
@@ -66,7 +69,11 @@ class BenchmarkCloses:
         return cls(names, bars, int(bar_ms), np.vstack(rows))
 
     def returns(self, window: Window) -> np.ndarray:
-        """(B, len(window)) per-bar returns; the first is from the close known at bar ``window.start - 1``."""
+        """(B, len(window)) per-bar returns, read-only; the first is from the close known at bar
+        ``window.start - 1``."""
+        known = self._returns.get((window.start, window.stop))
+        if known is not None:
+            return known
         if window.stop > self.closes.shape[1]:
             raise ValueError(f"window [{window.start}, {window.stop}) runs past the {self.closes.shape[1]} bars")
         if window.start < 1:
@@ -76,7 +83,10 @@ class BenchmarkCloses:
             if not np.all(np.isfinite(seg[b])):
                 raise ValueError(f"benchmark {name} has no close known before bar {window.start - 1}: it cannot be "
                                  f"compared on window [{window.start}, {window.stop})")
-        return seg[:, 1:] / seg[:, :-1] - 1.0
+        out = seg[:, 1:] / seg[:, :-1] - 1.0
+        out.flags.writeable = False
+        self._returns[window.start, window.stop] = out
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,6 +193,29 @@ def selection_score(results: Sequence[WindowResult], settings: ObjectiveSettings
         raise TypeError(f"selection may only see training windows; got {bad[0]!r}")
     value, worst = _score(results, settings)
     return SelectionScore(value, worst, tuple(r.window for r in results))  # type: ignore[misc]
+
+
+def rung_scores(results: Sequence[WindowResult], settings: ObjectiveSettings = ObjectiveSettings(),
+                ) -> list[SelectionScore]:
+    """``selection_score([r])`` of each result, the same floats, in one array pass per window: successive
+    halving scores every candidate of a rung on one window, and one numpy call per candidate was most of a
+    coordinator's CPU.  (Each row is reduced along its contiguous last axis, as for one result alone.)"""
+    out: list[SelectionScore | None] = [None] * len(results)
+    groups: dict[tuple[Window, int], list[int]] = {}  # one benchmark array per window (BenchmarkCloses.returns)
+    for i, r in enumerate(results):
+        if not isinstance(r.window, TrainWindow):
+            raise TypeError(f"selection may only see training windows; got {r.window!r}")
+        groups.setdefault((r.window, id(r.bench)), []).append(i)
+    for idx in groups.values():
+        first = results[idx[0]]
+        strat = np.stack([results[i].returns for i in idx])  # (k, n)
+        worst = np.min(sharpe(strat[:, None, :] - first.bench[None, :, :]), axis=1)  # (k,)
+        ann = math.sqrt(bars_per_year(first.bar_ms))
+        for k, i in enumerate(idx):
+            w = float(worst[k])
+            value = w * ann - settings.turnover_penalty * float(results[i].turnover)
+            out[i] = SelectionScore(value, w, (first.window,))  # type: ignore[arg-type]
+    return [s for s in out if s is not None]
 
 
 def validation_score(results: Sequence[WindowResult], settings: ObjectiveSettings = ObjectiveSettings()) -> float:

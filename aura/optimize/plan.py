@@ -25,7 +25,7 @@ from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, Window
 from aura.optimize.gate import GateDecision, GateSettings, SpaFold, ValidationRecord, promotion_gate
 from aura.optimize.grids import Grids
 from aura.optimize.halving import SuccessiveHalving, Task, history_budgets
-from aura.optimize.objective import ObjectiveSettings, WindowResult, excess_matrix, selection_score
+from aura.optimize.objective import ObjectiveSettings, WindowResult, excess_matrix, rung_scores
 from aura.optimize.stats import CSCV
 from aura.optimize.walkforward import Selection, StageRun
 from aura.strategy.params import StrategyParams, params_digest
@@ -129,10 +129,11 @@ class SelectionState:
             if not answered:
                 break
             # One batch is the rest of one rung, so recording all of it can finish the stage only at its end.
-            for task, result in answered:
+            scores = rung_scores([result for _, result in answered], self.objective)
+            for (task, result), score in zip(answered, scores, strict=True):
                 if task.rung == 0:
                     self._first[task.candidate] = result
-                self._sh.record(task, selection_score([result], self.objective))
+                self._sh.record(task, score)
                 del self._open[task]
                 recorded += 1
             if self._sh.done:

@@ -19,6 +19,7 @@ from aura.optimize.objective import (
     evaluate_window,
     excess_matrix,
     excess_sharpe,
+    rung_scores,
     selection_score,
     validation_score,
 )
@@ -148,3 +149,23 @@ def test_evaluate_window_on_real_data(replay_market: Market, replay_benchmarks: 
                             replay_benchmarks.closes[:, 1:])
     with pytest.raises(ValueError, match="another bar grid"):
         evaluate_window(replay_market, params, window, other, cfg)
+
+
+def test_a_rung_scored_in_one_pass_gives_each_candidate_exactly_its_own_score() -> None:
+    """The coordinator scores a rung's answers together (rung_scores); halving must rank on the very floats
+    selection_score gives each one alone, or a coordinated run could pick another winner than the reference."""
+    rng = np.random.default_rng(7)
+    bars = np.arange(400, dtype=np.int64) * DAY_MS
+    closes = np.vstack([100 * np.cumprod(1 + rng.normal(0, 0.01, 400)), 50 * np.cumprod(1 + rng.normal(0, 0.02, 400))])
+    bench = BenchmarkCloses(("GOLD", "SPY"), bars, DAY_MS, closes)
+    wide, narrow = TrainWindow(100, 343), TrainWindow(262, 343)
+    results = [WindowResult(w, rng.normal(0.001, 0.03, len(w)), bench.returns(w), bench.names, DAY_MS,
+                            float(rng.uniform(0, 5)), 3) for w in [wide] * 40 + [narrow] * 7 + [wide]]
+    results.append(WindowResult(wide, np.zeros(len(wide)), bench.returns(wide), bench.names, DAY_MS, 0.0, 0))
+    together = rung_scores(results, ObjectiveSettings())
+    alone = [selection_score([r], ObjectiveSettings()) for r in results]
+    assert [(s.value, s.sharpe, s.windows) for s in together] == [(s.value, s.sharpe, s.windows) for s in alone]
+    assert bench.returns(wide) is bench.returns(wide) and not bench.returns(wide).flags.writeable
+    with pytest.raises(TypeError, match="training windows"):
+        rung_scores([WindowResult(ValidationWindow(100, 343), results[0].returns, results[0].bench, bench.names,
+                                  DAY_MS, 0.0, 0)])
