@@ -170,7 +170,13 @@ def choose_into(cands: np.ndarray, m: int, v: int, vals: np.ndarray, vol_row: np
     names only and returns how many were kept, which are ``order[:kept]`` in name order.  The fast backtest
     kernel calls this on its precomputed candidate lists."""
     kept = min(k, m)
-    vote_rank_into(cands, m, v, vals, name_rank, total, order, kept)
+    if kept == m:
+        # Every candidate is kept: pick_into puts them in name order whatever order the vote gives them, so
+        # the vote is skipped (a fifth of the daily decision bars; same names, same order, same weights).
+        for a in range(m):
+            order[a] = cands[a]
+    else:
+        vote_rank_into(cands, m, v, vals, name_rank, total, order, kept)
     kept = pick_into(order, kept, k, name_rank)
     size_weights_into(order, kept, vol_row, er_row, exposure, fp[F_MAX_W], ip[I_WEIGHTING], ip[I_SIZING],
                       fp[F_KELLY], w)
