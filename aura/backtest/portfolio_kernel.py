@@ -68,19 +68,14 @@ def _record(nt: int, cap: int, t: int, j: int, side: int, qty: float, px: float,
 
 
 @njit(cache=True, inline="always")
-def _book_fill(hold: np.ndarray, entry: np.ndarray, step: np.ndarray, j: int, side: int, qty: float,
-               px: float) -> bool:
-    """Book one fill of symbol ``j`` into the holdings and average entries (in place); True if the symbol
-    went from flat to held or back (the held list must then be rebuilt)."""
-    before = hold[j]
+def _book_fill(held: float, entry: float, step: float, side: int, qty: float, px: float) -> tuple[float, float]:
+    """One fill of a symbol held ``held`` at average entry ``entry``: (holding, average entry) after it.
+    Scalars in and out: numba reference-counts every array an inlined function binds, with out-of-line calls,
+    and fills happen on most decision bars."""
     if side < 0:
-        hold[j] = remaining_after_sell(hold[j], qty, step[j])
-        if hold[j] == 0.0:
-            entry[j] = 0.0
-    else:
-        entry[j] = average_entry(hold[j], entry[j], qty, px)
-        hold[j] = hold[j] + qty
-    return (before == 0.0) != (hold[j] == 0.0)
+        rest = remaining_after_sell(held, qty, step)
+        return rest, (0.0 if rest == 0.0 else entry)
+    return held + qty, average_entry(held, entry, qty, px)
 
 
 @njit(cache=True)
@@ -172,7 +167,9 @@ def portfolio_pass(dmask: np.ndarray, n_targets: np.ndarray, t_sym: np.ndarray, 
                 skipped += 0 if dropped > 0 else 1
                 continue
             cash += dcash
-            changed = _book_fill(hold, entry, step, j, pend_side[p], qty, px) or changed
+            before = hold[j]
+            hold[j], entry[j] = _book_fill(before, entry[j], step[j], pend_side[p], qty, px)
+            changed = changed or (before == 0.0) != (hold[j] == 0.0)  # opened or closed: rebuild the held list
             nt = _record(nt, cap, t, j, pend_side[p], qty, px, f, pend_reason[p], AT_OPEN, ut_bar, ut_sym,
                          ut_side, ut_qty, ut_px, ut_fee, ut_reason, ut_at)
         n_pend = 0
@@ -282,7 +279,9 @@ def portfolio_pass(dmask: np.ndarray, n_targets: np.ndarray, t_sym: np.ndarray, 
                 skipped += 0 if dropped > 0 else 1
                 continue
             cash += dcash
-            changed = _book_fill(hold, entry, step, j, side, qty, px) or changed
+            before = hold[j]
+            hold[j], entry[j] = _book_fill(before, entry[j], step[j], side, qty, px)
+            changed = changed or (before == 0.0) != (hold[j] == 0.0)
             nt = _record(nt, cap, t, j, side, qty, px, f, r, at, ut_bar, ut_sym, ut_side, ut_qty, ut_px,
                          ut_fee, ut_reason, ut_at)
         if changed:
