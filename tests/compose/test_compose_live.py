@@ -56,6 +56,8 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     # placed by (executor) are read again.
     "AURA_MARKETS_REFRESH_S": ("43200", frozenset({"ingest", "risk", "executor"})),
     "AURA_UNIVERSE_MAX": ("25", frozenset({"ingest"})),
+    # The most of a market's volume in the decision bar one leg may be: risk cuts the plan's legs to it.
+    "AURA_MAX_PARTICIPATION": ("0.05", frozenset({"risk"})),
     # Ingest's sync source and provider chain (shared/config.py and services/ingest/sync_config.py).
     "AURA_INGEST_POLL_S": ("45", frozenset({"ingest"})),
     "AURA_SYMBOLS": ("BTC/USDT,ETH/USDT", frozenset({"ingest"})),
