@@ -42,12 +42,14 @@ def participation_cap(qty: float, volume: float, max_part: float, step: float, m
 
 
 def cap_legs(legs: list[Leg], volumes: dict[str, float], max_participation: float,
-             rules: dict[str, MarketRule]) -> tuple[list[Leg], list[str]]:
+             rules: dict[str, MarketRule], sent: dict[str, float] | None = None) -> tuple[list[Leg], list[str]]:
     """(the legs the cap leaves, a reason for every leg it cut or dropped).
 
     ``volumes``: each symbol's base volume in the decision bar.  A symbol with no finite volume there (a gap
     in the data) is not capped, and the reasons say so; a volume of 0 (no trade in the bar: a halted market)
-    caps the leg to nothing.  ``max_participation`` of ``inf`` caps nothing.
+    caps the leg to nothing.  ``max_participation`` of ``inf`` caps nothing.  ``sent``: what earlier plans on
+    the same decision bar already sent per symbol (live risk plans again between cycles, on its ticks): the cap
+    is on the bar, not on each plan, so it is taken off the room.
     """
     if math.isinf(max_participation):
         return list(legs), []
@@ -62,12 +64,14 @@ def cap_legs(legs: list[Leg], volumes: dict[str, float], max_participation: floa
             continue
         rule = rules.get(leg.symbol)
         step, min_qty, min_notional = (rule.step_size, rule.min_qty, rule.min_notional) if rule else (0.0, 0.0, 0.0)
-        qty = float(participation_cap(leg.qty, volume, max_participation, step, min_qty, min_notional,
-                                      leg.ref_price))
+        used = float((sent or {}).get(leg.symbol, 0.0))
+        qty = float(participation_cap(leg.qty, volume - used / max_participation, max_participation, step, min_qty,
+                                      min_notional, leg.ref_price))
         if qty == leg.qty:
             kept.append(leg)
             continue
-        limit = f"{max_participation:.3g} of the decision bar's volume {volume:.8g}"
+        limit = f"{max_participation:.3g} of the decision bar's volume {volume:.8g}" + (
+            f", {used:.8g} of it sent already" if used else "")
         if qty > 0:
             kept.append(replace(leg, qty=qty))
             reasons.append(f"participation cap: {leg.symbol} {leg.side} cut from {leg.qty:.8g} to {qty:.8g} "

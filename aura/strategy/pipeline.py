@@ -192,6 +192,7 @@ def risk_plan(
     marks: dict[str, float] | None = None,
     volumes: dict[str, float] | None = None,
     max_participation: float = math.inf,
+    sent: dict[str, float] | None = None,
 ) -> RiskOutcome:
     """Kill-switch -> stop-loss / take-profit -> cost-benefit, then the lot-rounded rebalance.
 
@@ -201,8 +202,8 @@ def risk_plan(
     it, and exits at the stop level or at the open if the bar gapped through it.  Without them the stops
     are checked on ``prices`` alone.  ``marks`` value holdings that have no trade price (a gap in the data)
     so that a missing price never looks like a loss to the kill-switch.  ``volumes`` (live risk: the decision
-    bar's base volumes) cap every leg at ``max_participation`` of them (capacity.py; the backtest caps at the
-    bar it fills in instead, so it passes none).
+    bar's base volumes) cap every leg at ``max_participation`` of them, less what ``sent`` says earlier plans on
+    that bar sent (capacity.py; the backtest caps at the bar it fills in instead, so it passes none).
 
     Without ``targets.expected_returns`` the cost-benefit gain test is skipped (the band still applies) and
     the reasons say so: a forecast that is not there must not silently freeze the book.
@@ -239,7 +240,7 @@ def risk_plan(
     legs = buf.legs(symbols, n)
     reasons: list[str] = []
     if volumes is not None:
-        legs, cut = cap_legs(legs, volumes, max_participation, rules)
+        legs, cut = cap_legs(legs, volumes, max_participation, rules, sent)
         reasons.extend(cut)
     gate_name = GATES[gate]
     if liquidate:

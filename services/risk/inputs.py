@@ -138,15 +138,18 @@ class RiskInputs:
         self._panel = (content_digest, panel)
         return panel
 
-    async def bar_volumes(self, logger: logging.Logger) -> dict[str, float]:
-        """The newest verified snapshot's last-bar volumes, which cap a tick's exits; none readable: {} (every
-        leg then says in the plan's reasons that it was not capped)."""
+    async def bar_volumes(self, logger: logging.Logger) -> tuple[int | None, dict[str, float]]:
+        """(open time, volumes) of the newest verified snapshot's last bar, which cap a tick's exits; none
+        readable: (None, {}) (every leg then says in the plan's reasons that it was not capped)."""
         try:
             ready = await self.newest_ready()
-            return decision_bar_volumes(await self.panel(ready.digest)) if ready is not None else {}
+            if ready is None:
+                return None, {}
+            panel = await self.panel(ready.digest)
+            return int(panel.timestamps[-1]), decision_bar_volumes(panel)
         except Exception as exc:
             warn(logger, "RISK_TICK", "no bar volumes for the participation cap", error=str(exc)[:200])
-            return {}
+            return None, {}
 
     async def params_at(self, version: int) -> tuple[StrategyParams, int]:
         # With the timeframe, version 0 is the defaults scaled as signal's tracker scales them (same digest).

@@ -45,6 +45,7 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import RiskOutcome, risk_plan
 from aura.strategy.risk_gates import rearm_due
 from aura.strategy.schedule import timeframe_ms
+from services.risk.bar_budget import SentInBar
 from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
@@ -110,6 +111,7 @@ class Risk:
         # The newest bar ingest declared incomplete: a target computed on data older than it is superseded.
         self.stale: DataStale | None = None
         self.max_participation = s.max_participation  # of the decision bar's volume, per leg (capacity.py)
+        self.sent = SentInBar()  # what plans on the current decision bar sent: the cap is on the bar
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -257,12 +259,14 @@ class Risk:
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
+        bar = int(panel.timestamps[-1])
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
                             params, cost.rate, marks=marks, volumes=decision_bar_volumes(panel),
-                            max_participation=self.max_participation)
+                            max_participation=self.max_participation, sent=self.sent.on(bar))
         await self.latch(target.cycle_id, outcome, latch, params, target.as_of_ms, basis)
         body = build_plan_body(target, basis, outcome, version)
         await self.sign_and_publish(body)
+        self.sent.add(bar, body.legs)
         self.marks.update(prices)
         ctx.health.inc("plans_approved", gate=body.gate)
         ctx.health.set("drawdown", outcome.drawdown)
@@ -310,9 +314,9 @@ class Risk:
         prices = read.prices if read is not None else None
         rules = rules_of(read.markets) if read is not None else {}
         cost = await self.costs.current()
-        volumes = await self.inputs.bar_volumes(ctx.logger)
+        bar, volumes = await self.inputs.bar_volumes(ctx.logger)
         decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks, volumes,
-                                 self.max_participation)
+                                 self.max_participation, self.sent.on(bar))
         self.guard = decision.guard
         for check in decision.checks:
             info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,
@@ -336,6 +340,7 @@ class Risk:
         if outcome.legs:
             body = build_plan_body(target, basis, outcome, version)
             await self.sign_and_publish(body)
+            self.sent.add(bar, body.legs)
             ctx.health.inc("tick_plans")
             ctx.health.inc("plans_approved", gate=body.gate)
             warn(ctx.logger, "RISK_TICK", "tick triggered: exit plan signed and published", cycle_id=body.cycle_id,

@@ -110,13 +110,14 @@ def latch_after(halted_before: bool, outcome: RiskOutcome) -> bool:
 def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, rules: dict[str, MarketRule],
                   params: StrategyParams, cost_rate: float, latch: Latch, guard: GuardState,
                   marks: dict[str, float], volumes: dict[str, float] | None = None,
-                  max_participation: float = math.inf) -> TickDecision:
+                  max_participation: float = math.inf, sent: dict[str, float] | None = None) -> TickDecision:
     """Decide one tick. ``prices=None``: the read failed. ``marks``: last good price per symbol.
 
     A held symbol without a price is a shortfall for the sync guard: until it is confirmed on consecutive
     ticks the tick does nothing (``wait``).  Once confirmed (a delisted or halted market), the tick runs with
     that symbol valued at its last known mark, never at zero: a missing quote is not a loss.  ``volumes``: the
-    newest bar's, which cap the exits at ``max_participation`` as they cap a cycle's legs.
+    newest bar's, which cap the exits at ``max_participation`` as they cap a cycle's legs, less what ``sent``
+    says earlier plans on that bar sent.
     """
     expected = {s: 1.0 for s, q in snapshot.holdings.items() if q > 0}
     usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
@@ -127,7 +128,7 @@ def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, 
         return TickDecision("wait", None, checks, verdict, guard)
     fallback = {**snapshot.entry_prices, **marks}
     outcome = risk_plan(None, portfolio_state(snapshot, latch), usable, rules, params, cost_rate, marks=fallback,
-                        volumes=volumes, max_participation=max_participation)
+                        volumes=volumes, max_participation=max_participation, sent=sent)
     action = "none" if not outcome.legs else ("liquidate" if outcome.halted else "exit")
     return TickDecision(action, outcome, checks, verdict, guard)
 

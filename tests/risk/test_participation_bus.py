@@ -16,8 +16,18 @@ import pytest
 
 from aura.strategy.capacity import decision_bar_volumes
 from aura.strategy.rebalance import floor_to_step
-from tests.bus_helpers import approved_plans, replay_snapshot
+from shared.contracts import ApprovedPlan, PortfolioSnapshot, decode
+from tests.bus_helpers import (
+    Capture,
+    approved_plans,
+    replay_snapshot,
+    role_connections,
+    running,
+    stream_messages,
+    until,
+)
 from tests.conftest import NatsEndpoint
+from tests.risk.test_risk_tick_bus import buy, market_moves, tick_settings
 from tests.risk.test_target_verification_bus import FIRST_BAR, rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -53,3 +63,43 @@ def test_live_risk_caps_each_leg_at_its_share_of_the_decision_bars_volume(nats_s
     # The executor bought exactly what the capped plan says (a market buy fills its quantity on the paper broker).
     assert {x.symbol: x.qty for x in body.legs} == pytest.approx({s: q for s, q in snap.holdings.items() if q > 0})
     assert r.capture.fields("PLAN_APPROVED")
+
+
+def test_the_cap_is_on_the_bar_so_ticks_do_not_sell_it_again_until_a_new_bar(nats_server: NatsEndpoint) -> None:
+    """A kill-switch liquidation of 0.2 BTC on bars that traded 1.5 BTC: 10% is 0.15 BTC a bar.  The first tick
+    sells 0.15; the ticks after it, on the same bar, sell nothing more (the bar's room is used); the next bar's
+    first tick sells the rest.  Without the count per bar every tick (every 0.2 s here) would sell 0.15 again."""
+    settings = tick_settings(nats_server)
+    capture = Capture()
+
+    async def scenario() -> tuple[list[PortfolioSnapshot], list[PortfolioSnapshot], list[ApprovedPlan]]:
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+            await buy(js["risk"], settings, 0.2, 40_000.0)
+            await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+
+            async def tick_snapshots(count: int) -> list[PortfolioSnapshot] | None:
+                found = [decode(raw, PortfolioSnapshot)
+                         for raw in await stream_messages(js["operator"], PortfolioSnapshot.SUBJECT)]
+                ticks = [x for x in found if x.cycle_id.startswith("tick-")]
+                return ticks if len(ticks) >= count else None
+
+            first = await until(lambda: tick_snapshots(1), "the first liquidation tick")
+            seen = sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
+
+            async def ticked() -> bool:
+                return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:")) >= seen + 10
+
+            await until(ticked, "ten more ticks on the same bar")
+            same_bar = await tick_snapshots(1) or []
+            await market_moves(js["ingest"], settings, 25_000.0, day=2, volume=1.5)
+            after = await until(lambda: tick_snapshots(2), "the next bar's liquidation tick")
+            return first + same_bar, after, await approved_plans(js["operator"])
+
+    same_bar, after, plans = asyncio.run(scenario())
+    assert len({s.snapshot_id for s in same_bar}) == 1, "a tick on the same bar sold again"
+    assert same_bar[0].holdings == pytest.approx({"BTC/USDT": 0.05})
+    assert after[-1].holdings == {}
+    tick_plans = [p.plan for p in plans if p.plan.cycle_id.startswith("tick-")]
+    assert [[(x.side, x.qty) for x in p.legs] for p in tick_plans] == [[("sell", 0.15)], [("sell", 0.05)]]
+    assert any(r.startswith("participation cap: BTC/USDT sell cut from 0.2 to 0.15") for r in tick_plans[0].reasons)

@@ -89,14 +89,16 @@ async def buy(js_risk: Any, settings: Settings, qty: float, price: float) -> Por
     return await until(bought, "the buy to be executed")
 
 
-async def market_moves(js_ingest: Any, settings: Settings, btc_close: float, day: int = 1) -> str:
+async def market_moves(js_ingest: Any, settings: Settings, btc_close: float, day: int = 1,
+                       volume: float = 50_000.0) -> str:
     """Play ingest: a DataReady whose newest bar (the bar of 2024-01-01 + ``day`` days, its as_of_ms) closes BTC at
-    ``btc_close`` (ETH flat), its candle object stored first, as ingest does."""
+    ``btc_close`` (ETH flat) on ``volume`` coins traded (by default a day's volume, far above these orders' 10%
+    cap), its candle object stored first, as ingest does."""
     rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
     symbols = ("BTC/USDT", "ETH/USDT")
     closes = np.array([[40_000.0, 2000.0], [btc_close, 2000.0]])
     panel = Panel(symbols, np.array([T0 + (day - 1) * DAY, T0 + day * DAY], dtype=np.int64), closes, closes, closes,
-                  closes, np.full_like(closes, 50_000.0))  # a day's volume, far above these orders' 10% cap
+                  closes, np.full_like(closes, volume))
     ready = await announce_panel(js_ingest, panel, f"1d-202401{day + 1:02d}T0000", market_msgs(symbols, rules))
     return ready.digest
 

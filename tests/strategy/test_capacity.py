@@ -60,3 +60,13 @@ def test_risk_and_the_backtest_default_to_the_same_cap() -> None:
     from shared.config import Settings
 
     assert Settings().max_participation == DEFAULT_MAX_PARTICIPATION == 0.10
+
+
+def test_what_earlier_plans_sent_on_the_bar_is_taken_off_its_room() -> None:
+    leg = Leg("BTC/USDT", "sell", 0.2, 50_000.0, "kill_switch")
+    kept, reasons = cap_legs([leg], {"BTC/USDT": 2.0}, 0.1, RULES, sent={"BTC/USDT": 0.15})
+    assert [x.qty for x in kept] == [0.05]
+    assert reasons == ["participation cap: BTC/USDT sell cut from 0.2 to 0.05 (0.1 of the decision bar's volume 2, "
+                       "0.15 of it sent already)"]
+    used_up, why = cap_legs([leg], {"BTC/USDT": 2.0}, 0.1, RULES, sent={"BTC/USDT": 0.2})
+    assert used_up == [] and "dropped" in why[0]

@@ -1,0 +1,36 @@
+"""What risk has already sent in the current decision bar, per symbol.
+
+The participation cap (``aura.strategy.capacity``) bounds a leg by a share of the decision bar's volume.  A
+cycle plans once per bar, but the risk tick may plan again between cycles (stop-loss exits, a kill-switch
+liquidation the cap cut short), on the same bar's volume: the cap is on the bar, so what earlier plans on it
+sent is taken off.  Counted when a plan is published (as if it filled in full: a plan the executor refuses only
+makes the rest of the bar more careful).  Kept in memory: a restart mid-bar starts the bar's count again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class SentLeg(Protocol):
+    symbol: str
+    qty: float
+
+
+@dataclass
+class SentInBar:
+    bar_ms: int | None = None  # open time of the decision bar counted
+    sent: dict[str, float] = field(default_factory=dict)  # base quantity per symbol, buys and sells alike
+
+    def on(self, bar_ms: int | None) -> dict[str, float]:
+        """What was sent on the bar opening at ``bar_ms`` (a new bar starts from nothing)."""
+        if bar_ms != self.bar_ms:
+            self.bar_ms, self.sent = bar_ms, {}
+        return dict(self.sent)
+
+    def add(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
+        self.on(bar_ms)
+        for leg in legs:
+            self.sent[leg.symbol] = self.sent.get(leg.symbol, 0.0) + float(leg.qty)
