@@ -56,7 +56,9 @@ def compile_decision_kernels(params: StrategyParams | None = None) -> float:
     holding = {_SYMBOLS[1]: 1.0}
     state = PortfolioState(cash=10_000.0, holdings=holding, entry_prices={_SYMBOLS[1]: prices[_SYMBOLS[1]] * 1.5},
                            equity_history=(10_000.0, 10_500.0, 9_000.0))
-    risk_plan(targets, state, prices, rules, params, 0.001)
+    # With the decision bar's volumes, as risk plans (the participation cap's kernel too).
+    risk_plan(targets, state, prices, rules, params, 0.001, volumes=dict.fromkeys(_SYMBOLS, 1e9),
+              max_participation=0.1)
     risk_plan(None, state, prices, rules, params, 0.001)  # the tick path: stops and kill-switch without targets
     price = prices[_SYMBOLS[1]]
     stop_trigger(price * 1.5, price, price, price, params.stop_loss, params.take_profit)  # the tick's [SL_CHECK]

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from numba import njit
 
-from aura.strategy.rebalance import floor_to_step_nb
+from aura.strategy.rebalance import floor_to_step, floor_to_step_nb
 from aura.strategy.types import Leg, MarketRule, Panel
 
 DEFAULT_MAX_PARTICIPATION = 0.10  # the backtest's default and risk's (shared/config.py max_participation)
@@ -42,44 +42,77 @@ def participation_cap(qty: float, volume: float, max_part: float, step: float, m
 
 
 def cap_legs(legs: list[Leg], volumes: dict[str, float], max_participation: float,
-             rules: dict[str, MarketRule], sent: dict[str, float] | None = None) -> tuple[list[Leg], list[str]]:
-    """(the legs the cap leaves, a reason for every leg it cut or dropped).
+             rules: dict[str, MarketRule], sent: dict[tuple[str, str], float] | None = None,
+             ) -> tuple[list[Leg], list[str]]:
+    """(the legs the cap leaves, in their order, and a reason for every leg it cut or dropped).
 
     ``volumes``: each symbol's base volume in the decision bar.  A symbol with no finite volume there (a gap
     in the data) is not capped, and the reasons say so; a volume of 0 (no trade in the bar: a halted market)
     caps the leg to nothing.  ``max_participation`` of ``inf`` caps nothing.  ``sent``: what earlier plans on
-    the same decision bar already sent per symbol (live risk plans again between cycles, on its ticks): the cap
-    is on the bar, not on each plan, so it is taken off the room.
+    the same decision bar already sent, per (symbol, side) (live risk plans again between cycles, on its ticks):
+    the cap is on the bar, so it is taken off the room; per side, so a buy never uses up the room of the exit
+    that may have to follow it.
+
+    Sells first: the planner sized the buys on the cash the sells bring, so when a sell is cut the buys are cut
+    by what it will not bring (lot-floored, dropped below the exchange minimums) before they are capped.
     """
+    if not max_participation > 0:
+        raise ValueError(f"max_participation must be > 0 (inf: no cap), not {max_participation!r}")
     if math.isinf(max_participation):
         return list(legs), []
-    kept: list[Leg] = []
     reasons: list[str] = []
-    for leg in legs:
-        volume = float(volumes.get(leg.symbol, math.nan))
-        if not math.isfinite(volume) or volume < 0:
-            reasons.append(f"participation cap: {leg.symbol} has no volume in the decision bar; {leg.side} of "
-                           f"{leg.qty:.8g} not capped")
-            kept.append(leg)
-            continue
-        rule = rules.get(leg.symbol)
-        step, min_qty, min_notional = (rule.step_size, rule.min_qty, rule.min_notional) if rule else (0.0, 0.0, 0.0)
-        used = float((sent or {}).get(leg.symbol, 0.0))
-        qty = float(participation_cap(leg.qty, volume - used / max_participation, max_participation, step, min_qty,
-                                      min_notional, leg.ref_price))
-        if qty == leg.qty:
-            kept.append(leg)
-            continue
-        limit = f"{max_participation:.3g} of the decision bar's volume {volume:.8g}" + (
-            f", {used:.8g} of it sent already" if used else "")
-        if qty > 0:
-            kept.append(replace(leg, qty=qty))
-            reasons.append(f"participation cap: {leg.symbol} {leg.side} cut from {leg.qty:.8g} to {qty:.8g} "
-                           f"({limit})")
-        else:
-            reasons.append(f"participation cap: {leg.symbol} {leg.side} of {leg.qty:.8g} dropped ({limit} is "
-                           "below the exchange minimums)")
+    sized: dict[int, float] = {}
+    missing = 0.0  # notional the cut sells will not bring
+    for i, leg in enumerate(legs):
+        if leg.side == "sell":
+            sized[i] = _capped(leg, leg.qty, volumes, max_participation, rules, sent, reasons)
+            missing += (leg.qty - sized[i]) * leg.ref_price
+    buys = [i for i, leg in enumerate(legs) if leg.side != "sell"]
+    total = sum(legs[i].qty * legs[i].ref_price for i in buys)
+    keep = max(0.0, total - missing) / total if missing > 0 and total > 0 else 1.0
+    for i in buys:
+        leg = legs[i]
+        qty = leg.qty
+        if keep < 1.0:
+            step, min_qty, min_notional = _rule(rules, leg.symbol)
+            qty = floor_to_step(leg.qty * keep, step)
+            if qty <= 0 or qty < min_qty or qty * leg.ref_price < min_notional:
+                qty = 0.0
+            reasons.append(f"participation cap: {leg.symbol} buy " + (
+                f"cut from {leg.qty:.8g} to {qty:.8g}" if qty > 0 else f"of {leg.qty:.8g} dropped") +
+                f": the sells that were to pay for it bring {missing:.8g} less")
+        sized[i] = _capped(leg, qty, volumes, max_participation, rules, sent, reasons) if qty > 0 else 0.0
+    kept = [leg if sized[i] == leg.qty else replace(leg, qty=sized[i]) for i, leg in enumerate(legs) if sized[i] > 0]
     return kept, reasons
+
+
+def _rule(rules: dict[str, MarketRule], symbol: str) -> tuple[float, float, float]:
+    rule = rules.get(symbol)
+    return (rule.step_size, rule.min_qty, rule.min_notional) if rule else (0.0, 0.0, 0.0)
+
+
+def _capped(leg: Leg, qty: float, volumes: dict[str, float], max_participation: float,
+            rules: dict[str, MarketRule], sent: dict[tuple[str, str], float] | None, reasons: list[str]) -> float:
+    """``qty`` of ``leg`` after the cap on its bar's volume (a reason appended when it cuts)."""
+    volume = float(volumes.get(leg.symbol, math.nan))
+    if not math.isfinite(volume):
+        reasons.append(f"participation cap: {leg.symbol} has no volume in the decision bar; {leg.side} of "
+                       f"{qty:.8g} not capped")
+        return qty
+    step, min_qty, min_notional = _rule(rules, leg.symbol)
+    used = float((sent or {}).get((leg.symbol, leg.side), 0.0))
+    capped = float(participation_cap(qty, volume - used / max_participation, max_participation, step, min_qty,
+                                     min_notional, leg.ref_price))
+    if capped == qty:
+        return qty
+    limit = f"{max_participation:.3g} of the decision bar's volume {volume:.8g}" + (
+        f", {used:.8g} of it sent already" if used else "")
+    if capped > 0:
+        reasons.append(f"participation cap: {leg.symbol} {leg.side} cut from {qty:.8g} to {capped:.8g} ({limit})")
+    else:
+        reasons.append(f"participation cap: {leg.symbol} {leg.side} of {qty:.8g} dropped ({limit} is below the "
+                       "exchange minimums)")
+    return capped
 
 
 def decision_bar_volumes(panel: Panel) -> dict[str, float]:

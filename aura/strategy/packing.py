@@ -36,6 +36,8 @@ FLOAT_FIELDS: tuple[str, ...] = (
 
 def _getter(names: tuple[str, ...]) -> itemgetter:  # type: ignore[type-arg]
     fields = StrategyParams.__struct_fields__
+    if len(names) < 2:  # itemgetter of one index returns the item, not a 1-tuple
+        raise ValueError(f"a packed field group needs at least two names, got {names}")
     return itemgetter(*(fields.index(name) for name in names))
 
 

@@ -192,7 +192,7 @@ def risk_plan(
     marks: dict[str, float] | None = None,
     volumes: dict[str, float] | None = None,
     max_participation: float = math.inf,
-    sent: dict[str, float] | None = None,
+    sent: dict[tuple[str, str], float] | None = None,
 ) -> RiskOutcome:
     """Kill-switch -> stop-loss / take-profit -> cost-benefit, then the lot-rounded rebalance.
 
@@ -203,7 +203,8 @@ def risk_plan(
     are checked on ``prices`` alone.  ``marks`` value holdings that have no trade price (a gap in the data)
     so that a missing price never looks like a loss to the kill-switch.  ``volumes`` (live risk: the decision
     bar's base volumes) cap every leg at ``max_participation`` of them, less what ``sent`` says earlier plans on
-    that bar sent (capacity.py; the backtest caps at the bar it fills in instead, so it passes none).
+    that bar sent on the same side (capacity.py; the backtest caps at the bar it fills in instead, so it passes
+    none).
 
     Without ``targets.expected_returns`` the cost-benefit gain test is skipped (the band still applies) and
     the reasons say so: a forecast that is not there must not silently freeze the book.

@@ -16,21 +16,24 @@ from typing import Protocol
 
 class SentLeg(Protocol):
     symbol: str
+    side: str
     qty: float
 
 
 @dataclass
 class SentInBar:
     bar_ms: int | None = None  # open time of the decision bar counted
-    sent: dict[str, float] = field(default_factory=dict)  # base quantity per symbol, buys and sells alike
+    sent: dict[tuple[str, str], float] = field(default_factory=dict)  # base quantity per (symbol, side)
 
-    def on(self, bar_ms: int | None) -> dict[str, float]:
-        """What was sent on the bar opening at ``bar_ms`` (a new bar starts from nothing)."""
-        if bar_ms != self.bar_ms:
+    def on(self, bar_ms: int | None) -> dict[tuple[str, str], float]:
+        """What was sent on the bar opening at ``bar_ms``: a newer bar starts from nothing; None (the bar could not
+        be read) keeps the count, so a failed read never hands out the bar's room a second time."""
+        if bar_ms is not None and bar_ms != self.bar_ms:
             self.bar_ms, self.sent = bar_ms, {}
         return dict(self.sent)
 
     def add(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
         self.on(bar_ms)
         for leg in legs:
-            self.sent[leg.symbol] = self.sent.get(leg.symbol, 0.0) + float(leg.qty)
+            key = (leg.symbol, leg.side)
+            self.sent[key] = self.sent.get(key, 0.0) + float(leg.qty)

@@ -110,7 +110,8 @@ def latch_after(halted_before: bool, outcome: RiskOutcome) -> bool:
 def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, rules: dict[str, MarketRule],
                   params: StrategyParams, cost_rate: float, latch: Latch, guard: GuardState,
                   marks: dict[str, float], volumes: dict[str, float] | None = None,
-                  max_participation: float = math.inf, sent: dict[str, float] | None = None) -> TickDecision:
+                  max_participation: float = math.inf,
+                  sent: dict[tuple[str, str], float] | None = None) -> TickDecision:
     """Decide one tick. ``prices=None``: the read failed. ``marks``: last good price per symbol.
 
     A held symbol without a price is a shortfall for the sync guard: until it is confirmed on consecutive
