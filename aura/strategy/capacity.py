@@ -54,7 +54,8 @@ def cap_legs(legs: list[Leg], volumes: dict[str, float], max_participation: floa
     that may have to follow it.
 
     Sells first: the planner sized the buys on the cash the sells bring, so when a sell is cut the buys are cut
-    by what it will not bring (lot-floored, dropped below the exchange minimums) before they are capped.
+    by what it will not bring (lot-floored, dropped below the exchange minimums) before they are capped.  That
+    is conservative where the cash alone would have paid for them: the next cycle buys what this one left.
     """
     if not max_participation > 0:
         raise ValueError(f"max_participation must be > 0 (inf: no cap), not {max_participation!r}")
