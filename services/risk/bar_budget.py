@@ -1,10 +1,11 @@
-"""What risk has already sent in the current decision bar, per symbol.
+"""What risk has already sent in the current decision bar, per symbol and side.
 
 The participation cap (``aura.strategy.capacity``) bounds a leg by a share of the decision bar's volume.  A
 cycle plans once per bar, but the risk tick may plan again between cycles (stop-loss exits, a kill-switch
 liquidation the cap cut short), on the same bar's volume: the cap is on the bar, so what earlier plans on it
-sent is taken off.  Counted when a plan is published (as if it filled in full: a plan the executor refuses only
-makes the rest of the bar more careful).  Kept in memory: a restart mid-bar starts the bar's count again.
+sent on the same side is taken off (a cycle's buy must not use up the room of a stop-loss exit).  Counted when
+a plan is published (as if it filled in full: a plan the executor refuses only makes the rest of the bar more
+careful).  Kept in memory: a restart of risk mid-bar starts the bar's count again (README says so).
 """
 
 from __future__ import annotations
