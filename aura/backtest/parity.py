@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aura.backtest.engine import BacktestConfig, run_reference
-from aura.strategy.capacity import DEFAULT_MAX_PARTICIPATION
+from aura.strategy.capacity import DEFAULT_MAX_PARTICIPATION, decision_bar_volumes
 from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import PortfolioState, RiskOutcome, risk_plan
 from aura.strategy.schedule import is_decision_bar
@@ -64,9 +64,8 @@ def live_cycles(panel: Panel, params: StrategyParams, bar_ms: int, first: int, l
         targets, state = compute_targets(panel.upto(t), params, state)
         portfolio = portfolio_states(t) if callable(portfolio_states) else portfolio_states[k]
         prices = {s: float(p) for s, p in zip(panel.symbols, panel.close[t], strict=True) if p > 0}
-        volumes = {s: float(v) for s, v in zip(panel.symbols, panel.volume[t], strict=True)}
-        outcome = risk_plan(targets, portfolio, prices, rules, params, fee_rate, volumes=volumes,
-                            max_participation=max_participation)
+        outcome = risk_plan(targets, portfolio, prices, rules, params, fee_rate,
+                            volumes=decision_bar_volumes(panel, t), max_participation=max_participation)
         out.append(LiveCycle(t, int(panel.timestamps[t]), targets, state, outcome))
     return out
 

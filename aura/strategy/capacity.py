@@ -116,8 +116,8 @@ def _capped(leg: Leg, qty: float, volumes: dict[str, float], max_participation: 
     return capped
 
 
-def decision_bar_volumes(panel: Panel) -> dict[str, float]:
-    """Each symbol's base volume in the panel's last bar (NaN where it has no candle there)."""
+def decision_bar_volumes(panel: Panel, row: int = -1) -> dict[str, float]:
+    """Each symbol's base volume in bar ``row`` of the panel, by default its last (NaN where it has no candle)."""
     if len(panel.timestamps) == 0:
         return {}
-    return {s: float(v) for s, v in zip(panel.symbols, panel.volume[-1], strict=True)}
+    return {s: float(v) for s, v in zip(panel.symbols, panel.volume[row], strict=True)}

@@ -158,16 +158,24 @@ async def read_books(journal: Journal, broker: Broker, limits: ExecutionLimits, 
                                                                             dict[str, float]]:
     """(difference, the exchange's balances, prices).  ``empty_journal``: compare against nothing held."""
     exchange = await confirmed_balances(broker, logger)
-    if empty_journal:
-        mine, marks = {QUOTE: exchange.get(QUOTE, 0.0)}, {}
-    else:
-        # The journal's own price of each coin it holds (its entry) values a difference the exchange quotes no
-        # price for: from the same portfolio the balances come from, read once.
-        pf = journal_portfolio(journal)
-        mine = portfolio_balances(pf)
-        marks = {base_asset(sym): px for sym, px in pf.entry_prices.items() if px > 0}
+    mine, marks = ({QUOTE: exchange.get(QUOTE, 0.0)}, {}) if empty_journal else journal_books(journal)
     prices = await prices_of(broker, sorted(set(mine) | set(exchange)), limits, logger)
     return compare_books(mine, exchange, prices, dust_quote, marks), exchange, prices
+
+
+def journal_books(journal: Journal) -> tuple[dict[str, float], dict[str, float]]:
+    """The journal's side of a comparison: (asset -> quantity the exchange should hold, asset -> the journal's
+    own price of each coin it holds, its entry, which values a difference the exchange quotes no price for),
+    both from one read of its portfolio."""
+    pf = journal_portfolio(journal)
+    return portfolio_balances(pf), {base_asset(sym): px for sym, px in pf.entry_prices.items() if px > 0}
+
+
+def compare_with_journal(journal: Journal, exchange: dict[str, float], prices: dict[str, float],
+                         dust_quote: float) -> BookDiff:
+    """``compare_books`` of the journal as it is now against balances and prices already read."""
+    mine, marks = journal_books(journal)
+    return compare_books(mine, exchange, prices, dust_quote, marks)
 
 
 def adopt(journal: Journal, diff: BookDiff, prices: dict[str, float], request_at_ms: int, requested_by: str,

@@ -18,12 +18,19 @@ from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 
-from services.executor.books import BookDiff, adopt, compare_books, describe_unpriced, last_adoption_ms, read_books
+from services.executor.books import (
+    BookDiff,
+    adopt,
+    compare_with_journal,
+    describe_unpriced,
+    last_adoption_ms,
+    read_books,
+)
 from services.executor.brokers.base import Broker
 from services.executor.brokers.paper import QUOTE
 from services.executor.execution import ExecutionLimits
 from services.executor.journal import Journal
-from services.executor.runner import ensure_genesis, expected_balances
+from services.executor.runner import ensure_genesis
 from shared.config import Settings
 from shared.credentials import trusted_key
 from shared.health import HealthState
@@ -128,13 +135,13 @@ class Reconciler:
         diff, exchange, prices = await read_books(self.journal, self.broker, self.limits, self.logger, dust, empty)
         if empty:
             ensure_genesis(self.journal, min(exchange.get(QUOTE, 0.0), self.settings.paper_cash_usdt))
-            diff = compare_books(expected_balances(self.journal), exchange, prices, dust)
+            diff = compare_with_journal(self.journal, exchange, prices, dust)
         snapshot_id = adopt(self.journal, diff, prices, request.requested_at_ms, request.requested_by,
                             request.reason, self.marks)
         warn(self.logger, "RECONCILE", "operator adoption applied: the journal now records the exchange's "
              "balances", snapshot_id=snapshot_id, changes=diff.diff, by=request.requested_by, reason=request.reason)
         self.health.inc("adoptions")
-        if not self.check(compare_books(expected_balances(self.journal), exchange, prices, dust)):
+        if not self.check(compare_with_journal(self.journal, exchange, prices, dust)):
             return False
         await self.on_agree()
         return True
