@@ -26,7 +26,7 @@ import polars as pl
 from aura.backtest.data import BENCHMARKS, default_rules, load_benchmark, load_panel, resolve_symbols, rules_from_json
 from aura.backtest.engine import FILL_AT, BacktestConfig, BacktestResult, run_reference, trades_digest
 from aura.backtest.execution import DEFAULT_MAX_PARTICIPATION
-from aura.backtest.fast import Market, mark_tensor, run_fast
+from aura.backtest.fast import Market, run_fast
 from aura.backtest.metrics import (
     align_equity_benchmark,
     benchmark_block,
@@ -42,6 +42,7 @@ from aura.backtest.metrics import (
 )
 from aura.backtest.report import write_report
 from aura.backtest.report_html import BacktestReport, render_html
+from aura.backtest.tensors import mark_tensor
 from aura.strategy.params import PARAMS_TIMEFRAME, Rescaled, StrategyParams, params_digest, rescale, validate_params
 from aura.strategy.rebalance import REASONS
 from aura.strategy.regime import REGIME_NAMES

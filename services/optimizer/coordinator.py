@@ -182,8 +182,9 @@ class Coordinator:
             for stage in sel.runs:
                 if stage.matrix is not None and (sel.label, stage.stage) not in self._matrices:
                     blob = encode_matrix(stage.matrix)
+                    name = digest(blob)
                     self._matrices[sel.label, stage.stage] = (
-                        cscv_key(digest(blob), self.engine, self.gate.cscv_partitions), digest(blob), blob)
+                        cscv_key(name, self.engine, self.gate.cscv_partitions), name, blob)
         return self._matrices
 
     def cscv(self) -> list[CSCV] | None:
@@ -207,9 +208,12 @@ class Coordinator:
         for sel in self.run.fold_selections:
             if sel.done and sel.label not in self._spa_matrices:
                 matrix = sel.selection().spa_matrix
-                blob = None if matrix is None else encode_matrix(matrix)
-                self._spa_matrices[sel.label] = None if blob is None else (
-                    spa_key(digest(blob), self.engine, self.spa_settings), digest(blob), blob)
+                if matrix is None:
+                    self._spa_matrices[sel.label] = None
+                    continue
+                blob = encode_matrix(matrix)
+                name = digest(blob)
+                self._spa_matrices[sel.label] = (spa_key(name, self.engine, self.spa_settings), name, blob)
         return self._spa_matrices
 
     def spa(self) -> list[SpaFold] | None:
