@@ -8,30 +8,22 @@ JetStream's duplicate window plus the executor's journal drop it.  Wall-clock fi
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import msgspec
 
-SCHEMA_VERSION = 1
-
-
-class ContractError(ValueError):
-    """A message could not be decoded, has the wrong version, or fails validation."""
+# The wire format (canonical bytes, ids, encode and decode) is shared/wire.py's; importers find it here too.
+from shared.wire import SCHEMA_VERSION as SCHEMA_VERSION
+from shared.wire import ContractError as ContractError
+from shared.wire import canonical_bytes as canonical_bytes
+from shared.wire import content_id as content_id
+from shared.wire import decode as decode
+from shared.wire import encode as encode
 
 
 class Contract(msgspec.Struct, kw_only=True, frozen=True):
     SUBJECT: ClassVar[str] = ""
     v: int = SCHEMA_VERSION
-
-
-def canonical_bytes(obj: Any) -> bytes:
-    """Deterministic JSON (dict keys sorted) used for ids, digests and signatures."""
-    return msgspec.json.encode(obj, order="deterministic")
-
-
-def content_id(obj: Any, prefix: str = "", length: int = 24) -> str:
-    return prefix + hashlib.sha256(canonical_bytes(obj)).hexdigest()[:length]
 
 
 # --- ingest -> signal -----------------------------------------------------------------------------------
@@ -387,29 +379,3 @@ def stream_of(subject: str) -> str:
 
 def _match(tokens: list[str], parts: list[str]) -> bool:
     return all(p in ("*", t) for t, p in zip(tokens, parts, strict=True))
-
-
-def encode(msg: Contract) -> bytes:
-    return msgspec.json.encode(msg)
-
-
-T = TypeVar("T", bound="Contract")
-
-
-def decode(data: bytes, kind: type[T]) -> T:
-    """Decode and check the schema version; raise ContractError with a readable reason."""
-    try:
-        probe = msgspec.json.decode(data, type=dict[str, Any])
-    except msgspec.DecodeError as exc:
-        raise ContractError(f"malformed JSON: {exc}") from exc
-    except RecursionError as exc:  # a few KB of nested brackets: refuse it like any other bad payload
-        raise ContractError("malformed JSON: nested too deeply") from exc
-    version = probe.get("v")
-    if version != SCHEMA_VERSION:
-        raise ContractError(f"{kind.__name__}: unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
-    try:
-        return msgspec.json.decode(data, type=kind)
-    except msgspec.ValidationError as exc:
-        raise ContractError(f"{kind.__name__}: {exc}") from exc
-    except RecursionError as exc:
-        raise ContractError(f"{kind.__name__}: nested too deeply") from exc
