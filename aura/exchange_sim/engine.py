@@ -17,19 +17,16 @@ from aura.exchange_sim.candles import CandleStore
 from aura.exchange_sim.clock import SimClock, parse_ms
 from aura.exchange_sim.config import LIVE_KEYS, SimConfig, check_fee_asset, coerce
 from aura.exchange_sim.errors import (
-    CLIENT_ID_RE,
     BinanceError,
     duplicate_order,
-    filter_failure,
     illegal_chars,
-    mandatory,
     order_does_not_exist,
-    parse_decimal,
     unknown_order_sent,
 )
 from aura.exchange_sim.faults import FaultBook
 from aura.exchange_sim.ledger import ZERO, Balances, Order, Trade, floor_to, q8
 from aura.exchange_sim.market import Market
+from aura.exchange_sim.order_request import read_new_order
 
 
 class ExchangeSim:
@@ -179,81 +176,26 @@ class ExchangeSim:
             return self._new_order(p)
 
     def _new_order(self, p: dict[str, str]) -> dict[str, Any]:
-        m = self.market
-        symbol = p.get("symbol", "")
-        m.series_of(symbol)
-        side, otype = p.get("side", ""), p.get("type", "")
-        if not side:
-            raise mandatory("side")
-        if side not in ("BUY", "SELL"):
-            raise BinanceError(-1117, "Invalid side.")
-        if not otype:
-            raise mandatory("type")
-        if otype not in ("MARKET", "LIMIT"):
-            raise BinanceError(-1116, "Invalid orderType.")
-        cid = p.get("newClientOrderId") or f"sim{self._next_order_id:020d}"
-        if not CLIENT_ID_RE.match(cid):
-            raise illegal_chars("newClientOrderId", "^[a-zA-Z0-9-_]{1,36}$")
-        resp_type = p.get("newOrderRespType", "FULL")
-        if resp_type not in ("ACK", "RESULT", "FULL"):
-            raise illegal_chars("newOrderRespType", "ACK, RESULT, FULL")
-        qty = parse_decimal("quantity", p.get("quantity"))
-        quote_qty = parse_decimal("quoteOrderQty", p.get("quoteOrderQty"))
-        price = parse_decimal("price", p.get("price"))
-        tif = p.get("timeInForce", "")
-        if not m.is_trading(symbol):
-            raise BinanceError(-1013, "Market is closed.")
-        rules = m.rules[symbol]
-        bid, ask = m.bid_ask(symbol)
-        if otype == "MARKET":
-            for extra, value in (("timeInForce", tif), ("price", price)):
-                if value:
-                    raise BinanceError(-1106, f"Parameter '{extra}' sent when not required.")
-            if qty is None and quote_qty is None:
-                raise BinanceError(-1102, "Param 'quantity' or 'quoteOrderQty' must be sent, but both were "
-                                          "empty/null!")
-            if qty is not None and quote_qty is not None:
-                raise BinanceError(-1106, "Parameter 'quoteOrderQty' sent when not required.")
-            if qty is None:
-                # Binance spends up to quoteOrderQty; here it becomes the largest lot that fits at the ask.
-                qty = floor_to(quote_qty / ask, rules.step_size) if quote_qty else ZERO
-            ref_price, tif = (ask if side == "BUY" else bid), "GTC"
-        else:
-            if not tif:
-                raise mandatory("timeInForce")
-            if tif not in ("GTC", "IOC", "FOK"):
-                raise BinanceError(-1115, "Invalid timeInForce.")
-            if quote_qty is not None:
-                raise BinanceError(-1106, "Parameter 'quoteOrderQty' sent when not required.")
-            if price is None:
-                raise mandatory("price")
-            if qty is None:
-                raise mandatory("quantity")
-            if price < rules.min_price or price > rules.max_price or (price - rules.min_price) % rules.tick_size:
-                raise filter_failure("PRICE_FILTER")
-            ref_price = price
-        if qty < rules.min_qty or qty > rules.max_qty or (qty - rules.min_qty) % rules.step_size:
-            raise filter_failure("LOT_SIZE")
-        if qty * ref_price < rules.min_notional:
-            raise filter_failure("NOTIONAL")
+        req = read_new_order(p, self.market, default_client_id=f"sim{self._next_order_id:020d}")
+        symbol, cid, qty = req.symbol, req.client_order_id, req.qty
         known = self._by_client.get((symbol, cid))
         if known is not None and (self.config.duplicate_scope == "all" or not known.is_final):
             raise duplicate_order()
         now = self.now_ms()
-        base, quote = m.series[symbol].base, m.series[symbol].quote
+        base, quote = self.market.series[symbol].base, self.market.series[symbol].quote
         # A buy locks the quote it will spend, plus the fee only when the fee will be taken in the quote asset.
         fee = Decimal(str(self.config.fee_rate)) if self.config.fee_asset == "quote" else ZERO
-        lock_asset, lock_amount = (quote, q8(qty * ref_price * (1 + fee))) if side == "BUY" else (base, qty)
+        lock_asset, lock_amount = (quote, q8(qty * req.ref_price * (1 + fee))) if req.side == "BUY" else (base, qty)
         self.balances.lock(lock_asset, lock_amount, now)  # raises -2010 insufficient balance
-        order = Order(order_id=self._next_order_id, client_order_id=cid, symbol=symbol, side=side, type=otype,
-                      time_in_force=tif, orig_qty=qty, price=price if otype == "LIMIT" else ZERO,
-                      orig_quote_qty=quote_qty or ZERO, time_ms=now, update_ms=now, lock_asset=lock_asset,
+        order = Order(order_id=self._next_order_id, client_order_id=cid, symbol=symbol, side=req.side, type=req.type,
+                      time_in_force=req.time_in_force, orig_qty=qty, price=req.price if req.type == "LIMIT" else ZERO,
+                      orig_quote_qty=req.quote_qty or ZERO, time_ms=now, update_ms=now, lock_asset=lock_asset,
                       locked=lock_amount)
         self._next_order_id += 1
         self._orders[order.order_id] = order
         self._by_client[(symbol, cid)] = order
         fills_before = len(order.trades)
-        if otype == "LIMIT" and tif == "FOK":
+        if req.type == "LIMIT" and req.time_in_force == "FOK":
             if self._marketable(order):
                 while not order.is_final:
                     self._fill_chunk(order, taker=True, whole=True, now=now)
@@ -261,9 +203,9 @@ class ExchangeSim:
                 self._finish(order, "EXPIRED", now)
         else:
             self._work(order, taker=True, now=now)  # same ms as transactTime, as Binance's first fills are
-            if otype == "LIMIT" and tif == "IOC" and not order.is_final:
+            if req.type == "LIMIT" and req.time_in_force == "IOC" and not order.is_final:
                 self._finish(order, "EXPIRED", now)
-        return order.new_order_json(resp_type, order.trades[fills_before:])
+        return order.new_order_json(req.resp_type, order.trades[fills_before:])
 
     def _find(self, p: dict[str, str]) -> Order | None:
         symbol = p.get("symbol", "")
