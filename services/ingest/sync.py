@@ -26,7 +26,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,6 @@ import polars as pl
 from services.ingest import cache
 from services.ingest.coverage import (
     Coverage,
-    Disagreement,
     Gap,
     align_up,
     attribute,
@@ -45,16 +43,12 @@ from services.ingest.coverage import (
     in_ranges,
     intersect,
     member,
-    normalize,
     rebuild_gaps,
     runs,
-    sorted_unique,
-    split_new,
     subtract,
     union,
 )
 from services.ingest.providers.base import (
-    FetchRequest,
     Provider,
     Range,
     interval_ms,
@@ -62,7 +56,8 @@ from services.ingest.providers.base import (
     unified_symbol,
 )
 from services.ingest.sync_config import IngestConfig, SymbolReport, SyncReport, build_providers
-from services.ingest.validation import drop_forming, find_jumps, report_issues, validate_candles
+from services.ingest.sync_turn import SymbolState, all_empty, ask_provider, iso, report_disagreements, restore_held
+from services.ingest.validation import find_jumps, report_issues
 from shared.logging import info, warn
 
 log = logging.getLogger("aura.ingest")
@@ -117,30 +112,6 @@ def sync(
     return report
 
 
-@dataclass
-class _State:
-    """What one symbol's sync has learnt so far (all ranges normalized)."""
-
-    names: list[str]
-    frames: list[pl.DataFrame]
-    codes: list[np.ndarray]
-    known_ts: np.ndarray
-    unfilled: list[Range]
-    auth_names: set[str]  # providers whose candles are this exchange's own (incl. unattributed cache rows)
-    confirmed_before: list[Range]  # gaps confirmed by earlier syncs: never filled by padding rows
-    empty_by: dict[str, list[Range]] = field(default_factory=dict)  # authoritative "no candle here"
-    failed_auth: list[Range] = field(default_factory=list)
-    notes: list[tuple[int, int, str]] = field(default_factory=list)  # why a range could not be answered
-    flags: dict[str, set[str]] = field(default_factory=dict)
-    # Provisional rows taken out of the cache while the exchange's own sources are asked for their slots.
-    held: pl.DataFrame | None = None
-    held_codes: np.ndarray | None = None
-    replaced: pl.DataFrame | None = None  # held rows the exchange's own sources supplied again
-    replaced_codes: np.ndarray | None = None
-    replaced_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    fallback_added: list[Range] = field(default_factory=list)  # new rows from non-authoritative providers
-
-
 def _sync_symbol(
     sym: str,
     exchange: str,
@@ -183,8 +154,8 @@ def _sync_symbol(
             rep.finish(cov, window)
             return rep
         auth_names = {p.name for p in chain if p.authoritative(exchange)} | {UNKNOWN_PROVIDER}
-        st = _State(names, [cached], [codes_cached], ts_cached, union(missing, recheck), auth_names,
-                    [(g.start, g.end) for g in cov.gaps if g.confirmed])
+        st = SymbolState(names, [cached], [codes_cached], ts_cached, union(missing, recheck), auth_names,
+                         [(g.start, g.end) for g in cov.gaps if g.confirmed])
         held = in_ranges(ts_cached, recheck)
         if held.any():
             # Taken out so the exchange's own rows for these slots count as new; put back if they do not come.
@@ -193,9 +164,9 @@ def _sync_symbol(
             st.known_ts = ts_cached[~held]
         for provider in chain:
             if not provider.authoritative(exchange):
-                _restore_held(st, iv)  # a fallback is not asked again for what it already supplied
-            _ask(provider, st, sym, exchange, timeframe, cfg, now_ms, counters, rep)
-        _restore_held(st, iv)
+                restore_held(st, iv)  # a fallback is not asked again for what it already supplied
+            ask_provider(provider, st, sym, exchange, timeframe, cfg, now_ms, counters, rep)
+        restore_held(st, iv)
 
         frame, codes = combine(st.frames, st.codes)
         ts = frame["timestamp"].to_numpy()
@@ -211,7 +182,7 @@ def _sync_symbol(
         confirmed_gaps = [(r, _confirmers(r, st.empty_by)) for r in confirmed]
         pending_gaps = [Gap(s, e, False, _notes_for((s, e), st.notes)) for s, e in pending]
         for g in pending_gaps:
-            warn(log, "DATA_GAP", f"{sym} {timeframe}: no candles for {_iso(g.start)}..{_iso(g.end - iv)}",
+            warn(log, "DATA_GAP", f"{sym} {timeframe}: no candles for {iso(g.start)}..{iso(g.end - iv)}",
                  symbol=sym, start=g.start, end=g.end, reasons=list(g.by))
         rep.rows_added = int(added_mask.sum())
         rep.rows_replaced = int(replaced_mask.sum())
@@ -223,8 +194,8 @@ def _sync_symbol(
             kept = frame.join(st.replaced.select("timestamp"), on="timestamp", how="semi")
             for code in np.unique(st.replaced_codes):
                 other = st.replaced.filter(pl.Series(st.replaced_codes == code))
-                _disagreements(cross_check(kept, other, cfg.tol_other_venue, compare_volume=False),
-                               st.names[int(code)], sym, timeframe, counters, rep)
+                report_disagreements(cross_check(kept, other, cfg.tol_other_venue, compare_volume=False),
+                                     st.names[int(code)], sym, timeframe, counters, rep)
         # Settled: replaced, or the exchange's own sources all answered that no candle exists there.
         own_empty = subtract(intersect(recheck, all_empty(st)), st.failed_auth)
         settled = union(runs(st.replaced_ts, iv), own_empty)
@@ -248,150 +219,17 @@ def _sync_symbol(
     return rep
 
 
-def _ask(
-    provider: Provider,
-    st: _State,
-    sym: str,
-    exchange: str,
-    timeframe: str,
-    cfg: IngestConfig,
-    now_ms: int,
-    counters: Counter[str],
-    rep: SymbolReport,
-) -> None:
-    """One provider's turn: ask for what is still unfilled, keep what is new, learn what it says is absent."""
-    iv = interval_ms(timeframe)
-    auth = provider.authoritative(exchange)
-    todo = st.unfilled
-    if not auth:
-        # Where the exchange itself says "no candle", a candle from another venue would be an invention.
-        todo = subtract(todo, all_empty(st))
-    if not todo or not provider.supports(exchange, sym, timeframe):
-        return
-    pad = cfg.lookback_bars * iv
-    # Rows a provider sends from the lookback padding are kept too when the cache lacks them (warm-up
-    # history); where the cache has them they are cross-checked instead.  Never inside a confirmed gap.
-    no_fill = st.confirmed_before if auth else union(st.confirmed_before, all_empty(st))
-    asked = subtract(normalize([(max(0, s - pad), e) for s, e in todo]), no_fill)
-    started = time.perf_counter()
-    try:
-        result = provider.fetch(FetchRequest(exchange, sym, timeframe, tuple(todo), now_ms, lookback_ms=pad))
-    except Exception as exc:
-        # Providers report upstream trouble in ``failed``; an exception is a provider bug or data it does not
-        # recognise.  Loud (traceback), but it fails this provider only: the rest of the chain still gets its turn.
-        rep.timings["fetch_s"] = rep.timings.get("fetch_s", 0.0) + time.perf_counter() - started
-        log.error(f"{sym} {timeframe}: provider {provider.name} raised {type(exc).__name__}: {exc}", exc_info=True,
-                  extra={"tag": "PROVIDER_ERROR", "fields": {"symbol": sym, "provider": provider.name,
-                                                             "error": type(exc).__name__}})
-        counters[f"provider_errors.{provider.name}"] += 1
-        st.notes.extend((s, e, f"{provider.name}: raised {type(exc).__name__}") for s, e in todo)
-        if auth:
-            st.failed_auth = union(st.failed_auth, todo)  # it answered nothing: no gap can be confirmed by it
-        return
-    rep.timings["fetch_s"] = rep.timings.get("fetch_s", 0.0) + time.perf_counter() - started
-    rep.timings["parse_s"] = rep.timings.get("parse_s", 0.0) + result.parse_s
-    rep.requests[provider.name] = rep.requests.get(provider.name, 0) + result.requests
-    counters[f"requests.{provider.name}"] += result.requests
-
-    checked = validate_candles(result.frame, iv, allow_nan_volume="no_volume" in result.flags)
-    report_issues(log, checked.issues, counters, tally=rep.issues, symbol=sym, timeframe=timeframe,
-                  provider=provider.name)
-    frame, forming = drop_forming(checked.frame, iv, now_ms)
-    rep.forming_dropped += forming
-    counters["forming_dropped"] += forming
-
-    new, overlap = split_new(frame, asked, st.known_ts)
-    if overlap.height:
-        _disagreements(_cross_check(st, overlap, auth, cfg), provider.name, sym, timeframe, counters, rep)
-    if new.height:
-        if provider.name not in st.names:
-            st.names.append(provider.name)
-        st.frames.append(new)
-        st.codes.append(np.full(new.height, st.names.index(provider.name), dtype=np.int16))
-        new_ts = new["timestamp"].to_numpy()  # sorted, unique and disjoint from known_ts (split_new)
-        st.known_ts = new_ts if len(st.known_ts) == 0 else np.sort(np.concatenate((st.known_ts, new_ts)), kind="stable")
-        st.unfilled = subtract(st.unfilled, runs(new_ts, iv))
-        rep.added_by_provider[provider.name] = rep.added_by_provider.get(provider.name, 0) + new.height
-        if not auth:
-            st.fallback_added = union(st.fallback_added, runs(new_ts, iv))
-        if result.flags:
-            st.flags.setdefault(provider.name, set()).update(result.flags)
-
-    rejected = checked.rejected_ts
-    failed = [(s, e) for s, e, _ in result.failed] + [(int(t), int(t) + iv) for t in rejected]
-    st.notes.extend((s, e, f"{provider.name}: {why}") for s, e, why in result.failed)
-    st.notes.extend((int(t), int(t) + iv, f"{provider.name}: rejected candle") for t in rejected)
-    if auth:
-        returned = sorted_unique(result.frame["timestamp"].to_numpy())
-        empty = subtract(result.answered, runs(returned[returned % iv == 0], iv))
-        st.empty_by[provider.name] = union(st.empty_by.get(provider.name, []), empty)
-        st.failed_auth = union(st.failed_auth, failed)
-    supplied = runs(new["timestamp"].to_numpy(), iv)
-    unavailable = subtract(todo, union(union(result.answered, failed), supplied))
-    st.notes.extend((s, e, f"{provider.name}: does not have it") for s, e in unavailable)
-
-
-def _restore_held(st: _State, iv: int) -> None:
-    """Put back the provisional rows the exchange's own sources did not replace (kept, still provisional)."""
-    if st.held is None or st.held_codes is None:
-        return
-    held, codes = st.held, st.held_codes
-    st.held = st.held_codes = None
-    ts = held["timestamp"].to_numpy()
-    replaced = member(ts, st.known_ts)
-    st.replaced, st.replaced_codes, st.replaced_ts = held.filter(pl.Series(replaced)), codes[replaced], ts[replaced]
-    back = ~replaced
-    if back.any():
-        back_ts = ts[back]
-        st.frames.append(held.filter(pl.Series(back)))
-        st.codes.append(codes[back])
-        st.known_ts = np.sort(np.concatenate((st.known_ts, back_ts)), kind="stable")
-        st.unfilled = subtract(st.unfilled, runs(back_ts, iv))
-
-
 def _expire_provisional(cov: Coverage, live: list[Range], sym: str, timeframe: str, cfg: IngestConfig) -> bool:
     """Stop asking for fallback candles opened before the ``live`` range (they stay); True if any stopped."""
     kept = intersect(cov.provisional, live)
     if kept == cov.provisional:
         return False
     old = subtract(cov.provisional, kept)
-    info(log, "DATA_PROVISIONAL", f"{sym} {timeframe}: fallback candles up to {_iso(old[-1][1] - cov.interval_ms)} "
+    info(log, "DATA_PROVISIONAL", f"{sym} {timeframe}: fallback candles up to {iso(old[-1][1] - cov.interval_ms)} "
          f"kept for good: the exchange's own sources did not supply them in {cfg.provisional_days:g} days",
          symbol=sym, ranges=old)
     cov.provisional = kept
     return True
-
-
-def _disagreements(diffs: list[Disagreement], provider: str, sym: str, timeframe: str, counters: Counter[str],
-                   rep: SymbolReport) -> None:
-    if not diffs:
-        return
-    rep.disagreements += len(diffs)
-    counters["disagreements"] += len(diffs)
-    counters[f"disagreements.{provider}"] += len(diffs)
-    for d in diffs[:20]:
-        warn(log, "DATA_DISAGREE", f"{sym} {timeframe} {d.column} at {_iso(d.timestamp)}: kept {d.kept!r}, "
-             f"{provider} says {d.other!r} ({d.rel:.3%})", symbol=sym, provider=provider, ts=d.timestamp,
-             column=d.column, kept=d.kept, other=d.other, rel=d.rel)
-
-
-def all_empty(st: _State) -> list[Range]:
-    return normalize([r for rs in st.empty_by.values() for r in rs])
-
-
-def _cross_check(st: _State, overlap: pl.DataFrame, auth: bool, cfg: IngestConfig) -> list[Disagreement]:
-    """Compare a provider's rows with the candles already held, at the tolerance the pair of sources deserves.
-
-    Two sources of the exchange's own candles (its archive, its API) must agree exactly, volume included;
-    anything involving another venue or CoinGecko's USD aggregate only roughly, and on prices only.
-    """
-    frames = [f.with_columns(_src=pl.Series(c)) for f, c in zip(st.frames, st.codes, strict=True) if f.height]
-    known = pl.concat(frames, how="vertical").join(overlap.select("timestamp"), on="timestamp", how="semi")
-    auth_codes = [i for i, name in enumerate(st.names) if name in st.auth_names]
-    same = known["_src"].is_in(auth_codes) if auth else pl.Series([False] * known.height)
-    out = cross_check(known.filter(same).drop("_src"), overlap, cfg.tol_same_venue, compare_volume=True)
-    out += cross_check(known.filter(~same).drop("_src"), overlap, cfg.tol_other_venue, compare_volume=False)
-    return sorted(out, key=lambda d: (d.timestamp, d.column))
 
 
 def _confirmers(r: Range, empty_by: dict[str, list[Range]]) -> tuple[str, ...]:
@@ -401,7 +239,3 @@ def _confirmers(r: Range, empty_by: dict[str, list[Range]]) -> tuple[str, ...]:
 def _notes_for(r: Range, notes: list[tuple[int, int, str]]) -> tuple[str, ...]:
     found = [text for s, e, text in notes if s < r[1] and e > r[0]]
     return tuple(dict.fromkeys(found)) or ("no provider has it",)
-
-
-def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000))
