@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgspec
-from nats.aio.msg import Msg
 
 from aura.strategy.capacity import decision_bar_volumes
 from aura.strategy.params import StrategyParams
@@ -51,7 +50,7 @@ from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
 from services.risk.prices import PriceRead, PriceSource, make_price_source
-from services.risk.stale import notice_clock
+from services.risk.stale import follow_notices, notice_clock
 from services.risk.sync_guard import GuardState
 from services.risk.tick import (
     Latch,
@@ -63,17 +62,15 @@ from services.risk.tick import (
     tick_target,
 )
 from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_data_time, check_target
-from shared.bus import RedeliveryAlarm, dead_letter, durable_pull, last_message, publish, pull_loop, state_kv
+from shared.bus import RedeliveryAlarm, durable_pull, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
 from shared.contracts import (
     CONSUMERS,
-    ContractError,
     CycleAborted,
     DataStale,
     PlanBody,
     PortfolioSnapshot,
     TargetPortfolio,
-    decode,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
 from shared.live_params import ParamsError, ParamsTracker
@@ -370,26 +367,7 @@ async def run(ctx: ServiceContext) -> None:
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
     risk = Risk(ctx, inputs, source, tracker, costs)
-
-    async def on_stale(msg: Msg) -> None:
-        try:
-            await risk.on_stale(decode(msg.data, DataStale))
-        except ContractError as exc:
-            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
-        except Reject as exc:
-            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc), msg.data)
-
-    # A plain subscription is enough: every notice also stays in its stream, and the newest one is read once
-    # here (after subscribing, so none falls between) to cover those published while risk was down.
-    await ctx.nc.subscribe(DataStale.SUBJECT, cb=on_stale)
-    raw = await last_message(ctx.js, DataStale.SUBJECT)
-    if raw is not None:
-        try:
-            await risk.on_stale(decode(raw, DataStale), at_boot=True)
-        except (ContractError, Reject) as exc:
-            warn(ctx.logger, "DATA_STALE", "newest stale-data notice at boot refused", error=str(exc)[:300])
-            await dead_letter(ctx.js, ctx.logger, ctx.name, DataStale.SUBJECT, getattr(exc, "reason", "malformed"),
-                              f"at boot: {exc}", raw)
+    await follow_notices(ctx, risk.on_stale)
     sub = await durable_pull(ctx.js, CONSUMERS["risk"])
     alarm = RedeliveryAlarm(ctx.health, "risk")
     ctx.health.checks["signing_key"] = lambda: (True, "loaded")

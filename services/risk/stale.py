@@ -9,16 +9,25 @@ than one bar after "now", where now is the data's clock, never blindly the machi
 * the replay: the newest bar ingest announced, or the newest notice already adopted when that is later (two
   incomplete bars in a row are each one bar after the one before); by the local clock a notice dated today would
   block every replayed target.
+
+``follow_notices`` hands risk every notice ingest publishes, and the newest one already published at boot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
 
 from services.risk.inputs import RiskInputs
 from services.risk.prices import PriceSource
-from shared.contracts import DataStale
+from shared.bus import dead_letter, last_message
+from shared.consumer import Reject
+from shared.contracts import ContractError, DataStale, decode
+from shared.logging import warn
+from shared.service import ServiceContext
 
 
 async def notice_clock(prices: PriceSource, inputs: RiskInputs, ingest_source: str,
@@ -35,3 +44,28 @@ async def notice_clock(prices: PriceSource, inputs: RiskInputs, ingest_source: s
                     return adopted.as_of_ms, "the newest stale notice (after the newest announced bar)"
                 return ready.as_of_ms, "the newest announced bar"
     return int(time.time() * 1000), "the local clock"
+
+
+async def follow_notices(ctx: ServiceContext, adopt: Callable[[DataStale, bool], Awaitable[None]]) -> None:
+    """Hand ``adopt`` (notice, at_boot) every stale notice published from now on and the newest one already
+    published; a malformed one, or one ``adopt`` refuses (``Reject``), is dead-lettered."""
+
+    async def on_notice(msg: Msg) -> None:
+        try:
+            await adopt(decode(msg.data, DataStale), False)
+        except ContractError as exc:
+            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
+        except Reject as exc:
+            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc), msg.data)
+
+    # A plain subscription is enough: every notice also stays in its stream, and the newest one is read once
+    # here (after subscribing, so none falls between) to cover those published while risk was down.
+    await ctx.nc.subscribe(DataStale.SUBJECT, cb=on_notice)
+    raw = await last_message(ctx.js, DataStale.SUBJECT)
+    if raw is not None:
+        try:
+            await adopt(decode(raw, DataStale), True)
+        except (ContractError, Reject) as exc:
+            warn(ctx.logger, "DATA_STALE", "newest stale-data notice at boot refused", error=str(exc)[:300])
+            await dead_letter(ctx.js, ctx.logger, ctx.name, DataStale.SUBJECT, getattr(exc, "reason", "malformed"),
+                              f"at boot: {exc}", raw)
