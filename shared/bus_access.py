@@ -50,6 +50,7 @@ from shared.contracts import (
 from shared.credentials import PIPELINE, PRINCIPALS
 from shared.state_keys import (
     ADOPT_KEY,
+    BAR_SENT_KEY,
     DECISION_KEY,
     HALT_KEY,
     INGEST_KEYS,
@@ -177,6 +178,9 @@ MATRIX: tuple[Resource, ...] = (
         ingest=RW, operator=R),
     _kv(STATE_BUCKET, (SIGNAL_STATE_KEY,), signal=RW, operator=R),
     _kv(STATE_BUCKET, (HALT_KEY,), risk=RW, console=R, operator=R),  # the console shows the kill-switch latch
+    # What risk's plans on the current decision bar sent (the participation cap's count, services/risk/bar_budget.py):
+    # risk's own memory across a restart; nobody else needs it, the operator may look.
+    _kv(STATE_BUCKET, (BAR_SENT_KEY,), risk=RW, operator=R),
     # Reset (applied by risk) and adopt (applied by the executor) requests, signed by the operator; each read only
     # by the service that applies it.
     _kv(STATE_BUCKET, (RESET_KEY,), operator=RW, risk=R),

@@ -17,6 +17,7 @@ INGEST_SOURCES: tuple[str, ...] = ("replay", "sync")
 PARAMS_KEY = "strategy"  # aura_params: the versioned, signed parameter document
 SIGNAL_STATE_KEY = "signal.state"  # the regime and hysteresis state carried between cycles
 HALT_KEY = "risk.halted"  # the kill-switch latch, signed by risk
+BAR_SENT_KEY = "risk.bar_sent"  # what plans on the current decision bar sent (participation cap), signed by risk
 DECISION_KEY = "optimizer.decision"  # the optimizer's latest decision, shown by the console
 RESET_KEY = "operator.reset"  # kill-switch reset, applied by risk
 ADOPT_KEY = "operator.adopt"  # adopt the exchange's balances into the journal, applied by the executor
@@ -41,7 +42,7 @@ INGEST_KEYS: tuple[str, ...] = (
 WRITERS: dict[str, tuple[str, ...]] = {
     "ingest": INGEST_KEYS,
     "signal": (SIGNAL_STATE_KEY,),
-    "risk": (HALT_KEY,),
+    "risk": (HALT_KEY, BAR_SENT_KEY),
     "optimizer": (DECISION_KEY,),
     "operator": (RESET_KEY, ADOPT_KEY),
 }

@@ -59,6 +59,7 @@ PUBLISH = {
 KV_WRITE = {
     ("aura_params", "strategy"): {"optimizer", "operator"},
     ("aura_state", "risk.halted"): {"risk"},
+    ("aura_state", "risk.bar_sent"): {"risk"},  # the participation cap's count of the bar, kept across restarts
     ("aura_state", "operator.reset"): {"operator"},
     ("aura_state", "ingest.cursor.replay.1d"): {"ingest"},
     ("aura_state", "signal.state"): {"signal"},
@@ -101,6 +102,7 @@ READ = {
 KV_READ = {
     ("aura_params", "strategy"): {"signal", "risk", "optimizer", "console", "operator"},
     ("aura_state", "risk.halted"): {"risk", "console", "operator"},
+    ("aura_state", "risk.bar_sent"): {"risk", "operator"},
     ("aura_state", "operator.reset"): {"risk", "operator"},
     ("aura_state", "operator.adopt"): {"executor", "operator"},
     ("aura_state", "signal.state"): {"signal", "operator"},
