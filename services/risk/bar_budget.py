@@ -1,18 +1,58 @@
-"""What risk has already sent in the current decision bar, per symbol and side.
+"""What risk has already sent in the current decision bar, per symbol and side, kept across a restart of risk.
 
 The participation cap (``aura.strategy.capacity``) bounds a leg by a share of the decision bar's volume.  A
 cycle plans once per bar, but the risk tick may plan again between cycles (stop-loss exits, a kill-switch
 liquidation the cap cut short), on the same bar's volume: the cap is on the bar, so what earlier plans on it
 sent on the same side is taken off (a cycle's buy must not use up the room of a stop-loss exit).  Counted when
 a plan is published (as if it filled in full: a plan the executor refuses only makes the rest of the bar more
-careful).  Kept in memory: a restart of risk mid-bar starts the bar's count again (README says so).
+careful).
+
+The count is kept in the state bucket ``aura_state`` under ``risk.bar_sent``, as the latch ``risk.halted`` is:
+written by risk alone (bus permissions), signed with risk's key, verified when read.  In memory only, a restart
+mid-bar (crash, deploy, kill -9) would hand the bar's room out a second time.
+
+* Write-ahead: the count with a plan's legs added is stored *before* the plan is published.  A crash between
+  the two counts a plan that never went out: the rest of the bar is more careful, never less.  Memory takes the
+  new count as soon as it is stored, even if the publish then fails: a publish that timed out may still have
+  reached the stream.  A failed write raises (logged ``[BAR_BUDGET]``) and the plan is not published: a target
+  is retried and in the end dead-lettered (``shared.consumer``), a tick is logged and tried again at the next
+  period, as when the latch cannot be written.  A plan without legs sends nothing and writes nothing.
+* Read once, at boot (risk is the key's only writer).  A count for another bar than the one decided on is
+  dropped, as in memory.  No key: nothing sent yet (a new bus, or the first start with this module).
+* A value that does not decode, verify or make sense (garbage, a document written with risk's bus credential
+  but not its signing key, a negative or non-finite quantity): what the bar already sent is unknown.  Logged
+  ``[FORGED_STATE]`` (an operator event, as for the latch) and counted ``forged_state``.  Then, on the first bar
+  risk decides on after that start:
+
+  - buys count the bar's whole room as used: no risk-increasing leg on that bar.  Missing one bar of entries
+    costs an opportunity; handing the room out again could double the bar's footprint with real money, and is
+    exactly what a forger of the count would be after;
+  - sells count nothing as sent.  Exits are the stop-loss, the take-profit and the kill-switch's liquidation:
+    a document nobody can vouch for must never hold capital protection back for a bar (a day on 1d bars).  The
+    price is bounded: at worst that one bar's exits trade up to twice the cap.
+
+  The closed buy side is stored with that bar's next count, signed, so another restart on the same bar keeps it
+  closed; the next bar opens again and the stored value is good from then on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.js.kv import KeyValue
+
+from shared.bus import kv_get
+from shared.health import HealthState
+from shared.logging import error, info
+from shared.signing import SignatureError, sign_struct, verify_struct
+from shared.state_keys import BAR_SENT_KEY
 
 
 class SentLeg(Protocol):
@@ -21,20 +61,145 @@ class SentLeg(Protocol):
     qty: float
 
 
+def whole_room(volume: float, max_participation: float) -> float:
+    """The quantity that, counted as sent, leaves a bar that traded ``volume`` no room under the cap (capacity.py
+    takes the room as ``volume - sent / max_participation``; rounding must not leave a sliver of it)."""
+    used = max_participation * volume
+    for _ in range(8):  # one step up is all the rounding ever needs; the bound only guards a degenerate cap
+        if not volume - used / max_participation > 0:
+            return used
+        used = math.nextafter(used, math.inf)
+    return 2.0 * used
+
+
 @dataclass
 class SentInBar:
     bar_ms: int | None = None  # open time of the decision bar counted
     sent: dict[tuple[str, str], float] = field(default_factory=dict)  # base quantity per (symbol, side)
+    # What the bar sent could not be read at boot: its buy side counts as used up (module docstring).  With
+    # bar_ms None, the first bar decided on is the one closed; a newer bar opens again.
+    buys_closed: bool = False
 
-    def on(self, bar_ms: int | None) -> dict[tuple[str, str], float]:
+    def on(self, bar_ms: int | None, volumes: Mapping[str, float] | None = None,
+           max_participation: float = math.inf) -> dict[tuple[str, str], float]:
         """What was sent on the bar opening at ``bar_ms``: a newer bar starts from nothing; None (the bar could not
-        be read) keeps the count, so a failed read never hands out the bar's room a second time."""
+        be read) keeps the count, so a failed read never hands out the bar's room a second time.  With the buy
+        side closed, each buy of a symbol in ``volumes`` counts the room ``max_participation`` leaves it."""
         if bar_ms is not None and bar_ms != self.bar_ms:
-            self.bar_ms, self.sent = bar_ms, {}
-        return dict(self.sent)
+            closed = self.buys_closed and self.bar_ms is None  # an unknown count closes the first bar seen only
+            self.bar_ms, self.sent, self.buys_closed = bar_ms, {}, closed
+        counts = dict(self.sent)
+        if self.buys_closed and math.isfinite(max_participation):
+            for symbol, volume in (volumes or {}).items():
+                if math.isfinite(volume):  # no volume: capacity does not cap the leg, whatever the count says
+                    key = (symbol, "buy")
+                    counts[key] = max(counts.get(key, 0.0), whole_room(volume, max_participation))
+        return counts
 
-    def add(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
-        self.on(bar_ms)
+    def after(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> SentInBar:
+        """The count once ``legs`` are sent on the bar ``bar_ms`` (this one is left as it is)."""
+        new = SentInBar(self.bar_ms, dict(self.sent), self.buys_closed)
+        new.on(bar_ms)
         for leg in legs:
             key = (leg.symbol, leg.side)
-            self.sent[key] = self.sent.get(key, 0.0) + float(leg.qty)
+            new.sent[key] = new.sent.get(key, 0.0) + float(leg.qty)
+        return new
+
+    def add(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
+        new = self.after(bar_ms, legs)
+        self.bar_ms, self.sent, self.buys_closed = new.bar_ms, new.sent, new.buys_closed
+
+
+# --- kept in aura_state ------------------------------------------------------------------------------------------
+
+
+class SentQty(msgspec.Struct, frozen=True, kw_only=True):
+    symbol: str
+    side: str  # "buy" | "sell"
+    qty: float
+
+
+class SentDoc(msgspec.Struct, frozen=True, kw_only=True):
+    bar_ms: int | None
+    sent: tuple[SentQty, ...] = ()
+    buys_closed: bool = False
+    updated_at_ms: int = 0
+    signature: str = ""
+    key_id: str = ""
+
+
+def verified_count(raw: bytes, risk_key: Ed25519PublicKey) -> SentInBar:
+    """The stored count, decoded, verified against risk's key and checked; SignatureError if any of it fails."""
+    try:
+        doc = msgspec.json.decode(raw, type=SentDoc)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SignatureError(f"malformed SentDoc: {exc}") from exc
+    verify_struct(doc, {"risk": risk_key})
+    sent: dict[tuple[str, str], float] = {}
+    for x in doc.sent:
+        # Signed by risk, so a bad quantity is a bug of ours: still refused, a NaN would cap nothing (capacity.py).
+        if x.side not in ("buy", "sell") or not (math.isfinite(x.qty) and x.qty >= 0) or (x.symbol, x.side) in sent:
+            raise SignatureError(f"invalid count {x.side} {x.qty!r} {x.symbol} (or counted twice)")
+        sent[(x.symbol, x.side)] = x.qty
+    return SentInBar(doc.bar_ms, sent, doc.buys_closed)
+
+
+async def read_count(kv: KeyValue, risk_key: Ed25519PublicKey) -> tuple[SentInBar, str]:
+    """(count, problem).  Unset: nothing sent.  Unreadable: a count whose buy side is closed, the problem named.
+    A bus failure raises: risk does not start on a count it could not look for."""
+    raw, _ = await kv_get(kv, BAR_SENT_KEY)
+    if raw is None:
+        return SentInBar(), ""
+    try:
+        return verified_count(raw, risk_key), ""
+    except SignatureError as exc:
+        return SentInBar(buys_closed=True), str(exc)
+
+
+async def write_count(kv: KeyValue, count: SentInBar, key: Ed25519PrivateKey) -> int:
+    sent = tuple(SentQty(symbol=symbol, side=side, qty=qty) for (symbol, side), qty in sorted(count.sent.items()))
+    doc = SentDoc(bar_ms=count.bar_ms, sent=sent, buys_closed=count.buys_closed,
+                  updated_at_ms=int(time.time() * 1000))
+    return int(await kv.put(BAR_SENT_KEY, msgspec.json.encode(sign_struct(doc, key))))
+
+
+class BarBudget:
+    """The count risk plans with: read at boot (``load``), stored before each plan that sends something."""
+
+    def __init__(self, kv: KeyValue, key: Ed25519PrivateKey, count: SentInBar, max_participation: float,
+                 health: HealthState, logger: logging.Logger) -> None:
+        self.kv, self.key, self.count, self.health, self.logger = kv, key, count, health, logger
+        self.max_participation = max_participation
+
+    @classmethod
+    async def load(cls, kv: KeyValue, key: Ed25519PrivateKey, max_participation: float, health: HealthState,
+                   logger: logging.Logger) -> BarBudget:
+        count, problem = await read_count(kv, key.public_key())
+        if problem:
+            health.inc("forged_state")
+            error(logger, "FORGED_STATE", "the participation cap's count of the bar does not verify; the next bar "
+                  "decided on allows no buy (its room counts as used), exits are not held back", error=problem)
+        else:
+            info(logger, "BAR_BUDGET", "what the decision bar already sent, read at boot", bar_ms=count.bar_ms,
+                 sent={f"{side} {symbol}": qty for (symbol, side), qty in sorted(count.sent.items())},
+                 buys_closed=count.buys_closed)
+        return cls(kv, key, count, max_participation, health, logger)
+
+    def on(self, bar_ms: int | None, volumes: Mapping[str, float]) -> dict[tuple[str, str], float]:
+        return self.count.on(bar_ms, volumes, self.max_participation)
+
+    async def record(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
+        """Store the count with ``legs`` added, before the plan that sends them is published; if it cannot be
+        stored, log it and raise, so that plan is not published."""
+        legs = list(legs)
+        if not legs:
+            return
+        new = self.count.after(bar_ms, legs)
+        try:
+            await write_count(self.kv, new, self.key)
+        except Exception as exc:
+            self.health.inc("bar_budget_write_errors")
+            error(self.logger, "BAR_BUDGET", "the bar's count could not be stored; the plan is not published",
+                  bar_ms=bar_ms, error=f"{type(exc).__name__}: {exc}"[:300])
+            raise
+        self.count = new

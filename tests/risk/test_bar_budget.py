@@ -1,0 +1,56 @@
+"""The bar's count as the participation cap reads it (services/risk/bar_budget.py), without a bus: a count that
+could not be read closes the buy side of the first bar decided on (exits stay open), and only that bar."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from aura.strategy.capacity import cap_legs
+from aura.strategy.types import Leg, MarketRule
+from services.risk.bar_budget import SentInBar, whole_room
+
+RULES = {s: MarketRule(s, 0.001, 0.01, 0.001, 5.0) for s in ("BTC/USDT", "ETH/USDT")}
+VOLUMES = {"BTC/USDT": 1.5, "ETH/USDT": 40.0, "DOGE/USDT": math.nan}
+
+
+def test_an_unreadable_count_closes_the_first_bars_buys_and_leaves_its_exits_their_room() -> None:
+    count = SentInBar(buys_closed=True)
+    sent = count.on(100, VOLUMES, 0.1)
+    assert set(sent) == {("BTC/USDT", "buy"), ("ETH/USDT", "buy")}  # no volume: capacity caps nothing anyway
+    legs = [Leg("BTC/USDT", "sell", 0.2, 40_000.0, "stop_loss"), Leg("ETH/USDT", "buy", 1.0, 2_000.0, "rebalance")]
+    kept, reasons = cap_legs(legs, VOLUMES, 0.1, RULES, sent)
+    assert [(x.symbol, x.side, x.qty) for x in kept] == [("BTC/USDT", "sell", 0.15)]  # the exit: the bar's room
+    assert any(r.startswith("participation cap: ETH/USDT buy of") and "dropped" in r for r in reasons), reasons
+    # Still closed for the rest of that bar, also once something was sent on it; the next bar opens again.
+    count.add(100, kept)
+    assert count.on(100, VOLUMES, 0.1)[("ETH/USDT", "buy")] == sent[("ETH/USDT", "buy")]
+    assert count.on(200, VOLUMES, 0.1) == {}
+    assert count.buys_closed is False
+
+
+def test_a_closed_buy_side_leaves_no_sliver_of_room_whatever_the_rounding() -> None:
+    """No lot step and no minimums (a symbol without rules): any room rounding left would be bought.  On the first
+    two, max_participation * volume counted as sent leaves a buy of about 1e-15 standing."""
+    cases = [(0.024, 221.769), (0.364, 711.221)] + [(m, v) for m in (0.1, 0.07, 1e-7, 1.0)
+                                                    for v in (1.5, 1e-3, 7.77, 3e11)]
+    for max_part, volume in cases:
+        used = whole_room(volume, max_part)
+        assert not volume - used / max_part > 0, (volume, max_part)
+        assert used == pytest.approx(max_part * volume, rel=1e-12)
+        kept, _ = cap_legs([Leg("X/USDT", "buy", volume, 1.0, "rebalance")], {"X/USDT": volume}, max_part, {},
+                           {("X/USDT", "buy"): used})
+        assert kept == [], (volume, max_part)
+    naive = {("X/USDT", "buy"): 0.024 * 221.769}
+    assert cap_legs([Leg("X/USDT", "buy", 1.0, 1.0, "rebalance")], {"X/USDT": 221.769}, 0.024, {}, naive)[0]
+
+
+def test_counting_ahead_leaves_the_count_as_it_was() -> None:
+    """What the write-ahead stores is computed apart: memory moves only once it is stored."""
+    count = SentInBar()
+    count.add(100, [Leg("BTC/USDT", "sell", 0.15, 1.0, "kill_switch")])
+    ahead = count.after(100, [Leg("BTC/USDT", "sell", 0.05, 1.0, "kill_switch")])
+    assert count.sent == {("BTC/USDT", "sell"): 0.15}
+    assert ahead.sent == {("BTC/USDT", "sell"): pytest.approx(0.2)} and ahead.bar_ms == 100
+    assert count.after(200, []).sent == {} and count.bar_ms == 100

@@ -1,0 +1,148 @@
+"""The participation cap's count of what a decision bar already sent, kept in aura_state
+(services/risk/bar_budget.py), on a real secured nats-server: the count as risk stores and reads it with its own
+credential and key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import nats.errors
+import pytest
+
+from aura.strategy.types import Leg
+from services.risk.bar_budget import BarBudget, SentDoc, SentInBar, SentQty, verified_count
+from shared.bus import kv_get, state_kv
+from shared.config import Settings
+from shared.credentials import signing_key
+from shared.health import HealthState
+from shared.signing import load_public_key, sign_struct
+from shared.state_keys import BAR_SENT_KEY
+from tests.bus_helpers import Capture, role_connections
+from tests.conftest import NatsEndpoint
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+CAP = 0.1
+BAR = 1_704_153_600_000  # the open time of a decision bar
+VOLUMES = {"BTC/USDT": 1.5, "ETH/USDT": 40.0}
+
+
+def logger_with(capture: Capture) -> logging.Logger:
+    logger = logging.getLogger("aura.test.bar_budget")
+    logger.setLevel(logging.DEBUG)
+    logger.handlers[:] = [capture]
+    return logger
+
+
+async def load(settings: Settings, js_risk: Any, capture: Capture, health: HealthState | None = None) -> BarBudget:
+    """What a risk booting now reads: the count in aura_state, through risk's own credential, with risk's key."""
+    return await BarBudget.load(await state_kv(js_risk), signing_key(settings.keys, "risk"), CAP,
+                                health or HealthState(service="risk"), logger_with(capture))
+
+
+def test_the_count_is_stored_signed_and_read_back_at_boot(nats_server: NatsEndpoint) -> None:
+    settings = nats_server.settings()
+    capture = Capture()
+
+    async def scenario() -> tuple[dict[Any, float], SentInBar, dict[Any, float], dict[Any, float]]:
+        async with role_connections(settings, "risk", "operator") as js:
+            first = await load(settings, js["risk"], capture)
+            assert first.on(BAR, VOLUMES) == {}  # nothing stored yet: nothing sent
+            await first.record(BAR, [Leg("BTC/USDT", "sell", 0.15, 25_000.0, "kill_switch"),
+                                     Leg("ETH/USDT", "buy", 2.0, 2_000.0, "rebalance")])
+            await first.record(BAR, [Leg("BTC/USDT", "sell", 0.05, 25_000.0, "kill_switch")])
+            # The operator reads it and can check it is risk's: signed with risk's key.
+            raw, _ = await kv_get(await state_kv(js["operator"]), BAR_SENT_KEY)
+            assert raw is not None
+            stored = verified_count(raw, load_public_key(settings.public_key_path))
+            same_bar = (await load(settings, js["risk"], capture)).on(BAR, VOLUMES)
+            next_bar = (await load(settings, js["risk"], capture)).on(BAR + 86_400_000, VOLUMES)
+            return first.on(BAR, VOLUMES), stored, same_bar, next_bar
+
+    in_memory, stored, same_bar, next_bar = asyncio.run(scenario())
+    want = {("BTC/USDT", "sell"): pytest.approx(0.2), ("ETH/USDT", "buy"): 2.0}
+    assert in_memory == want and stored.sent == want and stored.bar_ms == BAR and not stored.buys_closed
+    assert same_bar == want, "a new risk on the same bar starts from what the bar already sent"
+    assert next_bar == {}, "a count for an older bar is ignored"
+    assert capture.fields("BAR_BUDGET")[-1]["bar_ms"] == BAR
+    assert not capture.fields("FORGED_STATE")
+
+
+def forgeries(settings: Settings) -> dict[str, bytes]:
+    """Values of the key that risk must not trust, each written with risk's bus credential (the only one that may
+    write it): as a compromised or buggy holder of that credential could, without risk's signing key."""
+    doc = SentDoc(bar_ms=BAR, sent=(SentQty(symbol="BTC/USDT", side="buy", qty=0.0),))
+    return {
+        "garbage": b"\x00not a count",
+        "unsigned": msgspec.json.encode(doc),
+        "signed with another key": msgspec.json.encode(sign_struct(doc, signing_key(settings.keys, "executor"))),
+        "a count signed by risk, then altered": msgspec.json.encode(msgspec.structs.replace(
+            sign_struct(doc, signing_key(settings.keys, "risk")), bar_ms=BAR + 1)),
+        "a negative quantity signed by risk": msgspec.json.encode(sign_struct(
+            SentDoc(bar_ms=BAR, sent=(SentQty(symbol="BTC/USDT", side="buy", qty=-5.0),)),
+            signing_key(settings.keys, "risk"))),
+    }
+
+
+@pytest.mark.parametrize("kind", ["garbage", "unsigned", "signed with another key",
+                                  "a count signed by risk, then altered", "a negative quantity signed by risk"])
+def test_a_forged_or_unreadable_count_closes_the_bars_buys_and_keeps_its_exits(nats_server: NatsEndpoint,
+                                                                                kind: str) -> None:
+    """Risk cannot know what the bar sent: no buy on the first bar it decides on (its room counts as used), exits
+    keep their room; logged [FORGED_STATE].  The closed buy side is stored signed with that bar's next count, so
+    another restart on the bar keeps it closed; the next bar opens."""
+    settings = nats_server.settings()
+    capture = Capture()
+    health = HealthState(service="risk")
+
+    async def scenario() -> tuple[dict[Any, float], dict[Any, float], dict[Any, float]]:
+        async with role_connections(settings, "risk") as js:
+            await (await state_kv(js["risk"])).put(BAR_SENT_KEY, forgeries(settings)[kind])
+            budget = await load(settings, js["risk"], capture, health)
+            first = budget.on(BAR, VOLUMES)
+            await budget.record(BAR, [Leg("BTC/USDT", "sell", 0.15, 25_000.0, "stop_loss")])
+            again = (await load(settings, js["risk"], capture)).on(BAR, VOLUMES)
+            later = (await load(settings, js["risk"], capture)).on(BAR + 86_400_000, VOLUMES)
+            return first, again, later
+
+    first, again, later = asyncio.run(scenario())
+    room = {("BTC/USDT", "buy"): pytest.approx(CAP * 1.5), ("ETH/USDT", "buy"): pytest.approx(CAP * 40.0)}
+    assert first == room, "every buy's room counts as used, no sell is counted"
+    assert again == {**room, ("BTC/USDT", "sell"): 0.15}, "a restart on the same bar keeps the buys closed"
+    assert later == {}
+    lines = capture.fields("FORGED_STATE")
+    assert len(lines) == 1 and "does not verify" in lines[0]["msg"] and lines[0]["error"], lines
+    assert health.counters.get("forged_state") == 1
+
+
+def test_a_count_that_cannot_be_stored_is_not_taken_and_raises(nats_server: NatsEndpoint) -> None:
+    """The bus refuses the write (here: risk's connection is gone): record raises, so the plan that was to follow
+    is never published, and the count in memory and in the bucket is the one before."""
+    settings = nats_server.settings()
+    capture = Capture()
+
+    health = HealthState(service="risk")
+
+    async def scenario() -> tuple[BaseException | None, dict[Any, float], dict[Any, float]]:
+        async with role_connections(settings, "risk") as js:
+            budget = await load(settings, js["risk"], capture, health)
+            await budget.record(BAR, [Leg("BTC/USDT", "sell", 0.1, 25_000.0, "stop_loss")])
+            await js["risk"]._nc.close()
+            failure: BaseException | None = None
+            try:
+                await budget.record(BAR, [Leg("BTC/USDT", "sell", 0.05, 25_000.0, "stop_loss")])
+            except Exception as exc:
+                failure = exc
+            in_memory = budget.on(BAR, VOLUMES)
+        async with role_connections(settings, "risk") as js:
+            return failure, in_memory, (await load(settings, js["risk"], capture)).on(BAR, VOLUMES)
+
+    failure, in_memory, stored = asyncio.run(scenario())
+    assert isinstance(failure, nats.errors.ConnectionClosedError), repr(failure)
+    assert in_memory == stored == {("BTC/USDT", "sell"): 0.1}
+    lines = capture.fields("BAR_BUDGET")
+    assert any("could not be stored; the plan is not published" in x["msg"] and x["bar_ms"] == BAR for x in lines)
+    assert health.counters.get("bar_budget_write_errors") == 1
