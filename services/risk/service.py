@@ -44,7 +44,7 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.pipeline import RiskOutcome, risk_plan
 from aura.strategy.risk_gates import rearm_due
 from aura.strategy.schedule import timeframe_ms
-from services.risk.bar_budget import SentInBar
+from services.risk.bar_budget import BarBudget
 from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
@@ -90,7 +90,7 @@ class InFlight:
 
 class Risk:
     def __init__(self, ctx: ServiceContext, inputs: RiskInputs, prices: PriceSource, params: ParamsTracker,
-                 costs: Costs) -> None:
+                 costs: Costs, sent: BarBudget) -> None:
         s = ctx.settings
         self.ctx = ctx
         self.inputs = inputs
@@ -108,7 +108,7 @@ class Risk:
         # The newest bar ingest declared incomplete: a target computed on data older than it is superseded.
         self.stale: DataStale | None = None
         self.max_participation = s.max_participation  # of the decision bar's volume, per leg (capacity.py)
-        self.sent = SentInBar()  # what plans on the current decision bar sent: the cap is on the bar
+        self.sent = sent  # what plans on the current decision bar sent (the cap is on the bar), kept in aura_state
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -175,7 +175,9 @@ class Risk:
                  "`aura risk reset`", cycle_id=cycle_id, drawdown_since_reset=round(outcome.drawdown_since_reset, 4),
                  cap=params.kill_switch_cap)
 
-    async def sign_and_publish(self, body: PlanBody) -> None:
+    async def sign_and_publish(self, body: PlanBody, bar: int | None) -> None:
+        # Write-ahead: the bar's count takes the legs before they go out (bar_budget.py); if it cannot, nothing goes.
+        await self.sent.record(bar, body.legs)
         approved = sign_plan(body, self.inputs.key)
         approved = msgspec.structs.replace(approved, emitted_at_ms=int(time.time() * 1000))
         await publish(self.ctx.js, approved, msg_id=body.plan_id)
@@ -256,14 +258,13 @@ class Risk:
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
-        bar = int(panel.timestamps[-1])
+        bar, volumes = int(panel.timestamps[-1]), decision_bar_volumes(panel)
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
-                            params, cost.rate, marks=marks, volumes=decision_bar_volumes(panel),
-                            max_participation=self.max_participation, sent=self.sent.on(bar))
+                            params, cost.rate, marks=marks, volumes=volumes,
+                            max_participation=self.max_participation, sent=self.sent.on(bar, volumes))
         await self.latch(target.cycle_id, outcome, latch, params, target.as_of_ms, basis)
         body = build_plan_body(target, basis, outcome, version)
-        await self.sign_and_publish(body)
-        self.sent.add(bar, body.legs)
+        await self.sign_and_publish(body, bar)
         self.marks.update(prices)
         ctx.health.inc("plans_approved", gate=body.gate)
         ctx.health.set("drawdown", outcome.drawdown)
@@ -313,7 +314,7 @@ class Risk:
         cost = await self.costs.current()
         bar, volumes = await self.inputs.bar_volumes(ctx.logger)
         decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks, volumes,
-                                 self.max_participation, self.sent.on(bar))
+                                 self.max_participation, self.sent.on(bar, volumes))
         self.guard = decision.guard
         for check in decision.checks:
             info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,
@@ -336,8 +337,7 @@ class Risk:
         await self.latch(target.cycle_id, outcome, latch, params, data_ms, basis)
         if outcome.legs:
             body = build_plan_body(target, basis, outcome, version)
-            await self.sign_and_publish(body)
-            self.sent.add(bar, body.legs)
+            await self.sign_and_publish(body, bar)
             ctx.health.inc("tick_plans")
             ctx.health.inc("plans_approved", gate=body.gate)
             warn(ctx.logger, "RISK_TICK", "tick triggered: exit plan signed and published", cycle_id=body.cycle_id,
@@ -366,7 +366,8 @@ async def run(ctx: ServiceContext) -> None:
                             timeframe=s.timeframe)
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
-    risk = Risk(ctx, inputs, source, tracker, costs)
+    budget = await BarBudget.load(kv, inputs.key, s.max_participation, ctx.health, ctx.logger)
+    risk = Risk(ctx, inputs, source, tracker, costs, budget)
     await follow_notices(ctx, risk.on_stale)
     sub = await durable_pull(ctx.js, CONSUMERS["risk"])
     alarm = RedeliveryAlarm(ctx.health, "risk")

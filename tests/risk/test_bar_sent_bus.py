@@ -1,6 +1,11 @@
-"""The participation cap's count of what a decision bar already sent, kept in aura_state
+"""The participation cap's count of what a decision bar already sent survives a restart of risk
 (services/risk/bar_budget.py), on a real secured nats-server: the count as risk stores and reads it with its own
-credential and key.
+credential and key, and the risk and executor service bodies around a restart.
+
+The restart: a kill-switch liquidation of 0.2 BTC on bars that traded 1.5 BTC; 10% is 0.15 BTC a bar.  The first
+risk sells 0.15 and is stopped; a new risk on the same bus and the same bar must sell nothing more (the bar's room
+is used), and the rest only on the next bar.  Kept in memory only, the count started again at the restart and the
+new risk sold the bar's room a second time.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ import nats.errors
 import pytest
 
 from aura.strategy.types import Leg
+from services.risk import bar_budget
 from services.risk.bar_budget import BarBudget, SentDoc, SentInBar, SentQty, verified_count
 from shared.bus import kv_get, state_kv
 from shared.config import Settings
+from shared.contracts import ApprovedPlan, PortfolioSnapshot, decode
 from shared.credentials import signing_key
 from shared.health import HealthState
 from shared.signing import load_public_key, sign_struct
 from shared.state_keys import BAR_SENT_KEY
-from tests.bus_helpers import Capture, role_connections
+from tests.bus_helpers import Capture, approved_plans, role_connections, running, snapshot, stream_messages, until
 from tests.conftest import NatsEndpoint
+from tests.risk.test_risk_tick_bus import buy, market_moves, tick_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 CAP = 0.1
@@ -146,3 +154,92 @@ def test_a_count_that_cannot_be_stored_is_not_taken_and_raises(nats_server: Nats
     lines = capture.fields("BAR_BUDGET")
     assert any("could not be stored; the plan is not published" in x["msg"] and x["bar_ms"] == BAR for x in lines)
     assert health.counters.get("bar_budget_write_errors") == 1
+
+
+def test_a_restart_of_risk_mid_bar_does_not_hand_out_the_bars_room_again(nats_server: NatsEndpoint) -> None:
+    settings = tick_settings(nats_server)
+    capture = Capture()
+
+    def tick_lines() -> int:
+        return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
+
+    async def scenario() -> tuple[list[PortfolioSnapshot], list[PortfolioSnapshot], list[ApprovedPlan]]:
+        async with running(settings, "executor", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+
+            async def tick_snapshots(count: int) -> list[PortfolioSnapshot] | None:
+                found = [decode(raw, PortfolioSnapshot)
+                         for raw in await stream_messages(js["operator"], PortfolioSnapshot.SUBJECT)]
+                ticks = [x for x in found if x.cycle_id.startswith("tick-")]
+                return ticks if len(ticks) >= count else None
+
+            async with running(settings, "risk", handler=capture):
+                await buy(js["risk"], settings, 0.2, 40_000.0)
+                await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+                first = await until(lambda: tick_snapshots(1), "the first liquidation tick")
+            # The first risk is gone; a new one starts on the same bus, on the same bar.
+            async with running(settings, "risk", handler=capture):
+                seen = tick_lines()
+
+                async def ticked() -> bool:
+                    return tick_lines() >= seen + 10
+
+                await until(ticked, "ten ticks of the new risk on the same bar")
+                same_bar = await tick_snapshots(1) or []
+                await market_moves(js["ingest"], settings, 25_000.0, day=2, volume=1.5)
+                after = await until(lambda: tick_snapshots(2), "the next bar's liquidation tick")
+            return first + same_bar, after, await approved_plans(js["operator"])
+
+    same_bar, after, plans = asyncio.run(scenario())
+    tick_plans = [p.plan for p in plans if p.plan.cycle_id.startswith("tick-")]
+    assert len({s.snapshot_id for s in same_bar}) == 1, (
+        f"the restarted risk sold on the bar again: {[[(x.side, x.qty) for x in p.legs] for p in tick_plans]}")
+    assert same_bar[0].holdings == pytest.approx({"BTC/USDT": 0.05})
+    assert after[-1].holdings == {}
+    assert [[(x.side, x.qty) for x in p.legs] for p in tick_plans] == [[("sell", 0.15)], [("sell", 0.05)]]
+    assert any(r.startswith("participation cap: BTC/USDT sell cut from 0.2 to 0.15") for r in tick_plans[0].reasons)
+
+
+def test_the_risk_service_publishes_no_plan_whose_count_it_could_not_store(nats_server: NatsEndpoint,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running service on a real bus: while the bucket refuses the count (a timeout, as a real put raises when
+    the server does not answer), a stop-loss tick publishes no exit plan; once it takes it, the exit goes out."""
+    settings = tick_settings(nats_server)
+    capture = Capture()
+    real_write = bar_budget.write_count
+    refusing = [True]
+
+    async def write_count(*args: Any, **kwargs: Any) -> int:
+        if refusing[0]:
+            raise nats.errors.TimeoutError
+        return await real_write(*args, **kwargs)
+
+    monkeypatch.setattr(bar_budget, "write_count", write_count)
+
+    async def scenario() -> tuple[list[ApprovedPlan], PortfolioSnapshot, PortfolioSnapshot, list[ApprovedPlan]]:
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+            holding = await buy(js["risk"], settings, 0.1, 40_000.0)
+            await market_moves(js["ingest"], settings, 33_000.0)  # -17.5%: below the 15% stop
+
+            async def refused_twice() -> bool:
+                return sum(1 for x in capture.fields("BAR_BUDGET") if "could not be stored" in x["msg"]) >= 2
+
+            await until(refused_twice, "two stop-loss ticks whose count the bucket refused")
+            during = [p for p in await approved_plans(js["operator"]) if p.plan.cycle_id.startswith("tick-")]
+            still = await snapshot(js["operator"])
+            refusing[0] = False
+
+            async def exited() -> PortfolioSnapshot | None:
+                snap = await snapshot(js["operator"])
+                return snap if snap.cycle_id.startswith("tick-") else None
+
+            await until(exited, "the stop-loss exit once the count is stored")
+            after = [p for p in await approved_plans(js["operator"]) if p.plan.cycle_id.startswith("tick-")]
+            return during, still, holding, after
+
+    during, still, holding, after = asyncio.run(scenario())
+    assert during == [], "an exit plan was published although its count was not stored"
+    assert still.snapshot_id == holding.snapshot_id and still.holdings == holding.holdings
+    assert any(x["msg"] == "risk tick failed" for x in capture.fields("RISK_TICK"))
+    assert [[(x.side, x.qty) for x in p.plan.legs] for p in after] == [[("sell", 0.1)]]
