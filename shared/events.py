@@ -44,6 +44,9 @@ EVENT_TAGS: dict[str, int] = {
     "FORGED_TARGET": logging.WARNING,
     "FORGED_SNAPSHOT": logging.WARNING,
     "FORGED_STATE": logging.WARNING,
+    # A plan held back because the bar's participation count could not be stored (risk's exits too, while it
+    # lasts).  ERROR only: the INFO line at boot says what the count was.
+    "BAR_BUDGET": logging.ERROR,
     "PARAMS_REFUSED": logging.WARNING,
     "JOURNAL_FAULT": logging.WARNING,
     "EXCHANGE_DOWN": logging.INFO,  # the exchange not answering (plans wait), and when it answers again

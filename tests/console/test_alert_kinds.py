@@ -37,6 +37,9 @@ ALERTED: list[tuple[str, str, Log, str, str]] = [
     ("dead-lettered", "executor", error, "DEAD_LETTER", "stale_basis: basis s-1 != current s-2"),
     ("stale data", "ingest", warn, "DATA_STALE", "incomplete snapshot; cycle aborted"),
     ("price guard", "executor", warn, "PRICE_GUARD", "leg refused: its price is not the exchange's"),
+    ("plan held back: bar count not stored", "risk", error, "BAR_BUDGET",
+     "the bar's count could not be stored; the plan is not published"),
+    ("bar count forged", "risk", error, "FORGED_STATE", "the participation cap's count of the bar does not verify"),
 ]
 
 # Lines of the same tags that are routine, and would make the alerts noise.
@@ -45,6 +48,7 @@ NOT_ALERTED: list[tuple[str, str, Log, str, str]] = [
     ("sync guard: a shortfall seen once", "executor", warn, "SYNC_GUARD",
      "exchange shows less than the journal; not acting on an unconfirmed read"),
     ("stale data: a bar asked for again", "ingest", info, "DATA_STALE", "stale bar kept; asking for it again"),
+    ("the bar's count read at boot", "risk", info, "BAR_BUDGET", "what the decision bar already sent, read at boot"),
 ]
 
 
@@ -115,6 +119,8 @@ WRITTEN_AS = {
     "dead-lettered": ("shared", 'f"{reason}: '),
     "stale data": ("services/ingest", 'f"{reason}; cycle aborted"'),
     "price guard": ("services/executor", '"leg refused: its price'),
+    "plan held back: bar count not stored": ("services/risk", '"the bar\'s count could not be stored'),
+    "bar count forged": ("services/risk", '"the participation cap\'s count of the bar does not verify'),
 }
 
 
