@@ -9,6 +9,11 @@ processes (``python -m services.optimizer.worker``) that are up and warm before 
 ``optimizer-worker`` services are; each run starts from an empty result store, so nothing is reused.  The time to
 start the workers (Python imports and numba's kernel cache) and this process's own imports are reported apart.
 
+The peer for the speed-up: the run's first rungs (every selection's first stage on its shortest budget)
+evaluated by 1 and N forked processes with no bus and no coordinator (``kernel_ceiling``), which is how far the
+cores scale the evaluation kernel alone.  On 2 cores the coordinator and the nats-server share them with the
+workers, so the workers' speed-up falls short of that ceiling by their share of the CPU (reported per run).
+
 Then the same search without successive halving (the full grid: every candidate of every stage on the whole
 training window) with the most workers, for what halving saves (evaluations, and bars evaluated, which is what
 the time follows) and whether it picks the same winner.  The last printed line is one JSON object.  Nothing here
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import sys
@@ -37,11 +43,22 @@ T0 = time.perf_counter()
 import httpx  # noqa: E402
 
 from aura.optimize.report import trial_counts  # noqa: E402
+from aura.optimize.tasks import (  # noqa: E402
+    EvalInputs,
+    Evaluator,
+    batches,
+    digest,
+    engine_fingerprint,
+    eval_task,
+    settings_json,
+    warm_up,
+)
 from aura.optimize_cli import LocalWorker, embedded_bus, start_workers, stop_workers  # noqa: E402
 from aura.optimize_job import OptimizeJob, Say, build_run, coordinate_async, prepare_job  # noqa: E402
 from aura.strategy.params import params_digest  # noqa: E402
 from services.optimizer.coordinator import ResultStore  # noqa: E402
 from shared.config import Settings  # noqa: E402
+from shared.contracts import OptTask  # noqa: E402
 
 
 def wait_ready(procs: list[LocalWorker], timeout_s: float = 300.0) -> float:
@@ -65,6 +82,41 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _evaluate_share(inputs: EvalInputs, tasks: list[OptTask], start: Any, done: Any) -> None:
+    """One process of the ceiling: warm up, wait for the others, evaluate its share, report its seconds."""
+    warm_up()
+    evaluator = Evaluator(inputs)
+    start.wait()
+    t0 = time.perf_counter()
+    for task in tasks:
+        for _ in evaluator.run(task):
+            pass
+    done.put(time.perf_counter() - t0)
+
+
+def kernel_ceiling(job: OptimizeJob, counts: list[int]) -> dict[int, float]:
+    """Seconds to evaluate the run's first rungs (every selection's first stage on its shortest budget) with N
+    forked processes that share the tasks round-robin, with no bus and no coordinator: how far this machine's
+    cores scale the evaluation kernel by themselves, the peer the workers' speed-up is read against."""
+    run = build_run(job)
+    blob = job.inputs.encode()
+    name, engine, settings = digest(blob), engine_fingerprint(), settings_json(job.cfg)
+    tasks = [eval_task(name, engine, settings, params, [window])
+             for params, window in batches([(r.params, r.window) for r in run.requests()])]
+    ctx = multiprocessing.get_context("fork")
+    out = {}
+    for n in counts:
+        start, done = ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=_evaluate_share, args=(job.inputs, tasks[i::n], start, done)) for i in range(n)]
+        for proc in procs:
+            proc.start()
+        start.wait()
+        out[n] = round(max(done.get(timeout=600) for _ in procs), 2)
+        for proc in procs:
+            proc.join()
+    return out
 
 
 def timed_run(job: OptimizeJob, bus: Settings, store_path: Path) -> tuple[float, Any, Any]:
@@ -139,6 +191,10 @@ def main() -> int:
         out["verdict"] = decision.summary()
         if len(counts) > 1:
             out["speedup"] = round(out[f"wall_s_{counts[0]}_workers"] / out[f"wall_s_{counts[-1]}_workers"], 2)
+            ceiling = kernel_ceiling(job, counts)
+            out["kernel_ceiling_s"] = ceiling
+            out["kernel_ceiling_speedup"] = round(ceiling[counts[0]] / ceiling[counts[-1]], 2)
+            say(f"ceiling, the first rungs evaluated by forked processes without the bus: {ceiling}")
         if not args.no_full_grid:
             n = counts[-1]
             procs = start_workers(n, bus, Path(tmp) / "logs")
