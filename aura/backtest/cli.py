@@ -55,7 +55,8 @@ def add_backtest_parser(subparsers: Any) -> None:
     p.add_argument("--symbols", help="comma-separated subset, BTC_USDT, BTC/USDT or BTCUSDT (default: every symbol "
                                       "in the folder); an unknown one is an error")
     p.add_argument("--rules", type=Path, help="exchange rules JSON like data/replay/markets.json")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress and no summary on stderr (the results are in --out)")
     p.set_defaults(func=run_backtest_command)
 
 

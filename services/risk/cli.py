@@ -85,6 +85,32 @@ def rearm_status(latch: LatchDoc) -> dict[str, Any]:
     return out
 
 
+def render_status(out: dict[str, Any]) -> str:
+    """``status`` for a person: the latch, why and since when, how it clears, a reset not applied yet."""
+    lines = []
+    if out.get("problem"):
+        lines.append(f"WARNING: the stored latch does not verify ({out['problem']}); risk treats it as latched")
+    if out.get("halted"):
+        since = f" since the bar of {out['latched_at']}" if out.get("latched_at") else ""
+        lines.append(f"kill-switch: LATCHED{since} (cycle {out.get('cycle_id') or '?'}, drawdown "
+                     f"{float(out.get('drawdown', 0.0)):.2%}); every plan stays in cash")
+        lines.append(f"  clears {out['rearm']}")
+    else:
+        lines.append("kill-switch: armed (trading)")
+        if out.get("rearmed_at_ms"):
+            lines.append(f"  re-armed by itself at the bar of {_iso(int(out['rearmed_at_ms']))}")
+    if out.get("reset_at_ms"):
+        lines.append(f"  last reset {_iso(int(out['reset_at_ms']))} by {out.get('reset_by') or '?'}: "
+                     f"{out.get('reason') or '-'}")
+    if out.get("peak_equity"):
+        lines.append(f"  peak equity since the last reset {float(out['peak_equity']):,.2f}")
+    pending = out.get("pending_reset")
+    if pending:
+        lines.append(f"  reset requested {_iso(int(pending['requested_at_ms']))} by {pending['by']} "
+                     f"({pending['reason']}): risk applies it at its next cycle or tick")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura risk")
     if settings is None:
@@ -104,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
     except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
         print(f"aura risk: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(out, sort_keys=True))
+    if args.risk_command == "status" and not args.json:
+        print(render_status(out))
+    else:
+        print(json.dumps(out, sort_keys=True))
     return 0
 
 
@@ -112,7 +141,8 @@ def add_risk_parser(subparsers: Any) -> None:
     """Register ``risk status`` / ``risk reset`` on an argparse subparsers object (the ``aura`` console script)."""
     p = subparsers.add_parser("risk", help="inspect or reset the kill-switch latch")
     sub = p.add_subparsers(dest="risk_command", required=True)
-    sub.add_parser("status", help="show the kill-switch latch (and a reset risk has not applied yet)")
+    status = sub.add_parser("status", help="show the kill-switch latch (and a reset risk has not applied yet)")
+    status.add_argument("--json", action="store_true", help="the latch document as one JSON object (for scripts)")
     reset = sub.add_parser("reset", help="ask risk to clear the kill-switch latch so trading can resume")
     reset.add_argument("--reason", default="operator reset", help="recorded with the reset")
     p.set_defaults(func=run)

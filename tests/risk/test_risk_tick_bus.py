@@ -262,8 +262,10 @@ def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_se
                 await ticks(4)  # the same bar again and again: no re-arm, whatever the clock says
                 out["still"] = await latch(js["operator"])
                 capsys.readouterr()
-                assert await asyncio.to_thread(risk_cli, ["status"]) == 0
+                assert await asyncio.to_thread(risk_cli, ["status", "--json"]) == 0
                 out["status"] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                assert await asyncio.to_thread(risk_cli, ["status"]) == 0
+                out["status_text"] = capsys.readouterr().out
                 await market_moves(js["ingest"], settings, 25_000.0, day=2)  # one bar later: still latched
                 await ticks(3)
                 out["one_bar"] = await latch(js["operator"])
@@ -288,6 +290,9 @@ def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_se
     assert out["one_bar"][0].halted, "re-armed one bar after latching with a cooldown of two"
     status = out["status"]
     assert status["halted"] is True and status["rearm_at"] == "2024-01-04T00:00Z" and "by itself" in status["rearm"]
+    text = out["status_text"]  # the same for a person: latched since when, and when it clears by itself
+    assert text.startswith("kill-switch: LATCHED since the bar of 2024-01-02T00:00Z"), text
+    assert "clears by itself at the first cycle or tick on data of 2024-01-04T00:00Z" in text, text
     assert rearmed.rearmed_at_ms == T0 + 3 * DAY and rearmed.rearm_at_ms == 0 and rearmed.reset_at_ms == 0
     assert rearmed.equity_since_ms > 0  # the rolling drawdown counts equity committed after the re-arm only
     # Re-armed for good: the book is in cash ~30% under a peak still inside the window, and later ticks did not

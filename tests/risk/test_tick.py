@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import MarketRule
-from services.risk.cli import rearm_status
+from services.risk.cli import rearm_status, render_status
 from services.risk.latch import LatchDoc, _LatchDocV1, after_decision, applied, rearmed, verified_latch
 from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, evaluate_tick, latch_view, portfolio_state, sl_checks, tick_target
@@ -203,3 +203,19 @@ def test_a_latch_signed_before_the_rearm_policy_still_verifies_and_nothing_can_b
     assert verified_latch(msgspec.json.encode(new), key.public_key()) == new
     with pytest.raises(SignatureError):
         verified_latch(msgspec.json.encode(msgspec.structs.replace(new, rearm_at_ms=DAY)), key.public_key())
+
+
+def test_risk_status_reads_as_sentences_and_never_calls_an_unverified_latch_armed() -> None:
+    """`aura risk status` for a person: a latch that does not verify is said so, and read as latched (risk does);
+    a reset risk has not applied yet is shown with who asked and why."""
+    forged = {**msgspec.to_builtins(LatchDoc(halted=True, capped=True)),
+              **rearm_status(LatchDoc(halted=True, capped=True)), "problem": "signature does not verify",
+              "pending_reset": {"requested_at_ms": 1704153600000, "by": "operator:ann", "reason": "checked"}}
+    text = render_status(forged)
+    assert text.startswith("WARNING: the stored latch does not verify (signature does not verify)"), text
+    assert "kill-switch: LATCHED" in text and "only by `aura risk reset`" in text
+    assert "reset requested 2024-01-02T00:00Z by operator:ann (checked)" in text
+    armed = LatchDoc(halted=False, rearmed_at_ms=1704153600000)
+    text = render_status({**msgspec.to_builtins(armed), **rearm_status(armed)})
+    assert text.splitlines() == ["kill-switch: armed (trading)",
+                                 "  re-armed by itself at the bar of 2024-01-02T00:00Z"]
