@@ -21,7 +21,7 @@ import numpy as np
 
 from aura.backtest.engine import AT_OPEN, Trades
 from aura.backtest.execution import remaining_after_sell
-from aura.strategy.rebalance import R_DATA_END, REASONS
+from aura.strategy.rebalance import R_DATA_END, REASONS, floor_to_step
 
 DAY_MS = 86_400_000
 US_CLOSE_MS = 21 * 3_600_000  # 21:00 UTC after the label date's midnight
@@ -154,28 +154,59 @@ def intrabar_drawdown(equity: np.ndarray, equity_low: np.ndarray, initial: float
         return np.where(peak > 0, np.maximum(0.0, 1.0 - equity_low / peak), 0.0)
 
 
+def leaves_dust(rest: float, price: float, step: float, min_qty: float, min_notional: float) -> bool:
+    """Whether ``rest`` coins, left after a sell at ``price``, are dust: no sell order the market accepts could
+    take them (lot-floored they are nothing or below the minimum quantity, or worth less than the minimum
+    notional at that price).  It is ``rebalance_core``'s test for a full exit turned around: what the strategy
+    can no longer sell is no longer a position, however many satoshis the books still hold."""
+    lots = floor_to_step(rest, step) if step > 0 else rest
+    return lots <= 0 or lots < min_qty or lots * price < min_notional
+
+
 def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar_time: np.ndarray, first_bar: int,
-                bar_ms: int, final_marks: np.ndarray) -> list[dict[str, Any]]:
+                bar_ms: int, final_marks: np.ndarray, min_qty: np.ndarray | None = None,
+                min_notional: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Flat-to-flat positions from the fills, in the order they close (open ones last, marked at the end).
 
-    A trip opens with a buy on a flat symbol and closes with the sell that leaves it flat, by the engines' own
-    rule (``execution.remaining_after_sell``: less than half a lot left is nothing), adds and trims in between.
+    A trip opens with a buy on a flat symbol and closes with the sell that leaves it flat, adds and trims in
+    between.  Flat is the engines' own rule (``execution.remaining_after_sell``: less than half a lot left is
+    nothing) or dust (``leaves_dust`` by ``steps``, ``min_qty`` and ``min_notional`` per column, zero when not
+    given): a venue that takes its fee in the coin bought leaves a sliver below the lot step after every full
+    exit, and a trip that could never close would swallow every later one.  The dust left is the trip's
+    ``dust`` (coins the books still hold, bought within the trip's cost, never sold); a later buy starts a new
+    trip that carries it, and should it ever be sold on its own (its price rose past the minimum notional, the
+    backtest's end of data) that sale is the proceeds of the trip that left it.
     Prices are quantity-weighted averages, slippage included; cost and proceeds include the fees, and so does the
     P&L.  A fill's time is its bar's open for fills at the open and its close otherwise (intrabar stops included:
     when inside the bar is not known).  ``steps``: lot step per column; ``bar_time``: open time (ms) per run bar;
     ``final_marks``: last close per column (an open trip is valued there, without fee or slippage).
     """
+    no_rule = np.zeros(len(symbols))
+    min_qty = no_rule if min_qty is None else min_qty
+    min_notional = no_rule if min_notional is None else min_notional
     open_trips: dict[int, dict[str, Any]] = {}
+    dusty: dict[int, dict[str, Any]] = {}  # per column, the closed trip whose dust the books still hold
     hold: dict[int, float] = {}
-    out: list[dict[str, Any]] = []
+    closed: list[dict[str, Any]] = []
     for bar, sym, side, qty, px, fee, reason, at in trades.rows():
         at_ms = int(bar_time[bar - first_bar]) + (0 if at == AT_OPEN else bar_ms)
         trip = open_trips.get(sym)
-        if trip is None:
-            if side < 0:
+        if trip is None and side < 0:
+            trip = dusty.get(sym)
+            if trip is None:
                 continue  # nothing held: cannot happen in a run that starts flat
+            trip["fills"] += 1
+            _sold(trip, qty, px, fee)
+            rest = 0.0 if reason == R_DATA_END else remaining_after_sell(hold[sym], qty, float(steps[sym]))
+            hold[sym] = trip["dust"] = rest
+            if rest == 0.0:
+                dusty.pop(sym)
+            continue
+        if trip is None:
+            dusty.pop(sym, None)  # its dust is now part of the new trip's coins
             trip = open_trips[sym] = {"symbol": symbols[sym], "entry_ms": at_ms, "bought": 0.0, "bought_at": 0.0,
-                                      "cost": 0.0, "sold": 0.0, "sold_at": 0.0, "proceeds": 0.0, "fills": 0}
+                                      "cost": 0.0, "sold": 0.0, "sold_at": 0.0, "proceeds": 0.0, "fills": 0,
+                                      "dust": 0.0}
         trip["fills"] += 1
         if side > 0:
             trip["bought"] += qty
@@ -183,12 +214,15 @@ def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar
             trip["cost"] += qty * px + fee
             hold[sym] = hold.get(sym, 0.0) + qty
             continue
-        trip["sold"] += qty
-        trip["sold_at"] += qty * px
-        trip["proceeds"] += qty * px - fee
-        hold[sym] = 0.0 if reason == R_DATA_END else remaining_after_sell(hold[sym], qty, float(steps[sym]))
-        if hold[sym] == 0.0:
-            out.append(_close_trip(open_trips.pop(sym), at_ms, REASONS[reason], bar_ms, False))
+        _sold(trip, qty, px, fee)
+        rest = 0.0 if reason == R_DATA_END else remaining_after_sell(hold[sym], qty, float(steps[sym]))
+        hold[sym] = rest
+        if leaves_dust(rest, px, float(steps[sym]), float(min_qty[sym]), float(min_notional[sym])):
+            trip.update(exit_ms=at_ms, reason=REASONS[reason], dust=rest)
+            closed.append(open_trips.pop(sym))
+            if rest > 0.0:
+                dusty[sym] = trip
+    out = [_close_trip(t, t["exit_ms"], t["reason"], bar_ms, False) for t in closed]
     end_ms = int(bar_time[-1]) + bar_ms if len(bar_time) else 0
     for sym in sorted(open_trips):
         trip = open_trips[sym]
@@ -200,6 +234,12 @@ def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar
     return out
 
 
+def _sold(trip: dict[str, Any], qty: float, px: float, fee: float) -> None:
+    trip["sold"] += qty
+    trip["sold_at"] += qty * px
+    trip["proceeds"] += qty * px - fee
+
+
 def _close_trip(trip: dict[str, Any], exit_ms: int, reason: str, bar_ms: int, is_open: bool) -> dict[str, Any]:
     pnl = trip["proceeds"] - trip["cost"]
     return {
@@ -209,7 +249,7 @@ def _close_trip(trip: dict[str, Any], exit_ms: int, reason: str, bar_ms: int, is
         "qty": trip["bought"], "cost": trip["cost"], "proceeds": trip["proceeds"], "pnl": pnl,
         "return": pnl / trip["cost"] if trip["cost"] > 0 else math.nan,
         "holding_bars": (exit_ms - trip["entry_ms"]) / bar_ms, "fills": trip["fills"], "exit_reason": reason,
-        "open": is_open,
+        "open": is_open, "dust": 0.0 if is_open else trip["dust"],
     }
 
 

@@ -44,7 +44,7 @@ from aura.backtest.report import write_report
 from aura.backtest.report_html import BacktestReport, render_html
 from aura.backtest.tensors import mark_tensor
 from aura.strategy.params import PARAMS_TIMEFRAME, Rescaled, StrategyParams, params_digest, rescale, validate_params
-from aura.strategy.rebalance import REASONS
+from aura.strategy.rebalance import REASONS, rule_arrays
 from aura.strategy.regime import REGIME_NAMES
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.signal import btc_column
@@ -203,9 +203,11 @@ def write_outputs(spec: RunSpec, out_dir: Path, progress: Callable[[int, int], N
     marks = mark_tensor(np.ascontiguousarray(panel.close, dtype=np.float64))
     eq_low = equity_at_lows(t, result.first_bar, result.cash, spec.initial_cash, panel.low[rows], marks[rows])
     dd_low = intrabar_drawdown(result.equity, eq_low, spec.initial_cash)
-    steps = np.array([rules[s].step_size if s in rules else 0.0 for s in panel.symbols])
+    _, steps, _, _, min_qty, min_notional = rule_arrays(panel.symbols, rules)
+    # The market's rules decide what is dust, as they do for a live journal (aura trades): one matcher.
     trips = round_trips(t, panel.symbols, steps, result.timestamps, result.first_bar, result.bar_ms,
-                        marks[rows.stop - 1] if len(result.timestamps) else np.zeros(len(panel.symbols)))
+                        marks[rows.stop - 1] if len(result.timestamps) else np.zeros(len(panel.symbols)),
+                        min_qty, min_notional)
     reasons: dict[str, int] = {}
     for r in t.reason:
         reasons[REASONS[int(r)]] = reasons.get(REASONS[int(r)], 0) + 1
@@ -314,6 +316,7 @@ ROUND_TRIP_SCHEMA: dict[str, Any] = {
     "symbol": pl.String, "entry_time": pl.Int64, "exit_time": pl.Int64, "entry_price": pl.Float64,
     "exit_price": pl.Float64, "qty": pl.Float64, "cost": pl.Float64, "proceeds": pl.Float64, "pnl": pl.Float64,
     "return": pl.Float64, "holding_bars": pl.Float64, "fills": pl.Int64, "exit_reason": pl.String, "open": pl.Boolean,
+    "dust": pl.Float64,
 }
 
 

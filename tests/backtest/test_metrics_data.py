@@ -21,7 +21,7 @@ from aura.backtest.metrics import (
     round_trips,
     trading_stats,
 )
-from aura.strategy.rebalance import R_ENTER, R_EXIT, R_STOP_LOSS, R_TRIM
+from aura.strategy.rebalance import R_ADD, R_ENTER, R_EXIT, R_STOP_LOSS, R_TRIM
 from aura.strategy.types import Panel
 
 DAY = 86_400_000
@@ -81,6 +81,35 @@ def test_round_trips_run_flat_to_flat_with_fees_in_the_pnl() -> None:
     # still open at the end: marked at the last close, without a fee
     assert (b["symbol"], b["open"], b["qty"], b["entry_price"], b["exit_price"]) == ("B_USDT", True, 10.0, 4.5, 6.0)
     assert b["pnl"] == pytest.approx(60.0 - (45.0 + 0.045))
+
+
+def test_a_sell_that_leaves_only_dust_closes_the_trip_and_reports_the_dust() -> None:
+    # One symbol, lot step 0.1, minimum 0.1 coins and 5 USDT.  Fees taken in the coin: 10 bought -> 9.99 held.
+    trades = Trades([0, 2, 3, 5, 6, 7, 8], [0] * 7, [1, -1, 1, -1, 1, -1, -1],
+                    [9.99, 9.9, 4.995, 5.0, 10.0, 9.6, 0.4], [10.0, 12.0, 10.0, 11.0, 10.0, 10.0, 20.0],
+                    [0.0, 0.1188, 0.0, 0.055, 0.1, 0.096, 0.008],
+                    [R_ENTER, R_EXIT, R_ADD, R_EXIT, R_ENTER, R_TRIM, R_EXIT], [AT_OPEN] * 7)
+    trips = round_trips(trades, ("A_USDT",), np.array([0.1]), np.arange(9, dtype=np.int64) * DAY, 0, DAY,
+                        np.array([20.0]), np.array([0.1]), np.array([5.0]))
+    assert [t["open"] for t in trips] == [False, False, False]
+    first, second, third = trips
+    # 9.99 - 9.9 = 0.09 left: less than a lot, no order can sell it.  Closed, the 0.09 reported.
+    assert first["dust"] == pytest.approx(0.09) and first["exit_time"] == 2 * DAY and first["exit_reason"] == "exit"
+    assert first["pnl"] == pytest.approx(9.9 * 12.0 - 0.1188 - 99.9)
+    # The next buy is a new trip (the strategy called it "add": the dust was a holding to it); it carries the
+    # 0.09, so 0.085 is left after selling 5.0 of 5.085.
+    assert second["entry_time"] == 3 * DAY and second["qty"] == pytest.approx(4.995)
+    assert second["dust"] == pytest.approx(0.085) and second["fills"] == 2
+    # A trim leaving 0.485 coins (0.4 in lots, worth 4 USDT < 5 at its price): unsellable, so the trip ends there.
+    # When the price doubles the 0.4 become sellable and are sold: that sale belongs to the trip that left them,
+    # whose dust is then the sub-lot 0.085 it still carries.
+    assert third["exit_time"] == 7 * DAY and third["exit_reason"] == "trim" and third["fills"] == 3
+    assert third["dust"] == pytest.approx(0.085)
+    assert third["proceeds"] == pytest.approx(9.6 * 10.0 - 0.096 + 0.4 * 20.0 - 0.008)
+    # Above the minimums a remainder is a position: the same trim with a 1 USDT minimum keeps the trip open.
+    kept = round_trips(trades, ("A_USDT",), np.array([0.1]), np.arange(9, dtype=np.int64) * DAY, 0, DAY,
+                       np.array([20.0]), np.array([0.1]), np.array([1.0]))
+    assert [t["exit_time"] for t in kept] == [2 * DAY, 5 * DAY, 8 * DAY] and kept[2]["exit_reason"] == "exit"
 
 
 def test_monthly_returns_chain_to_the_total() -> None:
