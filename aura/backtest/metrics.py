@@ -163,6 +163,12 @@ def leaves_dust(rest: float, price: float, step: float, min_qty: float, min_noti
     return lots <= 0 or lots < min_qty or lots * price < min_notional
 
 
+def balance(qty: float) -> float:
+    """``qty`` to 8 decimals, the precision of an exchange balance (and of the executor's books): finer than that
+    a remainder is float noise, not dust."""
+    return round(qty, 8) + 0.0  # + 0.0: never -0.0
+
+
 def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar_time: np.ndarray, first_bar: int,
                 bar_ms: int, final_marks: np.ndarray, min_qty: np.ndarray | None = None,
                 min_notional: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -197,9 +203,10 @@ def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar
                 continue  # nothing held: cannot happen in a run that starts flat
             trip["fills"] += 1
             _sold(trip, qty, px, fee)
-            rest = 0.0 if reason == R_DATA_END else remaining_after_sell(hold[sym], qty, float(steps[sym]))
-            hold[sym] = trip["dust"] = rest
-            if rest == 0.0:
+            flat = reason == R_DATA_END or remaining_after_sell(hold[sym], qty, float(steps[sym])) == 0.0
+            hold[sym] = 0.0 if reason == R_DATA_END else max(0.0, hold[sym] - qty)
+            trip["dust"] = balance(hold[sym])
+            if flat:
                 dusty.pop(sym)
             continue
         if trip is None:
@@ -215,12 +222,15 @@ def round_trips(trades: Trades, symbols: tuple[str, ...], steps: np.ndarray, bar
             hold[sym] = hold.get(sym, 0.0) + qty
             continue
         _sold(trip, qty, px, fee)
-        rest = 0.0 if reason == R_DATA_END else remaining_after_sell(hold[sym], qty, float(steps[sym]))
-        hold[sym] = rest
-        if leaves_dust(rest, px, float(steps[sym]), float(min_qty[sym]), float(min_notional[sym])):
-            trip.update(exit_ms=at_ms, reason=REASONS[reason], dust=rest)
+        step = float(steps[sym])
+        # The coins left are kept as they are (not rounded to the lot): a sliver below the lot is real, the books
+        # hold it, and a later trip carries it.
+        noise = reason == R_DATA_END or remaining_after_sell(hold[sym], qty, step) == 0.0
+        hold[sym] = 0.0 if reason == R_DATA_END else max(0.0, hold[sym] - qty)
+        if noise or leaves_dust(hold[sym], px, step, float(min_qty[sym]), float(min_notional[sym])):
+            trip.update(exit_ms=at_ms, reason=REASONS[reason], dust=balance(hold[sym]))
             closed.append(open_trips.pop(sym))
-            if rest > 0.0:
+            if trip["dust"] > 0.0:
                 dusty[sym] = trip
     out = [_close_trip(t, t["exit_ms"], t["reason"], bar_ms, False) for t in closed]
     end_ms = int(bar_time[-1]) + bar_ms if len(bar_time) else 0
