@@ -1,7 +1,19 @@
 """The journal's round trips (``aura trades``): its fills through the backtest's matcher.
 
 Round trips are the backtest's own (``aura.backtest.metrics.round_trips``): the journal's fills are adapted into
-its ``Trades`` input, so a live trip and a backtested trip are matched, priced and charged by the same rule.
+its ``Trades`` input, so a live trip and a backtested trip are matched, priced, charged and closed by the same
+rule, dust included.
+
+**Dust.**  A venue that takes its fee in the coin bought leaves a sliver below the lot step after every full exit
+(DOT bought 89.21, fee 0.08921 DOT, sold 89.12 in lots of 0.01: 0.00079 DOT stay).  The matcher calls a trip flat
+when what is left could not be sold as one order (``metrics.leaves_dust``: lot step, minimum quantity, minimum
+notional at the exit price), and reports what is left.  The rules it needs are not journaled: on the replay they
+are the bundled ``markets.json`` (the very rules the paper venue enforces); in sync mode (live, a rehearsal, a
+shadow run) they are the venue's, carried on the bus and never written to the journal, so a remainder is dust when
+it is worth less than ``reconcile_dust_usdt`` at the exit price (5 USDT by default: the executor's own line for
+dust, and Binance's minimum notional on USDT pairs, below which no order can sell it).  A line relative to the
+position was not chosen: the sliver is up to one lot step, which is 1% of a small position in a coin traded in
+whole units (0.9 DOGE of 99.9), so no ratio both closes that and keeps a real small remainder open.
 """
 
 from __future__ import annotations
@@ -9,13 +21,19 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-# Lot step handed to the round-trip matcher: what is left of a position below half of it is nothing.  The
-# executor's books keep 8 decimals (a holding is one when it rounds to >= 1e-8), so half of 1e-8 is the same line.
+if TYPE_CHECKING:  # the commands import this module; `aura status` should not pay for the ingest code it never runs
+    from aura.strategy.types import MarketRule
+    from shared.config import Settings
+
+# The lot step for a symbol without rules: the executor's books keep 8 decimals (a holding is one when it rounds
+# to >= 1e-8), so what is below half of it is float noise, not a coin.
 BOOKS_STEP = 1e-8
 
 
@@ -60,7 +78,33 @@ def leg_reasons(db: sqlite3.Connection, plan_id: str) -> dict[int, str]:
 # --- round trips ----------------------------------------------------------------------------------------------------
 
 
-def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], as_of_ms: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class DustRules:
+    rules: Mapping[str, MarketRule]  # symbol -> the market's rules, where the journal's venue is known
+    dust_usdt: float  # for a symbol without rules: a remainder worth less than this at the exit price is dust
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> DustRules:
+        from services.ingest.replay import load_market_rules
+
+        rules: dict[str, MarketRule] = {}
+        if settings.ingest_source == "replay":  # the paper venue enforces the bundled rules; sync's are the venue's
+            try:
+                rules = load_market_rules(Path(settings.replay_dir) / "markets.json")
+            except (OSError, ValueError, TypeError):  # unreadable: every symbol falls back to the quote line
+                rules = {}
+        return cls(rules, settings.reconcile_dust_usdt)
+
+    def arrays(self, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lot step, minimum quantity, minimum notional) per symbol, for ``metrics.round_trips``."""
+        rule = [self.rules.get(s) for s in symbols]
+        return (np.array([r.step_size if r else BOOKS_STEP for r in rule], dtype=float),
+                np.array([r.min_qty if r else 0.0 for r in rule], dtype=float),
+                np.array([r.min_notional if r else self.dust_usdt for r in rule], dtype=float))
+
+
+def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], as_of_ms: int,
+                           dust: DustRules) -> list[dict[str, Any]]:
     """Round trips of ``fills`` by ``aura.backtest.metrics.round_trips``; open ones valued at ``marks`` (NaN P&L
     where a symbol has no mark).  Times are the fills' own: one "bar" per fill, a bar lasting 1 ms."""
     from aura.backtest.engine import AT_OPEN, Trades
@@ -86,8 +130,8 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], as
         times.append(f.ts_ms)
     times.append(as_of_ms)  # open trips end here (plus the 1 ms "bar")
     final = np.array([marks.get(s, math.nan) for s in symbols], dtype=float)
-    trips = round_trips(trades, symbols, np.full(len(symbols), BOOKS_STEP), np.array(times, dtype=np.int64), 0, 1,
-                        final)
+    step, min_qty, min_notional = dust.arrays(symbols)
+    trips = round_trips(trades, symbols, step, np.array(times, dtype=np.int64), 0, 1, final, min_qty, min_notional)
     for trip in trips:
         trip["holding_ms"] = int(trip.pop("holding_bars"))
         if trip["open"]:
@@ -96,13 +140,17 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], as
 
 
 def trips_summary(trips: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, win rate, realized P&L, median holding (h), and the dust the books still hold (per symbol without
+    an open trip: what its last trip left)."""
     from aura.backtest.metrics import round_trip_stats
 
     stats = round_trip_stats([{**t, "holding_bars": t["holding_ms"]} for t in trips])  # "bars" of 1 ms here
     realized = sum(t["pnl"] for t in trips if not t["open"])
+    last = {t["symbol"]: t for t in trips}  # open trips come last, so an open one wins
+    dust = {s: t["dust"] for s, t in sorted(last.items()) if not t["open"] and t["dust"] > 0}
     return {"closed": stats["closed"], "open": stats["open"], "win_rate": stats["win_rate"],
             "mean_pnl": stats["mean_pnl"], "realized_pnl": realized,
-            "median_holding_h": stats["median_holding_bars"] / 3_600_000}
+            "median_holding_h": stats["median_holding_bars"] / 3_600_000, "dust": dust}
 
 
 def held_for(ms: int) -> str:

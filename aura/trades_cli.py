@@ -4,7 +4,7 @@ The journal is opened read-only (an SQLite ``mode=ro`` URI): only the executor w
 never take its write lock or change a byte of it.  It is visible where the executor runs (``aura up`` on this
 AURA_HOME, or inside the executor's container); elsewhere these commands say so in one line.
 
-Round trips are the backtest's own matcher on the journal's fills (``aura.journal_trips``).
+Round trips are the backtest's own matcher on the journal's fills (``aura.journal_trips``: fee dust).
 """
 
 from __future__ import annotations
@@ -124,11 +124,11 @@ def colored(x: float | None, text: str) -> str:
     return f"[{'green' if x > 0 else 'red'}]{text}[/]"
 
 
-def make_console() -> Any:
+def make_console(width: int = 140) -> Any:
     from rich.console import Console
 
     # Piped or captured output gets a fixed width: rich's 80-column default would fold the tables.
-    return Console(width=None if sys.stdout.isatty() else 140)
+    return Console(width=None if sys.stdout.isatty() else width)
 
 
 def read_journal(path: Path, read: Callable[[sqlite3.Connection], T], prog: str) -> T | None:
@@ -147,7 +147,13 @@ def read_journal(path: Path, read: Callable[[sqlite3.Connection], T], prog: str)
 def run_trades(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from aura.journal_trips import held_for, journal_fills, round_trips_from_fills, trips_summary
+    from aura.journal_trips import (
+        DustRules,
+        held_for,
+        journal_fills,
+        round_trips_from_fills,
+        trips_summary,
+    )
     from shared.config import settings_for_command
 
     settings = settings_for_command("aura trades")
@@ -156,29 +162,35 @@ def run_trades(args: argparse.Namespace) -> int:
     fills = read_journal(settings.journal_path, journal_fills, "aura trades")
     if fills is None:
         return 1
-    trips = round_trips_from_fills(fills, {}, int(time.time() * 1000))
+    trips = round_trips_from_fills(fills, {}, int(time.time() * 1000), DustRules.for_settings(settings))
     summary = trips_summary(trips)
     shown = trips[-args.limit:] if args.limit > 0 else trips
     if args.json:
         print(json.dumps(clean({"trips": shown, "summary": summary}), indent=2, sort_keys=True))
         return 0
     table = Table(title=f"Round trips (journal {settings.journal_path}; open trips: P&L in `aura status`)")
-    for name in ("symbol", "entry", "exit", "qty", "entry px", "exit px", "P&L", "return", "held", "exit reason"):
-        table.add_column(name, justify="left" if name in ("symbol", "entry", "exit", "exit reason") else "right")
+    for name in ("symbol", "entry", "exit", "qty", "entry px", "exit px", "P&L", "return", "held", "exit reason",
+                 "dust"):
+        table.add_column(name, justify="left" if name in ("symbol", "entry", "exit", "exit reason") else "right",
+                         no_wrap=name in ("entry", "exit"))
     for t in shown:
         pnl = None if t["open"] else t["pnl"]
         table.add_row(t["symbol"], utc(t["entry_time"]), "open" if t["open"] else utc(t["exit_time"]),
                       f"{t['qty']:.8g}", f"{t['entry_price']:.8g}",
                       "-" if t["open"] else f"{t['exit_price']:.8g}", colored(pnl, _money(pnl, True)),
                       "-" if t["open"] else _pct(t["return"]), held_for(t["holding_ms"]),
-                      "open" if t["open"] else t["exit_reason"])
-    console = make_console()
+                      "open" if t["open"] else t["exit_reason"], f"{t['dust']:.8g}" if t["dust"] > 0 else "-")
+    console = make_console(160)  # eleven columns: at 140 the bars would fold
     console.print(table)
     win, median_h = summary["win_rate"], summary["median_holding_h"]
     console.print(f"{summary['closed']} closed, {summary['open']} open; realized P&L "
                   f"{_money(summary['realized_pnl'], True)} USDT; win rate "
                   f"{f'{win * 100:.0f}%' if math.isfinite(win) else '-'}; median holding "
                   f"{held_for(int(median_h * 3_600_000)) if math.isfinite(median_h) else '-'}")
+    if summary["dust"]:
+        # Not a position (no order could sell it), not dropped either: the books hold it.
+        console.print("dust left where trips closed (below the market's minimum order; in the books, in no trip): "
+                      + ", ".join(f"{q:.8g} {s}" for s, q in summary["dust"].items()))
     return 0
 
 

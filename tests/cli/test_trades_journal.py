@@ -1,0 +1,114 @@
+"""`aura trades` on real journal files: fee dust.
+
+Each journal is written through the executor's own journal and snapshot code, as the executor leaves it, and
+read back by the commands (read-only) in a fresh AURA_HOME.  No bus: these commands read the journal alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from aura.cli import main
+from services.executor.journal import Journal
+from services.executor.runner import ensure_genesis, write_snapshot
+from services.ingest.replay import as_of_of_cycle
+from shared.config import load_settings
+
+DAY = 86_400_000
+DOT = "DOT/USDT"
+Leg = tuple[str, str, float, float, float, float, str]  # symbol, side, qty, price, fee_base, fee_quote, reason
+Cycle = tuple[str, list[Leg], dict[str, float]]  # cycle id, legs, the marks the books are valued at
+
+# DOT in the audited rehearsal (`aura rehearse --from 2021-03-01 --cycles 30`): bought and fully sold three times,
+# the buy's fee taken in DOT each time, so each full exit (lot step 0.01) left a sliver no order can sell.
+DOT_CYCLES: list[Cycle] = [
+    ("1d-20210305T0000", [(DOT, "buy", 89.21, 33.6194, 0.08921, 0.0, "enter")], {DOT: 33.6194}),
+    ("1d-20210306T0000", [], {DOT: 34.0}),
+    ("1d-20210307T0000", [(DOT, "sell", 89.12, 35.095, 0.0, 3.1276664, "exit")], {DOT: 35.095}),
+    # The strategy labels the next buys "add": to it the dust was a holding.  To the trips it is nothing.
+    ("1d-20210311T0000", [(DOT, "buy", 95.33, 36.9026, 0.09533, 0.0, "add")], {DOT: 36.9026}),
+    ("1d-20210317T0000", [(DOT, "sell", 95.23, 36.1036, 0.0, 3.43814583, "exit")], {DOT: 36.1036}),
+    ("1d-20210321T0000", [(DOT, "buy", 85.3, 36.6851, 0.0853, 0.0, "add")], {DOT: 36.6851}),
+    ("1d-20210322T0000", [(DOT, "sell", 85.22, 35.2338, 0.0, 3.00262444, "exit")], {DOT: 35.2338}),
+    ("1d-20210325T0000", [], {DOT: 33.0}),
+]
+DUST = [0.00079, 0.00546, 0.00016]  # 89.12079 - 89.12; 0.00079 + 95.23467 - 95.23; 0.00546 + 85.2147 - 85.22
+
+
+def venue_clock(n: int, cycle_id: str) -> int:
+    """Live: the exchange stamps a fill a minute after the close of the bar the cycle traded."""
+    return int(as_of_of_cycle(cycle_id) or 0) + DAY + 60_000
+
+
+def write_journal(path: Path, cycles: list[Cycle], fill_ms: Callable[[int, str], int]) -> None:
+    journal = Journal(path)
+    ensure_genesis(journal, 10_000.0)
+    for n, (cycle_id, legs, marks) in enumerate(cycles):
+        plan_id = f"p-{n}"
+        body = {"plan_id": plan_id, "cycle_id": cycle_id, "as_of_ms": as_of_of_cycle(cycle_id),
+                "legs": [{"index": i, "symbol": s, "side": side, "qty": q, "ref_price": px, "reason": why}
+                         for i, (s, side, q, px, _, _, why) in enumerate(legs)]}
+        journal.begin()
+        journal.record_plan(plan_id, cycle_id, "pass", 1, "basis", json.dumps(body), [])
+        for i, (symbol, side, qty, price, fee_base, fee_quote, _) in enumerate(legs):
+            cid = f"{plan_id}-{i}"
+            journal.record_intent(cid, cycle_id, plan_id, i, symbol, side, qty, price, status="filled")
+            journal.record_fill(f"t{n}{i}", cycle_id, cid, symbol, side, qty, price, fee_quote + fee_base * price,
+                                fill_ms(n, cycle_id), fee_base=fee_base, fee_quote=fee_quote)
+        journal.set_plan_status(plan_id, "executed")
+        write_snapshot(journal, cycle_id, plan_id, "executed", marks)
+        journal.commit()
+    journal.close()
+
+
+def home_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cycles: list[Cycle],
+              fill_ms: Callable[[int, str], int], source: str = "replay") -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("AURA_HOME", str(home))
+    monkeypatch.setenv("AURA_INGEST_SOURCE", source)
+    monkeypatch.delenv("AURA_NATS_URL", raising=False)
+    path = load_settings({"AURA_HOME": str(home)}).journal_path
+    write_journal(path, cycles, fill_ms)
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+# --- fee dust ----------------------------------------------------------------------------------------------------
+
+
+# replay: the bundled markets.json the paper venue enforces (DOT: step 0.01, min 0.01 DOT and 5 USDT); sync: the
+# venue's rules are not in the journal, so the fallback line, AURA_RECONCILE_DUST_USDT (5 USDT) at the exit price.
+@pytest.mark.parametrize("source", ["replay", "sync"])
+def test_full_exits_that_leave_fee_dust_close_their_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                source: str) -> None:
+    home_with(tmp_path, monkeypatch, DOT_CYCLES, venue_clock, source)
+    doc = json.loads(cli(capsys, "trades", "--json", "--limit", "0"))
+    trips = doc["trips"]
+    assert [(t["symbol"], t["open"]) for t in trips] == [(DOT, False)] * 3
+    assert [t["dust"] for t in trips] == pytest.approx(DUST, abs=1e-12)
+    assert [t["qty"] for t in trips] == pytest.approx([89.12079, 95.23467, 85.2147])
+    assert [t["exit_reason"] for t in trips] == ["exit"] * 3
+    # Each trip is its own: bought and sold in its own cycles, its P&L the cash it moved.
+    pnl = [89.12 * 35.095 - 3.1276664 - 89.21 * 33.6194, 95.23 * 36.1036 - 3.43814583 - 95.33 * 36.9026,
+           85.22 * 35.2338 - 3.00262444 - 85.3 * 36.6851]
+    assert [t["pnl"] for t in trips] == pytest.approx(pnl)
+    summary = doc["summary"]
+    assert summary["closed"] == 3 and summary["open"] == 0
+    assert summary["realized_pnl"] == pytest.approx(sum(pnl))
+    # What the books still hold, not silently dropped: the journal's own DOT balance.
+    assert summary["dust"] == {DOT: pytest.approx(DUST[-1], abs=1e-12)}
+
+    out = cli(capsys, "trades", "--limit", "0")
+    assert "3 closed, 0 open" in out and "0.00016 DOT/USDT" in out and "dust" in out
+    assert "0.00079" in out and "0.00546" in out
