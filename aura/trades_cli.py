@@ -4,7 +4,9 @@ The journal is opened read-only (an SQLite ``mode=ro`` URI): only the executor w
 never take its write lock or change a byte of it.  It is visible where the executor runs (``aura up`` on this
 AURA_HOME, or inside the executor's container); elsewhere these commands say so in one line.
 
-Round trips are the backtest's own matcher on the journal's fills (``aura.journal_trips``: fee dust).
+Round trips are the backtest's own matcher on the journal's fills (``aura.journal_trips``: fee dust, the bar
+clock).  Their times are the bars the cycles traded, named by their open as the cycle ids and ``aura status``
+name them: never the minute a replay ran, nor this machine's clock.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import math
 import sqlite3
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +151,7 @@ def run_trades(args: argparse.Namespace) -> int:
     from aura.journal_trips import (
         DustRules,
         held_for,
+        journal_clock,
         journal_fills,
         round_trips_from_fills,
         trips_summary,
@@ -159,20 +161,22 @@ def run_trades(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura trades")
     if settings is None:
         return 2
-    fills = read_journal(settings.journal_path, journal_fills, "aura trades")
-    if fills is None:
+    read = read_journal(settings.journal_path, lambda db: (journal_fills(db), journal_clock(db)), "aura trades")
+    if read is None:
         return 1
-    trips = round_trips_from_fills(fills, {}, int(time.time() * 1000), DustRules.for_settings(settings))
-    summary = trips_summary(trips)
+    fills, clock = read
+    trips = round_trips_from_fills(fills, {}, clock, DustRules.for_settings(settings))
+    summary = trips_summary(trips, clock.now_ms)
     shown = trips[-args.limit:] if args.limit > 0 else trips
     if args.json:
         print(json.dumps(clean({"trips": shown, "summary": summary}), indent=2, sort_keys=True))
         return 0
-    table = Table(title=f"Round trips (journal {settings.journal_path}; open trips: P&L in `aura status`)")
-    for name in ("symbol", "entry", "exit", "qty", "entry px", "exit px", "P&L", "return", "held", "exit reason",
-                 "dust"):
-        table.add_column(name, justify="left" if name in ("symbol", "entry", "exit", "exit reason") else "right",
-                         no_wrap=name in ("entry", "exit"))
+    table = Table(title=f"Round trips (journal {settings.journal_path}; entry and exit: the bars the cycles traded, "
+                  "UTC; open trips: P&L in `aura status`)")
+    for name in ("symbol", "entry bar", "exit bar", "qty", "entry px", "exit px", "P&L", "return", "held",
+                 "exit reason", "dust"):
+        table.add_column(name, justify="left" if name in ("symbol", "entry bar", "exit bar", "exit reason")
+                         else "right", no_wrap=name in ("entry bar", "exit bar"))
     for t in shown:
         pnl = None if t["open"] else t["pnl"]
         table.add_row(t["symbol"], utc(t["entry_time"]), "open" if t["open"] else utc(t["exit_time"]),
@@ -186,7 +190,8 @@ def run_trades(args: argparse.Namespace) -> int:
     console.print(f"{summary['closed']} closed, {summary['open']} open; realized P&L "
                   f"{_money(summary['realized_pnl'], True)} USDT; win rate "
                   f"{f'{win * 100:.0f}%' if math.isfinite(win) else '-'}; median holding "
-                  f"{held_for(int(median_h * 3_600_000)) if math.isfinite(median_h) else '-'}")
+                  f"{held_for(int(median_h * 3_600_000)) if math.isfinite(median_h) else '-'}; open trips held up "
+                  f"to bar {utc(summary['as_of'])} (the newest cycle's)")
     if summary["dust"]:
         # Not a position (no order could sell it), not dropped either: the books hold it.
         console.print("dust left where trips closed (below the market's minimum order; in the books, in no trip): "

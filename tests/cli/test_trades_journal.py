@@ -1,4 +1,4 @@
-"""`aura trades` on real journal files: fee dust.
+"""`aura trades` on real journal files: fee dust, the bar clock.
 
 Each journal is written through the executor's own journal and snapshot code, as the executor leaves it, and
 read back by the commands (read-only) in a fresh AURA_HOME.  No bus: these commands read the journal alone.
@@ -19,7 +19,7 @@ from services.ingest.replay import as_of_of_cycle
 from shared.config import load_settings
 
 DAY = 86_400_000
-DOT = "DOT/USDT"
+DOT, BTC, ETH = "DOT/USDT", "BTC/USDT", "ETH/USDT"
 Leg = tuple[str, str, float, float, float, float, str]  # symbol, side, qty, price, fee_base, fee_quote, reason
 Cycle = tuple[str, list[Leg], dict[str, float]]  # cycle id, legs, the marks the books are valued at
 
@@ -42,6 +42,11 @@ DUST = [0.00079, 0.00546, 0.00016]  # 89.12079 - 89.12; 0.00079 + 95.23467 - 95.
 def venue_clock(n: int, cycle_id: str) -> int:
     """Live: the exchange stamps a fill a minute after the close of the bar the cycle traded."""
     return int(as_of_of_cycle(cycle_id) or 0) + DAY + 60_000
+
+
+def paper_clock(n: int, cycle_id: str) -> int:
+    """A paper replay: fills stamped with the wall clock, seconds apart whatever bars the cycles traded."""
+    return 1_796_531_480_000 + 9_000 * n
 
 
 def write_journal(path: Path, cycles: list[Cycle], fill_ms: Callable[[int, str], int]) -> None:
@@ -83,6 +88,12 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out
 
 
+def bar(cycle_id: str) -> int:
+    ms = as_of_of_cycle(cycle_id)
+    assert ms is not None
+    return ms
+
+
 # --- fee dust ----------------------------------------------------------------------------------------------------
 
 
@@ -100,6 +111,9 @@ def test_full_exits_that_leave_fee_dust_close_their_round_trips(tmp_path: Path, 
     assert [t["qty"] for t in trips] == pytest.approx([89.12079, 95.23467, 85.2147])
     assert [t["exit_reason"] for t in trips] == ["exit"] * 3
     # Each trip is its own: bought and sold in its own cycles, its P&L the cash it moved.
+    assert [t["entry_time"] for t in trips] == [bar("1d-20210305T0000"), bar("1d-20210311T0000"),
+                                                bar("1d-20210321T0000")]
+    assert [t["holding_ms"] for t in trips] == [2 * DAY, 6 * DAY, 1 * DAY]
     pnl = [89.12 * 35.095 - 3.1276664 - 89.21 * 33.6194, 95.23 * 36.1036 - 3.43814583 - 95.33 * 36.9026,
            85.22 * 35.2338 - 3.00262444 - 85.3 * 36.6851]
     assert [t["pnl"] for t in trips] == pytest.approx(pnl)
@@ -112,3 +126,39 @@ def test_full_exits_that_leave_fee_dust_close_their_round_trips(tmp_path: Path, 
     out = cli(capsys, "trades", "--limit", "0")
     assert "3 closed, 0 open" in out and "0.00016 DOT/USDT" in out and "dust" in out
     assert "0.00079" in out and "0.00546" in out
+
+
+# --- the bar clock -------------------------------------------------------------------------------------------------
+
+
+CLOCK_CYCLES: list[Cycle] = [
+    ("1d-20240101T0000", [(BTC, "buy", 0.1, 40_000.0, 0.0, 4.0, "enter"),
+                          (ETH, "buy", 1.0, 2_000.0, 0.0, 2.0, "enter")], {BTC: 40_000.0, ETH: 2_000.0}),
+    ("1d-20240103T0000", [(BTC, "sell", 0.1, 42_000.0, 0.0, 4.2, "take_profit")], {BTC: 42_000.0, ETH: 2_000.0}),
+    # A risk tick's stop between two cycles: no bar of its own, it trades while 2024-01-03 is the newest bar.
+    ("tick-0123456789abcdef", [(ETH, "sell", 1.0, 1_900.0, 0.0, 1.9, "stop_loss")], {ETH: 1_900.0}),
+    ("1d-20240105T0000", [(BTC, "buy", 0.05, 41_000.0, 0.0, 2.05, "enter")], {BTC: 41_000.0}),
+    ("1d-20240110T0000", [], {BTC: 43_000.0}),
+]
+
+
+@pytest.mark.parametrize("clock", [paper_clock, venue_clock], ids=["paper replay", "live venue"])
+def test_trips_are_timed_by_the_bars_their_cycles_traded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        clock: Callable[[int, str], int]) -> None:
+    home_with(tmp_path, monkeypatch, CLOCK_CYCLES, clock)
+    doc = json.loads(cli(capsys, "trades", "--json"))
+    btc, eth, still = doc["trips"]
+    t0 = bar("1d-20240101T0000")
+    # In a replay the fills were seconds apart on the wall clock; the bars they traded were days apart.
+    assert (btc["entry_time"], btc["exit_time"], btc["holding_ms"]) == (t0, t0 + 2 * DAY, 2 * DAY)
+    assert (eth["entry_time"], eth["exit_time"], eth["exit_reason"]) == (t0, t0 + 2 * DAY, "stop_loss")
+    # Open: held up to the newest cycle's bar (the journal's clock), not to the local wall clock.
+    assert still["open"] and still["entry_time"] == t0 + 4 * DAY and still["exit_time"] is None
+    assert still["holding_ms"] == 5 * DAY
+    assert doc["summary"]["as_of"] == bar("1d-20240110T0000")
+    assert doc["summary"]["median_holding_h"] == pytest.approx(48.0)
+
+    out = cli(capsys, "trades")
+    assert "2024-01-01 00:00" in out and "2024-01-03 00:00" in out and "2d 0h" in out and "5d 0h" in out
+    assert "median holding 2d 0h" in out and " 0m " not in out and "bar 2024-01-10 00:00" in out
