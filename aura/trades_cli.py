@@ -5,8 +5,8 @@ never take its write lock or change a byte of it.  It is visible where the execu
 AURA_HOME, or inside the executor's container); elsewhere these commands say so in one line.
 
 Round trips are the backtest's own matcher on the journal's fills (``aura.journal_trips``: fee dust, the bar
-clock).  Their times are the bars the cycles traded, named by their open as the cycle ids and ``aura status``
-name them: never the minute a replay ran, nor this machine's clock.
+clock).  Every time on these screens is the bar a cycle traded, named by its open as the cycle ids and
+``aura status`` name it: never the minute a replay ran, nor this machine's clock.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-
-DAY_MS = 86_400_000
-
 
 T = TypeVar("T")
 
@@ -71,22 +68,23 @@ def equity_points(db: sqlite3.Connection) -> list[tuple[str, str, float, int]]:
 # --- daily P&L -----------------------------------------------------------------------------------------------------
 
 
-def daily_pnl(points: list[tuple[str, str, float, int]], bar_ms: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def daily_pnl(points: list[tuple[str, str, float, int]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per UTC day: the equity the day ended on, its change from the day before (the first day: from the
-    first snapshot, the genesis capital) and the cycles it held; and the totals.  A point's day is that of the
-    close of the bar its cycle traded (the console's chart times): live that is the day it was committed, in a
-    replay the market's day, not the minute it was replayed."""
-    from services.console.chart import point_times_ms
+    first snapshot, the genesis capital) and the cycles it held; and the totals.
+
+    A point's day is that of the bar its cycle traded, by the bar's open: the day in its cycle id and in
+    ``aura status`` (cycle ``1d-20190125T0000``, "bar 2019-01-25 00:00", is 2019-01-25, although its orders go
+    out at that bar's close on the 26th).  In a replay that is the market's day, not the minute it was
+    replayed.  A point without a bar of its own goes with the bar in force (``journal_trips.cycle_bars``): the
+    genesis starts the first bar's day, a risk tick is booked with the bar before it.  Only a journal with no
+    bar cycle at all falls back to the days the snapshots were committed."""
+    from aura.journal_trips import cycle_bars
 
     if not points:
         return [], {"days": 0, "cycles": 0, "pnl": 0.0, "return": math.nan, "start_equity": math.nan,
                     "end_equity": math.nan}
-    # point_times_ms finds each point's cycle by its commit time: two snapshots committed in the same millisecond
-    # are kept apart by a millisecond, or one would take the other's cycle (and day).
-    commits: list[int] = []
-    for p in points:
-        commits.append(max(p[3], commits[-1] + 1) if commits else p[3])
-    times = point_times_ms(commits, {ms: p[0] for ms, p in zip(commits, points, strict=True)}, bar_ms)
+    bars = cycle_bars([p[0] for p in points])
+    times = [b if b is not None else p[3] for p, b in zip(points, bars, strict=True)]
     rows: list[dict[str, Any]] = []
     before = points[0][2]
     for (_, status, equity, _), t in zip(points, times, strict=True):
@@ -202,7 +200,6 @@ def run_trades(args: argparse.Namespace) -> int:
 def run_pnl(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from aura.strategy.schedule import timeframe_ms
     from shared.config import settings_for_command
 
     settings = settings_for_command("aura pnl")
@@ -211,14 +208,14 @@ def run_pnl(args: argparse.Namespace) -> int:
     points = read_journal(settings.journal_path, equity_points, "aura pnl")
     if points is None:
         return 1
-    rows, totals = daily_pnl(points, timeframe_ms(settings.timeframe))
+    rows, totals = daily_pnl(points)
     shown = rows[-args.days:] if args.daily and args.days > 0 else rows if args.daily else []
     if args.json:
         print(json.dumps(clean({"daily": shown, "totals": totals}), indent=2, sort_keys=True))
         return 0
     console = make_console()
     if args.daily:
-        table = Table(title="Daily P&L (UTC days; journal snapshots)")
+        table = Table(title="Daily P&L (UTC days of the bars the cycles traded; journal snapshots)")
         for name in ("day", "cycles", "start equity", "end equity", "P&L", "return"):
             table.add_column(name, justify="left" if name == "day" else "right")
         for r in shown:

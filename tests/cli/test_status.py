@@ -340,11 +340,12 @@ def test_daily_pnl_rows_add_up_to_the_equity_change(journal_home: Settings,
     assert code == 0, err
     doc = json.loads(out)
     rows = doc["daily"]
-    # Each cycle's day is its bar's close (2024-01-01's bar closes on the 2nd); the genesis a bar before.
-    assert [r["day"] for r in rows] == ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
-    assert [r["end_equity"] for r in rows] == pytest.approx(EQUITY)
-    assert [r["pnl"] for r in rows] == pytest.approx([0.0, -6.0, 295.7, -52.0, -49.9])
-    assert [r["cycles"] for r in rows] == [0, 1, 1, 1, 1]
+    # Each cycle's day is its bar's (by its open, as in the cycle id and `aura status`); the genesis capital
+    # starts the first one.
+    assert [r["day"] for r in rows] == ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04"]
+    assert rows[0]["start_equity"] == EQUITY[0] and [r["end_equity"] for r in rows] == pytest.approx(EQUITY[1:])
+    assert [r["pnl"] for r in rows] == pytest.approx([-6.0, 295.7, -52.0, -49.9])
+    assert [r["cycles"] for r in rows] == [1, 1, 1, 1]
     for prev, row in itertools.pairwise(rows):
         assert row["start_equity"] == prev["end_equity"]
     totals = doc["totals"]
@@ -354,7 +355,7 @@ def test_daily_pnl_rows_add_up_to_the_equity_change(journal_home: Settings,
     code, out, _ = cli(capsys, "pnl", "--daily")
     assert code == 0 and "2024-01-03" in out and "+295.70" in out and "+187.80" in out
     code, out, _ = cli(capsys, "pnl", "--daily", "--days", "2")
-    assert "2024-01-05" in out and "2024-01-03" not in out and "+187.80" in out
+    assert "2024-01-04" in out and "2024-01-03" in out and "2024-01-02" not in out and "+187.80" in out
     assert fingerprint(journal_home.journal_path) == before
 
 

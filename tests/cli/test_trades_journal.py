@@ -1,4 +1,4 @@
-"""`aura trades` on real journal files: fee dust, the bar clock.
+"""`aura trades` and `aura pnl --daily` on real journal files: fee dust, the bar clock, the day of a cycle.
 
 Each journal is written through the executor's own journal and snapshot code, as the executor leaves it, and
 read back by the commands (read-only) in a fresh AURA_HOME.  No bus: these commands read the journal alone.
@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from aura.cli import main
+from aura.trades_cli import utc
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis, write_snapshot
-from services.ingest.replay import as_of_of_cycle
+from services.ingest.replay import as_of_of_cycle, cycle_id_for
 from shared.config import load_settings
 
 DAY = 86_400_000
@@ -162,3 +163,28 @@ def test_trips_are_timed_by_the_bars_their_cycles_traded(tmp_path: Path, monkeyp
     out = cli(capsys, "trades")
     assert "2024-01-01 00:00" in out and "2024-01-03 00:00" in out and "2d 0h" in out and "5d 0h" in out
     assert "median holding 2d 0h" in out and " 0m " not in out and "bar 2024-01-10 00:00" in out
+
+
+# --- the day of a cycle --------------------------------------------------------------------------------------------
+
+
+def test_a_cycles_daily_pnl_is_booked_on_the_day_of_the_bar_status_shows(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cycles: list[Cycle] = [
+        ("1d-20190124T0000", [(BTC, "buy", 0.1, 3_500.0, 0.0, 0.35, "enter")], {BTC: 3_500.0}),
+        ("1d-20190125T0000", [], {BTC: 3_600.0}),
+        ("tick-fedcba9876543210", [(BTC, "sell", 0.1, 3_550.0, 0.0, 0.355, "stop_loss")], {}),
+        ("1d-20190126T0000", [], {}),
+    ]
+    home_with(tmp_path, monkeypatch, cycles, paper_clock)
+    doc = json.loads(cli(capsys, "pnl", "--daily", "--json"))
+    rows = doc["daily"]
+    # `aura status` shows a cycle as `bar <its as_of>` (the open of the bar it traded); cycle ids are made from it.
+    as_of = bar("1d-20190125T0000")
+    assert cycle_id_for("1d", as_of) == "1d-20190125T0000" and utc(as_of) == "2019-01-25 00:00"
+    assert [r["day"] for r in rows] == ["2019-01-24", "2019-01-25", "2019-01-26"]
+    # The genesis capital starts the first day; the tick is booked with the bar it traded under (the 25th).
+    assert rows[0]["start_equity"] == 10_000.0 and [r["cycles"] for r in rows] == [1, 2, 1]
+    assert rows[1]["end_equity"] == pytest.approx(10_000.0 - 0.35 + 0.1 * 3_550.0 - 0.355 - 350.0)
+    assert sum(r["pnl"] for r in rows) == pytest.approx(doc["totals"]["pnl"])
