@@ -3,12 +3,16 @@
 Start-up order: take the AURA_HOME lock (one `aura up` per home), create missing keys and bus credentials,
 start the authenticated nats-server (unless AURA_NATS_URL names one), provision streams, buckets and durable
 consumers with the operator credential, write the run file the CLI finds the system by, then the services.
+
+Another system may run on this machine (another AURA_HOME, a rehearsal), and anything may answer on a port: a
+child counts as ready only when the answer on its port names it, its pid and this run's id (``wait_ready``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +31,7 @@ from shared.bus import BusUnavailable, session
 from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings
 from shared.contracts import ConsumerSpec
 from shared.credentials import CredentialError, ensure_credentials
+from shared.health import RUN_ID_ENV, not_ours
 from shared.provision import provision_bus
 from shared.runfile import HomeLocked, RunInfo, acquire_home, clear_run, write_run
 
@@ -39,6 +44,9 @@ class Stack:
     lock: IO[str] | None = None
     nats: NatsServer | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Handed to every child (RUN_ID_ENV), which names it in its health answers: how wait_ready and `aura status`
+    # tell this run's processes from anything else on their ports.  Random per launch, so no other run has it.
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def dead(self) -> list[tuple[str, int]]:
         return [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
@@ -64,6 +72,10 @@ class Stack:
 
 def _say(msg: str) -> None:
     print(f"[aura] {msg}", flush=True)
+
+
+def health_url(settings: Settings, name: str, path: str = "/readyz") -> str:
+    return f"http://{settings.health_host}:{settings.port_for(name)}{path}"
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -94,6 +106,7 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
     logs.mkdir(parents=True, exist_ok=True)
     stack = Stack(settings, env, logs, lock=acquire_home(home))
     try:
+        env[RUN_ID_ENV] = stack.run_id
         created = ensure_credentials(settings.keys)
         if created:
             _say(f"created {len(created)} keys and bus credentials under {settings.keys.root}")
@@ -136,27 +149,46 @@ class Interrupted(Exception):
 
 
 def wait_ready(stack: Stack, timeout_s: float = 60.0, stop: Callable[[], bool] = lambda: False) -> float:
-    """Seconds until every /readyz answered 200; raises RuntimeError if a service died or time ran out, and
-    Interrupted as soon as ``stop()`` says so (a Ctrl-C during start must not wait for readiness)."""
+    """Seconds until every child's /readyz answered 200; raises RuntimeError if a service died or time ran out, and
+    Interrupted as soon as ``stop()`` says so (a Ctrl-C during start must not wait for readiness).
+
+    Only the child itself counts: the answer must name its service, its pid and this run's id.  Anything else on
+    the port (another system's service, whatever took it) is never ready, and named if the wait fails."""
     t0 = time.monotonic()
     pending = set(SERVICE_NAMES)
-    s = stack.settings
+    strangers: dict[str, str] = {}  # service -> who answered on its port instead
     with httpx.Client(timeout=1.0) as client:
         while pending:
             if stop():
                 raise Interrupted
             if stack.dead():
-                raise RuntimeError(_death_report(stack))
+                raise RuntimeError(_death_report(stack) + _strangers(strangers))
             if time.monotonic() - t0 > timeout_s:
-                raise RuntimeError(f"services not ready after {timeout_s:.0f}s: {sorted(pending)}")
+                raise RuntimeError(f"services not ready after {timeout_s:.0f}s: {sorted(pending)}"
+                                   + _strangers(strangers))
             for name in sorted(pending):
+                url = health_url(stack.settings, name)
                 try:
-                    if client.get(f"http://{s.health_host}:{s.port_for(name)}/readyz").status_code == 200:
-                        pending.discard(name)
+                    answer = client.get(url)
                 except httpx.HTTPError:
-                    pass
+                    continue
+                try:
+                    body: object = answer.json()
+                except ValueError:
+                    body = None
+                who = not_ours(body, name, stack.run_id, stack.procs[name].pid)
+                if who:
+                    strangers[name] = f"{url} answered by {who}"
+                    continue
+                strangers.pop(name, None)
+                if answer.status_code == 200:
+                    pending.discard(name)
             time.sleep(0.1)
     return time.monotonic() - t0
+
+
+def _strangers(strangers: dict[str, str]) -> str:
+    return "".join(f"\n{name}: {text}, not by the process this launcher started" for name, text in strangers.items())
 
 
 def _death_report(stack: Stack) -> str:

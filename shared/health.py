@@ -1,5 +1,10 @@
 """Health app every service runs: /healthz (alive), /readyz (bus + own readiness), /metrics (Prometheus).
 
+Both /healthz and /readyz say who answers: the service's name, its pid and the id of the `aura up` run that
+started it (``AURA_RUN_ID``, a random per-launch token; "" when started otherwise).  A port can be held by
+anything, another system's service included, so a launcher or ``aura status`` believes an answer only when it
+names the process it expects (``not_ours``).  Neither is a secret: a pid, and an id that opens nothing.
+
 The app runs inside the service's own event loop (uvicorn.Server as a task), so a service that is stuck
 stops answering /healthz too, which is what a supervisor needs to see.  /metrics is prometheus-client's
 exposition of the metrics declared in ``shared.metrics`` (OpenMetrics when the scraper asks for it).
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -23,11 +29,26 @@ from prometheus_client.openmetrics import exposition as openmetrics_text
 
 from shared.metrics import METRICS, owned_by
 
+# The environment variable `aura up` hands each child its run's id in (see aura/launcher.py).
+RUN_ID_ENV = "AURA_RUN_ID"
+
+
+def not_ours(answer: object, service: str, run_id: str, pid: int | None = None) -> str:
+    """"" when ``answer`` (a /healthz or /readyz body) came from ``service`` of run ``run_id`` (and from process
+    ``pid`` when given); else, in a few words for an operator, what answered instead."""
+    if not isinstance(answer, dict):
+        return "another process (not an AURA health app)"
+    got = (answer.get("service"), answer.get("run_id"), answer.get("pid"))
+    if got[0] == service and got[1] == run_id and (pid is None or got[2] == pid):
+        return ""
+    return f"another process (service {got[0]!r}, pid {got[2]}, run {got[1]!r})"
+
 
 @dataclass
 class HealthState:
     service: str
     bus_connected: bool = False
+    run_id: str = ""  # the launcher's run this process belongs to (RUN_ID_ENV)
     started_at: float = field(default_factory=time.time)
     # Extra readiness conditions: name -> callable returning (ok, detail).  No secrets in details.
     checks: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
@@ -110,17 +131,23 @@ class HealthState:
 Routes = Callable[[FastAPI], None]
 
 
+def _identity(state: HealthState) -> dict[str, object]:
+    return {"pid": os.getpid(), "run_id": state.run_id}
+
+
 def build_app(state: HealthState, routes: Routes | None = None) -> FastAPI:
     app = FastAPI(title=f"aura-{state.service}", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
     def healthz() -> dict[str, object]:
-        return {"service": state.service, "status": "alive", "uptime_s": round(time.time() - state.started_at, 3)}
+        return {"service": state.service, "status": "alive", "uptime_s": round(time.time() - state.started_at, 3),
+                **_identity(state)}
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         ok, detail = state.readiness()
-        return JSONResponse({"service": state.service, "ready": ok, "checks": detail}, status_code=200 if ok else 503)
+        return JSONResponse({"service": state.service, "ready": ok, "checks": detail, **_identity(state)},
+                            status_code=200 if ok else 503)
 
     @app.get("/metrics")
     def metrics(request: Request) -> PlainTextResponse:

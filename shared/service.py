@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from shared.bus import BusNotProvisioned, close, connect
 from shared.config import ConfigError, Settings, load_settings
 from shared.credentials import CredentialError
 from shared.events import install_event_bridge
-from shared.health import HealthState, Routes, start_health_server, stop_health_server
+from shared.health import RUN_ID_ENV, HealthState, Routes, start_health_server, stop_health_server
 from shared.logging import error, info, setup_logging
 
 
@@ -77,7 +78,8 @@ async def _run(name: str, settings: Settings, body: ServiceBody, logger: logging
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    health = HealthState(service=name)
+    # The run id lets `aura up` (and `aura status`) tell this process's answers from a stranger's on the port.
+    health = HealthState(service=name, run_id=os.environ.get(RUN_ID_ENV, ""))
     server = await start_health_server(health, settings.health_host, settings.port_for(name), routes)
     info(logger, "BOOT", f"{name} health app listening", host=settings.health_host, port=settings.port_for(name))
 
