@@ -1,6 +1,7 @@
 """`aura up`: the whole system on one machine (embedded nats-server + the five services and the console).
 
-Start-up order: take the AURA_HOME lock (one `aura up` per home), create missing keys and bus credentials,
+Start-up order: take the AURA_HOME lock (one `aura up` per home), choose the health ports (a taken default moves
+to a free port, a taken port someone set stops here: aura/ports.py), create missing keys and bus credentials,
 start the authenticated nats-server (unless AURA_NATS_URL names one), provision streams, buckets and durable
 consumers with the operator credential, write the run file the CLI finds the system by, then the services.
 
@@ -26,9 +27,10 @@ from typing import IO
 import httpx
 
 from aura.natsd import NatsServer, free_port, port_is_free, start_bus
+from aura.ports import PortTaken, choose_ports
 from services.executor.secrets import CREDENTIAL_ENV
 from shared.bus import BusUnavailable, session
-from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings
+from shared.config import SERVICE_NAMES, ConfigError, Settings, load_settings, setting_sources
 from shared.contracts import ConsumerSpec
 from shared.credentials import CredentialError, ensure_credentials
 from shared.health import RUN_ID_ENV, not_ours
@@ -106,6 +108,11 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
     logs.mkdir(parents=True, exist_ok=True)
     stack = Stack(settings, env, logs, lock=acquire_home(home))
     try:
+        ports, moved = choose_ports(settings, setting_sources(env))
+        for line in moved:
+            _say(line)
+        # The children (and the console, which polls its peers) read the ports they got from the environment.
+        env.update({f"AURA_{name.upper()}_PORT": str(port) for name, port in ports.items()})
         env[RUN_ID_ENV] = stack.run_id
         created = ensure_credentials(settings.keys)
         if created:
@@ -114,6 +121,8 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
             port = 4222
             if not port_is_free(port):
                 port = free_port()
+                while port in ports.values():  # handed to a health app that has not bound it yet
+                    port = free_port()
                 _say(f"port 4222 is taken; starting the embedded nats-server on free port {port} instead")
             stack.nats = start_bus(settings, port)
             env["AURA_NATS_URL"] = stack.nats.url
@@ -124,9 +133,8 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
                  f"{settings.keys.bus_users})")
         settings = stack.settings = load_settings(env)
         asyncio.run(_provision(settings, consumers))
-        write_run(home, RunInfo(env["AURA_NATS_URL"], os.getpid(),
-                                {n: f"http://{settings.health_host}:{settings.port_for(n)}/readyz"
-                                 for n in SERVICE_NAMES}, int(time.time() * 1000)))
+        write_run(home, RunInfo(env["AURA_NATS_URL"], os.getpid(), {n: health_url(settings, n) for n in SERVICE_NAMES},
+                                int(time.time() * 1000), stack.run_id))
     except BaseException:
         stack.stop()
         raise
@@ -252,9 +260,10 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
     t0 = time.monotonic()
     try:
         stack = start_stack(settings, env)
-    except (HomeLocked, CredentialError, BusUnavailable, ConfigError, RuntimeError, TimeoutError) as exc:
+    except (HomeLocked, PortTaken, CredentialError, BusUnavailable, ConfigError, RuntimeError, TimeoutError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
+    settings = stack.settings  # with the ports the processes actually got
     journal = settings.journal_path
     start_seq = last_seq(journal)
     try:
@@ -269,10 +278,9 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
         _say(f"all {len(SERVICE_NAMES)} processes ready in {time.monotonic() - t0:.2f}s (readiness wait "
              f"{ready_s:.2f}s)")
         for name in SERVICE_NAMES:
-            url = f"http://{settings.health_host}:{settings.port_for(name)}/readyz"
-            _say(f"  {name:<9} {url}  log {stack.logs}/{name}.log")
+            _say(f"  {name:<9} {health_url(settings, name)}  log {stack.logs}/{name}.log")
         _say(f"journal: {journal}  (sqlite3 {journal} 'select * from snapshots order by seq desc limit 5')")
-        _say(f"console: http://{settings.health_host}:{settings.console_port}/  (read-only dashboard)")
+        _say(f"console: {health_url(settings, 'console', '/')}  (read-only dashboard)")
         _say("press Ctrl-C to stop" if cycles is None else f"running until {cycles} cycles end in the journal")
         seen = start_seq
         done = 0

@@ -229,10 +229,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting log_level (env AURA_LOG_LEVEL): {s.log_level!r} is not a log level")
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Build settings from defaults, the optional TOML file and the environment; raise ConfigError if bad."""
-    env = dict(os.environ if env is None else env)
+def _read(env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the values set by the TOML file and the environment, and where each was set: "env AURA_X" or
+    "x in FILE"; the environment wins)."""
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     config_file = env.get("AURA_CONFIG")
     if config_file:
         path = Path(config_file)
@@ -247,13 +248,27 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             if key not in _FIELDS:
                 raise ConfigError(f"setting {key} in {config_file}: unknown setting")
             values[key] = _coerce(key, raw, _FIELDS[key].default)
+            sources[key] = f"{key} in {config_file}"
     for name, field in _FIELDS.items():
         env_key = f"AURA_{name.upper()}"
         if env_key in env and env[env_key] != "":
             values[name] = _coerce(name, env[env_key], field.default)
+            sources[name] = f"env {env_key}"
+    return values, sources
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from defaults, the optional TOML file and the environment; raise ConfigError if bad."""
+    values, _ = _read(dict(os.environ if env is None else env))
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+def setting_sources(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Where each setting the operator set was set ("env AURA_X" or "x in FILE"); a setting absent here is at its
+    default.  `aura up` moves a taken default port but refuses a taken port someone chose (aura/ports.py)."""
+    return _read(dict(os.environ if env is None else env))[1]
 
 
 def settings_for_command(prog: str) -> Settings | None:

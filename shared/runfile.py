@@ -1,10 +1,13 @@
 """The run file of an `aura up`: how the CLI and hand-started services find the system running on an AURA_HOME.
 
 ``aura up`` takes an exclusive lock on ``$AURA_HOME/aura.lock`` for its whole life and writes
-``$AURA_HOME/run.json`` (NATS URL, health ports, its pid).  A second ``aura up`` on the same home fails to take
-the lock and stops at once, so two embedded servers never share one JetStream store.  Commands resolve the bus
-from ``AURA_NATS_URL`` if set, else from the run file of a live ``aura up``; never from a guessed default port,
-which on a shared machine may be somebody else's server.
+``$AURA_HOME/run.json`` (NATS URL, the health URLs its processes actually got, its pid and run id).  A second
+``aura up`` on the same home fails to take the lock and stops at once, so two embedded servers never share one
+JetStream store.  Commands resolve the bus from ``AURA_NATS_URL`` if set, else from the run file of a live
+``aura up``; never from a guessed default port, which on a shared machine may be somebody else's server.  Health
+ports likewise: a default one may have moved (aura/ports.py), and whatever answers on it may be another
+system's; each service names its run id in its answers (shared/health.py), so an answer is believed only with
+the run file's id.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from shared.config import ConfigError, Settings
 class RunInfo:
     nats_url: str
     pid: int
-    health: dict[str, str]  # service -> /readyz URL
+    health: dict[str, str]  # service -> /readyz URL, on the port it actually got
     started_at_ms: int
+    run_id: str = ""  # the random id every process of this run names in its /healthz and /readyz
 
 
 def lock_path(home: Path) -> Path:
@@ -86,7 +90,7 @@ def live_run(home: Path) -> RunInfo | None:
     try:
         doc = json.loads(path.read_text())
         return RunInfo(str(doc["nats_url"]), int(doc["pid"]), dict(doc.get("health", {})),
-                       int(doc.get("started_at_ms", 0)))
+                       int(doc.get("started_at_ms", 0)), str(doc.get("run_id", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

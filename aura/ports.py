@@ -1,0 +1,75 @@
+"""Where `aura up` puts each process's health app (the console's: its page too): the port set, or a free one.
+
+A port nobody set is a default (8100-8105).  When it is taken (another system on another AURA_HOME, a
+rehearsal, anything else) the launcher moves that process to a free port, as it moves the embedded nats-server
+off a taken 4222, says so, and records the port in the run file, where the CLI finds it.  A port the operator
+set (env AURA_<SERVICE>_PORT or the TOML file) is a promise made elsewhere (a firewall rule, a scrape target, a
+bookmark), so a taken one stops `aura up` before anything starts, in one line naming the port and the setting.
+
+Nothing reserves a port until the service binds it: one taken between this check and the bind makes that service
+exit naming the port, and the launcher reports the death; it never takes another process's answer for its own
+(aura/launcher.py: wait_ready checks who answers).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+
+from shared.config import SERVICE_NAMES, Settings
+
+
+class PortTaken(RuntimeError):
+    """A health port the operator set cannot be used; the message names the port and the setting."""
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def can_bind(port: int, host: str) -> bool:
+    """Whether a service could bind ``host:port`` now (SO_REUSEADDR, as uvicorn binds: TIME_WAIT is no obstacle)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_free(host: str, avoid: set[int]) -> int:
+    """A port the system gives out free on ``host`` now, not one of ``avoid`` (ports already handed out, which
+    nobody has bound yet, so the system might give them out again)."""
+    while True:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+
+
+def choose_ports(settings: Settings, sources: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
+    """(service -> the port its health app gets, one line per default port moved); PortTaken if a port the
+    operator set (``sources``, from shared.config.setting_sources) is taken or given to two processes."""
+    host = settings.health_host
+    chosen: dict[str, int] = {}
+    moved: list[str] = []
+    # The ports someone set first: they cannot move, so a default that collides with one is the one to move.
+    for name in (n for n in SERVICE_NAMES if f"{n}_port" in sources):
+        port, where = settings.port_for(name), sources[f"{name}_port"]
+        clash = next((other for other, taken in chosen.items() if taken == port), None)
+        if clash is not None:
+            raise PortTaken(f"{name}'s health port {port} (set by {where}) is also {clash}'s; give each its own port")
+        if not can_bind(port, host):
+            raise PortTaken(f"{name}'s health port {port} on {host} is taken (set by {where}); stop what holds it, "
+                            "or set another port")
+        chosen[name] = port
+    for name in (n for n in SERVICE_NAMES if n not in chosen):
+        port = settings.port_for(name)
+        if port in chosen.values() or not can_bind(port, host):
+            free = pick_free(host, set(chosen.values()))
+            moved.append(f"{name}'s default port {port} is taken; its health app uses free port {free} instead")
+            port = free
+        chosen[name] = port
+    return {n: chosen[n] for n in SERVICE_NAMES}, moved
