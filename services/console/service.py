@@ -35,6 +35,7 @@ from shared.bus import RedeliveryAlarm, durable_pull, pull_loop
 from shared.config import SERVICE_NAMES, Settings
 from shared.contracts import CONSUMERS, ContractError, ServiceEvent, decode
 from shared.events import EVENT_TAGS
+from shared.health import not_ours
 from shared.logging import info, warn
 from shared.service import ServiceContext
 
@@ -143,7 +144,8 @@ class Console:
         tracker = DownTracker(ctx.settings.notify_down_after_s)
         async with httpx.AsyncClient(timeout=1.5) as client:
             while not ctx.stop.is_set():
-                answers = await asyncio.gather(*(self._ready(client, peer_url(ctx.settings, n)) for n in PEERS))
+                answers = await asyncio.gather(*(self._ready(client, peer_url(ctx.settings, n), n, ctx.health.run_id)
+                                                 for n in PEERS))
                 for name, (ready, status, detail) in zip(PEERS, answers, strict=True):
                     before = self.services.get(name, {})
                     since = before.get("since_ms") if before.get("status") == status else int(time.time() * 1000)
@@ -155,15 +157,22 @@ class Console:
                 await _pause(ctx.stop, PEER_POLL_S)
 
     @staticmethod
-    async def _ready(client: httpx.AsyncClient, url: str) -> tuple[bool, str, str]:
+    async def _ready(client: httpx.AsyncClient, url: str, service: str = "", run_id: str = "") -> tuple[bool, str, str]:
+        """(ready, status, detail) of the health app at ``url``; with ``run_id`` (the `aura up` run the caller
+        belongs to or reads), an answer that does not name ``service`` of that run is another process on the
+        port (another system's, or whatever took the port of a dead service): down, never ready."""
         try:
             answer = await client.get(url)
         except httpx.HTTPError as exc:
             return False, "down", f"no answer ({type(exc).__name__})"
         try:
-            checks = answer.json().get("checks", {})
+            body = answer.json()
         except ValueError:
-            checks = {}
+            body = None
+        who = not_ours(body, service, run_id) if run_id else ""
+        if who:
+            return False, "down", f"its port is answered by {who}"
+        checks = body.get("checks", {}) if isinstance(body, dict) else {}
         detail = "; ".join(f"{k}: {v}" for k, v in checks.items())[:300]
         return answer.status_code == 200, "ready" if answer.status_code == 200 else "not ready", detail
 

@@ -240,3 +240,39 @@ def test_the_console_reads_the_trading_streams_and_nothing_it_could_write() -> N
     allowed = permissions("console").publish
     assert not [p for p in allowed if not p.startswith(("$JS.API.DIRECT.GET.", "$JS.API.STREAM.INFO.",
                                                         "$JS.API.CONSUMER.", "$JS.ACK."))], allowed
+
+
+def test_a_peer_is_believed_only_when_its_answer_names_the_service_of_this_run() -> None:
+    """Under `aura up` every process carries the run's id (shared/health.py): the console takes a stranger on a
+    peer's port (another system's service, whatever took a dead service's port) for down, never for ready.
+    Without a run id (compose) there is nothing to compare, and the answer stands as it is."""
+    import httpx
+
+    from aura.natsd import free_port
+    from services.console.service import Console
+    from shared.health import start_health_server, stop_health_server
+    from tests.fake_occupant import FakeOccupant
+
+    async def scenario() -> list[tuple[bool, str, str]]:
+        port = free_port()
+        ours = await start_health_server(HealthState(service="risk", bus_connected=True, run_id="r1"), "127.0.0.1",
+                                         port)
+        stranger = FakeOccupant(free_port(), "risk")
+        try:
+            async with httpx.AsyncClient(timeout=3) as client:
+                body = (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
+                assert body["run_id"] == "r1" and body["service"] == "risk" and isinstance(body["pid"], int)
+                here, there = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{stranger.port}/readyz"
+                return [await Console._ready(client, here, "risk", "r1"),
+                        await Console._ready(client, here, "signal", "r1"),
+                        await Console._ready(client, there, "risk", "r1"),
+                        await Console._ready(client, there, "risk", "")]
+        finally:
+            stranger.close()
+            await stop_health_server(ours)
+
+    ours, misnamed, stranger, unchecked = asyncio.run(scenario())
+    assert ours[:2] == (True, "ready")
+    assert misnamed[:2] == (False, "down") and "another process (service 'risk'" in misnamed[2]
+    assert stranger[:2] == (False, "down") and "run 'someone-else'" in stranger[2]
+    assert unchecked[:2] == (True, "ready")
