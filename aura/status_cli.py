@@ -3,8 +3,10 @@ are registered here too (their code is in ``aura.trades_cli``).
 
 Read-only, from three places, each optional:
 
-* each service's ``/readyz`` (the URLs in the run file of the `aura up` on this AURA_HOME, else the configured
-  health ports, as the console finds its peers);
+* each service's ``/readyz``: at the URLs in the run file of the `aura up` on this AURA_HOME (a default port may
+  have moved there), believed only when the answer names that run's id; with no live run file, at the configured
+  health ports only if AURA_NATS_URL names the system (compose, services started by hand), as the console finds
+  its peers; else none.  Never a guessed default port: on a shared machine it may be another system's;
 * the bus, as the operator, through the console's own reader (``services.console.view.BusView``): parameter
   version and its history, regime, kill-switch latch, newest prices, recent plans with their gate decision;
   every signed message is verified against the operator's pinned keys, as the console does with its own;
@@ -39,7 +41,7 @@ from aura.trades_cli import (
     open_journal,
     utc,
 )
-from shared.config import SERVICE_NAMES, Settings, settings_for_command
+from shared.config import SERVICE_NAMES, ConfigError, Settings, settings_for_command
 
 # The bus reader starts this many messages back on each stream: the screen shows the last few cycles, and a
 # one-shot command should not page through the console's whole backlog.
@@ -61,25 +63,32 @@ async def read_bus(settings: Settings) -> tuple[Any, str]:
                            holder="operator", backlog=STATUS_BACKLOG)
             await asyncio.wait_for(view.refresh(), BUS_READ_TIMEOUT_S)
             return view, ""
-    except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
-        return None, str(exc)
+    except (BusUnavailable, BusNotProvisioned, CredentialError, ConfigError) as exc:
+        return None, str(exc)  # ConfigError: no bus named and no `aura up` on this home, said as such
     except Exception as exc:  # a status screen degrades, it does not crash: a failed read is one line too
         return None, f"could not read the bus: {type(exc).__name__}: {exc}"
 
 
-async def read_services(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Each process's /readyz answer (status ready | not ready | down, and its checks)."""
+async def read_services(settings: Settings) -> tuple[dict[str, dict[str, Any]], str]:
+    """Each process's /readyz answer (status ready | not ready | down, and its checks), and why none is shown when
+    none is (see the module's docstring for which ports are asked)."""
     import httpx
 
     from services.console.service import Console, peer_url
     from shared.runfile import live_run
 
     run = live_run(settings.home_path)
-    urls = {n: (run.health.get(n) if run else None) or peer_url(settings, n) for n in SERVICE_NAMES}
+    if run is not None:
+        urls, run_id = {n: url for n, url in run.health.items() if n in SERVICE_NAMES}, run.run_id
+    elif settings.nats_url:
+        urls, run_id = {n: peer_url(settings, n) for n in SERVICE_NAMES}, ""
+    else:
+        return {}, f"no `aura up` runs on AURA_HOME={settings.home_path} (no live run file)"
+    names = [n for n in SERVICE_NAMES if n in urls]
     async with httpx.AsyncClient(timeout=1.5) as client:
-        answers = await asyncio.gather(*(Console._ready(client, urls[n]) for n in SERVICE_NAMES))
+        answers = await asyncio.gather(*(Console._ready(client, urls[n], n, run_id) for n in names))
     return {n: {"ready": ready, "status": status, "detail": detail, "url": urls[n]}
-            for n, (ready, status, detail) in zip(SERVICE_NAMES, answers, strict=True)}
+            for n, (ready, status, detail) in zip(names, answers, strict=True)}, ""
 
 
 def read_journal(settings: Settings, cycles: int) -> dict[str, Any]:
@@ -133,7 +142,7 @@ def _legs(body: str | None) -> list[str]:
 
 
 def build_report(settings: Settings, view: Any, bus_problem: str, services: dict[str, Any],
-                 journal: dict[str, Any], cycles: int) -> dict[str, Any]:
+                 journal: dict[str, Any], cycles: int, services_why: str = "") -> dict[str, Any]:
     """Everything the screen shows, as plain data (what ``--json`` prints)."""
     from services.console.view import position_rows
 
@@ -143,7 +152,8 @@ def build_report(settings: Settings, view: Any, bus_problem: str, services: dict
     report: dict[str, Any] = {
         "as_of_ms": int(time.time() * 1000), "home": str(settings.home_path),
         "bus": {"reachable": view is not None, "why": bus_problem},
-        "services": services, "journal": {k: journal[k] for k in ("visible", "path", "why")},
+        "services": services, "services_why": services_why,
+        "journal": {k: journal[k] for k in ("visible", "path", "why")},
         "params": None, "regime": None, "latch": None, "data": {}, "portfolio": None, "cycles": [],
     }
     if view is not None:
@@ -198,13 +208,16 @@ def render(report: dict[str, Any], console: Any) -> None:
     console.print("bus: [green]reachable[/] (read as operator)" if bus["reachable"] else
                   "bus: [red]not readable[/] (see the line above): parameters, regime, kill-switch, prices and "
                   "stop levels unknown", highlight=False)
-    services = Table(title="Services (/readyz)", title_justify="left")
-    for name in ("service", "status", "checks"):
-        services.add_column(name)
-    for name, s in report["services"].items():
-        color = "green" if s["ready"] else "yellow" if s["status"] == "not ready" else "red"
-        services.add_row(name, f"[{color}]{s['status']}[/]", s["detail"])
-    console.print(services)
+    if report["services"]:
+        services = Table(title="Services (/readyz)", title_justify="left")
+        for name in ("service", "status", "checks"):
+            services.add_column(name)
+        for name, s in report["services"].items():
+            color = "green" if s["ready"] else "yellow" if s["status"] == "not ready" else "red"
+            services.add_row(name, f"[{color}]{s['status']}[/]", s["detail"])
+        console.print(services)
+    else:
+        console.print(f"services: none shown: {report['services_why']}", highlight=False)
 
     overview = Table(title="System", title_justify="left", show_header=False)
     overview.add_column("what", style="bold")
@@ -265,7 +278,7 @@ def render(report: dict[str, Any], console: Any) -> None:
 # --- the command -----------------------------------------------------------------------------------------------------
 
 
-async def _gather(settings: Settings) -> tuple[Any, str, dict[str, Any]]:
+async def _gather(settings: Settings) -> tuple[Any, str, tuple[dict[str, Any], str]]:
     (view, problem), services = await asyncio.gather(read_bus(settings), read_services(settings))
     return view, problem, services
 
@@ -274,12 +287,12 @@ def run_status(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura status")
     if settings is None:
         return 2
-    view, problem, services = asyncio.run(_gather(settings))
+    view, problem, (services, services_why) = asyncio.run(_gather(settings))
     journal = read_journal(settings, args.cycles)
-    report = build_report(settings, view, problem, services, journal, args.cycles)
+    report = build_report(settings, view, problem, services, journal, args.cycles, services_why)
     if view is None:  # one line, whatever went wrong; the rest of the screen is what could be read
-        print(f"aura status: {' '.join(problem.split())} (showing the journal and the services only)",
-              file=sys.stderr, flush=True)
+        shown = "the journal and the services" if services else "the journal"
+        print(f"aura status: {' '.join(problem.split())} (showing {shown} only)", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(clean(report), indent=2, sort_keys=True, default=str))
     else:

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from aura.cli import main
+from aura.natsd import free_port
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.executor.journal import Journal
@@ -30,14 +32,16 @@ from services.executor.runner import ensure_genesis, write_snapshot
 from services.ingest.replay import load_market_rules
 from services.risk.latch import LatchDoc, write_latch
 from shared.bus import publish, state_kv
-from shared.config import Settings, load_settings
+from shared.config import DEFAULT_HEALTH_PORTS, SERVICE_NAMES, Settings, load_settings
 from shared.contracts import PortfolioSnapshot, TargetPortfolio
 from shared.credentials import signing_key
 from shared.health import HealthState, start_health_server, stop_health_server
 from shared.live_params import promote, sign_document
+from shared.runfile import RunInfo, acquire_home, write_run
 from shared.signing import sign_struct
 from tests.bus_helpers import announce_panel, executor_signed, market_msgs, publish_buy, role_connections
 from tests.conftest import NatsEndpoint
+from tests.fake_occupant import occupants
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -260,6 +264,62 @@ def test_status_with_the_bus_down_says_so_in_one_line_and_shows_the_journal(
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
     assert "not readable" in out and "0.999" in out and "1d-20240104T0000" in out
     assert fingerprint(settings.journal_path) == before
+
+
+def test_status_on_a_home_without_a_system_shows_no_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """No `aura up` on this AURA_HOME: one line says so, and no service is shown, although something answers
+    200 on every default health port (another system's, here strangers), which status must not even ask."""
+    for key in [k for k in os.environ if k.startswith("AURA_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AURA_HOME", str(tmp_path / "empty"))
+    with occupants(DEFAULT_HEALTH_PORTS) as fakes:
+        code, out, err = cli(capsys, "status", "--json")
+        screen_code, screen, screen_err = cli(capsys, "status")
+        asked = {n: f.requests for n, f in fakes.items()}
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"no AURA system is running on AURA_HOME={(tmp_path / 'empty').resolve()}" in err, err
+    report = json.loads(out)
+    assert report["services"] == {}, report["services"]
+    assert screen_code == 1 and screen_err == err
+    assert "ready" not in screen and "down" not in screen, screen
+    assert asked == dict.fromkeys(asked, 0), f"status asked the strangers: {asked}"
+
+
+def test_status_believes_only_the_answers_of_its_own_run(nats_server: NatsEndpoint, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The run file of the `aura up` on this home names each service's port and the run's id: a service that
+    answers with that id is shown; another process on a recorded port (here a ready risk of another run, after
+    ours died and its port was taken) is not shown as ours."""
+    env = nats_server.env()
+    for key in [k for k in os.environ if k.startswith("AURA_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AURA_HOME", env["AURA_HOME"])  # the bus comes from the run file, like after `aura up`
+    ports = {name: free_port() for name in SERVICE_NAMES}
+    lock = acquire_home(nats_server.home)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    apps = {"signal": HealthState(service="signal", bus_connected=True, run_id="this-run"),
+            "risk": HealthState(service="risk", bus_connected=True, run_id="another-run")}
+    servers = [asyncio.run_coroutine_threadsafe(start_health_server(state, "127.0.0.1", ports[name]), loop).result(10)
+               for name, state in apps.items()]
+    try:
+        write_run(nats_server.home.resolve(), RunInfo(nats_server.url, os.getpid(), {
+            n: f"http://127.0.0.1:{p}/readyz" for n, p in ports.items()}, 0, run_id="this-run"))
+        code, out, err = cli(capsys, "status", "--json")
+    finally:
+        for server in servers:
+            asyncio.run_coroutine_threadsafe(stop_health_server(server), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        lock.close()
+    assert code == 0, err
+    services = json.loads(out)["services"]
+    assert services["signal"]["ready"] is True and services["signal"]["url"].endswith(f":{ports['signal']}/readyz")
+    assert services["risk"]["ready"] is False and services["risk"]["status"] == "down", services["risk"]
+    assert "another process" in services["risk"]["detail"], services["risk"]
+    assert {n for n, s in services.items() if s["status"] == "down"} == set(SERVICE_NAMES) - {"signal"}
 
 
 def test_without_the_journal_status_shows_the_executors_signed_snapshot_from_the_bus(
