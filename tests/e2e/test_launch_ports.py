@@ -48,6 +48,17 @@ def console_sees_its_peers(console: str, timeout: float = 60.0) -> dict[str, obj
     return services
 
 
+def stop_launcher(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C first: a killed launcher cannot stop its children (the bus, the services: own sessions)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_stranger_on_the_default_ports_is_never_taken_for_the_system(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with occupants(DEFAULT_HEALTH_PORTS) as fakes:
@@ -68,9 +79,7 @@ def test_a_stranger_on_the_default_ports_is_never_taken_for_the_system(tmp_path:
                     proc.send_signal(signal.SIGINT)
             rest, err = proc.communicate(timeout=60)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop_launcher(proc)
         out = "".join(lines) + rest
         asked = {n: f.requests for n, f in fakes.items()}
     assert proc.returncode == 0 and "processes ready" in out, out + err
