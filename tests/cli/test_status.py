@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from aura.cli import main
-from aura.natsd import free_port
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.executor.journal import Journal
@@ -41,7 +40,7 @@ from shared.runfile import RunInfo, acquire_home, write_run
 from shared.signing import sign_struct
 from tests.bus_helpers import announce_panel, executor_signed, market_msgs, publish_buy, role_connections
 from tests.conftest import NatsEndpoint
-from tests.fake_occupant import occupants
+from tests.fake_occupant import free_ports, occupants
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -295,7 +294,7 @@ def test_status_believes_only_the_answers_of_its_own_run(nats_server: NatsEndpoi
     for key in [k for k in os.environ if k.startswith("AURA_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("AURA_HOME", env["AURA_HOME"])  # the bus comes from the run file, like after `aura up`
-    ports = {name: free_port() for name in SERVICE_NAMES}
+    ports = free_ports(SERVICE_NAMES)
     lock = acquire_home(nats_server.home)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -22,10 +22,9 @@ import httpx
 import pytest
 
 from aura.launcher import Stack, wait_ready
-from aura.natsd import free_port
 from shared.config import DEFAULT_HEALTH_PORTS, SERVICE_NAMES, load_settings
 from tests.e2e.test_system import AURA_CLI, REPO, stack_env
-from tests.fake_occupant import occupants
+from tests.fake_occupant import free_ports, occupants
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +98,7 @@ def test_a_stranger_on_the_default_ports_is_never_taken_for_the_system(tmp_path:
 
 def test_wait_ready_takes_no_answer_from_a_process_it_did_not_start(tmp_path: Path) -> None:
     """Children that are alive but never serve, and a stranger answering 200 on each of their ports: not ready."""
-    ports = {name: free_port() for name in SERVICE_NAMES}
+    ports = free_ports(SERVICE_NAMES)
     env = {"AURA_HOME": str(tmp_path / "home")} | {f"AURA_{n.upper()}_PORT": str(p) for n, p in ports.items()}
     stack = Stack(load_settings(env), env, tmp_path)
     with occupants(ports) as fakes:

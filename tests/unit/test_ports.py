@@ -12,6 +12,7 @@ import pytest
 from aura.natsd import free_port
 from aura.ports import PortTaken, can_bind, choose_ports
 from shared.config import SERVICE_NAMES, load_settings, setting_sources
+from tests.fake_occupant import free_ports
 
 
 @pytest.fixture()
@@ -25,7 +26,7 @@ def held() -> Iterator[int]:
 
 def own_ports(**overrides: int) -> dict[str, str]:
     """An environment giving every service a free port of its own, ``overrides`` on top."""
-    ports = {n: free_port() for n in SERVICE_NAMES} | overrides
+    ports = free_ports(SERVICE_NAMES) | overrides
     return {f"AURA_{n.upper()}_PORT": str(p) for n, p in ports.items()}
 
 
