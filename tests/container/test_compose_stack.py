@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from aura.natsd import free_port
 from tests.compose.compose_cli import COMPOSE_FILE, SERVICES, compose_binary
 
 PROJECT = "aura-test"
@@ -100,13 +100,6 @@ def compose_command() -> list[str]:
         if plugin.returncode == 0:
             return [docker, "compose"]
     return [str(compose_binary())]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
