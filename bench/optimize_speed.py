@@ -9,10 +9,11 @@ processes (``python -m services.optimizer.worker``) that are up and warm before 
 ``optimizer-worker`` services are; each run starts from an empty result store, so nothing is reused.  The time to
 start the workers (Python imports and numba's kernel cache) and this process's own imports are reported apart.
 
-The peer for the speed-up: the run's first rungs (every selection's first stage on its shortest budget)
-evaluated by 1 and N forked processes with no bus and no coordinator (``kernel_ceiling``), which is how far the
-cores scale the evaluation kernel alone.  On 2 cores the coordinator and the nats-server share them with the
-workers, so the workers' speed-up falls short of that ceiling by their share of the CPU (reported per run).
+The peer for the speed-up: every selection's first stage on its whole training window (972 evaluations on
+the daily data) evaluated by 1 and N forked processes with no bus and no coordinator (``kernel_ceiling``),
+which is how far the cores scale the evaluation kernel alone.  On 2 cores the coordinator and the nats-server
+share them with the workers, so the workers' speed-up falls short of that ceiling by their share of the CPU
+(reported per run).
 
 Then the same search without successive halving (the full grid: every candidate of every stage on the whole
 training window) with the most workers, for what halving saves (evaluations, and bars evaluated, which is what
@@ -96,27 +97,47 @@ def _evaluate_share(inputs: EvalInputs, tasks: list[OptTask], start: Any, done: 
     done.put(time.perf_counter() - t0)
 
 
+def _spin(rounds: int, start: Any, done: Any) -> None:
+    """One process of the machine's own peer: an interpreter loop that touches no memory to speak of."""
+    start.wait()
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(rounds):
+        total += i * i
+    done.put(time.perf_counter() - t0)
+
+
+def in_processes(target: Any, shares: list[tuple[Any, ...]]) -> float:
+    """Seconds until the slowest of ``len(shares)`` forked processes, started together, has run ``target``."""
+    ctx = multiprocessing.get_context("fork")
+    start, done = ctx.Barrier(len(shares) + 1), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*share, start, done)) for share in shares]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    seconds = max(done.get(timeout=600) for _ in procs)
+    for proc in procs:
+        proc.join()
+    return round(seconds, 2)
+
+
+def machine_peer(counts: list[int], rounds: int = 20_000_000) -> dict[int, float]:
+    """The same interpreter loop in each of N processes at once: with N independent cores every process takes
+    as long as one alone.  How much longer they take is what sharing the machine costs before any of our code."""
+    return {n: in_processes(_spin, [(rounds,)] * n) for n in counts}
+
+
 def kernel_ceiling(job: OptimizeJob, counts: list[int]) -> dict[int, float]:
-    """Seconds to evaluate the run's first rungs (every selection's first stage on its shortest budget) with N
-    forked processes that share the tasks round-robin, with no bus and no coordinator: how far this machine's
-    cores scale the evaluation kernel by themselves, the peer the workers' speed-up is read against."""
+    """Seconds to evaluate ``job``'s first requests (every selection's first stage on its first budget: pass the
+    full-grid job for whole training windows) with N forked processes that share the tasks round-robin, with no
+    bus and no coordinator: how far this machine's cores scale the evaluation kernel by themselves (each process
+    builds its own indicators, as each worker does), the peer the workers' speed-up is read against."""
     run = build_run(job)
     blob = job.inputs.encode()
     name, engine, settings = digest(blob), engine_fingerprint(), settings_json(job.cfg)
     tasks = [eval_task(name, engine, settings, params, [window])
              for params, window in batches([(r.params, r.window) for r in run.requests()])]
-    ctx = multiprocessing.get_context("fork")
-    out = {}
-    for n in counts:
-        start, done = ctx.Barrier(n + 1), ctx.Queue()
-        procs = [ctx.Process(target=_evaluate_share, args=(job.inputs, tasks[i::n], start, done)) for i in range(n)]
-        for proc in procs:
-            proc.start()
-        start.wait()
-        out[n] = round(max(done.get(timeout=600) for _ in procs), 2)
-        for proc in procs:
-            proc.join()
-    return out
+    return {n: in_processes(_evaluate_share, [(job.inputs, tasks[i::n]) for i in range(n)]) for n in counts}
 
 
 def timed_run(job: OptimizeJob, bus: Settings, store_path: Path) -> tuple[float, Any, Any]:
@@ -191,10 +212,14 @@ def main() -> int:
         out["verdict"] = decision.summary()
         if len(counts) > 1:
             out["speedup"] = round(out[f"wall_s_{counts[0]}_workers"] / out[f"wall_s_{counts[-1]}_workers"], 2)
-            ceiling = kernel_ceiling(job, counts)
+            ceiling = kernel_ceiling(full_job, counts)
             out["kernel_ceiling_s"] = ceiling
             out["kernel_ceiling_speedup"] = round(ceiling[counts[0]] / ceiling[counts[-1]], 2)
-            say(f"ceiling, the first rungs evaluated by forked processes without the bus: {ceiling}")
+            peer = machine_peer(counts)
+            out["machine_peer_s"] = peer  # the same work in each process: equal times on independent cores
+            out["machine_peer_throughput_x"] = round(counts[-1] * peer[counts[0]] / peer[counts[-1]] / counts[0], 2)
+            say(f"ceiling, every selection's first stage on its whole training window, evaluated by forked "
+                f"processes without the bus: {ceiling}")
         if not args.no_full_grid:
             n = counts[-1]
             procs = start_workers(n, bus, Path(tmp) / "logs")
