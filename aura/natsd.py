@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aura.ports import can_bind
 from shared.bus_access import TlsFiles, server_config
 from shared.config import Settings
 from shared.credentials import bus_users
@@ -31,13 +32,8 @@ def nats_server_binary() -> str:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+    """Whether the bus could take ``port`` now (the launcher's test for 4222; the same one as for health ports)."""
+    return can_bind(port, host)
 
 
 # Every port free_port has handed out in this process.  Ports are taken several in a row (one per service, then
