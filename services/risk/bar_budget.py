@@ -13,10 +13,12 @@ mid-bar (crash, deploy, kill -9) would hand the bar's room out a second time.
 
 * Write-ahead: the count with a plan's legs added is stored *before* the plan is published.  A crash between
   the two counts a plan that never went out: the rest of the bar is more careful, never less.  Memory takes the
-  new count as soon as it is stored, even if the publish then fails: a publish that timed out may still have
-  reached the stream.  A failed write raises (logged ``[BAR_BUDGET]``) and the plan is not published: a target
-  is retried and in the end dead-lettered (``shared.consumer``), a tick is logged and tried again at the next
-  period, as when the latch cannot be written.  A plan without legs sends nothing and writes nothing.
+  new count as soon as it is stored.  If the publish then fails, its buys stay counted (a publish that timed out
+  may still have reached the stream) and its exits are given back (``unsend``): a stop-loss is never held back
+  for a bar by a plan that may not have gone out.  A failed write raises (logged ``[BAR_BUDGET]``) and the plan
+  is not published: a target is retried and in the end dead-lettered (``shared.consumer``), a tick is logged
+  and tried again at the next period, as when the latch cannot be written.  A plan without legs sends nothing
+  and writes nothing.
 * Read once, at boot (risk is the key's only writer).  A count for another bar than the one decided on is
   dropped, as in memory.  No key: nothing sent yet (a new bus, or the first start with this module).
 * A value that does not decode, verify or make sense (garbage, a document written with risk's bus credential
@@ -31,8 +33,9 @@ mid-bar (crash, deploy, kill -9) would hand the bar's room out a second time.
     a document nobody can vouch for must never hold capital protection back for a bar (a day on 1d bars).  The
     price is bounded: at worst that one bar's exits trade up to twice the cap.
 
-  The closed buy side is stored with that bar's next count, signed, so another restart on the same bar keeps it
-  closed; the next bar opens again and the stored value is good from then on.
+  The closed buy side is stored, signed, as soon as risk knows that bar (``seal``, before it plans on it), so
+  another restart on the same bar keeps it closed; the next bar opens again and the stored value is good from
+  then on, whether or not anything was sent.
 """
 
 from __future__ import annotations
@@ -187,6 +190,35 @@ class BarBudget:
 
     def on(self, bar_ms: int | None, volumes: Mapping[str, float]) -> dict[tuple[str, str], float]:
         return self.count.on(bar_ms, volumes, self.max_participation)
+
+    async def seal(self, bar_ms: int | None) -> None:
+        """After a count that did not verify, store the bar whose buys it closes, signed, as soon as that bar is
+        known: a restart on the same bar keeps it closed, one on a later bar finds a good count.  Left to the next
+        plan with legs, a bad value would close the first bar of every start (for ever, if no plan sends
+        anything, as with a flat book whose buys are all closed)."""
+        if not (self.count.buys_closed and self.count.bar_ms is None and bar_ms is not None):
+            return
+        sealed = self.count.after(bar_ms, [])
+        try:
+            await write_count(self.kv, sealed, self.key)
+        except Exception as exc:  # memory still closes the bar; the next plan's write carries it
+            self.health.inc("bar_budget_write_errors")
+            error(self.logger, "BAR_BUDGET", "the bar whose buys are closed could not be stored", bar_ms=bar_ms,
+                  error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        self.count = sealed
+
+    def unsend(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
+        """A plan whose publish failed may never reach the executor: its exits are given back (in memory; the next
+        count stored carries it), so a stop-loss or a liquidation is not held back for the bar by it.  Its buys
+        stay counted: had it gone out after all, they must not be sent twice.  (Had its exits gone out too, that
+        bar's exits trade up to twice the cap: the price of never holding capital protection back.)"""
+        if bar_ms is not None and bar_ms != self.count.bar_ms:
+            return
+        for leg in legs:
+            key = (leg.symbol, leg.side)
+            if leg.side == "sell" and key in self.count.sent:
+                self.count.sent[key] = max(0.0, self.count.sent[key] - float(leg.qty))
 
     async def record(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
         """Store the count with ``legs`` added, before the plan that sends them is published; if it cannot be

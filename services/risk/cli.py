@@ -94,7 +94,10 @@ def render_status(out: dict[str, Any]) -> str:
         since = f" since the bar of {out['latched_at']}" if out.get("latched_at") else ""
         lines.append(f"kill-switch: LATCHED{since} (cycle {out.get('cycle_id') or '?'}, drawdown "
                      f"{float(out.get('drawdown', 0.0)):.2%}); every plan stays in cash")
-        lines.append(f"  clears {out['rearm']}")
+        if out.get("problem"):
+            lines.append("  clears only by `aura risk reset` (the stored latch does not verify)")
+        else:
+            lines.append(f"  clears {out['rearm']}")
     else:
         lines.append("kill-switch: armed (trading)")
         if out.get("rearmed_at_ms"):

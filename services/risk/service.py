@@ -180,7 +180,11 @@ class Risk:
         await self.sent.record(bar, body.legs)
         approved = sign_plan(body, self.inputs.key)
         approved = msgspec.structs.replace(approved, emitted_at_ms=int(time.time() * 1000))
-        await publish(self.ctx.js, approved, msg_id=body.plan_id)
+        try:
+            await publish(self.ctx.js, approved, msg_id=body.plan_id)
+        except Exception:
+            self.sent.unsend(bar, body.legs)
+            raise
         self.inflight = InFlight(body.plan_id, time.monotonic())
 
     # -- cycles -------------------------------------------------------------------------------------------
@@ -259,6 +263,7 @@ class Risk:
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
         bar, volumes = int(panel.timestamps[-1]), decision_bar_volumes(panel)
+        await self.sent.seal(bar)
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
                             params, cost.rate, marks=marks, volumes=volumes,
                             max_participation=self.max_participation, sent=self.sent.on(bar, volumes))
@@ -313,6 +318,7 @@ class Risk:
         rules = rules_of(read.markets) if read is not None else {}
         cost = await self.costs.current()
         bar, volumes = await self.inputs.bar_volumes(ctx.logger)
+        await self.sent.seal(bar)
         decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks, volumes,
                                  self.max_participation, self.sent.on(bar, volumes))
         self.guard = decision.guard

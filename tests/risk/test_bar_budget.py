@@ -3,16 +3,19 @@ could not be read closes the buy side of the first bar decided on (exits stay op
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 
 from aura.strategy.capacity import cap_legs
 from aura.strategy.types import Leg, MarketRule
-from services.risk.bar_budget import SentInBar, whole_room
+from services.risk.bar_budget import BarBudget, SentInBar, whole_room
+from shared.health import HealthState
 
 RULES = {s: MarketRule(s, 0.001, 0.01, 0.001, 5.0) for s in ("BTC/USDT", "ETH/USDT")}
 VOLUMES = {"BTC/USDT": 1.5, "ETH/USDT": 40.0, "DOGE/USDT": math.nan}
+BAR, DAY = 1_704_153_600_000, 86_400_000
 
 
 def test_an_unreadable_count_closes_the_first_bars_buys_and_leaves_its_exits_their_room() -> None:
@@ -54,3 +57,17 @@ def test_counting_ahead_leaves_the_count_as_it_was() -> None:
     assert count.sent == {("BTC/USDT", "sell"): 0.15}
     assert ahead.sent == {("BTC/USDT", "sell"): pytest.approx(0.2)} and ahead.bar_ms == 100
     assert count.after(200, []).sent == {} and count.bar_ms == 100
+
+
+def test_a_plan_that_failed_to_go_out_gives_its_exits_back_and_keeps_its_buys() -> None:
+    """A publish that raised may never reach the executor: a stop-loss on the same bar must not find its room used
+    by it.  Its buys stay counted (it may have gone out after all)."""
+    budget = BarBudget(None, None, SentInBar(), 0.1, HealthState(service="risk"),  # type: ignore[arg-type]
+                       logging.getLogger("test"))
+    budget.count = budget.count.after(BAR, [Leg("BTC/USDT", "sell", 0.05, 1.0, "stop_loss")])
+    failed = [Leg("BTC/USDT", "sell", 0.1, 1.0, "kill_switch"), Leg("ETH/USDT", "buy", 2.0, 1.0, "rebalance")]
+    budget.count = budget.count.after(BAR, failed)
+    budget.unsend(BAR, failed)
+    assert budget.on(BAR, {}) == {("BTC/USDT", "sell"): pytest.approx(0.05), ("ETH/USDT", "buy"): 2.0}
+    budget.unsend(BAR + DAY, failed)  # another bar's plan changes nothing here
+    assert budget.on(BAR, {}) == {("BTC/USDT", "sell"): pytest.approx(0.05), ("ETH/USDT", "buy"): 2.0}

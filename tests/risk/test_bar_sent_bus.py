@@ -126,6 +126,30 @@ def test_a_forged_or_unreadable_count_closes_the_bars_buys_and_keeps_its_exits(n
     assert health.counters.get("forged_state") == 1
 
 
+def test_a_forged_count_is_sealed_on_the_first_bar_even_when_nothing_is_sent(nats_server: NatsEndpoint) -> None:
+    """A flat book sends nothing on the closed bar, so no plan's write replaces the bad value: risk stores the bar it
+    closed as soon as it knows it.  A restart on that bar keeps its buys closed; one on a later bar reads a good
+    count and opens (before, every start closed its first bar again, for as long as nothing was sent)."""
+    settings = nats_server.settings()
+    capture = Capture()
+
+    async def scenario() -> tuple[dict[Any, float], dict[Any, float]]:
+        async with role_connections(settings, "risk") as js:
+            await (await state_kv(js["risk"])).put(BAR_SENT_KEY, forgeries(settings)["garbage"])
+            budget = await load(settings, js["risk"], capture)
+            await budget.seal(BAR)
+            budget.on(BAR, VOLUMES)
+            again = (await load(settings, js["risk"], capture)).on(BAR, VOLUMES)
+            later = await load(settings, js["risk"], capture)
+            await later.seal(BAR + 86_400_000)
+            return again, later.on(BAR + 86_400_000, VOLUMES)
+
+    again, later = asyncio.run(scenario())
+    assert again == {("BTC/USDT", "buy"): pytest.approx(CAP * 1.5), ("ETH/USDT", "buy"): pytest.approx(CAP * 40.0)}
+    assert later == {}, "the next bar opens"
+    assert len(capture.fields("FORGED_STATE")) == 1, "only the start that read the bad value reports it"
+
+
 def test_a_count_that_cannot_be_stored_is_not_taken_and_raises(nats_server: NatsEndpoint) -> None:
     """The bus refuses the write (here: risk's connection is gone): record raises, so the plan that was to follow
     is never published, and the count in memory and in the bucket is the one before."""
