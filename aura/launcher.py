@@ -145,10 +145,14 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
 
 def start_service(stack: Stack, name: str) -> subprocess.Popen[bytes]:
     """Start (or restart, after it died) one service process of ``stack``, appending to its log."""
+    # Each child holds the home's lock too (the same open file, so the same flock): should `aura up` die by kill -9
+    # and its services outlive it (they run in sessions of their own), a second `aura up` on this home is refused
+    # while any of them runs, instead of starting a second executor on the same journal and account.
+    held = (stack.lock.fileno(),) if stack.lock is not None else ()
     with open(stack.logs / f"{name}.log", "ab") as log:
         stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"],
                                              env=service_env(name, stack.env), stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True, pass_fds=held)
     return stack.procs[name]
 
 

@@ -54,8 +54,8 @@ def acquire_home(home: Path) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise HomeLocked(f"another `aura up` (pid {holder}) is running on AURA_HOME={home}; stop it first, or set "
-                         "AURA_HOME to another directory") from None
+        raise HomeLocked(f"another `aura up` (pid {holder}), or services it started that outlived it, is running "
+                         f"on AURA_HOME={home}; stop it first, or set AURA_HOME to another directory") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

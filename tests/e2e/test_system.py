@@ -33,7 +33,7 @@ from shared.config import SERVICE_NAMES, Settings, load_settings
 from shared.contracts import ApprovedPlan, DataReady, PlanBody, PlanLeg, encode, plan_id_for
 from shared.credentials import PARAMS_SIGNERS, PRINCIPALS, SIGNERS, KeyLayout, signing_key, trusted_keys
 from shared.live_params import promote, read_version, sign_document
-from shared.runfile import HomeLocked, live_run
+from shared.runfile import HomeLocked, acquire_home, live_run
 from shared.signing import generate_keypair, load_private_key, sign_plan
 
 pytestmark = pytest.mark.integration
@@ -323,6 +323,25 @@ def test_a_second_aura_up_on_the_same_home_stops_at_once(stack: Stack) -> None:
     assert stack.nats is not None and run is not None and run.nats_url == stack.nats.url
     assert stack.nats.process.poll() is None
     assert all(p.poll() is None for p in stack.procs.values())
+
+
+def test_services_that_outlive_their_aura_up_keep_the_home_locked(tmp_path: Path) -> None:
+    """`aura up` killed with -9 leaves its services running (each in a session of its own).  They hold the home's
+    lock with it, so a second `aura up` there is refused instead of starting a second executor on the same journal
+    and exchange account (with the health ports moving off taken defaults, nothing else would stop it)."""
+    home = tmp_path / "home"
+    stack = launch(home)
+    try:
+        assert stack.lock is not None
+        stack.lock.close()  # all kill -9 does to the launcher's hold on the lock: its descriptor closes
+        stack.lock = None
+        env = stack_env(home)
+        with off_port_4222(), pytest.raises(HomeLocked, match="outlived it"):
+            start_stack(load_settings(env), env)
+        assert all(p.poll() is None for p in stack.procs.values()), "the refused start disturbed the survivors"
+    finally:
+        stack.stop()
+    acquire_home(home.resolve()).close()  # once they are gone, the home is free again
 
 
 def test_params_show_finds_the_running_system_through_its_run_file(stack: Stack) -> None:
