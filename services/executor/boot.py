@@ -12,12 +12,13 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, OrderState
 from services.executor.brokers.paper import QUOTE, PaperBroker, base_asset
 from services.executor.journal import Journal, journal_fault
+from services.executor.journal_owner import JournalHeld, own_journal
 from services.executor.outage import is_exchange_outage
 from services.executor.portfolio import portfolio_from_fills
 from services.ingest.replay import load_market_rules
@@ -33,22 +34,32 @@ async def open_journal(ctx: ServiceContext) -> Journal | None:
     """The journal, once it can be opened and written; None if the service is stopped meanwhile."""
     path = ctx.settings.journal_path
     fault: str | None = None
+    owner: IO[str] | None = None  # the journal's lock (journal_owner.py), taken first and kept across retries
     ctx.health.checks["journal"] = lambda: (False, f"cannot open the journal ({fault})" if fault else "opening")
     while not ctx.stop.is_set():
         try:
+            owner = owner or own_journal(path)
             journal = Journal(path)
+        except JournalHeld as exc:
+            if fault != str(exc):  # a standby executor may wait for hours: said once, not every retry
+                error(ctx.logger, "JOURNAL_FAULT", "another executor runs on this journal; waiting", path=str(path),
+                      error=str(exc))
+            fault = str(exc)
         except Exception as exc:
             fault = journal_fault(exc)
             if fault is None:
                 raise
             error(ctx.logger, "JOURNAL_FAULT", "journal cannot be opened for writing; waiting", path=str(path),
                   error=fault)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.stop.wait(), timeout=RETRY_S)
-            continue
-        if fault is not None:
-            info(ctx.logger, "JOURNAL_FAULT", "journal writable again", path=str(path))
-        return journal
+        else:
+            if fault is not None:
+                info(ctx.logger, "JOURNAL_FAULT", "journal writable again", path=str(path))
+            journal.owner = owner  # released with the journal (Journal.close)
+            return journal
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), timeout=RETRY_S)
+    if owner is not None:
+        owner.close()
     return None
 
 

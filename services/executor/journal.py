@@ -13,7 +13,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from services.executor.portfolio import FillRow
 
@@ -168,6 +168,7 @@ class Journal:
         self.db.executescript(SCHEMA)
         self._migrate()
         self.path = path
+        self.owner: IO[str] | None = None  # the executor's hold on the journal (journal_owner.py), if it took one
 
     def _fill_migrations(self) -> list[str]:
         """The statements that bring this file's ``fills`` table to the current layout (none when current)."""
@@ -199,6 +200,9 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+        if self.owner is not None:
+            self.owner.close()
+            self.owner = None
 
     # -- transactions ---------------------------------------------------------------------------------
     def begin(self) -> None:
