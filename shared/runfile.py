@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
 from shared.config import ConfigError, Settings
+from shared.pidlock import LockHeld, hold_exclusive
 
 
 @dataclass(frozen=True)
@@ -46,21 +46,11 @@ class HomeLocked(RuntimeError):
 
 def acquire_home(home: Path) -> IO[str]:
     """Take the exclusive lock on ``home`` (kept while the returned file stays open); HomeLocked if taken."""
-    home.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path(home), "a+")  # noqa: SIM115 - held open for the life of `aura up`
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise HomeLocked(f"another `aura up` (pid {holder}), or services it started that outlived it, is running "
+        return hold_exclusive(lock_path(home))
+    except LockHeld as exc:
+        raise HomeLocked(f"another `aura up` (pid {exc.holder}), or services it started that outlived it, is running "
                          f"on AURA_HOME={home}; stop it first, or set AURA_HOME to another directory") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 def write_run(home: Path, info: RunInfo) -> None:

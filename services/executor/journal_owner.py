@@ -13,10 +13,10 @@ An advisory ``flock`` on a file of its own: SQLite's own locks are POSIX record 
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 from typing import IO
+
+from shared.pidlock import LockHeld, hold_exclusive
 
 
 class JournalHeld(RuntimeError):
@@ -30,17 +30,7 @@ def lock_path(journal: Path) -> Path:
 def own_journal(journal: Path) -> IO[str]:
     """The journal's lock, held while the returned file stays open; JournalHeld if another process has it, an
     OSError if the lock file cannot be made (a read-only or full disk: the caller's journal fault)."""
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path(journal), "a+")  # noqa: SIM115 - held open for the life of the executor
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise JournalHeld(f"held by executor pid {holder}; this one takes over when it stops") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+        return hold_exclusive(lock_path(journal))
+    except LockHeld as exc:
+        raise JournalHeld(f"held by executor pid {exc.holder}; this one takes over when it stops") from None
