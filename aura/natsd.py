@@ -10,12 +10,12 @@ import shutil
 import socket
 import subprocess
 import sysconfig
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aura.ports import can_bind
+from aura.ports import free_port as free_port  # the helpers and tests that start a bus take it from here
 from shared.bus_access import TlsFiles, server_config
 from shared.config import Settings
 from shared.credentials import bus_users
@@ -34,26 +34,6 @@ def nats_server_binary() -> str:
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether the bus could take ``port`` now (the launcher's test for 4222; the same one as for health ports)."""
     return can_bind(port, host)
-
-
-# Every port free_port has handed out in this process.  Ports are taken several in a row (one per service, then
-# the bus) and bound later by other processes; once the probing socket is closed the kernel may offer the same
-# ephemeral port again, and two services given one port fail at start (seen in CI: ingest and the console).
-_HANDED_OUT: set[int] = set()
-_HANDED_OUT_LOCK = threading.Lock()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now and that this process has not handed out before."""
-    with _HANDED_OUT_LOCK:
-        for _ in range(256):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                return port
-    raise RuntimeError(f"no free port on {host} that this process has not handed out already")
 
 
 @dataclass

@@ -14,6 +14,7 @@ exit naming the port, and the launcher reports the death; it never takes another
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Mapping
 
 from shared.config import SERVICE_NAMES, Settings
@@ -38,15 +39,24 @@ def can_bind(port: int, host: str) -> bool:
     return True
 
 
-def pick_free(host: str, avoid: set[int]) -> int:
-    """A port the system gives out free on ``host`` now, not one of ``avoid`` (ports already handed out, which
-    nobody has bound yet, so the system might give them out again)."""
-    while True:
-        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in avoid:
-            return port
+# Every port free_port has handed out in this process.  Ports are taken several in a row (one per service, then
+# the bus) and bound later by other processes; once the probing socket is closed the kernel may offer the same
+# ephemeral port again, and two services given one port fail at start (seen in CI: ingest and the console).
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now on ``host`` and that this process has not handed out before."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(256):
+            with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError(f"no free port on {host} that this process has not handed out already")
 
 
 def choose_ports(settings: Settings, sources: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:
@@ -68,7 +78,9 @@ def choose_ports(settings: Settings, sources: Mapping[str, str]) -> tuple[dict[s
     for name in (n for n in SERVICE_NAMES if n not in chosen):
         port = settings.port_for(name)
         if port in chosen.values() or not can_bind(port, host):
-            free = pick_free(host, set(chosen.values()))
+            free = free_port(host)
+            while free in chosen.values():  # a port someone set, not bound yet, that the system may offer
+                free = free_port(host)
             moved.append(f"{name}'s default port {port} is taken; its health app uses free port {free} instead")
             port = free
         chosen[name] = port

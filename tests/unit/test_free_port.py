@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from aura import natsd
-from aura.natsd import free_port
+from aura import ports
+from aura.ports import free_port
 
 
 def test_ports_taken_in_a_row_are_distinct_and_free() -> None:
@@ -28,6 +28,6 @@ def test_a_port_the_kernel_offers_again_is_skipped(monkeypatch) -> None:
             host, port = super().getsockname()
             return host, next(offers, port)
 
-    monkeypatch.setattr(natsd.socket, "socket", Repeating)
+    monkeypatch.setattr(ports.socket, "socket", Repeating)
     second = free_port()
     assert second != first
