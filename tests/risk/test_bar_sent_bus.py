@@ -23,13 +23,14 @@ from services.risk import bar_budget
 from services.risk.bar_budget import BarBudget, SentDoc, SentInBar, SentQty, verified_count
 from shared.bus import kv_get, state_kv
 from shared.config import Settings
-from shared.contracts import ApprovedPlan, PortfolioSnapshot, decode
+from shared.contracts import ApprovedPlan, PortfolioSnapshot
 from shared.credentials import signing_key
 from shared.health import HealthState
 from shared.signing import load_public_key, sign_struct
 from shared.state_keys import BAR_SENT_KEY
-from tests.bus_helpers import Capture, approved_plans, role_connections, running, snapshot, stream_messages, until
+from tests.bus_helpers import Capture, approved_plans, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
+from tests.risk.test_participation_bus import rest_of_the_bar, tick_snapshots
 from tests.risk.test_risk_tick_bus import buy, market_moves, tick_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -184,34 +185,16 @@ def test_a_restart_of_risk_mid_bar_does_not_hand_out_the_bars_room_again(nats_se
     settings = tick_settings(nats_server)
     capture = Capture()
 
-    def tick_lines() -> int:
-        return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
-
     async def scenario() -> tuple[list[PortfolioSnapshot], list[PortfolioSnapshot], list[ApprovedPlan]]:
         async with running(settings, "executor", handler=capture), \
                 role_connections(settings, "ingest", "risk", "operator") as js:
-
-            async def tick_snapshots(count: int) -> list[PortfolioSnapshot] | None:
-                found = [decode(raw, PortfolioSnapshot)
-                         for raw in await stream_messages(js["operator"], PortfolioSnapshot.SUBJECT)]
-                ticks = [x for x in found if x.cycle_id.startswith("tick-")]
-                return ticks if len(ticks) >= count else None
-
             async with running(settings, "risk", handler=capture):
                 await buy(js["risk"], settings, 0.2, 40_000.0)
                 await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
-                first = await until(lambda: tick_snapshots(1), "the first liquidation tick")
+                first = await until(lambda: tick_snapshots(js["operator"], 1), "the first liquidation tick")
             # The first risk is gone; a new one starts on the same bus, on the same bar.
             async with running(settings, "risk", handler=capture):
-                seen = tick_lines()
-
-                async def ticked() -> bool:
-                    return tick_lines() >= seen + 10
-
-                await until(ticked, "ten ticks of the new risk on the same bar")
-                same_bar = await tick_snapshots(1) or []
-                await market_moves(js["ingest"], settings, 25_000.0, day=2, volume=1.5)
-                after = await until(lambda: tick_snapshots(2), "the next bar's liquidation tick")
+                same_bar, after = await rest_of_the_bar(capture, js, settings)
             return first + same_bar, after, await approved_plans(js["operator"])
 
     same_bar, after, plans = asyncio.run(scenario())

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import pytest
 
 from aura.strategy.capacity import decision_bar_volumes
 from aura.strategy.rebalance import floor_to_step
+from shared.config import Settings
 from shared.contracts import ApprovedPlan, PortfolioSnapshot, decode
 from tests.bus_helpers import (
     Capture,
@@ -65,6 +67,32 @@ def test_live_risk_caps_each_leg_at_its_share_of_the_decision_bars_volume(nats_s
     assert r.capture.fields("PLAN_APPROVED")
 
 
+async def tick_snapshots(js_operator: Any, count: int) -> list[PortfolioSnapshot] | None:
+    """The snapshots of risk ticks' plans, once there are ``count`` of them (None before)."""
+    found = [decode(raw, PortfolioSnapshot) for raw in await stream_messages(js_operator, PortfolioSnapshot.SUBJECT)]
+    ticks = [x for x in found if x.cycle_id.startswith("tick-")]
+    return ticks if len(ticks) >= count else None
+
+
+async def rest_of_the_bar(capture: Capture, js: dict[str, Any], settings: Settings,
+                          ) -> tuple[list[PortfolioSnapshot], list[PortfolioSnapshot]]:
+    """Ten more risk ticks on the bar of the first liquidation tick (the tick snapshots then: a tick that sold on
+    the bar again adds one), then the next bar and its liquidation tick (the tick snapshots then)."""
+    def tick_lines() -> int:
+        return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
+
+    seen = tick_lines()
+
+    async def ticked() -> bool:
+        return tick_lines() >= seen + 10
+
+    await until(ticked, "ten more ticks on the same bar")
+    same_bar = await tick_snapshots(js["operator"], 1) or []
+    await market_moves(js["ingest"], settings, 25_000.0, day=2, volume=1.5)
+    after = await until(lambda: tick_snapshots(js["operator"], 2), "the next bar's liquidation tick")
+    return same_bar, after
+
+
 def test_the_cap_is_on_the_bar_so_ticks_do_not_sell_it_again_until_a_new_bar(nats_server: NatsEndpoint) -> None:
     """A kill-switch liquidation of 0.2 BTC on bars that traded 1.5 BTC: 10% is 0.15 BTC a bar.  The first tick
     sells 0.15; the ticks after it, on the same bar, sell nothing more (the bar's room is used); the next bar's
@@ -78,22 +106,8 @@ def test_the_cap_is_on_the_bar_so_ticks_do_not_sell_it_again_until_a_new_bar(nat
             await buy(js["risk"], settings, 0.2, 40_000.0)
             await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
 
-            async def tick_snapshots(count: int) -> list[PortfolioSnapshot] | None:
-                found = [decode(raw, PortfolioSnapshot)
-                         for raw in await stream_messages(js["operator"], PortfolioSnapshot.SUBJECT)]
-                ticks = [x for x in found if x.cycle_id.startswith("tick-")]
-                return ticks if len(ticks) >= count else None
-
-            first = await until(lambda: tick_snapshots(1), "the first liquidation tick")
-            seen = sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:"))
-
-            async def ticked() -> bool:
-                return sum(1 for t in capture.fields("RISK_TICK") if t["msg"].startswith("tick:")) >= seen + 10
-
-            await until(ticked, "ten more ticks on the same bar")
-            same_bar = await tick_snapshots(1) or []
-            await market_moves(js["ingest"], settings, 25_000.0, day=2, volume=1.5)
-            after = await until(lambda: tick_snapshots(2), "the next bar's liquidation tick")
+            first = await until(lambda: tick_snapshots(js["operator"], 1), "the first liquidation tick")
+            same_bar, after = await rest_of_the_bar(capture, js, settings)
             return first + same_bar, after, await approved_plans(js["operator"])
 
     same_bar, after, plans = asyncio.run(scenario())
