@@ -134,17 +134,28 @@ class Probe:
     def __init__(self, nc: Any, errors: list[str]) -> None:
         self.nc, self.errors = nc, errors
 
+    def refused(self, subject: str) -> bool:
+        """The server said so: its permission error names this exact subject."""
+        return any(f'"{subject.lower()}"' in e.lower() for e in self.errors)
+
     async def attempt(self, subject: str, payload: bytes = b"{}", headers: dict[str, str] | None = None) -> str:
-        # A refusal arrives at once (the server's -ERR); an allowed request is answered.  Under load an answer
-        # can take a while, so silence is asked once more before it counts as "no answer" (a failure).
+        # A refusal arrives at once (the server's -ERR) while the request waits for a reply that never comes:
+        # it counts as soon as it is there instead of after the request's timeout.  An allowed request is
+        # answered.  Under load an answer can take a while, so silence is asked once more before it counts as
+        # "no answer" (a failure).
         for _ in range(2):
-            try:
-                await self.nc.request(subject, payload, timeout=3.0, headers=headers)
+            request = asyncio.ensure_future(self.nc.request(subject, payload, timeout=3.0, headers=headers))
+            while not request.done() and not self.refused(subject):
+                await asyncio.wait({request}, timeout=0.02)
+            if not request.done():
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+                return "refused"
+            if request.exception() is None:
                 return "allowed"
-            except Exception:
-                await asyncio.sleep(0.05)
-                if any(f'"{subject.lower()}"' in e.lower() for e in self.errors):
-                    return "refused"
+            await asyncio.sleep(0.05)
+            if self.refused(subject):
+                return "refused"
         return "no answer"
 
 
@@ -198,8 +209,7 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
         await probe.nc.publish(subject, b"+ACK")
         await probe.nc.flush()
         await asyncio.sleep(0.2)
-        results[f"ack {durable}"] = ("refused" if any(f'"{subject.lower()}"' in e.lower() for e in probe.errors)
-                                     else "allowed")
+        results[f"ack {durable}"] = "refused" if probe.refused(subject) else "allowed"
     # Management goes second: the operator may delete the executor's consumer, and a pull on a consumer deleted
     # a moment earlier has no responder, so running both at once made "consume executor" a race.
     manage: dict[str, Any] = {}
