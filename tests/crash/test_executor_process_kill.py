@@ -5,6 +5,10 @@ The kill lands at the worst moment: the first order is booked on the exchange bu
 the executor (the simulator holds the response), so the journal says "sent" and nothing else.  The restarted
 executor must find that order by its clientOrderId instead of placing it again, finish the plan, publish the
 snapshot, ack the bus redelivery of the same plan without trading, and go on with the next plan.
+
+The executor's durable consumer is provisioned with a 6 s ack wait instead of 30 s (as in
+tests/e2e/test_live_kills.py): JetStream redelivers the plan the dead process received only once the ack wait has
+passed, and the test waits for that redelivery; nothing else changes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, Fault, SimConfig, SimServer
@@ -28,8 +33,9 @@ from services.executor.brokers.client_order_id import client_order_id
 from services.executor.portfolio import portfolio_from_fills
 from shared.bus import last_message, publish, session
 from shared.config import Settings
-from shared.contracts import ApprovedPlan, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
+from shared.contracts import CONSUMERS, ApprovedPlan, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
 from shared.credentials import signing_key
+from shared.provision import provision_bus
 from shared.signing import load_public_key, sign_plan, verify_struct
 from tests.conftest import NatsEndpoint
 
@@ -61,6 +67,15 @@ async def _publish(settings: Settings, plan: ApprovedPlan) -> None:
     """Publish a signed plan as risk does (risk's credential: only risk may publish approved plans)."""
     async with session(settings, "risk") as nc:
         await publish(nc.jetstream(), plan, msg_id=plan.plan.plan_id)
+
+
+async def _executor_ack_wait(settings: Settings, seconds: float) -> None:
+    """Provision the executor's durable consumer again with another ack wait (as the operator, who manages it)."""
+    spec = CONSUMERS["executor"]
+    async with session(settings, "operator") as nc:
+        js = nc.jetstream()
+        await js.delete_consumer(spec.stream, spec.durable)
+        await provision_bus(js, 120.0, consumers={"executor": msgspec.structs.replace(spec, ack_wait_s=seconds)})
 
 
 def journal(home: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -142,6 +157,7 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
     env.update(nats_binary.env(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
                                AURA_EXCHANGE_API_KEY=DEFAULT_API_KEY, AURA_EXCHANGE_API_SECRET=DEFAULT_API_SECRET,
                                AURA_LOG_LEVEL="INFO"))
+    asyncio.run(_executor_ack_wait(settings, 6.0))
     executor = Executor(env, tmp_path)
     prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in ("BTC/USDT", "ETH/USDT", "SOL/USDT")}
     try:
