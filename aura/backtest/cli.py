@@ -13,10 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aura.backtest.engine import StderrProgress
 from aura.backtest.execution import DEFAULT_MAX_PARTICIPATION
-from aura.backtest.report_html import kill_switch_line
-from aura.backtest.run import RunSpec, load_params_document, run_params, write_outputs
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams
 
 
@@ -61,6 +58,11 @@ def add_backtest_parser(subparsers: Any) -> None:
 
 
 def run_backtest_command(args: argparse.Namespace) -> int:
+    # Here, not at the top: every `aura` command registers this parser, and the backtester's imports (polars,
+    # matplotlib) would cost each of them (`aura params show`...) most of a second.
+    from aura.backtest.engine import StderrProgress
+    from aura.backtest.run import RunSpec, load_params_document, run_params, write_outputs
+
     try:
         if args.params:
             params, declared = load_params_document(args.params, args.params_timeframe)
@@ -89,6 +91,8 @@ def run_backtest_command(args: argparse.Namespace) -> int:
 
 def summary(metrics: dict[str, Any], seconds: float, out: Path) -> str:
     """What the run did, in three lines: performance, time in market and the kill-switch, round trips."""
+    from aura.backtest.report_html import kill_switch_line
+
     s = metrics["strategy"]
     rt = s["round_trips"]
     win = f", win rate {rt['win_rate']:.1%}" if rt["closed"] else ""

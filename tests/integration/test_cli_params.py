@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,18 @@ def aura(bus: NatsEndpoint, *args: str) -> subprocess.CompletedProcess[str]:
     """`aura ...` as the operator of the system on ``bus`` (its AURA_HOME keys, its URL)."""
     proc = run_aura({"AURA_HOME": str(bus.home), "AURA_NATS_URL": bus.url}, *args)
     return proc
+
+
+def run_aura_all(env: dict[str, str], *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """``run_aura(env, *command)`` for each of ``commands`` (read-only ones: none may change what another sees),
+    each its own `aura` process as ever, run side by side: most of a command's time is its start, not the bus."""
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        return list(pool.map(lambda command: run_aura(env, *command), commands))
+
+
+def aura_all(bus: NatsEndpoint, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """``aura(bus, *command)`` for each of ``commands`` (read-only), side by side; results in ``commands``' order."""
+    return run_aura_all({"AURA_HOME": str(bus.home), "AURA_NATS_URL": bus.url}, *commands)
 
 
 def show(bus: NatsEndpoint, *args: str) -> dict[str, Any]:
@@ -168,7 +181,10 @@ def test_history_diff_and_rollback(nats_server: NatsEndpoint, tmp_path: Path) ->
     v1 = promoted(nats_server, tmp_path, {"top_k": 2}, "first change")
     v2 = promoted(nats_server, tmp_path, {"top_k": 4, "stop_loss": 0.1}, "second change")
 
-    hist = aura(nats_server, "params", "history")
+    # Read-only commands, each its own `aura` process, side by side.
+    hist, diff, same, against_defaults = aura_all(
+        nats_server, ("params", "history"), ("params", "diff", str(v1), str(v2)),
+        ("params", "diff", str(v1), str(v1)), ("params", "diff", "0", str(v1)))
     assert hist.returncode == 0, hist.stderr
     lines = hist.stdout.strip().splitlines()
     assert len(lines) == 2, hist.stdout
@@ -179,22 +195,22 @@ def test_history_diff_and_rollback(nats_server: NatsEndpoint, tmp_path: Path) ->
         assert params_digest(StrategyParams(**params)) in line
         assert "operator:" in line and line.endswith(reason)
 
-    diff = aura(nats_server, "params", "diff", str(v1), str(v2))
     assert diff.returncode == 0, diff.stderr
     assert sorted(diff.stdout.strip().splitlines()) == ["stop_loss: 0.15 -> 0.1", "top_k: 2 -> 4"]
-    same = aura(nats_server, "params", "diff", str(v1), str(v1))
     assert same.returncode == 0 and "same parameters" in same.stdout
-    against_defaults = aura(nats_server, "params", "diff", "0", str(v1))
     assert against_defaults.stdout.strip() == "top_k: 3 -> 2"
 
     back = aura(nats_server, "params", "rollback", str(v1), "--reason", "second change hurt")
     assert back.returncode == 0, back.stderr
-    now = show(nats_server)
+    shows = aura_all(nats_server, ("params", "show"), ("params", "show", "--version", str(v1)),
+                     ("params", "show", "--version", str(v2)))
+    assert all(proc.returncode == 0 for proc in shows), [proc.stderr for proc in shows]
+    now, at_v1, at_v2 = (dict(json.loads(proc.stdout)) for proc in shows)
     assert now["version"] > v2, "a rollback is a new version, not a rewrite of history"
-    assert now["params"] == show(nats_server, "--version", str(v1))["params"] == {**DEFAULTS, "top_k": 2}
+    assert now["params"] == at_v1["params"] == {**DEFAULTS, "top_k": 2}
     assert now["promoted_by"].startswith("operator:")
     assert now["reason"] == f"rollback to version {v1}: second change hurt"
-    assert show(nats_server, "--version", str(v2))["params"]["top_k"] == 4  # history is kept
+    assert at_v2["params"]["top_k"] == 4  # history is kept
 
     missing = aura(nats_server, "params", "rollback", "99", "--reason", "no such version")
     assert missing.returncode == 2 and "99" in missing.stderr
@@ -214,20 +230,26 @@ def one_line_failure(proc: subprocess.CompletedProcess[str]) -> str:
 def test_with_no_system_running_the_cli_says_so_in_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
     empty = tmp_path / "empty-home"
     empty.mkdir()
-    one_line_failure(run_aura({"AURA_HOME": str(empty)}, *command))
-    assert list(empty.iterdir()) == [], "a read command with no system running wrote into AURA_HOME"
     # A home that has its keys (a system that ran once and was stopped): the line says no system is running.
     keyed = load_settings({"AURA_HOME": str(tmp_path / "stopped-home")})
     ensure_credentials(keyed.keys)
-    line = one_line_failure(run_aura({"AURA_HOME": str(keyed.home_path)}, *command))
-    assert "no AURA system is running" in line, line
     # Keys present and an explicit URL where nothing listens (a stopped compose bus): nats-py, told not to
     # reconnect, used to retry the refused port forever; the command must answer in one line, promptly.
     dead_port = free_port()
-    started = time.monotonic()
-    line = one_line_failure(run_aura({"AURA_HOME": str(keyed.home_path),
-                                      "AURA_NATS_URL": f"nats://127.0.0.1:{dead_port}"}, *command))
-    assert "cannot reach the AURA bus" in line and time.monotonic() - started < 30, line
+    # The three cases share nothing (two homes, no bus): each its own `aura` process, side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        bare = pool.submit(run_aura, {"AURA_HOME": str(empty)}, *command)
+        stopped = pool.submit(run_aura, {"AURA_HOME": str(keyed.home_path)}, *command)
+        started = time.monotonic()
+        dead = pool.submit(run_aura, {"AURA_HOME": str(keyed.home_path),
+                                      "AURA_NATS_URL": f"nats://127.0.0.1:{dead_port}"}, *command)
+        unreachable = one_line_failure(dead.result())
+        answered_in = time.monotonic() - started
+    one_line_failure(bare.result())
+    assert list(empty.iterdir()) == [], "a read command with no system running wrote into AURA_HOME"
+    line = one_line_failure(stopped.result())
+    assert "no AURA system is running" in line, line
+    assert "cannot reach the AURA bus" in unreachable and answered_in < 30, unreachable
 
 
 def test_read_commands_create_nothing_on_an_unprovisioned_bus(tmp_path: Path) -> None:
@@ -238,9 +260,9 @@ def test_read_commands_create_nothing_on_an_unprovisioned_bus(tmp_path: Path) ->
     server = start_bus(settings, free_port())
     try:
         env = {"AURA_HOME": str(settings.home_path), "AURA_NATS_URL": server.url}
-        for command in (("params", "show"), ("params", "history"), ("params", "diff", "1", "2"),
-                        ("risk", "status")):
-            line = one_line_failure(run_aura(env, *command))
+        for proc in run_aura_all(env, ("params", "show"), ("params", "history"), ("params", "diff", "1", "2"),
+                                 ("risk", "status")):
+            line = one_line_failure(proc)
             assert "aura bus provision" in line, line
 
         async def streams() -> tuple[list[str], dict[str, bool]]:

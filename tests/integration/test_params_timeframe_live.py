@@ -38,7 +38,7 @@ from shared.live_params import (
 from shared.service import ServiceContext
 from shared.signing import sign_struct
 from tests.conftest import NatsEndpoint
-from tests.integration.test_cli_params import aura, promoted, set_params, show
+from tests.integration.test_cli_params import aura, live_version, promoted, set_params, show
 
 pytestmark = pytest.mark.integration
 
@@ -189,10 +189,11 @@ def test_params_set_with_a_timeframe_round_trips_through_show(nats_server: NatsE
     assert again["timeframe"] == "1h" and again["params"] == {**expected, "top_k": 2}
     # No timeframe in the file: the live version's (1h), so a bare knob does not relabel the document.
     promoted(nats_server, tmp_path, {"stop_loss": 0.1}, "tighter stop")
-    assert show(nats_server)["timeframe"] == "1h"
-    # A 1h system's tracker takes the promoted document up.
+    latest = show(nats_server)
+    assert latest["timeframe"] == "1h"
+    # A 1h system's tracker takes the promoted document up (nothing was promoted since that show).
     params, version, _ = asyncio.run(tracked(nats_server, "signal", "1h"))
-    assert version == show(nats_server)["version"] and params.momentum_lookback == 600
+    assert version == latest["version"] and params.momentum_lookback == 600
     # Rollback keeps the bars the old version was made for.
     back = aura(nats_server, "params", "rollback", str(v1), "--reason", "undo")
     assert back.returncode == 0, back.stderr
@@ -204,7 +205,7 @@ def test_params_set_with_a_timeframe_round_trips_through_show(nats_server: NatsE
                                                                    "momentum_lookback")):
         proc = set_params(nats_server, tmp_path, doc, "bad", name="bad.json")
         assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert show(nats_server)["version"] == before
+        assert live_version(nats_server) == before  # the newest stored version: nothing, valid or not, was added
 
 
 def context(nats: NatsEndpoint, nc: Any, **env: str) -> ServiceContext:

@@ -300,7 +300,11 @@ def test_an_unsigned_snapshot_published_before_risk_read_the_real_one_does_not_s
     next genuine cycles are planned on a snapshot the executor signed and executed."""
 
     async def scenario() -> dict[str, Any]:
-        async with rig(nats_server, AURA_RISK_TICK_S="0") as r:
+        # A target waits for the plan risk published last to be closed, at most INFLIGHT_WAIT_S (10 s) or until
+        # that plan is older than the cycle timeout: here the forgery hides the first plan's snapshot and the
+        # executor refuses the second plan, so each of the next two cycles would wait the full 10 s.  A 3 s cycle
+        # timeout bounds those waits (the executor says its book again within milliseconds of a refusal).
+        async with rig(nats_server, AURA_RISK_TICK_S="0", AURA_CYCLE_TIMEOUT_S="3") as r:
             first = await r.genuine_cycle_executes()
             real = await snapshot(r.js["operator"])
             assert real.snapshot_id == first.snapshot_id
