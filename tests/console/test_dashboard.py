@@ -33,7 +33,7 @@ from tests.console.conftest import ConsoleSystem, start_system, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 VENDORED_JS = "vendor/lightweight-charts-5.3.0/lightweight-charts.standalone.production.js"
 VENDORED_SHA256 = "338a625ece52c5b85fb026e222dad5d0f365f745060afbfae96bda91636142e9"
-REPLAY_START = "2024-10-10"  # the bundled history ends 2024-12-05: ~57 cycles, then idle
+REPLAY_START = "2024-11-05"  # the bundled history ends 2024-12-05: ~31 cycles (~22 s), then idle
 INTERVAL_S = 0.7  # slow enough that cycles are still coming while the first tests run
 
 
@@ -115,10 +115,15 @@ def test_a_new_cycle_appears_without_a_reload(system: ConsoleSystem, browser: An
 def test_the_chart_holds_the_journals_points(system: ConsoleSystem, browser: Any) -> None:
     # Once the replay is idle, the chart must hold exactly the journal's equity history (the newest signed snapshot
     # carries the last 365 points of the journal, with their commit times).
+    # Idle: more than 10 cycles and none for 3 intervals and a second, the count read every 0.1 s (the quiet time
+    # runs from the last change seen, not in fixed windows that a last cycle could straddle).
+    last: dict[str, float] = {"count": -1.0, "since": 0.0}
+
     def idle() -> bool:
-        first = system.cycles()
-        time.sleep(3 * INTERVAL_S + 1)
-        return first == system.cycles() and first > 10
+        count, now = system.cycles(), time.monotonic()
+        if count != last["count"]:
+            last.update(count=count, since=now)
+        return count > 10 and now - last["since"] >= 3 * INTERVAL_S + 1
 
     wait_until(idle, "the replay to finish", timeout=180, every=0.1)
     rows = system.journal("SELECT equity, committed_ts_ms FROM snapshots ORDER BY seq DESC LIMIT 365")[::-1]
