@@ -17,8 +17,9 @@ percent, cash sharing, combinations batched as column groups, which is vectorbt'
 data, and the per-combination throughputs are compared.  Times are CPU seconds of this process
 (time.process_time), so that other processes on a shared machine do not distort them; wall seconds are
 reported too.  numba compile/cache-load time is measured separately and excluded from the rates.
-Figures are printed and written to bench/results/backtest_speed.json; the last printed line is one JSON
-object.  Nothing here asserts a time.
+Figures are printed and written to bench/results/backtest_speed.json, the rates drawn in
+bench/results/backtest_speed.png (``--plot PATH``, ``--no-plot``); the last printed line is one JSON object.
+Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -246,6 +247,36 @@ def _touch_all() -> None:
     run_fast(Market.build(panel, rules), StrategyParams(), BacktestConfig(bar_ms=86_400_000))
 
 
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """AURA's evaluations/s (independent and staged grids) beside vectorbt's combinations/s, per timeframe, with
+    the speed-ups in the labels; only what was run (no vectorbt bars after ``--vbt-combos 0``)."""
+    # Imported here, not with the module: compile_time()'s subprocess times the import of this file.
+    from bench.plotting import Bars, bar_panels, machine_note
+
+    tfs = [tf for tf in ("1d", "1h") if tf in report]
+    series: dict[str, list[float | None]] = {
+        "AURA, independent grid": [report[tf]["independent"]["evals_per_s"] for tf in tfs],
+        "AURA, staged grid": [report[tf]["staged"]["evals_per_s"] for tf in tfs],
+    }
+    labels = []
+    for tf in tfs:
+        res, vb = report[tf], report[tf]["vectorbt"]
+        label = f"{tf}: {res['symbols']} symbols × {res['bars']:,} bars"
+        if vb:  # the speed-up, where the bars it compares stand
+            label += (f"\nAURA {res['independent']['evals_per_s'] / vb['combos_per_s']:,.1f}× / "
+                      f"{res['staged']['evals_per_s'] / vb['combos_per_s']:,.0f}× vectorbt")
+        labels.append(label)
+    vbt = [report[tf]["vectorbt"]["combos_per_s"] if report[tf]["vectorbt"] else None for tf in tfs]
+    if any(v is not None for v in vbt):
+        series["vectorbt top-k rotation"] = vbt
+    versions = {report[tf]["vectorbt"]["version"] for tf in tfs if report[tf]["vectorbt"]}
+    extra = f"{report['summary']['sets_per_grid']} sets per grid; CPU seconds, one core"
+    extra += f"; vectorbt {', '.join(sorted(versions))}" if versions else "; vectorbt not run"
+    title = "Backtest throughput: AURA's full strategy" + (" vs vectorbt" if versions else "")
+    panel = Bars("parameter sets evaluated per CPU second", labels, series, "evaluations / s (CPU)")
+    return bar_panels(path, title, [panel], machine_note(extra))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("AURA_SHARED_DATA", REPO.parent / "shared/data")))
@@ -256,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="defaults of 64 sets, 8 vectorbt combinations; no compile "
                     "timing, no result file")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "backtest_speed.json")
+    from bench.plotting import add_plot_args, plot_path
+
+    add_plot_args(ap, "backtest_speed")
     args = ap.parse_args(argv)
     if args.sets is None:
         args.sets = 64 if args.quick else 512
@@ -304,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             "vectorbt_ratio_1h": round(h["independent"]["evals_per_s"] / h["vectorbt"]["combos_per_s"], 1),
         })
     report["summary"] = summary
+    if (png := plot_path(args)) is not None:  # after every clock has stopped
+        summary["plot"] = str(plot(report, png))
+        print(f"plot: {png}")
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -6,7 +6,8 @@ back to back and measures, per cycle, ``snapshot.committed_at_ms - data_ready.em
 bus as the operator, the only principal allowed to read these streams whole.
 The first cycle is reported separately (first object-store reads, first journal writes); the numba kernels are
 compiled before the services report ready (aura/warmup.py), so their compile time lands in all_ready_s.
-Last printed line: one JSON object with the figures.
+The samples are drawn as a distribution with p50/p99 marked in bench/results/cycle_latency.png (``--plot PATH``,
+``--no-plot``).  Last printed line: one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nats.js import api as js_api
 
 from aura.launcher import start_stack, wait_ready
 from aura.natsd import free_port, start_bus
+from bench.plotting import add_plot_args, latency_cdf, machine_note, plot_path
 from shared.bus import session
 from shared.config import SERVICE_NAMES, Settings, load_settings
 from shared.contracts import DataReady, PortfolioSnapshot, decode
@@ -109,6 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cycles", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=600)
+    add_plot_args(parser, "cycle_latency")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aura-bench-") as tmp:
         home = Path(tmp)
@@ -146,6 +149,12 @@ def main() -> int:
     }
     print(f"data-ready -> executor commit over {len(samples)} cycles: p50 {figures['p50_ms']} ms, "
           f"p99 {figures['p99_ms']} ms (first cycle {figures['first_cycle_ms']} ms)")
+    if (png := plot_path(args)) is not None:  # the system is down: nothing is measured any more
+        note = machine_note(f"{len(samples)} cycles after {WARMUP} warm-up; first cycle {figures['first_cycle_ms']} "
+                            f"ms; aura up → all ready {figures['all_ready_s']} s")
+        figures["plot"] = str(latency_cdf(png, "Cycle latency over the real bus: data-ready → executor commit",
+                                          {"data-ready → executor commit": samples}, "ms", note))
+        print(f"plot: {png}")
     print(json.dumps(figures))
     return 0
 

@@ -7,6 +7,8 @@ limiter is off: it would measure Binance's published request budget, not this co
 The second figure (``plan_path_intents_per_s``) is the whole money-safe path, ``execute_plan`` + CcxtBroker:
 every intent journaled to a real SQLite file (WAL, synchronous=FULL) before it is sent, the free-balance read
 and sell clamp for sells, the order, its fills and final state journaled after, one commit per step.
+The two rates and their per-order latencies are drawn side by side in bench/results/executor_speed.png
+(``--plot PATH``, ``--no-plot``).
 Last printed line: one JSON object, e.g. {"executor_intents_per_s": 412.3, "plan_path_intents_per_s": ...}.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
+from bench.plotting import Bars, add_plot_args, bar_panels, machine_note, plot_path
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.brokers.client_order_id import client_order_id
 from services.executor.execution import ExecutionLimits, execute_plan
@@ -98,11 +101,28 @@ async def _run_plans(server: SimServer, plans: int, legs: int) -> dict[str, floa
             "plan_path_intent_ms_p50": round(statistics.median(per_plan) / legs * 1000, 2)}
 
 
+def plot(result: dict[str, float], path: Path) -> Path:
+    """The broker alone against the whole plan path: intents per second, and milliseconds per intent (p50)."""
+    labels = [f"CcxtBroker alone\n{result['orders']:.0f} orders"]
+    rates: list[float | None] = [result["executor_intents_per_s"]]
+    ms: list[float | None] = [result["latency_ms_p50"]]
+    if "plan_path_intents_per_s" in result:
+        labels.append(f"execute_plan + journal + broker\n{result['plans']:.0f} plans × {result['legs_per_plan']:.0f} "
+                      "legs")
+        rates.append(result["plan_path_intents_per_s"])
+        ms.append(result["plan_path_intent_ms_p50"])
+    return bar_panels(path, "Executor throughput against the exchange simulator: broker alone vs the plan path", [
+        Bars("intents per second", labels, {"per s": rates}, "intents / s (wall)", log=False),
+        Bars("milliseconds per intent (p50)", labels, {"ms": ms}, "ms per intent", fmt="{:.2f} ms", log=False),
+    ], machine_note("market orders over HTTP, ccxt rate limiter off; journal: SQLite WAL, synchronous=FULL"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--plans", type=int, default=10, help="plans through execute_plan (0: skip)")
     parser.add_argument("--legs", type=int, default=20, help="legs per plan")
+    add_plot_args(parser, "executor_speed")
     args = parser.parse_args()
     # Some BTC from the start: the simulator takes a buy's fee from the BTC received, as Binance does, so the
     # alternating 0.001 sells need a little more than the buys leave.
@@ -115,7 +135,11 @@ def main() -> int:
             print(f"execute_plan + CcxtBroker + journal: {result['plan_path_intents_per_s']} intents/s "
                   f"(p50 {result['plan_path_intent_ms_p50']} ms per intent)")
         result["sim_requests"] = sum(server.sim.faults.counts().values())
-    print(json.dumps(result))
+    extra: dict[str, str] = {}
+    if (png := plot_path(args)) is not None:  # the simulator is down: nothing is timed any more
+        extra["plot"] = str(plot(result, png))
+        print(f"plot: {png}")
+    print(json.dumps({**result, **extra}))
     return 0
 
 

@@ -12,6 +12,7 @@
      the download threads + wall time of validate/merge/cross-check/write), i.e. the same run without HTTP.
 3. Warm loads (files in the page cache) of ``load_panel`` for 41x1d and 17x1h: best of N after one warm-up.
 
+The rates and load times are drawn in bench/results/ingest_speed.png (``--plot PATH``, ``--no-plot``).
 Progress goes to stderr; the LAST printed line is one JSON object with the figures.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.plotting import Bars, add_plot_args, bar_panels, machine_note, plot_path
 from services.ingest.providers.base import CLOSE_GRACE_MS
 
 NOW_MS = 1_733_443_200_000  # 2024-12-06 00:00 UTC: the day after the shared data ends
@@ -100,10 +102,30 @@ def warm_load_ms(root: Path, timeframe: str, repeats: int) -> tuple[float, tuple
     return best * 1000, panel.close.shape
 
 
+def plot(figures: dict[str, float], symbols_1h: int, shape_1d: tuple[int, int], shape_1h: tuple[int, int],
+         repeats: int, path: Path) -> Path:
+    """The cold sync's two rates against the 1M candles/s target, and the warm loads from the synced cache
+    beside the same loads from the shared data."""
+    cold = Bars(f"cold sync, {symbols_1h} hourly symbols, {figures['cold_sync_candles']:,.0f} candles",
+                ["end to end\n(HTTP, checksums,\nunzip, parse, merge,\nwrite)",
+                 "parsed + merged\n(the same run\nwithout HTTP)"],
+                {"candles/s": [figures["cold_sync_candles_per_s"], figures["cold_sync_parse_merge_candles_per_s"]]},
+                "candles / s", log=False, reference=1e6, reference_label="target\n1M/s\nparsed\n+ merged")
+    warm = Bars(f"warm load_panel, best of {repeats}",
+                [f"{shape_1d[1]} × 1d, {shape_1d[0]:,} bars\n(target < 50 ms)",
+                 f"{shape_1h[1]} × 1h, {shape_1h[0]:,} bars\n(target < 250 ms)"],
+                {"from the synced cache": [figures["warm_load_1d_ms"], figures["warm_load_1h_ms"]],
+                 "from the shared data": [figures["warm_load_shared_1d_ms"], figures["warm_load_shared_1h_ms"]]},
+                "ms", fmt="{:.1f} ms", log=False)
+    return bar_panels(path, "Ingest: cold sync from the local archive server, warm panel loads", [cold, warm],
+                      machine_note(f"{figures['cold_sync_requests']:,.0f} archive requests"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=8, help="archive download threads (default 8)")
     ap.add_argument("--repeats", type=int, default=15, help="warm loads per panel (best is reported)")
+    add_plot_args(ap, "ingest_speed")
     args = ap.parse_args()
     data_dir = _data_dir()
 
@@ -163,7 +185,11 @@ def main() -> None:
         "archive_requests_served": served,
         "cpus": os.cpu_count(),
     }
-    print(json.dumps(figures))
+    extra: dict[str, str] = {}
+    if (png := plot_path(args)) is not None:  # the simulator is stopped: nothing is timed any more
+        extra["plot"] = str(plot(figures, len(stems_1h), shape_1d, shape_1h, args.repeats, png))
+        print(f"plot: {png}")
+    print(json.dumps({**figures, **extra}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ simulator on an accelerated clock paced by the journal):
   (``aura/rehearsal_kills.py``), and the books are judged; figure: kills (each with its restart and the
   recovery that follows) per minute of the kill phase.
 
+Both latencies' samples are drawn as distributions with p50/p99 marked in bench/results/live_cycle.png
+(``--plot PATH``, ``--no-plot``).
 Last printed line: one JSON object, e.g. {"bar_close_to_orders_acked_p50_ms": ..., "kill_trials_per_min": ...}.
 """
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aura.rehearsal_kills import run_kill_trials
 from aura.rehearsal_lab import LiveRehearsal, cycle_bar_ms
+from bench.plotting import add_plot_args, latency_cdf, machine_note, plot_path
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,12 +67,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--speed", type=float, default=86_400.0, help="clock speed (default: a daily bar a second)")
     parser.add_argument("--from", dest="start", default="2021-03-01")
+    parser.add_argument("--bytecode-in-place", action="store_true",
+                        help="the service processes read the bytecode already beside their sources instead of "
+                             "compiling into a fresh folder (a smoke run's quick start; all_ready_s then leaves "
+                             "the compile out)")
+    add_plot_args(parser, "live_cycle")
     args = parser.parse_args()
     # Compiled bytecode is kept for the service processes, as in any installed deployment: a restarted executor's
     # boot is then its own work, not the compile of ccxt.  The executor's consumer gets a 6 s ack wait, as in
     # tests/e2e/test_live_kills.py: a plan held by a killed process comes back after 6 s, not 30.
     with tempfile.TemporaryDirectory(prefix="aura-bench-live-") as tmp, \
-            LiveRehearsal(Path(tmp) / "home", args.start, speed=args.speed, pycache=Path(tmp) / "pycache",
+            LiveRehearsal(Path(tmp) / "home", args.start, speed=args.speed,
+                          pycache=None if args.bytecode_in_place else Path(tmp) / "pycache",
                           executor_ack_wait_s=6.0) as lab:
         lab.wait_cycles(args.cycles + 1, 60 + 30 * args.cycles)
         to_orders, to_commit = latencies(lab)
@@ -93,6 +102,13 @@ def main() -> int:
     print(f"bar close -> orders acknowledged over {len(to_orders)} cycles: p50 "
           f"{out['bar_close_to_orders_acked_p50_ms']} ms, p99 {out['bar_close_to_orders_acked_p99_ms']} ms; "
           f"{out['kill_trials']} kill -9 trials at {out['kill_trials_per_min']}/min, {out['violations']} violations")
+    if (png := plot_path(args)) is not None:  # the rehearsal is over: nothing is measured any more
+        note = machine_note(f"clock ×{args.speed:g}; {out['kill_trials']} kill -9 trials at "
+                            f"{out['kill_trials_per_min']}/min, {out['violations']} violations")
+        out["plot"] = str(latency_cdf(png, "Live path against the venue simulator: bar close → executor",
+                                      {"bar close → orders acknowledged": to_orders,
+                                       "bar close → cycle committed": to_commit}, "ms", note))
+        print(f"plot: {png}")
     print(json.dumps(out))
     return 1 if report.violations else 0
 

@@ -17,8 +17,9 @@ share them with the workers, so the workers' speed-up falls short of that ceilin
 
 Then the same search without successive halving (the full grid: every candidate of every stage on the whole
 training window) with the most workers, for what halving saves (evaluations, and bars evaluated, which is what
-the time follows) and whether it picks the same winner.  The last printed line is one JSON object.  Nothing here
-asserts a time.
+the time follows) and whether it picks the same winner.  The times, speed-ups and bars are drawn in
+bench/results/optimize_speed.png (``--plot PATH``, ``--no-plot``).  The last printed line is one JSON object.
+Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# Before T0, with the standard library: coordinator_imports_s is the run's imports, not the plot's (which
+# imports matplotlib only when it draws).
+from bench.plotting import Bars, add_plot_args, bar_panels, machine_note, plot_path  # noqa: E402
 
 T0 = time.perf_counter()
 import httpx  # noqa: E402
@@ -153,6 +157,44 @@ def timed_run(job: OptimizeJob, bus: Settings, store_path: Path) -> tuple[float,
     return seconds, record.run, record.decision
 
 
+TARGET_SPEEDUP = 1.8  # the project's target for 2 workers on 2 cores (README, Performance)
+
+
+def plot(out: dict[str, Any], counts: list[int], timeframe: str, path: Path) -> Path:
+    """Wall times (each worker count, the full grid), the speed-up beside its same-run peers and the 1.8x target,
+    and the bars evaluated with halving against the full grid; a panel only for what was run."""
+    panels: list[Bars] = []
+    full_key = f"full_grid_wall_s_{counts[-1]}_workers"
+    labels = [f"{n} worker{'s' if n > 1 else ''}\n(halving)" for n in counts]
+    values: list[float | None] = [out[f"wall_s_{n}_workers"] for n in counts]
+    if full_key in out:
+        labels.append(f"{counts[-1]} worker{'s' if counts[-1] > 1 else ''}\n(full grid)")
+        values.append(out[full_key])
+    repeated = len(out[f"wall_s_{counts[0]}_workers_all"]) > 1
+    panels.append(Bars("wall time of one run" + (" (fastest of the repeats)" if repeated else ""), labels,
+                       {"wall s": values}, "seconds (wall)", fmt="{:.2f} s"))
+    if "speedup" in out:
+        a, b = counts[0], counts[-1]
+        panels.append(Bars(f"speed-up {a} → {b} workers and its same-run peers",
+                           ["coordinated run\n(workers, bus,\ncoordinator)", "kernel ceiling\n(forked, no bus)",
+                            "machine peer\n(interpreter loop)"],
+                           {"speed-up": [out["speedup"], out["kernel_ceiling_speedup"],
+                                         out["machine_peer_throughput_x"]]},
+                           f"× faster with {b} than with {a}", fmt="{:.2f}×", log=False,
+                           reference=TARGET_SPEEDUP, reference_label=f"target\n{TARGET_SPEEDUP}×"))
+    if "full_grid_bars" in out:
+        ev = out["evaluations"]
+        panels.append(Bars(f"bars evaluated: halving {out['fewer_bars_x']}× fewer",
+                           [f"successive halving\n{ev['evaluations']:,} evaluations",
+                            f"full grid\n{out['full_grid_evaluations']:,} evaluations"],
+                           {"bars": [ev["evaluation_bars"], out["full_grid_bars"]]}, "bars evaluated", log=False))
+    same = {True: "same winner as the full grid", False: "winner differs from the full grid"}
+    extra = f"budgets {out['budgets']} bars" + (f"; {same[out['same_winner']]}" if "same_winner" in out else "")
+    title = (f"Walk-forward optimizer: {out['symbols']} symbols ({timeframe}), {out['folds']} "
+             f"fold{'s' if out['folds'] > 1 else ''}, workers {', '.join(map(str, counts))}")
+    return bar_panels(path, title, panels, machine_note(extra))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -168,6 +210,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="time each worker count this many times (interleaved), report the fastest: on a shared "
                          "machine the minimum is the figure least disturbed by other load")
+    add_plot_args(ap, "optimize_speed")
     args = ap.parse_args()
     from arch.bootstrap import SPA  # noqa: F401  the gate's import (pandas, scipy): a process cost, not a run's
 
@@ -240,6 +283,9 @@ def main() -> int:
             out["same_fold_winners"] = all(
                 run.selection(s.label).winner == full_run.selection(s.label).winner for s in run.selections)
         out["winners"] = winners
+    if (png := plot_path(args)) is not None:  # the bus and the workers are down: nothing is timed any more
+        out["plot"] = str(plot(out, counts, args.timeframe, png))
+        print(f"plot: {png}")
     print(json.dumps(out, sort_keys=True))
     return 0
 
