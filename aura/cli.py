@@ -5,24 +5,41 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version as package_version
 from pathlib import Path
 
 from shared.config import settings_for_command
 
-# Subcommands contributed by other packages: (module, function that registers them on the subparsers).
+# Subcommands contributed by other packages: (module, function that registers them on the subparsers, the
+# commands it registers).  A command line imports only its own command's module: each module's imports are that
+# command's cost (nats, polars, numba, matplotlib: up to a second), which `aura params show` should not pay for
+# the backtester.  Help, no command or an unknown one registers them all.
 PLUGGED_COMMANDS = (
-    ("aura.params_cli", "add_params_parser"),
-    ("aura.journal_cli", "add_journal_parser"),
-    ("aura.backtest.cli", "add_backtest_parser"),
-    ("services.ingest.cli", "add_data_parser"),
-    ("aura.exchange_sim.cli", "add_exchange_sim_parser"),
-    ("aura.rehearse", "add_rehearse_parser"),
-    ("services.risk.cli", "add_risk_parser"),
-    ("aura.optimize_cli", "add_optimize_parser"),
-    ("aura.status_cli", "add_status_parsers"),
+    ("aura.params_cli", "add_params_parser", ("params",)),
+    ("aura.journal_cli", "add_journal_parser", ("journal",)),
+    ("aura.backtest.cli", "add_backtest_parser", ("backtest",)),
+    ("services.ingest.cli", "add_data_parser", ("data",)),
+    ("aura.exchange_sim.cli", "add_exchange_sim_parser", ("exchange-sim",)),
+    ("aura.rehearse", "add_rehearse_parser", ("rehearse",)),
+    ("services.risk.cli", "add_risk_parser", ("risk",)),
+    ("aura.optimize_cli", "add_optimize_parser", ("optimize",)),
+    ("aura.status_cli", "add_status_parsers", ("status", "trades", "pnl")),
 )
+BUILT_IN_COMMANDS = ("up", "keygen", "bus")
+
+
+def plugged_for(argv: Sequence[str] | None) -> list[tuple[str, str]]:
+    """The (module, register) pairs a command line needs: its command's alone, none for a built-in command or
+    ``--version``, every one for help, no command or an unknown one (``argv`` None: every one)."""
+    everything = [(module, register) for module, register, _ in PLUGGED_COMMANDS]
+    if argv is None:
+        return everything
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in BUILT_IN_COMMANDS or (command is None and "--version" in argv):
+        return []
+    own = [(module, register) for module, register, commands in PLUGGED_COMMANDS if command in commands]
+    return own or everything
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -99,7 +116,8 @@ def _cmd_bus(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (see ``plugged_for``); without it, the parser of every command."""
     parser = argparse.ArgumentParser(prog="aura", description="AURA momentum-rotation trading system")
     parser.add_argument("--version", action="version", version=f"aura {package_version('aura')}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_conf.add_argument("--world-readable", action="store_true",
                         help="write --out with mode 0644 (a server running as another user must read it)")
     p_bus.set_defaults(func=_cmd_bus)
-    for module_name, register in PLUGGED_COMMANDS:
+    for module_name, register in plugged_for(argv):
         adder: Callable[[argparse._SubParsersAction], None] = getattr(  # type: ignore[type-arg]
             importlib.import_module(module_name), register)
         adder(sub)
@@ -136,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args))
 
 

@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -42,9 +42,11 @@ from shared.contracts import (
     subject_of,
 )
 from shared.credentials import CredentialError, bus_seed
-from shared.health import HealthState
 from shared.logging import error, info, register_secret, warn
 from shared.runfile import resolve_nats_url
+
+if TYPE_CHECKING:  # the health app (fastapi, uvicorn) is a service's, not every bus client's (the CLI's)
+    from shared.health import HealthState
 
 C = TypeVar("C", bound=Contract)
 

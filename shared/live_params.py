@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -43,10 +43,12 @@ from aura.strategy.params import (
 )
 from shared.bus import params_kv, stored_messages
 from shared.contracts import PARAMS_BUCKET
-from shared.health import HealthState
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_struct
 from shared.state_keys import PARAMS_KEY
+
+if TYPE_CHECKING:  # the health app (fastapi, uvicorn) is a service's; the params CLI imports this module too
+    from shared.health import HealthState
 
 # Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
 SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params",
