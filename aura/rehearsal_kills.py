@@ -182,6 +182,9 @@ class KillRun:
         first = time.monotonic()
         for n, (anchor, u) in enumerate(self.points):
             self._kill(n, anchor, u)
+        # The last restart's boot, polled like every other one (the settle wait below does not watch the log, so
+        # its "ready" would otherwise be noticed only after the settle cycles); a kill counts with its restart.
+        self._until("ready")
         self.report.kill_phase_s = time.monotonic() - first
         before = len(lab.bar_cycles())
         lab.wait_cycles(before + self.settle_cycles, self._left())
