@@ -35,8 +35,11 @@ def plugged_for(argv: Sequence[str] | None) -> list[tuple[str, str]]:
     everything = [(module, register) for module, register, _ in PLUGGED_COMMANDS]
     if argv is None:
         return everything
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command in BUILT_IN_COMMANDS or (command is None and "--version" in argv):
+    at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
+    command, before = (argv[at] if at < len(argv) else None), set(argv[:at])
+    if before & {"-h", "--help"}:  # the top-level help, whatever follows it: every command
+        return everything
+    if command in BUILT_IN_COMMANDS or (command is None and "--version" in before):
         return []
     own = [(module, register) for module, register, commands in PLUGGED_COMMANDS if command in commands]
     return own or everything

@@ -34,7 +34,8 @@ def test_a_command_line_builds_its_own_command_and_help_builds_them_all() -> Non
     assert commands_of(build_parser(["trades", "--json"])) == {*BUILT_IN_COMMANDS, "status", "trades", "pnl"}
     assert commands_of(build_parser(["up", "--cycles", "3"])) == set(BUILT_IN_COMMANDS)
     assert plugged_for(["--version"]) == []
-    for argv in ([], ["--help"], ["-h"], ["frobnicate"]):  # help lists every command; an unknown one names them
+    # Help lists every command (also `aura -h params`); an unknown command names them all.
+    for argv in ([], ["--help"], ["-h"], ["-h", "params"], ["frobnicate"]):
         assert commands_of(build_parser(argv)) == everything
     # What the user typed parses the same either way.
     argv = ["params", "diff", "1", "2"]
