@@ -121,7 +121,9 @@ def _cmd_bus(args: argparse.Namespace) -> int:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv`` (see ``plugged_for``); without it, the parser of every command."""
-    parser = argparse.ArgumentParser(prog="aura", description="AURA momentum-rotation trading system")
+    # No abbreviations at the top: `aura --hel risk` would be help, read by plugged_for as the risk command.
+    parser = argparse.ArgumentParser(prog="aura", description="AURA momentum-rotation trading system",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"aura {package_version('aura')}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the whole system locally (embedded nats-server, five services, the console)")

@@ -30,7 +30,7 @@ from nats.js import api as js_api
 
 from aura.launcher import start_stack, wait_ready
 from aura.natsd import free_port, start_bus
-from bench.plotting import add_plot_args, latency_cdf, machine_note, nearest_rank, plot_path
+from bench.plotting import add_plot_args, latency_cdf, machine_note, plot_path, sample_percentile
 from shared.bus import session
 from shared.config import SERVICE_NAMES, Settings, load_settings
 from shared.contracts import DataReady, PortfolioSnapshot, decode
@@ -136,7 +136,7 @@ def main() -> int:
     figures = {
         "cycles": len(samples),
         "p50_ms": round(statistics.median(samples), 2),
-        "p99_ms": round(nearest_rank(samples, 99), 2),
+        "p99_ms": round(sample_percentile(samples, 99), 2),
         "max_ms": round(max(samples), 2),
         "first_cycle_ms": round(float(result["first_cycle_ms"]), 2),  # type: ignore[arg-type]
         "all_ready_s": round(all_ready_s, 2),

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aura.rehearsal_kills import run_kill_trials
 from aura.rehearsal_lab import LiveRehearsal, cycle_bar_ms
-from bench.plotting import add_plot_args, latency_cdf, machine_note, nearest_rank, plot_path
+from bench.plotting import add_plot_args, latency_cdf, machine_note, plot_path, sample_percentile
 
 
 def latencies(lab: LiveRehearsal) -> tuple[list[float], list[float]]:
@@ -84,9 +84,9 @@ def main() -> int:
     out = {
         "cycles": len(to_commit), "cycles_with_orders": len(to_orders),
         "bar_close_to_orders_acked_p50_ms": round(statistics.median(to_orders), 1),
-        "bar_close_to_orders_acked_p99_ms": round(nearest_rank(to_orders, 99), 1),
+        "bar_close_to_orders_acked_p99_ms": round(sample_percentile(to_orders, 99), 1),
         "bar_close_to_commit_p50_ms": round(statistics.median(to_commit), 1),
-        "bar_close_to_commit_p99_ms": round(nearest_rank(to_commit, 99), 1),
+        "bar_close_to_commit_p99_ms": round(sample_percentile(to_commit, 99), 1),
         "kill_trials": len(report.kills), "kill_trials_per_min": report.kills_per_min,
         "executor_restart_to_ready_s": report.boot_s, "violations": len(report.violations),
         "orders_checked": report.orders, "all_ready_s": round(ready_s, 1), "speed": args.speed,

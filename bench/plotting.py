@@ -181,8 +181,9 @@ def bar_panels(path: Path, title: str, panels: Sequence[Bars], note: str = "") -
     return _save(fig, path)
 
 
-def nearest_rank(values: Sequence[float], q: float) -> float:
-    """The benches' percentile (nearest rank on the sorted samples), so a marked p99 is the reported p99."""
+def sample_percentile(values: Sequence[float], q: float) -> float:
+    """The benches' percentile: the sorted sample at index round(q/100 * (n - 1)), no interpolation (always a
+    latency that was measured); a marked p99 is the reported p99."""
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
@@ -193,7 +194,7 @@ def latency_cdf(path: Path, title: str, samples: Mapping[str, Sequence[float]], 
     """Empirical CDFs of latency samples (one step curve per series), p50 and p99 of each marked and written.
 
     A CDF rather than a histogram: it needs no bin width (the sample counts range from 2 in a smoke run to
-    hundreds), and any percentile is read straight off it.  p50 is the median and p99 the nearest rank, as the
+    hundreds), and any percentile is read straight off it.  p50 is the median and p99 ``sample_percentile``, as the
     benches report them.
     """
     import numpy as np
@@ -211,7 +212,7 @@ def latency_cdf(path: Path, title: str, samples: Mapping[str, Sequence[float]], 
         color = PALETTE[s % len(PALETTE)]
         xs = np.sort(np.asarray(values, dtype=float))
         ys = np.arange(1, len(xs) + 1) / len(xs)
-        p50, p99 = statistics.median(values), nearest_rank(values, 99)
+        p50, p99 = statistics.median(values), sample_percentile(values, 99)
         ax.step(xs, ys, where="post", color=color, linewidth=1.8,
                 label=f"{name} (n={len(xs)}): p50 {p50:,.1f} {unit}, p99 {p99:,.1f} {unit}")
         ax.plot(xs, ys, "o", color=color, markersize=2.5, alpha=0.6)

@@ -39,7 +39,15 @@ def test_a_command_line_builds_its_own_command_and_help_builds_them_all() -> Non
         assert commands_of(build_parser(argv)) == everything
     # What the user typed parses the same either way.
     argv = ["params", "diff", "1", "2"]
-    assert vars(build_parser(argv).parse_args(argv)).keys() == vars(build_parser().parse_args(argv)).keys()
+    assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_top_level_options_take_no_value() -> None:
+    """plugged_for takes the first word without a dash for the command: true while no top-level option has a
+    value (a value would be read as the command), and while no option is abbreviated (`--hel` is not help)."""
+    parser = build_parser()
+    assert all(action.nargs == 0 for action in parser._actions if action.option_strings)
+    assert parser.allow_abbrev is False
 
 
 def test_params_show_does_not_import_the_backtester_or_the_health_app() -> None:
