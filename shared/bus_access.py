@@ -145,6 +145,8 @@ def _kv(bucket: str, keys: tuple[str, ...], revisions: bool = False, label: str 
     if any("*" in k or ">" in k for k in keys):
         raise ValueError(f"KV grants name exact keys, not patterns: {keys}")
     label = label or ", ".join(f"`{k}`" for k in keys)
+    # Reading older revisions by sequence is a direct get on the whole bucket stream: the row says so.
+    label += "; readers: the bucket by revision" if revisions else ""
     return Resource(f"KV `{bucket}` {'key' if len(keys) == 1 else 'keys'} {label}", "kv", dict(grants), bucket=bucket,
                     keys=keys, revisions=revisions)
 
@@ -177,10 +179,13 @@ MATRIX: tuple[Resource, ...] = (
         f"({len(INGEST_KEYS)} keys: sources {', '.join(INGEST_SOURCES)}; timeframes {', '.join(TIMEFRAMES)})",
         ingest=RW, operator=R),
     _kv(STATE_BUCKET, (SIGNAL_STATE_KEY,), signal=RW, operator=R),
-    _kv(STATE_BUCKET, (HALT_KEY,), risk=RW, console=R, operator=R),  # the console shows the kill-switch latch
+    # Risk's two keys are chained (shared/kv_chain.py): a reader checks that the newest value is the first one after
+    # the revision it names, by sequence, so their readers may read the bucket by revision (none of its keys is
+    # secret; none of this is a write).  The console shows the kill-switch latch.
+    _kv(STATE_BUCKET, (HALT_KEY,), revisions=True, risk=RW, console=R, operator=R),
     # What risk's plans on the current decision bar sent (the participation cap's count, services/risk/bar_budget.py):
     # risk's own memory across a restart; nobody else needs it, the operator may look.
-    _kv(STATE_BUCKET, (BAR_SENT_KEY,), risk=RW, operator=R),
+    _kv(STATE_BUCKET, (BAR_SENT_KEY,), revisions=True, risk=RW, operator=R),
     # Reset (applied by risk) and adopt (applied by the executor) requests, signed by the operator; each read only
     # by the service that applies it.
     _kv(STATE_BUCKET, (RESET_KEY,), operator=RW, risk=R),

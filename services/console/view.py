@@ -299,7 +299,7 @@ class BusView:
         if self.state_bucket is None:
             self.state_bucket = await state_kv(self.js)
         kv = self.state_bucket
-        latch, _, problem = await read_latch(kv, self.risk_key)
+        latch, _, problem = await read_latch(self.js, self.risk_key)
         self.latch = {"halted": latch.halted, "cycle_id": latch.cycle_id, "drawdown": latch.drawdown,
                       "reset_at_ms": latch.reset_at_ms, "reason": _clip(problem or latch.reason)}
         raw, _ = await kv_get(kv, DECISION_KEY)

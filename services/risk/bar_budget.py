@@ -49,10 +49,11 @@ from typing import Protocol
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
-from shared.bus import kv_get
+from shared.contracts import STATE_BUCKET
 from shared.health import HealthState
+from shared.kv_chain import UNCHAINED, chain_problem, read_head, write_chained
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_struct
 from shared.state_keys import BAR_SENT_KEY
@@ -122,7 +123,9 @@ class SentQty(msgspec.Struct, frozen=True, kw_only=True):
     qty: float
 
 
-class SentDoc(msgspec.Struct, frozen=True, kw_only=True):
+class _SentDocV1(msgspec.Struct, frozen=True, kw_only=True):
+    """The count as risk signed it before it named the revision it replaces."""
+
     bar_ms: int | None
     sent: tuple[SentQty, ...] = ()
     buys_closed: bool = False
@@ -131,13 +134,33 @@ class SentDoc(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str = ""
 
 
-def verified_count(raw: bytes, risk_key: Ed25519PublicKey) -> SentInBar:
-    """The stored count, decoded, verified against risk's key and checked; SignatureError if any of it fails."""
+class SentDoc(_SentDocV1, frozen=True, kw_only=True):
+    prev_revision: int = UNCHAINED  # the revision of risk.bar_sent this one replaced (shared.kv_chain)
+
+
+def _verified_doc(raw: bytes, risk_key: Ed25519PublicKey) -> SentDoc:
     try:
         doc = msgspec.json.decode(raw, type=SentDoc)
+        old = msgspec.json.decode(raw, type=_SentDocV1)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SignatureError(f"malformed SentDoc: {exc}") from exc
-    verify_struct(doc, {"risk": risk_key})
+    try:
+        verify_struct(doc, {"risk": risk_key})
+    except SignatureError:
+        # Signed before the layout named its predecessor: verifies over its own fields, if it carries no other.
+        if SentDoc(**msgspec.structs.asdict(old)) != doc:
+            raise
+        verify_struct(old, {"risk": risk_key})
+    return doc
+
+
+def verified_count(raw: bytes, risk_key: Ed25519PublicKey) -> SentInBar:
+    """The stored count, decoded, verified against risk's key and checked; SignatureError if any of it fails.
+    (Whether it is risk's newest is read_count's question.)"""
+    return _count(_verified_doc(raw, risk_key))
+
+
+def _count(doc: SentDoc) -> SentInBar:
     sent: dict[tuple[str, str], float] = {}
     for x in doc.sent:
         # Signed by risk, so a bad quantity is a bug of ours: still refused, a NaN would cap nothing (capacity.py).
@@ -147,37 +170,54 @@ def verified_count(raw: bytes, risk_key: Ed25519PublicKey) -> SentInBar:
     return SentInBar(doc.bar_ms, sent, doc.buys_closed)
 
 
-async def read_count(kv: KeyValue, risk_key: Ed25519PublicKey) -> tuple[SentInBar, str]:
-    """(count, problem).  Unset: nothing sent.  Unreadable: a count whose buy side is closed, the problem named.
-    A bus failure raises: risk does not start on a count it could not look for."""
-    raw, _ = await kv_get(kv, BAR_SENT_KEY)
-    if raw is None:
-        return SentInBar(), ""
+async def read_count(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[SentInBar, str, int]:
+    """(count, problem, revision of the key's last entry).  Never written: nothing sent.  Unreadable, deleted or not
+    risk's newest (shared.kv_chain): a count whose buy side is closed, the problem named.  A bus failure raises:
+    risk does not start on a count it could not look for."""
+    head = await read_head(js, STATE_BUCKET, BAR_SENT_KEY)
+    if head.deleted:
+        return SentInBar(buys_closed=True), f"the count was deleted ({head.operation}); risk never deletes it", \
+            head.revision
+    if head.value is None:
+        return SentInBar(), "", 0
     try:
-        return verified_count(raw, risk_key), ""
+        doc = _verified_doc(head.value, risk_key)
+        count = _count(doc)
     except SignatureError as exc:
-        return SentInBar(buys_closed=True), str(exc)
+        return SentInBar(buys_closed=True), str(exc), head.revision
+    problem = await chain_problem(js, STATE_BUCKET, BAR_SENT_KEY, head, doc.prev_revision, doc.updated_at_ms)
+    if problem:
+        return SentInBar(buys_closed=True), problem, head.revision
+    return count, "", head.revision
 
 
-async def write_count(kv: KeyValue, count: SentInBar, key: Ed25519PrivateKey) -> int:
+async def write_count(js: JetStreamContext, count: SentInBar, key: Ed25519PrivateKey,
+                      prev_revision: int) -> tuple[int, int]:
+    """Store ``count``, signed, on top of ``prev_revision``: (its revision, the revision of a write by somebody else
+    it went on top of instead, or 0; kv_chain.write_chained)."""
     sent = tuple(SentQty(symbol=symbol, side=side, qty=qty) for (symbol, side), qty in sorted(count.sent.items()))
-    doc = SentDoc(bar_ms=count.bar_ms, sent=sent, buys_closed=count.buys_closed,
-                  updated_at_ms=int(time.time() * 1000))
-    return int(await kv.put(BAR_SENT_KEY, msgspec.json.encode(sign_struct(doc, key))))
+
+    def signed(prev: int) -> bytes:
+        doc = SentDoc(bar_ms=count.bar_ms, sent=sent, buys_closed=count.buys_closed,
+                      updated_at_ms=int(time.time() * 1000), prev_revision=prev)
+        return msgspec.json.encode(sign_struct(doc, key))
+
+    return await write_chained(js, STATE_BUCKET, BAR_SENT_KEY, signed, prev_revision)
 
 
 class BarBudget:
     """The count risk plans with: read at boot (``load``), stored before each plan that sends something."""
 
-    def __init__(self, kv: KeyValue, key: Ed25519PrivateKey, count: SentInBar, max_participation: float,
-                 health: HealthState, logger: logging.Logger) -> None:
-        self.kv, self.key, self.count, self.health, self.logger = kv, key, count, health, logger
+    def __init__(self, js: JetStreamContext, key: Ed25519PrivateKey, count: SentInBar, revision: int,
+                 max_participation: float, health: HealthState, logger: logging.Logger) -> None:
+        self.js, self.key, self.count, self.health, self.logger = js, key, count, health, logger
+        self.revision = revision  # of the count read or written last: the next write goes on top of it
         self.max_participation = max_participation
 
     @classmethod
-    async def load(cls, kv: KeyValue, key: Ed25519PrivateKey, max_participation: float, health: HealthState,
-                   logger: logging.Logger) -> BarBudget:
-        count, problem = await read_count(kv, key.public_key())
+    async def load(cls, js: JetStreamContext, key: Ed25519PrivateKey, max_participation: float,
+                   health: HealthState, logger: logging.Logger) -> BarBudget:
+        count, problem, revision = await read_count(js, key.public_key())
         if problem:
             health.inc("forged_state")
             error(logger, "FORGED_STATE", "the participation cap's count of the bar does not verify; the next bar "
@@ -186,7 +226,7 @@ class BarBudget:
             info(logger, "BAR_BUDGET", "what the decision bar already sent, read at boot", bar_ms=count.bar_ms,
                  sent={f"{side} {symbol}": qty for (symbol, side), qty in sorted(count.sent.items())},
                  buys_closed=count.buys_closed)
-        return cls(kv, key, count, max_participation, health, logger)
+        return cls(js, key, count, revision, max_participation, health, logger)
 
     def on(self, bar_ms: int | None, volumes: Mapping[str, float]) -> dict[tuple[str, str], float]:
         return self.count.on(bar_ms, volumes, self.max_participation)
@@ -200,7 +240,7 @@ class BarBudget:
             return
         sealed = self.count.after(bar_ms, [])
         try:
-            await write_count(self.kv, sealed, self.key)
+            await self._store(sealed)
         except Exception as exc:  # memory still closes the bar; the next plan's write carries it
             self.health.inc("bar_budget_write_errors")
             error(self.logger, "BAR_BUDGET", "the bar whose buys are closed could not be stored", bar_ms=bar_ms,
@@ -228,10 +268,17 @@ class BarBudget:
             return
         new = self.count.after(bar_ms, legs)
         try:
-            await write_count(self.kv, new, self.key)
+            await self._store(new)
         except Exception as exc:
             self.health.inc("bar_budget_write_errors")
             error(self.logger, "BAR_BUDGET", "the bar's count could not be stored; the plan is not published",
                   bar_ms=bar_ms, error=f"{type(exc).__name__}: {exc}"[:300])
             raise
         self.count = new
+
+    async def _store(self, count: SentInBar) -> None:
+        self.revision, overwritten = await write_count(self.js, count, self.key, self.revision)
+        if overwritten:  # risk counts in memory after boot: what it holds is the count, whatever was put there
+            self.health.inc("forged_state")
+            error(self.logger, "FORGED_STATE", "somebody else wrote the bar's count since risk wrote it; risk's own "
+                  "count is stored on top", overwritten_revision=overwritten, bar_ms=count.bar_ms)

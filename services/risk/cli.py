@@ -33,8 +33,9 @@ APPLY_WAIT_S = 10.0  # how long `reset` waits to see risk apply the request
 
 async def _status(settings: Settings) -> dict[str, Any]:
     async with session(settings, "operator") as nc:
-        kv = await state_kv(nc.jetstream())
-        latch, revision, problem = await read_latch(kv, trusted_key(settings.keys, "operator", "risk"))
+        js = nc.jetstream()
+        kv = await state_kv(js)
+        latch, revision, problem = await read_latch(js, trusted_key(settings.keys, "operator", "risk"))
         reset, _ = await read_request(kv, RESET_KEY, trusted_key(settings.keys, "operator", "operator"))
         out: dict[str, Any] = {**msgspec.to_builtins(latch), "revision": revision}
         out.pop("signature", None)
@@ -51,12 +52,13 @@ async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]
     request = operator_request(f"operator:{getpass.getuser()}", reason, signing_key(settings.keys, "operator"))
     risk_key = trusted_key(settings.keys, "operator", "risk")
     async with session(settings, "operator") as nc:
-        kv = await state_kv(nc.jetstream())
-        was = (await read_latch(kv, risk_key))[0].halted  # an unverifiable latch reads as latched
+        js = nc.jetstream()
+        kv = await state_kv(js)
+        was = (await read_latch(js, risk_key))[0].halted  # an unverifiable latch reads as latched
         await write_request(kv, RESET_KEY, request)
         deadline = time.monotonic() + APPLY_WAIT_S
         while time.monotonic() < deadline:
-            latch, _, _ = await read_latch(kv, risk_key)
+            latch, _, _ = await read_latch(js, risk_key)
             if latch.reset_at_ms >= request.requested_at_ms:
                 return {"halted": latch.halted, "was_latched": was, "reset_at_ms": latch.reset_at_ms,
                         "reset_by": latch.reset_by, "reason": latch.reason}, True

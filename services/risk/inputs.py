@@ -52,6 +52,7 @@ class RiskInputs:
         # (the executor's own book has not changed because somebody published a fake of it).
         self.last_snapshot: PortfolioSnapshot | None = None
         self.last_latch: LatchDoc | None = None
+        self.latch_revision = 0  # the revision of risk.halted read or written last: the next write goes on top of it
 
     # -- the executor's portfolio ---------------------------------------------------------------------------
     async def snapshot(self) -> PortfolioSnapshot | None:
@@ -89,7 +90,7 @@ class RiskInputs:
         A stored latch that does not verify leaves the last verified one in force; with none (a start on a
         tampered bucket) it counts as latched: fail closed, until an operator reset rewrites it signed.
         """
-        doc, _, problem = await read_latch(self.kv, self.own_public)
+        doc, self.latch_revision, problem = await read_latch(self.js, self.own_public)
         if problem:
             self.health.inc("forged_state")
             # capped: an unverifiable latch at a start is cleared by an operator only, never by a cooldown
@@ -98,7 +99,7 @@ class RiskInputs:
                   error=problem, halted=fallback.halted)
             doc = fallback
             if self.last_latch is not None:  # repair the store with what risk itself wrote last
-                await write_latch(self.kv, doc, self.key)
+                await self.store_latch(doc)
         reset, reset_problem = await read_request(self.kv, RESET_KEY, self.params_keys["operator"])
         if reset_problem:
             self.health.inc("forged_state")
@@ -107,7 +108,7 @@ class RiskInputs:
         elif reset is not None and reset.requested_at_ms > doc.reset_at_ms:
             was = doc.halted
             doc = applied(doc, reset)
-            await write_latch(self.kv, doc, self.key)
+            await self.store_latch(doc)
             warn(self.logger, "KILL_SWITCH", "operator reset applied; drawdown is measured from the equity at the "
                  "reset on", was_latched=was, reset_by=reset.requested_by, reason=reset.reason,
                  reset_at_ms=reset.requested_at_ms)
@@ -115,9 +116,14 @@ class RiskInputs:
         return latch_view(doc)
 
     async def store_latch(self, doc: LatchDoc) -> None:
-        """Store ``doc`` (signed) as the latch in force."""
-        await write_latch(self.kv, doc, self.key)
+        """Store ``doc`` (signed) as the latch in force, on top of the revision read or written last (or on top of a
+        write by somebody else since: risk is the latch's only writer, what it decided stands)."""
+        self.latch_revision, overwritten = await write_latch(self.js, doc, self.key, self.latch_revision)
         self.last_latch = doc
+        if overwritten:
+            self.health.inc("forged_state")
+            error(self.logger, "FORGED_STATE", "somebody else wrote the kill-switch latch since risk read it; "
+                  "risk's own latch is stored on top", overwritten_revision=overwritten, halted=doc.halted)
 
     # -- data -----------------------------------------------------------------------------------------------
     async def newest_ready(self) -> DataReady | None:

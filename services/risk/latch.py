@@ -1,7 +1,10 @@
 """The kill-switch latch and the operator's reset, both signed, in the state bucket ``aura_state``.
 
-* ``risk.halted``: written only by risk (bus permissions) and signed with risk's key; verified when read.  A
-  latch that does not verify counts as latched (fail closed) and is logged ``[FORGED_STATE]``.
+* ``risk.halted``: written only by risk (bus permissions) and signed with risk's key; verified when read.  Each
+  latch names the revision it replaces and is written only on top of it (``shared.kv_chain``), so a holder of
+  risk's bus credential without its signing key can neither put back an older latch (unlatched, say) nor delete
+  it unseen.  A latch that does not verify, or was deleted or replayed, counts as latched (fail closed) and is
+  logged ``[FORGED_STATE]``.
 * ``operator.reset``: a signed operator request (``shared.operator_requests``, ``aura risk reset``).  Risk
   applies a reset newer than the last one it applied at its next cycle or tick: it writes a new, signed,
   unlatched ``risk.halted`` whose ``reset_at_ms`` re-arms the kill-switch from the equity at the reset
@@ -20,17 +23,20 @@ import time
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from aura.strategy.pipeline import RiskOutcome
 from aura.strategy.risk_gates import kill_switch_after
-from shared.bus import kv_get
+from shared.contracts import STATE_BUCKET
+from shared.kv_chain import UNCHAINED, chain_problem, read_head, write_chained
 from shared.operator_requests import OperatorRequest
 from shared.signing import SignatureError, sign_struct, verify_struct
 from shared.state_keys import HALT_KEY
 
 
-class LatchDoc(msgspec.Struct, frozen=True, kw_only=True):
+class _LatchDocV1(msgspec.Struct, frozen=True, kw_only=True):
+    """The latch as risk signed it before the re-arm policy: still verifiable after an upgrade."""
+
     halted: bool
     cycle_id: str = ""  # the cycle whose drawdown latched it
     drawdown: float = 0.0
@@ -40,6 +46,11 @@ class LatchDoc(msgspec.Struct, frozen=True, kw_only=True):
     updated_at_ms: int = 0
     signature: str = ""
     key_id: str = ""
+
+
+class _LatchDocV2(_LatchDocV1, frozen=True, kw_only=True):
+    """The latch as risk signed it before it named the revision it replaces."""
+
     # --- the re-arm policy (times are data-bar open times, as_of_ms, except equity_since_ms) -----------------
     latched_at_ms: int = 0  # the bar of the decision that latched it (0: unknown, stamped at the next one)
     rearm_at_ms: int = 0  # the bar from which it re-arms by itself (0: only `aura risk reset` clears it)
@@ -49,18 +60,11 @@ class LatchDoc(msgspec.Struct, frozen=True, kw_only=True):
     peak_equity: float = 0.0  # highest committed equity since the last operator reset, as of the last write
 
 
-class _LatchDocV1(msgspec.Struct, frozen=True, kw_only=True):
-    """The latch as risk signed it before the re-arm policy: still verifiable after an upgrade."""
+class LatchDoc(_LatchDocV2, frozen=True, kw_only=True):
+    prev_revision: int = UNCHAINED  # the revision of risk.halted this one replaced (shared.kv_chain)
 
-    halted: bool
-    cycle_id: str = ""
-    drawdown: float = 0.0
-    reset_at_ms: int = 0
-    reset_by: str = ""
-    reason: str = ""
-    updated_at_ms: int = 0
-    signature: str = ""
-    key_id: str = ""
+
+_OLDER_LAYOUTS: tuple[type[msgspec.Struct], ...] = (_LatchDocV2, _LatchDocV1)
 
 
 def _decode(raw: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
@@ -70,20 +74,28 @@ def _decode(raw: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
         raise SignatureError(f"malformed {kind.__name__}: {exc}") from exc
 
 
-async def read_latch(kv: KeyValue, risk_key: Ed25519PublicKey) -> tuple[LatchDoc, int, str]:
-    """(latch, revision, problem).  Unset: not halted.  Unverifiable: halted, with the problem named."""
-    raw, revision = await kv_get(kv, HALT_KEY)
-    if raw is None:
+async def read_latch(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[LatchDoc, int, str]:
+    """(latch, revision of the key's last entry, problem).  Never written: not halted.  Unverifiable, deleted or
+    not risk's newest: halted, with the problem named."""
+    head = await read_head(js, STATE_BUCKET, HALT_KEY)
+    if head.deleted:
+        problem = f"the latch was deleted ({head.operation} at revision {head.revision}); risk never deletes it"
+        return LatchDoc(halted=True, reason=f"unverifiable latch: {problem}"), head.revision, problem
+    if head.value is None:
         return LatchDoc(halted=False), 0, ""
     try:
-        doc = verified_latch(raw, risk_key)
+        doc = verified_latch(head.value, risk_key)
     except SignatureError as exc:
-        return LatchDoc(halted=True, reason=f"unverifiable latch: {exc}"), revision, str(exc)
-    return doc, revision, ""
+        return LatchDoc(halted=True, reason=f"unverifiable latch: {exc}"), head.revision, str(exc)
+    problem = await chain_problem(js, STATE_BUCKET, HALT_KEY, head, doc.prev_revision, doc.updated_at_ms)
+    if problem:
+        return LatchDoc(halted=True, reason=f"unverifiable latch: {problem}"), head.revision, problem
+    return doc, head.revision, ""
 
 
 def verified_latch(raw: bytes, risk_key: Ed25519PublicKey) -> LatchDoc:
-    """The stored latch, decoded and verified against risk's key; SignatureError if it is malformed or forged."""
+    """The stored latch, decoded and verified against risk's key; SignatureError if it is malformed or forged.
+    (Whether it is risk's newest is read_latch's question.)"""
     doc = _decode(raw, LatchDoc)
     assert isinstance(doc, LatchDoc)
     try:
@@ -91,22 +103,29 @@ def verified_latch(raw: bytes, risk_key: Ed25519PublicKey) -> LatchDoc:
         return doc
     except SignatureError as exc:
         error = exc
-    # A latch written before the re-arm policy existed was signed over the older fields only: it verifies as such,
-    # provided it carries nothing else (a field it was not signed with would be unauthenticated).
-    old = _decode(raw, _LatchDocV1)
-    assert isinstance(old, _LatchDocV1)
-    if LatchDoc(**msgspec.structs.asdict(old)) != doc:
-        raise error
-    try:
-        verify_struct(old, {"risk": risk_key})
-    except SignatureError:
-        raise error from None
-    return doc
+    # A latch of an older layout was signed over its own fields only: it verifies as such, provided it carries
+    # nothing else (a field it was not signed with would be unauthenticated).
+    for layout in _OLDER_LAYOUTS:
+        old = _decode(raw, layout)
+        if LatchDoc(**msgspec.structs.asdict(old)) != doc:
+            continue
+        try:
+            verify_struct(old, {"risk": risk_key})
+        except SignatureError:
+            continue
+        return doc
+    raise error
 
 
-async def write_latch(kv: KeyValue, doc: LatchDoc, key: Ed25519PrivateKey) -> int:
-    doc = msgspec.structs.replace(doc, updated_at_ms=int(time.time() * 1000))
-    return int(await kv.put(HALT_KEY, msgspec.json.encode(sign_struct(doc, key))))
+async def write_latch(js: JetStreamContext, doc: LatchDoc, key: Ed25519PrivateKey,
+                      prev_revision: int) -> tuple[int, int]:
+    """Store ``doc``, signed, on top of the revision ``prev_revision`` read or written last (0: none): (its revision,
+    the revision of a write by somebody else it went on top of instead, or 0; kv_chain.write_chained)."""
+    def signed(prev: int) -> bytes:
+        stamped = msgspec.structs.replace(doc, updated_at_ms=int(time.time() * 1000), prev_revision=prev)
+        return msgspec.json.encode(sign_struct(stamped, key))
+
+    return await write_chained(js, STATE_BUCKET, HALT_KEY, signed, prev_revision)
 
 
 def applied(latch: LatchDoc, reset: OperatorRequest) -> LatchDoc:

@@ -372,7 +372,7 @@ async def run(ctx: ServiceContext) -> None:
                             timeframe=s.timeframe)
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
-    budget = await BarBudget.load(kv, inputs.key, s.max_participation, ctx.health, ctx.logger)
+    budget = await BarBudget.load(ctx.js, inputs.key, s.max_participation, ctx.health, ctx.logger)
     risk = Risk(ctx, inputs, source, tracker, costs, budget)
     await follow_notices(ctx, risk.on_stale)
     sub = await durable_pull(ctx.js, CONSUMERS["risk"])

@@ -29,8 +29,8 @@ from aura.strategy.types import Panel
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis, write_snapshot
 from services.ingest.replay import load_market_rules
-from services.risk.latch import LatchDoc, write_latch
-from shared.bus import publish, state_kv
+from services.risk.latch import LatchDoc, read_latch, write_latch
+from shared.bus import publish
 from shared.config import DEFAULT_HEALTH_PORTS, SERVICE_NAMES, Settings, load_settings
 from shared.contracts import PortfolioSnapshot, TargetPortfolio
 from shared.credentials import signing_key
@@ -147,9 +147,10 @@ async def populate_bus(settings: Settings) -> None:
             target_id="t-5", cycle_id="1d-20240105T0000", as_of_ms=T0 + 4 * DAY, data_digest="d", params_version=1,
             params_digest="p", regime="bear", weights={}, prices={}, markets=[]), msg_id="t-5")
         await publish_buy(js["risk"], settings, "1d-20240105T0000", "basis", qty=0.01, price=PRICES[BTC])
-        await write_latch(await state_kv(js["risk"]), LatchDoc(halted=True, cycle_id="1d-20240105T0000",
-                                                               drawdown=0.31, reason="drawdown 31% >= 30%"),
-                          signing_key(settings.keys, "risk"))
+        risk_key = signing_key(settings.keys, "risk")
+        revision = (await read_latch(js["risk"], risk_key.public_key()))[1]
+        await write_latch(js["risk"], LatchDoc(halted=True, cycle_id="1d-20240105T0000", drawdown=0.31,
+                                               reason="drawdown 31% >= 30%"), risk_key, revision)
         doc = sign_document(StrategyParams(stop_loss=STOP_LOSS), signing_key(settings.keys, "operator"),
                             "operator:test", "tighter stop")
         await promote(js["operator"], doc)

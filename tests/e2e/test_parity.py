@@ -32,10 +32,10 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import Panel
 from services.ingest.replay import load_history, load_market_rules, replay_step
-from services.risk.latch import LatchDoc, write_latch
+from services.risk.latch import LatchDoc, read_latch, write_latch
 from services.risk.plan_body import build_plan_body
 from services.signal.service import make_target
-from shared.bus import candle_writer, publish, state_kv
+from shared.bus import candle_writer, publish
 from shared.candles import digest, encode_panel
 from shared.config import load_settings
 from shared.contracts import (
@@ -155,7 +155,6 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
                             reason="live/backtest parity: stops off")
         version = await promote(js["operator"], doc)
         store = await candle_writer(js["ingest"])
-        kv = await state_kv(js["risk"])
         plans = PlanFeed(js["operator"])  # every approved plan, in order (reading them is the operator's job)
         for t, expected_cycle in zip(bars, expected_cycles, strict=True):
             state = states[t]
@@ -167,7 +166,8 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
                                                   entry_prices=dict(state.entry_prices), equity=0.0,
                                                   equity_history=list(state.equity_history)), executor_key)
             await publish(js["executor"], basis, msg_id=basis.snapshot_id)
-            await write_latch(kv, LatchDoc(halted=state.halted), risk_key)
+            revision = (await read_latch(js["risk"], risk_key.public_key()))[1]
+            await write_latch(js["risk"], LatchDoc(halted=state.halted), risk_key, revision)
             blob = encode_panel(step.snapshot)
             await store.put(digest(blob), blob)
             ready = DataReady(cycle_id=step.cycle_id, timeframe="1d", as_of_ms=step.as_of_ms, digest=digest(blob),

@@ -62,7 +62,7 @@ def test_counting_ahead_leaves_the_count_as_it_was() -> None:
 def test_a_plan_that_failed_to_go_out_gives_its_exits_back_and_keeps_its_buys() -> None:
     """A publish that raised may never reach the executor: a stop-loss on the same bar must not find its room used
     by it.  Its buys stay counted (it may have gone out after all)."""
-    budget = BarBudget(None, None, SentInBar(), 0.1, HealthState(service="risk"),  # type: ignore[arg-type]
+    budget = BarBudget(None, None, SentInBar(), 0, 0.1, HealthState(service="risk"),  # type: ignore[arg-type]
                        logging.getLogger("test"))
     budget.count = budget.count.after(BAR, [Leg("BTC/USDT", "sell", 0.05, 1.0, "stop_loss")])
     failed = [Leg("BTC/USDT", "sell", 0.1, 1.0, "kill_switch"), Leg("ETH/USDT", "buy", 2.0, 1.0, "rebalance")]

@@ -48,7 +48,7 @@ def logger_with(capture: Capture) -> logging.Logger:
 
 async def load(settings: Settings, js_risk: Any, capture: Capture, health: HealthState | None = None) -> BarBudget:
     """What a risk booting now reads: the count in aura_state, through risk's own credential, with risk's key."""
-    return await BarBudget.load(await state_kv(js_risk), signing_key(settings.keys, "risk"), CAP,
+    return await BarBudget.load(js_risk, signing_key(settings.keys, "risk"), CAP,
                                 health or HealthState(service="risk"), logger_with(capture))
 
 
@@ -124,6 +124,62 @@ def test_a_forged_or_unreadable_count_closes_the_bars_buys_and_keeps_its_exits(n
     assert later == {}
     lines = capture.fields("FORGED_STATE")
     assert len(lines) == 1 and "does not verify" in lines[0]["msg"] and lines[0]["error"], lines
+    assert health.counters.get("forged_state") == 1
+
+
+@pytest.mark.parametrize("attack", ["deleted", "an older count of risk's written again"])
+def test_a_deleted_or_replayed_count_closes_the_bars_buys(nats_server: NatsEndpoint, attack: str) -> None:
+    """Risk's signature proves who wrote a count, not that it is the newest: with risk's bus credential alone, the
+    count could be deleted, or an earlier one (less sent) put back, and a restart would hand the bar's room out
+    again.  Each count names the revision it replaces (shared/kv_chain.py): both read as unknown at boot."""
+    settings = nats_server.settings()
+    capture = Capture()
+    health = HealthState(service="risk")
+
+    async def scenario() -> dict[Any, float]:
+        async with role_connections(settings, "risk") as js:
+            kv = await state_kv(js["risk"])
+            first = await load(settings, js["risk"], capture)
+            await first.record(BAR, [Leg("ETH/USDT", "buy", 1.0, 2_000.0, "rebalance")])
+            earlier, _ = await kv_get(kv, BAR_SENT_KEY)
+            await first.record(BAR, [Leg("ETH/USDT", "buy", 3.0, 2_000.0, "rebalance")])
+            if attack == "deleted":
+                await kv.delete(BAR_SENT_KEY)
+            else:
+                assert earlier is not None
+                await kv.put(BAR_SENT_KEY, earlier)  # signed by risk, verifies: only its place in the chain is wrong
+            return (await load(settings, js["risk"], capture, health)).on(BAR, VOLUMES)
+
+    counts = asyncio.run(scenario())
+    assert counts[("ETH/USDT", "buy")] >= 4.0, f"the bar's buys are closed, not reopened to what it had sent: {counts}"
+    assert counts[("BTC/USDT", "buy")] == pytest.approx(CAP * 1.5)
+    lines = capture.fields("FORGED_STATE")
+    assert len(lines) == 1 and ("deleted" if attack == "deleted" else "came between") in lines[0]["error"], lines
+    assert health.counters.get("forged_state") == 1
+
+
+def test_a_count_written_by_somebody_else_while_risk_runs_is_overwritten(nats_server: NatsEndpoint) -> None:
+    """Risk counts in memory once booted; a write by anybody else in between does not stop its next write (a
+    refusal a forger could repeat would hold every plan back): risk's count goes on top, logged."""
+    settings = nats_server.settings()
+    capture = Capture()
+    health = HealthState(service="risk")
+
+    async def scenario() -> tuple[SentInBar, dict[Any, float]]:
+        async with role_connections(settings, "risk") as js:
+            budget = await load(settings, js["risk"], capture, health)
+            await budget.record(BAR, [Leg("ETH/USDT", "buy", 1.0, 2_000.0, "rebalance")])
+            await (await state_kv(js["risk"])).put(BAR_SENT_KEY, b"\x00forged")
+            await budget.record(BAR, [Leg("ETH/USDT", "buy", 2.0, 2_000.0, "rebalance")])
+            raw, _ = await kv_get(await state_kv(js["risk"]), BAR_SENT_KEY)
+            assert raw is not None
+            return verified_count(raw, load_public_key(settings.public_key_path)), \
+                (await load(settings, js["risk"], Capture())).on(BAR, VOLUMES)
+
+    stored, reread = asyncio.run(scenario())
+    assert stored.sent == {("ETH/USDT", "buy"): 3.0} and reread == {("ETH/USDT", "buy"): 3.0}
+    lines = capture.fields("FORGED_STATE")
+    assert len(lines) == 1 and lines[0]["overwritten_revision"] > 0, lines
     assert health.counters.get("forged_state") == 1
 
 

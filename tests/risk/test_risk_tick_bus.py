@@ -28,7 +28,7 @@ from services.ingest.replay import load_market_rules
 from services.risk.cli import main as risk_cli
 from services.risk.latch import LatchDoc, read_latch
 from services.signal.service import make_target
-from shared.bus import last_message, publish, state_kv
+from shared.bus import last_message, publish
 from shared.config import Settings
 from shared.contracts import (
     ApprovedPlan,
@@ -162,7 +162,7 @@ def test_kill_switch_on_a_tick_latches_until_aura_risk_reset(nats_server: NatsEn
 
     async def latch(js_operator: Any) -> tuple[LatchDoc, int]:
         """The latch as the operator reads it: verified against risk's public key."""
-        doc, revision, problem = await read_latch(await state_kv(js_operator), risk_public)
+        doc, revision, problem = await read_latch(js_operator, risk_public)
         assert problem == "", f"the latch does not verify: {problem}"
         return doc, revision
 
@@ -230,7 +230,7 @@ def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_se
     params = StrategyParams(kill_switch_cooldown=2)
 
     async def latch(js_operator: Any) -> tuple[LatchDoc, int]:
-        doc, revision, problem = await read_latch(await state_kv(js_operator), risk_public)
+        doc, revision, problem = await read_latch(js_operator, risk_public)
         assert problem == "", f"the latch does not verify: {problem}"
         return doc, revision
 

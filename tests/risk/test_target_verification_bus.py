@@ -24,7 +24,7 @@ from nats.js.errors import APIError
 from aura.strategy.params import StrategyParams
 from services.risk.latch import read_latch
 from services.signal.service import make_target
-from shared.bus import publish, state_kv
+from shared.bus import publish
 from shared.config import Settings
 from shared.contracts import (
     ApprovedPlan,
@@ -275,7 +275,7 @@ def test_an_unsigned_snapshot_is_never_used_as_the_basis(nats_server: NatsEndpoi
 
             await until(ticked_on_it, "three risk ticks after the forgery")
             resumed = await r.genuine_cycle_executes()
-            doc, revision, problem = await read_latch(await state_kv(r.js["operator"]),
+            doc, revision, problem = await read_latch(r.js["operator"],
                                                       load_public_key(r.settings.public_key_path))
             return {"r": r, "real": real, "resumed": resumed, "latch": (doc.halted, revision, problem),
                     "plans": await approved_plans(r.js["operator"])}

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
 from services.ingest.replay import cycle_id_for
-from services.risk.latch import HALT_KEY, read_latch
+from services.risk.latch import HALT_KEY, read_latch, write_latch
 from shared.bus import candle_writer, last_message, publish
 from shared.candles import decode_panel, digest, encode_panel
 from shared.contracts import (
@@ -170,6 +170,15 @@ def test_only_the_operator_may_ask_for_a_reset(system: System, principal: str | 
     assert outcome.startswith("refused"), f"{principal}: {outcome}"
 
 
+async def operator_latch(system: System) -> Any:
+    """The latch as the operator reads it: (latch, revision, problem), verified against risk's key and chain."""
+    nc = await system.connect("operator")
+    try:
+        return await read_latch(nc.jetstream(), trusted_key(system.settings.keys, "operator", "risk"))
+    finally:
+        await nc.close()
+
+
 def test_an_unsigned_latch_written_with_risks_bus_key_is_not_believed(system: System) -> None:
     """A stolen NKey without the signing key: the latch is refused, the verified one stays and is restored."""
     before = system.book()
@@ -177,17 +186,32 @@ def test_an_unsigned_latch_written_with_risks_bus_key_is_not_believed(system: Sy
     assert run(js_publish(system, "risk", f"$KV.aura_state.{HALT_KEY}", b'{"halted": true}')) == "stored"
     wait_until(lambda: system.counter("risk", "forged_state") > forged_before, "risk to refuse the latch")
     assert_untouched(system, before, "an unsigned latch")
-
-    async def latch() -> Any:
-        nc = await system.connect("operator")
-        try:
-            kv = await nc.jetstream().key_value("aura_state")
-            return await read_latch(kv, trusted_key(system.settings.keys, "operator", "risk"))
-        finally:
-            await nc.close()
-
-    doc, _, problem = wait_until(lambda: (got := run(latch())) and not got[2] and got, "the latch to be restored")
+    doc, _, problem = wait_until(lambda: (got := run(operator_latch(system))) and not got[2] and got,
+                                 "the latch to be restored")
     assert problem == "" and doc.halted is False
+
+
+def test_a_deleted_or_replayed_latch_is_not_believed(system: System) -> None:
+    """Risk's signature says who wrote a latch, not that it is the newest.  With risk's bus credential alone, one
+    could delete the latch, or put back one risk signed earlier (recorded while unlatched, replayed once it has
+    latched): each latch names the revision it replaces (shared/kv_chain.py), so both are refused, the verified
+    latch stays in force and risk writes it back."""
+    before = system.book()
+    subject = f"$KV.aura_state.{HALT_KEY}"
+    genuine = run(state_entries(system))[HALT_KEY]
+    assert run(operator_latch(system))[2] == "", "the latch in force verifies before the attack"
+    for attack, payload, headers in (("deleted", b"", {"KV-Operation": "DEL"}),
+                                     ("replayed", genuine[1], None)):
+        forged_before = system.counter("risk", "forged_state")
+        assert run(js_publish(system, "risk", subject, payload, headers=headers)) == "stored", attack
+        wait_until(lambda n=forged_before: system.counter("risk", "forged_state") > n,
+                   f"risk to refuse the {attack} latch")
+        doc, revision, problem = wait_until(lambda: (got := run(operator_latch(system))) and not got[2] and got,
+                                            f"the latch to be restored after it was {attack}")
+        assert problem == "" and doc.halted is False and revision > genuine[0]
+    problems = [x["error"] for x in system.log_lines("risk", "FORGED_STATE")]
+    assert any("deleted" in p for p in problems) and any("came between" in p for p in problems), problems
+    assert_untouched(system, before, "a deleted or replayed latch")
 
 
 def test_a_snapshot_with_a_fake_equity_peak_does_not_reach_risk(system: System) -> None:
@@ -250,10 +274,21 @@ def test_a_writer_cannot_fill_the_state_bucket_against_the_latch(system: System)
     used, limit = run(flood())
     history, value_size, _ = BUCKETS["aura_state"]
     assert used < state_bytes_bound(history, value_size) + value_size < limit, f"{used} bytes of {limit}"
-    # Risk's latch write still lands (the same signed document again: the state risk holds does not change).
-    assert run(js_publish(system, "risk", f"$KV.aura_state.{HALT_KEY}", before[HALT_KEY][1])) == "stored"
-    after = run(state_entries(system))
-    assert after[HALT_KEY][1] == before[HALT_KEY][1] and after[SIGNAL_STATE_KEY][1] == before[SIGNAL_STATE_KEY][1]
+    # Risk's latch write still lands: the latch in force, written as risk writes it (signed, on its last revision).
+    async def rewrite_latch() -> tuple[Any, int, str]:
+        nc = await system.connect("risk")
+        try:
+            js, key = nc.jetstream(), signing_key(system.settings.keys, "risk")
+            doc, revision, problem = await read_latch(js, key.public_key())
+            assert problem == "", problem
+            await write_latch(js, doc, key, revision)
+            return await read_latch(js, key.public_key())
+        finally:
+            await nc.close()
+
+    _, revision, problem = run(rewrite_latch())
+    assert problem == "" and revision > before[HALT_KEY][0]
+    assert run(state_entries(system))[SIGNAL_STATE_KEY][1] == before[SIGNAL_STATE_KEY][1]
 
 
 # --- 4. oversized and malformed messages -------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""The kill-switch latch on a real secured nats-server, as shared/kv_chain.py keeps it: each latch names the
+revision it replaces, so a holder of risk's bus credential without its signing key can neither delete it nor put
+an earlier one back unseen; a latch of the older layouts (signed before it named its predecessor) is believed
+only where the server stored it when risk signed it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.risk.latch import LatchDoc, _LatchDocV2, read_latch, verified_latch, write_latch
+from shared.bus import state_kv
+from shared.credentials import signing_key
+from shared.kv_chain import LEGACY_SKEW_MS
+from shared.signing import SignatureError, sign_struct
+from shared.state_keys import HALT_KEY
+from tests.bus_helpers import role_connections
+from tests.conftest import NatsEndpoint
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def test_a_deleted_replayed_or_overwritten_latch_is_seen(nats_server: NatsEndpoint) -> None:
+    settings = nats_server.settings()
+    key = signing_key(settings.keys, "risk")
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js:
+            kv, out = await state_kv(js["risk"]), {}
+            out["never written"] = await read_latch(js["operator"], key.public_key())
+            unlatched, _ = await write_latch(js["risk"], LatchDoc(halted=False), key, 0)
+            earlier = (await kv.get(HALT_KEY)).value
+            latched, _ = await write_latch(js["risk"], LatchDoc(halted=True, cycle_id="c1"), key, unlatched)
+            out["chained"] = await read_latch(js["operator"], key.public_key())
+            await kv.put(HALT_KEY, earlier)  # risk's own signature, the wrong place in the chain
+            out["replayed"] = await read_latch(js["operator"], key.public_key())
+            revision, overwritten = await write_latch(js["risk"], LatchDoc(halted=True, cycle_id="c1"), key,
+                                                      latched)  # risk still holds the revision it wrote last
+            out["overwritten"] = overwritten
+            out["repaired"] = await read_latch(js["operator"], key.public_key())
+            await kv.delete(HALT_KEY)
+            out["deleted"] = await read_latch(js["operator"], key.public_key())
+            deleted_at = out["deleted"][1]
+            out["after the delete"] = await write_latch(js["risk"], LatchDoc(halted=True), key, deleted_at)
+            out["rewritten"] = await read_latch(js["operator"], key.public_key())
+            out["revisions"] = (unlatched, latched, revision, deleted_at)
+            return out
+
+    out = asyncio.run(scenario())
+    assert out["never written"] == (LatchDoc(halted=False), 0, "")
+    doc, _, problem = out["chained"]
+    assert problem == "" and doc.halted and doc.cycle_id == "c1" and doc.prev_revision == out["revisions"][0]
+    doc, _, problem = out["replayed"]
+    assert doc.halted and "came between" in problem, "an earlier, unlatched latch put back reads as latched"
+    assert out["overwritten"] > out["revisions"][1], "risk's write went on top of the one put back"
+    assert out["repaired"][2] == "" and out["repaired"][0].halted
+    doc, revision, problem = out["deleted"]
+    assert doc.halted and "deleted" in problem and revision > out["revisions"][2]
+    assert out["after the delete"][1] == 0 and out["rewritten"][2] == ""
+
+
+def test_a_latch_of_the_older_layout_is_believed_only_where_risk_stored_it(nats_server: NatsEndpoint) -> None:
+    """Before latches named their predecessor: one stored when risk signed it verifies (an upgrade keeps its latch);
+    the same kind of latch stored later, as a replay would be, does not."""
+    settings = nats_server.settings()
+    key = signing_key(settings.keys, "risk")
+
+    def older(halted: bool, signed_at_ms: int) -> bytes:
+        return msgspec.json.encode(sign_struct(_LatchDocV2(halted=halted, updated_at_ms=signed_at_ms), key))
+
+    async def scenario() -> tuple[Any, Any]:
+        async with role_connections(settings, "risk", "operator") as js:
+            kv = await state_kv(js["risk"])
+            await kv.put(HALT_KEY, older(True, int(time.time() * 1000)))
+            fresh = await read_latch(js["operator"], key.public_key())
+            await kv.put(HALT_KEY, older(False, int(time.time() * 1000) - 2 * LEGACY_SKEW_MS))
+            return fresh, await read_latch(js["operator"], key.public_key())
+
+    fresh, replayed = asyncio.run(scenario())
+    assert fresh[2] == "" and fresh[0].halted and fresh[0].prev_revision == -1
+    assert replayed[0].halted and "replayed" in replayed[2]
+
+
+def test_the_revision_a_latch_replaces_is_covered_by_its_signature() -> None:
+    key = Ed25519PrivateKey.generate()
+    older = sign_struct(_LatchDocV2(halted=False, latched_at_ms=5), key)
+    assert verified_latch(msgspec.json.encode(older), key.public_key()).prev_revision == -1
+    moved = msgspec.json.encode({**msgspec.to_builtins(older), "prev_revision": 41})  # not covered by it
+    with pytest.raises(SignatureError):
+        verified_latch(moved, key.public_key())
+    new = sign_struct(LatchDoc(halted=False, prev_revision=7), key)
+    with pytest.raises(SignatureError):
+        verified_latch(msgspec.json.encode(msgspec.structs.replace(new, prev_revision=8)), key.public_key())
