@@ -125,9 +125,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         # Daily documents keep the record they always had (none): only another timeframe needs saying.
         record = None if same_timeframe(timeframe, PARAMS_TIMEFRAME) else {"timeframe": timeframe}
-        signed = sign_document(params, signing_key(settings.keys, "operator"), f"operator:{getpass.getuser()}",
-                               reason, record=record)
-        new_version = await promote(js, signed)
+        key = signing_key(settings.keys, "operator")
+        signed = sign_document(params, key, f"operator:{getpass.getuser()}", reason, record=record)
+        new_version = await promote(js, signed, key)
         if relabelled:
             print(f"  timeframe: {current_tf} -> {timeframe}", file=sys.stderr)
         for name, old, new in changes:

@@ -17,6 +17,13 @@ field so documents signed before it existed still verify).  A document is valida
 own timeframe, and a service refuses one made for another timeframe than the one it runs on (``[TIMEFRAME]``):
 daily lookbacks read as hourly bars are a different, untested strategy.  Version 0 on such a system is the
 shipped defaults scaled to its bars (``default_params``), never the daily values.
+
+A signature says who promoted a document, not which version it is: with the optimizer's or the operator's bus
+credential alone (no signing key) one could write an older signed document again as the newest version, a
+rollback nobody signed.  So ``promote`` signs each document with the version it becomes (``version``, written
+with the bucket's expected last sequence, so it gets exactly that revision), and a reader refuses a document
+stored under another version than the one it was signed as.  Documents signed before versions were
+bound are believed where the server stored them when they were signed (``shared.kv_chain.LEGACY_SKEW_MS``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from aura.strategy.params import (
     FIELDS,
@@ -43,6 +50,7 @@ from aura.strategy.params import (
 )
 from shared.bus import params_kv, stored_messages
 from shared.contracts import PARAMS_BUCKET
+from shared.kv_chain import LEGACY_SKEW_MS, WRONG_LAST_SEQUENCE
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_struct
 from shared.state_keys import PARAMS_KEY
@@ -59,7 +67,9 @@ class ParamsError(ValueError):
     pass
 
 
-class ParamsDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _ParamsDocumentV1(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A document as signed before it named its version: still verifiable after an upgrade."""
+
     params: StrategyParams
     promoted_by: str
     reason: str
@@ -67,6 +77,10 @@ class ParamsDocument(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     record: dict[str, Any] = {}  # the optimizer's gate record (report digest, folds, test values)
     signature: str = ""
     key_id: str = ""
+
+
+class ParamsDocument(_ParamsDocumentV1, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    version: int = 0  # the version (KV revision) it was promoted as, under its signature; 0: signed before that
 
 
 def known_timeframe(timeframe: Any, where: str) -> str:
@@ -176,26 +190,78 @@ def verify_document(raw: bytes, trusted: dict[str, Ed25519PublicKey]) -> tuple[P
     try:
         signer = verify_struct(doc, trusted)
     except SignatureError as exc:
-        raise ParamsError(f"parameter document refused: {exc}") from exc
+        signer = _older_layout_signer(raw, doc, trusted)
+        if signer is None:
+            raise ParamsError(f"parameter document refused: {exc}") from exc
     validated(doc.params, document_timeframe(doc))
     return doc, signer
 
 
-async def promote(js: JetStreamContext, doc: ParamsDocument) -> int:
-    """Write a signed document; returns its version.  Only the optimizer and the operator may (permissions)."""
-    kv = await params_kv(js)
-    return int(await kv.put(PARAMS_KEY, msgspec.json.encode(doc)))
-
-
-async def _entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int] | None:
-    kv = await params_kv(js)
+def _older_layout_signer(raw: bytes, doc: ParamsDocument, trusted: dict[str, Ed25519PublicKey]) -> str | None:
+    """Who signed ``raw`` as a document of the layout before versions were bound (None: nobody trusted), provided it
+    carries no field that layout lacks (it would be unauthenticated)."""
     try:
-        entry = await kv.get(PARAMS_KEY, revision=revision) if revision else await kv.get(PARAMS_KEY)
-    except (KeyNotFoundError, NotFoundError):
+        old = msgspec.json.decode(raw, type=_ParamsDocumentV1)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # it carries a version: then it was signed with it
+    if ParamsDocument(**msgspec.structs.asdict(old)) != doc:
         return None
-    if entry.value is None:
+    try:
+        return verify_struct(old, trusted)
+    except SignatureError:
         return None
-    return entry.value, int(entry.revision or 0)
+
+
+PROMOTE_ATTEMPTS = 5  # another promotion landing first between reading the last version and writing is rare
+
+
+async def promote(js: JetStreamContext, doc: ParamsDocument, key: Ed25519PrivateKey) -> int:
+    """Sign ``doc`` with ``key`` as the version it becomes and write it; returns that version.  Only the optimizer
+    and the operator may (permissions).  The bucket holds one key, so its next revision is its stream's last
+    sequence + 1, and the write is refused by the server if anything was stored since that was read."""
+    await params_kv(js)  # a clear BusNotProvisioned when the bucket does not exist
+    for _ in range(PROMOTE_ATTEMPTS):
+        last = int((await js.stream_info(f"KV_{PARAMS_BUCKET}")).state.last_seq or 0)
+        signed = sign_struct(msgspec.structs.replace(doc, version=last + 1), key)
+        try:
+            ack = await js.publish(f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}", msgspec.json.encode(signed),
+                                   headers={"Nats-Expected-Last-Sequence": str(last)})
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+            continue
+        return int(ack.seq)
+    raise ParamsError(f"other promotions kept landing first ({PROMOTE_ATTEMPTS} attempts); try again")
+
+
+def check_version(doc: ParamsDocument, version: int, stored_ms: int) -> None:
+    """ParamsError unless ``doc`` is stored as the version it was signed as (module docstring)."""
+    if doc.version == 0:
+        if stored_ms and abs(stored_ms - doc.promoted_at_ms) <= LEGACY_SKEW_MS:
+            return
+        raise ParamsError(f"parameter document promoted at {doc.promoted_at_ms} was stored as version {version} "
+                          f"at {stored_ms}: written again later (replayed), refused")
+    if doc.version != version:
+        raise ParamsError(f"parameter document signed as version {doc.version} is stored as version {version}: "
+                          "written again (replayed), refused")
+
+
+async def _entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int, int] | None:
+    """(value, version, server time in ms) of ``revision`` (None: the newest); None when there is none."""
+    await params_kv(js)
+    stream, subject = f"KV_{PARAMS_BUCKET}", f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}"
+    try:
+        msg = (await js.get_msg(stream, seq=revision, direct=True) if revision
+               else await js.get_msg(stream, subject=subject, direct=True))
+    except NotFoundError:
+        return None
+    if msg.subject != subject or not msg.data:  # not this key, or a delete marker
+        return None
+    return msg.data, int(msg.seq or 0), _stored_ms(msg)
+
+
+def _stored_ms(msg: Any) -> int:
+    return int(msg.time.timestamp() * 1000) if getattr(msg, "time", None) is not None else 0
 
 
 async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], revision: int | None = None,
@@ -213,8 +279,9 @@ async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey
         if revision:
             raise ParamsError(f"parameter version {revision} not found")
         return defaults, 0, None
-    raw, version = found
+    raw, version, stored_ms = found
     doc, _ = verify_document(raw, trusted)
+    check_version(doc, version, stored_ms)
     if timeframe is not None:
         check_timeframe(doc, timeframe, version)
     return doc.params, version, doc
@@ -234,6 +301,7 @@ async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
             continue
         try:
             doc, _ = verify_document(entry.data, trusted)
+            check_version(doc, int(entry.seq or 0), _stored_ms(entry))
             out.append((int(entry.seq or 0), doc, ""))
         except ParamsError as exc:
             out.append((int(entry.seq or 0), None, str(exc)))
@@ -304,20 +372,21 @@ class ParamsTracker:
         if found is None:
             self.loaded = True
             return self.params, self.version
-        raw, newest = found
+        newest = found[1]
         if newest == self.version and self.loaded:
             return self.params, self.version
-        candidates: list[tuple[bytes, int]] = [(raw, newest)]
+        candidates: list[tuple[bytes, int, int]] = [found]
         if not self.loaded:  # at start: fall back through older versions if the newest is bad
             for revision in range(newest - 1, max(0, newest - 64), -1):
                 older = await _entry(self.js, revision)
                 if older is not None:
                     candidates.append(older)
-        for data, version in candidates:
+        for data, version, stored_ms in candidates:
             if version in self.refused:
                 continue
             try:
                 doc, signer = verify_document(data, self.trusted)
+                check_version(doc, version, stored_ms)
             except ParamsError as exc:
                 self._refuse(version, str(exc))
                 continue

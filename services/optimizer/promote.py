@@ -76,7 +76,7 @@ async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: 
                                f"{incumbent_version}: not promoting; run the optimizer again")
     signed = sign_document(winner, key, promoted_by="optimizer", reason=reason,
                            record={**record, "timeframe": timeframe})
-    return await promote(js, signed)
+    return await promote(js, signed, key)
 
 
 async def publish_decision(js: JetStreamContext, summary: dict[str, Any]) -> None:

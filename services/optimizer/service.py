@@ -43,7 +43,7 @@ async def run(ctx: ServiceContext) -> None:
                             ctx.logger, timeframe=ctx.settings.timeframe)
     params, version = await tracker.current()
     if version == 0:  # nothing valid promoted yet (for this timeframe): make the shipped defaults version 1, signed
-        version = await promote(ctx.js, seed_document(ctx))
+        version = await promote(ctx.js, seed_document(ctx), signing_key(ctx.settings.keys, "optimizer"))
         params, version = await tracker.current()
         info(ctx.logger, "PROMOTE", "seeded the shipped default parameters", version=version,
              digest=params_digest(params), timeframe=ctx.settings.timeframe)

@@ -151,9 +151,9 @@ async def populate_bus(settings: Settings) -> None:
         revision = (await read_latch(js["risk"], risk_key.public_key()))[1]
         await write_latch(js["risk"], LatchDoc(halted=True, cycle_id="1d-20240105T0000", drawdown=0.31,
                                                reason="drawdown 31% >= 30%"), risk_key, revision)
-        doc = sign_document(StrategyParams(stop_loss=STOP_LOSS), signing_key(settings.keys, "operator"),
-                            "operator:test", "tighter stop")
-        await promote(js["operator"], doc)
+        operator_key = signing_key(settings.keys, "operator")
+        doc = sign_document(StrategyParams(stop_loss=STOP_LOSS), operator_key, "operator:test", "tighter stop")
+        await promote(js["operator"], doc, operator_key)
 
 
 @pytest.fixture()
@@ -225,9 +225,10 @@ def test_status_names_a_version_counted_in_other_bars_and_keeps_the_one_in_force
 
     async def promote_hourly() -> int:
         async with role_connections(settings, "operator") as js:
-            doc = sign_document(StrategyParams(stop_loss=0.2), signing_key(settings.keys, "operator"),
-                                "operator:test", "hourly set", record={"timeframe": "1h"})
-            return await promote(js["operator"], doc)
+            key = signing_key(settings.keys, "operator")
+            doc = sign_document(StrategyParams(stop_loss=0.2), key, "operator:test", "hourly set",
+                                record={"timeframe": "1h"})
+            return await promote(js["operator"], doc, key)
 
     hourly = asyncio.run(promote_hourly())
     code, out, err = cli(capsys, "status", "--json")

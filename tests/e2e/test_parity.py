@@ -151,9 +151,10 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
     signal_state = None
     last_plan_id = ""
     async with role_connections(settings, "operator", "ingest", "executor", "risk") as js:
-        doc = sign_document(PARAMS, signing_key(settings.keys, "operator"), promoted_by="operator:parity-test",
+        operator_key = signing_key(settings.keys, "operator")
+        doc = sign_document(PARAMS, operator_key, promoted_by="operator:parity-test",
                             reason="live/backtest parity: stops off")
-        version = await promote(js["operator"], doc)
+        version = await promote(js["operator"], doc, operator_key)
         store = await candle_writer(js["ingest"])
         plans = PlanFeed(js["operator"])  # every approved plan, in order (reading them is the operator's job)
         for t, expected_cycle in zip(bars, expected_cycles, strict=True):

@@ -441,10 +441,10 @@ def test_parameters_hot_reload_between_cycles(stack: Stack) -> None:
     s = stack.settings
 
     async def promote_as_operator() -> int:
-        doc = sign_document(StrategyParams(top_k=1), signing_key(s.keys, "operator"), "operator:test",
-                            "hot reload test")
+        key = signing_key(s.keys, "operator")
+        doc = sign_document(StrategyParams(top_k=1), key, "operator:test", "hot reload test")
         async with session(s, "operator") as nc:
-            return await promote(nc.jetstream(), doc)
+            return await promote(nc.jetstream(), doc, key)
 
     version = asyncio.run(promote_as_operator())
     wait_for(lambda: len(journal_rows(stack, "SELECT 1 FROM plans WHERE params_version=?", (version,))) >= 2,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ import msgspec
 import pytest
 
 from aura.strategy.params import PARAM_RANGES, StrategyParams, params_digest, rescale
-from shared.bus import close
+from shared.bus import close, params_kv
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
 from shared.health import HealthState
 from shared.live_params import (
+    PARAMS_KEY,
     ParamsDocument,
     ParamsError,
     ParamsTracker,
@@ -50,10 +52,14 @@ def operator_doc(nats: NatsEndpoint, params: StrategyParams, record: dict[str, A
                          record=record)
 
 
-async def put(nats: NatsEndpoint, doc: ParamsDocument) -> int:
+async def put(nats: NatsEndpoint, doc: ParamsDocument, raw: bool = False) -> int:
+    """``doc`` promoted by the operator (signed with its key as the version it becomes), or with ``raw`` stored as
+    it is, as the code before versions were bound stored documents."""
     nc = await nats.connect("operator")
     try:
-        return await promote(nc.jetstream(), doc)
+        if raw:
+            return int(await (await params_kv(nc.jetstream())).put(PARAMS_KEY, msgspec.json.encode(doc)))
+        return await promote(nc.jetstream(), doc, signing_key(nats.settings().keys, "operator"))
     finally:
         await close(nc)
 
@@ -152,10 +158,12 @@ def test_an_hourly_document_beyond_the_daily_ranges_validates(nats_server: NatsE
 
 def test_a_document_from_before_the_timeframe_verifies_and_counts_as_daily(nats_server: NatsEndpoint) -> None:
     """Signed as the code before this change signed (the struct as is, an optimizer record without the key): the
-    encoding, and so the signature, is unchanged."""
+    encoding, and so the signature, is unchanged.  (Stored as that code stored it, when it was signed: the version
+    it is stored as is not bound, live_params.check_version.)"""
     key = signing_key(nats_server.settings().keys, "optimizer")
     old = sign_struct(ParamsDocument(params=StrategyParams(top_k=4), promoted_by="optimizer", reason="old",
-                                     promoted_at_ms=1_700_000_000_000, record={"report_sha256": "ab" * 32}), key)
+                                     promoted_at_ms=int(time.time() * 1000), record={"report_sha256": "ab" * 32}),
+                      key)
     raw = msgspec.json.encode(old)
     assert b"timeframe" not in raw
     trusted = trusted_keys(nats_server.settings().keys, "signal", PARAMS_SIGNERS)
@@ -165,7 +173,7 @@ def test_a_document_from_before_the_timeframe_verifies_and_counts_as_daily(nats_
     del bare["record"]  # a document with no record at all decodes to an empty one
     bare_doc = ParamsDocument(**{**bare, "params": StrategyParams(top_k=4), "record": {}})
     assert document_timeframe(bare_doc) == "1d"
-    version = asyncio.run(put(nats_server, old))
+    version = asyncio.run(put(nats_server, old, raw=True))
     assert asyncio.run(tracked(nats_server, "signal", "1d"))[:2] == (StrategyParams(top_k=4), version)
     params, in_force, tracker = asyncio.run(tracked(nats_server, "signal", "1h"))
     assert in_force == 0 and version in tracker.refused and params == HOURLY.params

@@ -150,8 +150,8 @@ def test_promote_reads_the_live_incumbent_and_a_no_changes_nothing(nats_server: 
 
     async def seed() -> None:
         nc = await nats_server.connect("optimizer")
-        await promote(nc.jetstream(), sign_document(StrategyParams(top_k=2), signing_key(
-            nats_server.settings().keys, "optimizer"), "optimizer", "seed"))
+        key = signing_key(nats_server.settings().keys, "optimizer")
+        await promote(nc.jetstream(), sign_document(StrategyParams(top_k=2), key, "optimizer", "seed"), key)
         await close(nc)
 
     async def live() -> tuple[int, dict[str, object]]:

@@ -57,8 +57,8 @@ def with_verdict(record: Any, passed: bool) -> Any:
 async def seed(nats: NatsEndpoint) -> None:
     """What the optimizer service does at its first start: the shipped defaults as version 1, signed."""
     nc = await nats.connect("optimizer")
-    await promote(nc.jetstream(), sign_document(StrategyParams(), signing_key(nats.settings().keys, "optimizer"),
-                                                "optimizer", "seed: the shipped defaults"))
+    key = signing_key(nats.settings().keys, "optimizer")
+    await promote(nc.jetstream(), sign_document(StrategyParams(), key, "optimizer", "seed: the shipped defaults"), key)
     await close(nc)
 
 

@@ -248,8 +248,8 @@ def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_se
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with role_connections(settings, "ingest", "risk", "operator") as js:
-            await promote(js["operator"], sign_document(params, signing_key(settings.keys, "operator"),
-                                                        "operator:test", "re-arm after two bars"))
+            key = signing_key(settings.keys, "operator")
+            await promote(js["operator"], sign_document(params, key, "operator:test", "re-arm after two bars"), key)
             async with running(settings, "executor", "risk", handler=capture):
                 await buy(js["risk"], settings, 0.2, 40_000.0)  # 80% of the book in BTC
                 await market_moves(js["ingest"], settings, 25_000.0, day=1)  # a 30% drawdown on 2024-01-02

@@ -126,18 +126,30 @@ def test_only_the_optimizer_and_the_operator_may_write_parameters(system: System
     assert outcome.startswith("refused"), f"{principal}: {outcome}"
 
 
-@pytest.mark.parametrize("document", ["unsigned reckless", "garbage", "signed by an unknown key"])
+async def stored_version(system: System, version: int) -> bytes:
+    nc = await system.connect("operator")
+    try:
+        return bytes((await nc.jetstream().get_msg("KV_aura_params", seq=version, direct=True)).data or b"")
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("document", ["unsigned reckless", "garbage", "signed by an unknown key",
+                                      "a version in force written again"])
 def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(system: System,
                                                                               document: str) -> None:
+    """Without the optimizer's signing key: an unsigned or invalid document, or a signed one written again as a
+    newer version (a rollback nobody signed: each document is signed with the version it becomes)."""
+    version_before = system.counter("risk", "params_version")
     docs = {
         "unsigned reckless": msgspec.json.encode({"params": msgspec.to_builtins(_reckless()), "promoted_by": "x",
                                                   "reason": "x", "promoted_at_ms": 1}),
         "garbage": json.dumps({"top_k": "lots"}).encode(),
         "signed by an unknown key": msgspec.json.encode(sign_document(_reckless(), Ed25519PrivateKey.generate(),
                                                                       "optimizer", "attack")),
+        "a version in force written again": run(stored_version(system, int(version_before))),
     }
     before = system.book()
-    version_before = system.counter("risk", "params_version")
     refused_before = {svc: system.counter(svc, "params_refused") for svc in ("signal", "risk")}
     ticks_before = len(system.log_lines("risk", "RISK_TICK"))
     assert run(js_publish(system, "optimizer", "$KV.aura_params.strategy", docs[document])) == "stored"
