@@ -28,6 +28,7 @@ DELETE_OPERATIONS = ("DEL", "PURGE")
 LEGACY_SKEW_MS = 5 * 60_000  # a value of the old layout must have been stored this close to its signing time
 UNCHAINED = -1  # prev_revision of a value signed before the layout carried it
 WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's codes for "the key's last revision is not the one expected"
+CHAINED_ATTEMPTS = 3  # conditional writes before a write that a forger keeps racing is stored unconditionally
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,27 @@ async def write_after(js: JetStreamContext, bucket: str, key: str, value: bytes,
 
 async def write_chained(js: JetStreamContext, bucket: str, key: str, value_after: Callable[[int], bytes],
                         prev_revision: int) -> tuple[int, int]:
-    """Store ``value_after(prev)`` on top of ``prev_revision``; (its revision, the revision it overwrote instead).
+    """Store ``value_after(prev)`` on top of ``prev_revision``; (its revision, the revision of a write by somebody
+    else it went on top of instead, or 0).
 
     For a key with one writer that keeps what it wrote in memory: if anybody else stored something on the key
-    since (only a forger can, the writer's credential without its key), the write goes on top of that entry
-    (second value 0 when it did not happen: the caller logs it).  Never a refusal the forger can repeat to stop
-    the writer from writing."""
+    since (only a forger can, with the writer's credential and without its key), the write goes on top of the
+    newest entry.  A forger who keeps writing cannot make the writer's write fail: after ``CHAINED_ATTEMPTS``
+    refusals it is stored unconditionally on top of the newest entry read (if yet another write slipped in
+    between, readers find the chain broken and the writer rewrites it at its next read; the value stands).
+    The caller logs a non-zero second value."""
     try:
         return await write_after(js, bucket, key, value_after(prev_revision), prev_revision), 0
     except APIError as exc:
         if exc.err_code not in WRONG_LAST_SEQUENCE:
             raise
+    for _ in range(CHAINED_ATTEMPTS - 1):
+        head = await read_head(js, bucket, key)
+        try:
+            return await write_after(js, bucket, key, value_after(head.revision), head.revision), head.revision
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
     head = await read_head(js, bucket, key)
-    return await write_after(js, bucket, key, value_after(head.revision), head.revision), head.revision
+    ack = await js.publish(f"$KV.{bucket}.{key}", value_after(head.revision))
+    return int(ack.seq), head.revision

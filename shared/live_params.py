@@ -8,8 +8,8 @@ promoted yet": the shipped defaults.
 Every document is signed (Ed25519) by the optimizer or the operator and says who promoted it and why.  A
 reader verifies the signature against the keys it pinned (``shared.credentials.trusted_keys``) and validates
 the parameters; a document that fails is refused, logged ``[PARAMS_REFUSED]`` and counted, and the reader
-keeps running on the last valid version (:class:`ParamsTracker`), so a bad document can never stop the risk
-tick's stop-loss checks.
+keeps running on the last valid version (``shared.params_tracker.ParamsTracker``), so a bad document can never
+stop the risk tick's stop-loss checks.
 
 Parameters count their lookbacks in bars, so a document says which bars: ``record["timeframe"]`` (absent: the
 daily bars the shipped defaults count in, ``PARAMS_TIMEFRAME``; it lives in the signed record rather than in a new
@@ -28,11 +28,8 @@ bound are believed where the server stored them when they were signed (``shared.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -43,7 +40,6 @@ from aura.strategy.params import (
     FIELDS,
     PARAMS_TIMEFRAME,
     StrategyParams,
-    params_digest,
     rescale,
     timeframe_factor,
     validate_params,
@@ -51,12 +47,8 @@ from aura.strategy.params import (
 from shared.bus import params_kv, stored_messages
 from shared.contracts import PARAMS_BUCKET
 from shared.kv_chain import LEGACY_SKEW_MS, WRONG_LAST_SEQUENCE
-from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_struct
 from shared.state_keys import PARAMS_KEY
-
-if TYPE_CHECKING:  # the health app (fastapi, uvicorn) is a service's; the params CLI imports this module too
-    from shared.health import HealthState
 
 # Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
 SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params",
@@ -80,7 +72,12 @@ class _ParamsDocumentV1(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 
 class ParamsDocument(_ParamsDocumentV1, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    version: int = 0  # the version (KV revision) it was promoted as, under its signature; 0: signed before that
+    # The version (KV revision) it was promoted as, under its signature (promote() sets it; 0 until then).  A
+    # document that verified as the older layout, without the field, reads as OLDER_LAYOUT.
+    version: int = 0
+
+
+OLDER_LAYOUT = -1
 
 
 def known_timeframe(timeframe: Any, where: str) -> str:
@@ -190,9 +187,10 @@ def verify_document(raw: bytes, trusted: dict[str, Ed25519PublicKey]) -> tuple[P
     try:
         signer = verify_struct(doc, trusted)
     except SignatureError as exc:
-        signer = _older_layout_signer(raw, doc, trusted)
-        if signer is None:
+        older = _older_layout_signer(raw, doc, trusted)
+        if older is None:
             raise ParamsError(f"parameter document refused: {exc}") from exc
+        signer, doc = older, msgspec.structs.replace(doc, version=OLDER_LAYOUT)
     validated(doc.params, document_timeframe(doc))
     return doc, signer
 
@@ -215,13 +213,20 @@ def _older_layout_signer(raw: bytes, doc: ParamsDocument, trusted: dict[str, Ed2
 PROMOTE_ATTEMPTS = 5  # another promotion landing first between reading the last version and writing is rare
 
 
-async def promote(js: JetStreamContext, doc: ParamsDocument, key: Ed25519PrivateKey) -> int:
-    """Sign ``doc`` with ``key`` as the version it becomes and write it; returns that version.  Only the optimizer
-    and the operator may (permissions).  The bucket holds one key, so its next revision is its stream's last
-    sequence + 1, and the write is refused by the server if anything was stored since that was read."""
+async def last_revision(js: JetStreamContext) -> int:
+    """The bucket's last revision, delete markers and refused documents included (0: never written).  It holds
+    one key, so its stream's last sequence is that key's."""
     await params_kv(js)  # a clear BusNotProvisioned when the bucket does not exist
-    for _ in range(PROMOTE_ATTEMPTS):
-        last = int((await js.stream_info(f"KV_{PARAMS_BUCKET}")).state.last_seq or 0)
+    return int((await js.stream_info(f"KV_{PARAMS_BUCKET}")).state.last_seq or 0)
+
+
+async def promote(js: JetStreamContext, doc: ParamsDocument, key: Ed25519PrivateKey, after: int | None = None) -> int:
+    """Sign ``doc`` with ``key`` as the version it becomes and write it; returns that version.  Only the optimizer
+    and the operator may (permissions).  The next revision is the last one + 1, and the server refuses the write if
+    anything was stored since that was read.  ``after``: the write must go right after that revision (read before
+    the caller decided to promote): anything stored since is a ParamsError, not a retry."""
+    for _ in range(1 if after is not None else PROMOTE_ATTEMPTS):
+        last = after if after is not None else await last_revision(js)
         signed = sign_struct(msgspec.structs.replace(doc, version=last + 1), key)
         try:
             ack = await js.publish(f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}", msgspec.json.encode(signed),
@@ -231,12 +236,14 @@ async def promote(js: JetStreamContext, doc: ParamsDocument, key: Ed25519Private
                 raise
             continue
         return int(ack.seq)
+    if after is not None:
+        raise ParamsError(f"the parameter bucket changed after revision {after}: not promoting on top of it")
     raise ParamsError(f"other promotions kept landing first ({PROMOTE_ATTEMPTS} attempts); try again")
 
 
 def check_version(doc: ParamsDocument, version: int, stored_ms: int) -> None:
     """ParamsError unless ``doc`` is stored as the version it was signed as (module docstring)."""
-    if doc.version == 0:
+    if doc.version == OLDER_LAYOUT:
         if stored_ms and abs(stored_ms - doc.promoted_at_ms) <= LEGACY_SKEW_MS:
             return
         raise ParamsError(f"parameter document promoted at {doc.promoted_at_ms} was stored as version {version} "
@@ -246,8 +253,9 @@ def check_version(doc: ParamsDocument, version: int, stored_ms: int) -> None:
                           "written again (replayed), refused")
 
 
-async def _entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int, int] | None:
-    """(value, version, server time in ms) of ``revision`` (None: the newest); None when there is none."""
+async def stored_entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int, int] | None:
+    """(value, version, server time in ms) of ``revision`` (None: the newest entry, a delete marker included);
+    None when there is none.  A delete marker's value is empty (``document_or_refusal`` refuses it)."""
     await params_kv(js)
     stream, subject = f"KV_{PARAMS_BUCKET}", f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}"
     try:
@@ -255,9 +263,25 @@ async def _entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int
                else await js.get_msg(stream, subject=subject, direct=True))
     except NotFoundError:
         return None
-    if msg.subject != subject or not msg.data:  # not this key, or a delete marker
+    if msg.subject != subject:
         return None
-    return msg.data, int(msg.seq or 0), _stored_ms(msg)
+    return msg.data or b"", int(msg.seq or 0), _stored_ms(msg)
+
+
+# AURA never deletes the parameter document: a delete marker is somebody's write with a writer's bus credential,
+# and must not read as "nothing promoted" (the shipped defaults) any more than a forged document may.
+DELETED = "the parameter document was deleted: refused (AURA never deletes it; the last valid version stays)"
+
+
+def stored_document(raw: bytes, version: int, stored_ms: int, trusted: dict[str, Ed25519PublicKey],
+                    ) -> tuple[ParamsDocument, str]:
+    """(document, signer) of the entry stored as ``version``; ParamsError if it is a delete marker, does not verify
+    or is not stored as the version it was signed as."""
+    if not raw:
+        raise ParamsError(DELETED)
+    doc, signer = verify_document(raw, trusted)
+    check_version(doc, version, stored_ms)
+    return doc, signer
 
 
 def _stored_ms(msg: Any) -> int:
@@ -274,14 +298,13 @@ async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey
     defaults = StrategyParams() if timeframe is None else default_params(timeframe)
     if revision == 0:
         return defaults, 0, None
-    found = await _entry(js, revision)
+    found = await stored_entry(js, revision)
     if found is None:
         if revision:
             raise ParamsError(f"parameter version {revision} not found")
         return defaults, 0, None
     raw, version, stored_ms = found
-    doc, _ = verify_document(raw, trusted)
-    check_version(doc, version, stored_ms)
+    doc, _ = stored_document(raw, version, stored_ms, trusted)
     if timeframe is not None:
         check_timeframe(doc, timeframe, version)
     return doc.params, version, doc
@@ -297,11 +320,8 @@ async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
     entries = await stored_messages(js, f"KV_{PARAMS_BUCKET}", f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}", limit=1000)
     out: list[tuple[int, ParamsDocument | None, str]] = []
     for entry in entries:
-        if not entry.data:  # a delete marker
-            continue
         try:
-            doc, _ = verify_document(entry.data, trusted)
-            check_version(doc, int(entry.seq or 0), _stored_ms(entry))
+            doc, _ = stored_document(entry.data or b"", int(entry.seq or 0), _stored_ms(entry), trusted)
             out.append((int(entry.seq or 0), doc, ""))
         except ParamsError as exc:
             out.append((int(entry.seq or 0), None, str(exc)))
@@ -316,90 +336,3 @@ def last_valid(stored: list[tuple[int, ParamsDocument | None, str]], timeframe: 
         if doc is not None and (timeframe is None or same_timeframe(document_timeframe(doc), timeframe)):
             return version, doc
     return 0, None
-
-
-class ParamsTracker:
-    """The newest *valid* parameter version, for a service that reads the newest (signal, the risk tick).
-
-    A refused newer version leaves the last valid one in force; readiness stays green (the service keeps
-    doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest
-    version, older versions are tried newest first, then the shipped defaults (scaled to ``timeframe``).
-    A document made for other bars than ``timeframe`` (the service's ``settings.timeframe``) is refused the
-    same way, logged ``[TIMEFRAME]``.
-    """
-
-    def __init__(self, js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], health: HealthState,
-                 logger: logging.Logger, *, timeframe: str = PARAMS_TIMEFRAME) -> None:
-        self.js, self.trusted, self.health, self.logger = js, trusted, health, logger
-        self.timeframe = known_timeframe(timeframe, "ParamsTracker")
-        self.params, self.version = default_params(timeframe), 0
-        self.loaded = False
-        self.refused: dict[int, str] = {}
-        health.checks["params"] = self.check
-
-    def check(self) -> tuple[bool, str]:
-        text = f"version {self.version} digest {params_digest(self.params)}"
-        newest_refused = max(self.refused, default=0)
-        if newest_refused > self.version:
-            text += f"; refused version {newest_refused}: {self.refused[newest_refused][:200]}"
-        return True, text
-
-    def _refuse(self, version: int, why: str, tag: str = "PARAMS_REFUSED") -> None:
-        if version in self.refused:
-            return
-        self.refused[version] = why
-        self.health.inc("params_refused")
-        self.health.set("params_refused_version", version)
-        error(self.logger, tag, "parameter document refused; keeping the last valid version",
-              version=version, error=why[:400], in_force=self.version)
-
-    async def follow(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
-        """Re-read the newest version every ``period_s`` until ``stop``, so a refused document shows in readiness
-        and metrics when it is written, not only at the next cycle."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=period_s)
-                return
-            try:
-                await self.current()
-            except Exception as exc:  # the bus is down: the next cycle or poll will tell
-                self.health.inc("params_read_errors")
-                error(self.logger, "PARAMS", "could not read the parameter bucket", error=f"{type(exc).__name__}: "
-                      f"{exc}"[:200])
-
-    async def current(self) -> tuple[StrategyParams, int]:
-        found = await _entry(self.js, None)
-        if found is None:
-            self.loaded = True
-            return self.params, self.version
-        newest = found[1]
-        if newest == self.version and self.loaded:
-            return self.params, self.version
-        candidates: list[tuple[bytes, int, int]] = [found]
-        if not self.loaded:  # at start: fall back through older versions if the newest is bad
-            for revision in range(newest - 1, max(0, newest - 64), -1):
-                older = await _entry(self.js, revision)
-                if older is not None:
-                    candidates.append(older)
-        for data, version, stored_ms in candidates:
-            if version in self.refused:
-                continue
-            try:
-                doc, signer = verify_document(data, self.trusted)
-                check_version(doc, version, stored_ms)
-            except ParamsError as exc:
-                self._refuse(version, str(exc))
-                continue
-            try:
-                check_timeframe(doc, self.timeframe, version)
-            except ParamsError as exc:
-                self._refuse(version, str(exc), tag="TIMEFRAME")
-                continue
-            if version != self.version:
-                info(self.logger, "PARAMS", "parameter version in force", version=version, signer=signer,
-                     promoted_by=doc.promoted_by, digest=params_digest(doc.params))
-            self.params, self.version = doc.params, version
-            break
-        self.loaded = True
-        self.health.set("params_version", self.version)
-        return self.params, self.version

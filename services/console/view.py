@@ -301,7 +301,8 @@ class BusView:
         kv = self.state_bucket
         latch, _, problem = await read_latch(self.js, self.risk_key)
         self.latch = {"halted": latch.halted, "cycle_id": latch.cycle_id, "drawdown": latch.drawdown,
-                      "reset_at_ms": latch.reset_at_ms, "reason": _clip(problem or latch.reason)}
+                      # an unverifiable latch's reset_at_ms is when the bad entry was stored, not a reset
+                      "reset_at_ms": 0 if problem else latch.reset_at_ms, "reason": _clip(problem or latch.reason)}
         raw, _ = await kv_get(kv, DECISION_KEY)
         if raw is not None:
             try:

@@ -23,6 +23,7 @@ from shared.live_params import (
     default_params,
     document_timeframe,
     history,
+    last_revision,
     last_valid,
     promote,
     read_version,
@@ -70,13 +71,18 @@ async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: 
     ``timeframe`` is the run's: the record says which bars the winner's lookbacks count, so a system on other
     bars refuses it ([TIMEFRAME]) instead of trading them miscounted, and it is validated with that
     timeframe's ranges."""
+    # Read before the check: a promotion or rollback landing after it makes the write below fail, not go on top.
+    last = await last_revision(js)
     _, now = await live_incumbent(js, trusted, timeframe)
     if now != incumbent_version:
         raise PromotionRefused(f"the live parameter version is {now}, the run was judged against version "
                                f"{incumbent_version}: not promoting; run the optimizer again")
     signed = sign_document(winner, key, promoted_by="optimizer", reason=reason,
                            record={**record, "timeframe": timeframe})
-    return await promote(js, signed, key)
+    try:
+        return await promote(js, signed, key, after=last)
+    except ParamsError as exc:
+        raise PromotionRefused(f"{exc}; run the optimizer again") from exc
 
 
 async def publish_decision(js: JetStreamContext, summary: dict[str, Any]) -> None:

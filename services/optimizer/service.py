@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, params_digest, rescale
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
-from shared.live_params import ParamsDocument, ParamsTracker, promote, same_timeframe, sign_document
+from shared.live_params import ParamsDocument, promote, same_timeframe, sign_document
 from shared.logging import info, warn
+from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext
 
 

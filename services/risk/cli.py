@@ -41,6 +41,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
         out.pop("signature", None)
         if problem:
             out["problem"] = problem
+            out.pop("reset_at_ms")  # read_latch's "latched since the bad entry was stored", not a reset anyone made
         out.update(rearm_status(latch))
         if reset is not None and reset.requested_at_ms > latch.reset_at_ms:
             out["pending_reset"] = {"requested_at_ms": reset.requested_at_ms, "by": reset.requested_by,
@@ -58,8 +59,8 @@ async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]
         await write_request(kv, RESET_KEY, request)
         deadline = time.monotonic() + APPLY_WAIT_S
         while time.monotonic() < deadline:
-            latch, _, _ = await read_latch(js, risk_key)
-            if latch.reset_at_ms >= request.requested_at_ms:
+            latch, _, problem = await read_latch(js, risk_key)
+            if not problem and latch.reset_at_ms >= request.requested_at_ms:
                 return {"halted": latch.halted, "was_latched": was, "reset_at_ms": latch.reset_at_ms,
                         "reset_by": latch.reset_by, "reason": latch.reason}, True
             await asyncio.sleep(0.2)

@@ -93,8 +93,9 @@ class RiskInputs:
         doc, self.latch_revision, problem = await read_latch(self.js, self.own_public)
         if problem:
             self.health.inc("forged_state")
-            # capped: an unverifiable latch at a start is cleared by an operator only, never by a cooldown
-            fallback = self.last_latch or LatchDoc(halted=True, capped=True, reason="unverifiable latch at start")
+            # At a start: latched and capped (an operator clears it, never a cooldown), and only by a reset requested
+            # after the bad entry was stored (read_latch).
+            fallback = self.last_latch or doc
             error(self.logger, "FORGED_STATE", "kill-switch latch does not verify; keeping the last verified one",
                   error=problem, halted=fallback.halted)
             doc = fallback

@@ -75,22 +75,28 @@ def _decode(raw: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
 
 
 async def read_latch(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[LatchDoc, int, str]:
-    """(latch, revision of the key's last entry, problem).  Never written: not halted.  Unverifiable, deleted or
-    not risk's newest: halted, with the problem named."""
+    """(latch, revision of the key's last entry, problem).  Never written: not halted.
+
+    Unverifiable, deleted or not risk's newest: latched and capped (fail closed), with the problem named, as of
+    the time the server stored the bad entry (``reset_at_ms``): only an operator reset requested after that
+    clears it.  The last reset stays in ``operator.reset`` for ever, so a risk starting on a tampered latch would
+    otherwise apply that old reset again and unlatch."""
     head = await read_head(js, STATE_BUCKET, HALT_KEY)
+    if head.value is None and not head.deleted:
+        return LatchDoc(halted=False), 0, ""
     if head.deleted:
         problem = f"the latch was deleted ({head.operation} at revision {head.revision}); risk never deletes it"
-        return LatchDoc(halted=True, reason=f"unverifiable latch: {problem}"), head.revision, problem
-    if head.value is None:
-        return LatchDoc(halted=False), 0, ""
-    try:
-        doc = verified_latch(head.value, risk_key)
-    except SignatureError as exc:
-        return LatchDoc(halted=True, reason=f"unverifiable latch: {exc}"), head.revision, str(exc)
-    problem = await chain_problem(js, STATE_BUCKET, HALT_KEY, head, doc.prev_revision, doc.updated_at_ms)
-    if problem:
-        return LatchDoc(halted=True, reason=f"unverifiable latch: {problem}"), head.revision, problem
-    return doc, head.revision, ""
+    else:
+        assert head.value is not None
+        try:
+            doc = verified_latch(head.value, risk_key)
+            problem = await chain_problem(js, STATE_BUCKET, HALT_KEY, head, doc.prev_revision, doc.updated_at_ms)
+        except SignatureError as exc:
+            problem = str(exc)
+        if not problem:
+            return doc, head.revision, ""
+    return (LatchDoc(halted=True, capped=True, reset_at_ms=head.stored_ms, reason=f"unverifiable latch: {problem}"),
+            head.revision, problem)
 
 
 def verified_latch(raw: bytes, risk_key: Ed25519PublicKey) -> LatchDoc:

@@ -73,8 +73,9 @@ from shared.contracts import (
     TargetPortfolio,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.live_params import ParamsError, ParamsTracker
+from shared.live_params import ParamsError
 from shared.logging import error, info, warn
+from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext, warm_decision_kernels
 from shared.signing import sign_plan
 

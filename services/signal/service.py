@@ -24,8 +24,8 @@ from shared.candles import decode_panel
 from shared.consumer import Reject, handle
 from shared.contracts import CONSUMERS, CycleAborted, DataReady, TargetPortfolio, content_id
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.live_params import ParamsTracker
 from shared.logging import info
+from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext, warm_decision_kernels
 from shared.state_keys import SIGNAL_STATE_KEY as STATE_KEY
 

@@ -29,7 +29,7 @@ from shared.live_params import (
     PARAMS_KEY,
     ParamsDocument,
     ParamsError,
-    ParamsTracker,
+    _ParamsDocumentV1,
     default_params,
     document_timeframe,
     promote,
@@ -37,6 +37,7 @@ from shared.live_params import (
     sign_document,
     verify_document,
 )
+from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext
 from shared.signing import sign_struct
 from tests.conftest import NatsEndpoint
@@ -161,8 +162,8 @@ def test_a_document_from_before_the_timeframe_verifies_and_counts_as_daily(nats_
     encoding, and so the signature, is unchanged.  (Stored as that code stored it, when it was signed: the version
     it is stored as is not bound, live_params.check_version.)"""
     key = signing_key(nats_server.settings().keys, "optimizer")
-    old = sign_struct(ParamsDocument(params=StrategyParams(top_k=4), promoted_by="optimizer", reason="old",
-                                     promoted_at_ms=int(time.time() * 1000), record={"report_sha256": "ab" * 32}),
+    old = sign_struct(_ParamsDocumentV1(params=StrategyParams(top_k=4), promoted_by="optimizer", reason="old",
+                                        promoted_at_ms=int(time.time() * 1000), record={"report_sha256": "ab" * 32}),
                       key)
     raw = msgspec.json.encode(old)
     assert b"timeframe" not in raw

@@ -32,7 +32,8 @@ from aura.strategy.params import StrategyParams
 from shared.bus import close, state_kv
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
 from shared.health import HealthState
-from shared.live_params import ParamsTracker, history, promote, sign_document
+from shared.live_params import history, promote, sign_document
+from shared.params_tracker import ParamsTracker
 from tests.conftest import REPO_ROOT, NatsEndpoint
 from tests.optimize.test_end_to_end import TINY
 

@@ -6,6 +6,8 @@ only where the server stored it when risk signed it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -13,10 +15,13 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, _LatchDocV2, read_latch, verified_latch, write_latch
 from shared.bus import state_kv
 from shared.credentials import signing_key
+from shared.health import HealthState
 from shared.kv_chain import LEGACY_SKEW_MS
+from shared.operator_requests import RESET_KEY, operator_request, write_request
 from shared.signing import SignatureError, sign_struct
 from shared.state_keys import HALT_KEY
 from tests.bus_helpers import role_connections
@@ -96,3 +101,73 @@ def test_the_revision_a_latch_replaces_is_covered_by_its_signature() -> None:
     new = sign_struct(LatchDoc(halted=False, prev_revision=7), key)
     with pytest.raises(SignatureError):
         verified_latch(msgspec.json.encode(msgspec.structs.replace(new, prev_revision=8)), key.public_key())
+
+
+def test_a_risk_starting_on_a_tampered_latch_stays_latched_until_a_newer_reset(nats_server: NatsEndpoint) -> None:
+    """The last operator reset stays in the bucket for ever: a risk that starts on a deleted (or forged, or
+    replayed) latch must not apply it again and unlatch.  Only a reset requested after the bad entry clears it."""
+    settings = nats_server.settings()
+    key = signing_key(settings.keys, "risk")
+    operator = signing_key(settings.keys, "operator")
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js:
+            risk_kv, operator_kv = await state_kv(js["risk"]), await state_kv(js["operator"])
+            await write_request(operator_kv, RESET_KEY, operator_request("operator:ann", "earlier", operator))
+            revision, _ = await write_latch(js["risk"], LatchDoc(halted=False), key, 0)
+            await write_latch(js["risk"], LatchDoc(halted=True, capped=True, cycle_id="c9"), key, revision)
+            await asyncio.sleep(0.05)
+            await risk_kv.delete(HALT_KEY)  # with risk's bus credential, while risk is down
+            out = {}
+
+            def new_risk() -> RiskInputs:
+                return RiskInputs(js["risk"], risk_kv, settings, HealthState(service="risk"),
+                                  logging.getLogger("aura.test.latch"))
+
+            out["restarted"] = await new_risk().latch()
+            await asyncio.sleep(0.05)
+            await write_request(operator_kv, RESET_KEY, operator_request("operator:ann", "checked", operator))
+            out["after a newer reset"] = await new_risk().latch()
+            out["stored"] = await read_latch(js["operator"], key.public_key())
+            return out
+
+    out = asyncio.run(scenario())
+    assert out["restarted"].halted and out["restarted"].capped, "the old reset must not unlatch a tampered latch"
+    assert not out["after a newer reset"].halted
+    doc, _, problem = out["stored"]
+    assert problem == "" and not doc.halted and doc.reset_by == "operator:ann" and doc.reason == "checked"
+
+
+def test_a_forger_racing_risks_writes_cannot_stop_them(nats_server: NatsEndpoint) -> None:
+    """Writes with risk's bus credential in a tight loop: every latch risk writes still lands (unconditionally
+    after a few refused conditional writes), so no plan is held back behind its state write."""
+    settings = nats_server.settings()
+    key = signing_key(settings.keys, "risk")
+
+    async def scenario() -> tuple[int, int]:
+        async with role_connections(settings, "risk") as js:
+            kv = await state_kv(js["risk"])
+            stop = asyncio.Event()
+
+            async def flood() -> int:
+                n = 0
+                while not stop.is_set():
+                    await kv.put(HALT_KEY, b"junk")
+                    n += 1
+                return n
+
+            task = asyncio.create_task(flood())
+            revision, landed, flooded = 0, 0, 0
+            try:
+                for i in range(20):
+                    revision, _ = await write_latch(js["risk"], LatchDoc(halted=True, cycle_id=f"c{i}"), key,
+                                                    revision)
+                    landed += 1
+            finally:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    flooded = await task
+            return landed, flooded
+
+    landed, flooded = asyncio.run(scenario())
+    assert landed == 20 and flooded > 20, (landed, flooded)

@@ -208,8 +208,8 @@ def test_a_latch_signed_before_the_rearm_policy_still_verifies_and_nothing_can_b
 def test_risk_status_reads_as_sentences_and_never_calls_an_unverified_latch_armed() -> None:
     """`aura risk status` for a person: a latch that does not verify is said so, and read as latched (risk does);
     a reset risk has not applied yet is shown with who asked and why."""
-    forged = {**msgspec.to_builtins(LatchDoc(halted=True)),  # what read_latch gives for a bad document
-              **rearm_status(LatchDoc(halted=True)), "problem": "signature does not verify",
+    bad = LatchDoc(halted=True, capped=True, reset_at_ms=1704067200000)  # what read_latch gives for a bad one
+    forged = {**msgspec.to_builtins(bad), **rearm_status(bad), "problem": "signature does not verify",
               "pending_reset": {"requested_at_ms": 1704153600000, "by": "operator:ann", "reason": "checked"}}
     text = render_status(forged)
     assert text.startswith("WARNING: the stored latch does not verify (signature does not verify)"), text

@@ -139,7 +139,8 @@ async def stored_version(system: System, version: int) -> bytes:
 def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(system: System,
                                                                               document: str) -> None:
     """Without the optimizer's signing key: an unsigned or invalid document, or a signed one written again as a
-    newer version (a rollback nobody signed: each document is signed with the version it becomes)."""
+    newer version (a rollback nobody signed: each document is signed with the version it becomes; here the version
+    in force itself, tests/integration/test_params_replay_bus.py writes an older one back and deletes the key)."""
     version_before = system.counter("risk", "params_version")
     docs = {
         "unsigned reckless": msgspec.json.encode({"params": msgspec.to_builtins(_reckless()), "promoted_by": "x",
@@ -207,7 +208,9 @@ def test_a_deleted_or_replayed_latch_is_not_believed(system: System) -> None:
     """Risk's signature says who wrote a latch, not that it is the newest.  With risk's bus credential alone, one
     could delete the latch, or put back one risk signed earlier (recorded while unlatched, replayed once it has
     latched): each latch names the revision it replaces (shared/kv_chain.py), so both are refused, the verified
-    latch stays in force and risk writes it back."""
+    latch stays in force and risk writes it back.  (Here the latch put back says what the one in force says: it is
+    refused for where it stands, whatever it says; tests/risk/test_latch_chain_bus.py puts an unlatched one back
+    over a latched one, and starts a risk on a deleted one.)"""
     before = system.book()
     subject = f"$KV.aura_state.{HALT_KEY}"
     genuine = run(state_entries(system))[HALT_KEY]

@@ -1,0 +1,113 @@
+"""The parameter version in force for a service that reads the newest one (signal, the risk tick, the optimizer
+service): the newest *valid* version of ``aura_params`` (``shared.live_params``), followed between cycles (hot
+reload without a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.js import JetStreamContext
+
+from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, params_digest
+from shared.live_params import (
+    ParamsError,
+    check_timeframe,
+    default_params,
+    known_timeframe,
+    stored_document,
+    stored_entry,
+)
+from shared.logging import error, info
+
+if TYPE_CHECKING:  # the health app (fastapi, uvicorn) is a service's
+    from shared.health import HealthState
+
+
+class ParamsTracker:
+    """The newest *valid* parameter version, for a service that reads the newest (signal, the risk tick).
+
+    A refused newer version leaves the last valid one in force; readiness stays green (the service keeps
+    doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest
+    version, older versions are tried newest first, then the shipped defaults (scaled to ``timeframe``).
+    A document made for other bars than ``timeframe`` (the service's ``settings.timeframe``) is refused the
+    same way, logged ``[TIMEFRAME]``.
+    """
+
+    def __init__(self, js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], health: HealthState,
+                 logger: logging.Logger, *, timeframe: str = PARAMS_TIMEFRAME) -> None:
+        self.js, self.trusted, self.health, self.logger = js, trusted, health, logger
+        self.timeframe = known_timeframe(timeframe, "ParamsTracker")
+        self.params, self.version = default_params(timeframe), 0
+        self.loaded = False
+        self.refused: dict[int, str] = {}
+        health.checks["params"] = self.check
+
+    def check(self) -> tuple[bool, str]:
+        text = f"version {self.version} digest {params_digest(self.params)}"
+        newest_refused = max(self.refused, default=0)
+        if newest_refused > self.version:
+            text += f"; refused version {newest_refused}: {self.refused[newest_refused][:200]}"
+        return True, text
+
+    def _refuse(self, version: int, why: str, tag: str = "PARAMS_REFUSED") -> None:
+        if version in self.refused:
+            return
+        self.refused[version] = why
+        self.health.inc("params_refused")
+        self.health.set("params_refused_version", version)
+        error(self.logger, tag, "parameter document refused; keeping the last valid version",
+              version=version, error=why[:400], in_force=self.version)
+
+    async def follow(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
+        """Re-read the newest version every ``period_s`` until ``stop``, so a refused document shows in readiness
+        and metrics when it is written, not only at the next cycle."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period_s)
+                return
+            try:
+                await self.current()
+            except Exception as exc:  # the bus is down: the next cycle or poll will tell
+                self.health.inc("params_read_errors")
+                error(self.logger, "PARAMS", "could not read the parameter bucket", error=f"{type(exc).__name__}: "
+                      f"{exc}"[:200])
+
+    async def current(self) -> tuple[StrategyParams, int]:
+        found = await stored_entry(self.js, None)
+        if found is None:
+            self.loaded = True
+            return self.params, self.version
+        newest = found[1]
+        if newest == self.version and self.loaded:
+            return self.params, self.version
+        candidates: list[tuple[bytes, int, int]] = [found]
+        if not self.loaded:  # at start: fall back through older versions if the newest is bad
+            for revision in range(newest - 1, max(0, newest - 64), -1):
+                older = await stored_entry(self.js, revision)
+                if older is not None:
+                    candidates.append(older)
+        for data, version, stored_ms in candidates:
+            if version in self.refused:
+                continue
+            try:
+                doc, signer = stored_document(data, version, stored_ms, self.trusted)
+            except ParamsError as exc:
+                self._refuse(version, str(exc))
+                continue
+            try:
+                check_timeframe(doc, self.timeframe, version)
+            except ParamsError as exc:
+                self._refuse(version, str(exc), tag="TIMEFRAME")
+                continue
+            if version != self.version:
+                info(self.logger, "PARAMS", "parameter version in force", version=version, signer=signer,
+                     promoted_by=doc.promoted_by, digest=params_digest(doc.params))
+            self.params, self.version = doc.params, version
+            break
+        self.loaded = True
+        self.health.set("params_version", self.version)
+        return self.params, self.version
