@@ -255,7 +255,7 @@ def check_version(doc: ParamsDocument, version: int, stored_ms: int) -> None:
 
 async def stored_entry(js: JetStreamContext, revision: int | None) -> tuple[bytes, int, int] | None:
     """(value, version, server time in ms) of ``revision`` (None: the newest entry, a delete marker included);
-    None when there is none.  A delete marker's value is empty (``document_or_refusal`` refuses it)."""
+    None when there is none.  A delete marker's value is empty (``stored_document`` refuses it)."""
     await params_kv(js)
     stream, subject = f"KV_{PARAMS_BUCKET}", f"$KV.{PARAMS_BUCKET}.{PARAMS_KEY}"
     try:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # the health app (fastapi, uvicorn) is a service's
 
 
 class ParamsTracker:
-    """The newest *valid* parameter version, for a service that reads the newest (signal, the risk tick).
+    """The newest *valid* parameter version, for a service that reads the newest (signal, the risk tick, the
+    optimizer service).
 
     A refused newer version leaves the last valid one in force; readiness stays green (the service keeps
     doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest

@@ -32,7 +32,7 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.schedule import timeframe_ms
 from services.console.chart import PriceSeries, candle_series, daily_benchmark_series, drawdown, equity_chart
 from services.executor.journal import OPEN_INTENT_STATES
-from services.risk.latch import read_latch
+from services.risk.latch import UNVERIFIABLE_BY, read_latch
 from shared.bus import kv_get, last_message, state_kv, stored_messages, verified_candles
 from shared.candles import decode_panel
 from shared.config import Settings
@@ -302,7 +302,8 @@ class BusView:
         latch, _, problem = await read_latch(self.js, self.risk_key)
         self.latch = {"halted": latch.halted, "cycle_id": latch.cycle_id, "drawdown": latch.drawdown,
                       # an unverifiable latch's reset_at_ms is when the bad entry was stored, not a reset
-                      "reset_at_ms": 0 if problem else latch.reset_at_ms, "reason": _clip(problem or latch.reason)}
+                      "reset_at_ms": 0 if latch.reset_by == UNVERIFIABLE_BY else latch.reset_at_ms,
+                      "reason": _clip(problem or latch.reason)}
         raw, _ = await kv_get(kv, DECISION_KEY)
         if raw is not None:
             try:

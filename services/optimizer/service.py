@@ -3,18 +3,23 @@
 With the operator, the only writer of the live parameter bucket; every document it writes is signed with its
 own key.  At start, when no valid version exists, it makes the shipped defaults version 1, so every live cycle
 runs on an explicit, versioned parameter set rather than on code defaults (scaled to the system's
-timeframe when it is not 1d: the defaults count daily bars).  The walk-forward search is not run
-here: `aura optimize` coordinates it (services/optimizer/coordinator.py), evaluation tasks go to the worker
-processes (services/optimizer/worker.py) over the JetStream work queue, and a winner the gate passes is promoted
-through services/optimizer/promote.py, which signal and risk then hot-reload like any other version.
+timeframe when it is not 1d: the defaults count daily bars).  Not over a bucket whose every entry is refused: that
+is a forgery or a flood (64 junk writes push every valid version out), and seeding would sign the defaults as
+if somebody had chosen them; signal and risk run the defaults as version 0 until an operator promotes a version.
+The walk-forward search is not run here: `aura optimize` coordinates it (services/optimizer/coordinator.py),
+evaluation tasks go to the worker processes (services/optimizer/worker.py) over the JetStream work queue, and a
+winner the gate passes is promoted through services/optimizer/promote.py, which signal and risk then hot-reload
+like any other version.
 """
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, params_digest, rescale
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
-from shared.live_params import ParamsDocument, promote, same_timeframe, sign_document
-from shared.logging import info, warn
+from shared.live_params import ParamsDocument, history, last_revision, promote, same_timeframe, sign_document
+from shared.logging import error, info, warn
 from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext
 
@@ -39,11 +44,25 @@ def seed_document(ctx: ServiceContext) -> ParamsDocument:
                          record={"timeframe": timeframe})
 
 
+async def may_seed(ctx: ServiceContext, trusted: dict[str, Ed25519PublicKey]) -> bool:
+    """Seed only a bucket never written, or one whose valid versions are all for other bars (a new timeframe)."""
+    if await last_revision(ctx.js) == 0:
+        return True
+    stored = await history(ctx.js, trusted)
+    if any(doc is not None for _, doc, _ in stored):
+        return True
+    error(ctx.logger, "PARAMS_REFUSED", "no stored parameter version verifies: not signing the shipped defaults "
+          "over them; signal and risk run the defaults as version 0 until an operator promotes a version "
+          "(`aura params set`)", entries=len(stored), newest_refusal=stored[-1][2][:200] if stored else "")
+    return False
+
+
 async def run(ctx: ServiceContext) -> None:
-    tracker = ParamsTracker(ctx.js, trusted_keys(ctx.settings.keys, "optimizer", PARAMS_SIGNERS), ctx.health,
-                            ctx.logger, timeframe=ctx.settings.timeframe)
+    trusted = trusted_keys(ctx.settings.keys, "optimizer", PARAMS_SIGNERS)
+    tracker = ParamsTracker(ctx.js, trusted, ctx.health, ctx.logger, timeframe=ctx.settings.timeframe)
     params, version = await tracker.current()
-    if version == 0:  # nothing valid promoted yet (for this timeframe): make the shipped defaults version 1, signed
+    # Nothing valid promoted yet (for this timeframe): make the shipped defaults version 1, signed.
+    if version == 0 and await may_seed(ctx, trusted):
         version = await promote(ctx.js, seed_document(ctx), signing_key(ctx.settings.keys, "optimizer"))
         params, version = await tracker.current()
         info(ctx.logger, "PROMOTE", "seeded the shipped default parameters", version=version,

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from services.risk.latch import LatchDoc, read_latch
+from services.risk.latch import UNVERIFIABLE_BY, LatchDoc, read_latch
 from shared.bus import BusNotProvisioned, BusUnavailable, session, state_kv
 from shared.config import Settings, settings_for_command
 from shared.credentials import CredentialError, signing_key, trusted_key
@@ -41,7 +41,9 @@ async def _status(settings: Settings) -> dict[str, Any]:
         out.pop("signature", None)
         if problem:
             out["problem"] = problem
-            out.pop("reset_at_ms")  # read_latch's "latched since the bad entry was stored", not a reset anyone made
+        if latch.reset_by == UNVERIFIABLE_BY:  # when an unverifiable latch was stored, not a reset anyone made
+            out["unverifiable_since_ms"] = out.pop("reset_at_ms")
+            out.pop("reset_by")
         out.update(rearm_status(latch))
         if reset is not None and reset.requested_at_ms > latch.reset_at_ms:
             out["pending_reset"] = {"requested_at_ms": reset.requested_at_ms, "by": reset.requested_by,
@@ -60,7 +62,7 @@ async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]
         deadline = time.monotonic() + APPLY_WAIT_S
         while time.monotonic() < deadline:
             latch, _, problem = await read_latch(js, risk_key)
-            if not problem and latch.reset_at_ms >= request.requested_at_ms:
+            if not problem and latch.reset_by != UNVERIFIABLE_BY and latch.reset_at_ms >= request.requested_at_ms:
                 return {"halted": latch.halted, "was_latched": was, "reset_at_ms": latch.reset_at_ms,
                         "reset_by": latch.reset_by, "reason": latch.reason}, True
             await asyncio.sleep(0.2)
@@ -108,6 +110,9 @@ def render_status(out: dict[str, Any]) -> str:
     if out.get("reset_at_ms"):
         lines.append(f"  last reset {_iso(int(out['reset_at_ms']))} by {out.get('reset_by') or '?'}: "
                      f"{out.get('reason') or '-'}")
+    if out.get("unverifiable_since_ms"):
+        lines.append(f"  latched since {_iso(int(out['unverifiable_since_ms']))}, when a latch that did not verify "
+                     "was found: only a reset requested after that clears it")
     if out.get("peak_equity"):
         lines.append(f"  peak equity since the last reset {float(out['peak_equity']):,.2f}")
     pending = out.get("pending_reset")

@@ -19,7 +19,7 @@ from nats.js.kv import KeyValue
 from aura.strategy.capacity import decision_bar_volumes
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
-from services.risk.latch import LatchDoc, applied, read_latch, write_latch
+from services.risk.latch import UNVERIFIABLE_BY, LatchDoc, applied, read_latch, write_latch
 from services.risk.tick import Latch, latch_view
 from shared.bus import last_message, newest_valid, verified_candles
 from shared.candles import decode_panel
@@ -113,6 +113,10 @@ class RiskInputs:
             warn(self.logger, "KILL_SWITCH", "operator reset applied; drawdown is measured from the equity at the "
                  "reset on", was_latched=was, reset_by=reset.requested_by, reason=reset.reason,
                  reset_at_ms=reset.requested_at_ms)
+        elif problem and reset is not None and doc.reset_by == UNVERIFIABLE_BY:
+            warn(self.logger, "KILL_SWITCH", "the last operator reset was requested before the unverifiable latch "
+                 "was stored and does not clear it: run `aura risk reset` again if trading should resume",
+                 reset_at_ms=reset.requested_at_ms, unverifiable_since_ms=doc.reset_at_ms)
         self.last_latch = doc
         return latch_view(doc)
 

@@ -65,6 +65,9 @@ class LatchDoc(_LatchDocV2, frozen=True, kw_only=True):
 
 
 _OLDER_LAYOUTS: tuple[type[msgspec.Struct], ...] = (_LatchDocV2, _LatchDocV1)
+# reset_by of the latch that stands in for an unverifiable one (read_latch): its reset_at_ms is when the bad entry
+# was stored, not a reset anybody made.  Risk stores it signed like any latch until an operator resets it.
+UNVERIFIABLE_BY = "risk:unverifiable-latch"
 
 
 def _decode(raw: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
@@ -95,8 +98,8 @@ async def read_latch(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[
             problem = str(exc)
         if not problem:
             return doc, head.revision, ""
-    return (LatchDoc(halted=True, capped=True, reset_at_ms=head.stored_ms, reason=f"unverifiable latch: {problem}"),
-            head.revision, problem)
+    return (LatchDoc(halted=True, capped=True, reset_at_ms=head.stored_ms, reset_by=UNVERIFIABLE_BY,
+                     reason=f"unverifiable latch: {problem}"), head.revision, problem)
 
 
 def verified_latch(raw: bytes, risk_key: Ed25519PublicKey) -> LatchDoc:

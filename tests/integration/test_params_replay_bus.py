@@ -109,3 +109,59 @@ def test_a_promotion_after_a_revision_does_not_land_on_top_of_another(nats_serve
     assert v2 == v1 + 1 and f"changed after revision {v1}" in refusal
     newest, _ = asyncio.run(newest_and_history(nats_server))
     assert newest[:2] == (StrategyParams(top_k=3), v2)
+
+
+def test_promote_winner_refuses_a_promotion_landing_after_its_incumbent_check(nats_server: NatsEndpoint,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator promotes right after the optimizer checked the incumbent: the winner, judged against the older
+    version, is refused instead of landing on top of the operator's."""
+    from services.optimizer import promote as promote_module
+
+    (v1,) = asyncio.run(promoted(nats_server, 2))
+    real = promote_module.live_incumbent
+
+    async def then_the_operator_promotes(*args: Any, **kwargs: Any) -> Any:
+        found = await real(*args, **kwargs)
+        await promoted(nats_server, 3)
+        return found
+
+    monkeypatch.setattr(promote_module, "live_incumbent", then_the_operator_promotes)
+
+    async def scenario() -> str:
+        nc = await nats_server.connect("optimizer")
+        keys = nats_server.settings().keys
+        try:
+            await promote_module.promote_winner(nc.jetstream(), signing_key(keys, "optimizer"),
+                                                trusted_keys(keys, "optimizer", PARAMS_SIGNERS),
+                                                StrategyParams(top_k=4), {}, "winner", v1)
+        except promote_module.PromotionRefused as exc:
+            return str(exc)
+        finally:
+            await close(nc)
+        return ""
+
+    assert f"changed after revision {v1}" in asyncio.run(scenario())
+    newest, _ = asyncio.run(newest_and_history(nats_server))
+    assert newest[:2] == (StrategyParams(top_k=3), v1 + 1)
+
+
+def test_the_optimizer_does_not_sign_the_defaults_over_a_bucket_of_refused_entries(nats_server: NatsEndpoint) -> None:
+    """Junk written with the optimizer's bus credential until no valid version is left: seeding would sign the
+    shipped defaults as a version nobody chose.  A bucket never written is seeded (version 1)."""
+    from services.optimizer.service import run
+    from tests.integration.test_params_timeframe_live import context
+
+    async def junk_then_start_the_optimizer(n: int) -> None:
+        nc = await nats_server.connect("optimizer")
+        try:
+            kv = await params_kv(nc.jetstream())
+            for _ in range(n):
+                await kv.put(PARAMS_KEY, b"junk")
+            await run(context(nats_server, nc))
+        finally:
+            await close(nc)
+
+    asyncio.run(junk_then_start_the_optimizer(3))
+    newest, stored = asyncio.run(newest_and_history(nats_server))
+    assert isinstance(newest, str) and "malformed" in newest, newest
+    assert len(stored) == 3 and all(doc is None for _, doc, _ in stored), "nothing was promoted over the junk"

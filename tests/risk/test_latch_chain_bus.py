@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.risk.cli import _status, render_status
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, _LatchDocV2, read_latch, verified_latch, write_latch
 from shared.bus import state_kv
@@ -124,7 +125,11 @@ def test_a_risk_starting_on_a_tampered_latch_stays_latched_until_a_newer_reset(n
                 return RiskInputs(js["risk"], risk_kv, settings, HealthState(service="risk"),
                                   logging.getLogger("aura.test.latch"))
 
-            out["restarted"] = await new_risk().latch()
+            restarted = new_risk()
+            out["restarted"] = await restarted.latch()
+            assert restarted.last_latch is not None
+            await restarted.store_latch(restarted.last_latch)  # its next decision stores the latch in force
+            out["status"] = render_status(await _status(settings))
             await asyncio.sleep(0.05)
             await write_request(operator_kv, RESET_KEY, operator_request("operator:ann", "checked", operator))
             out["after a newer reset"] = await new_risk().latch()
@@ -133,6 +138,10 @@ def test_a_risk_starting_on_a_tampered_latch_stays_latched_until_a_newer_reset(n
 
     out = asyncio.run(scenario())
     assert out["restarted"].halted and out["restarted"].capped, "the old reset must not unlatch a tampered latch"
+    # Stored and signed, it verifies, and `aura risk status` does not call the time it was found a reset.
+    lines = [line.strip() for line in out["status"].splitlines()]
+    assert any(x.startswith("latched since") for x in lines), lines
+    assert not any(x.startswith("last reset") for x in lines), lines
     assert not out["after a newer reset"].halted
     doc, _, problem = out["stored"]
     assert problem == "" and not doc.halted and doc.reset_by == "operator:ann" and doc.reason == "checked"
@@ -144,7 +153,7 @@ def test_a_forger_racing_risks_writes_cannot_stop_them(nats_server: NatsEndpoint
     settings = nats_server.settings()
     key = signing_key(settings.keys, "risk")
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         async with role_connections(settings, "risk") as js:
             kv = await state_kv(js["risk"])
             stop = asyncio.Event()
@@ -156,18 +165,20 @@ def test_a_forger_racing_risks_writes_cannot_stop_them(nats_server: NatsEndpoint
                     n += 1
                 return n
 
-            task = asyncio.create_task(flood())
-            revision, landed, flooded = 0, 0, 0
+            tasks = [asyncio.create_task(flood()) for _ in range(3)]
+            revision, landed, raced, flooded = 0, 0, 0, 0
             try:
                 for i in range(20):
-                    revision, _ = await write_latch(js["risk"], LatchDoc(halted=True, cycle_id=f"c{i}"), key,
-                                                    revision)
+                    revision, overwritten = await write_latch(js["risk"], LatchDoc(halted=True, cycle_id=f"c{i}"),
+                                                              key, revision)
                     landed += 1
+                    raced += overwritten > 0
             finally:
                 stop.set()
-                with contextlib.suppress(Exception):
-                    flooded = await task
-            return landed, flooded
+                for task in tasks:
+                    with contextlib.suppress(Exception):
+                        flooded += await task
+            return landed, raced, flooded
 
-    landed, flooded = asyncio.run(scenario())
-    assert landed == 20 and flooded > 20, (landed, flooded)
+    landed, raced, flooded = asyncio.run(scenario())
+    assert landed == 20 and raced >= 10 and flooded > 20, (landed, raced, flooded)
