@@ -47,7 +47,7 @@ from aura.strategy.params import (
 from shared.bus import params_kv, stored_messages
 from shared.contracts import PARAMS_BUCKET
 from shared.kv_chain import LEGACY_SKEW_MS, WRONG_LAST_SEQUENCE
-from shared.signing import SignatureError, sign_struct, verify_struct
+from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import PARAMS_KEY
 
 # Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
@@ -185,29 +185,13 @@ def verify_document(raw: bytes, trusted: dict[str, Ed25519PublicKey]) -> tuple[P
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ParamsError(f"malformed parameter document: {exc}") from exc
     try:
-        signer = verify_struct(doc, trusted)
+        signer, older = verify_layouts(doc, raw, (_ParamsDocumentV1,), trusted)
     except SignatureError as exc:
-        older = _older_layout_signer(raw, doc, trusted)
-        if older is None:
-            raise ParamsError(f"parameter document refused: {exc}") from exc
-        signer, doc = older, msgspec.structs.replace(doc, version=OLDER_LAYOUT)
+        raise ParamsError(f"parameter document refused: {exc}") from exc
+    if older:  # signed before versions were bound: check_version judges it by when it was stored
+        doc = msgspec.structs.replace(doc, version=OLDER_LAYOUT)
     validated(doc.params, document_timeframe(doc))
     return doc, signer
-
-
-def _older_layout_signer(raw: bytes, doc: ParamsDocument, trusted: dict[str, Ed25519PublicKey]) -> str | None:
-    """Who signed ``raw`` as a document of the layout before versions were bound (None: nobody trusted), provided it
-    carries no field that layout lacks (it would be unauthenticated)."""
-    try:
-        old = msgspec.json.decode(raw, type=_ParamsDocumentV1)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None  # it carries a version: then it was signed with it
-    if ParamsDocument(**msgspec.structs.asdict(old)) != doc:
-        return None
-    try:
-        return verify_struct(old, trusted)
-    except SignatureError:
-        return None
 
 
 PROMOTE_ATTEMPTS = 5  # another promotion landing first between reading the last version and writing is rare

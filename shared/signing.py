@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,3 +109,28 @@ def verify_struct(obj: Any, keys: dict[str, Ed25519PublicKey]) -> str:
     if not obj.signature:
         raise SignatureError("unsigned")
     raise SignatureError(f"signed by unknown key {obj.key_id!r}")
+
+
+def verify_layouts(doc: msgspec.Struct, raw: bytes, older: Sequence[type[msgspec.Struct]],
+                   keys: dict[str, Ed25519PublicKey]) -> tuple[str, bool]:
+    """(signer, whether it verified as an older layout) of ``doc``, decoded from ``raw`` in its current layout.
+
+    A document signed before its struct gained fields was signed over the fields of its own layout: it verifies
+    as that layout, provided it carries nothing that layout lacks (a field its signature does not cover would be
+    unauthenticated).  SignatureError (the current layout's) if it verifies as none."""
+    try:
+        return verify_struct(doc, keys), False
+    except SignatureError as exc:
+        error = exc
+    for layout in older:
+        try:
+            old = msgspec.json.decode(raw, type=layout)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # it carries a field that layout forbids: not signed as it
+        if type(doc)(**msgspec.structs.asdict(old)) != doc:
+            continue
+        try:
+            return verify_struct(old, keys), True
+        except SignatureError:
+            continue
+    raise error

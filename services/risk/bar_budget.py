@@ -55,7 +55,7 @@ from shared.contracts import STATE_BUCKET
 from shared.health import HealthState
 from shared.kv_chain import UNCHAINED, chain_problem, read_head, write_chained
 from shared.logging import error, info
-from shared.signing import SignatureError, sign_struct, verify_struct
+from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import BAR_SENT_KEY
 
 
@@ -141,16 +141,9 @@ class SentDoc(_SentDocV1, frozen=True, kw_only=True):
 def _verified_doc(raw: bytes, risk_key: Ed25519PublicKey) -> SentDoc:
     try:
         doc = msgspec.json.decode(raw, type=SentDoc)
-        old = msgspec.json.decode(raw, type=_SentDocV1)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SignatureError(f"malformed SentDoc: {exc}") from exc
-    try:
-        verify_struct(doc, {"risk": risk_key})
-    except SignatureError:
-        # Signed before the layout named its predecessor: verifies over its own fields, if it carries no other.
-        if SentDoc(**msgspec.structs.asdict(old)) != doc:
-            raise
-        verify_struct(old, {"risk": risk_key})
+    verify_layouts(doc, raw, (_SentDocV1,), {"risk": risk_key})  # a count signed before it named its predecessor
     return doc
 
 

@@ -30,7 +30,7 @@ from aura.strategy.risk_gates import kill_switch_after
 from shared.contracts import STATE_BUCKET
 from shared.kv_chain import UNCHAINED, chain_problem, read_head, write_chained
 from shared.operator_requests import OperatorRequest
-from shared.signing import SignatureError, sign_struct, verify_struct
+from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import HALT_KEY
 
 
@@ -103,27 +103,12 @@ async def read_latch(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[
 
 
 def verified_latch(raw: bytes, risk_key: Ed25519PublicKey) -> LatchDoc:
-    """The stored latch, decoded and verified against risk's key; SignatureError if it is malformed or forged.
-    (Whether it is risk's newest is read_latch's question.)"""
+    """The stored latch, decoded and verified against risk's key (a latch of an older layout as it was signed);
+    SignatureError if it is malformed or forged.  (Whether it is risk's newest is read_latch's question.)"""
     doc = _decode(raw, LatchDoc)
     assert isinstance(doc, LatchDoc)
-    try:
-        verify_struct(doc, {"risk": risk_key})
-        return doc
-    except SignatureError as exc:
-        error = exc
-    # A latch of an older layout was signed over its own fields only: it verifies as such, provided it carries
-    # nothing else (a field it was not signed with would be unauthenticated).
-    for layout in _OLDER_LAYOUTS:
-        old = _decode(raw, layout)
-        if LatchDoc(**msgspec.structs.asdict(old)) != doc:
-            continue
-        try:
-            verify_struct(old, {"risk": risk_key})
-        except SignatureError:
-            continue
-        return doc
-    raise error
+    verify_layouts(doc, raw, _OLDER_LAYOUTS, {"risk": risk_key})
+    return doc
 
 
 async def write_latch(js: JetStreamContext, doc: LatchDoc, key: Ed25519PrivateKey,
