@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
+
+from shared.signing import SignatureError
 
 DELETE_OPERATIONS = ("DEL", "PURGE")
 LEGACY_SKEW_MS = 5 * 60_000  # a value of the old layout must have been stored this close to its signing time
@@ -55,6 +58,36 @@ async def read_head(js: JetStreamContext, bucket: str, key: str) -> Head:
     stored_ms = int(msg.time.timestamp() * 1000) if msg.time is not None else 0
     value = None if operation in DELETE_OPERATIONS else (msg.data or b"")
     return Head(value, int(msg.seq or 0), operation, stored_ms)
+
+
+class Chained(Protocol):
+    """A signed value that names the revision it replaced (UNCHAINED: an older layout) and when it was signed."""
+
+    @property
+    def prev_revision(self) -> int: ...
+
+    @property
+    def updated_at_ms(self) -> int: ...
+
+
+C = TypeVar("C", bound=Chained)
+
+
+async def read_chained(js: JetStreamContext, bucket: str, key: str, verify: Callable[[bytes], C],
+                       ) -> tuple[C | None, Head, str]:
+    """(value, head, problem): the key's newest value as ``verify`` decodes and checks it (SignatureError: refused),
+    if it is its writer's newest; else None and why ("" with no value: the key was never written)."""
+    head = await read_head(js, bucket, key)
+    if head.deleted:
+        return None, head, f"deleted ({head.operation} at revision {head.revision}); its writer never deletes it"
+    if head.value is None:
+        return None, head, ""
+    try:
+        value = verify(head.value)
+    except SignatureError as exc:
+        return None, head, str(exc)
+    problem = await chain_problem(js, bucket, key, head, value.prev_revision, value.updated_at_ms)
+    return (None if problem else value), head, problem
 
 
 async def chain_problem(js: JetStreamContext, bucket: str, key: str, head: Head, prev_revision: int,

@@ -53,7 +53,7 @@ from nats.js import JetStreamContext
 
 from shared.contracts import STATE_BUCKET
 from shared.health import HealthState
-from shared.kv_chain import UNCHAINED, chain_problem, read_head, write_chained
+from shared.kv_chain import UNCHAINED, read_chained, write_chained
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import BAR_SENT_KEY
@@ -167,21 +167,15 @@ async def read_count(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[
     """(count, problem, revision of the key's last entry).  Never written: nothing sent.  Unreadable, deleted or not
     risk's newest (shared.kv_chain): a count whose buy side is closed, the problem named.  A bus failure raises:
     risk does not start on a count it could not look for."""
-    head = await read_head(js, STATE_BUCKET, BAR_SENT_KEY)
-    if head.deleted:
-        return SentInBar(buys_closed=True), f"the count was deleted ({head.operation}); risk never deletes it", \
-            head.revision
-    if head.value is None:
-        return SentInBar(), "", 0
-    try:
-        doc = _verified_doc(head.value, risk_key)
-        count = _count(doc)
-    except SignatureError as exc:
-        return SentInBar(buys_closed=True), str(exc), head.revision
-    problem = await chain_problem(js, STATE_BUCKET, BAR_SENT_KEY, head, doc.prev_revision, doc.updated_at_ms)
+    doc, head, problem = await read_chained(js, STATE_BUCKET, BAR_SENT_KEY, lambda raw: _verified_doc(raw, risk_key))
     if problem:
         return SentInBar(buys_closed=True), problem, head.revision
-    return count, "", head.revision
+    if doc is None:
+        return SentInBar(), "", 0
+    try:
+        return _count(doc), "", head.revision
+    except SignatureError as exc:
+        return SentInBar(buys_closed=True), str(exc), head.revision
 
 
 async def write_count(js: JetStreamContext, count: SentInBar, key: Ed25519PrivateKey,

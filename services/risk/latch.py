@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from aura.strategy.pipeline import RiskOutcome
 from aura.strategy.risk_gates import kill_switch_after
 from shared.contracts import STATE_BUCKET
-from shared.kv_chain import UNCHAINED, chain_problem, read_head, write_chained
+from shared.kv_chain import UNCHAINED, read_chained, write_chained
 from shared.operator_requests import OperatorRequest
 from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import HALT_KEY
@@ -84,20 +84,11 @@ async def read_latch(js: JetStreamContext, risk_key: Ed25519PublicKey) -> tuple[
     the time the server stored the bad entry (``reset_at_ms``): only an operator reset requested after that
     clears it.  The last reset stays in ``operator.reset`` for ever, so a risk starting on a tampered latch would
     otherwise apply that old reset again and unlatch."""
-    head = await read_head(js, STATE_BUCKET, HALT_KEY)
-    if head.value is None and not head.deleted:
+    doc, head, problem = await read_chained(js, STATE_BUCKET, HALT_KEY, lambda raw: verified_latch(raw, risk_key))
+    if doc is not None:
+        return doc, head.revision, ""
+    if not problem:
         return LatchDoc(halted=False), 0, ""
-    if head.deleted:
-        problem = f"the latch was deleted ({head.operation} at revision {head.revision}); risk never deletes it"
-    else:
-        assert head.value is not None
-        try:
-            doc = verified_latch(head.value, risk_key)
-            problem = await chain_problem(js, STATE_BUCKET, HALT_KEY, head, doc.prev_revision, doc.updated_at_ms)
-        except SignatureError as exc:
-            problem = str(exc)
-        if not problem:
-            return doc, head.revision, ""
     return (LatchDoc(halted=True, capped=True, reset_at_ms=head.stored_ms, reset_by=UNVERIFIABLE_BY,
                      reason=f"unverifiable latch: {problem}"), head.revision, problem)
 
