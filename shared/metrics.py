@@ -84,6 +84,8 @@ METRICS: dict[str, Metric] = {
     "journal_faults": _c("Plan handlings that met a journal the disk would not write", owners=EXECUTOR),
     "reconcile_halts": _c("Times trading halted because journal and exchange disagreed", owners=EXECUTOR),
     "adoptions": _c("Operator adoptions of the exchange's balances applied", owners=EXECUTOR),
+    "adoptions_refused": _c("Adoption requests refused because they were made before the halt they would clear",
+                            owners=EXECUTOR),
     "reconcile_unpriced": _c("Book comparisons that found coins with no USDT price the journal does not hold",
                              owners=EXECUTOR),
     "reconcile_unpriced_assets": _g("Coins with no USDT price the exchange holds beside the journal (last check)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
@@ -38,6 +39,10 @@ from shared.logging import error, info, warn
 from shared.operator_requests import ADOPT_KEY, read_request
 
 POLL_S = 2.0  # how often a halted executor looks for the operator's adoption request
+# An adoption answers the halt the operator saw: a request made before the halt began (one stored from an earlier
+# halt, or written while the books agreed) must not clear it unasked.  The request carries the operator's clock,
+# the halt this one's: they may disagree by this much (NTP keeps them far closer).
+ADOPT_SKEW_MS = 5_000
 
 
 class Reconciler:
@@ -51,6 +56,8 @@ class Reconciler:
         self.on_agree = on_agree
         self.operator_key = trusted_key(settings.keys, "executor", "operator")
         self.halt: str | None = None  # why trading is halted ([RECONCILE]); None: the books agree
+        self.halted_since_ms = 0  # when the current halt began (this process's wall clock)
+        self._refused_request_ms = 0  # the stale request last reported, so a poll does not repeat it
         self.unpriced = ""  # coins with no USDT price only the exchange holds, as of the last comparison
         self._waiter: asyncio.Task[None] | None = None
         health.checks["books"] = self._readiness
@@ -73,6 +80,8 @@ class Reconciler:
                  quantities={a: {"journal": j, "exchange": x} for a, (j, x) in sorted(unknown.items())})
 
     def _halt(self, why: str, diff: BookDiff) -> None:
+        if self.halt is None:
+            self.halted_since_ms = int(time.time() * 1000)
         if self.halt != why:
             error(self.logger, "RECONCILE", f"trading halted: {why}", differences=diff.diff, values=diff.values,
                   unpriced={a: {"journal": j, "exchange": x} for a, (j, x) in sorted(diff.unpriced_qty.items())})
@@ -129,6 +138,15 @@ class Reconciler:
         if problem:
             warn(self.logger, "RECONCILE", "adoption request refused", error=problem)
         if request is None or request.requested_at_ms <= last_adoption_ms(self.journal):
+            return False
+        if request.requested_at_ms < self.halted_since_ms - ADOPT_SKEW_MS:
+            if request.requested_at_ms != self._refused_request_ms:
+                self._refused_request_ms = request.requested_at_ms
+                warn(self.logger, "RECONCILE", "adoption request made before this halt began refused: run `aura "
+                     "journal adopt` again for this one (and check the clocks if you just did)",
+                     requested_at_ms=request.requested_at_ms, halted_since_ms=self.halted_since_ms,
+                     by=request.requested_by)
+                self.health.inc("adoptions_refused")
             return False
         dust = self.settings.reconcile_dust_usdt
         empty = self.journal.latest_snapshot() is None

@@ -14,6 +14,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -23,8 +24,12 @@ from aura.exchange_sim import SimServer
 from services.executor.books import BookDiff, compare_books
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
+from services.executor.reconciler import POLL_S
 from services.executor.runner import ensure_genesis, write_snapshot
+from shared.bus import state_kv
 from shared.contracts import PortfolioSnapshot
+from shared.credentials import signing_key
+from shared.operator_requests import ADOPT_KEY, operator_request, write_request
 from tests.bus_helpers import Capture, dead_letters, publish_buy, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
 from tests.executor_live.live_service import closed_by, live_settings, publish_plan
@@ -139,6 +144,44 @@ def test_an_empty_journal_beside_coins_halts_until_adopted_then_trades(nats_serv
     # The books agree exactly: the adopted coins plus what the plan bought, fees taken in the coin bought.
     assert out["after"].holdings["BTC/USDT"] == float(sim.sim.free("BTC")) > 0.0601
     assert out["after"].holdings["ETH/USDT"] == float(sim.sim.free("ETH")) == 0.416
+
+
+def test_an_adoption_request_made_before_the_halt_never_clears_it(nats_server: NatsEndpoint,
+                                                                   sim: SimServer) -> None:
+    """An adoption answers the halt the operator saw.  A signed request still stored from an earlier halt (here a
+    minute old) sits in ``operator.adopt`` when the journal is lost again: the executor halts and stays halted
+    (it once applied the old request within a poll, with the old reason), until the operator adopts again."""
+    settings = live_settings(nats_server, sim)
+    sim.sim.set_balance("BTC", "0.0601")
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "operator") as js:
+            old = operator_request("operator:earlier", "the last lost WAL", signing_key(settings.keys, "operator"),
+                                   now_ms=int(time.time() * 1000) - 60_000)
+            await write_request(await state_kv(js["operator"]), ADOPT_KEY, old)
+            async with running(settings, "executor", await_genesis=False) as services:
+                health = services["executor"].health
+
+                async def refused() -> str | None:
+                    text = books_check(health)
+                    return text if health.counters.get("adoptions_refused") and text.startswith("halted") else None
+
+                why = await until(refused, "the old request to be refused", timeout=60)
+                await asyncio.sleep(3 * POLL_S)  # polls that would have applied it
+                still = books_check(health)
+                no_snapshot = await _no_snapshot(js["operator"])
+                adopted = await asyncio.to_thread(adopt_with_the_cli, nats_server)
+                return {"why": why, "still": still, "no_snapshot": no_snapshot, "adopted": adopted,
+                        "snap": await snapshot(js["operator"]), "refusals": health.counters["adoptions_refused"],
+                        "green": books_check(health)}
+
+    out = asyncio.run(scenario())
+    assert "the journal is empty while the exchange holds" in out["why"], out["why"]
+    assert out["still"].startswith("halted") and out["no_snapshot"], "a request older than the halt cleared it"
+    assert out["refusals"] == 1, "the stale request was reported at every poll instead of once"
+    assert out["adopted"].returncode == 0, out["adopted"].stderr
+    assert out["snap"].status == "adopted" and out["snap"].holdings == {"BTC/USDT": 0.0601}
+    assert out["green"] == "journal == exchange"
 
 
 def test_coins_the_journal_does_not_know_halt_trading_until_adopted(nats_server: NatsEndpoint,
