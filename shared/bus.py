@@ -58,8 +58,11 @@ DEAD_LETTER_RETRY_S = 5.0
 # error line naming its stream sequence: the consumer must move on (stop-loss exits queue behind it), and the
 # message itself stays in its stream until max_age.
 DEAD_LETTER_MAX_TRIES = 10
-# A message delivered more often than this turns the consumer's /readyz red (see pull_loop).
-REDELIVERY_ALARM = 10
+# A message delivered more often than this turns the consumer's /readyz red (see pull_loop).  Below every limit
+# that settles a failing message for good (consumer.MAX_DELIVERIES = 5 dead-letters it, DEAD_LETTER_MAX_TRIES
+# terminates one whose letter cannot be stored), so the seconds it is stuck show before it is given up on; a
+# second delivery is routine (a restart, an ack lost), a fourth is not.
+REDELIVERY_ALARM = 3
 
 
 class BusNotProvisioned(RuntimeError):
