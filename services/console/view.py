@@ -78,6 +78,25 @@ def _clip(text: str, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def decision_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of the optimizer's decision (aura/optimize_job.py ``promote`` writes it): promoted or not,
+    the version it wrote (None: nothing written), the version it was judged against, the gate's verdict and the names
+    of the tests that failed.  The verdict is ``GateDecision.summary()``: "NO PROMOTION: " and one "<test> <value> vs
+    <threshold> ..." per failed test, joined by "; " (no test's detail holds one), so the names are read from it.
+    ``problem`` says why a document is not in that form (the page then lists its fields as they are)."""
+    promoted, verdict = doc.get("promoted"), doc.get("verdict")
+    if not isinstance(promoted, bool) or not isinstance(verdict, str):
+        return {"problem": "not an optimizer decision (no promoted yes/no and verdict)"}
+    version, incumbent = doc.get("version"), doc.get("incumbent_version")
+    failing = []
+    if not promoted and verdict.startswith("NO PROMOTION: "):
+        failing = [part.split(" ", 1)[0] for part in verdict.removeprefix("NO PROMOTION: ").split("; ") if part]
+    return {"promoted": promoted, "version": version if isinstance(version, int) else None,
+            "incumbent_version": incumbent if isinstance(incumbent, int) else None, "verdict": _clip(verdict, 2000),
+            "failing": failing[:20], "parameters_digest": str(doc.get("parameters_digest") or ""),
+            "report_sha256": str(doc.get("report_sha256") or ""), "problem": ""}
+
+
 def open_orders(journal: Path) -> dict[str, Any]:
     """Orders that may be live on the exchange, from the executor's journal opened read-only; ``known`` False
     when this process cannot see the journal (compose keeps it in the executor's own volume)."""
@@ -305,12 +324,14 @@ class BusView:
                       "reset_at_ms": 0 if latch.reset_by == UNVERIFIABLE_BY else latch.reset_at_ms,
                       "reason": _clip(problem or latch.reason)}
         raw, _ = await kv_get(kv, DECISION_KEY)
-        if raw is not None:
-            try:
-                doc = msgspec.json.decode(raw)
-            except msgspec.DecodeError:
-                doc = {"unreadable": _clip(raw.decode(errors="replace"))}
-            self.decision = doc if isinstance(doc, dict) else {"value": _clip(str(doc))}
+        if raw is None:  # never written, or deleted since: no decision to show (not the last one read)
+            self.decision = None
+            return
+        try:
+            doc = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            doc = {"unreadable": _clip(raw.decode(errors="replace"))}
+        self.decision = doc if isinstance(doc, dict) else {"value": _clip(str(doc))}
 
     # --- the page's JSON --------------------------------------------------------------------------------------
 
@@ -333,5 +354,6 @@ class BusView:
                 "fills": list(self.fills)[:20], "dead_letters": list(self.dead_letters)[:20],
                 "events": list(self.events)[:20], "data": self.data, "regime": self.regime, "params": self.params,
                 "latch": self.latch,
-                "optimizer": {"decision": self.decision, "source": f"KV aura_state key {DECISION_KEY}"},
+                "optimizer": {"decision": self.decision, "source": f"KV aura_state key {DECISION_KEY}",
+                              "summary": decision_summary(self.decision) if self.decision is not None else None},
                 "refreshed_at_ms": int(time.time() * 1000)}

@@ -7,8 +7,10 @@ The tests run in file order on one system: first while the replay is still tradi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import calendar
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -24,11 +26,15 @@ from typing import Any
 import httpx
 import pytest
 
+from aura import optimize_job
 from aura.natsd import start_bus
+from aura.strategy.params import params_digest
 from services.console.service import STATIC
 from shared.bus import close, connect, last_message
 from shared.contracts import PortfolioSnapshot, decode
+from tests.conftest import REPO_ROOT
 from tests.console.conftest import ConsoleSystem, start_system, wait_until
+from tests.optimize.test_end_to_end import TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 VENDORED_JS = "vendor/lightweight-charts-5.3.0/lightweight-charts.standalone.production.js"
@@ -172,6 +178,68 @@ def test_the_chart_holds_the_journals_points(system: ConsoleSystem, browser: Any
     assert f"version in force\n{params['version']}" in kv_text or f"version in force {params['version']}" in kv_text
     history_rows = js(browser, "return document.querySelectorAll('#params-history tr').length")
     assert history_rows == len(params["history"]) + 1 if params["history"] else history_rows >= 1
+
+
+def optimizer_panel(driver: Any) -> dict[str, tuple[str, str]]:
+    """The optimizer panel's rows as {label: (value, css class)} (it is a grid of label, value spans)."""
+    spans = js(driver, "return [...document.querySelectorAll('#optimizer span')]"
+                       ".map(s => [s.textContent, s.className])") or []
+    return {k[0]: (v[0], v[1]) for k, v in zip(spans[::2], spans[1::2], strict=True)}
+
+
+def test_the_optimizers_decision_is_shown(system: ConsoleSystem, browser: Any, tmp_path: Path) -> None:
+    """A real decision, written by `aura optimize --promote`'s own step (aura/optimize_job.py ``promote``, through
+    services/optimizer/promote.py, with the optimizer's credential) on the running system: first the tiny run's
+    own verdict, a no, then the same run flipped to a yes, which becomes a signed parameter version."""
+    grids = tmp_path / "tiny.toml"
+    grids.write_text(TINY)
+    job = optimize_job.prepare_job(argparse.Namespace(
+        data=REPO_ROOT / "data" / "replay", timeframe=system.settings.timeframe, grids=grids, anchored=False,
+        symbols="BTC_USDT,ETH_USDT,BNB_USDT,XRP_USDT,LTC_USDT", folds=2, min_budget=None, eta=3, spa_reps=300))
+    no = optimize_job.local_record(job)
+    assert not no.decision.passed and no.decision.failed, "this tiny run is known to fail the gate"
+    digests = optimize_job.write(no, tmp_path / "out")
+    _, incumbent = optimize_job.read_incumbent(system.settings, "", system.settings.timeframe)
+    say = optimize_job.Say(True)
+    assert optimize_job.promote(no, digests, system.settings, "", incumbent, say) == 0
+    # The console's state carries the document as written and what it reads from it.
+    failing = [c.name for c in no.decision.failed]
+
+    def shown() -> dict[str, Any] | None:
+        o = httpx.get(system.url + "/api/state", timeout=5).json()["optimizer"]
+        return o if o["decision"] and o["decision"]["report_sha256"] == digests["decision.json"] else None
+
+    o = wait_until(shown, "the decision in the console's state", timeout=30)
+    assert o["decision"] == {"promoted": False, "verdict": no.decision.summary(), "version": None,
+                             "incumbent_version": incumbent, "report_sha256": digests["decision.json"],
+                             "parameters_digest": params_digest(no.run.winner)}
+    assert o["summary"] == {"promoted": False, "version": None, "incumbent_version": incumbent,
+                            "verdict": no.decision.summary(), "failing": failing, "problem": "",
+                            "parameters_digest": params_digest(no.run.winner),
+                            "report_sha256": digests["decision.json"]}
+    # The page shows it without a reload: promoted no, no new version, the failing tests, the verdict.
+    wait_until(lambda: optimizer_panel(browser).get("promoted", ("",))[0] == "no", "the no on the page", timeout=30)
+    panel = optimizer_panel(browser)
+    assert panel["promoted"] == ("no", "bad")
+    assert panel["new version"][0] == "none: the live parameters are unchanged"
+    assert panel["judged against"][0] == f"version {incumbent}"
+    assert panel["failing tests"] == (", ".join(failing), "bad") and "deflated_sharpe" in failing
+    assert panel["verdict"][0] == no.decision.summary() and panel["verdict"][0].startswith("NO PROMOTION: ")
+    assert panel["report sha256"][0] == digests["decision.json"][:16]
+    assert "no decision yet" not in browser.find_element("id", "optimizer").text
+    # A yes: the winner becomes the next version, the page says so and shows it in force.
+    yes = dataclasses.replace(no, decision=dataclasses.replace(no.decision, passed=True))
+    assert optimize_job.promote(yes, digests, system.settings, "", incumbent, say) == 0
+    wait_until(lambda: optimizer_panel(browser).get("promoted", ("",))[0] == "yes", "the yes on the page", timeout=30)
+    panel = optimizer_panel(browser)
+    assert panel["promoted"] == ("yes", "good")
+    assert panel["new version"][0] == str(incumbent + 1)
+    assert panel["verdict"][0] == yes.decision.summary() and panel["verdict"][0].startswith("PROMOTE: ")
+    assert "failing tests" not in panel
+    state = httpx.get(system.url + "/api/state", timeout=5).json()
+    assert state["optimizer"]["summary"]["version"] == incumbent + 1
+    wait_until(lambda: httpx.get(system.url + "/api/state", timeout=5).json()["params"]["version"] == incumbent + 1,
+               "the promoted version in force", timeout=30)
 
 
 def test_aura_status_on_the_running_system_shows_the_journals_positions(system: ConsoleSystem) -> None:

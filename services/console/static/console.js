@@ -156,10 +156,23 @@ function drawParams(s) {
     when(h.at_ms)]), "no history");
 }
 
+// The console reads the decision's fields (view.py decision_summary); a document in another form is listed as it is,
+// with a note, rather than shown as a verdict it does not hold.
 function drawOptimizer(s) {
-  const o = s.optimizer || {};
+  const o = s.optimizer || {}, d = o.summary;
   if (!o.decision) { kv("optimizer", [["decision", "no decision yet"], ["read from", o.source || ""]]); return; }
-  kv("optimizer", Object.entries(o.decision).slice(0, 12).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v).slice(0, 200) : String(v)]));
+  if (!d || d.problem) {
+    kv("optimizer", [["note", d ? d.problem : "unreadable", "warn"], ...Object.entries(o.decision).slice(0, 12).map(
+      ([k, v]) => [k, typeof v === "object" ? JSON.stringify(v).slice(0, 200) : String(v)])]);
+    return;
+  }
+  const pairs = [["promoted", d.promoted ? "yes" : "no", d.promoted ? "good" : "bad"],
+    ["new version", d.version !== null ? String(d.version) : "none: the live parameters are unchanged"],
+    ["judged against", d.incumbent_version !== null ? `version ${d.incumbent_version}` : "–"]];
+  if (d.failing.length) pairs.push(["failing tests", d.failing.join(", "), "bad"]);
+  pairs.push(["verdict", d.verdict], ["parameters", d.parameters_digest.slice(0, 16) || "–"],
+    ["report sha256", d.report_sha256.slice(0, 16) || "–"]);
+  kv("optimizer", pairs);
 }
 
 function drawEvents(s) {
