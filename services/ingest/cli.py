@@ -15,7 +15,8 @@ Configuration comes from the environment:
 
 Exit status: 0 when every symbol is complete (gaps the exchange's own sources confirm are reported, not
 errors), 1 when the result is incomplete (a provider unreachable, a gap still pending) or a symbol hit an error
-(e.g. the cache is not writable), 2 for bad arguments.  Log lines are printed above the progress bar (rich), so
+(e.g. the cache is not writable), 2 for bad arguments, among them a pair the exchange's market list lacks (checked
+before anything is downloaded, when that list can be read).  Log lines are printed above the progress bar (rich), so
 the two never mix.
 """
 
@@ -34,9 +35,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Range, interval_ms, unified_symbol
+from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Provider, Range, interval_ms, unified_symbol
+from services.ingest.providers.ccxt_tail import CcxtTailProvider
 from services.ingest.sync import sync
-from services.ingest.sync_config import IngestConfig, SyncReport
+from services.ingest.sync_config import IngestConfig, SyncReport, build_providers
 from shared.logging import setup_logging
 
 _DAY = 86_400_000
@@ -184,6 +186,34 @@ def format_summary(report: SyncReport) -> str:
     return "\n".join(out)
 
 
+def unlisted(asked: str, chain: list[Provider], exchange: str) -> str:
+    """Why the sync must not start: the pairs of ``asked`` that ``exchange``'s market list lacks, named as given
+    (every provider would only say it does not have them, and the sync would end "incomplete"); '' to go on.
+
+    The list is the one the exchange's tail feed loads anyway (one request, kept for its fetches).  Without it
+    (offline, the API down, or not among the providers) nothing is refused: the sync runs as it always did, and
+    a line on stderr says the symbols were not checked."""
+    tail = next((p for p in chain if isinstance(p, CcxtTailProvider) and p.exchange_id == exchange), None)
+    if tail is None:
+        print(f"aura data sync: symbols not checked: {exchange}'s API is not among the providers "
+              "(AURA_INGEST_PROVIDERS)", file=sys.stderr)
+        return ""
+    markets, why = tail.listed()
+    if markets is None:
+        print(f"aura data sync: symbols not checked: {exchange}'s market list is unavailable ({why})",
+              file=sys.stderr)
+        return ""
+    given = [s.strip() for s in asked.split(",") if s.strip()]
+    missing = [s for s in dict.fromkeys(given) if unified_symbol(s) not in markets]
+    if not missing:
+        return ""
+    wanted = {unified_symbol(s).split("/", 1)[0] for s in missing}
+    bases = sorted(m for m in markets if m.split("/", 1)[0] in wanted)  # the same coin against other quotes
+    hint = f"; it lists {', '.join(bases[:6])}{' …' if len(bases) > 6 else ''}" if bases else ""
+    return (f"unknown symbol{'s' if len(missing) > 1 else ''} {', '.join(missing)}: not in {exchange}'s market list "
+            f"({len(markets)} pairs){hint}; nothing downloaded")
+
+
 def run_sync(args: argparse.Namespace) -> int:
     try:  # BTCUSDT, BTC_USDT and BTC/USDT are one symbol; anything else is refused here, in one line
         symbols = [unified_symbol(s) for s in args.symbols.split(",") if s.strip()]
@@ -204,8 +234,21 @@ def run_sync(args: argparse.Namespace) -> int:
         setup_logging("ingest", level=os.environ.get("AURA_LOG_LEVEL") or "WARNING")
     now_ms = args.now if args.now is not None else int(time.time() * 1000)
     config = IngestConfig.from_env()
-    with progress_bar(len(symbols), not args.no_progress) as bar:
-        report = sync(symbols, args.exchange, args.timeframe, args.since, until, config, now_ms, progress=bar)
+    chain = build_providers(config, args.exchange)
+    try:
+        try:
+            refusal = unlisted(args.symbols, chain, args.exchange)
+        except ValueError as exc:  # no such ccxt exchange: a bad argument, like an unknown symbol
+            refusal = str(exc)
+        if refusal:
+            print(f"aura data sync: {refusal}", file=sys.stderr)
+            return 2
+        with progress_bar(len(symbols), not args.no_progress) as bar:
+            report = sync(symbols, args.exchange, args.timeframe, args.since, until, config, now_ms,
+                          providers=chain, progress=bar)
+    finally:
+        for provider in chain:
+            provider.close()
     print(format_summary(report))
     errors = [sym for sym, r in report.symbols.items() if r.error]
     if errors or not report.complete:

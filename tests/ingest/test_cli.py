@@ -165,3 +165,45 @@ def test_python_dash_m_end_to_end(env, shared_data_dir: Path) -> None:
     src = source(shared_data_dir, "4h", "SOL_USDT")
     assert_frame_equal(cached, src.filter(pl.col("timestamp").is_between(parse_time("2024-06-01"),
                                                                          parse_time("2024-06-30T20:00"))))
+
+
+def test_a_pair_the_exchange_does_not_list_is_refused_before_any_download(env, archive, api, gecko,
+                                                                          tmp_path: Path) -> None:
+    """FOOUSDT is a well-formed pair the exchange does not list: refused in one line naming it, exit 2, like
+    backtest, optimize and exchange-sim (tests/cli/test_unknown_symbols.py), after the one request for the market
+    list and before anything else: no archive file, no candle, no CoinGecko call, no cache."""
+    proc = subprocess.run([sys.executable, "-m", "aura.cli", "data", "sync", "--symbols", "BTCUSDT,FOOUSDT,FOO_BTC",
+                           "--since", "2024-01-01", "--now", "2024-12-06"],
+                          cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.fullmatch(r"aura data sync: unknown symbols FOOUSDT, FOO_BTC: not in binance's market list "
+                        r"\(\d+ pairs\); nothing downloaded\n", proc.stderr), proc.stderr
+    assert dict(api.counts) == {"exchangeInfo": 1} and archive.total == 0 and gecko.total == 0
+    assert not (tmp_path / "home" / "cache").exists()
+
+
+def test_a_pair_sharing_a_coin_with_listed_ones_names_them(env, capsys) -> None:
+    code = main(["data", "sync", "--symbols", "ETH/BTC,BTC/EUR", "--since", "2024-01-01", "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("aura data sync: unknown symbols ETH/BTC, BTC/EUR: not in binance's market list ("), err
+    assert "; it lists BTC/USDT, ETH/USDT; nothing downloaded" in err, err
+
+
+def test_without_a_market_list_the_sync_runs_as_before_and_says_so(env, archive, api, gecko, capsys) -> None:
+    """Offline the market list cannot be read: nothing is refused (a listed pair must not be turned away because
+    the exchange is unreachable), a line says the symbols were not checked, and the sync ends incomplete as
+    before."""
+    for face in (archive, api, gecko):
+        face.fault("drop")
+    code = main(["data", "sync", "--symbols", "FOOUSDT", "--since", "2024-11-01", "--now", "2024-12-06",
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("aura data sync: symbols not checked: binance's market list is unavailable "
+                               "(load_markets: "), err
+    assert lines[-1] == "aura data sync: incomplete: FOO/USDT"
+    assert out.strip().splitlines()[-1].startswith("complete: no")
+    assert api.counts["exchangeInfo"] == 1, "the circuit opened at the first failure: the sync does not ask again"

@@ -98,6 +98,7 @@ class CcxtTailProvider(SerialFetch):
         self._page_limit = page_limit
         self._ex: ccxt.Exchange | None = None
         self._markets_loaded = False
+        self._carried = 0  # requests made outside a fetch (``listed``): reported with the next fetch's
         SerialFetch.__init__(self)  # a ccxt client is not meant to be shared between threads
 
     # -- Provider interface
@@ -110,6 +111,21 @@ class CcxtTailProvider(SerialFetch):
     def close(self) -> None:
         self._ex = None
         self._markets_loaded = False
+
+    def listed(self) -> tuple[frozenset[str] | None, str]:
+        """(the unified symbols the exchange's market list holds, '') or (None, why it cannot be read: down,
+        offline, its circuit open).  The list is loaded once and kept for the fetches that follow, so asking
+        first costs no second request.  Binance's list keeps delisted pairs (status BREAK) while it describes
+        them, so their history is still asked for."""
+        with self._lock:
+            if self.breaker.open:
+                return None, f"{self.name} unavailable ({self.breaker.reason})"
+            before = self._requests
+            why = self._load_markets()
+            self._carried += self._requests - before
+            if why:
+                return None, why
+            return frozenset(self._exchange().markets or {}), ""
 
     # -- internals
     def _exchange(self) -> ccxt.Exchange:
@@ -133,22 +149,33 @@ class CcxtTailProvider(SerialFetch):
         features = (self._exchange().features or {}).get("spot") or {}
         return int((features.get("fetchOHLCV") or {}).get("limit") or 500)
 
+    def _load_markets(self) -> str:
+        """Load the market list once; '' when it is there, else why not (a network failure opens the circuit)."""
+        if self._markets_loaded:
+            return ""
+        ccxt = _ccxt()
+        try:
+            self._exchange().load_markets()
+        except ccxt.BaseError as exc:
+            if isinstance(exc, ccxt.NetworkError):
+                self.breaker.trip(type(exc).__name__)
+            return f"load_markets: {type(exc).__name__}"
+        self._markets_loaded = True
+        return ""
+
     def _fetch(self, request: FetchRequest) -> FetchResult:
         ccxt = _ccxt()
+        self._requests += self._carried
+        self._carried = 0
         result = FetchResult(provider=self.name)
         ranges = normalize(list(request.ranges))
         if self.breaker.open:
             result.failed = [(s, e, f"not asked: {self.name} unavailable ({self.breaker.reason})") for s, e in ranges]
             return result
         ex = self._exchange()
-        try:
-            if not self._markets_loaded:
-                ex.load_markets()
-                self._markets_loaded = True
-        except ccxt.BaseError as exc:
-            if isinstance(exc, ccxt.NetworkError):
-                self.breaker.trip(type(exc).__name__)
-            result.failed = [(s, e, f"load_markets: {type(exc).__name__}") for s, e in ranges]
+        why = self._load_markets()
+        if why:
+            result.failed = [(s, e, why) for s, e in ranges]
             return result
         symbol = unified_symbol(request.symbol)
         if symbol not in ex.markets:
