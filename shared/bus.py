@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -318,6 +319,26 @@ async def durable_pull(js: JetStreamContext, spec: ConsumerSpec) -> JetStreamCon
 # --- refusals ----------------------------------------------------------------------------------------------------
 
 
+# What the error text of a dead letter may take of the letter once JSON-encoded: with the payload's prefix (4 KiB,
+# base64) and the rest, a letter stays well inside the DLQ's 16 KiB max_msg_size whatever the text holds (a
+# control character is six bytes in JSON, so a bound in characters is no bound).
+DEAD_LETTER_ERROR_BYTES = 4096
+
+
+def clip_json(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` (with "…" when cut) whose JSON encoding takes at most ``max_bytes``."""
+    if len(msgspec.json.encode(text)) <= max_bytes:
+        return text
+    lo, hi = 0, len(text)  # the longest prefix that fits, by bisection: escapes make the cost per char vary
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(msgspec.json.encode(text[:mid] + "…")) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "…"
+
+
 async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str, subject: str, reason: str,
                       err: str, payload: bytes) -> bool:
     """Record a message we refuse, with the reason, on ``aura.dlq.<service>``; nothing is dropped silently.
@@ -325,7 +346,8 @@ async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str
     The letter carries a prefix of the payload with its size and sha256, so it fits the DLQ's limit whatever
     was refused.  False when it could not be stored: the caller then keeps the original (see settle_refused).
     """
-    letter = DeadLetter(service=service, subject=subject, reason=reason, error=err[:2000],
+    letter = DeadLetter(service=service, subject=clip_json(subject, 1024), reason=reason,
+                        error=clip_json(err, DEAD_LETTER_ERROR_BYTES),
                         payload=payload[:DEAD_LETTER_PAYLOAD_PREFIX], received_at_ms=int(time.time() * 1000),
                         payload_size=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest())
     error(logger, "DEAD_LETTER", f"{reason}: {err[:300]}", subject=subject, bytes=len(payload))

@@ -19,6 +19,7 @@ from shared.bus import (
     DEAD_LETTER_MAX_TRIES,
     DEAD_LETTER_RETRY_S,
     candle_writer,
+    clip_json,
     close,
     connect,
     dead_letter,
@@ -171,8 +172,30 @@ def test_a_dead_letter_carries_a_bounded_prefix_with_the_size_and_hash_of_the_wh
     assert letter.payload == payload[:DEAD_LETTER_PAYLOAD_PREFIX]
     assert letter.payload_size == len(payload)
     assert letter.payload_sha256 == hashlib.sha256(payload).hexdigest()
-    assert len(letter.error) <= 2000
+    assert letter.error.startswith("e" * 1000) and letter.error.endswith("…")
     assert len(published[0][1]) <= 16 * KIB, "the encoded dead letter must fit the DLQ stream's max_msg_size"
+
+
+@pytest.mark.parametrize("text", ["\x01" * 9_000, "💥" * 9_000, "\\\"" * 9_000],
+                         ids=["control characters", "emoji", "quotes and backslashes"])
+def test_a_dead_letter_stays_bounded_in_bytes_whatever_its_error_text_holds(text: str) -> None:
+    """The error often quotes what was refused (a forged cycle id from the bus): bounded in characters it was not
+    bounded in bytes, as each control character takes six bytes of JSON (a 9,000-character id made a 17,622-byte
+    letter that the DLQ refused to store)."""
+    published: list[bytes] = []
+
+    class RecordingJs:
+        async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> None:
+            published.append(payload)
+
+    payload = bytes(range(256)) * 1000
+    err = f"cycle {text} refused"
+    assert asyncio.run(dead_letter(RecordingJs(), logging.getLogger("aura.test.dlq"),  # type: ignore[arg-type]
+                                   "risk", "aura.data.stale", "stale_refused", err, payload))
+    letter = decode(published[0], DeadLetter)
+    assert len(published[0]) <= 16 * KIB, f"{len(published[0])} bytes: over the DLQ stream's max_msg_size"
+    assert letter.error.startswith("cycle " + text[:100]) and letter.error.endswith("…")
+    assert clip_json("short", 100) == "short"
 
 
 class FailingJs:
