@@ -117,18 +117,24 @@ class RiskInputs:
             warn(self.logger, "KILL_SWITCH", "the last operator reset was requested before the unverifiable latch "
                  "was stored and does not clear it: run `aura risk reset` again if trading should resume",
                  reset_at_ms=reset.requested_at_ms, unverifiable_since_ms=doc.reset_at_ms)
-        self.last_latch = doc
+        self._in_force(doc)
         return latch_view(doc)
 
     async def store_latch(self, doc: LatchDoc) -> None:
         """Store ``doc`` (signed) as the latch in force, on top of the revision read or written last (or on top of a
         write by somebody else since: risk is the latch's only writer, what it decided stands)."""
         self.latch_revision, overwritten = await write_latch(self.js, doc, self.key, self.latch_revision)
-        self.last_latch = doc
+        self._in_force(doc)
         if overwritten:
             self.health.inc("forged_state")
             error(self.logger, "FORGED_STATE", "somebody else wrote the kill-switch latch since risk read it; "
                   "risk's own latch is stored on top", overwritten_revision=overwritten, halted=doc.halted)
+
+    def _in_force(self, doc: LatchDoc) -> None:
+        """Make ``doc`` the latch in force.  Every change passes here (read at boot, a cycle or a tick, an operator
+        reset applied, a latch, a re-arm, a repair), so the ``halted`` gauge can never lag the latch risk decides on."""
+        self.last_latch = doc
+        self.health.set("halted", int(doc.halted))
 
     # -- data -----------------------------------------------------------------------------------------------
     async def newest_ready(self) -> DataReady | None:

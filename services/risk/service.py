@@ -273,8 +273,7 @@ class Risk:
         await self.sign_and_publish(body, bar)
         self.marks.update(prices)
         ctx.health.inc("plans_approved", gate=body.gate)
-        ctx.health.set("drawdown", outcome.drawdown)
-        ctx.health.set("halted", int(outcome.halted))
+        ctx.health.set("drawdown", outcome.drawdown)  # `halted` follows the latch itself (RiskInputs._in_force)
         info(ctx.logger, "PLAN_APPROVED", "plan signed and published", cycle_id=body.cycle_id, plan_id=body.plan_id,
              gate=body.gate, legs=len(body.legs), basis=basis.snapshot_id, params_version=version)
 
@@ -361,6 +360,11 @@ async def run(ctx: ServiceContext) -> None:
         raise RuntimeError(f"risk private key missing at {s.private_key_path} (setting keys_dir); run `aura keygen`")
     kv = await state_kv(ctx.js)
     inputs = RiskInputs(ctx.js, kv, s, ctx.health, ctx.logger)
+    try:  # the `halted` gauge shows the stored latch from the start, not 0 until a first decision
+        await inputs.latch()
+    except Exception as exc:  # the bus stumbled: every cycle and tick reads the latch again before it decides
+        warn(ctx.logger, "KILL_SWITCH", "latch not read at start; the halted gauge waits for the first decision",
+             error=f"{type(exc).__name__}: {exc}"[:200])
     if not await warm_decision_kernels(ctx):
         return
     source = make_price_source(ctx)
