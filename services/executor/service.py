@@ -114,6 +114,11 @@ class Executor:
     def current_snapshot(self) -> PortfolioSnapshot:
         return sign_struct(current_snapshot(self.journal), self.snapshot_key)
 
+    def show_book(self, snap: PortfolioSnapshot) -> None:
+        """Equity and exposure gauges from the journal's book (at boot too: a restart must not read 0 till a plan)."""
+        self.ctx.health.set("equity", snap.equity)
+        self.ctx.health.set("exposure", 1.0 - snap.cash / snap.equity if snap.equity > 0 else 0.0)
+
     def write_snapshot(self, cycle_id: str, plan_id: str, status: str) -> PortfolioSnapshot:
         """Inside an open transaction: journal the portfolio the fills imply, closing ``cycle_id``."""
         write_snapshot(self.journal, cycle_id, plan_id, status, self.marks)
@@ -145,6 +150,7 @@ class Executor:
             # are in the journal, and would look like coins the journal does not know.
             await self.reconciler.check_books()
         snap = self.current_snapshot()
+        self.show_book(snap)
         for run in runs:
             info(self.ctx.logger, "CYCLE_COMMITTED", "interrupted plan finished at boot", cycle_id=run.cycle_id,
                  plan_id=run.plan_id, status=run.status, fills=len(run.new_fills))
@@ -157,6 +163,7 @@ class Executor:
         """Once the operator's adoption made the books agree: say the new book (the first one, if the journal
         was empty)."""
         snap = self.current_snapshot()
+        self.show_book(snap)  # a live boot that waited for the adoption had no book to show
         await publish_snapshot(self.ctx.js, snap, again=True)
         info(self.ctx.logger, "RECONCILE", "trading resumes on the adopted book", snapshot_id=snap.snapshot_id,
              cash=snap.cash, holdings=snap.holdings)
@@ -308,8 +315,7 @@ class Executor:
         else:
             self.ctx.health.inc("plans_executed")
         self.ctx.health.inc("fills", len(run.new_fills))
-        self.ctx.health.set("equity", snap.equity)
-        self.ctx.health.set("exposure", 1.0 - snap.cash / snap.equity if snap.equity > 0 else 0.0)
+        self.show_book(snap)
         self.ctx.health.set("last_commit_unix", time.time())
         info(self.ctx.logger, "CYCLE_COMMITTED", "plan executed and journaled", cycle_id=plan.cycle_id,
              plan_id=plan.plan_id, status=run.status, fills=len(run.new_fills), equity=snap.equity)

@@ -182,6 +182,7 @@ def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_th
     series a query of the shipped Grafana dashboard names is exported by some service of a running system; the
     shipped Prometheus example scrapes every one of them (the console too)."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    from prometheus_client.samples import Sample
 
     # The shipped scrape example reaches every process whose /metrics is parsed below, at its default port.
     # (read as text: pyyaml is no declared dependency; comments are cut so a commented-out target does not count)
@@ -195,6 +196,7 @@ def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_th
     wait_for(lambda: executed_cycles(stack) >= 2, what="two executed cycles (orders placed, latencies observed)")
     s = stack.settings
     exported: set[str] = set()  # family names, as PromQL names them (a counter's family is its name sans _total)
+    samples: dict[str, list[Sample]] = {}  # service -> every sample it exported
     with httpx.Client(timeout=3) as client:
         for name in SERVICE_NAMES:
             answer = client.get(f"http://{s.health_host}:{s.port_for(name)}/metrics",
@@ -206,8 +208,23 @@ def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_th
                 if family.type == "counter":
                     assert all(x.name.endswith(("_total", "_created")) for x in family.samples), family
                 exported.add(family.name)
+                samples.setdefault(name, []).extend(family.samples)
     assert {"aura_plans_approved", "aura_cycle_seconds", "aura_order_seconds", "aura_equity", "aura_drawdown",
             "aura_dead_letters", "aura_reconcile_halts"} <= exported
+
+    def recorded(service: str, sample: str) -> list[Sample]:
+        return [x for x in samples[service] if x.name == sample]
+
+    # Every declared family is there from a service's start (shared/health.py), so existing proves nothing: the
+    # executed cycles waited for above must have been recorded in them.
+    cycles = recorded("ingest", "aura_cycle_seconds_count")
+    assert sum(x.value for x in cycles) > 0, f"no cycle latency observed: {cycles}"
+    orders = recorded("executor", "aura_order_seconds_count")
+    assert sum(x.value for x in orders) > 0, f"no order latency observed: {orders}"
+    approved = recorded("risk", "aura_plans_approved_total")
+    assert any(x.labels.get("gate") and x.value > 0 for x in approved), f"no approved plan counted by gate: {approved}"
+    equity = recorded("executor", "aura_equity")
+    assert equity and all(x.value > 0 for x in equity), f"equity not set: {equity}"
     dashboard = json.loads((REPO / "deploy" / "grafana" / "aura.json").read_text())
     queried = {re.sub(r"_(total|bucket|count|sum)$", "", m) for panel in dashboard["panels"]
                for target in panel["targets"] for m in re.findall(r"\baura_[a-z_]+", target["expr"])}
