@@ -6,7 +6,7 @@
   it unseen.  A latch that does not verify, or was deleted or replayed, counts as latched (fail closed) and is
   logged ``[FORGED_STATE]``.
 * ``operator.reset``: a signed operator request (``shared.operator_requests``, ``aura risk reset``).  Risk
-  applies a reset newer than the last one it applied at its next cycle or tick: it writes a new, signed,
+  applies a reset newer than the last one it applied at its start or its next cycle or tick: it writes a new, signed,
   unlatched ``risk.halted`` whose ``reset_at_ms`` re-arms the kill-switch from the equity at the reset
   (``services.risk.tick.equity_since_reset``).  An old reset written again changes nothing.
 
