@@ -93,7 +93,7 @@ def cycle_bars(cycle_ids: Sequence[str]) -> list[int | None]:
     A data cycle names its bar.  A cycle that is no bar (the genesis, a risk tick, an adoption) traded while the
     newest bar before it was the newest, so it takes that one; those before any bar take the first bar.  All None
     when no cycle is a bar."""
-    from services.ingest.replay import as_of_of_cycle
+    from shared.cycles import as_of_of_cycle
 
     own = [as_of_of_cycle(c) for c in cycle_ids]
     first = next((b for b in own if b is not None), None)
@@ -115,7 +115,7 @@ class JournalClock:
     def of_fill(self, fill: JournalFill) -> int:
         """The fill's time: its cycle's bar; a cycle not (yet) snapshotted: its own bar or the newest one; the
         fill's own stamp only in a journal where no cycle is a bar at all."""
-        from services.ingest.replay import as_of_of_cycle
+        from shared.cycles import as_of_of_cycle
 
         if fill.cycle_id in self.bars:
             return self.bars[fill.cycle_id]

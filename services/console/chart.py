@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aura.backtest.metrics import US_CLOSE_MS
-from services.ingest.replay import as_of_of_cycle
+from shared.cycles import as_of_of_cycle
 
 Point = dict[str, float]  # {"time": unix seconds, "value": ...}: what lightweight-charts takes
 

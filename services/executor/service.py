@@ -64,6 +64,7 @@ from shared.contracts import (
     subject_of,
 )
 from shared.credentials import signing_key, trusted_key
+from shared.cycles import cycle_id_for, stale_notice_problem
 from shared.logging import error, info, warn
 from shared.service import ServiceContext
 from shared.signing import SignatureError, sign_struct, verify_plan
@@ -332,12 +333,22 @@ class Executor:
                 return
 
     async def _announced(self) -> set[str]:
-        """The cycle ids ingest announced last: the newest DataReady's and the newest DataStale's."""
-        out = set()
-        for kind in (DataReady, DataStale):  # a malformed message on either subject is stepped over
-            announced = await newest_valid(self.ctx.js, kind)
-            if announced is not None:
-                out.add(announced.cycle_id)
+        """The cycle ids ingest announced last, each named by its bar (shared/cycles.py): the newest DataReady's,
+        and the newest DataStale's if it is dated at most one bar after now (the venue's clock; the replay's newest
+        bar).  A cycle closes once, so aborts add at most one equity point per bar that has closed, never one per
+        notice a compromised ingest invents.  A malformed message on either subject is stepped over."""
+        s, out = self.ctx.settings, set()
+        ready = await newest_valid(self.ctx.js, DataReady)
+        if ready is not None and ready.cycle_id == cycle_id_for(s.timeframe, ready.as_of_ms):
+            out.add(ready.cycle_id)
+        stale = await newest_valid(self.ctx.js, DataStale)
+        if stale is not None:
+            if s.ingest_source == "replay" and ready is not None:
+                now, clock = ready.as_of_ms, "the newest announced bar"
+            else:
+                now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
+            if not stale_notice_problem(stale, s.timeframe, now, clock):
+                out.add(stale.cycle_id)
         return out
 
     async def _on_aborted(self, msg: Msg) -> None:
@@ -360,8 +371,9 @@ class Executor:
             # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
             # that dilute the kill-switch's rolling window without a single price behind them.
             self.ctx.health.inc("aborts_ignored")
-            warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce; journaled as "
-                 "an event only", cycle_id=aborted.cycle_id[:MAX_ID], stage=aborted.stage)
+            warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce (or not for a "
+                 "bar that has closed); journaled as an event only", cycle_id=aborted.cycle_id[:MAX_ID],
+                 stage=aborted.stage)
             self.journal.begin()
             self.journal.event(aborted.cycle_id[:MAX_ID], "abort_ignored", stage=aborted.stage,
                                reason=aborted.reason[:500])

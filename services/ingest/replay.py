@@ -6,9 +6,7 @@ carries the last ``snapshot_bars`` bars of every symbol listed by then.
 
 from __future__ import annotations
 
-import calendar
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +15,7 @@ import numpy as np
 
 from aura.strategy.types import MarketRule, Panel
 from services.ingest.cache import load_panel
-
-
-def cycle_id_for(timeframe: str, as_of_ms: int) -> str:
-    return f"{timeframe}-{time.strftime('%Y%m%dT%H%M', time.gmtime(as_of_ms / 1000))}"
-
-
-def as_of_of_cycle(cycle_id: str) -> int | None:
-    """The bar open time (ms) a cycle id of :func:`cycle_id_for` names; None for any other id (genesis, a risk
-    tick's ``tick-...``)."""
-    _, _, stamp = cycle_id.partition("-")
-    try:
-        return calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M")) * 1000
-    except ValueError:
-        return None
+from shared.cycles import cycle_id_for
 
 
 def load_history(root: Path, timeframe: str, exchange: str = "binance") -> Panel:

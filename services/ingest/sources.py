@@ -20,7 +20,6 @@ from services.ingest.providers.base import Provider, interval_ms, last_closed_op
 from services.ingest.providers.ccxt_tail import make_exchange
 from services.ingest.replay import (
     ReplayStep,
-    cycle_id_for,
     first_index_at_or_after,
     load_history,
     load_market_rules,
@@ -30,6 +29,7 @@ from services.ingest.sync import sync
 from services.ingest.sync_config import IngestConfig, build_providers
 from services.ingest.venue import MarketsUnavailable, VenueUniverse
 from shared.config import Settings
+from shared.cycles import cycle_id_for
 from shared.logging import info, warn
 
 

@@ -73,6 +73,7 @@ from shared.contracts import (
     TargetPortfolio,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
+from shared.cycles import stale_notice_problem
 from shared.live_params import ParamsError
 from shared.logging import error, info, warn
 from shared.params_tracker import ParamsTracker
@@ -194,15 +195,16 @@ class Risk:
             await self._on_target(target)
 
     async def on_stale(self, stale: DataStale, at_boot: bool = False) -> None:
-        """Adopt a stale-data notice; Reject one of another timeframe or dated more than a bar ahead (stale.py).
+        """Adopt a stale-data notice; Reject one of another timeframe, not named by its bar, or dated more than a
+        bar ahead (shared/cycles.py, with risk's clock from stale.py).
         Under the cycle lock: a target on older data must not slip through while the clock is read."""
         async with self.lock:
             s = self.ctx.settings
             now, clock = await notice_clock(self.prices, self.inputs, s.ingest_source, self.stale)
-            if stale.timeframe != s.timeframe or stale.as_of_ms > now + self.bar_ms:
+            problem = stale_notice_problem(stale, s.timeframe, now, clock)
+            if problem:
                 self.ctx.health.inc("stale_notices_refused")
-                raise Reject("stale_out_of_bounds", f"stale notice for {stale.cycle_id} ({stale.timeframe}, as of "
-                             f"{stale.as_of_ms}) is not a {s.timeframe} bar at most one bar after {clock} ({now})")
+                raise Reject("stale_out_of_bounds", problem)
             if self.stale is not None and stale.as_of_ms < self.stale.as_of_ms:
                 return
             self.stale = stale

@@ -16,8 +16,8 @@ from aura.cli import main
 from aura.trades_cli import utc
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis, write_snapshot
-from services.ingest.replay import as_of_of_cycle, cycle_id_for
 from shared.config import load_settings
+from shared.cycles import as_of_of_cycle, cycle_id_for
 
 DAY = 86_400_000
 DOT, BTC, ETH = "DOT/USDT", "BTC/USDT", "ETH/USDT"

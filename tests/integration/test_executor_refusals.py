@@ -43,6 +43,7 @@ from shared.contracts import (
     plan_id_for,
 )
 from shared.credentials import signing_key
+from shared.cycles import cycle_id_for
 from shared.service import ServiceContext
 from shared.signing import sign_plan
 from tests.bus_helpers import Capture, dead_letters, journal_rows, role_connections, running, snapshot, until
@@ -289,3 +290,47 @@ def test_a_signed_plan_on_a_portfolio_that_no_longer_exists_is_refused(nats_serv
     assert journal_rows(settings, "SELECT count(*) FROM intents")[0][0] == 0
     rejected = journal_rows(settings, "SELECT cycle_id, detail FROM events WHERE kind='plan_rejected'")
     assert len(rejected) == 1 and "stale_basis" in rejected[0][1]
+
+
+def test_a_compromised_ingest_cannot_invent_cycles_to_dilute_the_kill_switch_window(nats_server: NatsEndpoint) -> None:
+    """Ingest may announce a stale bar and abort it, but only as that bar: a notice (or a DataReady) whose id does
+    not name its bar, or a notice dated more than one bar after the newest announced bar (the replay's clock),
+    announces nothing, so its abort is an event only.  Each bar then closes once: aborts add at most one equity
+    point per bar that has closed, never one per message (the kill-switch's rolling window counts points)."""
+    settings = nats_server.settings()
+    ready_ms = 1_704_412_800_000  # 2024-01-05
+    named = cycle_id_for("1d", ready_ms + DAY)
+
+    async def scenario() -> None:
+        async with executor(nats_server) as rig:
+            await announce_ready(rig, cycle_id_for("1d", ready_ms), ready_ms)
+            forged = [DataStale(cycle_id="junk-1", timeframe="1d", reason="flood", as_of_ms=ready_ms + DAY),
+                      DataStale(cycle_id=cycle_id_for("1d", ready_ms + 5 * DAY), timeframe="1d", reason="flood",
+                                as_of_ms=ready_ms + 5 * DAY)]
+            for notice in forged:
+                await publish(rig.ingest, notice, msg_id=f"stale-{notice.cycle_id}")
+                await publish(rig.ingest, CycleAborted(cycle_id=notice.cycle_id, stage="ingest", reason="flood"),
+                              msg_id=f"abort-{notice.cycle_id}")
+
+            await until(lambda: _ignored(settings, 2), "the forged cycles' aborts to be journaled as ignored")
+            # A DataReady under an id that is not its bar announces nothing either.
+            await announce_ready(rig, "junk-2", ready_ms + DAY)
+            await publish(rig.ingest, CycleAborted(cycle_id="junk-2", stage="ingest", reason="flood"),
+                          msg_id="abort-junk-2")
+            await until(lambda: _ignored(settings, 3), "the junk DataReady's abort to be ignored")
+            # The genuine next bar, stale: announced, aborted, closed once.
+            stale = DataStale(cycle_id=named, timeframe="1d", reason="missing ETH/USDT", as_of_ms=ready_ms + DAY)
+            await publish(rig.ingest, stale, msg_id=f"stale-{named}")
+            await publish(rig.ingest, CycleAborted(cycle_id=named, stage="ingest", reason="stale data"),
+                          msg_id=f"abort-{named}")
+            await until(lambda: cycle_snapshot(rig, named), "the genuine stale bar's snapshot")
+
+    asyncio.run(scenario())
+    rows = journal_rows(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis'")
+    assert rows == [(named, "aborted")], "a forged cycle became an equity point"
+    ignored = journal_rows(settings, "SELECT cycle_id FROM events WHERE kind='abort_ignored' ORDER BY id")
+    assert [r[0] for r in ignored] == ["junk-1", cycle_id_for("1d", ready_ms + 5 * DAY), "junk-2"]
+
+
+async def _ignored(settings: Settings, n: int) -> bool:
+    return journal_rows(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(n,)]

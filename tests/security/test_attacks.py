@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
-from services.ingest.replay import cycle_id_for
 from services.risk.latch import HALT_KEY, read_latch, write_latch
 from shared.bus import candle_writer, last_message, publish
 from shared.candles import decode_panel, digest, encode_panel
@@ -39,6 +38,7 @@ from shared.contracts import (
     encode,
 )
 from shared.credentials import signing_key, trusted_key
+from shared.cycles import cycle_id_for
 from shared.live_params import sign_document
 from shared.provision import BUCKETS
 from shared.signing import sign_struct

@@ -19,7 +19,7 @@ import pytest
 import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not inside the scenario's event loop
 from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
-from services.ingest.replay import cycle_id_for, load_market_rules
+from services.ingest.replay import load_market_rules
 from services.signal.service import make_target
 from shared.bus import last_message
 from shared.contracts import (
@@ -29,6 +29,7 @@ from shared.contracts import (
     TargetPortfolio,
     encode,
 )
+from shared.cycles import cycle_id_for
 from shared.health import HealthState
 from tests.bus_helpers import (
     announce_panel,
