@@ -179,10 +179,14 @@ def test_health_endpoints(stack: Stack) -> None:
 
 def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_that_exist(stack: Stack) -> None:
     """Every service's /metrics parses with the strict OpenMetrics parser (HELP, TYPE, _total counters); every
-    series a query of the shipped Grafana dashboard names is exported by some service of a running system; the
-    shipped Prometheus example scrapes every one of them (the console too)."""
+    series a query of the shipped Grafana dashboard names is exported by some service of a running system, with
+    the labels its matchers, groupings and legend use, and ``service="X"`` names a service that exports it
+    (tests/promql_labels.py); the shipped Prometheus example scrapes every one of them (the console too)."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
     from prometheus_client.samples import Sample
+
+    from shared.metrics import METRICS
+    from tests.promql_labels import check_query, families_from
 
     # The shipped scrape example reaches every process whose /metrics is parsed below, at its default port.
     # (read as text: pyyaml is no declared dependency; comments are cut so a commented-out target does not count)
@@ -197,6 +201,7 @@ def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_th
     s = stack.settings
     exported: set[str] = set()  # family names, as PromQL names them (a counter's family is its name sans _total)
     samples: dict[str, list[Sample]] = {}  # service -> every sample it exported
+    exposed: dict[str, list[tuple[str, str, list[dict[str, str]]]]] = {}  # service -> (family, type, sample labels)
     with httpx.Client(timeout=3) as client:
         for name in SERVICE_NAMES:
             answer = client.get(f"http://{s.health_host}:{s.port_for(name)}/metrics",
@@ -209,6 +214,7 @@ def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_th
                     assert all(x.name.endswith(("_total", "_created")) for x in family.samples), family
                 exported.add(family.name)
                 samples.setdefault(name, []).extend(family.samples)
+                exposed.setdefault(name, []).append((family.name, family.type, [x.labels for x in family.samples]))
     assert {"aura_plans_approved", "aura_cycle_seconds", "aura_order_seconds", "aura_equity", "aura_drawdown",
             "aura_dead_letters", "aura_reconcile_halts"} <= exported
 
@@ -225,11 +231,21 @@ def test_metrics_are_valid_openmetrics_and_the_dashboard_queries_only_metrics_th
     assert any(x.labels.get("gate") and x.value > 0 for x in approved), f"no approved plan counted by gate: {approved}"
     equity = recorded("executor", "aura_equity")
     assert equity and all(x.value > 0 for x in equity), f"equity not set: {equity}"
+    # Labels come from the live samples; a labelled family none of whose series fired yet (dead letters by reason
+    # on a calm run) has no sample, so its declaration in shared/metrics.py (plus ``service``) stands in.
+    catalog = families_from(exposed, {f"aura_{n}": (m.kind, m.labels) for n, m in METRICS.items()})
+    # Who exports what is the catalog's ``owners`` (shared/health.py exports each owned family from the start):
+    # the ``service="X"`` check below reads the live answer, which must say the same.
+    owners = {f"aura_{n}": set(m.owners) for n, m in METRICS.items()}
+    assert {n: set(f.services) for n, f in catalog.items() if n in owners} == owners
     dashboard = json.loads((REPO / "deploy" / "grafana" / "aura.json").read_text())
-    queried = {re.sub(r"_(total|bucket|count|sum)$", "", m) for panel in dashboard["panels"]
-               for target in panel["targets"] for m in re.findall(r"\baura_[a-z_]+", target["expr"])}
+    targets = [target for panel in dashboard["panels"] for target in panel["targets"]]
+    queried = {re.sub(r"_(total|bucket|count|sum)$", "", m) for target in targets
+               for m in re.findall(r"\baura_[a-z_]+", target["expr"])}
     assert queried, "the dashboard queries nothing"
     assert queried <= exported, f"the dashboard queries metrics no service exports: {sorted(queried - exported)}"
+    problems = [p for target in targets for p in check_query(target["expr"], catalog, target.get("legendFormat", ""))]
+    assert problems == [], "dashboard queries that would show nothing:\n" + "\n".join(problems)
 
 
 def bus_and_signing_secrets(layout: KeyLayout) -> dict[str, bytes]:
