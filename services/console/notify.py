@@ -79,13 +79,16 @@ class Notifier:
         for key in [k for k, t in self.last_sent.items() if now - t >= self.dedup_s]:
             del self.last_sent[key]
 
-    def offer(self, alert: Alert) -> str:
-        """Decide now (never waits): "queued", "duplicate", "limited", "dropped", or "off" without any URL."""
+    def offer(self, alert: Alert, scheduled: bool = False) -> str:
+        """Decide now (never waits): "queued", "duplicate", "limited", "dropped", or "off" without any URL.
+        ``scheduled``: a message that comes by the clock, not by events (the daily summary, once a day): the rate
+        limit, there against bursts, never holds it back, or a busy day would reduce it to one line of a
+        "held back" digest without its figures.  It still takes its place in the window."""
         now = self.clock()
         self._expire(now)
         if alert.key in self.last_sent:
             outcome = "duplicate"
-        elif len(self.sent_at) >= self.limit:
+        elif len(self.sent_at) >= self.limit and not scheduled:
             self.held_back[alert.title] += 1
             outcome = "limited"
         else:
@@ -181,29 +184,58 @@ def summary_due(now_s: float, hour: int, last_day: str) -> str:
     return day if time.gmtime(now_s).tm_hour >= hour and day != last_day else ""
 
 
-def daily_summary(day: str, state: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]]) -> Alert:
-    """One message: equity and its change over the last 24 h, drawdown, positions, the latch, the parameter
-    version, services not ready and the day's events by kind."""
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ms / 1000))
+
+
+def _day_pnl(equity: float, chart: Mapping[str, Any], now_ms: int) -> str:
+    """Equity's change over the 24 h before ``now_ms``, from the journal's equity history (with its commit times):
+    against the last point at or before the cutoff, or, when the history starts within the window (a system
+    started today), against its first point, and then it says since when."""
+    commits, points = chart.get("commit_ms") or [], chart.get("equity") or []
+    pairs = list(zip(commits, (p["value"] for p in points), strict=False))
+    cutoff = now_ms - 86_400_000
+    before = [(ms, v) for ms, v in pairs if ms <= cutoff]
+    base_ms, base = before[-1] if before else pairs[0] if pairs else (0, 0.0)
+    if base <= 0:
+        return ""
+    span = "in 24 h" if before else f"since {_utc(base_ms)}"
+    return f"P&L {equity - base:+,.2f} USDT ({(equity / base - 1) * 100:+.2f}%) {span}"
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in counts.items())
+
+
+def daily_summary(day: str, state: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+                  now_s: float) -> Alert:
+    """One message from the console's view of the bus (``BusView.state()``) at ``now_s``: equity and its P&L over
+    the last 24 h, drawdown, exposure, positions with their P&L, the cycles closed in 24 h by outcome, the latch,
+    the parameter version, services not ready and the events of the last 24 h by kind (the view's day counts, not
+    its recent lists, which keep only the newest rows)."""
+    now_ms = int(now_s * 1000)
     pf = state.get("portfolio") or {}
     lines = []
     if pf:
-        line = f"equity {pf['equity']:,.2f} USDT"
-        chart = state.get("chart") or {}
-        commits, points = chart.get("commit_ms") or [], chart.get("equity") or []
-        cutoff = int(time.time() * 1000) - 86_400_000
-        before = [p["value"] for ms, p in zip(commits, points, strict=False) if ms <= cutoff]
-        if before and before[-1] > 0:
-            line += f" ({(pf['equity'] / before[-1] - 1) * 100:+.2f}% in 24 h)"
-        lines += [line, f"drawdown {pf.get('drawdown', 0.0) * 100:.1f}%, exposure {pf.get('exposure', 0.0) * 100:.0f}%",
-                  "positions: " + (", ".join(f"{p['symbol']} {p['qty']:g}" for p in pf.get("positions", []))
-                                   or "none")]
+        lines.append(f"equity {pf['equity']:,.2f} USDT")
+        pnl = _day_pnl(pf["equity"], state.get("chart") or {}, now_ms)
+        if pnl:
+            lines.append(pnl)
+        held = [f"{p['symbol']} {p['qty']:g}" + (f" (P&L {p['pnl']:+,.2f} USDT)" if p.get("pnl") is not None else "")
+                for p in pf.get("positions", [])]
+        lines += [f"drawdown {pf.get('drawdown', 0.0) * 100:.1f}%, exposure {pf.get('exposure', 0.0) * 100:.0f}%",
+                  "positions: " + (", ".join(held) or "none")]
+    else:
+        lines.append("no portfolio snapshot read from the bus")
+    day_counts = state.get("last_24h") or {}
+    cycles = day_counts.get("cycles") or {}
+    lines.append(f"cycles in 24 h: {sum(cycles.values())}" + (f" ({_counts(cycles)})" if cycles else ""))
     latch = state.get("latch") or {}
     lines.append("kill-switch LATCHED" if latch.get("halted") else "kill-switch armed")
     lines.append(f"parameters version {(state.get('params') or {}).get('version', 0)}")
     down = sorted(n for n, s in services.items() if not s.get("ready"))
-    lines.append("services not ready: " + ", ".join(down) if down else "all services ready")
-    since = int(time.time() * 1000) - 86_400_000
-    kinds = Counter(e["kind"] for e in state.get("events") or [] if e.get("at_ms", 0) >= since)
-    if kinds:
-        lines.append("events: " + ", ".join(f"{k} x{n}" for k, n in kinds.most_common()))
+    lines.append("services not polled yet" if not services else
+                 ("services not ready: " + ", ".join(down)) if down else "all services ready")
+    events = day_counts.get("events") or {}
+    lines.append("events in 24 h: " + (", ".join(f"{k} x{n}" for k, n in events.items()) or "none"))
     return Alert(f"summary:{day}", f"AURA daily summary {day}", "\n".join(lines), "info")

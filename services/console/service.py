@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 PEERS = tuple(name for name in SERVICE_NAMES if name != "console")
 PEER_POLL_S = 2.0
 SUMMARY_CHECK_S = 30.0
+# A console started just before the summary's hour waits this long at most for its first read of the bus, rather
+# than sending a summary without figures; past it, it sends what it has (which then says what is missing).
+SUMMARY_WAIT_S = 300.0
 # The page may load only what the console itself serves: no CDN, no inline script, nothing framed.
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                       "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
@@ -62,9 +66,12 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
 
 
 class Console:
-    """The console's state, shared by its loops and its web routes."""
+    """The console's state, shared by its loops and its web routes.  ``clock``: the wall clock the daily summary's
+    schedule reads (the UTC hour it is due at, the day it is for), given like the notifier's; a test runs the real
+    console process with one set just before the hour."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.ctx: ServiceContext | None = None
         self.view: BusView | None = None
         self.notifier: Notifier | None = None
@@ -199,11 +206,17 @@ class Console:
     async def summary_loop(self, ctx: ServiceContext) -> None:
         assert self.notifier is not None
         hour = ctx.settings.notify_summary_hour_utc
+        started = time.monotonic()
+        now = time.gmtime(self.clock())
         # A console (re)started after today's hour sends its first summary tomorrow, not once per restart.
-        last_day = time.strftime("%Y-%m-%d", time.gmtime()) if hour >= 0 and time.gmtime().tm_hour >= hour else ""
+        last_day = time.strftime("%Y-%m-%d", now) if hour >= 0 and now.tm_hour >= hour else ""
         while not ctx.stop.is_set():
-            day = summary_due(time.time(), hour, last_day)
-            if day:
-                self.notifier.offer(daily_summary(day, self.view_state, self.services))
+            now_s = self.clock()
+            day = summary_due(now_s, hour, last_day)
+            # Its figures are the view's and the peers': due before the first read of the bus and of the services'
+            # /readyz, it waits for them (SUMMARY_WAIT_S at most).
+            first_read = bool(self.refreshed_at and self.services)
+            if day and (first_read or time.monotonic() - started >= SUMMARY_WAIT_S):
+                self.notifier.offer(daily_summary(day, self.view_state, self.services, now_s), scheduled=True)
                 last_day = day
             await _pause(ctx.stop, SUMMARY_CHECK_S)

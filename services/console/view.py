@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ BACKLOG = 5000  # at the first read, start this many stream sequences before the
 PER_REFRESH = 2000  # messages read per stream per refresh at most (a long backlog fills in over a few)
 COMMITS_KEPT = 4000  # commit time -> cycle id of this many snapshots (the equity history holds 365)
 BTC = "BTC/USDT"
+DAY_MS = 86_400_000
 # The optimizer's latest decision (issue 10) is the JSON document at shared.state_keys.DECISION_KEY, written by the
 # optimizer alone (shared/bus_access.py grants it); until one exists the page shows "no decision yet".
 
@@ -138,6 +139,39 @@ def position_rows(holdings: dict[str, float], entry_prices: dict[str, float], pr
     return positions, held
 
 
+class DayCounts:
+    """What happened in the last 24 h, by kind: the daily summary's counts.  The page's lists keep the newest
+    RECENT rows (and show 20), so a busy day counted from them comes out short; this keeps one counter per minute
+    (at most 1,440 of them, whatever the day's volume) and the ids counted within the window, so a message the
+    bus holds twice (a snapshot the executor says again) counts once.  Exact to the minute at the window's start;
+    it counts what the console read, so a console started late in a day with more than BACKLOG messages on a
+    stream since its start sees the day from its first read on."""
+
+    def __init__(self) -> None:
+        self.minutes: dict[int, Counter[str]] = {}
+        self.seen: dict[str, int] = {}  # id -> the minute it was counted in
+
+    def add(self, ident: str, at_ms: int, kind: str) -> None:
+        if ident in self.seen:
+            return
+        minute = int(at_ms) // 60_000
+        self.seen[ident] = minute
+        self.minutes.setdefault(minute, Counter())[kind] += 1
+
+    def totals(self, now_ms: int) -> dict[str, int]:
+        """Counts by kind of the last 24 h before ``now_ms``, most frequent first (and what is older dropped)."""
+        first = (now_ms - DAY_MS) // 60_000
+        old = [m for m in self.minutes if m < first]
+        for minute in old:
+            del self.minutes[minute]
+        if old:
+            self.seen = {k: m for k, m in self.seen.items() if m >= first}
+        total: Counter[str] = Counter()
+        for counts in self.minutes.values():
+            total.update(counts)
+        return dict(total.most_common())
+
+
 class BusView:
     """``holder``: whose pinned public keys verify what is read (the console's, or the operator's for
     ``aura status``); ``backlog``: how far back the first read of each stream starts (a one-shot command needs
@@ -160,6 +194,7 @@ class BusView:
         self.fills: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.events: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.day_events, self.day_cycles = DayCounts(), DayCounts()  # the daily summary's counts (by kind, status)
         self.data: dict[str, Any] = {}
         self.panel_digest = ""
         self.prices: dict[str, float] = {}
@@ -209,6 +244,7 @@ class BusView:
                 e = decode(msg.data, ServiceEvent)
                 self.events.appendleft({"service": msg.subject.rsplit(".", 1)[-1], "kind": e.kind,
                                         "severity": e.severity, "text": _clip(e.text), "at_ms": e.at_ms})
+                self.day_events.add(e.event_id, e.at_ms, e.kind)
         await self._market()
         await self._params()
         await self._state()
@@ -222,6 +258,8 @@ class BusView:
                 self._unverified("snapshot")
                 continue
             self.cycle_of_commit[int(snap.committed_at_ms)] = snap.cycle_id
+            if snap.status != "genesis":  # every other snapshot closes a cycle (the journal's row of it)
+                self.day_cycles.add(snap.snapshot_id, snap.committed_at_ms, snap.status)
             while len(self.cycle_of_commit) > COMMITS_KEPT:
                 self.cycle_of_commit.popitem(last=False)
             self.snapshot = snap
@@ -348,6 +386,7 @@ class BusView:
 
     def state(self) -> dict[str, Any]:
         snap = self.snapshot
+        now_ms = int(time.time() * 1000)
         chart = equity_chart(snap.equity_history, snap.equity_history_ms, self.cycle_of_commit, self.bar_ms,
                              self.benchmarks) if snap is not None and snap.equity_history else None
         return {"portfolio": self.portfolio(), "chart": chart, "plans": list(self.plans)[:20],
@@ -356,4 +395,5 @@ class BusView:
                 "latch": self.latch,
                 "optimizer": {"decision": self.decision, "source": f"KV aura_state key {DECISION_KEY}",
                               "summary": decision_summary(self.decision) if self.decision is not None else None},
-                "refreshed_at_ms": int(time.time() * 1000)}
+                "last_24h": {"events": self.day_events.totals(now_ms), "cycles": self.day_cycles.totals(now_ms)},
+                "refreshed_at_ms": now_ms}

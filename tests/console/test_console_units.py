@@ -13,7 +13,7 @@ import pytest
 
 from services.console.chart import PriceSeries, daily_benchmark_series, drawdown, point_times_ms, relative
 from services.console.notify import Alert, DownTracker, Notifier, daily_summary, summary_due
-from services.console.view import open_orders
+from services.console.view import DayCounts, open_orders
 from shared.contracts import EVENT_FIELD_MAX, EVENT_TEXT_MAX, ServiceEvent, stream_of, subject_of
 from shared.events import MAX_IN_FLIGHT, EventBridge, event_from
 from shared.health import HealthState
@@ -57,6 +57,20 @@ def test_a_burst_is_limited_then_summed_up_once_the_window_has_room() -> None:
     queued = [n.queue.get_nowait() for _ in range(4)]
     assert queued[-1].title == "AURA: 5 alerts held back by the rate limit"
     assert queued[-1].body == "5 x AURA risk: KILL_SWITCH"
+
+
+def test_the_daily_summary_is_never_held_back_by_the_rate_limit() -> None:
+    """After a burst the limit holds events back, but the summary comes by the clock, once a day: it goes out
+    whole, and once (a second offer of the same day is a duplicate)."""
+    clock = Clock()
+    n = notifier(["json://127.0.0.1:9/x"], clock, limit=3, window=60)
+    burst = [n.offer(Alert(f"k{i}", "AURA executor: PRICE_GUARD", "b")) for i in range(4)]
+    assert burst == ["queued"] * 3 + ["limited"]
+    summary = Alert("summary:2026-12-06", "AURA daily summary 2026-12-06", "equity 10,000 USDT", "info")
+    assert n.offer(summary, scheduled=True) == "queued"
+    assert n.offer(summary, scheduled=True) == "duplicate"
+    assert n.offer(Alert("k9", "AURA executor: PRICE_GUARD", "b")) == "limited", "the summary opened the limit"
+    assert [n.queue.get_nowait().title for _ in range(4)][-1] == "AURA daily summary 2026-12-06"
 
 
 def test_without_a_url_nothing_is_queued_and_a_bad_url_is_ignored_without_showing_it(
@@ -114,15 +128,48 @@ def test_the_daily_summary_is_due_once_a_day_from_its_hour() -> None:
     assert summary_due(noon, 8, "2024-12-05") == ""
     assert summary_due(noon, 13, "") == ""
     assert summary_due(noon, -1, "") == ""
+    noon_ms = int(noon * 1000)
     state = {"portfolio": {"equity": 1100.0, "drawdown": -0.05, "exposure": 0.5,
-                           "positions": [{"symbol": "BTC/USDT", "qty": 0.01}]},
+                           "positions": [{"symbol": "BTC/USDT", "qty": 0.01, "pnl": 12.5}]},
+             "chart": {"commit_ms": [noon_ms - DAY - 60_000, noon_ms - 3_600_000],
+                       "equity": [{"time": 0, "value": 1000.0}, {"time": 1, "value": 1100.0}]},
              "latch": {"halted": True}, "params": {"version": 3},
-             "events": [{"kind": "DEAD_LETTER", "at_ms": 10**13}]}
-    alert = daily_summary("2024-12-05", state, {"risk": {"ready": False}, "ingest": {"ready": True}})
+             "last_24h": {"events": {"DEAD_LETTER": 1}, "cycles": {"executed": 2, "rejected": 1}}}
+    alert = daily_summary("2024-12-05", state, {"risk": {"ready": False}, "ingest": {"ready": True}}, noon)
     assert alert.key == "summary:2024-12-05"
-    for part in ("equity 1,100.00 USDT", "drawdown -5.0%", "BTC/USDT 0.01", "kill-switch LATCHED",
-                 "parameters version 3", "services not ready: risk", "DEAD_LETTER x1"):
+    for part in ("equity 1,100.00 USDT", "P&L +100.00 USDT (+10.00%) in 24 h", "drawdown -5.0%",
+                 "BTC/USDT 0.01 (P&L +12.50 USDT)", "cycles in 24 h: 3 (executed 2, rejected 1)",
+                 "kill-switch LATCHED", "parameters version 3", "services not ready: risk", "DEAD_LETTER x1"):
         assert part in alert.body, part
+
+
+def test_a_summary_of_a_system_started_today_says_since_when_and_what_it_does_not_know() -> None:
+    noon = 1_733_400_000.0  # 2024-12-05 12:00 UTC
+    started = int(noon * 1000) - 3 * 3_600_000  # 09:00
+    state = {"portfolio": {"equity": 950.0, "positions": []},
+             "chart": {"commit_ms": [started, started + 60_000],
+                       "equity": [{"time": 0, "value": 1000.0}, {"time": 1, "value": 950.0}]}}
+    body = daily_summary("2024-12-05", state, {}, noon).body
+    for part in ("P&L -50.00 USDT (-5.00%) since 2024-12-05 09:00 UTC", "positions: none", "cycles in 24 h: 0",
+                 "services not polled yet", "events in 24 h: none"):
+        assert part in body, part
+    assert "no portfolio snapshot read from the bus" in daily_summary("2024-12-05", {}, {}, noon).body
+
+
+def test_the_day_counts_hold_a_busy_day_whole_and_forget_what_is_older() -> None:
+    """The page keeps the newest rows only; the summary's counts keep every one of the last 24 h (by the minute),
+    count a message the bus holds twice once, and drop what is older than a day."""
+    counts = DayCounts()
+    start = 1_733_356_800_000  # 2024-12-05 00:00 UTC
+    for i in range(3000):  # one every ~29 s all day long, more than the page's lists ever hold
+        counts.add(f"e-{i}", start + i * 28_800, "PRICE_GUARD" if i % 3 else "DEAD_LETTER")
+    counts.add("e-7", start + 7 * 28_800, "PRICE_GUARD")  # said again: same id
+    counts.add("old", start - DAY - 120_000, "RECONCILE")
+    end = start + DAY - 1
+    assert counts.totals(end) == {"PRICE_GUARD": 2000, "DEAD_LETTER": 1000}
+    assert len(counts.minutes) <= 1441 and "old" not in counts.seen
+    # Half a day later the first half has left the window (its start is a whole minute: no event straddles it).
+    assert counts.totals(start + DAY + 12 * 3_600_000) == {"PRICE_GUARD": 1000, "DEAD_LETTER": 500}
 
 
 def test_equity_points_sit_at_their_bars_close_and_always_increase() -> None:
