@@ -63,6 +63,9 @@ METRICS: dict[str, Metric] = {
     "targets_published": _c("Target portfolios published", owners=SIGNAL),
     # risk
     "plans_approved": _c("Plans risk signed, by the gate that decided them", "gate", owners=RISK),
+    # The gate label says why a plan was signed; a stop-loss or take-profit exit passes the gates like any rebalance,
+    # so the legs' own reasons (enter, add, trim, exit, stop_loss, take_profit, kill_switch) are counted apart.
+    "legs_approved": _c("Order legs in the plans risk signed, by the reason of each leg", "reason", owners=RISK),
     "tick_plans": _c("Exit plans the risk tick signed (stops, kill-switch)", owners=RISK),
     "risk_ticks": _c("Risk ticks run", owners=RISK),
     "risk_tick_errors": _c("Risk ticks that failed", owners=RISK),

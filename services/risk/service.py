@@ -188,6 +188,8 @@ class Risk:
             self.sent.unsend(bar, body.legs)
             raise
         self.inflight = InFlight(body.plan_id, time.monotonic())
+        for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
+            self.ctx.health.inc("legs_approved", reason=leg.reason)
 
     # -- cycles -------------------------------------------------------------------------------------------
     async def on_target(self, target: TargetPortfolio) -> None:

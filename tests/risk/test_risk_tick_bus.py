@@ -109,7 +109,7 @@ def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_execu
     capture = Capture()
 
     async def scenario() -> tuple[PortfolioSnapshot, PortfolioSnapshot, ApprovedPlan]:
-        async with running(settings, "executor", "risk", handler=capture), \
+        async with running(settings, "executor", "risk", handler=capture) as services, \
                 role_connections(settings, "ingest", "risk", "operator") as js:
             holding = await buy(js["risk"], settings, 0.1, 40_000.0)
             content = await market_moves(js["ingest"], settings, 33_000.0)  # -17.5%: below the 15% stop
@@ -130,6 +130,9 @@ def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_execu
             assert raw is not None
             approved = decode(raw, ApprovedPlan)
             assert approved.plan.data_digest == content
+            registry = services["risk"].health.registry
+            for reason, n in (("stop_loss", 1.0), ("enter", None)):  # the exit, counted by its own reason
+                assert registry.get_sample_value("aura_legs_approved_total", {"service": "risk", "reason": reason}) == n
             return holding, after, approved
 
     holding, after, approved = asyncio.run(scenario())
