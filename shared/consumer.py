@@ -19,6 +19,9 @@ from shared.logging import error
 from shared.service import ServiceContext
 
 MAX_DELIVERIES = 5
+# A failed handling comes back after RETRY_STEP_S x its delivery count, at most RETRY_MAX_S: the causes worth
+# retrying (a store or a peer not answering) clear in seconds, and a poison message is settled in ~20 s.
+RETRY_STEP_S, RETRY_MAX_S = 2.0, 10.0
 C = TypeVar("C", bound=Contract)
 
 
@@ -56,6 +59,6 @@ async def handle(ctx: ServiceContext, msg: Msg, kind: type[C], handler: Callable
         else:
             error(ctx.logger, "HANDLER_ERROR", "processing failed; will retry", subject=msg.subject,
                   delivery=deliveries, error=f"{type(exc).__name__}: {exc}")
-            await msg.nak(delay=min(2.0 * deliveries, 10.0))
+            await msg.nak(delay=min(RETRY_STEP_S * deliveries, RETRY_MAX_S))
         return
     await msg.ack()
