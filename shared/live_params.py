@@ -42,7 +42,7 @@ from aura.strategy.params import (
     StrategyParams,
     rescale,
     timeframe_factor,
-    validate_params,
+    validate_tradable,
 )
 from shared.bus import params_kv, stored_messages
 from shared.contracts import PARAMS_BUCKET
@@ -126,7 +126,7 @@ def check_timeframe(doc: ParamsDocument, timeframe: str, version: int) -> None:
 
 def validated(params: StrategyParams, timeframe: str = PARAMS_TIMEFRAME) -> StrategyParams:
     try:
-        validate_params(params, timeframe)
+        validate_tradable(params, timeframe)
     except ValueError as exc:
         raise ParamsError(f"invalid parameters: {exc}") from exc
     return params

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from aura.strategy.params import FIELDS, INT_PARAMS, PARAM_RANGES, StrategyParams, validate_params
+from aura.strategy.params import FIELDS, INT_PARAMS, PARAM_RANGES, StrategyParams, validate_tradable
 
 STAGE_NAMES: tuple[str, ...] = ("score_weights", "screen", "regime", "risk")
 _STAGE_KEYS = frozenset({"name", "title", "grid", "pending"})
@@ -62,7 +62,7 @@ class Stage:
             changes = dict(zip(self.names, combo, strict=True))
             params = msgspec.structs.replace(base, **changes)
             try:
-                validate_params(params)
+                validate_tradable(params)
             except ValueError as exc:
                 out.append((changes, str(exc)))
                 continue
@@ -95,7 +95,7 @@ class Grids:
     def apply_base(self, params: StrategyParams) -> StrategyParams:
         out = msgspec.structs.replace(params, **dict(self.base))
         try:
-            validate_params(out)
+            validate_tradable(out)
         except ValueError as exc:
             raise GridError(f"{self.source}: [base] makes an invalid parameter set: {exc}") from exc
         return out

@@ -206,6 +206,19 @@ def validate_params(p: StrategyParams, timeframe: str = PARAMS_TIMEFRAME) -> Non
         raise ValueError(f"breadth_bear={p.breadth_bear} above breadth_bull={p.breadth_bull}")
 
 
+def validate_tradable(p: StrategyParams, timeframe: str = PARAMS_TIMEFRAME) -> None:
+    """``validate_params``, and the kill-switch bounds the loss: what signal and risk trade on and what the
+    optimizer may promote (a backtest may still study a set without, e.g. the switch off).  A switch that re-arms
+    by itself bounds only each episode, so a run of them needs the hard cap since the last operator reset; a
+    switch that never fires (1.0) with the cap off is no switch at all."""
+    validate_params(p, timeframe)
+    if p.kill_switch_cooldown > 0 and p.kill_switch_cap >= 1.0:
+        raise ValueError(f"kill_switch_cooldown={p.kill_switch_cooldown} re-arms the kill-switch by itself, which "
+                         "needs a hard cap on the drawdown since the last reset: kill_switch_cap below 1.0")
+    if p.kill_switch_drawdown >= 1.0 and p.kill_switch_cap >= 1.0:
+        raise ValueError("kill_switch_drawdown=1.0 and kill_switch_cap=1.0: nothing would bound the drawdown")
+
+
 def params_digest(p: StrategyParams) -> str:
     """Content id of a parameter set (stable across processes: msgspec encodes fields in order)."""
     return hashlib.sha256(msgspec.json.encode(p)).hexdigest()[:16]

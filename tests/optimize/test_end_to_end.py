@@ -42,6 +42,7 @@ name = "risk"
 [stage.grid]
 stop_loss = [0.0, 0.15]
 kill_switch_drawdown = [0.35, 1.0]
+kill_switch_cap = [0.6]  # a switch of 1.0 bounds the loss only through the cap (params.validate_tradable)
 """
 SPEC = FoldSpec(train=365, embargo=10, validate=120, step=120, warmup=365, min_budget=40)
 

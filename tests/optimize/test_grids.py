@@ -77,24 +77,17 @@ def test_float_knobs_given_as_integers_give_the_same_parameter_set() -> None:
     assert [params_digest(p) for p in a] == [params_digest(p) for p in b]
 
 
-def test_refused_combinations_are_left_out_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    # PARAM_RANGES keeps breadth_bear <= 0.5 <= breadth_bull today, so validate_params' cross-check cannot fail on
-    # grid values; a stricter check (as params.py may add) is stood in for here.
-    import aura.optimize.grids as grids_module
-
-    def stricter(p: StrategyParams) -> None:
-        if p.breadth_bull - p.breadth_bear < 0.2:
-            raise ValueError(f"breadth gap {p.breadth_bull - p.breadth_bear:.2f} below 0.2")
-
-    monkeypatch.setattr(grids_module, "validate_params", stricter)
-    stage = parse_grids(grid_text(score="breadth_bull = [0.5, 0.6]\nbreadth_bear = [0.2, 0.35]")).stage("score_weights")
-    # product order (bull, bear): (0.5, 0.2) gap 0.3, (0.5, 0.35) gap 0.15 refused, (0.6, 0.2), (0.6, 0.35) gap 0.25
-    assert [(p.breadth_bull, p.breadth_bear) for p in stage.expand(StrategyParams())] == [
-        (0.5, 0.2), (0.6, 0.2), (0.6, 0.35)]
+def test_refused_combinations_are_left_out_and_reported() -> None:
+    # params.validate_tradable refuses a kill-switch that re-arms by itself with the hard cap off.
+    text = grid_text(risk="kill_switch_cooldown = [0, 30]\nkill_switch_cap = [0.5, 1.0]")
+    stage = parse_grids(text).stage("risk")
+    # product order (cooldown, cap): (0, 0.5), (0, 1.0), (30, 0.5), (30, 1.0) refused: re-arms with no cap
+    assert [(p.kill_switch_cooldown, p.kill_switch_cap) for p in stage.expand(StrategyParams())] == [
+        (0, 0.5), (0, 1.0), (30, 0.5)]
     assert len(stage.refusals(StrategyParams())) == 1
-    assert "breadth gap 0.15 below 0.2" in stage.refusals(StrategyParams())[0]
-    lone = parse_grids(grid_text(score="breadth_bull = [0.5]\nbreadth_bear = [0.35]")).stage("score_weights")
-    with pytest.raises(GridError, match="stage 'score_weights': no combination is a valid parameter set"):
+    assert "kill_switch_cooldown=30 re-arms the kill-switch by itself" in stage.refusals(StrategyParams())[0]
+    lone = parse_grids(grid_text(risk="kill_switch_cooldown = [30]\nkill_switch_cap = [1.0]")).stage("risk")
+    with pytest.raises(GridError, match="stage 'risk': no combination is a valid parameter set"):
         lone.expand(StrategyParams())
 
 

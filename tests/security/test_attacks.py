@@ -117,7 +117,9 @@ def test_a_target_too_large_for_the_stream_is_refused_by_the_server(system: Syst
 
 
 def _reckless() -> StrategyParams:
-    return StrategyParams(kill_switch_drawdown=1.0, stop_loss=0.0)
+    # No rolling switch, no stop, a cap at 99%: reckless, yet a set the signing path accepts (no cap at all is
+    # refused before any signature, params.validate_tradable), so only the signature can stop it.
+    return StrategyParams(kill_switch_drawdown=1.0, kill_switch_cap=0.99, stop_loss=0.0)
 
 
 @pytest.mark.parametrize("principal", [None, "ingest", "signal", "risk", "executor"])
