@@ -6,7 +6,8 @@
 * a coordinator that dies mid-run and starts again on the same result store resumes: it replays what was stored,
   asks only for the rest, and reaches the identical result;
 * the worker's credential can touch nothing but the queue: aura_params (read or write), trading subjects, the
-  coordinator's results and the inputs it writes are refused.
+  coordinator's results and the inputs it writes are refused;
+* a task no worker may run is retried up to max_deliver, dead-lettered, answered with its error, and ends the run.
 """
 
 from __future__ import annotations
@@ -230,3 +231,35 @@ def test_the_worker_credential_reaches_the_queue_and_nothing_else(bus: NatsEndpo
     allowed = {k for k, v in got.items() if v == "allowed"}
     assert allowed <= {"read an input object"}, got
     assert got["read an input object"] in ("allowed", "refused (NotFoundError)"), got  # permitted, object absent
+
+
+@pytest.mark.timeout(120)  # a worker that never gives up would leave the coordinator waiting
+def test_zz_a_task_no_worker_may_run_is_retried_dead_lettered_and_ends_the_run(
+        bus: NatsEndpoint, pool: Pool, grids_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks made for other evaluation code (a coordinator of another version than its workers): each delivery is
+    refused and comes back after RETRY_DELAY_S, until the consumer's max_deliver; then the task is dead-lettered
+    with the reason, answered with its error, terminated, and the coordinator stops the run naming it instead of
+    waiting for an answer that cannot come.  (Last in the module: the run's other tasks fail the same way.)"""
+    from services.optimizer import coordinator as coordinator_module
+    from services.optimizer.coordinator import RunFailed
+    from services.optimizer.worker import RETRY_DELAY_S, SPEC
+    from tests.bus_helpers import dead_letters, role_connections
+
+    workers = pool.ensure(2)
+    monkeypatch.setattr(coordinator_module, "engine_fingerprint", lambda: "another-version")
+    job = job_for(["BTC_USDT", "ETH_USDT", "LTC_USDT", "XRP_USDT"], grids_file, folds=1)
+    started = time.monotonic()
+    with pytest.raises(RunFailed, match="EngineMismatch: task made for evaluation code another-version"):
+        run_on(bus, job, tmp_path / "results.sqlite")
+    seconds = time.monotonic() - started
+
+    async def letters() -> list[Any]:
+        async with role_connections(bus.settings(), "operator") as js:
+            return [x for x in await dead_letters(js["operator"], "worker") if x.reason == "task failed"]
+
+    found = asyncio.run(letters())
+    assert found and all("EngineMismatch" in x.error for x in found), found
+    # Given up only at the last delivery: every earlier one was sent back with its delay.
+    assert seconds >= (SPEC.max_deliver - 1) * RETRY_DELAY_S, f"gave up after {seconds:.1f}s"
+    failed = sum(int(Pool.status(w)["checks"]["tasks"].split(", ")[1].split()[0]) for w in workers)
+    assert failed >= 1, "no worker counted a failed task"
