@@ -22,6 +22,12 @@ from shared.logging import info, warn
 
 log = logging.getLogger("aura.ingest.universe")
 DAY_MS = 86_400_000
+# Bases pegged to a currency: stablecoins and fiat.  They are among the largest USDT pairs by volume, have no
+# momentum to rotate into and sit on their moving average, so in the ranked universe they would take slots from
+# coins and blur the regime's breadth.  Left out of the ranking (a pair named in AURA_SYMBOLS is still traded).
+PEGGED_BASES = frozenset({"USDC", "FDUSD", "TUSD", "BUSD", "USDP", "PAX", "DAI", "PYUSD", "USDD", "USDE", "USD1",
+                          "AEUR", "EURI", "EUR", "GBP", "AUD", "BRL", "TRY", "RUB", "UAH", "NGN", "ZAR", "JPY",
+                          "IDRT", "BIDR", "BVND"})
 
 
 class UniverseError(RuntimeError):
@@ -48,9 +54,11 @@ class Universe:
     refreshed_ms: int
     entries: dict[str, UniverseEntry] = field(default_factory=dict)
 
-    def active(self, min_quote_volume: float = 0.0, top: int | None = None) -> list[str]:
-        """Trading symbols by 24h quote volume, largest first (ties by name)."""
-        live = [e for e in self.entries.values() if e.active and (e.quote_volume_24h or 0.0) >= min_quote_volume]
+    def active(self, min_quote_volume: float = 0.0, top: int | None = None,
+               exclude_bases: frozenset[str] = frozenset()) -> list[str]:
+        """Trading symbols by 24h quote volume, largest first (ties by name), without ``exclude_bases``."""
+        live = [e for e in self.entries.values() if e.active and (e.quote_volume_24h or 0.0) >= min_quote_volume
+                and e.base not in exclude_bases]
         live.sort(key=lambda e: (-(e.quote_volume_24h or 0.0), e.symbol))
         return [e.symbol for e in live[:top]]
 

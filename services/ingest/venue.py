@@ -34,7 +34,7 @@ from typing import Any
 from aura.strategy.types import MarketRule
 from services.ingest.providers.ccxt_tail import make_exchange
 from services.ingest.sync_config import IngestConfig
-from services.ingest.universe import UniverseError, refresh_universe
+from services.ingest.universe import PEGGED_BASES, UniverseError, refresh_universe
 from shared.config import Settings
 from shared.logging import info, warn
 from shared.market_rules import QUOTE, rules_from_ccxt
@@ -165,7 +165,12 @@ class VenueUniverse:
                 # universe and the rules come from one exchangeInfo.
                 universe = refresh_universe(self.exchange, self.config, now_ms, quote=QUOTE,
                                             max_age_ms=self.refresh_ms, client=client)
-                screened = [s for s in universe.active() if s in rules][: self.settings.universe_max]
+                ranked = universe.active(exclude_bases=PEGGED_BASES)
+                screened = [s for s in ranked if s in rules][: self.settings.universe_max]
+                pegged = sorted(set(universe.active()) - set(ranked))
+                if pegged:
+                    info(self.logger, "UNIVERSE", f"{len(pegged)} pairs pegged to a currency left out of the "
+                         "ranking (name them in AURA_SYMBOLS to trade them)", symbols=pegged[:20])
         except (MarketsUnavailable, UniverseError) as exc:
             self._failed(str(exc))
             raise MarketsUnavailable(str(exc)) from exc

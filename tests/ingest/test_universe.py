@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.ingest.universe import Universe, UniverseError, merge_universe, refresh_universe
+from services.ingest.universe import PEGGED_BASES, Universe, UniverseError, merge_universe, refresh_universe
 from tests.ingest.conftest import DAY, NOW
 
 
@@ -60,3 +60,16 @@ def test_merge_universe_relisting_clears_the_mark() -> None:
     a = u3.entries["A/USDT"]
     assert a.active and not a.delisted and a.delisted_ms is None and a.first_seen_ms == 1
     assert Universe.from_json(u3.to_json()) == u3
+
+
+def test_pairs_pegged_to_a_currency_are_left_out_of_the_ranking() -> None:
+    """USDC/USDT and FDUSD/USDT trade more than most coins: ranked by volume they would take universe slots
+    (and sit on their moving average in the regime's breadth) with no momentum to rotate into."""
+    markets = [{"symbol": f"{b}/USDT", "base": b, "quote": "USDT", "spot": True, "active": True}
+               for b in ("BTC", "USDC", "FDUSD", "ETH", "EUR", "SOL")]
+    volumes = {"USDC/USDT": 9e9, "FDUSD/USDT": 8e9, "BTC/USDT": 5e9, "ETH/USDT": 3e9, "EUR/USDT": 2e9,
+               "SOL/USDT": 1e9}
+    u = merge_universe(None, markets, {k: {"quoteVolume": v} for k, v in volumes.items()}, exchange="x",
+                       quote="USDT", now_ms=1)
+    assert u.active(exclude_bases=PEGGED_BASES) == ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+    assert u.active(top=2) == ["USDC/USDT", "FDUSD/USDT"], "without the exclusion the pegs would lead"
