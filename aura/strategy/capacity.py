@@ -1,5 +1,9 @@
 """Capacity: no leg may be more than ``max_participation`` of the volume its market trades in one bar.
 
+Measured in base units (the leg's quantity against the bar's base volume): the same share as the leg's notional
+against the bar's quote volume, up to the difference between the leg's price and the bar's average price, and
+free of it: a candle's base volume is exact, its quote volume a sum the data does not always carry.
+
 One rule, two places it is applied, because they know different bars:
 
 * the backtest (``aura.backtest.execution.fill_leg``) caps each leg against the volume of the bar it fills in,
