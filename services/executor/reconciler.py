@@ -41,7 +41,9 @@ from shared.operator_requests import ADOPT_KEY, read_request
 POLL_S = 2.0  # how often a halted executor looks for the operator's adoption request
 # An adoption answers the halt the operator saw: a request made before the halt began (one stored from an earlier
 # halt, or written while the books agreed) must not clear it unasked.  The request carries the operator's clock,
-# the halt this one's: they may disagree by this much (NTP keeps them far closer).
+# the halt this one's: they may disagree by this much (NTP keeps them far closer).  A halt found at boot began, for
+# all this process knows, when the journal last recorded agreeing books (its newest snapshot or adoption): an
+# operator who asked while the executor was down is answered, a request older than that is not.
 ADOPT_SKEW_MS = 5_000
 
 
@@ -56,7 +58,8 @@ class Reconciler:
         self.on_agree = on_agree
         self.operator_key = trusted_key(settings.keys, "executor", "operator")
         self.halt: str | None = None  # why trading is halted ([RECONCILE]); None: the books agree
-        self.halted_since_ms = 0  # when the current halt began (this process's wall clock)
+        self.halted_since_ms = 0  # when the current halt began (this process's wall clock; see ADOPT_SKEW_MS)
+        self._compared = False  # a comparison has run in this process (the first one's halt may predate it)
         self._refused_request_ms = 0  # the stale request last reported, so a poll does not repeat it
         self.unpriced = ""  # coins with no USDT price only the exchange holds, as of the last comparison
         self._waiter: asyncio.Task[None] | None = None
@@ -81,7 +84,8 @@ class Reconciler:
 
     def _halt(self, why: str, diff: BookDiff) -> None:
         if self.halt is None:
-            self.halted_since_ms = int(time.time() * 1000)
+            self.halted_since_ms = int(time.time() * 1000) if self._compared else self._last_agreed_ms()
+        self._compared = True
         if self.halt != why:
             error(self.logger, "RECONCILE", f"trading halted: {why}", differences=diff.diff, values=diff.values,
                   unpriced={a: {"journal": j, "exchange": x} for a, (j, x) in sorted(diff.unpriced_qty.items())})
@@ -89,6 +93,13 @@ class Reconciler:
         self.halt = why
         if self._waiter is None or self._waiter.done():  # look for the operator's adoption, plans or not
             self._waiter = asyncio.get_running_loop().create_task(self._wait_for_adoption())
+
+    def _last_agreed_ms(self) -> int:
+        """When the journal last recorded books that agreed (its newest snapshot or adoption); now for an empty one."""
+        latest = self.journal.latest_snapshot()
+        if latest is None:
+            return int(time.time() * 1000)
+        return max(int(latest.committed_ts_ms), last_adoption_ms(self.journal))
 
     def close(self) -> None:
         if self._waiter is not None:
@@ -105,6 +116,7 @@ class Reconciler:
             return False
         cash = min(exchange.get(QUOTE, 0.0), self.settings.paper_cash_usdt)  # at most the configured capital
         ensure_genesis(self.journal, cash)
+        self._compared = True
         info(self.logger, "BOOT", "genesis snapshot written", cash=cash)
         return True
 
@@ -117,6 +129,7 @@ class Reconciler:
     def check(self, diff: BookDiff) -> bool:
         self._report_unpriced(diff)
         if diff.clean:
+            self._compared = True
             if self.halt is not None:
                 info(self.logger, "RECONCILE", "journal and exchange agree again")
             self.halt = None

@@ -24,7 +24,7 @@ from aura.exchange_sim import SimServer
 from services.executor.books import BookDiff, compare_books
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
-from services.executor.reconciler import POLL_S
+from services.executor.reconciler import ADOPT_SKEW_MS, POLL_S
 from services.executor.runner import ensure_genesis, write_snapshot
 from shared.bus import state_kv
 from shared.contracts import PortfolioSnapshot
@@ -181,6 +181,34 @@ def test_an_adoption_request_made_before_the_halt_never_clears_it(nats_server: N
     assert out["refusals"] == 1, "the stale request was reported at every poll instead of once"
     assert out["adopted"].returncode == 0, out["adopted"].stderr
     assert out["snap"].status == "adopted" and out["snap"].holdings == {"BTC/USDT": 0.0601}
+    assert out["green"] == "journal == exchange"
+
+
+def test_an_adoption_asked_for_while_the_executor_was_down_is_applied_at_its_restart(nats_server: NatsEndpoint,
+                                                                                      sim: SimServer) -> None:
+    """The halt an executor finds at boot began, for all it knows, when its journal last recorded agreeing books:
+    an operator who saw the coins and ran `aura journal adopt` while it was down is answered when it is back."""
+    settings = live_settings(nats_server, sim)
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "operator") as js:
+            async with running(settings, "executor"):
+                pass  # genesis: the books agree, journaled
+            sim.sim.set_balance("ETH", "0.5")  # a deposit while it is down
+            request = operator_request("operator:t", "deposit while down", signing_key(settings.keys, "operator"))
+            await write_request(await state_kv(js["operator"]), ADOPT_KEY, request)
+            await asyncio.sleep(ADOPT_SKEW_MS / 1000 + 1)  # down a while longer: asked well before the restart
+            async with running(settings, "executor", await_genesis=False) as services:
+                async def adopted() -> PortfolioSnapshot | None:
+                    snap = await snapshot(js["operator"])
+                    return snap if snap.status == "adopted" else None
+
+                snap = await until(adopted, "the adoption asked for while down to be applied", timeout=60)
+                return {"snap": snap, "refused": services["executor"].health.counters.get("adoptions_refused", 0),
+                        "green": books_check(services["executor"].health)}
+
+    out = asyncio.run(scenario())
+    assert out["snap"].holdings == {"ETH/USDT": 0.5} and out["refused"] == 0
     assert out["green"] == "journal == exchange"
 
 
