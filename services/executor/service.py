@@ -64,7 +64,7 @@ from shared.contracts import (
     subject_of,
 )
 from shared.credentials import signing_key, trusted_key
-from shared.cycles import cycle_id_for, stale_notice_problem
+from shared.cycles import as_of_of_cycle, cycle_id_for, stale_notice_problem
 from shared.logging import error, info, warn
 from shared.service import ServiceContext
 from shared.signing import SignatureError, sign_struct, verify_plan
@@ -332,24 +332,28 @@ class Executor:
             except Exception:
                 return
 
-    async def _announced(self) -> set[str]:
-        """The cycle ids ingest announced last, each named by its bar (shared/cycles.py): the newest DataReady's,
-        and the newest DataStale's if it is dated at most one bar after now (the venue's clock; the replay's newest
-        bar).  A cycle closes once, so aborts add at most one equity point per bar that has closed, never one per
-        notice a compromised ingest invents.  A malformed message on either subject is stepped over."""
-        s, out = self.ctx.settings, set()
+    async def _announced(self, cycle_id: str) -> bool:
+        """Whether ``cycle_id`` is a cycle ingest announced last, under the id of its bar (shared/cycles.py): the
+        newest DataReady's, or the newest DataStale's if dated at most one bar after now.  Now is the venue's
+        clock (read only for such a notice), in the replay the newest bar announced or closed (two stale bars in a
+        row are each one bar after the one before).  A cycle closes once, so aborts add at most one equity point
+        per bar, never one per notice a compromised ingest invents.  A malformed message is stepped over."""
+        s = self.ctx.settings
         ready = await newest_valid(self.ctx.js, DataReady)
-        if ready is not None and ready.cycle_id == cycle_id_for(s.timeframe, ready.as_of_ms):
-            out.add(ready.cycle_id)
+        if ready is not None and cycle_id == ready.cycle_id:
+            return cycle_id == cycle_id_for(s.timeframe, ready.as_of_ms)
         stale = await newest_valid(self.ctx.js, DataStale)
-        if stale is not None:
-            if s.ingest_source == "replay" and ready is not None:
-                now, clock = ready.as_of_ms, "the newest announced bar"
-            else:
-                now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
-            if not stale_notice_problem(stale, s.timeframe, now, clock):
-                out.add(stale.cycle_id)
-        return out
+        if stale is None or cycle_id != stale.cycle_id:
+            return False
+        latest = self.journal.latest_snapshot()
+        replay_now = max(ready.as_of_ms if ready is not None else 0,
+                         (as_of_of_cycle(latest.cycle_id) or 0) if latest is not None else 0)
+        if s.ingest_source == "replay" and replay_now:
+            now, clock = replay_now, "the replay's newest bar"
+        else:
+            now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
+            self.outage.answered()  # an abort waited out an outage for this read: the exchange is back
+        return not stale_notice_problem(stale, s.timeframe, now, clock)
 
     async def _on_aborted(self, msg: Msg) -> None:
         try:
@@ -367,7 +371,7 @@ class Executor:
             await msg.ack()
             await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
             return
-        if aborted.cycle_id not in await self._announced():
+        if not await self._announced(aborted.cycle_id):
             # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
             # that dilute the kill-switch's rolling window without a single price behind them.
             self.ctx.health.inc("aborts_ignored")

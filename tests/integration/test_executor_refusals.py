@@ -334,3 +334,31 @@ def test_a_compromised_ingest_cannot_invent_cycles_to_dilute_the_kill_switch_win
 
 async def _ignored(settings: Settings, n: int) -> bool:
     return journal_rows(settings, "SELECT count(*) FROM events WHERE kind='abort_ignored'") == [(n,)]
+
+
+def test_stale_bars_in_a_row_each_close_once_and_the_replay_moves_on(nats_server: NatsEndpoint) -> None:
+    """A hole of several bars in replayed data: each stale bar is one bar after the last one closed, so each is
+    announced and closes (one equity point per bar); a notice that skips a bar is still refused."""
+    settings = nats_server.settings()
+    ready_ms = 1_704_412_800_000
+    bars = [cycle_id_for("1d", ready_ms + k * DAY) for k in (1, 2, 3)]
+
+    async def scenario() -> None:
+        async with executor(nats_server) as rig:
+            await announce_ready(rig, cycle_id_for("1d", ready_ms), ready_ms)
+            for k, cycle in enumerate(bars, start=1):
+                stale = DataStale(cycle_id=cycle, timeframe="1d", reason="hole", as_of_ms=ready_ms + k * DAY)
+                await publish(rig.ingest, stale, msg_id=f"stale-{cycle}")
+                await publish(rig.ingest, CycleAborted(cycle_id=cycle, stage="ingest", reason="stale data"),
+                              msg_id=f"abort-{cycle}")
+                await until(lambda cycle=cycle: cycle_snapshot(rig, cycle), f"the stale bar {cycle} to close")
+            skipped = cycle_id_for("1d", ready_ms + 5 * DAY)  # bar 4 never announced: two bars after bar 3
+            await publish(rig.ingest, DataStale(cycle_id=skipped, timeframe="1d", reason="hole",
+                                                as_of_ms=ready_ms + 5 * DAY), msg_id=f"stale-{skipped}")
+            await publish(rig.ingest, CycleAborted(cycle_id=skipped, stage="ingest", reason="stale data"),
+                          msg_id=f"abort-{skipped}")
+            await until(lambda: _ignored(settings, 1), "the abort of a bar two ahead to be ignored")
+
+    asyncio.run(scenario())
+    rows = journal_rows(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis' ORDER BY seq")
+    assert rows == [(cycle, "aborted") for cycle in bars]
