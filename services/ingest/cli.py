@@ -70,6 +70,9 @@ def add_data_parser(subparsers: Any) -> None:
                    help="pretend the clock reads this UTC time: which bars count as closed (a test and replay "
                         "hook; default: the real clock)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--include-unlisted", action="store_true",
+                   help="sync pairs the exchange's market list lacks (delisted ones keep their history in the "
+                        "archive: data free of survivorship bias needs them); default: refuse them")
     p.set_defaults(func=run_sync)
 
 
@@ -211,7 +214,7 @@ def unlisted(asked: str, chain: list[Provider], exchange: str) -> str:
     bases = sorted(m for m in markets if m.split("/", 1)[0] in wanted)  # the same coin against other quotes
     hint = f"; it lists {', '.join(bases[:6])}{' …' if len(bases) > 6 else ''}" if bases else ""
     return (f"unknown symbol{'s' if len(missing) > 1 else ''} {', '.join(missing)}: not in {exchange}'s market list "
-            f"({len(markets)} pairs){hint}; nothing downloaded")
+            f"({len(markets)} pairs){hint}; nothing downloaded (delisted? --include-unlisted asks the archive)")
 
 
 def run_sync(args: argparse.Namespace) -> int:
@@ -237,7 +240,7 @@ def run_sync(args: argparse.Namespace) -> int:
     chain = build_providers(config, args.exchange)
     try:
         try:
-            refusal = unlisted(args.symbols, chain, args.exchange)
+            refusal = "" if args.include_unlisted else unlisted(args.symbols, chain, args.exchange)
         except ValueError as exc:  # no such ccxt exchange: a bad argument, like an unknown symbol
             refusal = str(exc)
         if refusal:

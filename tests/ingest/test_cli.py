@@ -178,7 +178,8 @@ def test_a_pair_the_exchange_does_not_list_is_refused_before_any_download(env, a
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "" and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert re.fullmatch(r"aura data sync: unknown symbols FOOUSDT, FOO_BTC: not in binance's market list "
-                        r"\(\d+ pairs\); nothing downloaded\n", proc.stderr), proc.stderr
+                        r"\(\d+ pairs\); nothing downloaded \(delisted\? --include-unlisted asks the archive\)\n",
+                        proc.stderr), proc.stderr
     assert dict(api.counts) == {"exchangeInfo": 1} and archive.total == 0 and gecko.total == 0
     assert not (tmp_path / "home" / "cache").exists()
 
@@ -189,6 +190,17 @@ def test_a_pair_sharing_a_coin_with_listed_ones_names_them(env, capsys) -> None:
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("aura data sync: unknown symbols ETH/BTC, BTC/EUR: not in binance's market list ("), err
     assert "; it lists BTC/USDT, ETH/USDT; nothing downloaded" in err, err
+
+
+def test_include_unlisted_asks_the_providers_for_a_pair_the_market_list_lacks(env, archive, api, gecko,
+                                                                               capsys) -> None:
+    """A delisted pair leaves Binance's market list but keeps its history in the archive: --include-unlisted
+    skips the check, so the sync asks the providers as it always did (here none has FOO, so it ends incomplete)."""
+    code = main(["data", "sync", "--symbols", "FOOUSDT", "--since", "2024-11-01", "--now", "2024-12-06",
+                 "--no-progress", "--include-unlisted"])
+    _, err = capsys.readouterr()
+    assert code == 1 and err.strip().splitlines()[-1] == "aura data sync: incomplete: FOO/USDT", err
+    assert "unknown symbol" not in err and archive.total > 0, "the archive was not asked"
 
 
 def test_without_a_market_list_the_sync_runs_as_before_and_says_so(env, archive, api, gecko, capsys) -> None:
