@@ -52,6 +52,7 @@ from shared.contracts import (
     stream_of,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_key, trusted_keys
+from shared.cycles import as_of_of_cycle
 from shared.health import HealthState
 from shared.live_params import (
     ParamsDocument,
@@ -258,7 +259,7 @@ class BusView:
                 self._unverified("snapshot")
                 continue
             self.cycle_of_commit[int(snap.committed_at_ms)] = snap.cycle_id
-            if snap.status != "genesis":  # every other snapshot closes a cycle (the journal's row of it)
+            if as_of_of_cycle(snap.cycle_id) is not None:  # a bar's cycle (not the genesis, a tick, an adoption)
                 self.day_cycles.add(snap.snapshot_id, snap.committed_at_ms, snap.status)
             while len(self.cycle_of_commit) > COMMITS_KEPT:
                 self.cycle_of_commit.popitem(last=False)

@@ -31,6 +31,7 @@ from services.risk.latch import read_latch
 from shared.bus import publish, stored_messages
 from shared.contracts import ServiceEvent, content_id, decode
 from shared.credentials import PARAMS_SIGNERS, trusted_key, trusted_keys
+from shared.cycles import as_of_of_cycle
 from shared.live_params import read_version
 from tests.bus_helpers import role_connections
 from tests.console.conftest import ConsoleSystem, Webhook, start_system, wait_until
@@ -87,12 +88,13 @@ def restart_console(system: ConsoleSystem, hour: int, clock_at: float) -> None:
 
 
 def journal_figures(system: ConsoleSystem) -> dict[str, Any]:
-    rows = system.journal("SELECT status, cash, holdings, entry_prices, equity, committed_ts_ms FROM snapshots "
-                          "ORDER BY seq")
+    rows = system.journal("SELECT status, cash, holdings, entry_prices, equity, committed_ts_ms, cycle_id FROM "
+                          "snapshots ORDER BY seq")
     last = rows[-1]
     return {"equity": last[4], "cash": last[1], "holdings": json.loads(last[2]), "entries": json.loads(last[3]),
             "history": [r[4] for r in rows], "first": (rows[0][4], rows[0][5]),
-            "cycles": Counter(r[0] for r in rows if r[0] != "genesis"), "rows": len(rows)}
+            # a bar's cycle, by outcome: not the genesis, a risk tick's exit or an adoption
+            "cycles": Counter(r[0] for r in rows if as_of_of_cycle(r[6]) is not None), "rows": len(rows)}
 
 
 def bus_figures(system: ConsoleSystem) -> dict[str, Any]:
