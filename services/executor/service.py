@@ -345,12 +345,12 @@ class Executor:
         stale = await newest_valid(self.ctx.js, DataStale)
         if stale is None or cycle_id != stale.cycle_id:
             return False
-        latest = self.journal.latest_snapshot()
-        replay_now = max(ready.as_of_ms if ready is not None else 0,
-                         (as_of_of_cycle(latest.cycle_id) or 0) if latest is not None else 0)
-        if s.ingest_source == "replay" and replay_now:
-            now, clock = replay_now, "the replay's newest bar"
-        else:
+        now, clock = 0, "the replay's newest bar"
+        if s.ingest_source == "replay":  # only the replay reads its clock from the bars (and the journal)
+            latest = self.journal.latest_snapshot()
+            now = max(ready.as_of_ms if ready is not None else 0,
+                      (as_of_of_cycle(latest.cycle_id) or 0) if latest is not None else 0)
+        if not now:
             now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
             self.outage.answered()  # an abort waited out an outage for this read: the exchange is back
         return not stale_notice_problem(stale, s.timeframe, now, clock)
