@@ -228,6 +228,7 @@ EVENT_SEVERITIES = ("info", "warning", "error")
 class OptWindow(msgspec.Struct, frozen=True):
     start: int  # bars start .. stop - 1 of the inputs' panel
     stop: int
+    run_from: int = -1  # the bar the backtest begins at, when before start (aura/optimize/folds.Window)
 
 
 class OptTask(Contract, frozen=True):

@@ -19,17 +19,35 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, order=True)
 class Window:
-    """Bars ``start .. stop - 1`` of the panel (a half-open range, like ``range``)."""
+    """Bars ``start .. stop - 1`` of the panel (a half-open range, like ``range``), scored from ``start``.
+
+    ``run_from`` (default: ``start``): the bar the backtest of the window begins at.  Earlier than ``start``, the
+    bars before ``start`` only make the state the window opens with (positions, cash, the kill-switch latch and
+    the peak it measures from), as a live system's state carries on from its past; nothing is scored on them.
+    """
 
     start: int
     stop: int
+    run_from: int = -1
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
             raise ValueError(f"{type(self).__name__} needs 0 <= start < stop, got [{self.start}, {self.stop})")
+        if self.run_from != -1 and not 0 <= self.run_from <= self.start:
+            raise ValueError(f"{type(self).__name__} [{self.start}, {self.stop}) cannot run from bar {self.run_from}")
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    @property
+    def first_bar(self) -> int:
+        """The bar the backtest begins at (``run_from``, or ``start``)."""
+        return self.start if self.run_from == -1 else self.run_from
+
+    @property
+    def run_bars(self) -> int:
+        """Bars the backtest of this window runs (what it costs to evaluate)."""
+        return self.stop - self.first_bar
 
     @property
     def bars(self) -> range:
@@ -56,7 +74,14 @@ class TrainWindow(Window):
 
 @dataclass(frozen=True, order=True)
 class ValidationWindow(Window):
-    """Bars that judge a winner; never used to choose it."""
+    """Bars that judge a winner; never used to choose it.
+
+    A fold's validation window runs from the start of the fold's training window (``run_from``): the set is
+    judged as if it had traded since the data it was chosen on began, so a kill-switch that latched on the
+    way (and, with ``kill_switch_cooldown`` 0, stays latched until an operator resets it, as live) keeps the
+    window in cash.  Run from a fresh start, every window would open with the switch re-armed and the peak
+    reset, crediting a set with returns it would not have made live.
+    """
 
 
 @dataclass(frozen=True)
@@ -160,7 +185,7 @@ def walk_forward_folds(n_bars: int, spec: FoldSpec) -> tuple[Fold, ...]:
         train_stop = train_start + spec.train
         val_start = train_stop + spec.embargo
         train = TrainWindow(spec.warmup if spec.anchored else train_start, train_stop)
-        folds.append(Fold(k, train, ValidationWindow(val_start, val_start + spec.validate), spec.embargo))
+        folds.append(Fold(k, train, ValidationWindow(val_start, val_start + spec.validate, train.start), spec.embargo))
     return tuple(folds)
 
 

@@ -110,23 +110,27 @@ class WindowResult:
 
 def evaluate_window(market: Market, params: StrategyParams, window: Window, benchmarks: BenchmarkCloses,
                     cfg: BacktestConfig, signals: SignalCache | None = None) -> WindowResult:
-    """Run the fast backtester on the bars of ``window`` (from cash; the bars before are indicator history)."""
+    """Run the fast backtester on the bars of ``window``: from cash at ``window.first_bar`` (the bars before are
+    indicator history), scored from ``window.start`` (the bars between only make the state it opens with)."""
     panel = market.panel
     if benchmarks.bar_ms != cfg.bar_ms or not np.array_equal(benchmarks.bar_open_ms, panel.timestamps):
         raise ValueError("the benchmarks were aligned to another bar grid than this market's panel")
-    result = run_fast(market, params, dataclasses.replace(cfg, start=window.start, end=window.stop - 1),
+    result = run_fast(market, params, dataclasses.replace(cfg, start=window.first_bar, end=window.stop - 1),
                       signals=signals)
-    equity = result.equity
-    path = np.concatenate([[cfg.initial_cash], equity])
+    path = np.concatenate([[cfg.initial_cash], result.equity])
     with np.errstate(divide="ignore", invalid="ignore"):
         returns = np.where(path[:-1] > 0, path[1:] / path[:-1] - 1.0, 0.0)
+    skip = window.start - window.first_bar
+    returns, equity = returns[skip:], result.equity[skip:]
     t = result.trades
-    notional = float(np.sum(np.asarray(t.qty, dtype=np.float64) * np.asarray(t.price, dtype=np.float64)))
+    scored = np.asarray(t.bar, dtype=np.int64) >= window.start  # the trades of the scored bars
+    qty, price = np.asarray(t.qty, dtype=np.float64)[scored], np.asarray(t.price, dtype=np.float64)[scored]
+    notional = float(np.sum(qty * price))
     years = len(equity) / bars_per_year(cfg.bar_ms)
     mean_eq = float(np.mean(equity))
     turnover = notional / mean_eq / years if mean_eq > 0 else 0.0
     return WindowResult(window, returns, benchmarks.returns(window), benchmarks.names, cfg.bar_ms, turnover,
-                        len(t))
+                        int(np.count_nonzero(scored)))
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,9 @@ def gate_record(doc: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
         "pbo": doc["pbo"],
         "spa_pvalues": doc["spa_pvalues"],
         "trials_counted": doc["trials"]["counted"],
-        "sharpe": {k: doc["sharpe"][k] for k in ("in_sample", "out_of_sample")},
+        # The folds' figures are the fold winners' (the procedure's record); final_in_sample is the promoted
+        # set's own Sharpe on the newest training window, the only figure of that set itself.
+        "sharpe": {k: doc["sharpe"][k] for k in ("in_sample", "out_of_sample", "final_in_sample")},
     }
 
 

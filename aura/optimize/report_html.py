@@ -18,7 +18,7 @@ from aura.optimize.plan import FINAL
 from aura.optimize.report import RunRecord
 from aura.report_html_common import BASE_CSS, esc, heat_color, line_chart, num, pct, table
 
-COLORS = {"winner": "#1f5fbf", "incumbent": "#888888", "GOLD": "#c9a227", "SPY": "#2e8b57"}
+COLORS = {"fold winner": "#1f5fbf", "incumbent": "#888888", "GOLD": "#c9a227", "SPY": "#2e8b57"}
 CSS = BASE_CSS + """.ok{color:#1a7f37}.no{color:#b42318}
 .verdict{padding:1em;border-radius:6px;font-weight:600}.yes{background:#e6f4ea}.nope{background:#fdecea}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.charts figure{margin:0;max-width:360px}
@@ -93,9 +93,13 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>AURA optimizer report</title>"
              f"<style>{CSS}</style></head><body><h1>AURA walk-forward optimizer</h1>",
              f'<p class="verdict {"yes" if ok else "nope"}">{esc(doc["verdict"])}</p>',
-             "<p>The winner goes live only if it beats buy-and-hold gold and SPY after costs on every validation "
-             "window, beats the incumbent, and passes the multiple-testing controls over every trial, pruned ones "
-             "included. An honest no is a correct outcome.</p>"]
+             "<p>The gate judges the procedure, as any walk-forward does: on each fold, the set the search chose on "
+             "that fold's training bars (the fold winner) must beat buy-and-hold gold and SPY after costs on the "
+             "fold's validation window and beat the incumbent there, each run from the start of the fold's "
+             "training window so that it opens the window with the state (positions, kill-switch latch) it would "
+             "have had; and the multiple-testing controls must pass over every trial, pruned ones included. The "
+             "set that would go live is the same search run once more on the newest training window (the final "
+             "selection, below): no window it never saw judges it itself. An honest no is a correct outcome.</p>"]
     checks = [[esc(c["name"]), f'<span class="{"ok" if c["passed"] else "no"}">{"pass" if c["passed"] else "FAIL"}'
                f"</span>", num(c["value"]), num(c["threshold"]), num(c["margin"]), esc(c["detail"])]
               for c in doc["checks"]]
@@ -107,10 +111,11 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
                  f"({t['evaluation_bars']:,} bars) against {t['full_grid_evaluations']} for the full grid "
                  f"({t['full_grid_bars']:,} bars), {num(t['full_grid_bars'] / max(1, t['evaluation_bars']), '.2f')}x "
                  "fewer bars evaluated.</p>")
-    parts.append("<h2>Validation windows: the winner against the incumbent, gold and SPY</h2><div class=\"charts\">")
+    parts.append("<h2>Validation windows: each fold's winner against the incumbent, gold and SPY</h2>"
+                 "<div class=\"charts\">")
     for label, fold in run.folds_by_label.items():
         val = run.validation[label]
-        series = {"winner": val.winner.returns, "incumbent": val.incumbent.returns,
+        series = {"fold winner": val.winner.returns, "incumbent": val.incumbent.returns,
                   **{n: val.winner.bench[b] for b, n in enumerate(val.winner.bench_names)}}
         dates = rec.span(fold.validate)
         parts.append(f"<figure>{_line_chart(series)}<figcaption>fold {fold.index}: {esc(dates[0])} .. "
@@ -119,7 +124,7 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
     names = list(rec.inputs.benchmarks.names)
     rows = [[str(w["fold"]), f"{esc(w['dates'][0])} .. {esc(w['dates'][1])}", pct(w["strategy"]), pct(w["incumbent"]),
              *[pct(w.get(n)) for n in names]] for w in doc["windows"]]
-    parts.append(table(["fold", "window", "winner", "incumbent", *names], rows, left=2))
+    parts.append(table(["fold", "window", "fold winner", "incumbent", *names], rows, left=2))
     s = doc["sharpe"]
     rows = [[str(f["fold"]), num(f["in_sample"], ".2f"), num(f["out_of_sample"], ".2f"),
              num(f["in_sample"] - f["out_of_sample"] if None not in (f["in_sample"], f["out_of_sample"]) else None,
@@ -148,9 +153,10 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
         parts.append(f"<figure>{svg}<figcaption><b>{esc(stage.title)}</b><br>{esc(caption)}</figcaption></figure>")
     parts.append("</div>")
     changed = [[esc(k), esc(v[0]), esc(v[1])] for k, v in doc["changed_from_incumbent"].items()]
-    parts += ["<h2>The winner</h2>", f"<p>digest <code>{esc(doc['parameters_digest'])}</code> (incumbent "
+    parts += ["<h2>The final selection (what would go live)</h2>",
+              f"<p>digest <code>{esc(doc['parameters_digest'])}</code> (incumbent "
               f"<code>{esc(doc['incumbent_digest'])}</code>)</p>",
-              table(["parameter", "incumbent", "winner"], changed, left=3) if changed
+              table(["parameter", "incumbent", "final selection"], changed, left=3) if changed
               else "<p>Same as the incumbent.</p>"]
     u = doc["universe"]
     parts += ["<h2>Universe</h2>", f"<p>{len(u['symbols'])} symbols, {u['bars']} bars of {esc(rec.inputs.timeframe)} "

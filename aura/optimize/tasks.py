@@ -158,8 +158,10 @@ def config_from_json(text: str) -> BacktestConfig:
 
 
 def eval_key(inputs: str, engine: str, settings: str, params: StrategyParams, window: Window) -> str:
-    """The name of one evaluation's answer (the window's kind does not change the numbers, so it is left out)."""
-    return content_id(["eval", inputs, engine, settings, msgspec.to_builtins(params), [window.start, window.stop]],
+    """The name of one evaluation's answer (the window's kind does not change the numbers, so it is left out;
+    the bar its run begins at does, when it is not the window's start)."""
+    bars = [window.start, window.stop] + ([window.first_bar] if window.first_bar != window.start else [])
+    return content_id(["eval", inputs, engine, settings, msgspec.to_builtins(params), bars],
                       prefix=EVAL_KEY_PREFIX, length=40)
 
 
@@ -188,7 +190,7 @@ def eval_task(inputs: str, engine: str, settings: str, params: Sequence[Strategy
               windows: Sequence[Window]) -> OptTask:
     body = {"kind": EVAL, "inputs": inputs, "engine": engine, "settings": settings,
             "params": [msgspec.to_builtins(p) for p in params],
-            "windows": [OptWindow(w.start, w.stop) for w in windows]}
+            "windows": [OptWindow(w.start, w.stop, w.run_from) for w in windows]}
     return OptTask(task_id=content_id(body, prefix="t-", length=32), **body)
 
 
@@ -235,7 +237,7 @@ class Evaluator:
         params = [task_params(doc) for doc in task.params]
         for p in params:
             for w in task.windows:
-                window = Window(w.start, w.stop)
+                window = Window(w.start, w.stop, w.run_from)
                 result = evaluate_window(self.market, p, window, self.inputs.benchmarks, cfg, self.signals)
                 yield OptOutcome(eval_key(task.inputs, task.engine, task.settings, p, window),
                                  np.ascontiguousarray(result.returns, dtype="<f8").tobytes(), result.turnover,

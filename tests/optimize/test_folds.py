@@ -54,6 +54,8 @@ def test_embargo_respected_and_no_overlap(n_bars: int, spec: FoldSpec, anchored:
         assert len(f.validate) == spec.validate
         assert isinstance(f.train, TrainWindow) and isinstance(f.validate, ValidationWindow)
         assert f.validate.stop <= n_bars
+        # Judged as a run from the training window's start: the window opens with the state the set made.
+        assert f.validate.first_bar == f.train.start and f.validate.run_bars == f.validate.stop - f.train.start
     for a, b in itertools.pairwise(folds):
         assert b.validate.start - a.validate.start == spec.step
         assert not a.validate.overlaps(b.validate)  # one out-of-sample record, no bar counted twice

@@ -169,3 +169,35 @@ def test_a_rung_scored_in_one_pass_gives_each_candidate_exactly_its_own_score() 
     with pytest.raises(TypeError, match="training windows"):
         rung_scores([WindowResult(ValidationWindow(100, 343), results[0].returns, results[0].bench, bench.names,
                                   DAY_MS, 0.0, 0)])
+
+
+def test_a_window_run_from_earlier_bars_opens_with_the_state_they_made(replay_market: Market,
+                                                                       replay_benchmarks: BenchmarkCloses) -> None:
+    """A fold's validation window is judged as a slice of one continuous run from its training window's start:
+    the same returns, bar for bar, as that run's last bars, and only the trades of the scored bars counted.  With
+    a kill-switch that latched before the window (cooldown 0: latched until an operator resets it), the window
+    stays in cash; run from a fresh start the same window would trade."""
+    t_len = len(replay_market.panel.timestamps)
+    cfg = BacktestConfig(bar_ms=DAY_MS)
+    params = StrategyParams(min_quote_volume=0.0)
+    start, stop, run_from = t_len - 200, t_len, t_len - 600
+    carried = evaluate_window(replay_market, params, ValidationWindow(start, stop, run_from), replay_benchmarks, cfg)
+    whole = run_fast(replay_market, params, BacktestConfig(bar_ms=DAY_MS, start=run_from, end=stop - 1))
+    skip = start - run_from
+    assert np.allclose(carried.returns, whole.equity[skip:] / whole.equity[skip - 1:-1] - 1.0, rtol=0, atol=1e-12)
+    assert carried.trades == int(np.count_nonzero(np.asarray(whole.trades.bar) >= start))
+    fresh = evaluate_window(replay_market, params, ValidationWindow(start, stop), replay_benchmarks, cfg)
+    assert fresh.window.first_bar == start and not np.array_equal(fresh.returns, carried.returns)
+    assert ValidationWindow(start, stop, start).first_bar == start
+    with pytest.raises(ValueError, match="cannot run from bar"):
+        ValidationWindow(start, stop, start + 1)
+
+    # A switch that latches within the bars before the window keeps the whole window in cash.
+    touchy = StrategyParams(min_quote_volume=0.0, kill_switch_drawdown=0.05, kill_switch_cooldown=0,
+                            kill_switch_cap=0.5)
+    before = run_fast(replay_market, touchy, BacktestConfig(bar_ms=DAY_MS, start=run_from, end=start - 1))
+    assert before.halted_bar >= 0, "the test needs a switch that latches before the window"
+    latched = evaluate_window(replay_market, touchy, ValidationWindow(start, stop, run_from), replay_benchmarks, cfg)
+    assert np.all(latched.returns == 0.0) and latched.trades == 0
+    rearmed = evaluate_window(replay_market, touchy, ValidationWindow(start, stop), replay_benchmarks, cfg)
+    assert rearmed.trades > 0, "from a fresh start the same set trades in the window"
