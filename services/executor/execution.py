@@ -28,6 +28,7 @@ from services.executor.brokers.base import (
     AmbiguousOrderError,
     Broker,
     DuplicateOrderError,
+    Fill,
     OrderRejectedError,
     OrderState,
     RateLimitedError,
@@ -243,16 +244,20 @@ async def wait_final(broker: Broker, order: OrderState, cid: str, limits: Execut
 
 
 def journal_order(journal: Journal, cycle_id: str, order: OrderState, result: ExecutionResult,
-                  cid: str | None = None) -> None:
+                  cid: str | None = None) -> list[Fill]:
     """Journal the order and its fills under ``cid`` (ours), not the id in the answer: a Binance cancel answer
-    carries the *cancel request's* clientOrderId, which would orphan the fills from their intent."""
+    carries the *cancel request's* clientOrderId, which would orphan the fills from their intent.  Returns the
+    fills journaled now (not those an earlier run, or the boot's reconciliation, had journaled already)."""
     cid = cid or order.client_order_id
     journal.upsert_order(cid, cycle_id, order.exchange_order_id, order.symbol, order.side, order.status,
                          order.qty, order.filled_qty, order.avg_price)
+    new = []
     for f in order.fills:
         if journal.record_fill(f.trade_id, cycle_id, cid, f.symbol, f.side, f.qty, f.price, f.fee, f.ts_ms,
                                fee_base=f.fee_base, fee_quote=f.fee_quote):
             result.new_fills.append((f.trade_id, cid, f.symbol, f.qty, f.price, f.fee))
+            new.append(f)
+    return new
 
 
 def final_status(order: OrderState) -> str:
@@ -358,14 +363,18 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
     """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills."""
     order = await wait_final(broker, order, cid, limits)
     final = final_status(order)
-    if guard is not None:  # what this order took from (buy) or gave to (sell) the plan's cash
-        for f in order.fills:
-            notional = f.qty * f.price
-            guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
     journal.begin()
-    journal_order(journal, plan.cycle_id, order, result, cid)
+    new = journal_order(journal, plan.cycle_id, order, result, cid)
     journal.set_intent_status(cid, final, note)
     journal.commit()
+    if guard is not None:
+        # What this order took from (buy) or gave to (sell) the plan's cash: its fills journaled now only.  The
+        # guard's cash started as the journal's, which already holds the fills journaled before (an order found
+        # working at boot has its fills so far journaled by the reconciliation): counted twice, a resumed sell's
+        # proceeds would let the plan's buys spend cash the journal does not have.
+        for f in new:
+            notional = f.qty * f.price
+            guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
     if final != "filled":
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "

@@ -99,3 +99,58 @@ def test_a_plan_on_data_older_than_a_bar_plus_the_grace_is_refused(rig: Rig) -> 
     assert rig.records.fields("STALE_PLAN")
     fresh = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)])
     assert live_run(rig, fresh).status == "executed"
+
+
+class _Crash(BaseException):
+    """The process dies (nothing after it runs, no except clause of the executor catches it)."""
+
+
+class _CrashAfterPlace:
+    """The broker, except that the process dies right after the exchange accepted an order, before journaling."""
+
+    def __init__(self, inner: CcxtBroker) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def place_market_order(self, *args: Any, **kwargs: Any) -> Any:
+        await self.inner.place_market_order(*args, **kwargs)
+        raise _Crash
+
+
+def test_a_plan_resumed_after_a_crash_never_spends_more_than_the_journals_cash(rig: Rig) -> None:
+    """A sell still working at a crash: the boot's reconciliation journals its fills so far, and the resumed plan
+    starts its budget from the journal's cash, which holds them.  Counting them again when the order is finished
+    (they were, before) let the plan's next buy spend about 6,000 USDT the journal did not have."""
+    from services.executor.runner import journal_portfolio, recover
+
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    assert live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 9000 / btc, btc)])).status == "executed"
+    book = journal_portfolio(rig.journal)
+    held, cash0 = book.holdings["BTC/USDT"], book.cash
+    # The account holds more USDT than the journal trades (it trades at most the configured capital).
+    rig.server.sim.set_balance("USDT", Decimal(str(cash0)) + 50_000)
+    rig.server.sim.configure(market_fill_chunks=3)  # market orders fill in three trades: a sell is found working
+    plan = plan_at(rig, [("BTC/USDT", "sell", held, btc), ("ETH/USDT", "buy", 30_000 / eth, eth)])
+
+    async def crash(b: CcxtBroker) -> str:
+        try:
+            await run_plan(plan, _CrashAfterPlace(b), rig.journal, await b.load_markets(), LIMITS, rig.log, {},
+                           live=LIVE)
+        except _Crash:
+            return "crashed"
+        return "finished"
+
+    assert rig.run(crash) == "crashed"
+
+    async def boot(b: CcxtBroker) -> list[PlanRun]:
+        return await recover(rig.journal, b, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE)
+
+    runs = rig.run(boot)
+    assert [r.plan_id for r in runs] == [plan.plan_id]
+    after = journal_portfolio(rig.journal)
+    proceeds = held * btc
+    assert after.cash >= 0, f"the resumed plan spent more than the journal's cash: {after.cash:.2f} left"
+    # The buy was cut to the cash the plan had (the journal's and the sell's proceeds), not skipped.
+    assert after.holdings.get("ETH/USDT", 0.0) * eth > 0.9 * (cash0 + proceeds) - 200, after
