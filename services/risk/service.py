@@ -111,6 +111,10 @@ class Risk:
         self.stale: DataStale | None = None
         self.max_participation = s.max_participation  # of the decision bar's volume, per leg (capacity.py)
         self.sent = sent  # what plans on the current decision bar sent (the cap is on the bar), kept in aura_state
+        # (cycle id, target id) of the last plan signed: a cycle gets one plan.  Signing every valid copy of a
+        # cycle's target (the executor refuses all but the first) kept a plan "in flight", and a compromised
+        # signal sending one every few seconds starved the stop-loss ticks, which wait for it.
+        self.planned: tuple[str, str] | None = None
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -188,6 +192,7 @@ class Risk:
             self.sent.unsend(bar, body.legs)
             raise
         self.inflight = InFlight(body.plan_id, time.monotonic())
+        self.planned = (body.cycle_id, body.target_id)
         for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
             self.ctx.health.inc("legs_approved", reason=leg.reason)
 
@@ -249,6 +254,14 @@ class Risk:
         except ForgedTarget as exc:
             await self.refuse(target, "forged_target", str(exc), forged=True)
         assert ready is not None
+        # The target names the version signal made it with, and its gates (kill-switch, cooldown, stop-loss, cap)
+        # are the cycle's: never older than the one in force, or a compromised signal could pick an older signed
+        # version (or the shipped defaults, version 0) to re-arm a latch or loosen a stop.  An honest signal is
+        # behind only for the moment a promotion takes to reach it; that cycle is refused, the next one is on time.
+        _, in_force = await self.params.current()
+        if target.params_version < in_force:
+            await self.refuse(target, "superseded_params", f"target made with parameter version "
+                              f"{target.params_version}; version {in_force} is in force")
         try:
             params, version = await self.inputs.params_at(target.params_version)
         except ParamsError as exc:
@@ -258,10 +271,21 @@ class Risk:
             prices = check_target(target, ready, panel, params)
         except ForgedTarget as exc:
             await self.refuse(target, "forged_target", str(exc), forged=True)
+        if self.planned is not None and self.planned[0] == target.cycle_id:
+            if self.planned[1] == target.target_id:  # the same target again (a redelivery): planned already
+                info(ctx.logger, "IDEMPOTENCY", "target already planned", cycle_id=target.cycle_id)
+                return
+            raise Reject("cycle_planned", f"cycle {target.cycle_id} already has a plan (target "
+                         f"{self.planned[1][:24]}); another target for it is not planned")
         basis = await self.basis(INFLIGHT_WAIT_S)
         if basis is None:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
+        if basis.cycle_id == target.cycle_id:
+            # Closed by the executor already (this process restarted since it planned it): nothing to plan.
+            info(ctx.logger, "IDEMPOTENCY", "cycle already closed by the executor; target not planned again",
+                 cycle_id=target.cycle_id, snapshot=basis.snapshot_id)
+            return
         latch = await self.rearm(await self.inputs.latch(), params, target.as_of_ms, basis)
         cost = await self.costs.current()
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a

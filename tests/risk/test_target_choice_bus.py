@@ -1,0 +1,153 @@
+"""What a compromised signal may not choose, on a real nats-server with risk and the executor running:
+
+* **the parameter version of the cycle's gates.**  Targets name the version signal made them with; naming an
+  older, validly signed one (or the shipped defaults) let it pick the kill-switch policy: with a latch that the
+  version in force keeps until an operator resets it, a target naming an earlier version whose switch re-arms
+  after one bar got a buying plan signed and the latch cleared.  Now a target older than the version in force is
+  refused (``superseded_params``), the latch stays.
+* **how many plans a cycle gets.**  Every valid copy of a cycle's target (only its signal state changed) got a
+  plan signed, which the executor refused (the cycle was done) and which risk then held "in flight" for 30 s,
+  skipping every stop-loss tick meanwhile: one copy every few seconds starved the ticks for as long as it went
+  on.  Now a cycle gets one plan: the same target again is acked as planned, another one is dead-lettered
+  (``cycle_planned``), and no plan is left in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from aura.strategy.params import StrategyParams
+from services.risk.latch import LatchDoc, read_latch, write_latch
+from services.signal.service import make_target
+from shared.bus import publish
+from shared.credentials import signing_key
+from shared.live_params import promote, sign_document
+from tests.bus_helpers import (
+    Capture,
+    announce_panel,
+    approved_plans,
+    dead_letters,
+    reforged_target,
+    replay_signal_state,
+    replay_snapshot,
+    role_connections,
+    running,
+    snapshot,
+    until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+FIRST_BAR = 700
+REARMING = StrategyParams(kill_switch_cooldown=1, kill_switch_cap=0.9)  # version 1: re-arms after one bar
+IN_FORCE = StrategyParams()  # version 2: latched until `aura risk reset`
+
+
+async def risk_ready(capture: Capture) -> bool:
+    return any(x["msg"] == "risk ready" for x in capture.fields("BOOT"))
+
+
+async def plans_for(js_operator: Any, cycle_id: str) -> list[Any]:
+    return [p.plan for p in await approved_plans(js_operator) if p.plan.cycle_id == cycle_id]
+
+
+def test_a_target_naming_an_older_parameter_version_is_refused_and_the_latch_stays(nats_server: Any) -> None:
+    settings = nats_server.settings(AURA_RISK_TICK_S="0.2")
+    capture = Capture()
+    out: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with role_connections(settings, "ingest", "signal", "risk", "operator") as js:
+            op = signing_key(settings.keys, "operator")
+            v1 = await promote(js["operator"], sign_document(REARMING, op, "operator:test", "re-arming"), op)
+            v2 = await promote(js["operator"], sign_document(IN_FORCE, op, "operator:test", "latched"), op)
+            assert (v1, v2) == (1, 2)
+            risk_key = signing_key(settings.keys, "risk")
+            await write_latch(js["risk"], LatchDoc(halted=True, cycle_id="c0", latched_at_ms=1_000), risk_key, 0)
+            state = replay_signal_state(FIRST_BAR - 5, FIRST_BAR - 1, IN_FORCE, settings.snapshot_bars)
+            async with running(settings, "executor", "risk", handler=capture):
+                await until(lambda: risk_ready(capture), "risk ready", 120)
+                # Control: the version in force plans the cycle halted, with no buy.
+                cycle_id, panel, markets = replay_snapshot(FIRST_BAR, settings.snapshot_bars)
+                ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+                honest, state = make_target(ready, panel, IN_FORCE, v2, state)
+                assert honest.weights, "the genuine target should want to buy something"
+                await publish(js["signal"], honest, msg_id=honest.target_id)
+                out["control"] = (await until(lambda: plans_for(js["operator"], cycle_id), "the control plan"))[0]
+                # The attack, next cycle: a target made with version 1, consistent in everything risk checks.
+                cycle_id, panel, markets = replay_snapshot(FIRST_BAR + 1, settings.snapshot_bars)
+                ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+                older, state = make_target(ready, panel, REARMING, v1, state)
+                await publish(js["signal"], older, msg_id=older.target_id)
+
+                async def refused() -> list[Any]:
+                    return [x for x in await dead_letters(js["operator"], "risk") if x.reason == "superseded_params"]
+
+                out["letters"] = await until(refused, "the older version's target to be refused")
+
+                async def closed() -> Any:
+                    snap = await snapshot(js["operator"])
+                    return snap if snap.cycle_id == cycle_id else None
+
+                out["snap"] = await until(closed, "the attacked cycle to close (aborted)")
+                await asyncio.sleep(1.0)  # ticks on the version in force
+                out["plans"] = await plans_for(js["operator"], cycle_id)
+                out["latch"] = (await read_latch(js["operator"], risk_key.public_key()))[0]
+
+    asyncio.run(scenario())
+    control = out["control"]
+    assert control.halted and not any(leg.side == "buy" for leg in control.legs), control
+    assert out["plans"] == [], "risk signed a plan with a version older than the one in force"
+    assert "version 1; version 2 is in force" in out["letters"][0].error
+    assert out["snap"].status == "aborted" and not out["snap"].holdings
+    assert out["latch"].halted, "the latch the version in force keeps was cleared"
+
+
+def test_a_cycle_gets_one_plan_however_many_valid_targets_name_it(nats_server: Any) -> None:
+    settings = nats_server.settings(AURA_RISK_TICK_S="0.2")
+    capture = Capture()
+    out: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with role_connections(settings, "ingest", "signal", "operator") as js:
+            params = StrategyParams()
+            state = replay_signal_state(FIRST_BAR - 5, FIRST_BAR - 1, params, settings.snapshot_bars)
+            async with running(settings, "executor", "risk", handler=capture):
+                await until(lambda: risk_ready(capture), "risk ready", 120)
+                cycle_id, panel, markets = replay_snapshot(FIRST_BAR, settings.snapshot_bars)
+                ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+                genuine, state = make_target(ready, panel, params, 0, state)
+                await publish(js["signal"], genuine, msg_id=genuine.target_id)
+
+                async def executed() -> Any:
+                    snap = await snapshot(js["operator"])
+                    return snap if snap.cycle_id == cycle_id and snap.status == "executed" else None
+
+                out["held"] = await until(executed, "the genuine cycle to execute")
+                # The same target again (its message id changed, so the stream keeps it), then three copies that
+                # differ only in the signal state they carry: each one risk would have signed.
+                await publish(js["signal"], genuine, msg_id=genuine.target_id + "-again")
+                for n in range(3):
+                    copy = reforged_target(genuine, signal_state={"n": n})
+                    await publish(js["signal"], copy, msg_id=copy.target_id)
+
+                async def letters() -> list[Any]:
+                    found = [x for x in await dead_letters(js["operator"], "risk") if x.reason == "cycle_planned"]
+                    return found if len(found) == 3 else []
+
+                out["letters"] = await until(letters, "the three copies to be refused")
+                out["plans"] = await plans_for(js["operator"], cycle_id)
+                skipped = len([r for r in capture.records if r.getMessage() == "tick skipped: a plan is in flight"])
+                await asyncio.sleep(1.5)  # seven tick periods: none may wait for a plan
+                out["skipped"] = len([r for r in capture.records
+                                      if r.getMessage() == "tick skipped: a plan is in flight"]) - skipped
+                out["planned_again"] = [x for x in capture.fields("IDEMPOTENCY")
+                                        if x["msg"] == "target already planned"]
+
+    asyncio.run(scenario())
+    assert out["held"].holdings, "the genuine target should buy something"
+    assert len(out["plans"]) == 1, f"{len(out['plans'])} plans signed for one cycle"
+    assert out["planned_again"], "the same target again was not recognised as planned"
+    assert out["skipped"] == 0, f"{out['skipped']} stop-loss ticks skipped for a plan in flight after the copies"
