@@ -6,9 +6,10 @@ names every ``DataReady`` and ``DataStale`` so, risk and the executor read the b
 add at most one equity point per bar that has closed, never one per message (the kill-switch's rolling window
 counts those points, so junk ids would dilute it).
 
-``stale_notice_problem`` is the one check of a ``DataStale`` that risk (before refusing targets on older data)
-and the executor (before letting an abort of that cycle become an equity point) both make; each brings its own
-clock (risk: services/risk/stale.py; the executor: the venue's clock, or the replay's newest bar).
+``notice_problem`` is the one check of a ``DataStale`` that risk (before refusing targets on older data) and the
+executor (before letting an abort of that cycle become an equity point) both make, and the executor makes it of
+a ``DataReady`` too; each brings its own clock (risk: services/risk/stale.py; the executor: the venue's clock,
+or the replay's newest bar).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import calendar
 import time
 
 from aura.strategy.schedule import timeframe_ms
-from shared.contracts import DataStale
+from shared.contracts import DataReady, DataStale
 
 
 def cycle_id_for(timeframe: str, as_of_ms: int) -> str:
@@ -34,14 +35,15 @@ def as_of_of_cycle(cycle_id: str) -> int | None:
         return None
 
 
-def stale_notice_problem(stale: DataStale, timeframe: str, now_ms: int, clock: str) -> str:
-    """Why ``stale`` may not count ('' when it may): a notice of another timeframe, one whose id does not name
+def notice_problem(notice: DataStale | DataReady, timeframe: str, now_ms: int, clock: str) -> str:
+    """Why ``notice`` may not count ('' when it may): a notice of another timeframe, one whose id does not name
     its own bar, or one dated more than one bar after ``now_ms`` (what ``clock`` says now)."""
-    if stale.timeframe != timeframe:
-        return f"stale notice {stale.cycle_id[:80]!r} is for {stale.timeframe[:20]!r} bars, not {timeframe}"
-    named = cycle_id_for(timeframe, stale.as_of_ms)
-    if stale.cycle_id != named:
-        return f"stale notice {stale.cycle_id[:80]!r} does not name its bar (as of {stale.as_of_ms}: {named})"
-    if stale.as_of_ms > now_ms + timeframe_ms(timeframe):
-        return f"stale notice {named} is dated more than one bar after {clock} ({now_ms})"
+    what = "stale notice" if isinstance(notice, DataStale) else "data notice"
+    if notice.timeframe != timeframe:
+        return f"{what} {notice.cycle_id[:80]!r} is for {notice.timeframe[:20]!r} bars, not {timeframe}"
+    named = cycle_id_for(timeframe, notice.as_of_ms)
+    if notice.cycle_id != named:
+        return f"{what} {notice.cycle_id[:80]!r} does not name its bar (as of {notice.as_of_ms}: {named})"
+    if notice.as_of_ms > now_ms + timeframe_ms(timeframe):
+        return f"{what} {named} is dated more than one bar after {clock} ({now_ms})"
     return ""

@@ -304,6 +304,13 @@ class Journal:
         """Whether a snapshot already closes ``cycle_id``."""
         return self.db.execute("SELECT 1 FROM snapshots WHERE cycle_id=? LIMIT 1", (cycle_id,)).fetchone() is not None
 
+    def newest_bar_cycle(self, timeframe: str) -> str | None:
+        """The newest data cycle of ``timeframe`` a snapshot closes (ids ``<timeframe>-YYYYmmddTHHMM`` sort as their
+        bars do, shared/cycles.py); None before the first."""
+        row = self.db.execute("SELECT MAX(cycle_id) FROM snapshots WHERE cycle_id LIKE ?", (f"{timeframe}-%",)
+                              ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
     def plan_status(self, plan_id: str) -> str | None:
         row = self.db.execute("SELECT status FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
         return row[0] if row else None

@@ -64,7 +64,7 @@ from shared.contracts import (
     subject_of,
 )
 from shared.credentials import signing_key, trusted_key
-from shared.cycles import as_of_of_cycle, cycle_id_for, stale_notice_problem
+from shared.cycles import as_of_of_cycle, notice_problem
 from shared.logging import error, info, warn
 from shared.service import ServiceContext
 from shared.signing import SignatureError, sign_struct, verify_plan
@@ -334,26 +334,30 @@ class Executor:
 
     async def _announced(self, cycle_id: str) -> bool:
         """Whether ``cycle_id`` is a cycle ingest announced last, under the id of its bar (shared/cycles.py): the
-        newest DataReady's, or the newest DataStale's if dated at most one bar after now.  Now is the venue's
-        clock (read only for such a notice), in the replay the newest bar announced or closed (two stale bars in a
-        row are each one bar after the one before).  A cycle closes once, so aborts add at most one equity point
-        per bar, never one per notice a compromised ingest invents.  A malformed message is stepped over."""
+        newest DataReady's or DataStale's, dated at most one bar after now and after the newest bar a snapshot
+        closed.  Now is the venue's clock (read only for such an abort), in the replay the newest bar announced
+        or closed (two stale bars in a row are each one bar after the one before).  A cycle closes once and bars
+        only move forward, so aborts add at most about one equity point per bar, never one per notice a
+        compromised ingest invents (announcing bars to come, or bars long gone).  A malformed message is
+        stepped over."""
         s = self.ctx.settings
-        ready = await newest_valid(self.ctx.js, DataReady)
-        if ready is not None and cycle_id == ready.cycle_id:
-            return cycle_id == cycle_id_for(s.timeframe, ready.as_of_ms)
-        stale = await newest_valid(self.ctx.js, DataStale)
-        if stale is None or cycle_id != stale.cycle_id:
+        named = as_of_of_cycle(cycle_id)
+        closed = as_of_of_cycle(self.journal.newest_bar_cycle(s.timeframe) or "")
+        if named is None or (closed is not None and named <= closed):
             return False
+        ready = await newest_valid(self.ctx.js, DataReady)
+        notice: DataReady | DataStale | None = ready
+        if ready is None or cycle_id != ready.cycle_id:
+            notice = await newest_valid(self.ctx.js, DataStale)
+            if notice is None or cycle_id != notice.cycle_id:
+                return False
         now, clock = 0, "the replay's newest bar"
         if s.ingest_source == "replay":  # only the replay reads its clock from the bars (and the journal)
-            latest = self.journal.latest_snapshot()
-            now = max(ready.as_of_ms if ready is not None else 0,
-                      (as_of_of_cycle(latest.cycle_id) or 0) if latest is not None else 0)
+            now = max(ready.as_of_ms if ready is not None else 0, closed or 0)
         if not now:
             now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
             self.outage.answered()  # an abort waited out an outage for this read: the exchange is back
-        return not stale_notice_problem(stale, s.timeframe, now, clock)
+        return not notice_problem(notice, s.timeframe, now, clock)
 
     async def _on_aborted(self, msg: Msg) -> None:
         try:

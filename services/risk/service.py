@@ -73,7 +73,7 @@ from shared.contracts import (
     TargetPortfolio,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.cycles import stale_notice_problem
+from shared.cycles import notice_problem
 from shared.live_params import ParamsError
 from shared.logging import error, info, warn
 from shared.params_tracker import ParamsTracker
@@ -208,7 +208,7 @@ class Risk:
         async with self.lock:
             s = self.ctx.settings
             now, clock = await notice_clock(self.prices, self.inputs, s.ingest_source, self.stale)
-            problem = stale_notice_problem(stale, s.timeframe, now, clock)
+            problem = notice_problem(stale, s.timeframe, now, clock)
             if problem:
                 self.ctx.health.inc("stale_notices_refused")
                 raise Reject("stale_out_of_bounds", problem)
