@@ -328,8 +328,11 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if guard is not None and leg.side == "buy" and qty > 0:
             quote_amount, budget_note = buy_budget(qty, price, rules[leg.symbol], limits, guard)
             note = "; ".join(x for x in (note, budget_note) if x)
-            if quote_amount <= 0:
-                qty = 0.0
+            # A venue that cannot buy by quote amount (ccxt's createMarketBuyOrderWithCost) buys ``qty``: never
+            # more than the budget buys at the price just read, with the deviation the guard allows as headroom
+            # for the price moving before the match.  (Binance spends ``quote_amount`` exactly.)
+            affordable = quote_amount / (price * (1.0 + guard.max_price_deviation)) if quote_amount > 0 else 0.0
+            qty = min(qty, floor_to_step(affordable, rules[leg.symbol].step_size))
         if note:
             result.reasons.append(f"leg {leg.index} {leg.symbol}: {note}")
         if qty <= 0:

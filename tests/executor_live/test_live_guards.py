@@ -154,3 +154,22 @@ def test_a_plan_resumed_after_a_crash_never_spends_more_than_the_journals_cash(r
     assert after.cash >= 0, f"the resumed plan spent more than the journal's cash: {after.cash:.2f} left"
     # The buy was cut to the cash the plan had (the journal's and the sell's proceeds), not skipped.
     assert after.holdings.get("ETH/USDT", 0.0) * eth > 0.9 * (cash0 + proceeds) - 200, after
+
+
+def test_a_venue_that_cannot_buy_by_quote_amount_still_spends_at_most_the_journals_cash(rig: Rig) -> None:
+    """Without ccxt's createMarketBuyOrderWithCost (Bitstamp, Gemini, Bitfinex...) a buy goes out by quantity:
+    the quantity must be cut to what the budget buys.  It was not: two 6,000 USDT buys on 10,000 of journal cash
+    spent 11,999.40."""
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    rig.server.sim.set_balance("USDT", 50_000)  # the account holds more than the journal trades
+    before = rig.server.sim.free("USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 6000 / btc, btc), ("ETH/USDT", "buy", 6000 / eth, eth)])
+
+    async def scenario(b: CcxtBroker) -> PlanRun:
+        b.exchange.has = {**b.exchange.has, "createMarketBuyOrderWithCost": False}
+        return await run_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE)
+
+    run = rig.run(scenario)
+    spent_now = spent(rig, before)
+    assert Decimal("9000") < spent_now <= Decimal("10000"), f"spent {spent_now} of the journal's 10,000"
+    assert any("buy limited" in r for r in run.reasons), run.reasons
