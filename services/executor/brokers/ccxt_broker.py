@@ -46,6 +46,7 @@ _UNIFIED_STATUS = {"closed": "filled", "canceled": "canceled", "cancelled": "can
 _AUTH_CODES = {-1002, -1022, -2014, -2015}
 _UNKNOWN_OUTCOME_CODES = {-1000, -1001, -1006, -1007, -1008, -1004}  # "execution status unknown" family
 _NOT_FOUND_CODES = {-2011, -2013}
+TRADES_PAGE = 1000  # Binance myTrades' largest page
 
 
 def _rewrite(urls: Any, base_url: str) -> Any:
@@ -333,12 +334,21 @@ class CcxtBroker:
                           qty=float(order.get("amount") or 0.0), filled_qty=filled, avg_price=avg, fills=fills)
 
     async def _order_trades(self, sym: str, order_id: str) -> list[dict[str, Any]]:
-        params = {"orderId": order_id} if self._binance else {}
-        try:
-            trades = await self.exchange.fetch_my_trades(sym, None, None, params)
-        except Exception as exc:
-            raise self.map_error(exc, placing=False) from exc
-        return [t for t in trades if str(t.get("order")) == order_id]
+        """Every trade of the order.  Binance answers myTrades a page at a time (500 by default, at most
+        ``TRADES_PAGE``): an order matched in more pieces than one page was journaled short, its intent final,
+        so the pages are read on (``fromId`` after the last one) until one comes back short."""
+        params: dict[str, Any] = {"orderId": order_id} if self._binance else {}
+        limit = TRADES_PAGE if self._binance else None
+        found: dict[str, dict[str, Any]] = {}
+        while True:
+            try:
+                page = await self.exchange.fetch_my_trades(sym, None, limit, params)
+            except Exception as exc:
+                raise self.map_error(exc, placing=False) from exc
+            found.update((str(t.get("id")), t) for t in page if str(t.get("order")) == order_id)
+            if limit is None or len(page) < limit:
+                return list(found.values())
+            params = {"orderId": order_id, "fromId": max(int(t["id"]) for t in page) + 1}
 
     def _fill(self, sym: str, order: dict[str, Any], trade: dict[str, Any], order_ts: int) -> Fill:
         price, qty = float(trade.get("price") or 0.0), float(trade.get("amount") or 0.0)
