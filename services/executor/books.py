@@ -122,11 +122,12 @@ async def confirmed_balances(broker: Broker, logger: logging.Logger, reads: int 
     must neither create a surplus nor hide one)."""
     last: dict[str, float] | None = None
     agreeing = 0
+    failure: TransientBrokerError | None = None
     for attempt in range(1, max_reads + 1):
         try:
             current = await broker.fetch_free_balances()
         except TransientBrokerError as exc:
-            last, agreeing = None, 0
+            last, agreeing, failure = None, 0, exc
             pause = max(delay_s, rate_limit_pause(exc))
             warn(logger, "RECONCILE", "balance read failed", attempt=attempt, retry_in_s=pause, error=str(exc)[:200])
             await asyncio.sleep(pause)
@@ -139,6 +140,10 @@ async def confirmed_balances(broker: Broker, logger: logging.Logger, reads: int 
         if agreeing >= reads:
             return current
         await asyncio.sleep(delay_s)
+    # The last read's failure, if one failed, is what /readyz and the logs name (a refused key reads differently
+    # from a 503), and keeps its class (CredentialsRejected, RateLimitedError).
+    if failure is not None:
+        raise type(failure)(f"exchange balances could not be read consistently: {failure}")
     raise TransientBrokerError("exchange balances could not be read consistently")
 
 

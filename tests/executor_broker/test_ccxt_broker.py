@@ -13,7 +13,7 @@ from aura.exchange_sim import Fault, SimServer
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
     AmbiguousOrderError,
-    BrokerError,
+    CredentialsRejected,
     DuplicateOrderError,
     OrderRejectedError,
     OrderState,
@@ -214,11 +214,12 @@ def test_quantity_below_one_lot_is_rejected_without_a_request(sim_server: SimSer
     assert "POST /api/v3/order" not in sim_server.sim.faults.counts()
 
 
-def test_bad_credentials_are_a_permanent_error(sim_server: SimServer) -> None:
+def test_bad_credentials_are_refused_as_the_environments_fault(sim_server: SimServer) -> None:
+    """A key the exchange refuses is not a verdict on any plan: plans wait for it (services/executor/outage.py)."""
     async def scenario(b: CcxtBroker) -> None:
-        with pytest.raises(BrokerError) as err:
+        with pytest.raises(CredentialsRejected) as err:
             await b.fetch_free_balances()
-        assert type(err.value) is BrokerError and not err.value.transient
+        assert err.value.transient and "rejected the credentials" in str(err.value)
 
     run_with_broker(sim_server, scenario, secret="not-the-secret")
 

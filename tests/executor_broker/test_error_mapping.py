@@ -11,7 +11,7 @@ import pytest
 
 from services.executor.brokers.base import (
     AmbiguousOrderError,
-    BrokerError,
+    CredentialsRejected,
     DuplicateOrderError,
     OrderRejectedError,
     RateLimitedError,
@@ -56,8 +56,11 @@ CASES = [
      TransientBrokerError, None),
     (ccxt.InvalidNonce(body(-1021, "Timestamp for this request is outside of the recvWindow.")), True,
      TransientBrokerError, None),
-    (ccxt.AuthenticationError(body(-1022, "Signature for this request is not valid.")), False, BrokerError, None),
-    (ccxt.DDoSProtection(body(-2015, "Invalid API-key, IP, or permissions for action.")), True, BrokerError, None),
+    # The key, its signature, the IP or the permissions refused (nothing done): the environment, waited out.
+    (ccxt.AuthenticationError(body(-1022, "Signature for this request is not valid.")), False, CredentialsRejected,
+     None),
+    (ccxt.DDoSProtection(body(-2015, "Invalid API-key, IP, or permissions for action.")), True, CredentialsRejected,
+     None),
 ]
 
 

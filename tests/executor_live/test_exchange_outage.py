@@ -93,6 +93,44 @@ def test_a_plan_waits_through_an_exchange_outage_and_trades_after_it(nats_server
     assert [f for f in down if "answers again" in f["msg"]], "no log line when the exchange answered again"
 
 
+def test_a_key_the_exchange_refuses_holds_the_plan_until_it_is_accepted(nats_server: NatsEndpoint, sim: SimServer,
+                                                                        quick_retries: None) -> None:
+    """Binance's -2015 (key, IP or permissions refused; also what it answers during a temporary ban) is no
+    verdict on the plan: a revoked key or an egress IP off the whitelist is fixed by an operator, and the signed
+    plan (perhaps a stop-loss exit) must still be there.  It was dead-lettered after MAX_DELIVERIES."""
+    settings = live_settings(nats_server, sim)
+    capture = Capture()
+    refused = '{"code":-2015,"msg":"Invalid API-key, IP, or permissions for action."}'
+
+    def deliveries() -> int:
+        return max([int(f.get("delivery", 0)) for f in capture.fields("EXCHANGE_DOWN")], default=0)
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js, \
+                running(settings, "executor", handler=capture) as services:
+            health = services["executor"].health
+            basis = (await snapshot(js["operator"])).snapshot_id
+            sim.sim.faults.add(Fault("http_error", "GET", "/api/v3/account", count=None, status=401, body=refused))
+            body = await publish_plan(js["risk"], settings, sim, "1d-exit", basis, ("BTC/USDT", "buy", 0.01))
+
+            async def past_max() -> bool:
+                return deliveries() >= MAX_DELIVERIES + 1
+
+            await until(past_max, "deliveries past MAX_DELIVERIES", timeout=90)
+            during = health.readiness()
+            letters_during = await dead_letters(js["operator"], "executor")
+            sim.sim.faults.clear()
+            snap = await until(closed_by(js["operator"], body), "the plan to trade once the key is accepted", 90)
+            return {"during": during, "letters_during": letters_during, "snap": snap,
+                    "letters": await dead_letters(js["operator"], "executor")}
+
+    out = asyncio.run(scenario())
+    assert out["letters_during"] == [] and out["letters"] == [], "a plan was dead-lettered over a refused key"
+    ok, detail = out["during"]
+    assert not ok and "rejected the credentials" in detail["exchange"], detail
+    assert out["snap"].status == "executed" and out["snap"].holdings.get("BTC/USDT", 0) > 0
+
+
 def test_an_exchange_down_at_boot_is_waited_for_not_a_crash(nats_server: NatsEndpoint, sim: SimServer,
                                                              quick_retries: None) -> None:
     """Boot needs the exchange (its rules, and its balances for the genesis): while it does not answer the

@@ -24,6 +24,14 @@ class TransientBrokerError(BrokerError):
     transient = True
 
 
+class CredentialsRejected(TransientBrokerError):
+    """The exchange refused the API key, its signature, the caller's IP or the key's permissions (Binance -1002,
+    -1022, -2014, -2015), before anything reached the matching engine.  The environment's fault, not the plan's:
+    a revoked or mistyped key, an egress IP off the key's whitelist, or (-2015) a temporary ban.  So a plan
+    waits for it like an outage (unacknowledged, /readyz red with the reason) and is never dead-lettered over it:
+    once the operator fixes the key it runs, or, past its bar, is refused as stale and journaled."""
+
+
 class RateLimitedError(TransientBrokerError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)

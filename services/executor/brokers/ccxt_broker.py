@@ -24,6 +24,7 @@ from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
     AmbiguousOrderError,
     BrokerError,
+    CredentialsRejected,
     DuplicateOrderError,
     Fill,
     OrderRejectedError,
@@ -161,7 +162,7 @@ class CcxtBroker:
         if isinstance(exc, ccxt.DuplicateOrderId) or "Duplicate order sent" in text:
             return DuplicateOrderError(text)
         if code in _AUTH_CODES or (code is None and isinstance(exc, ccxt.AuthenticationError)):
-            return BrokerError(f"exchange rejected the credentials: {text}")
+            return CredentialsRejected(f"exchange rejected the credentials: {text}")
         if code in (-1003, -1015) or isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
             return RateLimitedError(text, retry_after_s=self._retry_after())
         if code == -1021 or isinstance(exc, ccxt.InvalidNonce):
