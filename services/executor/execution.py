@@ -260,6 +260,18 @@ def journal_order(journal: Journal, cycle_id: str, order: OrderState, result: Ex
     return new
 
 
+def _spend(guard: LiveGuard | None, new: list[Fill]) -> None:
+    """What an order took from (buy) or gave to (sell) the plan's cash: its fills journaled now only.  The
+    guard's cash started as the journal's, which already holds the fills journaled before (an order found
+    working at boot has its fills so far journaled by the reconciliation): counted twice, a resumed sell's
+    proceeds would let the plan's buys spend cash the journal does not have."""
+    if guard is None:
+        return
+    for f in new:
+        notional = f.qty * f.price
+        guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
+
+
 def final_status(order: OrderState) -> str:
     if order.filled_qty >= order.qty - 1e-12 and order.filled_qty > 0:
         return "filled"
@@ -365,19 +377,24 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
                         guard: LiveGuard | None = None) -> None:
     """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills."""
     order = await wait_final(broker, order, cid, limits)
+    if not order.is_final:
+        # Still working after its cancel (the exchange has not answered it as done): journaled as a final
+        # status, the intent would leave the open set and fills that come later would never be journaled.  Its
+        # fills so far are journaled, the intent stays open ("acked"), and the plan is retried: the restart path
+        # looks the order up again, as the boot's reconciliation does.
+        journal.begin()
+        new = journal_order(journal, plan.cycle_id, order, result, cid)
+        journal.set_intent_status(cid, "acked", f"still {order.status} after its cancel")
+        journal.commit()
+        _spend(guard, new)
+        raise TransientBrokerError(f"order {cid} ({order.symbol}) still {order.status} after its cancel; "
+                                   "looked up again when the plan is retried")
     final = final_status(order)
     journal.begin()
     new = journal_order(journal, plan.cycle_id, order, result, cid)
     journal.set_intent_status(cid, final, note)
     journal.commit()
-    if guard is not None:
-        # What this order took from (buy) or gave to (sell) the plan's cash: its fills journaled now only.  The
-        # guard's cash started as the journal's, which already holds the fills journaled before (an order found
-        # working at boot has its fills so far journaled by the reconciliation): counted twice, a resumed sell's
-        # proceeds would let the plan's buys spend cash the journal does not have.
-        for f in new:
-            notional = f.qty * f.price
-            guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
+    _spend(guard, new)
     if final != "filled":
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "

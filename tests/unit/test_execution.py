@@ -240,3 +240,44 @@ def test_full_exit_after_float_noisy_fills_is_not_an_overdraft(journal: Journal)
                               RULES, LIMITS, LOG))
     assert result.status == "executed", result.reasons
     assert broker.balances["BTC"] == 0.0
+
+
+class CancelNotFinal(CountingPaper):
+    """The venue matches the order, but answers it (and its cancel) as still working until ``stuck`` is cleared:
+    a cancel the exchange has not finished, or answers late."""
+
+    stuck = True
+
+    def _shown(self, order: OrderState | None) -> OrderState | None:
+        if order is None or not self.stuck:
+            return order
+        return OrderState(order.client_order_id, order.exchange_order_id, order.symbol, order.side,
+                          "partially_filled", order.qty, order.filled_qty, order.avg_price, order.fills)
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
+        return self._shown(await super().place_market_order(symbol, side, qty, client_order_id, ref_price,
+                                                            quote_amount))  # type: ignore[return-value]
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        return self._shown(await super().fetch_order(symbol, client_order_id))
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        return self._shown(await super().cancel_order(symbol, client_order_id))
+
+
+def test_an_order_still_working_after_its_cancel_stays_open_and_is_finished_on_retry(journal: Journal) -> None:
+    """Journaled as final, an order still working would leave the open set and its later fills would never be
+    journaled: it stays "acked" (its fills so far journaled, once), the plan is retried, and the retry finishes it
+    from the exchange's answer without placing it again."""
+    broker = CancelNotFinal({"USDT": 10_000.0}, RULES, fee_rate=0.001, slippage_bps=0.0)
+    p = plan(BUYS[:1])
+    quick = ExecutionLimits(max_order_usdt=1e9, backoff_s=0.0, fill_poll_s=0.0, fill_timeout_s=0.05)
+    with pytest.raises(TransientBrokerError, match="still partially_filled after its cancel"):
+        run(execute_plan(p, broker, journal, RULES, quick, LOG))
+    cid = client_order_id(p.plan_id, 0)
+    assert journal.intent_state(cid)[0] == "acked" and journal.count("fills") == 1
+    broker.stuck = False
+    done = run(execute_plan(p, broker, journal, RULES, quick, LOG))
+    assert journal.intent_state(cid)[0] == "filled" and done.status == "executed"
+    assert broker.place_calls == 1 and journal.count("fills") == 1
