@@ -289,15 +289,19 @@ class StreamSpec(msgspec.Struct, frozen=True):
     max_msg_size: int = 64 * KIB
     max_msgs: int = -1
     retention: str = "limits"  # "workqueue": a message is removed once its consumer acks it (optimizer tasks)
+    max_msgs_per_subject: int = -1  # each subject keeps at most this many, dropping its own oldest
 
 
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("AURA_DATA", [DataReady.SUBJECT, DataStale.SUBJECT], max_age_s=7 * 86400, max_bytes=256 * MIB),
     StreamSpec("AURA_TARGETS", [TargetPortfolio.SUBJECT], max_age_s=7 * 86400, max_bytes=256 * MIB),
     # Aborted-cycle notices share the plans stream so the executor's single consumer sees them in cycle order
-    # and closes every cycle in its journal; they carry no legs and are never executed.
+    # and closes every cycle in its journal; they carry no legs and are never executed.  Three publishers may
+    # write aborts (ingest, signal, risk), so a flood of them must not push out a plan the executor has not read:
+    # each subject keeps its own newest 1000, and the four subjects together (4 x 1000 x 64 KiB =
+    # 250 MiB) can never reach max_bytes, so a flood on one subject only drops that subject's oldest messages.
     StreamSpec("AURA_PLANS", [ApprovedPlan.SUBJECT, CycleAborted.SUBJECT + ".*"], max_age_s=30 * 86400,
-               max_bytes=256 * MIB),
+               max_bytes=256 * MIB, max_msgs_per_subject=1000),
     StreamSpec("AURA_EXEC", [FillMsg.SUBJECT, PortfolioSnapshot.SUBJECT], max_age_s=30 * 86400,
                max_bytes=512 * MIB),
     StreamSpec("AURA_DLQ", [DeadLetter.SUBJECT + ".>"], max_age_s=30 * 86400, max_bytes=256 * MIB,

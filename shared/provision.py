@@ -45,7 +45,8 @@ def stream_configs(dedup_window_s: float) -> list[js_api.StreamConfig]:
         # A full work queue refuses new tasks (the coordinator hears it) rather than dropping queued ones unseen.
         discard=js_api.DiscardPolicy.NEW if spec.retention == "workqueue" else js_api.DiscardPolicy.OLD,
         max_age=spec.max_age_s, max_msgs=spec.max_msgs, max_bytes=spec.max_bytes, max_msg_size=spec.max_msg_size,
-        duplicate_window=dedup_window_s, allow_direct=True) for spec in STREAMS]
+        max_msgs_per_subject=spec.max_msgs_per_subject, duplicate_window=dedup_window_s, allow_direct=True)
+        for spec in STREAMS]
     # The candle object store's stream, as nats-py would make it, but with bounds: discard OLD so a long fast
     # replay drops its oldest panels instead of refusing new ones.
     for bucket, ttl, max_bytes in ((CANDLE_BUCKET, CANDLE_TTL_S, CANDLE_MAX_BYTES),

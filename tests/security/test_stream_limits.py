@@ -50,3 +50,40 @@ def test_provisioned_streams_carry_the_documented_limits(nats_server: NatsEndpoi
             await nc.close()
 
     assert asyncio.run(read()) == EXPECTED
+
+
+def test_a_flood_of_aborts_never_pushes_an_unread_plan_out_of_the_plans_stream(nats_server: NatsEndpoint) -> None:
+    """Ingest, signal and risk may each publish aborts on AURA_PLANS, beside risk's plans.  With only the stream's
+    byte limit (discard old), 60 KB aborts from a compromised signal evicted a signed plan the executor had not read
+    yet.  Each subject now keeps its own newest 1000, and four subjects of 1000 messages of at most 64 KiB cannot
+    reach the byte limit: the flood drops its own oldest aborts, the plan stays."""
+    per_subject, subjects = 1000, 4  # the table's figure; aura.plans.approved and three abort subjects
+
+    async def scenario() -> dict[str, int]:
+        out: dict[str, int] = {}
+        nc_risk, nc_signal, nc_op = [await nats_server.connect(p) for p in ("risk", "signal", "operator")]
+        try:
+            config = (await nc_op.jetstream().stream_info("AURA_PLANS")).config
+            out["per_subject"] = int(config.max_msgs_per_subject or -1)
+            out["room"] = int(config.max_bytes or 0) - subjects * per_subject * int(config.max_msg_size or 0)
+            plan = await nc_risk.jetstream().publish("aura.plans.approved", b'{"v":1,"plan":"unread"}')
+            junk = b'{"v":1,"cycle_id":"junk","stage":"signal","reason":"' + b"x" * 60_000 + b'"}'
+            js = nc_signal.jetstream()
+            # More than the byte limit holds (4,600 x 60 KB = 276 MB > 256 MiB): without the per-subject cap the
+            # stream would drop its oldest message, the plan.
+            for _ in range(4600):
+                await js.publish("aura.plans.aborted.signal", junk)
+            kept = await nc_op.jetstream().get_msg("AURA_PLANS", seq=plan.seq)
+            out["plan_kept"] = int(kept.data == b'{"v":1,"plan":"unread"}')
+            info = await nc_op.jetstream().stream_info("AURA_PLANS", subjects_filter="aura.plans.aborted.signal")
+            out["aborts_kept"] = int((info.state.subjects or {}).get("aura.plans.aborted.signal", 0))
+        finally:
+            for nc in (nc_risk, nc_signal, nc_op):
+                await nc.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["per_subject"] == per_subject
+    assert out["room"] > 0, "four full subjects could reach the byte limit and evict across subjects"
+    assert out["plan_kept"] == 1, "the flood pushed the unread plan out"
+    assert out["aborts_kept"] == per_subject, out
