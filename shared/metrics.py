@@ -75,6 +75,8 @@ METRICS: dict[str, Metric] = {
     "bar_budget_write_errors": _c("Plans not published: the bar's participation count could not be stored",
                                   owners=RISK),
     "stale_notices_refused": _c("Stale-data notices refused (out of bounds)", owners=RISK),
+    "targets_not_replanned": _c("Targets acked without a plan: their cycle traded already or its plan is in flight",
+                                owners=RISK),
     "drawdown": _g("Rolling drawdown the kill-switch measures", owners=RISK),
     "halted": _g("1 while the kill-switch is latched", owners=RISK),
     "stale_as_of_ms": _g("Bar time of the newest stale-data notice", owners=RISK),

@@ -84,10 +84,14 @@ INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a pl
 MAX_CYCLE_ID = 64  # an abort is published only for a cycle id this short (a forged target's may be anything)
 
 
+TRADED = ("executed", "partial")  # a snapshot status that means the cycle's plan traded (the executor's cycle_done)
+
+
 @dataclass
 class InFlight:
     plan_id: str
     since: float  # monotonic
+    cycle_id: str = ""
 
 
 class Risk:
@@ -111,10 +115,12 @@ class Risk:
         self.stale: DataStale | None = None
         self.max_participation = s.max_participation  # of the decision bar's volume, per leg (capacity.py)
         self.sent = sent  # what plans on the current decision bar sent (the cap is on the bar), kept in aura_state
-        # (cycle id, target id) of the last plan signed: a cycle gets one plan.  Signing every valid copy of a
-        # cycle's target (the executor refuses all but the first) kept a plan "in flight", and a compromised
-        # signal sending one every few seconds starved the stop-loss ticks, which wait for it.
-        self.planned: tuple[str, str] | None = None
+        # The newest cycle a plan of this process traded (executed or partial, by the executor's snapshot).  A
+        # cycle trades once: signing every valid copy of a traded or in-flight cycle's target (the executor
+        # refuses all but one) kept a plan "in flight" 30 s each, and a compromised signal sending one every few
+        # seconds starved the stop-loss ticks, which wait for it.  A cycle closed without trading (aborted by
+        # ingest before its data recovered, or a plan refused on a stale basis) is planned again.
+        self.traded = ""
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -134,15 +140,23 @@ class Risk:
             await asyncio.sleep(0.05)
             snap = await self.inputs.snapshot() or snap
         if self.inflight is not None and snap.plan_id == self.inflight.plan_id:
-            self.inflight = None
+            self.landed(snap)
         return snap
+
+    def landed(self, snap: PortfolioSnapshot) -> None:
+        """The plan in flight is closed by ``snap``: nothing in flight, and its cycle traded if it did."""
+        if snap.status in TRADED:
+            self.traded = snap.cycle_id
+        self.inflight = None
 
     def settled(self, snap: PortfolioSnapshot) -> bool:
         """Whether the plan published last is closed in ``snap`` (or so old it never will be: refused)."""
         if self.inflight is None:
             return True
-        if snap.plan_id == self.inflight.plan_id or \
-                time.monotonic() - self.inflight.since > self.ctx.settings.cycle_timeout_s:
+        if snap.plan_id == self.inflight.plan_id:
+            self.landed(snap)
+            return True
+        if time.monotonic() - self.inflight.since > self.ctx.settings.cycle_timeout_s:
             self.inflight = None
             return True
         return False
@@ -191,8 +205,7 @@ class Risk:
         except Exception:
             self.sent.unsend(bar, body.legs)
             raise
-        self.inflight = InFlight(body.plan_id, time.monotonic())
-        self.planned = (body.cycle_id, body.target_id)
+        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id)
         for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
             self.ctx.health.inc("legs_approved", reason=leg.reason)
 
@@ -219,6 +232,18 @@ class Risk:
             text = "newest stale-data notice at boot" if at_boot else "ingest reports an incomplete snapshot"
             warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
                  missing=stale.missing, reason=stale.reason)
+
+    async def planned_already(self, target: TargetPortfolio) -> bool:
+        """Whether ``target``'s cycle traded already, or its plan is still in flight (then the target is acked
+        with a log line and no plan: a redelivery, an ingest retry, or a copy sent to hold the ticks off)."""
+        inflight = self.inflight is not None and self.inflight.cycle_id == target.cycle_id and \
+            time.monotonic() - self.inflight.since <= self.ctx.settings.cycle_timeout_s
+        if target.cycle_id != self.traded and not inflight:
+            return False
+        self.ctx.health.inc("targets_not_replanned")
+        info(self.ctx.logger, "IDEMPOTENCY", "cycle already " + ("traded" if not inflight else "planned, its plan in "
+             "flight") + "; target not planned again", cycle_id=target.cycle_id, target_id=target.target_id[:40])
+        return True
 
     async def refuse(self, target: TargetPortfolio, reason: str, detail: str, forged: bool = False) -> NoReturn:
         """Refuse ``target``: its cycle ends in the journal as aborted, the message is dead-lettered."""
@@ -271,20 +296,15 @@ class Risk:
             prices = check_target(target, ready, panel, params)
         except ForgedTarget as exc:
             await self.refuse(target, "forged_target", str(exc), forged=True)
-        if self.planned is not None and self.planned[0] == target.cycle_id:
-            if self.planned[1] == target.target_id:  # the same target again (a redelivery): planned already
-                info(ctx.logger, "IDEMPOTENCY", "target already planned", cycle_id=target.cycle_id)
-                return
-            raise Reject("cycle_planned", f"cycle {target.cycle_id} already has a plan (target "
-                         f"{self.planned[1][:24]}); another target for it is not planned")
+        if await self.planned_already(target):
+            return
         basis = await self.basis(INFLIGHT_WAIT_S)
         if basis is None:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
-        if basis.cycle_id == target.cycle_id:
-            # Closed by the executor already (this process restarted since it planned it): nothing to plan.
-            info(ctx.logger, "IDEMPOTENCY", "cycle already closed by the executor; target not planned again",
-                 cycle_id=target.cycle_id, snapshot=basis.snapshot_id)
+        if basis.cycle_id == target.cycle_id and basis.status in TRADED:
+            self.traded = target.cycle_id  # traded by a plan of an earlier run of this process
+        if await self.planned_already(target):
             return
         latch = await self.rearm(await self.inputs.latch(), params, target.as_of_ms, basis)
         cost = await self.costs.current()
