@@ -388,6 +388,18 @@ class Executor:
             self.journal.commit()
             await msg.ack()
             return
+        if self.journal.initial_cash() is None:
+            # An empty journal waiting for the operator's adoption (live, coins on the exchange): a snapshot now
+            # would book the portfolio at zero cash, and the adoption, seeing a journal that is no longer empty,
+            # would write no genesis and keep that zero.  The cycle is journaled as an event only.
+            warn(self.ctx.logger, "RECONCILE", "abort notice while the journal has no genesis (waiting for `aura "
+                 "journal adopt`); journaled as an event only", cycle_id=aborted.cycle_id, stage=aborted.stage)
+            self.journal.begin()
+            self.journal.event(aborted.cycle_id, "abort_before_genesis", stage=aborted.stage,
+                               reason=aborted.reason[:500])
+            self.journal.commit()
+            await msg.ack()
+            return
         self.journal.begin()
         self.journal.event(aborted.cycle_id, "cycle_aborted", stage=aborted.stage, reason=aborted.reason)
         snap = self.write_snapshot(aborted.cycle_id, "", "aborted")

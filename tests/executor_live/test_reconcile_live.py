@@ -26,11 +26,21 @@ from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.reconciler import ADOPT_SKEW_MS, POLL_S
 from services.executor.runner import ensure_genesis, write_snapshot
-from shared.bus import state_kv
-from shared.contracts import PortfolioSnapshot
+from shared.bus import publish, state_kv
+from shared.contracts import CycleAborted, DataReady, PortfolioSnapshot
 from shared.credentials import signing_key
+from shared.cycles import cycle_id_for
 from shared.operator_requests import ADOPT_KEY, operator_request, write_request
-from tests.bus_helpers import Capture, dead_letters, publish_buy, role_connections, running, snapshot, until
+from tests.bus_helpers import (
+    Capture,
+    dead_letters,
+    journal_rows,
+    publish_buy,
+    role_connections,
+    running,
+    snapshot,
+    until,
+)
 from tests.conftest import NatsEndpoint
 from tests.executor_live.live_service import closed_by, live_settings, publish_plan
 
@@ -109,7 +119,7 @@ def test_an_empty_journal_beside_coins_halts_until_adopted_then_trades(nats_serv
     btc = float(sim.sim.price("BTCUSDT"))
 
     async def scenario() -> dict[str, Any]:
-        async with role_connections(settings, "risk", "operator") as js, \
+        async with role_connections(settings, "risk", "ingest", "operator") as js, \
                 running(settings, "executor", await_genesis=False) as services:
             health = services["executor"].health
 
@@ -119,6 +129,20 @@ def test_an_empty_journal_beside_coins_halts_until_adopted_then_trades(nats_serv
 
             why = await until(halted, "the executor to halt on the empty journal", timeout=60)
             assert await asyncio.to_thread(lambda: services["executor"].settings.journal_path.exists())
+            # While it waits, a cycle ends without a plan (risk has no basis to plan on): an abort of an announced
+            # bar.  A snapshot of it would book zero cash, and the adoption would then keep that zero.
+            bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
+            cycle_id = cycle_id_for("1d", bar)
+            await publish(js["ingest"], DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=bar, digest="0" * 64,
+                                                  symbols=["BTC/USDT"], bars=1, markets=[]), msg_id=f"r-{cycle_id}")
+            await publish(js["ingest"], CycleAborted(cycle_id=cycle_id, stage="ingest", reason="no basis"),
+                          msg_id=f"a-{cycle_id}")
+
+            async def noted() -> bool:
+                rows = journal_rows(settings, "SELECT count(*) FROM events WHERE kind='abort_before_genesis'")
+                return rows[0][0] == 1
+
+            await until(noted, "the abort to be journaled as an event", timeout=60)
             no_snapshot = await _no_snapshot(js["operator"])
             adopted = await asyncio.to_thread(adopt_with_the_cli, nats_server)
             snap = await snapshot(js["operator"])
