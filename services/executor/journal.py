@@ -311,6 +311,16 @@ class Journal:
                               ).fetchone()
         return str(row[0]) if row and row[0] else None
 
+    def plan_reached_exchange(self, plan_id: str) -> bool:
+        """Whether any leg of ``plan_id`` may have reached the exchange (sent, acked, or final there)."""
+        return self.db.execute("SELECT 1 FROM intents WHERE plan_id=? AND status NOT IN ('pending','unsent',"
+                               "'skipped') LIMIT 1", (plan_id,)).fetchone() is not None
+
+    def skip_pending_intents(self, plan_id: str, reason: str) -> None:
+        """Close the legs of a refused plan that were journaled but never sent."""
+        self.db.execute("UPDATE intents SET status='skipped', reason=?, updated_ts_ms=? WHERE plan_id=? AND "
+                        "status IN ('pending','unsent')", (reason[:500], now_ms(), plan_id))
+
     def plan_status(self, plan_id: str) -> str | None:
         row = self.db.execute("SELECT status FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
         return row[0] if row else None

@@ -170,6 +170,8 @@ def refuse_plan(journal: Journal, plan: PlanBody, marks: dict[str, float], reaso
     journal.begin()
     journal.record_plan(plan.plan_id, plan.cycle_id, plan.gate, plan.params_version, plan.basis_snapshot_id,
                         canonical_bytes(plan).decode(), reasons, status="rejected")
+    journal.set_plan_status(plan.plan_id, "rejected", reasons)  # it may have been journaled as executing
+    journal.skip_pending_intents(plan.plan_id, detail)
     journal.event(plan.cycle_id, "plan_rejected", reason=reason, plan_id=plan.plan_id, **fields)
     snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, "rejected", marks)
     journal.commit()
@@ -192,7 +194,11 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     if status in FINAL_PLAN_STATES:
         return PlanRun(plan.plan_id, plan.cycle_id, str(status), already_final=True)
     marks.update(plan.prices)
-    if status is None and live is not None:
+    # A plan journaled as executing whose legs never reached the exchange (an outage, a refused key or a disk
+    # fault hit before its first order) is as new as one never seen: its data is checked again, else it would
+    # trade whenever the fault clears, however old its bar by then.
+    fresh = status is None or (status == "executing" and not journal.plan_reached_exchange(plan.plan_id))
+    if fresh and live is not None:
         now = await retried(broker.fetch_time, limits, logger, "STALE_PLAN", "exchange clock unreadable; retrying",
                             "exchange clock unreadable")
         age_ms = now - plan.as_of_ms
@@ -203,7 +209,7 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
             return refuse_plan(journal, plan, marks, "stale_plan", f"stale plan: data of {plan.as_of_ms} is "
                                f"{age_ms / 1000:.0f}s old by the exchange's clock (limit "
                                f"{live.plan_max_age_ms / 1000:.0f}s)", as_of_ms=plan.as_of_ms, exchange_ms=now)
-    if status is None and sync is not None:
+    if fresh and sync is not None:
         verdict = await verify_holdings(journal, broker, logger, sync)
         if verdict.status == CONFIRMED:
             error(logger, "SYNC_GUARD", "exchange balances confirmed short of the journal; refusing the plan",

@@ -281,3 +281,56 @@ def test_an_order_still_working_after_its_cancel_stays_open_and_is_finished_on_r
     done = run(execute_plan(p, broker, journal, RULES, quick, LOG))
     assert journal.intent_state(cid)[0] == "filled" and done.status == "executed"
     assert broker.place_calls == 1 and journal.count("fills") == 1
+
+
+class OutageVenue:
+    """A venue whose prices stop answering right after a plan's checks, for as long as ``down``."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.now, self.down, self.placed = 10 * 86_400_000, True, 0
+
+    async def fetch_time(self) -> int:
+        return self.now
+
+    async def fetch_free_balances(self) -> dict[str, float]:
+        return {"USDT": 10_000.0}
+
+    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
+        if self.down:
+            raise TransientBrokerError("503: the outage begins inside the plan")
+        return {s: 40_000.0 for s in symbols}
+
+    async def place_market_order(self, *args: object, **kwargs: object) -> OrderState:
+        self.placed += 1
+        raise AssertionError("a stale plan reached the exchange")
+
+    async def fetch_order(self, symbol: str, cid: str) -> OrderState | None:
+        return None
+
+
+def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(journal: Journal) -> None:
+    """run_plan journals a plan as executing before its first exchange read: an outage there left it executing
+    with nothing sent, and its redelivery days later skipped the stale-plan check (it was not new) and traded."""
+    from services.executor.runner import LivePolicy, ensure_genesis, run_plan
+
+    day = 86_400_000
+    ensure_genesis(journal, 10_000.0)
+    venue = OutageVenue()
+    fields = {"cycle_id": "1d-x", "as_of_ms": venue.now - day, "data_digest": "d", "target_id": "t",
+              "params_version": 0, "params_digest": "p", "basis_snapshot_id": "b", "gate": "pass", "halted": False,
+              "reasons": [], "prices": {"BTC/USDT": 40_000.0},
+              "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.05, 40_000.0, "enter")]}
+    p = PlanBody(plan_id=plan_id_for(fields), **fields)  # type: ignore[arg-type]
+    limits = ExecutionLimits(max_order_usdt=1e9, max_attempts=1, backoff_s=0.0, settle_s=0.0)
+    live = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * day + 60_000)
+    with pytest.raises(TransientBrokerError):
+        run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
+    assert journal.plan_status(p.plan_id) == "executing" and venue.placed == 0
+    venue.down, venue.now = False, venue.now + 5 * day  # the outage lasts five days
+    done = run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
+    assert done.status == "rejected" and done.refusal == "stale_plan" and venue.placed == 0
+    assert journal.plan_status(p.plan_id) == "rejected"
+    assert journal.intent_state(client_order_id(p.plan_id, 0))[0] == "skipped"
+    assert journal.open_intents() == []
