@@ -70,7 +70,10 @@ async def run(ctx: ServiceContext) -> None:
                 warn(ctx.logger, "UNIVERSE", "could not store the held pairs", error=f"{type(exc).__name__}: {exc}")
 
     await ctx.nc.subscribe(PortfolioSnapshot.SUBJECT, cb=on_snapshot)
-    ctx.health.checks["source"] = lambda: (True, source.describe())
+    # Sync: red once the newest bar the venue closed waits longer than this to be published complete; a poll or
+    # two of a provider's hiccup is normal, five polls (two minutes at least) is a source that is stuck.
+    patience_s = max(120.0, 5 * s.ingest_poll_s)
+    ctx.health.checks["source"] = lambda: source.readiness(patience_s)
     if live is not None:
         # The universe in force, when it last changed, where the rules come from, held pairs delisted.
         ctx.health.checks["universe"] = lambda: (True, live.universe_detail())

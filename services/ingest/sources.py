@@ -32,6 +32,8 @@ from shared.config import Settings
 from shared.cycles import cycle_id_for
 from shared.logging import info, warn
 
+monotonic = time.monotonic  # readiness's clock (a module name, so a test can move it)
+
 
 def parse_date_ms(text: str) -> int:
     return calendar.timegm(time.strptime(text, "%Y-%m-%d")) * 1000
@@ -63,6 +65,10 @@ class ReplaySource:
 
     def describe(self) -> str:
         return f"replay cursor {self.index}/{len(self.history.timestamps)}"
+
+    def readiness(self, patience_s: float) -> tuple[bool, str]:
+        """The replay has no venue clock to fall behind: it is where its cursor is."""
+        return True, self.describe()
 
     async def next_step(self) -> ReplayStep | None:
         if self.exhausted:
@@ -132,6 +138,10 @@ class SyncSource:
     # A closed bar whose snapshot was stale: the cursor stays before it and every poll asks for it again,
     # because its data may still arrive (one 5xx at the bar boundary) until a newer bar has closed.
     _retrying_ms: int | None = field(default=None, init=False)
+    # The newest bar the venue's clock has closed and this source has not completed: (its open time, the
+    # monotonic time it was first seen), and why its last attempt was stale (readiness).
+    _pending: tuple[int, float] | None = field(default=None, init=False)
+    _why: str = field(default="", init=False)
 
     @property
     def exhausted(self) -> bool:
@@ -140,6 +150,18 @@ class SyncSource:
     def describe(self) -> str:
         retrying = f", retrying stale bar {self._retrying_ms}" if self._retrying_ms is not None else ""
         return f"sync source, last completed bar {self.last_done_ms}{retrying}"
+
+    def readiness(self, patience_s: float) -> tuple[bool, str]:
+        """Red once the newest bar the venue has closed has waited more than ``patience_s`` to be published
+        complete (market rules unreadable, candles missing, a provider down): downstream then plans on nothing
+        newer, and /readyz must say so rather than stay green over a source that is stuck."""
+        if self._pending is None:
+            return True, self.describe()
+        bar, since = self._pending
+        waited = monotonic() - since
+        text = f"bar {cycle_id_for(self.settings.timeframe, bar)} closed by the venue, not published complete for " \
+               f"{waited:.0f}s" + (f": {self._why}" if self._why else "")
+        return waited <= patience_s, f"{self.describe()}; {text}"
 
     async def next_step(self) -> ReplayStep | None:
         s = self.settings
@@ -156,7 +178,19 @@ class SyncSource:
                  next_cycle_id=cycle_id_for(s.timeframe, last_closed))
             self._retrying_ms = None
         if self.last_done_ms is not None and self.last_done_ms >= last_closed:
+            self._pending = None
             return None  # nothing new has closed yet
+        if self._pending is None:  # a bar newer than an uncompleted one keeps the wait running: still stuck
+            self._pending, self._why = (last_closed, monotonic()), ""
+        elif self._pending[0] != last_closed:
+            self._pending = (last_closed, self._pending[1])
+        step = await self._step(now_ms, last_closed, iv, config)
+        if step.snapshot is None:
+            self._why = step.reason or f"candles missing for {', '.join(step.missing[:10])}"
+        return step
+
+    async def _step(self, now_ms: int, last_closed: int, iv: int, config: IngestConfig) -> ReplayStep:
+        s = self.settings
         cycle_id = cycle_id_for(s.timeframe, last_closed)
         if self.venue is None:
             self.venue = VenueUniverse(s, config, self.logger, self.exchange, fixed=tuple(self.symbols or ()) or None)
@@ -201,6 +235,8 @@ class SyncSource:
             return False
         self._retrying_ms = None
         self.last_done_ms = step.as_of_ms
+        if self._pending is not None and self._pending[0] <= step.as_of_ms:
+            self._pending = None
         return True
 
 

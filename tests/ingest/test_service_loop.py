@@ -39,6 +39,9 @@ class ScriptedSource:
     def describe(self) -> str:
         return "scripted"
 
+    def readiness(self, patience_s: float) -> tuple[bool, str]:
+        return True, "scripted"
+
     def universe_detail(self) -> str:
         return "scripted universe"
 

@@ -113,3 +113,31 @@ def test_which_bar_closed_is_the_exchanges_call_not_the_local_clock(tmp_path: Pa
     assert api.counts["time"] == 1
     api.fault("drop", "/api/v3/time")
     assert src.clock_ms is not None and abs(src.clock_ms() - (NOW + 300_000)) < 60_000
+
+
+def test_readyz_turns_red_while_the_newest_bar_waits_past_its_patience_and_green_once_published(
+        tmp_path: Path, make_config, archive: Face, api: Face, gecko: Face,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest's /readyz was green whatever happened (providers down for hours, rules unreadable): downstream then
+    plans on nothing newer while every health check says all is well."""
+    from services.ingest import sources
+
+    clock = [1_000.0]
+    monkeypatch.setattr(sources, "monotonic", lambda: clock[0])
+    for face in (archive, api, gecko):
+        face.fault("http_error", status=500)
+    src = _source(tmp_path, make_config(provider_cooldown_s=0.0))
+    assert src.readiness(120.0)[0], "nothing closed is waiting yet"
+    stale = asyncio.run(src.next_step())
+    assert stale is not None and stale.snapshot is None and not src.done(stale)
+    ok, text = src.readiness(120.0)
+    assert ok and "not published complete for 0s" in text  # a poll's hiccup: still green
+    clock[0] += 121.0
+    asyncio.run(src.next_step())
+    ok, text = src.readiness(120.0)
+    assert not ok and "1d-20241205T0000" in text and "market rules unreadable" in text, text
+    for face in (archive, api, gecko):
+        face.clear_faults()
+    done = asyncio.run(src.next_step())
+    assert done is not None and done.snapshot is not None and src.done(done)
+    assert src.readiness(120.0)[0]
