@@ -43,13 +43,18 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
                                                                        max_reads=3))
 
 
+def failed_deliveries(capture: Capture) -> int:
+    """The highest delivery of a plan that failed on the exchange ([EXCHANGE_DOWN] lines)."""
+    return max([int(f.get("delivery", 0)) for f in capture.fields("EXCHANGE_DOWN")], default=0)
+
+
 def test_a_plan_waits_through_an_exchange_outage_and_trades_after_it(nats_server: NatsEndpoint, sim: SimServer,
                                                                      quick_retries: None) -> None:
     settings = live_settings(nats_server, sim)
     capture = Capture()
 
     def deliveries() -> int:
-        return max([int(f.get("delivery", 0)) for f in capture.fields("EXCHANGE_DOWN")], default=0)
+        return failed_deliveries(capture)
 
     async def scenario() -> dict[str, Any]:
         async with role_connections(settings, "risk", "operator") as js, \
@@ -103,7 +108,7 @@ def test_a_key_the_exchange_refuses_holds_the_plan_until_it_is_accepted(nats_ser
     refused = '{"code":-2015,"msg":"Invalid API-key, IP, or permissions for action."}'
 
     def deliveries() -> int:
-        return max([int(f.get("delivery", 0)) for f in capture.fields("EXCHANGE_DOWN")], default=0)
+        return failed_deliveries(capture)
 
     async def scenario() -> dict[str, Any]:
         async with role_connections(settings, "risk", "operator") as js, \

@@ -119,21 +119,8 @@ class _CrashAfterPlace:
         raise _Crash
 
 
-def test_a_plan_resumed_after_a_crash_never_spends_more_than_the_journals_cash(rig: Rig) -> None:
-    """A sell still working at a crash: the boot's reconciliation journals its fills so far, and the resumed plan
-    starts its budget from the journal's cash, which holds them.  Counting them again when the order is finished
-    (they were, before) let the plan's next buy spend about 6,000 USDT the journal did not have."""
-    from services.executor.runner import journal_portfolio, recover
-
-    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
-    assert live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 9000 / btc, btc)])).status == "executed"
-    book = journal_portfolio(rig.journal)
-    held, cash0 = book.holdings["BTC/USDT"], book.cash
-    # The account holds more USDT than the journal trades (it trades at most the configured capital).
-    rig.server.sim.set_balance("USDT", Decimal(str(cash0)) + 50_000)
-    rig.server.sim.configure(market_fill_chunks=3)  # market orders fill in three trades: a sell is found working
-    plan = plan_at(rig, [("BTC/USDT", "sell", held, btc), ("ETH/USDT", "buy", 30_000 / eth, eth)])
-
+def crash_after_placing(rig: Rig, plan: PlanBody) -> None:
+    """Run ``plan`` live until the exchange has accepted its first order, then die before journaling it."""
     async def crash(b: CcxtBroker) -> str:
         try:
             await run_plan(plan, _CrashAfterPlace(b), rig.journal, await b.load_markets(), LIMITS, rig.log, {},
@@ -144,10 +131,34 @@ def test_a_plan_resumed_after_a_crash_never_spends_more_than_the_journals_cash(r
 
     assert rig.run(crash) == "crashed"
 
+
+def reboot(rig: Rig) -> list[PlanRun]:
+    """The executor's boot path: reconcile the open intents, then finish the interrupted plans."""
+    from services.executor.runner import recover
+
     async def boot(b: CcxtBroker) -> list[PlanRun]:
         return await recover(rig.journal, b, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE)
 
-    runs = rig.run(boot)
+    return rig.run(boot)
+
+
+def test_a_plan_resumed_after_a_crash_never_spends_more_than_the_journals_cash(rig: Rig) -> None:
+    """A sell still working at a crash: the boot's reconciliation journals its fills so far, and the resumed plan
+    starts its budget from the journal's cash, which holds them.  Counting them again when the order is finished
+    (they were, before) let the plan's next buy spend about 6,000 USDT the journal did not have."""
+    from services.executor.runner import journal_portfolio
+
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    assert live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 9000 / btc, btc)])).status == "executed"
+    book = journal_portfolio(rig.journal)
+    held, cash0 = book.holdings["BTC/USDT"], book.cash
+    # The account holds more USDT than the journal trades (it trades at most the configured capital).
+    rig.server.sim.set_balance("USDT", Decimal(str(cash0)) + 50_000)
+    rig.server.sim.configure(market_fill_chunks=3)  # market orders fill in three trades: a sell is found working
+    plan = plan_at(rig, [("BTC/USDT", "sell", held, btc), ("ETH/USDT", "buy", 30_000 / eth, eth)])
+
+    crash_after_placing(rig, plan)
+    runs = reboot(rig)
     assert [r.plan_id for r in runs] == [plan.plan_id]
     after = journal_portfolio(rig.journal)
     proceeds = held * btc

@@ -11,10 +11,9 @@ from decimal import Decimal
 import pytest
 
 from services.executor.brokers import ccxt_broker
-from services.executor.brokers.ccxt_broker import CcxtBroker
-from services.executor.runner import PlanRun, journal_portfolio, recover, run_plan
-from tests.executor_live.conftest import LIMITS, Rig
-from tests.executor_live.test_live_guards import LIVE, _Crash, _CrashAfterPlace, plan_at
+from services.executor.runner import journal_portfolio
+from tests.executor_live.conftest import Rig
+from tests.executor_live.test_live_guards import crash_after_placing, plan_at, reboot
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +24,10 @@ def test_an_order_of_more_fills_than_a_page_is_journaled_whole(rig: Rig, monkeyp
     rig.server.sim.configure(market_fill_chunks=600)
     plan = plan_at(rig, [("BTC/USDT", "buy", 6000 / btc, btc)])
 
-    async def crash(b: CcxtBroker) -> str:
-        try:
-            await run_plan(plan, _CrashAfterPlace(b), rig.journal, await b.load_markets(), LIMITS, rig.log, {},
-                           live=LIVE)
-        except _Crash:
-            return "crashed"
-        return "finished"
-
-    assert rig.run(crash) == "crashed"
+    crash_after_placing(rig, plan)
     for _ in range(700):  # the exchange matches the rest while the executor is down
         rig.server.sim.step()
-
-    async def boot(b: CcxtBroker) -> list[PlanRun]:
-        return await recover(rig.journal, b, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE)
-
-    runs = rig.run(boot)
+    runs = reboot(rig)
     assert [r.status for r in runs] == ["executed"], runs
     assert rig.journal.count("fills") == 600
     held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
