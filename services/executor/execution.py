@@ -27,6 +27,7 @@ from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
     AmbiguousOrderError,
     Broker,
+    CredentialsRejected,
     DuplicateOrderError,
     Fill,
     OrderRejectedError,
@@ -189,6 +190,14 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
             if found is not None:
                 return found
         except OrderRejectedError:
+            raise
+        except CredentialsRejected:
+            # Refused before the matching engine (key, IP or permissions): the order is not on the exchange.  The
+            # leg goes back to unsent, so the plan counts as not having reached the exchange and its data is
+            # judged fresh again when the key works (runner.run_plan), not traded however old its bar by then.
+            journal.begin()
+            journal.set_intent_status(cid, "unsent", "the exchange refused the credentials")
+            journal.commit()
             raise
         except RateLimitedError as exc:
             # Refused before the matching engine (Binance answers 429 without booking): waiting is all it takes.

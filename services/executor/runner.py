@@ -195,8 +195,8 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
         return PlanRun(plan.plan_id, plan.cycle_id, str(status), already_final=True)
     marks.update(plan.prices)
     # A plan journaled as executing whose legs never reached the exchange (an outage, a refused key or a disk
-    # fault hit before its first order) is as new as one never seen: its data is checked again, else it would
-    # trade whenever the fault clears, however old its bar by then.
+    # fault hit before its first order) has its data and holdings checked again, as a new one's are, else it
+    # would trade whenever the fault clears, however old its bar by then.
     fresh = status is None or (status == "executing" and not journal.plan_reached_exchange(plan.plan_id))
     if fresh and live is not None:
         now = await retried(broker.fetch_time, limits, logger, "STALE_PLAN", "exchange clock unreadable; retrying",

@@ -187,6 +187,8 @@ class SyncSource:
         step = await self._step(now_ms, last_closed, iv, config)
         if step.snapshot is None:
             self._why = step.reason or f"candles missing for {', '.join(step.missing[:10])}"
+        else:
+            self._pending = None  # published complete: a cycle stuck downstream is not this source's to report
         return step
 
     async def _step(self, now_ms: int, last_closed: int, iv: int, config: IngestConfig) -> ReplayStep:

@@ -73,7 +73,7 @@ from shared.contracts import (
     TargetPortfolio,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.cycles import notice_problem
+from shared.cycles import as_of_of_cycle, notice_problem
 from shared.live_params import ParamsError
 from shared.logging import error, info, warn
 from shared.params_tracker import ParamsTracker
@@ -145,7 +145,7 @@ class Risk:
 
     def landed(self, snap: PortfolioSnapshot) -> None:
         """The plan in flight is closed by ``snap``: nothing in flight, and its cycle traded if it did."""
-        if snap.status in TRADED:
+        if snap.status in TRADED and as_of_of_cycle(snap.cycle_id) is not None:  # a bar's cycle, not a tick's
             self.traded = snap.cycle_id
         self.inflight = None
 
@@ -273,7 +273,7 @@ class Risk:
                               forged=not why.startswith("stale"))
         ready = await self.inputs.newest_ready()
         try:
-            check_announcement(target, ready)
+            check_announcement(target, ready, self.ctx.settings.timeframe)
         except SupersededTarget as exc:
             await self.refuse(target, "superseded", str(exc))
         except ForgedTarget as exc:

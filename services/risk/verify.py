@@ -21,6 +21,7 @@ from aura.strategy.regime import REGIME_NAMES
 from aura.strategy.signal import compute_targets
 from aura.strategy.types import Panel
 from shared.contracts import DataReady, TargetPortfolio
+from shared.cycles import cycle_id_for
 
 WEIGHT_SUM_TOLERANCE = 1e-9  # float sums of weights that are meant to total 1
 
@@ -58,12 +59,17 @@ def verified_prices(panel: Panel) -> dict[str, float]:
     return out
 
 
-def check_announcement(target: TargetPortfolio, ready: DataReady | None) -> None:
-    """The target must be for the newest cycle ingest announced, on exactly that data."""
+def check_announcement(target: TargetPortfolio, ready: DataReady | None, timeframe: str = "1d") -> None:
+    """The target must be for the newest cycle ingest announced, on exactly that data, under the id of its bar
+    (shared/cycles.py: the executor orders cycles by it, so a plan under an id dated years ahead would make it
+    ignore every later abort)."""
     if ready is None:
         raise SupersededTarget("no DataReady has been announced")
     if target.cycle_id != ready.cycle_id:
         raise SupersededTarget(f"target for {target.cycle_id}, but the newest data announced is {ready.cycle_id}")
+    if ready.timeframe != timeframe or ready.cycle_id != cycle_id_for(timeframe, ready.as_of_ms):
+        raise ForgedTarget(f"data announced as {ready.cycle_id[:80]!r} ({ready.timeframe[:20]!r} bars) does not name "
+                           f"its {timeframe} bar ({cycle_id_for(timeframe, ready.as_of_ms)})")
     if (target.data_digest, target.as_of_ms) != (ready.digest, ready.as_of_ms):
         raise ForgedTarget(f"target names data {target.data_digest[:16]} as of {target.as_of_ms}; ingest announced "
                            f"{ready.digest[:16]} as of {ready.as_of_ms} for {ready.cycle_id}")

@@ -141,3 +141,18 @@ def test_readyz_turns_red_while_the_newest_bar_waits_past_its_patience_and_green
     done = asyncio.run(src.next_step())
     assert done is not None and done.snapshot is not None and src.done(done)
     assert src.readiness(120.0)[0]
+
+
+def test_a_bar_published_complete_is_not_ingests_to_report_while_downstream_is_stuck(
+        tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The service calls done() only once the executor closes the cycle: an executor waiting out an outage keeps
+    a complete bar republished, and ingest's /readyz must not say it was never published."""
+    from services.ingest import sources
+
+    clock = [1_000.0]
+    monkeypatch.setattr(sources, "monotonic", lambda: clock[0])
+    src = _source(tmp_path, make_config())
+    step = asyncio.run(src.next_step())
+    assert step is not None and step.snapshot is not None  # published; done() not called (downstream stuck)
+    clock[0] += 600.0
+    assert src.readiness(120.0)[0]

@@ -96,6 +96,18 @@ def test_a_target_with_other_market_rules_is_forged(genuine: tuple[TargetPortfol
         check_announcement(changed(target, markets=target.markets[:-1]), ready)
 
 
+def test_data_announced_under_an_id_that_is_not_its_bar_is_forged(genuine: tuple[TargetPortfolio, DataReady,
+                                                                                 Panel]) -> None:
+    """The executor orders cycles by their ids: a plan executed under an id dated years ahead would make it ignore
+    every later abort, so the id must name the bar the data is of (and the data be of risk's timeframe)."""
+    target, ready, _ = genuine
+    far = msgspec.structs.replace(ready, cycle_id="1d-99991231T2359")
+    with pytest.raises(ForgedTarget, match="does not name its 1d bar"):
+        check_announcement(changed(target, cycle_id=far.cycle_id), far)
+    with pytest.raises(ForgedTarget, match="does not name its 4h bar"):
+        check_announcement(target, ready, "4h")
+
+
 # --- check_target ---------------------------------------------------------------------------------------------
 
 

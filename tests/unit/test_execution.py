@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from aura.strategy.types import MarketRule
-from services.executor.brokers.base import AmbiguousOrderError, OrderState, TransientBrokerError
+from services.executor.brokers.base import (
+    AmbiguousOrderError,
+    CredentialsRejected,
+    OrderState,
+    TransientBrokerError,
+)
 from services.executor.brokers.client_order_id import CLIENT_ORDER_ID_RE, client_order_id
 from services.executor.brokers.paper import PaperBroker
 from services.executor.execution import ExecutionLimits, clamp_leg, execute_plan
@@ -334,3 +339,38 @@ def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(j
     assert journal.plan_status(p.plan_id) == "rejected"
     assert journal.intent_state(client_order_id(p.plan_id, 0))[0] == "skipped"
     assert journal.open_intents() == []
+
+
+class RefusedKeyVenue(OutageVenue):
+    """Prices and balances answer; the key may not trade (Binance -2015 "permissions") while ``down``."""
+
+    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
+        return {s: 40_000.0 for s in symbols}
+
+    async def place_market_order(self, *args: object, **kwargs: object) -> OrderState:
+        if self.down:
+            raise CredentialsRejected("exchange rejected the credentials: -2015")
+        return await super().place_market_order(*args, **kwargs)
+
+
+def test_an_order_the_key_may_not_place_leaves_the_plan_fresh_for_the_stale_check(journal: Journal) -> None:
+    """A key that can read but not trade: the order is refused before the matching engine.  The leg goes back to
+    unsent, so when the key works again days later the plan is judged on its data's age, not traded."""
+    from services.executor.runner import LivePolicy, ensure_genesis, run_plan
+
+    day = 86_400_000
+    ensure_genesis(journal, 10_000.0)
+    venue = RefusedKeyVenue()
+    fields = {"cycle_id": "1d-y", "as_of_ms": venue.now - day, "data_digest": "d", "target_id": "t",
+              "params_version": 0, "params_digest": "p", "basis_snapshot_id": "b", "gate": "pass", "halted": False,
+              "reasons": [], "prices": {"BTC/USDT": 40_000.0},
+              "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.05, 40_000.0, "enter")]}
+    p = PlanBody(plan_id=plan_id_for(fields), **fields)  # type: ignore[arg-type]
+    limits = ExecutionLimits(max_order_usdt=1e9, max_attempts=3, backoff_s=0.0, settle_s=0.0)
+    live = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * day + 60_000)
+    with pytest.raises(CredentialsRejected):
+        run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
+    assert journal.intent_state(client_order_id(p.plan_id, 0))[0] == "unsent"
+    venue.down, venue.now = False, venue.now + 5 * day
+    done = run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
+    assert done.status == "rejected" and done.refusal == "stale_plan" and venue.placed == 0

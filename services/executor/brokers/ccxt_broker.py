@@ -338,7 +338,8 @@ class CcxtBroker:
         """Every trade of the order.  Binance answers myTrades a page at a time (500 by default, at most
         ``TRADES_PAGE``): an order matched in more pieces than one page was journaled short, its intent final,
         so the pages are read on (``fromId`` after the last one) until one comes back short."""
-        params: dict[str, Any] = {"orderId": order_id} if self._binance else {}
+        # fromId from the first page on: without it Binance answers the most recent trades, not the oldest.
+        params: dict[str, Any] = {"orderId": order_id, "fromId": 0} if self._binance else {}
         limit = TRADES_PAGE if self._binance else None
         found: dict[str, dict[str, Any]] = {}
         while True:
@@ -346,8 +347,9 @@ class CcxtBroker:
                 page = await self.exchange.fetch_my_trades(sym, None, limit, params)
             except Exception as exc:
                 raise self.map_error(exc, placing=False) from exc
+            before = len(found)
             found.update((str(t.get("id")), t) for t in page if str(t.get("order")) == order_id)
-            if limit is None or len(page) < limit:
+            if limit is None or len(page) < limit or len(found) == before:  # the last page, or one that added nothing
                 return list(found.values())
             params = {"orderId": order_id, "fromId": max(int(t["id"]) for t in page) + 1}
 
