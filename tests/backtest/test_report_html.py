@@ -200,17 +200,18 @@ def test_other_symbol_spellings_are_accepted(tmp_path: Path) -> None:
 
 
 def test_the_optimizer_chart_is_drawn_as_before_the_helpers_were_shared() -> None:
-    """The optimizer's growth-of-1 chart through the shared line_chart, against its output before the move."""
-    series = {"winner": np.array([0.01, -0.02, 0.03]), "incumbent": np.array([0.0, 0.01, -0.01]),
+    """The optimizer's growth-of-1 chart through the shared line_chart, against its output before the move (the
+    winner's series has since been named "fold winner": the report says whose returns they are)."""
+    series = {"fold winner": np.array([0.01, -0.02, 0.03]), "incumbent": np.array([0.0, 0.01, -0.01]),
               "GOLD": np.array([0.002, 0.001, 0.0])}
     assert _line_chart(series) == (
         '<svg width="340" height="190" viewBox="0 0 340 190" xmlns="http://www.w3.org/2000/svg"><rect x="30" y="5" '
         'width="305" height="155" fill="none" stroke="#ccc"/><line x1="30" x2="335" y1="106.8" y2="106.8" '
         'stroke="#eee"/><polyline points="30.0,106.8 131.7,54.6 233.3,160.0 335.0,5.0" fill="none" stroke="#1f5fbf" '
-        'stroke-width="1.5"><title>winner</title></polyline><polyline points="30.0,106.8 131.7,106.8 233.3,54.6 '
+        'stroke-width="1.5"><title>fold winner</title></polyline><polyline points="30.0,106.8 131.7,106.8 233.3,54.6 '
         '335.0,107.3" fill="none" stroke="#888888" stroke-width="1.5" stroke-dasharray="4 3"><title>incumbent'
         '</title></polyline><polyline points="30.0,106.8 131.7,96.3 233.3,91.1 335.0,91.1" fill="none" '
         'stroke="#c9a227" stroke-width="1.5"><title>GOLD</title></polyline><text x="2" y="12" font-size="10">1.02'
         '</text><text x="2" y="160" font-size="10">0.99</text><text x="30" y="182" font-size="11"><tspan '
-        'fill="#1f5fbf">winner</tspan> <tspan fill="#888888">incumbent</tspan> <tspan fill="#c9a227">GOLD</tspan>'
+        'fill="#1f5fbf">fold winner</tspan> <tspan fill="#888888">incumbent</tspan> <tspan fill="#c9a227">GOLD</tspan>'
         '</text></svg>')
