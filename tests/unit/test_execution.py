@@ -4,6 +4,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,21 +316,30 @@ class OutageVenue:
         return None
 
 
-def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(journal: Journal) -> None:
-    """run_plan journals a plan as executing before its first exchange read: an outage there left it executing
-    with nothing sent, and its redelivery days later skipped the stale-plan check (it was not new) and traded."""
-    from services.executor.runner import LivePolicy, ensure_genesis, run_plan
+def fresh_live_buy(journal: Journal, venue: OutageVenue, cycle_id: str) -> tuple[PlanBody, Any]:
+    """A journal with its genesis and a live buy on the bar the venue's clock just closed, with the live policy
+    (a plan is stale two bars and a minute after its bar)."""
+    from services.executor.runner import LivePolicy, ensure_genesis
 
     day = 86_400_000
     ensure_genesis(journal, 10_000.0)
-    venue = OutageVenue()
-    fields = {"cycle_id": "1d-x", "as_of_ms": venue.now - day, "data_digest": "d", "target_id": "t",
+    fields = {"cycle_id": cycle_id, "as_of_ms": venue.now - day, "data_digest": "d", "target_id": "t",
               "params_version": 0, "params_digest": "p", "basis_snapshot_id": "b", "gate": "pass", "halted": False,
               "reasons": [], "prices": {"BTC/USDT": 40_000.0},
               "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.05, 40_000.0, "enter")]}
-    p = PlanBody(plan_id=plan_id_for(fields), **fields)  # type: ignore[arg-type]
+    return PlanBody(plan_id=plan_id_for(fields), **fields), \
+        LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * day + 60_000)  # type: ignore[arg-type]
+
+
+def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(journal: Journal) -> None:
+    """run_plan journals a plan as executing before its first exchange read: an outage there left it executing
+    with nothing sent, and its redelivery days later skipped the stale-plan check (it was not new) and traded."""
+    from services.executor.runner import run_plan
+
+    day = 86_400_000
+    venue = OutageVenue()
+    p, live = fresh_live_buy(journal, venue, "1d-x")
     limits = ExecutionLimits(max_order_usdt=1e9, max_attempts=1, backoff_s=0.0, settle_s=0.0)
-    live = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * day + 60_000)
     with pytest.raises(TransientBrokerError):
         run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
     assert journal.plan_status(p.plan_id) == "executing" and venue.placed == 0
@@ -356,18 +366,12 @@ class RefusedKeyVenue(OutageVenue):
 def test_an_order_the_key_may_not_place_leaves_the_plan_fresh_for_the_stale_check(journal: Journal) -> None:
     """A key that can read but not trade: the order is refused before the matching engine.  The leg goes back to
     unsent, so when the key works again days later the plan is judged on its data's age, not traded."""
-    from services.executor.runner import LivePolicy, ensure_genesis, run_plan
+    from services.executor.runner import run_plan
 
     day = 86_400_000
-    ensure_genesis(journal, 10_000.0)
     venue = RefusedKeyVenue()
-    fields = {"cycle_id": "1d-y", "as_of_ms": venue.now - day, "data_digest": "d", "target_id": "t",
-              "params_version": 0, "params_digest": "p", "basis_snapshot_id": "b", "gate": "pass", "halted": False,
-              "reasons": [], "prices": {"BTC/USDT": 40_000.0},
-              "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.05, 40_000.0, "enter")]}
-    p = PlanBody(plan_id=plan_id_for(fields), **fields)  # type: ignore[arg-type]
+    p, live = fresh_live_buy(journal, venue, "1d-y")
     limits = ExecutionLimits(max_order_usdt=1e9, max_attempts=3, backoff_s=0.0, settle_s=0.0)
-    live = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * day + 60_000)
     with pytest.raises(CredentialsRejected):
         run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
     assert journal.intent_state(client_order_id(p.plan_id, 0))[0] == "unsent"
