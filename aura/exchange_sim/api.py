@@ -153,8 +153,13 @@ class BinanceApi:
     def _klines(self, p: dict[str, str], fault: Fault | None) -> Any:
         limit = min(1000, max(1, _int_param(p, "limit", 500) or 500))
         with self.sim.lock:
-            return self.sim.market.klines(p.get("symbol", ""), p.get("interval"), _int_param(p, "startTime"),
+            rows = self.sim.market.klines(p.get("symbol", ""), p.get("interval"), _int_param(p, "startTime"),
                                           _int_param(p, "endTime"), limit)
+            if fault is not None and fault.kind == "lagging_klines" and rows:
+                # Not published yet: every candle that closed within the last interval (and the forming one).
+                iv = int(rows[0][6]) + 1 - int(rows[0][0])
+                rows = [r for r in rows if int(r[0]) + 2 * iv <= self.sim.now_ms()]
+            return rows
 
     def _account(self, p: dict[str, str], fault: Fault | None) -> Any:
         kind = fault.kind if fault is not None else None

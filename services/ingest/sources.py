@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.ingest.cache import load_panel
 from services.ingest.providers.base import Provider, interval_ms, last_closed_open
 from services.ingest.providers.ccxt_tail import make_exchange
@@ -219,6 +221,19 @@ class SyncSource:
                            start_ms=last_closed - (s.snapshot_bars - 1) * iv, end_ms=last_closed)
         if len(panel.timestamps) == 0 or int(panel.timestamps[-1]) != last_closed:
             return ReplayStep(-1, last_closed, cycle_id, None, tuple(symbols))
+        lacking = [sym for j, sym in enumerate(panel.symbols) if np.isnan(panel.close[-1, j])]
+        if lacking:
+            # The exchange confirmed it has no candle for the decision bar (a pair paused for that hour).  A
+            # holding is never planned without its price: the bar waits.  A pair not held sits this cycle out,
+            # said out loud (the snapshot below leaves it out).
+            held = sorted(set(lacking) & self.held)
+            if held:
+                warn(self.logger, "DATA_GAP", "a held pair has no candle for the decision bar", cycle_id=cycle_id,
+                     held=held)
+                return ReplayStep(-1, last_closed, cycle_id, None, tuple(held),
+                                  reason=f"no candle for the decision bar of held {', '.join(held)}")
+            warn(self.logger, "DATA_GAP", "pairs with no candle for the decision bar sit this cycle out",
+                 cycle_id=cycle_id, symbols=lacking)
         step = replay_step(panel, len(panel.timestamps) - 1, s.snapshot_bars, s.timeframe)
         if step.snapshot is not None and self._retrying_ms == last_closed:
             info(self.logger, "DATA_RECOVERED", "stale bar is complete on a later poll", cycle_id=cycle_id)

@@ -146,3 +146,22 @@ def test_coingecko_duplicate_times_reach_validation_never_a_silent_pick() -> Non
         identical = validate_candles(ohlc_to_candles([*piece, piece[2]], timeframe), iv, allow_nan_volume=True)
         assert [(i.kind, i.action) for i in identical.issues] == [("duplicate", FLAG)]
         assert_frame_equal(identical.frame, ohlc_to_candles(piece, timeframe))
+
+
+def test_ccxt_tail_newest_candle_not_yet_published_stays_pending(make_config, api, shared_data_dir: Path) -> None:
+    """Right after a close the exchange may answer without the candle that just closed: that short page is not
+    an answer that the candle does not exist.  Taken as one, the candle became a confirmed gap, never asked
+    again, and the symbol lacked its decision bar for good."""
+    cfg = make_config(providers=("tail",), lookback_bars=0)
+    start = NOW - 30 * DAY
+    api.fault("lagging_klines", "klines")
+    early = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC).symbols["BTC/USDT"]
+    assert not early.complete and early.last_ms == NOW - 2 * DAY
+    assert [(g.start, g.end, g.confirmed) for g in early.gaps] == [(NOW - DAY, NOW, False)]
+    api.clear_faults()
+    api.reset_counts()
+    late = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC).symbols["BTC/USDT"]
+    assert late.complete and late.last_ms == NOW - DAY and not late.gaps
+    assert api.counts["klines"] == 1  # only the pending candle is asked again
+    src = source(shared_data_dir, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start)
+    assert_frame_equal(cached(cfg, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start), src)

@@ -156,3 +156,30 @@ def test_a_bar_published_complete_is_not_ingests_to_report_while_downstream_is_s
     assert step is not None and step.snapshot is not None  # published; done() not called (downstream stuck)
     clock[0] += 600.0
     assert src.readiness(120.0)[0]
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_pair_the_exchange_has_no_decision_bar_for_is_said_and_a_held_one_holds_the_bar(  # type: ignore[no-untyped-def]
+        tmp_path: Path, make_config, venue, data, shared_data_dir: Path, held: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ETH paused for the whole 2024-12-04 candle (the exchange's next candle proves it has none).  It used to
+    vanish from the snapshot without a word, holding or not: a held coin then went unpriced and unguarded."""
+    import polars as pl
+
+    day = 86_400_000
+    eth = source(shared_data_dir, "1d", "ETH_USDT")
+    data.set("1d", "ETH_USDT", eth.filter(pl.col("timestamp") != NOW - 2 * day))
+    venue.sim.set_now(NOW - day + 300_000)
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
+    src = SyncSource(settings, SYMBOLS, None, logging.getLogger("t"), config=make_config(),
+                     clock_ms=lambda: NOW - day + 300_000, held={"ETH/USDT"} if held else set())
+    with caplog.at_level(logging.WARNING, logger="t"):
+        step = asyncio.run(src.next_step())
+    assert step is not None and step.cycle_id == "1d-20241204T0000"
+    said = [r for r in caplog.records if getattr(r, "tag", None) == "DATA_GAP"]
+    assert len(said) == 1 and "ETH/USDT" in str(said[0].fields)  # type: ignore[attr-defined]
+    if held:
+        assert step.snapshot is None and step.missing == ("ETH/USDT",) and "held ETH/USDT" in step.reason
+        assert src.done(step) is False  # asked again next poll; never planned without the holding's price
+    else:
+        assert step.snapshot is not None and step.snapshot.symbols == ("BTC/USDT",)

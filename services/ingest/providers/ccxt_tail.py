@@ -198,8 +198,11 @@ class CcxtTailProvider(SerialFetch):
                     rows.extend(page)
                     inside = [r[0] for r in page if since <= r[0] < end]
                     if len(page) < limit or not inside:
-                        # A short page means the exchange has nothing more up to ``until``.
-                        answered.append((since, end))
+                        # A short page means the exchange has nothing more up to ``until``; believed only as
+                        # far as it can be: see ``_settled_end``.
+                        reach = _settled_end(since, end, page, iv, request.now_ms)
+                        if reach > since:
+                            answered.append((since, reach))
                         break
                     nxt = max(inside) + iv
                     answered.append((since, nxt))
@@ -218,6 +221,18 @@ class CcxtTailProvider(SerialFetch):
         result.answered = normalize(answered)
         result.frame = _to_frame(rows)
         return result
+
+
+def _settled_end(since: int, end: int, page: list[list[Any]], iv: int, now_ms: int) -> int:
+    """How far a short page's "nothing more" can be believed: up to ``end`` once its last candle has been closed
+    a whole interval, else only up to the newest candle the page holds.  An exchange answers a moment behind
+    its close, so a just-closed candle missing from the page is *not yet published*, not absent: taken as an
+    answer it would become a confirmed gap that is never asked again, and the symbol would lack its newest bar
+    for good.  A later candle in the page (the forming one, on the open-ended tail) proves a real gap."""
+    if end <= close_cutoff(now_ms) - iv:
+        return end
+    newest = max((int(r[0]) for r in page), default=since - iv)
+    return min(end, newest + iv)
 
 
 def _to_frame(rows: list[list[Any]]) -> pl.DataFrame:
