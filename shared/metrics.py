@@ -55,6 +55,7 @@ METRICS: dict[str, Metric] = {
     "data_ready_published": _c("Complete candle snapshots announced (DataReady)", owners=INGEST),
     "stale_snapshots": _c("Incomplete snapshots announced as stale (DataStale)", owners=INGEST),
     "cycles_completed": _c("Cycles that ended in the executor's journal", owners=INGEST),
+    "poll_errors": _c("Ingest polls that raised (bus, disk, a provider bug) and were retried", owners=INGEST),
     "cycle_timeouts": _c("Cycles republished because they did not end in time", owners=INGEST),
     "cycle_seconds": Metric("histogram", "From a DataReady to the executor's snapshot closing its cycle",
                             buckets=CYCLE_BUCKETS, owners=INGEST),

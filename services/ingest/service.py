@@ -74,6 +74,8 @@ async def run(ctx: ServiceContext) -> None:
     # two of a provider's hiccup is normal, five polls (two minutes at least) is a source that is stuck.
     patience_s = max(120.0, 5 * s.ingest_poll_s)
     ctx.health.checks["source"] = lambda: source.readiness(patience_s)
+    failing = FailingPolls()
+    ctx.health.checks["polls"] = lambda: failing.readiness(patience_s)
     if live is not None:
         # The universe in force, when it last changed, where the rules come from, held pairs delisted.
         ctx.health.checks["universe"] = lambda: (True, live.universe_detail())
@@ -81,24 +83,13 @@ async def run(ctx: ServiceContext) -> None:
     interval = s.replay_interval_s if s.ingest_source == "replay" else s.ingest_poll_s
     last_cycle_at = -interval
 
-    while not ctx.stop.is_set():
-        wait = interval - (time.monotonic() - last_cycle_at)
-        if wait > 0:
-            try:
-                await asyncio.wait_for(ctx.stop.wait(), timeout=wait)
-                break
-            except TimeoutError:
-                pass
-        last_cycle_at = time.monotonic()
-        if source.exhausted:
-            info(ctx.logger, "REPLAY", "end of bundled history reached; idle until stopped")
-            await ctx.stop.wait()
-            break
+    async def poll() -> None:
+        nonlocal aborted_stale
         step = await source.next_step()
         if step is None:
-            continue
+            return
         if step.snapshot is None and step.cycle_id == aborted_stale:
-            continue
+            return
         done = ended.setdefault(step.cycle_id, asyncio.Event())
         attempt = attempts[step.cycle_id] = attempts.get(step.cycle_id, 0) + 1
         published_at = time.monotonic()
@@ -128,6 +119,55 @@ async def run(ctx: ServiceContext) -> None:
                  cycle_id=step.cycle_id, timeout_s=s.cycle_timeout_s)
             ctx.health.inc("cycle_timeouts")
         ended.pop(step.cycle_id, None)
+
+    while not ctx.stop.is_set():
+        wait = interval - (time.monotonic() - last_cycle_at)
+        if wait > 0:
+            try:
+                await asyncio.wait_for(ctx.stop.wait(), timeout=wait)
+                break
+            except TimeoutError:
+                pass
+        last_cycle_at = time.monotonic()
+        if source.exhausted:
+            info(ctx.logger, "REPLAY", "end of bundled history reached; idle until stopped")
+            await ctx.stop.wait()
+            break
+        try:
+            await poll()
+        except Exception as exc:
+            # A bus timeout, a full disk, a provider bug: this poll is lost, not the process.  The cursor has not
+            # moved past an unpublished bar, so the next poll asks for the same bar again; readiness turns red if
+            # the failures outlast the patience, and the tagged line says what broke.
+            failing.note(exc)
+            fields = {"error": f"{type(exc).__name__}: {exc}"[:400], "retry_in_s": interval}
+            ctx.logger.error("poll failed; retrying at the next poll", exc_info=True,
+                             extra={"tag": "INGEST_ERROR", "fields": fields})
+            ctx.health.inc("poll_errors")
+        else:
+            failing.clear()
+
+
+class FailingPolls:
+    """Polls that raised in a row: red on /readyz once they have failed for longer than the patience."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.why = ""
+
+    def note(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.why = f"{type(exc).__name__}: {exc}"[:200]
+
+    def clear(self) -> None:
+        self.since, self.why = None, ""
+
+    def readiness(self, patience_s: float) -> tuple[bool, str]:
+        if self.since is None:
+            return True, "ok"
+        failed_for = time.monotonic() - self.since
+        return failed_for <= patience_s, f"polls failing for {failed_for:.0f}s: {self.why}"
 
 
 def _held_of(raw: bytes | None) -> set[str]:

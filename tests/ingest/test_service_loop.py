@@ -28,7 +28,7 @@ CYCLE = "1d-20241205T0000"
 class ScriptedSource:
     """Gives the scripted steps one per poll, then stops the service; ``done`` as SyncSource's contract."""
 
-    def __init__(self, steps: list[ReplayStep | None], stop: asyncio.Event) -> None:
+    def __init__(self, steps: list[ReplayStep | Exception | None], stop: asyncio.Event) -> None:
         self.steps = steps
         self.stop = stop
         self.done_calls: list[str] = []
@@ -49,7 +49,10 @@ class ScriptedSource:
         if not self.steps:
             self.stop.set()
             return None
-        return self.steps.pop(0)
+        step = self.steps.pop(0)
+        if isinstance(step, Exception):
+            raise step  # a poll that breaks (the cache's disk full, a provider bug)
+        return step
 
     def done(self, step: ReplayStep) -> bool:
         self.done_calls.append(step.cycle_id)
@@ -86,9 +89,9 @@ def _panel() -> Panel:
     return Panel(("BTC/USDT",), np.array([BAR], dtype=np.int64), one, one, one, one, one)
 
 
-def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[ReplayStep | None]) -> tuple[Recorder,
-                                                                                                   ScriptedSource]:
-    rec = Recorder()
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[ReplayStep | Exception | None],
+         rec: Recorder | None = None, health: HealthState | None = None) -> tuple[Recorder, ScriptedSource]:
+    rec = rec or Recorder()
     stop = asyncio.Event()
     src = ScriptedSource(steps, stop)
 
@@ -113,7 +116,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[ReplayStep
                               "AURA_INGEST_POLL_S": "0.001", "AURA_CYCLE_TIMEOUT_S": "2"})
     ctx = types.SimpleNamespace(name="ingest", settings=settings, logger=logging.getLogger("t.ingest"),
                                 nc=types.SimpleNamespace(subscribe=rec.subscribe), js=object(),
-                                health=HealthState("ingest"), stop=stop)
+                                health=health or HealthState("ingest"), stop=stop)
     asyncio.run(asyncio.wait_for(service.run(ctx), 10))  # type: ignore[arg-type]
     return rec, src
 
@@ -133,6 +136,53 @@ def test_stale_bar_keeps_the_cursor_and_is_published_once_complete(tmp_path: Pat
     assert rec.kv_puts == [("ingest.cursor.sync.1d", str(BAR).encode())]
     assert isinstance(rec.published[0][1], DataStale)
     assert rec.published[0][1].as_of_ms == BAR  # risk refuses targets on data older than this bar
+
+
+class FlakyBus(Recorder):
+    """The bus times out on the first publish, as a JetStream publish does when the server is busy."""
+
+    async def publish(self, js: object, msg: Any, msg_id: str) -> None:
+        if not getattr(self, "failed", False):
+            self.failed = True
+            raise TimeoutError("nats: timeout")
+        await super().publish(js, msg, msg_id)
+
+
+def test_a_poll_that_raises_is_logged_and_retried_not_the_end_of_ingest(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk under the cache, then a publish that times out: each used to end the process (a crash loop
+    under a supervisor).  Each poll is now lost alone, said with a tagged line and counted; the same bar is
+    published at the next poll and the cursor moves only then."""
+    complete = ReplayStep(0, BAR, CYCLE, _panel(), ())
+    health = HealthState("ingest")
+    with caplog.at_level(logging.ERROR, logger="t.ingest"):
+        rec, _ = _run(tmp_path, monkeypatch, [OSError(28, "No space left on device"), complete, complete],
+                      rec=FlakyBus(), health=health)
+    errors = [r for r in caplog.records if getattr(r, "tag", None) == "INGEST_ERROR"]
+    assert [r.fields["error"] for r in errors] == [  # type: ignore[attr-defined]
+        "OSError: [Errno 28] No space left on device", "TimeoutError: nats: timeout"]
+    assert all(r.exc_info for r in errors)  # the traceback is in the log line
+    assert [type(m).__name__ for _, m in rec.published] == ["DataReady"]
+    assert rec.kv_puts == [("ingest.cursor.sync.1d", str(BAR).encode())]
+    assert 'aura_poll_errors_total{service="ingest"} 2.0' in health.exposition()[0].decode()
+    assert health.readiness()[1]["polls"] == "ok"  # the last poll worked
+
+
+def test_failing_polls_turn_readiness_red_after_the_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"t": 100.0}
+    monkeypatch.setattr(service.time, "monotonic", lambda: clock["t"])
+    failing = service.FailingPolls()
+    assert failing.readiness(120.0) == (True, "ok")
+    failing.note(OSError("disk"))
+    clock["t"] += 60
+    failing.note(TimeoutError("bus"))
+    assert failing.readiness(120.0)[0]  # a minute of trouble: not yet
+    clock["t"] += 61
+    ok, why = failing.readiness(120.0)
+    assert not ok and why == "polls failing for 121s: TimeoutError: bus"
+    failing.clear()
+    assert failing.readiness(120.0) == (True, "ok")
 
 
 def test_replay_source_moves_past_a_stale_bar(tmp_path: Path) -> None:
