@@ -31,7 +31,8 @@ from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, Si
 from bench.plotting import Bars, add_plot_args, bar_panels, machine_note, plot_path
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.brokers.client_order_id import client_order_id
-from services.executor.execution import ExecutionLimits, execute_plan
+from services.executor.exchange_calls import ExecutionLimits
+from services.executor.execution import execute_plan
 from services.executor.journal import Journal
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE, base_asset
-from services.executor.execution import ExecutionLimits, rate_limit_pause, retried
+from services.executor.exchange_calls import ExecutionLimits, rate_limit_pause, retried
 from services.executor.journal import Journal, now_ms
 from services.executor.runner import (
     HOLDINGS_TOLERANCE,

@@ -28,7 +28,7 @@ from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import BrokerError, OrderState, TransientBrokerError
 from services.executor.brokers.ccxt_broker import CcxtBroker
-from services.executor.execution import ExecutionLimits
+from services.executor.exchange_calls import ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.runner import LivePolicy, SyncCheck, recover, run_plan
 from shared.contracts import PlanBody

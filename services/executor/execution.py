@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -37,6 +36,16 @@ from services.executor.brokers.base import (
 )
 from services.executor.brokers.client_order_id import client_order_id
 from services.executor.brokers.paper import base_asset
+from services.executor.exchange_calls import (
+    ExecutionLimits,
+    free_balance_with_retry,
+    live_price,
+    lookup_order,
+    retry_delay,
+    settle_missing,
+    settled_lookup,
+    unresolved_lookup,
+)
 from services.executor.journal import Journal, now_ms
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
@@ -45,22 +54,6 @@ T = TypeVar("T")
 
 FINAL_INTENT_STATES = ("filled", "partial", "rejected", "skipped", "canceled")
 MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange: look it up before anything
-DEFAULT_SETTLE_S = 11.0  # ccxt's Binance recvWindow (10 s) plus the 1 s a timestamp may run ahead
-
-
-@dataclass(frozen=True)
-class ExecutionLimits:
-    max_order_usdt: float
-    max_attempts: int = 6
-    backoff_s: float = 0.2
-    fill_poll_s: float = 0.1
-    fill_timeout_s: float = 10.0
-    # How long after sending a request its arrival at the exchange is still possible (see rule 6).  Must be at
-    # least the recvWindow the broker signs with; tests against the simulator shrink both together.
-    settle_s: float = DEFAULT_SETTLE_S
-    min_notional_margin: float = 0.01
-
-
 @dataclass
 class LiveGuard:
     """Live only: what the exchange's own prices and the journal's cash let one plan spend.
@@ -82,48 +75,6 @@ class ExecutionResult:
     status: str = "executed"  # "executed" | "partial"
     reasons: list[str] = field(default_factory=list)
     new_fills: list[tuple[str, str, str, float, float, float]] = field(default_factory=list)  # tid,cid,sym,q,p,fee
-
-
-# The longest Retry-After honoured inside one request loop; a longer ban ends the attempt (the plan is retried).
-MAX_RETRY_AFTER_S = 30.0
-
-
-def rate_limit_pause(exc: TransientBrokerError) -> float:
-    """The exchange's Retry-After for a 429 (capped), else 0.  Every request loop honours it: hammering after
-    a 429 is what Binance escalates to an IP ban."""
-    return min(exc.retry_after_s, MAX_RETRY_AFTER_S) if isinstance(exc, RateLimitedError) else 0.0
-
-
-def retry_delay(exc: TransientBrokerError, attempt: int, limits: ExecutionLimits) -> float:
-    """How long to wait before the next attempt: the linear backoff, or the Retry-After if longer."""
-    return max(limits.backoff_s * attempt, rate_limit_pause(exc))
-
-
-async def free_balance_with_retry(broker: Broker, asset: str, limits: ExecutionLimits,
-                                  logger: logging.Logger) -> float:
-    """Free balance of ``asset`` for the sell clamp.  A transient failure is retried, never taken as "zero"
-    (that would skip the sell); if every attempt fails this raises TransientBrokerError rather than let the
-    sell go out unclamped: an unclamped sell above the free balance is rejected for good (-2010) and the exit
-    would be lost, whereas a raised error leaves the intent unsent and the plan is retried on redelivery."""
-    balances = await retried(broker.fetch_free_balances, limits, logger, "SELL_CLAMP",
-                              "balance fetch failed; retrying",
-                              f"free {asset} balance unreadable after {limits.max_attempts} attempts; "
-                              "sell not placed unclamped", asset=asset)
-    return balances.get(asset, 0.0)
-
-
-async def retried(call: Callable[[], Awaitable[T]], limits: ExecutionLimits, logger: logging.Logger, tag: str,
-                   retrying: str, gave_up: str, **fields: object) -> T:
-    """``call()``, retried on a transient broker error (waiting the backoff or the exchange's Retry-After)
-    up to ``limits.max_attempts`` times; then TransientBrokerError(``gave_up``)."""
-    for attempt in range(1, limits.max_attempts + 1):
-        try:
-            return await call()
-        except TransientBrokerError as exc:
-            wait = retry_delay(exc, attempt, limits)
-            warn(logger, tag, retrying, **fields, attempt=attempt, retry_in_s=wait, error=str(exc))
-            await asyncio.sleep(wait)
-    raise TransientBrokerError(gave_up)
 
 
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
@@ -186,7 +137,7 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
             return await broker.place_market_order(leg.symbol, leg.side, qty, cid, leg.ref_price, quote_amount)
         except DuplicateOrderError:
             info(logger, "IDEMPOTENCY", "duplicate clientOrderId: order exists, fetching it", cid=cid)
-            found = await _lookup(broker, leg.symbol, cid, limits, logger)
+            found = await lookup_order(broker, leg.symbol, cid, limits, logger)
             if found is not None:
                 return found
         except OrderRejectedError:
@@ -215,24 +166,6 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
             # resending the same id is safe.
         await asyncio.sleep(limits.backoff_s * attempt)
     raise TransientBrokerError(f"order {cid} not confirmed after {limits.max_attempts} attempts")
-
-
-async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits, logger: logging.Logger,
-                         settle_left_s: float) -> OrderState | None:
-    """Look ``cid`` up; a "not found" is trusted only once ``settle_left_s`` has run out (rule 6)."""
-    found = await _lookup(broker, symbol, cid, limits, logger)
-    if found is None and settle_left_s > 0:
-        info(logger, "IDEMPOTENCY", "order not found yet; waiting until a late request can no longer land",
-             cid=cid, wait_s=round(settle_left_s, 3))
-        await asyncio.sleep(settle_left_s)
-        found = await _lookup(broker, symbol, cid, limits, logger)
-    return found
-
-
-async def _lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits,
-                  logger: logging.Logger) -> OrderState | None:
-    return await retried(lambda: broker.fetch_order(symbol, cid), limits, logger, "AMBIGUOUS",
-                          "order lookup failed; retrying", f"could not look up order {cid}", cid=cid)
 
 
 async def wait_final(broker: Broker, order: OrderState, cid: str, limits: ExecutionLimits) -> OrderState:
@@ -287,13 +220,6 @@ def final_status(order: OrderState) -> str:
     return "partial" if order.filled_qty > 0 else "canceled"
 
 
-async def live_price(broker: Broker, symbol: str, limits: ExecutionLimits, logger: logging.Logger) -> float:
-    """The exchange's price now (retried); 0.0 when the exchange lists no price for ``symbol``."""
-    prices = await retried(lambda: broker.fetch_prices([symbol]), limits, logger, "PRICE_GUARD",
-                            "price read failed; retrying", f"price of {symbol} unreadable", symbol=symbol)
-    return float(prices.get(symbol, 0.0))
-
-
 async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
                        limits: ExecutionLimits, logger: logging.Logger,
                        guard: LiveGuard | None = None) -> ExecutionResult:
@@ -318,15 +244,26 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if status in MAYBE_ON_EXCHANGE:
             # A previous run may have placed it: find it; only a settled "not found" allows placing it.
             settle_left = limits.settle_s - (now_ms() - updated_ms) / 1000.0 if status == "sent" else 0.0
-            found = await settled_lookup(broker, leg.symbol, cid, limits, logger, settle_left)
+            found = await unresolved_lookup(settled_lookup(broker, leg.symbol, cid, limits, logger, settle_left),
+                                            cid, leg.symbol)
             if found is not None:
                 info(logger, "IDEMPOTENCY", "order from before a restart found; not placing it again", cid=cid,
                      status=found.status)
                 await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, guard)
                 continue
+            settle_missing(journal, cid, status, leg.symbol)
             journal.begin()
             journal.set_intent_status(cid, "unsent", "exchange has no such order")
             journal.commit()
+        if leg.symbol not in rules:
+            # Not (or no longer) listed by the venue: nothing to place, and no price or balance to ask it for.
+            journal.begin()
+            journal.set_intent_status(cid, "skipped", f"no market rules for {leg.symbol}")
+            journal.commit()
+            result.status = "partial"
+            result.reasons.append(f"leg {leg.index} {leg.symbol}: not listed by the venue")
+            warn(logger, "SKIP", "leg skipped: the venue does not list its pair", cid=cid, symbol=leg.symbol)
+            continue
         free = None
         if leg.side == "sell":
             free = await free_balance_with_retry(broker, base_asset(leg.symbol), limits, logger)

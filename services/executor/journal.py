@@ -348,6 +348,10 @@ class Journal:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
+    def order_acknowledged(self, cid: str) -> bool:
+        """Whether the exchange ever answered with this order (its row is journaled from the exchange's answer)."""
+        return self.db.execute("SELECT 1 FROM orders WHERE client_order_id=?", (cid,)).fetchone() is not None
+
     def intent_state(self, cid: str) -> tuple[str, str, int]:
         """(status, reason, updated_ts_ms) of one intent; raises KeyError if it was never journaled."""
         row = self.db.execute("SELECT status, reason, updated_ts_ms FROM intents WHERE client_order_id=?",

@@ -6,6 +6,9 @@ For each intent that was pending/sent/acked (journaled, maybe on the wire): look
 - not found and never sent ("pending"): mark it "unsent" so the resumed plan places it (with the same id).
 - not found although "sent": trusted only once the request can no longer land (``settle_s`` after it was
   sent, see ``execution`` rule 6); until then we wait and ask again — nothing is re-sent on a guess.
+- not found although the exchange once acknowledged it ("acked", or its order row journaled), or not
+  lookup-able at all (its pair delisted): left open and logged [RECONCILE]; its plan then waits with /readyz
+  red (``OrderUnresolved``) instead of placing the order a second time or crashing the boot.
 """
 
 from __future__ import annotations
@@ -14,26 +17,38 @@ import asyncio
 import logging
 
 from services.executor.brokers.base import Broker, TransientBrokerError
-from services.executor.execution import DEFAULT_SETTLE_S, ExecutionResult, final_status, journal_order
+from services.executor.exchange_calls import DEFAULT_SETTLE_S, OrderUnresolved, settle_missing, unresolved_lookup
+from services.executor.execution import ExecutionResult, final_status, journal_order
 from services.executor.journal import Journal, now_ms
 from shared.logging import info, warn
 
 
 async def reconcile(journal: Journal, broker: Broker, logger: logging.Logger,
                     settle_s: float = DEFAULT_SETTLE_S) -> dict[str, int]:
-    counts = {"open": 0, "found": 0, "unsent": 0, "new_fills": 0, "unreachable": 0}
+    counts = {"open": 0, "found": 0, "unsent": 0, "new_fills": 0, "unreachable": 0, "unresolved": 0}
     for intent in journal.open_intents():
         counts["open"] += 1
         cid, symbol = intent["client_order_id"], intent["symbol"]
         try:
-            order = await broker.fetch_order(symbol, cid)
+            order = await unresolved_lookup(broker.fetch_order(symbol, cid), cid, symbol)
             if order is None and intent["status"] == "sent":
                 wait_s = settle_s - (now_ms() - int(intent["updated_ts_ms"])) / 1000.0
                 if wait_s > 0:
                     info(logger, "BOOT", "sent order not found yet; waiting until a late request can no longer "
                          "land", cid=cid, wait_s=round(wait_s, 3))
                     await asyncio.sleep(wait_s)
-                    order = await broker.fetch_order(symbol, cid)
+                    order = await unresolved_lookup(broker.fetch_order(symbol, cid), cid, symbol)
+            if order is None:
+                settle_missing(journal, cid, intent["status"], symbol)
+        except OrderUnresolved as exc:
+            if intent["status"] == "pending":
+                # Journaled, never sent ("sent" is committed before any request): it cannot be on the exchange.
+                order = None
+            else:
+                counts["unresolved"] += 1
+                warn(logger, "RECONCILE", "open order cannot be settled; left open, its plan waits", cid=cid,
+                     symbol=symbol, error=str(exc))
+                continue
         except TransientBrokerError as exc:
             counts["unreachable"] += 1
             warn(logger, "BOOT", "could not reach the exchange for an open intent; left open", cid=cid,

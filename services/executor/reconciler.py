@@ -29,7 +29,7 @@ from services.executor.books import (
 )
 from services.executor.brokers.base import Broker
 from services.executor.brokers.paper import QUOTE
-from services.executor.execution import ExecutionLimits
+from services.executor.exchange_calls import ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis
 from shared.config import Settings

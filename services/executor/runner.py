@@ -16,14 +16,8 @@ import msgspec
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE, base_asset
-from services.executor.execution import (
-    ExecutionLimits,
-    ExecutionResult,
-    LiveGuard,
-    execute_plan,
-    rate_limit_pause,
-    retried,
-)
+from services.executor.exchange_calls import ExecutionLimits, rate_limit_pause, retried
+from services.executor.execution import ExecutionResult, LiveGuard, execute_plan
 from services.executor.journal import Journal
 from services.executor.portfolio import Portfolio, portfolio_from_fills
 from services.executor.reconcile import reconcile

@@ -26,7 +26,7 @@ from aura.strategy.types import MarketRule
 from services.executor.announce import publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
-from services.executor.execution import DEFAULT_SETTLE_S, ExecutionLimits
+from services.executor.exchange_calls import DEFAULT_SETTLE_S, ExecutionLimits
 from services.executor.journal import Journal, journal_fault
 from services.executor.markets import MarketRules
 from services.executor.outage import ExchangeOutage, is_exchange_outage

@@ -18,7 +18,7 @@ import pytest
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
 from services.executor.brokers.ccxt_broker import CcxtBroker
-from services.executor.execution import ExecutionLimits
+from services.executor.exchange_calls import ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis
 from shared.contracts import PlanBody, PlanLeg, plan_id_for

@@ -20,7 +20,7 @@ import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not i
 from aura.exchange_sim import Fault, SimServer
 from services.executor import books
 from services.executor import service as executor_service
-from services.executor.execution import ExecutionLimits
+from services.executor.exchange_calls import ExecutionLimits
 from services.executor.runner import SyncCheck
 from shared.consumer import MAX_DELIVERIES
 from tests.bus_helpers import Capture, dead_letters, journal_rows, role_connections, running, snapshot, until

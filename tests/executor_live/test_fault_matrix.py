@@ -18,7 +18,8 @@ from aura.exchange_sim import Fault
 from services.executor.brokers.base import TransientBrokerError
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.brokers.client_order_id import client_order_id
-from services.executor.execution import ExecutionLimits, ExecutionResult, execute_plan
+from services.executor.exchange_calls import ExecutionLimits
+from services.executor.execution import ExecutionResult, execute_plan
 from services.executor.runner import PlanRun, run_plan
 from shared.contracts import PlanBody
 from shared.health import HealthState

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.executor.brokers.ccxt_broker import CcxtBroker
-from services.executor.execution import ExecutionLimits
+from services.executor.exchange_calls import ExecutionLimits
 from services.executor.runner import LivePolicy, PlanRun, run_plan
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
 from tests.executor_live.conftest import LIMITS, Rig

@@ -17,7 +17,8 @@ from services.executor.brokers.base import (
 )
 from services.executor.brokers.client_order_id import CLIENT_ORDER_ID_RE, client_order_id
 from services.executor.brokers.paper import PaperBroker
-from services.executor.execution import ExecutionLimits, clamp_leg, execute_plan
+from services.executor.exchange_calls import ExecutionLimits
+from services.executor.execution import clamp_leg, execute_plan
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.reconcile import reconcile
@@ -114,7 +115,7 @@ def test_crash_after_send_is_reconciled_at_boot(journal: Journal) -> None:
     journal.commit()
     run(broker.place_market_order("BTC/USDT", "buy", 0.1, cid, 40000.0))
     counts = run(reconcile(journal, broker, LOG))
-    assert counts == {"open": 1, "found": 1, "unsent": 0, "new_fills": 1, "unreachable": 0}
+    assert counts == {"open": 1, "found": 1, "unsent": 0, "new_fills": 1, "unreachable": 0, "unresolved": 0}
     result = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
     assert [f[2] for f in result.new_fills] == ["ETH/USDT"]  # the BTC leg is not placed again
     assert journal.count("fills") == 2 and len(broker.orders) == 2
