@@ -49,6 +49,7 @@ from shared.contracts import PARAMS_BUCKET
 from shared.kv_chain import LEGACY_SKEW_MS, WRONG_LAST_SEQUENCE
 from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import PARAMS_KEY
+from shared.wire import decode_document
 
 # Keys of the document `aura params show` prints around the parameters; `aura params set` accepts them back.
 SHOW_KEYS = frozenset({"version", "digest", "promoted_by", "reason", "promoted_at_ms", "signer", "record", "params",
@@ -85,10 +86,13 @@ def known_timeframe(timeframe: Any, where: str) -> str:
     if not isinstance(timeframe, str):
         raise ParamsError(f"{where}: timeframe must be a string like \"1d\" or \"1h\", not {timeframe!r}")
     try:
-        timeframe_factor(PARAMS_TIMEFRAME, timeframe)
+        factor = timeframe_factor(PARAMS_TIMEFRAME, timeframe)
     except (ValueError, ZeroDivisionError) as exc:  # "0h" parses, but is no bar length
         raise ParamsError(f"{where}: unknown timeframe {timeframe!r} (expected one like \"1d\", \"4h\" or "
                           "\"1h\")") from exc
+    if not 1 / 31 <= factor <= 86_400:
+        # A minute to a month: "1000...0w" parses too, and its factor of 0.0 divided lookbacks by zero.
+        raise ParamsError(f"{where}: timeframe {timeframe!r} is not a bar length between 1m and 31d")
     return timeframe
 
 
@@ -181,7 +185,7 @@ def sign_document(params: StrategyParams, key: Ed25519PrivateKey, promoted_by: s
 def verify_document(raw: bytes, trusted: dict[str, Ed25519PublicKey]) -> tuple[ParamsDocument, str]:
     """(document, signer name); ParamsError if it is malformed, unsigned, forged or out of range."""
     try:
-        doc = msgspec.json.decode(raw, type=ParamsDocument)
+        doc = decode_document(raw, ParamsDocument)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ParamsError(f"malformed parameter document: {exc}") from exc
     try:

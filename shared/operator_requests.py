@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 from shared.bus import kv_get
 from shared.signing import SignatureError, sign_struct, verify_struct
 from shared.state_keys import ADOPT_KEY, RESET_KEY
+from shared.wire import decode_document
 
 # The keys are named in shared/state_keys.py; importers of the requests find them here too.
 __all__ = ["ADOPT_KEY", "RESET_KEY", "OperatorRequest", "operator_request", "read_request", "write_request"]
@@ -43,7 +44,7 @@ async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey) -
     if raw is None:
         return None, ""
     try:
-        request = msgspec.json.decode(raw, type=OperatorRequest)
+        request = decode_document(raw, OperatorRequest)
         verify_struct(request, {"operator": operator_key})
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return None, f"malformed request: {exc}"

@@ -99,6 +99,10 @@ class ParamsTracker:
             except ParamsError as exc:
                 self._refuse(version, str(exc))
                 continue
+            except Exception as exc:  # whatever a stored document makes fail, it is refused
+                # Never raised to the caller: risk's tick reads parameters before every stop-loss check.
+                self._refuse(version, f"unreadable document ({type(exc).__name__}: {exc})"[:300])
+                continue
             try:
                 check_timeframe(doc, self.timeframe, version)
             except ParamsError as exc:

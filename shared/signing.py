@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.contracts import ApprovedPlan, PlanBody, canonical_bytes
+from shared.wire import decode_document
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -124,7 +125,7 @@ def verify_layouts(doc: msgspec.Struct, raw: bytes, older: Sequence[type[msgspec
         error = exc
     for layout in older:
         try:
-            old = msgspec.json.decode(raw, type=layout)
+            old = decode_document(raw, layout)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # it carries a field that layout forbids: not signed as it
         if type(doc)(**msgspec.structs.asdict(old)) != doc:

@@ -36,6 +36,17 @@ def encode(msg: msgspec.Struct) -> bytes:
 T = TypeVar("T", bound=msgspec.Struct)
 
 
+def decode_document(raw: bytes, kind: Any = Any) -> Any:
+    """A stored document (a KV entry, not a bus contract: no schema version) as ``kind``; anything malformed,
+    deep nesting included, is a ``msgspec.DecodeError``/``ValidationError``.  A few KB of nested brackets make
+    msgspec raise RecursionError, which callers that catch only msgspec's errors let through: one such entry
+    written by any principal with write rights stopped every reader (risk's stop-loss checks among them)."""
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except RecursionError as exc:
+        raise msgspec.DecodeError("malformed JSON: nested too deeply") from exc
+
+
 def decode(data: bytes, kind: type[T]) -> T:
     """Decode and check the schema version; raise ContractError with a readable reason."""
     try:

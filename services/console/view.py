@@ -65,6 +65,7 @@ from shared.live_params import (
 )
 from shared.signing import SignatureError, verify_plan, verify_struct
 from shared.state_keys import DECISION_KEY
+from shared.wire import decode_document
 
 RECENT = 50  # rows kept per list
 BACKLOG = 5000  # at the first read, start this many stream sequences before the end (bounded start-up)
@@ -367,7 +368,7 @@ class BusView:
             self.decision = None
             return
         try:
-            doc = msgspec.json.decode(raw)
+            doc = decode_document(raw)
         except msgspec.DecodeError:
             doc = {"unreadable": _clip(raw.decode(errors="replace"))}
         self.decision = doc if isinstance(doc, dict) else {"value": _clip(str(doc))}

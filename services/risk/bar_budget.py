@@ -57,6 +57,7 @@ from shared.kv_chain import UNCHAINED, read_chained, write_chained
 from shared.logging import error, info
 from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import BAR_SENT_KEY
+from shared.wire import decode_document
 
 
 class SentLeg(Protocol):
@@ -140,7 +141,7 @@ class SentDoc(_SentDocV1, frozen=True, kw_only=True):
 
 def _verified_doc(raw: bytes, risk_key: Ed25519PublicKey) -> SentDoc:
     try:
-        doc = msgspec.json.decode(raw, type=SentDoc)
+        doc = decode_document(raw, SentDoc)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SignatureError(f"malformed SentDoc: {exc}") from exc
     verify_layouts(doc, raw, (_SentDocV1,), {"risk": risk_key})  # a count signed before it named its predecessor

@@ -32,6 +32,7 @@ from shared.kv_chain import UNCHAINED, read_chained, write_chained
 from shared.operator_requests import OperatorRequest
 from shared.signing import SignatureError, sign_struct, verify_layouts
 from shared.state_keys import HALT_KEY
+from shared.wire import decode_document
 
 
 class _LatchDocV1(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +73,7 @@ UNVERIFIABLE_BY = "risk:unverifiable-latch"
 
 def _decode(raw: bytes, kind: type[msgspec.Struct]) -> msgspec.Struct:
     try:
-        return msgspec.json.decode(raw, type=kind)
+        return decode_document(raw, kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SignatureError(f"malformed {kind.__name__}: {exc}") from exc
 

@@ -39,7 +39,7 @@ from shared.contracts import (
 )
 from shared.credentials import signing_key, trusted_key
 from shared.cycles import cycle_id_for
-from shared.live_params import sign_document
+from shared.live_params import ParamsDocument, sign_document
 from shared.provision import BUCKETS
 from shared.signing import sign_struct
 from shared.state_keys import DECISION_KEY, SIGNAL_STATE_KEY, ingest_cursor_key, state_bytes_bound
@@ -137,7 +137,8 @@ async def stored_version(system: System, version: int) -> bytes:
 
 
 @pytest.mark.parametrize("document", ["unsigned reckless", "garbage", "signed by an unknown key",
-                                      "a version in force written again"])
+                                      "a version in force written again", "nested too deeply",
+                                      "signed for bars no timeframe has"])
 def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(system: System,
                                                                               document: str) -> None:
     """Without the optimizer's signing key: an unsigned or invalid document, or a signed one written again as a
@@ -151,6 +152,15 @@ def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(
         "signed by an unknown key": msgspec.json.encode(sign_document(_reckless(), Ed25519PrivateKey.generate(),
                                                                       "optimizer", "attack")),
         "a version in force written again": run(stored_version(system, int(version_before))),
+        # 3 KB of brackets: msgspec raised RecursionError, which no reader caught; every risk tick failed.
+        "nested too deeply": b'{"params":{},"promoted_by":"x","reason":"x","promoted_at_ms":1,"record":{"x":'
+                             + b"[" * 1500 + b"]" * 1500 + b"}}",
+        # Signed with the optimizer's own key (a compromised optimizer holds it): "1000...0w" parsed as a bar
+        # length whose factor is 0.0, and validating the lookbacks divided by it (ZeroDivisionError escaped).
+        "signed for bars no timeframe has": msgspec.json.encode(sign_struct(ParamsDocument(
+            params=StrategyParams(), promoted_by="optimizer", reason="attack", promoted_at_ms=int(time.time() * 1000),
+            record={"timeframe": "1" + "0" * 400 + "w"}, version=int(version_before) + 1),
+            signing_key(system.settings.keys, "optimizer"))),
     }
     before = system.book()
     refused_before = {svc: system.counter(svc, "params_refused") for svc in ("signal", "risk")}
