@@ -2,14 +2,15 @@
 
 Replay (dry run): the closes of the newest ``DataReady`` snapshot, fetched from the candle object store and
 checked against its digest, exactly as the signal service reads it.  Live: the exchange's public ticker
-endpoint through ccxt *without keys* (exchange keys are read by the executor only).  Market rules come from
-the newest ``DataReady`` (the same the cycle used), or from the exchange's public market list if there is none;
-the taker fee of the cost gate from that public market list (``services/risk/costs.py``).
+endpoint through ccxt *without keys* (exchange keys are read by the executor only), and so are the market rules
+and the decision bar's volumes the exits are sized with (never ingest's: see ``LivePrices``); the taker fee of
+the cost gate from that public market list (``services/risk/costs.py``).
 A failed read returns None: the tick's sync guard decides what that means, never this module.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class PriceSource(Protocol):
     async def taker_fee(self) -> float | None:
         """The venue's taker fee (live: its public markets), None where there is no venue.  Raises on a failed
         read."""
+        ...
+
+    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
+        """The venue's own base volume of each symbol's bar opening at ``bar_ms`` (live), None where there is no
+        venue (the replay's data is its venue).  Raises on a failed read."""
         ...
 
     async def close(self) -> None: ...
@@ -87,32 +93,36 @@ class ReplayPrices:
     async def taker_fee(self) -> float | None:
         return None
 
+    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
+        return None
+
     async def close(self) -> None:
         return None
 
 
 class LivePrices:
-    """Public ticker prices from the exchange (no credentials), rules from the newest DataReady."""
+    """Public ticker prices, market rules and bar volumes from the exchange itself (no credentials).
+
+    Nothing the tick's exits are sized with comes from ingest: a compromised ingest announcing a held coin's
+    bar with no volume, or its market with a minimum notional of 1e12, made every stop-loss and kill-switch
+    exit round or cap to nothing while the latch stayed set.
+    """
 
     def __init__(self, ctx: ServiceContext) -> None:
         from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url
 
         s = ctx.settings
         self.ctx = ctx
-        self.replay = ReplayPrices(ctx)
         self.client = CcxtBroker(s.exchange_id, base_url=venue_url(s), testnet=s.testnet, logger=ctx.logger)
         self.name = f"live public tickers ({s.exchange_id})"
 
     async def read(self, symbols: list[str]) -> PriceRead | None:
         try:
             prices = await self.client.fetch_prices(symbols) if symbols else {}
-            ready = await self.replay.newest()
-            if ready is not None:
-                markets = list(ready.markets)
-            else:
-                rules = await self.client.load_markets()
-                markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
-                           for s, r in sorted(rules.items()) if s in symbols]
+            # ccxt's cached market list, reloaded with the fee (``taker_fee``, services/risk/costs.py).
+            rules = await self.client.load_markets()
+            markets = [MarketRuleMsg(r.symbol, r.step_size, r.tick_size, r.min_qty, r.min_notional)
+                       for s, r in sorted(rules.items()) if s in symbols]
         except Exception as exc:
             warn(self.ctx.logger, "RISK_TICK", "ticker read failed", error=f"{type(exc).__name__}: {exc}"[:200])
             return None
@@ -130,8 +140,32 @@ class LivePrices:
             raise ValueError(f"{self.ctx.settings.exchange_id} states no taker fee for its {QUOTE} pairs")
         return fee
 
+    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
+        return await self.client.fetch_bar_volumes(symbols, timeframe, bar_ms) if symbols else {}
+
     async def close(self) -> None:
         await self.client.close()
+
+
+async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar: int, volumes: dict[str, float],
+                       logger: logging.Logger) -> dict[str, float]:
+    """``volumes`` (the announced decision bar's) with the held coins' volumes the venue publishes (live): those
+    cap a tick's exits.  Unreadable: NaN, so the exits go out uncapped (their reasons say so) rather than held
+    back by a number nobody verified."""
+    try:
+        venue = await source.bar_volumes(held, timeframe, bar)
+    except Exception as exc:
+        warn(logger, "RISK_TICK", "venue bar volumes unreadable; exits not capped this tick",
+             error=f"{type(exc).__name__}: {exc}"[:200])
+        venue = {}
+    if venue is None:
+        return volumes
+    for sym in held:
+        announced, published = volumes.get(sym, math.nan), venue.get(sym, math.nan)
+        if math.isfinite(announced) and not math.isclose(announced, published, rel_tol=0.01):
+            warn(logger, "DATA_DISAGREE", "announced bar volume is not the venue's; the venue's caps the exits",
+                 symbol=sym, bar_ms=bar, announced=announced, venue=published)
+    return {**volumes, **{sym: venue.get(sym, math.nan) for sym in held}}
 
 
 def make_price_source(ctx: ServiceContext) -> PriceSource:

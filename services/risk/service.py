@@ -49,7 +49,7 @@ from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
-from services.risk.prices import PriceRead, PriceSource, make_price_source
+from services.risk.prices import PriceRead, PriceSource, exit_volumes, make_price_source
 from services.risk.stale import follow_notices, notice_clock
 from services.risk.sync_guard import GuardState
 from services.risk.tick import (
@@ -366,6 +366,8 @@ class Risk:
         rules = rules_of(read.markets) if read is not None else {}
         cost = await self.costs.current()
         bar, volumes = await self.inputs.bar_volumes(ctx.logger)
+        if bar is not None and held:
+            volumes = await exit_volumes(self.prices, held, ctx.settings.timeframe, bar, volumes, ctx.logger)
         await self.sent.seal(bar)
         decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks, volumes,
                                  self.max_participation, self.sent.on(bar, volumes))

@@ -42,6 +42,7 @@ from shared.contracts import (
     plan_id_for,
 )
 from shared.credentials import signing_key
+from shared.cycles import cycle_id_for
 from shared.live_params import promote, sign_document
 from shared.signing import load_public_key, sign_plan, verify_plan
 from tests.bus_helpers import (
@@ -345,6 +346,54 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
     signed = {"GET /api/v3/account", "POST /api/v3/order", "GET /api/v3/order", "GET /api/v3/myTrades"}
     assert not signed & set(requests), f"the risk service called a private endpoint: {requests}"
     assert not capture.fields("FORGED_SNAPSHOT"), "risk refused the executor-signed snapshot"
+
+
+@pytest.mark.parametrize("forgery", ["no volume in the bar", "a minimum notional of 1e12"])
+def test_a_compromised_ingest_cannot_cancel_a_live_stop_loss_exit(nats_server: NatsEndpoint, shared_data_dir: Path,
+                                                                  forgery: str) -> None:
+    """Ingest (its own credential, a compromised process) announces the decision bar with the held coin's volume
+    at 0, or with its market's minimum notional at 1e12.  The live tick sized its exits with those: the
+    participation cap or the lot rounding left nothing to sell, on every bar ingest forged, while BTC fell
+    through its stop.  Live, the exits are sized with the venue's own volumes and rules."""
+    from aura.exchange_sim import SimConfig, SimServer
+    from shared.contracts import MarketRuleMsg
+
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01")
+    capture = Capture()
+    with SimServer(config=config) as sim:
+        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
+        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY  # the newest bar the venue has closed
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
+                                 AURA_EXCHANGE_API_URL=sim.base_url)
+        closes = np.array([[price, eth], [price, eth]])
+        volume = np.array([[900.0, 9000.0], [0.0 if forgery.startswith("no volume") else 900.0, 9000.0]])
+        panel = Panel(("BTC/USDT", "ETH/USDT"), np.array([bar - DAY, bar], dtype=np.int64), closes, closes, closes,
+                      closes, volume)
+        notional = 1e12 if forgery.startswith("a minimum") else 5.0
+        markets = [MarketRuleMsg("BTC/USDT", 1e-5, 0.01, 1e-5, notional), MarketRuleMsg("ETH/USDT", 1e-4, 0.01,
+                                                                                        1e-4, 5.0)]
+
+        async def scenario() -> ApprovedPlan:
+            async with role_connections(settings, "ingest", "executor", "operator") as js:
+                await announce_panel(js["ingest"], panel, cycle_id_for("1d", bar), markets)
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-live", cycle_id=cycle_id_for("1d", bar), plan_id="p-0", status="executed",
+                    cash=5000.0, holdings={"BTC/USDT": 0.1}, entry_prices={"BTC/USDT": price * 1.25},
+                    equity=5000.0 + 0.1 * price, equity_history=[5000.0 + 0.1 * price]))
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk", handler=capture):
+                    raw = await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT),
+                                      "the live stop-loss plan")
+            return decode(raw, ApprovedPlan)
+
+        plan = asyncio.run(scenario()).plan
+        klines = sum(n for path, n in sim.sim.faults.counts().items() if path.startswith("GET /api/v3/klines"))
+    assert [(x.side, x.symbol, x.qty, x.reason) for x in plan.legs] == [("sell", "BTC/USDT", 0.1, "stop_loss")]
+    assert klines >= 1  # the venue's own candle was read for its volume
+    if forgery.startswith("no volume"):
+        said = capture.fields("DATA_DISAGREE")
+        assert said and said[0]["symbol"] == "BTC/USDT" and said[0]["announced"] == 0.0 and said[0]["venue"] > 0
 
 
 def live_target_refusal(nats_server: NatsEndpoint, shared_data_dir: Path, bar: int,
