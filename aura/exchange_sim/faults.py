@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 CONTENT_KINDS = ("empty_balance", "stale_balance", "corrupt_zip", "encrypted_flag", "bad_checksum",
-                 "seconds_timestamps", "lagging_klines", "wrong_shape", "duplicate_conflict")
+                 "seconds_timestamps", "lagging_klines", "lagging_trades", "wrong_shape", "duplicate_conflict")
 FAULT_KINDS = ("timeout", "drop", "http_error", "rate_limit", *CONTENT_KINDS)
 
 

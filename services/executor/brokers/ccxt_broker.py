@@ -336,8 +336,16 @@ class CcxtBroker:
             unified = str(order.get("status") or "open")
             status = _UNIFIED_STATUS.get(unified, "partially_filled" if filled > 0 else "open")
         trades = (order.get("trades") or []) if fills_from_order else []
-        if not fills_from_order and filled > 0:
+        if filled > 0 and _short(trades, filled):  # an answer without its fills (RESULT), or a lookup
             trades = await self._order_trades(sym, str(order.get("id")))
+        if filled > 0 and _short(trades, filled) and status in ("filled", "canceled", "expired"):
+            # The trade list lags the order.  Final with fills short, the intent would close for good with coins
+            # (and their cost) the journal never sees, and the plan's budget would not count them: it stays
+            # working here, so it is looked up again until every fill is there.
+            warn(self.log, "BROKER", "order's trades fall short of its filled quantity; looked up again",
+                 symbol=sym, client_order_id=client_order_id, filled=filled,
+                 trades=sum(float(t.get("amount") or 0.0) for t in trades), exchange_status=status)
+            status = "partially_filled"
         ts = int(order.get("lastTradeTimestamp") or order.get("timestamp") or 0)
         fills = tuple(self._fill(sym, order, t, ts) for t in trades)
         if filled > 0 or status == "canceled":
@@ -389,3 +397,8 @@ class CcxtBroker:
         return Fill(trade_id=str(trade.get("id") or ""), symbol=sym, side=str(trade.get("side") or order.get("side")),
                     qty=qty, price=price, fee=fee_quote + fee_base * price,
                     ts_ms=int(trade.get("timestamp") or order_ts or 0), fee_base=fee_base, fee_quote=fee_quote)
+
+
+def _short(trades: list[dict[str, Any]], filled: float) -> bool:
+    """Whether ``trades`` add up to less than ``filled`` (beyond the exchange's 8-decimal rounding)."""
+    return sum(float(t.get("amount") or 0.0) for t in trades) < filled - max(1e-9, filled * 1e-9)
