@@ -6,7 +6,8 @@ ingest (the only writer of data) published for the same cycle: the newest ``Data
 it names, fetched and digest-checked by risk itself.  From those come the prices risk plans with and the
 market rules it rounds with; the target's own copies must agree exactly, and its return forecasts must be the
 ones the shared decision code computes from that data (they feed the cost-benefit gate).  Weights must be
-finite, non-negative, sum to at most 1 and name only symbols of that universe.  Anything else is
+finite, non-negative, name only symbols of that universe and be a book the parameters size for the stated
+regime (``check_sizing``).  Anything else is
 :class:`ForgedTarget`.  Pure: no I/O here.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.regime import REGIME_NAMES
+from aura.strategy.selector import regime_book
 from aura.strategy.signal import compute_targets
 from aura.strategy.types import Panel
 from shared.contracts import DataReady, TargetPortfolio
@@ -77,6 +79,22 @@ def check_announcement(target: TargetPortfolio, ready: DataReady | None, timefra
         raise ForgedTarget("target's market rules differ from the ones ingest announced")
 
 
+def check_sizing(target: TargetPortfolio, params: StrategyParams) -> None:
+    """The weights must be a book the parameters in force can size for the regime the target states: at most
+    that regime's number of names, each at most ``max_weight``, together at most its exposure.  The regime itself
+    rests on the signal state (hysteresis) and is not recomputed here, so a compromised signal can still claim
+    another one; but never a whole book on one illiquid coin, nor more than the strategy would ever hold."""
+    exposure, names = regime_book(REGIME_NAMES.index(target.regime), params.exposure_bull, params.exposure_sideways,
+                                  params.exposure_bear, params.top_k, params.top_k_sideways, params.top_k_bear)
+    held = [w for w in target.weights.values() if w > 0]
+    if len(held) > names:
+        raise ForgedTarget(f"{len(held)} names weighted; the {target.regime} regime holds at most {names}")
+    if max(held, default=0.0) > params.max_weight + WEIGHT_SUM_TOLERANCE:
+        raise ForgedTarget(f"a weight of {max(held):.6f} is above max_weight {params.max_weight}")
+    if sum(held) > exposure + WEIGHT_SUM_TOLERANCE:
+        raise ForgedTarget(f"weights sum to {sum(held):.6f}, above the {target.regime} exposure {exposure}")
+
+
 def check_target(target: TargetPortfolio, ready: DataReady, panel: Panel, params: StrategyParams) -> dict[str, float]:
     """Verify ``target`` against the data and parameters it names; return the verified prices to plan with."""
     if tuple(panel.symbols) != tuple(ready.symbols) or len(panel.timestamps) == 0 \
@@ -99,6 +117,7 @@ def check_target(target: TargetPortfolio, ready: DataReady, panel: Panel, params
         raise ForgedTarget("weights must be finite and non-negative")
     if float(values.sum()) > 1.0 + WEIGHT_SUM_TOLERANCE:
         raise ForgedTarget(f"weights sum to {float(values.sum()):.6f} > 1")
+    check_sizing(target, params)
     unpriced = sorted(s for s, w in target.weights.items() if w > 0 and s not in prices)
     if unpriced:
         raise ForgedTarget(f"weights on symbols without a price: {unpriced[:5]}")

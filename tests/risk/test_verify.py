@@ -11,7 +11,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from aura.strategy.params import StrategyParams
+from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
 from services.risk.verify import (
     WEIGHT_SUM_TOLERANCE,
@@ -29,6 +29,8 @@ from tests.bus_helpers import replay_signal_state, replay_snapshot
 
 BAR = 700  # mid-2019 in the bundled replay: complete universe, a confirmed regime with real weights
 PARAMS = StrategyParams()
+# Parameters under which any book of up to 10 names summing to at most 1 is one the strategy could size.
+ROOMY = msgspec.structs.replace(PARAMS, max_weight=1.0, top_k=10, top_k_sideways=10, exposure_sideways=1.0)
 
 
 def ready_for(panel: Panel, cycle_id: str, markets: list[MarketRuleMsg]) -> DataReady:
@@ -124,7 +126,8 @@ def test_weights_summing_to_one_within_float_tolerance_pass(
     symbols = sorted(target.weights)
     full = {s: 1.0 / len(symbols) for s in symbols}
     full[symbols[0]] += WEIGHT_SUM_TOLERANCE / 2
-    check_target(changed(target, weights=full), ready, panel, PARAMS)
+    # Under parameters that size a whole book on these names (the defaults cap each at half of it).
+    check_target(changed(target, weights=full, regime="bull", params_digest=params_digest(ROOMY)), ready, panel, ROOMY)
 
 
 @pytest.mark.parametrize("case", ["other symbols", "other last bar", "empty"])
@@ -193,6 +196,29 @@ def test_weights_summing_above_one_are_refused(genuine: tuple[TargetPortfolio, D
         check_target(changed(target, weights={"BTC/USDT": 0.7, "ETH/USDT": 0.6}), ready, panel, PARAMS)
     with pytest.raises(ForgedTarget, match="> 1"):
         check_target(changed(target, weights={"BTC/USDT": 1.0 + 1e-6}), ready, panel, PARAMS)
+
+
+@pytest.mark.parametrize("book", ["one coin for the whole book", "more names than the regime holds",
+                                  "more than the regime's exposure"])
+def test_a_book_the_parameters_would_never_size_is_refused(genuine: tuple[TargetPortfolio, DataReady, Panel],
+                                                           book: str) -> None:
+    """A compromised signal keeps its right to publish targets and its choice of weights: it put the whole book
+    on the least liquid coin of the universe, which only the participation cap and the order cap then bounded."""
+    target, ready, panel = genuine
+    coins = [s for s in panel.symbols if s in target.prices][:6]
+    weights, regime, why = {
+        "one coin for the whole book": ({coins[-1]: 0.9}, "bull", "above max_weight 0.5"),
+        "more names than the regime holds": ({s: 0.15 for s in coins[:4]}, "bull", "4 names weighted; the bull "
+                                             "regime holds at most 3"),
+        "more than the regime's exposure": ({coins[0]: 0.4, coins[1]: 0.4}, "sideways", "above the sideways "
+                                            "exposure 0.5"),
+    }[book]
+    with pytest.raises(ForgedTarget, match=why):
+        check_target(changed(target, weights=weights, regime=regime), ready, panel, PARAMS)
+    # The same weights under parameters that size such a book pass: the bound is the parameters', not fixed.
+    roomy = ROOMY
+    check_target(changed(target, weights=weights, regime=regime, params_digest=params_digest(roomy)), ready, panel,
+                 roomy)
 
 
 def test_a_weight_on_a_symbol_without_a_price_is_refused(genuine: tuple[TargetPortfolio, DataReady, Panel]) -> None:

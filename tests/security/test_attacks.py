@@ -79,6 +79,10 @@ def _forgeries(genuine: TargetPortfolio, held: str) -> dict[str, TargetPortfolio
         "NaN weight": reforged_target(genuine, weights={btc: math.nan}),
         "1,500 unknown symbols": reforged_target(genuine, weights={f"\u0416{i:04d}/USDT": 0.0005
                                                                  for i in range(1500)}),
+        # Right in every respect but the book: all of it on the universe's last coin (the parameters cap a name at
+        # half the book), under a regime that claims the whole exposure.
+        "the whole book on one coin": reforged_target(genuine, regime="bull",
+                                                      weights={sorted(genuine.prices)[-1]: 1.0}),
     }
 
 
@@ -97,9 +101,11 @@ def test_a_compromised_signal_cannot_get_a_forged_target_signed(system: System) 
     # A new cycle id is not the cycle ingest announced (superseded); NaN cannot even be sent as JSON (it
     # arrives as null: malformed); every other forgery is caught against the data (forged_target).
     assert sorted(letter.reason for letter in letters) == sorted(
-        ["superseded", "malformed", *["forged_target"] * 6]), [(x.reason, x.error[:80]) for x in letters]
-    assert system.counter("risk", "forged_targets") == forged_before + 6
-    assert len(system.log_lines("risk", "FORGED_TARGET")) >= 6
+        ["superseded", "malformed", *["forged_target"] * 7]), [(x.reason, x.error[:80]) for x in letters]
+    assert system.counter("risk", "forged_targets") == forged_before + 7
+    assert len(system.log_lines("risk", "FORGED_TARGET")) >= 7
+    assert any("above max_weight" in str(x) for x in
+               system.log_lines("risk", "FORGED_TARGET"))
     newest_plan = run(newest(system, ApprovedPlan))
     assert newest_plan == plans_before, "risk signed a plan for a forged target"
 
