@@ -26,6 +26,11 @@ from shared.contracts import DataReady, TargetPortfolio
 from shared.cycles import cycle_id_for
 
 WEIGHT_SUM_TOLERANCE = 1e-9  # float sums of weights that are meant to total 1
+# How far ahead of the exchange's clock a bar may close and still be believed closed.  Ingest takes a bar only
+# once the venue's own clock has passed its close (plus a grace), and risk reads that same clock afterwards, so
+# this is read-to-read jitter, not a tolerance: half a bar (12 hours on 1d) let a compromised ingest date data
+# ahead and re-arm the kill-switch that much early.
+FUTURE_SKEW_MS = 60_000
 
 
 class ForgedTarget(ValueError):
@@ -46,7 +51,7 @@ def check_data_time(as_of_ms: int, exchange_ms: int | None, bar_ms: int, max_age
     if exchange_ms - as_of_ms > max_age_ms:
         return f"stale: data of {as_of_ms} is {(exchange_ms - as_of_ms) / 1000:.0f}s old by the exchange's clock " \
                f"(limit {max_age_ms / 1000:.0f}s)"
-    if as_of_ms + bar_ms > exchange_ms + bar_ms // 2:
+    if as_of_ms + bar_ms > exchange_ms + FUTURE_SKEW_MS:
         return f"future: the bar opening at {as_of_ms} has not closed by the exchange's clock ({exchange_ms})"
     return None
 
