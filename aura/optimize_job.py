@@ -250,7 +250,8 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
                 key = signing_key(system.keys, "optimizer")
                 trusted = trusted_keys(system.keys, "optimizer", PARAMS_SIGNERS)
                 version = await promote_winner(js, key, trusted, record.run.winner, record_doc, reason,
-                                               incumbent_version, timeframe=record.inputs.timeframe)
+                                               incumbent_version, timeframe=record.inputs.timeframe,
+                                               max_loss_bound=system.max_loss_bound)
             await publish_decision(js, {**summary, "version": version})
             return version or 0
 

@@ -31,6 +31,7 @@ from shared.credentials import PARAMS_SIGNERS, CredentialError, signing_key, tru
 from shared.live_params import (
     ParamsDocument,
     ParamsError,
+    check_loss_bound,
     document_timeframe,
     history,
     last_valid,
@@ -118,6 +119,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             params, _, old_doc = await read_version(js, trusted, args.version)
             timeframe = document_timeframe(old_doc) if old_doc is not None else PARAMS_TIMEFRAME
             reason = f"rollback to version {args.version}: {args.reason}"
+        check_loss_bound(params, settings.max_loss_bound, "(the new one)")  # signal and risk would refuse it
         changes = _diff(current, params)
         relabelled = not same_timeframe(timeframe, current_tf)
         if not changes and not relabelled:

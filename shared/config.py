@@ -106,6 +106,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # the plan was decided on; the rest is cut, and the plan's reasons say so (aura/strategy/capacity.py).  The
     # backtest's --max-participation applies the same rule to the bar a leg fills in.
     max_participation: float = 0.10
+    # The operator's loss envelope: signal, risk and the optimizer refuse a parameter version whose kill-switch
+    # lets the book draw down further than this before it latches for good (aura.strategy.params.loss_bound),
+    # whoever signed it: a compromised optimizer holds a valid signing key.
+    max_loss_bound: float = 0.5
     # Live only: a plan on a data bar that closed more than one bar plus this grace before the exchange's clock
     # is refused ([STALE_PLAN]).
     plan_grace_s: float = 300.0
@@ -200,6 +204,7 @@ def _validate(s: Settings) -> None:
         "max_order_usdt": s.max_order_usdt > 0,
         "max_price_deviation": 0 < s.max_price_deviation < 0.5,
         "max_participation": 0 < s.max_participation <= 1,
+        "max_loss_bound": 0 < s.max_loss_bound <= 1,
         "plan_grace_s": s.plan_grace_s >= 0,
         "reconcile_dust_usdt": s.reconcile_dust_usdt >= 0,
         "risk_tick_s": s.risk_tick_s >= 0,

@@ -40,6 +40,7 @@ from aura.strategy.params import (
     FIELDS,
     PARAMS_TIMEFRAME,
     StrategyParams,
+    loss_bound,
     rescale,
     timeframe_factor,
     validate_tradable,
@@ -171,6 +172,14 @@ def params_from_user(doc: Any, base: StrategyParams,
     except msgspec.ValidationError as exc:
         raise ParamsError(f"invalid parameters: {exc}") from exc
     return validated(params, timeframe), timeframe
+
+
+def check_loss_bound(params: StrategyParams, max_loss_bound: float, version: int | str = "") -> None:
+    """ParamsError when ``params`` let the book lose more than the operator's envelope (AURA_MAX_LOSS_BOUND)."""
+    bound = loss_bound(params)
+    if bound > max_loss_bound:
+        raise ParamsError(f"parameter version {version} lets the kill-switch wait for a {bound:.0%} drawdown; the "
+                          f"operator's envelope is {max_loss_bound:.0%} (AURA_MAX_LOSS_BOUND)")
 
 
 def sign_document(params: StrategyParams, key: Ed25519PrivateKey, promoted_by: str, reason: str,

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, params_digest
 from shared.live_params import (
     ParamsError,
+    check_loss_bound,
     check_timeframe,
     default_params,
     known_timeframe,
@@ -35,12 +36,13 @@ class ParamsTracker:
     doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest
     version, older versions are tried newest first, then the shipped defaults (scaled to ``timeframe``).
     A document made for other bars than ``timeframe`` (the service's ``settings.timeframe``) is refused the
-    same way, logged ``[TIMEFRAME]``.
+    same way, logged ``[TIMEFRAME]``, and so is one outside the operator's loss envelope (``max_loss_bound``).
     """
 
     def __init__(self, js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], health: HealthState,
-                 logger: logging.Logger, *, timeframe: str = PARAMS_TIMEFRAME) -> None:
+                 logger: logging.Logger, *, max_loss_bound: float, timeframe: str = PARAMS_TIMEFRAME) -> None:
         self.js, self.trusted, self.health, self.logger = js, trusted, health, logger
+        self.max_loss_bound = max_loss_bound  # the operator's envelope (settings.max_loss_bound)
         self.timeframe = known_timeframe(timeframe, "ParamsTracker")
         self.params, self.version = default_params(timeframe), 0
         self.loaded = False
@@ -107,6 +109,11 @@ class ParamsTracker:
                 check_timeframe(doc, self.timeframe, version)
             except ParamsError as exc:
                 self._refuse(version, str(exc), tag="TIMEFRAME")
+                continue
+            try:
+                check_loss_bound(doc.params, self.max_loss_bound, version)
+            except ParamsError as exc:
+                self._refuse(version, str(exc))
                 continue
             if version != self.version:
                 info(self.logger, "PARAMS", "parameter version in force", version=version, signer=signer,

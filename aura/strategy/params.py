@@ -219,6 +219,12 @@ def validate_tradable(p: StrategyParams, timeframe: str = PARAMS_TIMEFRAME) -> N
         raise ValueError("kill_switch_drawdown=1.0 and kill_switch_cap=1.0: nothing would bound the drawdown")
 
 
+def loss_bound(p: StrategyParams) -> float:
+    """The deepest drawdown the kill-switch lets the book reach before it latches for good: the hard cap since the
+    last operator reset, or, for a switch that never re-arms by itself, the rolling threshold if that is lower."""
+    return p.kill_switch_cap if p.kill_switch_cooldown > 0 else min(p.kill_switch_drawdown, p.kill_switch_cap)
+
+
 def params_digest(p: StrategyParams) -> str:
     """Content id of a parameter set (stable across processes: msgspec encodes fields in order)."""
     return hashlib.sha256(msgspec.json.encode(p)).hexdigest()[:16]

@@ -59,7 +59,8 @@ async def may_seed(ctx: ServiceContext, trusted: dict[str, Ed25519PublicKey]) ->
 
 async def run(ctx: ServiceContext) -> None:
     trusted = trusted_keys(ctx.settings.keys, "optimizer", PARAMS_SIGNERS)
-    tracker = ParamsTracker(ctx.js, trusted, ctx.health, ctx.logger, timeframe=ctx.settings.timeframe)
+    tracker = ParamsTracker(ctx.js, trusted, ctx.health, ctx.logger, max_loss_bound=ctx.settings.max_loss_bound,
+                            timeframe=ctx.settings.timeframe)
     params, version = await tracker.current()
     # Nothing valid promoted yet (for this timeframe): make the shipped defaults version 1, signed.
     if version == 0 and await may_seed(ctx, trusted):

@@ -28,7 +28,7 @@ from shared.consumer import Reject
 from shared.contracts import ContractError, DataReady, PortfolioSnapshot, decode
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_key, trusted_keys
 from shared.health import HealthState
-from shared.live_params import ParamsError, read_version
+from shared.live_params import ParamsError, check_loss_bound, read_version
 from shared.logging import error, warn
 from shared.operator_requests import RESET_KEY, read_request
 from shared.signing import SignatureError, verify_struct
@@ -46,6 +46,7 @@ class RiskInputs:
         self.executor_key = trusted_key(layout, "risk", "executor")
         self.params_keys = trusted_keys(layout, "risk", PARAMS_SIGNERS)
         self.timeframe = settings.timeframe  # parameter versions made for other bars are refused (bad_params)
+        self.max_loss_bound = settings.max_loss_bound  # and those outside the operator's loss envelope
         self.seen: OrderedDict[str, str] = OrderedDict()
         self._panel: tuple[str, Panel] | None = None
         # The newest snapshot and latch that verified: a forged newer one is refused and these stay in force
@@ -171,6 +172,7 @@ class RiskInputs:
     async def params_at(self, version: int) -> tuple[StrategyParams, int]:
         # With the timeframe, version 0 is the defaults scaled as signal's tracker scales them (same digest).
         params, version, _ = await read_version(self.js, self.params_keys, version, timeframe=self.timeframe)
+        check_loss_bound(params, self.max_loss_bound, version)  # a target naming a version the tracker refused
         return params, version
 
 

@@ -424,7 +424,7 @@ async def run(ctx: ServiceContext) -> None:
         await source.close()
         return
     tracker = ParamsTracker(ctx.js, trusted_keys(s.keys, "risk", PARAMS_SIGNERS), ctx.health, ctx.logger,
-                            timeframe=s.timeframe)
+                            max_loss_bound=ctx.settings.max_loss_bound, timeframe=s.timeframe)
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
     budget = await BarBudget.load(ctx.js, inputs.key, s.max_participation, ctx.health, ctx.logger)

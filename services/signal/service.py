@@ -66,7 +66,7 @@ async def run(ctx: ServiceContext) -> None:
     kv = await state_kv(ctx.js)
     # The timeframe: a document made for other bars is refused, never run with its lookbacks miscounted.
     tracker = ParamsTracker(ctx.js, trusted_keys(ctx.settings.keys, "signal", PARAMS_SIGNERS), ctx.health, ctx.logger,
-                            timeframe=ctx.settings.timeframe)
+                            max_loss_bound=ctx.settings.max_loss_bound, timeframe=ctx.settings.timeframe)
     await tracker.current()
     follower = asyncio.create_task(tracker.follow(ctx.stop))
     sub = await durable_pull(ctx.js, CONSUMERS["signal"])

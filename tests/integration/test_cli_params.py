@@ -164,6 +164,16 @@ def test_out_of_range_parameters_are_refused(nats_server: NatsEndpoint, tmp_path
     assert live_version(nats_server) == 0
 
 
+def test_parameters_beyond_the_loss_envelope_are_refused_before_any_write(nats_server: NatsEndpoint,
+                                                                         tmp_path: Path) -> None:
+    """Valid parameters, but a kill-switch that waits for a 99% drawdown: signal and risk would refuse the version
+    (AURA_MAX_LOSS_BOUND), so the operator is told instead of promoting a version nothing trades."""
+    doc = {"kill_switch_drawdown": 1.0, "kill_switch_cap": 0.99}
+    proc = set_params(nats_server, tmp_path, doc, "reckless", name="reckless.json")
+    assert proc.returncode == 2 and "envelope is 50%" in proc.stderr and "Traceback" not in proc.stderr
+    assert live_version(nats_server) == 0
+
+
 @pytest.mark.parametrize("doc, named", [
     ({"top_k": 2, "top_kk": 4}, "top_kk"),  # a misspelt parameter
     ({"params": {**DEFAULTS, "top_k": 2}, "version": 0, "comment": "x"}, "comment"),  # beside show's keys

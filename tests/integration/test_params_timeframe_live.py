@@ -75,7 +75,7 @@ async def tracked(nats: NatsEndpoint, principal: str, timeframe: str, trackers: 
         if tracker is None:
             tracker = ParamsTracker(nc.jetstream(), trusted_keys(nats.settings().keys, principal, PARAMS_SIGNERS),
                                     HealthState(service=principal), logging.getLogger(f"aura.test.{principal}"),
-                                    timeframe=timeframe)
+                                    max_loss_bound=0.5, timeframe=timeframe)
             if trackers is not None:
                 trackers[principal] = tracker
         tracker.js = nc.jetstream()
@@ -266,7 +266,8 @@ def test_an_hourly_optimizer_winner_is_promoted_for_hourly_bars(nats_server: Nat
         try:
             return await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"),
                                         trusted_keys(keys, "optimizer", PARAMS_SIGNERS), winner,
-                                        {"report_sha256": "cd" * 32}, "test winner", 0, timeframe="1h")
+                                        {"report_sha256": "cd" * 32}, "test winner", 0, timeframe="1h",
+                                        max_loss_bound=0.5)
         finally:
             await close(nc)
 
@@ -290,14 +291,14 @@ def test_a_daily_winner_is_not_written_onto_an_hourly_system(nats_server: NatsEn
             # Nothing promoted yet: an hourly run is judged against the defaults at the same durations in hours.
             assert await live_incumbent(nc.jetstream(), trusted, "1h") == (HOURLY.params, 0)
             hourly = await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"), trusted, HOURLY.params,
-                                          {}, "hourly in force", 0, timeframe="1h")
+                                          {}, "hourly in force", 0, timeframe="1h", max_loss_bound=0.5)
             # A daily run is refused before its search (the incumbent would be counted in other bars) ...
             with pytest.raises(PromotionRefused, match=r"version \(1\) counts 1h bars"):
                 await live_incumbent(nc.jetstream(), trusted, "1d")
             # ... and its winner before it is written.
             with pytest.raises(PromotionRefused, match=r"version \(1\) counts 1h bars"):
                 await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"), trusted, StrategyParams(), {},
-                                     "a daily winner", hourly, timeframe="1d")
+                                     "a daily winner", hourly, timeframe="1d", max_loss_bound=0.5)
             return hourly, (await live_incumbent(nc.jetstream(), trusted, "1h"))[1]
         finally:
             await close(nc)

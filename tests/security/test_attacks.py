@@ -134,6 +134,14 @@ def test_only_the_optimizer_and_the_operator_may_write_parameters(system: System
     assert outcome.startswith("refused"), f"{principal}: {outcome}"
 
 
+async def next_revision(system: System) -> int:
+    nc = await system.connect("operator")
+    try:
+        return int((await nc.jetstream().stream_info("KV_aura_params")).state.last_seq or 0) + 1
+    finally:
+        await nc.close()
+
+
 async def stored_version(system: System, version: int) -> bytes:
     nc = await system.connect("operator")
     try:
@@ -144,12 +152,14 @@ async def stored_version(system: System, version: int) -> bytes:
 
 @pytest.mark.parametrize("document", ["unsigned reckless", "garbage", "signed by an unknown key",
                                       "a version in force written again", "nested too deeply",
-                                      "signed for bars no timeframe has"])
+                                      "signed for bars no timeframe has", "signed, outside the loss envelope"])
 def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(system: System,
                                                                               document: str) -> None:
     """Without the optimizer's signing key: an unsigned or invalid document, or a signed one written again as a
     newer version (a rollback nobody signed: each document is signed with the version it becomes; here the version
-    in force itself, tests/integration/test_params_replay_bus.py writes an older one back and deletes the key)."""
+    in force itself, tests/integration/test_params_replay_bus.py writes an older one back and deletes the key).
+    With it, as a compromised optimizer holds it: a timeframe no bar has, or parameters beyond the operator's loss
+    envelope."""
     version_before = system.counter("risk", "params_version")
     docs = {
         "unsigned reckless": msgspec.json.encode({"params": msgspec.to_builtins(_reckless()), "promoted_by": "x",
@@ -167,6 +177,11 @@ def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(
             params=StrategyParams(), promoted_by="optimizer", reason="attack", promoted_at_ms=int(time.time() * 1000),
             record={"timeframe": "1" + "0" * 400 + "w"}, version=int(version_before) + 1),
             signing_key(system.settings.keys, "optimizer"))),
+        # Signed with the optimizer's own key as the next version: valid parameters (the switch at 1.0 with a 99%
+        # cap since the last reset), but beyond the operator's loss envelope (AURA_MAX_LOSS_BOUND, 50%).
+        "signed, outside the loss envelope": msgspec.json.encode(sign_struct(msgspec.structs.replace(
+            sign_document(_reckless(), signing_key(system.settings.keys, "optimizer"), "optimizer", "attack"),
+            version=run(next_revision(system))), signing_key(system.settings.keys, "optimizer"))),
     }
     before = system.book()
     refused_before = {svc: system.counter(svc, "params_refused") for svc in ("signal", "risk")}
@@ -183,6 +198,8 @@ def test_a_compromised_optimizer_cannot_promote_an_unsigned_or_invalid_document(
     for svc in ("signal", "risk"):
         body = system.readiness(svc)
         assert body["ready"] is True and "refused version" in str(body["checks"]), f"{svc}: {body}"
+        if document == "signed, outside the loss envelope":
+            assert "envelope" in str(body["checks"]), f"{svc}: {body}"
     assert_untouched(system, before, f"a {document} parameter document")
 
 
