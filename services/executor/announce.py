@@ -37,3 +37,25 @@ async def publish_fills(js: JetStreamContext, journal: Journal, run: PlanRun) ->
         await publish(js, FillMsg(fill_id=trade_id, cycle_id=run.cycle_id, plan_id=run.plan_id, client_order_id=cid,
                                   symbol=symbol, side=sides.get(symbol, ""), qty=qty, price=price, fee=fee),
                       msg_id=f"fill-{cid}-{trade_id}")  # trade ids repeat across symbols
+
+
+class IgnoredAborts:
+    """Abort notices for cycles ingest never announced: each is counted (``aborts_ignored``), but a stage's are
+    journaled and logged at most once per ``every_s``, with how many came since.  Journaled one row each (a
+    synced write), a flood from one compromised stage grew the journal, and the disk under it, without bound."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._noted: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def note(self, stage: str, now: float | None = None) -> int | None:
+        """None: counted only.  Else the notices of ``stage`` left unjournaled since the last one (journal now)."""
+        now = time.monotonic() if now is None else now
+        last = self._noted.get(stage)
+        if last is not None and now - last < self.every_s:
+            self._since[stage] = self._since.get(stage, 0) + 1
+            return None
+        self._noted[stage] = now
+        return self._since.pop(stage, 0)
+

@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
-from services.executor.announce import publish_fills, publish_snapshot
+from services.executor.announce import IgnoredAborts, publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.exchange_calls import DEFAULT_SETTLE_S, ExecutionLimits
@@ -90,6 +90,7 @@ class Executor:
         self.public_key = trusted_key(ctx.settings.keys, "executor", "risk")
         self.snapshot_key = signing_key(ctx.settings.keys, "executor")
         self.marks: dict[str, float] = {}
+        self.ignored_aborts = IgnoredAborts()
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         s = ctx.settings
         self.sync = None if s.dry_run else SyncCheck()
@@ -379,13 +380,15 @@ class Executor:
             # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
             # that dilute the kill-switch's rolling window without a single price behind them.
             self.ctx.health.inc("aborts_ignored")
-            warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce (or not for a "
-                 "bar that has closed); journaled as an event only", cycle_id=aborted.cycle_id[:MAX_ID],
-                 stage=aborted.stage)
-            self.journal.begin()
-            self.journal.event(aborted.cycle_id[:MAX_ID], "abort_ignored", stage=aborted.stage,
-                               reason=aborted.reason[:500])
-            self.journal.commit()
+            since = self.ignored_aborts.note(aborted.stage)
+            if since is not None:
+                warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce (or not for "
+                     "a bar that has closed); journaled as an event only", cycle_id=aborted.cycle_id[:MAX_ID],
+                     stage=aborted.stage, unjournaled_since_last=since)
+                self.journal.begin()
+                self.journal.event(aborted.cycle_id[:MAX_ID], "abort_ignored", stage=aborted.stage,
+                                   reason=aborted.reason[:500], unjournaled_since_last=since)
+                self.journal.commit()
             await msg.ack()
             return
         if self.journal.initial_cash() is None:

@@ -403,6 +403,7 @@ def test_aborts_for_unknown_cycles_never_become_equity_points(system: System) ->
     before = system.book()
     events_from = system.last_event_seq()
     history_before = run(newest(system, PortfolioSnapshot)).equity_history
+    ignored_before = system.counter("executor", "aborts_ignored")
     # A stage may abort only on its own subject...
     wrong = CycleAborted(cycle_id="1d-20241206T0000", stage="ingest", reason="attack")
     assert run(js_publish(system, "signal", "aura.plans.aborted.ingest", encode(wrong))).startswith("refused")
@@ -411,11 +412,13 @@ def test_aborts_for_unknown_cycles_never_become_equity_points(system: System) ->
         junk = CycleAborted(cycle_id=f"junk-{i}", stage="signal", reason="attack")
         assert run(js_publish(system, "signal", "aura.plans.aborted.signal", encode(junk),
                               msg_id=f"junk-{i}")) == "stored"
-    wait_until(lambda: len([e for e in system.events_since(events_from) if e[0] == "abort_ignored"]) >= 150,
-               "the executor to journal 150 ignored aborts")
+    wait_until(lambda: system.counter("executor", "aborts_ignored") >= ignored_before + 150,
+               f"the executor to count 150 ignored aborts (from {ignored_before})")
     assert_untouched(system, before, "150 junk aborts")
     assert run(newest(system, PortfolioSnapshot)).equity_history == history_before
-    assert {e[0] for e in system.events_since(events_from)} == {"abort_ignored"}
+    # Counted, and journaled once a minute per stage: one row each let a flood fill the journal's disk.
+    events = system.events_since(events_from)
+    assert {e[0] for e in events} == {"abort_ignored"} and len(events) <= 2, events
 
 
 # --- after every attack: the system still trades a genuine cycle -------------------------------------------------
