@@ -40,22 +40,24 @@ async def publish_fills(js: JetStreamContext, journal: Journal, run: PlanRun) ->
 
 
 class IgnoredAborts:
-    """Abort notices for cycles ingest never announced: each is counted (``aborts_ignored``), but a stage's are
-    journaled and logged at most once per ``every_s``, with how many came since.  Journaled one row each (a
-    synced write), a flood from one compromised stage grew the journal, and the disk under it, without bound."""
+    """Abort notices for cycles ingest never announced: each is counted (``aborts_ignored``), and journaled and
+    logged while the stage's allowance lasts: ``burst`` notices, then one more per ``every_s`` (a token bucket),
+    each saying how many went unjournaled before it.  Journaled one synced row each, a flood from one compromised
+    stage grew the journal, and the disk under it, without bound."""
 
-    def __init__(self, every_s: float = 60.0) -> None:
-        self.every_s = every_s
-        self._noted: dict[str, float] = {}
+    def __init__(self, burst: int = 20, every_s: float = 60.0) -> None:
+        self.burst, self.every_s = burst, every_s
+        self._tokens: dict[str, tuple[float, float]] = {}  # stage -> (tokens, when counted)
         self._since: dict[str, int] = {}
 
     def note(self, stage: str, now: float | None = None) -> int | None:
         """None: counted only.  Else the notices of ``stage`` left unjournaled since the last one (journal now)."""
         now = time.monotonic() if now is None else now
-        last = self._noted.get(stage)
-        if last is not None and now - last < self.every_s:
+        tokens, then = self._tokens.get(stage, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) / self.every_s)
+        if tokens < 1.0:
+            self._tokens[stage] = (tokens, now)
             self._since[stage] = self._since.get(stage, 0) + 1
             return None
-        self._noted[stage] = now
+        self._tokens[stage] = (tokens - 1.0, now)
         return self._since.pop(stage, 0)
-

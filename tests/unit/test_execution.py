@@ -379,3 +379,14 @@ def test_an_order_the_key_may_not_place_leaves_the_plan_fresh_for_the_stale_chec
     venue.down, venue.now = False, venue.now + 5 * day
     done = run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
     assert done.status == "rejected" and done.refusal == "stale_plan" and venue.placed == 0
+
+
+def test_ignored_aborts_are_journaled_within_an_allowance_per_stage() -> None:
+    from services.executor.announce import IgnoredAborts
+
+    gate = IgnoredAborts(burst=3, every_s=60.0)
+    assert [gate.note("signal", now=0.0) for _ in range(5)] == [0, 0, 0, None, None]
+    assert gate.note("risk", now=0.0) == 0  # each stage its own allowance
+    assert gate.note("signal", now=59.0) is None
+    assert gate.note("signal", now=61.0) == 3  # one more a minute later, saying how many went unjournaled
+    assert gate.note("signal", now=62.0) is None
