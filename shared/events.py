@@ -34,7 +34,7 @@ EVENT_TAGS: dict[str, int] = {
     "KILL_SWITCH": logging.INFO,  # latched by drawdown; re-armed after its cooldown or by `aura risk reset`
     "DEAD_LETTER": logging.WARNING,  # any refused message: a plan the executor refused, a forged target, ...
     "DATA_STALE": logging.WARNING,  # a cycle announced stale and aborted
-    "DATA_GAP": logging.WARNING,  # a pair the exchange has no decision-bar candle for (held: the bar waits)
+    "DECISION_GAP": logging.WARNING,  # a pair the exchange has no decision-bar candle for (held: the bar waits)
     "INGEST_ERROR": logging.ERROR,  # an ingest poll that raised (bus, disk): retried, red once it persists
     "PRICE_GUARD": logging.WARNING,  # a leg refused: its price is not the exchange's
     "RECONCILE": logging.INFO,  # trading halted on a book mismatch, an adoption, the books agreeing again

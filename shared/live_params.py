@@ -91,7 +91,7 @@ def known_timeframe(timeframe: Any, where: str) -> str:
     except (ValueError, ZeroDivisionError) as exc:  # "0h" parses, but is no bar length
         raise ParamsError(f"{where}: unknown timeframe {timeframe!r} (expected one like \"1d\", \"4h\" or "
                           "\"1h\")") from exc
-    if not 1 / 31 <= factor <= 86_400:
+    if not 1 / 31 <= factor <= 1_440:
         # A minute to a month: "1000...0w" parses too, and its factor of 0.0 divided lookbacks by zero.
         raise ParamsError(f"{where}: timeframe {timeframe!r} is not a bar length between 1m and 31d")
     return timeframe

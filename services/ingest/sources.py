@@ -228,11 +228,11 @@ class SyncSource:
             # said out loud (the snapshot below leaves it out).
             held = sorted(set(lacking) & self.held)
             if held:
-                warn(self.logger, "DATA_GAP", "a held pair has no candle for the decision bar", cycle_id=cycle_id,
+                warn(self.logger, "DECISION_GAP", "a held pair has no candle for the decision bar", cycle_id=cycle_id,
                      held=held)
                 return ReplayStep(-1, last_closed, cycle_id, None, tuple(held),
                                   reason=f"no candle for the decision bar of held {', '.join(held)}")
-            warn(self.logger, "DATA_GAP", "pairs with no candle for the decision bar sit this cycle out",
+            warn(self.logger, "DECISION_GAP", "pairs with no candle for the decision bar sit this cycle out",
                  cycle_id=cycle_id, symbols=lacking)
         step = replay_step(panel, len(panel.timestamps) - 1, s.snapshot_bars, s.timeframe)
         if step.snapshot is not None and self._retrying_ms == last_closed:

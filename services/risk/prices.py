@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from aura.strategy.schedule import timeframe_ms
 from shared.bus import newest_valid, verified_candles
 from shared.candles import decode_panel
 from shared.contracts import DataReady, MarketRuleMsg, content_id
-from shared.logging import warn
+from shared.logging import info, warn
 from shared.market_rules import QUOTE, taker_fee
 from shared.service import ServiceContext
 
@@ -150,10 +151,20 @@ class LivePrices:
 async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar: int, volumes: dict[str, float],
                        logger: logging.Logger) -> dict[str, float]:
     """``volumes`` (the announced decision bar's) with the held coins' volumes the venue publishes (live): those
-    cap a tick's exits.  Unreadable: NaN, so the exits go out uncapped (their reasons say so) rather than held
-    back by a number nobody verified."""
+    cap a tick's exits.  Unreadable, or the announced bar not the venue's newest closed one (a compromised ingest
+    could name an old bar with next to no volume, and copy the venue's number for it): NaN, so the exits go out
+    uncapped (their reasons say so) rather than held back by a number nobody verified."""
     try:
-        venue = await source.bar_volumes(held, timeframe, bar)
+        now = await source.exchange_ms()
+        iv = timeframe_ms(timeframe)
+        newest = None if now is None else now // iv * iv - iv
+        if newest is not None and bar != newest:
+            (warn if bar < newest - iv else info)(
+                logger, "RISK_TICK", "the announced bar is not the venue's newest closed one; exits not capped",
+                bar_ms=bar, venue_bar_ms=newest)
+            venue: dict[str, float] | None = {}
+        else:
+            venue = await source.bar_volumes(held, timeframe, bar)
     except Exception as exc:
         warn(logger, "RISK_TICK", "venue bar volumes unreadable; exits not capped this tick",
              error=f"{type(exc).__name__}: {exc}"[:200])

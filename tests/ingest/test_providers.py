@@ -165,3 +165,20 @@ def test_ccxt_tail_newest_candle_not_yet_published_stays_pending(make_config, ap
     assert api.counts["klines"] == 1  # only the pending candle is asked again
     src = source(shared_data_dir, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start)
     assert_frame_equal(cached(cfg, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start), src)
+
+
+def test_ccxt_tail_a_pair_that_stopped_trading_is_a_confirmed_gap_two_minutes_after_the_close(
+        make_config, data, shared_data_dir: Path) -> None:
+    """ETH's last three candles never came (the pair halted).  Right after the close its newest candle may only be
+    late, so that one day stays pending; two minutes on, it is absent, and the gap is confirmed up to now, so a
+    halted pair does not hold every cycle of the universe stale."""
+    cfg = make_config(providers=("tail",), lookback_bars=0)
+    eth = source(shared_data_dir, "1d", "ETH_USDT")
+    data.set("1d", "ETH_USDT", eth.filter(pl.col("timestamp") < NOW - 3 * DAY))
+    start = NOW - 30 * DAY
+    early = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC).symbols["ETH/USDT"]
+    assert not early.complete
+    assert [(g.start, g.end, g.confirmed) for g in early.gaps] == [(NOW - 3 * DAY, NOW - DAY, True),
+                                                                  (NOW - DAY, NOW, False)]
+    late = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, NOW + 180_000).symbols["ETH/USDT"]
+    assert late.complete and [(g.start, g.end, g.confirmed) for g in late.gaps] == [(NOW - 3 * DAY, NOW, True)]

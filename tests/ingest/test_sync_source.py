@@ -176,7 +176,7 @@ def test_a_pair_the_exchange_has_no_decision_bar_for_is_said_and_a_held_one_hold
     with caplog.at_level(logging.WARNING, logger="t"):
         step = asyncio.run(src.next_step())
     assert step is not None and step.cycle_id == "1d-20241204T0000"
-    said = [r for r in caplog.records if getattr(r, "tag", None) == "DATA_GAP"]
+    said = [r for r in caplog.records if getattr(r, "tag", None) == "DECISION_GAP"]
     assert len(said) == 1 and "ETH/USDT" in str(said[0].fields)  # type: ignore[attr-defined]
     if held:
         assert step.snapshot is None and step.missing == ("ETH/USDT",) and "held ETH/USDT" in step.reason

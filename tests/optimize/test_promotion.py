@@ -69,7 +69,8 @@ async def in_force(nats: NatsEndpoint) -> dict[str, tuple[StrategyParams, int, A
     for name in ("signal", "risk"):
         nc = await nats.connect(name)
         tracker = ParamsTracker(nc.jetstream(), trusted_keys(nats.settings().keys, name, PARAMS_SIGNERS),
-                                HealthState(service=name), logging.getLogger(f"aura.test.{name}"))
+                                HealthState(service=name), logging.getLogger(f"aura.test.{name}"),
+                                max_loss_bound=nats.settings().max_loss_bound)
         params, version = await tracker.current()
         docs = await history(nc.jetstream(), tracker.trusted)
         seen[name] = (params, version, next((d for v, d, _ in docs if v == version), None))

@@ -337,7 +337,7 @@ class CcxtBroker:
             status = _UNIFIED_STATUS.get(unified, "partially_filled" if filled > 0 else "open")
         trades = (order.get("trades") or []) if fills_from_order else []
         if filled > 0 and _short(trades, filled):  # an answer without its fills (RESULT), or a lookup
-            trades = await self._order_trades(sym, str(order.get("id")))
+            trades = await self._order_trades(sym, str(order.get("id")), int(order.get("timestamp") or 0) or None)
         if filled > 0 and _short(trades, filled) and status in ("filled", "canceled", "expired"):
             # The trade list lags the order.  Final with fills short, the intent would close for good with coins
             # (and their cost) the journal never sees, and the plan's budget would not count them: it stays
@@ -359,17 +359,19 @@ class CcxtBroker:
                           side=str(order.get("side") or ""), status=status,
                           qty=float(order.get("amount") or 0.0), filled_qty=filled, avg_price=avg, fills=fills)
 
-    async def _order_trades(self, sym: str, order_id: str) -> list[dict[str, Any]]:
+    async def _order_trades(self, sym: str, order_id: str, since: int | None = None) -> list[dict[str, Any]]:
         """Every trade of the order.  Binance answers myTrades a page at a time (500 by default, at most
         ``TRADES_PAGE``): an order matched in more pieces than one page was journaled short, its intent final,
         so the pages are read on (``fromId`` after the last one) until one comes back short."""
         # fromId from the first page on: without it Binance answers the most recent trades, not the oldest.
         params: dict[str, Any] = {"orderId": order_id, "fromId": 0} if self._binance else {}
         limit = TRADES_PAGE if self._binance else None
+        # Elsewhere the trade list is asked from the order's own time: its default window may end before it.
+        since = None if self._binance else since
         found: dict[str, dict[str, Any]] = {}
         while True:
             try:
-                page = await self.exchange.fetch_my_trades(sym, None, limit, params)
+                page = await self.exchange.fetch_my_trades(sym, since, limit, params)
             except Exception as exc:
                 raise self.map_error(exc, placing=False) from exc
             before = len(found)

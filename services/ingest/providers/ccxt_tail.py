@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     import ccxt
 
 
+# How long after a candle's close its absence from a klines answer is believed (see ``_settled_end``).
+KLINE_SETTLE_MS = 120_000
+
+
 def _ccxt() -> Any:
     # Imported on first use: ccxt takes seconds to import, and a sync that finds the cache fresh never needs it.
     import ccxt
@@ -224,15 +228,14 @@ class CcxtTailProvider(SerialFetch):
 
 
 def _settled_end(since: int, end: int, page: list[list[Any]], iv: int, now_ms: int) -> int:
-    """How far a short page's "nothing more" can be believed: up to ``end`` once its last candle has been closed
-    a whole interval, else only up to the newest candle the page holds.  An exchange answers a moment behind
-    its close, so a just-closed candle missing from the page is *not yet published*, not absent: taken as an
-    answer it would become a confirmed gap that is never asked again, and the symbol would lack its newest bar
-    for good.  A later candle in the page (the forming one, on the open-ended tail) proves a real gap."""
-    if end <= close_cutoff(now_ms) - iv:
-        return end
+    """How far a short page's "nothing more" can be believed: over every candle that closed ``KLINE_SETTLE_MS``
+    or more ago, and up to the newest candle the page holds.  An exchange answers a moment behind its close, so a
+    just-closed candle missing from the page is *not yet published*, not absent: taken as an answer it became a
+    confirmed gap that was never asked again, and the symbol lacked its newest bar for good.  Still missing two
+    minutes after its close (a halted or delisted pair), it is absent, and the gap is confirmed."""
+    settled = (now_ms - KLINE_SETTLE_MS) // iv * iv  # the end of the newest slot that closed that long ago
     newest = max((int(r[0]) for r in page), default=since - iv)
-    return min(end, newest + iv)
+    return max(since, min(end, max(newest + iv, settled)))
 
 
 def _to_frame(rows: list[list[Any]]) -> pl.DataFrame:

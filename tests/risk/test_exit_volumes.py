@@ -1,0 +1,55 @@
+"""services.risk.prices.exit_volumes: live, a tick's exits are capped only by the venue's own volume of the venue's
+newest closed bar; anything else leaves them uncapped (NaN), never capped by a number nobody verified."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from services.risk.prices import exit_volumes
+
+DAY = 86_400_000
+NOW = 1_733_443_200_000 + 60_000  # a minute after 2024-12-06 00:00: the 2024-12-05 bar is the newest closed
+NEWEST = NOW // DAY * DAY - DAY
+LOG = logging.getLogger("t.exit_volumes")
+
+
+class Venue:
+    """A live price source: its clock and its klines' volumes."""
+
+    def __init__(self, clock: int | None = NOW) -> None:
+        self.clock = clock
+        self.asked: list[int] = []
+
+    async def exchange_ms(self) -> int | None:
+        return self.clock
+
+    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
+        if self.clock is None:
+            return None  # the replay: no venue
+        self.asked.append(bar_ms)
+        return {s: 20_000.0 for s in symbols}
+
+
+def volumes(venue: Venue, bar: int, announced: dict[str, float]) -> dict[str, float]:
+    return asyncio.run(exit_volumes(venue, ["BTC/USDT"], "1d", bar, announced, LOG))  # type: ignore[arg-type]
+
+
+def test_the_venues_volume_of_its_newest_bar_caps_the_exits() -> None:
+    venue = Venue()
+    out = volumes(venue, NEWEST, {"BTC/USDT": 0.0, "ETH/USDT": 5.0})
+    assert out == {"BTC/USDT": 20_000.0, "ETH/USDT": 5.0} and venue.asked == [NEWEST]
+
+
+def test_an_announced_bar_that_is_not_the_venues_newest_caps_nothing() -> None:
+    """A compromised ingest names an old bar in which the coin barely traded (and copies the venue's true number
+    for it, so nothing disagrees): the exits would have been capped to nearly nothing."""
+    for old in (NEWEST - DAY, NEWEST - 30 * DAY, NEWEST + DAY):
+        venue = Venue()
+        out = volumes(venue, old, {"BTC/USDT": 0.001})
+        assert math.isnan(out["BTC/USDT"]) and venue.asked == []
+
+
+def test_the_replay_keeps_the_announced_volumes() -> None:
+    assert volumes(Venue(clock=None), NEWEST - DAY, {"BTC/USDT": 7.0}) == {"BTC/USDT": 7.0}
