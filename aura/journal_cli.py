@@ -4,6 +4,9 @@ disagreement ([RECONCILE]: coins the journal does not know, or an empty journal 
 Only the executor writes the journal, so this writes a request signed with the operator's key
 (``operator.adopt``); the executor verifies it, records the exchange's balances at its current prices as an
 ``adopt`` entry with the reason given here, and resumes trading.  This command waits to see that happen.
+
+``aura journal settle CID``: close an order the executor cannot settle (services/executor/settle.py) the same
+way, through a signed ``operator.settle`` request naming the clientOrderId.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from shared.bus import BusNotProvisioned, BusUnavailable, last_message, session,
 from shared.config import Settings, settings_for_command
 from shared.contracts import PortfolioSnapshot, decode
 from shared.credentials import CredentialError, signing_key
-from shared.operator_requests import ADOPT_KEY, operator_request, write_request
+from shared.operator_requests import ADOPT_KEY, SETTLE_KEY, SettleRequest, operator_request, write_request
+from shared.signing import sign_struct
 
 APPLY_WAIT_S = 15.0
 
@@ -41,10 +45,31 @@ async def _adopt(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]
     return {"requested_at_ms": request.requested_at_ms, "reason": reason}, False
 
 
+async def _settle(settings: Settings, cid: str, reason: str) -> int:
+    key = signing_key(settings.keys, "operator")
+    request = sign_struct(SettleRequest(requested_at_ms=int(time.time() * 1000),
+                                        requested_by=f"operator:{getpass.getuser()}", reason=reason,
+                                        client_order_id=cid), key)
+    async with session(settings, "operator") as nc:
+        await write_request(await state_kv(nc.jetstream()), SETTLE_KEY, request)
+    return request.requested_at_ms
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura journal")
     if settings is None:
         return 2
+    if args.journal_command == "settle":
+        try:
+            at = asyncio.run(_settle(settings, args.client_order_id, args.reason))
+        except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
+            print(f"aura journal: {exc}", file=sys.stderr)
+            return 1
+        print(f"[RECONCILE] settle requested for {args.client_order_id}: the executor closes it as canceled with no "
+              "fills when its plan is next retried (its log says so); a fill it leaves out shows as a book "
+              "difference, for `aura journal adopt`", file=sys.stderr)
+        print(json.dumps({"client_order_id": args.client_order_id, "requested_at_ms": at}))
+        return 0
     try:
         out, applied = asyncio.run(_adopt(settings, args.reason))
     except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
@@ -60,8 +85,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_journal_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("journal", help="the executor's journal: adopt the exchange's balances after a halt")
+    p = subparsers.add_parser("journal", help="the executor's journal: adopt the exchange's balances after a halt, "
+                              "settle an order it cannot")
     sub = p.add_subparsers(dest="journal_command", required=True)
     adopt = sub.add_parser("adopt", help="record what the exchange holds, at its prices, as a journaled event")
     adopt.add_argument("--reason", required=True, help="why: recorded with the adoption")
+    settle = sub.add_parser("settle", help="close an order the executor cannot settle (it waits on it, /readyz red, "
+                            "[RECONCILE]) as canceled with no fills, after checking it on the exchange")
+    settle.add_argument("client_order_id", help="the order's clientOrderId, as the executor's log and /readyz name it")
+    settle.add_argument("--reason", required=True, help="why: recorded with the settlement")
     p.set_defaults(func=run)

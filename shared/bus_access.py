@@ -57,6 +57,7 @@ from shared.state_keys import (
     INGEST_SOURCES,
     PARAMS_KEY,
     RESET_KEY,
+    SETTLE_KEY,
     SIGNAL_STATE_KEY,
     TIMEFRAMES,
 )
@@ -186,10 +187,11 @@ MATRIX: tuple[Resource, ...] = (
     # What risk's plans on the current decision bar sent (the participation cap's count, services/risk/bar_budget.py):
     # risk's own memory across a restart; nobody else needs it, the operator may look.
     _kv(STATE_BUCKET, (BAR_SENT_KEY,), revisions=True, risk=RW, operator=R),
-    # Reset (applied by risk) and adopt (applied by the executor) requests, signed by the operator; each read only
-    # by the service that applies it.
+    # Reset (applied by risk), adopt and settle (applied by the executor) requests, signed by the operator; each read
+    # only by the service that applies it.
     _kv(STATE_BUCKET, (RESET_KEY,), operator=RW, risk=R),
     _kv(STATE_BUCKET, (ADOPT_KEY,), operator=RW, executor=R),
+    _kv(STATE_BUCKET, (SETTLE_KEY,), operator=RW, executor=R),
     # The optimizer's latest decision (issue 10), shown by the console.
     _kv(STATE_BUCKET, (DECISION_KEY,), optimizer=RW, console=R, operator=R),
     # The optimizer's work queue (issue 10): the coordinator (the optimizer principal) publishes tasks, writes their

@@ -10,6 +10,7 @@ A request written again changes nothing: it is not newer.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -17,11 +18,12 @@ from nats.js.kv import KeyValue
 
 from shared.bus import kv_get
 from shared.signing import SignatureError, sign_struct, verify_struct
-from shared.state_keys import ADOPT_KEY, RESET_KEY
+from shared.state_keys import ADOPT_KEY, RESET_KEY, SETTLE_KEY
 from shared.wire import decode_document
 
 # The keys are named in shared/state_keys.py; importers of the requests find them here too.
-__all__ = ["ADOPT_KEY", "RESET_KEY", "OperatorRequest", "operator_request", "read_request", "write_request"]
+__all__ = ["ADOPT_KEY", "RESET_KEY", "SETTLE_KEY", "OperatorRequest", "SettleRequest", "operator_request",
+           "read_request", "write_request"]
 
 
 
@@ -33,18 +35,26 @@ class OperatorRequest(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str = ""
 
 
+class SettleRequest(OperatorRequest, frozen=True, kw_only=True):
+    """Close one order the executor cannot settle (it names it by clientOrderId) as canceled with no fills: what
+    the operator decides after checking it on the exchange.  The signature covers the id."""
+
+    client_order_id: str
+
+
 def operator_request(by: str, reason: str, key: Ed25519PrivateKey, now_ms: int | None = None) -> OperatorRequest:
     at = int(time.time() * 1000) if now_ms is None else now_ms
     return sign_struct(OperatorRequest(requested_at_ms=at, requested_by=by, reason=reason), key)
 
 
-async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey) -> tuple[OperatorRequest | None, str]:
-    """(the newest verified request under ``key``, problem).  Unset: (None, "")."""
+async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey,
+                       kind: type[OperatorRequest] = OperatorRequest) -> tuple[Any, str]:
+    """(the newest verified request under ``key``, as ``kind``, problem).  Unset: (None, "")."""
     raw, _ = await kv_get(kv, key)
     if raw is None:
         return None, ""
     try:
-        request = decode_document(raw, OperatorRequest)
+        request = decode_document(raw, kind)
         verify_struct(request, {"operator": operator_key})
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return None, f"malformed request: {exc}"

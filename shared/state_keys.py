@@ -21,6 +21,7 @@ BAR_SENT_KEY = "risk.bar_sent"  # what plans on the current decision bar sent (p
 DECISION_KEY = "optimizer.decision"  # the optimizer's latest decision, shown by the console
 RESET_KEY = "operator.reset"  # kill-switch reset, applied by risk
 ADOPT_KEY = "operator.adopt"  # adopt the exchange's balances into the journal, applied by the executor
+SETTLE_KEY = "operator.settle"  # close an order the executor cannot settle (named by clientOrderId), applied by it
 
 
 def ingest_cursor_key(source: str, timeframe: str) -> str:
@@ -44,7 +45,7 @@ WRITERS: dict[str, tuple[str, ...]] = {
     "signal": (SIGNAL_STATE_KEY,),
     "risk": (HALT_KEY, BAR_SENT_KEY),
     "optimizer": (DECISION_KEY,),
-    "operator": (RESET_KEY, ADOPT_KEY),
+    "operator": (RESET_KEY, ADOPT_KEY, SETTLE_KEY),
 }
 
 

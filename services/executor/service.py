@@ -26,7 +26,7 @@ from aura.strategy.types import MarketRule
 from services.executor.announce import IgnoredAborts, publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
-from services.executor.exchange_calls import DEFAULT_SETTLE_S, ExecutionLimits
+from services.executor.exchange_calls import DEFAULT_SETTLE_S, ExecutionLimits, OrderUnresolved
 from services.executor.journal import Journal, journal_fault
 from services.executor.markets import MarketRules
 from services.executor.outage import ExchangeOutage, is_exchange_outage
@@ -41,6 +41,7 @@ from services.executor.runner import (
     run_plan,
     write_snapshot,
 )
+from services.executor.settle import apply_settle
 from shared.bus import (
     RedeliveryAlarm,
     dead_letter,
@@ -211,6 +212,9 @@ class Executor:
             if is_exchange_outage(exc):
                 self.outage.failed(exc, subject=msg.subject, cycle_id=cycle_id, plan_id=plan_id, started=started,
                                    delivery=deliveries)
+                if isinstance(exc, OrderUnresolved) and await self._settled_by_operator():
+                    await msg.nak()  # the order is closed: the plan goes on now
+                    return
                 await msg.nak(delay=min(RETRY_BASE_S * deliveries, RETRY_MAX_S))
                 return
             if not started and deliveries >= MAX_DELIVERIES:
@@ -225,6 +229,20 @@ class Executor:
                 self.io_fault = None
             if self.stuck is not None and self._progress_of(msg)[1] == self.stuck:
                 self.stuck = None
+
+    async def _settled_by_operator(self) -> bool:
+        """Whether an operator's settle request just closed an order nothing else can (services/executor/settle.py)."""
+        if self.reconciler is None:
+            return False
+        try:
+            return await apply_settle(self.journal, self.reconciler.kv, self.reconciler.operator_key,
+                                      self.ctx.logger) is not None
+        except Exception as exc:  # the bus or the journal: asked again at the next redelivery
+            with contextlib.suppress(Exception):
+                self.journal.rollback()
+            warn(self.ctx.logger, "RECONCILE", "settle request unreadable; asked again at the next retry",
+                 error=f"{type(exc).__name__}: {exc}"[:200])
+            return False
 
     def _progress_of(self, msg: Msg) -> tuple[str, str, bool]:
         """(cycle id, plan id, whether the plan has a journal row) of a message whose handling failed."""
