@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,24 @@ def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_se
     assert breached[0]["rearm_at_ms"] == T0 + 3 * DAY
 
 
+async def live_stop_loss_plan(settings: Settings, price: float, cycle_id: str, capture: Capture,
+                              ingest: Callable[[Any], Awaitable[None]] | None = None) -> ApprovedPlan:
+    """Play ingest (``ingest``, if given, on its connection) and the executor: a snapshot signed with its key holding
+    0.1 BTC bought 25% above ``price``, so the stop-loss is hit; then live risk runs until it signs a plan."""
+    roles = ("ingest", "executor", "operator") if ingest is not None else ("executor", "operator")
+    async with role_connections(settings, *roles) as js:
+        if ingest is not None:
+            await ingest(js["ingest"])
+        basis = executor_signed(settings, PortfolioSnapshot(
+            snapshot_id="s-live", cycle_id=cycle_id, plan_id="p-0", status="executed", cash=5000.0,
+            holdings={"BTC/USDT": 0.1}, entry_prices={"BTC/USDT": price * 1.25}, equity=5000.0 + 0.1 * price,
+            equity_history=[5000.0 + 0.1 * price]))
+        await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+        async with running(settings, "risk", handler=capture):
+            raw = await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT), "the live stop-loss plan")
+    return decode(raw, ApprovedPlan)
+
+
 def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, shared_data_dir: Path) -> None:
     """Live mode: prices from the exchange's public ticker endpoint (here the simulator), never with keys."""
     from aura.exchange_sim import SimConfig, SimServer
@@ -322,21 +341,7 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
         settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
                                  AURA_EXCHANGE_API_URL=sim.base_url)
 
-        async def scenario() -> ApprovedPlan:
-            async with role_connections(settings, "executor", "operator") as js:
-                # The executor's snapshot (signed with its key, published on its connection): 0.1 BTC bought 25%
-                # above today's price, so the stop-loss is hit.
-                basis = executor_signed(settings, PortfolioSnapshot(
-                    snapshot_id="s-live", cycle_id="1d-20240101T0000", plan_id="p-0", status="executed",
-                    cash=5000.0, holdings={"BTC/USDT": 0.1}, entry_prices={"BTC/USDT": price * 1.25},
-                    equity=5000.0 + 0.1 * price, equity_history=[5000.0 + 0.1 * price]))
-                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
-                async with running(settings, "risk", handler=capture):
-                    raw = await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT),
-                                      "the live stop-loss plan")
-            return decode(raw, ApprovedPlan)
-
-        approved = asyncio.run(scenario())
+        approved = asyncio.run(live_stop_loss_plan(settings, price, "1d-20240101T0000", capture))
         requests = sim.sim.faults.counts()
     verify_plan(approved, load_public_key(settings.public_key_path))
     plan = approved.plan
@@ -374,20 +379,10 @@ def test_a_compromised_ingest_cannot_cancel_a_live_stop_loss_exit(nats_server: N
         markets = [MarketRuleMsg("BTC/USDT", 1e-5, 0.01, 1e-5, notional), MarketRuleMsg("ETH/USDT", 1e-4, 0.01,
                                                                                         1e-4, 5.0)]
 
-        async def scenario() -> ApprovedPlan:
-            async with role_connections(settings, "ingest", "executor", "operator") as js:
-                await announce_panel(js["ingest"], panel, cycle_id_for("1d", bar), markets)
-                basis = executor_signed(settings, PortfolioSnapshot(
-                    snapshot_id="s-live", cycle_id=cycle_id_for("1d", bar), plan_id="p-0", status="executed",
-                    cash=5000.0, holdings={"BTC/USDT": 0.1}, entry_prices={"BTC/USDT": price * 1.25},
-                    equity=5000.0 + 0.1 * price, equity_history=[5000.0 + 0.1 * price]))
-                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
-                async with running(settings, "risk", handler=capture):
-                    raw = await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT),
-                                      "the live stop-loss plan")
-            return decode(raw, ApprovedPlan)
+        async def forge(js_ingest: Any) -> None:
+            await announce_panel(js_ingest, panel, cycle_id_for("1d", bar), markets)
 
-        plan = asyncio.run(scenario()).plan
+        plan = asyncio.run(live_stop_loss_plan(settings, price, cycle_id_for("1d", bar), capture, forge)).plan
         klines = sum(n for path, n in sim.sim.faults.counts().items() if path.startswith("GET /api/v3/klines"))
     assert [(x.side, x.symbol, x.qty, x.reason) for x in plan.legs] == [("sell", "BTC/USDT", 0.1, "stop_loss")]
     assert klines >= 1  # the venue's own candle was read for its volume
