@@ -40,7 +40,7 @@ def test_the_halted_gauge_follows_a_tick_that_latches_and_the_rearm_after_the_co
         nats_server: NatsEndpoint) -> None:
     """Before: only a cycle set the gauge, so a kill-switch latched by a tick read 0 on every dashboard."""
     settings = tick_settings(nats_server)
-    params = StrategyParams(kill_switch_cooldown=2, kill_switch_cap=0.9)  # a re-arming switch needs a cap
+    params = StrategyParams(kill_switch_cooldown=2, kill_switch_cap=0.5)  # a re-arming switch needs a cap
     risk_public = signing_key(settings.keys, "risk").public_key()
 
     async def scenario() -> dict[str, Any]:

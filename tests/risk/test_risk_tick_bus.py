@@ -232,7 +232,7 @@ def test_kill_switch_rearms_by_itself_after_its_cooldown_in_bars_of_data(nats_se
     monkeypatch.setenv("AURA_HOME", str(nats_server.home))
     monkeypatch.setenv("AURA_NATS_URL", nats_server.url)
     risk_public = load_public_key(settings.public_key_path)
-    params = StrategyParams(kill_switch_cooldown=2, kill_switch_cap=0.9)  # a re-arming switch needs a cap
+    params = StrategyParams(kill_switch_cooldown=2, kill_switch_cap=0.5)  # a re-arming switch needs a cap
 
     async def latch(js_operator: Any) -> tuple[LatchDoc, int]:
         doc, revision, problem = await read_latch(js_operator, risk_public)

@@ -43,7 +43,7 @@ from tests.bus_helpers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 FIRST_BAR = 700
-REARMING = StrategyParams(kill_switch_cooldown=1, kill_switch_cap=0.9)  # version 1: re-arms after one bar
+REARMING = StrategyParams(kill_switch_cooldown=1, kill_switch_cap=0.5)  # version 1: re-arms after one bar
 IN_FORCE = StrategyParams()  # version 2: latched until `aura risk reset`
 
 
