@@ -48,9 +48,10 @@ class PriceSource(Protocol):
         read."""
         ...
 
-    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
-        """The venue's own base volume of each symbol's bar opening at ``bar_ms`` (live), None where there is no
-        venue (the replay's data is its venue).  Raises on a failed read."""
+    async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
+                          ) -> dict[str, tuple[float, float]] | None:
+        """The venue's own (close, base volume) of each symbol's bar opening at ``bar_ms`` (live), None where there
+        is no venue (the replay's data is its venue).  Raises on a failed read."""
         ...
 
     async def close(self) -> None: ...
@@ -94,7 +95,8 @@ class ReplayPrices:
     async def taker_fee(self) -> float | None:
         return None
 
-    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
+    async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
+                          ) -> dict[str, tuple[float, float]] | None:
         return None
 
     async def close(self) -> None:
@@ -141,8 +143,9 @@ class LivePrices:
             raise ValueError(f"{self.ctx.settings.exchange_id} states no taker fee for its {QUOTE} pairs")
         return fee
 
-    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
-        return await self.client.fetch_bar_volumes(symbols, timeframe, bar_ms) if symbols else {}
+    async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
+                          ) -> dict[str, tuple[float, float]] | None:
+        return await self.client.fetch_bar(symbols, timeframe, bar_ms) if symbols else {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -164,7 +167,8 @@ async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar
                 bar_ms=bar, venue_bar_ms=newest)
             venue: dict[str, float] | None = {}
         else:
-            venue = await source.bar_volumes(held, timeframe, bar)
+            candles = await source.bar_candles(held, timeframe, bar)
+            venue = None if candles is None else {sym: volume for sym, (_, volume) in candles.items()}
     except Exception as exc:
         warn(logger, "RISK_TICK", "venue bar volumes unreadable; exits not capped this tick",
              error=f"{type(exc).__name__}: {exc}"[:200])
@@ -177,6 +181,30 @@ async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar
             warn(logger, "DATA_DISAGREE", "announced bar volume is not the venue's; the venue's caps the exits",
                  symbol=sym, bar_ms=bar, announced=announced, venue=published)
     return {**volumes, **{sym: venue.get(sym, math.nan) for sym in held}}
+
+
+# How far an announced close of a held coin may be from the venue's own close of the same bar: the exchange's own
+# candles agree exactly; a fallback source (CoinGecko's aggregate, another venue) within this.
+CLOSE_TOLERANCE = 0.01
+
+
+async def venue_close_problem(source: PriceSource, held: list[str], timeframe: str, bar: int,
+                              closes: dict[str, float]) -> str:
+    """Live: why the announced decision-bar closes of the held coins are not the venue's ('' when they are, or with
+    no venue).  Equity, the drawdown and the stops are measured on these closes, so a compromised ingest could
+    otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  Raises on a failed
+    read (the target is handled again)."""
+    candles = await source.bar_candles(held, timeframe, bar)
+    if candles is None:
+        return ""
+    for sym in held:
+        announced = closes.get(sym)
+        if announced is None:  # no close in the data: valued at its last mark, as the gate always does
+            continue
+        venue = candles.get(sym, (math.nan, math.nan))[0]
+        if not math.isclose(announced, venue, rel_tol=CLOSE_TOLERANCE):
+            return f"announced close {announced:.8g} of held {sym} at bar {bar} is not the venue's ({venue:.8g})"
+    return ""
 
 
 def make_price_source(ctx: ServiceContext) -> PriceSource:

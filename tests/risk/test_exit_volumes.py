@@ -25,11 +25,12 @@ class Venue:
     async def exchange_ms(self) -> int | None:
         return self.clock
 
-    async def bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float] | None:
+    async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
+                          ) -> dict[str, tuple[float, float]] | None:
         if self.clock is None:
             return None  # the replay: no venue
         self.asked.append(bar_ms)
-        return {s: 20_000.0 for s in symbols}
+        return {s: (100_000.0, 20_000.0) for s in symbols}
 
 
 def volumes(venue: Venue, bar: int, announced: dict[str, float]) -> dict[str, float]:

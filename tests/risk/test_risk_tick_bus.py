@@ -431,6 +431,51 @@ def live_target_refusal(nats_server: NatsEndpoint, shared_data_dir: Path, bar: i
     return target, exchange_now, letters, plan, capture
 
 
+def test_live_risk_refuses_a_target_on_held_closes_the_venue_never_printed(nats_server: NatsEndpoint,
+                                                                          shared_data_dir: Path) -> None:
+    """A compromised ingest announces the venue's newest bar with the held BTC at half its close; signal computes its
+    target on that data in good faith.  Planned, the false 'drawdown' latched the kill-switch and sold the BTC.  Live
+    risk checks the held coins' decision-bar closes against the venue's own klines first: refused, dead-lettered
+    as forged_data, no plan, no latch."""
+    from aura.exchange_sim import SimConfig, SimServer
+    from shared.contracts import MarketRuleMsg
+
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01")
+    capture = Capture()
+    with SimServer(config=config) as sim:
+        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
+        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
+        venue_close = float(sim.sim.market.klines("BTCUSDT", "1d", bar, bar, 1)[0][4])
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
+                                 AURA_EXCHANGE_API_URL=sim.base_url)
+        closes = np.array([[venue_close, eth], [venue_close / 2, eth]])
+        panel = Panel(("BTC/USDT", "ETH/USDT"), np.array([bar - DAY, bar], dtype=np.int64), closes, closes, closes,
+                      closes, np.full_like(closes, 50_000.0))
+        markets = [MarketRuleMsg("BTC/USDT", 1e-5, 0.01, 1e-5, 5.0), MarketRuleMsg("ETH/USDT", 1e-4, 0.01, 1e-4, 5.0)]
+
+        async def scenario() -> tuple[list[DeadLetter], bytes | None, Any]:
+            async with role_connections(settings, "ingest", "signal", "executor", "operator") as js:
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-held", cycle_id=cycle_id_for("1d", bar - DAY), plan_id="p-0", status="executed",
+                    cash=2000.0, holdings={"BTC/USDT": 0.2}, entry_prices={"BTC/USDT": price},
+                    equity=2000.0 + 0.2 * price, equity_history=[2000.0 + 0.2 * price]))
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk", handler=capture):
+                    ready = await announce_panel(js["ingest"], panel, cycle_id_for("1d", bar), markets)
+                    target, _ = make_target(ready, panel, StrategyParams(), 0, None)
+                    await publish(js["signal"], target, msg_id=target.target_id)
+                    letters = await until(lambda: dead_letters(js["operator"], "risk"), "risk's dead letter")
+                    latch = await read_latch(js["operator"], load_public_key(settings.public_key_path))
+                    return letters, await last_message(js["operator"], ApprovedPlan.SUBJECT), latch
+
+        letters, plan, latch = asyncio.run(scenario())
+    assert [x.reason for x in letters] == ["forged_data"], [(x.reason, x.error) for x in letters]
+    assert "of held BTC/USDT" in letters[0].error and "not the venue's" in letters[0].error
+    assert plan is None and not latch[0].halted
+    assert capture.fields("FORGED_TARGET")
+
+
 def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats_server: NatsEndpoint,
                                                                           shared_data_dir: Path) -> None:
     """Live mode: a target whose data bar closed more than one bar plus the grace before the exchange's clock (not

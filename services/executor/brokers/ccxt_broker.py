@@ -241,10 +241,10 @@ class CcxtBroker:
                 out[asked] = float(last)
         return out
 
-    async def fetch_bar_volumes(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, float]:
-        """Each symbol's base volume in its ``timeframe`` candle that opened at ``bar_ms``, as the exchange
+    async def fetch_bar(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, tuple[float, float]]:
+        """Each symbol's (close, base volume) in its ``timeframe`` candle that opened at ``bar_ms``, as the exchange
         publishes it (public klines); a symbol without that candle is absent."""
-        out: dict[str, float] = {}
+        out: dict[str, tuple[float, float]] = {}
         for asked in symbols:
             try:
                 sym = await self._symbol(asked)
@@ -254,8 +254,8 @@ class CcxtBroker:
                 rows = await self.exchange.fetch_ohlcv(sym, timeframe, since=bar_ms, limit=1)
             except Exception as exc:
                 raise self.map_error(exc, placing=False) from exc
-            if rows and int(rows[0][0]) == bar_ms and rows[0][5] is not None:
-                out[asked] = float(rows[0][5])
+            if rows and int(rows[0][0]) == bar_ms and rows[0][4] is not None and rows[0][5] is not None:
+                out[asked] = (float(rows[0][4]), float(rows[0][5]))
         return out
 
     # --- orders ----------------------------------------------------------------------------------------------------
