@@ -177,7 +177,8 @@ async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar
         return volumes
     for sym in held:
         announced, published = volumes.get(sym, math.nan), venue.get(sym, math.nan)
-        if math.isfinite(announced) and not math.isclose(announced, published, rel_tol=0.01):
+        if math.isfinite(announced) and math.isfinite(published) and not math.isclose(announced, published,
+                                                                                        rel_tol=0.01):
             warn(logger, "DATA_DISAGREE", "announced bar volume is not the venue's; the venue's caps the exits",
                  symbol=sym, bar_ms=bar, announced=announced, venue=published)
     return {**volumes, **{sym: venue.get(sym, math.nan) for sym in held}}

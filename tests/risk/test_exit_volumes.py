@@ -7,6 +7,8 @@ import asyncio
 import logging
 import math
 
+import pytest
+
 from services.risk.prices import exit_volumes
 
 DAY = 86_400_000
@@ -43,13 +45,16 @@ def test_the_venues_volume_of_its_newest_bar_caps_the_exits() -> None:
     assert out == {"BTC/USDT": 20_000.0, "ETH/USDT": 5.0} and venue.asked == [NEWEST]
 
 
-def test_an_announced_bar_that_is_not_the_venues_newest_caps_nothing() -> None:
+def test_an_announced_bar_that_is_not_the_venues_newest_caps_nothing(caplog: pytest.LogCaptureFixture) -> None:
     """A compromised ingest names an old bar in which the coin barely traded (and copies the venue's true number
     for it, so nothing disagrees): the exits would have been capped to nearly nothing."""
     for old in (NEWEST - DAY, NEWEST - 30 * DAY, NEWEST + DAY):
         venue = Venue()
-        out = volumes(venue, old, {"BTC/USDT": 0.001})
+        with caplog.at_level(logging.INFO, logger=LOG.name):
+            out = volumes(venue, old, {"BTC/USDT": 0.001})
         assert math.isnan(out["BTC/USDT"]) and venue.asked == []
+    # Said once per tick as a bar mismatch, not as a volume disagreement per coin.
+    assert not [r for r in caplog.records if getattr(r, "tag", None) == "DATA_DISAGREE"]
 
 
 def test_the_replay_keeps_the_announced_volumes() -> None:
