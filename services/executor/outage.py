@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from services.executor.brokers.base import TransientBrokerError
+from services.executor.exchange_calls import OrderUnresolved
 from shared.health import HealthState
 from shared.logging import error, info
 
@@ -27,12 +28,19 @@ class ExchangeOutage:
     def __init__(self, health: HealthState, logger: logging.Logger) -> None:
         self.health, self.logger = health, logger
         self.reason: str | None = None  # why the exchange is considered unreachable; None: it answers
+        self.what = "exchange unreachable"
         health.checks["exchange"] = lambda: (self.reason is None, "reachable" if self.reason is None else
-                                             f"exchange unreachable ({self.reason}); plans wait")
+                                             f"{self.what} ({self.reason}); plans wait")
 
     def failed(self, exc: BaseException, **fields: object) -> None:
         self.reason = f"{type(exc).__name__}: {exc}"[:300]
         self.health.inc("exchange_faults")
+        if isinstance(exc, OrderUnresolved):  # the exchange answers; what it says cannot settle the order
+            self.what = "an order cannot be settled"
+            error(self.logger, "RECONCILE", "an order cannot be settled; its plan waits (check it on the exchange, "
+                  "then `aura journal settle <clientOrderId>`)", error=self.reason, **fields)
+            return
+        self.what = "exchange unreachable"
         error(self.logger, "EXCHANGE_DOWN", "exchange unreachable; waiting for it (a plan is redelivered, never "
               "dead-lettered)", error=self.reason, **fields)
 

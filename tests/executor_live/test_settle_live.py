@@ -66,7 +66,8 @@ def test_an_order_nothing_can_settle_waits_for_the_operator_and_only_then_closes
 
     out = asyncio.run(scenario())
     ok, detail = out["during"]
-    assert not ok and "not placed again" in detail["exchange"], detail
+    assert not ok and detail["exchange"].startswith("an order cannot be settled") and "not placed again" in \
+        detail["exchange"], detail
     assert [i[:2] for i in out["status_during"]] == [("ETH/USDT", "acked")]
     assert out["posts"] == out["posts_after"] == 1, "the order was placed again"
     assert out["proc"].returncode == 0 and "settle requested" in out["proc"].stderr, out["proc"].stderr
