@@ -222,7 +222,7 @@ def read_incumbent(settings: Settings, url: str, timeframe: str) -> tuple[Strate
 
     async def read() -> tuple[StrategyParams, int]:
         async with session(system, "optimizer", timeout_s=5) as nc:
-            return await live_incumbent(nc.jetstream(), trusted, timeframe)
+            return await live_incumbent(nc.jetstream(), trusted, timeframe, system.max_loss_bound)
 
     return asyncio.run(read())
 

@@ -73,7 +73,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             if wanted is None:
                 # The version in force, as signal and risk run it: the newest *valid* one.  A newer refused one
                 # (a forgery, a bad document) is named, not shown, and must not keep the operator from editing.
-                stored = await history(js, trusted)
+                stored = await history(js, trusted, settings.max_loss_bound)
                 wanted, _ = last_valid(stored)
                 refused = [(v, why) for v, d, why in stored if d is None and v > wanted]
                 if refused:
@@ -84,7 +84,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(shown(version, doc, params), indent=2))
             return 0
         if args.action == "history":
-            for version, doc, problem in await history(js, trusted):
+            for version, doc, problem in await history(js, trusted, settings.max_loss_bound):
                 if doc is None:
                     print(f"{version:>4}  REFUSED  {problem}")
                 else:
@@ -102,7 +102,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"versions {args.a} and {args.b} hold the same parameters")
             return 0
         # The base is the newest *valid* version: a refused newer document must not stop the operator fixing it.
-        version, in_force = last_valid(await history(js, trusted))
+        version, in_force = last_valid(await history(js, trusted, settings.max_loss_bound))
         current = in_force.params if in_force is not None else StrategyParams()
         current_tf = document_timeframe(in_force) if in_force is not None else PARAMS_TIMEFRAME
         if args.action == "set":

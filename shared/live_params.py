@@ -307,9 +307,10 @@ async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey
     return doc.params, version, doc
 
 
-async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
+async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], max_loss_bound: float | None = None,
                   ) -> list[tuple[int, ParamsDocument | None, str]]:
-    """Every stored version, oldest first: (version, document or None, why it is refused or "").
+    """Every stored version, oldest first: (version, document or None, why it is refused or "").  With
+    ``max_loss_bound`` (the system's envelope) a version beyond it is refused too, as signal and risk refuse it.
 
     Read with direct gets by revision (nats-py's ``kv.history`` would create a consumer), so any principal with
     read rights on the key's revisions may call it: the operator's CLI and the console alike."""
@@ -319,6 +320,8 @@ async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
     for entry in entries:
         try:
             doc, _ = stored_document(entry.data or b"", int(entry.seq or 0), _stored_ms(entry), trusted)
+            if max_loss_bound is not None:
+                check_loss_bound(doc.params, max_loss_bound, int(entry.seq or 0))
             out.append((int(entry.seq or 0), doc, ""))
         except ParamsError as exc:
             out.append((int(entry.seq or 0), None, str(exc)))

@@ -39,7 +39,8 @@ class PromotionRefused(RuntimeError):
 
 
 async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey],
-                         timeframe: str = PARAMS_TIMEFRAME) -> tuple[StrategyParams, int]:
+                         timeframe: str = PARAMS_TIMEFRAME, max_loss_bound: float | None = None,
+                         ) -> tuple[StrategyParams, int]:
     """(parameters, version) in force for a run on ``timeframe`` bars: the newest version that verifies, as signal
     and risk choose it at a start (version 0: nothing promoted yet, the shipped defaults at the same durations in
     ``timeframe`` bars).
@@ -49,8 +50,10 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
     would judge it against a strategy the system does not run."""
     try:
         _, version, doc = await read_version(js, trusted)
+        if doc is not None and max_loss_bound is not None:
+            check_loss_bound(doc.params, max_loss_bound, version)  # refused by signal and risk: not in force
     except ParamsError:
-        version, doc = last_valid(await history(js, trusted))
+        version, doc = last_valid(await history(js, trusted, max_loss_bound))
     if doc is None:
         return default_params(timeframe), version
     # The newest valid version says which bars the system trades; if it is itself refused there (a version for
@@ -78,7 +81,7 @@ async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: 
         raise PromotionRefused(str(exc)) from exc
     # Read before the check: a promotion or rollback landing after it makes the write below fail, not go on top.
     last = await last_revision(js)
-    _, now = await live_incumbent(js, trusted, timeframe)
+    _, now = await live_incumbent(js, trusted, timeframe, max_loss_bound)
     if now != incumbent_version:
         raise PromotionRefused(f"the live parameter version is {now}, the run was judged against version "
                                f"{incumbent_version}: not promoting; run the optimizer again")
