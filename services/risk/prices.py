@@ -184,6 +184,10 @@ async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar
     return {**volumes, **{sym: venue.get(sym, math.nan) for sym in held}}
 
 
+class VenueUnconfirmed(RuntimeError):
+    """The venue cannot confirm a held coin's announced close yet: a retry, not a forgery."""
+
+
 # How far an announced close of a held coin may be from the venue's own close of the same bar: the exchange's own
 # candles agree exactly; a fallback source (CoinGecko's aggregate, another venue) within this.
 CLOSE_TOLERANCE = 0.01
@@ -194,7 +198,7 @@ async def venue_close_problem(source: PriceSource, held: list[str], timeframe: s
     """Live: why the announced decision-bar closes of the held coins are not the venue's ('' when they are, or with
     no venue).  Equity, the drawdown and the stops are measured on these closes, so a compromised ingest could
     otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  Raises on a failed
-    read (the target is handled again)."""
+    read, or ``VenueUnconfirmed`` while the venue has no candle to compare with (the target is handled again)."""
     candles = await source.bar_candles(held, timeframe, bar)
     if candles is None:
         return ""
@@ -202,7 +206,10 @@ async def venue_close_problem(source: PriceSource, held: list[str], timeframe: s
         announced = closes.get(sym)
         if announced is None:  # no close in the data: valued at its last mark, as the gate always does
             continue
-        venue = candles.get(sym, (math.nan, math.nan))[0]
+        if sym not in candles:
+            # Not forged, not confirmed either (the venue's kline not out yet, or the pair paused): handled again.
+            raise VenueUnconfirmed(f"the venue has no {bar} candle for held {sym} yet; target handled again")
+        venue = candles[sym][0]
         if not math.isclose(announced, venue, rel_tol=CLOSE_TOLERANCE):
             return f"announced close {announced:.8g} of held {sym} at bar {bar} is not the venue's ({venue:.8g})"
     return ""

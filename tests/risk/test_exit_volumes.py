@@ -59,3 +59,23 @@ def test_an_announced_bar_that_is_not_the_venues_newest_caps_nothing(caplog: pyt
 
 def test_the_replay_keeps_the_announced_volumes() -> None:
     assert volumes(Venue(clock=None), NEWEST - DAY, {"BTC/USDT": 7.0}) == {"BTC/USDT": 7.0}
+
+
+def test_held_closes_are_checked_against_the_venues_own_candle() -> None:
+    from services.risk.prices import VenueUnconfirmed, venue_close_problem
+
+    def problem(venue: Venue, closes: dict[str, float], held: tuple[str, ...] = ("BTC/USDT",)) -> str:
+        return asyncio.run(venue_close_problem(venue, list(held), "1d", NEWEST, closes))  # type: ignore[arg-type]
+
+    assert problem(Venue(), {"BTC/USDT": 100_500.0}) == ""  # within 1%: a fallback source's rounding
+    assert "not the venue's" in problem(Venue(), {"BTC/USDT": 50_000.0})
+    assert problem(Venue(), {}) == ""  # no close in the data: valued at its mark, nothing to compare
+    assert problem(Venue(clock=None), {"BTC/USDT": 1.0}) == ""  # the replay: no venue
+
+    class Unpublished(Venue):
+        async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
+                              ) -> dict[str, tuple[float, float]] | None:
+            return {}
+
+    with pytest.raises(VenueUnconfirmed):  # not out yet: handled again, never called forged
+        problem(Unpublished(), {"BTC/USDT": 100_000.0})
