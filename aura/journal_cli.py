@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         except (BusUnavailable, BusNotProvisioned, CredentialError) as exc:
             print(f"aura journal: {exc}", file=sys.stderr)
             return 1
-        print(f"[RECONCILE] settle requested for {args.client_order_id}: the executor closes it as canceled with no "
-              "fills when its plan is next retried (its log says so); a fill it leaves out shows as a book "
+        print(f"[RECONCILE] settle requested for {args.client_order_id}: the executor closes it as canceled when the "
+              "plan waiting on it is next retried (its log says so); a fill not journaled shows as a book "
               "difference, for `aura journal adopt`", file=sys.stderr)
         print(json.dumps({"client_order_id": args.client_order_id, "requested_at_ms": at}))
         return 0
@@ -91,7 +91,7 @@ def add_journal_parser(subparsers: Any) -> None:
     adopt = sub.add_parser("adopt", help="record what the exchange holds, at its prices, as a journaled event")
     adopt.add_argument("--reason", required=True, help="why: recorded with the adoption")
     settle = sub.add_parser("settle", help="close an order the executor cannot settle (it waits on it, /readyz red, "
-                            "[RECONCILE]) as canceled with no fills, after checking it on the exchange")
+                            "[RECONCILE]) as canceled (its journaled fills stay), after checking it on the exchange")
     settle.add_argument("client_order_id", help="the order's clientOrderId, as the executor's log and /readyz name it")
     settle.add_argument("--reason", required=True, help="why: recorded with the settlement")
     p.set_defaults(func=run)

@@ -81,14 +81,19 @@ class OrderUnresolved(TransientBrokerError):
     """An order that may be on the exchange cannot be settled: the exchange acknowledged it once and now says it
     has no such order (Binance answers -2013 now and then, and accepts the id again once the order is closed),
     or it cannot look the order up at all (its pair left the exchange's list).  Placing it again could fill it
-    twice, so nothing is placed: the plan waits with /readyz red until a lookup answers."""
+    twice, so nothing is placed: the plan waits with /readyz red until a lookup answers (or the operator settles
+    it: services/executor/settle.py)."""
+
+    def __init__(self, message: str, client_order_id: str) -> None:
+        super().__init__(message)
+        self.client_order_id = client_order_id
 
 
 def settle_missing(journal: Journal, cid: str, status: str, symbol: str) -> None:
     """Raise :class:`OrderUnresolved` when "not found" cannot mean "never placed": the exchange knew the order."""
     if status == "acked" or journal.order_acknowledged(cid):
         raise OrderUnresolved(f"order {cid} ({symbol}) was acknowledged by the exchange, which now says it has no "
-                              "such order; not placed again")
+                              "such order; not placed again", cid)
 
 
 async def unresolved_lookup(lookup: Awaitable[OrderState | None], cid: str, symbol: str) -> OrderState | None:
@@ -98,7 +103,8 @@ async def unresolved_lookup(lookup: Awaitable[OrderState | None], cid: str, symb
     except TransientBrokerError:
         raise
     except BrokerError as exc:
-        raise OrderUnresolved(f"order {cid} ({symbol}) may be on the exchange and cannot be looked up: {exc}") from exc
+        raise OrderUnresolved(f"order {cid} ({symbol}) may be on the exchange and cannot be looked up: {exc}",
+                              cid) from exc
 
 
 async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits, logger: logging.Logger,

@@ -212,7 +212,7 @@ class Executor:
             if is_exchange_outage(exc):
                 self.outage.failed(exc, subject=msg.subject, cycle_id=cycle_id, plan_id=plan_id, started=started,
                                    delivery=deliveries)
-                if isinstance(exc, OrderUnresolved) and await self._settled_by_operator():
+                if isinstance(exc, OrderUnresolved) and await self._settled_by_operator(exc.client_order_id):
                     await msg.nak()  # the order is closed: the plan goes on now
                     return
                 await msg.nak(delay=min(RETRY_BASE_S * deliveries, RETRY_MAX_S))
@@ -230,13 +230,13 @@ class Executor:
             if self.stuck is not None and self._progress_of(msg)[1] == self.stuck:
                 self.stuck = None
 
-    async def _settled_by_operator(self) -> bool:
+    async def _settled_by_operator(self, waiting: str) -> bool:
         """Whether an operator's settle request just closed an order nothing else can (services/executor/settle.py)."""
         if self.reconciler is None:
             return False
         try:
             return await apply_settle(self.journal, self.reconciler.kv, self.reconciler.operator_key,
-                                      self.ctx.logger) is not None
+                                      self.ctx.logger, waiting) is not None
         except Exception as exc:  # the bus or the journal: asked again at the next redelivery
             with contextlib.suppress(Exception):
                 self.journal.rollback()

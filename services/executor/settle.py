@@ -4,9 +4,10 @@ An order that may be on the exchange is never placed again on a guess (``exchang
 the exchange acknowledged it once and now says it has no such order, or can no longer look it up because its pair
 left the list, its plan waits with /readyz red, and every later plan behind it.  After checking the order on the
 exchange, the operator writes a signed request (``operator.settle``, naming the clientOrderId); the executor
-verifies it, closes that intent as canceled with no fills (journaled with who asked and why), and the plan goes
-on.  Whatever the order did fill shows at the next comparison of the books as a difference ([RECONCILE] halt),
-which ``aura journal adopt`` then records: nothing is booked in the exchange's name without the operator.
+verifies it and, when that order is the one a plan waits on, closes the intent as canceled (fills already
+journaled stay, nothing more is booked; journaled with who asked and why), and the plan goes on.  Whatever else
+the order filled shows at the next comparison of the books as a difference ([RECONCILE] halt), which ``aura
+journal adopt`` then records: nothing is booked in the exchange's name without the operator.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import logging
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js.kv import KeyValue
 
-from services.executor.journal import OPEN_INTENT_STATES, Journal
+from services.executor.journal import Journal
 from shared.logging import warn
 from shared.operator_requests import SETTLE_KEY, SettleRequest, read_request
 
-SETTLED = "operator_settled"  # the journal event of each settle request applied (or found with nothing to close)
+SETTLED = "operator_settled"  # the journal event of each settle request applied
 
 
 def last_settle_ms(journal: Journal) -> int:
@@ -29,31 +30,43 @@ def last_settle_ms(journal: Journal) -> int:
     return int(cycle_id.removeprefix("settle-")) if cycle_id else 0
 
 
-async def apply_settle(journal: Journal, kv: KeyValue, operator_key: Ed25519PublicKey,
-                       logger: logging.Logger) -> str | None:
-    """Apply the operator's newest settle request if it is new; the clientOrderId it closed, else None."""
+async def apply_settle(journal: Journal, kv: KeyValue, operator_key: Ed25519PublicKey, logger: logging.Logger,
+                       waiting: str) -> str | None:
+    """Apply the operator's newest settle request if it is new and names ``waiting``, the order a plan waits on;
+    the clientOrderId it closed, else None.  A request for another order stays unapplied (said once): it is
+    applied when that order is the one waiting, never to a sibling leg."""
     request, problem = await read_request(kv, SETTLE_KEY, operator_key, SettleRequest)
     if problem:
         warn(logger, "RECONCILE", "settle request refused", error=problem)
         return None
-    if request is None or request.requested_at_ms <= last_settle_ms(journal):
+    if request is None:
+        return None
+    applied_ms = last_settle_ms(journal)
+    if request.requested_at_ms <= applied_ms:
+        if request.requested_at_ms != _said.get("old"):
+            _said["old"] = request.requested_at_ms
+            warn(logger, "RECONCILE", "settle request not newer than the last one applied; ignored (run `aura "
+                 "journal settle` again, and check the clocks)", requested_at_ms=request.requested_at_ms,
+                 last_applied_ms=applied_ms, cid=request.client_order_id[:64])
         return None
     cid = request.client_order_id[:64]
-    try:
-        status = journal.intent_state(cid)[0]
-    except KeyError:
-        status = "unknown"
-    closing = status in OPEN_INTENT_STATES
+    if cid != waiting:
+        if request.requested_at_ms != _said.get("other"):
+            _said["other"] = request.requested_at_ms
+            warn(logger, "RECONCILE", "settle request names another order than the one waiting; not applied",
+                 cid=cid, waiting=waiting)
+        return None
+    status = journal.intent_state(cid)[0] if cid else "unknown"
     journal.begin()
-    if closing:
-        journal.set_intent_status(cid, "canceled", f"settled by {request.requested_by}: {request.reason}"[:300])
-    journal.event(f"settle-{request.requested_at_ms}", SETTLED, cid=cid, was=status, closed=closing,
-                  by=request.requested_by, reason=request.reason[:300])
+    journal.set_intent_status(cid, "canceled", f"settled by {request.requested_by}: {request.reason}"[:300])
+    journal.event(f"settle-{request.requested_at_ms}", SETTLED, cid=cid, was=status, by=request.requested_by,
+                  reason=request.reason[:300])
     journal.commit()
-    if closing:
-        warn(logger, "RECONCILE", "order settled by the operator: closed as canceled with no fills; a difference "
-             "it leaves shows at the next comparison of the books", cid=cid, was=status, by=request.requested_by,
-             reason=request.reason)
-        return cid
-    warn(logger, "RECONCILE", "settle request for an order that is not open; nothing changed", cid=cid, was=status)
-    return None
+    warn(logger, "RECONCILE", "order settled by the operator: closed as canceled, its fills already journaled kept "
+         "and nothing more booked; a difference it leaves shows at the next comparison of the books", cid=cid,
+         was=status, by=request.requested_by, reason=request.reason)
+    return cid
+
+
+# The last stale or mismatched request reported, so a retried plan does not repeat the line.
+_said: dict[str, int] = {}

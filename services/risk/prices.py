@@ -184,35 +184,38 @@ async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar
     return {**volumes, **{sym: venue.get(sym, math.nan) for sym in held}}
 
 
-class VenueUnconfirmed(RuntimeError):
-    """The venue cannot confirm a held coin's announced close yet: a retry, not a forgery."""
-
-
 # How far an announced close of a held coin may be from the venue's own close of the same bar: the exchange's own
-# candles agree exactly; a fallback source (CoinGecko's aggregate, another venue) within this.
-CLOSE_TOLERANCE = 0.01
+# candles agree exactly; ingest takes a fallback source (CoinGecko's USD aggregate, another venue) within 2% of
+# them (services/ingest/sync_config.py tol_other_venue), and a 2% error cannot latch a kill-switch or trip a stop.
+CLOSE_TOLERANCE = 0.02
 
 
-async def venue_close_problem(source: PriceSource, held: list[str], timeframe: str, bar: int,
-                              closes: dict[str, float]) -> str:
-    """Live: why the announced decision-bar closes of the held coins are not the venue's ('' when they are, or with
-    no venue).  Equity, the drawdown and the stops are measured on these closes, so a compromised ingest could
-    otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  Raises on a failed
-    read, or ``VenueUnconfirmed`` while the venue has no candle to compare with (the target is handled again)."""
+async def venue_checked_closes(source: PriceSource, held: list[str], timeframe: str, bar: int,
+                               closes: dict[str, float], logger: logging.Logger) -> tuple[dict[str, float], str]:
+    """Live: (``closes`` to plan with, why the announced decision-bar closes of the held coins are not the venue's
+    or '').  Equity, the drawdown and the stops are measured on these closes, so a compromised ingest could
+    otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  A held coin the
+    venue gives no candle for (not out yet, or not listed any more) cannot be confirmed: it is left out of the
+    closes, valued at its last mark as any coin without a price.  With no venue (the replay): ``closes`` as they
+    are.  Raises on a failed read (the target is handled again)."""
     candles = await source.bar_candles(held, timeframe, bar)
     if candles is None:
-        return ""
+        return closes, ""
+    out = dict(closes)
     for sym in held:
         announced = closes.get(sym)
         if announced is None:  # no close in the data: valued at its last mark, as the gate always does
             continue
         if sym not in candles:
-            # Not forged, not confirmed either (the venue's kline not out yet, or the pair paused): handled again.
-            raise VenueUnconfirmed(f"the venue has no {bar} candle for held {sym} yet; target handled again")
+            del out[sym]
+            warn(logger, "DATA_DISAGREE", "the venue gives no candle for a held coin's decision bar; valued at its "
+                 "last mark", symbol=sym, bar_ms=bar, announced=announced)
+            continue
         venue = candles[sym][0]
         if not math.isclose(announced, venue, rel_tol=CLOSE_TOLERANCE):
-            return f"announced close {announced:.8g} of held {sym} at bar {bar} is not the venue's ({venue:.8g})"
-    return ""
+            return closes, f"announced close {announced:.8g} of held {sym} at bar {bar} is not the venue's " \
+                           f"({venue:.8g})"
+    return out, ""
 
 
 def make_price_source(ctx: ServiceContext) -> PriceSource:

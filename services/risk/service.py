@@ -49,7 +49,7 @@ from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
-from services.risk.prices import PriceRead, PriceSource, exit_volumes, make_price_source, venue_close_problem
+from services.risk.prices import PriceRead, PriceSource, exit_volumes, make_price_source, venue_checked_closes
 from services.risk.stale import follow_notices, notice_clock
 from services.risk.sync_guard import GuardState
 from services.risk.tick import (
@@ -303,8 +303,8 @@ class Risk:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
-        forged = await venue_close_problem(self.prices, held, ctx.settings.timeframe, int(panel.timestamps[-1]),
-                                           prices)
+        prices, forged = await venue_checked_closes(self.prices, held, ctx.settings.timeframe,
+                                                    int(panel.timestamps[-1]), prices, ctx.logger)
         if forged:
             await self.refuse(target, "forged_data", forged, forged=True)
         if basis.cycle_id == target.cycle_id and basis.status in TRADED:

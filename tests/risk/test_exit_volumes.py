@@ -62,20 +62,21 @@ def test_the_replay_keeps_the_announced_volumes() -> None:
 
 
 def test_held_closes_are_checked_against_the_venues_own_candle() -> None:
-    from services.risk.prices import VenueUnconfirmed, venue_close_problem
+    from services.risk.prices import venue_checked_closes
 
-    def problem(venue: Venue, closes: dict[str, float], held: tuple[str, ...] = ("BTC/USDT",)) -> str:
-        return asyncio.run(venue_close_problem(venue, list(held), "1d", NEWEST, closes))  # type: ignore[arg-type]
+    def check(venue: Venue, closes: dict[str, float]) -> tuple[dict[str, float], str]:
+        return asyncio.run(venue_checked_closes(venue, ["BTC/USDT"], "1d", NEWEST, closes, LOG))  # type: ignore[arg-type]
 
-    assert problem(Venue(), {"BTC/USDT": 100_500.0}) == ""  # within 1%: a fallback source's rounding
-    assert "not the venue's" in problem(Venue(), {"BTC/USDT": 50_000.0})
-    assert problem(Venue(), {}) == ""  # no close in the data: valued at its mark, nothing to compare
-    assert problem(Venue(clock=None), {"BTC/USDT": 1.0}) == ""  # the replay: no venue
+    assert check(Venue(), {"BTC/USDT": 101_500.0, "ETH/USDT": 5.0}) == ({"BTC/USDT": 101_500.0, "ETH/USDT": 5.0}, "")
+    assert "not the venue's" in check(Venue(), {"BTC/USDT": 50_000.0})[1]  # half the close: refused
+    assert "not the venue's" in check(Venue(), {"BTC/USDT": 97_500.0})[1]  # beyond a fallback source's 2%
+    assert check(Venue(), {}) == ({}, "")  # no close in the data: valued at its mark, nothing to compare
+    assert check(Venue(clock=None), {"BTC/USDT": 1.0}) == ({"BTC/USDT": 1.0}, "")  # the replay: no venue
 
     class Unpublished(Venue):
         async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
                               ) -> dict[str, tuple[float, float]] | None:
             return {}
 
-    with pytest.raises(VenueUnconfirmed):  # not out yet: handled again, never called forged
-        problem(Unpublished(), {"BTC/USDT": 100_000.0})
+    # Not confirmable (not out yet, or no longer listed): neither refused as forged nor believed; its last mark.
+    assert check(Unpublished(), {"BTC/USDT": 100_000.0, "ETH/USDT": 5.0}) == ({"ETH/USDT": 5.0}, "")
