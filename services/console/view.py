@@ -57,6 +57,7 @@ from shared.health import HealthState
 from shared.live_params import (
     ParamsDocument,
     ParamsError,
+    check_loss_bound,
     default_params,
     document_timeframe,
     history,
@@ -332,6 +333,7 @@ class BusView:
         try:
             # With the system's timeframe, as signal and risk read it: a version counted in other bars is refused.
             params, version, doc = await read_version(self.js, self.params_keys, timeframe=self.timeframe)
+            check_loss_bound(params, self.settings.max_loss_bound, version)  # beyond the envelope: refused too
             refused = ""
         except ParamsError as exc:
             refused = _clip(str(exc))
@@ -341,7 +343,7 @@ class BusView:
             if version == self.params.get("version") and self.params.get("history"):
                 self.live_params = params
                 return
-        stored = await history(self.js, self.params_keys)
+        stored = await history(self.js, self.params_keys, self.settings.max_loss_bound)
         if refused:  # signal and risk keep the newest valid version for their bars (ParamsTracker): so does this
             version, doc = last_valid(stored, self.timeframe)
             params = doc.params if doc is not None else default_params(self.timeframe)
