@@ -75,5 +75,5 @@ def test_an_order_nothing_can_settle_waits_for_the_operator_and_only_then_closes
     assert status == "canceled" and reason.startswith("settled by operator:"), reason
     assert out["snap"].status == "partial" and out["snap"].holdings.get("ETH/USDT", 0) > 0  # its half fill kept
     settled = journal_rows(settings, "SELECT detail FROM events WHERE kind='operator_settled'")
-    assert len(settled) == 1 and out["cid"] in settled[0][0] and '"closed": true' in settled[0][0]
+    assert len(settled) == 1 and out["cid"] in settled[0][0] and '"was": "acked"' in settled[0][0]
     assert any(f.get("cid") == out["cid"] for f in capture.fields("RECONCILE"))
