@@ -130,10 +130,33 @@ def test_two_workers_share_the_queue_and_give_the_in_process_result(bus: NatsEnd
 def test_a_worker_killed_mid_task_changes_nothing(bus: NatsEndpoint, pool: Pool, tmp_path: Path) -> None:
     """The shipped grids on one fold (hundreds of evaluations, tasks of up to 32): worker A is frozen and killed
     while its readiness says it is inside a task with evaluations still to go; its task comes back after the ack
-    wait (10 s) to the other worker, and the result is the in-process one."""
-    victim, _ = pool.ensure(2)
+    wait (10 s) to the other worker, and the result is the in-process one.
+
+    A task lasts tens of milliseconds, and on a loaded machine the status the watcher read can be older than
+    that: the worker may have answered its task before the kill lands (then nothing is redelivered, and there was
+    nothing to prove).  Such a run must still give the in-process result, and the test tries again with a fresh
+    worker and store, up to three times; it fails unless one kill landed inside a task and was redelivered."""
     job = job_for(["ADA_USDT", "BTC_USDT", "DOGE_USDT", "ETH_USDT", "SOL_USDT", "XRP_USDT"], None, folds=1)
-    store = ResultStore(tmp_path / "results.sqlite")
+    expected = outputs(local_record(job))
+    landed_after_answer: list[str] = []
+    for attempt in range(3):
+        victim, _ = pool.ensure(2)
+        killed, record, progress = kill_inside_a_task(bus, job, victim, tmp_path / f"results-{attempt}.sqlite")
+        assert killed, "the worker was never seen inside a task"
+        victim.proc.wait(timeout=10)
+        assert outputs(record) == expected
+        if progress.redelivered >= 1:
+            return
+        landed_after_answer.append(killed)
+    pytest.fail(f"no kill landed inside a task in 3 tries (each was seen in a task, none was answered again): "
+                f"{landed_after_answer}")
+
+
+def kill_inside_a_task(bus: NatsEndpoint, job: OptimizeJob, victim: LocalWorker,
+                       store_path: Path) -> tuple[str, Any, Any]:
+    """Run the job while a watcher kills ``victim`` (SIGSTOP, then SIGKILL) once its readiness says at least half
+    of a task is still to go; returns what the status said at the kill, the record and the run's progress."""
+    store = ResultStore(store_path)
     killed: dict[str, str] = {}
     finished = threading.Event()
 
@@ -161,10 +184,7 @@ def test_a_worker_killed_mid_task_changes_nothing(bus: NatsEndpoint, pool: Pool,
         finished.set()
         watcher.join(timeout=10)
         store.close()
-    assert killed, "the worker was never seen inside a task"
-    victim.proc.wait(timeout=10)
-    assert progress.redelivered >= 1, f"the killed worker's task ({killed['task']}) was not answered again"
-    assert outputs(record) == outputs(local_record(job))
+    return killed.get("task", ""), record, progress
 
 
 def test_a_restarted_coordinator_resumes_from_its_store(bus: NatsEndpoint, pool: Pool, grids_file: Path,
