@@ -271,13 +271,17 @@ DELETED = "the parameter document was deleted: refused (AURA never deletes it; t
 
 
 def stored_document(raw: bytes, version: int, stored_ms: int, trusted: dict[str, Ed25519PublicKey],
-                    ) -> tuple[ParamsDocument, str]:
+                    max_loss_bound: float | None = None) -> tuple[ParamsDocument, str]:
     """(document, signer) of the entry stored as ``version``; ParamsError if it is a delete marker, does not verify
-    or is not stored as the version it was signed as."""
+    or is not stored as the version it was signed as, or (with ``max_loss_bound``, the system's envelope) lets the
+    book lose more than the operator allows.  Every reader that judges a stored version comes through here, so
+    signal, risk, the console, the optimizer and the CLI refuse the same versions."""
     if not raw:
         raise ParamsError(DELETED)
     doc, signer = verify_document(raw, trusted)
     check_version(doc, version, stored_ms)
+    if max_loss_bound is not None:
+        check_loss_bound(doc.params, max_loss_bound, version)
     return doc, signer
 
 
@@ -286,12 +290,14 @@ def _stored_ms(msg: Any) -> int:
 
 
 async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], revision: int | None = None,
-                       timeframe: str | None = None) -> tuple[StrategyParams, int, ParamsDocument | None]:
+                       timeframe: str | None = None, max_loss_bound: float | None = None,
+                       ) -> tuple[StrategyParams, int, ParamsDocument | None]:
     """(params, version, document) of ``revision`` (None: the newest); ParamsError if it is missing or invalid.
     Version 0 (or an empty bucket when asking for the newest) is the shipped defaults.
 
     With ``timeframe`` (a service reading for the bars it trades) a document made for other bars is refused too,
-    and version 0 is the defaults scaled to ``timeframe`` (what ParamsTracker uses, so the digests agree)."""
+    and version 0 is the defaults scaled to ``timeframe`` (what ParamsTracker uses, so the digests agree).  With
+    ``max_loss_bound`` one beyond the operator's envelope is refused (``stored_document``)."""
     defaults = StrategyParams() if timeframe is None else default_params(timeframe)
     if revision == 0:
         return defaults, 0, None
@@ -301,7 +307,7 @@ async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey
             raise ParamsError(f"parameter version {revision} not found")
         return defaults, 0, None
     raw, version, stored_ms = found
-    doc, _ = stored_document(raw, version, stored_ms, trusted)
+    doc, _ = stored_document(raw, version, stored_ms, trusted, max_loss_bound)
     if timeframe is not None:
         check_timeframe(doc, timeframe, version)
     return doc.params, version, doc
@@ -319,9 +325,8 @@ async def history(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey], ma
     out: list[tuple[int, ParamsDocument | None, str]] = []
     for entry in entries:
         try:
-            doc, _ = stored_document(entry.data or b"", int(entry.seq or 0), _stored_ms(entry), trusted)
-            if max_loss_bound is not None:
-                check_loss_bound(doc.params, max_loss_bound, int(entry.seq or 0))
+            doc, _ = stored_document(entry.data or b"", int(entry.seq or 0), _stored_ms(entry), trusted,
+                                     max_loss_bound)
             out.append((int(entry.seq or 0), doc, ""))
         except ParamsError as exc:
             out.append((int(entry.seq or 0), None, str(exc)))

@@ -15,7 +15,6 @@ from nats.js import JetStreamContext
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, params_digest
 from shared.live_params import (
     ParamsError,
-    check_loss_bound,
     check_timeframe,
     default_params,
     known_timeframe,
@@ -97,7 +96,7 @@ class ParamsTracker:
             if version in self.refused:
                 continue
             try:
-                doc, signer = stored_document(data, version, stored_ms, self.trusted)
+                doc, signer = stored_document(data, version, stored_ms, self.trusted, self.max_loss_bound)
             except ParamsError as exc:
                 self._refuse(version, str(exc))
                 continue
@@ -109,11 +108,6 @@ class ParamsTracker:
                 check_timeframe(doc, self.timeframe, version)
             except ParamsError as exc:
                 self._refuse(version, str(exc), tag="TIMEFRAME")
-                continue
-            try:
-                check_loss_bound(doc.params, self.max_loss_bound, version)
-            except ParamsError as exc:
-                self._refuse(version, str(exc))
                 continue
             if version != self.version:
                 info(self.logger, "PARAMS", "parameter version in force", version=version, signer=signer,

@@ -57,7 +57,6 @@ from shared.health import HealthState
 from shared.live_params import (
     ParamsDocument,
     ParamsError,
-    check_loss_bound,
     default_params,
     document_timeframe,
     history,
@@ -332,8 +331,8 @@ class BusView:
         doc: ParamsDocument | None
         try:
             # With the system's timeframe, as signal and risk read it: a version counted in other bars is refused.
-            params, version, doc = await read_version(self.js, self.params_keys, timeframe=self.timeframe)
-            check_loss_bound(params, self.settings.max_loss_bound, version)  # beyond the envelope: refused too
+            params, version, doc = await read_version(self.js, self.params_keys, timeframe=self.timeframe,
+                                                      max_loss_bound=self.settings.max_loss_bound)
             refused = ""
         except ParamsError as exc:
             refused = _clip(str(exc))

@@ -49,9 +49,8 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
     refused by signal and risk ([TIMEFRAME]) once written, and comparing it with parameters counted in other bars
     would judge it against a strategy the system does not run."""
     try:
-        _, version, doc = await read_version(js, trusted)
-        if doc is not None and max_loss_bound is not None:
-            check_loss_bound(doc.params, max_loss_bound, version)  # refused by signal and risk: not in force
+        # One signal and risk refuse (beyond the operator's envelope too) is not in force.
+        _, version, doc = await read_version(js, trusted, max_loss_bound=max_loss_bound)
     except ParamsError:
         version, doc = last_valid(await history(js, trusted, max_loss_bound))
     if doc is None:

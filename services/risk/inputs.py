@@ -28,7 +28,7 @@ from shared.consumer import Reject
 from shared.contracts import ContractError, DataReady, PortfolioSnapshot, decode
 from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_key, trusted_keys
 from shared.health import HealthState
-from shared.live_params import ParamsError, check_loss_bound, read_version
+from shared.live_params import ParamsError, read_version
 from shared.logging import error, warn
 from shared.operator_requests import RESET_KEY, read_request
 from shared.signing import SignatureError, verify_struct
@@ -171,8 +171,9 @@ class RiskInputs:
 
     async def params_at(self, version: int) -> tuple[StrategyParams, int]:
         # With the timeframe, version 0 is the defaults scaled as signal's tracker scales them (same digest).
-        params, version, _ = await read_version(self.js, self.params_keys, version, timeframe=self.timeframe)
-        check_loss_bound(params, self.max_loss_bound, version)  # a target naming a version the tracker refused
+        # A target naming a version the tracker refused (beyond the operator's envelope too) is refused here.
+        params, version, _ = await read_version(self.js, self.params_keys, version, timeframe=self.timeframe,
+                                                max_loss_bound=self.max_loss_bound)
         return params, version
 
 
