@@ -13,31 +13,35 @@ For each intent that was pending/sent/acked (journaled, maybe on the wire): look
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from services.executor.brokers.base import Broker, TransientBrokerError
-from services.executor.exchange_calls import DEFAULT_SETTLE_S, OrderUnresolved, settle_missing, unresolved_lookup
+from services.executor.exchange_calls import (
+    ExecutionLimits,
+    OrderUnresolved,
+    settle_missing,
+    settled_lookup,
+    unresolved_lookup,
+)
 from services.executor.execution import ExecutionResult, final_status, journal_order
 from services.executor.journal import Journal, now_ms
 from shared.logging import info, warn
 
 
 async def reconcile(journal: Journal, broker: Broker, logger: logging.Logger,
-                    settle_s: float = DEFAULT_SETTLE_S) -> dict[str, int]:
+                    limits: ExecutionLimits) -> dict[str, int]:
+    """Settle every open intent (module docstring); the lookups are the plan path's (``settled_lookup``: retried
+    as ``limits`` say, a "not found" of a sent order trusted only ``limits.settle_s`` after it was sent)."""
     counts = {"open": 0, "found": 0, "unsent": 0, "new_fills": 0, "unreachable": 0, "unresolved": 0}
     for intent in journal.open_intents():
         counts["open"] += 1
         cid, symbol = intent["client_order_id"], intent["symbol"]
+        # A pending intent was never sent; a sent one may still land until settle_s after it was sent.
+        settle_left = (limits.settle_s - (now_ms() - int(intent["updated_ts_ms"])) / 1000.0
+                       if intent["status"] == "sent" else 0.0)
         try:
-            order = await unresolved_lookup(broker.fetch_order(symbol, cid), cid, symbol)
-            if order is None and intent["status"] == "sent":
-                wait_s = settle_s - (now_ms() - int(intent["updated_ts_ms"])) / 1000.0
-                if wait_s > 0:
-                    info(logger, "BOOT", "sent order not found yet; waiting until a late request can no longer "
-                         "land", cid=cid, wait_s=round(wait_s, 3))
-                    await asyncio.sleep(wait_s)
-                    order = await unresolved_lookup(broker.fetch_order(symbol, cid), cid, symbol)
+            order = await unresolved_lookup(settled_lookup(broker, symbol, cid, limits, logger, settle_left),
+                                            cid, symbol)
             if order is None:
                 settle_missing(journal, cid, intent["status"], symbol)
         except OrderUnresolved as exc:

@@ -241,7 +241,7 @@ async def recover(journal: Journal, broker: Broker, rules: dict[str, MarketRule]
                   logger: logging.Logger, marks: dict[str, float], live: LivePolicy | None = None) -> list[PlanRun]:
     """Boot: reconcile open intents, then finish every plan a crash interrupted (its body was verified and
     journaled before any order).  The bus redelivers the same plan later; it then finds it final."""
-    await reconcile(journal, broker, logger, settle_s=limits.settle_s)
+    await reconcile(journal, broker, logger, limits)
     runs = []
     for plan_id in journal.unfinished_plans():
         plan = journaled_plan(journal, plan_id)

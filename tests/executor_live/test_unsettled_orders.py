@@ -50,7 +50,7 @@ def test_an_order_the_exchange_acknowledged_is_never_placed_again_on_a_not_found
     crash_after_placing(rig, plan)  # accepted, half filled, not journaled
 
     async def first_boot(b: CcxtBroker) -> dict[str, int]:  # dies right after reconciling: the order is working
-        return await reconcile(rig.journal, b, rig.log, settle_s=LIMITS.settle_s)
+        return await reconcile(rig.journal, b, rig.log, LIMITS)
 
     assert rig.run(first_boot)["found"] == 1 and intent_status(rig, cid) == "acked"
     rig.server.sim.step()  # the rest fills while the executor is down

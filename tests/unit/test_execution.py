@@ -114,7 +114,7 @@ def test_crash_after_send_is_reconciled_at_boot(journal: Journal) -> None:
     journal.record_intent(cid, p.cycle_id, p.plan_id, 0, "BTC/USDT", "buy", 0.1, 40000.0, status="sent")
     journal.commit()
     run(broker.place_market_order("BTC/USDT", "buy", 0.1, cid, 40000.0))
-    counts = run(reconcile(journal, broker, LOG))
+    counts = run(reconcile(journal, broker, LOG, LIMITS))
     assert counts == {"open": 1, "found": 1, "unsent": 0, "new_fills": 1, "unreachable": 0, "unresolved": 0}
     result = run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
     assert [f[2] for f in result.new_fills] == ["ETH/USDT"]  # the BTC leg is not placed again
@@ -128,7 +128,7 @@ def test_intent_never_sent_is_marked_unsent_and_then_placed_once(journal: Journa
     journal.begin()
     journal.record_intent(client_order_id(p.plan_id, 0), p.cycle_id, p.plan_id, 0, "BTC/USDT", "buy", 0.1, 40000.0)
     journal.commit()
-    assert run(reconcile(journal, broker, LOG))["unsent"] == 1
+    assert run(reconcile(journal, broker, LOG, LIMITS))["unsent"] == 1
     run(execute_plan(p, broker, journal, RULES, LIMITS, LOG))
     assert journal.count("fills") == 1
 
