@@ -109,12 +109,17 @@ async def unresolved_lookup(lookup: Awaitable[OrderState | None], cid: str, symb
 
 async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits, logger: logging.Logger,
                          settle_left_s: float) -> OrderState | None:
-    """Look ``cid`` up; a "not found" is trusted only once ``settle_left_s`` has run out (rule 6)."""
+    """Look ``cid`` up; a "not found" is trusted only once ``settle_left_s`` has run out (rule 6), and only when
+    a second lookup agrees: Binance answers -2013 now and then for an order it holds, and the caller may send the
+    id again on a "not found" (a booked market order that filled is no longer a duplicate for Binance)."""
     found = await lookup_order(broker, symbol, cid, limits, logger)
     if found is None and settle_left_s > 0:
         info(logger, "IDEMPOTENCY", "order not found yet; waiting until a late request can no longer land",
              cid=cid, wait_s=round(settle_left_s, 3))
         await asyncio.sleep(settle_left_s)
+        found = await lookup_order(broker, symbol, cid, limits, logger)
+    if found is None:
+        await asyncio.sleep(limits.backoff_s)
         found = await lookup_order(broker, symbol, cid, limits, logger)
     return found
 

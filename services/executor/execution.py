@@ -38,6 +38,7 @@ from services.executor.brokers.client_order_id import client_order_id
 from services.executor.brokers.paper import base_asset
 from services.executor.exchange_calls import (
     ExecutionLimits,
+    OrderUnresolved,
     free_balance_with_retry,
     live_price,
     lookup_order,
@@ -135,11 +136,19 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
                 journal.mark_intent(cid, "sent")  # a new send time: the restart path settles on the latest one
             last_sent = time.monotonic()
             return await broker.place_market_order(leg.symbol, leg.side, qty, cid, leg.ref_price, quote_amount)
-        except DuplicateOrderError:
+        except DuplicateOrderError as exc:
+            # The exchange says it holds this id: the order was booked, whatever a lookup answers next.  Journaled
+            # as acknowledged, so a "not found" (Binance answers -2013 now and then, and refuses a duplicate id
+            # only while the first order is open) never sends it again, here or after a restart (settle_missing).
             info(logger, "IDEMPOTENCY", "duplicate clientOrderId: order exists, fetching it", cid=cid)
+            journal.begin()
+            journal.set_intent_status(cid, "acked", "the exchange answered 'duplicate order': it holds this id")
+            journal.commit()
             found = await lookup_order(broker, leg.symbol, cid, limits, logger)
             if found is not None:
                 return found
+            raise OrderUnresolved(f"order {cid} ({leg.symbol}) was refused as a duplicate, so the exchange holds "
+                                  "it, and a lookup says it has no such order; not placed again", cid) from exc
         except OrderRejectedError:
             raise
         except CredentialsRejected:

@@ -6,6 +6,9 @@ The incidents, each found by an audit against the simulator:
   at the next boot Binance answered one lookup with -2013 "Order does not exist" (it does, now and then), the
   intent went back to "unsent" and the order was placed a second time under the same clientOrderId (Binance
   refuses a duplicate id only while the first order is open): 0.03 BTC bought for a 0.02 plan;
+- an order request answered "Duplicate order sent." (-2010: the exchange holds the id) and then a lookup
+  answered -2013: the order was taken as never placed and sent again under the same id once the first had
+  filled, 0.01996 BTC bought for a 0.00999 leg and one of them missing from the journal;
 - a pair that left the exchange's list while the journal held an intent for it made every boot raise
   OrderRejectedError (-1121): the executor exited, its supervisor started it again, and so on.
 """
@@ -22,7 +25,7 @@ from services.executor.outage import is_exchange_outage
 from services.executor.reconcile import reconcile
 from services.executor.runner import PlanRun, journal_portfolio
 from tests.executor_live.conftest import LIMITS, Rig
-from tests.executor_live.test_live_guards import crash_after_placing, plan_at, reboot
+from tests.executor_live.test_live_guards import crash_after_placing, live_run, plan_at, reboot
 
 pytestmark = pytest.mark.integration
 NOT_FOUND = '{"code":-2013,"msg":"Order does not exist."}'
@@ -54,9 +57,10 @@ def test_an_order_the_exchange_acknowledged_is_never_placed_again_on_a_not_found
 
     assert rig.run(first_boot)["found"] == 1 and intent_status(rig, cid) == "acked"
     rig.server.sim.step()  # the rest fills while the executor is down
-    # Two lookups answer "no such order": the boot's reconciliation and the resumed plan's.
+    # Every lookup answers "no such order": the boot's reconciliation and the resumed plan's, each a lookup and
+    # the second one that must agree before a "not found" is believed.
     rig.server.sim.faults.add(Fault("http_error", method="GET", path="/api/v3/order", status=400, body=NOT_FOUND,
-                                    count=2))
+                                    count=4))
     exc = reboot_fails(rig)
     assert isinstance(exc, OrderUnresolved) and is_exchange_outage(exc)  # the boot waits, /readyz red
     assert "acknowledged by the exchange" in str(exc)
@@ -68,6 +72,44 @@ def test_an_order_the_exchange_acknowledged_is_never_placed_again_on_a_not_found
     assert rig.sim_orders_by_cid() == {cid: 1}
     held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
     assert held == pytest.approx(float(rig.server.sim.free("BTC")), abs=1e-8) and held > 0.019
+
+
+@pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)
+def test_a_duplicate_answer_then_a_not_found_is_never_placed_again(rig: Rig) -> None:
+    btc = rig.price("BTC/USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)])
+    cid = client_order_id(plan.plan_id, 0)
+    # The first request is booked (and fills) but answered as a duplicate; the lookup that follows says -2013.
+    rig.server.sim.faults.add(Fault("http_error", method="POST", path="/api/v3/order", status=400, process=True,
+                                    body='{"code":-2010,"msg":"Duplicate order sent."}'))
+    rig.server.sim.faults.add(Fault("http_error", method="GET", path="/api/v3/order", status=400, body=NOT_FOUND))
+    with pytest.raises(OrderUnresolved, match="refused as a duplicate") as caught:
+        live_run(rig, plan)
+    assert is_exchange_outage(caught.value)  # the plan waits (unacked, /readyz red), it is not dead-lettered
+    assert rig.sim_orders_by_cid() == {cid: 1} and intent_status(rig, cid) == "acked"
+    rig.journal.rollback()
+
+    runs = reboot(rig)  # the lookup answers again: the one order is found and journaled, nothing placed twice
+    assert [r.status for r in runs] == ["executed"] and intent_status(rig, cid) == "filled"
+    assert rig.sim_orders_by_cid() == {cid: 1}
+    held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
+    assert held == pytest.approx(float(rig.server.sim.free("BTC")), abs=1e-8) and held > 0.0099
+
+
+@pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)
+def test_a_lost_answer_then_one_not_found_is_looked_up_again_before_a_resend(rig: Rig) -> None:
+    btc = rig.price("BTC/USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)])
+    cid = client_order_id(plan.plan_id, 0)
+    # Booked, but its answer lost (a 503 after processing); the first lookup after the settle wait says -2013.
+    rig.server.sim.faults.add(Fault("http_error", method="POST", path="/api/v3/order", status=503, process=True,
+                                    body='{"code":-1001,"msg":"Internal error"}'))
+    rig.server.sim.faults.add(Fault("http_error", method="GET", path="/api/v3/order", status=400, body=NOT_FOUND,
+                                    count=2))  # the lookup before the settle wait ends and the first one after it
+    run = live_run(rig, plan)
+    assert run.status == "executed" and rig.sim_orders_by_cid() == {cid: 1}
+    held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
+    assert held == pytest.approx(float(rig.server.sim.free("BTC")), abs=1e-8) and held > 0.0099
 
 
 def test_a_pair_delisted_under_a_never_sent_leg_is_skipped_not_a_crash_loop(rig: Rig) -> None:
