@@ -1,6 +1,7 @@
 """The journal never silently disagrees with the exchange: both books compared, in both directions (live mode).
 
-The sync guard (``runner.verify_holdings``) stops a plan when the exchange holds *less* than the journal.  This
+The sync guard (``runner.verify_holdings``) stops a plan when the exchange holds *less* than the journal (by more
+than dust, valued as here).  This
 module catches the other direction too: coins the journal does not know (a lost WAL, a manual buy, a deposit)
 and a journal that is empty while the exchange holds coins.  Either halts trading ([RECONCILE], /readyz red)
 until the operator runs ``aura journal adopt``: the executor then records the exchange's balances, at the

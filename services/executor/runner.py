@@ -38,6 +38,10 @@ class SyncCheck:
     confirm_reads: int = 3
     max_reads: int = 8
     delay_s: float = 0.5
+    # A confirmed shortfall worth at most this much (quote) is dust, as the book check (``books``) judges it: an
+    # exit's leftover below a lot step converted or withdrawn must not refuse every plan, exits included, while
+    # the book check calls the books in agreement (and so offers no halt an adoption could clear).
+    dust_quote: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,18 @@ def write_snapshot(journal: Journal, cycle_id: str, plan_id: str, status: str, m
     return snapshot_id
 
 
+def beyond_dust(verdict: Verdict, dust_quote: float, prices: dict[str, float], logger: logging.Logger) -> Verdict:
+    """``verdict`` as IN_SYNC when every asset it misses is worth at most ``dust_quote`` (an unpriced one never
+    is dust), logged; otherwise unchanged."""
+    worth = {a: q * (1.0 if a == QUOTE else prices.get(a, 0.0)) for a, q in verdict.shortfall.items()}
+    priced = all(a == QUOTE or prices.get(a, 0.0) > 0 for a in worth)
+    if not priced or any(value > dust_quote for value in worth.values()):
+        return verdict
+    info(logger, "SYNC_GUARD", "exchange balances short of the journal by dust only; trading on",
+         shortfall=verdict.shortfall, worth_quote=round(sum(worth.values()), 8), dust_quote=dust_quote)
+    return Verdict(IN_SYNC, verdict.shortfall, verdict.streak, "shortfall within dust")
+
+
 # --- the sync guard where positions are read from the broker --------------------------------------------------
 
 
@@ -123,9 +139,11 @@ def portfolio_balances(pf: Portfolio) -> dict[str, float]:
 
 
 async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logger, check: SyncCheck,
-                          expected: dict[str, float] | None = None) -> Verdict:
+                          expected: dict[str, float] | None = None, prices: dict[str, float] | None = None,
+                          ) -> Verdict:
     """Read exchange balances until the journal's holdings are confirmed present, or a shortfall is confirmed
-    on consecutive good reads.  Returns the last verdict (READ_FAILED / UNCONFIRMED if reads ran out)."""
+    on consecutive good reads.  Returns the last verdict (READ_FAILED / UNCONFIRMED if reads ran out); a
+    confirmed shortfall worth at most ``check.dust_quote`` at ``prices`` (asset -> quote) is IN_SYNC."""
     want = expected if expected is not None else expected_balances(journal)
     state = GuardState()
     verdict = Verdict("read_failed", {}, 0, "no read made")
@@ -145,7 +163,7 @@ async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logg
                      "glitch", attempt=attempt)
             return verdict
         if verdict.status == CONFIRMED:
-            return verdict
+            return beyond_dust(verdict, check.dust_quote, prices or {}, logger)
         if verdict.shortfall:
             warn(logger, "SYNC_GUARD", "exchange shows less than the journal; not acting on an unconfirmed read",
                  attempt=attempt, shortfall=verdict.shortfall, reason=verdict.reason)
@@ -204,7 +222,11 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
                                f"{age_ms / 1000:.0f}s old by the exchange's clock (limit "
                                f"{live.plan_max_age_ms / 1000:.0f}s)", as_of_ms=plan.as_of_ms, exchange_ms=now)
     if fresh and sync is not None:
-        verdict = await verify_holdings(journal, broker, logger, sync)
+        # Dust is valued at the marks (the plan's prices, which risk checked against the venue, and the last
+        # plans'), else at the journal's entry prices (a coin no plan priced since a restart).
+        entries = journal_portfolio(journal).entry_prices
+        prices = {base_asset(symbol): px for symbol, px in {**entries, **marks}.items() if px > 0}
+        verdict = await verify_holdings(journal, broker, logger, sync, prices=prices)
         if verdict.status == CONFIRMED:
             error(logger, "SYNC_GUARD", "exchange balances confirmed short of the journal; refusing the plan",
                   plan_id=plan.plan_id, cycle_id=plan.cycle_id, shortfall=verdict.shortfall)

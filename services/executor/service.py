@@ -94,7 +94,7 @@ class Executor:
         self.ignored_aborts = IgnoredAborts()
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         s = ctx.settings
-        self.sync = None if s.dry_run else SyncCheck()
+        self.sync = None if s.dry_run else SyncCheck(dust_quote=s.reconcile_dust_usdt)
         self.live = None if s.dry_run else LivePolicy(
             max_price_deviation=s.max_price_deviation,
             plan_max_age_ms=2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000),

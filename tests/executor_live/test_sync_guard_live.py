@@ -25,11 +25,11 @@ ACCOUNT = ("GET", "/api/v3/account")
 SYNC = SyncCheck(confirm_reads=3, max_reads=6, delay_s=0.01)
 
 
-def live_plan(rig: Rig, plan: PlanBody) -> PlanRun:
+def live_plan(rig: Rig, plan: PlanBody, sync: SyncCheck = SYNC, marks: dict[str, float] | None = None) -> PlanRun:
     """One executor process life: a fresh broker (as after a restart), run_plan with the live sync check."""
 
     async def scenario(b: CcxtBroker) -> PlanRun:
-        return await run_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log, {}, SYNC)
+        return await run_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log, marks or {}, sync)
 
     return rig.run(scenario)
 
@@ -73,6 +73,24 @@ def test_a_shortfall_confirmed_on_consecutive_reads_refuses_the_plan_without_tra
     assert rig.records.tagged("SYNC_GUARD")[-1].startswith("exchange balances confirmed short")
     with pytest.raises(KeyError):  # no intent was even journaled
         rig.journal.intent_state(client_order_id(plan.plan_id, 0))
+
+
+def test_a_shortfall_worth_dust_does_not_refuse_every_plan(rig: Rig) -> None:
+    """An exit's leftover converted to BNB on Binance's site (or withdrawn): the book check calls the books in
+    agreement (dust), so no halt and no adoption could ever clear a guard that refused on it: every plan, exits
+    included, was refused as out of sync while /readyz stayed green."""
+    bought_btc(rig)
+    rig.server.sim.set_balance("BTC", "0.04990")  # 0.00005 BTC (a few USDT) short of the journal
+    plan = rig.plan(("ETH/USDT", "buy", 0.5))
+    dusty = SyncCheck(confirm_reads=3, max_reads=6, delay_s=0.01, dust_quote=5.0)
+    marks = {"BTC/USDT": rig.price("BTC/USDT")}  # the executor's marks: the book's last prices
+    run = live_plan(rig, plan, dusty, marks)
+    assert run.status == "executed", run.reasons
+    assert any("dust only" in line for line in rig.records.tagged("SYNC_GUARD"))
+    # Beyond dust it is a shortfall as before: 0.01 BTC (hundreds of USDT) refuses the next plan.
+    rig.server.sim.set_balance("BTC", "0.03990")
+    refused = live_plan(rig, rig.plan(("ETH/USDT", "buy", 0.1)), dusty, marks)
+    assert refused.status == "rejected" and "sync guard" in refused.reasons[-1]
 
 
 def test_reads_that_keep_failing_leave_the_plan_for_a_retry(rig: Rig) -> None:
