@@ -30,7 +30,8 @@ APPLY_WAIT_S = 15.0
 
 
 async def _adopt(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]:
-    request = operator_request(f"operator:{getpass.getuser()}", reason, signing_key(settings.keys, "operator"))
+    request = operator_request(ADOPT_KEY, f"operator:{getpass.getuser()}", reason,
+                               signing_key(settings.keys, "operator"))
     cycle_id = f"adopt-{request.requested_at_ms}"
     async with session(settings, "operator") as nc:
         js = nc.jetstream()
@@ -49,7 +50,7 @@ async def _settle(settings: Settings, cid: str, reason: str) -> int:
     key = signing_key(settings.keys, "operator")
     request = sign_struct(SettleRequest(requested_at_ms=int(time.time() * 1000),
                                         requested_by=f"operator:{getpass.getuser()}", reason=reason,
-                                        client_order_id=cid), key)
+                                        action=SETTLE_KEY, client_order_id=cid), key)
     async with session(settings, "operator") as nc:
         await write_request(await state_kv(nc.jetstream()), SETTLE_KEY, request)
     return request.requested_at_ms

@@ -4,7 +4,9 @@ Some state has one writer: the kill-switch latch is risk's, the journal is the e
 wants it changed (``aura risk reset``, ``aura journal adopt``) writes a request, signed with the operator's key,
 to a key of ``aura_state`` only the operator may write (``operator.<what>``); the owning service verifies it
 against the operator key it pinned, applies a request newer than the last one it applied, and records it.
-A request written again changes nothing: it is not newer.
+A request written again changes nothing: it is not newer.  Each request is signed for the key it is written to
+(``action``): the operator's bus credential may write every ``operator.*`` key, and a signed adoption copied to
+``operator.reset`` must not clear the kill-switch (nor a reset make the executor adopt the exchange's balances).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class OperatorRequest(msgspec.Struct, frozen=True, kw_only=True):
     requested_at_ms: int
     requested_by: str
     reason: str
+    action: str = ""  # the aura_state key it was signed for (``operator.reset``...); covered by the signature
     signature: str = ""
     key_id: str = ""
 
@@ -42,14 +45,17 @@ class SettleRequest(OperatorRequest, frozen=True, kw_only=True):
     client_order_id: str
 
 
-def operator_request(by: str, reason: str, key: Ed25519PrivateKey, now_ms: int | None = None) -> OperatorRequest:
+def operator_request(action: str, by: str, reason: str, key: Ed25519PrivateKey,
+                     now_ms: int | None = None) -> OperatorRequest:
+    """A request for ``action`` (the key it goes to: RESET_KEY, ADOPT_KEY), signed with the operator's ``key``."""
     at = int(time.time() * 1000) if now_ms is None else now_ms
-    return sign_struct(OperatorRequest(requested_at_ms=at, requested_by=by, reason=reason), key)
+    return sign_struct(OperatorRequest(requested_at_ms=at, requested_by=by, reason=reason, action=action), key)
 
 
 async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey,
                        kind: type[OperatorRequest] = OperatorRequest) -> tuple[Any, str]:
-    """(the newest verified request under ``key``, as ``kind``, problem).  Unset: (None, "")."""
+    """(the newest verified request under ``key``, as ``kind``, problem).  Unset: (None, "").  One signed for
+    another key (a copy of another request) is refused."""
     raw, _ = await kv_get(kv, key)
     if raw is None:
         return None, ""
@@ -60,6 +66,9 @@ async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey,
         return None, f"malformed request: {exc}"
     except SignatureError as exc:
         return None, str(exc)
+    if request.action != key:
+        return None, (f"a request signed for {request.action or 'no key'!r} was stored under {key!r}: refused "
+                      "(a copy of another operator request)")
     return request, ""
 
 

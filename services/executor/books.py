@@ -1,11 +1,11 @@
 """The journal never silently disagrees with the exchange: both books compared, in both directions (live mode).
 
 The sync guard (``runner.verify_holdings``) stops a plan when the exchange holds *less* than the journal (by more
-than dust, valued as here).  This module catches the other direction too: coins the journal does not know (a lost
-WAL, a manual buy, a deposit) and a journal that is empty while the exchange holds coins.  Either halts trading ([RECONCILE], /readyz red)
-until the operator runs ``aura journal adopt``: the executor then records the exchange's balances, at the
-exchange's prices, as an ``adopt`` entry of the journal (an event with what changed and why), never as a
-silent new genesis.  Differences worth less than ``reconcile_dust_usdt`` are dust, not a disagreement.
+than dust, valued as here). This module catches the other direction too: coins the journal does not know (a lost
+WAL, a manual buy, a deposit) and a journal that is empty while the exchange holds coins. Either halts trading
+([RECONCILE], /readyz red) until the operator runs ``aura journal adopt``: the executor then records the exchange's
+balances, at the exchange's prices, as an ``adopt`` entry of the journal (an event with what changed and why), never
+as a silent new genesis. Differences worth less than ``reconcile_dust_usdt`` are dust, not a disagreement.
 
 A coin the exchange gives no USDT price for cannot be valued, so "worth less than dust" cannot be decided for
 it; it is never silently left out (``BookDiff.unpriced_qty``).  The rule: if the journal holds the coin, the

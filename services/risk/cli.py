@@ -52,7 +52,8 @@ async def _status(settings: Settings) -> dict[str, Any]:
 
 
 async def _reset(settings: Settings, reason: str) -> tuple[dict[str, Any], bool]:
-    request = operator_request(f"operator:{getpass.getuser()}", reason, signing_key(settings.keys, "operator"))
+    request = operator_request(RESET_KEY, f"operator:{getpass.getuser()}", reason,
+                               signing_key(settings.keys, "operator"))
     risk_key = trusted_key(settings.keys, "operator", "risk")
     async with session(settings, "operator") as nc:
         js = nc.jetstream()

@@ -180,7 +180,8 @@ def test_an_adoption_request_made_before_the_halt_never_clears_it(nats_server: N
 
     async def scenario() -> dict[str, Any]:
         async with role_connections(settings, "operator") as js:
-            old = operator_request("operator:earlier", "the last lost WAL", signing_key(settings.keys, "operator"),
+            old = operator_request(ADOPT_KEY, "operator:earlier", "the last lost WAL",
+                                   signing_key(settings.keys, "operator"),
                                    now_ms=int(time.time() * 1000) - 60_000)
             await write_request(await state_kv(js["operator"]), ADOPT_KEY, old)
             async with running(settings, "executor", await_genesis=False) as services:
@@ -219,7 +220,8 @@ def test_an_adoption_asked_for_while_the_executor_was_down_is_applied_at_its_res
             async with running(settings, "executor"):
                 pass  # genesis: the books agree, journaled
             sim.sim.set_balance("ETH", "0.5")  # a deposit while it is down
-            request = operator_request("operator:t", "deposit while down", signing_key(settings.keys, "operator"))
+            request = operator_request(ADOPT_KEY, "operator:t", "deposit while down",
+                                       signing_key(settings.keys, "operator"))
             await write_request(await state_kv(js["operator"]), ADOPT_KEY, request)
             await asyncio.sleep(ADOPT_SKEW_MS / 1000 + 1)  # down a while longer: asked well before the restart
             async with running(settings, "executor", await_genesis=False) as services:

@@ -84,7 +84,7 @@ def test_a_starting_risk_shows_the_stored_latch_and_an_operator_reset_clears_the
                 risk = contexts["risk"]
                 await gauge_reads(risk, 1, "the latch to stay shown while ticks run on it")
                 await write_request(await state_kv(js["operator"]), RESET_KEY,
-                                    operator_request("operator:ann", "checked", operator))
+                                    operator_request(RESET_KEY, "operator:ann", "checked", operator))
                 await gauge_reads(risk, 0, "the gauge to show the operator reset applied")
                 out["cleared"] = (await read_latch(js["operator"], risk_key.public_key()))[0]
         return out

@@ -22,7 +22,7 @@ from shared.bus import state_kv
 from shared.credentials import signing_key
 from shared.health import HealthState
 from shared.kv_chain import LEGACY_SKEW_MS
-from shared.operator_requests import RESET_KEY, operator_request, write_request
+from shared.operator_requests import ADOPT_KEY, RESET_KEY, operator_request, write_request
 from shared.signing import SignatureError, sign_struct
 from shared.state_keys import HALT_KEY
 from tests.bus_helpers import role_connections
@@ -114,7 +114,8 @@ def test_a_risk_starting_on_a_tampered_latch_stays_latched_until_a_newer_reset(n
     async def scenario() -> dict[str, Any]:
         async with role_connections(settings, "risk", "operator") as js:
             risk_kv, operator_kv = await state_kv(js["risk"]), await state_kv(js["operator"])
-            await write_request(operator_kv, RESET_KEY, operator_request("operator:ann", "earlier", operator))
+            earlier = operator_request(RESET_KEY, "operator:ann", "earlier", operator)
+            await write_request(operator_kv, RESET_KEY, earlier)
             revision, _ = await write_latch(js["risk"], LatchDoc(halted=False), key, 0)
             await write_latch(js["risk"], LatchDoc(halted=True, capped=True, cycle_id="c9"), key, revision)
             await asyncio.sleep(0.05)
@@ -131,7 +132,8 @@ def test_a_risk_starting_on_a_tampered_latch_stays_latched_until_a_newer_reset(n
             await restarted.store_latch(restarted.last_latch)  # its next decision stores the latch in force
             out["status"] = render_status(await _status(settings))
             await asyncio.sleep(0.05)
-            await write_request(operator_kv, RESET_KEY, operator_request("operator:ann", "checked", operator))
+            checked = operator_request(RESET_KEY, "operator:ann", "checked", operator)
+            await write_request(operator_kv, RESET_KEY, checked)
             out["after a newer reset"] = await new_risk().latch()
             out["stored"] = await read_latch(js["operator"], key.public_key())
             return out
@@ -145,6 +147,36 @@ def test_a_risk_starting_on_a_tampered_latch_stays_latched_until_a_newer_reset(n
     assert not out["after a newer reset"].halted
     doc, _, problem = out["stored"]
     assert problem == "" and not doc.halted and doc.reset_by == "operator:ann" and doc.reason == "checked"
+
+
+def test_an_adoption_copied_to_the_reset_key_does_not_unlatch(nats_server: NatsEndpoint) -> None:
+    """The operator's bus credential may write every operator.* key, and a request is signed by the operator's
+    key: without the key it is signed for inside the signature, a signed `aura journal adopt` (read back from
+    aura_state) written to operator.reset cleared a latched kill-switch.  Refused and counted; a reset asked for
+    as such still clears it."""
+    settings = nats_server.settings()
+    key = signing_key(settings.keys, "risk")
+    operator = signing_key(settings.keys, "operator")
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", "operator") as js:
+            risk_kv, operator_kv = await state_kv(js["risk"]), await state_kv(js["operator"])
+            await write_latch(js["risk"], LatchDoc(halted=True, capped=True, cycle_id="c9"), key, 0)
+            await asyncio.sleep(0.05)
+            adoption = operator_request(ADOPT_KEY, "operator:ann", "the deposit", operator)
+            await write_request(operator_kv, ADOPT_KEY, adoption)
+            await write_request(operator_kv, RESET_KEY, adoption)  # the copy
+            health = HealthState(service="risk")
+            risk = RiskInputs(js["risk"], risk_kv, settings, health, logging.getLogger("aura.test.latch"))
+            out: dict[str, Any] = {"copied": await risk.latch(), "forged": health.counters.get("forged_state", 0)}
+            await write_request(operator_kv, RESET_KEY, operator_request(RESET_KEY, "operator:ann", "ok", operator))
+            out["reset"] = await risk.latch()
+            return out
+
+    out = asyncio.run(scenario())
+    assert out["copied"].halted, "an adoption request copied to operator.reset cleared the kill-switch"
+    assert out["forged"] >= 1
+    assert not out["reset"].halted
 
 
 def test_a_forger_racing_risks_writes_cannot_stop_them(nats_server: NatsEndpoint) -> None:

@@ -37,7 +37,7 @@ class KV:
 
 def request(cid: str, at: int, key: Ed25519PrivateKey = OPERATOR) -> SettleRequest:
     return sign_struct(SettleRequest(requested_at_ms=at, requested_by="operator:test", reason="checked",
-                                     client_order_id=cid), key)
+                                     action=SETTLE_KEY, client_order_id=cid), key)
 
 
 @pytest.fixture
