@@ -47,6 +47,7 @@ class RiskInputs:
         self.params_keys = trusted_keys(layout, "risk", PARAMS_SIGNERS)
         self.timeframe = settings.timeframe  # parameter versions made for other bars are refused (bad_params)
         self.max_loss_bound = settings.max_loss_bound  # and those outside the operator's loss envelope
+        self.reset_problem = ""  # why the stored reset request was refused when last read ("" none)
         self.seen: OrderedDict[str, str] = OrderedDict()
         self._panel: tuple[str, Panel] | None = None
         # The newest snapshot and latch that verified: a forged newer one is refused and these stay in force
@@ -103,10 +104,13 @@ class RiskInputs:
             if self.last_latch is not None:  # repair the store with what risk itself wrote last
                 await self.store_latch(doc)
         reset, reset_problem = await read_request(self.kv, RESET_KEY, self.params_keys["operator"])
-        if reset_problem:
+        if reset_problem and reset_problem != self.reset_problem:  # said and counted once, not every tick
             self.health.inc("forged_state")
             error(self.logger, "FORGED_STATE", "operator reset request does not verify; ignoring it",
                   error=reset_problem)
+        self.reset_problem = reset_problem
+        if reset_problem:
+            pass  # ignored: the latch stays as it is
         elif reset is not None and reset.requested_at_ms > doc.reset_at_ms:
             was = doc.halted
             doc = applied(doc, reset)
