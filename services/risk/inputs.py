@@ -89,10 +89,17 @@ class RiskInputs:
     async def latch(self) -> Latch:
         """The latch in force, after applying an operator reset newer than the last one applied.
 
-        A stored latch that does not verify leaves the last verified one in force; with none (a start on a
-        tampered bucket) it counts as latched: fail closed, until an operator reset rewrites it signed.
+        A stored latch that does not verify, or that vanished after this process had seen one stored, leaves the
+        last verified one in force; with none (a start on a tampered bucket) it counts as latched: fail closed,
+        until an operator reset rewrites it signed.
         """
+        stored_before = self.latch_revision
         doc, self.latch_revision, problem = await read_latch(self.js, self.own_public)
+        if not problem and stored_before and not self.latch_revision:
+            # Read as "never written" after this process read or wrote a stored latch: the bucket's history was
+            # removed under it (a stream update by whoever manages JetStream), which must not read as not halted.
+            problem = f"the latch stored at revision {stored_before} was erased from the bucket"
+            self.latch_revision = stored_before  # risk's repair goes on top of what it knew, as after a forgery
         if problem:
             self.health.inc("forged_state")
             # At a start: latched and capped (an operator clears it, never a cooldown), and only by a reset requested

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from services.risk.cli import _status, render_status
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, _LatchDocV2, read_latch, verified_latch, write_latch
 from shared.bus import state_kv
+from shared.contracts import STATE_BUCKET
 from shared.credentials import signing_key
 from shared.health import HealthState
 from shared.kv_chain import LEGACY_SKEW_MS
@@ -29,6 +31,7 @@ from tests.bus_helpers import role_connections
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+MANAGER = "operator"  # the principal that manages JetStream (streams and their limits)
 
 
 def test_a_deleted_replayed_or_overwritten_latch_is_seen(nats_server: NatsEndpoint) -> None:
@@ -177,6 +180,38 @@ def test_an_adoption_copied_to_the_reset_key_does_not_unlatch(nats_server: NatsE
     assert out["copied"].halted, "an adoption request copied to operator.reset cleared the kill-switch"
     assert out["forged"] >= 1
     assert not out["reset"].halted
+
+
+def test_a_latch_erased_under_a_running_risk_stays_latched(nats_server: NatsEndpoint) -> None:
+    """Whoever manages JetStream can empty the state bucket without a delete (a stream update to a one-second
+    max_age, then back): the latch then read as never written, which is not halted.  A risk that had seen it
+    stored keeps the one in force, counts it and stores it again."""
+    settings = nats_server.settings()
+    key = signing_key(settings.keys, "risk")
+
+    async def scenario() -> dict[str, Any]:
+        async with role_connections(settings, "risk", MANAGER) as js:
+            risk_kv = await state_kv(js["risk"])
+            await write_latch(js["risk"], LatchDoc(halted=True, capped=True, cycle_id="c9"), key, 0)
+            health = HealthState(service="risk")
+            risk = RiskInputs(js["risk"], risk_kv, settings, health, logging.getLogger("aura.test.latch"))
+            out: dict[str, Any] = {"before": await risk.latch()}
+            info = await js[MANAGER].stream_info(f"KV_{STATE_BUCKET}")
+            await js[MANAGER].update_stream(dataclasses.replace(info.config, max_age=1.0, duplicate_window=0.5))
+            await asyncio.sleep(1.5)
+            await js[MANAGER].update_stream(info.config)
+            out["erased"] = (await read_latch(js[MANAGER], key.public_key()))[1]
+            out["after"] = await risk.latch()
+            out["forged"] = health.counters.get("forged_state", 0)
+            out["stored"] = await read_latch(js[MANAGER], key.public_key())
+            return out
+
+    out = asyncio.run(scenario())
+    assert out["before"].halted and out["erased"] == 0, "the bucket was not emptied"
+    assert out["after"].halted, "an erased latch read as not halted"
+    assert out["forged"] >= 1
+    doc, _, problem = out["stored"]
+    assert problem == "" and doc.halted, "risk did not store the latch in force again"
 
 
 def test_a_forger_racing_risks_writes_cannot_stop_them(nats_server: NatsEndpoint) -> None:
