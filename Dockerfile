@@ -34,7 +34,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 aura \
     && useradd --system --uid 10001 --gid aura --home-dir /app --no-create-home --shell /usr/sbin/nologin aura \
     && for entry in ingest:10011 signal:10012 risk:10013 executor:10014 optimizer:10015 operator:10016 \
-                    console:10017 worker:10018; do \
+                    console:10017 worker:10018 admin:10019; do \
          useradd --system --uid "${entry#*:}" --gid aura --home-dir /app --no-create-home \
                  --shell /usr/sbin/nologin "aura-${entry%%:*}"; \
        done

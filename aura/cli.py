@@ -107,7 +107,7 @@ def _cmd_bus(args: argparse.Namespace) -> int:
         return 0
 
     async def provision() -> None:
-        async with session(settings, "operator", timeout_s=5) as nc:
+        async with session(settings, "admin", timeout_s=5) as nc:
             await provision_bus(nc.jetstream(), settings.dedup_window_s)
 
     try:

@@ -95,7 +95,7 @@ def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
 
 
 async def _provision(settings: Settings, consumers: Mapping[str, ConsumerSpec] | None = None) -> None:
-    async with session(settings, "operator", timeout_s=5) as nc:
+    async with session(settings, "admin", timeout_s=5) as nc:
         await provision_bus(nc.jetstream(), settings.dedup_window_s, consumers=consumers)
 
 

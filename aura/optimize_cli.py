@@ -128,7 +128,7 @@ def embedded_bus(home: Path) -> Iterator[Settings]:
         settings = load_settings({"AURA_HOME": str(home), "AURA_NATS_URL": server.url})
 
         async def provision() -> None:
-            async with session(settings, "operator", timeout_s=5) as nc:
+            async with session(settings, "admin", timeout_s=5) as nc:
                 await provision_bus(nc.jetstream(), settings.dedup_window_s)
 
         asyncio.run(provision())

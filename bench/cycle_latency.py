@@ -43,8 +43,8 @@ async def follow(js: JetStreamContext, subject: str, on_msg: Callable[[bytes], N
     """Every message stored on ``subject`` from now on, in order, through an ephemeral pull consumer.
 
     Pull, not an ordered push consumer: the flow-control replies of a push consumer (``$JS.FC.>``) are not in
-    the operator's permissions, and the server stops delivering after about 2 MB of snapshots.  No acks
-    (``AckPolicy.NONE``): acks are not in the operator's permissions either, and a reader needs none.
+    the admin credential's permissions, and the server stops delivering after about 2 MB of snapshots.  No acks
+    (``AckPolicy.NONE``): acks are not in its permissions either, and a reader needs none.
     """
     config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.NEW, ack_policy=js_api.AckPolicy.NONE,
                                    inactive_threshold=30.0)
@@ -86,7 +86,7 @@ async def collect(settings: Settings, cycles: int, timeout_s: float) -> dict[str
         committed.setdefault(snap.cycle_id, snap.committed_at_ms)  # the first snapshot of a cycle: its commit
         measured(snap.cycle_id)
 
-    async with session(settings, "operator", timeout_s=5) as nc:
+    async with session(settings, "admin", timeout_s=5) as nc:  # an ephemeral consumer: a management right
         js = nc.jetstream()
         # Snapshots first: every cycle announced after the readers exist has its commit seen too.
         readers = [asyncio.create_task(follow(js, PortfolioSnapshot.SUBJECT, on_snapshot, done))]

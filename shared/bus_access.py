@@ -1,6 +1,7 @@
 """Who may do what on the bus: the permission matrix, written once, and the nats-server configuration made from it.
 
-Every principal (five services, the read-only console and the operator's CLI) authenticates with its own NKey;
+Every principal (five services, the optimizer's workers, the read-only console, the operator's CLI and the admin
+credential that provisions the bus) authenticates with its own NKey;
 anonymous clients are refused.  Each may publish, consume, read or write exactly what the matrix below grants, down
 to single subjects, KV keys and durable consumers, and nothing else: the server refuses the rest.  ARCHITECTURE.md shows
 the same matrix (``python -m shared.bus_access`` prints it; a test keeps the two equal), and
@@ -8,10 +9,12 @@ the same matrix (``python -m shared.bus_access`` prints it; a test keeps the two
 
 Design points, each a defence the threat model asks for:
 
-* Streams, buckets and durable consumers are provisioned by the operator (``provision_bus``); no service can
-  create, change or delete one.  In particular no service may create consumers: a push consumer makes the
-  server deliver stored messages to any subject its creator names (nats-server issue 8274), a way to publish
-  around the publish permissions.
+* Streams, buckets and durable consumers are provisioned with the admin credential (``provision_bus``: `aura up` and
+  `aura bus provision`, compose's one-shot ``provision``); no service, and not the operator's everyday CLI credential,
+  can create, change or delete one: a stream update (a one-second max_age) empties a bucket as surely as a purge, the
+  kill-switch latch with it, and deleting a durable consumer stops its service. In particular no service may create
+  consumers: a push consumer makes the server deliver stored messages to any subject its creator names (nats-server
+  issue 8274), a way to publish around the publish permissions.
 * Reads use direct gets whose subject names what is read (``$JS.API.DIRECT.GET.<stream>.<subject>``), so a
   reader is granted single subjects and single KV keys, not whole streams.
 * Each principal gets replies on its own inbox prefix (``_INBOX_<principal>``), so no client can read another's
@@ -124,8 +127,7 @@ class Resource:
                     pub += [f"$O.{self.bucket}.>", f"$JS.API.STREAM.INFO.{stream}",
                             f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.STREAM.PURGE.{stream}"]
             elif self.kind == "admin" and access == MANAGE:
-                # The API, and flow-control replies of the ordered consumers the operator reads through.
-                pub += ["$JS.API.>", "$JS.FC.>"]
+                pub.append("$JS.API.>")
         return pub, sub
 
 
@@ -203,11 +205,11 @@ MATRIX: tuple[Resource, ...] = (
     Resource(f"object store `{OPT_INPUTS_BUCKET}`", "object", {"optimizer": W, "worker": R, "operator": R},
              bucket=OPT_INPUTS_BUCKET),
     Resource("JetStream management: create/update streams, buckets, durable consumers", "admin",
-             {"operator": (MANAGE,)}),
+             {"admin": (MANAGE,)}),
 )
 
-# The operator manages JetStream but may not destroy what the system keeps as its record.
-OPERATOR_DENY = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
+# The admin credential manages JetStream but may not destroy what the system keeps as its record.
+ADMIN_DENY = ("$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>")
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def permissions(principal: str) -> Permissions:
         p, s = row.nats(principal)
         pub += [x for x in p if x not in pub]
         sub += [x for x in s if x not in sub]
-    deny = list(OPERATOR_DENY) if principal == "operator" else []
+    deny = list(ADMIN_DENY) if principal == "admin" else []
     return Permissions(pub, sub, deny)
 
 

@@ -34,7 +34,9 @@ PIPELINE = ("ingest", "signal", "risk", "executor", "optimizer")
 # process) can read but never write: it holds no publish, KV-write or management right (shared/bus_access.py).
 # The optimizer's workers (issue 10) have their own credential too: they run many at a time, on any machine, so
 # they may only take evaluation tasks, answer them and read the inputs; never touch the live parameters.
-PRINCIPALS = (*PIPELINE, "worker", "console", "operator")
+# The admin credential provisions the bus (streams, buckets, durable consumers) and nothing else: used by `aura
+# up` and `aura bus provision` (compose's one-shot), never by a running service or the operator's everyday CLI.
+PRINCIPALS = (*PIPELINE, "worker", "console", "operator", "admin")
 # What each signer signs: risk plans and the kill-switch latch; executor portfolio snapshots; optimizer and
 # operator parameter documents (operator also kill-switch resets).
 SIGNERS = ("risk", "executor", "optimizer", "operator")

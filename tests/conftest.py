@@ -46,7 +46,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 class NatsEndpoint:
     """A real nats-server configured exactly as `aura up` configures it: the keys and bus credentials of the
-    AURA_HOME ``home``, every principal's permissions, no anonymous access; provisioned by the operator.
+    AURA_HOME ``home``, every principal's permissions, no anonymous access; provisioned with the admin credential.
 
     Tests act as one principal at a time (``connect("ingest")``...), so each runs with the rights of the
     service it plays, and a test cannot do what that service could not.
@@ -77,7 +77,7 @@ class NatsEndpoint:
         from shared.bus import session
         from shared.provision import provision_bus
 
-        async with session(self.settings(), "operator") as nc:
+        async with session(self.settings(), "admin") as nc:
             await provision_bus(nc.jetstream(), 120.0)
 
     def env(self, **extra: str) -> dict[str, str]:

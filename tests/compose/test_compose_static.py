@@ -22,10 +22,11 @@ from tests.compose.compose_cli import COMPOSE_FILE, PORTS, SERVICES, clean_env, 
 # The optimizer's workers (issue 10): a scalable service without a host port, principal `worker`.
 WORKER = "optimizer-worker"
 AURA_IMAGE_SERVICES = ("keygen", "provision", "operator", *SERVICES, WORKER)
-PRINCIPALS = (*SERVICES, "worker", "operator")
+PRINCIPALS = (*SERVICES, "worker", "operator", "admin")
 UIDS = {"ingest": 10011, "signal": 10012, "risk": 10013, "executor": 10014, "optimizer": 10015, "operator": 10016,
-        "console": 10017, "worker": 10018}
-HOLDERS = {"operator": {"provision", "operator"}, "worker": {WORKER}}  # principal -> services that hold its keys
+        "console": 10017, "worker": 10018, "admin": 10019}
+# principal -> services that hold its keys: bus management only in the one-shot provision job, never the CLI's.
+HOLDERS = {"operator": {"operator"}, "admin": {"provision"}, "worker": {WORKER}}
 KEYS = "/var/lib/aura/keys"
 SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSPHRASE)", re.IGNORECASE)
 
@@ -162,12 +163,13 @@ def test_nats_runs_the_generated_config_with_a_volume_and_a_healthcheck(services
     assert "ports" not in nats or all(p.get("host_ip") == "127.0.0.1" for p in nats["ports"])
 
 
-def test_the_bus_is_provisioned_by_the_operator_before_any_service(services: dict[str, dict[str, Any]]) -> None:
+def test_the_bus_is_provisioned_with_the_admin_credential_before_any_service(
+        services: dict[str, dict[str, Any]]) -> None:
     provision = services["provision"]
     assert provision["command"] == ["aura", "bus", "provision"]
     assert provision["depends_on"]["nats"]["condition"] == "service_healthy"
     assert provision.get("restart", "no") == "no"
-    assert provision["user"] == f"{UIDS['operator']}:10001"
+    assert provision["user"] == f"{UIDS['admin']}:10001"
     for name in SERVICES:
         assert services[name]["depends_on"]["provision"]["condition"] == "service_completed_successfully", name
 
@@ -378,8 +380,8 @@ def test_no_service_runs_privileged_or_as_root(services: dict[str, dict[str, Any
         uid = int(str(svc["user"]).split(":")[0])
         assert uid != 0, f"{name} runs as root"
         uids.append(uid)
-    # One user per service (provision and the operator's CLI share the operator's; the workers have theirs).
-    assert len(set(uids)) == len(SERVICES) + 2
+    # One user per service, and for the provision job (admin), the operator's CLI and the workers.
+    assert len(set(uids)) == len(SERVICES) + 3
 
 
 def test_optimizer_workers_scale_with_their_own_user_and_key_volume_only(services: dict[str, dict[str, Any]]) -> None:

@@ -70,9 +70,10 @@ async def _publish(settings: Settings, plan: ApprovedPlan) -> None:
 
 
 async def _executor_ack_wait(settings: Settings, seconds: float) -> None:
-    """Provision the executor's durable consumer again with another ack wait (as the operator, who manages it)."""
+    """Provision the executor's durable consumer again with another ack wait (with the admin credential, which
+    manages it)."""
     spec = CONSUMERS["executor"]
-    async with session(settings, "operator") as nc:
+    async with session(settings, "admin") as nc:
         js = nc.jetstream()
         await js.delete_consumer(spec.stream, spec.durable)
         await provision_bus(js, 120.0, consumers={"executor": msgspec.structs.replace(spec, ack_wait_s=seconds)})

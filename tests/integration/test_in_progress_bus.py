@@ -44,7 +44,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsEndpoint]:
     endpoint = NatsEndpoint(tmp_path_factory.mktemp("inprogress"))
 
     async def shorten() -> None:
-        async with session(endpoint.settings(), "operator") as nc:
+        async with session(endpoint.settings(), "admin") as nc:
             js = nc.jetstream()
             short = {}
             for name in ("worker", "executor"):
@@ -95,9 +95,9 @@ def hold_once(lab: NatsEndpoint, roles: tuple[str, str, str, str], hold: Hold) -
 
     async def scenario() -> dict[str, Any]:
         settings = lab.settings()
-        async with role_connections(settings, publisher, "operator") as js, \
+        async with role_connections(settings, publisher, "admin") as js, \
                 role_connections(settings, consumer) as first, role_connections(settings, consumer) as second:
-            before = await js["operator"].consumer_info(spec.stream, spec.durable)
+            before = await js["admin"].consumer_info(spec.stream, spec.durable)
             await js[publisher].publish(subject, b"long work")
             holder = await durable_pull(first[consumer], spec)
             other = await durable_pull(second[consumer], spec)
@@ -114,7 +114,7 @@ def hold_once(lab: NatsEndpoint, roles: tuple[str, str, str, str], hold: Hold) -
             for late in taken:
                 await late.ack()
             deadline = time.monotonic() + 10
-            while (after := await js["operator"].consumer_info(spec.stream, spec.durable)).num_ack_pending:
+            while (after := await js["admin"].consumer_info(spec.stream, spec.durable)).num_ack_pending:
                 assert time.monotonic() < deadline, "the acks never settled the message"
                 await asyncio.sleep(0.05)
             return {"taken": [(m.data, m.metadata.num_delivered) for m in taken],

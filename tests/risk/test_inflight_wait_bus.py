@@ -108,7 +108,7 @@ def test_next_target_and_tick_wait_for_the_executors_snapshot_of_the_plan_in_fli
     out: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with role_connections(settings, "ingest", "signal", "executor", "operator") as js:
+        async with role_connections(settings, "ingest", "signal", "executor", "operator", "admin") as js:
             await publish(js["executor"], genesis, msg_id=genesis.snapshot_id)
             async with running(settings, "risk", handler=capture):
                 async def risk_ready() -> bool:
@@ -153,7 +153,7 @@ def test_next_target_and_tick_wait_for_the_executors_snapshot_of_the_plan_in_fli
                 spec = CONSUMERS["risk"]
 
                 async def risk_holds_target_b() -> bool:
-                    info = await js["operator"].consumer_info(spec.stream, spec.durable)
+                    info = await js["admin"].consumer_info(spec.stream, spec.durable)
                     return info.delivered.stream_seq >= ack.seq
 
                 await until(risk_holds_target_b, "target B to be delivered to risk", timeout=20)
@@ -163,7 +163,7 @@ def test_next_target_and_tick_wait_for_the_executors_snapshot_of_the_plan_in_fli
                     early = await plans_for(js["operator"], cycle_b)
                     await asyncio.sleep(0.1)
                 out["early"] = early
-                info = await js["operator"].consumer_info(spec.stream, spec.durable)
+                info = await js["admin"].consumer_info(spec.stream, spec.durable)
                 out["unacked_while_held"] = info.num_ack_pending
 
                 # The executor's snapshot of plan A appears: target B goes on, on that book.

@@ -31,7 +31,7 @@ from tests.bus_helpers import role_connections
 from tests.conftest import NatsEndpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-MANAGER = "operator"  # the principal that manages JetStream (streams and their limits)
+MANAGER = "admin"  # the principal that manages JetStream (streams and their limits)
 
 
 def test_a_deleted_replayed_or_overwritten_latch_is_seen(nats_server: NatsEndpoint) -> None:

@@ -74,58 +74,60 @@ KV_WRITE = {
 }
 OBJECT_WRITE = {"ingest"}
 OPT_INPUTS_WRITE = {"optimizer"}  # the optimizer's inputs object store: the coordinator writes, workers only read
-# Stream and consumer management: the operator provisions; nobody deletes or purges.
+# Stream and consumer management: the admin credential provisions (not the operator's everyday CLI credential: a
+# stream update empties a bucket, a consumer delete stops a service); nobody deletes or purges.
 MANAGE = {
-    "$JS.API.STREAM.CREATE.EVIL": {"operator"},
-    "$JS.API.STREAM.UPDATE.AURA_PLANS": {"operator"},
+    "$JS.API.STREAM.CREATE.EVIL": {"admin"},
+    "$JS.API.STREAM.UPDATE.AURA_PLANS": {"admin"},
     "$JS.API.STREAM.DELETE.AURA_PLANS": set(),
     "$JS.API.STREAM.PURGE.AURA_PLANS": set(),
     "$JS.API.STREAM.MSG.DELETE.AURA_PLANS": set(),
-    "$JS.API.CONSUMER.DURABLE.CREATE.AURA_PLANS.evil": {"operator"},
+    "$JS.API.CONSUMER.DURABLE.CREATE.AURA_PLANS.evil": {"admin"},
     # An ephemeral push consumer delivering stored plans to a subject of the attacker's choice.
-    "$JS.API.CONSUMER.CREATE.AURA_PLANS": {"operator"},
-    "$JS.API.CONSUMER.DELETE.AURA_PLANS.executor": {"operator"},
+    "$JS.API.CONSUMER.CREATE.AURA_PLANS": {"admin"},
+    "$JS.API.CONSUMER.DELETE.AURA_PLANS.executor": {"admin"},
 }
-# Direct reads of the newest message on a subject: what each service consumes, the operator, and the read-only
-# console, which shows everything.
+# Direct reads of the newest message on a subject: what each service consumes, the operator, the read-only
+# console, which shows everything, and the admin credential (the whole JetStream API).
 READ = {
-    "aura.data.ready": {"risk", "executor", "operator", "console"},
-    "aura.data.stale": {"risk", "executor", "operator", "console"},
-    "aura.exec.snapshots": {"risk", "operator", "console"},
-    "aura.plans.approved": {"operator", "console"},
-    "aura.signal.targets": {"operator", "console"},
-    "aura.events.risk": {"operator", "console"},
-    "aura.optimize.results": {"operator"},  # the coordinator consumes them; a worker cannot read them
+    "aura.data.ready": {"risk", "executor", "operator", "console", "admin"},
+    "aura.data.stale": {"risk", "executor", "operator", "console", "admin"},
+    "aura.exec.snapshots": {"risk", "operator", "console", "admin"},
+    "aura.plans.approved": {"operator", "console", "admin"},
+    "aura.signal.targets": {"operator", "console", "admin"},
+    "aura.events.risk": {"operator", "console", "admin"},
+    "aura.optimize.results": {"operator", "admin"},  # the coordinator consumes them; a worker cannot read them
 }
 # KV keys -> who may read them: each service the keys it consumes, the console what the dashboard shows, the
 # operator everything.
 KV_READ = {
-    ("aura_params", "strategy"): {"signal", "risk", "optimizer", "console", "operator"},
-    ("aura_state", "risk.halted"): {"risk", "console", "operator"},
-    ("aura_state", "risk.bar_sent"): {"risk", "operator"},
-    ("aura_state", "operator.reset"): {"risk", "operator"},
-    ("aura_state", "operator.adopt"): {"executor", "operator"},
-    ("aura_state", "signal.state"): {"signal", "operator"},
-    ("aura_state", "ingest.cursor.replay.1d"): {"ingest", "operator"},
-    ("aura_state", "optimizer.decision"): {"optimizer", "console", "operator"},
+    ("aura_params", "strategy"): {"signal", "risk", "optimizer", "console", "operator", "admin"},
+    ("aura_state", "risk.halted"): {"risk", "console", "operator", "admin"},
+    ("aura_state", "risk.bar_sent"): {"risk", "operator", "admin"},
+    ("aura_state", "operator.reset"): {"risk", "operator", "admin"},
+    ("aura_state", "operator.adopt"): {"executor", "operator", "admin"},
+    ("aura_state", "signal.state"): {"signal", "operator", "admin"},
+    ("aura_state", "ingest.cursor.replay.1d"): {"ingest", "operator", "admin"},
+    ("aura_state", "optimizer.decision"): {"optimizer", "console", "operator", "admin"},
 }
 # Object stores -> who may read them: the candles (ingest writes them; signal and risk plan on them), the
 # optimizer's inputs (the coordinator writes them, workers evaluate on them).
 OBJECT_READ = {
-    "aura_candles": {"ingest", "signal", "risk", "console", "operator"},
-    "aura_opt_inputs": {"optimizer", "worker", "operator"},
+    "aura_candles": {"ingest", "signal", "risk", "console", "operator", "admin"},
+    "aura_opt_inputs": {"optimizer", "worker", "operator", "admin"},
 }
-# Another principal's durable consumer: its info (the operator manages) and its acks (its owner alone).
-CONSUMER_INFO = {"executor": {"executor", "operator"}, "risk": {"risk", "operator"}}
+# Another principal's durable consumer: its info (the admin credential manages) and its acks (its owner alone).
+CONSUMER_INFO = {"executor": {"executor", "admin"}, "risk": {"risk", "admin"}}
 CONSUMER_ACK = {"executor": {"executor"}, "risk": {"risk"}}
 STREAMS = {"aura.data.ready": "AURA_DATA", "aura.data.stale": "AURA_DATA", "aura.exec.snapshots": "AURA_EXEC",
            "aura.plans.approved": "AURA_PLANS", "aura.signal.targets": "AURA_TARGETS",
            "aura.events.risk": "AURA_EVENTS", "aura.optimize.results": "AURA_OPT_RESULTS"}
 # Reading a stream's history by sequence (what the console's pages need): the console and the operator only.
-HISTORY = {"AURA_PLANS": {"operator", "console"}, "AURA_EXEC": {"operator", "console"},
-           "AURA_DLQ": {"operator", "console"}, "AURA_EVENTS": {"operator", "console"}}
-# Durable consumers: each only by its own service (the operator manages, and can read through any).
-CONSUME = {spec.durable: {name, "operator"} for name, spec in CONSUMERS.items()}
+HISTORY = {"AURA_PLANS": {"operator", "console", "admin"}, "AURA_EXEC": {"operator", "console", "admin"},
+           "AURA_DLQ": {"operator", "console", "admin"}, "AURA_EVENTS": {"operator", "console", "admin"}}
+# Durable consumers: each only by its own service (the admin credential manages, and can pull from any; the
+# operator's CLI cannot take a service's messages).
+CONSUME = {spec.durable: {name, "admin"} for name, spec in CONSUMERS.items()}
 
 
 class Probe:
@@ -210,7 +212,7 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
         await probe.nc.flush()
         await asyncio.sleep(0.2)
         results[f"ack {durable}"] = "refused" if probe.refused(subject) else "allowed"
-    # Management goes second: the operator may delete the executor's consumer, and a pull on a consumer deleted
+    # Management goes second: the admin credential may delete the executor's consumer, and a pull on a consumer deleted
     # a moment earlier has no responder, so running both at once made "consume executor" a race.
     manage: dict[str, Any] = {}
     for api in MANAGE:
