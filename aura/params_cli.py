@@ -120,6 +120,11 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             timeframe = document_timeframe(old_doc) if old_doc is not None else PARAMS_TIMEFRAME
             reason = f"rollback to version {args.version}: {args.reason}"
         check_loss_bound(params, settings.max_loss_bound, "(the new one)")  # signal and risk would refuse it
+        if not same_timeframe(timeframe, settings.timeframe):  # so would they a document for other bars
+            raise ParamsError(f"this document is for {timeframe} bars and the system trades {settings.timeframe} "
+                              f"bars (AURA_TIMEFRAME): signal and risk would refuse it ([TIMEFRAME]) and keep the "
+                              f"version in force. To move the system to {timeframe} bars, start it with "
+                              f"AURA_TIMEFRAME={timeframe} and run this with the same setting")
         changes = _diff(current, params)
         relabelled = not same_timeframe(timeframe, current_tf)
         if not changes and not relabelled:

@@ -50,6 +50,9 @@ EVENT_TAGS: dict[str, int] = {
     # lasts).  ERROR only: the INFO line at boot says what the count was.
     "BAR_BUDGET": logging.ERROR,
     "PARAMS_REFUSED": logging.WARNING,
+    # A parameter version made for other bars, refused.  ERROR only: the optimizer's INFO line saying how it
+    # scaled the defaults to its timeframe is routine.
+    "TIMEFRAME": logging.ERROR,
     "JOURNAL_FAULT": logging.WARNING,
     "EXCHANGE_DOWN": logging.INFO,  # the exchange not answering (plans wait), and when it answers again
     "MARKETS": logging.WARNING,  # the executor's market rules could not be reloaded

@@ -121,10 +121,12 @@ class HealthState:
         return ok, detail
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type): OpenMetrics when the scraper accepts it, else Prometheus text 0.0.4."""
-        if "application/openmetrics-text" in accept:
-            return openmetrics_text.generate_latest(self.registry), openmetrics_text.CONTENT_TYPE_LATEST
-        return prometheus_text.generate_latest(self.registry), prometheus_text.CONTENT_TYPE_LATEST
+        """(body, content type): OpenMetrics (what Prometheus asks for, and what a client that names no format,
+        curl or a browser, gets), or the Prometheus text format for a scraper that asks for ``text/plain`` and
+        not OpenMetrics."""
+        if "text/plain" in accept and "application/openmetrics-text" not in accept:
+            return prometheus_text.generate_latest(self.registry), prometheus_text.CONTENT_TYPE_LATEST
+        return openmetrics_text.generate_latest(self.registry), openmetrics_text.CONTENT_TYPE_LATEST
 
 
 # Adds a service's own pages to its health app (the console's dashboard), before it starts serving.

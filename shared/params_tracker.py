@@ -61,8 +61,12 @@ class ParamsTracker:
         self.refused[version] = why
         self.health.inc("params_refused")
         self.health.set("params_refused_version", version)
-        error(self.logger, tag, "parameter document refused; keeping the last valid version",
-              version=version, error=why[:400], in_force=self.version)
+        fields = {"version": version, "error": why[:400], "in_force": self.version}
+        if tag == "TIMEFRAME":  # a document made for other bars (its own tag, so the operator sees why)
+            error(self.logger, "TIMEFRAME", "parameter document refused; keeping the last valid version", **fields)
+        else:
+            error(self.logger, "PARAMS_REFUSED", "parameter document refused; keeping the last valid version",
+                  **fields)
 
     async def follow(self, stop: asyncio.Event, period_s: float = 2.0) -> None:
         """Re-read the newest version every ``period_s`` until ``stop``, so a refused document shows in readiness

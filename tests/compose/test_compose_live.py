@@ -87,10 +87,6 @@ NOT_LIVE = {
     "AURA_CYCLE_TIMEOUT_S": "pacing between services, the same for both sources",
     "AURA_RISK_TICK_S": "the stop-loss tick's interval, the same in a dry run",
     "AURA_CONSOLE_REFRESH_S": "the dashboard's refresh",
-    "AURA_NOTIFY_DEDUP_S": "alert tuning (the base file passes the alert targets)",
-    "AURA_NOTIFY_RATE_LIMIT": "alert tuning",
-    "AURA_NOTIFY_RATE_WINDOW_S": "alert tuning",
-    "AURA_NOTIFY_SUMMARY_HOUR_UTC": "alert tuning",
 }
 
 

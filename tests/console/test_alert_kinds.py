@@ -40,6 +40,9 @@ ALERTED: list[tuple[str, str, Log, str, str]] = [
     ("plan held back: bar count not stored", "risk", error, "BAR_BUDGET",
      "the bar's count could not be stored; the plan is not published"),
     ("bar count forged", "risk", error, "FORGED_STATE", "the participation cap's count of the bar does not verify"),
+    ("parameters refused", "signal", error, "PARAMS_REFUSED", "parameter document refused; keeping the last valid"),
+    ("parameters for other bars refused", "risk", error, "TIMEFRAME",
+     "parameter document refused; keeping the last valid"),
 ]
 
 # Lines of the same tags that are routine, and would make the alerts noise.
@@ -49,6 +52,7 @@ NOT_ALERTED: list[tuple[str, str, Log, str, str]] = [
      "exchange shows less than the journal; not acting on an unconfirmed read"),
     ("stale data: a bar asked for again", "ingest", info, "DATA_STALE", "stale bar kept; asking for it again"),
     ("the bar's count read at boot", "risk", info, "BAR_BUDGET", "what the decision bar already sent, read at boot"),
+    ("the optimizer's defaults scaled to its bars", "optimizer", info, "TIMEFRAME", "lookbacks scaled x24 for 1h"),
 ]
 
 
@@ -121,6 +125,8 @@ WRITTEN_AS = {
     "price guard": ("services/executor", '"leg refused: its price'),
     "plan held back: bar count not stored": ("services/risk", '"the bar\'s count could not be stored'),
     "bar count forged": ("services/risk", '"the participation cap\'s count of the bar does not verify'),
+    "parameters refused": ("shared", '"parameter document refused'),
+    "parameters for other bars refused": ("shared", '"parameter document refused'),
 }
 
 

@@ -171,8 +171,9 @@ def test_health_endpoints(stack: Stack) -> None:
             assert client.get(f"{base}/healthz").json()["status"] == "alive"
             ready = client.get(f"{base}/readyz")
             assert ready.status_code == 200 and ready.json()["checks"]["bus"] == "connected"
-            metrics = client.get(f"{base}/metrics").text
-            assert f'aura_bus_connected{{service="{name}"}} 1.0' in metrics
+            answer = client.get(f"{base}/metrics")  # no Accept header: OpenMetrics all the same
+            assert answer.headers["content-type"].startswith("application/openmetrics-text"), answer.headers
+            assert f'aura_bus_connected{{service="{name}"}} 1.0' in answer.text
         assert "aura_plans_executed_total" in client.get(
             f"http://{s.health_host}:{s.port_for('executor')}/metrics").text
 

@@ -40,9 +40,9 @@ def run_aura(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
                           timeout=60)
 
 
-def aura(bus: NatsEndpoint, *args: str) -> subprocess.CompletedProcess[str]:
-    """`aura ...` as the operator of the system on ``bus`` (its AURA_HOME keys, its URL)."""
-    proc = run_aura({"AURA_HOME": str(bus.home), "AURA_NATS_URL": bus.url}, *args)
+def aura(bus: NatsEndpoint, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`aura ...` as the operator of the system on ``bus`` (its AURA_HOME keys, its URL; ``env`` on top)."""
+    proc = run_aura({"AURA_HOME": str(bus.home), "AURA_NATS_URL": bus.url, **env}, *args)
     return proc
 
 
@@ -65,10 +65,10 @@ def show(bus: NatsEndpoint, *args: str) -> dict[str, Any]:
 
 
 def set_params(bus: NatsEndpoint, tmp_path: Path, doc: dict[str, Any], reason: str,
-               name: str = "p.json") -> subprocess.CompletedProcess[str]:
+               name: str = "p.json", **env: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / name
     path.write_text(json.dumps(doc))
-    return aura(bus, "params", "set", str(path), "--reason", reason)
+    return aura(bus, "params", "set", str(path), "--reason", reason, **env)
 
 
 def live_version(bus: NatsEndpoint) -> int:
@@ -81,9 +81,9 @@ def live_version(bus: NatsEndpoint) -> int:
     return asyncio.run(read())
 
 
-def promoted(bus: NatsEndpoint, tmp_path: Path, doc: dict[str, Any], reason: str) -> int:
+def promoted(bus: NatsEndpoint, tmp_path: Path, doc: dict[str, Any], reason: str, **env: str) -> int:
     before = live_version(bus)
-    proc = set_params(bus, tmp_path, doc, reason)
+    proc = set_params(bus, tmp_path, doc, reason, **env)
     assert proc.returncode == 0, proc.stderr
     after = live_version(bus)
     assert after > before and f"promoted parameter version {after} " in proc.stdout, proc.stdout

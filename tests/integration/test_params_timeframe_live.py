@@ -46,6 +46,7 @@ from tests.integration.test_cli_params import aura, live_version, promoted, set_
 pytestmark = pytest.mark.integration
 
 HOURLY = rescale(StrategyParams(), "1d", "1h")  # the shipped defaults at the same durations in hourly bars
+HOURLY_ENV = {"AURA_TIMEFRAME": "1h"}  # the CLI of a system that trades hourly bars
 
 
 def operator_doc(nats: NatsEndpoint, params: StrategyParams, record: dict[str, Any] | None = None) -> ParamsDocument:
@@ -183,28 +184,34 @@ def test_a_document_from_before_the_timeframe_verifies_and_counts_as_daily(nats_
 def test_params_set_with_a_timeframe_round_trips_through_show(nats_server: NatsEndpoint, tmp_path: Path) -> None:
     first = show(nats_server)
     assert first["timeframe"] == "1d" and first["version"] == 0
-    # 600 hourly bars: beyond the daily range, valid on 1h; the keys left out keep their durations (x24).
-    v1 = promoted(nats_server, tmp_path, {"timeframe": "1h", "momentum_lookback": 600}, "hourly system")
+    # From a daily system's settings an hourly document is refused in one line: signal and risk would refuse it
+    # ([TIMEFRAME]) while the CLI said "live services use it".
+    daily = set_params(nats_server, tmp_path, {"timeframe": "1h", "momentum_lookback": 600}, "wrong system")
+    assert daily.returncode == 2 and "AURA_TIMEFRAME=1h" in daily.stderr and "Traceback" not in daily.stderr
+    assert live_version(nats_server) == 0
+    # The operator of an hourly system (AURA_TIMEFRAME=1h, as its services run).  600 hourly bars: beyond the
+    # daily range, valid on 1h; the keys left out keep their durations (x24).
+    v1 = promoted(nats_server, tmp_path, {"timeframe": "1h", "momentum_lookback": 600}, "hourly system", **HOURLY_ENV)
     shown = show(nats_server)
     expected = {**msgspec.to_builtins(HOURLY.params), "momentum_lookback": 600}
     assert shown["version"] == v1 and shown["timeframe"] == "1h" and shown["record"] == {"timeframe": "1h"}
     assert shown["params"] == expected
     # What show printed, edited, goes back through set and keeps its timeframe.
     shown["params"]["top_k"] = 2
-    proc = set_params(nats_server, tmp_path, shown, "fewer names")
+    proc = set_params(nats_server, tmp_path, shown, "fewer names", **HOURLY_ENV)
     assert proc.returncode == 0, proc.stderr
     assert "top_k: 3 -> 2" in proc.stderr and "timeframe" not in proc.stderr
     again = show(nats_server)
     assert again["timeframe"] == "1h" and again["params"] == {**expected, "top_k": 2}
     # No timeframe in the file: the live version's (1h), so a bare knob does not relabel the document.
-    promoted(nats_server, tmp_path, {"stop_loss": 0.1}, "tighter stop")
+    promoted(nats_server, tmp_path, {"stop_loss": 0.1}, "tighter stop", **HOURLY_ENV)
     latest = show(nats_server)
     assert latest["timeframe"] == "1h"
     # A 1h system's tracker takes the promoted document up (nothing was promoted since that show).
     params, version, _ = asyncio.run(tracked(nats_server, "signal", "1h"))
     assert version == latest["version"] and params.momentum_lookback == 600
     # Rollback keeps the bars the old version was made for.
-    back = aura(nats_server, "params", "rollback", str(v1), "--reason", "undo")
+    back = aura(nats_server, "params", "rollback", str(v1), "--reason", "undo", **HOURLY_ENV)
     assert back.returncode == 0, back.stderr
     rolled = show(nats_server)
     assert rolled["timeframe"] == "1h" and rolled["params"] == expected
@@ -212,7 +219,7 @@ def test_params_set_with_a_timeframe_round_trips_through_show(nats_server: NatsE
     before = rolled["version"]
     for doc, named in (({"timeframe": "2x", "top_k": 2}, "2x"), ({"timeframe": "1d", "momentum_lookback": 600},
                                                                    "momentum_lookback")):
-        proc = set_params(nats_server, tmp_path, doc, "bad", name="bad.json")
+        proc = set_params(nats_server, tmp_path, doc, "bad", name="bad.json", **HOURLY_ENV)
         assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert live_version(nats_server) == before  # the newest stored version: nothing, valid or not, was added
 
