@@ -260,13 +260,15 @@ def journaled_plan(journal: Journal, plan_id: str) -> PlanBody:
 
 
 async def recover(journal: Journal, broker: Broker, rules: dict[str, MarketRule], limits: ExecutionLimits,
-                  logger: logging.Logger, marks: dict[str, float], live: LivePolicy | None = None) -> list[PlanRun]:
+                  logger: logging.Logger, marks: dict[str, float], live: LivePolicy | None = None,
+                  sync: SyncCheck | None = None) -> list[PlanRun]:
     """Boot: reconcile open intents, then finish every plan a crash interrupted (its body was verified and
-    journaled before any order).  The bus redelivers the same plan later; it then finds it final."""
+    journaled before any order).  The bus redelivers the same plan later; it then finds it final.  One that never
+    reached the exchange is checked as a new plan is (its data's age, and with ``sync`` the holdings)."""
     await reconcile(journal, broker, logger, limits)
     runs = []
     for plan_id in journal.unfinished_plans():
         plan = journaled_plan(journal, plan_id)
         info(logger, "BOOT", "finishing a plan interrupted by a crash", plan_id=plan_id, cycle_id=plan.cycle_id)
-        runs.append(await run_plan(plan, broker, journal, rules, limits, logger, marks, live=live))
+        runs.append(await run_plan(plan, broker, journal, rules, limits, logger, marks, sync=sync, live=live))
     return runs

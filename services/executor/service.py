@@ -142,7 +142,7 @@ class Executor:
             info(self.ctx.logger, "BOOT", "genesis snapshot written", cash=cash)
         try:
             runs = await recover(self.journal, self.broker, self.markets.rules, self.limits, self.ctx.logger,
-                                 self.marks, self.live)
+                                 self.marks, self.live, self.sync)
         except TransientBrokerError as exc:
             # The exchange is unreachable: the interrupted plan stays "executing" and its redelivery finishes it.
             runs = []

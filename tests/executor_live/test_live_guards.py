@@ -16,7 +16,7 @@ import pytest
 
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.exchange_calls import ExecutionLimits
-from services.executor.runner import LivePolicy, PlanRun, run_plan
+from services.executor.runner import LivePolicy, PlanRun, SyncCheck, run_plan
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
 from tests.executor_live.conftest import LIMITS, Rig
 
@@ -132,14 +132,47 @@ def crash_after_placing(rig: Rig, plan: PlanBody) -> None:
     assert rig.run(crash) == "crashed"
 
 
-def reboot(rig: Rig) -> list[PlanRun]:
+def reboot(rig: Rig, sync: SyncCheck | None = None) -> list[PlanRun]:
     """The executor's boot path: reconcile the open intents, then finish the interrupted plans."""
     from services.executor.runner import recover
 
     async def boot(b: CcxtBroker) -> list[PlanRun]:
-        return await recover(rig.journal, b, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE)
+        return await recover(rig.journal, b, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE, sync=sync)
 
     return rig.run(boot)
+
+
+class _CrashBeforeSending(_CrashAfterPlace):
+    """The broker, except that the process dies when the first leg reads its live price: the plan is journaled as
+    executing, its legs pending, nothing sent."""
+
+    async def fetch_prices(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Crash
+
+
+def test_a_plan_that_never_reached_the_exchange_is_checked_against_the_balances_at_boot(rig: Rig) -> None:
+    """A crash before a plan's first order, then a position leaves the account while the executor is down: the
+    boot finished the plan without the sync guard a new plan gets, trading on books the exchange no longer
+    matches.  It is checked as a new plan is, and refused."""
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    assert live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 0.05, btc)])).status == "executed"
+    plan = plan_at(rig, [("ETH/USDT", "buy", 0.5, eth)])
+
+    async def crash(b: CcxtBroker) -> str:
+        try:
+            await run_plan(plan, _CrashBeforeSending(b), rig.journal, await b.load_markets(), LIMITS, rig.log, {},
+                           live=LIVE)
+        except _Crash:
+            rig.journal.rollback()
+            return "crashed"
+        return "finished"
+
+    assert rig.run(crash) == "crashed" and rig.journal.plan_status(plan.plan_id) == "executing"
+    rig.server.sim.set_balance("BTC", "0")  # the position left the account (outside this system)
+    posts = rig.posts()
+    runs = reboot(rig, SyncCheck(confirm_reads=3, max_reads=6, delay_s=0.01))
+    assert [r.status for r in runs] == ["rejected"] and "sync guard" in runs[0].reasons[-1], runs
+    assert rig.posts() == posts, "an order was sent although the books disagree"
 
 
 def test_a_plan_resumed_after_a_crash_never_spends_more_than_the_journals_cash(rig: Rig) -> None:
