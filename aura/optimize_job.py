@@ -199,6 +199,19 @@ def local_record(job: OptimizeJob) -> RunRecord:
                      job.gate, job.objective, job.caveat)
 
 
+def audit(record: RunRecord) -> list[str]:
+    """The answers a promotion stands on that this process, evaluating them itself, does not reproduce."""
+    from aura.backtest.fast import Market, SignalCache
+    from aura.optimize.audit import disagreements
+    from aura.optimize.objective import evaluate_window
+    from aura.optimize.tasks import config_from_json
+
+    market, cache, cfg = Market.build(record.inputs.panel, record.inputs.rules), SignalCache(16), \
+        config_from_json(record.settings)
+    return disagreements(record.run, lambda req: evaluate_window(market, req.params, req.window,
+                                                                 record.inputs.benchmarks, cfg, cache))
+
+
 def write(record: RunRecord, out: Path) -> dict[str, str]:
     return write_outputs(record, out)
 
@@ -234,10 +247,17 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
     from shared.bus import session
     from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
 
+    d = record.decision
+    if d.passed:
+        # The workers' answers the verdict reads directly, evaluated again here: a forged one promotes nothing.
+        wrong = audit(record)
+        if wrong:
+            say(f"not promoted: {len(wrong)} worker answers the gate relied on differ from this process's own "
+                f"evaluation ({'; '.join(wrong[:3])}); check the workers", always=True)
+            return 1
     system = system_settings(settings, url)
     doc = decision_document(record)
     record_doc = gate_record(doc, digests)
-    d = record.decision
     reason = (f"walk-forward optimizer: {d.summary()[:200]}; report sha256 {digests['decision.json'][:16]}")
     summary = {"promoted": d.passed, "verdict": d.summary(), "parameters_digest": params_digest(record.run.winner),
                "report_sha256": digests["decision.json"], "incumbent_version": incumbent_version, "version": None}

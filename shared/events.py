@@ -59,6 +59,7 @@ EVENT_TAGS: dict[str, int] = {
     "MARKETS_STALE": logging.WARNING,
     "DELISTED": logging.WARNING,
     "REJECT": logging.WARNING,  # an order the exchange rejected
+    "MISROUTED": logging.WARNING,  # stored messages pushed onto a service's subscription by another principal
 }
 MAX_IN_FLIGHT = 64
 

@@ -51,6 +51,10 @@ METRICS: dict[str, Metric] = {
     "params_read_errors": _c("Failed reads of the parameter bucket", owners=PARAMS_READERS),
     "params_version": _g("Parameter version in force", owners=PARAMS_READERS),
     "params_refused_version": _g("Newest parameter version refused", owners=PARAMS_READERS),
+    # A stored message delivered onto a plain subscription by another principal's pull request (its reply subject
+    # names ours): dropped, counted, said within an allowance (shared/allowance.py).
+    "misrouted": _c("Stored messages of other subjects delivered to a plain subscription, dropped",
+                    owners=("ingest", "risk")),
     # ingest
     "data_ready_published": _c("Complete candle snapshots announced (DataReady)", owners=INGEST),
     "stale_snapshots": _c("Incomplete snapshots announced as stale (DataStale)", owners=INGEST),

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 
 from services.executor.journal import Journal
 from services.executor.runner import PlanRun
+from shared.allowance import Allowance
 from shared.bus import publish
 from shared.contracts import FillMsg, PlanBody, PortfolioSnapshot
 
@@ -39,25 +40,9 @@ async def publish_fills(js: JetStreamContext, journal: Journal, run: PlanRun) ->
                       msg_id=f"fill-{cid}-{trade_id}")  # trade ids repeat across symbols
 
 
-class IgnoredAborts:
+def ignored_aborts() -> Allowance:
     """Abort notices for cycles ingest never announced: each is counted (``aborts_ignored``), and journaled and
-    logged while the stage's allowance lasts: ``burst`` notices, then one more per ``every_s`` (a token bucket),
-    each saying how many went unjournaled before it.  Journaled one synced row each, a flood from one compromised
-    stage grew the journal, and the disk under it, without bound."""
-
-    def __init__(self, burst: int = 20, every_s: float = 60.0) -> None:
-        self.burst, self.every_s = burst, every_s
-        self._tokens: dict[str, tuple[float, float]] = {}  # stage -> (tokens, when counted)
-        self._since: dict[str, int] = {}
-
-    def note(self, stage: str, now: float | None = None) -> int | None:
-        """None: counted only.  Else the notices of ``stage`` left unjournaled since the last one (journal now)."""
-        now = time.monotonic() if now is None else now
-        tokens, then = self._tokens.get(stage, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - then) / self.every_s)
-        if tokens < 1.0:
-            self._tokens[stage] = (tokens, now)
-            self._since[stage] = self._since.get(stage, 0) + 1
-            return None
-        self._tokens[stage] = (tokens - 1.0, now)
-        return self._since.pop(stage, 0)
+    logged while the stage's allowance lasts (20, then one a minute, each saying how many went unjournaled before
+    it).  Journaled one synced row each, a flood from one compromised stage grew the journal, and the disk under
+    it, without bound."""
+    return Allowance(burst=20, every_s=60.0)

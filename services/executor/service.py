@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
-from services.executor.announce import IgnoredAborts, publish_fills, publish_snapshot
+from services.executor.announce import ignored_aborts, publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.exchange_calls import DEFAULT_SETTLE_S, ExecutionLimits, OrderUnresolved
@@ -91,7 +91,7 @@ class Executor:
         self.public_key = trusted_key(ctx.settings.keys, "executor", "risk")
         self.snapshot_key = signing_key(ctx.settings.keys, "executor")
         self.marks: dict[str, float] = {}
-        self.ignored_aborts = IgnoredAborts()
+        self.ignored_aborts = ignored_aborts()
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         s = ctx.settings
         self.sync = None if s.dry_run else SyncCheck(dust_quote=s.reconcile_dust_usdt)

@@ -17,6 +17,7 @@ from nats.js.object_store import ObjectStore
 
 from services.ingest.replay import ReplayStep
 from services.ingest.sources import ReplaySource, SyncSource, fixed_symbols
+from shared.allowance import Allowance, misrouted_delivery
 from shared.bus import candle_writer, kv_get, publish, state_kv
 from shared.candles import digest, encode_panel
 from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
@@ -51,7 +52,12 @@ async def run(ctx: ServiceContext) -> None:
     # abort per bar is enough for the journal, so further stale polls of it publish nothing.
     aborted_stale: str | None = None
 
+    misrouted = Allowance()
+
     async def on_snapshot(msg: Msg) -> None:
+        if msg.subject != PortfolioSnapshot.SUBJECT:
+            misrouted_delivery(ctx, misrouted, msg, PortfolioSnapshot.SUBJECT)
+            return
         try:
             snap = decode(msg.data, PortfolioSnapshot)
         except Exception:

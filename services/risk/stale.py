@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 
 from services.risk.inputs import RiskInputs
 from services.risk.prices import PriceSource
+from shared.allowance import Allowance, misrouted_delivery
 from shared.bus import dead_letter, last_message
 from shared.consumer import Reject
 from shared.contracts import ContractError, DataStale, decode
@@ -50,7 +51,12 @@ async def follow_notices(ctx: ServiceContext, adopt: Callable[[DataStale, bool],
     """Hand ``adopt`` (notice, at_boot) every stale notice published from now on and the newest one already
     published; a malformed one, or one ``adopt`` refuses (``Reject``), is dead-lettered."""
 
+    misrouted = Allowance()
+
     async def on_notice(msg: Msg) -> None:
+        if msg.subject != DataStale.SUBJECT:
+            misrouted_delivery(ctx, misrouted, msg, DataStale.SUBJECT)
+            return
         try:
             await adopt(decode(msg.data, DataStale), False)
         except ContractError as exc:

@@ -422,6 +422,36 @@ def test_aborts_for_unknown_cycles_never_become_equity_points(system: System) ->
     assert {e[0] for e in events} == {"abort_ignored"} and 20 <= len(events) <= 22, events
 
 
+def test_a_pull_redirected_onto_a_services_subscription_is_dropped_not_handled(system: System) -> None:
+    """A pull request's reply subject may name any subject, and JetStream delivers there: any principal allowed to
+    pull from a durable (here a worker, from its task queue) can push stored messages onto risk's stale-notice and
+    ingest's snapshot subscriptions.  Each service handles only its own subject there: the rest is counted, said
+    within an allowance, never dead-lettered (a flood would push genuine dead letters out of their stream)."""
+    before = system.book()
+    letters_before = len(system.dead_letters("risk"))
+    counts = {svc: system.counter(svc, "misrouted") for svc in ("risk", "ingest")}
+
+    async def redirect() -> None:
+        optimizer, worker = await system.connect("optimizer"), await system.connect("worker")
+        try:
+            for target in ("aura.data.stale", "aura.exec.snapshots") * 3:
+                await optimizer.jetstream().publish("aura.optimize.tasks", b'{"v":1,"attack":"redirected"}')
+                await worker.publish("$JS.API.CONSUMER.MSG.NEXT.AURA_OPT_TASKS.worker",
+                                     b'{"batch":1,"expires":2000000000}', reply=target)
+                await worker.flush()
+                await asyncio.sleep(0.1)
+        finally:
+            await optimizer.close()
+            await worker.close()
+
+    run(redirect())
+    wait_until(lambda: all(system.counter(svc, "misrouted") >= counts[svc] + 3 for svc in counts),
+               "risk and ingest to drop the pushed messages")
+    assert len(system.dead_letters("risk")) == letters_before, "a pushed message was dead-lettered"
+    assert system.log_lines("risk", "MISROUTED") and system.log_lines("ingest", "MISROUTED")
+    assert_untouched(system, before, "stored messages pushed onto subscriptions")
+
+
 # --- after every attack: the system still trades a genuine cycle -------------------------------------------------
 
 

@@ -382,9 +382,9 @@ def test_an_order_the_key_may_not_place_leaves_the_plan_fresh_for_the_stale_chec
 
 
 def test_ignored_aborts_are_journaled_within_an_allowance_per_stage() -> None:
-    from services.executor.announce import IgnoredAborts
+    from shared.allowance import Allowance
 
-    gate = IgnoredAborts(burst=3, every_s=60.0)
+    gate = Allowance(burst=3, every_s=60.0)
     assert [gate.note("signal", now=0.0) for _ in range(5)] == [0, 0, 0, None, None]
     assert gate.note("risk", now=0.0) == 0  # each stage its own allowance
     assert gate.note("signal", now=59.0) is None

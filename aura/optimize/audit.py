@@ -1,0 +1,52 @@
+"""What a promotion stands on, evaluated again by the coordinator itself (pure: no I/O, no clock).
+
+Workers hold the ``worker`` credential and nothing else, but a compromised one still answers the tasks it takes:
+made-up returns for a candidate would steer which parameters win and carry them past the gate, and the optimizer
+then signs them with its own key.  Before it promotes, the coordinator evaluates again, in its own process, every
+answer the gate's comparisons read directly: each fold's winner and the incumbent on the fold's validation
+window, and each selection's winner on its whole training window (the in-sample figure).  Evaluation is
+deterministic (the same inputs give the same bits), so any difference is a wrong answer, not noise.
+
+What this does not re-check: the ranking answers of the grids (thousands; a forged one can only make a candidate
+win its training folds, and the winner's validation, which is checked, still has to beat gold, SPY and the
+incumbent) and the CSCV and SPA statistics (computed by workers from matrices the coordinator wrote).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from aura.optimize.objective import WindowResult
+from aura.optimize.plan import Request, WalkForwardRun
+
+
+def audited(run: WalkForwardRun) -> list[tuple[str, Request, WindowResult]]:
+    """(what, request, the answer the run holds) for every answer a promotion stands on directly, in run order."""
+    out: list[tuple[str, Request, WindowResult]] = []
+    for sel in run.selections:
+        record = run.validation.get(sel.label)
+        if record is not None:
+            out.append((f"{sel.label}: its winner on the validation window", Request(sel.base, record.fold.validate),
+                        record.winner))
+            out.append((f"{sel.label}: the incumbent on the validation window",
+                        Request(run.incumbent, record.fold.validate), record.incumbent))
+        in_sample = run.in_sample.get(sel.label)
+        if in_sample is not None:
+            out.append((f"{sel.label}: its winner on the training window", Request(sel.base, sel.train), in_sample))
+    return out
+
+
+def same_result(a: WindowResult, b: WindowResult) -> bool:
+    """Bit for bit (NaN equal to NaN): evaluation is deterministic."""
+    return (a.window == b.window and a.bench_names == b.bench_names and a.bar_ms == b.bar_ms
+            and a.trades == b.trades and (a.turnover == b.turnover or (a.turnover != a.turnover
+                                                                      and b.turnover != b.turnover))
+            and np.array_equal(a.returns, b.returns, equal_nan=True)
+            and np.array_equal(a.bench, b.bench, equal_nan=True))
+
+
+def disagreements(run: WalkForwardRun, evaluate: Callable[[Request], WindowResult]) -> list[str]:
+    """What of ``audited(run)`` differs from ``evaluate``'s own answer (empty: every answer checked holds)."""
+    return [what for what, request, answered in audited(run) if not same_result(answered, evaluate(request))]

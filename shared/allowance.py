@@ -1,0 +1,53 @@
+"""How much of a flood gets said: a token bucket per key.
+
+A message a compromised (or merely broken) principal can send without bound must still be counted every time,
+but logged, journaled or dead-lettered only while its allowance lasts: ``burst`` of them, then one more per
+``every_s``, each saying how many went unsaid before it.  Said in full, a flood grows a journal, a log or the
+dead-letter stream (pushing genuine dead letters out) without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from shared.logging import warn
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from shared.service import ServiceContext
+
+
+class Allowance:
+    """``note(key)``: None when this one is only counted; else how many of ``key`` went unsaid since the last one
+    said (say this one now)."""
+
+    def __init__(self, burst: int = 20, every_s: float = 60.0) -> None:
+        self.burst, self.every_s = burst, every_s
+        self._tokens: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
+        self._since: dict[str, int] = {}
+
+    def note(self, key: str, now: float | None = None) -> int | None:
+        now = time.monotonic() if now is None else now
+        tokens, then = self._tokens.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) / self.every_s)
+        if tokens < 1.0:
+            self._tokens[key] = (tokens, now)
+            self._since[key] = self._since.get(key, 0) + 1
+            return None
+        self._tokens[key] = (tokens - 1.0, now)
+        return self._since.pop(key, 0)
+
+
+def misrouted_delivery(ctx: ServiceContext, allowance: Allowance, msg: Msg, expected: str) -> None:
+    """A message of another subject on a plain subscription to ``expected``: a stored message that a principal
+    allowed to pull from a durable consumer had delivered here (a pull request's reply subject may name any
+    subject, and JetStream delivers to it with the message's own subject).  Never handled as ours and never
+    dead-lettered (a flood would push genuine dead letters out of their stream): counted, and said while the
+    allowance lasts."""
+    ctx.health.inc("misrouted")
+    unsaid = allowance.note(expected)
+    if unsaid is not None:
+        warn(ctx.logger, "MISROUTED", "a stored message of another subject was pushed onto this subscription; "
+             "dropped", expected=expected, subject=msg.subject[:200], dropped_unsaid_before=unsaid)
