@@ -273,7 +273,8 @@ def write_outputs(spec: RunSpec, out_dir: Path, progress: Callable[[int, int], N
     }
     for name, series in bench.items():
         frame[f"bh_{name.lower()}"] = series if series is not None else np.full(len(result.equity), np.nan)
-    pl.DataFrame(frame).write_parquet(out_dir / "equity.parquet", statistics=False)
+    pl.DataFrame(frame).with_columns(_utc("timestamp", "time")).write_parquet(out_dir / "equity.parquet",
+                                                                            statistics=False)
     pl.DataFrame({
         "timestamp": [result.bar_time(int(b)) for b in t.bar],
         "symbol": [panel.symbols[int(s)] for s in t.symbol],
@@ -285,8 +286,11 @@ def write_outputs(spec: RunSpec, out_dir: Path, progress: Callable[[int, int], N
         "participation": participation,
         "reason": [REASONS[int(r)] for r in t.reason],
         "fill": [FILL_AT[int(a)] for a in t.at],
-    }, schema_overrides={"timestamp": pl.Int64}).write_parquet(out_dir / "trades.parquet", statistics=False)
-    pl.DataFrame(trips, schema=ROUND_TRIP_SCHEMA).write_parquet(out_dir / "round_trips.parquet", statistics=False)
+    }, schema_overrides={"timestamp": pl.Int64}).with_columns(_utc("timestamp", "time")).write_parquet(
+        out_dir / "trades.parquet", statistics=False)
+    pl.DataFrame(trips, schema=ROUND_TRIP_SCHEMA).with_columns(_utc("entry_time", "entered_at"),
+                                                               _utc("exit_time", "exited_at")).write_parquet(
+        out_dir / "round_trips.parquet", statistics=False)
     s = metrics["strategy"]
     subtitle = (f"{spec.timeframe}  {metrics['run']['first_bar_open'][:10]} .. {metrics['run']['last_bar_open'][:10]}"
                 f"   CAGR {s['cagr']:.1%}  Sharpe {s['sharpe']:.2f}  max DD {s['max_drawdown']:.1%}"
@@ -312,6 +316,11 @@ def _last_latch(halted: np.ndarray) -> int:
 
 
 # Column types of round_trips.parquet, so that a run without any round trip still writes the same columns.
+def _utc(epoch_ms_column: str, name: str) -> pl.Expr:
+    """A readable UTC datetime beside an epoch-ms column (kept as it was: scripts read it)."""
+    return pl.col(epoch_ms_column).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias(name)
+
+
 ROUND_TRIP_SCHEMA: dict[str, Any] = {
     "symbol": pl.String, "entry_time": pl.Int64, "exit_time": pl.Int64, "entry_price": pl.Float64,
     "exit_price": pl.Float64, "qty": pl.Float64, "cost": pl.Float64, "proceeds": pl.Float64, "pnl": pl.Float64,

@@ -50,6 +50,8 @@ def test_backtest_writes_every_output_and_reruns_byte_identically(small_data: Pa
     assert metrics["run"]["last_bar_open"] == "2023-12-31T00:00:00Z"
     equity = pl.read_parquet(tmp_path / "a" / "equity.parquet")
     assert equity.height == 1095 and equity["equity"].min() > 0
+    # Readable times beside the epoch-ms columns: UTC datetimes, in each of the three files.
+    assert equity["time"].dtype == pl.Datetime("ms", "UTC") and str(equity["time"][0]) == "2021-01-01 00:00:00+00:00"
     trades = pl.read_parquet(tmp_path / "a" / "trades.parquet")
     assert trades.height == s["trades"] and set(trades["side"]) == {"buy", "sell"}
     assert (tmp_path / "a" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -68,6 +70,7 @@ def test_backtest_writes_every_output_and_reruns_byte_identically(small_data: Pa
     assert trips["fills"].sum() == s["trades"]
     assert trips["pnl"].sum() == pytest.approx(s["final_equity"] - 10_000.0, rel=1e-9)
     assert (trips["exit_time"] >= trips["entry_time"]).all() and (trips["holding_bars"] >= 0).all()
+    assert trips["entered_at"].dtype == pl.Datetime("ms", "UTC") and trips["exited_at"].dtype == trades["time"].dtype
 
 
 def test_fast_engine_gives_the_same_files(small_data: Path, tmp_path: Path) -> None:
