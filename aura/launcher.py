@@ -3,7 +3,7 @@
 Start-up order: take the AURA_HOME lock (one `aura up` per home), choose the health ports (a taken default moves
 to a free port, a taken port someone set stops here: aura/ports.py), create missing keys and bus credentials,
 start the authenticated nats-server (unless AURA_NATS_URL names one), provision streams, buckets and durable
-consumers with the operator credential, write the run file the CLI finds the system by, then the services.
+consumers with the admin credential, write the run file the CLI finds the system by, then the services.
 
 Another system may run on this machine (another AURA_HOME, a rehearsal), and anything may answer on a port: a
 child counts as ready only when the answer on its port names it, its pid and this run's id (``wait_ready``).

@@ -206,7 +206,7 @@ def audit(record: RunRecord) -> list[str]:
     from aura.optimize.objective import evaluate_window
     from aura.optimize.tasks import config_from_json
 
-    market, cache, cfg = Market.build(record.inputs.panel, record.inputs.rules), SignalCache(16), \
+    market, cache, cfg = Market.build(record.inputs.panel, record.inputs.rules), SignalCache(256), \
         config_from_json(record.settings)
     return disagreements(record.run, lambda req: evaluate_window(market, req.params, req.window,
                                                                  record.inputs.benchmarks, cfg, cache))
@@ -248,25 +248,27 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
     from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_keys
 
     d = record.decision
+    refusal = ""
     if d.passed:
         # The workers' answers the verdict reads directly, evaluated again here: a forged one promotes nothing.
         wrong = audit(record)
         if wrong:
-            say(f"not promoted: {len(wrong)} worker answers the gate relied on differ from this process's own "
-                f"evaluation ({'; '.join(wrong[:3])}); check the workers", always=True)
-            return 1
+            refusal = (f"{len(wrong)} worker answers the gate relied on differ from this process's own evaluation "
+                       f"({'; '.join(wrong[:3])}); check the workers")
     system = system_settings(settings, url)
     doc = decision_document(record)
     record_doc = gate_record(doc, digests)
     reason = (f"walk-forward optimizer: {d.summary()[:200]}; report sha256 {digests['decision.json'][:16]}")
-    summary = {"promoted": d.passed, "verdict": d.summary(), "parameters_digest": params_digest(record.run.winner),
+    summary = {"promoted": d.passed and not refusal,
+               "verdict": f"not promoted: {refusal}"[:500] if refusal else d.summary(),
+               "parameters_digest": params_digest(record.run.winner),
                "report_sha256": digests["decision.json"], "incumbent_version": incumbent_version, "version": None}
 
     async def act() -> int:
         async with session(system, "optimizer", timeout_s=5) as nc:
             js = nc.jetstream()
             version = None
-            if d.passed:
+            if d.passed and not refusal:
                 key = signing_key(system.keys, "optimizer")
                 trusted = trusted_keys(system.keys, "optimizer", PARAMS_SIGNERS)
                 version = await promote_winner(js, key, trusted, record.run.winner, record_doc, reason,
@@ -279,6 +281,9 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
         version = asyncio.run(act())
     except PromotionRefused as exc:
         say(f"not promoted: {exc}", always=True)
+        return 1
+    if refusal:  # said to the console too (the decision published above)
+        say(f"not promoted: {refusal}", always=True)
         return 1
     if d.passed:
         say(f"promoted: parameter version {version} (signed by the optimizer; `aura params history` shows it, "

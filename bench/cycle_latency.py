@@ -1,9 +1,9 @@
 """Cycle latency over the real bus: data-ready -> executor commit, and `aura up` -> all services ready.
 
 Starts a fresh system in a temporary AURA_HOME as `aura up` does (its keys and bus credentials, the authenticated
-nats-server configured from them, provisioned by the operator, five processes, paper broker), replays cycles
+nats-server configured from them, provisioned with the admin credential, five processes, paper broker), replays cycles
 back to back and measures, per cycle, ``snapshot.committed_at_ms - data_ready.emitted_at_ms``.  It watches the
-bus as the operator, the only principal allowed to read these streams whole.
+bus with the admin credential (an ephemeral consumer on each stream is a management right).
 The first cycle is reported separately (first object-store reads, first journal writes); the numba kernels are
 compiled before the services report ready (aura/warmup.py), so their compile time lands in all_ready_s.
 The samples are drawn as a distribution with p50/p99 marked in bench/results/cycle_latency.png (``--plot PATH``,
@@ -121,7 +121,7 @@ def main() -> int:
         env["AURA_NATS_URL"] = server.url
         try:
             t0 = time.monotonic()
-            # Takes the home's lock, provisions streams, buckets and consumers as the operator, starts the services.
+            # Takes the home's lock, provisions streams, buckets and consumers (admin), starts the services.
             stack = start_stack(load_settings(env), env)
             try:
                 wait_ready(stack, 60)

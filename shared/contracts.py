@@ -326,8 +326,8 @@ STATE_BUCKET = "aura_state"  # KV: service state that must survive restarts (rep
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True):
-    """A durable pull consumer.  Provisioned by the operator (``aura bus provision``), never by the service that
-    reads it: a service that may create consumers could also create push consumers that make the server
+    """A durable pull consumer.  Provisioned with the admin credential (``aura bus provision``), never by the
+    service that reads it: a service that may create consumers could also create push consumers that make the server
     deliver stored messages to subjects it may not publish on (nats-server issue 8274)."""
 
     stream: str

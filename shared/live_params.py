@@ -299,12 +299,12 @@ async def read_version(js: JetStreamContext, trusted: dict[str, Ed25519PublicKey
     and version 0 is the defaults scaled to ``timeframe`` (what ParamsTracker uses, so the digests agree).  With
     ``max_loss_bound`` one beyond the operator's envelope is refused (``stored_document``)."""
     defaults = StrategyParams() if timeframe is None else default_params(timeframe)
-    if revision == 0:
-        return defaults, 0, None
-    found = await stored_entry(js, revision)
+    found = await stored_entry(js, revision) if revision != 0 else None
     if found is None:
         if revision:
             raise ParamsError(f"parameter version {revision} not found")
+        if max_loss_bound is not None:  # the shipped defaults are version 0, judged by the envelope as any version
+            check_loss_bound(defaults, max_loss_bound, 0)
         return defaults, 0, None
     raw, version, stored_ms = found
     doc, _ = stored_document(raw, version, stored_ms, trusted, max_loss_bound)

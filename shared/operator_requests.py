@@ -55,20 +55,21 @@ def operator_request(action: str, by: str, reason: str, key: Ed25519PrivateKey,
 async def read_request(kv: KeyValue, key: str, operator_key: Ed25519PublicKey,
                        kind: type[OperatorRequest] = OperatorRequest) -> tuple[Any, str]:
     """(the newest verified request under ``key``, as ``kind``, problem).  Unset: (None, "").  One signed for
-    another key (a copy of another request) is refused."""
-    raw, _ = await kv_get(kv, key)
+    another key (a copy of another request) is refused.  A problem names the entry's revision, so a reader that
+    says a refusal once says the next bad write again."""
+    raw, revision = await kv_get(kv, key)
     if raw is None:
         return None, ""
     try:
         request = decode_document(raw, kind)
         verify_struct(request, {"operator": operator_key})
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, f"malformed request: {exc}"
+        return None, f"revision {revision}: malformed request: {exc}"
     except SignatureError as exc:
-        return None, str(exc)
+        return None, f"revision {revision}: {exc}"
     if request.action != key:
-        return None, (f"a request signed for {request.action or 'no key'!r} was stored under {key!r}: refused "
-                      "(a copy of another operator request)")
+        return None, (f"revision {revision}: a request signed for {request.action or 'no key'!r} was stored under "
+                      f"{key!r}: refused (a copy of another operator request)")
     return request, ""
 
 

@@ -1,5 +1,5 @@
-"""Provision the bus: every stream, bucket and durable consumer, with its limits, created or updated by the
-operator (``aura bus provision``; ``aura up`` and the compose ``provision`` job run it before any service).
+"""Provision the bus: every stream, bucket and durable consumer, with its limits, created or updated with the
+admin credential (``aura bus provision``; ``aura up`` and the compose ``provision`` job run it before any service).
 
 Limits are set on purpose (ARCHITECTURE.md, "Limits"): per-message sizes stop one oversized message from
 reaching a consumer at all, and byte and age limits bound what a flood can cost on disk.

@@ -2,14 +2,17 @@
 
 Workers hold the ``worker`` credential and nothing else, but a compromised one still answers the tasks it takes:
 made-up returns for a candidate would steer which parameters win and carry them past the gate, and the optimizer
-then signs them with its own key.  Before it promotes, the coordinator evaluates again, in its own process, every
-answer the gate's comparisons read directly: each fold's winner and the incumbent on the fold's validation
-window, and each selection's winner on its whole training window (the in-sample figure).  Evaluation is
-deterministic (the same inputs give the same bits), so any difference is a wrong answer, not noise.
+then signs them with its own key.  Before it promotes, the coordinator evaluates again, in its own process:
 
-What this does not re-check: the ranking answers of the grids (thousands; a forged one can only make a candidate
-win its training folds, and the winner's validation, which is checked, still has to beat gold, SPY and the
-incumbent) and the CSCV and SPA statistics (computed by workers from matrices the coordinator wrote).
+* every answer the gate's comparisons read directly: each fold's winner and the incumbent on the fold's
+  validation window, and each selection's winner on its whole training window (the in-sample figure);
+* the final selection, whole (every stage and rung, about one fold's share of the run): what is promoted is its
+  winner, which no validation window judges, so forged ranking answers there could choose it outright.
+
+Evaluation is deterministic (the same inputs give the same bits), so any difference is a wrong answer, not noise.
+What this does not re-check: the folds' ranking answers (a forged one can only change a fold's winner, whose
+validation answers are checked and must still beat gold, SPY and the incumbent) and the CSCV and SPA statistics
+(computed by workers from matrices the coordinator wrote).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from collections.abc import Callable
 import numpy as np
 
 from aura.optimize.objective import WindowResult
-from aura.optimize.plan import Request, WalkForwardRun
+from aura.optimize.plan import FINAL, Request, SelectionState, WalkForwardRun
+from aura.strategy.params import StrategyParams, params_digest
 
 
 def audited(run: WalkForwardRun) -> list[tuple[str, Request, WindowResult]]:
@@ -47,6 +51,21 @@ def same_result(a: WindowResult, b: WindowResult) -> bool:
             and np.array_equal(a.bench, b.bench, equal_nan=True))
 
 
+def selected_again(selection: SelectionState, evaluate: Callable[[Request], WindowResult]) -> StrategyParams:
+    """``selection`` made again from its start with ``evaluate``'s answers: its winner."""
+    fresh = SelectionState(selection.label, selection.train, selection.grids, selection.start, selection.min_budget,
+                           selection.eta, selection.objective)
+    while not fresh.done:
+        answers = {req.ident: evaluate(req) for _, req in fresh.pending()}
+        fresh.advance(lambda req, got=answers: got.get(req.ident))
+    return fresh.base
+
+
 def disagreements(run: WalkForwardRun, evaluate: Callable[[Request], WindowResult]) -> list[str]:
-    """What of ``audited(run)`` differs from ``evaluate``'s own answer (empty: every answer checked holds)."""
-    return [what for what, request, answered in audited(run) if not same_result(answered, evaluate(request))]
+    """What of ``audited(run)`` differs from ``evaluate``'s own answer, and the final selection if its winner
+    made again differs from the run's (empty: everything checked holds)."""
+    wrong = [what for what, request, answered in audited(run) if not same_result(answered, evaluate(request))]
+    final = next(s for s in run.selections if s.label == FINAL)
+    if params_digest(selected_again(final, evaluate)) != params_digest(run.winner):
+        wrong.append(f"{FINAL}: the winner, selected again in this process, is another parameter set")
+    return wrong

@@ -67,6 +67,7 @@ class SelectionState:
     def __init__(self, label: str, train: TrainWindow, grids: Grids, start: StrategyParams, min_budget: int,
                  eta: int, objective: ObjectiveSettings) -> None:
         self.label, self.train, self.grids, self.eta, self.objective = label, train, grids, eta, objective
+        self.start, self.min_budget = start, min_budget  # what it was opened with (audit.py selects again)
         self.budgets = history_budgets(len(train), eta, min_budget)
         self._windows = {b: train.recent(b) for b in self.budgets}
         self.base = grids.apply_base(start)

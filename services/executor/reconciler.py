@@ -61,6 +61,7 @@ class Reconciler:
         self.halted_since_ms = 0  # when the current halt began (this process's wall clock; see ADOPT_SKEW_MS)
         self._compared = False  # a comparison has run in this process (the first one's halt may predate it)
         self._refused_request_ms = 0  # the stale request last reported, so a poll does not repeat it
+        self._request_problem = ""  # why the stored request was refused when last said (it names the revision)
         self.unpriced = ""  # coins with no USDT price only the exchange holds, as of the last comparison
         self._waiter: asyncio.Task[None] | None = None
         health.checks["books"] = self._readiness
@@ -148,8 +149,9 @@ class Reconciler:
     async def try_adopt(self) -> bool:
         """Apply a verified adoption request newer than the last one applied; True if the books now agree."""
         request, problem = await read_request(self.kv, ADOPT_KEY, self.operator_key)
-        if problem:
+        if problem and problem != self._request_problem:  # once per bad write, not at every poll
             warn(self.logger, "RECONCILE", "adoption request refused", error=problem)
+        self._request_problem = problem
         if request is None or request.requested_at_ms <= last_adoption_ms(self.journal):
             return False
         if request.requested_at_ms < self.halted_since_ms - ADOPT_SKEW_MS:

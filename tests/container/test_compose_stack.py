@@ -37,7 +37,7 @@ MIN_SNAPSHOTS = 2
 JOURNAL = "/var/lib/aura/executor/journal.sqlite"
 KEYS = "/var/lib/aura/keys"
 PUBLIC_KEY = f"{KEYS}/public/risk.pub"
-PRINCIPALS = (*SERVICES, "operator")
+PRINCIPALS = (*SERVICES, "operator", "admin")  # admin: the bus manager, mounted by the provision job only
 # An anonymous client on the compose network, and one holding a service's own credential that tries a publish
 # outside its rights (ingest publishing a plan). Printed outcome: "refused ..." or "accepted ...".
 ANONYMOUS_PROBE = (

@@ -276,7 +276,7 @@ def test_read_commands_create_nothing_on_an_unprovisioned_bus(tmp_path: Path) ->
             assert "aura bus provision" in line, line
 
         async def streams() -> tuple[list[str], dict[str, bool]]:
-            async with session(load_settings(env), "operator") as nc:
+            async with session(load_settings(env), "admin") as nc:  # listing streams is a management right
                 js = nc.jetstream()
                 exists = {}
                 for bucket in (PARAMS_BUCKET, STATE_BUCKET):

@@ -6,7 +6,7 @@ evaluations that hold the event loop, as the fast backtester's do) and the execu
 beside a plan that waits on the exchange).  Each is held three ack waits long while a second puller of the same
 durable has a pull request open the whole time: with the heartbeat nothing reaches it, and the server counts no
 redelivery; the control, the same hold with no heartbeat, hands the message to the second puller, so the check
-can fail.  Ack waits are shortened to one second on a lab server (the operator provisions them).
+can fail.  Ack waits are shortened to one second on a lab server (the admin credential provisions them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ winner in sample) and refuses on any difference (aura/optimize/audit.py, aura/op
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,14 @@ from typing import Any
 import pytest
 
 from aura.optimize.audit import audited
-from aura.optimize_job import audit, local_record, prepare_job, promote
-from shared.config import load_settings
-from tests.conftest import REPO_ROOT
+from aura.optimize.plan import FINAL
+from aura.optimize_job import audit, local_record, prepare_job, promote, write
+from aura.strategy.params import params_digest
+from shared.bus import close
+from shared.live_params import last_revision
+from tests.conftest import REPO_ROOT, NatsEndpoint
 from tests.optimize.test_end_to_end import TINY
+from tests.optimize.test_promotion import decision_in_state
 
 REPLAY = REPO_ROOT / "data" / "replay"
 
@@ -38,7 +43,8 @@ def test_an_honest_run_is_reproduced_answer_for_answer(record: Any) -> None:
     assert audit(record) == []
 
 
-def test_a_forged_validation_answer_is_named_and_nothing_is_promoted(record: Any, tmp_path: Path) -> None:
+def test_a_forged_validation_answer_is_named_and_nothing_is_promoted(record: Any, nats_server: NatsEndpoint,
+                                                                     tmp_path: Path) -> None:
     label, genuine = next(iter(record.run.validation.items()))
     forged = dataclasses.replace(genuine.winner, returns=genuine.winner.returns + 0.001)  # a better winner
     record.run.validation[label] = dataclasses.replace(genuine, winner=forged)
@@ -50,9 +56,36 @@ def test_a_forged_validation_answer_is_named_and_nothing_is_promoted(record: Any
         def say(msg: str, always: bool = False) -> None:
             said.append(msg)
 
-        # No bus is named or reached: the refusal comes before any connection.
-        settings = load_settings({"AURA_HOME": str(tmp_path / "home"), "AURA_NATS_URL": "nats://127.0.0.1:1"})
-        assert promote(passed, {"decision.json": "0" * 64}, settings, "", 0, say) == 1
+        digests = write(passed, tmp_path / "out")
+        assert promote(passed, digests, nats_server.settings(), "", 0, say) == 1
         assert said and said[-1].startswith("not promoted: 1 worker answers") and label in said[-1]
+        # Nothing was written to the parameters, and the console is told why.
+        assert asyncio.run(versions(nats_server)) == 0
+        published = asyncio.run(decision_in_state(nats_server))
+        assert published["promoted"] is False and published["version"] is None
+        assert published["verdict"].startswith("not promoted: 1 worker answers")
     finally:
         record.run.validation[label] = genuine
+
+
+async def versions(nats: NatsEndpoint) -> int:
+    nc = await nats.connect("operator")
+    try:
+        return await last_revision(nc.jetstream())
+    finally:
+        await close(nc)
+
+
+def test_a_final_winner_chosen_by_forged_rankings_is_found(record: Any) -> None:
+    """The promoted set is the final selection's winner, which no validation window judges: forged ranking answers
+    there could pick it outright.  The final selection is made again in-process and must pick the same set."""
+    final = next(s for s in record.run.selections if s.label == FINAL)
+    genuine = final.base
+    other = next(p for run in final.runs for p in run.candidates.values() if params_digest(p) != params_digest(genuine))
+    final.base = other  # what forged answers would have chosen
+    try:
+        # (Its in-sample answer, computed for another set than the run now names, is flagged too.)
+        assert f"{FINAL}: the winner, selected again in this process, is another parameter set" in audit(record)
+    finally:
+        final.base = genuine
+    assert audit(record) == []

@@ -122,7 +122,7 @@ CONSUMER_ACK = {"executor": {"executor"}, "risk": {"risk"}}
 STREAMS = {"aura.data.ready": "AURA_DATA", "aura.data.stale": "AURA_DATA", "aura.exec.snapshots": "AURA_EXEC",
            "aura.plans.approved": "AURA_PLANS", "aura.signal.targets": "AURA_TARGETS",
            "aura.events.risk": "AURA_EVENTS", "aura.optimize.results": "AURA_OPT_RESULTS"}
-# Reading a stream's history by sequence (what the console's pages need): the console and the operator only.
+# Reading a stream's history by sequence (what the console's pages need): the console, the operator and admin.
 HISTORY = {"AURA_PLANS": {"operator", "console", "admin"}, "AURA_EXEC": {"operator", "console", "admin"},
            "AURA_DLQ": {"operator", "console", "admin"}, "AURA_EVENTS": {"operator", "console", "admin"}}
 # Durable consumers: each only by its own service (the admin credential manages, and can pull from any; the

@@ -1,4 +1,4 @@
-"""Every stream and bucket the operator provisions carries the limits ARCHITECTURE.md's "Limits" table promises,
+"""Every stream and bucket the admin credential provisions carries the limits ARCHITECTURE.md's "Limits" table promises,
 read back from a real nats-server: a flood costs bounded disk, one message cannot exceed what its consumer takes.
 
 The expected figures are written here from the table, independently of shared/contracts.py and
@@ -36,7 +36,7 @@ EXPECTED = {
 
 def test_provisioned_streams_carry_the_documented_limits(nats_server: NatsEndpoint) -> None:
     async def read() -> dict[str, tuple[int, float, int, str]]:
-        nc = await nats_server.connect("operator")
+        nc = await nats_server.connect("admin")  # the streams' info, the optimizer's and object stores' too
         try:
             js = nc.jetstream()
             out = {}
@@ -61,7 +61,7 @@ def test_a_flood_of_aborts_never_pushes_an_unread_plan_out_of_the_plans_stream(n
 
     async def scenario() -> dict[str, int]:
         out: dict[str, int] = {}
-        nc_risk, nc_signal, nc_op = [await nats_server.connect(p) for p in ("risk", "signal", "operator")]
+        nc_risk, nc_signal, nc_op = [await nats_server.connect(p) for p in ("risk", "signal", "admin")]
         try:
             config = (await nc_op.jetstream().stream_info("AURA_PLANS")).config
             out["per_subject"] = int(config.max_msgs_per_subject or -1)
