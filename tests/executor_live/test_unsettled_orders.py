@@ -35,6 +35,14 @@ def intent_status(rig: Rig, cid: str) -> str:
     return rig.journal.intent_state(cid)[0]
 
 
+def booked_once(rig: Rig, runs: list[PlanRun], cid: str, more_than: float) -> None:
+    """The plan executed with its one BTC order filled, placed once, and the journal holds what the exchange does."""
+    assert [r.status for r in runs] == ["executed"] and intent_status(rig, cid) == "filled"
+    assert rig.sim_orders_by_cid() == {cid: 1}
+    held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
+    assert held == pytest.approx(float(rig.server.sim.free("BTC")), abs=1e-8) and held > more_than
+
+
 def reboot_fails(rig: Rig) -> BaseException:
     try:
         reboot(rig)
@@ -68,10 +76,7 @@ def test_an_order_the_exchange_acknowledged_is_never_placed_again_on_a_not_found
     assert any(f.get("cid") == cid for f in rig.records.fields("RECONCILE"))
 
     runs: list[PlanRun] = reboot(rig)  # the exchange answers again: the order is found, filled, journaled once
-    assert [r.status for r in runs] == ["executed"] and intent_status(rig, cid) == "filled"
-    assert rig.sim_orders_by_cid() == {cid: 1}
-    held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
-    assert held == pytest.approx(float(rig.server.sim.free("BTC")), abs=1e-8) and held > 0.019
+    booked_once(rig, runs, cid, 0.019)
 
 
 @pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)
@@ -89,11 +94,7 @@ def test_a_duplicate_answer_then_a_not_found_is_never_placed_again(rig: Rig) -> 
     assert rig.sim_orders_by_cid() == {cid: 1} and intent_status(rig, cid) == "acked"
     rig.journal.rollback()
 
-    runs = reboot(rig)  # the lookup answers again: the one order is found and journaled, nothing placed twice
-    assert [r.status for r in runs] == ["executed"] and intent_status(rig, cid) == "filled"
-    assert rig.sim_orders_by_cid() == {cid: 1}
-    held = journal_portfolio(rig.journal).holdings["BTC/USDT"]
-    assert held == pytest.approx(float(rig.server.sim.free("BTC")), abs=1e-8) and held > 0.0099
+    booked_once(rig, reboot(rig), cid, 0.0099)  # the lookup answers again: found and journaled, placed once
 
 
 @pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)
