@@ -29,7 +29,8 @@ REQUIRED = ("AURA_MAX_ORDER_USDT", "AURA_PAPER_CASH_USDT", "AURA_EXCHANGE_SECRET
 KEY_SENTINELS = {"AURA_EXCHANGE_API_KEY": "sentinel-live-key-9f1c",
                  "AURA_EXCHANGE_API_SECRET": "sentinel-live-sec-77ab"}
 
-MODE = frozenset(SERVICES)
+# The mode: every process, and the operator's CLI (`aura params set` judges a document by the system's bars).
+MODE = frozenset({*SERVICES, "operator"})
 VENUE = frozenset({"risk", "executor"})
 # Each live setting, a distinct realistic value, and exactly the services that read it.
 LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
