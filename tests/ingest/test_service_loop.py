@@ -78,7 +78,7 @@ class Recorder:
             snap = PortfolioSnapshot(snapshot_id=f"s{len(self.published)}", cycle_id=msg.cycle_id, plan_id="",
                                      status="aborted" if isinstance(msg, CycleAborted) else "executed", cash=1.0,
                                      holdings=dict(self.holdings), entry_prices={}, equity=1.0, equity_history=[])
-            await self.on_snapshot(types.SimpleNamespace(data=encode(snap)))
+            await self.on_snapshot(types.SimpleNamespace(subject=PortfolioSnapshot.SUBJECT, data=encode(snap)))
 
     async def put(self, key: str, value: bytes) -> None:
         self.kv_puts.append((key, value))
