@@ -251,9 +251,12 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
     refusal = ""
     if d.passed:
         # The workers' answers the verdict reads directly, evaluated again here: a forged one promotes nothing.
-        wrong = audit(record)
+        try:
+            wrong = audit(record)
+        except Exception as exc:  # an answer this process cannot even take up: not promoted either
+            wrong = [f"the audit failed ({type(exc).__name__}: {exc})"[:300]]
         if wrong:
-            refusal = (f"{len(wrong)} worker answers the gate relied on differ from this process's own evaluation "
+            refusal = (f"{len(wrong)} checks of the workers' answers failed against this process's own evaluation "
                        f"({'; '.join(wrong[:3])}); check the workers")
     system = system_settings(settings, url)
     doc = decision_document(record)

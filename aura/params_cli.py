@@ -32,6 +32,7 @@ from shared.live_params import (
     ParamsDocument,
     ParamsError,
     check_loss_bound,
+    default_params,
     document_timeframe,
     history,
     last_valid,
@@ -43,15 +44,16 @@ from shared.live_params import (
 )
 
 
-def shown(version: int, doc: ParamsDocument | None, params: StrategyParams) -> dict[str, Any]:
-    """The document `show` prints (and `set` accepts back)."""
+def shown(version: int, doc: ParamsDocument | None, params: StrategyParams,
+          timeframe: str = PARAMS_TIMEFRAME) -> dict[str, Any]:
+    """The document `show` prints (and `set` accepts back); ``timeframe``: the bars of version 0 (the defaults)."""
     out: dict[str, Any] = {"version": version, "digest": params_digest(params)}
     if doc is not None:
         out.update(promoted_by=doc.promoted_by, reason=doc.reason, promoted_at_ms=doc.promoted_at_ms)
         if doc.record:
             out["record"] = doc.record
     # Beside the parameters, so that an edited `show` given back to `set` keeps the bars they count.
-    out["timeframe"] = document_timeframe(doc) if doc is not None else PARAMS_TIMEFRAME
+    out["timeframe"] = document_timeframe(doc) if doc is not None else timeframe
     out["params"] = msgspec.to_builtins(params)
     return out
 
@@ -81,7 +83,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                           f"{', '.join(str(v) for v, _ in refused)} refused ({refused[-1][1][:200]})",
                           file=sys.stderr)
             params, version, doc = await read_version(js, trusted, wanted)
-            print(json.dumps(shown(version, doc, params), indent=2))
+            if doc is None:  # version 0: the defaults, at the durations of the system's bars (what it runs)
+                params = default_params(settings.timeframe)
+            print(json.dumps(shown(version, doc, params, settings.timeframe), indent=2))
             return 0
         if args.action == "history":
             for version, doc, problem in await history(js, trusted, settings.max_loss_bound):
@@ -103,8 +107,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         # The base is the newest *valid* version: a refused newer document must not stop the operator fixing it.
         version, in_force = last_valid(await history(js, trusted, settings.max_loss_bound))
-        current = in_force.params if in_force is not None else StrategyParams()
-        current_tf = document_timeframe(in_force) if in_force is not None else PARAMS_TIMEFRAME
+        # Nothing promoted: the defaults at the durations of the system's bars, as signal and risk run them.
+        current = in_force.params if in_force is not None else default_params(settings.timeframe)
+        current_tf = document_timeframe(in_force) if in_force is not None else settings.timeframe
         if args.action == "set":
             try:
                 doc = json.loads(Path(args.file).read_text())
@@ -117,7 +122,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             reason = args.reason
         else:  # rollback: the old version's parameters with the bars they were made for
             params, _, old_doc = await read_version(js, trusted, args.version)
-            timeframe = document_timeframe(old_doc) if old_doc is not None else PARAMS_TIMEFRAME
+            timeframe = document_timeframe(old_doc) if old_doc is not None else settings.timeframe
+            if old_doc is None:  # version 0: the defaults, at the durations of the system's bars
+                params = default_params(settings.timeframe)
             reason = f"rollback to version {args.version}: {args.reason}"
         check_loss_bound(params, settings.max_loss_bound, "(the new one)")  # signal and risk would refuse it
         if not same_timeframe(timeframe, settings.timeframe):  # so would they a document for other bars

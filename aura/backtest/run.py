@@ -315,10 +315,12 @@ def _last_latch(halted: np.ndarray) -> int:
     return int(armed[-1]) + 1 if len(armed) else 0
 
 
-# Column types of round_trips.parquet, so that a run without any round trip still writes the same columns.
 def _utc(epoch_ms_column: str, name: str) -> pl.Expr:
     """A readable UTC datetime beside an epoch-ms column (kept as it was: scripts read it)."""
     return pl.col(epoch_ms_column).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").alias(name)
+
+
+# Column types of round_trips.parquet, so that a run without any round trip still writes the same columns.
 
 
 ROUND_TRIP_SCHEMA: dict[str, Any] = {

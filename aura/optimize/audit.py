@@ -9,10 +9,13 @@ then signs them with its own key.  Before it promotes, the coordinator evaluates
 * the final selection, whole (every stage and rung, about one fold's share of the run): what is promoted is its
   winner, which no validation window judges, so forged ranking answers there could choose it outright.
 
-Evaluation is deterministic (the same inputs give the same bits), so any difference is a wrong answer, not noise.
-What this does not re-check: the folds' ranking answers (a forged one can only change a fold's winner, whose
-validation answers are checked and must still beat gold, SPY and the incumbent) and the CSCV and SPA statistics
-(computed by workers from matrices the coordinator wrote).
+Evaluation is deterministic on one machine architecture (the engine fingerprint includes it, so a worker on
+another declines the tasks), so any difference is a wrong answer, not noise.  What this does not re-check: the
+folds' ranking answers, and so their part of the overfitting tests' inputs (the trials the DSR counts, the CSCV
+and SPA matrices), nor the CSCV and SPA statistics computed by workers.  A forged fold answer can change a fold's
+winner, whose validation answers are checked and must still beat gold, SPY and the incumbent, or make those tests
+look better than they are: the promoted set is still the honest final winner, but the gate's "yes" would rest on
+them.  Re-evaluating every fold would cost the run again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 
 from aura.optimize.objective import WindowResult
 from aura.optimize.plan import FINAL, Request, SelectionState, WalkForwardRun
-from aura.strategy.params import StrategyParams, params_digest
+from aura.optimize.walkforward import Selection
+from aura.strategy.params import params_digest
 
 
 def audited(run: WalkForwardRun) -> list[tuple[str, Request, WindowResult]]:
@@ -51,21 +55,32 @@ def same_result(a: WindowResult, b: WindowResult) -> bool:
             and np.array_equal(a.bench, b.bench, equal_nan=True))
 
 
-def selected_again(selection: SelectionState, evaluate: Callable[[Request], WindowResult]) -> StrategyParams:
-    """``selection`` made again from its start with ``evaluate``'s answers: its winner."""
+def selected_again(selection: SelectionState, evaluate: Callable[[Request], WindowResult]) -> SelectionState:
+    """``selection`` made again from its start with ``evaluate``'s answers."""
     fresh = SelectionState(selection.label, selection.train, selection.grids, selection.start, selection.min_budget,
                            selection.eta, selection.objective)
     while not fresh.done:
         answers = {req.ident: evaluate(req) for _, req in fresh.pending()}
         fresh.advance(lambda req, got=answers: got.get(req.ident))
-    return fresh.base
+    return fresh
+
+
+def same_trials(a: Selection, b: Selection) -> bool:
+    """The same trials (every candidate's Sharpe on the smallest budget: the DSR's) and the same excess-return
+    matrices (the CSCV's and SPA's), bit for bit."""
+    pairs = [*zip(a.trial_sharpes, b.trial_sharpes, strict=False), *zip(a.matrices, b.matrices, strict=False)]
+    return (len(a.trial_sharpes) == len(b.trial_sharpes) and len(a.matrices) == len(b.matrices)
+            and all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True) for x, y in pairs))
 
 
 def disagreements(run: WalkForwardRun, evaluate: Callable[[Request], WindowResult]) -> list[str]:
-    """What of ``audited(run)`` differs from ``evaluate``'s own answer, and the final selection if its winner
-    made again differs from the run's (empty: everything checked holds)."""
+    """What of ``audited(run)`` differs from ``evaluate``'s own answer, and the final selection if, made again,
+    it picks another winner or counts other trials (empty: everything checked holds)."""
     wrong = [what for what, request, answered in audited(run) if not same_result(answered, evaluate(request))]
     final = next(s for s in run.selections if s.label == FINAL)
-    if params_digest(selected_again(final, evaluate)) != params_digest(run.winner):
+    again = selected_again(final, evaluate)
+    if params_digest(again.base) != params_digest(run.winner):
         wrong.append(f"{FINAL}: the winner, selected again in this process, is another parameter set")
+    if not same_trials(again.selection(), final.selection()):
+        wrong.append(f"{FINAL}: its trials (the overfitting tests' inputs), made again, differ")
     return wrong

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import math
+import platform
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -136,6 +137,9 @@ def engine_fingerprint() -> str:
         h.update(f"aura.optimize/{name}\n".encode() + resources.files("aura.optimize").joinpath(name).read_bytes())
     for dist in ("numpy", "numba", "arch"):  # arch: its bootstrap draws the SPA's p-values
         h.update(f"{dist}=={metadata.version(dist)}\n".encode())
+    # The machine's architecture: libm's log may round differently on another, and the coordinator checks the
+    # answers a promotion stands on bit for bit (audit.py), so a worker elsewhere declines the run's tasks.
+    h.update(f"machine={platform.machine()}\n".encode())
     return h.hexdigest()[:32]
 
 

@@ -37,7 +37,9 @@ async def apply_settle(journal: Journal, kv: KeyValue, operator_key: Ed25519Publ
     applied when that order is the one waiting, never to a sibling leg."""
     request, problem = await read_request(kv, SETTLE_KEY, operator_key, SettleRequest)
     if problem:
-        warn(logger, "RECONCILE", "settle request refused", error=problem)
+        if problem != _said.get("problem"):  # once per bad write (the problem names its revision)
+            _said["problem"] = problem
+            warn(logger, "RECONCILE", "settle request refused", error=problem)
         return None
     if request is None:
         return None

@@ -58,8 +58,8 @@ def aura_all(bus: NatsEndpoint, *commands: tuple[str, ...]) -> list[subprocess.C
     return run_aura_all({"AURA_HOME": str(bus.home), "AURA_NATS_URL": bus.url}, *commands)
 
 
-def show(bus: NatsEndpoint, *args: str) -> dict[str, Any]:
-    proc = aura(bus, "params", "show", *args)
+def show(bus: NatsEndpoint, *args: str, **env: str) -> dict[str, Any]:
+    proc = aura(bus, "params", "show", *args, **env)
     assert proc.returncode == 0, proc.stderr
     return dict(json.loads(proc.stdout))
 

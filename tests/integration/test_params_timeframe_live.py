@@ -181,6 +181,23 @@ def test_a_document_from_before_the_timeframe_verifies_and_counts_as_daily(nats_
     assert in_force == 0 and version in tracker.refused and params == HOURLY.params
 
 
+def test_an_hourly_systems_operator_edits_the_defaults_it_runs(nats_server: NatsEndpoint, tmp_path: Path) -> None:
+    """Nothing promoted on an hourly system: `show` prints the defaults it runs (scaled to 1h, labelled 1h), and a
+    bare edit builds on them; rollback to 0 restores them.  (Taken as the daily defaults, the edit was refused as a
+    document for other bars.)"""
+    first = show(nats_server, **HOURLY_ENV)
+    assert first["version"] == 0 and first["timeframe"] == "1h"
+    assert first["params"] == msgspec.to_builtins(HOURLY.params)
+    v1 = promoted(nats_server, tmp_path, {"stop_loss": 0.1}, "tighter stop", **HOURLY_ENV)
+    shown_after = show(nats_server)
+    assert shown_after["version"] == v1 and shown_after["timeframe"] == "1h"
+    assert shown_after["params"] == {**msgspec.to_builtins(HOURLY.params), "stop_loss": 0.1}
+    back = aura(nats_server, "params", "rollback", "0", "--reason", "the defaults", **HOURLY_ENV)
+    assert back.returncode == 0, back.stderr
+    rolled = show(nats_server)
+    assert rolled["timeframe"] == "1h" and rolled["params"] == msgspec.to_builtins(HOURLY.params)
+
+
 def test_params_set_with_a_timeframe_round_trips_through_show(nats_server: NatsEndpoint, tmp_path: Path) -> None:
     first = show(nats_server)
     assert first["timeframe"] == "1d" and first["version"] == 0

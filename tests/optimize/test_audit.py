@@ -58,12 +58,13 @@ def test_a_forged_validation_answer_is_named_and_nothing_is_promoted(record: Any
 
         digests = write(passed, tmp_path / "out")
         assert promote(passed, digests, nats_server.settings(), "", 0, say) == 1
-        assert said and said[-1].startswith("not promoted: 1 worker answers") and label in said[-1]
+        assert said and said[-1].startswith("not promoted: 1 checks of the workers' answers failed") \
+            and label in said[-1]
         # Nothing was written to the parameters, and the console is told why.
         assert asyncio.run(versions(nats_server)) == 0
         published = asyncio.run(decision_in_state(nats_server))
         assert published["promoted"] is False and published["version"] is None
-        assert published["verdict"].startswith("not promoted: 1 worker answers")
+        assert published["verdict"].startswith("not promoted: 1 checks of the workers' answers failed")
     finally:
         record.run.validation[label] = genuine
 
@@ -88,4 +89,20 @@ def test_a_final_winner_chosen_by_forged_rankings_is_found(record: Any) -> None:
         assert f"{FINAL}: the winner, selected again in this process, is another parameter set" in audit(record)
     finally:
         final.base = genuine
+    assert audit(record) == []
+
+
+def test_forged_trials_of_the_final_selection_are_found(record: Any) -> None:
+    """The pruned candidates' answers feed the overfitting tests (the DSR's trials, the CSCV and SPA matrices)
+    without changing the winner: made better or more alike, they would make the gate's yes easier.  Made again,
+    they differ."""
+    final = next(s for s in record.run.selections if s.label == FINAL)
+    stage = next(r for r in final.runs if r.matrix is not None)
+    genuine = stage.matrix
+    forged = genuine + 0.001  # every trial a little better against the benchmarks
+    object.__setattr__(stage, "matrix", forged)
+    try:
+        assert audit(record) == [f"{FINAL}: its trials (the overfitting tests' inputs), made again, differ"]
+    finally:
+        object.__setattr__(stage, "matrix", genuine)
     assert audit(record) == []
