@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from shared.logging import warn
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from nats.aio.msg import Msg
 
     from shared.service import ServiceContext
@@ -40,14 +42,24 @@ class Allowance:
         return self._since.pop(key, 0)
 
 
-def misrouted_delivery(ctx: ServiceContext, allowance: Allowance, msg: Msg, expected: str) -> None:
-    """A message of another subject on a plain subscription to ``expected``: a stored message that a principal
-    allowed to pull from a durable consumer had delivered here (a pull request's reply subject may name any
-    subject, and JetStream delivers to it with the message's own subject).  Never handled as ours and never
-    dead-lettered (a flood would push genuine dead letters out of their stream): counted, and said while the
-    allowance lasts."""
-    ctx.health.inc("misrouted")
-    unsaid = allowance.note(expected)
-    if unsaid is not None:
-        warn(ctx.logger, "MISROUTED", "a stored message of another subject was pushed onto this subscription; "
-             "dropped", expected=expected, subject=msg.subject[:200], dropped_unsaid_before=unsaid)
+def own_subject_only(ctx: ServiceContext, subject: str,
+                     handler: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+    """``handler`` for a plain subscription to ``subject``, handed only messages of that subject.
+
+    A principal allowed to pull from a durable consumer can have stored messages delivered here (a pull request's
+    reply subject may name any subject, and JetStream delivers to it with the message's own subject).  Those are
+    never handled as ours and never dead-lettered (a flood would push genuine dead letters out of their stream):
+    counted (``misrouted``), and said while the allowance lasts."""
+    allowance = Allowance()
+
+    async def on_message(msg: Msg) -> None:
+        if msg.subject == subject:
+            await handler(msg)
+            return
+        ctx.health.inc("misrouted")
+        unsaid = allowance.note(subject)
+        if unsaid is not None:
+            warn(ctx.logger, "MISROUTED", "a stored message of another subject was pushed onto this subscription; "
+                 "dropped", expected=subject, subject=msg.subject[:200], dropped_unsaid_before=unsaid)
+
+    return on_message

@@ -17,7 +17,7 @@ from nats.js.object_store import ObjectStore
 
 from services.ingest.replay import ReplayStep
 from services.ingest.sources import ReplaySource, SyncSource, fixed_symbols
-from shared.allowance import Allowance, misrouted_delivery
+from shared.allowance import own_subject_only
 from shared.bus import candle_writer, kv_get, publish, state_kv
 from shared.candles import digest, encode_panel
 from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
@@ -52,12 +52,7 @@ async def run(ctx: ServiceContext) -> None:
     # abort per bar is enough for the journal, so further stale polls of it publish nothing.
     aborted_stale: str | None = None
 
-    misrouted = Allowance()
-
     async def on_snapshot(msg: Msg) -> None:
-        if msg.subject != PortfolioSnapshot.SUBJECT:
-            misrouted_delivery(ctx, misrouted, msg, PortfolioSnapshot.SUBJECT)
-            return
         try:
             snap = decode(msg.data, PortfolioSnapshot)
         except Exception:
@@ -75,7 +70,8 @@ async def run(ctx: ServiceContext) -> None:
             except Exception as exc:  # the next snapshot writes it again; only a restart would miss it
                 warn(ctx.logger, "UNIVERSE", "could not store the held pairs", error=f"{type(exc).__name__}: {exc}")
 
-    await ctx.nc.subscribe(PortfolioSnapshot.SUBJECT, cb=on_snapshot)
+    await ctx.nc.subscribe(PortfolioSnapshot.SUBJECT,
+                           cb=own_subject_only(ctx, PortfolioSnapshot.SUBJECT, on_snapshot))
     # Sync: red once the newest bar the venue closed waits longer than this to be published complete; a poll or
     # two of a provider's hiccup is normal, five polls (two minutes at least) is a source that is stuck.
     patience_s = max(120.0, 5 * s.ingest_poll_s)

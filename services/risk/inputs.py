@@ -111,13 +111,12 @@ class RiskInputs:
             if self.last_latch is not None:  # repair the store with what risk itself wrote last
                 await self.store_latch(doc)
         reset, reset_problem = await read_request(self.kv, RESET_KEY, self.params_keys["operator"])
-        if reset_problem and reset_problem != self.reset_problem:  # said and counted once, not every tick
-            self.health.inc("forged_state")
-            error(self.logger, "FORGED_STATE", "operator reset request does not verify; ignoring it",
-                  error=reset_problem)
-        self.reset_problem = reset_problem
-        if reset_problem:
-            pass  # ignored: the latch stays as it is
+        said, self.reset_problem = self.reset_problem, reset_problem
+        if reset_problem:  # ignored: the latch stays as it is; said and counted once per bad write, not every tick
+            if reset_problem != said:
+                self.health.inc("forged_state")
+                error(self.logger, "FORGED_STATE", "operator reset request does not verify; ignoring it",
+                      error=reset_problem)
         elif reset is not None and reset.requested_at_ms > doc.reset_at_ms:
             was = doc.halted
             doc = applied(doc, reset)

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from services.risk.inputs import RiskInputs
 from services.risk.prices import PriceSource
-from shared.allowance import Allowance, misrouted_delivery
+from shared.allowance import own_subject_only
 from shared.bus import dead_letter, last_message
 from shared.consumer import Reject
 from shared.contracts import ContractError, DataStale, decode
@@ -51,12 +51,7 @@ async def follow_notices(ctx: ServiceContext, adopt: Callable[[DataStale, bool],
     """Hand ``adopt`` (notice, at_boot) every stale notice published from now on and the newest one already
     published; a malformed one, or one ``adopt`` refuses (``Reject``), is dead-lettered."""
 
-    misrouted = Allowance()
-
     async def on_notice(msg: Msg) -> None:
-        if msg.subject != DataStale.SUBJECT:
-            misrouted_delivery(ctx, misrouted, msg, DataStale.SUBJECT)
-            return
         try:
             await adopt(decode(msg.data, DataStale), False)
         except ContractError as exc:
@@ -66,7 +61,7 @@ async def follow_notices(ctx: ServiceContext, adopt: Callable[[DataStale, bool],
 
     # A plain subscription is enough: every notice also stays in its stream, and the newest one is read once
     # here (after subscribing, so none falls between) to cover those published while risk was down.
-    await ctx.nc.subscribe(DataStale.SUBJECT, cb=on_notice)
+    await ctx.nc.subscribe(DataStale.SUBJECT, cb=own_subject_only(ctx, DataStale.SUBJECT, on_notice))
     raw = await last_message(ctx.js, DataStale.SUBJECT)
     if raw is not None:
         try:
