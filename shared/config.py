@@ -102,6 +102,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_order_usdt: float = 1_000_000.0
     # Live only: a leg whose plan price is further than this from the exchange's price is refused ([PRICE_GUARD]).
     max_price_deviation: float = 0.02
+    # Live only: a leg whose market's book is wider than this ((ask - bid) / mid) is refused ([PRICE_GUARD]): a
+    # market order pays at least the half spread, and a wide book is a thin one.  Binance's majors quote ~0.01%.
+    max_spread: float = 0.01
     # Capacity (risk, dry run and live alike): no leg is more than this share of its market's volume in the bar
     # the plan was decided on; the rest is cut, and the plan's reasons say so (aura/strategy/capacity.py).  The
     # backtest's --max-participation applies the same rule to the bar a leg fills in.
@@ -203,6 +206,7 @@ def _validate(s: Settings) -> None:
         "paper_slippage_bps": 0 <= s.paper_slippage_bps < 500,
         "max_order_usdt": s.max_order_usdt > 0,
         "max_price_deviation": 0 < s.max_price_deviation < 0.5,
+        "max_spread": 0 < s.max_spread < 0.5,
         "max_participation": 0 < s.max_participation <= 1,
         "max_loss_bound": 0 < s.max_loss_bound <= 1,
         "plan_grace_s": s.plan_grace_s >= 0,

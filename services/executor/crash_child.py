@@ -26,7 +26,7 @@ import httpx
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from aura.strategy.types import MarketRule
-from services.executor.brokers.base import BrokerError, OrderState, TransientBrokerError
+from services.executor.brokers.base import BrokerError, OrderState, Quote, TransientBrokerError
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.exchange_calls import ExecutionLimits
 from services.executor.journal import Journal
@@ -138,6 +138,9 @@ class CrashBroker:
     async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
         return await self._call("prices", lambda: self.inner.fetch_prices(symbols))  # type: ignore[no-any-return]
 
+    async def fetch_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        return await self._call("prices", lambda: self.inner.fetch_quotes(symbols))  # type: ignore[no-any-return]
+
     async def fetch_time(self) -> int:
         return await self._call("time", self.inner.fetch_time)  # type: ignore[no-any-return]
 
@@ -169,7 +172,7 @@ def limits() -> ExecutionLimits:
 SYNC = SyncCheck(confirm_reads=3, max_reads=8, delay_s=0.02)
 # The live path as the executor service runs it: plans checked against the exchange's clock, every new leg
 # priced and budgeted at the exchange's price (quote-amount buys), so the crash points cover those calls too.
-LIVE = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * 86_400_000 + 300_000)
+LIVE = LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * 86_400_000 + 300_000)
 
 
 def make_broker(sim_url: str, markets: dict[str, Any], logger: logging.Logger) -> CcxtBroker:

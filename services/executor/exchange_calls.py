@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from services.executor.brokers.base import Broker, BrokerError, OrderState, RateLimitedError, TransientBrokerError
+from services.executor.brokers.base import (
+    Broker,
+    BrokerError,
+    OrderState,
+    Quote,
+    RateLimitedError,
+    TransientBrokerError,
+)
 from services.executor.journal import Journal
 from shared.logging import info, warn
 
@@ -130,8 +137,8 @@ async def lookup_order(broker: Broker, symbol: str, cid: str, limits: ExecutionL
                           "order lookup failed; retrying", f"could not look up order {cid}", cid=cid)
 
 
-async def live_price(broker: Broker, symbol: str, limits: ExecutionLimits, logger: logging.Logger) -> float:
-    """The exchange's price now (retried); 0.0 when the exchange lists no price for ``symbol``."""
-    prices = await retried(lambda: broker.fetch_prices([symbol]), limits, logger, "PRICE_GUARD",
-                            "price read failed; retrying", f"price of {symbol} unreadable", symbol=symbol)
-    return float(prices.get(symbol, 0.0))
+async def live_quote(broker: Broker, symbol: str, limits: ExecutionLimits, logger: logging.Logger) -> Quote:
+    """The exchange's last price and top of book now (retried); zeros when the exchange lists no price."""
+    quotes = await retried(lambda: broker.fetch_quotes([symbol]), limits, logger, "PRICE_GUARD",
+                           "price read failed; retrying", f"price of {symbol} unreadable", symbol=symbol)
+    return quotes.get(symbol, Quote(0.0, 0.0, 0.0))

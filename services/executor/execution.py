@@ -31,6 +31,7 @@ from services.executor.brokers.base import (
     Fill,
     OrderRejectedError,
     OrderState,
+    Quote,
     RateLimitedError,
     TransientBrokerError,
 )
@@ -40,7 +41,7 @@ from services.executor.exchange_calls import (
     ExecutionLimits,
     OrderUnresolved,
     free_balance_with_retry,
-    live_price,
+    live_quote,
     lookup_order,
     retry_delay,
     settle_missing,
@@ -59,14 +60,16 @@ MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange
 class LiveGuard:
     """Live only: what the exchange's own prices and the journal's cash let one plan spend.
 
-    The plan's prices are risk's reference, not the market: before each new leg the exchange's price is read,
-    a leg whose reference is more than ``max_price_deviation`` away is refused ([PRICE_GUARD]), and the caps
-    (``max_order_usdt``, min notional) are checked at the exchange's price.  Buys spend a quote amount
-    (``quoteOrderQty``), never more than ``cash``: the journal's free cash when the plan started, plus what its
-    sells brought in.
+    The plan's prices are risk's reference, not the market: before each new leg the exchange's ticker is read;
+    a leg is refused ([PRICE_GUARD]) when the book is wider than ``max_spread`` (a market order would pay the
+    spread and more) or when its reference is more than ``max_price_deviation`` from the price its market order
+    meets first (the ask for a buy, the bid for a sell).  The caps (``max_order_usdt``, min notional) are checked
+    at that price.  Buys spend a quote amount (``quoteOrderQty``), never more than ``cash``: the journal's free
+    cash when the plan started, plus what its sells brought in.
     """
 
     max_price_deviation: float
+    max_spread: float
     cash: float
     fee_rate: float = 0.001  # kept back from each buy's budget for a fee charged in the quote asset
 
@@ -103,14 +106,19 @@ def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
     return qty, reason
 
 
-def price_refusal(leg: PlanLeg, price: float, max_deviation: float) -> str:
-    """Why a leg must not trade at the exchange's ``price`` ("" if it may). Pure."""
-    if not price > 0:
+def price_refusal(leg: PlanLeg, quote: Quote, max_deviation: float, max_spread: float) -> str:
+    """Why a leg must not trade against the exchange's ``quote`` ("" if it may). Pure."""
+    if not quote.last > 0:
         return f"price guard: the exchange gives no price for {leg.symbol}"
+    if quote.spread > max_spread:
+        book = "no two-sided book" if quote.spread == float("inf") else f"a spread of {quote.spread:.2%}"
+        return (f"price guard: {leg.symbol} shows {book} (bid {quote.bid:.8g}, ask {quote.ask:.8g}; "
+                f"limit {max_spread:.2%}): a market order would trade far from the price")
+    price = quote.side_price(leg.side)
     deviation = abs(leg.ref_price / price - 1.0)
     if deviation > max_deviation:
         return (f"price guard: plan price {leg.ref_price:.8g} is {deviation:.1%} away from the exchange's "
-                f"{price:.8g} (limit {max_deviation:.1%})")
+                f"{'ask' if leg.side == 'buy' else 'bid'} {price:.8g} (limit {max_deviation:.1%})")
     return ""
 
 
@@ -278,19 +286,21 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             free = await free_balance_with_retry(broker, base_asset(leg.symbol), limits, logger)
         price, quote_amount = leg.ref_price, None
         if guard is not None:
-            price = await live_price(broker, leg.symbol, limits, logger)
-            refusal = price_refusal(leg, price, guard.max_price_deviation)
+            quote = await live_quote(broker, leg.symbol, limits, logger)
+            refusal = price_refusal(leg, quote, guard.max_price_deviation, guard.max_spread)
             if refusal:
                 journal.begin()
                 journal.set_intent_status(cid, "skipped", refusal)
                 journal.event(plan.cycle_id, "price_guard", client_order_id=cid, symbol=leg.symbol,
-                              ref_price=leg.ref_price, exchange_price=price)
+                              ref_price=leg.ref_price, exchange_price=quote.last, bid=quote.bid, ask=quote.ask)
                 journal.commit()
                 result.status = "partial"
                 result.reasons.append(f"leg {leg.index} {leg.symbol}: {refusal}")
-                warn(logger, "PRICE_GUARD", "leg refused: its price is not the exchange's", cid=cid,
-                     symbol=leg.symbol, ref_price=leg.ref_price, exchange_price=price)
+                warn(logger, "PRICE_GUARD", "leg refused: the exchange's price or book does not allow it",
+                     cid=cid, symbol=leg.symbol, ref_price=leg.ref_price, exchange_price=quote.last,
+                     bid=quote.bid, ask=quote.ask, reason=refusal)
                 continue
+            price = quote.side_price(leg.side)
         qty, note = clamp_leg(leg, rules.get(leg.symbol), free, limits, price)
         if guard is not None and leg.side == "buy" and qty > 0:
             quote_amount, budget_note = buy_budget(qty, price, rules[leg.symbol], limits, guard)

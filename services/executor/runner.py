@@ -53,6 +53,7 @@ class LivePolicy:
     """
 
     max_price_deviation: float
+    max_spread: float
     plan_max_age_ms: int
     fee_rate: float = 0.001
 
@@ -241,8 +242,8 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     journal.event(plan.cycle_id, "plan_received" if status is None else "plan_resumed", plan_id=plan.plan_id,
                   legs=len(plan.legs), gate=plan.gate)
     journal.commit()
-    guard = None if live is None else LiveGuard(live.max_price_deviation, journal_portfolio(journal).cash,
-                                                  live.fee_rate)
+    guard = None if live is None else LiveGuard(live.max_price_deviation, live.max_spread,
+                                                  journal_portfolio(journal).cash, live.fee_rate)
     result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger, guard)
     reasons = [*plan.reasons, *result.reasons]
     journal.begin()

@@ -96,7 +96,7 @@ class Executor:
         s = ctx.settings
         self.sync = None if s.dry_run else SyncCheck(dust_quote=s.reconcile_dust_usdt)
         self.live = None if s.dry_run else LivePolicy(
-            max_price_deviation=s.max_price_deviation,
+            max_price_deviation=s.max_price_deviation, max_spread=s.max_spread,
             plan_max_age_ms=2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000),
             # Kept back from each buy's budget for a quote-asset fee: above Binance's standard taker rate, so a
             # plan's last buy never overdraws the cash.

@@ -48,6 +48,7 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     "AURA_PLAN_GRACE_S": ("120", VENUE),
     "AURA_MAX_ORDER_USDT": ("250", frozenset({"executor"})),
     "AURA_MAX_PRICE_DEVIATION": ("0.015", frozenset({"executor"})),
+    "AURA_MAX_SPREAD": ("0.004", frozenset({"executor"})),
     "AURA_RECONCILE_DUST_USDT": ("3", frozenset({"executor"})),
     "AURA_PAPER_CASH_USDT": ("5000", frozenset({"executor"})),
     # Trading costs: risk's cost gate (slippage live and dry; the paper fee in a dry run) and the paper broker.

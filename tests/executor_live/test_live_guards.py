@@ -22,7 +22,7 @@ from tests.executor_live.conftest import LIMITS, Rig
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
-LIVE = LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * DAY + 300_000)
+LIVE = LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * DAY + 300_000)
 
 
 def exchange_now(rig: Rig) -> int:
@@ -89,6 +89,29 @@ def test_a_plan_never_spends_more_than_the_journals_free_cash(rig: Rig) -> None:
     assert any("buy limited" in r for r in run.reasons), run.reasons
 
 
+@pytest.mark.parametrize("rig", [{"spread_bps": 400}], indirect=True)
+def test_a_market_with_a_wide_book_is_not_traded(rig: Rig) -> None:
+    """A book 4% wide (bid and ask 2% either side of the last price): the plan's price equals the last price,
+    so a check against the last trade alone lets the buy through, and the market order pays the ask, 2% above
+    what risk planned with (more on a thin book).  The spread guard refuses it before anything is sent; once
+    the book narrows, the same leg trades, at the ask."""
+    btc = rig.price("BTC/USDT")
+    before = rig.server.sim.free("USDT")
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 500 / btc, btc)]))
+    assert rig.posts() == 0 and spent(rig, before) == 0, "an order reached the exchange"
+    assert run.status == "partial" and any("spread of 4.00%" in r for r in run.reasons), run.reasons
+    event = rig.journal.db.execute("SELECT detail FROM events WHERE kind='price_guard'").fetchone()
+    assert event is not None and '"ask"' in event[0] and '"bid"' in event[0], event
+    assert any("spread" in f.get("reason", "") for f in rig.records.fields("PRICE_GUARD"))
+
+    rig.server.sim.configure(spread_bps=20)  # 0.2% wide: a normal book
+    bid, ask = (float(x) for x in rig.server.sim.market.bid_ask("BTCUSDT"))
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 500 / btc, btc)]))
+    assert run.status == "executed", run.reasons
+    fill = rig.journal.db.execute("SELECT price FROM fills").fetchone()
+    assert fill is not None and fill[0] == pytest.approx(ask) and fill[0] > bid
+
+
 def test_a_plan_on_data_older_than_a_bar_plus_the_grace_is_refused(rig: Rig) -> None:
     btc = rig.price("BTC/USDT")
     old = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)], as_of_ms=exchange_now(rig) - 3 * DAY)
@@ -146,7 +169,7 @@ class _CrashBeforeSending(_CrashAfterPlace):
     """The broker, except that the process dies when the first leg reads its live price: the plan is journaled as
     executing, its legs pending, nothing sent."""
 
-    async def fetch_prices(self, *args: Any, **kwargs: Any) -> Any:
+    async def fetch_quotes(self, *args: Any, **kwargs: Any) -> Any:
         raise _Crash
 
 

@@ -75,7 +75,7 @@ def test_a_market_answer_without_fills_still_counts_against_the_plans_cash(rig: 
 
     async def scenario(b: object) -> object:
         return await execute_plan(plan, b, journal, await b.load_markets(), LIMITS, rig.log,  # type: ignore[attr-defined]
-                                  LiveGuard(0.02, 1_000.0))
+                                  LiveGuard(0.02, 0.01, 1_000.0))
 
     rig.run(scenario, options={"recvWindow": 300, "newOrderRespType": {"market": "RESULT", "limit": "RESULT"}})
     spent = before - rig.server.sim.free("USDT")

@@ -19,6 +19,7 @@ def test_defaults_are_valid() -> None:
     ({"AURA_PAPER_FEE_RATE": "nan"}, "paper_fee_rate"),
     ({"AURA_TIMEFRAME": "2m"}, "timeframe"),
     ({"AURA_MAX_PRICE_DEVIATION": "0.9"}, "max_price_deviation"),
+    ({"AURA_MAX_SPREAD": "0"}, "max_spread"),
     ({"AURA_MARKETS_REFRESH_S": "172800"}, "markets_refresh_s"),  # the venue's rules are read at least daily
     ({"AURA_MARKETS_REFRESH_S": "0"}, "markets_refresh_s"),
     ({"AURA_UNIVERSE_MAX": "0"}, "universe_max"),

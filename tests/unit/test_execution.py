@@ -13,6 +13,7 @@ from services.executor.brokers.base import (
     AmbiguousOrderError,
     CredentialsRejected,
     OrderState,
+    Quote,
     TransientBrokerError,
 )
 from services.executor.brokers.client_order_id import CLIENT_ORDER_ID_RE, client_order_id
@@ -309,6 +310,9 @@ class OutageVenue:
             raise TransientBrokerError("503: the outage begins inside the plan")
         return {s: 40_000.0 for s in symbols}
 
+    async def fetch_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        return {s: Quote(p, p, p) for s, p in (await self.fetch_prices(symbols)).items()}
+
     async def place_market_order(self, *args: object, **kwargs: object) -> OrderState:
         self.placed += 1
         raise AssertionError("a stale plan reached the exchange")
@@ -329,7 +333,7 @@ def fresh_live_buy(journal: Journal, venue: OutageVenue, cycle_id: str) -> tuple
               "reasons": [], "prices": {"BTC/USDT": 40_000.0},
               "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.05, 40_000.0, "enter")]}
     return PlanBody(plan_id=plan_id_for(fields), **fields), \
-        LivePolicy(max_price_deviation=0.02, plan_max_age_ms=2 * day + 60_000)  # type: ignore[arg-type]
+        LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * day + 60_000)  # type: ignore[arg-type]
 
 
 def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(journal: Journal) -> None:
@@ -390,3 +394,22 @@ def test_ignored_aborts_are_journaled_within_an_allowance_per_stage() -> None:
     assert gate.note("signal", now=59.0) is None
     assert gate.note("signal", now=61.0) == 3  # one more a minute later, saying how many went unjournaled
     assert gate.note("signal", now=62.0) is None
+
+
+@pytest.mark.parametrize(("side", "quote", "refused"), [
+    ("buy", Quote(100.0, 99.9, 100.1), ""),  # a 0.2% book, the plan at the last price
+    ("buy", Quote(100.0, 98.0, 102.0), "spread of 4.00%"),  # a wide book: the ask is 2% above the plan
+    ("buy", Quote(100.0, 0.0, 100.1), "no two-sided book"),  # no bid: nothing to measure the book by
+    ("buy", Quote(100.0, 100.2, 100.1), "no two-sided book"),  # crossed: not a book to trade against
+    ("buy", Quote(0.0, 0.0, 0.0), "gives no price"),
+    # Within the spread limit, the deviation is measured at the price the order meets: the ask for a buy
+    # (2.5% above the plan: refused) and the bid for a sell (0.5% below: allowed).
+    ("buy", Quote(102.0, 102.0, 102.5), "from the exchange's ask 102.5"),
+    ("sell", Quote(100.0, 99.5, 100.3), ""),
+])
+def test_the_price_guard_judges_the_book_a_market_order_meets(side: str, quote: Quote, refused: str) -> None:
+    from services.executor.execution import price_refusal
+
+    leg = PlanLeg(0, "BTC/USDT", side, 1.0, 100.0, "test")
+    why = price_refusal(leg, quote, max_deviation=0.02, max_spread=0.01)
+    assert (refused in why and why) if refused else why == "", why

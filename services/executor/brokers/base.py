@@ -96,6 +96,27 @@ class OrderState:
         return self.status in ("filled", "canceled", "rejected", "expired")
 
 
+@dataclass(frozen=True)
+class Quote:
+    """One ticker read of a symbol: the last trade and the top of the book.  A market order trades against the
+    book, not the last price: a buy pays at least the ask, a sell gets at most the bid.  0.0 = not given."""
+
+    last: float
+    bid: float
+    ask: float
+
+    def side_price(self, side: str) -> float:
+        """The first price a market order on ``side`` meets: the ask for a buy, the bid for a sell."""
+        return self.ask if side == "buy" else self.bid
+
+    @property
+    def spread(self) -> float:
+        """(ask - bid) / mid; infinite without a two-sided, uncrossed book (nothing safe to trade against)."""
+        if not (self.bid > 0 and self.ask >= self.bid):
+            return float("inf")
+        return (self.ask - self.bid) / ((self.ask + self.bid) / 2.0)
+
+
 class Broker(Protocol):
     name: str
 
@@ -108,6 +129,11 @@ class Broker(Protocol):
         ...
 
     async def fetch_prices(self, symbols: list[str]) -> dict[str, float]: ...
+
+    async def fetch_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        """Last price and top of book per symbol (what the live price guard trades on); a symbol the exchange
+        does not list or price is absent."""
+        ...
 
     async def fetch_time(self) -> int:
         """The venue's clock (ms UTC): what "now" means for the freshness of a plan, never the local clock."""

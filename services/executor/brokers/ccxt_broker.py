@@ -29,6 +29,7 @@ from services.executor.brokers.base import (
     Fill,
     OrderRejectedError,
     OrderState,
+    Quote,
     RateLimitedError,
     TransientBrokerError,
 )
@@ -220,8 +221,8 @@ class CcxtBroker:
         free = balance.get("free") or {}
         return {asset: float(v) for asset, v in free.items() if v is not None}
 
-    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
-        """Last price per symbol; a symbol the exchange does not list or price is simply absent."""
+    async def _tickers(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
+        """One ticker request for ``symbols``: each asked symbol's ccxt ticker; unlisted or unpriced ones absent."""
         unified: dict[str, str] = {}
         for asked in symbols:
             try:
@@ -234,12 +235,18 @@ class CcxtBroker:
             tickers = await self.exchange.fetch_tickers(sorted(set(unified.values())))
         except Exception as exc:
             raise self.map_error(exc, placing=False) from exc
-        out: dict[str, float] = {}
-        for asked, sym in unified.items():
-            last = (tickers.get(sym) or {}).get("last")
-            if last:  # never invent a price
-                out[asked] = float(last)
-        return out
+        # never invent a price: a ticker without a last trade is absent
+        return {asked: t for asked, sym in unified.items() if (t := tickers.get(sym) or {}).get("last")}
+
+    async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
+        """Last price per symbol; a symbol the exchange does not list or price is simply absent."""
+        return {asked: float(t["last"]) for asked, t in (await self._tickers(symbols)).items()}
+
+    async def fetch_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        """Last price, best bid and best ask per symbol, from the same ticker read (Binance's 24h ticker carries
+        the book's top); a missing bid or ask is 0.0, which the price guard refuses to trade against."""
+        return {asked: Quote(float(t["last"]), float(t.get("bid") or 0.0), float(t.get("ask") or 0.0))
+                for asked, t in (await self._tickers(symbols)).items()}
 
     async def fetch_bar(self, symbols: list[str], timeframe: str, bar_ms: int) -> dict[str, tuple[float, float]]:
         """Each symbol's (close, base volume) in its ``timeframe`` candle that opened at ``bar_ms``, as the exchange

@@ -13,7 +13,7 @@ import time
 
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
-from services.executor.brokers.base import DuplicateOrderError, Fill, OrderRejectedError, OrderState
+from services.executor.brokers.base import DuplicateOrderError, Fill, OrderRejectedError, OrderState, Quote
 
 QUOTE = "USDT"
 
@@ -49,6 +49,10 @@ class PaperBroker:
 
     async def fetch_prices(self, symbols: list[str]) -> dict[str, float]:
         return {s: self.prices[s] for s in symbols if s in self.prices}
+
+    async def fetch_quotes(self, symbols: list[str]) -> dict[str, Quote]:
+        # No book here: the paper venue fills around the plan's price with its slippage setting.
+        return {s: Quote(p, p, p) for s, p in (await self.fetch_prices(symbols)).items()}
 
     async def fetch_time(self) -> int:
         return int(time.time() * 1000)
