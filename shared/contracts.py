@@ -304,11 +304,20 @@ STREAMS: tuple[StreamSpec, ...] = (
                max_bytes=256 * MIB, max_msgs_per_subject=1000),
     StreamSpec("AURA_EXEC", [FillMsg.SUBJECT, PortfolioSnapshot.SUBJECT], max_age_s=30 * 86400,
                max_bytes=512 * MIB),
+    # Dead letters and events: each publisher has its own subject (``aura.dlq.<service>``, ``aura.events.<service>``,
+    # shared/bus_access.py), but with only the byte limit (discard old) a flood on one subject pushed every other
+    # service's records out: a compromised worker erased risk's and the executor's dead letters, a compromised signal
+    # risk's [FORGED_TARGET] event before the console read it.  Each subject now keeps its own newest N, and all
+    # subjects full stay below max_bytes (a stored message costs its size plus its subject and ~34 bytes):
+    #   DLQ:    6 subjects (five services, the workers) x 2000 x 16 KiB = 188 MiB < 256 MiB;
+    #   EVENTS: 5 subjects (five services)              x 1000 x  8 KiB =  39 MiB <  64 MiB;
+    # so a flood only drops its own subject's oldest messages.  tests/security/test_stream_limits.py checks the
+    # products against the matrix, so a new publisher that would break them fails there.
     StreamSpec("AURA_DLQ", [DeadLetter.SUBJECT + ".>"], max_age_s=30 * 86400, max_bytes=256 * MIB,
-               max_msg_size=16 * KIB),
+               max_msg_size=16 * KIB, max_msgs_per_subject=2000),
     # An event is at most ~6 KB (text and fields are capped); a week of them is what the console shows.
     StreamSpec("AURA_EVENTS", [ServiceEvent.SUBJECT + ".>"], max_age_s=7 * 86400, max_bytes=64 * MIB,
-               max_msg_size=8 * KIB),
+               max_msg_size=8 * KIB, max_msgs_per_subject=1000),
     # The optimizer's tasks: gone once a worker acks them; a day bounds what a dead coordinator leaves behind.  A
     # task holds at most 32 parameter sets of ~1.3 KB.
     StreamSpec("AURA_OPT_TASKS", [OptTask.SUBJECT], max_age_s=86400, max_bytes=256 * MIB, max_msg_size=64 * KIB,
