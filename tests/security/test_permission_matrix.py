@@ -75,7 +75,9 @@ KV_WRITE = {
 OBJECT_WRITE = {"ingest"}
 OPT_INPUTS_WRITE = {"optimizer"}  # the optimizer's inputs object store: the coordinator writes, workers only read
 # Stream and consumer management: the admin credential provisions (not the operator's everyday CLI credential: a
-# stream update empties a bucket, a consumer delete stops a service); nobody deletes or purges.
+# stream update empties a bucket, a consumer delete stops a service); nobody deletes or purges a stream, except
+# that an object store's one writer may purge within its own bucket (nats-py's put purges the chunks of an object
+# it replaces: no power beyond the overwrite it already holds), never another's.
 MANAGE = {
     "$JS.API.STREAM.CREATE.EVIL": {"admin"},
     "$JS.API.STREAM.UPDATE.AURA_PLANS": {"admin"},
@@ -86,6 +88,8 @@ MANAGE = {
     # An ephemeral push consumer delivering stored plans to a subject of the attacker's choice.
     "$JS.API.CONSUMER.CREATE.AURA_PLANS": {"admin"},
     "$JS.API.CONSUMER.DELETE.AURA_PLANS.executor": {"admin"},
+    "$JS.API.STREAM.PURGE.OBJ_aura_candles": {"ingest"},
+    "$JS.API.STREAM.PURGE.OBJ_aura_opt_inputs": {"optimizer"},
 }
 # Direct reads of the newest message on a subject: what each service consumes, the operator, the read-only
 # console, which shows everything, and the admin credential (the whole JetStream API).
@@ -223,6 +227,8 @@ async def walk(endpoint: NatsEndpoint, principal: str) -> dict[str, str]:
             body = consumer_create("AURA_PLANS", "evil")
         elif api.endswith("CONSUMER.CREATE.AURA_PLANS"):
             body = consumer_create("AURA_PLANS")
+        elif ".STREAM.PURGE.OBJ_" in api:  # an allowed probe purges nothing: a chunk subject no object uses
+            body = json.dumps({"filter": f"$O.{api.rsplit('OBJ_', 1)[1]}.C.probe"}).encode()
         manage[f"manage {api}"] = probe.attempt(api, body)
     results.update(zip(manage, await asyncio.gather(*manage.values()), strict=True))
     # A plain subscription to the plans subject: nobody may listen in on it outside JetStream.
