@@ -33,7 +33,10 @@ class ParamsTracker:
 
     A refused newer version leaves the last valid one in force; readiness stays green (the service keeps
     doing its job) but names the refusal, and ``params_refused`` counts it.  At a start with a bad newest
-    version, older versions are tried newest first, then the shipped defaults (scaled to ``timeframe``).
+    version, older versions are tried newest first, then the shipped defaults (scaled to ``timeframe``).  When
+    none of the versions the bucket still holds verifies (a flood of junk writes pushes the operator's versions
+    out of its 64-entry history), the defaults are in force although the operator chose others: readiness is
+    red, naming it, until a valid version is written.
     A document made for other bars than ``timeframe`` (the service's ``settings.timeframe``) is refused the
     same way, logged ``[TIMEFRAME]``, and so is one outside the operator's loss envelope (``max_loss_bound``).
     """
@@ -46,9 +49,14 @@ class ParamsTracker:
         self.params, self.version = default_params(timeframe), 0
         self.loaded = False
         self.refused: dict[int, str] = {}
+        self.unverified_history = 0  # the newest revision, when none the bucket holds verified at start
         health.checks["params"] = self.check
 
     def check(self) -> tuple[bool, str]:
+        if self.unverified_history and not self.version:
+            return False, (f"none of the stored parameter versions up to revision {self.unverified_history} "
+                           f"verifies: the shipped defaults are in force instead of the operator's; write a signed "
+                           f"version (aura params set / rollback) and find who writes the bucket")
         text = f"version {self.version} digest {params_digest(self.params)}"
         newest_refused = max(self.refused, default=0)
         if newest_refused > self.version:
@@ -96,6 +104,7 @@ class ParamsTracker:
                 older = await stored_entry(self.js, revision)
                 if older is not None:
                     candidates.append(older)
+        unverified = False
         for data, version, stored_ms in candidates:
             if version in self.refused:
                 continue
@@ -103,10 +112,12 @@ class ParamsTracker:
                 doc, signer = stored_document(data, version, stored_ms, self.trusted, self.max_loss_bound)
             except ParamsError as exc:
                 self._refuse(version, str(exc))
+                unverified = True
                 continue
             except Exception as exc:  # whatever a stored document makes fail, it is refused
                 # Never raised to the caller: risk's tick reads parameters before every stop-loss check.
                 self._refuse(version, f"unreadable document ({type(exc).__name__}: {exc})"[:300])
+                unverified = True
                 continue
             try:
                 check_timeframe(doc, self.timeframe, version)
@@ -118,6 +129,10 @@ class ParamsTracker:
                      promoted_by=doc.promoted_by, digest=params_digest(doc.params))
             self.params, self.version = doc.params, version
             break
+        if not self.loaded and unverified and not self.version:
+            self.unverified_history = newest
+            error(self.logger, "PARAMS_REFUSED", "no stored parameter version verifies: the shipped defaults are "
+                  "in force; readiness is red until a valid version is written", newest_revision=newest)
         self.loaded = True
         self.health.set("params_version", self.version)
         return self.params, self.version
