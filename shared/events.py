@@ -36,7 +36,7 @@ EVENT_TAGS: dict[str, int] = {
     "DATA_STALE": logging.WARNING,  # a cycle announced stale and aborted
     "DECISION_GAP": logging.WARNING,  # a pair the exchange has no decision-bar candle for (held: the bar waits)
     "INGEST_ERROR": logging.ERROR,  # an ingest poll that raised (bus, disk): retried, red once it persists
-    "PRICE_GUARD": logging.WARNING,  # a leg refused: its price is not the exchange's
+    "PRICE_GUARD": logging.WARNING,  # a leg refused: its price or book is not fit to trade on
     "RECONCILE": logging.INFO,  # trading halted on a book mismatch, an adoption, the books agreeing again
     "STALE_PLAN": logging.WARNING,  # a plan on data too old for the exchange's clock
     # A plan refused on confirmed short balances.  ERROR only: the guard's WARNING lines (a failed read, a

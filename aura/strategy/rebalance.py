@@ -18,6 +18,9 @@ SELL = -1
 # Leg reasons by code (the arrays carry the code, Leg carries the name).
 R_ENTER, R_ADD, R_TRIM, R_EXIT, R_STOP_LOSS, R_TAKE_PROFIT, R_KILL_SWITCH, R_DATA_END = range(8)
 REASONS = ("enter", "add", "trim", "exit", "stop_loss", "take_profit", "kill_switch", "data_end")
+# The exits that are the loss limit itself: a venue guard that holds them back in a fast market keeps the position
+# exactly when it must go (services/executor/execution.py sends them through its price guard).
+PROTECTIVE_EXITS = ("stop_loss", "kill_switch")
 
 
 @njit(cache=True)

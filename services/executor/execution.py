@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aura.strategy.rebalance import floor_to_step
+from aura.strategy.rebalance import PROTECTIVE_EXITS, floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
     AmbiguousOrderError,
@@ -239,9 +239,11 @@ def final_status(order: OrderState) -> str:
 
 async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
                        limits: ExecutionLimits, logger: logging.Logger,
-                       guard: LiveGuard | None = None) -> ExecutionResult:
+                       guard: LiveGuard | None = None, resumed: bool = False, stale: str = "") -> ExecutionResult:
     """Execute (or finish executing) ``plan``; safe to call again for the same plan after a crash.
-    ``guard`` (live): new legs are priced, capped and budgeted at the exchange's price (:class:`LiveGuard`)."""
+    ``guard`` (live): new legs are priced, capped and budgeted at the exchange's price (:class:`LiveGuard`).
+    ``resumed``: the plan was under way before: every leg not final is looked up before it is placed, even one
+    the journal shows as never sent.  ``stale`` (why): no leg is sent, only what may be on the exchange settled."""
     result = ExecutionResult()
     # Journal every intent up front (one commit) so a crash at any later point leaves a complete record.
     journal.begin()
@@ -258,8 +260,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                 result.status = "partial"
                 result.reasons.append(f"leg {leg.index} {leg.symbol}: {status} before a restart ({reason})")
             continue
-        if status in MAYBE_ON_EXCHANGE:
-            # A previous run may have placed it: find it; only a settled "not found" allows placing it.
+        if status in MAYBE_ON_EXCHANGE or (resumed and leg.symbol in rules):
+            # A previous run may have placed it: find it; only a settled "not found" allows placing it.  On a
+            # resumed plan this holds for a leg journaled as unsent too: the journal may have lost that commit.
             settle_left = limits.settle_s - (now_ms() - updated_ms) / 1000.0 if status == "sent" else 0.0
             found = await unresolved_lookup(settled_lookup(broker, leg.symbol, cid, limits, logger, settle_left),
                                             cid, leg.symbol)
@@ -272,6 +275,13 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             journal.begin()
             journal.set_intent_status(cid, "unsent", "exchange has no such order")
             journal.commit()
+        if stale:
+            journal.begin()
+            journal.set_intent_status(cid, "skipped", stale)
+            journal.commit()
+            result.status = "partial"
+            result.reasons.append(f"leg {leg.index} {leg.symbol}: {stale}")
+            continue
         if leg.symbol not in rules:
             # Not (or no longer) listed by the venue: nothing to place, and no price or balance to ask it for.
             journal.begin()
@@ -288,6 +298,18 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if guard is not None:
             quote = await live_quote(broker, leg.symbol, limits, logger)
             refusal = price_refusal(leg, quote, guard.max_price_deviation, guard.max_spread)
+            if refusal and quote.last > 0 and leg.side == "sell" and leg.reason in PROTECTIVE_EXITS:
+                # A stop-loss or kill-switch exit in a fast market (a gap past the deviation, a book gone wide) is
+                # sent anyway: held back, the position stays exactly when it must go.  A sell spends no cash and
+                # is bounded by the holding; what the guard saw is journaled and logged.
+                journal.begin()
+                journal.event(plan.cycle_id, "price_guard_overridden", client_order_id=cid, symbol=leg.symbol,
+                              reason=leg.reason, ref_price=leg.ref_price, exchange_price=quote.last, bid=quote.bid,
+                              ask=quote.ask)
+                journal.commit()
+                warn(logger, "PRICE_GUARD", "protective exit sent although the price guard would refuse it", cid=cid,
+                     symbol=leg.symbol, leg_reason=leg.reason, bid=quote.bid, ask=quote.ask, guard=refusal)
+                refusal = ""
             if refusal:
                 journal.begin()
                 journal.set_intent_status(cid, "skipped", refusal)
@@ -300,7 +322,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                      cid=cid, symbol=leg.symbol, ref_price=leg.ref_price, exchange_price=quote.last,
                      bid=quote.bid, ask=quote.ask, reason=refusal)
                 continue
-            price = quote.side_price(leg.side)
+            price = quote.side_price(leg.side) or quote.last
         qty, note = clamp_leg(leg, rules.get(leg.symbol), free, limits, price)
         if guard is not None and leg.side == "buy" and qty > 0:
             quote_amount, budget_note = buy_budget(qty, price, rules[leg.symbol], limits, guard)

@@ -196,8 +196,9 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
                    sync: SyncCheck | None = None, live: LivePolicy | None = None) -> PlanRun:
     """Execute ``plan`` (or finish it after a crash) and close its cycle with a snapshot, idempotently.
 
-    ``live``: a *new* plan on data older than ``plan_max_age_ms`` by the exchange's clock is refused, and every
-    new leg is priced, capped and budgeted at the exchange's price (LiveGuard).
+    ``live``: a *new* plan on data older than ``plan_max_age_ms`` by the exchange's clock is refused (a plan
+    under way that old settles what may be on the exchange and sends nothing more), and every new leg is priced,
+    capped and budgeted at the exchange's price (LiveGuard).
     ``sync`` (live mode): before a *new* plan, the journal's holdings must be confirmed on the exchange.  A
     confirmed shortfall rejects the plan (no order, no liquidation: a human must look); reads that never
     confirm anything raise TransientBrokerError so the plan is retried later.  A plan already under way is
@@ -211,11 +212,20 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     # fault hit before its first order) has its data and holdings checked again, as a new one's are, else it
     # would trade whenever the fault clears, however old its bar by then.
     fresh = status is None or (status == "executing" and not journal.plan_reached_exchange(plan.plan_id))
-    if fresh and live is not None:
+    stale = ""
+    if live is not None:
         now = await retried(broker.fetch_time, limits, logger, "STALE_PLAN", "exchange clock unreadable; retrying",
                             "exchange clock unreadable")
         age_ms = now - plan.as_of_ms
-        if age_ms > live.plan_max_age_ms:
+        if age_ms > live.plan_max_age_ms and not fresh:
+            # Under way when the process stopped (an outage, a crash): what may be on the exchange is settled,
+            # but no leg is sent on data this old; the next plan decides again on the market as it is.
+            stale = (f"stale plan: data of {plan.as_of_ms} is {age_ms / 1000:.0f}s old by the exchange's clock "
+                     f"(limit {live.plan_max_age_ms / 1000:.0f}s); not sent")
+            warn(logger, "STALE_PLAN", "resumed plan's data is too old: its unsent legs are not sent",
+                 plan_id=plan.plan_id, cycle_id=plan.cycle_id, as_of_ms=plan.as_of_ms, exchange_ms=now,
+                 max_age_ms=live.plan_max_age_ms)
+        if age_ms > live.plan_max_age_ms and fresh:
             error(logger, "STALE_PLAN", "plan on data too old for the exchange's clock; refusing it",
                   plan_id=plan.plan_id, cycle_id=plan.cycle_id, as_of_ms=plan.as_of_ms, exchange_ms=now,
                   max_age_ms=live.plan_max_age_ms)
@@ -244,7 +254,10 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     journal.commit()
     guard = None if live is None else LiveGuard(live.max_price_deviation, live.max_spread,
                                                   journal_portfolio(journal).cash, live.fee_rate)
-    result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger, guard)
+    # A resumed plan's legs are looked up on the exchange before any is placed, whatever the journal says of them:
+    # a journal that lost its newest commits (a lost WAL) can show a placed leg as never sent.
+    result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger, guard,
+                                                 resumed=status is not None, stale=stale)
     reasons = [*plan.reasons, *result.reasons]
     journal.begin()
     journal.set_plan_status(plan.plan_id, result.status, reasons)

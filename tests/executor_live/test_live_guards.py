@@ -29,16 +29,17 @@ def exchange_now(rig: Rig) -> int:
     return int(rig.server.sim.now_ms())
 
 
-def plan_at(rig: Rig, legs: list[tuple[str, str, float, float]], as_of_ms: int | None = None) -> PlanBody:
-    """A plan of (symbol, side, qty, reference price) legs made on the bar that just closed by the exchange's
-    clock, unless ``as_of_ms``."""
+def plan_at(rig: Rig, legs: list[tuple[Any, ...]], as_of_ms: int | None = None) -> PlanBody:
+    """A plan of (symbol, side, qty, reference price[, leg reason]) legs made on the bar that just closed by the
+    exchange's clock, unless ``as_of_ms``."""
     rig.plans += 1
     fields: dict[str, Any] = {
         "cycle_id": f"live-{rig.plans}", "as_of_ms": as_of_ms if as_of_ms is not None else exchange_now(rig) - DAY,
         "data_digest": "d", "target_id": "t", "params_version": 0, "params_digest": "p",
         "basis_snapshot_id": f"b-{rig.plans}", "gate": "pass", "halted": False, "reasons": [],
-        "prices": {sym: px for sym, _, _, px in legs},
-        "legs": [PlanLeg(i, sym, side, qty, px, "test") for i, (sym, side, qty, px) in enumerate(legs)]}
+        "prices": {leg[0]: leg[3] for leg in legs},
+        "legs": [PlanLeg(i, leg[0], leg[1], leg[2], leg[3], leg[4] if len(leg) > 4 else "test")
+                 for i, leg in enumerate(legs)]}
     return PlanBody(plan_id=plan_id_for(fields), **fields)
 
 
