@@ -109,7 +109,7 @@ class LiveRehearsal:
         self.venue = make_venue(settings, parse_ms(self.start), cash=self.cash).start()
         symbols = universe(settings, self.venue)
         bar_s = self.venue.sim.market.interval_ms / 1000 / self.speed
-        env = rehearsal_env(self.base_env, self.venue, self.home, bar_s, symbols)
+        env = rehearsal_env(self.base_env, self.venue, self.home, bar_s, symbols, settings.paper_cash_usdt)
         env.update({f"AURA_{n.upper()}_PORT": str(free_port()) for n in SERVICE_NAMES})
         if self.as_testnet_of is not None:
             # The venue plays the exchange's testnet; the main venue's address is set too, and must stay unused.

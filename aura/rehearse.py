@@ -11,6 +11,11 @@ has ended in the journal (the first one waits for the boot and a year of history
 filled inside the bar it was made for, at the price ingest saw, on any machine; a cycle that does not end
 within a minute of wall time (the system stuck) lets the clock move on a bar.
 
+Live mode needs a per-order cap (``AURA_MAX_ORDER_USDT``, shared/config.py): the operator's, when set in the
+environment or the ``AURA_CONFIG`` file, is rehearsed as is; without one the rehearsal caps each order at the
+capital setting (``AURA_PAPER_CASH_USDT``): no buy can spend more than that anyway, so it binds only an order
+larger than the whole starting capital (the sale of a position grown past it).
+
 Each rehearsal gets its own AURA_HOME under ``$AURA_HOME/rehearsals/`` (journal, bus, cache, logs) and its own
 embedded bus: a fresh simulator account never meets an old journal.  At the end the journal's last snapshot is
 compared with the simulator's balances.
@@ -36,7 +41,7 @@ from aura.exchange_sim.config import default_data_dir
 from aura.launcher import up
 from services.executor.secrets import CREDENTIAL_ENV
 from services.ingest.replay import load_market_rules
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings, setting_sources
 
 # A daily bar every 6 s: room for a sync, a plan and its orders inside each bar, which live mode demands (a plan
 # on a bar older than one bar plus a grace is refused, and the price guard compares with the next bar's price).
@@ -86,9 +91,16 @@ def _say(msg: str) -> None:
 
 
 def rehearsal_env(base: dict[str, str], venue: SimServer, home: Path, bar_s: float,
-                  symbols: list[str]) -> dict[str, str]:
-    """The environment of a rehearsal: live, synced from the simulator, trading on it with its key."""
+                  symbols: list[str], paper_cash_usdt: float) -> dict[str, str]:
+    """The environment of a rehearsal: live, synced from the simulator, trading on it with its key.
+    ``paper_cash_usdt``: the capital setting, the per-order cap when ``base`` sets none."""
     env = {k: v for k, v in base.items() if k not in CREDENTIAL_ENV and k != "AURA_NATS_URL"}
+    if "max_order_usdt" not in setting_sources(base):
+        # Live mode refuses to start without a per-order cap (shared/config.py).  The operator's own (from the
+        # environment, or the AURA_CONFIG file, which stays in the rehearsal's environment) is rehearsed as it
+        # would run; without one, the capital, the most the executor may use live: no buy can spend more anyway,
+        # so the cap binds only an order larger than the whole starting capital (a position grown past it).
+        env["AURA_MAX_ORDER_USDT"] = repr(float(paper_cash_usdt))
     env.update({
         "AURA_HOME": str(home),
         "AURA_DRY_RUN": "false",
@@ -159,7 +171,8 @@ def make_venue(settings: Settings, first_bar: int | None, data_dir: Path | None 
 def rehearse(start: str, speed: float = DEFAULT_SPEED, cycles: int | None = None, data_dir: Path | None = None,
              cash: float | None = None, ready_timeout_s: float = 120.0) -> int:
     try:
-        settings = load_settings(dict(os.environ))
+        # The operator's settings, not yet the rehearsal's: it sets live mode and its per-order cap itself.
+        settings = load_settings(dict(os.environ), places_orders=False)
         first_bar = parse_ms(start)
     except (ConfigError, ValueError) as exc:
         print(f"aura rehearse: {exc}", file=sys.stderr)
@@ -180,7 +193,7 @@ def rehearse(start: str, speed: float = DEFAULT_SPEED, cycles: int | None = None
                   f"{start}", file=sys.stderr)
             return 2
         bar_s = venue.sim.market.interval_ms / 1000 / speed
-        env = rehearsal_env(dict(os.environ), venue, home, bar_s, symbols)
+        env = rehearsal_env(dict(os.environ), venue, home, bar_s, symbols, settings.paper_cash_usdt)
         _say(f"rehearsal home {home}")
         _say(f"venue simulator at {venue.base_url} (archive, Binance API; CoinGecko at {venue.coingecko_url}), "
              f"{len(symbols)} pairs; its clock runs at {speed:g}x real time (a {settings.timeframe} bar every "
@@ -216,7 +229,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_rehearse_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("rehearse", help="run the whole system live against the venue simulator, fast")
+    p = subparsers.add_parser(
+        "rehearse", help="run the whole system live against the venue simulator, fast",
+        description="Run the whole system live against the venue simulator, fast.  Each order is capped at "
+                    "AURA_MAX_ORDER_USDT when set (environment or the AURA_CONFIG file), else at "
+                    "AURA_PAPER_CASH_USDT, the capital.")
     p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD",
                    help="the first daily cycle trades this day's candle (the clock starts when it closes)")
     p.add_argument("--speed", type=speed_arg, default=DEFAULT_SPEED,

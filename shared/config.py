@@ -99,6 +99,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # With testnet on, the testnet's REST base ("" = ccxt's sandbox URLs; a simulator playing the testnet).
     # exchange_api_url never applies then: no address of the main venue is reached while testnet is on.
     exchange_testnet_url: str = ""
+    # The most one order may spend (the executor caps each leg).  The default is no cap at all, so live mode
+    # refuses to start unless the operator set it (load_settings, places_orders).
     max_order_usdt: float = 1_000_000.0
     # Live only: a leg whose plan price is further than this from the exchange's price is refused ([PRICE_GUARD]).
     max_price_deviation: float = 0.02
@@ -266,11 +268,27 @@ def _read(env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     return values, sources
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Build settings from defaults, the optional TOML file and the environment; raise ConfigError if bad."""
-    values, _ = _read(dict(os.environ if env is None else env))
+def _check_live_cap(s: Settings, sources: dict[str, str]) -> None:
+    """Live trading needs a per-order cap the operator chose: the default is no cap at all for real money."""
+    if not s.dry_run and "max_order_usdt" not in sources:
+        raise ConfigError(
+            f"setting max_order_usdt (env AURA_MAX_ORDER_USDT) must be set for live trading (AURA_DRY_RUN=false): "
+            f"it is the most one order may spend, in USDT, and its default ({s.max_order_usdt:,.0f}) is no cap at "
+            f"all for real money; set AURA_MAX_ORDER_USDT (or max_order_usdt in the AURA_CONFIG file), or keep "
+            f"AURA_DRY_RUN=true")
+
+
+def load_settings(env: dict[str, str] | None = None, *, places_orders: bool = True) -> Settings:
+    """Build settings from defaults, the optional TOML file and the environment; raise ConfigError if bad.
+
+    ``places_orders``: live mode (dry_run false) without an operator-set max_order_usdt is refused.  False only
+    for a process that never sends an order nor starts one that does (every service but the executor, the
+    operator's CLI): the cap is the executor's alone, and compose passes it to no other service."""
+    values, sources = _read(dict(os.environ if env is None else env))
     settings = Settings(**values)
     _validate(settings)
+    if places_orders:
+        _check_live_cap(settings, sources)
     return settings
 
 
@@ -283,7 +301,7 @@ def setting_sources(env: dict[str, str] | None = None) -> dict[str, str]:
 def settings_for_command(prog: str) -> Settings | None:
     """Settings for a CLI command, or None after printing the named bad setting (the command exits 2)."""
     try:
-        return load_settings()
+        return load_settings(places_orders=False)  # no CLI command sends an order: the executor does
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None

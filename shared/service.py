@@ -124,7 +124,9 @@ def run_service(name: str, body: ServiceBody, routes: Routes | None = None, even
     """Run ``body`` as service ``name``; ``routes`` adds pages to its health app (the console's dashboard);
     ``events=False`` for a principal that may not publish events (the console)."""
     try:
-        settings = load_settings()
+        # Only the executor sends orders, so only it refuses live mode without the operator's per-order cap
+        # (compose gives that cap to the executor alone; `aura up` checks its whole environment first).
+        settings = load_settings(places_orders=name == "executor")
     except ConfigError as exc:
         print(f"aura-{name}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +28,8 @@ from shared.service import ServiceContext
 class PriceRead:
     prices: dict[str, float]
     markets: list[MarketRuleMsg]
+    # The prices' time, on the data's own clock: the replay's newest bar, or the exchange's clock when the
+    # tickers were read (live); never the host's.
     as_of_ms: int
     digest: str  # what the prices came from (snapshot digest, or a content id of the ticker answer)
 
@@ -120,6 +121,15 @@ class LivePrices:
         self.name = f"live public tickers ({s.exchange_id})"
 
     async def read(self, symbols: list[str]) -> PriceRead | None:
+        # Stamped with the exchange's clock, never the host's: the stamp is the tick exit plan's data time (the
+        # executor's staleness check is on the exchange's clock) and what the kill-switch cooldown counts on.
+        # Read before the tickers, so the prices are never older than their stamp says.
+        try:
+            now = await self.client.fetch_time()
+        except Exception as exc:
+            warn(self.ctx.logger, "RISK_TICK", "exchange clock read failed; no prices",
+                 error=f"{type(exc).__name__}: {exc}"[:200])
+            return None
         try:
             prices = await self.client.fetch_prices(symbols) if symbols else {}
             # ccxt's cached market list, reloaded with the fee (``taker_fee``, services/risk/costs.py).
@@ -129,7 +139,6 @@ class LivePrices:
         except Exception as exc:
             warn(self.ctx.logger, "RISK_TICK", "ticker read failed", error=f"{type(exc).__name__}: {exc}"[:200])
             return None
-        now = int(time.time() * 1000)
         return PriceRead(prices, markets, now, content_id({"prices": prices, "at": now}, prefix="tickers-"))
 
     async def exchange_ms(self) -> int | None:

@@ -363,8 +363,9 @@ class Risk:
         read: PriceRead | None = await self.prices.read(held)
         data_ms = read.as_of_ms if read is not None else 0  # the data's time: what the cooldown counts on
         if read is None and not held:
-            # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.
-            read = PriceRead({}, [], int(time.time() * 1000), "no-prices")
+            # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.  No data
+            # time either (0, as data_ms): the host's clock is no time of the data's (the exchange's, live).
+            read = PriceRead({}, [], data_ms, "no-prices")
         latch = await self.rearm(latch, params, data_ms, basis)
         halted = latch.halted
         prices = read.prices if read is not None else None

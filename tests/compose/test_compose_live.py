@@ -148,9 +148,10 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
-def settings_of(service: dict[str, Any]) -> Settings:
-    """What the service's process will run with: its container environment, read by the real loader."""
-    return load_settings(environment(service))
+def settings_of(services: dict[str, Any], name: str) -> Settings:
+    """What service ``name``'s process will run with: its container environment, read by the real loader as
+    shared.service.run_service reads it (only the executor, which sends orders, needs the per-order cap live)."""
+    return load_settings(environment(services[name]), places_orders=name == "executor")
 
 
 # --- the real parser ----------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_a_setting_without_a_safe_default_must_be_given(empty_env_file: Path, se
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_every_service_runs_live_as_its_code_reads_it(live: dict[str, Any], name: str) -> None:
-    settings = settings_of(live["services"][name])  # a ConfigError here: that service would refuse to start
+    settings = settings_of(live["services"], name)  # a ConfigError here: that service would refuse to start
     assert settings.dry_run is False
     assert settings.ingest_source == "sync"
     assert settings.timeframe == "4h"
@@ -296,7 +297,7 @@ def test_defaults_are_the_safe_ones(empty_env_file: Path, secrets_file: Path) ->
     services = compose_config(LAYERED, empty_env_file, minimal)["services"]
     defaults = Settings()
     for name in SERVICES:
-        settings = settings_of(services[name])
+        settings = settings_of(services, name)
         assert settings.dry_run is True, f"{name}: real orders without AURA_DRY_RUN=false"
         assert settings.ingest_source == "sync", name
         assert settings.timeframe == defaults.timeframe, name
@@ -305,14 +306,14 @@ def test_defaults_are_the_safe_ones(empty_env_file: Path, secrets_file: Path) ->
             assert (settings.exchange_id, settings.exchange_api_url) == (defaults.exchange_id, "")
             assert (settings.max_price_deviation, settings.plan_grace_s, settings.reconcile_dust_usdt) == (
                 defaults.max_price_deviation, defaults.plan_grace_s, defaults.reconcile_dust_usdt)
-    assert settings_of(services["ingest"]).symbols == ""  # ingest's own universe
+    assert settings_of(services, "ingest").symbols == ""  # ingest's own universe
 
 
 def test_a_live_run_on_replayed_history_refuses_to_start(empty_env_file: Path, secrets_file: Path) -> None:
     services = compose_config(LAYERED, empty_env_file, live_env(secrets_file, AURA_INGEST_SOURCE="replay"))["services"]
     for name in SERVICES:
         with pytest.raises(ConfigError, match=r"AURA_DRY_RUN=false.*AURA_INGEST_SOURCE=replay"):
-            settings_of(services[name])
+            settings_of(services, name)
 
 
 def test_nothing_is_hard_coded(empty_env_file: Path) -> None:
@@ -397,7 +398,7 @@ def test_the_override_changes_only_settings_secrets_and_the_ingest_cache(live: d
 def test_the_base_file_alone_is_a_dry_run(base: dict[str, Any]) -> None:
     assert "secrets" not in base
     for name in SERVICES:
-        settings = settings_of(base["services"][name])
+        settings = settings_of(base["services"], name)
         assert (settings.dry_run, settings.ingest_source) == (True, "replay"), name
 
 
@@ -410,7 +411,7 @@ def test_the_base_file_alone_never_trades_even_with_a_live_shell(empty_env_file:
     assert not [v for v in KEY_SENTINELS.values() if v in blob]
     for name in SERVICES:
         try:
-            settings = settings_of(config["services"][name])
+            settings = settings_of(config["services"], name)
         except ConfigError as exc:
             assert name == "executor", f"{name}: {exc}"
             assert "AURA_DRY_RUN=false" in str(exc) and "AURA_INGEST_SOURCE=replay" in str(exc)

@@ -155,7 +155,9 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
     home = nats_binary.home
     settings = nats_binary.settings()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURA_")}
-    env.update(nats_binary.env(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_EXCHANGE_API_URL=sim.base_url,
+    # The cap is the capital (10,000 USDT, the default): each leg below stays well under it.
+    env.update(nats_binary.env(AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_MAX_ORDER_USDT="10000",
+                               AURA_EXCHANGE_API_URL=sim.base_url,
                                AURA_EXCHANGE_API_KEY=DEFAULT_API_KEY, AURA_EXCHANGE_API_SECRET=DEFAULT_API_SECRET,
                                AURA_LOG_LEVEL="INFO"))
     asyncio.run(_executor_ack_wait(settings, 6.0))

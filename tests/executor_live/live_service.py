@@ -33,9 +33,11 @@ def live_venue(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch, usdt: flo
 
 
 def live_settings(bus: NatsEndpoint, sim: SimServer, **extra: str) -> Any:
-    """A live executor's settings on ``bus`` trading on ``sim`` (10,000 USDT of capital unless ``extra`` says)."""
+    """A live executor's settings on ``bus`` trading on ``sim`` (10,000 USDT of capital and a per-order cap that
+    binds no leg of these tests, unless ``extra`` says; live mode refuses to start without a cap)."""
     return bus.settings(**{"AURA_DRY_RUN": "false", "AURA_INGEST_SOURCE": "sync",
-                           "AURA_EXCHANGE_API_URL": sim.base_url, "AURA_PAPER_CASH_USDT": "10000", **extra})
+                           "AURA_EXCHANGE_API_URL": sim.base_url, "AURA_PAPER_CASH_USDT": "10000",
+                           "AURA_MAX_ORDER_USDT": "1000000", **extra})
 
 
 async def publish_plan(js_risk: Any, settings: Any, sim: SimServer, cycle_id: str, basis_id: str,

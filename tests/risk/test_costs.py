@@ -45,7 +45,8 @@ def test_a_dry_run_prices_costs_as_the_paper_broker_charges(tmp_path: Path) -> N
 @pytest.mark.integration
 def test_live_costs_are_the_venues_taker_fee_plus_slippage(tmp_path: Path, venue: SimServer,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    ctx = _ctx(tmp_path, AURA_DRY_RUN="false", AURA_EXCHANGE_API_URL=venue.base_url, AURA_MARKETS_REFRESH_S="0.2")
+    ctx = _ctx(tmp_path, AURA_DRY_RUN="false", AURA_MAX_ORDER_USDT="1000", AURA_EXCHANGE_API_URL=venue.base_url,
+               AURA_MARKETS_REFRESH_S="0.2")
     source = make_price_source(ctx)
 
     async def scenario() -> None:

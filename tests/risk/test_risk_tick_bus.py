@@ -70,8 +70,10 @@ STALE_BAR = 701  # a complete bar of the bundled replay (mid-2019), the one befo
 
 
 def tick_settings(nats_server: NatsEndpoint, **extra: str) -> Settings:
-    """Settings of the bus's AURA_HOME (its keys), a fast risk tick, debug logs, free health ports."""
-    return nats_server.settings(**{"AURA_RISK_TICK_S": "0.2", "AURA_LOG_LEVEL": "DEBUG", **extra})
+    """Settings of the bus's AURA_HOME (its keys), a fast risk tick, debug logs, free health ports, and the code's
+    per-order cap set explicitly (live mode refuses to start without one the operator set)."""
+    return nats_server.settings(**{"AURA_RISK_TICK_S": "0.2", "AURA_LOG_LEVEL": "DEBUG",
+                                   "AURA_MAX_ORDER_USDT": "1000000", **extra})
 
 
 async def buy(js_risk: Any, settings: Settings, qty: float, price: float) -> PortfolioSnapshot:
@@ -330,7 +332,8 @@ async def live_stop_loss_plan(settings: Settings, price: float, cycle_id: str, c
 
 
 def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, shared_data_dir: Path) -> None:
-    """Live mode: prices from the exchange's public ticker endpoint (here the simulator), never with keys."""
+    """Live mode: prices from the exchange's public ticker endpoint (here the simulator), never with keys; the exit
+    plan's data time is the exchange's clock (the simulator's, in 2024), never the host's."""
     from aura.exchange_sim import SimConfig, SimServer
 
     config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
@@ -341,12 +344,14 @@ def test_live_tick_reads_public_tickers_without_keys(nats_server: NatsEndpoint, 
         settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync",
                                  AURA_EXCHANGE_API_URL=sim.base_url)
 
+        venue_from = int(sim.sim.now_ms())
         approved = asyncio.run(live_stop_loss_plan(settings, price, "1d-20240101T0000", capture))
-        requests = sim.sim.faults.counts()
+        requests, venue_to = sim.sim.faults.counts(), int(sim.sim.now_ms())
     verify_plan(approved, load_public_key(settings.public_key_path))
     plan = approved.plan
     assert plan.basis_snapshot_id == "s-live" and plan.prices["BTC/USDT"] == price
     assert [(x.side, x.symbol, x.qty, x.reason) for x in plan.legs] == [("sell", "BTC/USDT", 0.1, "stop_loss")]
+    assert venue_from <= plan.as_of_ms <= venue_to, (plan.as_of_ms, venue_from, venue_to)
     assert any(path.startswith("GET /api/v3/ticker") for path in requests)
     signed = {"GET /api/v3/account", "POST /api/v3/order", "GET /api/v3/order", "GET /api/v3/myTrades"}
     assert not signed & set(requests), f"the risk service called a private endpoint: {requests}"

@@ -50,4 +50,57 @@ def test_live_trading_on_replayed_history_is_a_configuration_error() -> None:
     """AURA_DRY_RUN=false with the default replay source once sent real orders built from 2020 candles."""
     with pytest.raises(ConfigError, match=r"dry_run .*AURA_DRY_RUN=false.* ingest_source .*AURA_INGEST_SOURCE=replay"):
         load_settings({"AURA_DRY_RUN": "false"})
-    assert load_settings({"AURA_DRY_RUN": "false", "AURA_INGEST_SOURCE": "sync"}).dry_run is False
+    assert load_settings({"AURA_DRY_RUN": "false", "AURA_INGEST_SOURCE": "sync",
+                          "AURA_MAX_ORDER_USDT": "100"}).dry_run is False
+
+
+LIVE = {"AURA_DRY_RUN": "false", "AURA_INGEST_SOURCE": "sync"}
+
+
+def test_live_trading_without_a_per_order_cap_is_refused_naming_it() -> None:
+    """`AURA_DRY_RUN=false AURA_INGEST_SOURCE=sync aura up` once traded real money under the code's default cap of
+    1,000,000 USDT an order: no cap at all."""
+    with pytest.raises(ConfigError, match=r"setting max_order_usdt \(env AURA_MAX_ORDER_USDT\) must be set for live "
+                                          r"trading.*no cap at all for real money") as refused:
+        load_settings(LIVE)
+    assert "AURA_CONFIG" in str(refused.value)  # says where else it may be set
+    # Set to the default's own value, it is the operator's choice, not an oversight: accepted.
+    assert load_settings({**LIVE, "AURA_MAX_ORDER_USDT": "1000000"}).max_order_usdt == 1_000_000.0
+    # An empty variable is unset (shared/config.py ignores it), so still refused.
+    with pytest.raises(ConfigError, match="max_order_usdt"):
+        load_settings({**LIVE, "AURA_MAX_ORDER_USDT": ""})
+
+
+def test_live_trading_with_the_cap_in_the_environment_is_accepted() -> None:
+    s = load_settings({**LIVE, "AURA_MAX_ORDER_USDT": "250"})
+    assert (s.dry_run, s.max_order_usdt) == (False, 250.0)
+
+
+def test_live_trading_with_the_cap_in_the_config_file_is_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "aura.toml"
+    cfg.write_text('[aura]\nmax_order_usdt = 250\n')
+    s = load_settings({**LIVE, "AURA_CONFIG": str(cfg)})
+    assert (s.dry_run, s.max_order_usdt) == (False, 250.0)
+    cfg.write_text('[aura]\ndry_run = false\ningest_source = "sync"\n')  # live from the file, no cap anywhere
+    with pytest.raises(ConfigError, match="max_order_usdt"):
+        load_settings({"AURA_CONFIG": str(cfg)})
+
+
+def test_a_dry_run_needs_no_cap() -> None:
+    assert load_settings({}).max_order_usdt == 1_000_000.0
+    assert load_settings({"AURA_INGEST_SOURCE": "sync"}).dry_run is True
+    assert load_settings({"AURA_DRY_RUN": "true", "AURA_INGEST_SOURCE": "sync"}).dry_run is True
+
+
+def test_a_process_that_sends_no_order_runs_live_without_the_cap() -> None:
+    """Every service but the executor, and the operator's CLI: compose gives the cap to the executor alone."""
+    assert load_settings(LIVE, places_orders=False).dry_run is False
+
+
+def test_aura_up_refuses_live_trading_without_the_cap_before_starting_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aura.launcher import up
+
+    assert up(env={**LIVE, "AURA_HOME": str(tmp_path)}) == 2
+    assert "aura up: configuration error: setting max_order_usdt (env AURA_MAX_ORDER_USDT)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no bus, no keys, no process: nothing was started
