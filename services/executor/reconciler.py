@@ -66,9 +66,16 @@ class Reconciler:
         self._waiter: asyncio.Task[None] | None = None
         health.checks["books"] = self._readiness
 
+    @property
+    def compared(self) -> bool:
+        return self._compared
+
     def _readiness(self) -> tuple[bool, str]:
         if self.halt is not None:
             return False, f"halted: {self.halt}; run `aura journal adopt`"
+        if not self._compared:
+            # The boot compares only once recovery finished what a crash interrupted; until then nobody knows.
+            return False, "not compared with the exchange yet: an interrupted plan is still to finish"
         note = f"; not in the journal, no {QUOTE} price: {self.unpriced}" if self.unpriced else ""
         return True, "journal == exchange" + note
 

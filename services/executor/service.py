@@ -326,6 +326,9 @@ class Executor:
             self.outage.answered()  # the exchange answered this plan's reads (a refusal before them says nothing)
         finally:
             heartbeat.cancel()
+        if self.reconciler is not None and not self.reconciler.compared and not self.journal.unfinished_plans():
+            # The boot left the books uncompared while this interrupted plan was unfinished: compare them now.
+            await self.reconciler.check_books()
         snap = self.current_snapshot()
         await msg.ack()  # only after the commit
         await publish_fills(self.ctx.js, self.journal, run)
