@@ -80,6 +80,8 @@ METRICS: dict[str, Metric] = {
     "bar_budget_write_errors": _c("Plans not published: the bar's participation count could not be stored",
                                   owners=RISK),
     "stale_notices_refused": _c("Stale-data notices refused (out of bounds)", owners=RISK),
+    "stale_notices_unlettered": _c("Refused stale-data notices beyond the dead-letter allowance (a flood): counted, "
+                                   "not dead-lettered", owners=RISK),
     "targets_not_replanned": _c("Targets acked without a plan: their cycle traded already or its plan is in flight",
                                 owners=RISK),
     "drawdown": _g("Rolling drawdown the kill-switch measures", owners=RISK),

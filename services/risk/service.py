@@ -283,14 +283,21 @@ class Risk:
         # are the cycle's: never older than the one in force, or a compromised signal could pick an older signed
         # version (or the shipped defaults, version 0) to re-arm a latch or loosen a stop.  An honest signal is
         # behind only for the moment a promotion takes to reach it; that cycle is refused, the next one is on time.
-        _, in_force = await self.params.current()
+        in_force_params, in_force = await self.params.current()
         if target.params_version < in_force:
             await self.refuse(target, "superseded_params", f"target made with parameter version "
                               f"{target.params_version}; version {in_force} is in force")
-        try:
-            params, version = await self.inputs.params_at(target.params_version)
-        except ParamsError as exc:
-            await self.refuse(target, "bad_params", str(exc), forged=True)
+        version = target.params_version
+        if version == in_force and version > 0:
+            # The version in force, as the tracker verified it: read again by revision, it may be gone from the
+            # key's 64-entry history (a flood of junk writes), and every target would be refused.  (Version 0, the
+            # defaults, is never stored: read_version judges it by the operator's envelope as any version.)
+            params = in_force_params
+        else:
+            try:
+                params, version = await self.inputs.params_at(version)
+            except ParamsError as exc:
+                await self.refuse(target, "bad_params", str(exc), forged=True)
         panel = await self.inputs.panel(ready.digest)
         try:
             prices = check_target(target, ready, panel, params)

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from services.risk.inputs import RiskInputs
 from services.risk.prices import PriceSource
-from shared.allowance import own_subject_only
+from shared.allowance import Allowance, own_subject_only
 from shared.bus import dead_letter, last_message
 from shared.consumer import Reject
 from shared.contracts import ContractError, DataStale, decode
@@ -49,15 +49,28 @@ async def notice_clock(prices: PriceSource, inputs: RiskInputs, ingest_source: s
 
 async def follow_notices(ctx: ServiceContext, adopt: Callable[[DataStale, bool], Awaitable[None]]) -> None:
     """Hand ``adopt`` (notice, at_boot) every stale notice published from now on and the newest one already
-    published; a malformed one, or one ``adopt`` refuses (``Reject``), is dead-lettered."""
+    published; a malformed one, or one ``adopt`` refuses (``Reject``), is dead-lettered while the allowance for
+    its reason lasts (20, then one a minute, each saying how many went unlettered before it).  A compromised ingest
+    can send them without bound: lettered in full, a flood filled risk's dead-letter subject with its own junk,
+    pushing out risk's genuine dead letters (a forged target's record)."""
+    allowance = Allowance()
+
+    async def letter(subject: str, reason: str, detail: str, data: bytes) -> None:
+        unsaid = allowance.note(reason)
+        if unsaid is None:
+            ctx.health.inc("stale_notices_unlettered")
+            return
+        if unsaid:
+            detail = f"{detail} ({unsaid} more refused for {reason} and not dead-lettered before this one)"
+        await dead_letter(ctx.js, ctx.logger, ctx.name, subject, reason, detail, data)
 
     async def on_notice(msg: Msg) -> None:
         try:
             await adopt(decode(msg.data, DataStale), False)
         except ContractError as exc:
-            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, "malformed", str(exc), msg.data)
+            await letter(msg.subject, "malformed", str(exc), msg.data)
         except Reject as exc:
-            await dead_letter(ctx.js, ctx.logger, ctx.name, msg.subject, exc.reason, str(exc), msg.data)
+            await letter(msg.subject, exc.reason, str(exc), msg.data)
 
     # A plain subscription is enough: every notice also stays in its stream, and the newest one is read once
     # here (after subscribing, so none falls between) to cover those published while risk was down.
