@@ -21,7 +21,10 @@ Design points, each a defence the threat model asks for:
   request replies.
 * The console (the dashboard and the alerts) reads whole streams by sequence and consumes the events through its
   own durable consumer; it may publish nothing, write nothing, manage nothing.  It serves a web page, so it is the
-  principal most exposed: if it is compromised, the attacker can read what the dashboard shows, nothing more.
+  principal most exposed: if it is compromised, the attacker can read what the dashboard shows, and, as any
+  consumer can, name the reply subject of its own pull requests, so the server stores its events again on a
+  subject it names (ARCHITECTURE.md, "a pull request's reply subject"): alerts repeated, never a plan or a
+  parameter made.
 """
 
 from __future__ import annotations
