@@ -209,7 +209,8 @@ def audit(record: RunRecord) -> list[str]:
     market, cache, cfg = Market.build(record.inputs.panel, record.inputs.rules), SignalCache(256), \
         config_from_json(record.settings)
     return disagreements(record.run, lambda req: evaluate_window(market, req.params, req.window,
-                                                                 record.inputs.benchmarks, cfg, cache))
+                                                                 record.inputs.benchmarks, cfg, cache),
+                         record.gate, record.decision)
 
 
 def write(record: RunRecord, out: Path) -> dict[str, str]:

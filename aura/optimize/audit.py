@@ -6,16 +6,17 @@ then signs them with its own key.  Before it promotes, the coordinator evaluates
 
 * every answer the gate's comparisons read directly: each fold's winner and the incumbent on the fold's
   validation window, and each selection's winner on its whole training window (the in-sample figure);
-* the final selection, whole (every stage and rung, about one fold's share of the run): what is promoted is its
-  winner, which no validation window judges, so forged ranking answers there could choose it outright.
+* every selection, whole (each fold's and the final one: every stage and rung): the final winner is what is
+  promoted, which no validation window judges, so forged ranking answers there could choose it outright; the
+  folds' rankings choose the winners the validation windows judge, and every selection's trials are the
+  overfitting tests' inputs (the trials the DSR counts, the CSCV and SPA matrices);
+* the verdict itself, computed again here from those verified trials (the CSCV and SPA a worker computed
+  included): bit for bit the same, or nothing is promoted.
 
 Evaluation is deterministic on one machine architecture (the engine fingerprint includes it, so a worker on
-another declines the tasks), so any difference is a wrong answer, not noise.  What this does not re-check: the
-folds' ranking answers, and so their part of the overfitting tests' inputs (the trials the DSR counts, the CSCV
-and SPA matrices), nor the CSCV and SPA statistics computed by workers.  A forged fold answer can change a fold's
-winner, whose validation answers are checked and must still beat gold, SPY and the incumbent, or make those tests
-look better than they are: the promoted set is still the honest final winner, but the gate's "yes" would rest on
-them.  Re-evaluating every fold would cost the run again.
+another declines the tasks), so any difference is a wrong answer, not noise.  The price: a promotion costs the
+run's evaluations once more, in one process (seconds on the bundled daily data, the run's single-worker time in
+general), and only a "yes" pays it: a run the gate refuses promotes nothing whatever its answers were.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from aura.optimize.gate import GateDecision, GateSettings
 from aura.optimize.objective import WindowResult
-from aura.optimize.plan import FINAL, Request, SelectionState, WalkForwardRun
+from aura.optimize.plan import Request, SelectionState, WalkForwardRun
 from aura.optimize.walkforward import Selection
 from aura.strategy.params import params_digest
 
@@ -73,14 +75,18 @@ def same_trials(a: Selection, b: Selection) -> bool:
             and all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True) for x, y in pairs))
 
 
-def disagreements(run: WalkForwardRun, evaluate: Callable[[Request], WindowResult]) -> list[str]:
-    """What of ``audited(run)`` differs from ``evaluate``'s own answer, and the final selection if, made again,
-    it picks another winner or counts other trials (empty: everything checked holds)."""
+def disagreements(run: WalkForwardRun, evaluate: Callable[[Request], WindowResult], gate: GateSettings,
+                  decision: GateDecision) -> list[str]:
+    """What of ``audited(run)`` differs from ``evaluate``'s own answer, every selection that, made again, picks
+    another winner or counts other trials, and ``decision`` if the gate, run again here on the verified record,
+    says anything else (empty: everything checked holds)."""
     wrong = [what for what, request, answered in audited(run) if not same_result(answered, evaluate(request))]
-    final = next(s for s in run.selections if s.label == FINAL)
-    again = selected_again(final, evaluate)
-    if params_digest(again.base) != params_digest(run.winner):
-        wrong.append(f"{FINAL}: the winner, selected again in this process, is another parameter set")
-    if not same_trials(again.selection(), final.selection()):
-        wrong.append(f"{FINAL}: its trials (the overfitting tests' inputs), made again, differ")
+    for selection in run.selections:
+        again = selected_again(selection, evaluate)
+        if params_digest(again.base) != params_digest(selection.base):
+            wrong.append(f"{selection.label}: the winner, selected again in this process, is another parameter set")
+        if not same_trials(again.selection(), selection.selection()):
+            wrong.append(f"{selection.label}: its trials (the overfitting tests' inputs), made again, differ")
+    if not wrong and repr(run.decide(gate)) != repr(decision):  # repr: NaN figures compare equal as text
+        wrong.append("the gate's verdict, computed again in this process (the overfitting tests included), differs")
     return wrong

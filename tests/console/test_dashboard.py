@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import calendar
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -35,6 +34,7 @@ from shared.contracts import PortfolioSnapshot, decode
 from tests.conftest import REPO_ROOT
 from tests.console.conftest import ConsoleSystem, start_system, wait_until
 from tests.optimize.test_end_to_end import TINY
+from tests.optimize.test_promotion import with_verdict
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 VENDORED_JS = "vendor/lightweight-charts-5.3.0/lightweight-charts.standalone.production.js"
@@ -228,7 +228,7 @@ def test_the_optimizers_decision_is_shown(system: ConsoleSystem, browser: Any, t
     assert panel["report sha256"][0] == digests["decision.json"][:16]
     assert "no decision yet" not in browser.find_element("id", "optimizer").text
     # A yes: the winner becomes the next version, the page says so and shows it in force.
-    yes = dataclasses.replace(no, decision=dataclasses.replace(no.decision, passed=True))
+    yes = with_verdict(no, True)
     assert optimize_job.promote(yes, digests, system.settings, "", incumbent, say) == 0
     wait_until(lambda: optimizer_panel(browser).get("promoted", ("",))[0] == "yes", "the yes on the page", timeout=30)
     panel = optimizer_panel(browser)

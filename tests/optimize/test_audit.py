@@ -1,6 +1,7 @@
 """A forged worker answer cannot carry a promotion: before promoting, the coordinator evaluates again every answer
 the gate's verdict reads directly (each fold's winner and the incumbent on its validation window, each selection's
-winner in sample) and refuses on any difference (aura/optimize/audit.py, aura/optimize_job.py ``promote``)."""
+winner in sample), makes every selection again, runs the gate again on what it verified, and refuses on any
+difference (aura/optimize/audit.py, aura/optimize_job.py ``promote``)."""
 
 from __future__ import annotations
 
@@ -105,4 +106,29 @@ def test_forged_trials_of_the_final_selection_are_found(record: Any) -> None:
         assert audit(record) == [f"{FINAL}: its trials (the overfitting tests' inputs), made again, differ"]
     finally:
         object.__setattr__(stage, "matrix", genuine)
+    assert audit(record) == []
+
+
+def test_forged_trials_of_a_fold_selection_are_found(record: Any) -> None:
+    """A fold's pruned candidates, made more alike or better, would lower the PBO and the SPA p-values the gate
+    reads (the CSCV and SPA matrices are the folds'): each fold's selection is made again too."""
+    fold = next(s for s in record.run.selections if s.label != FINAL)
+    stage = next(r for r in fold.runs if r.matrix is not None)
+    genuine = stage.matrix
+    object.__setattr__(stage, "matrix", genuine * 0.0 + 0.001)  # every trial the same small edge: no overfitting
+    try:
+        assert audit(record) == [f"{fold.label}: its trials (the overfitting tests' inputs), made again, differ"]
+    finally:
+        object.__setattr__(stage, "matrix", genuine)
+    assert audit(record) == []
+
+
+def test_a_verdict_that_the_verified_record_does_not_give_is_found(record: Any) -> None:
+    """The CSCV and the SPA tests are computed by workers: a PBO or a p-value a worker made up changes the verdict's
+    figures, which the coordinator computes again from the verified trials."""
+    genuine = record.decision
+    forged = dataclasses.replace(record, decision=dataclasses.replace(
+        genuine, pbo=0.0, spa_pvalues={k: 0.0 for k in genuine.spa_pvalues}))
+    assert audit(forged) == ["the gate's verdict, computed again in this process (the overfitting tests included), "
+                             "differs"]
     assert audit(record) == []

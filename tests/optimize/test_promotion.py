@@ -52,7 +52,17 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def with_verdict(record: Any, passed: bool) -> Any:
-    return dataclasses.replace(record, decision=dataclasses.replace(record.decision, passed=passed))
+    """``record`` as a gate that says ``passed`` judged it.  No honest gate passes anything on the bundled data, so
+    a yes comes from thresholds loose enough to admit the run (any margin over the benchmarks, every DSR, PBO and
+    SPA p-value): the record carries them with the decision they give, as a real run's would, so the
+    coordinator's audit, which runs the gate again before promoting, finds the verdict it reads (a verdict merely
+    flipped to yes is a forgery, and refused: tests/optimize/test_audit.py)."""
+    if record.decision.passed is passed:
+        return record
+    gate = dataclasses.replace(record.gate, min_window_margin=-10.0, dsr_min=0.0, pbo_max=1.0, spa_alpha=1.0)
+    judged = dataclasses.replace(record, gate=gate, decision=record.run.decide(gate))
+    assert judged.decision.passed is passed, judged.decision.summary()
+    return judged
 
 
 async def seed(nats: NatsEndpoint) -> None:
