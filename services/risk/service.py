@@ -5,12 +5,10 @@ version the signal stage used, and the kill-switch latch, runs ``risk_plan`` (ga
 stop-loss/take-profit, cost-benefit) and signs the result.  Costs are priced at fee + slippage
 (``services/risk/costs.py``: the paper broker's fee in a dry run, the venue's taker fee live).
 
-Between cycles a risk tick (every ``AURA_RISK_TICK_S``) runs the kill-switch and the stops on the latest prices
-(replay: the newest ``DataReady`` snapshot's closes; live: public ticker prices, no keys here), logging
-[RISK_TICK] every tick and [SL_CHECK] per position.  When it triggers, the exit plan goes through the same path
-as a cycle plan: a signed ``PlanBody`` whose basis is the latest snapshot, verified by the executor.
-Ticks and targets are serialised, and neither starts from a basis while a plan it published is still in flight,
-so a tick can never make the next cycle's plan stale.
+Between cycles a risk tick (every ``AURA_RISK_TICK_S``, ``services/risk/tick_loop.py``) runs the kill-switch and
+the stops on the latest prices, logging [RISK_TICK] and [SL_CHECK]; a triggered exit goes through the same signed
+``PlanBody`` path as a cycle plan.  Ticks and targets are serialised (``Risk.lock``), and neither starts from a
+basis while a plan it published is still in flight, so a tick can never make the next cycle's plan stale.
 
 The kill-switch latch ([KILL_SWITCH]) follows the strategy's policy (``aura.strategy.risk_gates``): it latches when
 the rolling drawdown breaches its threshold (or the drawdown since the last reset reaches ``kill_switch_cap``), and
@@ -49,18 +47,11 @@ from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
-from services.risk.prices import PriceRead, PriceSource, exit_volumes, make_price_source, venue_checked_closes
+from services.risk.prices import PriceSource, make_price_source, venue_checked_closes
 from services.risk.stale import follow_notices, notice_clock
 from services.risk.sync_guard import GuardState
-from services.risk.tick import (
-    Latch,
-    TickDecision,
-    committed_peak,
-    evaluate_tick,
-    latch_view,
-    portfolio_state,
-    tick_target,
-)
+from services.risk.tick import Latch, committed_peak, latch_view, portfolio_state
+from services.risk.tick_loop import tick_loop
 from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_data_time, check_target
 from shared.bus import RedeliveryAlarm, durable_pull, publish, pull_loop, state_kv
 from shared.consumer import Reject, handle
@@ -337,83 +328,6 @@ class Risk:
         info(ctx.logger, "PLAN_APPROVED", "plan signed and published", cycle_id=body.cycle_id, plan_id=body.plan_id,
              gate=body.gate, legs=len(body.legs), basis=basis.snapshot_id, params_version=version)
 
-    # -- ticks --------------------------------------------------------------------------------------------
-    async def tick_loop(self) -> None:
-        period = self.ctx.settings.risk_tick_s
-        while not self.ctx.stop.is_set():
-            try:
-                await asyncio.wait_for(self.ctx.stop.wait(), timeout=period)
-                return
-            except TimeoutError:
-                pass
-            try:
-                async with self.lock:
-                    await self.tick()
-            except Exception as exc:  # a failed tick is logged and retried next period, never fatal
-                self.ctx.health.inc("risk_tick_errors")
-                error(self.ctx.logger, "RISK_TICK", "risk tick failed", error=f"{type(exc).__name__}: {exc}")
-
-    async def tick(self) -> TickDecision | None:
-        ctx = self.ctx
-        ctx.health.inc("risk_ticks")
-        basis = await self.inputs.snapshot()
-        if basis is None:
-            info(ctx.logger, "RISK_TICK", "tick skipped: no verified portfolio snapshot")
-            return None
-        if not self.settled(basis):
-            info(ctx.logger, "RISK_TICK", "tick skipped: a plan is in flight", plan_id=self.inflight and
-                 self.inflight.plan_id)
-            return None
-        params, version = await self.params.current()
-        latch = await self.inputs.latch()
-        held = sorted(s for s, q in basis.holdings.items() if q > 0)
-        read: PriceRead | None = await self.prices.read(held)
-        data_ms = read.as_of_ms if read is not None else 0  # the data's time: what the cooldown counts on
-        if read is None and not held:
-            # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.  No data
-            # time either (0, as data_ms): the host's clock is no time of the data's (the exchange's, live).
-            read = PriceRead({}, [], data_ms, "no-prices")
-        latch = await self.rearm(latch, params, data_ms, basis)
-        halted = latch.halted
-        prices = read.prices if read is not None else None
-        rules = rules_of(read.markets) if read is not None else {}
-        cost = await self.costs.current()
-        bar, volumes = await self.inputs.bar_volumes(ctx.logger)
-        if bar is not None and held:
-            volumes = await exit_volumes(self.prices, held, ctx.settings.timeframe, bar, volumes, ctx.logger)
-        await self.sent.seal(bar)
-        decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, self.guard, self.marks, volumes,
-                                 self.max_participation, self.sent.on(bar, volumes))
-        self.guard = decision.guard
-        for check in decision.checks:
-            info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,
-                 entry=check.entry, price=check.price, stop_level=check.stop_level, take_level=check.take_level,
-                 verdict=check.verdict)
-        outcome = decision.outcome
-        info(ctx.logger, "RISK_TICK", f"tick: {decision.action}", action=decision.action, basis=basis.snapshot_id,
-             positions=len(held), halted=halted, price_read=decision.price_verdict.status,
-             equity=round(outcome.equity, 2) if outcome else None,
-             drawdown=round(outcome.drawdown, 4) if outcome else None, params_version=version)
-        if read is not None:
-            self.marks.update({s: p for s, p in read.prices.items() if p > 0})
-        if outcome is None:
-            warn(ctx.logger, "SYNC_GUARD", "price read incomplete; not acting on it", missing=decision.price_verdict
-                 .shortfall, reason=decision.price_verdict.reason)
-            return decision
-        assert read is not None
-        ctx.health.set("drawdown", outcome.drawdown)
-        target = tick_target(basis, read.prices, read.markets, params, version, read.as_of_ms, read.digest)
-        await self.latch(target.cycle_id, outcome, latch, params, data_ms, basis)
-        if outcome.legs:
-            body = build_plan_body(target, basis, outcome, version)
-            await self.sign_and_publish(body, bar)
-            ctx.health.inc("tick_plans")
-            ctx.health.inc("plans_approved", gate=body.gate)
-            warn(ctx.logger, "RISK_TICK", "tick triggered: exit plan signed and published", cycle_id=body.cycle_id,
-                 plan_id=body.plan_id, gate=body.gate, legs=[f"{x.side} {x.qty} {x.symbol} ({x.reason})"
-                                                            for x in body.legs], basis=basis.snapshot_id)
-        return decision
-
 
 async def run(ctx: ServiceContext) -> None:
     s = ctx.settings
@@ -446,7 +360,7 @@ async def run(ctx: ServiceContext) -> None:
     sub = await durable_pull(ctx.js, CONSUMERS["risk"])
     alarm = RedeliveryAlarm(ctx.health, "risk")
     ctx.health.checks["signing_key"] = lambda: (True, "loaded")
-    ticker = asyncio.create_task(risk.tick_loop()) if s.risk_tick_s > 0 else None
+    ticker = asyncio.create_task(tick_loop(risk)) if s.risk_tick_s > 0 else None
     info(ctx.logger, "BOOT", "risk ready", tick_s=s.risk_tick_s, prices=source.name)
 
     async def on_msg(msg: Any) -> None:
