@@ -13,7 +13,6 @@ from nats.js import JetStreamContext
 
 from services.executor.journal import Journal
 from services.executor.runner import PlanRun
-from shared.allowance import Allowance
 from shared.bus import publish
 from shared.contracts import FillMsg, PlanBody, PortfolioSnapshot
 
@@ -38,11 +37,3 @@ async def publish_fills(js: JetStreamContext, journal: Journal, run: PlanRun) ->
         await publish(js, FillMsg(fill_id=trade_id, cycle_id=run.cycle_id, plan_id=run.plan_id, client_order_id=cid,
                                   symbol=symbol, side=sides.get(symbol, ""), qty=qty, price=price, fee=fee),
                       msg_id=f"fill-{cid}-{trade_id}")  # trade ids repeat across symbols
-
-
-def ignored_aborts() -> Allowance:
-    """Abort notices for cycles ingest never announced: each is counted (``aborts_ignored``), and journaled and
-    logged while the stage's allowance lasts (20, then one a minute, each saying how many went unjournaled before
-    it).  Journaled one synced row each, a flood from one compromised stage grew the journal, and the disk under
-    it, without bound."""
-    return Allowance(burst=20, every_s=60.0)

@@ -6,9 +6,7 @@ whose Ed25519 signature does not verify against the risk public key is journaled
 dead-lettered and counted, never executed.  The risk public key it trusts is pinned at first start
 (``shared.credentials.trusted_key``): a swapped ``risk.pub`` stops it at boot.  Every cycle (executed, rejected
 or aborted upstream) ends in a snapshot row, which it signs and publishes so the next cycle is computed on the
-new portfolio.  An abort notice closes a cycle only if ingest announced that cycle (the newest ``DataReady`` or
-``DataStale``) and it is not closed yet: a notice for any other id is journaled as an event and never becomes an
-equity point the kill-switch would count.
+new portfolio.  Which abort notices may close a cycle, and why: ``aborts.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +21,8 @@ from nats.js.kv import KeyValue
 
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
-from services.executor.announce import ignored_aborts, publish_fills, publish_snapshot
+from services.executor.aborts import MAX_ID, AbortNotices
+from services.executor.announce import publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.exchange_calls import DEFAULT_SETTLE_S, ExecutionLimits, OrderUnresolved
@@ -46,7 +45,6 @@ from shared.bus import (
     RedeliveryAlarm,
     dead_letter,
     durable_pull,
-    newest_valid,
     publish,
     pull_loop,
     settle_refused,
@@ -58,14 +56,10 @@ from shared.contracts import (
     ApprovedPlan,
     ContractError,
     CycleAborted,
-    DataReady,
-    DataStale,
     PortfolioSnapshot,
     decode,
-    subject_of,
 )
 from shared.credentials import signing_key, trusted_key
-from shared.cycles import as_of_of_cycle, notice_problem
 from shared.logging import error, info, warn
 from shared.service import ServiceContext
 from shared.signing import SignatureError, sign_struct, verify_plan
@@ -74,7 +68,6 @@ ACK_WAIT_S = CONSUMERS["executor"].ack_wait_s
 # A failing message is redelivered after min(RETRY_BASE_S * delivery, RETRY_MAX_S).
 RETRY_BASE_S = 2.0
 RETRY_MAX_S = 30.0
-MAX_ID = 80  # ids from the bus are journaled at most this long (a refused message's may be anything)
 
 
 class Executor:
@@ -91,7 +84,6 @@ class Executor:
         self.public_key = trusted_key(ctx.settings.keys, "executor", "risk")
         self.snapshot_key = signing_key(ctx.settings.keys, "executor")
         self.marks: dict[str, float] = {}
-        self.ignored_aborts = ignored_aborts()
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         s = ctx.settings
         self.sync = None if s.dry_run else SyncCheck(dust_quote=s.reconcile_dust_usdt)
@@ -110,6 +102,8 @@ class Executor:
         ctx.health.checks["journal"] = lambda: (self.io_fault is None, "writable" if self.io_fault is None else
                                                 f"cannot write the journal ({self.io_fault}); plans wait")
         self.outage = ExchangeOutage(ctx.health, ctx.logger)  # the exchange unreachable: plans wait, never dropped
+        self.aborts = AbortNotices(ctx, journal, broker, self.outage, self._reject, self.current_snapshot,
+                                   self.write_snapshot)
         ctx.health.checks["plans"] = lambda: (self.stuck is None, "ok" if self.stuck is None else
                                               f"plan {self.stuck} keeps failing mid-execution; see [EXEC_ERROR]")
 
@@ -174,7 +168,7 @@ class Executor:
     # -- plans ------------------------------------------------------------------------------------------
     async def on_message(self, msg: Msg) -> None:
         if msg.subject.startswith(CycleAborted.SUBJECT + "."):
-            await self._guarded(msg, self._on_aborted)
+            await self._guarded(msg, self.aborts.on_aborted)
         else:
             await self._guarded(msg, self._on_plan)
 
@@ -353,86 +347,6 @@ class Executor:
                 await msg.in_progress()
             except Exception:
                 return
-
-    async def _announced(self, cycle_id: str) -> bool:
-        """Whether ``cycle_id`` is a cycle ingest announced last, under the id of its bar (shared/cycles.py): the
-        newest DataReady's or DataStale's, dated at most one bar after now and after the newest bar a snapshot
-        closed.  Now is the venue's clock (read only for such an abort), in the replay the newest bar announced
-        or closed (two stale bars in a row are each one bar after the one before).  A cycle closes once and bars
-        only move forward, so aborts add at most about one equity point per bar, never one per notice a
-        compromised ingest invents (announcing bars to come, or bars long gone).  A malformed message is
-        stepped over."""
-        s = self.ctx.settings
-        named = as_of_of_cycle(cycle_id)
-        closed = as_of_of_cycle(self.journal.newest_bar_cycle(s.timeframe) or "")
-        if named is None or (closed is not None and named <= closed):
-            return False
-        ready = await newest_valid(self.ctx.js, DataReady)
-        notice: DataReady | DataStale | None = ready
-        if ready is None or cycle_id != ready.cycle_id:
-            notice = await newest_valid(self.ctx.js, DataStale)
-            if notice is None or cycle_id != notice.cycle_id:
-                return False
-        now, clock = 0, "the replay's newest bar"
-        if s.ingest_source == "replay":  # only the replay reads its clock from the bars (and the journal)
-            now = max(ready.as_of_ms if ready is not None else 0, closed or 0)
-        if not now:
-            now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
-            self.outage.answered()  # an abort waited out an outage for this read: the exchange is back
-        return not notice_problem(notice, s.timeframe, now, clock)
-
-    async def _on_aborted(self, msg: Msg) -> None:
-        try:
-            aborted = decode(msg.data, CycleAborted)
-        except ContractError as exc:
-            await self._reject(msg, "malformed", str(exc), "unknown")
-            return
-        if subject_of(aborted) != msg.subject:
-            await self._reject(msg, "wrong_stage", f"abort for stage {aborted.stage[:40]!r} sent on {msg.subject}",
-                               aborted.cycle_id)
-            return
-        if self.journal.cycle_closed(aborted.cycle_id):
-            info(self.ctx.logger, "IDEMPOTENCY", "cycle already closed; abort notice acked", cycle_id=aborted.cycle_id,
-                 stage=aborted.stage)
-            await msg.ack()
-            await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
-            return
-        if not await self._announced(aborted.cycle_id):
-            # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
-            # that dilute the kill-switch's rolling window without a single price behind them.
-            self.ctx.health.inc("aborts_ignored")
-            since = self.ignored_aborts.note(aborted.stage)
-            if since is not None:
-                warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce (or not for "
-                     "a bar that has closed); journaled as an event only", cycle_id=aborted.cycle_id[:MAX_ID],
-                     stage=aborted.stage, unjournaled_since_last=since)
-                self.journal.begin()
-                self.journal.event(aborted.cycle_id[:MAX_ID], "abort_ignored", stage=aborted.stage,
-                                   reason=aborted.reason[:500], unjournaled_since_last=since)
-                self.journal.commit()
-            await msg.ack()
-            return
-        if self.journal.initial_cash() is None:
-            # An empty journal waiting for the operator's adoption (live, coins on the exchange): a snapshot now
-            # would book the portfolio at zero cash, and the adoption, seeing a journal that is no longer empty,
-            # would write no genesis and keep that zero.  The cycle is journaled as an event only.
-            warn(self.ctx.logger, "RECONCILE", "abort notice while the journal has no genesis (waiting for `aura "
-                 "journal adopt`); journaled as an event only", cycle_id=aborted.cycle_id, stage=aborted.stage)
-            self.journal.begin()
-            self.journal.event(aborted.cycle_id, "abort_before_genesis", stage=aborted.stage,
-                               reason=aborted.reason[:500])
-            self.journal.commit()
-            await msg.ack()
-            return
-        self.journal.begin()
-        self.journal.event(aborted.cycle_id, "cycle_aborted", stage=aborted.stage, reason=aborted.reason)
-        snap = self.write_snapshot(aborted.cycle_id, "", "aborted")
-        self.journal.commit()
-        await msg.ack()
-        await publish_snapshot(self.ctx.js, snap)
-        self.ctx.health.inc("cycles_aborted")
-        warn(self.ctx.logger, "CYCLE_ABORTED", "cycle ended without a plan", cycle_id=aborted.cycle_id,
-             stage=aborted.stage, reason=aborted.reason)
 
 
 async def run(ctx: ServiceContext) -> None:

@@ -1,0 +1,135 @@
+"""Abort notices: which ones close a cycle, and what the rest leave behind.
+
+An abort notice closes a cycle only if ingest announced that cycle (the newest ``DataReady`` or ``DataStale``) and
+it is not closed yet: a notice for any other id is journaled as an event and never becomes an equity point the
+kill-switch would count.  Ingest, signal and risk may each publish aborts, so a compromised stage could otherwise
+dilute the kill-switch's rolling window with equity points that have not a single price behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+
+from services.executor.announce import publish_snapshot
+from services.executor.brokers.base import Broker
+from services.executor.journal import Journal
+from services.executor.outage import ExchangeOutage
+from shared.allowance import Allowance
+from shared.bus import newest_valid
+from shared.contracts import ContractError, CycleAborted, DataReady, DataStale, PortfolioSnapshot, decode, subject_of
+from shared.cycles import as_of_of_cycle, notice_problem
+from shared.logging import info, warn
+from shared.service import ServiceContext
+
+MAX_ID = 80  # ids from the bus are journaled at most this long (a refused message's may be anything)
+
+
+def ignored_aborts() -> Allowance:
+    """Abort notices for cycles ingest never announced: each is counted (``aborts_ignored``), and journaled and
+    logged while the stage's allowance lasts (20, then one a minute, each saying how many went unjournaled before
+    it).  Journaled one synced row each, a flood from one compromised stage grew the journal, and the disk under
+    it, without bound."""
+    return Allowance(burst=20, every_s=60.0)
+
+
+# The executor's refusal: journaled as ``plan_rejected`` and dead-lettered (msg, reason, detail, cycle id).
+Reject = Callable[[Msg, str, str, str], Awaitable[None]]
+
+
+class AbortNotices:
+    """The executor's handling of ``CycleAborted``: closes announced cycles with an ``aborted`` snapshot."""
+
+    def __init__(self, ctx: ServiceContext, journal: Journal, broker: Broker, outage: ExchangeOutage,
+                 reject: Reject, current_snapshot: Callable[[], PortfolioSnapshot],
+                 write_snapshot: Callable[[str, str, str], PortfolioSnapshot]) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.broker = broker
+        self.outage = outage
+        # Shared with the plans: a refused notice is journaled and dead-lettered exactly like a refused plan.
+        self.reject = reject
+        self.current_snapshot = current_snapshot
+        self.write_snapshot = write_snapshot
+        self.ignored_aborts = ignored_aborts()
+
+    async def announced(self, cycle_id: str) -> bool:
+        """Whether ``cycle_id`` is a cycle ingest announced last, under the id of its bar (shared/cycles.py): the
+        newest DataReady's or DataStale's, dated at most one bar after now and after the newest bar a snapshot
+        closed.  Now is the venue's clock (read only for such an abort), in the replay the newest bar announced
+        or closed (two stale bars in a row are each one bar after the one before).  A cycle closes once and bars
+        only move forward, so aborts add at most about one equity point per bar, never one per notice a
+        compromised ingest invents (announcing bars to come, or bars long gone).  A malformed message is
+        stepped over."""
+        s = self.ctx.settings
+        named = as_of_of_cycle(cycle_id)
+        closed = as_of_of_cycle(self.journal.newest_bar_cycle(s.timeframe) or "")
+        if named is None or (closed is not None and named <= closed):
+            return False
+        ready = await newest_valid(self.ctx.js, DataReady)
+        notice: DataReady | DataStale | None = ready
+        if ready is None or cycle_id != ready.cycle_id:
+            notice = await newest_valid(self.ctx.js, DataStale)
+            if notice is None or cycle_id != notice.cycle_id:
+                return False
+        now, clock = 0, "the replay's newest bar"
+        if s.ingest_source == "replay":  # only the replay reads its clock from the bars (and the journal)
+            now = max(ready.as_of_ms if ready is not None else 0, closed or 0)
+        if not now:
+            now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
+            self.outage.answered()  # an abort waited out an outage for this read: the exchange is back
+        return not notice_problem(notice, s.timeframe, now, clock)
+
+    async def on_aborted(self, msg: Msg) -> None:
+        try:
+            aborted = decode(msg.data, CycleAborted)
+        except ContractError as exc:
+            await self.reject(msg, "malformed", str(exc), "unknown")
+            return
+        if subject_of(aborted) != msg.subject:
+            await self.reject(msg, "wrong_stage", f"abort for stage {aborted.stage[:40]!r} sent on {msg.subject}",
+                              aborted.cycle_id)
+            return
+        if self.journal.cycle_closed(aborted.cycle_id):
+            info(self.ctx.logger, "IDEMPOTENCY", "cycle already closed; abort notice acked", cycle_id=aborted.cycle_id,
+                 stage=aborted.stage)
+            await msg.ack()
+            await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
+            return
+        if not await self.announced(aborted.cycle_id):
+            # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points
+            # that dilute the kill-switch's rolling window without a single price behind them.
+            self.ctx.health.inc("aborts_ignored")
+            since = self.ignored_aborts.note(aborted.stage)
+            if since is not None:
+                warn(self.ctx.logger, "UNKNOWN_CYCLE", "abort notice for a cycle ingest did not announce (or not for "
+                     "a bar that has closed); journaled as an event only", cycle_id=aborted.cycle_id[:MAX_ID],
+                     stage=aborted.stage, unjournaled_since_last=since)
+                self.journal.begin()
+                self.journal.event(aborted.cycle_id[:MAX_ID], "abort_ignored", stage=aborted.stage,
+                                   reason=aborted.reason[:500], unjournaled_since_last=since)
+                self.journal.commit()
+            await msg.ack()
+            return
+        if self.journal.initial_cash() is None:
+            # An empty journal waiting for the operator's adoption (live, coins on the exchange): a snapshot now
+            # would book the portfolio at zero cash, and the adoption, seeing a journal that is no longer empty,
+            # would write no genesis and keep that zero.  The cycle is journaled as an event only.
+            warn(self.ctx.logger, "RECONCILE", "abort notice while the journal has no genesis (waiting for `aura "
+                 "journal adopt`); journaled as an event only", cycle_id=aborted.cycle_id, stage=aborted.stage)
+            self.journal.begin()
+            self.journal.event(aborted.cycle_id, "abort_before_genesis", stage=aborted.stage,
+                               reason=aborted.reason[:500])
+            self.journal.commit()
+            await msg.ack()
+            return
+        self.journal.begin()
+        self.journal.event(aborted.cycle_id, "cycle_aborted", stage=aborted.stage, reason=aborted.reason)
+        snap = self.write_snapshot(aborted.cycle_id, "", "aborted")
+        self.journal.commit()
+        await msg.ack()
+        await publish_snapshot(self.ctx.js, snap)
+        self.ctx.health.inc("cycles_aborted")
+        warn(self.ctx.logger, "CYCLE_ABORTED", "cycle ended without a plan", cycle_id=aborted.cycle_id,
+             stage=aborted.stage, reason=aborted.reason)
