@@ -160,15 +160,22 @@ class Interrupted(Exception):
     """Ctrl-C (or SIGTERM) while the system was starting."""
 
 
-def wait_ready(stack: Stack, timeout_s: float = 60.0, stop: Callable[[], bool] = lambda: False) -> float:
+def wait_ready(stack: Stack, timeout_s: float = 60.0, stop: Callable[[], bool] = lambda: False,
+               not_ready: dict[str, dict[str, str]] | None = None) -> float:
     """Seconds until every child's /readyz answered 200; raises RuntimeError if a service died or time ran out, and
     Interrupted as soon as ``stop()`` says so (a Ctrl-C during start must not wait for readiness).
 
     Only the child itself counts: the answer must name its service, its pid and this run's id.  Anything else on
-    the port (another system's service, whatever took it) is never ready, and named if the wait fails."""
+    the port (another system's service, whatever took it) is never ready, and named if the wait fails.
+
+    ``not_ready`` (a dict to fill): when time runs out with every service still pending up and answering, its own
+    503 naming what it waits for, those answers are put there and the wait ends without an error.  A running
+    system that says it waits for the operator (an adoption, a signed parameter version, an order to settle) must
+    stay up: the command that clears it needs the bus this launcher would otherwise take down."""
     t0 = time.monotonic()
     pending = set(SERVICE_NAMES)
     strangers: dict[str, str] = {}  # service -> who answered on its port instead
+    answered: dict[str, dict[str, str]] = {}  # service -> its last not-ready answer (checks and their texts)
     with httpx.Client(timeout=1.0) as client:
         while pending:
             if stop():
@@ -176,6 +183,9 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0, stop: Callable[[], bool] =
             if stack.dead():
                 raise RuntimeError(_death_report(stack) + _strangers(strangers))
             if time.monotonic() - t0 > timeout_s:
+                if not_ready is not None and pending <= set(answered):
+                    not_ready.update({name: answered[name] for name in sorted(pending)})
+                    break
                 raise RuntimeError(f"services not ready after {timeout_s:.0f}s: {sorted(pending)}"
                                    + _strangers(strangers))
             for name in sorted(pending):
@@ -195,6 +205,8 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0, stop: Callable[[], bool] =
                 strangers.pop(name, None)
                 if answer.status_code == 200:
                     pending.discard(name)
+                elif isinstance(body, dict) and isinstance(body.get("checks"), dict):
+                    answered[name] = {str(k): str(v) for k, v in body["checks"].items()}
             time.sleep(0.1)
     return time.monotonic() - t0
 
@@ -272,15 +284,22 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
     start_seq = last_seq(journal)
     try:
         try:
-            ready_s = wait_ready(stack, ready_timeout_s, stop=lambda: stop_requested["flag"])
+            not_ready: dict[str, dict[str, str]] = {}
+            ready_s = wait_ready(stack, ready_timeout_s, stop=lambda: stop_requested["flag"], not_ready=not_ready)
         except Interrupted:
             _say("stopping (interrupted while starting)")
             return 130
         except RuntimeError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
-        _say(f"all {len(SERVICE_NAMES)} processes ready in {time.monotonic() - t0:.2f}s (readiness wait "
-             f"{ready_s:.2f}s)")
+        if not_ready:
+            for name, checks in not_ready.items():
+                waits = "; ".join(f"{k}: {v}" for k, v in checks.items() if k != "bus" or v != "connected")
+                _say(f"WARNING {name} is running but NOT READY after {ready_timeout_s:.0f}s: {waits[:600]}")
+            _say("the system keeps running so that you can act on what they say (aura journal adopt, aura params "
+                 "set, aura journal settle, ...); /readyz stays red until then")
+        _say(f"all {len(SERVICE_NAMES)} processes {'up' if not_ready else 'ready'} in {time.monotonic() - t0:.2f}s "
+             f"(readiness wait {ready_s:.2f}s)")
         for name in SERVICE_NAMES:
             _say(f"  {name:<9} {health_url(settings, name)}  log {stack.logs}/{name}.log")
         _say(f"journal: {journal}  (sqlite3 {journal} 'select * from snapshots order by seq desc limit 5')")

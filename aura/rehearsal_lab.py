@@ -105,7 +105,9 @@ class LiveRehearsal:
         self.close()
 
     def _start(self) -> None:
-        settings = load_settings({**self.base_env, "AURA_HOME": str(self.home)})
+        # The overrides count for the capital (the rehearsal's default per-order cap) as for everything else.
+        settings = load_settings({**self.base_env, **self.overrides, "AURA_HOME": str(self.home)},
+                                 places_orders=False)
         self.venue = make_venue(settings, parse_ms(self.start), cash=self.cash).start()
         symbols = universe(settings, self.venue)
         bar_s = self.venue.sim.market.interval_ms / 1000 / self.speed
