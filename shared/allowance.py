@@ -42,6 +42,21 @@ class Allowance:
         return self._since.pop(key, 0)
 
 
+class SaidOnce:
+    """What is new to say: ``first(key, value)`` is True when ``value`` differs from the last one seen for ``key``.
+    A stored request that is refused is read again at every poll and tick; said once per bad write (its problem
+    names the revision), not once per read."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, object] = {}
+
+    def first(self, key: str, value: object) -> bool:
+        if key in self._last and self._last[key] == value:
+            return False
+        self._last[key] = value
+        return True
+
+
 def own_subject_only(ctx: ServiceContext, subject: str,
                      handler: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
     """``handler`` for a plain subscription to ``subject``, handed only messages of that subject.

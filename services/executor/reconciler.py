@@ -32,6 +32,7 @@ from services.executor.brokers.paper import QUOTE
 from services.executor.exchange_calls import ExecutionLimits
 from services.executor.journal import Journal
 from services.executor.runner import ensure_genesis
+from shared.allowance import SaidOnce
 from shared.config import Settings
 from shared.credentials import trusted_key
 from shared.health import HealthState
@@ -60,8 +61,7 @@ class Reconciler:
         self.halt: str | None = None  # why trading is halted ([RECONCILE]); None: the books agree
         self.halted_since_ms = 0  # when the current halt began (this process's wall clock; see ADOPT_SKEW_MS)
         self._compared = False  # a comparison has run in this process (the first one's halt may predate it)
-        self._refused_request_ms = 0  # the stale request last reported, so a poll does not repeat it
-        self._request_problem = ""  # why the stored request was refused when last said (it names the revision)
+        self._said = SaidOnce()  # a refused or stale request is said once, not at every poll
         self.unpriced = ""  # coins with no USDT price only the exchange holds, as of the last comparison
         self._waiter: asyncio.Task[None] | None = None
         health.checks["books"] = self._readiness
@@ -156,14 +156,12 @@ class Reconciler:
     async def try_adopt(self) -> bool:
         """Apply a verified adoption request newer than the last one applied; True if the books now agree."""
         request, problem = await read_request(self.kv, ADOPT_KEY, self.operator_key)
-        if problem and problem != self._request_problem:  # once per bad write, not at every poll
+        if self._said.first("problem", problem) and problem:
             warn(self.logger, "RECONCILE", "adoption request refused", error=problem)
-        self._request_problem = problem
         if request is None or request.requested_at_ms <= last_adoption_ms(self.journal):
             return False
         if request.requested_at_ms < self.halted_since_ms - ADOPT_SKEW_MS:
-            if request.requested_at_ms != self._refused_request_ms:
-                self._refused_request_ms = request.requested_at_ms
+            if self._said.first("before_halt", request.requested_at_ms):
                 warn(self.logger, "RECONCILE", "adoption request made before this halt began refused: run `aura "
                      "journal adopt` again for this one (and check the clocks if you just did)",
                      requested_at_ms=request.requested_at_ms, halted_since_ms=self.halted_since_ms,

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js.kv import KeyValue
 
 from services.executor.journal import Journal
+from shared.allowance import SaidOnce
 from shared.logging import warn
 from shared.operator_requests import SETTLE_KEY, SettleRequest, read_request
 
@@ -37,24 +38,21 @@ async def apply_settle(journal: Journal, kv: KeyValue, operator_key: Ed25519Publ
     applied when that order is the one waiting, never to a sibling leg."""
     request, problem = await read_request(kv, SETTLE_KEY, operator_key, SettleRequest)
     if problem:
-        if problem != _said.get("problem"):  # once per bad write (the problem names its revision)
-            _said["problem"] = problem
+        if _said.first("problem", problem):
             warn(logger, "RECONCILE", "settle request refused", error=problem)
         return None
     if request is None:
         return None
     applied_ms = last_settle_ms(journal)
     if request.requested_at_ms <= applied_ms:
-        if request.requested_at_ms != _said.get("old"):
-            _said["old"] = request.requested_at_ms
+        if _said.first("old", request.requested_at_ms):
             warn(logger, "RECONCILE", "settle request not newer than the last one applied; ignored (run `aura "
                  "journal settle` again, and check the clocks)", requested_at_ms=request.requested_at_ms,
                  last_applied_ms=applied_ms, cid=request.client_order_id[:64])
         return None
     cid = request.client_order_id[:64]
     if cid != waiting:
-        if request.requested_at_ms != _said.get("other"):
-            _said["other"] = request.requested_at_ms
+        if _said.first("other", request.requested_at_ms):
             warn(logger, "RECONCILE", "settle request names another order than the one waiting; not applied",
                  cid=cid, waiting=waiting)
         return None
@@ -71,4 +69,4 @@ async def apply_settle(journal: Journal, kv: KeyValue, operator_key: Ed25519Publ
 
 
 # The last stale or mismatched request reported, so a retried plan does not repeat the line.
-_said: dict[str, int] = {}
+_said = SaidOnce()

@@ -21,6 +21,7 @@ from aura.strategy.params import StrategyParams
 from aura.strategy.types import Panel
 from services.risk.latch import UNVERIFIABLE_BY, LatchDoc, applied, read_latch, write_latch
 from services.risk.tick import Latch, latch_view
+from shared.allowance import SaidOnce
 from shared.bus import last_message, newest_valid, verified_candles
 from shared.candles import decode_panel
 from shared.config import Settings
@@ -47,7 +48,7 @@ class RiskInputs:
         self.params_keys = trusted_keys(layout, "risk", PARAMS_SIGNERS)
         self.timeframe = settings.timeframe  # parameter versions made for other bars are refused (bad_params)
         self.max_loss_bound = settings.max_loss_bound  # and those outside the operator's loss envelope
-        self.reset_problem = ""  # why the stored reset request was refused when last read ("" none)
+        self.said = SaidOnce()  # a refused reset request is said and counted once per bad write, not every tick
         self.seen: OrderedDict[str, str] = OrderedDict()
         self._panel: tuple[str, Panel] | None = None
         # The newest snapshot and latch that verified: a forged newer one is refused and these stay in force
@@ -111,9 +112,9 @@ class RiskInputs:
             if self.last_latch is not None:  # repair the store with what risk itself wrote last
                 await self.store_latch(doc)
         reset, reset_problem = await read_request(self.kv, RESET_KEY, self.params_keys["operator"])
-        said, self.reset_problem = self.reset_problem, reset_problem
-        if reset_problem:  # ignored: the latch stays as it is; said and counted once per bad write, not every tick
-            if reset_problem != said:
+        new = self.said.first("reset", reset_problem)
+        if reset_problem:  # ignored: the latch stays as it is
+            if new:
                 self.health.inc("forged_state")
                 error(self.logger, "FORGED_STATE", "operator reset request does not verify; ignoring it",
                       error=reset_problem)

@@ -396,6 +396,15 @@ def test_ignored_aborts_are_journaled_within_an_allowance_per_stage() -> None:
     assert gate.note("signal", now=62.0) is None
 
 
+def test_a_refused_request_is_said_once_per_bad_write_not_at_every_read() -> None:
+    from shared.allowance import SaidOnce
+
+    said = SaidOnce()
+    reads = ["revision 3: bad signature", "revision 3: bad signature", "", "revision 5: bad", "revision 5: bad"]
+    assert [said.first("problem", r) for r in reads] == [True, False, True, True, False]
+    assert said.first("other", "revision 3: bad signature")  # each key its own memory
+
+
 @pytest.mark.parametrize(("side", "quote", "refused"), [
     ("buy", Quote(100.0, 99.9, 100.1), ""),  # a 0.2% book, the plan at the last price
     ("buy", Quote(100.0, 98.0, 102.0), "spread of 4.00%"),  # a wide book: the ask is 2% above the plan
