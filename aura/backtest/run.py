@@ -321,8 +321,6 @@ def _utc(epoch_ms_column: str, name: str) -> pl.Expr:
 
 
 # Column types of round_trips.parquet, so that a run without any round trip still writes the same columns.
-
-
 ROUND_TRIP_SCHEMA: dict[str, Any] = {
     "symbol": pl.String, "entry_time": pl.Int64, "exit_time": pl.Int64, "entry_price": pl.Float64,
     "exit_price": pl.Float64, "qty": pl.Float64, "cost": pl.Float64, "proceeds": pl.Float64, "pnl": pl.Float64,

@@ -60,20 +60,16 @@ class Reconciler:
         self.operator_key = trusted_key(settings.keys, "executor", "operator")
         self.halt: str | None = None  # why trading is halted ([RECONCILE]); None: the books agree
         self.halted_since_ms = 0  # when the current halt began (this process's wall clock; see ADOPT_SKEW_MS)
-        self._compared = False  # a comparison has run in this process (the first one's halt may predate it)
+        self.compared = False  # a comparison has run in this process (the first one's halt may predate it)
         self._said = SaidOnce()  # a refused or stale request is said once, not at every poll
         self.unpriced = ""  # coins with no USDT price only the exchange holds, as of the last comparison
         self._waiter: asyncio.Task[None] | None = None
         health.checks["books"] = self._readiness
 
-    @property
-    def compared(self) -> bool:
-        return self._compared
-
     def _readiness(self) -> tuple[bool, str]:
         if self.halt is not None:
             return False, f"halted: {self.halt}; run `aura journal adopt`"
-        if not self._compared:
+        if not self.compared:
             # The boot compares only once recovery finished what a crash interrupted; until then nobody knows.
             return False, "not compared with the exchange yet: an interrupted plan is still to finish"
         note = f"; not in the journal, no {QUOTE} price: {self.unpriced}" if self.unpriced else ""
@@ -92,8 +88,8 @@ class Reconciler:
 
     def _halt(self, why: str, diff: BookDiff) -> None:
         if self.halt is None:
-            self.halted_since_ms = int(time.time() * 1000) if self._compared else self._last_agreed_ms()
-        self._compared = True
+            self.halted_since_ms = int(time.time() * 1000) if self.compared else self._last_agreed_ms()
+        self.compared = True
         if self.halt != why:
             error(self.logger, "RECONCILE", f"trading halted: {why}", differences=diff.diff, values=diff.values,
                   unpriced={a: {"journal": j, "exchange": x} for a, (j, x) in sorted(diff.unpriced_qty.items())})
@@ -124,7 +120,7 @@ class Reconciler:
             return False
         cash = min(exchange.get(QUOTE, 0.0), self.settings.paper_cash_usdt)  # at most the configured capital
         ensure_genesis(self.journal, cash)
-        self._compared = True
+        self.compared = True
         info(self.logger, "BOOT", "genesis snapshot written", cash=cash)
         return True
 
@@ -137,7 +133,7 @@ class Reconciler:
     def check(self, diff: BookDiff) -> bool:
         self._report_unpriced(diff)
         if diff.clean:
-            self._compared = True
+            self.compared = True
             if self.halt is not None:
                 info(self.logger, "RECONCILE", "journal and exchange agree again")
             self.halt = None

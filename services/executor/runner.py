@@ -217,21 +217,18 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
         now = await retried(broker.fetch_time, limits, logger, "STALE_PLAN", "exchange clock unreadable; retrying",
                             "exchange clock unreadable")
         age_ms = now - plan.as_of_ms
-        if age_ms > live.plan_max_age_ms and not fresh:
+        if age_ms > live.plan_max_age_ms:
+            why = (f"stale plan: data of {plan.as_of_ms} is {age_ms / 1000:.0f}s old by the exchange's clock "
+                   f"(limit {live.plan_max_age_ms / 1000:.0f}s)")
+            fields = {"plan_id": plan.plan_id, "cycle_id": plan.cycle_id, "as_of_ms": plan.as_of_ms,
+                      "exchange_ms": now, "max_age_ms": live.plan_max_age_ms}
+            if fresh:
+                error(logger, "STALE_PLAN", "plan on data too old for the exchange's clock; refusing it", **fields)
+                return refuse_plan(journal, plan, marks, "stale_plan", why, as_of_ms=plan.as_of_ms, exchange_ms=now)
             # Under way when the process stopped (an outage, a crash): what may be on the exchange is settled,
             # but no leg is sent on data this old; the next plan decides again on the market as it is.
-            stale = (f"stale plan: data of {plan.as_of_ms} is {age_ms / 1000:.0f}s old by the exchange's clock "
-                     f"(limit {live.plan_max_age_ms / 1000:.0f}s); not sent")
-            warn(logger, "STALE_PLAN", "resumed plan's data is too old: its unsent legs are not sent",
-                 plan_id=plan.plan_id, cycle_id=plan.cycle_id, as_of_ms=plan.as_of_ms, exchange_ms=now,
-                 max_age_ms=live.plan_max_age_ms)
-        if age_ms > live.plan_max_age_ms and fresh:
-            error(logger, "STALE_PLAN", "plan on data too old for the exchange's clock; refusing it",
-                  plan_id=plan.plan_id, cycle_id=plan.cycle_id, as_of_ms=plan.as_of_ms, exchange_ms=now,
-                  max_age_ms=live.plan_max_age_ms)
-            return refuse_plan(journal, plan, marks, "stale_plan", f"stale plan: data of {plan.as_of_ms} is "
-                               f"{age_ms / 1000:.0f}s old by the exchange's clock (limit "
-                               f"{live.plan_max_age_ms / 1000:.0f}s)", as_of_ms=plan.as_of_ms, exchange_ms=now)
+            stale = f"{why}; not sent"
+            warn(logger, "STALE_PLAN", "resumed plan's data is too old: its unsent legs are not sent", **fields)
     if fresh and sync is not None:
         # Dust is valued at the marks (the plan's prices, which risk checked against the venue, and the last
         # plans'), else at the journal's entry prices (a coin no plan priced since a restart).
