@@ -12,8 +12,8 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from shared.bus_access import inbox_prefix
+from shared.bus_access import api_prefix, inbox_prefix
 from shared.candles import digest
 from shared.config import ConfigError, Settings
 from shared.contracts import (
@@ -46,9 +46,6 @@ from shared.credentials import CredentialError, bus_seed
 from shared.logging import error, info, register_secret, warn
 from shared.runfile import resolve_nats_url
 
-if TYPE_CHECKING:  # the health app (fastapi, uvicorn) is a service's, not every bus client's (the CLI's)
-    from shared.health import HealthState
-
 C = TypeVar("C", bound=Contract)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -59,11 +56,6 @@ DEAD_LETTER_RETRY_S = 5.0
 # error line naming its stream sequence: the consumer must move on (stop-loss exits queue behind it), and the
 # message itself stays in its stream until max_age.
 DEAD_LETTER_MAX_TRIES = 10
-# A message delivered more often than this turns the consumer's /readyz red (see pull_loop).  Below every limit
-# that settles a failing message for good (consumer.MAX_DELIVERIES = 5 dead-letters it, DEAD_LETTER_MAX_TRIES
-# terminates one whose letter cannot be stored), so the seconds it is stuck show before it is given up on; a
-# second delivery is routine (a restart, an ack lost), a fourth is not.
-REDELIVERY_ALARM = 3
 
 
 class BusNotProvisioned(RuntimeError):
@@ -115,7 +107,7 @@ async def connect(settings: Settings, principal: str, logger: logging.Logger,
             changed(True)
             info(logger, "BUS", "connected to NATS", url=url, principal=principal)
             nc._aura_closing = closing  # type: ignore[attr-defined]  # see close(): a clean stop is no disconnect
-            return nc
+            return scope_jetstream(nc, principal)
         except Exception as exc:
             if "authorization violation" in str(exc).lower():
                 seed_path = settings.keys.bus_seed(principal)
@@ -125,6 +117,15 @@ async def connect(settings: Settings, principal: str, logger: logging.Logger,
                 error(logger, "BUS", "could not connect to NATS", url=url, error=str(exc))
                 raise
             await asyncio.sleep(0.5)
+
+
+def scope_jetstream(nc: NATS, principal: str) -> NATS:
+    """``nc.jetstream()`` calls JetStream's API where ``principal``'s account reaches it (its imports, under
+    ``api_prefix``: shared/bus_access.py says why each principal has an account of its own)."""
+    prefix = api_prefix(principal)
+    make = nc.jetstream
+    nc.jetstream = lambda **opts: make(**{"prefix": prefix, **opts})  # type: ignore[method-assign]
+    return nc
 
 
 async def close(nc: NATS) -> None:
@@ -167,7 +168,7 @@ async def session(settings: Settings, principal: str, timeout_s: float = 3.0) ->
         reason = str(exc) or type(exc).__name__
         raise BusUnavailable(f"cannot reach the AURA bus at {url} as {principal}: {reason}") from None
     try:
-        yield nc
+        yield scope_jetstream(nc, principal)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -375,61 +376,3 @@ async def settle_refused(msg: Msg, recorded: bool, logger: logging.Logger | None
                   "consumer moves on (it stays in its stream)", subject=msg.subject, stream_seq=seq,
                   deliveries=deliveries, bytes=len(msg.data), sha256=hashlib.sha256(msg.data).hexdigest())
         await msg.term()
-
-
-# --- consuming ---------------------------------------------------------------------------------------------------
-
-
-class RedeliveryAlarm:
-    """Readiness of one consumer: red while a message keeps coming back, with the reason."""
-
-    def __init__(self, health: HealthState, name: str) -> None:
-        self.health, self.name = health, name
-        self.stuck: tuple[int, int] | None = None  # (stream seq, deliveries)
-        health.checks[f"consumer_{name}"] = self.check
-
-    def check(self) -> tuple[bool, str]:
-        if self.stuck is None:
-            return True, "consuming"
-        seq, n = self.stuck
-        return False, f"message at stream seq {seq} delivered {n} times and still not settled"
-
-    def seen(self, msg: Msg) -> None:
-        meta = msg.metadata
-        if meta is None:
-            return
-        if meta.num_delivered > REDELIVERY_ALARM:
-            self.stuck = (meta.sequence.stream, meta.num_delivered)
-        elif self.stuck is not None and meta.sequence.stream != self.stuck[0]:
-            self.stuck = None
-
-
-async def pull_loop(sub: JetStreamContext.PullSubscription, handler: Callable[[Any], Awaitable[None]],
-                    stop: asyncio.Event, logger: logging.Logger, alarm: RedeliveryAlarm | None = None,
-                    batch: int = 1) -> None:
-    """Fetch and handle messages one at a time until ``stop``; transient bus errors are retried, not fatal."""
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch, timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            if alarm is not None and alarm.stuck is not None:
-                with contextlib.suppress(Exception):  # settled meanwhile (terminated, acked)?
-                    if (await sub.consumer_info()).num_ack_pending == 0:
-                        alarm.stuck = None
-            continue
-        except Exception as exc:
-            warn(logger, "BUS", "fetch failed; retrying", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(0.5)
-            continue
-        for msg in msgs:
-            if alarm is not None:
-                alarm.seen(msg)
-            try:
-                await handler(msg)
-            except Exception as exc:
-                # Handlers settle their own messages; this is the backstop for a defect that escapes one, so a
-                # bad message costs a log line and a delayed redelivery, never the service process.
-                error(logger, "HANDLER_ERROR", "unhandled error; message redelivered later", subject=msg.subject,
-                      error=f"{type(exc).__name__}: {exc}")
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=DEAD_LETTER_RETRY_S)

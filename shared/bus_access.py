@@ -19,12 +19,11 @@ Design points, each a defence the threat model asks for:
   reader is granted single subjects and single KV keys, not whole streams.
 * Each principal gets replies on its own inbox prefix (``_INBOX_<principal>``), so no client can read another's
   request replies.
+* Each principal has an account of its own that imports only what it is granted; JetStream and the admin
+  credential live in the ``AURA`` account (``server_config`` says why: a pull request's reply subject).
 * The console (the dashboard and the alerts) reads whole streams by sequence and consumes the events through its
   own durable consumer; it may publish nothing, write nothing, manage nothing.  It serves a web page, so it is the
-  principal most exposed: if it is compromised, the attacker can read what the dashboard shows, and, as any
-  consumer can, name the reply subject of its own pull requests, so the server stores its events again on a
-  subject it names (ARCHITECTURE.md, "a pull request's reply subject"): alerts repeated, never a plan or a
-  parameter made.
+  principal most exposed: if it is compromised, the attacker can read what the dashboard shows, and no more.
 """
 
 from __future__ import annotations
@@ -222,15 +221,41 @@ class Permissions:
     publish_deny: list[str] = field(default_factory=list)
 
 
-def permissions(principal: str) -> Permissions:
+def _grants(principal: str) -> tuple[list[str], list[str]]:
+    """(publish, subscribe) subjects of ``principal``'s grants as JetStream's account names them."""
     pub: list[str] = []
-    sub: list[str] = [f"{inbox_prefix(principal)}.>"]
+    sub: list[str] = []
     for row in MATRIX:
         p, s = row.nats(principal)
         pub += [x for x in p if x not in pub]
         sub += [x for x in s if x not in sub]
+    return pub, sub
+
+
+# JetStream's API as each account sees it.  The AURA account (the admin credential) holds JetStream and calls it
+# by its own name; every other account reaches the calls it was granted through imports renamed to this prefix:
+# under their own name the server's answer for an account without JetStream ("JetStream not enabled", sent to
+# every ``$JS.API`` request there) would shadow them.  shared/bus.py's connections use it.
+JS_API = "$JS.API"
+IMPORTED_JS_API = "JS.AURA.API"
+
+
+def api_prefix(principal: str) -> str:
+    return JS_API if principal == "admin" else IMPORTED_JS_API
+
+
+def local_subject(principal: str, subject: str) -> str:
+    """``subject`` (as JetStream's account names it) as ``principal``'s own account names it."""
+    if subject.startswith(JS_API + ".") and principal != "admin":
+        return IMPORTED_JS_API + subject[len(JS_API):]
+    return subject
+
+
+def permissions(principal: str) -> Permissions:
+    """What ``principal``'s user may publish and subscribe to, in its own account's names."""
+    pub, sub = _grants(principal)
     deny = list(ADMIN_DENY) if principal == "admin" else []
-    return Permissions(pub, sub, deny)
+    return Permissions([local_subject(principal, x) for x in pub], [f"{inbox_prefix(principal)}.>", *sub], deny)
 
 
 @dataclass(frozen=True)
@@ -239,25 +264,96 @@ class TlsFiles:
     key_file: str
 
 
+# JetStream (every stream, bucket and consumer) lives in this account, with the admin credential alone.  Each other
+# principal has an account of its own that imports from it exactly what its permissions name, and nothing else.
+JS_ACCOUNT = "AURA"
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """Whether NATS subject pattern ``pattern`` matches every subject ``subject`` (itself a pattern) can."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and (tok != s[i] or s[i] in ("*", ">"))):
+            return False
+    return len(p) == len(s)
+
+
+def _widest(subjects: list[str]) -> list[str]:
+    """``subjects`` once each, without those another one covers: two imports that both match would forward a
+    message twice (a KV write made twice is two revisions)."""
+    unique = list(dict.fromkeys(subjects))
+    return [s for s in unique if not any(o != s and covers(o, s) for o in unique)]
+
+
+def account_imports(principal: str) -> tuple[list[str], list[str]]:
+    """(service imports, stream imports) of ``principal``'s account, as JetStream's account names them: what it
+    publishes (plain subjects, KV and object writes, the JetStream API calls it may make, its acks) and what it
+    subscribes to, its inbox aside."""
+    pub, sub = _grants(principal)
+    return _widest(pub), sub
+
+
+def publishers(subject: str) -> list[str]:
+    """Who may publish on plain ``subject``: a subscriber's account imports it from theirs (a message that
+    reached JetStream's account through a service import goes no further, to no other account)."""
+    return [p for row in MATRIX if row.kind == "subject" and row.subject == subject
+            for p, access in row.grants.items() if PUBLISH in access]
+
+
 def server_config(users: dict[str, str], host: str, port: int, store_dir: str, tls: TlsFiles | None = None,
                   monitor_port: int | None = None) -> str:
-    """The nats-server configuration (JSON is valid NATS config syntax): NKey users with their permissions,
-    JetStream, payload and connection limits, optional TLS.  ``users``: principal -> public NKey."""
-    entries = []
-    for principal in PRINCIPALS:
+    """The nats-server configuration (JSON is valid NATS config syntax): NKey users with their permissions, each
+    in an account of its own, JetStream in the ``AURA`` account, payload and connection limits, optional TLS.
+    ``users``: principal -> public NKey.
+
+    Why accounts and not only permissions: a consumer names the reply subject of its pull requests, and the
+    server checks no permission on it.  In one account, a pull whose reply names ``$JS.API.CONSUMER.DELETE...`` or
+    ``$JS.API.STREAM.PURGE...`` had the server send its empty "no messages" status there, which JetStream ran as a
+    management request with the account's full rights: any consumer could delete another service's consumer or
+    purge a stream.  Across accounts the server answers on the requester's own account, where only its own
+    imports are, so a reply subject reaches nothing the principal could not publish itself.  The exports name
+    the accounts allowed to import them, so the server, not this file alone, holds each account to its rights."""
+    def user(principal: str) -> dict[str, object]:
         perm = permissions(principal)
         publish: dict[str, list[str]] = {"allow": perm.publish}
         if perm.publish_deny:
             publish["deny"] = perm.publish_deny
-        entries.append({"nkey": users[principal], "permissions": {"publish": publish,
-                                                                  "subscribe": {"allow": perm.subscribe}}})
+        return {"nkey": users[principal], "permissions": {"publish": publish, "subscribe": {"allow": perm.subscribe}}}
+
+    accounts: dict[str, dict[str, object]] = {}
+    exports: dict[tuple[str, str, str], list[str]] = {}  # (exporting account, kind, subject) -> importing accounts
+    for principal in PRINCIPALS:
+        if principal == "admin":
+            continue
+        services, streams = account_imports(principal)
+        imports: list[dict[str, object]] = []
+        for subject in services:
+            exports.setdefault((JS_ACCOUNT, "service", subject), []).append(principal)
+            entry: dict[str, object] = {"service": {"account": JS_ACCOUNT, "subject": subject}}
+            if local_subject(principal, subject) != subject:
+                entry["to"] = local_subject(principal, subject)
+            imports.append(entry)
+        for subject in streams:  # a plain subscription: straight from the publisher's account
+            for source in publishers(subject):
+                exports.setdefault((source, "stream", subject), []).append(principal)
+                imports.append({"stream": {"account": source, "subject": subject}})
+        accounts[principal] = {"users": [user(principal)], "imports": imports}
+    accounts[JS_ACCOUNT] = {"jetstream": "enabled", "users": [user("admin")]}
+    for (source, kind, subject), importers in exports.items():
+        export: dict[str, object] = {kind: subject, "accounts": importers}
+        if kind == "service" and subject.startswith(f"{JS_API}.CONSUMER.MSG.NEXT."):
+            export["response_type"] = "stream"  # a pull is answered with up to a batch of messages
+        accounts[source].setdefault("exports", []).append(export)  # type: ignore[union-attr]
     conf: dict[str, object] = {
         "host": host, "port": port,
         "max_payload": MAX_PAYLOAD,
         "max_connections": 512,
         "max_control_line": 4096,
         "jetstream": {"store_dir": store_dir, "max_file_store": 8 * 1024**3, "max_memory_store": 256 * 1024**2},
-        "authorization": {"users": entries, "timeout": 2},
+        "authorization": {"timeout": 2},
+        "accounts": accounts,
     }
     if tls is not None:
         conf["tls"] = {"cert_file": tls.cert_file, "key_file": tls.key_file, "timeout": 2}

@@ -32,8 +32,9 @@ from nats.aio.msg import Msg
 
 from services.console.notify import DownTracker, Notifier, alert_for_event, daily_summary, parse_urls, summary_due
 from services.console.view import BusView, open_orders
-from shared.bus import RedeliveryAlarm, durable_pull, pull_loop
+from shared.bus import durable_pull
 from shared.config import SERVICE_NAMES, Settings
+from shared.consumer import RedeliveryAlarm, pull_loop
 from shared.contracts import CONSUMERS, ContractError, ServiceEvent, decode
 from shared.events import EVENT_TAGS
 from shared.health import not_ours

@@ -41,16 +41,8 @@ from services.executor.runner import (
     write_snapshot,
 )
 from services.executor.settle import apply_settle
-from shared.bus import (
-    RedeliveryAlarm,
-    dead_letter,
-    durable_pull,
-    publish,
-    pull_loop,
-    settle_refused,
-    state_kv,
-)
-from shared.consumer import MAX_DELIVERIES
+from shared.bus import dead_letter, durable_pull, publish, settle_refused, state_kv
+from shared.consumer import MAX_DELIVERIES, RedeliveryAlarm, pull_loop
 from shared.contracts import (
     CONSUMERS,
     ApprovedPlan,

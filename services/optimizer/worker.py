@@ -38,15 +38,8 @@ from aura.optimize.tasks import (
     run_spa,
     warm_up,
 )
-from shared.bus import (
-    MSG_ID_HEADER,
-    RedeliveryAlarm,
-    dead_letter,
-    durable_pull,
-    pull_loop,
-    read_object,
-    settle_refused,
-)
+from shared.bus import MSG_ID_HEADER, dead_letter, durable_pull, read_object, settle_refused
+from shared.consumer import RedeliveryAlarm, pull_loop
 from shared.contracts import (
     CONSUMERS,
     OPT_INPUTS_BUCKET,

@@ -53,8 +53,8 @@ from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, committed_peak, latch_view, portfolio_state
 from services.risk.tick_loop import tick_loop
 from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_data_time, check_target
-from shared.bus import RedeliveryAlarm, durable_pull, publish, pull_loop, state_kv
-from shared.consumer import Reject, handle
+from shared.bus import durable_pull, publish, state_kv
+from shared.consumer import RedeliveryAlarm, Reject, handle, pull_loop
 from shared.contracts import (
     CONSUMERS,
     CycleAborted,

@@ -16,15 +16,42 @@ from typing import TYPE_CHECKING
 from services.risk.plan_body import build_plan_body, rules_of
 from services.risk.prices import PriceRead, exit_volumes
 from services.risk.tick import TickDecision, evaluate_tick, tick_target
+from shared.health import HealthState
 from shared.logging import error, info, warn
 
 if TYPE_CHECKING:  # service.py imports this module: the class is only a type here
     from services.risk.service import Risk
 
 
+# Failed ticks in a row that turn risk's /readyz red: one is a blip (a price read timing out); this many mean the
+# stop-losses and the kill-switch are not being checked, which an operator must see (once a deleted bucket
+# failed every tick for as long as it lasted while risk answered ready).
+TICK_FAILURES_RED = 3
+
+
+class TickHealth:
+    """Risk's ``risk_tick`` readiness check: red after ``TICK_FAILURES_RED`` failed ticks in a row."""
+
+    def __init__(self, health: HealthState) -> None:
+        self.failures, self.last_error = 0, ""
+        health.checks["risk_tick"] = self.check
+
+    def check(self) -> tuple[bool, str]:
+        if self.failures >= TICK_FAILURES_RED:
+            return False, f"the last {self.failures} risk ticks failed (stops unchecked): {self.last_error}"
+        return True, "ticking" if not self.failures else f"{self.failures} tick(s) failed: {self.last_error}"
+
+    def ticked(self, exc: BaseException | None = None) -> None:
+        if exc is None:
+            self.failures = 0
+        else:
+            self.failures, self.last_error = self.failures + 1, f"{type(exc).__name__}: {exc}"[:300]
+
+
 async def tick_loop(risk: Risk) -> None:
     """Tick every ``risk_tick_s`` until stop, under the cycle lock: a tick never interleaves with a target."""
     period = risk.ctx.settings.risk_tick_s
+    health = TickHealth(risk.ctx.health)
     while not risk.ctx.stop.is_set():
         try:
             await asyncio.wait_for(risk.ctx.stop.wait(), timeout=period)
@@ -34,9 +61,12 @@ async def tick_loop(risk: Risk) -> None:
         try:
             async with risk.lock:
                 await tick(risk)
+            health.ticked()
         except Exception as exc:  # a failed tick is logged and retried next period, never fatal
+            health.ticked(exc)
             risk.ctx.health.inc("risk_tick_errors")
-            error(risk.ctx.logger, "RISK_TICK", "risk tick failed", error=f"{type(exc).__name__}: {exc}")
+            error(risk.ctx.logger, "RISK_TICK", "risk tick failed", error=f"{type(exc).__name__}: {exc}",
+                  failed_in_a_row=health.failures)
 
 
 async def tick(risk: Risk) -> TickDecision | None:

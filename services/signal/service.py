@@ -19,9 +19,9 @@ from aura.strategy.schedule import is_decision_bar, timeframe_ms
 from aura.strategy.signal import compute_targets
 from aura.strategy.state import SignalState
 from aura.strategy.types import Panel
-from shared.bus import RedeliveryAlarm, durable_pull, kv_get, publish, pull_loop, state_kv, verified_candles
+from shared.bus import durable_pull, kv_get, publish, state_kv, verified_candles
 from shared.candles import decode_panel
-from shared.consumer import Reject, handle
+from shared.consumer import RedeliveryAlarm, Reject, handle, pull_loop
 from shared.contracts import CONSUMERS, CycleAborted, DataReady, TargetPortfolio, content_id
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
 from shared.logging import info

@@ -302,7 +302,7 @@ def test_public_keys_are_read_only_for_everyone_but_keygen(services: dict[str, d
 
 def test_keygen_writes_a_server_config_that_admits_exactly_the_generated_keys(tmp_path: Path) -> None:
     """What the keygen job runs, run here: the config names every principal's NKey with its permissions."""
-    from shared.bus_access import permissions
+    from shared.bus_access import JS_ACCOUNT, permissions
     from shared.credentials import KeyLayout, bus_public_key
 
     env = clean_env({"AURA_HOME": str(tmp_path)})
@@ -316,13 +316,15 @@ def test_keygen_writes_a_server_config_that_admits_exactly_the_generated_keys(tm
     doc = json.loads(conf.read_text())
     assert (doc["host"], doc["port"], doc["jetstream"]["store_dir"], doc["http"]) == ("0.0.0.0", 4222, "/data",
                                                                                    "127.0.0.1:8222")
-    users = {u["nkey"]: u["permissions"] for u in doc["authorization"]["users"]}
+    # One account per principal (JetStream and the admin credential in AURA), one user in each.
+    users = {u["nkey"]: (name, u["permissions"]) for name, acc in doc["accounts"].items() for u in acc["users"]}
     layout = KeyLayout(keys)
     for principal in PRINCIPALS:
-        perm = users[bus_public_key(layout, principal)]
+        account, perm = users[bus_public_key(layout, principal)]
+        assert account == (JS_ACCOUNT if principal == "admin" else principal)
         assert perm["publish"]["allow"] == permissions(principal).publish
         assert perm["subscribe"]["allow"] == permissions(principal).subscribe
-    assert len(users) == len(PRINCIPALS)
+    assert len(users) == len(PRINCIPALS) and "users" not in doc["authorization"]
     assert oct(conf.stat().st_mode & 0o777) == "0o644"  # public NKeys only: the nats container must read it
     for principal in PRINCIPALS:
         assert oct((keys / principal / "bus.nk").stat().st_mode & 0o777) == "0o600"

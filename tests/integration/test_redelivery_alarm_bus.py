@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from shared import consumer
-from shared.bus import REDELIVERY_ALARM, RedeliveryAlarm, durable_pull, pull_loop
-from shared.consumer import MAX_DELIVERIES, handle
+from shared.bus import durable_pull
+from shared.consumer import MAX_DELIVERIES, REDELIVERY_ALARM, RedeliveryAlarm, handle, pull_loop
 from shared.contracts import CONSUMERS, DataReady, encode
 from shared.health import HealthState
 from shared.service import ServiceContext

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aura.launcher import Stack, wait_ready
 from aura.natsd import NatsServer
-from shared.bus import MSG_ID_HEADER, client_options, last_message
+from shared.bus import MSG_ID_HEADER, client_options, last_message, scope_jetstream
 from shared.config import SERVICE_NAMES, Settings
 from shared.contracts import DeadLetter, decode
 from shared.state_keys import WRITERS
@@ -101,8 +101,9 @@ class System:
     async def connect(self, principal: str | None) -> nats.NATS:
         """A client on this system's bus: anonymous (None) or holding ``principal``'s NKey."""
         options = client_options(self.settings, principal) if principal else {}
-        return await nats.connect(self.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
-                                  error_cb=_collect, **options)
+        nc = await nats.connect(self.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
+                                error_cb=_collect, **options)
+        return scope_jetstream(nc, principal) if principal else nc
 
     def dead_letters(self, service: str) -> list[DeadLetter]:
         async def read() -> list[DeadLetter]:

@@ -26,6 +26,7 @@ from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
 from services.risk.latch import HALT_KEY, read_latch, write_latch
 from shared.bus import candle_writer, last_message, publish
+from shared.bus_access import local_subject
 from shared.candles import decode_panel, digest, encode_panel
 from shared.contracts import (
     ApprovedPlan,
@@ -422,21 +423,31 @@ def test_aborts_for_unknown_cycles_never_become_equity_points(system: System) ->
     assert {e[0] for e in events} == {"abort_ignored"} and 20 <= len(events) <= 22, events
 
 
-def test_a_pull_redirected_onto_a_services_subscription_is_dropped_not_handled(system: System) -> None:
-    """A pull request's reply subject may name any subject, and JetStream delivers there: any principal allowed to
-    pull from a durable (here a worker, from its task queue) can push stored messages onto risk's stale-notice and
-    ingest's snapshot subscriptions.  Each service handles only its own subject there: the rest is counted, said
-    within an allowance, never dead-lettered (a flood would push genuine dead letters out of their stream)."""
+def test_a_pull_redirected_onto_another_services_subscription_never_arrives(system: System) -> None:
+    """A pull request's reply subject may name any subject, and JetStream delivers there.  A worker (allowed to pull
+    from its task queue) once pushed stored tasks onto risk's stale-notice and ingest's snapshot subscriptions this
+    way.  The answer to a pull now stays in the puller's own account (shared/bus_access.py, ``server_config``),
+    where neither subject is imported: nothing arrives, nothing is counted, nothing dead-lettered.  (Were one to
+    arrive, both subscriptions still hand a handler only their own subject: shared/allowance.own_subject_only.)"""
     before = system.book()
     letters_before = len(system.dead_letters("risk"))
     counts = {svc: system.counter(svc, "misrouted") for svc in ("risk", "ingest")}
+
+    async def pending() -> int:
+        admin = await system.connect("admin")
+        try:
+            info = await admin.jetstream().consumer_info("AURA_OPT_TASKS", "worker")
+            return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        finally:
+            await admin.close()
 
     async def redirect() -> None:
         optimizer, worker = await system.connect("optimizer"), await system.connect("worker")
         try:
             for target in ("aura.data.stale", "aura.exec.snapshots") * 3:
                 await optimizer.jetstream().publish("aura.optimize.tasks", b'{"v":1,"attack":"redirected"}')
-                await worker.publish("$JS.API.CONSUMER.MSG.NEXT.AURA_OPT_TASKS.worker",
+                # Where the worker's own account reaches its consumer (shared.bus_access.local_subject).
+                await worker.publish(local_subject("worker", "$JS.API.CONSUMER.MSG.NEXT.AURA_OPT_TASKS.worker"),
                                      b'{"batch":1,"expires":2000000000}', reply=target)
                 await worker.flush()
                 await asyncio.sleep(0.1)
@@ -444,12 +455,14 @@ def test_a_pull_redirected_onto_a_services_subscription_is_dropped_not_handled(s
             await optimizer.close()
             await worker.close()
 
+    taken_before = run(pending())
     run(redirect())
-    wait_until(lambda: all(system.counter(svc, "misrouted") >= counts[svc] + 3 for svc in counts),
-               "risk and ingest to drop the pushed messages")
+    # The six tasks are in the queue, none handled: the redirected pulls took nothing anywhere.
+    assert run(pending()) == taken_before + 6
+    time.sleep(2.0)  # what would arrive has arrived: each service's subscription is read at once
+    assert {svc: system.counter(svc, "misrouted") for svc in counts} == counts
     assert len(system.dead_letters("risk")) == letters_before, "a pushed message was dead-lettered"
-    assert system.log_lines("risk", "MISROUTED") and system.log_lines("ingest", "MISROUTED")
-    assert_untouched(system, before, "stored messages pushed onto subscriptions")
+    assert_untouched(system, before, "stored messages pushed at other services' subscriptions")
 
 
 # --- after every attack: the system still trades a genuine cycle -------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 from aura.natsd import free_port, nats_server_binary
 from shared.bus import client_options
-from shared.bus_access import inbox_prefix, matrix_markdown, permissions
+from shared.bus_access import inbox_prefix, local_subject, matrix_markdown, permissions
 from shared.contracts import CONSUMERS
 from shared.credentials import PRINCIPALS
 from shared.provision import BUCKETS, provision_bus, stream_configs
@@ -135,10 +135,11 @@ CONSUME = {spec.durable: {name, "admin"} for name, spec in CONSUMERS.items()}
 
 
 class Probe:
-    """One connection; classifies each request as allowed (a reply came) or refused (the server said so)."""
+    """One connection; classifies each request as allowed (JetStream or a service answered) or refused (the server
+    said so).  JetStream's API is asked where the principal's own account reaches it (``local_subject``)."""
 
-    def __init__(self, nc: Any, errors: list[str]) -> None:
-        self.nc, self.errors = nc, errors
+    def __init__(self, nc: Any, errors: list[str], principal: str) -> None:
+        self.nc, self.errors, self.principal = nc, errors, principal
 
     def refused(self, subject: str) -> bool:
         """The server said so: its permission error names this exact subject."""
@@ -149,6 +150,7 @@ class Probe:
         # it counts as soon as it is there instead of after the request's timeout.  An allowed request is
         # answered.  Under load an answer can take a while, so silence is asked once more before it counts as
         # "no answer" (a failure).
+        subject = local_subject(self.principal, subject)
         for _ in range(2):
             request = asyncio.ensure_future(self.nc.request(subject, payload, timeout=3.0, headers=headers))
             while not request.done() and not self.refused(subject):
@@ -158,7 +160,8 @@ class Probe:
                 await asyncio.gather(request, return_exceptions=True)
                 return "refused"
             if request.exception() is None:
-                return "allowed"
+                # An account without the import is answered too, by the server: "JetStream not enabled".
+                return "refused" if b'"err_code":10039' in request.result().data else "allowed"
             await asyncio.sleep(0.05)
             if self.refused(subject):
                 return "refused"
@@ -173,7 +176,7 @@ async def probe_for(endpoint: NatsEndpoint, principal: str) -> Probe:
 
     options = client_options(endpoint.settings(), principal)
     nc = await nats.connect(endpoint.url, error_cb=on_error, allow_reconnect=False, **options)
-    return Probe(nc, errors)
+    return Probe(nc, errors, principal)
 
 
 def consumer_create(stream: str, durable: str | None = None) -> bytes:

@@ -9,7 +9,8 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
-from shared.bus import DEAD_LETTER_MAX_TRIES, REDELIVERY_ALARM, RedeliveryAlarm, pull_loop, settle_refused
+from shared.bus import DEAD_LETTER_MAX_TRIES, settle_refused
+from shared.consumer import REDELIVERY_ALARM, RedeliveryAlarm, pull_loop
 from shared.health import HealthState
 
 
@@ -83,3 +84,36 @@ def test_a_refused_message_that_cannot_be_dead_lettered_is_kept_then_terminated(
     asyncio.run(settle_refused(last, recorded=False, logger=logging.getLogger("t")))
     assert early.calls == ["nak"], "an early delivery must come back: the dead letter may still be stored"
     assert last.calls == ["term"], "after the last try the consumer must move on"
+
+
+class FailingSub(Sub):
+    """A consumer that is gone: every fetch is refused (what a deleted durable answers), until ``heal()``."""
+
+    def __init__(self) -> None:
+        super().__init__([], 0)
+        self.gone = True
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:
+        if self.gone:
+            await asyncio.sleep(0.01)
+            raise RuntimeError("nats: ServiceUnavailableError: code=503 description='consumer not found'")
+        return await super().fetch(batch, timeout)
+
+
+def test_a_consumer_that_cannot_be_fetched_from_turns_readyz_red_and_green_again(monkeypatch: Any) -> None:
+    """It once read "consuming" for ever: the loop logged each failed fetch and retried, /readyz stayed 200."""
+    import shared.consumer
+
+    monkeypatch.setattr(shared.consumer, "FETCH_FAILING_RED_S", 1.0)
+    health = HealthState(service="executor")
+    alarm = RedeliveryAlarm(health, "executor")
+    sub = FailingSub()
+    run_loop(sub, alarm, seconds=0.1)
+    assert alarm.check()[0], "a failure shorter than a reconnect is not an alarm"
+    run_loop(sub, alarm, seconds=0.8)
+    ok, why = alarm.check()
+    assert not ok and "consumer not found" in why and "failed for" in why, why
+    assert not health.readiness()[0]
+    sub.gone = False
+    run_loop(sub, alarm, seconds=0.2)
+    assert alarm.check() == (True, "consuming")

@@ -1,0 +1,44 @@
+"""Risk's /readyz turns red when its ticks keep failing: the stop-losses and the kill-switch are then unchecked.
+
+A deleted state bucket once failed every tick ("risk tick failed", once a second) while risk answered ready."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import services.risk.tick_loop as tick_loop_module
+from services.risk.tick_loop import TICK_FAILURES_RED, tick_loop
+from shared.health import HealthState
+
+
+def test_failed_ticks_in_a_row_turn_readyz_red_and_a_good_tick_green(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes: list[Exception | None] = [RuntimeError("bucket aura_state not found")] * TICK_FAILURES_RED + [None]
+    seen: list[tuple[bool, str]] = []
+    health = HealthState(service="risk")
+
+    async def scripted_tick(_risk: Any) -> None:
+        seen.append(health.checks["risk_tick"]())  # what /readyz said before this tick
+        outcome = outcomes.pop(0) if outcomes else None
+        if outcome is not None:
+            raise outcome
+        if not outcomes:
+            risk.ctx.stop.set()
+
+    monkeypatch.setattr(tick_loop_module, "tick", scripted_tick)
+
+    async def scenario() -> None:
+        risk.ctx.stop = asyncio.Event()
+        risk.lock = asyncio.Lock()
+        await asyncio.wait_for(tick_loop(risk), 10)
+
+    risk: Any = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(risk_tick_s=0.01), health=health,
+                                                    logger=logging.getLogger("t"), stop=None), lock=None)
+    asyncio.run(scenario())
+    assert [ok for ok, _ in seen] == [True] * TICK_FAILURES_RED + [False], seen
+    assert "stops unchecked" in seen[-1][1] and "bucket aura_state not found" in seen[-1][1]
+    assert health.checks["risk_tick"]() == (True, "ticking")
