@@ -111,7 +111,8 @@ async def paper_rules(settings: Settings, logger: logging.Logger) -> dict[str, M
     (a shadow run), the venue's own public rules, the ones ingest carries in every DataReady."""
     if settings.ingest_source != "sync":
         return load_market_rules(Path(settings.replay_dir) / "markets.json")
-    from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url  # public markets only: no keys
+    from services.executor.brokers.ccxt_broker import CcxtBroker
+    from services.executor.brokers.ccxt_client import venue_url  # public markets only: no keys
 
     venue = CcxtBroker(settings.exchange_id, base_url=venue_url(settings), testnet=settings.testnet, logger=logger)
     try:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -131,6 +131,9 @@ class CrashBroker:
 
     async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
         return await self.inner.load_markets(reload)
+
+    def unlisted(self, symbols: Iterable[str]) -> list[str]:
+        return self.inner.unlisted(symbols)
 
     async def fetch_free_balances(self) -> dict[str, float]:
         return await self._call("balances", self.inner.fetch_free_balances)  # type: ignore[no-any-return]

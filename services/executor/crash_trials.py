@@ -47,7 +47,7 @@ from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET
 from aura.exchange_sim.config import default_data_dir
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
-from services.executor.brokers.ccxt_broker import make_ccxt_binance
+from services.executor.brokers.ccxt_client import make_ccxt_binance
 from services.executor.crash_child import (
     GENESIS_USDT,
     SYMBOLS,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.ccxt_client import venue_url
 from services.executor.secrets import load_credentials
 from shared.config import Settings
 from shared.logging import info

@@ -2,8 +2,9 @@
 
 Read at boot, then again from the exchange (ccxt told to reload, never its cache) when they are older than
 ``markets_refresh_s`` by the venue's clock (as ingest measures it: a day of market time, also in an accelerated
-rehearsal), and whenever a plan names a symbol they lack: a pair listed after the start, or a step size or
-minimum notional the venue changed, must not be traded on the boot-time copy.
+rehearsal), whenever a plan names a symbol they lack, and whenever it names one the broker has since seen
+delisted: a pair listed after the start, a pair gone, or a step size or minimum notional the venue changed, must
+not be traded on the boot-time copy.
 
 A reload that fails keeps the rules in force (``[MARKETS]`` warning, counted): yesterday's step size is still
 the best known one.  A symbol the rules lack is never traded on a guess: if the reload that should bring its
@@ -44,12 +45,16 @@ class MarketRules:
 
     async def for_symbols(self, symbols: Iterable[str]) -> dict[str, MarketRule]:
         """The rules to trade ``symbols`` with, read again first if they are due or lack one of them."""
-        missing = sorted({s for s in symbols if s not in self.rules})
+        wanted = set(symbols)
+        missing = sorted(s for s in wanted if s not in self.rules)
+        # A pair the client found delisted since (a price read the exchange refused for it) still has a rule here:
+        # read again, so its leg is skipped as unlisted rather than looked up or sent.
+        gone = sorted(self.broker.unlisted(s for s in wanted if s in self.rules))
         now = await self._now()
         due = self.loaded_ms is None or (now is not None and now - self.loaded_ms >= self.refresh_ms)
-        if not missing and not due:
+        if not missing and not gone and not due:
             return self.rules
-        why = f"no rule for {', '.join(missing)}" if missing else "due"
+        why = f"no rule for {', '.join(missing)}" if missing else f"delisted: {', '.join(gone)}" if gone else "due"
         try:
             fresh = await self.broker.load_markets(reload=True)
             if not fresh:

@@ -113,7 +113,8 @@ class LivePrices:
     """
 
     def __init__(self, ctx: ServiceContext) -> None:
-        from services.executor.brokers.ccxt_broker import CcxtBroker, venue_url
+        from services.executor.brokers.ccxt_broker import CcxtBroker
+        from services.executor.brokers.ccxt_client import venue_url
 
         s = ctx.settings
         self.ctx = ctx

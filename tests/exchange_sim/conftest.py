@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
-from services.executor.brokers.ccxt_broker import make_ccxt_binance
+from services.executor.brokers.ccxt_client import make_ccxt_binance
 
 START = "2024-01-01"
 

@@ -14,7 +14,7 @@ import pytest
 
 from aura.exchange_sim import Fault, SimServer
 from aura.exchange_sim.cli import add_exchange_sim_parser, config_from_args
-from services.executor.brokers.ccxt_broker import make_ccxt_binance
+from services.executor.brokers.ccxt_client import make_ccxt_binance
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from services.executor.brokers.ccxt_broker import make_ccxt_exchange, venue_url
+from services.executor.brokers.ccxt_client import make_ccxt_exchange, venue_url
 from shared.config import load_settings
 
 

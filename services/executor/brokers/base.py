@@ -6,6 +6,7 @@ All methods are coroutines (the executor is one asyncio task handling one plan a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,6 +123,10 @@ class Broker(Protocol):
 
     async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
         """Rules of every tradable market.  ``reload``: ask the exchange again, never a client's cached copy."""
+        ...
+
+    def unlisted(self, symbols: Iterable[str]) -> list[str]:
+        """Which of ``symbols`` the venue no longer lists, as far as this client already knows (no request)."""
         ...
 
     async def fetch_free_balances(self) -> dict[str, float]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 import ccxt
-import ccxt.async_support as ccxt_async
 
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
@@ -33,7 +33,7 @@ from services.executor.brokers.base import (
     RateLimitedError,
     TransientBrokerError,
 )
-from shared.config import Settings
+from services.executor.brokers.ccxt_client import make_ccxt_exchange
 from shared.logging import info, register_secret, warn
 from shared.market_rules import rules_from_ccxt
 
@@ -49,54 +49,6 @@ _AUTH_CODES = {-1002, -1022, -2014, -2015}
 _UNKNOWN_OUTCOME_CODES = {-1000, -1001, -1006, -1007, -1008, -1004}  # "execution status unknown" family
 _NOT_FOUND_CODES = {-2011, -2013}
 TRADES_PAGE = 1000  # Binance myTrades' largest page
-
-
-def _rewrite(urls: Any, base_url: str) -> Any:
-    base = urlsplit(base_url)
-    if isinstance(urls, str):
-        parts = urlsplit(urls)
-        return parts._replace(scheme=base.scheme, netloc=base.netloc).geturl() if parts.netloc else urls
-    if isinstance(urls, dict):
-        return {k: _rewrite(v, base_url) for k, v in urls.items()}
-    return urls
-
-
-def make_ccxt_exchange(exchange_id: str = "binance", *, api_key: str = "", secret: str = "",
-                       base_url: str | None = None, async_: bool = True, timeout_ms: int = 10_000,
-                       enable_rate_limit: bool = True, adjust_for_time_difference: bool = True,
-                       testnet: bool = False, options: dict[str, Any] | None = None) -> Any:
-    """A spot-only ccxt client.  ``testnet``: the exchange's testnet URLs (ccxt's sandbox mode; an exchange
-    without one is an error, never a silent mainnet).  ``base_url`` then points every host of that URL set at
-    the simulator (or a proxy)."""
-    module = ccxt_async if async_ else ccxt
-    cls = getattr(module, exchange_id, None)
-    if cls is None:
-        raise ValueError(f"ccxt has no exchange {exchange_id!r}")
-    opts: dict[str, Any] = {
-        "defaultType": "spot",
-        "fetchMarkets": {"types": ["spot"]},  # no futures/options exchangeInfo calls
-        "fetchCurrencies": False,  # would hit sapi/capital endpoints a spot key may not reach
-        "fetchMargins": False,
-        "adjustForTimeDifference": adjust_for_time_difference,  # a drifting clock otherwise means -1021
-        **(options or {}),
-    }
-    exchange = cls({"apiKey": api_key, "secret": secret, "enableRateLimit": enable_rate_limit,
-                    "timeout": timeout_ms, "options": opts})
-    if testnet:
-        exchange.set_sandbox_mode(True)
-    if base_url:
-        exchange.urls["api"] = _rewrite(exchange.urls["api"], base_url.rstrip("/"))
-    return exchange
-
-
-def venue_url(settings: Settings) -> str | None:
-    """The REST base of the venue the settings trade on: with ``testnet`` the testnet's (exchange_testnet_url,
-    else ccxt's sandbox hosts), never exchange_api_url, which names the main venue; None = ccxt's own hosts."""
-    return (settings.exchange_testnet_url if settings.testnet else settings.exchange_api_url) or None
-
-
-def make_ccxt_binance(base_url: str | None, api_key: str, secret: str, async_: bool = True, **kwargs: Any) -> Any:
-    return make_ccxt_exchange("binance", api_key=api_key, secret=secret, base_url=base_url, async_=async_, **kwargs)
 
 
 def exchange_code(exc: BaseException) -> int | None:
@@ -126,6 +78,30 @@ class CcxtBroker:
         self._binance = exchange_id in _BINANCE_LIKE
         # Balances can never predate a fill we have seen; an account snapshot older than that is stale.
         self._balance_floor_ms = 0
+        # ccxt measures the offset to the exchange's clock once, with the markets.  A clock stepped since (NTP)
+        # makes every signed request -1021 until it is measured again: set by map_error, cleared by _gate.
+        self._clock_suspect = False
+        self._quiet_until = 0.0  # time.monotonic() before which no request is sent (the exchange's Retry-After)
+
+    async def _gate(self, signed: bool = True) -> None:
+        """Before a request.  None while the exchange's Retry-After runs, whatever loop asks (Binance turns a
+        client that keeps sending during a 429 into an IP ban, 418, and lengthens it): refused here, unsent.
+        Before a signed one, the offset to the exchange's clock measured again if the last request was refused
+        for its timestamp (a failure leaves it to the next request; the request itself then says why)."""
+        left = self._quiet_until - time.monotonic()
+        if left > 0:
+            raise RateLimitedError(f"the exchange asked for quiet: {left:.1f} s of its Retry-After left (not sent)",
+                                   retry_after_s=left)
+        if not signed or not self._clock_suspect or not self.exchange.options.get("adjustForTimeDifference"):
+            return
+        try:
+            await self.exchange.load_time_difference()
+        except Exception as exc:
+            warn(self.log, "CLOCK", "could not measure the exchange's clock again", error=str(exc)[:200])
+            return
+        self._clock_suspect = False
+        info(self.log, "CLOCK", "offset to the exchange's clock measured again after a timestamp refusal",
+             offset_ms=self.exchange.options.get("timeDifference"))
 
     # --- error mapping -----------------------------------------------------------------------------------------
 
@@ -165,8 +141,11 @@ class CcxtBroker:
         if code in _AUTH_CODES or (code is None and isinstance(exc, ccxt.AuthenticationError)):
             return CredentialsRejected(f"exchange rejected the credentials: {text}")
         if code in (-1003, -1015) or isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
-            return RateLimitedError(text, retry_after_s=self._retry_after())
+            retry_after = self._retry_after()
+            self._quiet_until = max(self._quiet_until, time.monotonic() + retry_after)
+            return RateLimitedError(text, retry_after_s=retry_after)
         if code == -1021 or isinstance(exc, ccxt.InvalidNonce):
+            self._clock_suspect = True  # the next signed request measures the offset again (_gate)
             return TransientBrokerError(f"request timestamp outside the exchange's recvWindow: {text}")
         if code in _UNKNOWN_OUTCOME_CODES or isinstance(exc, ccxt.NetworkError | ccxt.OperationFailed):
             return AmbiguousOrderError(text) if placing else TransientBrokerError(text)
@@ -179,6 +158,8 @@ class CcxtBroker:
     # --- symbols and markets ---------------------------------------------------------------------------------------
 
     async def _markets(self, reload: bool = False) -> dict[str, Any]:
+        if reload or not self.exchange.markets:  # else ccxt answers from its cache: nothing is sent
+            await self._gate(signed=False)
         try:
             return await self.exchange.load_markets(reload)
         except Exception as exc:
@@ -197,6 +178,14 @@ class CcxtBroker:
             return by_id[symbol][0]["symbol"]
         raise OrderRejectedError(f"unknown symbol {symbol!r} on {self.exchange_id}", code=-1121)
 
+    def unlisted(self, symbols: Iterable[str]) -> list[str]:
+        """Which of ``symbols`` the markets as last read no longer list (no request: a read that found a pair
+        delisted has read them again)."""
+        markets = self.exchange.markets
+        if not markets:
+            return []
+        return [s for s in symbols if s not in markets and s.replace("_", "/") not in markets]
+
     async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
         # reload=True: ccxt asks the exchange again and replaces its cache, which _symbol and the order
         # precision read too, so a pair listed since the last read can also be placed.
@@ -205,6 +194,7 @@ class CcxtBroker:
     # --- reads -------------------------------------------------------------------------------------------------------
 
     async def fetch_free_balances(self) -> dict[str, float]:
+        await self._gate()
         try:
             balance = await self.exchange.fetch_balance()
         except Exception as exc:
@@ -223,18 +213,29 @@ class CcxtBroker:
 
     async def _tickers(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
         """One ticker request for ``symbols``: each asked symbol's ccxt ticker; unlisted or unpriced ones absent."""
-        unified: dict[str, str] = {}
-        for asked in symbols:
+        for attempt in (1, 2):
+            unified: dict[str, str] = {}
+            for asked in symbols:
+                try:
+                    unified[asked] = await self._symbol(asked)
+                except OrderRejectedError:
+                    continue
+            if not unified:
+                return {}
+            await self._gate(signed=False)
             try:
-                unified[asked] = await self._symbol(asked)
-            except OrderRejectedError:
-                continue
-        if not unified:
-            return {}
-        try:
-            tickers = await self.exchange.fetch_tickers(sorted(set(unified.values())))
-        except Exception as exc:
-            raise self.map_error(exc, placing=False) from exc
+                tickers = await self.exchange.fetch_tickers(sorted(set(unified.values())))
+                break
+            except Exception as exc:
+                if attempt == 1 and self._code(exc) == -1121:
+                    # One pair delisted since the markets were read makes the exchange refuse the whole request
+                    # ("Invalid symbol"): read the markets again (it drops out) and ask once more, so a coin
+                    # nobody trades any more never stops the price reads of the others.
+                    warn(self.log, "MARKETS", "a pair asked for is no longer listed; markets read again",
+                         error=str(exc)[:200])
+                    await self._markets(reload=True)
+                    continue
+                raise self.map_error(exc, placing=False) from exc
         # never invent a price: a ticker without a last trade is absent
         return {asked: t for asked, sym in unified.items() if (t := tickers.get(sym) or {}).get("last")}
 
@@ -257,6 +258,7 @@ class CcxtBroker:
                 sym = await self._symbol(asked)
             except OrderRejectedError:
                 continue
+            await self._gate(signed=False)
             try:
                 rows = await self.exchange.fetch_ohlcv(sym, timeframe, since=bar_ms, limit=1)
             except Exception as exc:
@@ -268,6 +270,7 @@ class CcxtBroker:
     # --- orders ----------------------------------------------------------------------------------------------------
 
     async def fetch_time(self) -> int:
+        await self._gate(signed=False)
         try:
             return int(await self.exchange.fetch_time())
         except Exception as exc:
@@ -288,6 +291,7 @@ class CcxtBroker:
             raise OrderRejectedError(f"{sym} qty {qty} / cost {quote_amount} rounds to nothing: {exc}") from exc
         info(self.log, "BROKER", "placing market order", symbol=sym, side=side, qty=amount, quote_amount=cost,
              client_order_id=client_order_id, ref_price=ref_price)
+        await self._gate()
         try:
             if cost is not None:
                 # Spend exactly ``cost`` (Binance quoteOrderQty): the notional is what the caps were checked on,
@@ -308,6 +312,7 @@ class CcxtBroker:
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         sym = await self._symbol(symbol)
+        await self._gate()
         try:
             order = await self.exchange.fetch_order("", sym, self._lookup_params(client_order_id))
         except Exception as exc:
@@ -318,6 +323,7 @@ class CcxtBroker:
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         sym = await self._symbol(symbol)
+        await self._gate()
         try:
             order = await self.exchange.cancel_order("", sym, self._lookup_params(client_order_id))
         except Exception as exc:
@@ -377,6 +383,7 @@ class CcxtBroker:
         since = None if self._binance else since
         found: dict[str, dict[str, Any]] = {}
         while True:
+            await self._gate()
             try:
                 page = await self.exchange.fetch_my_trades(sym, since, limit, params)
             except Exception as exc:

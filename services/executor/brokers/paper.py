@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
@@ -40,6 +41,9 @@ class PaperBroker:
         self.slippage = slippage_bps / 10_000.0
         self.prices: dict[str, float] = {}
         self.orders: dict[str, OrderState] = {}
+
+    def unlisted(self, symbols: Iterable[str]) -> list[str]:
+        return []  # the paper venue's markets are the bundled rules: nothing is delisted under it
 
     async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
         return dict(self.rules)  # the paper venue's rules never change: nothing to reload
