@@ -31,7 +31,6 @@ from services.executor.brokers.base import (
     Fill,
     OrderRejectedError,
     OrderState,
-    Quote,
     RateLimitedError,
     TransientBrokerError,
 )
@@ -49,6 +48,7 @@ from services.executor.exchange_calls import (
     unresolved_lookup,
 )
 from services.executor.journal import Journal, now_ms
+from services.executor.live_guard import LiveGuard, buy_budget, fill_slippage, price_refusal, spend
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
 
@@ -56,24 +56,6 @@ T = TypeVar("T")
 
 FINAL_INTENT_STATES = ("filled", "partial", "rejected", "skipped", "canceled")
 MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange: look it up before anything
-@dataclass
-class LiveGuard:
-    """Live only: what the exchange's own prices and the journal's cash let one plan spend.
-
-    The plan's prices are risk's reference, not the market: before each new leg the exchange's ticker is read;
-    a leg is refused ([PRICE_GUARD]) when the book is wider than ``max_spread`` (a market order would pay the
-    spread and more) or when its reference is more than ``max_price_deviation`` from the price its market order
-    meets first (the ask for a buy, the bid for a sell).  The caps (``max_order_usdt``, min notional) are checked
-    at that price.  Buys spend a quote amount (``quoteOrderQty``), never more than ``cash``: the journal's free
-    cash when the plan started, plus what its sells brought in.
-    """
-
-    max_price_deviation: float
-    max_spread: float
-    cash: float
-    fee_rate: float = 0.001  # kept back from each buy's budget for a fee charged in the quote asset
-
-
 @dataclass
 class ExecutionResult:
     status: str = "executed"  # "executed" | "partial"
@@ -104,33 +86,6 @@ def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
         return 0.0, (f"below exchange minimum (qty {qty} vs min {rule.min_qty}, notional "
                      f"{qty * px:.2f} vs min {rule.min_notional} + {limits.min_notional_margin:.0%})")
     return qty, reason
-
-
-def price_refusal(leg: PlanLeg, quote: Quote, max_deviation: float, max_spread: float) -> str:
-    """Why a leg must not trade against the exchange's ``quote`` ("" if it may). Pure."""
-    if not quote.last > 0:
-        return f"price guard: the exchange gives no price for {leg.symbol}"
-    if quote.spread > max_spread:
-        book = "no two-sided book" if quote.spread == float("inf") else f"a spread of {quote.spread:.2%}"
-        return (f"price guard: {leg.symbol} shows {book} (bid {quote.bid:.8g}, ask {quote.ask:.8g}; "
-                f"limit {max_spread:.2%}): a market order would trade far from the price")
-    price = quote.side_price(leg.side)
-    deviation = abs(leg.ref_price / price - 1.0)
-    if deviation > max_deviation:
-        return (f"price guard: plan price {leg.ref_price:.8g} is {deviation:.1%} away from the exchange's "
-                f"{'ask' if leg.side == 'buy' else 'bid'} {price:.8g} (limit {max_deviation:.1%})")
-    return ""
-
-
-def buy_budget(qty: float, price: float, rule: MarketRule, limits: ExecutionLimits, guard: LiveGuard,
-               ) -> tuple[float, str]:
-    """(quote amount to spend, reason); 0 means skip.  The notional at the exchange's price, capped by
-    ``max_order_usdt`` and by the plan's cash left (less the fee).  Pure."""
-    budget = min(qty * price, limits.max_order_usdt, guard.cash / (1.0 + guard.fee_rate))
-    reason = "" if budget >= qty * price else f"buy limited to {budget:.2f} quote (cap or the journal's free cash)"
-    if budget < rule.min_notional * (1.0 + limits.min_notional_margin):
-        return 0.0, f"cash left {guard.cash:.2f} buys less than the minimum notional {rule.min_notional}"
-    return budget, reason
 
 
 async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: float, cid: str,
@@ -219,18 +174,6 @@ def journal_order(journal: Journal, cycle_id: str, order: OrderState, result: Ex
     return new
 
 
-def _spend(guard: LiveGuard | None, new: list[Fill]) -> None:
-    """What an order took from (buy) or gave to (sell) the plan's cash: its fills journaled now only.  The
-    guard's cash started as the journal's, which already holds the fills journaled before (an order found
-    working at boot has its fills so far journaled by the reconciliation): counted twice, a resumed sell's
-    proceeds would let the plan's buys spend cash the journal does not have."""
-    if guard is None:
-        return
-    for f in new:
-        notional = f.qty * f.price
-        guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
-
-
 def final_status(order: OrderState) -> str:
     if order.filled_qty >= order.qty - 1e-12 and order.filled_qty > 0:
         return "filled"
@@ -276,11 +219,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             journal.set_intent_status(cid, "unsent", "exchange has no such order")
             journal.commit()
         if stale:
-            journal.begin()
-            journal.set_intent_status(cid, "skipped", stale)
-            journal.commit()
-            result.status = "partial"
-            result.reasons.append(f"leg {leg.index} {leg.symbol}: {stale}")
+            _skip(journal, result, leg, cid, stale)
             continue
         if leg.symbol not in rules:
             # Not (or no longer) listed by the venue: nothing to place, and no price or balance to ask it for.
@@ -295,6 +234,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if leg.side == "sell":
             free = await free_balance_with_retry(broker, base_asset(leg.symbol), limits, logger)
         price, quote_amount = leg.ref_price, None
+        if guard is not None and leg.side == "buy" and guard.buys_stopped:
+            _skip(journal, result, leg, cid, guard.buys_stopped)
+            continue
         if guard is not None:
             quote = await live_quote(broker, leg.symbol, limits, logger)
             refusal = price_refusal(leg, quote, guard.max_price_deviation, guard.max_spread)
@@ -355,13 +297,41 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                  error=str(exc))
             continue
         assert order is not None
-        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, guard)
+        done = await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, guard)
+        if guard is not None:
+            _check_slippage(journal, plan, leg, cid, price, done, guard, logger)
     return result
+
+
+def _skip(journal: Journal, result: ExecutionResult, leg: PlanLeg, cid: str, reason: str) -> None:
+    journal.begin()
+    journal.set_intent_status(cid, "skipped", reason)
+    journal.commit()
+    result.status = "partial"
+    result.reasons.append(f"leg {leg.index} {leg.symbol}: {reason}")
+
+
+def _check_slippage(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str, price_read: float, order: OrderState,
+                    guard: LiveGuard, logger: logging.Logger) -> None:
+    """A fill much worse than the price read just before stops the plan's further buys (live_guard.py says why)."""
+    slipped = fill_slippage(leg.side, price_read, order.avg_price)
+    if order.filled_qty <= 0 or slipped <= guard.max_price_deviation:
+        return
+    guard.buys_stopped = (f"price guard: leg {leg.index} {leg.symbol} filled {slipped:.1%} worse than the "
+                          f"{'ask' if leg.side == 'buy' else 'bid'} read before it ({order.avg_price:.8g} vs "
+                          f"{price_read:.8g}; limit {guard.max_price_deviation:.1%}): no further buys in this plan")
+    journal.begin()
+    journal.event(plan.cycle_id, "fill_slippage", client_order_id=cid, symbol=leg.symbol, side=leg.side,
+                  price_read=price_read, avg_price=order.avg_price, slippage=round(slipped, 6))
+    journal.commit()
+    warn(logger, "PRICE_GUARD", "fill slipped past the guard; no further buys in this plan", cid=cid,
+         symbol=leg.symbol, side=leg.side, price_read=price_read, avg_price=order.avg_price,
+         slippage=round(slipped, 6))
 
 
 async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str,
                         order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult,
-                        guard: LiveGuard | None = None) -> None:
+                        guard: LiveGuard | None = None) -> OrderState:
     """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills."""
     order = await wait_final(broker, order, cid, limits)
     if not order.is_final:
@@ -373,7 +343,7 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
         new = journal_order(journal, plan.cycle_id, order, result, cid)
         journal.set_intent_status(cid, "acked", f"still {order.status} after its cancel")
         journal.commit()
-        _spend(guard, new)
+        spend(guard, new)
         raise TransientBrokerError(f"order {cid} ({order.symbol}) still {order.status} after its cancel; "
                                    "looked up again when the plan is retried")
     final = final_status(order)
@@ -381,8 +351,9 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
     new = journal_order(journal, plan.cycle_id, order, result, cid)
     journal.set_intent_status(cid, final, note)
     journal.commit()
-    _spend(guard, new)
+    spend(guard, new)
     if final != "filled":
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "
                               f"(exchange status {order.status})")
+    return order

@@ -17,8 +17,9 @@ from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE, base_asset
 from services.executor.exchange_calls import ExecutionLimits, rate_limit_pause, retried
-from services.executor.execution import ExecutionResult, LiveGuard, execute_plan
+from services.executor.execution import ExecutionResult, execute_plan
 from services.executor.journal import Journal
+from services.executor.live_guard import LiveGuard
 from services.executor.portfolio import Portfolio, portfolio_from_fills
 from services.executor.reconcile import reconcile
 from services.risk.sync_guard import CONFIRMED, IN_SYNC, GuardState, Tolerance, Verdict, observe

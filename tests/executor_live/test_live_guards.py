@@ -113,6 +113,22 @@ def test_a_market_with_a_wide_book_is_not_traded(rig: Rig) -> None:
     assert fill is not None and fill[0] == pytest.approx(ask) and fill[0] > bid
 
 
+@pytest.mark.parametrize("rig", [{"jitter_bps": 3000}], indirect=True)
+def test_a_fill_that_slipped_past_the_guard_stops_the_plans_further_buys(rig: Rig) -> None:
+    """A market order has no price limit: on a thin book it walks past the ask (here the simulator's jitter fills
+    up to 30% worse).  The first buy's average is compared with the ask read just before it; past the deviation
+    the plan's next buy is not sent (the book is thinner than the plan assumed), journaled and logged."""
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 500 / btc, btc), ("ETH/USDT", "buy", 500 / eth, eth)]))
+    assert [o.symbol for o in rig.server.sim.orders()] == ["BTCUSDT"], "the second buy reached the exchange"
+    assert run.status == "partial" and any("no further buys" in r for r in run.reasons), run.reasons
+    event = rig.journal.db.execute("SELECT detail FROM events WHERE kind='fill_slippage'").fetchone()
+    assert event is not None and '"BTC/USDT"' in event[0], event
+    assert any(f.get("slippage", 0) > 0.02 for f in rig.records.fields("PRICE_GUARD"))
+    rig.server.sim.configure(jitter_bps=0)  # the book deep again: the next plan buys
+    assert live_run(rig, plan_at(rig, [("ETH/USDT", "buy", 500 / eth, eth)])).status == "executed"
+
+
 def test_a_plan_on_data_older_than_a_bar_plus_the_grace_is_refused(rig: Rig) -> None:
     btc = rig.price("BTC/USDT")
     old = plan_at(rig, [("BTC/USDT", "buy", 0.01, btc)], as_of_ms=exchange_now(rig) - 3 * DAY)

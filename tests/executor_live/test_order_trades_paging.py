@@ -62,8 +62,9 @@ def test_an_order_answer_without_its_trades_is_never_final_with_fills_short(rig:
 def test_a_market_answer_without_fills_still_counts_against_the_plans_cash(rig: Rig) -> None:
     """Orders answered with their result only (newOrderRespType RESULT, as many venues answer): their fills were
     never read, so the plan's budget did not go down and a 1,000 USDT journal spent 1,800 at the exchange."""
-    from services.executor.execution import LiveGuard, execute_plan
+    from services.executor.execution import execute_plan
     from services.executor.journal import Journal
+    from services.executor.live_guard import LiveGuard
     from services.executor.runner import ensure_genesis
     from tests.executor_live.conftest import LIMITS
 

@@ -417,7 +417,7 @@ def test_a_refused_request_is_said_once_per_bad_write_not_at_every_read() -> Non
     ("sell", Quote(100.0, 99.5, 100.3), ""),
 ])
 def test_the_price_guard_judges_the_book_a_market_order_meets(side: str, quote: Quote, refused: str) -> None:
-    from services.executor.execution import price_refusal
+    from services.executor.live_guard import price_refusal
 
     leg = PlanLeg(0, "BTC/USDT", side, 1.0, 100.0, "test")
     why = price_refusal(leg, quote, max_deviation=0.02, max_spread=0.01)
