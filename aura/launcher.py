@@ -37,6 +37,9 @@ from shared.health import RUN_ID_ENV, not_ours
 from shared.provision import provision_bus
 from shared.runfile import HomeLocked, RunInfo, acquire_home, clear_run, write_run
 
+# The embedded bus's name wherever the launcher names a dead child (its log is logs/nats-server.log).
+BUS_NAME = "nats-server"
+
 
 @dataclass
 class Stack:
@@ -51,7 +54,12 @@ class Stack:
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def dead(self) -> list[tuple[str, int]]:
-        return [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
+        """(name, exit status) of each child that exited.  The embedded nats-server is a child like the services
+        (BUS_NAME): without it no service can do anything, so its death ends the run as theirs does, and it comes
+        first, being what the services then fail on."""
+        bus = self.nats.process if self.nats is not None else None
+        dead_bus = [(BUS_NAME, bus.returncode)] if bus is not None and bus.poll() is not None else []
+        return dead_bus + [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -215,11 +223,26 @@ def _strangers(strangers: dict[str, str]) -> str:
     return "".join(f"\n{name}: {text}, not by the process this launcher started" for name, text in strangers.items())
 
 
+def _status(code: int) -> str:
+    """An exit status as a person reads it: a negative one is the signal that killed the process."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"status {code} (killed by {signal.Signals(-code).name})"
+    except ValueError:
+        return f"status {code}"
+
+
 def _death_report(stack: Stack) -> str:
     parts = []
     for name, code in stack.dead():
-        parts.append(f"service {name} exited with status {code}; last log lines ({stack.logs / (name + '.log')}):\n"
-                     f"{tail(stack.logs / f'{name}.log')}")
+        if name == BUS_NAME and stack.nats is not None:
+            log = stack.nats.log_path
+            parts.append(f"the embedded {BUS_NAME} (the bus) exited with {_status(code)}; no service can run "
+                         f"without it, stopping them; last log lines ({log}):\n{tail(log)}")
+            continue
+        parts.append(f"service {name} exited with {_status(code)}; last log lines "
+                     f"({stack.logs / (name + '.log')}):\n{tail(stack.logs / f'{name}.log')}")
     return "\n".join(parts)
 
 

@@ -159,7 +159,7 @@ def build_report(settings: Settings, view: Any, bus_problem: str, services: dict
     if view is not None:
         report.update(params={**view.params, "stop_loss": stop_loss,
                               "take_profit": live.take_profit if live is not None else None},
-                      regime=view.regime or None, latch=view.latch or None, data=view.data,
+                      regime=view.regime or None, latch=latch_report(view.latch) or None, data=view.data,
                       unverified_skipped=int(view.health.counters.get("console_unverified", 0)))
     snap = journal.get("snapshot")
     if snap is not None:
@@ -190,6 +190,27 @@ def build_report(settings: Settings, view: Any, bus_problem: str, services: dict
     return report
 
 
+def latch_report(latch: dict[str, Any]) -> dict[str, Any]:
+    """The console's view of the latch, told as `aura risk status` tells it: since which bar (``latched_at``), what
+    latched it (``cause``) and how it clears (``clears``, the same words).  The latch's ``reason`` is no cause: it
+    is the last operator reset's note (empty on a system never reset) or what did not verify."""
+    if not latch.get("halted"):
+        return latch
+    from services.risk.cli import rearm_status
+    from services.risk.latch import LatchDoc
+
+    how = rearm_status(LatchDoc(halted=True, capped=bool(latch.get("capped")),
+                                latched_at_ms=int(latch.get("latched_at_ms") or 0),
+                                rearm_at_ms=int(latch.get("rearm_at_ms") or 0)))
+    if latch.get("unverifiable"):  # risk fails closed on a latch it cannot verify
+        cause = f"a stored latch that does not verify ({latch.get('reason') or 'no detail'})"
+    elif latch.get("capped"):
+        cause = "the drawdown since the last reset reached kill_switch_cap"
+    else:
+        cause = "the rolling drawdown reached kill_switch_drawdown"
+    return {**latch, "latched_at": how.get("latched_at"), "cause": cause, "clears": how["rearm"]}
+
+
 # --- the screen ------------------------------------------------------------------------------------------------------
 
 
@@ -197,6 +218,25 @@ def _num(x: float | None, fmt: str = ",.2f", signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return "-"
     return format(x, ("+" if signed else "") + fmt)
+
+
+def _latch_rows(overview: Any, latch: dict[str, Any]) -> None:
+    """The kill-switch: latched since which bar, by what, how it clears; the last reset with its note apart."""
+    from rich.markup import escape
+
+    if latch.get("halted"):
+        since = f" since the bar of {latch['latched_at']}" if latch.get("latched_at") else ""
+        # No cycle: no decision latched it (a latch that did not verify stands in), so no drawdown either.
+        cycle = (f" (cycle {escape(latch['cycle_id'])}, drawdown {_num(100 * (latch.get('drawdown') or 0), '.1f')}%)"
+                 if latch.get("cycle_id") else "")
+        overview.add_row("kill-switch", f"[red]LATCHED[/]{since}{cycle}; `aura risk status`")
+        overview.add_row("latched by", escape(latch["cause"]))
+        overview.add_row("clears", escape(latch["clears"]))
+    else:
+        overview.add_row("kill-switch", "[green]armed[/]")
+    if latch.get("reset_at_ms"):
+        overview.add_row("last reset", escape(f"{utc(latch['reset_at_ms'], '%Y-%m-%dT%H:%MZ')} by "
+                                              f"{latch.get('reset_by') or '?'}: {latch.get('reason') or '-'}"))
 
 
 def render(report: dict[str, Any], console: Any) -> None:
@@ -232,10 +272,7 @@ def render(report: dict[str, Any], console: Any) -> None:
     overview.add_row("regime", report["regime"] or ("-" if params is None else "not known yet"))
     latch = report["latch"]
     if latch is not None:
-        overview.add_row("kill-switch", (f"[red]LATCHED[/] at cycle {latch.get('cycle_id')} drawdown "
-                                         f"{_num(100 * (latch.get('drawdown') or 0), '.1f')}%: "
-                                         f"{latch.get('reason', '')} (`aura risk status`)")
-                         if latch.get("halted") else "[green]armed[/]")
+        _latch_rows(overview, latch)
     ready = report["data"].get("ready")
     if ready:
         overview.add_row("data", f"cycle {ready['cycle_id']}, {ready['symbols']} symbols, bar {utc(ready['as_of_ms'])}")

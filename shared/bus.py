@@ -351,7 +351,10 @@ async def dead_letter(js: JetStreamContext, logger: logging.Logger, service: str
                         error=clip_json(err, DEAD_LETTER_ERROR_BYTES),
                         payload=payload[:DEAD_LETTER_PAYLOAD_PREFIX], received_at_ms=int(time.time() * 1000),
                         payload_size=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest())
-    error(logger, "DEAD_LETTER", f"{reason}: {err[:300]}", subject=subject, bytes=len(payload))
+    # The payload's hash names the message: the console's alerts tell a refused message said again (a retry) from
+    # another one like it (services/console/notify.py, INCIDENT_FIELDS).
+    error(logger, "DEAD_LETTER", f"{reason}: {err[:300]}", subject=subject, bytes=len(payload),
+          sha256=letter.payload_sha256)
     try:
         await js.publish(f"{DeadLetter.SUBJECT}.{service}", encode(letter), timeout=5)
     except Exception as exc:

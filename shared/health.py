@@ -67,10 +67,13 @@ class HealthState:
         Gauge("aura_ready", "1 while /readyz answers 200", ["service"],
               registry=self.registry).labels(self.service).set_function(lambda: float(self.readiness()[0]))
         # Everything this service exports is there from its start: a counter that never fired reads 0, so a
-        # dashboard or an alert on it works before the first event (labelled ones appear with their labels).
+        # dashboard or an alert on it works before the first event; a labelled one with each label value known
+        # in advance (``Metric.initial``), others appear with their first count.
         for name, spec in owned_by(self.service).items():
             if spec.labels:
                 self._metric(name)
+                for value in spec.initial:
+                    self._series(name, {spec.labels[0]: value})
             else:
                 self._series(name, {})
 

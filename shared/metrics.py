@@ -22,6 +22,21 @@ INGEST, SIGNAL, RISK, EXECUTOR, CONSOLE = ("ingest",), ("signal",), ("risk",), (
 PARAMS_READERS = ("signal", "risk", "optimizer")
 
 
+# Label values known in advance, exported at zero from the start (Metric.initial): a labelled counter has no
+# series until its first count, so a dashboard panel on it says "No data" on a calm system, as it does for a
+# service that is not scraped at all.  With these it says 0, and "No data" keeps its meaning.  A value not listed
+# still counts: its series appears at its first count.  tests/unit/test_metrics_zero_series.py checks each list
+# against the code that counts it (aura.strategy's gates and leg reasons are not imported here: every service,
+# the console included, imports this catalog, and should not load the strategy's numba code for four names).
+GATES = ("pass", "hold", "kill_switch", "halted")  # aura.strategy.pipeline.GATES
+LEG_REASONS = ("enter", "add", "trim", "exit", "stop_loss", "take_profit", "kill_switch", "data_end")  # rebalance
+# The executor's refusals of a plan (services/executor/service.py ``_reject``, runner.py ``refuse_plan``).
+PLAN_REFUSALS = ("malformed", "bad_signature", "cycle_done", "reconcile_halt", "stale_basis", "handler_failed",
+                 "stale_plan", "out_of_sync")
+# What any consumer may dead-letter (shared/consumer.py ``handle``); each service's own reasons come on top.
+DEAD_LETTER_REASONS = ("malformed", "handler_failed")
+
+
 @dataclass(frozen=True)
 class Metric:
     kind: str  # "counter" | "gauge" | "histogram"
@@ -29,10 +44,15 @@ class Metric:
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     owners: tuple[str, ...] = ALL  # the services that export it (each from its start, at zero)
+    initial: tuple[str, ...] = ()  # values of its one label exported at zero from the start (a counter's)
+
+    def __post_init__(self) -> None:
+        if self.initial and (self.kind != "counter" or len(self.labels) != 1):
+            raise ValueError("initial label values are for counters with one label")
 
 
-def _c(help_text: str, *labels: str, owners: tuple[str, ...] = ALL) -> Metric:
-    return Metric("counter", help_text, labels, owners=owners)
+def _c(help_text: str, *labels: str, owners: tuple[str, ...] = ALL, initial: tuple[str, ...] = ()) -> Metric:
+    return Metric("counter", help_text, labels, owners=owners, initial=initial)
 
 
 def _g(help_text: str, *labels: str, owners: tuple[str, ...] = ALL) -> Metric:
@@ -45,7 +65,7 @@ def owned_by(service: str) -> dict[str, Metric]:
 
 METRICS: dict[str, Metric] = {
     # every service
-    "dead_letters": _c("Messages refused and recorded on aura.dlq.<service>", "reason"),
+    "dead_letters": _c("Messages refused and recorded on aura.dlq.<service>", "reason", initial=DEAD_LETTER_REASONS),
     "handler_errors": _c("Message handlings that failed and were retried or dead-lettered", owners=(*ALL, "console")),
     "params_refused": _c("Parameter documents refused (unsigned, forged or invalid)", owners=PARAMS_READERS),
     "params_read_errors": _c("Failed reads of the parameter bucket", owners=PARAMS_READERS),
@@ -67,10 +87,11 @@ METRICS: dict[str, Metric] = {
     # signal
     "targets_published": _c("Target portfolios published", owners=SIGNAL),
     # risk
-    "plans_approved": _c("Plans risk signed, by the gate that decided them", "gate", owners=RISK),
+    "plans_approved": _c("Plans risk signed, by the gate that decided them", "gate", owners=RISK, initial=GATES),
     # The gate label says why a plan was signed; a stop-loss or take-profit exit passes the gates like any rebalance,
     # so the legs' own reasons (enter, add, trim, exit, stop_loss, take_profit, kill_switch) are counted apart.
-    "legs_approved": _c("Order legs in the plans risk signed, by the reason of each leg", "reason", owners=RISK),
+    "legs_approved": _c("Order legs in the plans risk signed, by the reason of each leg", "reason", owners=RISK,
+                        initial=LEG_REASONS),
     "tick_plans": _c("Exit plans the risk tick signed (stops, kill-switch)", owners=RISK),
     "risk_ticks": _c("Risk ticks run", owners=RISK),
     "risk_tick_errors": _c("Risk ticks that failed", owners=RISK),
@@ -89,7 +110,7 @@ METRICS: dict[str, Metric] = {
     "stale_as_of_ms": _g("Bar time of the newest stale-data notice", owners=RISK),
     # executor
     "plans_executed": _c("Plans executed (all or part of their legs filled)", owners=EXECUTOR),
-    "plans_rejected": _c("Plans refused, by reason", "reason", owners=EXECUTOR),
+    "plans_rejected": _c("Plans refused, by reason", "reason", owners=EXECUTOR, initial=PLAN_REFUSALS),
     "fills": _c("Fills journaled", owners=EXECUTOR),
     "cycles_aborted": _c("Cycles closed as aborted", owners=EXECUTOR),
     "aborts_ignored": _c("Abort notices for cycles ingest did not announce", owners=EXECUTOR),

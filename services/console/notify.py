@@ -4,11 +4,14 @@ Sending is the console's job alone, so no trading path ever waits on a chat serv
 events (shared/events.py) and go on; the console decides here what to send, and one worker sends it from a
 thread (apprise's ``notify`` blocks on the network), so neither the page nor the event consumer waits either.
 
-* **Deduplicated**: an alert with the same key (service, kind and text of an event; "down:<service>"...) within
-  ``notify_dedup_s`` of the last one sent is not sent again (counted ``duplicate``).
+* **Deduplicated**: an alert whose key was offered within ``notify_dedup_s`` is not sent again (counted
+  ``duplicate``).  The key is the *incident*, not the wording: an event's service, kind and text with the fields
+  that name what happened (INCIDENT_FIELDS: its cycle, its latch or reset time, its plan, ...), or, when it has
+  none, the event itself; a service's outage by when it began.  So the same event redelivered, or the same line
+  said again, is one alert, while a second latch after a reset, a second reset or a second outage is news.
 * **Rate-limited**: at most ``notify_rate_limit`` alerts per ``notify_rate_window_s``.  The rest are counted
-  (``limited``) and summed up in one message once the window has room again: a burst costs one line, and
-  nothing is dropped without a word.
+  (``limited``) and summed up in one message once the window has room again: a burst (thirty distinct dead
+  letters) costs ``limit`` alerts and one line, and nothing is dropped without a word.
 * **Bounded**: at most QUEUE_MAX alerts wait to be sent; beyond that they are counted ``dropped``.
 
 A notification URL can hold a bot token (``tgram://TOKEN/CHAT``): each is registered as a secret, so no log line
@@ -44,9 +47,46 @@ class Alert:
     severity: str = "warning"  # info | warning | error
 
 
+# Fields that name the incident an event is about.  The same incident said again (the line logged anew after a
+# restart or a retry) carries the same values; another one (another cycle, latch, reset, plan, order, stored
+# message) differs in one of them.  Everything else in an event (a drawdown, an attempt count, an error text) is
+# how it was said.  An event with none of these cannot be told from the next one like it (thirty malformed plans
+# log the same line): each is its own incident, and the rate limit, not deduplication, bounds a flood of them.
+INCIDENT_FIELDS = ("cycle_id", "plan_id", "target_id", "snapshot_id", "cid", "stream_seq", "sha256", "bar_ms",
+                   "latched_at_ms", "rearmed_at_ms", "reset_at_ms", "requested_at_ms", "halted_since_ms",
+                   "unverifiable_since_ms")
+FIELDS_SHOWN = 6
+# An ``*_ms`` value below this (1973) is a duration, not a time of day, and is shown as it is.
+EPOCH_MS_FLOOR = 100_000_000_000
+
+
+def incident_key(event: ServiceEvent) -> str:
+    named = [f"{k}={event.fields[k]}" for k in INCIDENT_FIELDS if k in event.fields]
+    if not named:  # only this very event (a redelivery: its id is the hash of its content and time) is the same
+        return f"event:{event.service}:{event.event_id}"
+    return f"event:{event.service}:{event.kind}:{event.text}:" + ",".join(named)
+
+
+def shown_field(key: str, value: str) -> str:
+    """``key=value`` for a phone: an epoch-ms time (``*_ms``) as its UTC time, to the minute when it is a whole
+    minute (a bar), else to the second; 0 (never, or only by hand) as "none"."""
+    if not key.endswith("_ms"):
+        return f"{key}={value}"
+    try:
+        ms = int(value)
+    except ValueError:
+        return f"{key}={value}"
+    if ms == 0:
+        return f"{key[:-3]}=none"
+    if ms < EPOCH_MS_FLOOR:
+        return f"{key}={value}"
+    fmt = "%Y-%m-%dT%H:%MZ" if ms % 60_000 == 0 else "%Y-%m-%dT%H:%M:%SZ"
+    return f"{key[:-3]}={time.strftime(fmt, time.gmtime(ms / 1000))}"
+
+
 def alert_for_event(event: ServiceEvent) -> Alert:
-    details = ", ".join(f"{k}={v}" for k, v in list(event.fields.items())[:6])
-    return Alert(key=f"event:{event.service}:{event.kind}:{event.text}", title=f"AURA {event.service}: {event.kind}",
+    details = ", ".join(shown_field(k, v) for k, v in list(event.fields.items())[:FIELDS_SHOWN])
+    return Alert(key=incident_key(event), title=f"AURA {event.service}: {event.kind}",
                  body=event.text + (f" ({details})" if details else ""), severity=event.severity)
 
 
@@ -89,6 +129,8 @@ class Notifier:
         if alert.key in self.last_sent:
             outcome = "duplicate"
         elif len(self.sent_at) >= self.limit and not scheduled:
+            # Counted in the digest now: the same incident offered again (a redelivery) must not count twice.
+            self.last_sent[alert.key] = now
             self.held_back[alert.title] += 1
             outcome = "limited"
         else:
@@ -147,7 +189,9 @@ class Notifier:
 
 
 class DownTracker:
-    """A service alerted once it has been down or not ready for ``after_s``, and again when it is back."""
+    """A service alerted once it has been down or not ready for ``after_s``, and again when it is back.  Each
+    outage is its own incident (keyed by when it began): a service down again after it came back is alerted
+    again, however soon."""
 
     def __init__(self, after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.after_s, self.clock = after_s, clock
@@ -157,15 +201,16 @@ class DownTracker:
     def update(self, name: str, ready: bool, detail: str) -> Alert | None:
         now = self.clock()
         if ready:
-            self.since.pop(name, None)
+            began = self.since.pop(name, None)
             if name in self.alerted:
                 self.alerted.discard(name)
-                return Alert(f"up:{name}", f"AURA {name} is ready again", f"{name} answers /readyz 200 again", "info")
+                return Alert(f"up:{name}:{began}", f"AURA {name} is ready again", f"{name} answers /readyz 200 again",
+                             "info")
             return None
         start = self.since.setdefault(name, now)
         if now - start >= self.after_s and name not in self.alerted:
             self.alerted.add(name)
-            return Alert(f"down:{name}", f"AURA {name} down",
+            return Alert(f"down:{name}:{start}", f"AURA {name} down",
                          f"{name} has been down or not ready for {now - start:.0f} s: {detail}", "error")
         return None
 

@@ -360,10 +360,12 @@ class BusView:
             self.state_bucket = await state_kv(self.js)
         kv = self.state_bucket
         latch, _, problem = await read_latch(self.js, self.risk_key)
+        unverifiable = bool(problem) or latch.reset_by == UNVERIFIABLE_BY  # its reset_at_ms: when it was stored
+        # ``reason``: the last reset's note (or what did not verify), not why it latched (``capped``, else drawdown)
         self.latch = {"halted": latch.halted, "cycle_id": latch.cycle_id, "drawdown": latch.drawdown,
-                      # an unverifiable latch's reset_at_ms is when the bad entry was stored, not a reset
-                      "reset_at_ms": 0 if latch.reset_by == UNVERIFIABLE_BY else latch.reset_at_ms,
-                      "reason": _clip(problem or latch.reason)}
+                      "latched_at_ms": latch.latched_at_ms, "rearm_at_ms": latch.rearm_at_ms, "capped": latch.capped,
+                      "unverifiable": unverifiable, "reset_at_ms": 0 if unverifiable else latch.reset_at_ms,
+                      "reset_by": "" if unverifiable else latch.reset_by, "reason": _clip(problem or latch.reason)}
         raw, _ = await kv_get(kv, DECISION_KEY)
         if raw is None:  # never written, or deleted since: no decision to show (not the last one read)
             self.decision = None

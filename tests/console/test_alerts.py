@@ -1,7 +1,8 @@
 """Alerts end to end on a running system, into a local webhook (apprise's ``json://``): a real service event
-becomes exactly one notification, duplicates within the window are sent once, a burst is rate-limited and summed
-up, and a service down longer than the setting is alerted.  The console itself holds only its own read-only
-credential.  The tests run in file order on one system (the last one stops a service)."""
+becomes exactly one notification, an incident said again within the window is sent once (another one is sent), a
+burst is rate-limited and summed up, and a service down longer than the setting is alerted, once per outage.  The
+console itself holds only its own read-only credential.  The tests run in file order on one system (the last two
+stop a service)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aura.launcher import start_service
 from shared.bus import publish
 from shared.contracts import DataReady, ServiceEvent, content_id
 from tests.bus_helpers import role_connections, stream_messages
@@ -47,13 +49,15 @@ def publish_as(system: ConsoleSystem, principal: str, subject: str, payload: byt
     asyncio.run(go())
 
 
-def events_as(system: ConsoleSystem, service: str, texts: list[str], kind: str = "RECONCILE") -> None:
-    """Play ``service`` (its own credential) publishing events, as its event bridge would."""
+def events_as(system: ConsoleSystem, service: str, texts: list[str], kind: str = "RECONCILE",
+              fields: Callable[[int], dict[str, str]] = lambda i: {"n": str(i)}) -> None:
+    """Play ``service`` (its own credential) publishing events, as its event bridge would; the i-th has
+    ``fields(i)``."""
     async def go() -> None:
         async with role_connections(system.settings, service) as js:
             for i, text in enumerate(texts):
                 body = {"service": service, "kind": kind, "severity": "error", "text": text,
-                        "at_ms": int(time.time() * 1000) + i, "fields": {"n": str(i)}}
+                        "at_ms": int(time.time() * 1000) + i, "fields": fields(i)}
                 event = ServiceEvent(event_id=content_id(body, prefix="e-"), **body)
                 await publish(js[service], event, msg_id=event.event_id)
 
@@ -91,12 +95,24 @@ def test_a_service_event_becomes_exactly_one_notification(system: ConsoleSystem,
 
 
 def test_duplicates_within_the_window_are_sent_once(system: ConsoleSystem, webhook: Webhook) -> None:
+    """One incident (its cycle names it) said three times is sent once; the same words about another cycle are
+    another incident, and sent."""
     time.sleep(WINDOW_S)  # the rate limit's window is empty again
     duplicates = counter(system, "alerts", outcome="duplicate")
-    events_as(system, "risk", ["the same thing happened"] * 3)
-    wait_until(lambda: [n for n in webhook.received if "the same thing happened" in n["message"]], "the alert", 30)
+
+    def about(cycle: str) -> Callable[[int], dict[str, str]]:
+        return lambda i: {"cycle_id": cycle, "attempt": str(i)}
+
+    def sent(cycle: str) -> list[dict[str, Any]]:
+        return [n for n in webhook.received if "the same thing happened" in n["message"] and cycle in n["message"]]
+
+    events_as(system, "risk", ["the same thing happened"] * 3, fields=about("1d-20241201T0000"))
+    wait_until(lambda: sent("1d-20241201T0000"), "the alert", 30)
     wait_until(lambda: counter(system, "alerts", outcome="duplicate") >= duplicates + 2, "two duplicates counted", 30)
-    assert len([n for n in webhook.received if "the same thing happened" in n["message"]]) == 1
+    assert len(sent("1d-20241201T0000")) == 1
+    events_as(system, "risk", ["the same thing happened"], fields=about("1d-20241202T0000"))
+    wait_until(lambda: sent("1d-20241202T0000"), "the alert of another cycle", 30)
+    assert len(sent("1d-20241201T0000")) == 1 and len(sent("1d-20241202T0000")) == 1
 
 
 def test_a_burst_is_rate_limited_and_summed_up(system: ConsoleSystem, webhook: Webhook) -> None:
@@ -130,3 +146,15 @@ def test_a_service_down_longer_than_the_setting_is_alerted(system: ConsoleSystem
     state: dict[str, Any] = httpx.get(f"{system.url}/api/state", timeout=5).json()
     assert state["services"]["optimizer"]["status"] == "down"
     logging.getLogger(__name__).info("alerts received: %s", [n["title"] for n in webhook.received])
+
+
+def test_a_service_down_again_after_it_came_back_is_alerted_again(system: ConsoleSystem, webhook: Webhook) -> None:
+    """Each outage is an incident: the optimizer (stopped by the test above) started again is alerted back, and
+    stopped again within the dedup window (600 s here) is alerted down a second time."""
+    wait_until(lambda: webhook.titled("AURA optimizer down"), "the first down alert", timeout=60)
+    start_service(system.stack, "optimizer")
+    wait_until(lambda: webhook.titled("AURA optimizer is ready again"), "the back alert", timeout=120)
+    proc = system.stack.procs["optimizer"]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    wait_until(lambda: len(webhook.titled("AURA optimizer down")) == 2, "the second outage's alert", timeout=60)

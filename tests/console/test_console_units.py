@@ -113,11 +113,12 @@ def test_a_service_is_alerted_once_after_the_delay_and_again_when_back() -> None
     assert tracker.update("risk", False, "down") is None
     clock.now += 2
     alert = tracker.update("risk", False, "down: no answer")
-    assert alert is not None and alert.key == "down:risk" and alert.severity == "error" and "11 s" in alert.body
+    # Keyed by the outage (when it began, 1000.0 here): a later outage is another incident.
+    assert alert is not None and alert.key == "down:risk:1000.0" and alert.severity == "error" and "11 s" in alert.body
     clock.now += 30
     assert tracker.update("risk", False, "down") is None, "one alert per outage"
     back = tracker.update("risk", True, "ready")
-    assert back is not None and back.key == "up:risk"
+    assert back is not None and back.key == "up:risk:1000.0"
     assert tracker.update("risk", True, "ready") is None
     assert tracker.update("ingest", True, "ready") is None, "a service that was never down is not news"
 
@@ -279,14 +280,15 @@ def test_events_in_flight_are_bounded_while_the_bus_hangs() -> None:
 
 
 def test_the_console_reads_the_trading_streams_and_nothing_it_could_write() -> None:
-    from shared.bus_access import CONSOLE_STREAMS, MANAGE, MATRIX, PUBLISH, WRITE, permissions
+    from shared.bus_access import CONSOLE_STREAMS, IMPORTED_JS_API, MANAGE, MATRIX, PUBLISH, WRITE, permissions
     from shared.contracts import STREAMS
 
     assert set(CONSOLE_STREAMS) <= {spec.name for spec in STREAMS}
     assert not [row.label for row in MATRIX if {PUBLISH, WRITE, MANAGE} & set(row.grants.get("console", ()))]
-    allowed = permissions("console").publish
-    assert not [p for p in allowed if not p.startswith(("$JS.API.DIRECT.GET.", "$JS.API.STREAM.INFO.",
-                                                        "$JS.API.CONSUMER.", "$JS.ACK."))], allowed
+    allowed = permissions("console").publish  # in the console's own account: JetStream's API under its import
+    reads = tuple(f"{IMPORTED_JS_API}.{api}" for api in ("DIRECT.GET.", "STREAM.INFO.", "CONSUMER.MSG.NEXT.",
+                                                          "CONSUMER.INFO."))
+    assert not [p for p in allowed if not p.startswith((*reads, "$JS.ACK."))], allowed
 
 
 def test_a_peer_is_believed_only_when_its_answer_names_the_service_of_this_run() -> None:

@@ -135,7 +135,8 @@ def test_stop_loss_tick_emits_a_signed_exit_plan_the_executor_verifies_and_execu
             approved = decode(raw, ApprovedPlan)
             assert approved.plan.data_digest == content
             registry = services["risk"].health.registry
-            for reason, n in (("stop_loss", 1.0), ("enter", None)):  # the exit, counted by its own reason
+            # The exit, counted by its own reason; "enter" never (its series is there from the start, at zero).
+            for reason, n in (("stop_loss", 1.0), ("enter", 0.0)):
                 assert registry.get_sample_value("aura_legs_approved_total", {"service": "risk", "reason": reason}) == n
             return holding, after, approved
 
