@@ -6,6 +6,7 @@ Used by `aura up` for the embedded default and by the tests, so a fresh machine 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -85,12 +86,20 @@ def start_bus(settings: Settings, port: int, timeout_s: float = 15.0) -> NatsSer
                       timeout_s)
 
 
+# The Go runtime's soft memory limit for the bus.  NATS has no per-client request rate: any one credential, the
+# read-only console's included, can send tens of thousands of requests a second, and the server's memory grew
+# to 1.3 GB in a minute of pulls (3 GB in two) because Go collects lazily.  Held to this limit the same flood
+# peaked at 0.6 GB and came back down (README, "Security").  A user's own GOMEMLIMIT wins.
+BUS_MEMORY_LIMIT = "512MiB"
+
+
 def start_nats(config: Path, port: int, store_dir: Path, log_path: Path, timeout_s: float = 15.0) -> NatsServer:
     store_dir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [nats_server_binary(), "-c", str(config)]
+    env = {"GOMEMLIMIT": BUS_MEMORY_LIMIT, **os.environ}
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     server = NatsServer(proc, port, store_dir, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

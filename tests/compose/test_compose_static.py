@@ -161,6 +161,10 @@ def test_nats_runs_the_generated_config_with_a_volume_and_a_healthcheck(services
     assert test[0] == "CMD" and "wget" in test
     assert "http://127.0.0.1:8222/healthz?js-enabled-only=true" in test
     assert "ports" not in nats or all(p.get("host_ip") == "127.0.0.1" for p in nats["ports"])
+    # The same soft memory limit as the embedded server's: a flood of requests from one credential stays bounded.
+    from aura.natsd import BUS_MEMORY_LIMIT
+
+    assert (nats.get("environment") or {}).get("GOMEMLIMIT") == BUS_MEMORY_LIMIT
 
 
 def test_the_bus_is_provisioned_with_the_admin_credential_before_any_service(
