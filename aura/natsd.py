@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aura.ports import can_bind
 from aura.ports import free_port as free_port  # the helpers and tests that start a bus take it from here
-from shared.bus_access import TlsFiles, server_config
+from shared.bus_access import JS_ACCOUNT, TlsFiles, server_config
 from shared.config import Settings
 from shared.credentials import bus_users
 
@@ -82,8 +82,22 @@ def write_server_config(settings: Settings, port: int, host: str = "127.0.0.1") 
 def start_bus(settings: Settings, port: int, timeout_s: float = 15.0) -> NatsServer:
     """The embedded nats-server for ``settings.home`` on ``port``, authenticated and permissioned."""
     home = settings.home_path
+    adopt_global_store(home / "nats")
     return start_nats(write_server_config(settings, port), port, home / "nats", home / "logs" / "nats-server.log",
                       timeout_s)
+
+
+def adopt_global_store(store_dir: Path) -> bool:
+    """Move JetStream's store from the global account (``$G``, where a server without accounts keeps it) to the
+    ``AURA`` account's, before the server starts.  Without this, a bus that ran before JetStream had an account
+    of its own would start empty: the kill-switch latch, the parameter history and every stream gone, and a
+    latched system armed again.  A store already under ``AURA`` is left alone (compose's nats service does the
+    same in its command)."""
+    old, new = store_dir / "jetstream" / "$G", store_dir / "jetstream" / JS_ACCOUNT
+    if not old.is_dir() or new.exists():
+        return False
+    old.rename(new)
+    return True
 
 
 # The Go runtime's soft memory limit for the bus.  NATS has no per-client request rate: any one credential, the

@@ -23,7 +23,8 @@ Design points, each a defence the threat model asks for:
   credential live in the ``AURA`` account (``server_config`` says why: a pull request's reply subject).
 * The console (the dashboard and the alerts) reads whole streams by sequence and consumes the events through its
   own durable consumer; it may publish nothing, write nothing, manage nothing.  It serves a web page, so it is the
-  principal most exposed: if it is compromised, the attacker can read what the dashboard shows, and no more.
+  principal most exposed: if it is compromised, the attacker can read what the dashboard shows and, as any
+  credential can, load the server with requests (README, "Security"), but change nothing.
 """
 
 from __future__ import annotations

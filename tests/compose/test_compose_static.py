@@ -144,7 +144,10 @@ def test_a_broken_copy_is_rejected(
 def test_nats_runs_the_generated_config_with_a_volume_and_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     nats = services["nats"]
     assert nats["image"] == "nats:2.10-alpine"
-    config_path = flag_value(nats["command"], "-c")
+    # A shell first moves a store from before JetStream had an account of its own, then execs the server.
+    assert nats["entrypoint"] == ["/bin/sh", "-c"]
+    script = nats["command"][-1]
+    config_path = re.search(r"exec nats-server -c (\S+)$", script).group(1)  # type: ignore[union-attr]
     config_mount = mount_for_path(nats, config_path)
     assert config_mount is not None and config_mount.get("read_only") is True
     # keygen writes that config (JetStream store, monitoring port, NKey users) into the same volume.
@@ -154,6 +157,8 @@ def test_nats_runs_the_generated_config_with_a_volume_and_a_healthcheck(services
     store = re.search(r"--store (\S+)", keygen_command).group(1)  # type: ignore[union-attr]
     store_mount = mount_for_path(nats, store)
     assert store_mount is not None and store_mount["type"] == "volume", f"JetStream store {store} is not on a volume"
+    # The same store, its global account's directory ($$: compose's escape for a literal $).
+    assert f"mv '{store}/jetstream/$$G' {store}/jetstream/AURA" in script
     assert "--monitor-port 8222" in keygen_command
     assert services_mounting(services, config_mount["source"]) == {"keygen", "nats"}
     assert nats["depends_on"]["keygen"]["condition"] == "service_completed_successfully"

@@ -18,9 +18,11 @@ import asyncio
 import json
 from typing import Any
 
+import nats
 import pytest
 
-from shared.bus_access import covers, permissions
+from shared.bus import client_options
+from shared.bus_access import covers, local_subject, permissions
 from shared.contracts import CONSUMERS
 from shared.provision import stream_configs
 from tests.conftest import NatsEndpoint
@@ -65,17 +67,30 @@ async def _state(system: NatsEndpoint) -> dict[str, Any]:
 @pytest.mark.parametrize("principal", sorted(CONSUMERS))
 def test_a_pull_answered_on_a_management_subject_manages_nothing(nats_server: NatsEndpoint, principal: str) -> None:
     spec = CONSUMERS[principal]
-    pull = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
-    # What the principal may publish itself (risk the plans and the latch, the optimizer the parameters) it may as
-    # well have an empty answer published on: no right gained, and the signatures keep such a message harmless.
+    # Where the principal's own account reaches its consumer (its user may publish nothing else there).
+    pull = local_subject(principal, f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}")
+    # Each management target under JetStream's own name and under the name the principal's account imports
+    # JetStream's API by.  What the principal may publish itself (risk the plans and the latch, the optimizer the
+    # parameters) it may as well have an empty answer published on: no right gained, and the signatures keep such
+    # a message harmless.
     own = permissions(principal).publish
-    targets = [t for t in TARGETS if not any(covers(p, t) for p in own)]
+    named = dict.fromkeys([*TARGETS, *(local_subject(principal, t) for t in TARGETS)])
+    targets = [t for t in named if not any(covers(p, t) for p in own)]
     assert len(targets) >= len(TARGETS) - 2
 
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
         before = await _state(nats_server)
-        nc = await nats_server.connect(principal)
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(nats_server.url, error_cb=on_error, allow_reconnect=False,
+                                **client_options(nats_server.settings(), principal))
         try:
+            # The pull itself is allowed and answered: with nothing pending, an empty "404 No Messages".
+            answer = await nc.request(pull, json.dumps({"batch": 1, "no_wait": True}).encode(), timeout=3)
+            status = (answer.headers or {}).get("Status", "")
             for target in targets:
                 # Both empty answers: "404 No Messages" at once, "408 Request Timeout" when the pull expires.
                 await nc.publish(pull, json.dumps({"batch": 1, "no_wait": True}).encode(), reply=target)
@@ -84,10 +99,12 @@ def test_a_pull_answered_on_a_management_subject_manages_nothing(nats_server: Na
             await asyncio.sleep(0.5)  # the 50 ms pulls have expired and been answered
         finally:
             await nc.close()
-        return before, await _state(nats_server)
+        return before, await _state(nats_server), status, errors
 
     try:
-        before, after = asyncio.run(scenario())
+        before, after, status, errors = asyncio.run(scenario())
     except Exception as exc:  # a consumer or stream gone: the admin's info request fails
         pytest.fail(f"{principal}'s redirected pull answers destroyed something: {type(exc).__name__}: {exc}")
+    assert status == "404", f"{principal}'s pull was not answered as an empty pull ({status!r})"
+    assert not [e for e in errors if "permissions violation" in e.lower()], errors  # every pull was sent
     assert after == before, f"{principal}'s redirected pull answers changed the bus: {before} -> {after}"
