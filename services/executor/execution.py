@@ -234,9 +234,6 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if leg.side == "sell":
             free = await free_balance_with_retry(broker, base_asset(leg.symbol), limits, logger)
         price, quote_amount = leg.ref_price, None
-        if guard is not None and leg.side == "buy" and guard.buys_stopped:
-            _skip(journal, result, leg, cid, guard.buys_stopped)
-            continue
         if guard is not None:
             quote = await live_quote(broker, leg.symbol, limits, logger)
             refusal = price_refusal(leg, quote, guard.max_price_deviation, guard.max_spread)
@@ -297,9 +294,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                  error=str(exc))
             continue
         assert order is not None
-        done = await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, guard)
-        if guard is not None:
-            _check_slippage(journal, plan, leg, cid, price, done, guard, logger)
+        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, guard, price, logger)
     return result
 
 
@@ -311,28 +306,35 @@ def _skip(journal: Journal, result: ExecutionResult, leg: PlanLeg, cid: str, rea
     result.reasons.append(f"leg {leg.index} {leg.symbol}: {reason}")
 
 
-def _check_slippage(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str, price_read: float, order: OrderState,
-                    guard: LiveGuard, logger: logging.Logger) -> None:
-    """A fill much worse than the price read just before stops the plan's further buys (live_guard.py says why)."""
+def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str, price_read: float,
+                          order: OrderState, guard: LiveGuard, result: ExecutionResult) -> str:
+    """Inside the transaction that journals a live order as final: if it filled much worse than the price read just
+    before it, every buy of the plan not yet final is journaled skipped, so no run of the plan buys on into that
+    book, a redelivery or a restart's included (live_guard.py says why).  Returns why ("" if it did not slip)."""
     slipped = fill_slippage(leg.side, price_read, order.avg_price)
     if order.filled_qty <= 0 or slipped <= guard.max_price_deviation:
-        return
-    guard.buys_stopped = (f"price guard: leg {leg.index} {leg.symbol} filled {slipped:.1%} worse than the "
-                          f"{'ask' if leg.side == 'buy' else 'bid'} read before it ({order.avg_price:.8g} vs "
-                          f"{price_read:.8g}; limit {guard.max_price_deviation:.1%}): no further buys in this plan")
-    journal.begin()
+        return ""
+    why = (f"price guard: leg {leg.index} {leg.symbol} filled {slipped:.1%} worse than the "
+           f"{'ask' if leg.side == 'buy' else 'bid'} read before it ({order.avg_price:.8g} vs {price_read:.8g}; "
+           f"limit {guard.max_price_deviation:.1%}): no further buys in this plan")
     journal.event(plan.cycle_id, "fill_slippage", client_order_id=cid, symbol=leg.symbol, side=leg.side,
                   price_read=price_read, avg_price=order.avg_price, slippage=round(slipped, 6))
-    journal.commit()
-    warn(logger, "PRICE_GUARD", "fill slipped past the guard; no further buys in this plan", cid=cid,
-         symbol=leg.symbol, side=leg.side, price_read=price_read, avg_price=order.avg_price,
-         slippage=round(slipped, 6))
+    for later in plan.legs:
+        later_cid = client_order_id(plan.plan_id, later.index)
+        if later.index > leg.index and later.side == "buy" and \
+                journal.intent_state(later_cid)[0] not in FINAL_INTENT_STATES:
+            journal.set_intent_status(later_cid, "skipped", why)
+            result.reasons.append(f"leg {later.index} {later.symbol}: {why}")
+    result.status = "partial"
+    return why
 
 
 async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str,
                         order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult,
-                        guard: LiveGuard | None = None) -> OrderState:
-    """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills."""
+                        guard: LiveGuard | None = None, price_read: float = 0.0,
+                        logger: logging.Logger | None = None) -> None:
+    """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills.
+    ``price_read`` (a new live leg): the price read before it was sent, which its fill is held to."""
     order = await wait_final(broker, order, cid, limits)
     if not order.is_final:
         # Still working after its cancel (the exchange has not answered it as done): journaled as a final
@@ -350,10 +352,14 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
     journal.begin()
     new = journal_order(journal, plan.cycle_id, order, result, cid)
     journal.set_intent_status(cid, final, note)
+    slipped = _stop_buys_if_slipped(journal, plan, leg, cid, price_read, order, guard, result) \
+        if guard is not None and price_read > 0 else ""
     journal.commit()
     spend(guard, new)
+    if slipped and logger is not None:
+        warn(logger, "PRICE_GUARD", "fill slipped past the guard; no further buys in this plan", cid=cid,
+             symbol=leg.symbol, side=leg.side, price_read=price_read, avg_price=order.avg_price, reason=slipped)
     if final != "filled":
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "
                               f"(exchange status {order.status})")
-    return order

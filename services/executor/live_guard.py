@@ -10,7 +10,8 @@ its sells brought in.
 A market order has no price limit: one larger than what rests at the top of the book walks it.  So after each fill
 the average price is compared with the price read just before: a buy that paid, or a sell that received, more than
 ``max_price_deviation`` worse stops the plan's further buys ([PRICE_GUARD] "fill slipped", journaled
-``fill_slippage``): the book is thinner or moving faster than the plan assumed, and buying on into it would pay the
+``fill_slippage`` with the remaining buys skipped in the same transaction, so a redelivery or a restart does not
+buy them either): the book is thinner or moving faster than the plan assumed, and buying on into it would pay the
 same again.  Sells go on (they reduce exposure; stop-loss and kill-switch exits must).  That bounds a thin book's
 cost to one leg (at most ``max_order_usdt``), not to nothing; a limit order at a bounded price would, and Binance
 offers no quote-amount limit order.
@@ -29,13 +30,12 @@ from shared.contracts import PlanLeg
 @dataclass
 class LiveGuard:
     """One plan's live limits (the module says what each does).  ``cash``: the journal's free cash when the plan
-    started, plus what its sells brought in; ``buys_stopped``: why no further buy is sent ("" while they may)."""
+    started, plus what its sells brought in."""
 
     max_price_deviation: float
     max_spread: float
     cash: float
     fee_rate: float = 0.001  # kept back from each buy's budget for a fee charged in the quote asset
-    buys_stopped: str = ""
 
 
 def price_refusal(leg: PlanLeg, quote: Quote, max_deviation: float, max_spread: float) -> str:
@@ -75,8 +75,6 @@ def spend(guard: LiveGuard | None, new: list[Fill]) -> None:
     for f in new:
         notional = f.qty * f.price
         guard.cash += (notional if f.side == "sell" else -notional) - f.fee_quote
-
-
 
 
 def fill_slippage(side: str, price_read: float, avg_price: float) -> float:

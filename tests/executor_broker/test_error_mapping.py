@@ -17,7 +17,8 @@ from services.executor.brokers.base import (
     RateLimitedError,
     TransientBrokerError,
 )
-from services.executor.brokers.ccxt_broker import CcxtBroker, is_not_found
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.ccxt_client import is_not_found
 
 
 @pytest.fixture(scope="module")

@@ -129,3 +129,30 @@ def test_no_request_reaches_the_exchange_before_its_retry_after(rig: Rig) -> Non
     assert isinstance(out.get("error"), RateLimitedError | TimeoutError), out
     assert out["requests"] == 1, f"{out['requests']} requests reached the exchange inside its 120 s Retry-After"
     assert 60 < out["quiet_left_s"] <= 120
+
+
+# Binance's duplicate check covers open orders only: a closed order's id is accepted again.
+@pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)
+def test_an_order_whose_fills_cannot_be_read_is_looked_up_never_sent_again(rig: Rig) -> None:
+    """The exchange booked the market order, then reading its fills was rate limited: the order is looked up by its
+    clientOrderId, never placed a second time (Binance accepts the same id again once the first order is closed)."""
+    btc = rig.price("BTC/USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 500 / btc, btc)])
+
+    async def scenario(broker: CcxtBroker) -> str:
+        state = broker._state
+        calls = {"n": 0}
+
+        async def rate_limited_once(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RateLimitedError("429 on the order's trades", retry_after_s=0.0)
+            return await state(*args, **kwargs)
+
+        broker._state = rate_limited_once  # type: ignore[method-assign]
+        run = await run_plan(plan, broker, rig.journal, await broker.load_markets(), LIMITS, rig.log, {}, live=LIVE)
+        return run.status
+
+    assert rig.run(scenario) == "executed"
+    assert [o.symbol for o in rig.server.sim.orders()] == ["BTCUSDT"], "the order was sent twice"
+    assert rig.journal.db.execute("SELECT count(*) FROM fills").fetchone()[0] >= 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -33,32 +32,23 @@ from services.executor.brokers.base import (
     RateLimitedError,
     TransientBrokerError,
 )
-from services.executor.brokers.ccxt_client import make_ccxt_exchange
+from services.executor.brokers.ccxt_client import (
+    AUTH_CODES,
+    UNKNOWN_OUTCOME_CODES,
+    exchange_code,
+    is_not_found,
+    make_ccxt_exchange,
+)
 from shared.logging import info, register_secret, warn
 from shared.market_rules import rules_from_ccxt
 
 _BINANCE_LIKE = {"binance", "binanceus"}
-_CODE_RE = re.compile(r'"code"\s*:\s*(-?\d+)')
 _STATUS = {"NEW": "open", "PENDING_NEW": "open", "PARTIALLY_FILLED": "partially_filled", "FILLED": "filled",
            "CANCELED": "canceled", "PENDING_CANCEL": "open", "REJECTED": "rejected", "EXPIRED": "expired",
            "EXPIRED_IN_MATCH": "expired"}
 _UNIFIED_STATUS = {"closed": "filled", "canceled": "canceled", "cancelled": "canceled", "expired": "expired",
                    "rejected": "rejected"}
-# Binance answers these before anything reaches the matching engine: nothing was done, retrying is safe.
-_AUTH_CODES = {-1002, -1022, -2014, -2015}
-_UNKNOWN_OUTCOME_CODES = {-1000, -1001, -1006, -1007, -1008, -1004}  # "execution status unknown" family
-_NOT_FOUND_CODES = {-2011, -2013}
 TRADES_PAGE = 1000  # Binance myTrades' largest page
-
-
-def exchange_code(exc: BaseException) -> int | None:
-    """The exchange's own error code, from the response body ccxt quotes in the message."""
-    match = _CODE_RE.search(str(exc))
-    return int(match.group(1)) if match else None
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ccxt.OrderNotFound) or exchange_code(exc) in _NOT_FOUND_CODES
 
 
 class CcxtBroker:
@@ -138,7 +128,7 @@ class CcxtBroker:
         code, text = self._code(exc), str(exc)
         if isinstance(exc, ccxt.DuplicateOrderId) or "Duplicate order sent" in text:
             return DuplicateOrderError(text)
-        if code in _AUTH_CODES or (code is None and isinstance(exc, ccxt.AuthenticationError)):
+        if code in AUTH_CODES or (code is None and isinstance(exc, ccxt.AuthenticationError)):
             return CredentialsRejected(f"exchange rejected the credentials: {text}")
         if code in (-1003, -1015) or isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
             retry_after = self._retry_after()
@@ -147,7 +137,7 @@ class CcxtBroker:
         if code == -1021 or isinstance(exc, ccxt.InvalidNonce):
             self._clock_suspect = True  # the next signed request measures the offset again (_gate)
             return TransientBrokerError(f"request timestamp outside the exchange's recvWindow: {text}")
-        if code in _UNKNOWN_OUTCOME_CODES or isinstance(exc, ccxt.NetworkError | ccxt.OperationFailed):
+        if code in UNKNOWN_OUTCOME_CODES or isinstance(exc, ccxt.NetworkError | ccxt.OperationFailed):
             return AmbiguousOrderError(text) if placing else TransientBrokerError(text)
         if isinstance(exc, ccxt.InsufficientFunds | ccxt.InvalidOrder | ccxt.BadRequest) or (
                 code is not None and isinstance(exc, ccxt.ExchangeError)):
@@ -305,7 +295,13 @@ class CcxtBroker:
             warn(self.log, "BROKER", "market order failed", symbol=sym, client_order_id=client_order_id,
                  error=type(mapped).__name__, detail=str(exc)[:300])
             raise mapped from exc
-        state = await self._state(sym, order, client_order_id, fills_from_order=True)
+        try:
+            state = await self._state(sym, order, client_order_id, fills_from_order=True)
+        except BrokerError as exc:
+            # The exchange booked the order (it answered the placement); only reading its fills failed.  Never
+            # "not sent" (a 429 on the trade list once made the caller send it again, and Binance refuses a
+            # duplicate id only while the first order is open): the caller looks it up by its id.
+            raise AmbiguousOrderError(f"order {client_order_id} placed; reading its fills failed: {exc}") from exc
         info(self.log, "BROKER", "market order answered", symbol=sym, client_order_id=client_order_id,
              status=state.status, filled_qty=state.filled_qty, avg_price=state.avg_price)
         return state

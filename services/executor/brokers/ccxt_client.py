@@ -1,9 +1,10 @@
-"""How AURA builds a ccxt client: spot only, the venue's testnet on request, every host pointed at the simulator
-(or a proxy) when a base URL is given.  The broker (ccxt_broker.py), risk's public price reads and the crash trials
-build theirs here."""
+"""How AURA builds a ccxt client (spot only, the venue's testnet on request, every host pointed at the simulator
+or a proxy when a base URL is given) and reads the exchange's error codes out of its exceptions.  The broker
+(ccxt_broker.py), risk's public price reads and the crash trials build theirs here."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,3 +60,20 @@ def venue_url(settings: Settings) -> str | None:
 
 def make_ccxt_binance(base_url: str | None, api_key: str, secret: str, async_: bool = True, **kwargs: Any) -> Any:
     return make_ccxt_exchange("binance", api_key=api_key, secret=secret, base_url=base_url, async_=async_, **kwargs)
+
+
+_CODE_RE = re.compile(r'"code"\s*:\s*(-?\d+)')
+# Binance answers these before anything reaches the matching engine: nothing was done, retrying is safe.
+AUTH_CODES = {-1002, -1022, -2014, -2015}
+UNKNOWN_OUTCOME_CODES = {-1000, -1001, -1006, -1007, -1008, -1004}  # "execution status unknown" family
+_NOT_FOUND_CODES = {-2011, -2013}
+
+
+def exchange_code(exc: BaseException) -> int | None:
+    """The exchange's own error code, from the response body ccxt quotes in the message."""
+    match = _CODE_RE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ccxt.OrderNotFound) or exchange_code(exc) in _NOT_FOUND_CODES
