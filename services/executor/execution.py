@@ -212,7 +212,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             if found is not None:
                 info(logger, "IDEMPOTENCY", "order from before a restart found; not placing it again", cid=cid,
                      status=found.status)
-                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, guard)
+                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, logger, guard)
                 continue
             settle_missing(journal, cid, status, leg.symbol)
             journal.begin()
@@ -294,7 +294,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                  error=str(exc))
             continue
         assert order is not None
-        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, guard, price, logger)
+        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, logger, guard, price)
     return result
 
 
@@ -331,8 +331,7 @@ def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: s
 
 async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str,
                         order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult,
-                        guard: LiveGuard | None = None, price_read: float = 0.0,
-                        logger: logging.Logger | None = None) -> None:
+                        logger: logging.Logger, guard: LiveGuard | None = None, price_read: float = 0.0) -> None:
     """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills.
     ``price_read`` (a new live leg): the price read before it was sent, which its fill is held to."""
     order = await wait_final(broker, order, cid, limits)
@@ -356,7 +355,7 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
         if guard is not None and price_read > 0 else ""
     journal.commit()
     spend(guard, new)
-    if slipped and logger is not None:
+    if slipped:
         warn(logger, "PRICE_GUARD", "fill slipped past the guard; no further buys in this plan", cid=cid,
              symbol=leg.symbol, side=leg.side, price_read=price_read, avg_price=order.avg_price, reason=slipped)
     if final != "filled":
