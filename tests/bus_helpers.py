@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from services.executor import service as executor_service
 from services.ingest.replay import load_history, load_market_rules, replay_step
@@ -56,10 +57,16 @@ class Capture(logging.Handler):
 
 
 async def until(probe: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
-    """Poll the async ``probe`` until it returns something truthy (returned), or fail naming ``what``."""
+    """Poll the async ``probe`` until it returns something truthy (returned), or fail naming ``what``.  A probe
+    whose bus request timed out counts as "not yet": the service bodies share this event loop, so a journal
+    fsync that stalls on a loaded CI disk can starve one request's reply past its own timeout; the deadline
+    here still bounds the wait."""
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        value = await probe()
+        try:
+            value = await probe()
+        except nats.errors.TimeoutError:
+            value = None
         if value:
             return value
         await asyncio.sleep(0.05)
@@ -67,8 +74,12 @@ async def until(probe: Callable[[], Any], what: str, timeout: float = 40.0) -> A
 
 
 async def snapshot(js: Any) -> PortfolioSnapshot:
-    """The newest portfolio snapshot the executor published."""
-    raw = await last_message(js, PortfolioSnapshot.SUBJECT)
+    """The newest portfolio snapshot the executor published (a timed-out read is asked again, as in ``until``)."""
+
+    async def newest() -> tuple[bytes | None] | None:
+        return (await last_message(js, PortfolioSnapshot.SUBJECT),)
+
+    raw, = await until(newest, "a portfolio snapshot read to be answered")
     assert raw is not None, "no portfolio snapshot published yet"
     return decode(raw, PortfolioSnapshot)
 

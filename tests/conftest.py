@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,26 @@ def shared_data_dir() -> Path:
     if not (path / "binance").is_dir():
         pytest.fail(f"real market data not found at {path} (set AURA_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """A CLI run in-process (``aura data sync``) configures the root logger as a process would: a JSON handler
+    on the sys.stderr of that moment, which pytest closes after the test.  Left in place, every later test's log
+    line fails on the closed file ("--- Logging error ---" plus a traceback per record): put the root logger
+    back as each test found it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 # --- a real nats-server for integration tests ---------------------------------------------------------------
