@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # service.py imports this module: the class is only a type he
 
 # Failed ticks in a row that turn risk's /readyz red: one is a blip (a price read timing out); this many mean the
 # stop-losses and the kill-switch are not being checked, which an operator must see (once a deleted bucket
-# failed every tick for as long as it lasted while risk answered ready).
+# failed every tick for as long as it lasted while risk answered ready).  A tick whose price read lacks a held
+# coin (a delisted pair, a venue that stopped quoting it) also checks nothing: it counts the same way.
 TICK_FAILURES_RED = 3
 
 
@@ -47,6 +48,18 @@ class TickHealth:
         else:
             self.failures, self.last_error = self.failures + 1, f"{type(exc).__name__}: {exc}"[:300]
 
+    def judged(self, decision: TickDecision | None) -> None:
+        """A tick that returned: checked (green again), unpriced (a failure), or skipped (no snapshot yet, a plan
+        in flight: nothing was checked, so nothing changes)."""
+        if decision is None:
+            return
+        if decision.outcome is not None:
+            self.ticked()
+            return
+        verdict = decision.price_verdict
+        self.failures += 1
+        self.last_error = f"price read incomplete, missing {list(verdict.shortfall)}: {verdict.reason}"[:300]
+
 
 async def tick_loop(risk: Risk) -> None:
     """Tick every ``risk_tick_s`` until stop, under the cycle lock: a tick never interleaves with a target."""
@@ -60,8 +73,8 @@ async def tick_loop(risk: Risk) -> None:
             pass
         try:
             async with risk.lock:
-                await tick(risk)
-            health.ticked()
+                decision = await tick(risk)
+            health.judged(decision)
         except Exception as exc:  # a failed tick is logged and retried next period, never fatal
             health.ticked(exc)
             risk.ctx.health.inc("risk_tick_errors")

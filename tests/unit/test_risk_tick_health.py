@@ -21,13 +21,14 @@ def test_failed_ticks_in_a_row_turn_readyz_red_and_a_good_tick_green(monkeypatch
     seen: list[tuple[bool, str]] = []
     health = HealthState(service="risk")
 
-    async def scripted_tick(_risk: Any) -> None:
+    async def scripted_tick(_risk: Any) -> Any:
         seen.append(health.checks["risk_tick"]())  # what /readyz said before this tick
         outcome = outcomes.pop(0) if outcomes else None
         if outcome is not None:
             raise outcome
         if not outcomes:
             risk.ctx.stop.set()
+        return SimpleNamespace(outcome=object())  # a tick that checked the stops
 
     monkeypatch.setattr(tick_loop_module, "tick", scripted_tick)
 
@@ -41,4 +42,38 @@ def test_failed_ticks_in_a_row_turn_readyz_red_and_a_good_tick_green(monkeypatch
     asyncio.run(scenario())
     assert [ok for ok, _ in seen] == [True] * TICK_FAILURES_RED + [False], seen
     assert "stops unchecked" in seen[-1][1] and "bucket aura_state not found" in seen[-1][1]
+    assert health.checks["risk_tick"]() == (True, "ticking")
+
+
+def test_ticks_that_cannot_price_a_held_coin_turn_readyz_red_and_a_skipped_tick_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a tick whose price read lacked a held coin returned normally and counted as a good tick, so a coin
+    the venue stopped quoting left its stop unchecked for as long as it lasted while risk answered ready."""
+    unpriced = SimpleNamespace(outcome=None, price_verdict=SimpleNamespace(
+        shortfall={"LUNA/USDT": 120.0}, reason="held symbols missing from the price read"))
+    checked = SimpleNamespace(outcome=object(), price_verdict=None)
+    decisions: list[Any] = [unpriced] * (TICK_FAILURES_RED - 1) + [None, unpriced, None, checked]
+    seen: list[tuple[bool, str]] = []
+    health = HealthState(service="risk")
+
+    async def scripted_tick(_risk: Any) -> Any:
+        seen.append(health.checks["risk_tick"]())
+        decision = decisions.pop(0)
+        if not decisions:
+            risk.ctx.stop.set()
+        return decision
+
+    monkeypatch.setattr(tick_loop_module, "tick", scripted_tick)
+
+    async def scenario() -> None:
+        risk.ctx.stop = asyncio.Event()
+        risk.lock = asyncio.Lock()
+        await asyncio.wait_for(tick_loop(risk), 10)
+
+    risk: Any = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(risk_tick_s=0.01), health=health,
+                                                    logger=logging.getLogger("t"), stop=None), lock=None)
+    asyncio.run(scenario())
+    # Two unpriced ticks, a skipped one (still amber), the third unpriced one: red, and a skip keeps it red.
+    assert [ok for ok, _ in seen] == [True] * (TICK_FAILURES_RED + 1) + [False, False], seen
+    assert "stops unchecked" in seen[-1][1] and "LUNA/USDT" in seen[-1][1], seen[-1]
     assert health.checks["risk_tick"]() == (True, "ticking")
