@@ -21,6 +21,7 @@ from services.executor.brokers.base import (
     TransientBrokerError,
 )
 from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.ccxt_fills import fill_of
 from services.executor.brokers.client_order_id import client_order_id
 from shared.logging import JsonFormatter
 from tests.executor_broker.conftest import run_with_broker
@@ -119,7 +120,7 @@ def test_a_fee_in_a_third_asset_moves_neither_cash_nor_holding_and_is_logged(sim
              "fee": {"cost": 0.0002, "currency": "BNB"}}
 
     async def scenario(b: CcxtBroker) -> None:
-        fill = b._fill("BTC/USDT", {"side": "buy"}, trade, 0)
+        fill = fill_of("BTC/USDT", {"side": "buy"}, trade, 0, b.log)
         # BNB balances are not tracked by the journal: nothing out of BTC or USDT, and nothing made up.
         assert (fill.fee_base, fill.fee_quote, fill.fee) == (0.0, 0.0, 0.0) and fill.qty == 0.01
 

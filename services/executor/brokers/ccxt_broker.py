@@ -25,7 +25,6 @@ from services.executor.brokers.base import (
     BrokerError,
     CredentialsRejected,
     DuplicateOrderError,
-    Fill,
     OrderRejectedError,
     OrderState,
     Quote,
@@ -39,15 +38,11 @@ from services.executor.brokers.ccxt_client import (
     is_not_found,
     make_ccxt_exchange,
 )
+from services.executor.brokers.ccxt_fills import BINANCE_STATUS, UNIFIED_STATUS, fill_of, short_of
 from shared.logging import info, register_secret, warn
 from shared.market_rules import rules_from_ccxt
 
 _BINANCE_LIKE = {"binance", "binanceus"}
-_STATUS = {"NEW": "open", "PENDING_NEW": "open", "PARTIALLY_FILLED": "partially_filled", "FILLED": "filled",
-           "CANCELED": "canceled", "PENDING_CANCEL": "open", "REJECTED": "rejected", "EXPIRED": "expired",
-           "EXPIRED_IN_MATCH": "expired"}
-_UNIFIED_STATUS = {"closed": "filled", "canceled": "canceled", "cancelled": "canceled", "expired": "expired",
-                   "rejected": "rejected"}
 TRADES_PAGE = 1000  # Binance myTrades' largest page
 
 
@@ -339,15 +334,15 @@ class CcxtBroker:
     async def _state(self, sym: str, order: dict[str, Any], client_order_id: str, *,
                      fills_from_order: bool) -> OrderState:
         raw = order.get("info") or {}
-        status = _STATUS.get(str(raw.get("status", "")).upper())
+        status = BINANCE_STATUS.get(str(raw.get("status", "")).upper())
         filled = float(order.get("filled") or 0.0)
         if status is None:
             unified = str(order.get("status") or "open")
-            status = _UNIFIED_STATUS.get(unified, "partially_filled" if filled > 0 else "open")
+            status = UNIFIED_STATUS.get(unified, "partially_filled" if filled > 0 else "open")
         trades = (order.get("trades") or []) if fills_from_order else []
-        if filled > 0 and _short(trades, filled):  # an answer without its fills (RESULT), or a lookup
+        if filled > 0 and short_of(trades, filled):  # an answer without its fills (RESULT), or a lookup
             trades = await self._order_trades(sym, str(order.get("id")), int(order.get("timestamp") or 0) or None)
-        if filled > 0 and _short(trades, filled) and status in ("filled", "canceled", "expired"):
+        if filled > 0 and short_of(trades, filled) and status in ("filled", "canceled", "expired"):
             # The trade list lags the order.  Final with fills short, the intent would close for good with coins
             # (and their cost) the journal never sees, and the plan's budget would not count them: it stays
             # working here, so it is looked up again until every fill is there.
@@ -356,7 +351,7 @@ class CcxtBroker:
                  trades=sum(float(t.get("amount") or 0.0) for t in trades), exchange_status=status)
             status = "partially_filled"
         ts = int(order.get("lastTradeTimestamp") or order.get("timestamp") or 0)
-        fills = tuple(self._fill(sym, order, t, ts) for t in trades)
+        fills = tuple(fill_of(sym, order, t, ts, self.log) for t in trades)
         if filled > 0 or status == "canceled":
             self._balance_floor_ms = max(self._balance_floor_ms, max([ts, *(f.ts_ms for f in fills)]))
         cost = float(order.get("cost") or 0.0)
@@ -389,28 +384,3 @@ class CcxtBroker:
             if limit is None or len(page) < limit or len(found) == before:  # the last page, or one that added nothing
                 return list(found.values())
             params = {"orderId": order_id, "fromId": max(int(t["id"]) for t in page) + 1}
-
-    def _fill(self, sym: str, order: dict[str, Any], trade: dict[str, Any], order_ts: int) -> Fill:
-        price, qty = float(trade.get("price") or 0.0), float(trade.get("amount") or 0.0)
-        base, quote = sym.split("/")[0], sym.split("/")[-1].split(":")[0]
-        # Keep the fee in the asset it was taken from: Binance takes a buy's fee out of the coins bought, and a
-        # journal that charged it to cash instead would hold coins the account does not have.
-        fee_base = fee_quote = 0.0
-        for fee in trade.get("fees") or ([trade["fee"]] if trade.get("fee") else []):
-            cost, currency = float(fee.get("cost") or 0.0), fee.get("currency")
-            if currency == quote:
-                fee_quote += cost
-            elif currency == base:
-                fee_base += cost
-            elif cost:
-                # e.g. paid in BNB: the journal does not track BNB balances, so this fee moves neither its cash
-                # nor its holdings, and there is no price for it here; say so rather than under-report silently.
-                warn(self.log, "BROKER", "fee in a third currency not converted", currency=currency, cost=cost)
-        return Fill(trade_id=str(trade.get("id") or ""), symbol=sym, side=str(trade.get("side") or order.get("side")),
-                    qty=qty, price=price, fee=fee_quote + fee_base * price,
-                    ts_ms=int(trade.get("timestamp") or order_ts or 0), fee_base=fee_base, fee_quote=fee_quote)
-
-
-def _short(trades: list[dict[str, Any]], filled: float) -> bool:
-    """Whether ``trades`` add up to less than ``filled`` (beyond the exchange's 8-decimal rounding)."""
-    return sum(float(t.get("amount") or 0.0) for t in trades) < filled - max(1e-9, filled * 1e-9)
