@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import ssl
@@ -49,6 +50,13 @@ from shared.runfile import resolve_nats_url
 C = TypeVar("C", bound=Contract)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+# JetStream deduplicates by Nats-Msg-Id per stream, not per subject, and several principals publish into the same
+# streams (plans and aborts, events).  A deterministic id in the clear could be published first by another
+# principal on its own subject, and the server would then drop the real message as a duplicate while the
+# publisher's ack looked fine (a forged target's abort and its alert were suppressed that way).  The header is
+# therefore a keyed hash of the id under a key only the publisher holds, derived from its own bus credential:
+# its retries (and its restarts) still deduplicate, nobody else can name them.
+_MSG_ID_KEY_LABEL = b"aura/nats-msg-id/v1"
 # How long a message waits before it comes back when its dead letter could not be stored, or when a handler
 # defect escaped: long enough not to spin, short enough that nothing sits unnoticed.
 DEAD_LETTER_RETRY_S = 5.0
@@ -107,7 +115,7 @@ async def connect(settings: Settings, principal: str, logger: logging.Logger,
             changed(True)
             info(logger, "BUS", "connected to NATS", url=url, principal=principal)
             nc._aura_closing = closing  # type: ignore[attr-defined]  # see close(): a clean stop is no disconnect
-            return scope_jetstream(nc, principal)
+            return scope_jetstream(nc, principal, options["nkeys_seed_str"])
         except Exception as exc:
             if "authorization violation" in str(exc).lower():
                 seed_path = settings.keys.bus_seed(principal)
@@ -119,13 +127,33 @@ async def connect(settings: Settings, principal: str, logger: logging.Logger,
             await asyncio.sleep(0.5)
 
 
-def scope_jetstream(nc: NATS, principal: str) -> NATS:
+def scope_jetstream(nc: NATS, principal: str, seed: str) -> NATS:
     """``nc.jetstream()`` calls JetStream's API where ``principal``'s account reaches it (its imports, under
-    ``api_prefix``: shared/bus_access.py says why each principal has an account of its own)."""
+    ``api_prefix``: shared/bus_access.py says why each principal has an account of its own), and carries the key
+    its message ids are hashed under (``seed``: the principal's NKey seed; see ``msg_id_header``)."""
     prefix = api_prefix(principal)
+    key = hmac.new(seed.encode(), _MSG_ID_KEY_LABEL, hashlib.sha256).digest()
     make = nc.jetstream
-    nc.jetstream = lambda **opts: make(**{"prefix": prefix, **opts})  # type: ignore[method-assign]
+
+    def scoped(**opts: Any) -> JetStreamContext:
+        js = make(**{"prefix": prefix, **opts})
+        js._aura_msg_id_key = key  # type: ignore[attr-defined]
+        return js
+
+    nc.jetstream = scoped  # type: ignore[method-assign]
     return nc
+
+
+def msg_id_header(js: JetStreamContext, subject: str, msg_id: str) -> dict[str, str]:
+    """The ``Nats-Msg-Id`` header for a message whose deterministic id is ``msg_id``: a keyed hash only this
+    publisher can compute (see ``_MSG_ID_KEY_LABEL``).  A context from ``connect``/``session`` is required: one
+    without the key would publish guessable ids."""
+    key = getattr(js, "_aura_msg_id_key", None)
+    if not isinstance(key, bytes):
+        raise TypeError("publish needs a JetStream context from shared.bus.connect or session (it holds the key "
+                        "message ids are hashed under)")
+    mac = hmac.new(key, f"{subject}\n{msg_id}".encode(), hashlib.sha256).hexdigest()[:32]
+    return {MSG_ID_HEADER: mac}
 
 
 async def close(nc: NATS) -> None:
@@ -168,17 +196,18 @@ async def session(settings: Settings, principal: str, timeout_s: float = 3.0) ->
         reason = str(exc) or type(exc).__name__
         raise BusUnavailable(f"cannot reach the AURA bus at {url} as {principal}: {reason}") from None
     try:
-        yield scope_jetstream(nc, principal)
+        yield scope_jetstream(nc, principal, options["nkeys_seed_str"])
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
 
 
 async def publish(js: JetStreamContext, msg: Contract, msg_id: str) -> js_api.PubAck:
-    """Publish to the message's stream with ``Nats-Msg-Id`` = its deterministic id (dedup on retry)."""
+    """Publish to the message's stream, deduplicated on its deterministic ``msg_id`` (a retry, or a restart that
+    sends it again, is stored once) under a header nobody else can claim first (``msg_id_header``)."""
     subject = subject_of(msg)
-    return await js.publish(subject, encode(msg), stream=stream_of(subject), headers={MSG_ID_HEADER: msg_id},
-                            timeout=5)
+    return await js.publish(subject, encode(msg), stream=stream_of(subject),
+                            headers=msg_id_header(js, subject, msg_id), timeout=5)
 
 
 # --- reads: direct gets, bind only ------------------------------------------------------------------------------

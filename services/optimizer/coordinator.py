@@ -58,7 +58,7 @@ from aura.optimize.tasks import (
     spa_task,
     window_result,
 )
-from shared.bus import MSG_ID_HEADER, durable_pull
+from shared.bus import durable_pull, msg_id_header
 from shared.contracts import CONSUMERS, OPT_INPUTS_BUCKET, ContractError, OptOutcome, OptResult, OptTask, decode, encode
 from shared.logging import info, warn
 
@@ -295,8 +295,9 @@ class Coordinator:
 
     async def _publish(self, task: OptTask, number: int) -> None:
         self._our_tasks.add(task.task_id)
+        msg_id = f"{task.task_id}.{self.session}.{number}"
         await self.js.publish(OptTask.SUBJECT, encode(task), stream="AURA_OPT_TASKS",
-                              headers={MSG_ID_HEADER: f"{task.task_id}.{self.session}.{number}"}, timeout=10)
+                              headers=msg_id_header(self.js, OptTask.SUBJECT, msg_id), timeout=10)
 
     async def _collect(self, sub: JetStreamContext.PullSubscription) -> bool:
         """Store and ack the answers waiting (at most a short wait); True if any arrived."""

@@ -38,7 +38,7 @@ from aura.optimize.tasks import (
     run_spa,
     warm_up,
 )
-from shared.bus import MSG_ID_HEADER, dead_letter, durable_pull, read_object, settle_refused
+from shared.bus import dead_letter, durable_pull, msg_id_header, read_object, settle_refused
 from shared.consumer import RedeliveryAlarm, pull_loop
 from shared.contracts import (
     CONSUMERS,
@@ -159,7 +159,8 @@ class Worker:
         # (a coordinator that restarted without its store) is a new message and gets its answer through.
         seq = msg.metadata.sequence.stream if msg.metadata else 0
         await self.ctx.js.publish(OptResult.SUBJECT, encode(result), stream="AURA_OPT_RESULTS",
-                                  headers={MSG_ID_HEADER: f"r-{result.task_id}-{seq}"}, timeout=10)
+                                  headers=msg_id_header(self.ctx.js, OptResult.SUBJECT, f"r-{result.task_id}-{seq}"),
+                                  timeout=10)
 
     async def failure(self, msg: Msg, task: OptTask, deliveries: int, exc: Exception) -> None:
         why = f"{type(exc).__name__}: {exc}"[:1500]

@@ -59,6 +59,8 @@ NOT_ALERTED: list[tuple[str, str, Log, str, str]] = [
 class RecordingJs:
     """A bus that stores what is published to it."""
 
+    _aura_msg_id_key = b"k" * 32  # what shared.bus.connect gives a context: message ids are hashed under it
+
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes, str]] = []
 

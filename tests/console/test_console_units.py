@@ -221,6 +221,8 @@ def test_an_event_is_bounded_and_masks_secrets_like_the_log_line() -> None:
 class FailingJs:
     """A bus that refuses every publish (the server down, a permission error)."""
 
+    _aura_msg_id_key = b"k" * 32  # what shared.bus.connect gives a context: message ids are hashed under it
+
     def __init__(self, gate: asyncio.Event | None = None) -> None:
         self.calls = 0
         self.gate = gate

@@ -103,7 +103,7 @@ class System:
         options = client_options(self.settings, principal) if principal else {}
         nc = await nats.connect(self.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
                                 error_cb=_collect, **options)
-        return scope_jetstream(nc, principal) if principal else nc
+        return scope_jetstream(nc, principal, options["nkeys_seed_str"]) if principal else nc
 
     def dead_letters(self, service: str) -> list[DeadLetter]:
         async def read() -> list[DeadLetter]:
