@@ -34,6 +34,14 @@ def ignored_aborts() -> Allowance:
     return Allowance(burst=20, every_s=60.0)
 
 
+def closed_cycle_republishes() -> Allowance:
+    """Aborts of a cycle already closed: the closing snapshot is said once more (a stage that missed it, an abort
+    redelivered after a crash), three times per stage, then once a minute.  Said for every such abort, a stage
+    sending a thousand of them made the executor store a thousand snapshot copies in AURA_EXEC, pushing out the
+    fills and snapshots the console and the operator read."""
+    return Allowance(burst=3, every_s=60.0)
+
+
 # The executor's refusal: journaled as ``plan_rejected`` and dead-lettered (msg, reason, detail, cycle id).
 Reject = Callable[[Msg, str, str, str], Awaitable[None]]
 
@@ -53,6 +61,7 @@ class AbortNotices:
         self.current_snapshot = current_snapshot
         self.write_snapshot = write_snapshot
         self.ignored_aborts = ignored_aborts()
+        self.republishes = closed_cycle_republishes()
 
     async def announced(self, cycle_id: str) -> bool:
         """Whether ``cycle_id`` is a cycle ingest announced last, under the id of its bar (shared/cycles.py): the
@@ -95,7 +104,10 @@ class AbortNotices:
             info(self.ctx.logger, "IDEMPOTENCY", "cycle already closed; abort notice acked", cycle_id=aborted.cycle_id,
                  stage=aborted.stage)
             await msg.ack()
-            await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
+            snap = self.current_snapshot()
+            # Only the newest closed cycle's snapshot can be the one a stage is waiting for.
+            if snap.cycle_id == aborted.cycle_id and self.republishes.note(aborted.stage) is not None:
+                await publish_snapshot(self.ctx.js, snap, again=True)
             return
         if not await self.announced(aborted.cycle_id):
             # Only a cycle ingest announced can end as an aborted cycle: anything else would add equity points

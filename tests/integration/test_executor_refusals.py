@@ -41,6 +41,7 @@ from shared.contracts import (
     PortfolioSnapshot,
     decode,
     plan_id_for,
+    stream_of,
 )
 from shared.credentials import signing_key
 from shared.cycles import cycle_id_for
@@ -362,3 +363,42 @@ def test_stale_bars_in_a_row_each_close_once_and_the_replay_moves_on(nats_server
     asyncio.run(scenario())
     rows = journal_rows(settings, "SELECT cycle_id, status FROM snapshots WHERE status != 'genesis' ORDER BY seq")
     assert rows == [(cycle, "aborted") for cycle in bars]
+
+
+def test_aborts_naming_a_closed_cycle_do_not_make_the_executor_flood_its_snapshot_stream(
+        nats_server: NatsEndpoint) -> None:
+    """An abort for a cycle already closed is acked, and the closing snapshot said once more so a stage that
+    missed it sees it (a redelivered abort after a crash).  Before: said again for every such abort, so a
+    compromised signal (or ingest) sending a thousand of them made the executor store a thousand snapshot copies
+    in AURA_EXEC, pushing the fills and snapshots the console reads out of the stream.  Now only an abort of the
+    newest closed cycle republishes, within an allowance per stage."""
+    capture = Capture()
+    cycle = "1d-20240105T0000"
+
+    async def newest_seq(rig: Rig) -> int:
+        msg = await rig.operator.get_last_msg(stream_of(PortfolioSnapshot.SUBJECT), PortfolioSnapshot.SUBJECT,
+                                              direct=True)
+        return int(msg.seq or 0)
+
+    async def scenario() -> tuple[int, int, int]:
+        async with executor(nats_server, capture) as rig:
+            await announce_ready(rig, cycle, 1_704_412_800_000)
+            await publish(rig.signal, CycleAborted(cycle_id=cycle, stage="signal", reason="not a decision bar"),
+                          msg_id=f"abort-signal-{cycle}")
+            await until(lambda: cycle_snapshot(rig, cycle), "the cycle's snapshot")
+            before = await newest_seq(rig)
+            flood = 200
+            for i in range(flood):
+                await publish(rig.signal, CycleAborted(cycle_id=cycle, stage="signal", reason=f"again {i}"),
+                              msg_id=f"flood-{i}")
+
+            async def acked() -> bool:
+                return sum("cycle already closed" in r.getMessage() for r in capture.records) >= flood
+
+            await until(acked, "every repeated abort to be acked")
+            await asyncio.sleep(0.3)
+            return before, await newest_seq(rig), len(await executor_letters(rig))
+
+    before, after, letters = asyncio.run(scenario())
+    assert 1 <= after - before <= 3, (before, after)  # said again, but not once per abort
+    assert letters == 0
