@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+from aura.cli_types import int_at_least
 from shared.config import settings_for_command
 
 # Subcommands contributed by other packages: (module, function that registers them on the subparsers, the
@@ -127,7 +129,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aura {package_version('aura')}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the whole system locally (embedded nats-server, five services, the console)")
-    p_up.add_argument("--cycles", type=int, default=None, help="exit 0 once N cycles have ended in the journal")
+    p_up.add_argument("--cycles", type=int_at_least(1), default=None,
+                      help="exit 0 once N cycles have ended in the journal")
     p_up.add_argument("--replay-interval", type=float, default=None,
                       help="seconds between replayed cycles (env AURA_REPLAY_INTERVAL_S)")
     p_up.set_defaults(func=_cmd_up)
@@ -161,7 +164,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`aura status --json | head`): what is left to print goes nowhere, without the
+        # traceback Python would print on the flush at exit.  141 is what a shell reports for SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from aura.cli_types import int_at_least
 from aura.trades_cli import (
     JournalUnavailable,
     add_trades_parsers,
@@ -341,6 +342,6 @@ def add_status_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="one screen: services, bus, parameters, regime, kill-switch, equity, "
                                              "positions and the last cycles (read-only)")
     p.add_argument("--json", action="store_true", help="print the same as JSON, for scripts")
-    p.add_argument("--cycles", type=int, default=8, help="how many recent cycles to show (default 8)")
+    p.add_argument("--cycles", type=int_at_least(1), default=8, help="how many recent cycles to show (default 8)")
     p.set_defaults(func=run_status)
     add_trades_parsers(subparsers)

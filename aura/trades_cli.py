@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aura.cli_types import int_at_least
+
 T = TypeVar("T")
 
 
@@ -231,11 +233,13 @@ def run_pnl(args: argparse.Namespace) -> int:
 
 def add_trades_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("trades", help="round trips from the journal: entry, exit, qty, P&L, holding time")
-    p.add_argument("--limit", type=int, default=50, help="show the last N round trips (0 = all); default 50")
+    p.add_argument("--limit", type=int_at_least(0), default=50,
+                   help="show the last N round trips (0 = all); default 50")
     p.add_argument("--json", action="store_true", help="print JSON (every trip shown and the summary) for scripts")
     p.set_defaults(func=run_trades)
     p = subparsers.add_parser("pnl", help="equity and P&L from the journal's snapshots, in total or per UTC day")
     p.add_argument("--daily", action="store_true", help="one row per UTC day (equity at its end, P&L, return)")
-    p.add_argument("--days", type=int, default=30, help="with --daily, show the last N days (0 = all); default 30")
+    p.add_argument("--days", type=int_at_least(0), default=30,
+                   help="with --daily, show the last N days (0 = all); default 30")
     p.add_argument("--json", action="store_true", help="print JSON (the daily rows shown and the totals)")
     p.set_defaults(func=run_pnl)

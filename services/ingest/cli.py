@@ -231,11 +231,19 @@ def run_sync(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    now_ms = args.now if args.now is not None else int(time.time() * 1000)
+    # An empty range was reported "complete: yes, rows added: 0" and exit 0: say what is wrong with it instead.
+    if args.since is not None and until is not None and until < args.since:
+        print(f"aura data sync: --until {args.until} is before --since (nothing to download)", file=sys.stderr)
+        return 2
+    if args.since is not None and args.since > now_ms:
+        print(f"aura data sync: --since is in the future ({_day(args.since, 0)}; now {_day(now_ms, 0)}): no "
+              "candle has closed there yet", file=sys.stderr)
+        return 2
     if not logging.getLogger().handlers:
         # Run from the `aura` script nobody configured logging yet. Data warnings (gaps, rejects,
         # disagreements) still show as tagged JSON lines; per-symbol info lines only on request.
         setup_logging("ingest", level=os.environ.get("AURA_LOG_LEVEL") or "WARNING")
-    now_ms = args.now if args.now is not None else int(time.time() * 1000)
     config = IngestConfig.from_env()
     chain = build_providers(config, args.exchange)
     try:
