@@ -15,20 +15,26 @@ import services.risk.tick_loop as tick_loop_module
 from services.risk.tick_loop import TICK_FAILURES_RED, tick_loop
 from shared.health import HealthState
 
+CHECKED = SimpleNamespace(outcome=object(), price_verdict=None)  # a tick that checked the stops
 
-def test_failed_ticks_in_a_row_turn_readyz_red_and_a_good_tick_green(monkeypatch: pytest.MonkeyPatch) -> None:
-    outcomes: list[Exception | None] = [RuntimeError("bucket aura_state not found")] * TICK_FAILURES_RED + [None]
+
+def run_ticks(monkeypatch: pytest.MonkeyPatch, script: list[Any]) -> tuple[list[tuple[bool, str]], HealthState]:
+    """Drive risk's tick loop through ``script`` (per tick: an exception it raises, or the decision it returns);
+    what /readyz said before each tick, and the health after the last."""
+    script = list(script)
     seen: list[tuple[bool, str]] = []
     health = HealthState(service="risk")
+    risk: Any = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(risk_tick_s=0.01), health=health,
+                                                    logger=logging.getLogger("t"), stop=None), lock=None)
 
     async def scripted_tick(_risk: Any) -> Any:
-        seen.append(health.checks["risk_tick"]())  # what /readyz said before this tick
-        outcome = outcomes.pop(0) if outcomes else None
-        if outcome is not None:
-            raise outcome
-        if not outcomes:
+        seen.append(health.checks["risk_tick"]())
+        step = script.pop(0)
+        if not script:
             risk.ctx.stop.set()
-        return SimpleNamespace(outcome=object())  # a tick that checked the stops
+        if isinstance(step, Exception):
+            raise step
+        return step
 
     monkeypatch.setattr(tick_loop_module, "tick", scripted_tick)
 
@@ -37,9 +43,13 @@ def test_failed_ticks_in_a_row_turn_readyz_red_and_a_good_tick_green(monkeypatch
         risk.lock = asyncio.Lock()
         await asyncio.wait_for(tick_loop(risk), 10)
 
-    risk: Any = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(risk_tick_s=0.01), health=health,
-                                                    logger=logging.getLogger("t"), stop=None), lock=None)
     asyncio.run(scenario())
+    return seen, health
+
+
+def test_failed_ticks_in_a_row_turn_readyz_red_and_a_good_tick_green(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen, health = run_ticks(monkeypatch, [RuntimeError("bucket aura_state not found")] * TICK_FAILURES_RED
+                             + [CHECKED])
     assert [ok for ok, _ in seen] == [True] * TICK_FAILURES_RED + [False], seen
     assert "stops unchecked" in seen[-1][1] and "bucket aura_state not found" in seen[-1][1]
     assert health.checks["risk_tick"]() == (True, "ticking")
@@ -51,28 +61,7 @@ def test_ticks_that_cannot_price_a_held_coin_turn_readyz_red_and_a_skipped_tick_
     the venue stopped quoting left its stop unchecked for as long as it lasted while risk answered ready."""
     unpriced = SimpleNamespace(outcome=None, price_verdict=SimpleNamespace(
         shortfall={"LUNA/USDT": 120.0}, reason="held symbols missing from the price read"))
-    checked = SimpleNamespace(outcome=object(), price_verdict=None)
-    decisions: list[Any] = [unpriced] * (TICK_FAILURES_RED - 1) + [None, unpriced, None, checked]
-    seen: list[tuple[bool, str]] = []
-    health = HealthState(service="risk")
-
-    async def scripted_tick(_risk: Any) -> Any:
-        seen.append(health.checks["risk_tick"]())
-        decision = decisions.pop(0)
-        if not decisions:
-            risk.ctx.stop.set()
-        return decision
-
-    monkeypatch.setattr(tick_loop_module, "tick", scripted_tick)
-
-    async def scenario() -> None:
-        risk.ctx.stop = asyncio.Event()
-        risk.lock = asyncio.Lock()
-        await asyncio.wait_for(tick_loop(risk), 10)
-
-    risk: Any = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(risk_tick_s=0.01), health=health,
-                                                    logger=logging.getLogger("t"), stop=None), lock=None)
-    asyncio.run(scenario())
+    seen, health = run_ticks(monkeypatch, [unpriced] * (TICK_FAILURES_RED - 1) + [None, unpriced, None, CHECKED])
     # Two unpriced ticks, a skipped one (still amber), the third unpriced one: red, and a skip keeps it red.
     assert [ok for ok, _ in seen] == [True] * (TICK_FAILURES_RED + 1) + [False, False], seen
     assert "stops unchecked" in seen[-1][1] and "LUNA/USDT" in seen[-1][1], seen[-1]
