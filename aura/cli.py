@@ -163,9 +163,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
     try:
+        # The command's modules are imported here (lazily, see plugged_for): Ctrl-C during that half second
+        # printed a 15-40 line KeyboardInterrupt traceback.  Commands that run a system handle SIGINT themselves.
+        args = build_parser(argv).parse_args(argv)
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("aura: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`aura status --json | head`): what is left to print goes nowhere, without the
         # traceback Python would print on the flush at exit.  141 is what a shell reports for SIGPIPE.

@@ -94,3 +94,16 @@ def test_an_unanswering_bus_is_said_to_be_silent_for_as_long_as_it_was_waited_fo
     assert "no answer within" in said, said
     stated = float(said.rsplit("no answer within ", 1)[1].split(" s")[0])
     assert abs(stated - waited) < 0.3, (stated, waited, said)
+
+
+def test_ctrl_c_while_the_command_is_being_loaded_ends_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's modules load inside main (a second, on a cold cache): Ctrl-C there printed a traceback."""
+    import aura.cli as cli
+
+    def interrupted(_argv: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["status"]) == 130
+    assert capsys.readouterr().err == "aura: interrupted\n"
