@@ -1,15 +1,13 @@
-"""NATS / JetStream helpers every service uses: authenticated connect, publish-with-id, bounded dead letters,
-bind-only KV and object reads, durable pulls.  Creating streams, buckets and consumers is the operator's job
+"""NATS / JetStream helpers every service uses: authenticated connect, publish under keyed message ids, bounded
+dead letters, direct-get reads, bind-only KV, durable pulls (object stores: shared/objects.py).  Creating streams, buckets and consumers is the operator's job
 (``shared.provision``): no service holds the right to."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import ssl
 import time
@@ -24,13 +22,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
 
 from shared.bus_access import api_prefix, inbox_prefix
-from shared.candles import digest
 from shared.config import ConfigError, Settings
 from shared.contracts import (
-    CANDLE_BUCKET,
     DEAD_LETTER_PAYLOAD_PREFIX,
     PARAMS_BUCKET,
     STATE_BUCKET,
@@ -266,39 +261,6 @@ async def stored_messages(js: JetStreamContext, stream: str, subject: str, after
     return out
 
 
-async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
-    """An object-store object read with direct gets only (meta by subject, then its chunks in order).
-
-    nats-py's ObjectStore.get reads through an ordered push consumer, which would need the right to create
-    consumers (see shared.bus_access); direct gets need only read rights on the bucket.  NotFoundError if the
-    object does not exist.
-    """
-    stream = f"OBJ_{bucket}"
-    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-    meta = await js.get_last_msg(stream, meta_subject, direct=True)
-    info_doc = json.loads(meta.data or b"{}")
-    if info_doc.get("deleted"):
-        raise NotFoundError
-    chunk_subject = f"$O.{bucket}.C.{info_doc['nuid']}"
-    size, chunks = int(info_doc.get("size", 0)), int(info_doc.get("chunks", 0))
-    out = bytearray()
-    seq = 1
-    for _ in range(chunks):
-        chunk = await js.get_msg(stream, seq=seq, subject=chunk_subject, direct=True, next=True)
-        out += chunk.data or b""
-        seq = int(chunk.seq or 0) + 1
-    if len(out) != size:
-        raise ValueError(f"object {name[:16]} has {len(out)} bytes, its meta says {size}")
-    return bytes(out)
-
-
-async def verified_candles(js: JetStreamContext, content_digest: str) -> bytes | None:
-    """The candle object named ``content_digest``; None when its bytes do not hash to that name.  An absent
-    object raises NotFoundError, a bus failure its own error: callers decide."""
-    data = await read_object(js, CANDLE_BUCKET, content_digest)
-    return data if digest(data) == content_digest else None
-
-
 async def bind_kv(js: JetStreamContext, bucket: str) -> KeyValue:
     """Bind to an existing bucket (never create it: a reader that creates buckets on a foreign server pollutes
     it, and services hold no right to)."""
@@ -307,15 +269,6 @@ async def bind_kv(js: JetStreamContext, bucket: str) -> KeyValue:
     except Exception as exc:
         raise BusNotProvisioned(f"KV bucket {bucket} is not available ({type(exc).__name__}: {exc}); run "
                                 "`aura bus provision` (aura up and compose do it before starting services)") from exc
-
-
-async def candle_writer(js: JetStreamContext) -> ObjectStore:
-    """The candle object store, bound for writing (ingest only)."""
-    try:
-        return await js.object_store(CANDLE_BUCKET)
-    except Exception as exc:
-        raise BusNotProvisioned(f"object store {CANDLE_BUCKET} is not available ({type(exc).__name__}); run "
-                                "`aura bus provision`") from exc
 
 
 async def params_kv(js: JetStreamContext) -> KeyValue:

@@ -198,7 +198,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"setting {name} (env AURA_{name.upper()}): file {value!r} does not exist")
     checks = {
         "replay_interval_s": s.replay_interval_s >= 0,
-        "snapshot_bars": s.snapshot_bars >= 50,
+        "snapshot_bars": 50 <= s.snapshot_bars <= 20_000,  # two years of hours; bounds the candle object
         "cycle_timeout_s": s.cycle_timeout_s > 0,
         "ingest_poll_s": s.ingest_poll_s > 0,
         "markets_refresh_s": 0 < s.markets_refresh_s <= 86_400,  # "at least daily"

@@ -19,7 +19,7 @@ from services.ingest.replay import load_history, load_market_rules, replay_step
 from services.risk import service as risk_service
 from services.signal import service as signal_service
 from services.signal.service import make_target
-from shared.bus import candle_writer, close, connect, last_message, publish, stored_messages
+from shared.bus import close, connect, last_message, publish, stored_messages
 from shared.candles import digest, encode_panel
 from shared.contracts import (
     ApprovedPlan,
@@ -37,6 +37,7 @@ from shared.contracts import (
 )
 from shared.credentials import signing_key
 from shared.health import HealthState
+from shared.objects import candle_writer
 from shared.service import ServiceContext
 from shared.signing import sign_plan, sign_struct
 

@@ -33,7 +33,7 @@ from aura.strategy.schedule import timeframe_ms
 from services.console.chart import PriceSeries, candle_series, daily_benchmark_series, drawdown, equity_chart
 from services.executor.journal import OPEN_INTENT_STATES
 from services.risk.latch import UNVERIFIABLE_BY, read_latch
-from shared.bus import kv_get, last_message, state_kv, stored_messages, verified_candles
+from shared.bus import kv_get, last_message, state_kv, stored_messages
 from shared.candles import decode_panel
 from shared.config import Settings
 from shared.contracts import (
@@ -63,6 +63,7 @@ from shared.live_params import (
     last_valid,
     read_version,
 )
+from shared.objects import ObjectTooLarge, verified_candles
 from shared.signing import SignatureError, verify_plan, verify_struct
 from shared.state_keys import DECISION_KEY
 from shared.wire import decode_document
@@ -314,6 +315,8 @@ class BusView:
             blob = await verified_candles(self.js, digest)
         except NotFoundError:  # expired from the object store: keep the last prices
             return
+        except ObjectTooLarge:
+            blob = None
         if blob is None:
             self._unverified("candles")
             return

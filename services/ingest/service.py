@@ -18,10 +18,11 @@ from nats.js.object_store import ObjectStore
 from services.ingest.replay import ReplayStep
 from services.ingest.sources import ReplaySource, SyncSource, fixed_symbols
 from shared.allowance import own_subject_only
-from shared.bus import candle_writer, kv_get, publish, state_kv
+from shared.bus import kv_get, publish, state_kv
 from shared.candles import digest, encode_panel
 from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
 from shared.logging import info, warn
+from shared.objects import candle_writer
 from shared.service import ServiceContext
 from shared.state_keys import ingest_cursor_key, ingest_held_key
 

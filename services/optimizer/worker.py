@@ -38,7 +38,7 @@ from aura.optimize.tasks import (
     run_spa,
     warm_up,
 )
-from shared.bus import dead_letter, durable_pull, msg_id_header, read_object, settle_refused
+from shared.bus import dead_letter, durable_pull, msg_id_header, settle_refused
 from shared.consumer import RedeliveryAlarm, pull_loop
 from shared.contracts import (
     CONSUMERS,
@@ -51,6 +51,7 @@ from shared.contracts import (
     encode,
 )
 from shared.logging import error, info
+from shared.objects import read_object
 from shared.service import ServiceContext, run_service
 
 SPEC = CONSUMERS["worker"]

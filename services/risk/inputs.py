@@ -22,7 +22,7 @@ from aura.strategy.types import Panel
 from services.risk.latch import UNVERIFIABLE_BY, LatchDoc, applied, read_latch, write_latch
 from services.risk.tick import Latch, latch_view
 from shared.allowance import SaidOnce
-from shared.bus import last_message, newest_valid, verified_candles
+from shared.bus import last_message, newest_valid
 from shared.candles import decode_panel
 from shared.config import Settings
 from shared.consumer import Reject
@@ -31,6 +31,7 @@ from shared.credentials import PARAMS_SIGNERS, signing_key, trusted_key, trusted
 from shared.health import HealthState
 from shared.live_params import ParamsError, read_version
 from shared.logging import error, warn
+from shared.objects import ObjectTooLarge, verified_candles
 from shared.operator_requests import RESET_KEY, read_request
 from shared.signing import SignatureError, verify_struct
 
@@ -161,6 +162,8 @@ class RiskInputs:
             data = await verified_candles(self.js, content_digest)
         except NotFoundError as exc:
             raise Reject("missing_candles", f"object {content_digest[:16]} not in candle store") from exc
+        except ObjectTooLarge as exc:
+            raise Reject("oversized_candles", str(exc)) from exc
         if data is None:
             raise Reject("digest_mismatch", f"candle object does not hash to {content_digest[:16]}")
         panel = decode_panel(data)

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aura.strategy.schedule import timeframe_ms
-from shared.bus import newest_valid, verified_candles
+from shared.bus import newest_valid
 from shared.candles import decode_panel
 from shared.contracts import DataReady, MarketRuleMsg, content_id
 from shared.logging import info, warn
 from shared.market_rules import QUOTE, taker_fee
+from shared.objects import verified_candles
 from shared.service import ServiceContext
 
 

@@ -19,12 +19,13 @@ from aura.strategy.schedule import is_decision_bar, timeframe_ms
 from aura.strategy.signal import compute_targets
 from aura.strategy.state import SignalState
 from aura.strategy.types import Panel
-from shared.bus import durable_pull, kv_get, publish, state_kv, verified_candles
+from shared.bus import durable_pull, kv_get, publish, state_kv
 from shared.candles import decode_panel
 from shared.consumer import RedeliveryAlarm, Reject, handle, pull_loop
 from shared.contracts import CONSUMERS, CycleAborted, DataReady, TargetPortfolio, content_id
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
 from shared.logging import info
+from shared.objects import ObjectTooLarge, verified_candles
 from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext, warm_decision_kernels
 from shared.state_keys import SIGNAL_STATE_KEY as STATE_KEY
@@ -77,6 +78,8 @@ async def run(ctx: ServiceContext) -> None:
             data = await verified_candles(ctx.js, ready.digest)
         except NotFoundError as exc:
             raise Reject("missing_candles", f"object {ready.digest[:16]} not in candle store: {exc}") from exc
+        except ObjectTooLarge as exc:
+            raise Reject("oversized_candles", str(exc)) from exc
         # Any other failure (a timeout right after a reconnect) propagates: the consumer redelivers it.
         if data is None:
             raise Reject("digest_mismatch", f"candle object does not hash to {ready.digest[:16]}")

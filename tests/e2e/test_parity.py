@@ -35,7 +35,7 @@ from services.ingest.replay import load_history, load_market_rules, replay_step
 from services.risk.latch import LatchDoc, read_latch, write_latch
 from services.risk.plan_body import build_plan_body
 from services.signal.service import make_target
-from shared.bus import candle_writer, publish
+from shared.bus import publish
 from shared.candles import digest, encode_panel
 from shared.config import load_settings
 from shared.contracts import (
@@ -49,6 +49,7 @@ from shared.contracts import (
 )
 from shared.credentials import signing_key
 from shared.live_params import promote, sign_document
+from shared.objects import candle_writer
 from shared.signing import sign_struct
 from tests.bus_helpers import role_connections
 from tests.conftest import NatsEndpoint

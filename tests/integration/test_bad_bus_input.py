@@ -18,7 +18,6 @@ from services.signal import service as signal_service
 from shared.bus import (
     DEAD_LETTER_MAX_TRIES,
     DEAD_LETTER_RETRY_S,
-    candle_writer,
     clip_json,
     close,
     connect,
@@ -28,6 +27,7 @@ from shared.bus import (
 from shared.candles import digest, encode_panel
 from shared.contracts import DEAD_LETTER_PAYLOAD_PREFIX, KIB, ContractError, DataReady, DeadLetter, decode, encode
 from shared.health import HealthState
+from shared.objects import candle_writer
 from shared.service import ServiceContext
 from tests.bus_helpers import dead_letters, until
 from tests.conftest import NatsEndpoint

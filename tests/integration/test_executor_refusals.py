@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from aura.strategy.types import Panel
 from services.executor import runner
 from services.executor import service as executor_service
-from shared.bus import candle_writer, publish
+from shared.bus import publish
 from shared.candles import digest, encode_panel
 from shared.config import Settings
 from shared.consumer import MAX_DELIVERIES
@@ -45,6 +45,7 @@ from shared.contracts import (
 )
 from shared.credentials import signing_key
 from shared.cycles import cycle_id_for
+from shared.objects import candle_writer
 from shared.service import ServiceContext
 from shared.signing import sign_plan
 from tests.bus_helpers import Capture, dead_letters, journal_rows, role_connections, running, snapshot, until

@@ -216,9 +216,10 @@ def test_a_restarted_coordinator_resumes_from_its_store(bus: NatsEndpoint, pool:
 def test_the_worker_credential_reaches_the_queue_and_nothing_else(bus: NatsEndpoint) -> None:
     from nats.js.errors import KeyNotFoundError
 
-    from shared.bus import close, read_object
+    from shared.bus import close
     from shared.contracts import OPT_INPUTS_BUCKET
     from shared.live_params import PARAMS_KEY
+    from shared.objects import read_object
 
     async def scenario() -> dict[str, str]:
         outcomes = {}

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.types import Panel
 from services.risk.latch import HALT_KEY, read_latch, write_latch
-from shared.bus import candle_writer, last_message, publish
+from shared.bus import last_message, publish
 from shared.bus_access import local_subject
 from shared.candles import decode_panel, digest, encode_panel
 from shared.contracts import (
@@ -41,6 +41,7 @@ from shared.contracts import (
 from shared.credentials import signing_key, trusted_key
 from shared.cycles import cycle_id_for
 from shared.live_params import ParamsDocument, sign_document
+from shared.objects import candle_writer
 from shared.provision import BUCKETS
 from shared.signing import sign_struct
 from shared.state_keys import DECISION_KEY, SIGNAL_STATE_KEY, ingest_cursor_key, state_bytes_bound
@@ -500,7 +501,7 @@ def test_zz_after_every_attack_a_genuine_new_cycle_is_still_planned_and_executed
     their job, on the verified basis, whatever was thrown at them above."""
 
     async def announce() -> str:
-        from shared.bus import verified_candles
+        from shared.objects import verified_candles
 
         operator = await system.connect("operator")  # reads what ingest published last (ingest cannot)
         try:
