@@ -1,6 +1,6 @@
 """NATS / JetStream helpers every service uses: authenticated connect, publish under keyed message ids, bounded
-dead letters, direct-get reads, bind-only KV, durable pulls (object stores: shared/objects.py).  Creating streams, buckets and consumers is the operator's job
-(``shared.provision``): no service holds the right to."""
+dead letters, direct-get reads, bind-only KV, durable pulls (object stores: shared/objects.py).  Creating
+streams, buckets and consumers is the operator's job (``shared.provision``): no service holds the right to."""
 
 from __future__ import annotations
 
