@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from services.risk.plan_body import build_plan_body, rules_of
 from services.risk.prices import PriceRead, exit_volumes
+from services.risk.sync_guard import READ_FAILED
 from services.risk.tick import TickDecision, evaluate_tick, tick_target
 from shared.health import HealthState
 from shared.logging import error, info, warn
@@ -26,7 +27,8 @@ if TYPE_CHECKING:  # service.py imports this module: the class is only a type he
 # Failed ticks in a row that turn risk's /readyz red: one is a blip (a price read timing out); this many mean the
 # stop-losses and the kill-switch are not being checked, which an operator must see (once a deleted bucket
 # failed every tick for as long as it lasted while risk answered ready).  A tick whose price read lacks a held
-# coin (a delisted pair, a venue that stopped quoting it) also checks nothing: it counts the same way.
+# coin (a delisted pair, a venue that stopped quoting it) cannot check that coin's stop: it counts the same way,
+# before and after the sync guard confirms the shortfall.
 TICK_FAILURES_RED = 3
 
 
@@ -49,16 +51,21 @@ class TickHealth:
             self.failures, self.last_error = self.failures + 1, f"{type(exc).__name__}: {exc}"[:300]
 
     def judged(self, decision: TickDecision | None) -> None:
-        """A tick that returned: checked (green again), unpriced (a failure), or skipped (no snapshot yet, a plan
-        in flight: nothing was checked, so nothing changes)."""
+        """A tick that returned: every holding priced (green again), a holding unpriced (a failure), or skipped
+        (no snapshot yet, a plan in flight: nothing was checked, so nothing changes).  A shortfall counts once
+        confirmed too: the tick then runs with the coin at its last mark, which keeps the kill-switch going but
+        can never trigger that coin's stop."""
         if decision is None:
             return
-        if decision.outcome is not None:
+        verdict = decision.price_verdict
+        if decision.outcome is not None and not verdict.shortfall:
             self.ticked()
             return
-        verdict = decision.price_verdict
         self.failures += 1
-        self.last_error = f"price read incomplete, missing {list(verdict.shortfall)}: {verdict.reason}"[:300]
+        if verdict.status == READ_FAILED:
+            self.last_error = f"price read failed: {verdict.reason}"[:300]
+        else:
+            self.last_error = f"held coins unpriced {sorted(verdict.shortfall)}: {verdict.reason}"[:300]
 
 
 async def tick_loop(risk: Risk) -> None:
