@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         # The command's modules are imported here (lazily, see plugged_for): Ctrl-C during that half second
         # printed a 15-40 line KeyboardInterrupt traceback.  Commands that run a system handle SIGINT themselves.
         args = build_parser(argv).parse_args(argv)
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a short output is written here, not at exit: a closed pipe must raise inside the try
+        return code
     except KeyboardInterrupt:
         print("aura: interrupted", file=sys.stderr)
         return 130

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aura.cli_types import int_at_least
 from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, SimServer
 from aura.exchange_sim.cli import speed_arg
 from aura.exchange_sim.clock import parse_ms
@@ -239,7 +240,7 @@ def add_rehearse_parser(subparsers: Any) -> None:
     p.add_argument("--speed", type=speed_arg, default=DEFAULT_SPEED,
                    help=f"clock speed, x real time (default {DEFAULT_SPEED:g}: a daily bar every "
                         f"{86_400 / DEFAULT_SPEED:g}s)")
-    p.add_argument("--cycles", type=int, default=None, help="stop once N cycles have ended in the journal")
+    p.add_argument("--cycles", type=int_at_least(1), default=None, help="stop once N cycles have ended in the journal")
     p.add_argument("--data", type=Path, default=None,
                    help="candles the simulator serves (default: the bundled data/replay)")
     p.add_argument("--cash", type=float, default=None,

@@ -29,7 +29,8 @@ def aura(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("args", [
-    ("up", "--cycles", "0"), ("up", "--cycles", "-3"), ("status", "--cycles", "0"), ("trades", "--limit", "-1"),
+    ("up", "--cycles", "0"), ("up", "--cycles", "-3"), ("rehearse", "--cycles", "0"),
+    ("status", "--cycles", "0"), ("trades", "--limit", "-1"),
     ("pnl", "--daily", "--days", "-2"),
 ], ids=lambda a: " ".join(a))
 def test_a_count_below_its_floor_is_refused_in_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
@@ -51,7 +52,10 @@ def test_data_sync_refuses_a_range_with_nothing_in_it(tmp_path: Path, window: tu
 
 
 def test_output_piped_into_a_reader_that_stops_ends_without_a_traceback(tmp_path: Path) -> None:
-    proc = subprocess.Popen([str(AURA), "bus", "matrix"], env=env(tmp_path), stdout=subprocess.PIPE,
+    # Buffered, as in an ordinary shell: the output is then written in one flush (PYTHONUNBUFFERED is set in CI
+    # and in the image, where each print writes at once).
+    buffered = {k: v for k, v in env(tmp_path).items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([str(AURA), "bus", "matrix"], env=buffered, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # `| head -0`: the reader is gone before the command prints (it is still importing)
