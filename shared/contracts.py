@@ -331,8 +331,10 @@ PLANS_FILTER = "aura.plans.>"
 CANDLE_BUCKET = "aura_candles"  # object store: encoded panels by digest
 # The largest candle object a reader fetches: the bucket holds up to 1 GiB, and a reader that believed the size
 # (and chunk count) an object's meta claims would allocate all of it, so a compromised ingest could exhaust risk's
-# memory with one announcement.  The largest panel ingest can make fits with room: snapshot_bars <= 20,000 and
-# universe_max <= 100 (shared/config.py) give 8 + 40 x 100 bytes a bar, about 80 MB.
+# memory with one announcement.  A panel costs 8 + 40 x symbols bytes a bar: the default 400 bars of the screened
+# universe (universe_max <= 100) is 1.6 MB, and 20,000 bars (snapshot_bars' cap) of 100 symbols 80 MB.  A fixed
+# symbol list or replay folder can be longer: ingest then refuses the cycle as stale, saying so, rather than
+# announce an object both readers would refuse (services/ingest/service.py).
 CANDLE_OBJECT_MAX_BYTES = 128 * MIB
 PARAMS_BUCKET = "aura_params"  # KV: live strategy parameters (key "strategy"); revision = params version
 OPT_INPUTS_BUCKET = "aura_opt_inputs"  # object store: the optimizer's inputs (panel, rules, benchmarks) by digest

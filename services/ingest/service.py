@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 
 from nats.aio.msg import Msg
 from nats.js.object_store import ObjectStore
@@ -20,7 +21,15 @@ from services.ingest.sources import ReplaySource, SyncSource, fixed_symbols
 from shared.allowance import own_subject_only
 from shared.bus import kv_get, publish, state_kv
 from shared.candles import digest, encode_panel
-from shared.contracts import CycleAborted, DataReady, DataStale, MarketRuleMsg, PortfolioSnapshot, decode
+from shared.contracts import (
+    CANDLE_OBJECT_MAX_BYTES,
+    CycleAborted,
+    DataReady,
+    DataStale,
+    MarketRuleMsg,
+    PortfolioSnapshot,
+    decode,
+)
 from shared.logging import info, warn
 from shared.objects import candle_writer
 from shared.service import ServiceContext
@@ -183,6 +192,15 @@ def _held_of(raw: bytes | None) -> set[str]:
 
 async def _publish_step(ctx: ServiceContext, step: ReplayStep, store: ObjectStore, attempt: int = 1) -> None:
     s = ctx.settings
+    blob = encode_panel(step.snapshot) if step.snapshot is not None else b""
+    if len(blob) > CANDLE_OBJECT_MAX_BYTES:
+        # Signal and risk read no candle object larger than this (shared/objects.py): announced, it would be
+        # refused by both, cycle after cycle.  Said here, with what to change, and the cycle ends as stale.
+        panel = step.snapshot
+        assert panel is not None
+        step = replace(step, snapshot=None, reason=f"candle panel of {len(blob):,} bytes ({len(panel.symbols)} "
+                       f"symbols x {len(panel.timestamps)} bars) is over the {CANDLE_OBJECT_MAX_BYTES:,} a reader "
+                       "accepts: lower AURA_SNAPSHOT_BARS or the number of symbols")
     if step.snapshot is None:
         reason = step.reason or "incomplete snapshot"
         stale = DataStale(cycle_id=step.cycle_id, timeframe=s.timeframe, reason=reason,
@@ -196,7 +214,6 @@ async def _publish_step(ctx: ServiceContext, step: ReplayStep, store: ObjectStor
              missing=list(step.missing))
         ctx.health.inc("stale_snapshots")
         return
-    blob = encode_panel(step.snapshot)
     content = digest(blob)
     await store.put(content, blob)
     rules = step.rules or {}

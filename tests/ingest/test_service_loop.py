@@ -280,3 +280,16 @@ def test_sync_cycles_carry_the_venues_rules_and_universe(tmp_path: Path, monkeyp
     assert all("MATIC/USDT" not in ready.symbols for ready in (first, second))
     assert ("ingest.held.1d", b'["MATIC/USDT"]') in rec.kv_puts  # for the first cycle after a restart
     assert any(getattr(r, "tag", None) == "MARKETS_STALE" for r in caplog.records)
+
+
+def test_a_panel_over_the_readers_bound_ends_the_cycle_stale_saying_what_to_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signal and risk refuse a candle object over CANDLE_OBJECT_MAX_BYTES (a long fixed symbol list with many
+    bars can make one): announced, every cycle would be dead-lettered by both.  Ingest says so instead."""
+    monkeypatch.setattr(service, "CANDLE_OBJECT_MAX_BYTES", 100)  # the one-bar test panel is ~200 bytes
+    rec, _ = _run(tmp_path, monkeypatch, [ReplayStep(0, BAR, CYCLE, _panel(), ())])
+    assert [type(m).__name__ for _, m in rec.published] == ["DataStale", "CycleAborted"], rec.published
+    stale = rec.published[0][1]
+    assert "is over the 100 a reader accepts: lower AURA_SNAPSHOT_BARS" in stale.reason, stale
+    # The bar is over, as a hole in bundled history is: asking for it again cannot make the panel smaller.
+    assert rec.kv_puts == [("ingest.cursor.sync.1d", str(BAR).encode())]
