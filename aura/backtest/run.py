@@ -51,6 +51,11 @@ from aura.strategy.signal import btc_column
 from aura.strategy.types import MarketRule, Panel
 
 DAY_MS = 86_400_000
+# Upper bound (exclusive) of the fee rate and of the slippage, each a fraction per side.  At 1 or more the
+# arithmetic breaks (a sale at or below zero, a fee larger than the fill); well below that, 10% a side is about
+# a hundred times Binance's taker fee and far past any listed market's half spread, so every stress test fits
+# under it, while a value above it is most likely a percentage typed as a fraction (--fee 0.5 meaning 0.5%).
+MAX_COST_RATE = 0.1
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,21 @@ class RunSpec:
     rules_path: Path | None = None
     params_timeframe: str = PARAMS_TIMEFRAME  # the timeframe whose bars ``params`` counts its lookbacks in
     scale_lookbacks: bool = True  # False: a params_timeframe other than timeframe is an error, not a rescale
+
+    def __post_init__(self) -> None:
+        # Checked when the spec is made, before any data is read: a negative fee paid the strategy 922% a year,
+        # a slippage of 5 sold below zero (a 172% drawdown), and no capital gave a NaN CAGR, all with exit 0.
+        if not (math.isfinite(self.initial_cash) and self.initial_cash > 0):
+            raise ValueError(f"--capital must be a finite number > 0, not {self.initial_cash!r}")
+        if not 0 <= self.fee_rate < MAX_COST_RATE:
+            raise ValueError(f"--fee must be >= 0 and < {MAX_COST_RATE}, not {self.fee_rate!r}")
+        if not 0 <= self.slippage < MAX_COST_RATE:
+            raise ValueError(f"--slippage must be >= 0 and < {MAX_COST_RATE}, not {self.slippage!r}")
+        # BacktestConfig checks these two as well, but only after the data is read and in its field names.
+        if not self.max_participation > 0:
+            raise ValueError(f"--max-participation must be > 0 (inf: no cap), not {self.max_participation!r}")
+        if self.impact_coefficient is not None and not self.impact_coefficient >= 0:
+            raise ValueError(f"--impact must be >= 0, not {self.impact_coefficient!r}")
 
 
 def date_ms(text: str) -> int:
@@ -113,11 +133,26 @@ def run_params(spec: RunSpec) -> Rescaled:
     return scaled
 
 
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
 def prepare(spec: RunSpec) -> tuple[Panel, dict[str, MarketRule], str, BacktestConfig]:
     bar_ms = timeframe_ms(spec.timeframe)
     end_ms = date_ms(spec.end) + DAY_MS - 1 if spec.end else None
+    if spec.start and spec.end and date_ms(spec.end) < date_ms(spec.start):
+        raise ValueError(f"--end {spec.end} is before --start {spec.start}")
     names = resolve_symbols(spec.data_dir, spec.timeframe, spec.symbols) if spec.symbols is not None else None
     panel = load_panel(spec.data_dir, spec.timeframe, names, end_ms)
+    if len(panel.timestamps) == 0 and end_ms is not None:
+        # Cut by --end to nothing: read the whole folder again (only on this error path) so the message can say
+        # where the data begins instead of blaming --start.
+        whole = load_panel(spec.data_dir, spec.timeframe, names)
+        if len(whole.timestamps):
+            raise ValueError(f"--end {spec.end} is before the first bar of the data ({_day(int(whole.timestamps[0]))}, "
+                             f"{spec.data_dir}/binance/{spec.timeframe})")
+    if len(panel.timestamps) == 0:
+        raise ValueError(f"no bars in {spec.data_dir}/binance/{spec.timeframe}")
     if spec.rules_path is not None:
         rules = rules_from_json(json.loads(Path(spec.rules_path).read_text()), panel.symbols)
         fallback = default_rules(panel).rules
@@ -128,7 +163,8 @@ def prepare(spec: RunSpec) -> tuple[Panel, dict[str, MarketRule], str, BacktestC
         rules, rules_source = rule_set.rules, rule_set.source
     start = int(np.searchsorted(panel.timestamps, date_ms(spec.start))) if spec.start else 0
     if start >= len(panel.timestamps):
-        raise ValueError(f"no bars on or after --start {spec.start}")
+        raise ValueError(f"no bars on or after --start {spec.start}: the data's last bar"
+                         f"{' up to --end ' + spec.end if spec.end else ''} is {_day(int(panel.timestamps[-1]))}")
     cfg = BacktestConfig(bar_ms=bar_ms, initial_cash=spec.initial_cash, fee_rate=spec.fee_rate,
                          slippage=spec.slippage, fill_at=spec.fill_at, start=start, end=len(panel.timestamps) - 1,
                          max_participation=spec.max_participation, impact_coefficient=spec.impact_coefficient)
