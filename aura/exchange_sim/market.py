@@ -16,6 +16,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -28,6 +29,13 @@ from aura.exchange_sim.market_data import SymbolRules, dec, derive_rules, load_r
 from services.ingest.providers.base import interval_ms
 
 _ORDER_TYPES = ["LIMIT", "MARKET"]
+_DAY_MS = 86_400_000
+
+
+def _when(ms: int) -> str:
+    """A bar time as an operator typed it: the date alone at midnight (every daily bar), else date and time."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%d") if ms % _DAY_MS == 0 else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True)
@@ -119,10 +127,17 @@ class Market:
         return int(self.timeline[i]) if i >= 0 else self.now() - self.interval_ms
 
     def close_of(self, bar_ms: int | None) -> int:
-        """When the bar open at ``bar_ms`` closes (None: a year before the data ends): a clock time."""
+        """When the bar open at (or before) ``bar_ms`` closes (None: a year before the data ends, or its first bar
+        when it holds less): a clock time.  ValueError for a time no bar of the data spans: a start of 2040
+        became the last bar, one of 2010 the first, and the simulator ran from a day nobody asked for."""
         timeline = self._timeline()
-        i = max(0, len(timeline) - 366) if bar_ms is None else int(np.searchsorted(timeline, bar_ms, "right")) - 1
-        return int(timeline[max(0, i)]) + self.interval_ms
+        if bar_ms is None:
+            return int(timeline[max(0, len(timeline) - 366)]) + self.interval_ms
+        first, last = int(timeline[0]), int(timeline[-1])
+        if not first <= bar_ms < last + self.interval_ms:
+            raise ValueError(f"{_when(bar_ms)} is outside the data: its {self.interval} bars open from "
+                             f"{_when(first)} to {_when(last)} ({self.store.trading_dir})")
+        return int(timeline[int(np.searchsorted(timeline, bar_ms, "right")) - 1]) + self.interval_ms
 
     def listed(self) -> list[str]:
         bar = self.clock_ms
