@@ -142,9 +142,13 @@ def ask_provider(
         empty = subtract(result.answered, runs(returned[returned % iv == 0], iv))
         st.empty_by[provider.name] = union(st.empty_by.get(provider.name, []), empty)
         st.failed_auth = union(st.failed_auth, failed)
-    supplied = runs(new["timestamp"].to_numpy(), iv)
-    unavailable = subtract(todo, union(union(result.answered, failed), supplied))
-    st.notes.extend((s, e, f"{provider.name}: does not have it") for s, e in unavailable)
+    # "Does not have it" is read from the provider's silence, and silence is no answer from one that was
+    # unreachable or not asked this turn: offline, a gap read "coingecko: ConnectError; coingecko: does not have
+    # it".  Its failures are then the reason given; what it lacks is learnt on a turn where it answers.
+    if not result.failed:
+        supplied = runs(new["timestamp"].to_numpy(), iv)
+        unavailable = subtract(todo, union(union(result.answered, failed), supplied))
+        st.notes.extend((s, e, f"{provider.name}: does not have it") for s, e in unavailable)
 
 
 def restore_held(st: SymbolState, iv: int) -> None:
