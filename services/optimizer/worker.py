@@ -8,11 +8,12 @@ shared durable consumer, read the inputs the coordinator wrote to ``aura_opt_inp
 parameters or any trading subject (shared/bus_access.py).
 
 The work is aura/optimize/tasks.py; this is the shell around it.  A task is acked only after its answer is
-stored in the results stream (published with the task's id as ``Nats-Msg-Id``), so a worker killed at any point
-leaves the task to be redelivered after the consumer's ack wait, and the duplicate answer, if one was already
-stored, is dropped by the stream or the coordinator's store.  A long task keeps its claim with in-progress acks
-between evaluations.  A task that fails is retried with a delay on its next delivery; on the last one
-(``max_deliver``) it is dead-lettered and answered with the error, so the coordinator stops instead of waiting.
+stored in the results stream (its ``Nats-Msg-Id`` derived from the task's id, shared.bus.msg_id_header), so a
+worker killed at any point leaves the task to be redelivered after the consumer's ack wait, and the duplicate
+answer, if one was already stored, is dropped by the stream or the coordinator's store.  A long task keeps its
+claim with in-progress acks between evaluations.  A task that fails is retried with a delay on its next
+delivery; on the last one (``max_deliver``) it is dead-lettered and answered with the error, so the coordinator
+stops instead of waiting.
 """
 
 from __future__ import annotations
