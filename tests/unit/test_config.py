@@ -25,6 +25,7 @@ def test_defaults_are_valid() -> None:
     ({"AURA_UNIVERSE_MAX": "0"}, "universe_max"),
     ({"AURA_UNIVERSE_MAX": "500"}, "universe_max"),  # a target for that many pairs would not fit a message
     ({"AURA_UNIVERSE_MAX": "2.5"}, "universe_max"),
+    ({"AURA_SNAPSHOT_BARS": "20001"}, "snapshot_bars"),  # a panel that long could pass the readers' object bound
 ])
 def test_bad_setting_is_named(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
