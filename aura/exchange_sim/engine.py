@@ -303,6 +303,18 @@ class ExchangeSim:
             if self.config.jitter_bps:
                 slip = Decimal(str(self._rng.uniform(0, self.config.jitter_bps))) / Decimal(10_000)
                 price = m.on_tick(order.symbol, price * (1 + slip if buy else 1 - slip))
+        if buy and order.orig_quote_qty:
+            # quoteOrderQty: Binance spends at most that much quote, however far the price walks, and buys fewer
+            # coins when it walks up (the lot was sized at the ask when the order came in).  What no longer fits
+            # a lot ends the order, FILLED, at the quantity it got, as Binance reports such an order.
+            fits = floor_to((order.orig_quote_qty - order.cum_quote) / price, rules.step_size)
+            if fits < qty:
+                qty = fits
+                order.orig_qty = order.executed_qty + qty
+            if qty <= 0:
+                order.orig_qty = order.executed_qty
+                self._finish(order, "FILLED" if order.executed_qty else "EXPIRED", now)
+                return
         cost = q8(price * qty)
         rate = Decimal(str(self.config.fee_rate))
         base, quote = m.series[order.symbol].base, m.series[order.symbol].quote

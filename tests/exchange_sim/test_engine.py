@@ -91,3 +91,26 @@ def test_fees_are_taken_in_the_asset_received_by_default_and_in_quote_on_request
         quote.configure(fee_asset="base")
     quote.configure(fee_asset="received")  # changeable at run time, like the fee rate
     assert quote.config.fee_asset == "received"
+
+
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_a_quote_amount_market_buy_never_spends_more_than_its_quote_however_the_price_walks(
+        candle_dir: Path, chunks: int) -> None:
+    """Binance spends at most quoteOrderQty and buys fewer coins when the price walks up.  Before, the simulator
+    sized the lot at the ask and filled it at the walked price: 499.67 USDT asked for cost 625.70 under a 30%
+    jitter, so rehearsals overspent where the venue cannot (and the executor's cap looked broken)."""
+    sim = ExchangeSim(make_config(candle_dir, jitter_bps=3000, seed=3, market_fill_chunks=chunks,
+                                  fill_on_query=True), wall_ms=lambda: 1_700_000_000_000)
+    for i in range(8):
+        sim.new_order({"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quoteOrderQty": "500",
+                       "newClientOrderId": f"q{i}"})
+        for _ in range(chunks):  # a chunked order fills a chunk per query
+            sim.get_order({"symbol": "BTCUSDT", "origClientOrderId": f"q{i}"})
+    orders = sim.orders()
+    assert len(orders) == 8
+    for order in orders:
+        spent = sum((t.price * t.qty for t in order.trades), Decimal(0))
+        assert order.cum_quote == spent and Decimal(400) < spent <= Decimal(500), (order.client_order_id, spent)
+        assert order.status == "FILLED" and order.orig_qty == order.executed_qty, order
+    walked = [o for o in orders if any(t.price > orders[0].trades[0].price for t in o.trades)]
+    assert walked or len({t.price for o in orders for t in o.trades}) > 1  # the jitter really moved prices
