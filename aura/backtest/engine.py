@@ -58,6 +58,16 @@ AT_OPEN, AT_INTRABAR, AT_CLOSE = 0, 1, 2
 FILL_AT = ("open", "intrabar", "close")
 
 
+def check_execution_model(max_participation: float, impact_coefficient: float | None,
+                          names: tuple[str, str] = ("max_participation", "impact_coefficient")) -> None:
+    """The participation cap and impact coefficient a backtest can run with; ``names``: what the caller calls
+    them in its error (the CLI its options, checked before any data is read)."""
+    if not max_participation > 0:
+        raise ValueError(f"{names[0]} must be > 0 (inf: no cap), not {max_participation!r}")
+    if impact_coefficient is not None and not impact_coefficient >= 0:
+        raise ValueError(f"{names[1]} must be >= 0, not {impact_coefficient!r}")
+
+
 @dataclass(frozen=True)
 class BacktestConfig:
     bar_ms: int  # bar length of the timeframe (schedule.timeframe_ms)
@@ -75,10 +85,7 @@ class BacktestConfig:
     def __post_init__(self) -> None:
         if self.fill_at not in ("open", "close"):
             raise ValueError(f"fill_at must be 'open' or 'close', not {self.fill_at!r}")
-        if not self.max_participation > 0:
-            raise ValueError(f"max_participation must be > 0 (inf: no cap), not {self.max_participation!r}")
-        if self.impact_coefficient is not None and not self.impact_coefficient >= 0:
-            raise ValueError(f"impact_coefficient must be >= 0, not {self.impact_coefficient!r}")
+        check_execution_model(self.max_participation, self.impact_coefficient)
 
     @property
     def impact(self) -> float:

@@ -24,7 +24,14 @@ import numpy as np
 import polars as pl
 
 from aura.backtest.data import BENCHMARKS, default_rules, load_benchmark, load_panel, resolve_symbols, rules_from_json
-from aura.backtest.engine import FILL_AT, BacktestConfig, BacktestResult, run_reference, trades_digest
+from aura.backtest.engine import (
+    FILL_AT,
+    BacktestConfig,
+    BacktestResult,
+    check_execution_model,
+    run_reference,
+    trades_digest,
+)
 from aura.backtest.execution import DEFAULT_MAX_PARTICIPATION
 from aura.backtest.fast import Market, run_fast
 from aura.backtest.metrics import (
@@ -87,10 +94,7 @@ class RunSpec:
         if not 0 <= self.slippage < MAX_COST_RATE:
             raise ValueError(f"--slippage must be >= 0 and < {MAX_COST_RATE}, not {self.slippage!r}")
         # BacktestConfig checks these two as well, but only after the data is read and in its field names.
-        if not self.max_participation > 0:
-            raise ValueError(f"--max-participation must be > 0 (inf: no cap), not {self.max_participation!r}")
-        if self.impact_coefficient is not None and not self.impact_coefficient >= 0:
-            raise ValueError(f"--impact must be >= 0, not {self.impact_coefficient!r}")
+        check_execution_model(self.max_participation, self.impact_coefficient, ("--max-participation", "--impact"))
 
 
 def date_ms(text: str) -> int:
@@ -134,7 +138,7 @@ def run_params(spec: RunSpec) -> Rescaled:
 
 
 def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+    return _iso(ms)[:10]
 
 
 def prepare(spec: RunSpec) -> tuple[Panel, dict[str, MarketRule], str, BacktestConfig]:
