@@ -192,12 +192,11 @@ def _held_of(raw: bytes | None) -> set[str]:
 
 async def _publish_step(ctx: ServiceContext, step: ReplayStep, store: ObjectStore, attempt: int = 1) -> None:
     s = ctx.settings
-    blob = encode_panel(step.snapshot) if step.snapshot is not None else b""
-    if len(blob) > CANDLE_OBJECT_MAX_BYTES:
+    panel = step.snapshot
+    blob = encode_panel(panel) if panel is not None else b""
+    if panel is not None and len(blob) > CANDLE_OBJECT_MAX_BYTES:
         # Signal and risk read no candle object larger than this (shared/objects.py): announced, it would be
         # refused by both, cycle after cycle.  Said here, with what to change, and the cycle ends as stale.
-        panel = step.snapshot
-        assert panel is not None
         step = replace(step, snapshot=None, reason=f"candle panel of {len(blob):,} bytes ({len(panel.symbols)} "
                        f"symbols x {len(panel.timestamps)} bars) is over the {CANDLE_OBJECT_MAX_BYTES:,} a reader "
                        "accepts: lower AURA_SNAPSHOT_BARS or the number of symbols")
