@@ -198,6 +198,8 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         cid = client_order_id(plan.plan_id, leg.index)
         status, reason, updated_ms = journal.intent_state(cid)
         if status in FINAL_INTENT_STATES:
+            if guard is not None and status in ("filled", "partial"):
+                _judge_fill_journaled_elsewhere(journal, plan, leg, cid, guard, result, logger)
             # Done before a restart; a leg that did not fully fill still makes the plan "partial".
             if status in ("partial", "rejected", "canceled"):
                 result.status = "partial"
@@ -212,7 +214,8 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             if found is not None:
                 info(logger, "IDEMPOTENCY", "order from before a restart found; not placing it again", cid=cid,
                      status=found.status)
-                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, logger, guard)
+                await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, logger, guard,
+                                    _price_read(journal, plan, cid))
                 continue
             settle_missing(journal, cid, status, leg.symbol)
             journal.begin()
@@ -281,6 +284,11 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             continue
         journal.begin()
         journal.set_intent_status(cid, "sent", note)
+        if guard is not None:
+            # With the send, so that a fill the boot's reconciliation journals (a crash between the exchange's
+            # answer and the fill's commit) is still held to the price read before it.
+            journal.event(plan.cycle_id, "price_read", client_order_id=cid, symbol=leg.symbol, side=leg.side,
+                          price=price)
         journal.commit()
         try:
             order = await place_idempotent(broker, journal, leg, qty, cid, limits, logger, quote_amount)
@@ -306,19 +314,42 @@ def _skip(journal: Journal, result: ExecutionResult, leg: PlanLeg, cid: str, rea
     result.reasons.append(f"leg {leg.index} {leg.symbol}: {reason}")
 
 
+def _price_read(journal: Journal, plan: PlanBody, cid: str) -> float:
+    """The exchange price a live leg was last sent against, as journaled with its send (0.0: none)."""
+    event = journal.order_event(plan.cycle_id, "price_read", cid)
+    return float(event["price"]) if event else 0.0
+
+
+def _judge_fill_journaled_elsewhere(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str, guard: LiveGuard,
+                                    result: ExecutionResult, logger: logging.Logger) -> None:
+    """A leg already final when the plan (re)runs: if the boot's reconciliation journaled its fill (the process died
+    between the exchange's answer and the fill's commit), the fill was never held to the price read before it.
+    Judged now, before any later buy, unless that was done (a ``fill_slippage`` event) or nothing was read."""
+    price_read = _price_read(journal, plan, cid)
+    if not price_read > 0 or journal.order_event(plan.cycle_id, "fill_slippage", cid) is not None:
+        return
+    filled_qty, avg_price = journal.order_fill(cid)
+    journal.begin()
+    slipped = _stop_buys_if_slipped(journal, plan, leg, cid, price_read, filled_qty, avg_price, guard, result)
+    journal.commit()
+    if slipped:
+        warn(logger, "PRICE_GUARD", "fill journaled at boot slipped past the guard; no further buys in this plan",
+             cid=cid, symbol=leg.symbol, side=leg.side, price_read=price_read, avg_price=avg_price, reason=slipped)
+
+
 def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str, price_read: float,
-                          order: OrderState, guard: LiveGuard, result: ExecutionResult) -> str:
+                          filled_qty: float, avg_price: float, guard: LiveGuard, result: ExecutionResult) -> str:
     """Inside the transaction that journals a live order as final: if it filled much worse than the price read just
     before it, every buy of the plan not yet final is journaled skipped, so no run of the plan buys on into that
     book, a redelivery or a restart's included (live_guard.py says why).  Returns why ("" if it did not slip)."""
-    slipped = fill_slippage(leg.side, price_read, order.avg_price)
-    if order.filled_qty <= 0 or slipped <= guard.max_price_deviation:
+    slipped = fill_slippage(leg.side, price_read, avg_price)
+    if filled_qty <= 0 or slipped <= guard.max_price_deviation:
         return ""
     why = (f"price guard: leg {leg.index} {leg.symbol} filled {slipped:.1%} worse than the "
-           f"{'ask' if leg.side == 'buy' else 'bid'} read before it ({order.avg_price:.8g} vs {price_read:.8g}; "
+           f"{'ask' if leg.side == 'buy' else 'bid'} read before it ({avg_price:.8g} vs {price_read:.8g}; "
            f"limit {guard.max_price_deviation:.1%}): no further buys in this plan")
     journal.event(plan.cycle_id, "fill_slippage", client_order_id=cid, symbol=leg.symbol, side=leg.side,
-                  price_read=price_read, avg_price=order.avg_price, slippage=round(slipped, 6))
+                  price_read=price_read, avg_price=avg_price, slippage=round(slipped, 6))
     for later in plan.legs:
         later_cid = client_order_id(plan.plan_id, later.index)
         if later.index > leg.index and later.side == "buy" and \
@@ -351,8 +382,8 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
     journal.begin()
     new = journal_order(journal, plan.cycle_id, order, result, cid)
     journal.set_intent_status(cid, final, note)
-    slipped = _stop_buys_if_slipped(journal, plan, leg, cid, price_read, order, guard, result) \
-        if guard is not None and price_read > 0 else ""
+    slipped = _stop_buys_if_slipped(journal, plan, leg, cid, price_read, order.filled_qty, order.avg_price, guard,
+                                    result) if guard is not None and price_read > 0 else ""
     journal.commit()
     spend(guard, new)
     if slipped:

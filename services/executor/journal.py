@@ -348,6 +348,20 @@ class Journal:
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
+    def order_event(self, cycle_id: str, kind: str, cid: str) -> dict[str, Any] | None:
+        """The newest ``kind`` event about one order (``client_order_id`` in its detail) in ``cycle_id``, or None."""
+        for (detail,) in self.db.execute("SELECT detail FROM events WHERE cycle_id=? AND kind=? ORDER BY id DESC",
+                                         (cycle_id, kind)):
+            found = json.loads(detail)
+            if found.get("client_order_id") == cid:
+                return dict(found)
+        return None
+
+    def order_fill(self, cid: str) -> tuple[float, float]:
+        """(filled quantity, average price) of one order as journaled from the exchange's answer; (0, 0): none."""
+        row = self.db.execute("SELECT filled_qty, avg_price FROM orders WHERE client_order_id=?", (cid,)).fetchone()
+        return (0.0, 0.0) if row is None else (float(row[0]), float(row[1]))
+
     def order_acknowledged(self, cid: str) -> bool:
         """Whether the exchange ever answered with this order (its row is journaled from the exchange's answer)."""
         return self.db.execute("SELECT 1 FROM orders WHERE client_order_id=?", (cid,)).fetchone() is not None

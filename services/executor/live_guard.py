@@ -11,10 +11,11 @@ A market order has no price limit: one larger than what rests at the top of the 
 the average price is compared with the price read just before: a buy that paid, or a sell that received, more than
 ``max_price_deviation`` worse stops the plan's further buys ([PRICE_GUARD] "fill slipped", journaled
 ``fill_slippage`` with the remaining buys skipped in the same transaction, so a redelivery or a restart does not
-buy them either): the book is thinner or moving faster than the plan assumed, and buying on into it would pay the
-same again.  Sells go on (they reduce exposure; stop-loss and kill-switch exits must).  That bounds a thin book's
-cost to one leg (at most ``max_order_usdt``), not to nothing; a limit order at a bounded price would, and Binance
-offers no quote-amount limit order.
+buy them either; the price read is journaled with the send, so a fill that a crash leaves to the boot's
+reconciliation is judged when the plan resumes): the book is thinner or moving faster than the plan assumed,
+and buying on into it would pay the same again.  Sells go on (they reduce exposure; stop-loss and kill-switch
+exits must).  That bounds a thin book's cost to one leg (at most ``max_order_usdt``), not to nothing; a limit
+order at a bounded price would, and Binance offers no quote-amount limit order.
 """
 
 from __future__ import annotations

@@ -83,3 +83,28 @@ def test_a_stop_loss_exit_goes_out_through_a_wide_book_and_a_rotation_sell_does_
     kinds = [k for (k,) in rig.journal.db.execute("SELECT kind FROM events WHERE kind LIKE 'price_guard%'")]
     assert kinds == ["price_guard", "price_guard_overridden"], kinds
     assert any(f.get("leg_reason") == "stop_loss" for f in rig.records.fields("PRICE_GUARD"))
+
+
+@pytest.mark.parametrize("rig", [{"jitter_bps": 3000}], indirect=True)
+def test_a_fill_that_slipped_before_a_crash_still_stops_the_plans_further_buys(rig: Rig) -> None:
+    """The process dies between the exchange's answer and the fill's commit, on a book thin enough that the first
+    buy filled far past the ask read before it.  The boot's reconciliation journals that fill; the resumed plan
+    holds it to the price read with its send (journaled then) and buys nothing more, as the uninterrupted plan
+    would (test_live_guards.py::test_a_fill_that_slipped_past_the_guard_stops_the_plans_further_buys)."""
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 500 / btc, btc), ("ETH/USDT", "buy", 500 / eth, eth)])
+    crash_after_placing(rig, plan)  # the BTC buy filled (slipped) on the exchange; nothing journaled after "sent"
+    assert sim_orders(rig) == 1
+
+    runs = reboot(rig)
+    assert [o.symbol for o in rig.server.sim.orders()] == ["BTCUSDT"], "the resumed plan bought on into that book"
+    assert [r.status for r in runs] == ["partial"] and any("no further buys" in r for r in runs[0].reasons), runs
+    states = dict(rig.journal.db.execute("SELECT symbol, status FROM intents WHERE plan_id=?", (plan.plan_id,)))
+    assert states == {"BTC/USDT": "filled", "ETH/USDT": "skipped"}, states
+    slipped = rig.journal.db.execute("SELECT count(*) FROM events WHERE kind='fill_slippage'").fetchone()[0]
+    assert slipped == 1
+    assert any("journaled at boot" in m for m in rig.records.tagged("PRICE_GUARD"))
+
+    reboot(rig)  # judged once: a second boot finds nothing left to judge or to buy
+    assert sim_orders(rig) == 1
+    assert rig.journal.db.execute("SELECT count(*) FROM events WHERE kind='fill_slippage'").fetchone()[0] == 1
