@@ -338,6 +338,10 @@ CANDLE_BUCKET = "aura_candles"  # object store: encoded panels by digest
 CANDLE_OBJECT_MAX_BYTES = 128 * MIB
 PARAMS_BUCKET = "aura_params"  # KV: live strategy parameters (key "strategy"); revision = params version
 OPT_INPUTS_BUCKET = "aura_opt_inputs"  # object store: the optimizer's inputs (panel, rules, benchmarks) by digest
+# What a worker reads of one optimizer input, read (like a candle object) before it believes the meta: the 41-symbol
+# 1h panel with its benchmarks is 43 MiB, the 1d one 4 MiB, a CSCV or SPA matrix a few MiB.  The coordinator
+# refuses to write more, so an honest run meets the bound at its start, not in every worker.
+OPT_INPUTS_OBJECT_MAX_BYTES = 256 * MIB
 STATE_BUCKET = "aura_state"  # KV: service state that must survive restarts (replay cursor, regime, halt latch)
 
 

@@ -59,8 +59,26 @@ from aura.optimize.tasks import (
     window_result,
 )
 from shared.bus import durable_pull, msg_id_header
-from shared.contracts import CONSUMERS, OPT_INPUTS_BUCKET, ContractError, OptOutcome, OptResult, OptTask, decode, encode
+from shared.contracts import (
+    CONSUMERS,
+    OPT_INPUTS_BUCKET,
+    OPT_INPUTS_OBJECT_MAX_BYTES,
+    ContractError,
+    OptOutcome,
+    OptResult,
+    OptTask,
+    decode,
+    encode,
+)
 from shared.logging import info, warn
+from shared.objects import ObjectTooLarge
+
+
+def check_inputs_size(blob: bytes) -> None:
+    """Refuse to write an input object no worker would read (OPT_INPUTS_OBJECT_MAX_BYTES): said once, at the start."""
+    if len(blob) > OPT_INPUTS_OBJECT_MAX_BYTES:
+        raise ObjectTooLarge(f"the optimizer's inputs take {len(blob):,} bytes, more than the "
+                             f"{OPT_INPUTS_OBJECT_MAX_BYTES:,} a worker reads: fewer symbols or a shorter history")
 
 
 class RunFailed(RuntimeError):
@@ -334,6 +352,7 @@ class Coordinator:
         return bool(msgs)
 
     async def _put_object(self, name: str, blob: bytes) -> None:
+        check_inputs_size(blob)
         store = await self.js.object_store(OPT_INPUTS_BUCKET)
         try:
             await store.get_info(name)

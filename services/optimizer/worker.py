@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from aura.optimize.tasks import (
     CSCV_KIND,
@@ -44,6 +45,7 @@ from shared.consumer import RedeliveryAlarm, pull_loop
 from shared.contracts import (
     CONSUMERS,
     OPT_INPUTS_BUCKET,
+    OPT_INPUTS_OBJECT_MAX_BYTES,
     ContractError,
     OptOutcome,
     OptResult,
@@ -52,7 +54,7 @@ from shared.contracts import (
     encode,
 )
 from shared.logging import error, info
-from shared.objects import read_object
+from shared.objects import ObjectTooLarge, read_object
 from shared.service import ServiceContext, run_service
 
 SPEC = CONSUMERS["worker"]
@@ -127,7 +129,7 @@ class Worker:
                 await beat.tick()
             return outcomes
         if task.kind in (CSCV_KIND, SPA_KIND):
-            data = await read_object(self.ctx.js, OPT_INPUTS_BUCKET, task.inputs)
+            data = await read_inputs(self.ctx.js, task.inputs)
             if digest(data) != task.inputs:
                 raise ValueError(f"object {task.inputs[:16]} does not hash to its name")
             await beat.tick()
@@ -143,7 +145,7 @@ class Worker:
     async def evaluator(self, inputs: str) -> Evaluator:
         found = self.evaluators.get(inputs)
         if found is None:
-            data = await read_object(self.ctx.js, OPT_INPUTS_BUCKET, inputs)
+            data = await read_inputs(self.ctx.js, inputs)
             if digest(data) != inputs:
                 raise ValueError(f"inputs object {inputs[:16]} does not hash to its name")
             found = Evaluator(EvalInputs.decode(data))
@@ -176,6 +178,15 @@ class Worker:
         await dead_letter(self.ctx.js, self.ctx.logger, "worker", msg.subject, "task failed", why, msg.data)
         await self.answer(msg, OptResult(task_id=task.task_id, outcomes=[], error=why, deliveries=deliveries))
         await msg.term()
+
+
+async def read_inputs(js: JetStreamContext, name: str) -> bytes:
+    """An input object, bounded: one over OPT_INPUTS_OBJECT_MAX_BYTES (its meta is its writer's word, and a
+    compromised coordinator may lie) is a task no delivery can run, refused at once, not retried."""
+    try:
+        return await read_object(js, OPT_INPUTS_BUCKET, name, OPT_INPUTS_OBJECT_MAX_BYTES)
+    except ObjectTooLarge as exc:
+        raise TaskError(str(exc)) from exc
 
 
 async def warm(ctx: ServiceContext) -> None:

@@ -254,6 +254,58 @@ def test_the_worker_credential_reaches_the_queue_and_nothing_else(bus: NatsEndpo
     assert got["read an input object"] in ("allowed", "refused (NotFoundError)"), got  # permitted, object absent
 
 
+def test_an_inputs_object_claiming_more_than_a_worker_reads_is_refused_at_once(bus: NatsEndpoint, pool: Pool) -> None:
+    """An input object's meta is its writer's word: a compromised optimizer (it may write tasks and inputs) named
+    an object claiming a gigabyte, and each worker read all of it into memory on every delivery.  Now the worker
+    refuses it before reading a chunk, on the first delivery (no delivery can run it): dead-lettered with the
+    reason, answered with its error; and the coordinator refuses to write inputs over the same bound."""
+    import base64
+    import json
+
+    from aura.optimize.tasks import engine_fingerprint, eval_task
+    from aura.strategy.params import StrategyParams
+    from services.optimizer.coordinator import check_inputs_size
+    from shared.bus import msg_id_header
+    from shared.contracts import OPT_INPUTS_BUCKET, OPT_INPUTS_OBJECT_MAX_BYTES, OptTask, encode
+    from shared.objects import ObjectTooLarge
+    from tests.bus_helpers import dead_letters, role_connections, until
+
+    pool.ensure(1)
+    name = "e" * 64
+    stream = f"OBJ_{OPT_INPUTS_BUCKET}"
+
+    def meta_subject(object_name: str) -> str:
+        return f"$O.{OPT_INPUTS_BUCKET}.M.{base64.urlsafe_b64encode(object_name.encode()).decode()}"
+
+    async def scenario() -> list[Any]:
+        async with role_connections(bus.settings(), "optimizer", "operator") as js:
+            store = await js["optimizer"].object_store(OPT_INPUTS_BUCKET)
+            await store.put("real-inputs", b"x" * 300_000)
+            real = await js["optimizer"].get_last_msg(stream, meta_subject("real-inputs"), direct=True)
+            meta = json.loads(real.data) | {"name": name, "size": 1 << 30, "chunks": 8192}  # the real chunks
+            await js["optimizer"].publish(meta_subject(name), json.dumps(meta).encode(),
+                                          headers={"Nats-Rollup": "sub"}, timeout=5)
+            task = eval_task(name, engine_fingerprint(), "{}", [StrategyParams()], [])
+            await js["optimizer"].publish(OptTask.SUBJECT, encode(task), stream="AURA_OPT_TASKS",
+                                          headers=msg_id_header(js["optimizer"], OptTask.SUBJECT, task.task_id),
+                                          timeout=10)
+
+            async def refused() -> list[Any]:
+                return [x for x in await dead_letters(js["operator"], "worker")
+                        if x.reason == "task failed" and "claims" in x.error]
+
+            return await until(refused, "the worker's dead letter", timeout=40)
+
+    letters = asyncio.run(scenario())
+    assert len(letters) == 1, letters
+    assert f"claims {1 << 30} bytes, more than the {OPT_INPUTS_OBJECT_MAX_BYTES}" in letters[0].error, letters[0]
+    assert "TaskError" in letters[0].error  # final at the first delivery, not retried max_deliver times
+
+    check_inputs_size(b"\0" * OPT_INPUTS_OBJECT_MAX_BYTES)
+    with pytest.raises(ObjectTooLarge, match=r"more than the .* a worker reads"):
+        check_inputs_size(b"\0" * (OPT_INPUTS_OBJECT_MAX_BYTES + 1))
+
+
 @pytest.mark.timeout(120)  # a worker that never gives up would leave the coordinator waiting
 def test_zz_a_task_no_worker_may_run_is_retried_dead_lettered_and_ends_the_run(
         bus: NatsEndpoint, pool: Pool, grids_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
