@@ -3,10 +3,11 @@
 The executor is the only process that opens the journal for writing and the only one that reads exchange
 keys.  It consumes the plans stream through one durable pull consumer with ``max_ack_pending=1``; a plan
 whose Ed25519 signature does not verify against the risk public key is journaled as rejected,
-dead-lettered and counted, never executed.  The risk public key it trusts is pinned at first start
-(``shared.credentials.trusted_key``): a swapped ``risk.pub`` stops it at boot.  Every cycle (executed, rejected
-or aborted upstream) ends in a snapshot row, which it signs and publishes so the next cycle is computed on the
-new portfolio.  Which abort notices may close a cycle, and why: ``aborts.py``.
+dead-lettered and counted, never executed; so is a signed plan of a shape no planner makes
+(``shared.plan_checks``: the same order listed twice, a side that is neither buy nor sell).  The risk public key
+it trusts is pinned at first start (``shared.credentials.trusted_key``): a swapped ``risk.pub`` stops it at
+boot.  Every cycle (executed, rejected or aborted upstream) ends in a snapshot row, which it signs and publishes
+so the next cycle is computed on the new portfolio.  Which abort notices may close a cycle, and why: ``aborts.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from shared.contracts import (
 )
 from shared.credentials import signing_key, trusted_key
 from shared.logging import error, info, warn
+from shared.plan_checks import plan_shape_refusal
 from shared.service import ServiceContext
 from shared.signing import SignatureError, sign_struct, verify_plan
 
@@ -276,6 +278,12 @@ class Executor:
             warn(self.ctx.logger, "FORGED_PLAN", "plan signature does not verify; refusing it", cycle_id=plan.cycle_id,
                  plan_id=plan.plan_id)
             await self._reject(msg, "bad_signature", str(exc), plan.cycle_id, plan.plan_id)
+            return
+        if refusal := plan_shape_refusal(plan):
+            # Signed with risk's key, yet no planner makes it: risk is compromised or broken (plan_checks.py).
+            warn(self.ctx.logger, "FORGED_PLAN", "signed plan of a shape no planner makes; refusing it",
+                 cycle_id=plan.cycle_id, plan_id=plan.plan_id, reason=refusal)
+            await self._reject(msg, "malformed_plan", refusal, plan.cycle_id, plan.plan_id)
             return
         status = self.journal.plan_status(plan.plan_id)
         if status in FINAL_PLAN_STATES:

@@ -403,3 +403,37 @@ def test_aborts_naming_a_closed_cycle_do_not_make_the_executor_flood_its_snapsho
     before, after, letters = asyncio.run(scenario())
     assert 1 <= after - before <= 3, (before, after)  # said again, but not once per abort
     assert letters == 0
+
+
+def test_a_signed_plan_listing_one_order_many_times_is_refused(nats_server: NatsEndpoint) -> None:
+    """A compromised risk holds its key: it signed a plan of five identical BTC buys, each within the per-order cap,
+    together five times it.  No planner lists an order twice (shared/plan_checks.py): the plan is refused before
+    anything is journaled or sent, dead-lettered as malformed_plan, logged [FORGED_PLAN], and the next honest plan
+    executes."""
+    settings = nats_server.settings()
+    capture = Capture()
+
+    async def scenario() -> tuple[list[DeadLetter], PortfolioSnapshot]:
+        async with executor(nats_server, capture) as rig:
+            basis = (await snapshot(rig.risk)).snapshot_id
+            fields: dict[str, Any] = {
+                "cycle_id": "1d-20240101T0000", "as_of_ms": 1_704_067_200_000, "data_digest": "d",
+                "target_id": "t-x", "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis,
+                "gate": "pass", "halted": False, "reasons": [], "prices": {"BTC/USDT": 40_000.0},
+                "legs": [PlanLeg(i, "BTC/USDT", "buy", 0.02, 40_000.0, "enter") for i in range(5)]}
+            body = PlanBody(plan_id=plan_id_for(fields), **fields)
+            await publish(rig.risk, sign_plan(body, signing_key(rig.settings.keys, "risk")), msg_id=body.plan_id)
+
+            async def lettered() -> list[DeadLetter]:
+                return [d for d in await executor_letters(rig) if d.reason == "malformed_plan"]
+
+            letters = await until(lettered, "the malformed plan's dead letter")
+            follower = await send_buy(rig, "1d-20240102T0000")
+            return letters, await until(lambda: executed(rig, follower), "the next plan to execute")
+
+    letters, snap = asyncio.run(scenario())
+    assert len(letters) == 1 and "legs 0 and 1 both buy 'BTC/USDT'" in letters[0].error, letters
+    assert journal_rows(settings, "SELECT count(*) FROM intents WHERE cycle_id='1d-20240101T0000'")[0][0] == 0
+    assert snap.holdings.get("BTC/USDT", 0) == pytest.approx(0.01, rel=0.01)  # the honest plan's buy alone
+    forged = capture.fields("FORGED_PLAN")
+    assert forged and "no planner makes" in forged[0]["msg"] and "legs 0 and 1" in forged[0]["reason"], forged

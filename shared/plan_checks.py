@@ -1,0 +1,41 @@
+"""What the executor checks of a plan's shape after its signature verifies, before anything is journaled.
+
+A signature proves who signed, not that the plan is one risk's planner could have made: a compromised risk holds
+its key.  The executor bounds spending at the exchange's price (``AURA_MAX_ORDER_USDT`` per order, the journal's
+free cash per plan); these checks keep a signed plan from multiplying the per-order cap by listing the same
+order many times, and from carrying legs no planner makes (rebalance.py and pipeline.py emit at most one leg per
+symbol: a stop's sell sets the symbol's weight to zero, so no buy or second sell follows it; legs are numbered
+0..n-1 in order).  Pure.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shared.contracts import PlanBody
+
+SIDES = ("buy", "sell")
+# One buy or sell per symbol of the universe (at most 100 pairs) and of whatever is held besides: a
+# planner's plan is far shorter; a longer one is a flood.
+MAX_PLAN_LEGS = 1000
+
+
+def plan_shape_refusal(plan: PlanBody) -> str:
+    """Why the executor must refuse ``plan`` whatever its signature ("" if its shape is one a planner makes)."""
+    if len(plan.legs) > MAX_PLAN_LEGS:
+        return f"{len(plan.legs)} legs, more than the {MAX_PLAN_LEGS} a plan may have"
+    seen: dict[tuple[str, str], int] = {}
+    for position, leg in enumerate(plan.legs):
+        if leg.index != position:
+            return f"leg {position} is numbered {leg.index}: legs are numbered 0..n-1 in order"
+        if leg.side not in SIDES:
+            return f"leg {position} has side {leg.side[:20]!r}, not buy or sell"
+        if not (math.isfinite(leg.qty) and leg.qty > 0):
+            return f"leg {position} has quantity {leg.qty!r}: it must be a positive number"
+        if not (math.isfinite(leg.ref_price) and leg.ref_price > 0):
+            return f"leg {position} has reference price {leg.ref_price!r}: it must be a positive number"
+        first = seen.setdefault((leg.symbol, leg.side), position)
+        if first != position:
+            return (f"legs {first} and {position} both {leg.side} {leg.symbol[:40]!r}: one order per symbol and "
+                    "side (listed twice, each would get the whole per-order cap)")
+    return ""

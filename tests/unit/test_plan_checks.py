@@ -1,0 +1,44 @@
+"""Each rule of shared/plan_checks.py refuses what it should and nothing a planner makes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.contracts import PlanBody, PlanLeg
+from shared.plan_checks import MAX_PLAN_LEGS, plan_shape_refusal
+
+
+def plan(legs: list[PlanLeg]) -> PlanBody:
+    fields: dict[str, Any] = {
+        "plan_id": "p", "cycle_id": "c", "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 0,
+        "params_digest": "p", "basis_snapshot_id": "b", "gate": "pass", "halted": False, "reasons": [],
+        "prices": {}, "legs": legs}
+    return PlanBody(**fields)
+
+
+def test_a_planners_plan_passes() -> None:
+    """Stops and rotation sells first, then buys, one leg per symbol (what pipeline.plan_core emits)."""
+    legs = [PlanLeg(0, "SOL/USDT", "sell", 3.0, 150.0, "stop_loss"),
+            PlanLeg(1, "ETH/USDT", "sell", 0.5, 3000.0, "exit"), PlanLeg(2, "BTC/USDT", "buy", 0.01, 60_000.0, "exit")]
+    assert plan_shape_refusal(plan(legs)) == ""
+    assert plan_shape_refusal(plan([])) == ""  # a hold: nothing to trade
+
+
+@pytest.mark.parametrize(("legs", "said"), [
+    ([PlanLeg(0, "BTC/USDT", "buy", 0.01, 1.0, "x"), PlanLeg(1, "BTC/USDT", "buy", 0.01, 1.0, "x")],
+     "legs 0 and 1 both buy 'BTC/USDT'"),
+    ([PlanLeg(0, "ETH/USDT", "sell", 1.0, 1.0, "x"), PlanLeg(1, "BTC/USDT", "buy", 1.0, 1.0, "x"),
+      PlanLeg(2, "ETH/USDT", "sell", 1.0, 1.0, "x")], "legs 0 and 2 both sell 'ETH/USDT'"),
+    ([PlanLeg(1, "BTC/USDT", "buy", 0.01, 1.0, "x")], "leg 0 is numbered 1"),
+    ([PlanLeg(0, "BTC/USDT", "short", 0.01, 1.0, "x")], "side 'short', not buy or sell"),
+    ([PlanLeg(0, "BTC/USDT", "buy", float("nan"), 1.0, "x")], "quantity nan"),
+    ([PlanLeg(0, "BTC/USDT", "buy", -1.0, 1.0, "x")], "quantity -1.0"),
+    ([PlanLeg(0, "BTC/USDT", "sell", 1.0, float("inf"), "x")], "reference price inf"),
+    ([PlanLeg(0, "BTC/USDT", "sell", 1.0, 0.0, "x")], "reference price 0.0"),
+    ([PlanLeg(i, f"C{i}/USDT", "buy", 1.0, 1.0, "x") for i in range(MAX_PLAN_LEGS + 1)],
+     f"more than the {MAX_PLAN_LEGS}"),
+])
+def test_a_shape_no_planner_makes_is_refused(legs: list[PlanLeg], said: str) -> None:
+    assert said in plan_shape_refusal(plan(legs))
