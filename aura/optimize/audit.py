@@ -70,8 +70,10 @@ def selected_again(selection: SelectionState, evaluate: Callable[[Request], Wind
 def same_trials(a: Selection, b: Selection) -> bool:
     """The same trials (every candidate's Sharpe on the smallest budget: the DSR's) and the same excess-return
     matrices (the CSCV's and SPA's), bit for bit."""
-    pairs = [*zip(a.trial_sharpes, b.trial_sharpes, strict=False), *zip(a.matrices, b.matrices, strict=False)]
-    return (len(a.trial_sharpes) == len(b.trial_sharpes) and len(a.matrices) == len(b.matrices)
+    pairs = [*((x.sharpes, y.sharpes) for x, y in zip(a.trial_sharpes, b.trial_sharpes, strict=False)),
+             *zip(a.matrices, b.matrices, strict=False)]
+    return ([t.bars for t in a.trial_sharpes] == [t.bars for t in b.trial_sharpes]
+            and len(a.matrices) == len(b.matrices)
             and all(x.shape == y.shape and np.array_equal(x, y, equal_nan=True) for x, y in pairs))
 
 

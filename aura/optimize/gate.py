@@ -12,7 +12,8 @@ Tests, each with its threshold in GateSettings:
 * ``beats_incumbent``: the objective on the validation windows above the incumbent's on the same windows;
 * ``deflated_sharpe``: DSR of the excess returns over each benchmark on the concatenated validation windows,
   deflated by ALL trials of the run (every fold's selection and the final one, pruned trials included) and
-  their Sharpe dispersion (pooled within selection runs: see stats.expected_max_sharpe); the worst benchmark's
+  their Sharpe dispersion (pooled within selections and brought to the record's length: see
+  stats.deflated_sharpe); the worst benchmark's
   DSR must reach ``dsr_min``;
 * ``pbo``: probability of backtest overfitting by CSCV over the selection runs' candidate matrices (CSCV is
   by definition computed on the data selection saw: it re-splits it), pooled over the runs (the share of all
@@ -39,7 +40,7 @@ import numpy as np
 from aura.backtest.metrics import bars_per_year
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, selection_leaks
 from aura.optimize.objective import BENCHMARK_NAMES, ObjectiveSettings, WindowResult, sharpe, validation_score
-from aura.optimize.stats import CSCV, DeflatedSharpe, deflated_sharpe, pbo_cscv, spa_excess_pvalue
+from aura.optimize.stats import CSCV, DeflatedSharpe, TrialSharpes, deflated_sharpe, pbo_cscv, spa_excess_pvalue
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,14 @@ def _check_records(records: Sequence[ValidationRecord], settings: GateSettings) 
     return ordered
 
 
-def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[np.ndarray],
+def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[TrialSharpes],
                    selection_matrices: Sequence[np.ndarray], settings: GateSettings = GateSettings(),
                    objective: ObjectiveSettings | None = None, cscv: Sequence[CSCV] | None = None,
                    spa_matrices: Mapping[int, np.ndarray | None] | None = None,
                    spa: Sequence[SpaFold] | None = None) -> GateDecision:
-    """Decide.  ``trial_sharpes``: one array per halving run of the whole optimisation (every fold's selection
-    and the final one, every stage) with the per-bar Sharpe of each of its trials on the run's smallest budget,
-    pruned trials included (SuccessiveHalving.trial_sharpes()); ``selection_matrices``: one
+    """Decide.  ``trial_sharpes``: one per selection of the whole optimisation (every fold's and the final one,
+    all stages together: Selection.trial_sharpes) with the per-bar Sharpe of each of its trials on its smallest
+    budget, pruned trials included; ``selection_matrices``: one
     objective.excess_matrix per fold halving run (every candidate on the run's smallest budget).  ``cscv``:
     ``pbo_cscv`` of each of those matrices already computed (the distributed coordinator has its workers compute
     them while the search goes on; the check is the same), in which case ``selection_matrices`` may be empty.
@@ -183,8 +184,9 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
     ``spa``: their ``spa_fold`` already computed; one of the two, covering every fold of ``records``."""
     ordered = _check_records(records, settings)
     objective = objective or ObjectiveSettings()
-    trial_sharpes = [np.asarray(t, dtype=np.float64) for t in trial_sharpes]
-    n_trials = sum(len(t) for t in trial_sharpes)
+    if not trial_sharpes:
+        raise ValueError("the DSR needs the trials of at least one selection")
+    n_trials = sum(len(t.sharpes) for t in trial_sharpes)
     names = ordered[0].winner.bench_names
     checks: list[Check] = []
     windows = []
@@ -211,7 +213,9 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
     checks.append(Check("deflated_sharpe", worst_dsr >= settings.dsr_min, worst_dsr, settings.dsr_min,
                         worst_dsr - settings.dsr_min,
                         ", ".join(f"{n} {d.dsr:.3f} (SR {d.sharpe:.4f}/bar vs SR0 {d.sr0:.4f}, N={d.n_trials}, "
-                                  f"T={d.n_obs})" for n, d in dsr.items())))
+                                  f"T={d.n_obs})" for n, d in dsr.items())
+                        + f"; trials ranked on {'/'.join(str(b) for b in sorted({t.bars for t in trial_sharpes}))}"
+                          " bars"))
 
     if cscv is None:
         if not selection_matrices:

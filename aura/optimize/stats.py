@@ -54,7 +54,10 @@ def expected_max_sharpe(trial_sharpes: np.ndarray | Sequence[np.ndarray]) -> tup
     then V is the pooled variance *within* runs (each run's trials around that run's mean, sum of squares over
     sum(n_run) - runs).  The paper's trials all share one sample; in a walk-forward every fold is its own
     sample, and the market of a fold moves every candidate of that fold alike, which is not dispersion between
-    trials.  One trial (or no dispersion) means no selection: SR0 = 0.
+    trials.  A run is one selection, all its stages: they are ranked on one sample, and how a later stage's
+    candidates sit around the earlier winner is dispersion between trials.  One trial (or no dispersion) means
+    no selection: SR0 = 0.  SR0 is in the units of the arrays: Sharpe ratios measured on T bars give the SR0 of
+    a T-bar record (``deflated_sharpe`` translates to the length of the record it tests).
     """
     groups = [np.asarray(trial_sharpes, dtype=np.float64)] if isinstance(trial_sharpes, np.ndarray) else [
         np.asarray(g, dtype=np.float64) for g in trial_sharpes]
@@ -84,6 +87,15 @@ def probabilistic_sharpe(sr: float, sr0: float, n_obs: int, skew: float, kurtosi
 
 
 @dataclass(frozen=True)
+class TrialSharpes:
+    """One selection run's trials, pruned ones included: the per-bar Sharpe ratio of each, every one measured on
+    the same ``bars`` bars (the run's smallest halving budget)."""
+
+    sharpes: np.ndarray
+    bars: int
+
+
+@dataclass(frozen=True)
 class DeflatedSharpe:
     dsr: float  # probability that the true Sharpe ratio exceeds sr0
     sharpe: float  # of the series tested, per bar
@@ -94,12 +106,26 @@ class DeflatedSharpe:
     n_trials: int
 
 
-def deflated_sharpe(returns: np.ndarray, trial_sharpes: np.ndarray | Sequence[np.ndarray]) -> DeflatedSharpe:
-    """DSR of ``returns`` (per bar) given the per-bar Sharpe ratios of ALL trials, pruned ones included (one
-    array, or one per selection run: see expected_max_sharpe)."""
+def deflated_sharpe(returns: np.ndarray, trials: np.ndarray | Sequence[TrialSharpes]) -> DeflatedSharpe:
+    """DSR of ``returns`` (per bar) given the per-bar Sharpe ratios of ALL trials, pruned ones included: one
+    array of trials measured on ``returns``' own sample (the paper's setting), or one ``TrialSharpes`` per
+    selection run (see expected_max_sharpe).
+
+    A Sharpe ratio measured on T bars spreads by luck alone like 1/sqrt(T - 1): trials ranked on 243 bars
+    disperse 2.4 times as much as they would on the 1,440 bars of the record tested, and an SR0 taken from them
+    as it is would ask that record for 2.4 times the luck-free Sharpe.  So each run's Sharpe ratios are put on
+    one scale, z = SR sqrt(T_run - 1) (the PSR's statistic), SR0 is taken on that scale and brought to the
+    record's, SR0 = z0 / sqrt(T - 1): exact when every true Sharpe is 0, which is the hypothesis SR0 describes."""
     mean, std, skew, kurt = moments(returns)
     sr = mean / std if std > 0 else 0.0
-    sr0, n_trials = expected_max_sharpe(trial_sharpes)
+    if isinstance(trials, np.ndarray):
+        sr0, n_trials = expected_max_sharpe(trials)
+    else:
+        if not trials or any(t.bars < 2 for t in trials):
+            raise ValueError("every selection run's trials need the number of bars (>= 2) they were measured on")
+        z0, n_trials = expected_max_sharpe([np.asarray(t.sharpes, dtype=np.float64) * math.sqrt(t.bars - 1)
+                                            for t in trials])
+        sr0 = z0 / math.sqrt(len(returns) - 1)
     return DeflatedSharpe(probabilistic_sharpe(sr, sr0, len(returns), skew, kurt), sr, sr0, skew, kurt,
                           len(returns), n_trials)
 

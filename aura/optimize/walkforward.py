@@ -23,6 +23,7 @@ from aura.optimize.gate import ValidationRecord
 from aura.optimize.grids import Grids
 from aura.optimize.halving import SuccessiveHalving, Trial, history_budgets
 from aura.optimize.objective import ObjectiveSettings, WindowResult, excess_matrix, selection_score
+from aura.optimize.stats import TrialSharpes
 from aura.strategy.params import StrategyParams, params_digest
 
 Evaluate = Callable[[StrategyParams, Window], WindowResult]  # e.g. objective.evaluate_window on one Market
@@ -55,9 +56,17 @@ class Selection:
         return tuple(sorted({self.train.recent(b) for s in self.stages if s.halving for b in s.halving.budgets}))
 
     @property
-    def trial_sharpes(self) -> list[np.ndarray]:
-        """Per selection run (stage), every candidate's Sharpe on the smallest budget (gate.promotion_gate)."""
-        return [np.array(list(s.halving.trial_sharpes().values())) for s in self.stages if s.halving]
+    def trial_sharpes(self) -> list[TrialSharpes]:
+        """Every candidate of every stage, each one's Sharpe on the smallest budget, as one selection run
+        (gate.promotion_gate; empty when no stage had a choice).  One run, not one per stage: every stage ranks
+        on the same shortest window (expected_max_sharpe says why that matters)."""
+        runs = [s.halving for s in self.stages if s.halving]
+        if not runs:
+            return []
+        bars = {h.budgets[0] for h in runs}
+        if len(bars) != 1:
+            raise ValueError(f"the stages of one selection ranked on different shortest windows: {sorted(bars)}")
+        return [TrialSharpes(np.array([v for h in runs for v in h.trial_sharpes().values()]), bars.pop())]
 
     @property
     def matrices(self) -> list[np.ndarray]:

@@ -87,6 +87,10 @@ def test_walk_forward_end_to_end(replay_market: Market, replay_benchmarks: Bench
             prev, cur = s.stages[k - 1].winner, s.stages[k].winner
             assert all(getattr(cur, n) == getattr(prev, n) for r in s.stages[:k] for n in
                        (TINY_NAMES[r.stage]))
+        # The DSR's trials: one selection run (its four stages ranked on one 41-bar window), not one per stage
+        [trials] = s.trial_sharpes
+        assert trials.bars == 41 and len(trials.sharpes) == 17
+        assert list(trials.sharpes) == [v for r in s.stages if r.halving for v in r.halving.trial_sharpes().values()]
         assert all(m.shape == (2, 41, len(r.candidates)) for r, m in zip(
             [r for r in s.stages if r.matrix is not None], s.matrices, strict=True))
     # every trial of every selection (3 folds and the final one) and stage is counted, pruned ones included

@@ -8,6 +8,7 @@ import pytest
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow
 from aura.optimize.gate import GateSettings, ValidationRecord, promotion_gate
 from aura.optimize.objective import WindowResult
+from aura.optimize.stats import TrialSharpes
 
 DAY_MS = 86_400_000
 NAMES = ("GOLD", "SPY")
@@ -31,8 +32,9 @@ def records(strategy_mean: float = 0.004, incumbent_mean: float = 0.001, seed: i
     return out
 
 
-def trial_sharpes() -> list[np.ndarray]:
-    return [np.linspace(-0.05, 0.05, 50), np.linspace(0.0, 0.1, 50)]  # 100 trials, two selection runs
+def trial_sharpes() -> list[TrialSharpes]:
+    # 100 trials, two selection runs, each ranked on the 67 bars of records()' shortest budget
+    return [TrialSharpes(np.linspace(-0.05, 0.05, 50), 67), TrialSharpes(np.linspace(0.0, 0.1, 50), 67)]
 
 
 def dominated_matrix(seed: int = 0) -> np.ndarray:
@@ -89,7 +91,7 @@ def test_worse_than_the_incumbent_fails() -> None:
 
 def test_many_dispersed_trials_deflate_a_modest_sharpe() -> None:
     recs = records(strategy_mean=0.0015, incumbent_mean=0.0)
-    d = promotion_gate(recs, [np.random.default_rng(5).normal(0, 0.1, 5000)], [dominated_matrix()],
+    d = promotion_gate(recs, [TrialSharpes(np.random.default_rng(5).normal(0, 0.1, 5000), 67)], [dominated_matrix()],
                        GateSettings(spa_reps=200), spa_matrices=edges())
     dsr = next(c for c in d.checks if c.name == "deflated_sharpe")
     assert not dsr.passed and dsr.value < 0.5 and "N=5000" in dsr.detail

@@ -10,6 +10,7 @@ import pytest
 
 from aura.optimize.stats import (
     EULER_GAMMA,
+    TrialSharpes,
     deflated_sharpe,
     expected_max_sharpe,
     moments,
@@ -74,6 +75,39 @@ def test_expected_max_sharpe_pools_variance_within_runs() -> None:
     g = EULER_GAMMA
     assert sr0 == pytest.approx(math.sqrt(0.04 / 3) * ((1 - g) * 0.8416212 + g * 1.4496657), rel=1e-6)
     assert expected_max_sharpe(np.array([0.4]))[0] == 0.0  # one trial: nothing was selected
+
+
+def test_trials_ranked_on_fewer_bars_are_brought_to_the_length_of_the_record() -> None:
+    # The record of test_dsr_two_trials_symmetric_returns (T = 5, SR 0.632456, denominator 1.07), its trials 0.1 and
+    # 0.3 measured on 2 bars: z = SR sqrt(2 - 1) = 0.1, 0.3, V_z = 0.02, z0 = 0.141421 * 0.519762 = 0.073505,
+    # SR0 = z0 / sqrt(5 - 1) = 0.036753 (measured on the record's 5 bars the trials' SR0 would be 0.073505).
+    # z = (0.632456 - 0.036753) * 2 / sqrt(1.07) = 1.191406 / 1.034408 = 1.151776;  Z(z) = 0.875293
+    rets = np.array([-0.01, 0.0, 0.01, 0.02, 0.03])
+    d = deflated_sharpe(rets, [TrialSharpes(np.array([0.1, 0.3]), 2)])
+    assert d.sr0 == pytest.approx(0.036753, abs=1e-6) and d.n_trials == 2
+    assert d.dsr == pytest.approx(0.875293, abs=1e-6)
+    same = deflated_sharpe(rets, [TrialSharpes(np.array([0.1, 0.3]), 5)])  # measured on the record's length
+    assert same.sr0 == pytest.approx(deflated_sharpe(rets, np.array([0.1, 0.3])).sr0, rel=1e-12)
+    # Runs on different lengths: [0.1, 0.3] on 5 bars -> z 0.2, 0.6; [0.05, 0.15] on 17 bars -> z 0.2, 0.6:
+    # both the same dispersion in z (within-run sums of squares 0.08, 0.08; V_z = 0.16 / 2 = 0.08), N = 4.
+    mixed = deflated_sharpe(rets, [TrialSharpes(np.array([0.1, 0.3]), 5), TrialSharpes(np.array([0.05, 0.15]), 17)])
+    z0, n = expected_max_sharpe([np.array([0.2, 0.6]), np.array([0.2, 0.6])])
+    assert n == 4 and mixed.sr0 == pytest.approx(z0 / 2, rel=1e-12)
+    with pytest.raises(ValueError, match="number of bars"):
+        deflated_sharpe(rets, [TrialSharpes(np.array([0.1, 0.3]), 1)])
+
+
+def test_luck_alone_does_not_pass_a_longer_record() -> None:
+    """Pure noise: 300 trials of zero true Sharpe on 243 bars, the best's record on 1,440.  The expected best by
+    luck on 1,440 bars is about 2.8 / sqrt(1439) = 0.074 per bar: SR0 must be close to it, not to the 0.18 the
+    243-bar dispersion would give (the DSR then asked a genuine record for 2.4 times its luck-free Sharpe)."""
+    rng = np.random.default_rng(3)
+    trials = rng.normal(0, 0.01, (300, 243))
+    sharpes = trials.mean(axis=1) / trials.std(axis=1, ddof=1)
+    luck = np.max(rng.normal(0, 0.01, (300, 1440)).mean(axis=1) / 0.01)
+    d = deflated_sharpe(rng.normal(0.0, 0.01, 1440), [TrialSharpes(sharpes, 243)])
+    assert d.sr0 == pytest.approx(luck, rel=0.25), (d.sr0, luck)
+    assert deflated_sharpe(rng.normal(0.0, 0.01, 1440), sharpes).sr0 > 2 * d.sr0  # the unscaled SR0
 
 
 def test_more_trials_deflate_more() -> None:
