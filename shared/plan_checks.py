@@ -3,9 +3,10 @@
 A signature proves who signed, not that the plan is one risk's planner could have made: a compromised risk holds
 its key.  The executor bounds spending at the exchange's price (``AURA_MAX_ORDER_USDT`` per order, the journal's
 free cash per plan); these checks keep a signed plan from multiplying the per-order cap by listing the same
-order many times, and from carrying legs no planner makes (rebalance.py and pipeline.py emit at most one leg per
-symbol: a stop's sell sets the symbol's weight to zero, so no buy or second sell follows it; legs are numbered
-0..n-1 in order).  Pure.
+order many times, or from naming a pair quoted in another currency than the caps and the cash (an ETH/BTC buy
+would spend BTC against a cap read as USDT), and from carrying legs no planner makes (rebalance.py and
+pipeline.py emit at most one leg per symbol: a stop's sell sets the symbol's weight to zero, so no buy or second
+sell follows it; legs are numbered 0..n-1 in order).  Pure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 
 from shared.contracts import PlanBody
+from shared.market_rules import QUOTE
 
 SIDES = ("buy", "sell")
 # One buy or sell per symbol of the universe (at most 100 pairs) and of whatever is held besides: a
@@ -28,6 +30,10 @@ def plan_shape_refusal(plan: PlanBody) -> str:
     for position, leg in enumerate(plan.legs):
         if leg.index != position:
             return f"leg {position} is numbered {leg.index}: legs are numbered 0..n-1 in order"
+        base, _, quote = leg.symbol.partition("/")
+        if not base or quote != QUOTE:
+            return (f"leg {position} trades {leg.symbol[:40]!r}, not a {QUOTE} pair: every cap and the journal's "
+                    f"cash are in {QUOTE}")
         if leg.side not in SIDES:
             return f"leg {position} has side {leg.side[:20]!r}, not buy or sell"
         if not (math.isfinite(leg.qty) and leg.qty > 0):

@@ -6,7 +6,7 @@ ingest (the only writer of data) published for the same cycle: the newest ``Data
 it names, fetched and digest-checked by risk itself.  From those come the prices risk plans with and the
 market rules it rounds with; the target's own copies must agree exactly, and its return forecasts must be the
 ones the shared decision code computes from that data (they feed the cost-benefit gate).  Weights must be
-finite, non-negative, name only symbols of that universe and be a book the parameters size for the stated
+finite, non-negative, name only symbols of that universe quoted in USDT and be a book the parameters size for the stated
 regime (``check_sizing``).  Anything else is
 :class:`ForgedTarget`.  Pure: no I/O here.
 """
@@ -24,6 +24,7 @@ from aura.strategy.signal import compute_targets
 from aura.strategy.types import Panel
 from shared.contracts import DataReady, TargetPortfolio
 from shared.cycles import cycle_id_for
+from shared.market_rules import QUOTE
 
 WEIGHT_SUM_TOLERANCE = 1e-9  # float sums of weights that are meant to total 1
 # How far ahead of the exchange's clock a bar may close and still be believed closed.  Ingest takes a bar only
@@ -109,6 +110,11 @@ def check_target(target: TargetPortfolio, ready: DataReady, panel: Panel, params
         raise ForgedTarget(f"params digest {target.params_digest!r} is not that of version {target.params_version}")
     if target.regime not in REGIME_NAMES:
         raise ForgedTarget(f"unknown regime {target.regime!r}")
+    # Before anything is priced: a pair quoted in another currency (a compromised ingest may list one) would be
+    # sized and capped in USDT while its notional is in that currency.
+    foreign = sorted(s for s in target.weights if s.partition("/")[2] != QUOTE)
+    if foreign:
+        raise ForgedTarget(f"weights name {len(foreign)} pairs not quoted in {QUOTE}: {foreign[:5]}")
     prices = verified_prices(panel)
     if dict(target.prices) != prices:
         wrong = sorted(s for s in set(prices) | set(target.prices) if target.prices.get(s) != prices.get(s))

@@ -8,6 +8,7 @@ the same relation production keeps with ccxt's 10 s window and an 11 s settle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -109,11 +110,18 @@ def rig(shared_data_dir: Path, tmp_path: Path, request: pytest.FixtureRequest) -
     cfg: dict[str, Any] = {"data_dir": shared_data_dir / "binance" / "1d", "symbols": ("BTCUSDT", "ETHUSDT"),
                            "start": "2024-01-01", "balances": {"USDT": 10_000}}
     cfg.update(getattr(request, "param", {}) or {})
+    with open_rig(cfg, request.node.name, tmp_path / "journal.sqlite") as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def open_rig(cfg: dict[str, Any], name: str, journal_path: Path) -> Iterator[Rig]:
+    """A simulator of ``cfg`` (SimConfig's fields), a journal with its genesis, and a logger whose records are kept."""
     records = Records()
-    log = logging.getLogger(f"aura.test.executor_live.{request.node.name}")
+    log = logging.getLogger(f"aura.test.executor_live.{name}")
     log.setLevel(logging.DEBUG)
     log.addHandler(records)
-    journal = Journal(tmp_path / "journal.sqlite")
+    journal = Journal(journal_path)
     ensure_genesis(journal, float(cfg["balances"].get("USDT", 0)))
     with SimServer(config=SimConfig(**cfg)) as server:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from aura.strategy.params import StrategyParams, params_digest
+from aura.strategy.signal import compute_targets
 from aura.strategy.types import Panel
 from services.risk.verify import (
     WEIGHT_SUM_TOLERANCE,
@@ -179,6 +180,23 @@ def test_weights_on_symbols_outside_the_universe_are_refused(
     strangers = {f"X{i:05d}/USDT": 0.0 for i in range(10_000)}
     with pytest.raises(ForgedTarget, match="10000 symbols outside the data's universe"):
         check_target(changed(target, weights={**target.weights, **strangers}), ready, panel, PARAMS)
+
+
+def test_weights_on_a_pair_quoted_in_another_currency_are_refused(
+        genuine: tuple[TargetPortfolio, DataReady, Panel]) -> None:
+    """A compromised ingest lists ETH/BTC in the universe: a target weighting it would be sized in USDT and bought
+    in BTC (tests/executor_live/test_quote_currency.py).  Refused although the data names it."""
+    target, _, panel = genuine
+    held = next(s for s, w in target.weights.items() if w > 0)
+    renamed = held.replace("/USDT", "/BTC")
+    listed = replace(panel, symbols=[renamed if s == held else s for s in panel.symbols])
+    ready = ready_for(listed, target.cycle_id, [])
+    weights = {(renamed if s == held else s): w for s, w in target.weights.items()}
+    # Consistent with that data in every other respect (prices, forecasts): only the quote currency is wrong.
+    forged = changed(target, weights=weights, prices=verified_prices(listed),
+                     expected_returns=compute_targets(listed, PARAMS, None)[0].expected_returns)
+    with pytest.raises(ForgedTarget, match=f"weights name 1 pairs not quoted in USDT: \\['{renamed}'\\]"):
+        check_target(forged, ready, listed, PARAMS)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -0.25])

@@ -40,7 +40,7 @@ from services.executor.brokers.ccxt_client import (
 )
 from services.executor.brokers.ccxt_fills import BINANCE_STATUS, UNIFIED_STATUS, fill_of, short_of
 from shared.logging import info, register_secret, warn
-from shared.market_rules import rules_from_ccxt
+from shared.market_rules import QUOTE, rules_from_ccxt
 
 _BINANCE_LIKE = {"binance", "binanceus"}
 TRADES_PAGE = 1000  # Binance myTrades' largest page
@@ -173,8 +173,10 @@ class CcxtBroker:
 
     async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
         # reload=True: ccxt asks the exchange again and replaces its cache, which _symbol and the order
-        # precision read too, so a pair listed since the last read can also be placed.
-        return rules_from_ccxt(await self._markets(reload))
+        # precision read too, so a pair listed since the last read can also be placed.  Only pairs quoted in the
+        # account's currency: every cap and the journal's cash are in it (an ETH/BTC leg once spent BTC against
+        # AURA_MAX_ORDER_USDT as if it were USDT).
+        return rules_from_ccxt(await self._markets(reload), QUOTE)
 
     # --- reads -------------------------------------------------------------------------------------------------------
 

@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import DuplicateOrderError, Fill, OrderRejectedError, OrderState, Quote
-
-QUOTE = "USDT"
+from shared.market_rules import QUOTE
 
 
 def _ledger(amount: float) -> float:
