@@ -128,6 +128,9 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
             await asyncio.sleep(retry_delay(exc, attempt, limits))
             continue
         except (AmbiguousOrderError, TransientBrokerError) as exc:
+            # The window runs from when the request could have been signed: a broker that first measured the
+            # exchange's clock again sent it seconds after ``last_sent``.
+            last_sent = max(last_sent, exc.sent_at or 0.0)
             warn(logger, "AMBIGUOUS", "order request outcome unknown; looking it up by clientOrderId", cid=cid,
                  attempt=attempt, error=f"{type(exc).__name__}: {exc}")
             found = await settled_lookup(broker, leg.symbol, cid, limits, logger,

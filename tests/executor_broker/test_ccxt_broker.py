@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -71,8 +72,11 @@ def test_accept_then_timeout_is_ambiguous_and_lookup_proves_no_double_fill(sim_s
     sim_server.sim.faults.add(Fault("timeout", *ORDER, delay_s=1.5))
 
     async def scenario(b: CcxtBroker) -> OrderState | None:
-        with pytest.raises(AmbiguousOrderError):
+        called = time.monotonic()
+        with pytest.raises(AmbiguousOrderError) as lost:
             await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        # When it could have left, for the settle window (execution.py rule 6): after the call, before the answer
+        assert lost.value.sent_at is not None and called <= lost.value.sent_at <= time.monotonic() - 0.3
         found = await b.fetch_order("BTC/USDT", CID)
         with pytest.raises(DuplicateOrderError):  # a blind resend is refused by the exchange
             await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)

@@ -14,9 +14,12 @@ from aura.strategy.types import MarketRule
 
 
 class BrokerError(Exception):
-    """Base class; ``transient`` errors may be retried with the same clientOrderId."""
+    """Base class; ``transient`` errors may be retried with the same clientOrderId.  ``sent_at``: when a failed
+    order request could have left at the earliest (``time.monotonic()``, set by the broker once its own work
+    before the send is done, such as measuring the exchange's clock again); None when the broker does not say."""
 
     transient = False
+    sent_at: float | None = None
 
 
 class TransientBrokerError(BrokerError):

@@ -278,7 +278,8 @@ class CcxtBroker:
             raise OrderRejectedError(f"{sym} qty {qty} / cost {quote_amount} rounds to nothing: {exc}") from exc
         info(self.log, "BROKER", "placing market order", symbol=sym, side=side, qty=amount, quote_amount=cost,
              client_order_id=client_order_id, ref_price=ref_price)
-        await self._gate()
+        await self._gate()  # may take seconds (the clock measured again): the request is signed after it
+        sent_at = time.monotonic()
         try:
             if cost is not None:
                 # Spend exactly ``cost`` (Binance quoteOrderQty): the notional is what the caps were checked on,
@@ -289,6 +290,7 @@ class CcxtBroker:
                 order = await self.exchange.create_order(sym, "market", side, amount, None, params)
         except Exception as exc:
             mapped = self.map_error(exc, placing=True)
+            mapped.sent_at = sent_at
             warn(self.log, "BROKER", "market order failed", symbol=sym, client_order_id=client_order_id,
                  error=type(mapped).__name__, detail=str(exc)[:300])
             raise mapped from exc
