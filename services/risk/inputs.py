@@ -61,10 +61,13 @@ class RiskInputs:
     # -- the executor's portfolio ---------------------------------------------------------------------------
     async def snapshot(self) -> PortfolioSnapshot | None:
         """The newest snapshot that verifies.  A newest one that does not is logged [FORGED_SNAPSHOT] and
-        counted, and the last verified one stays the basis (None if none verified yet)."""
+        counted, and the last verified one stays the basis (None if none verified yet).  So does it when the
+        stream holds none: the executor publishes one per cycle, and after 30 days without a cycle (ingest
+        down) its last one ages out of the stream; the book it describes has not changed, and the stop-loss
+        and kill-switch ticks must go on checking it."""
         raw = await last_message(self.js, PortfolioSnapshot.SUBJECT)
         if raw is None:
-            return None
+            return self.last_snapshot
         try:
             snap = decode(raw, PortfolioSnapshot)
             verify_struct(snap, {"executor": self.executor_key})
