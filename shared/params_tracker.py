@@ -99,11 +99,17 @@ class ParamsTracker:
         if newest == self.version and self.loaded:
             return self.params, self.version
         candidates: list[tuple[bytes, int, int]] = [found]
-        if not self.loaded:  # at start: fall back through older versions if the newest is bad
-            for revision in range(newest - 1, max(0, newest - 64), -1):
-                older = await stored_entry(self.js, revision)
-                if older is not None:
-                    candidates.append(older)
+        # The newest may be refused: fall back through older versions, at start down to the oldest kept, later
+        # down to the one in force.  A valid version with a refused one written on top before this poll is still
+        # taken up (a running service once kept the older version while a restarted one took the valid one:
+        # risk then refused every target of signal as made with superseded parameters).
+        floor = max(0, newest - 64) if not self.loaded else max(self.version, newest - 64)
+        for revision in range(newest - 1, floor, -1):
+            if revision in self.refused:
+                continue  # read and refused before: not read again on every poll
+            older = await stored_entry(self.js, revision)
+            if older is not None:
+                candidates.append(older)
         unverified = False
         for data, version, stored_ms in candidates:
             if version in self.refused:

@@ -21,7 +21,7 @@ from shared.health import HealthState
 from shared.live_params import PARAMS_KEY
 from shared.params_tracker import ParamsTracker
 from tests.conftest import NatsEndpoint
-from tests.integration.test_params_timeframe_live import operator_doc, put
+from tests.integration.test_params_timeframe_live import operator_doc, put, tracked
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,29 @@ def test_a_start_with_only_a_few_junk_entries_takes_the_newest_valid_version(nat
     asyncio.run(junk(nats_server, 5))
     tracker, version = asyncio.run(start_tracker(nats_server))
     assert version == chosen and tracker.check()[0], tracker.check()
+
+
+@pytest.mark.parametrize("refused", ["junk", "other_timeframe"])
+def test_a_running_service_takes_a_valid_version_a_refused_one_was_written_over(nats_server: NatsEndpoint,
+                                                                                 refused: str) -> None:
+    """Between two polls of a running signal the operator promotes v2, then something refused lands on top (a junk
+    write with an optimizer or operator credential, or an honest document made for other bars).  The running
+    service looked at the newest only and kept v1 while a restarted risk took v2: risk then refused every target
+    as made with superseded parameters, readiness green.  Now it falls back to v2, as a start does."""
+    v1 = asyncio.run(put(nats_server, operator_doc(nats_server, StrategyParams(top_k=2))))
+    running: dict[str, ParamsTracker] = {}
+    _, version, _ = asyncio.run(tracked(nats_server, "signal", "1d", running))
+    assert version == v1
+
+    v2 = asyncio.run(put(nats_server, operator_doc(nats_server, StrategyParams(top_k=3))))
+    if refused == "junk":
+        asyncio.run(junk(nats_server, 1))
+    else:
+        asyncio.run(put(nats_server, operator_doc(nats_server, StrategyParams(top_k=4), {"timeframe": "4h"})))
+
+    _, running_version, tracker = asyncio.run(tracked(nats_server, "signal", "1d", running))
+    _, fresh_version, _ = asyncio.run(tracked(nats_server, "risk", "1d"))  # risk restarted (or polled in between)
+    assert fresh_version == v2
+    assert running_version == v2, (f"running signal keeps version {running_version}, a (re)started risk has "
+                                   f"{fresh_version}; signal readiness: {tracker.check()}")
+    assert f"refused version {v2 + 1}" in tracker.check()[1]  # the refused one on top is still said
