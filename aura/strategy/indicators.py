@@ -108,16 +108,28 @@ def drawdown_at(close: np.ndarray, t: int, j: int, n: int) -> float:
 
 @njit(cache=True)
 def quote_volume_at(close: np.ndarray, volume: np.ndarray, t: int, j: int, n: int) -> float:
+    """Mean quote volume over the ``n`` bars to ``t``.  A NaN volume is unknown, not zero, and left out: a fallback
+    provider's candle (CoinGecko's) has none, and counted as NaN it failed the liquidity screen of every pair for
+    ``n`` bars, so one fallback decision bar emptied the book live where the backtest (exchange candles) held it.
+    Most of the window unknown, or any close or volume invalid: NaN (no liquidity figure, the screen fails)."""
     if t + 1 < n:
         return np.nan
     s = 0.0
+    known = 0
     for i in range(t - n + 1, t + 1):
         c = close[i, j]
         v = volume[i, j]
-        if not (c > 0 and v >= 0):
+        if not c > 0:
+            return np.nan
+        if np.isnan(v):
+            continue
+        if not v >= 0:
             return np.nan
         s += c * v
-    return s / n
+        known += 1
+    if 2 * known < n:
+        return np.nan
+    return s / known
 
 
 @njit(cache=True)

@@ -32,6 +32,23 @@ def test_momentum_sma_trend_drawdown_match_numpy(data: tuple[np.ndarray, np.ndar
     assert ind.quote_volume_at(close, volume, t, j, n) == pytest.approx(qv, rel=1e-12)
 
 
+def test_an_unknown_volume_is_left_out_of_the_quote_volume_never_counted_as_failure(
+        data: tuple[np.ndarray, np.ndarray]) -> None:
+    """A fallback candle (CoinGecko) has no volume: the mean is over the bars whose volume is known, and only a
+    window mostly unknown (or a negative volume, or a bad close) gives no figure."""
+    close, volume = data
+    t, j, n = 90, 1, 10
+    holed = volume.copy()
+    holed[t, j] = np.nan  # the decision bar filled by the fallback
+    known = (close[t - n + 1:t, j] * volume[t - n + 1:t, j]).mean()
+    assert ind.quote_volume_at(close, holed, t, j, n) == pytest.approx(known, rel=1e-12)
+    holed[t - n + 1:t - 4, j] = np.nan  # 6 of 10 unknown
+    assert math.isnan(ind.quote_volume_at(close, holed, t, j, n))
+    negative = volume.copy()
+    negative[t - 2, j] = -1.0
+    assert math.isnan(ind.quote_volume_at(close, negative, t, j, n))
+
+
 def test_volatility_and_vol_adjusted_return_match_numpy(data: tuple[np.ndarray, np.ndarray]) -> None:
     close, _ = data
     t, j, n = 90, 0, 25
