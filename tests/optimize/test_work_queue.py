@@ -321,14 +321,15 @@ def test_zz_a_task_no_worker_may_run_is_retried_dead_lettered_and_ends_the_run(
     workers = pool.ensure(2)
     monkeypatch.setattr(coordinator_module, "engine_fingerprint", lambda: "another-version")
     job = job_for(["BTC_USDT", "ETH_USDT", "LTC_USDT", "XRP_USDT"], grids_file, folds=1)
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), int(time.time() * 1000)
     with pytest.raises(RunFailed, match="EngineMismatch: task made for evaluation code another-version"):
         run_on(bus, job, tmp_path / "results.sqlite")
     seconds = time.monotonic() - started
 
     async def letters() -> list[Any]:
         async with role_connections(bus.settings(), "operator") as js:
-            return [x for x in await dead_letters(js["operator"], "worker") if x.reason == "task failed"]
+            return [x for x in await dead_letters(js["operator"], "worker")  # this run's (the module shares the bus)
+                    if x.reason == "task failed" and x.received_at_ms >= started_ms]
 
     found = asyncio.run(letters())
     assert found and all("EngineMismatch" in x.error for x in found), found
