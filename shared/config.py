@@ -8,6 +8,7 @@ in the middle of a cycle.  Exchange credentials are deliberately *not* here: onl
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tomllib
@@ -16,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams, history_bars, rescale
 from shared.credentials import KeyLayout
 from shared.state_keys import INGEST_SOURCES, TIMEFRAMES
 
@@ -70,7 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     replay_dir: str = str(REPO_ROOT / "data" / "replay")
     replay_interval_s: float = 1.0
     replay_start: str = ""
-    snapshot_bars: int = 400
+    snapshot_bars: int = 400  # unless set: the timeframe's (default_snapshot_bars)
     # Where cycles come from: "replay" (bundled history and its markets.json, the default) or "sync" (the
     # provider chain into the Parquet cache under $AURA_HOME/cache, polled every ingest_poll_s, with the venue's
     # own market rules; universe = symbols if set, else the venue's USDT pairs, see services/ingest/venue.py).
@@ -268,6 +270,13 @@ def _read(env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     return values, sources
 
 
+def default_snapshot_bars(timeframe: str) -> int:
+    """The history each snapshot carries unless set: 400 bars, or a quarter more than the shipped defaults need
+    on ``timeframe`` when that is more (on 4h and 1h they look back 600 and 2,400 bars: 400 hourly bars held no
+    coin ``min_history`` lets in, and a live system sat in cash while its backtest traded)."""
+    return max(400, math.ceil(1.25 * history_bars(rescale(StrategyParams(), PARAMS_TIMEFRAME, timeframe).params)))
+
+
 def _check_live_cap(s: Settings, sources: dict[str, str]) -> None:
     """Live trading needs a per-order cap the operator chose: the default is no cap at all for real money."""
     if not s.dry_run and "max_order_usdt" not in sources:
@@ -285,6 +294,8 @@ def load_settings(env: dict[str, str] | None = None, *, places_orders: bool = Tr
     for a process that never sends an order nor starts one that does (every service but the executor, the
     operator's CLI): the cap is the executor's alone, and compose passes it to no other service."""
     values, sources = _read(dict(os.environ if env is None else env))
+    if "snapshot_bars" not in sources and values.get("timeframe", "1d") in TIMEFRAMES:
+        values["snapshot_bars"] = default_snapshot_bars(values.get("timeframe", "1d"))
     settings = Settings(**values)
     _validate(settings)
     if places_orders:

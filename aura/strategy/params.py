@@ -287,3 +287,13 @@ def rescale(p: StrategyParams, from_timeframe: str, to_timeframe: str) -> Rescal
 def _fmt(x: Any) -> str:
     """Plain decimals (1e+06 reads badly in a log line), at most four places."""
     return f"{x:.4f}".rstrip("0").rstrip(".") if isinstance(x, float) else str(x)
+
+
+def history_bars(p: StrategyParams) -> int:
+    """Bars of history (the decision bar included) a decision reads: the oldest vote snapshot, ``(vote_offsets - 1)
+    * vote_step`` bars back, looks back over its longest window (a momentum over n bars reads n + 1 closes; a
+    symbol needs ``min_history`` valid closes; the regime its SMA).  A live window shorter than this decides
+    otherwise than the backtest on the whole history: signal refuses to trade on one (services/signal)."""
+    longest = max(p.momentum_lookback + 1, p.momentum_long_lookback + 1, p.min_history, p.sma_length,
+                  p.drawdown_window, p.vol_window + 1, p.liquidity_window, p.regime_sma)
+    return (p.vote_offsets - 1) * p.vote_step + longest

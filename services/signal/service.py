@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 from nats.js.errors import NotFoundError
 
-from aura.strategy.params import StrategyParams, params_digest
+from aura.strategy.params import StrategyParams, history_bars, params_digest
 from aura.strategy.schedule import is_decision_bar, timeframe_ms
 from aura.strategy.signal import compute_targets
 from aura.strategy.state import SignalState
@@ -24,7 +24,7 @@ from shared.candles import decode_panel
 from shared.consumer import RedeliveryAlarm, Reject, handle, pull_loop
 from shared.contracts import CONSUMERS, CycleAborted, DataReady, TargetPortfolio, content_id
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.logging import info
+from shared.logging import error, info
 from shared.objects import ObjectTooLarge, verified_candles
 from shared.params_tracker import ParamsTracker
 from shared.service import ServiceContext, warm_decision_kernels
@@ -46,6 +46,16 @@ def check_panel(panel: Panel, ready: DataReady) -> None:
     finite = panel.close[np.isfinite(panel.close)]
     if np.any(finite <= 0):
         raise Reject("bad_data", "snapshot holds non-positive closes")
+
+
+def short_window(snapshot_bars: int, params: StrategyParams, version: int) -> str:
+    """Why ``snapshot_bars`` of history are too few for ``params`` ("" when they suffice)."""
+    needed = history_bars(params)
+    if snapshot_bars >= needed:
+        return ""
+    return (f"parameters version {version} read {needed} bars of history and each snapshot carries "
+            f"AURA_SNAPSHOT_BARS={snapshot_bars}: set AURA_SNAPSHOT_BARS >= {needed} (for every service), or "
+            f"promote parameters with shorter lookbacks")
 
 
 def make_target(ready: DataReady, panel: Panel, params: StrategyParams, params_version: int,
@@ -86,6 +96,16 @@ async def run(ctx: ServiceContext) -> None:
         panel = decode_panel(data)
         check_panel(panel, ready)
         params, version = await tracker.current()
+        if short := short_window(ctx.settings.snapshot_bars, params, version):
+            # Trading on it would decide otherwise than the backtest that validated the parameters (on 1h the
+            # defaults held nothing at all): the cycle ends aborted, loudly, until the window or the version changes.
+            ctx.health.checks["window"] = lambda why=short: (False, why)
+            error(ctx.logger, "WINDOW", "data window shorter than the parameters need; not trading this cycle",
+                  cycle_id=ready.cycle_id, reason=short)
+            await publish(ctx.js, CycleAborted(cycle_id=ready.cycle_id, stage="signal", reason=short),
+                          msg_id=f"abort-signal-{ready.cycle_id}")
+            return
+        ctx.health.checks["window"] = lambda: (True, f"window {ctx.settings.snapshot_bars} bars")
         if not is_decision_bar(ready.as_of_ms, timeframe_ms(ready.timeframe), params.rebalance_every):
             # Same schedule as the backtester: between decision bars only the risk tick acts.
             await publish(ctx.js, CycleAborted(cycle_id=ready.cycle_id, stage="signal",
