@@ -35,6 +35,7 @@ from shared.contracts import ConsumerSpec
 from shared.credentials import CredentialError, ensure_credentials
 from shared.health import RUN_ID_ENV, not_ours
 from shared.provision import provision_bus
+from shared.read_only import connect_read_only
 from shared.runfile import HomeLocked, RunInfo, acquire_home, clear_run, write_run
 
 # The embedded bus's name wherever the launcher names a dead child (its log is logs/nats-server.log).
@@ -251,7 +252,7 @@ def committed_cycles(journal: Path, after_seq: int) -> list[tuple[int, str, str,
     if not journal.exists():
         return []
     try:
-        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        db = connect_read_only(journal, timeout=1)
         try:
             return db.execute("SELECT seq, cycle_id, status, equity FROM snapshots WHERE seq > ? AND status != "
                               "'genesis' ORDER BY seq", (after_seq,)).fetchall()
@@ -265,7 +266,7 @@ def last_seq(journal: Path) -> int:
     if not journal.exists():
         return 0
     try:
-        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        db = connect_read_only(journal, timeout=1)
         try:
             row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM snapshots").fetchone()
             return int(row[0])

@@ -40,6 +40,7 @@ from services.executor.venue_books import verify
 from shared import contracts
 from shared.config import SERVICE_NAMES, load_settings
 from shared.credentials import ensure_credentials
+from shared.read_only import connect_read_only
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class LiveRehearsal:
         """Read the journal (read-only, while the executor may be writing it)."""
         if not self.journal_path.exists():
             return []
-        db = sqlite3.connect(f"file:{self.journal_path}?mode=ro", uri=True, timeout=5)
+        db = connect_read_only(self.journal_path, timeout=5)
         try:
             return db.execute(sql, args).fetchall()
         except sqlite3.OperationalError:
@@ -282,7 +283,7 @@ def check_books(journal: Path, venue: SimServer) -> list[str]:
     orders, trades, balances = state["orders"], state["trades"], state["balances"]
     assets = sorted(a for a in balances if a != "USDT")
     violations, _, _ = verify(journal, [], orders, trades, balances, assets)
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    db = connect_read_only(journal, timeout=5.0)
     try:
         rows = db.execute("SELECT trade_id, qty, price, fee_base, fee_quote FROM fills").fetchall()
     finally:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from aura.launcher import up
 from services.executor.secrets import CREDENTIAL_ENV
 from services.ingest.replay import load_market_rules
 from shared.config import ConfigError, Settings, load_settings, setting_sources
+from shared.read_only import connect_read_only
 
 # A daily bar every 6 s: room for a sync, a plan and its orders inside each bar, which live mode demands (a plan
 # on a bar older than one bar plus a grace is refused, and the price guard compares with the next bar's price).
@@ -137,7 +137,7 @@ def books(journal: Path, venue: SimServer) -> list[str]:
     """Where the journal's last snapshot and the simulator's balances disagree (empty: they agree exactly)."""
     if not journal.exists():
         return ["no journal"]
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
+    db = connect_read_only(journal, timeout=5)
     try:
         row = db.execute("SELECT cash, holdings FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
     finally:

@@ -145,7 +145,7 @@ def _legs(body: str | None) -> list[str]:
 def build_report(settings: Settings, view: Any, bus_problem: str, services: dict[str, Any],
                  journal: dict[str, Any], cycles: int, services_why: str = "") -> dict[str, Any]:
     """Everything the screen shows, as plain data (what ``--json`` prints)."""
-    from services.console.view import position_rows
+    from services.console.view import book_exposure, position_rows
 
     prices: dict[str, float] = dict(view.prices) if view is not None else {}
     live = view.live_params if view is not None else None
@@ -170,7 +170,8 @@ def build_report(settings: Settings, view: Any, bus_problem: str, services: dict
         book = {"cycle_id": s.cycle_id, "status": s.status, "cash": s.cash, "holdings": dict(s.holdings),
                 "entry_prices": dict(s.entry_prices), "equity": s.equity, "committed_at_ms": s.committed_at_ms,
                 "drawdown": view.portfolio()["drawdown"], "peak": max(s.equity_history, default=s.equity),
-                "source": "bus (the executor's signed snapshot)"}
+                "source": f"bus (the executor's signed snapshot; drawdown and peak over its last "
+                          f"{len(s.equity_history)} cycles)"}
     else:
         book = None
     if book is not None:
@@ -179,7 +180,7 @@ def build_report(settings: Settings, view: Any, bus_problem: str, services: dict
             p["stop"] = p["entry"] * (1.0 - stop_loss) if stop_loss and p["entry"] > 0 else None
         priced = all(p["price"] is not None for p in positions)
         report["portfolio"] = {**book, "positions": positions,
-                               "exposure": held / book["equity"] if book["equity"] > 0 else 0.0,
+                               "exposure": book_exposure(book["equity"], book["cash"]),
                                "equity_marked_now": book["cash"] + held if priced else None}
     if view is not None:
         report["cycles"] = [{"cycle_id": p["cycle_id"], "gate": p["gate"],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aura.cli_types import int_at_least
+from shared.read_only import connect_read_only
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ def open_journal(path: Path) -> sqlite3.Connection:
         raise JournalUnavailable(f"no journal at {path} (it is visible where the executor runs: `aura up` on this "
                                  "AURA_HOME, or the executor's container)")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        db = connect_read_only(path, timeout=2)
         db.execute("SELECT 1 FROM snapshots LIMIT 1")
     except sqlite3.Error as exc:
         raise JournalUnavailable(f"journal {path} unreadable: {exc}") from None

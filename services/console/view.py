@@ -64,6 +64,7 @@ from shared.live_params import (
     read_version,
 )
 from shared.objects import ObjectTooLarge, verified_candles
+from shared.read_only import connect_read_only
 from shared.signing import SignatureError, verify_plan, verify_struct
 from shared.state_keys import DECISION_KEY
 from shared.wire import decode_document
@@ -109,7 +110,7 @@ def open_orders(journal: Path) -> dict[str, Any]:
                 "rows": []}
     marks = ",".join("?" * len(OPEN_INTENT_STATES))
     try:
-        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        db = connect_read_only(journal, timeout=1)
         try:
             rows = db.execute(
                 "SELECT i.client_order_id, i.cycle_id, i.symbol, i.side, i.qty, i.ref_price, i.status,"
@@ -140,6 +141,13 @@ def position_rows(holdings: dict[str, float], entry_prices: dict[str, float], pr
         positions.append({"symbol": symbol, "qty": qty, "entry": entry, "price": price, "value": value,
                           "pnl": pnl, "pnl_pct": (price / entry - 1.0) * 100 if pnl is not None else None})
     return positions, held
+
+
+def book_exposure(equity: float, cash: float) -> float:
+    """The share of the book in coins, as the executor values it (its snapshot's equity less its cash): the
+    positions' values at the newest prices left out any coin without a price, and with the bus unreadable all of
+    them, so a book 90% in coins showed 0% (found by an audit)."""
+    return (equity - cash) / equity if equity > 0 else 0.0
 
 
 class DayCounts:
@@ -385,12 +393,13 @@ class BusView:
         snap = self.snapshot
         if snap is None:
             return {}
-        positions, held = position_rows(snap.holdings, snap.entry_prices, self.prices)
+        positions, _ = position_rows(snap.holdings, snap.entry_prices, self.prices)
         history = list(snap.equity_history)
         return {"cycle_id": snap.cycle_id, "status": snap.status, "equity": snap.equity, "cash": snap.cash,
                 "committed_at_ms": snap.committed_at_ms, "positions": positions,
-                "exposure": held / snap.equity if snap.equity > 0 else 0.0,
-                "drawdown": drawdown(history)[-1] if history else 0.0}
+                "exposure": book_exposure(snap.equity, snap.cash),
+                "drawdown": drawdown(history)[-1] if history else 0.0,
+                "drawdown_points": len(history)}
 
     def state(self) -> dict[str, Any]:
         snap = self.snapshot
