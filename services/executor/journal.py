@@ -380,6 +380,11 @@ class Journal:
                                " ORDER BY received_ts_ms, rowid").fetchall()
         return [r[0] for r in rows]
 
+    def recent_plan_bodies(self, limit: int) -> list[str]:
+        """The bodies of the newest ``limit`` plans journaled, newest first."""
+        rows = self.db.execute("SELECT body FROM plans ORDER BY received_ts_ms DESC, rowid DESC LIMIT ?", (limit,))
+        return [str(r[0]) for r in rows.fetchall()]
+
     def plan_body(self, plan_id: str) -> str | None:
         row = self.db.execute("SELECT body FROM plans WHERE plan_id=?", (plan_id,)).fetchone()
         return None if row is None else str(row[0])

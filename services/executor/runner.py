@@ -8,6 +8,7 @@ harness proves the code path that trades, not a copy of it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -99,6 +100,19 @@ def current_snapshot(journal: Journal) -> PortfolioSnapshot:
                              entry_prices=row.entry_prices, equity=row.equity,
                              equity_history=equity, equity_history_ms=equity_ms,
                              committed_at_ms=row.committed_ts_ms)
+
+
+def recent_marks(journal: Journal, plans: int = 64) -> dict[str, float]:
+    """The newest price of each symbol in the last ``plans`` plans journaled: what a restarted executor values its
+    holdings at until a plan brings prices.  With none it valued every holding at its entry price, so a cycle
+    aborted right after a restart journaled an equity point that never was (BTC bought at 40,000, now at 30,000:
+    +2,000 that day, -2,000 the next; found by an audit), a point of the history risk's kill-switch reads."""
+    marks: dict[str, float] = {}
+    for body in journal.recent_plan_bodies(plans):
+        for symbol, price in (json.loads(body).get("prices") or {}).items():
+            if symbol not in marks and isinstance(price, int | float) and price > 0:
+                marks[symbol] = float(price)
+    return marks
 
 
 def write_snapshot(journal: Journal, cycle_id: str, plan_id: str, status: str, marks: dict[str, float]) -> str:

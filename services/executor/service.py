@@ -37,6 +37,7 @@ from services.executor.runner import (
     SyncCheck,
     current_snapshot,
     ensure_genesis,
+    recent_marks,
     recover,
     run_plan,
     write_snapshot,
@@ -77,7 +78,7 @@ class Executor:
         self.limits = ExecutionLimits(max_order_usdt=ctx.settings.max_order_usdt, settle_s=settle)
         self.public_key = trusted_key(ctx.settings.keys, "executor", "risk")
         self.snapshot_key = signing_key(ctx.settings.keys, "executor")
-        self.marks: dict[str, float] = {}
+        self.marks: dict[str, float] = recent_marks(journal)  # a plan's prices replace them
         # Live mode only: the exchange is the other book; the paper broker's balances *are* the journal's.
         s = ctx.settings
         self.sync = None if s.dry_run else SyncCheck(dust_quote=s.reconcile_dust_usdt)
