@@ -220,9 +220,14 @@ class Risk:
                 return
             self.stale = stale
             self.ctx.health.set("stale_as_of_ms", stale.as_of_ms)
-            text = "newest stale-data notice at boot" if at_boot else "ingest reports an incomplete snapshot"
-            warn(self.ctx.logger, "DATA_STALE", f"{text}: no plan on data older than it", cycle_id=stale.cycle_id,
-                 missing=stale.missing, reason=stale.reason)
+            if at_boot:
+                # Adopted, not news: it was warned (and alerted) when it arrived.  A warning here re-alerted a
+                # days-old notice as a fresh incident on every restart of risk (found by an audit).
+                info(self.ctx.logger, "DATA_STALE", "newest stale-data notice at boot: no plan on data older than it",
+                     cycle_id=stale.cycle_id, missing=stale.missing, reason=stale.reason)
+            else:
+                warn(self.ctx.logger, "DATA_STALE", "ingest reports an incomplete snapshot: no plan on data older "
+                     "than it", cycle_id=stale.cycle_id, missing=stale.missing, reason=stale.reason)
 
     async def planned_already(self, target: TargetPortfolio) -> bool:
         """Whether ``target``'s cycle traded already, or its plan is still in flight (then the target is acked
