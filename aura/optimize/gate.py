@@ -214,7 +214,7 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
                         worst_dsr - settings.dsr_min,
                         ", ".join(f"{n} {d.dsr:.3f} (SR {d.sharpe:.4f}/bar vs SR0 {d.sr0:.4f}, N={d.n_trials}, "
                                   f"T={d.n_obs})" for n, d in dsr.items())
-                        + f"; trials ranked on {'/'.join(str(b) for b in sorted({t.bars for t in trial_sharpes}))}"
+                        + f", trials ranked on {'/'.join(str(b) for b in sorted({t.bars for t in trial_sharpes}))}"
                           " bars"))
 
     if cscv is None:
