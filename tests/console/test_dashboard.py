@@ -106,6 +106,10 @@ def test_the_page_loads_everything_from_the_console(system: ConsoleSystem, brows
     assert browser.find_element("id", "banner").get_attribute("hidden") is not None  # the bus is up: no banner
     severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, severe
+    # The page's own formatters: a memecoin position and its price read whole (50,000,000 once showed as "5",
+    # a price of 0.00001234 as "0.0000").
+    shown = js(browser, "return [qty(50000000), qty(48310000), qty(0.5), price(0.00001234), price(40123.45)]")
+    assert shown == ["50,000,000", "48,310,000", "0.5", "0.00001234", "40,123.45"], shown
 
 
 def test_a_new_cycle_appears_without_a_reload(system: ConsoleSystem, browser: Any) -> None:

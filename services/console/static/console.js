@@ -11,7 +11,12 @@ const NAMES = { equity: "AURA equity", BTC: "BTC buy & hold", SPY: "SPY buy & ho
 const $ = (id) => document.getElementById(id);
 const fmt = (x, digits = 2) => (x === null || x === undefined || Number.isNaN(x)) ? "–"
   : Number(x).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-const qty = (x) => (x === null || x === undefined) ? "–" : Number(x).toPrecision(8).replace(/\.?0+$/, "");
+// Quantities and prices by significant digits: a fixed count of decimals printed a price of 0.00001234 as 0.0000,
+// and trimming zeros off toPrecision's text cut 50,000,000 coins (a memecoin position) to "5".
+const sig = (x, digits) => (x === null || x === undefined || Number.isNaN(x)) ? "–"
+  : Number(x).toLocaleString("en-US", { maximumSignificantDigits: digits });
+const qty = (x) => sig(x, 8);
+const price = (x) => sig(x, 8);
 const when = (ms) => ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + "Z" : "–";
 
 function el(tag, text, cls) {
@@ -107,7 +112,7 @@ function drawPortfolio(s) {
     ["exposure", `${fmt(pf.exposure * 100, 1)}%`], ["drawdown", `${fmt(pf.drawdown * 100, 1)}%`, pf.drawdown < -0.1 ? "bad" : ""],
     ["last cycle", `${pf.cycle_id} (${pf.status}) at ${when(pf.committed_at_ms)}`]]);
   table("positions", ["symbol", "qty", "entry", "price", "P&L USDT", "P&L %"], (pf.positions || []).map((p) => [
-    p.symbol, [qty(p.qty), "num"], [fmt(p.entry, 4), "num"], [fmt(p.price, 4), "num"],
+    p.symbol, [qty(p.qty), "num"], [price(p.entry), "num"], [price(p.price), "num"],
     [fmt(p.pnl), "num " + (p.pnl < 0 ? "bad" : "good")], [fmt(p.pnl_pct), "num"]]), "no positions: all in cash");
   $("cycle").textContent = pf.cycle_id ? `cycle ${pf.cycle_id}` : "";
 }
@@ -134,7 +139,7 @@ function drawOrders(s) {
   const o = s.open_orders || { known: false, why: "", rows: [] };
   $("orders-note").textContent = o.known ? "" : `Open orders are not known here: ${o.why}.`;
   table("orders", ["order", "symbol", "side", "qty", "ref price", "intent", "exchange", "filled"], o.rows.map((r) => [
-    r.client_order_id, r.symbol, r.side, [qty(r.qty), "num"], [fmt(r.ref_price, 4), "num"], r.intent, r.order || "–",
+    r.client_order_id, r.symbol, r.side, [qty(r.qty), "num"], [price(r.ref_price), "num"], r.intent, r.order || "–",
     [qty(r.filled_qty), "num"]]), o.known ? "no open orders" : "–");
 }
 
@@ -181,7 +186,7 @@ function drawEvents(s) {
   table("events", ["when", "service", "kind", "text"], (s.events || []).map((e) => [when(e.at_ms), e.service,
     [e.kind, e.severity === "error" ? "bad" : e.severity === "warning" ? "warn" : ""], e.text]), "no events");
   table("fills", ["cycle", "symbol", "side", "qty", "price", "fee"], (s.fills || []).map((f) => [f.cycle_id, f.symbol,
-    f.side, [qty(f.qty), "num"], [fmt(f.price, 4), "num"], [fmt(f.fee, 4), "num"]]), "no fills");
+    f.side, [qty(f.qty), "num"], [price(f.price), "num"], [price(f.fee), "num"]]), "no fills");
   table("dead-letters", ["when", "service", "reason", "error"], (s.dead_letters || []).map((d) => [when(d.at_ms),
     d.service, d.reason, d.error]), "none");
 }
