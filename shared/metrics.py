@@ -147,7 +147,8 @@ METRICS: dict[str, Metric] = {
                              owners=CONSOLE),
     "events_received": _c("Service events the console consumed, by kind", "kind", owners=CONSOLE),
     "events_refused": _c("Events refused: malformed, or naming another service than their subject", owners=CONSOLE),
-    "alerts": _c("Alerts by outcome: sent, failed, duplicate (deduplicated), limited (rate limit), dropped",
+    "alerts": _c("Alerts by outcome: sent, failed (tried again later), given_up (after every retry), duplicate "
+                 "(deduplicated), limited (rate limit), dropped",
                  "outcome", owners=CONSOLE),
     "services_down": _g("Services the console sees down or not ready", owners=CONSOLE),
 }

@@ -35,6 +35,11 @@ from shared.health import HealthState
 from shared.logging import error, info, register_secret, warn
 
 QUEUE_MAX = 256
+# A failed send is tried again after each of these delays, then given up (logged, counted).  Apprise reports a
+# failure when any target failed, so a target that took the first try may get the alert twice: better than a
+# kill-switch alert lost because a chat service blinked (its event is acknowledged, and a redelivery would be
+# deduplicated).
+RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0)
 NOTIFY_TYPES = {"info": apprise.NotifyType.INFO, "warning": apprise.NotifyType.WARNING,
                 "error": apprise.NotifyType.FAILURE}
 
@@ -112,6 +117,8 @@ class Notifier:
         self.last_sent: dict[str, float] = {}
         self.sent_at: deque[float] = deque()
         self.held_back: Counter[str] = Counter()
+        self.failures: dict[str, int] = {}  # alert key -> failed sends so far
+        self.retry_delays_s = RETRY_DELAYS_S
 
     def _expire(self, now: float) -> None:
         while self.sent_at and now - self.sent_at[0] >= self.window_s:
@@ -171,7 +178,20 @@ class Notifier:
             except TimeoutError:
                 self.release_held_back()
                 continue
-            await self.send(alert)
+            if await self.send(alert):
+                self.failures.pop(alert.key, None)
+            else:
+                self._retry_later(alert)
+
+    def _retry_later(self, alert: Alert) -> None:
+        tries = self.failures.get(alert.key, 0)
+        if tries >= len(self.retry_delays_s):
+            self.failures.pop(alert.key, None)
+            self.health.inc("alerts", outcome="given_up")
+            error(self.logger, "NOTIFY", "alert given up after every retry", title=alert.title, tries=tries + 1)
+            return
+        self.failures[alert.key] = tries + 1
+        asyncio.get_running_loop().call_later(self.retry_delays_s[tries], self._enqueue, alert)
 
     async def send(self, alert: Alert) -> bool:
         try:
