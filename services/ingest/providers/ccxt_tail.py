@@ -80,6 +80,9 @@ def make_exchange(
     return ex
 
 
+# A symbol missing from the market list makes the list be read again, at most this often (by the fetch clock).
+MISSING_RELOAD_MS = 10 * 60_000
+
 class CcxtTailProvider(SerialFetch):
     """One exchange through ccxt.  Authoritative only for its own exchange's cache."""
 
@@ -102,6 +105,7 @@ class CcxtTailProvider(SerialFetch):
         self._page_limit = page_limit
         self._ex: ccxt.Exchange | None = None
         self._markets_loaded = False
+        self._markets_at_ms: int | None = None  # the fetch clock's time of the last market list read (None: unknown)
         self._carried = 0  # requests made outside a fetch (``listed``): reported with the next fetch's
         SerialFetch.__init__(self)  # a ccxt client is not meant to be shared between threads
 
@@ -115,6 +119,7 @@ class CcxtTailProvider(SerialFetch):
     def close(self) -> None:
         self._ex = None
         self._markets_loaded = False
+        self._markets_at_ms = None
 
     def listed(self) -> tuple[frozenset[str] | None, str]:
         """(the unified symbols the exchange's market list holds, '') or (None, why it cannot be read: down,
@@ -153,13 +158,14 @@ class CcxtTailProvider(SerialFetch):
         features = (self._exchange().features or {}).get("spot") or {}
         return int((features.get("fetchOHLCV") or {}).get("limit") or 500)
 
-    def _load_markets(self) -> str:
-        """Load the market list once; '' when it is there, else why not (a network failure opens the circuit)."""
-        if self._markets_loaded:
+    def _load_markets(self, reload: bool = False) -> str:
+        """Load the market list once (``reload``: again); '' when it is there, else why not (a network failure opens
+        the circuit)."""
+        if self._markets_loaded and not reload:
             return ""
         ccxt = _ccxt()
         try:
-            self._exchange().load_markets()
+            self._exchange().load_markets(reload)
         except ccxt.BaseError as exc:
             if isinstance(exc, ccxt.NetworkError):
                 self.breaker.trip(type(exc).__name__)
@@ -182,6 +188,17 @@ class CcxtTailProvider(SerialFetch):
             result.failed = [(s, e, why) for s, e in ranges]
             return result
         symbol = unified_symbol(request.symbol)
+        if self._markets_at_ms is None:
+            self._markets_at_ms = request.now_ms
+        if symbol not in ex.markets and request.now_ms - self._markets_at_ms >= MISSING_RELOAD_MS:
+            # Listed since the list was read (the universe, read again daily, may hold it already): asked again,
+            # at most every MISSING_RELOAD_MS.  Read once for good, a new listing's bars never came and every
+            # cycle was stale until ingest restarted (found by an audit).
+            self._markets_at_ms = request.now_ms
+            why = self._load_markets(reload=True)
+            if why:
+                result.failed = [(s, e, why) for s, e in ranges]
+                return result
         if symbol not in ex.markets:
             return result  # not listed on this exchange: unavailable, not a failure
         iv = request.interval_ms
