@@ -85,13 +85,14 @@ def test_a_service_down_again_after_it_came_back_is_alerted_again() -> None:
 
 
 def test_a_flood_of_distinct_dead_letters_is_limited_and_summed_up_not_swallowed() -> None:
-    """30 malformed plans refused one after the other: each is an incident (the dead-letter line cannot tell
-    them apart by its fields), so the rate limit, not deduplication, bounds them: ``limit`` alerts, then one
-    digest counting the rest.  A redelivery of one already counted is counted once."""
+    """30 malformed plans refused one after the other: each is an incident (the dead-letter line names each by
+    its payload's sha256, as shared.bus.dead_letter logs it), so the rate limit, not deduplication, bounds them:
+    ``limit`` alerts, then one digest counting the rest.  A redelivery of one already counted is counted once."""
     clock = Clock()
     n = notifier(clock, limit=20, window=600)
     floods = [said("signal", "DEAD_LETTER", "malformed: Object missing required field `as_of_ms`",
-                   1_700_000_000.0 + i * 0.25, logging.ERROR, subject="aura.data.ready", bytes=29) for i in range(30)]
+                   1_700_000_000.0 + i * 0.25, logging.ERROR, subject="aura.data.ready", bytes=29,
+                   sha256=f"{i:064x}") for i in range(30)]
     outcomes = [n.offer(alert_for_event(event)) for event in floods]
     assert outcomes == ["queued"] * 20 + ["limited"] * 10
     assert n.offer(alert_for_event(floods[3])) == "duplicate", "a redelivery of one sent"
@@ -104,15 +105,19 @@ def test_a_flood_of_distinct_dead_letters_is_limited_and_summed_up_not_swallowed
     assert sent[-1].body == "10 x AURA signal: DEAD_LETTER"
 
 
-def test_an_event_without_identifying_fields_is_one_incident_per_event() -> None:
-    """Nothing in it names the incident: only that very event again (a redelivery) is a duplicate."""
+def test_an_event_without_identifying_fields_is_one_incident_per_line_and_window() -> None:
+    """Nothing in it names the incident: the same line said again within the dedup window is a duplicate (an
+    ingest poll failing every minute once made an alert a minute), said after it is news again, and another line
+    is another incident."""
     clock = Clock()
     n = notifier(clock)
-    event = said("executor", "EXCHANGE_DOWN", "exchange unreachable; waiting for it", 1_700_000_000.0,
-                 logging.ERROR, error="timeout")
-    again = said("executor", "EXCHANGE_DOWN", "exchange unreachable; waiting for it", 1_700_000_900.0,
-                 logging.ERROR, error="timeout")
-    assert [n.offer(alert_for_event(e)) for e in (event, event, again)] == ["queued", "duplicate", "queued"]
+    lines = [said("ingest", "INGEST_ERROR", "poll failed; retrying at the next poll", 1_700_000_000.0 + 60 * k,
+                  logging.ERROR, error="TimeoutError") for k in range(5)]
+    assert [n.offer(alert_for_event(e)) for e in lines] == ["queued"] + ["duplicate"] * 4
+    other = said("ingest", "INGEST_ERROR", "the cache is not writable", 1_700_000_300.0, logging.ERROR)
+    assert n.offer(alert_for_event(other)) == "queued"
+    clock.now += 700  # past AURA_NOTIFY_DEDUP_S
+    assert n.offer(alert_for_event(lines[0])) == "queued"
 
 
 def test_alert_text_shows_times_in_utc_and_no_raw_epoch_milliseconds() -> None:
