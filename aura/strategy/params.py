@@ -290,10 +290,11 @@ def _fmt(x: Any) -> str:
 
 
 def history_bars(p: StrategyParams) -> int:
-    """Bars of history (the decision bar included) a decision reads: the oldest vote snapshot, ``(vote_offsets - 1)
-    * vote_step`` bars back, looks back over its longest window (a momentum over n bars reads n + 1 closes; a
-    symbol needs ``min_history`` valid closes; the regime its SMA).  A live window shorter than this decides
-    otherwise than the backtest on the whole history: signal refuses to trade on one (services/signal)."""
-    longest = max(p.momentum_lookback + 1, p.momentum_long_lookback + 1, p.min_history, p.sma_length,
-                  p.drawdown_window, p.vol_window + 1, p.liquidity_window, p.regime_sma)
-    return (p.vote_offsets - 1) * p.vote_step + longest
+    """Bars of history (the decision bar included) a decision reads: every vote snapshot, the oldest
+    ``(vote_offsets - 1) * vote_step`` bars back, reads the score factors' windows (a momentum over n bars reads
+    n + 1 closes) and a symbol's ``min_history`` valid closes; the decision bar alone reads the regime's SMA and
+    the liquidity window (aura/strategy/signal.py signal_core).  A live window shorter than this decides otherwise
+    than the backtest on the whole history: signal refuses to trade on one (services/signal)."""
+    per_vote = max(p.momentum_lookback + 1, p.momentum_long_lookback + 1, p.min_history, p.sma_length,
+                   p.drawdown_window, p.vol_window + 1)
+    return max((p.vote_offsets - 1) * p.vote_step + per_vote, p.regime_sma, p.liquidity_window)

@@ -48,14 +48,16 @@ def check_panel(panel: Panel, ready: DataReady) -> None:
         raise Reject("bad_data", "snapshot holds non-positive closes")
 
 
-def short_window(snapshot_bars: int, params: StrategyParams, version: int) -> str:
-    """Why ``snapshot_bars`` of history are too few for ``params`` ("" when they suffice)."""
+def short_window(bars: int, params: StrategyParams, version: int) -> str:
+    """Why a snapshot of ``bars`` bars is too short for ``params`` ("" when it suffices).  The snapshot's own
+    length, not this process's setting: ingest cuts the window (every snapshot it publishes is its full
+    AURA_SNAPSHOT_BARS, the replay starting where that much history exists), and the two processes may be
+    configured apart."""
     needed = history_bars(params)
-    if snapshot_bars >= needed:
+    if bars >= needed:
         return ""
-    return (f"parameters version {version} read {needed} bars of history and each snapshot carries "
-            f"AURA_SNAPSHOT_BARS={snapshot_bars}: set AURA_SNAPSHOT_BARS >= {needed} (for every service), or "
-            f"promote parameters with shorter lookbacks")
+    return (f"parameters version {version} read {needed} bars of history and this snapshot holds {bars}: set "
+            f"ingest's AURA_SNAPSHOT_BARS >= {needed}, or promote parameters with shorter lookbacks")
 
 
 def make_target(ready: DataReady, panel: Panel, params: StrategyParams, params_version: int,
@@ -96,7 +98,7 @@ async def run(ctx: ServiceContext) -> None:
         panel = decode_panel(data)
         check_panel(panel, ready)
         params, version = await tracker.current()
-        if short := short_window(ctx.settings.snapshot_bars, params, version):
+        if short := short_window(len(panel.timestamps), params, version):
             # Trading on it would decide otherwise than the backtest that validated the parameters (on 1h the
             # defaults held nothing at all): the cycle ends aborted, loudly, until the window or the version changes.
             ctx.health.checks["window"] = lambda why=short: (False, why)
@@ -105,7 +107,8 @@ async def run(ctx: ServiceContext) -> None:
             await publish(ctx.js, CycleAborted(cycle_id=ready.cycle_id, stage="signal", reason=short),
                           msg_id=f"abort-signal-{ready.cycle_id}")
             return
-        ctx.health.checks["window"] = lambda: (True, f"window {ctx.settings.snapshot_bars} bars")
+        fits = f"snapshot of {len(panel.timestamps)} bars, {history_bars(params)} read"
+        ctx.health.checks["window"] = lambda: (True, fits)
         if not is_decision_bar(ready.as_of_ms, timeframe_ms(ready.timeframe), params.rebalance_every):
             # Same schedule as the backtester: between decision bars only the risk tick acts.
             await publish(ctx.js, CycleAborted(cycle_id=ready.cycle_id, stage="signal",

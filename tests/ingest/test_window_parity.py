@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 import pytest
 
 from aura.strategy.params import StrategyParams, history_bars
@@ -61,7 +60,12 @@ def test_a_window_of_history_bars_decides_as_the_backtest_and_a_shorter_one_does
     assert differing_bars("1d", LONG_VOTES, needed, 30) == []
     assert differing_bars("1d", LONG_VOTES, 400, 30), "the old 400-bar window decided as the backtest"
     why = short_window(400, LONG_VOTES, 7)
-    assert "parameters version 7 read 636 bars" in why and "AURA_SNAPSHOT_BARS=400" in why
+    assert "parameters version 7 read 636 bars" in why and "this snapshot holds 400" in why
+    # The regime's SMA and the liquidity window are read at the decision bar only, not at every vote snapshot.
+    long_regime = StrategyParams(vote_offsets=10, vote_step=30, regime_sma=365)
+    assert history_bars(long_regime) == 365
+    assert differing_bars("1d", long_regime, 365, 30) == []
+    assert differing_bars("1d", long_regime, 335, 30), "30 bars fewer decided as the backtest"
 
 
 def test_the_4h_defaults_decide_as_the_backtest_on_the_default_window() -> None:
@@ -71,9 +75,9 @@ def test_the_4h_defaults_decide_as_the_backtest_on_the_default_window() -> None:
 
 
 def test_signal_aborts_a_cycle_on_a_window_shorter_than_the_parameters_read(nats_server: NatsEndpoint) -> None:
-    """The running service: a window of 60 bars under the shipped defaults (they read 102): the cycle ends aborted
+    """The running service: a snapshot of 60 bars under the shipped defaults (they read 100): the cycle ends aborted
     by signal with the reason, logged [WINDOW], readiness red; no target is published."""
-    settings = msgspec.structs.replace(nats_server.settings(), snapshot_bars=60)
+    settings = nats_server.settings()  # signal's own setting is left at its default: the snapshot says
     capture = Capture()
     cycle_id, panel, markets = replay_snapshot(700, 60)
     ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=int(panel.timestamps[-1]),
@@ -95,6 +99,6 @@ def test_signal_aborts_a_cycle_on_a_window_shorter_than_the_parameters_read(nats
             return found, ctxs["signal"].health.checks["window"]()
 
     aborts, window = asyncio.run(scenario())
-    assert len(aborts) == 1 and aborts[0].cycle_id == cycle_id and "AURA_SNAPSHOT_BARS=60" in aborts[0].reason
-    assert window[0] is False and "read 102 bars" in window[1]
-    assert any("AURA_SNAPSHOT_BARS >= 102" in f.get("reason", "") for f in capture.fields("WINDOW"))
+    assert len(aborts) == 1 and aborts[0].cycle_id == cycle_id and "this snapshot holds 60" in aborts[0].reason
+    assert window[0] is False and "read 100 bars" in window[1]
+    assert any("AURA_SNAPSHOT_BARS >= 100" in f.get("reason", "") for f in capture.fields("WINDOW"))
