@@ -327,9 +327,9 @@ def _judge_fill_journaled_elsewhere(journal: Journal, plan: PlanBody, leg: PlanL
                                     result: ExecutionResult, logger: logging.Logger) -> None:
     """A leg already final when the plan (re)runs: if the boot's reconciliation journaled its fill (the process died
     between the exchange's answer and the fill's commit), the fill was never held to the price read before it.
-    Judged now, before any later buy, unless that was done (a ``fill_slippage`` event) or nothing was read."""
+    Judged now, before any later buy, unless that was done (a ``fill_judged`` event) or nothing was read."""
     price_read = _price_read(journal, plan, cid)
-    if not price_read > 0 or journal.order_event(plan.cycle_id, "fill_slippage", cid) is not None:
+    if not price_read > 0 or journal.order_event(plan.cycle_id, "fill_judged", cid) is not None:
         return
     filled_qty, avg_price = journal.order_fill(cid)
     journal.begin()
@@ -346,6 +346,8 @@ def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: s
     before it, every buy of the plan not yet final is journaled skipped, so no run of the plan buys on into that
     book, a redelivery or a restart's included (live_guard.py says why).  Returns why ("" if it did not slip)."""
     slipped = fill_slippage(leg.side, price_read, avg_price)
+    # Judged once, whatever the verdict: a later run (a redelivery, a restart) does not judge it again.
+    journal.event(plan.cycle_id, "fill_judged", client_order_id=cid, slippage=round(slipped, 6))
     if filled_qty <= 0 or slipped <= guard.max_price_deviation:
         return ""
     why = (f"price guard: leg {leg.index} {leg.symbol} filled {slipped:.1%} worse than the "
@@ -355,8 +357,10 @@ def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: s
                   price_read=price_read, avg_price=avg_price, slippage=round(slipped, 6))
     for later in plan.legs:
         later_cid = client_order_id(plan.plan_id, later.index)
+        # Only buys never sent: one a restart left open ("sent", "acked") may be on the exchange, and is looked up
+        # and finished in its turn (journaled skipped, its fills would never be).
         if later.index > leg.index and later.side == "buy" and \
-                journal.intent_state(later_cid)[0] not in FINAL_INTENT_STATES:
+                journal.intent_state(later_cid)[0] in ("pending", "unsent"):
             journal.set_intent_status(later_cid, "skipped", why)
             result.reasons.append(f"leg {later.index} {later.symbol}: {why}")
     result.status = "partial"

@@ -53,3 +53,4 @@ def test_the_window_runs_from_when_the_request_could_leave_not_from_the_call(tmp
     assert done.status == "executed" and len(venue.sends) == 2
     waited = venue.sends[1] - venue.sends[0]
     assert waited >= SETTLE_S, f"sent again {waited:.3f} s after the first request left (window {SETTLE_S} s)"
+

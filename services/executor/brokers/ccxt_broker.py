@@ -300,7 +300,9 @@ class CcxtBroker:
             # The exchange booked the order (it answered the placement); only reading its fills failed.  Never
             # "not sent" (a 429 on the trade list once made the caller send it again, and Binance refuses a
             # duplicate id only while the first order is open): the caller looks it up by its id.
-            raise AmbiguousOrderError(f"order {client_order_id} placed; reading its fills failed: {exc}") from exc
+            booked = AmbiguousOrderError(f"order {client_order_id} placed; reading its fills failed: {exc}")
+            booked.sent_at = sent_at
+            raise booked from exc
         info(self.log, "BROKER", "market order answered", symbol=sym, client_order_id=client_order_id,
              status=state.status, filled_qty=state.filled_qty, avg_price=state.avg_price)
         return state
