@@ -60,6 +60,9 @@ class Alert:
 INCIDENT_FIELDS = ("cycle_id", "plan_id", "target_id", "snapshot_id", "cid", "stream_seq", "sha256", "bar_ms",
                    "latched_at_ms", "rearmed_at_ms", "reset_at_ms", "requested_at_ms", "halted_since_ms",
                    "unverifiable_since_ms")
+# Fields that differ between repeats of one condition (the error's wording, a count, a wait): not its identity.
+REPEAT_FIELDS = frozenset({"error", "retry_in_s", "attempt", "attempts", "delivery", "deliveries", "failed_in_a_row",
+                           "wait_s", "elapsed_s", "tries"})
 FIELDS_SHOWN = 6
 # An ``*_ms`` value below this (1973) is a duration, not a time of day, and is shown as it is.
 EPOCH_MS_FLOOR = 100_000_000_000
@@ -67,8 +70,11 @@ EPOCH_MS_FLOOR = 100_000_000_000
 
 def incident_key(event: ServiceEvent) -> str:
     named = [f"{k}={event.fields[k]}" for k in INCIDENT_FIELDS if k in event.fields]
-    # Nothing names the incident: the same line said again is the same one, within the dedup window (keyed by the
-    # event alone, an ingest poll failing every minute made an alert a minute, ~2,900 a day; found by an audit).
+    if not named:
+        # Nothing names the incident: the line with its fields, less those that change on every repeat (keyed by
+        # the event alone, an ingest poll failing every minute made an alert a minute, ~2,900 a day; found by an
+        # audit), so other pairs delisted or another subject misrouted are still news.
+        named = [f"{k}={v}" for k, v in sorted(event.fields.items()) if k not in REPEAT_FIELDS]
     return f"event:{event.service}:{event.kind}:{event.text}:" + ",".join(named)
 
 
@@ -171,7 +177,16 @@ class Notifier:
                             body="\n".join(lines), severity="warning"))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """The one sender: takes queued alerts and sends each from a thread, until ``stop``."""
+        """The one sender: takes queued alerts and sends each from a thread, until ``stop`` (retries still waiting
+        then are said in one line: the process is going away)."""
+        try:
+            await self._send_until(stop)
+        finally:
+            if self.failures:
+                error(self.logger, "NOTIFY", "stopping with alerts waiting for a retry; not sent",
+                      alerts=len(self.failures))
+
+    async def _send_until(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 alert = await asyncio.wait_for(self.queue.get(), timeout=1.0)
@@ -191,7 +206,14 @@ class Notifier:
             error(self.logger, "NOTIFY", "alert given up after every retry", title=alert.title, tries=tries + 1)
             return
         self.failures[alert.key] = tries + 1
-        asyncio.get_running_loop().call_later(self.retry_delays_s[tries], self._enqueue, alert)
+        asyncio.get_running_loop().call_later(self.retry_delays_s[tries], self._retry_now, alert)
+
+    def _retry_now(self, alert: Alert) -> None:
+        outcome = self._enqueue(alert)
+        if outcome != "queued":  # the queue full of newer alerts: said, never a silent loss
+            self.failures.pop(alert.key, None)
+            self.health.inc("alerts", outcome=outcome)
+            error(self.logger, "NOTIFY", "alert retry not queued; given up", title=alert.title, outcome=outcome)
 
     async def send(self, alert: Alert) -> bool:
         try:

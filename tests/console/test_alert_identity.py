@@ -116,6 +116,10 @@ def test_an_event_without_identifying_fields_is_one_incident_per_line_and_window
     assert [n.offer(alert_for_event(e)) for e in lines] == ["queued"] + ["duplicate"] * 4
     other = said("ingest", "INGEST_ERROR", "the cache is not writable", 1_700_000_300.0, logging.ERROR)
     assert n.offer(alert_for_event(other)) == "queued"
+    # The same words about other things (which pairs, which subject) are other incidents.
+    delisted = [said("ingest", "DELISTED", "1 pairs of AURA_SYMBOLS are not trading", 1_700_000_400.0,
+                     logging.WARNING, symbols=s) for s in ("LUNA/USDT", "FTT/USDT", "LUNA/USDT")]
+    assert [n.offer(alert_for_event(e)) for e in delisted] == ["queued", "queued", "duplicate"]
     clock.now += 700  # past AURA_NOTIFY_DEDUP_S
     assert n.offer(alert_for_event(lines[0])) == "queued"
 

@@ -41,6 +41,27 @@ def test_an_alert_that_failed_once_is_sent_on_the_retry() -> None:
     assert not n.failures
 
 
+def test_a_retry_that_finds_the_queue_full_is_said_and_stopping_with_retries_waiting_is_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    n, _ = notifier([False])
+    alert = Alert("latch:3", "AURA kill-switch latched", "drawdown 21%", "error")
+    n.targets = 1
+    while n.queue.qsize() < n.queue.maxsize:
+        n.queue.put_nowait(Alert(f"x{n.queue.qsize()}", "filler", "", "info"))
+    with caplog.at_level(logging.ERROR, logger="t"):
+        n.failures[alert.key] = 1
+        n._retry_now(alert)
+    assert not n.failures and any("retry not queued" in r.getMessage() for r in caplog.records)
+
+    n, calls = notifier([False])
+    n.retry_delays_s = (60.0,)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="t"):
+        drive(n, Alert("latch:4", "AURA kill-switch latched", "drawdown 21%", "error"), 0.5)
+    assert calls == ["AURA kill-switch latched"]
+    assert any("waiting for a retry" in r.getMessage() for r in caplog.records)
+
+
 def test_an_alert_failing_every_time_is_given_up_after_the_retries(caplog: pytest.LogCaptureFixture) -> None:
     n, calls = notifier([False, False, False, True])
     with caplog.at_level(logging.ERROR, logger="t"):
