@@ -282,6 +282,7 @@ def test_max_order_usdt_caps_every_order(rig: Rig) -> None:
 
 
 def test_the_executor_takes_its_cap_from_aura_max_order_usdt(tmp_path: Path) -> None:
+    from services.executor.journal import Journal
     from services.executor.service import Executor
     from shared.config import load_settings
     from shared.credentials import ensure_credentials
@@ -290,7 +291,8 @@ def test_the_executor_takes_its_cap_from_aura_max_order_usdt(tmp_path: Path) -> 
                               "AURA_INGEST_SOURCE": "sync"})
     ensure_credentials(settings.keys)
     ctx = SimpleNamespace(settings=settings, logger=logging.getLogger("test"), health=HealthState("executor"))
-    executor = Executor(ctx, None, None, {})  # type: ignore[arg-type]
+    # A journal (it starts the marks from its newest plans: services/executor/runner.recent_marks); no broker.
+    executor = Executor(ctx, Journal(tmp_path / "journal.sqlite"), None, {})  # type: ignore[arg-type]
     assert executor.limits.max_order_usdt == 250.0
     assert executor.limits.settle_s >= 10.0  # live: a lookup settles past ccxt's 10 s recvWindow
     assert executor.sync is not None  # live: holdings are verified against the exchange before each plan
