@@ -343,8 +343,9 @@ def _judge_fill_journaled_elsewhere(journal: Journal, plan: PlanBody, leg: PlanL
 def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str, price_read: float,
                           filled_qty: float, avg_price: float, guard: LiveGuard, result: ExecutionResult) -> str:
     """Inside the transaction that journals a live order as final: if it filled much worse than the price read just
-    before it, every buy of the plan not yet final is journaled skipped, so no run of the plan buys on into that
-    book, a redelivery or a restart's included (live_guard.py says why).  Returns why ("" if it did not slip)."""
+    before it, every later buy of the plan not yet sent is journaled skipped, so no run of the plan buys on into
+    that book, a redelivery or a restart's included (live_guard.py says why).  Returns why ("" if it did not
+    slip)."""
     slipped = fill_slippage(leg.side, price_read, avg_price)
     # Judged once, whatever the verdict: a later run (a redelivery, a restart) does not judge it again.
     journal.event(plan.cycle_id, "fill_judged", client_order_id=cid, slippage=round(slipped, 6))
