@@ -63,6 +63,9 @@ ACK_WAIT_S = CONSUMERS["executor"].ack_wait_s
 # A failing message is redelivered after min(RETRY_BASE_S * delivery, RETRY_MAX_S).
 RETRY_BASE_S = 2.0
 RETRY_MAX_S = 30.0
+# The newest snapshot is said again this often: its stream keeps messages 30 days, and a risk (re)started after a
+# month without cycles (ingest down) found none and checked no stop-loss.
+SNAPSHOT_REFRESH_S = 86_400.0
 
 
 class Executor:
@@ -372,10 +375,26 @@ async def run(ctx: ServiceContext) -> None:
     sub = await durable_pull(ctx.js, CONSUMERS["executor"])
     alarm = RedeliveryAlarm(ctx.health, "executor")
     ctx.health.checks["mode"] = lambda: (True, "dry-run (paper broker)" if s.dry_run else f"live {s.exchange_id}")
+    refresher = asyncio.create_task(keep_snapshot_fresh(ctx, executor))
     try:
         await pull_loop(sub, executor.on_message, ctx.stop, ctx.logger, alarm)
     finally:
+        refresher.cancel()
         if executor.reconciler is not None:
             executor.reconciler.close()
         await broker.close()
         journal.close()
+
+
+async def keep_snapshot_fresh(ctx: ServiceContext, executor: Executor) -> None:
+    """Publish the newest snapshot again every SNAPSHOT_REFRESH_S until ``ctx.stop`` (a failure is said and tried
+    at the next turn: the one published before stays until the stream's max_age)."""
+    while not ctx.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), timeout=SNAPSHOT_REFRESH_S)
+            return
+        try:
+            await publish_snapshot(ctx.js, executor.current_snapshot(), again=True)
+        except Exception as exc:
+            warn(ctx.logger, "BUS", "could not publish the snapshot again; trying at the next turn",
+                 error=f"{type(exc).__name__}: {exc}"[:300])

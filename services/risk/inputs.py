@@ -64,7 +64,8 @@ class RiskInputs:
         counted, and the last verified one stays the basis (None if none verified yet).  So does it when the
         stream holds none: the executor publishes one per cycle, and after 30 days without a cycle (ingest
         down) its last one ages out of the stream; the book it describes has not changed, and the stop-loss
-        and kill-switch ticks must go on checking it."""
+        and kill-switch ticks must go on checking it.  (A risk started in such a month finds the one the executor
+        says again every day: services/executor/service.py SNAPSHOT_REFRESH_S.)"""
         raw = await last_message(self.js, PortfolioSnapshot.SUBJECT)
         if raw is None:
             return self.last_snapshot
