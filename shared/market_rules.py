@@ -16,6 +16,13 @@ from aura.strategy.types import MarketRule
 QUOTE = "USDT"  # the account's currency: every pair AURA trades is quoted in it
 
 
+def in_account_currency(symbol: str) -> bool:
+    """Whether ``symbol`` is a 'BASE/USDT' pair: the only kind whose notional is in the currency of every cap and
+    of the journal's cash (risk's target check and the executor's plan check ask it alike)."""
+    base, _, quote = symbol.partition("/")
+    return bool(base) and quote == QUOTE
+
+
 def _num(*values: Any) -> float:
     """The first value given, as a float; 0.0 when none is (ccxt leaves unknown limits as None)."""
     for v in values:

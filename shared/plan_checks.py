@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from shared.contracts import PlanBody
-from shared.market_rules import QUOTE
+from shared.market_rules import QUOTE, in_account_currency
 
 SIDES = ("buy", "sell")
 # One buy or sell per symbol of the universe (at most 100 pairs) and of whatever is held besides: a
@@ -30,8 +30,7 @@ def plan_shape_refusal(plan: PlanBody) -> str:
     for position, leg in enumerate(plan.legs):
         if leg.index != position:
             return f"leg {position} is numbered {leg.index}: legs are numbered 0..n-1 in order"
-        base, _, quote = leg.symbol.partition("/")
-        if not base or quote != QUOTE:
+        if not in_account_currency(leg.symbol):
             return (f"leg {position} trades {leg.symbol[:40]!r}, not a {QUOTE} pair: every cap and the journal's "
                     f"cash are in {QUOTE}")
         if leg.side not in SIDES:

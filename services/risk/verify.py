@@ -24,7 +24,7 @@ from aura.strategy.signal import compute_targets
 from aura.strategy.types import Panel
 from shared.contracts import DataReady, TargetPortfolio
 from shared.cycles import cycle_id_for
-from shared.market_rules import QUOTE
+from shared.market_rules import QUOTE, in_account_currency
 
 WEIGHT_SUM_TOLERANCE = 1e-9  # float sums of weights that are meant to total 1
 # How far ahead of the exchange's clock a bar may close and still be believed closed.  Ingest takes a bar only
@@ -112,7 +112,7 @@ def check_target(target: TargetPortfolio, ready: DataReady, panel: Panel, params
         raise ForgedTarget(f"unknown regime {target.regime!r}")
     # Before anything is priced: a pair quoted in another currency (a compromised ingest may list one) would be
     # sized and capped in USDT while its notional is in that currency.
-    foreign = sorted(s for s in target.weights if s.partition("/")[2] != QUOTE)
+    foreign = sorted(s for s in target.weights if not in_account_currency(s))
     if foreign:
         raise ForgedTarget(f"weights name {len(foreign)} pairs not quoted in {QUOTE}: {foreign[:5]}")
     prices = verified_prices(panel)
