@@ -398,8 +398,7 @@ class BusView:
         return {"cycle_id": snap.cycle_id, "status": snap.status, "equity": snap.equity, "cash": snap.cash,
                 "committed_at_ms": snap.committed_at_ms, "positions": positions,
                 "exposure": book_exposure(snap.equity, snap.cash),
-                "drawdown": drawdown(history)[-1] if history else 0.0,
-                "drawdown_points": len(history)}
+                "drawdown": drawdown(history)[-1] if history else 0.0}
 
     def state(self) -> dict[str, Any]:
         snap = self.snapshot
