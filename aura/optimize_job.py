@@ -30,8 +30,8 @@ from aura.optimize.tasks import EvalInputs, digest, engine_fingerprint, settings
 from aura.strategy.params import StrategyParams, params_digest
 from aura.strategy.schedule import timeframe_ms
 from services.optimizer.coordinator import Coordinator, Progress, ResultStore, RunFailed
-from shared.config import Settings, load_settings
-from shared.live_params import default_params
+from shared.config import Settings, default_snapshot_bars, load_settings, setting_sources
+from shared.live_params import default_params, same_timeframe
 from shared.logging import JsonFormatter
 
 RunFailedError = RunFailed
@@ -241,6 +241,14 @@ def read_incumbent(settings: Settings, url: str, timeframe: str) -> tuple[Strate
     return asyncio.run(read())
 
 
+def snapshot_bars_on(settings: Settings, timeframe: str) -> int:
+    """The history each snapshot holds on a system trading ``timeframe``, as this operator's settings say: theirs
+    when they are for that timeframe or AURA_SNAPSHOT_BARS is set, else that timeframe's default (ingest's rule)."""
+    if same_timeframe(settings.timeframe, timeframe) or "snapshot_bars" in setting_sources():
+        return settings.snapshot_bars
+    return default_snapshot_bars(timeframe)
+
+
 def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url: str, incumbent_version: int,
             say: Say) -> int:
     """Write the winner to the system if the gate said yes; the decision's summary either way.  Exit status."""
@@ -277,7 +285,8 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
                 trusted = trusted_keys(system.keys, "optimizer", PARAMS_SIGNERS)
                 version = await promote_winner(js, key, trusted, record.run.winner, record_doc, reason,
                                                incumbent_version, timeframe=record.inputs.timeframe,
-                                               max_loss_bound=system.max_loss_bound)
+                                               max_loss_bound=system.max_loss_bound,
+                                               snapshot_bars=snapshot_bars_on(settings, record.inputs.timeframe))
             await publish_decision(js, {**summary, "version": version})
             return version or 0
 

@@ -31,6 +31,7 @@ from shared.credentials import PARAMS_SIGNERS, CredentialError, signing_key, tru
 from shared.live_params import (
     ParamsDocument,
     ParamsError,
+    check_history_fits,
     check_loss_bound,
     default_params,
     document_timeframe,
@@ -132,6 +133,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                               f"bars (AURA_TIMEFRAME): signal and risk would refuse it ([TIMEFRAME]) and keep the "
                               f"version in force. To move the system to {timeframe} bars, start it with "
                               f"AURA_TIMEFRAME={timeframe} and run this with the same setting")
+        check_history_fits(params, settings.snapshot_bars, "(the new one)")  # signal would refuse every cycle
         changes = _diff(current, params)
         relabelled = not same_timeframe(timeframe, current_tf)
         if not changes and not relabelled:

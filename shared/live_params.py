@@ -40,6 +40,7 @@ from aura.strategy.params import (
     FIELDS,
     PARAMS_TIMEFRAME,
     StrategyParams,
+    history_bars,
     loss_bound,
     rescale,
     timeframe_factor,
@@ -180,6 +181,17 @@ def check_loss_bound(params: StrategyParams, max_loss_bound: float, version: int
     if bound > max_loss_bound:
         raise ParamsError(f"parameter version {version} lets the kill-switch wait for a {bound:.0%} drawdown; the "
                           f"operator's envelope is {max_loss_bound:.0%} (AURA_MAX_LOSS_BOUND)")
+
+
+def check_history_fits(params: StrategyParams, snapshot_bars: int, version: int | str = "") -> None:
+    """ParamsError when ``params`` read more history than each snapshot holds (AURA_SNAPSHOT_BARS): signal would
+    refuse every cycle on them ([WINDOW], services/signal), so the system would stop trading the moment they were
+    promoted.  Asked before writing, by the operator's CLI and the optimizer alike."""
+    needed = history_bars(params)
+    if needed > snapshot_bars:
+        raise ParamsError(f"parameter version {version} reads {needed} bars of history and each snapshot holds "
+                          f"{snapshot_bars} (AURA_SNAPSHOT_BARS): signal would refuse every cycle on them; set "
+                          f"AURA_SNAPSHOT_BARS >= {needed} for ingest and here, or choose shorter lookbacks")
 
 
 def sign_document(params: StrategyParams, key: Ed25519PrivateKey, promoted_by: str, reason: str,

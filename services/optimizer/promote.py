@@ -20,6 +20,7 @@ from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams
 from shared.bus import state_kv
 from shared.live_params import (
     ParamsError,
+    check_history_fits,
     check_loss_bound,
     default_params,
     document_timeframe,
@@ -67,15 +68,17 @@ async def live_incumbent(js: JetStreamContext, trusted: dict[str, Ed25519PublicK
 
 async def promote_winner(js: JetStreamContext, key: Ed25519PrivateKey, trusted: dict[str, Ed25519PublicKey],
                          winner: StrategyParams, record: dict[str, Any], reason: str, incumbent_version: int,
-                         timeframe: str = PARAMS_TIMEFRAME, *, max_loss_bound: float) -> int:
+                         timeframe: str = PARAMS_TIMEFRAME, *, max_loss_bound: float, snapshot_bars: int) -> int:
     """Write the signed winner; returns its version.  Refused if the version in force is not the incumbent the
     run was judged against (someone promoted or rolled back meanwhile), or counts other bars than the run's.
 
     ``timeframe`` is the run's: the record says which bars the winner's lookbacks count, so a system on other
     bars refuses it ([TIMEFRAME]) instead of trading them miscounted, and it is validated with that
-    timeframe's ranges."""
+    timeframe's ranges.  ``snapshot_bars``: the history each of the system's snapshots holds; a winner that reads
+    more would stop signal at its next cycle, so it is refused here."""
     try:  # signal and risk would refuse it: never written
         check_loss_bound(winner, max_loss_bound, "(the winner)")
+        check_history_fits(winner, snapshot_bars, "(the winner)")
     except ParamsError as exc:
         raise PromotionRefused(str(exc)) from exc
     # Read before the check: a promotion or rollback landing after it makes the write below fail, not go on top.

@@ -133,7 +133,8 @@ def test_promote_winner_refuses_a_promotion_landing_after_its_incumbent_check(na
         try:
             await promote_module.promote_winner(nc.jetstream(), signing_key(keys, "optimizer"),
                                                 trusted_keys(keys, "optimizer", PARAMS_SIGNERS),
-                                                StrategyParams(top_k=4), {}, "winner", v1, max_loss_bound=0.5)
+                                                StrategyParams(top_k=4), {}, "winner", v1, max_loss_bound=0.5,
+                                                snapshot_bars=400)
         except promote_module.PromotionRefused as exc:
             return str(exc)
         finally:

@@ -291,7 +291,7 @@ def test_an_hourly_optimizer_winner_is_promoted_for_hourly_bars(nats_server: Nat
             return await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"),
                                         trusted_keys(keys, "optimizer", PARAMS_SIGNERS), winner,
                                         {"report_sha256": "cd" * 32}, "test winner", 0, timeframe="1h",
-                                        max_loss_bound=0.5)
+                                        max_loss_bound=0.5, snapshot_bars=3000)
         finally:
             await close(nc)
 
@@ -315,14 +315,16 @@ def test_a_daily_winner_is_not_written_onto_an_hourly_system(nats_server: NatsEn
             # Nothing promoted yet: an hourly run is judged against the defaults at the same durations in hours.
             assert await live_incumbent(nc.jetstream(), trusted, "1h") == (HOURLY.params, 0)
             hourly = await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"), trusted, HOURLY.params,
-                                          {}, "hourly in force", 0, timeframe="1h", max_loss_bound=0.5)
+                                          {}, "hourly in force", 0, timeframe="1h", max_loss_bound=0.5,
+                                          snapshot_bars=3000)
             # A daily run is refused before its search (the incumbent would be counted in other bars) ...
             with pytest.raises(PromotionRefused, match=r"version \(1\) counts 1h bars"):
                 await live_incumbent(nc.jetstream(), trusted, "1d")
             # ... and its winner before it is written.
             with pytest.raises(PromotionRefused, match=r"version \(1\) counts 1h bars"):
                 await promote_winner(nc.jetstream(), signing_key(keys, "optimizer"), trusted, StrategyParams(), {},
-                                     "a daily winner", hourly, timeframe="1d", max_loss_bound=0.5)
+                                     "a daily winner", hourly, timeframe="1d", max_loss_bound=0.5,
+                                     snapshot_bars=400)
             return hourly, (await live_incumbent(nc.jetstream(), trusted, "1h"))[1]
         finally:
             await close(nc)
