@@ -97,7 +97,9 @@ def test_an_unanswering_bus_is_said_to_be_silent_for_as_long_as_it_was_waited_fo
         conn.close()
     assert "no answer within" in said, said
     stated = float(said.rsplit("no answer within ", 1)[1].split(" s")[0])
-    assert abs(stated - waited) < 0.3, (stated, waited, said)
+    # What it says it waited is what it waited: never more than the time around the call (which also holds the
+    # loop's start and the credentials read, and a loaded machine's stalls), and at least its own bound.
+    assert 0.5 <= stated <= waited + 0.05, (stated, waited, said)
 
 
 def test_ctrl_c_while_the_command_is_being_loaded_ends_in_one_line(monkeypatch: pytest.MonkeyPatch,
