@@ -246,7 +246,11 @@ def test_an_event_publish_never_raises_into_the_caller_and_never_waits() -> None
             warn(logger, "PRICE_GUARD", "leg refused")  # returns at once, the publish happens later
             info(logger, "PRICE_GUARD", "an INFO line of a WARNING tag is no event")
             error(logger, "BOOT", "an untagged-for-events line is no event")
-            threading.Thread(target=lambda: error(logger, "RECONCILE", "from a worker thread")).start()
+            worker = threading.Thread(target=lambda: error(logger, "RECONCILE", "from a worker thread"))
+            worker.start()
+            # Its line has been handed to the loop once the thread is done (a fixed sleep raced a slow thread);
+            # the loop then schedules the publish, which drain() waits for.
+            await asyncio.to_thread(worker.join)
             await asyncio.sleep(0.2)
             await bridge.drain()
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,10 @@ def test_live_costs_are_the_venues_taker_fee_plus_slippage(tmp_path: Path, venue
         # The venue is down at boot: risk waits (not ready, saying why), then reads it once it answers.
         venue.sim.faults.add(Fault("http_error", path="*exchangeInfo*", status=500, count=None))
         booting = asyncio.create_task(costs.boot(asyncio.Event()))
-        await asyncio.sleep(0.5)
+        # Until its first read has failed (polled: a fixed wait raced that read on a loaded machine).
+        deadline = time.monotonic() + 10
+        while not any("unreadable" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         ready, detail = costs.readiness()
         assert not ready and "waiting for binance's taker fee" in detail
         venue.sim.faults.clear()

@@ -104,13 +104,16 @@ def test_a_consumer_that_cannot_be_fetched_from_turns_readyz_red_and_green_again
     """It once read "consuming" for ever: the loop logged each failed fetch and retried, /readyz stayed 200."""
     import shared.consumer
 
-    monkeypatch.setattr(shared.consumer, "FETCH_FAILING_RED_S", 1.0)
+    # 2 s: the short run below lasts ~0.51 s (the loop's 0.5 s pause after a failed fetch), so a stall of the
+    # machine up to 1.5 s cannot make it an alarm (at 1 s a 0.5 s stall could); the long run takes the failure
+    # past it, counted from the first failed fetch.
+    monkeypatch.setattr(shared.consumer, "FETCH_FAILING_RED_S", 2.0)
     health = HealthState(service="executor")
     alarm = RedeliveryAlarm(health, "executor")
     sub = FailingSub()
     run_loop(sub, alarm, seconds=0.1)
     assert alarm.check()[0], "a failure shorter than a reconnect is not an alarm"
-    run_loop(sub, alarm, seconds=0.8)
+    run_loop(sub, alarm, seconds=1.6)
     ok, why = alarm.check()
     assert not ok and "consumer not found" in why and "failed for" in why, why
     assert not health.readiness()[0]
