@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -112,6 +113,21 @@ async def unresolved_lookup(lookup: Awaitable[OrderState | None], cid: str, symb
     except BrokerError as exc:
         raise OrderUnresolved(f"order {cid} ({symbol}) may be on the exchange and cannot be looked up: {exc}",
                               cid) from exc
+
+
+def sent_settle_left(journal: Journal, limits: ExecutionLimits, updated_ms: int) -> float:
+    """Seconds a "not found" of an intent journaled "sent" at ``updated_ms`` must still wait (rule 6) when the
+    send's own timing is lost (a restart, a plan retried after a failure).
+
+    The request was signed at or after ``updated_ms``, but maybe seconds later: the broker may first measure the
+    exchange's clock again, ccxt's rate limiter may hold it.  Timed from ``updated_ms`` the window closed early by
+    as much, and a resend could meet the first request landing late: a double fill.  What is known is when it
+    was signed by the latest: an earlier executor signed before this one opened the journal (it takes the
+    journal's lock first, so the earlier one had let go); this process, at any moment until now.  So the window
+    runs from the journal's opening, or from now (a full window) for an intent of this process."""
+    if updated_ms < journal.opened_ms:
+        return limits.settle_s - (time.monotonic() - journal.opened_monotonic)
+    return limits.settle_s
 
 
 async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits, logger: logging.Logger,

@@ -8,7 +8,8 @@ Idempotency rules, in order of importance:
 4. A duplicate-id rejection means "the order exists": it is fetched, never placed again.
 5. Fills are journaled by trade id (INSERT OR IGNORE), so a fill seen twice is counted once.
 6. "Not found" is only final once a request still travelling could no longer be accepted: the exchange refuses
-   a signed request older than its recvWindow, so a lookup is trusted ``settle_s`` after the last send.  Before
+   a signed request older than its recvWindow, so a lookup is trusted ``settle_s`` after the request could last
+   have been signed (its send's own time, or, when that is lost, ``exchange_calls.sent_settle_left``).  Before
    that, a lost request may still land; resending then would book the order twice (Binance checks duplicate
    clientOrderIds only among *open* orders, so a filled first copy does not stop a second one).
 """
@@ -43,11 +44,12 @@ from services.executor.exchange_calls import (
     live_quote,
     lookup_order,
     retry_delay,
+    sent_settle_left,
     settle_missing,
     settled_lookup,
     unresolved_lookup,
 )
-from services.executor.journal import Journal, now_ms
+from services.executor.journal import Journal
 from services.executor.live_guard import LiveGuard, buy_budget, fill_slippage, price_refusal, spend
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
@@ -211,7 +213,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if status in MAYBE_ON_EXCHANGE or (resumed and leg.symbol in rules):
             # A previous run may have placed it: find it; only a settled "not found" allows placing it.  On a
             # resumed plan this holds for a leg journaled as unsent too: the journal may have lost that commit.
-            settle_left = limits.settle_s - (now_ms() - updated_ms) / 1000.0 if status == "sent" else 0.0
+            settle_left = sent_settle_left(journal, limits, updated_ms) if status == "sent" else 0.0
             found = await unresolved_lookup(settled_lookup(broker, leg.symbol, cid, limits, logger, settle_left),
                                             cid, leg.symbol)
             if found is not None:

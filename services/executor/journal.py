@@ -169,6 +169,9 @@ class Journal:
         self._migrate()
         self.path = path
         self.owner: IO[str] | None = None  # the executor's hold on the journal (journal_owner.py), if it took one
+        # When this process opened it (the executor takes the journal's lock first): every request an earlier
+        # executor signed was signed before then (exchange_calls.sent_settle_left).
+        self.opened_ms, self.opened_monotonic = now_ms(), time.monotonic()
 
     def _fill_migrations(self) -> list[str]:
         """The statements that bring this file's ``fills`` table to the current layout (none when current)."""

@@ -4,8 +4,9 @@ For each intent that was pending/sent/acked (journaled, maybe on the wire): look
 - found: journal the order and any fills that arrived while we were down; the intent is final, or "acked"
   while the order is still working (the resumed plan waits for it or cancels the rest).
 - not found and never sent ("pending"): mark it "unsent" so the resumed plan places it (with the same id).
-- not found although "sent": trusted only once the request can no longer land (``settle_s`` after it was
-  sent, see ``execution`` rule 6); until then we wait and ask again — nothing is re-sent on a guess.
+- not found although "sent": trusted only once the request can no longer land (``settle_s`` after it could
+  have been signed: ``execution`` rule 6, ``exchange_calls.sent_settle_left``); until then we wait and ask
+  again — nothing is re-sent on a guess.
 - not found although the exchange once acknowledged it ("acked", or its order row journaled), or not
   lookup-able at all (its pair delisted): left open and logged [RECONCILE]; its plan then waits with /readyz
   red (``OrderUnresolved``) instead of placing the order a second time or crashing the boot.
@@ -19,12 +20,13 @@ from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.exchange_calls import (
     ExecutionLimits,
     OrderUnresolved,
+    sent_settle_left,
     settle_missing,
     settled_lookup,
     unresolved_lookup,
 )
 from services.executor.execution import ExecutionResult, final_status, journal_order
-from services.executor.journal import Journal, now_ms
+from services.executor.journal import Journal
 from shared.logging import info, warn
 
 
@@ -36,8 +38,8 @@ async def reconcile(journal: Journal, broker: Broker, logger: logging.Logger,
     for intent in journal.open_intents():
         counts["open"] += 1
         cid, symbol = intent["client_order_id"], intent["symbol"]
-        # A pending intent was never sent; a sent one may still land until settle_s after it was sent.
-        settle_left = (limits.settle_s - (now_ms() - int(intent["updated_ts_ms"])) / 1000.0
+        # A pending intent was never sent; a sent one may still land until settle_s after it was signed.
+        settle_left = (sent_settle_left(journal, limits, int(intent["updated_ts_ms"]))
                        if intent["status"] == "sent" else 0.0)
         try:
             order = await unresolved_lookup(settled_lookup(broker, symbol, cid, limits, logger, settle_left),

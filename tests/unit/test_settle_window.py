@@ -54,3 +54,67 @@ def test_the_window_runs_from_when_the_request_could_leave_not_from_the_call(tmp
     waited = venue.sends[1] - venue.sends[0]
     assert waited >= SETTLE_S, f"sent again {waited:.3f} s after the first request left (window {SETTLE_S} s)"
 
+
+
+class LateSigner(PaperBroker):
+    """A venue whose lookups find nothing (the earlier executor's request has not landed yet); every lookup and
+    every order request is timed."""
+
+    def __init__(self) -> None:
+        super().__init__({"USDT": 10_000.0}, RULES, fee_rate=0.001, slippage_bps=0.0)
+        self.lookups: list[float] = []
+        self.sends: list[float] = []
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        self.lookups.append(time.monotonic())
+        return None
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
+        self.sends.append(time.monotonic())
+        return await super().place_market_order(symbol, side, qty, client_order_id, ref_price, quote_amount)
+
+
+def journal_a_sent_intent_then_die(path: Path) -> float:
+    """An earlier executor journals its leg "sent", spends GATE_S in the broker's gate (longer than the whole
+    window), signs the request and dies with it on the wire.  Returns when it was signed."""
+    from services.executor.brokers.client_order_id import client_order_id
+
+    body = plan(BUYS[:1])
+    leg = body.legs[0]
+    cid = client_order_id(body.plan_id, leg.index)
+    earlier = Journal(path)
+    earlier.begin()
+    earlier.record_intent(cid, body.cycle_id, body.plan_id, leg.index, leg.symbol, leg.side, leg.qty, leg.ref_price)
+    earlier.set_intent_status(cid, "sent", "")
+    earlier.commit()
+    time.sleep(GATE_S)
+    signed = time.monotonic()
+    earlier.close()
+    return signed
+
+
+def test_after_a_restart_the_window_runs_from_when_the_dead_executor_could_still_sign(tmp_path: Path) -> None:
+    """The restart's half of the gap: the window ran from the journaled "sent", so a request signed GATE_S later
+    had no window left at all, and boot reconciliation trusted "not found" while it could still land."""
+    from services.executor.reconcile import reconcile
+
+    signed = journal_a_sent_intent_then_die(tmp_path / "journal.sqlite")
+    venue = LateSigner()
+    journal = Journal(tmp_path / "journal.sqlite")  # the restarted executor
+    limits = ExecutionLimits(max_order_usdt=1e9, backoff_s=0.0, fill_poll_s=0.0, settle_s=SETTLE_S)
+    counts = asyncio.run(reconcile(journal, venue, logging.getLogger("test"), limits))
+    assert counts["unsent"] == 1  # settled as never placed ...
+    trusted = venue.lookups[-1] - signed
+    assert trusted >= SETTLE_S, f"'not found' trusted {trusted:.3f} s after the request was signed"  # ... in time
+
+
+def test_a_resumed_plan_does_not_resend_before_the_dead_executors_request_could_land(tmp_path: Path) -> None:
+    signed = journal_a_sent_intent_then_die(tmp_path / "journal.sqlite")
+    venue = LateSigner()
+    journal = Journal(tmp_path / "journal.sqlite")
+    limits = ExecutionLimits(max_order_usdt=1e9, backoff_s=0.0, fill_poll_s=0.0, settle_s=SETTLE_S)
+    done = asyncio.run(execute_plan(plan(BUYS[:1]), venue, journal, RULES, limits, logging.getLogger("test")))
+    assert done.status == "executed" and len(venue.sends) == 1
+    waited = venue.sends[0] - signed
+    assert waited >= SETTLE_S, f"sent again {waited:.3f} s after the dead executor signed (window {SETTLE_S} s)"
