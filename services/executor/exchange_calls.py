@@ -115,19 +115,21 @@ async def unresolved_lookup(lookup: Awaitable[OrderState | None], cid: str, symb
                               cid) from exc
 
 
-def sent_settle_left(journal: Journal, limits: ExecutionLimits, updated_ms: int) -> float:
-    """Seconds a "not found" of an intent journaled "sent" at ``updated_ms`` must still wait (rule 6) when the
-    send's own timing is lost (a restart, a plan retried after a failure).
+def sent_settle_left(journal: Journal, limits: ExecutionLimits, cid: str) -> float:
+    """Seconds a "not found" of an order that may be on the exchange must still wait (rule 6) when the time of
+    its send is lost (a restart, a plan retried after a failure).
 
-    The request was signed at or after ``updated_ms``, but maybe seconds later: the broker may first measure the
-    exchange's clock again, ccxt's rate limiter may hold it.  Timed from ``updated_ms`` the window closed early by
-    as much, and a resend could meet the first request landing late: a double fill.  What is known is when it
-    was signed by the latest: an earlier executor signed before this one opened the journal (it takes the
-    journal's lock first, so the earlier one had let go); this process, at any moment until now.  So the window
-    runs from the journal's opening, or from now (a full window) for an intent of this process."""
-    if updated_ms < journal.opened_ms:
-        return limits.settle_s - (time.monotonic() - journal.opened_monotonic)
-    return limits.settle_s
+    A request is signed after its intent is journaled "sent", maybe seconds later: the broker may first measure
+    the exchange's clock again, ccxt's rate limiter may hold it; timed from the journaled time the window closed
+    early by as much, and a resend could meet the first request landing late: a double fill.  What is known is
+    when it was signed by the latest: an earlier executor signed before this one opened the journal (it takes
+    the journal's lock first, so the earlier one had let go); this process, at any moment until now.  So the
+    window runs from the journal's opening, or from now (a full window) for an order this process sent.  Which
+    process sent it is known from memory, not from its journaled wall-clock time (a clock stepped back would
+    date this process's own send before the opening)."""
+    if cid in journal.sent_here:
+        return limits.settle_s
+    return limits.settle_s - (time.monotonic() - journal.opened_monotonic)
 
 
 async def settled_lookup(broker: Broker, symbol: str, cid: str, limits: ExecutionLimits, logger: logging.Logger,

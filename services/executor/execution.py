@@ -201,7 +201,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
     journal.commit()
     for leg in plan.legs:  # sells come first in a plan: they free the cash the buys need
         cid = client_order_id(plan.plan_id, leg.index)
-        status, reason, updated_ms = journal.intent_state(cid)
+        status, reason, _ = journal.intent_state(cid)
         if status in FINAL_INTENT_STATES:
             if guard is not None and status in ("filled", "partial"):
                 _judge_fill_journaled_elsewhere(journal, plan, leg, cid, guard, result, logger)
@@ -212,8 +212,10 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             continue
         if status in MAYBE_ON_EXCHANGE or (resumed and leg.symbol in rules):
             # A previous run may have placed it: find it; only a settled "not found" allows placing it.  On a
-            # resumed plan this holds for a leg journaled as unsent too: the journal may have lost that commit.
-            settle_left = sent_settle_left(journal, limits, updated_ms) if status == "sent" else 0.0
+            # resumed plan this holds for a leg journaled as unsent too: the journal may have lost that commit,
+            # so its "not found" waits as a sent one's does.  An acknowledged one's is never believed (it is
+            # not placed again: unresolved_lookup), so waiting for it would change nothing.
+            settle_left = sent_settle_left(journal, limits, cid) if status != "acked" else 0.0
             found = await unresolved_lookup(settled_lookup(broker, leg.symbol, cid, limits, logger, settle_left),
                                             cid, leg.symbol)
             if found is not None:

@@ -170,8 +170,11 @@ class Journal:
         self.path = path
         self.owner: IO[str] | None = None  # the executor's hold on the journal (journal_owner.py), if it took one
         # When this process opened it (the executor takes the journal's lock first): every request an earlier
-        # executor signed was signed before then (exchange_calls.sent_settle_left).
-        self.opened_ms, self.opened_monotonic = now_ms(), time.monotonic()
+        # executor signed was signed before then.  And the intents this process marked "sent", known here and
+        # not by their journaled time, which a wall clock stepped back would date before the opening
+        # (exchange_calls.sent_settle_left).
+        self.opened_monotonic = time.monotonic()
+        self.sent_here: set[str] = set()
 
     def _fill_migrations(self) -> list[str]:
         """The statements that bring this file's ``fills`` table to the current layout (none when current)."""
@@ -253,11 +256,15 @@ class Journal:
             (cid, cycle_id, plan_id, leg_index, symbol, side, qty, ref_price, status, reason, ts, ts))
 
     def set_intent_status(self, cid: str, status: str, reason: str = "") -> None:
+        if status == "sent":
+            self.sent_here.add(cid)
         self.db.execute("UPDATE intents SET status=?, reason=?, updated_ts_ms=? WHERE client_order_id=?",
                         (status, reason, now_ms(), cid))
 
     def mark_intent(self, cid: str, status: str) -> None:
         """Change the status (and its time) but keep the reason, e.g. "sent" again on a retry."""
+        if status == "sent":
+            self.sent_here.add(cid)
         self.db.execute("UPDATE intents SET status=?, updated_ts_ms=? WHERE client_order_id=?",
                         (status, now_ms(), cid))
 

@@ -39,8 +39,7 @@ async def reconcile(journal: Journal, broker: Broker, logger: logging.Logger,
         counts["open"] += 1
         cid, symbol = intent["client_order_id"], intent["symbol"]
         # A pending intent was never sent; a sent one may still land until settle_s after it was signed.
-        settle_left = (sent_settle_left(journal, limits, int(intent["updated_ts_ms"]))
-                       if intent["status"] == "sent" else 0.0)
+        settle_left = sent_settle_left(journal, limits, cid) if intent["status"] == "sent" else 0.0
         try:
             order = await unresolved_lookup(settled_lookup(broker, symbol, cid, limits, logger, settle_left),
                                             cid, symbol)

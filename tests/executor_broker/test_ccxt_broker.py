@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -86,6 +87,29 @@ def test_accept_then_timeout_is_ambiguous_and_lookup_proves_no_double_fill(sim_s
     assert found is not None and found.status == "filled" and found.filled_qty == 0.01 and len(found.fills) == 1
     # One buy of 0.01 BTC, its 0.1% fee taken in BTC.
     assert len(sim_server.sim.orders()) == 1 and sim_server.sim.free("BTC") == Decimal("0.00999")
+
+
+def test_a_lost_request_held_by_the_rate_limiter_is_timed_from_its_signing(sim_server: SimServer) -> None:
+    """ccxt signs a request after its rate limiter's wait: the settle window (execution.py rule 6) runs from
+    there, not from the call, or it closes early by the wait (found by an audit)."""
+    sim_server.sim.faults.add(Fault("timeout", *ORDER, delay_s=1.5))
+    held_s = 0.5
+
+    async def scenario(b: CcxtBroker) -> tuple[float, float]:
+        async def slow_throttle(cost: float | None = None) -> None:  # the rate limiter holding the request
+            await asyncio.sleep(held_s)
+
+        await b.fetch_free_balances()  # markets loaded: the call below sends the order request alone
+        b.exchange.throttle = slow_throttle
+        b.exchange.enableRateLimit = True
+        called = time.monotonic()
+        with pytest.raises(AmbiguousOrderError) as lost:
+            await b.place_market_order("BTC/USDT", "buy", 0.01, CID, ref_price=0)
+        assert lost.value.sent_at is not None
+        return called, lost.value.sent_at
+
+    called, sent_at = run_with_broker(sim_server, scenario, timeout_ms=400)
+    assert sent_at >= called + held_s - 0.01, f"timed {sent_at - called:.3f} s after the call, held {held_s} s"
 
 
 @pytest.mark.parametrize("sim_server", [{}, {"fee_asset": "quote"}], indirect=True, ids=["received", "quote"])

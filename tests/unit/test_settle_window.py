@@ -14,7 +14,9 @@ import logging
 import time
 from pathlib import Path
 
-from services.executor.brokers.base import AmbiguousOrderError, OrderState
+import pytest
+
+from services.executor.brokers.base import AmbiguousOrderError, OrderState, TransientBrokerError
 from services.executor.brokers.paper import PaperBroker
 from services.executor.exchange_calls import ExecutionLimits
 from services.executor.execution import execute_plan
@@ -118,3 +120,49 @@ def test_a_resumed_plan_does_not_resend_before_the_dead_executors_request_could_
     assert done.status == "executed" and len(venue.sends) == 1
     waited = venue.sends[0] - signed
     assert waited >= SETTLE_S, f"sent again {waited:.3f} s after the dead executor signed (window {SETTLE_S} s)"
+
+
+class UnreachableAfterTheSend(PaperBroker):
+    """The first order request is lost (its answer never came) and every lookup fails until ``reachable``."""
+
+    def __init__(self) -> None:
+        super().__init__({"USDT": 10_000.0}, RULES, fee_rate=0.001, slippage_bps=0.0)
+        self.sends: list[float] = []
+        self.reachable = False
+
+    async def place_market_order(self, symbol: str, side: str, qty: float, client_order_id: str,
+                                 ref_price: float, quote_amount: float | None = None) -> OrderState:
+        self.sends.append(time.monotonic())
+        if len(self.sends) == 1:
+            lost = AmbiguousOrderError("no answer")
+            lost.sent_at = self.sends[-1]
+            raise lost
+        return await super().place_market_order(symbol, side, qty, client_order_id, ref_price, quote_amount)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        if not self.reachable:
+            raise TransientBrokerError("exchange unreachable")
+        return await super().fetch_order(symbol, client_order_id)
+
+
+def test_a_plan_retried_in_the_same_process_waits_whatever_the_wall_clock_did(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process sent the order, its lookups failed, the plan is tried again: the window runs from now.  Told
+    apart by the journaled time, a wall clock stepped back an hour after the journal was opened (NTP correcting a
+    fast clock at a machine's start) dated the send before the opening and gave it no window (found by an audit)."""
+    import services.executor.journal as journal_module
+
+    venue = UnreachableAfterTheSend()
+    journal = Journal(tmp_path / "journal.sqlite")
+    time.sleep(SETTLE_S)  # a process running for a while: a window timed from the opening has run out
+    real_now_ms = journal_module.now_ms
+    monkeypatch.setattr(journal_module, "now_ms", lambda: real_now_ms() - 3_600_000)
+    limits = ExecutionLimits(max_order_usdt=1e9, backoff_s=0.0, fill_poll_s=0.0, settle_s=SETTLE_S, max_attempts=2)
+    body = plan(BUYS[:1])
+    with pytest.raises(TransientBrokerError):
+        asyncio.run(execute_plan(body, venue, journal, RULES, limits, logging.getLogger("test")))
+    venue.reachable = True
+    done = asyncio.run(execute_plan(body, venue, journal, RULES, limits, logging.getLogger("test")))
+    assert done.status == "executed" and len(venue.sends) == 2
+    waited = venue.sends[1] - venue.sends[0]
+    assert waited >= SETTLE_S, f"sent again {waited:.3f} s after the first request left (window {SETTLE_S} s)"

@@ -290,7 +290,7 @@ class CcxtBroker:
                 order = await self.exchange.create_order(sym, "market", side, amount, None, params)
         except Exception as exc:
             mapped = self.map_error(exc, placing=True)
-            mapped.sent_at = sent_at
+            mapped.sent_at = self._signed_by(sent_at)
             warn(self.log, "BROKER", "market order failed", symbol=sym, client_order_id=client_order_id,
                  error=type(mapped).__name__, detail=str(exc)[:300])
             raise mapped from exc
@@ -306,6 +306,15 @@ class CcxtBroker:
         info(self.log, "BROKER", "market order answered", symbol=sym, client_order_id=client_order_id,
              status=state.status, filled_qty=state.filled_qty, avg_price=state.avg_price)
         return state
+
+    def _signed_by(self, called_at: float) -> float:
+        """When a request that failed could have been signed, on the monotonic clock: ccxt stamps
+        ``lastRestRequestTimestamp`` (wall ms) just before it signs, after its rate limiter's wait, which the
+        call's start (``called_at``) does not include.  It is this instance's newest request: a later one signed
+        meanwhile only makes the settle window longer."""
+        last_ms = self.exchange.lastRestRequestTimestamp or 0
+        ago_s = max(0.0, time.time() * 1000.0 - last_ms) / 1000.0
+        return max(called_at, time.monotonic() - ago_s)
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         sym = await self._symbol(symbol)
