@@ -278,7 +278,8 @@ MAX_PAYLOAD = 256 * KIB
 class StreamSpec(msgspec.Struct, frozen=True):
     """A stream with its limits set on purpose: no message, and no flood of them, can grow it without bound.
 
-    ``max_msg_size``: the biggest legitimate message is a few KB (a snapshot with 365 equity points is ~15 KB);
+    ``max_msg_size``: the biggest legitimate message is a few KB (a snapshot with 365 equity points is ~15 KB;
+    AURA_EXEC holds hourly ones with 4,000);
     the server refuses anything larger at publish time, before a consumer ever sees it.
     """
 
@@ -302,8 +303,10 @@ STREAMS: tuple[StreamSpec, ...] = (
     # 250 MiB) can never reach max_bytes, so a flood on one subject only drops that subject's oldest messages.
     StreamSpec("AURA_PLANS", [ApprovedPlan.SUBJECT, CycleAborted.SUBJECT + ".*"], max_age_s=30 * 86400,
                max_bytes=256 * MIB, max_msgs_per_subject=1000),
+    # A snapshot carries one equity point per bar of the longest kill-switch window (params.equity_points): 4,000
+    # on hourly bars, ~125 KB of JSON.
     StreamSpec("AURA_EXEC", [FillMsg.SUBJECT, PortfolioSnapshot.SUBJECT], max_age_s=30 * 86400,
-               max_bytes=512 * MIB),
+               max_bytes=512 * MIB, max_msg_size=192 * KIB),
     # Dead letters and events: each publisher has its own subject (``aura.dlq.<service>``, ``aura.events.<service>``,
     # shared/bus_access.py), but with only the byte limit (discard old) a flood on one subject pushed every other
     # service's records out: a compromised worker erased risk's and the executor's dead letters, a compromised signal

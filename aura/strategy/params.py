@@ -174,6 +174,12 @@ def _scaled_count(value: float, factor: float) -> int:
     return max(1, math.floor(value * factor + 0.5))
 
 
+# The most equity points (one per bar) a live portfolio snapshot carries for the kill-switch's rolling window
+# (services/executor/runner.py): a longer window would be cut short live while the backtest saw all of it, so no
+# timeframe allows one.  4,000 hourly bars are 166 days; every daily (365) and 4-hourly (2,190) window fits.
+EQUITY_POINTS_MAX = 4000
+
+
 def param_ranges(timeframe: str = PARAMS_TIMEFRAME) -> dict[str, tuple[float, float]]:
     """``PARAM_RANGES`` for parameters counted in ``timeframe`` bars.
 
@@ -191,7 +197,14 @@ def param_ranges(timeframe: str = PARAMS_TIMEFRAME) -> dict[str, tuple[float, fl
     for name in PER_BAR:
         lo, hi = PARAM_RANGES[name]
         out[name] = (min(lo, lo / factor), max(hi, hi / factor))
+    lo, hi = out["kill_switch_window"]
+    out["kill_switch_window"] = (lo, min(hi, EQUITY_POINTS_MAX))
     return out
+
+
+def equity_points(timeframe: str = PARAMS_TIMEFRAME) -> int:
+    """Equity points a live snapshot carries on ``timeframe`` bars: the longest kill-switch window allowed there."""
+    return int(param_ranges(timeframe)["kill_switch_window"][1])
 
 
 def validate_params(p: StrategyParams, timeframe: str = PARAMS_TIMEFRAME) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from aura.strategy.params import equity_points
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Broker, TransientBrokerError
 from services.executor.brokers.paper import QUOTE, base_asset
@@ -27,7 +28,6 @@ from services.risk.sync_guard import CONFIRMED, IN_SYNC, GuardState, Tolerance, 
 from shared.contracts import PlanBody, PortfolioSnapshot, canonical_bytes, content_id
 from shared.logging import error, info, warn
 
-EQUITY_HISTORY = 365
 FINAL_PLAN_STATES = ("executed", "partial", "rejected")
 # Float sums of fills against the exchange's 8-decimal ledger differ by ~1e-9 per fill: not a missing position.
 HOLDINGS_TOLERANCE = Tolerance(abs_tol=1e-5, rel_tol=1e-6)
@@ -91,10 +91,13 @@ def ensure_genesis(journal: Journal, cash: float) -> bool:
     return True
 
 
-def current_snapshot(journal: Journal) -> PortfolioSnapshot:
+def current_snapshot(journal: Journal, timeframe: str) -> PortfolioSnapshot:
+    """The journal's newest portfolio with the equity of as many past bars as the longest kill-switch window
+    allowed on ``timeframe`` (params.equity_points): 365 daily points, 4,000 hourly ones.  A fixed 365 cut a
+    90-day window on hourly bars to 15 days live, so a slow bleed never latched (found by an audit)."""
     row = journal.latest_snapshot()
     assert row is not None, "genesis snapshot is written at boot"
-    equity, equity_ms = journal.equity_history(EQUITY_HISTORY)
+    equity, equity_ms = journal.equity_history(equity_points(timeframe))
     return PortfolioSnapshot(snapshot_id=row.snapshot_id, cycle_id=row.cycle_id, plan_id=row.plan_id,
                              status=row.status, cash=row.cash, holdings=row.holdings,
                              entry_prices=row.entry_prices, equity=row.equity,

@@ -107,7 +107,7 @@ class Executor:
 
     # -- state ------------------------------------------------------------------------------------------
     def current_snapshot(self) -> PortfolioSnapshot:
-        return sign_struct(current_snapshot(self.journal), self.snapshot_key)
+        return sign_struct(current_snapshot(self.journal, self.ctx.settings.timeframe), self.snapshot_key)
 
     def show_book(self, snap: PortfolioSnapshot) -> None:
         """Equity and exposure gauges from the journal's book (at boot too: a restart must not read 0 till a plan)."""

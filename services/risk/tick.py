@@ -150,8 +150,8 @@ def equity_since_reset(snap: PortfolioSnapshot, reset_at_ms: int) -> tuple[float
 
 
 def committed_peak(snap: PortfolioSnapshot, latch: Latch) -> float:
-    """The highest equity committed since the last operator reset: the snapshot's points after it (at most its
-    last EQUITY_HISTORY) and the peak the latch recorded (0.0 if neither has any)."""
+    """The highest equity committed since the last operator reset: the snapshot's points after it (at most
+    params.equity_points) and the peak the latch recorded (0.0 if neither has any)."""
     return max((latch.peak_equity, *equity_since_reset(snap, latch.reset_at_ms)))
 
 

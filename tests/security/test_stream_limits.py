@@ -36,7 +36,7 @@ EXPECTED = {
     "AURA_DATA": (256 * MIB, 7 * DAY, 64 * KIB, "old", -1),
     "AURA_TARGETS": (256 * MIB, 7 * DAY, 64 * KIB, "old", -1),
     "AURA_PLANS": (256 * MIB, 30 * DAY, 64 * KIB, "old", 1000),
-    "AURA_EXEC": (512 * MIB, 30 * DAY, 64 * KIB, "old", -1),
+    "AURA_EXEC": (512 * MIB, 30 * DAY, 192 * KIB, "old", -1),  # snapshots of 4,000 hourly equity points
     "AURA_DLQ": (256 * MIB, 30 * DAY, 16 * KIB, "old", 2000),
     "AURA_EVENTS": (64 * MIB, 7 * DAY, 8 * KIB, "old", 1000),
     "OBJ_aura_candles": (1024 * MIB, 3 * DAY, 256 * KIB, "old", -1),
