@@ -33,6 +33,10 @@ class PriceRead:
     # tickers were read (live); never the host's.
     as_of_ms: int
     digest: str  # what the prices came from (snapshot digest, or a content id of the ticker answer)
+    # The open of the newest bar closed by ``as_of_ms``: the frame a cycle's as_of is in, on which the
+    # kill-switch's latch and cooldown count.  Live, ``as_of_ms`` is the exchange's clock, about a bar ahead of
+    # it: a tick that counted the cooldown on it re-armed a bar early (found by an audit).  0: no data time.
+    bar_open_ms: int = 0
 
 
 class PriceSource(Protocol):
@@ -89,7 +93,7 @@ class ReplayPrices:
         except Exception as exc:
             warn(self.ctx.logger, "RISK_TICK", "could not read the newest snapshot's prices", error=str(exc)[:200])
             return None
-        return PriceRead(dict(self._cache[1]), list(ready.markets), ready.as_of_ms, ready.digest)
+        return PriceRead(dict(self._cache[1]), list(ready.markets), ready.as_of_ms, ready.digest, ready.as_of_ms)
 
     async def exchange_ms(self) -> int | None:
         return None
@@ -141,7 +145,9 @@ class LivePrices:
         except Exception as exc:
             warn(self.ctx.logger, "RISK_TICK", "ticker read failed", error=f"{type(exc).__name__}: {exc}"[:200])
             return None
-        return PriceRead(prices, markets, now, content_id({"prices": prices, "at": now}, prefix="tickers-"))
+        bar_ms = timeframe_ms(self.ctx.settings.timeframe)
+        return PriceRead(prices, markets, now, content_id({"prices": prices, "at": now}, prefix="tickers-"),
+                         now // bar_ms * bar_ms - bar_ms)
 
     async def exchange_ms(self) -> int | None:
         return await self.client.fetch_time()

@@ -105,11 +105,12 @@ async def tick(risk: Risk) -> TickDecision | None:
     latch = await risk.inputs.latch()
     held = sorted(s for s, q in basis.holdings.items() if q > 0)
     read: PriceRead | None = await risk.prices.read(held)
-    data_ms = read.as_of_ms if read is not None else 0  # the data's time: what the cooldown counts on
+    # The data's bar, in the cycles' frame (a bar's open): what the latch and the cooldown count on.
+    data_ms = read.bar_open_ms if read is not None else 0
     if read is None and not held:
         # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.  No data
         # time either (0, as data_ms): the host's clock is no time of the data's (the exchange's, live).
-        read = PriceRead({}, [], data_ms, "no-prices")
+        read = PriceRead({}, [], data_ms, "no-prices", data_ms)
     latch = await risk.rearm(latch, params, data_ms, basis)
     halted = latch.halted
     prices = read.prices if read is not None else None

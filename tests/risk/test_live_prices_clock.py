@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 
 from aura.exchange_sim import Fault, SimConfig, SimServer
+from aura.strategy.risk_gates import rearm_due
 from services.risk.prices import LivePrices, make_price_source
 from shared.config import load_settings
 
 pytestmark = pytest.mark.integration
 VENUE_NOW = 1_614_600_000_000  # 2021-03-01 12:00 UTC: years before any host running this test
-YEAR_MS = 365 * 86_400_000
+DAY_MS = 86_400_000
+YEAR_MS = 365 * DAY_MS
 LOG = "t.risk.prices"
 
 
@@ -61,6 +63,13 @@ def test_a_live_price_read_carries_the_exchanges_time_not_the_hosts(tmp_path: Pa
     assert read.as_of_ms == VENUE_NOW == venue.sim.now_ms()
     assert read.as_of_ms < time.time() * 1000 - YEAR_MS  # not the host's clock
     assert time_reads == 1  # one extra request per tick
+    # The kill-switch counts on the cycles' frame, the open of the newest closed bar (2021-02-28 on 1d at
+    # 2021-03-01 12:00): counted on the exchange's clock, a bar ahead of it, a switch latched by the cycle of
+    # 2021-02-28 with a one-bar cooldown re-armed at the first tick after it (found by an audit).
+    assert read.bar_open_ms == 1_614_470_400_000
+    latched_by_the_cycle = 1_614_470_400_000
+    assert not rearm_due(True, False, latched_by_the_cycle, read.bar_open_ms, 1, DAY_MS)
+    assert rearm_due(True, False, latched_by_the_cycle, read.bar_open_ms + DAY_MS, 1, DAY_MS)  # the next bar's
 
 
 def test_an_unreadable_exchange_clock_is_a_failed_read(tmp_path: Path, venue: SimServer,
