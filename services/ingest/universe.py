@@ -134,12 +134,15 @@ def refresh_universe(
     force: bool = False,
     max_age_ms: int = DAY_MS,
     client: Any = None,
+    keep_previous: bool = True,
 ) -> Universe:
     """The universe, refreshed from the exchange if the stored one is older than ``max_age_ms``.
 
-    On a network failure the previous universe is returned unchanged (its ``refreshed_ms`` tells its age);
-    with no previous one, :class:`UniverseError`.  ``client``: a ccxt client to ask instead of a new one (the
-    ingest service passes the one it has just loaded the markets with, so they are read once, not twice).
+    On a network failure, or tickers without a 24h volume for any pair, the previous universe is returned
+    unchanged (its ``refreshed_ms`` tells its age); with no previous one, or with ``keep_previous`` false (the
+    live ingest, which says so and tries again: services/ingest/venue.py), :class:`UniverseError`.  ``client``: a
+    ccxt client to ask instead of a new one (the ingest service passes the one it has just loaded the markets
+    with, so they are read once, not twice).
     """
     cfg = IngestConfig.coerce(config)
     previous = load_universe(cfg.cache_root, exchange)
@@ -153,9 +156,13 @@ def refresh_universe(
     try:
         markets = ex.load_markets()
         tickers = ex.fetch_tickers()
+        # An answer without volumes ranked every pair as unknown: alphabetically, 1INCH first (an audit).
+        if not any(_num((t or {}).get("quoteVolume")) for t in tickers.values()):
+            raise ccxt.ExchangeError(f"no 24h quote volume in {len(tickers)} tickers")
     except ccxt.BaseError as exc:
-        if previous is None:
-            raise UniverseError(f"{exchange}: cannot load markets: {type(exc).__name__}: {exc}") from exc
+        if previous is None or not keep_previous:
+            raise UniverseError(f"{exchange}: cannot rank the pairs by 24h volume: {type(exc).__name__}: "
+                                f"{exc}"[:300]) from exc
         warn(log, "UNIVERSE_STALE", f"{exchange}: refresh failed ({type(exc).__name__}), keeping the previous one",
              refreshed_ms=previous.refreshed_ms)
         return previous

@@ -34,7 +34,7 @@ from typing import Any
 from aura.strategy.types import MarketRule
 from services.ingest.providers.ccxt_tail import make_exchange
 from services.ingest.sync_config import IngestConfig
-from services.ingest.universe import PEGGED_BASES, UniverseError, refresh_universe
+from services.ingest.universe import PEGGED_BASES, Universe, UniverseError, load_universe, refresh_universe
 from shared.config import Settings
 from shared.logging import info, warn
 from shared.market_rules import QUOTE, rules_from_ccxt
@@ -74,6 +74,9 @@ class VenueUniverse:
     _read_ms: int | None = field(default=None, init=False)
     _view: VenueView | None = field(default=None, init=False)
     _error: str | None = field(default=None, init=False)  # the last failed read, until one succeeds
+    # The 24h volumes could not be read at the last refresh: the ranking before is kept (two refresh periods at
+    # most) and the next update reads the venue again instead of waiting a whole period.
+    _ranking_stale: str | None = field(default=None, init=False)
     _warned: dict[str, int] = field(default_factory=dict, init=False)  # [DELISTED]: symbol -> day warned
 
     @property
@@ -81,7 +84,7 @@ class VenueUniverse:
         return int(self.settings.markets_refresh_s * 1000)
 
     def due(self, now_ms: int) -> bool:
-        return self._read_ms is None or now_ms - self._read_ms >= self.refresh_ms
+        return self._read_ms is None or self._ranking_stale is not None or now_ms - self._read_ms >= self.refresh_ms
 
     def expected(self) -> tuple[str, ...]:
         """The symbols a cycle is for when the rules cannot be read (what a stale notice names)."""
@@ -135,6 +138,8 @@ class VenueUniverse:
                 text += f"; DELISTED but held: {','.join(v.delisted_held)}"
         if self._error is not None:
             text += f"; market rules unreadable: {self._error}"
+        if self._ranking_stale is not None:
+            text += f"; universe ranking stale: {self._ranking_stale}"
         return text
 
     # -- reading the venue ----------------------------------------------------------------------------------------
@@ -163,8 +168,7 @@ class VenueUniverse:
             else:
                 # The same client: refresh_universe's load_markets is answered from the read above, so the
                 # universe and the rules come from one exchangeInfo.
-                universe = refresh_universe(self.exchange, self.config, now_ms, quote=QUOTE,
-                                            max_age_ms=self.refresh_ms, client=client)
+                universe, ranking_stale = self._ranked(client, now_ms)
                 ranked = universe.active(exclude_bases=PEGGED_BASES)
                 screened = [s for s in ranked if s in rules][: self.settings.universe_max]
                 pegged = sorted(set(universe.active()) - set(ranked))
@@ -184,8 +188,26 @@ class VenueUniverse:
                 warn(self.logger, "DELISTED", f"{len(gone)} pairs of AURA_SYMBOLS are not trading on "
                      f"{self.exchange}: left out of the universe", symbols=gone)
         self._rules, self._screened, self._read_ms, self._error = rules, screened, now_ms, None
+        self._ranking_stale = None if self.fixed is not None else ranking_stale
         info(self.logger, "MARKETS", f"market rules read from {self.exchange}: {len(rules)} trading {QUOTE} pairs",
              exchange=self.exchange, pairs=len(rules), read=_iso(now_ms), next_s=self.settings.markets_refresh_s)
+
+    def _ranked(self, client: Any, now_ms: int) -> tuple[Universe, str | None]:
+        """The ranked universe, and why its ranking is an older one (None: read now or recently enough).  When the
+        volumes cannot be read, the stored ranking serves for two refresh periods at most, said in /readyz and
+        tried again at every update; beyond that the cycle is stale (UniverseError).  Before, a failed read kept
+        yesterday's ranking for a whole day without a word where an operator looks (an audit)."""
+        try:
+            return refresh_universe(self.exchange, self.config, now_ms, quote=QUOTE, max_age_ms=self.refresh_ms,
+                                    client=client, keep_previous=False), None
+        except UniverseError as exc:
+            previous = load_universe(IngestConfig.coerce(self.config).cache_root, self.exchange)
+            if previous is None or previous.quote != QUOTE or now_ms - previous.refreshed_ms >= 2 * self.refresh_ms:
+                raise
+            why = f"{exc}; ranking of {_iso(previous.refreshed_ms)} kept, read again at the next update"
+            warn(self.logger, "UNIVERSE_STALE", "24h volumes unreadable: the previous ranking is kept for now",
+                 exchange=self.exchange, error=str(exc)[:300], ranked=_iso(previous.refreshed_ms))
+            return previous, why
 
     def _failed(self, detail: str) -> None:
         self._error = detail

@@ -170,6 +170,28 @@ def test_unreadable_rules_are_never_replaced_by_older_ones(tmp_path: Path, make_
 
 
 @pytest.mark.integration
+def test_unreadable_volumes_keep_the_ranking_briefly_said_and_retried(tmp_path: Path, make_config, venue: Any,  # type: ignore[no-untyped-def]
+                                                                      api: Face) -> None:
+    """The daily refresh reads the rules but not the 24h volumes: the ranking before is kept, /readyz says so,
+    and the next update reads the venue again (it waited a whole day, unsaid, found by an audit); after two
+    refresh periods without volumes the cycle is stale."""
+    uni = VenueUniverse(_settings(tmp_path, universe_max="5"), make_config(), logging.getLogger(LOG))
+    first = uni.update(NOW)
+    api.fault("http_error", "24hr", status=500)
+    kept = uni.update(NOW + DAY)  # rules read, volumes not: yesterday's top 5
+    assert kept.symbols == first.symbols and "universe ranking stale" in uni.describe()
+    assert "ranking of 2024-12-06T00:00Z kept" in uni.describe()
+    api.reset_counts()
+    uni.update(NOW + DAY + 60_000)  # not a day later: at the next update
+    assert api.counts.get("24hr", 0) >= 1
+    with pytest.raises(MarketsUnavailable, match="24h volume"):
+        uni.update(NOW + 2 * DAY)  # two periods on the same ranking: no cycle on it
+    api.clear_faults()
+    assert list(uni.update(NOW + 2 * DAY + 60_000).symbols) == sorted(top_by_volume(venue, 5))
+    assert "stale" not in uni.describe()
+
+
+@pytest.mark.integration
 def test_a_sync_step_carries_the_venues_rules_or_is_stale(tmp_path: Path, make_config, venue: Any,  # type: ignore[no-untyped-def]
                                                           api: Face) -> None:
     settings = _settings(tmp_path, universe_max="3")
