@@ -60,6 +60,7 @@ from shared.contracts import (
     CycleAborted,
     DataStale,
     PlanBody,
+    PlanLeg,
     PortfolioSnapshot,
     TargetPortfolio,
 )
@@ -83,6 +84,8 @@ class InFlight:
     plan_id: str
     since: float  # monotonic
     cycle_id: str = ""
+    bar: int | None = None  # the decision bar whose participation count took its legs
+    sells: tuple[PlanLeg, ...] = ()  # its exits: given back to the count if they may not have filled
 
 
 class Risk:
@@ -138,7 +141,18 @@ class Risk:
         """The plan in flight is closed by ``snap``: nothing in flight, and its cycle traded if it did."""
         if snap.status in TRADED and as_of_of_cycle(snap.cycle_id) is not None:  # a bar's cycle, not a tick's
             self.traded = snap.cycle_id
+        if snap.status != "executed":
+            self.gone_unfilled()
         self.inflight = None
+
+    def gone_unfilled(self) -> None:
+        """The plan in flight ended without all its legs filled (refused, rejected, partial, or never closed): its
+        exits go back to the bar's participation count, so the next tick may send them again.  Counted as filled,
+        a stop-loss the executor refused was held back for the rest of the bar, a day on 1d, with the check saying
+        stop_loss and nothing sent (found by an audit).  Sells that did fill are gone from the holdings the next
+        tick plans from; at worst the bar's exits trade up to twice the cap, the price ``unsend`` already pays."""
+        if self.inflight is not None and self.inflight.sells:
+            self.sent.unsend(self.inflight.bar, self.inflight.sells)
 
     def settled(self, snap: PortfolioSnapshot) -> bool:
         """Whether the plan published last is closed in ``snap`` (or so old it never will be: refused)."""
@@ -148,6 +162,7 @@ class Risk:
             self.landed(snap)
             return True
         if time.monotonic() - self.inflight.since > self.ctx.settings.cycle_timeout_s:
+            self.gone_unfilled()  # refused before the journal (a plan it cannot verify): no snapshot ever closes it
             self.inflight = None
             return True
         return False
@@ -196,7 +211,8 @@ class Risk:
         except Exception:
             self.sent.unsend(bar, body.legs)
             raise
-        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id)
+        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id, bar,
+                                 tuple(leg for leg in body.legs if leg.side == "sell"))
         for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
             self.ctx.health.inc("legs_approved", reason=leg.reason)
 

@@ -117,3 +117,41 @@ def test_the_cap_is_on_the_bar_so_ticks_do_not_sell_it_again_until_a_new_bar(nat
     tick_plans = [p.plan for p in plans if p.plan.cycle_id.startswith("tick-")]
     assert [[(x.side, x.qty) for x in p.legs] for p in tick_plans] == [[("sell", 0.15)], [("sell", 0.05)]]
     assert any(r.startswith("participation cap: BTC/USDT sell cut from 0.2 to 0.15") for r in tick_plans[0].reasons)
+
+
+def test_an_exit_the_executor_did_not_fill_gets_its_room_back_on_the_same_bar(nats_server: NatsEndpoint,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same liquidation, its first exit rejected at the venue (the leg ends rejected, the plan partial): the
+    next tick on the same bar sends it again.  Counted as if filled, it was held back for the rest of the bar, a
+    day on 1d, while the check said the switch had fired and nothing went out (found by an audit)."""
+    from services.executor.brokers.base import OrderRejectedError
+    from services.executor.brokers.paper import PaperBroker
+
+    settings = tick_settings(nats_server)
+    capture = Capture()
+    real_place = PaperBroker.place_market_order
+    sells = [0]
+
+    async def reject_the_first_sell(self: PaperBroker, symbol: str, side: str, qty: float, *args: Any,
+                                    **kwargs: Any) -> Any:
+        if side == "sell":
+            sells[0] += 1
+            if sells[0] == 1:
+                raise OrderRejectedError("Filter failure: NOTIONAL")
+        return await real_place(self, symbol, side, qty, *args, **kwargs)
+
+    monkeypatch.setattr(PaperBroker, "place_market_order", reject_the_first_sell)
+
+    async def scenario() -> tuple[list[PortfolioSnapshot], list[ApprovedPlan]]:
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+            await buy(js["risk"], settings, 0.2, 40_000.0)
+            await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+            ticks = await until(lambda: tick_snapshots(js["operator"], 2), "the exit sent again on the same bar")
+            return ticks, await approved_plans(js["operator"])
+
+    ticks, plans = asyncio.run(scenario())
+    tick_plans = [p.plan for p in plans if p.plan.cycle_id.startswith("tick-")]
+    assert [[(x.side, x.qty) for x in p.legs] for p in tick_plans[:2]] == [[("sell", 0.15)], [("sell", 0.15)]]
+    assert ticks[0].holdings == pytest.approx({"BTC/USDT": 0.2}) and ticks[0].status != "executed"
+    assert ticks[1].holdings == pytest.approx({"BTC/USDT": 0.05})  # the bar's room, sold once
