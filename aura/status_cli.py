@@ -169,7 +169,7 @@ def build_report(settings: Settings, view: Any, bus_problem: str, services: dict
         s = view.snapshot
         book = {"cycle_id": s.cycle_id, "status": s.status, "cash": s.cash, "holdings": dict(s.holdings),
                 "entry_prices": dict(s.entry_prices), "equity": s.equity, "committed_at_ms": s.committed_at_ms,
-                "drawdown": view.portfolio()["drawdown"], "peak": max(s.equity_history, default=s.equity),
+                "drawdown": view.portfolio()["drawdown"], "peak": max(*s.equity_history, s.equity),
                 "source": f"bus (the executor's signed snapshot; drawdown and peak over its last "
                           f"{len(s.equity_history)} cycles)"}
     else:

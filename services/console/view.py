@@ -394,11 +394,12 @@ class BusView:
         if snap is None:
             return {}
         positions, _ = position_rows(snap.holdings, snap.entry_prices, self.prices)
-        history = list(snap.equity_history)
+        # The snapshot's points are its bar cycles; the equity now (after a tick's exit, say) is measured too.
+        history = [*snap.equity_history, snap.equity]
         return {"cycle_id": snap.cycle_id, "status": snap.status, "equity": snap.equity, "cash": snap.cash,
                 "committed_at_ms": snap.committed_at_ms, "positions": positions,
                 "exposure": book_exposure(snap.equity, snap.cash),
-                "drawdown": drawdown(history)[-1] if history else 0.0}
+                "drawdown": drawdown(history)[-1]}
 
     def state(self) -> dict[str, Any]:
         snap = self.snapshot
