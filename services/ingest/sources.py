@@ -217,8 +217,11 @@ class SyncSource:
             missing = tuple(sym for sym, r in report.symbols.items() if not r.complete)
             warn(self.logger, "DATA_STALE", "cache incomplete after sync", cycle_id=cycle_id, missing=list(missing))
             return ReplayStep(-1, last_closed, cycle_id, None, missing)
-        panel = load_panel(config.cache_root, self.exchange, s.timeframe, symbols,
-                           start_ms=last_closed - (s.snapshot_bars - 1) * iv, end_ms=last_closed)
+        # From the synced range's start, ten bars more than the window: replay_step then keeps the last
+        # snapshot_bars *rows*, as the replay and the backtest count them.  Cut by time, a venue-wide outage (no
+        # candle for any pair: 28 in the hourly data) left the live window that many bars short (an audit).
+        panel = load_panel(config.cache_root, self.exchange, s.timeframe, symbols, start_ms=since,
+                           end_ms=last_closed)
         if len(panel.timestamps) == 0 or int(panel.timestamps[-1]) != last_closed:
             return ReplayStep(-1, last_closed, cycle_id, None, tuple(symbols))
         lacking = [sym for j, sym in enumerate(panel.symbols) if np.isnan(panel.close[-1, j])]

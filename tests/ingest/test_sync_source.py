@@ -183,3 +183,21 @@ def test_a_pair_the_exchange_has_no_decision_bar_for_is_said_and_a_held_one_hold
         assert src.done(step) is False  # asked again next poll; never planned without the holding's price
     else:
         assert step.snapshot is not None and step.snapshot.symbols == ("BTC/USDT",)
+
+
+def test_a_venue_wide_outage_leaves_the_window_its_full_length_in_rows(  # type: ignore[no-untyped-def]
+        tmp_path: Path, make_config, venue, data, shared_data_dir: Path) -> None:
+    """No pair has a candle for three days (a venue-wide outage): the backtest's panel has no row for them and
+    counts its windows in rows; the live window is the last 60 rows too, reaching three days further back.  Cut by
+    time, it was 57 rows, and a setting at what the parameters read made signal abort every cycle (an audit)."""
+    import polars as pl
+
+    day = 86_400_000
+    outage = [NOW - d * day for d in (20, 21, 22)]
+    for name in ("BTC_USDT", "ETH_USDT"):
+        data.set("1d", name, source(shared_data_dir, "1d", name).filter(~pl.col("timestamp").is_in(outage)))
+    step = asyncio.run(_source(tmp_path, make_config()).next_step())
+    assert step is not None and step.snapshot is not None and step.cycle_id == "1d-20241205T0000"
+    assert len(step.snapshot.timestamps) == 60
+    btc = source(shared_data_dir, "1d", "BTC_USDT").filter(~pl.col("timestamp").is_in(outage)).tail(60)
+    np.testing.assert_array_equal(step.snapshot.timestamps, btc["timestamp"].to_numpy())
