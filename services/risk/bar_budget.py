@@ -202,6 +202,9 @@ class BarBudget:
         self.js, self.key, self.count, self.health, self.logger = js, key, count, health, logger
         self.revision = revision  # of the count read or written last: the next write goes on top of it
         self.max_participation = max_participation
+        # Exits given back in memory (``unsend``) and not stored yet: ``seal`` stores them before the next
+        # decision, or a restart would read them as sent and hold the stop-loss back for the bar after all.
+        self.unstored = False
 
     @classmethod
     async def load(cls, js: JetStreamContext, key: Ed25519PrivateKey, max_participation: float,
@@ -221,10 +224,18 @@ class BarBudget:
         return self.count.on(bar_ms, volumes, self.max_participation)
 
     async def seal(self, bar_ms: int | None) -> None:
-        """After a count that did not verify, store the bar whose buys it closes, signed, as soon as that bar is
-        known: a restart on the same bar keeps it closed, one on a later bar finds a good count.  Left to the next
+        """Before a decision: exits given back and not stored yet are stored.  After a count that did not verify,
+        store the bar whose buys it closes, signed, as soon as that bar is known: a restart on the same bar keeps
+        it closed, one on a later bar finds a good count.  Left to the next
         plan with legs, a bad value would close the first bar of every start (for ever, if no plan sends
         anything, as with a flat book whose buys are all closed)."""
+        if self.unstored:
+            try:
+                await self._store(self.count)
+                self.unstored = False
+            except Exception as exc:  # memory has it; the next seal or plan tries again
+                self.health.inc("bar_budget_write_errors")
+                error(self.logger, "BAR_BUDGET", "the exits given back could not be stored", error=f"{exc}"[:300])
         if not (self.count.buys_closed and self.count.bar_ms is None and bar_ms is not None):
             return
         sealed = self.count.after(bar_ms, [])
@@ -235,11 +246,11 @@ class BarBudget:
             error(self.logger, "BAR_BUDGET", "the bar whose buys are closed could not be stored", bar_ms=bar_ms,
                   error=f"{type(exc).__name__}: {exc}"[:300])
             return
-        self.count = sealed
+        self.count, self.unstored = sealed, False
 
     def unsend(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
-        """A plan whose publish failed may never reach the executor: its exits are given back (in memory; the next
-        count stored carries it), so a stop-loss or a liquidation is not held back for the bar by it.  Its buys
+        """A plan whose publish failed may never reach the executor: its exits are given back (in memory, stored by
+        the next ``seal`` or ``record``), so a stop-loss or a liquidation is not held back for the bar by it.  Its buys
         stay counted: had it gone out after all, they must not be sent twice.  (Had its exits gone out too, that
         bar's exits trade up to twice the cap: the price of never holding capital protection back.)"""
         if bar_ms is not None and bar_ms != self.count.bar_ms:
@@ -248,6 +259,7 @@ class BarBudget:
             key = (leg.symbol, leg.side)
             if leg.side == "sell" and key in self.count.sent:
                 self.count.sent[key] = max(0.0, self.count.sent[key] - float(leg.qty))
+                self.unstored = True
 
     async def record(self, bar_ms: int | None, legs: Iterable[SentLeg]) -> None:
         """Store the count with ``legs`` added, before the plan that sends them is published; if it cannot be
@@ -263,7 +275,7 @@ class BarBudget:
             error(self.logger, "BAR_BUDGET", "the bar's count could not be stored; the plan is not published",
                   bar_ms=bar_ms, error=f"{type(exc).__name__}: {exc}"[:300])
             raise
-        self.count = new
+        self.count, self.unstored = new, False  # built on memory: any give-back is in it
 
     async def _store(self, count: SentInBar) -> None:
         self.revision, overwritten = await write_count(self.js, count, self.key, self.revision)

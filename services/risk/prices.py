@@ -33,10 +33,14 @@ class PriceRead:
     # tickers were read (live); never the host's.
     as_of_ms: int
     digest: str  # what the prices came from (snapshot digest, or a content id of the ticker answer)
-    # The open of the newest bar closed by ``as_of_ms``: the frame a cycle's as_of is in, on which the
-    # kill-switch's latch and cooldown count.  Live, ``as_of_ms`` is the exchange's clock, about a bar ahead of
-    # it: a tick that counted the cooldown on it re-armed a bar early (found by an audit).  0: no data time.
+    # The kill-switch's times in the frame of a cycle's as_of (a bar's open), not the exchange's clock a bar
+    # ahead of it (found by an audit: a tick re-armed a cycle's latch a bar early).  ``bar_open_ms``: the open of
+    # the newest bar closed, what the cooldown has run to.  ``latch_ms``: the bar whose prices these are, what a
+    # latch by this read is stamped with: live, the bar still forming (the backtest would catch the same loss at
+    # that bar's decision; stamped with the closed one, a tick's halt lasted a bar less); replay, the bar itself.
+    # 0: no data time.
     bar_open_ms: int = 0
+    latch_ms: int = 0
 
 
 class PriceSource(Protocol):
@@ -93,7 +97,8 @@ class ReplayPrices:
         except Exception as exc:
             warn(self.ctx.logger, "RISK_TICK", "could not read the newest snapshot's prices", error=str(exc)[:200])
             return None
-        return PriceRead(dict(self._cache[1]), list(ready.markets), ready.as_of_ms, ready.digest, ready.as_of_ms)
+        return PriceRead(dict(self._cache[1]), list(ready.markets), ready.as_of_ms, ready.digest, ready.as_of_ms,
+                         ready.as_of_ms)
 
     async def exchange_ms(self) -> int | None:
         return None
@@ -146,8 +151,9 @@ class LivePrices:
             warn(self.ctx.logger, "RISK_TICK", "ticker read failed", error=f"{type(exc).__name__}: {exc}"[:200])
             return None
         bar_ms = timeframe_ms(self.ctx.settings.timeframe)
+        forming = now // bar_ms * bar_ms
         return PriceRead(prices, markets, now, content_id({"prices": prices, "at": now}, prefix="tickers-"),
-                         now // bar_ms * bar_ms - bar_ms)
+                         forming - bar_ms, forming)
 
     async def exchange_ms(self) -> int | None:
         return await self.client.fetch_time()

@@ -211,7 +211,8 @@ class Risk:
         except Exception:
             self.sent.unsend(bar, body.legs)
             raise
-        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id, bar,
+        # The bar the count took the legs on (``bar`` None: the one it was on), for a give-back (gone_unfilled).
+        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id, self.sent.count.bar_ms,
                                  tuple(leg for leg in body.legs if leg.side == "sell"))
         for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
             self.ctx.health.inc("legs_approved", reason=leg.reason)

@@ -105,12 +105,14 @@ async def tick(risk: Risk) -> TickDecision | None:
     latch = await risk.inputs.latch()
     held = sorted(s for s, q in basis.holdings.items() if q > 0)
     read: PriceRead | None = await risk.prices.read(held)
-    # The data's bar, in the cycles' frame (a bar's open): what the latch and the cooldown count on.
+    # The data's bars, in the cycles' frame (a bar's open): the newest closed, what the cooldown has run to, and
+    # the one these prices are of, what a latch now is stamped with (PriceRead).
     data_ms = read.bar_open_ms if read is not None else 0
+    latch_ms = read.latch_ms if read is not None else 0
     if read is None and not held:
         # Nothing held: equity is the cash, known exactly; a missing price read changes nothing.  No data
         # time either (0, as data_ms): the host's clock is no time of the data's (the exchange's, live).
-        read = PriceRead({}, [], data_ms, "no-prices", data_ms)
+        read = PriceRead({}, [], data_ms, "no-prices", data_ms, latch_ms)
     latch = await risk.rearm(latch, params, data_ms, basis)
     halted = latch.halted
     prices = read.prices if read is not None else None
@@ -141,7 +143,7 @@ async def tick(risk: Risk) -> TickDecision | None:
     assert read is not None
     ctx.health.set("drawdown", outcome.drawdown)
     target = tick_target(basis, read.prices, read.markets, params, version, read.as_of_ms, read.digest)
-    await risk.latch(target.cycle_id, outcome, latch, params, data_ms, basis)
+    await risk.latch(target.cycle_id, outcome, latch, params, latch_ms, basis)
     if outcome.legs:
         body = build_plan_body(target, basis, outcome, version)
         await risk.sign_and_publish(body, bar)

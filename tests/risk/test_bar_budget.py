@@ -71,3 +71,33 @@ def test_a_plan_that_failed_to_go_out_gives_its_exits_back_and_keeps_its_buys() 
     assert budget.on(BAR, {}) == {("BTC/USDT", "sell"): pytest.approx(0.05), ("ETH/USDT", "buy"): 2.0}
     budget.unsend(BAR + DAY, failed)  # another bar's plan changes nothing here
     assert budget.on(BAR, {}) == {("BTC/USDT", "sell"): pytest.approx(0.05), ("ETH/USDT", "buy"): 2.0}
+
+
+def test_exits_given_back_are_stored_before_the_next_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A give-back (a plan whose exit did not fill) lives in memory until stored: ``seal``, before every decision,
+    stores it, or a restart read the sells as sent and held the stop-loss back for the bar after all (an audit)."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from services.risk import bar_budget
+
+    stored: list[SentInBar] = []
+
+    async def write_count(js: object, count: SentInBar, key: object, revision: int) -> tuple[int, int]:
+        stored.append(SentInBar(count.bar_ms, dict(count.sent), count.buys_closed))
+        return revision + 1, 0
+
+    monkeypatch.setattr(bar_budget, "write_count", write_count)
+    budget = BarBudget(None, Ed25519PrivateKey.generate(), SentInBar(), 0, 0.1,  # type: ignore[arg-type]
+                       HealthState(service="risk"), logging.getLogger("t.budget"))
+    stop = Leg("BTC/USDT", "sell", 0.15, 40_000.0, "stop_loss")
+
+    async def scenario() -> None:
+        await budget.record(BAR, [stop])
+        budget.unsend(BAR, [stop])  # the executor did not fill it
+        await budget.seal(BAR)  # the next tick
+        await budget.seal(BAR)  # nothing new: nothing written
+
+    asyncio.run(scenario())
+    assert [c.sent for c in stored] == [{("BTC/USDT", "sell"): 0.15}, {("BTC/USDT", "sell"): 0.0}]

@@ -70,6 +70,12 @@ def test_a_live_price_read_carries_the_exchanges_time_not_the_hosts(tmp_path: Pa
     latched_by_the_cycle = 1_614_470_400_000
     assert not rearm_due(True, False, latched_by_the_cycle, read.bar_open_ms, 1, DAY_MS)
     assert rearm_due(True, False, latched_by_the_cycle, read.bar_open_ms + DAY_MS, 1, DAY_MS)  # the next bar's
+    # A latch by this tick is stamped with the bar its prices are of, still forming (2021-03-01): the backtest
+    # would catch the loss at that bar's decision.  Stamped with the closed one, a one-bar halt ended at the next
+    # day's first tick, half a day later (found by an audit).
+    assert read.latch_ms == 1_614_556_800_000
+    assert not rearm_due(True, False, read.latch_ms, read.bar_open_ms + DAY_MS, 1, DAY_MS)
+    assert rearm_due(True, False, read.latch_ms, read.bar_open_ms + 2 * DAY_MS, 1, DAY_MS)
 
 
 def test_an_unreadable_exchange_clock_is_a_failed_read(tmp_path: Path, venue: SimServer,
