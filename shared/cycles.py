@@ -15,6 +15,7 @@ or the replay's newest bar).
 from __future__ import annotations
 
 import calendar
+import re
 import time
 
 from aura.strategy.schedule import timeframe_ms
@@ -23,6 +24,15 @@ from shared.contracts import DataReady, DataStale
 
 def cycle_id_for(timeframe: str, as_of_ms: int) -> str:
     return f"{timeframe}-{time.strftime('%Y%m%dT%H%M', time.gmtime(as_of_ms / 1000))}"
+
+
+_BAR_CYCLE = re.compile(r"[0-9a-z]+-\d{8}T\d{4}")
+
+
+def is_bar_cycle(cycle_id: str) -> bool:
+    """Whether ``cycle_id`` is a bar's (:func:`cycle_id_for`), without parsing its date: the journal asks it of
+    every point of the kill-switch's window at every snapshot, and ``strptime`` took 4 ms for 365 of them."""
+    return _BAR_CYCLE.fullmatch(cycle_id) is not None
 
 
 def as_of_of_cycle(cycle_id: str) -> int | None:

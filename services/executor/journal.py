@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from services.executor.portfolio import FillRow
-from shared.cycles import as_of_of_cycle
+from shared.cycles import is_bar_cycle
 
 # Exchanges number trades per symbol (Binance does), so a trade id is unique only within its order's symbol:
 # the key is (client_order_id, trade_id), or a trade of one symbol would be dropped as a "duplicate" of
@@ -357,7 +357,7 @@ class Journal:
                 "SELECT cycle_id, equity, committed_ts_ms FROM snapshots ORDER BY seq DESC"):
             if len(points) >= limit:
                 break
-            if cycle_id in seen or (cycle_id != "genesis" and as_of_of_cycle(cycle_id) is None):
+            if cycle_id in seen or (cycle_id != "genesis" and not is_bar_cycle(cycle_id)):
                 continue
             seen.add(cycle_id)
             points.append((float(equity), int(at)))

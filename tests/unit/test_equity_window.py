@@ -64,3 +64,11 @@ def test_an_hourly_snapshot_holds_the_whole_hourly_window(tmp_path: Path) -> Non
     assert len(msgspec.json.encode(full)) < 160 * 1024
     daily = current_snapshot(journal, "1d")  # what a daily system carries: 365 points
     assert len(daily.equity_history) == 365
+
+
+def test_a_bar_cycle_is_told_apart_as_the_cycle_parser_does() -> None:
+    from shared.cycles import as_of_of_cycle, is_bar_cycle
+
+    ids = [cycle_id_for(tf, T0 + k * HOUR) for tf in ("1d", "4h", "1h") for k in range(60)]
+    ids += ["genesis", "tick-0123456789abcdef", "adopt-1733356800000", "1d-2024", "1d-20240101T0000x"]
+    assert [is_bar_cycle(c) for c in ids] == [as_of_of_cycle(c) is not None for c in ids]
