@@ -5,8 +5,9 @@ cycle plans once per bar, but the risk tick may plan again between cycles (stop-
 liquidation the cap cut short), on the same bar's volume: the cap is on the bar, so what earlier plans on it
 sent on the same side is taken off (a cycle's buy must not use up the room of a stop-loss exit).  Counted when
 a plan is published (as if it filled in full).  A plan that then ends without every leg filled (refused,
-rejected, partial, or never closed) gives its exits back (``Risk.gone_unfilled``): a stop-loss the venue rejected
-is sent again by the next tick, never held back for the bar; its buys stay counted (more careful, never less).
+rejected, partial, or never closed) gives back what its exits did not sell (``Risk.gone_unfilled``): a stop-loss
+the venue rejected is sent again by the next tick, never held back for the bar, and the part of an exit that did
+fill keeps its room taken; its buys stay counted (more careful, never less).
 
 The count is kept in the state bucket ``aura_state`` under ``risk.bar_sent``, as the latch ``risk.halted`` is:
 written by risk alone (bus permissions), signed with risk's key, verified when read.  In memory only, a restart

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import msgspec
@@ -86,6 +86,7 @@ class InFlight:
     cycle_id: str = ""
     bar: int | None = None  # the decision bar whose participation count took its legs
     sells: tuple[PlanLeg, ...] = ()  # its exits: given back to the count if they may not have filled
+    held: dict[str, float] = field(default_factory=dict)  # the basis's holdings of those exits' symbols
 
 
 class Risk:
@@ -142,17 +143,31 @@ class Risk:
         if snap.status in TRADED and as_of_of_cycle(snap.cycle_id) is not None:  # a bar's cycle, not a tick's
             self.traded = snap.cycle_id
         if snap.status != "executed":
-            self.gone_unfilled()
+            self.gone_unfilled(snap)
         self.inflight = None
 
-    def gone_unfilled(self) -> None:
-        """The plan in flight ended without all its legs filled (refused, rejected, partial, or never closed): its
-        exits go back to the bar's participation count, so the next tick may send them again.  Counted as filled,
-        a stop-loss the executor refused was held back for the rest of the bar, a day on 1d, with the check saying
-        stop_loss and nothing sent (found by an audit).  Sells that did fill are gone from the holdings the next
-        tick plans from; at worst the bar's exits trade up to twice the cap, the price ``unsend`` already pays."""
-        if self.inflight is not None and self.inflight.sells:
-            self.sent.unsend(self.inflight.bar, self.inflight.sells)
+    def gone_unfilled(self, closed: PortfolioSnapshot | None = None) -> None:
+        """The plan in flight ended without all its legs filled (refused, rejected, partial, or never closed): what
+        its exits did not sell goes back to the bar's participation count, so the next tick may send it again.
+        Counted as filled, a stop-loss the executor refused was held back for the rest of the bar, a day on 1d,
+        with the check saying stop_loss and nothing sent (found by an audit).
+
+        What did sell is what the holding lost between the plan's basis and the snapshot that ``closed`` it (a plan
+        never buys what it sells); only the rest is given back, so a partly filled exit cannot take the bar's room
+        twice (giving back whole legs let the next tick sell its filled part again: up to twice the cap, found by
+        an audit).  Never closed (refused before the journal, or lost): nothing is known to have sold, all of it
+        goes back, the price ``unsend`` already pays for a publish that may not have gone out."""
+        flight = self.inflight
+        if flight is None or not flight.sells:
+            return
+        unsold = list(flight.sells)
+        if closed is not None:
+            unsold = []
+            for leg in flight.sells:
+                sold = min(leg.qty, max(0.0, flight.held.get(leg.symbol, 0.0) - closed.holdings.get(leg.symbol, 0.0)))
+                if leg.qty - sold > 0:
+                    unsold.append(msgspec.structs.replace(leg, qty=leg.qty - sold))
+        self.sent.unsend(flight.bar, unsold)
 
     def settled(self, snap: PortfolioSnapshot) -> bool:
         """Whether the plan published last is closed in ``snap`` (or so old it never will be: refused)."""
@@ -201,7 +216,7 @@ class Risk:
                  "`aura risk reset`", cycle_id=cycle_id, drawdown_since_reset=round(outcome.drawdown_since_reset, 4),
                  cap=params.kill_switch_cap)
 
-    async def sign_and_publish(self, body: PlanBody, bar: int | None) -> None:
+    async def sign_and_publish(self, body: PlanBody, bar: int | None, basis: PortfolioSnapshot) -> None:
         # Write-ahead: the bar's count takes the legs before they go out (bar_budget.py); if it cannot, nothing goes.
         await self.sent.record(bar, body.legs)
         approved = sign_plan(body, self.inputs.key)
@@ -212,8 +227,9 @@ class Risk:
             self.sent.unsend(bar, body.legs)
             raise
         # The bar the count took the legs on (``bar`` None: the one it was on), for a give-back (gone_unfilled).
-        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id, self.sent.count.bar_ms,
-                                 tuple(leg for leg in body.legs if leg.side == "sell"))
+        sells = tuple(leg for leg in body.legs if leg.side == "sell")
+        self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id, self.sent.count.bar_ms, sells,
+                                 {leg.symbol: basis.holdings.get(leg.symbol, 0.0) for leg in sells})
         for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
             self.ctx.health.inc("legs_approved", reason=leg.reason)
 
@@ -343,7 +359,7 @@ class Risk:
                             max_participation=self.max_participation, sent=self.sent.on(bar, volumes))
         await self.latch(target.cycle_id, outcome, latch, params, target.as_of_ms, basis)
         body = build_plan_body(target, basis, outcome, version)
-        await self.sign_and_publish(body, bar)
+        await self.sign_and_publish(body, bar, basis)
         self.marks.update(prices)
         ctx.health.inc("plans_approved", gate=body.gate)
         ctx.health.set("drawdown", outcome.drawdown)  # `halted` follows the latch itself (RiskInputs._in_force)

@@ -146,7 +146,7 @@ async def tick(risk: Risk) -> TickDecision | None:
     await risk.latch(target.cycle_id, outcome, latch, params, latch_ms, basis)
     if outcome.legs:
         body = build_plan_body(target, basis, outcome, version)
-        await risk.sign_and_publish(body, bar)
+        await risk.sign_and_publish(body, bar, basis)
         ctx.health.inc("tick_plans")
         ctx.health.inc("plans_approved", gate=body.gate)
         warn(ctx.logger, "RISK_TICK", "tick triggered: exit plan signed and published", cycle_id=body.cycle_id,

@@ -155,3 +155,48 @@ def test_an_exit_the_executor_did_not_fill_gets_its_room_back_on_the_same_bar(na
     assert [[(x.side, x.qty) for x in p.legs] for p in tick_plans[:2]] == [[("sell", 0.15)], [("sell", 0.15)]]
     assert ticks[0].holdings == pytest.approx({"BTC/USDT": 0.2}) and ticks[0].status != "executed"
     assert ticks[1].holdings == pytest.approx({"BTC/USDT": 0.05})  # the bar's room, sold once
+
+
+def test_the_filled_part_of_a_partly_filled_exit_keeps_its_room_taken(nats_server: NatsEndpoint,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same liquidation, its first exit filled in part (0.1 of 0.15 BTC, the order expired with the rest):
+    only the 0.05 it did not sell goes back to the bar's room, so the ticks on that bar sell 0.15 in all, the cap.
+    Giving the whole leg back let the next tick sell 0.1 more on the same bar: 0.2, a third over the cap (found by
+    an audit)."""
+    from services.executor.brokers.base import OrderState
+    from services.executor.brokers.paper import PaperBroker
+
+    settings = tick_settings(nats_server)
+    capture = Capture()
+    real_place = PaperBroker.place_market_order
+    sells = [0]
+
+    async def fill_part_of_the_first_sell(self: PaperBroker, symbol: str, side: str, qty: float, *args: Any,
+                                          **kwargs: Any) -> Any:
+        if side == "sell":
+            sells[0] += 1
+            if sells[0] == 1:
+                state = await real_place(self, symbol, side, 0.1, *args, **kwargs)
+                part = OrderState(state.client_order_id, state.exchange_order_id, symbol, side, "expired", qty,
+                                  state.filled_qty, state.avg_price, state.fills)
+                self.orders[state.client_order_id] = part
+                return part
+        return await real_place(self, symbol, side, qty, *args, **kwargs)
+
+    monkeypatch.setattr(PaperBroker, "place_market_order", fill_part_of_the_first_sell)
+
+    async def scenario() -> tuple[list[PortfolioSnapshot], list[ApprovedPlan]]:
+        async with running(settings, "executor", "risk", handler=capture), \
+                role_connections(settings, "ingest", "risk", "operator") as js:
+            await buy(js["risk"], settings, 0.2, 40_000.0)
+            await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+            await until(lambda: tick_snapshots(js["operator"], 2), "the unsold part sent again on the same bar")
+            same_bar, _ = await rest_of_the_bar(capture, js, settings)
+            return same_bar, await approved_plans(js["operator"])
+
+    same_bar, plans = asyncio.run(scenario())
+    tick_plans = [p.plan for p in plans if p.plan.cycle_id.startswith("tick-")]
+    assert [[(x.side, x.qty) for x in p.legs] for p in tick_plans[:2]] == [[("sell", 0.15)], [("sell", 0.05)]]
+    assert same_bar[0].status == "partial" and same_bar[0].holdings == pytest.approx({"BTC/USDT": 0.1})
+    assert len(same_bar) == 2, "a tick on the same bar sold past the cap"
+    assert same_bar[1].holdings == pytest.approx({"BTC/USDT": 0.05})  # 0.15 sold on the bar: its room, once
