@@ -24,6 +24,7 @@ import polars as pl
 from services.ingest.coverage import (
     Disagreement,
     cross_check,
+    in_ranges,
     member,
     normalize,
     runs,
@@ -50,7 +51,7 @@ class SymbolState:
     known_ts: np.ndarray
     unfilled: list[Range]
     auth_names: set[str]  # providers whose candles are this exchange's own (incl. unattributed cache rows)
-    confirmed_before: list[Range]  # gaps confirmed by earlier syncs: never filled by padding rows
+    confirmed_before: list[Range]  # gaps confirmed by earlier syncs: filled only by the exchange's own candles
     empty_by: dict[str, list[Range]] = field(default_factory=dict)  # authoritative "no candle here"
     failed_auth: list[Range] = field(default_factory=list)
     notes: list[tuple[int, int, str]] = field(default_factory=list)  # why a range could not be answered
@@ -86,8 +87,11 @@ def ask_provider(
         return
     pad = cfg.lookback_bars * iv
     # Rows a provider sends from the lookback padding are kept too when the cache lacks them (warm-up
-    # history); where the cache has them they are cross-checked instead.  Never inside a confirmed gap.
-    no_fill = st.confirmed_before if auth else union(st.confirmed_before, all_empty(st))
+    # history); where the cache has them they are cross-checked instead.  A fallback never fills a confirmed
+    # gap.  The exchange's own sources do: a candle its API or archive now supplies where an earlier answer
+    # said none existed (a klines answer that lagged past the settle time) exists after all, and dropping it
+    # kept a hole that took the pair out of the screen for a lookback's length (~90 bars; found by an audit).
+    no_fill = [] if auth else union(st.confirmed_before, all_empty(st))
     asked = subtract(normalize([(max(0, s - pad), e) for s, e in todo]), no_fill)
     started = time.perf_counter()
     try:
@@ -120,6 +124,8 @@ def ask_provider(
     if overlap.height:
         report_disagreements(_cross_check(st, overlap, auth, cfg), provider.name, sym, timeframe, counters, rep)
     if new.height:
+        if auth and st.confirmed_before:
+            _late(new["timestamp"].to_numpy(), st.confirmed_before, provider.name, sym, timeframe, iv, counters)
         if provider.name not in st.names:
             st.names.append(provider.name)
         st.frames.append(new)
@@ -149,6 +155,18 @@ def ask_provider(
         supplied = runs(new["timestamp"].to_numpy(), iv)
         unavailable = subtract(todo, union(union(result.answered, failed), supplied))
         st.notes.extend((s, e, f"{provider.name}: does not have it") for s, e in unavailable)
+
+
+def _late(new_ts: np.ndarray, confirmed: list[Range], provider: str, sym: str, timeframe: str, iv: int,
+          counters: Counter[str]) -> None:
+    """Say so when the exchange's own source supplies candles inside gaps an earlier sync confirmed (they are
+    kept, and the gaps shrink by them: ``rebuild_gaps`` takes filled slots out)."""
+    late = new_ts[in_ranges(new_ts, confirmed)]
+    if len(late):
+        counters["late_candles"] += len(late)
+        warn(log, "DATA_LATE", f"{sym} {timeframe}: {provider} supplied {len(late)} candle(s) it had said did not "
+             f"exist, from {iso(int(late[0]))}; kept", symbol=sym, provider=provider, first=int(late[0]),
+             count=len(late), interval_ms=iv)
 
 
 def restore_held(st: SymbolState, iv: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,31 @@ def test_ccxt_tail_newest_candle_not_yet_published_stays_pending(make_config, ap
     assert api.counts["klines"] == 1  # only the pending candle is asked again
     src = source(shared_data_dir, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start)
     assert_frame_equal(cached(cfg, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start), src)
+
+
+def test_a_candle_the_api_confirmed_absent_is_kept_when_it_supplies_it_later(make_config, venue, api,
+                                                                              shared_data_dir: Path,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Three minutes after a close the klines answer still lacks the candle (an API that lagged past the settle
+    time), so the slot is a confirmed gap.  On the next bar the sync's lookback padding gets that candle from the
+    API: it is kept and the gap is gone.  Dropped, as it was, the hole stayed for good and took the pair out of the
+    screen for a lookback's length, about 90 bars (found by an audit)."""
+    cfg = make_config(providers=("tail",))  # the default padding: ten bars before what is missing
+    start = NOW - 30 * DAY
+    lagged = NOW - DAY + 180_000  # 2024-12-05 00:03: the 2024-12-04 candle closed three minutes ago
+    venue.sim.set_now(lagged)
+    api.fault("lagging_klines", "klines")
+    first = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, lagged).symbols["BTC/USDT"]
+    assert [(g.start, g.end, g.confirmed) for g in first.gaps] == [(NOW - 2 * DAY, NOW - DAY, True)]
+    api.clear_faults()
+    venue.sim.set_now(NOW_SYNC)
+    with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+        second = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, NOW_SYNC).symbols["BTC/USDT"]
+    assert second.complete and not second.gaps
+    src = source(shared_data_dir, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start)
+    assert_frame_equal(cached(cfg, "1d", "BTC_USDT").filter(pl.col("timestamp") >= start), src)
+    late = [r for r in caplog.records if getattr(r, "tag", "") == "DATA_LATE"]
+    assert len(late) == 1 and "supplied 1 candle(s) it had said did not exist, from 2024-12-04 00:00" in late[0].msg
 
 
 def test_ccxt_tail_a_pair_that_stopped_trading_is_a_confirmed_gap_two_minutes_after_the_close(
