@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -73,6 +74,7 @@ from shared.service import ServiceContext, warm_decision_kernels
 from shared.signing import sign_plan
 
 INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a plan this service just published
+UNCLOSED_KEPT = 256  # cycle ids remembered as planned with no snapshot closing the plan (Risk.unclosed)
 MAX_CYCLE_ID = 64  # an abort is published only for a cycle id this short (a forged target's may be anything)
 
 
@@ -116,6 +118,13 @@ class Risk:
         # seconds starved the stop-loss ticks, which wait for it.  A cycle closed without trading (aborted by
         # ingest before its data recovered, or a plan refused on a stale basis) is planned again.
         self.traded = ""
+        # Cycles whose plan no snapshot closed in time (a plan the executor refused as ``cycle_done``, or one
+        # still queued behind a slow executor).  Not planned again by this process: a copy of a cycle that traded
+        # before a restart of risk (its newest snapshot a tick's, so ``traded`` cannot tell) made a plan the
+        # executor refuses without closing, and one copy every ``cycle_timeout_s`` kept the ticks waiting for it
+        # most of the bar (found by an audit); each such cycle now costs one wait per process, and a plan that may
+        # still be queued is never doubled.  Bounded: only the current bar's cycle passes the live freshness check.
+        self.unclosed: OrderedDict[str, None] = OrderedDict()
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -178,6 +187,9 @@ class Risk:
             return True
         if time.monotonic() - self.inflight.since > self.ctx.settings.cycle_timeout_s:
             self.gone_unfilled()  # refused before the journal (a plan it cannot verify): no snapshot ever closes it
+            self.unclosed[self.inflight.cycle_id] = None
+            while len(self.unclosed) > UNCLOSED_KEPT:
+                self.unclosed.popitem(last=False)
             self.inflight = None
             return True
         return False
@@ -267,11 +279,14 @@ class Risk:
         with a log line and no plan: a redelivery, an ingest retry, or a copy sent to hold the ticks off)."""
         inflight = self.inflight is not None and self.inflight.cycle_id == target.cycle_id and \
             time.monotonic() - self.inflight.since <= self.ctx.settings.cycle_timeout_s
-        if target.cycle_id != self.traded and not inflight:
+        unclosed = target.cycle_id in self.unclosed
+        if target.cycle_id != self.traded and not inflight and not unclosed:
             return False
         self.ctx.health.inc("targets_not_replanned")
-        info(self.ctx.logger, "IDEMPOTENCY", "cycle already " + ("traded" if not inflight else "planned, its plan in "
-             "flight") + "; target not planned again", cycle_id=target.cycle_id, target_id=target.target_id[:40])
+        state = "planned, its plan in flight" if inflight else "planned, its plan never closed" if unclosed else \
+            "traded"
+        info(self.ctx.logger, "IDEMPOTENCY", f"cycle already {state}; target not planned again",
+             cycle_id=target.cycle_id, target_id=target.target_id[:40])
         return True
 
     async def refuse(self, target: TargetPortfolio, reason: str, detail: str, forged: bool = False) -> NoReturn:

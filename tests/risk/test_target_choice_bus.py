@@ -154,6 +154,82 @@ def test_a_cycle_gets_one_plan_however_many_valid_targets_name_it(nats_server: A
     assert out["skipped"] == 0, f"{out['skipped']} stop-loss ticks skipped for a plan in flight after the copies"
 
 
+def test_copies_of_a_traded_cycle_after_a_restart_of_risk_cost_one_wait_at_most(nats_server: Any) -> None:
+    """The cycle traded, a kill-switch exit followed on the same bar (the newest snapshot is a tick's), and risk
+    restarted: it no longer knows the cycle traded.  A compromised signal sends the genuine target again every 2 s.
+    The first copy gets a plan, which the executor refuses as ``cycle_done`` without closing it; risk waits for it
+    one ``cycle_timeout_s`` (3 s here) and then remembers the cycle as planned: the other five copies get no plan.
+    Before, each copy after a timeout got a plan and another wait, and the ticks skipped most of the time the copies
+    went on (44 of 59, found by an audit)."""
+    settings = nats_server.settings(AURA_RISK_TICK_S="0.2", AURA_CYCLE_TIMEOUT_S="3")
+    capture = Capture()
+    out: dict[str, Any] = {}
+
+    def signed(cycle_id: str) -> int:
+        return sum(1 for x in capture.fields("PLAN_APPROVED") if x.get("cycle_id") == cycle_id)
+
+    def skipped() -> int:
+        return sum(1 for r in capture.records if r.getMessage() == "tick skipped: a plan is in flight")
+
+    async def scenario() -> None:
+        async with role_connections(settings, "ingest", "signal", "risk", "operator") as js:
+            params = StrategyParams()
+            state = replay_signal_state(FIRST_BAR - 5, FIRST_BAR - 1, params, settings.snapshot_bars)
+            async with running(settings, "executor", handler=capture):
+                async with running(settings, "risk", handler=capture):
+                    await until(lambda: risk_ready(capture), "risk ready", 120)
+                    cycle_id, panel, markets = replay_snapshot(FIRST_BAR, settings.snapshot_bars)
+                    ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+                    genuine, state = make_target(ready, panel, params, 0, state)
+                    await publish(js["signal"], genuine, msg_id=genuine.target_id)
+
+                    async def executed() -> Any:
+                        snap = await snapshot(js["operator"])
+                        return snap if snap.cycle_id == cycle_id and snap.status == "executed" else None
+
+                    out["held"] = await until(executed, "the genuine cycle to execute")
+                    key = signing_key(settings.keys, "risk")
+                    _, revision, _ = await read_latch(js["operator"], key.public_key())
+                    await write_latch(js["risk"], LatchDoc(halted=True, capped=True, cycle_id="c0",
+                                                           latched_at_ms=1000), key, revision)
+
+                    async def tick_exit() -> Any:
+                        snap = await snapshot(js["operator"])
+                        return snap if snap.cycle_id.startswith("tick-") else None
+
+                    await until(tick_exit, "the kill-switch's exit to execute")
+                boots = len([x for x in capture.fields("BOOT") if x["msg"] == "risk ready"])
+
+                async def ready_again() -> bool:
+                    return len([x for x in capture.fields("BOOT") if x["msg"] == "risk ready"]) > boots
+
+                async with running(settings, "risk", handler=capture) as services:
+                    await until(ready_again, "risk ready again", 120)
+                    signed_before, skipped_before = signed(cycle_id), skipped()
+                    ticks_before = services["risk"].health.counters.get("risk_ticks", 0)
+                    for n in range(6):
+                        await publish(js["signal"], genuine, msg_id=f"{genuine.target_id}-copy{n}")
+                        await asyncio.sleep(2.0)
+                    health = services["risk"].health
+
+                    async def all_handled() -> bool:  # each copy: a plan signed, or acked without one
+                        return signed(cycle_id) - signed_before + \
+                            health.counters.get("targets_not_replanned", 0) >= 6
+
+                    await until(all_handled, "the six copies handled")
+                    out["signed"] = signed(cycle_id) - signed_before
+                    out["skipped"] = skipped() - skipped_before
+                    out["ticks"] = health.counters.get("risk_ticks", 0) - ticks_before
+                    out["red"] = [name for name, check in health.checks.items() if not check()[0]]
+
+    asyncio.run(scenario())
+    assert out["held"].holdings, "the genuine target should buy something"
+    assert out["signed"] == 1, f"{out['signed']} plans signed for copies of a traded cycle"
+    # One wait of 3 s at 0.2 s a tick is 15 skipped ticks; the copies went on for 12 s (60 ticks).
+    assert out["skipped"] <= 20 < out["ticks"], (out["skipped"], out["ticks"])
+    assert out["red"] == []
+
+
 def test_a_bar_aborted_as_stale_whose_data_then_recovers_is_still_planned(nats_server: Any) -> None:
     """Ingest declares a bar stale (one provider failed) and aborts it, then the data completes on its next poll
     and it announces the bar: the cycle closed without trading, so its target is planned and executed."""
