@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 
-from shared.contracts import PlanBody
+import msgspec
+
+from shared.contracts import PlanBody, plan_id_for
 from shared.market_rules import QUOTE, in_account_currency
 
 SIDES = ("buy", "sell")
@@ -43,4 +45,11 @@ def plan_shape_refusal(plan: PlanBody) -> str:
         if first != position:
             return (f"legs {first} and {position} both {leg.side} {leg.symbol[:40]!r}: one order per symbol and "
                     "side (listed twice, each would get the whole per-order cap)")
+    # The executor keys its journal, its idempotency and its order ids on the plan id: a signed plan that reused
+    # the id of another (one still executing) skipped the one-trade-per-cycle, basis and books checks and placed
+    # its legs under the other's order ids (found by an audit).  Risk's planner derives the id from the body.
+    fields = msgspec.structs.asdict(plan)
+    del fields["plan_id"]
+    if plan.plan_id != plan_id_for(fields):
+        return f"plan id {plan.plan_id[:40]!r} is not the digest of the plan's contents (the planner's plan_id_for)"
     return ""

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from nats.js import JetStreamContext
@@ -437,3 +438,34 @@ def test_a_signed_plan_listing_one_order_many_times_is_refused(nats_server: Nats
     assert snap.holdings.get("BTC/USDT", 0) == pytest.approx(0.01, rel=0.01)  # the honest plan's buy alone
     forged = capture.fields("FORGED_PLAN")
     assert forged and "no planner makes" in forged[0]["msg"] and "legs 0 and 1" in forged[0]["reason"], forged
+
+
+def test_a_signed_plan_under_another_plans_id_is_refused(nats_server: NatsEndpoint) -> None:
+    """A compromised risk signs an ETH buy under the id of a BTC plan the executor already has.  The executor keys
+    its journal, its idempotency and its order ids on the plan id: taken as that plan's redelivery, a plan B under
+    the id of a plan A still executing skipped the one-trade-per-cycle, basis and books checks and placed B's legs
+    under A's order ids (found by an audit).  A plan id that is not the digest of the plan's contents is refused
+    before anything is journaled, dead-lettered as malformed_plan."""
+    settings = nats_server.settings()
+    capture = Capture()
+
+    async def scenario() -> tuple[list[DeadLetter], PortfolioSnapshot]:
+        async with executor(nats_server, capture) as rig:
+            first = await send_buy(rig, "1d-20240101T0000")
+            await until(lambda: executed(rig, first), "the genuine plan to execute")
+            basis = (await snapshot(rig.risk)).snapshot_id
+            legs = [PlanLeg(0, "ETH/USDT", "buy", 0.5, 2_000.0, "enter")]
+            other = msgspec.structs.replace(first, cycle_id="1d-20240102T0000", basis_snapshot_id=basis, legs=legs,
+                                            prices={"ETH/USDT": 2_000.0})
+            await publish(rig.risk, sign_plan(other, signing_key(rig.settings.keys, "risk")), msg_id="p-reused")
+
+            async def lettered() -> list[DeadLetter]:
+                return [d for d in await executor_letters(rig) if d.reason == "malformed_plan"]
+
+            letters = await until(lettered, "the plan's dead letter")
+            return letters, await snapshot(rig.operator)
+
+    letters, snap = asyncio.run(scenario())
+    assert len(letters) == 1 and "is not the digest of the plan's contents" in letters[0].error, letters
+    assert "ETH/USDT" not in snap.holdings
+    assert journal_rows(settings, "SELECT count(*) FROM intents WHERE symbol='ETH/USDT'")[0][0] == 0

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
-from shared.contracts import PlanBody, PlanLeg
+from shared.contracts import PlanBody, PlanLeg, plan_id_for
 from shared.plan_checks import MAX_PLAN_LEGS, plan_shape_refusal
 
 
 def plan(legs: list[PlanLeg]) -> PlanBody:
     fields: dict[str, Any] = {
-        "plan_id": "p", "cycle_id": "c", "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 0,
+        "cycle_id": "c", "as_of_ms": 0, "data_digest": "d", "target_id": "t", "params_version": 0,
         "params_digest": "p", "basis_snapshot_id": "b", "gate": "pass", "halted": False, "reasons": [],
         "prices": {}, "legs": legs}
-    return PlanBody(**fields)
+    return PlanBody(plan_id=plan_id_for(fields), **fields)
 
 
 def test_a_planners_plan_passes() -> None:
@@ -45,3 +46,11 @@ def test_a_planners_plan_passes() -> None:
 ])
 def test_a_shape_no_planner_makes_is_refused(legs: list[PlanLeg], said: str) -> None:
     assert said in plan_shape_refusal(plan(legs))
+
+
+def test_a_plan_whose_id_is_not_the_digest_of_its_contents_is_refused() -> None:
+    """A signed plan reusing another plan's id (one still executing) would be taken for that plan's redelivery."""
+    genuine = plan([PlanLeg(0, "BTC/USDT", "buy", 0.01, 60_000.0, "enter")])
+    other = msgspec.structs.replace(genuine, legs=[PlanLeg(0, "ETH/USDT", "buy", 1.0, 3000.0, "enter")])
+    assert plan_shape_refusal(genuine) == ""
+    assert "is not the digest of the plan's contents" in plan_shape_refusal(other)
