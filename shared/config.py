@@ -277,8 +277,24 @@ def default_snapshot_bars(timeframe: str) -> int:
     return max(400, math.ceil(1.25 * history_bars(rescale(StrategyParams(), PARAMS_TIMEFRAME, timeframe).params)))
 
 
-def _check_live_cap(s: Settings, sources: dict[str, str]) -> None:
-    """Live trading needs a per-order cap the operator chose: the default is no cap at all for real money."""
+# The venues whose API the executor's order safety is built and tested on (the project's Binance-format simulator):
+# an order is found again by its client order id (origClientOrderId), so an answer lost in a timeout is never taken
+# for an order not placed and sent a second time; and a market buy spends an exact quote amount (quoteOrderQty).  On
+# other ccxt venues the lookup is a guess (Gemini's fetch_order ignores a client id) and a buy by quantity on a thin
+# book spent past AURA_MAX_ORDER_USDT and the journal's cash (found by an audit): paper trading on their data
+# works, live trading is refused at start.
+LIVE_VENUES = ("binance", "binanceus")
+
+
+def _check_live_trading(s: Settings, sources: dict[str, str]) -> None:
+    """Live trading needs a per-order cap the operator chose (the default is no cap at all for real money) and a
+    venue the executor's order safety is tested on (``LIVE_VENUES``)."""
+    if not s.dry_run and s.exchange_id not in LIVE_VENUES:
+        raise ConfigError(
+            f"setting exchange_id (env AURA_EXCHANGE_ID): live trading (AURA_DRY_RUN=false) on {s.exchange_id!r} is "
+            f"refused: the executor finds a lost order by its client order id and buys by quote amount only on "
+            f"{', '.join(LIVE_VENUES)}; elsewhere an order whose answer was lost could be sent twice and a buy could "
+            f"spend past the caps; keep AURA_DRY_RUN=true on this venue")
     if not s.dry_run and "max_order_usdt" not in sources:
         raise ConfigError(
             f"setting max_order_usdt (env AURA_MAX_ORDER_USDT) must be set for live trading (AURA_DRY_RUN=false): "
@@ -299,7 +315,7 @@ def load_settings(env: dict[str, str] | None = None, *, places_orders: bool = Tr
     settings = Settings(**values)
     _validate(settings)
     if places_orders:
-        _check_live_cap(settings, sources)
+        _check_live_trading(settings, sources)
     return settings
 
 

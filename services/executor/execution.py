@@ -278,7 +278,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             note = "; ".join(x for x in (note, budget_note) if x)
             # A venue that cannot buy by quote amount (ccxt's createMarketBuyOrderWithCost) buys ``qty``: never
             # more than the budget buys at the price just read, with the deviation the guard allows as headroom
-            # for the price moving before the match.  (Binance spends ``quote_amount`` exactly.)
+            # for the price moving before the match.  (Binance spends ``quote_amount`` exactly.)  Live trading on
+            # such a venue is refused at start (shared/config.py LIVE_VENUES, live.py); this stays the bound for
+            # any broker that buys by quantity.
             affordable = quote_amount / (price * (1.0 + guard.max_price_deviation)) if quote_amount > 0 else 0.0
             qty = min(qty, floor_to_step(affordable, rules[leg.symbol].step_size))
         if note:

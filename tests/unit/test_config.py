@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,39 @@ def test_live_trading_without_a_per_order_cap_is_refused_naming_it() -> None:
     # An empty variable is unset (shared/config.py ignores it), so still refused.
     with pytest.raises(ConfigError, match="max_order_usdt"):
         load_settings({**LIVE, "AURA_MAX_ORDER_USDT": ""})
+
+
+def test_live_trading_on_a_venue_the_executors_order_safety_is_not_tested_on_is_refused() -> None:
+    """On Gemini ccxt's fetch_order ignores a client order id, so an order whose answer was lost could be sent twice,
+    and a buy goes out by quantity, so a thin book spent past the cap (found by an audit).  Paper trading there is
+    fine; live trading is refused by the executor's settings (and `aura up`'s) before anything starts."""
+    venue = {**LIVE, "AURA_MAX_ORDER_USDT": "250", "AURA_EXCHANGE_ID": "gemini"}
+    with pytest.raises(ConfigError, match=r"setting exchange_id \(env AURA_EXCHANGE_ID\): live trading "
+                                          r"\(AURA_DRY_RUN=false\) on 'gemini' is refused.*binance, binanceus"):
+        load_settings(venue)
+    assert load_settings(venue, places_orders=False).exchange_id == "gemini"  # the services that place no order
+    assert load_settings({**venue, "AURA_DRY_RUN": "true"}).exchange_id == "gemini"  # paper trading on its data
+    assert load_settings({**venue, "AURA_EXCHANGE_ID": "binanceus"}).exchange_id == "binanceus"
+
+
+def test_the_live_broker_refuses_a_ccxt_that_cannot_buy_by_quote_amount(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked on the ccxt in use too: a version of it without quote-amount market buys on the venue is refused."""
+    from services.executor import live
+    from services.executor.brokers.ccxt_broker import CcxtBroker
+
+    class NoCostBuys(CcxtBroker):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.exchange.has = {**self.exchange.has, "createMarketBuyOrderWithCost": False}
+
+    monkeypatch.setenv("AURA_EXCHANGE_API_KEY", "k")
+    monkeypatch.setenv("AURA_EXCHANGE_API_SECRET", "s")
+    settings = load_settings({**LIVE, "AURA_MAX_ORDER_USDT": "250"})
+    logger = logging.getLogger("aura.test.live")
+    assert live.make_live_broker(settings, logger).exchange.has["createMarketBuyOrderWithCost"]
+    monkeypatch.setattr(live, "CcxtBroker", NoCostBuys)
+    with pytest.raises(ConfigError, match=r"ccxt cannot place a market buy by quote amount on 'binance'"):
+        live.make_live_broker(settings, logger)
 
 
 def test_live_trading_with_the_cap_in_the_environment_is_accepted() -> None:
