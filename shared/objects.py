@@ -9,7 +9,7 @@ import json
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_DEFAULT_CHUNK_SIZE, ObjectStore
 
 from shared.bus import BusNotProvisioned
 from shared.candles import digest
@@ -38,11 +38,19 @@ async def read_object(js: JetStreamContext, bucket: str, name: str, max_bytes: i
     size, chunks = int(info_doc.get("size", 0)), int(info_doc.get("chunks", 0))
     if max_bytes is not None and size > max_bytes:
         raise ObjectTooLarge(f"object {name[:16]} claims {size} bytes, more than the {max_bytes} its reader accepts")
+    # One direct get per chunk: a meta claiming many tiny (or empty) chunks made every read thousands of round
+    # trips, 20 s for 50,000 empty ones, and risk read the object on each tick under its lock (found by an audit).
+    # Every writer here is nats-py's put, whose chunks are full but the last: no more than the size needs.
+    if chunks > -(-size // OBJ_DEFAULT_CHUNK_SIZE):
+        raise ObjectTooLarge(f"object {name[:16]} claims {chunks} chunks for {size} bytes, more than "
+                             f"{OBJ_DEFAULT_CHUNK_SIZE}-byte chunks need")
     out = bytearray()
     seq = 1
     for _ in range(chunks):
         chunk = await js.get_msg(stream, seq=seq, subject=chunk_subject, direct=True, next=True)
-        out += chunk.data or b""
+        if not chunk.data:
+            raise ValueError(f"object {name[:16]} has an empty chunk")
+        out += chunk.data
         if len(out) > size:
             raise ObjectTooLarge(f"object {name[:16]} holds more than the {size} bytes its meta claims")
         seq = int(chunk.seq or 0) + 1

@@ -37,24 +37,27 @@ def test_an_object_claiming_more_than_a_reader_accepts_is_refused_before_it_is_r
         nats_server: NatsEndpoint) -> None:
     settings = nats_server.settings()
 
-    async def scenario() -> tuple[str, str, bytes | None]:
+    async def scenario() -> tuple[str, str, str, bytes | None]:
         async with role_connections(settings, "ingest", "risk") as js:
             store = await candle_writer(js["ingest"])
             await store.put("real", b"x" * 300_000)  # three chunks of nats-py's 128 KiB
             await forge_meta(js["ingest"], "a" * 64, "real", 1 << 30, 8192)
-            await forge_meta(js["ingest"], "b" * 64, "real", 1000, 3)  # chunks hold more than it says
+            await forge_meta(js["ingest"], "b" * 64, "real", 1000, 1)  # its chunk holds more than it says
+            # 50,000 empty chunks (3.5 MB, published in a second) each cost a direct get: 20 s a read, every tick.
+            await forge_meta(js["ingest"], "c" * 64, "real", 300_000, 50_000)
             said = []
-            for name in ("a" * 64, "b" * 64):
+            for name in ("a" * 64, "b" * 64, "c" * 64):
                 try:
                     await verified_candles(js["risk"], name)
                     said.append("read")
                 except ObjectTooLarge as exc:
                     said.append(str(exc))
-            return said[0], said[1], await read_object(js["risk"], CANDLE_BUCKET, "real")
+            return said[0], said[1], said[2], await read_object(js["risk"], CANDLE_BUCKET, "real")
 
-    claimed_huge, ran_over, real = asyncio.run(scenario())
+    claimed_huge, ran_over, many_chunks, real = asyncio.run(scenario())
     assert f"claims {1 << 30} bytes, more than the {CANDLE_OBJECT_MAX_BYTES}" in claimed_huge, claimed_huge
     assert "holds more than the 1000 bytes its meta claims" in ran_over, ran_over
+    assert "claims 50000 chunks for 300000 bytes" in many_chunks, many_chunks
     assert real == b"x" * 300_000  # an honest object still reads whole
 
 
