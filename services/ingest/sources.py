@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from services.ingest.cache import load_panel
-from services.ingest.providers.base import Provider, interval_ms, last_closed_open
+from services.ingest.providers.base import Provider, interval_ms, last_closed_open, unified_symbol
 from services.ingest.providers.ccxt_tail import make_exchange
 from services.ingest.replay import (
     ReplayStep,
@@ -30,7 +30,7 @@ from services.ingest.replay import (
 from services.ingest.sync import sync
 from services.ingest.sync_config import IngestConfig, build_providers
 from services.ingest.venue import MarketsUnavailable, VenueUniverse
-from shared.config import Settings
+from shared.config import ConfigError, Settings
 from shared.cycles import cycle_id_for
 from shared.logging import info, warn
 
@@ -261,6 +261,14 @@ class SyncSource:
 
 
 def fixed_symbols(settings: Settings) -> list[str] | None:
-    """AURA_SYMBOLS as a list: an explicit, fixed universe; None when unset (sync mode: the venue's screen)."""
-    symbols = [sym.strip() for sym in settings.symbols.split(",") if sym.strip()]
-    return symbols or None
+    """AURA_SYMBOLS as a list of unified symbols: an explicit, fixed universe; None when unset (sync mode: the
+    venue's screen).  Written as the CLI takes them (BTC/USDT, BTC_USDT or BTCUSDT): taken verbatim, ETH_USDT
+    matched no market and left the universe as "not trading" (found by an audit).  ConfigError for one that is
+    no pair at all."""
+    symbols: list[str] = []
+    for sym in (s for s in settings.symbols.split(",") if s.strip()):
+        try:
+            symbols.append(unified_symbol(sym))
+        except ValueError as exc:
+            raise ConfigError(f"setting symbols (env AURA_SYMBOLS): {exc}") from exc
+    return list(dict.fromkeys(symbols)) or None

@@ -207,3 +207,16 @@ def test_a_sync_step_carries_the_venues_rules_or_is_stale(tmp_path: Path, make_c
     assert step is not None and step.snapshot is not None and step.rules is not None
     assert set(step.snapshot.symbols) == set(step.rules) == set(top_by_volume(venue, 3))
     assert "3 pairs" in src.universe_detail()
+
+
+def test_aura_symbols_take_the_spellings_the_cli_takes_and_refuse_what_is_no_pair(tmp_path: Path) -> None:
+    """Taken verbatim, ETH_USDT and solusdt matched no market: the universe shrank to BTC/USDT with a
+    "[DELISTED] ... not trading" line that was not true (found by an audit)."""
+    from services.ingest.sources import fixed_symbols
+    from shared.config import ConfigError
+
+    assert fixed_symbols(_settings(tmp_path, symbols="BTC/USDT, ETH_USDT,solusdt,ETH/USDT")) == [
+        "BTC/USDT", "ETH/USDT", "SOL/USDT"]
+    with pytest.raises(ConfigError, match=r"setting symbols \(env AURA_SYMBOLS\): symbol 'BTC' is not BASE/QUOTE"):
+        fixed_symbols(_settings(tmp_path, symbols="ETH/USDT,BTC"))
+    assert fixed_symbols(_settings(tmp_path)) is None
