@@ -213,17 +213,26 @@ async def exit_volumes(source: PriceSource, held: list[str], timeframe: str, bar
 CLOSE_TOLERANCE = 0.02
 
 
-async def venue_checked_closes(source: PriceSource, held: list[str], timeframe: str, bar: int,
-                               closes: dict[str, float], logger: logging.Logger) -> tuple[dict[str, float], str]:
-    """Live: (``closes`` to plan with, why the announced decision-bar closes of the held coins are not the venue's
-    or '').  Equity, the drawdown and the stops are measured on these closes, so a compromised ingest could
-    otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  A held coin the
-    venue gives no candle for (not out yet, or not listed any more) cannot be confirmed: it is left out of the
-    closes, valued at its last mark as any coin without a price.  With no venue (the replay): ``closes`` as they
-    are.  Raises on a failed read (the target is handled again)."""
-    candles = await source.bar_candles(held, timeframe, bar)
+async def venue_checked_bar(source: PriceSource, held: list[str], wanted: list[str], timeframe: str, bar: int,
+                            closes: dict[str, float], volumes: dict[str, float], logger: logging.Logger,
+                            ) -> tuple[dict[str, float], dict[str, float], str]:
+    """Live, a cycle's decision bar checked against the venue's own candles in one read: (the ``closes`` to plan
+    with, the ``volumes`` its legs are capped by, why the announced closes of the held coins are not the venue's
+    or '').  With no venue (the replay): ``closes`` and ``volumes`` as announced.  Raises on a failed read (the
+    target is handled again).
+
+    * Closes of ``held`` coins: equity, the drawdown and the stops are measured on them, so a compromised ingest
+      could otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  A held coin
+      the venue gives no candle for (not out yet, or not listed any more) cannot be confirmed: left out of the
+      closes, valued at its last mark as any coin without a price.
+    * Volumes of ``held`` coins and of the coins the target ``wanted`` (weighted, not held: what the plan may buy)
+      are the venue's.  Announced by ingest alone, a huge volume for an illiquid coin let a cycle's buy past the
+      participation cap, and a tiny one held a cycle's exits back (found by an audit).  Where the venue gives no
+      candle, an exit goes out uncapped (NaN: never held back by a number nobody verified, as the ticks do) and a
+      buy gets no room (0: no risk taken on a market whose volume cannot be confirmed)."""
+    candles = await source.bar_candles(sorted({*held, *wanted}), timeframe, bar)
     if candles is None:
-        return closes, ""
+        return closes, volumes, ""
     out = dict(closes)
     for sym in held:
         announced = closes.get(sym)
@@ -236,9 +245,17 @@ async def venue_checked_closes(source: PriceSource, held: list[str], timeframe: 
             continue
         venue = candles[sym][0]
         if not math.isclose(announced, venue, rel_tol=CLOSE_TOLERANCE):
-            return closes, f"announced close {announced:.8g} of held {sym} at bar {bar} is not the venue's " \
-                           f"({venue:.8g})"
-    return out, ""
+            return closes, volumes, f"announced close {announced:.8g} of held {sym} at bar {bar} is not the " \
+                                    f"venue's ({venue:.8g})"
+    checked = dict(volumes)
+    for sym in sorted({*held, *wanted}):
+        published = candles[sym][1] if sym in candles else (math.nan if sym in held else 0.0)
+        announced = volumes.get(sym, math.nan)
+        if math.isfinite(announced) and not math.isclose(announced, published, rel_tol=0.01):
+            warn(logger, "DATA_DISAGREE", "announced bar volume is not the venue's; the venue's caps the plan",
+                 symbol=sym, bar_ms=bar, announced=announced, venue=published)
+        checked[sym] = published
+    return out, checked, ""
 
 
 def make_price_source(ctx: ServiceContext) -> PriceSource:

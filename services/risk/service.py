@@ -48,7 +48,7 @@ from services.risk.costs import Costs
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
-from services.risk.prices import PriceSource, make_price_source, venue_checked_closes
+from services.risk.prices import PriceSource, make_price_source, venue_checked_bar
 from services.risk.stale import follow_notices, notice_clock
 from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, committed_peak, latch_view, portfolio_state
@@ -354,8 +354,10 @@ class Risk:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
-        prices, forged = await venue_checked_closes(self.prices, held, ctx.settings.timeframe,
-                                                    int(panel.timestamps[-1]), prices, ctx.logger)
+        wanted = sorted(s for s, w in target.weights.items() if w > 0 and s not in held)
+        bar = int(panel.timestamps[-1])
+        prices, volumes, forged = await venue_checked_bar(self.prices, held, wanted, ctx.settings.timeframe, bar,
+                                                          prices, decision_bar_volumes(panel), ctx.logger)
         if forged:
             await self.refuse(target, "forged_data", forged, forged=True)
         if basis.cycle_id == target.cycle_id and basis.status in TRADED:
@@ -367,7 +369,6 @@ class Risk:
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
-        bar, volumes = int(panel.timestamps[-1]), decision_bar_volumes(panel)
         await self.sent.seal(bar)
         outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
                             params, cost.rate, marks=marks, volumes=volumes,

@@ -62,21 +62,50 @@ def test_the_replay_keeps_the_announced_volumes() -> None:
 
 
 def test_held_closes_are_checked_against_the_venues_own_candle() -> None:
-    from services.risk.prices import venue_checked_closes
+    from services.risk.prices import venue_checked_bar
 
     def check(venue: Venue, closes: dict[str, float]) -> tuple[dict[str, float], str]:
-        return asyncio.run(venue_checked_closes(venue, ["BTC/USDT"], "1d", NEWEST, closes, LOG))  # type: ignore[arg-type]
+        out, _, forged = asyncio.run(venue_checked_bar(venue, ["BTC/USDT"], [], "1d", NEWEST, closes, {}, LOG))  # type: ignore[arg-type]
+        return out, forged
 
     assert check(Venue(), {"BTC/USDT": 101_500.0, "ETH/USDT": 5.0}) == ({"BTC/USDT": 101_500.0, "ETH/USDT": 5.0}, "")
     assert "not the venue's" in check(Venue(), {"BTC/USDT": 50_000.0})[1]  # half the close: refused
     assert "not the venue's" in check(Venue(), {"BTC/USDT": 97_500.0})[1]  # beyond a fallback source's 2%
     assert check(Venue(), {}) == ({}, "")  # no close in the data: valued at its mark, nothing to compare
     assert check(Venue(clock=None), {"BTC/USDT": 1.0}) == ({"BTC/USDT": 1.0}, "")  # the replay: no venue
-
-    class Unpublished(Venue):
-        async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
-                              ) -> dict[str, tuple[float, float]] | None:
-            return {}
-
     # Not confirmable (not out yet, or no longer listed): neither refused as forged nor believed; its last mark.
     assert check(Unpublished(), {"BTC/USDT": 100_000.0, "ETH/USDT": 5.0}) == ({"ETH/USDT": 5.0}, "")
+
+
+class Unpublished(Venue):
+    """A venue with candles for BTC/USDT only (the others not out yet, or no longer listed)."""
+
+    async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
+                          ) -> dict[str, tuple[float, float]] | None:
+        return {s: (100_000.0, 20_000.0) for s in symbols if s == "BTC/USDT" and s not in self.missing}
+
+    missing: tuple[str, ...] = ("BTC/USDT",)
+
+
+def test_a_cycles_legs_are_capped_by_the_venues_volumes_not_the_announced_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A compromised ingest announces a huge volume for the illiquid coin signal is about to buy (its buy would pass
+    the participation cap) and a tiny one for a held coin (its exit would be held back).  Live, the venue's own
+    volumes of the decision bar cap the plan; a coin to buy that the venue has no candle for gets no room, a held
+    one the venue has no candle for is not held back."""
+    from services.risk.prices import venue_checked_bar
+
+    def caps(venue: Venue, held: list[str], wanted: list[str], announced: dict[str, float]) -> dict[str, float]:
+        return asyncio.run(venue_checked_bar(venue, held, wanted, "1d", NEWEST, {}, announced, LOG))[1]  # type: ignore[arg-type]
+
+    announced = {"BTC/USDT": 0.001, "ETH/USDT": 5e9, "SOL/USDT": 7.0}
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        out = caps(Venue(), ["BTC/USDT"], ["ETH/USDT"], announced)
+    assert out == {"BTC/USDT": 20_000.0, "ETH/USDT": 20_000.0, "SOL/USDT": 7.0}  # SOL: neither held nor bought
+    said = sorted(r.fields["symbol"] for r in caplog.records if getattr(r, "tag", None) == "DATA_DISAGREE")  # type: ignore[attr-defined]
+    assert said == ["BTC/USDT", "ETH/USDT"]
+    gone = Unpublished()
+    gone.missing = ("BTC/USDT",)
+    out = caps(gone, ["BTC/USDT"], ["ETH/USDT"], announced)
+    assert math.isnan(out["BTC/USDT"]) and out["ETH/USDT"] == 0.0
+    assert caps(Venue(clock=None), ["BTC/USDT"], ["ETH/USDT"], announced) == announced  # the replay: as announced

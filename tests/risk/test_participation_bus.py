@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,55 @@ def test_the_filled_part_of_a_partly_filled_exit_keeps_its_room_taken(nats_serve
     assert same_bar[0].status == "partial" and same_bar[0].holdings == pytest.approx({"BTC/USDT": 0.1})
     assert len(same_bar) == 2, "a tick on the same bar sold past the cap"
     assert same_bar[1].holdings == pytest.approx({"BTC/USDT": 0.05})  # 0.15 sold on the bar: its room, once
+
+
+def test_live_a_cycles_buys_are_capped_by_the_venues_volumes_not_the_announced_ones(nats_server: NatsEndpoint,
+                                                                                     shared_data_dir: Path) -> None:
+    """A compromised ingest announces the replay's mid-2019 bar with the venue's closes but five billion coins traded
+    of every pair; signal computes its target on it in good faith.  Capped by the announced volumes, every buy had
+    all the room it wanted; live risk caps each by the venue's own volume of that bar (its klines), a cut the plan's
+    reasons name with the venue's number."""
+    import time
+
+    from aura.exchange_sim import SimConfig, SimServer
+    from aura.strategy.params import StrategyParams
+    from services.signal.service import make_target
+    from shared.bus import publish
+    from shared.cycles import cycle_id_for
+    from tests.bus_helpers import announce_panel, executor_signed, replay_signal_state
+
+    day = 86_400_000
+    cycle_id, panel, markets = replay_snapshot(FIRST_BAR)
+    bar = int(panel.timestamps[-1])
+    panel.volume[-1, :] = 5e9
+    venue_symbols = tuple(s.replace("/", "") for s in panel.symbols)
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=venue_symbols,
+                       start=time.strftime("%Y-%m-%d", time.gmtime((bar + day) / 1000)))
+    capture = Capture()
+    with SimServer(config=config) as sim:
+        traded = {s: float(sim.sim.market.klines(s.replace("/", ""), "1d", bar, bar, 1)[0][5]) for s in panel.symbols}
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
+                                 AURA_EXCHANGE_API_URL=sim.base_url, AURA_MAX_PARTICIPATION=str(CAP))
+        params = StrategyParams()
+        state = replay_signal_state(FIRST_BAR - 5, FIRST_BAR - 1, params, settings.snapshot_bars)
+
+        async def scenario() -> list[ApprovedPlan]:
+            async with role_connections(settings, "ingest", "signal", "executor", "operator") as js:
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-cash", cycle_id=cycle_id_for("1d", bar - day), plan_id="", status="genesis",
+                    cash=10_000.0, holdings={}, entry_prices={}, equity=10_000.0, equity_history=[10_000.0]))
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk", handler=capture):
+                    ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+                    target, _ = make_target(ready, panel, params, 0, state)
+                    await publish(js["signal"], target, msg_id=target.target_id)
+                    return await until(lambda: approved_plans(js["operator"]), "the cycle's plan")
+
+        plans = asyncio.run(scenario())
+    body = plans[0].plan
+    steps = {m.symbol: m.step_size for m in markets}
+    assert body.legs and all(x.side == "buy" for x in body.legs), (body.legs, body.reasons)
+    for leg in body.legs:
+        assert leg.qty <= floor_to_step(CAP * traded[leg.symbol], steps[leg.symbol]) * (1 + 1e-9), leg
+    cut = [x for x in body.reasons if re.match(r"participation cap: \S+ buy (cut|of \S+ dropped)", x)]
+    assert cut and all(f"{traded[x.split()[2]]:.8g}" in x for x in cut), body.reasons
