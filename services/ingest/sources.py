@@ -216,6 +216,7 @@ class SyncSource:
         if not report.complete:
             missing = tuple(sym for sym, r in report.symbols.items() if not r.complete)
             warn(self.logger, "DATA_STALE", "cache incomplete after sync", cycle_id=cycle_id, missing=list(missing))
+            self.venue.recheck(missing)  # a pair delisted since the last read: its klines are refused
             return ReplayStep(-1, last_closed, cycle_id, None, missing)
         # From the synced range's start, ten bars more than the window: replay_step then keeps the last
         # snapshot_bars *rows*, as the replay and the backtest count them.  Cut by time, a venue-wide outage (no
@@ -233,6 +234,7 @@ class SyncSource:
             if held:
                 warn(self.logger, "DECISION_GAP", "a held pair has no candle for the decision bar", cycle_id=cycle_id,
                      held=held)
+                self.venue.recheck(held)  # halted since the last read: read again, it leaves the universe
                 return ReplayStep(-1, last_closed, cycle_id, None, tuple(held),
                                   reason=f"no candle for the decision bar of held {', '.join(held)}")
             warn(self.logger, "DECISION_GAP", "pairs with no candle for the decision bar sit this cycle out",

@@ -40,6 +40,7 @@ from shared.logging import info, warn
 from shared.market_rules import QUOTE, rules_from_ccxt
 
 DAY_MS = 86_400_000
+RECHECK_MS = 5 * 60_000  # a stale cycle's pairs: the rules read again this long after the last read at the soonest
 
 
 class MarketsUnavailable(RuntimeError):
@@ -78,13 +79,25 @@ class VenueUniverse:
     # most) and the next update reads the venue again instead of waiting a whole period.
     _ranking_stale: str | None = field(default=None, init=False)
     _warned: dict[str, int] = field(default_factory=dict, init=False)  # [DELISTED]: symbol -> day warned
+    # A cycle went stale on pairs the venue may have halted or delisted since the last read (``recheck``).
+    _recheck: tuple[str, ...] = field(default=(), init=False)
 
     @property
     def refresh_ms(self) -> int:
         return int(self.settings.markets_refresh_s * 1000)
 
     def due(self, now_ms: int) -> bool:
-        return self._read_ms is None or self._ranking_stale is not None or now_ms - self._read_ms >= self.refresh_ms
+        if self._read_ms is None or self._ranking_stale is not None or now_ms - self._read_ms >= self.refresh_ms:
+            return True
+        return bool(self._recheck) and now_ms - self._read_ms >= RECHECK_MS
+
+    def recheck(self, symbols: Iterable[str]) -> None:
+        """The cycle is stale on ``symbols`` (a held pair with no candle for the decision bar, candles the venue
+        would not give): the rules are read again at the next update, ``RECHECK_MS`` after the last read at the
+        soonest.  A pair halted or delisted since the daily read held every cycle stale until the next one, up to
+        23 hourly cycles with no plan for any pair (found by an audit); read again, a pair the venue no longer
+        trades leaves the universe (reported if held) and the cycle goes on."""
+        self._recheck = tuple(sorted(set(symbols)))
 
     def expected(self) -> tuple[str, ...]:
         """The symbols a cycle is for when the rules cannot be read (what a stale notice names)."""
@@ -187,7 +200,12 @@ class VenueUniverse:
             if gone:
                 warn(self.logger, "DELISTED", f"{len(gone)} pairs of AURA_SYMBOLS are not trading on "
                      f"{self.exchange}: left out of the universe", symbols=gone)
+        if self._recheck:
+            info(self.logger, "MARKETS", "market rules read again: a cycle was stale on pairs the venue may have "
+                 "halted or delisted", symbols=list(self._recheck[:20]),
+                 not_trading=[x for x in self._recheck if x not in rules][:20])
         self._rules, self._screened, self._read_ms, self._error = rules, screened, now_ms, None
+        self._recheck = ()
         self._ranking_stale = None if self.fixed is not None else ranking_stale
         info(self.logger, "MARKETS", f"market rules read from {self.exchange}: {len(rules)} trading {QUOTE} pairs",
              exchange=self.exchange, pairs=len(rules), read=_iso(now_ms), next_s=self.settings.markets_refresh_s)

@@ -201,3 +201,36 @@ def test_a_venue_wide_outage_leaves_the_window_its_full_length_in_rows(  # type:
     assert len(step.snapshot.timestamps) == 60
     btc = source(shared_data_dir, "1d", "BTC_USDT").filter(~pl.col("timestamp").is_in(outage)).tail(60)
     np.testing.assert_array_equal(step.snapshot.timestamps, btc["timestamp"].to_numpy())
+
+
+def test_a_held_pair_halted_since_the_rules_were_read_stalls_cycles_minutes_not_a_day(  # type: ignore[no-untyped-def]
+        tmp_path: Path, make_config, venue, data, shared_data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The held ETH has no candle for the decision bar: the venue halted it after ingest's daily read of the rules.
+    The cycle is stale, and the rules are read again five minutes after the last read (not at the next daily read:
+    up to 23 hourly cycles with no plan for any pair, found by an audit); ETH is then not trading, leaves the
+    universe as a reported held pair, and the cycle goes on with BTC."""
+    import polars as pl
+
+    day = 86_400_000
+    eth = source(shared_data_dir, "1d", "ETH_USDT")
+    data.set("1d", "ETH_USDT", eth.filter(pl.col("timestamp") != NOW - 2 * day))
+    clock = [NOW - day + 300_000]
+    venue.sim.set_now(clock[0])
+    settings = load_settings({"AURA_HOME": str(tmp_path), "AURA_SNAPSHOT_BARS": "60"})
+    src = SyncSource(settings, SYMBOLS, None, logging.getLogger("t"), config=make_config(),
+                     clock_ms=lambda: clock[0], held={"ETH/USDT"})
+    first = asyncio.run(src.next_step())
+    assert first is not None and first.snapshot is None and "held ETH/USDT" in first.reason
+    assert src.done(first) is False
+    venue.sim.market.delisted.add("ETHUSDT")  # halted: BREAK in exchangeInfo
+    clock[0] += 60_000
+    soon = asyncio.run(src.next_step())  # a minute on: not read again yet
+    assert soon is not None and soon.snapshot is None
+    assert src.done(soon) is False
+    clock[0] += 5 * 60_000
+    with caplog.at_level(logging.INFO, logger="t"):
+        later = asyncio.run(src.next_step())
+    assert later is not None and later.snapshot is not None and later.snapshot.symbols == ("BTC/USDT",)
+    read = [r for r in caplog.records if r.getMessage().startswith("market rules read again")]
+    assert read and read[0].fields["not_trading"] == ["ETH/USDT"]  # type: ignore[attr-defined]
+    assert "DELISTED but held: ETH/USDT" in src.universe_detail()
