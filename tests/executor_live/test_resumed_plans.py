@@ -62,6 +62,32 @@ def test_a_resumed_plan_on_data_too_old_settles_what_was_sent_and_sends_nothing_
     assert rig.records.fields("STALE_PLAN")
 
 
+def test_a_plan_too_old_at_boot_whose_journal_lost_the_send_is_settled_not_refused(rig: Rig) -> None:
+    """The buy filled on the exchange, the process died, and the journal lost its newest commits: the plan reads as
+    executing with its leg pending, as if nothing reached the exchange, and three days later its data is too old.
+    Refused as a plan that never reached the exchange, its leg would be closed without a lookup and the fill's
+    price and fee lost (an audit asked; run_plan alone would).  The boot's reconciliation looks every open intent up
+    first, pending ones included: the fill is journaled, the plan settled, nothing more sent."""
+    btc = rig.price("BTC/USDT")
+    rig.server.sim.set_balance("USDT", 50_000)
+    plan = plan_at(rig, [("BTC/USDT", "buy", 1000 / btc, btc)])
+    crash_after_placing(rig, plan)
+    assert rig.posts() == 1
+    rig.journal.begin()
+    rig.journal.db.execute("UPDATE intents SET status='pending' WHERE plan_id=?", (plan.plan_id,))
+    rig.journal.commit()
+    assert not rig.journal.plan_reached_exchange(plan.plan_id)
+    rig.server.sim.advance(3)
+
+    runs = reboot(rig)
+    assert [r.status for r in runs] != ["rejected"], runs
+    assert rig.posts() == 1, "a leg was sent again"
+    states = dict(rig.journal.db.execute("SELECT symbol, status FROM intents WHERE plan_id=?", (plan.plan_id,)))
+    assert states == {"BTC/USDT": "filled"}, states
+    filled = rig.journal.db.execute("SELECT count(*), sum(qty * price) FROM fills").fetchone()
+    assert filled[0] >= 1 and 990 <= filled[1] <= 1000, filled  # the exchange's fill, journaled once
+
+
 @pytest.mark.parametrize("rig", [{"spread_bps": 600}], indirect=True)
 def test_a_stop_loss_exit_goes_out_through_a_wide_book_and_a_rotation_sell_does_not(rig: Rig) -> None:
     """A 6% book and the bid 3% under risk's price: a rotation exit waits for a sane market; a stop-loss exit is
