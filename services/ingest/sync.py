@@ -164,9 +164,9 @@ def _sync_symbol(
             st.known_ts = ts_cached[~held]
         for provider in chain:
             if not provider.authoritative(exchange):
-                restore_held(st, iv)  # a fallback is not asked again for what it already supplied
+                restore_held(st, iv, sym, timeframe)  # a fallback is not asked again for what it already supplied
             ask_provider(provider, st, sym, exchange, timeframe, cfg, now_ms, counters, rep)
-        restore_held(st, iv)
+        restore_held(st, iv, sym, timeframe)
 
         frame, codes = combine(st.frames, st.codes)
         ts = frame["timestamp"].to_numpy()
@@ -207,7 +207,7 @@ def _sync_symbol(
             cov.flags[name] = sorted(set(cov.flags.get(name, [])) | flags)
         cov.stamp(ts, now_ms)
         cov.disagreements += rep.disagreements
-        if rep.rows_added or rep.rows_replaced:
+        if rep.rows_added or rep.rows_replaced or st.dropped:
             cache.write_candles(path, frame)
         # The sidecar goes second: a crash between the two leaves a stale sidecar, detected by its row
         # stamp on the next sync (rows kept, coverage rebuilt), never a sidecar claiming rows that are not there.

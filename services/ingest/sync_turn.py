@@ -63,6 +63,7 @@ class SymbolState:
     replaced_codes: np.ndarray | None = None
     replaced_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     fallback_added: list[Range] = field(default_factory=list)  # new rows from non-authoritative providers
+    dropped: int = 0  # held fallback rows dropped where the exchange says no candle exists (restore_held)
 
 
 def ask_provider(
@@ -169,11 +170,22 @@ def _late(new_ts: np.ndarray, confirmed: list[Range], provider: str, sym: str, t
              count=len(late), interval_ms=iv)
 
 
-def restore_held(st: SymbolState, iv: int) -> None:
-    """Put back the provisional rows the exchange's own sources did not replace (kept, still provisional)."""
+def restore_held(st: SymbolState, iv: int, sym: str = "", timeframe: str = "") -> None:
+    """Put back the provisional rows the exchange's own sources did not replace (kept, still provisional), but
+    none where every one of them answered that no candle exists: a fallback's candle there would be an invention
+    (a day the venue was down), kept for good once the slot left the provisional list (found by an audit).  Those
+    slots stay unfilled, so the sync confirms them as gaps, as the backtest's data has them."""
     if st.held is None or st.held_codes is None:
         return
     held, codes = st.held, st.held_codes
+    absent = subtract(all_empty(st), st.failed_auth)
+    if absent:
+        inside = in_ranges(held["timestamp"].to_numpy(), absent)
+        if inside.any():
+            warn(log, "DATA_REPLACED", f"{sym} {timeframe}: {int(inside.sum())} fallback candle(s) dropped where the "
+                 f"exchange's own sources say no candle exists", symbol=sym, rows=int(inside.sum()))
+            held, codes = held.filter(pl.Series(~inside)), codes[~inside]
+            st.dropped += int(inside.sum())
     st.held = st.held_codes = None
     ts = held["timestamp"].to_numpy()
     replaced = member(ts, st.known_ts)

@@ -492,6 +492,37 @@ def test_fallback_candles_are_replaced_once_the_exchange_is_back(make_config, ar
     assert again.requests == 0 and archive.total == api.total == gecko.total == 0
 
 
+def test_a_fallback_candle_where_the_exchange_says_none_exists_is_dropped(make_config, shared_data_dir: Path,
+                                                                         venue, archive, api, gecko, caplog) -> None:
+    """The exchange had an outage day (no ETH candle on 2024-12-02) and its sources were down when asked, so
+    CoinGecko filled it.  Back, the exchange's own sources answer that no candle exists there: the CoinGecko candle
+    is dropped and the day is a confirmed gap, as in the exchange's data the backtest reads.  It was put back and,
+    no longer provisional, kept for good with no volume (found by an audit)."""
+    hole = ms("2024-12-02")
+    src = source(shared_data_dir, "1d", "ETH_USDT")
+    venue.sim.store.set("1d", "ETH_USDT", src.filter(pl.col("timestamp") != hole))
+    with other_venue(shared_data_dir, SETTLED) as usd:  # CoinGecko: every day
+        cfg = make_config(coingecko_url=usd.coingecko_url, provider_cooldown_s=0.0)
+        archive.fault("drop")
+        api.fault("drop")
+        venue.sim.set_now(SETTLED)
+        start = NOW - 20 * DAY
+        first = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED).symbols["ETH/USDT"]
+        assert first.complete and list(first.ranges_by_provider) == ["coingecko"]
+        archive.clear_faults()
+        api.clear_faults()
+        with caplog.at_level(logging.WARNING, logger="aura.ingest"):
+            rep = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED + 3_600_000).symbols["ETH/USDT"]
+    got = cached(cfg, "1d", "ETH_USDT")
+    assert got.filter(pl.col("timestamp") == hole).height == 0
+    assert rep.complete and [(g.start, g.end, g.confirmed) for g in rep.gaps] == [(hole, hole + DAY, True)]
+    assert any(r.tag == "DATA_REPLACED" and "1 fallback candle(s) dropped" in r.getMessage() for r in caplog.records)
+    week = ms("2024-11-30")  # the other provisional days were replaced by the exchange's own candles
+    assert not got.filter(pl.col("timestamp") >= week)["volume"].is_nan().any()
+    again = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED + 3_600_000).symbols["ETH/USDT"]
+    assert again.requests == {} and [(g.start, g.confirmed) for g in again.gaps] == [(hole, True)]  # nothing rebuilt
+
+
 def test_fallback_candles_are_kept_while_the_exchange_is_still_down(make_config, archive, api, gecko) -> None:
     cfg, start = _gecko_fill(make_config, archive, api, gecko)
     before = cached(cfg, "1d", "ETH_USDT")
