@@ -136,8 +136,15 @@ def _sync_symbol(
                      symbol=sym, rows=len(ts_cached))
             # Rows we cannot attribute are kept (they passed validation when written) but nothing else is
             # assumed: holes between them are unresolved and will be asked again.
-            cov = Coverage(exchange, sym, timeframe, iv, flags=cov.flags if cov is not None else {})
+            old = cov
+            cov = Coverage(exchange, sym, timeframe, iv, flags=old.flags if old is not None else {})
             cov.spans = build_spans(ts_cached, np.zeros(len(ts_cached), dtype=np.int16), [UNKNOWN_PROVIDER], iv)
+            # Rows a fallback supplied stay provisional (asked again of the exchange's own sources): the ones the
+            # stale sidecar listed, and any without a volume (CoinGecko's).  Attributed to the cache, which counts
+            # as the exchange's own, a crash between the two writes made them permanent (found by an audit).
+            no_volume = ts_cached[np.isnan(cached["volume"].to_numpy())]
+            held = runs(ts_cached, iv)
+            cov.provisional = intersect(union(old.provisional if old is not None else [], runs(no_volume, iv)), held)
             cov.stamp(ts_cached, now_ms)
         names: list[str] = []
         codes_cached = attribute(ts_cached, cov.spans, names, UNKNOWN_PROVIDER)

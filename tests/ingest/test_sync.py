@@ -523,6 +523,29 @@ def test_a_fallback_candle_where_the_exchange_says_none_exists_is_dropped(make_c
     assert again.requests == {} and [(g.start, g.confirmed) for g in again.gaps] == [(hole, True)]  # nothing rebuilt
 
 
+@pytest.mark.parametrize("sidecar", ["stale", "lost"])
+def test_fallback_candles_stay_provisional_across_a_crash_between_the_two_writes(make_config, archive, api, gecko,
+                                                                                 shared_data_dir: Path,
+                                                                                 sidecar: str) -> None:
+    """A crash (or a full disk) after the candles were written and before their sidecar: the next sync finds the
+    sidecar stale (or gone) and rebuilds it from the rows.  The CoinGecko rows were then attributed to the cache, as
+    the exchange's own, and never asked again: six days kept for good with no volume (found by an audit).  They stay
+    provisional and are replaced once the exchange answers."""
+    cfg, start = _gecko_fill(make_config, archive, api, gecko)
+    path = cfg.cache_root / "binance/1d/ETH_USDT.parquet"
+    if sidecar == "stale":
+        doc = json.loads(coverage_path(path).read_text())
+        doc["rows"] += 1  # the row stamp of a sidecar older than the candles
+        coverage_path(path).write_text(json.dumps(doc))
+    else:
+        coverage_path(path).unlink()
+    rep = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, SETTLED + 3_600_000).symbols["ETH/USDT"]
+    assert rep.complete and rep.rows_replaced == 6, rep
+    week = ms("2024-11-30")
+    got = cached(cfg, "1d", "ETH_USDT")
+    assert not got.filter(pl.col("timestamp") >= week)["volume"].is_nan().any()
+
+
 def test_fallback_candles_are_kept_while_the_exchange_is_still_down(make_config, archive, api, gecko) -> None:
     cfg, start = _gecko_fill(make_config, archive, api, gecko)
     before = cached(cfg, "1d", "ETH_USDT")
