@@ -68,6 +68,23 @@ def test_live_risk_caps_each_leg_at_its_share_of_the_decision_bars_volume(nats_s
     assert r.capture.fields("PLAN_APPROVED")
 
 
+def on_the_first_sell(monkeypatch: pytest.MonkeyPatch, first: Any) -> None:
+    """The paper broker, except that its first sell order is ``first(place, broker, symbol, side, qty, ...)``."""
+    from services.executor.brokers.paper import PaperBroker
+
+    place = PaperBroker.place_market_order
+    sells = [0]
+
+    async def placing(broker: PaperBroker, symbol: str, side: str, qty: float, *args: Any, **kwargs: Any) -> Any:
+        if side == "sell":
+            sells[0] += 1
+            if sells[0] == 1:
+                return await first(place, broker, symbol, side, qty, *args, **kwargs)
+        return await place(broker, symbol, side, qty, *args, **kwargs)
+
+    monkeypatch.setattr(PaperBroker, "place_market_order", placing)
+
+
 async def tick_snapshots(js_operator: Any, count: int) -> list[PortfolioSnapshot] | None:
     """The snapshots of risk ticks' plans, once there are ``count`` of them (None before)."""
     found = [decode(raw, PortfolioSnapshot) for raw in await stream_messages(js_operator, PortfolioSnapshot.SUBJECT)]
@@ -126,22 +143,14 @@ def test_an_exit_the_executor_did_not_fill_gets_its_room_back_on_the_same_bar(na
     next tick on the same bar sends it again.  Counted as if filled, it was held back for the rest of the bar, a
     day on 1d, while the check said the switch had fired and nothing went out (found by an audit)."""
     from services.executor.brokers.base import OrderRejectedError
-    from services.executor.brokers.paper import PaperBroker
 
     settings = tick_settings(nats_server)
     capture = Capture()
-    real_place = PaperBroker.place_market_order
-    sells = [0]
 
-    async def reject_the_first_sell(self: PaperBroker, symbol: str, side: str, qty: float, *args: Any,
-                                    **kwargs: Any) -> Any:
-        if side == "sell":
-            sells[0] += 1
-            if sells[0] == 1:
-                raise OrderRejectedError("Filter failure: NOTIONAL")
-        return await real_place(self, symbol, side, qty, *args, **kwargs)
+    async def reject(place: Any, broker: Any, symbol: str, side: str, qty: float, *args: Any, **kwargs: Any) -> Any:
+        raise OrderRejectedError("Filter failure: NOTIONAL")
 
-    monkeypatch.setattr(PaperBroker, "place_market_order", reject_the_first_sell)
+    on_the_first_sell(monkeypatch, reject)
 
     async def scenario() -> tuple[list[PortfolioSnapshot], list[ApprovedPlan]]:
         async with running(settings, "executor", "risk", handler=capture), \
@@ -165,26 +174,19 @@ def test_the_filled_part_of_a_partly_filled_exit_keeps_its_room_taken(nats_serve
     Giving the whole leg back let the next tick sell 0.1 more on the same bar: 0.2, a third over the cap (found by
     an audit)."""
     from services.executor.brokers.base import OrderState
-    from services.executor.brokers.paper import PaperBroker
 
     settings = tick_settings(nats_server)
     capture = Capture()
-    real_place = PaperBroker.place_market_order
-    sells = [0]
 
-    async def fill_part_of_the_first_sell(self: PaperBroker, symbol: str, side: str, qty: float, *args: Any,
-                                          **kwargs: Any) -> Any:
-        if side == "sell":
-            sells[0] += 1
-            if sells[0] == 1:
-                state = await real_place(self, symbol, side, 0.1, *args, **kwargs)
-                part = OrderState(state.client_order_id, state.exchange_order_id, symbol, side, "expired", qty,
-                                  state.filled_qty, state.avg_price, state.fills)
-                self.orders[state.client_order_id] = part
-                return part
-        return await real_place(self, symbol, side, qty, *args, **kwargs)
+    async def fill_part(place: Any, broker: Any, symbol: str, side: str, qty: float, *args: Any,
+                        **kwargs: Any) -> Any:
+        state = await place(broker, symbol, side, 0.1, *args, **kwargs)
+        part = OrderState(state.client_order_id, state.exchange_order_id, symbol, side, "expired", qty,
+                          state.filled_qty, state.avg_price, state.fills)
+        broker.orders[state.client_order_id] = part
+        return part
 
-    monkeypatch.setattr(PaperBroker, "place_market_order", fill_part_of_the_first_sell)
+    on_the_first_sell(monkeypatch, fill_part)
 
     async def scenario() -> tuple[list[PortfolioSnapshot], list[ApprovedPlan]]:
         async with running(settings, "executor", "risk", handler=capture), \

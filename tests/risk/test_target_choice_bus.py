@@ -55,6 +55,22 @@ async def plans_for(js_operator: Any, cycle_id: str) -> list[Any]:
     return [p.plan for p in await approved_plans(js_operator) if p.plan.cycle_id == cycle_id]
 
 
+async def genuine_cycle(js: dict[str, Any], settings: Any, params: StrategyParams, state: Any,
+                        ) -> tuple[str, Any, Any]:
+    """Ingest announces the replay's FIRST_BAR, signal publishes its genuine target: (cycle id, target, the
+    executor's snapshot once the cycle executed)."""
+    cycle_id, panel, markets = replay_snapshot(FIRST_BAR, settings.snapshot_bars)
+    ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
+    genuine, _ = make_target(ready, panel, params, 0, state)
+    await publish(js["signal"], genuine, msg_id=genuine.target_id)
+
+    async def executed() -> Any:
+        snap = await snapshot(js["operator"])
+        return snap if snap.cycle_id == cycle_id and snap.status == "executed" else None
+
+    return cycle_id, genuine, await until(executed, "the genuine cycle to execute")
+
+
 def test_a_target_naming_an_older_parameter_version_is_refused_and_the_latch_stays(nats_server: Any) -> None:
     settings = nats_server.settings(AURA_RISK_TICK_S="0.2")
     capture = Capture()
@@ -118,16 +134,7 @@ def test_a_cycle_gets_one_plan_however_many_valid_targets_name_it(nats_server: A
             state = replay_signal_state(FIRST_BAR - 5, FIRST_BAR - 1, params, settings.snapshot_bars)
             async with running(settings, "executor", "risk", handler=capture) as services:
                 await until(lambda: risk_ready(capture), "risk ready", 120)
-                cycle_id, panel, markets = replay_snapshot(FIRST_BAR, settings.snapshot_bars)
-                ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
-                genuine, state = make_target(ready, panel, params, 0, state)
-                await publish(js["signal"], genuine, msg_id=genuine.target_id)
-
-                async def executed() -> Any:
-                    snap = await snapshot(js["operator"])
-                    return snap if snap.cycle_id == cycle_id and snap.status == "executed" else None
-
-                out["held"] = await until(executed, "the genuine cycle to execute")
+                cycle_id, genuine, out["held"] = await genuine_cycle(js, settings, params, state)
                 # The same target again (its message id changed, so the stream keeps it), then three copies that
                 # differ only in the signal state they carry: each one risk would have signed.
                 skipped = len([r for r in capture.records if r.getMessage() == "tick skipped: a plan is in flight"])
@@ -178,16 +185,7 @@ def test_copies_of_a_traded_cycle_after_a_restart_of_risk_cost_one_wait_at_most(
             async with running(settings, "executor", handler=capture):
                 async with running(settings, "risk", handler=capture):
                     await until(lambda: risk_ready(capture), "risk ready", 120)
-                    cycle_id, panel, markets = replay_snapshot(FIRST_BAR, settings.snapshot_bars)
-                    ready = await announce_panel(js["ingest"], panel, cycle_id, markets)
-                    genuine, state = make_target(ready, panel, params, 0, state)
-                    await publish(js["signal"], genuine, msg_id=genuine.target_id)
-
-                    async def executed() -> Any:
-                        snap = await snapshot(js["operator"])
-                        return snap if snap.cycle_id == cycle_id and snap.status == "executed" else None
-
-                    out["held"] = await until(executed, "the genuine cycle to execute")
+                    cycle_id, genuine, out["held"] = await genuine_cycle(js, settings, params, state)
                     key = signing_key(settings.keys, "risk")
                     _, revision, _ = await read_latch(js["operator"], key.public_key())
                     await write_latch(js["risk"], LatchDoc(halted=True, capped=True, cycle_id="c0",
