@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import msgspec
@@ -45,6 +44,7 @@ from aura.strategy.risk_gates import rearm_due
 from aura.strategy.schedule import timeframe_ms
 from services.risk.bar_budget import BarBudget
 from services.risk.costs import Costs
+from services.risk.inflight import TRADED, FlightTracking, InFlight
 from services.risk.inputs import RiskInputs
 from services.risk.latch import LatchDoc, after_decision, rearmed
 from services.risk.plan_body import build_plan_body, rules_of, targets_of
@@ -61,12 +61,11 @@ from shared.contracts import (
     CycleAborted,
     DataStale,
     PlanBody,
-    PlanLeg,
     PortfolioSnapshot,
     TargetPortfolio,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.cycles import as_of_of_cycle, notice_problem
+from shared.cycles import notice_problem
 from shared.live_params import ParamsError
 from shared.logging import error, info, warn
 from shared.params_tracker import ParamsTracker
@@ -74,24 +73,10 @@ from shared.service import ServiceContext, warm_decision_kernels
 from shared.signing import sign_plan
 
 INFLIGHT_WAIT_S = 10.0  # how long a target waits for the executor to close a plan this service just published
-UNCLOSED_KEPT = 256  # cycle ids remembered as planned with no snapshot closing the plan (Risk.unclosed)
 MAX_CYCLE_ID = 64  # an abort is published only for a cycle id this short (a forged target's may be anything)
 
 
-TRADED = ("executed", "partial")  # a snapshot status that means the cycle's plan traded (the executor's cycle_done)
-
-
-@dataclass
-class InFlight:
-    plan_id: str
-    since: float  # monotonic
-    cycle_id: str = ""
-    bar: int | None = None  # the decision bar whose participation count took its legs
-    sells: tuple[PlanLeg, ...] = ()  # its exits: given back to the count if they may not have filled
-    held: dict[str, float] = field(default_factory=dict)  # the basis's holdings of those exits' symbols
-
-
-class Risk:
+class Risk(FlightTracking):
     def __init__(self, ctx: ServiceContext, inputs: RiskInputs, prices: PriceSource, params: ParamsTracker,
                  costs: Costs, sent: BarBudget) -> None:
         s = ctx.settings
@@ -112,19 +97,9 @@ class Risk:
         self.stale: DataStale | None = None
         self.max_participation = s.max_participation  # of the decision bar's volume, per leg (capacity.py)
         self.sent = sent  # what plans on the current decision bar sent (the cap is on the bar), kept in aura_state
-        # The newest cycle a plan of this process traded (executed or partial, by the executor's snapshot).  A
-        # cycle trades once: signing every valid copy of a traded or in-flight cycle's target (the executor
-        # refuses all but one) kept a plan "in flight" 30 s each, and a compromised signal sending one every few
-        # seconds starved the stop-loss ticks, which wait for it.  A cycle closed without trading (aborted by
-        # ingest before its data recovered, or a plan refused on a stale basis) is planned again.
+        # The cycle traded last, the plan in flight, the cycles whose plan never closed (inflight.py).
         self.traded = ""
-        # Cycles whose plan no snapshot closed in time (a plan the executor refused as ``cycle_done``, or one
-        # still queued behind a slow executor).  Not planned again by this process: a copy of a cycle that traded
-        # before a restart of risk (its newest snapshot a tick's, so ``traded`` cannot tell) made a plan the
-        # executor refuses without closing, and one copy every ``cycle_timeout_s`` kept the ticks waiting for it
-        # most of the bar (found by an audit); each such cycle now costs one wait per process, and a plan that may
-        # still be queued is never doubled.  Bounded: only the current bar's cycle passes the live freshness check.
-        self.unclosed: OrderedDict[str, None] = OrderedDict()
+        self.unclosed: OrderedDict[str, str] = OrderedDict()
 
     # -- basis --------------------------------------------------------------------------------------------
     async def basis(self, wait_inflight_s: float) -> PortfolioSnapshot | None:
@@ -146,53 +121,6 @@ class Risk:
         if self.inflight is not None and snap.plan_id == self.inflight.plan_id:
             self.landed(snap)
         return snap
-
-    def landed(self, snap: PortfolioSnapshot) -> None:
-        """The plan in flight is closed by ``snap``: nothing in flight, and its cycle traded if it did."""
-        if snap.status in TRADED and as_of_of_cycle(snap.cycle_id) is not None:  # a bar's cycle, not a tick's
-            self.traded = snap.cycle_id
-        if snap.status != "executed":
-            self.gone_unfilled(snap)
-        self.inflight = None
-
-    def gone_unfilled(self, closed: PortfolioSnapshot | None = None) -> None:
-        """The plan in flight ended without all its legs filled (refused, rejected, partial, or never closed): what
-        its exits did not sell goes back to the bar's participation count, so the next tick may send it again.
-        Counted as filled, a stop-loss the executor refused was held back for the rest of the bar, a day on 1d,
-        with the check saying stop_loss and nothing sent (found by an audit).
-
-        What did sell is what the holding lost between the plan's basis and the snapshot that ``closed`` it (a plan
-        never buys what it sells); only the rest is given back, so a partly filled exit cannot take the bar's room
-        twice (giving back whole legs let the next tick sell its filled part again: up to twice the cap, found by
-        an audit).  Never closed (refused before the journal, or lost): nothing is known to have sold, all of it
-        goes back, the price ``unsend`` already pays for a publish that may not have gone out."""
-        flight = self.inflight
-        if flight is None or not flight.sells:
-            return
-        unsold = list(flight.sells)
-        if closed is not None:
-            unsold = []
-            for leg in flight.sells:
-                sold = min(leg.qty, max(0.0, flight.held.get(leg.symbol, 0.0) - closed.holdings.get(leg.symbol, 0.0)))
-                if leg.qty - sold > 0:
-                    unsold.append(msgspec.structs.replace(leg, qty=leg.qty - sold))
-        self.sent.unsend(flight.bar, unsold)
-
-    def settled(self, snap: PortfolioSnapshot) -> bool:
-        """Whether the plan published last is closed in ``snap`` (or so old it never will be: refused)."""
-        if self.inflight is None:
-            return True
-        if snap.plan_id == self.inflight.plan_id:
-            self.landed(snap)
-            return True
-        if time.monotonic() - self.inflight.since > self.ctx.settings.cycle_timeout_s:
-            self.gone_unfilled()  # refused before the journal (a plan it cannot verify): no snapshot ever closes it
-            self.unclosed[self.inflight.cycle_id] = None
-            while len(self.unclosed) > UNCLOSED_KEPT:
-                self.unclosed.popitem(last=False)
-            self.inflight = None
-            return True
-        return False
 
     async def rearm(self, latch: Latch, params: StrategyParams, as_of_ms: int, basis: PortfolioSnapshot) -> Latch:
         """Re-arm a latched switch whose cooldown has run by the bar ``as_of_ms`` (0: no data time, no re-arm)."""
@@ -241,7 +169,7 @@ class Risk:
         # The bar the count took the legs on (``bar`` None: the one it was on), for a give-back (gone_unfilled).
         sells = tuple(leg for leg in body.legs if leg.side == "sell")
         self.inflight = InFlight(body.plan_id, time.monotonic(), body.cycle_id, self.sent.count.bar_ms, sells,
-                                 {leg.symbol: basis.holdings.get(leg.symbol, 0.0) for leg in sells})
+                                 {leg.symbol: basis.holdings.get(leg.symbol, 0.0) for leg in sells}, basis.snapshot_id)
         for leg in body.legs:  # reasons come from risk's own pipeline (rebalance.REASONS): a bounded label set
             self.ctx.health.inc("legs_approved", reason=leg.reason)
 
@@ -274,19 +202,20 @@ class Risk:
                 warn(self.ctx.logger, "DATA_STALE", "ingest reports an incomplete snapshot: no plan on data older "
                      "than it", cycle_id=stale.cycle_id, missing=stale.missing, reason=stale.reason)
 
-    async def planned_already(self, target: TargetPortfolio) -> bool:
-        """Whether ``target``'s cycle traded already, or its plan is still in flight (then the target is acked
-        with a log line and no plan: a redelivery, an ingest retry, or a copy sent to hold the ticks off)."""
-        inflight = self.inflight is not None and self.inflight.cycle_id == target.cycle_id and \
-            time.monotonic() - self.inflight.since <= self.ctx.settings.cycle_timeout_s
-        unclosed = target.cycle_id in self.unclosed
-        if target.cycle_id != self.traded and not inflight and not unclosed:
+    async def planned_already(self, target: TargetPortfolio, basis: PortfolioSnapshot | None = None) -> bool:
+        """Whether ``target``'s cycle gets no plan (inflight.py ``not_to_plan``): then the target is acked with a
+        log line (a redelivery, an ingest retry, or a copy sent to hold the ticks off).  A cycle whose plan on this
+        basis never closed also ends in the journal, aborted, so ingest stops announcing it again."""
+        state = self.not_to_plan(target.cycle_id, basis)
+        if not state:
             return False
         self.ctx.health.inc("targets_not_replanned")
-        state = "planned, its plan in flight" if inflight else "planned, its plan never closed" if unclosed else \
-            "traded"
         info(self.ctx.logger, "IDEMPOTENCY", f"cycle already {state}; target not planned again",
              cycle_id=target.cycle_id, target_id=target.target_id[:40])
+        if state.endswith("never closed") and 0 < len(target.cycle_id) <= MAX_CYCLE_ID:
+            await publish(self.ctx.js, CycleAborted(cycle_id=target.cycle_id, stage="risk",
+                                                    reason=f"not planned again: {state}"),
+                          msg_id=f"abort-risk-{target.cycle_id}")
         return True
 
     async def refuse(self, target: TargetPortfolio, reason: str, detail: str, forged: bool = False) -> NoReturn:
@@ -362,7 +291,7 @@ class Risk:
             await self.refuse(target, "forged_data", forged, forged=True)
         if basis.cycle_id == target.cycle_id and basis.status in TRADED:
             self.traded = target.cycle_id  # traded by a plan of an earlier run of this process
-        if await self.planned_already(target):
+        if await self.planned_already(target, basis):
             return
         latch = await self.rearm(await self.inputs.latch(), params, target.as_of_ms, basis)
         cost = await self.costs.current()
