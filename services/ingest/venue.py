@@ -81,22 +81,28 @@ class VenueUniverse:
     _warned: dict[str, int] = field(default_factory=dict, init=False)  # [DELISTED]: symbol -> day warned
     # A cycle went stale on pairs the venue may have halted or delisted since the last read (``recheck``).
     _recheck: tuple[str, ...] = field(default=(), init=False)
+    _rechecked_ms: int | None = field(default=None, init=False)  # the last such read (or attempt)
+    _due_ms: int | None = field(default=None, init=False)  # the last scheduled read: the daily schedule runs from it
 
     @property
     def refresh_ms(self) -> int:
         return int(self.settings.markets_refresh_s * 1000)
 
     def due(self, now_ms: int) -> bool:
-        if self._read_ms is None or self._ranking_stale is not None or now_ms - self._read_ms >= self.refresh_ms:
-            return True
-        return bool(self._recheck) and now_ms - self._read_ms >= RECHECK_MS
+        """The scheduled read (a day after the last one, or sooner while the ranking is stale) is due."""
+        return self._due_ms is None or self._ranking_stale is not None or now_ms - self._due_ms >= self.refresh_ms
+
+    def recheck_due(self, now_ms: int) -> bool:
+        last = max(self._read_ms or 0, self._rechecked_ms or 0)
+        return bool(self._recheck) and now_ms - last >= RECHECK_MS
 
     def recheck(self, symbols: Iterable[str]) -> None:
         """The cycle is stale on ``symbols`` (a held pair with no candle for the decision bar, candles the venue
-        would not give): the rules are read again at the next update, ``RECHECK_MS`` after the last read at the
-        soonest.  A pair halted or delisted since the daily read held every cycle stale until the next one, up to
-        23 hourly cycles with no plan for any pair (found by an audit); read again, a pair the venue no longer
-        trades leaves the universe (reported if held) and the cycle goes on."""
+        would not give): the rules are read again at the next update, ``RECHECK_MS`` after the last read (or
+        attempt) at the soonest.  A pair halted or delisted since the daily read held every cycle stale until the
+        next one, up to 23 hourly cycles with no plan for any pair (found by an audit); read again, a pair the
+        venue no longer trades leaves the universe (reported if held) and the cycle goes on.  Such a read that
+        fails keeps the rules in force (they are not due), and it leaves the daily schedule as it was."""
         self._recheck = tuple(sorted(set(symbols)))
 
     def expected(self) -> tuple[str, ...]:
@@ -113,6 +119,15 @@ class VenueUniverse:
         """
         if self.due(now_ms):
             self._refresh(now_ms)
+            self._due_ms = now_ms
+        elif self.recheck_due(now_ms):
+            self._rechecked_ms = now_ms
+            try:
+                self._refresh(now_ms, scheduled=False)
+            except MarketsUnavailable as exc:
+                warn(self.logger, "MARKETS", "market rules could not be read again for a stale cycle; the rules in "
+                     "force stay (not due before the daily read)", error=str(exc)[:300])
+            self._recheck = ()
         held = set(held)
         # A held pair that still trades stays until it is sold (see the module docs); one the venue no longer
         # trades cannot be priced or sold here, so it is reported instead.
@@ -169,7 +184,9 @@ class VenueUniverse:
                                         rate_limit_ms=cfg.ccxt_rate_limit_ms, timeout_s=cfg.http_timeout_s)
         return self.client
 
-    def _refresh(self, now_ms: int) -> None:
+    def _refresh(self, now_ms: int, scheduled: bool = True) -> None:
+        """Read the rules (and the universe); ``scheduled`` False: a stale cycle's extra read, whose failure
+        leaves the rules in force standing (``update``)."""
         try:
             client = self._client()
             markets = client.load_markets(True)  # reload: ccxt would otherwise answer from its first read
@@ -189,11 +206,13 @@ class VenueUniverse:
                     info(self.logger, "UNIVERSE", f"{len(pegged)} pairs pegged to a currency left out of the "
                          "ranking (name them in AURA_SYMBOLS to trade them)", symbols=pegged[:20])
         except (MarketsUnavailable, UniverseError) as exc:
-            self._failed(str(exc))
+            if scheduled:
+                self._failed(str(exc))
             raise MarketsUnavailable(str(exc)) from exc
         except Exception as exc:  # ccxt's network and exchange errors, or an answer it could not parse
             detail = f"{self.exchange}: cannot read market rules: {type(exc).__name__}: {exc}"[:300]
-            self._failed(detail)
+            if scheduled:
+                self._failed(detail)
             raise MarketsUnavailable(detail) from exc
         if self.fixed is not None:
             gone = [s for s in self.fixed if s not in rules]

@@ -170,6 +170,32 @@ def test_unreadable_rules_are_never_replaced_by_older_ones(tmp_path: Path, make_
 
 
 @pytest.mark.integration
+def test_a_stale_cycles_extra_read_of_the_rules_never_makes_things_worse(tmp_path: Path, make_config, venue: Any,  # type: ignore[no-untyped-def]
+                                                                         api: Face,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The extra read a stale cycle asks for (``recheck``) comes five minutes after the last read or attempt; if it
+    fails the rules in force stay (they are not due: no cycle made stale by it), and it does not move the daily
+    read (a review found both)."""
+    uni = VenueUniverse(_settings(tmp_path), make_config(), logging.getLogger(LOG), fixed=("BTC/USDT", "ETH/USDT"))
+    first = uni.update(NOW)
+    api.reset_counts()
+    uni.recheck(["ETH/USDT"])
+    assert uni.update(NOW + 60_000).read_ms == NOW and api.counts == {}  # too soon
+    api.fault("http_error", "exchangeInfo", status=500)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        kept = uni.update(NOW + 6 * 60_000)  # fails: no MarketsUnavailable, the rules in force stay
+    assert kept.rules == first.rules and kept.read_ms == NOW
+    assert any(r.getMessage().startswith("market rules could not be read again") for r in caplog.records)
+    assert not any(getattr(r, "tag", None) == "MARKETS_STALE" for r in caplog.records)
+    api.clear_faults()
+    uni.recheck(["ETH/USDT"])
+    assert uni.update(NOW + 8 * 60_000).read_ms == NOW  # five minutes after the failed attempt at the soonest
+    assert uni.update(NOW + 12 * 60_000).read_ms == NOW + 12 * 60_000  # read again
+    api.reset_counts()
+    assert uni.update(NOW + DAY).read_ms == NOW + DAY and api.counts == {"exchangeInfo": 1}  # the daily read, on time
+
+
+@pytest.mark.integration
 def test_unreadable_volumes_keep_the_ranking_briefly_said_and_retried(tmp_path: Path, make_config, venue: Any,  # type: ignore[no-untyped-def]
                                                                       api: Face) -> None:
     """The daily refresh reads the rules but not the 24h volumes: the ranking before is kept, /readyz says so,
