@@ -172,7 +172,8 @@ def _late(new_ts: np.ndarray, confirmed: list[Range], provider: str, sym: str, t
 
 def restore_held(st: SymbolState, iv: int, sym: str = "", timeframe: str = "") -> None:
     """Put back the provisional rows the exchange's own sources did not replace (kept, still provisional), but
-    none where every one of them answered that no candle exists: a fallback's candle there would be an invention
+    none where one of them answered that no candle exists and none failed there (what confirms a gap): a fallback's
+    candle there would be an invention
     (a day the venue was down), kept for good once the slot left the provisional list (found by an audit).  Those
     slots stay unfilled, so the sync confirms them as gaps, as the backtest's data has them."""
     if st.held is None or st.held_codes is None:

@@ -13,12 +13,15 @@ from shared.contracts import MarketRuleMsg, PlanBody, PlanLeg, PortfolioSnapshot
 def build_plan_body(target: TargetPortfolio, basis: PortfolioSnapshot, outcome: RiskOutcome,
                     params_version: int) -> PlanBody:
     """Pure: the same target, basis and outcome always give the same body and plan id."""
-    legs = [PlanLeg(i, leg.symbol, leg.side, leg.qty, leg.ref_price, leg.reason) for i, leg in enumerate(outcome.legs)]
+    # Numbers as floats, as the executor decodes them: the id is the digest of the body, and it checks it on the
+    # decoded plan, where an int quantity or price would come back a float with another digest.
+    legs = [PlanLeg(i, leg.symbol, leg.side, float(leg.qty), float(leg.ref_price), leg.reason)
+            for i, leg in enumerate(outcome.legs)]
     fields: dict[str, Any] = {
         "cycle_id": target.cycle_id, "as_of_ms": target.as_of_ms, "data_digest": target.data_digest,
         "target_id": target.target_id, "params_version": params_version, "params_digest": target.params_digest,
         "basis_snapshot_id": basis.snapshot_id, "gate": outcome.gate, "halted": outcome.halted,
-        "legs": legs, "reasons": outcome.reasons, "prices": target.prices,
+        "legs": legs, "reasons": outcome.reasons, "prices": {sym: float(px) for sym, px in target.prices.items()},
     }
     return PlanBody(plan_id=plan_id_for(fields), **fields)
 

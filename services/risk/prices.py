@@ -225,11 +225,12 @@ async def venue_checked_bar(source: PriceSource, held: list[str], wanted: list[s
       could otherwise latch the kill-switch, or sell at a stop, on prices the market never printed.  A held coin
       the venue gives no candle for (not out yet, or not listed any more) cannot be confirmed: left out of the
       closes, valued at its last mark as any coin without a price.
-    * Volumes of ``held`` coins and of the coins the target ``wanted`` (weighted, not held: what the plan may buy)
-      are the venue's.  Announced by ingest alone, a huge volume for an illiquid coin let a cycle's buy past the
+    * Volumes of ``held`` coins and of the coins the target ``wanted`` (weighted: what the plan may buy, held or
+      not) are the venue's.  Announced by ingest alone, a huge volume for an illiquid coin let a cycle's buy past the
       participation cap, and a tiny one held a cycle's exits back (found by an audit).  Where the venue gives no
-      candle, an exit goes out uncapped (NaN: never held back by a number nobody verified, as the ticks do) and a
-      buy gets no room (0: no risk taken on a market whose volume cannot be confirmed)."""
+      candle, a coin the target wants gets no room (0: no risk added on a market whose volume cannot be confirmed; a
+      trim of a held one waits too) and a held coin it does not want goes out uncapped (NaN: an exit is never held
+      back by a number nobody verified, as the ticks do)."""
     candles = await source.bar_candles(sorted({*held, *wanted}), timeframe, bar)
     if candles is None:
         return closes, volumes, ""
@@ -249,7 +250,7 @@ async def venue_checked_bar(source: PriceSource, held: list[str], wanted: list[s
                                     f"venue's ({venue:.8g})"
     checked = dict(volumes)
     for sym in sorted({*held, *wanted}):
-        published = candles[sym][1] if sym in candles else (math.nan if sym in held else 0.0)
+        published = candles[sym][1] if sym in candles else (0.0 if sym in wanted else math.nan)
         announced = volumes.get(sym, math.nan)
         if math.isfinite(announced) and not math.isclose(announced, published, rel_tol=0.01):
             warn(logger, "DATA_DISAGREE", "announced bar volume is not the venue's; the venue's caps the plan",

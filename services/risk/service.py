@@ -283,7 +283,7 @@ class Risk(FlightTracking):
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
-        wanted = sorted(s for s, w in target.weights.items() if w > 0 and s not in held)
+        wanted = sorted(s for s, w in target.weights.items() if w > 0)
         bar = int(panel.timestamps[-1])
         prices, volumes, forged = await venue_checked_bar(self.prices, held, wanted, ctx.settings.timeframe, bar,
                                                           prices, decision_bar_volumes(panel), ctx.logger)

@@ -108,4 +108,5 @@ def test_a_cycles_legs_are_capped_by_the_venues_volumes_not_the_announced_ones(
     gone.missing = ("BTC/USDT",)
     out = caps(gone, ["BTC/USDT"], ["ETH/USDT"], announced)
     assert math.isnan(out["BTC/USDT"]) and out["ETH/USDT"] == 0.0
+    assert caps(gone, ["BTC/USDT"], ["BTC/USDT"], announced)["BTC/USDT"] == 0.0  # held and wanted: no top-up
     assert caps(Venue(clock=None), ["BTC/USDT"], ["ETH/USDT"], announced) == announced  # the replay: as announced

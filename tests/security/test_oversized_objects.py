@@ -61,6 +61,34 @@ def test_an_object_claiming_more_than_a_reader_accepts_is_refused_before_it_is_r
     assert real == b"x" * 300_000  # an honest object still reads whole
 
 
+def test_an_object_with_an_empty_chunk_is_refused(nats_server: NatsEndpoint) -> None:
+    """Empty chunks never grow an object past the size its meta claims: refused as soon as one is read."""
+    settings = nats_server.settings()
+
+    async def scenario() -> str:
+        async with role_connections(settings, "ingest", "risk") as js:
+            store = await candle_writer(js["ingest"])
+            await store.put("real", b"x" * 1000)
+            await forge_meta(js["ingest"], "e" * 64, "real", 1000, 1)
+            real = json.loads((await js["ingest"].get_last_msg(
+                f"OBJ_{CANDLE_BUCKET}", f"$O.{CANDLE_BUCKET}.M.{base64.urlsafe_b64encode(b'real').decode()}",
+                direct=True)).data)
+            nuid = "empty" + real["nuid"][5:]
+            meta_subject = f"$O.{CANDLE_BUCKET}.M.{base64.urlsafe_b64encode(('e' * 64).encode()).decode()}"
+            meta = json.loads((await js["ingest"].get_last_msg(f"OBJ_{CANDLE_BUCKET}", meta_subject,
+                                                                direct=True)).data) | {"nuid": nuid}
+            await js["ingest"].publish(f"$O.{CANDLE_BUCKET}.C.{nuid}", b"", timeout=5)
+            await js["ingest"].publish(meta_subject, json.dumps(meta).encode(), headers={"Nats-Rollup": "sub"},
+                                       timeout=5)
+            try:
+                await read_object(js["risk"], CANDLE_BUCKET, "e" * 64)
+            except ValueError as exc:
+                return str(exc)
+            return "read"
+
+    assert "has an empty chunk" in asyncio.run(scenario())
+
+
 def test_signal_dead_letters_an_announcement_of_an_oversized_object_and_goes_on(nats_server: NatsEndpoint) -> None:
     settings = nats_server.settings()
     name = "c" * 64

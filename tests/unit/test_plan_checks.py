@@ -54,3 +54,21 @@ def test_a_plan_whose_id_is_not_the_digest_of_its_contents_is_refused() -> None:
     other = msgspec.structs.replace(genuine, legs=[PlanLeg(0, "ETH/USDT", "buy", 1.0, 3000.0, "enter")])
     assert plan_shape_refusal(genuine) == ""
     assert "is not the digest of the plan's contents" in plan_shape_refusal(other)
+
+
+def test_a_plan_risk_builds_keeps_its_id_through_the_wire() -> None:
+    """The executor checks the id on the decoded plan: risk's body must digest the same after encode and decode,
+    even when a quantity or price reached it as an int (JSON gives it back as a float)."""
+    from types import SimpleNamespace
+
+    from services.risk.plan_body import build_plan_body
+    from shared.contracts import ApprovedPlan, decode, encode
+
+    target = SimpleNamespace(cycle_id="1d-20240102T0000", as_of_ms=1_704_153_600_000, data_digest="d", target_id="t",
+                             params_digest="p", prices={"BTC/USDT": 40_000, "ETH/USDT": 2_000.5})
+    outcome = SimpleNamespace(gate="pass", halted=False, reasons=["rebalance"],
+                              legs=[SimpleNamespace(symbol="BTC/USDT", side="buy", qty=1, ref_price=40_000,
+                                                    reason="enter")])
+    body = build_plan_body(target, SimpleNamespace(snapshot_id="s-1"), outcome, 3)  # type: ignore[arg-type]
+    wire = decode(encode(ApprovedPlan(plan=body, signature="", key_id="")), ApprovedPlan).plan
+    assert plan_shape_refusal(wire) == "" and wire.plan_id == body.plan_id
