@@ -172,6 +172,7 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], cl
     symbols = tuple(sorted({f.symbol for f in fills if "/" in f.symbol}))  # adopted quote cash is no position
     column = {s: j for j, s in enumerate(symbols)}
     trades, times = Trades(), []
+    sells: dict[str, list[tuple[float, float]]] = {}  # per symbol, per fill in order: (coins sold, proceeds)
     for f in fills:
         if f.symbol not in column:
             continue
@@ -186,15 +187,25 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], cl
             code = R_EXIT
         trades.add(len(times), column[f.symbol], 1 if buy else -1, coins, f.price, fee, code, AT_OPEN)
         times.append(clock.of_fill(f))
+        sells.setdefault(f.symbol, []).append((0.0, 0.0) if buy else (coins, coins * f.price - fee))
     times.append(clock.now_ms)
     final = np.array([marks.get(s, math.nan) for s in symbols], dtype=float)
     step, min_qty, min_notional = dust.arrays(symbols)
     trips = round_trips(trades, symbols, step, np.array(times, dtype=np.int64), 0, 1, final, min_qty, min_notional)
     for trip in trips:
         trip["holding_ms"] = int(trip.pop("holding_bars"))
+        trip["held"], trip["realized"] = 0.0, trip["pnl"]
         if trip["open"]:  # held up to the journal's clock (the matcher adds its 1 ms "bar")
             trip["exit_time"] = None
             trip["holding_ms"] = max(0, clock.now_ms - int(trip["entry_time"]))
+            # What its partial exits sold and realized (at the trip's average cost): an open trip showed what it
+            # bought and no realized P&L while its trims had realized thousands (found by an audit).  The open trip
+            # is a symbol's last, so its fills are that symbol's last ``fills``.
+            own = sells[trip["symbol"]][-int(trip["fills"]):]
+            sold = sum(coins for coins, _ in own)
+            trip["held"] = max(0.0, trip["qty"] - sold)
+            trip["realized"] = sum(cash for _, cash in own) - trip["cost"] * sold / trip["qty"] \
+                if sold > 0 and trip["qty"] > 0 else 0.0
     return trips
 
 
@@ -204,7 +215,7 @@ def trips_summary(trips: list[dict[str, Any]], as_of_ms: int) -> dict[str, Any]:
     from aura.backtest.metrics import round_trip_stats
 
     stats = round_trip_stats([{**t, "holding_bars": t["holding_ms"]} for t in trips])  # "bars" of 1 ms here
-    realized = sum(t["pnl"] for t in trips if not t["open"])
+    realized = sum(t["realized"] for t in trips)  # closed trips' P&L and what open ones' partial exits realized
     last = {t["symbol"]: t for t in trips}  # open trips come last, so an open one wins
     dust = {s: t["dust"] for s, t in sorted(last.items()) if not t["open"] and t["dust"] > 0}
     return {"closed": stats["closed"], "open": stats["open"], "win_rate": stats["win_rate"],

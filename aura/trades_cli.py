@@ -173,15 +173,17 @@ def run_trades(args: argparse.Namespace) -> int:
         print(json.dumps(clean({"trips": shown, "summary": summary}), indent=2, sort_keys=True))
         return 0
     table = Table(title=f"Round trips (journal {settings.journal_path}; entry and exit: the bars the cycles traded, "
-                  "UTC; open trips: P&L in `aura status`)")
+                  "UTC; open trips: held of bought, and the P&L their partial exits realized; the rest in "
+                  "`aura status`)")
     for name in ("symbol", "entry bar", "exit bar", "qty", "entry px", "exit px", "P&L", "return", "held",
                  "exit reason", "dust"):
         table.add_column(name, justify="left" if name in ("symbol", "entry bar", "exit bar", "exit reason")
                          else "right", no_wrap=name in ("entry bar", "exit bar"))
     for t in shown:
-        pnl = None if t["open"] else t["pnl"]
-        table.add_row(t["symbol"], utc(t["entry_time"]), "open" if t["open"] else utc(t["exit_time"]),
-                      f"{t['qty']:.8g}", f"{t['entry_price']:.8g}",
+        pnl = t["realized"] if not t["open"] or t["held"] < t["qty"] else None
+        qty = f"{t['held']:.8g} of {t['qty']:.8g}" if t["open"] and t["held"] < t["qty"] else f"{t['qty']:.8g}"
+        table.add_row(t["symbol"], utc(t["entry_time"]), "open" if t["open"] else utc(t["exit_time"]), qty,
+                      f"{t['entry_price']:.8g}",
                       "-" if t["open"] else f"{t['exit_price']:.8g}", colored(pnl, _money(pnl, True)),
                       "-" if t["open"] else _pct(t["return"]), held_for(t["holding_ms"]),
                       "open" if t["open"] else t["exit_reason"], f"{t['dust']:.8g}" if t["dust"] > 0 else "-")

@@ -165,6 +165,32 @@ def test_trips_are_timed_by_the_bars_their_cycles_traded(tmp_path: Path, monkeyp
     assert "median holding 2d 0h" in out and " 0m " not in out and "bar 2024-01-10 00:00" in out
 
 
+# --- partial exits -------------------------------------------------------------------------------------------------
+
+
+TRIM_CYCLES: list[Cycle] = [
+    ("1d-20240101T0000", [(BTC, "buy", 0.2, 40_000.0, 0.0, 8.0, "enter")], {BTC: 40_000.0}),
+    ("1d-20240102T0000", [(BTC, "sell", 0.1, 25_000.0, 0.0, 2.5, "stop_loss")], {BTC: 25_000.0}),
+    ("1d-20240103T0000", [(BTC, "sell", 0.05, 25_200.0, 0.0, 1.26, "kill_switch")], {BTC: 25_200.0}),
+]
+
+
+def test_an_open_trip_shows_what_it_still_holds_and_what_its_partial_exits_realized(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bought 0.2 BTC, sold 0.1 and 0.05 at a loss: the trip is open with 0.05 held.  It showed qty 0.2 and a
+    realized P&L of +0.00 while `aura pnl` said -3,017 (found by an audit)."""
+    home_with(tmp_path, monkeypatch, TRIM_CYCLES, venue_clock)
+    doc = json.loads(cli(capsys, "trades", "--json"))
+    (trip,) = doc["trips"]
+    assert trip["open"] and trip["qty"] == pytest.approx(0.2) and trip["held"] == pytest.approx(0.05)
+    cost_sold = (0.2 * 40_000.0 + 8.0) * 0.15 / 0.2  # the average cost of what the exits sold
+    realized = 0.1 * 25_000.0 - 2.5 + 0.05 * 25_200.0 - 1.26 - cost_sold
+    assert trip["realized"] == pytest.approx(realized) and realized < -2_000
+    assert doc["summary"]["realized_pnl"] == pytest.approx(realized)
+    out = cli(capsys, "trades")
+    assert "0.05 of 0.2" in out and f"{realized:,.2f}" in out
+
+
 # --- the day of a cycle --------------------------------------------------------------------------------------------
 
 
