@@ -109,9 +109,15 @@ async def _provision(settings: Settings, consumers: Mapping[str, ConsumerSpec] |
 
 
 def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str, ConsumerSpec] | None = None,
-                ) -> Stack:
+                stop: Callable[[], bool] = lambda: False) -> Stack:
     """Start everything; raises HomeLocked, CredentialError, BusUnavailable or RuntimeError with one clear line.
-    ``consumers``: durable consumer settings instead of the product's (the rehearsal lab's shorter ack wait)."""
+    ``consumers``: durable consumer settings instead of the product's (the rehearsal lab's shorter ack wait).
+    ``stop()`` is asked between steps: Interrupted (what was started is stopped) as soon as it says so, so that a
+    Ctrl-C while the bus starts does not go on to launch every service first (found by an audit)."""
+
+    def step() -> None:
+        if stop():
+            raise Interrupted
     home = settings.home_path
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,7 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
                 while port in ports.values():  # handed to a health app that has not bound it yet
                     port = free_port()
                 _say(f"port 4222 is taken; starting the embedded nats-server on free port {port} instead")
+            step()
             stack.nats = start_bus(settings, port)
             env["AURA_NATS_URL"] = stack.nats.url
             _say(f"embedded nats-server (JetStream, NKey auth, store {home / 'nats'}) at {stack.nats.url}")
@@ -140,15 +147,18 @@ def start_stack(settings: Settings, env: dict[str, str], consumers: Mapping[str,
             env["AURA_NATS_URL"] = settings.nats_url
             _say(f"using the NATS server at {settings.nats_url} (it must admit the NKeys in "
                  f"{settings.keys.bus_users})")
+        step()
         settings = stack.settings = load_settings(env)
         asyncio.run(_provision(settings, consumers))
+        step()
         write_run(home, RunInfo(env["AURA_NATS_URL"], os.getpid(), {n: health_url(settings, n) for n in SERVICE_NAMES},
                                 int(time.time() * 1000), stack.run_id))
+        for name in SERVICE_NAMES:
+            step()
+            start_service(stack, name)
     except BaseException:
         stack.stop()
         raise
-    for name in SERVICE_NAMES:
-        start_service(stack, name)
     return stack
 
 
@@ -299,7 +309,11 @@ def up(cycles: int | None = None, replay_interval_s: float | None = None, ready_
     signal.signal(signal.SIGTERM, on_signal)
     t0 = time.monotonic()
     try:
-        stack = start_stack(settings, env)
+        stack = start_stack(settings, env, stop=lambda: stop_requested["flag"])
+    except Interrupted:  # start_stack stopped what it had started
+        _say("stopping (interrupted while starting)")
+        _say("all processes stopped")
+        return 130
     except (HomeLocked, PortTaken, CredentialError, BusUnavailable, ConfigError, RuntimeError, TimeoutError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1

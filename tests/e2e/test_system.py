@@ -666,3 +666,35 @@ def test_bad_config_fails_at_start_naming_the_setting() -> None:
     assert proc.returncode == 2
     assert "risk_port" in proc.stderr and "AURA_RISK_PORT" in proc.stderr
 
+
+
+def test_ctrl_c_while_the_bus_starts_launches_no_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C while the embedded nats-server starts: start_stack never asked the flag, so every service was still
+    launched and then stopped (found by an audit).  Here the Ctrl-C lands during start_bus."""
+    from aura import launcher
+
+    started: list[str] = []
+    real_start_bus, real_start_service = launcher.start_bus, launcher.start_service
+
+    def start_bus_then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        server = real_start_bus(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher's handler only sets its flag
+        return server
+
+    def start_service(stack: Any, name: str) -> Any:
+        started.append(name)
+        return real_start_service(stack, name)
+
+    monkeypatch.setattr(launcher, "start_bus", start_bus_then_ctrl_c)
+    monkeypatch.setattr(launcher, "start_service", start_service)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        code = launcher.up(env=stack_env(tmp_path / "home"))
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    out = capsys.readouterr().out
+    assert code == 130 and started == [], (code, started)
+    assert "interrupted while starting" in out and "all processes stopped" in out
+    assert not (tmp_path / "home" / "run.json").exists()
