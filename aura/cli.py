@@ -158,7 +158,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         adder: Callable[[argparse._SubParsersAction], None] = getattr(  # type: ignore[type-arg]
             importlib.import_module(module_name), register)
         adder(sub)
+    _name_subcommands(parser)
     return parser
+
+
+def _name_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A missing subcommand is named as the usage line shows it ({provision,matrix,config}), not by its internal
+    dest ("required: bus_command", found by an audit)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.choices:
+            if action.metavar is None:
+                action.metavar = "{" + ",".join(action.choices) + "}"
+            for child in action.choices.values():
+                _name_subcommands(child)
 
 
 def main(argv: list[str] | None = None) -> int:

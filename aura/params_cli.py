@@ -112,10 +112,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         current = in_force.params if in_force is not None else default_params(settings.timeframe)
         current_tf = document_timeframe(in_force) if in_force is not None else settings.timeframe
         if args.action == "set":
-            try:
-                doc = json.loads(Path(args.file).read_text())
-            except (OSError, ValueError) as exc:
-                raise ParamsError(f"cannot read {args.file}: {exc}") from exc
+            doc = _read_document(args.file)
             params, timeframe = params_from_user(doc, current, current_tf)
             if not same_timeframe(timeframe, current_tf):
                 print(f"  the file is for {timeframe} bars, version {version} for {current_tf} bars: parameters "
@@ -153,11 +150,20 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
 
+def _read_document(file: str) -> Any:
+    try:
+        return json.loads(Path(file).read_text())
+    except (OSError, ValueError) as exc:
+        raise ParamsError(f"cannot read {file}: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_for_command("aura params")
     if settings is None:
         return 2
     try:
+        if args.action == "set":  # the operator's own file first: a missing one is not "no system running"
+            _read_document(args.file)
         return asyncio.run(_run(settings, args))
     except ParamsError as exc:
         print(f"aura params {args.action}: {exc}", file=sys.stderr)

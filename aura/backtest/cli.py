@@ -16,6 +16,8 @@ from typing import Any
 from aura.backtest.execution import DEFAULT_MAX_PARTICIPATION
 from aura.strategy.params import PARAMS_TIMEFRAME, StrategyParams
 
+TIMEFRAMES = ("1d", "4h", "1h")  # the candle folders, and the bars parameters' lookbacks may be counted in
+
 
 def add_backtest_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -23,11 +25,11 @@ def add_backtest_parser(subparsers: Any) -> None:
         description="Decisions at each bar's close see only data up to that close; fills happen at the next "
                     "bar's open (or at that close with --fill close). Benchmarks: buy-and-hold BTC, SPY, gold.")
     p.add_argument("--data", required=True, type=Path, help="data folder (binance/TF/SYMBOL.parquet, benchmarks/1d)")
-    p.add_argument("--timeframe", default="1d", help="candle folder to use (1d, 4h, 1h); default 1d")
+    p.add_argument("--timeframe", default="1d", choices=TIMEFRAMES, help="candle folder to use; default 1d")
     p.add_argument("--params", type=Path,
                    help="JSON parameter document; an optional \"timeframe\" key says which bars its lookbacks count "
                         "(default: the shipped parameter set, made for 1d)")
-    p.add_argument("--params-timeframe", metavar="TF",
+    p.add_argument("--params-timeframe", metavar="TF", choices=TIMEFRAMES,
                    help="the timeframe the parameters' lookbacks are counted in (default: the --params file's "
                         "\"timeframe\", else 1d); when it is not --timeframe they are scaled to the same durations")
     p.add_argument("--no-scale-lookbacks", dest="scale_lookbacks", action="store_false",

@@ -40,6 +40,23 @@ def test_a_count_below_its_floor_is_refused_in_one_line(tmp_path: Path, args: tu
     assert not (tmp_path / "home" / "var").exists(), "nothing may start for a refused command"
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (("bus",), "required: {provision,matrix,config}"), (("params",), "required: {show,set,history,diff,rollback}"),
+    (("risk",), "required: {status,reset}"), (("journal",), "required: {adopt,settle}"),
+    (("params", "set", "/no/such/file.json", "--reason", "x"), "cannot read /no/such/file.json"),
+    (("backtest", "--data", "/tmp", "--out", "/tmp/x", "--timeframe", "5m"), "invalid choice: '5m'"),
+    (("backtest", "--data", "/tmp", "--out", "/tmp/x", "--params-timeframe", "2w"), "invalid choice: '2w'"),
+], ids=lambda a: " ".join(a) if isinstance(a, tuple) else "")
+def test_a_missing_subcommand_file_or_timeframe_is_said_as_the_operator_wrote_it(tmp_path: Path,
+                                                                                 args: tuple[str, ...],
+                                                                                 said: str) -> None:
+    """Found by an audit: a missing subcommand was named by its internal dest ("required: bus_command"), a missing
+    parameter file was reported as "no AURA system is running", and a backtest ran on a timeframe of 2 weeks."""
+    done = aura(tmp_path, *args)
+    assert done.returncode == 2 and said in done.stderr.strip().splitlines()[-1], (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(("window", "said"), [
     (("--since", "2024-01-01", "--until", "2023-01-01"), "is before --since"),
     (("--since", "2030-01-01", "--now", "2026-01-01"), "--since is in the future"),
