@@ -85,20 +85,29 @@ def _until_ms(text: str | None) -> int | None:
 
 
 class ConsoleLogHandler(logging.Handler):
-    """Log records, formatted as usual, printed through the rich console: while the progress bar is live they
+    """Log records printed through the rich console as one readable line (level, tag, message; the JSON a service
+    logs repeated the gap table in 400-character lines, found by an audit): while the progress bar is live they
     appear above it instead of tearing it apart."""
 
-    def __init__(self, console: Console, formatter: logging.Formatter | None) -> None:
+    def __init__(self, console: Console) -> None:
         super().__init__()
         self.console = console
-        if formatter is not None:
-            self.setFormatter(formatter)
+        self.setFormatter(TaggedLine())
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
         except Exception:  # a log line must never break the sync
             self.handleError(record)
+
+
+class TaggedLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        tag = getattr(record, "tag", None)
+        text = record.getMessage()
+        if tag and not text.startswith(f"[{tag}]"):
+            text = f"[{tag}] {text}"
+        return f"{record.levelname} {text}"
 
 
 @contextlib.contextmanager
@@ -110,8 +119,7 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int, int, str]
     console = Console(stderr=True)
     root = logging.getLogger()
     saved = list(root.handlers)
-    formatter = saved[0].formatter if saved else None
-    root.handlers = [ConsoleLogHandler(console, formatter)]
+    root.handlers = [ConsoleLogHandler(console)]
     columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
