@@ -162,15 +162,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _name_subcommands(parser: argparse.ArgumentParser) -> None:
+def _name_subcommands(parser: argparse.ArgumentParser, top: bool = True) -> None:
     """A missing subcommand is named as the usage line shows it ({provision,matrix,config}), not by its internal
-    dest ("required: bus_command", found by an audit)."""
+    dest ("required: bus_command", found by an audit).  Not the top level's: `aura` alone says "command", and
+    `aura foo` would list every command twice."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and action.choices:
-            if action.metavar is None:
+            if action.metavar is None and not top:
                 action.metavar = "{" + ",".join(action.choices) + "}"
             for child in action.choices.values():
-                _name_subcommands(child)
+                _name_subcommands(child, top=False)
 
 
 def main(argv: list[str] | None = None) -> int:

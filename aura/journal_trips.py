@@ -172,7 +172,7 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], cl
     symbols = tuple(sorted({f.symbol for f in fills if "/" in f.symbol}))  # adopted quote cash is no position
     column = {s: j for j, s in enumerate(symbols)}
     trades, times = Trades(), []
-    sells: dict[str, list[tuple[float, float]]] = {}  # per symbol, per fill in order: (coins sold, proceeds)
+    moves: dict[str, list[tuple[float, float]]] = {}  # per symbol, per fill in order: (coins, cash: -cost / +proceeds)
     for f in fills:
         if f.symbol not in column:
             continue
@@ -187,7 +187,8 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], cl
             code = R_EXIT
         trades.add(len(times), column[f.symbol], 1 if buy else -1, coins, f.price, fee, code, AT_OPEN)
         times.append(clock.of_fill(f))
-        sells.setdefault(f.symbol, []).append((0.0, 0.0) if buy else (coins, coins * f.price - fee))
+        moves.setdefault(f.symbol, []).append((coins, -(coins * f.price + fee)) if buy else
+                                              (-coins, coins * f.price - fee))
     times.append(clock.now_ms)
     final = np.array([marks.get(s, math.nan) for s in symbols], dtype=float)
     step, min_qty, min_notional = dust.arrays(symbols)
@@ -198,15 +199,26 @@ def round_trips_from_fills(fills: list[JournalFill], marks: dict[str, float], cl
         if trip["open"]:  # held up to the journal's clock (the matcher adds its 1 ms "bar")
             trip["exit_time"] = None
             trip["holding_ms"] = max(0, clock.now_ms - int(trip["entry_time"]))
-            # What its partial exits sold and realized (at the trip's average cost): an open trip showed what it
-            # bought and no realized P&L while its trims had realized thousands (found by an audit).  The open trip
-            # is a symbol's last, so its fills are that symbol's last ``fills``.
-            own = sells[trip["symbol"]][-int(trip["fills"]):]
-            sold = sum(coins for coins, _ in own)
-            trip["held"] = max(0.0, trip["qty"] - sold)
-            trip["realized"] = sum(cash for _, cash in own) - trip["cost"] * sold / trip["qty"] \
-                if sold > 0 and trip["qty"] > 0 else 0.0
+            # What it still holds and what its partial exits realized: an open trip showed what it bought and no
+            # realized P&L while its trims had realized thousands (found by an audit).
+            trip["held"], trip["realized"] = open_position(moves[trip["symbol"]][-int(trip["fills"]):])
     return trips
+
+
+def open_position(moves: list[tuple[float, float]]) -> tuple[float, float]:
+    """(coins held, P&L realized) after an open trip's own fills in order (the open trip is a symbol's last, so its
+    fills are that symbol's last ones): each sale realizes its proceeds less the average cost of the coins held
+    when it was made, never of coins bought after it."""
+    held = cost = realized = 0.0
+    for coins, cash in moves:
+        if coins > 0:
+            held, cost = held + coins, cost - cash
+            continue
+        sold = min(-coins, held)
+        share = cost * sold / held if held > 0 else 0.0
+        realized += cash - share
+        held, cost = held - sold, cost - share
+    return held, realized
 
 
 def trips_summary(trips: list[dict[str, Any]], as_of_ms: int) -> dict[str, Any]:

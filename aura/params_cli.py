@@ -112,8 +112,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         current = in_force.params if in_force is not None else default_params(settings.timeframe)
         current_tf = document_timeframe(in_force) if in_force is not None else settings.timeframe
         if args.action == "set":
-            doc = _read_document(args.file)
-            params, timeframe = params_from_user(doc, current, current_tf)
+            params, timeframe = params_from_user(args.document, current, current_tf)
             if not same_timeframe(timeframe, current_tf):
                 print(f"  the file is for {timeframe} bars, version {version} for {current_tf} bars: parameters "
                       f"it leaves out keep their durations (scaled to {timeframe} bars)", file=sys.stderr)
@@ -162,8 +161,8 @@ def run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     try:
-        if args.action == "set":  # the operator's own file first: a missing one is not "no system running"
-            _read_document(args.file)
+        if args.action == "set":  # the operator's own file first (once: it may be a pipe), not "no system running"
+            args.document = _read_document(args.file)
         return asyncio.run(_run(settings, args))
     except ParamsError as exc:
         print(f"aura params {args.action}: {exc}", file=sys.stderr)

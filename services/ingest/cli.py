@@ -39,7 +39,7 @@ from services.ingest.providers.base import SUPPORTED_TIMEFRAMES, Provider, Range
 from services.ingest.providers.ccxt_tail import CcxtTailProvider
 from services.ingest.sync import sync
 from services.ingest.sync_config import IngestConfig, SyncReport, build_providers
-from shared.logging import setup_logging
+from shared.logging import redact, setup_logging
 
 _DAY = 86_400_000
 
@@ -102,12 +102,18 @@ class ConsoleLogHandler(logging.Handler):
 
 
 class TaggedLine(logging.Formatter):
+    """``LEVEL [TAG] message``, secrets redacted as in the JSON lines, and a traceback below when there is one
+    (a per-symbol ``SYNC_ERROR`` carries it)."""
+
     def format(self, record: logging.LogRecord) -> str:
         tag = getattr(record, "tag", None)
         text = record.getMessage()
         if tag and not text.startswith(f"[{tag}]"):
             text = f"[{tag}] {text}"
-        return f"{record.levelname} {text}"
+        line = f"{record.levelname} {redact(text)}"
+        if record.exc_info:
+            line += "\n" + redact(self.formatException(record.exc_info))
+        return line
 
 
 @contextlib.contextmanager

@@ -118,8 +118,18 @@ class VenueUniverse:
         :class:`MarketsUnavailable` when a due read fails; the next call tries again.
         """
         if self.due(now_ms):
-            self._refresh(now_ms)
-            self._due_ms = now_ms
+            try:
+                self._refresh(now_ms)
+            except MarketsUnavailable:
+                # Rules a stale cycle's extra read brought within the period stay good until they are due by
+                # their own age (a review found the daily read refusing rules an hour old); the read is retried.
+                if self._ranking_stale is not None or self._read_ms is None or \
+                        now_ms - self._read_ms >= self.refresh_ms:
+                    raise  # a ranking two periods old, or rules a period old: no cycle on them
+                warn(self.logger, "MARKETS", "the scheduled read of the market rules failed; the rules read "
+                     f"{_iso(self._read_ms)} stay in force until they are a period old")
+            else:
+                self._due_ms = now_ms
         elif self.recheck_due(now_ms):
             self._rechecked_ms = now_ms
             try:

@@ -282,6 +282,10 @@ class Risk(FlightTracking):
         if basis is None:
             await self.refuse(target, "no_basis", "no verified executor snapshot available; cycle aborted")
         assert basis is not None
+        if basis.cycle_id == target.cycle_id and basis.status in TRADED:
+            self.traded = target.cycle_id  # traded by a plan of an earlier run of this process
+        if await self.planned_already(target, basis):  # before the venue is asked: copies cost no request
+            return
         held = sorted(s for s, q in basis.holdings.items() if q > 0)
         wanted = sorted(s for s, w in target.weights.items() if w > 0)
         bar = int(panel.timestamps[-1])
@@ -289,10 +293,6 @@ class Risk(FlightTracking):
                                                           prices, decision_bar_volumes(panel), ctx.logger)
         if forged:
             await self.refuse(target, "forged_data", forged, forged=True)
-        if basis.cycle_id == target.cycle_id and basis.status in TRADED:
-            self.traded = target.cycle_id  # traded by a plan of an earlier run of this process
-        if await self.planned_already(target, basis):
-            return
         latch = await self.rearm(await self.inputs.latch(), params, target.as_of_ms, basis)
         cost = await self.costs.current()
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a

@@ -191,6 +191,20 @@ def test_an_open_trip_shows_what_it_still_holds_and_what_its_partial_exits_reali
     assert "0.05 of 0.2" in out and f"{realized:,.2f}" in out
 
 
+def test_a_partial_exit_realizes_against_the_coins_held_when_it_sold_not_later_buys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Buy 1 at 100, sell 0.5 at 110, add 1 at 200: the trim made +5, not -20 (the average of every buy of the
+    trip, later ones included, found by a review)."""
+    cycles: list[Cycle] = [
+        ("1d-20240101T0000", [(ETH, "buy", 1.0, 100.0, 0.0, 0.0, "enter")], {ETH: 100.0}),
+        ("1d-20240102T0000", [(ETH, "sell", 0.5, 110.0, 0.0, 0.0, "exit")], {ETH: 110.0}),
+        ("1d-20240103T0000", [(ETH, "buy", 1.0, 200.0, 0.0, 0.0, "add")], {ETH: 200.0}),
+    ]
+    home_with(tmp_path, monkeypatch, cycles, venue_clock)
+    (trip,) = json.loads(cli(capsys, "trades", "--json"))["trips"]
+    assert trip["open"] and trip["held"] == pytest.approx(1.5) and trip["realized"] == pytest.approx(5.0)
+
+
 # --- the day of a cycle --------------------------------------------------------------------------------------------
 
 

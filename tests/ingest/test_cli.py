@@ -222,3 +222,23 @@ def test_without_a_market_list_the_sync_runs_as_before_and_says_so(env, archive,
     assert lines[-1] == "aura data sync: incomplete: FOO/USDT"
     assert out.strip().splitlines()[-1].startswith("complete: no")
     assert api.counts["exchangeInfo"] == 1, "the circuit opened at the first failure: the sync does not ask again"
+
+
+def test_a_log_line_beside_the_bar_keeps_its_traceback_and_redacts_secrets() -> None:
+    """The readable lines must not lose what the JSON lines carried: a per-symbol SYNC_ERROR's traceback, and the
+    redaction of registered secrets."""
+    import logging
+
+    from services.ingest.cli import TaggedLine
+    from shared.logging import register_secret
+
+    register_secret("s3cr3t-value-for-the-test")
+    try:
+        raise ValueError("boom s3cr3t-value-for-the-test")
+    except ValueError:
+        record = logging.LogRecord("aura.ingest", logging.ERROR, __file__, 1, "BTC/USDT: failed with "
+                                   "s3cr3t-value-for-the-test", None, sys.exc_info())
+    record.tag = "SYNC_ERROR"
+    line = TaggedLine().format(record)
+    assert line.startswith("ERROR [SYNC_ERROR] BTC/USDT: failed") and "Traceback" in line and "ValueError" in line
+    assert "s3cr3t-value-for-the-test" not in line

@@ -192,7 +192,12 @@ def test_a_stale_cycles_extra_read_of_the_rules_never_makes_things_worse(tmp_pat
     assert uni.update(NOW + 8 * 60_000).read_ms == NOW  # five minutes after the failed attempt at the soonest
     assert uni.update(NOW + 12 * 60_000).read_ms == NOW + 12 * 60_000  # read again
     api.reset_counts()
-    assert uni.update(NOW + DAY).read_ms == NOW + DAY and api.counts == {"exchangeInfo": 1}  # the daily read, on time
+    api.fault("http_error", "exchangeInfo", status=500)
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        held = uni.update(NOW + DAY)  # the daily read fails, but the rules in force are 23.8 h old: they stay
+    assert held.read_ms == NOW + 12 * 60_000 and any("stay in force" in r.getMessage() for r in caplog.records)
+    api.clear_faults()
+    assert uni.update(NOW + DAY + 60_000).read_ms == NOW + DAY + 60_000  # the daily read, retried at the next poll
 
 
 @pytest.mark.integration

@@ -24,7 +24,7 @@ from aura.strategy.params import StrategyParams
 from services.risk.latch import LatchDoc, read_latch, write_latch
 from services.signal.service import make_target
 from shared.bus import publish
-from shared.contracts import CycleAborted, DataStale
+from shared.contracts import CycleAborted, DataStale, decode
 from shared.credentials import signing_key
 from shared.live_params import promote, sign_document
 from tests.bus_helpers import (
@@ -38,6 +38,7 @@ from tests.bus_helpers import (
     role_connections,
     running,
     snapshot,
+    stream_messages,
     until,
 )
 
@@ -219,6 +220,8 @@ def test_copies_of_a_traded_cycle_after_a_restart_of_risk_cost_one_wait_at_most(
                     out["skipped"] = skipped() - skipped_before
                     out["ticks"] = health.counters.get("risk_ticks", 0) - ticks_before
                     out["red"] = [name for name, check in health.checks.items() if not check()[0]]
+                    out["aborts"] = [a for raw in await stream_messages(js["operator"], f"{CycleAborted.SUBJECT}.risk")
+                                     if (a := decode(raw, CycleAborted)).cycle_id == cycle_id]
 
     asyncio.run(scenario())
     assert out["held"].holdings, "the genuine target should buy something"
@@ -226,6 +229,8 @@ def test_copies_of_a_traded_cycle_after_a_restart_of_risk_cost_one_wait_at_most(
     # One wait of 3 s at 0.2 s a tick is 15 skipped ticks; the copies went on for 12 s (60 ticks).
     assert out["skipped"] <= 20 < out["ticks"], (out["skipped"], out["ticks"])
     assert out["red"] == []
+    # The cycle ends in the journal, aborted by risk, so ingest stops announcing it.
+    assert [a.reason for a in out["aborts"]] == ["not planned again: planned on this basis, its plan never closed"]
 
 
 def test_a_bar_aborted_as_stale_whose_data_then_recovers_is_still_planned(nats_server: Any) -> None:
