@@ -56,7 +56,14 @@ from services.ingest.providers.base import (
     unified_symbol,
 )
 from services.ingest.sync_config import IngestConfig, SymbolReport, SyncReport, build_providers
-from services.ingest.sync_turn import SymbolState, all_empty, ask_provider, iso, report_disagreements, restore_held
+from services.ingest.sync_turn import (
+    SymbolState,
+    ask_provider,
+    confirmed_empty,
+    iso,
+    report_disagreements,
+    restore_held,
+)
 from services.ingest.validation import find_jumps, report_issues
 from shared.logging import info, warn
 
@@ -143,8 +150,8 @@ def _sync_symbol(
             # stale sidecar listed, and any without a volume (CoinGecko's).  Attributed to the cache, which counts
             # as the exchange's own, a crash between the two writes made them permanent (found by an audit).
             no_volume = ts_cached[np.isnan(cached["volume"].to_numpy())]
-            held = runs(ts_cached, iv)
-            cov.provisional = intersect(union(old.provisional if old is not None else [], runs(no_volume, iv)), held)
+            cov.provisional = intersect(union(old.provisional if old is not None else [], runs(no_volume, iv)),
+                                        runs(ts_cached, iv))
             cov.stamp(ts_cached, now_ms)
         names: list[str] = []
         codes_cached = attribute(ts_cached, cov.spans, names, UNKNOWN_PROVIDER)
@@ -184,7 +191,7 @@ def _sync_symbol(
         report_issues(log, jumps, counters, tally=rep.issues, symbol=sym, timeframe=timeframe)
 
         still = intersect(st.unfilled, window)
-        confirmed = subtract(intersect(still, all_empty(st)), st.failed_auth)
+        confirmed = intersect(still, confirmed_empty(st))
         pending = subtract(still, confirmed)
         confirmed_gaps = [(r, _confirmers(r, st.empty_by)) for r in confirmed]
         pending_gaps = [Gap(s, e, False, _notes_for((s, e), st.notes)) for s, e in pending]
@@ -204,7 +211,7 @@ def _sync_symbol(
                 report_disagreements(cross_check(kept, other, cfg.tol_other_venue, compare_volume=False),
                                      st.names[int(code)], sym, timeframe, counters, rep)
         # Settled: replaced, or the exchange's own sources all answered that no candle exists there.
-        own_empty = subtract(intersect(recheck, all_empty(st)), st.failed_auth)
+        own_empty = intersect(recheck, confirmed_empty(st))
         settled = union(runs(st.replaced_ts, iv), own_empty)
         cov.provisional = union(subtract(cov.provisional, settled), intersect(st.fallback_added, live))
         cov.spans = build_spans(ts, codes, st.names, iv)

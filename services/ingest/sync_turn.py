@@ -172,14 +172,13 @@ def _late(new_ts: np.ndarray, confirmed: list[Range], provider: str, sym: str, t
 
 def restore_held(st: SymbolState, iv: int, sym: str = "", timeframe: str = "") -> None:
     """Put back the provisional rows the exchange's own sources did not replace (kept, still provisional), but
-    none where one of them answered that no candle exists and none failed there (what confirms a gap): a fallback's
-    candle there would be an invention
-    (a day the venue was down), kept for good once the slot left the provisional list (found by an audit).  Those
-    slots stay unfilled, so the sync confirms them as gaps, as the backtest's data has them."""
+    none where the sync confirms that no candle exists (``confirmed_empty``): a fallback's candle there would be an
+    invention (a day the venue was down), kept for good once the slot left the provisional list (found by an
+    audit).  Those slots stay unfilled, so the sync confirms them as gaps, as the backtest's data has them."""
     if st.held is None or st.held_codes is None:
         return
     held, codes = st.held, st.held_codes
-    absent = subtract(all_empty(st), st.failed_auth)
+    absent = confirmed_empty(st)
     if absent:
         inside = in_ranges(held["timestamp"].to_numpy(), absent)
         if inside.any():
@@ -217,6 +216,11 @@ def report_disagreements(diffs: list[Disagreement], provider: str, sym: str, tim
 def all_empty(st: SymbolState) -> list[Range]:
     """Where any of the exchange's own sources answered that no candle exists."""
     return normalize([r for rs in st.empty_by.values() for r in rs])
+
+
+def confirmed_empty(st: SymbolState) -> list[Range]:
+    """Where this sync confirms that no candle exists: one of the exchange's own sources said so, none failed."""
+    return subtract(all_empty(st), st.failed_auth)
 
 
 def _cross_check(st: SymbolState, overlap: pl.DataFrame, auth: bool, cfg: IngestConfig) -> list[Disagreement]:

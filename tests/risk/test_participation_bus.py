@@ -10,7 +10,9 @@ fills exactly the capped quantities.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,17 @@ def test_live_risk_caps_each_leg_at_its_share_of_the_decision_bars_volume(nats_s
     assert r.capture.fields("PLAN_APPROVED")
 
 
+@contextlib.asynccontextmanager
+async def liquidating(settings: Settings, capture: Capture) -> AsyncIterator[dict[str, Any]]:
+    """The executor and risk running; 0.2 BTC bought at 40,000, then a bar at 25,000 on 1.5 BTC traded: a 30%
+    drawdown, so the kill-switch liquidates, 0.15 BTC (10% of the bar) a bar.  Yields the roles' connections."""
+    async with running(settings, "executor", "risk", handler=capture), \
+            role_connections(settings, "ingest", "risk", "operator") as js:
+        await buy(js["risk"], settings, 0.2, 40_000.0)
+        await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)
+        yield js
+
+
 def on_the_first_sell(monkeypatch: pytest.MonkeyPatch, first: Any) -> None:
     """The paper broker, except that its first sell order is ``first(place, broker, symbol, side, qty, ...)``."""
     from services.executor.brokers.paper import PaperBroker
@@ -119,10 +132,7 @@ def test_the_cap_is_on_the_bar_so_ticks_do_not_sell_it_again_until_a_new_bar(nat
     capture = Capture()
 
     async def scenario() -> tuple[list[PortfolioSnapshot], list[PortfolioSnapshot], list[ApprovedPlan]]:
-        async with running(settings, "executor", "risk", handler=capture), \
-                role_connections(settings, "ingest", "risk", "operator") as js:
-            await buy(js["risk"], settings, 0.2, 40_000.0)
-            await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+        async with liquidating(settings, capture) as js:
 
             first = await until(lambda: tick_snapshots(js["operator"], 1), "the first liquidation tick")
             same_bar, after = await rest_of_the_bar(capture, js, settings)
@@ -153,10 +163,7 @@ def test_an_exit_the_executor_did_not_fill_gets_its_room_back_on_the_same_bar(na
     on_the_first_sell(monkeypatch, reject)
 
     async def scenario() -> tuple[list[PortfolioSnapshot], list[ApprovedPlan]]:
-        async with running(settings, "executor", "risk", handler=capture), \
-                role_connections(settings, "ingest", "risk", "operator") as js:
-            await buy(js["risk"], settings, 0.2, 40_000.0)
-            await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+        async with liquidating(settings, capture) as js:
             ticks = await until(lambda: tick_snapshots(js["operator"], 2), "the exit sent again on the same bar")
             return ticks, await approved_plans(js["operator"])
 
@@ -189,10 +196,7 @@ def test_the_filled_part_of_a_partly_filled_exit_keeps_its_room_taken(nats_serve
     on_the_first_sell(monkeypatch, fill_part)
 
     async def scenario() -> tuple[list[PortfolioSnapshot], list[ApprovedPlan]]:
-        async with running(settings, "executor", "risk", handler=capture), \
-                role_connections(settings, "ingest", "risk", "operator") as js:
-            await buy(js["risk"], settings, 0.2, 40_000.0)
-            await market_moves(js["ingest"], settings, 25_000.0, volume=1.5)  # a 30% drawdown: liquidate
+        async with liquidating(settings, capture) as js:
             await until(lambda: tick_snapshots(js["operator"], 2), "the unsold part sent again on the same bar")
             same_bar, _ = await rest_of_the_bar(capture, js, settings)
             return same_bar, await approved_plans(js["operator"])
