@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aura.strategy.rebalance import floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import Fill, Quote
 from services.executor.exchange_calls import ExecutionLimits
@@ -61,8 +62,14 @@ def buy_budget(qty: float, price: float, rule: MarketRule, limits: ExecutionLimi
     ``max_order_usdt`` and by the plan's cash left (less the fee).  Pure."""
     budget = min(qty * price, limits.max_order_usdt, guard.cash / (1.0 + guard.fee_rate))
     reason = "" if budget >= qty * price else f"buy limited to {budget:.2f} quote (cap or the journal's free cash)"
-    if budget < rule.min_notional * (1.0 + limits.min_notional_margin):
-        return 0.0, f"cash left {guard.cash:.2f} buys less than the minimum notional {rule.min_notional}"
+    # The minimum is checked on what the venue will fill, not on the budget: the amount sent is cut to the
+    # quote precision (ccxt truncates) and the venue floors amount / price to the lot step, so a budget of
+    # exactly qty * price buys a step less, and near the minimum that is a NOTIONAL rejection there.
+    fills = floor_to_step(floor_to_step(budget, rule.tick_size) / price, rule.step_size) * price
+    floor = rule.min_notional * (1.0 + limits.min_notional_margin)
+    if fills < floor or floor_to_step(budget / price, rule.step_size) < rule.min_qty:
+        return 0.0, (f"buy of {budget:.2f} quote fills {fills:.2f} at {price:.8g}, less than the minimum notional "
+                     f"{rule.min_notional} + {limits.min_notional_margin:.0%} (cash left {guard.cash:.2f})")
     return budget, reason
 
 

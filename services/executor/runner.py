@@ -211,7 +211,8 @@ def refuse_plan(journal: Journal, plan: PlanBody, marks: dict[str, float], reaso
 
 async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict[str, MarketRule],
                    limits: ExecutionLimits, logger: logging.Logger, marks: dict[str, float],
-                   sync: SyncCheck | None = None, live: LivePolicy | None = None) -> PlanRun:
+                   sync: SyncCheck | None = None, live: LivePolicy | None = None,
+                   redelivered: bool = False) -> PlanRun:
     """Execute ``plan`` (or finish it after a crash) and close its cycle with a snapshot, idempotently.
 
     ``live``: a *new* plan on data older than ``plan_max_age_ms`` by the exchange's clock is refused (a plan
@@ -221,6 +222,10 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     confirmed shortfall rejects the plan (no order, no liquidation: a human must look); reads that never
     confirm anything raise TransientBrokerError so the plan is retried later.  A plan already under way is
     finished without the checks: its own orders may be what the balances are missing.
+    ``redelivered``: the bus delivered this plan before.  If the journal does not know it, an earlier delivery
+    may still have placed its orders (a journal that lost its newest commits: a lost WAL), so its legs are
+    looked up before any is placed, as a resumed plan's are; the reconciliation's dust allowance would hide a
+    small leg filled twice.
     """
     status = journal.plan_status(plan.plan_id)
     if status in FINAL_PLAN_STATES:
@@ -270,9 +275,9 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     guard = None if live is None else LiveGuard(live.max_price_deviation, live.max_spread,
                                                   journal_portfolio(journal).cash, live.fee_rate)
     # A resumed plan's legs are looked up on the exchange before any is placed, whatever the journal says of them:
-    # a journal that lost its newest commits (a lost WAL) can show a placed leg as never sent.
+    # a journal that lost its newest commits (a lost WAL) can show a placed leg as never sent, or lose the plan.
     result: ExecutionResult = await execute_plan(plan, broker, journal, rules, limits, logger, guard,
-                                                 resumed=status is not None, stale=stale)
+                                                 resumed=status is not None or redelivered, stale=stale)
     reasons = [*plan.reasons, *result.reasons]
     journal.begin()
     journal.set_plan_status(plan.plan_id, result.status, reasons)

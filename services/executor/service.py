@@ -320,7 +320,8 @@ class Executor:
         heartbeat = asyncio.create_task(self._keep_in_progress(msg))
         try:
             run = await run_plan(plan, self.broker, self.journal, rules, self.limits, self.ctx.logger,
-                                 self.marks, self.sync, self.live)
+                                 self.marks, self.sync, self.live,
+                                 redelivered=bool(msg.metadata and msg.metadata.num_delivered > 1))
             self.outage.answered()  # the exchange answered this plan's reads (a refusal before them says nothing)
         finally:
             heartbeat.cancel()

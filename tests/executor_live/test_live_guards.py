@@ -75,7 +75,7 @@ def test_a_huge_buy_at_the_right_price_spends_at_most_the_cap(rig: Rig) -> None:
     before = rig.server.sim.free("USDT")
     capped = ExecutionLimits(**{**LIMITS.__dict__, "max_order_usdt": 500.0})
     run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 1.0, btc)]), capped)  # ~1 BTC wanted
-    assert run.status == "executed", run.reasons
+    assert run.status == "partial", run.reasons  # the cap cut it short of the target
     assert Decimal("490") <= spent(rig, before) <= Decimal("500"), spent(rig, before)
     assert any("capped at max_order_usdt=500" in r or "buy limited" in r for r in run.reasons), run.reasons
 

@@ -1,0 +1,96 @@
+"""Three live-path cases an audit found, through run_plan + CcxtBroker + the simulator:
+
+* a plan the journal lost (a lost WAL), delivered again by the bus, is looked up before it is placed: the
+  reconciliation's dust allowance hides a small leg's surplus, and Binance accepts a clientOrderId again once
+  its first order has filled, so placing it blind filled it twice;
+* a stop-loss exit is not cut by ``max_order_usdt`` (the most one order may *spend*: an exit spends nothing and
+  leaving most of the position open is what it exists to prevent), and a plan a cap did cut is "partial";
+* a quote-amount buy's minimum notional is checked on what the venue will fill (the amount cut to the quote
+  precision, the quantity floored to the lot step), so a leg that passes is not rejected there for NOTIONAL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+
+import pytest
+
+from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.brokers.client_order_id import client_order_id
+from services.executor.exchange_calls import ExecutionLimits
+from services.executor.runner import PlanRun, run_plan
+from shared.contracts import PlanBody
+from tests.executor_live.conftest import LIMITS, Rig
+from tests.executor_live.test_live_guards import LIVE, live_run, plan_at
+
+pytestmark = pytest.mark.integration
+
+
+def _run(rig: Rig, plan: PlanBody, redelivered: bool) -> PlanRun:
+    async def scenario(b: CcxtBroker) -> PlanRun:
+        return await run_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log, {}, live=LIVE,
+                              redelivered=redelivered)
+
+    return rig.run(scenario)
+
+
+@pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)  # Binance's own rule
+def test_a_plan_the_journal_lost_is_looked_up_before_it_is_placed_again(rig: Rig) -> None:
+    eth = rig.price("ETH/USDT")
+    plan = plan_at(rig, [("ETH/USDT", "buy", 0.0025, eth)])  # about 6 USDT: inside any dust allowance
+    before_plan = sqlite3.connect(":memory:")
+    rig.journal.db.backup(before_plan)
+    assert _run(rig, plan, redelivered=False).status == "executed"
+    assert rig.sim_orders_by_cid() == {client_order_id(plan.plan_id, 0): 1}
+    held = rig.server.sim.free("ETH")
+    # Killed before the ack, and the WAL with every commit of the plan lost: the journal is as it was before.
+    before_plan.backup(rig.journal.db)
+    assert rig.journal.plan_status(plan.plan_id) is None
+    run = _run(rig, plan, redelivered=True)  # the bus delivers it again (num_delivered 2)
+    assert rig.sim_orders_by_cid() == {client_order_id(plan.plan_id, 0): 1}, "one clientOrderId filled twice"
+    assert rig.server.sim.free("ETH") == held
+    assert run.status == "executed"  # found and journaled: the journal holds the coins again
+    assert rig.journal.intent_state(client_order_id(plan.plan_id, 0))[0] == "filled"
+
+
+def test_a_stop_loss_exit_is_not_cut_by_the_per_order_cap(rig: Rig) -> None:
+    btc = rig.price("BTC/USDT")
+    assert live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 0.05, btc)])).status == "executed"  # about 2,100 USDT
+    held = rig.server.sim.free("BTC")
+    capped = ExecutionLimits(**{**LIMITS.__dict__, "max_order_usdt": 500.0})
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "sell", float(held), btc, "stop_loss")]), capped)
+    assert rig.server.sim.free("BTC") * Decimal(str(btc)) < 1, run.reasons  # all of it (a lot step's dust left)
+    assert run.status == "executed"
+
+
+def test_a_leg_the_per_order_cap_cut_makes_the_plan_partial(rig: Rig) -> None:
+    btc = rig.price("BTC/USDT")
+    usdt = rig.server.sim.free("USDT")
+    capped = ExecutionLimits(**{**LIMITS.__dict__, "max_order_usdt": 500.0})
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 0.05, btc)]), capped)
+    assert usdt - rig.server.sim.free("USDT") <= Decimal("500")
+    assert run.status == "partial", run.reasons  # never reported as executed: the target was not reached
+    assert any("max_order_usdt" in r for r in run.reasons)
+    assert rig.server.sim.free("BTC") > 0
+    # A rotation exit is still cut (only protective exits are not): what it leaves is partial too.
+    sell = live_run(rig, plan_at(rig, [("BTC/USDT", "sell", float(rig.server.sim.free("BTC")), btc, "exit")]),
+                    ExecutionLimits(**{**LIMITS.__dict__, "max_order_usdt": 200.0}))
+    assert sell.status == "partial" and rig.server.sim.free("BTC") > 0
+
+
+def test_a_buy_that_passes_the_minimum_notional_check_is_not_refused_for_it(rig: Rig) -> None:
+    eth = rig.price("ETH/USDT")
+    _, ask = rig.server.sim.market.bid_ask("ETHUSDT")
+    rule = rig.server.sim.market.rules["ETHUSDT"]
+    # Lots of 0.0001 ETH near the minimum: the smallest whose cost at the ask clears 5 USDT + 1%, and the one
+    # above it.  Bought with a quote amount of qty * ask cut to the cent, each buys a lot less.
+    low = (rule.min_notional * Decimal("1.01") / ask / rule.step_size).to_integral_value(rounding="ROUND_CEILING")
+    qty_low, qty_next = float(low * rule.step_size), float((low + 1) * rule.step_size)
+    low_run = live_run(rig, plan_at(rig, [("ETH/USDT", "buy", qty_low, eth)]))
+    next_run = live_run(rig, plan_at(rig, [("ETH/USDT", "buy", qty_next, eth)]))
+    for run in (low_run, next_run):
+        assert not any("rejected" in r for r in run.reasons), run.reasons  # never a NOTIONAL rejection there
+    status, why, _ = rig.journal.intent_state(client_order_id(low_run.plan_id, 0))
+    assert status == "skipped" and "minimum notional" in why, why  # a step less would not clear the minimum
+    assert rig.journal.intent_state(client_order_id(next_run.plan_id, 0))[0] == "filled"
