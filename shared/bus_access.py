@@ -303,6 +303,23 @@ def publishers(subject: str) -> list[str]:
             for p, access in row.grants.items() if PUBLISH in access]
 
 
+# Connections and subscriptions each principal's account may hold at once.  Without a per-account cap one
+# credential (a worker's, the most widely copied; the read-only console's) could open every connection the server
+# admits and keep every service from reconnecting after a blip, the executor's stop-loss exits included.  Each
+# service runs one process with one connection (two while a restart overlaps); workers scale out (compose --scale);
+# the operator runs several CLI commands at once.  The caps together stay well under the server's total, so no one
+# account, nor all of them, can fill it.
+ACCOUNT_CONNECTIONS = {"worker": 256, "operator": 64}
+DEFAULT_ACCOUNT_CONNECTIONS = 32
+ACCOUNT_SUBSCRIPTIONS = 4096  # a service holds a handful; a flood of subscriptions costs the server memory
+MAX_CONNECTIONS = 1024
+
+
+def account_limits(principal: str) -> dict[str, int]:
+    return {"max_connections": ACCOUNT_CONNECTIONS.get(principal, DEFAULT_ACCOUNT_CONNECTIONS),
+            "max_subscriptions": ACCOUNT_SUBSCRIPTIONS}
+
+
 def server_config(users: dict[str, str], host: str, port: int, store_dir: str, tls: TlsFiles | None = None,
                   monitor_port: int | None = None) -> str:
     """The nats-server configuration (JSON is valid NATS config syntax): NKey users with their permissions, each
@@ -340,8 +357,10 @@ def server_config(users: dict[str, str], host: str, port: int, store_dir: str, t
             for source in publishers(subject):
                 exports.setdefault((source, "stream", subject), []).append(principal)
                 imports.append({"stream": {"account": source, "subject": subject}})
-        accounts[principal] = {"users": [user(principal)], "imports": imports}
-    accounts[JS_ACCOUNT] = {"jetstream": "enabled", "users": [user("admin")]}
+        accounts[principal] = {"users": [user(principal)], "imports": imports, "limits": account_limits(principal)}
+    accounts[JS_ACCOUNT] = {"jetstream": "enabled", "users": [user("admin")], "limits": {
+        # Connections only: JetStream's own subscriptions (streams, consumers, the imports it serves) live here.
+        "max_connections": DEFAULT_ACCOUNT_CONNECTIONS}}
     for (source, kind, subject), importers in exports.items():
         export: dict[str, object] = {kind: subject, "accounts": importers}
         if kind == "service" and subject.startswith(f"{JS_API}.CONSUMER.MSG.NEXT."):
@@ -350,7 +369,7 @@ def server_config(users: dict[str, str], host: str, port: int, store_dir: str, t
     conf: dict[str, object] = {
         "host": host, "port": port,
         "max_payload": MAX_PAYLOAD,
-        "max_connections": 512,
+        "max_connections": MAX_CONNECTIONS,
         "max_control_line": 4096,
         "jetstream": {"store_dir": store_dir, "max_file_store": 8 * 1024**3, "max_memory_store": 256 * 1024**2},
         "authorization": {"timeout": 2},
