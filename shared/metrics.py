@@ -114,6 +114,8 @@ METRICS: dict[str, Metric] = {
     "fills": _c("Fills journaled", owners=EXECUTOR),
     "cycles_aborted": _c("Cycles closed as aborted", owners=EXECUTOR),
     "aborts_ignored": _c("Abort notices for cycles ingest did not announce", owners=EXECUTOR),
+    "aborts_refused": _c("Abort notices refused (malformed, or another stage's), recorded or not (a flood)",
+                         "reason", owners=EXECUTOR, initial=("malformed", "wrong_stage")),
     "journal_faults": _c("Plan handlings that met a journal the disk would not write", owners=EXECUTOR),
     "reconcile_halts": _c("Times trading halted because journal and exchange disagreed", owners=EXECUTOR),
     "adoptions": _c("Operator adoptions of the exchange's balances applied", owners=EXECUTOR),

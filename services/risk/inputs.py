@@ -78,6 +78,12 @@ class RiskInputs:
         known = self.seen.get(snap.snapshot_id)
         if known is not None and known != content:
             return self._forged(f"snapshot {snap.snapshot_id} seen before with other contents")
+        last = self.last_snapshot
+        if last is not None and snap.snapshot_id != last.snapshot_id and snap.committed_at_ms < last.committed_at_ms:
+            # A genuine, signed, older book published again (by a holder of the executor's bus credential, under a
+            # new message id): as the basis it would hide every loss since, from the kill-switch and the stops.
+            return self._forged(f"snapshot {snap.snapshot_id} committed at {snap.committed_at_ms} is older than the "
+                                f"basis in force ({last.snapshot_id}, {last.committed_at_ms}): a replay")
         self.seen[snap.snapshot_id] = content
         self.seen.move_to_end(snap.snapshot_id)
         while len(self.seen) > SEEN_SNAPSHOTS:
