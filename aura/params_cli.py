@@ -173,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_params_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("params", help="show, promote, compare or roll back the live strategy parameters")
+    p = subparsers.add_parser("params", help="show, set, list (history), compare (diff) or roll back the live "
+                                             "strategy parameters")
     sub = p.add_subparsers(dest="action", required=True)
     show = sub.add_parser("show", help="print a version (default: the one in force, the newest valid) as a document "
                                        "`set` accepts")

@@ -261,14 +261,24 @@ async def stored_messages(js: JetStreamContext, stream: str, subject: str, after
     return out
 
 
+BIND_TRIES = 3
+
+
 async def bind_kv(js: JetStreamContext, bucket: str) -> KeyValue:
     """Bind to an existing bucket (never create it: a reader that creates buckets on a foreign server pollutes
     it, and services hold no right to)."""
-    try:
-        return await js.key_value(bucket)
-    except Exception as exc:
-        raise BusNotProvisioned(f"KV bucket {bucket} is not available ({type(exc).__name__}: {exc}); run "
-                                "`aura bus provision` (aura up and compose do it before starting services)") from exc
+    for _ in range(BIND_TRIES):
+        try:
+            return await js.key_value(bucket)
+        except TimeoutError:
+            # A server that is slow or paused, not a bucket that is missing: "run aura bus provision" would send
+            # the operator the wrong way (found by an audit: a 24 s pause of the server said exactly that).
+            await asyncio.sleep(1.0)
+        except Exception as exc:
+            raise BusNotProvisioned(f"KV bucket {bucket} is not available ({type(exc).__name__}: {exc}); run `aura "
+                                    "bus provision` (aura up and compose do it before starting services)") from exc
+    raise BusUnavailable(f"the bus did not answer for KV bucket {bucket} in {BIND_TRIES} tries: the server is slow "
+                         "or overloaded (the bucket may well exist)")
 
 
 async def params_kv(js: JetStreamContext) -> KeyValue:

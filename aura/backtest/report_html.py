@@ -322,10 +322,11 @@ def _symbols(r: BacktestReport) -> str:
 def render_html(r: BacktestReport) -> str:
     run, s = r.metrics["run"], r.metrics["strategy"]
     scaled = run.get("lookbacks_scaled")
+    symbols = f"{len(run['symbols'])} symbol{'' if len(run['symbols']) == 1 else 's'}"
     parts = ["<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>AURA backtest report</title>"
              f"<style>{CSS}</style></head><body><h1>AURA backtest</h1>",
              f"<p>{esc(run['timeframe'])} bars from {esc(run['first_bar_open'])} to {esc(run['last_bar_open'])} "
-             f"({run['bars']} bars), {len(run['symbols'])} symbols: {esc(', '.join(run['symbols']))}. Engine "
+             f"({run['bars']} bars), {symbols}: {esc(', '.join(run['symbols']))}. Engine "
              f"{esc(run['engine'])}, fills at the {'next open' if run['fill_at'] == 'open' else 'close'}, fee "
              f"{num(run['fee_rate'], '.4f')}, slippage {num(run['slippage'], '.4f')} + impact "
              f"{num(run['impact_coefficient'], '.4f')} x sqrt(participation), participation cap "

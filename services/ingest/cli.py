@@ -58,7 +58,7 @@ def parse_time(text: str) -> int:
 def add_data_parser(subparsers: Any) -> None:
     """Register ``data sync`` on an argparse subparsers object (each leaf sets ``func(args) -> int``)."""
     data = subparsers.add_parser("data", help="market data cache")
-    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    data_sub = data.add_subparsers(dest="data_command")
     data_sub.required = True
     p = data_sub.add_parser("sync", help="fill the candle cache from the archive, the exchange and CoinGecko")
     p.add_argument("--exchange", default="binance", help="ccxt exchange id whose candles are cached (default binance)")

@@ -43,6 +43,7 @@ def test_a_count_below_its_floor_is_refused_in_one_line(tmp_path: Path, args: tu
 @pytest.mark.parametrize(("args", "said"), [
     (("bus",), "required: {provision,matrix,config}"), (("params",), "required: {show,set,history,diff,rollback}"),
     (("risk",), "required: {status,reset}"), (("journal",), "required: {adopt,settle}"),
+    (("data",), "required: {sync}"),
     (("params", "set", "/no/such/file.json", "--reason", "x"), "cannot read /no/such/file.json"),
     (("backtest", "--data", "/tmp", "--out", "/tmp/x", "--timeframe", "5m"), "invalid choice: '5m'"),
     (("backtest", "--data", "/tmp", "--out", "/tmp/x", "--params-timeframe", "2w"), "invalid choice: '2w'"),
@@ -130,3 +131,13 @@ def test_ctrl_c_while_the_command_is_being_loaded_ends_in_one_line(monkeypatch: 
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["status"]) == 130
     assert capsys.readouterr().err == "aura: interrupted\n"
+
+
+def test_the_params_command_is_described_by_the_subcommands_it_has(tmp_path: Path) -> None:
+    """Found by an audit: `aura --help` offered `params` to "show, promote, compare or roll back", and `aura params
+    compare` is no command (diff is)."""
+    said = " ".join(aura(tmp_path, "--help").stdout.split())  # argparse wraps the help over lines
+    listed = said[said.index(" params ") : said.index(" journal ")]
+    for word in ("show", "set", "history", "diff", "roll back"):
+        assert word in listed, listed
+    assert "promote" not in listed, listed

@@ -82,12 +82,15 @@ function drawCharts(chart) {
   const eq = chart.equity;
   const signature = eq.length + ":" + (eq.length ? eq[eq.length - 1].time + ":" + eq[eq.length - 1].value : "");
   if (signature === drawn) return;  // unchanged: keep the user's zoom
-  const first = drawn === "";
+  // Fitted again as points arrive while the whole history is in view (the chart would otherwise scroll the
+  // oldest points out to the left); once the user has zoomed or scrolled in, their view is kept.
+  const range = charts.main.timeScale().getVisibleLogicalRange();
+  const showingAll = drawn === "" || !range || range.from <= 0.5;
   drawn = signature;
   charts.series.equity.setData(eq);
   for (const name of ["BTC", "SPY", "GOLD"]) charts.series[name].setData(chart.benchmarks[name] || []);
   charts.drawdown.setData(chart.drawdown);
-  if (first) { charts.main.timeScale().fitContent(); charts.dd.timeScale().fitContent(); }
+  if (showingAll) { charts.main.timeScale().fitContent(); charts.dd.timeScale().fitContent(); }
 }
 
 // --- panels ---------------------------------------------------------------------------------------------------
