@@ -15,15 +15,18 @@ Tests, each with its threshold in GateSettings:
   their Sharpe dispersion (pooled within selections and brought to the record's length: see
   stats.deflated_sharpe); the worst benchmark's
   DSR must reach ``dsr_min``;
-* ``pbo``: probability of backtest overfitting by CSCV over the selection runs' candidate matrices (CSCV is
-  by definition computed on the data selection saw: it re-splits it), pooled over the runs (the share of all
-  their splits with logit <= 0);
+* ``pbo``: probability of backtest overfitting by CSCV over the selection runs' candidate matrices, every
+  fold's and the final selection's, whose winner is the one that would go live (CSCV is by definition computed
+  on the data selection saw: it re-splits it), pooled over the runs (the share of all their splits with
+  logit <= 0);
 * ``spa_<B>``: Hansen's SPA against each benchmark, as the data-snooping test it is: per fold, the models are
   every trial of every stage of that fold's selection (pruned ones included) on the one window they were all
   compared on, the smallest halving budget of the fold's training window (the CSCV matrices, stage after stage),
   so the p-value is that of "the best of everything this search tried beats B".  The gate's p-value is the
-  largest over the folds: the search must find a superior model in every fold, as the winner must beat B on
-  every validation window.  A fold whose selection had no choice (no matrix) has no such evidence: NaN, a fail.
+  largest over the folds and the final selection (``FINAL_SPA``, given with the folds' when the caller has it):
+  the search must find a superior model in every fold, as the winner must beat B on every validation window,
+  and in the search that chose the set that would go live.  A selection that had no choice (no matrix) has no
+  such evidence: NaN, a fail.
 
 An honest "no" is a correct result; nothing here is a reason to loosen a threshold.
 """
@@ -94,13 +97,21 @@ class WindowFigures:
     benchmarks: dict[str, float] = field(default_factory=dict)
 
 
+FINAL_SPA = -1  # the fold index under which the final selection's SPA goes (it has no fold)
+
+
 @dataclass(frozen=True)
 class SpaFold:
-    """One fold's SPA: its selection's trials on their common window, against each benchmark."""
+    """One selection's SPA: its trials on their common window, against each benchmark.  ``fold`` is the fold's
+    index, or FINAL_SPA for the final selection (whose winner is the one that would go live)."""
 
     fold: int
     models: int  # trials of every stage of the fold's selection (0: no stage had a choice)
     pvalues: dict[str, float]
+
+    @property
+    def label(self) -> str:
+        return "final" if self.fold == FINAL_SPA else f"fold {self.fold}"
 
 
 def spa_fold(fold: int, matrix: np.ndarray | None, names: Sequence[str], settings: GateSettings) -> SpaFold:
@@ -126,7 +137,7 @@ class GateDecision:
     oos_excess_sharpe: dict[str, float]  # annualised, per benchmark
     dsr: dict[str, DeflatedSharpe]
     pbo: float
-    spa_pvalues: dict[str, float]  # per benchmark, the largest over the folds
+    spa_pvalues: dict[str, float]  # per benchmark, the largest over the folds and the final selection
     spa_folds: tuple[SpaFold, ...]
 
     @property
@@ -180,8 +191,9 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
     objective.excess_matrix per fold halving run (every candidate on the run's smallest budget).  ``cscv``:
     ``pbo_cscv`` of each of those matrices already computed (the distributed coordinator has its workers compute
     them while the search goes on; the check is the same), in which case ``selection_matrices`` may be empty.
-    ``spa_matrices``: per fold index, its selection's stage matrices side by side (Selection.spa_matrix), or
-    ``spa``: their ``spa_fold`` already computed; one of the two, covering every fold of ``records``."""
+    ``spa_matrices``: per fold index, its selection's stage matrices side by side (Selection.spa_matrix), and
+    the final selection's under FINAL_SPA, or ``spa``: their ``spa_fold`` already computed; one of the two,
+    covering every fold of ``records``."""
     ordered = _check_records(records, settings)
     objective = objective or ObjectiveSettings()
     if not trial_sharpes:
@@ -239,16 +251,16 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
     if spa is None:
         if spa_matrices is None or any(k not in spa_matrices for k in folds):
             raise ValueError(f"SPA needs every fold's selection matrix (folds {folds})")
-        spa = [spa_fold(k, spa_matrices[k], names, settings) for k in folds]
+        spa = [spa_fold(k, spa_matrices[k], names, settings) for k in [*folds, FINAL_SPA] if k in spa_matrices]
     by_fold = {s.fold: s for s in spa}
     if any(k not in by_fold for k in folds):
         raise ValueError(f"SPA needs every fold's p-values (folds {folds}, given {sorted(by_fold)})")
-    spa = [by_fold[k] for k in folds]
-    # The largest over the folds (NaN, a fold without evidence, wins: NaN fails the check).
+    spa = [by_fold[k] for k in [*folds, FINAL_SPA] if k in by_fold]
+    # The largest over the folds and the final selection (NaN, a search without evidence, wins: NaN fails).
     worst_p = {n: max((s.pvalues[n] for s in spa), key=lambda v: math.inf if math.isnan(v) else v) for n in names}
     for name, p in worst_p.items():
         checks.append(Check(f"spa_{name}", p <= settings.spa_alpha, p, settings.spa_alpha, settings.spa_alpha - p,
-                            ", ".join(f"fold {s.fold} {s.pvalues[name]:.4f} ({s.models} models)" for s in spa)))
+                            ", ".join(f"{s.label} {s.pvalues[name]:.4f} ({s.models} models)" for s in spa)))
 
     ann = math.sqrt(bars_per_year(ordered[0].winner.bar_ms))
     return GateDecision(

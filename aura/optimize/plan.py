@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow, Window
-from aura.optimize.gate import GateDecision, GateSettings, SpaFold, ValidationRecord, promotion_gate
+from aura.optimize.gate import FINAL_SPA, GateDecision, GateSettings, SpaFold, ValidationRecord, promotion_gate
 from aura.optimize.grids import Grids
 from aura.optimize.halving import SuccessiveHalving, Task, history_budgets
 from aura.optimize.objective import ObjectiveSettings, WindowResult, excess_matrix, rung_scores
@@ -244,13 +244,19 @@ class WalkForwardRun:
         return [s for s in self.selections if s.label != FINAL]
 
     def matrices(self) -> list[np.ndarray]:
-        """The CSCV inputs known so far: each finished fold stage's candidate matrix, in fold then stage order
-        (with every fold done: the order the gate takes them in)."""
-        return [r.matrix for s in self.fold_selections for r in s.runs if r.matrix is not None]
+        """The CSCV inputs known so far: each finished stage's candidate matrix, every fold's and then the final
+        selection's (whose winner is the one that would go live), in selection then stage order (with every
+        selection done: the order the gate takes them in)."""
+        return [r.matrix for s in self.selections for r in s.runs if r.matrix is not None]
 
     def spa_matrices(self) -> dict[int, np.ndarray | None]:
-        """Per fold index, its selection's SPA models (Selection.spa_matrix); every fold must be selected."""
-        return {self.folds_by_label[s.label].index: s.selection().spa_matrix for s in self.fold_selections}
+        """Per fold index, its selection's SPA models (Selection.spa_matrix), and the final selection's under
+        FINAL_SPA; every selection must be done."""
+        return {self.spa_key(s.label): s.selection().spa_matrix for s in self.selections}
+
+    def spa_key(self, label: str) -> int:
+        """The key of a selection's SPA: its fold's index, or FINAL_SPA for the final selection."""
+        return FINAL_SPA if label == FINAL else self.folds_by_label[label].index
 
     def evaluations(self) -> int:
         return sum(s.evaluations() for s in self.selections) + 2 * len(self.validation) + len(self.in_sample)

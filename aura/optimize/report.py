@@ -29,7 +29,7 @@ import polars as pl
 
 from aura.backtest.metrics import bars_per_year
 from aura.optimize.folds import FoldSpec, Window
-from aura.optimize.gate import GateDecision, GateSettings
+from aura.optimize.gate import FINAL_SPA, GateDecision, GateSettings
 from aura.optimize.grids import Grids
 from aura.optimize.halving import PRUNED
 from aura.optimize.objective import ObjectiveSettings, sharpe
@@ -150,7 +150,9 @@ def decision_document(rec: RunRecord) -> dict[str, Any]:
         "dsr": {name: dataclasses.asdict(x) for name, x in d.dsr.items()},
         "pbo": d.pbo,
         "spa_pvalues": d.spa_pvalues,
-        "spa_by_fold": [{"fold": f.fold, "models": f.models, **f.pvalues} for f in d.spa_folds],
+        # Every fold's search and the final one's ("fold": "final"), whose winner is the one that would go live.
+        "spa_by_fold": [{"fold": "final" if f.fold == FINAL_SPA else f.fold, "models": f.models, **f.pvalues}
+                        for f in d.spa_folds],
         "trials": trial_counts(run),
         "sharpe": {"in_sample": is_mean, "out_of_sample": d.oos_sharpe, "gap": is_mean - d.oos_sharpe,
                    "out_of_sample_excess": d.oos_excess_sharpe, "per_fold": per_fold,

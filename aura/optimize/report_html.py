@@ -138,9 +138,10 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
     parts += ["<h2>Multiple testing</h2>", table(["benchmark", "DSR", "SR/bar", "SR0/bar", "skew", "kurtosis", "T",
                                                  "N"], dsr),
               f"<p>PBO (CSCV, S = {rec.gate.cscv_partitions}): {num(doc['pbo'])}. SPA p-values (the largest over "
-              "the folds): " + ", ".join(f"{esc(k)} {num(v)}" for k, v in doc["spa_pvalues"].items()) + ". Per "
-              "fold, Hansen's SPA of the best of every trial that fold's selection made (pruned ones included), on "
-              "the window they were all compared on:</p>",
+              "the folds and the final selection): " + ", ".join(f"{esc(k)} {num(v)}" for k, v in
+                                                               doc["spa_pvalues"].items()) + ". Per "
+              "fold (and for the final selection, whose winner would go live), Hansen's SPA of the best of every "
+              "trial that selection made (pruned ones included), on the window they were all compared on:</p>",
               table(["fold", "models", *map(esc, doc["spa_pvalues"])],
                     [[str(f["fold"]), str(f["models"]), *(num(f[k]) for k in doc["spa_pvalues"])]
                      for f in doc["spa_by_fold"]])]

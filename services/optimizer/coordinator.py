@@ -195,8 +195,9 @@ class Coordinator:
         return None if outcome is None else window_result(outcome, req.window, self.inputs.benchmarks)
 
     def _cscv_inputs(self) -> dict[tuple[str, str], tuple[str, str, bytes]]:
-        """Every finished fold stage's matrix, as (CSCV key, digest, bytes): known once, then kept."""
-        for sel in self.run.fold_selections:
+        """Every finished stage's matrix (the folds' and the final selection's), as (CSCV key, digest, bytes):
+        known once, then kept."""
+        for sel in self.run.selections:
             for stage in sel.runs:
                 if stage.matrix is not None and (sel.label, stage.stage) not in self._matrices:
                     blob = encode_matrix(stage.matrix)
@@ -206,11 +207,11 @@ class Coordinator:
         return self._matrices
 
     def cscv(self) -> list[CSCV] | None:
-        """The CSCV of every fold stage in the gate's order, or None while one is missing."""
+        """The CSCV of every stage in the gate's order (WalkForwardRun.matrices), or None while one is missing."""
         if not self.remote_cscv or not self.run.done:
             return None
         found = []
-        for sel in self.run.fold_selections:
+        for sel in self.run.selections:
             for stage in sel.runs:
                 if stage.matrix is None:
                     continue
@@ -221,9 +222,9 @@ class Coordinator:
         return found
 
     def _spa_inputs(self) -> dict[str, tuple[str, str, bytes] | None]:
-        """Every finished fold selection's SPA matrix, as (SPA key, digest, bytes), or None without one: known
-        once."""
-        for sel in self.run.fold_selections:
+        """Every finished selection's SPA matrix (the folds' and the final one's), as (SPA key, digest, bytes), or
+        None without one: known once."""
+        for sel in self.run.selections:
             if sel.done and sel.label not in self._spa_matrices:
                 matrix = sel.selection().spa_matrix
                 if matrix is None:
@@ -235,20 +236,20 @@ class Coordinator:
         return self._spa_matrices
 
     def spa(self) -> list[SpaFold] | None:
-        """Every fold's SPA, or None while one is missing."""
+        """Every selection's SPA (the folds' and the final one's), or None while one is missing."""
         if not self.run.done:
             return None
         names = self.inputs.benchmarks.names
         found = []
-        for label, fold in self.run.folds_by_label.items():
-            entry = self._spa_inputs()[label]
+        for sel in self.run.selections:
+            entry, key = self._spa_inputs()[sel.label], self.run.spa_key(sel.label)
             if entry is None:
-                found.append(spa_fold(fold.index, None, names, self.gate))
+                found.append(spa_fold(key, None, names, self.gate))
                 continue
             outcome = self.store.get(entry[0])
             if outcome is None:
                 return None
-            found.append(spa_result(outcome, fold.index, names))
+            found.append(spa_result(outcome, key, names))
         return found
 
     # --- the loop -----------------------------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def test_outputs_are_complete_identical_and_survive_a_kill_9(tmp_path: Path) -> 
     assert set(doc["dsr"]) == set(doc["spa_pvalues"]) == {"GOLD", "SPY"} and 0 <= doc["pbo"] <= 1
     # two folds' selections and the final one, every trial of every stage
     assert doc["trials"]["counted"] == 3 * (9 + 2 + 2 + 4) and doc["trials"]["pruned_evaluations"] > 0
-    assert [(f["fold"], f["models"]) for f in doc["spa_by_fold"]] == [(6, 17), (7, 17)]
+    # the final selection's search is tested too: its winner is the one that would go live
+    assert [(f["fold"], f["models"]) for f in doc["spa_by_fold"]] == [(6, 17), (7, 17), ("final", 17)]
     assert doc["spa_pvalues"] == {b: max(f[b] for f in doc["spa_by_fold"]) for b in ("GOLD", "SPY")}
     assert {"in_sample", "out_of_sample", "gap", "per_fold"} <= set(doc["sharpe"])
     assert doc["universe"]["survivorship"].startswith("From README.md: Survivorship bias")  # the data's own words

@@ -9,7 +9,7 @@ import numpy as np
 from aura.backtest.engine import BacktestConfig
 from aura.backtest.fast import Market, SignalCache
 from aura.optimize.folds import FoldSpec, Window, final_train_window, walk_forward_folds
-from aura.optimize.gate import GateDecision, GateSettings, promotion_gate
+from aura.optimize.gate import FINAL_SPA, GateDecision, GateSettings, promotion_gate
 from aura.optimize.grids import parse_grids
 from aura.optimize.halving import PRUNED
 from aura.optimize.objective import BenchmarkCloses, WindowResult, evaluate_window
@@ -64,10 +64,12 @@ def walk_forward(market: Market, benchmarks: BenchmarkCloses) -> tuple[list[Sele
         records.append(validate_fold(evaluate, f, s, incumbent))
     live = select(evaluate, final_train_window(len(market.panel.timestamps), SPEC), grids, incumbent,
                   SPEC.min_budget)
-    # N counts the final selection's trials too; SPA per fold on that fold's selection
+    # N counts the final selection's trials too; CSCV over every selection's stages, the final one's included;
+    # SPA per fold on that fold's selection, and on the final selection (its winner is the one that would go live)
     decision = promotion_gate(records, [t for s in [*selections, live] for t in s.trial_sharpes],
-                              [m for s in selections for m in s.matrices], GateSettings(spa_reps=500),
-                              spa_matrices={f.index: s.spa_matrix for f, s in zip(folds, selections, strict=True)})
+                              [m for s in [*selections, live] for m in s.matrices], GateSettings(spa_reps=500),
+                              spa_matrices={**{f.index: s.spa_matrix for f, s in zip(folds, selections, strict=True)},
+                                            FINAL_SPA: live.spa_matrix})
     return selections, decision, live
 
 
@@ -95,8 +97,10 @@ def test_walk_forward_end_to_end(replay_market: Market, replay_benchmarks: Bench
             [r for r in s.stages if r.matrix is not None], s.matrices, strict=True))
     # every trial of every selection (3 folds and the final one) and stage is counted, pruned ones included
     assert decision.n_trials == 4 * 17
-    # each fold's SPA has every trial of its four stages as models, on the smallest budget
-    assert [f.models for f in decision.spa_folds] == [17, 17, 17]
+    # each fold's SPA (and the final selection's, last) has every trial of its four stages as models, on the
+    # smallest budget
+    assert [f.models for f in decision.spa_folds] == [17, 17, 17, 17]
+    assert [f.label for f in decision.spa_folds][-1] == "final"
     assert all(s.spa_matrix is not None and s.spa_matrix.shape == (2, 41, 17) for s in selections)
     assert [c.name for c in decision.checks] == ["beats_GOLD_every_window", "beats_SPY_every_window",
                                                  "beats_incumbent", "deflated_sharpe", "pbo", "spa_GOLD", "spa_SPY"]

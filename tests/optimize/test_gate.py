@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aura.optimize.folds import Fold, TrainWindow, ValidationWindow
-from aura.optimize.gate import GateSettings, ValidationRecord, promotion_gate
+from aura.optimize.gate import FINAL_SPA, GateSettings, ValidationRecord, promotion_gate
 from aura.optimize.objective import WindowResult
 from aura.optimize.stats import TrialSharpes
 
@@ -134,6 +134,22 @@ def test_a_search_of_noise_fails_spa_and_every_fold_must_show_an_edge() -> None:
     assert "spa_GOLD" in {c.name for c in no_choice.failed} and no_choice.spa_folds[2].models == 0
     with pytest.raises(ValueError, match="SPA needs every fold"):
         promotion_gate(records(), trial_sharpes(), [dominated_matrix()], spa_matrices={0: dominated_matrix()})
+
+
+def test_the_final_selections_search_must_show_an_edge_too() -> None:
+    """The set that would go live is the final selection's winner, which no validation window judges: a search of
+    noise there fails SPA though every fold's search found an edge (found by an audit: only the folds' were
+    tested)."""
+    rng = np.random.default_rng(11)
+    noise = (x := rng.normal(0.0, 0.01, (2, 64, 40))) - x.mean(axis=1, keepdims=True)
+    d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500),
+                       spa_matrices={**edges(), FINAL_SPA: noise})
+    assert [f.label for f in d.spa_folds] == ["fold 0", "fold 1", "fold 2", "final"]
+    for name in ("GOLD", "SPY"):
+        *folds, final = (f.pvalues[name] for f in d.spa_folds)
+        assert max(folds) <= 0.05 < final and d.spa_pvalues[name] == final
+        check = next(c for c in d.checks if c.name == f"spa_{name}")
+        assert not check.passed and "final " in check.detail
 
 
 def test_leaks_and_misaligned_records_are_refused_not_answered() -> None:
