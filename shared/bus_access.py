@@ -303,7 +303,8 @@ def publishers(subject: str) -> list[str]:
             for p, access in row.grants.items() if PUBLISH in access]
 
 
-# Connections and subscriptions each principal's account may hold at once.  Without a per-account cap one
+# Connections each principal's account may hold at once, and subscriptions per connection (nats-server applies an
+# account's max_subscriptions to each of its connections).  Without a per-account cap one
 # credential (a worker's, the most widely copied; the read-only console's) could open every connection the server
 # admits and keep every service from reconnecting after a blip, the executor's stop-loss exits included.  Each
 # service runs one process with one connection (two while a restart overlaps); workers scale out (compose --scale);
@@ -311,7 +312,7 @@ def publishers(subject: str) -> list[str]:
 # account, nor all of them, can fill it.
 ACCOUNT_CONNECTIONS = {"worker": 256, "operator": 64}
 DEFAULT_ACCOUNT_CONNECTIONS = 32
-ACCOUNT_SUBSCRIPTIONS = 4096  # a service holds a handful; a flood of subscriptions costs the server memory
+ACCOUNT_SUBSCRIPTIONS = 4096  # per connection: a service holds a handful; a flood of them costs server memory
 MAX_CONNECTIONS = 1024
 
 

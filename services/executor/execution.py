@@ -65,11 +65,14 @@ class ExecutionResult:
     new_fills: list[tuple[str, str, str, float, float, float]] = field(default_factory=list)  # tid,cid,sym,q,p,fee
 
 
-def capped(leg: PlanLeg, limits: ExecutionLimits, price: float) -> bool:
-    """Whether ``max_order_usdt`` (the most one order may spend) cuts this leg at ``price``.  A stop-loss or
-    kill-switch exit is never cut: it spends nothing, is bounded by the holding, and what it leaves open is
+CAPPED = "capped at max_order_usdt"  # the reason clamp_leg gives when the cap cut the leg
+
+
+def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> bool:
+    """Whether ``max_order_usdt`` (the most one order may spend) cuts ``qty`` of this leg at ``price``.  A stop-loss
+    or kill-switch exit is never cut: it spends nothing, is bounded by the holding, and what it leaves open is
     exactly the exposure it exists to close (its price guard is overridden for the same reason)."""
-    return not (leg.side == "sell" and leg.reason in PROTECTIVE_EXITS) and leg.qty * price > limits.max_order_usdt
+    return not (leg.side == "sell" and leg.reason in PROTECTIVE_EXITS) and qty * price > limits.max_order_usdt
 
 
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
@@ -84,9 +87,9 @@ def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
     if leg.side == "sell" and free_base is not None and qty > free_base:
         qty = floor_to_step(free_base, rule.step_size)
         reason = f"sell clamped to free balance {free_base}"
-    if capped(leg, limits, px):
-        qty = floor_to_step(limits.max_order_usdt / px, rule.step_size)
-        reason = f"capped at max_order_usdt={limits.max_order_usdt}"
+    if capped(leg, qty, limits, px):  # after the clamp to what is held: never raised back above it
+        qty = min(qty, floor_to_step(limits.max_order_usdt / px, rule.step_size))
+        reason = f"{CAPPED}={limits.max_order_usdt}"
     qty = floor_to_step(qty, rule.step_size)
     # The exchange checks the notional at *its* price: keep a margin so a small move since the price read
     # turns a borderline leg into a logged skip here, never into a NOTIONAL rejection there.
@@ -292,7 +295,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             qty = min(qty, floor_to_step(affordable, rules[leg.symbol].step_size))
         if note:
             result.reasons.append(f"leg {leg.index} {leg.symbol}: {note}")
-        if capped(leg, limits, price):
+        if note.startswith(CAPPED):
             result.status = "partial"  # the plan did not reach its target: never reported as executed
         if qty <= 0:
             journal.begin()

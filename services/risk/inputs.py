@@ -38,6 +38,17 @@ from shared.signing import SignatureError, verify_struct
 SEEN_SNAPSHOTS = 4096  # snapshot ids remembered with their content digest
 
 
+def replayed(snap: PortfolioSnapshot, basis: PortfolioSnapshot, seen_before: bool) -> bool:
+    """Whether ``snap`` is an older book than ``basis``: its commit is one of the points of ``basis``'s equity
+    history (a bar cycle's), older than all of them, or older than ``basis`` and a book risk has read before (a
+    tick's exit, an adoption: no history points).  Not its commit time alone: an executor whose clock stepped
+    back commits a new book "earlier", which is neither a point of the history nor one seen before."""
+    history = basis.equity_history_ms
+    older = snap.committed_at_ms < basis.committed_at_ms
+    before_history = bool(history) and snap.committed_at_ms < history[0]
+    return (older and seen_before) or snap.committed_at_ms in history or before_history
+
+
 class RiskInputs:
     def __init__(self, js: JetStreamContext, kv: KeyValue, settings: Settings, health: HealthState,
                  logger: logging.Logger) -> None:
@@ -79,11 +90,13 @@ class RiskInputs:
         if known is not None and known != content:
             return self._forged(f"snapshot {snap.snapshot_id} seen before with other contents")
         last = self.last_snapshot
-        if last is not None and snap.snapshot_id != last.snapshot_id and snap.committed_at_ms < last.committed_at_ms:
+        if last is not None and snap.snapshot_id != last.snapshot_id and replayed(snap, last, known is not None):
             # A genuine, signed, older book published again (by a holder of the executor's bus credential, under a
-            # new message id): as the basis it would hide every loss since, from the kill-switch and the stops.
-            return self._forged(f"snapshot {snap.snapshot_id} committed at {snap.committed_at_ms} is older than the "
-                                f"basis in force ({last.snapshot_id}, {last.committed_at_ms}): a replay")
+            # new message id): as the basis it would hide every loss since from the kill-switch and the stops.
+            # (An executor whose journal lost its newest commits says an older book again too: refused here,
+            # loudly, until it commits a new one, which the next cycle's abort makes it do, or risk restarts.)
+            return self._forged(f"snapshot {snap.snapshot_id} committed at {snap.committed_at_ms} is an earlier "
+                                f"point of the basis in force ({last.snapshot_id}, {last.committed_at_ms}): a replay")
         self.seen[snap.snapshot_id] = content
         self.seen.move_to_end(snap.snapshot_id)
         while len(self.seen) > SEEN_SNAPSHOTS:

@@ -19,7 +19,7 @@ from services.executor.brokers.base import (
 from services.executor.brokers.client_order_id import CLIENT_ORDER_ID_RE, client_order_id
 from services.executor.brokers.paper import PaperBroker
 from services.executor.exchange_calls import ExecutionLimits
-from services.executor.execution import clamp_leg, execute_plan
+from services.executor.execution import CAPPED, clamp_leg, execute_plan
 from services.executor.journal import Journal
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.reconcile import reconcile
@@ -162,6 +162,18 @@ def test_clamp_leg_rules() -> None:
     tiny = PlanLeg(0, "BTC/USDT", "buy", 0.0001, 40000.0, "enter")
     qty, why = clamp_leg(tiny, RULES["BTC/USDT"], None, LIMITS)
     assert qty == 0.0 and "below exchange minimum" in why
+
+
+def test_the_cap_never_raises_a_sell_above_what_is_held() -> None:
+    """Found by a review: the cap was tested on the plan's quantity and replaced the clamped one, so a sell of
+    0.05 BTC with 0.005 held and a 500 cap asked for 0.0119 BTC, more than held, and the exchange refused it."""
+    cap = ExecutionLimits(max_order_usdt=500.0)
+    sell = PlanLeg(0, "BTC/USDT", "sell", 0.05, 42000.0, "exit")
+    assert clamp_leg(sell, RULES["BTC/USDT"], 0.005, cap) == (0.005, "sell clamped to free balance 0.005")
+    qty, why = clamp_leg(sell, RULES["BTC/USDT"], 0.04, cap)  # the cap binds below what is held
+    assert qty == pytest.approx(0.0119) and why.startswith(CAPPED)
+    stop = PlanLeg(0, "BTC/USDT", "sell", 0.05, 42000.0, "stop_loss")  # a protective exit is not cut
+    assert clamp_leg(stop, RULES["BTC/USDT"], 0.05, cap) == (0.05, "")
 
 
 def test_portfolio_is_the_sum_of_fills() -> None:
