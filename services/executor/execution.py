@@ -215,8 +215,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
         if status in FINAL_INTENT_STATES:
             if guard is not None and status in ("filled", "partial"):
                 _judge_fill_journaled_elsewhere(journal, plan, leg, cid, guard, result, logger)
-            # Done before a restart; a leg that did not fully fill still makes the plan "partial".
-            if status in ("partial", "rejected", "canceled"):
+            # Done before a restart; a leg that did not fully fill, or that the cap cut, still makes the plan
+            # "partial", as it would have without the restart.
+            if status in ("partial", "rejected", "canceled") or reason.startswith(CAPPED):
                 result.status = "partial"
                 result.reasons.append(f"leg {leg.index} {leg.symbol}: {status} before a restart ({reason})")
             continue

@@ -19,6 +19,7 @@ import pytest
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.brokers.client_order_id import client_order_id
 from services.executor.exchange_calls import ExecutionLimits
+from services.executor.execution import execute_plan
 from services.executor.runner import PlanRun, run_plan
 from shared.contracts import PlanBody
 from tests.executor_live.conftest import LIMITS, Rig
@@ -68,10 +69,16 @@ def test_a_leg_the_per_order_cap_cut_makes_the_plan_partial(rig: Rig) -> None:
     btc = rig.price("BTC/USDT")
     usdt = rig.server.sim.free("USDT")
     capped = ExecutionLimits(**{**LIMITS.__dict__, "max_order_usdt": 500.0})
-    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 0.05, btc)]), capped)
+    plan = plan_at(rig, [("BTC/USDT", "buy", 0.05, btc)])
+    run = live_run(rig, plan, capped)
     assert usdt - rig.server.sim.free("USDT") <= Decimal("500")
     assert run.status == "partial", run.reasons  # never reported as executed: the target was not reached
     assert any("max_order_usdt" in r for r in run.reasons)
+
+    async def finished_after_a_restart(b: CcxtBroker) -> str:  # its leg final, the plan's status not yet written
+        return (await execute_plan(plan, b, rig.journal, await b.load_markets(), capped, rig.log)).status
+
+    assert rig.run(finished_after_a_restart) == "partial"
     assert rig.server.sim.free("BTC") > 0
     # A rotation exit is still cut (only protective exits are not): what it leaves is partial too.
     sell = live_run(rig, plan_at(rig, [("BTC/USDT", "sell", float(rig.server.sim.free("BTC")), btc, "exit")]),
