@@ -72,7 +72,7 @@ async def run(ctx: ServiceContext) -> None:
             return
         # Only the executor may publish snapshots (bus permissions); what they hold only ever adds pairs the
         # venue trades to the universe, or names a delisted one in a report, so the signature is not needed here.
-        held = {sym for sym, qty in snap.holdings.items() if qty > 0}
+        held = held_pairs(snap, s.reconcile_dust_usdt)
         if held != live.held:
             live.held = held
             try:
@@ -180,6 +180,14 @@ class FailingPolls:
             return True, "ok"
         failed_for = time.monotonic() - self.since
         return failed_for <= patience_s, f"polls failing for {failed_for:.0f}s: {self.why}"
+
+
+def held_pairs(snap: PortfolioSnapshot, dust_usdt: float) -> set[str]:
+    """The pairs a snapshot holds more than dust of (at their entry price; one with no entry price counts).  Dust
+    is not a holding: an exit leaves a sliver below one lot step (sells round down, a buy's fee is taken in the
+    coin), and counted, every pair ever traded stayed in the universe past its bound (found by an audit)."""
+    return {sym for sym, qty in snap.holdings.items()
+            if qty > 0 and not 0 < qty * snap.entry_prices.get(sym, 0.0) <= dust_usdt}
 
 
 def _held_of(raw: bytes | None) -> set[str]:

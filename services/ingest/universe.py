@@ -146,7 +146,10 @@ def refresh_universe(
     """
     cfg = IngestConfig.coerce(config)
     previous = load_universe(cfg.cache_root, exchange)
-    if previous is not None and not force and previous.quote == quote and now_ms - previous.refreshed_ms < max_age_ms:
+    # A stored universe dated after now (a home reused against a venue whose clock is earlier: a rehearsal from an
+    # earlier date) is no newer than any: kept, it would rank on volumes from the future and never be read again.
+    if previous is not None and not force and previous.quote == quote and \
+            0 <= now_ms - previous.refreshed_ms < max_age_ms:
         return previous
     ex = client if client is not None else make_exchange(
         exchange, api_url=cfg.api_urls.get(exchange), rate_limit_ms=cfg.ccxt_rate_limit_ms,

@@ -251,3 +251,35 @@ def test_aura_symbols_take_the_spellings_the_cli_takes_and_refuse_what_is_no_pai
     with pytest.raises(ConfigError, match=r"setting symbols \(env AURA_SYMBOLS\): symbol 'BTC' is not BASE/QUOTE"):
         fixed_symbols(_settings(tmp_path, symbols="ETH/USDT,BTC"))
     assert fixed_symbols(_settings(tmp_path)) is None
+
+
+def test_dust_left_by_an_exit_is_no_holding_that_keeps_a_pair_in_the_universe() -> None:
+    """Found by an audit: every pair ever traded left a sliver below one lot step after its exit and, counted as
+    held, stayed in the universe for good, past AURA_UNIVERSE_MAX."""
+    from services.ingest.service import held_pairs
+    from shared.contracts import PortfolioSnapshot
+
+    snap = PortfolioSnapshot(snapshot_id="s", cycle_id="c", plan_id="", status="executed", cash=0.0,
+                             holdings={"BTC/USDT": 0.00000900, "ETH/USDT": 0.5, "NEW/USDT": 1e-9, "OLD/USDT": 0.0},
+                             entry_prices={"BTC/USDT": 60_000.0, "ETH/USDT": 3_000.0}, equity=0.0, equity_history=[])
+    # 0.54 USDT of BTC is dust at a 5 USDT allowance; a coin with no entry price is counted (never hidden).
+    assert held_pairs(snap, 5.0) == {"ETH/USDT", "NEW/USDT"}
+
+
+def test_a_universe_stored_with_a_date_after_the_venues_clock_is_read_again(tmp_path: Path, make_config,  # type: ignore[no-untyped-def]
+                                                                              venue: Any, api: Face) -> None:
+    """Found by an audit: a home reused against a venue whose clock is earlier (a rehearsal from an earlier date)
+    kept a universe dated in its future: ranked on volumes from after now, and never refreshed."""
+    import json
+
+    from services.ingest.universe import universe_path
+
+    cfg = make_config()
+    VenueUniverse(_settings(tmp_path, universe_max="3"), cfg, logging.getLogger(LOG)).update(NOW)
+    path = universe_path(cfg.cache_root, "binance")
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "refreshed_ms": NOW + 30 * DAY}))
+    api.reset_counts()
+    VenueUniverse(_settings(tmp_path, universe_max="3"), cfg, logging.getLogger(LOG)).update(NOW + 2 * DAY)
+    assert api.counts.get("24hr", 0) >= 1, dict(api.counts)
+    assert json.loads(path.read_text())["refreshed_ms"] <= NOW + 2 * DAY
