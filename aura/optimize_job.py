@@ -90,7 +90,7 @@ def gate_settings(args: argparse.Namespace) -> GateSettings:
 def prepare_job(args: argparse.Namespace) -> OptimizeJob:
     symbols = resolve_symbols(args.data, args.timeframe, args.symbols.split(",")) if args.symbols else None
     inputs = load_inputs(args.data, args.timeframe, symbols)
-    grids = load_grids(args.grids)
+    grids = load_grids(args.grids, args.timeframe)
     text = args.grids.read_text(encoding="utf-8") if args.grids else shipped_grids_text()
     spec = default_fold_spec(args.timeframe, anchored=args.anchored)
     n_bars = len(inputs.panel.timestamps)

@@ -23,11 +23,22 @@ from typing import Any
 
 import msgspec
 
-from aura.strategy.params import FIELDS, INT_PARAMS, PARAM_RANGES, StrategyParams, validate_tradable
+from aura.strategy.params import (
+    FIELDS,
+    INT_PARAMS,
+    PARAM_RANGES,
+    PARAMS_TIMEFRAME,
+    StrategyParams,
+    param_ranges,
+    scale_value,
+    timeframe_factor,
+    validate_tradable,
+)
 
 STAGE_NAMES: tuple[str, ...] = ("score_weights", "screen", "regime", "risk")
 _STAGE_KEYS = frozenset({"name", "title", "grid", "pending"})
-_TOP_KEYS = frozenset({"base", "stage"})
+_TOP_KEYS = frozenset({"timeframe", "base", "stage"})
+SUPPORTED_TIMEFRAMES = ("1d", "4h", "1h")
 
 Value = int | float
 Axis = tuple[str, tuple[Value, ...]]
@@ -43,6 +54,7 @@ class Stage:
     title: str
     axes: tuple[Axis, ...]  # (parameter, values) in file order: the product's order
     pending: tuple[Axis, ...] = ()  # parameters params.py does not define yet: listed, not evaluated
+    timeframe: str = PARAMS_TIMEFRAME  # the bars the values count (the run's): what they are validated for
 
     @property
     def size(self) -> int:
@@ -62,7 +74,7 @@ class Stage:
             changes = dict(zip(self.names, combo, strict=True))
             params = msgspec.structs.replace(base, **changes)
             try:
-                validate_tradable(params)
+                validate_tradable(params, self.timeframe)
             except ValueError as exc:
                 out.append((changes, str(exc)))
                 continue
@@ -91,11 +103,12 @@ class Grids:
     stages: tuple[Stage, ...]
     base: tuple[tuple[str, Value], ...]  # applied to the starting parameters before stage 1
     source: str  # where the grids came from, for the report
+    timeframe: str = PARAMS_TIMEFRAME  # the run's bars: every value above is counted in them
 
     def apply_base(self, params: StrategyParams) -> StrategyParams:
         out = msgspec.structs.replace(params, **dict(self.base))
         try:
-            validate_tradable(out)
+            validate_tradable(out, self.timeframe)
         except ValueError as exc:
             raise GridError(f"{self.source}: [base] makes an invalid parameter set: {exc}") from exc
         return out
@@ -115,32 +128,43 @@ def shipped_grids_text() -> str:
     return resources.files("aura.optimize").joinpath("grids.toml").read_text(encoding="utf-8")
 
 
-def load_grids(path: str | Path | None = None) -> Grids:
-    """The grids of ``path``, or the shipped ones when ``path`` is None."""
+def load_grids(path: str | Path | None = None, timeframe: str = PARAMS_TIMEFRAME) -> Grids:
+    """The grids of ``path``, or the shipped ones when ``path`` is None, for a run on ``timeframe`` bars."""
     if path is None:
-        return parse_grids(shipped_grids_text(), "aura/optimize/grids.toml (shipped)")
-    return parse_grids(Path(path).read_text(encoding="utf-8"), str(path))
+        return parse_grids(shipped_grids_text(), "aura/optimize/grids.toml (shipped)", timeframe)
+    return parse_grids(Path(path).read_text(encoding="utf-8"), str(path), timeframe)
 
 
-def parse_grids(text: str, source: str = "<grids>") -> Grids:
+def parse_grids(text: str, source: str = "<grids>", timeframe: str = PARAMS_TIMEFRAME) -> Grids:
+    """The grids of ``text`` for a run on ``timeframe`` bars.  The file's ``timeframe`` (default 1d) says which bars
+    its values count; each is checked against that timeframe's ranges, then brought to the run's bars as
+    params.rescale does (a 30-bar daily lookback is 720 bars on 1h), so the shipped daily lists search the same
+    durations on every timeframe and never run hourly with daily bar counts."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise GridError(f"{source}: not valid TOML: {exc}") from exc
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:
-        raise GridError(f"{source}: unknown top-level key {unknown[0]!r} (allowed: [base] and [[stage]])")
+        raise GridError(f"{source}: unknown top-level key {unknown[0]!r} (allowed: timeframe, [base] and "
+                        "[[stage]])")
+    counted_in = doc.get("timeframe", PARAMS_TIMEFRAME)
+    for which, tf in (("the file's timeframe", counted_in), ("the run's timeframe", timeframe)):
+        if tf not in SUPPORTED_TIMEFRAMES:
+            raise GridError(f"{source}: {which} {tf!r} is not one of {list(SUPPORTED_TIMEFRAMES)}")
+    units = _Units(param_ranges(counted_in), timeframe_factor(counted_in, timeframe))
     base_doc = doc.get("base", {})
     if not isinstance(base_doc, Mapping):
         raise GridError(f"{source}: [base] must be a table of parameter = value")
-    base = tuple((name, _check_value(source, "[base]", name, value)) for name, value in base_doc.items())
+    base = tuple((name, units.run(name, _check_value(source, "[base]", name, value, units.ranges)))
+                 for name, value in base_doc.items())
     stages_doc = doc.get("stage", [])
     if not isinstance(stages_doc, list):
         raise GridError(f"{source}: stages must be an array of tables ([[stage]])")
     names = [s.get("name") if isinstance(s, Mapping) else None for s in stages_doc]
     if tuple(names) != STAGE_NAMES:
         raise GridError(f"{source}: the stages must be {list(STAGE_NAMES)} in this order, found {names}")
-    stages = tuple(_parse_stage(source, s) for s in stages_doc)
+    stages = tuple(_parse_stage(source, s, units, timeframe) for s in stages_doc)
     seen: dict[str, str] = {}
     for stage in stages:
         for name in stage.names:
@@ -148,10 +172,24 @@ def parse_grids(text: str, source: str = "<grids>") -> Grids:
                 raise GridError(f"{source}: parameter {name!r} is in stage {seen[name]!r} and in stage "
                                 f"{stage.name!r}; a later stage would undo the winner of the earlier one")
             seen[name] = stage.name
-    return Grids(stages, base, source)
+    return Grids(stages, base, source, timeframe)
 
 
-def _parse_stage(source: str, doc: Mapping[str, Any]) -> Stage:
+@dataclass(frozen=True)
+class _Units:
+    ranges: Mapping[str, tuple[float, float]]  # of the bars the file counts in
+    factor: float  # run bars per file bar
+
+    def run(self, name: str, value: Value) -> Value:
+        scaled = scale_value(name, value, self.factor)
+        return int(scaled) if name in INT_PARAMS else float(scaled)
+
+    def axis(self, name: str, values: tuple[Value, ...]) -> tuple[Value, ...]:
+        # Two file values may land on one run value (hourly counts brought to days): kept once, in file order.
+        return tuple(dict.fromkeys(self.run(name, v) for v in values))
+
+
+def _parse_stage(source: str, doc: Mapping[str, Any], units: _Units, timeframe: str) -> Stage:
     name = str(doc["name"])
     where = f"stage {name!r}"
     unknown = sorted(set(doc) - _STAGE_KEYS)
@@ -164,18 +202,18 @@ def _parse_stage(source: str, doc: Mapping[str, Any]) -> Stage:
     axes: list[Axis] = []
     for param, values in grid.items():
         _check_name(source, where, param)
-        axes.append((param, _check_values(source, where, param, values)))
+        axes.append((param, units.axis(param, _check_values(source, where, param, values, units.ranges))))
     pending: list[Axis] = []
     for param, values in pending_doc.items():
         if param in grid:
             raise GridError(f"{source}: {where}: {param!r} is both in the grid and pending")
         if param in FIELDS:  # params.py defines it now: it joins the grid, checked like any other knob
-            axes.append((param, _check_values(source, where, param, values)))
+            axes.append((param, units.axis(param, _check_values(source, where, param, values, units.ranges))))
         elif not isinstance(values, list) or not values:
             raise GridError(f"{source}: {where}: pending {param!r} must be a non-empty list of values")
         else:
             pending.append((param, tuple(values)))
-    return Stage(name, str(doc.get("title", name)), tuple(axes), tuple(pending))
+    return Stage(name, str(doc.get("title", name)), tuple(axes), tuple(pending), timeframe)
 
 
 def _check_name(source: str, where: str, name: str) -> None:
@@ -190,18 +228,19 @@ def _check_name(source: str, where: str, name: str) -> None:
                     "yet belongs under [stage.pending]")
 
 
-def _check_values(source: str, where: str, name: str, values: Any) -> tuple[Value, ...]:
+def _check_values(source: str, where: str, name: str, values: Any,
+                  ranges: Mapping[str, tuple[float, float]]) -> tuple[Value, ...]:
     if not isinstance(values, list) or not values:
         raise GridError(f"{source}: {where}: {name!r} must be a non-empty list of values, got {values!r}")
-    out = tuple(_check_value(source, where, name, v) for v in values)
+    out = tuple(_check_value(source, where, name, v, ranges) for v in values)
     if len(set(out)) != len(out):
         raise GridError(f"{source}: {where}: {name!r} lists a value twice: {list(values)}")
     return out
 
 
-def _check_value(source: str, where: str, name: str, value: Any) -> Value:
+def _check_value(source: str, where: str, name: str, value: Any, ranges: Mapping[str, tuple[float, float]]) -> Value:
     _check_name(source, where, name)
-    lo, hi = PARAM_RANGES[name]
+    lo, hi = ranges[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise GridError(f"{source}: {where}: {name!r} = {value!r} is not a number")
     if name in INT_PARAMS:

@@ -174,6 +174,18 @@ def _scaled_count(value: float, factor: float) -> int:
     return max(1, math.floor(value * factor + 0.5))
 
 
+def scale_value(name: str, value: float, factor: float) -> float:
+    """One parameter's value counted in bars ``factor`` times longer than the target's (rescale's rule for one
+    field: bar counts multiplied, per-bar amounts divided, everything else as it is)."""
+    if factor == 1.0:
+        return value
+    if name in BAR_COUNTED:
+        return _scaled_count(value, factor)
+    if name in PER_BAR:
+        return value / factor
+    return value
+
+
 # The most equity points (one per bar) a live portfolio snapshot carries for the kill-switch's rolling window
 # (services/executor/runner.py): a longer window would be cut short live while the backtest saw all of it, so no
 # timeframe allows one.  4,000 hourly bars are 166 days; every daily (365) and 4-hourly (2,190) window fits.

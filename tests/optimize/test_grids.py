@@ -136,3 +136,46 @@ def test_a_copied_file_loads_from_a_path(tmp_path: Path) -> None:
     path.write_text(shipped_grids_text().replace("stop_loss =", "stop_los ="))
     with pytest.raises(GridError, match=rf"{path}: stage 'risk': unknown parameter 'stop_los'"):
         load_grids(path)
+
+
+@pytest.mark.parametrize(("timeframe", "factor"), [("4h", 6), ("1h", 24)])
+def test_the_shipped_daily_grids_search_the_same_durations_on_shorter_bars(timeframe: str, factor: int) -> None:
+    """Found by an audit: `aura optimize --timeframe 1h` died before its first evaluation, the shipped grids being
+    checked against the daily ranges while the incumbent (the defaults brought to hours) counts 720 bars."""
+    from aura.strategy.params import rescale, validate_tradable
+
+    daily, other = load_grids(), load_grids(timeframe=timeframe)
+    for d, o in zip(daily.stages, other.stages, strict=True):
+        for (name, dv), (_, ov) in zip(d.axes, o.axes, strict=True):
+            if name in ("momentum_lookback", "kill_switch_cooldown", "rebalance_every"):
+                assert ov == tuple(v * factor for v in dv), name
+            elif name == "min_quote_volume":
+                assert ov == pytest.approx(tuple(v / factor for v in dv)), name
+            elif not name.endswith("_window") and name not in ("min_history", "sma_length", "regime_sma",
+                                                                  "vote_step", "cost_benefit_horizon"):
+                assert ov == dv, name  # weights, thresholds, fractions: the same on any bars
+    base = other.apply_base(rescale(StrategyParams(), "1d", timeframe).params)
+    for stage in other.stages:  # each stage expands on the incumbent, every candidate valid on these bars
+        candidates = stage.expand(base)
+        assert candidates and all(validate_tradable(c, timeframe) is None for c in candidates)
+
+
+def test_a_grid_file_may_count_hours_and_be_used_on_days() -> None:
+    text = "timeframe = \"1h\"\n" + grid_text(risk="kill_switch_cooldown = [0, 12, 24, 36, 48]")
+    risk = parse_grids(text, "hourly", "1d").stage("risk")
+    assert dict(risk.axes)["kill_switch_cooldown"] == (0, 1, 2)  # half-up rounding; equal days listed once
+    with pytest.raises(GridError, match="'2h' is not one of"):
+        parse_grids("timeframe = \"2h\"\n" + grid_text(), "odd")
+
+
+@pytest.mark.parametrize("timeframe", ["4h", "1h"])
+def test_an_optimizer_run_on_shorter_bars_is_built_with_the_shipped_grids(shared_data_dir: Path,
+                                                                          timeframe: str) -> None:
+    import argparse
+
+    from aura.optimize_job import build_run, prepare_job
+
+    job = prepare_job(argparse.Namespace(data=shared_data_dir, timeframe=timeframe, symbols="BTC_USDT,ETH_USDT",
+                                         grids=None, anchored=False, folds=1, min_budget=None, eta=3, spa_reps=300))
+    run = build_run(job)  # raised GridError ([base] makes an invalid parameter set) before any evaluation
+    assert run.planned() > 0 and job.grids.timeframe == timeframe
