@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -198,12 +199,29 @@ def run_optimize_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     system_url = args.nats_url or settings.nats_url
+    if not system_url and args.workers == 0:
+        # The embedded bus has no workers but the local ones: with none, the run would wait forever.
+        print(f"{PROG}: --workers 0 starts no worker: give --nats-url of a bus whose workers take the tasks, or "
+              "leave --workers out (one local worker per core)", file=sys.stderr)
+        return 2
     state = (args.state or settings.home_path / "optimize").resolve()
-    try:
-        return _run(job, args, settings, system_url, state)
-    except RunFailedError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "run.lock", "a+") as lock:
+        try:
+            # One run per state directory: a second one would stop the first one's embedded bus and wipe its store.
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{PROG}: another aura optimize is running on the state directory {state}; wait for it or give "
+                  "this one its own --state", file=sys.stderr)
+            return 2
+        try:
+            return _run(job, args, settings, system_url, state)
+        except RunFailedError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
+        except GridError as exc:  # a stage with no valid combination on the winner before it: found mid-run
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
 
 
 def _run(job: Any, args: argparse.Namespace, settings: Settings, system_url: str, state: Path) -> int:

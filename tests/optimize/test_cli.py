@@ -180,3 +180,21 @@ def test_promote_reads_the_live_incumbent_and_a_no_changes_nothing(nats_server: 
     assert published["promoted"] is False and published["incumbent_version"] == 1
     assert published["report_sha256"] == __import__("hashlib").sha256(
         (tmp_path / "out" / "decision.json").read_bytes()).hexdigest()
+
+
+def test_a_run_that_could_never_finish_or_would_take_another_runs_state_is_refused(tmp_path: Path) -> None:
+    """Found by an audit: --workers 0 on the embedded bus waited forever for a worker, and a second run on the same
+    --state stopped the first one's bus and wiped its store."""
+    import fcntl
+
+    env = clean_env(AURA_HOME=str(tmp_path / "home"))
+    alone = subprocess.run(command(tmp_path, "a", "state-a", 0), env=env, capture_output=True, text=True,
+                           timeout=120, cwd=REPO_ROOT)
+    assert alone.returncode == 2 and "--workers 0 starts no worker" in alone.stderr, alone.stderr
+    (tmp_path / "state-b").mkdir()
+    with open(tmp_path / "state-b" / "run.lock", "a+") as held:  # a run in progress holds its state
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = subprocess.run(command(tmp_path, "b", "state-b", 1), env=env, capture_output=True, text=True,
+                                timeout=120, cwd=REPO_ROOT)
+    assert second.returncode == 2 and "another aura optimize is running" in second.stderr, second.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "state-b" / "bus").exists()
