@@ -67,6 +67,10 @@ class CcxtBroker:
         # makes every signed request -1021 until it is measured again: set by map_error, cleared by _gate.
         self._clock_suspect = False
         self._quiet_until = 0.0  # time.monotonic() before which no request is sent (the exchange's Retry-After)
+        # Pairs whose orders the exchange refused as "Market is closed" (halted, BREAK) since the markets were
+        # read: unlisted() names them, so the next plan reads the rules again and skips the pair (rules leave
+        # halted markets out) instead of sending it to be refused again at every risk tick until the daily read.
+        self._closed: set[str] = set()
 
     async def _gate(self, signed: bool = True) -> None:
         """Before a request.  None while the exchange's Retry-After runs, whatever loop asks (Binance turns a
@@ -146,9 +150,12 @@ class CcxtBroker:
         if reload or not self.exchange.markets:  # else ccxt answers from its cache: nothing is sent
             await self._gate(signed=False)
         try:
-            return await self.exchange.load_markets(reload)
+            markets = await self.exchange.load_markets(reload)
         except Exception as exc:
             raise self.map_error(exc, placing=False) from exc
+        if reload:
+            self._closed.clear()
+        return markets
 
     async def _symbol(self, symbol: str) -> str:
         """Accept "BTC/USDT", "BTC_USDT" or the exchange id "BTCUSDT"; return ccxt's unified symbol."""
@@ -169,7 +176,8 @@ class CcxtBroker:
         markets = self.exchange.markets
         if not markets:
             return []
-        return [s for s in symbols if s not in markets and s.replace("_", "/") not in markets]
+        return [s for s in symbols if (s not in markets and s.replace("_", "/") not in markets)
+                or s.replace("_", "/") in self._closed]
 
     async def load_markets(self, reload: bool = False) -> dict[str, MarketRule]:
         # reload=True: ccxt asks the exchange again and replaces its cache, which _symbol and the order
@@ -291,6 +299,8 @@ class CcxtBroker:
         except Exception as exc:
             mapped = self.map_error(exc, placing=True)
             mapped.sent_at = self._signed_by(sent_at)
+            if isinstance(mapped, OrderRejectedError) and "market is closed" in str(exc).lower():
+                self._closed.add(sym)
             warn(self.log, "BROKER", "market order failed", symbol=sym, client_order_id=client_order_id,
                  error=type(mapped).__name__, detail=str(exc)[:300])
             raise mapped from exc
