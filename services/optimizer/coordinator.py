@@ -10,7 +10,10 @@ what it needs from that store.  So:
   once, it changes nothing;
 * a restarted coordinator with the same store replays what was stored, dispatches only what is missing, and the
   results the previous one had not acked yet are delivered to it;
-* a task nobody answered for ``stall_s`` (its message lost) is published again.
+* a task nobody answered for ``stall_s`` (its message lost) is published again; after ``MAX_STALLS`` such
+  rounds in a row with no answer at all (a task that kills every worker that takes it, before it can dead-letter
+  it; or no worker running) the run fails saying so, rather than publish it again every minute forever.  The
+  answers stored so far stay: the same command resumes from them.
 
 One coordinator per bus at a time: they would share the results consumer.
 """
@@ -150,6 +153,9 @@ class Progress:
     stages: dict[str, str] = field(default_factory=dict)
 
 
+MAX_STALLS = 5  # rounds of ``stall_s`` without any answer before the run is given up
+
+
 class Coordinator:
     def __init__(self, js: JetStreamContext, run: WalkForwardRun, inputs: EvalInputs, cfg: BacktestConfig,
                  store: ResultStore, gate: GateSettings, logger: logging.Logger,
@@ -264,7 +270,7 @@ class Coordinator:
             info(self.logger, "OPTIMIZE", "resumed from the result store", replayed=self.progress.replayed,
                  store=str(self.store.path))
         last_answer = time.monotonic()
-        changed = True
+        changed, stalls = True, 0
         while True:
             if changed:  # the state only moves when answers arrive: no rescan of every pending request otherwise
                 touched, self._touched = self._touched, set()
@@ -277,10 +283,16 @@ class Coordinator:
                 await self._dispatch()
             changed = await self._collect(sub)
             if changed:
-                last_answer = time.monotonic()
+                last_answer, stalls = time.monotonic(), 0
             elif time.monotonic() - last_answer > self.stall_s:
+                stalls += 1
+                if stalls > MAX_STALLS:
+                    raise RunFailed(f"no worker answered for {MAX_STALLS} rounds of {self.stall_s:.0f} s with "
+                                    f"{len(self._dispatched)} tasks waiting: a task that kills the workers that "
+                                    "take it, or no worker running (see the workers' logs); the answers stored so "
+                                    "far stay, and the same command resumes from them")
                 warn(self.logger, "OPTIMIZE", "no answer for a while; publishing the missing tasks again (are "
-                     "workers running?)", waiting=len(self._dispatched), seconds=round(self.stall_s))
+                     "workers running?)", waiting=len(self._dispatched), seconds=round(self.stall_s), round=stalls)
                 self._dispatched.clear()
                 last_answer, changed = time.monotonic(), True
         self._report("judging")

@@ -338,3 +338,34 @@ def test_zz_a_task_no_worker_may_run_is_retried_dead_lettered_and_ends_the_run(
     assert seconds >= (SPEC.max_deliver - 1) * RETRY_DELAY_S, f"gave up after {seconds:.1f}s"
     failed = sum(int(Pool.status(w)["checks"]["tasks"].split(", ")[1].split()[0]) for w in workers)
     assert failed >= 1, "no worker counted a failed task"
+
+
+def test_a_run_no_worker_answers_fails_saying_so_instead_of_republishing_forever(nats_server: NatsEndpoint,
+                                                                                 grids_file: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Found by an audit: a task that kills every worker taking it (before the worker can dead-letter it), or a bus
+    with no worker at all, had the coordinator publish the missing tasks again every stall period forever."""
+    from aura.optimize_job import build_run
+    from services.optimizer.coordinator import MAX_STALLS, Coordinator, RunFailed
+    from shared.bus import close, connect
+
+    job = job_for(["BTC_USDT", "ETH_USDT"], grids_file, folds=1)
+    store = ResultStore(tmp_path / "results.sqlite")
+
+    async def main() -> float:
+        nc = await connect(nats_server.settings(), "optimizer", LOG, connect_timeout_s=15)
+        coordinator = Coordinator(nc.jetstream(), build_run(job), job.inputs, job.cfg, store, job.gate, LOG,
+                                  stall_s=0.2)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(RunFailed, match="no worker answered"):
+                await coordinator.execute()
+        finally:
+            await close(nc)
+        return time.monotonic() - t0
+
+    try:
+        waited = asyncio.run(main())
+    finally:
+        store.close()
+    assert waited >= MAX_STALLS * 0.2  # it did wait out its rounds, publishing the tasks again each time
