@@ -283,10 +283,15 @@ def promote(record: RunRecord, digests: dict[str, str], settings: Settings, url:
             if d.passed and not refusal:
                 key = signing_key(system.keys, "optimizer")
                 trusted = trusted_keys(system.keys, "optimizer", PARAMS_SIGNERS)
-                version = await promote_winner(js, key, trusted, record.run.winner, record_doc, reason,
-                                               incumbent_version, timeframe=record.inputs.timeframe,
-                                               max_loss_bound=system.max_loss_bound,
-                                               snapshot_bars=snapshot_bars_on(settings, record.inputs.timeframe))
+                try:
+                    version = await promote_winner(js, key, trusted, record.run.winner, record_doc, reason,
+                                                   incumbent_version, timeframe=record.inputs.timeframe,
+                                                   max_loss_bound=system.max_loss_bound,
+                                                   snapshot_bars=snapshot_bars_on(settings, record.inputs.timeframe))
+                except PromotionRefused as exc:  # the console hears of a refused yes as of any decision
+                    await publish_decision(js, {**summary, "promoted": False,
+                                                "verdict": f"not promoted: {exc}"[:500]})
+                    raise
             await publish_decision(js, {**summary, "version": version})
             return version or 0
 

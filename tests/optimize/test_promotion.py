@@ -145,6 +145,10 @@ def test_a_no_promotes_nothing_and_a_moved_incumbent_blocks_a_yes(nats_server: N
     assert optimize_job.promote(yes, optimize_job.write(yes, tmp_path / "yes"), nats_server.settings(), "", 1,
                                 optimize_job.Say(True)) == 1
     assert all(v == 2 for _, v, _ in asyncio.run(in_force(nats_server)).values())
+    # The console hears of the refused yes too (found by an audit: the refusal skipped publishing the decision,
+    # which went on saying the run before's "no").
+    refused = asyncio.run(decision_in_state(nats_server))
+    assert refused["promoted"] is False and refused["verdict"].startswith("not promoted:"), refused
 
 
 def test_an_hourly_run_is_judged_against_the_defaults_counted_in_hours(shared_data_dir: Path) -> None:
