@@ -53,6 +53,12 @@ def test_kill_switch_re_arm_policy_is_in_stage_4(knob: str) -> None:
     assert knob in FIELDS and knob in risk.names and knob not in dict(risk.pending)
 
 
+def test_a_pending_knob_spelt_like_a_defined_one_is_named_not_silently_skipped() -> None:
+    """Found by an audit: `stop_los` under [stage.pending] was accepted, listed and never evaluated."""
+    with pytest.raises(GridError, match="pending 'stop_los' looks like the defined parameter 'stop_loss'"):
+        parse_grids(grid_text(risk="take_profit = [0.0, 1.0]\n[stage.pending]\nstop_los = [0.05, 0.1]"))
+
+
 def test_pending_knob_joins_the_grid_once_params_defines_it() -> None:
     text = grid_text(risk="stop_loss = [0.0, 0.1]\n[stage.pending]\ntake_profit = [0.0, 1.0]\nnot_yet = [1, 2]")
     risk = parse_grids(text).stage("risk")
