@@ -111,23 +111,26 @@ def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, 
                   params: StrategyParams, cost_rate: float, latch: Latch, guard: GuardState,
                   marks: dict[str, float], volumes: dict[str, float] | None = None,
                   max_participation: float = math.inf,
-                  sent: dict[tuple[str, str], float] | None = None) -> TickDecision:
+                  sent: dict[tuple[str, str], float] | None = None, dust_usdt: float = 0.0) -> TickDecision:
     """Decide one tick. ``prices=None``: the read failed. ``marks``: last good price per symbol.
 
     A held symbol without a price is a shortfall for the sync guard: until it is confirmed on consecutive
     ticks the tick does nothing (``wait``).  Once confirmed (a delisted or halted market), the tick runs with
     that symbol valued at its last known mark, never at zero: a missing quote is not a loss.  ``volumes``: the
     newest bar's, which cap the exits at ``max_participation`` as they cap a cycle's legs, less what ``sent``
-    says earlier plans on that bar sent.
+    says earlier plans on that bar sent.  ``dust_usdt``: a holding worth no more at its last mark is not expected
+    to be priced (an exit's sliver below one lot step of a pair delisted since: unpriceable and unsellable, it
+    would keep every tick "failed" and /readyz red for good over a few cents); it is still valued, at that mark.
     """
-    expected = {s: 1.0 for s, q in snapshot.holdings.items() if q > 0}
+    fallback = {**snapshot.entry_prices, **marks}
+    expected = {s: 1.0 for s, q in snapshot.holdings.items()
+                if q > 0 and not 0 < q * fallback.get(s, 0.0) <= dust_usdt}
     usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
     verdict, guard = observe(guard, expected, None if prices is None else dict.fromkeys(usable, 1.0),
                              confirm_reads=PRICE_CONFIRM_READS)
     checks = sl_checks(snapshot, prices or {}, params)
     if verdict.status not in (IN_SYNC, CONFIRMED):
         return TickDecision("wait", None, checks, verdict, guard)
-    fallback = {**snapshot.entry_prices, **marks}
     outcome = risk_plan(None, portfolio_state(snapshot, latch), usable, rules, params, cost_rate, marks=fallback,
                         volumes=volumes, max_participation=max_participation, sent=sent)
     action = "none" if not outcome.legs else ("liquidate" if outcome.halted else "exit")

@@ -123,7 +123,7 @@ async def tick(risk: Risk) -> TickDecision | None:
         volumes = await exit_volumes(risk.prices, held, ctx.settings.timeframe, bar, volumes, ctx.logger)
     await risk.sent.seal(bar)
     decision = evaluate_tick(basis, prices, rules, params, cost.rate, latch, risk.guard, risk.marks, volumes,
-                             risk.max_participation, risk.sent.on(bar, volumes))
+                             risk.max_participation, risk.sent.on(bar, volumes), ctx.settings.reconcile_dust_usdt)
     risk.guard = decision.guard
     for check in decision.checks:
         info(ctx.logger, "SL_CHECK", f"{check.symbol}: {check.verdict}", symbol=check.symbol, qty=check.qty,

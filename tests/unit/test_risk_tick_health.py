@@ -101,3 +101,21 @@ def test_a_price_read_that_fails_with_coins_held_counts_as_a_failed_tick(monkeyp
     assert [ok for ok, _ in seen] == [True] * TICK_FAILURES_RED + [False], seen
     assert "price read failed" in seen[-1][1], seen[-1]
     assert health.checks["risk_tick"]() == (True, "ticking")
+
+
+def test_an_unpriceable_sliver_of_a_delisted_pair_does_not_keep_the_ticks_failing() -> None:
+    """Found by an audit: an exit leaves less than one lot step behind; once its pair is delisted nothing prices or
+    sells it, and every tick counted as failed, /readyz red for good over a few cents.  Dust at its last mark is
+    not expected to be priced (AURA_RECONCILE_DUST_USDT); a real holding still is."""
+    book = PortfolioSnapshot(snapshot_id="s-1", cycle_id="1d-20240101T0000", plan_id="p-1", status="executed",
+                             cash=1000.0, holdings={"BTC/USDT": 0.2, "LUNA/USDT": 0.004},
+                             entry_prices={"BTC/USDT": 40_000.0, "LUNA/USDT": 80.0}, equity=9_000.0,
+                             equity_history=[10_000.0, 9_000.0])
+    rules = {"BTC/USDT": MarketRule("BTC/USDT", 0.0001, 0.01, 0.0001, 5.0)}
+    read = {"BTC/USDT": 41_000.0}  # the venue no longer quotes LUNA
+    dust = evaluate_tick(book, read, rules, StrategyParams(), 0.001, Latch(False, 0), GuardState(), {},
+                         dust_usdt=5.0)
+    assert dust.price_verdict.status == "in_sync" and dust.outcome is not None  # 0.32 USDT of LUNA: dust
+    counted = evaluate_tick(book, read, rules, StrategyParams(), 0.001, Latch(False, 0), GuardState(), {},
+                            dust_usdt=0.1)
+    assert counted.price_verdict.status == "unconfirmed"  # above the allowance it is a holding to price
