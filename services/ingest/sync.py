@@ -158,6 +158,14 @@ def _sync_symbol(
         live = [(align_up(now_ms - int(cfg.provisional_days * 86_400_000), iv), now_ms + iv)]
         expired = _expire_provisional(cov, live, sym, timeframe, cfg)
         missing = subtract(window, cov.resolved())
+        # The bar that closed last, confirmed absent minutes after its close (an API lagging past the settle time),
+        # may still come: asked again at every sync until the next bar closes.  Not asked, a held pair's cycle
+        # stayed stale for the whole bar though the candle had come (found by an audit); a pair halted for good
+        # costs one request per sync for one bar.
+        newest = last_closed_open(now_ms, iv)
+        newest_bar = intersect(window, [(newest, newest + iv)])
+        late = intersect([(g.start, g.end) for g in cov.gaps if g.confirmed], newest_bar)
+        missing = union(missing, late)
         # Only the exchange's own sources can replace a fallback's candles, and only when one is asked first.
         own_first = bool(chain) and chain[0].authoritative(exchange)
         recheck = intersect(cov.provisional, window) if own_first else []

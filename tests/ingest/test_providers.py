@@ -208,3 +208,26 @@ def test_ccxt_tail_a_pair_that_stopped_trading_is_a_confirmed_gap_two_minutes_af
                                                                   (NOW - DAY, NOW, False)]
     late = sync(["ETH/USDT"], "binance", "1d", start, None, cfg, NOW + 180_000).symbols["ETH/USDT"]
     assert late.complete and [(g.start, g.end, g.confirmed) for g in late.gaps] == [(NOW - 3 * DAY, NOW, True)]
+
+
+def test_a_newest_candle_confirmed_absent_is_asked_again_within_its_bar(make_config, venue, api,
+                                                                         shared_data_dir: Path) -> None:
+    """Found by an audit: a candle the API still lacked three minutes after its close became a confirmed gap, and
+    nothing asked for it again until the next bar closed; a held pair's cycle stayed stale all day though the API
+    had the candle minutes later.  The newest bar's confirmed gap is asked again at each sync within that bar."""
+    cfg = make_config(providers=("tail",))
+    start = NOW - 30 * DAY
+    lagged = NOW - DAY + 180_000  # the 2024-12-04 candle closed three minutes ago
+    venue.sim.set_now(lagged)
+    api.fault("lagging_klines", "klines")
+    first = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, lagged).symbols["BTC/USDT"]
+    assert [(g.start, g.end, g.confirmed) for g in first.gaps] == [(NOW - 2 * DAY, NOW - DAY, True)]
+    api.clear_faults()
+    later = lagged + 600_000  # ten minutes later, the same bar
+    venue.sim.set_now(later)
+    api.reset_counts()
+    again = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, later).symbols["BTC/USDT"]
+    assert again.complete and not again.gaps and api.counts["klines"] == 1
+    closed = pl.col("timestamp").is_between(start, NOW - 2 * DAY)  # up to the candle that came late
+    assert_frame_equal(cached(cfg, "1d", "BTC_USDT").filter(closed), source(shared_data_dir, "1d", "BTC_USDT")
+                       .filter(closed))
