@@ -199,7 +199,9 @@ def _sync_symbol(
         report_issues(log, jumps, counters, tally=rep.issues, symbol=sym, timeframe=timeframe)
 
         still = intersect(st.unfilled, window)
-        confirmed = intersect(still, confirmed_empty(st))
+        # A re-asked confirmed gap that is still empty stays confirmed, whether the API said so again or failed to
+        # answer: a failed re-read does not revoke the earlier answer (it would turn the cycle stale).
+        confirmed = union(intersect(still, confirmed_empty(st)), intersect(still, late))
         pending = subtract(still, confirmed)
         confirmed_gaps = [(r, _confirmers(r, st.empty_by)) for r in confirmed]
         pending_gaps = [Gap(s, e, False, _notes_for((s, e), st.notes)) for s, e in pending]

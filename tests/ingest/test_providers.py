@@ -223,6 +223,11 @@ def test_a_newest_candle_confirmed_absent_is_asked_again_within_its_bar(make_con
     first = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, lagged).symbols["BTC/USDT"]
     assert [(g.start, g.end, g.confirmed) for g in first.gaps] == [(NOW - 2 * DAY, NOW - DAY, True)]
     api.clear_faults()
+    api.fault("http_error", "klines", status=500)  # the re-ask fails: the earlier answer stands, nothing pending
+    failed = sync(["BTC/USDT"], "binance", "1d", start, None, cfg, lagged + 300_000).symbols["BTC/USDT"]
+    assert failed.complete and [(g.start, g.end, g.confirmed) for g in failed.gaps] == [
+        (NOW - 2 * DAY, NOW - DAY, True)]
+    api.clear_faults()
     later = lagged + 600_000  # ten minutes later, the same bar
     venue.sim.set_now(later)
     api.reset_counts()
