@@ -13,6 +13,8 @@ exit naming the port, and the launcher reports the death; it never takes another
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import threading
 from collections.abc import Mapping
@@ -46,13 +48,37 @@ _HANDED_OUT: set[int] = set()
 _HANDED_OUT_LOCK = threading.Lock()
 
 
+def port_range() -> tuple[int, int] | None:
+    """``AURA_PORT_RANGE`` ("LO-HI"): where free ports are drawn from instead of the system's ephemeral ones.  For
+    processes that pick ports side by side, each in a band of its own (the test suite's parallel workers: two
+    processes remembering only their own handed-out ports could hand out one port twice), or a firewall's range."""
+    text = os.environ.get("AURA_PORT_RANGE", "").strip()
+    if not text:
+        return None
+    lo, _, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi)
+    except ValueError:
+        raise ValueError(f"AURA_PORT_RANGE must be LO-HI, got {text!r}") from None
+    if not 1024 <= low < high <= 65535:
+        raise ValueError(f"AURA_PORT_RANGE {text!r} is not a range of ports above 1023")
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now on ``host`` and that this process has not handed out before."""
+    """A port nothing listens on now on ``host`` and that this process has not handed out before (drawn from
+    ``AURA_PORT_RANGE`` when it is set)."""
+    band = port_range()
     with _HANDED_OUT_LOCK:
         for _ in range(256):
-            with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
+            if band is not None:
+                port = random.randint(*band)
+                if port in _HANDED_OUT or not can_bind(port, host):
+                    continue
+            else:
+                with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+                    sock.bind((host, 0))
+                    port = int(sock.getsockname()[1])
             if port not in _HANDED_OUT:
                 _HANDED_OUT.add(port)
                 return port

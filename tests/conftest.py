@@ -11,6 +11,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Each parallel worker (make test runs two, pytest-xdist) draws free ports from a band of its own, below the
+# system's ephemeral ones: free_port remembers only what its own process handed out, and two workers picking side
+# by side could otherwise give one port to two servers (aura/ports.py).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _BAND = 12_000 + (int(_WORKER[2:]) % 10) * 2_000
+    os.environ["AURA_PORT_RANGE"] = f"{_BAND}-{_BAND + 1_999}"
+
 
 def shared_data_path() -> Path:
     """../shared/data beside the repo (real market candles), or AURA_SHARED_DATA if set."""

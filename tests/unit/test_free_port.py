@@ -19,6 +19,7 @@ def test_ports_taken_in_a_row_are_distinct_and_free() -> None:
 
 def test_a_port_the_kernel_offers_again_is_skipped(monkeypatch) -> None:
     """The kernel's answer is forced to repeat: the second caller gets another port, never the same one."""
+    monkeypatch.delenv("AURA_PORT_RANGE", raising=False)  # the kernel's ports, not a band's
     first = free_port()
     offers = iter([first, first, first])
     real_socket = socket.socket
@@ -31,3 +32,17 @@ def test_a_port_the_kernel_offers_again_is_skipped(monkeypatch) -> None:
     monkeypatch.setattr(ports.socket, "socket", Repeating)
     second = free_port()
     assert second != first
+
+
+def test_ports_come_from_aura_port_range_when_it_is_set(monkeypatch) -> None:
+    """Two processes picking ports side by side (the suite's parallel workers) each draw from a band of their own,
+    so neither hands out a port the other just did."""
+    import pytest
+
+    monkeypatch.setenv("AURA_PORT_RANGE", "23000-23099")
+    drawn = [free_port() for _ in range(50)]
+    assert len(set(drawn)) == 50 and all(23000 <= p <= 23099 for p in drawn)
+    for bad in ("23000", "99-200", "30000-20000"):
+        monkeypatch.setenv("AURA_PORT_RANGE", bad)
+        with pytest.raises(ValueError, match="AURA_PORT_RANGE"):
+            free_port()
