@@ -152,7 +152,8 @@ def parse_grids(text: str, source: str = "<grids>", timeframe: str = PARAMS_TIME
     for which, tf in (("the file's timeframe", counted_in), ("the run's timeframe", timeframe)):
         if tf not in SUPPORTED_TIMEFRAMES:
             raise GridError(f"{source}: {which} {tf!r} is not one of {list(SUPPORTED_TIMEFRAMES)}")
-    units = _Units(param_ranges(counted_in), timeframe_factor(counted_in, timeframe))
+    units = _Units(param_ranges(counted_in), timeframe_factor(counted_in, timeframe), param_ranges(timeframe), source,
+                   timeframe)
     base_doc = doc.get("base", {})
     if not isinstance(base_doc, Mapping):
         raise GridError(f"{source}: [base] must be a table of parameter = value")
@@ -179,10 +180,18 @@ def parse_grids(text: str, source: str = "<grids>", timeframe: str = PARAMS_TIME
 class _Units:
     ranges: Mapping[str, tuple[float, float]]  # of the bars the file counts in
     factor: float  # run bars per file bar
+    run_ranges: Mapping[str, tuple[float, float]]  # of the run's bars
+    source: str
+    timeframe: str  # the run's
 
     def run(self, name: str, value: Value) -> Value:
         scaled = scale_value(name, value, self.factor)
-        return int(scaled) if name in INT_PARAMS else float(scaled)
+        out: Value = int(scaled) if name in INT_PARAMS else float(scaled)
+        lo, hi = self.run_ranges[name]
+        if not lo <= out <= hi:  # a daily 365-bar window is 8,760 hourly bars, past what a 1h snapshot carries
+            raise GridError(f"{self.source}: {name!r} = {value!r} is {out!r} in {self.timeframe} bars, outside its "
+                            f"range there [{lo}, {hi}] (param_ranges in aura/strategy/params.py)")
+        return out
 
     def axis(self, name: str, values: tuple[Value, ...]) -> tuple[Value, ...]:
         # Two file values may land on one run value (hourly counts brought to days): kept once, in file order.

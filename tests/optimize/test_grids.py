@@ -172,6 +172,10 @@ def test_a_grid_file_may_count_hours_and_be_used_on_days() -> None:
     assert dict(risk.axes)["kill_switch_cooldown"] == (0, 1, 2)  # half-up rounding; equal days listed once
     with pytest.raises(GridError, match="'2h' is not one of"):
         parse_grids("timeframe = \"2h\"\n" + grid_text(), "odd")
+    # A value valid where it was written but not in the run's bars is named at load, not dropped in a late stage:
+    # a daily 200-bar kill-switch window is 4,800 hourly bars, past what a 1h snapshot carries (4,000).
+    with pytest.raises(GridError, match="'kill_switch_window' = 200 is 4800 in 1h bars, outside its range"):
+        parse_grids(grid_text(risk="kill_switch_window = [90, 200]"), "daily", "1h")
 
 
 @pytest.mark.parametrize("timeframe", ["4h", "1h"])
