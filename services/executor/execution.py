@@ -75,6 +75,12 @@ def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> b
     return not (leg.side == "sell" and leg.reason in PROTECTIVE_EXITS) and qty * price > limits.max_order_usdt
 
 
+def cut_by_cap(leg: PlanLeg, filled_qty: float, limits: ExecutionLimits, price: float) -> bool:
+    """Whether a leg that filled ``filled_qty`` fell short of its plan because the cap cut it (judged from the leg
+    itself, for a leg whose journaled reason a restart overwrote: the boot's reconciliation, an order found)."""
+    return filled_qty < leg.qty * (1.0 - 1e-9) and capped(leg, leg.qty, limits, price)
+
+
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
               limits: ExecutionLimits, price: float | None = None) -> tuple[float, str]:
     """(qty to send, reason). qty 0 means skip with that reason. Pure.  ``price``: what the notional is
@@ -217,7 +223,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                 _judge_fill_journaled_elsewhere(journal, plan, leg, cid, guard, result, logger)
             # Done before a restart; a leg that did not fully fill, or that the cap cut, still makes the plan
             # "partial", as it would have without the restart.
-            if status in ("partial", "rejected", "canceled") or reason.startswith(CAPPED):
+            cut = reason.startswith(CAPPED) or cut_by_cap(leg, journal.order_fill(cid)[0], limits,
+                                                          _price_read(journal, plan, cid) or leg.ref_price)
+            if status in ("partial", "rejected", "canceled") or cut:
                 result.status = "partial"
                 result.reasons.append(f"leg {leg.index} {leg.symbol}: {status} before a restart ({reason})")
             continue
@@ -420,3 +428,6 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "
                               f"(exchange status {order.status})")
+    elif not note.startswith(CAPPED) and cut_by_cap(leg, order.filled_qty, limits, price_read or leg.ref_price):
+        result.status = "partial"  # found after a restart: the cap's note was not journaled with it
+        result.reasons.append(f"leg {leg.index} {leg.symbol}: {CAPPED}={limits.max_order_usdt}")

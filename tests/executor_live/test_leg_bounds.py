@@ -79,6 +79,11 @@ def test_a_leg_the_per_order_cap_cut_makes_the_plan_partial(rig: Rig) -> None:
         return (await execute_plan(plan, b, rig.journal, await b.load_markets(), capped, rig.log)).status
 
     assert rig.run(finished_after_a_restart) == "partial"
+    # The boot's reconciliation journals a fill with its own reason (the cap's note gone): still partial.
+    rig.journal.begin()
+    rig.journal.set_intent_status(client_order_id(plan.plan_id, 0), "filled", "reconciled at boot")
+    rig.journal.commit()
+    assert rig.run(finished_after_a_restart) == "partial"
     assert rig.server.sim.free("BTC") > 0
     # A rotation exit is still cut (only protective exits are not): what it leaves is partial too.
     sell = live_run(rig, plan_at(rig, [("BTC/USDT", "sell", float(rig.server.sim.free("BTC")), btc, "exit")]),
