@@ -45,7 +45,7 @@ up: $(STAMP) bytecode
 	$(VENV)/bin/aura up
 
 # Two workers (pytest-xdist): most tests wait on real processes (nats-server, services, the simulator), so two
-# run side by side on two cores in about 21 minutes instead of 33.  --dist loadfile keeps a file's tests on one
+# run side by side on two cores in about 18 minutes instead of 33.  --dist loadfile keeps a file's tests on one
 # worker, so a module's running system (tests/security) starts once.  PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)

@@ -220,7 +220,8 @@ def _parse_stage(source: str, doc: Mapping[str, Any], units: _Units, timeframe: 
             axes.append((param, units.axis(param, _check_values(source, where, param, values, units.ranges))))
         elif not isinstance(values, list) or not values:
             raise GridError(f"{source}: {where}: pending {param!r} must be a non-empty list of values")
-        elif close := difflib.get_close_matches(param, FIELDS, n=1, cutoff=0.85):
+        elif close := [f for f in difflib.get_close_matches(param, FIELDS, n=1, cutoff=0.85)
+                       if abs(len(f) - len(param)) <= 1]:  # one letter off: take_profit_2 may be a knob to come
             # A pending knob is listed and never evaluated: a typo of a defined one would silently search nothing.
             raise GridError(f"{source}: {where}: pending {param!r} looks like the defined parameter {close[0]!r}; "
                             "a defined parameter belongs under [stage.grid] (a knob params.py does not define yet "

@@ -249,7 +249,9 @@ class VenueUniverse:
                                     client=client, keep_previous=False), None
         except UniverseError as exc:
             previous = load_universe(IngestConfig.coerce(self.config).cache_root, self.exchange)
-            if previous is None or previous.quote != QUOTE or now_ms - previous.refreshed_ms >= 2 * self.refresh_ms:
+            age = now_ms - previous.refreshed_ms if previous is not None else -1
+            # A ranking dated after now (a home reused against an earlier venue clock) is not kept either.
+            if previous is None or previous.quote != QUOTE or not 0 <= age < 2 * self.refresh_ms:
                 raise
             why = f"{exc}; ranking of {_iso(previous.refreshed_ms)} kept, read again at the next update"
             warn(self.logger, "UNIVERSE_STALE", "24h volumes unreadable: the previous ranking is kept for now",
