@@ -49,7 +49,8 @@ LIVE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
     "AURA_MAX_ORDER_USDT": ("250", frozenset({"executor"})),
     "AURA_MAX_PRICE_DEVIATION": ("0.015", frozenset({"executor"})),
     "AURA_MAX_SPREAD": ("0.004", frozenset({"executor"})),
-    "AURA_RECONCILE_DUST_USDT": ("3", frozenset({"executor"})),
+    # Dust: the executor's book comparison, ingest's universe and risk's tick all judge it alike.
+    "AURA_RECONCILE_DUST_USDT": ("3", frozenset({"ingest", "risk", "executor"})),
     "AURA_PAPER_CASH_USDT": ("5000", frozenset({"executor"})),
     # Trading costs: risk's cost gate (slippage live and dry; the paper fee in a dry run) and the paper broker.
     "AURA_PAPER_FEE_RATE": ("0.00075", VENUE),
