@@ -41,11 +41,20 @@ def can_bind(port: int, host: str) -> bool:
     return True
 
 
-# Every port free_port has handed out in this process.  Ports are taken several in a row (one per service, then
-# the bus) and bound later by other processes; once the probing socket is closed the kernel may offer the same
-# ephemeral port again, and two services given one port fail at start (seen in CI: ingest and the console).
-_HANDED_OUT: set[int] = set()
+# The ports free_port has handed out lately in this process.  Ports are taken several in a row (one per service,
+# then the bus) and bound later by other processes; once the probing socket is closed the kernel may offer the same
+# ephemeral port again, and two services given one port fail at start (seen in CI: ingest and the console).  Only
+# the newest RECENT are remembered: a port handed out that long ago has been bound (can_bind then refuses it) or
+# let go, and a process that hands out thousands (the test suite) must not run out of a band of AURA_PORT_RANGE.
+RECENT = 1024
+_HANDED_OUT: dict[int, None] = {}  # insertion-ordered: the oldest first
 _HANDED_OUT_LOCK = threading.Lock()
+
+
+def _remember(port: int) -> None:
+    _HANDED_OUT[port] = None
+    while len(_HANDED_OUT) > RECENT:
+        del _HANDED_OUT[next(iter(_HANDED_OUT))]
 
 
 def port_range() -> tuple[int, int] | None:
@@ -66,7 +75,7 @@ def port_range() -> tuple[int, int] | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now on ``host`` and that this process has not handed out before (drawn from
+    """A port nothing listens on now on ``host`` and that this process has not handed out lately (drawn from
     ``AURA_PORT_RANGE`` when it is set)."""
     band = port_range()
     with _HANDED_OUT_LOCK:
@@ -80,9 +89,10 @@ def free_port(host: str = "127.0.0.1") -> int:
                     sock.bind((host, 0))
                     port = int(sock.getsockname()[1])
             if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
+                _remember(port)
                 return port
-    raise RuntimeError(f"no free port on {host} that this process has not handed out already")
+    raise RuntimeError(f"no free port on {host} that this process has not handed out lately"
+                       + (f" in AURA_PORT_RANGE {band[0]}-{band[1]}" if band else ""))
 
 
 def choose_ports(settings: Settings, sources: Mapping[str, str]) -> tuple[dict[str, int], list[str]]:

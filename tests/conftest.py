@@ -16,8 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # by side could otherwise give one port to two servers (aura/ports.py).
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
-    _BAND = 12_000 + (int(_WORKER[2:]) % 10) * 2_000
-    os.environ["AURA_PORT_RANGE"] = f"{_BAND}-{_BAND + 1_999}"
+    _BAND = 10_000 + (int(_WORKER[2:]) % 4) * 5_000
+    os.environ["AURA_PORT_RANGE"] = f"{_BAND}-{_BAND + 4_999}"
 
 
 def shared_data_path() -> Path:
