@@ -285,8 +285,11 @@ def test_a_snapshot_with_a_fake_equity_peak_does_not_reach_risk(system: System) 
     resigned = sign_struct(fake, signing_key(system.settings.keys, "executor"))
     assert resigned.snapshot_id == genuine.snapshot_id
     assert run(js_publish(system, "executor", PortfolioSnapshot.SUBJECT, encode(resigned))) == "stored"
-    wait_until(lambda: system.counter("risk", "forged_snapshots") > forged_before, "risk to refuse the re-signed id")
-    assert any("seen before with other contents" in x["msg"] for x in system.log_lines("risk", "FORGED_SNAPSHOT"))
+    # Waited for by its own log line: the counter also moves while risk refuses the previous forgery at each tick
+    # (it stays the newest message until this one lands), which made a wait on the counter alone end too early.
+    wait_until(lambda: any("seen before with other contents" in x["msg"]
+                           for x in system.log_lines("risk", "FORGED_SNAPSHOT")), "risk to refuse the re-signed id")
+    assert system.counter("risk", "forged_snapshots") > forged_before
     assert_untouched(system, before, "a snapshot with a fake equity peak")
     assert not [x for x in system.log_lines("risk", "KILL_SWITCH") if "breached" in x["msg"]]
 
