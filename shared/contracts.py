@@ -176,6 +176,13 @@ class PortfolioSnapshot(Contract, frozen=True):
     signature: str = ""
     key_id: str = ""
 
+    def held_beyond_dust(self, prices: dict[str, float], dust_usdt: float) -> set[str]:
+        """The symbols held worth more than ``dust_usdt`` at ``prices`` (one with no price counts: never hidden).  An
+        exit leaves a sliver below one lot step (sells round down, a buy's fee is taken in the coin): ingest keeps
+        no pair in the universe for it, and risk's tick does not expect it priced."""
+        return {sym for sym, qty in self.holdings.items()
+                if qty > 0 and not 0 < qty * prices.get(sym, 0.0) <= dust_usdt}
+
 
 # --- dead letters -----------------------------------------------------------------------------------------
 

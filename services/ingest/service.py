@@ -183,11 +183,9 @@ class FailingPolls:
 
 
 def held_pairs(snap: PortfolioSnapshot, dust_usdt: float) -> set[str]:
-    """The pairs a snapshot holds more than dust of (at their entry price; one with no entry price counts).  Dust
-    is not a holding: an exit leaves a sliver below one lot step (sells round down, a buy's fee is taken in the
-    coin), and counted, every pair ever traded stayed in the universe past its bound (found by an audit)."""
-    return {sym for sym, qty in snap.holdings.items()
-            if qty > 0 and not 0 < qty * snap.entry_prices.get(sym, 0.0) <= dust_usdt}
+    """The pairs a snapshot holds more than dust of, at their entry price: counted, dust kept every pair ever
+    traded in the universe past its bound (found by an audit)."""
+    return snap.held_beyond_dust(snap.entry_prices, dust_usdt)
 
 
 def _held_of(raw: bytes | None) -> set[str]:

@@ -123,8 +123,7 @@ def evaluate_tick(snapshot: PortfolioSnapshot, prices: dict[str, float] | None, 
     would keep every tick "failed" and /readyz red for good over a few cents); it is still valued, at that mark.
     """
     fallback = {**snapshot.entry_prices, **marks}
-    expected = {s: 1.0 for s, q in snapshot.holdings.items()
-                if q > 0 and not 0 < q * fallback.get(s, 0.0) <= dust_usdt}
+    expected = dict.fromkeys(snapshot.held_beyond_dust(fallback, dust_usdt), 1.0)
     usable = {s: float(p) for s, p in (prices or {}).items() if p and p > 0}
     verdict, guard = observe(guard, expected, None if prices is None else dict.fromkeys(usable, 1.0),
                              confirm_reads=PRICE_CONFIRM_READS)
