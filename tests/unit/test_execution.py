@@ -19,8 +19,9 @@ from services.executor.brokers.base import (
 from services.executor.brokers.client_order_id import CLIENT_ORDER_ID_RE, client_order_id
 from services.executor.brokers.paper import PaperBroker
 from services.executor.exchange_calls import ExecutionLimits
-from services.executor.execution import CAPPED, clamp_leg, execute_plan
+from services.executor.execution import execute_plan
 from services.executor.journal import Journal
+from services.executor.leg_bounds import CAPPED, clamp_leg
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.reconcile import reconcile
 from shared.contracts import PlanBody, PlanLeg, plan_id_for

@@ -1,0 +1,49 @@
+"""How much of a leg may be sent: held coins, the per-order cap and the exchange's minimums.  Pure, so the paper
+and live paths and a restart's reconciliation judge a leg the same way."""
+
+from __future__ import annotations
+
+from aura.strategy.rebalance import PROTECTIVE_EXITS, floor_to_step
+from aura.strategy.types import MarketRule
+from services.executor.exchange_calls import ExecutionLimits
+from shared.contracts import PlanLeg
+
+CAPPED = "capped at max_order_usdt"  # the reason clamp_leg gives when the cap cut the leg
+
+
+def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> bool:
+    """Whether ``max_order_usdt`` (the most one order may spend) cuts ``qty`` of this leg at ``price``.  A stop-loss
+    or kill-switch exit is never cut: it spends nothing, is bounded by the holding, and what it leaves open is
+    exactly the exposure it exists to close (its price guard is overridden for the same reason)."""
+    return not (leg.side == "sell" and leg.reason in PROTECTIVE_EXITS) and qty * price > limits.max_order_usdt
+
+
+def cut_by_cap(leg: PlanLeg, filled_qty: float, limits: ExecutionLimits, price: float) -> bool:
+    """Whether a leg that filled ``filled_qty`` fell short of its plan because the cap cut it (judged from the leg
+    itself, for a leg whose journaled reason a restart overwrote: the boot's reconciliation, an order found)."""
+    return filled_qty < leg.qty * (1.0 - 1e-9) and capped(leg, leg.qty, limits, price)
+
+
+def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
+              limits: ExecutionLimits, price: float | None = None) -> tuple[float, str]:
+    """(qty to send, reason). qty 0 means skip with that reason. Pure.  ``price``: what the notional is
+    checked at (live: the exchange's; paper: the plan's reference)."""
+    if rule is None:
+        return 0.0, f"no market rules for {leg.symbol}"
+    px = leg.ref_price if price is None else price
+    qty = leg.qty
+    reason = ""
+    if leg.side == "sell" and free_base is not None and qty > free_base:
+        qty = floor_to_step(free_base, rule.step_size)
+        reason = f"sell clamped to free balance {free_base}"
+    if capped(leg, qty, limits, px):  # after the clamp to what is held: never raised back above it
+        qty = min(qty, floor_to_step(limits.max_order_usdt / px, rule.step_size))
+        reason = f"{CAPPED}={limits.max_order_usdt}"
+    qty = floor_to_step(qty, rule.step_size)
+    # The exchange checks the notional at *its* price: keep a margin so a small move since the price read
+    # turns a borderline leg into a logged skip here, never into a NOTIONAL rejection there.
+    floor = rule.min_notional * (1.0 + limits.min_notional_margin)
+    if qty < rule.min_qty or qty * px < floor:
+        return 0.0, (f"below exchange minimum (qty {qty} vs min {rule.min_qty}, notional "
+                     f"{qty * px:.2f} vs min {rule.min_notional} + {limits.min_notional_margin:.0%})")
+    return qty, reason
