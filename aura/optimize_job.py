@@ -122,8 +122,9 @@ def file_logger(path: Path) -> logging.Logger:
 
 
 def build_run(job: OptimizeJob) -> WalkForwardRun:
+    start = job.grids.start_from(job.incumbent, default_params(job.inputs.timeframe))
     return WalkForwardRun(job.folds, job.final_train, job.grids, job.incumbent, job.min_budget, job.eta,
-                          job.objective)
+                          job.objective, start=start)
 
 
 async def coordinate_async(job: OptimizeJob, bus: Settings, store: ResultStore, logger: logging.Logger,

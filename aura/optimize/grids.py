@@ -113,6 +113,14 @@ class Grids:
             raise GridError(f"{self.source}: [base] makes an invalid parameter set: {exc}") from exc
         return out
 
+    def start_from(self, incumbent: StrategyParams, defaults: StrategyParams) -> StrategyParams:
+        """Where every selection starts: each knob a stage searches at ``defaults`` (fixed before any data was
+        seen), every other knob as the ``incumbent`` has it (the operator's own choices, never searched).  Started
+        from a promoted incumbent, a stage ranked its candidates with the later stages' knobs at values chosen on
+        bars that are this run's validation windows, so its out-of-sample record was not (found by an audit)."""
+        searched = sorted({name for stage in self.stages for name in stage.names})
+        return msgspec.structs.replace(incumbent, **{name: getattr(defaults, name) for name in searched})
+
     def stage(self, name: str) -> Stage:
         for s in self.stages:
             if s.name == name:

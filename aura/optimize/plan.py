@@ -169,17 +169,20 @@ class WalkForwardRun:
     """Every fold's selection and validation, and the final selection, as one state machine."""
 
     def __init__(self, folds: Sequence[Fold], final_train: TrainWindow, grids: Grids, incumbent: StrategyParams,
-                 min_budget: int, eta: int = 3, objective: ObjectiveSettings | None = None) -> None:
+                 min_budget: int, eta: int = 3, objective: ObjectiveSettings | None = None,
+                 start: StrategyParams | None = None) -> None:
+        """``incumbent``: what the winner must beat on every validation window; ``start``: where each selection
+        starts (``Grids.start_from``: never a set chosen on these data), the incumbent if not given."""
         if not folds:
             raise ValueError("a walk-forward run needs at least one fold")
         self.folds = tuple(folds)
         self.incumbent = incumbent
         self.objective = objective or ObjectiveSettings()
         self.folds_by_label = {f"fold {f.index}": f for f in self.folds}
-        self.selections = [SelectionState(label, f.train, grids, incumbent, min_budget, eta, self.objective)
+        first = incumbent if start is None else start
+        self.selections = [SelectionState(label, f.train, grids, first, min_budget, eta, self.objective)
                            for label, f in self.folds_by_label.items()]
-        self.selections.append(SelectionState(FINAL, final_train, grids, incumbent, min_budget, eta,
-                                              self.objective))
+        self.selections.append(SelectionState(FINAL, final_train, grids, first, min_budget, eta, self.objective))
         self.validation: dict[str, ValidationRecord] = {}
         self.in_sample: dict[str, WindowResult] = {}  # selection label -> its winner on its whole training window
 

@@ -189,3 +189,35 @@ def test_an_optimizer_run_on_shorter_bars_is_built_with_the_shipped_grids(shared
                                          grids=None, anchored=False, folds=1, min_budget=None, eta=3, spa_reps=300))
     run = build_run(job)  # raised GridError ([base] makes an invalid parameter set) before any evaluation
     assert run.planned() > 0 and job.grids.timeframe == timeframe
+
+
+def test_selections_start_from_the_defaults_on_every_searched_knob_never_from_a_promoted_set(
+        shared_data_dir: Path) -> None:
+    """After a promotion the incumbent is a set chosen on the newest bars, which are the next run's validation
+    windows.  Started from it, every stage ranked its candidates with the later stages' knobs at those values, so
+    the folds' "out-of-sample" record was not (found by an audit).  Each knob a stage searches starts at the
+    default; a knob no stage searches keeps the operator's value; the incumbent is still what the winner must beat."""
+    import argparse
+    import dataclasses
+
+    import msgspec
+
+    from aura.optimize_job import build_run, prepare_job
+    from shared.live_params import default_params
+
+    job = prepare_job(argparse.Namespace(data=shared_data_dir, timeframe="1d", symbols="BTC_USDT,ETH_USDT",
+                                         grids=None, anchored=False, folds=2, min_budget=None, eta=3, spa_reps=300))
+    searched = {name for stage in job.grids.stages for name in stage.names}
+    unsearched = sorted(set(FIELDS) - searched)
+    assert {"stop_loss", "kill_switch_drawdown"} <= searched and unsearched
+    defaults = default_params("1d")
+    promoted = msgspec.structs.replace(defaults, stop_loss=0.0, kill_switch_drawdown=0.35)
+    knob = next(k for k in unsearched if isinstance(getattr(defaults, k), int) and not isinstance(
+        getattr(defaults, k), bool) and getattr(defaults, k) > 1)
+    promoted = msgspec.structs.replace(promoted, **{knob: getattr(defaults, knob) - 1})  # the operator's own
+    run = build_run(dataclasses.replace(job, incumbent=promoted))
+    assert run.incumbent == promoted
+    for selection in run.selections:
+        assert selection.start.stop_loss == defaults.stop_loss, selection.label
+        assert selection.start.kill_switch_drawdown == defaults.kill_switch_drawdown, selection.label
+        assert getattr(selection.start, knob) == getattr(defaults, knob) - 1, selection.label
