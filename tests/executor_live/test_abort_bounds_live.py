@@ -70,3 +70,40 @@ def test_aborts_of_bars_ahead_of_the_venue_or_behind_the_journal_are_no_equity_p
     assert out["aborted"] == [(out["genuine"],)], out["aborted"]
     assert out["points"][1] == out["points"][0] + 1, f"equity points {out['points']}: one cycle closed, one point"
     assert out["last"] == out["genuine"]
+
+
+def test_a_flood_of_aborts_naming_a_refused_notice_costs_the_exchange_one_clock_read(
+        nats_server: Any, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compromised ingest announces one bar far ahead (refused by the venue's clock), then aborts it 60 times.
+    Each abort read the venue's clock, a rate-limited request, while plans (stop-loss exits too) waited behind them
+    on the executor's one-at-a-time consumer.  One read serves a minute of aborts; none becomes an equity point."""
+    with live_venue(shared_data_dir, monkeypatch) as sim:
+        settings = live_settings(nats_server, sim)
+
+        async def scenario() -> tuple[int, int]:
+            async with running(settings, "executor") as services, \
+                    role_connections(settings, "ingest", "operator") as js:
+                health = services["executor"].health
+                now = int(sim.sim.now_ms())
+                ahead = now - now % DAY + 30 * DAY
+                cycle_id = cycle_id_for("1d", ahead)
+                ready = DataReady(cycle_id=cycle_id, timeframe="1d", as_of_ms=ahead, digest="0" * 64,
+                                  symbols=["BTC/USDT"], bars=1, markets=[])
+                await publish(js["ingest"], ready, msg_id=f"r-{cycle_id}")
+                await snapshot(js["operator"])
+                before = sim.sim.faults.counts().get("GET /api/v3/time", 0)
+                for n in range(60):
+                    await publish(js["ingest"], CycleAborted(cycle_id=cycle_id, stage="ingest", reason=f"flood {n}"),
+                                  msg_id=f"a-{cycle_id}-{n}")
+
+                async def ignored() -> bool:
+                    return health.counters.get("aborts_ignored", 0) >= 60
+
+                await until(ignored, "the 60 aborts to be ignored")
+                reads = sim.sim.faults.counts().get("GET /api/v3/time", 0) - before
+                aborted = journal_rows(settings, "SELECT count(*) FROM snapshots WHERE status='aborted'")[0][0]
+                return reads, aborted
+
+        reads, aborted = asyncio.run(scenario())
+    assert aborted == 0
+    assert reads <= 2, f"{reads} clock reads for 60 aborts"
