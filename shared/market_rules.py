@@ -8,6 +8,7 @@ holds equal to :func:`rule_from_ccxt` until it imports this function).  Pure: no
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,10 +44,17 @@ def rule_from_ccxt(symbol: str, market: Mapping[str, Any]) -> MarketRule:
     notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
     limits, precision = market.get("limits") or {}, market.get("precision") or {}
     step = _num(lot.get("stepSize"), precision.get("amount"))
+    # A market order may be no larger than LOT_SIZE's and MARKET_LOT_SIZE's maxQty (ccxt: limits amount / market
+    # max); a larger one is refused (-1013) every time, so an exit held above it would never go out.
+    maxes = [m for m in (_num(lot.get("maxQty")), _num(filters.get("MARKET_LOT_SIZE", {}).get("maxQty")),
+                         _num((limits.get("amount") or {}).get("max")), _num((limits.get("market") or {}).get("max")))
+             if m > 0]
     return MarketRule(symbol=symbol, step_size=step, tick_size=_num(price.get("tickSize"), precision.get("price")),
                       min_qty=_num(lot.get("minQty"), (limits.get("amount") or {}).get("min"), step),
                       min_notional=_num(notional.get("minNotional"), notional.get("notional"),
-                                        (limits.get("cost") or {}).get("min")))
+                                        (limits.get("cost") or {}).get("min")),
+                      max_qty=min(maxes) if maxes else math.inf,
+                      quote_buys=(market.get("info") or {}).get("quoteOrderQtyMarketAllowed") is not False)
 
 
 def is_tradable(market: Mapping[str, Any], quote: str | None = None) -> bool:

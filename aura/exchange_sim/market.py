@@ -66,6 +66,9 @@ class Market:
         self.spread = Decimal(str(spread_bps)) / Decimal(20_000)  # half-spread as a fraction
         self.overrides: dict[str, Decimal] = {}
         self.delisted: set[str] = set()
+        # Pairs whose quoteOrderQtyMarketAllowed is false: a market order by quote amount is refused (-1013), as
+        # Binance once refused it on every pair.
+        self.no_quote_orders: set[str] = set()
         self.rules: dict[str, SymbolRules] = {}
         self._file_rules = load_rules_file(store.trading_dir)
         self._rule_overrides = {k.replace("/", "").replace("_", "").upper(): v
@@ -224,7 +227,8 @@ class Market:
             "baseAsset": s.base, "baseAssetPrecision": 8, "quoteAsset": s.quote, "quotePrecision": 8,
             "quoteAssetPrecision": 8, "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
             "orderTypes": _ORDER_TYPES, "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False,
-            "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False, "cancelReplaceAllowed": False,
+            "quoteOrderQtyMarketAllowed": symbol not in self.no_quote_orders,
+            "allowTrailingStop": False, "cancelReplaceAllowed": False,
             "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
             "filters": [
                 {"filterType": "PRICE_FILTER", "minPrice": fmt(r.min_price), "maxPrice": fmt(r.max_price),

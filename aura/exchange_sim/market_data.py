@@ -54,7 +54,10 @@ def derive_rules(ref_price: float) -> SymbolRules:
     tick_exp = min(-2, max(-8, math.floor(math.log10(p)) - 4))
     step_exp = min(0, max(-8, math.floor(math.log10(1.0 / p))))
     step = _pow10(step_exp)
-    return SymbolRules(step_size=step, tick_size=_pow10(tick_exp), min_qty=step, max_qty=Decimal(9_000_000),
+    # maxQty as Binance's scales with the coin: 9,000,000 BTC-sized lots, more of a coin worth a millionth of a
+    # dollar (a flat 9e6 capped a PEPE order at about 13 USDT).
+    max_exp = max(6, math.ceil(math.log10(1e9 / p)))
+    return SymbolRules(step_size=step, tick_size=_pow10(tick_exp), min_qty=step, max_qty=9 * _pow10(max_exp),
                        min_price=_pow10(tick_exp), max_price=Decimal(10_000_000), min_notional=Decimal(5))
 
 

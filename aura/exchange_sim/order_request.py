@@ -68,6 +68,8 @@ def read_new_order(p: dict[str, str], m: Market, default_client_id: str) -> Orde
                                       "empty/null!")
         if qty is not None and quote_qty is not None:
             raise BinanceError(-1106, "Parameter 'quoteOrderQty' sent when not required.")
+        if quote_qty is not None and symbol in m.no_quote_orders:
+            raise BinanceError(-1013, "Quote order qty market orders are not support.")  # sic: Binance's words
         if qty is None:
             # Binance spends up to quoteOrderQty; here it becomes the largest lot that fits at the ask.
             qty = floor_to(quote_qty / ask, rules.step_size) if quote_qty else ZERO

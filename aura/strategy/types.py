@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,8 @@ class MarketRule:
     tick_size: float  # price must be a multiple of this
     min_qty: float
     min_notional: float
+    max_qty: float = math.inf  # the most one market order may be (LOT_SIZE / MARKET_LOT_SIZE maxQty); inf: unknown
+    quote_buys: bool = True  # the venue takes a market buy by quote amount (Binance quoteOrderQtyMarketAllowed)
 
 
 @dataclass(frozen=True)

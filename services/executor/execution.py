@@ -26,6 +26,7 @@ from aura.strategy.rebalance import PROTECTIVE_EXITS, floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
     AmbiguousOrderError,
+    BookedOrderError,
     Broker,
     CredentialsRejected,
     DuplicateOrderError,
@@ -50,7 +51,7 @@ from services.executor.exchange_calls import (
     unresolved_lookup,
 )
 from services.executor.journal import Journal
-from services.executor.leg_bounds import CAPPED, clamp_leg, cut_by_cap
+from services.executor.leg_bounds import CAPPED, MAX_QTY, clamp_leg, cut_by_cap
 from services.executor.live_guard import LiveGuard, buy_budget, fill_slippage, price_refusal, spend
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
@@ -58,6 +59,7 @@ from shared.logging import info, warn
 T = TypeVar("T")
 
 FINAL_INTENT_STATES = ("filled", "partial", "rejected", "skipped", "canceled")
+NO_QUOTE_BUYS = "not bought: the venue takes no quote-amount market buys"
 MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange: look it up before anything
 @dataclass
 class ExecutionResult:
@@ -77,19 +79,23 @@ async def place_idempotent(broker: Broker, journal: Journal, leg: PlanLeg, qty: 
                 journal.mark_intent(cid, "sent")  # a new send time: the restart path settles on the latest one
             last_sent = time.monotonic()
             return await broker.place_market_order(leg.symbol, leg.side, qty, cid, leg.ref_price, quote_amount)
-        except DuplicateOrderError as exc:
-            # The exchange says it holds this id: the order was booked, whatever a lookup answers next.  Journaled
-            # as acknowledged, so a "not found" (Binance answers -2013 now and then, and refuses a duplicate id
-            # only while the first order is open) never sends it again, here or after a restart (settle_missing).
-            info(logger, "IDEMPOTENCY", "duplicate clientOrderId: order exists, fetching it", cid=cid)
+        except (DuplicateOrderError, BookedOrderError) as exc:
+            # The exchange says it holds this id, or answered its placement: the order was booked, whatever a
+            # lookup answers next.  Journaled as acknowledged, so a "not found" (Binance answers -2013 now and
+            # then, and refuses a duplicate id only while the first order is open) never sends it again, here or
+            # after a restart (settle_missing).  A booked order whose fills could not be read was once sent again
+            # after three such answers: two orders under one id, twice the leg spent (found by an audit).
+            why = ("the exchange answered 'duplicate order': it holds this id" if isinstance(exc, DuplicateOrderError)
+                   else "the exchange answered the placement; reading its fills failed")
+            info(logger, "IDEMPOTENCY", "order exists; fetching it, never placing it again", cid=cid, why=why)
             journal.begin()
-            journal.set_intent_status(cid, "acked", "the exchange answered 'duplicate order': it holds this id")
+            journal.set_intent_status(cid, "acked", why)
             journal.commit()
             found = await lookup_order(broker, leg.symbol, cid, limits, logger)
             if found is not None:
                 return found
-            raise OrderUnresolved(f"order {cid} ({leg.symbol}) was refused as a duplicate, so the exchange holds "
-                                  "it, and a lookup says it has no such order; not placed again", cid) from exc
+            raise OrderUnresolved(f"order {cid} ({leg.symbol}) is on the exchange ({why}), and a lookup says it "
+                                  "has no such order; not placed again", cid) from exc
         except OrderRejectedError:
             raise
         except CredentialsRejected:
@@ -262,9 +268,14 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             # any broker that buys by quantity.
             affordable = quote_amount / (price * (1.0 + guard.max_price_deviation)) if quote_amount > 0 else 0.0
             qty = min(qty, floor_to_step(affordable, rules[leg.symbol].step_size))
+            if qty > 0 and not rules[leg.symbol].quote_buys:
+                # Binance refuses quote-amount market buys on a pair whose quoteOrderQtyMarketAllowed is false
+                # (it once was on every pair): each would be rejected.  Bought by quantity instead, a move between
+                # the price read and the match could spend past the cap; the leg waits for the venue instead.
+                qty, note = 0.0, "; ".join(x for x in (note, f"{NO_QUOTE_BUYS} on {leg.symbol}") if x)
         if note:
             result.reasons.append(f"leg {leg.index} {leg.symbol}: {note}")
-        if note.startswith(CAPPED):
+        if note.startswith((CAPPED, MAX_QTY)) or NO_QUOTE_BUYS in note:
             result.status = "partial"  # the plan did not reach its target: never reported as executed
         if qty <= 0:
             journal.begin()

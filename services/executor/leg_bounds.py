@@ -3,12 +3,15 @@ and live paths and a restart's reconciliation judge a leg the same way."""
 
 from __future__ import annotations
 
+import math
+
 from aura.strategy.rebalance import PROTECTIVE_EXITS, floor_to_step
 from aura.strategy.types import MarketRule
 from services.executor.exchange_calls import ExecutionLimits
 from shared.contracts import PlanLeg
 
 CAPPED = "capped at max_order_usdt"  # the reason clamp_leg gives when the cap cut the leg
+MAX_QTY = "cut to the exchange's largest market order"  # ... when the venue's maxQty did
 
 
 def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> bool:
@@ -39,6 +42,13 @@ def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
     if capped(leg, qty, limits, px):  # after the clamp to what is held: never raised back above it
         qty = min(qty, floor_to_step(limits.max_order_usdt / px, rule.step_size))
         reason = f"{CAPPED}={limits.max_order_usdt}"
+    # The exchange's largest market order, stop-loss and kill-switch exits included: one beyond it is refused every
+    # time, so the exit goes out in pieces (the rest at the next plan or tick) rather than never.  With a margin,
+    # since a quote-amount buy's quantity is the exchange's to compute at its own price.
+    largest = rule.max_qty / (1.0 + limits.min_notional_margin)
+    if math.isfinite(largest) and qty > floor_to_step(largest, rule.step_size):
+        qty = floor_to_step(largest, rule.step_size)
+        reason = f"{MAX_QTY} {rule.max_qty:g}"
     qty = floor_to_step(qty, rule.step_size)
     # The exchange checks the notional at *its* price: keep a margin so a small move since the price read
     # turns a borderline leg into a logged skip here, never into a NOTIONAL rejection there.

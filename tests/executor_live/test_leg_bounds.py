@@ -1,4 +1,4 @@
-"""Three live-path cases an audit found, through run_plan + CcxtBroker + the simulator:
+"""Live-path cases audits found, through run_plan + CcxtBroker + the simulator:
 
 * a plan the journal lost (a lost WAL), delivered again by the bus, is looked up before it is placed: the
   reconciliation's dust allowance hides a small leg's surplus, and Binance accepts a clientOrderId again once
@@ -6,11 +6,15 @@
 * a stop-loss exit is not cut by ``max_order_usdt`` (the most one order may *spend*: an exit spends nothing and
   leaving most of the position open is what it exists to prevent), and a plan a cap did cut is "partial";
 * a quote-amount buy's minimum notional is checked on what the venue will fill (the amount cut to the quote
-  precision, the quantity floored to the lot step), so a leg that passes is not rejected there for NOTIONAL.
+  precision, the quantity floored to the lot step), so a leg that passes is not rejected there for NOTIONAL;
+* a leg beyond the venue's largest market order (maxQty) goes out cut to it, never refused at every try, and a
+  coin worth a millionth of a dollar trades at all (the simulator's flat maxQty of 9e6 once capped PEPE at 13 USDT);
+* a pair whose venue takes no quote-amount market buys is not bought (by quantity it could spend past the cap).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from decimal import Decimal
 
@@ -106,3 +110,34 @@ def test_a_buy_that_passes_the_minimum_notional_check_is_not_refused_for_it(rig:
     status, why, _ = rig.journal.intent_state(client_order_id(low_run.plan_id, 0))
     assert status == "skipped" and "minimum notional" in why, why  # a step less would not clear the minimum
     assert rig.journal.intent_state(client_order_id(next_run.plan_id, 0))[0] == "filled"
+
+
+@pytest.mark.parametrize("rig", [{"symbols": ("BTCUSDT", "PEPEUSDT")}], indirect=True)
+def test_a_stop_loss_beyond_the_largest_market_order_goes_out_cut_to_it(rig: Rig) -> None:
+    pepe = rig.price("PEPE/USDT")
+    bought = live_run(rig, plan_at(rig, [("PEPE/USDT", "buy", 500 / pepe, pepe)]))
+    assert bought.status == "executed", bought.reasons
+    held = rig.server.sim.free("PEPE")
+    assert float(held) * pepe > 450
+    with rig.server.sim.lock:  # the venue lowers its largest order below the position
+        rules = rig.server.sim.market.rules
+        rules["PEPEUSDT"] = dataclasses.replace(rules["PEPEUSDT"], max_qty=held / 4)
+    run = live_run(rig, plan_at(rig, [("PEPE/USDT", "sell", float(held), pepe, "stop_loss")]))
+    assert not any("rejected" in r for r in run.reasons), run.reasons
+    assert run.status == "partial" and any("largest market order" in r for r in run.reasons), run.reasons
+    sold = held - rig.server.sim.free("PEPE")
+    assert held / 5 < sold <= held / 4, (held, sold)
+
+
+def test_a_pair_without_quote_amount_market_buys_is_not_bought_and_says_so(rig: Rig) -> None:
+    """Binance refuses a quote-amount market buy on a pair whose quoteOrderQtyMarketAllowed is false (it once did
+    on every pair): each buy was sent and rejected, plan after plan.  The rule carries the flag: the buy is skipped
+    with the reason (bought by quantity, a move before the match could spend past the cap), the plan is partial,
+    and the pair's sells and the other pairs' buys go on."""
+    rig.server.sim.market.no_quote_orders.add("ETHUSDT")
+    btc, eth = rig.price("BTC/USDT"), rig.price("ETH/USDT")
+    run = live_run(rig, plan_at(rig, [("BTC/USDT", "buy", 0.01, btc), ("ETH/USDT", "buy", 0.2, eth)]))
+    assert run.status == "partial" and not any("rejected" in r for r in run.reasons), run.reasons
+    assert any("no quote-amount market buys on ETH/USDT" in r for r in run.reasons), run.reasons
+    assert [o.symbol for o in rig.server.sim.orders()] == ["BTCUSDT"]
+    assert rig.journal.intent_state(client_order_id(run.plan_id, 1))[0] == "skipped"

@@ -15,17 +15,20 @@ The incidents, each found by an audit against the simulator:
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from aura.exchange_sim import Fault
+from services.executor.brokers.base import RateLimitedError
 from services.executor.brokers.ccxt_broker import CcxtBroker
 from services.executor.brokers.client_order_id import client_order_id
 from services.executor.exchange_calls import OrderUnresolved
 from services.executor.outage import is_exchange_outage
 from services.executor.reconcile import reconcile
-from services.executor.runner import PlanRun, journal_portfolio
+from services.executor.runner import PlanRun, journal_portfolio, run_plan
 from tests.executor_live.conftest import LIMITS, Rig
-from tests.executor_live.test_live_guards import crash_after_placing, live_run, plan_at, reboot
+from tests.executor_live.test_live_guards import LIVE, crash_after_placing, live_run, plan_at, reboot
 
 pytestmark = pytest.mark.integration
 NOT_FOUND = '{"code":-2013,"msg":"Order does not exist."}'
@@ -88,13 +91,44 @@ def test_a_duplicate_answer_then_a_not_found_is_never_placed_again(rig: Rig) -> 
     rig.server.sim.faults.add(Fault("http_error", method="POST", path="/api/v3/order", status=400, process=True,
                                     body='{"code":-2010,"msg":"Duplicate order sent."}'))
     rig.server.sim.faults.add(Fault("http_error", method="GET", path="/api/v3/order", status=400, body=NOT_FOUND))
-    with pytest.raises(OrderUnresolved, match="refused as a duplicate") as caught:
+    with pytest.raises(OrderUnresolved, match="duplicate order") as caught:
         live_run(rig, plan)
     assert is_exchange_outage(caught.value)  # the plan waits (unacked, /readyz red), it is not dead-lettered
     assert rig.sim_orders_by_cid() == {cid: 1} and intent_status(rig, cid) == "acked"
     rig.journal.rollback()
 
     booked_once(rig, reboot(rig), cid, 0.0099)  # the lookup answers again: found and journaled, placed once
+
+
+@pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)
+def test_a_placement_answered_whose_fills_were_unreadable_is_never_placed_again(rig: Rig) -> None:
+    """The exchange answered the placement (booked and filled), reading its fills was rate limited, and the next
+    three lookups by its id said -2013.  Taken for a lost request, the order was sent again under the same id
+    (Binance accepts it once the first is closed): two orders, twice the leg spent (found by an audit).  It is
+    journaled as acknowledged instead, the plan waits as in an outage, and the next lookup finds it: placed once."""
+    btc = rig.price("BTC/USDT")
+    plan = plan_at(rig, [("BTC/USDT", "buy", 500 / btc, btc)])
+    cid = client_order_id(plan.plan_id, 0)
+    rig.server.sim.faults.add(Fault("http_error", method="GET", path="/api/v3/order", status=400, body=NOT_FOUND,
+                                    count=3))
+
+    async def scenario(broker: CcxtBroker) -> PlanRun:
+        read = broker._state
+
+        async def rate_limited_once(*args: Any, **kwargs: Any) -> Any:  # the answer's fills read: a 429
+            broker._state = read  # type: ignore[method-assign]
+            raise RateLimitedError("429 reading the order's trades", retry_after_s=0.0)
+
+        broker._state = rate_limited_once  # type: ignore[method-assign]
+        return await run_plan(plan, broker, rig.journal, await broker.load_markets(), LIMITS, rig.log, {}, live=LIVE)
+
+    with pytest.raises(OrderUnresolved, match="answered the placement") as caught:
+        rig.run(scenario)
+    assert is_exchange_outage(caught.value)  # the plan waits (unacked, /readyz red), it is not dead-lettered
+    assert rig.sim_orders_by_cid() == {cid: 1} and intent_status(rig, cid) == "acked"
+    rig.journal.rollback()
+
+    booked_once(rig, reboot(rig), cid, 0.9 * 500 / btc)  # the lookup answers again: found, placed once
 
 
 @pytest.mark.parametrize("rig", [{"duplicate_scope": "open"}], indirect=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,23 @@ def test_rules_are_the_exchanges_filters_and_only_for_trading_spot_pairs_in_the_
     # Without the exchange's own filters, ccxt's unified precision and limits stand in.
     bare = {**markets["A/USDT"], "info": {}}
     assert rule_from_ccxt("A/USDT", bare) == MarketRule("A/USDT", 0.1, 0.01, 0.1, 10.0)
+
+
+def test_the_largest_market_order_is_the_smallest_max_the_venue_states() -> None:
+    """An exit larger than the venue's maxQty is refused every time: the executor needs the number to send it in
+    pieces.  Binance states LOT_SIZE and MARKET_LOT_SIZE (0 there: no limit); ccxt's limits stand in elsewhere."""
+    market = _market("A/USDT")
+    market["info"]["filters"] += [{"filterType": "MARKET_LOT_SIZE", "minQty": "0", "maxQty": "120.5"}]
+    market["info"]["filters"][0]["maxQty"] = "9000"
+    assert rule_from_ccxt("A/USDT", market).max_qty == 120.5
+    market["info"]["filters"][-1]["maxQty"] = "0.00000000"
+    assert rule_from_ccxt("A/USDT", market).max_qty == 9000.0
+    bare = {**_market("A/USDT"), "info": {}, "limits": {"amount": {"min": 0.1, "max": 500.0}, "market": {"max": 80}}}
+    assert rule_from_ccxt("A/USDT", bare).max_qty == 80.0
+    assert math.isinf(rule_from_ccxt("A/USDT", _market("A/USDT")).max_qty)  # none stated: none assumed
+    assert rule_from_ccxt("A/USDT", _market("A/USDT")).quote_buys  # not stated: Binance's default
+    market["info"]["quoteOrderQtyMarketAllowed"] = False
+    assert not rule_from_ccxt("A/USDT", market).quote_buys
 
 
 def test_the_taker_fee_is_the_highest_of_the_trading_pairs_and_never_invented() -> None:
@@ -94,7 +112,7 @@ def test_the_universe_is_regenerated_by_the_screen_and_bounded(tmp_path: Path, m
     btc = venue.sim.market.rules["BTCUSDT"]
     assert set(view.rules) == set(view.symbols)
     assert view.rules["BTC/USDT"] == MarketRule("BTC/USDT", float(btc.step_size), float(btc.tick_size),
-                                                float(btc.min_qty), float(btc.min_notional))
+                                                float(btc.min_qty), float(btc.min_notional), float(btc.max_qty))
     logged = [r for r in caplog.records if getattr(r, "tag", None) == "UNIVERSE"]
     assert len(logged) == 1 and logged[0].fields["symbols"] == list(view.symbols)  # type: ignore[attr-defined]
     assert "5 pairs (top 5 USDT pairs by 24h quote volume)" in uni.describe()

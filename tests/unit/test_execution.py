@@ -21,7 +21,7 @@ from services.executor.brokers.paper import PaperBroker
 from services.executor.exchange_calls import ExecutionLimits
 from services.executor.execution import execute_plan
 from services.executor.journal import Journal
-from services.executor.leg_bounds import CAPPED, clamp_leg
+from services.executor.leg_bounds import CAPPED, MAX_QTY, clamp_leg
 from services.executor.portfolio import portfolio_from_fills
 from services.executor.reconcile import reconcile
 from shared.contracts import PlanBody, PlanLeg, plan_id_for
@@ -155,6 +155,20 @@ def test_sell_clamp_retries_a_failed_balance_read_and_clamps(journal: Journal) -
     assert result.status == "executed", result.reasons
     assert broker.balances["BTC"] == pytest.approx(0.0)
     assert "clamped" in " ".join(result.reasons)
+
+
+def test_a_leg_beyond_the_exchanges_largest_market_order_goes_out_in_pieces() -> None:
+    """Stop-loss and kill-switch exits are never cut by the per-order cap, but one beyond the venue's maxQty was
+    refused (-1013) at every tick, and the exit never happened: cut to the largest order (with the margin a
+    quote-amount buy needs), the rest at the next plan."""
+    import dataclasses
+
+    rule = dataclasses.replace(RULES["BTC/USDT"], max_qty=0.05)
+    stop = PlanLeg(0, "BTC/USDT", "sell", 0.2, 40_000.0, "stop_loss")
+    qty, why = clamp_leg(stop, rule, 0.2, ExecutionLimits(max_order_usdt=1000.0))
+    assert qty == pytest.approx(0.0495) and why.startswith(MAX_QTY), (qty, why)
+    buy = PlanLeg(0, "BTC/USDT", "buy", 0.01, 40_000.0, "enter")
+    assert clamp_leg(buy, rule, None, ExecutionLimits(max_order_usdt=1e9)) == (0.01, "")
 
 
 def test_clamp_leg_rules() -> None:

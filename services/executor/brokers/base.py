@@ -49,6 +49,12 @@ class AmbiguousOrderError(TransientBrokerError):
     """
 
 
+class BookedOrderError(AmbiguousOrderError):
+    """The exchange answered the placement (so it booked the order), but reading what it did failed (the trade
+    list refused with a 429, a lost response to the fills' read).  The order exists: look it up, never place again,
+    even if a lookup answers "not found"."""
+
+
 class DuplicateOrderError(BrokerError):
     """The exchange already has an order with this clientOrderId: it exists; look it up, never place again."""
 

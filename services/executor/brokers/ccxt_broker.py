@@ -22,6 +22,7 @@ import ccxt
 from aura.strategy.types import MarketRule
 from services.executor.brokers.base import (
     AmbiguousOrderError,
+    BookedOrderError,
     BrokerError,
     CredentialsRejected,
     DuplicateOrderError,
@@ -310,7 +311,7 @@ class CcxtBroker:
             # The exchange booked the order (it answered the placement); only reading its fills failed.  Never
             # "not sent" (a 429 on the trade list once made the caller send it again, and Binance refuses a
             # duplicate id only while the first order is open): the caller looks it up by its id.
-            booked = AmbiguousOrderError(f"order {client_order_id} placed; reading its fills failed: {exc}")
+            booked = BookedOrderError(f"order {client_order_id} placed; reading its fills failed: {exc}")
             booked.sent_at = sent_at
             raise booked from exc
         info(self.log, "BROKER", "market order answered", symbol=sym, client_order_id=client_order_id,
