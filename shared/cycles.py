@@ -35,6 +35,13 @@ def is_bar_cycle(cycle_id: str) -> bool:
     return _BAR_CYCLE.fullmatch(cycle_id) is not None
 
 
+TICK_PREFIX = "tick-"  # a risk tick's exit plan: named by a digest of what it saw (services/risk/tick.py), no bar
+
+
+def is_tick_cycle(cycle_id: str) -> bool:
+    return cycle_id.startswith(TICK_PREFIX)
+
+
 def as_of_of_cycle(cycle_id: str) -> int | None:
     """The bar open time (ms) a cycle id of :func:`cycle_id_for` names; None for any other id (genesis, a risk
     tick's ``tick-...``)."""
@@ -57,3 +64,27 @@ def notice_problem(notice: DataStale | DataReady, timeframe: str, now_ms: int, c
     if notice.as_of_ms > now_ms + timeframe_ms(timeframe):
         return f"{what} {named} is dated more than one bar after {clock} ({now_ms})"
     return ""
+
+
+# How far ahead of the exchange's clock a bar may close and still be believed closed.  Ingest takes a bar only
+# once the venue's own clock has passed its close (plus a grace), and risk reads that same clock afterwards, so
+# this is read-to-read jitter, not a tolerance: half a bar (12 hours on 1d) let a compromised ingest date data
+# ahead and re-arm the kill-switch that much early.
+FUTURE_SKEW_MS = 60_000
+
+
+def check_data_time(as_of_ms: int, exchange_ms: int | None, bar_ms: int, max_age_ms: int) -> str | None:
+    """Live only (``exchange_ms``: the venue's clock): why a target or plan on the bar opening at ``as_of_ms`` must
+    not be planned or traded, or None (``bar_ms`` 0: ``as_of_ms`` is a moment, a risk tick's price read).  Too old
+    ([STALE_PLAN]): the bar closed more than a bar plus the grace ago.  From the future: a bar that has not closed
+    yet, whatever ingest announced; the kill-switch counts its cooldown on these data times, so a future-dated
+    announcement would otherwise re-arm it early, and the executor closes its cycles by them."""
+    if exchange_ms is None:
+        return None
+    if exchange_ms - as_of_ms > max_age_ms:
+        return f"stale: data of {as_of_ms} is {(exchange_ms - as_of_ms) / 1000:.0f}s old by the exchange's clock " \
+               f"(limit {max_age_ms / 1000:.0f}s)"
+    if as_of_ms + bar_ms > exchange_ms + FUTURE_SKEW_MS:
+        what = f"the bar opening at {as_of_ms} has not closed" if bar_ms else f"data of {as_of_ms} is dated ahead of"
+        return f"future: {what} by the exchange's clock ({exchange_ms})"
+    return None

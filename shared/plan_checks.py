@@ -16,6 +16,7 @@ import math
 import msgspec
 
 from shared.contracts import PlanBody, plan_id_for
+from shared.cycles import cycle_id_for, is_tick_cycle
 from shared.market_rules import QUOTE, in_account_currency
 
 SIDES = ("buy", "sell")
@@ -52,4 +53,21 @@ def plan_shape_refusal(plan: PlanBody) -> str:
     del fields["plan_id"]
     if plan.plan_id != plan_id_for(fields):
         return f"plan id {plan.plan_id[:40]!r} is not the digest of the plan's contents (the planner's plan_id_for)"
+    return ""
+
+
+def plan_cycle_refusal(plan: PlanBody, timeframe: str) -> str:
+    """Why the executor must refuse ``plan`` for what it says it is ("" if a planner makes it): a risk tick's exit
+    plan (``tick-...``) only sells, and any other plan is a data cycle's, named by its own bar
+    (:func:`shared.cycles.cycle_id_for`).  A compromised risk holds the signing key; without this it could sign
+    a stream of buy-and-sell plans under fresh ids (each a "new cycle" that trades once), paying fees and spreads
+    without end, or a plan under a far-future bar's id that the journal then took for its newest cycle.  With it,
+    at most one plan a bar buys (the executor trades a cycle once), and live its bar must have closed."""
+    if is_tick_cycle(plan.cycle_id):
+        if buys := [leg.index for leg in plan.legs if leg.side == "buy"]:
+            return f"risk tick plan {plan.cycle_id[:40]!r} buys (legs {buys[:5]}): a tick only exits"
+        return ""
+    named = cycle_id_for(timeframe, plan.as_of_ms)
+    if plan.cycle_id != named:
+        return f"cycle {plan.cycle_id[:40]!r} is neither a risk tick nor the {timeframe} bar its data names ({named})"
     return ""

@@ -36,6 +36,7 @@ from shared.contracts import (
     stream_of,
 )
 from shared.credentials import signing_key
+from shared.cycles import as_of_of_cycle
 from shared.health import HealthState
 from shared.objects import candle_writer
 from shared.service import ServiceContext
@@ -243,9 +244,11 @@ def replay_signal_state(first: int, upto: int, params: Any, snapshot_bars: int =
 
 
 async def publish_buy(js_risk: Any, settings: Any, cycle_id: str, basis_id: str, qty: float = 0.01,
-                      price: float = 40_000.0, as_of_ms: int = 1_704_067_200_000) -> PlanBody:
-    """Play risk (its connection, its key): a plan that buys ``qty`` BTC on the basis ``basis_id``; it passes
-    every check before execution."""
+                      price: float = 40_000.0) -> PlanBody:
+    """Play risk (its connection, its key): a plan that buys ``qty`` BTC on the basis ``basis_id`` for the bar
+    ``cycle_id`` names (shared.cycles.cycle_id_for); it passes every check before execution."""
+    as_of_ms = as_of_of_cycle(cycle_id)
+    assert as_of_ms is not None, f"{cycle_id!r} names no bar: the executor trades only a bar's plan or a tick's exits"
     fields: dict[str, Any] = {
         "cycle_id": cycle_id, "as_of_ms": as_of_ms, "data_digest": "d", "target_id": f"t-{cycle_id}",
         "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis_id, "gate": "pass",

@@ -175,7 +175,8 @@ def limits() -> ExecutionLimits:
 SYNC = SyncCheck(confirm_reads=3, max_reads=8, delay_s=0.02)
 # The live path as the executor service runs it: plans checked against the exchange's clock, every new leg
 # priced and budgeted at the exchange's price (quote-amount buys), so the crash points cover those calls too.
-LIVE = LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * 86_400_000 + 300_000)
+LIVE = LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * 86_400_000 + 300_000,
+                  bar_ms=86_400_000)
 
 
 def make_broker(sim_url: str, markets: dict[str, Any], logger: logging.Logger) -> CcxtBroker:

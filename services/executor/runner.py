@@ -26,6 +26,7 @@ from services.executor.portfolio import Portfolio, portfolio_from_fills
 from services.executor.reconcile import reconcile
 from services.risk.sync_guard import CONFIRMED, IN_SYNC, GuardState, Tolerance, Verdict, observe
 from shared.contracts import PlanBody, PortfolioSnapshot, canonical_bytes, content_id
+from shared.cycles import check_data_time, is_tick_cycle
 from shared.logging import error, info, warn
 
 FINAL_PLAN_STATES = ("executed", "partial", "rejected")
@@ -51,12 +52,14 @@ class LivePolicy:
     """Live mode: what is checked against the exchange before and while a plan trades (see LiveGuard).
 
     ``plan_max_age_ms``: a new plan whose data bar opened longer ago than this (two bars plus a grace: the bar
-    closed more than one bar plus the grace before now) is refused, by the exchange's clock ([STALE_PLAN]).
+    closed more than one bar plus the grace before now) is refused, by the exchange's clock ([STALE_PLAN]); so is
+    one whose bar (``bar_ms`` long) has not closed by that clock, or a tick's read dated ahead of it.
     """
 
     max_price_deviation: float
     max_spread: float
     plan_max_age_ms: int
+    bar_ms: int
     fee_rate: float = 0.001
 
 
@@ -239,19 +242,22 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
     if live is not None:
         now = await retried(broker.fetch_time, limits, logger, "STALE_PLAN", "exchange clock unreadable; retrying",
                             "exchange clock unreadable")
-        age_ms = now - plan.as_of_ms
-        if age_ms > live.plan_max_age_ms:
-            why = (f"stale plan: data of {plan.as_of_ms} is {age_ms / 1000:.0f}s old by the exchange's clock "
-                   f"(limit {live.plan_max_age_ms / 1000:.0f}s)")
+        # A bar plan's as_of is its bar's open, a tick's the moment risk read the venue's prices (no bar).
+        why = check_data_time(plan.as_of_ms, now, 0 if is_tick_cycle(plan.cycle_id) else live.bar_ms,
+                              live.plan_max_age_ms)
+        if why:
+            kind, _, detail = why.partition(": ")
+            why = f"{kind} plan: {detail}"
             fields = {"plan_id": plan.plan_id, "cycle_id": plan.cycle_id, "as_of_ms": plan.as_of_ms,
                       "exchange_ms": now, "max_age_ms": live.plan_max_age_ms}
             if fresh:
-                error(logger, "STALE_PLAN", "plan on data too old for the exchange's clock; refusing it", **fields)
+                error(logger, "STALE_PLAN", "plan on data too old, or not yet closed, by the exchange's clock; "
+                      "refusing it", **fields)
                 return refuse_plan(journal, plan, marks, "stale_plan", why, as_of_ms=plan.as_of_ms, exchange_ms=now)
             # Under way when the process stopped (an outage, a crash): what may be on the exchange is settled,
             # but no leg is sent on data this old; the next plan decides again on the market as it is.
             stale = f"{why}; not sent"
-            warn(logger, "STALE_PLAN", "resumed plan's data is too old: its unsent legs are not sent", **fields)
+            warn(logger, "STALE_PLAN", "resumed plan's data is out of date: its unsent legs are not sent", **fields)
     if fresh and sync is not None:
         # Dust is valued at the marks (the plan's prices, which risk checked against the venue, and the last
         # plans'), else at the journal's entry prices (a coin no plan priced since a restart).

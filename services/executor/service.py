@@ -55,7 +55,7 @@ from shared.contracts import (
 )
 from shared.credentials import signing_key, trusted_key
 from shared.logging import error, info, warn
-from shared.plan_checks import plan_shape_refusal
+from shared.plan_checks import plan_cycle_refusal, plan_shape_refusal
 from shared.service import ServiceContext
 from shared.signing import SignatureError, sign_struct, verify_plan
 
@@ -88,6 +88,7 @@ class Executor:
         self.live = None if s.dry_run else LivePolicy(
             max_price_deviation=s.max_price_deviation, max_spread=s.max_spread,
             plan_max_age_ms=2 * timeframe_ms(s.timeframe) + int(s.plan_grace_s * 1000),
+            bar_ms=timeframe_ms(s.timeframe),
             # Kept back from each buy's budget for a quote-asset fee: above Binance's standard taker rate, so a
             # plan's last buy never overdraws the cash.
             fee_rate=0.002)
@@ -283,7 +284,7 @@ class Executor:
                  plan_id=plan.plan_id)
             await self._reject(msg, "bad_signature", str(exc), plan.cycle_id, plan.plan_id)
             return
-        if refusal := plan_shape_refusal(plan):
+        if refusal := plan_shape_refusal(plan) or plan_cycle_refusal(plan, self.ctx.settings.timeframe):
             # Signed with risk's key, yet no planner makes it: risk is compromised or broken (plan_checks.py).
             warn(self.ctx.logger, "FORGED_PLAN", "signed plan of a shape no planner makes; refusing it",
                  cycle_id=plan.cycle_id, plan_id=plan.plan_id, reason=refusal)

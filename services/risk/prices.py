@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aura.strategy.schedule import timeframe_ms
+from aura.strategy.types import MarketRule
 from shared.bus import newest_valid
 from shared.candles import decode_panel
 from shared.contracts import DataReady, MarketRuleMsg, content_id
@@ -64,6 +65,11 @@ class PriceSource(Protocol):
         is no venue (the replay's data is its venue).  Raises on a failed read."""
         ...
 
+    async def market_rules(self, symbols: list[str]) -> dict[str, MarketRule] | None:
+        """The venue's own market rules of ``symbols`` (live; a symbol it does not list is absent), None where
+        there is no venue (the replay's rules are the data's).  Raises on a failed read."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -108,6 +114,9 @@ class ReplayPrices:
 
     async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
                           ) -> dict[str, tuple[float, float]] | None:
+        return None
+
+    async def market_rules(self, symbols: list[str]) -> dict[str, MarketRule] | None:
         return None
 
     async def close(self) -> None:
@@ -169,6 +178,10 @@ class LivePrices:
     async def bar_candles(self, symbols: list[str], timeframe: str, bar_ms: int,
                           ) -> dict[str, tuple[float, float]] | None:
         return await self.client.fetch_bar(symbols, timeframe, bar_ms) if symbols else {}
+
+    async def market_rules(self, symbols: list[str]) -> dict[str, MarketRule] | None:
+        rules = await self.client.load_markets()  # ccxt's cached list, reloaded with the fee (costs.py)
+        return {s: rules[s] for s in symbols if s in rules}
 
     async def close(self) -> None:
         await self.client.close()

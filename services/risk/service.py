@@ -53,7 +53,7 @@ from services.risk.stale import follow_notices, notice_clock
 from services.risk.sync_guard import GuardState
 from services.risk.tick import Latch, committed_peak, latch_view, portfolio_state
 from services.risk.tick_loop import tick_loop
-from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_data_time, check_target
+from services.risk.verify import ForgedTarget, SupersededTarget, check_announcement, check_target
 from shared.bus import durable_pull, publish, state_kv
 from shared.consumer import RedeliveryAlarm, Reject, handle, pull_loop
 from shared.contracts import (
@@ -65,7 +65,7 @@ from shared.contracts import (
     TargetPortfolio,
 )
 from shared.credentials import PARAMS_SIGNERS, trusted_keys
-from shared.cycles import notice_problem
+from shared.cycles import check_data_time, notice_problem
 from shared.live_params import ParamsError
 from shared.logging import error, info, warn
 from shared.params_tracker import ParamsTracker
@@ -298,12 +298,16 @@ class Risk(FlightTracking):
         # A held pair without a price in this data (delisted, halted) is valued at its last mark, never at 0: a
         # missing quote is not a loss, and must not trip the kill-switch (the tick does the same).
         marks = {**basis.entry_prices, **self.marks}
+        # Live, the venue's own rules: announced by ingest alone, a minimum notional of 1e12 for the held coins
+        # rounded a cycle's stop-loss and kill-switch exits to nothing (the ticks already read the venue's).
+        rules = await self.prices.market_rules(sorted({*held, *wanted, *prices}))
         await self.sent.seal(bar)
-        outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices, rules_of(ready.markets),
+        outcome = risk_plan(targets_of(target), portfolio_state(basis, latch), prices,
+                            rules_of(ready.markets) if rules is None else rules,
                             params, cost.rate, marks=marks, volumes=volumes,
                             max_participation=self.max_participation, sent=self.sent.on(bar, volumes))
         await self.latch(target.cycle_id, outcome, latch, params, target.as_of_ms, basis)
-        body = build_plan_body(target, basis, outcome, version)
+        body = build_plan_body(target, basis, outcome, version, prices)
         await self.sign_and_publish(body, bar, basis)
         self.marks.update(prices)
         ctx.health.inc("plans_approved", gate=body.gate)

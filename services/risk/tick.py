@@ -28,6 +28,7 @@ from aura.strategy.risk_gates import NO_STOP, STOP_LOSS, stop_trigger
 from aura.strategy.types import MarketRule
 from services.risk.sync_guard import CONFIRMED, IN_SYNC, GuardState, Verdict, observe
 from shared.contracts import MarketRuleMsg, PortfolioSnapshot, TargetPortfolio, content_id
+from shared.cycles import TICK_PREFIX
 
 # A missing price must be missing on this many consecutive ticks before the tick acts without it.
 PRICE_CONFIRM_READS = 3
@@ -170,7 +171,7 @@ def tick_target(snapshot: PortfolioSnapshot, prices: dict[str, float], markets: 
     cycle id that is a content hash of what the tick saw, so a repeated tick on the same inputs makes the same
     plan (JetStream dedup and the executor's journal drop it) and the executor closes it like any cycle."""
     seen = {"basis": snapshot.snapshot_id, "prices": prices, "params_version": params_version, "as_of": as_of_ms}
-    cycle_id = content_id(seen, prefix="tick-", length=16)
+    cycle_id = content_id(seen, prefix=TICK_PREFIX, length=16)
     body = {"cycle_id": cycle_id, "as_of_ms": as_of_ms, "data_digest": data_digest, "params_version": params_version,
             "params_digest": params_digest(params), "regime": "tick", "weights": {}, "prices": prices,
             "markets": markets}

@@ -145,7 +145,7 @@ async def tick(risk: Risk) -> TickDecision | None:
     target = tick_target(basis, read.prices, read.markets, params, version, read.as_of_ms, read.digest)
     await risk.latch(target.cycle_id, outcome, latch, params, latch_ms, basis)
     if outcome.legs:
-        body = build_plan_body(target, basis, outcome, version)
+        body = build_plan_body(target, basis, outcome, version, target.prices)
         await risk.sign_and_publish(body, bar, basis)
         ctx.health.inc("tick_plans")
         ctx.health.inc("plans_approved", gate=body.gate)

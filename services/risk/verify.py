@@ -27,11 +27,6 @@ from shared.cycles import cycle_id_for
 from shared.market_rules import QUOTE, in_account_currency
 
 WEIGHT_SUM_TOLERANCE = 1e-9  # float sums of weights that are meant to total 1
-# How far ahead of the exchange's clock a bar may close and still be believed closed.  Ingest takes a bar only
-# once the venue's own clock has passed its close (plus a grace), and risk reads that same clock afterwards, so
-# this is read-to-read jitter, not a tolerance: half a bar (12 hours on 1d) let a compromised ingest date data
-# ahead and re-arm the kill-switch that much early.
-FUTURE_SKEW_MS = 60_000
 
 
 class ForgedTarget(ValueError):
@@ -40,21 +35,6 @@ class ForgedTarget(ValueError):
 
 class SupersededTarget(ValueError):
     """A target for a cycle that is no longer the newest ingest announced: it is not traded."""
-
-
-def check_data_time(as_of_ms: int, exchange_ms: int | None, bar_ms: int, max_age_ms: int) -> str | None:
-    """Live only (``exchange_ms``: the venue's clock): why a target on the bar opening at ``as_of_ms`` must not be
-    planned, or None.  Too old ([STALE_PLAN]): the bar closed more than a bar plus the grace ago.  From the future:
-    a bar that has not closed yet, whatever ingest announced; the kill-switch counts its cooldown on these data
-    times, so a future-dated announcement would otherwise re-arm it early."""
-    if exchange_ms is None:
-        return None
-    if exchange_ms - as_of_ms > max_age_ms:
-        return f"stale: data of {as_of_ms} is {(exchange_ms - as_of_ms) / 1000:.0f}s old by the exchange's clock " \
-               f"(limit {max_age_ms / 1000:.0f}s)"
-    if as_of_ms + bar_ms > exchange_ms + FUTURE_SKEW_MS:
-        return f"future: the bar opening at {as_of_ms} has not closed by the exchange's clock ({exchange_ms})"
-    return None
 
 
 def verified_prices(panel: Panel) -> dict[str, float]:

@@ -35,6 +35,7 @@ from shared.bus import last_message, publish, session
 from shared.config import Settings
 from shared.contracts import CONSUMERS, ApprovedPlan, PlanBody, PlanLeg, PortfolioSnapshot, decode, plan_id_for
 from shared.credentials import signing_key
+from shared.cycles import cycle_id_for
 from shared.provision import provision_bus
 from shared.signing import load_public_key, sign_plan, verify_struct
 from tests.conftest import NatsEndpoint
@@ -130,15 +131,21 @@ def sim(shared_data_dir: Path) -> Iterator[SimServer]:
         yield server
 
 
-def signed(settings: Settings, basis: str, cycle: str, legs: list[tuple[str, str, float]],
-           prices: dict[str, float], as_of_ms: int) -> ApprovedPlan:
+def signed(settings: Settings, basis: str, legs: list[tuple[str, str, float]], prices: dict[str, float],
+           as_of_ms: int) -> ApprovedPlan:
     """A plan signed with risk's key (the one the executor pins at its first start), made on the bar that
-    opened at ``as_of_ms`` (live: the exchange's clock decides whether that is fresh)."""
+    opened at ``as_of_ms`` and named by it (live: the exchange's clock decides whether that is fresh)."""
     fields: dict[str, Any] = {
-        "cycle_id": cycle, "as_of_ms": as_of_ms, "data_digest": "d", "target_id": "t", "params_version": 0,
-        "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass", "halted": False, "reasons": [],
+        "cycle_id": cycle_id_for("1d", as_of_ms), "as_of_ms": as_of_ms, "data_digest": "d", "target_id": "t",
+        "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass", "halted": False,
+        "reasons": [],
         "prices": prices, "legs": [PlanLeg(i, s, side, q, prices[s], "enter") for i, (s, side, q) in enumerate(legs)]}
     return sign_plan(PlanBody(plan_id=plan_id_for(fields), **fields), signing_key(settings.keys, "risk"))
+
+
+def newest_bar(sim: SimServer) -> int:
+    """The open of the bar the simulator's clock closed last: a plan on it is fresh by the exchange's clock."""
+    return int(sim.sim.now_ms()) // 86_400_000 * 86_400_000 - 86_400_000
 
 
 def signed_by_executor(settings: Settings, snap: PortfolioSnapshot) -> bool:
@@ -167,9 +174,9 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
         first = executor.start()
         genesis = wait_for("the genesis snapshot", lambda: asyncio.run(_last_snapshot(settings)))
         assert genesis.status == "genesis" and genesis.cash == 10_000 and signed_by_executor(settings, genesis)
-        plan = signed(settings, genesis.snapshot_id, "kill-1",
+        plan = signed(settings, genesis.snapshot_id,
                       [("BTC/USDT", "buy", 0.05), ("ETH/USDT", "buy", 1.0), ("SOL/USDT", "buy", 10.0)], prices,
-                      int(sim.sim.now_ms()) - 86_400_000)
+                      newest_bar(sim))
         # Leg 0 is booked, then its answer is held back: the executor sits waiting for it when it dies.
         sim.sim.faults.add(Fault("timeout", "POST", "/api/v3/order", delay_s=30.0))
         asyncio.run(_publish(settings, plan))
@@ -200,9 +207,11 @@ def test_kill9_of_the_live_executor_mid_plan_then_restart(nats_binary: NatsEndpo
 
         # And the system goes on: the next plan, computed on the new snapshot, executes (after the live sync
         # check of journal holdings against exchange balances).
-        follow = signed(settings, snap.snapshot_id, "kill-2",
-                        [("ETH/USDT", "sell", 1.0), ("BTC/USDT", "buy", 0.01)], prices,
-                        int(sim.sim.now_ms()) - 86_400_000)
+        # The next bar's plan (the executor trades a bar once), at that bar's prices.
+        sim.sim.advance(1)
+        prices = {s: float(sim.sim.price(s.replace("/", ""))) for s in prices}
+        follow = signed(settings, snap.snapshot_id, [("ETH/USDT", "sell", 1.0), ("BTC/USDT", "buy", 0.01)], prices,
+                        newest_bar(sim))
         asyncio.run(_publish(settings, follow))
         wait_for("the next plan", lambda: journal(
             home, "SELECT status FROM plans WHERE plan_id=?", (follow.plan.plan_id,)) == [("executed",)])

@@ -182,7 +182,7 @@ async def _drive(env: dict[str, str]) -> list[tuple[str, bytes, bytes]]:
             # the legs from the backtester's decision path (live_cycles -> compute_targets, risk_plan).
             target, signal_state = make_target(ready, full.upto(t), PARAMS, version, signal_state)
             assert signal_state == expected_cycle.signal_state
-            expected = build_plan_body(target, basis, expected_cycle.outcome, version)
+            expected = build_plan_body(target, basis, expected_cycle.outcome, version, target.prices)
             compared.append((step.cycle_id, canonical_bytes(live.plan), canonical_bytes(expected)))
             last_plan_id = live.plan.plan_id
         extra = await plans.after_last()

@@ -13,6 +13,7 @@ from aura.exchange_sim import DEFAULT_API_KEY, DEFAULT_API_SECRET, SimConfig, Si
 from shared.bus import publish
 from shared.contracts import PlanBody, PlanLeg, PortfolioSnapshot, plan_id_for
 from shared.credentials import signing_key
+from shared.cycles import cycle_id_for
 from shared.signing import sign_plan
 from tests.bus_helpers import journal_rows, snapshot
 from tests.conftest import NatsEndpoint
@@ -40,16 +41,21 @@ def live_settings(bus: NatsEndpoint, sim: SimServer, **extra: str) -> Any:
                            "AURA_MAX_ORDER_USDT": "1000000", **extra})
 
 
-async def publish_plan(js_risk: Any, settings: Any, sim: SimServer, cycle_id: str, basis_id: str,
-                       *legs: tuple[str, str, float]) -> PlanBody:
-    """Play risk: a signed plan of (symbol, side, qty) legs at the simulator's prices, on data of the bar the
-    simulator's clock just closed (fresh by the exchange's clock)."""
+async def publish_plan(js_risk: Any, settings: Any, sim: SimServer, basis_id: str, *legs: tuple[str, str, float],
+                       tick: bool = False) -> PlanBody:
+    """Play risk: a signed plan of (symbol, side, qty) legs at the simulator's prices, fresh by the exchange's
+    clock: a data cycle's, named by the bar the simulator's clock closed last (the executor trades a bar once:
+    a second one needs ``sim.sim.advance(1)``), or with ``tick`` a risk tick's exit plan, dated now."""
     prices = {sym: float(sim.sim.price(sym.replace("/", ""))) for sym, _, _ in legs}
+    now = int(sim.sim.now_ms())
+    as_of = now if tick else now // DAY * DAY - DAY
+    cycle_id = f"tick-{len(legs)}-{now}" if tick else cycle_id_for("1d", as_of)
     fields: dict[str, Any] = {
-        "cycle_id": cycle_id, "as_of_ms": int(sim.sim.now_ms()) - DAY, "data_digest": "d",
+        "cycle_id": cycle_id, "as_of_ms": as_of, "data_digest": "d",
         "target_id": f"t-{cycle_id}", "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis_id,
         "gate": "pass", "halted": False, "reasons": [], "prices": prices,
-        "legs": [PlanLeg(i, sym, side, qty, prices[sym], "enter") for i, (sym, side, qty) in enumerate(legs)]}
+        "legs": [PlanLeg(i, sym, side, qty, prices[sym], "stop_loss" if tick else "enter")
+                 for i, (sym, side, qty) in enumerate(legs)]}
     body = PlanBody(plan_id=plan_id_for(fields), **fields)
     await publish(js_risk, sign_plan(body, signing_key(settings.keys, "risk")), msg_id=body.plan_id)
     return body

@@ -35,7 +35,7 @@ def test_books_left_uncompared_at_boot_are_red_until_the_interrupted_plan_finish
             async with running(settings, "executor"):
                 basis = (await snapshot(js["operator"])).snapshot_id
             # The executor stopped while working on this plan: journaled executing, its buy sent.
-            body = await publish_plan(js["risk"], settings, sim, "1d-20240102T0000", basis, ("BTC/USDT", "buy", 0.01))
+            body = await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
             journal = Journal(settings.journal_path)
             journal.begin()
             journal.record_plan(body.plan_id, body.cycle_id, body.gate, body.params_version, body.basis_snapshot_id,

@@ -69,7 +69,7 @@ def test_a_plan_waits_through_an_exchange_outage_and_trades_after_it(nats_server
             basis = (await snapshot(js["operator"])).snapshot_id
             for path in ("/api/v3/account", "/api/v3/time"):  # balances first, then the exchange's clock
                 sim.sim.faults.add(Fault("http_error", "GET", path, count=None, status=503))
-            body = await publish_plan(js["risk"], settings, sim, "1d-exit", basis, ("BTC/USDT", "buy", 0.01))
+            body = await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
             await until(lambda: outage_lasts(MAX_DELIVERIES + 1), "deliveries past MAX_DELIVERIES", timeout=90)
             sim.sim.faults.clear("/api/v3/account")  # balances answer; the clock still does not
             await until(lambda: outage_lasts(MAX_DELIVERIES + 3), "deliveries failing on the clock", timeout=90)
@@ -116,7 +116,7 @@ def test_a_key_the_exchange_refuses_holds_the_plan_until_it_is_accepted(nats_ser
             health = services["executor"].health
             basis = (await snapshot(js["operator"])).snapshot_id
             sim.sim.faults.add(Fault("http_error", "GET", "/api/v3/account", count=None, status=401, body=refused))
-            body = await publish_plan(js["risk"], settings, sim, "1d-exit", basis, ("BTC/USDT", "buy", 0.01))
+            body = await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
 
             async def past_max() -> bool:
                 return deliveries() >= MAX_DELIVERIES + 1

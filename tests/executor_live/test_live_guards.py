@@ -23,7 +23,7 @@ from tests.executor_live.conftest import LIMITS, Rig
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
-LIVE = LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * DAY + 300_000)
+LIVE = LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * DAY + 300_000, bar_ms=DAY)
 
 
 def exchange_now(rig: Rig) -> int:

@@ -22,6 +22,7 @@ from tests.conftest import NatsEndpoint
 from tests.executor_live.live_service import closed_by, intents, live_settings, publish_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+DAY, HOUR = 86_400_000, 3_600_000
 
 
 
@@ -34,10 +35,14 @@ def set_min_notional(sim: SimServer, symbol: str, value: str) -> None:
 
 def test_rules_changed_or_listed_at_the_exchange_after_the_start_are_used(nats_server: NatsEndpoint,
                                                                           sim: SimServer) -> None:
-    settings = live_settings(nats_server, sim, AURA_MARKETS_REFRESH_S="3600")
+    settings = live_settings(nats_server, sim, AURA_MARKETS_REFRESH_S="86400")
     capture = Capture()
     set_min_notional(sim, "BTCUSDT", "1000")  # what the executor reads at boot: 0.01 BTC (~420 USDT) too small
     sim.sim.market.delisted.add("ETHUSDT")  # not yet listed when the executor starts
+    # Market time: the executor trades a bar once, so each plan below is a later bar's, at a chosen hour of its
+    # day, against rules due once a day.  It boots at 20:00 of day 0.
+    day0 = int(sim.sim.now_ms()) // DAY * DAY
+    sim.sim.set_now(day0 + 20 * HOUR)
 
     async def scenario() -> dict[str, Any]:
         async with role_connections(settings, "risk", "operator") as js, \
@@ -45,27 +50,27 @@ def test_rules_changed_or_listed_at_the_exchange_after_the_start_are_used(nats_s
             health = services["executor"].health
             out: dict[str, Any] = {}
 
-            async def trade(cycle: str, *legs: tuple[str, str, float]) -> Any:
+            async def trade(*legs: tuple[str, str, float], day: int, hour: int) -> Any:
+                if (day, hour) != (0, 20):  # day 0, 20:00 is where it booted
+                    sim.sim.set_now(day0 + day * DAY + hour * HOUR)
                 basis = (await snapshot(js["operator"])).snapshot_id
-                body = await publish_plan(js["risk"], settings, sim, cycle, basis, *legs)
-                await until(closed_by(js["operator"], body), f"plan {cycle} to be journaled", timeout=60)
+                body = await publish_plan(js["risk"], settings, sim, basis, *legs)
+                await until(closed_by(js["operator"], body), f"plan {body.cycle_id} to be journaled", timeout=60)
                 return body
 
-            out["boot_rule"] = await trade("1d-a", ("BTC/USDT", "buy", 0.01))
+            out["boot_rule"] = await trade(("BTC/USDT", "buy", 0.01), day=0, hour=20)
             # The venue lowers the minimum; within the refresh interval the rules in force stand.
             set_min_notional(sim, "BTCUSDT", "5")
-            out["cached"] = await trade("1d-b", ("BTC/USDT", "buy", 0.01))
             reloads_before = health.counters.get("markets_reloads", 0)
-            sim.sim.advance(1)  # a day of market time later: the rules are due
-            out["due"] = await trade("1d-c", ("BTC/USDT", "buy", 0.01))
+            out["cached"] = await trade(("BTC/USDT", "buy", 0.01), day=1, hour=1)  # 5 h after the boot's read
+            out["due"] = await trade(("BTC/USDT", "buy", 0.01), day=2, hour=20)  # 48 h after it: due
             out["due_reloads"] = health.counters.get("markets_reloads", 0) - reloads_before
-            # A pair listed since the last read: the plan naming it makes the executor read the rules again.
+            # A pair listed since the last read (5 h ago): the plan naming it makes the executor read them again.
             sim.sim.market.delisted.discard("ETHUSDT")
-            out["listed"] = await trade("1d-d", ("ETH/USDT", "buy", 0.1))
+            out["listed"] = await trade(("ETH/USDT", "buy", 0.1), day=3, hour=1)
             # The exchange's rules unreadable when due: the rules in force are kept and the plan trades on them.
             sim.sim.faults.add(Fault("http_error", "GET", "/api/v3/exchangeInfo", count=None, status=503))
-            sim.sim.advance(1)
-            out["kept"] = await trade("1d-e", ("BTC/USDT", "buy", 0.01))
+            out["kept"] = await trade(("BTC/USDT", "buy", 0.01), day=4, hour=6)  # 29 h after the last read
             sim.sim.faults.clear()
             return out
 

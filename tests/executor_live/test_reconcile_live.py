@@ -51,6 +51,11 @@ DAY = 86_400_000
 # --- the comparison itself (pure) ------------------------------------------------------------------------------
 
 
+def fresh_bar(sim: Any) -> str:
+    """The id of the bar the simulator's clock closed last: a plan on it is fresh by the exchange's clock."""
+    return cycle_id_for("1d", int(sim.sim.now_ms()) // DAY * DAY - DAY)
+
+
 def test_compare_books_finds_both_directions_beyond_dust() -> None:
     prices = {"BTC": 40_000.0, "ETH": 2_000.0, "DOGE": 0.1}
     journal = {"USDT": 1_000.0, "BTC": 0.05}
@@ -146,8 +151,7 @@ def test_an_empty_journal_beside_coins_halts_until_adopted_then_trades(nats_serv
             no_snapshot = await _no_snapshot(js["operator"])
             adopted = await asyncio.to_thread(adopt_with_the_cli, nats_server)
             snap = await snapshot(js["operator"])
-            plan = await publish_buy(js["risk"], settings, "1d-20240102T0000", snap.snapshot_id, qty=0.01, price=btc,
-                                     as_of_ms=int(sim.sim.now_ms()) - DAY)
+            plan = await publish_buy(js["risk"], settings, fresh_bar(sim), snap.snapshot_id, qty=0.01, price=btc)
 
             async def executed() -> PortfolioSnapshot | None:
                 s = await snapshot(js["operator"])
@@ -249,8 +253,7 @@ def test_coins_the_journal_does_not_know_halt_trading_until_adopted(nats_server:
             health = services["executor"].health
             basis = (await snapshot(js["operator"])).snapshot_id
             sim.sim.set_balance("ETH", "0.5")  # a deposit (or a manual buy) the journal never saw
-            refused = await publish_buy(js["risk"], settings, "1d-20240102T0000", basis, price=btc,
-                                        as_of_ms=int(sim.sim.now_ms()) - DAY)
+            refused = await publish_buy(js["risk"], settings, fresh_bar(sim), basis, price=btc)
 
             async def letter() -> Any:
                 found = [x for x in await dead_letters(js["operator"], "executor") if x.reason == "reconcile_halt"]
@@ -260,8 +263,7 @@ def test_coins_the_journal_does_not_know_halt_trading_until_adopted(nats_server:
             red = books_check(health)
             adopted = await asyncio.to_thread(adopt_with_the_cli, nats_server)
             snap = await snapshot(js["operator"])
-            plan = await publish_buy(js["risk"], settings, "1d-20240103T0000", snap.snapshot_id, price=btc,
-                                     as_of_ms=int(sim.sim.now_ms()) - DAY)
+            plan = await publish_buy(js["risk"], settings, fresh_bar(sim), snap.snapshot_id, price=btc)
 
             async def executed() -> PortfolioSnapshot | None:
                 s = await snapshot(js["operator"])
@@ -291,7 +293,7 @@ def test_unpriced_coins_the_journal_does_not_hold_are_reported_at_every_comparis
             health = services["executor"].health
             out: dict[str, Any] = {"boot": books_check(health), "boot_reports": health.counters["reconcile_unpriced"]}
             basis = (await snapshot(js["operator"])).snapshot_id
-            body = await publish_plan(js["risk"], settings, sim, "1d-a", basis, ("ETH/USDT", "buy", 0.1))
+            body = await publish_plan(js["risk"], settings, sim, basis, ("ETH/USDT", "buy", 0.1))
             out["bought"] = await until(closed_by(js["operator"], body), "the plan to trade", timeout=60)
             out["reports"] = health.counters["reconcile_unpriced"]
             out["gauge"] = health.gauges["reconcile_unpriced_assets"]
@@ -328,7 +330,7 @@ def test_an_unpriced_coin_the_journal_holds_at_another_quantity_halts_until_adop
                 running(settings, "executor") as services:
             health = services["executor"].health
             basis = (await snapshot(js["operator"])).snapshot_id
-            await publish_plan(js["risk"], settings, sim, "1d-b", basis, ("BTC/USDT", "buy", 0.01))
+            await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
 
             async def letter() -> Any:
                 found = [x for x in await dead_letters(js["operator"], "executor") if x.reason == "reconcile_halt"]
@@ -338,7 +340,7 @@ def test_an_unpriced_coin_the_journal_holds_at_another_quantity_halts_until_adop
             out["red"] = health.readiness()
             out["adopted"] = await asyncio.to_thread(adopt_with_the_cli, nats_server)
             basis = (await snapshot(js["operator"])).snapshot_id
-            body = await publish_plan(js["risk"], settings, sim, "1d-c", basis, ("BTC/USDT", "buy", 0.01))
+            body = await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
             out["after"] = await until(closed_by(js["operator"], body), "a plan to trade after adoption", timeout=60)
             return out
 

@@ -46,7 +46,7 @@ def test_an_order_nothing_can_settle_waits_for_the_operator_and_only_then_closes
             for method in ("GET", "DELETE"):
                 sim.sim.faults.add(Fault("http_error", method, "/api/v3/order", count=None, status=400,
                                          body=NOT_FOUND))
-            body = await publish_plan(js["risk"], settings, sim, "1d-settle", basis, ("ETH/USDT", "buy", 0.2))
+            body = await publish_plan(js["risk"], settings, sim, basis, ("ETH/USDT", "buy", 0.2))
             cid = client_order_id(body.plan_id, 0)
 
             async def waiting() -> tuple[bool, dict[str, str]] | None:

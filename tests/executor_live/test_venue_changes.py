@@ -44,11 +44,11 @@ def test_a_pair_delisted_elsewhere_stops_no_plan(nats_server: NatsEndpoint, sim:
         async with role_connections(settings, "risk", "operator") as js, \
                 running(settings, "executor", handler=capture):
             basis = (await snapshot(js["operator"])).snapshot_id
-            first = await publish_plan(js["risk"], settings, sim, "1d-20240102T0000", basis, ("BTC/USDT", "buy", 0.01))
+            first = await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
             after_first = await until(closed_by(js["operator"], first), "the first plan", timeout=60)
             sim.sim.market.delisted.add("ETHUSDT")  # a pair the journal never traded leaves the exchange
-            second = await publish_plan(js["risk"], settings, sim, "1d-20240103T0000", after_first.snapshot_id,
-                                        ("BTC/USDT", "sell", 0.005))
+            second = await publish_plan(js["risk"], settings, sim, after_first.snapshot_id,
+                                        ("BTC/USDT", "sell", 0.005), tick=True)
             after_second = await until(closed_by(js["operator"], second), "the BTC sell", timeout=60)
             return {"status": after_second.status, "letters": await dead_letters(js["operator"], "executor"),
                     "intents": intents(settings, second)}
@@ -90,12 +90,13 @@ def test_a_clock_stepped_after_boot_is_measured_again(nats_server: NatsEndpoint,
         async with role_connections(settings, "risk", "operator") as js, \
                 running(settings, "executor", handler=capture):
             basis = (await snapshot(js["operator"])).snapshot_id
-            first = await publish_plan(js["risk"], settings, sim, "1d-20240102T0000", basis, ("BTC/USDT", "buy", 0.01))
+            first = await publish_plan(js["risk"], settings, sim, basis, ("BTC/USDT", "buy", 0.01))
             after_first = await until(closed_by(js["operator"], first), "the first plan", timeout=60)
             sim.sim.configure(clock_skew_ms=-20_000)  # the exchange's clock now 20 s behind ours, unlike at boot
             started = time.monotonic()
-            second = await publish_plan(js["risk"], settings, sim, "1d-20240103T0000", after_first.snapshot_id,
-                                        ("BTC/USDT", "buy", 0.01))
+            # A risk tick's sell (the bar's one buying plan ran): signed requests all the same.
+            second = await publish_plan(js["risk"], settings, sim, after_first.snapshot_id,
+                                        ("BTC/USDT", "sell", 0.005), tick=True)
             await until(closed_by(js["operator"], second), "the plan after the clock step", timeout=30)
             return time.monotonic() - started
 

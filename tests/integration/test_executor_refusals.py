@@ -45,7 +45,7 @@ from shared.contracts import (
     stream_of,
 )
 from shared.credentials import signing_key
-from shared.cycles import cycle_id_for
+from shared.cycles import as_of_of_cycle, cycle_id_for
 from shared.objects import candle_writer
 from shared.service import ServiceContext
 from shared.signing import sign_plan
@@ -86,7 +86,7 @@ async def send_buy(rig: Rig, cycle_id: str, basis_id: str | None = None) -> Plan
     every check before execution."""
     basis = basis_id or (await snapshot(rig.risk)).snapshot_id
     fields: dict[str, Any] = {
-        "cycle_id": cycle_id, "as_of_ms": 1_704_067_200_000, "data_digest": "d", "target_id": f"t-{cycle_id}",
+        "cycle_id": cycle_id, "as_of_ms": as_of_of_cycle(cycle_id), "data_digest": "d", "target_id": f"t-{cycle_id}",
         "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass",
         "halted": False, "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.01, 40_000.0, "enter")], "reasons": [],
         "prices": {"BTC/USDT": 40_000.0}}
@@ -438,6 +438,44 @@ def test_a_signed_plan_listing_one_order_many_times_is_refused(nats_server: Nats
     assert snap.holdings.get("BTC/USDT", 0) == pytest.approx(0.01, rel=0.01)  # the honest plan's buy alone
     forged = capture.fields("FORGED_PLAN")
     assert forged and "no planner makes" in forged[0]["msg"] and "legs 0 and 1" in forged[0]["reason"], forged
+
+
+def test_signed_plans_under_ids_no_cycle_has_are_refused(nats_server: NatsEndpoint) -> None:
+    """A compromised risk signs plans the executor would each take for a new cycle: buys under a made-up id (one
+    after another, each paying fees), a buy dressed as a risk tick, a bar id of the year 9999 (the journal's newest
+    cycle from then on).  Only a bar's plan named by its own bar may buy, once a bar; a tick only sells.  Each is
+    refused before anything is journaled or sent ([FORGED_PLAN], malformed_plan), and the bar's honest plan runs."""
+    settings = nats_server.settings()
+    capture = Capture()
+
+    async def scenario() -> tuple[list[DeadLetter], PortfolioSnapshot]:
+        async with executor(nats_server, capture) as rig:
+            basis = (await snapshot(rig.risk)).snapshot_id
+            for cycle_id, as_of in (("churn-1", 1_704_067_200_000), ("tick-0123456789abcdef", 1_704_067_200_000),
+                                    ("1d-99991231T0000", 1_704_067_200_000)):
+                fields: dict[str, Any] = {
+                    "cycle_id": cycle_id, "as_of_ms": as_of, "data_digest": "d", "target_id": f"t-{cycle_id}",
+                    "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass",
+                    "halted": False, "reasons": [], "prices": {"BTC/USDT": 40_000.0},
+                    "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.01, 40_000.0, "enter")]}
+                body = PlanBody(plan_id=plan_id_for(fields), **fields)
+                await publish(rig.risk, sign_plan(body, signing_key(rig.settings.keys, "risk")), msg_id=body.plan_id)
+
+            async def lettered() -> list[DeadLetter]:
+                found = [d for d in await executor_letters(rig) if d.reason == "malformed_plan"]
+                return found if len(found) == 3 else []
+
+            letters = await until(lettered, "the three plans' dead letters")
+            honest = await send_buy(rig, "1d-20240101T0000")
+            return letters, await until(lambda: executed(rig, honest), "the bar's own plan to execute")
+
+    letters, snap = asyncio.run(scenario())
+    errors = sorted(letter.error for letter in letters)
+    assert sum("neither a risk tick nor the 1d bar its data names" in e for e in errors) == 2, errors
+    assert sum("a tick only exits" in e for e in errors) == 1, errors
+    assert journal_rows(settings, "SELECT DISTINCT cycle_id FROM plans") == [("1d-20240101T0000",)]
+    assert snap.holdings.get("BTC/USDT", 0) == pytest.approx(0.01, rel=0.01)  # the honest plan's buy alone
+    assert len(capture.fields("FORGED_PLAN")) == 3
 
 
 def test_a_signed_plan_under_another_plans_id_is_refused(nats_server: NatsEndpoint) -> None:

@@ -482,6 +482,93 @@ def test_live_risk_refuses_a_target_on_held_closes_the_venue_never_printed(nats_
     assert capture.fields("FORGED_TARGET")
 
 
+def test_live_risk_never_signs_a_close_the_venue_cannot_confirm(nats_server: NatsEndpoint,
+                                                                shared_data_dir: Path) -> None:
+    """A compromised ingest keeps a held coin the venue no longer lists (ETH, delisted) in its data with a close
+    100x the last one.  Risk values it at its last mark, as it must; but the signed plan carried the announced
+    closes, the executor marked its book at them, and the next snapshot's fake equity peak latched the kill-switch
+    on the tick after.  The plan's prices are the closes risk planned with: ETH's made-up close is not among them."""
+    from aura.exchange_sim import SimConfig, SimServer
+    from shared.contracts import MarketRuleMsg
+
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01")
+    capture = Capture()
+    with SimServer(config=config) as sim:
+        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
+        sim.sim.market.delisted.add("ETHUSDT")
+        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
+        venue_close = float(sim.sim.market.klines("BTCUSDT", "1d", bar, bar, 1)[0][4])
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
+                                 AURA_EXCHANGE_API_URL=sim.base_url)
+        closes = np.array([[venue_close, eth], [venue_close, eth * 100]])
+        panel = Panel(("BTC/USDT", "ETH/USDT"), np.array([bar - DAY, bar], dtype=np.int64), closes, closes, closes,
+                      closes, np.full_like(closes, 50_000.0))
+        markets = [MarketRuleMsg("BTC/USDT", 1e-5, 0.01, 1e-5, 5.0), MarketRuleMsg("ETH/USDT", 1e-4, 0.01, 1e-4, 5.0)]
+
+        async def scenario() -> bytes | None:
+            async with role_connections(settings, "ingest", "signal", "executor", "operator") as js:
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-held", cycle_id=cycle_id_for("1d", bar - DAY), plan_id="p-0", status="executed",
+                    cash=2000.0, holdings={"BTC/USDT": 0.2, "ETH/USDT": 2.0},
+                    entry_prices={"BTC/USDT": price, "ETH/USDT": eth},
+                    equity=2000.0 + 0.2 * price + 2 * eth, equity_history=[2000.0 + 0.2 * price + 2 * eth]))
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk", handler=capture):
+                    ready = await announce_panel(js["ingest"], panel, cycle_id_for("1d", bar), markets)
+                    target, _ = make_target(ready, panel, StrategyParams(), 0, None)
+                    await publish(js["signal"], target, msg_id=target.target_id)
+                    return await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT), "risk's plan")
+
+        raw = asyncio.run(scenario())
+    plan = decode(raw, ApprovedPlan).plan
+    assert plan.prices.get("BTC/USDT") == venue_close
+    assert "ETH/USDT" not in plan.prices, plan.prices
+    said = [f for f in capture.fields("DATA_DISAGREE") if f.get("symbol") == "ETH/USDT"]
+    assert said and "last mark" in said[0]["msg"], capture.fields("DATA_DISAGREE")
+
+
+def test_a_live_cycles_exits_are_sized_by_the_venues_rules_not_the_announced_ones(nats_server: NatsEndpoint,
+                                                                                   shared_data_dir: Path) -> None:
+    """A compromised ingest announces a minimum notional of 1e12 for the held BTC: sized by it, the cycle's
+    kill-switch exit rounded to nothing (the latch set, nothing sold until a tick).  Live risk sizes a cycle's
+    legs by the venue's own market rules, as its ticks do: the exit is in the signed plan."""
+    from aura.exchange_sim import SimConfig, SimServer
+    from shared.contracts import MarketRuleMsg
+
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01")
+    with SimServer(config=config) as sim:
+        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
+        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
+        venue_close = float(sim.sim.market.klines("BTCUSDT", "1d", bar, bar, 1)[0][4])
+        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
+                                 AURA_EXCHANGE_API_URL=sim.base_url)
+        closes = np.array([[venue_close, eth], [venue_close, eth]])
+        panel = Panel(("BTC/USDT", "ETH/USDT"), np.array([bar - DAY, bar], dtype=np.int64), closes, closes, closes,
+                      closes, np.full_like(closes, 50_000.0))
+        markets = [MarketRuleMsg("BTC/USDT", 1e-5, 0.01, 1e-5, 1e12), MarketRuleMsg("ETH/USDT", 1e-4, 0.01, 1e-4, 5.0)]
+
+        async def scenario() -> bytes | None:
+            async with role_connections(settings, "ingest", "signal", "executor", "operator") as js:
+                equity = 2000.0 + 0.2 * venue_close
+                basis = executor_signed(settings, PortfolioSnapshot(
+                    snapshot_id="s-held", cycle_id=cycle_id_for("1d", bar - DAY), plan_id="p-0", status="executed",
+                    cash=2000.0, holdings={"BTC/USDT": 0.2}, entry_prices={"BTC/USDT": price}, equity=equity,
+                    equity_history=[3 * equity, equity]))  # two thirds down from its peak: the switch latches
+                await publish(js["executor"], basis, msg_id=basis.snapshot_id)
+                async with running(settings, "risk"):
+                    ready = await announce_panel(js["ingest"], panel, cycle_id_for("1d", bar), markets)
+                    target, _ = make_target(ready, panel, StrategyParams(), 0, None)
+                    await publish(js["signal"], target, msg_id=target.target_id)
+                    return await until(lambda: last_message(js["operator"], ApprovedPlan.SUBJECT), "risk's plan")
+
+        plan = decode(asyncio.run(scenario()), ApprovedPlan).plan
+    assert plan.halted
+    assert [(leg.symbol, leg.side, leg.reason) for leg in plan.legs] == [("BTC/USDT", "sell", "kill_switch")], \
+        plan.legs
+
+
 def test_live_risk_refuses_a_target_on_data_too_old_for_the_exchanges_clock(nats_server: NatsEndpoint,
                                                                           shared_data_dir: Path) -> None:
     """Live mode: a target whose data bar closed more than one bar plus the grace before the exchange's clock (not

@@ -19,13 +19,13 @@ from services.risk.verify import (
     ForgedTarget,
     SupersededTarget,
     check_announcement,
-    check_data_time,
     check_target,
     verified_prices,
 )
 from services.signal.service import make_target
 from shared.candles import digest, encode_panel
 from shared.contracts import DataReady, MarketRuleMsg, TargetPortfolio
+from shared.cycles import check_data_time
 from tests.bus_helpers import replay_signal_state, replay_snapshot
 
 BAR = 700  # mid-2019 in the bundled replay: complete universe, a confirmed regime with real weights

@@ -99,20 +99,25 @@ def test_plans_signed_with_risks_key_spend_at_most_the_cap_at_the_exchanges_pric
     price just inside the guard spends at most the cap."""
     with live_venue(shared_data_dir, monkeypatch, usdt=100_000) as sim:
         settings = live_settings(nats_server, sim, AURA_MAX_ORDER_USDT="1000", AURA_PAPER_CASH_USDT="100000")
-        btc = float(sim.sim.price("BTCUSDT"))
-        as_of = int(sim.sim.now_ms()) // DAY * DAY - DAY  # the bar that just closed by the exchange's clock
         usdt = lambda: float(sim.sim.free("USDT"))  # noqa: E731
+        prices: list[float] = []
 
         async def scenario() -> tuple[PortfolioSnapshot, float, PortfolioSnapshot, float]:
             async with running(settings, "executor"), role_connections(settings, "risk", "operator") as js:
                 outcomes = []
-                # The second plan's price is 1.5% under the exchange's, inside the 2% guard: a cap checked at the
-                # plan's price (with the quantity in coins) would spend 1,015 USDT.
-                for n, (qty, price) in enumerate(((90 * 1000 / btc, btc / 90), (1.0, btc * 0.985))):
+                for n in range(2):
+                    if n:  # the executor trades a bar's plan once: the second plan is the next bar's
+                        sim.sim.advance(1)
+                    btc = float(sim.sim.price("BTCUSDT"))
+                    prices.append(btc)
+                    as_of = int(sim.sim.now_ms()) // DAY * DAY - DAY  # the bar that just closed by the venue's clock
+                    # The second plan's price is 1.5% under the exchange's, inside the 2% guard: a cap checked at
+                    # the plan's price (with the quantity in coins) would spend 1,015 USDT.
+                    qty, price = (90 * 1000 / btc, btc / 90) if n == 0 else (1.0, btc * 0.985)
                     before = usdt()
                     basis = (await snapshot(js["operator"])).snapshot_id
-                    body = await publish_buy(js["risk"], settings, cycle_id_for("1d", as_of - n * DAY), basis,
-                                             qty=qty, price=price, as_of_ms=as_of)
+                    body = await publish_buy(js["risk"], settings, cycle_id_for("1d", as_of), basis, qty=qty,
+                                             price=price)
 
                     async def done(plan_id: str = body.plan_id) -> PortfolioSnapshot | None:
                         snap = await snapshot(js["operator"])
@@ -124,4 +129,4 @@ def test_plans_signed_with_risks_key_spend_at_most_the_cap_at_the_exchanges_pric
         guarded, spent_guarded, capped, spent_capped = asyncio.run(scenario())
     assert spent_guarded == 0.0 and guarded.holdings.get("BTC/USDT", 0.0) == 0.0, (guarded.status, spent_guarded)
     assert 900.0 <= spent_capped <= 1000.0, spent_capped
-    assert capped.holdings.get("BTC/USDT", 0.0) == pytest.approx(spent_capped / btc, rel=0.02)
+    assert capped.holdings.get("BTC/USDT", 0.0) == pytest.approx(spent_capped / prices[1], rel=0.02)

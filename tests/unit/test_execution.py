@@ -360,7 +360,7 @@ def fresh_live_buy(journal: Journal, venue: OutageVenue, cycle_id: str) -> tuple
               "reasons": [], "prices": {"BTC/USDT": 40_000.0},
               "legs": [PlanLeg(0, "BTC/USDT", "buy", 0.05, 40_000.0, "enter")]}
     return PlanBody(plan_id=plan_id_for(fields), **fields), \
-        LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * day + 60_000)  # type: ignore[arg-type]
+        LivePolicy(max_price_deviation=0.02, max_spread=0.01, plan_max_age_ms=2 * day + 60_000, bar_ms=day)  # type: ignore[arg-type]
 
 
 def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(journal: Journal) -> None:
