@@ -32,7 +32,7 @@ GATES = ("pass", "hold", "kill_switch", "halted")  # aura.strategy.pipeline.GATE
 LEG_REASONS = ("enter", "add", "trim", "exit", "stop_loss", "take_profit", "kill_switch", "data_end")  # rebalance
 # The executor's refusals of a plan (services/executor/service.py ``_reject``, runner.py ``refuse_plan``).
 PLAN_REFUSALS = ("malformed", "bad_signature", "malformed_plan", "cycle_done", "reconcile_halt", "stale_basis",
-                 "handler_failed", "stale_plan", "out_of_sync")
+                 "handler_failed", "stale_plan", "future_plan", "out_of_sync")
 # What any consumer may dead-letter (shared/consumer.py ``handle``); each service's own reasons come on top.
 DEAD_LETTER_REASONS = ("malformed", "handler_failed")
 

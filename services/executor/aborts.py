@@ -9,24 +9,38 @@ dilute the kill-switch's rolling window with equity points that have not a singl
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
+from aura.strategy.schedule import timeframe_ms
 from services.executor.announce import publish_snapshot
 from services.executor.brokers.base import Broker
 from services.executor.journal import Journal
 from services.executor.outage import ExchangeOutage
 from shared.allowance import Allowance
 from shared.bus import newest_valid
-from shared.contracts import ContractError, CycleAborted, DataReady, DataStale, PortfolioSnapshot, decode, subject_of
-from shared.cycles import as_of_of_cycle, notice_problem
+from shared.contracts import (
+    ContractError,
+    CycleAborted,
+    DataReady,
+    DataStale,
+    PlanBody,
+    PortfolioSnapshot,
+    decode,
+    subject_of,
+)
+from shared.cycles import as_of_of_cycle, is_tick_cycle, notice_problem
 from shared.logging import info, warn
 from shared.service import ServiceContext
 
 MAX_ID = 80  # ids from the bus are journaled at most this long (a refused message's may be anything)
-# How long one read of the venue's clock serves the abort checks (a notice may be a bar ahead: minutes are nothing).
-VENUE_CLOCK_REUSE_S = 60.0
+# How long a notice the venue's clock refused stays refused without another read (refused_recently), and how many
+# such notices are remembered (aborts name only the newest DataReady's or DataStale's: two at a time).
+REFUSED_REUSE_S = 60.0
+REFUSED_KEPT = 8
 UNBOUNDED_MS = 2**62  # "now" for the checks that need no clock: no date is after it
 
 
@@ -55,6 +69,26 @@ def closed_cycle_republishes() -> Allowance:
     return Allowance(burst=3, every_s=60.0)
 
 
+async def bar_not_announced(js: JetStreamContext, journal: Journal, plan: PlanBody, timeframe: str) -> str:
+    """Paper mode (no exchange clock): why a bar's plan is dated after the newest bar ingest announced, or with
+    none announced yet more than one bar after the newest bar the journal closed ('' if it is not, or is a
+    tick's; a system that has announced and closed nothing has no clock to judge by).  A signed plan under a bar
+    to come, trading or refused, would close that bar's cycle: the journal's newest bar from then on, every
+    genuine abort after it ignored as older (found by a review)."""
+    if is_tick_cycle(plan.cycle_id):
+        return ""
+    ready = await newest_valid(js, DataReady)
+    if ready is not None:
+        if plan.as_of_ms <= ready.as_of_ms:
+            return ""
+        return (f"plan {plan.cycle_id[:40]!r} is dated {plan.as_of_ms}, after the newest bar ingest announced "
+                f"({ready.cycle_id[:40]})")
+    closed = as_of_of_cycle(journal.newest_bar_cycle(timeframe) or "")
+    if closed is None or plan.as_of_ms <= closed + timeframe_ms(timeframe):
+        return ""
+    return f"plan {plan.cycle_id[:40]!r} is dated more than one bar after the newest bar closed ({closed})"
+
+
 # The executor's refusal: journaled as ``plan_rejected`` and dead-lettered (msg, reason, detail, cycle id).
 Reject = Callable[[Msg, str, str, str], Awaitable[None]]
 
@@ -76,7 +110,7 @@ class AbortNotices:
         self.ignored_aborts = ignored_aborts()
         self.refused_aborts = refused_aborts()
         self.republishes = closed_cycle_republishes()
-        self._venue_clock: tuple[int, float] | None = None  # (venue ms, monotonic s) of the last read
+        self._refused: OrderedDict[str, float] = OrderedDict()  # notice cycle id -> monotonic s of its refusal
 
     async def refuse(self, msg: Msg, reason: str, detail: str, cycle_id: str) -> None:
         """A refused notice: journaled and dead-lettered while its subject's allowance lasts, else counted and
@@ -113,24 +147,29 @@ class AbortNotices:
         # no request to the exchange.
         if notice_problem(notice, s.timeframe, UNBOUNDED_MS, "any clock"):
             return False
-        now, clock = 0, "the replay's newest bar"
         if s.ingest_source == "replay":  # only the replay reads its clock from the bars (and the journal)
             now = max(ready.as_of_ms if ready is not None else 0, closed or 0)
-        if not now:
-            now, clock = await self.venue_ms(), f"{self.broker.name}'s clock"
-        return not notice_problem(notice, s.timeframe, now, clock)
-
-    async def venue_ms(self) -> int:
-        """The venue's clock: read at most every ``VENUE_CLOCK_REUSE_S`` and carried on by the monotonic clock in
-        between.  Read for every abort, a compromised ingest's flood of aborts naming one refused notice made the
-        executor spend a rate-limited request on each, while plans (stop-loss exits included) queued behind them
-        on the one-at-a-time consumer (found by an audit: 100 aborts held it 5.2 s)."""
-        if self._venue_clock is not None and time.monotonic() - self._venue_clock[1] < VENUE_CLOCK_REUSE_S:
-            return self._venue_clock[0] + int((time.monotonic() - self._venue_clock[1]) * 1000)
-        now = await self.broker.fetch_time()
+            if now:  # else no bar announced or closed yet: the broker's clock
+                return not notice_problem(notice, s.timeframe, now, "the replay's newest bar")
+        if self.refused_recently(notice):
+            return False
+        now, clock = await self.broker.fetch_time(), f"{self.broker.name}'s clock"
         self.outage.answered()  # an abort waited out an outage for this read: the exchange is back
-        self._venue_clock = (now, time.monotonic())
-        return now
+        if problem := notice_problem(notice, s.timeframe, now, clock):
+            self._refused[notice.cycle_id] = time.monotonic()
+            while len(self._refused) > REFUSED_KEPT:
+                self._refused.popitem(last=False)
+        return not problem
+
+    def refused_recently(self, notice: DataReady | DataStale) -> bool:
+        """Whether the venue's clock refused ``notice`` less than ``REFUSED_REUSE_S`` ago.  Read for every abort, a
+        compromised ingest's flood of aborts naming one refused notice cost a rate-limited request each, while
+        plans (stop-loss exits too) queued behind them on the one-at-a-time consumer (found by an audit: 100
+        aborts held it 5.2 s).  Only a refusal is remembered, never the clock: a rehearsal's venue runs thousands
+        of times faster than ours, so a notice is always judged on a fresh read of it.  (Ingest announces only bars
+        the venue has closed: an honest notice is never refused.)"""
+        at = self._refused.get(notice.cycle_id)
+        return at is not None and time.monotonic() - at < REFUSED_REUSE_S
 
     async def on_aborted(self, msg: Msg) -> None:
         try:

@@ -51,7 +51,7 @@ from services.executor.exchange_calls import (
     unresolved_lookup,
 )
 from services.executor.journal import Journal
-from services.executor.leg_bounds import CAPPED, MAX_QTY, clamp_leg, cut_by_cap
+from services.executor.leg_bounds import CAPPED, MAX_QTY, clamp_leg, cut_short
 from services.executor.live_guard import LiveGuard, buy_budget, fill_slippage, price_refusal, spend
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
@@ -189,8 +189,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                 _judge_fill_journaled_elsewhere(journal, plan, leg, cid, guard, result, logger)
             # Done before a restart; a leg that did not fully fill, or that the cap cut, still makes the plan
             # "partial", as it would have without the restart.
-            cut = reason.startswith(CAPPED) or cut_by_cap(leg, journal.order_fill(cid)[0], limits,
-                                                          _price_read(journal, plan, cid) or leg.ref_price)
+            cut = reason.startswith((CAPPED, MAX_QTY)) or NO_QUOTE_BUYS in reason or cut_short(
+                leg, journal.order_fill(cid)[0], rules.get(leg.symbol), limits,
+                _price_read(journal, plan, cid) or leg.ref_price)
             if status in ("partial", "rejected", "canceled") or cut:
                 result.status = "partial"
                 result.reasons.append(f"leg {leg.index} {leg.symbol}: {status} before a restart ({reason})")
@@ -207,7 +208,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                 info(logger, "IDEMPOTENCY", "order from before a restart found; not placing it again", cid=cid,
                      status=found.status)
                 await _finish_order(broker, journal, plan, leg, cid, found, reason, limits, result, logger, guard,
-                                    _price_read(journal, plan, cid))
+                                    _price_read(journal, plan, cid), rules.get(leg.symbol))
                 continue
             settle_missing(journal, cid, status, leg.symbol)
             journal.begin()
@@ -303,7 +304,8 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                  error=str(exc))
             continue
         assert order is not None
-        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, logger, guard, price)
+        await _finish_order(broker, journal, plan, leg, cid, order, note, limits, result, logger, guard, price,
+                            rules.get(leg.symbol))
     return result
 
 
@@ -368,9 +370,11 @@ def _stop_buys_if_slipped(journal: Journal, plan: PlanBody, leg: PlanLeg, cid: s
 
 async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: PlanLeg, cid: str,
                         order: OrderState, note: str, limits: ExecutionLimits, result: ExecutionResult,
-                        logger: logging.Logger, guard: LiveGuard | None = None, price_read: float = 0.0) -> None:
+                        logger: logging.Logger, guard: LiveGuard | None = None, price_read: float = 0.0,
+                        rule: MarketRule | None = None) -> None:
     """Wait for the order to be final (cancelling the rest after the timeout), then journal it and its fills.
-    ``price_read`` (a new live leg): the price read before it was sent, which its fill is held to."""
+    ``price_read`` (a new live leg): the price read before it was sent, which its fill is held to; ``rule``: the
+    pair's, whose largest order may have cut the leg."""
     order = await wait_final(broker, order, cid, limits)
     if not order.is_final:
         # Still working after its cancel (the exchange has not answered it as done): journaled as a final
@@ -399,6 +403,8 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "
                               f"(exchange status {order.status})")
-    elif not note.startswith(CAPPED) and cut_by_cap(leg, order.filled_qty, limits, price_read or leg.ref_price):
-        result.status = "partial"  # found after a restart: the cap's note was not journaled with it
-        result.reasons.append(f"leg {leg.index} {leg.symbol}: {CAPPED}={limits.max_order_usdt}")
+    elif not note.startswith((CAPPED, MAX_QTY)) and cut_short(leg, order.filled_qty, rule, limits,
+                                                              price_read or leg.ref_price):
+        result.status = "partial"  # found after a restart: the cut's note was not journaled with it
+        result.reasons.append(f"leg {leg.index} {leg.symbol}: filled {order.filled_qty} of {leg.qty}, cut by "
+                              f"{CAPPED}={limits.max_order_usdt} or the exchange's largest market order")

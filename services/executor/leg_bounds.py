@@ -21,10 +21,21 @@ def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> b
     return not (leg.side == "sell" and leg.reason in PROTECTIVE_EXITS) and qty * price > limits.max_order_usdt
 
 
-def cut_by_cap(leg: PlanLeg, filled_qty: float, limits: ExecutionLimits, price: float) -> bool:
-    """Whether a leg that filled ``filled_qty`` fell short of its plan because the cap cut it (judged from the leg
-    itself, for a leg whose journaled reason a restart overwrote: the boot's reconciliation, an order found)."""
-    return filled_qty < leg.qty * (1.0 - 1e-9) and capped(leg, leg.qty, limits, price)
+def largest_order(rule: MarketRule, limits: ExecutionLimits) -> float:
+    """The largest quantity sent in one market order: the venue's maxQty less a margin, since a quote-amount buy's
+    quantity is the exchange's to compute at its own price (inf: the venue states none)."""
+    largest = rule.max_qty / (1.0 + limits.min_notional_margin)
+    return floor_to_step(largest, rule.step_size) if math.isfinite(largest) else math.inf
+
+
+def cut_short(leg: PlanLeg, filled_qty: float, rule: MarketRule | None, limits: ExecutionLimits,
+              price: float) -> bool:
+    """Whether a leg that filled ``filled_qty`` fell short of its plan because the per-order cap or the venue's
+    largest order cut it (judged from the leg itself, for a leg whose journaled reason a restart overwrote: the
+    boot's reconciliation, an order found)."""
+    if filled_qty >= leg.qty * (1.0 - 1e-9):
+        return False
+    return capped(leg, leg.qty, limits, price) or (rule is not None and leg.qty > largest_order(rule, limits))
 
 
 def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
@@ -45,9 +56,8 @@ def clamp_leg(leg: PlanLeg, rule: MarketRule | None, free_base: float | None,
     # The exchange's largest market order, stop-loss and kill-switch exits included: one beyond it is refused every
     # time, so the exit goes out in pieces (the rest at the next plan or tick) rather than never.  With a margin,
     # since a quote-amount buy's quantity is the exchange's to compute at its own price.
-    largest = rule.max_qty / (1.0 + limits.min_notional_margin)
-    if math.isfinite(largest) and qty > floor_to_step(largest, rule.step_size):
-        qty = floor_to_step(largest, rule.step_size)
+    if qty > (largest := largest_order(rule, limits)):
+        qty = largest
         reason = f"{MAX_QTY} {rule.max_qty:g}"
     qty = floor_to_step(qty, rule.step_size)
     # The exchange checks the notional at *its* price: keep a margin so a small move since the price read

@@ -198,8 +198,10 @@ async def verify_holdings(journal: Journal, broker: Broker, logger: logging.Logg
 
 
 def refuse_plan(journal: Journal, plan: PlanBody, marks: dict[str, float], reason: str, detail: str,
-                **fields: object) -> PlanRun:
-    """Journal ``plan`` as rejected (nothing traded) and close its cycle with a snapshot."""
+                close_cycle: bool = True, **fields: object) -> PlanRun:
+    """Journal ``plan`` as rejected (nothing traded) and close its cycle with a snapshot (``close_cycle``: not for
+    a plan dated ahead of the exchange's clock, whose cycle would become the journal's newest bar, after which
+    every genuine abort would be ignored as older)."""
     reasons = [*plan.reasons, f"{detail}; plan refused, nothing traded"]
     journal.begin()
     journal.record_plan(plan.plan_id, plan.cycle_id, plan.gate, plan.params_version, plan.basis_snapshot_id,
@@ -207,7 +209,7 @@ def refuse_plan(journal: Journal, plan: PlanBody, marks: dict[str, float], reaso
     journal.set_plan_status(plan.plan_id, "rejected", reasons)  # it may have been journaled as executing
     journal.skip_pending_intents(plan.plan_id, detail)
     journal.event(plan.cycle_id, "plan_rejected", reason=reason, plan_id=plan.plan_id, **fields)
-    snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, "rejected", marks)
+    snapshot_id = write_snapshot(journal, plan.cycle_id, plan.plan_id, "rejected", marks) if close_cycle else ""
     journal.commit()
     return PlanRun(plan.plan_id, plan.cycle_id, "rejected", reasons, snapshot_id=snapshot_id, refusal=reason)
 
@@ -253,7 +255,8 @@ async def run_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: dict
             if fresh:
                 error(logger, "STALE_PLAN", "plan on data too old, or not yet closed, by the exchange's clock; "
                       "refusing it", **fields)
-                return refuse_plan(journal, plan, marks, "stale_plan", why, as_of_ms=plan.as_of_ms, exchange_ms=now)
+                return refuse_plan(journal, plan, marks, "stale_plan" if kind == "stale" else "future_plan", why,
+                                   close_cycle=kind == "stale", as_of_ms=plan.as_of_ms, exchange_ms=now)
             # Under way when the process stopped (an outage, a crash): what may be on the exchange is settled,
             # but no leg is sent on data this old; the next plan decides again on the market as it is.
             stale = f"{why}; not sent"

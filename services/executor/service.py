@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 
 from aura.strategy.schedule import timeframe_ms
 from aura.strategy.types import MarketRule
-from services.executor.aborts import MAX_ID, AbortNotices
+from services.executor.aborts import MAX_ID, AbortNotices, bar_not_announced
 from services.executor.announce import publish_fills, publish_snapshot
 from services.executor.boot import TimedBroker, boot_when_possible, make_broker, open_journal
 from services.executor.brokers.base import Broker, TransientBrokerError
@@ -303,6 +303,14 @@ class Executor:
             await self._reject(msg, "cycle_done", f"cycle {plan.cycle_id} already executed by plan {earlier}",
                                plan.cycle_id, plan.plan_id)
             await publish_snapshot(self.ctx.js, self.current_snapshot(), again=True)
+            return
+        ahead = "" if status is not None or self.live is not None else await bar_not_announced(
+            self.ctx.js, self.journal, plan, self.ctx.settings.timeframe)
+        if ahead:
+            # Paper: no exchange clock; the data's newest bar is the clock (live: run_plan's check_data_time).
+            warn(self.ctx.logger, "FORGED_PLAN", "signed plan dated after the newest bar; refusing it",
+                 cycle_id=plan.cycle_id, plan_id=plan.plan_id, reason=ahead)
+            await self._reject(msg, "future_plan", ahead, plan.cycle_id, plan.plan_id)
             return
         if status is None and self.reconciler is not None and not await self.reconciler.before_plan():
             await self._reject(msg, "reconcile_halt", f"trading halted: {self.reconciler.halt}", plan.cycle_id,

@@ -38,7 +38,7 @@ def test_load_markets_free_balances_and_prices(sim_server: SimServer, shared_dat
     async def scenario(b: CcxtBroker) -> None:
         rules = await b.load_markets()
         assert rules["BTC/USDT"] == MarketRule("BTC/USDT", step_size=1e-5, tick_size=0.01, min_qty=1e-5,
-                                               min_notional=5.0)
+                                               min_notional=5.0, max_qty=9e6)  # the simulator's LOT_SIZE maxQty
         assert rules["ETH/USDT"].step_size == 1e-4
         assert (await b.fetch_free_balances())["USDT"] == 10_000
         prices = await b.fetch_prices(["BTC/USDT", "ETHUSDT", "DOGE/USDT"])  # DOGE is not listed: absent

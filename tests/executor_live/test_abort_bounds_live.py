@@ -107,3 +107,29 @@ def test_a_flood_of_aborts_naming_a_refused_notice_costs_the_exchange_one_clock_
         reads, aborted = asyncio.run(scenario())
     assert aborted == 0
     assert reads <= 2, f"{reads} clock reads for 60 aborts"
+
+
+def test_a_venue_clock_that_runs_ahead_of_ours_is_read_again_for_each_new_notice(
+        nats_server: Any, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rehearsal's venue runs thousands of times faster than the host (a daily bar every few seconds): a venue
+    clock read once and carried on by ours for a minute dated its next bars days 'ahead', and their aborts were
+    ignored, the cycles never closed.  Only a refusal is remembered; each new notice is judged on a fresh read."""
+    with live_venue(shared_data_dir, monkeypatch) as sim:
+        settings = live_settings(nats_server, sim)
+
+        async def scenario() -> list[tuple[Any, ...]]:
+            async with running(settings, "executor"), role_connections(settings, "ingest", "operator") as js:
+                for step in range(3):
+                    if step:
+                        sim.sim.advance(3)  # three market days pass in an instant of ours
+                    now = int(sim.sim.now_ms())
+                    cycle_id = await announce_and_abort(js["ingest"], now - now % DAY - DAY)
+
+                    async def closed(cycle_id: str = cycle_id) -> bool:
+                        return (await snapshot(js["operator"])).cycle_id == cycle_id
+
+                    await until(closed, f"the abort of {cycle_id} to close its cycle")
+                return journal_rows(settings, "SELECT cycle_id FROM snapshots WHERE status='aborted'")
+
+        aborted = asyncio.run(scenario())
+    assert len(aborted) == 3, aborted

@@ -122,11 +122,21 @@ def test_a_stop_loss_beyond_the_largest_market_order_goes_out_cut_to_it(rig: Rig
     with rig.server.sim.lock:  # the venue lowers its largest order below the position
         rules = rig.server.sim.market.rules
         rules["PEPEUSDT"] = dataclasses.replace(rules["PEPEUSDT"], max_qty=held / 4)
-    run = live_run(rig, plan_at(rig, [("PEPE/USDT", "sell", float(held), pepe, "stop_loss")]))
+    stop = plan_at(rig, [("PEPE/USDT", "sell", float(held), pepe, "stop_loss")])
+    run = live_run(rig, stop)
     assert not any("rejected" in r for r in run.reasons), run.reasons
     assert run.status == "partial" and any("largest market order" in r for r in run.reasons), run.reasons
     sold = held - rig.server.sim.free("PEPE")
     assert held / 5 < sold <= held / 4, (held, sold)
+
+    async def finished_after_a_restart(b: CcxtBroker) -> str:  # its leg final, the plan's status not yet written
+        return (await execute_plan(stop, b, rig.journal, await b.load_markets(), LIMITS, rig.log)).status
+
+    assert rig.run(finished_after_a_restart) == "partial"  # never reported executed with most of it still held
+    rig.journal.begin()  # the boot's reconciliation journals the fill with its own reason
+    rig.journal.set_intent_status(client_order_id(stop.plan_id, 0), "filled", "reconciled at boot")
+    rig.journal.commit()
+    assert rig.run(finished_after_a_restart) == "partial"
 
 
 def test_a_pair_without_quote_amount_market_buys_is_not_bought_and_says_so(rig: Rig) -> None:
@@ -141,3 +151,10 @@ def test_a_pair_without_quote_amount_market_buys_is_not_bought_and_says_so(rig: 
     assert any("no quote-amount market buys on ETH/USDT" in r for r in run.reasons), run.reasons
     assert [o.symbol for o in rig.server.sim.orders()] == ["BTCUSDT"]
     assert rig.journal.intent_state(client_order_id(run.plan_id, 1))[0] == "skipped"
+    plan = plan_at(rig, [("ETH/USDT", "buy", 0.2, eth)])
+    assert live_run(rig, plan).status == "partial"
+
+    async def finished_after_a_restart(b: CcxtBroker) -> str:
+        return (await execute_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log)).status
+
+    assert rig.run(finished_after_a_restart) == "partial"

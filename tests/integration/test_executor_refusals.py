@@ -443,16 +443,20 @@ def test_a_signed_plan_listing_one_order_many_times_is_refused(nats_server: Nats
 def test_signed_plans_under_ids_no_cycle_has_are_refused(nats_server: NatsEndpoint) -> None:
     """A compromised risk signs plans the executor would each take for a new cycle: buys under a made-up id (one
     after another, each paying fees), a buy dressed as a risk tick, a bar id of the year 9999 (the journal's newest
-    cycle from then on).  Only a bar's plan named by its own bar may buy, once a bar; a tick only sells.  Each is
-    refused before anything is journaled or sent ([FORGED_PLAN], malformed_plan), and the bar's honest plan runs."""
+    cycle from then on).  Only a bar's plan named by its own bar may buy, once a bar; a tick only sells; and (paper:
+    the newest bar ingest announced is the clock) a bar's plan dated after it, named by it, is refused without
+    closing its cycle.  Each is refused before anything is journaled or sent ([FORGED_PLAN]: malformed_plan,
+    future_plan), and the bar's honest plan runs."""
     settings = nats_server.settings()
     capture = Capture()
 
     async def scenario() -> tuple[list[DeadLetter], PortfolioSnapshot]:
         async with executor(nats_server, capture) as rig:
+            await announce_ready(rig, "1d-20240101T0000", 1_704_067_200_000)
             basis = (await snapshot(rig.risk)).snapshot_id
             for cycle_id, as_of in (("churn-1", 1_704_067_200_000), ("tick-0123456789abcdef", 1_704_067_200_000),
-                                    ("1d-99991231T0000", 1_704_067_200_000)):
+                                    ("1d-99991231T0000", 1_704_067_200_000),
+                                    ("1d-99991230T0000", 253_402_128_000_000)):
                 fields: dict[str, Any] = {
                     "cycle_id": cycle_id, "as_of_ms": as_of, "data_digest": "d", "target_id": f"t-{cycle_id}",
                     "params_version": 0, "params_digest": "p", "basis_snapshot_id": basis, "gate": "pass",
@@ -462,10 +466,10 @@ def test_signed_plans_under_ids_no_cycle_has_are_refused(nats_server: NatsEndpoi
                 await publish(rig.risk, sign_plan(body, signing_key(rig.settings.keys, "risk")), msg_id=body.plan_id)
 
             async def lettered() -> list[DeadLetter]:
-                found = [d for d in await executor_letters(rig) if d.reason == "malformed_plan"]
-                return found if len(found) == 3 else []
+                found = [d for d in await executor_letters(rig) if d.reason in ("malformed_plan", "future_plan")]
+                return found if len(found) == 4 else []
 
-            letters = await until(lettered, "the three plans' dead letters")
+            letters = await until(lettered, "the four plans' dead letters")
             honest = await send_buy(rig, "1d-20240101T0000")
             return letters, await until(lambda: executed(rig, honest), "the bar's own plan to execute")
 
@@ -473,9 +477,12 @@ def test_signed_plans_under_ids_no_cycle_has_are_refused(nats_server: NatsEndpoi
     errors = sorted(letter.error for letter in letters)
     assert sum("neither a risk tick nor the 1d bar its data names" in e for e in errors) == 2, errors
     assert sum("a tick only exits" in e for e in errors) == 1, errors
+    assert [x.reason for x in letters if "after the newest bar ingest announced" in x.error] == ["future_plan"]
     assert journal_rows(settings, "SELECT DISTINCT cycle_id FROM plans") == [("1d-20240101T0000",)]
+    assert journal_rows(settings, "SELECT MAX(cycle_id) FROM snapshots WHERE cycle_id LIKE '1d-%'") == [
+        ("1d-20240101T0000",)]  # the journal's newest bar (Journal.newest_bar_cycle)
     assert snap.holdings.get("BTC/USDT", 0) == pytest.approx(0.01, rel=0.01)  # the honest plan's buy alone
-    assert len(capture.fields("FORGED_PLAN")) == 3
+    assert len(capture.fields("FORGED_PLAN")) == 4
 
 
 def test_a_signed_plan_under_another_plans_id_is_refused(nats_server: NatsEndpoint) -> None:

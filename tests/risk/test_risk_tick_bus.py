@@ -14,9 +14,10 @@ latest snapshot), which the executor verifies and executes; the kill-switch latc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -437,24 +438,34 @@ def live_target_refusal(nats_server: NatsEndpoint, shared_data_dir: Path, bar: i
     return target, exchange_now, letters, plan, capture
 
 
+@contextlib.contextmanager
+def live_bar(nats_server: NatsEndpoint, shared_data_dir: Path) -> Iterator[tuple[Any, float, float, int, float,
+                                                                                   Settings]]:
+    """A live risk's venue (the simulator on BTC and ETH from 2024): (simulator, BTC and ETH prices, the bar its
+    clock closed last, BTC's close of that bar, live settings against it with no ticks)."""
+    from aura.exchange_sim import SimConfig, SimServer
+
+    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
+                       start="2024-01-01")
+    with SimServer(config=config) as sim:
+        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
+        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
+        venue_close = float(sim.sim.market.klines("BTCUSDT", "1d", bar, bar, 1)[0][4])
+        yield sim, price, eth, bar, venue_close, tick_settings(
+            nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
+            AURA_EXCHANGE_API_URL=sim.base_url)
+
+
 def test_live_risk_refuses_a_target_on_held_closes_the_venue_never_printed(nats_server: NatsEndpoint,
                                                                           shared_data_dir: Path) -> None:
     """A compromised ingest announces the venue's newest bar with the held BTC at half its close; signal computes its
     target on that data in good faith.  Planned, the false 'drawdown' latched the kill-switch and sold the BTC.  Live
     risk checks the held coins' decision-bar closes against the venue's own klines first: refused, dead-lettered
     as forged_data, no plan, no latch."""
-    from aura.exchange_sim import SimConfig, SimServer
     from shared.contracts import MarketRuleMsg
 
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01")
     capture = Capture()
-    with SimServer(config=config) as sim:
-        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
-        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
-        venue_close = float(sim.sim.market.klines("BTCUSDT", "1d", bar, bar, 1)[0][4])
-        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
-                                 AURA_EXCHANGE_API_URL=sim.base_url)
+    with live_bar(nats_server, shared_data_dir) as (_sim, price, eth, bar, venue_close, settings):
         closes = np.array([[venue_close, eth], [venue_close / 2, eth]])
         panel = Panel(("BTC/USDT", "ETH/USDT"), np.array([bar - DAY, bar], dtype=np.int64), closes, closes, closes,
                       closes, np.full_like(closes, 50_000.0))
@@ -533,17 +544,9 @@ def test_a_live_cycles_exits_are_sized_by_the_venues_rules_not_the_announced_one
     """A compromised ingest announces a minimum notional of 1e12 for the held BTC: sized by it, the cycle's
     kill-switch exit rounded to nothing (the latch set, nothing sold until a tick).  Live risk sizes a cycle's
     legs by the venue's own market rules, as its ticks do: the exit is in the signed plan."""
-    from aura.exchange_sim import SimConfig, SimServer
     from shared.contracts import MarketRuleMsg
 
-    config = SimConfig(data_dir=shared_data_dir / "binance" / "1d", symbols=("BTCUSDT", "ETHUSDT"),
-                       start="2024-01-01")
-    with SimServer(config=config) as sim:
-        price, eth = float(sim.sim.price("BTCUSDT")), float(sim.sim.price("ETHUSDT"))
-        bar = int(sim.sim.now_ms()) // DAY * DAY - DAY
-        venue_close = float(sim.sim.market.klines("BTCUSDT", "1d", bar, bar, 1)[0][4])
-        settings = tick_settings(nats_server, AURA_DRY_RUN="false", AURA_INGEST_SOURCE="sync", AURA_RISK_TICK_S="0",
-                                 AURA_EXCHANGE_API_URL=sim.base_url)
+    with live_bar(nats_server, shared_data_dir) as (_sim, price, eth, bar, venue_close, settings):
         closes = np.array([[venue_close, eth], [venue_close, eth]])
         panel = Panel(("BTC/USDT", "ETH/USDT"), np.array([bar - DAY, bar], dtype=np.int64), closes, closes, closes,
                       closes, np.full_like(closes, 50_000.0))

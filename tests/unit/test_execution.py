@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from aura.strategy.types import MarketRule
@@ -381,6 +382,27 @@ def test_a_plan_an_outage_stopped_before_its_first_order_is_judged_fresh_again(j
     assert journal.plan_status(p.plan_id) == "rejected"
     assert journal.intent_state(client_order_id(p.plan_id, 0))[0] == "skipped"
     assert journal.open_intents() == []
+
+
+def test_a_plan_dated_ahead_of_the_exchange_is_refused_without_closing_its_cycle(journal: Journal) -> None:
+    """A compromised risk signs a plan under a bar of the year 9999, named by its own bar.  Refused as from the
+    future, it still closed that cycle with a snapshot: the journal's newest bar from then on, and every genuine
+    abort after it was ignored as older (found by a review).  Refused, nothing sent, no snapshot under its id."""
+    from services.executor.runner import run_plan
+    from shared.cycles import cycle_id_for
+
+    venue = OutageVenue()
+    venue.down = False
+    ahead = 253_402_128_000_000  # 9999-12-30
+    p, live = fresh_live_buy(journal, venue, cycle_id_for("1d", ahead))
+    p = PlanBody(**{**{f: getattr(p, f) for f in p.__struct_fields__}, "as_of_ms": ahead})
+    p = msgspec.structs.replace(p, plan_id=plan_id_for({f: getattr(p, f) for f in p.__struct_fields__
+                                                        if f != "plan_id"}))
+    limits = ExecutionLimits(max_order_usdt=1e9, max_attempts=1, backoff_s=0.0, settle_s=0.0)
+    done = run(run_plan(p, venue, journal, RULES, limits, LOG, {}, None, live))  # type: ignore[arg-type]
+    assert done.status == "rejected" and done.refusal == "future_plan" and venue.placed == 0
+    assert journal.newest_bar_cycle("1d") is None
+    assert journal.db.execute("SELECT count(*) FROM snapshots WHERE cycle_id=?", (p.cycle_id,)).fetchone()[0] == 0
 
 
 class RefusedKeyVenue(OutageVenue):

@@ -53,14 +53,22 @@ def test_a_reason_not_declared_is_still_counted() -> None:
 
 
 def literal_args(path: Path, function: str, position: int) -> set[str]:
-    """The string literals passed at ``position`` to calls of ``function`` (a name or a method) in ``path``."""
-    found = set()
+    """The string literals passed at ``position`` to calls of ``function`` (a name or a method) in ``path``, both
+    branches of a conditional expression included (``"a" if x else "b"``)."""
+
+    def strings(arg: ast.expr) -> set[str]:
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return {arg.value}
+        if isinstance(arg, ast.IfExp):
+            return strings(arg.body) | strings(arg.orelse)
+        return set()
+
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and len(node.args) > position:
             called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            arg = node.args[position]
-            if called == function and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                found.add(arg.value)
+            if called == function:
+                found |= strings(node.args[position])
     return found
 
 
