@@ -59,6 +59,10 @@ def add_optimize_parser(subparsers: Any) -> None:
     p.add_argument("--symbols", default=None, help="comma-separated subset of the folder's symbols")
     p.add_argument("--folds", type=int, default=None, help="use only the newest N walk-forward folds")
     p.add_argument("--anchored", action="store_true", help="anchored folds (training grows) instead of rolling")
+    p.add_argument("--refit", action="store_true",
+                   help="what would go live is chosen once more on the newest training window (trained on the "
+                        "newest bars too, but judged by no window it never saw) instead of the newest fold's winner "
+                        "(validated on the newest bars)")
     p.add_argument("--eta", type=int, default=3, help="successive halving keeps the best 1/ETA per rung (default 3)")
     p.add_argument("--min-budget", type=int, default=None,
                    help="smallest training history in bars (default: the timeframe's; the training length = the "
@@ -264,7 +268,8 @@ def _run(job: Any, args: argparse.Namespace, settings: Settings, system_url: str
 
 def record_counts(record: Any) -> str:
     t = record.decision.n_trials
-    return (f"{len(record.run.folds)} folds + the final selection, {record.run.evaluations()} evaluations, "
+    final = "" if record.run.live_label.startswith("fold") else " + the final selection (--refit)"
+    return (f"{len(record.run.folds)} folds{final}, {record.run.evaluations()} evaluations, "
             f"{t} trials counted (pruned included)")
 
 

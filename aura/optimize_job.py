@@ -56,7 +56,7 @@ class OptimizeJob:
     grids_sha256: str
     spec: FoldSpec
     folds: tuple[Fold, ...]
-    final_train: TrainWindow
+    final_train: TrainWindow | None  # None: the newest fold's winner would go live (plan.WalkForwardRun)
     eta: int
     min_budget: int
     gate: GateSettings
@@ -103,7 +103,8 @@ def prepare_job(args: argparse.Namespace) -> OptimizeJob:
     if not 1 <= min_budget <= spec.train:
         raise ValueError(f"--min-budget must lie in [1, {spec.train}] bars")
     return OptimizeJob(inputs, BacktestConfig(bar_ms=timeframe_ms(args.timeframe)), grids,
-                       hashlib.sha256(text.encode()).hexdigest(), spec, folds, final_train_window(n_bars, spec),
+                       hashlib.sha256(text.encode()).hexdigest(), spec, folds,
+                       final_train_window(n_bars, spec) if getattr(args, "refit", False) else None,
                        args.eta, min_budget, gate_settings(args), ObjectiveSettings(),
                        default_params(args.timeframe), survivorship_caveat(args.data))
 

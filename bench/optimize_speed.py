@@ -3,13 +3,14 @@ full grid.
 
     .venv/bin/python bench/optimize_speed.py [--data ../shared/data] [--workers 1,2] [--folds N] [--symbols ...]
 
-What is timed: one `aura optimize` run (every fold's selection, validation and in-sample evaluation, the final
-selection, the CSCVs and the gate) driven by a coordinator on an embedded secured nats-server, with N worker
-processes (``python -m services.optimizer.worker``) that are up and warm before the clock starts, as compose's
-``optimizer-worker`` services are; each run starts from an empty result store, so nothing is reused.  The time to
-start the workers (Python imports and numba's kernel cache) and this process's own imports are reported apart.
+What is timed: one `aura optimize` run (every fold's selection, validation and in-sample evaluation, the CSCVs,
+the SPAs and the gate; the newest fold's winner is what would go live) driven by a coordinator on an embedded
+secured nats-server, with N worker processes (``python -m services.optimizer.worker``) that are up and warm
+before the clock starts, as compose's ``optimizer-worker`` services are; each run starts from an empty result
+store, so nothing is reused.  The time to start the workers (Python imports and numba's kernel cache) and this
+process's own imports are reported apart.
 
-The peer for the speed-up: every selection's first stage on its whole training window (972 evaluations on
+The peer for the speed-up: every selection's first stage on its whole training window (864 evaluations on
 the daily data) evaluated by 1 and N forked processes with no bus and no coordinator (``kernel_ceiling``),
 which is how far the cores scale the evaluation kernel alone.  On 2 cores the coordinator and the nats-server
 share them with the workers, so the workers' speed-up falls short of that ceiling by their share of the CPU

@@ -190,7 +190,8 @@ def walk_forward_folds(n_bars: int, spec: FoldSpec) -> tuple[Fold, ...]:
 
 
 def final_train_window(n_bars: int, spec: FoldSpec) -> TrainWindow:
-    """Where the parameters that go live are chosen: the newest training window, ending on the last bar.
+    """Where ``aura optimize --refit`` chooses the parameters that go live: the newest training window, ending on
+    the last bar (by default the newest fold's winner goes live, plan.WalkForwardRun).
 
     Nothing validates it directly; the walk-forward record of the same procedure on the folds is its evidence.
     Anchored: from the first bar after the warmup, like the anchored folds.

@@ -16,14 +16,14 @@ Tests, each with its threshold in GateSettings:
   stats.deflated_sharpe); the worst benchmark's
   DSR must reach ``dsr_min``;
 * ``pbo``: probability of backtest overfitting by CSCV over the selection runs' candidate matrices, every
-  fold's and the final selection's, whose winner is the one that would go live (CSCV is by definition computed
-  on the data selection saw: it re-splits it), pooled over the runs (the share of all their splits with
-  logit <= 0);
+  fold's and, with ``--refit``, the final selection's, whose winner is the one that would go live (CSCV is by
+  definition computed on the data selection saw: it re-splits it), pooled over the runs (the share of all their
+  splits with logit <= 0);
 * ``spa_<B>``: Hansen's SPA against each benchmark, as the data-snooping test it is: per fold, the models are
   every trial of every stage of that fold's selection (pruned ones included) on the one window they were all
   compared on, the smallest halving budget of the fold's training window (the CSCV matrices, stage after stage),
   so the p-value is that of "the best of everything this search tried beats B".  The gate's p-value is the
-  largest over the folds and the final selection (``FINAL_SPA``, given with the folds' when the caller has it):
+  largest over the folds and a refit's final selection (``FINAL_SPA``, given with the folds' when the caller has it):
   the search must find a superior model in every fold, as the winner must beat B on every validation window,
   and in the search that chose the set that would go live.  A selection that had no choice (no matrix) has no
   such evidence: NaN, a fail.
@@ -137,7 +137,7 @@ class GateDecision:
     oos_excess_sharpe: dict[str, float]  # annualised, per benchmark
     dsr: dict[str, DeflatedSharpe]
     pbo: float
-    spa_pvalues: dict[str, float]  # per benchmark, the largest over the folds and the final selection
+    spa_pvalues: dict[str, float]  # per benchmark, the largest over the folds (and a refit's final selection)
     spa_folds: tuple[SpaFold, ...]
 
     @property
@@ -256,7 +256,7 @@ def promotion_gate(records: Sequence[ValidationRecord], trial_sharpes: Sequence[
     if any(k not in by_fold for k in folds):
         raise ValueError(f"SPA needs every fold's p-values (folds {folds}, given {sorted(by_fold)})")
     spa = [by_fold[k] for k in [*folds, FINAL_SPA] if k in by_fold]
-    # The largest over the folds and the final selection (NaN, a search without evidence, wins: NaN fails).
+    # The largest over the folds and a refit's final selection (NaN, a search without evidence, wins: NaN fails).
     worst_p = {n: max((s.pvalues[n] for s in spa), key=lambda v: math.inf if math.isnan(v) else v) for n in names}
     for name, p in worst_p.items():
         checks.append(Check(f"spa_{name}", p <= settings.spa_alpha, p, settings.spa_alpha, settings.spa_alpha - p,

@@ -119,7 +119,14 @@ class Grids:
         from a promoted incumbent, a stage ranked its candidates with the later stages' knobs at values chosen on
         bars that are this run's validation windows, so its out-of-sample record was not (found by an audit)."""
         searched = sorted({name for stage in self.stages for name in stage.names})
-        return msgspec.structs.replace(incumbent, **{name: getattr(defaults, name) for name in searched})
+        start = msgspec.structs.replace(incumbent, **{name: getattr(defaults, name) for name in searched})
+        try:
+            validate_tradable(start, self.timeframe)
+        except ValueError as exc:  # a grid that searches one of two linked knobs (a cap without its cooldown)
+            raise GridError(f"{self.source}: the searched knobs at their defaults and the incumbent's other knobs "
+                            f"make an invalid set ({exc}); search linked knobs together or put them in [base]"
+                            ) from exc
+        return start
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -2,10 +2,11 @@
 
 walkforward.py runs the procedure in one loop around an ``evaluate`` callback.  A coordinator cannot: its answers
 come later, in any order, some twice, some stored by an earlier life of the coordinator.  ``WalkForwardRun``
-holds the same procedure as data.  Every selection (one per fold, plus the final one on the newest training
-window) advances stage by stage and rung by rung, all selections at once since they are independent (that is
-what keeps many workers busy); once a fold's selection is done, its winner and the incumbent are evaluated on
-the fold's validation window, and every winner once on its whole training window (its in-sample figure).
+holds the same procedure as data.  Every selection (one per fold, plus, with ``final_train``, a final one on
+the newest training window) advances stage by stage and rung by rung, all selections at once since they are
+independent (that is what keeps many workers busy); once a fold's selection is done, its winner and the
+incumbent are evaluated on the fold's validation window, and every winner once on its whole training window
+(its in-sample figure).
 
 The coordinator asks ``requests()`` for what is missing and calls ``advance(lookup)`` with a function that finds
 an answer by request (in its result store) or returns None.  Nothing else changes the state, so replaying the
@@ -166,13 +167,19 @@ class SelectionState:
 
 
 class WalkForwardRun:
-    """Every fold's selection and validation, and the final selection, as one state machine."""
+    """Every fold's selection and validation (and with ``final_train`` a final selection) as one state machine."""
 
-    def __init__(self, folds: Sequence[Fold], final_train: TrainWindow, grids: Grids, incumbent: StrategyParams,
-                 min_budget: int, eta: int = 3, objective: ObjectiveSettings | None = None,
+    def __init__(self, folds: Sequence[Fold], final_train: TrainWindow | None, grids: Grids,
+                 incumbent: StrategyParams, min_budget: int, eta: int = 3, objective: ObjectiveSettings | None = None,
                  start: StrategyParams | None = None) -> None:
         """``incumbent``: what the winner must beat on every validation window; ``start``: where each selection
-        starts (``Grids.start_from``: never a set chosen on these data), the incumbent if not given."""
+        starts (``Grids.start_from``: never a set chosen on these data), the incumbent if not given.
+
+        What would go live: with ``final_train`` None, the newest fold's winner, the one set whose validation
+        window (the newest bars) never chose it, so the gate's tests on that window judge the very set promoted.
+        With ``final_train`` (``folds.final_train_window``, ``aura optimize --refit``), the same search once more
+        on the newest training window, the walk-forward "refit": trained on the newest bars too, but no window it
+        never saw judges it; the folds' record is only the evidence for the procedure that chose it."""
         if not folds:
             raise ValueError("a walk-forward run needs at least one fold")
         self.folds = tuple(folds)
@@ -182,7 +189,11 @@ class WalkForwardRun:
         first = incumbent if start is None else start
         self.selections = [SelectionState(label, f.train, grids, first, min_budget, eta, self.objective)
                            for label, f in self.folds_by_label.items()]
-        self.selections.append(SelectionState(FINAL, final_train, grids, first, min_budget, eta, self.objective))
+        # The selection whose winner would go live (``selection(FINAL)`` names it either way).
+        self.live_label = FINAL if final_train is not None else f"fold {max(f.index for f in self.folds)}"
+        if final_train is not None:
+            self.selections.append(SelectionState(FINAL, final_train, grids, first, min_budget, eta,
+                                                  self.objective))
         self.validation: dict[str, ValidationRecord] = {}
         self.in_sample: dict[str, WindowResult] = {}  # selection label -> its winner on its whole training window
 
@@ -240,7 +251,9 @@ class WalkForwardRun:
                 and len(self.in_sample) == len(self.selections))
 
     def selection(self, label: str) -> Selection:
-        return next(s for s in self.selections if s.label == label).selection()
+        """A selection by label; FINAL is the one whose winner would go live (``live_label``)."""
+        wanted = self.live_label if label == FINAL else label
+        return next(s for s in self.selections if s.label == wanted).selection()
 
     @property
     def fold_selections(self) -> list[SelectionState]:
@@ -273,8 +286,8 @@ class WalkForwardRun:
     # --- the verdict ------------------------------------------------------------------------------------------------
     @property
     def winner(self) -> StrategyParams:
-        """The parameters that would go live: the final selection's winner."""
-        return self.selection(FINAL).winner
+        """The parameters that would go live: the newest fold's winner (or the refit's, ``live_label``)."""
+        return self.selection(self.live_label).winner
 
     def decide(self, settings: GateSettings, cscv: Sequence[CSCV] | None = None,
                spa: Sequence[SpaFold] | None = None) -> GateDecision:
@@ -283,7 +296,7 @@ class WalkForwardRun:
         if not self.done:
             raise RuntimeError("the run is not finished")
         records = [self.validation[label] for label in self.folds_by_label]
-        # N counts the final selection's trials too: its winner is the one that would go live.
+        # N counts every selection's trials (a refit's too: its winner is the one that would go live).
         trial_sharpes = [t for s in self.selections for t in s.selection().trial_sharpes]
         if spa is None:
             return promotion_gate(records, trial_sharpes, [] if cscv is not None else self.matrices(), settings,

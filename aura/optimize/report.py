@@ -156,13 +156,17 @@ def decision_document(rec: RunRecord) -> dict[str, Any]:
         "trials": trial_counts(run),
         "sharpe": {"in_sample": is_mean, "out_of_sample": d.oos_sharpe, "gap": is_mean - d.oos_sharpe,
                    "out_of_sample_excess": d.oos_excess_sharpe, "per_fold": per_fold,
-                   "final_in_sample": annual_sharpe(run.in_sample[FINAL].returns, bar_ms),
+                   "final_in_sample": annual_sharpe(run.in_sample[run.live_label].returns, bar_ms),
                    "note": "annualised Sharpe of the strategy's returns after costs: in-sample on each fold "
                            "winner's whole training window, out-of-sample on its validation window"},
         "scores": {"validation": d.validation_score, "incumbent": d.incumbent_score},
         "folds": [{"fold": f.index, "train": rec.span(f.train), "embargo_bars": f.embargo,
                    "validate": rec.span(f.validate)} for f in run.folds],
         "final_train": rec.span(run.selection(FINAL).train),
+        # Whose winner would go live: the newest fold's (validated on its window) or, with --refit, a final
+        # selection on the newest training window that no window judged.
+        "promoted_from": run.live_label,
+        "promoted_set_validated": run.live_label != FINAL,
         "universe": {"symbols": list(rec.inputs.panel.symbols), "bars": len(rec.inputs.panel.timestamps),
                      "first": rec.date(0), "last": rec.date(len(rec.inputs.panel.timestamps) - 1),
                      "survivorship": rec.caveat},

@@ -2,9 +2,9 @@
 
 Sections: the verdict and every test with its margin; per validation window the equity of the winner, the
 incumbent, gold and SPY; the in-sample against the out-of-sample Sharpe; the halving ladder of every selection and
-what it saved against the full grid; a heatmap per stage of the final selection; the universe and its survivorship
-caveat.  Every number is formatted with a fixed precision and nothing depends on the clock, so the page is
-byte-identical for identical inputs.
+what it saved against the full grid; a heatmap per stage of the search whose winner would go live; the universe
+and its survivorship caveat.  Every number is formatted with a fixed precision and nothing depends on the
+clock, so the page is byte-identical for identical inputs.
 """
 
 from __future__ import annotations
@@ -97,9 +97,13 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
              "that fold's training bars (the fold winner) must beat buy-and-hold gold and SPY after costs on the "
              "fold's validation window and beat the incumbent there, each run from the start of the fold's "
              "training window so that it opens the window with the state (positions, kill-switch latch) it would "
-             "have had; and the multiple-testing controls must pass over every trial, pruned ones included. The "
-             "set that would go live is the same search run once more on the newest training window (the final "
-             "selection, below): no window it never saw judges it itself. An honest no is a correct outcome.</p>"]
+             "have had; and the multiple-testing controls must pass over every trial, pruned ones included. "
+             + ("The set that would go live is the newest fold's winner, judged by these tests on the newest "
+                "bars, which never chose it."
+                if doc["promoted_set_validated"] else
+                "The set that would go live is the same search run once more on the newest training window (the "
+                "final selection, --refit): no window it never saw judges it itself.")
+             + " An honest no is a correct outcome.</p>"]
     checks = [[esc(c["name"]), f'<span class="{"ok" if c["passed"] else "no"}">{"pass" if c["passed"] else "FAIL"}'
                f"</span>", num(c["value"]), num(c["threshold"]), num(c["margin"]), esc(c["detail"])]
               for c in doc["checks"]]
@@ -131,16 +135,17 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
                   ".2f")] for f in s["per_fold"]]
     rows.append(["all", num(s["in_sample"], ".2f"), num(s["out_of_sample"], ".2f"), num(s["gap"], ".2f")])
     parts += ["<h2>In-sample against out-of-sample Sharpe</h2>",
-              f"<p>{esc(s['note'])}. The final selection's in-sample Sharpe: {num(s['final_in_sample'], '.2f')}.</p>",
+              f"<p>{esc(s['note'])}. In-sample Sharpe of the set that would go live ({esc(doc['promoted_from'])}): "
+              f"{num(s['final_in_sample'], '.2f')}.</p>",
               table(["fold", "in-sample", "out-of-sample", "gap"], rows)]
     dsr = [[esc(n), num(x["dsr"]), num(x["sharpe"]), num(x["sr0"]), num(x["skew"], ".2f"),
             num(x["kurtosis"], ".2f"), str(x["n_obs"]), str(x["n_trials"])] for n, x in doc["dsr"].items()]
     parts += ["<h2>Multiple testing</h2>", table(["benchmark", "DSR", "SR/bar", "SR0/bar", "skew", "kurtosis", "T",
                                                  "N"], dsr),
               f"<p>PBO (CSCV, S = {rec.gate.cscv_partitions}): {num(doc['pbo'])}. SPA p-values (the largest over "
-              "the folds and the final selection): " + ", ".join(f"{esc(k)} {num(v)}" for k, v in
+              "the folds and, with --refit, the final selection): " + ", ".join(f"{esc(k)} {num(v)}" for k, v in
                                                                doc["spa_pvalues"].items()) + ". Per "
-              "fold (and for the final selection, whose winner would go live), Hansen's SPA of the best of every "
+              "fold (and with --refit for the final selection), Hansen's SPA of the best of every "
               "trial that selection made (pruned ones included), on the window they were all compared on:</p>",
               table(["fold", "models", *map(esc, doc["spa_pvalues"])],
                     [[str(f["fold"]), str(f["models"]), *(num(f[k]) for k in doc["spa_pvalues"])]
@@ -148,16 +153,17 @@ def render_html(rec: RunRecord, doc: dict[str, Any]) -> str:
     parts += ["<h2>Successive halving: the ladder of every selection</h2>",
               "<p>candidates@budget (bars of recent training history) per rung; the best 1/"
               f"{rec.eta} go on.</p>", _ladders(rec)]
-    parts.append("<h2>A heatmap per stage (final selection)</h2><div class=\"charts\">")
+    parts.append(f"<h2>A heatmap per stage ({esc(doc['promoted_from'])}: the search that chose what would go "
+                 "live)</h2><div class=\"charts\">")
     for stage in rec.grids.stages:
         svg, caption = _heatmap(rec, stage.name)
         parts.append(f"<figure>{svg}<figcaption><b>{esc(stage.title)}</b><br>{esc(caption)}</figcaption></figure>")
     parts.append("</div>")
     changed = [[esc(k), esc(v[0]), esc(v[1])] for k, v in doc["changed_from_incumbent"].items()]
-    parts += ["<h2>The final selection (what would go live)</h2>",
+    parts += [f"<h2>What would go live ({esc(doc['promoted_from'])}'s winner)</h2>",
               f"<p>digest <code>{esc(doc['parameters_digest'])}</code> (incumbent "
               f"<code>{esc(doc['incumbent_digest'])}</code>)</p>",
-              table(["parameter", "incumbent", "final selection"], changed, left=3) if changed
+              table(["parameter", "incumbent", "would go live"], changed, left=3) if changed
               else "<p>Same as the incumbent.</p>"]
     u = doc["universe"]
     parts += ["<h2>Universe</h2>", f"<p>{len(u['symbols'])} symbols, {u['bars']} bars of {esc(rec.inputs.timeframe)} "

@@ -7,8 +7,9 @@ function (params, training window) -> WindowResult; locally it is ``objective.ev
 remotely the coordinator replaces this loop by dispatching ``SuccessiveHalving.next_batch()`` to workers.
 
 Walk-forward: every fold's winner is chosen on that fold's training window only and judged on its validation
-window (``gate.promotion_gate``); the set that would go live is chosen the same way on the newest training
-window (``folds.final_train_window``), and the folds' record is the evidence for the procedure that chose it.
+window (``gate.promotion_gate``); the set that would go live is the newest fold's winner (plan.WalkForwardRun),
+or with ``--refit`` the same choice on the newest training window (``folds.final_train_window``), whose only
+evidence is the folds' record of the procedure that chose it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from aura.optimize.audit import audited
-from aura.optimize.plan import FINAL
 from aura.optimize_job import audit, local_record, prepare_job, promote, write
 from aura.strategy.params import params_digest
 from shared.bus import close
@@ -38,9 +37,9 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_an_honest_run_is_reproduced_answer_for_answer(record: Any) -> None:
     checked = audited(record.run)
-    # Two folds: winner and incumbent on each validation window; three selections (two folds and the final) in
-    # sample.
-    assert len(checked) == 2 * 2 + 3, [what for what, _, _ in checked]
+    # Two folds: winner and incumbent on each validation window; each fold's selection in sample (the newest
+    # fold's winner is what would go live: no refit selection).
+    assert len(checked) == 2 * 2 + 2, [what for what, _, _ in checked]
     assert audit(record) == []
 
 
@@ -79,15 +78,16 @@ async def versions(nats: NatsEndpoint) -> int:
 
 
 def test_a_final_winner_chosen_by_forged_rankings_is_found(record: Any) -> None:
-    """The promoted set is the final selection's winner, which no validation window judges: forged ranking answers
-    there could pick it outright.  The final selection is made again in-process and must pick the same set."""
-    final = next(s for s in record.run.selections if s.label == FINAL)
+    """The promoted set is the winner of the selection ``live_label`` names (the newest fold's): forged ranking
+    answers there could pick it outright.  That selection is made again in-process and must pick the same set."""
+    live = record.run.live_label
+    final = next(s for s in record.run.selections if s.label == live)
     genuine = final.base
     other = next(p for run in final.runs for p in run.candidates.values() if params_digest(p) != params_digest(genuine))
     final.base = other  # what forged answers would have chosen
     try:
         # (Its in-sample answer, computed for another set than the run now names, is flagged too.)
-        assert f"{FINAL}: the winner, selected again in this process, is another parameter set" in audit(record)
+        assert f"{live}: the winner, selected again in this process, is another parameter set" in audit(record)
     finally:
         final.base = genuine
     assert audit(record) == []
@@ -97,13 +97,14 @@ def test_forged_trials_of_the_final_selection_are_found(record: Any) -> None:
     """The pruned candidates' answers feed the overfitting tests (the DSR's trials, the CSCV and SPA matrices)
     without changing the winner: made better or more alike, they would make the gate's yes easier.  Made again,
     they differ."""
-    final = next(s for s in record.run.selections if s.label == FINAL)
+    live = record.run.live_label
+    final = next(s for s in record.run.selections if s.label == live)
     stage = next(r for r in final.runs if r.matrix is not None)
     genuine = stage.matrix
     forged = genuine + 0.001  # every trial a little better against the benchmarks
     object.__setattr__(stage, "matrix", forged)
     try:
-        assert audit(record) == [f"{FINAL}: its trials (the overfitting tests' inputs), made again, differ"]
+        assert audit(record) == [f"{live}: its trials (the overfitting tests' inputs), made again, differ"]
     finally:
         object.__setattr__(stage, "matrix", genuine)
     assert audit(record) == []
@@ -112,7 +113,7 @@ def test_forged_trials_of_the_final_selection_are_found(record: Any) -> None:
 def test_forged_trials_of_a_fold_selection_are_found(record: Any) -> None:
     """A fold's pruned candidates, made more alike or better, would lower the PBO and the SPA p-values the gate
     reads (the CSCV and SPA matrices are the folds'): each fold's selection is made again too."""
-    fold = next(s for s in record.run.selections if s.label != FINAL)
+    fold = next(s for s in record.run.selections if s.label != record.run.live_label)
     stage = next(r for r in fold.runs if r.matrix is not None)
     genuine = stage.matrix
     object.__setattr__(stage, "matrix", genuine * 0.0 + 0.001)  # every trial the same small edge: no overfitting

@@ -79,7 +79,7 @@ def assert_report_contents(html: str) -> None:
     """What the charts hold, not only that they exist: every validation window's chart draws the winner, the
     incumbent, gold and SPY (in the report's colours); each stage of the TINY grid has its heatmap with one cell
     per value pair of its two widest axes (3x3, 2x1, 2x1, 2x2) and the winner's cell outlined; every selection
-    (two folds and the final one) has its halving ladder row."""
+    (two folds: the newest one's winner would go live) has its halving ladder row."""
     windows = section(html, "Validation windows").split("<figure>")[1:]
     assert len(windows) == 2, "one chart per validation window"
     for chart in windows:
@@ -89,7 +89,8 @@ def assert_report_contents(html: str) -> None:
     assert [h.count('width="56" height="56"') for h in heatmaps] == [9, 2, 2, 4]
     assert [h.count('stroke-width="3"') for h in heatmaps] == [1, 1, 1, 1]
     ladder = section(html, "Successive halving")
-    assert all(f">{label}</td>" in ladder for label in ("fold 6", "fold 7", "final")), ladder[:500]
+    assert all(f">{label}</td>" in ladder for label in ("fold 6", "fold 7")), ladder[:500]
+    assert ">final</td>" not in ladder
 
 
 def test_outputs_are_complete_identical_and_survive_a_kill_9(tmp_path: Path) -> None:
@@ -102,15 +103,16 @@ def test_outputs_are_complete_identical_and_survive_a_kill_9(tmp_path: Path) -> 
         c["name"] for c in doc["checks"] if not c["passed"]]
     assert all({"strategy", "GOLD", "SPY", "incumbent", "dates"} <= set(w) for w in doc["windows"])
     assert set(doc["dsr"]) == set(doc["spa_pvalues"]) == {"GOLD", "SPY"} and 0 <= doc["pbo"] <= 1
-    # two folds' selections and the final one, every trial of every stage
-    assert doc["trials"]["counted"] == 3 * (9 + 2 + 2 + 4) and doc["trials"]["pruned_evaluations"] > 0
-    # the final selection's search is tested too: its winner is the one that would go live
-    assert [(f["fold"], f["models"]) for f in doc["spa_by_fold"]] == [(6, 17), (7, 17), ("final", 17)]
+    # two folds' selections, every trial of every stage; the newest fold's winner is what would go live, judged on
+    # the newest bars (no refit selection)
+    assert doc["trials"]["counted"] == 2 * (9 + 2 + 2 + 4) and doc["trials"]["pruned_evaluations"] > 0
+    assert doc["promoted_from"] == "fold 7" and doc["promoted_set_validated"] is True
+    assert [(f["fold"], f["models"]) for f in doc["spa_by_fold"]] == [(6, 17), (7, 17)]
     assert doc["spa_pvalues"] == {b: max(f[b] for f in doc["spa_by_fold"]) for b in ("GOLD", "SPY")}
     assert {"in_sample", "out_of_sample", "gap", "per_fold"} <= set(doc["sharpe"])
     assert doc["universe"]["survivorship"].startswith("From README.md: Survivorship bias")  # the data's own words
     trials = pl.read_parquet(tmp_path / "a" / "trials.parquet")
-    assert set(trials["status"]) >= {"pruned", "winner"} and set(trials["selection"]) == {"fold 6", "fold 7", "final"}
+    assert set(trials["status"]) >= {"pruned", "winner"} and set(trials["selection"]) == {"fold 6", "fold 7"}
     html = (tmp_path / "a" / "report.html").read_text()
     for part in ("Validation windows", "heatmap per stage", "ladder", "In-sample against out-of-sample",
                  "Survivorship", "<svg"):

@@ -221,3 +221,17 @@ def test_selections_start_from_the_defaults_on_every_searched_knob_never_from_a_
         assert selection.start.stop_loss == defaults.stop_loss, selection.label
         assert selection.start.kill_switch_drawdown == defaults.kill_switch_drawdown, selection.label
         assert getattr(selection.start, knob) == getattr(defaults, knob) - 1, selection.label
+
+
+def test_a_start_the_grids_cannot_make_valid_is_named_before_any_evaluation() -> None:
+    """A grid that searches the kill-switch's cap but not its cooldown: the cap starts at its default (off) while
+    the operator's cooldown stays, a set that re-arms with nothing bounding it, which validate_tradable refuses.
+    Said with the grid's name and the way out, not a failure deep in the first stage."""
+    from tests.optimize.test_end_to_end import TINY
+
+    grids = parse_grids(TINY, "capped")
+    assert "kill_switch_cap" in grids.stage("risk").names and "kill_switch_cooldown" not in grids.stage("risk").names
+    incumbent = StrategyParams(kill_switch_cooldown=30, kill_switch_cap=0.5)
+    with pytest.raises(GridError, match=r"capped: the searched knobs at their defaults .* search linked knobs"):
+        grids.start_from(incumbent, StrategyParams())
+    assert grids.start_from(incumbent, incumbent) == incumbent  # the same knobs with a valid cap: no complaint

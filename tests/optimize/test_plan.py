@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aura.backtest.engine import BacktestConfig
@@ -17,7 +18,7 @@ from aura.optimize.grids import parse_grids
 from aura.optimize.objective import BenchmarkCloses, WindowResult, evaluate_window
 from aura.optimize.plan import FINAL, Request, WalkForwardRun, rung_sizes
 from aura.optimize.stats import pbo_cscv
-from aura.strategy.params import StrategyParams
+from aura.strategy.params import StrategyParams, params_digest
 from tests.optimize.test_end_to_end import SPEC, TINY, walk_forward
 
 DAY_MS = 86_400_000
@@ -153,3 +154,32 @@ def test_the_full_grid_is_a_single_rung(replay_market: Market, replay_benchmarks
         run.advance(answers.lookup)
     assert all(len(s.halving.budgets) == 1 for sel in run.selections for s in sel.runs if s.halving)
     assert run.evaluations() == 2 * (9 + 2 + 2 + 4) + 2 + 2
+
+
+def test_what_would_go_live_is_the_newest_folds_winner_judged_on_bars_that_never_chose_it(
+        replay_market: Market, replay_benchmarks: BenchmarkCloses) -> None:
+    """The refit (a final selection on the newest training window) went live with no window it never saw judging
+    it: the gate's per-window tests judged the fold winners, never the set promoted (found by an audit).  By
+    default what would go live is the newest fold's winner, whose validation window (the newest bars) never
+    chose it: the gate's tests on that window are on the very set promoted.  No selection runs twice, so its
+    trials are counted once."""
+    grids = parse_grids(TINY, "tiny")
+    n = len(replay_market.panel.timestamps)
+    folds = walk_forward_folds(n, SPEC)[-2:]
+    run = WalkForwardRun(folds, None, grids, grids.apply_base(StrategyParams()), SPEC.min_budget)
+    answers = Answers(replay_market, replay_benchmarks)
+    while not run.done:
+        for req in run.requests():
+            answers.compute(req)
+        run.advance(answers.lookup)
+    newest = f"fold {folds[-1].index}"
+    assert [s.label for s in run.selections] == [f"fold {f.index}" for f in folds]  # no refit selection
+    assert run.live_label == newest and run.selection(FINAL).train == run.selection(newest).train
+    assert params_digest(run.winner) == params_digest(run.selection(newest).winner)
+    record = run.validation[newest]  # the promoted set itself, on the newest bars, beside the incumbent
+    promoted_there = answers.lookup(Request(run.winner, folds[-1].validate))
+    assert promoted_there is not None and np.array_equal(record.winner.returns, promoted_there.returns)
+    assert record.fold.validate.stop == n and not record.fold.validate.overlaps(run.selection(newest).train)
+    decision = run.decide(GATE)
+    assert [w.fold for w in decision.windows][-1] == folds[-1].index
+    assert all(f.label != "final" for f in decision.spa_folds)
