@@ -120,8 +120,8 @@ class Grids:
         bars that are this run's validation windows, so its out-of-sample record was not (found by an audit)."""
         searched = sorted({name for stage in self.stages for name in stage.names})
         start = msgspec.structs.replace(incumbent, **{name: getattr(defaults, name) for name in searched})
-        try:
-            validate_tradable(start, self.timeframe)
+        try:  # as the selections will open it: with [base] on top (SelectionState applies it)
+            validate_tradable(msgspec.structs.replace(start, **dict(self.base)), self.timeframe)
         except ValueError as exc:  # a grid that searches one of two linked knobs (a cap without its cooldown)
             raise GridError(f"{self.source}: the searched knobs at their defaults and the incumbent's other knobs "
                             f"make an invalid set ({exc}); search linked knobs together or put them in [base]"

@@ -162,7 +162,9 @@ def decision_document(rec: RunRecord) -> dict[str, Any]:
         "scores": {"validation": d.validation_score, "incumbent": d.incumbent_score},
         "folds": [{"fold": f.index, "train": rec.span(f.train), "embargo_bars": f.embargo,
                    "validate": rec.span(f.validate)} for f in run.folds],
-        "final_train": rec.span(run.selection(FINAL).train),
+        # The window the set that would go live was chosen on: the newest fold's training window, or with
+        # --refit the newest training window (ending on the last bar).
+        "live_train": rec.span(run.selection(FINAL).train),
         # Whose winner would go live: the newest fold's (validated on its window) or, with --refit, a final
         # selection on the newest training window that no window judged.
         "promoted_from": run.live_label,
@@ -242,8 +244,12 @@ def gate_record(doc: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
         "pbo": doc["pbo"],
         "spa_pvalues": doc["spa_pvalues"],
         "trials_counted": doc["trials"]["counted"],
+        # Which selection's winner this is, and whether a window that never chose it judged it (the newest
+        # fold's: its validation window is in "folds"; --refit's final selection: none did).
+        "promoted_from": doc["promoted_from"],
+        "promoted_set_validated": doc["promoted_set_validated"],
         # The folds' figures are the fold winners' (the procedure's record); final_in_sample is the promoted
-        # set's own Sharpe on the newest training window, the only figure of that set itself.
+        # set's own Sharpe on the window it was chosen on.
         "sharpe": {k: doc["sharpe"][k] for k in ("in_sample", "out_of_sample", "final_in_sample")},
     }
 

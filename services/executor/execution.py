@@ -51,7 +51,7 @@ from services.executor.exchange_calls import (
     unresolved_lookup,
 )
 from services.executor.journal import Journal
-from services.executor.leg_bounds import CAPPED, MAX_QTY, clamp_leg, cut_short
+from services.executor.leg_bounds import CAPPED, MAX_QTY, TOO_SMALL_SKIPS, clamp_leg, cut_short
 from services.executor.live_guard import LiveGuard, buy_budget, fill_slippage, price_refusal, spend
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
@@ -192,6 +192,9 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
             cut = reason.startswith((CAPPED, MAX_QTY)) or NO_QUOTE_BUYS in reason or cut_short(
                 leg, journal.order_fill(cid)[0], rules.get(leg.symbol), limits,
                 _price_read(journal, plan, cid) or leg.ref_price)
+            # A leg skipped for anything but its size (the price guard, a pair gone, data too old) made the plan
+            # partial in the run that skipped it; one too small to trade did not (TOO_SMALL_SKIPS).
+            cut = cut or (status == "skipped" and not reason.startswith(TOO_SMALL_SKIPS))
             if status in ("partial", "rejected", "canceled") or cut:
                 result.status = "partial"
                 result.reasons.append(f"leg {leg.index} {leg.symbol}: {status} before a restart ({reason})")

@@ -12,6 +12,9 @@ from shared.contracts import PlanLeg
 
 CAPPED = "capped at max_order_usdt"  # the reason clamp_leg gives when the cap cut the leg
 MAX_QTY = "cut to the exchange's largest market order"  # ... when the venue's maxQty did
+# How the skips that leave a plan "executed" begin: a leg too small to trade, or with no rules (clamp_leg), or a
+# buy whose budget fills less than the minimum (live_guard.buy_budget).  Every other skip makes it partial.
+TOO_SMALL_SKIPS = ("no market rules for", "below exchange minimum", "buy of ")
 
 
 def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> bool:

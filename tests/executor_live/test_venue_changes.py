@@ -24,6 +24,7 @@ import services.executor.live  # noqa: F401 - ccxt's import takes seconds; not i
 from aura.exchange_sim import Fault, SimServer
 from services.executor.brokers.base import RateLimitedError
 from services.executor.brokers.ccxt_broker import CcxtBroker
+from services.executor.execution import execute_plan
 from services.executor.runner import run_plan
 from tests.bus_helpers import Capture, dead_letters, role_connections, running, snapshot, until
 from tests.conftest import NatsEndpoint
@@ -79,6 +80,11 @@ def test_a_pair_delisted_before_its_plan_is_skipped_and_the_rest_trades(rig: Rig
     assert out["unlisted"] == ["ETH/USDT"]
     assert rig.journal.plan_status(plan.plan_id) == "partial"
     assert [o.symbol for o in rig.server.sim.orders()] == ["BTCUSDT"]
+
+    async def finished_after_a_restart(b: CcxtBroker) -> str:  # its legs final, the plan's status not yet written
+        return (await execute_plan(plan, b, rig.journal, await b.load_markets(), LIMITS, rig.log)).status
+
+    assert rig.run(finished_after_a_restart) == "partial"  # the skipped leg still counts (found by a review)
 
 
 @pytest.mark.usefixtures("quick_retries")

@@ -137,9 +137,9 @@ def test_a_search_of_noise_fails_spa_and_every_fold_must_show_an_edge() -> None:
 
 
 def test_the_final_selections_search_must_show_an_edge_too() -> None:
-    """The set that would go live is the final selection's winner, which no validation window judges: a search of
-    noise there fails SPA though every fold's search found an edge (found by an audit: only the folds' were
-    tested)."""
+    """With --refit the set that would go live is the final selection's winner, which no validation window judges:
+    a search of noise there fails SPA though every fold's search found an edge (found by an audit: only the folds'
+    were tested)."""
     rng = np.random.default_rng(11)
     noise = (x := rng.normal(0.0, 0.01, (2, 64, 40))) - x.mean(axis=1, keepdims=True)
     d = promotion_gate(records(), trial_sharpes(), [dominated_matrix()], GateSettings(spa_reps=500),

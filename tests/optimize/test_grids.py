@@ -235,3 +235,6 @@ def test_a_start_the_grids_cannot_make_valid_is_named_before_any_evaluation() ->
     with pytest.raises(GridError, match=r"capped: the searched knobs at their defaults .* search linked knobs"):
         grids.start_from(incumbent, StrategyParams())
     assert grids.start_from(incumbent, incumbent) == incumbent  # the same knobs with a valid cap: no complaint
+    # The way out it names: [base] sets the cooldown the selections will open with (checked with it applied).
+    based = parse_grids(TINY.replace("[base]\n", "[base]\nkill_switch_cooldown = 0\n", 1), "based")
+    assert based.apply_base(based.start_from(incumbent, StrategyParams())).kill_switch_cooldown == 0
