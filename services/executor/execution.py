@@ -51,7 +51,7 @@ from services.executor.exchange_calls import (
     unresolved_lookup,
 )
 from services.executor.journal import Journal
-from services.executor.leg_bounds import CAPPED, MAX_QTY, TOO_SMALL_SKIPS, clamp_leg, cut_short
+from services.executor.leg_bounds import CAPPED, NO_QUOTE_BUYS, TOO_SMALL_SKIPS, clamp_leg, cut_by_reason, cut_short
 from services.executor.live_guard import LiveGuard, buy_budget, fill_slippage, price_refusal, spend
 from shared.contracts import PlanBody, PlanLeg
 from shared.logging import info, warn
@@ -59,7 +59,6 @@ from shared.logging import info, warn
 T = TypeVar("T")
 
 FINAL_INTENT_STATES = ("filled", "partial", "rejected", "skipped", "canceled")
-NO_QUOTE_BUYS = "not bought: the venue takes no quote-amount market buys"
 MAYBE_ON_EXCHANGE = ("sent", "acked")  # a request may have reached the exchange: look it up before anything
 @dataclass
 class ExecutionResult:
@@ -189,7 +188,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                 _judge_fill_journaled_elsewhere(journal, plan, leg, cid, guard, result, logger)
             # Done before a restart; a leg that did not fully fill, or that the cap cut, still makes the plan
             # "partial", as it would have without the restart.
-            cut = reason.startswith((CAPPED, MAX_QTY)) or NO_QUOTE_BUYS in reason or cut_short(
+            cut = cut_by_reason(reason) or cut_short(
                 leg, journal.order_fill(cid)[0], rules.get(leg.symbol), limits,
                 _price_read(journal, plan, cid) or leg.ref_price)
             # A leg skipped for anything but its size (the price guard, a pair gone, data too old) made the plan
@@ -279,7 +278,7 @@ async def execute_plan(plan: PlanBody, broker: Broker, journal: Journal, rules: 
                 qty, note = 0.0, "; ".join(x for x in (note, f"{NO_QUOTE_BUYS} on {leg.symbol}") if x)
         if note:
             result.reasons.append(f"leg {leg.index} {leg.symbol}: {note}")
-        if note.startswith((CAPPED, MAX_QTY)) or NO_QUOTE_BUYS in note:
+        if cut_by_reason(note):
             result.status = "partial"  # the plan did not reach its target: never reported as executed
         if qty <= 0:
             journal.begin()
@@ -406,7 +405,7 @@ async def _finish_order(broker: Broker, journal: Journal, plan: PlanBody, leg: P
         result.status = "partial"
         result.reasons.append(f"leg {leg.index} {leg.symbol}: {final} {order.filled_qty}/{order.qty} "
                               f"(exchange status {order.status})")
-    elif not note.startswith((CAPPED, MAX_QTY)) and cut_short(leg, order.filled_qty, rule, limits,
+    elif not cut_by_reason(note) and cut_short(leg, order.filled_qty, rule, limits,
                                                               price_read or leg.ref_price):
         result.status = "partial"  # found after a restart: the cut's note was not journaled with it
         result.reasons.append(f"leg {leg.index} {leg.symbol}: filled {order.filled_qty} of {leg.qty}, cut by "

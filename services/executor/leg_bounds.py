@@ -12,9 +12,16 @@ from shared.contracts import PlanLeg
 
 CAPPED = "capped at max_order_usdt"  # the reason clamp_leg gives when the cap cut the leg
 MAX_QTY = "cut to the exchange's largest market order"  # ... when the venue's maxQty did
+NO_QUOTE_BUYS = "not bought: the venue takes no quote-amount market buys"  # execute_plan's skip of such a buy
 # How the skips that leave a plan "executed" begin: a leg too small to trade, or with no rules (clamp_leg), or a
 # buy whose budget fills less than the minimum (live_guard.buy_budget).  Every other skip makes it partial.
 TOO_SMALL_SKIPS = ("no market rules for", "below exchange minimum", "buy of ")
+
+
+def cut_by_reason(reason: str) -> bool:
+    """Whether a leg's reason says it was cut short of its plan (the cap, the venue's largest order, no
+    quote-amount buys): the plan is then partial, in the run that cut it and after a restart alike."""
+    return reason.startswith((CAPPED, MAX_QTY)) or NO_QUOTE_BUYS in reason
 
 
 def capped(leg: PlanLeg, qty: float, limits: ExecutionLimits, price: float) -> bool:
